@@ -1,0 +1,5 @@
+import sys
+
+from edgecache.cli import main
+
+sys.exit(main())

@@ -1,0 +1,300 @@
+"""Configuration: TOML in, frozen dataclasses out. Every problem names the file, the key and what is wrong.
+
+Validation collects all problems before failing, like `nginx -t`, so an operator fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from edgecache.errors import ConfigError
+
+T = TypeVar("T")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    name: str
+    hosts: tuple[str, ...]
+    origins: tuple[str, ...]
+    key_query: tuple[str, ...] = ("*",)  # query parameters that are part of the key; "*" = all of them
+    origin_host: str | None = None  # Host sent to origin; None = the client's Host
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    dir: Path
+    memory_bytes: int = 256 * 2**20
+    disk_bytes: int = 4 * 2**30
+    slice_bytes: int = 2**20
+    fill_slices: int = 4  # most slices one origin request may fill
+    memory_policy: str = "s3fifo"
+
+
+@dataclass(frozen=True, slots=True)
+class OriginSettings:
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    listen: tuple[Listen, ...]
+    cache: CacheSettings
+    origin: OriginSettings
+    sites: tuple[Site, ...]
+    workers: int = 1
+    demo_origin: Listen | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_size(value: object) -> int:
+    """'256MiB', '1g', '4096' or an int -> bytes. K/M/G/T and KiB.. are binary; KB/MB/GB are decimal."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 256MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as 256MiB")
+    m = _SIZE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a size such as 256MiB")
+    number, unit, suffix = float(m.group(1)), m.group(2).lower(), m.group(3).lower()
+    power = "kmgt".index(unit) + 1 if unit else 0
+    base = 1000 if suffix == "b" and unit else 1024
+    return int(number * base**power)
+
+
+def parse_listen(value: object) -> Listen:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("expected HOST:PORT such as 127.0.0.1:8080")
+    host, _, port_s = value.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"{value!r}: port must be 1-65535")
+    return Listen(host, int(port_s))
+
+
+def check_origin_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected an origin URL such as http://10.0.0.1:8080")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: an origin URL has no query or fragment")
+    return value.rstrip("/")
+
+
+def check_host_pattern(value: object) -> str:
+    if not isinstance(value, str) or not _HOST.match(value.lower()):
+        raise ValueError(f"{value!r} is not a host name or *.wildcard")
+    return value.lower()
+
+
+class _Reader:
+    """Reads typed values out of a TOML table, collecting 'file: key: problem' lines instead of stopping."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {key}: {message}")
+
+    def get(self, table: dict[str, Any], prefix: str, name: str, convert: Callable[[Any], T], default: T) -> T:
+        if name not in table:
+            return default
+        try:
+            return convert(table[name])
+        except (ValueError, TypeError) as exc:
+            self.problem(f"{prefix}{name}", str(exc))
+            return default
+
+    def table(self, parent: dict[str, Any], name: str) -> dict[str, Any]:
+        value = parent.get(name, {})
+        if not isinstance(value, dict):
+            self.problem(name, "expected a table")
+            return {}
+        return value
+
+    def unknown(self, table: dict[str, Any], prefix: str, known: set[str]) -> None:
+        for key in sorted(set(table) - known):
+            self.problem(f"{prefix}{key}", "unknown key")
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[Any], Any]:
+    def convert(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not isinstance(v, int)):
+            raise ValueError(f"expected a positive {kind.__name__}")
+        if v <= 0:
+            raise ValueError("must be positive")
+        return kind(v)
+
+    return convert
+
+
+def _str_list(convert: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
+    def inner(v: Any) -> tuple[str, ...]:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list):
+            raise ValueError("expected a list of strings")
+        return tuple(convert(item) for item in v)
+
+    return inner
+
+
+def _name(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
+        raise ValueError("expected a name of letters, digits, '_', '.' or '-'")
+    return v
+
+
+def _key_param(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("expected a query parameter name or '*'")
+    return v
+
+
+def _cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
+    t = r.table(doc, "cache")
+    r.unknown(t, "cache.", {"dir", "memory", "disk", "slice", "fill_slices", "memory_policy"})
+    directory = r.get(t, "cache.", "dir", lambda v: Path(str(v)), Path("var/cache"))
+    directory = directory if directory.is_absolute() else base / directory
+    settings = CacheSettings(
+        dir=directory,
+        memory_bytes=r.get(t, "cache.", "memory", parse_size, 256 * 2**20),
+        disk_bytes=r.get(t, "cache.", "disk", parse_size, 4 * 2**30),
+        slice_bytes=r.get(t, "cache.", "slice", parse_size, 2**20),
+        fill_slices=r.get(t, "cache.", "fill_slices", _positive(int), 4),
+        memory_policy=r.get(t, "cache.", "memory_policy", str, "s3fifo"),
+    )
+    if not 4096 <= settings.slice_bytes <= 64 * 2**20:
+        r.problem("cache.slice", "must be between 4KiB and 64MiB")
+    if settings.memory_policy not in ("s3fifo", "lru"):
+        r.problem("cache.memory_policy", "must be 's3fifo' or 'lru'")
+    if settings.disk_bytes < settings.slice_bytes * 16:
+        r.problem("cache.disk", "must hold at least 16 slices")
+    return settings
+
+
+def _origin(r: _Reader, doc: dict[str, Any]) -> OriginSettings:
+    t = r.table(doc, "origin")
+    r.unknown(t, "origin.", {"connect_timeout", "read_timeout", "max_connections"})
+    return OriginSettings(
+        connect_timeout=r.get(t, "origin.", "connect_timeout", _positive(float), 5.0),
+        read_timeout=r.get(t, "origin.", "read_timeout", _positive(float), 30.0),
+        max_connections=r.get(t, "origin.", "max_connections", _positive(int), 256),
+    )
+
+
+def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
+    raw = doc.get("sites", [])
+    if not isinstance(raw, list) or not raw:
+        r.problem("sites", "expected at least one [[sites]] table")
+        return ()
+    sites: list[Site] = []
+    seen_hosts: dict[str, str] = {}
+    for i, t in enumerate(raw):
+        p = f"sites[{i}]."
+        if not isinstance(t, dict):
+            r.problem(f"sites[{i}]", "expected a table")
+            continue
+        r.unknown(t, p, {"name", "hosts", "origins", "key_query", "origin_host"})
+        for req in ("name", "hosts", "origins"):
+            if req not in t:
+                r.problem(f"{p}{req}", "is required")
+        site = Site(
+            name=r.get(t, p, "name", _name, f"site{i}"),
+            hosts=r.get(t, p, "hosts", _str_list(check_host_pattern), ()),
+            origins=r.get(t, p, "origins", _str_list(check_origin_url), ()),
+            key_query=r.get(t, p, "key_query", _str_list(_key_param), ("*",)),
+            origin_host=r.get(t, p, "origin_host", lambda v: str(v) if v else None, None),
+        )
+        if "hosts" in t and not site.hosts:
+            r.problem(f"{p}hosts", "must name at least one host")
+        if "origins" in t and not site.origins:
+            r.problem(f"{p}origins", "must name at least one origin URL")
+        for h in site.hosts:
+            if h in seen_hosts:
+                r.problem(f"{p}hosts", f"{h!r} is already served by site {seen_hosts[h]!r}")
+            seen_hosts[h] = site.name
+        sites.append(site)
+    return tuple(sites)
+
+
+def build(doc: dict[str, Any], source: str, base: Path) -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    r = _Reader(source)
+    r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo"})
+    server = r.table(doc, "server")
+    r.unknown(server, "server.", {"listen", "workers"})
+    listen = r.get(server, "server.", "listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ())
+    if not listen:
+        listen = (Listen("127.0.0.1", 8080),)
+    workers = r.get(server, "server.", "workers", _positive(int), 1)
+    demo = r.table(doc, "demo")
+    r.unknown(demo, "demo.", {"origin"})
+    demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
+    cfg = Config(
+        source=source,
+        listen=listen,
+        cache=_cache(r, doc, base),
+        origin=_origin(r, doc),
+        sites=_sites(r, doc),
+        workers=workers,
+        demo_origin=demo_origin,
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: -: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: -: not UTF-8 text"]) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{p}: -: invalid TOML: {exc}"]) from exc
+    return build(doc, str(p), p.resolve().parent)
+
+
+def one_origin(origin: str, listen: str, cache_dir: str, **cache: int) -> Config:
+    """The `serve --origin` mode: every Host goes to one origin (like `varnishd -b`)."""
+    r = _Reader("command line")
+    origin_url = r.get({"origin": origin}, "--", "origin", check_origin_url, "")
+    addr = r.get({"listen": listen}, "--", "listen", parse_listen, Listen("127.0.0.1", 8080))
+    if r.problems:
+        raise ConfigError(r.problems)
+    settings = CacheSettings(dir=Path(cache_dir), **cache)  # type: ignore[arg-type]
+    site = Site(name="origin", hosts=("*",), origins=(origin_url,))
+    return Config(source="command line", listen=(addr,), cache=settings, origin=OriginSettings(), sites=(site,))

@@ -1,0 +1,50 @@
+"""Client conditional requests answered by the cache (RFC 9110 13.1-13.2), evaluated on stored validators."""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+
+from edgecache.core.headers import Headers, get_first, list_values
+
+
+def _opaque(tag: str) -> str:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def _date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def not_modified(request: Headers, etag: str | None, last_modified: str | None) -> bool:
+    """True when a GET/HEAD should be answered 304 from the stored validators.
+
+    If-None-Match uses weak comparison (13.1.2) and, when present, If-Modified-Since is ignored (13.2.2 step 3).
+    """
+    inm = list_values(request, "if-none-match")
+    if inm:
+        if etag is None:
+            return False
+        if "*" in inm:
+            return True
+        return _opaque(etag) in {_opaque(t) for t in inm}
+    ims = _date(get_first(request, "if-modified-since"))
+    lm = _date(last_modified)
+    return ims is not None and lm is not None and lm <= ims
+
+
+def precondition_failed(request: Headers, etag: str | None, last_modified: str | None) -> bool:
+    """If-Match (strong comparison) or If-Unmodified-Since fails against what is stored (13.1.1, 13.1.4)."""
+    im = list_values(request, "if-match")
+    if im:
+        if "*" in im:
+            return etag is None
+        return etag is None or etag.startswith("W/") or etag.strip() not in {t.strip() for t in im}
+    ius = _date(get_first(request, "if-unmodified-since"))
+    lm = _date(last_modified)
+    return ius is not None and (lm is None or lm > ius)

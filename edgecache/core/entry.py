@@ -1,0 +1,174 @@
+"""What the cache knows about one stored object, and how an origin response to a fill is judged.
+
+An object is its metadata plus fixed-size slices named (entry key, version, index). The version comes from the
+validators, so slices of two versions can never be assembled into one body: a slice fetched later must carry
+the same version or it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from edgecache.core import ranges
+from edgecache.core.headers import Headers, end_to_end, get_first, list_values
+
+# Framing fields describe one message, not the stored representation: they are recomputed on every response.
+FRAMING = ("content-length", "content-range", "transfer-encoding", "accept-ranges")
+
+
+def version_of(headers: Headers, length: int | None) -> str | None:
+    """A strong ETag, else Last-Modified with the length; None when nothing can tell two versions apart."""
+    etag = get_first(headers, "etag")
+    if etag and etag.strip().startswith('"'):
+        return "e:" + etag.strip()
+    lm = get_first(headers, "last-modified")
+    if lm and length is not None:
+        return f"l:{lm.strip()}:{length}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    status: int
+    headers: Headers  # stored response fields, without hop-by-hop and framing fields
+    length: int  # bytes of the whole representation
+    version: str
+    whole: bool  # always fill the whole object in one request (no validator, Range ignored, not a 200)
+    request_time: float
+    response_time: float
+    slice_size: int
+    vary: tuple[str, ...] = ()
+
+    @property
+    def slice_count(self) -> int:
+        return -(-self.length // self.slice_size)
+
+    def slice_length(self, index: int) -> int:
+        return ranges.slice_bounds(index, self.slice_size, self.length).length
+
+    @property
+    def etag(self) -> str | None:
+        return get_first(self.headers, "etag")
+
+    @property
+    def last_modified(self) -> str | None:
+        return get_first(self.headers, "last-modified")
+
+    def to_bytes(self) -> bytes:
+        doc: dict[str, Any] = {
+            "status": self.status,
+            "headers": [list(h) for h in self.headers],
+            "length": self.length,
+            "version": self.version,
+            "whole": self.whole,
+            "request_time": self.request_time,
+            "response_time": self.response_time,
+            "slice_size": self.slice_size,
+            "vary": list(self.vary),
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ObjectMeta | None:
+        """None for anything that is not a well-formed record: a damaged entry is a miss, never a crash."""
+        try:
+            d = json.loads(data)
+            return cls(
+                status=int(d["status"]),
+                headers=tuple((str(k), str(v)) for k, v in d["headers"]),
+                length=int(d["length"]),
+                version=str(d["version"]),
+                whole=bool(d["whole"]),
+                request_time=float(d["request_time"]),
+                response_time=float(d["response_time"]),
+                slice_size=int(d["slice_size"]),
+                vary=tuple(str(v) for v in d.get("vary", ())),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def stored_headers(headers: Headers) -> Headers:
+    return end_to_end(headers, drop=FRAMING)
+
+
+def vary_names(headers: Headers) -> tuple[str, ...]:
+    return tuple(sorted({v.lower() for v in list_values(headers, "vary")}))
+
+
+# --- judging an origin response to a fill -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A 206 for the aligned range we asked for: the body holds bytes first..last of a `length`-byte object."""
+
+    first: int
+    last: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """A 200: the whole object (length None when the origin did not say); the origin ignored our Range."""
+
+    length: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Other:
+    """Any other status (404, 301, 5xx...): one body, never sliced or ranged."""
+
+    length: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The response contradicts itself or our request; nothing of it may be served or stored."""
+
+    reason: str
+
+
+Judgement = Partial | Whole | NotModified | Other | Refused
+
+
+def _content_length(headers: Headers) -> int | None | Refused:
+    values = {v.strip() for v in list_values(headers, "content-length")}
+    if not values:
+        return None
+    if len(values) > 1:
+        return Refused("conflicting Content-Length")
+    (v,) = values
+    if not v.isdigit() or len(v) > 18:
+        return Refused("invalid Content-Length")
+    return int(v)
+
+
+def judge(status: int, headers: Headers, asked: ranges.ByteRange | None) -> Judgement:
+    """Classify the origin's answer to a fill; `asked` is the aligned range requested (None: no Range sent)."""
+    clen = _content_length(headers)
+    if isinstance(clen, Refused):
+        return clen
+    if status == 304:
+        return NotModified()
+    if status == 200:
+        return Whole(clen)
+    if status != 206:
+        return Other(clen)
+    if asked is None:
+        return Refused("206 to a request without Range")
+    cr = ranges.parse_content_range(get_first(headers, "content-range"))
+    if cr is None or cr.first is None or cr.last is None or cr.length is None:
+        return Refused("206 without a usable Content-Range")
+    if cr.first != asked.first or cr.last != min(asked.last, cr.length - 1):
+        return Refused(f"206 for bytes {cr.first}-{cr.last}, asked for {asked.first}-{asked.last}")
+    if clen is not None and clen != cr.last - cr.first + 1:
+        return Refused("Content-Length disagrees with Content-Range")
+    return Partial(cr.first, cr.last, cr.length)

@@ -1,0 +1,122 @@
+"""Cache keys: one normal form of a request target, so equal resources share one entry and tricks do not.
+
+The origin is always asked for the normalised target, never the raw one: what is keyed is what is fetched, so
+an origin that reads a path differently from us cannot be used to poison an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from edgecache.core.headers import Headers, get_all
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+# Visible ASCII that may stand in a request target (RFC 3986 unreserved, sub-delims, ":@/?%", and a few more
+# that browsers send raw); everything else, controls and spaces above all, is refused.
+_TARGET_OK = re.compile(r"^[!-~]*$")
+MAX_TARGET = 8192
+
+
+class BadTarget(ValueError):
+    """The request target cannot be made into a key; the message is the reason for the 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    primary: str  # site, host and normalised target: the unit of routing and purge
+    path: str  # normalised path sent to origin
+    query: str  # normalised query sent to origin ("" when none)
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+
+def _normalise_pct(part: str) -> str:
+    """Decode %XX of unreserved characters and upper-case the rest (RFC 3986 6.2.2.1-2); refuse %00."""
+
+    def fix(m: re.Match[str]) -> str:
+        ch = chr(int(m.group(1), 16))
+        if ch == "\x00":
+            raise BadTarget("encoded NUL in the request target")
+        return ch if ch in _UNRESERVED else "%" + m.group(1).upper()
+
+    return _PCT.sub(fix, part)
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4, so '/a/./b/../c' and '/c/..%2e/c' name what they really name, never above '/'."""
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == ".":
+            if last:
+                out.append("")
+        elif seg == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    result = "/".join(out)
+    return result if result.startswith("/") else "/" + result
+
+
+def normalise_target(target: str) -> tuple[str, str]:
+    """Origin-form target -> (path, query), normalised. Raises BadTarget with the reason."""
+    if len(target) > MAX_TARGET:
+        raise BadTarget("request target too long")
+    if not target.startswith("/"):
+        raise BadTarget("request target must be origin-form (start with '/')")
+    if not _TARGET_OK.match(target):
+        raise BadTarget("request target has control characters or spaces")
+    target = target.split("#", 1)[0]
+    path, _, query = target.partition("?")
+    path = remove_dot_segments(_normalise_pct(path))
+    query = _normalise_pct(query)
+    return path, query
+
+
+def query_pairs(query: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in query.split("&"):
+        if item:
+            name, _, value = item.partition("=")
+            pairs.append((name, value))
+    return pairs
+
+
+def keyed_query(query: str, keep: Iterable[str]) -> str:
+    """The part of the query that is in the key: the kept parameters, sorted, so order does not matter."""
+    kept = set(keep)
+    pairs = [p for p in query_pairs(query) if "*" in kept or p[0] in kept]
+    return "&".join(f"{n}={v}" for n, v in sorted(pairs))
+
+
+def make_key(site: str, host: str, target: str, keep_query: Iterable[str]) -> CacheKey:
+    path, query = normalise_target(target)
+    primary = f"{site}|{host.lower()}|{path}"
+    kq = keyed_query(query, keep_query)
+    if kq:
+        primary += "?" + kq
+    return CacheKey(primary=primary, path=path, query=query)
+
+
+def variant(vary: tuple[str, ...], request: Headers) -> str:
+    """The secondary key of RFC 9111 4.1: each Vary'd field's values, whitespace-normalised, joined."""
+    parts = []
+    for name in vary:
+        values = ",".join(" ".join(v.split()) for v in get_all(request, name))
+        parts.append(f"{name.lower()}={values}")
+    return "\n".join(parts)
+
+
+def digest(text: str) -> str:
+    """A stable, short name for storage: the same on every worker and node (never Python's salted hash())."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()

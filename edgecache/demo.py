@@ -1,0 +1,65 @@
+"""A small demo origin, so `edgecache serve` on the default config serves something real out of the box.
+
+It writes a few files (a page, a text file and a 64 MiB pseudo-video of deterministic bytes) into a directory
+and serves them with aiohttp's FileResponse: ETag, Last-Modified and Range, like a real static origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from aiohttp import web
+
+VIDEO_BYTES = 64 * 2**20
+
+PAGE = b"""<!doctype html>
+<title>edgecache demo</title>
+<h1>edgecache is serving</h1>
+<p>This page came from the demo origin through the edge cache. Try:</p>
+<pre>
+curl -i http://127.0.0.1:8080/hello.txt
+curl -s -o /dev/null -D - -H 'Range: bytes=10000000-10000099' http://127.0.0.1:8080/video/demo.bin
+</pre>
+"""
+
+
+def deterministic_bytes(size: int, seed: bytes = b"edgecache-demo") -> bytes:
+    """Bytes anyone can regenerate to check what the edge served (blake2b in counter mode)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.blake2b(seed + counter.to_bytes(8, "big"), digest_size=64).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def write_content(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "video").mkdir(exist_ok=True)
+    files = {
+        "index.html": PAGE,
+        "hello.txt": b"Hello from the edgecache demo origin.\n",
+    }
+    for name, data in files.items():
+        if not (root / name).exists() or (root / name).read_bytes() != data:
+            (root / name).write_bytes(data)
+    video = root / "video" / "demo.bin"
+    if not video.exists() or video.stat().st_size != VIDEO_BYTES:
+        tmp = video.with_suffix(".tmp")
+        tmp.write_bytes(deterministic_bytes(VIDEO_BYTES))
+        tmp.replace(video)
+
+
+def demo_app(root: Path) -> web.Application:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        rel = request.match_info["path"] or "index.html"
+        path = (root / rel).resolve()
+        if root.resolve() not in path.parents or not path.is_file():
+            raise web.HTTPNotFound(text="not found\n")
+        resp = web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", handle)
+    return app

@@ -1,0 +1,49 @@
+"""The error tree: every error says who is at fault (client, origin, peer, storage, config)."""
+
+from __future__ import annotations
+
+
+class EdgecacheError(Exception):
+    """Base of every error edgecache raises on purpose."""
+
+
+class ClientError(EdgecacheError):
+    """The request is at fault; answered with `status` and the message as the reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class OriginError(EdgecacheError):
+    """The origin failed us: connection refused, timeout, a malformed or inconsistent response."""
+
+    def __init__(self, reason: str, *, retryable: bool = True, timeout: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.timeout = timeout
+
+
+class VersionChanged(OriginError):
+    """The origin answered with another version of the object than the one being assembled."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retryable=False)
+
+
+class PeerError(EdgecacheError):
+    """Another edge node of the cluster failed us."""
+
+
+class StorageError(EdgecacheError):
+    """The disk tier failed (full, corrupt, deleted underneath us)."""
+
+
+class ConfigError(EdgecacheError):
+    """The configuration is invalid; `problems` holds every 'file: key: problem' line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

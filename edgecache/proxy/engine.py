@@ -1,0 +1,259 @@
+"""The cache engine: finds slices in the tiers or in-flight fills, and starts fills from origin when needed.
+
+The handler decides what to do with a request; the engine does the I/O of getting bytes: one fill per run of
+missing slices, joined by every concurrent reader, with the version of each fill checked against the metadata
+the reader is serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+from edgecache.config import Site
+from edgecache.core import entry, ranges
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.forward import forward_headers
+from edgecache.core.freshness import Policy, merge_304, storable
+from edgecache.core.headers import Headers
+from edgecache.errors import OriginError, VersionChanged
+from edgecache.proxy.fill import Fill, FillHead, FillRegistry, Released
+from edgecache.proxy.origin import OriginClient, read_chunks
+from edgecache.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FillRequest:
+    """Who asks, for what: enough to build the origin request of a fill."""
+
+    site: Site
+    entry_key: str
+    target: str
+    host: str
+    headers: Headers  # the client's request fields
+    client_ip: str
+    policy: Policy
+
+
+class Engine:
+    def __init__(self, store: Store, origin: OriginClient, slice_size: int, fill_slices: int) -> None:
+        self.store = store
+        self.origin = origin
+        self.slice_size = slice_size
+        self.fill_slices = fill_slices
+        self.fills = FillRegistry()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- starting fills ------------------------------------------------------------------------------------
+
+    def start_fill(
+        self, req: FillRequest, first: int, last: int | None, validate: ObjectMeta | None = None, shared: bool = True
+    ) -> Fill:
+        """One origin request for slices first..last (last None: the whole object, no Range sent)."""
+        fill = Fill(req.entry_key, first, last, self.slice_size)
+        if shared:
+            self.fills.add(fill)
+        self._spawn(self._run_fill(fill, req, validate))
+        return fill
+
+    async def _run_fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
+        try:
+            await self._fill(fill, req, validate)
+        except asyncio.CancelledError:
+            fill.fail(OriginError("fill cancelled"))
+            raise
+        except OriginError as exc:
+            fill.fail(exc)
+        except Exception as exc:  # a bug must fail the readers, never leave them waiting
+            log.exception("fill of %s failed", req.entry_key)
+            fill.fail(OriginError(f"internal error: {exc}"))
+        finally:
+            self.fills.remove(fill)
+
+    async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
+        headers = forward_headers(req.headers, req.site.origin_host or req.host, req.client_ip, fill=True)
+        asked: ranges.ByteRange | None = None
+        if fill.last_index is not None:
+            asked = ranges.ByteRange(fill.first_index * self.slice_size, (fill.last_index + 1) * self.slice_size - 1)
+            headers += (("Range", f"bytes={asked.first}-{asked.last}"),)
+        if validate is not None:
+            if validate.etag:
+                headers += (("If-None-Match", validate.etag),)
+            elif validate.last_modified:
+                headers += (("If-Modified-Since", validate.last_modified),)
+        request_time = time.time()
+        resp = await self.origin.request(req.site, "GET", req.target, headers)
+        try:
+            head = self._head(resp.status, resp.headers, asked, req, request_time, time.time(), validate)
+            if head.start == 0 and fill.first_index != 0:
+                fill.first_index, fill.last_index = 0, None  # the origin sent the whole object
+            if not head.shared:
+                self.fills.remove(fill)  # a private answer: nobody may join it from now on
+            fill.set_head(head)
+            if head.status == 304:
+                await self.store.put_meta(req.entry_key, head.meta)
+                return
+            if head.store and head.meta.length >= 0:
+                await self.store.put_vary(req.entry_key.split("\n", 1)[0], head.meta.vary)
+                await self.store.put_meta(req.entry_key, head.meta)
+            await self._pump(fill, head, resp, req)
+        finally:
+            resp.release()
+
+    def _head(
+        self,
+        status: int,
+        headers: Headers,
+        asked: ranges.ByteRange | None,
+        req: FillRequest,
+        request_time: float,
+        response_time: float,
+        validate: ObjectMeta | None,
+    ) -> FillHead:
+        j = entry.judge(status, headers, asked)
+        stored = entry.stored_headers(headers)
+        if isinstance(j, entry.Refused):
+            raise OriginError(f"origin response refused: {j.reason}", retryable=False)
+        if isinstance(j, entry.NotModified):
+            if validate is None:
+                raise OriginError("origin answered 304 to an unconditional request", retryable=False)
+            # RFC 9111 4.3.4: the stored response is updated with the 304's fields and becomes fresh again.
+            merged = replace(
+                validate,
+                headers=merge_304(validate.headers, stored),
+                request_time=request_time,
+                response_time=response_time,
+            )
+            return FillHead(304, merged, 0, 0, store=False, shared=True)
+        if isinstance(j, entry.Partial):
+            length, start, end, body_status = j.length, j.first, j.last + 1, 200
+        else:
+            length = j.length if j.length is not None else -1
+            start, end, body_status = 0, j.length, status
+        version = entry.version_of(headers, length if length >= 0 else None)
+        # A 200 to a Range request says the origin ignores Range: fill such objects in one request from now on.
+        whole = version is None or isinstance(j, entry.Other) or (isinstance(j, entry.Whole) and asked is not None)
+        if version is None:
+            version = "u:" + secrets.token_hex(8)
+        if validate is not None and validate.version == version and validate.status == body_status:
+            whole = whole or validate.whole
+        meta = ObjectMeta(
+            status=body_status,
+            headers=stored,
+            length=length,
+            version=version,
+            whole=whole,
+            request_time=request_time,
+            response_time=response_time,
+            slice_size=self.slice_size,
+            vary=entry.vary_names(headers),
+        )
+        decision = storable("GET", body_status, req.headers, headers, req.policy)
+        # Bodies of other statuses are small and have no validator to check a slice against: they are stored
+        # whole, once complete. Unknown lengths likewise.
+        store = decision.store and meta.length >= 0
+        return FillHead(body_status, meta, start, end, store=store, shared=decision.store, reason=decision.reason)
+
+    async def _pump(self, fill: Fill, head: FillHead, resp: object, req: FillRequest) -> None:
+        from edgecache.proxy.origin import OriginResponse
+
+        assert isinstance(resp, OriginResponse)
+        version = head.meta.version
+        commit_now = head.store and head.meta.status == 200
+        held: list[tuple[int, bytes]] = []
+
+        def on_complete(index: int, data: bytes) -> None:
+            if commit_now:
+                self._spawn(self.store.put_slice(req.entry_key, version, index, data))
+            elif head.shared:
+                held.append((index, data))
+
+        async for chunk in read_chunks(resp):
+            if head.end is not None and fill.received + len(chunk) > head.end:
+                raise OriginError("origin sent more bytes than it announced", retryable=False)
+            fill.feed(chunk, on_complete)
+            await fill.wait_for_reader()
+        if head.end is not None and fill.received != head.end:
+            raise OriginError(f"origin body cut at {fill.received} of {head.end} bytes")
+        fill.finish(on_complete)
+        if head.shared and not commit_now:
+            await self._store_complete(req, head, fill.received, held)
+
+    async def _store_complete(self, req: FillRequest, head: FillHead, length: int, held: list[tuple[int, bytes]]) -> None:
+        """A body stored only once whole: another status, or a 200 of unknown length."""
+        meta = replace(head.meta, length=length)
+        for index, data in held:
+            await self.store.put_slice(req.entry_key, meta.version, index, data)
+        await self.store.put_vary(req.entry_key.split("\n", 1)[0], meta.vary)
+        await self.store.put_meta(req.entry_key, meta)
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    async def read_range(
+        self, req: FillRequest, meta: ObjectMeta, first: int, last: int
+    ) -> AsyncIterator[bytes | memoryview]:
+        """Bytes first..last (inclusive) of the object `meta` describes, from wherever they are."""
+        for index in ranges.slice_indices(ranges.ByteRange(first, last), self.slice_size):
+            base = index * self.slice_size
+            lo = max(first, base) - base
+            hi = min(last + 1, base + meta.slice_length(index)) - base
+            async for chunk in self._read_slice(req, meta, index, lo, hi, last // self.slice_size):
+                yield chunk
+
+    async def _read_slice(
+        self, req: FillRequest, meta: ObjectMeta, index: int, lo: int, hi: int, last_needed: int
+    ) -> AsyncIterator[bytes | memoryview]:
+        for _ in range(3):
+            data = self.store.slice_from_memory(req.entry_key, meta, index)
+            if data is not None:
+                yield memoryview(data)[lo:hi]
+                return
+            fill = self.fills.find(req.entry_key, index)
+            if fill is None:
+                data = await self.store.slice_from_disk(req.entry_key, meta, index)
+                if data is not None:
+                    yield memoryview(data)[lo:hi]
+                    return
+                fill = await self._start_for(req, meta, index, last_needed)
+            head = await fill.head
+            if head.meta.version != meta.version or head.status != meta.status:
+                raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
+            try:
+                async for chunk in fill.read(index, lo, hi):
+                    yield chunk
+                    lo += len(chunk)
+                return
+            except Released:
+                continue
+        raise OriginError(f"slice {index} could not be read")
+
+    async def _start_for(self, req: FillRequest, meta: ObjectMeta, index: int, last_needed: int) -> Fill:
+        if meta.whole:
+            return self.start_fill(req, 0, None)
+        stop = min(index + self.fill_slices - 1, last_needed, meta.slice_count - 1)
+        candidates = list(range(index + 1, stop + 1))
+        run_end = index
+        if candidates:
+            missing = set(await self.store.missing(req.entry_key, meta, candidates))
+            for i in candidates:
+                if i not in missing or self.fills.find(req.entry_key, i) is not None:
+                    break
+                run_end = i
+        again = self.fills.find(req.entry_key, index)  # someone may have started it while we looked
+        return again if again is not None else self.start_fill(req, index, run_end)

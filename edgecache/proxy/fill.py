@@ -1,0 +1,216 @@
+"""Single-flight fills: one origin request fills a run of slices, and every waiting client streams from it.
+
+A Fill owns one origin response. Its body is cut into slices as it arrives; a reader of slice i gets bytes as
+soon as they are in (first byte long before the slice is complete). Complete slices go to the store when the
+response is storable. Readers that come late find the slice in the store instead.
+
+The registry maps (entry key, slice index) to the fill producing it, so N concurrent misses on one slice make
+exactly one origin request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from edgecache.core.entry import ObjectMeta
+from edgecache.errors import OriginError
+
+log = logging.getLogger(__name__)
+
+# A fill of a whole object (origin ignores Range) keeps this many complete slices in its own buffers behind the
+# newest; older ones are only in the store, so memory per fill stays bounded whatever the object's size.
+WINDOW = 8
+
+
+class Released(Exception):
+    """The slice is no longer held by the fill: read it from the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class FillHead:
+    """What the origin's response head told us, as the handler needs it."""
+
+    status: int
+    meta: ObjectMeta  # length may be provisional (-1) for a body of unknown length
+    start: int  # absolute offset of the first body byte
+    end: int | None  # absolute offset after the last body byte, None when unknown
+    store: bool  # slices and metadata go to the store
+    shared: bool  # other clients may read this body
+    reason: str = ""  # why not stored, for Cache-Status and logs
+
+
+class Fill:
+    def __init__(self, entry_key: str, first_index: int, last_index: int | None, slice_size: int) -> None:
+        self.entry_key = entry_key
+        self.first_index = first_index
+        self.last_index = last_index  # None: the whole object
+        self.slice_size = slice_size
+        self.head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
+        self._bufs: dict[int, bytearray | bytes] = {}
+        self._complete: set[int] = set()
+        self._pos = 0  # absolute offset of the next byte to arrive
+        self._error: BaseException | None = None
+        self._done = False
+        self._changed = asyncio.Event()
+        self.start = 0  # absolute offset of the first body byte
+        self.backpressure = False  # one private reader: the producer waits for it instead of dropping slices
+        self._read_pos = 0
+
+    # --- producer side (the fill task) ---------------------------------------------------------------------
+
+    def set_head(self, head: FillHead) -> None:
+        self._pos = self.start = self._read_pos = head.start
+        self.backpressure = not head.shared
+        if not self.head.done():
+            self.head.set_result(head)
+
+    def feed(self, chunk: bytes, on_complete: Callable[[int, bytes], None]) -> None:
+        """Append body bytes; call on_complete(index, data) for each slice this chunk finishes."""
+        size = self.slice_size
+        view = memoryview(chunk)
+        while view:
+            index, offset = divmod(self._pos, size)
+            take = min(len(view), size - offset)
+            buf = self._bufs.get(index)
+            if buf is None:
+                buf = self._bufs[index] = bytearray()
+            assert isinstance(buf, bytearray)
+            buf += view[:take]
+            view = view[take:]
+            self._pos += take
+            if self._pos % size == 0:
+                self._finish_slice(index, on_complete)
+        self._wake()
+
+    def finish(self, on_complete: Callable[[int, bytes], None]) -> None:
+        """The body ended where it should: the last, short slice is complete too."""
+        index = (self._pos - 1) // self.slice_size if self._pos else 0
+        buf = self._bufs.get(index)
+        if isinstance(buf, bytearray):
+            self._finish_slice(index, on_complete)
+        elif buf is None and self._pos == 0:
+            self._bufs[0] = b""
+            self._complete.add(0)
+            on_complete(0, b"")
+        self._done = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done = True
+        if not self.head.done():
+            self.head.set_exception(error)
+            self.head.exception()  # a fill nobody waits on must not warn "exception never retrieved"
+        self._wake()
+
+    def _finish_slice(self, index: int, on_complete: Callable[[int, bytes], None]) -> None:
+        data = bytes(self._bufs[index])
+        self._bufs[index] = data
+        self._complete.add(index)
+        on_complete(index, data)
+        if self.last_index is None and not self.backpressure:
+            for old in [i for i in self._bufs if i < index - WINDOW]:
+                del self._bufs[old]
+
+    async def wait_for_reader(self) -> None:
+        """With backpressure, hold the producer until the reader is within WINDOW slices of it."""
+        while self.backpressure and self._pos - self._read_pos > WINDOW * self.slice_size and self._error is None:
+            await self._changed.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def received(self) -> int:
+        return self._pos
+
+    def covers(self, index: int) -> bool:
+        if index < self.first_index:
+            return False
+        return self.last_index is None or index <= self.last_index
+
+    # --- consumer side --------------------------------------------------------------------------------------
+
+    async def read(self, index: int, lo: int, hi: int) -> AsyncIterator[bytes]:
+        """Bytes lo..hi (exclusive, offsets within slice `index`) as they arrive.
+
+        Raises the fill's error if it fails before they are in, and Released if the fill dropped the slice.
+        """
+        base = index * self.slice_size
+        while lo < hi:
+            buf = self._bufs.get(index)
+            have = len(buf) if buf is not None else 0
+            if have > lo:
+                end = min(have, hi)
+                assert buf is not None
+                yield bytes(buf[lo:end])
+                lo = end
+                continue
+            if self._error is not None:
+                raise self._error
+            if index in self._complete or (buf is None and self._pos > base + lo):
+                raise Released(f"slice {index} released")
+            if self._done:
+                raise OriginError("origin body ended before the requested bytes")
+            await self._changed.wait()
+
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The whole body from its first byte to its end, as it arrives (the private reader of a fill)."""
+        pos = self.start
+        while True:
+            index, offset = divmod(pos, self.slice_size)
+            buf = self._bufs.get(index)
+            have = len(buf) if buf is not None else 0
+            if have > offset:
+                assert buf is not None
+                yield bytes(buf[offset:have])
+                pos += have - offset
+                self._read_pos = pos
+                self._wake()
+                continue
+            if self._error is not None:
+                raise self._error
+            if self._done and pos >= self._pos:
+                return
+            if buf is None and self._pos > pos:
+                raise OriginError("fill dropped bytes its reader still needed")
+            await self._changed.wait()
+
+
+class FillRegistry:
+    """In-flight fills by (entry key, slice index); a whole-object fill covers every index of its key."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, list[Fill]] = {}
+        self.started = 0
+        self.joined = 0
+
+    def find(self, entry_key: str, index: int) -> Fill | None:
+        for fill in self._by_key.get(entry_key, ()):
+            if fill.covers(index) and not (fill.done and fill._error is not None):
+                self.joined += 1
+                return fill
+        return None
+
+    def add(self, fill: Fill) -> None:
+        self._by_key.setdefault(fill.entry_key, []).append(fill)
+        self.started += 1
+
+    def remove(self, fill: Fill) -> None:
+        fills = self._by_key.get(fill.entry_key)
+        if fills and fill in fills:
+            fills.remove(fill)
+            if not fills:
+                del self._by_key[fill.entry_key]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_key.values())

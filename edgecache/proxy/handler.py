@@ -1,0 +1,199 @@
+"""The request path: route by Host, then serve GET/HEAD from the cache and pass everything else through.
+
+The cached path is a small loop: look the entry up, decide (fresh, stale, missing), get a fill's head when the
+origin must be asked, and serve. A fill that turns out to carry another version than the entry being served
+restarts the loop while no byte has been sent, so a changed object is served whole and new, never mixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from aiohttp import web
+
+from edgecache.config import Site
+from edgecache.core import ranges
+from edgecache.core.cachecontrol import parse_cache_control
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.freshness import Policy, Use, current_age, evaluate, stale_if_error_allows, usable
+from edgecache.core.headers import Headers, get_first
+from edgecache.core.keys import BadTarget, CacheKey, make_key, variant
+from edgecache.core.route import Router, normalise_host
+from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.errors import ClientError, OriginError, VersionChanged
+from edgecache.proxy.engine import Engine, FillRequest
+from edgecache.proxy.fill import Fill, FillHead
+from edgecache.proxy.passthrough import invalidate_after, pass_through
+from edgecache.proxy.respond import base_headers, send, send_stream
+
+log = logging.getLogger(__name__)
+
+CACHED_METHODS = frozenset({"GET", "HEAD"})
+
+
+def error_response(status: int, reason: str) -> web.Response:
+    return web.Response(
+        status=status,
+        text=reason + "\n",
+        headers={"Cache-Status": cache_status_header(CacheStatus.ERROR, detail=reason[:80].replace('"', "'"))},
+    )
+
+
+class EdgeHandler:
+    def __init__(self, sites: tuple[Site, ...], engine: Engine, policy: Policy | None = None) -> None:
+        self.router: Router[Site] = Router((s.hosts, s) for s in sites)
+        self.engine = engine
+        self.policy = policy or Policy()
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except ClientError as exc:
+            return error_response(exc.status, exc.reason)
+        except OriginError as exc:
+            log.info("%s %s: origin failed: %s", request.method, request.path, exc)
+            return error_response(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
+
+    def _route(self, request: web.Request) -> tuple[Site, str, CacheKey]:
+        if request.method == "CONNECT":
+            raise ClientError(405, "CONNECT is refused: this is an edge cache, not a forward proxy")
+        url = request._message.url
+        if url.is_absolute():
+            # RFC 9112 3.2.2: the target's authority wins over Host; it must still be one of our sites.
+            if url.scheme not in ("http", "https"):
+                raise ClientError(400, "absolute-form target must be http or https")
+            host = normalise_host(url.raw_authority)
+            target = url.raw_path_qs
+        else:
+            host = normalise_host(request.headers.get("Host"))
+            target = request.raw_path
+        if host is None:
+            raise ClientError(400, "missing or invalid Host")
+        site = self.router.match(host)
+        if site is None:
+            raise ClientError(421, f"no site is configured for host {host!r}")
+        try:
+            return site, host, make_key(site.name, host, target, site.key_query)
+        except BadTarget as exc:
+            raise ClientError(400, str(exc)) from exc
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        site, host, key = self._route(request)
+        headers: Headers = tuple(request.headers.items())
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        client_ip = str(peer[0]) if peer else "-"
+        req = FillRequest(site, key.primary, key.target, request.headers.get("Host", host), headers, client_ip, self.policy)
+        if request.method not in CACHED_METHODS:
+            resp = await pass_through(request, self.engine.origin, req, CacheStatus.PASS)
+            await invalidate_after(self.engine.store, request.method, resp.status, req, resp.headers, host)
+            return resp
+        cc = parse_cache_control(headers)
+        if cc.no_store or get_first(headers, "authorization") is not None:
+            return await pass_through(request, self.engine.origin, req, CacheStatus.PASS)
+        vary = await self.engine.store.get_vary(key.primary)
+        if vary:
+            req = replace(req, entry_key=key.primary + "\n" + variant(vary, headers))
+        return await self._cached(request, req)
+
+    async def _cached(self, request: web.Request, req: FillRequest) -> web.StreamResponse:
+        validated = False
+        for _ in range(3):
+            meta = await self.engine.store.get_meta(req.entry_key)
+            now = time.time()
+            fresh = (
+                evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, self.policy)
+                if meta is not None
+                else None
+            )
+            if meta is not None and fresh is not None:
+                if validated:
+                    return await self._serve(request, req, meta, CacheStatus.REVALIDATED)
+                use = usable(req.headers, meta.headers, fresh, self.policy)
+                if use is Use.FRESH:
+                    return await self._serve(request, req, meta, CacheStatus.HIT)
+                if use is Use.STALE_OK:
+                    return await self._serve(request, req, meta, CacheStatus.STALE)
+                if use is Use.STALE_WHILE_REVALIDATE:
+                    self._revalidate_in_background(req, meta)
+                    return await self._serve(request, req, meta, CacheStatus.STALE)
+            elif parse_cache_control(req.headers).only_if_cached:
+                raise ClientError(504, "only-if-cached and not in cache")
+            fill, ours = self._fill_for(request, req, meta)
+            try:
+                head = await fill.head
+            except OriginError:
+                if meta is not None and fresh is not None and stale_if_error_allows(
+                    req.headers, meta.headers, fresh, self.policy
+                ):
+                    return await self._serve(request, req, meta, CacheStatus.STALE, detail="stale-if-error")
+                raise
+            if head.status == 304:
+                validated = True
+                continue
+            if not head.shared and not ours:
+                return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
+            status = CacheStatus.MISS if meta is None else CacheStatus.EXPIRED
+            try:
+                return await self._serve_fill(request, req, fill, head, status)
+            except VersionChanged as exc:
+                log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
+                await self.engine.store.delete_meta(req.entry_key)
+        raise OriginError("the object kept changing while being fetched", retryable=False)
+
+    def _first_index(self, request: web.Request, meta: ObjectMeta | None) -> tuple[int, int | None]:
+        """Which slices a fill for this request starts with; last None: fetch the whole object at once."""
+        size = self.engine.slice_size
+        header = request.headers.get("Range")
+        if meta is not None:
+            if meta.whole:
+                return 0, None
+            result = ranges.resolve(header, meta.length) if header else ranges.NoRange()
+            first = result.range.first if isinstance(result, ranges.Single) else 0
+            if isinstance(result, ranges.Multi):
+                first = result.ranges[0].first
+            return first // size, first // size
+        if request.method == "HEAD":
+            return 0, 0
+        specs = ranges.parse_range_header(header) if header else None
+        if not specs:
+            return 0, None
+        spec = specs[0]
+        if spec.first is None:  # suffix: the length is unknown, so learn it from the first slice
+            return 0, 0
+        first = spec.first // size
+        last = spec.last // size if spec.last is not None else first + self.engine.fill_slices - 1
+        return first, min(last, first + self.engine.fill_slices - 1)
+
+    def _fill_for(self, request: web.Request, req: FillRequest, meta: ObjectMeta | None) -> tuple[Fill, bool]:
+        first, last = self._first_index(request, meta)
+        existing = self.engine.fills.find(req.entry_key, first)
+        if existing is not None:
+            return existing, False
+        return self.engine.start_fill(req, first, last, validate=meta), True
+
+    def _revalidate_in_background(self, req: FillRequest, meta: ObjectMeta) -> None:
+        first = 0
+        if self.engine.fills.find(req.entry_key, first) is None:
+            self.engine.start_fill(req, 0, None if meta.whole else 0, validate=meta)
+
+    async def _serve(
+        self, request: web.Request, req: FillRequest, meta: ObjectMeta, status: CacheStatus, detail: str = ""
+    ) -> web.StreamResponse:
+        age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
+        headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
+        return await send(request, meta, headers, lambda f, last: self.engine.read_range(req, meta, f, last))
+
+    async def _serve_fill(
+        self, request: web.Request, req: FillRequest, fill: Fill, head: FillHead, status: CacheStatus
+    ) -> web.StreamResponse:
+        meta = head.meta
+        cstatus = cache_status_header(status, stored=head.store, detail="" if head.shared else head.reason)
+        headers = base_headers(meta.headers, 0, cstatus)
+        if head.shared and meta.length >= 0:
+            return await send(request, meta, headers, lambda f, last: self.engine.read_range(req, meta, f, last))
+        if head.start != 0 or fill.last_index is not None:
+            # An uncacheable answer to a ranged fill: ask again for exactly what the client wants.
+            return await pass_through(request, self.engine.origin, req, status)
+        return await send_stream(request, meta.status, headers, fill.stream(), head.end)

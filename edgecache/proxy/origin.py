@@ -1,0 +1,112 @@
+"""The origin client: one pooled aiohttp session per process, bounded failover across a site's origins."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict
+
+from edgecache.config import OriginSettings, Site
+from edgecache.core.headers import Headers
+from edgecache.errors import OriginError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class OriginResponse:
+    status: int
+    headers: Headers
+    raw: aiohttp.ClientResponse
+    origin: str
+
+    def release(self) -> None:
+        self.raw.release()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class OriginClient:
+    def __init__(self, settings: OriginSettings) -> None:
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.max_connections, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
+        )
+        # Bodies are stored exactly as the origin encoded them: never decompress, never add our own fields.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        site: Site,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: AsyncIterable[bytes] | bytes | None = None,
+    ) -> OriginResponse:
+        """Send to the site's origins in order; the next one is tried on a connection error, timeout or 5xx.
+
+        A request with a body is never retried: it may already have had its effect.
+        """
+        assert self._session is not None, "OriginClient.start() not called"
+        origins = site.origins if body is None else site.origins[:1]
+        last_error: OriginError | None = None
+        for i, base in enumerate(origins):
+            is_last = i == len(origins) - 1
+            try:
+                raw = await self._session.request(
+                    method,
+                    base + target,
+                    headers=CIMultiDict(headers),
+                    data=body,
+                    allow_redirects=False,
+                    compress=None,
+                    chunked=None,
+                )
+            except TimeoutError as exc:
+                last_error = OriginError(f"{base}: timed out", timeout=True)
+                log.info("origin %s timed out: %s", base, exc)
+                continue
+            except (aiohttp.ClientError, OSError) as exc:
+                last_error = OriginError(f"{base}: {exc.__class__.__name__}: {exc}")
+                log.info("origin %s failed: %s", base, exc)
+                continue
+            if raw.status >= 500 and not is_last:
+                log.info("origin %s answered %d, trying the next origin", base, raw.status)
+                raw.release()
+                continue
+            return OriginResponse(raw.status, tuple(raw.headers.items()), raw, base)
+        assert last_error is not None
+        raise last_error
+
+
+async def read_chunks(resp: OriginResponse, size: int = 256 * 1024) -> AsyncIterable[bytes]:
+    """The body as it arrives; a cut or malformed body raises OriginError, never ends early in silence."""
+    try:
+        async for chunk in resp.raw.content.iter_chunked(size):
+            yield chunk
+    except TimeoutError as exc:
+        raise OriginError("origin body read timed out", timeout=True) from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+        raise OriginError(f"origin body broken: {exc}") from exc

@@ -1,0 +1,90 @@
+"""Requests the cache does not answer: forwarded to the site's origin as they are, streamed back, never stored."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from edgecache.core.forward import VIA, forward_headers
+from edgecache.core.freshness import invalidates
+from edgecache.core.headers import Headers, end_to_end, get_all
+from edgecache.core.keys import BadTarget, make_key
+from edgecache.core.route import normalise_host
+from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.errors import OriginError
+from edgecache.proxy.engine import FillRequest
+from edgecache.proxy.origin import OriginClient, read_chunks
+from edgecache.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def pass_through(
+    request: web.Request, origin: OriginClient, req: FillRequest, status: CacheStatus
+) -> web.StreamResponse:
+    headers = forward_headers(req.headers, req.site.origin_host or req.host, req.client_ip, fill=False)
+    body = request.content.iter_chunked(64 * 1024) if request.body_exists else None
+    resp = await origin.request(req.site, request.method, req.target, headers, body)
+    try:
+        out = web.StreamResponse(status=resp.status, reason=resp.raw.reason)
+        for k, v in end_to_end(resp.headers, drop=("via", "cache-status")):
+            out.headers.add(k, v)
+        via = ", ".join(get_all(resp.headers, "via"))
+        out.headers.add("Via", f"{via}, {VIA}" if via else VIA)
+        prior = ", ".join(get_all(resp.headers, "cache-status"))
+        mine = cache_status_header(status)
+        out.headers.add("Cache-Status", f"{prior}, {mine}" if prior else mine)
+        if request.method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200:
+            await out.prepare(request)
+            return out
+        if resp.raw.content_length is None:
+            out.enable_chunked_encoding()
+        else:
+            out.content_length = resp.raw.content_length
+        await out.prepare(request)
+        try:
+            async for chunk in read_chunks(resp):
+                await out.write(chunk)
+        except OriginError as exc:
+            log.warning("aborting pass-through of %s: %s", request.path, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionAbortedError(str(exc)) from exc
+        await out.write_eof()
+        return out
+    finally:
+        resp.release()
+
+
+async def invalidate_after(
+    store: Store, method: str, status: int, req: FillRequest, resp_headers: object, host: str
+) -> None:
+    """RFC 9111 4.4: a non-error response to an unsafe method invalidates the target URI and the same-host
+    Location and Content-Location."""
+    if not invalidates(method, status):
+        return
+    assert hasattr(resp_headers, "items")
+    headers: Headers = tuple(resp_headers.items())
+    targets = [req.target]
+    for name in ("location", "content-location"):
+        for value in get_all(headers, name):
+            parts = urlsplit(value)
+            if parts.netloc and normalise_host(parts.netloc) != host:
+                continue  # another host's entries are not ours to drop on this response's word
+            path = parts.path or "/"
+            if not path.startswith("/"):
+                path = req.target.rsplit("/", 1)[0] + "/" + path
+            targets.append(path + (f"?{parts.query}" if parts.query else ""))
+    for target in targets:
+        try:
+            key = make_key(req.site.name, host, target, req.site.key_query)
+        except BadTarget:
+            continue
+        await store.delete_meta(key.primary)
+        vary = await store.get_vary(key.primary)
+        if vary:
+            from edgecache.core.keys import variant
+
+            await store.delete_meta(key.primary + "\n" + variant(vary, req.headers))

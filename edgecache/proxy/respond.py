@@ -1,0 +1,176 @@
+"""Writing responses: headers from stored metadata, the client's Range applied, bodies streamed from the engine."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from edgecache.core import ranges
+from edgecache.core.conditional import not_modified, precondition_failed
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.forward import VIA
+from edgecache.core.headers import Headers, get_all, get_first
+from edgecache.errors import OriginError
+
+log = logging.getLogger(__name__)
+
+# Fields recomputed for every response rather than replayed from the stored ones.
+RECOMPUTED = frozenset({"age", "via", "cache-status", "content-length", "content-range", "accept-ranges"})
+# Kept on a 304 (RFC 9110 15.4.5): the fields a 200 would have carried that describe validators and caching.
+NOT_MODIFIED_FIELDS = frozenset(
+    {"cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified"}
+)
+
+
+def base_headers(meta_headers: Headers, age: int, cache_status: str) -> list[tuple[str, str]]:
+    out = [(k, v) for k, v in meta_headers if k.lower() not in RECOMPUTED]
+    via = ", ".join(get_all(meta_headers, "via"))
+    out.append(("Via", f"{via}, {VIA}" if via else VIA))
+    out.append(("Age", str(max(0, age))))
+    prior = ", ".join(get_all(meta_headers, "cache-status"))
+    out.append(("Cache-Status", f"{prior}, {cache_status}" if prior else cache_status))
+    return out
+
+
+def _response(status: int, headers: list[tuple[str, str]]) -> web.StreamResponse:
+    resp = web.StreamResponse(status=status)
+    for k, v in headers:
+        resp.headers.add(k, v)
+    return resp
+
+
+def plan(method: str, request: Headers, meta: ObjectMeta) -> tuple[int, ranges.RangeResult]:
+    """The status to answer with and the range to send, from the client's conditions and Range."""
+    if meta.status == 200 or meta.status == 206:
+        if precondition_failed(request, meta.etag, meta.last_modified):
+            return 412, ranges.NoRange()
+        if not_modified(request, meta.etag, meta.last_modified):
+            return 304, ranges.NoRange()
+        if get_first(request, "range") is not None and ranges.if_range_allows(
+            get_first(request, "if-range"), meta.etag, meta.last_modified
+        ):
+            result = ranges.resolve(get_first(request, "range"), meta.length)
+            if isinstance(result, ranges.Unsatisfiable):
+                return 416, result
+            if isinstance(result, ranges.Single | ranges.Multi):
+                return 206, result
+        return 200, ranges.NoRange()
+    return meta.status, ranges.NoRange()
+
+
+Body = AsyncIterator[bytes | memoryview]
+
+
+# Gives the bytes first..last (inclusive) of the object being served.
+Reader = Callable[[int, int], Body]
+
+
+async def send(
+    request: web.Request,
+    meta: ObjectMeta,
+    headers: list[tuple[str, str]],
+    read: Reader,
+    length_known: bool = True,
+) -> web.StreamResponse:
+    """Answer `request` for the object `meta` describes; `headers` are base_headers() for it."""
+    method = request.method
+    status, rng = plan(method, tuple(request.headers.items()), meta)
+    if status == 304:
+        kept = [(k, v) for k, v in headers if k.lower() in NOT_MODIFIED_FIELDS or k in ("Via", "Age", "Cache-Status")]
+        resp = _response(304, kept)
+        await resp.prepare(request)
+        return resp
+    if status == 412:
+        return await _small(request, 412, headers, b"precondition failed\n")
+    if meta.status == 200:
+        headers = [*headers, ("Accept-Ranges", "bytes")]
+    if isinstance(rng, ranges.Unsatisfiable):
+        return await _small(
+            request, 416, [*headers, ("Content-Range", f"bytes */{meta.length}")], b"range not satisfiable\n"
+        )
+    if isinstance(rng, ranges.Multi):
+        return await _send_multi(request, meta, headers, rng, read)
+    first, last = (rng.range.first, rng.range.last) if isinstance(rng, ranges.Single) else (0, meta.length - 1)
+    if isinstance(rng, ranges.Single):
+        headers = [*headers, ("Content-Range", ranges.format_content_range(rng.range, meta.length))]
+    resp = _response(status, headers)
+    if length_known:
+        resp.content_length = last - first + 1
+    else:
+        resp.enable_chunked_encoding()
+    if method == "HEAD" or last < first:
+        await resp.prepare(request)
+        return resp
+    await _stream(request, resp, read(first, last))
+    return resp
+
+
+async def send_stream(
+    request: web.Request, status: int, headers: list[tuple[str, str]], body: Body, length: int | None
+) -> web.StreamResponse:
+    """A body that cannot be ranged or conditioned (uncacheable, or of unknown length), sent as it comes."""
+    resp = _response(status, headers)
+    if length is not None:
+        resp.content_length = length
+    else:
+        resp.enable_chunked_encoding()
+    if request.method == "HEAD":
+        await resp.prepare(request)
+        return resp
+    await _stream(request, resp, body)
+    return resp
+
+
+async def _small(request: web.Request, status: int, headers: list[tuple[str, str]], body: bytes) -> web.StreamResponse:
+    keep = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-encoding", "etag", "last-modified")]
+    resp = _response(status, [*keep, ("Content-Type", "text/plain")])
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    if request.method != "HEAD":
+        await resp.write(body)
+    return resp
+
+
+async def _send_multi(
+    request: web.Request, meta: ObjectMeta, headers: list[tuple[str, str]], rng: ranges.Multi, read: Reader
+) -> web.StreamResponse:
+    boundary = secrets.token_hex(12)
+    ctype = get_first(meta.headers, "content-type")
+    layout = ranges.multipart_layout(rng.ranges, meta.length, ctype, boundary)
+    keep = [(k, v) for k, v in headers if k.lower() != "content-type"]
+    resp = _response(206, [*keep, ("Content-Type", layout.content_type)])
+    resp.content_length = layout.content_length
+    if request.method == "HEAD":
+        await resp.prepare(request)
+        return resp
+
+    async def body() -> Body:
+        for preamble, part in layout.parts:
+            yield preamble
+            async for chunk in read(part.first, part.last):
+                yield chunk
+        yield layout.epilogue
+
+    await _stream(request, resp, body())
+    return resp
+
+
+async def _stream(request: web.Request, resp: web.StreamResponse, body: Body) -> None:
+    """Send headers once the first bytes are in hand, then the rest; an origin failure mid-body aborts the
+    connection so the client sees a short response, never wrong or padded bytes."""
+    first = await anext(body, None)  # errors here surface before any byte is sent, so the caller may retry
+    await resp.prepare(request)
+    try:
+        if first is not None:
+            await resp.write(first)
+        async for chunk in body:
+            await resp.write(chunk)
+    except OriginError as exc:
+        log.warning("aborting response to %s after %d bytes: %s", request.path, resp.body_length, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionAbortedError(str(exc)) from exc
+    await resp.write_eof()

@@ -1,0 +1,97 @@
+"""The process: uvloop, the listeners, the shared parts (origin client, store, engine) and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from edgecache.config import Config
+from edgecache.proxy.engine import Engine
+from edgecache.proxy.handler import EdgeHandler
+from edgecache.proxy.origin import OriginClient
+from edgecache.storage.disk import DiskTier
+from edgecache.storage.memory import MemoryTier
+from edgecache.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class Node:
+    """Everything one worker process runs; built and torn down as a unit."""
+
+    config: Config
+    origin: OriginClient
+    store: Store
+    engine: Engine
+    handler: EdgeHandler
+
+
+@asynccontextmanager
+async def open_node(config: Config) -> AsyncIterator[Node]:
+    origin = OriginClient(config.origin)
+    await origin.start()
+    disk = DiskTier(config.cache.dir, config.cache.disk_bytes)
+    store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
+    engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
+    try:
+        yield Node(config, origin, store, engine, EdgeHandler(config.sites, engine))
+    finally:
+        await engine.close()
+        await origin.close()
+        await asyncio.get_running_loop().run_in_executor(None, disk.close)
+
+
+def make_server(node: Node) -> web.Server:
+    # The low-level server: no router, so every target (absolute-form, odd paths) reaches our own checks.
+    return web.Server(node.handler, access_log=None, handler_cancellation=False)
+
+
+async def _start_demo(config: Config) -> web.AppRunner | None:
+    if config.demo_origin is None:
+        return None
+    from edgecache.demo import demo_app, write_content
+
+    root = config.cache.dir.parent / "demo-origin"
+    await asyncio.get_running_loop().run_in_executor(None, write_content, root)
+    runner = web.AppRunner(demo_app(root), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.demo_origin.host, config.demo_origin.port).start()
+    log.info("demo origin on http://%s", config.demo_origin)
+    return runner
+
+
+async def run(config: Config, ready: asyncio.Event | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    demo = await _start_demo(config)
+    async with open_node(config) as node:
+        runner = web.ServerRunner(make_server(node), handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
+        await runner.setup()
+        for addr in config.listen:
+            await web.TCPSite(runner, addr.host, addr.port, backlog=1024, reuse_port=config.workers > 1).start()
+            log.info("edgecache listening on http://%s", addr)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("stopping: draining connections for up to %.0f s", DRAIN_SECONDS)
+        await runner.cleanup()
+    if demo is not None:
+        await demo.cleanup()
+
+
+def serve(config: Config) -> None:
+    import uvloop
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvloop.run(run(config))

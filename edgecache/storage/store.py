@@ -1,0 +1,143 @@
+"""The tiered store: object metadata and slices, memory tier first, disk tier behind it.
+
+Slice names carry the object version, so a reader holding metadata for version A can only ever find slices of
+version A. A slice read from disk is checked against the length the metadata promises; a short or damaged one
+is dropped and reported missing, so it is refetched rather than served.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.keys import digest
+from edgecache.errors import StorageError
+from edgecache.storage.disk import DiskTier
+from edgecache.storage.memory import MemoryTier
+
+log = logging.getLogger(__name__)
+
+
+def slice_name(entry_key: str, version: str, index: int) -> str:
+    return f"s:{digest(entry_key)}:{digest(version)[:16]}:{index}"
+
+
+class Store:
+    def __init__(self, memory: MemoryTier, disk: DiskTier, meta_entries: int = 100_000) -> None:
+        self.memory = memory
+        self.disk = disk
+        self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
+        self._vary: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._meta_entries = meta_entries
+
+    # --- metadata -----------------------------------------------------------------------------------------
+
+    def _remember(self, key: str, meta: ObjectMeta) -> None:
+        self._meta[key] = meta
+        self._meta.move_to_end(key)
+        if len(self._meta) > self._meta_entries:
+            self._meta.popitem(last=False)
+
+    async def get_meta(self, entry_key: str) -> ObjectMeta | None:
+        meta = self._meta.get(entry_key)
+        if meta is not None:
+            self._meta.move_to_end(entry_key)
+            return meta
+        try:
+            raw = await self.disk.get("m:" + digest(entry_key))
+        except StorageError as exc:
+            log.warning("metadata read failed, treating as a miss: %s", exc)
+            return None
+        meta = ObjectMeta.from_bytes(raw) if raw is not None else None
+        if meta is not None:
+            self._remember(entry_key, meta)
+        return meta
+
+    async def put_meta(self, entry_key: str, meta: ObjectMeta) -> None:
+        self._remember(entry_key, meta)
+        try:
+            await self.disk.put("m:" + digest(entry_key), meta.to_bytes())
+        except StorageError as exc:
+            log.warning("metadata write failed: %s", exc)
+
+    async def delete_meta(self, entry_key: str) -> None:
+        self._meta.pop(entry_key, None)
+        try:
+            await self.disk.delete("m:" + digest(entry_key))
+        except StorageError as exc:
+            log.warning("metadata delete failed: %s", exc)
+
+    # --- Vary: which request fields select the variant of a primary key ------------------------------------
+
+    async def get_vary(self, primary: str) -> tuple[str, ...] | None:
+        if primary in self._vary:
+            return self._vary[primary]
+        try:
+            raw = await self.disk.get("v:" + digest(primary))
+        except StorageError:
+            return None
+        if raw is None:
+            return None
+        names = tuple(n for n in raw.decode("latin-1").split("\n") if n)
+        self._vary[primary] = names
+        return names
+
+    async def put_vary(self, primary: str, names: tuple[str, ...]) -> None:
+        if self._vary.get(primary) == names:
+            return
+        self._vary[primary] = names
+        if len(self._vary) > self._meta_entries:
+            self._vary.popitem(last=False)
+        try:
+            await self.disk.put("v:" + digest(primary), "\n".join(names).encode("latin-1"))
+        except StorageError as exc:
+            log.warning("vary record write failed: %s", exc)
+
+    # --- slices ----------------------------------------------------------------------------------------------
+
+    def slice_from_memory(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
+        return self.memory.get(slice_name(entry_key, meta.version, index))
+
+    async def slice_from_disk(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
+        name = slice_name(entry_key, meta.version, index)
+        try:
+            data = await self.disk.get(name)
+        except StorageError as exc:
+            log.warning("slice read failed, refetching: %s", exc)
+            return None
+        if data is None:
+            return None
+        if len(data) != meta.slice_length(index):
+            log.warning("slice %s has %d bytes, expected %d: dropped", name, len(data), meta.slice_length(index))
+            await self._drop(name)
+            return None
+        self.memory.put(name, data)
+        return data
+
+    async def _drop(self, name: str) -> None:
+        self.memory.delete(name)
+        try:
+            await self.disk.delete(name)
+        except StorageError:
+            pass
+
+    async def missing(self, entry_key: str, meta: ObjectMeta, indices: list[int]) -> list[int]:
+        """Which of `indices` are in neither tier (one disk round trip for all of them)."""
+        names = [slice_name(entry_key, meta.version, i) for i in indices]
+        not_in_memory = [(i, n) for i, n in zip(indices, names, strict=True) if self.memory.get(n) is None]
+        if not not_in_memory:
+            return []
+        try:
+            on_disk = await self.disk.contains([n for _, n in not_in_memory])
+        except StorageError:
+            on_disk = [False] * len(not_in_memory)
+        return [i for (i, _), found in zip(not_in_memory, on_disk, strict=True) if not found]
+
+    async def put_slice(self, entry_key: str, version: str, index: int, data: bytes) -> None:
+        name = slice_name(entry_key, version, index)
+        self.memory.put(name, data)
+        try:
+            await self.disk.put(name, data)
+        except StorageError as exc:
+            log.warning("slice write failed (the node keeps serving from origin): %s", exc)
