@@ -1,0 +1,98 @@
+"""The command line: check-config like `nginx -t`, and `serve` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.origin import Origin
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgecache", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
+def test_shipped_config_is_valid() -> None:
+    r = run_cli("check-config", str(ROOT / "config" / "edgecache.toml"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(": ok")
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        """
+[server]
+listen = ["nowhere"]
+[cache]
+memory = "lots"
+slice = "1KiB"
+colour = "blue"
+[[sites]]
+name = "a"
+hosts = ["bad host!"]
+origins = ["ftp://x"]
+"""
+    )
+    r = run_cli("check-config", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert f"{bad}: server.listen: expected HOST:PORT such as 127.0.0.1:8080" in lines
+    assert f"{bad}: cache.memory: 'lots' is not a size such as 256MiB" in lines
+    assert f"{bad}: cache.slice: must be between 4KiB and 64MiB" in lines
+    assert f"{bad}: cache.colour: unknown key" in lines
+    assert f"{bad}: sites[0].hosts: 'bad host!' is not a host name or *.wildcard" in lines
+    assert f"{bad}: sites[0].origins: 'ftp://x' is not an http(s) URL with a host" in lines
+    assert len(lines) == 6
+
+
+def test_check_config_bad_toml(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[server\n")
+    r = run_cli("check-config", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"{bad}: -: invalid TOML")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_serve_one_origin_mode_as_a_process(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/p.bin", b"served by a real process" * 1000)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecache", "serve", "--origin", origin.url, "--listen", f"127.0.0.1:{port}",
+        "--cache-dir", str(tmp_path / "cache"), cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        while True:  # wait for the listening line: synchronisation on the process's own word, no sleeps
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)
+            assert line, "edgecache exited before listening"
+            if b"listening on" in line:
+                break
+        async with aiohttp.ClientSession() as s:
+            for _ in range(2):
+                async with s.get(f"http://127.0.0.1:{port}/p.bin", headers={"Host": "any.host"}) as r:
+                    assert r.status == 200
+                    assert await r.read() == b"served by a real process" * 1000
+        assert origin.hits["/p.bin"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(proc.wait(), 30)
+    assert rc == 0
+    assert os.path.isdir(tmp_path / "cache")

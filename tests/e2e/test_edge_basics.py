@@ -1,0 +1,141 @@
+"""The edge node end to end: real origin, real edge, real sockets, real diskcache directory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+from tests.conftest import Edge, make_config, start_edge
+from tests.origin import Origin
+
+MiB = 2**20
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+async def test_full_object_then_hit(edge: Edge, origin: Origin, big_bytes: bytes) -> None:
+    origin.put("/big.bin", big_bytes)
+    status, headers, body = await edge.get("/big.bin")
+    assert status == 200
+    assert sha(body) == sha(big_bytes)
+    assert headers["Content-Length"] == str(len(big_bytes))
+    assert "fwd=uri-miss" in headers["Cache-Status"]
+    assert origin.hits["/big.bin"] == 1
+    status, headers, body = await edge.get("/big.bin")
+    assert status == 200
+    assert sha(body) == sha(big_bytes)
+    assert headers["Cache-Status"] == "edgecache; hit"
+    assert headers["Accept-Ranges"] == "bytes"
+    assert headers["ETag"] == '"v1"'
+    assert "edgecache" in headers["Via"]
+    assert int(headers["Age"]) >= 0
+    assert origin.hits["/big.bin"] == 1
+
+
+async def test_small_object_and_404_are_cached(edge: Edge, origin: Origin) -> None:
+    origin.put("/s.txt", b"hello\n")
+    for _ in range(3):
+        assert (await edge.get("/s.txt"))[2] == b"hello\n"
+    assert origin.hits["/s.txt"] == 1
+    for _ in range(3):
+        status, _, body = await edge.get("/missing")
+        assert (status, body) == (404, b"no such object\n")
+    assert origin.hits["/missing"] == 1
+
+
+async def test_head_has_length_and_no_body(edge: Edge, origin: Origin) -> None:
+    origin.put("/h.bin", b"x" * 5000)
+    async with edge.session.head(edge.url + "/h.bin", headers={"Host": "video.test"}) as r:
+        assert r.status == 200
+        assert r.headers["Content-Length"] == "5000"
+        assert await r.read() == b""
+    async with edge.session.head(edge.url + "/h.bin", headers={"Host": "video.test"}) as r:
+        assert r.headers["Content-Length"] == "5000"
+        assert r.headers["Cache-Status"] == "edgecache; hit"
+    status, _, body = await edge.get("/h.bin")
+    assert (status, body) == (200, b"x" * 5000)
+    assert origin.hits["/h.bin"] == 1
+
+
+async def test_origin_that_ignores_range_is_asked_once(edge: Edge, origin: Origin) -> None:
+    data = bytes(range(256)) * (8 * MiB // 256)
+    origin.put("/ignores.bin", data, ignore_range=True)
+    status, headers, body = await edge.get("/ignores.bin", Range="bytes=5242880-5242889")
+    assert (status, body) == (206, data[5242880:5242890])
+    assert headers["Content-Range"] == f"bytes 5242880-5242889/{len(data)}"
+    status, _, body = await edge.get("/ignores.bin", Range="bytes=100-2100000")
+    assert (status, body) == (206, data[100:2100001])
+    status, _, body = await edge.get("/ignores.bin")
+    assert body == data
+    assert origin.hits["/ignores.bin"] == 1
+
+
+async def test_post_passes_through_and_is_never_stored(edge: Edge, origin: Origin) -> None:
+    async with edge.session.post(edge.url + "/upload", data=b"payload", headers={"Host": "video.test"}) as r:
+        assert r.status == 201
+        assert "fwd=bypass" in r.headers["Cache-Status"]
+    assert origin.objects["/upload"].data == b"payload"
+    assert origin.hits["/upload"] == 1
+    status, _, body = await edge.get("/upload")
+    assert (status, body) == (200, b"payload")
+    status, _, body = await edge.get("/upload")
+    assert origin.hits["/upload"] == 2  # the POST was not stored; the GET was, once
+
+
+async def test_uncacheable_response_is_forwarded_every_time(edge: Edge, origin: Origin) -> None:
+    origin.put("/private", b"secret", headers={"Cache-Control": "private"})
+    for _ in range(2):
+        status, headers, body = await edge.get("/private")
+        assert (status, body) == (200, b"secret")
+        assert "stored" not in headers["Cache-Status"]
+    assert origin.hits["/private"] == 2
+
+
+async def test_query_parameters_outside_the_key_share_one_entry(origin: Origin, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    cfg = make_config(tmp_path / "c", [origin.url])
+    cfg = replace(cfg, sites=(replace(cfg.sites[0], key_query=("v",)),))
+    origin.put("/q.bin", b"q" * 100)
+    async with start_edge(cfg) as edge:
+        for target in ("/q.bin?v=1&token=a", "/q.bin?token=b&v=1", "/q.bin?v=1"):
+            assert (await edge.get(target))[2] == b"q" * 100
+        assert origin.hits["/q.bin?v=1&token=a"] == 1
+        assert sum(origin.hits.values()) == 1
+        assert origin.seen[0].path == "/q.bin?v=1&token=a"  # the origin still gets the parameters it needs
+        await edge.get("/q.bin?v=2")
+        assert sum(origin.hits.values()) == 2
+
+
+async def test_restart_serves_cached_bytes_with_origin_down(origin: Origin, tmp_path: Path) -> None:
+    data = bytes(range(256)) * (3 * MiB // 256 + 7)
+    origin.put("/keep.bin", data)
+    cfg = make_config(tmp_path / "c", [origin.url])
+    async with start_edge(cfg) as edge:
+        assert (await edge.get("/keep.bin"))[2] == data
+    await origin.stop()
+    async with start_edge(cfg) as edge:
+        status, headers, body = await edge.get("/keep.bin")
+        assert (status, body) == (200, data)
+        assert headers["Cache-Status"] == "edgecache; hit"
+        status, _, body = await edge.get("/keep.bin", Range="bytes=1048570-2097160")
+        assert (status, body) == (206, data[1048570:2097161])
+        status, _, _ = await edge.get("/not-cached.bin")
+        assert status == 502
+
+
+async def test_many_identical_requests_concurrently_one_origin_fetch(edge: Edge, origin: Origin) -> None:
+    data = bytes(range(256)) * (2 * MiB // 256)
+    origin.put("/hot.bin", data)
+    origin.gate = asyncio.Event()
+    tasks = [asyncio.ensure_future(edge.get("/hot.bin")) for _ in range(25)]
+    await origin.wait_for_requests(1)
+    origin.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert all(r[0] == 200 and r[2] == data for r in results)
+    assert origin.hits["/hot.bin"] == 1
+    statuses = {r[1]["Cache-Status"] for r in results}
+    assert statuses <= {"edgecache; fwd=uri-miss; stored", "edgecache; hit"}
