@@ -52,13 +52,14 @@ def write_content(root: Path) -> None:
 
 
 def demo_app(root: Path) -> web.Application:
+    # The files are listed once at start: a request can only ever name one of them.
+    files = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file() and p.suffix != ".tmp"}
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        rel = request.match_info["path"] or "index.html"
-        path = (root / rel).resolve()
-        if root.resolve() not in path.parents or not path.is_file():
+        path = files.get(request.match_info["path"] or "index.html")
+        if path is None:
             raise web.HTTPNotFound(text="not found\n")
-        resp = web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
-        return resp
+        return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
     app = web.Application()
     app.router.add_get("/{path:.*}", handle)

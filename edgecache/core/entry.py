@@ -139,7 +139,7 @@ class Refused:
 Judgement = Partial | Whole | NotModified | Other | Refused
 
 
-def _content_length(headers: Headers) -> int | None | Refused:
+def _content_length(headers: Headers) -> int | Refused | None:
     values = {v.strip() for v in list_values(headers, "content-length")}
     if not values:
         return None

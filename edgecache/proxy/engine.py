@@ -195,7 +195,9 @@ class Engine:
         if head.shared and not commit_now:
             await self._store_complete(req, head, fill.received, held)
 
-    async def _store_complete(self, req: FillRequest, head: FillHead, length: int, held: list[tuple[int, bytes]]) -> None:
+    async def _store_complete(
+        self, req: FillRequest, head: FillHead, length: int, held: list[tuple[int, bytes]]
+    ) -> None:
         """A body stored only once whole: another status, or a 200 of unknown length."""
         meta = replace(head.meta, length=length)
         for index, data in held:

@@ -162,7 +162,6 @@ class Fill:
                 raise OriginError("origin body ended before the requested bytes")
             await self._changed.wait()
 
-
     async def stream(self) -> AsyncIterator[bytes]:
         """The whole body from its first byte to its end, as it arrives (the private reader of a fill)."""
         pos = self.start

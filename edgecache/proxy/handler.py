@@ -84,7 +84,9 @@ class EdgeHandler:
         headers: Headers = tuple(request.headers.items())
         peer = request.transport.get_extra_info("peername") if request.transport else None
         client_ip = str(peer[0]) if peer else "-"
-        req = FillRequest(site, key.primary, key.target, request.headers.get("Host", host), headers, client_ip, self.policy)
+        req = FillRequest(
+            site, key.primary, key.target, request.headers.get("Host", host), headers, client_ip, self.policy
+        )
         if request.method not in CACHED_METHODS:
             resp = await pass_through(request, self.engine.origin, req, CacheStatus.PASS)
             await invalidate_after(self.engine.store, request.method, resp.status, req, resp.headers, host)
@@ -124,8 +126,10 @@ class EdgeHandler:
             try:
                 head = await fill.head
             except OriginError:
-                if meta is not None and fresh is not None and stale_if_error_allows(
-                    req.headers, meta.headers, fresh, self.policy
+                if (
+                    meta is not None
+                    and fresh is not None
+                    and stale_if_error_allows(req.headers, meta.headers, fresh, self.policy)
                 ):
                     return await self._serve(request, req, meta, CacheStatus.STALE, detail="stale-if-error")
                 raise

@@ -125,7 +125,9 @@ async def send_stream(
 
 
 async def _small(request: web.Request, status: int, headers: list[tuple[str, str]], body: bytes) -> web.StreamResponse:
-    keep = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-encoding", "etag", "last-modified")]
+    keep = [
+        (k, v) for k, v in headers if k.lower() not in ("content-type", "content-encoding", "etag", "last-modified")
+    ]
     resp = _response(status, [*keep, ("Content-Type", "text/plain")])
     resp.content_length = len(body)
     await resp.prepare(request)

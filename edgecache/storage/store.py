@@ -7,6 +7,7 @@ is dropped and reported missing, so it is refetched rather than served.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 
@@ -117,10 +118,8 @@ class Store:
 
     async def _drop(self, name: str) -> None:
         self.memory.delete(name)
-        try:
+        with contextlib.suppress(StorageError):
             await self.disk.delete(name)
-        except StorageError:
-            pass
 
     async def missing(self, entry_key: str, meta: ObjectMeta, indices: list[int]) -> list[int]:
         """Which of `indices` are in neither tier (one disk round trip for all of them)."""
