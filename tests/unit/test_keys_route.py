@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgecache.core.keys import BadTarget, keyed_query, make_key, normalise_target, remove_dot_segments, variant
+from edgecache.core.route import Router, normalise_host
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "query"),
+    [
+        ("/a/b", "/a/b", ""),
+        ("/a/./b/../c", "/a/c", ""),
+        ("/../../etc/passwd", "/etc/passwd", ""),
+        ("/x/%2e%2e/y", "/y", ""),
+        ("/x/%2E%2e/%2e/y", "/y", ""),
+        ("/%7euser/%41b", "/~user/Ab", ""),
+        ("/a%2fb", "/a%2Fb", ""),  # an encoded slash stays encoded: it is not a path separator
+        ("/a?b=1&a=%7e", "/a", "b=1&a=~"),
+        ("/a#frag", "/a", ""),
+        ("//double//slash", "//double//slash", ""),
+        ("/dir/..", "/", ""),
+    ],
+)
+def test_normalise_target(raw: str, path: str, query: str) -> None:
+    assert normalise_target(raw) == (path, query)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("/a%00b", "encoded NUL in the request target"),
+        ("/a b", "request target has control characters or spaces"),
+        ("/a\x01", "request target has control characters or spaces"),
+        ("a/b", "request target must be origin-form (start with '/')"),
+        ("*", "request target must be origin-form (start with '/')"),
+        ("/" + "a" * 9000, "request target too long"),
+    ],
+)
+def test_bad_targets(raw: str, reason: str) -> None:
+    with pytest.raises(BadTarget, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        normalise_target(raw)
+
+
+def test_key_query_rules_are_order_insensitive() -> None:
+    a = make_key("s", "h", "/v?itag=22&sig=x&range=1", ("itag", "range"))
+    b = make_key("s", "h", "/v?sig=y&range=1&itag=22", ("itag", "range"))
+    assert a.primary == b.primary == "s|h|/v?itag=22&range=1"
+    assert a.target == "/v?itag=22&sig=x&range=1"  # the origin still gets every parameter
+    assert make_key("s", "h", "/v?b=2&a=1", ("*",)).primary == "s|h|/v?a=1&b=2"
+    assert make_key("s", "h", "/v?b=2&a=1", ()).primary == "s|h|/v"
+    assert keyed_query("a=1&&b", ("*",)) == "a=1&b="
+
+
+def test_variant_normalises_whitespace() -> None:
+    h = (("Accept-Encoding", "gzip,  br"), ("X", "1"))
+    assert variant(("accept-encoding",), h) == "accept-encoding=gzip, br"
+    assert variant(("accept-encoding", "y"), h) == "accept-encoding=gzip, br\ny="
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=60))
+def test_dot_segments_never_escape_root(path: str) -> None:
+    out = remove_dot_segments("/" + path)
+    assert out.startswith("/")
+    assert "/../" not in out + "/"
+    assert not out.endswith("/..")
+
+
+@given(st.text(max_size=80))
+def test_normalise_target_raises_only_badtarget(raw: str) -> None:
+    with contextlib.suppress(BadTarget):
+        normalise_target(raw)
+
+
+def test_router() -> None:
+    r: Router[str] = Router([(["video.test", "*.cdn.test"], "a"), (["*.x.cdn.test"], "b")])
+    assert r.match("video.test") == "a"
+    assert r.match("a.cdn.test") == "a"
+    assert r.match("y.x.cdn.test") == "b"  # the longest wildcard wins
+    assert r.match("cdn.test") is None
+    assert r.match("evilcdn.test") is None
+    assert Router([(["*"], "any")]).match("whatever") == "any"
+
+
+@pytest.mark.parametrize(
+    ("raw", "host"),
+    [
+        ("Video.Test", "video.test"),
+        ("video.test:8080", "video.test"),
+        ("video.test.", "video.test"),
+        ("[::1]:80", "[::1]"),
+        ("", None),
+        (None, None),
+        ("a b", None),
+        ("evil.test/x", None),
+        ("user@evil.test", None),
+    ],
+)
+def test_normalise_host(raw: str | None, host: str | None) -> None:
+    assert normalise_host(raw) == host
