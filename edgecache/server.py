@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,12 +71,12 @@ async def _start_demo(config: Config) -> web.AppRunner | None:
     return runner
 
 
-async def run(config: Config, ready: asyncio.Event | None = None) -> None:
+async def run(config: Config, ready: asyncio.Event | None = None, worker: int = 0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    demo = await _start_demo(config)
+    demo = await _start_demo(config) if worker == 0 else None
     async with open_node(config) as node:
         runner = web.ServerRunner(make_server(node), handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
         await runner.setup()
@@ -90,8 +92,29 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
         await demo.cleanup()
 
 
-def serve(config: Config) -> None:
+def _worker(config: Config, worker: int) -> None:
     import uvloop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(run(config))
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
+    uvloop.run(run(config, worker=worker))
+
+
+def serve(config: Config) -> None:
+    """One worker in this process, or N worker processes sharing the listeners (SO_REUSEPORT) and the disk tier."""
+    if config.workers <= 1:
+        _worker(config, 0)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(config, i), name=f"edgecache-w{i}") for i in range(config.workers)]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()

@@ -180,7 +180,8 @@ class Engine:
 
         def on_complete(index: int, data: bytes) -> None:
             if commit_now:
-                self._spawn(self.store.put_slice(req.entry_key, version, index, data))
+                self.store.put_slice_memory(req.entry_key, version, index, data)
+                self._spawn(self._write_slice(fill, req.entry_key, version, index, data))
             elif head.shared:
                 held.append((index, data))
 
@@ -195,13 +196,18 @@ class Engine:
         if head.shared and not commit_now:
             await self._store_complete(req, head, fill.received, held)
 
+    async def _write_slice(self, fill: Fill, entry_key: str, version: str, index: int, data: bytes) -> None:
+        if await self.store.put_slice_disk(entry_key, version, index, data):
+            fill.mark_durable(index)
+
     async def _store_complete(
         self, req: FillRequest, head: FillHead, length: int, held: list[tuple[int, bytes]]
     ) -> None:
         """A body stored only once whole: another status, or a 200 of unknown length."""
         meta = replace(head.meta, length=length)
         for index, data in held:
-            await self.store.put_slice(req.entry_key, meta.version, index, data)
+            self.store.put_slice_memory(req.entry_key, meta.version, index, data)
+            await self.store.put_slice_disk(req.entry_key, meta.version, index, data)
         await self.store.put_vary(req.entry_key.split("\n", 1)[0], meta.vary)
         await self.store.put_meta(req.entry_key, meta)
 
@@ -221,18 +227,19 @@ class Engine:
     async def _read_slice(
         self, req: FillRequest, meta: ObjectMeta, index: int, lo: int, hi: int, last_needed: int
     ) -> AsyncIterator[bytes | memoryview]:
+        released = False
         for _ in range(3):
             data = self.store.slice_from_memory(req.entry_key, meta, index)
             if data is not None:
                 yield memoryview(data)[lo:hi]
                 return
-            fill = self.fills.find(req.entry_key, index)
+            fill = None if released else self.fills.find(req.entry_key, index)
             if fill is None:
                 data = await self.store.slice_from_disk(req.entry_key, meta, index)
                 if data is not None:
                     yield memoryview(data)[lo:hi]
                     return
-                fill = await self._start_for(req, meta, index, last_needed)
+                fill = await self._start_for(req, meta, index, last_needed, join=not released)
             head = await fill.head
             if head.meta.version != meta.version or head.status != meta.status:
                 raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
@@ -242,10 +249,13 @@ class Engine:
                     lo += len(chunk)
                 return
             except Released:
+                released = True  # the fill dropped it as stored, yet the store lost it: fetch it again
                 continue
         raise OriginError(f"slice {index} could not be read")
 
-    async def _start_for(self, req: FillRequest, meta: ObjectMeta, index: int, last_needed: int) -> Fill:
+    async def _start_for(
+        self, req: FillRequest, meta: ObjectMeta, index: int, last_needed: int, join: bool = True
+    ) -> Fill:
         if meta.whole:
             return self.start_fill(req, 0, None)
         stop = min(index + self.fill_slices - 1, last_needed, meta.slice_count - 1)
@@ -257,5 +267,5 @@ class Engine:
                 if i not in missing or self.fills.find(req.entry_key, i) is not None:
                     break
                 run_end = i
-        again = self.fills.find(req.entry_key, index)  # someone may have started it while we looked
+        again = self.fills.find(req.entry_key, index) if join else None  # someone may have started it meanwhile
         return again if again is not None else self.start_fill(req, index, run_end)

@@ -51,6 +51,7 @@ class Fill:
         self.head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
         self._bufs: dict[int, bytearray | bytes] = {}
         self._complete: set[int] = set()
+        self._durable: set[int] = set()
         self._pos = 0  # absolute offset of the next byte to arrive
         self._error: BaseException | None = None
         self._done = False
@@ -111,9 +112,19 @@ class Fill:
         self._bufs[index] = data
         self._complete.add(index)
         on_complete(index, data)
-        if self.last_index is None and not self.backpressure:
-            for old in [i for i in self._bufs if i < index - WINDOW]:
-                del self._bufs[old]
+        self._release_old()
+
+    def mark_durable(self, index: int) -> None:
+        """The store has slice `index` on disk: the fill may drop its own copy once it is out of the window."""
+        self._durable.add(index)
+        self._release_old()
+
+    def _release_old(self) -> None:
+        if self.last_index is not None or self.backpressure:
+            return  # a bounded fill keeps its few slices; a private one is read at the reader's pace
+        newest = (self._pos - 1) // self.slice_size
+        for old in [i for i in self._durable if i < newest - WINDOW and i in self._bufs]:
+            del self._bufs[old]
 
     async def wait_for_reader(self) -> None:
         """With backpressure, hold the producer until the reader is within WINDOW slices of it."""

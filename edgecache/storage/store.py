@@ -133,10 +133,12 @@ class Store:
             on_disk = [False] * len(not_in_memory)
         return [i for (i, _), found in zip(not_in_memory, on_disk, strict=True) if not found]
 
-    async def put_slice(self, entry_key: str, version: str, index: int, data: bytes) -> None:
-        name = slice_name(entry_key, version, index)
-        self.memory.put(name, data)
+    def put_slice_memory(self, entry_key: str, version: str, index: int, data: bytes) -> None:
+        self.memory.put(slice_name(entry_key, version, index), data)
+
+    async def put_slice_disk(self, entry_key: str, version: str, index: int, data: bytes) -> bool:
         try:
-            await self.disk.put(name, data)
+            return await self.disk.put(slice_name(entry_key, version, index), data)
         except StorageError as exc:
             log.warning("slice write failed (the node keeps serving from origin): %s", exc)
+            return False
