@@ -234,9 +234,10 @@ def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
             key_query=r.get(t, p, "key_query", _str_list(_key_param), ("*",)),
             origin_host=r.get(t, p, "origin_host", lambda v: str(v) if v else None, None),
         )
-        if "hosts" in t and not site.hosts:
+        reported = "\n".join(r.problems)
+        if "hosts" in t and not site.hosts and f"{p}hosts:" not in reported:
             r.problem(f"{p}hosts", "must name at least one host")
-        if "origins" in t and not site.origins:
+        if "origins" in t and not site.origins and f"{p}origins:" not in reported:
             r.problem(f"{p}origins", "must name at least one origin URL")
         for h in site.hosts:
             if h in seen_hosts:

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from edgecache.config import CacheSettings, Config, Listen, OriginSettings, Site
 from edgecache.server import Node, make_server, open_node
@@ -54,10 +55,10 @@ class Edge:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def get(self, path: str, host: str = "video.test", **headers: str) -> tuple[int, dict[str, str], bytes]:
+    async def get(self, path: str, host: str = "video.test", **headers: str) -> tuple[int, CIMultiDict[str], bytes]:
         async with self.session.get(self.url + path, headers={"Host": host, **headers}) as r:
             body = await r.read()
-            return r.status, dict(r.headers), body
+            return r.status, CIMultiDict(r.headers), body
 
 
 @asynccontextmanager

@@ -7,6 +7,7 @@ edge's range maths cannot hide behind the same bug in the origin.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ class Origin:
         obj = self.objects.get(path.split("?", 1)[0]) or self.objects.get(path)
         if callable(self.on_request):
             replaced = self.on_request(request, obj)
+            if inspect.isawaitable(replaced):
+                replaced = await replaced
             if isinstance(replaced, web.StreamResponse):
                 return replaced
             obj = replaced if replaced is not None else obj

@@ -39,6 +39,6 @@ def cache_status_header(status: CacheStatus, *, stored: bool = False, detail: st
         parts.append("stored")
     if detail:
         parts.append(f'detail="{detail}"')
-    elif status is not CacheStatus.HIT:
-        parts.append(f'detail="{status.value}"')
+    elif status is CacheStatus.STALE:
+        parts.append('detail="stale"')
     return "; ".join(parts)

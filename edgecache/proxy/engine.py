@@ -105,13 +105,17 @@ class Engine:
                 fill.first_index, fill.last_index = 0, None  # the origin sent the whole object
             if not head.shared:
                 self.fills.remove(fill)  # a private answer: nobody may join it from now on
+            primary = req.entry_key.split("\n", 1)[0]
+            keep = head.status == 304 or (head.store and head.meta.length >= 0)
+            if keep:  # visible before anyone hears of the head, so the next request is a hit
+                self.store.remember_vary(primary, head.meta.vary)
+                self.store.remember_meta(req.entry_key, head.meta)
             fill.set_head(head)
+            if keep:
+                await self.store.put_vary(primary, head.meta.vary)
+                await self.store.put_meta(req.entry_key, head.meta)
             if head.status == 304:
-                await self.store.put_meta(req.entry_key, head.meta)
                 return
-            if head.store and head.meta.length >= 0:
-                await self.store.put_vary(req.entry_key.split("\n", 1)[0], head.meta.vary)
-                await self.store.put_meta(req.entry_key, head.meta)
             await self._pump(fill, head, resp, req)
         finally:
             resp.release()

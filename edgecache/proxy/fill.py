@@ -202,12 +202,10 @@ class FillRegistry:
     def __init__(self) -> None:
         self._by_key: dict[str, list[Fill]] = {}
         self.started = 0
-        self.joined = 0
 
     def find(self, entry_key: str, index: int) -> Fill | None:
         for fill in self._by_key.get(entry_key, ()):
             if fill.covers(index) and not (fill.done and fill._error is not None):
-                self.joined += 1
                 return fill
         return None
 

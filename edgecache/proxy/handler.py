@@ -175,6 +175,11 @@ class EdgeHandler:
         existing = self.engine.fills.find(req.entry_key, first)
         if existing is not None:
             return existing, False
+        if last is not None:  # stop the run before a slice someone else is already fetching
+            for index in range(first + 1, last + 1):
+                if self.engine.fills.find(req.entry_key, index) is not None:
+                    last = index - 1
+                    break
         return self.engine.start_fill(req, first, last, validate=meta), True
 
     def _revalidate_in_background(self, req: FillRequest, meta: ObjectMeta) -> None:

@@ -34,6 +34,15 @@ class Store:
 
     # --- metadata -----------------------------------------------------------------------------------------
 
+    def remember_meta(self, key: str, meta: ObjectMeta) -> None:
+        """Make `meta` visible to this process at once; put_meta() then persists it."""
+        self._remember(key, meta)
+
+    def remember_vary(self, primary: str, names: tuple[str, ...]) -> None:
+        self._vary[primary] = names
+        if len(self._vary) > self._meta_entries:
+            self._vary.popitem(last=False)
+
     def _remember(self, key: str, meta: ObjectMeta) -> None:
         self._meta[key] = meta
         self._meta.move_to_end(key)
@@ -85,11 +94,7 @@ class Store:
         return names
 
     async def put_vary(self, primary: str, names: tuple[str, ...]) -> None:
-        if self._vary.get(primary) == names:
-            return
-        self._vary[primary] = names
-        if len(self._vary) > self._meta_entries:
-            self._vary.popitem(last=False)
+        self.remember_vary(primary, names)
         try:
             await self.disk.put("v:" + digest(primary), "\n".join(names).encode("latin-1"))
         except StorageError as exc:
@@ -124,7 +129,7 @@ class Store:
     async def missing(self, entry_key: str, meta: ObjectMeta, indices: list[int]) -> list[int]:
         """Which of `indices` are in neither tier (one disk round trip for all of them)."""
         names = [slice_name(entry_key, meta.version, i) for i in indices]
-        not_in_memory = [(i, n) for i, n in zip(indices, names, strict=True) if self.memory.get(n) is None]
+        not_in_memory = [(i, n) for i, n in zip(indices, names, strict=True) if n not in self.memory]
         if not not_in_memory:
             return []
         try:

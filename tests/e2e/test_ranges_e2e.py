@@ -155,7 +155,7 @@ async def test_unsatisfiable_and_ignored_ranges(edge: Edge, origin: Origin) -> N
     status, headers, body = await edge.get("/r.bin", Range="bytes=10000-")
     assert status == 416
     assert headers["Content-Range"] == "bytes */10000"
-    for bad in ("bytes=5-2", "items=0-5", "bytes=abc", "bytes=" + ",".join(f"{i}-{i}" for i in range(0, 2000, 2))):
+    for bad in ("bytes=5-2", "items=0-5", "bytes=abc", "bytes=" + ",".join(f"{i}-{i}" for i in range(0, 1000, 2))):
         status, headers, body = await edge.get("/r.bin", Range=bad)
         assert (status, body) == (200, data), bad
     status, _, body = await edge.get("/r.bin", Range="bytes=-5")

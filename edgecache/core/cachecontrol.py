@@ -1,0 +1,118 @@
+"""Cache-Control (RFC 9111 5.2) and Pragma, parsed once into a frozen value. Never raises on input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgecache.core.headers import Headers, get_all, list_values
+
+DELTA_MAX = 2**31  # RFC 9111 1.2.2: larger delta-seconds are taken as this
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    max_age: int | None = None
+    s_maxage: int | None = None
+    no_store: bool = False
+    no_cache: bool = False
+    no_cache_fields: tuple[str, ...] = ()
+    private: bool = False
+    private_fields: tuple[str, ...] = ()
+    public: bool = False
+    must_revalidate: bool = False
+    proxy_revalidate: bool = False
+    must_understand: bool = False
+    immutable: bool = False
+    no_transform: bool = False
+    stale_while_revalidate: int | None = None
+    stale_if_error: int | None = None
+    max_stale: int | None = None
+    max_stale_any: bool = False
+    min_fresh: int | None = None
+    only_if_cached: bool = False
+    invalid: tuple[str, ...] = field(default=())  # directives whose argument was unusable
+
+
+def _delta(value: str | None) -> int | None:
+    """delta-seconds, quoted or not; None when absent or not a non-negative integer."""
+    if value is None:
+        return None
+    v = value.strip()
+    if len(v) >= 2 and v[0] == v[-1] == '"':
+        v = v[1:-1]
+    if not v.isdigit() or not v.isascii():
+        return None
+    return min(int(v), DELTA_MAX)
+
+
+def _fields(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    v = value.strip().strip('"')
+    return tuple(sorted({f.strip().lower() for f in v.split(",") if f.strip()}))
+
+
+_DELTAS = {
+    "max-age": "max_age",
+    "s-maxage": "s_maxage",
+    "stale-while-revalidate": "stale_while_revalidate",
+    "stale-if-error": "stale_if_error",
+    "min-fresh": "min_fresh",
+}
+_FLAGS = {
+    "no-store": "no_store",
+    "public": "public",
+    "must-revalidate": "must_revalidate",
+    "proxy-revalidate": "proxy_revalidate",
+    "must-understand": "must_understand",
+    "immutable": "immutable",
+    "no-transform": "no_transform",
+    "only-if-cached": "only_if_cached",
+}
+
+
+def parse_cache_control(headers: Headers) -> CacheControl:
+    values: dict[str, object] = {}
+    invalid: list[str] = []
+    for item in list_values(headers, "cache-control"):
+        name, eq, arg = item.partition("=")
+        name = name.strip().lower()
+        argument = arg if eq else None
+        if name in _DELTAS:
+            delta = _delta(argument)
+            attr = _DELTAS[name]
+            if delta is None:
+                invalid.append(name)
+                if name == "max-age":
+                    values["max_age"] = 0  # an unusable max-age makes the response stale (4.2.1)
+                continue
+            prior = values.get(attr)
+            # Conflicting duplicates: the most restrictive (smallest) value wins.
+            values[attr] = delta if not isinstance(prior, int) else min(prior, delta)
+        elif name in _FLAGS:
+            values[_FLAGS[name]] = True
+        elif name == "no-cache":
+            if argument is not None and _fields(argument):
+                values["no_cache_fields"] = _fields(argument)
+            else:
+                values["no_cache"] = True
+        elif name == "private":
+            if argument is not None and _fields(argument):
+                values["private_fields"] = _fields(argument)
+            else:
+                values["private"] = True
+        elif name == "max-stale":
+            if argument is None:
+                values["max_stale_any"] = True
+            elif (d := _delta(argument)) is not None:
+                values["max_stale"] = d
+            else:
+                invalid.append(name)
+    return CacheControl(**values, invalid=tuple(invalid))  # type: ignore[arg-type]
+
+
+def parse_pragma_no_cache(headers: Headers) -> bool:
+    """Pragma: no-cache counts only for requests without Cache-Control (RFC 9111 5.4)."""
+    if get_all(headers, "cache-control"):
+        return False
+    return any(v.strip().lower() == "no-cache" for v in list_values(headers, "pragma"))

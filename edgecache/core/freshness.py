@@ -1,0 +1,210 @@
+"""Shared-cache policy (RFC 9111, RFC 5861): may a response be stored, how long is it fresh, may it be reused.
+
+Pure functions of header tuples and times; `now` and the request/response times are always parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+
+from edgecache.core.cachecontrol import CacheControl, parse_cache_control, parse_pragma_no_cache
+from edgecache.core.headers import HOP_BY_HOP, Headers, connection_tokens, get_all, get_first, list_values
+
+CACHEABLE_BY_DEFAULT = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# Statuses whose semantics this cache understands (for must-understand, RFC 9111 5.2.2.3).
+UNDERSTOOD = CACHEABLE_BY_DEFAULT | {302, 303, 307, 400, 403, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    heuristic_fraction: float = 0.1
+    heuristic_max: float = 86400.0
+    store_set_cookie: bool = False
+    min_ttl: float | None = None
+    max_ttl: float | None = None
+    max_stale_ceiling: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDecision:
+    store: bool
+    reason: str
+
+
+def http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        dt = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if dt.tzinfo is None:
+        return None
+    return dt.timestamp()
+
+
+def _explicit(cc: CacheControl, resp: Headers) -> bool:
+    return cc.s_maxage is not None or cc.max_age is not None or get_first(resp, "expires") is not None
+
+
+def storable(method: str, status: int, req: Headers, resp: Headers, policy: Policy) -> StoreDecision:
+    """RFC 9111 3 for a shared cache."""
+    if method not in ("GET", "HEAD"):
+        return StoreDecision(False, "method")
+    if status < 200 or status == 304 or status >= 600:
+        return StoreDecision(False, "status")
+    rcc, scc = parse_cache_control(req), parse_cache_control(resp)
+    if scc.must_understand:
+        if status not in UNDERSTOOD:
+            return StoreDecision(False, "must-understand")
+    elif scc.no_store:
+        return StoreDecision(False, "no-store")
+    if rcc.no_store:
+        return StoreDecision(False, "no-store")
+    if scc.private:
+        return StoreDecision(False, "private")
+    if get_first(req, "authorization") is not None and not (scc.public or scc.s_maxage is not None or scc.must_revalidate):
+        return StoreDecision(False, "authorization")
+    if "*" in list_values(resp, "vary"):
+        return StoreDecision(False, "vary-star")
+    if get_first(resp, "set-cookie") is not None and not policy.store_set_cookie:
+        return StoreDecision(False, "set-cookie")
+    if status in CACHEABLE_BY_DEFAULT or scc.public or _explicit(scc, resp) or scc.no_cache:
+        return StoreDecision(True, "ok")
+    return StoreDecision(False, "no-freshness")
+
+
+def freshness_lifetime(resp: Headers, policy: Policy, status: int, response_time: float | None = None) -> float:
+    """RFC 9111 4.2.1 (shared cache), then the site's TTL floor and ceiling if configured."""
+    cc = parse_cache_control(resp)
+    lifetime = _lifetime(cc, resp, policy, status, response_time)
+    if policy.min_ttl is not None:
+        lifetime = max(lifetime, policy.min_ttl)
+    if policy.max_ttl is not None:
+        lifetime = min(lifetime, policy.max_ttl)
+    return lifetime
+
+
+def _lifetime(cc: CacheControl, resp: Headers, policy: Policy, status: int, response_time: float | None) -> float:
+    if cc.s_maxage is not None:
+        return float(cc.s_maxage)
+    if cc.max_age is not None:
+        return float(cc.max_age)
+    date = http_date(get_first(resp, "date"))
+    base = date if date is not None else response_time
+    expires_values = get_all(resp, "expires")
+    if expires_values:
+        expires = http_date(expires_values[0])
+        if expires is None or base is None or len(expires_values) > 1:
+            return 0.0  # invalid Expires, e.g. "0": already expired (5.3)
+        return max(0.0, expires - base)
+    last_modified = http_date(get_first(resp, "last-modified"))
+    if last_modified is not None and base is not None and (status in CACHEABLE_BY_DEFAULT or cc.public):
+        return min(max(0.0, (base - last_modified) * policy.heuristic_fraction), policy.heuristic_max)
+    return 0.0
+
+
+def current_age(resp: Headers, request_time: float, response_time: float, now: float) -> float:
+    """RFC 9111 4.2.3."""
+    age_value = 0
+    for v in get_all(resp, "age"):
+        v = v.strip()
+        if v.isdigit():
+            age_value = min(int(v), 2**31)
+            break
+    date = http_date(get_first(resp, "date"))
+    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    corrected_age_value = age_value + max(0.0, response_time - request_time)
+    corrected_initial_age = max(apparent_age, corrected_age_value)
+    return corrected_initial_age + max(0.0, now - response_time)
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    lifetime: float
+    age: float
+
+    @property
+    def fresh(self) -> bool:
+        return self.lifetime > self.age
+
+    @property
+    def staleness(self) -> float:
+        return max(0.0, self.age - self.lifetime)
+
+
+def evaluate(
+    resp: Headers, status: int, request_time: float, response_time: float, now: float, policy: Policy
+) -> Freshness:
+    return Freshness(
+        freshness_lifetime(resp, policy, status, response_time), current_age(resp, request_time, response_time, now)
+    )
+
+
+class Use(StrEnum):
+    FRESH = "fresh"
+    STALE_OK = "stale-ok"
+    REVALIDATE = "revalidate"
+    STALE_WHILE_REVALIDATE = "swr"
+
+
+def _must_revalidate_when_stale(scc: CacheControl) -> bool:
+    # s-maxage implies proxy-revalidate for shared caches (5.2.2.10).
+    return scc.must_revalidate or scc.proxy_revalidate or scc.s_maxage is not None
+
+
+def usable(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> Use:
+    """RFC 9111 4 and 5.2.1, RFC 5861 3: may the stored response answer this request, and how."""
+    rcc, scc = parse_cache_control(req), parse_cache_control(resp)
+    if scc.no_cache or scc.no_cache_fields or rcc.no_cache or parse_pragma_no_cache(req):
+        return Use.REVALIDATE
+    if rcc.max_age is not None and fresh.age > rcc.max_age:
+        return Use.REVALIDATE
+    if rcc.min_fresh is not None and fresh.lifetime - fresh.age < rcc.min_fresh:
+        return Use.REVALIDATE
+    if fresh.fresh:
+        return Use.FRESH
+    if _must_revalidate_when_stale(scc) or fresh.staleness > policy.max_stale_ceiling:
+        return Use.REVALIDATE
+    if rcc.max_stale_any or (rcc.max_stale is not None and fresh.staleness <= rcc.max_stale):
+        return Use.STALE_OK
+    if scc.stale_while_revalidate is not None and fresh.staleness <= scc.stale_while_revalidate:
+        return Use.STALE_WHILE_REVALIDATE
+    return Use.REVALIDATE
+
+
+def stale_if_error_allows(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> bool:
+    """RFC 5861 4: serve stale on an origin error within the stale-if-error window (request or response)."""
+    rcc, scc = parse_cache_control(req), parse_cache_control(resp)
+    if _must_revalidate_when_stale(scc) or scc.no_cache or fresh.staleness > policy.max_stale_ceiling:
+        return False
+    windows = [w for w in (scc.stale_if_error, rcc.stale_if_error) if w is not None]
+    return any(fresh.staleness <= w for w in windows)
+
+
+_NOT_UPDATED = frozenset({"content-length"})
+
+
+def merge_304(stored: Headers, fresh304: Headers) -> Headers:
+    """RFC 9111 3.2: fields of the 304 replace the stored ones of the same name; Content-Length never."""
+    banned = HOP_BY_HOP | connection_tokens(fresh304) | _NOT_UPDATED
+    incoming = [(k, v) for k, v in fresh304 if k.lower() not in banned]
+    replaced = {k.lower() for k, _ in incoming}
+    kept = [(k, v) for k, v in stored if k.lower() not in replaced]
+    return tuple(kept + incoming)
+
+
+def strip_for_storage(resp: Headers, policy: Policy) -> Headers:
+    """Fields never stored: hop-by-hop, those named in Connection, and private="..." fields (3.1, 5.2.2.7)."""
+    cc = parse_cache_control(resp)
+    banned = HOP_BY_HOP | connection_tokens(resp) | set(cc.private_fields)
+    if not policy.store_set_cookie:
+        banned |= {"set-cookie"}
+    return tuple((k, v) for k, v in resp if k.lower() not in banned)
+
+
+def invalidates(method: str, status: int) -> bool:
+    """RFC 9111 4.4: a non-error response to an unsafe method."""
+    return method not in ("GET", "HEAD", "OPTIONS", "TRACE") and 200 <= status < 400

@@ -1,0 +1,215 @@
+"""Range maths (RFC 9110 section 14): parse, resolve against a length, slice, and lay out multipart bodies.
+
+Nothing here raises on client input. A header that is invalid, not in bytes, or abusive resolves to NoRange
+and the whole representation is served with a 200, as the RFC allows (a server MAY ignore Range).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+MAX_RANGES = 64
+_MAX_DIGITS = 18  # beyond any real length; longer digit strings are abuse, not offsets
+_SPEC = re.compile(r"^(\d*)-(\d*)$")
+_CONTENT_RANGE = re.compile(r"^bytes[ \t]+(?:(\d{1,18})-(\d{1,18})|\*)/(\d{1,18}|\*)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """Bytes first..last, inclusive, of a representation of known length."""
+
+    first: int
+    last: int
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True, slots=True)
+class RangeSpec:
+    """One range as written: first None means a suffix of `last` bytes; last None means 'to the end'."""
+
+    first: int | None
+    last: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class NoRange:
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Single:
+    range: ByteRange
+
+
+@dataclass(frozen=True, slots=True)
+class Multi:
+    ranges: tuple[ByteRange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsatisfiable:
+    length: int
+
+
+RangeResult = NoRange | Single | Multi | Unsatisfiable
+
+
+def parse_range_header(value: str | None, max_ranges: int = MAX_RANGES) -> tuple[RangeSpec, ...] | None:
+    """The specs of a `bytes=` Range header, or None when absent, invalid or over max_ranges."""
+    if not value:
+        return None
+    unit, sep, rest = value.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    specs: list[RangeSpec] = []
+    for item in rest.split(","):
+        item = item.strip(" \t")
+        if not item:
+            continue  # RFC 9110 5.6.1: empty list elements are tolerated
+        m = _SPEC.match(item)
+        if not m or len(m.group(1)) > _MAX_DIGITS or len(m.group(2)) > _MAX_DIGITS:
+            return None
+        a, b = m.group(1), m.group(2)
+        if not a and not b:
+            return None
+        spec = RangeSpec(int(a) if a else None, int(b) if b else None)
+        if spec.first is not None and spec.last is not None and spec.last < spec.first:
+            return None  # invalid range-spec: the whole header is ignored (14.1.1)
+        specs.append(spec)
+        if len(specs) > max_ranges:
+            return None
+    return tuple(specs) or None
+
+
+def _resolve_spec(spec: RangeSpec, length: int) -> ByteRange | None:
+    if spec.first is None:
+        assert spec.last is not None
+        if spec.last == 0:
+            return None
+        return ByteRange(max(0, length - spec.last), length - 1)
+    if spec.first >= length:
+        return None
+    last = length - 1 if spec.last is None else min(spec.last, length - 1)
+    return ByteRange(spec.first, last)
+
+
+def _merge(parts: list[ByteRange]) -> tuple[ByteRange, ...]:
+    """Coalesce overlapping or touching ranges (14.3 allows it; it defeats overlap abuse), ascending."""
+    merged: list[ByteRange] = []
+    for r in sorted(parts, key=lambda p: p.first):
+        if merged and r.first <= merged[-1].last + 1:
+            merged[-1] = ByteRange(merged[-1].first, max(merged[-1].last, r.last))
+        else:
+            merged.append(r)
+    return tuple(merged)
+
+
+def resolve(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> RangeResult:
+    """What to answer for `value` on a representation of `length` bytes."""
+    specs = parse_range_header(value, max_ranges)
+    if specs is None:
+        return NoRange("absent or ignored")
+    if length <= 0:
+        return Unsatisfiable(max(length, 0))
+    parts = [r for r in (_resolve_spec(s, length) for s in specs) if r is not None]
+    if not parts:
+        return Unsatisfiable(length)
+    if sum(p.length for p in parts) > 2 * length + 1024:
+        return NoRange("ranges ask for more than the representation")
+    merged = _merge(parts)
+    if len(merged) == 1:
+        return Single(merged[0])
+    return Multi(merged)
+
+
+def _http_date(value: str) -> float | None:
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def if_range_allows(if_range: str | None, etag: str | None, last_modified: str | None) -> bool:
+    """RFC 9110 13.1.5: whether the Range applies. An entity tag must match strongly; a date exactly."""
+    if if_range is None:
+        return True
+    value = if_range.strip()
+    if value.startswith(('"', "W/")):
+        return etag is not None and not etag.startswith("W/") and not value.startswith("W/") and value == etag.strip()
+    if last_modified is None:
+        return False
+    a, b = _http_date(value), _http_date(last_modified)
+    return a is not None and a == b
+
+
+def slice_indices(r: ByteRange, slice_size: int) -> range:
+    return range(r.first // slice_size, r.last // slice_size + 1)
+
+
+def slice_bounds(index: int, slice_size: int, length: int) -> ByteRange:
+    first = index * slice_size
+    return ByteRange(first, min(first + slice_size, length) - 1)
+
+
+def aligned_request(first_index: int, last_index: int, slice_size: int) -> str:
+    return f"bytes={first_index * slice_size}-{(last_index + 1) * slice_size - 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRange:
+    first: int | None
+    last: int | None
+    length: int | None
+
+
+def parse_content_range(value: str | None) -> ContentRange | None:
+    """`bytes a-b/len`, `bytes a-b/*` or `bytes */len`; None for anything malformed or self-contradictory."""
+    if not value:
+        return None
+    m = _CONTENT_RANGE.match(value.strip())
+    if not m:
+        return None
+    length = None if m.group(3) == "*" else int(m.group(3))
+    if m.group(1) is None:
+        return ContentRange(None, None, length) if length is not None else None
+    first, last = int(m.group(1)), int(m.group(2))
+    if last < first or (length is not None and last >= length):
+        return None
+    return ContentRange(first, last, length)
+
+
+def format_content_range(r: ByteRange, length: int) -> str:
+    return f"bytes {r.first}-{r.last}/{length}"
+
+
+@dataclass(frozen=True, slots=True)
+class MultipartLayout:
+    parts: tuple[tuple[bytes, ByteRange], ...]  # (preamble, range) per part
+    epilogue: bytes
+    content_length: int
+    content_type: str
+
+
+def multipart_layout(
+    ranges: tuple[ByteRange, ...], length: int, content_type: str | None, boundary: str
+) -> MultipartLayout:
+    """RFC 9110 14.6: each part is CRLF, the delimiter, its fields, a blank line, then its bytes."""
+    parts = []
+    total = 0
+    for r in ranges:
+        fields = f"\r\n--{boundary}\r\n"
+        if content_type:
+            fields += f"Content-Type: {content_type}\r\n"
+        fields += f"Content-Range: {format_content_range(r, length)}\r\n\r\n"
+        preamble = fields.encode("latin-1", "replace")
+        parts.append((preamble, r))
+        total += len(preamble) + r.length
+    epilogue = f"\r\n--{boundary}--\r\n".encode()
+    return MultipartLayout(
+        tuple(parts), epilogue, total + len(epilogue), f"multipart/byteranges; boundary={boundary}"
+    )
