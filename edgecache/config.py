@@ -253,7 +253,9 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo"})
     server = r.table(doc, "server")
     r.unknown(server, "server.", {"listen", "workers"})
-    listen = r.get(server, "server.", "listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ())
+    listen: tuple[Listen, ...] = r.get(
+        server, "server.", "listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
+    )
     if not listen:
         listen = (Listen("127.0.0.1", 8080),)
     workers = r.get(server, "server.", "workers", _positive(int), 1)

@@ -65,7 +65,9 @@ def storable(method: str, status: int, req: Headers, resp: Headers, policy: Poli
         return StoreDecision(False, "no-store")
     if scc.private:
         return StoreDecision(False, "private")
-    if get_first(req, "authorization") is not None and not (scc.public or scc.s_maxage is not None or scc.must_revalidate):
+    if get_first(req, "authorization") is not None and not (
+        scc.public or scc.s_maxage is not None or scc.must_revalidate
+    ):
         return StoreDecision(False, "authorization")
     if "*" in list_values(resp, "vary"):
         return StoreDecision(False, "vary-star")

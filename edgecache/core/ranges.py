@@ -210,6 +210,4 @@ def multipart_layout(
         parts.append((preamble, r))
         total += len(preamble) + r.length
     epilogue = f"\r\n--{boundary}--\r\n".encode()
-    return MultipartLayout(
-        tuple(parts), epilogue, total + len(epilogue), f"multipart/byteranges; boundary={boundary}"
-    )
+    return MultipartLayout(tuple(parts), epilogue, total + len(epilogue), f"multipart/byteranges; boundary={boundary}")

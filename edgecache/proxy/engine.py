@@ -11,8 +11,9 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any
 
 from edgecache.config import Site
 from edgecache.core import entry, ranges
@@ -50,8 +51,8 @@ class Engine:
         self.fills = FillRegistry()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -145,6 +146,7 @@ class Engine:
                 response_time=response_time,
             )
             return FillHead(304, merged, 0, 0, store=False, shared=True)
+        end: int | None
         if isinstance(j, entry.Partial):
             length, start, end, body_status = j.length, j.first, j.last + 1, 200
         else:

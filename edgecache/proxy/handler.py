@@ -47,7 +47,7 @@ class EdgeHandler:
         self.engine = engine
         self.policy = policy or Policy()
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             return await self._handle(request)
         except ClientError as exc:
@@ -56,7 +56,7 @@ class EdgeHandler:
             log.info("%s %s: origin failed: %s", request.method, request.path, exc)
             return error_response(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
 
-    def _route(self, request: web.Request) -> tuple[Site, str, CacheKey]:
+    def _route(self, request: web.BaseRequest) -> tuple[Site, str, CacheKey]:
         if request.method == "CONNECT":
             raise ClientError(405, "CONNECT is refused: this is an edge cache, not a forward proxy")
         url = request._message.url
@@ -79,7 +79,7 @@ class EdgeHandler:
         except BadTarget as exc:
             raise ClientError(400, str(exc)) from exc
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         site, host, key = self._route(request)
         headers: Headers = tuple(request.headers.items())
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -99,7 +99,7 @@ class EdgeHandler:
             req = replace(req, entry_key=key.primary + "\n" + variant(vary, headers))
         return await self._cached(request, req)
 
-    async def _cached(self, request: web.Request, req: FillRequest) -> web.StreamResponse:
+    async def _cached(self, request: web.BaseRequest, req: FillRequest) -> web.StreamResponse:
         validated = False
         for _ in range(3):
             meta = await self.engine.store.get_meta(req.entry_key)
@@ -146,7 +146,7 @@ class EdgeHandler:
                 await self.engine.store.delete_meta(req.entry_key)
         raise OriginError("the object kept changing while being fetched", retryable=False)
 
-    def _first_index(self, request: web.Request, meta: ObjectMeta | None) -> tuple[int, int | None]:
+    def _first_index(self, request: web.BaseRequest, meta: ObjectMeta | None) -> tuple[int, int | None]:
         """Which slices a fill for this request starts with; last None: fetch the whole object at once."""
         size = self.engine.slice_size
         header = request.headers.get("Range")
@@ -170,7 +170,7 @@ class EdgeHandler:
         last = spec.last // size if spec.last is not None else first + self.engine.fill_slices - 1
         return first, min(last, first + self.engine.fill_slices - 1)
 
-    def _fill_for(self, request: web.Request, req: FillRequest, meta: ObjectMeta | None) -> tuple[Fill, bool]:
+    def _fill_for(self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta | None) -> tuple[Fill, bool]:
         first, last = self._first_index(request, meta)
         existing = self.engine.fills.find(req.entry_key, first)
         if existing is not None:
@@ -188,14 +188,14 @@ class EdgeHandler:
             self.engine.start_fill(req, 0, None if meta.whole else 0, validate=meta)
 
     async def _serve(
-        self, request: web.Request, req: FillRequest, meta: ObjectMeta, status: CacheStatus, detail: str = ""
+        self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, status: CacheStatus, detail: str = ""
     ) -> web.StreamResponse:
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
         return await send(request, meta, headers, lambda f, last: self.engine.read_range(req, meta, f, last))
 
     async def _serve_fill(
-        self, request: web.Request, req: FillRequest, fill: Fill, head: FillHead, status: CacheStatus
+        self, request: web.BaseRequest, req: FillRequest, fill: Fill, head: FillHead, status: CacheStatus
     ) -> web.StreamResponse:
         meta = head.meta
         cstatus = cache_status_header(status, stored=head.store, detail="" if head.shared else head.reason)

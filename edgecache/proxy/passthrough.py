@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 async def pass_through(
-    request: web.Request, origin: OriginClient, req: FillRequest, status: CacheStatus
+    request: web.BaseRequest, origin: OriginClient, req: FillRequest, status: CacheStatus
 ) -> web.StreamResponse:
     headers = forward_headers(req.headers, req.site.origin_host or req.host, req.client_ip, fill=False)
     body = request.content.iter_chunked(64 * 1024) if request.body_exists else None

@@ -69,7 +69,7 @@ Reader = Callable[[int, int], Body]
 
 
 async def send(
-    request: web.Request,
+    request: web.BaseRequest,
     meta: ObjectMeta,
     headers: list[tuple[str, str]],
     read: Reader,
@@ -109,7 +109,7 @@ async def send(
 
 
 async def send_stream(
-    request: web.Request, status: int, headers: list[tuple[str, str]], body: Body, length: int | None
+    request: web.BaseRequest, status: int, headers: list[tuple[str, str]], body: Body, length: int | None
 ) -> web.StreamResponse:
     """A body that cannot be ranged or conditioned (uncacheable, or of unknown length), sent as it comes."""
     resp = _response(status, headers)
@@ -124,7 +124,9 @@ async def send_stream(
     return resp
 
 
-async def _small(request: web.Request, status: int, headers: list[tuple[str, str]], body: bytes) -> web.StreamResponse:
+async def _small(
+    request: web.BaseRequest, status: int, headers: list[tuple[str, str]], body: bytes
+) -> web.StreamResponse:
     keep = [
         (k, v) for k, v in headers if k.lower() not in ("content-type", "content-encoding", "etag", "last-modified")
     ]
@@ -137,7 +139,7 @@ async def _small(request: web.Request, status: int, headers: list[tuple[str, str
 
 
 async def _send_multi(
-    request: web.Request, meta: ObjectMeta, headers: list[tuple[str, str]], rng: ranges.Multi, read: Reader
+    request: web.BaseRequest, meta: ObjectMeta, headers: list[tuple[str, str]], rng: ranges.Multi, read: Reader
 ) -> web.StreamResponse:
     boundary = secrets.token_hex(12)
     ctype = get_first(meta.headers, "content-type")
@@ -160,7 +162,7 @@ async def _send_multi(
     return resp
 
 
-async def _stream(request: web.Request, resp: web.StreamResponse, body: Body) -> None:
+async def _stream(request: web.BaseRequest, resp: web.StreamResponse, body: Body) -> None:
     """Send headers once the first bytes are in hand, then the rest; an origin failure mid-body aborts the
     connection so the client sees a short response, never wrong or padded bytes."""
     first = await anext(body, None)  # errors here surface before any byte is sent, so the caller may retry
