@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import settings
 from multidict import CIMultiDict
 
 from edgecache.config import CacheSettings, Config, Listen, OriginSettings, Site
@@ -16,6 +17,10 @@ from edgecache.server import Node, make_server, open_node
 from tests.origin import Origin
 
 BIG = 64 * 2**20
+
+# Timing is no test of correctness here (a loaded CI machine is slow): no per-example deadline.
+settings.register_profile("edgecache", deadline=None)
+settings.load_profile("edgecache")
 
 
 @pytest.fixture(scope="session")
