@@ -71,10 +71,10 @@ _FLAGS = {
 }
 
 
-def parse_cache_control(headers: Headers) -> CacheControl:
+def parse_cache_control(headers: Headers, field: str = "cache-control") -> CacheControl:
     values: dict[str, object] = {}
     invalid: list[str] = []
-    for item in list_values(headers, "cache-control"):
+    for item in list_values(headers, field):
         name, eq, arg = item.partition("=")
         name = name.strip().lower()
         argument = arg if eq else None

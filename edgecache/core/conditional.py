@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-from email.utils import parsedate_to_datetime
-
 from edgecache.core.headers import Headers, get_first, list_values
+from edgecache.core.httpdate import parse_http_date as _date
 
 
 def _opaque(tag: str) -> str:
+    """The tag without W/ and quotes: origins that send unquoted tags still compare equal to themselves."""
     tag = tag.strip()
-    return tag[2:] if tag.startswith("W/") else tag
+    tag = tag[2:] if tag.startswith("W/") else tag
+    return tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else tag
 
 
-def _date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def not_modified(request: Headers, etag: str | None, last_modified: str | None) -> bool:
+def not_modified(request: Headers, etag: str | None, last_modified: str | None, date: str | None = None) -> bool:
     """True when a GET/HEAD should be answered 304 from the stored validators.
 
     If-None-Match uses weak comparison (13.1.2) and, when present, If-Modified-Since is ignored (13.2.2 step 3).
+    Without Last-Modified, the stored Date stands in for it (RFC 9111 4.3.2).
     """
     inm = list_values(request, "if-none-match")
     if inm:
@@ -34,7 +27,7 @@ def not_modified(request: Headers, etag: str | None, last_modified: str | None) 
             return True
         return _opaque(etag) in {_opaque(t) for t in inm}
     ims = _date(get_first(request, "if-modified-since"))
-    lm = _date(last_modified)
+    lm = _date(last_modified) if last_modified else _date(date)
     return ims is not None and lm is not None and lm <= ims
 
 

@@ -6,11 +6,11 @@ Pure functions of header tuples and times; `now` and the request/response times 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 from edgecache.core.cachecontrol import CacheControl, parse_cache_control, parse_pragma_no_cache
 from edgecache.core.headers import HOP_BY_HOP, Headers, connection_tokens, get_all, get_first, list_values
+from edgecache.core.httpdate import parse_http_date
 
 CACHEABLE_BY_DEFAULT = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 # Statuses whose semantics this cache understands (for must-understand, RFC 9111 5.2.2.3).
@@ -33,20 +33,22 @@ class StoreDecision:
     reason: str
 
 
-def http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        dt = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if dt.tzinfo is None:
-        return None
-    return dt.timestamp()
+http_date = parse_http_date
 
 
-def _explicit(cc: CacheControl, resp: Headers) -> bool:
-    return cc.s_maxage is not None or cc.max_age is not None or get_first(resp, "expires") is not None
+def response_cc(resp: Headers) -> tuple[CacheControl, bool]:
+    """The directives this cache obeys, and whether they came from CDN-Cache-Control.
+
+    RFC 9213: a CDN uses CDN-Cache-Control when present and then ignores Cache-Control and Expires.
+    """
+    if get_all(resp, "cdn-cache-control"):
+        return parse_cache_control(resp, field="cdn-cache-control"), True
+    return parse_cache_control(resp), False
+
+
+def _explicit(cc: CacheControl, resp: Headers, targeted: bool) -> bool:
+    expires = get_first(resp, "expires") is not None and not targeted
+    return cc.s_maxage is not None or cc.max_age is not None or expires
 
 
 def storable(method: str, status: int, req: Headers, resp: Headers, policy: Policy) -> StoreDecision:
@@ -55,7 +57,8 @@ def storable(method: str, status: int, req: Headers, resp: Headers, policy: Poli
         return StoreDecision(False, "method")
     if status < 200 or status == 304 or status >= 600:
         return StoreDecision(False, "status")
-    rcc, scc = parse_cache_control(req), parse_cache_control(resp)
+    rcc = parse_cache_control(req)
+    scc, targeted = response_cc(resp)
     if scc.must_understand:
         if status not in UNDERSTOOD:
             return StoreDecision(False, "must-understand")
@@ -73,15 +76,15 @@ def storable(method: str, status: int, req: Headers, resp: Headers, policy: Poli
         return StoreDecision(False, "vary-star")
     if get_first(resp, "set-cookie") is not None and not policy.store_set_cookie:
         return StoreDecision(False, "set-cookie")
-    if status in CACHEABLE_BY_DEFAULT or scc.public or _explicit(scc, resp) or scc.no_cache:
+    if status in CACHEABLE_BY_DEFAULT or scc.public or _explicit(scc, resp, targeted) or scc.no_cache:
         return StoreDecision(True, "ok")
     return StoreDecision(False, "no-freshness")
 
 
 def freshness_lifetime(resp: Headers, policy: Policy, status: int, response_time: float | None = None) -> float:
     """RFC 9111 4.2.1 (shared cache), then the site's TTL floor and ceiling if configured."""
-    cc = parse_cache_control(resp)
-    lifetime = _lifetime(cc, resp, policy, status, response_time)
+    cc, targeted = response_cc(resp)
+    lifetime = _lifetime(cc, resp, policy, status, response_time, targeted)
     if policy.min_ttl is not None:
         lifetime = max(lifetime, policy.min_ttl)
     if policy.max_ttl is not None:
@@ -89,14 +92,16 @@ def freshness_lifetime(resp: Headers, policy: Policy, status: int, response_time
     return lifetime
 
 
-def _lifetime(cc: CacheControl, resp: Headers, policy: Policy, status: int, response_time: float | None) -> float:
+def _lifetime(
+    cc: CacheControl, resp: Headers, policy: Policy, status: int, response_time: float | None, targeted: bool
+) -> float:
     if cc.s_maxage is not None:
         return float(cc.s_maxage)
     if cc.max_age is not None:
         return float(cc.max_age)
     date = http_date(get_first(resp, "date"))
     base = date if date is not None else response_time
-    expires_values = get_all(resp, "expires")
+    expires_values = [] if targeted else get_all(resp, "expires")
     if expires_values:
         expires = http_date(expires_values[0])
         if expires is None or base is None or len(expires_values) > 1:
@@ -110,17 +115,22 @@ def _lifetime(cc: CacheControl, resp: Headers, policy: Policy, status: int, resp
 
 def current_age(resp: Headers, request_time: float, response_time: float, now: float) -> float:
     """RFC 9111 4.2.3."""
-    age_value = 0
-    for v in get_all(resp, "age"):
-        v = v.strip()
-        if v.isdigit():
-            age_value = min(int(v), 2**31)
-            break
+    age_value = parse_age(resp)
     date = http_date(get_first(resp, "date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     corrected_age_value = age_value + max(0.0, response_time - request_time)
     corrected_initial_age = max(apparent_age, corrected_age_value)
     return corrected_initial_age + max(0.0, now - response_time)
+
+
+def parse_age(resp: Headers) -> int:
+    """The first Age value (RFC 9111 5.1: a list is invalid; its first member is the safer reading, as it
+    makes a response older, never younger). Non-numeric, negative or fractional values are ignored."""
+    values = list_values(resp, "age")
+    if not values:
+        return 0
+    first = values[0].split(";", 1)[0].strip()
+    return min(int(first), 2**31) if first.isdigit() and first.isascii() else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +169,9 @@ def _must_revalidate_when_stale(scc: CacheControl) -> bool:
 
 def usable(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> Use:
     """RFC 9111 4 and 5.2.1, RFC 5861 3: may the stored response answer this request, and how."""
-    rcc, scc = parse_cache_control(req), parse_cache_control(resp)
-    if scc.no_cache or scc.no_cache_fields or rcc.no_cache or parse_pragma_no_cache(req):
+    rcc, (scc, _) = parse_cache_control(req), response_cc(resp)
+    # A qualified no-cache="field" only keeps those fields from reuse; they are never stored (strip_for_storage).
+    if scc.no_cache or rcc.no_cache or parse_pragma_no_cache(req):
         return Use.REVALIDATE
     if rcc.max_age is not None and fresh.age > rcc.max_age:
         return Use.REVALIDATE
@@ -179,7 +190,7 @@ def usable(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> Use
 
 def stale_if_error_allows(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> bool:
     """RFC 5861 4: serve stale on an origin error within the stale-if-error window (request or response)."""
-    rcc, scc = parse_cache_control(req), parse_cache_control(resp)
+    rcc, (scc, _) = parse_cache_control(req), response_cc(resp)
     if _must_revalidate_when_stale(scc) or scc.no_cache or fresh.staleness > policy.max_stale_ceiling:
         return False
     windows = [w for w in (scc.stale_if_error, rcc.stale_if_error) if w is not None]
@@ -201,7 +212,7 @@ def merge_304(stored: Headers, fresh304: Headers) -> Headers:
 def strip_for_storage(resp: Headers, policy: Policy) -> Headers:
     """Fields never stored: hop-by-hop, those named in Connection, and private="..." fields (3.1, 5.2.2.7)."""
     cc = parse_cache_control(resp)
-    banned = HOP_BY_HOP | connection_tokens(resp) | set(cc.private_fields)
+    banned = HOP_BY_HOP | connection_tokens(resp) | set(cc.private_fields) | set(cc.no_cache_fields)
     if not policy.store_set_cookie:
         banned |= {"set-cookie"}
     return tuple((k, v) for k, v in resp if k.lower() not in banned)

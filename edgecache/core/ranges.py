@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+
+from edgecache.core.httpdate import parse_http_date
 
 MAX_RANGES = 64
 _MAX_DIGITS = 18  # beyond any real length; longer digit strings are abuse, not offsets
@@ -128,10 +129,7 @@ def resolve(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> Ran
 
 
 def _http_date(value: str) -> float | None:
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    return parse_http_date(value)
 
 
 def if_range_allows(if_range: str | None, etag: str | None, last_modified: str | None) -> bool:

@@ -19,14 +19,23 @@ from edgecache.config import Site
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import forward_headers
-from edgecache.core.freshness import Policy, merge_304, storable
+from edgecache.core.freshness import Policy, merge_304, storable, strip_for_storage
 from edgecache.core.headers import Headers
+from edgecache.core.keys import variant
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry, Released
 from edgecache.proxy.origin import OriginClient, read_chunks
 from edgecache.storage.store import Store
 
 log = logging.getLogger(__name__)
+
+
+class RangeMismatch(OriginError):
+    """The origin's 206 is not for the range we asked: it cannot fill slices, but may still answer the client."""
+
+
+def entry_key_for(primary: str, vary: tuple[str, ...], headers: Headers) -> str:
+    return primary + "\n" + variant(vary, headers) if vary else primary
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +49,7 @@ class FillRequest:
     headers: Headers  # the client's request fields
     client_ip: str
     policy: Policy
+    primary: str = ""
 
 
 class Engine:
@@ -104,9 +114,13 @@ class Engine:
             head = self._head(resp.status, resp.headers, asked, req, request_time, time.time(), validate)
             if head.start == 0 and fill.first_index != 0:
                 fill.first_index, fill.last_index = 0, None  # the origin sent the whole object
-            if not head.shared:
-                self.fills.remove(fill)  # a private answer: nobody may join it from now on
-            primary = req.entry_key.split("\n", 1)[0]
+            self.fills.remove(fill)
+            # The response's own Vary decides where it is stored; those with other header values must not join.
+            fill.entry_key = head.entry_key
+            if head.shared:
+                self.fills.add(fill, count=False)
+            req = replace(req, entry_key=head.entry_key)
+            primary = req.primary or req.entry_key.split("\n", 1)[0]
             keep = head.status == 304 or (head.store and head.meta.length >= 0)
             if keep:  # visible before anyone hears of the head, so the next request is a hit
                 self.store.remember_vary(primary, head.meta.vary)
@@ -132,9 +146,14 @@ class Engine:
         validate: ObjectMeta | None,
     ) -> FillHead:
         j = entry.judge(status, headers, asked)
-        stored = entry.stored_headers(headers)
+        stored = strip_for_storage(entry.stored_headers(headers), req.policy)
         if isinstance(j, entry.Refused):
+            if status == 206:
+                raise RangeMismatch(f"origin response refused: {j.reason}", retryable=False)
             raise OriginError(f"origin response refused: {j.reason}", retryable=False)
+        vary = entry.vary_names(headers)
+        primary = req.primary or req.entry_key.split("\n", 1)[0]
+        key = entry_key_for(primary, vary, req.headers)
         if isinstance(j, entry.NotModified):
             if validate is None:
                 raise OriginError("origin answered 304 to an unconditional request", retryable=False)
@@ -145,7 +164,7 @@ class Engine:
                 request_time=request_time,
                 response_time=response_time,
             )
-            return FillHead(304, merged, 0, 0, store=False, shared=True)
+            return FillHead(304, merged, 0, 0, store=False, shared=True, entry_key=req.entry_key)
         end: int | None
         if isinstance(j, entry.Partial):
             length, start, end, body_status = j.length, j.first, j.last + 1, 200
@@ -168,13 +187,15 @@ class Engine:
             request_time=request_time,
             response_time=response_time,
             slice_size=self.slice_size,
-            vary=entry.vary_names(headers),
+            vary=vary,
         )
         decision = storable("GET", body_status, req.headers, headers, req.policy)
         # Bodies of other statuses are small and have no validator to check a slice against: they are stored
         # whole, once complete. Unknown lengths likewise.
         store = decision.store and meta.length >= 0
-        return FillHead(body_status, meta, start, end, store=store, shared=decision.store, reason=decision.reason)
+        return FillHead(
+            body_status, meta, start, end, store, decision.store, decision.reason, key, variant(vary, req.headers)
+        )
 
     async def _pump(self, fill: Fill, head: FillHead, resp: object, req: FillRequest) -> None:
         from edgecache.proxy.origin import OriginResponse

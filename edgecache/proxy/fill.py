@@ -40,6 +40,8 @@ class FillHead:
     store: bool  # slices and metadata go to the store
     shared: bool  # other clients may read this body
     reason: str = ""  # why not stored, for Cache-Status and logs
+    entry_key: str = ""  # where the response is stored: the primary key plus its Vary'd request values
+    variant: str = ""  # the Vary'd request values of the request that started the fill
 
 
 class Fill:
@@ -209,9 +211,9 @@ class FillRegistry:
                 return fill
         return None
 
-    def add(self, fill: Fill) -> None:
+    def add(self, fill: Fill, count: bool = True) -> None:
         self._by_key.setdefault(fill.entry_key, []).append(fill)
-        self.started += 1
+        self.started += count
 
     def remove(self, fill: Fill) -> None:
         fills = self._by_key.get(fill.entry_key)

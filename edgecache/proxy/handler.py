@@ -23,7 +23,7 @@ from edgecache.core.keys import BadTarget, CacheKey, make_key, variant
 from edgecache.core.route import Router, normalise_host
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import ClientError, OriginError, VersionChanged
-from edgecache.proxy.engine import Engine, FillRequest
+from edgecache.proxy.engine import Engine, FillRequest, RangeMismatch, entry_key_for
 from edgecache.proxy.fill import Fill, FillHead
 from edgecache.proxy.passthrough import invalidate_after, pass_through
 from edgecache.proxy.respond import base_headers, send, send_stream
@@ -85,23 +85,28 @@ class EdgeHandler:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         client_ip = str(peer[0]) if peer else "-"
         req = FillRequest(
-            site, key.primary, key.target, request.headers.get("Host", host), headers, client_ip, self.policy
+            site,
+            key.primary,
+            key.target,
+            request.headers.get("Host", host),
+            headers,
+            client_ip,
+            self.policy,
+            key.primary,
         )
         if request.method not in CACHED_METHODS:
             resp = await pass_through(request, self.engine.origin, req, CacheStatus.PASS)
             await invalidate_after(self.engine.store, request.method, resp.status, req, resp.headers, host)
             return resp
-        cc = parse_cache_control(headers)
-        if cc.no_store or get_first(headers, "authorization") is not None:
+        if parse_cache_control(headers).no_store:
             return await pass_through(request, self.engine.origin, req, CacheStatus.PASS)
-        vary = await self.engine.store.get_vary(key.primary)
-        if vary:
-            req = replace(req, entry_key=key.primary + "\n" + variant(vary, headers))
         return await self._cached(request, req)
 
     async def _cached(self, request: web.BaseRequest, req: FillRequest) -> web.StreamResponse:
         validated = False
         for _ in range(3):
+            vary = await self.engine.store.get_vary(req.primary) or ()
+            req = replace(req, entry_key=entry_key_for(req.primary, vary, req.headers))
             meta = await self.engine.store.get_meta(req.entry_key)
             now = time.time()
             fresh = (
@@ -122,29 +127,43 @@ class EdgeHandler:
                     return await self._serve(request, req, meta, CacheStatus.STALE)
             elif parse_cache_control(req.headers).only_if_cached:
                 raise ClientError(504, "only-if-cached and not in cache")
+            elif self._conditional(req.headers):
+                # Nothing stored to answer the client's own validators from: let the origin answer them.
+                return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
             fill, ours = self._fill_for(request, req, meta)
+            stale_ok = (
+                meta is not None
+                and fresh is not None
+                and stale_if_error_allows(req.headers, meta.headers, fresh, self.policy)
+            )
             try:
                 head = await fill.head
+            except RangeMismatch:
+                return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
             except OriginError:
-                if (
-                    meta is not None
-                    and fresh is not None
-                    and stale_if_error_allows(req.headers, meta.headers, fresh, self.policy)
-                ):
+                if meta is not None and stale_ok:
                     return await self._serve(request, req, meta, CacheStatus.STALE, detail="stale-if-error")
                 raise
+            if head.status >= 500 and meta is not None and stale_ok:
+                return await self._serve(request, req, meta, CacheStatus.STALE, detail="stale-if-error")
             if head.status == 304:
                 validated = True
                 continue
+            if head.meta.vary and head.variant != variant(head.meta.vary, req.headers):
+                continue  # that response is another variant; look again under the key its Vary gives us
             if not head.shared and not ours:
                 return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
             status = CacheStatus.MISS if meta is None else CacheStatus.EXPIRED
             try:
-                return await self._serve_fill(request, req, fill, head, status)
+                return await self._serve_fill(request, replace(req, entry_key=head.entry_key), fill, head, status)
             except VersionChanged as exc:
                 log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
                 await self.engine.store.delete_meta(req.entry_key)
         raise OriginError("the object kept changing while being fetched", retryable=False)
+
+    @staticmethod
+    def _conditional(headers: Headers) -> bool:
+        return any(get_first(headers, h) is not None for h in ("if-none-match", "if-modified-since"))
 
     def _first_index(self, request: web.BaseRequest, meta: ObjectMeta | None) -> tuple[int, int | None]:
         """Which slices a fill for this request starts with; last None: fetch the whole object at once."""
@@ -199,7 +218,8 @@ class EdgeHandler:
     ) -> web.StreamResponse:
         meta = head.meta
         cstatus = cache_status_header(status, stored=head.store, detail="" if head.shared else head.reason)
-        headers = base_headers(meta.headers, 0, cstatus)
+        age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
+        headers = base_headers(meta.headers, int(age), cstatus)
         if head.shared and meta.length >= 0:
             return await send(request, meta, headers, lambda f, last: self.engine.read_range(req, meta, f, last))
         if head.start != 0 or fill.last_index is not None:

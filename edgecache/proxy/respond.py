@@ -47,7 +47,7 @@ def plan(method: str, request: Headers, meta: ObjectMeta) -> tuple[int, ranges.R
     if meta.status == 200 or meta.status == 206:
         if precondition_failed(request, meta.etag, meta.last_modified):
             return 412, ranges.NoRange()
-        if not_modified(request, meta.etag, meta.last_modified):
+        if not_modified(request, meta.etag, meta.last_modified, get_first(meta.headers, "date")):
             return 304, ranges.NoRange()
         if get_first(request, "range") is not None and ranges.if_range_allows(
             get_first(request, "if-range"), meta.etag, meta.last_modified
