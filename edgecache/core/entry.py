@@ -40,6 +40,13 @@ class ObjectMeta:
     response_time: float
     slice_size: int
     vary: tuple[str, ...] = ()
+    # Names this copy's slices. A new copy of an object (after a miss, invalidation or purge) gets a new token,
+    # so slices of an earlier copy are never read for it, even when an origin reuses validators.
+    token: str = ""
+
+    @property
+    def slice_version(self) -> str:
+        return f"{self.version}#{self.token}"
 
     @property
     def slice_count(self) -> int:
@@ -67,6 +74,7 @@ class ObjectMeta:
             "response_time": self.response_time,
             "slice_size": self.slice_size,
             "vary": list(self.vary),
+            "token": self.token,
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -85,6 +93,7 @@ class ObjectMeta:
                 response_time=float(d["response_time"]),
                 slice_size=int(d["slice_size"]),
                 vary=tuple(str(v) for v in d.get("vary", ())),
+                token=str(d.get("token", "")),
             )
         except (ValueError, KeyError, TypeError):
             return None

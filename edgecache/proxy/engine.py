@@ -111,7 +111,9 @@ class Engine:
         request_time = time.time()
         resp = await self.origin.request(req.site, "GET", req.target, headers)
         try:
-            head = self._head(resp.status, resp.headers, asked, req, request_time, time.time(), validate)
+            primary = req.primary or req.entry_key.split("\n", 1)[0]
+            existing = await self.store.get_meta(entry_key_for(primary, entry.vary_names(resp.headers), req.headers))
+            head = self._head(resp.status, resp.headers, asked, req, (request_time, time.time()), existing)
             if head.start == 0 and fill.first_index != 0:
                 fill.first_index, fill.last_index = 0, None  # the origin sent the whole object
             self.fills.remove(fill)
@@ -141,10 +143,11 @@ class Engine:
         headers: Headers,
         asked: ranges.ByteRange | None,
         req: FillRequest,
-        request_time: float,
-        response_time: float,
-        validate: ObjectMeta | None,
+        times: tuple[float, float],
+        existing: ObjectMeta | None,
     ) -> FillHead:
+        """Judge the origin's response head; `existing` is what is stored under the key it belongs to."""
+        request_time, response_time = times
         j = entry.judge(status, headers, asked)
         stored = strip_for_storage(entry.stored_headers(headers), req.policy)
         if isinstance(j, entry.Refused):
@@ -154,13 +157,15 @@ class Engine:
         vary = entry.vary_names(headers)
         primary = req.primary or req.entry_key.split("\n", 1)[0]
         key = entry_key_for(primary, vary, req.headers)
+        # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.
+        existing = self.store.peek_meta(key) or existing
         if isinstance(j, entry.NotModified):
-            if validate is None:
+            if existing is None:
                 raise OriginError("origin answered 304 to an unconditional request", retryable=False)
             # RFC 9111 4.3.4: the stored response is updated with the 304's fields and becomes fresh again.
             merged = replace(
-                validate,
-                headers=merge_304(validate.headers, stored),
+                existing,
+                headers=merge_304(existing.headers, stored),
                 request_time=request_time,
                 response_time=response_time,
             )
@@ -176,8 +181,9 @@ class Engine:
         whole = version is None or isinstance(j, entry.Other) or (isinstance(j, entry.Whole) and asked is not None)
         if version is None:
             version = "u:" + secrets.token_hex(8)
-        if validate is not None and validate.version == version and validate.status == body_status:
-            whole = whole or validate.whole
+        token = secrets.token_hex(6)
+        if existing is not None and existing.version == version and existing.status == body_status:
+            whole, token = whole or existing.whole, existing.token  # more of the same copy
         meta = ObjectMeta(
             status=body_status,
             headers=stored,
@@ -188,6 +194,7 @@ class Engine:
             response_time=response_time,
             slice_size=self.slice_size,
             vary=vary,
+            token=token,
         )
         decision = storable("GET", body_status, req.headers, headers, req.policy)
         # Bodies of other statuses are small and have no validator to check a slice against: they are stored
@@ -201,7 +208,7 @@ class Engine:
         from edgecache.proxy.origin import OriginResponse
 
         assert isinstance(resp, OriginResponse)
-        version = head.meta.version
+        version = head.meta.slice_version
         commit_now = head.store and head.meta.status == 200
         held: list[tuple[int, bytes]] = []
 
@@ -233,8 +240,8 @@ class Engine:
         """A body stored only once whole: another status, or a 200 of unknown length."""
         meta = replace(head.meta, length=length)
         for index, data in held:
-            self.store.put_slice_memory(req.entry_key, meta.version, index, data)
-            await self.store.put_slice_disk(req.entry_key, meta.version, index, data)
+            self.store.put_slice_memory(req.entry_key, meta.slice_version, index, data)
+            await self.store.put_slice_disk(req.entry_key, meta.slice_version, index, data)
         await self.store.put_vary(req.entry_key.split("\n", 1)[0], meta.vary)
         await self.store.put_meta(req.entry_key, meta)
 
@@ -268,7 +275,7 @@ class Engine:
                     return
                 fill = await self._start_for(req, meta, index, last_needed, join=not released)
             head = await fill.head
-            if head.meta.version != meta.version or head.status != meta.status:
+            if head.meta.slice_version != meta.slice_version or head.status != meta.status:
                 raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
             try:
                 async for chunk in fill.read(index, lo, hi):

@@ -25,7 +25,7 @@ from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy.engine import Engine, FillRequest, RangeMismatch, entry_key_for
 from edgecache.proxy.fill import Fill, FillHead
-from edgecache.proxy.passthrough import invalidate_after, pass_through
+from edgecache.proxy.passthrough import pass_through
 from edgecache.proxy.respond import base_headers, send, send_stream
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,8 @@ class EdgeHandler:
             key.primary,
         )
         if request.method not in CACHED_METHODS:
-            resp = await pass_through(request, self.engine.origin, req, CacheStatus.PASS)
-            await invalidate_after(self.engine.store, request.method, resp.status, req, resp.headers, host)
-            return resp
+            invalidate = (self.engine.store, host)
+            return await pass_through(request, self.engine.origin, req, CacheStatus.PASS, invalidate)
         if parse_cache_control(headers).no_store:
             return await pass_through(request, self.engine.origin, req, CacheStatus.PASS)
         return await self._cached(request, req)

@@ -22,12 +22,20 @@ log = logging.getLogger(__name__)
 
 
 async def pass_through(
-    request: web.BaseRequest, origin: OriginClient, req: FillRequest, status: CacheStatus
+    request: web.BaseRequest,
+    origin: OriginClient,
+    req: FillRequest,
+    status: CacheStatus,
+    invalidate: tuple[Store, str] | None = None,
 ) -> web.StreamResponse:
+    """Forward the request; with `invalidate` (store, host), entries the response invalidates are dropped
+    before the client hears the response, so its next request cannot see them."""
     headers = forward_headers(req.headers, req.site.origin_host or req.host, req.client_ip, fill=False)
     body = request.content.iter_chunked(64 * 1024) if request.body_exists else None
     resp = await origin.request(req.site, request.method, req.target, headers, body)
     try:
+        if invalidate is not None:
+            await invalidate_after(invalidate[0], request.method, resp.status, req, resp.headers, invalidate[1])
         out = web.StreamResponse(status=resp.status, reason=resp.raw.reason)
         for k, v in end_to_end(resp.headers, drop=("via", "cache-status")):
             out.headers.add(k, v)
@@ -59,14 +67,12 @@ async def pass_through(
 
 
 async def invalidate_after(
-    store: Store, method: str, status: int, req: FillRequest, resp_headers: object, host: str
+    store: Store, method: str, status: int, req: FillRequest, headers: Headers, host: str
 ) -> None:
     """RFC 9111 4.4: a non-error response to an unsafe method invalidates the target URI and the same-host
     Location and Content-Location."""
     if not invalidates(method, status):
         return
-    assert hasattr(resp_headers, "items")
-    headers: Headers = tuple(resp_headers.items())
     targets = [req.target]
     for name in ("location", "content-location"):
         for value in get_all(headers, name):

@@ -34,6 +34,10 @@ class Store:
 
     # --- metadata -----------------------------------------------------------------------------------------
 
+    def peek_meta(self, key: str) -> ObjectMeta | None:
+        """What this process knows right now, without waiting for the disk."""
+        return self._meta.get(key)
+
     def remember_meta(self, key: str, meta: ObjectMeta) -> None:
         """Make `meta` visible to this process at once; put_meta() then persists it."""
         self._remember(key, meta)
@@ -103,10 +107,10 @@ class Store:
     # --- slices ----------------------------------------------------------------------------------------------
 
     def slice_from_memory(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
-        return self.memory.get(slice_name(entry_key, meta.version, index))
+        return self.memory.get(slice_name(entry_key, meta.slice_version, index))
 
     async def slice_from_disk(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
-        name = slice_name(entry_key, meta.version, index)
+        name = slice_name(entry_key, meta.slice_version, index)
         try:
             data = await self.disk.get(name)
         except StorageError as exc:
@@ -128,7 +132,7 @@ class Store:
 
     async def missing(self, entry_key: str, meta: ObjectMeta, indices: list[int]) -> list[int]:
         """Which of `indices` are in neither tier (one disk round trip for all of them)."""
-        names = [slice_name(entry_key, meta.version, i) for i in indices]
+        names = [slice_name(entry_key, meta.slice_version, i) for i in indices]
         not_in_memory = [(i, n) for i, n in zip(indices, names, strict=True) if n not in self.memory]
         if not not_in_memory:
             return []

@@ -1,0 +1,91 @@
+"""RFC 9111 behaviour through the real edge: invalidation, Vary, revalidation, stale-if-error, Age."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from tests.conftest import Edge
+from tests.origin import Origin
+
+
+async def test_unsafe_methods_invalidate(edge: Edge, origin: Origin) -> None:
+    for method in ("PUT", "POST", "DELETE", "M-SEARCH"):
+        path = f"/doc-{method}"
+        origin.put(path, b"v1")
+        assert (await edge.get(path))[2] == b"v1"
+        assert (await edge.get(path))[1]["Cache-Status"] == "edgecache; hit"
+        async with edge.session.request(method, edge.url + path, headers={"Host": "video.test"}, data=b"x") as r:
+            assert r.status < 400, (method, r.status)
+        origin.put(path, b"v2")  # same validators as v1: only the invalidation can make the edge fetch it
+        status, headers, body = await edge.get(path)
+        assert (status, body) == (200, b"v2"), method
+        assert "fwd=uri-miss" in headers["Cache-Status"], method
+
+
+async def test_vary_keys_variants_by_the_response(edge: Edge, origin: Origin) -> None:
+    def by_language(request: web.BaseRequest, obj: object) -> web.Response:
+        lang = request.headers.get("Accept-Language", "none")
+        return web.Response(
+            body=f"hello in {lang}".encode(), headers={"Vary": "Accept-Language", "Cache-Control": "max-age=60"}
+        )
+
+    origin.on_request = by_language
+    for _ in range(2):
+        for lang in ("en", "fr"):
+            status, _, body = await edge.get("/greet", **{"Accept-Language": lang})
+            assert (status, body) == (200, f"hello in {lang}".encode())
+    assert origin.hits["/greet"] == 2  # one fetch per variant, then hits
+
+
+async def test_revalidation_304_keeps_the_body(edge: Edge, origin: Origin) -> None:
+    origin.put("/r", b"body", headers={"Cache-Control": "max-age=0, must-revalidate"})
+    assert (await edge.get("/r"))[2] == b"body"
+    status, headers, body = await edge.get("/r")
+    assert (status, body) == (200, b"body")
+    assert "fwd=stale" in headers["Cache-Status"]
+    assert origin.seen[-1].headers.get("If-None-Match") == '"v1"'
+
+
+async def test_stale_if_error_on_5xx_and_when_origin_is_down(edge: Edge, origin: Origin) -> None:
+    origin.put("/s", b"stale but good", headers={"Cache-Control": "max-age=1, stale-if-error=600"})
+    assert (await edge.get("/s"))[2] == b"stale but good"
+    meta = await edge.node.store.get_meta("videos|video.test|/s")
+    assert meta is not None
+    # Age the entry instead of sleeping: the stored response times move back by 10 s.
+    from dataclasses import replace
+
+    edge.node.store.remember_meta(
+        "videos|video.test|/s",
+        replace(meta, request_time=meta.request_time - 10, response_time=meta.response_time - 10),
+    )
+    origin.on_request = lambda request, obj: web.Response(status=503, text="down")
+    status, headers, body = await edge.get("/s")
+    assert (status, body) == (200, b"stale but good")
+    assert headers["Cache-Status"] == 'edgecache; hit; detail="stale-if-error"'
+    await origin.stop()
+    status, _, body = await edge.get("/s")
+    assert (status, body) == (200, b"stale but good")
+
+
+async def test_age_from_origin_is_passed_on(edge: Edge, origin: Origin) -> None:
+    origin.put("/aged", b"x", headers={"Cache-Control": "max-age=3600", "Age": "1800"})
+    _, headers, _ = await edge.get("/aged")
+    assert int(headers["Age"]) >= 1800
+
+
+async def test_concurrent_private_responses_are_never_shared(edge: Edge, origin: Origin) -> None:
+    count = 0
+
+    async def personal(request: web.BaseRequest, obj: object) -> web.Response:
+        nonlocal count
+        count += 1
+        mine = count
+        await asyncio.sleep(0)
+        return web.Response(text=f"for request {mine}", headers={"Cache-Control": "private"})
+
+    origin.on_request = personal
+    results = await asyncio.gather(*(edge.get("/me") for _ in range(5)))
+    bodies = sorted(r[2] for r in results)
+    assert len(set(bodies)) == 5  # every client got its own origin answer
