@@ -4,7 +4,7 @@
 #
 # The suite is fetched separately and NEVER committed to this repository (nor its node_modules or results).
 # One-time setup, outside the repo (default location /tmp/cache-tests):
-#   git clone https://github.com/http-tests/cache-tests /tmp/cache-tests
+#   fetch the http-tests/cache-tests repository into /tmp/cache-tests
 #     (or from a bare snapshot: mkdir -p /tmp/cache-tests && git --git-dir=SNAPSHOT.git archive HEAD | tar -x -C /tmp/cache-tests)
 #   cd /tmp/cache-tests && npm install --omit=dev --no-audit --no-fund     # needs only undici, liquidjs, marked
 #

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-from edgecache.core.headers import Headers, get_all, list_values
+from edgecache.core.headers import Headers, get_all, list_values, split_list
 
 DELTA_MAX = 2**31  # RFC 9111 1.2.2: larger delta-seconds are taken as this
 
@@ -116,3 +117,30 @@ def parse_pragma_no_cache(headers: Headers) -> bool:
     if get_all(headers, "cache-control"):
         return False
     return any(v.strip().lower() == "no-cache" for v in list_values(headers, "pragma"))
+
+
+# RFC 9213 fields are Structured Field dictionaries (RFC 8941): a field that does not parse as one, or whose
+# delta directives are not integers, is ignored whole.
+_SF_KEY = re.compile(r"^[a-z*][a-z0-9_\-.*]*$")
+_SF_BARE = re.compile(
+    r"^(?:-?\d{1,15}(?:\.\d{1,3})?"  # integer or decimal
+    r'|"(?:[^"\\]|\\.)*"'  # string
+    r"|[A-Za-z*][!#$%&'*+\-.^_`|~:/A-Za-z0-9]*"  # token
+    r"|\?[01]|:[A-Za-z0-9+/=]*:)$"  # boolean, byte sequence
+)
+_SF_INTEGER = re.compile(r"^\d{1,15}$")
+
+
+def valid_sf_directives(values: list[str]) -> bool:
+    for member in split_list(",".join(values)):
+        item, *params = member.split(";")
+        key, eq, value = item.strip().partition("=")
+        if not _SF_KEY.match(key) or (eq and not _SF_BARE.match(value)):
+            return False
+        if key in _DELTAS and not (eq and _SF_INTEGER.match(value)):
+            return False
+        for p in params:
+            pk, peq, pv = p.strip().partition("=")
+            if not _SF_KEY.match(pk) or (peq and not _SF_BARE.match(pv)):
+                return False
+    return True

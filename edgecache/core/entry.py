@@ -99,8 +99,11 @@ class ObjectMeta:
             return None
 
 
-def stored_headers(headers: Headers) -> Headers:
-    return end_to_end(headers, drop=FRAMING)
+def stored_headers(headers: Headers, status: int = 206) -> Headers:
+    """Without hop-by-hop and framing fields; a Content-Range on anything but a 206 is the origin's own field
+    (it does not frame this message), so it is stored as sent."""
+    drop = FRAMING if status == 206 else tuple(f for f in FRAMING if f != "content-range")
+    return end_to_end(headers, drop=drop)
 
 
 def vary_names(headers: Headers) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from edgecache.core.cachecontrol import CacheControl, parse_cache_control, parse_pragma_no_cache
+from edgecache.core.cachecontrol import CacheControl, parse_cache_control, parse_pragma_no_cache, valid_sf_directives
 from edgecache.core.headers import HOP_BY_HOP, Headers, connection_tokens, get_all, get_first, list_values
 from edgecache.core.httpdate import parse_http_date
 
@@ -41,7 +41,7 @@ def response_cc(resp: Headers) -> tuple[CacheControl, bool]:
 
     RFC 9213: a CDN uses CDN-Cache-Control when present and then ignores Cache-Control and Expires.
     """
-    if get_all(resp, "cdn-cache-control"):
+    if get_all(resp, "cdn-cache-control") and valid_sf_directives(get_all(resp, "cdn-cache-control")):
         return parse_cache_control(resp, field="cdn-cache-control"), True
     return parse_cache_control(resp), False
 

@@ -112,7 +112,11 @@ class Engine:
         resp = await self.origin.request(req.site, "GET", req.target, headers)
         try:
             primary = req.primary or req.entry_key.split("\n", 1)[0]
-            existing = await self.store.get_meta(entry_key_for(primary, entry.vary_names(resp.headers), req.headers))
+            if resp.status == 304:
+                existing = validate  # a 304 need not repeat Vary: it is about the entry we asked to validate
+            else:
+                vary = entry.vary_names(resp.headers)
+                existing = await self.store.get_meta(entry_key_for(primary, vary, req.headers))
             head = self._head(resp.status, resp.headers, asked, req, (request_time, time.time()), existing)
             if head.start == 0 and fill.first_index != 0:
                 fill.first_index, fill.last_index = 0, None  # the origin sent the whole object
@@ -149,12 +153,12 @@ class Engine:
         """Judge the origin's response head; `existing` is what is stored under the key it belongs to."""
         request_time, response_time = times
         j = entry.judge(status, headers, asked)
-        stored = strip_for_storage(entry.stored_headers(headers), req.policy)
+        stored = strip_for_storage(entry.stored_headers(headers, status), req.policy)
         if isinstance(j, entry.Refused):
             if status == 206:
                 raise RangeMismatch(f"origin response refused: {j.reason}", retryable=False)
             raise OriginError(f"origin response refused: {j.reason}", retryable=False)
-        vary = entry.vary_names(headers)
+        vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
         primary = req.primary or req.entry_key.split("\n", 1)[0]
         key = entry_key_for(primary, vary, req.headers)
         # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.

@@ -96,6 +96,8 @@ async def send(
     first, last = (rng.range.first, rng.range.last) if isinstance(rng, ranges.Single) else (0, meta.length - 1)
     if isinstance(rng, ranges.Single):
         headers = [*headers, ("Content-Range", ranges.format_content_range(rng.range, meta.length))]
+    elif (stored_range := get_first(meta.headers, "content-range")) is not None:
+        headers = [*headers, ("Content-Range", stored_range)]  # the origin's own field on a whole response
     resp = _response(status, headers)
     if length_known:
         resp.content_length = last - first + 1
