@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edgecache.core.headers import Headers, get_all
+from edgecache.core.headers import Headers, get_all, split_list
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -108,12 +108,21 @@ def make_key(site: str, host: str, target: str, keep_query: Iterable[str]) -> Ca
     return CacheKey(primary=primary, path=path, query=query)
 
 
+# Fields whose values are case-insensitive tokens (RFC 9110 12.5): 'eN' and 'en' select the same variant.
+_CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language"})
+
+
 def variant(vary: tuple[str, ...], request: Headers) -> str:
-    """The secondary key of RFC 9111 4.1: each Vary'd field's values, whitespace-normalised, joined."""
+    """The secondary key of RFC 9111 4.1: each Vary'd field's list members, trimmed, across all its lines.
+
+    Order is kept: 'en, de' and 'de, en' state different preferences.
+    """
     parts = []
     for name in vary:
-        values = ",".join(" ".join(v.split()) for v in get_all(request, name))
-        parts.append(f"{name.lower()}={values}")
+        lname = name.lower()
+        members = [" ".join(m.split()) for v in get_all(request, name) for m in split_list(v)]
+        value = ",".join(members)
+        parts.append(f"{lname}={value.lower() if lname in _CASELESS else value}")
     return "\n".join(parts)
 
 

@@ -57,9 +57,13 @@ def test_key_query_rules_are_order_insensitive() -> None:
 
 
 def test_variant_normalises_whitespace() -> None:
-    h = (("Accept-Encoding", "gzip,  br"), ("X", "1"))
-    assert variant(("accept-encoding",), h) == "accept-encoding=gzip, br"
-    assert variant(("accept-encoding", "y"), h) == "accept-encoding=gzip, br\ny="
+    h = (("Accept-Encoding", "gzip,  BR"), ("X", "1"))
+    assert variant(("accept-encoding",), h) == "accept-encoding=gzip,br"
+    assert variant(("accept-encoding", "y"), h) == "accept-encoding=gzip,br\ny="
+    assert variant(("x",), (("X", " 1 ,2"), ("X", "3"))) == "x=1,2,3"
+    assert variant(("accept-language",), (("Accept-Language", "en, de"),)) != variant(
+        ("accept-language",), (("Accept-Language", "de, en"),)
+    )
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=60))
