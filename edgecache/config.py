@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from edgecache.core.freshness import Policy
 from edgecache.errors import ConfigError
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class Site:
     origins: tuple[str, ...]
     key_query: tuple[str, ...] = ("*",)  # query parameters that are part of the key; "*" = all of them
     origin_host: str | None = None  # Host sent to origin; None = the client's Host
+    policy: Policy = field(default_factory=Policy)  # the choices RFC 9111 leaves to a shared cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,37 @@ def _origin(r: _Reader, doc: dict[str, Any]) -> OriginSettings:
     )
 
 
+def _seconds(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+        raise ValueError("expected seconds (a number >= 0)")
+    return float(v)
+
+
+def _policy(r: _Reader, site: dict[str, Any], prefix: str) -> Policy:
+    t = r.table(site, "cache") if "cache" in site else {}
+    p = f"{prefix}cache."
+    r.unknown(t, p, {"min_ttl", "max_ttl", "heuristic_fraction", "heuristic_max", "store_set_cookie", "max_stale"})
+    policy = Policy(
+        heuristic_fraction=r.get(t, p, "heuristic_fraction", _seconds, 0.1),
+        heuristic_max=r.get(t, p, "heuristic_max", _seconds, 86400.0),
+        store_set_cookie=r.get(t, p, "store_set_cookie", _bool, False),
+        min_ttl=r.get(t, p, "min_ttl", _seconds, None),
+        max_ttl=r.get(t, p, "max_ttl", _seconds, None),
+        max_stale_ceiling=r.get(t, p, "max_stale", _seconds, 86400.0),
+    )
+    if policy.heuristic_fraction > 1:
+        r.problem(f"{p}heuristic_fraction", "must be between 0 and 1")
+    if policy.min_ttl is not None and policy.max_ttl is not None and policy.min_ttl > policy.max_ttl:
+        r.problem(f"{p}min_ttl", "must not exceed max_ttl")
+    return policy
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("expected true or false")
+    return v
+
+
 def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
     raw = doc.get("sites", [])
     if not isinstance(raw, list) or not raw:
@@ -223,7 +256,7 @@ def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
         if not isinstance(t, dict):
             r.problem(f"sites[{i}]", "expected a table")
             continue
-        r.unknown(t, p, {"name", "hosts", "origins", "key_query", "origin_host"})
+        r.unknown(t, p, {"name", "hosts", "origins", "key_query", "origin_host", "cache"})
         for req in ("name", "hosts", "origins"):
             if req not in t:
                 r.problem(f"{p}{req}", "is required")
@@ -233,6 +266,7 @@ def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
             origins=r.get(t, p, "origins", _str_list(check_origin_url), ()),
             key_query=r.get(t, p, "key_query", _str_list(_key_param), ("*",)),
             origin_host=r.get(t, p, "origin_host", lambda v: str(v) if v else None, None),
+            policy=_policy(r, t, p),
         )
         reported = "\n".join(r.problems)
         if "hosts" in t and not site.hosts and f"{p}hosts:" not in reported:

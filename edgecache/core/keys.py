@@ -129,3 +129,29 @@ def variant(vary: tuple[str, ...], request: Headers) -> str:
 def digest(text: str) -> str:
     """A stable, short name for storage: the same on every worker and node (never Python's salted hash())."""
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryRecord:
+    """What is known of a primary key: its generation (changed by invalidation and purge, so every variant and
+    slice stored before is out of reach at once) and the request fields its responses Vary on."""
+
+    generation: str = ""
+    vary: tuple[str, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        return "\n".join((self.generation, *self.vary)).encode("latin-1", "replace")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PrimaryRecord:
+        generation, *vary = data.decode("latin-1").split("\n")
+        return cls(generation, tuple(v for v in vary if v))
+
+
+def entry_key(primary: str, record: PrimaryRecord, headers: Headers) -> str:
+    key = primary
+    if record.generation:
+        key += "\n#" + record.generation
+    if record.vary:
+        key += "\n" + variant(record.vary, headers)
+    return key

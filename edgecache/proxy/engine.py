@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
+from email.utils import formatdate
 from typing import Any
 
 from edgecache.config import Site
@@ -20,8 +21,8 @@ from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import forward_headers
 from edgecache.core.freshness import Policy, merge_304, storable, strip_for_storage
-from edgecache.core.headers import Headers
-from edgecache.core.keys import variant
+from edgecache.core.headers import Headers, get_first
+from edgecache.core.keys import PrimaryRecord, entry_key, variant
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry, Released
 from edgecache.proxy.origin import OriginClient, read_chunks
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 
 class RangeMismatch(OriginError):
     """The origin's 206 is not for the range we asked: it cannot fill slices, but may still answer the client."""
-
-
-def entry_key_for(primary: str, vary: tuple[str, ...], headers: Headers) -> str:
-    return primary + "\n" + variant(vary, headers) if vary else primary
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +47,7 @@ class FillRequest:
     client_ip: str
     policy: Policy
     primary: str = ""
+    generation: str = ""  # of the primary record the entry key was made with
 
 
 class Engine:
@@ -115,8 +113,8 @@ class Engine:
             if resp.status == 304:
                 existing = validate  # a 304 need not repeat Vary: it is about the entry we asked to validate
             else:
-                vary = entry.vary_names(resp.headers)
-                existing = await self.store.get_meta(entry_key_for(primary, vary, req.headers))
+                record = PrimaryRecord(req.generation, entry.vary_names(resp.headers))
+                existing = await self.store.get_meta(entry_key(primary, record, req.headers))
             head = self._head(resp.status, resp.headers, asked, req, (request_time, time.time()), existing)
             if head.start == 0 and fill.first_index != 0:
                 fill.first_index, fill.last_index = 0, None  # the origin sent the whole object
@@ -128,12 +126,13 @@ class Engine:
             req = replace(req, entry_key=head.entry_key)
             primary = req.primary or req.entry_key.split("\n", 1)[0]
             keep = head.status == 304 or (head.store and head.meta.length >= 0)
+            record = PrimaryRecord(req.generation, head.meta.vary)
             if keep:  # visible before anyone hears of the head, so the next request is a hit
-                self.store.remember_vary(primary, head.meta.vary)
+                self.store.remember_record(primary, record)
                 self.store.remember_meta(req.entry_key, head.meta)
             fill.set_head(head)
             if keep:
-                await self.store.put_vary(primary, head.meta.vary)
+                await self.store.put_record(primary, record)
                 await self.store.put_meta(req.entry_key, head.meta)
             if head.status == 304:
                 return
@@ -153,14 +152,20 @@ class Engine:
         """Judge the origin's response head; `existing` is what is stored under the key it belongs to."""
         request_time, response_time = times
         j = entry.judge(status, headers, asked)
-        stored = strip_for_storage(entry.stored_headers(headers, status), req.policy)
+        served = entry.stored_headers(headers, status)  # what the client that asked gets
+        stored = strip_for_storage(served, req.policy)  # what anyone else may ever get
+        if get_first(stored, "date") is None:  # RFC 9110 6.6.1: a recipient with a clock adds the Date it lacks
+            stored += (("Date", formatdate(response_time, usegmt=True)),)
         if isinstance(j, entry.Refused):
             if status == 206:
                 raise RangeMismatch(f"origin response refused: {j.reason}", retryable=False)
             raise OriginError(f"origin response refused: {j.reason}", retryable=False)
         vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
         primary = req.primary or req.entry_key.split("\n", 1)[0]
-        key = entry_key_for(primary, vary, req.headers)
+        key = entry_key(primary, PrimaryRecord(req.generation, vary), req.headers)
+        current = self.store.peek_record(primary)
+        # A fill that started before an invalidation or purge must not store what it brings.
+        alive = current is None or current.generation == req.generation
         # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.
         existing = self.store.peek_meta(key) or existing
         if isinstance(j, entry.NotModified):
@@ -203,9 +208,20 @@ class Engine:
         decision = storable("GET", body_status, req.headers, headers, req.policy)
         # Bodies of other statuses are small and have no validator to check a slice against: they are stored
         # whole, once complete. Unknown lengths likewise.
-        store = decision.store and meta.length >= 0
+        store = decision.store and meta.length >= 0 and alive
+        if not decision.store:
+            meta = replace(meta, headers=served)  # never stored: its own client gets every field
         return FillHead(
-            body_status, meta, start, end, store, decision.store, decision.reason, key, variant(vary, req.headers)
+            body_status,
+            meta,
+            start,
+            end,
+            store,
+            decision.store,
+            decision.reason,
+            key,
+            variant(vary, req.headers),
+            served,
         )
 
     async def _pump(self, fill: Fill, head: FillHead, resp: object, req: FillRequest) -> None:
@@ -246,7 +262,11 @@ class Engine:
         for index, data in held:
             self.store.put_slice_memory(req.entry_key, meta.slice_version, index, data)
             await self.store.put_slice_disk(req.entry_key, meta.slice_version, index, data)
-        await self.store.put_vary(req.entry_key.split("\n", 1)[0], meta.vary)
+        primary = req.primary or req.entry_key.split("\n", 1)[0]
+        current = self.store.peek_record(primary)
+        if current is not None and current.generation != req.generation:
+            return  # invalidated while it was being fetched
+        await self.store.put_record(primary, PrimaryRecord(req.generation, meta.vary))
         await self.store.put_meta(req.entry_key, meta)
 
     # --- reading ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.headers import Headers
 from edgecache.errors import OriginError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class FillHead:
     reason: str = ""  # why not stored, for Cache-Status and logs
     entry_key: str = ""  # where the response is stored: the primary key plus its Vary'd request values
     variant: str = ""  # the Vary'd request values of the request that started the fill
+    served: Headers = ()  # every end-to-end field, for the request that started the fill only
 
 
 class Fill:

@@ -17,13 +17,13 @@ from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.freshness import Policy, Use, current_age, evaluate, stale_if_error_allows, usable
+from edgecache.core.freshness import Use, current_age, evaluate, stale_if_error_allows, usable
 from edgecache.core.headers import Headers, get_first
-from edgecache.core.keys import BadTarget, CacheKey, make_key, variant
+from edgecache.core.keys import BadTarget, CacheKey, entry_key, make_key, variant
 from edgecache.core.route import Router, normalise_host
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import ClientError, OriginError, VersionChanged
-from edgecache.proxy.engine import Engine, FillRequest, RangeMismatch, entry_key_for
+from edgecache.proxy.engine import Engine, FillRequest, RangeMismatch
 from edgecache.proxy.fill import Fill, FillHead
 from edgecache.proxy.passthrough import pass_through
 from edgecache.proxy.respond import base_headers, send, send_stream
@@ -42,10 +42,9 @@ def error_response(status: int, reason: str) -> web.Response:
 
 
 class EdgeHandler:
-    def __init__(self, sites: tuple[Site, ...], engine: Engine, policy: Policy | None = None) -> None:
+    def __init__(self, sites: tuple[Site, ...], engine: Engine) -> None:
         self.router: Router[Site] = Router((s.hosts, s) for s in sites)
         self.engine = engine
-        self.policy = policy or Policy()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -91,7 +90,7 @@ class EdgeHandler:
             request.headers.get("Host", host),
             headers,
             client_ip,
-            self.policy,
+            site.policy,
             key.primary,
         )
         if request.method not in CACHED_METHODS:
@@ -104,19 +103,19 @@ class EdgeHandler:
     async def _cached(self, request: web.BaseRequest, req: FillRequest) -> web.StreamResponse:
         validated = False
         for _ in range(3):
-            vary = await self.engine.store.get_vary(req.primary) or ()
-            req = replace(req, entry_key=entry_key_for(req.primary, vary, req.headers))
+            record = await self.engine.store.get_record(req.primary)
+            req = replace(req, entry_key=entry_key(req.primary, record, req.headers), generation=record.generation)
             meta = await self.engine.store.get_meta(req.entry_key)
             now = time.time()
             fresh = (
-                evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, self.policy)
+                evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, req.policy)
                 if meta is not None
                 else None
             )
             if meta is not None and fresh is not None:
                 if validated:
                     return await self._serve(request, req, meta, CacheStatus.REVALIDATED)
-                use = usable(req.headers, meta.headers, fresh, self.policy)
+                use = usable(req.headers, meta.headers, fresh, req.policy)
                 if use is Use.FRESH:
                     return await self._serve(request, req, meta, CacheStatus.HIT)
                 if use is Use.STALE_OK:
@@ -133,7 +132,7 @@ class EdgeHandler:
             stale_ok = (
                 meta is not None
                 and fresh is not None
-                and stale_if_error_allows(req.headers, meta.headers, fresh, self.policy)
+                and stale_if_error_allows(req.headers, meta.headers, fresh, req.policy)
             )
             try:
                 head = await fill.head
@@ -154,7 +153,7 @@ class EdgeHandler:
                 return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
             status = CacheStatus.MISS if meta is None else CacheStatus.EXPIRED
             try:
-                return await self._serve_fill(request, replace(req, entry_key=head.entry_key), fill, head, status)
+                return await self._serve_fill(request, replace(req, entry_key=head.entry_key), fill, head, status, ours)
             except VersionChanged as exc:
                 log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
                 await self.engine.store.delete_meta(req.entry_key)
@@ -213,9 +212,16 @@ class EdgeHandler:
         return await send(request, meta, headers, lambda f, last: self.engine.read_range(req, meta, f, last))
 
     async def _serve_fill(
-        self, request: web.BaseRequest, req: FillRequest, fill: Fill, head: FillHead, status: CacheStatus
+        self,
+        request: web.BaseRequest,
+        req: FillRequest,
+        fill: Fill,
+        head: FillHead,
+        status: CacheStatus,
+        ours: bool,
     ) -> web.StreamResponse:
-        meta = head.meta
+        # The request that started the fill gets fields a shared cache keeps from everyone else (private="f").
+        meta = replace(head.meta, headers=head.served) if ours and head.served else head.meta
         cstatus = cache_status_header(status, stored=head.store, detail="" if head.shared else head.reason)
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cstatus)

@@ -88,9 +88,4 @@ async def invalidate_after(
             key = make_key(req.site.name, host, target, req.site.key_query)
         except BadTarget:
             continue
-        await store.delete_meta(key.primary)
-        vary = await store.get_vary(key.primary)
-        if vary:
-            from edgecache.core.keys import variant
-
-            await store.delete_meta(key.primary + "\n" + variant(vary, req.headers))
+        await store.invalidate(key.primary)

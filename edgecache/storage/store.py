@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections import OrderedDict
 
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.keys import digest
+from edgecache.core.keys import PrimaryRecord, digest
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.memory import MemoryTier
@@ -29,7 +30,7 @@ class Store:
         self.memory = memory
         self.disk = disk
         self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
-        self._vary: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._records: OrderedDict[str, PrimaryRecord] = OrderedDict()
         self._meta_entries = meta_entries
 
     # --- metadata -----------------------------------------------------------------------------------------
@@ -41,11 +42,6 @@ class Store:
     def remember_meta(self, key: str, meta: ObjectMeta) -> None:
         """Make `meta` visible to this process at once; put_meta() then persists it."""
         self._remember(key, meta)
-
-    def remember_vary(self, primary: str, names: tuple[str, ...]) -> None:
-        self._vary[primary] = names
-        if len(self._vary) > self._meta_entries:
-            self._vary.popitem(last=False)
 
     def _remember(self, key: str, meta: ObjectMeta) -> None:
         self._meta[key] = meta
@@ -82,27 +78,39 @@ class Store:
         except StorageError as exc:
             log.warning("metadata delete failed: %s", exc)
 
-    # --- Vary: which request fields select the variant of a primary key ------------------------------------
+    # --- primary records: generation and Vary of a primary key ----------------------------------------------
 
-    async def get_vary(self, primary: str) -> tuple[str, ...] | None:
-        if primary in self._vary:
-            return self._vary[primary]
+    def peek_record(self, primary: str) -> PrimaryRecord | None:
+        return self._records.get(primary)
+
+    def remember_record(self, primary: str, record: PrimaryRecord) -> None:
+        self._records[primary] = record
+        self._records.move_to_end(primary)
+        if len(self._records) > self._meta_entries:
+            self._records.popitem(last=False)
+
+    async def get_record(self, primary: str) -> PrimaryRecord:
+        record = self._records.get(primary)
+        if record is not None:
+            return record
         try:
             raw = await self.disk.get("v:" + digest(primary))
         except StorageError:
-            return None
-        if raw is None:
-            return None
-        names = tuple(n for n in raw.decode("latin-1").split("\n") if n)
-        self._vary[primary] = names
-        return names
+            return PrimaryRecord()
+        record = PrimaryRecord.from_bytes(raw) if raw is not None else PrimaryRecord()
+        self.remember_record(primary, record)
+        return record
 
-    async def put_vary(self, primary: str, names: tuple[str, ...]) -> None:
-        self.remember_vary(primary, names)
+    async def put_record(self, primary: str, record: PrimaryRecord) -> None:
+        self.remember_record(primary, record)
         try:
-            await self.disk.put("v:" + digest(primary), "\n".join(names).encode("latin-1"))
+            await self.disk.put("v:" + digest(primary), record.to_bytes())
         except StorageError as exc:
-            log.warning("vary record write failed: %s", exc)
+            log.warning("primary record write failed: %s", exc)
+
+    async def invalidate(self, primary: str) -> None:
+        """Every stored variant and slice of `primary` becomes unreachable: a new generation, no Vary known."""
+        await self.put_record(primary, PrimaryRecord(generation=secrets.token_hex(4)))
 
     # --- slices ----------------------------------------------------------------------------------------------
 

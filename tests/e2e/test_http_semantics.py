@@ -89,3 +89,43 @@ async def test_concurrent_private_responses_are_never_shared(edge: Edge, origin:
     results = await asyncio.gather(*(edge.get("/me") for _ in range(5)))
     bodies = sorted(r[2] for r in results)
     assert len(set(bodies)) == 5  # every client got its own origin answer
+
+
+async def test_invalidation_reaches_every_variant(edge: Edge, origin: Origin) -> None:
+    version = {"n": 1}
+
+    def by_language(request: web.BaseRequest, obj: object) -> web.Response:
+        if request.method != "GET":
+            return web.Response(status=204)
+        lang = request.headers.get("Accept-Language", "none")
+        return web.Response(
+            text=f"{lang} v{version['n']}", headers={"Vary": "Accept-Language", "Cache-Control": "max-age=600"}
+        )
+
+    origin.on_request = by_language
+    for lang in ("en", "fr"):
+        assert (await edge.get("/v", **{"Accept-Language": lang}))[2] == f"{lang} v1".encode()
+    async with edge.session.delete(edge.url + "/v", headers={"Host": "video.test"}) as r:
+        assert r.status == 204
+    version["n"] = 2
+    for lang in ("en", "fr"):
+        assert (await edge.get("/v", **{"Accept-Language": lang}))[2] == f"{lang} v2".encode()
+        assert (await edge.get("/v", **{"Accept-Language": lang}))[1]["Cache-Status"] == "edgecache; hit"
+
+
+async def test_date_is_added_when_the_origin_sends_none(edge: Edge, origin: Origin) -> None:
+    async def no_date(request: web.BaseRequest, obj: object) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Cache-Control": "max-age=60"})
+        resp.content_length = 2
+        resp.headers["Date"] = ""  # aiohttp adds Date unless told otherwise; an empty one is dropped below
+        del resp.headers["Date"]
+        await resp.prepare(request)
+        await resp.write(b"ok")
+        return resp
+
+    origin.on_request = no_date
+    await edge.get("/d")
+    meta = await edge.node.store.get_meta("videos|video.test|/d")
+    assert meta is not None
+    dates = [v for k, v in meta.headers if k.lower() == "date"]
+    assert len(dates) == 1
