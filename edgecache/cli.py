@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--memory", default="256MiB", help="memory tier budget for --origin mode")
     s.add_argument("--disk", default="4GiB", help="disk tier budget for --origin mode")
     s.add_argument("--slice", default="1MiB", help="slice size for --origin mode")
+    s.add_argument("--admin", help="HOST:PORT of the admin listener (metrics, health) for --origin mode")
+    s.add_argument("--access-log", help="access log file for --origin mode")
     c = sub.add_parser("check-config", help="validate a config file like `nginx -t`")
     c.add_argument("file", type=Path)
     return p
@@ -37,7 +39,7 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
         }
     except ValueError as exc:
         raise ConfigError([f"command line: --memory/--disk/--slice: {exc}"]) from exc
-    return cfg.one_origin(args.origin, args.listen, args.cache_dir, **sizes)
+    return cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, **sizes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,8 @@ class Config:
     sites: tuple[Site, ...]
     workers: int = 1
     demo_origin: Listen | None = None
+    admin: Listen | None = None  # the admin listener (metrics, health, APIs); keep it on a private address
+    access_log: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -284,7 +286,7 @@ def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
 def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     r = _Reader(source)
-    r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo"})
+    r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo", "admin", "log"})
     server = r.table(doc, "server")
     r.unknown(server, "server.", {"listen", "workers"})
     listen: tuple[Listen, ...] = r.get(
@@ -296,6 +298,11 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     demo = r.table(doc, "demo")
     r.unknown(demo, "demo.", {"origin"})
     demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
+    admin = r.table(doc, "admin")
+    r.unknown(admin, "admin.", {"listen"})
+    logs = r.table(doc, "log")
+    r.unknown(logs, "log.", {"access"})
+    access = r.get(logs, "log.", "access", lambda v: Path(str(v)), None)
     cfg = Config(
         source=source,
         listen=listen,
@@ -304,6 +311,8 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         sites=_sites(r, doc),
         workers=workers,
         demo_origin=demo_origin,
+        admin=r.get(admin, "admin.", "listen", parse_listen, None),
+        access_log=access if access is None or access.is_absolute() else base / access,
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -325,13 +334,24 @@ def load(path: str | Path) -> Config:
     return build(doc, str(p), p.resolve().parent)
 
 
-def one_origin(origin: str, listen: str, cache_dir: str, **cache: int) -> Config:
+def one_origin(
+    origin: str, listen: str, cache_dir: str, admin: str | None = None, access_log: str | None = None, **cache: int
+) -> Config:
     """The `serve --origin` mode: every Host goes to one origin (like `varnishd -b`)."""
     r = _Reader("command line")
     origin_url = r.get({"origin": origin}, "--", "origin", check_origin_url, "")
     addr = r.get({"listen": listen}, "--", "listen", parse_listen, Listen("127.0.0.1", 8080))
+    admin_addr = r.get({"admin": admin} if admin else {}, "--", "admin", parse_listen, None)
     if r.problems:
         raise ConfigError(r.problems)
     settings = CacheSettings(dir=Path(cache_dir), **cache)  # type: ignore[arg-type]
     site = Site(name="origin", hosts=("*",), origins=(origin_url,))
-    return Config(source="command line", listen=(addr,), cache=settings, origin=OriginSettings(), sites=(site,))
+    return Config(
+        source="command line",
+        listen=(addr,),
+        cache=settings,
+        origin=OriginSettings(),
+        sites=(site,),
+        admin=admin_addr,
+        access_log=Path(access_log) if access_log else None,
+    )

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
+from edgecache.accesslog import AccessLog
 from edgecache.config import Config
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.handler import EdgeHandler
@@ -24,6 +28,7 @@ from edgecache.storage.store import Store
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
+STATS_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -35,21 +40,55 @@ class Node:
     store: Store
     engine: Engine
     handler: EdgeHandler
+    access: AccessLog
+    state: dict[str, bool] = field(default_factory=lambda: {"listening": False, "draining": False})
+
+    def ready(self) -> tuple[bool, str]:
+        if self.state["draining"]:
+            return False, "draining"
+        if not self.state["listening"]:
+            return False, "not listening yet"
+        return True, ""
 
 
 @asynccontextmanager
 async def open_node(config: Config) -> AsyncIterator[Node]:
+    loop = asyncio.get_running_loop()
     origin = OriginClient(config.origin)
     await origin.start()
-    disk = DiskTier(config.cache.dir, config.cache.disk_bytes)
+    disk = await loop.run_in_executor(None, DiskTier, config.cache.dir, config.cache.disk_bytes)
     store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
     engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
+    access = await loop.run_in_executor(None, AccessLog, config.access_log)
+    stats = asyncio.ensure_future(_sample_stats(store))
     try:
-        yield Node(config, origin, store, engine, EdgeHandler(config.sites, engine))
+        yield Node(config, origin, store, engine, EdgeHandler(config.sites, engine, access), access)
     finally:
+        stats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stats
         await engine.close()
         await origin.close()
-        await asyncio.get_running_loop().run_in_executor(None, disk.close)
+        await loop.run_in_executor(None, disk.close)
+        await loop.run_in_executor(None, access.close)
+
+
+async def _sample_stats(store: Store) -> None:
+    """Tier sizes for the gauges, sampled rather than updated on every operation of the hot path."""
+    from edgecache import metrics
+
+    last_evictions = last_admissions = 0
+    metrics.DISK_BUDGET.set(store.disk.budget_bytes)
+    while True:
+        s = store.memory.stats()
+        metrics.MEMORY_BYTES.set(s.used_bytes)
+        metrics.MEMORY_OBJECTS.set(s.objects)
+        metrics.MEMORY_EVICTIONS.inc(s.evictions - last_evictions)
+        metrics.MEMORY_ADMISSIONS.inc(s.admissions - last_admissions)
+        last_evictions, last_admissions = s.evictions, s.admissions
+        with contextlib.suppress(Exception):
+            metrics.DISK_BYTES.set(await store.disk.volume())
+        await asyncio.sleep(STATS_SECONDS)
 
 
 def make_server(node: Node) -> web.Server:
@@ -71,23 +110,39 @@ async def _start_demo(config: Config) -> web.AppRunner | None:
     return runner
 
 
-async def run(config: Config, ready: asyncio.Event | None = None, worker: int = 0) -> None:
+async def _start_admin(node: Node) -> web.AppRunner | None:
+    if node.config.admin is None:
+        return None
+    from edgecache.admin.app import admin_app
+
+    runner = web.AppRunner(admin_app(node.ready), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, node.config.admin.host, node.config.admin.port).start()
+    log.info("admin listening on http://%s", node.config.admin)
+    return runner
+
+
+async def run(config: Config, worker: int = 0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     demo = await _start_demo(config) if worker == 0 else None
     async with open_node(config) as node:
+        loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
+        admin = await _start_admin(node) if worker == 0 else None
         runner = web.ServerRunner(make_server(node), handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
         await runner.setup()
         for addr in config.listen:
             await web.TCPSite(runner, addr.host, addr.port, backlog=1024, reuse_port=config.workers > 1).start()
             log.info("edgecache listening on http://%s", addr)
-        if ready is not None:
-            ready.set()
+        node.state["listening"] = True
         await stop.wait()
+        node.state["draining"] = True
         log.info("stopping: draining connections for up to %.0f s", DRAIN_SECONDS)
         await runner.cleanup()
+        if admin is not None:
+            await admin.cleanup()
     if demo is not None:
         await demo.cleanup()
 
@@ -104,6 +159,9 @@ def serve(config: Config) -> None:
     if config.workers <= 1:
         _worker(config, 0)
         return
+    # Metrics of every worker are aggregated through files in one directory (prometheus-client multiprocess).
+    metrics_dir = Path(tempfile.mkdtemp(prefix="edgecache-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(config, i), name=f"edgecache-w{i}") for i in range(config.workers)]
     for p in procs:
@@ -114,7 +172,7 @@ def serve(config: Config) -> None:
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, forward)
     for p in procs:
         p.join()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from email.utils import formatdate
 from typing import Any
 
+from edgecache import metrics
 from edgecache.config import Site
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
@@ -29,6 +30,9 @@ from edgecache.proxy.origin import OriginClient, read_chunks
 from edgecache.storage.store import Store
 
 log = logging.getLogger(__name__)
+_FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
+_FROM_DISK = metrics.BYTES_SERVED.labels("disk")
+_FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 
 
 class RangeMismatch(OriginError):
@@ -76,6 +80,7 @@ class Engine:
     ) -> Fill:
         """One origin request for slices first..last (last None: the whole object, no Range sent)."""
         fill = Fill(req.entry_key, first, last, self.slice_size)
+        metrics.FILLS.inc()
         if shared:
             self.fills.add(fill)
         self._spawn(self._run_fill(fill, req, validate))
@@ -289,20 +294,24 @@ class Engine:
         for _ in range(3):
             data = self.store.slice_from_memory(req.entry_key, meta, index)
             if data is not None:
+                _FROM_MEMORY.inc(hi - lo)
                 yield memoryview(data)[lo:hi]
                 return
             fill = None if released else self.fills.find(req.entry_key, index)
             if fill is None:
                 data = await self.store.slice_from_disk(req.entry_key, meta, index)
                 if data is not None:
+                    _FROM_DISK.inc(hi - lo)
                     yield memoryview(data)[lo:hi]
                     return
+                metrics.MISSES.labels("evicted" if not released else "refetch").inc()
                 fill = await self._start_for(req, meta, index, last_needed, join=not released)
             head = await fill.head
             if head.meta.slice_version != meta.slice_version or head.status != meta.status:
                 raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
             try:
                 async for chunk in fill.read(index, lo, hi):
+                    _FROM_ORIGIN.inc(len(chunk))
                     yield chunk
                     lo += len(chunk)
                 return

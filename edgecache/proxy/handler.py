@@ -13,6 +13,8 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from edgecache import metrics
+from edgecache.accesslog import AccessLog
 from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
@@ -23,6 +25,7 @@ from edgecache.core.keys import BadTarget, CacheKey, entry_key, make_key, varian
 from edgecache.core.route import Router, normalise_host
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import ClientError, OriginError, VersionChanged
+from edgecache.proxy import observe
 from edgecache.proxy.engine import Engine, FillRequest, RangeMismatch
 from edgecache.proxy.fill import Fill, FillHead
 from edgecache.proxy.passthrough import pass_through
@@ -42,17 +45,30 @@ def error_response(status: int, reason: str) -> web.Response:
 
 
 class EdgeHandler:
-    def __init__(self, sites: tuple[Site, ...], engine: Engine) -> None:
+    def __init__(self, sites: tuple[Site, ...], engine: Engine, access: AccessLog | None = None) -> None:
         self.router: Router[Site] = Router((s.hosts, s) for s in sites)
         self.engine = engine
+        self.access = access or AccessLog(None)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        observe.start(request)
+        resp: web.StreamResponse | None = None
+        try:
+            resp = await self._answer(request)
+            return resp
+        finally:
+            observe.finish(request, resp, self.access)
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             return await self._handle(request)
         except ClientError as exc:
+            observe.mark(request, CacheStatus.ERROR)
             return error_response(exc.status, exc.reason)
         except OriginError as exc:
             log.info("%s %s: origin failed: %s", request.method, request.path, exc)
+            observe.mark(request, CacheStatus.ERROR)
+            metrics.ORIGIN_ERRORS.labels(observe.trace(request).site, "timeout" if exc.timeout else "failed").inc()
             return error_response(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
 
     def _route(self, request: web.BaseRequest) -> tuple[Site, str, CacheKey]:
@@ -73,6 +89,7 @@ class EdgeHandler:
         site = self.router.match(host)
         if site is None:
             raise ClientError(421, f"no site is configured for host {host!r}")
+        observe.trace(request).site = site.name
         try:
             return site, host, make_key(site.name, host, target, site.key_query)
         except BadTarget as exc:
@@ -123,6 +140,10 @@ class EdgeHandler:
                 if use is Use.STALE_WHILE_REVALIDATE:
                     self._revalidate_in_background(req, meta)
                     return await self._serve(request, req, meta, CacheStatus.STALE)
+            elif meta is None:
+                metrics.MISSES.labels("cold").inc()
+            if meta is not None:
+                metrics.MISSES.labels("expired").inc()
             elif parse_cache_control(req.headers).only_if_cached:
                 raise ClientError(504, "only-if-cached and not in cache")
             elif self._conditional(req.headers):
@@ -134,8 +155,12 @@ class EdgeHandler:
                 and fresh is not None
                 and stale_if_error_allows(req.headers, meta.headers, fresh, req.policy)
             )
+            if not ours:
+                metrics.COLLAPSED.inc()
             try:
+                waited = time.monotonic()
                 head = await fill.head
+                observe.trace(request).origin_ms = round((time.monotonic() - waited) * 1000, 3)
             except RangeMismatch:
                 return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
             except OriginError:
@@ -149,6 +174,8 @@ class EdgeHandler:
                 continue
             if head.meta.vary and head.variant != variant(head.meta.vary, req.headers):
                 continue  # that response is another variant; look again under the key its Vary gives us
+            if not head.shared:
+                metrics.MISSES.labels("uncacheable").inc()
             if not head.shared and not ours:
                 return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
             status = CacheStatus.MISS if meta is None else CacheStatus.EXPIRED
@@ -207,6 +234,7 @@ class EdgeHandler:
     async def _serve(
         self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, status: CacheStatus, detail: str = ""
     ) -> web.StreamResponse:
+        observe.mark(request, status)
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
         return await send(request, meta, headers, lambda f, last: self.engine.read_range(req, meta, f, last))
@@ -220,6 +248,7 @@ class EdgeHandler:
         status: CacheStatus,
         ours: bool,
     ) -> web.StreamResponse:
+        observe.mark(request, status)
         # The request that started the fill gets fields a shared cache keeps from everyone else (private="f").
         meta = replace(head.meta, headers=head.served) if ours and head.served else head.meta
         cstatus = cache_status_header(status, stored=head.store, detail="" if head.shared else head.reason)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
 
+from edgecache import metrics
 from edgecache.config import OriginSettings, Site
 from edgecache.core.headers import Headers
 from edgecache.errors import OriginError
@@ -23,6 +25,7 @@ class OriginResponse:
     headers: Headers
     raw: aiohttp.ClientResponse
     origin: str
+    site: str = "-"
 
     def release(self) -> None:
         self.raw.release()
@@ -74,6 +77,7 @@ class OriginClient:
         last_error: OriginError | None = None
         for i, base in enumerate(origins):
             is_last = i == len(origins) - 1
+            started = time.monotonic()
             try:
                 raw = await self._session.request(
                     method,
@@ -85,26 +89,32 @@ class OriginClient:
                     chunked=None,
                 )
             except TimeoutError as exc:
+                metrics.ORIGIN_ERRORS.labels(site.name, "timeout").inc()
                 last_error = OriginError(f"{base}: timed out", timeout=True)
                 log.info("origin %s timed out: %s", base, exc)
                 continue
             except (aiohttp.ClientError, OSError) as exc:
+                metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
                 last_error = OriginError(f"{base}: {exc.__class__.__name__}: {exc}")
                 log.info("origin %s failed: %s", base, exc)
                 continue
+            metrics.ORIGIN_LATENCY.labels(site.name).observe(time.monotonic() - started)
+            metrics.ORIGIN_REQUESTS.labels(site.name, metrics.status_class(raw.status)).inc()
             if raw.status >= 500 and not is_last:
                 log.info("origin %s answered %d, trying the next origin", base, raw.status)
                 raw.release()
                 continue
-            return OriginResponse(raw.status, tuple(raw.headers.items()), raw, base)
+            return OriginResponse(raw.status, tuple(raw.headers.items()), raw, base, site.name)
         assert last_error is not None
         raise last_error
 
 
 async def read_chunks(resp: OriginResponse, size: int = 256 * 1024) -> AsyncIterable[bytes]:
     """The body as it arrives; a cut or malformed body raises OriginError, never ends early in silence."""
+    counter = metrics.ORIGIN_BYTES.labels(resp.site)
     try:
         async for chunk in resp.raw.content.iter_chunked(size):
+            counter.inc(len(chunk))
             yield chunk
     except TimeoutError as exc:
         raise OriginError("origin body read timed out", timeout=True) from exc

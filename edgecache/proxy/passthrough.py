@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from edgecache import metrics
 from edgecache.core.forward import VIA, forward_headers
 from edgecache.core.freshness import invalidates
 from edgecache.core.headers import Headers, end_to_end, get_all
@@ -14,11 +16,13 @@ from edgecache.core.keys import BadTarget, make_key
 from edgecache.core.route import normalise_host
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
+from edgecache.proxy import observe
 from edgecache.proxy.engine import FillRequest
 from edgecache.proxy.origin import OriginClient, read_chunks
 from edgecache.storage.store import Store
 
 log = logging.getLogger(__name__)
+_FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 
 
 async def pass_through(
@@ -30,9 +34,12 @@ async def pass_through(
 ) -> web.StreamResponse:
     """Forward the request; with `invalidate` (store, host), entries the response invalidates are dropped
     before the client hears the response, so its next request cannot see them."""
+    observe.mark(request, status)
     headers = forward_headers(req.headers, req.site.origin_host or req.host, req.client_ip, fill=False)
     body = request.content.iter_chunked(64 * 1024) if request.body_exists else None
+    started = time.monotonic()
     resp = await origin.request(req.site, request.method, req.target, headers, body)
+    observe.trace(request).origin_ms = round((time.monotonic() - started) * 1000, 3)
     try:
         if invalidate is not None:
             await invalidate_after(invalidate[0], request.method, resp.status, req, resp.headers, invalidate[1])
@@ -54,6 +61,7 @@ async def pass_through(
         await out.prepare(request)
         try:
             async for chunk in read_chunks(resp):
+                _FROM_ORIGIN.inc(len(chunk))
                 await out.write(chunk)
         except OriginError as exc:
             log.warning("aborting pass-through of %s: %s", request.path, exc)

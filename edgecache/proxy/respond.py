@@ -14,6 +14,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import VIA
 from edgecache.core.headers import Headers, get_all, get_first
 from edgecache.errors import OriginError
+from edgecache.proxy import observe
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ async def _stream(request: web.BaseRequest, resp: web.StreamResponse, body: Body
     connection so the client sees a short response, never wrong or padded bytes."""
     first = await anext(body, None)  # errors here surface before any byte is sent, so the caller may retry
     await resp.prepare(request)
+    observe.first_byte(request)
     try:
         if first is not None:
             await resp.write(first)

@@ -1,0 +1,58 @@
+"""Prometheus metrics. Label values come only from config (site names) and core enums, never from a URL or a
+client address, so cardinality stays bounded whatever clients send.
+
+With several worker processes, PROMETHEUS_MULTIPROC_DIR is set before this module is imported (server.serve)
+and the admin listener aggregates every worker's values with the client's multiprocess collector.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as _mp
+
+from edgecache import __version__
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter(
+    "edgecache_requests_total", "Client requests answered", ["site", "method", "status_class", "cache_status"]
+)
+BYTES_SERVED = Counter("edgecache_served_bytes_total", "Body bytes sent to clients by where they came from", ["source"])
+TTFB = Histogram("edgecache_ttfb_seconds", "Client time to first byte", ["cache_status"], buckets=_LATENCY)
+ORIGIN_REQUESTS = Counter("edgecache_origin_requests_total", "Requests sent to origins", ["site", "status_class"])
+ORIGIN_BYTES = Counter("edgecache_origin_bytes_total", "Body bytes received from origins", ["site"])
+ORIGIN_ERRORS = Counter("edgecache_origin_errors_total", "Origin failures", ["site", "kind"])
+ORIGIN_LATENCY = Histogram(
+    "edgecache_origin_response_seconds", "Origin time to response head", ["site"], buckets=_LATENCY
+)
+COLLAPSED = Counter("edgecache_collapsed_waits_total", "Requests that joined another request's origin fetch")
+MISSES = Counter("edgecache_misses_total", "Cache misses by cause", ["cause"])
+FILLS = Counter("edgecache_fills_total", "Origin fetches started to fill the cache")
+MEMORY_BYTES = Gauge("edgecache_memory_tier_bytes", "Bytes held by the memory tier", multiprocess_mode="livesum")
+MEMORY_OBJECTS = Gauge("edgecache_memory_tier_objects", "Slices held by the memory tier", multiprocess_mode="livesum")
+MEMORY_EVICTIONS = Counter("edgecache_memory_tier_evictions_total", "Slices evicted from the memory tier")
+MEMORY_ADMISSIONS = Counter("edgecache_memory_tier_admissions_total", "Slices admitted to the memory tier")
+DISK_BYTES = Gauge("edgecache_disk_tier_bytes", "Bytes held by the disk tier", multiprocess_mode="max")
+DISK_BUDGET = Gauge("edgecache_disk_tier_budget_bytes", "Disk tier byte budget", multiprocess_mode="max")
+DISK_ERRORS = Counter("edgecache_disk_tier_errors_total", "Disk tier operations that failed")
+# A gauge rather than an Info: Info does not work in the client's multiprocess mode.
+BUILD = Gauge("edgecache_build_info", "Version of this edgecache", ["version", "python"], multiprocess_mode="max")
+BUILD.labels(__version__, platform.python_version()).set(1)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format for /metrics: this process, or every worker when running several."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8"
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), "text/plain; version=0.0.4; charset=utf-8"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"

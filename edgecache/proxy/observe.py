@@ -1,0 +1,85 @@
+"""What every request leaves behind: its metrics and its access log line.
+
+The request path records what it decided in the request's Trace (site, cache status, origin time); this module
+turns the trace into counters and one log line after the response, away from the decision code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from edgecache import metrics
+from edgecache.accesslog import AccessLog
+from edgecache.core.status import CacheStatus
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+_ids = itertools.count(1)
+_PID = f"{os.getpid():x}"
+
+
+@dataclass(slots=True)
+class Trace:
+    id: str
+    t0: float = field(default_factory=time.monotonic)
+    site: str = "-"
+    status: CacheStatus = CacheStatus.ERROR
+    origin_ms: float | None = None
+    ttfb: float | None = None
+
+
+TRACE = web.RequestKey("edgecache_trace", Trace)
+
+
+def trace(request: web.BaseRequest) -> Trace:
+    t = request.get(TRACE)
+    if t is None:
+        t = request[TRACE] = Trace(f"{_PID}-{next(_ids):x}")
+    return t
+
+
+def start(request: web.BaseRequest) -> None:
+    trace(request)
+
+
+def mark(request: web.BaseRequest, status: CacheStatus) -> None:
+    trace(request).status = status
+
+
+def first_byte(request: web.BaseRequest) -> None:
+    """Called once the response head is sent."""
+    t = trace(request)
+    if t.ttfb is None:
+        t.ttfb = time.monotonic() - t.t0
+        metrics.TTFB.labels(t.status.value).observe(t.ttfb)
+
+
+def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog) -> None:
+    t = trace(request)
+    code = resp.status if resp is not None else 0
+    method = request.method if request.method in _METHODS else "other"
+    metrics.REQUESTS.labels(t.site, method, metrics.status_class(code), t.status.value).inc()
+    if resp is not None and resp.prepared:
+        first_byte(request)
+    record: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "id": t.id,
+        "client": request.remote,
+        "site": t.site,
+        "method": request.method,
+        "host": request.headers.get("Host", ""),
+        "path": request.raw_path,
+        "range": request.headers.get("Range"),
+        "status": code,
+        "bytes": resp.body_length if resp is not None else 0,
+        "cache": t.status.value,
+        "origin_ms": t.origin_ms,
+        "ttfb_ms": round((t.ttfb or 0.0) * 1000, 3),
+        "ms": round((time.monotonic() - t.t0) * 1000, 3),
+    }
+    access.write(record)
