@@ -31,6 +31,7 @@ class Trace:
     status: CacheStatus = CacheStatus.ERROR
     origin_ms: float | None = None
     ttfb: float | None = None
+    body_bytes: int | None = None  # counted by streaming writers; None: a small body of known length
 
 
 TRACE = web.RequestKey("edgecache_trace", Trace)
@@ -59,6 +60,19 @@ def first_byte(request: web.BaseRequest) -> None:
         metrics.TTFB.labels(t.status.value).observe(t.ttfb)
 
 
+def _body_bytes(request: web.BaseRequest, resp: web.StreamResponse | None, t: Trace) -> int:
+    if t.body_bytes is not None:
+        return t.body_bytes
+    if resp is None or request.method == "HEAD":
+        return 0
+    return resp.content_length or 0
+
+
+def sent(request: web.BaseRequest, n: int) -> None:
+    t = trace(request)
+    t.body_bytes = (t.body_bytes or 0) + n
+
+
 def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog) -> None:
     t = trace(request)
     code = resp.status if resp is not None else 0
@@ -76,7 +90,7 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
         "path": request.raw_path,
         "range": request.headers.get("Range"),
         "status": code,
-        "bytes": resp.body_length if resp is not None else 0,
+        "bytes": _body_bytes(request, resp, t),
         "cache": t.status.value,
         "origin_ms": t.origin_ms,
         "ttfb_ms": round((t.ttfb or 0.0) * 1000, 3),

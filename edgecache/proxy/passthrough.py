@@ -63,6 +63,7 @@ async def pass_through(
             async for chunk in read_chunks(resp):
                 _FROM_ORIGIN.inc(len(chunk))
                 await out.write(chunk)
+                observe.sent(request, len(chunk))
         except OriginError as exc:
             log.warning("aborting pass-through of %s: %s", request.path, exc)
             if request.transport is not None:
