@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edgecache.core.freshness import Policy
+from edgecache.core.ring import Member
 from edgecache.errors import ConfigError
 
 T = TypeVar("T")
@@ -59,6 +60,18 @@ class OriginSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    self_id: str
+    nodes: tuple[Member, ...] = ()
+    rise: int = 2
+    fall: int = 3
+    interval: float = 1.0  # seconds between active health checks
+    timeout: float = 1.0
+    dns: str | None = None  # NAME:PORT whose A/AAAA records list the nodes (a Kubernetes headless service)
+    dns_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     listen: tuple[Listen, ...]
@@ -69,6 +82,7 @@ class Config:
     demo_origin: Listen | None = None
     admin: Listen | None = None  # the admin listener (metrics, health, APIs); keep it on a private address
     access_log: Path | None = None
+    cluster: ClusterSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -240,6 +254,55 @@ def _policy(r: _Reader, site: dict[str, Any], prefix: str) -> Policy:
     return policy
 
 
+def _member(r: _Reader, t: Any, p: str) -> Member | None:
+    if not isinstance(t, dict):
+        r.problem(p.rstrip("."), "expected a table")
+        return None
+    r.unknown(t, p, {"id", "address", "admin", "weight"})
+    for req in ("id", "address"):
+        if req not in t:
+            r.problem(f"{p}{req}", "is required")
+    address = r.get(t, p, "address", parse_listen, None)
+    admin = r.get(t, p, "admin", parse_listen, None)
+    return Member(
+        id=r.get(t, p, "id", _name, "?"),
+        address=str(address) if address else "",
+        weight=r.get(t, p, "weight", _positive(float), 1.0),
+        admin=str(admin) if admin else None,
+    )
+
+
+def _cluster(r: _Reader, doc: dict[str, Any]) -> ClusterSettings | None:
+    t = r.table(doc, "cluster")
+    p = "cluster."
+    r.unknown(t, p, {"self", "nodes", "rise", "fall", "interval", "timeout", "dns", "dns_interval"})
+    raw_nodes = t.get("nodes", [])
+    if not isinstance(raw_nodes, list):
+        r.problem(f"{p}nodes", "expected [[cluster.nodes]] tables")
+        raw_nodes = []
+    nodes = tuple(m for i, n in enumerate(raw_nodes) if (m := _member(r, n, f"{p}nodes[{i}].")))
+    settings = ClusterSettings(
+        self_id=r.get(t, p, "self", _name, ""),
+        nodes=nodes,
+        rise=r.get(t, p, "rise", _positive(int), 2),
+        fall=r.get(t, p, "fall", _positive(int), 3),
+        interval=r.get(t, p, "interval", _positive(float), 1.0),
+        timeout=r.get(t, p, "timeout", _positive(float), 1.0),
+        dns=r.get(t, p, "dns", lambda v: str(parse_listen(v)), None),
+        dns_interval=r.get(t, p, "dns_interval", _positive(float), 10.0),
+    )
+    if not settings.self_id:
+        r.problem(f"{p}self", "is required: the id of this node")
+    if not nodes and settings.dns is None:
+        r.problem(f"{p}nodes", "name the nodes, or set cluster.dns")
+    ids = [n.id for n in nodes]
+    if len(set(ids)) != len(ids):
+        r.problem(f"{p}nodes", "node ids must be unique")
+    if nodes and settings.self_id and settings.self_id not in ids:
+        r.problem(f"{p}self", f"{settings.self_id!r} is not one of the nodes")
+    return settings
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
@@ -286,7 +349,7 @@ def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
 def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     r = _Reader(source)
-    r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo", "admin", "log"})
+    r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo", "admin", "log", "cluster"})
     server = r.table(doc, "server")
     r.unknown(server, "server.", {"listen", "workers"})
     listen: tuple[Listen, ...] = r.get(
@@ -313,6 +376,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         demo_origin=demo_origin,
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
         access_log=access if access is None or access.is_absolute() else base / access,
+        cluster=_cluster(r, doc) if "cluster" in doc else None,
     )
     if r.problems:
         raise ConfigError(r.problems)

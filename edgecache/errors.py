@@ -19,11 +19,12 @@ class ClientError(EdgecacheError):
 class OriginError(EdgecacheError):
     """The origin failed us: connection refused, timeout, a malformed or inconsistent response."""
 
-    def __init__(self, reason: str, *, retryable: bool = True, timeout: bool = False) -> None:
+    def __init__(self, reason: str, *, retryable: bool = True, timeout: bool = False, connect: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.timeout = timeout
+        self.connect = connect  # nothing was sent: safe to try elsewhere whatever the method
 
 
 class VersionChanged(OriginError):

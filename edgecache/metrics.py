@@ -56,3 +56,9 @@ def exposition() -> tuple[bytes, str]:
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+PEER_UP = Gauge("edgecache_peer_up", "1 when this node sees the peer as up", ["peer"], multiprocess_mode="max")
+PEER_FORWARDED = Counter("edgecache_peer_forwarded_requests_total", "Requests forwarded to their owner", ["peer"])
+PEER_BYTES = Counter("edgecache_peer_forwarded_bytes_total", "Body bytes received from owners", ["peer"])
+PEER_ERRORS = Counter("edgecache_peer_errors_total", "Failed forwards and health checks", ["peer", "kind"])

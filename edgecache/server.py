@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from edgecache.accesslog import AccessLog
+from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.handler import EdgeHandler
@@ -41,6 +43,7 @@ class Node:
     engine: Engine
     handler: EdgeHandler
     access: AccessLog
+    cluster: ClusterView | None = None
     state: dict[str, bool] = field(default_factory=lambda: {"listening": False, "draining": False})
 
     def ready(self) -> tuple[bool, str]:
@@ -60,13 +63,21 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
     store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
     engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
-    stats = asyncio.ensure_future(_sample_stats(store))
+    cluster = ClusterView(config.cluster) if config.cluster is not None else None
+    tasks = [asyncio.ensure_future(_sample_stats(store))]
+    session = aiohttp.ClientSession()
+    if cluster is not None:
+        tasks.append(asyncio.ensure_future(check_health(cluster, session)))
+        if cluster.settings.dns is not None:
+            tasks.append(asyncio.ensure_future(follow_dns(cluster)))
     try:
-        yield Node(config, origin, store, engine, EdgeHandler(config.sites, engine, access), access)
+        handler = EdgeHandler(config.sites, engine, access, cluster)
+        yield Node(config, origin, store, engine, handler, access, cluster)
     finally:
-        stats.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stats
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
         await engine.close()
         await origin.close()
         await loop.run_in_executor(None, disk.close)
@@ -115,7 +126,7 @@ async def _start_admin(node: Node) -> web.AppRunner | None:
         return None
     from edgecache.admin.app import admin_app
 
-    runner = web.AppRunner(admin_app(node.ready), access_log=None)
+    runner = web.AppRunner(admin_app(node.ready, node.handler.ring_view), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, node.config.admin.host, node.config.admin.port).start()
     log.info("admin listening on http://%s", node.config.admin)

@@ -9,7 +9,9 @@ from aiohttp import web
 from edgecache import metrics
 
 
-def admin_app(ready: Callable[[], tuple[bool, str]]) -> web.Application:
+def admin_app(
+    ready: Callable[[], tuple[bool, str]], ring: Callable[[str], dict[str, object]] | None = None
+) -> web.Application:
     async def get_metrics(request: web.Request) -> web.Response:
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
@@ -21,7 +23,15 @@ def admin_app(ready: Callable[[], tuple[bool, str]]) -> web.Application:
         ok, why = ready()
         return web.Response(status=200 if ok else 503, text=("ready" if ok else why) + "\n")
 
+    async def ring_lookup(request: web.Request) -> web.Response:
+        url = request.query.get("url")
+        if not url or ring is None:
+            return web.json_response({"error": "give ?url=http://host/path"}, status=400)
+        answer = ring(url)
+        return web.json_response(answer, status=404 if "error" in answer else 200)
+
     app = web.Application()
+    app.router.add_get("/ring", ring_lookup)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -13,6 +13,7 @@ class CacheStatus(StrEnum):
     EXPIRED = "expired"  # stale entry replaced by a new version from origin
     PASS = "pass"  # never cacheable for this request (method, no-store, authorization)
     ERROR = "error"  # we answered with an error of our own
+    PEER = "peer"  # forwarded to the node of the cluster that owns the object
 
 
 # RFC 9211: `fwd` parameter for the statuses that went forward to origin.
@@ -21,6 +22,7 @@ _FWD = {
     CacheStatus.EXPIRED: "stale",
     CacheStatus.REVALIDATED: "stale",
     CacheStatus.PASS: "bypass",
+    CacheStatus.PEER: "miss",
 }
 
 
@@ -41,4 +43,6 @@ def cache_status_header(status: CacheStatus, *, stored: bool = False, detail: st
         parts.append(f'detail="{detail}"')
     elif status is CacheStatus.STALE:
         parts.append('detail="stale"')
+    elif status is CacheStatus.PEER:
+        parts.append('detail="peer"')
     return "; ".join(parts)

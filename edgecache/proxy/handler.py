@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from edgecache import metrics
 from edgecache.accesslog import AccessLog
+from edgecache.cluster.view import HOP, ClusterView
 from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
@@ -45,10 +47,17 @@ def error_response(status: int, reason: str) -> web.Response:
 
 
 class EdgeHandler:
-    def __init__(self, sites: tuple[Site, ...], engine: Engine, access: AccessLog | None = None) -> None:
+    def __init__(
+        self,
+        sites: tuple[Site, ...],
+        engine: Engine,
+        access: AccessLog | None = None,
+        cluster: ClusterView | None = None,
+    ) -> None:
         self.router: Router[Site] = Router((s.hosts, s) for s in sites)
         self.engine = engine
         self.access = access or AccessLog(None)
+        self.cluster = cluster
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         observe.start(request)
@@ -110,6 +119,10 @@ class EdgeHandler:
             site.policy,
             key.primary,
         )
+        if self.cluster is not None and HOP not in request.headers:
+            forwarded = await self._to_owner(request, req)
+            if forwarded is not None:
+                return forwarded
         if request.method not in CACHED_METHODS:
             invalidate = (self.engine.store, host)
             return await pass_through(request, self.engine.origin, req, CacheStatus.PASS, invalidate)
@@ -185,6 +198,50 @@ class EdgeHandler:
                 log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
                 await self.engine.store.delete_meta(req.entry_key)
         raise OriginError("the object kept changing while being fetched", retryable=False)
+
+    def ring_view(self, url: str) -> dict[str, object]:
+        """Owner order for a URL and who is up, as this node sees it (admin /ring, `edgecache ring`)."""
+        parts = urlsplit(url)
+        host = normalise_host(parts.netloc)
+        site = self.router.match(host) if host else None
+        if host is None or site is None:
+            return {"url": url, "error": f"no site is configured for host {parts.netloc!r}"}
+        key = make_key(
+            site.name, host, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), site.key_query
+        )
+        owners = self.cluster.describe(key.primary) if self.cluster is not None else []
+        return {"url": url, "site": site.name, "key": key.primary, "owners": owners}
+
+    async def _to_owner(self, request: web.BaseRequest, req: FillRequest) -> web.StreamResponse | None:
+        """Stream the answer from the object's owner; None when this node is the first owner that is up.
+
+        The hop header makes the owner serve it itself, so a request is forwarded at most once and two nodes
+        that briefly disagree about who is up cannot bounce it between them.
+        """
+        assert self.cluster is not None
+        for member in self.cluster.route(req.primary):
+            if member.id == self.cluster.self_id:
+                return None
+            peer = replace(req.site, origins=(f"http://{member.address}",), origin_host=None)
+            try:
+                resp = await pass_through(
+                    request,
+                    self.engine.origin,
+                    replace(req, site=peer),
+                    CacheStatus.PEER,
+                    extra=((HOP, self.cluster.self_id),),
+                    source="peer",
+                )
+            except OriginError as exc:
+                if not exc.connect:
+                    metrics.PEER_ERRORS.labels(member.id, "forward").inc()
+                    raise
+                metrics.PEER_ERRORS.labels(member.id, "connect").inc()
+                self.cluster.failed(member.id)  # passive check: the next owner takes its keys now
+                continue
+            metrics.PEER_FORWARDED.labels(member.id).inc()
+            return resp
+        return None
 
     @staticmethod
     def _conditional(headers: Headers) -> bool:

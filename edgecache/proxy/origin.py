@@ -95,7 +95,8 @@ class OriginClient:
                 continue
             except (aiohttp.ClientError, OSError) as exc:
                 metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
-                last_error = OriginError(f"{base}: {exc.__class__.__name__}: {exc}")
+                refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
+                last_error = OriginError(f"{base}: {exc.__class__.__name__}: {exc}", connect=refused)
                 log.info("origin %s failed: %s", base, exc)
                 continue
             metrics.ORIGIN_LATENCY.labels(site.name).observe(time.monotonic() - started)

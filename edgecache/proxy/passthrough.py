@@ -31,11 +31,14 @@ async def pass_through(
     req: FillRequest,
     status: CacheStatus,
     invalidate: tuple[Store, str] | None = None,
+    extra: Headers = (),
+    source: str = "origin",
 ) -> web.StreamResponse:
     """Forward the request; with `invalidate` (store, host), entries the response invalidates are dropped
     before the client hears the response, so its next request cannot see them."""
     observe.mark(request, status)
-    headers = forward_headers(req.headers, req.site.origin_host or req.host, req.client_ip, fill=False)
+    headers = forward_headers(req.headers, req.site.origin_host or req.host, req.client_ip, fill=False) + extra
+    served = _FROM_ORIGIN if source == "origin" else metrics.BYTES_SERVED.labels("peer")
     body = request.content.iter_chunked(64 * 1024) if request.body_exists else None
     started = time.monotonic()
     resp = await origin.request(req.site, request.method, req.target, headers, body)
@@ -61,7 +64,7 @@ async def pass_through(
         await out.prepare(request)
         try:
             async for chunk in read_chunks(resp):
-                _FROM_ORIGIN.inc(len(chunk))
+                served.inc(len(chunk))
                 await out.write(chunk)
                 observe.sent(request, len(chunk))
         except OriginError as exc:

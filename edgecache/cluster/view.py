@@ -1,0 +1,127 @@
+"""This node's view of the cluster: who the members are, who is up, and the ring built from them.
+
+All changes go through this class and replace the ring whole; readers take `self.ring` once per request.
+Membership comes from the config, or from DNS records that list the nodes (a Kubernetes headless service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterable
+
+import aiohttp
+
+from edgecache import metrics
+from edgecache.config import ClusterSettings
+from edgecache.core.health import Health
+from edgecache.core.ring import Member, Ring
+
+log = logging.getLogger(__name__)
+
+HOP = "Edgecache-Hop"  # set on forwarded requests: a forwarded request is served where it lands, never again forwarded
+
+
+class ClusterView:
+    def __init__(self, settings: ClusterSettings, self_member: Member | None = None) -> None:
+        self.settings = settings
+        self.self_id = settings.self_id
+        self.health: dict[str, Health] = {}
+        self.ring = Ring.of(())
+        members = list(settings.nodes)
+        if self_member is not None and self_member.id not in {m.id for m in members}:
+            members.append(self_member)
+        self.set_members(members)
+
+    def set_members(self, members: Iterable[Member]) -> None:
+        ring = Ring.of(members)
+        if ring == self.ring:
+            return
+        self.health = {m.id: self.health.get(m.id, Health()) for m in ring.members}
+        self.ring = ring
+        for m in ring.members:
+            metrics.PEER_UP.labels(m.id).set(1 if self.health[m.id].up else 0)
+        log.info("cluster members: %s", ", ".join(f"{m.id}@{m.address}" for m in ring.members))
+
+    def is_up(self, member_id: str) -> bool:
+        return member_id == self.self_id or self.health.get(member_id, Health()).up
+
+    def route(self, key: str) -> list[Member]:
+        """Owners of `key` that are up, best first; this node is always among them."""
+        return [m for m in self.ring.owners(key) if self.is_up(m.id)]
+
+    def record(self, member_id: str, ok: bool) -> None:
+        before = self.health.get(member_id)
+        if before is None:
+            return
+        after = before.record(ok, self.settings.rise, self.settings.fall)
+        self._set(member_id, before, after)
+
+    def failed(self, member_id: str) -> None:
+        """A forward to it could not connect: down now, without waiting for the health checks."""
+        before = self.health.get(member_id)
+        if before is not None:
+            self._set(member_id, before, before.failed_hard())
+
+    def _set(self, member_id: str, before: Health, after: Health) -> None:
+        self.health[member_id] = after
+        if before.up != after.up:
+            log.warning("peer %s is %s", member_id, "up" if after.up else "down")
+            metrics.PEER_UP.labels(member_id).set(1 if after.up else 0)
+
+    def describe(self, key: str) -> list[dict[str, object]]:
+        return [
+            {"id": m.id, "address": m.address, "weight": m.weight, "up": self.is_up(m.id), "self": m.id == self.self_id}
+            for m in self.ring.owners(key)
+        ]
+
+
+async def check_health(view: ClusterView, session: aiohttp.ClientSession) -> None:
+    """Active checks, forever: GET /healthz on each peer's admin listener (or connect to its client port)."""
+    timeout = aiohttp.ClientTimeout(total=view.settings.timeout)
+    while True:
+        peers = [m for m in view.ring.members if m.id != view.self_id]
+        results = await asyncio.gather(*(_probe(m, session, timeout) for m in peers))
+        for m, ok in zip(peers, results, strict=True):
+            if not ok:
+                metrics.PEER_ERRORS.labels(m.id, "health").inc()
+            view.record(m.id, ok)
+        await asyncio.sleep(view.settings.interval)
+
+
+async def _probe(m: Member, session: aiohttp.ClientSession, limits: aiohttp.ClientTimeout) -> bool:
+    try:
+        if m.admin:
+            async with session.get(f"http://{m.admin}/healthz", timeout=limits) as r:
+                return r.status == 200
+        host, _, port = m.address.rpartition(":")
+        async with asyncio.timeout(limits.total or 1.0):
+            _, writer = await asyncio.open_connection(host, int(port))
+        writer.close()
+        return True
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        return False
+
+
+def _address(sockaddr: tuple[object, ...]) -> str:
+    host, port = str(sockaddr[0]), int(str(sockaddr[1]))
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def follow_dns(view: ClusterView) -> None:
+    """Membership from DNS, forever: every address the name resolves to is a node, named by its address."""
+    assert view.settings.dns is not None
+    host, _, port = view.settings.dns.rpartition(":")
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            addresses = sorted({_address(info[4]) for info in infos})
+            members = [Member(id=a, address=a) for a in addresses]
+            if view.self_id not in {m.id for m in members}:
+                members += [m for m in view.ring.members if m.id == view.self_id]
+            view.set_members(members)
+        except OSError as exc:
+            log.warning("cluster DNS %s did not resolve, keeping the last members: %s", view.settings.dns, exc)
+        await asyncio.sleep(view.settings.dns_interval)
