@@ -71,7 +71,7 @@ async def start_edge(config: Config) -> AsyncIterator[Edge]:
     async with open_node(config) as node:
         runner = web.ServerRunner(make_server(node))
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", config.listen[0].port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         async with aiohttp.ClientSession(auto_decompress=False) as session:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 
@@ -29,6 +29,7 @@ class ClusterView:
         self.self_id = settings.self_id
         self.health: dict[str, Health] = {}
         self.ring = Ring.of(())
+        self._changed = asyncio.Event()
         members = list(settings.nodes)
         if self_member is not None and self_member.id not in {m.id for m in members}:
             members.append(self_member)
@@ -69,6 +70,13 @@ class ClusterView:
         if before.up != after.up:
             log.warning("peer %s is %s", member_id, "up" if after.up else "down")
             metrics.PEER_UP.labels(member_id).set(1 if after.up else 0)
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Until `predicate` holds, woken by each change of a peer's health (bound it with a timeout)."""
+        while not predicate():
+            await self._changed.wait()
 
     def describe(self, key: str) -> list[dict[str, object]]:
         return [

@@ -1,0 +1,113 @@
+"""A real 3-node cluster on 127.0.0.1: one origin fetch per object whichever node is asked; failover and return."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+
+from edgecache import metrics
+from edgecache.config import ClusterSettings, Config, Listen
+from edgecache.core.ring import Member, Ring
+from tests.conftest import Edge, make_config, start_edge
+from tests.e2e.test_cli import free_port
+from tests.origin import Origin
+
+
+def cluster_configs(origin: Origin, tmp_path: Path) -> list[Config]:
+    ports = [free_port() for _ in range(3)]
+    members = tuple(Member(f"node{i + 1}", f"127.0.0.1:{p}") for i, p in enumerate(ports))
+    configs = []
+    for i, port in enumerate(ports):
+        cfg = make_config(tmp_path / f"node{i + 1}", [origin.url])
+        settings = ClusterSettings(self_id=f"node{i + 1}", nodes=members, interval=0.1, timeout=0.5, rise=2, fall=2)
+        configs.append(replace(cfg, listen=(Listen("127.0.0.1", port),), cluster=settings))
+    return configs
+
+
+@contextlib.asynccontextmanager
+async def started(configs: list[Config]) -> AsyncIterator[list[Edge]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(start_edge(c)) for c in configs]
+
+
+def owner_of(configs: list[Config], path: str) -> str:
+    ring = Ring.of(configs[0].cluster.nodes)  # type: ignore[union-attr]
+    member = ring.owner(f"videos|video.test|{path}")
+    assert member is not None
+    return member.id
+
+
+async def test_each_object_fetched_once_whichever_node_is_asked(origin: Origin, tmp_path: Path) -> None:
+    configs = cluster_configs(origin, tmp_path)
+    paths = [f"/obj/{i}.bin" for i in range(30)]
+    for i, p in enumerate(paths):
+        origin.put(p, bytes([i]) * (1000 + 70_000 * (i % 4)))
+    async with started(configs) as nodes:
+        for round_ in range(2):
+            for i, p in enumerate(paths):
+                node = nodes[(i + round_) % 3]
+                status, headers, body = await node.get(p)
+                assert (status, body) == (200, origin.objects[p].data)
+        for p in paths:
+            assert origin.hits[p] == 1, p
+        # Each object lives on its owner only.
+        for p in paths:
+            owner = owner_of(configs, p)
+            for n in nodes:
+                meta = n.node.store.peek_meta(f"videos|video.test|{p}")
+                assert (meta is not None) == (n.node.cluster.self_id == owner), (p, n.node.cluster.self_id)  # type: ignore[union-attr]
+        # A forwarded answer says so, and carries the owner's own Cache-Status before ours.
+        p = next(p for p in paths if owner_of(configs, p) != "node1")
+        _, headers, _ = await nodes[0].get(p)
+        assert headers["Cache-Status"] == 'edgecache; hit, edgecache; fwd=miss; detail="peer"'
+
+
+async def test_a_dead_node_fails_over_and_its_keys_come_back(origin: Origin, tmp_path: Path) -> None:
+    configs = cluster_configs(origin, tmp_path)
+    paths = [f"/k/{i}" for i in range(60)]
+    for p in paths:
+        origin.put(p, p.encode() * 100)
+    node3_keys = [p for p in paths if owner_of(configs, p) == "node3"]
+    assert len(node3_keys) > 5
+    async with started(configs[:2]) as (n1, n2):
+        async with start_edge(configs[2]):
+            for p in paths:
+                assert (await n1.get(p))[2] == p.encode() * 100
+            assert all(origin.hits[p] == 1 for p in paths)
+        # node3 is gone: its keys go to their next owner at the first refused connection; no client error.
+        for p in paths:
+            status, _, body = await n1.get(p)
+            assert (status, body) == (200, p.encode() * 100), p
+        assert not n1.node.cluster.is_up("node3")  # type: ignore[union-attr]
+        assert all(origin.hits[p] == 2 for p in node3_keys)  # refetched once by the next owner
+        assert all(origin.hits[p] == 1 for p in paths if p not in node3_keys)
+        # node3 returns with its cache: the health checks bring it back within `rise` intervals.
+        async with start_edge(configs[2]):
+            async with asyncio.timeout(10):  # health checks every 0.1 s, rise 2: well within
+                for n in (n1, n2):
+                    await n.node.cluster.wait_for(lambda n=n: n.node.cluster.is_up("node3"))  # type: ignore[union-attr,misc]
+            before = metrics.PEER_FORWARDED.labels("node3")._value.get()
+            for p in node3_keys:
+                status, _, body = await n2.get(p)
+                assert (status, body) == (200, p.encode() * 100)
+            assert metrics.PEER_FORWARDED.labels("node3")._value.get() - before == len(node3_keys)
+            assert all(origin.hits[p] == 2 for p in node3_keys)  # served from node3's own disk
+
+
+async def test_forwarded_requests_are_never_forwarded_again(origin: Origin, tmp_path: Path) -> None:
+    configs = cluster_configs(origin, tmp_path)
+    origin.put("/loop", b"x")
+    owner = owner_of(configs, "/loop")
+    async with started(configs) as nodes:
+        not_owner = next(n for n in nodes if n.node.cluster.self_id != owner)  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as s:
+            url = f"{not_owner.url}/loop"
+            async with s.get(url, headers={"Host": "video.test", "Edgecache-Hop": "nodeX"}) as r:
+                assert r.status == 200
+                assert "peer" not in r.headers["Cache-Status"]  # served where it landed
+        assert origin.hits["/loop"] == 1
