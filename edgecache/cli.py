@@ -27,7 +27,55 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--access-log", help="access log file for --origin mode")
     c = sub.add_parser("check-config", help="validate a config file like `nginx -t`")
     c.add_argument("file", type=Path)
+    r = sub.add_parser("ring", help="which nodes own a URL, in failover order, and which are up")
+    r.add_argument("url", help="e.g. http://video.example/v/123.mp4")
+    r.add_argument("--config", type=Path, help=f"TOML config (default: {DEFAULT_CONFIG})")
     return p
+
+
+def _ring(args: argparse.Namespace) -> int:
+    """Ask the node's admin listener (live health); without one, compute the order from the config alone."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    config = cfg.load(args.config or DEFAULT_CONFIG)
+    if config.admin is not None:
+        query = urllib.parse.urlencode({"url": args.url})
+        try:
+            with urllib.request.urlopen(f"http://{config.admin}/ring?{query}", timeout=5) as resp:
+                answer = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            answer = json.loads(exc.read() or b"{}")
+        except OSError:
+            answer = _ring_offline(config, args.url)
+    else:
+        answer = _ring_offline(config, args.url)
+    if "error" in answer:
+        print(f"{args.url}: {answer['error']}", file=sys.stderr)
+        return 1
+    print(f"{answer['url']} -> key {answer['key']!r} (site {answer['site']})")
+    for i, node in enumerate(answer.get("owners", [])):
+        up = {True: "up", False: "DOWN", None: "unknown"}[node.get("up")]
+        me = "  (this node)" if node.get("self") else ""
+        print(f"  {i + 1}. {node['id']:<16} {node['address']:<24} weight {node['weight']:<5} {up}{me}")
+    if not answer.get("owners"):
+        print("  (no cluster configured: this node serves everything)")
+    return 0
+
+
+def _ring_offline(config: cfg.Config, url: str) -> dict[str, object]:
+    from edgecache.cluster.view import ClusterView
+    from edgecache.proxy.handler import EdgeHandler
+
+    view = ClusterView(config.cluster) if config.cluster is not None else None
+    answer = EdgeHandler(config.sites, None, None, view).ring_view(url)  # type: ignore[arg-type]
+    owners = answer.get("owners")
+    if isinstance(owners, list):
+        for node in owners:
+            node["up"] = None  # health is only known to a running node
+    return answer
 
 
 def _one_origin(args: argparse.Namespace) -> cfg.Config:
@@ -49,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.load(args.file)
             print(f"{args.file}: ok")
             return 0
+        if args.command == "ring":
+            return _ring(args)
         config = _one_origin(args) if args.origin else cfg.load(args.config or DEFAULT_CONFIG)
     except ConfigError as exc:
         for line in exc.problems:

@@ -191,6 +191,13 @@ def _name(v: Any) -> str:
     return v
 
 
+def _node_id(v: Any) -> str:
+    # Names such as "node1", or addresses such as "10.0.0.5:8080" when membership comes from DNS.
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.:\[\]-]{1,80}", v):
+        raise ValueError("expected a node id of letters, digits, '_', '.', ':' or '-'")
+    return v
+
+
 def _key_param(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError("expected a query parameter name or '*'")
@@ -265,7 +272,7 @@ def _member(r: _Reader, t: Any, p: str) -> Member | None:
     address = r.get(t, p, "address", parse_listen, None)
     admin = r.get(t, p, "admin", parse_listen, None)
     return Member(
-        id=r.get(t, p, "id", _name, "?"),
+        id=r.get(t, p, "id", _node_id, "?"),
         address=str(address) if address else "",
         weight=r.get(t, p, "weight", _positive(float), 1.0),
         admin=str(admin) if admin else None,
@@ -282,7 +289,7 @@ def _cluster(r: _Reader, doc: dict[str, Any]) -> ClusterSettings | None:
         raw_nodes = []
     nodes = tuple(m for i, n in enumerate(raw_nodes) if (m := _member(r, n, f"{p}nodes[{i}].")))
     settings = ClusterSettings(
-        self_id=r.get(t, p, "self", _name, ""),
+        self_id=r.get(t, p, "self", _node_id, ""),
         nodes=nodes,
         rise=r.get(t, p, "rise", _positive(int), 2),
         fall=r.get(t, p, "fall", _positive(int), 3),

@@ -104,3 +104,27 @@ async def test_serve_one_origin_mode_as_a_process(origin: Origin, tmp_path: Path
         proc.send_signal(signal.SIGTERM)
         rc = await asyncio.wait_for(proc.wait(), 30)
     assert rc == 0
+
+
+def test_shipped_cluster_and_kubernetes_configs_are_valid(tmp_path: Path) -> None:
+    for i in (1, 2, 3):
+        r = run_cli("check-config", str(ROOT / "config" / "cluster" / f"node{i}.toml"))
+        assert r.returncode == 0, r.stderr
+    manifest = (ROOT / "config" / "kubernetes" / "edgecache.yaml").read_text()
+    block = manifest.split("edgecache.toml: |\n", 1)[1].split("\n---", 1)[0]
+    toml = "\n".join(line[4:] for line in block.splitlines()).replace("${POD_IP}", "10.1.2.3")
+    path = tmp_path / "k8s.toml"
+    path.write_text(toml)
+    r = run_cli("check-config", str(path))
+    assert r.returncode == 0, r.stderr
+
+
+def test_ring_command_prints_the_owner_order() -> None:
+    r = run_cli("ring", "http://localhost/video/demo.bin", "--config", str(ROOT / "config" / "cluster" / "node2.toml"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "http://localhost/video/demo.bin -> key 'demo|localhost|/video/demo.bin' (site demo)"
+    assert [line.split()[1] for line in lines[1:]] == ["node1", "node3", "node2"]
+    r = run_cli("ring", "http://unknown.example/x", "--config", str(ROOT / "config" / "cluster" / "node2.toml"))
+    assert r.returncode == 1
+    assert "no site is configured for host 'unknown.example'" in r.stderr
