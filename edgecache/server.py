@@ -102,6 +102,41 @@ async def _sample_stats(store: Store) -> None:
         await asyncio.sleep(STATS_SECONDS)
 
 
+# What a reload can change without a restart; everything else is reported as needing one.
+_RESTART_ONLY = ("listen", "cache", "origin", "workers", "admin", "access_log", "demo_origin")
+
+
+async def reload(node: Node) -> bool:
+    """SIGHUP: read the config file again; apply it if valid, keep the old one (and say why) if not.
+
+    Connections stay open: only the routing table and the cluster membership are swapped.
+    """
+    from edgecache import config as cfg
+    from edgecache.errors import ConfigError
+
+    path = node.config.source
+    if path == "command line":
+        log.warning("reload: this node was started without a config file; nothing to reload")
+        return False
+    try:
+        new = await asyncio.get_running_loop().run_in_executor(None, cfg.load, path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            log.error("reload rejected, keeping the running config: %s", line)
+        return False
+    for name in _RESTART_ONLY:
+        if getattr(new, name) != getattr(node.config, name):
+            log.warning("reload: %s changed in %s; it takes effect at the next restart", name, path)
+    node.handler.reload(new.sites)
+    if node.cluster is not None and new.cluster is not None:
+        node.cluster.settings = new.cluster
+        if new.cluster.dns is None:
+            node.cluster.set_members(new.cluster.nodes)
+    node.config = new
+    log.info("reloaded %s: %d sites", path, len(new.sites))
+    return True
+
+
 def make_server(node: Node) -> web.Server:
     # The low-level server: no router, so every target (absolute-form, odd paths) reaches our own checks.
     return web.Server(node.handler, access_log=None, handler_cancellation=False)
@@ -141,6 +176,7 @@ async def run(config: Config, worker: int = 0) -> None:
     demo = await _start_demo(config) if worker == 0 else None
     async with open_node(config) as node:
         loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(node)))
         admin = await _start_admin(node) if worker == 0 else None
         runner = web.ServerRunner(make_server(node), handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
         await runner.setup()
@@ -183,7 +219,7 @@ def serve(config: Config) -> None:
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(sig, forward)
     for p in procs:
         p.join()

@@ -59,6 +59,10 @@ class EdgeHandler:
         self.access = access or AccessLog(None)
         self.cluster = cluster
 
+    def reload(self, sites: tuple[Site, ...]) -> None:
+        """New sites and policies for the requests that start from now on; requests in flight keep theirs."""
+        self.router = Router((s.hosts, s) for s in sites)
+
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         observe.start(request)
         resp: web.StreamResponse | None = None

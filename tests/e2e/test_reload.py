@@ -1,0 +1,87 @@
+"""SIGHUP reloads the config without dropping connections; a bad config is refused and the old one kept."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from tests.e2e.test_cli import ROOT, free_port
+from tests.e2e.test_operations import wait_listening
+from tests.origin import Origin
+
+CONFIG = """
+[server]
+listen = ["127.0.0.1:{port}"]
+[cache]
+dir = "{cache}"
+disk = "64MiB"
+{sites}
+"""
+SITE = '[[sites]]\nname = "{name}"\nhosts = ["{host}"]\norigins = ["{origin}"]\n'
+
+
+async def request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> tuple[int, bytes]:
+    """One request on a kept-alive connection (the same socket across the reload)."""
+    writer.write(f"GET /r HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
+    return int(head.split(b" ")[1]), await reader.readexactly(length)
+
+
+async def test_sighup_reload(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/r", b"reloaded")
+    port = free_port()
+    path = tmp_path / "edge.toml"
+    a = SITE.format(name="a", host="a.test", origin=origin.url)
+    b = SITE.format(name="b", host="b.test", origin=origin.url)
+    path.write_text(CONFIG.format(port=port, cache=tmp_path / "c", sites=a))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecache", "serve", "--config", str(path), cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_listening(proc, b"edgecache listening on")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await request(reader, writer, "a.test") == (200, b"reloaded")
+        assert (await request(reader, writer, "b.test"))[0] == 421
+        path.write_text(CONFIG.format(port=port, cache=tmp_path / "c", sites=a + b))
+        proc.send_signal(signal.SIGHUP)
+        await wait_listening(proc, b"reloaded")
+        assert await request(reader, writer, "b.test") == (200, b"reloaded")  # same connection, new site
+        path.write_text(CONFIG.format(port=port, cache=tmp_path / "c", sites=a + b) + "\n[cache]\nslice = 'x'\n")
+        proc.send_signal(signal.SIGHUP)
+        await wait_listening(proc, b"reload rejected, keeping the running config")
+        assert await request(reader, writer, "b.test") == (200, b"reloaded")
+        writer.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_sigterm_drains_in_flight_requests(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/slow", b"s" * 100_000)
+    origin.gate = asyncio.Event()
+    port = free_port()
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        CONFIG.format(port=port, cache=tmp_path / "c", sites=SITE.format(name="a", host="a.test", origin=origin.url))
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecache", "serve", "--config", str(path), cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_listening(proc, b"edgecache listening on")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        await origin.wait_for_requests(1)  # the request is in flight, held at the origin
+        proc.send_signal(signal.SIGTERM)
+        await wait_listening(proc, b"stopping: draining")
+        origin.gate.set()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await reader.readexactly(100_000) == b"s" * 100_000
+        writer.close()
+    finally:
+        origin.gate.set()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
