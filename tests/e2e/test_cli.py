@@ -108,8 +108,9 @@ async def test_serve_one_origin_mode_as_a_process(origin: Origin, tmp_path: Path
 
 def test_shipped_cluster_and_kubernetes_configs_are_valid(tmp_path: Path) -> None:
     for i in (1, 2, 3):
-        r = run_cli("check-config", str(ROOT / "config" / "cluster" / f"node{i}.toml"))
-        assert r.returncode == 0, r.stderr
+        for kind in ("cluster", "docker"):
+            r = run_cli("check-config", str(ROOT / "config" / kind / f"node{i}.toml"))
+            assert r.returncode == 0, r.stderr
     manifest = (ROOT / "config" / "kubernetes" / "edgecache.yaml").read_text()
     block = manifest.split("edgecache.toml: |\n", 1)[1].split("\n---", 1)[0]
     toml = "\n".join(line[4:] for line in block.splitlines()).replace("${POD_IP}", "10.1.2.3")
