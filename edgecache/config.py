@@ -60,6 +60,19 @@ class OriginSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Token:
+    """A bearer token of the admin API: an operator's (everything) or a provider's (its own sites)."""
+
+    name: str  # for logs; the secret itself is never logged
+    secret: str = field(repr=False)
+    role: str = "provider"  # "operator" or "provider"
+    sites: tuple[str, ...] = ()
+
+    def may_act_on(self, site: str) -> bool:
+        return self.role == "operator" or site in self.sites
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSettings:
     self_id: str
     nodes: tuple[Member, ...] = ()
@@ -83,6 +96,7 @@ class Config:
     admin: Listen | None = None  # the admin listener (metrics, health, APIs); keep it on a private address
     access_log: Path | None = None
     cluster: ClusterSettings | None = None
+    tokens: tuple[Token, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -310,6 +324,50 @@ def _cluster(r: _Reader, doc: dict[str, Any]) -> ClusterSettings | None:
     return settings
 
 
+def _tokens(r: _Reader, admin: dict[str, Any], base: Path) -> tuple[Token, ...]:
+    raw = admin.get("tokens", [])
+    if not isinstance(raw, list):
+        r.problem("admin.tokens", "expected [[admin.tokens]] tables")
+        return ()
+    tokens = []
+    for i, t in enumerate(raw):
+        p = f"admin.tokens[{i}]."
+        if not isinstance(t, dict):
+            r.problem(p.rstrip("."), "expected a table")
+            continue
+        r.unknown(t, p, {"name", "token", "token_file", "role", "sites"})
+        secret = _secret(r, t, p, base)
+        role = r.get(t, p, "role", str, "provider")
+        if role not in ("operator", "provider"):
+            r.problem(f"{p}role", "must be 'operator' or 'provider'")
+        sites: tuple[str, ...] = r.get(t, p, "sites", _str_list(_name), ())
+        if role == "provider" and not sites:
+            r.problem(f"{p}sites", "a provider token must name the sites it may act on")
+        tokens.append(Token(r.get(t, p, "name", _name, f"token{i}"), secret, role, sites))
+    if len({t.secret for t in tokens}) != len(tokens):
+        r.problem("admin.tokens", "two tokens have the same secret")
+    return tuple(tokens)
+
+
+def _secret(r: _Reader, t: dict[str, Any], p: str, base: Path) -> str:
+    if ("token" in t) == ("token_file" in t):
+        r.problem(f"{p}token", "give exactly one of token and token_file")
+        return ""
+    if "token_file" in t:
+        path = Path(str(t["token_file"]))
+        path = path if path.is_absolute() else base / path
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            r.problem(f"{p}token_file", f"cannot read {path}: {exc.strerror}")
+            return ""
+    else:
+        secret = str(t["token"])
+    if len(secret) < 16:
+        r.problem(f"{p}token", "must be at least 16 characters")
+    return secret
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
@@ -369,7 +427,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     r.unknown(demo, "demo.", {"origin"})
     demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
     admin = r.table(doc, "admin")
-    r.unknown(admin, "admin.", {"listen"})
+    r.unknown(admin, "admin.", {"listen", "tokens"})
     logs = r.table(doc, "log")
     r.unknown(logs, "log.", {"access"})
     access = r.get(logs, "log.", "access", lambda v: Path(str(v)), None)
@@ -384,7 +442,13 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
         access_log=access if access is None or access.is_absolute() else base / access,
         cluster=_cluster(r, doc) if "cluster" in doc else None,
+        tokens=_tokens(r, admin, base),
     )
+    known_sites = {s.name for s in cfg.sites}
+    for i, tok in enumerate(cfg.tokens):
+        for name in tok.sites:
+            if name not in known_sites:
+                r.problem(f"admin.tokens[{i}].sites", f"{name!r} is not a configured site")
     if r.problems:
         raise ConfigError(r.problems)
     return cfg

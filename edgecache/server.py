@@ -61,6 +61,7 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
     await origin.start()
     disk = await loop.run_in_executor(None, DiskTier, config.cache.dir, config.cache.disk_bytes)
     store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
+    await store.load_purges()
     engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
     cluster = ClusterView(config.cluster) if config.cluster is not None else None
@@ -160,8 +161,10 @@ async def _start_admin(node: Node) -> web.AppRunner | None:
     if node.config.admin is None:
         return None
     from edgecache.admin.app import admin_app
+    from edgecache.admin.purge import purge_handler
 
-    runner = web.AppRunner(admin_app(node.ready, node.handler.ring_view), access_log=None)
+    purge = purge_handler(lambda: node.config, node.store)
+    runner = web.AppRunner(admin_app(node.ready, node.handler.ring_view, purge), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, node.config.admin.host, node.config.admin.port).start()
     log.info("admin listening on http://%s", node.config.admin)

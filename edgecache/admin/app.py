@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from edgecache import metrics
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 def admin_app(
-    ready: Callable[[], tuple[bool, str]], ring: Callable[[str], dict[str, object]] | None = None
+    ready: Callable[[], tuple[bool, str]],
+    ring: Callable[[str], dict[str, object]] | None = None,
+    purge: Handler | None = None,
 ) -> web.Application:
     async def get_metrics(request: web.Request) -> web.Response:
         body, ctype = metrics.exposition()
@@ -30,8 +34,10 @@ def admin_app(
         answer = ring(url)
         return web.json_response(answer, status=404 if "error" in answer else 200)
 
-    app = web.Application()
+    app = web.Application(client_max_size=1024 * 1024)  # larger bodies get 413 before any parsing
     app.router.add_get("/ring", ring_lookup)
+    if purge is not None:
+        app.router.add_post("/purge", purge)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -138,18 +138,28 @@ class PrimaryRecord:
 
     generation: str = ""
     vary: tuple[str, ...] = ()
+    soft_before: float = 0.0  # a soft purge: responses stored before this time are stale
 
     def to_bytes(self) -> bytes:
-        return "\n".join((self.generation, *self.vary)).encode("latin-1", "replace")
+        return "\n".join((f"{self.generation} {self.soft_before!r}", *self.vary)).encode("latin-1", "replace")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PrimaryRecord:
-        generation, *vary = data.decode("latin-1").split("\n")
-        return cls(generation, tuple(v for v in vary if v))
+        head, *vary = data.decode("latin-1").split("\n")
+        generation, _, soft = head.partition(" ")
+        try:
+            soft_before = float(soft) if soft else 0.0
+        except ValueError:
+            soft_before = 0.0
+        return cls(generation, tuple(v for v in vary if v), soft_before)
 
 
-def entry_key(primary: str, record: PrimaryRecord, headers: Headers) -> str:
+def entry_key(primary: str, record: PrimaryRecord, headers: Headers, scope: str = "") -> str:
+    """Where one response is stored: the primary key, the generations of the purge scopes above it and of the
+    primary itself, and the request's values of the fields the response Varies on."""
     key = primary
+    if scope:
+        key += "\n@" + scope
     if record.generation:
         key += "\n#" + record.generation
     if record.vary:

@@ -52,6 +52,9 @@ class FillRequest:
     policy: Policy
     primary: str = ""
     generation: str = ""  # of the primary record the entry key was made with
+    scope: str = ""  # generations of the purged site and directories above the object
+    host_key: str = ""  # the normalised host of the cache key
+    path: str = ""  # the normalised path of the cache key
 
 
 class Engine:
@@ -119,7 +122,7 @@ class Engine:
                 existing = validate  # a 304 need not repeat Vary: it is about the entry we asked to validate
             else:
                 record = PrimaryRecord(req.generation, entry.vary_names(resp.headers))
-                existing = await self.store.get_meta(entry_key(primary, record, req.headers))
+                existing = await self.store.get_meta(entry_key(primary, record, req.headers, req.scope))
             head = self._head(resp.status, resp.headers, asked, req, (request_time, time.time()), existing)
             if head.start == 0 and fill.first_index != 0:
                 fill.first_index, fill.last_index = 0, None  # the origin sent the whole object
@@ -131,7 +134,7 @@ class Engine:
             req = replace(req, entry_key=head.entry_key)
             primary = req.primary or req.entry_key.split("\n", 1)[0]
             keep = head.status == 304 or (head.store and head.meta.length >= 0)
-            record = PrimaryRecord(req.generation, head.meta.vary)
+            record = replace(self.store.peek_record(primary) or PrimaryRecord(req.generation), vary=head.meta.vary)
             if keep:  # visible before anyone hears of the head, so the next request is a hit
                 self.store.remember_record(primary, record)
                 self.store.remember_meta(req.entry_key, head.meta)
@@ -167,7 +170,7 @@ class Engine:
             raise OriginError(f"origin response refused: {j.reason}", retryable=False)
         vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
         primary = req.primary or req.entry_key.split("\n", 1)[0]
-        key = entry_key(primary, PrimaryRecord(req.generation, vary), req.headers)
+        key = entry_key(primary, PrimaryRecord(req.generation, vary), req.headers, req.scope)
         current = self.store.peek_record(primary)
         # A fill that started before an invalidation or purge must not store what it brings.
         alive = current is None or current.generation == req.generation

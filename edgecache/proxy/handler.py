@@ -122,6 +122,8 @@ class EdgeHandler:
             client_ip,
             site.policy,
             key.primary,
+            host_key=host,
+            path=key.path,
         )
         if self.cluster is not None and HOP not in request.headers:
             forwarded = await self._to_owner(request, req)
@@ -138,7 +140,9 @@ class EdgeHandler:
         validated = False
         for _ in range(3):
             record = await self.engine.store.get_record(req.primary)
-            req = replace(req, entry_key=entry_key(req.primary, record, req.headers), generation=record.generation)
+            scope, soft_before = self.engine.store.purges.lookup(req.site.name, req.host_key, req.path)
+            key = entry_key(req.primary, record, req.headers, scope)
+            req = replace(req, entry_key=key, generation=record.generation, scope=scope)
             meta = await self.engine.store.get_meta(req.entry_key)
             now = time.time()
             fresh = (
@@ -150,6 +154,8 @@ class EdgeHandler:
                 if validated:
                     return await self._serve(request, req, meta, CacheStatus.REVALIDATED)
                 use = usable(req.headers, meta.headers, fresh, req.policy)
+                if meta.response_time < max(soft_before, record.soft_before):
+                    use = Use.REVALIDATE  # soft-purged: stored before the purge, so it must be revalidated
                 if use is Use.FRESH:
                     return await self._serve(request, req, meta, CacheStatus.HIT)
                 if use is Use.STALE_OK:

@@ -11,9 +11,11 @@ import contextlib
 import logging
 import secrets
 from collections import OrderedDict
+from dataclasses import replace
 
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import PrimaryRecord, digest
+from edgecache.core.purge import PurgeTable
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.memory import MemoryTier
@@ -31,6 +33,7 @@ class Store:
         self.disk = disk
         self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
         self._records: OrderedDict[str, PrimaryRecord] = OrderedDict()
+        self.purges = PurgeTable()
         self._meta_entries = meta_entries
 
     # --- metadata -----------------------------------------------------------------------------------------
@@ -111,6 +114,31 @@ class Store:
     async def invalidate(self, primary: str) -> None:
         """Every stored variant and slice of `primary` becomes unreachable: a new generation, no Vary known."""
         await self.put_record(primary, PrimaryRecord(generation=secrets.token_hex(4)))
+
+    async def soft_invalidate(self, primary: str, now: float) -> None:
+        """Every stored variant of `primary` becomes stale: the next request revalidates it with the origin."""
+        record = await self.get_record(primary)
+        await self.put_record(primary, replace(record, soft_before=now))
+
+    # --- purges of whole sites and directories ------------------------------------------------------------
+
+    async def load_purges(self) -> None:
+        try:
+            raw = await self.disk.get("purge-table")
+        except StorageError:
+            return
+        if raw is not None:
+            self.purges = PurgeTable.from_bytes(raw)
+
+    async def purge_scope(self, scope: tuple[str, str, str], soft: bool, now: float) -> None:
+        if soft:
+            self.purges = self.purges.with_mark(scope, None, now)
+        else:
+            self.purges = self.purges.with_mark(scope, secrets.token_hex(4), None)
+        try:
+            await self.disk.put("purge-table", self.purges.to_bytes())
+        except StorageError as exc:
+            log.warning("purge table write failed (the purge holds until restart): %s", exc)
 
     # --- slices ----------------------------------------------------------------------------------------------
 

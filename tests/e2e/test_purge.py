@@ -1,0 +1,153 @@
+"""Purge through the authenticated admin API, across a real 3-node cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from edgecache.admin.app import admin_app
+from edgecache.admin.purge import purge_handler
+from edgecache.config import ClusterSettings, Listen, Site, Token
+from edgecache.core.ring import Member
+from tests.conftest import Edge, make_config, start_edge
+from tests.e2e.test_cli import free_port
+from tests.origin import Origin
+
+OPERATOR = "operator-secret-0123456789"
+VIDEOS = "videos-provider-secret-0123"
+OTHER = "other-provider-secret-01234"
+
+
+@dataclass
+class Node:
+    edge: Edge
+    admin: str
+
+
+@contextlib.asynccontextmanager
+async def cluster(origin: Origin, tmp_path: Path) -> AsyncIterator[list[Node]]:
+    ports, admins = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
+    members = tuple(
+        Member(f"node{i + 1}", f"127.0.0.1:{p}", admin=f"127.0.0.1:{a}")
+        for i, (p, a) in enumerate(zip(ports, admins, strict=True))
+    )
+    tokens = (
+        Token("ops", OPERATOR, "operator"),
+        Token("videos", VIDEOS, "provider", ("videos",)),
+        Token("other", OTHER, "provider", ("other",)),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = []
+        for i in range(3):
+            cfg = make_config(tmp_path / f"n{i}", [origin.url])
+            other = Site(name="other", hosts=("other.test",), origins=(origin.url,))
+            cfg = replace(
+                cfg,
+                listen=(Listen("127.0.0.1", ports[i]),),
+                sites=(*cfg.sites, other),
+                cluster=ClusterSettings(self_id=f"node{i + 1}", nodes=members, interval=0.2),
+                tokens=tokens,
+            )
+            edge = await stack.enter_async_context(start_edge(cfg))
+            app = admin_app(
+                edge.node.ready, edge.node.handler.ring_view, purge_handler(lambda c=cfg: c, edge.node.store)
+            )
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", admins[i]).start()
+            stack.push_async_callback(runner.cleanup)
+            nodes.append(Node(edge, f"http://127.0.0.1:{admins[i]}"))
+        yield nodes
+
+
+async def purge(node: Node, body: object, token: str | None = OPERATOR) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as s, s.post(f"{node.admin}/purge", json=body, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def test_purge_url_prefix_and_site_on_every_node(origin: Origin, tmp_path: Path) -> None:
+    paths = ["/dir/a", "/dir/b", "/dir/sub/c", "/other/d"]
+    for p in paths:
+        origin.put(p, p.encode())
+    async with cluster(origin, tmp_path) as nodes:
+
+        async def warm_all() -> None:
+            for n in nodes:
+                for p in paths:
+                    assert (await n.edge.get(p))[2] == p.encode()
+
+        await warm_all()
+        assert all(origin.hits[p] == 1 for p in paths)
+        status, answer = await purge(nodes[0], {"url": "http://video.test/dir/a"})
+        assert (status, answer["nodes"], answer["confirmed"], answer["failed"]) == (200, 3, 3, [])
+        await warm_all()
+        assert [origin.hits[p] for p in paths] == [2, 1, 1, 1]
+        status, answer = await purge(nodes[1], {"prefix": "http://video.test/dir/"}, VIDEOS)
+        assert (status, answer["confirmed"]) == (200, 3)
+        await warm_all()
+        assert [origin.hits[p] for p in paths] == [3, 2, 2, 1]
+        status, _ = await purge(nodes[2], {"site": "videos"})
+        assert status == 200
+        await warm_all()
+        assert [origin.hits[p] for p in paths] == [4, 3, 3, 2]
+
+
+async def test_soft_purge_revalidates_instead_of_refetching(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/soft", b"keep me")
+    async with cluster(origin, tmp_path) as nodes:
+        assert (await nodes[0].edge.get("/soft"))[2] == b"keep me"
+        status, _ = await purge(nodes[0], {"url": "http://video.test/soft", "soft": True})
+        assert status == 200
+        status, headers, body = await nodes[0].edge.get("/soft")
+        assert (status, body) == (200, b"keep me")
+        assert "fwd-status=304" in headers["Cache-Status"]
+        assert origin.seen[-1].headers.get("If-None-Match") == '"v1"'
+
+
+@pytest.mark.parametrize(
+    ("body", "token", "status", "error"),
+    [
+        ({"url": "http://video.test/x"}, None, 401, "a bearer token is required"),
+        ({"url": "http://video.test/x"}, "wrong-token-wrong-token", 401, "invalid token"),
+        ({"url": "http://video.test/x"}, OTHER, 403, "token 'other' may not act on site 'videos'"),
+        ({"site": "other"}, VIDEOS, 403, "token 'videos' may not act on site 'other'"),
+        ({"url": "http://unknown.test/x"}, OPERATOR, 400, "no site is configured for host 'unknown.test'"),
+        (
+            {"prefix": "http://video.test/dir"},
+            OPERATOR,
+            400,
+            "a prefix is a directory: it ends with '/' and has no query",
+        ),
+        ({"url": "x", "site": "videos"}, OPERATOR, 400, "give exactly one of url, prefix or site"),
+        ([1, 2], OPERATOR, 400, "expected a JSON object with one of url, prefix or site"),
+        ({"site": "nope"}, OPERATOR, 400, "no site named 'nope'"),
+    ],
+)
+async def test_bad_purges_get_a_clear_answer_and_purge_nothing(
+    origin: Origin, tmp_path: Path, body: object, token: str | None, status: int, error: str
+) -> None:
+    origin.put("/x", b"x")
+    async with cluster(origin, tmp_path) as nodes:
+        await nodes[0].edge.get("/x")
+        got, answer = await purge(nodes[0], body, token)
+        assert (got, answer["error"]) == (status, error)
+        assert (await nodes[0].edge.get("/x"))[1]["Cache-Status"].startswith("edgecache; hit")
+        assert origin.hits["/x"] == 1
+
+
+async def test_garbage_bodies(origin: Origin, tmp_path: Path) -> None:
+    async with cluster(origin, tmp_path) as nodes, aiohttp.ClientSession() as s:
+        auth = {"Authorization": f"Bearer {OPERATOR}"}
+        async with s.post(f"{nodes[0].admin}/purge", data=b"{not json", headers=auth) as r:
+            assert r.status == 400
+            assert (await r.json())["error"] == "body is not JSON: JSONDecodeError"
+        async with s.post(f"{nodes[0].admin}/purge", data=io.BytesIO(b"\xff" * (2 * 1024 * 1024)), headers=auth) as r:
+            assert r.status == 413
