@@ -30,7 +30,56 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("ring", help="which nodes own a URL, in failover order, and which are up")
     r.add_argument("url", help="e.g. http://video.example/v/123.mp4")
     r.add_argument("--config", type=Path, help=f"TOML config (default: {DEFAULT_CONFIG})")
+    pu = sub.add_parser("purge", help="purge a URL, a directory prefix or a site on every node (admin API)")
+    what = pu.add_mutually_exclusive_group(required=True)
+    what.add_argument("url", nargs="?", help="http://host/path: every variant and slice of it")
+    what.add_argument("--prefix", help="http://host/dir/: everything under the directory")
+    what.add_argument("--site", help="a site name: everything of the site")
+    pu.add_argument("--soft", action="store_true", help="mark stale (revalidate) instead of removing")
+    pu.add_argument("--config", type=Path, help=f"TOML config naming the admin listener (default: {DEFAULT_CONFIG})")
+    pu.add_argument("--token", help="bearer token (default: $EDGECACHE_TOKEN)")
     return p
+
+
+def _admin_post(config: cfg.Config, path: str, body: dict[str, object], token: str | None) -> tuple[int, object]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    if config.admin is None:
+        raise ConfigError([f"{config.source}: admin.listen: is required to use the admin API"])
+    request = urllib.request.Request(
+        f"http://{config.admin}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token or ''}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _purge(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    config = cfg.load(args.config or DEFAULT_CONFIG)
+    body: dict[str, object] = {"soft": args.soft}
+    if args.url:
+        body["url"] = args.url
+    elif args.prefix:
+        body["prefix"] = args.prefix
+    else:
+        body["site"] = args.site
+    try:
+        status, answer = _admin_post(config, "/purge", body, args.token or os.environ.get("EDGECACHE_TOKEN"))
+    except OSError as exc:
+        print(f"cannot reach the admin listener {config.admin}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2))
+    return 0 if status == 200 else 1
 
 
 def _ring(args: argparse.Namespace) -> int:
@@ -99,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "ring":
             return _ring(args)
+        if args.command == "purge":
+            return _purge(args)
         config = _one_origin(args) if args.origin else cfg.load(args.config or DEFAULT_CONFIG)
     except ConfigError as exc:
         for line in exc.problems:

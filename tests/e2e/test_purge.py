@@ -151,3 +151,53 @@ async def test_garbage_bodies(origin: Origin, tmp_path: Path) -> None:
             assert (await r.json())["error"] == "body is not JSON: JSONDecodeError"
         async with s.post(f"{nodes[0].admin}/purge", data=io.BytesIO(b"\xff" * (2 * 1024 * 1024)), headers=auth) as r:
             assert r.status == 413
+
+
+async def test_purge_command_line(origin: Origin, tmp_path: Path) -> None:
+    import asyncio
+    import json
+    import signal
+    import sys
+
+    from tests.e2e.test_cli import ROOT
+    from tests.e2e.test_operations import wait_listening
+
+    origin.put("/cli", b"c")
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
+        f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "64MiB"\n'
+        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecache", "serve", "--config", str(cfg), cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_listening(proc, b"edgecache listening on")
+        async with aiohttp.ClientSession() as s:
+            for _ in range(2):
+                async with s.get(f"http://127.0.0.1:{port}/cli", headers={"Host": "video.test"}) as r:
+                    assert await r.read() == b"c"
+            assert origin.hits["/cli"] == 1
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edgecache", "purge", "http://video.test/cli", "--config", str(cfg),
+                "--token", OPERATOR, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(cli.communicate(), 60)
+            assert cli.returncode == 0
+            assert json.loads(out)["confirmed"] == 1
+            async with s.get(f"http://127.0.0.1:{port}/cli", headers={"Host": "video.test"}) as r:
+                assert "fwd=uri-miss" in r.headers["Cache-Status"]
+            assert origin.hits["/cli"] == 2
+            bad = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edgecache", "purge", "--site", "videos", "--config", str(cfg), "--token",
+                "nope-nope-nope-nope", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(bad.communicate(), 60)
+            assert bad.returncode == 1
+            assert json.loads(out)["error"] == "invalid token"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
