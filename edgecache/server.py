@@ -161,10 +161,18 @@ async def _start_admin(node: Node) -> web.AppRunner | None:
     if node.config.admin is None:
         return None
     from edgecache.admin.app import admin_app
+    from edgecache.admin.jobs import JobRunner
+    from edgecache.admin.prefetch import prefetch_routes
     from edgecache.admin.purge import purge_handler
 
+    listen = node.config.listen[0]
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+    jobs = JobRunner(node.store.disk, f"http://{host}:{listen.port}")
+    await jobs.start()
     purge = purge_handler(lambda: node.config, node.store)
-    runner = web.AppRunner(admin_app(node.ready, node.handler.ring_view, purge), access_log=None)
+    routes = prefetch_routes(lambda: node.config, jobs)
+    runner = web.AppRunner(admin_app(node.ready, node.handler.ring_view, purge, routes), access_log=None)
+    runner.app.on_cleanup.append(lambda _app: jobs.close())
     await runner.setup()
     await web.TCPSite(runner, node.config.admin.host, node.config.admin.port).start()
     log.info("admin listening on http://%s", node.config.admin)
@@ -180,12 +188,12 @@ async def run(config: Config, worker: int = 0) -> None:
     async with open_node(config) as node:
         loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(node)))
-        admin = await _start_admin(node) if worker == 0 else None
         runner = web.ServerRunner(make_server(node), handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
         await runner.setup()
         for addr in config.listen:
             await web.TCPSite(runner, addr.host, addr.port, backlog=1024, reuse_port=config.workers > 1).start()
             log.info("edgecache listening on http://%s", addr)
+        admin = await _start_admin(node) if worker == 0 else None  # after the listeners: jobs resume through them
         node.state["listening"] = True
         await stop.wait()
         node.state["draining"] = True

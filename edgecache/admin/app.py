@@ -15,6 +15,7 @@ def admin_app(
     ready: Callable[[], tuple[bool, str]],
     ring: Callable[[str], dict[str, object]] | None = None,
     purge: Handler | None = None,
+    routes: list[web.RouteDef] | None = None,
 ) -> web.Application:
     async def get_metrics(request: web.Request) -> web.Response:
         body, ctype = metrics.exposition()
@@ -38,6 +39,7 @@ def admin_app(
     app.router.add_get("/ring", ring_lookup)
     if purge is not None:
         app.router.add_post("/purge", purge)
+    app.router.add_routes(routes or [])
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -46,7 +46,7 @@ async def test_admin_metrics_health_and_access_log(origin: Origin, tmp_path: Pat
         cwd=ROOT, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        await wait_listening(proc, b"edgecache listening on")
+        await wait_listening(proc, b"admin listening on")  # the admin listener starts last
         async with aiohttp.ClientSession() as s:
             async with s.get(f"http://127.0.0.1:{admin}/healthz") as r:
                 assert (r.status, await r.text()) == (200, "ok\n")

@@ -13,6 +13,8 @@ import pytest
 from aiohttp import web
 
 from edgecache.admin.app import admin_app
+from edgecache.admin.jobs import JobRunner
+from edgecache.admin.prefetch import prefetch_routes
 from edgecache.admin.purge import purge_handler
 from edgecache.config import ClusterSettings, Listen, Site, Token
 from edgecache.core.ring import Member
@@ -29,6 +31,7 @@ OTHER = "other-provider-secret-01234"
 class Node:
     edge: Edge
     admin: str
+    jobs: JobRunner
 
 
 @contextlib.asynccontextmanager
@@ -56,14 +59,17 @@ async def cluster(origin: Origin, tmp_path: Path) -> AsyncIterator[list[Node]]:
                 tokens=tokens,
             )
             edge = await stack.enter_async_context(start_edge(cfg))
-            app = admin_app(
-                edge.node.ready, edge.node.handler.ring_view, purge_handler(lambda c=cfg: c, edge.node.store)
-            )
+            jobs = JobRunner(edge.node.store.disk, edge.url)
+            await jobs.start()
+            stack.push_async_callback(jobs.close)
+            current = lambda c=cfg: c  # noqa: E731
+            purger = purge_handler(current, edge.node.store)
+            app = admin_app(edge.node.ready, edge.node.handler.ring_view, purger, prefetch_routes(current, jobs))
             runner = web.AppRunner(app)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", admins[i]).start()
             stack.push_async_callback(runner.cleanup)
-            nodes.append(Node(edge, f"http://127.0.0.1:{admins[i]}"))
+            nodes.append(Node(edge, f"http://127.0.0.1:{admins[i]}", jobs))
         yield nodes
 
 
@@ -175,7 +181,7 @@ async def test_purge_command_line(origin: Origin, tmp_path: Path) -> None:
         sys.executable, "-m", "edgecache", "serve", "--config", str(cfg), cwd=ROOT, stderr=asyncio.subprocess.PIPE
     )
     try:
-        await wait_listening(proc, b"edgecache listening on")
+        await wait_listening(proc, b"admin listening on")  # the admin listener starts last
         async with aiohttp.ClientSession() as s:
             for _ in range(2):
                 async with s.get(f"http://127.0.0.1:{port}/cli", headers={"Host": "video.test"}) as r:

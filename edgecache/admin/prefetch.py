@@ -1,0 +1,106 @@
+"""POST /prefetch (a JSON body, or newline-separated URLs with options in the query), GET /prefetch/{id}."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from edgecache.admin.auth import authenticate, authorize
+from edgecache.admin.jobs import Job, JobRunner
+from edgecache.config import Config, Token, parse_size
+from edgecache.core.route import Router, normalise_host
+
+MAX_URLS = 100_000
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}) + "\n", content_type="application/json")
+
+
+async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
+        if isinstance(body, list):
+            return body, {}
+        if isinstance(body, dict) and isinstance(body.get("urls"), list):
+            return body["urls"], body
+        raise _bad("expected a JSON array of URLs or an object with a 'urls' array")
+    try:
+        text = (await request.read()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _bad("body is not UTF-8 text") from exc
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")], dict(
+        request.query
+    )
+
+
+def _options(opts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        out["priority"] = int(opts.get("priority", 0))
+        out["concurrency"] = int(opts.get("concurrency", 4))
+        if "bandwidth" in opts:
+            out["bandwidth"] = parse_size(opts["bandwidth"])
+        if "window_start" in opts or "window" in opts:
+            window = opts.get("window") or {"start": opts.get("window_start"), "end": opts.get("window_end")}
+            start, end = str(window["start"]), str(window["end"])
+            datetime.time.fromisoformat(start), datetime.time.fromisoformat(end)
+            out["window"] = (start, end)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _bad(f"bad option: {exc}") from exc
+    if not 1 <= out["concurrency"] <= 64:
+        raise _bad("concurrency must be between 1 and 64")
+    if out.get("bandwidth") == 0:
+        raise _bad("bandwidth must be positive")
+    return out
+
+
+def _check_urls(urls: list[Any], config: Config, token: Token) -> list[str]:
+    if not urls:
+        raise _bad("no URLs")
+    if len(urls) > MAX_URLS:
+        raise _bad(f"at most {MAX_URLS} URLs per job")
+    router = Router((s.hosts, s) for s in config.sites)
+    checked = []
+    for i, url in enumerate(urls):
+        if not isinstance(url, str):
+            raise _bad(f"item {i} is not a string")
+        parts = urlsplit(url)
+        host = normalise_host(parts.netloc)
+        site = router.match(host) if host and parts.scheme in ("http", "https") else None
+        if site is None:
+            raise _bad(f"item {i}: {url[:200]!r} is not an http(s) URL of a configured site")
+        authorize(token, site.name)
+        checked.append(url)
+    return checked
+
+
+def prefetch_routes(current: Callable[[], Config], runner: JobRunner) -> list[web.RouteDef]:
+    async def create(request: web.Request) -> web.Response:
+        config = current()
+        token = authenticate(request, config.tokens)
+        urls, opts = await _read(request)
+        job = await runner.submit(Job(id="", owner=token.name, urls=_check_urls(urls, config, token), **_options(opts)))
+        return web.json_response(job.view(), status=202)
+
+    async def show(request: web.Request) -> web.Response:
+        token = authenticate(request, current().tokens)
+        job = runner.jobs.get(request.match_info["id"])
+        if job is None or (token.role != "operator" and job.owner != token.name):
+            raise web.HTTPNotFound(text='{"error": "no such job"}\n', content_type="application/json")
+        return web.json_response(job.view())
+
+    async def listing(request: web.Request) -> web.Response:
+        token = authenticate(request, current().tokens)
+        jobs = [j.view() for j in runner.jobs.values() if token.role == "operator" or j.owner == token.name]
+        return web.json_response(jobs)
+
+    return [web.post("/prefetch", create), web.get("/prefetch", listing), web.get("/prefetch/{id}", show)]
