@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from edgecache.core.manifest import parse_hls
+from edgecache.core.manifest import parse_dash, parse_hls
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
 
@@ -37,6 +37,7 @@ class Job:
     window: tuple[str, str] | None = None  # ("02:00", "06:00") local time
     bandwidth: int | None = None  # bytes per second
     concurrency: int = 4
+    renditions: list[str] = field(default_factory=list)  # DASH Representation ids to keep (empty: all)
     state: str = "queued"  # queued | waiting-window | running | done | cancelled
     done: int = 0  # URLs finished, whatever the outcome
     fetched: int = 0
@@ -65,6 +66,10 @@ def in_window(window: tuple[str, str] | None, now: datetime.datetime) -> bool:
     start, end = (datetime.time.fromisoformat(w) for w in window)
     t = now.time()
     return start <= t < end if start <= end else (t >= start or t < end)  # a window may span midnight
+
+
+def _is_manifest(url: str) -> bool:
+    return urlsplit(url).path.endswith((".m3u8", ".mpd"))
 
 
 class TokenBucket:
@@ -158,7 +163,7 @@ class JobRunner:
             url = await queue.get()
             try:
                 outcome, body = await self._fetch(url, bucket, job)
-                if outcome in ("fetched", "cached") and urlsplit(url).path.endswith(".m3u8") and body is not None:
+                if outcome in ("fetched", "cached") and body is not None and _is_manifest(url):
                     for extra in self._expand(url, body, job):
                         queue.put_nowait(extra)
                 self._count(job, outcome)
@@ -169,11 +174,14 @@ class JobRunner:
                 queue.task_done()
 
     def _expand(self, url: str, body: bytes, job: Job) -> list[str]:
-        playlist = parse_hls(body.decode("utf-8", "replace"), url)
-        if playlist is None:
-            return []
+        text = body.decode("utf-8", "replace")
+        if urlsplit(url).path.endswith(".mpd"):
+            found = list(parse_dash(text, url, frozenset(job.renditions)) or ())
+        else:
+            playlist = parse_hls(text, url)
+            found = [*playlist.variants, *playlist.segments] if playlist is not None else []
         host = urlsplit(url).netloc
-        extra = [u for u in (*playlist.variants, *playlist.segments) if urlsplit(u).netloc == host]
+        extra = [u for u in found if urlsplit(u).netloc == host]  # never follow a manifest to another host
         new = [u for u in extra if u not in job.urls]
         job.urls.extend(new)
         return new
@@ -193,7 +201,7 @@ class JobRunner:
         assert self._session is not None
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        keep = parts.path.endswith(".m3u8")
+        keep = _is_manifest(url)
         try:
             async with self._session.get(
                 self.edge_url + target, headers={"Host": parts.netloc}, timeout=aiohttp.ClientTimeout(total=600)

@@ -56,6 +56,12 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
             out["window"] = (start, end)
     except (ValueError, TypeError, KeyError) as exc:
         raise _bad(f"bad option: {exc}") from exc
+    renditions = opts.get("renditions", [])
+    if isinstance(renditions, str):
+        renditions = [r for r in renditions.split(",") if r]
+    if not isinstance(renditions, list) or not all(isinstance(r, str) for r in renditions):
+        raise _bad("renditions must be a list of representation ids")
+    out["renditions"] = renditions
     if not 1 <= out["concurrency"] <= 64:
         raise _bad("concurrency must be between 1 and 64")
     if out.get("bandwidth") == 0:

@@ -141,3 +141,22 @@ async def test_jobs_survive_a_restart(tmp_path: Path) -> None:
     finally:
         await again.close()
         disk.close()
+
+
+async def test_dash_manifest_expands_to_the_renditions_asked_for(origin: Origin, tmp_path: Path) -> None:
+    mpd = (
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" mediaPresentationDuration="PT12S"><Period><AdaptationSet>'
+        '<SegmentTemplate initialization="$RepresentationID$/i.mp4" media="$RepresentationID$/$Number$.m4s" '
+        'duration="6" timescale="1"/><Representation id="lo"/><Representation id="hi"/>'
+        "</AdaptationSet></Period></MPD>"
+    )
+    origin.put("/dash/m.mpd", mpd.encode())
+    for r in ("lo", "hi"):
+        for name in ("i.mp4", "1.m4s", "2.m4s"):
+            origin.put(f"/dash/{r}/{name}", name.encode())
+    async with cluster(origin, tmp_path) as nodes:
+        _, job = await post(nodes[0], {"urls": ["http://video.test/dash/m.mpd"], "renditions": ["hi"]})
+        view = await finished(nodes[0], str(job["id"]))
+        assert (view["total"], view["fetched"]) == (4, 4)
+        assert [origin.hits[f"/dash/hi/{n}"] for n in ("i.mp4", "1.m4s", "2.m4s")] == [1, 1, 1]
+        assert sum(origin.hits[f"/dash/lo/{n}"] for n in ("i.mp4", "1.m4s", "2.m4s")) == 0

@@ -55,3 +55,62 @@ def test_not_a_playlist() -> None:
 @given(st.text(max_size=300))
 def test_never_raises(text: str) -> None:
     parse_hls("#EXTM3U\n" + text, "http://video.test/a/b.m3u8")
+
+
+MPD = """<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" mediaPresentationDuration="PT20S">
+  <Period>
+    <AdaptationSet mimeType="video/mp4">
+      <SegmentTemplate initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/seg-$Number%05d$.m4s"
+                       startNumber="1" duration="6000" timescale="1000"/>
+      <Representation id="v360" bandwidth="800000"/>
+      <Representation id="v720" bandwidth="2400000"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="audio/mp4">
+      <Representation id="a1" bandwidth="128000">
+        <SegmentTemplate initialization="a/init.mp4" media="a/$Time$.m4s">
+          <SegmentTimeline><S t="0" d="10" r="1"/><S d="5"/></SegmentTimeline>
+        </SegmentTemplate>
+      </Representation>
+    </AdaptationSet>
+    <AdaptationSet mimeType="text/vtt">
+      <Representation id="sub"><BaseURL>subs/en.vtt</BaseURL></Representation>
+    </AdaptationSet>
+    <AdaptationSet mimeType="video/mp4">
+      <Representation id="list">
+        <SegmentList><Initialization sourceURL="l/i.mp4"/>
+          <SegmentURL media="l/1.m4s"/><SegmentURL media="l/2.m4s"/></SegmentList>
+      </Representation>
+    </AdaptationSet>
+  </Period>
+</MPD>"""
+
+
+def test_dash_template_timeline_list_and_baseurl() -> None:
+    from edgecache.core.manifest import parse_dash
+
+    urls = parse_dash(MPD, "http://video.test/d/manifest.mpd")
+    base = "http://video.test/d/"
+    assert urls == tuple(
+        base + u
+        for u in [
+            "v360/init.mp4", "v360/seg-00001.m4s", "v360/seg-00002.m4s", "v360/seg-00003.m4s", "v360/seg-00004.m4s",
+            "v720/init.mp4", "v720/seg-00001.m4s", "v720/seg-00002.m4s", "v720/seg-00003.m4s", "v720/seg-00004.m4s",
+            "a/init.mp4", "a/0.m4s", "a/10.m4s", "a/20.m4s",
+            "subs/en.vtt",
+            "l/i.mp4", "l/1.m4s", "l/2.m4s",
+        ]
+    )  # fmt: skip
+    only = parse_dash(MPD, "http://video.test/d/manifest.mpd", frozenset({"v720"}))
+    assert only is not None
+    assert only[0] == base + "v720/init.mp4"
+    assert len(only) == 5
+    assert parse_dash("<html/>", base) is None
+    assert parse_dash("not xml", base) is None
+
+
+@given(st.text(max_size=300))
+def test_dash_never_raises(text: str) -> None:
+    from edgecache.core.manifest import parse_dash
+
+    parse_dash(text, "http://video.test/a.mpd")
