@@ -62,3 +62,8 @@ PEER_UP = Gauge("edgecache_peer_up", "1 when this node sees the peer as up", ["p
 PEER_FORWARDED = Counter("edgecache_peer_forwarded_requests_total", "Requests forwarded to their owner", ["peer"])
 PEER_BYTES = Counter("edgecache_peer_forwarded_bytes_total", "Body bytes received from owners", ["peer"])
 PEER_ERRORS = Counter("edgecache_peer_errors_total", "Failed forwards and health checks", ["peer", "kind"])
+
+PURGES = Counter("edgecache_purges_total", "Purges applied on this node", ["kind", "mode"])
+PREFETCH_JOBS = Gauge("edgecache_prefetch_jobs", "Prefetch jobs by state", ["state"], multiprocess_mode="max")
+PREFETCH_URLS = Counter("edgecache_prefetch_urls_total", "Prefetch URLs finished, by outcome", ["outcome"])
+PREFETCH_BYTES = Counter("edgecache_prefetch_bytes_total", "Body bytes read by prefetch jobs")

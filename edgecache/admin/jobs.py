@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from edgecache import metrics
 from edgecache.core.manifest import parse_dash, parse_hls
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
@@ -127,6 +128,7 @@ class JobRunner:
     async def submit(self, job: Job) -> Job:
         job.id = job.id or secrets.token_hex(8)
         self.jobs[job.id] = job
+        self._publish()
         await self._save(job)
         await self.disk.put("jobs-index", json.dumps(list(self.jobs)).encode())
         self._run(job)
@@ -146,6 +148,7 @@ class JobRunner:
             job.state = "waiting-window"
             await asyncio.sleep(30)
         job.state, job.started = "running", job.started or time.time()
+        self._publish()
         bucket = TokenBucket(job.bandwidth) if job.bandwidth else None
         queue: asyncio.Queue[str] = asyncio.Queue()
         for url in job.urls[job.done :]:
@@ -155,6 +158,7 @@ class JobRunner:
         for w in workers:
             w.cancel()
         job.state, job.finished = "done", time.time()
+        self._publish()
         await self._save(job)
         log.info("prefetch job %s done: %s", job.id, json.dumps(job.view()))
 
@@ -186,8 +190,14 @@ class JobRunner:
         job.urls.extend(new)
         return new
 
+    def _publish(self) -> None:
+        states = Counter(j.state for j in self.jobs.values())
+        for state in ("queued", "waiting-window", "running", "done", "cancelled"):
+            metrics.PREFETCH_JOBS.labels(state).set(states.get(state, 0))
+
     @staticmethod
     def _count(job: Job, outcome: str) -> None:
+        metrics.PREFETCH_URLS.labels(outcome if not outcome.startswith(("status", "error")) else "failed").inc()
         if outcome == "fetched":
             job.fetched += 1
         elif outcome == "cached":
@@ -209,6 +219,7 @@ class JobRunner:
                 chunks = []
                 async for chunk in r.content.iter_chunked(256 * 1024):
                     job.bytes += len(chunk)
+                    metrics.PREFETCH_BYTES.inc(len(chunk))
                     if keep:
                         chunks.append(chunk)
                     if bucket is not None:

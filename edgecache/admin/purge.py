@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from edgecache import metrics
 from edgecache.admin.auth import authenticate, authorize
 from edgecache.config import Config, Site, Token
 from edgecache.core.keys import BadTarget, make_key
@@ -76,6 +77,7 @@ def parse_order(body: Any, sites: tuple[Site, ...]) -> PurgeOrder:
 
 async def apply(store: Store, order: PurgeOrder) -> None:
     now = time.time()
+    metrics.PURGES.labels(order.kind, "soft" if order.soft else "hard").inc()
     if order.kind == "url":
         primary = make_key(order.site.name, order.host, order.path, order.site.key_query).primary
         await (store.soft_invalidate(primary, now) if order.soft else store.invalidate(primary))
