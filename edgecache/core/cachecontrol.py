@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -73,9 +74,14 @@ _FLAGS = {
 
 
 def parse_cache_control(headers: Headers, field: str = "cache-control") -> CacheControl:
+    return _parse(tuple(get_all(headers, field)))
+
+
+@functools.lru_cache(maxsize=4096)  # keyed by the field values: a stored response's directives recur on every hit
+def _parse(lines: tuple[str, ...]) -> CacheControl:
     values: dict[str, object] = {}
     invalid: list[str] = []
-    for item in list_values(headers, field):
+    for item in (member for line in lines for member in split_list(line)):
         name, eq, arg = item.partition("=")
         name = name.strip().lower()
         argument = arg if eq else None

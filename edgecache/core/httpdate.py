@@ -9,6 +9,7 @@ dates would keep responses the origin meant to be expired. Anything else is not 
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 
 _DAYS = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
@@ -32,6 +33,7 @@ def _timestamp(year: int, month: int, day: int, hh: int, mm: int, ss: int) -> fl
         return None
 
 
+@functools.lru_cache(maxsize=8192)  # the same Date/Expires/Last-Modified strings recur on every hit
 def parse_http_date(value: str | None) -> float | None:
     """Seconds since the epoch, or None when `value` is not an HTTP-date."""
     if not value:
