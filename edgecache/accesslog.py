@@ -1,56 +1,76 @@
-"""The access log: one JSON line per request, written by a thread so the event loop only enqueues.
+"""The access log: one JSON line per request, written by a thread so the event loop only enqueues a string.
 
-WatchedFileHandler reopens the file when logrotate moves it away, so rotation needs no signal; SIGUSR1 also
-forces a reopen for tools that copy-truncate.
+The writer follows logrotate by itself: when the file it writes is moved or deleted, it opens the path again
+(checked at most once a second, off the loop). SIGUSR1 forces a reopen for copy-truncate rotation.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import logging.handlers
+import os
 import queue
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+_STOP = object()
 
 
 class AccessLog:
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._listener: logging.handlers.QueueListener | None = None
-        self._file: logging.handlers.WatchedFileHandler | None = None
-        self._logger = logging.getLogger(f"edgecache.access.{id(self)}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
-        if path is None:
-            self._logger.disabled = True
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self._file = logging.handlers.WatchedFileHandler(path, encoding="utf-8", delay=True)
-        self._file.setFormatter(logging.Formatter("%(message)s"))
-        self._listener = logging.handlers.QueueListener(q, self._file)
-        self._logger.addHandler(logging.handlers.QueueHandler(q))
-        self._listener.start()
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._reopen = threading.Event()
+        self._thread: threading.Thread | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._thread = threading.Thread(target=self._write_forever, name="access-log", daemon=True)
+            self._thread.start()
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._listener is not None:
-            self._logger.info(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+        if self._thread is not None:
+            self._queue.put(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
 
     def reopen(self) -> None:
-        """Close the file; the writer thread opens it again on the next line (copy-truncate rotation)."""
-        if self._file is not None:
-            self._file.acquire()
-            try:
-                if self._file.stream is not None:
-                    self._file.stream.close()
-                    self._file.stream = None
-            finally:
-                self._file.release()
+        self._reopen.set()
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
-        if self._file is not None:
-            self._file.close()
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _open(self) -> tuple[IO[str], int]:
+        assert self.path is not None
+        f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - the writer thread owns it until reopened
+        return f, os.fstat(f.fileno()).st_ino
+
+    def _write_forever(self) -> None:
+        f, inode = self._open()
+        checked = time.monotonic()
+        try:
+            while True:
+                item = self._queue.get()
+                lines = [item]
+                while not self._queue.empty() and len(lines) < 1024:  # batch what is already waiting
+                    lines.append(self._queue.get_nowait())
+                if self._reopen.is_set() or time.monotonic() - checked > 1.0:
+                    checked = time.monotonic()
+                    if self._reopen.is_set() or self._moved(inode):
+                        self._reopen.clear()
+                        f.close()
+                        f, inode = self._open()
+                f.write("".join(f"{line}\n" for line in lines if line is not _STOP))
+                f.flush()
+                if _STOP in lines:
+                    return
+        finally:
+            f.close()
+
+    def _moved(self, inode: int) -> bool:
+        assert self.path is not None
+        try:
+            return os.stat(self.path).st_ino != inode
+        except FileNotFoundError:
+            return True

@@ -60,6 +60,18 @@ def first_byte(request: web.BaseRequest) -> None:
         metrics.TTFB.labels(t.status.value).observe(t.ttfb)
 
 
+_stamp: tuple[int, str] = (0, "")
+
+
+def _now_iso() -> str:
+    """The local time to the second, formatted once a second rather than once a request."""
+    global _stamp
+    now = int(time.time())
+    if _stamp[0] != now:
+        _stamp = (now, time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)))
+    return _stamp[1]
+
+
 def _body_bytes(request: web.BaseRequest, resp: web.StreamResponse | None, t: Trace) -> int:
     if t.body_bytes is not None:
         return t.body_bytes
@@ -81,7 +93,7 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     if resp is not None and resp.prepared:
         first_byte(request)
     record: dict[str, Any] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": _now_iso(),
         "id": t.id,
         "client": request.remote,
         "site": t.site,
