@@ -23,6 +23,18 @@ async def wait_listening(proc: asyncio.subprocess.Process, needle: bytes) -> Non
             return
 
 
+async def wait_lines(proc: asyncio.subprocess.Process, needles: dict[bytes, int]) -> None:
+    """Until each needle has appeared in as many log lines as asked, in whatever order the processes wrote."""
+    assert proc.stderr is not None
+    left = dict(needles)
+    while any(n > 0 for n in left.values()):
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert line, "edgecache exited early"
+        for needle in left:
+            if needle in line:
+                left[needle] -= 1
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels` (exact text-format parsing)."""
     total = 0.0
@@ -84,3 +96,34 @@ async def test_admin_metrics_health_and_access_log(origin: Origin, tmp_path: Pat
     assert lines[0]["bytes"] == 100
     assert lines[0]["origin_ms"] is not None
     assert len({x["id"] for x in lines}) == 5
+
+
+async def test_metrics_add_up_across_worker_processes(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/w", b"w" * 1000)
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "64MiB"\n'
+        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecache", "serve", "--config", str(cfg), cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_lines(proc, {b"admin listening on": 1, b"edgecache listening on": 2})  # both workers
+        async with aiohttp.ClientSession() as s:
+            for _ in range(40):  # new connections spread over both workers (SO_REUSEPORT)
+                async with s.get(
+                    f"http://127.0.0.1:{port}/w", headers={"Host": "video.test", "Connection": "close"}
+                ) as r:
+                    assert await r.read() == b"w" * 1000
+            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                text = await r.text()
+        assert metric(text, "edgecache_requests_total", site="videos") == 40
+        assert metric(text, "edgecache_build_info") == 1
+        # Each worker has its own memory tier but they share the disk tier: at most one origin fetch per worker.
+        assert 1 <= origin.hits["/w"] <= 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
