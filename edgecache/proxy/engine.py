@@ -279,6 +279,19 @@ class Engine:
 
     # --- reading ---------------------------------------------------------------------------------------------
 
+    def memory_range(self, req: FillRequest, meta: ObjectMeta, first: int, last: int) -> bytes | None:
+        """Bytes first..last if every slice holding them is in the memory tier, else None (no I/O, no waiting)."""
+        parts = []
+        for index in ranges.slice_indices(ranges.ByteRange(first, last), self.slice_size):
+            data = self.store.slice_from_memory(req.entry_key, meta, index)
+            if data is None:
+                return None
+            base = index * self.slice_size
+            parts.append(memoryview(data)[max(first, base) - base : min(last + 1, base + len(data)) - base])
+        body = parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+        _FROM_MEMORY.inc(len(body))
+        return body
+
     async def read_range(
         self, req: FillRequest, meta: ObjectMeta, first: int, last: int
     ) -> AsyncIterator[bytes | memoryview]:

@@ -304,7 +304,13 @@ class EdgeHandler:
         observe.mark(request, status)
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
-        return await send(request, meta, headers, lambda f, last: self.engine.read_range(req, meta, f, last))
+        return await send(
+            request,
+            meta,
+            headers,
+            lambda f, last: self.engine.read_range(req, meta, f, last),
+            in_memory=lambda f, last: self.engine.memory_range(req, meta, f, last),
+        )
 
     async def _serve_fill(
         self,

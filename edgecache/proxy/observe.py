@@ -90,8 +90,8 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     code = resp.status if resp is not None else 0
     method = request.method if request.method in _METHODS else "other"
     metrics.REQUESTS.labels(t.site, method, metrics.status_class(code), t.status.value).inc()
-    if resp is not None and resp.prepared:
-        first_byte(request)
+    if resp is not None:
+        first_byte(request)  # a whole Response is sent right after this: its head leaves now
     record: dict[str, Any] = {
         "time": _now_iso(),
         "id": t.id,

@@ -75,8 +75,13 @@ async def send(
     headers: list[tuple[str, str]],
     read: Reader,
     length_known: bool = True,
+    in_memory: Callable[[int, int], bytes | None] | None = None,
 ) -> web.StreamResponse:
-    """Answer `request` for the object `meta` describes; `headers` are base_headers() for it."""
+    """Answer `request` for the object `meta` describes; `headers` are base_headers() for it.
+
+    `in_memory` gives the bytes at once when every slice is in the memory tier: the hit is then answered with one
+    buffer (head and body in one write), without the streaming machinery.
+    """
     method = request.method
     status, rng = plan(method, tuple(request.headers.items()), meta)
     if status == 304:
@@ -107,6 +112,11 @@ async def send(
     if method == "HEAD" or last < first:
         await resp.prepare(request)
         return resp
+    if in_memory is not None and length_known and (body := in_memory(first, last)) is not None:
+        whole = web.Response(status=status, body=body)
+        for k, v in headers:
+            whole.headers.add(k, v)
+        return whole
     await _stream(request, resp, read(first, last))
     return resp
 
