@@ -61,6 +61,7 @@ def first_byte(request: web.BaseRequest) -> None:
 
 
 _stamp: tuple[int, str] = (0, "")
+_requests: dict[tuple[str, str, str, str], Any] = {}
 
 
 def _now_iso() -> str:
@@ -89,7 +90,11 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     t = trace(request)
     code = resp.status if resp is not None else 0
     method = request.method if request.method in _METHODS else "other"
-    metrics.REQUESTS.labels(t.site, method, metrics.status_class(code), t.status.value).inc()
+    labels = (t.site, method, metrics.status_class(code), t.status.value)
+    counter = _requests.get(labels)
+    if counter is None:  # label children are looked up once, not on every request
+        counter = _requests[labels] = metrics.REQUESTS.labels(*labels)
+    counter.inc()
     if resp is not None:
         first_byte(request)  # a whole Response is sent right after this: its head leaves now
     record: dict[str, Any] = {
