@@ -39,6 +39,8 @@ CACHED_METHODS = frozenset({"GET", "HEAD"})
 
 
 def error_response(status: int, reason: str) -> web.Response:
+    # One short line: an origin's garbage quoted in an error message must not reach the client at length.
+    reason = reason.splitlines()[0][:200] if reason else "error"
     return web.Response(
         status=status,
         text=reason + "\n",

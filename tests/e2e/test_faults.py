@@ -86,7 +86,7 @@ async def test_more_bytes_than_content_length_are_never_served(edge: Edge, origi
     # Either the announced 1000 bytes exactly, or a refusal: never the 500 extra bytes.
     assert (status, body) in ((200, b"x" * 1000), (502, body))
     assert body is not None
-    assert b"x" * 1001 not in body
+    assert len(body) <= 1000
     origin.on_request = None
     origin.put("/longer", b"y" * 1000, etag='"l2"')
     assert (await fetch(edge, "/longer"))[1] in (b"x" * 1000, b"y" * 1000)
