@@ -1,11 +1,15 @@
-"""The memory tier: hot slices in this process, never more than its byte budget. O(1) on the hot path."""
+"""The memory tier: hot slices in this process, never more than its byte budget. O(1) on the hot path.
+
+Runs on the event loop and never awaits, so it needs no lock: every method runs to completion before any other
+coroutine can look at the tier. The policy decides what to keep; this class only holds the values and counts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgecache.storage.policy import make_policy
+from edgecache.storage.policy import EvictionPolicy, make_policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,15 +19,18 @@ class MemoryStats:
     objects: int
     hits: int
     misses: int
-    evictions: int
+    evictions: int  # values dropped to make room (not deletes, not replacements)
     admissions: int
-    rejections: int
+    rejections: int  # puts refused: the value is over the tier's largest item size
 
 
 class MemoryTier:
-    def __init__(self, budget_bytes: int, policy: str = "s3fifo") -> None:
+    def __init__(self, budget_bytes: int, policy: str = "s3fifo", *, max_item_fraction: float = 1 / 8) -> None:
         self.budget_bytes = budget_bytes
-        self._policy = make_policy(policy, budget_bytes)
+        self._policy_name = policy
+        self._max_item_fraction = max_item_fraction
+        self._policy: EvictionPolicy = make_policy(policy, budget_bytes, max_item_fraction)
+        # Same keys as the policy at all times; the policy's used_bytes is the sum of these lengths.
         self._values: dict[str, bytes] = {}
         self.hits = self.misses = self.evictions = self.admissions = self.rejections = 0
 
@@ -36,17 +43,19 @@ class MemoryTier:
         self._policy.touch(key)
         return value
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._values
-
     def put(self, key: str, value: bytes) -> bool:
+        """Store `value` under `key`; False if refused. A refused replacement drops the old value too: the caller
+        meant to replace it, so serving the old bytes afterwards would be wrong."""
         self._values.pop(key, None)
         dropped = self._policy.admit(key, len(value))
+        stored = True
         for k in dropped:
-            if k != key:
-                self._values.pop(k, None)
+            if k == key:
+                stored = False
+            else:
+                del self._values[k]
                 self.evictions += 1
-        if key in dropped:
+        if not stored:
             self.rejections += 1
             return False
         self._values[key] = value
@@ -58,14 +67,16 @@ class MemoryTier:
             self._policy.remove(key)
 
     def delete_where(self, pred: Callable[[str], bool]) -> int:
+        """Delete every key for which `pred` is true (purges by prefix); O(n), so not for the hot path."""
         doomed = [k for k in self._values if pred(k)]
         for k in doomed:
             self.delete(k)
         return len(doomed)
 
     def clear(self) -> None:
-        for k in list(self._values):
-            self.delete(k)
+        # A fresh policy also forgets the ghost: after a clear nothing should count as "seen recently".
+        self._values.clear()
+        self._policy = make_policy(self._policy_name, self.budget_bytes, self._max_item_fraction)
 
     def stats(self) -> MemoryStats:
         return MemoryStats(
@@ -78,3 +89,10 @@ class MemoryTier:
             admissions=self.admissions,
             rejections=self.rejections,
         )
+
+    def __contains__(self, key: object) -> bool:
+        # No touch: a presence check (which slices are missing?) is not a hit.
+        return key in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
