@@ -103,13 +103,25 @@ async def _probe(m: Member, session: aiohttp.ClientSession, limits: aiohttp.Clie
         if m.admin:
             async with session.get(f"http://{m.admin}/healthz", timeout=limits) as r:
                 return r.status == 200
-        host, _, port = m.address.rpartition(":")
-        async with asyncio.timeout(limits.total or 1.0):
-            _, writer = await asyncio.open_connection(host, int(port))
-        writer.close()
-        return True
+        return await _connects(m.address, limits.total or 1.0)
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
         return False
+
+
+async def _connects(address: str, seconds: float) -> bool:
+    """A TCP connect to the peer's client port, on a socket closed whatever happens (even a cancellation)."""
+    host, _, port = address.rpartition(":")
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(seconds):
+            await loop.sock_connect(sock, sockaddr)
+        return True
+    finally:
+        sock.close()
 
 
 def _address(sockaddr: tuple[object, ...]) -> str:

@@ -64,14 +64,24 @@ class Engine:
         self.slice_size = slice_size
         self.fill_slices = fill_slices
         self.fills = FillRegistry()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled at close
+        self._writes: set[asyncio.Task[None]] = set()  # disk writes of complete slices: finished at close
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[None]] | None = None) -> None:
+        group = self._tasks if tasks is None else tasks
         task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        group.add(task)
+        task.add_done_callback(group.discard)
+
+    async def flush(self) -> None:
+        """Until every slice received so far is written to the disk tier."""
+        while self._writes:
+            await asyncio.wait(list(self._writes))
 
     async def close(self) -> None:
+        # A slice already received is worth keeping: let its disk write finish (bounded), then stop the fills.
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=10)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -243,7 +253,7 @@ class Engine:
         def on_complete(index: int, data: bytes) -> None:
             if commit_now:
                 self.store.put_slice_memory(req.entry_key, version, index, data)
-                self._spawn(self._write_slice(fill, req.entry_key, version, index, data))
+                self._spawn(self._write_slice(fill, req.entry_key, version, index, data), self._writes)
             elif head.shared:
                 held.append((index, data))
 

@@ -245,7 +245,8 @@ class EdgeHandler:
                     source="peer",
                 )
             except OriginError as exc:
-                if not exc.connect:
+                refused = "ClientConnectorError" in exc.reason or "ConnectionRefused" in exc.reason
+                if not exc.connect or not (refused or request.method in ("GET", "HEAD")):
                     metrics.PEER_ERRORS.labels(member.id, "forward").inc()
                     raise
                 metrics.PEER_ERRORS.labels(member.id, "connect").inc()

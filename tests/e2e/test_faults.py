@@ -97,6 +97,7 @@ async def test_disk_files_corrupted_or_deleted_underneath(origin: Origin, tmp_pa
     cfg = make_config(tmp_path / "c", [origin.url], memory_bytes=MiB // 2)  # slices live on disk only
     async with start_edge(cfg) as edge:
         assert (await fetch(edge, "/d.bin"))[1] == DATA
+        await edge.node.engine.flush()  # every slice is on disk before it is damaged
         files = sorted(p for p in (tmp_path / "c").rglob("*.val"))
         assert len(files) == 3  # three slices, one file each
         files[0].write_bytes(files[0].read_bytes()[:1000])  # truncated underneath
