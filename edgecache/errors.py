@@ -19,12 +19,21 @@ class ClientError(EdgecacheError):
 class OriginError(EdgecacheError):
     """The origin failed us: connection refused, timeout, a malformed or inconsistent response."""
 
-    def __init__(self, reason: str, *, retryable: bool = True, timeout: bool = False, connect: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool = True,
+        timeout: bool = False,
+        connect: bool = False,
+        refused: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.timeout = timeout
-        self.connect = connect  # nothing was sent: safe to try elsewhere whatever the method
+        self.connect = connect  # no response came: an idempotent request may go elsewhere
+        self.refused = refused  # the connection itself was refused: nothing was sent, whatever the method
 
 
 class VersionChanged(OriginError):

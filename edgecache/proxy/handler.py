@@ -245,8 +245,7 @@ class EdgeHandler:
                     source="peer",
                 )
             except OriginError as exc:
-                refused = "ClientConnectorError" in exc.reason or "ConnectionRefused" in exc.reason
-                if not exc.connect or not (refused or request.method in ("GET", "HEAD")):
+                if not exc.connect or not (exc.refused or request.method in ("GET", "HEAD")):
                     metrics.PEER_ERRORS.labels(member.id, "forward").inc()
                     raise
                 metrics.PEER_ERRORS.labels(member.id, "connect").inc()

@@ -97,7 +97,8 @@ class OriginClient:
                 metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
                 # No response came: the peer refused, or a pooled connection to it was found dead. Nothing reached
                 # the client, so an idempotent request may go elsewhere.
-                last_error = OriginError(f"{base}: {exc.__class__.__name__}: {exc}", connect=True)
+                refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
+                last_error = OriginError(f"{base}: {exc.__class__.__name__}: {exc}", connect=True, refused=refused)
                 log.info("origin %s failed: %s", base, exc)
                 continue
             metrics.ORIGIN_LATENCY.labels(site.name).observe(time.monotonic() - started)
