@@ -32,6 +32,7 @@ COLLAPSED = Counter("edgecache_collapsed_waits_total", "Requests that joined ano
 MISSES = Counter("edgecache_misses_total", "Cache misses by cause", ["cause"])
 FILLS = Counter("edgecache_fills_total", "Origin fetches started to fill the cache")
 MEMORY_BYTES = Gauge("edgecache_memory_tier_bytes", "Bytes held by the memory tier", multiprocess_mode="livesum")
+MEMORY_BUDGET = Gauge("edgecache_memory_tier_budget_bytes", "Memory tier byte budget", multiprocess_mode="livesum")
 MEMORY_OBJECTS = Gauge("edgecache_memory_tier_objects", "Slices held by the memory tier", multiprocess_mode="livesum")
 MEMORY_EVICTIONS = Counter("edgecache_memory_tier_evictions_total", "Slices evicted from the memory tier")
 MEMORY_ADMISSIONS = Counter("edgecache_memory_tier_admissions_total", "Slices admitted to the memory tier")

@@ -91,6 +91,7 @@ async def _sample_stats(store: Store) -> None:
 
     last_evictions = last_admissions = 0
     metrics.DISK_BUDGET.set(store.disk.budget_bytes)
+    metrics.MEMORY_BUDGET.set(store.memory.budget_bytes)
     while True:
         s = store.memory.stats()
         metrics.MEMORY_BYTES.set(s.used_bytes)

@@ -83,7 +83,8 @@ class EdgeHandler:
         except OriginError as exc:
             log.info("%s %s: origin failed: %s", request.method, request.path, exc)
             observe.mark(request, CacheStatus.ERROR)
-            metrics.ORIGIN_ERRORS.labels(observe.trace(request).site, "timeout" if exc.timeout else "failed").inc()
+            if not (exc.timeout or exc.connect):  # those were counted where they happened (origin client)
+                metrics.ORIGIN_ERRORS.labels(observe.trace(request).site, "failed").inc()
             return error_response(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
 
     def _route(self, request: web.BaseRequest) -> tuple[Site, str, CacheKey]:
