@@ -33,6 +33,7 @@ class Store:
         self.disk = disk
         self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
         self._records: OrderedDict[str, PrimaryRecord] = OrderedDict()
+        self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
         self.purges = PurgeTable()
         self._meta_entries = meta_entries
 
@@ -143,7 +144,10 @@ class Store:
     # --- slices ----------------------------------------------------------------------------------------------
 
     def slice_from_memory(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
-        return self.memory.get(slice_name(entry_key, meta.slice_version, index))
+        name = slice_name(entry_key, meta.slice_version, index)
+        data = self.memory.get(name)
+        # A slice on its way to disk (and not admitted to memory) is still here: never fetched twice meanwhile.
+        return data if data is not None else self._writing.get(name)
 
     async def slice_from_disk(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
         name = slice_name(entry_key, meta.slice_version, index)
@@ -169,7 +173,8 @@ class Store:
     async def missing(self, entry_key: str, meta: ObjectMeta, indices: list[int]) -> list[int]:
         """Which of `indices` are in neither tier (one disk round trip for all of them)."""
         names = [slice_name(entry_key, meta.slice_version, i) for i in indices]
-        not_in_memory = [(i, n) for i, n in zip(indices, names, strict=True) if n not in self.memory]
+        held = [(i, n) for i, n in zip(indices, names, strict=True)]
+        not_in_memory = [(i, n) for i, n in held if n not in self.memory and n not in self._writing]
         if not not_in_memory:
             return []
         try:
@@ -182,8 +187,12 @@ class Store:
         self.memory.put(slice_name(entry_key, version, index), data)
 
     async def put_slice_disk(self, entry_key: str, version: str, index: int, data: bytes) -> bool:
+        name = slice_name(entry_key, version, index)
+        self._writing[name] = data
         try:
-            return await self.disk.put(slice_name(entry_key, version, index), data)
+            return await self.disk.put(name, data)
         except StorageError as exc:
             log.warning("slice write failed (the node keeps serving from origin): %s", exc)
             return False
+        finally:
+            self._writing.pop(name, None)
