@@ -50,8 +50,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _prefetch(args: argparse.Namespace) -> int:
-    import json
-    import os
 
     config = cfg.load(args.config or DEFAULT_CONFIG)
     host = None
@@ -72,13 +70,21 @@ def _prefetch(args: argparse.Namespace) -> int:
     if args.window:
         start, _, end = args.window.partition("-")
         body["window"] = {"start": start, "end": end}
+    return _call_admin(config, "/prefetch", body, args.token, expect=202)
+
+
+def _call_admin(config: cfg.Config, path: str, body: dict[str, object], token: str | None, expect: int) -> int:
+    """POST to the admin API, print its JSON answer; exit status 0 when it answered `expect`."""
+    import json
+    import os
+
     try:
-        status, answer = _admin_post(config, "/prefetch", body, args.token or os.environ.get("EDGECACHE_TOKEN"))
+        status, answer = _admin_post(config, path, body, token or os.environ.get("EDGECACHE_TOKEN"))
     except OSError as exc:
         print(f"cannot reach the admin listener {config.admin}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2))
-    return 0 if status == 202 else 1
+    return 0 if status == expect else 1
 
 
 def _admin_post(config: cfg.Config, path: str, body: dict[str, object], token: str | None) -> tuple[int, object]:
@@ -102,8 +108,6 @@ def _admin_post(config: cfg.Config, path: str, body: dict[str, object], token: s
 
 
 def _purge(args: argparse.Namespace) -> int:
-    import json
-    import os
 
     config = cfg.load(args.config or DEFAULT_CONFIG)
     body: dict[str, object] = {"soft": args.soft}
@@ -113,13 +117,7 @@ def _purge(args: argparse.Namespace) -> int:
         body["prefix"] = args.prefix
     else:
         body["site"] = args.site
-    try:
-        status, answer = _admin_post(config, "/purge", body, args.token or os.environ.get("EDGECACHE_TOKEN"))
-    except OSError as exc:
-        print(f"cannot reach the admin listener {config.admin}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(answer, indent=2))
-    return 0 if status == 200 else 1
+    return _call_admin(config, "/purge", body, args.token, expect=200)
 
 
 def _ring(args: argparse.Namespace) -> int:
