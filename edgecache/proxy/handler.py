@@ -128,6 +128,8 @@ class EdgeHandler:
             host_key=host,
             path=key.path,
         )
+        if "failover" in request.headers.get(HOP, ""):
+            observe.trace(request).failover = True
         if self.cluster is not None and HOP not in request.headers:
             forwarded = await self._to_owner(request, req)
             if forwarded is not None:
@@ -167,7 +169,7 @@ class EdgeHandler:
                     self._revalidate_in_background(req, meta)
                     return await self._serve(request, req, meta, CacheStatus.STALE)
             elif meta is None:
-                metrics.MISSES.labels("cold").inc()
+                metrics.MISSES.labels("peer-down" if observe.trace(request).failover else "cold").inc()
             if meta is not None:
                 metrics.MISSES.labels("expired").inc()
             elif parse_cache_control(req.headers).only_if_cached:
@@ -232,9 +234,14 @@ class EdgeHandler:
         that briefly disagree about who is up cannot bounce it between them.
         """
         assert self.cluster is not None
+        first = self.cluster.ring.owner(req.primary)
         for member in self.cluster.route(req.primary):
+            # Not the first owner: it is down, and a miss here is a "peer down" miss, not a cold one.
+            failover = first is not None and member.id != first.id
             if member.id == self.cluster.self_id:
+                observe.trace(request).failover = failover
                 return None
+            hop = f"{self.cluster.self_id}; failover" if failover else self.cluster.self_id
             peer = replace(req.site, origins=(f"http://{member.address}",), origin_host=None)
             try:
                 resp = await pass_through(
@@ -242,7 +249,7 @@ class EdgeHandler:
                     self.engine.origin,
                     replace(req, site=peer),
                     CacheStatus.PEER,
-                    extra=((HOP, self.cluster.self_id),),
+                    extra=((HOP, hop),),
                     source="peer",
                 )
             except OriginError as exc:

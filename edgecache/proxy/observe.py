@@ -31,6 +31,7 @@ class Trace:
     status: CacheStatus = CacheStatus.ERROR
     origin_ms: float | None = None
     ttfb: float | None = None
+    failover: bool = False  # served by a later owner because the first one is down
     body_bytes: int | None = None  # counted by streaming writers; None: a small body of known length
 
 
