@@ -1,10 +1,19 @@
-"""Cache-Control (RFC 9111 5.2) and Pragma, parsed once into a frozen value. Never raises on input."""
+"""Cache-Control (RFC 9111 5.2) and Pragma, parsed once into a frozen value. Never raises on input.
+
+Choices where RFC 9111 lets a cache choose (4.2.1, "either the first occurrence should be used or the response
+should be considered stale"; invalid freshness information is "encouraged" to mean stale):
+- a max-age whose argument is not a non-negative integer is kept as max_age=0 (stale), so it still overrides
+  Expires; other invalid delta directives are dropped and listed in `invalid` (freshness.py reads s-maxage there);
+- repeated delta directives keep the smallest value (the most restrictive), whatever their order;
+- repeated qualified no-cache="..." / private="..." accumulate their field names.
+Directive names are case-insensitive; arguments may be quoted (5.2: senders should not quote, recipients accept).
+"""
 
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edgecache.core.headers import Headers, get_all, list_values, split_list
 
@@ -32,7 +41,7 @@ class CacheControl:
     max_stale_any: bool = False
     min_fresh: int | None = None
     only_if_cached: bool = False
-    invalid: tuple[str, ...] = field(default=())  # directives whose argument was unusable
+    invalid: tuple[str, ...] = ()  # delta directives whose argument was unusable
 
 
 def _delta(value: str | None) -> int | None:
@@ -44,7 +53,9 @@ def _delta(value: str | None) -> int | None:
         v = v[1:-1]
     if not v.isdigit() or not v.isascii():
         return None
-    return min(int(v), DELTA_MAX)
+    # Compare lengths before int(): Python refuses to convert strings of over 4300 digits (ValueError).
+    v = v.lstrip("0") or "0"
+    return DELTA_MAX if len(v) > 10 else min(int(v), DELTA_MAX)
 
 
 def _fields(value: str | None) -> tuple[str, ...]:
@@ -61,6 +72,7 @@ _DELTAS = {
     "stale-if-error": "stale_if_error",
     "min-fresh": "min_fresh",
 }
+_ALL_DELTAS = {**_DELTAS, "max-stale": "max_stale"}  # max-stale may also come bare (handled before)
 _FLAGS = {
     "no-store": "no_store",
     "public": "public",
@@ -74,6 +86,7 @@ _FLAGS = {
 
 
 def parse_cache_control(headers: Headers, field: str = "cache-control") -> CacheControl:
+    """Every field line of `field` (Cache-Control, or a targeted field such as CDN-Cache-Control), combined."""
     return _parse(tuple(get_all(headers, field)))
 
 
@@ -84,38 +97,38 @@ def _parse(lines: tuple[str, ...]) -> CacheControl:
     for item in (member for line in lines for member in split_list(line)):
         name, eq, arg = item.partition("=")
         name = name.strip().lower()
-        argument = arg if eq else None
-        if name in _DELTAS:
-            delta = _delta(argument)
-            attr = _DELTAS[name]
-            if delta is None:
-                invalid.append(name)
-                if name == "max-age":
-                    values["max_age"] = 0  # an unusable max-age makes the response stale (4.2.1)
-                continue
-            prior = values.get(attr)
-            # Conflicting duplicates: the most restrictive (smallest) value wins.
-            values[attr] = delta if not isinstance(prior, int) else min(prior, delta)
-        elif name in _FLAGS:
-            values[_FLAGS[name]] = True
-        elif name == "no-cache":
-            if argument is not None and _fields(argument):
-                values["no_cache_fields"] = _fields(argument)
-            else:
-                values["no_cache"] = True
-        elif name == "private":
-            if argument is not None and _fields(argument):
-                values["private_fields"] = _fields(argument)
-            else:
-                values["private"] = True
-        elif name == "max-stale":
-            if argument is None:
-                values["max_stale_any"] = True
-            elif (d := _delta(argument)) is not None:
-                values["max_stale"] = d
-            else:
-                invalid.append(name)
+        if not _apply(values, name, arg if eq else None):
+            invalid.append(name)
     return CacheControl(**values, invalid=tuple(invalid))  # type: ignore[arg-type]
+
+
+def _apply(values: dict[str, object], name: str, argument: str | None) -> bool:
+    """Record one directive in `values`; False when its argument is unusable. Unknown directives are ignored (5.2.3)."""
+    if name in _FLAGS:
+        values[_FLAGS[name]] = True
+    elif name in ("no-cache", "private"):
+        # Qualified forms (5.2.2.4, 5.2.2.7) name fields; an empty or absent list is the unqualified directive.
+        attr = name.replace("-", "_")
+        named = _fields(argument)
+        if named:
+            prior = values.get(f"{attr}_fields")
+            values[f"{attr}_fields"] = tuple(sorted({*named, *(prior if isinstance(prior, tuple) else ())}))
+        else:
+            values[attr] = True
+    elif name == "max-stale" and argument is None:
+        values["max_stale_any"] = True  # 5.2.1.2: no argument, any staleness
+    elif name in _ALL_DELTAS:
+        delta = _delta(argument)
+        if delta is None:
+            if name == "max-age":
+                values["max_age"] = 0  # an unusable max-age makes the response stale (4.2.1)
+            return False
+        attr = _ALL_DELTAS[name]
+        prior = values.get(attr)
+        # Conflicting duplicates: the most restrictive wins, the largest for min-fresh, the smallest otherwise.
+        pick = max if name == "min-fresh" else min
+        values[attr] = pick(prior, delta) if isinstance(prior, int) else delta
+    return True
 
 
 def parse_pragma_no_cache(headers: Headers) -> bool:

@@ -1,6 +1,14 @@
 """Shared-cache policy (RFC 9111, RFC 5861): may a response be stored, how long is it fresh, may it be reused.
 
 Pure functions of header tuples and times; `now` and the request/response times are always parameters.
+
+Choices where the RFCs let a shared cache choose:
+- only GET responses are stored: a HEAD response has no content to reuse for a later GET (RFC 9110 9.3.2);
+- several Expires lines, or an Expires or s-maxage that does not parse, mean already stale (RFC 9111 4.2.1, 5.3);
+- heuristic freshness (4.2.2) is policy.heuristic_fraction of Date - Last-Modified, capped at policy.heuristic_max;
+- Age: only the first member counts and an invalid one is ignored (5.1), numbers clamp to 2**31 (1.2.2);
+- stale content is never served beyond policy.max_stale_ceiling, whatever max-stale, SWR or SIE allow;
+- a 304 never updates Content-Length nor Content-Range (3.2).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from edgecache.core.httpdate import parse_http_date
 
 CACHEABLE_BY_DEFAULT = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 # Statuses whose semantics this cache understands (for must-understand, RFC 9111 5.2.2.3).
+# 206 and 304 are understood too (3), but 304s are merged (merge_304), never stored.
 UNDERSTOOD = CACHEABLE_BY_DEFAULT | {302, 303, 307, 400, 403, 500, 502, 503, 504}
 
 
@@ -34,6 +43,10 @@ class StoreDecision:
 
 
 http_date = parse_http_date
+GREATEST_AGE = 2**31  # RFC 9111 1.2.2
+
+# RFC 9111 3.1: fields specific to the proxy a cache forwards through; never stored, like hop-by-hop ones.
+_PROXY_FIELDS = frozenset({"proxy-authenticate", "proxy-authentication-info", "proxy-authorization"})
 
 
 def response_cc(resp: Headers) -> tuple[CacheControl, bool]:
@@ -53,30 +66,31 @@ def _explicit(cc: CacheControl, resp: Headers, targeted: bool) -> bool:
 
 def storable(method: str, status: int, req: Headers, resp: Headers, policy: Policy) -> StoreDecision:
     """RFC 9111 3 for a shared cache."""
-    if method not in ("GET", "HEAD"):
+    if method != "GET":  # 3: a method the cache understands and defined as cacheable; HEAD: see module doc
         return StoreDecision(False, "method")
-    if status < 200 or status == 304 or status >= 600:
+    if status < 200 or status == 304 or status >= 600:  # 3: final, and 304s update (4.3.4) instead of being stored
         return StoreDecision(False, "status")
     rcc = parse_cache_control(req)
     scc, targeted = response_cc(resp)
-    if scc.must_understand:
+    if scc.must_understand:  # 5.2.2.3: a cache that understands the status ignores no-store
         if status not in UNDERSTOOD:
             return StoreDecision(False, "must-understand")
     elif scc.no_store:
         return StoreDecision(False, "no-store")
     if rcc.no_store:
         return StoreDecision(False, "no-store")
-    if scc.private:
+    if scc.private:  # 5.2.2.7: unqualified private is for private caches only
         return StoreDecision(False, "private")
-    if get_first(req, "authorization") is not None and not (
+    if get_first(req, "authorization") is not None and not (  # 3.5
         scc.public or scc.s_maxage is not None or scc.must_revalidate
     ):
         return StoreDecision(False, "authorization")
-    if "*" in list_values(resp, "vary"):
+    if "*" in list_values(resp, "vary"):  # 4.1: Vary: * never matches a later request
         return StoreDecision(False, "vary-star")
     if get_first(resp, "set-cookie") is not None and not policy.store_set_cookie:
         return StoreDecision(False, "set-cookie")
-    if status in CACHEABLE_BY_DEFAULT or scc.public or _explicit(scc, resp, targeted) or scc.no_cache:
+    # 3: a heuristically cacheable status, public, or explicit freshness (Expires, max-age, s-maxage).
+    if status in CACHEABLE_BY_DEFAULT or scc.public or _explicit(scc, resp, targeted):
         return StoreDecision(True, "ok")
     return StoreDecision(False, "no-freshness")
 
@@ -95,7 +109,9 @@ def freshness_lifetime(resp: Headers, policy: Policy, status: int, response_time
 def _lifetime(
     cc: CacheControl, resp: Headers, policy: Policy, status: int, response_time: float | None, targeted: bool
 ) -> float:
-    if cc.s_maxage is not None:
+    if "s-maxage" in cc.invalid:
+        return 0.0  # 4.2.1: invalid freshness information is best taken as stale
+    if cc.s_maxage is not None:  # 5.2.2.10: s-maxage overrides max-age and Expires in a shared cache
         return float(cc.s_maxage)
     if cc.max_age is not None:
         return float(cc.max_age)
@@ -114,7 +130,11 @@ def _lifetime(
 
 
 def current_age(resp: Headers, request_time: float, response_time: float, now: float) -> float:
-    """RFC 9111 4.2.3."""
+    """RFC 9111 4.2.3; a missing or invalid Date gives apparent_age 0 (as if Date were response_time).
+
+    response_delay and resident_time are floored at 0: they only go negative when a clock steps backwards, and
+    a cache must never make a response look younger than it is.
+    """
     age_value = parse_age(resp)
     date = http_date(get_first(resp, "date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
@@ -124,13 +144,17 @@ def current_age(resp: Headers, request_time: float, response_time: float, now: f
 
 
 def parse_age(resp: Headers) -> int:
-    """The first Age value (RFC 9111 5.1: a list is invalid; its first member is the safer reading, as it
-    makes a response older, never younger). Non-numeric, negative or fractional values are ignored."""
+    """RFC 9111 5.1: Age is a singleton; of a list (or repeated lines) only the first member counts, and when that
+    is not a non-negative integer the field is ignored (0). A parameter after ";" is dropped."""
     values = list_values(resp, "age")
     if not values:
         return 0
     first = values[0].split(";", 1)[0].strip()
-    return min(int(first), 2**31) if first.isdigit() and first.isascii() else 0
+    if not (first.isdigit() and first.isascii()):
+        return 0
+    # Compare lengths before int(): Python refuses to convert strings of over 4300 digits (ValueError).
+    first = first.lstrip("0") or "0"
+    return GREATEST_AGE if len(first) > 10 else min(int(first), GREATEST_AGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +187,9 @@ class Use(StrEnum):
 
 
 def _must_revalidate_when_stale(scc: CacheControl) -> bool:
-    # s-maxage implies proxy-revalidate for shared caches (5.2.2.10).
-    return scc.must_revalidate or scc.proxy_revalidate or scc.s_maxage is not None
+    # 4.2.4: never served stale against these. s-maxage implies proxy-revalidate for shared caches (5.2.2.10),
+    # and one that did not parse still says the origin meant shared caches to revalidate.
+    return scc.must_revalidate or scc.proxy_revalidate or scc.s_maxage is not None or "s-maxage" in scc.invalid
 
 
 def usable(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> Use:
@@ -191,28 +216,46 @@ def usable(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> Use
 def stale_if_error_allows(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> bool:
     """RFC 5861 4: serve stale on an origin error within the stale-if-error window (request or response)."""
     rcc, (scc, _) = parse_cache_control(req), response_cc(resp)
+    # RFC 5861 4 defers to RFC 9111 4.2.4: no stale copy against must-revalidate & co. (the caller answers 504)
+    # nor against no-cache.
     if _must_revalidate_when_stale(scc) or scc.no_cache or fresh.staleness > policy.max_stale_ceiling:
         return False
     windows = [w for w in (scc.stale_if_error, rcc.stale_if_error) if w is not None]
     return any(fresh.staleness <= w for w in windows)
 
 
-_NOT_UPDATED = frozenset({"content-length"})
+# RFC 9111 3.2: Content-Length is never updated from a 304; Content-Range "MAY be ignored" and is, because the
+# stored copy's own range (or none) is what its bytes are.
+_NOT_UPDATED = frozenset({"content-length", "content-range"})
+
+
+def _never_stored(resp: Headers) -> frozenset[str]:
+    """RFC 9111 3.1: hop-by-hop and Connection-named fields, proxy fields, and those named by a qualified
+    no-cache="..." (5.2.2.4) or private="..." (5.2.2.7), in Cache-Control or CDN-Cache-Control."""
+    named: set[str] = set()
+    for cc in (parse_cache_control(resp), parse_cache_control(resp, field="cdn-cache-control")):
+        named.update(cc.private_fields, cc.no_cache_fields)
+    return HOP_BY_HOP | _PROXY_FIELDS | connection_tokens(resp) | named
 
 
 def merge_304(stored: Headers, fresh304: Headers) -> Headers:
-    """RFC 9111 3.2: fields of the 304 replace the stored ones of the same name; Content-Length never."""
-    banned = HOP_BY_HOP | connection_tokens(fresh304) | _NOT_UPDATED
+    """RFC 9111 3.2 / 4.3.4: each field of the 304 replaces the stored lines of that name; the others stay.
+
+    Excepted: fields never stored (3.1) and Content-Length / Content-Range. Fields the merged directives now
+    name in no-cache="..." or private="..." go too. Set-Cookie is the caller's to strip (strip_for_storage).
+    """
+    banned = _never_stored(fresh304) | _NOT_UPDATED
     incoming = [(k, v) for k, v in fresh304 if k.lower() not in banned]
     replaced = {k.lower() for k, _ in incoming}
-    kept = [(k, v) for k, v in stored if k.lower() not in replaced]
-    return tuple(kept + incoming)
+    merged = tuple([(k, v) for k, v in stored if k.lower() not in replaced] + incoming)
+    dropped = _never_stored(merged)
+    return tuple((k, v) for k, v in merged if k.lower() not in dropped)
 
 
 def strip_for_storage(resp: Headers, policy: Policy) -> Headers:
-    """Fields never stored: hop-by-hop, those named in Connection, and private="..." fields (3.1, 5.2.2.7)."""
-    cc = parse_cache_control(resp)
-    banned = HOP_BY_HOP | connection_tokens(resp) | set(cc.private_fields) | set(cc.no_cache_fields)
+    """The fields a stored response keeps: all but those of 3.1 (see _never_stored), and Set-Cookie unless the
+    site stores it. Age stays: it feeds current_age (4.2.3)."""
+    banned = _never_stored(resp)
     if not policy.store_set_cookie:
         banned |= {"set-cookie"}
     return tuple((k, v) for k, v in resp if k.lower() not in banned)
