@@ -78,3 +78,19 @@ async def test_bad_targets_get_400(edge: Edge, origin: Origin) -> None:
         assert data.endswith(b"top"), (target, data)
     assert origin.hits["/secret"] == 1
     assert {s.path for s in origin.seen} == {"/secret"}
+
+
+async def test_unkeyed_headers_never_reach_the_origin(edge: Edge, origin: Origin) -> None:
+    origin.put("/page", b"p")
+    poison = {
+        "X-Forwarded-Host": "evil.test",
+        "X-Forwarded-Proto": "gopher",
+        "X-Original-URL": "/admin",
+        "X-Rewrite-URL": "/admin",
+        "X-HTTP-Method-Override": "DELETE",
+        "Forwarded": "host=evil.test",
+    }
+    assert (await edge.get("/page", **poison))[2] == b"p"
+    seen = {k.lower() for k in origin.seen[0].headers}
+    assert not seen & {k.lower() for k in poison}
+    assert origin.seen[0].headers["Host"] == "video.test"
