@@ -27,7 +27,7 @@ async def raw(edge: Edge, request: bytes) -> tuple[int, bytes]:
     data = await asyncio.wait_for(reader.read(65536), 10)
     writer.close()
     await writer.wait_closed()
-    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+    status = int(data.split(b" ", 2)[1]) if data.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")) else 0
     return status, data
 
 

@@ -1,0 +1,36 @@
+"""Hostile requests: smuggling shapes, oversized fields, invalid Host. A clear 4xx, nothing forwarded."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Edge
+from tests.e2e.test_routing import raw
+from tests.origin import Origin
+
+CASES = {
+    "content-length with transfer-encoding": (
+        b"POST /x HTTP/1.1\r\nHost: video.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: video.test\r\n\r\n"
+    ),
+    "duplicate content-length": (
+        b"POST /x HTTP/1.1\r\nHost: video.test\r\nContent-Length: 4\r\nContent-Length: 30\r\n\r\nabcd"
+    ),
+    "obs-fold": b"GET /x HTTP/1.1\r\nHost: video.test\r\nX-A: 1\r\n continued\r\n\r\n",
+    "space before colon": b"GET /x HTTP/1.1\r\nHost : video.test\r\n\r\n",
+    "oversized header": b"GET /x HTTP/1.1\r\nHost: video.test\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+    "oversized target": b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: video.test\r\n\r\n",
+    "two hosts": b"GET /x HTTP/1.1\r\nHost: video.test\r\nHost: evil.test\r\n\r\n",
+    "invalid host": b"GET /x HTTP/1.1\r\nHost: video.test/../evil\r\n\r\n",
+    "no host": b"GET /x HTTP/1.1\r\n\r\n",
+    "nul in header": b"GET /x HTTP/1.1\r\nHost: video.test\r\nX-A: a\x00b\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_hostile_request_is_refused_and_never_forwarded(edge: Edge, origin: Origin, name: str) -> None:
+    origin.put("/x", b"x")
+    status, data = await raw(edge, CASES[name])
+    assert 400 <= status < 500, (name, data[:200])
+    assert origin.hits["/smuggled"] == 0
+    assert origin.hits["/x"] == 0, name
