@@ -9,6 +9,7 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -40,6 +41,16 @@ class Site:
     key_query: tuple[str, ...] = ("*",)  # query parameters that are part of the key; "*" = all of them
     origin_host: str | None = None  # Host sent to origin; None = the client's Host
     policy: Policy = field(default_factory=Policy)  # the choices RFC 9111 leaves to a shared cache
+    allow: tuple[IPv4Network | IPv6Network, ...] = ()  # client subnets served (the ISP's customers); empty: all
+
+    def allows(self, client: str) -> bool:
+        if not self.allow:
+            return True
+        try:
+            address = ip_address(client)
+        except ValueError:
+            return False
+        return any(address in net for net in self.allow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +261,18 @@ def _origin(r: _Reader, doc: dict[str, Any]) -> OriginSettings:
     )
 
 
+def _networks(v: Any) -> tuple[IPv4Network | IPv6Network, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError('expected a list of subnets such as ["10.0.0.0/8", "2001:db8::/32"]')
+    nets = []
+    for x in v:
+        try:
+            nets.append(ip_network(x, strict=False))
+        except ValueError:
+            raise ValueError(f"{x!r} is not a subnet") from None
+    return tuple(nets)
+
+
 def _seconds(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
         raise ValueError("expected seconds (a number >= 0)")
@@ -386,7 +409,7 @@ def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
         if not isinstance(t, dict):
             r.problem(f"sites[{i}]", "expected a table")
             continue
-        r.unknown(t, p, {"name", "hosts", "origins", "key_query", "origin_host", "cache"})
+        r.unknown(t, p, {"name", "hosts", "origins", "key_query", "origin_host", "cache", "allow"})
         for req in ("name", "hosts", "origins"):
             if req not in t:
                 r.problem(f"{p}{req}", "is required")
@@ -397,6 +420,7 @@ def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
             key_query=r.get(t, p, "key_query", _str_list(_key_param), ("*",)),
             origin_host=r.get(t, p, "origin_host", lambda v: str(v) if v else None, None),
             policy=_policy(r, t, p),
+            allow=r.get(t, p, "allow", _networks, ()),
         )
         reported = "\n".join(r.problems)
         if "hosts" in t and not site.hosts and f"{p}hosts:" not in reported:

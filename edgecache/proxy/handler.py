@@ -106,6 +106,9 @@ class EdgeHandler:
         if site is None:
             raise ClientError(421, f"no site is configured for host {host!r}")
         observe.trace(request).site = site.name
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if site.allow and (peer is None or not site.allows(str(peer[0]))):
+            raise ClientError(403, f"this address may not use site {site.name!r}")
         try:
             return site, host, make_key(site.name, host, target, site.key_query)
         except BadTarget as exc:

@@ -67,3 +67,18 @@ async def test_set_cookie_responses_are_not_stored_by_default(origin: Origin, tm
             assert headers["Set-Cookie"] == "session=secret"  # forwarded to its own client, never stored
             assert 'detail="set-cookie"' in headers["Cache-Status"]
         assert origin.hits["/cookie"] == 2
+
+
+async def test_client_subnet_acl(origin: Origin, tmp_path: Path) -> None:
+    from ipaddress import ip_network
+
+    origin.put("/acl", b"a")
+    cfg = make_config(tmp_path / "c", [origin.url])
+    for allow, status in (((ip_network("10.0.0.0/8"),), 403), ((ip_network("127.0.0.0/8"),), 200)):
+        site = replace(cfg.sites[0], allow=allow)
+        async with start_edge(replace(cfg, sites=(site,))) as edge:
+            got, _, body = await edge.get("/acl")
+            assert got == status
+            if status == 403:
+                assert body == b"this address may not use site 'videos'\n"
+    assert origin.hits["/acl"] == 1  # the refused client never caused an origin request

@@ -1,0 +1,60 @@
+"""Config validation: every problem named by file, key and what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgecache.config import build, parse_size
+from edgecache.errors import ConfigError
+
+SITE = {"name": "v", "hosts": ["video.test"], "origins": ["http://10.0.0.1:8080"]}
+
+
+def problems(doc: dict[str, object]) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        build(doc, "f.toml", Path("/etc/edgecache"))
+    return exc.value.problems
+
+
+def test_sizes() -> None:
+    assert parse_size("1MiB") == 2**20
+    assert parse_size("1MB") == 10**6
+    assert parse_size("4k") == 4096
+    assert parse_size(12) == 12
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size("lots")
+
+
+def test_site_acl_and_tokens() -> None:
+    cfg = build({"sites": [{**SITE, "allow": ["10.0.0.0/8", "2001:db8::/32"]}]}, "f.toml", Path("/x"))
+    assert cfg.sites[0].allows("10.1.2.3")
+    assert cfg.sites[0].allows("2001:db8::1")
+    assert not cfg.sites[0].allows("192.168.1.1")
+    assert not cfg.sites[0].allows("not-an-ip")
+    assert problems({"sites": [{**SITE, "allow": ["10.0.0.0/33"]}]}) == [
+        "f.toml: sites[0].allow: '10.0.0.0/33' is not a subnet"
+    ]
+    bad_tokens = {
+        "sites": [SITE],
+        "admin": {"tokens": [{"name": "p", "token": "short", "sites": ["nope"]}, {"name": "q", "role": "x"}]},
+    }
+    assert problems(bad_tokens) == [
+        "f.toml: admin.tokens[0].token: must be at least 16 characters",
+        "f.toml: admin.tokens[1].token: give exactly one of token and token_file",
+        "f.toml: admin.tokens[1].role: must be 'operator' or 'provider'",
+        "f.toml: admin.tokens[0].sites: 'nope' is not a configured site",
+    ]
+
+
+def test_cluster_problems() -> None:
+    doc = {
+        "sites": [SITE],
+        "cluster": {"self": "n9", "nodes": [{"id": "n1", "address": "127.0.0.1:1"}, {"id": "n1", "address": "x"}]},
+    }
+    assert problems(doc) == [
+        "f.toml: cluster.nodes[1].address: expected HOST:PORT such as 127.0.0.1:8080",
+        "f.toml: cluster.nodes: node ids must be unique",
+        "f.toml: cluster.self: 'n9' is not one of the nodes",
+    ]
