@@ -103,6 +103,7 @@ class Config:
     origin: OriginSettings
     sites: tuple[Site, ...]
     workers: int = 1
+    client_write_timeout: float = 60.0  # a client that takes no bytes for this long loses its connection
     demo_origin: Listen | None = None
     admin: Listen | None = None  # the admin listener (metrics, health, APIs); keep it on a private address
     access_log: Path | None = None
@@ -440,13 +441,14 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     r = _Reader(source)
     r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo", "admin", "log", "cluster"})
     server = r.table(doc, "server")
-    r.unknown(server, "server.", {"listen", "workers"})
+    r.unknown(server, "server.", {"listen", "workers", "client_write_timeout"})
     listen: tuple[Listen, ...] = r.get(
         server, "server.", "listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
     )
     if not listen:
         listen = (Listen("127.0.0.1", 8080),)
     workers = r.get(server, "server.", "workers", _positive(int), 1)
+    write_timeout = r.get(server, "server.", "client_write_timeout", _positive(float), 60.0)
     demo = r.table(doc, "demo")
     r.unknown(demo, "demo.", {"origin"})
     demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
@@ -462,6 +464,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         origin=_origin(r, doc),
         sites=_sites(r, doc),
         workers=workers,
+        client_write_timeout=write_timeout,
         demo_origin=demo_origin,
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
         access_log=access if access is None or access.is_absolute() else base / access,

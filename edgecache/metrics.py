@@ -68,3 +68,4 @@ PURGES = Counter("edgecache_purges_total", "Purges applied on this node", ["kind
 PREFETCH_JOBS = Gauge("edgecache_prefetch_jobs", "Prefetch jobs by state", ["state"], multiprocess_mode="max")
 PREFETCH_URLS = Counter("edgecache_prefetch_urls_total", "Prefetch URLs finished, by outcome", ["outcome"])
 PREFETCH_BYTES = Counter("edgecache_prefetch_bytes_total", "Body bytes read by prefetch jobs")
+SLOW_CLIENTS = Counter("edgecache_slow_client_disconnects_total", "Connections cut: the client stopped reading")

@@ -73,6 +73,7 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
             tasks.append(asyncio.ensure_future(follow_dns(cluster)))
     try:
         handler = EdgeHandler(config.sites, engine, access, cluster)
+        handler.write_timeout = config.client_write_timeout
         yield Node(config, origin, store, engine, handler, access, cluster)
     finally:
         for task in tasks:

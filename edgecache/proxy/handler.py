@@ -60,6 +60,7 @@ class EdgeHandler:
         self.engine = engine
         self.access = access or AccessLog(None)
         self.cluster = cluster
+        self.write_timeout = 60.0
 
     def reload(self, sites: tuple[Site, ...]) -> None:
         """New sites and policies for the requests that start from now on; requests in flight keep theirs."""
@@ -67,6 +68,7 @@ class EdgeHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         observe.start(request)
+        observe.WRITE_TIMEOUT.set(self.write_timeout)
         resp: web.StreamResponse | None = None
         try:
             resp = await self._answer(request)

@@ -6,6 +6,8 @@ turns the trace into counters and one log line after the response, away from the
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import itertools
 import os
 import time
@@ -85,6 +87,24 @@ def _body_bytes(request: web.BaseRequest, resp: web.StreamResponse | None, t: Tr
 def sent(request: web.BaseRequest, n: int) -> None:
     t = trace(request)
     t.body_bytes = (t.body_bytes or 0) + n
+
+
+# A client that stops reading holds a connection, not memory (writes wait for the socket to drain), but only
+# for this long: then the connection is cut. Set per server from the config.
+WRITE_TIMEOUT: contextvars.ContextVar[float] = contextvars.ContextVar("write_timeout", default=60.0)
+
+
+async def write(request: web.BaseRequest, resp: web.StreamResponse, chunk: bytes | memoryview) -> None:
+    """Send one chunk to a client that must take it within WRITE_TIMEOUT, or lose its connection."""
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT.get()):
+            await resp.write(chunk)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        metrics.SLOW_CLIENTS.inc()
+        raise ConnectionAbortedError("client did not read for the write timeout") from None
+    sent(request, len(chunk))
 
 
 def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog) -> None:

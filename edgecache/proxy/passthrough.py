@@ -65,8 +65,7 @@ async def pass_through(
         try:
             async for chunk in read_chunks(resp):
                 served.inc(len(chunk))
-                await out.write(chunk)
-                observe.sent(request, len(chunk))
+                await observe.write(request, out, chunk)
         except OriginError as exc:
             log.warning("aborting pass-through of %s: %s", request.path, exc)
             if request.transport is not None:

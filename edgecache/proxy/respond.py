@@ -183,11 +183,9 @@ async def _stream(request: web.BaseRequest, resp: web.StreamResponse, body: Body
     observe.first_byte(request)
     try:
         if first is not None:
-            await resp.write(first)
-            observe.sent(request, len(first))
+            await observe.write(request, resp, first)
         async for chunk in body:
-            await resp.write(chunk)
-            observe.sent(request, len(chunk))
+            await observe.write(request, resp, chunk)
     except OriginError as exc:
         log.warning("aborting response to %s after %d bytes: %s", request.path, resp.body_length, exc)
         if request.transport is not None:
