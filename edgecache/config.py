@@ -104,6 +104,7 @@ class Config:
     sites: tuple[Site, ...]
     workers: int = 1
     client_write_timeout: float = 60.0  # a client that takes no bytes for this long loses its connection
+    max_requests: int = 10_000  # requests in flight per worker before new ones get 503
     demo_origin: Listen | None = None
     admin: Listen | None = None  # the admin listener (metrics, health, APIs); keep it on a private address
     access_log: Path | None = None
@@ -441,7 +442,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     r = _Reader(source)
     r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo", "admin", "log", "cluster"})
     server = r.table(doc, "server")
-    r.unknown(server, "server.", {"listen", "workers", "client_write_timeout"})
+    r.unknown(server, "server.", {"listen", "workers", "client_write_timeout", "max_requests"})
     listen: tuple[Listen, ...] = r.get(
         server, "server.", "listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
     )
@@ -449,6 +450,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         listen = (Listen("127.0.0.1", 8080),)
     workers = r.get(server, "server.", "workers", _positive(int), 1)
     write_timeout = r.get(server, "server.", "client_write_timeout", _positive(float), 60.0)
+    max_requests = r.get(server, "server.", "max_requests", _positive(int), 10_000)
     demo = r.table(doc, "demo")
     r.unknown(demo, "demo.", {"origin"})
     demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
@@ -465,6 +467,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         sites=_sites(r, doc),
         workers=workers,
         client_write_timeout=write_timeout,
+        max_requests=max_requests,
         demo_origin=demo_origin,
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
         access_log=access if access is None or access.is_absolute() else base / access,

@@ -74,6 +74,7 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
     try:
         handler = EdgeHandler(config.sites, engine, access, cluster)
         handler.write_timeout = config.client_write_timeout
+        handler.max_in_flight = config.max_requests
         yield Node(config, origin, store, engine, handler, access, cluster)
     finally:
         for task in tasks:

@@ -35,3 +35,18 @@ async def test_client_that_never_reads_is_cut_and_others_are_served(
         writer.close()
         assert received < len(big_bytes)  # cut short, not completed
         assert origin.hits["/big"] == 1
+
+
+async def test_overload_answers_503_with_retry_after(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/held", b"h")
+    origin.gate = asyncio.Event()
+    cfg = replace(make_config(tmp_path / "c", [origin.url]), max_requests=2)
+    async with start_edge(cfg) as edge:
+        held = [asyncio.ensure_future(edge.get(f"/held?n={i}")) for i in range(2)]
+        await origin.wait_for_requests(2)  # both in flight, held at the origin
+        status, headers, body = await edge.get("/held?n=3")
+        assert (status, headers["Retry-After"], body) == (503, "1", b"overloaded: try again shortly\n")
+        origin.gate.set()
+        assert [r[0] for r in await asyncio.gather(*held)] == [200, 200]
+        assert (await edge.get("/held?n=4"))[0] == 200  # capacity is back
+        assert origin.hits["/held?n=3"] == 0
