@@ -105,6 +105,8 @@ class Config:
     workers: int = 1
     client_write_timeout: float = 60.0  # a client that takes no bytes for this long loses its connection
     max_requests: int = 10_000  # requests in flight per worker before new ones get 503
+    rate_limit: float | None = None  # requests per second per client address (429 past it); None: no limit
+    burst: float | None = None  # requests a client may make at once (default: one second's worth)
     demo_origin: Listen | None = None
     admin: Listen | None = None  # the admin listener (metrics, health, APIs); keep it on a private address
     access_log: Path | None = None
@@ -442,7 +444,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     r = _Reader(source)
     r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo", "admin", "log", "cluster"})
     server = r.table(doc, "server")
-    r.unknown(server, "server.", {"listen", "workers", "client_write_timeout", "max_requests"})
+    r.unknown(server, "server.", {"listen", "workers", "client_write_timeout", "max_requests", "rate_limit", "burst"})
     listen: tuple[Listen, ...] = r.get(
         server, "server.", "listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
     )
@@ -451,6 +453,8 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     workers = r.get(server, "server.", "workers", _positive(int), 1)
     write_timeout = r.get(server, "server.", "client_write_timeout", _positive(float), 60.0)
     max_requests = r.get(server, "server.", "max_requests", _positive(int), 10_000)
+    rate_limit = r.get(server, "server.", "rate_limit", _positive(float), None)
+    burst = r.get(server, "server.", "burst", _positive(float), None)
     demo = r.table(doc, "demo")
     r.unknown(demo, "demo.", {"origin"})
     demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
@@ -468,6 +472,8 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         workers=workers,
         client_write_timeout=write_timeout,
         max_requests=max_requests,
+        rate_limit=rate_limit,
+        burst=burst,
         demo_origin=demo_origin,
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
         access_log=access if access is None or access.is_absolute() else base / access,

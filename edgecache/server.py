@@ -20,6 +20,7 @@ from aiohttp import web
 from edgecache.accesslog import AccessLog
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
+from edgecache.core.ratelimit import RateLimiter
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
@@ -75,6 +76,8 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
         handler = EdgeHandler(config.sites, engine, access, cluster)
         handler.write_timeout = config.client_write_timeout
         handler.max_in_flight = config.max_requests
+        if config.rate_limit is not None:
+            handler.limiter = RateLimiter(config.rate_limit, config.burst or max(1.0, config.rate_limit))
         yield Node(config, origin, store, engine, handler, access, cluster)
     finally:
         for task in tasks:

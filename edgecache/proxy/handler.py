@@ -24,6 +24,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.freshness import Use, current_age, evaluate, stale_if_error_allows, usable
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keys import BadTarget, CacheKey, entry_key, make_key, variant
+from edgecache.core.ratelimit import RateLimiter
 from edgecache.core.route import Router, normalise_host
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import ClientError, OriginError, VersionChanged
@@ -41,11 +42,10 @@ CACHED_METHODS = frozenset({"GET", "HEAD"})
 def error_response(status: int, reason: str) -> web.Response:
     # One short line: an origin's garbage quoted in an error message must not reach the client at length.
     reason = reason.splitlines()[0][:200] if reason else "error"
-    return web.Response(
-        status=status,
-        text=reason + "\n",
-        headers={"Cache-Status": cache_status_header(CacheStatus.ERROR, detail=reason[:80].replace('"', "'"))},
-    )
+    headers = {"Cache-Status": cache_status_header(CacheStatus.ERROR, detail=reason[:80].replace('"', "'"))}
+    if status in (429, 503):
+        headers["Retry-After"] = "1"
+    return web.Response(status=status, text=reason + "\n", headers=headers)
 
 
 class EdgeHandler:
@@ -63,6 +63,7 @@ class EdgeHandler:
         self.write_timeout = 60.0
         self.max_in_flight = 10_000  # per worker; past it, new requests get 503 + Retry-After at once
         self.in_flight = 0
+        self.limiter: RateLimiter | None = None  # per client address, when configured
 
     def reload(self, sites: tuple[Site, ...]) -> None:
         """New sites and policies for the requests that start from now on; requests in flight keep theirs."""
@@ -76,7 +77,6 @@ class EdgeHandler:
             # Shed load before doing any work: a quick, honest answer instead of a slow collapse.
             observe.mark(request, CacheStatus.ERROR)
             resp = error_response(503, "overloaded: try again shortly")
-            resp.headers["Retry-After"] = "1"
             observe.finish(request, resp, self.access)
             return resp
         self.in_flight += 1
@@ -122,6 +122,8 @@ class EdgeHandler:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if site.allow and (peer is None or not site.allows(str(peer[0]))):
             raise ClientError(403, f"this address may not use site {site.name!r}")
+        if self.limiter is not None and not self.limiter.allow(str(peer[0]) if peer else "-", time.monotonic()):
+            raise ClientError(429, "too many requests from this address")
         try:
             return site, host, make_key(site.name, host, target, site.key_query)
         except BadTarget as exc:

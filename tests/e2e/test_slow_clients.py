@@ -50,3 +50,13 @@ async def test_overload_answers_503_with_retry_after(origin: Origin, tmp_path: P
         assert [r[0] for r in await asyncio.gather(*held)] == [200, 200]
         assert (await edge.get("/held?n=4"))[0] == 200  # capacity is back
         assert origin.hits["/held?n=3"] == 0
+
+
+async def test_per_client_rate_limit_answers_429(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/r", b"r")
+    cfg = replace(make_config(tmp_path / "c", [origin.url]), rate_limit=0.001, burst=3)
+    async with start_edge(cfg) as edge:
+        statuses = [(await edge.get("/r"))[0] for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429]
+        status, headers, body = await edge.get("/r")
+        assert (status, headers["Retry-After"], body) == (429, "1", b"too many requests from this address\n")
