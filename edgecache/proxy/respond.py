@@ -63,6 +63,9 @@ def plan(method: str, request: Headers, meta: ObjectMeta) -> tuple[int, ranges.R
 
 
 Body = AsyncIterator[bytes | memoryview]
+# Bodies up to this size, all in memory, go out as one buffer; larger ones stream, so a client that stops
+# reading holds at most a socket's worth of them and meets the write timeout.
+ONE_BUFFER_MAX = 256 * 1024
 
 
 # Gives the bytes first..last (inclusive) of the object being served.
@@ -112,7 +115,8 @@ async def send(
     if method == "HEAD" or last < first:
         await resp.prepare(request)
         return resp
-    if in_memory is not None and length_known and (body := in_memory(first, last)) is not None:
+    small = last - first + 1 <= ONE_BUFFER_MAX
+    if in_memory is not None and length_known and small and (body := in_memory(first, last)) is not None:
         whole = web.Response(status=status, body=body)
         for k, v in headers:
             whole.headers.add(k, v)
