@@ -154,10 +154,6 @@ def slice_bounds(index: int, slice_size: int, length: int) -> ByteRange:
     return ByteRange(first, min(first + slice_size, length) - 1)
 
 
-def aligned_request(first_index: int, last_index: int, slice_size: int) -> str:
-    return f"bytes={first_index * slice_size}-{(last_index + 1) * slice_size - 1}"
-
-
 @dataclass(frozen=True, slots=True)
 class ContentRange:
     first: int | None

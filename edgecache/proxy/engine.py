@@ -140,7 +140,7 @@ class Engine:
             # The response's own Vary decides where it is stored; those with other header values must not join.
             fill.entry_key = head.entry_key
             if head.shared:
-                self.fills.add(fill, count=False)
+                self.fills.add(fill)
             req = replace(req, entry_key=head.entry_key)
             primary = req.primary or req.entry_key.split("\n", 1)[0]
             keep = head.status == 304 or (head.store and head.meta.length >= 0)

@@ -205,7 +205,6 @@ class FillRegistry:
 
     def __init__(self) -> None:
         self._by_key: dict[str, list[Fill]] = {}
-        self.started = 0
 
     def find(self, entry_key: str, index: int) -> Fill | None:
         for fill in self._by_key.get(entry_key, ()):
@@ -213,9 +212,8 @@ class FillRegistry:
                 return fill
         return None
 
-    def add(self, fill: Fill, count: bool = True) -> None:
+    def add(self, fill: Fill) -> None:
         self._by_key.setdefault(fill.entry_key, []).append(fill)
-        self.started += count
 
     def remove(self, fill: Fill) -> None:
         fills = self._by_key.get(fill.entry_key)
