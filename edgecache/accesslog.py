@@ -28,6 +28,10 @@ class AccessLog:
             self._thread = threading.Thread(target=self._write_forever, name="access-log", daemon=True)
             self._thread.start()
 
+    @property
+    def enabled(self) -> bool:
+        return self._thread is not None
+
     def write(self, record: dict[str, Any]) -> None:
         if self._thread is not None:
             self._queue.put(json.dumps(record, separators=(",", ":"), ensure_ascii=False))

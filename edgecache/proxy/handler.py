@@ -334,6 +334,7 @@ class EdgeHandler:
         headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
         return await send(
             request,
+            req.headers,
             meta,
             headers,
             lambda f, last: self.engine.read_range(req, meta, f, last),
@@ -356,7 +357,8 @@ class EdgeHandler:
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cstatus)
         if head.shared and meta.length >= 0:
-            return await send(request, meta, headers, lambda f, last: self.engine.read_range(req, meta, f, last))
+            read = lambda f, last: self.engine.read_range(req, meta, f, last)  # noqa: E731
+            return await send(request, req.headers, meta, headers, read)
         if head.start != 0 or fill.last_index is not None:
             # An uncacheable answer to a ranged fill: ask again for exactly what the client wants.
             return await pass_through(request, self.engine.origin, req, status)

@@ -118,6 +118,8 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     counter.inc()
     if resp is not None:
         first_byte(request)  # a whole Response is sent right after this: its head leaves now
+    if not access.enabled:
+        return  # no log line to build
     record: dict[str, Any] = {
         "time": _now_iso(),
         "id": t.id,

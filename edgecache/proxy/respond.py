@@ -74,6 +74,7 @@ Reader = Callable[[int, int], Body]
 
 async def send(
     request: web.BaseRequest,
+    request_headers: Headers,
     meta: ObjectMeta,
     headers: list[tuple[str, str]],
     read: Reader,
@@ -86,7 +87,7 @@ async def send(
     buffer (head and body in one write), without the streaming machinery.
     """
     method = request.method
-    status, rng = plan(method, tuple(request.headers.items()), meta)
+    status, rng = plan(method, request_headers, meta)
     if status == 304:
         kept = [(k, v) for k, v in headers if k.lower() in NOT_MODIFIED_FIELDS or k in ("Via", "Age", "Cache-Status")]
         resp = _response(304, kept)
