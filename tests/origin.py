@@ -71,6 +71,8 @@ class Origin:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        if self.gate is not None:
+            self.gate.set()  # a test that failed while holding responses must not hold the shutdown too
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 
+from tests.e2e.procs import ROOT, free_port
 from tests.origin import Origin
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -62,12 +60,6 @@ def test_check_config_bad_toml(tmp_path: Path) -> None:
     r = run_cli("check-config", str(bad))
     assert r.returncode == 2
     assert r.stderr.startswith(f"{bad}: -: invalid TOML")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_serve_one_origin_mode_as_a_process(origin: Origin, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from edgecache import metrics
 from edgecache.config import ClusterSettings, Config, Listen
 from edgecache.core.ring import Member, Ring
 from tests.conftest import Edge, make_config, start_edge
-from tests.e2e.test_cli import free_port
+from tests.e2e.procs import free_port
 from tests.origin import Origin
 
 

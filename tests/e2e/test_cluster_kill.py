@@ -11,8 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from edgecache.core.ring import Member, Ring
-from tests.e2e.test_cli import ROOT, free_port
-from tests.e2e.test_operations import wait_listening
+from tests.e2e.procs import ROOT, free_port, wait_listening
 from tests.origin import Origin
 
 

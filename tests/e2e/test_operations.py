@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 
-from tests.e2e.test_cli import ROOT, free_port
+from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
-
-
-async def wait_listening(proc: asyncio.subprocess.Process, needle: bytes) -> None:
-    assert proc.stderr is not None
-    while True:
-        line = await asyncio.wait_for(proc.stderr.readline(), 30)
-        assert line, "edgecache exited early"
-        if needle in line:
-            return
-
-
-async def wait_lines(proc: asyncio.subprocess.Process, needles: dict[bytes, int]) -> None:
-    """Until each needle has appeared in as many log lines as asked, in whatever order the processes wrote."""
-    assert proc.stderr is not None
-    left = dict(needles)
-    while any(n > 0 for n in left.values()):
-        line = await asyncio.wait_for(proc.stderr.readline(), 30)
-        assert line, "edgecache exited early"
-        for needle in left:
-            if needle in line:
-                left[needle] -= 1
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -52,13 +28,20 @@ async def test_admin_metrics_health_and_access_log(origin: Origin, tmp_path: Pat
     origin.put("/m.bin", data)
     port, admin = free_port(), free_port()
     log_path = tmp_path / "access.log"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edgecache", "serve", "--origin", origin.url, "--listen", f"127.0.0.1:{port}",
-        "--cache-dir", str(tmp_path / "cache"), "--admin", f"127.0.0.1:{admin}", "--access-log", str(log_path),
-        cwd=ROOT, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        await wait_listening(proc, b"admin listening on")  # the admin listener starts last
+    async with edge_process(
+        "serve",
+        "--origin",
+        origin.url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--admin",
+        f"127.0.0.1:{admin}",
+        "--access-log",
+        str(log_path),
+        ready={b"admin listening on": 1},
+    ):  # the admin listener starts last
         async with aiohttp.ClientSession() as s:
             async with s.get(f"http://127.0.0.1:{admin}/healthz") as r:
                 assert (r.status, await r.text()) == (200, "ok\n")
@@ -81,9 +64,6 @@ async def test_admin_metrics_health_and_access_log(origin: Origin, tmp_path: Pat
         assert metric(text, "edgecache_misses_total", cause="cold") == 3
         assert metric(text, "edgecache_build_info") == 1
         assert "/m.bin" not in text  # never a URL in a label
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert [(x["path"], x["status"], x["cache"]) for x in lines] == [
         ("/m.bin", 206, "miss"),
@@ -107,11 +87,9 @@ async def test_metrics_add_up_across_worker_processes(origin: Origin, tmp_path: 
         f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "64MiB"\n'
         f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edgecache", "serve", "--config", str(cfg), cwd=ROOT, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        await wait_lines(proc, {b"admin listening on": 1, b"edgecache listening on": 2})  # both workers
+    async with edge_process(
+        "serve", "--config", str(cfg), ready={b"admin listening on": 1, b"edgecache listening on": 2}
+    ):  # both workers
         async with aiohttp.ClientSession() as s:
             for _ in range(40):  # new connections spread over both workers (SO_REUSEPORT)
                 async with s.get(
@@ -124,6 +102,3 @@ async def test_metrics_add_up_across_worker_processes(origin: Origin, tmp_path: 
         assert metric(text, "edgecache_build_info") == 1
         # Each worker has its own memory tier but they share the disk tier: at most one origin fetch per worker.
         assert 1 <= origin.hits["/w"] <= 2
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.test_cli import ROOT, free_port
+from tests.e2e.procs import ROOT, free_port
 from tests.origin import Origin
 
 PROMETHEUS = Path("/usr/bin/prometheus")

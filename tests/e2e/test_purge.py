@@ -19,7 +19,7 @@ from edgecache.admin.purge import purge_handler
 from edgecache.config import ClusterSettings, Listen, Site, Token
 from edgecache.core.ring import Member
 from tests.conftest import Edge, make_config, start_edge
-from tests.e2e.test_cli import free_port
+from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
 
 OPERATOR = "operator-secret-0123456789"
@@ -162,11 +162,9 @@ async def test_garbage_bodies(origin: Origin, tmp_path: Path) -> None:
 async def test_purge_command_line(origin: Origin, tmp_path: Path) -> None:
     import asyncio
     import json
-    import signal
     import sys
 
-    from tests.e2e.test_cli import ROOT
-    from tests.e2e.test_operations import wait_listening
+    from tests.e2e.procs import ROOT
 
     origin.put("/cli", b"c")
     port, admin = free_port(), free_port()
@@ -177,33 +175,27 @@ async def test_purge_command_line(origin: Origin, tmp_path: Path) -> None:
         f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "64MiB"\n'
         f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edgecache", "serve", "--config", str(cfg), cwd=ROOT, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        await wait_listening(proc, b"admin listening on")  # the admin listener starts last
-        async with aiohttp.ClientSession() as s:
-            for _ in range(2):
-                async with s.get(f"http://127.0.0.1:{port}/cli", headers={"Host": "video.test"}) as r:
-                    assert await r.read() == b"c"
-            assert origin.hits["/cli"] == 1
-            cli = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edgecache", "purge", "http://video.test/cli", "--config", str(cfg),
-                "--token", OPERATOR, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await asyncio.wait_for(cli.communicate(), 60)
-            assert cli.returncode == 0
-            assert json.loads(out)["confirmed"] == 1
+    # the admin listener starts last
+    ready = {b"admin listening on": 1}
+    async with edge_process("serve", "--config", str(cfg), ready=ready), aiohttp.ClientSession() as s:
+        for _ in range(2):
             async with s.get(f"http://127.0.0.1:{port}/cli", headers={"Host": "video.test"}) as r:
-                assert "fwd=uri-miss" in r.headers["Cache-Status"]
-            assert origin.hits["/cli"] == 2
-            bad = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edgecache", "purge", "--site", "videos", "--config", str(cfg), "--token",
-                "nope-nope-nope-nope", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await asyncio.wait_for(bad.communicate(), 60)
-            assert bad.returncode == 1
-            assert json.loads(out)["error"] == "invalid token"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+                assert await r.read() == b"c"
+        assert origin.hits["/cli"] == 1
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgecache", "purge", "http://video.test/cli", "--config", str(cfg),
+            "--token", OPERATOR, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(cli.communicate(), 60)
+        assert cli.returncode == 0
+        assert json.loads(out)["confirmed"] == 1
+        async with s.get(f"http://127.0.0.1:{port}/cli", headers={"Host": "video.test"}) as r:
+            assert "fwd=uri-miss" in r.headers["Cache-Status"]
+        assert origin.hits["/cli"] == 2
+        bad = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgecache", "purge", "--site", "videos", "--config", str(cfg), "--token",
+            "nope-nope-nope-nope", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(bad.communicate(), 60)
+        assert bad.returncode == 1
+        assert json.loads(out)["error"] == "invalid token"

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
-from tests.e2e.test_cli import ROOT, free_port
-from tests.e2e.test_operations import wait_listening
+from tests.e2e.procs import edge_process, free_port, wait_listening
 from tests.origin import Origin
 
 CONFIG = """
@@ -37,11 +35,7 @@ async def test_sighup_reload(origin: Origin, tmp_path: Path) -> None:
     a = SITE.format(name="a", host="a.test", origin=origin.url)
     b = SITE.format(name="b", host="b.test", origin=origin.url)
     path.write_text(CONFIG.format(port=port, cache=tmp_path / "c", sites=a))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edgecache", "serve", "--config", str(path), cwd=ROOT, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        await wait_listening(proc, b"edgecache listening on")
+    async with edge_process("serve", "--config", str(path), ready={b"edgecache listening on": 1}) as proc:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await request(reader, writer, "a.test") == (200, b"reloaded")
         assert (await request(reader, writer, "b.test"))[0] == 421
@@ -54,9 +48,6 @@ async def test_sighup_reload(origin: Origin, tmp_path: Path) -> None:
         await wait_listening(proc, b"reload rejected, keeping the running config")
         assert await request(reader, writer, "b.test") == (200, b"reloaded")
         writer.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
 async def test_sigterm_drains_in_flight_requests(origin: Origin, tmp_path: Path) -> None:
@@ -67,11 +58,7 @@ async def test_sigterm_drains_in_flight_requests(origin: Origin, tmp_path: Path)
     path.write_text(
         CONFIG.format(port=port, cache=tmp_path / "c", sites=SITE.format(name="a", host="a.test", origin=origin.url))
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edgecache", "serve", "--config", str(path), cwd=ROOT, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        await wait_listening(proc, b"edgecache listening on")
+    async with edge_process("serve", "--config", str(path), ready={b"edgecache listening on": 1}) as proc:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n")
         await origin.wait_for_requests(1)  # the request is in flight, held at the origin
@@ -82,6 +69,3 @@ async def test_sigterm_drains_in_flight_requests(origin: Origin, tmp_path: Path)
         assert head.startswith(b"HTTP/1.1 200")
         assert await reader.readexactly(100_000) == b"s" * 100_000
         writer.close()
-    finally:
-        origin.gate.set()
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
