@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 
-from tests.e2e.procs import ROOT, free_port
+from tests.e2e.procs import ROOT, edge_process, free_port
 from tests.origin import Origin
 
 
@@ -65,37 +63,13 @@ def test_check_config_bad_toml(tmp_path: Path) -> None:
 async def test_serve_one_origin_mode_as_a_process(origin: Origin, tmp_path: Path) -> None:
     origin.put("/p.bin", b"served by a real process" * 1000)
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edgecache",
-        "serve",
-        "--origin",
-        origin.url,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        while True:  # wait for the listening line: synchronisation on the process's own word, no sleeps
-            line = await asyncio.wait_for(proc.stderr.readline(), 30)
-            assert line, "edgecache exited before listening"
-            if b"listening on" in line:
-                break
-        async with aiohttp.ClientSession() as s:
-            for _ in range(2):
-                async with s.get(f"http://127.0.0.1:{port}/p.bin", headers={"Host": "any.host"}) as r:
-                    assert r.status == 200
-                    assert await r.read() == b"served by a real process" * 1000
-        assert origin.hits["/p.bin"] == 1
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = await asyncio.wait_for(proc.wait(), 30)
-    assert rc == 0
+    args = ("serve", "--origin", origin.url, "--listen", f"127.0.0.1:{port}", "--cache-dir", str(tmp_path / "c"))
+    async with edge_process(*args, ready={b"edgecache listening on": 1}), aiohttp.ClientSession() as s:
+        for _ in range(2):
+            async with s.get(f"http://127.0.0.1:{port}/p.bin", headers={"Host": "any.host"}) as r:
+                assert r.status == 200
+                assert await r.read() == b"served by a real process" * 1000
+    assert origin.hits["/p.bin"] == 1
 
 
 def test_shipped_cluster_and_kubernetes_configs_are_valid(tmp_path: Path) -> None:
