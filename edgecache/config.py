@@ -105,6 +105,9 @@ class Config:
     workers: int = 1
     client_write_timeout: float = 60.0  # a client that takes no bytes for this long loses its connection
     max_requests: int = 10_000  # requests in flight per worker before new ones get 503
+    fast_path: bool = True  # fresh hits answered before the web framework is involved
+    header_timeout: float = 10.0  # a request head must be complete this long after its first byte (slowloris)
+    idle_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
     rate_limit: float | None = None  # requests per second per client address (429 past it); None: no limit
     burst: float | None = None  # requests a client may make at once (default: one second's worth)
     demo_origin: Listen | None = None
@@ -444,7 +447,21 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     r = _Reader(source)
     r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo", "admin", "log", "cluster"})
     server = r.table(doc, "server")
-    r.unknown(server, "server.", {"listen", "workers", "client_write_timeout", "max_requests", "rate_limit", "burst"})
+    r.unknown(
+        server,
+        "server.",
+        {
+            "listen",
+            "workers",
+            "client_write_timeout",
+            "max_requests",
+            "rate_limit",
+            "burst",
+            "fast_path",
+            "header_timeout",
+            "idle_timeout",
+        },
+    )
     listen: tuple[Listen, ...] = r.get(
         server, "server.", "listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
     )
@@ -455,6 +472,9 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     max_requests = r.get(server, "server.", "max_requests", _positive(int), 10_000)
     rate_limit = r.get(server, "server.", "rate_limit", _positive(float), None)
     burst = r.get(server, "server.", "burst", _positive(float), None)
+    fast_path = r.get(server, "server.", "fast_path", _bool, True)
+    header_timeout = r.get(server, "server.", "header_timeout", _positive(float), 10.0)
+    idle_timeout = r.get(server, "server.", "idle_timeout", _positive(float), 75.0)
     demo = r.table(doc, "demo")
     r.unknown(demo, "demo.", {"origin"})
     demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
@@ -474,6 +494,9 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         max_requests=max_requests,
         rate_limit=rate_limit,
         burst=burst,
+        fast_path=fast_path,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
         demo_origin=demo_origin,
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
         access_log=access if access is None or access.is_absolute() else base / access,

@@ -69,3 +69,9 @@ PREFETCH_JOBS = Gauge("edgecache_prefetch_jobs", "Prefetch jobs by state", ["sta
 PREFETCH_URLS = Counter("edgecache_prefetch_urls_total", "Prefetch URLs finished, by outcome", ["outcome"])
 PREFETCH_BYTES = Counter("edgecache_prefetch_bytes_total", "Body bytes read by prefetch jobs")
 SLOW_CLIENTS = Counter("edgecache_slow_client_disconnects_total", "Connections cut: the client stopped reading")
+FAST_PATH = Counter(
+    "edgecache_fast_path_total",
+    "Requests answered on the fast path (answered), and connections it handed to the full handler (handed_off)",
+    ["outcome"],
+)
+HEADER_TIMEOUTS = Counter("edgecache_header_timeouts_total", "Connections closed: a request head took too long")

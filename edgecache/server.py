@@ -22,6 +22,7 @@ from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.proxy.engine import Engine
+from edgecache.proxy.fastpath import FastServer, FastSettings
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
 from edgecache.storage.disk import DiskTier
@@ -146,7 +147,43 @@ async def reload(node: Node) -> bool:
 
 def make_server(node: Node) -> web.Server:
     # The low-level server: no router, so every target (absolute-form, odd paths) reaches our own checks.
-    return web.Server(node.handler, access_log=None, handler_cancellation=False)
+    return web.Server(
+        node.handler, access_log=None, handler_cancellation=False, keepalive_timeout=node.config.idle_timeout
+    )
+
+
+def make_fast(node: Node, server: web.Server) -> FastServer:
+    """The protocol in front of aiohttp: fresh hits off the socket, everything else handed to `server`."""
+    c = node.config
+    settings = FastSettings(c.header_timeout, c.idle_timeout, c.client_write_timeout)
+    return FastServer(node.handler, server, settings)
+
+
+class FastSite(web.BaseSite):
+    """A listener whose connections start on the fast path (aiohttp's TCPSite, with our protocol factory)."""
+
+    __slots__ = ("_fast", "_host", "_port", "_reuse_port")
+
+    def __init__(
+        self, runner: web.BaseRunner, fast: FastServer, host: str, port: int, *, backlog: int, reuse_port: bool
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._fast, self._host, self._port, self._reuse_port = fast, host, port, reuse_port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            self._fast.protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self._reuse_port,
+        )
 
 
 async def _start_demo(config: Config) -> web.AppRunner | None:
@@ -194,17 +231,23 @@ async def run(config: Config, worker: int = 0) -> None:
     async with open_node(config) as node:
         loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(node)))
-        runner = web.ServerRunner(make_server(node), handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
+        server = make_server(node)
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
         await runner.setup()
+        fast = make_fast(node, server)
         for addr in config.listen:
-            await web.TCPSite(runner, addr.host, addr.port, backlog=1024, reuse_port=config.workers > 1).start()
+            reuse = config.workers > 1
+            if config.fast_path:
+                await FastSite(runner, fast, addr.host, addr.port, backlog=1024, reuse_port=reuse).start()
+            else:
+                await web.TCPSite(runner, addr.host, addr.port, backlog=1024, reuse_port=reuse).start()
             log.info("edgecache listening on http://%s", addr)
         admin = await _start_admin(node) if worker == 0 else None  # after the listeners: jobs resume through them
         node.state["listening"] = True
         await stop.wait()
         node.state["draining"] = True
         log.info("stopping: draining connections for up to %.0f s", DRAIN_SECONDS)
-        await runner.cleanup()
+        await asyncio.gather(runner.cleanup(), fast.shutdown(DRAIN_SECONDS))
         if admin is not None:
             await admin.cleanup()
     if demo is not None:

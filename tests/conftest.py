@@ -13,7 +13,7 @@ from hypothesis import settings
 from multidict import CIMultiDict
 
 from edgecache.config import CacheSettings, Config, Listen, OriginSettings, Site
-from edgecache.server import Node, make_server, open_node
+from edgecache.server import FastSite, Node, make_fast, make_server, open_node
 from tests.origin import Origin
 
 BIG = 64 * 2**20
@@ -68,18 +68,30 @@ class Edge:
 
 @asynccontextmanager
 async def start_edge(config: Config) -> AsyncIterator[Edge]:
+    """The real edge on a loopback port: its fast path in front of aiohttp, or aiohttp alone (fast_path off)."""
     async with open_node(config) as node:
-        runner = web.ServerRunner(make_server(node))
+        server = make_server(node)
+        runner = web.ServerRunner(server)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", config.listen[0].port)
+        fast = make_fast(node, server)
+        port = config.listen[0].port
+        site: web.BaseSite
+        if config.fast_path:
+            site = FastSite(runner, fast, "127.0.0.1", port, backlog=128, reuse_port=False)
+        else:
+            site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         async with aiohttp.ClientSession(auto_decompress=False) as session:
             yield Edge(node, runner, port, session)
         await runner.cleanup()
+        await fast.shutdown(1.0)
 
 
-@pytest.fixture
-async def edge(origin: Origin, tmp_path: Path) -> AsyncIterator[Edge]:
-    async with start_edge(make_config(tmp_path / "cache", [origin.url])) as e:
+# The tests that take the `edge` fixture run twice: through the fast path and through aiohttp alone, so the two
+# ways of answering a request are held to the same assertions.
+@pytest.fixture(params=["fast", "framework"])
+async def edge(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
+    config = replace(make_config(tmp_path / "cache", [origin.url]), fast_path=request.param == "fast")
+    async with start_edge(config) as e:
         yield e

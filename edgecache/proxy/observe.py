@@ -43,7 +43,7 @@ TRACE = web.RequestKey("edgecache_trace", Trace)
 def trace(request: web.BaseRequest) -> Trace:
     t = request.get(TRACE)
     if t is None:
-        t = request[TRACE] = Trace(f"{_PID}-{next(_ids):x}")
+        t = request[TRACE] = new_trace()
     return t
 
 
@@ -57,7 +57,10 @@ def mark(request: web.BaseRequest, status: CacheStatus) -> None:
 
 def first_byte(request: web.BaseRequest) -> None:
     """Called once the response head is sent."""
-    t = trace(request)
+    head_sent(trace(request))
+
+
+def head_sent(t: Trace) -> None:
     if t.ttfb is None:
         t.ttfb = time.monotonic() - t.t0
         metrics.TTFB.labels(t.status.value).observe(t.ttfb)
@@ -110,30 +113,54 @@ async def write(request: web.BaseRequest, resp: web.StreamResponse, chunk: bytes
 def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog) -> None:
     t = trace(request)
     code = resp.status if resp is not None else 0
-    method = request.method if request.method in _METHODS else "other"
-    labels = (t.site, method, metrics.status_class(code), t.status.value)
-    counter = _requests.get(labels)
-    if counter is None:  # label children are looked up once, not on every request
-        counter = _requests[labels] = metrics.REQUESTS.labels(*labels)
-    counter.inc()
     if resp is not None:
         first_byte(request)  # a whole Response is sent right after this: its head leaves now
-    if not access.enabled:
-        return  # no log line to build
+    count(t, request.method, code)
+    if access.enabled:
+        headers = request.headers
+        line = Line(request.remote, request.method, headers.get("Host", ""), request.raw_path, headers.get("Range"))
+        log_line(access, t, line, code, _body_bytes(request, resp, t))
+
+
+@dataclass(slots=True)
+class Line:
+    """The request's part of an access-log line."""
+
+    client: str | None
+    method: str
+    host: str
+    path: str
+    range: str | None
+
+
+def count(t: Trace, method: str, code: int) -> None:
+    """The request counter; label children are looked up once, not on every request."""
+    labels = (t.site, method if method in _METHODS else "other", metrics.status_class(code), t.status.value)
+    counter = _requests.get(labels)
+    if counter is None:
+        counter = _requests[labels] = metrics.REQUESTS.labels(*labels)
+    counter.inc()
+
+
+def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int) -> None:
     record: dict[str, Any] = {
         "time": _now_iso(),
         "id": t.id,
-        "client": request.remote,
+        "client": line.client,
         "site": t.site,
-        "method": request.method,
-        "host": request.headers.get("Host", ""),
-        "path": request.raw_path,
-        "range": request.headers.get("Range"),
+        "method": line.method,
+        "host": line.host,
+        "path": line.path,
+        "range": line.range,
         "status": code,
-        "bytes": _body_bytes(request, resp, t),
+        "bytes": nbytes,
         "cache": t.status.value,
         "origin_ms": t.origin_ms,
         "ttfb_ms": round((t.ttfb or 0.0) * 1000, 3),
         "ms": round((time.monotonic() - t.t0) * 1000, 3),
     }
     access.write(record)
+
+
+def new_trace() -> Trace:
+    return Trace(f"{_PID}-{next(_ids):x}")

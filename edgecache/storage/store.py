@@ -43,6 +43,11 @@ class Store:
         """What this process knows right now, without waiting for the disk."""
         return self._meta.get(key)
 
+    def touch_meta(self, key: str) -> None:
+        """A hit served without get_meta() still counts as recent use of the metadata."""
+        if key in self._meta:
+            self._meta.move_to_end(key)
+
     def remember_meta(self, key: str, meta: ObjectMeta) -> None:
         """Make `meta` visible to this process at once; put_meta() then persists it."""
         self._remember(key, meta)

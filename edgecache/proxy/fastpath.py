@@ -1,0 +1,400 @@
+"""The client listener's protocol: fresh cache hits answered straight off the socket, the rest to aiohttp.
+
+Every connection starts here. Each request head is cut at its blank line and parsed by llhttp (httptools);
+a plain GET or HEAD that find_hit() recognises as a fresh hit is answered from the memory tier (or the disk
+tier, read off the loop) without the web framework. The first request that is anything else (a miss, a body,
+an odd or malformed head, a peer's key) hands the whole connection, with every byte not yet answered, to
+aiohttp's own protocol, which then serves it to the end exactly as it would have from the start. Both paths
+build the response from the same functions, and the test suite runs against both.
+
+This module also owns what aiohttp does not bound before a head is complete: a client must finish each request
+head within `header_timeout` (slowloris), and an idle keep-alive connection is closed after `idle_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import cast
+
+import httptools
+from aiohttp.http import SERVER_SOFTWARE
+
+from edgecache import metrics
+from edgecache.core import ranges
+from edgecache.core.status import CacheStatus
+from edgecache.proxy import observe
+from edgecache.proxy.handler import EdgeHandler
+from edgecache.proxy.hit import Hit, find_hit
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 16 * 1024  # a longer head goes to aiohttp, whose field limits answer it (431/400)
+_PAUSE_READING = 256 * 1024  # pipelined bytes held while a response is in progress
+_FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
+_FROM_DISK = metrics.BYTES_SERVED.labels("disk")
+_TTFB_HIT = metrics.TTFB.labels(CacheStatus.HIT.value)
+_ANSWERED = metrics.FAST_PATH.labels("answered")
+_HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
+_CONNECTION = frozenset({b"keep-alive", b"close"})
+_TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+@dataclass(slots=True)
+class FastSettings:
+    header_timeout: float = 10.0
+    idle_timeout: float = 75.0
+    write_timeout: float = 60.0
+
+
+@dataclass(slots=True)
+class FastServer:
+    """What the connections share: the handler, aiohttp's protocol factory, and who is connected (for drain)."""
+
+    handler: EdgeHandler
+    fallback: Callable[[], asyncio.Protocol]
+    settings: FastSettings
+    connections: set[FastPath] = field(default_factory=set)
+    empty: asyncio.Event = field(default_factory=asyncio.Event)
+    _date: tuple[int, bytes] = (0, b"")
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+    def protocol(self) -> FastPath:
+        return FastPath(self)
+
+    def gone(self, conn: FastPath) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self.empty.set()
+
+    async def shutdown(self, grace: float) -> None:
+        """Close idle connections now; give the ones mid-response up to `grace` seconds to finish."""
+        for conn in list(self.connections):
+            conn.close_when_idle()
+        if self.connections:
+            self.empty.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.empty.wait()
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class _Head:
+    """httptools callbacks for one request head."""
+
+    __slots__ = ("complete", "headers", "keep_alive", "odd", "parser", "url")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.keep_alive = False
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+        self.odd = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower in _FRAMING or (lower == b"connection" and value.strip().lower() not in _CONNECTION):
+            self.odd = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is complete
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class FastPath(asyncio.Protocol):
+    def __init__(self, server: FastServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.buf = b""
+        self.busy = False  # a response is being read from disk or written with waits
+        self.closing = False
+        self.write_paused = False
+        self.drained: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.write_timer: asyncio.TimerHandle | None = None
+
+    # --- connection events -------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+        transport = self.transport
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else "-"
+        self.server.connections.add(self)
+        self._arm(self.server.settings.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.gone(self)
+        self._disarm()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_exception(ConnectionResetError("client went away"))
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buf = self.buf + data if self.buf else data
+        if not self.busy:
+            self._process()
+        elif len(self.buf) > _PAUSE_READING and self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too, once what is queued is written
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        # A client that stops reading holds its connection only this long.
+        self.write_timer = self.loop.call_later(self.server.settings.write_timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        if not self.busy and self.buf:
+            self._process()
+
+    # --- requests ----------------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        while self.transport is not None and not (self.busy or self.write_paused or self.closing):
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEAD:
+                    self._hand_off()
+                elif self.buf:
+                    self._arm(self.server.settings.header_timeout, keep=True)
+                return
+            head = self.buf[: end + 4]
+            hit, method, keep_alive = self._parse(head)
+            if hit is None:
+                self._hand_off()
+                return
+            self.buf = self.buf[end + 4 :]
+            self._disarm()
+            if not self._answer(hit, method, keep_alive, head):
+                return
+        if self.transport is not None and not (self.busy or self.closing or self.buf):
+            self._arm(self.server.settings.idle_timeout)
+
+    def _parse(self, head: bytes) -> tuple[Hit | None, str, bool]:
+        """The hit this head asks for, or None for anything the fast path leaves to aiohttp."""
+        if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
+            return None, "", False  # bare LF, obs-fold: aiohttp's strict parser decides
+        cb = _Head()
+        parser = cb.parser
+        try:
+            parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return None, "", False
+        method = parser.get_method()
+        if not cb.complete or cb.odd or parser.get_http_version() != "1.1" or method not in (b"GET", b"HEAD"):
+            return None, "", False
+        try:
+            target = cb.url.decode("ascii")
+            headers = tuple((k.decode("ascii"), v.decode("ascii")) for k, v in cb.headers)
+        except UnicodeDecodeError:
+            return None, "", False
+        hosts = [v for k, v in headers if k.lower() == "host"]
+        handler = self.server.handler
+        if len(hosts) != 1 or handler.in_flight >= handler.max_in_flight:
+            return None, "", False
+        m = method.decode()
+        try:
+            hit = find_hit(handler, m, hosts[0], target, headers, self.client)
+        except Exception:  # a bug here must cost speed, not the request: the full handler answers it
+            log.exception("fast path: looking up %s failed", target[:200])
+            return None, "", False
+        return hit, m, cb.keep_alive
+
+    def _answer(self, hit: Hit, method: str, keep_alive: bool, raw: bytes) -> bool:
+        """Answer at once from memory; or start reading from disk. False: stop processing for now."""
+        t = observe.new_trace()
+        t.site = hit.site
+        t.status = CacheStatus.HIT
+        store = self.server.handler.engine.store
+        size = self.server.handler.engine.slice_size
+        parts: list[memoryview] = []
+        if hit.last >= hit.first:
+            for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
+                data = store.slice_from_memory(hit.req.entry_key, hit.meta, index)
+                if data is None:
+                    self.busy = True
+                    task = self.loop.create_task(self._from_disk(hit, method, keep_alive, raw, t))
+                    task.add_done_callback(self._done)
+                    return False
+                parts.append(_cut(data, index, size, hit.first, hit.last))
+            _FROM_MEMORY.inc(hit.last - hit.first + 1)
+        self._send(hit, method, keep_alive, raw, t, parts)
+        return keep_alive
+
+    async def _from_disk(self, hit: Hit, method: str, keep_alive: bool, raw: bytes, t: observe.Trace) -> None:
+        store = self.server.handler.engine.store
+        size = self.server.handler.engine.slice_size
+        parts: list[memoryview] = []
+        from_disk = 0
+        handler = self.server.handler
+        handler.in_flight += 1
+        try:
+            for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
+                data = store.slice_from_memory(hit.req.entry_key, hit.meta, index)
+                if data is None:
+                    data = await store.slice_from_disk(hit.req.entry_key, hit.meta, index)
+                    if data is None:  # gone from disk since: the full handler fetches it again
+                        self.buf = raw + self.buf
+                        self._hand_off()
+                        return
+                    from_disk += 1
+                parts.append(_cut(data, index, size, hit.first, hit.last))
+        finally:
+            handler.in_flight -= 1
+        nbytes = hit.last - hit.first + 1
+        (_FROM_DISK if from_disk else _FROM_MEMORY).inc(nbytes)
+        self._send(hit, method, keep_alive, raw, t, parts)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.busy = False
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("fast path: %r", exc)
+            self.abort()
+            return
+        if self.transport is not None and self.transport.is_reading() is False:
+            self.transport.resume_reading()
+        if self.transport is not None and not self.closing:
+            self._process()
+
+    def _send(
+        self, hit: Hit, method: str, keep_alive: bool, raw: bytes, t: observe.Trace, parts: list[memoryview]
+    ) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        head = self._head(hit, keep_alive)
+        if head is None:  # a stored field this path cannot encode: the full handler answers
+            self.buf = raw + self.buf
+            self._hand_off()
+            return
+        transport.writelines([head, *parts])
+        _ANSWERED.inc()
+        t.ttfb = time.monotonic() - t.t0
+        _TTFB_HIT.observe(t.ttfb)
+        observe.count(t, method, hit.status)
+        access = self.server.handler.access
+        if access.enabled:
+            line = observe.Line(self.client, method, hit.req.host, hit.req.target, _field(hit.req.headers, "range"))
+            observe.log_line(access, t, line, hit.status, sum(len(p) for p in parts))
+        if not keep_alive:
+            self.closing = True
+            transport.close()
+
+    def _head(self, hit: Hit, keep_alive: bool) -> bytes | None:
+        """The head aiohttp would write for these fields: Date and Server when absent, Connection when due."""
+        fields = hit.headers
+        names = {k.lower() for k, _ in fields}
+        lines = [f"HTTP/1.1 {hit.status} {http.HTTPStatus(hit.status).phrase}\r\n"]
+        lines.extend(f"{k}: {v}\r\n" for k, v in fields)
+        try:
+            head = "".join(lines).encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        extra = b""
+        if "date" not in names:
+            extra += b"Date: " + self.server.date() + b"\r\n"
+        if "server" not in names:
+            extra += b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
+        if not keep_alive:
+            extra += b"Connection: close\r\n"
+        return head + extra + b"\r\n"
+
+    # --- hand-off, timers, closing -------------------------------------------------------------------------
+
+    def _hand_off(self) -> None:
+        """aiohttp's protocol takes this connection over, with every byte not answered yet."""
+        transport = self.transport
+        if transport is None:
+            return
+        self._disarm()
+        self.server.gone(self)
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+        data, self.buf, self.transport = self.buf, b"", None
+        _HANDED_OFF.inc()
+        proto = self.server.fallback()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        if not transport.is_reading():
+            transport.resume_reading()
+        if data:
+            proto.data_received(data)
+
+    def _arm(self, seconds: float, keep: bool = False) -> None:
+        if keep and self.timer is not None:
+            return  # a head in progress keeps the deadline it started with
+        self._disarm()
+        self.timer = self.loop.call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.transport is None or self.busy:
+            return
+        if self.buf:  # a head begun and not finished in time
+            metrics.HEADER_TIMEOUTS.inc()
+            self.transport.write(_TIMEOUT_408)
+        self.closing = True
+        self.transport.close()
+
+    def _write_timed_out(self) -> None:
+        self.write_timer = None
+        metrics.SLOW_CLIENTS.inc()
+        self.abort()
+
+    def close_when_idle(self) -> None:
+        self.closing = True
+        if not self.busy and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _cut(data: bytes, index: int, size: int, first: int, last: int) -> memoryview:
+    base = index * size
+    return memoryview(data)[max(first, base) - base : min(last + 1, base + len(data)) - base]
+
+
+def _field(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None

@@ -1,0 +1,128 @@
+"""Recognising a fresh cache hit without the web framework: the decision the fast path acts on.
+
+find_hit() walks the same steps as EdgeHandler (route, ACL, key, owner, Cache-Control, record, metadata,
+freshness, conditions, Range) but only with what this process already holds in memory, so it never waits.
+Anything it is not sure of (a miss, a stale entry, a multipart range, a peer that owns the key, an odd request)
+gives None, and the request goes to the full handler instead, which then answers it exactly as it always has.
+It has no side effect except the rate limiter, consulted last and only for a request it will answer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from edgecache.cluster.view import HOP
+from edgecache.core import ranges
+from edgecache.core.cachecontrol import parse_cache_control
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.freshness import Use, current_age, evaluate, usable
+from edgecache.core.headers import Headers, get_first
+from edgecache.core.keys import BadTarget, entry_key, make_key
+from edgecache.core.route import normalise_host
+from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.proxy.engine import FillRequest
+from edgecache.proxy.handler import EdgeHandler
+from edgecache.proxy.respond import NOT_MODIFIED_FIELDS, base_headers, plan
+
+# A hit whose range spans more slices than this goes to the full handler, which streams it slice by slice;
+# the fast path holds every slice it serves (open files or memory) before it sends the head.
+MAX_SLICES = 8
+
+
+@dataclass(slots=True)
+class Hit:
+    status: int
+    headers: list[tuple[str, str]]  # everything but the fields the connection adds (Date, Server, Connection)
+    req: FillRequest
+    meta: ObjectMeta
+    first: int  # the body's bytes of the object, inclusive; first > last: no body
+    last: int
+    site: str
+
+
+def find_hit(
+    handler: EdgeHandler, method: str, host_field: str | None, target: str, headers: Headers, client: str
+) -> Hit | None:
+    if method not in ("GET", "HEAD") or not target.startswith("/"):
+        return None  # absolute-form targets and everything but GET/HEAD: the full handler's checks
+    host = normalise_host(host_field)
+    site = handler.router.match(host) if host is not None else None
+    if host is None or site is None or not site.allows(client):
+        return None
+    try:
+        key = make_key(site.name, host, target, site.key_query)
+    except BadTarget:
+        return None
+    cluster = handler.cluster
+    if cluster is not None and get_first(headers, HOP) is None:
+        owner = cluster.ring.owner(key.primary)
+        if owner is None or owner.id != cluster.self_id:
+            return None  # another node owns it, or this one stands in for it: forwarding is not ours
+    if parse_cache_control(headers).no_store:
+        return None
+    store = handler.engine.store
+    record = store.peek_record(key.primary)
+    if record is None:
+        return None
+    scope, soft_before = store.purges.lookup(site.name, host, key.path)
+    ekey = entry_key(key.primary, record, headers, scope)
+    meta = store.peek_meta(ekey)
+    if meta is None or meta.length < 0:
+        return None
+    now = time.time()
+    fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, site.policy)
+    if fresh is None or usable(headers, meta.headers, fresh, site.policy) is not Use.FRESH:
+        return None
+    if meta.response_time < max(soft_before, record.soft_before):
+        return None
+    planned = _planned(method, headers, meta, now, handler.engine.slice_size)
+    if planned is None:
+        return None
+    limiter = handler.limiter
+    if limiter is not None and not limiter.allow(client, time.monotonic()):
+        return None  # the full handler answers 429 (and counts it) as it always does
+    store.touch_meta(ekey)
+    status, fields, first, last = planned
+    req = FillRequest(
+        site,
+        ekey,
+        key.target,
+        host_field or host,
+        headers,
+        client,
+        site.policy,
+        key.primary,
+        generation=record.generation,
+        scope=scope,
+        host_key=host,
+        path=key.path,
+    )
+    return Hit(status, fields, req, meta, first, last, site.name)
+
+
+def _planned(
+    method: str, headers: Headers, meta: ObjectMeta, now: float, slice_size: int
+) -> tuple[int, list[tuple[str, str]], int, int] | None:
+    """The response respond.send() would give for this hit, or None where the fast path does not answer."""
+    status, rng = plan(method, headers, meta)
+    age = current_age(meta.headers, meta.request_time, meta.response_time, now)
+    base = base_headers(meta.headers, int(age), cache_status_header(CacheStatus.HIT))
+    if status == 304:
+        kept = [(k, v) for k, v in base if k.lower() in NOT_MODIFIED_FIELDS or k in ("Via", "Age", "Cache-Status")]
+        return 304, kept, 0, -1
+    if status not in (200, 206) or isinstance(rng, ranges.Multi | ranges.Unsatisfiable):
+        return None  # 412, 416 and multipart answers stay with the full handler
+    if meta.status == 200:
+        base.append(("Accept-Ranges", "bytes"))
+    if isinstance(rng, ranges.Single):
+        first, last = rng.range.first, rng.range.last
+        base.append(("Content-Range", ranges.format_content_range(rng.range, meta.length)))
+    else:
+        first, last = 0, meta.length - 1
+        if (stored_range := get_first(meta.headers, "content-range")) is not None:
+            base.append(("Content-Range", stored_range))
+    if last >= first and last // slice_size - first // slice_size >= MAX_SLICES:
+        return None
+    base.append(("Content-Length", str(max(0, last - first + 1))))
+    return status, base, first, last if method == "GET" else first - 1
