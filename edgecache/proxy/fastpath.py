@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import cast
+from typing import Any, cast
 
 import httptools
 from aiohttp.http import SERVER_SOFTWARE
@@ -36,7 +36,9 @@ from edgecache.proxy.hit import Hit, find_hit
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024  # a longer head goes to aiohttp, whose field limits answer it (431/400)
-_PAUSE_READING = 256 * 1024  # pipelined bytes held while a response is in progress
+_PAUSE_READING = 256 * 1024
+_MEMO_HEAD = 2048  # request heads longer than this are not memoised
+_MEMO_ENTRIES = 4096  # pipelined bytes held while a response is in progress
 _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
 _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _TTFB_HIT = metrics.TTFB.labels(CacheStatus.HIT.value)
@@ -62,6 +64,7 @@ class FastServer:
     fallback: Callable[[], asyncio.Protocol]
     settings: FastSettings
     connections: set[FastPath] = field(default_factory=set)
+    memo: dict[bytes, Prepared] = field(default_factory=dict)  # request head -> its answer, while still valid
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     _date: tuple[int, bytes] = (0, b"")
 
@@ -90,6 +93,17 @@ class FastServer:
                     await self.empty.wait()
         for conn in list(self.connections):
             conn.abort()
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A hit's answer, ready to send: the decision, its encoded head, and its request counter."""
+
+    hit: Hit
+    method: str
+    keep_alive: bool
+    head: bytes
+    counter: Any
 
 
 class _Head:
@@ -191,19 +205,49 @@ class FastPath(asyncio.Protocol):
                     self._arm(self.server.settings.header_timeout, keep=True)
                 return
             head = self.buf[: end + 4]
-            hit, method, keep_alive = self._parse(head)
-            if hit is None:
+            prepared = self._prepared(head)
+            if prepared is None:
                 self._hand_off()
                 return
             self.buf = self.buf[end + 4 :]
             self._disarm()
-            if not self._answer(hit, method, keep_alive, head):
+            if not self._answer(prepared, head):
                 return
         if self.transport is not None and not (self.busy or self.closing or self.buf):
             self._arm(self.server.settings.idle_timeout)
 
+    def _prepared(self, head: bytes) -> Prepared | None:
+        """The answer to this head if it is a fresh hit; None for anything the fast path leaves to aiohttp.
+
+        The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
+        was decided from is unchanged (Hit.still); only the client's address is checked again.
+        """
+        handler = self.server.handler
+        if handler.in_flight >= handler.max_in_flight:
+            return None
+        memo = self.server.memo
+        prepared = memo.get(head)
+        if prepared is not None and prepared.hit.still(handler, time.time()) and prepared.hit.site.allows(self.client):
+            limiter = handler.limiter
+            if limiter is not None and not limiter.allow(self.client, time.monotonic()):
+                return None
+            handler.engine.store.touch_meta(prepared.hit.req.entry_key)
+            return prepared
+        hit, method, keep_alive = self._parse(head)
+        if hit is None:
+            return None
+        encoded = self._head(hit, keep_alive)
+        if encoded is None:
+            return None
+        counter = observe.requests_counter(hit.site.name, method, hit.status, CacheStatus.HIT)
+        prepared = Prepared(hit, method, keep_alive, encoded, counter)
+        if len(head) <= _MEMO_HEAD and any(k.lower() == "date" for k, _ in hit.headers):
+            if len(memo) >= _MEMO_ENTRIES:
+                memo.clear()
+            memo[head] = prepared
+        return prepared
+
     def _parse(self, head: bytes) -> tuple[Hit | None, str, bool]:
-        """The hit this head asks for, or None for anything the fast path leaves to aiohttp."""
         if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
             return None, "", False  # bare LF, obs-fold: aiohttp's strict parser decides
         cb = _Head()
@@ -221,44 +265,43 @@ class FastPath(asyncio.Protocol):
         except UnicodeDecodeError:
             return None, "", False
         hosts = [v for k, v in headers if k.lower() == "host"]
-        handler = self.server.handler
-        if len(hosts) != 1 or handler.in_flight >= handler.max_in_flight:
+        if len(hosts) != 1:
             return None, "", False
         m = method.decode()
         try:
-            hit = find_hit(handler, m, hosts[0], target, headers, self.client)
+            hit = find_hit(self.server.handler, m, hosts[0], target, headers, self.client)
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", False
         return hit, m, cb.keep_alive
 
-    def _answer(self, hit: Hit, method: str, keep_alive: bool, raw: bytes) -> bool:
+    def _answer(self, p: Prepared, raw: bytes) -> bool:
         """Answer at once from memory; or start reading from disk. False: stop processing for now."""
-        t = observe.new_trace()
-        t.site = hit.site
-        t.status = CacheStatus.HIT
-        store = self.server.handler.engine.store
-        size = self.server.handler.engine.slice_size
+        t0 = time.monotonic()
+        hit = p.hit
         parts: list[memoryview] = []
         if hit.last >= hit.first:
+            store = self.server.handler.engine.store
+            size = self.server.handler.engine.slice_size
             for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
                 data = store.slice_from_memory(hit.req.entry_key, hit.meta, index)
                 if data is None:
                     self.busy = True
-                    task = self.loop.create_task(self._from_disk(hit, method, keep_alive, raw, t))
+                    task = self.loop.create_task(self._from_disk(p, raw, t0))
                     task.add_done_callback(self._done)
                     return False
                 parts.append(_cut(data, index, size, hit.first, hit.last))
             _FROM_MEMORY.inc(hit.last - hit.first + 1)
-        self._send(hit, method, keep_alive, raw, t, parts)
-        return keep_alive
+        self._send(p, parts, t0)
+        return p.keep_alive
 
-    async def _from_disk(self, hit: Hit, method: str, keep_alive: bool, raw: bytes, t: observe.Trace) -> None:
-        store = self.server.handler.engine.store
-        size = self.server.handler.engine.slice_size
+    async def _from_disk(self, p: Prepared, raw: bytes, t0: float) -> None:
+        hit = p.hit
+        handler = self.server.handler
+        store = handler.engine.store
+        size = handler.engine.slice_size
         parts: list[memoryview] = []
         from_disk = 0
-        handler = self.server.handler
         handler.in_flight += 1
         try:
             for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
@@ -273,9 +316,8 @@ class FastPath(asyncio.Protocol):
                 parts.append(_cut(data, index, size, hit.first, hit.last))
         finally:
             handler.in_flight -= 1
-        nbytes = hit.last - hit.first + 1
-        (_FROM_DISK if from_disk else _FROM_MEMORY).inc(nbytes)
-        self._send(hit, method, keep_alive, raw, t, parts)
+        (_FROM_DISK if from_disk else _FROM_MEMORY).inc(hit.last - hit.first + 1)
+        self._send(p, parts, t0)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.busy = False
@@ -288,27 +330,23 @@ class FastPath(asyncio.Protocol):
         if self.transport is not None and not self.closing:
             self._process()
 
-    def _send(
-        self, hit: Hit, method: str, keep_alive: bool, raw: bytes, t: observe.Trace, parts: list[memoryview]
-    ) -> None:
+    def _send(self, p: Prepared, parts: list[memoryview], t0: float) -> None:
         transport = self.transport
         if transport is None:
             return
-        head = self._head(hit, keep_alive)
-        if head is None:  # a stored field this path cannot encode: the full handler answers
-            self.buf = raw + self.buf
-            self._hand_off()
-            return
-        transport.writelines([head, *parts])
+        transport.writelines([p.head, *parts])
         _ANSWERED.inc()
-        t.ttfb = time.monotonic() - t.t0
-        _TTFB_HIT.observe(t.ttfb)
-        observe.count(t, method, hit.status)
+        p.counter.inc()
+        ttfb = time.monotonic() - t0
+        _TTFB_HIT.observe(ttfb)
         access = self.server.handler.access
         if access.enabled:
-            line = observe.Line(self.client, method, hit.req.host, hit.req.target, _field(hit.req.headers, "range"))
-            observe.log_line(access, t, line, hit.status, sum(len(p) for p in parts))
-        if not keep_alive:
+            hit = p.hit
+            t = observe.new_trace()
+            t.t0, t.ttfb, t.site, t.status = t0, ttfb, hit.site.name, CacheStatus.HIT
+            line = observe.Line(self.client, p.method, hit.req.host, hit.req.target, _field(hit.req.headers, "range"))
+            observe.log_line(access, t, line, hit.status, sum(len(x) for x in parts))
+        if not p.keep_alive:
             self.closing = True
             transport.close()
 

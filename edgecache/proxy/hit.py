@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass
 
 from edgecache.cluster.view import HOP
+from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.freshness import Use, current_age, evaluate, usable
+from edgecache.core.freshness import Freshness, Use, current_age, evaluate, usable
 from edgecache.core.headers import Headers, get_first
-from edgecache.core.keys import BadTarget, entry_key, make_key
+from edgecache.core.keys import BadTarget, PrimaryRecord, entry_key, make_key
+from edgecache.core.purge import PurgeTable
 from edgecache.core.route import normalise_host
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.proxy.engine import FillRequest
@@ -38,7 +40,25 @@ class Hit:
     meta: ObjectMeta
     first: int  # the body's bytes of the object, inclusive; first > last: no body
     last: int
-    site: str
+    site: Site
+    # What the answer was decided from: while all of it is the same, the same request gets the same answer.
+    router: object
+    ring: object
+    record: PrimaryRecord
+    purges: PurgeTable
+    valid_until: float  # when the Age field or freshness next changes
+
+    def still(self, handler: EdgeHandler, now: float) -> bool:
+        """Would find_hit() decide the same for the same request now (the client's address aside)?"""
+        store = handler.engine.store
+        return (
+            now < self.valid_until
+            and handler.router is self.router
+            and (handler.cluster.ring if handler.cluster is not None else None) is self.ring
+            and store.purges is self.purges
+            and store.peek_record(self.req.primary) is self.record
+            and store.peek_meta(self.req.entry_key) is self.meta
+        )
 
 
 def find_hit(
@@ -74,6 +94,7 @@ def find_hit(
     fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, site.policy)
     if fresh is None or usable(headers, meta.headers, fresh, site.policy) is not Use.FRESH:
         return None
+    valid_until = _valid_until(headers, fresh, now)
     if meta.response_time < max(soft_before, record.soft_before):
         return None
     planned = _planned(method, headers, meta, now, handler.engine.slice_size)
@@ -98,7 +119,20 @@ def find_hit(
         host_key=host,
         path=key.path,
     )
-    return Hit(status, fields, req, meta, first, last, site.name)
+    ring = cluster.ring if cluster is not None else None
+    return Hit(status, fields, req, meta, first, last, site, handler.router, ring, record, store.purges, valid_until)
+
+
+def _valid_until(headers: Headers, fresh: Freshness, now: float) -> float:
+    """The first moment the same request could be answered otherwise: Age ticks, or freshness runs out."""
+    until = now + (1.0 - fresh.age % 1.0)
+    until = min(until, now + fresh.lifetime - fresh.age)
+    rcc = parse_cache_control(headers)
+    if rcc.max_age is not None:
+        until = min(until, now + rcc.max_age - fresh.age)
+    if rcc.min_fresh is not None:
+        until = min(until, now + fresh.lifetime - fresh.age - rcc.min_fresh)
+    return until
 
 
 def _planned(

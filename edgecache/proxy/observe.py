@@ -134,12 +134,16 @@ class Line:
 
 
 def count(t: Trace, method: str, code: int) -> None:
-    """The request counter; label children are looked up once, not on every request."""
-    labels = (t.site, method if method in _METHODS else "other", metrics.status_class(code), t.status.value)
+    requests_counter(t.site, method, code, t.status).inc()
+
+
+def requests_counter(site: str, method: str, code: int, status: CacheStatus) -> Any:
+    """The request counter's child for these labels; looked up once, not on every request."""
+    labels = (site, method if method in _METHODS else "other", metrics.status_class(code), status.value)
     counter = _requests.get(labels)
     if counter is None:
         counter = _requests[labels] = metrics.REQUESTS.labels(*labels)
-    counter.inc()
+    return counter
 
 
 def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int) -> None:
