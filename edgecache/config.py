@@ -108,6 +108,7 @@ class Config:
     fast_path: bool = True  # fresh hits answered before the web framework is involved
     header_timeout: float = 10.0  # a request head must be complete this long after its first byte (slowloris)
     idle_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
+    disk_send: str = "pread"  # disk hits on the fast path: "pread" (never blocks the loop) or "sendfile"
     rate_limit: float | None = None  # requests per second per client address (429 past it); None: no limit
     burst: float | None = None  # requests a client may make at once (default: one second's worth)
     demo_origin: Listen | None = None
@@ -193,6 +194,15 @@ class _Reader:
     def unknown(self, table: dict[str, Any], prefix: str, known: set[str]) -> None:
         for key in sorted(set(table) - known):
             self.problem(f"{prefix}{key}", "unknown key")
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError("must be one of " + ", ".join(repr(a) for a in allowed))
+        return str(v)
+
+    return check
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[Any], Any]:
@@ -460,6 +470,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
             "fast_path",
             "header_timeout",
             "idle_timeout",
+            "disk_send",
         },
     )
     listen: tuple[Listen, ...] = r.get(
@@ -475,6 +486,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     fast_path = r.get(server, "server.", "fast_path", _bool, True)
     header_timeout = r.get(server, "server.", "header_timeout", _positive(float), 10.0)
     idle_timeout = r.get(server, "server.", "idle_timeout", _positive(float), 75.0)
+    disk_send = r.get(server, "server.", "disk_send", _choice("pread", "sendfile"), "pread")
     demo = r.table(doc, "demo")
     r.unknown(demo, "demo.", {"origin"})
     demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
@@ -497,6 +509,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         fast_path=fast_path,
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
+        disk_send=disk_send,
         demo_origin=demo_origin,
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
         access_log=access if access is None or access.is_absolute() else base / access,

@@ -75,3 +75,6 @@ FAST_PATH = Counter(
     ["outcome"],
 )
 HEADER_TIMEOUTS = Counter("edgecache_header_timeouts_total", "Connections closed: a request head took too long")
+DISK_CORRUPT = Counter(
+    "edgecache_disk_corrupt_total", "Values read from the disk tier with a wrong length or checksum, dropped"
+)

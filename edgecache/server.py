@@ -86,6 +86,7 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await session.close()
         await engine.close()
+        store.close_files()
         await origin.close()
         await loop.run_in_executor(None, disk.close)
         await loop.run_in_executor(None, access.close)
@@ -155,7 +156,7 @@ def make_server(node: Node) -> web.Server:
 def make_fast(node: Node, server: web.Server) -> FastServer:
     """The protocol in front of aiohttp: fresh hits off the socket, everything else handed to `server`."""
     c = node.config
-    settings = FastSettings(c.header_timeout, c.idle_timeout, c.client_write_timeout)
+    settings = FastSettings(c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile")
     return FastServer(node.handler, server, settings)
 
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import http
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from edgecache.core.status import CacheStatus
 from edgecache.proxy import observe
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.hit import Hit, find_hit
+from edgecache.storage.store import SliceFile
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class FastSettings:
     header_timeout: float = 10.0
     idle_timeout: float = 75.0
     write_timeout: float = 60.0
+    sendfile: bool = False  # disk hits: os.sendfile onto the socket (may block on cold pages) instead of pread
 
 
 @dataclass(slots=True)
@@ -148,6 +151,7 @@ class FastPath(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.write_timer: asyncio.TimerHandle | None = None
+        self.sock_fd = -1
 
     # --- connection events -------------------------------------------------------------------------------
 
@@ -156,6 +160,9 @@ class FastPath(asyncio.Protocol):
         transport = self.transport
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else "-"
+        sock = transport.get_extra_info("socket")
+        plain = transport.get_extra_info("sslcontext") is None  # never sendfile under TLS
+        self.sock_fd = sock.fileno() if sock is not None and plain else -1
         self.server.connections.add(self)
         self._arm(self.server.settings.idle_timeout)
 
@@ -296,33 +303,99 @@ class FastPath(asyncio.Protocol):
         return p.keep_alive
 
     async def _from_disk(self, p: Prepared, raw: bytes, t0: float) -> None:
+        """Gather every slice (memory, open file, or opened now off the loop), then send; nothing is sent until
+        all are in hand, so a slice gone from disk meanwhile still lets the full handler answer from scratch."""
         hit = p.hit
         handler = self.server.handler
         store = handler.engine.store
         size = handler.engine.slice_size
-        parts: list[memoryview] = []
-        from_disk = 0
+        sources: list[memoryview | tuple[SliceFile, int, int]] = []
+        held: list[SliceFile] = []
         handler.in_flight += 1
         try:
             for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
+                base = index * size
+                lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
                 data = store.slice_from_memory(hit.req.entry_key, hit.meta, index)
-                if data is None:
-                    data = await store.slice_from_disk(hit.req.entry_key, hit.meta, index)
-                    if data is None:  # gone from disk since: the full handler fetches it again
-                        self.buf = raw + self.buf
-                        self._hand_off()
-                        return
-                    from_disk += 1
-                parts.append(_cut(data, index, size, hit.first, hit.last))
+                if data is not None:
+                    sources.append(memoryview(data)[lo:hi])
+                    continue
+                opened = store.open_file(hit.req.entry_key, hit.meta, index)
+                got = opened if opened is not None else await store.open_slice(hit.req.entry_key, hit.meta, index)
+                if got is None:  # gone from disk: the full handler fetches it again
+                    self.buf = raw + self.buf
+                    self._hand_off()
+                    return
+                if isinstance(got, bytes):
+                    sources.append(memoryview(got)[lo:hi])
+                else:
+                    held.append(got.acquire())
+                    sources.append((got, lo, hi))
+            await self._send_parts(p, sources, t0)
         finally:
             handler.in_flight -= 1
-        (_FROM_DISK if from_disk else _FROM_MEMORY).inc(hit.last - hit.first + 1)
-        self._send(p, parts, t0)
+            for f in held:
+                f.release()
+
+    async def _send_parts(self, p: Prepared, sources: list[memoryview | tuple[SliceFile, int, int]], t0: float) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(p.head)
+        self._sent(p, t0)
+        nbytes = 0
+        for source in sources:
+            if isinstance(source, memoryview):
+                transport.write(source)
+                nbytes += len(source)
+                _FROM_MEMORY.inc(len(source))
+            else:
+                f, lo, hi = source
+                await self._send_file(transport, f, lo, hi)
+                nbytes += hi - lo
+                _FROM_DISK.inc(hi - lo)
+            if self.write_paused:
+                await self._drain()
+        self._finished(p, nbytes, t0)
+
+    async def _send_file(self, transport: asyncio.Transport, f: SliceFile, lo: int, hi: int) -> None:
+        """Bytes lo..hi-1 of an open slice file: sendfile while the socket takes them (when configured and the
+        transport has nothing queued, so order is kept), then pread without waiting on the disk, then pread
+        in a thread for pages not in the page cache."""
+        if self.sock_fd >= 0 and self.server.settings.sendfile:
+            while lo < hi and transport.get_write_buffer_size() == 0:
+                try:
+                    sent = os.sendfile(self.sock_fd, f.fd, lo, hi - lo)
+                except BlockingIOError:
+                    break
+                if sent <= 0:
+                    break
+                lo += sent
+        while lo < hi:
+            buf = bytearray(hi - lo)  # a fresh buffer: the transport may keep it until the socket takes it
+            try:
+                got = os.preadv(f.fd, [buf], lo, os.RWF_NOWAIT)
+            except BlockingIOError:
+                got = 0
+            if got <= 0:
+                data = await self.loop.run_in_executor(None, os.pread, f.fd, hi - lo, lo)
+                if not data:
+                    raise OSError(f"slice file ended at {lo}, expected {hi}")
+                transport.write(data)
+                lo += len(data)
+                continue
+            transport.write(memoryview(buf)[:got])
+            lo += got
+
+    async def _drain(self) -> None:
+        self.drained = self.loop.create_future()
+        await self.drained
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.busy = False
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("fast path: %r", exc)
+            if not isinstance(exc, ConnectionError):
+                log.warning("fast path: aborting the connection: %r", exc)
             self.abort()
             return
         if self.transport is not None and self.transport.is_reading() is False:
@@ -335,20 +408,26 @@ class FastPath(asyncio.Protocol):
         if transport is None:
             return
         transport.writelines([p.head, *parts])
+        self._sent(p, t0)
+        self._finished(p, sum(len(x) for x in parts), t0)
+
+    def _sent(self, p: Prepared, t0: float) -> None:
+        """The head is out: count the request and its time to first byte."""
         _ANSWERED.inc()
         p.counter.inc()
-        ttfb = time.monotonic() - t0
-        _TTFB_HIT.observe(ttfb)
+        _TTFB_HIT.observe(time.monotonic() - t0)
+
+    def _finished(self, p: Prepared, nbytes: int, t0: float) -> None:
         access = self.server.handler.access
         if access.enabled:
             hit = p.hit
             t = observe.new_trace()
-            t.t0, t.ttfb, t.site, t.status = t0, ttfb, hit.site.name, CacheStatus.HIT
+            t.t0, t.site, t.status = t0, hit.site.name, CacheStatus.HIT
             line = observe.Line(self.client, p.method, hit.req.host, hit.req.target, _field(hit.req.headers, "range"))
-            observe.log_line(access, t, line, hit.status, sum(len(x) for x in parts))
-        if not p.keep_alive:
+            observe.log_line(access, t, line, hit.status, nbytes)
+        if not p.keep_alive and self.transport is not None:
             self.closing = True
-            transport.close()
+            self.transport.close()
 
     def _head(self, hit: Hit, keep_alive: bool) -> bytes | None:
         """The head aiohttp would write for these fields: Date and Server when absent, Connection when due."""

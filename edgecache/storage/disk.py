@@ -1,22 +1,28 @@
 """The disk tier: diskcache (SQLite index + one file per large value), shared by every worker process.
 
 Every diskcache call blocks (SQLite, file I/O), so each one runs in a small dedicated thread pool and never on
-the event loop. Eviction is least-recently-stored: a `get` then needs no write transaction, which keeps disk
-hits cheap; recency is the memory tier's job.
+the event loop. Every value carries a CRC-32 (diskcache's tag column): a value changed underneath the node is
+detected when read, dropped and reported missing, so it is fetched again.
+
+Eviction is least-recently-stored: a `get` then needs no write transaction, which keeps disk hits cheap;
+recency is the memory tier's job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sqlite3
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import diskcache
 
+from edgecache import metrics
 from edgecache.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -49,11 +55,45 @@ class DiskTier:
             raise StorageError(f"disk tier: {exc}") from exc
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._run(lambda: self._cache.get(key, None, retry=True))
-        return value if isinstance(value, bytes) else None
+        """The value, if present and intact: one whose checksum fails is deleted and reported missing."""
+        return await self._run(lambda: self._get_checked(key))
+
+    def _get_checked(self, key: str) -> bytes | None:
+        value, tag = self._cache.get(key, None, tag=True, retry=True)
+        if not isinstance(value, bytes):
+            return None
+        if isinstance(tag, int) and zlib.crc32(value) != tag:
+            self._corrupt(key)
+            return None
+        return value
+
+    async def open(self, key: str) -> BinaryIO | bytes | None:
+        """An open file holding the value (large values), the value itself (small ones), or None.
+
+        The checksum is checked here, once, so the caller may then read the file in pieces without checking.
+        """
+        return await self._run(lambda: self._open_checked(key))
+
+    def _open_checked(self, key: str) -> BinaryIO | bytes | None:
+        value, tag = self._cache.get(key, None, read=True, tag=True, retry=True)
+        if value is None or isinstance(value, bytes):
+            return self._get_checked(key) if value is not None else None
+        if not isinstance(value, io.BufferedReader):
+            return None
+        if isinstance(tag, int) and zlib.crc32(value.read()) != tag:
+            value.close()
+            self._corrupt(key)
+            return None
+        return value
+
+    def _corrupt(self, key: str) -> None:
+        log.warning("disk tier: %s failed its checksum: dropped", key)
+        metrics.DISK_CORRUPT.inc()
+        self._cache.delete(key, retry=True)
 
     async def put(self, key: str, value: bytes) -> bool:
-        return await self._run(lambda: bool(self._cache.set(key, value, retry=True)))
+        # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
+        return await self._run(lambda: bool(self._cache.set(key, value, tag=zlib.crc32(value), retry=True)))
 
     async def delete(self, key: str) -> None:
         await self._run(lambda: self._cache.delete(key, retry=True))

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 from collections import OrderedDict
 from dataclasses import replace
+from typing import BinaryIO
 
+from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import PrimaryRecord, digest
 from edgecache.core.purge import PurgeTable
@@ -27,6 +30,47 @@ def slice_name(entry_key: str, version: str, index: int) -> str:
     return f"s:{digest(entry_key)}:{digest(version)[:16]}:{index}"
 
 
+OPEN_FILES = 256  # slice files kept open for the fast path's disk hits
+
+
+class SliceFile:
+    """An open, checked slice file, read in pieces by the fast path (pread or sendfile).
+
+    Slice files are never rewritten (a new version is a new name), so an open file keeps the right bytes even
+    after the disk tier evicts it. Users hold it while reading; one dropped from the open-file cache meanwhile
+    is closed by its last user, so a file descriptor is never closed (and its number reused) under a reader.
+    """
+
+    __slots__ = ("_file", "dropped", "fd", "mtime", "size", "users")
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.fd = file.fileno()
+        st = os.fstat(self.fd)
+        self.size, self.mtime = st.st_size, st.st_mtime_ns
+        self.users = 0
+        self.dropped = False
+
+    def acquire(self) -> SliceFile:
+        self.users += 1
+        return self
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.dropped and self.users == 0:
+            self._file.close()
+
+    def drop(self) -> None:
+        self.dropped = True
+        if self.users == 0:
+            self._file.close()
+
+    def changed(self) -> bool:
+        """Evicted by the disk tier (stop pinning its blocks), or written to since it was checked."""
+        st = os.fstat(self.fd)
+        return st.st_nlink == 0 or st.st_size != self.size or st.st_mtime_ns != self.mtime
+
+
 class Store:
     def __init__(self, memory: MemoryTier, disk: DiskTier, meta_entries: int = 100_000) -> None:
         self.memory = memory
@@ -36,6 +80,7 @@ class Store:
         self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
         self.purges = PurgeTable()
         self._meta_entries = meta_entries
+        self._files: OrderedDict[str, SliceFile] = OrderedDict()
 
     # --- metadata -----------------------------------------------------------------------------------------
 
@@ -164,14 +209,65 @@ class Store:
         if data is None:
             return None
         if len(data) != meta.slice_length(index):
-            log.warning("slice %s has %d bytes, expected %d: dropped", name, len(data), meta.slice_length(index))
-            await self._drop(name)
+            await self._wrong_length(name, len(data), meta.slice_length(index))
             return None
         self.memory.put(name, data)
         return data
 
+    def open_file(self, entry_key: str, meta: ObjectMeta, index: int) -> SliceFile | None:
+        """The slice's file if it is open already (no I/O beyond one fstat)."""
+        name = slice_name(entry_key, meta.slice_version, index)
+        f = self._files.get(name)
+        if f is None:
+            return None
+        if f.changed():
+            del self._files[name]
+            f.drop()
+            return None
+        self._files.move_to_end(name)
+        return f
+
+    async def open_slice(self, entry_key: str, meta: ObjectMeta, index: int) -> SliceFile | bytes | None:
+        """Open a slice on disk for reading in pieces (small ones come back whole), checked as slice_from_disk."""
+        name = slice_name(entry_key, meta.slice_version, index)
+        try:
+            value = await self.disk.open(name)
+        except StorageError as exc:
+            log.warning("slice open failed, refetching: %s", exc)
+            return None
+        if value is None:
+            return None
+        if isinstance(value, bytes):
+            if len(value) != meta.slice_length(index):
+                await self._wrong_length(name, len(value), meta.slice_length(index))
+                return None
+            return value
+        f = SliceFile(value)
+        if f.size != meta.slice_length(index):
+            f.drop()
+            await self._wrong_length(name, f.size, meta.slice_length(index))
+            return None
+        if (old := self._files.pop(name, None)) is not None:
+            old.drop()
+        self._files[name] = f
+        while len(self._files) > OPEN_FILES:
+            self._files.popitem(last=False)[1].drop()
+        return f
+
+    def close_files(self) -> None:
+        for f in self._files.values():
+            f.drop()
+        self._files.clear()
+
+    async def _wrong_length(self, name: str, got: int, expected: int) -> None:
+        log.warning("slice %s has %d bytes, expected %d: dropped", name, got, expected)
+        metrics.DISK_CORRUPT.inc()
+        await self._drop(name)
+
     async def _drop(self, name: str) -> None:
         self.memory.delete(name)
+        if (f := self._files.pop(name, None)) is not None:
+            f.drop()
         with contextlib.suppress(StorageError):
             await self.disk.delete(name)
 

@@ -83,11 +83,12 @@ CASES: list[tuple[bytes, bool]] = [
 async def pair(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Edge, Edge]]:
     origin.put("/small", SMALL, content_type="text/plain")
     origin.put("/big", BIG)
-    memory = request.param
+    memory, send = request.param
     async with AsyncExitStack() as stack:
         edges = []
         for name, fast in (("fast", True), ("framework", False)):
-            config = replace(make_config(tmp_path / name, [origin.url], memory_bytes=memory), fast_path=fast)
+            config = make_config(tmp_path / name, [origin.url], memory_bytes=memory)
+            config = replace(config, fast_path=fast, disk_send=send)
             edge = await stack.enter_async_context(start_edge(config))
             for path in ("/small", "/big"):
                 assert (await edge.get(path))[0] == 200
@@ -96,7 +97,12 @@ async def pair(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -
         yield edges[0], edges[1]
 
 
-@pytest.mark.parametrize("pair", [64 * 2**20, 0], ids=["memory-hits", "disk-hits"], indirect=True)
+@pytest.mark.parametrize(
+    "pair",
+    [(64 * 2**20, "pread"), (0, "pread"), (0, "sendfile")],
+    ids=["memory-hits", "disk-hits-pread", "disk-hits-sendfile"],
+    indirect=True,
+)
 @pytest.mark.parametrize(("case", "fast"), CASES, ids=[str(i) for i in range(len(CASES))])
 async def test_fast_path_answers_exactly_as_aiohttp_does(pair: tuple[Edge, Edge], case: bytes, fast: bool) -> None:
     fast_edge, framework = pair
@@ -110,7 +116,7 @@ async def test_fast_path_answers_exactly_as_aiohttp_does(pair: tuple[Edge, Edge]
     assert during == (2 if fast else 0)
 
 
-@pytest.mark.parametrize("pair", [64 * 2**20], indirect=True)
+@pytest.mark.parametrize("pair", [(64 * 2**20, "pread")], indirect=True)
 async def test_fast_path_bodies_are_the_origins_bytes(pair: tuple[Edge, Edge], origin: Origin) -> None:
     fast_edge, _ = pair
     hits = dict(origin.hits)
@@ -123,7 +129,7 @@ async def test_fast_path_bodies_are_the_origins_bytes(pair: tuple[Edge, Edge], o
     assert dict(origin.hits) == hits
 
 
-@pytest.mark.parametrize("pair", [64 * 2**20], indirect=True)
+@pytest.mark.parametrize("pair", [(64 * 2**20, "pread")], indirect=True)
 async def test_pipelined_hits_then_a_miss_keep_their_order(pair: tuple[Edge, Edge], origin: Origin) -> None:
     fast_edge, _ = pair
     origin.put("/later", b"fetched after the hits")

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.conftest import Edge, make_config, start_edge
@@ -92,20 +93,34 @@ async def test_more_bytes_than_content_length_are_never_served(edge: Edge, origi
     assert (await fetch(edge, "/longer"))[1] in (b"x" * 1000, b"y" * 1000)
 
 
-async def test_disk_files_corrupted_or_deleted_underneath(origin: Origin, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_disk_files_corrupted_or_deleted_underneath(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    from dataclasses import replace
+
     origin.put("/d.bin", DATA)
     cfg = make_config(tmp_path / "c", [origin.url], memory_bytes=MiB // 2)  # slices live on disk only
-    async with start_edge(cfg) as edge:
+    async with start_edge(replace(cfg, fast_path=fast)) as edge:
         assert (await fetch(edge, "/d.bin"))[1] == DATA
         await edge.node.engine.flush()  # every slice is on disk before it is damaged
         files = sorted(p for p in (tmp_path / "c").rglob("*.val"))
         assert len(files) == 3  # three slices, one file each
         files[0].write_bytes(files[0].read_bytes()[:1000])  # truncated underneath
         files[1].unlink()  # deleted underneath
+        flipped = bytearray(files[2].read_bytes())
+        flipped[1234] ^= 0xFF
+        files[2].write_bytes(bytes(flipped))  # same length, one byte changed: only the checksum can tell
         for _ in range(2):
             status, body = await fetch(edge, "/d.bin")
             assert (status, body) == (200, DATA)
-        assert origin.hits["/d.bin"] == 3  # the two damaged slices were fetched again, once each
+        assert origin.hits["/d.bin"] == 4  # the three damaged slices were fetched again, once each
+        await edge.node.engine.flush()
+        files = sorted(p for p in (tmp_path / "c").rglob("*.val"))
+        for f in files:  # damaged again, in place, while the fast path may hold them open
+            data = bytearray(f.read_bytes())
+            data[7] ^= 0xFF
+            f.write_bytes(bytes(data))
+        assert await fetch(edge, "/d.bin") == (200, DATA)
+        assert origin.hits["/d.bin"] == 7
 
 
 async def test_origin_timeout_is_a_quick_504(origin: Origin, tmp_path: Path) -> None:
