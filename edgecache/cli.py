@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from edgecache import config as cfg
@@ -25,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--slice", default="1MiB", help="slice size for --origin mode")
     s.add_argument("--admin", help="HOST:PORT of the admin listener (metrics, health) for --origin mode")
     s.add_argument("--access-log", help="access log file for --origin mode")
+    s.add_argument("--workers", type=int, default=1, help="worker processes for --origin mode")
+    s.add_argument(
+        "--disk-send", choices=("pread", "sendfile"), default="pread", help="how --origin mode sends disk hits"
+    )
     c = sub.add_parser("check-config", help="validate a config file like `nginx -t`")
     c.add_argument("file", type=Path)
     r = sub.add_parser("ring", help="which nodes own a URL, in failover order, and which are up")
@@ -174,7 +179,10 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
         }
     except ValueError as exc:
         raise ConfigError([f"command line: --memory/--disk/--slice: {exc}"]) from exc
-    return cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, **sizes)
+    if args.workers < 1:
+        raise ConfigError(["command line: --workers: must be at least 1"])
+    config = cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, **sizes)
+    return replace(config, workers=args.workers, disk_send=args.disk_send)
 
 
 def main(argv: list[str] | None = None) -> int:
