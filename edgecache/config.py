@@ -6,6 +6,7 @@ Validation collects all problems before failing, like `nginx -t`, so an operator
 from __future__ import annotations
 
 import re
+import ssl
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ class Listen:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSFiles:
+    cert: Path  # PEM certificate chain
+    key: Path  # PEM private key
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
     name: str
     hosts: tuple[str, ...]
@@ -42,6 +49,7 @@ class Site:
     origin_host: str | None = None  # Host sent to origin; None = the client's Host
     policy: Policy = field(default_factory=Policy)  # the choices RFC 9111 leaves to a shared cache
     allow: tuple[IPv4Network | IPv6Network, ...] = ()  # client subnets served (the ISP's customers); empty: all
+    tls: TLSFiles | None = None  # the certificate its HTTPS clients get (chosen by SNI)
 
     def allows(self, client: str) -> bool:
         if not self.allow:
@@ -109,6 +117,8 @@ class Config:
     header_timeout: float = 10.0  # a request head must be complete this long after its first byte (slowloris)
     idle_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
     disk_send: str = "pread"  # disk hits on the fast path: "pread" (never blocks the loop) or "sendfile"
+    tls_listen: tuple[Listen, ...] = ()  # HTTPS listeners; certificates per site by SNI
+    tls: TLSFiles | None = None  # for clients that send no (or an unknown) server name
     rate_limit: float | None = None  # requests per second per client address (429 past it); None: no limit
     burst: float | None = None  # requests a client may make at once (default: one second's worth)
     demo_origin: Listen | None = None
@@ -414,7 +424,32 @@ def _bool(v: Any) -> bool:
     return v
 
 
-def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
+def _tls(r: _Reader, t: dict[str, Any], p: str, base: Path) -> TLSFiles | None:
+    raw = t.get("tls")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        r.problem(f"{p}tls", "expected a table with cert and key")
+        return None
+    r.unknown(raw, f"{p}tls.", {"cert", "key"})
+    paths = []
+    for name in ("cert", "key"):
+        value = raw.get(name)
+        if not isinstance(value, str) or not value:
+            r.problem(f"{p}tls.{name}", "expected the path of a PEM file")
+            return None
+        path = Path(value)
+        paths.append(path if path.is_absolute() else base / path)
+    files = TLSFiles(paths[0], paths[1])
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        r.problem(f"{p}tls", f"cannot load certificate {files.cert} with key {files.key}: {exc}")
+        return None
+    return files
+
+
+def _sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
     raw = doc.get("sites", [])
     if not isinstance(raw, list) or not raw:
         r.problem("sites", "expected at least one [[sites]] table")
@@ -426,7 +461,7 @@ def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
         if not isinstance(t, dict):
             r.problem(f"sites[{i}]", "expected a table")
             continue
-        r.unknown(t, p, {"name", "hosts", "origins", "key_query", "origin_host", "cache", "allow"})
+        r.unknown(t, p, {"name", "hosts", "origins", "key_query", "origin_host", "cache", "allow", "tls"})
         for req in ("name", "hosts", "origins"):
             if req not in t:
                 r.problem(f"{p}{req}", "is required")
@@ -438,6 +473,7 @@ def _sites(r: _Reader, doc: dict[str, Any]) -> tuple[Site, ...]:
             origin_host=r.get(t, p, "origin_host", lambda v: str(v) if v else None, None),
             policy=_policy(r, t, p),
             allow=r.get(t, p, "allow", _networks, ()),
+            tls=_tls(r, t, p, base),
         )
         reported = "\n".join(r.problems)
         if "hosts" in t and not site.hosts and f"{p}hosts:" not in reported:
@@ -471,6 +507,8 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
             "header_timeout",
             "idle_timeout",
             "disk_send",
+            "tls_listen",
+            "tls",
         },
     )
     listen: tuple[Listen, ...] = r.get(
@@ -487,6 +525,10 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     header_timeout = r.get(server, "server.", "header_timeout", _positive(float), 10.0)
     idle_timeout = r.get(server, "server.", "idle_timeout", _positive(float), 75.0)
     disk_send = r.get(server, "server.", "disk_send", _choice("pread", "sendfile"), "pread")
+    tls_listen: tuple[Listen, ...] = r.get(
+        server, "server.", "tls_listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
+    )
+    default_tls = _tls(r, server, "server.", base)
     demo = r.table(doc, "demo")
     r.unknown(demo, "demo.", {"origin"})
     demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
@@ -500,7 +542,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         listen=listen,
         cache=_cache(r, doc, base),
         origin=_origin(r, doc),
-        sites=_sites(r, doc),
+        sites=_sites(r, doc, base),
         workers=workers,
         client_write_timeout=write_timeout,
         max_requests=max_requests,
@@ -510,12 +552,16 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
         disk_send=disk_send,
+        tls_listen=tls_listen,
+        tls=default_tls,
         demo_origin=demo_origin,
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
         access_log=access if access is None or access.is_absolute() else base / access,
         cluster=_cluster(r, doc) if "cluster" in doc else None,
         tokens=_tokens(r, admin, base),
     )
+    if cfg.tls_listen and cfg.tls is None and not any(s.tls for s in cfg.sites):
+        r.problem("server.tls_listen", "needs a certificate: [server.tls] or a [sites.tls] table")
     known_sites = {s.name for s in cfg.sites}
     for i, tok in enumerate(cfg.tokens):
         for name in tok.sites:

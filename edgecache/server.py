@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from edgecache.accesslog import AccessLog
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
-from edgecache.config import Config
+from edgecache.config import Config, Listen
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastpath import FastServer, FastSettings
@@ -28,6 +29,7 @@ from edgecache.proxy.origin import OriginClient
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.store import Store
+from edgecache.tls import Certificates
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class Node:
     handler: EdgeHandler
     access: AccessLog
     cluster: ClusterView | None = None
+    certificates: Certificates | None = None
     state: dict[str, bool] = field(default_factory=lambda: {"listening": False, "draining": False})
 
     def ready(self) -> tuple[bool, str]:
@@ -79,7 +82,8 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
         handler.max_in_flight = config.max_requests
         if config.rate_limit is not None:
             handler.limiter = RateLimiter(config.rate_limit, config.burst or max(1.0, config.rate_limit))
-        yield Node(config, origin, store, engine, handler, access, cluster)
+        certificates = Certificates(config) if config.tls_listen else None
+        yield Node(config, origin, store, engine, handler, access, cluster, certificates)
     finally:
         for task in tasks:
             task.cancel()
@@ -112,7 +116,7 @@ async def _sample_stats(store: Store) -> None:
 
 
 # What a reload can change without a restart; everything else is reported as needing one.
-_RESTART_ONLY = ("listen", "cache", "origin", "workers", "admin", "access_log", "demo_origin")
+_RESTART_ONLY = ("listen", "tls_listen", "cache", "origin", "workers", "admin", "access_log", "demo_origin")
 
 
 async def reload(node: Node) -> bool:
@@ -136,6 +140,12 @@ async def reload(node: Node) -> bool:
     for name in _RESTART_ONLY:
         if getattr(new, name) != getattr(node.config, name):
             log.warning("reload: %s changed in %s; it takes effect at the next restart", name, path)
+    if node.certificates is not None:
+        try:
+            node.certificates.load(new)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("reload rejected, keeping the running config: certificates: %s", exc)
+            return False
     node.handler.reload(new.sites)
     if node.cluster is not None and new.cluster is not None:
         node.cluster.settings = new.cluster
@@ -166,14 +176,22 @@ class FastSite(web.BaseSite):
     __slots__ = ("_fast", "_host", "_port", "_reuse_port")
 
     def __init__(
-        self, runner: web.BaseRunner, fast: FastServer, host: str, port: int, *, backlog: int, reuse_port: bool
+        self,
+        runner: web.BaseRunner,
+        fast: FastServer,
+        host: str,
+        port: int,
+        *,
+        backlog: int,
+        reuse_port: bool,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, backlog=backlog)
+        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
         self._fast, self._host, self._port, self._reuse_port = fast, host, port, reuse_port
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -184,7 +202,28 @@ class FastSite(web.BaseSite):
             backlog=self._backlog,
             reuse_address=True,
             reuse_port=self._reuse_port,
+            ssl=self._ssl_context,
         )
+
+
+async def start_listeners(node: Node, runner: web.BaseRunner, fast: FastServer) -> list[web.BaseSite]:
+    """The client listeners, plain and HTTPS, each starting on the fast path unless it is turned off."""
+    c = node.config
+    sites: list[web.BaseSite] = []
+    wanted: list[tuple[Listen, ssl.SSLContext | None]] = [(a, None) for a in c.listen]
+    if node.certificates is not None:
+        wanted += [(a, node.certificates.context) for a in c.tls_listen]
+    for addr, ctx in wanted:
+        reuse = c.workers > 1
+        site: web.BaseSite
+        if c.fast_path:
+            site = FastSite(runner, fast, addr.host, addr.port, backlog=1024, reuse_port=reuse, ssl_context=ctx)
+        else:
+            site = web.TCPSite(runner, addr.host, addr.port, backlog=1024, reuse_port=reuse, ssl_context=ctx)
+        await site.start()
+        sites.append(site)
+        log.info("edgecache listening on %s://%s", "https" if ctx else "http", addr)
+    return sites
 
 
 async def _start_demo(config: Config) -> web.AppRunner | None:
@@ -236,13 +275,7 @@ async def run(config: Config, worker: int = 0) -> None:
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
         await runner.setup()
         fast = make_fast(node, server)
-        for addr in config.listen:
-            reuse = config.workers > 1
-            if config.fast_path:
-                await FastSite(runner, fast, addr.host, addr.port, backlog=1024, reuse_port=reuse).start()
-            else:
-                await web.TCPSite(runner, addr.host, addr.port, backlog=1024, reuse_port=reuse).start()
-            log.info("edgecache listening on http://%s", addr)
+        await start_listeners(node, runner, fast)
         admin = await _start_admin(node) if worker == 0 else None  # after the listeners: jobs resume through them
         node.state["listening"] = True
         await stop.wait()

@@ -13,7 +13,7 @@ from hypothesis import settings
 from multidict import CIMultiDict
 
 from edgecache.config import CacheSettings, Config, Listen, OriginSettings, Site
-from edgecache.server import FastSite, Node, make_fast, make_server, open_node
+from edgecache.server import Node, make_fast, make_server, open_node, start_listeners
 from tests.origin import Origin
 
 BIG = 64 * 2**20
@@ -55,6 +55,7 @@ class Edge:
     runner: web.ServerRunner
     port: int
     session: aiohttp.ClientSession
+    ports: list[int]  # of every listener, plain first, then HTTPS
 
     @property
     def url(self) -> str:
@@ -74,16 +75,10 @@ async def start_edge(config: Config) -> AsyncIterator[Edge]:
         runner = web.ServerRunner(server)
         await runner.setup()
         fast = make_fast(node, server)
-        port = config.listen[0].port
-        site: web.BaseSite
-        if config.fast_path:
-            site = FastSite(runner, fast, "127.0.0.1", port, backlog=128, reuse_port=False)
-        else:
-            site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sites = await start_listeners(node, runner, fast)
+        ports = [site._server.sockets[0].getsockname()[1] for site in sites]  # type: ignore[union-attr]
         async with aiohttp.ClientSession(auto_decompress=False) as session:
-            yield Edge(node, runner, port, session)
+            yield Edge(node, runner, ports[0], session, ports)
         await runner.cleanup()
         await fast.shutdown(1.0)
 

@@ -1,0 +1,102 @@
+"""HTTPS with a certificate per site, chosen by SNI; the same bytes and the same fast path as plain HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trustme
+from prometheus_client import REGISTRY
+
+from edgecache.config import Listen, Site, TLSFiles
+from edgecache.errors import ConfigError
+from tests.conftest import make_config, start_edge
+from tests.origin import Origin
+
+BODY = b"served over TLS " * 500
+
+
+def issue(ca: trustme.CA, tmp: Path, name: str, *hosts: str) -> TLSFiles:
+    cert = ca.issue_cert(*hosts)
+    files = TLSFiles(tmp / f"{name}.pem", tmp / f"{name}.key")
+    cert.cert_chain_pems[0].write_to_path(str(files.cert))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(files.cert), append=True)
+    cert.private_key_pem.write_to_path(str(files.key))
+    return files
+
+
+async def fetch(port: int, ca: trustme.CA, server_name: str, host: str, path: str) -> bytes:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=server_name)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        async with asyncio.timeout(10):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+def answered() -> float:
+    return REGISTRY.get_sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_each_site_gets_its_own_certificate_by_sni(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    origin.put("/v.bin", BODY)
+    ca = trustme.CA()
+    videos = issue(ca, tmp_path, "videos", "video.test", "*.cdn.test")
+    other = issue(ca, tmp_path, "other", "other.test")
+    config = make_config(tmp_path / "c", [origin.url])
+    sites = (
+        replace(config.sites[0], tls=videos),
+        Site(name="other", hosts=("other.test",), origins=(origin.url,), tls=other),
+    )
+    config = replace(config, sites=sites, tls_listen=(Listen("127.0.0.1", 0),), fast_path=fast)
+    async with start_edge(config) as edge:
+        port = edge.ports[1]
+        for name, host in (("video.test", "video.test"), ("a.cdn.test", "a.cdn.test"), ("other.test", "other.test")):
+            before = answered()
+            for _ in range(2):  # a miss, then a hit
+                raw = await fetch(port, ca, name, host, "/v.bin")
+                head, _, body = raw.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert body == BODY
+            assert answered() - before == (1 if fast else 0)
+        # A name no site has a certificate for gets the default one, which a careful client refuses.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await fetch(port, ca, "unknown.test", "video.test", "/v.bin")
+        # The plain listener still works, and the HTTPS one never answers plain HTTP.
+        assert (await edge.get("/v.bin"))[2] == BODY
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
+        async with asyncio.timeout(10):
+            assert not (await reader.read(-1)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    assert origin.hits["/v.bin"] == 3  # once per host: the key includes the host
+
+
+def test_a_certificate_that_cannot_be_loaded_is_a_config_error(tmp_path: Path) -> None:
+    from edgecache.config import build
+
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    doc = {
+        "server": {"tls_listen": ["127.0.0.1:8443"]},
+        "sites": [
+            {
+                "name": "v",
+                "hosts": ["video.test"],
+                "origins": ["http://127.0.0.1:1"],
+                "tls": {"cert": "bad.pem", "key": "missing.key"},
+            }
+        ],
+    }
+    with pytest.raises(ConfigError) as info:
+        build(doc, "edge.toml", tmp_path)
+    problems = "\n".join(info.value.problems)
+    assert f"edge.toml: sites[0].tls: cannot load certificate {tmp_path / 'bad.pem'} with key" in problems
+    assert "edge.toml: server.tls_listen: needs a certificate" in problems
