@@ -1,0 +1,158 @@
+"""kill -9 in the middle of fills, then a restart; and a disk that fills up under the node.
+
+What must hold: a slice is on disk whole (diskcache writes the file, then commits its row, and every value has
+a checksum) or not at all, so after a crash nothing partial is served and everything stored before is intact;
+a full disk costs only the disk tier, and the node keeps serving the origin's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import diskcache
+from aiohttp import web
+
+from tests.conftest import make_config, start_edge
+from tests.e2e.procs import ROOT, free_port, wait_lines
+from tests.origin import Origin
+
+MiB = 2**20
+CRASH = bytes((i * 31 + i // 4099) % 256 for i in range(8 * MiB + 777))
+WHOLE = os.urandom(2 * MiB + 5)
+
+CONFIG = """
+[server]
+listen = ["127.0.0.1:{port}"]
+[cache]
+dir = "{cache}"
+memory = "1MiB"
+disk = "256MiB"
+slice = "1MiB"
+fill_slices = 4
+[[sites]]
+name = "v"
+hosts = ["video.test"]
+origins = ["{origin}"]
+"""
+
+
+def slices_on_disk(cache: Path) -> int:
+    with diskcache.Cache(str(cache)) as c:
+        return sum(1 for k in c.iterkeys() if isinstance(k, str) and k.startswith("s:"))
+
+
+async def until(predicate: object, seconds: float = 20.0) -> None:
+    """Poll a condition of another process's files (nothing to await there), bounded in time."""
+    async with asyncio.timeout(seconds):
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.02)
+
+
+async def start(config: Path) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecache", "serve", "--config", str(config), cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    await wait_lines(proc, {b"edgecache listening on": 1})
+    return proc
+
+
+async def get(session: aiohttp.ClientSession, port: int, path: str, **headers: str) -> tuple[int, bytes]:
+    async with session.get(f"http://127.0.0.1:{port}{path}", headers={"Host": "video.test", **headers}) as r:
+        return r.status, await r.read()
+
+
+async def test_kill_9_during_fills_then_restart(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/crash.bin", CRASH)
+    origin.put("/whole.bin", WHOLE)
+    stall = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stall_mid_slice(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
+        """While `stall` is set: send 2.5 MiB of what was asked, then hold the rest until the edge is dead."""
+        if not stall.is_set() or request.raw_path != "/crash.bin":
+            return None
+        asked = request.headers.get("Range")
+        first, last = 0, len(CRASH) - 1
+        if asked is not None:
+            first, last = (int(x) for x in asked.removeprefix("bytes=").split("-"))
+            last = min(last, len(CRASH) - 1)
+        resp = web.StreamResponse(
+            status=206 if asked else 200, headers={"ETag": '"v1"', "Cache-Control": "max-age=3600"}
+        )
+        if asked is not None:
+            resp.headers["Content-Range"] = f"bytes {first}-{last}/{len(CRASH)}"
+        resp.content_length = last - first + 1
+        await resp.prepare(request)
+        await resp.write(CRASH[first : first + 2 * MiB + MiB // 2])
+        await release.wait()
+        return resp
+
+    origin.on_request = stall_mid_slice
+    port, cache = free_port(), tmp_path / "cache"
+    config = tmp_path / "edge.toml"
+    config.write_text(CONFIG.format(port=port, cache=cache, origin=origin.url))
+    proc = await start(config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await get(session, port, "/whole.bin") == (200, WHOLE)
+            await until(lambda: slices_on_disk(cache) == 3)
+            stall.set()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /crash.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
+            await until(lambda: slices_on_disk(cache) == 5)  # slices 0 and 1 are complete; 2 is half received
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            writer.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        release.set()
+    stall.clear()
+    before = dict(origin.hits)
+    seen = len(origin.seen)
+    proc = await start(config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await get(session, port, "/whole.bin") == (200, WHOLE)
+            assert origin.hits["/whole.bin"] == before["/whole.bin"]  # the rest of the cache is intact
+            assert await get(session, port, "/crash.bin") == (200, CRASH)
+            for first, last in ((0, MiB - 1), (2 * MiB - 10, 2 * MiB + 10), (8 * MiB, 8 * MiB + 776)):
+                status, body = await get(session, port, "/crash.bin", Range=f"bytes={first}-{last}")
+                assert (status, body) == (206, CRASH[first : last + 1])
+        ranges_after = [s.headers.get("Range") for s in origin.seen[seen:] if s.path == "/crash.bin"]
+        # Slices 0 and 1 were complete on disk before the crash and are never fetched again; 2.. are, once.
+        assert ranges_after == [f"bytes={2 * MiB}-{6 * MiB - 1}", f"bytes={6 * MiB}-{9 * MiB - 1}"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_a_full_disk_costs_the_disk_tier_only(origin: Origin, tmp_path: Path) -> None:
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    # A real file system that really fills up: a 4 MiB tmpfs under the cache (the test runs as root, as CI does).
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        objects = {f"/o{i}.bin": os.urandom(MiB + i * 1000) for i in range(10)}
+        for path, data in objects.items():
+            origin.put(path, data)
+        config = make_config(mount / "cache", [origin.url], memory_bytes=2 * MiB, disk_bytes=512 * MiB)
+        async with start_edge(config) as edge:
+            for _ in range(2):
+                for path, data in objects.items():
+                    status, _, body = await edge.get(path)
+                    assert (status, body) == (200, data)
+                await edge.node.engine.flush()
+            assert edge.node.store.disk.errors > 0  # writes failed: the disk is full
+            for path, data in objects.items():  # and the node still serves every object's exact bytes
+                status, _, body = await edge.get(path, Range="bytes=100-199")
+                assert (status, body) == (206, data[100:200])
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
