@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import diskcache
+import pytest
 from aiohttp import web
 
 from tests.conftest import make_config, start_edge
@@ -50,7 +52,8 @@ def slices_on_disk(cache: Path) -> int:
 async def until(predicate: object, seconds: float = 20.0) -> None:
     """Poll a condition of another process's files (nothing to await there), bounded in time."""
     async with asyncio.timeout(seconds):
-        while not predicate():  # type: ignore[operator]
+        # Another process's files: there is no event to wait on.
+        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 
@@ -103,7 +106,7 @@ async def test_kill_9_during_fills_then_restart(origin: Origin, tmp_path: Path) 
             assert await get(session, port, "/whole.bin") == (200, WHOLE)
             await until(lambda: slices_on_disk(cache) == 3)
             stall.set()
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /crash.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
             await until(lambda: slices_on_disk(cache) == 5)  # slices 0 and 1 are complete; 2 is half received
             proc.send_signal(signal.SIGKILL)
@@ -134,25 +137,29 @@ async def test_kill_9_during_fills_then_restart(origin: Origin, tmp_path: Path) 
         assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
-async def test_a_full_disk_costs_the_disk_tier_only(origin: Origin, tmp_path: Path) -> None:
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system that really fills up: a 4 MiB tmpfs (the tests run as root, as CI does)."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    # A real file system that really fills up: a 4 MiB tmpfs under the cache (the test runs as root, as CI does).
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
-        objects = {f"/o{i}.bin": os.urandom(MiB + i * 1000) for i in range(10)}
-        for path, data in objects.items():
-            origin.put(path, data)
-        config = make_config(mount / "cache", [origin.url], memory_bytes=2 * MiB, disk_bytes=512 * MiB)
-        async with start_edge(config) as edge:
-            for _ in range(2):
-                for path, data in objects.items():
-                    status, _, body = await edge.get(path)
-                    assert (status, body) == (200, data)
-                await edge.node.engine.flush()
-            assert edge.node.store.disk.errors > 0  # writes failed: the disk is full
-            for path, data in objects.items():  # and the node still serves every object's exact bytes
-                status, _, body = await edge.get(path, Range="bytes=100-199")
-                assert (status, body) == (206, data[100:200])
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+async def test_a_full_disk_costs_the_disk_tier_only(origin: Origin, small_disk: Path) -> None:
+    mount = small_disk
+    objects = {f"/o{i}.bin": os.urandom(MiB + i * 1000) for i in range(10)}
+    for path, data in objects.items():
+        origin.put(path, data)
+    config = make_config(mount / "cache", [origin.url], memory_bytes=2 * MiB, disk_bytes=512 * MiB)
+    async with start_edge(config) as edge:
+        for _ in range(2):
+            for path, data in objects.items():
+                status, _, body = await edge.get(path)
+                assert (status, body) == (200, data)
+            await edge.node.engine.flush()
+        assert edge.node.store.disk.errors > 0  # writes failed: the disk is full
+        for path, data in objects.items():  # and the node still serves every object's exact bytes
+            status, _, body = await edge.get(path, Range="bytes=100-199")
+            assert (status, body) == (206, data[100:200])
