@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024  # a longer head goes to aiohttp, whose field limits answer it (431/400)
 _PAUSE_READING = 256 * 1024
+_FIELD_MAX = 8190  # aiohttp's max_field_size and max_line_size
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 _MEMO_ENTRIES = 4096  # pipelined bytes held while a response is in progress
 _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
@@ -271,6 +272,8 @@ class FastPath(asyncio.Protocol):
             headers = tuple((k.decode("ascii"), v.decode("ascii")) for k, v in cb.headers)
         except UnicodeDecodeError:
             return None, "", False
+        if len(head) > _FIELD_MAX and any(len(k) + len(v) > _FIELD_MAX for k, v in headers):
+            return None, "", False  # aiohttp refuses such a field (431): so must a hit
         hosts = [v for k, v in headers if k.lower() == "host"]
         if len(hosts) != 1:
             return None, "", False
