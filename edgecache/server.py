@@ -67,6 +67,7 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
     await origin.start()
     disk = await loop.run_in_executor(None, DiskTier, config.cache.dir, config.cache.disk_bytes)
     store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
+    store.shared = config.workers > 1
     await store.load_purges()
     engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)

@@ -35,6 +35,10 @@ _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 
 
+# A worker holding slices' leases has this long to store them before the others fetch them themselves.
+LEASE_SECONDS = 10.0
+
+
 class RangeMismatch(OriginError):
     """The origin's 206 is not for the range we asked: it cannot fill slices, but may still answer the client."""
 
@@ -330,8 +334,13 @@ class Engine:
                     _FROM_DISK.inc(hi - lo)
                     yield memoryview(data)[lo:hi]
                     return
+                started = await self._start_for(req, meta, index, last_needed, join=not released)
+                if started is None:  # another worker process is fetching this slice: read it when it lands
+                    metrics.COLLAPSED.inc()
+                    await self.store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS)
+                    continue
                 metrics.MISSES.labels("evicted" if not released else "refetch").inc()
-                fill = await self._start_for(req, meta, index, last_needed, join=not released)
+                fill = started
             head = await fill.head
             if head.meta.slice_version != meta.slice_version or head.status != meta.status:
                 raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
@@ -348,7 +357,9 @@ class Engine:
 
     async def _start_for(
         self, req: FillRequest, meta: ObjectMeta, index: int, last_needed: int, join: bool = True
-    ) -> Fill:
+    ) -> Fill | None:
+        """A fill of the run of missing slices from `index` (or the one already fetching it); None when another
+        worker process holds the lease on `index`."""
         if meta.whole:
             return self.start_fill(req, 0, None)
         stop = min(index + self.fill_slices - 1, last_needed, meta.slice_count - 1)
@@ -361,4 +372,14 @@ class Engine:
                     break
                 run_end = i
         again = self.fills.find(req.entry_key, index) if join else None  # someone may have started it meanwhile
-        return again if again is not None else self.start_fill(req, index, run_end)
+        if again is not None:
+            return again
+        if self.store.shared:
+            leased = await self.store.lease_run(req.entry_key, meta, list(range(index, run_end + 1)), LEASE_SECONDS)
+            if leased == 0:
+                return None
+            run_end = index + leased - 1
+            again = self.fills.find(req.entry_key, index) if join else None
+            if again is not None:
+                return again
+        return self.start_fill(req, index, run_end)

@@ -91,9 +91,28 @@ class DiskTier:
         metrics.DISK_CORRUPT.inc()
         self._cache.delete(key, retry=True)
 
-    async def put(self, key: str, value: bytes) -> bool:
-        # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
-        return await self._run(lambda: bool(self._cache.set(key, value, tag=zlib.crc32(value), retry=True)))
+    async def put(self, key: str, value: bytes, lease: str | None = None) -> bool:
+        """Store `value`; then drop `lease` (taken by lease()), so processes waiting on it find the value."""
+
+        def write() -> bool:
+            # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
+            stored = bool(self._cache.set(key, value, tag=zlib.crc32(value), retry=True))
+            if lease is not None:
+                self._cache.delete(lease, retry=True)
+            return stored
+
+        return await self._run(write)
+
+    async def lease(self, keys: list[str], seconds: float) -> int:
+        """Take leases on `keys` in order, stopping at the first another process holds; how many were taken."""
+
+        def take() -> int:
+            for n, key in enumerate(keys):
+                if not self._cache.add(key, b"", expire=seconds, retry=True):
+                    return n
+            return len(keys)
+
+        return await self._run(take)
 
     async def delete(self, key: str) -> None:
         await self._run(lambda: self._cache.delete(key, retry=True))

@@ -7,6 +7,7 @@ is dropped and reported missing, so it is refetched rather than served.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -31,6 +32,11 @@ def slice_name(entry_key: str, version: str, index: int) -> str:
 
 
 OPEN_FILES = 256  # slice files kept open for the fast path's disk hits
+PEER_POLL = 0.02  # seconds between looks at the disk while another worker fetches a slice
+
+
+def lease_name(name: str) -> str:
+    return "l:" + name
 
 
 class SliceFile:
@@ -81,6 +87,7 @@ class Store:
         self.purges = PurgeTable()
         self._meta_entries = meta_entries
         self._files: OrderedDict[str, SliceFile] = OrderedDict()
+        self.shared = False  # other worker processes use the same disk tier: coordinate fills through leases
 
     # --- metadata -----------------------------------------------------------------------------------------
 
@@ -284,6 +291,29 @@ class Store:
             on_disk = [False] * len(not_in_memory)
         return [i for (i, _), found in zip(not_in_memory, on_disk, strict=True) if not found]
 
+    # --- leases: one fill per slice across worker processes ---------------------------------------------------
+
+    async def lease_run(self, entry_key: str, meta: ObjectMeta, indices: list[int], seconds: float) -> int:
+        """Lease slices to fetch, in order, up to the first another worker is fetching; how many were leased."""
+        names = [lease_name(slice_name(entry_key, meta.slice_version, i)) for i in indices]
+        try:
+            return await self.disk.lease(names, seconds)
+        except StorageError:
+            return len(indices)  # no disk to coordinate through: fetch, as a single worker would
+
+    async def wait_for_peer(self, entry_key: str, meta: ObjectMeta, index: int, seconds: float) -> None:
+        """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`.
+
+        Worker processes share nothing but the disk, so this polls it, as nginx's cache lock does."""
+        name = slice_name(entry_key, meta.slice_version, index)
+        with contextlib.suppress(TimeoutError, StorageError):
+            async with asyncio.timeout(seconds):
+                while True:
+                    on_disk, leased = await self.disk.contains([name, lease_name(name)])
+                    if on_disk or not leased:
+                        return
+                    await asyncio.sleep(PEER_POLL)
+
     def put_slice_memory(self, entry_key: str, version: str, index: int, data: bytes) -> None:
         self.memory.put(slice_name(entry_key, version, index), data)
 
@@ -291,7 +321,7 @@ class Store:
         name = slice_name(entry_key, version, index)
         self._writing[name] = data
         try:
-            return await self.disk.put(name, data)
+            return await self.disk.put(name, data, lease=lease_name(name) if self.shared else None)
         except StorageError as exc:
             log.warning("slice write failed (the node keeps serving from origin): %s", exc)
             return False

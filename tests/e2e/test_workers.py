@@ -1,0 +1,64 @@
+"""Several worker processes on one listener and one disk tier: each slice is still fetched from origin once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from tests.e2e.procs import edge_process, free_port
+from tests.e2e.test_operations import metric
+from tests.origin import Origin
+
+MiB = 2**20
+DATA = bytes((i * 13 + i // 65521) % 256 for i in range(12 * MiB + 99))
+
+
+def covered(ranges: list[str | None]) -> list[int]:
+    """Slice indices each origin Range header covered, one entry per fetch of a slice."""
+    out: list[int] = []
+    for r in ranges:
+        assert r is not None
+        first, last = (int(x) for x in r.removeprefix("bytes=").split("-"))
+        out += range(first // MiB, min(last, len(DATA) - 1) // MiB + 1)
+    return out
+
+
+async def test_two_workers_fetch_each_slice_once(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/w.bin", DATA)
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "256MiB"\nmemory = "64MiB"\nfill_slices = 4\n'
+        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+    )
+    ready = {b"admin listening on": 1, b"edgecache listening on": 2}
+    async with edge_process("serve", "--config", str(cfg), ready=ready), aiohttp.ClientSession() as s:
+
+        async def get(first: int, last: int) -> bytes:
+            headers = {"Host": "video.test", "Range": f"bytes={first}-{last}", "Connection": "close"}
+            async with s.get(f"http://127.0.0.1:{port}/w.bin", headers=headers) as r:
+                assert r.status == 206
+                return await r.read()
+
+        async def collapsed() -> float:
+            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                return metric(await r.text(), "edgecache_collapsed_waits_total")
+
+        assert await get(0, 99) == DATA[:100]  # the object's metadata is on the shared disk now
+        seen = len(origin.seen)
+        origin.gate = asyncio.Event()  # hold every origin body: the workers' misses overlap
+        asks = [((1 + k % 11) * MiB + k, (1 + k % 11) * MiB + k + 999) for k in range(24)]
+        tasks = [asyncio.ensure_future(get(a, b)) for a, b in asks]
+        async with asyncio.timeout(20):
+            # Some worker waits on the other's lease; polled, since that happens in another process.
+            while await collapsed() < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        origin.gate.set()
+        bodies = await asyncio.gather(*tasks)
+        assert bodies == [DATA[a : b + 1] for a, b in asks]
+        fetched = covered([x.headers.get("Range") for x in origin.seen[seen:] if x.path == "/w.bin"])
+        assert sorted(fetched) == sorted(set(fetched))  # no slice fetched twice, across both workers
+        assert set(fetched) <= set(range(1, 13))
