@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--admin", help="HOST:PORT of the admin listener (metrics, health) for --origin mode")
     s.add_argument("--access-log", help="access log file for --origin mode")
     s.add_argument("--workers", type=int, default=1, help="worker processes for --origin mode")
+    s.add_argument("--max-requests", type=int, default=10_000, help="requests in flight per worker (then 503)")
     s.add_argument(
         "--disk-send", choices=("pread", "sendfile"), default="pread", help="how --origin mode sends disk hits"
     )
@@ -179,10 +180,10 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
         }
     except ValueError as exc:
         raise ConfigError([f"command line: --memory/--disk/--slice: {exc}"]) from exc
-    if args.workers < 1:
-        raise ConfigError(["command line: --workers: must be at least 1"])
+    if args.workers < 1 or args.max_requests < 1:
+        raise ConfigError(["command line: --workers and --max-requests: must be at least 1"])
     config = cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, **sizes)
-    return replace(config, workers=args.workers, disk_send=args.disk_send)
+    return replace(config, workers=args.workers, disk_send=args.disk_send, max_requests=args.max_requests)
 
 
 def main(argv: list[str] | None = None) -> int:

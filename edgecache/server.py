@@ -294,9 +294,19 @@ async def run(config: Config, worker: int = 0) -> None:
         await demo.cleanup()
 
 
+def _fewer_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own arena; the disk threads' 1 MiB slices then leave freed
+    memory scattered over many arenas that are never given back. Two arenas keep RSS close to the budget."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+
+
 def _worker(config: Config, worker: int) -> None:
     import uvloop
 
+    _fewer_malloc_arenas()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
     uvloop.run(run(config, worker=worker))
 
