@@ -33,7 +33,7 @@ from edgecache.core.status import CacheStatus
 from edgecache.proxy import observe
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.hit import Hit, find_hit
-from edgecache.storage.store import SliceFile
+from edgecache.storage.store import SliceFile, slice_name
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Prepared:
     keep_alive: bool
     head: bytes
     counter: Any
+    slices: tuple[tuple[str, int, int], ...]  # (slice name, first byte, end) of the body, in order
 
 
 class _Head:
@@ -151,6 +152,9 @@ class FastPath(asyncio.Protocol):
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.deadline = 0.0
+        self.deadline_kind = ""  # "idle", "head", or "" for none
         self.write_timer: asyncio.TimerHandle | None = None
         self.sock_fd = -1
 
@@ -165,11 +169,11 @@ class FastPath(asyncio.Protocol):
         plain = transport.get_extra_info("sslcontext") is None  # never sendfile under TLS
         self.sock_fd = sock.fileno() if sock is not None and plain else -1
         self.server.connections.add(self)
-        self._arm(self.server.settings.idle_timeout)
+        self._arm("idle", self.server.settings.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.gone(self)
-        self._disarm()
+        self._cancel_timer()
         if self.write_timer is not None:
             self.write_timer.cancel()
         if self.drained is not None and not self.drained.done():
@@ -210,7 +214,7 @@ class FastPath(asyncio.Protocol):
                 if len(self.buf) > MAX_HEAD:
                     self._hand_off()
                 elif self.buf:
-                    self._arm(self.server.settings.header_timeout, keep=True)
+                    self._arm("head", self.server.settings.header_timeout)
                 return
             head = self.buf[: end + 4]
             prepared = self._prepared(head)
@@ -222,7 +226,7 @@ class FastPath(asyncio.Protocol):
             if not self._answer(prepared, head):
                 return
         if self.transport is not None and not (self.busy or self.closing or self.buf):
-            self._arm(self.server.settings.idle_timeout)
+            self._arm("idle", self.server.settings.idle_timeout)
 
     def _prepared(self, head: bytes) -> Prepared | None:
         """The answer to this head if it is a fresh hit; None for anything the fast path leaves to aiohttp.
@@ -248,7 +252,7 @@ class FastPath(asyncio.Protocol):
         if encoded is None:
             return None
         counter = observe.requests_counter(hit.site.name, method, hit.status, CacheStatus.HIT)
-        prepared = Prepared(hit, method, keep_alive, encoded, counter)
+        prepared = Prepared(hit, method, keep_alive, encoded, counter, _slices(hit, handler.engine.slice_size))
         if len(head) <= _MEMO_HEAD and any(k.lower() == "date" for k, _ in hit.headers):
             if len(memo) >= _MEMO_ENTRIES:
                 memo.clear()
@@ -288,20 +292,18 @@ class FastPath(asyncio.Protocol):
     def _answer(self, p: Prepared, raw: bytes) -> bool:
         """Answer at once from memory; or start reading from disk. False: stop processing for now."""
         t0 = time.monotonic()
-        hit = p.hit
         parts: list[memoryview] = []
-        if hit.last >= hit.first:
-            store = self.server.handler.engine.store
-            size = self.server.handler.engine.slice_size
-            for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
-                data = store.slice_from_memory(hit.req.entry_key, hit.meta, index)
+        if p.slices:
+            in_memory = self.server.handler.engine.store.memory_slice
+            for name, lo, hi in p.slices:
+                data = in_memory(name)
                 if data is None:
                     self.busy = True
                     task = self.loop.create_task(self._from_disk(p, raw, t0))
                     task.add_done_callback(self._done)
                     return False
-                parts.append(_cut(data, index, size, hit.first, hit.last))
-            _FROM_MEMORY.inc(hit.last - hit.first + 1)
+                parts.append(memoryview(data)[lo:hi])
+            _FROM_MEMORY.inc(p.hit.last - p.hit.first + 1)
         self._send(p, parts, t0)
         return p.keep_alive
 
@@ -458,13 +460,13 @@ class FastPath(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self._disarm()
+        self._cancel_timer()
         self.server.gone(self)
         if self.write_timer is not None:
             self.write_timer.cancel()
         data, self.buf, self.transport = self.buf, b"", None
         _HANDED_OFF.inc()
-        proto = self.server.fallback()
+        proto = _HeadGuard(self.server.fallback(), self.server.settings.header_timeout)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         if not transport.is_reading():
@@ -472,22 +474,38 @@ class FastPath(asyncio.Protocol):
         if data:
             proto.data_received(data)
 
-    def _arm(self, seconds: float, keep: bool = False) -> None:
-        if keep and self.timer is not None:
+    def _arm(self, kind: str, seconds: float) -> None:
+        """Set the connection's deadline: "idle" (between requests) or "head" (a head begun must end by then).
+
+        One timer serves every request of a connection: moving the deadline later only records it, and the
+        timer re-arms itself when it fires early, so a busy keep-alive connection creates no timer per request.
+        """
+        if kind == "head" and self.deadline_kind == "head":
             return  # a head in progress keeps the deadline it started with
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, self._timed_out)
+        self.deadline_kind = kind
+        self.deadline = self.loop.time() + seconds
+        if self.timer is None or self.timer_at > self.deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer, self.timer_at = self.loop.call_at(self.deadline, self._tick), self.deadline
 
     def _disarm(self) -> None:
+        self.deadline_kind = ""  # the timer, if any, finds nothing to do when it fires
+
+    def _cancel_timer(self) -> None:
+        self.deadline_kind = ""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _timed_out(self) -> None:
+    def _tick(self) -> None:
         self.timer = None
-        if self.transport is None or self.busy:
+        if not self.deadline_kind or self.transport is None or self.busy:
             return
-        if self.buf:  # a head begun and not finished in time
+        if self.loop.time() < self.deadline:
+            self.timer, self.timer_at = self.loop.call_at(self.deadline, self._tick), self.deadline
+            return
+        if self.deadline_kind == "head" and self.buf:  # a head begun and not finished in time
             metrics.HEADER_TIMEOUTS.inc()
             self.transport.write(_TIMEOUT_408)
         self.closing = True
@@ -508,9 +526,69 @@ class FastPath(asyncio.Protocol):
             self.transport.abort()
 
 
-def _cut(data: bytes, index: int, size: int, first: int, last: int) -> memoryview:
-    base = index * size
-    return memoryview(data)[max(first, base) - base : min(last + 1, base + len(data)) - base]
+class _HeadGuard(asyncio.Protocol):
+    """In front of aiohttp's protocol once it has a connection: aiohttp bounds idle time between requests but
+    not a head that trickles in, so this closes (408) a connection whose next head is not complete in time.
+
+    It reads two of aiohttp's private attributes to know whether a request is queued or in progress; if a
+    version renames them, the guard sees "busy" and stays out of the way (aiohttp's own limits still hold).
+    """
+
+    def __init__(self, inner: asyncio.Protocol, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+        if self._busy():
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+        elif self.timer is None:  # part of a head, and nothing else going on: it has this long to end
+            self.timer = asyncio.get_running_loop().call_later(self.seconds, self._expired)
+
+    def _busy(self) -> bool:
+        return bool(getattr(self.inner, "_request_in_progress", True) or getattr(self.inner, "_messages", True))
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.transport is None or self._busy():
+            return
+        metrics.HEADER_TIMEOUTS.inc()
+        self.transport.write(_TIMEOUT_408)
+        self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.transport = None
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:
+    if hit.last < hit.first:
+        return ()
+    out = []
+    for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
+        base = index * size
+        lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
+        out.append((slice_name(hit.req.entry_key, hit.meta.slice_version, index), lo, hi))
+    return tuple(out)
 
 
 def _field(headers: tuple[tuple[str, str], ...], name: str) -> str | None:

@@ -200,6 +200,10 @@ class Store:
 
     # --- slices ----------------------------------------------------------------------------------------------
 
+    def memory_slice(self, name: str) -> bytes | None:
+        data = self.memory.get(name)
+        return data if data is not None else self._writing.get(name)
+
     def slice_from_memory(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
         name = slice_name(entry_key, meta.slice_version, index)
         data = self.memory.get(name)

@@ -141,18 +141,28 @@ async def test_pipelined_hits_then_a_miss_keep_their_order(pair: tuple[Edge, Edg
 
 
 async def test_a_head_not_finished_in_time_gets_408(origin: Origin, tmp_path: Path) -> None:
-    config = replace(make_config(tmp_path / "c", [origin.url]), header_timeout=0.3, idle_timeout=0.3)
+    origin.put("/small", SMALL)
+    config = replace(make_config(tmp_path / "c", [origin.url]), header_timeout=0.3, idle_timeout=30)
+    timeout_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    async with start_edge(config) as edge:
+        for warm in (False, True):  # a first head, and a head after a kept-alive answer: the same deadline
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+            if warm:
+                writer.write(get("/small"))
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+                await reader.readexactly(len(SMALL))
+            writer.write(b"GET /small HTTP/1.1\r\nHost: vid")  # and nothing more: slowloris
+            async with asyncio.timeout(5):
+                assert await reader.read(-1) == timeout_408
+            writer.close()
+    assert origin.hits["/small"] == 1
+
+
+async def test_an_idle_connection_is_closed(origin: Origin, tmp_path: Path) -> None:
+    config = replace(make_config(tmp_path / "c", [origin.url]), header_timeout=30, idle_timeout=0.3)
     async with start_edge(config) as edge:
         reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-        writer.write(b"GET /small HTTP/1.1\r\nHost: vid")  # and nothing more: slowloris
-        async with asyncio.timeout(5):
-            assert (
-                await reader.read(-1)
-                == b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-            )
-        writer.close()
-        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-        async with asyncio.timeout(5):  # idle: closed without a word
+        async with asyncio.timeout(5):  # closed without a word
             assert await reader.read(-1) == b""
         writer.close()
-    assert origin.hits == {}
