@@ -139,27 +139,29 @@ def parse_pragma_no_cache(headers: Headers) -> bool:
 
 
 # RFC 9213 fields are Structured Field dictionaries (RFC 8941): a field that does not parse as one, or whose
-# delta directives are not integers, is ignored whole.
-_SF_KEY = re.compile(r"^[a-z*][a-z0-9_\-.*]*$")
+# delta directives are not integers, is ignored whole. Structured Fields are ASCII (RFC 8941 4.2): the patterns
+# are matched whole (fullmatch) with re.ASCII, so Unicode digits and a trailing newline fail, as they must.
+_SF_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*", re.ASCII)
 _SF_BARE = re.compile(
-    r"^(?:-?\d{1,15}(?:\.\d{1,3})?"  # integer or decimal
-    r'|"(?:[^"\\]|\\.)*"'  # string
+    r"(?:-?\d{1,15}(?:\.\d{1,3})?"  # integer or decimal
+    r'|"[\x20-\x21\x23-\x5b\x5d-\x7e]*(?:\\["\\][\x20-\x21\x23-\x5b\x5d-\x7e]*)*"'  # string
     r"|[A-Za-z*][!#$%&'*+\-.^_`|~:/A-Za-z0-9]*"  # token
-    r"|\?[01]|:[A-Za-z0-9+/=]*:)$"  # boolean, byte sequence
+    r"|\?[01]|:[A-Za-z0-9+/=]*:)",  # boolean, byte sequence
+    re.ASCII,
 )
-_SF_INTEGER = re.compile(r"^\d{1,15}$")
+_SF_INTEGER = re.compile(r"\d{1,15}", re.ASCII)
 
 
 def valid_sf_directives(values: list[str]) -> bool:
     for member in split_list(",".join(values)):
         item, *params = member.split(";")
-        key, eq, value = item.strip().partition("=")
-        if not _SF_KEY.match(key) or (eq and not _SF_BARE.match(value)):
+        key, eq, value = item.strip(" \t").partition("=")
+        if not _SF_KEY.fullmatch(key) or (eq and not _SF_BARE.fullmatch(value)):
             return False
-        if key in _DELTAS and not (eq and _SF_INTEGER.match(value)):
+        if key in _DELTAS and not (eq and _SF_INTEGER.fullmatch(value)):
             return False
         for p in params:
-            pk, peq, pv = p.strip().partition("=")
-            if not _SF_KEY.match(pk) or (peq and not _SF_BARE.match(pv)):
+            pk, peq, pv = p.strip(" \t").partition("=")
+            if not _SF_KEY.fullmatch(pk) or (peq and not _SF_BARE.fullmatch(pv)):
                 return False
     return True

@@ -1,6 +1,8 @@
 """HTTP-date (RFC 9110 5.6.7), strictly: IMF-fixdate, and the obsolete RFC 850 and asctime forms.
 
-Only letter case is forgiven (names are case-insensitive tokens in practice); structure is not.
+Only letter case is forgiven (names are case-insensitive tokens in practice); structure is not. Everything is
+ASCII: Unicode digits and look-alike letters (the long s, U+017F, matches "s" under a Unicode re.IGNORECASE)
+are not a date, nor is a value with anything but spaces and tabs around it.
 
 email.utils accepts far more (missing commas, two-digit years, odd spacing); a cache that reads those as
 dates would keep responses the origin meant to be expired. Anything else is not a date: None.
@@ -19,9 +21,10 @@ _MONTHS = {
 }
 _MON = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _TIME = r"(\d{2}):(\d{2}):(\d{2})"
-_IMF = re.compile(rf"^{_DAYS}, (\d{{2}}) {_MON} (\d{{4}}) {_TIME} GMT$", re.IGNORECASE)
-_RFC850 = re.compile(rf"^{_LONG_DAYS}, (\d{{2}})-{_MON}-(\d{{2}}) {_TIME} GMT$", re.IGNORECASE)
-_ASCTIME = re.compile(rf"^{_DAYS} {_MON} ([ \d]\d) {_TIME} (\d{{4}})$", re.IGNORECASE)
+_FLAGS = re.IGNORECASE | re.ASCII
+_IMF = re.compile(rf"{_DAYS}, (\d{{2}}) {_MON} (\d{{4}}) {_TIME} GMT", _FLAGS)
+_RFC850 = re.compile(rf"{_LONG_DAYS}, (\d{{2}})-{_MON}-(\d{{2}}) {_TIME} GMT", _FLAGS)
+_ASCTIME = re.compile(rf"{_DAYS} {_MON} ([ \d]\d) {_TIME} (\d{{4}})", _FLAGS)
 
 
 def _timestamp(year: int, month: int, day: int, hh: int, mm: int, ss: int) -> float | None:
@@ -38,13 +41,13 @@ def parse_http_date(value: str | None) -> float | None:
     """Seconds since the epoch, or None when `value` is not an HTTP-date."""
     if not value:
         return None
-    v = value.strip()
-    if m := _IMF.match(v):
+    v = value.strip(" \t")
+    if m := _IMF.fullmatch(v):
         return _timestamp(int(m[3]), _MONTHS[m[2].title()], int(m[1]), int(m[4]), int(m[5]), int(m[6]))
-    if m := _RFC850.match(v):
+    if m := _RFC850.fullmatch(v):
         # Two-digit years: a year that looks more than 50 years ahead is in the past century (RFC 9110 5.6.7).
         year = 1900 + int(m[3]) if int(m[3]) >= 70 else 2000 + int(m[3])
         return _timestamp(year, _MONTHS[m[2].title()], int(m[1]), int(m[4]), int(m[5]), int(m[6]))
-    if m := _ASCTIME.match(v):
+    if m := _ASCTIME.fullmatch(v):
         return _timestamp(int(m[6]), _MONTHS[m[1].title()], int(m[2].strip()), int(m[3]), int(m[4]), int(m[5]))
     return None

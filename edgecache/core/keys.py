@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from edgecache.core.headers import Headers, get_all, split_list
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})?")  # a '%' without two hex digits after it is a stray one
 # Visible ASCII that may stand in a request target (RFC 3986 unreserved, sub-delims, ":@/?%", and a few more
-# that browsers send raw); everything else, controls and spaces above all, is refused.
-_TARGET_OK = re.compile(r"^[!-~]*$")
+# that browsers send raw); everything else, controls and spaces above all, is refused (matched whole: `$` would
+# let a trailing newline through).
+_TARGET_OK = re.compile(r"[!-~]*")
 MAX_TARGET = 8192
 
 
@@ -37,9 +38,16 @@ class CacheKey:
 
 
 def _normalise_pct(part: str) -> str:
-    """Decode %XX of unreserved characters and upper-case the rest (RFC 3986 6.2.2.1-2); refuse %00."""
+    """Decode %XX of unreserved characters and upper-case the rest (RFC 3986 6.2.2.1-2); refuse %00.
+
+    A stray '%' (not followed by two hex digits) becomes %25, what it means to a lenient reader. Left alone, it
+    could join with the digits a decoding brings next to it: '/%%34%31' would become '/%41', which normalises
+    again to '/A', so the key would change each time the target is normalised (a forwarded or purged target is).
+    """
 
     def fix(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return "%25"
         ch = chr(int(m.group(1), 16))
         if ch == "\x00":
             raise BadTarget("encoded NUL in the request target")
@@ -74,12 +82,14 @@ def normalise_target(target: str) -> tuple[str, str]:
         raise BadTarget("request target too long")
     if not target.startswith("/"):
         raise BadTarget("request target must be origin-form (start with '/')")
-    if not _TARGET_OK.match(target):
+    if not _TARGET_OK.fullmatch(target):
         raise BadTarget("request target has control characters or spaces")
     target = target.split("#", 1)[0]
     path, _, query = target.partition("?")
     path = remove_dot_segments(_normalise_pct(path))
     query = _normalise_pct(query)
+    if len(path) + len(query) + 1 > MAX_TARGET:  # stray '%'s grew into %25s: the key's target is refused too
+        raise BadTarget("request target too long")
     return path, query
 
 
@@ -127,8 +137,16 @@ def variant(vary: tuple[str, ...], request: Headers) -> str:
 
 
 def digest(text: str) -> str:
-    """A stable, short name for storage: the same on every worker and node (never Python's salted hash())."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+    """A stable, short name for storage: the same on every worker and node (never Python's salted hash()).
+
+    Text with surrogates that surrogateescape cannot encode (any outside U+DC80-U+DCFF) is hashed as
+    surrogatepass bytes under another blake2b personalisation, so it can never collide with encodable text.
+    """
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, person=b"surrogates").hexdigest()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

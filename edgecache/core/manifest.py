@@ -1,14 +1,33 @@
 """HLS playlists into the URLs a player would fetch: the renditions of a master playlist and the segments (and
-initialisation sections) of a media playlist, resolved against the playlist's own URL. Pure; never raises."""
+initialisation sections) of a media playlist, resolved against the playlist's own URL. Pure; never raises.
+
+A manifest is origin input: a URI that does not resolve (urljoin raises ValueError on '//[') is skipped, and a
+DASH template with a number that is not one, or a width or segment count out of all proportion, yields no
+segments rather than an exception or a gigabyte string.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
 _URI_ATTR = re.compile(r'URI="([^"]*)"')
+
+
+def _join(base: str, url: str) -> str | None:
+    """urljoin, or None for a URL that is not one (an unclosed IPv6 bracket, say)."""
+    try:
+        return urljoin(base, url)
+    except ValueError:
+        return None
+
+
+def _add(urls: list[str], base: str, url: str) -> None:
+    if (joined := _join(base, url)) is not None:
+        urls.append(joined)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,31 +50,44 @@ def parse_hls(text: str, base: str) -> Playlist | None:
             continue
         if line.startswith("#"):
             if line.startswith(("#EXT-X-MEDIA:", "#EXT-X-I-FRAME-STREAM-INF:")) and (m := _URI_ATTR.search(line)):
-                variants.append(urljoin(base, m.group(1)))
+                _add(variants, base, m.group(1))
             elif line.startswith("#EXT-X-MAP:") and (m := _URI_ATTR.search(line)):
-                segments.append(urljoin(base, m.group(1)))
+                _add(segments, base, m.group(1))
             expect_uri = line.startswith(("#EXT-X-STREAM-INF", "#EXTINF"))
             continue
         if master:
-            variants.append(urljoin(base, line))
+            _add(variants, base, line)
         elif expect_uri or not master:
-            segments.append(urljoin(base, line))
+            _add(segments, base, line)
         expect_uri = False
     return Playlist(master, tuple(dict.fromkeys(variants)), tuple(dict.fromkeys(segments)))
 
 
 # --- DASH (ISO/IEC 23009-1): SegmentTemplate (with $Number$ or a SegmentTimeline), SegmentList, BaseURL -----
 
-_DURATION = re.compile(r"^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+_DURATION = re.compile(
+    r"P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?", re.ASCII
+)
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+_TEMPLATE_ID = re.compile(r"\$(RepresentationID|Bandwidth|Number|Time|)(%0\d+d)?\$", re.ASCII)
 MAX_SEGMENTS = 100_000  # a manifest that expands beyond this is refused, not followed
+MAX_WIDTH = 32  # of a $Number%0Nd$ identifier: wider templates are refused, not padded to a gigabyte
 
 
 def _seconds(value: str | None) -> float | None:
-    m = _DURATION.match(value or "")
+    m = _DURATION.fullmatch(value or "")
     if not m or not any(m.groups()):
         return None
     d, h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-    return d * 86400 + h * 3600 + mi * 60 + s
+    total = d * 86400 + h * 3600 + mi * 60 + s
+    return total if math.isfinite(total) else None  # 400 digits of seconds is inf, not a duration
+
+
+def _int(value: str | None, default: int) -> int | None:
+    """An integer attribute, `default` when absent, None when it is not an integer of at most 18 digits."""
+    if value is None:
+        return default
+    return int(value) if _INTEGER.fullmatch(value.strip()) else None
 
 
 def _local(tag: str) -> str:
@@ -69,7 +101,8 @@ def _child(el: ET.Element, name: str) -> ET.Element | None:
 def _base(parent: str, el: ET.Element) -> str:
     """The element's BaseURL resolved against its parent's (elements are falsy when childless: test for None)."""
     found = _child(el, "BaseURL")
-    return urljoin(parent, (found.text or "").strip()) if found is not None else parent
+    joined = _join(parent, (found.text or "").strip()) if found is not None else None
+    return joined if joined is not None else parent
 
 
 def _fill(template: str, rep_id: str, bandwidth: str, number: int, time: int) -> str:
@@ -84,35 +117,44 @@ def _fill(template: str, rep_id: str, bandwidth: str, number: int, time: int) ->
             return str(value).zfill(int(width[2:-1])) if width else str(value)
         return rep_id if name == "RepresentationID" else bandwidth
 
-    return re.sub(r"\$(RepresentationID|Bandwidth|Number|Time|)(%0\d+d)?\$", sub, template)
+    return _TEMPLATE_ID.sub(sub, template)
+
+
+def _widths_ok(template: str) -> bool:
+    widths = (m.group(2)[2:-1] for m in _TEMPLATE_ID.finditer(template) if m.group(2))
+    return all(len(w) <= 2 and int(w) <= MAX_WIDTH for w in widths)
 
 
 def _template_urls(tpl: ET.Element, base: str, rep: ET.Element, period_seconds: float | None) -> list[str]:
     rep_id, bandwidth = rep.get("id", ""), rep.get("bandwidth", "")
-    urls = []
-    if init := tpl.get("initialization"):
-        urls.append(urljoin(base, _fill(init, rep_id, bandwidth, 0, 0)))
+    urls: list[str] = []
+    if (init := tpl.get("initialization")) and _widths_ok(init):
+        _add(urls, base, _fill(init, rep_id, bandwidth, 0, 0))
     media = tpl.get("media")
-    if not media:
+    start = _int(tpl.get("startNumber"), 1)
+    if not media or not _widths_ok(media) or start is None:
         return urls
-    start = int(tpl.get("startNumber", "1"))
     timeline = _child(tpl, "SegmentTimeline")
     if timeline is not None:
         number, t = start, 0
         for s in timeline:
-            t = int(s.get("t", t))
-            d, r = int(s.get("d", "0")), int(s.get("r", "0"))
+            at, d, r = _int(s.get("t"), t), _int(s.get("d"), 0), _int(s.get("r"), 0)
+            if at is None or d is None or r is None:
+                return urls  # the timeline is unreadable from here on
+            t = at
             for _ in range(r + 1):
-                urls.append(urljoin(base, _fill(media, rep_id, bandwidth, number, t)))
+                _add(urls, base, _fill(media, rep_id, bandwidth, number, t))
                 number, t = number + 1, t + d
                 if len(urls) > MAX_SEGMENTS:
                     return urls
         return urls
-    duration, timescale = int(tpl.get("duration", "0")), int(tpl.get("timescale", "1"))
-    if not duration or period_seconds is None:
+    duration, timescale = _int(tpl.get("duration"), 0), _int(tpl.get("timescale"), 1)
+    if not duration or duration < 0 or not timescale or timescale < 0 or period_seconds is None:
         return urls
-    count = min(MAX_SEGMENTS, int(-(-period_seconds * timescale // duration)))
-    urls.extend(urljoin(base, _fill(media, rep_id, bandwidth, start + i, 0)) for i in range(count))
+    span = period_seconds * timescale / duration  # segments, inf when the product overflows
+    count = math.ceil(span) if span < MAX_SEGMENTS else MAX_SEGMENTS
+    for i in range(count):
+        _add(urls, base, _fill(media, rep_id, bandwidth, start + i, 0))
     return urls
 
 
@@ -120,7 +162,7 @@ def parse_dash(text: str, base: str, representations: frozenset[str] = frozenset
     """Every segment URL of every Representation (or only those whose id is in `representations`)."""
     try:
         root = ET.fromstring(text)
-    except ET.ParseError:
+    except (ET.ParseError, ValueError):  # ValueError: text with lone surrogates cannot be fed to expat
         return None
     if _local(root.tag) != "MPD":
         return None
@@ -142,8 +184,10 @@ def parse_dash(text: str, base: str, representations: frozenset[str] = frozenset
                     urls.extend(_template_urls(tpl, rbase, rep, seconds))
                 elif seg_list is not None:
                     if (init := _child(seg_list, "Initialization")) is not None and init.get("sourceURL"):
-                        urls.append(urljoin(rbase, init.get("sourceURL", "")))
-                    urls.extend(urljoin(rbase, s.get("media", "")) for s in seg_list if _local(s.tag) == "SegmentURL")
+                        _add(urls, rbase, init.get("sourceURL", ""))
+                    for s in seg_list:
+                        if _local(s.tag) == "SegmentURL":
+                            _add(urls, rbase, s.get("media", ""))
                 elif rbase != abase:
                     urls.append(rbase)  # a single-file representation named by its BaseURL
                 if len(urls) > MAX_SEGMENTS:

@@ -13,8 +13,10 @@ from edgecache.core.httpdate import parse_http_date
 
 MAX_RANGES = 64
 _MAX_DIGITS = 18  # beyond any real length; longer digit strings are abuse, not offsets
-_SPEC = re.compile(r"^(\d*)-(\d*)$")
-_CONTENT_RANGE = re.compile(r"^bytes[ \t]+(?:(\d{1,18})-(\d{1,18})|\*)/(\d{1,18}|\*)$", re.IGNORECASE)
+# Matched whole (fullmatch: `$` would let a trailing newline through), ASCII only: DIGIT is 0-9 (RFC 5234), and
+# re.IGNORECASE alone would take the long s (U+017F) for an "s" in "bytes".
+_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+_CONTENT_RANGE = re.compile(r"bytes[ \t]+(?:([0-9]{1,18})-([0-9]{1,18})|\*)/([0-9]{1,18}|\*)", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +67,14 @@ def parse_range_header(value: str | None, max_ranges: int = MAX_RANGES) -> tuple
     if not value:
         return None
     unit, sep, rest = value.partition("=")
-    if not sep or unit.strip().lower() != "bytes":
+    if not sep or unit.strip(" \t").lower() != "bytes":
         return None
     specs: list[RangeSpec] = []
     for item in rest.split(","):
         item = item.strip(" \t")
         if not item:
             continue  # RFC 9110 5.6.1: empty list elements are tolerated
-        m = _SPEC.match(item)
+        m = _SPEC.fullmatch(item)
         if not m or len(m.group(1)) > _MAX_DIGITS or len(m.group(2)) > _MAX_DIGITS:
             return None
         a, b = m.group(1), m.group(2)
@@ -165,7 +167,7 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     """`bytes a-b/len`, `bytes a-b/*` or `bytes */len`; None for anything malformed or self-contradictory."""
     if not value:
         return None
-    m = _CONTENT_RANGE.match(value.strip())
+    m = _CONTENT_RANGE.fullmatch(value.strip(" \t"))
     if not m:
         return None
     length = None if m.group(3) == "*" else int(m.group(3))

@@ -8,15 +8,15 @@ from typing import Generic, TypeVar
 
 S = TypeVar("S")
 
-_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+_HOSTPORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")  # fullmatch, ASCII digits only
 
 
 def normalise_host(value: str | None) -> str | None:
     """'Video.Example.:8080' -> 'video.example'; None for anything that is not a plausible host[:port]."""
     if not value:
         return None
-    value = value.strip()
-    m = _HOSTPORT.match(value)
+    value = value.strip(" \t")
+    m = _HOSTPORT.fullmatch(value)
     if not m or len(value) > 255:
         return None
     host = m.group(1).lower().rstrip(".")
