@@ -5,6 +5,7 @@ Validation collects all problems before failing, like `nginx -t`, so an operator
 
 from __future__ import annotations
 
+import math
 import re
 import ssl
 import tomllib
@@ -21,8 +22,9 @@ from edgecache.errors import ConfigError
 
 T = TypeVar("T")
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+# Matched whole and ASCII only: `$` lets a trailing newline through, and \d takes other scripts' digits.
+_SIZE = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*([kmgt]?)(i?b?)[ \t]*", re.IGNORECASE | re.ASCII)
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +141,11 @@ def parse_size(value: object) -> int:
         return value
     if not isinstance(value, str):
         raise ValueError("expected a size such as 256MiB")
-    m = _SIZE.match(value)
+    m = _SIZE.fullmatch(value)
     if not m:
         raise ValueError(f"{value!r} is not a size such as 256MiB")
+    if len(m.group(1)) > 20:
+        raise ValueError(f"{value[:40]!r}... is not a size such as 256MiB")
     number, unit, suffix = float(m.group(1)), m.group(2).lower(), m.group(3).lower()
     power = "kmgt".index(unit) + 1 if unit else 0
     base = 1000 if suffix == "b" and unit else 1024
@@ -170,7 +174,7 @@ def check_origin_url(value: object) -> str:
 
 
 def check_host_pattern(value: object) -> str:
-    if not isinstance(value, str) or not _HOST.match(value.lower()):
+    if not isinstance(value, str) or not value.isascii() or not _HOST.fullmatch(value.lower()):
         raise ValueError(f"{value!r} is not a host name or *.wildcard")
     return value.lower()
 
@@ -190,8 +194,9 @@ class _Reader:
             return default
         try:
             return convert(table[name])
-        except (ValueError, TypeError) as exc:
-            self.problem(f"{prefix}{name}", str(exc))
+        except (ValueError, TypeError, OverflowError) as exc:
+            # One line, even when the message quotes a value with a newline in it.
+            self.problem(f"{prefix}{name}", str(exc).replace("\n", "\\n")[:300])
             return default
 
     def table(self, parent: dict[str, Any], name: str) -> dict[str, Any]:
@@ -203,7 +208,8 @@ class _Reader:
 
     def unknown(self, table: dict[str, Any], prefix: str, known: set[str]) -> None:
         for key in sorted(set(table) - known):
-            self.problem(f"{prefix}{key}", "unknown key")
+            shown = key if key.isprintable() and key.strip() else repr(key)
+            self.problem(f"{prefix}{shown}", "unknown key")
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
@@ -219,8 +225,8 @@ def _positive(kind: type[int] | type[float]) -> Callable[[Any], Any]:
     def convert(v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not isinstance(v, int)):
             raise ValueError(f"expected a positive {kind.__name__}")
-        if v <= 0:
-            raise ValueError("must be positive")
+        if v <= 0 or not math.isfinite(v):
+            raise ValueError("must be positive and finite")
         return kind(v)
 
     return convert
@@ -251,8 +257,22 @@ def _node_id(v: Any) -> str:
 
 
 def _key_param(v: Any) -> str:
-    if not isinstance(v, str) or not v:
+    if not isinstance(v, str) or not v or not v.isprintable() or not v.isascii():
         raise ValueError("expected a query parameter name or '*'")
+    return v
+
+
+def _origin_host(v: Any) -> str | None:
+    if not v:
+        return None
+    if not isinstance(v, str):
+        raise ValueError("expected a host name, optionally with :port")
+    host, _, port = v.rpartition(":") if v.count(":") == 1 else (v, "", "")
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{v!r} has an invalid port")
+    check_host_pattern(host)
+    if host.startswith("*"):
+        raise ValueError(f"{v!r} is a wildcard, not a host name")
     return v
 
 
@@ -301,8 +321,8 @@ def _networks(v: Any) -> tuple[IPv4Network | IPv6Network, ...]:
 
 
 def _seconds(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-        raise ValueError("expected seconds (a number >= 0)")
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or not math.isfinite(v):
+        raise ValueError("expected seconds (a finite number >= 0)")
     return float(v)
 
 
@@ -408,8 +428,9 @@ def _secret(r: _Reader, t: dict[str, Any], p: str, base: Path) -> str:
         path = path if path.is_absolute() else base / path
         try:
             secret = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            r.problem(f"{p}token_file", f"cannot read {path}: {exc.strerror}")
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, a file that is not UTF-8
+            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+            r.problem(f"{p}token_file", f"cannot read {str(path)!r}: {reason}")
             return ""
     else:
         secret = str(t["token"])
@@ -470,7 +491,7 @@ def _sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
             hosts=r.get(t, p, "hosts", _str_list(check_host_pattern), ()),
             origins=r.get(t, p, "origins", _str_list(check_origin_url), ()),
             key_query=r.get(t, p, "key_query", _str_list(_key_param), ("*",)),
-            origin_host=r.get(t, p, "origin_host", lambda v: str(v) if v else None, None),
+            origin_host=r.get(t, p, "origin_host", _origin_host, None),
             policy=_policy(r, t, p),
             allow=r.get(t, p, "allow", _networks, ()),
             tls=_tls(r, t, p, base),
@@ -584,6 +605,8 @@ def load(path: str | Path) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{p}: -: invalid TOML: {exc}"]) from exc
+    except (ValueError, RecursionError) as exc:  # an integer too long to convert, arrays nested too deep
+        raise ConfigError([f"{p}: -: invalid TOML: {type(exc).__name__}: {str(exc)[:200]}"]) from exc
     return build(doc, str(p), p.resolve().parent)
 
 

@@ -58,3 +58,37 @@ def test_cluster_problems() -> None:
         "f.toml: cluster.nodes: node ids must be unique",
         "f.toml: cluster.self: 'n9' is not one of the nodes",
     ]
+
+
+def test_fuzz_findings_are_config_errors_naming_file_and_key(tmp_path: Path) -> None:
+    """Found by loadtest/fuzz.py: each used to escape as another exception, or to be accepted."""
+    assert problems({"origin": {"connect_timeout": 10**400}, "sites": [SITE]}) == [
+        "f.toml: origin.connect_timeout: int too large to convert to float"
+    ]
+    assert problems({"origin": {"read_timeout": float("inf")}, "sites": [SITE]}) == [
+        "f.toml: origin.read_timeout: must be positive and finite"
+    ]
+    assert problems({"cache": {"disk": "9" * 310}, "sites": [SITE]})[0].startswith("f.toml: cache.disk: ")
+    assert problems({"sites": [{**SITE, "origin_host": "\u212aelvin.test"}]}) == [
+        "f.toml: sites[0].origin_host: '\u212aelvin.test' is not a host name or *.wildcard"
+    ]
+    assert problems({"sites": [{**SITE, "key_query": ["a\x00"]}]}) == [
+        "f.toml: sites[0].key_query: expected a query parameter name or '*'"
+    ]
+    assert problems({"": 1, "sites": [SITE]}) == ["f.toml: '': unknown key"]
+    path = str(tmp_path / "a\x00b")
+    found = problems({"admin": {"tokens": [{"name": "ops", "token_file": path}]}, "sites": [SITE]})
+    assert f"f.toml: admin.tokens[0].token_file: cannot read {path!r}: ValueError" in found
+
+
+def test_toml_that_python_cannot_parse_is_a_config_error(tmp_path: Path) -> None:
+    from edgecache.config import load
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 1000 + "]" * 1000 + "\n")
+    long_int = tmp_path / "long.toml"
+    long_int.write_text("a = " + "9" * 5000 + "\n")
+    for path in (deep, long_int):
+        with pytest.raises(ConfigError) as info:
+            load(path)
+        assert info.value.problems[0].startswith(f"{path}: -: invalid TOML: ")
