@@ -78,7 +78,9 @@ class SliceFile:
 
 
 class Store:
-    def __init__(self, memory: MemoryTier, disk: DiskTier, meta_entries: int = 100_000) -> None:
+    # Metadata this process keeps at hand (LRU; the disk tier has all of it). An entry is a few KiB with its
+    # headers, so this is counted against the per-worker memory overhead, not the memory tier: keep it modest.
+    def __init__(self, memory: MemoryTier, disk: DiskTier, meta_entries: int = 16_384) -> None:
         self.memory = memory
         self.disk = disk
         self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
