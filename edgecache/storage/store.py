@@ -250,10 +250,11 @@ class Store:
             return None
         if value is None:
             return None
-        if isinstance(value, bytes):
+        if isinstance(value, bytes):  # a small slice, kept in the index itself: offered to memory, as a read is
             if len(value) != meta.slice_length(index):
                 await self._wrong_length(name, len(value), meta.slice_length(index))
                 return None
+            self.memory.put(name, value)
             return value
         f = SliceFile(value)
         if f.size != meta.slice_length(index):
