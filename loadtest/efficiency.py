@@ -1,0 +1,179 @@
+"""Cache efficiency: a video workload replayed through the cache's own admission/eviction code, against LRU.
+
+    python -m loadtest.efficiency [--seed 1] [--objects 3000] [--sessions 40000]
+
+The workload is seeded and player-like: Zipf(0.9) popularity over a few thousand objects of mixed sizes
+(short clips, episodes, films), sessions that start at the beginning (most) or at a seek, play on in 2 MiB
+ranges, sometimes seek, and often stop early; a share of requests are prefetches of popular objects' first
+slices. Requests become 1 MiB slices, as the node caches them.
+
+Each slice request goes to the memory tier, then the disk tier, then "origin", as the node does: a disk hit
+is offered to memory, a fill goes to both. The tiers are driven by edgecache.storage.policy (the classes the
+memory tier uses), at the same byte budgets for each policy pair:
+  memory S3-FIFO + disk S3-FIFO   vs   memory LRU + disk LRU   (and the node's disk today: FIFO by store time)
+It prints request and byte hit ratios per tier and overall; exit 1 if the memory tier's S3-FIFO does not beat
+LRU by 5 points of byte hit ratio at every budget point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import random
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from edgecache.storage.policy import EvictionPolicy, LRUPolicy, S3FIFOPolicy
+
+MiB = 2**20
+SLICE = MiB
+RANGE = 2 * MiB
+
+
+class FIFOPolicy(LRUPolicy):
+    """The disk tier today: diskcache's least-recently-stored eviction (a hit does not refresh an entry)."""
+
+    def touch(self, key: str) -> None:
+        return None
+
+
+@dataclass
+class Tally:
+    requests: int = 0
+    bytes: int = 0
+    hits: int = 0
+    hit_bytes: int = 0
+
+    def ratio(self) -> tuple[float, float]:
+        return self.hits / max(1, self.requests), self.hit_bytes / max(1, self.bytes)
+
+
+@dataclass
+class Tiers:
+    memory: EvictionPolicy
+    disk: EvictionPolicy
+    mem: Tally = field(default_factory=Tally)  # of all slice requests
+    dsk: Tally = field(default_factory=Tally)  # of the requests memory missed
+    all: Tally = field(default_factory=Tally)
+
+    def get(self, key: str, size: int) -> None:
+        for t in (self.mem, self.all):
+            t.requests += 1
+            t.bytes += size
+        if key in self.memory:
+            self.memory.touch(key)
+            self._hit(self.mem, size)
+            self._hit(self.all, size)
+            return
+        self.dsk.requests += 1
+        self.dsk.bytes += size
+        if key in self.disk:
+            self.disk.touch(key)
+            self._hit(self.dsk, size)
+            self._hit(self.all, size)
+            self.memory.admit(key, size)  # a disk hit is offered to memory
+            return
+        self.memory.admit(key, size)  # a fill is offered to both tiers
+        self.disk.admit(key, size)
+
+    @staticmethod
+    def _hit(t: Tally, size: int) -> None:
+        t.hits += 1
+        t.hit_bytes += size
+
+
+def object_sizes(rnd: random.Random, n: int) -> list[int]:
+    sizes = []
+    for _ in range(n):
+        r = rnd.random()
+        if r < 0.6:
+            mib = rnd.uniform(1, 8)  # short clips
+        elif r < 0.95:
+            mib = rnd.uniform(20, 120)  # episodes
+        else:
+            mib = rnd.uniform(300, 1200)  # films
+        sizes.append(int(mib * MiB) + rnd.randrange(SLICE))
+    return sizes
+
+
+def zipf_cdf(n: int, alpha: float) -> list[float]:
+    weights = [1 / (i + 1) ** alpha for i in range(n)]
+    total, acc, cdf = sum(weights), 0.0, []
+    for w in weights:
+        acc += w / total
+        cdf.append(acc)
+    return cdf
+
+
+def workload(seed: int, objects: int, sessions: int) -> Iterator[tuple[str, int]]:
+    """(slice key, slice size) for every slice each request covers, in order."""
+    rnd = random.Random(seed)
+    sizes = object_sizes(rnd, objects)
+    cdf = zipf_cdf(objects, 0.9)
+    for _ in range(sessions):
+        if rnd.random() < 0.05:  # prefetch: the first slices of a popular object
+            obj = bisect.bisect_left(cdf, rnd.random() * 0.5)
+            yield from _slices(obj, sizes[obj], 0, 4 * SLICE)
+            continue
+        obj = min(objects - 1, bisect.bisect_left(cdf, rnd.random()))
+        size = sizes[obj]
+        pos = 0 if rnd.random() < 0.8 else rnd.randrange(size)
+        while pos < size:
+            yield from _slices(obj, size, pos, RANGE)
+            pos += RANGE
+            r = rnd.random()
+            if r < 0.04:  # seek
+                pos = rnd.randrange(size)
+            elif r < 0.12:  # stop watching
+                break
+
+
+def _slices(obj: int, size: int, pos: int, length: int) -> Iterator[tuple[str, int]]:
+    first, last = pos // SLICE, min(size - 1, pos + length - 1) // SLICE
+    for index in range(first, last + 1):
+        yield f"{obj}:{index}", min(SLICE, size - index * SLICE)
+
+
+def replay(seed: int, objects: int, sessions: int, memory: int, disk: int) -> dict[str, Tiers]:
+    runs = {
+        "s3fifo": Tiers(S3FIFOPolicy(memory), S3FIFOPolicy(disk)),
+        "lru": Tiers(LRUPolicy(memory), LRUPolicy(disk)),
+        "s3fifo+fifo-disk": Tiers(S3FIFOPolicy(memory), FIFOPolicy(disk)),
+    }
+    for key, size in workload(seed, objects, sessions):
+        for tiers in runs.values():
+            tiers.get(key, size)
+    return runs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--objects", type=int, default=3000)
+    ap.add_argument("--sessions", type=int, default=40000)
+    args = ap.parse_args()
+    print(f"seed {args.seed}, {args.objects} objects, {args.sessions} sessions, 1 MiB slices")
+    print(
+        "| memory | disk | policy | memory req/byte hit | disk req/byte hit (of memory misses) | overall req/byte hit |"
+    )
+    print("|---|---|---|---|---|---|")
+    ok = True
+    for memory_gib, disk_gib in ((1, 8), (2, 16), (4, 32)):
+        runs = replay(args.seed, args.objects, args.sessions, memory_gib * 2**30, disk_gib * 2**30)
+        for name, t in runs.items():
+            (mr, mb), (dr, db), (ar, ab) = t.mem.ratio(), t.dsk.ratio(), t.all.ratio()
+            print(
+                f"| {memory_gib} GiB | {disk_gib} GiB | {name} | {mr:.1%} / {mb:.1%} | {dr:.1%} / {db:.1%} "
+                f"| {ar:.1%} / {ab:.1%} |"
+            )
+        memory_gain = runs["s3fifo"].mem.ratio()[1] - runs["lru"].mem.ratio()[1]
+        overall_gain = runs["s3fifo"].all.ratio()[1] - runs["lru"].all.ratio()[1]
+        gains = f"{memory_gain * 100:+.1f} points | | {overall_gain * 100:+.1f} points"
+        print(f"| | | S3-FIFO - LRU, byte hit ratio | {gains} |")
+        ok = ok and memory_gain >= 0.05
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
