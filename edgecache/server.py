@@ -28,6 +28,7 @@ from edgecache.proxy.fastpath import FastServer, FastSettings
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
 from edgecache.storage.disk import DiskTier
+from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.store import Store
 from edgecache.tls import Certificates
@@ -68,6 +69,8 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
     disk = await loop.run_in_executor(None, DiskTier, config.cache.dir, config.cache.disk_bytes)
     store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
     store.shared = config.workers > 1
+    if store.shared:
+        store.attach_epoch(Epoch(config.cache.dir / "epoch"))
     await store.load_purges()
     engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)

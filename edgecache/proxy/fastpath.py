@@ -32,7 +32,7 @@ from edgecache.core import ranges
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import observe
 from edgecache.proxy.handler import EdgeHandler
-from edgecache.proxy.hit import Hit, find_hit
+from edgecache.proxy.hit import Hit, Load, find_hit
 from edgecache.storage.store import SliceFile, slice_name
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ class FastPath(asyncio.Protocol):
         self.deadline_kind = ""  # "idle", "head", or "" for none
         self.write_timer: asyncio.TimerHandle | None = None
         self.sock_fd = -1
+        self.loads = 0  # disk lookups made for the head at the front of the buffer
 
     # --- connection events -------------------------------------------------------------------------------
 
@@ -216,8 +217,22 @@ class FastPath(asyncio.Protocol):
                 elif self.buf:
                     self._arm("head", self.server.settings.header_timeout)
                 return
+            store = self.server.handler.engine.store
+            if store.stale():  # another worker purged something: forget what this one holds, then go on
+                self.busy = True
+                self.loop.create_task(store.catch_up()).add_done_callback(self._done)
+                return
             head = self.buf[: end + 4]
             prepared = self._prepared(head)
+            if isinstance(prepared, Load):
+                if self.loads >= 2:  # loaded both and still no hit: not ours
+                    self._hand_off()
+                    return
+                self.loads += 1
+                self.busy = True
+                self.loop.create_task(self._load(prepared)).add_done_callback(self._done)
+                return
+            self.loads = 0
             if prepared is None:
                 self._hand_off()
                 return
@@ -228,7 +243,15 @@ class FastPath(asyncio.Protocol):
         if self.transport is not None and not (self.busy or self.closing or self.buf):
             self._arm("idle", self.server.settings.idle_timeout)
 
-    def _prepared(self, head: bytes) -> Prepared | None:
+    async def _load(self, load: Load) -> None:
+        """Read what the lookup needs from the disk tier (off the loop), so the same head can be decided again."""
+        store = self.server.handler.engine.store
+        if load.entry_key is None:
+            await store.get_record(load.primary)
+        else:
+            await store.get_meta(load.entry_key)
+
+    def _prepared(self, head: bytes) -> Prepared | Load | None:
         """The answer to this head if it is a fresh hit; None for anything the fast path leaves to aiohttp.
 
         The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
@@ -246,8 +269,8 @@ class FastPath(asyncio.Protocol):
             handler.engine.store.touch_meta(prepared.hit.req.entry_key)
             return prepared
         hit, method, keep_alive = self._parse(head)
-        if hit is None:
-            return None
+        if hit is None or isinstance(hit, Load):
+            return hit
         encoded = self._head(hit, keep_alive)
         if encoded is None:
             return None
@@ -259,7 +282,7 @@ class FastPath(asyncio.Protocol):
             memo[head] = prepared
         return prepared
 
-    def _parse(self, head: bytes) -> tuple[Hit | None, str, bool]:
+    def _parse(self, head: bytes) -> tuple[Hit | Load | None, str, bool]:
         if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
             return None, "", False  # bare LF, obs-fold: aiohttp's strict parser decides
         cb = _Head()

@@ -130,6 +130,8 @@ class EdgeHandler:
             raise ClientError(400, str(exc)) from exc
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.engine.store.stale():  # another worker purged or invalidated something: look at the disk again
+            await self.engine.store.catch_up()
         site, host, key = self._route(request)
         headers: Headers = tuple(request.headers.items())
         peer = request.transport.get_extra_info("peername") if request.transport else None

@@ -61,9 +61,17 @@ class Hit:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What find_hit() needs from the disk tier before it can decide: the record, then the metadata."""
+
+    primary: str
+    entry_key: str | None  # None: the primary record first
+
+
 def find_hit(
     handler: EdgeHandler, method: str, host_field: str | None, target: str, headers: Headers, client: str
-) -> Hit | None:
+) -> Hit | Load | None:
     if method not in ("GET", "HEAD") or not target.startswith("/"):
         return None  # absolute-form targets and everything but GET/HEAD: the full handler's checks
     host = normalise_host(host_field)
@@ -84,11 +92,13 @@ def find_hit(
     store = handler.engine.store
     record = store.peek_record(key.primary)
     if record is None:
-        return None
+        return Load(key.primary, None)
     scope, soft_before = store.purges.lookup(site.name, host, key.path)
     ekey = entry_key(key.primary, record, headers, scope)
     meta = store.peek_meta(ekey)
-    if meta is None or meta.length < 0:
+    if meta is None:
+        return Load(key.primary, ekey)
+    if meta.length < 0:
         return None
     now = time.time()
     fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, site.policy)

@@ -22,6 +22,7 @@ from edgecache.core.keys import PrimaryRecord, digest
 from edgecache.core.purge import PurgeTable
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
+from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import MemoryTier
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class Store:
         self._meta_entries = meta_entries
         self._files: OrderedDict[str, SliceFile] = OrderedDict()
         self.shared = False  # other worker processes use the same disk tier: coordinate fills through leases
+        self.epoch: Epoch | None = None  # with shared: the change counter all workers map
+        self._seen_epoch = 0
 
     # --- metadata -----------------------------------------------------------------------------------------
 
@@ -174,11 +177,44 @@ class Store:
     async def invalidate(self, primary: str) -> None:
         """Every stored variant and slice of `primary` becomes unreachable: a new generation, no Vary known."""
         await self.put_record(primary, PrimaryRecord(generation=secrets.token_hex(4)))
+        self._changed()
 
     async def soft_invalidate(self, primary: str, now: float) -> None:
         """Every stored variant of `primary` becomes stale: the next request revalidates it with the origin."""
         record = await self.get_record(primary)
         await self.put_record(primary, replace(record, soft_before=now))
+        self._changed()
+
+    # --- what other workers changed -------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """Tell the other workers (after the disk has the change): they drop what they hold in memory."""
+        if self.epoch is not None:
+            before = self.epoch.value()
+            after = self.epoch.bump()
+            if before == self._seen_epoch:  # else another worker changed something too: still catch up on it
+                self._seen_epoch = after
+
+    def attach_epoch(self, epoch: Epoch) -> None:
+        self.epoch = epoch
+        self._seen_epoch = epoch.value()
+
+    def stale(self) -> bool:
+        """Another worker purged or invalidated something since this one last looked (one memory load)."""
+        return self.epoch is not None and self.epoch.value() != self._seen_epoch
+
+    async def catch_up(self) -> None:
+        """After stale(): forget the records and metadata held in memory and read the purge table again, so the
+        next lookups go to the disk tier, which has the other worker's change."""
+        if self.epoch is None:
+            return
+        seen = self.epoch.value()
+        if seen == self._seen_epoch:
+            return
+        self._records.clear()
+        self._meta.clear()
+        await self.load_purges()
+        self._seen_epoch = seen
 
     # --- purges of whole sites and directories ------------------------------------------------------------
 
@@ -197,6 +233,7 @@ class Store:
             self.purges = self.purges.with_mark(scope, secrets.token_hex(4), None)
         try:
             await self.disk.put("purge-table", self.purges.to_bytes())
+            self._changed()
         except StorageError as exc:
             log.warning("purge table write failed (the purge holds until restart): %s", exc)
 

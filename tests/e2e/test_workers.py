@@ -62,3 +62,46 @@ async def test_two_workers_fetch_each_slice_once(origin: Origin, tmp_path: Path)
         fetched = covered([x.headers.get("Range") for x in origin.seen[seen:] if x.path == "/w.bin"])
         assert sorted(fetched) == sorted(set(fetched))  # no slice fetched twice, across both workers
         assert set(fetched) <= set(range(1, 13))
+
+
+OPERATOR = "operator-token-0123456789"
+
+
+async def test_a_purge_reaches_every_worker_before_its_next_answer(origin: Origin, tmp_path: Path) -> None:
+    """Purges are applied by the worker that serves the admin API; the others must not answer from what they
+    still hold in memory (records, metadata, memoised fast-path answers) once the purge has returned."""
+    origin.put("/p.bin", b"old " * 1000, etag='"old"')
+    origin.put("/dir/q.bin", b"old " * 500, etag='"old"')
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
+        f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "64MiB"\n'
+        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+    )
+    ready = {b"admin listening on": 1, b"edgecache listening on": 2}
+    async with edge_process("serve", "--config", str(cfg), ready=ready), aiohttp.ClientSession() as s:
+
+        async def bodies(path: str) -> set[bytes]:
+            """One request per new connection: SO_REUSEPORT spreads them over both workers."""
+            seen = set()
+            for _ in range(30):
+                headers = {"Host": "video.test", "Connection": "close"}
+                async with s.get(f"http://127.0.0.1:{port}{path}", headers=headers) as r:
+                    seen.add(await r.read())
+            return seen
+
+        async def purge(body: dict[str, object]) -> None:
+            auth = {"Authorization": f"Bearer {OPERATOR}"}
+            async with s.post(f"http://127.0.0.1:{admin}/purge", json=body, headers=auth) as r:
+                assert r.status == 200, await r.text()
+
+        assert await bodies("/p.bin") == {b"old " * 1000}
+        assert await bodies("/dir/q.bin") == {b"old " * 500}
+        origin.put("/p.bin", b"new " * 1000, etag='"new"')
+        origin.put("/dir/q.bin", b"new " * 500, etag='"new"')
+        await purge({"url": "http://video.test/p.bin"})
+        assert await bodies("/p.bin") == {b"new " * 1000}
+        await purge({"prefix": "http://video.test/dir/"})
+        assert await bodies("/dir/q.bin") == {b"new " * 500}
