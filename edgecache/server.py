@@ -306,10 +306,22 @@ def _fewer_malloc_arenas() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
 
 
+def _more_file_descriptors() -> None:
+    """Client connections and the open slice files need more than the usual soft limit of 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def _worker(config: Config, worker: int) -> None:
     import uvloop
 
     _fewer_malloc_arenas()
+    _more_file_descriptors()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
     uvloop.run(run(config, worker=worker))
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import sqlite3
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +30,7 @@ from edgecache.errors import StorageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CHECKED_FILES = 65_536  # files whose checksum passed, remembered by inode, size and mtime
 
 
 class DiskTier:
@@ -44,6 +48,8 @@ class DiskTier:
             disk_min_file_size=32 * 1024,
         )
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="disk")
+        self._lock = threading.Lock()
+        self._checked: OrderedDict[str, tuple[int, int, int]] = OrderedDict()  # key -> (inode, size, mtime)
         self.errors = 0
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -80,10 +86,20 @@ class DiskTier:
             return self._get_checked(key) if value is not None else None
         if not isinstance(value, io.BufferedReader):
             return None
+        st = os.fstat(value.fileno())
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            checked = self._checked.get(key) == seen
+        if checked:  # the same file, unchanged since its checksum was checked: no need to read it all again
+            return value
         if isinstance(tag, int) and zlib.crc32(value.read()) != tag:
             value.close()
             self._corrupt(key)
             return None
+        with self._lock:
+            self._checked[key] = seen
+            if len(self._checked) > CHECKED_FILES:
+                self._checked.popitem(last=False)
         return value
 
     def _corrupt(self, key: str) -> None:

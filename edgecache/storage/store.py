@@ -32,7 +32,7 @@ def slice_name(entry_key: str, version: str, index: int) -> str:
     return f"s:{digest(entry_key)}:{digest(version)[:16]}:{index}"
 
 
-OPEN_FILES = 256  # slice files kept open for the fast path's disk hits
+OPEN_FILES = 1024  # slice files kept open for the fast path's disk hits (the worker raises its fd limit)
 PEER_POLL = 0.02  # seconds between looks at the disk while another worker fetches a slice
 
 
