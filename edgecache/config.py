@@ -115,6 +115,7 @@ class Config:
     workers: int = 1
     client_write_timeout: float = 60.0  # a client that takes no bytes for this long loses its connection
     max_requests: int = 10_000  # requests in flight per worker before new ones get 503
+    max_connections: int = 20_000  # open client connections per worker before new ones get 503 and close
     fast_path: bool = True  # fresh hits answered before the web framework is involved
     header_timeout: float = 10.0  # a request head must be complete this long after its first byte (slowloris)
     idle_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
@@ -522,6 +523,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
             "workers",
             "client_write_timeout",
             "max_requests",
+            "max_connections",
             "rate_limit",
             "burst",
             "fast_path",
@@ -540,6 +542,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     workers = r.get(server, "server.", "workers", _positive(int), 1)
     write_timeout = r.get(server, "server.", "client_write_timeout", _positive(float), 60.0)
     max_requests = r.get(server, "server.", "max_requests", _positive(int), 10_000)
+    max_connections = r.get(server, "server.", "max_connections", _positive(int), 20_000)
     rate_limit = r.get(server, "server.", "rate_limit", _positive(float), None)
     burst = r.get(server, "server.", "burst", _positive(float), None)
     fast_path = r.get(server, "server.", "fast_path", _bool, True)
@@ -567,6 +570,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         workers=workers,
         client_write_timeout=write_timeout,
         max_requests=max_requests,
+        max_connections=max_connections,
         rate_limit=rate_limit,
         burst=burst,
         fast_path=fast_path,

@@ -78,3 +78,6 @@ HEADER_TIMEOUTS = Counter("edgecache_header_timeouts_total", "Connections closed
 DISK_CORRUPT = Counter(
     "edgecache_disk_corrupt_total", "Values read from the disk tier with a wrong length or checksum, dropped"
 )
+REJECTED_CONNECTIONS = Counter(
+    "edgecache_rejected_connections_total", "Connections answered 503 at once: max_connections were open"
+)

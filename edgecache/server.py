@@ -171,7 +171,9 @@ def make_server(node: Node) -> web.Server:
 def make_fast(node: Node, server: web.Server) -> FastServer:
     """The protocol in front of aiohttp: fresh hits off the socket, everything else handed to `server`."""
     c = node.config
-    settings = FastSettings(c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile")
+    settings = FastSettings(
+        c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile", c.max_connections
+    )
     return FastServer(node.handler, server, settings)
 
 

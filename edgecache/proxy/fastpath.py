@@ -50,6 +50,10 @@ _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 _CONNECTION = frozenset({b"keep-alive", b"close"})
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+_FULL_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 37\r\n\r\ntoo many connections: try again soon\n"
+)
 
 
 @dataclass(slots=True)
@@ -58,6 +62,7 @@ class FastSettings:
     idle_timeout: float = 75.0
     write_timeout: float = 60.0
     sendfile: bool = False  # disk hits: os.sendfile onto the socket (may block on cold pages) instead of pread
+    max_connections: int = 20_000  # open client connections per worker; past it, new ones get 503 and close
 
 
 @dataclass(slots=True)
@@ -69,6 +74,7 @@ class FastServer:
     settings: FastSettings
     connections: set[FastPath] = field(default_factory=set)
     memo: dict[bytes, Prepared] = field(default_factory=dict)  # request head -> its answer, while still valid
+    open: int = 0  # client connections open, on the fast path or handed to aiohttp
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     _date: tuple[int, bytes] = (0, b"")
 
@@ -169,10 +175,20 @@ class FastPath(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         plain = transport.get_extra_info("sslcontext") is None  # never sendfile under TLS
         self.sock_fd = sock.fileno() if sock is not None and plain else -1
+        if self.server.open >= self.server.settings.max_connections:
+            # Shed at the door: a quick, honest answer instead of a slow collapse (handed-off ones count too).
+            metrics.REJECTED_CONNECTIONS.inc()
+            self.closing = True
+            transport.write(_FULL_503)
+            transport.close()
+            return
         self.server.connections.add(self)
+        self.server.open += 1
         self._arm("idle", self.server.settings.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self in self.server.connections:  # counted (not refused at the door, not handed over)
+            self.server.open -= 1
         self.server.gone(self)
         self._cancel_timer()
         if self.write_timer is not None:
@@ -489,7 +505,7 @@ class FastPath(asyncio.Protocol):
             self.write_timer.cancel()
         data, self.buf, self.transport = self.buf, b"", None
         _HANDED_OFF.inc()
-        proto = _HeadGuard(self.server.fallback(), self.server.settings.header_timeout)
+        proto = _HeadGuard(self.server.fallback(), self.server.settings.header_timeout, self.server)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         if not transport.is_reading():
@@ -557,8 +573,9 @@ class _HeadGuard(asyncio.Protocol):
     version renames them, the guard sees "busy" and stays out of the way (aiohttp's own limits still hold).
     """
 
-    def __init__(self, inner: asyncio.Protocol, seconds: float) -> None:
+    def __init__(self, inner: asyncio.Protocol, seconds: float, server: FastServer) -> None:
         self.inner = inner
+        self.server = server  # its open-connection count still includes this one
         self.seconds = seconds
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -594,6 +611,7 @@ class _HeadGuard(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         self.transport = None
+        self.server.open -= 1
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:

@@ -74,3 +74,26 @@ async def test_per_client_rate_limit_answers_429(origin: Origin, tmp_path: Path)
         assert statuses == [200, 200, 200, 429, 429]
         status, headers, body = await edge.get("/r")
         assert (status, headers["Retry-After"], body) == (429, "1", b"too many requests from this address\n")
+
+
+async def test_connections_past_the_limit_get_503_at_once(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/c", b"c")
+    cfg = replace(make_config(tmp_path / "c", [origin.url]), max_connections=2)
+    async with start_edge(cfg) as edge:
+        held = [await asyncio.open_connection("127.0.0.1", edge.port) for _ in range(2)]
+        held[1][1].write(b"GET /c HTTP/1.1\r\nHost: video.test\r\n\r\n")  # one on aiohttp (a miss), one idle
+        assert (await held[1][0].readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK\r\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        async with asyncio.timeout(10):
+            answer = await reader.read(-1)
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n")
+        assert answer.endswith(b"\r\n\r\ntoo many connections: try again soon\n")
+        writer.close()
+        for _, w in held:
+            w.close()
+            await w.wait_closed()
+        # Capacity is back once they are gone (the count follows connections handed to aiohttp too).
+        async with asyncio.timeout(10):
+            while (await edge.get("/c"))[0] != 200:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    assert origin.hits["/c"] == 1
