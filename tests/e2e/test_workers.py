@@ -25,17 +25,27 @@ def covered(ranges: list[str | None]) -> list[int]:
     return out
 
 
-async def test_two_workers_fetch_each_slice_once(origin: Origin, tmp_path: Path) -> None:
-    origin.put("/w.bin", DATA)
-    port, admin = free_port(), free_port()
+OPERATOR = "operator-token-0123456789"
+READY = {b"admin listening on": 1, b"edgecache listening on": 2}  # both workers, and the admin listener
+
+
+def two_workers(tmp_path: Path, origin: Origin, port: int, admin: int) -> Path:
+    """A config file for a node of two workers with an operator token."""
     cfg = tmp_path / "edge.toml"
     cfg.write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
         f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "256MiB"\nmemory = "64MiB"\nfill_slices = 4\n'
         f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
     )
-    ready = {b"admin listening on": 1, b"edgecache listening on": 2}
-    async with edge_process("serve", "--config", str(cfg), ready=ready), aiohttp.ClientSession() as s:
+    return cfg
+
+
+async def test_two_workers_fetch_each_slice_once(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/w.bin", DATA)
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with edge_process("serve", "--config", str(cfg), ready=READY), aiohttp.ClientSession() as s:
 
         async def get(first: int, last: int) -> bytes:
             headers = {"Host": "video.test", "Range": f"bytes={first}-{last}", "Connection": "close"}
@@ -64,24 +74,14 @@ async def test_two_workers_fetch_each_slice_once(origin: Origin, tmp_path: Path)
         assert set(fetched) <= set(range(1, 13))
 
 
-OPERATOR = "operator-token-0123456789"
-
-
 async def test_a_purge_reaches_every_worker_before_its_next_answer(origin: Origin, tmp_path: Path) -> None:
     """Purges are applied by the worker that serves the admin API; the others must not answer from what they
     still hold in memory (records, metadata, memoised fast-path answers) once the purge has returned."""
     origin.put("/p.bin", b"old " * 1000, etag='"old"')
     origin.put("/dir/q.bin", b"old " * 500, etag='"old"')
     port, admin = free_port(), free_port()
-    cfg = tmp_path / "edge.toml"
-    cfg.write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
-        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
-        f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "64MiB"\n'
-        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
-    )
-    ready = {b"admin listening on": 1, b"edgecache listening on": 2}
-    async with edge_process("serve", "--config", str(cfg), ready=ready), aiohttp.ClientSession() as s:
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with edge_process("serve", "--config", str(cfg), ready=READY), aiohttp.ClientSession() as s:
 
         async def bodies(path: str) -> set[bytes]:
             """One request per new connection: SO_REUSEPORT spreads them over both workers."""
