@@ -11,8 +11,10 @@ recency is the memory tier's job.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import logging
+import mmap
 import os
 import sqlite3
 import threading
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import diskcache
+from diskcache.core import MODE_BINARY, UNKNOWN
 
 from edgecache import metrics
 from edgecache.errors import StorageError
@@ -31,6 +34,83 @@ from edgecache.errors import StorageError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHECKED_FILES = 65_536  # files whose checksum passed, remembered by inode, size and mtime
+MIN_FILE_SIZE = 32 * 1024  # values at least this large get their own file; smaller ones live in SQLite
+
+
+class SliceDisk(diskcache.Disk):
+    """diskcache's Disk with a cheaper write of a large bytes value.
+
+    diskcache writes such a value by iterating a BytesIO over it, one write per b"\\n" in the data, through the
+    page cache. A fill writes every slice it brings, and on a VM every new page-cache page costs a first touch:
+    measured on the 2-core VM, 2.0-2.7 ms of CPU per MiB. Here the file's blocks are reserved up front and the
+    value goes in one O_DIRECT write from an aligned buffer that each disk thread reuses: about 0.2 ms of CPU
+    per MiB. Reads still go through the page cache, so a slice read often is cached there all the same.
+    """
+
+    def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
+        if type(value) is not bytes or len(value) < self.min_file_size:
+            return super().store(value, read, key)
+        filename, full_path = self.filename(key, value)
+        fd, direct = _create(full_path)
+        try:
+            _reserve(fd, len(value))
+            if direct:
+                _write_direct(fd, value)
+            else:
+                _write_all(fd, memoryview(value))
+        except BaseException:
+            os.close(fd)
+            os.unlink(full_path)  # never leave a partial file behind for a row that will not exist
+            raise
+        os.close(fd)
+        return len(value), MODE_BINARY, filename, None
+
+
+_ALIGN = 4096  # O_DIRECT wants the buffer's address and the write's length aligned to the logical block size
+_buffers = threading.local()
+
+
+def _create(path: str) -> tuple[int, bool]:
+    """A new file for writing, opened O_DIRECT where the filesystem allows it; and whether it was."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    # Another process's cull may remove the (empty) directory between makedirs and open: try again, as diskcache.
+    for attempt in range(10):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644), hasattr(os, "O_DIRECT")
+        except FileNotFoundError:
+            if attempt == 9:
+                raise
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return os.open(path, flags, 0o644), False  # no O_DIRECT on this filesystem
+    raise AssertionError("unreachable")
+
+
+def _reserve(fd: int, length: int) -> None:
+    """Allocate the file's blocks up front; a filesystem that cannot (EOPNOTSUPP) just allocates as it writes."""
+    try:
+        os.posix_fallocate(fd, 0, length)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+
+
+def _write_direct(fd: int, value: bytes) -> None:
+    padded = -(-len(value) // _ALIGN) * _ALIGN
+    buf: mmap.mmap | None = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < padded:
+        buf = _buffers.buf = mmap.mmap(-1, padded)  # page-aligned, reused by this thread for every write
+    buf[: len(value)] = value
+    _write_all(fd, memoryview(buf)[:padded])
+    if padded != len(value):
+        os.ftruncate(fd, len(value))  # the padding was only there for O_DIRECT
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class DiskTier:
@@ -45,7 +125,8 @@ class DiskTier:
             eviction_policy="least-recently-stored",
             cull_limit=16,
             statistics=False,
-            disk_min_file_size=32 * 1024,
+            disk=SliceDisk,
+            disk_min_file_size=MIN_FILE_SIZE,
         )
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="disk")
         self._lock = threading.Lock()

@@ -1,0 +1,3 @@
+# diskcache.core's constants that edgecache's Disk subclass uses.
+MODE_BINARY: int
+UNKNOWN: object
