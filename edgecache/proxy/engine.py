@@ -8,8 +8,9 @@ the reader is serving.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import secrets
+import os
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
@@ -33,6 +34,26 @@ log = logging.getLogger(__name__)
 _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
 _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
+
+
+# Names of copies and of unversioned objects: unique across workers and restarts by a random prefix per process
+# (drawn again in a forked worker), then a counter. secrets.token_hex per fill was a getrandom() system call on
+# every miss.
+_unique_prefix = ""
+_unique_counter = itertools.count()
+
+
+def _new_prefix() -> None:
+    global _unique_prefix, _unique_counter
+    _unique_prefix, _unique_counter = os.urandom(8).hex(), itertools.count()
+
+
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)
+
+
+def _unique() -> str:
+    return f"{_unique_prefix}{next(_unique_counter):x}"
 
 
 # A worker holding slices' leases has this long to store them before the others fetch them themselves.
@@ -211,10 +232,11 @@ class Engine:
         # A 200 to a Range request says the origin ignores Range: fill such objects in one request from now on.
         whole = version is None or isinstance(j, entry.Other) or (isinstance(j, entry.Whole) and asked is not None)
         if version is None:
-            version = "u:" + secrets.token_hex(8)
-        token = secrets.token_hex(6)
+            version = "u:" + _unique()
         if existing is not None and existing.version == version and existing.status == body_status:
             whole, token = whole or existing.whole, existing.token  # more of the same copy
+        else:
+            token = _unique()
         meta = ObjectMeta(
             status=body_status,
             headers=stored,
