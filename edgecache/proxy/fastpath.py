@@ -18,6 +18,7 @@ import contextlib
 import http
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from edgecache.core import ranges
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import observe
 from edgecache.proxy.handler import EdgeHandler
-from edgecache.proxy.hit import Hit, Load, find_hit
+from edgecache.proxy.hit import MAX_SLICES, Hit, Load, find_hit
 from edgecache.storage.store import SliceFile, slice_name
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _TTFB_HIT = metrics.TTFB.labels(CacheStatus.HIT.value)
 _ANSWERED = metrics.FAST_PATH.labels("answered")
 _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
+_RANGE_LINE = re.compile(rb"\r\nrange:([^\r\n]*)(?=\r\n)", re.IGNORECASE)
+_IF_RANGE = re.compile(rb"\r\nif-range:", re.IGNORECASE)
+_RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 _CONNECTION = frozenset({b"keep-alive", b"close"})
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -74,6 +78,7 @@ class FastServer:
     settings: FastSettings
     connections: set[FastPath] = field(default_factory=set)
     memo: dict[bytes, Prepared] = field(default_factory=dict)  # request head -> its answer, while still valid
+    wholes: dict[bytes, Prepared] = field(default_factory=dict)  # head without Range -> whole-object basis
     open: int = 0  # client connections open, on the fast path or handed to aiohttp
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     _date: tuple[int, bytes] = (0, b"")
@@ -115,6 +120,7 @@ class Prepared:
     head: bytes
     counter: Any
     slices: tuple[tuple[str, int, int], ...]  # (slice name, first byte, end) of the body, in order
+    range_field: str | None = None  # the Range of a request answered from its whole-object answer, for the log
 
 
 class _Head:
@@ -284,21 +290,89 @@ class FastPath(asyncio.Protocol):
                 return None
             handler.engine.store.touch_meta(prepared.hit.req.entry_key)
             return prepared
-        hit, method, keep_alive = self._parse(head)
+        ranged = self._ranged(head)
+        if ranged is not None:
+            return ranged
+        return self._decide(head)
+
+    def _decide(self, head: bytes, basis: bool = False) -> Prepared | Load | None:
+        """Parse and look up the head from scratch; remember a hit's answer for the same head.
+
+        A `basis` is the whole-object answer single ranges are cut from: any size, kept apart from the memo
+        (a plain request for the whole object must still meet MAX_SLICES), and never sent itself.
+        """
+        handler = self.server.handler
+        memo = self.server.wholes if basis else self.server.memo
+        hit, method, keep_alive = self._parse(head, basis)
         if hit is None or isinstance(hit, Load):
             return hit
         encoded = self._head(hit, keep_alive)
         if encoded is None:
             return None
         counter = observe.requests_counter(hit.site.name, method, hit.status, CacheStatus.HIT)
-        prepared = Prepared(hit, method, keep_alive, encoded, counter, _slices(hit, handler.engine.slice_size))
+        slices = () if basis else _slices(hit, handler.engine.slice_size)
+        prepared = Prepared(hit, method, keep_alive, encoded, counter, slices)
         if len(head) <= _MEMO_HEAD and any(k.lower() == "date" for k, _ in hit.headers):
             if len(memo) >= _MEMO_ENTRIES:
                 memo.clear()
             memo[head] = prepared
         return prepared
 
-    def _parse(self, head: bytes) -> tuple[Hit | Load | None, str, bool]:
+    def _ranged(self, head: bytes) -> Prepared | None:
+        """A single-range GET answered from the answer to the same head without its Range line.
+
+        Players ask for a different range of the same object on every request, so their heads never repeat and
+        the memo alone would parse each one. The head without its Range line does repeat: its answer (a 200 for
+        the whole object, decided by the full parse, with every condition already passed) is memoised, and the
+        206 is cut from it: same fields, then Content-Range and Content-Length, exactly as _planned() orders
+        them. Anything else (If-Range, several Range lines, a multipart or unsatisfiable range, a stored
+        response that is not a whole 200, a rate-limited site) takes the full parse.
+        """
+        lines = _RANGE_LINE.findall(head)
+        if len(lines) != 1 or len(lines[0]) > _RANGE_VALUE_MAX or _IF_RANGE.search(head):
+            return None
+        if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
+            return None  # bare LF, obs-fold: aiohttp's strict parser decides
+        handler = self.server.handler
+        if handler.limiter is not None:
+            return None  # deciding the whole-object answer would spend a token of the client's rate
+        match = _RANGE_LINE.search(head)
+        assert match is not None
+        stripped = head[: match.start()] + head[match.end() :]
+        base = self.server.wholes.get(stripped)
+        if base is None or not base.hit.still(handler, time.time()):
+            decided = self._decide(stripped, basis=True)
+            base = decided if isinstance(decided, Prepared) else None
+        if base is None or not base.hit.site.allows(self.client):
+            return None
+        hit = base.hit
+        if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
+            return None
+        try:
+            value = lines[0].decode("ascii").strip(" \t")
+        except UnicodeDecodeError:
+            return None
+        rng = ranges.resolve(value, hit.meta.length)
+        if not isinstance(rng, ranges.Single):
+            return None
+        first, last = rng.range.first, rng.range.last
+        size = handler.engine.slice_size
+        if last // size - first // size >= MAX_SLICES:
+            return None
+        encoded = _cut_206(base.head, hit, rng.range)
+        if encoded is None:
+            return None
+        handler.engine.store.touch_meta(hit.req.entry_key)
+        fields = [*hit.headers[:-1], ("Content-Range", ranges.format_content_range(rng.range, hit.meta.length))]
+        fields.append(("Content-Length", str(last - first + 1)))
+        derived = Hit(
+            206, fields, hit.req, hit.meta, first, last, hit.site, hit.router, hit.ring, hit.record, hit.purges,
+            hit.valid_until,
+        )  # fmt: skip
+        counter = observe.requests_counter(hit.site.name, "GET", 206, CacheStatus.HIT)
+        return Prepared(derived, "GET", base.keep_alive, encoded, counter, _slices(derived, size), value)
+
+    def _parse(self, head: bytes, any_size: bool = False) -> tuple[Hit | Load | None, str, bool]:
         if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
             return None, "", False  # bare LF, obs-fold: aiohttp's strict parser decides
         cb = _Head()
@@ -322,7 +396,7 @@ class FastPath(asyncio.Protocol):
             return None, "", False
         m = method.decode()
         try:
-            hit = find_hit(self.server.handler, m, hosts[0], target, headers, self.client)
+            hit = find_hit(self.server.handler, m, hosts[0], target, headers, self.client, any_size)
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", False
@@ -467,7 +541,8 @@ class FastPath(asyncio.Protocol):
             hit = p.hit
             t = observe.new_trace()
             t.t0, t.site, t.status = t0, hit.site.name, CacheStatus.HIT
-            line = observe.Line(self.client, p.method, hit.req.host, hit.req.target, _field(hit.req.headers, "range"))
+            rng = p.range_field if p.range_field is not None else _field(hit.req.headers, "range")
+            line = observe.Line(self.client, p.method, hit.req.host, hit.req.target, rng)
             observe.log_line(access, t, line, hit.status, nbytes)
         if not p.keep_alive and self.transport is not None:
             self.closing = True
@@ -619,6 +694,30 @@ class _HeadGuard(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.inner.resume_writing()
+
+
+def _cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange) -> bytes | None:
+    """The encoded head of a whole-object 200 turned into the 206 for `rng`: the status line changes, and
+    Content-Range goes in before a new Content-Length (the last field, as _planned() puts it)."""
+    length = hit.meta.length
+    if not hit.headers or hit.headers[-1] != ("Content-Length", str(length)):
+        return None
+    if any(k.lower() == "content-range" for k, _ in hit.headers):
+        return None
+    status_end = whole.find(b"\r\n") + 2
+    old = b"Content-Length: %d\r\n" % length
+    at = whole.rfind(old)
+    if not whole.startswith(b"HTTP/1.1 200 OK\r\n") or at < status_end:
+        return None
+    content_range = ranges.format_content_range(rng, length).encode()
+    return b"".join(
+        (
+            b"HTTP/1.1 206 Partial Content\r\n",
+            whole[status_end:at],
+            b"Content-Range: %s\r\nContent-Length: %d\r\n" % (content_range, rng.last - rng.first + 1),
+            whole[at + len(old) :],
+        )
+    )
 
 
 def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:

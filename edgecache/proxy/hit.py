@@ -70,8 +70,16 @@ class Load:
 
 
 def find_hit(
-    handler: EdgeHandler, method: str, host_field: str | None, target: str, headers: Headers, client: str
+    handler: EdgeHandler,
+    method: str,
+    host_field: str | None,
+    target: str,
+    headers: Headers,
+    client: str,
+    any_size: bool = False,
 ) -> Hit | Load | None:
+    """The hit this request is, if it is one. `any_size` lifts MAX_SLICES: the answer is then only a basis that
+    single ranges are cut from (see fastpath), never sent whole."""
     if method not in ("GET", "HEAD") or not target.startswith("/"):
         return None  # absolute-form targets and everything but GET/HEAD: the full handler's checks
     host = normalise_host(host_field)
@@ -107,7 +115,7 @@ def find_hit(
     valid_until = _valid_until(headers, fresh, now)
     if meta.response_time < max(soft_before, record.soft_before):
         return None
-    planned = _planned(method, headers, meta, now, handler.engine.slice_size)
+    planned = _planned(method, headers, meta, now, handler.engine.slice_size, any_size)
     if planned is None:
         return None
     limiter = handler.limiter
@@ -146,7 +154,7 @@ def _valid_until(headers: Headers, fresh: Freshness, now: float) -> float:
 
 
 def _planned(
-    method: str, headers: Headers, meta: ObjectMeta, now: float, slice_size: int
+    method: str, headers: Headers, meta: ObjectMeta, now: float, slice_size: int, any_size: bool = False
 ) -> tuple[int, list[tuple[str, str]], int, int] | None:
     """The response respond.send() would give for this hit, or None where the fast path does not answer."""
     status, rng = plan(method, headers, meta)
@@ -166,7 +174,7 @@ def _planned(
         first, last = 0, meta.length - 1
         if (stored_range := get_first(meta.headers, "content-range")) is not None:
             base.append(("Content-Range", stored_range))
-    if last >= first and last // slice_size - first // slice_size >= MAX_SLICES:
+    if not any_size and last >= first and last // slice_size - first // slice_size >= MAX_SLICES:
         return None
     base.append(("Content-Length", str(max(0, last - first + 1))))
     return status, base, first, last if method == "GET" else first - 1

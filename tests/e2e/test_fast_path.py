@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from edgecache.core.ranges import ByteRange
+from edgecache.proxy import fastpath
+from edgecache.proxy.hit import Hit
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
 
@@ -166,3 +169,62 @@ async def test_an_idle_connection_is_closed(origin: Origin, tmp_path: Path) -> N
         async with asyncio.timeout(5):  # closed without a word
             assert await reader.read(-1) == b""
         writer.close()
+
+
+# One connection, many single ranges of one object: after the first, each is cut from the whole-object answer
+# (fastpath._ranged). (request, answered by the fast path)
+RANGED: list[tuple[bytes, bool]] = [
+    (get("/big", "Range: bytes=0-99"), True),
+    (get("/big", "Range: bytes=1048570-1048585"), True),
+    (get("/big", "range: bytes=5-"), True),
+    (get("/big", "Range:  bytes=-700 "), True),
+    (get("/big", "Range: bytes=3000000-99999999"), True),  # the end is clamped to the length
+    (get("/big", "Accept: */*", "Range: bytes=7-8", "User-Agent: p/1"), True),  # Range between other fields
+    (get("/big", "Range: bytes=10-20", "Range: bytes=30-40"), True),  # the first Range counts (full parse)
+    (get("/big", "Range: bytes=5-9", 'If-Range: "other"'), True),  # If-Range fails: the whole object
+    (get("/big", "Range: bytes=0-1,5-6"), False),  # multipart: aiohttp from here on
+]
+
+
+@pytest.mark.parametrize(
+    "pair", [(64 * 2**20, "pread"), (0, "sendfile")], ids=["memory-hits", "disk-hits-sendfile"], indirect=True
+)
+async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
+    pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast_edge, framework = pair
+    cut = fastpath._cut_206
+    cuts: list[int] = []
+
+    def counting(whole: bytes, hit: Hit, rng: ByteRange) -> bytes | None:
+        cuts.append(rng.first)
+        return cut(whole, hit, rng)
+
+    monkeypatch.setattr(fastpath, "_cut_206", counting)
+    requests = b"".join(case for case, _ in RANGED) + CLOSE
+    before = answered()
+    ours = await exchange(fast_edge, requests)
+    during = answered() - before
+    theirs = await exchange(framework, requests)
+    assert normalised(ours) == normalised(theirs)
+    assert ours.count(b"HTTP/1.1 206 Partial Content\r\n") == 8
+    assert during == sum(fast for _, fast in RANGED)
+    assert cuts == [0, 1048570, 5, len(BIG) - 700, 3000000, 7]  # the first six, none of the others
+
+
+async def test_a_whole_answer_kept_for_ranges_is_never_sent_whole(origin: Origin, tmp_path: Path) -> None:
+    huge = bytes((i * 13 + i // 509) % 256 for i in range(10 * 2**20 + 3))  # 11 slices: over MAX_SLICES
+    origin.put("/huge", huge)
+    config = replace(make_config(tmp_path / "c", [origin.url], memory_bytes=64 * 2**20), fast_path=True)
+    async with start_edge(config) as edge:
+        assert (await edge.get("/huge"))[2] == huge
+        before = answered()
+        raw = await exchange(edge, get("/huge", "Range: bytes=9437180-9437189") + get("/huge") + CLOSE)
+        assert answered() - before == 1  # the range; the whole object goes to aiohttp, which streams it
+        first, _, rest = raw.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 206 Partial Content\r\n")
+        assert f"\r\nContent-Range: bytes 9437180-9437189/{len(huge)}\r\n".encode() in first
+        assert rest[:10] == huge[9437180:9437190]
+        second, _, body = rest[10:].partition(b"\r\n\r\n")
+        assert second.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert body[: len(huge)] == huge
