@@ -51,6 +51,13 @@ _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
 _RANGE_LINE = re.compile(rb"\r\nrange:([^\r\n]*)(?=\r\n)", re.IGNORECASE)
 _IF_RANGE = re.compile(rb"\r\nif-range:", re.IGNORECASE)
 _RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
+
+
+class _FullParse:
+    """_ranged() cannot cut this head's answer from a whole one: parse it in full."""
+
+
+_FULL_PARSE = _FullParse()
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 _CONNECTION = frozenset({b"keep-alive", b"close"})
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -291,9 +298,7 @@ class FastPath(asyncio.Protocol):
             handler.engine.store.touch_meta(prepared.hit.req.entry_key)
             return prepared
         ranged = self._ranged(head)
-        if ranged is not None:
-            return ranged
-        return self._decide(head)
+        return self._decide(head) if isinstance(ranged, _FullParse) else ranged
 
     def _decide(self, head: bytes, basis: bool = False) -> Prepared | Load | None:
         """Parse and look up the head from scratch; remember a hit's answer for the same head.
@@ -318,7 +323,7 @@ class FastPath(asyncio.Protocol):
             memo[head] = prepared
         return prepared
 
-    def _ranged(self, head: bytes) -> Prepared | None:
+    def _ranged(self, head: bytes) -> Prepared | Load | _FullParse | None:
         """A single-range GET answered from the answer to the same head without its Range line.
 
         Players ask for a different range of the same object on every request, so their heads never repeat and
@@ -326,42 +331,45 @@ class FastPath(asyncio.Protocol):
         the whole object, decided by the full parse, with every condition already passed) is memoised, and the
         206 is cut from it: same fields, then Content-Range and Content-Length, exactly as _planned() orders
         them. Anything else (If-Range, several Range lines, a multipart or unsatisfiable range, a stored
-        response that is not a whole 200, a rate-limited site) takes the full parse.
+        response that is not a whole 200, a rate-limited site) gives _FULL_PARSE. When the head without Range
+        is no hit, neither is the head (Range changes nothing before _planned): None, and aiohttp answers it.
         """
         lines = _RANGE_LINE.findall(head)
         if len(lines) != 1 or len(lines[0]) > _RANGE_VALUE_MAX or _IF_RANGE.search(head):
-            return None
+            return _FULL_PARSE
         if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
-            return None  # bare LF, obs-fold: aiohttp's strict parser decides
+            return _FULL_PARSE  # bare LF, obs-fold: aiohttp's strict parser decides
         handler = self.server.handler
         if handler.limiter is not None:
-            return None  # deciding the whole-object answer would spend a token of the client's rate
+            return _FULL_PARSE  # deciding the whole-object answer would spend a token of the client's rate
         match = _RANGE_LINE.search(head)
         assert match is not None
         stripped = head[: match.start()] + head[match.end() :]
         base = self.server.wholes.get(stripped)
         if base is None or not base.hit.still(handler, time.time()):
             decided = self._decide(stripped, basis=True)
-            base = decided if isinstance(decided, Prepared) else None
-        if base is None or not base.hit.site.allows(self.client):
+            if not isinstance(decided, Prepared):
+                return decided  # a miss (or a Load first): the same for the head with its Range
+            base = decided
+        if not base.hit.site.allows(self.client):
             return None
         hit = base.hit
         if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
-            return None
+            return _FULL_PARSE
         try:
             value = lines[0].decode("ascii").strip(" \t")
         except UnicodeDecodeError:
-            return None
+            return _FULL_PARSE
         rng = ranges.resolve(value, hit.meta.length)
         if not isinstance(rng, ranges.Single):
-            return None
+            return _FULL_PARSE
         first, last = rng.range.first, rng.range.last
         size = handler.engine.slice_size
         if last // size - first // size >= MAX_SLICES:
-            return None
+            return _FULL_PARSE
         encoded = _cut_206(base.head, hit, rng.range)
         if encoded is None:
-            return None
+            return _FULL_PARSE
         handler.engine.store.touch_meta(hit.req.entry_key)
         fields = [*hit.headers[:-1], ("Content-Range", ranges.format_content_range(rng.range, hit.meta.length))]
         fields.append(("Content-Length", str(last - first + 1)))
