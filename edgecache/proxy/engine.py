@@ -169,14 +169,16 @@ class Engine:
             req = replace(req, entry_key=head.entry_key)
             primary = req.primary or req.entry_key.split("\n", 1)[0]
             keep = head.status == 304 or (head.store and head.meta.length >= 0)
-            record = replace(self.store.peek_record(primary) or PrimaryRecord(req.generation), vary=head.meta.vary)
+            known = self.store.peek_record(primary)
+            record = replace(known or PrimaryRecord(req.generation), vary=head.meta.vary)
             if keep:  # visible before anyone hears of the head, so the next request is a hit
                 self.store.remember_record(primary, record)
                 self.store.remember_meta(req.entry_key, head.meta)
             fill.set_head(head)
             if keep:
-                await self.store.put_record(primary, record)
-                await self.store.put_meta(req.entry_key, head.meta)
+                if record != known:  # the next slice of a stored object brings the same record
+                    await self.store.put_record(primary, record)
+                await self.store.put_meta(req.entry_key, head.meta, lazy=True)
             if head.status == 304:
                 return
             await self._pump(fill, head, resp, req)

@@ -40,6 +40,15 @@ def lease_name(name: str) -> str:
     return "l:" + name
 
 
+LAZY_META_SECONDS = 10.0
+
+
+def _same_copy(meta: ObjectMeta) -> tuple[object, ...]:
+    """What must match for a lazy metadata write to be skipped: the copy and every field but Date and Age."""
+    fields = tuple(h for h in meta.headers if h[0].lower() not in ("date", "age"))
+    return (meta.version, meta.token, meta.status, meta.length, meta.whole, meta.vary, fields)
+
+
 class SliceFile:
     """An open, checked slice file, read in pieces by the fast path (pread or sendfile).
 
@@ -85,6 +94,8 @@ class Store:
         self.memory = memory
         self.disk = disk
         self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
+        # What put_meta() last wrote to disk for a key: the copy and its fields, and its response time.
+        self._written: OrderedDict[str, tuple[tuple[object, ...], float]] = OrderedDict()
         self._records: OrderedDict[str, PrimaryRecord] = OrderedDict()
         self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
         self.purges = PurgeTable()
@@ -130,15 +141,33 @@ class Store:
             self._remember(entry_key, meta)
         return meta
 
-    async def put_meta(self, entry_key: str, meta: ObjectMeta) -> None:
+    async def put_meta(self, entry_key: str, meta: ObjectMeta, lazy: bool = False) -> None:
+        """Remember `meta` and write it to the disk tier. `lazy`: skip the write when the disk already has the
+        same copy with the same fields from less than LAZY_META_SECONDS before.
+
+        A fill of a slice of an object already stored brings the same copy with a newer response time; writing
+        it for every slice was two SQLite transactions per slice. What the disk holds is then a little older,
+        which after a restart can only make the copy look less fresh, never more.
+        """
         self._remember(entry_key, meta)
+        same = _same_copy(meta)
+        if lazy:
+            written = self._written.get(entry_key)
+            if written is not None and written[0] == same and meta.response_time - written[1] < LAZY_META_SECONDS:
+                return
         try:
             await self.disk.put("m:" + digest(entry_key), meta.to_bytes())
         except StorageError as exc:
             log.warning("metadata write failed: %s", exc)
+            return
+        self._written[entry_key] = (same, meta.response_time)
+        self._written.move_to_end(entry_key)
+        if len(self._written) > self._meta_entries:
+            self._written.popitem(last=False)
 
     async def delete_meta(self, entry_key: str) -> None:
         self._meta.pop(entry_key, None)
+        self._written.pop(entry_key, None)
         try:
             await self.disk.delete("m:" + digest(entry_key))
         except StorageError as exc:
@@ -213,6 +242,7 @@ class Store:
             return
         self._records.clear()
         self._meta.clear()
+        self._written.clear()
         await self.load_purges()
         self._seen_epoch = seen
 

@@ -79,3 +79,41 @@ async def test_filesystems_without_o_direct_still_get_the_value(
         assert await tier.get("k") == value
     finally:
         tier.close()
+
+
+async def test_lazy_metadata_writes_skip_only_the_same_copy_within_seconds(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from edgecache.core.entry import ObjectMeta
+    from edgecache.storage.memory import MemoryTier
+    from edgecache.storage.store import LAZY_META_SECONDS, Store
+
+    tier = DiskTier(tmp_path, 64 * MiB, threads=1)
+    store = Store(MemoryTier(MiB), tier)
+    fields = (("ETag", '"v1"'), ("Cache-Control", "max-age=60"), ("Date", "Mon, 30 Nov 2026 10:00:00 GMT"))
+    meta = ObjectMeta(200, fields, 10, '"v1"', False, 1000.0, 1000.0, MiB, (), "t1")
+
+    async def on_disk() -> ObjectMeta | None:
+        store._meta.clear()  # read it back from the disk tier, not from memory
+        return await store.get_meta("k")
+
+    try:
+        await store.put_meta("k", meta, lazy=True)  # never written: written
+        assert await on_disk() == meta
+        later = replace(meta, response_time=1001.0, headers=(*fields[:2], ("Date", "x")))
+        await store.put_meta("k", later, lazy=True)  # the same copy, a second later: skipped
+        assert await on_disk() == meta
+        assert store.peek_meta("k") == meta  # (the read above put the disk's copy back in memory)
+        changed = replace(later, headers=(fields[0], ("Cache-Control", "max-age=1"), fields[2]))
+        await store.put_meta("k", changed, lazy=True)  # a field changed: written
+        assert await on_disk() == changed
+        much_later = replace(changed, response_time=changed.response_time + LAZY_META_SECONDS)
+        await store.put_meta("k", much_later, lazy=True)  # old enough: written
+        assert await on_disk() == much_later
+        new_copy = replace(much_later, token="t2", response_time=much_later.response_time + 1)
+        await store.put_meta("k", new_copy, lazy=True)  # another copy: written
+        assert await on_disk() == new_copy
+        await store.put_meta("k", replace(new_copy, response_time=new_copy.response_time + 1))  # not lazy: written
+        assert (await on_disk()) != new_copy
+    finally:
+        tier.close()
