@@ -187,7 +187,10 @@ RANGED: list[tuple[bytes, bool]] = [
 
 
 @pytest.mark.parametrize(
-    "pair", [(64 * 2**20, "pread"), (0, "sendfile")], ids=["memory-hits", "disk-hits-sendfile"], indirect=True
+    "pair",
+    [(64 * 2**20, "pread"), (0, "pread"), (0, "sendfile")],
+    ids=["memory-hits", "disk-hits-pread", "disk-hits-sendfile"],  # pread: its buffers are reused between hits
+    indirect=True,
 )
 async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
     pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch
