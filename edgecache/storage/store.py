@@ -43,10 +43,14 @@ def lease_name(name: str) -> str:
 LAZY_META_SECONDS = 10.0
 
 
-def _same_copy(meta: ObjectMeta) -> tuple[object, ...]:
-    """What must match for a lazy metadata write to be skipped: the copy and every field but Date and Age."""
+def _same_copy(meta: ObjectMeta) -> int:
+    """What must match for a lazy metadata write to be skipped: the copy and every field but Date and Age.
+
+    Only a hash is kept (16,384 of them): a collision could at worst leave the disk's copy of the fields up to
+    LAZY_META_SECONDS behind, as a skipped write always may.
+    """
     fields = tuple(h for h in meta.headers if h[0].lower() not in ("date", "age"))
-    return (meta.version, meta.token, meta.status, meta.length, meta.whole, meta.vary, fields)
+    return hash((meta.version, meta.token, meta.status, meta.length, meta.whole, meta.vary, fields))
 
 
 class SliceFile:
@@ -94,8 +98,8 @@ class Store:
         self.memory = memory
         self.disk = disk
         self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
-        # What put_meta() last wrote to disk for a key: the copy and its fields, and its response time.
-        self._written: OrderedDict[str, tuple[tuple[object, ...], float]] = OrderedDict()
+        # What put_meta() last wrote to disk for a key: a hash of the copy and its fields, and its response time.
+        self._written: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._records: OrderedDict[str, PrimaryRecord] = OrderedDict()
         self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
         self.purges = PurgeTable()
