@@ -241,7 +241,7 @@ class Engine:
             token = _unique()
         meta = ObjectMeta(
             status=body_status,
-            headers=stored,
+            headers=entry.shared_fields(stored),
             length=length,
             version=version,
             whole=whole,

@@ -43,8 +43,8 @@ _PAUSE_READING = 256 * 1024
 _FIELD_MAX = 8190  # aiohttp's max_field_size and max_line_size
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 _MEMO_ENTRIES = 4096  # pipelined bytes held while a response is in progress
-_BUFFER_SIZE = 2**20  # pread buffers kept for reuse are this large (a slice piece larger gets its own)
-_BUFFERS_KEPT = 8
+_PIECE = 256 * 1024  # a disk hit is read and written this much at a time (pread mode)
+_BUFFERS_KEPT = 16
 _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
 _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _TTFB_HIT = metrics.TTFB.labels(CacheStatus.HIT.value)
@@ -92,18 +92,14 @@ class FastServer:
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     _date: tuple[int, bytes] = (0, b"")
     # pread buffers the socket took in full, for the next disk hit: fresh memory costs a page fault per 4 KiB
-    # (about 0.5 ms per MiB on a VM), and a new 1 MiB buffer per response is most of a disk hit's RSS churn.
+    # (about 0.5 ms per MiB on a VM), and a new buffer per response was most of a disk hit's RSS churn.
     _buffers: list[bytearray] = field(default_factory=list)
 
-    def buffer(self, size: int) -> bytearray:
-        while self._buffers:
-            buf = self._buffers.pop()
-            if len(buf) >= size:
-                return buf
-        return bytearray(max(size, _BUFFER_SIZE))
+    def buffer(self) -> bytearray:
+        return self._buffers.pop() if self._buffers else bytearray(_PIECE)
 
     def give_back(self, buf: bytearray) -> None:
-        if len(self._buffers) < _BUFFERS_KEPT and len(buf) <= _BUFFER_SIZE:
+        if len(self._buffers) < _BUFFERS_KEPT:
             self._buffers.append(buf)
 
     def date(self) -> bytes:
@@ -514,24 +510,29 @@ class FastPath(asyncio.Protocol):
                     break
                 lo += sent
         while lo < hi:
-            buf = self.server.buffer(hi - lo)
+            # A piece at a time, waiting while the transport holds more than its high-water mark: a client
+            # reading slowly then holds about one piece of this process's memory, not a whole slice.
+            n = min(hi - lo, _PIECE)
+            buf = self.server.buffer()
             try:
-                got = os.preadv(f.fd, [memoryview(buf)[: hi - lo]], lo, os.RWF_NOWAIT)
+                got = os.preadv(f.fd, [memoryview(buf)[:n]], lo, os.RWF_NOWAIT)
             except BlockingIOError:
                 got = 0
             if got <= 0:
                 self.server.give_back(buf)
-                data = await self.loop.run_in_executor(None, os.pread, f.fd, hi - lo, lo)
+                data = await self.loop.run_in_executor(None, os.pread, f.fd, n, lo)
                 if not data:
                     raise OSError(f"slice file ended at {lo}, expected {hi}")
                 transport.write(data)
                 lo += len(data)
-                continue
-            transport.write(memoryview(buf)[:got])
-            lo += got
-            if transport.get_write_buffer_size() == 0:
-                # The socket took it all, so the transport holds no reference to the buffer: it may be reused.
-                self.server.give_back(buf)
+            else:
+                transport.write(memoryview(buf)[:got])
+                lo += got
+                if transport.get_write_buffer_size() == 0:
+                    # The socket took it all, so the transport holds no reference to the buffer: reuse it.
+                    self.server.give_back(buf)
+            if self.write_paused:
+                await self._drain()
 
     async def _drain(self) -> None:
         self.drained = self.loop.create_future()
