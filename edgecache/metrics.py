@@ -33,6 +33,11 @@ MISSES = Counter("edgecache_misses_total", "Cache misses by cause", ["cause"])
 FILLS = Counter("edgecache_fills_total", "Origin fetches started to fill the cache")
 MEMORY_BYTES = Gauge("edgecache_memory_tier_bytes", "Bytes held by the memory tier", multiprocess_mode="livesum")
 MEMORY_BUDGET = Gauge("edgecache_memory_tier_budget_bytes", "Memory tier byte budget", multiprocess_mode="livesum")
+MEMORY_LIMIT = Gauge(
+    "edgecache_memory_tier_limit_bytes",
+    "What the memory tier holds at most now: its budget, less while the worker's RSS is over budget + 64 MiB",
+    multiprocess_mode="livesum",
+)
 MEMORY_OBJECTS = Gauge("edgecache_memory_tier_objects", "Slices held by the memory tier", multiprocess_mode="livesum")
 MEMORY_EVICTIONS = Counter("edgecache_memory_tier_evictions_total", "Slices evicted from the memory tier")
 MEMORY_ADMISSIONS = Counter("edgecache_memory_tier_admissions_total", "Slices admitted to the memory tier")

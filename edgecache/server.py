@@ -29,7 +29,7 @@ from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.epoch import Epoch
-from edgecache.storage.memory import MemoryTier
+from edgecache.storage.memory import MemoryTier, next_limit
 from edgecache.storage.store import Store
 from edgecache.tls import Certificates
 
@@ -289,7 +289,9 @@ async def run(config: Config, worker: int = 0) -> None:
         gc.collect()
         gc.freeze()
         node.state["listening"] = True
+        trimmer = asyncio.ensure_future(_bound_rss(node.engine.store.memory))
         await stop.wait()
+        trimmer.cancel()
         node.state["draining"] = True
         log.info("stopping: draining connections for up to %.0f s", DRAIN_SECONDS)
         await asyncio.gather(runner.cleanup(), fast.shutdown(DRAIN_SECONDS))
@@ -297,6 +299,41 @@ async def run(config: Config, worker: int = 0) -> None:
             await admin.cleanup()
     if demo is not None:
         await demo.cleanup()
+
+
+RSS_SECONDS = 5.0
+RSS_HEADROOM = 64 * 2**20  # what a worker may hold beyond its memory tier's budget
+
+
+async def _bound_rss(tier: MemoryTier) -> None:
+    """Keep this worker's RSS within the memory tier's budget plus RSS_HEADROOM.
+
+    Every few seconds: give memory glibc holds free back to the kernel (malloc_trim, in a thread: slices come
+    and go in 1 MiB blocks between small long-lived objects, and glibc keeps the freed blocks in its heaps), then
+    move the tier's limit by what RSS is over (or comfortably under) budget + headroom (next_limit).
+    """
+    from edgecache import metrics
+
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return
+    loop = asyncio.get_running_loop()
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss_limit = tier.budget_bytes + RSS_HEADROOM
+
+    def trim_and_measure() -> int:
+        trim(0)
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * page
+
+    while True:
+        await asyncio.sleep(RSS_SECONDS)
+        rss = await loop.run_in_executor(None, trim_and_measure)
+        limit = tier.set_limit(next_limit(tier.budget_bytes, tier.limit, rss, rss_limit))
+        metrics.MEMORY_LIMIT.set(limit)
 
 
 def _fewer_malloc_arenas() -> None:

@@ -34,6 +34,7 @@ from edgecache.errors import StorageError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHECKED_FILES = 65_536  # files whose checksum passed, remembered by inode, size and mtime
+SQLITE_CACHE_PAGES = 256  # per connection (one per disk thread): 1 MiB
 MIN_FILE_SIZE = 32 * 1024  # values at least this large get their own file; smaller ones live in SQLite
 
 
@@ -127,6 +128,10 @@ class DiskTier:
             statistics=False,
             disk=SliceDisk,
             disk_min_file_size=MIN_FILE_SIZE,
+            # SQLite keeps a page cache per connection, and diskcache opens one per thread: at its default (8,192
+            # pages, 32 MiB) the disk threads' caches grew to most of the process's RSS over the budget. Index
+            # reads go through the memory map, which is the kernel's page cache, shared by every worker.
+            sqlite_cache_size=SQLITE_CACHE_PAGES,
         )
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="disk")
         self._lock = threading.Lock()

@@ -12,6 +12,22 @@ from dataclasses import dataclass
 from edgecache.storage.policy import EvictionPolicy, make_policy
 
 
+def next_limit(budget: int, limit: int, rss: int, rss_limit: int, floor: float = 0.5) -> int:
+    """The memory tier's next limit, from the process's RSS: over `rss_limit`, give up the excess (never below
+    `floor` of the budget); comfortably under it (by 1/16 of the budget), take back what is free, up to the budget.
+
+    The tier's budget counts only slices; the rest of the process (interpreter, metadata, buffers in flight,
+    memory the allocator keeps) varies with the load. This keeps the whole process within its limit.
+    """
+    lowest = int(budget * floor)
+    if rss > rss_limit:
+        return max(lowest, limit - (rss - rss_limit))
+    slack = budget // 16
+    if rss < rss_limit - slack:
+        return min(budget, limit + (rss_limit - slack - rss))
+    return limit
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryStats:
     used_bytes: int
@@ -61,6 +77,19 @@ class MemoryTier:
         self._values[key] = value
         self.admissions += 1
         return True
+
+    @property
+    def limit(self) -> int:
+        """What the tier holds at most right now: the budget, or less while the process is over its RSS limit."""
+        return self._policy.budget
+
+    def set_limit(self, limit: int) -> int:
+        """Hold at most `limit` bytes (clamped to 0..budget), evicting what no longer fits; the limit set."""
+        limit = max(0, min(limit, self.budget_bytes))
+        for k in self._policy.resize(limit):
+            del self._values[k]
+            self.evictions += 1
+        return limit
 
     def delete(self, key: str) -> None:
         if self._values.pop(key, None) is not None:

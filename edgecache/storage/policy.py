@@ -25,6 +25,7 @@ class EvictionPolicy(Protocol):
     @property
     def used_bytes(self) -> int: ...
     def admit(self, key: str, size: int) -> list[str]: ...
+    def resize(self, budget: int) -> list[str]: ...
     def touch(self, key: str) -> None: ...
     def remove(self, key: str) -> None: ...
     def __contains__(self, key: object) -> bool: ...
@@ -63,6 +64,16 @@ class LRUPolicy:
         self.used_bytes += size
         return evicted
 
+    def resize(self, budget: int) -> list[str]:
+        """A new budget (the largest item stays as it was); the keys dropped to fit it, oldest first."""
+        self.budget = budget
+        evicted = []
+        while self.used_bytes > self.budget and self._items:
+            key, size = self._items.popitem(last=False)
+            self.used_bytes -= size
+            evicted.append(key)
+        return evicted
+
     def touch(self, key: str) -> None:
         if key in self._items:
             self._items.move_to_end(key)
@@ -92,6 +103,7 @@ class S3FIFOPolicy:
             raise ValueError(f"small_fraction must be in (0, 1), got {small_fraction}")
         self.max_item = _max_item(budget, max_item_fraction)
         self.budget = budget
+        self.small_fraction = small_fraction
         self.small_budget = max(1, int(budget * small_fraction))
         self.used_bytes = 0
         self.small_bytes = 0
@@ -123,6 +135,15 @@ class S3FIFOPolicy:
             self._small[key] = size
             self.small_bytes += size
         self.used_bytes += size
+        return evicted
+
+    def resize(self, budget: int) -> list[str]:
+        """A new budget (the largest item stays as it was); the keys dropped to fit it, in eviction order."""
+        self.budget = budget
+        self.small_budget = max(1, int(budget * self.small_fraction))
+        evicted: list[str] = []
+        while self.used_bytes > self.budget and (self._small or self._main):
+            self._evict_one(evicted)
         return evicted
 
     def _evict_one(self, evicted: list[str]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from edgecache.storage.memory import MemoryStats, MemoryTier
+from edgecache.storage.memory import MemoryStats, MemoryTier, next_limit
 from edgecache.storage.policy import EvictionPolicy, LRUPolicy, S3FIFOPolicy, make_policy
 
 # --- LRU ----------------------------------------------------------------------------------------------------
@@ -304,3 +304,37 @@ def test_s3fifo_byte_hit_ratio_is_at_least_lrus_on_zipf(alpha: float) -> None:
             tier.put(f"k{k}", payload[sizes[k]])
     assert tier_hit == s3_hit
     assert tier.stats().used_bytes <= budget
+
+
+# --- the limit that keeps a worker's RSS bounded -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["s3fifo", "lru"])
+def test_a_lower_limit_evicts_down_to_it_and_a_higher_one_lets_the_tier_grow_back(policy: str) -> None:
+    tier = MemoryTier(1000, policy, max_item_fraction=1)
+    for k in "abcdefghij":
+        assert tier.put(k, k.encode() * 100)
+    assert tier.set_limit(350) == 350
+    assert tier.limit == 350
+    assert tier.stats().used_bytes <= 350
+    assert len(tier) == 3
+    assert tier.stats().evictions == 7
+    for k in "abcdefghij":  # whatever is left is exact
+        got = tier.get(k)
+        assert got is None or got == k.encode() * 100
+    assert tier.set_limit(5000) == 1000  # never above the budget
+    for k in "klmnopqrst":
+        assert tier.put(k, k.encode() * 100)
+    assert tier.stats().used_bytes == 1000
+    assert tier.set_limit(-5) == 0
+    assert len(tier) == 0
+
+
+def test_next_limit_gives_up_the_excess_and_takes_back_the_slack() -> None:
+    MiB = 2**20
+    budget, rss_limit = 128 * MiB, 192 * MiB
+    assert next_limit(budget, budget, 200 * MiB, rss_limit) == 120 * MiB  # 8 MiB over: 8 MiB less
+    assert next_limit(budget, 70 * MiB, 300 * MiB, rss_limit) == 64 * MiB  # never below half the budget
+    assert next_limit(budget, 100 * MiB, 190 * MiB, rss_limit) == 100 * MiB  # within the slack (8 MiB): hold
+    assert next_limit(budget, 100 * MiB, 174 * MiB, rss_limit) == 110 * MiB  # 10 MiB under the slack: grow
+    assert next_limit(budget, 120 * MiB, 50 * MiB, rss_limit) == budget  # never above the budget
