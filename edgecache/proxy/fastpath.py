@@ -43,6 +43,7 @@ _PAUSE_READING = 256 * 1024
 _FIELD_MAX = 8190  # aiohttp's max_field_size and max_line_size
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 _MEMO_ENTRIES = 4096  # pipelined bytes held while a response is in progress
+PROMOTE_SECONDS = 0.01  # at most one disk hit offered to the memory tier per this long, per worker
 _PIECE = 256 * 1024  # a disk hit is read and written this much at a time (pread mode)
 _BUFFERS_KEPT = 16
 _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
@@ -94,6 +95,19 @@ class FastServer:
     # pread buffers the socket took in full, for the next disk hit: fresh memory costs a page fault per 4 KiB
     # (about 0.5 ms per MiB on a VM), and a new buffer per response was most of a disk hit's RSS churn.
     _buffers: list[bytearray] = field(default_factory=list)
+    _promote_at: float = 0.0
+
+    def may_promote(self, now: float) -> bool:
+        """Whether a disk hit may be read whole and offered to the memory tier now (a few per second at most).
+
+        Without this, a hot object evicted from memory by a scan stayed on disk for good: the fast path sends
+        disk hits in pieces and never held the whole slice. Reading it whole costs a thread hop and a fresh
+        slice of memory, so only one is offered every PROMOTE_SECONDS; what stays is the tier's policy's call.
+        """
+        if now < self._promote_at:
+            return False
+        self._promote_at = now + PROMOTE_SECONDS
+        return True
 
     def buffer(self) -> bytearray:
         return self._buffers.pop() if self._buffers else bytearray(_PIECE)
@@ -466,9 +480,16 @@ class FastPath(asyncio.Protocol):
                     return
                 if isinstance(got, bytes):
                     sources.append(memoryview(got)[lo:hi])
-                else:
-                    held.append(got.acquire())
-                    sources.append((got, lo, hi))
+                    continue
+                held.append(got.acquire())
+                whole = lo == 0 and hi == hit.meta.slice_length(index)
+                if whole and self.server.may_promote(time.monotonic()):
+                    data = await self.loop.run_in_executor(None, os.pread, got.fd, hi, 0)
+                    if len(data) == hi:  # offered to the memory tier, which decides whether to keep it
+                        store.put_slice_memory(hit.req.entry_key, hit.meta.slice_version, index, data)
+                        sources.append(memoryview(data))
+                        continue
+                sources.append((got, lo, hi))
             await self._send_parts(p, sources, t0)
         finally:
             handler.in_flight -= 1

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from edgecache.core.ranges import ByteRange
 from edgecache.proxy import fastpath
 from edgecache.proxy.hit import Hit
+from edgecache.storage.store import slice_name
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
 
@@ -231,3 +232,24 @@ async def test_a_whole_answer_kept_for_ranges_is_never_sent_whole(origin: Origin
         second, _, body = rest[10:].partition(b"\r\n\r\n")
         assert second.startswith(b"HTTP/1.1 200 OK\r\n")
         assert body[: len(huge)] == huge
+
+
+async def test_a_whole_slice_served_from_disk_is_offered_to_the_memory_tier(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/big", BIG)
+    config = replace(make_config(tmp_path / "c", [origin.url], memory_bytes=16 * 2**20), fast_path=True)
+    async with start_edge(config) as edge:
+        assert (await edge.get("/big"))[2] == BIG
+        await edge.node.engine.flush()
+        store = edge.node.engine.store
+        store.memory.clear()  # as if a scan had pushed it out
+        hits = dict(origin.hits)
+        before = answered()
+        raw = await exchange(edge, get("/big", "Range: bytes=1048576-2097151") + CLOSE)
+        assert answered() - before == 1  # the range (the closing request is a miss: aiohttp)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 206 Partial Content\r\n")
+        assert body[: 2**20] == BIG[2**20 : 2**21]
+        assert origin.hits["/big"] == hits["/big"]
+        key, meta = next((k, m) for k, m in store._meta.items() if m.length == len(BIG))
+        assert store.memory.get(slice_name(key, meta.slice_version, 1)) == BIG[2**20 : 2**21]
+        assert store.memory.get(slice_name(key, meta.slice_version, 0)) is None
