@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--memory", default="256MiB", help="memory tier budget for --origin mode")
     s.add_argument("--disk", default="4GiB", help="disk tier budget for --origin mode")
     s.add_argument("--slice", default="1MiB", help="slice size for --origin mode")
+    s.add_argument(
+        "--memory-headroom", default="64MiB", help="RSS allowed beyond --memory before the tier shrinks (0: off)"
+    )
     s.add_argument("--admin", help="HOST:PORT of the admin listener (metrics, health) for --origin mode")
     s.add_argument("--access-log", help="access log file for --origin mode")
     s.add_argument("--workers", type=int, default=1, help="worker processes for --origin mode")
@@ -177,9 +180,10 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
             "memory_bytes": cfg.parse_size(args.memory),
             "disk_bytes": cfg.parse_size(args.disk),
             "slice_bytes": cfg.parse_size(args.slice),
+            "memory_headroom": cfg.parse_size(args.memory_headroom),
         }
     except ValueError as exc:
-        raise ConfigError([f"command line: --memory/--disk/--slice: {exc}"]) from exc
+        raise ConfigError([f"command line: --memory/--disk/--slice/--memory-headroom: {exc}"]) from exc
     if args.workers < 1 or args.max_requests < 1:
         raise ConfigError(["command line: --workers and --max-requests: must be at least 1"])
     config = cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, **sizes)

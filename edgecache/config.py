@@ -71,6 +71,8 @@ class CacheSettings:
     slice_bytes: int = 2**20
     fill_slices: int = 4  # most slices one origin request may fill
     memory_policy: str = "s3fifo"
+    # A worker's RSS is kept within memory_bytes + this by shrinking the memory tier (to half at most); 0: off.
+    memory_headroom: int = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +281,7 @@ def _origin_host(v: Any) -> str | None:
 
 def _cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
     t = r.table(doc, "cache")
-    r.unknown(t, "cache.", {"dir", "memory", "disk", "slice", "fill_slices", "memory_policy"})
+    r.unknown(t, "cache.", {"dir", "memory", "disk", "slice", "fill_slices", "memory_policy", "memory_headroom"})
     directory = r.get(t, "cache.", "dir", lambda v: Path(str(v)), Path("var/cache"))
     directory = directory if directory.is_absolute() else base / directory
     settings = CacheSettings(
@@ -289,6 +291,7 @@ def _cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         slice_bytes=r.get(t, "cache.", "slice", parse_size, 2**20),
         fill_slices=r.get(t, "cache.", "fill_slices", _positive(int), 4),
         memory_policy=r.get(t, "cache.", "memory_policy", str, "s3fifo"),
+        memory_headroom=r.get(t, "cache.", "memory_headroom", parse_size, 64 * 2**20),
     )
     if not 4096 <= settings.slice_bytes <= 64 * 2**20:
         r.problem("cache.slice", "must be between 4KiB and 64MiB")

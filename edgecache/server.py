@@ -289,7 +289,7 @@ async def run(config: Config, worker: int = 0) -> None:
         gc.collect()
         gc.freeze()
         node.state["listening"] = True
-        trimmer = asyncio.ensure_future(_bound_rss(node.engine.store.memory))
+        trimmer = asyncio.ensure_future(_bound_rss(node.engine.store.memory, config.cache.memory_headroom))
         await stop.wait()
         trimmer.cancel()
         node.state["draining"] = True
@@ -302,11 +302,11 @@ async def run(config: Config, worker: int = 0) -> None:
 
 
 RSS_SECONDS = 5.0
-RSS_HEADROOM = 64 * 2**20  # what a worker may hold beyond its memory tier's budget
 
 
-async def _bound_rss(tier: MemoryTier) -> None:
-    """Keep this worker's RSS within the memory tier's budget plus RSS_HEADROOM.
+async def _bound_rss(tier: MemoryTier, headroom: int) -> None:
+    """Keep this worker's RSS within the memory tier's budget plus `headroom` (cache.memory_headroom; 0: only
+    trim, never shrink the tier).
 
     Every few seconds: give memory glibc holds free back to the kernel (malloc_trim, in a thread: slices come
     and go in 1 MiB blocks between small long-lived objects, and glibc keeps the freed blocks in its heaps), then
@@ -322,7 +322,7 @@ async def _bound_rss(tier: MemoryTier) -> None:
         return
     loop = asyncio.get_running_loop()
     page = os.sysconf("SC_PAGE_SIZE")
-    rss_limit = tier.budget_bytes + RSS_HEADROOM
+    rss_limit = tier.budget_bytes + headroom
 
     def trim_and_measure() -> int:
         trim(0)
@@ -332,8 +332,9 @@ async def _bound_rss(tier: MemoryTier) -> None:
     while True:
         await asyncio.sleep(RSS_SECONDS)
         rss = await loop.run_in_executor(None, trim_and_measure)
-        limit = tier.set_limit(next_limit(tier.budget_bytes, tier.limit, rss, rss_limit))
-        metrics.MEMORY_LIMIT.set(limit)
+        if headroom > 0:
+            tier.set_limit(next_limit(tier.budget_bytes, tier.limit, rss, rss_limit))
+        metrics.MEMORY_LIMIT.set(tier.limit)
 
 
 def _fewer_malloc_arenas() -> None:

@@ -97,6 +97,10 @@ class FastServer:
     _buffers: list[bytearray] = field(default_factory=list)
     _promote_at: float = 0.0
 
+    def promote_due(self, now: float) -> bool:
+        """Whether may_promote() would say yes now (without taking the turn)."""
+        return now >= self._promote_at
+
     def may_promote(self, now: float) -> bool:
         """Whether a disk hit may be read whole and offered to the memory tier now (a few per second at most).
 
@@ -441,18 +445,52 @@ class FastPath(asyncio.Protocol):
         t0 = time.monotonic()
         parts: list[memoryview] = []
         if p.slices:
-            in_memory = self.server.handler.engine.store.memory_slice
+            store = self.server.handler.engine.store
+            borrowed: list[bytearray] = []
+            from_disk = 0
             for name, lo, hi in p.slices:
-                data = in_memory(name)
-                if data is None:
+                data = store.memory_slice(name)
+                if data is not None:
+                    parts.append(memoryview(data)[lo:hi])
+                    continue
+                piece = self._read_now(store.open_file_named(name), lo, hi, borrowed)
+                if piece is None:  # not open, not all in the page cache, or worth offering to memory: a task
+                    for buf in borrowed:
+                        self.server.give_back(buf)
                     self.busy = True
                     task = self.loop.create_task(self._from_disk(p, raw, t0))
                     task.add_done_callback(self._done)
                     return False
-                parts.append(memoryview(data)[lo:hi])
-            _FROM_MEMORY.inc(p.hit.last - p.hit.first + 1)
+                parts.append(piece)
+                from_disk += hi - lo
+            _FROM_MEMORY.inc(p.hit.last - p.hit.first + 1 - from_disk)
+            _FROM_DISK.inc(from_disk)
+            self._send(p, parts, t0)
+            if borrowed and self.transport is not None and self.transport.get_write_buffer_size() == 0:
+                for buf in borrowed:  # the socket took everything: nothing refers to them any more
+                    self.server.give_back(buf)
+            return p.keep_alive
         self._send(p, parts, t0)
         return p.keep_alive
+
+    def _read_now(self, f: SliceFile | None, lo: int, hi: int, borrowed: list[bytearray]) -> memoryview | None:
+        """Bytes lo..hi-1 of an open slice file if they can be had without waiting (pread mode, pages cached,
+        one piece); None sends the request the long way (_from_disk), which can wait, offer the slice to memory,
+        or sendfile. Answering a disk hit without a task saves a fifth of its Python time."""
+        if f is None or self.server.settings.sendfile or hi - lo > _PIECE:
+            return None
+        if lo == 0 and hi == f.size and self.server.promote_due(time.monotonic()):
+            return None
+        buf = self.server.buffer()
+        try:
+            got = os.preadv(f.fd, [memoryview(buf)[: hi - lo]], lo, os.RWF_NOWAIT)
+        except BlockingIOError:
+            got = 0
+        if got != hi - lo:
+            self.server.give_back(buf)
+            return None
+        borrowed.append(buf)
+        return memoryview(buf)[:got]
 
     async def _from_disk(self, p: Prepared, raw: bytes, t0: float) -> None:
         """Gather every slice (memory, open file, or opened now off the loop), then send; nothing is sent until

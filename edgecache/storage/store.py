@@ -300,7 +300,9 @@ class Store:
 
     def open_file(self, entry_key: str, meta: ObjectMeta, index: int) -> SliceFile | None:
         """The slice's file if it is open already (no I/O beyond one fstat)."""
-        name = slice_name(entry_key, meta.slice_version, index)
+        return self.open_file_named(slice_name(entry_key, meta.slice_version, index))
+
+    def open_file_named(self, name: str) -> SliceFile | None:
         f = self._files.get(name)
         if f is None:
             return None

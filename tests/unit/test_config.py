@@ -92,3 +92,15 @@ def test_toml_that_python_cannot_parse_is_a_config_error(tmp_path: Path) -> None
         with pytest.raises(ConfigError) as info:
             load(path)
         assert info.value.problems[0].startswith(f"{path}: -: invalid TOML: ")
+
+
+def test_memory_headroom_is_a_size_and_zero_turns_the_bound_off() -> None:
+    base: dict[str, object] = {"sites": [SITE]}
+    assert build(base, "f.toml", Path("/etc/edgecache")).cache.memory_headroom == 64 * 2**20
+    off = build({**base, "cache": {"memory_headroom": 0}}, "f.toml", Path("/etc/edgecache"))
+    assert off.cache.memory_headroom == 0
+    wide = build({**base, "cache": {"memory_headroom": "1GiB"}}, "f.toml", Path("/etc/edgecache"))
+    assert wide.cache.memory_headroom == 2**30
+    assert any(
+        p.startswith("f.toml: cache.memory_headroom:") for p in problems({**base, "cache": {"memory_headroom": "lots"}})
+    )
