@@ -445,32 +445,43 @@ class FastPath(asyncio.Protocol):
         t0 = time.monotonic()
         parts: list[memoryview] = []
         if p.slices:
-            store = self.server.handler.engine.store
-            borrowed: list[bytearray] = []
-            from_disk = 0
+            in_memory = self.server.handler.engine.store.memory_slice
             for name, lo, hi in p.slices:
-                data = store.memory_slice(name)
-                if data is not None:
-                    parts.append(memoryview(data)[lo:hi])
-                    continue
-                piece = self._read_now(store.open_file_named(name), lo, hi, borrowed)
-                if piece is None:  # not open, not all in the page cache, or worth offering to memory: a task
-                    for buf in borrowed:
-                        self.server.give_back(buf)
-                    self.busy = True
-                    task = self.loop.create_task(self._from_disk(p, raw, t0))
-                    task.add_done_callback(self._done)
-                    return False
-                parts.append(piece)
-                from_disk += hi - lo
-            _FROM_MEMORY.inc(p.hit.last - p.hit.first + 1 - from_disk)
-            _FROM_DISK.inc(from_disk)
-            self._send(p, parts, t0)
-            if borrowed and self.transport is not None and self.transport.get_write_buffer_size() == 0:
-                for buf in borrowed:  # the socket took everything: nothing refers to them any more
-                    self.server.give_back(buf)
-            return p.keep_alive
+                data = in_memory(name)
+                if data is None:
+                    return self._answer_with_disk(p, raw, t0)
+                parts.append(memoryview(data)[lo:hi])
+            _FROM_MEMORY.inc(p.hit.last - p.hit.first + 1)
         self._send(p, parts, t0)
+        return p.keep_alive
+
+    def _answer_with_disk(self, p: Prepared, raw: bytes, t0: float) -> bool:
+        """Some slice is not in memory: read open files' cached pages now, or start a task that can wait."""
+        store = self.server.handler.engine.store
+        parts: list[memoryview] = []
+        borrowed: list[bytearray] = []
+        from_disk = 0
+        for name, lo, hi in p.slices:
+            data = store.memory_slice(name)
+            if data is not None:
+                parts.append(memoryview(data)[lo:hi])
+                continue
+            piece = self._read_now(store.open_file_named(name), lo, hi, borrowed)
+            if piece is None:  # not open, not all in the page cache, or worth offering to memory: a task
+                for buf in borrowed:
+                    self.server.give_back(buf)
+                self.busy = True
+                task = self.loop.create_task(self._from_disk(p, raw, t0))
+                task.add_done_callback(self._done)
+                return False
+            parts.append(piece)
+            from_disk += hi - lo
+        _FROM_MEMORY.inc(p.hit.last - p.hit.first + 1 - from_disk)
+        _FROM_DISK.inc(from_disk)
+        self._send(p, parts, t0)
+        if self.transport is not None and self.transport.get_write_buffer_size() == 0:
+            for buf in borrowed:  # the socket took everything: nothing refers to them any more
+                self.server.give_back(buf)
         return p.keep_alive
 
     def _read_now(self, f: SliceFile | None, lo: int, hi: int, borrowed: list[bytearray]) -> memoryview | None:
