@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import socket
 import sys
@@ -14,9 +15,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port to listen on later, chosen below the kernel's ephemeral range.
+
+    Port 0 gives an ephemeral port, and between this check and the real bind the kernel may hand the same port
+    to an outgoing connection (the edge's to its origin, the test's to the edge): the suite's rare "address
+    already in use". Ports below the range are never picked for outgoing connections.
+    """
+    lowest_ephemeral = _ephemeral_floor()
+    for _ in range(200):
+        port = random.randrange(max(1024, lowest_ephemeral - 12_000), lowest_ephemeral)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 async def wait_lines(proc: asyncio.subprocess.Process, needles: dict[bytes, int]) -> None:
