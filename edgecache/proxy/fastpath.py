@@ -18,7 +18,6 @@ import contextlib
 import http
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ from aiohttp.http import SERVER_SOFTWARE
 from edgecache import metrics
 from edgecache.core import ranges
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import observe
+from edgecache.proxy import observe, rangecut
 from edgecache.proxy.handler import EdgeHandler
+from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
 from edgecache.proxy.hit import MAX_SLICES, Hit, Load, find_hit
 from edgecache.storage.store import SliceFile, slice_name
 
@@ -51,9 +51,6 @@ _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _TTFB_HIT = metrics.TTFB.labels(CacheStatus.HIT.value)
 _ANSWERED = metrics.FAST_PATH.labels("answered")
 _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
-_RANGE_LINE = re.compile(rb"\r\nrange:([^\r\n]*)(?=\r\n)", re.IGNORECASE)
-_IF_RANGE = re.compile(rb"\r\nif-range:", re.IGNORECASE)
-_RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
 
 
 class _FullParse:
@@ -63,7 +60,6 @@ class _FullParse:
 _FULL_PARSE = _FullParse()
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 _CONNECTION = frozenset({b"keep-alive", b"close"})
-_TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _FULL_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 37\r\n\r\ntoo many connections: try again soon\n"
@@ -128,6 +124,10 @@ class FastServer:
 
     def protocol(self) -> FastPath:
         return FastPath(self)
+
+    def connection_closed(self) -> None:
+        """A connection handed to aiohttp is gone: it no longer counts against max_connections."""
+        self.open -= 1
 
     def gone(self, conn: FastPath) -> None:
         self.connections.discard(conn)
@@ -364,17 +364,13 @@ class FastPath(asyncio.Protocol):
         response that is not a whole 200, a rate-limited site) gives _FULL_PARSE. When the head without Range
         is no hit, neither is the head (Range changes nothing before _planned): None, and aiohttp answers it.
         """
-        lines = _RANGE_LINE.findall(head)
-        if len(lines) != 1 or len(lines[0]) > _RANGE_VALUE_MAX or _IF_RANGE.search(head):
+        split = rangecut.split_range(head)
+        if split is None:
             return _FULL_PARSE
-        if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
-            return _FULL_PARSE  # bare LF, obs-fold: aiohttp's strict parser decides
+        raw_value, stripped = split
         handler = self.server.handler
         if handler.limiter is not None:
             return _FULL_PARSE  # deciding the whole-object answer would spend a token of the client's rate
-        match = _RANGE_LINE.search(head)
-        assert match is not None
-        stripped = head[: match.start()] + head[match.end() :]
         base = self.server.wholes.get(stripped)
         if base is None or not base.hit.still(handler, time.time()):
             decided = self._decide(stripped, basis=True)
@@ -387,7 +383,7 @@ class FastPath(asyncio.Protocol):
         if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
             return _FULL_PARSE
         try:
-            value = lines[0].decode("ascii").strip(" \t")
+            value = raw_value.decode("ascii").strip(" \t")
         except UnicodeDecodeError:
             return _FULL_PARSE
         rng = ranges.resolve(value, hit.meta.length)
@@ -397,7 +393,7 @@ class FastPath(asyncio.Protocol):
         size = handler.engine.slice_size
         if last // size - first // size >= MAX_SLICES:
             return _FULL_PARSE
-        encoded = _cut_206(base.head, hit, rng.range)
+        encoded = rangecut.cut_206(base.head, hit, rng.range)
         if encoded is None:
             return _FULL_PARSE
         handler.engine.store.touch_meta(hit.req.entry_key)
@@ -680,7 +676,7 @@ class FastPath(asyncio.Protocol):
             self.write_timer.cancel()
         data, self.buf, self.transport = self.buf, b"", None
         _HANDED_OFF.inc()
-        proto = _HeadGuard(self.server.fallback(), self.server.settings.header_timeout, self.server)
+        proto = HeadGuard(self.server.fallback(), self.server.settings.header_timeout, self.server.connection_closed)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         if not transport.is_reading():
@@ -721,7 +717,7 @@ class FastPath(asyncio.Protocol):
             return
         if self.deadline_kind == "head" and self.buf:  # a head begun and not finished in time
             metrics.HEADER_TIMEOUTS.inc()
-            self.transport.write(_TIMEOUT_408)
+            self.transport.write(TIMEOUT_408)
         self.closing = True
         self.transport.close()
 
@@ -738,86 +734,6 @@ class FastPath(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-class _HeadGuard(asyncio.Protocol):
-    """In front of aiohttp's protocol once it has a connection: aiohttp bounds idle time between requests but
-    not a head that trickles in, so this closes (408) a connection whose next head is not complete in time.
-
-    It reads two of aiohttp's private attributes to know whether a request is queued or in progress; if a
-    version renames them, the guard sees "busy" and stays out of the way (aiohttp's own limits still hold).
-    """
-
-    def __init__(self, inner: asyncio.Protocol, seconds: float, server: FastServer) -> None:
-        self.inner = inner
-        self.server = server  # its open-connection count still includes this one
-        self.seconds = seconds
-        self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
-        if self._busy():
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-        elif self.timer is None:  # part of a head, and nothing else going on: it has this long to end
-            self.timer = asyncio.get_running_loop().call_later(self.seconds, self._expired)
-
-    def _busy(self) -> bool:
-        return bool(getattr(self.inner, "_request_in_progress", True) or getattr(self.inner, "_messages", True))
-
-    def _expired(self) -> None:
-        self.timer = None
-        if self.transport is None or self._busy():
-            return
-        metrics.HEADER_TIMEOUTS.inc()
-        self.transport.write(_TIMEOUT_408)
-        self.transport.close()
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.transport = None
-        self.server.open -= 1
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
-def _cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange) -> bytes | None:
-    """The encoded head of a whole-object 200 turned into the 206 for `rng`: the status line changes, and
-    Content-Range goes in before a new Content-Length (the last field, as _planned() puts it)."""
-    length = hit.meta.length
-    if not hit.headers or hit.headers[-1] != ("Content-Length", str(length)):
-        return None
-    if any(k.lower() == "content-range" for k, _ in hit.headers):
-        return None
-    status_end = whole.find(b"\r\n") + 2
-    old = b"Content-Length: %d\r\n" % length
-    at = whole.rfind(old)
-    if not whole.startswith(b"HTTP/1.1 200 OK\r\n") or at < status_end:
-        return None
-    content_range = ranges.format_content_range(rng, length).encode()
-    return b"".join(
-        (
-            b"HTTP/1.1 206 Partial Content\r\n",
-            whole[status_end:at],
-            b"Content-Range: %s\r\nContent-Length: %d\r\n" % (content_range, rng.last - rng.first + 1),
-            whole[at + len(old) :],
-        )
-    )
 
 
 def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:

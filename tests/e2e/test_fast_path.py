@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from edgecache.core.ranges import ByteRange
-from edgecache.proxy import fastpath
+from edgecache.proxy import rangecut
 from edgecache.proxy.hit import Hit
 from edgecache.storage.store import slice_name
 from tests.conftest import Edge, make_config, start_edge
@@ -197,14 +197,14 @@ async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
     pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fast_edge, framework = pair
-    cut = fastpath._cut_206
+    cut = rangecut.cut_206
     cuts: list[int] = []
 
     def counting(whole: bytes, hit: Hit, rng: ByteRange) -> bytes | None:
         cuts.append(rng.first)
         return cut(whole, hit, rng)
 
-    monkeypatch.setattr(fastpath, "_cut_206", counting)
+    monkeypatch.setattr(rangecut, "cut_206", counting)
     requests = b"".join(case for case, _ in RANGED) + CLOSE
     before = answered()
     ours = await exchange(fast_edge, requests)

@@ -1,0 +1,50 @@
+"""Cutting a single-range answer from a memoised whole-object answer (see FastPath._ranged): the Range line of
+a request head, and the 206 head made from the 200's."""
+
+from __future__ import annotations
+
+import re
+
+from edgecache.core import ranges
+from edgecache.proxy.hit import Hit
+
+_RANGE_LINE = re.compile(rb"\r\nrange:([^\r\n]*)(?=\r\n)", re.IGNORECASE)
+_IF_RANGE = re.compile(rb"\r\nif-range:", re.IGNORECASE)
+RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
+
+
+def split_range(head: bytes) -> tuple[bytes, bytes] | None:
+    """(the Range value, the head without its Range line) when the head has exactly one Range line, no
+    If-Range, and nothing aiohttp's strict parser must judge (bare LF, obs-fold); else None."""
+    lines = _RANGE_LINE.findall(head)
+    if len(lines) != 1 or len(lines[0]) > RANGE_VALUE_MAX or _IF_RANGE.search(head):
+        return None
+    if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
+        return None
+    match = _RANGE_LINE.search(head)
+    assert match is not None
+    return lines[0], head[: match.start()] + head[match.end() :]
+
+
+def cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange) -> bytes | None:
+    """The encoded head of a whole-object 200 turned into the 206 for `rng`: the status line changes, and
+    Content-Range goes in before a new Content-Length (the last field, as _planned() puts it)."""
+    length = hit.meta.length
+    if not hit.headers or hit.headers[-1] != ("Content-Length", str(length)):
+        return None
+    if any(k.lower() == "content-range" for k, _ in hit.headers):
+        return None
+    status_end = whole.find(b"\r\n") + 2
+    old = b"Content-Length: %d\r\n" % length
+    at = whole.rfind(old)
+    if not whole.startswith(b"HTTP/1.1 200 OK\r\n") or at < status_end:
+        return None
+    content_range = ranges.format_content_range(rng, length).encode()
+    return b"".join(
+        (
+            b"HTTP/1.1 206 Partial Content\r\n",
+            whole[status_end:at],
+            b"Content-Range: %s\r\nContent-Length: %d\r\n" % (content_range, rng.last - rng.first + 1),
+            whole[at + len(old) :],
+        )
+    )
