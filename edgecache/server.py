@@ -111,6 +111,7 @@ async def _sample_stats(store: Store) -> None:
     while True:
         s = store.memory.stats()
         metrics.MEMORY_BYTES.set(s.used_bytes)
+        metrics.MEMORY_LIMIT.set(store.memory.limit)
         metrics.MEMORY_OBJECTS.set(s.objects)
         metrics.MEMORY_EVICTIONS.inc(s.evictions - last_evictions)
         metrics.MEMORY_ADMISSIONS.inc(s.admissions - last_admissions)
