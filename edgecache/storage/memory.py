@@ -105,7 +105,9 @@ class MemoryTier:
     def clear(self) -> None:
         # A fresh policy also forgets the ghost: after a clear nothing should count as "seen recently".
         self._values.clear()
+        limit = self.limit  # a limit set while the worker is over its RSS bound outlives the clear
         self._policy = make_policy(self._policy_name, self.budget_bytes, self._max_item_fraction)
+        self._policy.resize(limit)
 
     def stats(self) -> MemoryStats:
         return MemoryStats(

@@ -55,11 +55,7 @@ class LRUPolicy:
         self.remove(key)
         if size > self.max_item:
             return [key]
-        evicted: list[str] = []
-        while self.used_bytes + size > self.budget and self._items:
-            old, old_size = self._items.popitem(last=False)
-            self.used_bytes -= old_size
-            evicted.append(old)
+        evicted = self._make_room(size)
         self._items[key] = size
         self.used_bytes += size
         return evicted
@@ -67,11 +63,15 @@ class LRUPolicy:
     def resize(self, budget: int) -> list[str]:
         """A new budget (the largest item stays as it was); the keys dropped to fit it, oldest first."""
         self.budget = budget
+        return self._make_room(0)
+
+    def _make_room(self, size: int) -> list[str]:
+        """Evict least recently used first until `size` more bytes fit."""
         evicted = []
-        while self.used_bytes > self.budget and self._items:
-            key, size = self._items.popitem(last=False)
-            self.used_bytes -= size
-            evicted.append(key)
+        while self.used_bytes + size > self.budget and self._items:
+            old, old_size = self._items.popitem(last=False)
+            self.used_bytes -= old_size
+            evicted.append(old)
         return evicted
 
     def touch(self, key: str) -> None:
@@ -125,9 +125,7 @@ class S3FIFOPolicy:
         if in_ghost:
             del self._ghost[key]
         to_main = was_main or in_ghost
-        evicted: list[str] = []
-        while self.used_bytes + size > self.budget and (self._small or self._main):
-            self._evict_one(evicted)
+        evicted = self._make_room(size)
         self._freq[key] = freq
         if to_main:
             self._main[key] = size
@@ -141,8 +139,11 @@ class S3FIFOPolicy:
         """A new budget (the largest item stays as it was); the keys dropped to fit it, in eviction order."""
         self.budget = budget
         self.small_budget = max(1, int(budget * self.small_fraction))
+        return self._make_room(0)
+
+    def _make_room(self, size: int) -> list[str]:
         evicted: list[str] = []
-        while self.used_bytes > self.budget and (self._small or self._main):
+        while self.used_bytes + size > self.budget and (self._small or self._main):
             self._evict_one(evicted)
         return evicted
 

@@ -322,6 +322,8 @@ def test_a_lower_limit_evicts_down_to_it_and_a_higher_one_lets_the_tier_grow_bac
     for k in "abcdefghij":  # whatever is left is exact
         got = tier.get(k)
         assert got is None or got == k.encode() * 100
+    tier.clear()  # a purge of everything keeps the limit
+    assert tier.limit == 350
     assert tier.set_limit(5000) == 1000  # never above the budget
     for k in "klmnopqrst":
         assert tier.put(k, k.encode() * 100)
