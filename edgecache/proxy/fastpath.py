@@ -1,11 +1,11 @@
 """The client listener's protocol: fresh cache hits answered straight off the socket, the rest to aiohttp.
 
-Every connection starts here. Each request head is cut at its blank line and parsed by llhttp (httptools);
-a plain GET or HEAD that find_hit() recognises as a fresh hit is answered from the memory tier (or the disk
-tier, read off the loop) without the web framework. The first request that is anything else (a miss, a body,
-an odd or malformed head, a peer's key) hands the whole connection, with every byte not yet answered, to
-aiohttp's own protocol, which then serves it to the end exactly as it would have from the start. Both paths
-build the response from the same functions, and the test suite runs against both.
+Every connection starts here. Each request head is cut at its blank line and decided (decide.py: llhttp via
+httptools, find_hit(), and a memo of the decisions); a plain GET or HEAD that is a fresh hit is answered from
+the memory tier (or the disk tier, read off the loop) without the web framework. The first request that is
+anything else (a miss, a body, an odd or malformed head, a peer's key) hands the whole connection, with every
+byte not yet answered, to aiohttp's own protocol, which then serves it to the end as it would have from the
+start. Both paths build the response from the same functions, and the test suite runs against both.
 
 This module also owns what aiohttp does not bound before a head is complete: a client must finish each request
 head within `header_timeout` (slowloris), and an idle keep-alive connection is closed after `idle_timeout`.
@@ -15,34 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, cast
-
-import httptools
-from aiohttp.http import SERVER_SOFTWARE
+from typing import cast
 
 from edgecache import metrics
 from edgecache.core import ranges
+from edgecache.core.headers import get_first
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import observe, rangecut
+from edgecache.proxy import observe
+from edgecache.proxy.decide import Decider, Prepared
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
-from edgecache.proxy.hit import MAX_SLICES, Hit, Load, find_hit
-from edgecache.storage.store import SliceFile, slice_name
+from edgecache.proxy.hit import Load
+from edgecache.storage.store import SliceFile
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024  # a longer head goes to aiohttp, whose field limits answer it (431/400)
 _PAUSE_READING = 256 * 1024
-_FIELD_MAX = 8190  # aiohttp's max_field_size and max_line_size
-_MEMO_HEAD = 2048  # request heads longer than this are not memoised
-_MEMO_ENTRIES = 4096  # pipelined bytes held while a response is in progress
 PROMOTE_SECONDS = 0.02  # at most one disk hit offered to the memory tier per this long, per worker
 _PIECE = 2**20  # a disk hit is read and written this much at a time (pread mode)
 _BUFFERS_KEPT = 8
@@ -53,13 +48,6 @@ _ANSWERED = metrics.FAST_PATH.labels("answered")
 _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
 
 
-class _FullParse:
-    """_ranged() cannot cut this head's answer from a whole one: parse it in full."""
-
-
-_FULL_PARSE = _FullParse()
-_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
-_CONNECTION = frozenset({b"keep-alive", b"close"})
 _FULL_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 37\r\n\r\ntoo many connections: try again soon\n"
@@ -83,8 +71,6 @@ class FastServer:
     fallback: Callable[[], asyncio.Protocol]
     settings: FastSettings
     connections: set[FastPath] = field(default_factory=set)
-    memo: dict[bytes, Prepared] = field(default_factory=dict)  # request head -> its answer, while still valid
-    wholes: dict[bytes, Prepared] = field(default_factory=dict)  # head without Range -> whole-object basis
     open: int = 0  # client connections open, on the fast path or handed to aiohttp
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     _date: tuple[int, bytes] = (0, b"")
@@ -92,6 +78,10 @@ class FastServer:
     # (about 0.5 ms per MiB on a VM), and a new buffer per response was most of a disk hit's RSS churn.
     _buffers: list[bytearray] = field(default_factory=list)
     _promote_at: float = 0.0
+    decider: Decider = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decider = Decider(self.handler, self.date)
 
     def promote_due(self, now: float) -> bool:
         """Whether may_promote() would say yes now (without taking the turn)."""
@@ -109,8 +99,14 @@ class FastServer:
         self._promote_at = now + PROMOTE_SECONDS
         return True
 
-    def buffer(self) -> bytearray:
-        return self._buffers.pop() if self._buffers else bytearray(_PIECE)
+    def read_cached(self, fd: int, offset: int, n: int) -> tuple[bytearray, int]:
+        """Up to n (<= _PIECE) bytes at `offset` into a pooled buffer, only as far as they are in the page cache
+        (RWF_NOWAIT: never waits on the disk); the buffer and how many bytes it got (0: none cached)."""
+        buf = self._buffers.pop() if self._buffers else bytearray(_PIECE)
+        try:
+            return buf, os.preadv(fd, [memoryview(buf)[:n]], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return buf, 0
 
     def give_back(self, buf: bytearray) -> None:
         if len(self._buffers) < _BUFFERS_KEPT:
@@ -145,48 +141,6 @@ class FastServer:
                     await self.empty.wait()
         for conn in list(self.connections):
             conn.abort()
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A hit's answer, ready to send: the decision, its encoded head, and its request counter."""
-
-    hit: Hit
-    method: str
-    keep_alive: bool
-    head: bytes
-    counter: Any
-    slices: tuple[tuple[str, int, int], ...]  # (slice name, first byte, end) of the body, in order
-    range_field: str | None = None  # the Range of a request answered from its whole-object answer, for the log
-
-
-class _Head:
-    """httptools callbacks for one request head."""
-
-    __slots__ = ("complete", "headers", "keep_alive", "odd", "parser", "url")
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
-        self.keep_alive = False
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.complete = False
-        self.odd = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        if lower in _FRAMING or (lower == b"connection" and value.strip().lower() not in _CONNECTION):
-            self.odd = True
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is complete
-
-    def on_message_complete(self) -> None:
-        self.complete = True
 
 
 class FastPath(asyncio.Protocol):
@@ -282,7 +236,7 @@ class FastPath(asyncio.Protocol):
                 self.loop.create_task(store.catch_up()).add_done_callback(self._done)
                 return
             head = self.buf[: end + 4]
-            prepared = self._prepared(head)
+            prepared = self.server.decider.answer(head, self.client)
             if isinstance(prepared, Load):
                 if self.loads >= 2:  # loaded both and still no hit: not ours
                     self._hand_off()
@@ -309,132 +263,6 @@ class FastPath(asyncio.Protocol):
             await store.get_record(load.primary)
         else:
             await store.get_meta(load.entry_key)
-
-    def _prepared(self, head: bytes) -> Prepared | Load | None:
-        """The answer to this head if it is a fresh hit; None for anything the fast path leaves to aiohttp.
-
-        The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
-        was decided from is unchanged (Hit.still); only the client's address is checked again.
-        """
-        handler = self.server.handler
-        if handler.in_flight >= handler.max_in_flight:
-            return None
-        memo = self.server.memo
-        prepared = memo.get(head)
-        if prepared is not None and prepared.hit.still(handler, time.time()) and prepared.hit.site.allows(self.client):
-            limiter = handler.limiter
-            if limiter is not None and not limiter.allow(self.client, time.monotonic()):
-                return None
-            handler.engine.store.touch_meta(prepared.hit.req.entry_key)
-            return prepared
-        ranged = self._ranged(head)
-        return self._decide(head) if isinstance(ranged, _FullParse) else ranged
-
-    def _decide(self, head: bytes, basis: bool = False) -> Prepared | Load | None:
-        """Parse and look up the head from scratch; remember a hit's answer for the same head.
-
-        A `basis` is the whole-object answer single ranges are cut from: any size, kept apart from the memo
-        (a plain request for the whole object must still meet MAX_SLICES), and never sent itself.
-        """
-        handler = self.server.handler
-        memo = self.server.wholes if basis else self.server.memo
-        hit, method, keep_alive = self._parse(head, basis)
-        if hit is None or isinstance(hit, Load):
-            return hit
-        encoded = self._head(hit, keep_alive)
-        if encoded is None:
-            return None
-        counter = observe.requests_counter(hit.site.name, method, hit.status, CacheStatus.HIT)
-        slices = () if basis else _slices(hit, handler.engine.slice_size)
-        prepared = Prepared(hit, method, keep_alive, encoded, counter, slices)
-        if len(head) <= _MEMO_HEAD and any(k.lower() == "date" for k, _ in hit.headers):
-            if len(memo) >= _MEMO_ENTRIES:
-                memo.clear()
-            memo[head] = prepared
-        return prepared
-
-    def _ranged(self, head: bytes) -> Prepared | Load | _FullParse | None:
-        """A single-range GET answered from the answer to the same head without its Range line.
-
-        Players ask for a different range of the same object on every request, so their heads never repeat and
-        the memo alone would parse each one. The head without its Range line does repeat: its answer (a 200 for
-        the whole object, decided by the full parse, with every condition already passed) is memoised, and the
-        206 is cut from it: same fields, then Content-Range and Content-Length, exactly as _planned() orders
-        them. Anything else (If-Range, several Range lines, a multipart or unsatisfiable range, a stored
-        response that is not a whole 200, a rate-limited site) gives _FULL_PARSE. When the head without Range
-        is no hit, neither is the head (Range changes nothing before _planned): None, and aiohttp answers it.
-        """
-        split = rangecut.split_range(head)
-        if split is None:
-            return _FULL_PARSE
-        raw_value, stripped = split
-        handler = self.server.handler
-        if handler.limiter is not None:
-            return _FULL_PARSE  # deciding the whole-object answer would spend a token of the client's rate
-        base = self.server.wholes.get(stripped)
-        if base is None or not base.hit.still(handler, time.time()):
-            decided = self._decide(stripped, basis=True)
-            if not isinstance(decided, Prepared):
-                return decided  # a miss (or a Load first): the same for the head with its Range
-            base = decided
-        if not base.hit.site.allows(self.client):
-            return None
-        hit = base.hit
-        if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
-            return _FULL_PARSE
-        try:
-            value = raw_value.decode("ascii").strip(" \t")
-        except UnicodeDecodeError:
-            return _FULL_PARSE
-        rng = ranges.resolve(value, hit.meta.length)
-        if not isinstance(rng, ranges.Single):
-            return _FULL_PARSE
-        first, last = rng.range.first, rng.range.last
-        size = handler.engine.slice_size
-        if last // size - first // size >= MAX_SLICES:
-            return _FULL_PARSE
-        encoded = rangecut.cut_206(base.head, hit, rng.range)
-        if encoded is None:
-            return _FULL_PARSE
-        handler.engine.store.touch_meta(hit.req.entry_key)
-        fields = [*hit.headers[:-1], ("Content-Range", ranges.format_content_range(rng.range, hit.meta.length))]
-        fields.append(("Content-Length", str(last - first + 1)))
-        derived = Hit(
-            206, fields, hit.req, hit.meta, first, last, hit.site, hit.router, hit.ring, hit.record, hit.purges,
-            hit.valid_until,
-        )  # fmt: skip
-        counter = observe.requests_counter(hit.site.name, "GET", 206, CacheStatus.HIT)
-        return Prepared(derived, "GET", base.keep_alive, encoded, counter, _slices(derived, size), value)
-
-    def _parse(self, head: bytes, any_size: bool = False) -> tuple[Hit | Load | None, str, bool]:
-        if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
-            return None, "", False  # bare LF, obs-fold: aiohttp's strict parser decides
-        cb = _Head()
-        parser = cb.parser
-        try:
-            parser.feed_data(head)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            return None, "", False
-        method = parser.get_method()
-        if not cb.complete or cb.odd or parser.get_http_version() != "1.1" or method not in (b"GET", b"HEAD"):
-            return None, "", False
-        try:
-            target = cb.url.decode("ascii")
-            headers = tuple((k.decode("ascii"), v.decode("ascii")) for k, v in cb.headers)
-        except UnicodeDecodeError:
-            return None, "", False
-        if len(head) > _FIELD_MAX and any(len(k) + len(v) > _FIELD_MAX for k, v in headers):
-            return None, "", False  # aiohttp refuses such a field (431): so must a hit
-        hosts = [v for k, v in headers if k.lower() == "host"]
-        if len(hosts) != 1:
-            return None, "", False
-        m = method.decode()
-        try:
-            hit = find_hit(self.server.handler, m, hosts[0], target, headers, self.client, any_size)
-        except Exception:  # a bug here must cost speed, not the request: the full handler answers it
-            log.exception("fast path: looking up %s failed", target[:200])
-            return None, "", False
-        return hit, m, cb.keep_alive
 
     def _answer(self, p: Prepared, raw: bytes) -> bool:
         """Answer at once from memory; or start reading from disk. False: stop processing for now."""
@@ -488,11 +316,7 @@ class FastPath(asyncio.Protocol):
             return None
         if lo == 0 and hi == f.size and self.server.promote_due(time.monotonic()):
             return None
-        buf = self.server.buffer()
-        try:
-            got = os.preadv(f.fd, [memoryview(buf)[: hi - lo]], lo, os.RWF_NOWAIT)
-        except BlockingIOError:
-            got = 0
+        buf, got = self.server.read_cached(f.fd, lo, hi - lo)
         if got != hi - lo:
             self.server.give_back(buf)
             return None
@@ -580,11 +404,7 @@ class FastPath(asyncio.Protocol):
             # reading slowly holds about one piece of this process's memory. (256 KiB pieces cost W3 about a
             # fifth more CPU for no RSS the soak could see.)
             n = min(hi - lo, _PIECE)
-            buf = self.server.buffer()
-            try:
-                got = os.preadv(f.fd, [memoryview(buf)[:n]], lo, os.RWF_NOWAIT)
-            except BlockingIOError:
-                got = 0
+            buf, got = self.server.read_cached(f.fd, lo, n)
             if got <= 0:
                 self.server.give_back(buf)
                 data = await self.loop.run_in_executor(None, os.pread, f.fd, n, lo)
@@ -637,31 +457,12 @@ class FastPath(asyncio.Protocol):
             hit = p.hit
             t = observe.new_trace()
             t.t0, t.site, t.status = t0, hit.site.name, CacheStatus.HIT
-            rng = p.range_field if p.range_field is not None else _field(hit.req.headers, "range")
+            rng = p.range_field if p.range_field is not None else get_first(hit.req.headers, "range")
             line = observe.Line(self.client, p.method, hit.req.host, hit.req.target, rng)
             observe.log_line(access, t, line, hit.status, nbytes)
         if not p.keep_alive and self.transport is not None:
             self.closing = True
             self.transport.close()
-
-    def _head(self, hit: Hit, keep_alive: bool) -> bytes | None:
-        """The head aiohttp would write for these fields: Date and Server when absent, Connection when due."""
-        fields = hit.headers
-        names = {k.lower() for k, _ in fields}
-        lines = [f"HTTP/1.1 {hit.status} {http.HTTPStatus(hit.status).phrase}\r\n"]
-        lines.extend(f"{k}: {v}\r\n" for k, v in fields)
-        try:
-            head = "".join(lines).encode("utf-8")
-        except UnicodeEncodeError:
-            return None
-        extra = b""
-        if "date" not in names:
-            extra += b"Date: " + self.server.date() + b"\r\n"
-        if "server" not in names:
-            extra += b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
-        if not keep_alive:
-            extra += b"Connection: close\r\n"
-        return head + extra + b"\r\n"
 
     # --- hand-off, timers, closing -------------------------------------------------------------------------
 
@@ -734,21 +535,3 @@ class FastPath(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:
-    if hit.last < hit.first:
-        return ()
-    out = []
-    for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
-        base = index * size
-        lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
-        out.append((slice_name(hit.req.entry_key, hit.meta.slice_version, index), lo, hi))
-    return tuple(out)
-
-
-def _field(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
-    for k, v in headers:
-        if k.lower() == name:
-            return v
-    return None

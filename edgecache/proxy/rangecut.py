@@ -13,22 +13,26 @@ _IF_RANGE = re.compile(rb"\r\nif-range:", re.IGNORECASE)
 RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
 
 
+def needs_strict_parser(head: bytes) -> bool:
+    """Bare LF line ends or obs-fold: heads only aiohttp's strict parser may judge, never the fast path."""
+    return head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head
+
+
 def split_range(head: bytes) -> tuple[bytes, bytes] | None:
     """(the Range value, the head without its Range line) when the head has exactly one Range line, no
-    If-Range, and nothing aiohttp's strict parser must judge (bare LF, obs-fold); else None."""
-    lines = _RANGE_LINE.findall(head)
-    if len(lines) != 1 or len(lines[0]) > RANGE_VALUE_MAX or _IF_RANGE.search(head):
+    If-Range, and nothing aiohttp's strict parser must judge; else None."""
+    lines = list(_RANGE_LINE.finditer(head))
+    if len(lines) != 1 or _IF_RANGE.search(head) or needs_strict_parser(head):
         return None
-    if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
+    line = lines[0]
+    if len(line[1]) > RANGE_VALUE_MAX:
         return None
-    match = _RANGE_LINE.search(head)
-    assert match is not None
-    return lines[0], head[: match.start()] + head[match.end() :]
+    return line[1], head[: line.start()] + head[line.end() :]
 
 
-def cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange) -> bytes | None:
+def cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange, content_range: str) -> bytes | None:
     """The encoded head of a whole-object 200 turned into the 206 for `rng`: the status line changes, and
-    Content-Range goes in before a new Content-Length (the last field, as _planned() puts it)."""
+    `content_range` goes in before a new Content-Length (the last field, as _planned() puts it)."""
     length = hit.meta.length
     if not hit.headers or hit.headers[-1] != ("Content-Length", str(length)):
         return None
@@ -39,12 +43,11 @@ def cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange) -> bytes | None:
     at = whole.rfind(old)
     if not whole.startswith(b"HTTP/1.1 200 OK\r\n") or at < status_end:
         return None
-    content_range = ranges.format_content_range(rng, length).encode()
     return b"".join(
         (
             b"HTTP/1.1 206 Partial Content\r\n",
             whole[status_end:at],
-            b"Content-Range: %s\r\nContent-Length: %d\r\n" % (content_range, rng.last - rng.first + 1),
+            b"Content-Range: %s\r\nContent-Length: %d\r\n" % (content_range.encode(), rng.last - rng.first + 1),
             whole[at + len(old) :],
         )
     )

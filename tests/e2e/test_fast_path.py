@@ -200,9 +200,9 @@ async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
     cut = rangecut.cut_206
     cuts: list[int] = []
 
-    def counting(whole: bytes, hit: Hit, rng: ByteRange) -> bytes | None:
+    def counting(whole: bytes, hit: Hit, rng: ByteRange, content_range: str) -> bytes | None:
         cuts.append(rng.first)
-        return cut(whole, hit, rng)
+        return cut(whole, hit, rng, content_range)
 
     monkeypatch.setattr(rangecut, "cut_206", counting)
     requests = b"".join(case for case, _ in RANGED) + CLOSE
