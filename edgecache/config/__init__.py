@@ -5,278 +5,59 @@ Validation collects all problems before failing, like `nginx -t`, so an operator
 
 from __future__ import annotations
 
-import math
-import re
 import ssl
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
+from edgecache.config.model import (
+    CacheSettings,
+    ClusterSettings,
+    Config,
+    Listen,
+    OriginSettings,
+    Site,
+    TLSFiles,
+    Token,
+)
+from edgecache.config.values import (
+    _bool,
+    _choice,
+    _key_param,
+    _name,
+    _networks,
+    _node_id,
+    _origin_host,
+    _positive,
+    _Reader,
+    _seconds,
+    _str_list,
+    check_host_pattern,
+    check_origin_url,
+    parse_listen,
+    parse_size,
+)
 from edgecache.core.freshness import Policy
 from edgecache.core.ring import Member
 from edgecache.errors import ConfigError
 
-T = TypeVar("T")
-
-# Matched whole and ASCII only: `$` lets a trailing newline through, and \d takes other scripts' digits.
-_SIZE = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*([kmgt]?)(i?b?)[ \t]*", re.IGNORECASE | re.ASCII)
-_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
-
-
-@dataclass(frozen=True, slots=True)
-class Listen:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class TLSFiles:
-    cert: Path  # PEM certificate chain
-    key: Path  # PEM private key
-
-
-@dataclass(frozen=True, slots=True)
-class Site:
-    name: str
-    hosts: tuple[str, ...]
-    origins: tuple[str, ...]
-    key_query: tuple[str, ...] = ("*",)  # query parameters that are part of the key; "*" = all of them
-    origin_host: str | None = None  # Host sent to origin; None = the client's Host
-    policy: Policy = field(default_factory=Policy)  # the choices RFC 9111 leaves to a shared cache
-    allow: tuple[IPv4Network | IPv6Network, ...] = ()  # client subnets served (the ISP's customers); empty: all
-    tls: TLSFiles | None = None  # the certificate its HTTPS clients get (chosen by SNI)
-
-    def allows(self, client: str) -> bool:
-        if not self.allow:
-            return True
-        try:
-            address = ip_address(client)
-        except ValueError:
-            return False
-        return any(address in net for net in self.allow)
-
-
-@dataclass(frozen=True, slots=True)
-class CacheSettings:
-    dir: Path
-    memory_bytes: int = 256 * 2**20
-    disk_bytes: int = 4 * 2**30
-    slice_bytes: int = 2**20
-    fill_slices: int = 4  # most slices one origin request may fill
-    memory_policy: str = "s3fifo"
-    # A worker's RSS is kept within memory_bytes + this by shrinking the memory tier (to half at most); 0: off.
-    memory_headroom: int = 64 * 2**20
-
-
-@dataclass(frozen=True, slots=True)
-class OriginSettings:
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_connections: int = 256
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    """A bearer token of the admin API: an operator's (everything) or a provider's (its own sites)."""
-
-    name: str  # for logs; the secret itself is never logged
-    secret: str = field(repr=False)
-    role: str = "provider"  # "operator" or "provider"
-    sites: tuple[str, ...] = ()
-
-    def may_act_on(self, site: str) -> bool:
-        return self.role == "operator" or site in self.sites
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterSettings:
-    self_id: str
-    nodes: tuple[Member, ...] = ()
-    rise: int = 2
-    fall: int = 3
-    interval: float = 1.0  # seconds between active health checks
-    timeout: float = 1.0
-    dns: str | None = None  # NAME:PORT whose A/AAAA records list the nodes (a Kubernetes headless service)
-    dns_interval: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    source: str
-    listen: tuple[Listen, ...]
-    cache: CacheSettings
-    origin: OriginSettings
-    sites: tuple[Site, ...]
-    workers: int = 1
-    client_write_timeout: float = 60.0  # a client that takes no bytes for this long loses its connection
-    max_requests: int = 10_000  # requests in flight per worker before new ones get 503
-    max_connections: int = 20_000  # open client connections per worker before new ones get 503 and close
-    fast_path: bool = True  # fresh hits answered before the web framework is involved
-    header_timeout: float = 10.0  # a request head must be complete this long after its first byte (slowloris)
-    idle_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
-    disk_send: str = "pread"  # disk hits on the fast path: "pread" (never blocks the loop) or "sendfile"
-    tls_listen: tuple[Listen, ...] = ()  # HTTPS listeners; certificates per site by SNI
-    tls: TLSFiles | None = None  # for clients that send no (or an unknown) server name
-    rate_limit: float | None = None  # requests per second per client address (429 past it); None: no limit
-    burst: float | None = None  # requests a client may make at once (default: one second's worth)
-    demo_origin: Listen | None = None
-    admin: Listen | None = None  # the admin listener (metrics, health, APIs); keep it on a private address
-    access_log: Path | None = None
-    cluster: ClusterSettings | None = None
-    tokens: tuple[Token, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_size(value: object) -> int:
-    """'256MiB', '1g', '4096' or an int -> bytes. K/M/G/T and KiB.. are binary; KB/MB/GB are decimal."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 256MiB")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
-    if not isinstance(value, str):
-        raise ValueError("expected a size such as 256MiB")
-    m = _SIZE.fullmatch(value)
-    if not m:
-        raise ValueError(f"{value!r} is not a size such as 256MiB")
-    if len(m.group(1)) > 20:
-        raise ValueError(f"{value[:40]!r}... is not a size such as 256MiB")
-    number, unit, suffix = float(m.group(1)), m.group(2).lower(), m.group(3).lower()
-    power = "kmgt".index(unit) + 1 if unit else 0
-    base = 1000 if suffix == "b" and unit else 1024
-    return int(number * base**power)
-
-
-def parse_listen(value: object) -> Listen:
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError("expected HOST:PORT such as 127.0.0.1:8080")
-    host, _, port_s = value.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise ValueError(f"{value!r}: port must be 1-65535")
-    return Listen(host, int(port_s))
-
-
-def check_origin_url(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected an origin URL such as http://10.0.0.1:8080")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL with a host")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{value!r}: an origin URL has no query or fragment")
-    return value.rstrip("/")
-
-
-def check_host_pattern(value: object) -> str:
-    if not isinstance(value, str) or not value.isascii() or not _HOST.fullmatch(value.lower()):
-        raise ValueError(f"{value!r} is not a host name or *.wildcard")
-    return value.lower()
-
-
-class _Reader:
-    """Reads typed values out of a TOML table, collecting 'file: key: problem' lines instead of stopping."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[str] = []
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.source}: {key}: {message}")
-
-    def get(self, table: dict[str, Any], prefix: str, name: str, convert: Callable[[Any], T], default: T) -> T:
-        if name not in table:
-            return default
-        try:
-            return convert(table[name])
-        except (ValueError, TypeError, OverflowError) as exc:
-            # One line, even when the message quotes a value with a newline in it.
-            self.problem(f"{prefix}{name}", str(exc).replace("\n", "\\n")[:300])
-            return default
-
-    def table(self, parent: dict[str, Any], name: str) -> dict[str, Any]:
-        value = parent.get(name, {})
-        if not isinstance(value, dict):
-            self.problem(name, "expected a table")
-            return {}
-        return value
-
-    def unknown(self, table: dict[str, Any], prefix: str, known: set[str]) -> None:
-        for key in sorted(set(table) - known):
-            shown = key if key.isprintable() and key.strip() else repr(key)
-            self.problem(f"{prefix}{shown}", "unknown key")
-
-
-def _choice(*allowed: str) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if v not in allowed:
-            raise ValueError("must be one of " + ", ".join(repr(a) for a in allowed))
-        return str(v)
-
-    return check
-
-
-def _positive(kind: type[int] | type[float]) -> Callable[[Any], Any]:
-    def convert(v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not isinstance(v, int)):
-            raise ValueError(f"expected a positive {kind.__name__}")
-        if v <= 0 or not math.isfinite(v):
-            raise ValueError("must be positive and finite")
-        return kind(v)
-
-    return convert
-
-
-def _str_list(convert: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
-    def inner(v: Any) -> tuple[str, ...]:
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list):
-            raise ValueError("expected a list of strings")
-        return tuple(convert(item) for item in v)
-
-    return inner
-
-
-def _name(v: Any) -> str:
-    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
-        raise ValueError("expected a name of letters, digits, '_', '.' or '-'")
-    return v
-
-
-def _node_id(v: Any) -> str:
-    # Names such as "node1", or addresses such as "10.0.0.5:8080" when membership comes from DNS.
-    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.:\[\]-]{1,80}", v):
-        raise ValueError("expected a node id of letters, digits, '_', '.', ':' or '-'")
-    return v
-
-
-def _key_param(v: Any) -> str:
-    if not isinstance(v, str) or not v or not v.isprintable() or not v.isascii():
-        raise ValueError("expected a query parameter name or '*'")
-    return v
-
-
-def _origin_host(v: Any) -> str | None:
-    if not v:
-        return None
-    if not isinstance(v, str):
-        raise ValueError("expected a host name, optionally with :port")
-    host, _, port = v.rpartition(":") if v.count(":") == 1 else (v, "", "")
-    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"{v!r} has an invalid port")
-    check_host_pattern(host)
-    if host.startswith("*"):
-        raise ValueError(f"{v!r} is a wildcard, not a host name")
-    return v
+__all__ = [
+    "CacheSettings",
+    "ClusterSettings",
+    "Config",
+    "Listen",
+    "OriginSettings",
+    "Site",
+    "TLSFiles",
+    "Token",
+    "build",
+    "check_host_pattern",
+    "check_origin_url",
+    "load",
+    "one_origin",
+    "parse_listen",
+    "parse_size",
+]
 
 
 def _cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
@@ -310,24 +91,6 @@ def _origin(r: _Reader, doc: dict[str, Any]) -> OriginSettings:
         read_timeout=r.get(t, "origin.", "read_timeout", _positive(float), 30.0),
         max_connections=r.get(t, "origin.", "max_connections", _positive(int), 256),
     )
-
-
-def _networks(v: Any) -> tuple[IPv4Network | IPv6Network, ...]:
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise ValueError('expected a list of subnets such as ["10.0.0.0/8", "2001:db8::/32"]')
-    nets = []
-    for x in v:
-        try:
-            nets.append(ip_network(x, strict=False))
-        except ValueError:
-            raise ValueError(f"{x!r} is not a subnet") from None
-    return tuple(nets)
-
-
-def _seconds(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or not math.isfinite(v):
-        raise ValueError("expected seconds (a finite number >= 0)")
-    return float(v)
 
 
 def _policy(r: _Reader, site: dict[str, Any], prefix: str) -> Policy:
@@ -441,12 +204,6 @@ def _secret(r: _Reader, t: dict[str, Any], p: str, base: Path) -> str:
     if len(secret) < 16:
         r.problem(f"{p}token", "must be at least 16 characters")
     return secret
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError("expected true or false")
-    return v
 
 
 def _tls(r: _Reader, t: dict[str, Any], p: str, base: Path) -> TLSFiles | None:

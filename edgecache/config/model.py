@@ -1,0 +1,118 @@
+"""The configuration as the rest of the node sees it: frozen dataclasses, built by edgecache.config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from pathlib import Path
+from typing import Any
+
+from edgecache.core.freshness import Policy
+from edgecache.core.ring import Member
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    cert: Path  # PEM certificate chain
+    key: Path  # PEM private key
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    name: str
+    hosts: tuple[str, ...]
+    origins: tuple[str, ...]
+    key_query: tuple[str, ...] = ("*",)  # query parameters that are part of the key; "*" = all of them
+    origin_host: str | None = None  # Host sent to origin; None = the client's Host
+    policy: Policy = field(default_factory=Policy)  # the choices RFC 9111 leaves to a shared cache
+    allow: tuple[IPv4Network | IPv6Network, ...] = ()  # client subnets served (the ISP's customers); empty: all
+    tls: TLSFiles | None = None  # the certificate its HTTPS clients get (chosen by SNI)
+
+    def allows(self, client: str) -> bool:
+        if not self.allow:
+            return True
+        try:
+            address = ip_address(client)
+        except ValueError:
+            return False
+        return any(address in net for net in self.allow)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    dir: Path
+    memory_bytes: int = 256 * 2**20
+    disk_bytes: int = 4 * 2**30
+    slice_bytes: int = 2**20
+    fill_slices: int = 4  # most slices one origin request may fill
+    memory_policy: str = "s3fifo"
+    # A worker's RSS is kept within memory_bytes + this by shrinking the memory tier (to half at most); 0: off.
+    memory_headroom: int = 64 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class OriginSettings:
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A bearer token of the admin API: an operator's (everything) or a provider's (its own sites)."""
+
+    name: str  # for logs; the secret itself is never logged
+    secret: str = field(repr=False)
+    role: str = "provider"  # "operator" or "provider"
+    sites: tuple[str, ...] = ()
+
+    def may_act_on(self, site: str) -> bool:
+        return self.role == "operator" or site in self.sites
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    self_id: str
+    nodes: tuple[Member, ...] = ()
+    rise: int = 2
+    fall: int = 3
+    interval: float = 1.0  # seconds between active health checks
+    timeout: float = 1.0
+    dns: str | None = None  # NAME:PORT whose A/AAAA records list the nodes (a Kubernetes headless service)
+    dns_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    listen: tuple[Listen, ...]
+    cache: CacheSettings
+    origin: OriginSettings
+    sites: tuple[Site, ...]
+    workers: int = 1
+    client_write_timeout: float = 60.0  # a client that takes no bytes for this long loses its connection
+    max_requests: int = 10_000  # requests in flight per worker before new ones get 503
+    max_connections: int = 20_000  # open client connections per worker before new ones get 503 and close
+    fast_path: bool = True  # fresh hits answered before the web framework is involved
+    header_timeout: float = 10.0  # a request head must be complete this long after its first byte (slowloris)
+    idle_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
+    disk_send: str = "pread"  # disk hits on the fast path: "pread" (never blocks the loop) or "sendfile"
+    tls_listen: tuple[Listen, ...] = ()  # HTTPS listeners; certificates per site by SNI
+    tls: TLSFiles | None = None  # for clients that send no (or an unknown) server name
+    rate_limit: float | None = None  # requests per second per client address (429 past it); None: no limit
+    burst: float | None = None  # requests a client may make at once (default: one second's worth)
+    demo_origin: Listen | None = None
+    admin: Listen | None = None  # the admin listener (metrics, health, APIs); keep it on a private address
+    access_log: Path | None = None
+    cluster: ClusterSettings | None = None
+    tokens: tuple[Token, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)

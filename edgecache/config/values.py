@@ -1,0 +1,191 @@
+"""Checking and converting one configuration value: sizes, addresses, URLs, host patterns, subnets, numbers.
+
+Each converter raises ValueError with what is wrong; _Reader turns that into a `file: key: problem` line and goes
+on, so every problem of a file is reported at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from edgecache.config.model import Listen
+
+T = TypeVar("T")
+
+# Matched whole and ASCII only: `$` lets a trailing newline through, and \d takes other scripts' digits.
+_SIZE = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*([kmgt]?)(i?b?)[ \t]*", re.IGNORECASE | re.ASCII)
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+def parse_size(value: object) -> int:
+    """'256MiB', '1g', '4096' or an int -> bytes. K/M/G/T and KiB.. are binary; KB/MB/GB are decimal."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 256MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as 256MiB")
+    m = _SIZE.fullmatch(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a size such as 256MiB")
+    if len(m.group(1)) > 20:
+        raise ValueError(f"{value[:40]!r}... is not a size such as 256MiB")
+    number, unit, suffix = float(m.group(1)), m.group(2).lower(), m.group(3).lower()
+    power = "kmgt".index(unit) + 1 if unit else 0
+    base = 1000 if suffix == "b" and unit else 1024
+    return int(number * base**power)
+
+
+def parse_listen(value: object) -> Listen:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("expected HOST:PORT such as 127.0.0.1:8080")
+    host, _, port_s = value.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"{value!r}: port must be 1-65535")
+    return Listen(host, int(port_s))
+
+
+def check_origin_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected an origin URL such as http://10.0.0.1:8080")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: an origin URL has no query or fragment")
+    return value.rstrip("/")
+
+
+def check_host_pattern(value: object) -> str:
+    if not isinstance(value, str) or not value.isascii() or not _HOST.fullmatch(value.lower()):
+        raise ValueError(f"{value!r} is not a host name or *.wildcard")
+    return value.lower()
+
+
+class _Reader:
+    """Reads typed values out of a TOML table, collecting 'file: key: problem' lines instead of stopping."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {key}: {message}")
+
+    def get(self, table: dict[str, Any], prefix: str, name: str, convert: Callable[[Any], T], default: T) -> T:
+        if name not in table:
+            return default
+        try:
+            return convert(table[name])
+        except (ValueError, TypeError, OverflowError) as exc:
+            # One line, even when the message quotes a value with a newline in it.
+            self.problem(f"{prefix}{name}", str(exc).replace("\n", "\\n")[:300])
+            return default
+
+    def table(self, parent: dict[str, Any], name: str) -> dict[str, Any]:
+        value = parent.get(name, {})
+        if not isinstance(value, dict):
+            self.problem(name, "expected a table")
+            return {}
+        return value
+
+    def unknown(self, table: dict[str, Any], prefix: str, known: set[str]) -> None:
+        for key in sorted(set(table) - known):
+            shown = key if key.isprintable() and key.strip() else repr(key)
+            self.problem(f"{prefix}{shown}", "unknown key")
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError("must be one of " + ", ".join(repr(a) for a in allowed))
+        return str(v)
+
+    return check
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[Any], Any]:
+    def convert(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not isinstance(v, int)):
+            raise ValueError(f"expected a positive {kind.__name__}")
+        if v <= 0 or not math.isfinite(v):
+            raise ValueError("must be positive and finite")
+        return kind(v)
+
+    return convert
+
+
+def _str_list(convert: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
+    def inner(v: Any) -> tuple[str, ...]:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list):
+            raise ValueError("expected a list of strings")
+        return tuple(convert(item) for item in v)
+
+    return inner
+
+
+def _name(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
+        raise ValueError("expected a name of letters, digits, '_', '.' or '-'")
+    return v
+
+
+def _node_id(v: Any) -> str:
+    # Names such as "node1", or addresses such as "10.0.0.5:8080" when membership comes from DNS.
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.:\[\]-]{1,80}", v):
+        raise ValueError("expected a node id of letters, digits, '_', '.', ':' or '-'")
+    return v
+
+
+def _key_param(v: Any) -> str:
+    if not isinstance(v, str) or not v or not v.isprintable() or not v.isascii():
+        raise ValueError("expected a query parameter name or '*'")
+    return v
+
+
+def _origin_host(v: Any) -> str | None:
+    if not v:
+        return None
+    if not isinstance(v, str):
+        raise ValueError("expected a host name, optionally with :port")
+    host, _, port = v.rpartition(":") if v.count(":") == 1 else (v, "", "")
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{v!r} has an invalid port")
+    check_host_pattern(host)
+    if host.startswith("*"):
+        raise ValueError(f"{v!r} is a wildcard, not a host name")
+    return v
+
+
+def _networks(v: Any) -> tuple[IPv4Network | IPv6Network, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError('expected a list of subnets such as ["10.0.0.0/8", "2001:db8::/32"]')
+    nets = []
+    for x in v:
+        try:
+            nets.append(ip_network(x, strict=False))
+        except ValueError:
+            raise ValueError(f"{x!r} is not a subnet") from None
+    return tuple(nets)
+
+
+def _seconds(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or not math.isfinite(v):
+        raise ValueError("expected seconds (a finite number >= 0)")
+    return float(v)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("expected true or false")
+    return v
