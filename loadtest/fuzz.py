@@ -40,7 +40,7 @@ OverflowError/ValueError on huge durations, and MemoryError on a '$Number%099999
 raised UnicodeEncodeError on surrogates outside U+DC80-U+DCFF; normalise_target let a trailing newline through
 and was not idempotent ('/%%34%31' -> '/%41' -> '/A'); Range, Content-Range, HTTP-dates, hosts and
 CDN-Cache-Control accepted Unicode digits, look-alike letters (U+017F for "s") or a trailing newline. The
-remaining findings are in edgecache/config.py (not fixed here): OverflowError for huge numbers in seconds,
+remaining findings were in edgecache/config (since fixed): OverflowError for huge numbers in seconds,
 positive numbers and sizes; RecursionError and ValueError (over 4,300 digits) from tomllib escaping load();
 ValueError/UnicodeError reading a token_file; a token_file with a newline breaking the one-line problem format;
 origin_host and key_query not checked for control or non-ASCII characters.
