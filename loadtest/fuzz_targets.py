@@ -603,7 +603,7 @@ _KEYS = {
         "idle_timeout",
         "disk_send",
     ),
-    "cache": ("dir", "memory", "disk", "slice", "fill_slices", "memory_policy"),
+    "cache": ("dir", "memory", "disk", "slice", "fill_slices", "memory_policy", "memory_headroom"),
     "origin": ("connect_timeout", "read_timeout", "max_connections"),
     "demo": ("origin",),
     "admin": ("listen",),
