@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+_GIVEN: set[int] = set()
 
 
 def free_port() -> int:
@@ -19,11 +20,16 @@ def free_port() -> int:
 
     Port 0 gives an ephemeral port, and between this check and the real bind the kernel may hand the same port
     to an outgoing connection (the edge's to its origin, the test's to the edge): the suite's rare "address
-    already in use". Ports below the range are never picked for outgoing connections.
+    already in use". Ports below the range are never picked for outgoing connections. A port is handed out once
+    per process: a test asks for several before it binds any (a cluster takes six), and two random picks could
+    be the same one.
     """
     lowest_ephemeral = _ephemeral_floor()
     for _ in range(200):
         port = random.randrange(max(1024, lowest_ephemeral - 12_000), lowest_ephemeral)
+        if port in _GIVEN:
+            continue
+        _GIVEN.add(port)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
