@@ -102,6 +102,20 @@ def fetch(url: str, rng: str | None = None) -> bytes:
         return bytes(r.read())
 
 
+def tier_mib(admin: int) -> tuple[float, float]:
+    """The memory tier's bytes and its current limit (lowered by the RSS bound), from the admin /metrics."""
+    got = {"edgecache_memory_tier_bytes": 0.0, "edgecache_memory_tier_limit_bytes": 0.0}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name in got:
+                    got[name] = float(value)
+    except OSError:
+        pass
+    return got["edgecache_memory_tier_bytes"] / 2**20, got["edgecache_memory_tier_limit_bytes"] / 2**20
+
+
 def wrk(port: int, script: Path, seconds: int, connections: int) -> str:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
     return subprocess.run([*cmd, f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True).stdout
@@ -121,13 +135,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="edgecache-soak-"))
     work.chmod(0o755)  # nginx's workers read the content as another user
     files = make_content(work / "content")
-    oport, eport = free_port(), free_port()
+    oport, eport, admin = free_port(), free_port(), free_port()
     origin = start_origin(work / "content", work, oport)
     edge = subprocess.Popen(
         [
             *(sys.executable, "-m", "edgecache", "serve", "--origin", f"http://127.0.0.1:{oport}"),
             *("--listen", f"127.0.0.1:{eport}", "--cache-dir", str(work / "cache"), "--memory", args.memory),
-            *("--disk", "512MiB", "--max-requests", "128"),
+            *("--disk", "512MiB", "--max-requests", "128", "--admin", f"127.0.0.1:{admin}"),
         ],
         stderr=(args.out / "edge.log").open("wb"),
         start_new_session=True,
@@ -138,6 +152,7 @@ def main() -> int:
     try:
         wait_ready(f"http://127.0.0.1:{eport}/small/000.bin")
         samples: list[tuple[float, int]] = []
+        tiers: list[tuple[float, float]] = []
         t0 = time.monotonic()
         load = subprocess.Popen(
             [
@@ -153,6 +168,7 @@ def main() -> int:
                 load.terminate()
                 break
             samples.append((time.monotonic() - t0, rss_kib(edge.pid)))
+            tiers.append(tier_mib(admin))
             time.sleep(5)
         mix = load.communicate()[0]
         burst = wrk(eport, script, 10, 900) if edge.poll() is None else ""
@@ -173,13 +189,22 @@ def main() -> int:
                 proc.wait(30)
         shutil.rmtree(work, ignore_errors=True)
     with (args.out / "rss.csv").open("w") as f:
-        f.write("seconds,rss_mib\n")
-        f.writelines(f"{t:.0f},{kib / 1024:.1f}\n" for t, kib in samples)
-    print(summary(samples, args.memory, mix, burst, failures, args.out))
+        f.write("seconds,rss_mib,tier_mib,tier_limit_mib\n")
+        for (t, kib), (held, limit) in zip(samples, tiers, strict=True):
+            f.write(f"{t:.0f},{kib / 1024:.1f},{held:.1f},{limit:.1f}\n")
+    print(summary(samples, tiers, args.memory, mix, burst, failures, args.out))
     return 1 if failures else 0
 
 
-def summary(samples: list[tuple[float, int]], memory: str, mix: str, burst: str, failures: list[str], out: Path) -> str:
+def summary(
+    samples: list[tuple[float, int]],
+    tiers: list[tuple[float, float]],
+    memory: str,
+    mix: str,
+    burst: str,
+    failures: list[str],
+    out: Path,
+) -> str:
     mib = [kib / 1024 for _, kib in samples]
     tail = samples[len(samples) // 5 :]
     slope = 0.0
@@ -194,6 +219,7 @@ def summary(samples: list[tuple[float, int]], memory: str, mix: str, burst: str,
         f"last minute avg {sum(mib[-per_minute:]) / max(1, len(mib[-per_minute:])):.0f} MiB, "
         f"slope over the last 80%: {slope:+.2f} MiB/min",
         f"memory tier budget {memory}; limit budget + 64 MiB per worker",
+        "last sample: tier holds {:.0f} MiB, its limit is {:.0f} MiB".format(*(tiers[-1] if tiers else (0, 0))),
         "--- mix ---",
         mix.strip(),
         "--- burst: 900 connections against max_requests = 128 ---",
