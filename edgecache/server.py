@@ -309,9 +309,9 @@ async def _bound_rss(tier: MemoryTier, headroom: int) -> None:
     """Keep this worker's RSS within the memory tier's budget plus `headroom` (cache.memory_headroom; 0: only
     trim, never shrink the tier).
 
-    Every few seconds: give memory glibc holds free back to the kernel (malloc_trim, in a thread: slices come
-    and go in 1 MiB blocks between small long-lived objects, and glibc keeps the freed blocks in its heaps), then
-    move the tier's limit by what RSS is over (or comfortably under) budget + headroom (next_limit).
+    Every few seconds: read RSS, give memory glibc holds free back to the kernel (malloc_trim, in a thread:
+    slices come and go in 1 MiB blocks between small long-lived objects, and glibc keeps the freed blocks in its
+    heaps), then move the tier's limit by what RSS was over (or comfortably under) budget + headroom.
     """
     from edgecache import metrics
 
@@ -325,16 +325,22 @@ async def _bound_rss(tier: MemoryTier, headroom: int) -> None:
     page = os.sysconf("SC_PAGE_SIZE")
     rss_limit = tier.budget_bytes + headroom
 
-    def trim_and_measure() -> int:
-        trim(0)
+    def rss() -> int:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * page
 
+    def measure_and_trim() -> int:
+        # RSS as it was before the trim: between two trims the process reaches about that much again (freed
+        # slices pile up in glibc's heaps), and that is what top, a cgroup and the soak see.
+        before = rss()
+        trim(0)
+        return before
+
     while True:
         await asyncio.sleep(RSS_SECONDS)
-        rss = await loop.run_in_executor(None, trim_and_measure)
+        reached = await loop.run_in_executor(None, measure_and_trim)
         if headroom > 0:
-            tier.set_limit(next_limit(tier.budget_bytes, tier.limit, rss, rss_limit))
+            tier.set_limit(next_limit(tier.budget_bytes, tier.limit, reached, rss_limit))
         metrics.MEMORY_LIMIT.set(tier.limit)
 
 
