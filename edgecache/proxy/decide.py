@@ -22,7 +22,7 @@ from edgecache.core import ranges
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import observe, rangecut
 from edgecache.proxy.handler import EdgeHandler
-from edgecache.proxy.hit import MAX_SLICES, Hit, Load, find_hit
+from edgecache.proxy.hit import MAX_SLICES, Hit, Load, find_hit, renewed
 from edgecache.storage.store import slice_name
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,8 @@ class Decider:
         handler = self.handler
         if handler.in_flight >= handler.max_in_flight:
             return None
-        memo = self.memo
-        prepared = memo.get(head)
-        if prepared is not None and prepared.hit.still(handler, time.time()) and prepared.hit.site.allows(client):
+        prepared = self._current(self.memo, head, time.time())
+        if prepared is not None and prepared.hit.site.allows(client):
             limiter = handler.limiter
             if limiter is not None and not limiter.allow(client, time.monotonic()):
                 return None
@@ -111,6 +110,20 @@ class Decider:
             return prepared
         ranged = self._ranged(head, client)
         return self._decide(head, client) if isinstance(ranged, _FullParse) else ranged
+
+    def _current(self, memo: dict[bytes, Prepared], head: bytes, now: float) -> Prepared | None:
+        """The remembered answer to this head, brought up to date if only its Age ticked (hit.renewed)."""
+        prepared = memo.get(head)
+        if prepared is None or prepared.hit.still(self.handler, now):
+            return prepared
+        hit = renewed(prepared.hit, self.handler, now)
+        encoded = _with_age(prepared.head, prepared.hit, hit) if hit is not None else None
+        if hit is None or encoded is None:
+            del memo[head]
+            return None
+        prepared = replace(prepared, hit=hit, head=encoded)
+        memo[head] = prepared
+        return prepared
 
     def _decide(self, head: bytes, client: str, basis: bool = False) -> Prepared | Load | None:
         """Parse and look up the head from scratch; remember a hit's answer for the same head.
@@ -153,8 +166,8 @@ class Decider:
         handler = self.handler
         if handler.limiter is not None:
             return _FULL_PARSE  # deciding the whole-object answer would spend a token of the client's rate
-        base = self.wholes.get(stripped)
-        if base is None or not base.hit.still(handler, time.time()):
+        base = self._current(self.wholes, stripped, time.time())
+        if base is None:
             decided = self._decide(stripped, client, basis=True)
             if not isinstance(decided, Prepared):
                 return decided  # a miss (or a Load first): the same for the head with its Range
@@ -233,6 +246,19 @@ class Decider:
         if not keep_alive:
             extra += b"Connection: close\r\n"
         return head + extra + b"\r\n"
+
+
+def _with_age(head: bytes, old: Hit, new: Hit) -> bytes | None:
+    """`head` (encoded from `old`) with the Age line of `new`; None if the line is not there exactly once."""
+    before, after = _age_line(old), _age_line(new)
+    if before is None or after is None or head.count(b"\r\nAge: ") != 1 or before not in head:
+        return None
+    return head.replace(before, after, 1)
+
+
+def _age_line(hit: Hit) -> bytes | None:
+    ages = [v for k, v in hit.headers if k == "Age"]
+    return f"\r\nAge: {ages[0]}\r\n".encode() if len(ages) == 1 else None
 
 
 def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:

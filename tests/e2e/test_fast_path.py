@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from edgecache.core.ranges import ByteRange
-from edgecache.proxy import rangecut
-from edgecache.proxy.hit import Hit
+from edgecache.proxy import decide, rangecut
+from edgecache.proxy.hit import Hit, Load
 from edgecache.storage.store import slice_name
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
@@ -253,3 +255,48 @@ async def test_a_whole_slice_served_from_disk_is_offered_to_the_memory_tier(orig
         key, meta = next((k, m) for k, m in store._meta.items() if m.length == len(BIG))
         assert store.memory.get(slice_name(key, meta.slice_version, 1)) == BIG[2**20 : 2**21]
         assert store.memory.get(slice_name(key, meta.slice_version, 0)) is None
+
+
+def age(raw: bytes) -> list[bytes]:
+    return re.findall(rb"\r\nAge: ([^\r]*)\r\n", raw)
+
+
+@pytest.mark.parametrize("pair", [(64 * 2**20, "pread")], indirect=True)
+async def test_a_remembered_answer_gets_its_new_age_without_a_new_decision(
+    pair: tuple[Edge, Edge], origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Age ticks every second: the remembered answer (and the whole one ranges are cut from) is brought up to
+    date without parsing the head or looking it up again, gives the Age aiohttp gives, and is given up once
+    the object is stale."""
+    fast_edge, framework = pair
+    requests = get("/small") + get("/big", "Range: bytes=10-19") + CLOSE
+    await exchange(fast_edge, requests)  # remembered at the current second
+    lookups: list[str] = []
+    find_hit = decide.find_hit
+
+    def counting(*args: Any, **kwargs: Any) -> Hit | Load | None:
+        lookups.append(args[3])
+        return find_hit(*args, **kwargs)
+
+    monkeypatch.setattr(decide, "find_hit", counting)
+    frozen = time.time() + 7.25
+    monkeypatch.setattr(time, "time", lambda: frozen)
+    before = answered()
+    ours = await exchange(fast_edge, requests)
+    theirs = await exchange(framework, requests)
+    assert answered() - before == 3
+    assert lookups == []  # renewed, not decided again
+    assert age(ours) == age(theirs)
+    assert len(age(ours)) == 3
+    assert int(age(ours)[0]) >= 7
+    assert normalised(ours) == normalised(theirs)
+
+    hits = origin.hits["/small"]
+    frozen += 3600  # max-age=3600: stale, so the full handler revalidates it
+    before = answered()
+    raw = await exchange(fast_edge, get("/small") + CLOSE)
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert raw.endswith(SMALL)
+    assert origin.hits["/small"] == hits + 1
+    assert lookups == ["/small"]
+    assert answered() - before < 2
