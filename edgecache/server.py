@@ -29,7 +29,7 @@ from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.epoch import Epoch
-from edgecache.storage.memory import MemoryTier, next_limit
+from edgecache.storage.memory import LIMIT_FLOOR, MemoryTier, next_entries, next_limit
 from edgecache.storage.store import Store
 from edgecache.tls import Certificates
 
@@ -290,7 +290,7 @@ async def run(config: Config, worker: int = 0) -> None:
         gc.collect()
         gc.freeze()
         node.state["listening"] = True
-        trimmer = asyncio.ensure_future(_bound_rss(node.engine.store.memory, config.cache.memory_headroom))
+        trimmer = asyncio.ensure_future(_bound_rss(node.engine.store, config.cache.memory_headroom))
         await stop.wait()
         trimmer.cancel()
         node.state["draining"] = True
@@ -305,14 +305,16 @@ async def run(config: Config, worker: int = 0) -> None:
 RSS_SECONDS = 5.0
 
 
-async def _bound_rss(tier: MemoryTier, headroom: int) -> None:
+async def _bound_rss(store: Store, headroom: int) -> None:
     """Keep this worker's RSS within the memory tier's budget plus `headroom` (cache.memory_headroom; 0: only
     trim, never shrink the tier).
 
     Every few seconds: read RSS, give memory glibc holds free back to the kernel (malloc_trim, in a thread:
     slices come and go in 1 MiB blocks between small long-lived objects, and glibc keeps the freed blocks in its
-    heaps), then move the tier's limit by what RSS was over (or comfortably under) budget + headroom.
+    heaps), then move the tier's limit by what RSS was over (or comfortably under) budget + headroom. With the
+    tier at its floor, the metadata kept at hand gives way next (next_entries).
     """
+    tier = store.memory
     from edgecache import metrics
 
     try:
@@ -324,6 +326,7 @@ async def _bound_rss(tier: MemoryTier, headroom: int) -> None:
     loop = asyncio.get_running_loop()
     page = os.sysconf("SC_PAGE_SIZE")
     rss_limit = tier.budget_bytes + headroom
+    most, floor = store.meta_entries, int(tier.budget_bytes * LIMIT_FLOOR)
 
     def rss() -> int:
         with open("/proc/self/statm", "rb") as f:
@@ -341,6 +344,9 @@ async def _bound_rss(tier: MemoryTier, headroom: int) -> None:
         reached = await loop.run_in_executor(None, measure_and_trim)
         if headroom > 0:
             tier.set_limit(next_limit(tier.budget_bytes, tier.limit, reached, rss_limit))
+            slack = tier.budget_bytes // 16
+            at_floor = tier.limit <= floor
+            store.set_meta_entries(next_entries(store.meta_entries, most, reached, rss_limit, at_floor, slack))
         metrics.MEMORY_LIMIT.set(tier.limit)
 
 

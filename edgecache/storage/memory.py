@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from edgecache.storage.policy import EvictionPolicy, make_policy
 
+LIMIT_FLOOR = 0.5  # the RSS bound never takes the memory tier below this share of its budget
 
-def next_limit(budget: int, limit: int, rss: int, rss_limit: int, floor: float = 0.5) -> int:
+
+def next_limit(budget: int, limit: int, rss: int, rss_limit: int, floor: float = LIMIT_FLOOR) -> int:
     """The memory tier's next limit, from the process's RSS: over `rss_limit`, give up the excess (never below
     `floor` of the budget); comfortably under it (by 1/16 of the budget), take back what is free, up to the budget.
 
@@ -26,6 +28,17 @@ def next_limit(budget: int, limit: int, rss: int, rss_limit: int, floor: float =
     if rss < rss_limit - slack:
         return min(budget, limit + (rss_limit - slack - rss))
     return limit
+
+
+def next_entries(entries: int, most: int, rss: int, rss_limit: int, tier_at_floor: bool, slack: int) -> int:
+    """How many metadata entries a worker keeps at hand, next. Once the memory tier is down to its floor and RSS
+    is still over `rss_limit`, a quarter fewer (never under most/16: each is a few KiB with its headers, and a
+    worker with many objects held 16,384 of them); comfortably under, by `slack`, a quarter more up to `most`."""
+    if rss > rss_limit and tier_at_floor:
+        return max(most // 16, entries * 3 // 4)
+    if rss < rss_limit - slack:
+        return min(most, entries + max(1, entries // 4))
+    return entries
 
 
 @dataclass(frozen=True, slots=True)

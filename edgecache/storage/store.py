@@ -14,7 +14,7 @@ import os
 import secrets
 from collections import OrderedDict
 from dataclasses import replace
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
@@ -110,6 +110,17 @@ class Store:
         self._seen_epoch = 0
 
     # --- metadata -----------------------------------------------------------------------------------------
+
+    @property
+    def meta_entries(self) -> int:
+        return self._meta_entries
+
+    def set_meta_entries(self, n: int) -> None:
+        """Keep at most n entries of metadata, records and write marks at hand (the RSS bound lowers it when
+        the memory tier alone cannot give back enough); the disk tier still has all of them."""
+        self._meta_entries = max(1, n)
+        for table in (self._meta, self._written, self._records):
+            _keep_newest(table, self._meta_entries)
 
     def peek_meta(self, key: str) -> ObjectMeta | None:
         """What this process knows right now, without waiting for the disk."""
@@ -407,3 +418,8 @@ class Store:
             return False
         finally:
             self._writing.pop(name, None)
+
+
+def _keep_newest(table: OrderedDict[str, Any], n: int) -> None:
+    while len(table) > n:
+        table.popitem(last=False)

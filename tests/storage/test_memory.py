@@ -10,7 +10,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from edgecache.storage.memory import MemoryStats, MemoryTier, next_limit
+from edgecache.storage.memory import MemoryStats, MemoryTier, next_entries, next_limit
 from edgecache.storage.policy import EvictionPolicy, LRUPolicy, S3FIFOPolicy, make_policy
 
 # --- LRU ----------------------------------------------------------------------------------------------------
@@ -340,3 +340,14 @@ def test_next_limit_gives_up_the_excess_and_takes_back_the_slack() -> None:
     assert next_limit(budget, 100 * MiB, 190 * MiB, rss_limit) == 100 * MiB  # within the slack (8 MiB): hold
     assert next_limit(budget, 100 * MiB, 174 * MiB, rss_limit) == 110 * MiB  # 10 MiB under the slack: grow
     assert next_limit(budget, 120 * MiB, 50 * MiB, rss_limit) == budget  # never above the budget
+
+
+def test_metadata_gives_way_only_once_the_tier_is_at_its_floor() -> None:
+    MiB = 2**20
+    rss_limit, slack = 192 * MiB, 8 * MiB
+    assert next_entries(16_384, 16_384, 200 * MiB, rss_limit, False, slack) == 16_384  # the tier gives first
+    assert next_entries(16_384, 16_384, 200 * MiB, rss_limit, True, slack) == 12_288  # then a quarter fewer
+    assert next_entries(1_100, 16_384, 300 * MiB, rss_limit, True, slack) == 1_024  # never under most/16
+    assert next_entries(4_000, 16_384, 188 * MiB, rss_limit, True, slack) == 4_000  # within the slack: hold
+    assert next_entries(4_000, 16_384, 150 * MiB, rss_limit, True, slack) == 5_000  # comfortably under: grow
+    assert next_entries(16_000, 16_384, 50 * MiB, rss_limit, False, slack) == 16_384  # never above most
