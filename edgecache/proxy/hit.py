@@ -157,7 +157,7 @@ def renewed(hit: Hit, handler: EdgeHandler, now: float) -> Hit | None:
     fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, policy)
     if fresh is None or usable(asked, meta.headers, fresh, policy) is not Use.FRESH:
         return None
-    age = str(int(current_age(meta.headers, meta.request_time, meta.response_time, now)))
+    age = str(max(0, int(current_age(meta.headers, meta.request_time, meta.response_time, now))))  # as base_headers
     fields = [("Age", age) if k == "Age" else (k, v) for k, v in hit.headers]
     return replace(hit, headers=fields, valid_until=_valid_until(asked, fresh, now))
 
