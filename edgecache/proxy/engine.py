@@ -158,6 +158,9 @@ class Engine:
             else:
                 record = PrimaryRecord(req.generation, entry.vary_names(resp.headers))
                 existing = await self.store.get_meta(entry_key(primary, record, req.headers, req.scope))
+            # _head() tells a fill an invalidation overtook by the record this process holds: one let go
+            # meanwhile (the RSS bound, another worker's purge) is read back from disk first, never taken as none.
+            await self.store.get_record(primary)
             head = self._head(resp.status, resp.headers, asked, req, (request_time, time.time()), existing)
             if head.start == 0 and fill.first_index != 0:
                 fill.first_index, fill.last_index = 0, None  # the origin sent the whole object

@@ -129,3 +129,32 @@ async def test_date_is_added_when_the_origin_sends_none(edge: Edge, origin: Orig
     assert meta is not None
     dates = [v for k, v in meta.headers if k.lower() == "date"]
     assert len(dates) == 1
+
+
+async def test_a_fill_overtaken_by_an_invalidation_is_not_stored_when_its_record_was_forgotten(
+    edge: Edge, origin: Origin
+) -> None:
+    """The invalidation's record may leave the worker's memory while the fill waits (another worker's purge
+    clears what a worker holds): the fill must still see it, on disk, and store nothing."""
+    origin.put("/slow", b"v1")
+    release = asyncio.Event()
+
+    async def hold(request: web.BaseRequest, obj: object) -> None:
+        if request.method == "GET" and not release.is_set():
+            await release.wait()
+
+    origin.on_request = hold
+    first = asyncio.create_task(edge.get("/slow"))
+    try:
+        await origin.wait_for_requests(1)  # the fill has asked; its answer is held back
+        async with edge.session.post(edge.url + "/slow", headers={"Host": "video.test"}, data=b"x") as r:
+            assert r.status == 201
+        edge.node.engine.store._records.clear()  # as catch_up() does when another worker purged something
+    finally:
+        release.set()
+    assert (await first)[2] == b"v1"  # the client that asked gets what the origin sent
+    origin.put("/slow", b"v2")  # same validators as v1: only the invalidation can make the edge fetch it
+    status, headers, body = await edge.get("/slow")
+    assert (status, body) == (200, b"v2")
+    assert "fwd=uri-miss" in headers["Cache-Status"]
+    assert origin.hits["/slow"] == 3  # the held fill, the POST, and this miss
