@@ -312,7 +312,7 @@ async def _bound_rss(store: Store, headroom: int) -> None:
     Every few seconds: read RSS, give memory glibc holds free back to the kernel (malloc_trim, in a thread:
     slices come and go in 1 MiB blocks between small long-lived objects, and glibc keeps the freed blocks in its
     heaps), then move the tier's limit by what RSS was over (or comfortably under) budget + headroom. With the
-    tier at its floor, the metadata kept at hand gives way next (next_entries).
+    tier at its floor, the metadata kept at hand gives way next, and it comes back last (next_entries).
     """
     tier = store.memory
     from edgecache import metrics
@@ -343,10 +343,11 @@ async def _bound_rss(store: Store, headroom: int) -> None:
         await asyncio.sleep(RSS_SECONDS)
         reached = await loop.run_in_executor(None, measure_and_trim)
         if headroom > 0:
+            was_at_floor = tier.limit <= floor  # before this round: one reading must not cut both
             tier.set_limit(next_limit(tier.budget_bytes, tier.limit, reached, rss_limit))
+            state = (was_at_floor, tier.limit >= tier.budget_bytes)
             slack = tier.budget_bytes // 16
-            at_floor = tier.limit <= floor
-            store.set_meta_entries(next_entries(store.meta_entries, most, reached, rss_limit, at_floor, slack))
+            store.set_meta_entries(next_entries(store.meta_entries, most, reached, rss_limit, slack, state))
         metrics.MEMORY_LIMIT.set(tier.limit)
 
 

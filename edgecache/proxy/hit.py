@@ -149,7 +149,8 @@ def renewed(hit: Hit, handler: EdgeHandler, now: float) -> Hit | None:
     again, but not the route, key, record or metadata. None: decide it from scratch (find_hit).
 
     Every hit's Age ticks once a second, so without this each hot object went back through the full parse once a
-    second, and objects filled together all did so at the same moment (a stall of several ms, the p99).
+    second, and objects filled together all did so at the same moment (a stall of several ms, the p99). Whatever
+    else find_hit() comes to depend on must be part of Hit.same_basis, or a renewal would miss it.
     """
     if not hit.same_basis(handler):
         return None
@@ -157,7 +158,7 @@ def renewed(hit: Hit, handler: EdgeHandler, now: float) -> Hit | None:
     fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, policy)
     if fresh is None or usable(asked, meta.headers, fresh, policy) is not Use.FRESH:
         return None
-    age = str(max(0, int(current_age(meta.headers, meta.request_time, meta.response_time, now))))  # as base_headers
+    age = str(max(0, int(fresh.age)))  # fresh.age is current_age() at `now`; written as base_headers writes it
     fields = [("Age", age) if k == "Age" else (k, v) for k, v in hit.headers]
     return replace(hit, headers=fields, valid_until=_valid_until(asked, fresh, now))
 

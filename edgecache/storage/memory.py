@@ -30,13 +30,17 @@ def next_limit(budget: int, limit: int, rss: int, rss_limit: int, floor: float =
     return limit
 
 
-def next_entries(entries: int, most: int, rss: int, rss_limit: int, tier_at_floor: bool, slack: int) -> int:
-    """How many metadata entries a worker keeps at hand, next. Once the memory tier is down to its floor and RSS
-    is still over `rss_limit`, a quarter fewer (never under most/16: each is a few KiB with its headers, and a
-    worker with many objects held 16,384 of them); comfortably under, by `slack`, a quarter more up to `most`."""
-    if rss > rss_limit and tier_at_floor:
+def next_entries(entries: int, most: int, rss: int, rss_limit: int, slack: int, tier: tuple[bool, bool]) -> int:
+    """How many metadata entries a worker keeps at hand, next; `tier` is (at its floor, at its full budget).
+
+    The memory tier gives way first: only once it is at its floor and RSS is still over `rss_limit` does the
+    metadata shrink, a quarter at a time, never under most/16 (each entry is a few KiB with its headers, and a
+    worker with many objects held 16,384). It grows back, a quarter at a time up to `most`, once the tier has all
+    of its budget back and RSS is comfortably (by `slack`) under the limit."""
+    at_floor, full = tier
+    if rss > rss_limit and at_floor:
         return max(most // 16, entries * 3 // 4)
-    if rss < rss_limit - slack:
+    if full and rss < rss_limit - slack:
         return min(most, entries + max(1, entries // 4))
     return entries
 

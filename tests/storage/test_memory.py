@@ -342,12 +342,14 @@ def test_next_limit_gives_up_the_excess_and_takes_back_the_slack() -> None:
     assert next_limit(budget, 120 * MiB, 50 * MiB, rss_limit) == budget  # never above the budget
 
 
-def test_metadata_gives_way_only_once_the_tier_is_at_its_floor() -> None:
+def test_metadata_gives_way_only_once_the_tier_is_at_its_floor_and_comes_back_last() -> None:
     MiB = 2**20
     rss_limit, slack = 192 * MiB, 8 * MiB
-    assert next_entries(16_384, 16_384, 200 * MiB, rss_limit, False, slack) == 16_384  # the tier gives first
-    assert next_entries(16_384, 16_384, 200 * MiB, rss_limit, True, slack) == 12_288  # then a quarter fewer
-    assert next_entries(1_100, 16_384, 300 * MiB, rss_limit, True, slack) == 1_024  # never under most/16
-    assert next_entries(4_000, 16_384, 188 * MiB, rss_limit, True, slack) == 4_000  # within the slack: hold
-    assert next_entries(4_000, 16_384, 150 * MiB, rss_limit, True, slack) == 5_000  # comfortably under: grow
-    assert next_entries(16_000, 16_384, 50 * MiB, rss_limit, False, slack) == 16_384  # never above most
+    floor, between, full = (True, False), (False, False), (False, True)
+    assert next_entries(16_384, 16_384, 200 * MiB, rss_limit, slack, between) == 16_384  # the tier gives first
+    assert next_entries(16_384, 16_384, 200 * MiB, rss_limit, slack, floor) == 12_288  # then a quarter fewer
+    assert next_entries(1_100, 16_384, 300 * MiB, rss_limit, slack, floor) == 1_024  # never under most/16
+    assert next_entries(4_000, 16_384, 150 * MiB, rss_limit, slack, between) == 4_000  # the tier grows back first
+    assert next_entries(4_000, 16_384, 188 * MiB, rss_limit, slack, full) == 4_000  # within the slack: hold
+    assert next_entries(4_000, 16_384, 150 * MiB, rss_limit, slack, full) == 5_000  # then a quarter more
+    assert next_entries(16_000, 16_384, 50 * MiB, rss_limit, slack, full) == 16_384  # never above most
