@@ -106,7 +106,7 @@ class Decider:
             limiter = handler.limiter
             if limiter is not None and not limiter.allow(client, time.monotonic()):
                 return None
-            handler.engine.store.touch_meta(prepared.hit.req.entry_key)
+            handler.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             return prepared
         ranged = self._ranged(head, client)
         return self._decide(head, client) if isinstance(ranged, _FullParse) else ranged
@@ -192,7 +192,7 @@ class Decider:
         encoded = rangecut.cut_206(base.head, hit, rng.range, content_range)
         if encoded is None:
             return _FULL_PARSE
-        handler.engine.store.touch_meta(hit.req.entry_key)
+        handler.engine.store.touch_meta(hit.req.entry_key, hit.req.primary)
         fields = [*hit.headers[:-1], ("Content-Range", content_range), ("Content-Length", str(last - first + 1))]
         derived = replace(hit, status=206, headers=fields, first=first, last=last)
         counter = observe.requests_counter(hit.site.name, "GET", 206, CacheStatus.HIT)

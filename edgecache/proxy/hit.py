@@ -124,7 +124,7 @@ def find_hit(
     limiter = handler.limiter
     if limiter is not None and not limiter.allow(client, time.monotonic()):
         return None  # the full handler answers 429 (and counts it) as it always does
-    store.touch_meta(ekey)
+    store.touch_meta(ekey, key.primary)
     status, fields, first, last = planned
     req = FillRequest(
         site,

@@ -14,7 +14,7 @@ import os
 import secrets
 from collections import OrderedDict
 from dataclasses import replace
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
@@ -104,7 +104,6 @@ class Store:
         self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
         self.purges = PurgeTable()
         self._meta_entries = meta_entries  # lowered by the RSS bound under pressure (set_meta_entries)
-        self._most_entries = meta_entries  # records and write marks: small, and kept for correctness and speed
         self._files: OrderedDict[str, SliceFile] = OrderedDict()
         self.shared = False  # other worker processes use the same disk tier: coordinate fills through leases
         self.epoch: Epoch | None = None  # with shared: the change counter all workers map
@@ -117,21 +116,22 @@ class Store:
         return self._meta_entries
 
     def set_meta_entries(self, n: int) -> None:
-        """Keep at most n entries of metadata at hand (the RSS bound lowers it when the memory tier alone cannot
-        give back enough); the disk tier still has all of them. Primary records stay: they are a few dozen bytes,
-        and every remembered hit is checked against them."""
+        """Keep at most n entries of metadata, primary records and write marks at hand (the RSS bound lowers it
+        when the memory tier alone cannot give back enough); the disk tier still has all of them."""
         self._meta_entries = max(1, n)
-        while len(self._meta) > self._meta_entries:
-            self._meta.popitem(last=False)
+        for table in (self._meta, self._records, self._written):
+            _keep_newest(table, self._meta_entries)
 
     def peek_meta(self, key: str) -> ObjectMeta | None:
         """What this process knows right now, without waiting for the disk."""
         return self._meta.get(key)
 
-    def touch_meta(self, key: str) -> None:
-        """A hit served without get_meta() still counts as recent use of the metadata."""
+    def touch_meta(self, key: str, primary: str) -> None:
+        """A hit served without get_meta() still counts as recent use of its metadata and primary record."""
         if key in self._meta:
             self._meta.move_to_end(key)
+        if primary in self._records:
+            self._records.move_to_end(primary)
 
     def remember_meta(self, key: str, meta: ObjectMeta) -> None:
         """Make `meta` visible to this process at once; put_meta() then persists it."""
@@ -179,7 +179,7 @@ class Store:
             return
         self._written[entry_key] = (same, meta.response_time)
         self._written.move_to_end(entry_key)
-        if len(self._written) > self._most_entries:
+        if len(self._written) > self._meta_entries:
             self._written.popitem(last=False)
 
     async def delete_meta(self, entry_key: str) -> None:
@@ -198,12 +198,13 @@ class Store:
     def remember_record(self, primary: str, record: PrimaryRecord) -> None:
         self._records[primary] = record
         self._records.move_to_end(primary)
-        if len(self._records) > self._most_entries:
+        if len(self._records) > self._meta_entries:
             self._records.popitem(last=False)
 
     async def get_record(self, primary: str) -> PrimaryRecord:
         record = self._records.get(primary)
         if record is not None:
+            self._records.move_to_end(primary)
             return record
         try:
             raw = await self.disk.get("v:" + digest(primary))
@@ -420,3 +421,8 @@ class Store:
             return False
         finally:
             self._writing.pop(name, None)
+
+
+def _keep_newest(table: OrderedDict[str, Any], n: int) -> None:
+    while len(table) > n:
+        table.popitem(last=False)

@@ -119,23 +119,31 @@ async def test_lazy_metadata_writes_skip_only_the_same_copy_within_seconds(tmp_p
         tier.close()
 
 
-async def test_fewer_metadata_entries_drop_the_oldest_and_the_disk_still_has_them(tmp_path: Path) -> None:
+async def test_fewer_metadata_entries_drop_the_least_used_and_the_disk_still_has_them(tmp_path: Path) -> None:
     from edgecache.core.entry import ObjectMeta
+    from edgecache.core.keys import PrimaryRecord
     from edgecache.storage.memory import MemoryTier
     from edgecache.storage.store import Store
 
     tier = DiskTier(tmp_path, 64 * MiB, threads=1)
     store = Store(MemoryTier(MiB), tier, meta_entries=8)
     metas = {f"k{i}": ObjectMeta(200, (("ETag", f'"{i}"'),), 10, f'"{i}"', False, 1.0, 1.0, MiB) for i in range(8)}
+
+    def held() -> tuple[list[str], list[str]]:
+        return [k for k in metas if store.peek_meta(k)], [k for k in metas if store.peek_record(f"p{k}")]
+
     try:
         for key, meta in metas.items():
             await store.put_meta(key, meta)
+            await store.put_record(f"p{key}", PrimaryRecord(f"g{key}"))
+        store.touch_meta("k1", "pk1")  # a hit: recently used
         store.set_meta_entries(3)
-        assert [k for k in metas if store.peek_meta(k) is not None] == ["k5", "k6", "k7"]
+        assert held() == (["k1", "k6", "k7"], ["k1", "k6", "k7"])
         assert await store.get_meta("k0") == metas["k0"]  # from the disk tier, and now kept at hand again
-        assert [k for k in metas if store.peek_meta(k) is not None] == ["k0", "k6", "k7"]
+        assert await store.get_record("pk0") == PrimaryRecord("gk0")
+        assert held() == (["k0", "k1", "k7"], ["k0", "k1", "k7"])
         store.set_meta_entries(8)
-        assert await store.get_meta("k1") == metas["k1"]
-        assert [k for k in metas if store.peek_meta(k) is not None] == ["k0", "k1", "k6", "k7"]
+        assert await store.get_meta("k2") == metas["k2"]
+        assert held()[0] == ["k0", "k1", "k2", "k7"]
     finally:
         tier.close()
