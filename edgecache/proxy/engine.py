@@ -369,6 +369,9 @@ class Engine:
                 metrics.MISSES.labels("evicted" if not released else "refetch").inc()
                 fill = started
             head = await fill.head
+            if head.status == 304 and head.meta.slice_version == meta.slice_version:
+                released = True  # a revalidation found while it ran: it brings no body, so read the slice as stored
+                continue
             if head.meta.slice_version != meta.slice_version or head.status != meta.status:
                 raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
             try:

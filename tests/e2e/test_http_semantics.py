@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
 from aiohttp import web
 
+from edgecache.storage.store import slice_name
 from tests.conftest import Edge
 from tests.origin import Origin
 
@@ -46,6 +49,30 @@ async def test_revalidation_304_keeps_the_body(edge: Edge, origin: Origin) -> No
     assert (status, body) == (200, b"body")
     assert "fwd=stale" in headers["Cache-Status"]
     assert origin.seen[-1].headers.get("If-None-Match") == '"v1"'
+
+
+@pytest.mark.parametrize("slice_held", ["on disk", "nowhere"])
+async def test_revalidation_304_keeps_a_body_that_is_not_in_memory(
+    edge: Edge, origin: Origin, slice_held: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 304's fill carries no body: a slice read while it runs comes from disk, or is fetched again. (A node
+    restarted on an hour-old cache answered its first requests 502 "origin now has version X, serving X".)"""
+    origin.put("/r2", b"body two", headers={"Cache-Control": "max-age=3600"})
+    assert (await edge.get("/r2"))[2] == b"body two"
+    await edge.node.engine.flush()
+    store = edge.node.store
+    meta = await store.get_meta("videos|video.test|/r2")
+    assert meta is not None
+    store.memory.clear()
+    if slice_held == "nowhere":
+        await store.disk.delete(slice_name("videos|video.test|/r2", meta.slice_version, 0))
+    later = time.time() + 7200  # stale: revalidated, and the origin answers 304
+    monkeypatch.setattr(time, "time", lambda: later)
+    status, headers, body = await edge.get("/r2")
+    assert (status, body) == (200, b"body two")
+    assert "fwd=stale" in headers["Cache-Status"]
+    assert origin.seen[1].headers.get("If-None-Match") == '"v1"'
+    assert origin.hits["/r2"] == (2 if slice_held == "on disk" else 3)
 
 
 async def test_stale_if_error_on_5xx_and_when_origin_is_down(edge: Edge, origin: Origin) -> None:
