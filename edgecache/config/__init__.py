@@ -42,6 +42,7 @@ from edgecache.core.ring import Member
 from edgecache.errors import ConfigError
 
 __all__ = [
+    "KEYS",
     "CacheSettings",
     "ClusterSettings",
     "Config",
@@ -60,9 +61,32 @@ __all__ = [
 ]
 
 
+# Every key each table of the file takes, by the table's place in it; any other is reported as unknown. The config
+# fuzzer (loadtest/fuzz_targets.py) draws its documents from the same lists.
+KEYS: dict[str, frozenset[str]] = {
+    key: frozenset(names.split())
+    for key, names in {
+        "": "server cache origin sites demo admin log cluster",
+        "server": "listen workers client_write_timeout max_requests max_connections rate_limit burst fast_path "
+        "header_timeout idle_timeout disk_send tls_listen tls",
+        "tls": "cert key",
+        "cache": "dir memory disk slice fill_slices memory_policy memory_headroom",
+        "origin": "connect_timeout read_timeout max_connections",
+        "sites": "name hosts origins key_query origin_host cache allow tls",
+        "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
+        "cluster": "self nodes rise fall interval timeout dns dns_interval",
+        "cluster.nodes": "id address admin weight",
+        "admin": "listen tokens",
+        "admin.tokens": "name token token_file role sites",
+        "demo": "origin",
+        "log": "access",
+    }.items()
+}
+
+
 def _cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
     t = r.table(doc, "cache")
-    r.unknown(t, "cache.", {"dir", "memory", "disk", "slice", "fill_slices", "memory_policy", "memory_headroom"})
+    r.unknown(t, "cache.", KEYS["cache"])
     directory = r.get(t, "cache.", "dir", lambda v: Path(str(v)), Path("var/cache"))
     directory = directory if directory.is_absolute() else base / directory
     settings = CacheSettings(
@@ -85,7 +109,7 @@ def _cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
 
 def _origin(r: _Reader, doc: dict[str, Any]) -> OriginSettings:
     t = r.table(doc, "origin")
-    r.unknown(t, "origin.", {"connect_timeout", "read_timeout", "max_connections"})
+    r.unknown(t, "origin.", KEYS["origin"])
     return OriginSettings(
         connect_timeout=r.get(t, "origin.", "connect_timeout", _positive(float), 5.0),
         read_timeout=r.get(t, "origin.", "read_timeout", _positive(float), 30.0),
@@ -96,7 +120,7 @@ def _origin(r: _Reader, doc: dict[str, Any]) -> OriginSettings:
 def _policy(r: _Reader, site: dict[str, Any], prefix: str) -> Policy:
     t = r.table(site, "cache") if "cache" in site else {}
     p = f"{prefix}cache."
-    r.unknown(t, p, {"min_ttl", "max_ttl", "heuristic_fraction", "heuristic_max", "store_set_cookie", "max_stale"})
+    r.unknown(t, p, KEYS["sites.cache"])
     policy = Policy(
         heuristic_fraction=r.get(t, p, "heuristic_fraction", _seconds, 0.1),
         heuristic_max=r.get(t, p, "heuristic_max", _seconds, 86400.0),
@@ -116,7 +140,7 @@ def _member(r: _Reader, t: Any, p: str) -> Member | None:
     if not isinstance(t, dict):
         r.problem(p.rstrip("."), "expected a table")
         return None
-    r.unknown(t, p, {"id", "address", "admin", "weight"})
+    r.unknown(t, p, KEYS["cluster.nodes"])
     for req in ("id", "address"):
         if req not in t:
             r.problem(f"{p}{req}", "is required")
@@ -133,7 +157,7 @@ def _member(r: _Reader, t: Any, p: str) -> Member | None:
 def _cluster(r: _Reader, doc: dict[str, Any]) -> ClusterSettings | None:
     t = r.table(doc, "cluster")
     p = "cluster."
-    r.unknown(t, p, {"self", "nodes", "rise", "fall", "interval", "timeout", "dns", "dns_interval"})
+    r.unknown(t, p, KEYS["cluster"])
     raw_nodes = t.get("nodes", [])
     if not isinstance(raw_nodes, list):
         r.problem(f"{p}nodes", "expected [[cluster.nodes]] tables")
@@ -172,7 +196,7 @@ def _tokens(r: _Reader, admin: dict[str, Any], base: Path) -> tuple[Token, ...]:
         if not isinstance(t, dict):
             r.problem(p.rstrip("."), "expected a table")
             continue
-        r.unknown(t, p, {"name", "token", "token_file", "role", "sites"})
+        r.unknown(t, p, KEYS["admin.tokens"])
         secret = _secret(r, t, p, base)
         role = r.get(t, p, "role", str, "provider")
         if role not in ("operator", "provider"):
@@ -213,7 +237,7 @@ def _tls(r: _Reader, t: dict[str, Any], p: str, base: Path) -> TLSFiles | None:
     if not isinstance(raw, dict):
         r.problem(f"{p}tls", "expected a table with cert and key")
         return None
-    r.unknown(raw, f"{p}tls.", {"cert", "key"})
+    r.unknown(raw, f"{p}tls.", KEYS["tls"])
     paths = []
     for name in ("cert", "key"):
         value = raw.get(name)
@@ -243,7 +267,7 @@ def _sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
         if not isinstance(t, dict):
             r.problem(f"sites[{i}]", "expected a table")
             continue
-        r.unknown(t, p, {"name", "hosts", "origins", "key_query", "origin_host", "cache", "allow", "tls"})
+        r.unknown(t, p, KEYS["sites"])
         for req in ("name", "hosts", "origins"):
             if req not in t:
                 r.problem(f"{p}{req}", "is required")
@@ -273,27 +297,9 @@ def _sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
 def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     r = _Reader(source)
-    r.unknown(doc, "", {"server", "cache", "origin", "sites", "demo", "admin", "log", "cluster"})
+    r.unknown(doc, "", KEYS[""])
     server = r.table(doc, "server")
-    r.unknown(
-        server,
-        "server.",
-        {
-            "listen",
-            "workers",
-            "client_write_timeout",
-            "max_requests",
-            "max_connections",
-            "rate_limit",
-            "burst",
-            "fast_path",
-            "header_timeout",
-            "idle_timeout",
-            "disk_send",
-            "tls_listen",
-            "tls",
-        },
-    )
+    r.unknown(server, "server.", KEYS["server"])
     listen: tuple[Listen, ...] = r.get(
         server, "server.", "listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
     )
@@ -314,12 +320,12 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     )
     default_tls = _tls(r, server, "server.", base)
     demo = r.table(doc, "demo")
-    r.unknown(demo, "demo.", {"origin"})
+    r.unknown(demo, "demo.", KEYS["demo"])
     demo_origin = r.get(demo, "demo.", "origin", parse_listen, None)
     admin = r.table(doc, "admin")
-    r.unknown(admin, "admin.", {"listen", "tokens"})
+    r.unknown(admin, "admin.", KEYS["admin"])
     logs = r.table(doc, "log")
-    r.unknown(logs, "log.", {"access"})
+    r.unknown(logs, "log.", KEYS["log"])
     access = r.get(logs, "log.", "access", lambda v: Path(str(v)), None)
     cfg = Config(
         source=source,

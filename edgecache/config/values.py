@@ -97,7 +97,7 @@ class _Reader:
             return {}
         return value
 
-    def unknown(self, table: dict[str, Any], prefix: str, known: set[str]) -> None:
+    def unknown(self, table: dict[str, Any], prefix: str, known: frozenset[str]) -> None:
         for key in sorted(set(table) - known):
             shown = key if key.isprintable() and key.strip() else repr(key)
             self.problem(f"{prefix}{shown}", "unknown key")
