@@ -29,7 +29,7 @@ from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.epoch import Epoch
-from edgecache.storage.memory import LIMIT_FLOOR, MemoryTier, next_entries, next_limit
+from edgecache.storage.memory import LIMIT_FLOOR, MemoryTier, next_entries, next_limit, rss_slack
 from edgecache.storage.store import Store
 from edgecache.tls import Certificates
 
@@ -346,7 +346,7 @@ async def _bound_rss(store: Store, headroom: int) -> None:
             was_at_floor = tier.limit <= floor  # before this round: one reading must not cut both
             tier.set_limit(next_limit(tier.budget_bytes, tier.limit, reached, rss_limit))
             state = (was_at_floor, tier.limit >= tier.budget_bytes)
-            slack = tier.budget_bytes // 16
+            slack = rss_slack(tier.budget_bytes)
             store.set_meta_entries(next_entries(store.meta_entries, most, reached, rss_limit, slack, state))
         metrics.MEMORY_LIMIT.set(tier.limit)
 

@@ -1,4 +1,4 @@
-"""Cutting a single-range answer from a memoised whole-object answer (see FastPath._ranged): the Range line of
+"""Cutting a single-range answer from a memoised whole-object answer (see Decider._ranged): the Range line of
 a request head, and the 206 head made from the 200's."""
 
 from __future__ import annotations

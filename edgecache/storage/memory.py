@@ -14,6 +14,11 @@ from edgecache.storage.policy import EvictionPolicy, make_policy
 LIMIT_FLOOR = 0.5  # the RSS bound never takes the memory tier below this share of its budget
 
 
+def rss_slack(budget: int) -> int:
+    """How far under its RSS limit a worker must be before the bound gives memory back (no flapping at the line)."""
+    return budget // 16
+
+
 def next_limit(budget: int, limit: int, rss: int, rss_limit: int, floor: float = LIMIT_FLOOR) -> int:
     """The memory tier's next limit, from the process's RSS: over `rss_limit`, give up the excess (never below
     `floor` of the budget); comfortably under it (by 1/16 of the budget), take back what is free, up to the budget.
@@ -24,7 +29,7 @@ def next_limit(budget: int, limit: int, rss: int, rss_limit: int, floor: float =
     lowest = int(budget * floor)
     if rss > rss_limit:
         return max(lowest, limit - (rss - rss_limit))
-    slack = budget // 16
+    slack = rss_slack(budget)
     if rss < rss_limit - slack:
         return min(budget, limit + (rss_limit - slack - rss))
     return limit
