@@ -2,7 +2,8 @@
 expression of the Grafana dashboard and every alert rule's base expression returns data; promtool accepts
 the rules and the scrape configs.
 
-Needs Debian's `prometheus` package (/usr/bin/prometheus, /usr/bin/promtool): missing, these tests fail.
+Needs `prometheus` and `promtool` on PATH (Debian's `prometheus` package): scripts/test installs them where it
+can, and says what to do where it cannot; missing, these tests fail.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import pytest
 from tests.e2e.procs import ROOT, free_port
 from tests.origin import Origin
 
-PROMETHEUS = Path("/usr/bin/prometheus")
-PROMTOOL = Path("/usr/bin/promtool")
+PROMETHEUS = Path(shutil.which("prometheus") or "/usr/bin/prometheus")
+PROMTOOL = Path(shutil.which("promtool") or "/usr/bin/promtool")
 DASHBOARD = ROOT / "config" / "grafana" / "dashboard.json"
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
 SCRAPE_CONFIG = ROOT / "config" / "prometheus" / "prometheus.yml"
