@@ -1,5 +1,12 @@
 """The access log: one JSON line per request, written by a thread so the event loop only enqueues a string.
 
+A line is pure ASCII JSON: anything else, and the lone surrogates that stand for a client's non-UTF-8 bytes
+(aiohttp decodes heads with surrogateescape), is a \\u escape, so every request yields exactly one line any JSON
+reader can parse, and no value can make the writer fail to encode it. The queue holds at most `max_queued`
+lines: when the writer cannot keep up (a slow or stuck disk), later lines are dropped and counted
+(edgecache_access_log_dropped_total) rather than held in memory. A line the writer fails to write is counted
+the same way; the writer itself never stops before close().
+
 The writer follows logrotate by itself: when the file it writes is moved or deleted, it opens the path again
 (checked at most once a second, off the loop). SIGUSR1 forces a reopen for copy-truncate rotation.
 """
@@ -7,6 +14,7 @@ The writer follows logrotate by itself: when the file it writes is moved or dele
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
@@ -14,12 +22,31 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from edgecache import metrics
+
+log = logging.getLogger(__name__)
+
 _STOP = object()
+MAX_QUEUED = 16_384  # lines waiting for the writer (a few MiB); past it, lines are dropped and counted
+_BATCH = 1024
+
+
+def _text(value: object) -> str:
+    """json's fallback for values it has no form for: bytes keep every byte (as surrogates, then escaped)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def encode(record: dict[str, Any]) -> str:
+    """One log line for `record`: ASCII JSON, whatever its values hold."""
+    return json.dumps(record, separators=(",", ":"), default=_text)
 
 
 class AccessLog:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, max_queued: int = MAX_QUEUED) -> None:
         self.path = path
+        self.max_queued = max_queued
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._reopen = threading.Event()
         self._thread: threading.Thread | None = None
@@ -33,8 +60,13 @@ class AccessLog:
         return self._thread is not None
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._thread is not None:
-            self._queue.put(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+        if self._thread is None:
+            return
+        # One thread (the event loop's) puts lines, so checking the size first bounds the queue exactly.
+        if self._queue.qsize() >= self.max_queued:
+            metrics.ACCESS_LOG_DROPPED.inc()
+            return
+        self._queue.put(encode(record))
 
     def reopen(self) -> None:
         self._reopen.set()
@@ -51,26 +83,51 @@ class AccessLog:
         return f, os.fstat(f.fileno()).st_ino
 
     def _write_forever(self) -> None:
-        f, inode = self._open()
+        f: IO[str] | None = None
+        inode = 0
         checked = time.monotonic()
         try:
+            f, inode = self._open()  # before the first line: while it cannot be opened, lines wait in the queue
+        except Exception:
+            log.exception("access log: cannot open %s", self.path)
+        try:
             while True:
-                item = self._queue.get()
-                lines = [item]
-                while not self._queue.empty() and len(lines) < 1024:  # batch what is already waiting
+                lines = [self._queue.get()]
+                while not self._queue.empty() and len(lines) < _BATCH:  # batch what is already waiting
                     lines.append(self._queue.get_nowait())
-                if self._reopen.is_set() or time.monotonic() - checked > 1.0:
-                    checked = time.monotonic()
-                    if self._reopen.is_set() or self._moved(inode):
-                        self._reopen.clear()
-                        f.close()
-                        f, inode = self._open()
-                f.write("".join(f"{line}\n" for line in lines if line is not _STOP))
-                f.flush()
-                if _STOP in lines:
+                stop = _STOP in lines
+                text = [line for line in lines if isinstance(line, str)]
+                try:
+                    if f is None or self._reopen.is_set() or time.monotonic() - checked > 1.0:
+                        checked = time.monotonic()
+                        f, inode = self._current(f, inode)
+                    f.write("".join(f"{line}\n" for line in text))
+                    f.flush()
+                except Exception:  # a full disk, a bad path: lose these lines, not the writer
+                    log.exception("access log: %d lines not written to %s", len(text), self.path)
+                    metrics.ACCESS_LOG_DROPPED.inc(len(text))
+                    self._close(f)
+                    f = None
+                if stop:
                     return
         finally:
-            f.close()
+            self._close(f)
+
+    def _current(self, f: IO[str] | None, inode: int) -> tuple[IO[str], int]:
+        """The file to write to: `f`, unless a reopen is asked for or the path now names another file."""
+        if f is not None and not self._reopen.is_set() and not self._moved(inode):
+            return f, inode
+        self._reopen.clear()
+        self._close(f)
+        return self._open()
+
+    @staticmethod
+    def _close(f: IO[str] | None) -> None:
+        if f is not None:
+            try:
+                f.close()
+            except OSError:  # its buffered lines are lost with it; the next batch opens the path again
+                log.exception("access log: closing failed")
 
     def _moved(self, inode: int) -> bool:
         assert self.path is not None

@@ -86,3 +86,6 @@ DISK_CORRUPT = Counter(
 REJECTED_CONNECTIONS = Counter(
     "edgecache_rejected_connections_total", "Connections answered 503 at once: max_connections were open"
 )
+ACCESS_LOG_DROPPED = Counter(
+    "edgecache_access_log_dropped_total", "Access-log lines dropped: the writer's queue was full, or writing failed"
+)

@@ -1,9 +1,14 @@
-"""The access log writer: lines in order, rotation followed (move, and SIGUSR1-style reopen)."""
+"""The access log writer: lines in order, rotation followed (move, and SIGUSR1-style reopen), any bytes
+encoded, a bounded queue, and a writer that outlives a failing write."""
 
 from __future__ import annotations
 
 import json
+import os
+import tracemalloc
 from pathlib import Path
+
+from prometheus_client import REGISTRY
 
 from edgecache.accesslog import AccessLog
 
@@ -30,3 +35,61 @@ def test_disabled_log_writes_nothing(tmp_path: Path) -> None:
     log.reopen()
     log.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def _dropped() -> float:
+    return REGISTRY.get_sample_value("edgecache_access_log_dropped_total") or 0.0
+
+
+def test_any_bytes_give_one_parseable_line(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(path)
+    odd = 'bytes=\udcff-\udc80\u2028\n"é'  # a client's non-UTF-8 bytes, as aiohttp's surrogateescape decodes them
+    log.write({"range": odd})
+    log.write({"range": b"\xff\x00ok"})
+    log.write({"i": "after"})
+    log.close()
+    raw = path.read_bytes()
+    assert raw.isascii()
+    lines = raw.split(b"\n")
+    assert lines[-1] == b""
+    assert [json.loads(line) for line in lines[:-1]] == [
+        {"range": odd},
+        {"range": "\udcff\x00ok"},
+        {"i": "after"},
+    ]
+
+
+def test_queue_is_bounded_while_the_writer_is_blocked(tmp_path: Path) -> None:
+    """A writer that cannot write (here: a FIFO nobody reads yet) holds at most max_queued lines; the rest are
+    dropped and counted, and memory stays flat however many more come."""
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    log = AccessLog(fifo, max_queued=100)  # the writer blocks opening the FIFO, before taking any line
+    before = _dropped()
+    for i in range(150):
+        log.write({"i": i})
+    assert _dropped() - before == 50
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(150, 50_150):
+            log.write({"i": i, "path": "/x" * 50})
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024
+    assert _dropped() - before == 50_050
+    with open(fifo, "rb") as reader:  # the writer's open completes: it drains the queue, then stops on close()
+        log.close()
+        lines = reader.read().splitlines()
+    assert [json.loads(line)["i"] for line in lines] == list(range(100))
+
+
+def test_a_failing_write_loses_its_lines_not_the_writer() -> None:
+    log = AccessLog(Path("/dev/full"))  # every write fails: no space left on the device
+    before = _dropped()
+    for i in range(3):
+        log.write({"i": i})
+    log.close()
+    assert _dropped() - before == 3  # each line was taken, failed and counted: the writer went on to the end
