@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("ring", help="which nodes own a URL, in failover order, and which are up")
     r.add_argument("url", help="e.g. http://video.example/v/123.mp4")
     r.add_argument("--config", type=Path, help=f"TOML config (default: {DEFAULT_CONFIG})")
+    r.add_argument("--token", help="bearer token for the admin listener (default: $EDGECACHE_TOKEN)")
     pu = sub.add_parser("purge", help="purge a URL, a directory prefix or a site on every node (admin API)")
     what = pu.add_mutually_exclusive_group(required=True)
     what.add_argument("url", nargs="?", help="http://host/path: every variant and slice of it")
@@ -132,6 +133,7 @@ def _purge(args: argparse.Namespace) -> int:
 def _ring(args: argparse.Namespace) -> int:
     """Ask the node's admin listener (live health); without one, compute the order from the config alone."""
     import json
+    import os
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -139,8 +141,12 @@ def _ring(args: argparse.Namespace) -> int:
     config = cfg.load(args.config or DEFAULT_CONFIG)
     if config.admin is not None:
         query = urllib.parse.urlencode({"url": args.url})
+        token = args.token or os.environ.get("EDGECACHE_TOKEN", "")
+        ask = urllib.request.Request(
+            f"http://{config.admin}/ring?{query}", headers={"Authorization": f"Bearer {token}"}
+        )
         try:
-            with urllib.request.urlopen(f"http://{config.admin}/ring?{query}", timeout=5) as resp:
+            with urllib.request.urlopen(ask, timeout=5) as resp:
                 answer = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             answer = json.loads(exc.read() or b"{}")

@@ -1,4 +1,8 @@
-"""The admin listener: metrics and health now; purge and prefetch APIs join it. Never on the client port."""
+"""The admin listener: metrics, health, ring, purge and prefetch APIs. Never on the client port.
+
+Every route but auth.PUBLIC needs a bearer token (auth.guard). Admin input is client input: a URL that does
+not parse, or one no site has, is a 4xx with a reason, never a 500.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,22 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from edgecache import metrics
+from edgecache.admin.auth import guard
+from edgecache.config import Token
+from edgecache.core.keys import BadTarget
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def admin_app(
     ready: Callable[[], tuple[bool, str]],
+    tokens: Callable[[], tuple[Token, ...]],
     ring: Callable[[str], dict[str, object]] | None = None,
     purge: Handler | None = None,
     routes: list[web.RouteDef] | None = None,
 ) -> web.Application:
+    """`tokens` gives the running config's tokens, so a reload (SIGHUP) changes them at once."""
+
     async def get_metrics(request: web.Request) -> web.Response:
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
@@ -32,10 +42,14 @@ def admin_app(
         url = request.query.get("url")
         if not url or ring is None:
             return web.json_response({"error": "give ?url=http://host/path"}, status=400)
-        answer = ring(url)
+        try:
+            answer = ring(url)
+        except (BadTarget, ValueError) as exc:  # ValueError: urlsplit of an unclosed IPv6 bracket
+            return web.json_response({"url": url, "error": f"not a URL this node can key: {exc}"}, status=400)
         return web.json_response(answer, status=404 if "error" in answer else 200)
 
-    app = web.Application(client_max_size=1024 * 1024)  # larger bodies get 413 before any parsing
+    # Larger bodies get 413 before any parsing.
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[guard(tokens)])
     app.router.add_get("/ring", ring_lookup)
     if purge is not None:
         app.router.add_post("/purge", purge)

@@ -1,16 +1,23 @@
 """Bearer tokens for the admin API: 401 without a valid one, 403 for another provider's site.
 
-Every configured secret is compared, in constant time, so neither the answer nor its timing says which token
-came close. Tokens are never logged; their names are.
+Every route needs a token except PUBLIC, which load balancers and Prometheus reach without one; the check is
+a middleware, so a route added later is covered without a line of its own. Every configured secret is
+compared, in constant time, so neither the answer nor its timing says which token came close. Tokens are never
+logged; their names are.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from edgecache.config import Token
+
+PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
+TOKEN = web.RequestKey("token", Token)
 
 
 def authenticate(request: web.Request, tokens: tuple[Token, ...]) -> Token:
@@ -23,7 +30,8 @@ def authenticate(request: web.Request, tokens: tuple[Token, ...]) -> Token:
             headers={"WWW-Authenticate": 'Bearer realm="edgecache"'},
         )
     found: Token | None = None
-    given = presented.strip().encode()
+    # The header's bytes came in as UTF-8 with surrogate escapes: any bytes encode back, none raise.
+    given = presented.strip().encode("utf-8", "surrogateescape")
     for token in tokens:
         if hmac.compare_digest(given, token.secret.encode()) and found is None:
             found = token
@@ -34,6 +42,24 @@ def authenticate(request: web.Request, tokens: tuple[Token, ...]) -> Token:
             headers={"WWW-Authenticate": 'Bearer realm="edgecache", error="invalid_token"'},
         )
     return found
+
+
+def guard(tokens: Callable[[], tuple[Token, ...]]) -> Middleware:
+    """Every request but those for PUBLIC routes is authenticated before its handler runs (unknown paths too)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        if resource is None or resource.canonical not in PUBLIC:
+            request[TOKEN] = authenticate(request, tokens())
+        return await handler(request)
+
+    return check
+
+
+def token_of(request: web.Request) -> Token:
+    """The token guard() found for this request."""
+    return request[TOKEN]
 
 
 def authorize(token: Token, site: str) -> None:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from edgecache.admin.auth import authenticate, authorize
+from edgecache.admin.auth import authorize, token_of
 from edgecache.admin.jobs import Job, JobRunner
 from edgecache.config import Config, Token, parse_size
 from edgecache.core.route import Router, normalise_host
@@ -54,7 +54,7 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
             start, end = str(window["start"]), str(window["end"])
             datetime.time.fromisoformat(start), datetime.time.fromisoformat(end)
             out["window"] = (start, end)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:  # OverflowError: JSON's 1e999 is infinity
         raise _bad(f"bad option: {exc}") from exc
     renditions = opts.get("renditions", [])
     if isinstance(renditions, str):
@@ -79,7 +79,10 @@ def _check_urls(urls: list[Any], config: Config, token: Token) -> list[str]:
     for i, url in enumerate(urls):
         if not isinstance(url, str):
             raise _bad(f"item {i} is not a string")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # an unclosed IPv6 bracket
+            raise _bad(f"item {i}: {url[:200]!r} is not a URL") from None
         host = normalise_host(parts.netloc)
         site = router.match(host) if host and parts.scheme in ("http", "https") else None
         if site is None:
@@ -92,20 +95,20 @@ def _check_urls(urls: list[Any], config: Config, token: Token) -> list[str]:
 def prefetch_routes(current: Callable[[], Config], runner: JobRunner) -> list[web.RouteDef]:
     async def create(request: web.Request) -> web.Response:
         config = current()
-        token = authenticate(request, config.tokens)
+        token = token_of(request)
         urls, opts = await _read(request)
         job = await runner.submit(Job(id="", owner=token.name, urls=_check_urls(urls, config, token), **_options(opts)))
         return web.json_response(job.view(), status=202)
 
     async def show(request: web.Request) -> web.Response:
-        token = authenticate(request, current().tokens)
+        token = token_of(request)
         job = runner.jobs.get(request.match_info["id"])
         if job is None or (token.role != "operator" and job.owner != token.name):
             raise web.HTTPNotFound(text='{"error": "no such job"}\n', content_type="application/json")
         return web.json_response(job.view())
 
     async def listing(request: web.Request) -> web.Response:
-        token = authenticate(request, current().tokens)
+        token = token_of(request)
         jobs = [j.view() for j in runner.jobs.values() if token.role == "operator" or j.owner == token.name]
         return web.json_response(jobs)
 

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from edgecache import metrics
-from edgecache.admin.auth import authenticate, authorize
+from edgecache.admin.auth import authorize, token_of
 from edgecache.config import Config, Site, Token
 from edgecache.core.keys import BadTarget, make_key
 from edgecache.core.route import Router, normalise_host
@@ -56,7 +56,10 @@ def parse_order(body: Any, sites: tuple[Site, ...]) -> PurgeOrder:
         if site is None:
             raise _bad(f"no site named {value!r}")
         return PurgeOrder(site, "site", soft=soft)
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # an unclosed IPv6 bracket
+        raise _bad(f"{kind} is not a URL: {exc}") from exc
     host = normalise_host(parts.netloc)
     if parts.scheme not in ("http", "https") or host is None:
         raise _bad(f"{kind} must be an absolute http(s) URL")
@@ -107,7 +110,7 @@ def purge_handler(current: Callable[[], Config], store: Store) -> Any:
 
     async def handle(request: web.Request) -> web.Response:
         config = current()
-        token: Token = authenticate(request, config.tokens)
+        token: Token = token_of(request)
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError) as exc:

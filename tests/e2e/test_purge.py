@@ -64,7 +64,13 @@ async def cluster(origin: Origin, tmp_path: Path) -> AsyncIterator[list[Node]]:
             stack.push_async_callback(jobs.close)
             current = lambda c=cfg: c  # noqa: E731
             purger = purge_handler(current, edge.node.store)
-            app = admin_app(edge.node.ready, edge.node.handler.ring_view, purger, prefetch_routes(current, jobs))
+            app = admin_app(
+                edge.node.ready,
+                lambda c=cfg: c.tokens,
+                edge.node.handler.ring_view,
+                purger,
+                prefetch_routes(current, jobs),
+            )
             runner = web.AppRunner(app)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", admins[i]).start()

@@ -1,0 +1,146 @@
+"""Every admin route needs a token (but the public ones), and no bytes in any admin input give a 5xx.
+
+The routes are read from the admin app's own router, so a route added later is walked without a line here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+from edgecache.admin.auth import PUBLIC
+from tests.e2e.adminkit import OPERATOR, VIDEOS, AdminNode, admin_node, node_config
+from tests.origin import Origin
+
+SEED = 1313
+CASES_PER_ROUTE = 60
+
+
+def routes(node: AdminNode) -> list[tuple[str, str]]:
+    """(method, path) of every registered route, each {placeholder} filled in."""
+    found = []
+    for route in node.app.router.routes():
+        assert route.resource is not None
+        path = re.sub(r"\{[^}]*\}", "some-id", route.resource.canonical)
+        found.append((route.method, path))
+    assert len(found) >= 8, found  # ring, purge, prefetch x4, metrics, healthz, readyz (with their HEADs)
+    return found
+
+
+async def raw(node: AdminNode, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """One request as exact bytes over a fresh connection; the status and the whole answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
+    assert m is not None, answer[:200]
+    return int(m.group(1)), answer
+
+
+def request(method: str, path: bytes, *headers: bytes) -> bytes:
+    return method.encode() + b" " + path + b" HTTP/1.1\r\nHost: admin\r\n" + b"".join(h + b"\r\n" for h in headers)
+
+
+async def test_every_route_but_the_public_ones_needs_a_token(origin: Origin, tmp_path: Path) -> None:
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        for method, path in routes(node):
+            p = path.encode()
+            no_token = await raw(node, request(method, p))
+            wrong = await raw(node, request(method, p, b"Authorization: Bearer not-the-token-at-all"))
+            odd = await raw(node, request(method, p, b"Authorization: Bearer \xff\xfe" + OPERATOR.encode()[2:]))
+            if path in PUBLIC:
+                assert no_token[0] in (200, 503), (method, path, no_token)
+                continue
+            for status, answer in (no_token, wrong, odd):
+                assert status == 401, (method, path, answer[:300])
+                assert b"WWW-Authenticate: Bearer" in answer
+        # The ring answers with a token, and never without one.
+        assert (await raw(node, request("GET", b"/ring?url=http://video.test/a")))[0] == 401
+        status, answer = await raw(
+            node, request("GET", b"/ring?url=http://video.test/a", b"Authorization: Bearer " + OPERATOR.encode())
+        )
+        assert status == 200, answer
+        assert sum(origin.hits.values()) == 0
+
+
+ODD = [
+    "\x00", "%00", "%", "%zz", "\u00ff", "\ud800", "..", "//", "\\", "[", "http://[::1", "http://video.test:99999/",
+    "http://video.test/%00/", "http://video.test/a b/", "http://video.test/\x7f", "\t", "\r", "{", "'", '"',
+    "http://video.test/" + "a" * 9000, "http://@/", "http://video.test/../../x/", "9" * 400, "-1", "1e9999",
+]  # fmt: skip
+
+
+def odd_url(rng: random.Random) -> str:
+    """Mostly URLs of the configured site with odd pieces in them, sometimes not URLs at all."""
+    start = rng.choice(["http://video.test/", "http://video.test/", "https://video.test:", "http://[", "http://", ""])
+    return start + "".join(rng.choice(ODD) for _ in range(rng.randrange(1, 3)))
+
+
+def odd_value(rng: random.Random) -> object:
+    """A JSON value of any shape, often a string made of odd pieces."""
+    shape = rng.randrange(8)
+    if shape == 0:
+        return rng.choice([None, True, False, 0, -1, 2**70, 1.5, float("1e308"), float("inf"), float("nan")])
+    if shape == 1:
+        return [odd_value(rng) for _ in range(rng.randrange(3))]
+    if shape == 2:
+        return {rng.choice(["url", "urls", "prefix", "site", "soft", "window"]): odd_value(rng)}
+    return "".join(rng.choice(ODD) for _ in range(rng.randrange(1, 4)))
+
+
+def odd_body(rng: random.Random) -> bytes:
+    keys = ["url", "prefix", "site", "soft", "local", "urls", "concurrency", "bandwidth", "window", "priority",
+            "renditions", "window_start", "window_end"]  # fmt: skip
+    shape = rng.randrange(7)
+    if shape == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+    if shape == 1:
+        return json.dumps([odd_value(rng) for _ in range(rng.randrange(4))]).encode()
+    body = {k: odd_value(rng) for k in rng.sample(keys, rng.randrange(1, 4))}
+    if shape == 2:
+        body["urls"] = [rng.choice(ODD), "http://video.test/fuzz"]
+    if shape >= 3:
+        body = {rng.choice(["url", "prefix"]): odd_url(rng), "urls": [odd_url(rng)], **dict(list(body.items())[:1])}
+    return json.dumps(body).encode("utf-8", "surrogatepass")
+
+
+def odd_bytes(rng: random.Random) -> bytes:
+    pieces = [b"\x00", b"%00", b"%", b"%ff", b"\xff", b"\xc3(", b"\x80", b"'", b"..", b"/", b"?", b"&", b"=", b"\x7f"]
+    return b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 5)))
+
+
+async def test_odd_bytes_in_any_admin_input_never_give_a_5xx(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/fuzz", b"fuzz")
+    rng = random.Random(SEED)
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        for method, path in routes(node):
+            for _ in range(CASES_PER_ROUTE):
+                target = path.encode()
+                headers = [b"Authorization: Bearer " + rng.choice([OPERATOR, VIDEOS]).encode()]
+                what = rng.randrange(4)
+                if what == 0:
+                    target += odd_bytes(rng)
+                elif what == 1:
+                    query = rng.choice([b"url=", b"url=", b"priority=", b"window_start=", b""])
+                    url = quote(odd_url(rng), "/:", errors="surrogatepass").encode()
+                    target += b"?" + query + rng.choice([odd_bytes(rng), url])
+                elif what == 2:
+                    headers.append(
+                        rng.choice([b"Content-Type: ", b"X-Odd: ", b"Authorization: Bearer "]) + odd_bytes(rng)
+                    )
+                body = odd_body(rng) if method in ("POST", "DELETE") else b""
+                if body and rng.random() < 0.8:
+                    headers.append(b"Content-Type: application/json")
+                status, answer = await raw(node, request(method, target, *headers), body)
+                assert status < 500 or (path == "/readyz" and status == 503), (method, target, body, answer[:400])
+                assert b"Traceback" not in answer, answer[:400]
+        await node.jobs.close()
