@@ -258,7 +258,7 @@ async def _start_admin(node: Node) -> web.AppRunner | None:
 
     listen = node.config.listen[0]
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
-    jobs = JobRunner(node.store.disk, f"http://{host}:{listen.port}")
+    jobs = JobRunner(node.store.disk, f"http://{host}:{listen.port}", node.config.job_retention, node.config.max_jobs)
     await jobs.start()
     purge = purge_handler(lambda: node.config, node.store)
     routes = prefetch_routes(lambda: node.config, jobs)

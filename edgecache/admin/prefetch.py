@@ -1,4 +1,5 @@
-"""POST /prefetch (a JSON body, or newline-separated URLs with options in the query), GET /prefetch/{id}."""
+"""POST /prefetch (a JSON body, or newline-separated URLs with options in the query), GET /prefetch[/{id}],
+DELETE /prefetch/{id} (cancel and forget). A job past the runner's bounds is refused with 429 and the reason."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
-from edgecache.admin.jobs import Job, JobRunner
+from edgecache.admin.jobs import Job, JobRunner, JobsFull
 from edgecache.config import Config, Token, parse_size
 from edgecache.core.route import Router, normalise_host
-
-MAX_URLS = 100_000
 
 
 def _bad(message: str) -> web.HTTPBadRequest:
@@ -69,11 +68,11 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_urls(urls: list[Any], config: Config, token: Token) -> list[str]:
+def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: int) -> list[str]:
     if not urls:
         raise _bad("no URLs")
-    if len(urls) > MAX_URLS:
-        raise _bad(f"at most {MAX_URLS} URLs per job")
+    if len(urls) > max_urls:
+        raise _bad(f"at most {max_urls} URLs per job")
     router = Router((s.hosts, s) for s in config.sites)
     checked = []
     for i, url in enumerate(urls):
@@ -97,19 +96,40 @@ def prefetch_routes(current: Callable[[], Config], runner: JobRunner) -> list[we
         config = current()
         token = token_of(request)
         urls, opts = await _read(request)
-        job = await runner.submit(Job(id="", owner=token.name, urls=_check_urls(urls, config, token), **_options(opts)))
+        checked = _check_urls(urls, config, token, runner.max_urls)
+        try:
+            job = await runner.submit(Job(id="", owner=token.name, urls=checked, **_options(opts)))
+        except JobsFull as exc:
+            raise web.HTTPTooManyRequests(
+                text=json.dumps({"error": str(exc)}) + "\n", content_type="application/json"
+            ) from exc
         return web.json_response(job.view(), status=202)
 
-    async def show(request: web.Request) -> web.Response:
+    def _find(request: web.Request) -> Job:
+        """The job named in the path, if this token may see it (another provider's job is not said to exist)."""
         token = token_of(request)
         job = runner.jobs.get(request.match_info["id"])
         if job is None or (token.role != "operator" and job.owner != token.name):
             raise web.HTTPNotFound(text='{"error": "no such job"}\n', content_type="application/json")
-        return web.json_response(job.view())
+        return job
+
+    async def show(request: web.Request) -> web.Response:
+        return web.json_response(_find(request).view())
+
+    async def delete(request: web.Request) -> web.Response:
+        job = _find(request)
+        state = job.state
+        await runner.delete(job.id)
+        return web.json_response({"deleted": job.id, "state": state})
 
     async def listing(request: web.Request) -> web.Response:
         token = token_of(request)
         jobs = [j.view() for j in runner.jobs.values() if token.role == "operator" or j.owner == token.name]
         return web.json_response(jobs)
 
-    return [web.post("/prefetch", create), web.get("/prefetch", listing), web.get("/prefetch/{id}", show)]
+    return [
+        web.post("/prefetch", create),
+        web.get("/prefetch", listing),
+        web.get("/prefetch/{id}", show),
+        web.delete("/prefetch/{id}", delete),
+    ]

@@ -76,7 +76,7 @@ KEYS: dict[str, frozenset[str]] = {
         "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
         "cluster": "self nodes rise fall interval timeout dns dns_interval",
         "cluster.nodes": "id address admin weight",
-        "admin": "listen tokens",
+        "admin": "listen tokens job_retention max_jobs",
         "admin.tokens": "name token token_file role sites",
         "demo": "origin",
         "log": "access",
@@ -350,6 +350,8 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         access_log=access if access is None or access.is_absolute() else base / access,
         cluster=_cluster(r, doc) if "cluster" in doc else None,
         tokens=_tokens(r, admin, base),
+        job_retention=r.get(admin, "admin.", "job_retention", _seconds, 86400.0),
+        max_jobs=r.get(admin, "admin.", "max_jobs", _positive(int), 1000),
     )
     if cfg.tls_listen and cfg.tls is None and not any(s.tls for s in cfg.sites):
         r.problem("server.tls_listen", "needs a certificate: [server.tls] or a [sites.tls] table")

@@ -115,4 +115,6 @@ class Config:
     access_log: Path | None = None
     cluster: ClusterSettings | None = None
     tokens: tuple[Token, ...] = ()
+    job_retention: float = 86400.0  # seconds a finished prefetch job stays listed (and on disk)
+    max_jobs: int = 1000  # prefetch jobs kept, in any state; a new one past this gets 429
     extra: dict[str, Any] = field(default_factory=dict)

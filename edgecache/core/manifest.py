@@ -12,7 +12,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 _URI_ATTR = re.compile(r'URI="([^"]*)"')
 
@@ -193,3 +193,23 @@ def parse_dash(text: str, base: str, representations: frozenset[str] = frozenset
                 if len(urls) > MAX_SEGMENTS:
                     return None
     return tuple(dict.fromkeys(urls))
+
+
+def expand(url: str, body: bytes, representations: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The URLs a manifest at `url` names on its own host (never another: a manifest is the origin's word), in
+    order, each once. Linear in the manifest's size; never raises."""
+    text = body.decode("utf-8", "replace")
+    if urlsplit(url).path.endswith(".mpd"):
+        found: tuple[str, ...] = parse_dash(text, url, representations) or ()
+    else:
+        playlist = parse_hls(text, url)
+        found = (*playlist.variants, *playlist.segments) if playlist is not None else ()
+    host = urlsplit(url).netloc
+    return tuple(dict.fromkeys(u for u in found if _netloc(u) == host))
+
+
+def _netloc(url: str) -> str | None:
+    try:
+        return urlsplit(url).netloc
+    except ValueError:
+        return None

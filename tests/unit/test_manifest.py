@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgecache.core.manifest import Playlist, parse_hls
+from edgecache.admin.jobs import Job, JobRunner
+from edgecache.core.manifest import Playlist, expand, parse_hls
+from edgecache.storage.disk import DiskTier
 
 MASTER = """#EXTM3U
 #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aud",NAME="en",URI="audio/en.m3u8"
@@ -114,3 +118,42 @@ def test_dash_never_raises(text: str) -> None:
     from edgecache.core.manifest import parse_dash
 
     parse_dash(text, "http://video.test/a.mpd")
+
+
+def test_expand_keeps_its_own_host_each_url_once() -> None:
+    body = b"#EXTM3U\n#EXTINF:6,\na.ts\n#EXTINF:6,\na.ts\n#EXTINF:6,\nhttp://evil.test/b.ts\n#EXTINF:6,\n//[x\n"
+    assert expand("http://video.test/v/index.m3u8", body) == ("http://video.test/v/a.ts",)
+    assert expand("http://video.test/v/index.m3u8", b"\xff\xfe not a playlist") == ()
+
+
+class CostedList(list[str]):
+    """A job's URL list that charges each membership test what a list pays for it: one look per element."""
+
+    cost = 0
+
+    def __contains__(self, item: object) -> bool:
+        CostedList.cost += len(self)
+        return super().__contains__(item)
+
+
+def test_expanding_a_large_ladder_is_linear(tmp_path: Path) -> None:
+    """8 renditions of 3,000 segments each (the ladder that stalled worker 0's hits for 1.25 s): admitting them
+    into a job costs a bounded number of looks per URL, not a look at every URL already in the job."""
+    renditions, segments = 8, 3000
+    disk = DiskTier(tmp_path / "d", 2**20)
+    try:
+        runner = JobRunner(disk, "http://127.0.0.1:1")
+        job = Job(id="j", owner="ops", urls=CostedList(["http://video.test/master.m3u8"]))
+        CostedList.cost = 0
+        added = 0
+        for r in range(renditions):
+            media = "#EXTM3U\n" + "".join(f"#EXTINF:6,\nseg{i}.ts\n" for i in range(segments))
+            found = expand(f"http://video.test/{r}/index.m3u8", media.encode())
+            assert len(found) == segments
+            added += len(runner._admit(job, found))
+        assert added == renditions * segments
+        assert len(job.urls) == 1 + renditions * segments
+        assert CostedList.cost <= 4 * len(job.urls), CostedList.cost  # a list scan per URL would be ~2.9e8
+        assert runner._admit(job, found) == []  # the same segments again add nothing
+    finally:
+        disk.close()

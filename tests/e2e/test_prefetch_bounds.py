@@ -1,0 +1,165 @@
+"""Prefetch jobs are bounded (retention, a count, DELETE), follow no redirect, and expand manifests off the loop
+within max_urls; all through the real admin API of a real edge."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import edgecache.admin.jobs
+import edgecache.core.manifest
+from edgecache.admin.jobs import JobRunner
+from tests.e2e.adminkit import AdminNode, admin_node, node_config
+from tests.origin import Origin
+
+
+def closed_window() -> dict[str, str]:
+    now = datetime.datetime.now()
+    return {
+        "start": (now + datetime.timedelta(hours=2)).strftime("%H:%M"),
+        "end": (now + datetime.timedelta(hours=3)).strftime("%H:%M"),
+    }
+
+
+async def submit(node: AdminNode, body: object) -> tuple[int, dict[str, object]]:
+    status, answer = await node.call("POST", "/prefetch", json=body)
+    assert isinstance(answer, dict)
+    return status, answer
+
+
+async def test_finished_jobs_are_forgotten_after_the_retention_time(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/a", b"a")
+    async with admin_node(node_config(origin, tmp_path / "c"), keep=3600.0) as node:
+        status, job = await submit(node, ["http://video.test/a"])
+        assert status == 202
+        job_id = str(job["id"])
+        assert (await node.finished(job_id))["state"] == "done"
+        disk = node.edge.node.store.disk
+        await node.jobs.prune(time.time() + 3500)
+        assert (await node.call("GET", f"/prefetch/{job_id}"))[0] == 200
+        await node.jobs.prune(time.time() + 3601)
+        assert (await node.call("GET", f"/prefetch/{job_id}"))[0] == 404
+        assert (await node.call("GET", "/prefetch"))[1] == []
+        assert await disk.get(f"job:{job_id}") is None
+        assert await disk.get("jobs-index") == b"[]"
+        again = JobRunner(disk, node.edge.url)
+        await again.start()
+        try:
+            assert again.jobs == {}
+        finally:
+            await again.close()
+        assert origin.hits["/a"] == 1
+
+
+async def test_retention_zero_forgets_a_job_once_it_is_done(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/a", b"a")
+    async with admin_node(node_config(origin, tmp_path / "c"), keep=0.0, max_jobs=1) as node:
+        _, job = await submit(node, ["http://video.test/a"])
+        await asyncio.wait_for(node.jobs._tasks[str(job["id"])], 60)
+        status, second = await submit(node, ["http://video.test/a"])  # the first no longer takes a place
+        assert status == 202, second
+        assert [j["id"] for j in (await node.call("GET", "/prefetch"))[1]] == [second["id"]]  # type: ignore[index]
+
+
+async def test_jobs_past_the_bound_are_refused_until_one_is_deleted(origin: Origin, tmp_path: Path) -> None:
+    async with admin_node(node_config(origin, tmp_path / "c"), max_jobs=2) as node:
+        body = {"urls": ["http://video.test/later"], "window": closed_window()}
+        first, second = [(await submit(node, body))[1]["id"] for _ in range(2)]
+        status, answer = await submit(node, body)
+        assert status == 429
+        assert "2 prefetch jobs are kept (at most 2)" in str(answer["error"])
+        assert len(node.jobs.jobs) == 2
+        status, gone = await node.call("DELETE", f"/prefetch/{first}")
+        assert (status, gone) == (200, {"deleted": first, "state": "waiting-window"})
+        status, third = await submit(node, body)
+        assert status == 202
+        assert sorted(node.jobs.jobs) == sorted([str(second), str(third["id"])])
+        assert (await node.call("DELETE", f"/prefetch/{first}"))[0] == 404
+    assert sum(origin.hits.values()) == 0
+
+
+async def test_delete_cancels_a_running_job_and_forgets_it(origin: Origin, tmp_path: Path) -> None:
+    for i in range(3):
+        origin.put(f"/slow/{i}", b"s" * 1000)
+    origin.gate = asyncio.Event()  # the origin holds its answers: the job is running, mid-fetch
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        _, job = await submit(node, {"urls": [f"http://video.test/slow/{i}" for i in range(3)], "concurrency": 1})
+        job_id = str(job["id"])
+        await origin.wait_for_requests(1)
+        task = node.jobs._tasks[job_id]
+        status, answer = await node.call("DELETE", f"/prefetch/{job_id}")
+        assert (status, answer) == (200, {"deleted": job_id, "state": "running"})
+        assert task.cancelled()
+        assert (await node.call("GET", f"/prefetch/{job_id}"))[0] == 404
+        assert await node.edge.node.store.disk.get(f"job:{job_id}") is None
+        origin.gate.set()
+        assert (origin.hits["/slow/0"], origin.hits["/slow/1"], origin.hits["/slow/2"]) == (1, 0, 0)
+
+
+async def test_a_redirect_is_never_followed(origin: Origin, tmp_path: Path) -> None:
+    internal = Origin()  # an address inside the network that no configured site names
+    await internal.start()
+    try:
+        internal.put("/secret", b"internal only")
+        origin.put("/r", b"", status=302, headers={"Location": f"{internal.url}/secret", "Cache-Control": "no-store"})
+        origin.put("/same", b"", status=301, headers={"Location": "http://video.test/a", "Cache-Control": "no-store"})
+        origin.put("/a", b"a")
+        async with admin_node(node_config(origin, tmp_path / "c")) as node:
+            _, job = await submit(node, ["http://video.test/r", "http://video.test/same"])
+            view = await node.finished(str(job["id"]))
+        assert internal.hits == {}
+        assert (view["done"], view["fetched"], view["failed"]) == (2, 0, {"status 302": 1, "status 301": 1})
+        assert (origin.hits["/r"], origin.hits["/same"], origin.hits["/a"]) == (1, 1, 0)
+    finally:
+        await internal.stop()
+
+
+def ladder(origin: Origin, segments: int) -> None:
+    origin.put("/hls/master.m3u8", b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nlow/index.m3u8\n"
+               b"#EXT-X-STREAM-INF:BANDWIDTH=2\nhigh/index.m3u8\n")  # fmt: skip
+    for r in ("low", "high"):
+        media = '#EXTM3U\n#EXT-X-MAP:URI="init.mp4"\n' + "".join(f"#EXTINF:6,\nseg{i}.m4s\n" for i in range(segments))
+        origin.put(f"/hls/{r}/index.m3u8", media.encode())
+        for name in ["init.mp4", *(f"seg{i}.m4s" for i in range(segments))]:
+            origin.put(f"/hls/{r}/{name}", f"{r}/{name}".encode())
+
+
+async def test_expansion_stops_at_max_urls_and_counts_the_rest(origin: Origin, tmp_path: Path) -> None:
+    ladder(origin, 8)  # 1 master + 2 media playlists + 2 x (init + 8 segments) = 21 URLs
+    async with admin_node(node_config(origin, tmp_path / "c"), max_urls=10) as node:
+        _, job = await submit(node, {"urls": ["http://video.test/hls/master.m3u8"], "concurrency": 1})
+        view = await node.finished(str(job["id"]))
+        # One at a time, in order: master, low, high, then low's 9 of which 7 fit; high's 9 find no room.
+        assert (view["total"], view["fetched"], view["dropped"]) == (10, 10, 11)
+        fetched = ["init.mp4", *(f"seg{i}.m4s" for i in range(6))]
+        assert [origin.hits[f"/hls/low/{n}"] for n in fetched] == [1] * 7
+        assert origin.hits["/hls/low/seg6.m4s"] + origin.hits["/hls/low/seg7.m4s"] == 0
+        assert sum(origin.hits[f"/hls/high/{n}"] for n in ["init.mp4", *(f"seg{i}.m4s" for i in range(8))]) == 0
+        status, answer = await submit(node, [f"http://video.test/{i}" for i in range(11)])
+        assert (status, answer) == (400, {"error": "at most 10 URLs per job"})
+
+
+async def test_manifests_are_parsed_off_the_loop(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ladder(origin, 2)
+    threads: list[threading.Thread] = []
+    real = edgecache.core.manifest.parse_hls
+
+    def spy(text: str, base: str) -> edgecache.core.manifest.Playlist | None:
+        threads.append(threading.current_thread())
+        return real(text, base)
+
+    monkeypatch.setattr(edgecache.core.manifest, "parse_hls", spy)
+    monkeypatch.setattr(edgecache.admin.jobs, "parse_hls", spy, raising=False)
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        _, job = await submit(node, ["http://video.test/hls/master.m3u8"])
+        view = await node.finished(str(job["id"]))
+        assert (view["total"], view["fetched"]) == (1 + 2 + 2 * 3, 9)
+    assert len(threads) == 3
+    assert threading.main_thread() not in threads
