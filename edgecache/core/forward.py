@@ -1,15 +1,24 @@
-"""What the edge sends forward: the request fields an origin (or peer) gets, and the Via we add."""
+"""What the edge sends forward: the exact request an origin (or peer) gets, built here and nowhere else.
+
+The rule: what is keyed is what is fetched. A fill's request is a function of its entry key alone (the key's
+host, path and query, and the Vary'd fields the entry key holds) plus what the cache itself asks for (a run of
+slices, a validator of the stored copy). Nothing else a client sent reaches the origin on a fill, so no client
+can make an origin build an answer that is then stored for every other viewer of the same key.
+
+Pass-through requests store nothing: they carry the client's end-to-end fields, but their Host and target still
+come from the route and the key, never from the client's raw Host or target.
+"""
 
 from __future__ import annotations
 
-from edgecache.core.headers import Headers, end_to_end, get_first
+from dataclasses import dataclass
+
+from edgecache.core.headers import Headers, end_to_end, get_all, get_first
+from edgecache.core.keys import CacheKey, Varied
 
 VIA = "1.1 edgecache"
-# Fields the cache replaces with its own when it fills: the client's range and conditions are answered from
-# the cache, so forwarding them would fetch something other than what is being stored.
-FILL_OWNED = ("range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
-# Fields a client could use to make an origin build a response for another host, scheme or path while the cache
-# keys it under the real one (cache poisoning through unkeyed headers): never forwarded.
+# Fields a client could use to make an origin build a response for another host, scheme or path (cache
+# poisoning through unkeyed headers, or a pass-through reaching somewhere it should not): never forwarded.
 UNKEYED = (
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -23,15 +32,67 @@ UNKEYED = (
 )
 
 
-def forward_headers(client: Headers, host: str, client_ip: str, *, fill: bool) -> Headers:
-    drop = ["host", "x-forwarded-for", "expect", *UNKEYED]
-    if fill:
-        drop.extend(FILL_OWNED)
-    out = list(end_to_end(client, drop=drop))
-    out.append(("Host", host))
+@dataclass(frozen=True, slots=True)
+class OriginRequest:
+    method: str
+    target: str
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Validator:
+    """The stored copy a fill revalidates: the origin is asked whether it is still current."""
+
+    etag: str | None
+    last_modified: str | None
+
+
+def fill_request(
+    key: CacheKey,
+    fields: Varied,
+    origin_host: str | None,
+    byte_range: tuple[int, int] | None = None,
+    validator: Validator | None = None,
+) -> OriginRequest:
+    """The origin request of a fill: `fields` are the Vary'd values of the entry key (keys.varied), sent as
+    normalised there, so the variant computed from what was sent is the variant of the key."""
+    headers: list[tuple[str, str]] = [("Host", origin_host or key.host)]
+    headers.extend((name, value) for name, value in fields if value is not None)
+    if byte_range is not None:
+        headers.append(("Range", f"bytes={byte_range[0]}-{byte_range[1]}"))
+    if validator is not None:
+        if validator.etag:
+            headers.append(("If-None-Match", validator.etag))
+        elif validator.last_modified:
+            headers.append(("If-Modified-Since", validator.last_modified))
+    headers.append(("Via", VIA))
+    return OriginRequest("GET", key.target, tuple(headers))
+
+
+def pass_request(
+    method: str, key: CacheKey, client: Headers, origin_host: str | None, client_ip: str, extra: Headers = ()
+) -> OriginRequest:
+    """A request whose answer is not stored: the client's end-to-end fields, the key's host and normalised target.
+
+    The target keeps every parameter (only the key leaves some out, and nothing here is stored): a signature or
+    a form parameter the cache does not key on still means something to the origin.
+    """
+    drop = ("host", "x-forwarded-for", "expect", "via", *UNKEYED)
+    headers = [*end_to_end(client, drop=drop), ("Host", origin_host or key.host)]
     prior = get_first(client, "x-forwarded-for")
-    out.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
-    via = get_first(client, "via")
-    out = [(k, v) for k, v in out if k.lower() != "via"]
-    out.append(("Via", f"{via}, {VIA}" if via else VIA))
-    return tuple(out)
+    headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
+    via = ", ".join(get_all(client, "via"))
+    headers.append(("Via", f"{via}, {VIA}" if via else VIA))
+    return OriginRequest(method, key.full_target, (*headers, *extra))
+
+
+def must_pass(client: Headers) -> str | None:
+    """Why a GET or HEAD cannot be a fill (then it is passed through, nothing stored), or None.
+
+    Dropping these fields would change what is asked: a request with credentials made anonymous would be answered
+    for someone else (RFC 9111 3.5 lets a shared cache store such answers only when the origin says so, and the
+    origin cannot say so about a request it never saw).
+    """
+    if get_first(client, "authorization") is not None:
+        return "authorization"
+    return None

@@ -1,7 +1,8 @@
 """Cache keys: one normal form of a request target, so equal resources share one entry and tricks do not.
 
-The origin is always asked for the normalised target, never the raw one: what is keyed is what is fetched, so
-an origin that reads a path differently from us cannot be used to poison an entry.
+The origin is always asked for the key's target, never the raw one: what is keyed is what is fetched, so an
+origin that reads a path, a host or a query differently from us cannot be used to poison an entry. The request
+a fill sends is built from the key alone (core/forward.py); this module decides what the key holds.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edgecache.core.headers import Headers, get_all, split_list
+from edgecache.core.headers import HOP_BY_HOP, Headers, get_all, split_list
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})?")  # a '%' without two hex digits after it is a stray one
@@ -29,12 +30,19 @@ class BadTarget(ValueError):
 @dataclass(frozen=True, slots=True)
 class CacheKey:
     primary: str  # site, host and normalised target: the unit of routing and purge
-    path: str  # normalised path sent to origin
-    query: str  # normalised query sent to origin ("" when none)
+    host: str  # normalised host (no port, lower case, no trailing dot): the Host a fill sends without origin_host
+    path: str  # normalised path
+    query: str  # the keyed query: the kept parameters in key order, each item as normalised ("" when none)
+    full_query: str = ""  # every parameter, normalised: only pass-through sends it, since nothing of it is stored
 
     @property
     def target(self) -> str:
+        """What a fill asks the origin for: the key's path and the key's query, nothing else."""
         return f"{self.path}?{self.query}" if self.query else self.path
+
+    @property
+    def full_target(self) -> str:
+        return f"{self.path}?{self.full_query}" if self.full_query else self.path
 
 
 def _normalise_pct(part: str) -> str:
@@ -93,47 +101,79 @@ def normalise_target(target: str) -> tuple[str, str]:
     return path, query
 
 
-def query_pairs(query: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in query.split("&"):
-        if item:
-            name, _, value = item.partition("=")
-            pairs.append((name, value))
-    return pairs
+def _name(item: str) -> str:
+    return item.partition("=")[0]
 
 
 def keyed_query(query: str, keep: Iterable[str]) -> str:
-    """The part of the query that is in the key: the kept parameters, sorted, so order does not matter."""
+    """The part of the query that is in the key, and so the query a fill sends: the kept items, sorted by name.
+
+    The sort is stable and each item is kept byte for byte: '?itag=2&itag=1' and '?itag=1&itag=2' are different
+    requests to an origin that reads the first (or the last) value, and so are 'a' and 'a='. Only the order of
+    different names is given up, which no origin we know of reads. Empty items ('&&') carry nothing and go.
+    """
     kept = set(keep)
-    pairs = [p for p in query_pairs(query) if "*" in kept or p[0] in kept]
-    return "&".join(f"{n}={v}" for n, v in sorted(pairs))
+    items = [i for i in query.split("&") if i and ("*" in kept or _name(i) in kept)]
+    return "&".join(sorted(items, key=_name))
 
 
 def make_key(site: str, host: str, target: str, keep_query: Iterable[str]) -> CacheKey:
+    """`host` is already normalised (route.normalise_host): the key never holds a port or a trailing dot."""
     path, query = normalise_target(target)
-    primary = f"{site}|{host.lower()}|{path}"
+    host = host.lower()
     kq = keyed_query(query, keep_query)
-    if kq:
-        primary += "?" + kq
-    return CacheKey(primary=primary, path=path, query=query)
+    primary = f"{site}|{host}|{path}" + (f"?{kq}" if kq else "")
+    return CacheKey(primary=primary, host=host, path=path, query=kq, full_query=query)
 
 
 # Fields whose values are case-insensitive tokens (RFC 9110 12.5): 'eN' and 'en' select the same variant.
 _CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language"})
+# Fields a fill sets itself (Host from the key, its own Range and validators, Via) or that belong to one
+# connection: the client's value never reaches the origin, so a Vary naming one cannot select by it. Every
+# request has the same value for them here, the one the fill sends.
+CACHE_OWNED = frozenset(
+    {
+        "host",
+        "range",
+        "if-range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "via",
+        "expect",
+        "content-length",
+        *HOP_BY_HOP,
+    }
+)
+
+# The Vary'd request fields as a fill sends them: (lower-case name, normalised value), value None when the
+# request has no such field (absent and empty are different requests: RFC 9110 12.5.3, Accept-Encoding).
+Varied = tuple[tuple[str, str | None], ...]
+
+
+def varied(vary: tuple[str, ...], request: Headers) -> Varied:
+    """The secondary key of RFC 9111 4.1: each Vary'd field's list members, trimmed, across all its lines.
+
+    Order is kept: 'en, de' and 'de, en' state different preferences. The values are normalised so that
+    normalising the fields a fill sent gives the same values again: what is stored under a variant is the
+    answer to exactly the fields that variant names.
+    """
+    out: list[tuple[str, str | None]] = []
+    for name in vary:
+        lname = name.lower()
+        lines = get_all(request, name)
+        if lname in CACHE_OWNED or not lines:
+            out.append((lname, None))
+            continue
+        value = ",".join(" ".join(m.split()) for v in lines for m in split_list(v))
+        out.append((lname, value.lower() if lname in _CASELESS else value))
+    return tuple(out)
 
 
 def variant(vary: tuple[str, ...], request: Headers) -> str:
-    """The secondary key of RFC 9111 4.1: each Vary'd field's list members, trimmed, across all its lines.
-
-    Order is kept: 'en, de' and 'de, en' state different preferences.
-    """
-    parts = []
-    for name in vary:
-        lname = name.lower()
-        members = [" ".join(m.split()) for v in get_all(request, name) for m in split_list(v)]
-        value = ",".join(members)
-        parts.append(f"{lname}={value.lower() if lname in _CASELESS else value}")
-    return "\n".join(parts)
+    """The variant as text, for the entry key: 'name=value' per Vary'd field, 'name' alone when absent."""
+    return "\n".join(name if value is None else f"{name}={value}" for name, value in varied(vary, request))
 
 
 def digest(text: str) -> str:

@@ -21,10 +21,10 @@ from edgecache import metrics
 from edgecache.config import Site
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.forward import forward_headers
+from edgecache.core.forward import Validator, fill_request
 from edgecache.core.freshness import Policy, merge_304, storable, strip_for_storage
 from edgecache.core.headers import Headers, get_first
-from edgecache.core.keys import PrimaryRecord, entry_key, variant
+from edgecache.core.keys import CacheKey, PrimaryRecord, entry_key, variant, varied
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry, Released
 from edgecache.proxy.origin import OriginClient, read_chunks
@@ -64,6 +64,9 @@ class RangeMismatch(OriginError):
     """The origin's 206 is not for the range we asked: it cannot fill slices, but may still answer the client."""
 
 
+NO_KEY = CacheKey("", "", "/", "")
+
+
 @dataclass(frozen=True, slots=True)
 class FillRequest:
     """Who asks, for what: enough to build the origin request of a fill."""
@@ -80,6 +83,8 @@ class FillRequest:
     scope: str = ""  # generations of the purged site and directories above the object
     host_key: str = ""  # the normalised host of the cache key
     path: str = ""  # the normalised path of the cache key
+    key: CacheKey = NO_KEY  # what a fill asks the origin for (core.forward.fill_request)
+    vary: tuple[str, ...] = ()  # the Vary of the record the entry key was made with: the fields a fill sends
 
 
 class Engine:
@@ -139,18 +144,17 @@ class Engine:
             self.fills.remove(fill)
 
     async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
-        headers = forward_headers(req.headers, req.site.origin_host or req.host, req.client_ip, fill=True)
         asked: ranges.ByteRange | None = None
+        span: tuple[int, int] | None = None
         if fill.last_index is not None:
             asked = ranges.ByteRange(fill.first_index * self.slice_size, (fill.last_index + 1) * self.slice_size - 1)
-            headers += (("Range", f"bytes={asked.first}-{asked.last}"),)
-        if validate is not None:
-            if validate.etag:
-                headers += (("If-None-Match", validate.etag),)
-            elif validate.last_modified:
-                headers += (("If-Modified-Since", validate.last_modified),)
+            span = (asked.first, asked.last)
+        checked = Validator(validate.etag, validate.last_modified) if validate is not None else None
+        sent = fill_request(req.key, varied(req.vary, req.headers), req.site.origin_host, span, checked)
+        # From here on the request's fields are the ones sent: the answer is stored under their variant.
+        req = replace(req, headers=sent.headers)
         request_time = time.time()
-        resp = await self.origin.request(req.site, "GET", req.target, headers)
+        resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
         try:
             primary = req.primary or req.entry_key.split("\n", 1)[0]
             if resp.status == 304:

@@ -21,6 +21,7 @@ from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.forward import must_pass
 from edgecache.core.freshness import Use, current_age, evaluate, stale_if_error_allows, usable
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keys import BadTarget, CacheKey, entry_key, make_key, variant
@@ -136,17 +137,19 @@ class EdgeHandler:
         headers: Headers = tuple(request.headers.items())
         peer = request.transport.get_extra_info("peername") if request.transport else None
         client_ip = str(peer[0]) if peer else "-"
+        # The raw Host field and target are never used again: every request sent on is built from the key.
         req = FillRequest(
             site,
             key.primary,
             key.target,
-            request.headers.get("Host", host),
+            key.host,
             headers,
             client_ip,
             site.policy,
             key.primary,
             host_key=host,
             path=key.path,
+            key=key,
         )
         if "failover" in request.headers.get(HOP, ""):
             observe.trace(request).failover = True
@@ -157,17 +160,20 @@ class EdgeHandler:
         if request.method not in CACHED_METHODS:
             invalidate = (self.engine.store, host)
             return await pass_through(request, self.engine.origin, req, CacheStatus.PASS, invalidate)
-        if parse_cache_control(headers).no_store:
+        if parse_cache_control(headers).no_store or must_pass(headers) is not None:
             return await pass_through(request, self.engine.origin, req, CacheStatus.PASS)
         return await self._cached(request, req)
 
     async def _cached(self, request: web.BaseRequest, req: FillRequest) -> web.StreamResponse:
         validated = False
+        named: tuple[str, ...] | None = None  # the Vary of an answer that came back for another variant
         for _ in range(3):
             record = await self.engine.store.get_record(req.primary)
+            if named is not None and record.vary != named:  # that answer was not stored: look where it points
+                record = replace(record, vary=named)
             scope, soft_before = self.engine.store.purges.lookup(req.site.name, req.host_key, req.path)
             key = entry_key(req.primary, record, req.headers, scope)
-            req = replace(req, entry_key=key, generation=record.generation, scope=scope)
+            req = replace(req, entry_key=key, generation=record.generation, scope=scope, vary=record.vary)
             meta = await self.engine.store.get_meta(req.entry_key)
             now = time.time()
             fresh = (
@@ -221,7 +227,10 @@ class EdgeHandler:
                 validated = True
                 continue
             if head.meta.vary and head.variant != variant(head.meta.vary, req.headers):
-                continue  # that response is another variant; look again under the key its Vary gives us
+                # The fill sent only the fields the key named, and the answer Varies on others this request
+                # has: it is another variant's answer. Look again under the key its Vary gives (and so send them).
+                named = head.meta.vary
+                continue
             if not head.shared:
                 metrics.MISSES.labels("uncacheable").inc()
             if not head.shared and not ours:
@@ -241,9 +250,12 @@ class EdgeHandler:
         site = self.router.match(host) if host else None
         if host is None or site is None:
             return {"url": url, "error": f"no site is configured for host {parts.netloc!r}"}
-        key = make_key(
-            site.name, host, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), site.key_query
-        )
+        try:
+            key = make_key(
+                site.name, host, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), site.key_query
+            )
+        except BadTarget as exc:
+            return {"url": url, "error": str(exc)}
         owners = self.cluster.describe(key.primary) if self.cluster is not None else []
         return {"url": url, "site": site.name, "key": key.primary, "owners": owners}
 

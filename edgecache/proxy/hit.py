@@ -17,6 +17,7 @@ from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.forward import must_pass
 from edgecache.core.freshness import Freshness, Use, current_age, evaluate, usable
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keys import BadTarget, PrimaryRecord, entry_key, make_key
@@ -98,8 +99,8 @@ def find_hit(
         owner = cluster.ring.owner(key.primary)
         if owner is None or owner.id != cluster.self_id:
             return None  # another node owns it, or this one stands in for it: forwarding is not ours
-    if parse_cache_control(headers).no_store:
-        return None
+    if parse_cache_control(headers).no_store or must_pass(headers) is not None:
+        return None  # passed through by the full handler
     store = handler.engine.store
     record = store.peek_record(key.primary)
     if record is None:
@@ -130,7 +131,7 @@ def find_hit(
         site,
         ekey,
         key.target,
-        host_field or host,
+        key.host,
         headers,
         client,
         site.policy,
@@ -139,6 +140,8 @@ def find_hit(
         scope=scope,
         host_key=host,
         path=key.path,
+        key=key,
+        vary=record.vary,
     )
     ring = cluster.ring if cluster is not None else None
     return Hit(status, fields, req, meta, first, last, site, handler.router, ring, record, store.purges, valid_until)

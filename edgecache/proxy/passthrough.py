@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from edgecache import metrics
-from edgecache.core.forward import VIA, forward_headers
+from edgecache.core.forward import VIA, pass_request
 from edgecache.core.freshness import invalidates
 from edgecache.core.headers import Headers, end_to_end, get_all
 from edgecache.core.keys import BadTarget, make_key
@@ -37,11 +37,11 @@ async def pass_through(
     """Forward the request; with `invalidate` (store, host), entries the response invalidates are dropped
     before the client hears the response, so its next request cannot see them."""
     observe.mark(request, status)
-    headers = forward_headers(req.headers, req.site.origin_host or req.host, req.client_ip, fill=False) + extra
+    sent = pass_request(request.method, req.key, req.headers, req.site.origin_host, req.client_ip, extra)
     served = _FROM_ORIGIN if source == "origin" else metrics.BYTES_SERVED.labels("peer")
     body = request.content.iter_chunked(64 * 1024) if request.body_exists else None
     started = time.monotonic()
-    resp = await origin.request(req.site, request.method, req.target, headers, body)
+    resp = await origin.request(req.site, sent.method, sent.target, sent.headers, body)
     observe.trace(request).origin_ms = round((time.monotonic() - started) * 1000, 3)
     try:
         if invalidate is not None:

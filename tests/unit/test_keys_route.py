@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgecache.core.keys import BadTarget, keyed_query, make_key, normalise_target, remove_dot_segments, variant
+from edgecache.core.keys import (
+    BadTarget,
+    keyed_query,
+    make_key,
+    normalise_target,
+    remove_dot_segments,
+    variant,
+    varied,
+)
 from edgecache.core.route import Router, normalise_host
 
 
@@ -46,24 +54,41 @@ def test_bad_targets(raw: str, reason: str) -> None:
         normalise_target(raw)
 
 
-def test_key_query_rules_are_order_insensitive() -> None:
+def test_key_query_sorts_names_but_keeps_repeats_in_order() -> None:
     a = make_key("s", "h", "/v?itag=22&sig=x&range=1", ("itag", "range"))
     b = make_key("s", "h", "/v?sig=y&range=1&itag=22", ("itag", "range"))
     assert a.primary == b.primary == "s|h|/v?itag=22&range=1"
-    assert a.target == "/v?itag=22&sig=x&range=1"  # the origin still gets every parameter
+    assert a.target == b.target == "/v?itag=22&range=1"  # a fill asks for the key's query, nothing else
+    assert a.full_target == "/v?itag=22&sig=x&range=1"  # a pass-through keeps every parameter
     assert make_key("s", "h", "/v?b=2&a=1", ("*",)).primary == "s|h|/v?a=1&b=2"
     assert make_key("s", "h", "/v?b=2&a=1", ()).primary == "s|h|/v"
-    assert keyed_query("a=1&&b", ("*",)) == "a=1&b="
+    assert make_key("s", "h", "/v?b=2&a=1", ()).target == "/v"
+    # Repeated names keep their order (an origin may read the first or the last), and items stay byte-exact.
+    assert keyed_query("itag=2&b=1&itag=1", ("*",)) == "b=1&itag=2&itag=1"
+    assert (
+        make_key("s", "h", "/v?itag=2&itag=1", ("*",)).primary != make_key("s", "h", "/v?itag=1&itag=2", ("*",)).primary
+    )
+    assert keyed_query("a=1&&b", ("*",)) == "a=1&b"
+    assert make_key("s", "h", "/v?a", ("*",)).primary != make_key("s", "h", "/v?a=", ("*",)).primary
+
+
+def test_key_host_is_the_normalised_host() -> None:
+    key = make_key("s", "Video.Test", "/a", ())
+    assert (key.host, key.primary) == ("video.test", "s|video.test|/a")
 
 
 def test_variant_normalises_whitespace() -> None:
     h = (("Accept-Encoding", "gzip,  BR"), ("X", "1"))
     assert variant(("accept-encoding",), h) == "accept-encoding=gzip,br"
-    assert variant(("accept-encoding", "y"), h) == "accept-encoding=gzip,br\ny="
+    assert variant(("accept-encoding", "y"), h) == "accept-encoding=gzip,br\ny"  # absent: the name alone
+    assert variant(("y",), (("Y", ""),)) == "y="  # present but empty is another request (RFC 9110 12.5.3)
     assert variant(("x",), (("X", " 1 ,2"), ("X", "3"))) == "x=1,2,3"
     assert variant(("accept-language",), (("Accept-Language", "en, de"),)) != variant(
         ("accept-language",), (("Accept-Language", "de, en"),)
     )
+    # Fields a fill sets itself cannot select a variant by the client's value: it never reaches the origin.
+    assert variant(("range", "host"), (("Range", "bytes=0-1"), ("Host", "x"))) == "range\nhost"
+    assert varied(("X",), (("X", "a,  b"),)) == (("x", "a,b"),)
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=60))

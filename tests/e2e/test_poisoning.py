@@ -1,0 +1,207 @@
+"""No client can poison the cache: the request an origin gets on a fill is derived from the cache key alone.
+
+Each test drives the real edge with requests that share a key but differ in what the key leaves out (the Host's
+spelling, the target's form, unkeyed query parameters, request fields), and checks the exact request the origin
+received, how often it was asked, and the bytes every later viewer gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import Edge, make_config, start_edge
+from tests.origin import Origin
+
+
+@dataclass(frozen=True)
+class Asked:
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]  # every field line as it arrived, in order
+
+
+def record(origin: Origin) -> list[Asked]:
+    """Every request the origin receives, exactly; it answers with the Host and target it was asked for."""
+    asked: list[Asked] = []
+
+    def hook(request: web.BaseRequest, obj: object) -> web.Response | None:
+        raw = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
+        asked.append(Asked(request.method, request.raw_path, raw))
+        if request.raw_path.startswith("/echo"):
+            body = f"{request.headers.get('Host')} {request.raw_path} {request.headers.get('X-Device', '-')}"
+            vary = {"Vary": "X-Device"} if "vary" in request.raw_path else {}
+            return web.Response(body=body.encode(), headers={"Cache-Control": "public, max-age=600", **vary})
+        if request.raw_path.startswith("/go"):  # a redirect built from the Host it was sent, as origins do
+            location = f"http://{request.headers.get('Host')}/landing"
+            return web.Response(status=301, headers={"Location": location, "Cache-Control": "max-age=600"})
+        return None
+
+    origin.on_request = hook
+    return asked
+
+
+async def raw_get(port: int, head: str) -> tuple[int, dict[str, str], bytes]:
+    """One request as written (absolute-form targets, odd Host fields): aiohttp's client would tidy them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode("latin-1") + b"Connection: close\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    top, _, body = data.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in fields.items()}, body
+
+
+# aiohttp's client adds this default itself (origin.py skips its User-Agent and Accept-Encoding only); the same
+# on every fill, and what an absent Accept means anyway (RFC 9110 12.5.1).
+CLIENT_DEFAULT = (("Accept", "*/*"),)
+
+
+def fill(host: str, target: str, *fields: tuple[str, str]) -> Asked:
+    """The request a fill sends: core.forward.fill_request's fields, in its order, and nothing else."""
+    return Asked("GET", target, (("Host", host), *fields, ("Via", "1.1 edgecache"), *CLIENT_DEFAULT))
+
+
+@pytest.fixture(params=["fast", "framework"])
+async def keyed_edge(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
+    """The edge with a site that keys on `itag` only, as a video site keeps signatures out of its keys."""
+    config = make_config(tmp_path / "cache", [origin.url])
+    site = replace(config.sites[0], key_query=("itag",))
+    config = replace(config, sites=(site,), fast_path=request.param == "fast")
+    async with start_edge(config) as e:
+        yield e
+
+
+async def test_absolute_form_target_sends_the_targets_host(edge: Edge, origin: Origin) -> None:
+    asked = record(origin)
+    status, _, body = await raw_get(edge.port, "GET http://video.test/echo HTTP/1.1\r\nHost: other.example\r\n")
+    assert (status, body) == (200, b"video.test /echo -")
+    status, _, body = await raw_get(edge.port, "GET http://Video.Test/echo HTTP/1.1\r\nHost: nosite.example\r\n")
+    assert (status, body) == (200, b"video.test /echo -")  # a hit: the same key
+    status, headers, body = await edge.get("/echo")
+    assert (status, body) == (200, b"video.test /echo -")
+    assert "hit" in headers["Cache-Status"]
+    assert asked == [fill("video.test", "/echo")]
+    # The same Host in origin form is refused; in absolute form it is ignored (RFC 9112 3.2.2), never sent on.
+    status, _, _ = await raw_get(edge.port, "GET /echo HTTP/1.1\r\nHost: nosite.example\r\n")
+    assert status == 421
+    assert origin.hits["/echo"] == 1
+
+
+async def test_host_spellings_send_the_keys_host(edge: Edge, origin: Origin) -> None:
+    asked = record(origin)
+    status, headers, _ = await raw_get(edge.port, "GET /go HTTP/1.1\r\nHost: video.test:6666\r\n")
+    assert (status, headers["location"]) == (301, "http://video.test/landing")
+    for host in ("Video.Test", "video.test.", "VIDEO.TEST.:80", "video.test"):
+        status, headers, _ = await raw_get(edge.port, f"GET /go HTTP/1.1\r\nHost: {host}\r\n")
+        assert (status, headers["location"]) == (301, "http://video.test/landing"), host
+    assert asked == [fill("video.test", "/go")]
+    assert origin.hits["/go"] == 1
+
+
+async def test_origin_host_is_sent_when_configured(origin: Origin, tmp_path: Path) -> None:
+    asked = record(origin)
+    config = make_config(tmp_path / "cache", [origin.url])
+    config = replace(config, sites=(replace(config.sites[0], origin_host="origin.internal"),))
+    async with start_edge(config) as edge:
+        status, _, body = await raw_get(edge.port, "GET /echo HTTP/1.1\r\nHost: video.test:6666\r\n")
+    assert (status, body) == (200, b"origin.internal /echo -")
+    assert asked == [fill("origin.internal", "/echo")]
+
+
+async def test_repeated_parameters_keep_their_order(edge: Edge, origin: Origin) -> None:
+    asked = record(origin)
+    for _ in range(2):
+        for query in ("itag=2&itag=1", "itag=1&itag=2", "a", "a="):
+            status, _, body = await edge.get(f"/echo?{query}")
+            assert (status, body) == (200, f"video.test /echo?{query} -".encode()), query
+    assert asked == [fill("video.test", f"/echo?{q}") for q in ("itag=2&itag=1", "itag=1&itag=2", "a", "a=")]
+
+
+async def test_names_are_sorted_and_the_origin_asked_in_that_order(edge: Edge, origin: Origin) -> None:
+    asked = record(origin)
+    for query in ("b=1&a=2", "a=2&b=1", "a=2&&b=1&"):
+        status, _, body = await edge.get(f"/echo?{query}")
+        assert (status, body) == (200, b"video.test /echo?a=2&b=1 -"), query
+    assert asked == [fill("video.test", "/echo?a=2&b=1")]
+
+
+async def test_unkeyed_parameters_never_reach_the_origin_on_a_fill(keyed_edge: Edge, origin: Origin) -> None:
+    asked = record(origin)
+    status, _, body = await keyed_edge.get("/echo?itag=1&lang=EVIL")
+    assert (status, body) == (200, b"video.test /echo?itag=1 -")
+    status, headers, body = await keyed_edge.get("/echo?lang=en&itag=1")
+    assert (status, body) == (200, b"video.test /echo?itag=1 -")
+    assert "hit" in headers["Cache-Status"]
+    assert asked == [fill("video.test", "/echo?itag=1")]
+
+
+async def test_pass_through_keeps_every_parameter_but_not_the_raw_host(keyed_edge: Edge, origin: Origin) -> None:
+    head = "POST http://video.test/up?sig=abc&itag=1 HTTP/1.1\r\nHost: other.example\r\nContent-Length: 0\r\n"
+    status, _, body = await raw_get(keyed_edge.port, head)
+    assert (status, body) == (201, b"stored\n")
+    status, _, _ = await raw_get(keyed_edge.port, head.replace("POST", "DELETE").replace("video.test", "VIDEO.test."))
+    assert status == 204
+    # Nothing of them is stored, so every parameter goes; the Host is the key's, whatever the client wrote.
+    assert [(s.method, s.path, s.headers["Host"]) for s in origin.seen] == [
+        ("POST", "/up?sig=abc&itag=1", "video.test"),
+        ("DELETE", "/up?sig=abc&itag=1", "video.test"),
+    ]
+
+
+async def test_a_fill_sends_no_client_field_the_key_does_not_hold(edge: Edge, origin: Origin) -> None:
+    asked = record(origin)
+    poison = {
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Host": "evil.example",
+        "Cookie": "session=attacker",
+        "User-Agent": "evil/1.0",
+        "Accept-Language": "xx",
+        "Via": "1.1 attacker",
+        "X-Device": "phone",
+    }
+    status, _, body = await edge.get("/echo", **poison)
+    assert (status, body) == (200, b"video.test /echo -")
+    status, headers, body = await edge.get("/echo")
+    assert (status, body) == (200, b"video.test /echo -")
+    assert "hit" in headers["Cache-Status"]
+    assert asked == [fill("video.test", "/echo")]
+    assert origin.hits["/echo"] == 1
+
+
+async def test_varied_fields_are_sent_normalised_and_stored_under_what_was_sent(edge: Edge, origin: Origin) -> None:
+    asked = record(origin)
+    # The first fill cannot know the Vary yet: it sends no X-Device, and the answer it gets is the no-device
+    # variant. The request is then asked again with the field, as the key now names it.
+    status, _, body = await edge.get("/echo-vary", **{"X-Device": " phone ,  tv", "Cookie": "c=1"})
+    assert (status, body) == (200, b"video.test /echo-vary phone,tv")
+    status, _, body = await edge.get("/echo-vary")
+    assert (status, body) == (200, b"video.test /echo-vary -")  # the no-device answer, stored by the first fill
+    status, headers, body = await edge.get("/echo-vary", **{"X-Device": "phone,tv"})
+    assert (status, body) == (200, b"video.test /echo-vary phone,tv")
+    assert "hit" in headers["Cache-Status"]
+    assert asked == [
+        fill("video.test", "/echo-vary"),
+        fill("video.test", "/echo-vary", ("x-device", "phone,tv")),
+    ]
+
+
+async def test_authorization_is_passed_through_never_stored(edge: Edge, origin: Origin) -> None:
+    asked = record(origin)
+    for _ in range(2):
+        status, headers, body = await edge.get("/echo", Authorization="Bearer alice")
+        assert (status, body) == (200, b"video.test /echo -")
+        assert headers["Cache-Status"] == "edgecache; fwd=bypass"
+    status, headers, body = await edge.get("/echo")
+    assert (status, body) == (200, b"video.test /echo -")
+    assert [dict(a.headers).get("Authorization") for a in asked] == ["Bearer alice", "Bearer alice", None]
+    assert origin.hits["/echo"] == 3
