@@ -34,6 +34,7 @@ from edgecache.config.values import (
     _str_list,
     check_host_pattern,
     check_origin_url,
+    check_watchdog,
     parse_listen,
     parse_size,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "build",
     "check_host_pattern",
     "check_origin_url",
+    "check_watchdog",
     "load",
     "one_origin",
     "parse_listen",
@@ -68,7 +70,7 @@ KEYS: dict[str, frozenset[str]] = {
     for key, names in {
         "": "server cache origin sites demo admin log cluster",
         "server": "listen workers client_write_timeout max_requests max_connections rate_limit burst fast_path "
-        "header_timeout idle_timeout disk_send tls_listen tls",
+        "header_timeout idle_timeout disk_send tls_listen tls watchdog",
         "tls": "cert key",
         "cache": "dir memory disk slice fill_slices memory_policy memory_headroom",
         "origin": "connect_timeout read_timeout max_connections",
@@ -314,6 +316,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     fast_path = r.get(server, "server.", "fast_path", _bool, True)
     header_timeout = r.get(server, "server.", "header_timeout", _positive(float), 10.0)
     idle_timeout = r.get(server, "server.", "idle_timeout", _positive(float), 75.0)
+    watchdog = r.get(server, "server.", "watchdog", check_watchdog, 10.0)
     disk_send = r.get(server, "server.", "disk_send", _choice("pread", "sendfile"), "pread")
     tls_listen: tuple[Listen, ...] = r.get(
         server, "server.", "tls_listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
@@ -342,6 +345,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         fast_path=fast_path,
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
+        watchdog=watchdog,
         disk_send=disk_send,
         tls_listen=tls_listen,
         tls=default_tls,

@@ -185,6 +185,15 @@ def _seconds(v: Any) -> float:
     return float(v)
 
 
+def check_watchdog(v: Any) -> float:
+    """`server.watchdog`: 0 turns it off; anything shorter than a second would replace workers for a long
+    garbage collection or a busy machine, not for a stuck loop."""
+    seconds = _seconds(v)
+    if 0 < seconds < 1:
+        raise ValueError("expected 0 (off) or at least 1 second")
+    return seconds
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
