@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="worker processes for --origin mode")
     s.add_argument("--max-requests", type=int, default=10_000, help="requests in flight per worker (then 503)")
     s.add_argument(
+        "--watchdog", type=float, default=10.0, help="seconds a worker's loop may stop before it is replaced (0: off)"
+    )
+    s.add_argument(
         "--disk-send", choices=("pread", "sendfile"), default="pread", help="how --origin mode sends disk hits"
     )
     c = sub.add_parser("check-config", help="validate a config file like `nginx -t`")
@@ -192,8 +195,14 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
         raise ConfigError([f"command line: --memory/--disk/--slice/--memory-headroom: {exc}"]) from exc
     if args.workers < 1 or args.max_requests < 1:
         raise ConfigError(["command line: --workers and --max-requests: must be at least 1"])
+    try:
+        watchdog = cfg.check_watchdog(args.watchdog)
+    except ValueError as exc:
+        raise ConfigError([f"command line: --watchdog: {exc}"]) from exc
     config = cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, **sizes)
-    return replace(config, workers=args.workers, disk_send=args.disk_send, max_requests=args.max_requests)
+    return replace(
+        config, workers=args.workers, disk_send=args.disk_send, max_requests=args.max_requests, watchdog=watchdog
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,5 +225,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from edgecache.server import serve
 
-    serve(config)
-    return 0
+    return serve(config)

@@ -89,3 +89,12 @@ REJECTED_CONNECTIONS = Counter(
 ACCESS_LOG_DROPPED = Counter(
     "edgecache_access_log_dropped_total", "Access-log lines dropped: the writer's queue was full, or writing failed"
 )
+# The count lives in the parent process, which exports nothing: every worker it starts is given the count so far
+# and shows it, and the highest value across workers (files of workers gone included) is the node's.
+WORKER_RESTARTS = Gauge(
+    "edgecache_worker_restarts",
+    "Workers the parent process replaced since the node started: died (exited, crashed, killed) or stuck (loop "
+    "stopped for server.watchdog seconds)",
+    ["reason"],
+    multiprocess_mode="max",
+)

@@ -8,13 +8,16 @@ import gc
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
+import socket
 import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +34,9 @@ from edgecache.storage.disk import DiskTier
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import LIMIT_FLOOR, MemoryTier, next_entries, next_limit, rss_slack
 from edgecache.storage.store import Store
+from edgecache.supervisor import Hooks, Reason, Supervisor
 from edgecache.tls import Certificates
+from edgecache.watchdog import Heartbeats, install_test_hooks, keep_alive
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +127,17 @@ async def _sample_stats(store: Store) -> None:
 
 
 # What a reload can change without a restart; everything else is reported as needing one.
-_RESTART_ONLY = ("listen", "tls_listen", "cache", "origin", "workers", "admin", "access_log", "demo_origin")
+_RESTART_ONLY = (
+    "listen",
+    "tls_listen",
+    "cache",
+    "origin",
+    "workers",
+    "watchdog",
+    "admin",
+    "access_log",
+    "demo_origin",
+)
 
 
 async def reload(node: Node) -> bool:
@@ -181,53 +196,94 @@ def make_fast(node: Node, server: web.Server) -> FastServer:
 class FastSite(web.BaseSite):
     """A listener whose connections start on the fast path (aiohttp's TCPSite, with our protocol factory)."""
 
-    __slots__ = ("_fast", "_host", "_port", "_reuse_port")
+    __slots__ = ("_fast", "_sock")
 
     def __init__(
         self,
         runner: web.BaseRunner,
         fast: FastServer,
-        host: str,
-        port: int,
+        sock: socket.socket,
         *,
         backlog: int,
-        reuse_port: bool,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
-        self._fast, self._host, self._port, self._reuse_port = fast, host, port, reuse_port
+        self._fast, self._sock = fast, sock
 
     @property
     def name(self) -> str:
-        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._port}"
+        host, port = self._sock.getsockname()[:2]
+        return f"{'https' if self._ssl_context else 'http'}://{host}:{port}"
 
     async def start(self) -> None:
         await super().start()
         self._server = await asyncio.get_running_loop().create_server(
-            self._fast.protocol,
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_address=True,
-            reuse_port=self._reuse_port,
-            ssl=self._ssl_context,
+            self._fast.protocol, sock=self._sock, backlog=self._backlog, ssl=self._ssl_context
         )
 
 
-async def start_listeners(node: Node, runner: web.BaseRunner, fast: FastServer) -> list[web.BaseSite]:
-    """The client listeners, plain and HTTPS, each starting on the fast path unless it is turned off."""
+BACKLOG = 1024
+
+
+class Bound(NamedTuple):
+    """A listening socket, bound by the parent process so that it outlives the worker serving it."""
+
+    addr: Listen
+    tls: bool
+    sock: socket.socket
+
+
+def bind_listeners(config: Config) -> list[Bound]:
+    """One worker's client listeners, plain and HTTPS. With several workers each has its own sockets on the same
+    addresses (SO_REUSEPORT), and the kernel spreads new connections over them."""
+    bound: list[Bound] = []
+    try:
+        for addr, tls in [(a, False) for a in config.listen] + [(a, True) for a in config.tls_listen]:
+            bound += [Bound(addr, tls, sock) for sock in _bind(addr, reuse_port=config.workers > 1)]
+    except BaseException:
+        for b in bound:
+            b.sock.close()
+        raise
+    return bound
+
+
+def _bind(addr: Listen, reuse_port: bool) -> list[socket.socket]:
+    """Every address the host resolves to, as loop.create_server binds them (IPv6 sockets IPv6 only)."""
+    infos = socket.getaddrinfo(addr.host or None, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from exc
+    return socks
+
+
+async def start_listeners(
+    node: Node, runner: web.BaseRunner, fast: FastServer, bound: list[Bound] | None = None
+) -> list[web.BaseSite]:
+    """Serve the client listeners `bound` (bound here when not given), each starting on the fast path unless
+    it is turned off."""
     c = node.config
     sites: list[web.BaseSite] = []
-    wanted: list[tuple[Listen, ssl.SSLContext | None]] = [(a, None) for a in c.listen]
-    if node.certificates is not None:
-        wanted += [(a, node.certificates.context) for a in c.tls_listen]
-    for addr, ctx in wanted:
-        reuse = c.workers > 1
+    for addr, tls, sock in bound if bound is not None else bind_listeners(c):
+        ctx = node.certificates.context if tls and node.certificates is not None else None
         site: web.BaseSite
         if c.fast_path:
-            site = FastSite(runner, fast, addr.host, addr.port, backlog=1024, reuse_port=reuse, ssl_context=ctx)
+            site = FastSite(runner, fast, sock, backlog=BACKLOG, ssl_context=ctx)
         else:
-            site = web.TCPSite(runner, addr.host, addr.port, backlog=1024, reuse_port=reuse, ssl_context=ctx)
+            site = web.SockSite(runner, sock, backlog=BACKLOG, ssl_context=ctx)
         await site.start()
         sites.append(site)
         log.info("edgecache listening on %s://%s", "https" if ctx else "http", addr)
@@ -271,11 +327,17 @@ async def _start_admin(node: Node) -> web.AppRunner | None:
     return runner
 
 
-async def run(config: Config, worker: int = 0) -> None:
+async def run(
+    config: Config, worker: int = 0, bound: list[Bound] | None = None, beats: Heartbeats | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if beats is not None and config.watchdog > 0:
+        # Stopped by asyncio.run's cancelling of what is left, so a drain that hangs is caught too.
+        asyncio.ensure_future(keep_alive(beats, worker, config.watchdog))  # noqa: RUF006
+    install_test_hooks(loop)
     demo = await _start_demo(config) if worker == 0 else None
     async with open_node(config) as node:
         loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
@@ -284,7 +346,7 @@ async def run(config: Config, worker: int = 0) -> None:
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
         await runner.setup()
         fast = make_fast(node, server)
-        await start_listeners(node, runner, fast)
+        await start_listeners(node, runner, fast, bound)
         admin = await _start_admin(node) if worker == 0 else None  # after the listeners: jobs resume through them
         # Everything built so far lives as long as the process: keep the collector from walking it again and
         # again (long full collections are what shows up in p99).
@@ -372,34 +434,103 @@ def _more_file_descriptors() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def _worker(config: Config, worker: int) -> None:
+def _worker(
+    config: Config, worker: int, bound: list[Bound], beats: Heartbeats, restarts: dict[str, int], parent: int
+) -> None:
     import uvloop
 
+    from edgecache import metrics
+
+    _die_with_parent(parent)
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)  # until the loop handles them: one sent while this worker starts
     _fewer_malloc_arenas()
     _more_file_descriptors()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
-    uvloop.run(run(config, worker=worker))
+    for reason in Reason:
+        metrics.WORKER_RESTARTS.labels(reason.value).set(restarts.get(reason, 0))
+    uvloop.run(run(config, worker, bound, beats))
 
 
-def serve(config: Config) -> None:
-    """One worker in this process, or N worker processes sharing the listeners (SO_REUSEPORT) and the disk tier."""
-    if config.workers <= 1:
-        _worker(config, 0)
-        return
-    # Metrics of every worker are aggregated through files in one directory (prometheus-client multiprocess).
-    metrics_dir = Path(tempfile.mkdtemp(prefix="edgecache-metrics-"))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the parent process dies, even by SIGKILL: no orphan goes on holding
+    the listeners, the port and the disk tier."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before that
+        os._exit(1)
+
+
+def serve(config: Config) -> int:
+    """The parent process: binds the listeners, then runs `workers` worker processes on them and keeps them
+    running (edgecache.supervisor) until SIGTERM or SIGINT; forwards SIGHUP and SIGUSR1 to them."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s main %(levelname)s %(name)s: %(message)s")
+    try:
+        bound: list[list[Bound] | None] = [bind_listeners(config) for _ in range(config.workers)]
+    except OSError as exc:
+        log.error("%s", exc.strerror)
+        return 1
+    metrics_dir = None
+    if config.workers > 1:
+        # Metrics of every worker are aggregated through files in one directory (prometheus-client multiprocess).
+        metrics_dir = Path(tempfile.mkdtemp(prefix="edgecache-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    beats = Heartbeats(config.workers)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(config, i), name=f"edgecache-w{i}") for i in range(config.workers)]
-    for p in procs:
-        p.start()
+    current = [config]  # what the next worker started is given: reloads change it
 
-    def forward(signum: int, _frame: object) -> None:
-        for p in procs:
-            if p.pid is not None and p.is_alive():
-                os.kill(p.pid, signum)
+    def start(worker: int, restarts: dict[str, int]) -> multiprocessing.process.BaseProcess:
+        listeners = bound[worker] = bound[worker] or bind_listeners(current[0])
+        args = (current[0], worker, listeners, beats, restarts, os.getpid())
+        process = ctx.Process(target=_worker, args=args, name=f"edgecache-w{worker}")
+        process.start()
+        return process
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for p in procs:
-        p.join()
+    def reload() -> None:
+        current[0] = reloaded(current[0])
+
+    def gone(pid: int) -> None:
+        if metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
+
+    def pause(worker: int) -> None:
+        for b in bound[worker] or ():
+            b.sock.close()
+        bound[worker] = None
+
+    def stopping() -> None:
+        # New connections are refused from now on rather than left waiting in a backlog nobody will accept from.
+        for worker in range(config.workers):
+            pause(worker)
+
+    try:
+        Supervisor(
+            Hooks(start, reload, gone, pause, stopping), config.workers, config.watchdog, beats, DRAIN_SECONDS
+        ).run()
+    finally:
+        stopping()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def reloaded(running: Config) -> Config:
+    """The config for workers started after a SIGHUP: the file read again, with what only a restart changes kept
+    as it runs, so a replaced worker serves what the others serve. A file the workers refuse changes nothing
+    (they log why): one that does not load, or whose certificates do not."""
+    from edgecache import config as cfg
+    from edgecache.errors import ConfigError
+
+    if running.source == "command line":
+        return running
+    try:
+        new = cfg.load(running.source)
+        if new.tls_listen:
+            Certificates(new)
+    except (ConfigError, OSError, ssl.SSLError, ValueError):
+        return running
+    return replace(new, **{name: getattr(running, name) for name in _RESTART_ONLY})

@@ -1,0 +1,229 @@
+"""The parent process: keeps `workers` worker processes running, replaces one that dies or gets stuck, and
+forwards the signals that stop or reload the node.
+
+A worker that exits for any reason while the node is not stopping is started again: at once the first time
+(its listeners stay open meanwhile, so new connections wait for it in the backlog), then after growing delays
+(BACKOFF) while its successors keep dying young, so a crash loop cannot spin; during such a delay its listeners
+are closed, and new connections go to the other workers (or are refused, if it is the only one). A worker
+whose loop stopped turning ends itself (edgecache.watchdog); one whose heartbeat is twice `watchdog` old (the
+process stopped whole, or blocked writing its dump) is killed here. Either way the restart counts as "stuck".
+
+The parent is a plain blocking loop over the workers' sentinels and a signal wake-up pipe: it does no I/O of
+its own that could stall it, and its handlers only note the signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+
+from edgecache.watchdog import Heartbeats
+
+log = logging.getLogger(__name__)
+
+# Seconds before restarting a worker whose predecessors kept dying young (ran less than STABLE_SECONDS).
+BACKOFF = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+STABLE_SECONDS = 30.0
+START_SECONDS = 60.0  # a new worker's loop must turn within this (interpreter start, imports) or twice watchdog
+KILL_AFTER = 5.0  # past the drain, workers still running at a stop are killed
+TICK = 0.5  # how often heartbeats are looked at
+_STOP = (signal.SIGTERM, signal.SIGINT)
+_FORWARD = (*_STOP, signal.SIGHUP, signal.SIGUSR1)
+
+
+class Reason(StrEnum):
+    """Why a worker was replaced (the label of edgecache_worker_restarts)."""
+
+    DIED = "died"
+    STUCK = "stuck"
+
+
+@dataclass(slots=True)
+class Hooks:
+    """What the supervisor asks of the server."""
+
+    start: Callable[[int, dict[str, int]], BaseProcess]  # start slot's worker, given the restarts so far
+    reload: Callable[[], None]  # SIGHUP: read the config again for the workers started from now on
+    gone: Callable[[int], None]  # a worker process (this pid) has exited and been reaped
+    pause: Callable[[int], None]  # slot's next worker will not start at once: close its listeners meanwhile
+    stopping: Callable[[], None]  # a stop began: nothing will be restarted
+
+
+@dataclass(slots=True)
+class Slot:
+    index: int
+    process: BaseProcess | None = None
+    pid: int = 0
+    started: float = 0.0
+    young: int = 0  # successive workers of this slot that died young
+    restart_at: float | None = None
+    killed: bool = False
+
+
+@dataclass(slots=True)
+class Supervisor:
+    hooks: Hooks
+    workers: int
+    watchdog: float  # seconds; 0: heartbeats are not checked
+    beats: Heartbeats
+    drain: float  # seconds a worker may take to stop
+    restarts: Counter[str] = field(default_factory=Counter)
+    stop_at: float | None = None  # when the stop began
+    slots: list[Slot] = field(default_factory=list)
+
+    def run(self) -> None:
+        """Until a stop signal, and then until every worker has exited."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        previous_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        previous = {sig: signal.signal(sig, _note) for sig in _FORWARD}
+        try:
+            self.slots = [Slot(i) for i in range(self.workers)]
+            for slot in self.slots:
+                self._start(slot)
+            while self.stop_at is None or self._running():
+                wait([*(p.sentinel for _, p in self._running()), wake_r], self._timeout())
+                self._signals(wake_r)
+                self._reap()
+                self._check_heartbeats()
+                self._kill_late()
+                self._restart_due()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(previous_fd)
+            os.close(wake_r)
+            os.close(wake_w)
+            self._kill_all()  # only if the loop above failed: never leave a worker behind
+
+    def _running(self) -> list[tuple[Slot, BaseProcess]]:
+        return [(s, s.process) for s in self.slots if s.process is not None]
+
+    def _timeout(self) -> float | None:
+        now = time.monotonic()
+        times = [s.restart_at - now for s in self.slots if s.restart_at is not None]
+        if self.stop_at is not None:
+            times.append(self.stop_at + self.drain + KILL_AFTER - now)
+        if self.watchdog > 0:
+            times.append(TICK)
+        return max(0.0, min(times)) if times else None
+
+    def _signals(self, wake_r: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            for signum in os.read(wake_r, 1024):
+                if signum in _STOP and self.stop_at is None:
+                    log.info("%s: stopping the workers", signal.Signals(signum).name)
+                    self.stop_at = time.monotonic()
+                    for slot in self.slots:
+                        slot.restart_at = None
+                    self.hooks.stopping()
+                elif signum == signal.SIGHUP:
+                    self.hooks.reload()
+                if signum in _FORWARD:
+                    self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        for slot, _ in self._running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signum)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for slot, process in self._running():
+            if process.is_alive():
+                continue
+            last = self.beats.last(slot.index)
+            silent = now - last if last is not None else None
+            stuck = self.watchdog > 0 and silent is not None and silent >= self.watchdog
+            reason = Reason.STUCK if stuck else Reason.DIED
+            how = f"its loop had not turned for {silent:.1f} s" if stuck else _exit_status(process.exitcode)
+            pid, slot.process = slot.pid, None
+            process.close()  # its sentinel's descriptor, now rather than at some later collection
+            self.hooks.gone(pid)
+            if self.stop_at is not None:
+                log.info("worker %d (pid %d) stopped: %s", slot.index, pid, how)
+                continue
+            self.restarts[reason] += 1
+            delay = self._schedule(slot, now)
+            log.error("worker %d (pid %d) %s: %s; restarting in %g s", slot.index, pid, reason, how, delay)
+
+    def _check_heartbeats(self) -> None:
+        if self.watchdog <= 0:
+            return
+        now = time.monotonic()
+        for slot, _ in self._running():
+            last = self.beats.last(slot.index)
+            silent = now - (last or slot.started)
+            limit = 2 * self.watchdog if last is not None else max(START_SECONDS, 2 * self.watchdog)
+            if silent > limit and not slot.killed:
+                log.error("worker %d: no heartbeat for %.1f s; killing it", slot.index, silent)
+                self._kill(slot)
+
+    def _kill_late(self) -> None:
+        now = time.monotonic()
+        if self.stop_at is None or now < self.stop_at + self.drain + KILL_AFTER:
+            return
+        for slot, _ in self._running():
+            if not slot.killed:
+                log.error("worker %d still running %.0f s after the stop; killing it", slot.index, now - self.stop_at)
+                self._kill(slot)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.restart_at is not None and now >= slot.restart_at and self.stop_at is None:
+                self._start(slot)
+
+    def _start(self, slot: Slot) -> None:
+        self.beats.clear(slot.index)
+        slot.restart_at, slot.killed, slot.started = None, False, time.monotonic()
+        try:
+            slot.process = self.hooks.start(slot.index, dict(self.restarts))
+            slot.pid = slot.process.pid or 0
+        except OSError as exc:  # out of processes or memory: try again later, as for a worker that died young
+            delay = self._schedule(slot, slot.started)
+            log.error("worker %d could not be started: %s; trying again in %g s", slot.index, exc, delay)
+            return
+        log.info("worker %d started: pid %d", slot.index, slot.pid)
+
+    def _schedule(self, slot: Slot, now: float) -> float:
+        """When the slot's next worker starts: at once, unless its predecessors keep dying young."""
+        if now - slot.started >= STABLE_SECONDS:
+            slot.young = 0
+        delay = BACKOFF[min(slot.young, len(BACKOFF) - 1)]
+        slot.young += 1
+        slot.restart_at = now + delay
+        if delay > 0:
+            self.hooks.pause(slot.index)
+        return delay
+
+    def _kill(self, slot: Slot) -> None:
+        slot.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(slot.pid, signal.SIGKILL)
+
+    def _kill_all(self) -> None:
+        for slot, process in self._running():
+            self._kill(slot)
+            process.join()
+            slot.process = None
+
+
+def _note(_signum: int, _frame: object) -> None:
+    """The wake-up pipe carries the signal's number to the loop; nothing else to do here."""
+
+
+def _exit_status(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
