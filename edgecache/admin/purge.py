@@ -19,6 +19,7 @@ from edgecache import metrics
 from edgecache.admin.auth import authorize, token_of
 from edgecache.config import Config, Site, Token
 from edgecache.core.keys import BadTarget, make_key
+from edgecache.core.purge import TableFull
 from edgecache.core.route import Router, normalise_host
 from edgecache.storage.store import Store
 
@@ -79,8 +80,8 @@ def parse_order(body: Any, sites: tuple[Site, ...]) -> PurgeOrder:
 
 
 async def apply(store: Store, order: PurgeOrder) -> None:
+    """TableFull when a prefix or site purge finds no room in the purge table (nothing changed then)."""
     now = time.time()
-    metrics.PURGES.labels(order.kind, "soft" if order.soft else "hard").inc()
     if order.kind == "url":
         primary = make_key(order.site.name, order.host, order.path, order.site.key_query).primary
         await (store.soft_invalidate(primary, now) if order.soft else store.invalidate(primary))
@@ -88,6 +89,7 @@ async def apply(store: Store, order: PurgeOrder) -> None:
         await store.purge_scope((order.site.name, order.host, order.path), order.soft, now)
     else:
         await store.purge_scope((order.site.name, "", ""), order.soft, now)
+    metrics.PURGES.labels(order.kind, "soft" if order.soft else "hard").inc()
 
 
 async def _tell_peer(session: aiohttp.ClientSession, admin: str | None, body: dict[str, Any], auth: str) -> bool:
@@ -117,7 +119,12 @@ def purge_handler(current: Callable[[], Config], store: Store) -> Any:
             raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
         order = parse_order(body, config.sites)
         authorize(token, order.site.name)
-        await apply(store, order)
+        try:
+            await apply(store, order)
+        except TableFull as exc:
+            raise web.HTTPTooManyRequests(
+                text=json.dumps({"error": str(exc)}) + "\n", content_type="application/json"
+            ) from exc
         log.info(
             "purge by %s: %s %s%s%s", token.name, order.kind, order.host, order.path, " (soft)" if order.soft else ""
         )

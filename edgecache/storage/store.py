@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, BinaryIO
 
@@ -24,6 +25,7 @@ from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import MemoryTier
+from edgecache.storage.purgelog import PurgeLog
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,8 @@ class Store:
         self._records: OrderedDict[str, PrimaryRecord] = OrderedDict()
         self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
         self.purges = PurgeTable()
+        self.purge_log = PurgeLog(disk.directory / "purges.log")
+        self._purge_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="purge")  # in order (purgelog)
         self._meta_entries = meta_entries  # lowered by the RSS bound under pressure (set_meta_entries)
         self._files: OrderedDict[str, SliceFile] = OrderedDict()
         self.shared = False  # other worker processes use the same disk tier: coordinate fills through leases
@@ -267,22 +271,30 @@ class Store:
     # --- purges of whole sites and directories ------------------------------------------------------------
 
     async def load_purges(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            raw = await self.disk.get("purge-table")
-        except StorageError:
+            table = await loop.run_in_executor(self._purge_io, self.purge_log.read)
+        except OSError as exc:
+            log.warning("purge table not read: %s", exc)
             return
-        if raw is not None:
-            self.purges = PurgeTable.from_bytes(raw)
+        if table is None:  # no file yet: the disk tier's copy, where versions before this one kept the table
+            try:
+                raw = await self.disk.get("purge-table")
+            except StorageError:
+                return
+            table = PurgeTable.from_bytes(raw) if raw is not None else None
+        if table is not None:
+            self.purges = table
 
     async def purge_scope(self, scope: tuple[str, str, str], soft: bool, now: float) -> None:
-        if soft:
-            self.purges = self.purges.with_mark(scope, None, now)
-        else:
-            self.purges = self.purges.with_mark(scope, secrets.token_hex(4), None)
+        """Raises core.purge.TableFull, before anything changes, when the table has no room for the scope."""
+        generation, soft_at = (None, now) if soft else (secrets.token_hex(8), None)
+        self.purges = self.purges.purged(scope, generation, soft_at)
+        line = PurgeTable.op(scope, generation, soft_at)
         try:
-            await self.disk.put("purge-table", self.purges.to_bytes())
+            await asyncio.get_running_loop().run_in_executor(self._purge_io, self.purge_log.append, line, self.purges)
             self._changed()
-        except StorageError as exc:
+        except OSError as exc:
             log.warning("purge table write failed (the purge holds until restart): %s", exc)
 
     # --- slices ----------------------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""The purge table through the real admin API: bounded on disk and in memory, and a purged object stays a miss
+across compactions and a restart (origin hit counts exact)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.e2e.adminkit import AdminNode, admin_node, node_config
+from tests.origin import Origin
+
+SITE, HOST = "videos", "video.test"
+
+
+async def purge(node: AdminNode, body: dict[str, object]) -> None:
+    status, answer = await node.call("POST", "/purge", json=body)
+    assert status == 200, answer
+
+
+def log_lines(node: AdminNode) -> int:
+    return node.edge.node.store.purge_log.path.read_bytes().count(b"\n")
+
+
+async def test_the_table_and_its_file_stay_bounded(origin: Origin, tmp_path: Path) -> None:
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        store = node.edge.node.store
+        for i in range(200):
+            await purge(node, {"prefix": "http://video.test/same/", "soft": i % 2 == 1})
+            assert log_lines(node) <= 1 + 1 + 64
+        assert list(store.purges.marks) == [(SITE, HOST, "/same/")]
+        for i in range(200):
+            await purge(node, {"prefix": f"http://video.test/d{i}/"})
+        assert len(store.purges.marks) == 201
+        assert log_lines(node) <= 1 + 201 + 64
+        await purge(node, {"site": SITE})
+        assert list(store.purges.marks) == [(SITE, "", "")]
+        assert log_lines(node) == 1  # compacted: one snapshot line
+        assert store.purge_log.path.stat().st_size < 200
+    assert sum(origin.hits.values()) == 0
+
+
+async def test_purged_objects_stay_misses_across_compaction_and_restart(origin: Origin, tmp_path: Path) -> None:
+    paths = ["/gone/x", "/gone/y", "/keep/x", "/a/b/old", "/a/b/mid"]
+    for p in paths:
+        origin.put(p, p.encode() * 100)
+    cfg = node_config(origin, tmp_path / "c")
+
+    async def get(node: AdminNode, path: str) -> None:
+        status, _, body = await node.edge.get(path)
+        assert (status, body) == (200, path.encode() * 100)
+
+    async with admin_node(cfg) as node:
+        for p in ["/gone/x", "/gone/y", "/keep/x", "/a/b/old"]:
+            await get(node, p)
+        await purge(node, {"prefix": "http://video.test/gone/"})
+        await purge(node, {"prefix": "http://video.test/a/b/"})
+        await get(node, "/a/b/mid")  # stored between the two purges
+        await purge(node, {"prefix": "http://video.test/a/"})  # takes the place of /a/b/
+        for _ in range(150):  # compacts the file twice
+            await purge(node, {"prefix": "http://video.test/other/"})
+        marks = set(node.edge.node.store.purges.marks)
+        assert marks == {(SITE, HOST, "/gone/"), (SITE, HOST, "/a/"), (SITE, HOST, "/other/")}
+        assert log_lines(node) <= 1 + 3 + 64
+        await get(node, "/gone/x")  # a miss: stored again, under the new generation
+        assert [origin.hits[p] for p in paths] == [2, 1, 1, 1, 1]
+    async with admin_node(cfg) as node:  # the node was down; it comes back with its purges
+        assert set(node.edge.node.store.purges.marks) == marks
+        for _ in range(2):
+            for p in paths:
+                await get(node, p)
+        # /gone/x was stored after its purge: a hit. The rest under /gone/ and /a/ are misses, once.
+        assert [origin.hits[p] for p in paths] == [2, 2, 1, 2, 2]
