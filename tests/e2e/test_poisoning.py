@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import Edge, make_config, start_edge
+from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.origin import Origin
 
 
@@ -205,3 +206,19 @@ async def test_authorization_is_passed_through_never_stored(edge: Edge, origin: 
     assert (status, body) == (200, b"video.test /echo -")
     assert [dict(a.headers).get("Authorization") for a in asked] == ["Bearer alice", "Bearer alice", None]
     assert origin.hits["/echo"] == 3
+
+
+async def test_a_forward_to_the_owner_carries_the_keys_host_and_target(origin: Origin, tmp_path: Path) -> None:
+    asked = record(origin)
+    configs = cluster_configs(origin, tmp_path)
+    path = next(p for p in (f"/echo/{i}" for i in range(100)) if owner_of(configs, p) == "node2")
+    async with started(configs) as nodes:
+        # node1 forwards to node2; the client's Host names no site, and an absolute target's authority wins.
+        head = f"GET http://Video.Test.{path}?b=1&a=2 HTTP/1.1\r\nHost: other.example\r\n"
+        status, headers, body = await raw_get(nodes[0].port, head)
+        assert (status, body) == (200, f"video.test {path}?a=2&b=1 -".encode())
+        assert "peer" in headers["cache-status"]
+        status, headers, body = await nodes[1].get(f"{path}?a=2&b=1")
+        assert (status, body) == (200, f"video.test {path}?a=2&b=1 -".encode())
+        assert "hit" in headers["Cache-Status"]
+    assert asked == [fill("video.test", f"{path}?a=2&b=1")]
