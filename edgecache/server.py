@@ -304,7 +304,16 @@ async def _start_demo(config: Config) -> web.AppRunner | None:
     return runner
 
 
-async def _start_admin(node: Node) -> web.AppRunner | None:
+async def start_internal(clients: web.BaseRunner, directory: Path) -> Path:
+    """A Unix socket on the client runner (the full handler, never the fast path) for this node's own prefetch
+    requests, which a site's client ACL does not apply to (proxy.handler.internal). Put it in a directory only
+    this user can enter: no byte a client sends makes its TCP connection arrive on it."""
+    path = directory / "internal.sock"
+    await web.UnixSite(clients, str(path)).start()
+    return path
+
+
+async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | None:
     if node.config.admin is None:
         return None
     from edgecache.admin.app import admin_app
@@ -312,15 +321,21 @@ async def _start_admin(node: Node) -> web.AppRunner | None:
     from edgecache.admin.prefetch import prefetch_routes
     from edgecache.admin.purge import purge_handler
 
-    listen = node.config.listen[0]
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
-    jobs = JobRunner(node.store.disk, f"http://{host}:{listen.port}", node.config.job_retention, node.config.max_jobs)
+    private = tempfile.TemporaryDirectory(prefix="edgecache-")  # mode 0700
+    internal = await start_internal(clients, Path(private.name))
+    c = node.config
+    jobs = JobRunner(node.store.disk, "http://edge", c.job_retention, c.max_jobs, unix=str(internal))
     await jobs.start()
     purge = purge_handler(lambda: node.config, node.store)
     routes = prefetch_routes(lambda: node.config, jobs)
     app = admin_app(node.ready, lambda: node.config.tokens, node.handler.ring_view, purge, routes)
     runner = web.AppRunner(app, access_log=None)
     runner.app.on_cleanup.append(lambda _app: jobs.close())
+
+    async def remove(_app: web.Application) -> None:
+        private.cleanup()
+
+    runner.app.on_cleanup.append(remove)
     await runner.setup()
     await web.TCPSite(runner, node.config.admin.host, node.config.admin.port).start()
     log.info("admin listening on http://%s", node.config.admin)
@@ -347,7 +362,8 @@ async def run(
         await runner.setup()
         fast = make_fast(node, server)
         await start_listeners(node, runner, fast, bound)
-        admin = await _start_admin(node) if worker == 0 else None  # after the listeners: jobs resume through them
+        # After the listeners: jobs resume through them.
+        admin = await _start_admin(node, runner) if worker == 0 else None
         # Everything built so far lives as long as the process: keep the collector from walking it again and
         # again (long full collections are what shows up in p99).
         gc.collect()

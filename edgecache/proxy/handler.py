@@ -8,6 +8,7 @@ restarts the loop while no byte has been sent, so a changed object is served who
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -47,6 +48,13 @@ def error_response(status: int, reason: str) -> web.Response:
     if status in (429, 503):
         headers["Retry-After"] = "1"
     return web.Response(status=status, text=reason + "\n", headers=headers)
+
+
+def internal(request: web.BaseRequest) -> bool:
+    """Did this come in on the node's own Unix socket (server.start_internal: its prefetch)? A client reaches the
+    node over TCP only, and nothing it sends changes the family of the socket it came in on."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
 class EdgeHandler:
@@ -121,7 +129,7 @@ class EdgeHandler:
             raise ClientError(421, f"no site is configured for host {host!r}")
         observe.trace(request).site = site.name
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        if site.allow and (peer is None or not site.allows(str(peer[0]))):
+        if site.allow and not internal(request) and (peer is None or not site.allows(str(peer[0]))):
             raise ClientError(403, f"this address may not use site {site.name!r}")
         if self.limiter is not None and not self.limiter.allow(str(peer[0]) if peer else "-", time.monotonic()):
             raise ClientError(429, "too many requests from this address")

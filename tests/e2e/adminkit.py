@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from edgecache.admin.jobs import JobRunner
 from edgecache.admin.prefetch import prefetch_routes
 from edgecache.admin.purge import purge_handler
 from edgecache.config import Config, Site, Token
+from edgecache.server import start_internal
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.origin import Origin
@@ -57,7 +59,9 @@ def node_config(origin: Origin, cache_dir: Path, *sites: Site) -> Config:
 @contextlib.asynccontextmanager
 async def admin_node(cfg: Config, **runner: Any) -> AsyncIterator[AdminNode]:
     async with start_edge(cfg) as edge, contextlib.AsyncExitStack() as stack:
-        jobs = JobRunner(edge.node.store.disk, edge.url, **runner)
+        private = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecache-"))
+        internal = await start_internal(edge.runner, Path(private))  # as server._start_admin does
+        jobs = JobRunner(edge.node.store.disk, "http://edge", unix=str(internal), **runner)
         await jobs.start()
         stack.push_async_callback(jobs.close)
         purger = purge_handler(lambda: cfg, edge.node.store)

@@ -7,14 +7,18 @@ import asyncio
 import datetime
 import threading
 import time
+from dataclasses import replace
+from ipaddress import ip_network
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 import edgecache.admin.jobs
 import edgecache.core.manifest
 from edgecache.admin.jobs import JobRunner
-from tests.e2e.adminkit import AdminNode, admin_node, node_config
+from tests.e2e.adminkit import OPERATOR, AdminNode, admin_node, node_config
+from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
 
 
@@ -163,3 +167,53 @@ async def test_manifests_are_parsed_off_the_loop(
         assert (view["total"], view["fetched"]) == (1 + 2 + 2 * 3, 9)
     assert len(threads) == 3
     assert threading.main_thread() not in threads
+
+
+async def test_prefetch_is_not_subject_to_the_sites_client_acl(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/a", b"a" * 1000)
+    origin.put("/b", b"b" * 1000)
+    cfg = node_config(origin, tmp_path / "c")
+    videos = replace(cfg.sites[0], allow=(ip_network("10.0.0.0/8"),))
+    async with admin_node(replace(cfg, sites=(videos,))) as node:
+        _, job = await submit(node, ["http://video.test/a"])
+        view = await node.finished(str(job["id"]))
+        assert (view["fetched"], view["failed"]) == (1, {})
+        assert origin.hits["/a"] == 1
+        for path in ("/a", "/b"):  # a client on 127.0.0.1 is still refused, whatever it sends
+            for headers in ({}, {"Edgecache-Hop": "node1"}, {"X-Forwarded-For": "10.0.0.1"}):
+                status, _, body = await node.edge.get(path, **headers)
+                assert (status, body) == (403, b"this address may not use site 'videos'\n")
+        assert (origin.hits["/a"], origin.hits["/b"]) == (1, 0)
+
+
+async def test_a_served_node_prefetches_past_the_acl_through_its_own_socket(origin: Origin, tmp_path: Path) -> None:
+    """The same through `edgecache serve` with two workers: the internal socket is the one server.py makes."""
+    origin.put("/a", b"a" * 1000)
+    port, admin = free_port(), free_port()
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n'
+        f'[cache]\ndir = "{tmp_path / "cache"}"\nmemory = "16MiB"\ndisk = "64MiB"\n'
+        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\nallow = ["10.0.0.0/8"]\n'
+        f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
+    )
+    async with (
+        edge_process("serve", "--config", str(config), ready={b"admin listening on": 1}),
+        aiohttp.ClientSession() as s,
+    ):
+        auth = {"Authorization": f"Bearer {OPERATOR}"}
+        async with s.post(f"http://127.0.0.1:{admin}/prefetch", json=["http://video.test/a"], headers=auth) as r:
+            assert r.status == 202
+            job_id = (await r.json())["id"]
+        view: dict[str, object] = {}
+        for _ in range(200):  # the job's own state says when it is done (no sleep decides the outcome)
+            async with s.get(f"http://127.0.0.1:{admin}/prefetch/{job_id}", headers=auth) as r:
+                view = await r.json()
+            if view["state"] == "done":
+                break
+            await asyncio.sleep(0.05)
+        assert (view["state"], view["fetched"], view["failed"]) == ("done", 1, {})
+        async with s.get(f"http://127.0.0.1:{port}/a", headers={"Host": "video.test"}) as r:
+            assert (r.status, await r.read()) == (403, b"this address may not use site 'videos'\n")
+    assert origin.hits["/a"] == 1
