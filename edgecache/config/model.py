@@ -32,7 +32,7 @@ class Site:
     hosts: tuple[str, ...]
     origins: tuple[str, ...]
     key_query: tuple[str, ...] = ("*",)  # query parameters that are part of the key; "*" = all of them
-    origin_host: str | None = None  # Host sent to origin; None = the client's Host
+    origin_host: str | None = None  # Host sent to origin; None = the host of the cache key (never the raw Host)
     policy: Policy = field(default_factory=Policy)  # the choices RFC 9111 leaves to a shared cache
     allow: tuple[IPv4Network | IPv6Network, ...] = ()  # client subnets served (the ISP's customers); empty: all
     tls: TLSFiles | None = None  # the certificate its HTTPS clients get (chosen by SNI)
