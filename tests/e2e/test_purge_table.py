@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from edgecache.core.purge import PurgeTable
 from tests.e2e.adminkit import AdminNode, admin_node, node_config
 from tests.origin import Origin
 
@@ -69,3 +72,27 @@ async def test_purged_objects_stay_misses_across_compaction_and_restart(origin: 
                 await get(node, p)
         # /gone/x was stored after its purge: a hit. The rest under /gone/ and /a/ are misses, once.
         assert [origin.hits[p] for p in paths] == [2, 2, 1, 2, 2]
+
+
+async def test_a_new_scope_past_the_limit_gets_429_and_a_broader_purge_still_works(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    purged = PurgeTable.purged
+    monkeypatch.setattr(
+        PurgeTable, "purged", lambda self, scope, gen, soft, limit=3: purged(self, scope, gen, soft, limit)
+    )
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        for i in range(3):
+            await purge(node, {"prefix": f"http://video.test/d{i}/"})
+        status, answer = await node.call("POST", "/purge", json={"prefix": "http://video.test/d3/"})
+        assert (status, answer) == (
+            429,
+            {
+                "error": "the purge table holds 3 directories and sites (at most 3): purge a broader prefix or the "
+                "whole site, which takes the place of those under it"
+            },
+        )
+        await purge(node, {"prefix": "http://video.test/d0/"})  # a scope it has: no new entry
+        await purge(node, {"site": SITE})
+        await purge(node, {"prefix": "http://video.test/d3/"})
+        assert set(node.edge.node.store.purges.marks) == {(SITE, "", ""), (SITE, HOST, "/d3/")}
