@@ -97,7 +97,8 @@ async def node(config: Path, **env: str) -> AsyncIterator[Node]:
         yield n
     finally:
         if proc.returncode is None:  # a failed test: the workers die with the parent (PR_SET_PDEATHSIG)
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # exited, not yet waited for
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         n._reader.cancel()
 
