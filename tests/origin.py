@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -132,3 +133,109 @@ class Origin:
                 await resp.write(body_bytes[i : i + 256 * 1024])
         await resp.write_eof()
         return resp
+
+
+@dataclass
+class RawRequest:
+    """A request exactly as it reached a RawOrigin: its head, and its body's bytes as framed on the wire."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased; a repeated field keeps its last value
+    head: bytes
+    body: bytes  # chunk sizes and trailers included when the request was chunked
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+# (response bytes, close the connection after them)
+RawReply = tuple[bytes, bool]
+
+
+class RawOrigin:
+    """An origin on 127.0.0.1 that writes exact bytes: 1xx heads, trailers, close-delimited bodies, any framing.
+
+    `reply(request)` gives the bytes to send and whether to close afterwards; every request is counted by path
+    and kept (head and body bytes) in `seen`. Bounded on purpose: heads up to 64 KiB, bodies up to 1 MiB.
+    """
+
+    MAX_BODY = 2**20
+
+    def __init__(self, reply: Callable[[RawRequest], RawReply]) -> None:
+        self.reply = reply
+        self.hits: Counter[str] = Counter()
+        self.seen: list[RawRequest] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=64 * 1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for w in list(self._writers):
+                w.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while (request := await _read_request(reader, self.MAX_BODY)) is not None:
+                self.hits[request.path] += 1
+                self.seen.append(request)
+                data, close = self.reply(request)
+                writer.write(data)
+                await writer.drain()
+                if close:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass  # the edge went away mid-request, or sent what this small parser refuses: drop the connection
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+
+async def _read_request(reader: asyncio.StreamReader, max_body: int) -> RawRequest | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise
+        return None  # closed between requests
+    line, *fields = head[:-4].decode("latin-1").split("\r\n")
+    method, path, _ = line.split(" ", 2)
+    headers = {}
+    for f in fields:
+        name, _, value = f.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = await _read_chunked(reader, max_body)
+    else:
+        length = int(headers.get("content-length", "0"))
+        if length > max_body:
+            raise ValueError("request body too large for this test origin")
+        body = await reader.readexactly(length)
+    return RawRequest(method, path, headers, head, body)
+
+
+async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> bytes:
+    """The chunked body as framed (sizes, data, last chunk, trailers), read to its end."""
+    raw = b""
+    while len(raw) <= max_body:
+        size_line = await reader.readuntil(b"\r\n")
+        raw += size_line
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+                raw += line  # a trailer field
+            return raw + b"\r\n"
+        raw += await reader.readexactly(size + 2)
+    raise ValueError("request body too large for this test origin")

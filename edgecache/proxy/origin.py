@@ -116,15 +116,21 @@ async def read_chunks(resp: OriginResponse) -> AsyncIterable[bytes]:
     """The body as it arrives; a cut or malformed body raises OriginError, never ends early in silence.
 
     Chunks are passed on as the parser produced them (iter_chunked would join or split them: a copy of every
-    byte, which costs more than the rest of the fill path on a VM).
+    byte, which costs more than the rest of the fill path on a VM). The end is asked of the stream, not read from
+    an empty chunk: aiohttp hands every body-less response one shared EMPTY_PAYLOAD whose readchunk() answers
+    (b"", True) forever once read, without awaiting, so a loop that skipped empty chunks spun the loop at 100%.
+    An empty chunk before the end only marks a chunk boundary, and the next read takes the next one.
     """
     counter = metrics.ORIGIN_BYTES.labels(resp.site)
+    content = resp.raw.content
     try:
-        async for chunk, _ in resp.raw.content.iter_chunks():
-            if not chunk:
-                continue
-            counter.inc(len(chunk))
-            yield chunk
+        while True:
+            chunk, _ = await content.readchunk()
+            if chunk:
+                counter.inc(len(chunk))
+                yield chunk
+            elif content.at_eof():
+                return
     except TimeoutError as exc:
         raise OriginError("origin body read timed out", timeout=True) from exc
     except (aiohttp.ClientPayloadError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
