@@ -8,6 +8,7 @@ segments rather than an exception or a gigabyte string.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -17,8 +18,37 @@ from urllib.parse import urljoin, urlsplit
 _URI_ATTR = re.compile(r'URI="([^"]*)"')
 
 
+# A relative reference that is only path segments (none of them "." or "..") and perhaps a query: resolved, it is
+# the base's directory followed by itself. Most segment lines are one ("seg123.m4s?token=..."), and urljoin costs
+# ~30 us each: 3/4 of expanding a 3,000-segment playlist.
+# Never "." or ".." (nor empty), and no ";" (urljoin drops empty parameters). An empty query is dropped too.
+_SEGMENT = r"[\w~!$&'()*+,=@%-][\w.~!$&'()*+,=@%-]*"
+_PLAIN_REF = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*(?:\?[^#\s]+)?")
+# Only http(s) in lower case: urljoin lowercases a scheme, and joins only those it knows to be hierarchical.
+_PLAIN_BASE = re.compile(r"(https?://[^/?#\s]*)((?:/[^/?#\s]*)*)(?:[?#]\S*)?")
+
+
+@functools.lru_cache(maxsize=64)
+def _directory(base: str) -> str | None:
+    """The prefix a plain reference is resolved under, for a base whose path has no dot segments or empty ones
+    (urljoin rewrites those); None for any other base, which then goes through urljoin."""
+    m = _PLAIN_BASE.fullmatch(base)
+    if m is None or any(seg in ("", ".", "..") for seg in m.group(2).split("/")[1:-1]):
+        return None
+    try:
+        parts = urlsplit(base)
+    except ValueError:  # an unclosed IPv6 bracket: urljoin says so for every reference
+        return None
+    if f"{parts.scheme}://{parts.netloc}" != m.group(1) or parts.path != m.group(2):
+        return None  # characters urlsplit removes or reads otherwise
+    path = m.group(2) or "/"
+    return m.group(1) + path[: path.rfind("/") + 1]
+
+
 def _join(base: str, url: str) -> str | None:
-    """urljoin, or None for a URL that is not one (an unclosed IPv6 bracket, say)."""
+    """urljoin(base, url), or None for a URL that is not one (an unclosed IPv6 bracket, say)."""
+    if (prefix := _directory(base)) is not None and _PLAIN_REF.fullmatch(url):
+        return prefix + url
     try:
         return urljoin(base, url)
     except ValueError:
@@ -205,11 +235,10 @@ def expand(url: str, body: bytes, representations: frozenset[str] = frozenset())
         playlist = parse_hls(text, url)
         found = (*playlist.variants, *playlist.segments) if playlist is not None else ()
     host = urlsplit(url).netloc
-    return tuple(dict.fromkeys(u for u in found if _netloc(u) == host))
+    return tuple(dict.fromkeys(u for u in found if _on_host(u, host)))
 
 
-def _netloc(url: str) -> str | None:
-    try:
-        return urlsplit(url).netloc
-    except ValueError:
-        return None
+def _on_host(url: str, host: str) -> bool:
+    """urlsplit(url).netloc == host, without splitting the whole URL (the netloc ends at the first / ? or #)."""
+    rest = url.partition("://")[2]
+    return rest.startswith(host) and (len(rest) == len(host) or rest[len(host)] in "/?#")

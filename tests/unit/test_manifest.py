@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urljoin
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edgecache.admin.jobs import Job, JobRunner
-from edgecache.core.manifest import Playlist, expand, parse_hls
+from edgecache.core.manifest import Playlist, _join, expand, parse_hls
 from edgecache.storage.disk import DiskTier
 
 MASTER = """#EXTM3U
@@ -157,3 +158,24 @@ def test_expanding_a_large_ladder_is_linear(tmp_path: Path) -> None:
         assert runner._admit(job, found) == []  # the same segments again add nothing
     finally:
         disk.close()
+
+
+PIECES = ["a", "seg1", ".", "..", "/", "//", ";", "?", "?a", "#", ":", "%2e", "~", "=", "&", "-", "é", " ", "@", "x.ts",
+          "\t", "\\", "[", "]", "ſ", "\xa0", "\x00"]  # fmt: skip
+BASES = st.builds(
+    lambda scheme, host, path, tail: f"{scheme}://{host}{path}{tail}",
+    st.sampled_from(["http", "https", "HTTP"]),
+    st.sampled_from(["video.test", "video.test:8080", "[::1]", "[::1", "u@video.test", "", "h\t"]),
+    st.lists(st.sampled_from(PIECES), max_size=6).map("".join).map(lambda p: "/" + p if p else p),
+    st.sampled_from(["", "/index.m3u8", "/v/index.m3u8?token=1", "#frag", "/a;p/m.m3u8", "/./m.m3u8"]),
+)
+
+
+@given(BASES, st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("".join))
+def test_joining_a_uri_is_urljoin(base: str, ref: str) -> None:
+    """The shortcut for plain segment names resolves exactly as urljoin does, whatever the base and reference."""
+    try:
+        expected: str | None = urljoin(base, ref)
+    except ValueError:
+        expected = None
+    assert _join(base, ref) == expected
