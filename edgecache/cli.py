@@ -223,6 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
-    from edgecache.server import serve
+    from edgecache.supervisor import serve
 
     return serve(config)

@@ -6,26 +6,24 @@ import asyncio
 import contextlib
 import gc
 import logging
-import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import aiohttp
 from aiohttp import web
 
 from edgecache.accesslog import AccessLog
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
-from edgecache.config import Config, Listen
+from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
+from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastpath import FastServer, FastSettings
 from edgecache.proxy.handler import EdgeHandler
@@ -34,13 +32,12 @@ from edgecache.storage.disk import DiskTier
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import LIMIT_FLOOR, MemoryTier, next_entries, next_limit, rss_slack
 from edgecache.storage.store import Store
-from edgecache.supervisor import Hooks, Reason, Supervisor
+from edgecache.supervisor import DRAIN_SECONDS, RESTART_ONLY, Reason
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats, install_test_hooks, keep_alive
 
 log = logging.getLogger(__name__)
 
-DRAIN_SECONDS = 10.0
 STATS_SECONDS = 5.0
 
 
@@ -126,20 +123,6 @@ async def _sample_stats(store: Store) -> None:
         await asyncio.sleep(STATS_SECONDS)
 
 
-# What a reload can change without a restart; everything else is reported as needing one.
-_RESTART_ONLY = (
-    "listen",
-    "tls_listen",
-    "cache",
-    "origin",
-    "workers",
-    "watchdog",
-    "admin",
-    "access_log",
-    "demo_origin",
-)
-
-
 async def reload(node: Node) -> bool:
     """SIGHUP: read the config file again; apply it if valid, keep the old one (and say why) if not.
 
@@ -158,7 +141,7 @@ async def reload(node: Node) -> bool:
         for line in exc.problems:
             log.error("reload rejected, keeping the running config: %s", line)
         return False
-    for name in _RESTART_ONLY:
+    for name in RESTART_ONLY:
         if getattr(new, name) != getattr(node.config, name):
             log.warning("reload: %s changed in %s; it takes effect at the next restart", name, path)
     if node.certificates is not None:
@@ -220,54 +203,6 @@ class FastSite(web.BaseSite):
         self._server = await asyncio.get_running_loop().create_server(
             self._fast.protocol, sock=self._sock, backlog=self._backlog, ssl=self._ssl_context
         )
-
-
-BACKLOG = 1024
-
-
-class Bound(NamedTuple):
-    """A listening socket, bound by the parent process so that it outlives the worker serving it."""
-
-    addr: Listen
-    tls: bool
-    sock: socket.socket
-
-
-def bind_listeners(config: Config) -> list[Bound]:
-    """One worker's client listeners, plain and HTTPS. With several workers each has its own sockets on the same
-    addresses (SO_REUSEPORT), and the kernel spreads new connections over them."""
-    bound: list[Bound] = []
-    try:
-        for addr, tls in [(a, False) for a in config.listen] + [(a, True) for a in config.tls_listen]:
-            bound += [Bound(addr, tls, sock) for sock in _bind(addr, reuse_port=config.workers > 1)]
-    except BaseException:
-        for b in bound:
-            b.sock.close()
-        raise
-    return bound
-
-
-def _bind(addr: Listen, reuse_port: bool) -> list[socket.socket]:
-    """Every address the host resolves to, as loop.create_server binds them (IPv6 sockets IPv6 only)."""
-    infos = socket.getaddrinfo(addr.host or None, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    socks: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-    except OSError as exc:
-        for sock in socks:
-            sock.close()
-        raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from exc
-    return socks
 
 
 async def start_listeners(
@@ -450,9 +385,10 @@ def _more_file_descriptors() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def _worker(
+def worker_main(
     config: Config, worker: int, bound: list[Bound], beats: Heartbeats, restarts: dict[str, int], parent: int
 ) -> None:
+    """A worker process: the node on `bound`, its heartbeat in `beats`, showing the parent's restart counts."""
     import uvloop
 
     from edgecache import metrics
@@ -477,76 +413,3 @@ def _die_with_parent(parent: int) -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it died before that
         os._exit(1)
-
-
-def serve(config: Config) -> int:
-    """The parent process: binds the listeners, then runs `workers` worker processes on them and keeps them
-    running (edgecache.supervisor) until SIGTERM or SIGINT; forwards SIGHUP and SIGUSR1 to them."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s main %(levelname)s %(name)s: %(message)s")
-    try:
-        bound: list[list[Bound] | None] = [bind_listeners(config) for _ in range(config.workers)]
-    except OSError as exc:
-        log.error("%s", exc.strerror)
-        return 1
-    metrics_dir = None
-    if config.workers > 1:
-        # Metrics of every worker are aggregated through files in one directory (prometheus-client multiprocess).
-        metrics_dir = Path(tempfile.mkdtemp(prefix="edgecache-metrics-"))
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    beats = Heartbeats(config.workers)
-    ctx = multiprocessing.get_context("spawn")
-    current = [config]  # what the next worker started is given: reloads change it
-
-    def start(worker: int, restarts: dict[str, int]) -> multiprocessing.process.BaseProcess:
-        listeners = bound[worker] = bound[worker] or bind_listeners(current[0])
-        args = (current[0], worker, listeners, beats, restarts, os.getpid())
-        process = ctx.Process(target=_worker, args=args, name=f"edgecache-w{worker}")
-        process.start()
-        return process
-
-    def reload() -> None:
-        current[0] = reloaded(current[0])
-
-    def gone(pid: int) -> None:
-        if metrics_dir is not None:
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
-
-    def pause(worker: int) -> None:
-        for b in bound[worker] or ():
-            b.sock.close()
-        bound[worker] = None
-
-    def stopping() -> None:
-        # New connections are refused from now on rather than left waiting in a backlog nobody will accept from.
-        for worker in range(config.workers):
-            pause(worker)
-
-    try:
-        Supervisor(
-            Hooks(start, reload, gone, pause, stopping), config.workers, config.watchdog, beats, DRAIN_SECONDS
-        ).run()
-    finally:
-        stopping()
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
-
-
-def reloaded(running: Config) -> Config:
-    """The config for workers started after a SIGHUP: the file read again, with what only a restart changes kept
-    as it runs, so a replaced worker serves what the others serve. A file the workers refuse changes nothing
-    (they log why): one that does not load, or whose certificates do not."""
-    from edgecache import config as cfg
-    from edgecache.errors import ConfigError
-
-    if running.source == "command line":
-        return running
-    try:
-        new = cfg.load(running.source)
-        if new.tls_listen:
-            Certificates(new)
-    except (ConfigError, OSError, ssl.SSLError, ValueError):
-        return running
-    return replace(new, **{name: getattr(running, name) for name in _RESTART_ONLY})

@@ -1,5 +1,6 @@
-"""The parent process: keeps `workers` worker processes running, replaces one that dies or gets stuck, and
-forwards the signals that stop or reload the node.
+"""The parent process (`edgecache serve`): binds the listeners, keeps `workers` worker processes running on
+them, replaces one that dies or gets stuck, and forwards the signals that stop or reload the node. It imports
+none of the serving code (aiohttp, the tiers), so it stays small.
 
 A worker that exits for any reason while the node is not stopping is started again: at once the first time
 (its listeners stay open meanwhile, so new connections wait for it in the backlog), then after growing delays
@@ -16,19 +17,43 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
+import shutil
 import signal
+import ssl
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
 
+from edgecache.config import Config, load
+from edgecache.errors import ConfigError
+from edgecache.listeners import Bound, bind_listeners, close
+from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats
 
 log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 10.0  # a stopping worker lets requests in flight run this long (server.run)
+# What a reload can change without a restart; everything else is reported as needing one.
+RESTART_ONLY = (
+    "listen",
+    "tls_listen",
+    "cache",
+    "origin",
+    "workers",
+    "watchdog",
+    "admin",
+    "access_log",
+    "demo_origin",
+)
 
 # Seconds before restarting a worker whose predecessors kept dying young (ran less than STABLE_SECONDS).
 BACKOFF = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -227,3 +252,94 @@ def _exit_status(code: int | None) -> str:
     if code is not None and code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exited with status {code}"
+
+
+def serve(config: Config) -> int:
+    """Until SIGTERM or SIGINT, and every worker has stopped; 1 if the listeners cannot be bound."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s main %(levelname)s %(name)s: %(message)s")
+    try:
+        workers = _Workers(config)
+    except OSError as exc:
+        log.error("%s", exc.strerror)
+        return 1
+    try:
+        Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, DRAIN_SECONDS).run()
+    finally:
+        workers.close()
+    return 0
+
+
+class _Workers:
+    """What the supervisor starts workers with: each one's listeners (closed while its restart waits), the config
+    (read again on SIGHUP), the heartbeats, and the metrics directory that several workers share."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bound: list[list[Bound] | None] = [bind_listeners(config) for _ in range(config.workers)]
+        self.beats = Heartbeats(config.workers)
+        self.metrics_dir: Path | None = None
+        if config.workers > 1:
+            # Every worker's metrics are added up through files in one directory (prometheus-client multiprocess).
+            self.metrics_dir = Path(tempfile.mkdtemp(prefix="edgecache-metrics-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+
+    def hooks(self) -> Hooks:
+        return Hooks(self.start, self.reload, self.gone, self.pause, self.stopping)
+
+    def start(self, worker: int, restarts: dict[str, int]) -> BaseProcess:
+        listeners = self.bound[worker] = self.bound[worker] or bind_listeners(self.config)
+        args = (self.config, worker, listeners, self.beats, restarts, os.getpid())
+        process = multiprocessing.get_context("spawn").Process(target=_worker, args=args, name=f"edgecache-w{worker}")
+        process.start()
+        return process
+
+    def reload(self) -> None:
+        self.config = reloaded(self.config)
+
+    def gone(self, pid: int) -> None:
+        if self.metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+
+    def pause(self, worker: int) -> None:
+        close(self.bound[worker] or [])
+        self.bound[worker] = None
+
+    def stopping(self) -> None:
+        """New connections are refused from now on, rather than left in a backlog nobody will accept from."""
+        for worker in range(len(self.bound)):
+            self.pause(worker)
+
+    def close(self) -> None:
+        self.stopping()
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        # multiprocessing's spawn started a helper process: wait for it here rather than leave it to whoever
+        # adopts it.
+        from multiprocessing import resource_tracker
+
+        with contextlib.suppress(AttributeError, OSError):
+            resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+
+
+def _worker(*args: Any) -> None:
+    """A worker process's entry, named here so that this process never imports the serving code."""
+    from edgecache.server import worker_main
+
+    worker_main(*args)
+
+
+def reloaded(running: Config) -> Config:
+    """The config for workers started after a SIGHUP: the file read again, with what only a restart changes kept
+    as it runs, so a replaced worker serves what the others serve. A file the workers refuse changes nothing
+    (they log why): one that does not load, or whose certificates do not."""
+    if running.source == "command line":
+        return running
+    try:
+        new = load(running.source)
+        if new.tls_listen:
+            Certificates(new)
+    except (ConfigError, OSError, ssl.SSLError, ValueError):
+        return running
+    return replace(new, **{name: getattr(running, name) for name in RESTART_ONLY})

@@ -1,0 +1,59 @@
+"""The client listeners' sockets, bound by the parent process so that they outlive the worker serving them."""
+
+from __future__ import annotations
+
+import socket
+from typing import NamedTuple
+
+from edgecache.config import Config, Listen
+
+BACKLOG = 1024
+
+
+class Bound(NamedTuple):
+    """A listening socket and what it is for."""
+
+    addr: Listen
+    tls: bool
+    sock: socket.socket
+
+
+def bind_listeners(config: Config) -> list[Bound]:
+    """One worker's client listeners, plain and HTTPS. With several workers each has its own sockets on the same
+    addresses (SO_REUSEPORT), and the kernel spreads new connections over them."""
+    bound: list[Bound] = []
+    try:
+        for addr, tls in [(a, False) for a in config.listen] + [(a, True) for a in config.tls_listen]:
+            bound += [Bound(addr, tls, sock) for sock in _bind(addr, reuse_port=config.workers > 1)]
+    except BaseException:
+        close(bound)
+        raise
+    return bound
+
+
+def close(bound: list[Bound]) -> None:
+    for b in bound:
+        b.sock.close()
+
+
+def _bind(addr: Listen, reuse_port: bool) -> list[socket.socket]:
+    """Every address the host resolves to, as loop.create_server binds them (IPv6 sockets IPv6 only)."""
+    infos = socket.getaddrinfo(addr.host or None, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from exc
+    return socks
