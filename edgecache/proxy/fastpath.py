@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import cast
 
+from aiohttp.web_protocol import RequestHandler
+
 from edgecache import metrics
 from edgecache.core import ranges
 from edgecache.core.headers import get_first
@@ -37,7 +39,10 @@ from edgecache.storage.store import SliceFile
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024  # a longer head goes to aiohttp, whose field limits answer it (431/400)
-_PAUSE_READING = 256 * 1024
+# Unanswered input held per connection: past it (or while the client is not taking our answers) the socket is
+# not read, so a client pipelining heads it never reads answers to is held by TCP, not by this process's memory.
+# One read (uvloop takes up to 256 KiB at a time) can land past the mark.
+MAX_PENDING = 256 * 1024
 PROMOTE_SECONDS = 0.02  # at most one disk hit offered to the memory tier per this long, per worker
 _PIECE = 2**20  # a disk hit is read and written this much at a time (pread mode)
 _BUFFERS_KEPT = 8
@@ -68,7 +73,7 @@ class FastServer:
     """What the connections share: the handler, aiohttp's protocol factory, and who is connected (for drain)."""
 
     handler: EdgeHandler
-    fallback: Callable[[], asyncio.Protocol]
+    fallback: Callable[[], RequestHandler]
     settings: FastSettings
     connections: set[FastPath] = field(default_factory=set)
     open: int = 0  # client connections open, on the fast path or handed to aiohttp
@@ -153,6 +158,7 @@ class FastPath(asyncio.Protocol):
         self.busy = False  # a response is being read from disk or written with waits
         self.closing = False
         self.write_paused = False
+        self.eof = False  # the client shut its sending side: answer what it sent, then close
         self.drained: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -198,14 +204,20 @@ class FastPath(asyncio.Protocol):
         self.buf = self.buf + data if self.buf else data
         if not self.busy:
             self._process()
-        elif len(self.buf) > _PAUSE_READING and self.transport is not None:
-            self.transport.pause_reading()
+        else:
+            self._flow()
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too, once what is queued is written
+        # Half-closed (`nc -N`, `shutdown(SHUT_WR)`): every request sent before it is still answered; _after()
+        # closes once none is left. Returning None would close the socket now, mid-answer.
+        self.eof = True
+        if not self.busy:
+            self._process()
+        return True
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._flow()
         # A client that stops reading holds its connection only this long.
         self.write_timer = self.loop.call_later(self.server.settings.write_timeout, self._write_timed_out)
 
@@ -216,19 +228,47 @@ class FastPath(asyncio.Protocol):
             self.write_timer = None
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
-        if not self.busy and self.buf:
+        if not self.busy:
             self._process()
 
     # --- requests ----------------------------------------------------------------------------------------
 
     def _process(self) -> None:
+        self._answer_heads()
+        self._after()
+
+    def _after(self) -> None:
+        """What a connection does once it has answered what it can: wait for the next head (or its end), close
+        after a half-close, and read only while the client takes our answers and little input is waiting."""
+        if self.transport is None or self.busy or self.closing:
+            return
+        complete = b"\r\n\r\n" in self.buf  # a head waits while the client is not taking our answers
+        if self.eof and not complete:  # the client sent all it will, and every whole head has been answered
+            self.closing = True
+            self.transport.close()
+            return
+        if not self.buf:
+            self._arm("idle", self.server.settings.idle_timeout)
+        elif not complete:
+            self._arm("head", self.server.settings.header_timeout)
+        self._flow()
+
+    def _flow(self) -> None:
+        transport = self.transport
+        if transport is None or self.closing or self.eof:
+            return
+        hold = self.write_paused or len(self.buf) > MAX_PENDING
+        if hold and transport.is_reading():
+            transport.pause_reading()
+        elif not hold and not transport.is_reading():
+            transport.resume_reading()
+
+    def _answer_heads(self) -> None:
         while self.transport is not None and not (self.busy or self.write_paused or self.closing):
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buf) > MAX_HEAD:
                     self._hand_off()
-                elif self.buf:
-                    self._arm("head", self.server.settings.header_timeout)
                 return
             store = self.server.handler.engine.store
             if store.stale():  # another worker purged something: forget what this one holds, then go on
@@ -253,8 +293,6 @@ class FastPath(asyncio.Protocol):
             self._disarm()
             if not self._answer(prepared, head):
                 return
-        if self.transport is not None and not (self.busy or self.closing or self.buf):
-            self._arm("idle", self.server.settings.idle_timeout)
 
     async def _load(self, load: Load) -> None:
         """Read what the lookup needs from the disk tier (off the loop), so the same head can be decided again."""
@@ -432,8 +470,6 @@ class FastPath(asyncio.Protocol):
                 log.warning("fast path: aborting the connection: %r", exc)
             self.abort()
             return
-        if self.transport is not None and self.transport.is_reading() is False:
-            self.transport.resume_reading()
         if self.transport is not None and not self.closing:
             self._process()
 
@@ -480,10 +516,14 @@ class FastPath(asyncio.Protocol):
         proto = HeadGuard(self.server.fallback(), self.server.settings.header_timeout, self.server.connection_closed)
         transport.set_protocol(proto)
         proto.connection_made(transport)
-        if not transport.is_reading():
+        if not transport.is_reading() and not self.eof:
+            # aiohttp bounds what it reads ahead itself: it parses at most 32 pipelined requests, keeps the
+            # rest of one read unparsed, and stops reading until its handler catches up.
             transport.resume_reading()
         if data:
             proto.data_received(data)
+        if self.eof:
+            proto.eof_received()
 
     def _arm(self, kind: str, seconds: float) -> None:
         """Set the connection's deadline: "idle" (between requests) or "head" (a head begun must end by then).

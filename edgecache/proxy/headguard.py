@@ -1,4 +1,5 @@
-"""The request-head deadline for connections the fast path handed to aiohttp (slowloris, after the hand-off)."""
+"""What aiohttp's protocol lacks once the fast path handed it a connection: a deadline for each request head
+(slowloris, after the hand-off), and answers for a client that half-closed its side after its requests."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
+from aiohttp.web_protocol import RequestHandler
+
 from edgecache import metrics
 
 TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+_EOF_CHECK = 0.05  # after a half-close, how often to look whether aiohttp has answered everything
 
 
 class HeadGuard(asyncio.Protocol):
@@ -19,12 +23,13 @@ class HeadGuard(asyncio.Protocol):
     version renames them, the guard sees "busy" and stays out of the way (aiohttp's own limits still hold).
     """
 
-    def __init__(self, inner: asyncio.Protocol, seconds: float, closed: Callable[[], None]) -> None:
+    def __init__(self, inner: RequestHandler, seconds: float, closed: Callable[[], None]) -> None:
         self.inner = inner
         self.closed = closed  # the fast path's open-connection count still includes this one
         self.seconds = seconds
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.eof_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -51,11 +56,29 @@ class HeadGuard(asyncio.Protocol):
         self.transport.close()
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        # aiohttp ignores a half-close and returns None, which closes the socket before the requests already
+        # received are answered; nginx answers them. Keep the socket open and close it once aiohttp is done.
+        self._close_when_done()
+        return True
+
+    def _close_when_done(self) -> None:
+        """Close once aiohttp waits for a request that will never come (what its own keep-alive timeout closes);
+        until then, look again every _EOF_CHECK seconds. aiohttp has no event for it, and its close() drops
+        requests still queued behind the one in progress."""
+        self.eof_timer = None
+        if self.transport is None:
+            return
+        waiter = getattr(self.inner, "_waiter", None)
+        if isinstance(waiter, asyncio.Future) and not waiter.done():
+            self.inner.force_close()  # its answers already written still go out before the socket closes
+        else:
+            self.eof_timer = asyncio.get_running_loop().call_later(_EOF_CHECK, self._close_when_done)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        if self.eof_timer is not None:
+            self.eof_timer.cancel()
         self.transport = None
         self.closed()
         self.inner.connection_lost(exc)
