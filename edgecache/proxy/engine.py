@@ -8,6 +8,8 @@ the reader is serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -25,10 +27,10 @@ from edgecache.core.forward import Validator, fill_request
 from edgecache.core.freshness import Policy, merge_304, storable, strip_for_storage
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keys import CacheKey, PrimaryRecord, entry_key, variant, varied
-from edgecache.errors import OriginError, VersionChanged
+from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry, Released
 from edgecache.proxy.origin import OriginClient, read_chunks
-from edgecache.storage.store import Store
+from edgecache.storage.store import Store, slice_name
 
 log = logging.getLogger(__name__)
 _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
@@ -166,8 +168,8 @@ class Engine:
             # meanwhile (the RSS bound, another worker's purge) is read back from disk first, never taken as none.
             await self.store.get_record(primary)
             head = self._head(resp.status, resp.headers, asked, req, (request_time, time.time()), existing)
-            if head.start == 0 and fill.first_index != 0:
-                fill.first_index, fill.last_index = 0, None  # the origin sent the whole object
+            if fill.last_index is not None and not self._within_run(fill, head):
+                fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
             self.fills.remove(fill)
             # The response's own Vary decides where it is stored; those with other header values must not join.
             fill.entry_key = head.entry_key
@@ -191,6 +193,12 @@ class Engine:
             await self._pump(fill, head, resp, req)
         finally:
             resp.release()
+
+    def _within_run(self, fill: Fill, head: FillHead) -> bool:
+        """Whether the body is within the run of slices the fill asked for (a 200 of unknown length never is)."""
+        assert fill.last_index is not None
+        first, end = fill.first_index * self.slice_size, (fill.last_index + 1) * self.slice_size
+        return head.start >= first and head.end is not None and head.end <= end
 
     def _head(
         self,
@@ -259,9 +267,11 @@ class Engine:
             token=token,
         )
         decision = storable("GET", body_status, req.headers, headers, req.policy)
-        # Bodies of other statuses are small and have no validator to check a slice against: they are stored
-        # whole, once complete. Unknown lengths likewise.
-        store = decision.store and meta.length >= 0 and alive
+        # Every stored body goes to the store a slice at a time as it arrives, whatever its status and whether its
+        # length is known; the metadata of one of unknown length follows once it has ended whole (_pump). An
+        # answer that is not stored, one an invalidation overtook included, is not shared either: its one reader
+        # paces it.
+        store = decision.store and alive
         if not decision.store:
             meta = replace(meta, headers=served)  # never stored: its own client gets every field
         return FillHead(
@@ -270,7 +280,7 @@ class Engine:
             start,
             end,
             store,
-            decision.store,
+            store,
             decision.reason,
             key,
             variant(vary, req.headers),
@@ -282,45 +292,73 @@ class Engine:
 
         assert isinstance(resp, OriginResponse)
         version = head.meta.slice_version
-        commit_now = head.store and head.meta.status == 200
-        held: list[tuple[int, bytes]] = []
+        stored: list[int] = []
 
         def on_complete(index: int, data: bytes) -> None:
-            if commit_now:
+            if head.store:
+                stored.append(index)
                 self.store.put_slice_memory(req.entry_key, version, index, data)
                 self._spawn(self._write_slice(fill, req.entry_key, version, index, data), self._writes)
-            elif head.shared:
-                held.append((index, data))
 
-        async for chunk in read_chunks(resp):
-            if head.end is not None and fill.received + len(chunk) > head.end:
-                raise OriginError("origin sent more bytes than it announced", retryable=False)
-            fill.feed(chunk, on_complete)
-            await fill.wait_for_reader()
-        if head.end is not None and fill.received != head.end:
-            raise OriginError(f"origin body cut at {fill.received} of {head.end} bytes")
+        if head.store:
+            fill.from_store = functools.partial(self._stored_slice, req.entry_key, head.meta)
+        size = self.slice_size
+        try:
+            async for chunk in read_chunks(resp):
+                if head.end is not None and fill.received + len(chunk) > head.end:
+                    raise OriginError("origin sent more bytes than it announced", retryable=False)
+                for lo in range(0, len(chunk), size):  # a slice's worth at a time, each once the fill has room
+                    await fill.room()
+                    fill.feed(chunk if len(chunk) <= size else memoryview(chunk)[lo : lo + size], on_complete)
+            if head.end is not None and fill.received != head.end:
+                raise OriginError(f"origin body cut at {fill.received} of {head.end} bytes")
+        except OriginError:
+            if head.meta.length < 0:  # a cut body of unknown length: its slices name no stored object, drop them
+                self._spawn(self._forget(req.entry_key, version, stored), self._writes)
+            raise
         fill.finish(on_complete)
-        if head.shared and not commit_now:
-            await self._store_complete(req, head, fill.received, held)
+        if head.store and head.meta.length < 0:
+            await self._store_length(req, head.meta, fill.received, stored)
 
     async def _write_slice(self, fill: Fill, entry_key: str, version: str, index: int, data: bytes) -> None:
-        if await self.store.put_slice_disk(entry_key, version, index, data):
-            fill.mark_durable(index)
+        # A failed write lets the fill drop its copy all the same: its bound holds whatever the disk does, and a
+        # reader that still needs the slice fetches it again.
+        await self.store.put_slice_disk(entry_key, version, index, data)
+        fill.mark_durable(index)
 
-    async def _store_complete(
-        self, req: FillRequest, head: FillHead, length: int, held: list[tuple[int, bytes]]
-    ) -> None:
-        """A body stored only once whole: another status, or a 200 of unknown length."""
-        meta = replace(head.meta, length=length)
-        for index, data in held:
-            self.store.put_slice_memory(req.entry_key, meta.slice_version, index, data)
-            await self.store.put_slice_disk(req.entry_key, meta.slice_version, index, data)
+    async def _stored_slice(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
+        """A complete slice a fill let go, read back while the object's length may still be unknown (a slice the
+        fill lets go is never its last, so it is a whole slice)."""
+        sized = replace(meta, length=(index + 1) * meta.slice_size)
+        data = self.store.slice_from_memory(entry_key, sized, index)
+        return data if data is not None else await self.store.slice_from_disk(entry_key, sized, index)
+
+    async def _store_length(self, req: FillRequest, meta: ObjectMeta, length: int, stored: list[int]) -> None:
+        """A body of unknown length ended whole: its metadata, with the length, makes its slices an object.
+
+        Visible to this process before the first await, so a client that read the body to its end and asks
+        again is answered from the cache."""
+        meta = replace(meta, length=length)
         primary = req.primary or req.entry_key.split("\n", 1)[0]
         current = self.store.peek_record(primary)
         if current is not None and current.generation != req.generation:
-            return  # invalidated while it was being fetched
-        await self.store.put_record(primary, PrimaryRecord(req.generation, meta.vary))
+            await self._forget(req.entry_key, meta.slice_version, stored)  # invalidated while it was fetched
+            return
+        record = replace(current or PrimaryRecord(req.generation), vary=meta.vary)
+        self.store.remember_record(primary, record)
+        self.store.remember_meta(req.entry_key, meta)
+        await self.store.put_record(primary, record)
         await self.store.put_meta(req.entry_key, meta)
+
+    async def _forget(self, entry_key: str, version: str, indices: list[int]) -> None:
+        """Drop slices of a body that will never be stored, once their disk writes (already started) are done."""
+        if writing := [t for t in self._writes if t is not asyncio.current_task()]:
+            await asyncio.wait(writing)
+        for index in indices:
+            name = slice_name(entry_key, version, index)
+            self.store.memory.delete(name)
+            with contextlib.suppress(StorageError):
+                await self.store.disk.delete(name)
 
     # --- reading ---------------------------------------------------------------------------------------------
 

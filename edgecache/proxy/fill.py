@@ -1,8 +1,12 @@
 """Single-flight fills: one origin request fills a run of slices, and every waiting client streams from it.
 
-A Fill owns one origin response. Its body is cut into slices as it arrives; a reader of slice i gets bytes as
-soon as they are in (first byte long before the slice is complete). Complete slices go to the store when the
-response is storable. Readers that come late find the slice in the store instead.
+A Fill owns one origin response. Its body is cut into slices as it arrives, whether its length is known or not; a
+reader of slice i gets bytes as soon as they are in (first byte long before the slice is complete). Complete slices
+go to the store when the response is storable. Readers that come late find the slice in the store instead.
+
+What a fill holds is bounded whatever the body's size (`bound`): a fill of a run of slices holds that run; any other
+fill lets go of slices behind it (once stored, or once its private reader has them) and its producer waits for
+room before taking more of the body.
 
 The registry maps (entry key, slice index) to the fill producing it, so N concurrent misses on one slice make
 exactly one origin request.
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from edgecache.core.entry import ObjectMeta
@@ -89,8 +93,12 @@ class Fill:
         self.head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
         self._bufs: dict[int, _Parts | bytes] = {}
         self._complete: set[int] = set()
-        self._durable: set[int] = set()
+        self._durable: set[int] = set()  # complete slices the store has, while the fill still holds them
         self._pos = 0  # absolute offset of the next byte to arrive
+        self._held = 0  # bytes in self._bufs
+        self.peak = 0  # the most bytes self._bufs ever held: the bound's own witness
+        self.from_store: Callable[[int], Awaitable[bytes | None]] | None = None  # a complete slice it let go
+        self._reader_gone = False
         self._error: BaseException | None = None
         self._done = False
         self._changed = asyncio.Event()
@@ -106,7 +114,23 @@ class Fill:
         if not self.head.done():
             self.head.set_result(head)
 
-    def feed(self, chunk: bytes, on_complete: Callable[[int, bytes], None]) -> None:
+    @property
+    def bound(self) -> int:
+        """The most body bytes this fill holds at once: its run, or a window of slices behind the newest."""
+        if self.last_index is not None:
+            return (self.last_index - self.first_index + 1) * self.slice_size
+        return (WINDOW + 2) * self.slice_size
+
+    async def room(self) -> None:
+        """Until one more slice's worth of body fits under `bound` (the fill's producer calls it before each
+        piece of at most a slice). Raises OriginError when the private reader it waits for has left."""
+        self._release_old()  # the slice now arriving may have moved the window on
+        while self.last_index is None and self._held + self.slice_size > self.bound:
+            if self._reader_gone:
+                raise OriginError("the fill's only reader left")
+            await self._changed.wait()
+
+    def feed(self, chunk: bytes | memoryview, on_complete: Callable[[int, bytes], None]) -> None:
         """Append body bytes; call on_complete(index, data) for each slice this chunk finishes."""
         size = self.slice_size
         view = memoryview(chunk)
@@ -120,6 +144,8 @@ class Fill:
             buf.append(chunk if take == len(chunk) else view[:take])
             view = view[take:]
             self._pos += take
+            self._held += take
+            self.peak = max(self.peak, self._held)
             if self._pos % size == 0:
                 self._finish_slice(index, on_complete)
         self._wake()
@@ -157,18 +183,19 @@ class Fill:
         """The store has slice `index` on disk: the fill may drop its own copy once it is out of the window."""
         self._durable.add(index)
         self._release_old()
+        self._wake()
 
     def _release_old(self) -> None:
-        if self.last_index is not None or self.backpressure:
-            return  # a bounded fill keeps its few slices; a private one is read at the reader's pace
-        newest = (self._pos - 1) // self.slice_size
-        for old in [i for i in self._durable if i < newest - WINDOW and i in self._bufs]:
-            del self._bufs[old]
-
-    async def wait_for_reader(self) -> None:
-        """With backpressure, hold the producer until the reader is within WINDOW slices of it."""
-        while self.backpressure and self._pos - self._read_pos > WINDOW * self.slice_size and self._error is None:
-            await self._changed.wait()
+        if self.last_index is not None:
+            return  # a fill of a run keeps its few slices
+        if self.backpressure:  # a private fill: what its one reader has read is needed no more
+            old = [i for i in self._bufs if (i + 1) * self.slice_size <= self._read_pos]
+        else:  # stored slices behind a window of WINDOW kept for readers that lag a little
+            newest = (self._pos - 1) // self.slice_size
+            old = [i for i in self._durable if i < newest - WINDOW and i in self._bufs]
+        for i in old:
+            self._held -= len(self._bufs.pop(i))
+            self._durable.discard(i)  # only slices still held are kept here, so each pass is short
 
     def _wake(self) -> None:
         self._changed.set()
@@ -213,7 +240,17 @@ class Fill:
             await self._changed.wait()
 
     async def stream(self) -> AsyncIterator[memoryview]:
-        """The whole body from its first byte to its end, as it arrives (the private reader of a fill)."""
+        """The whole body from its first byte to its end, as it arrives: the private reader of a fill, or a reader
+        of a body of unknown length. A complete slice the fill let go is read back through `from_store`."""
+        try:
+            async for piece in self._stream():
+                yield piece
+        finally:
+            if self.backpressure and not self._done:
+                self._reader_gone = True  # the producer waits for nobody now: let it stop
+                self._wake()
+
+    async def _stream(self) -> AsyncIterator[memoryview]:
         pos = self.start
         while True:
             index, offset = divmod(pos, self.slice_size)
@@ -224,15 +261,22 @@ class Fill:
                 piece = _piece(buf, offset, have)
                 yield piece
                 pos += len(piece)
-                self._read_pos = pos
-                self._wake()
+                if self.backpressure:
+                    self._read_pos = pos
+                    self._release_old()
+                    self._wake()
                 continue
             if self._error is not None:
                 raise self._error
             if self._done and pos >= self._pos:
                 return
             if buf is None and self._pos > pos:
-                raise OriginError("fill dropped bytes its reader still needed")
+                data = await self.from_store(index) if self.from_store is not None else None
+                if data is None or len(data) <= offset:
+                    raise OriginError("fill dropped bytes its reader still needed")
+                yield memoryview(data)[offset:]
+                pos += len(data) - offset
+                continue
             await self._changed.wait()
 
 

@@ -1,0 +1,169 @@
+"""Fills of unknown length (chunked, no Content-Length) stream into slices like any other fill: bounded memory,
+clients served as bytes arrive, the object stored only once its body has ended whole."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from edgecache.proxy.fill import WINDOW, Fill
+from tests.conftest import Edge, make_config, start_edge
+from tests.origin import Obj, Origin
+
+SLICE = 64 * 1024
+BODY = os.urandom(40 * SLICE + 1234)  # 41 slices, the last one short
+BOUND = (WINDOW + 2) * SLICE  # what one fill may hold at once
+
+
+class Chunked:
+    """Origin hook: GETs of the path are answered with a chunked 200 (no Content-Length) of `data`, written 16 KiB at
+    a time, Range ignored. It can hold after `hold_at` bytes until `go` is set, and cut the connection (no
+    terminating chunk) after `cut_at` bytes."""
+
+    def __init__(self, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.data = data
+        self.headers = headers or {"Cache-Control": "public, max-age=3600", "ETag": '"c1"'}
+        self.hold_at: int | None = None
+        self.cut_at: int | None = None
+        self.holding = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def __call__(self, request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream", **self.headers})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(self.data), 16 * 1024):
+            if i == self.hold_at:
+                self.holding.set()
+                await self.go.wait()
+            if self.cut_at is not None and i >= self.cut_at:
+                assert request.transport is not None
+                request.transport.close()  # what was written goes out; the terminating chunk never does
+                return resp
+            await resp.write(self.data[i : i + 16 * 1024])
+        await resp.write_eof()
+        return resp
+
+
+@pytest.fixture(params=["fast", "framework"])
+async def edge(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
+    config = make_config(tmp_path / "cache", [origin.url], slice_bytes=SLICE)
+    config = replace(config, fast_path=request.param == "fast")
+    async with start_edge(config) as e:
+        yield e
+
+
+@pytest.fixture
+def fills(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Fill, int]]:
+    """(fill, bytes in its buffers) after every piece of body a fill takes in: the bound's witness."""
+    seen: list[tuple[Fill, int]] = []
+    feed = Fill.feed
+
+    def counted(self: Fill, chunk: bytes | memoryview, on_complete: object) -> None:
+        feed(self, chunk, on_complete)  # type: ignore[arg-type]
+        seen.append((self, sum(len(b) for b in self._bufs.values())))
+
+    monkeypatch.setattr(Fill, "feed", counted)
+    return seen
+
+
+def stored_slices(edge: Edge) -> list[str]:
+    return [k for k in edge.node.store.disk._cache.iterkeys() if str(k).startswith("s:")]
+
+
+async def test_chunked_body_streams_into_slices_and_is_then_a_hit(
+    edge: Edge, origin: Origin, fills: list[tuple[Fill, int]]
+) -> None:
+    hook = Chunked(BODY)
+    hook.hold_at = 32 * SLICE
+    origin.on_request = hook
+    headers = {"Host": "video.test"}
+    async with edge.session.get(edge.url + "/c", headers=headers) as first:
+        assert first.status == 200
+        assert "Content-Length" not in first.headers
+        # Bytes reach the client while the origin still holds the rest of the body back.
+        assert await first.content.readexactly(3 * SLICE) == BODY[: 3 * SLICE]
+        await hook.holding.wait()
+        await edge.node.engine.flush()  # slices on disk: the fill has let go of those behind its window
+        fill = fills[-1][0]
+        assert min(fill._bufs) > 0
+        # A client joining now starts at byte 0: what the fill let go comes from the store, the rest from the fill.
+        async with edge.session.get(edge.url + "/c", headers=headers) as second:
+            assert second.status == 200
+            assert await second.content.readexactly(hook.hold_at) == BODY[: hook.hold_at]
+            hook.go.set()
+            assert await second.read() == BODY[hook.hold_at :]
+        assert await first.content.read() == BODY[3 * SLICE :]
+    assert origin.hits["/c"] == 1
+    held = max(n for _, n in fills)
+    assert held <= BOUND < len(BODY) // 3
+    assert fill.peak == held
+
+    status, got, body = await edge.get("/c")
+    assert (status, body) == (200, BODY)
+    assert got["Content-Length"] == str(len(BODY))
+    assert "hit" in got["Cache-Status"]
+    first_byte, last_byte = 5 * SLICE - 7, 9 * SLICE + 3
+    status, got, body = await edge.get("/c", Range=f"bytes={first_byte}-{last_byte}")
+    assert (status, body) == (206, BODY[first_byte : last_byte + 1])
+    assert got["Content-Range"] == f"bytes {first_byte}-{last_byte}/{len(BODY)}"
+    status, got, body = await edge.get("/c", Range="bytes=-100")
+    assert (status, body) == (206, BODY[-100:])
+    assert origin.hits["/c"] == 1
+
+
+async def test_cut_chunked_body_is_stored_nowhere(edge: Edge, origin: Origin) -> None:
+    hook = Chunked(BODY)
+    hook.cut_at = 5 * SLICE + 16 * 1024  # five whole slices, and a piece of the sixth
+    origin.on_request = hook
+    try:
+        status, _, body = await edge.get("/c")
+    except aiohttp.ClientPayloadError:
+        pass  # cut after its first bytes, as the origin's was
+    else:
+        assert status == 502, (status, len(body))  # or failed before any byte was sent
+    await edge.node.engine.flush()
+    assert stored_slices(edge) == []
+    assert len(edge.node.store.memory) == 0
+    assert edge.node.store.peek_meta("videos|video.test|/c") is None
+
+    hook.cut_at = None
+    status, _, body = await edge.get("/c")
+    assert (status, body) == (200, BODY)
+    assert origin.hits["/c"] == 2
+    assert (await edge.get("/c"))[2] == BODY
+    assert origin.hits["/c"] == 2
+
+
+async def test_uncacheable_body_is_held_within_the_bound(
+    edge: Edge, origin: Origin, fills: list[tuple[Fill, int]]
+) -> None:
+    """A body nobody else may read is paced by its one client, and the fill keeps only what it has not sent."""
+    origin.on_request = Chunked(BODY, {"Cache-Control": "no-store"})
+    status, _, body = await edge.get("/private")
+    assert (status, body) == (200, BODY)
+    assert max(n for _, n in fills) <= BOUND
+    assert stored_slices(edge) == []
+
+
+async def test_ranged_miss_answered_whole_is_held_within_the_bound(
+    edge: Edge, origin: Origin, fills: list[tuple[Fill, int]]
+) -> None:
+    """A fill asks for a run of slices; an origin that ignores Range sends all of it, and the fill becomes a fill
+    of the whole object (not a run holding the whole body)."""
+    origin.on_request = Chunked(BODY)
+    status, _, body = await edge.get("/c", Range="bytes=0-99")
+    assert status in (200, 206)
+    assert body == (BODY if status == 200 else BODY[:100])
+    assert max(n for _, n in fills) <= BOUND
+    await edge.node.engine.flush()
+    status, _, body = await edge.get("/c", Range=f"bytes={20 * SLICE}-{20 * SLICE + 9}")
+    assert (status, body) == (206, BODY[20 * SLICE : 20 * SLICE + 10])
+    assert origin.hits["/c"] == 1
