@@ -250,6 +250,20 @@ async def test_a_replaced_worker_serves_the_config_reloaded_before(origin: Origi
         assert await n.stop() == 0
 
 
+async def test_a_killed_parent_takes_its_workers_with_it(origin: Origin, tmp_path: Path) -> None:
+    """No orphan keeps serving (and holding the port and the disk tier) after kill -9 of `edgecache serve`."""
+    origin.put("/v.bin", DATA)
+    cfg, port, _ = write_config(tmp_path, origin, workers=2)
+    async with node(cfg) as n:
+        await n.expect("edgecache listening on", 2)
+        assert await get(port, "/v.bin") == (200, DATA)
+        workers = {n.pid_of(0), n.pid_of(1)}
+        assert workers <= descendants(n.proc.pid)
+        n.proc.send_signal(signal.SIGKILL)
+        assert await asyncio.wait_for(n.proc.wait(), WAIT) == -signal.SIGKILL
+        await until(lambda: not any(running(pid) for pid in workers))
+
+
 def test_watchdog_is_off_at_0_and_at_least_a_second_otherwise() -> None:
     base: dict[str, object] = {"sites": [{"name": "v", "hosts": ["v.test"], "origins": ["http://10.0.0.1"]}]}
     assert build(base, "f.toml", Path("/etc")).watchdog == 10.0
