@@ -137,8 +137,8 @@ class Supervisor:
     def _timeout(self) -> float | None:
         now = time.monotonic()
         times = [s.restart_at - now for s in self.slots if s.restart_at is not None]
-        if self.stop_at is not None:
-            times.append(self.stop_at + self.drain + KILL_AFTER - now)
+        if self.stop_at is not None and any(not s.killed for s, _ in self._running()):
+            times.append(self.stop_at + self.drain + KILL_AFTER - now)  # once past and killed: no more spinning
         if self.watchdog > 0:
             times.append(TICK)
         return max(0.0, min(times)) if times else None
