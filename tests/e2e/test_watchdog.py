@@ -174,7 +174,7 @@ async def test_a_killed_worker_is_restarted_and_the_node_answers(origin: Origin,
 
 async def test_a_stuck_loop_logs_its_stack_and_the_worker_is_replaced(origin: Origin, tmp_path: Path) -> None:
     origin.put("/v.bin", DATA)
-    cfg, port, admin = write_config(tmp_path, origin, watchdog=2)
+    cfg, port, admin = write_config(tmp_path, origin, watchdog=3)
     async with node(cfg, EDGECACHE_TEST_HOOKS="1") as n:
         await n.expect("admin listening on")
         assert await get(port, "/v.bin") == (200, DATA)
@@ -183,7 +183,7 @@ async def test_a_stuck_loop_logs_its_stack_and_the_worker_is_replaced(origin: Or
         [line] = await n.expect(f"worker 0 (pid {victim}) stuck: its loop had not turned for ")
         assert line.rstrip().endswith("restarting in 0 s")
         # faulthandler's dump, written by the stuck worker itself before it exited
-        assert "Timeout (0:00:02)!" in n.text
+        assert "Timeout (0:00:03)!" in n.text
         assert " in _block_the_loop_for_tests\n" in n.text
         await n.expect("worker 0 started: pid ", 2)
         await restarts(admin, died=0, stuck=1)
@@ -194,7 +194,7 @@ async def test_a_stuck_loop_logs_its_stack_and_the_worker_is_replaced(origin: Or
 async def test_a_stopped_worker_is_killed_by_the_parent_and_replaced(origin: Origin, tmp_path: Path) -> None:
     """SIGSTOP stops the whole worker, faulthandler's thread too: only the parent's heartbeat check sees it."""
     origin.put("/v.bin", DATA)
-    cfg, port, admin = write_config(tmp_path, origin, watchdog=2)
+    cfg, port, admin = write_config(tmp_path, origin, watchdog=3)
     async with node(cfg) as n:
         await n.expect("admin listening on")
         assert await get(port, "/v.bin") == (200, DATA)
