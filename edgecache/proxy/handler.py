@@ -22,6 +22,7 @@ from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.fillcost import FillPlan, needed_slices, plan_fill
 from edgecache.core.forward import must_pass
 from edgecache.core.freshness import Use, current_age, evaluate, stale_if_error_allows, usable
 from edgecache.core.headers import Headers, get_first
@@ -34,7 +35,7 @@ from edgecache.proxy import observe
 from edgecache.proxy.engine import Engine, FillRequest, RangeMismatch
 from edgecache.proxy.fill import Fill, FillHead
 from edgecache.proxy.passthrough import pass_through
-from edgecache.proxy.respond import base_headers, send, send_stream
+from edgecache.proxy.respond import base_headers, plan, send, send_stream
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +344,22 @@ class EdgeHandler:
                     break
         return self.engine.start_fill(req, first, last, validate=meta), True
 
+    async def _multipart_passes(self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta) -> bool:
+        """Whether the client's multipart Range would make the origin send far more than it is served (the rule
+        is core.fillcost's): such a request is passed through, its own Range to the origin, nothing stored."""
+        if request.method == "HEAD":
+            return False  # no body, no fill
+        _, rng = plan(request.method, req.headers, meta)
+        if not isinstance(rng, ranges.Multi):
+            return False
+        size = self.engine.slice_size
+        if plan_fill(rng.ranges, size, whole=meta.whole) is FillPlan.FILL:
+            return False  # within the bound even with nothing stored: no need to look
+        needed = needed_slices(rng.ranges, size)
+        missing = set(await self.engine.store.missing(req.entry_key, meta, needed))
+        cached = [i for i in needed if i not in missing or self.engine.fills.find(req.entry_key, i) is not None]
+        return plan_fill(rng.ranges, size, cached, whole=meta.whole) is FillPlan.PASS
+
     def _revalidate_in_background(self, req: FillRequest, meta: ObjectMeta) -> None:
         first = 0
         if self.engine.fills.find(req.entry_key, first) is None:
@@ -351,6 +368,8 @@ class EdgeHandler:
     async def _serve(
         self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, status: CacheStatus, detail: str = ""
     ) -> web.StreamResponse:
+        if await self._multipart_passes(request, req, meta):
+            return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
         observe.mark(request, status)
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
@@ -379,6 +398,8 @@ class EdgeHandler:
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cstatus)
         if head.shared and meta.length >= 0:
+            if await self._multipart_passes(request, req, meta):
+                return await pass_through(request, self.engine.origin, req, status)
             read = lambda f, last: self.engine.read_range(req, meta, f, last)  # noqa: E731
             return await send(request, req.headers, meta, headers, read)
         if head.start != 0 or fill.last_index is not None:

@@ -1,0 +1,69 @@
+"""What a request may make the origin send: the rule that decides whether a multipart Range fills its slices.
+
+A slice is the unit of a fill, so a range costs the origin every slice it touches: one byte of a 1 MiB slice costs
+1 MiB. For a single range that waste is at most two slices (its two ends) and is the price of the slice design. A
+multipart range pays it per part: 32 one-byte parts on a large object made the origin send 32 slices for 32 bytes,
+and again for every cache-busting query string. Such a request is passed through instead (its own Range goes to
+the origin and the answer is relayed, nothing stored), so what the origin sends stays in proportion to what is
+served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from enum import StrEnum
+
+from edgecache.core.ranges import ByteRange
+
+# A multipart request fills only while the slices it would fetch come to at most FILL_FACTOR times the bytes it
+# serves plus FILL_ALLOWANCE_SLICES slices. The allowance is what one single-range miss may already cost (one fill
+# of cache.fill_slices' default, 4), so the common multipart uses, a player or a PDF reader asking for two or three
+# regions of a file (header, index, a page), still fill and are then hits. The factor of 2 bounds the rest: a
+# request whose parts are each a slice or more fills; one made of many small parts scattered over many slices,
+# where nearly every fetched byte would be thrown away (and an attacker's favourite amplification), does not.
+FILL_FACTOR = 2
+FILL_ALLOWANCE_SLICES = 4
+
+
+class FillPlan(StrEnum):
+    FILL = "fill"  # fetch the missing slices, store them, serve from them
+    PASS = "pass"  # forward the client's Range to the origin and relay the answer; store nothing
+
+
+def needed_slices(parts: tuple[ByteRange, ...], slice_size: int) -> list[int]:
+    """The slices the parts touch, ascending, each once. Only worth listing when plan_fill() says PASS with
+    nothing cached: that happens only for small parts, so the list is then short (a few hundred at most)."""
+    seen: set[int] = set()
+    for part in parts:
+        seen.update(range(part.first // slice_size, part.last // slice_size + 1))
+    return sorted(seen)
+
+
+def plan_fill(
+    parts: tuple[ByteRange, ...], slice_size: int, cached: Collection[int] = (), *, whole: bool = False
+) -> FillPlan:
+    """FILL or PASS for a request serving `parts`; `cached` are slice indices already stored or being fetched.
+
+    A single range always fills (the slice design). So does an object fetched whole (`whole`: its origin ignores
+    Range or it has no validator): passing it through would cost the origin as much and store nothing.
+    """
+    if len(parts) <= 1 or whole:
+        return FillPlan.FILL
+    served = sum(p.length for p in parts)
+    touched = _count(parts, slice_size)
+    have = sum(1 for i in set(cached) if any(p.first // slice_size <= i <= p.last // slice_size for p in parts))
+    cost = (touched - have) * slice_size
+    return FillPlan.FILL if cost <= FILL_FACTOR * served + FILL_ALLOWANCE_SLICES * slice_size else FillPlan.PASS
+
+
+def _count(parts: tuple[ByteRange, ...], slice_size: int) -> int:
+    """How many distinct slices the parts touch, without listing them (a part may span millions of slices)."""
+    count = 0
+    last_counted = -1
+    for part in sorted(parts, key=lambda p: p.first):
+        first, last = part.first // slice_size, part.last // slice_size
+        first = max(first, last_counted + 1)
+        if last >= first:
+            count += last - first + 1
+            last_counted = last
+    return count

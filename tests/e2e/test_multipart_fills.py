@@ -1,0 +1,123 @@
+"""Multipart Ranges fill their slices only while the origin sends at most a small multiple of what they serve
+(core.fillcost); past that, the client's Range goes to the origin and the answer is relayed, nothing stored."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from edgecache import metrics
+from tests.conftest import Edge, make_config, start_edge
+from tests.e2e.test_ranges_e2e import parse_multipart
+from tests.origin import Obj, Origin
+
+SLICE = 64 * 1024
+DATA = os.urandom(40 * SLICE + 99)
+BOUNDARY = "origin-made-boundary"
+
+
+def multipart_origin(request: web.BaseRequest, obj: Obj | None) -> web.Response | None:
+    """Origin hook: a Range of several parts gets a multipart/byteranges 206 (written here, independently of the
+    edge's own layout code); anything else is left to the test origin."""
+    rng = request.headers.get("Range", "")
+    if obj is None or "," not in rng:
+        return None
+    body = b""
+    for spec in rng.removeprefix("bytes=").split(","):
+        a, _, b = spec.partition("-")
+        first, last = int(a), min(int(b), len(obj.data) - 1)
+        body += f"\r\n--{BOUNDARY}\r\nContent-Range: bytes {first}-{last}/{len(obj.data)}\r\n\r\n".encode()
+        body += obj.data[first : last + 1]
+    body += f"\r\n--{BOUNDARY}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/byteranges; boundary={BOUNDARY}", "ETag": str(obj.etag), **obj.headers}
+    return web.Response(status=206, body=body, headers=headers)
+
+
+@pytest.fixture(params=["fast", "framework"])
+async def edge(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
+    config = make_config(tmp_path / "cache", [origin.url], slice_bytes=SLICE)
+    async with start_edge(replace(config, fast_path=request.param == "fast")) as e:
+        origin.put("/m", DATA)
+        origin.on_request = multipart_origin
+        yield e
+
+
+def origin_bytes() -> float:
+    """Body bytes the edge has read from origins of the test site, fills and pass-through alike."""
+    return metrics.ORIGIN_BYTES.labels("videos")._value.get()  # type: ignore[attr-defined, no-any-return]
+
+
+async def settled(edge: Edge) -> None:
+    """Until every fill started so far has ended and its slices are written."""
+    await asyncio.gather(*edge.node.engine._tasks)
+    await edge.node.engine.flush()
+
+
+async def get_parts(edge: Edge, path: str, header: str) -> tuple[list[tuple[str, bytes]], int]:
+    """The parts of a multipart answer, checked against DATA, and its body's length."""
+    status, headers, body = await edge.get(path, Range=header)
+    assert status == 206, (status, body[:200])
+    assert int(headers["Content-Length"]) == len(body)
+    parts = parse_multipart(body, headers["Content-Type"])
+    for spec, (content_range, data) in zip(header.removeprefix("bytes=").split(","), parts, strict=True):
+        a, _, b = spec.partition("-")
+        first, last = int(a), int(b)
+        assert content_range == f"bytes {first}-{last}/{len(DATA)}"
+        assert data == DATA[first : last + 1]
+    return parts, len(body)
+
+
+SCATTERED = "bytes=" + ",".join(f"{i * SLICE + 7}-{i * SLICE + 7}" for i in range(1, 33))  # 32 one-byte parts
+
+
+async def test_32_scattered_one_byte_parts_pass_through_on_a_miss(edge: Edge, origin: Origin) -> None:
+    """Only the fill that learns the object's length runs (one slice, the first part's); the request itself is
+    passed through, every time, whatever the query string: it would have filled 32 slices for 32 bytes."""
+    for n, path in enumerate(["/m", "/m?bust=1", "/m?bust=2"], start=1):
+        before = origin_bytes()
+        parts, length = await get_parts(edge, path, SCATTERED)
+        await settled(edge)
+        assert len(parts) == 32
+        assert origin_bytes() - before == SLICE + length
+        assert origin.range_hits(path) == [f"bytes={SLICE}-{2 * SLICE - 1}", SCATTERED]
+        assert origin.hits[path] == 2, n
+
+
+async def test_32_scattered_one_byte_parts_pass_through_on_a_partly_stored_object(edge: Edge, origin: Origin) -> None:
+    status, _, body = await edge.get("/m", Range="bytes=0-9")
+    assert (status, body) == (206, DATA[:10])
+    await settled(edge)
+    assert origin.hits["/m"] == 1
+    before = origin_bytes()
+    _, length = await get_parts(edge, "/m", SCATTERED)
+    await settled(edge)
+    assert origin_bytes() - before == length
+    assert origin.range_hits("/m")[-1] == SCATTERED
+    assert origin.hits["/m"] == 2
+
+
+async def test_two_parts_within_the_bound_fill_and_are_then_hits(edge: Edge, origin: Origin) -> None:
+    header = f"bytes=7-9,{20 * SLICE + 3}-{20 * SLICE + 5}"
+    before = origin_bytes()
+    await get_parts(edge, "/m", header)
+    await settled(edge)
+    assert origin_bytes() - before == 2 * SLICE  # the two slices, filled; nothing passed through
+    assert origin.range_hits("/m") == [f"bytes=0-{SLICE - 1}", f"bytes={20 * SLICE}-{21 * SLICE - 1}"]
+    await get_parts(edge, "/m", header)
+    assert origin.hits["/m"] == 2
+
+
+async def test_many_parts_fill_once_their_slices_are_stored(edge: Edge, origin: Origin) -> None:
+    """The rule counts what is stored: the same 32 parts on an object whose slices are all in are hits."""
+    status, _, body = await edge.get("/m")
+    assert (status, body) == (200, DATA)
+    await settled(edge)
+    assert origin.hits["/m"] == 1
+    await get_parts(edge, "/m", SCATTERED)
+    assert origin.hits["/m"] == 1

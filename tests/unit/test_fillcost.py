@@ -1,0 +1,85 @@
+"""The rule bounding what a multipart Range may make the origin send: exact cases, then properties."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgecache.core.fillcost import FILL_ALLOWANCE_SLICES, FILL_FACTOR, FillPlan, needed_slices, plan_fill
+from edgecache.core.ranges import ByteRange
+
+MiB = 2**20
+R = ByteRange
+
+
+def one_byte_parts(n: int, size: int) -> tuple[ByteRange, ...]:
+    return tuple(R(i * size, i * size) for i in range(n))
+
+
+def test_the_numbers_are_what_the_docs_say() -> None:
+    assert (FILL_FACTOR, FILL_ALLOWANCE_SLICES) == (2, 4)
+
+
+def test_32_one_byte_parts_on_32_slices_pass() -> None:
+    assert plan_fill(one_byte_parts(32, MiB), MiB) is FillPlan.PASS
+
+
+def test_a_single_range_always_fills() -> None:
+    assert plan_fill((R(5 * MiB, 5 * MiB),), MiB) is FillPlan.FILL
+
+
+def test_two_small_parts_fill() -> None:
+    assert plan_fill((R(0, 1023), R(100 * MiB, 100 * MiB + 1023)), MiB) is FillPlan.FILL
+
+
+def test_the_limit_is_inclusive() -> None:
+    # k one-byte parts on k slices of 100 bytes: cost 100k, limit 2k + 400; 4 parts fit (400 <= 408), 5 do not.
+    assert plan_fill(one_byte_parts(4, 100), 100) is FillPlan.FILL
+    assert plan_fill(one_byte_parts(5, 100), 100) is FillPlan.PASS
+
+
+def test_cached_slices_cost_nothing() -> None:
+    parts = one_byte_parts(32, MiB)
+    assert plan_fill(parts, MiB, cached=range(32)) is FillPlan.FILL
+    assert plan_fill(parts, MiB, cached=range(28)) is FillPlan.FILL  # 4 left: the allowance
+    assert plan_fill(parts, MiB, cached=range(27)) is FillPlan.PASS
+
+
+def test_cached_slices_outside_the_parts_do_not_count() -> None:
+    assert plan_fill(one_byte_parts(32, MiB), MiB, cached=range(100, 200)) is FillPlan.PASS
+
+
+def test_parts_of_a_slice_or_more_fill() -> None:
+    parts = tuple(R(i * 2 * MiB, i * 2 * MiB + MiB - 1) for i in range(32))
+    assert plan_fill(parts, MiB) is FillPlan.FILL
+
+
+def test_many_parts_in_one_slice_cost_one_slice() -> None:
+    parts = tuple(R(i * 10, i * 10) for i in range(64))
+    assert plan_fill(parts, MiB) is FillPlan.FILL
+
+
+def test_an_object_fetched_whole_fills() -> None:
+    assert plan_fill(one_byte_parts(32, MiB), MiB, whole=True) is FillPlan.FILL
+
+
+def test_a_huge_part_is_counted_without_listing_its_slices() -> None:
+    parts = (R(0, 0), R(10**15, 2 * 10**15))
+    assert plan_fill(parts, 4096) is FillPlan.FILL
+
+
+parts_strategy = st.lists(
+    st.tuples(st.integers(0, 5000), st.integers(0, 300)).map(lambda t: R(t[0], t[0] + t[1])), min_size=1, max_size=12
+)
+
+
+@given(parts_strategy, st.integers(1, 700), st.sets(st.integers(0, 60)))
+def test_the_rule_matches_a_direct_count(parts: list[ByteRange], size: int, cached: set[int]) -> None:
+    """Fill exactly when the bytes of the touched, uncached slices are within the bound."""
+    touched = {i for p in parts for i in range(p.first // size, p.last // size + 1)}
+    assert needed_slices(tuple(parts), size) == sorted(touched)
+    cost = len(touched - cached) * size
+    served = sum(p.length for p in parts)
+    fits = cost <= FILL_FACTOR * served + FILL_ALLOWANCE_SLICES * size
+    want = FillPlan.FILL if len(parts) == 1 or fits else FillPlan.PASS
+    assert plan_fill(tuple(parts), size, cached) is want
