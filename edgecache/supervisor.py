@@ -92,6 +92,7 @@ class Slot:
     young: int = 0  # successive workers of this slot that died young
     restart_at: float | None = None
     killed: bool = False
+    hung: bool = False  # killed here for want of a heartbeat
 
 
 @dataclass(slots=True)
@@ -168,8 +169,8 @@ class Supervisor:
             if process.is_alive():
                 continue
             last = self.beats.last(slot.index)
-            silent = now - last if last is not None else None
-            stuck = self.watchdog > 0 and silent is not None and silent >= self.watchdog
+            silent = now - (last or slot.started)
+            stuck = slot.hung or (self.watchdog > 0 and last is not None and silent >= self.watchdog)
             reason = Reason.STUCK if stuck else Reason.DIED
             how = f"its loop had not turned for {silent:.1f} s" if stuck else _exit_status(process.exitcode)
             pid, slot.process = slot.pid, None
@@ -192,6 +193,7 @@ class Supervisor:
             limit = 2 * self.watchdog if last is not None else max(START_SECONDS, 2 * self.watchdog)
             if silent > limit and not slot.killed:
                 log.error("worker %d: no heartbeat for %.1f s; killing it", slot.index, silent)
+                slot.hung = True
                 self._kill(slot)
 
     def _kill_late(self) -> None:
@@ -211,7 +213,7 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         self.beats.clear(slot.index)
-        slot.restart_at, slot.killed, slot.started = None, False, time.monotonic()
+        slot.restart_at, slot.killed, slot.hung, slot.started = None, False, False, time.monotonic()
         try:
             slot.process = self.hooks.start(slot.index, dict(self.restarts))
             slot.pid = slot.process.pid or 0
