@@ -167,3 +167,38 @@ async def test_ranged_miss_answered_whole_is_held_within_the_bound(
     status, _, body = await edge.get("/c", Range=f"bytes={20 * SLICE}-{20 * SLICE + 9}")
     assert (status, body) == (206, BODY[20 * SLICE : 20 * SLICE + 10])
     assert origin.hits["/c"] == 1
+
+
+async def test_a_disk_that_falls_behind_pauses_the_fill_at_its_bound(
+    edge: Edge, origin: Origin, fills: list[tuple[Fill, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices are let go only once stored: while the disk writes nothing, the fill stops taking the body in at its
+    bound (the origin waits on TCP), and goes on once the writes land."""
+    origin.on_request = Chunked(BODY)
+    store = edge.node.store
+    write = type(store).put_slice_disk
+    gate, queued = asyncio.Event(), asyncio.Condition()
+    pending = 0
+
+    async def held_back(entry_key: str, version: str, index: int, data: bytes) -> bool:
+        nonlocal pending
+        async with queued:
+            pending += 1
+            queued.notify_all()
+        await gate.wait()
+        return await write(store, entry_key, version, index, data)
+
+    monkeypatch.setattr(store, "put_slice_disk", held_back)
+    answer = asyncio.ensure_future(edge.get("/c"))
+    async with asyncio.timeout(10), queued:  # slices must go to the disk while the body still arrives
+        await queued.wait_for(lambda: pending >= WINDOW + 1)
+    fill = fills[-1][0]
+    assert fill.received <= BOUND
+    gate.set()
+    status, _, body = await answer
+    assert (status, body) == (200, BODY)
+    assert max(n for _, n in fills) <= BOUND
+    assert fill.peak <= BOUND
+    await edge.node.engine.flush()
+    assert (await edge.get("/c"))[2] == BODY
+    assert origin.hits["/c"] == 1
