@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from edgecache.core.entry import ObjectMeta
@@ -239,7 +239,7 @@ class Fill:
                 raise OriginError("origin body ended before the requested bytes")
             await self._changed.wait()
 
-    async def stream(self) -> AsyncIterator[memoryview]:
+    async def stream(self) -> AsyncGenerator[memoryview, None]:
         """The whole body from its first byte to its end, as it arrives: the private reader of a fill, or a reader
         of a body of unknown length. A complete slice the fill let go is read back through `from_store`."""
         try:

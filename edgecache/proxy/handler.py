@@ -7,6 +7,7 @@ restarts the loop while no byte has been sent, so a changed object is served who
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -405,4 +406,6 @@ class EdgeHandler:
         if head.start != 0 or fill.last_index is not None:
             # An uncacheable answer to a ranged fill: ask again for exactly what the client wants.
             return await pass_through(request, self.engine.origin, req, status)
-        return await send_stream(request, meta.status, headers, fill.stream(), head.end)
+        # Closed as soon as the answer ends, sent or not: a private fill then knows its one reader has left.
+        async with contextlib.aclosing(fill.stream()) as body:
+            return await send_stream(request, meta.status, headers, body, head.end)

@@ -202,3 +202,19 @@ async def test_a_disk_that_falls_behind_pauses_the_fill_at_its_bound(
     await edge.node.engine.flush()
     assert (await edge.get("/c"))[2] == BODY
     assert origin.hits["/c"] == 1
+
+
+async def test_an_uncacheable_fill_stops_when_its_client_leaves(edge: Edge, origin: Origin) -> None:
+    """A fill nobody else may read waits for its one client; once that client is gone it ends, and with it the
+    origin request, instead of waiting for a reader forever."""
+    origin.on_request = Chunked(BODY * 4, {"Cache-Control": "no-store"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    writer.write(b"GET /private HTTP/1.1\r\nHost: video.test\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    await reader.readexactly(SLICE)
+    writer.transport.abort()  # gone without reading the rest
+    fills = list(edge.node.engine._tasks)
+    assert len(fills) == 1
+    async with asyncio.timeout(10):
+        await asyncio.gather(*fills, return_exceptions=True)
+    assert fills[0].done()
