@@ -222,3 +222,29 @@ async def test_a_forward_to_the_owner_carries_the_keys_host_and_target(origin: O
         assert (status, body) == (200, f"video.test {path}?a=2&b=1 -".encode())
         assert "hit" in headers["Cache-Status"]
     assert asked == [fill("video.test", f"{path}?a=2&b=1")]
+
+
+@pytest.mark.parametrize("kind", ["private", "chunked"])
+async def test_an_unstored_answer_for_another_variant_is_asked_again_with_the_field(
+    edge: Edge, origin: Origin, kind: str
+) -> None:
+    """A Vary'd answer the first fill does not store (private, or of unknown length until it ends) leaves no record
+    naming its Vary: the handler looks again with that Vary, not with the record, so it sends the field."""
+    asked: list[Asked] = []
+
+    async def hook(request: web.BaseRequest, obj: object) -> web.StreamResponse:
+        asked.append(Asked(request.method, request.raw_path, tuple(request.headers.items())))
+        device = request.headers.get("X-Device", "-")
+        cc = "private, max-age=600" if kind == "private" else "max-age=600"
+        resp = web.StreamResponse(headers={"Vary": "X-Device", "Cache-Control": cc})
+        if kind == "chunked":
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(f"for {device}".encode())
+        await resp.write_eof()
+        return resp
+
+    origin.on_request = hook
+    status, _, body = await edge.get("/dev", **{"X-Device": "phone"})
+    assert (status, body) == (200, b"for phone")
+    assert [dict(a.headers).get("x-device") for a in asked] == [None, "phone"]
