@@ -190,6 +190,10 @@ class Engine:
                 await self.store.put_meta(req.entry_key, head.meta, lazy=True)
             if head.status == 304:
                 return
+            if not head.shared and not fill.streamed:
+                # Nobody may share this body and nobody will stream it (a background revalidation, a slice reader):
+                # taking it in would only wait, at the fill's bound, for a reader that never comes.
+                raise OriginError("the answer cannot be stored and nobody streams it", retryable=False)
             await self._pump(fill, head, resp, req)
         finally:
             resp.release()

@@ -104,6 +104,7 @@ class Fill:
         self._changed = asyncio.Event()
         self.start = 0  # absolute offset of the first body byte
         self.backpressure = False  # one private reader: the producer waits for it instead of dropping slices
+        self.streamed = False  # whoever started it streams the body should it turn out private
         self._read_pos = 0
 
     # --- producer side (the fill task) ---------------------------------------------------------------------

@@ -343,7 +343,9 @@ class EdgeHandler:
                 if self.engine.fills.find(req.entry_key, index) is not None:
                     last = index - 1
                     break
-        return self.engine.start_fill(req, first, last, validate=meta), True
+        fill = self.engine.start_fill(req, first, last, validate=meta)
+        fill.streamed = True  # _serve_fill streams a private answer to this request
+        return fill, True
 
     async def _multipart_passes(self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta) -> bool:
         """Whether the client's multipart Range would make the origin send far more than it is served (the rule

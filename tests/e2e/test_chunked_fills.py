@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.origin import Obj, Origin
 SLICE = 64 * 1024
 BODY = os.urandom(40 * SLICE + 1234)  # 41 slices, the last one short
 BOUND = (WINDOW + 2) * SLICE  # what one fill may hold at once
+SWR = "max-age=1, stale-while-revalidate=600"
 
 
 class Chunked:
@@ -218,3 +220,24 @@ async def test_an_uncacheable_fill_stops_when_its_client_leaves(edge: Edge, orig
     async with asyncio.timeout(10):
         await asyncio.gather(*fills, return_exceptions=True)
     assert fills[0].done()
+
+
+async def test_a_background_revalidation_answered_uncacheable_ends(
+    edge: Edge, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revalidation in the background streams to nobody: an answer that cannot be stored ends it at once rather
+    than leaving it waiting, with its origin connection, for a reader that never comes."""
+    origin.put("/swr", b"old body", etag=None, last_modified=None, headers={"Cache-Control": SWR})
+    assert (await edge.get("/swr"))[2] == b"old body"
+    await edge.node.engine.flush()
+    origin.on_request = Chunked(BODY, {"Cache-Control": "no-store"})
+    later = time.time() + 30
+    monkeypatch.setattr(time, "time", lambda: later)
+    status, headers, body = await edge.get("/swr")
+    assert (status, body) == (200, b"old body")
+    assert "stale" in headers["Cache-Status"]
+    fills = list(edge.node.engine._tasks)
+    assert len(fills) == 1
+    async with asyncio.timeout(10):
+        await asyncio.gather(*fills, return_exceptions=True)
+    assert origin.hits["/swr"] == 2
