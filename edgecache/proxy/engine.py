@@ -356,6 +356,8 @@ class Engine:
 
     async def _forget(self, entry_key: str, version: str, indices: list[int]) -> None:
         """Drop slices of a body that will never be stored, once their disk writes (already started) are done."""
+        if (stored := self.store.peek_meta(entry_key)) is not None and stored.slice_version == version:
+            return  # more of a copy already stored (same strong ETag): its slices are its own
         if writing := [t for t in self._writes if t is not asyncio.current_task()]:
             await asyncio.wait(writing)
         for index in indices:
