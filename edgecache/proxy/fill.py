@@ -26,8 +26,9 @@ from edgecache.errors import OriginError
 
 log = logging.getLogger(__name__)
 
-# A fill of a whole object (origin ignores Range) keeps this many complete slices in its own buffers behind the
-# newest; older ones are only in the store, so memory per fill stays bounded whatever the object's size.
+# A fill of a whole object (no validator, Range ignored, or a length not known yet) keeps this many complete slices
+# in its own buffers behind the newest, for readers a little behind; older ones are only in the store, so memory
+# per fill stays bounded whatever the object's size (Fill.bound).
 WINDOW = 8
 
 
