@@ -1,0 +1,138 @@
+"""No end-to-end test may starve its event loop: a loop that does not turn for STALL_LIMIT fails the test.
+
+A node serves every client from one loop per worker, so a callback that runs 250 ms stops every connection of
+the worker for 250 ms; one that never returns stops the node (a 204 read twice once did). The probe is a callback
+that reschedules itself every TICK and notes how late it ran; a thread notes where the loop's thread was while
+a tick was overdue, so the failure says what blocked. It runs while the test's own coroutine runs, not around
+it: between fixtures pytest-asyncio stops the loop, and time the loop spends stopped is not a stall. Nor is time
+the loop's thread waited for a CPU (Linux counts it in /proc/thread-self/schedstat): on a shared, loaded test
+machine that is the scheduler's doing, not the code's, and a node that is starved of CPU is not what this tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+STALL_LIMIT = 0.25  # seconds
+TICK = 0.02
+
+
+def cpu_wait() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU (0 where the kernel does not say)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class StallProbe:
+    """The worst lateness of a callback due every TICK: the longest the loop went without turning."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.worst = 0.0
+        self.worst_stack = ""  # where the loop's thread was during the worst stall, when the watcher saw it
+        self.over = 0  # ticks later than STALL_LIMIT
+        self.starved = 0.0  # of the worst stall: time the thread waited for a CPU, not counted in it
+        self._due = 0.0
+        self._waited = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop_thread = threading.get_ident()
+        self._seen_stack = ""  # of the stall in progress
+        self._stopped = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="stall-probe", daemon=True)
+
+    def start(self) -> None:
+        self._waited = cpu_wait()
+        self._schedule(self.loop.time())
+        self._watcher.start()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            self._note(self.loop.time() - self._due)  # a stall that lasted to the test's end has no tick after it
+        self._stopped.set()
+        self._watcher.join()
+
+    def _schedule(self, now: float) -> None:
+        self._due = now + TICK
+        self._handle = self.loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        self._note(now - self._due)
+        self._schedule(now)
+
+    def _note(self, late: float) -> None:
+        waited, self._waited = self._waited, cpu_wait()
+        starved = self._waited - waited
+        late -= starved
+        if late > self.worst:
+            self.worst, self.worst_stack, self.starved = late, self._seen_stack, starved
+        self._seen_stack = ""
+        if late > STALL_LIMIT:
+            self.over += 1
+
+    def _watch(self) -> None:
+        """Off the loop: once a tick is STALL_LIMIT overdue, take the loop thread's stack (once per stall)."""
+        while not self._stopped.wait(TICK):
+            due = self._due
+            if not self._seen_stack and time.monotonic() - due > STALL_LIMIT:
+                frame = sys._current_frames().get(self._loop_thread)
+                if frame is not None and self._due == due:
+                    self._seen_stack = "".join(traceback.format_stack(frame)[-12:])
+
+    def report(self) -> str:
+        where = f"\nthe loop's thread during it:\n{self.worst_stack}" if self.worst_stack else ""
+        return (
+            f"the event loop stalled for {self.worst * 1000:.0f} ms (limit {STALL_LIMIT * 1000:.0f} ms; "
+            f"{self.over} stall(s) over the limit; {self.starved * 1000:.0f} ms more waiting for a CPU, not "
+            f"counted): something on the loop blocked or spun without awaiting{where}"
+        )
+
+
+def probed(test: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Coroutine[Any, Any, Any]]:
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        probe = StallProbe(asyncio.get_running_loop())
+        probe.start()
+        try:
+            result = await test(*args, **kwargs)
+        except BaseException as exc:
+            probe.stop()
+            if probe.worst > STALL_LIMIT:
+                exc.add_note(probe.report())
+            raise
+        probe.stop()
+        if probe.worst > STALL_LIMIT:
+            pytest.fail(probe.report())
+        return result
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def no_loop_stall(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run an async test's coroutine under a StallProbe. (Sync tests run no loop of their own to watch.)"""
+    node = request.node
+    test = getattr(node, "obj", None)
+    if not isinstance(node, pytest.Function) or not inspect.iscoroutinefunction(test) or hasattr(test, "hypothesis"):
+        yield
+        return
+    node.obj = probed(test)
+    try:
+        yield
+    finally:
+        node.obj = test
