@@ -162,8 +162,14 @@ async def reload(node: Node) -> bool:
 
 def make_server(node: Node) -> web.Server:
     # The low-level server: no router, so every target (absolute-form, odd paths) reaches our own checks.
+    # Request bodies are forwarded as the client sent them: never decompressed (aiohttp's default inflated a gzip
+    # body and sent it on still labelled gzip, cut to the client's Content-Length).
     return web.Server(
-        node.handler, access_log=None, handler_cancellation=False, keepalive_timeout=node.config.idle_timeout
+        node.handler,
+        access_log=None,
+        handler_cancellation=False,
+        keepalive_timeout=node.config.idle_timeout,
+        auto_decompress=False,
     )
 
 
