@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
@@ -87,7 +88,8 @@ def test_a_renewed_hit_is_what_find_hit_decides_then(
     asked += [("If-None-Match", if_none_match)] if if_none_match else []
     fields = tuple(asked)
 
-    store = Store(MemoryTier(2**20), cast(DiskTier, None))  # nothing here reaches the disk tier
+    # Nothing here reaches the disk tier or the purge log beside it: a directory is all the Store is given.
+    store = Store(MemoryTier(2**20), cast(DiskTier, SimpleNamespace(directory=Path("/nonexistent"))))
     key = make_key("s", "a.example", "/x", SITE.key_query)
     record = PrimaryRecord()
     store.remember_record(key.primary, record)
