@@ -89,6 +89,9 @@ REJECTED_CONNECTIONS = Counter(
 ACCESS_LOG_DROPPED = Counter(
     "edgecache_access_log_dropped_total", "Access-log lines dropped: the writer's queue was full, or writing failed"
 )
+REQUEST_BODY_TIMEOUTS = Counter(
+    "edgecache_request_body_timeouts_total", "Requests answered 408: their body stalled for origin.body_timeout"
+)
 # The count lives in the parent process, which exports nothing: every worker it starts is given the count so far
 # and shows it, and the highest value across workers (files of workers gone included) is the node's.
 WORKER_RESTARTS = Gauge(

@@ -167,6 +167,8 @@ class RawOrigin:
         self.hits: Counter[str] = Counter()
         self.seen: list[RawRequest] = []
         self.port = 0
+        self.receiving = 0  # requests whose head is in and whose body is not yet
+        self.changed = asyncio.Condition()  # notified when `receiving` changes
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -185,10 +187,19 @@ class RawOrigin:
                 w.close()
             await self._server.wait_closed()
 
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        async with self.changed:
+            await self.changed.wait_for(predicate)
+
+    async def _receiving(self, change: int) -> None:
+        async with self.changed:
+            self.receiving += change
+            self.changed.notify_all()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
-            while (request := await _read_request(reader, self.MAX_BODY)) is not None:
+            while (request := await self._next_request(reader)) is not None:
                 self.hits[request.path] += 1
                 self.seen.append(request)
                 data, close = self.reply(request)
@@ -202,14 +213,21 @@ class RawOrigin:
             self._writers.discard(writer)
             writer.close()
 
+    async def _next_request(self, reader: asyncio.StreamReader) -> RawRequest | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise
+            return None  # closed between requests
+        await self._receiving(+1)
+        try:
+            return await _read_request(head, reader, self.MAX_BODY)
+        finally:
+            await self._receiving(-1)
 
-async def _read_request(reader: asyncio.StreamReader, max_body: int) -> RawRequest | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise
-        return None  # closed between requests
+
+async def _read_request(head: bytes, reader: asyncio.StreamReader, max_body: int) -> RawRequest:
     line, *fields = head[:-4].decode("latin-1").split("\r\n")
     method, path, _ = line.split(" ", 2)
     headers = {}

@@ -73,7 +73,7 @@ KEYS: dict[str, frozenset[str]] = {
         "header_timeout idle_timeout disk_send tls_listen tls watchdog",
         "tls": "cert key",
         "cache": "dir memory disk slice fill_slices memory_policy memory_headroom",
-        "origin": "connect_timeout read_timeout max_connections",
+        "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
         "sites": "name hosts origins key_query origin_host cache allow tls",
         "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
         "cluster": "self nodes rise fall interval timeout dns dns_interval",
@@ -116,6 +116,8 @@ def _origin(r: _Reader, doc: dict[str, Any]) -> OriginSettings:
         connect_timeout=r.get(t, "origin.", "connect_timeout", _positive(float), 5.0),
         read_timeout=r.get(t, "origin.", "read_timeout", _positive(float), 30.0),
         max_connections=r.get(t, "origin.", "max_connections", _positive(int), 256),
+        body_timeout=r.get(t, "origin.", "body_timeout", _positive(float), 30.0),
+        body_connections=r.get(t, "origin.", "body_connections", _positive(int), 64),
     )
 
 

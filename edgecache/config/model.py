@@ -64,6 +64,12 @@ class OriginSettings:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_connections: int = 256
+    # A request body whose client sends nothing for this long ends its pass-through with 408 (nginx's
+    # client_body_timeout, which defaults to 60 s, is the same rule).
+    body_timeout: float = 30.0
+    # Origin connections per worker for requests with bodies, a pool of their own: clients that stall their
+    # bodies hold these, never the ones cached GETs and fills use.
+    body_connections: int = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 from edgecache import metrics
 from edgecache.config import OriginSettings, Site
 from edgecache.core.headers import Headers
-from edgecache.errors import OriginError
+from edgecache.errors import ClientError, OriginError
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,26 @@ class OriginResponse:
 
 
 class OriginClient:
+    """Two pools: requests with a body get their own (origin.body_connections), so clients that send their
+    bodies slowly, or stop, can hold only those; cached GETs and fills always find a connection."""
+
     def __init__(self, settings: OriginSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._bodies: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.max_connections, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True
-        )
+        self._session = self._pool(self.settings.max_connections)
+        self._bodies = self._pool(self.settings.body_connections)
+
+    def _pool(self, limit: int) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True)
+        # connect: also the longest a request waits for a free connection of its pool.
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
         )
         # Bodies are stored exactly as the origin encoded them: never decompress, never add our own fields.
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
             auto_decompress=False,
@@ -56,9 +63,10 @@ class OriginClient:
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._bodies):
+            if session is not None:
+                await session.close()
+        self._session = self._bodies = None
 
     async def request(
         self,
@@ -70,16 +78,20 @@ class OriginClient:
     ) -> OriginResponse:
         """Send to the site's origins in order; the next one is tried on a connection error, timeout or 5xx.
 
-        A request with a body is never retried: it may already have had its effect.
+        A request with a body is never retried: it may already have had its effect. A ClientBody that stalls ends
+        the request with ClientError(408); its origin connection is closed, not reused.
         """
         assert self._session is not None, "OriginClient.start() not called"
+        assert self._bodies is not None
         origins = site.origins if body is None else site.origins[:1]
+        session = self._session if body is None else self._bodies
+        paced = body if isinstance(body, ClientBody) else None
         last_error: OriginError | None = None
         for i, base in enumerate(origins):
             is_last = i == len(origins) - 1
             started = time.monotonic()
             try:
-                raw = await self._session.request(
+                raw = await session.request(
                     method,
                     base + target,
                     headers=CIMultiDict(headers),
@@ -89,11 +101,13 @@ class OriginClient:
                     chunked=None,
                 )
             except TimeoutError as exc:
+                _raise_if_stalled(paced, exc)
                 metrics.ORIGIN_ERRORS.labels(site.name, "timeout").inc()
                 last_error = OriginError(f"{base}: timed out", timeout=True)
                 log.info("origin %s timed out: %s", base, exc)
                 continue
             except (aiohttp.ClientError, OSError) as exc:
+                _raise_if_stalled(paced, exc)
                 metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
                 # No response came: the peer refused, or a pooled connection to it was found dead. Nothing reached
                 # the client, so an idempotent request may go elsewhere.
@@ -110,6 +124,36 @@ class OriginClient:
             return OriginResponse(raw.status, tuple(raw.headers.items()), raw, base, site.name)
         assert last_error is not None
         raise last_error
+
+
+class ClientBody:
+    """A client's request body, forwarded as it arrives; a client that sends nothing for `timeout` seconds
+    (origin.body_timeout) ends it (`stalled`), so it cannot hold an origin connection for as long as it likes."""
+
+    def __init__(self, source: AsyncIterable[bytes], timeout: float) -> None:
+        self.source = source
+        self.timeout = timeout
+        self.stalled = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pieces = aiter(self.source)
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    piece = await anext(pieces)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                self.stalled = True
+                raise
+            yield piece
+
+
+def _raise_if_stalled(body: ClientBody | None, exc: BaseException) -> None:
+    """The request failed because its client stopped sending its body: the client's fault, not the origin's."""
+    if body is not None and body.stalled:
+        metrics.REQUEST_BODY_TIMEOUTS.inc()
+        raise ClientError(408, f"request body stalled: nothing for {body.timeout:g} s") from exc
 
 
 async def read_chunks(resp: OriginResponse) -> AsyncIterable[bytes]:

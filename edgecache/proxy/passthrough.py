@@ -18,7 +18,7 @@ from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import observe
 from edgecache.proxy.engine import FillRequest
-from edgecache.proxy.origin import OriginClient, read_chunks
+from edgecache.proxy.origin import ClientBody, OriginClient, read_chunks
 from edgecache.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,11 @@ async def pass_through(
     observe.mark(request, status)
     sent = pass_request(request.method, req.key, req.headers, req.site.origin_host, req.client_ip, extra)
     served = _FROM_ORIGIN if source == "origin" else metrics.BYTES_SERVED.labels("peer")
-    body = request.content.iter_chunked(64 * 1024) if request.body_exists else None
+    body = (
+        ClientBody(request.content.iter_chunked(64 * 1024), origin.settings.body_timeout)
+        if request.body_exists
+        else None
+    )
     started = time.monotonic()
     resp = await origin.request(req.site, sent.method, sent.target, sent.headers, body)
     observe.trace(request).origin_ms = round((time.monotonic() - started) * 1000, 3)

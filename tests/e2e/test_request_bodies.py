@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import RawOrigin, RawReply, RawRequest
@@ -108,3 +109,48 @@ async def test_an_encoded_chunked_body_reaches_the_origin_chunked_as_sent(
     assert dechunk(seen.body) == sent  # chunk sizes are the edge's own; the bytes in them are the client's
     assert (seen.header("Content-Encoding"), seen.header("Transfer-Encoding")) == (encoding, "chunked")
     assert seen.header("Content-Length") is None
+
+
+def body_timeouts() -> float:
+    return REGISTRY.get_sample_value("edgecache_request_body_timeouts_total") or 0.0
+
+
+async def stall(edge: Edge, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST that promises 1,000 body bytes, sends one, and stops."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    writer.write(post_head(path, "Content-Length: 1000") + b"x")
+    await writer.drain()
+    return reader, writer
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "framework"])
+async def test_stalled_bodies_hold_only_their_own_connections(
+    raw_origin: RawOrigin, tmp_path: Path, fast_path: bool
+) -> None:
+    """More stalled bodies than both pools: an uncached GET is still answered from the origin, and each stalled
+    client gets 408 once its body has been silent for body_timeout, its origin connection closed."""
+    config = make_config(tmp_path / "c", [raw_origin.url])
+    origin = replace(config.origin, connect_timeout=5.0, max_connections=2, body_connections=2, body_timeout=0.5)
+    config = replace(config, origin=origin, fast_path=fast_path)
+    before = body_timeouts()
+    async with start_edge(config) as edge:
+        clients = [await stall(edge, f"/upload-{i}") for i in range(4)]
+        try:
+            async with asyncio.timeout(ANSWER):
+                await raw_origin.wait_until(lambda: raw_origin.receiving == 2)  # the pool for bodies is full
+                status, _, body = await edge.get("/object")
+            assert (status, body) == (200, OBJECT)
+            assert raw_origin.hits["/object"] == 1
+            for reader, _ in clients:  # the two queued for a connection get theirs, and stall in turn
+                async with asyncio.timeout(ANSWER):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    reason = await reader.readline()
+                assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), head
+                assert reason == b"request body stalled: nothing for 0.5 s\n"
+            async with asyncio.timeout(ANSWER):
+                await raw_origin.wait_until(lambda: raw_origin.receiving == 0)
+        finally:
+            for _, writer in clients:
+                writer.close()
+    assert [r.path for r in raw_origin.seen] == ["/object"]  # no cut body reached the origin as a whole one
+    assert body_timeouts() - before == 4
