@@ -5,8 +5,9 @@ the worker for 250 ms; one that never returns stops the node (a 204 read twice o
 that reschedules itself every TICK and notes how late it ran; a thread notes where the loop's thread was while
 a tick was overdue, so the failure says what blocked. It runs while the test's own coroutine runs, not around
 it: between fixtures pytest-asyncio stops the loop, and time the loop spends stopped is not a stall. Nor is time
-the loop's thread waited for a CPU (Linux counts it in /proc/thread-self/schedstat): on a shared, loaded test
-machine that is the scheduler's doing, not the code's, and a node that is starved of CPU is not what this tests.
+a thread of the process waited for a CPU (Linux counts it in /proc/self/task/*/schedstat): on a shared, loaded
+test machine that is the scheduler's doing, not the code's (the loop's thread waits for a CPU, or for the GIL
+held by a thread that waits for one), and a node starved of CPU is not what this tests.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
 import sys
 import threading
 import time
@@ -27,13 +29,26 @@ STALL_LIMIT = 0.25  # seconds
 TICK = 0.02
 
 
-def cpu_wait() -> float:
-    """Seconds this thread has spent runnable but waiting for a CPU (0 where the kernel does not say)."""
+def cpu_waits() -> dict[str, float]:
+    """Seconds each thread of this process has spent runnable but waiting for a CPU (none where Linux does not
+    say; a thread may end while it is read)."""
+    waits = {}
     try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+        threads = os.listdir("/proc/self/task")
+    except OSError:
+        return {}
+    for tid in threads:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                waits[tid] = int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+    return waits
+
+
+def starved(before: dict[str, float], after: dict[str, float]) -> float:
+    """The longest any thread waited for a CPU between two readings."""
+    return max((wait - before.get(tid, 0.0) for tid, wait in after.items()), default=0.0)
 
 
 class StallProbe:
@@ -46,7 +61,7 @@ class StallProbe:
         self.over = 0  # ticks later than STALL_LIMIT
         self.starved = 0.0  # of the worst stall: time the thread waited for a CPU, not counted in it
         self._due = 0.0
-        self._waited = 0.0
+        self._waited: dict[str, float] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._loop_thread = threading.get_ident()
         self._seen_stack = ""  # of the stall in progress
@@ -54,7 +69,7 @@ class StallProbe:
         self._watcher = threading.Thread(target=self._watch, name="stall-probe", daemon=True)
 
     def start(self) -> None:
-        self._waited = cpu_wait()
+        self._waited = cpu_waits()
         self._schedule(self.loop.time())
         self._watcher.start()
 
@@ -76,11 +91,11 @@ class StallProbe:
         self._schedule(now)
 
     def _note(self, late: float) -> None:
-        waited, self._waited = self._waited, cpu_wait()
-        starved = self._waited - waited
-        late -= starved
+        waited, self._waited = self._waited, cpu_waits()
+        waiting = starved(waited, self._waited)
+        late -= waiting
         if late > self.worst:
-            self.worst, self.worst_stack, self.starved = late, self._seen_stack, starved
+            self.worst, self.worst_stack, self.starved = late, self._seen_stack, waiting
         self._seen_stack = ""
         if late > STALL_LIMIT:
             self.over += 1

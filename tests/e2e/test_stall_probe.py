@@ -1,0 +1,46 @@
+"""The stall probe of tests/e2e/conftest.py can fail a test: a loop that blocks is caught and located, one that
+awaits is not. (Sync tests, each with a loop of its own: the probe does not watch them.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.e2e.conftest import STALL_LIMIT, TICK, StallProbe, probed
+
+
+def blocks_the_loop() -> None:
+    time.sleep(STALL_LIMIT + 0.15)  # a blocking call, as a sync file or DNS read on the loop would be
+
+
+async def blocking_test() -> None:
+    await asyncio.sleep(2 * TICK)
+    blocks_the_loop()
+    await asyncio.sleep(2 * TICK)
+
+
+async def awaiting_test() -> None:
+    for _ in range(5):
+        await asyncio.sleep(STALL_LIMIT / 2)  # as long as a stall in all, but the loop turns throughout
+
+
+def test_a_blocked_loop_is_caught_and_located() -> None:
+    async def run() -> StallProbe:
+        probe = StallProbe(asyncio.get_running_loop())
+        probe.start()
+        await blocking_test()
+        probe.stop()
+        return probe
+
+    probe = asyncio.run(run())
+    assert probe.worst > STALL_LIMIT
+    assert probe.over == 1
+    assert "blocks_the_loop" in probe.worst_stack
+
+
+def test_the_wrapper_fails_a_blocking_test_and_passes_an_awaiting_one() -> None:
+    with pytest.raises(pytest.fail.Exception, match="the event loop stalled for"):
+        asyncio.run(probed(blocking_test)())
+    asyncio.run(probed(awaiting_test)())
