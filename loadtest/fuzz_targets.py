@@ -22,6 +22,7 @@ from edgecache import config
 from edgecache.core import cachecontrol, conditional, freshness, httpdate, keys, manifest, ranges, route
 from edgecache.core.headers import Headers
 from edgecache.errors import ConfigError
+from loadtest import fuzz_heads
 from loadtest.fuzzgen import NUMBERS, WEIRD, G
 
 T = TypeVar("T")
@@ -763,6 +764,16 @@ def gen_config_dict(g: G) -> Args:
     return (config_doc(g),)
 
 
+def check_heads(head: bytes) -> None:
+    """The fast-path edge and the full-path edge give the same statuses (loadtest/fuzz_heads.py)."""
+    LAST[0] = ("loadtest.fuzz_heads.compare", (head,))
+    fast, full = fuzz_heads.compare(head)
+    if fast != full:
+        first = next(i for i, (a, b) in enumerate(zip([*fast, None], [*full, None], strict=False)) if a != b)
+        pair = (fast[first] if first < len(fast) else None, full[first] if first < len(full) else None)
+        raise Violation(f"fast path {pair[0]} where the full path gives {pair[1]}", f"{fast} vs {full}")
+
+
 TARGETS = (
     Target("ranges", 150_000, gen_ranges, check_ranges, "nothing"),
     Target("cachecontrol", 100_000, gen_cachecontrol, check_cachecontrol, "nothing"),
@@ -776,4 +787,5 @@ TARGETS = (
     Target("dash", 40_000, gen_dash, check_dash, "nothing"),
     Target("config-toml", 40_000, gen_config_toml, check_config_toml, "ConfigError, every line 'file: key: problem'"),
     Target("config-dict", 60_000, gen_config_dict, check_config_dict, "ConfigError, every line 'file: key: problem'"),
+    Target("heads", 100_000, fuzz_heads.gen_heads, check_heads, "nothing (a status that differs is a finding)"),
 )

@@ -1,5 +1,10 @@
 """Deciding, from a request head's bytes alone, whether the fast path answers it: the memo of decisions, the
-whole-object answers single ranges are cut from, and the llhttp parse behind both (see fastpath).
+whole-object answers single ranges are cut from, and the parse behind both (see fastpath).
+
+A head is parsed by aiohttp's own request parser, with the limits aiohttp's server applies, so the fast path
+refuses (hands to aiohttp, which answers 400) exactly the heads the full path refuses: too many fields, over-long
+lines or fields, odd bytes, repeated fields that must occur once, version strings. No copy of those rules lives
+here; loadtest/fuzz_heads.py and tests/e2e/test_fast_path_differential.py check the two paths agree.
 
 A head is parsed and looked up (find_hit) once; the same head bytes then get the same answer while everything it
 was decided from is unchanged (Hit.still). Nothing here does I/O or waits: a decision that needs the disk tier
@@ -8,15 +13,20 @@ comes back as a Load for the connection to fetch first.
 
 from __future__ import annotations
 
+import asyncio
 import http
+import inspect
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import httptools
-from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
+from aiohttp.web_protocol import RequestHandler
 
 from edgecache.core import ranges
 from edgecache.core.status import CacheStatus
@@ -27,7 +37,11 @@ from edgecache.storage.store import slice_name
 
 log = logging.getLogger(__name__)
 
-_FIELD_MAX = 8190  # aiohttp's max_field_size and max_line_size
+# aiohttp's server (make_server sets none of these) parses with RequestHandler's defaults: read them, not copied.
+_LIMITS = {
+    name: inspect.signature(RequestHandler.__init__).parameters[name].default
+    for name in ("max_line_size", "max_headers", "max_field_size")
+}
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 _MEMO_ENTRIES = 4096  # decisions remembered; a full memo is cleared and filled again
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
@@ -54,33 +68,36 @@ class Prepared:
     range_field: str | None = None  # the Range of a request answered from its whole-object answer, for the log
 
 
-class _Head:
-    """httptools callbacks for one request head."""
-
-    __slots__ = ("complete", "headers", "keep_alive", "odd", "parser", "url")
+class _Parser:
+    """aiohttp's request parser, used head by head; a new one after any head that did not end cleanly."""
 
     def __init__(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
-        self.keep_alive = False
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.complete = False
-        self.odd = False
+        self._parser: HttpRequestParser | None = None
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
+    def message(self, head: bytes) -> RawRequestMessage | None:
+        """The head's message if aiohttp accepts it as one complete request without a body; None otherwise."""
+        parser = self._parser
+        if parser is None:
+            loop = asyncio.get_running_loop()
+            parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16, **_LIMITS)
+        self._parser = None
+        try:
+            messages, upgraded, tail = parser.feed_data(head)
+        except HttpProcessingError:
+            return None
+        if len(messages) != 1 or upgraded or tail:
+            return None
+        message, payload = messages[0]
+        if not payload.is_eof() or message.upgrade or message.chunked:
+            return None
+        if not message.should_close:  # llhttp takes nothing after a closing message
+            self._parser = parser  # it ended cleanly: ready for the next head
+        return message
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        if lower in _FRAMING or (lower == b"connection" and value.strip().lower() not in _CONNECTION):
-            self.odd = True
-        self.headers.append((name, value))
 
-    def on_headers_complete(self) -> None:
-        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is complete
-
-    def on_message_complete(self) -> None:
-        self.complete = True
+def _odd(name: bytes, value: bytes) -> bool:
+    lower = name.lower()
+    return lower in _FRAMING or (lower == b"connection" and value.strip().lower() not in _CONNECTION)
 
 
 class Decider:
@@ -91,6 +108,7 @@ class Decider:
         self.date = date  # the Date field's value now
         self.memo: dict[bytes, Prepared] = {}  # request head -> its answer, while still valid
         self.wholes: dict[bytes, Prepared] = {}  # head without Range -> whole-object basis
+        self.parser = _Parser()
 
     def answer(self, head: bytes, client: str) -> Prepared | Load | None:
         """The answer to this head if it is a fresh hit; None for anything the fast path leaves to aiohttp.
@@ -160,8 +178,10 @@ class Decider:
         is no hit, neither is the head (Range changes nothing before _planned): None, and aiohttp answers it.
         """
         split = rangecut.split_range(head)
-        if split is None:
+        if split is None or not rangecut.plain_value(split[0]):
             return _FULL_PARSE
+        if head.count(b"\r\n") - 2 > _LIMITS["max_headers"]:  # one field per line (split_range made sure)
+            return _FULL_PARSE  # aiohttp refuses the head with its Range line: the full parse hands it over
         raw_value, stripped = split
         handler = self.handler
         if handler.limiter is not None:
@@ -201,32 +221,27 @@ class Decider:
     def _parse(self, head: bytes, client: str, any_size: bool = False) -> tuple[Hit | Load | None, str, bool]:
         if rangecut.needs_strict_parser(head):
             return None, "", False
-        cb = _Head()
-        parser = cb.parser
+        msg = self.parser.message(head)
+        if msg is None or msg.version != HttpVersion11 or msg.method not in ("GET", "HEAD"):
+            return None, "", False
+        if any(_odd(k, v) for k, v in msg.raw_headers):
+            return None, "", False
+        target = msg.path  # as sent (aiohttp decodes it with surrogateescape)
         try:
-            parser.feed_data(head)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            target.encode("ascii")
+            headers = tuple((k.decode("ascii"), v.decode("ascii")) for k, v in msg.raw_headers)
+        except UnicodeError:
             return None, "", False
-        method = parser.get_method()
-        if not cb.complete or cb.odd or parser.get_http_version() != "1.1" or method not in (b"GET", b"HEAD"):
-            return None, "", False
-        try:
-            target = cb.url.decode("ascii")
-            headers = tuple((k.decode("ascii"), v.decode("ascii")) for k, v in cb.headers)
-        except UnicodeDecodeError:
-            return None, "", False
-        if len(head) > _FIELD_MAX and any(len(k) + len(v) > _FIELD_MAX for k, v in headers):
-            return None, "", False  # aiohttp refuses such a field (431): so must a hit
         hosts = [v for k, v in headers if k.lower() == "host"]
         if len(hosts) != 1:
             return None, "", False
-        m = method.decode()
+        m = msg.method
         try:
             hit = find_hit(self.handler, m, hosts[0], target, headers, client, any_size)
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", False
-        return hit, m, cb.keep_alive
+        return hit, m, not msg.should_close
 
     def _head(self, hit: Hit, keep_alive: bool) -> bytes | None:
         """The head aiohttp would write for these fields: Date and Server when absent, Connection when due."""

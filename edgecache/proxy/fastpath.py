@@ -1,7 +1,7 @@
 """The client listener's protocol: fresh cache hits answered straight off the socket, the rest to aiohttp.
 
-Every connection starts here. Each request head is cut at its blank line and decided (decide.py: llhttp via
-httptools, find_hit(), and a memo of the decisions); a plain GET or HEAD that is a fresh hit is answered from
+Every connection starts here. Each request head is cut at its blank line and decided (decide.py: aiohttp's
+own request parser, find_hit(), and a memo of the decisions); a plain GET or HEAD that is a fresh hit is answered from
 the memory tier (or the disk tier, read off the loop) without the web framework. The first request that is
 anything else (a miss, a body, an odd or malformed head, a peer's key) hands the whole connection, with every
 byte not yet answered, to aiohttp's own protocol, which then serves it to the end as it would have from the

@@ -18,6 +18,15 @@ def needs_strict_parser(head: bytes) -> bool:
     return head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head
 
 
+_PLAIN = re.compile(rb"[ \t]*[!-~]+(?:[ \t]+[!-~]+)*[ \t]*")
+
+
+def plain_value(value: bytes) -> bool:
+    """Visible ASCII words between spaces and tabs: a Range value every parser takes as it is. Anything else
+    goes to the full parse, whose parser (aiohttp's) decides whether the head is refused."""
+    return _PLAIN.fullmatch(value) is not None
+
+
 def split_range(head: bytes) -> tuple[bytes, bytes] | None:
     """(the Range value, the head without its Range line) when the head has exactly one Range line, no
     If-Range, and nothing aiohttp's strict parser must judge; else None."""
