@@ -7,19 +7,22 @@ pipelined behind. It is sent, followed by a closing request, to two real edges t
 answers hits on its fast path, the other has the fast path off (aiohttp answers everything). The statuses the two
 give, in order, must be the same; a difference is a finding named after the pair of statuses.
 
-The edges, and the origin behind them, run on a loop in a background thread of the fuzzing process (started on
+The edges, and the origin behind them, run in a child process (`python -m loadtest.fuzz_heads DIR`, started on
 first use); the check talks to them over blocking loopback sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import re
+import resource
 import socket
+import subprocess
+import sys
 import tempfile
-import threading
 from pathlib import Path
 
 from aiohttp import web
@@ -165,40 +168,50 @@ def warm(port: int) -> None:
             raise RuntimeError(f"warming {path} failed: {statuses(raw)} {raw[-300:]!r}")
 
 
-class Edges:
-    """The origin and the two edges, on a loop of their own in a daemon thread."""
-
-    def __init__(self) -> None:
-        logging.getLogger("aiohttp").setLevel(logging.CRITICAL)  # a 400 per bad head is the point, not news
-        self.ports: tuple[int, int] = (0, 0)
-        self._ready = threading.Event()
-        self._dir = tempfile.TemporaryDirectory(prefix="edgecache-heads-")
-        threading.Thread(target=asyncio.run, args=(self._serve(),), name="fuzz-edges", daemon=True).start()
-        if not self._ready.wait(30):
-            raise RuntimeError("the fuzz edges did not start")
-        for port in self.ports:
-            warm(port)
-
-    async def _serve(self) -> None:
-        runner = web.ServerRunner(web.Server(_origin), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        origin = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        ports = []
-        stack = contextlib.AsyncExitStack()  # held until the process exits: the nodes stay open
-        self._stack = stack
+async def serve(cache_dir: Path) -> None:
+    """The origin and the two edges; prints `fast-port full-port` once they listen, then serves until killed."""
+    runner = web.ServerRunner(web.Server(_origin), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    origin = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    ports = []
+    async with contextlib.AsyncExitStack() as stack:
         for name, fast in (("fast", True), ("full", False)):
-            cfg = config(Path(self._dir.name) / name, origin, fast)
-            node = await stack.enter_async_context(open_node(cfg))
+            node = await stack.enter_async_context(open_node(config(cache_dir / name, origin, fast)))
             server = make_server(node)
             edge_runner = web.ServerRunner(server)
             await edge_runner.setup()
             sites = await start_listeners(node, edge_runner, make_fast(node, server))
             ports.append(sites[0]._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        self.ports = (ports[0], ports[1])
-        self._ready.set()
-        await asyncio.Event().wait()  # until the process exits
+        print(*ports, flush=True)
+        await asyncio.Event().wait()
+
+
+class Edges:
+    """The edges in a child process of their own: the fuzzer's address-space limit and GIL are not theirs."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="edgecache-heads-")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtest.fuzz_heads", self._dir.name],
+            stdout=subprocess.PIPE,
+            preexec_fn=_unlimited,
+        )
+        atexit.register(self.proc.kill)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2:
+            raise RuntimeError("the fuzz edges did not start")
+        self.ports = (int(line[0]), int(line[1]))
+        for port in self.ports:
+            warm(port)
+
+
+def _unlimited() -> None:
+    """In the child before it runs: no address-space limit (the fuzzer sets one for the code it calls itself)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
 _EDGES: list[Edges] = []
@@ -214,3 +227,8 @@ def compare(head: bytes) -> tuple[list[int], list[int]]:
     """The statuses the fast-path edge and the full-path edge give for `head` (then the closing request)."""
     fast_port, full_port = edges().ports
     return statuses(exchange(fast_port, head)), statuses(exchange(full_port, head))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.CRITICAL)  # a 400 per bad head is the point, not news
+    asyncio.run(serve(Path(sys.argv[1])))
