@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--admin", help="HOST:PORT of the admin listener (metrics, health) for --origin mode")
     s.add_argument("--access-log", help="access log file for --origin mode")
+    s.add_argument(
+        "--forward-field",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="--origin mode: a client field fills send although the key does not hold it (a trace id); repeatable",
+    )
     s.add_argument("--workers", type=int, default=1, help="worker processes for --origin mode")
     s.add_argument("--max-requests", type=int, default=10_000, help="requests in flight per worker (then 503)")
     s.add_argument(
@@ -199,7 +206,8 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
         watchdog = cfg.check_watchdog(args.watchdog)
     except ValueError as exc:
         raise ConfigError([f"command line: --watchdog: {exc}"]) from exc
-    config = cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, **sizes)
+    fields = tuple(args.forward_field)
+    config = cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, fields, **sizes)
     return replace(
         config, workers=args.workers, disk_send=args.disk_send, max_requests=args.max_requests, watchdog=watchdog
     )

@@ -68,8 +68,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# A fill sends only what its key holds (README, "What reaches the origin"); the suite's origin tells its requests
+# apart by the three fields its client adds to each one, so they are the one-origin site's forward_fields, as a
+# trace id would be. Nothing else a test sends reaches its origin on a fill.
 ( cd "$REPO" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec setsid "$PYTHON" -m edgecache serve \
-    --origin "http://127.0.0.1:$ORIGIN_PORT" --listen "127.0.0.1:$PORT" --cache-dir "$CACHE" ) >"$LOG" 2>&1 &
+    --origin "http://127.0.0.1:$ORIGIN_PORT" --listen "127.0.0.1:$PORT" --cache-dir "$CACHE" \
+    --forward-field Req-Num --forward-field Test-ID --forward-field Test-Name ) >"$LOG" 2>&1 &
 EDGE=$!
 deadline=$((SECONDS + WAIT))
 until listening "$PORT"; do

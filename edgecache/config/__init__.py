@@ -32,6 +32,7 @@ from edgecache.config.values import (
     _Reader,
     _seconds,
     _str_list,
+    check_forward_field,
     check_host_pattern,
     check_origin_url,
     check_watchdog,
@@ -74,7 +75,7 @@ KEYS: dict[str, frozenset[str]] = {
         "tls": "cert key",
         "cache": "dir memory disk slice fill_slices memory_policy memory_headroom",
         "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
-        "sites": "name hosts origins key_query origin_host cache allow tls",
+        "sites": "name hosts origins key_query origin_host forward_fields cache allow tls",
         "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
         "cluster": "self nodes rise fall interval timeout dns dns_interval",
         "cluster.nodes": "id address admin weight",
@@ -281,6 +282,7 @@ def _sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
             origins=r.get(t, p, "origins", _str_list(check_origin_url), ()),
             key_query=r.get(t, p, "key_query", _str_list(_key_param), ("*",)),
             origin_host=r.get(t, p, "origin_host", _origin_host, None),
+            forward_fields=r.get(t, p, "forward_fields", _str_list(check_forward_field), ()),
             policy=_policy(r, t, p),
             allow=r.get(t, p, "allow", _networks, ()),
             tls=_tls(r, t, p, base),
@@ -389,17 +391,27 @@ def load(path: str | Path) -> Config:
 
 
 def one_origin(
-    origin: str, listen: str, cache_dir: str, admin: str | None = None, access_log: str | None = None, **cache: int
+    origin: str,
+    listen: str,
+    cache_dir: str,
+    admin: str | None = None,
+    access_log: str | None = None,
+    forward_fields: tuple[str, ...] = (),
+    **cache: int,
 ) -> Config:
     """The `serve --origin` mode: every Host goes to one origin (like `varnishd -b`)."""
     r = _Reader("command line")
     origin_url = r.get({"origin": origin}, "--", "origin", check_origin_url, "")
+    no_fields: tuple[str, ...] = ()
+    fields = r.get(
+        {"forward-field": list(forward_fields)}, "--", "forward-field", _str_list(check_forward_field), no_fields
+    )
     addr = r.get({"listen": listen}, "--", "listen", parse_listen, Listen("127.0.0.1", 8080))
     admin_addr = r.get({"admin": admin} if admin else {}, "--", "admin", parse_listen, None)
     if r.problems:
         raise ConfigError(r.problems)
     settings = CacheSettings(dir=Path(cache_dir), **cache)  # type: ignore[arg-type]
-    site = Site(name="origin", hosts=("*",), origins=(origin_url,))
+    site = Site(name="origin", hosts=("*",), origins=(origin_url,), forward_fields=fields)
     return Config(
         source="command line",
         listen=(addr,),

@@ -33,6 +33,9 @@ class Site:
     origins: tuple[str, ...]
     key_query: tuple[str, ...] = ("*",)  # query parameters that are part of the key; "*" = all of them
     origin_host: str | None = None  # Host sent to origin; None = the host of the cache key (never the raw Host)
+    # Client fields a fill sends although the key does not hold them (core.forward.unkeyed_fields): only for
+    # fields the origin never builds its answer from, such as a trace id. Empty: a fill sends nothing unkeyed.
+    forward_fields: tuple[str, ...] = ()
     policy: Policy = field(default_factory=Policy)  # the choices RFC 9111 leaves to a shared cache
     allow: tuple[IPv4Network | IPv6Network, ...] = ()  # client subnets served (the ISP's customers); empty: all
     tls: TLSFiles | None = None  # the certificate its HTTPS clients get (chosen by SNI)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edgecache.config.model import Listen
+from edgecache.core import forward
 
 T = TypeVar("T")
 
@@ -151,6 +152,12 @@ def _key_param(v: Any) -> str:
     if not isinstance(v, str) or not v or not v.isprintable() or not v.isascii():
         raise ValueError("expected a query parameter name or '*'")
     return v
+
+
+def check_forward_field(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a header field name")
+    return forward.check_forward_field(v)
 
 
 def _origin_host(v: Any) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgecache.core.headers import Headers, end_to_end, get_all, get_first
-from edgecache.core.keys import CacheKey, Varied
+from edgecache.core.keys import CACHE_OWNED, CacheKey, Varied
 
 VIA = "1.1 edgecache"
 # Fields a client could use to make an origin build a response for another host, scheme or path (cache
@@ -30,6 +30,28 @@ UNKEYED = (
     "x-http-method-override",
     "forwarded",
 )
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")  # RFC 9110 5.1, lower case
+
+
+def check_forward_field(name: str) -> str:
+    """A field a site may send on fills although the key does not hold it (Site.forward_fields), lower-cased.
+
+    Fields the cache sets itself and the fields that name another host, scheme or path can never be one: the
+    first would break what a fill asks for, the second would let a client choose what the origin answers.
+    """
+    lname = name.lower()
+    if not lname or not set(lname) <= _TOKEN:
+        raise ValueError(f"{name!r} is not a header field name")
+    if lname in CACHE_OWNED or lname in UNKEYED or lname in ("authorization", "cookie", "x-forwarded-for"):
+        raise ValueError(f"{name!r} is set by the cache or would change what the origin answers: never forwarded")
+    return lname
+
+
+def unkeyed_fields(names: tuple[str, ...], client: Headers, vary: tuple[str, ...] = ()) -> Headers:
+    """The client's values of a site's forward_fields, as sent, in the order the site names them; a field the
+    stored answer Varies on is in the key, and fill_request sends it already (normalised)."""
+    keyed = {v.lower() for v in vary}
+    return tuple((name, value) for name in names if name not in keyed for value in get_all(client, name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +75,11 @@ def fill_request(
     origin_host: str | None,
     byte_range: tuple[int, int] | None = None,
     validator: Validator | None = None,
+    unkeyed: Headers = (),
 ) -> OriginRequest:
     """The origin request of a fill: `fields` are the Vary'd values of the entry key (keys.varied), sent as
-    normalised there, so the variant computed from what was sent is the variant of the key."""
+    normalised there, so the variant computed from what was sent is the variant of the key. `unkeyed` holds
+    the only other client fields a fill may carry: those its site names in forward_fields (unkeyed_fields)."""
     headers: list[tuple[str, str]] = [("Host", origin_host or key.host)]
     headers.extend((name, value) for name, value in fields if value is not None)
     if byte_range is not None:
@@ -65,6 +89,7 @@ def fill_request(
             headers.append(("If-None-Match", validator.etag))
         elif validator.last_modified:
             headers.append(("If-Modified-Since", validator.last_modified))
+    headers.extend(unkeyed)
     headers.append(("Via", VIA))
     return OriginRequest("GET", key.target, tuple(headers))
 

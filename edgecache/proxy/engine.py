@@ -23,7 +23,7 @@ from edgecache import metrics
 from edgecache.config import Site
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.forward import Validator, fill_request
+from edgecache.core.forward import Validator, fill_request, unkeyed_fields
 from edgecache.core.freshness import Policy, merge_304, storable, strip_for_storage
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keys import CacheKey, PrimaryRecord, entry_key, variant, varied
@@ -152,7 +152,8 @@ class Engine:
             asked = ranges.ByteRange(fill.first_index * self.slice_size, (fill.last_index + 1) * self.slice_size - 1)
             span = (asked.first, asked.last)
         checked = Validator(validate.etag, validate.last_modified) if validate is not None else None
-        sent = fill_request(req.key, varied(req.vary, req.headers), req.site.origin_host, span, checked)
+        unkeyed = unkeyed_fields(req.site.forward_fields, req.headers, req.vary)
+        sent = fill_request(req.key, varied(req.vary, req.headers), req.site.origin_host, span, checked, unkeyed)
         # From here on the request's fields are the ones sent: the answer is stored under their variant.
         req = replace(req, headers=sent.headers)
         request_time = time.time()

@@ -58,7 +58,7 @@ class OriginClient:
             connector=connector,
             timeout=timeout,
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 

@@ -62,14 +62,9 @@ async def raw_get(port: int, head: str) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), {k.lower(): v for k, v in fields.items()}, body
 
 
-# aiohttp's client adds this default itself (origin.py skips its User-Agent and Accept-Encoding only); the same
-# on every fill, and what an absent Accept means anyway (RFC 9110 12.5.1).
-CLIENT_DEFAULT = (("Accept", "*/*"),)
-
-
 def fill(host: str, target: str, *fields: tuple[str, str]) -> Asked:
     """The request a fill sends: core.forward.fill_request's fields, in its order, and nothing else."""
-    return Asked("GET", target, (("Host", host), *fields, ("Via", "1.1 edgecache"), *CLIENT_DEFAULT))
+    return Asked("GET", target, (("Host", host), *fields, ("Via", "1.1 edgecache")))
 
 
 @pytest.fixture(params=["fast", "framework"])
@@ -248,3 +243,19 @@ async def test_an_unstored_answer_for_another_variant_is_asked_again_with_the_fi
     status, _, body = await edge.get("/dev", **{"X-Device": "phone"})
     assert (status, body) == (200, b"for phone")
     assert [dict(a.headers).get("x-device") for a in asked] == [None, "phone"]
+
+
+async def test_a_sites_forward_fields_reach_the_origin_and_nothing_else(origin: Origin, tmp_path: Path) -> None:
+    """forward_fields is the operator's one way to send an unkeyed field (a trace id): named fields go, as sent;
+    every other field still stays behind, and the answer is still shared by the key."""
+    asked = record(origin)
+    config = make_config(tmp_path / "cache", [origin.url])
+    config = replace(config, sites=(replace(config.sites[0], forward_fields=("x-trace",)),))
+    async with start_edge(config) as edge:
+        status, _, body = await edge.get("/echo", **{"X-Trace": "t-1", "X-Device": "phone", "Cookie": "a=b"})
+        assert (status, body) == (200, b"video.test /echo -")
+        status, headers, body = await edge.get("/echo", **{"X-Trace": "t-2"})
+        assert (status, body) == (200, b"video.test /echo -")
+        assert "hit" in headers["Cache-Status"]
+    assert asked == [fill("video.test", "/echo", ("x-trace", "t-1"))]
+    assert origin.hits["/echo"] == 1

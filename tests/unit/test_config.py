@@ -104,3 +104,17 @@ def test_memory_headroom_is_a_size_and_zero_turns_the_bound_off() -> None:
     assert any(
         p.startswith("f.toml: cache.memory_headroom:") for p in problems({**base, "cache": {"memory_headroom": "lots"}})
     )
+
+
+def test_forward_fields_are_field_names_the_cache_does_not_own() -> None:
+    cfg = build({"sites": [{**SITE, "forward_fields": ["X-Trace", "traceparent"]}]}, "f.toml", Path("/x"))
+    assert cfg.sites[0].forward_fields == ("x-trace", "traceparent")
+    assert problems({"sites": [{**SITE, "forward_fields": ["Host", "bad field", 3]}]}) == [
+        "f.toml: sites[0].forward_fields: 'Host' is set by the cache or would change what the origin answers: "
+        "never forwarded"
+    ]
+    for name in ("Range", "Cookie", "Authorization", "X-Forwarded-Host", "Connection", "X-Forwarded-For"):
+        assert "never forwarded" in problems({"sites": [{**SITE, "forward_fields": [name]}]})[0]
+    assert problems({"sites": [{**SITE, "forward_fields": ["a b"]}]}) == [
+        "f.toml: sites[0].forward_fields: 'a b' is not a header field name"
+    ]
