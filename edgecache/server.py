@@ -23,6 +23,7 @@ from edgecache.accesslog import AccessLog
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
+from edgecache.lifecycle import DRAIN_SECONDS, RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastpath import FastServer, FastSettings
@@ -32,7 +33,6 @@ from edgecache.storage.disk import DiskTier
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import LIMIT_FLOOR, MemoryTier, next_entries, next_limit, rss_slack
 from edgecache.storage.store import Store
-from edgecache.supervisor import DRAIN_SECONDS, RESTART_ONLY, Reason
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats, install_test_hooks, keep_alive
 

@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -35,25 +34,12 @@ from typing import Any
 
 from edgecache.config import Config, load
 from edgecache.errors import ConfigError
+from edgecache.lifecycle import DRAIN_SECONDS, RESTART_ONLY, Reason
 from edgecache.listeners import Bound, bind_listeners, close
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats
 
 log = logging.getLogger(__name__)
-
-DRAIN_SECONDS = 10.0  # a stopping worker lets requests in flight run this long (server.run)
-# What a reload can change without a restart; everything else is reported as needing one.
-RESTART_ONLY = (
-    "listen",
-    "tls_listen",
-    "cache",
-    "origin",
-    "workers",
-    "watchdog",
-    "admin",
-    "access_log",
-    "demo_origin",
-)
 
 # Seconds before restarting a worker whose predecessors kept dying young (ran less than STABLE_SECONDS).
 BACKOFF = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -63,13 +49,6 @@ KILL_AFTER = 5.0  # past the drain, workers still running at a stop are killed
 TICK = 0.5  # how often heartbeats are looked at
 _STOP = (signal.SIGTERM, signal.SIGINT)
 _FORWARD = (*_STOP, signal.SIGHUP, signal.SIGUSR1)
-
-
-class Reason(StrEnum):
-    """Why a worker was replaced (the label of edgecache_worker_restarts)."""
-
-    DIED = "died"
-    STUCK = "stuck"
 
 
 @dataclass(slots=True)

@@ -8,7 +8,21 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "edgecache"
 IO_MODULES = {"asyncio", "aiohttp", "diskcache", "aiofiles", "prometheus_client", "socket", "threading", "uvloop"}
 # A layer may import itself and anything to its right, never to its left.
-ORDER = ["cli", "server", "admin", "proxy", "cluster", "storage", "metrics", "config", "core"]
+ORDER = [
+    "cli",
+    "supervisor",  # the parent process; it starts server.worker_main in each worker
+    "server",
+    "admin",
+    "proxy",
+    "cluster",
+    "storage",
+    "listeners",
+    "watchdog",
+    "lifecycle",
+    "metrics",
+    "config",
+    "core",
+]
 
 
 def imports(path: Path) -> set[str]:
