@@ -7,13 +7,17 @@ a tick was overdue, so the failure says what blocked. It runs while the test's o
 it: between fixtures pytest-asyncio stops the loop, and time the loop spends stopped is not a stall. Nor is time
 a thread of the process waited for a CPU (Linux counts it in /proc/self/task/*/schedstat): on a shared, loaded
 test machine that is the scheduler's doing, not the code's (the loop's thread waits for a CPU, or for the GIL
-held by a thread that waits for one), and a node starved of CPU is not what this tests.
+held by a thread that waits for one), and a node starved of CPU is not what this tests. Nor is time in the
+garbage collector (gc.callbacks): a full collection here walks everything the whole test session has built (a
+late test saw 767 ms, the stack wherever the collection was triggered), while a node freezes what it built at
+start (server.run: gc.freeze) and collects only its own garbage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 import os
 import sys
@@ -46,6 +50,21 @@ def cpu_waits() -> dict[str, float]:
     return waits
 
 
+class GcClock:
+    """Seconds spent in the garbage collector, summed (gc.callbacks tell when each collection starts and ends)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            self.total += time.perf_counter() - self._started
+            self._started = 0.0
+
+
 def starved(before: dict[str, float], after: dict[str, float]) -> float:
     """The longest any thread waited for a CPU between two readings."""
     return max((wait - before.get(tid, 0.0) for tid, wait in after.items()), default=0.0)
@@ -60,6 +79,9 @@ class StallProbe:
         self.worst_stack = ""  # where the loop's thread was during the worst stall, when the watcher saw it
         self.over = 0  # ticks later than STALL_LIMIT
         self.starved = 0.0  # of the worst stall: time the thread waited for a CPU, not counted in it
+        self.collecting = 0.0  # of the worst stall: time in the garbage collector, not counted in it
+        self._gc = GcClock()
+        self._gc_seen = 0.0
         self._due = 0.0
         self._waited: dict[str, float] = {}
         self._handle: asyncio.TimerHandle | None = None
@@ -69,6 +91,7 @@ class StallProbe:
         self._watcher = threading.Thread(target=self._watch, name="stall-probe", daemon=True)
 
     def start(self) -> None:
+        gc.callbacks.append(self._gc)
         self._waited = cpu_waits()
         self._schedule(self.loop.time())
         self._watcher.start()
@@ -80,6 +103,7 @@ class StallProbe:
             self._note(self.loop.time() - self._due)  # a stall that lasted to the test's end has no tick after it
         self._stopped.set()
         self._watcher.join()
+        gc.callbacks.remove(self._gc)
 
     def _schedule(self, now: float) -> None:
         self._due = now + TICK
@@ -93,9 +117,11 @@ class StallProbe:
     def _note(self, late: float) -> None:
         waited, self._waited = self._waited, cpu_waits()
         waiting = starved(waited, self._waited)
-        late -= waiting
+        collecting, self._gc_seen = self._gc.total - self._gc_seen, self._gc.total
+        late -= waiting + collecting
         if late > self.worst:
-            self.worst, self.worst_stack, self.starved = late, self._seen_stack, waiting
+            self.worst, self.worst_stack = late, self._seen_stack
+            self.starved, self.collecting = waiting, collecting
         self._seen_stack = ""
         if late > STALL_LIMIT:
             self.over += 1
@@ -113,8 +139,9 @@ class StallProbe:
         where = f"\nthe loop's thread during it:\n{self.worst_stack}" if self.worst_stack else ""
         return (
             f"the event loop stalled for {self.worst * 1000:.0f} ms (limit {STALL_LIMIT * 1000:.0f} ms; "
-            f"{self.over} stall(s) over the limit; {self.starved * 1000:.0f} ms more waiting for a CPU, not "
-            f"counted): something on the loop blocked or spun without awaiting{where}"
+            f"{self.over} stall(s) over the limit; {self.starved * 1000:.0f} ms more waiting for a CPU and "
+            f"{self.collecting * 1000:.0f} ms in the garbage collector, not counted): something on the loop blocked "
+            f"or spun without awaiting{where}"
         )
 
 

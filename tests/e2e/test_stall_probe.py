@@ -44,3 +44,30 @@ def test_the_wrapper_fails_a_blocking_test_and_passes_an_awaiting_one() -> None:
     with pytest.raises(pytest.fail.Exception, match="the event loop stalled for"):
         asyncio.run(probed(blocking_test)())
     asyncio.run(probed(awaiting_test)())
+
+
+def collects_for(probe: StallProbe, seconds: float) -> None:
+    """Hold the loop as the collector would, telling the probe's gc callback as the collector does."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        probe._gc("start", {})
+        time.sleep(0.01)
+        probe._gc("stop", {})
+
+
+def test_time_in_the_garbage_collector_is_not_a_stall() -> None:
+    """A full collection walks everything the test session holds: the session's doing, not the node's."""
+
+    async def collecting_test() -> StallProbe:
+        probe = StallProbe(asyncio.get_running_loop())
+        probe.start()
+        await asyncio.sleep(2 * TICK)
+        collects_for(probe, STALL_LIMIT + 0.15)
+        await asyncio.sleep(2 * TICK)
+        probe.stop()
+        return probe
+
+    probe = asyncio.run(collecting_test())
+    assert probe.worst < STALL_LIMIT
+    assert probe.over == 0
+    assert probe.collecting > STALL_LIMIT
