@@ -70,4 +70,4 @@ def test_time_in_the_garbage_collector_is_not_a_stall() -> None:
     probe = asyncio.run(collecting_test())
     assert probe.worst < STALL_LIMIT
     assert probe.over == 0
-    assert probe.collecting > STALL_LIMIT
+    assert probe._gc.total > STALL_LIMIT  # it was there, and not counted
