@@ -35,7 +35,14 @@ DASHBOARD = ROOT / "config" / "grafana" / "dashboard.json"
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
 SCRAPE_CONFIG = ROOT / "config" / "prometheus" / "prometheus.yml"
 DEADLINE = 60.0  # seconds for Prometheus to have scraped enough for every expression to return data
-ALERT_NAMES = {"EdgecacheDown", "HitRatioDrop", "OriginErrorRate", "DiskNearlyFull", "WorkerRestarted"}
+ALERT_NAMES = {
+    "EdgecacheDown",
+    "HitRatioDrop",
+    "OriginErrorRate",
+    "DiskNearlyFull",
+    "WorkerRestarted",
+    "AccessLogDropping",
+}
 
 # Grafana's variables, as Prometheus gets them once Grafana has expanded them.
 _GRAFANA_VARS = {
