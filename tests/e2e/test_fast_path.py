@@ -8,6 +8,7 @@ multipart boundary. The fast edge's own counter shows which of them it answered 
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -222,8 +223,9 @@ async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
 
 
 async def test_a_whole_answer_kept_for_ranges_is_never_sent_whole(origin: Origin, tmp_path: Path) -> None:
-    # 11 slices: over MAX_SLICES (built off the loop: seconds of Python a test may not spend on it)
-    huge = await asyncio.to_thread(lambda: bytes((i * 13 + i // 509) % 256 for i in range(10 * 2**20 + 3)))
+    # 11 slices: over MAX_SLICES. Made in C in a few ms: built by a Python thread, it held the GIL against the
+    # loop's thread at every socket call of the edge (a convoy: 0.5 s late ticks in a full run).
+    huge = random.Random(11).randbytes(10 * 2**20 + 3)
     origin.put("/huge", huge)
     config = replace(make_config(tmp_path / "c", [origin.url], memory_bytes=64 * 2**20), fast_path=True)
     async with start_edge(config) as edge:
