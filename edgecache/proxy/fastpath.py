@@ -159,6 +159,7 @@ class FastPath(asyncio.Protocol):
         self.closing = False
         self.write_paused = False
         self.eof = False  # the client shut its sending side: answer what it sent, then close
+        self.held = False  # reading paused by _flow (the only place that pauses it)
         self.drained: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -242,6 +243,9 @@ class FastPath(asyncio.Protocol):
         after a half-close, and read only while the client takes our answers and little input is waiting."""
         if self.transport is None or self.busy or self.closing:
             return
+        if not (self.buf or self.eof or self.write_paused or self.held):  # a keep-alive client between requests
+            self._arm("idle", self.server.settings.idle_timeout)
+            return
         complete = b"\r\n\r\n" in self.buf  # a head waits while the client is not taking our answers
         if self.eof and not complete:  # the client sent all it will, and every whole head has been answered
             self.closing = True
@@ -258,10 +262,12 @@ class FastPath(asyncio.Protocol):
         if transport is None or self.closing or self.eof:
             return
         hold = self.write_paused or len(self.buf) > MAX_PENDING
-        if hold and transport.is_reading():
-            transport.pause_reading()
-        elif not hold and not transport.is_reading():
-            transport.resume_reading()
+        if hold != self.held:
+            self.held = hold
+            if hold:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     def _answer_heads(self) -> None:
         while self.transport is not None and not (self.busy or self.write_paused or self.closing):
