@@ -26,7 +26,7 @@ from edgecache.core.ratelimit import RateLimiter
 from edgecache.lifecycle import DRAIN_SECONDS, RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy.engine import Engine
-from edgecache.proxy.fastpath import FastServer, FastSettings
+from edgecache.proxy.fastserver import FastServer, FastSettings
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
 from edgecache.storage.disk import DiskTier
