@@ -99,11 +99,14 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled at close
         self._writes: set[asyncio.Task[None]] = set()  # disk writes of complete slices: finished at close
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[None]] | None = None) -> None:
+    def _spawn(
+        self, coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[None]] | None = None
+    ) -> asyncio.Task[None]:
         group = self._tasks if tasks is None else tasks
         task = asyncio.ensure_future(coro)
         group.add(task)
         task.add_done_callback(group.discard)
+        return task
 
     async def flush(self) -> None:
         """Until every slice received so far is written to the disk tier."""
@@ -298,12 +301,13 @@ class Engine:
         assert isinstance(resp, OriginResponse)
         version = head.meta.slice_version
         stored: list[int] = []
+        writes: list[asyncio.Task[None]] = []  # this fill's disk writes: what dropping its slices waits for
 
         def on_complete(index: int, data: bytes) -> None:
             if head.store:
                 stored.append(index)
                 self.store.put_slice_memory(req.entry_key, version, index, data)
-                self._spawn(self._write_slice(fill, req.entry_key, version, index, data), self._writes)
+                writes.append(self._spawn(self._write_slice(fill, req.entry_key, version, index, data), self._writes))
 
         if head.store:
             fill.from_store = functools.partial(self._stored_slice, req.entry_key, head.meta)
@@ -318,12 +322,12 @@ class Engine:
             if head.end is not None and fill.received != head.end:
                 raise OriginError(f"origin body cut at {fill.received} of {head.end} bytes")
         except OriginError:
-            if head.meta.length < 0:  # a cut body of unknown length: its slices name no stored object, drop them
-                self._spawn(self._forget(req.entry_key, version, stored), self._writes)
+            if head.meta.length < 0 and stored:  # a cut body of unknown length: its slices name no object
+                self._spawn(self._forget(req.entry_key, version, stored, writes), self._writes)
             raise
         fill.finish(on_complete)
         if head.store and head.meta.length < 0:
-            await self._store_length(req, head.meta, fill.received, stored)
+            await self._store_length(req, head.meta, fill.received, stored, writes)
 
     async def _write_slice(self, fill: Fill, entry_key: str, version: str, index: int, data: bytes) -> None:
         # A failed write lets the fill drop its copy all the same: its bound holds whatever the disk does, and a
@@ -338,7 +342,9 @@ class Engine:
         data = self.store.slice_from_memory(entry_key, sized, index)
         return data if data is not None else await self.store.slice_from_disk(entry_key, sized, index)
 
-    async def _store_length(self, req: FillRequest, meta: ObjectMeta, length: int, stored: list[int]) -> None:
+    async def _store_length(
+        self, req: FillRequest, meta: ObjectMeta, length: int, stored: list[int], writes: list[asyncio.Task[None]]
+    ) -> None:
         """A body of unknown length ended whole: its metadata, with the length, makes its slices an object.
 
         Visible to this process before the first await, so a client that read the body to its end and asks
@@ -347,7 +353,7 @@ class Engine:
         primary = req.primary or req.entry_key.split("\n", 1)[0]
         current = self.store.peek_record(primary)
         if current is not None and current.generation != req.generation:
-            await self._forget(req.entry_key, meta.slice_version, stored)  # invalidated while it was fetched
+            await self._forget(req.entry_key, meta.slice_version, stored, writes)  # invalidated meanwhile
             return
         record = replace(current or PrimaryRecord(req.generation), vary=meta.vary)
         self.store.remember_record(primary, record)
@@ -355,12 +361,15 @@ class Engine:
         await self.store.put_record(primary, record)
         await self.store.put_meta(req.entry_key, meta)
 
-    async def _forget(self, entry_key: str, version: str, indices: list[int]) -> None:
-        """Drop slices of a body that will never be stored, once their disk writes (already started) are done."""
+    async def _forget(self, entry_key: str, version: str, indices: list[int], writes: list[asyncio.Task[None]]) -> None:
+        """Drop slices of a body that will never be stored, once its own disk writes (already started) are done.
+
+        Only its own: waiting for every write in flight made two fills cut in the same turn wait for each other.
+        """
         if (stored := self.store.peek_meta(entry_key)) is not None and stored.slice_version == version:
             return  # more of a copy already stored (same strong ETag): its slices are its own
-        if writing := [t for t in self._writes if t is not asyncio.current_task()]:
-            await asyncio.wait(writing)
+        if writes:
+            await asyncio.wait(writes)
         for index in indices:
             name = slice_name(entry_key, version, index)
             self.store.memory.delete(name)

@@ -241,3 +241,25 @@ async def test_a_background_revalidation_answered_uncacheable_ends(
     async with asyncio.timeout(10):
         await asyncio.gather(*fills, return_exceptions=True)
     assert origin.hits["/swr"] == 2
+
+
+async def test_two_chunked_bodies_cut_at_once_are_both_dropped(edge: Edge, origin: Origin) -> None:
+    """Each cut fill waits for its own disk writes only: waiting for every write in flight, two fills cut in the
+    same turn waited for each other, and flush() (the drain at a stop) never returned."""
+    hook = Chunked(BODY)
+    hook.cut_at = 3 * SLICE + 1024
+    origin.on_request = hook
+
+    async def cut(path: str) -> None:
+        try:
+            status, _, _ = await edge.get(path)
+        except aiohttp.ClientPayloadError:
+            return
+        assert status == 502
+
+    await asyncio.gather(cut("/c1"), cut("/c2"))
+    async with asyncio.timeout(10):
+        await edge.node.engine.flush()
+    assert stored_slices(edge) == []
+    assert len(edge.node.store.memory) == 0
+    assert origin.hits["/c1"] == origin.hits["/c2"] == 1
