@@ -248,9 +248,14 @@ class Fill:
             async for piece in self._stream():
                 yield piece
         finally:
-            if self.backpressure and not self._done:
-                self._reader_gone = True  # the producer waits for nobody now: let it stop
-                self._wake()
+            self.abandon()
+
+    def abandon(self) -> None:
+        """The private reader is gone, or will never come (its request went another way): the producer waits for
+        nobody now, so let it stop. Nothing for a shared fill, whose producer waits for no reader."""
+        if self.backpressure and not self._done:
+            self._reader_gone = True
+            self._wake()
 
     async def _stream(self) -> AsyncIterator[memoryview]:
         pos = self.start

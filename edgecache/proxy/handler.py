@@ -175,6 +175,16 @@ class EdgeHandler:
         return await self._cached(request, req)
 
     async def _cached(self, request: web.BaseRequest, req: FillRequest) -> web.StreamResponse:
+        started: list[Fill] = []
+        try:
+            return await self._cached_loop(request, req, started)
+        finally:
+            # A fill this request started and then did not stream (another variant's answer, stale-if-error,
+            # a pass-through) must not wait for it: a private one would hold its origin connection for good.
+            for fill in started:
+                fill.abandon()
+
+    async def _cached_loop(self, request: web.BaseRequest, req: FillRequest, started: list[Fill]) -> web.StreamResponse:
         validated = False
         named: tuple[str, ...] | None = None  # the Vary of an answer that came back for another variant
         for _ in range(3):
@@ -214,6 +224,8 @@ class EdgeHandler:
                 # Nothing stored to answer the client's own validators from: let the origin answer them.
                 return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
             fill, ours = self._fill_for(request, req, meta)
+            if ours:
+                started.append(fill)
             stale_ok = (
                 meta is not None
                 and fresh is not None

@@ -259,3 +259,34 @@ async def test_a_sites_forward_fields_reach_the_origin_and_nothing_else(origin: 
         assert "hit" in headers["Cache-Status"]
     assert asked == [fill("video.test", "/echo", ("x-trace", "t-1"))]
     assert origin.hits["/echo"] == 1
+
+
+async def test_a_large_private_answer_for_another_variant_does_not_hold_its_origin(edge: Edge, origin: Origin) -> None:
+    """The first fill's answer is private, long and for another variant: the request that started it looks again
+    and never reads it. That fill must stop (its origin write fails) instead of waiting for a reader forever."""
+    first_done = asyncio.Event()
+    chunk = b"x" * 2**20
+
+    async def hook(request: web.BaseRequest, obj: object) -> web.StreamResponse:
+        device = request.headers.get("X-Device")
+        resp = web.StreamResponse(headers={"Vary": "X-Device", "Cache-Control": "private, max-age=600"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        if device is not None:
+            await resp.write(f"for {device}".encode())
+            await resp.write_eof()
+            return resp
+        try:
+            for _ in range(64):  # far past the fill's bound of a few slices
+                await resp.write(chunk)
+            await resp.write_eof()
+        finally:
+            first_done.set()  # written whole, or cut: either way the edge let it go
+        return resp
+
+    origin.on_request = hook
+    status, _, body = await edge.get("/dev", **{"X-Device": "phone"})
+    assert (status, body) == (200, b"for phone")
+    async with asyncio.timeout(10):  # the origin read timeout is 5 s: a stuck fill never ends it
+        await first_done.wait()
+    assert origin.hits["/dev"] == 2
