@@ -248,6 +248,7 @@ class JobRunner:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
         job.state, job.finished = "done", time.time()
+        self._seen.pop(job.id, None)  # a done job expands nothing more: its URLs are in job.urls
         self._publish()
         await self._save(job)
         log.info("prefetch job %s done: %s", job.id, json.dumps(job.view()))

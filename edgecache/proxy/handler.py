@@ -362,8 +362,8 @@ class EdgeHandler:
     async def _multipart_passes(self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta) -> bool:
         """Whether the client's multipart Range would make the origin send far more than it is served (the rule
         is core.fillcost's): such a request is passed through, its own Range to the origin, nothing stored."""
-        if request.method == "HEAD":
-            return False  # no body, no fill
+        if request.method == "HEAD" or "," not in (get_first(req.headers, "range") or ""):
+            return False  # no body, or not a multipart Range: no need to plan the answer twice
         _, rng = plan(request.method, req.headers, meta)
         if not isinstance(rng, ranges.Multi):
             return False

@@ -96,7 +96,7 @@ async def invalidate_after(
                 continue  # another host's entries are not ours to drop on this response's word
             path = parts.path or "/"
             if not path.startswith("/"):
-                path = req.target.rsplit("/", 1)[0] + "/" + path
+                path = req.key.path.rsplit("/", 1)[0] + "/" + path  # the query is no directory
             targets.append(path + (f"?{parts.query}" if parts.query else ""))
     for target in targets:
         try:

@@ -57,4 +57,11 @@ class PurgeLog:
             f.flush()
             os.fsync(f.fileno())
         os.replace(spare, self.path)
+        # The rename is only durable once the directory is: without this a crash could bring the old file back,
+        # and with it lose the purge that caused the rewrite.
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
         self._lines, self._torn = 0, False

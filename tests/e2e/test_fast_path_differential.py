@@ -20,6 +20,7 @@ import pytest
 from loadtest import fuzz_heads
 from loadtest.fuzzgen import G
 from tests.conftest import Edge, make_config, start_edge
+from tests.e2e.test_fast_path import answered
 from tests.origin import Origin
 
 SAMPLE = 400
@@ -79,9 +80,16 @@ async def test_the_fast_path_refuses_what_the_full_path_refuses(pair: tuple[Edge
     g = G(13)
     heads = FOUND + [fuzz_heads.head(g) for _ in range(SAMPLE)]
     differ = []
+    before = answered()
     for head in heads:
         ours, theirs = await exchange(fast, head), await exchange(full, head)
         if ours != theirs:
             differ.append((head[:300], ours, theirs))
     assert differ == []
     assert await exchange(fast, FOUND[0]) == [400]  # and the full path gives the same
+    # Agreeing is not enough: a fast path that answered nothing would agree too. A plain hit is its own.
+    plain = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nConnection: close\r\n\r\n"
+    assert answered() - before > 0
+    before = answered()
+    assert await exchange(fast, plain) == [200]
+    assert answered() - before == 1
