@@ -86,10 +86,12 @@ class AccessLog:
         f: IO[str] | None = None
         inode = 0
         checked = time.monotonic()
+        failing = False  # said once when writing starts to fail, once when it works again: not once a batch
         try:
-            f, inode = self._open()  # before the first line: while it cannot be opened, lines wait in the queue
+            f, inode = self._open()  # before the first line
         except Exception:
             log.exception("access log: cannot open %s", self.path)
+            failing = True
         try:
             while True:
                 lines = [self._queue.get()]
@@ -98,13 +100,20 @@ class AccessLog:
                 stop = _STOP in lines
                 text = [line for line in lines if isinstance(line, str)]
                 try:
-                    if f is None or self._reopen.is_set() or time.monotonic() - checked > 1.0:
+                    if self._reopen.is_set() or time.monotonic() - checked > 1.0:
                         checked = time.monotonic()
                         f, inode = self._current(f, inode)
+                    if f is None:  # it failed within the last second: not tried again before then
+                        raise OSError("the access log is not open")
                     f.write("".join(f"{line}\n" for line in text))
                     f.flush()
-                except Exception:  # a full disk, a bad path: lose these lines, not the writer
-                    log.exception("access log: %d lines not written to %s", len(text), self.path)
+                    if failing:
+                        log.warning("access log: writing to %s again", self.path)
+                        failing = False
+                except Exception:  # a full disk, a bad path: lose these lines (counted), not the writer
+                    if not failing:
+                        log.exception("access log: lines not written to %s (counted in dropped)", self.path)
+                        failing = True
                     metrics.ACCESS_LOG_DROPPED.inc(len(text))
                     self._close(f)
                     f = None
