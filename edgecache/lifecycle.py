@@ -1,12 +1,14 @@
-"""What the parent (supervisor.py) and its workers (server.py) agree on about a worker's life: how long a
-stopping worker drains, which config fields only a restart changes, and why a worker was replaced."""
+"""What the parent (supervisor.py) and its workers (server.py) agree on about a worker's life: which config fields
+only a restart changes, and why a worker was replaced. How long a stopping worker drains is `Config.drain`
+(server.drain), read by both from the same config."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-DRAIN_SECONDS = 10.0  # a stopping worker lets requests in flight run this long (server.run)
-# What a reload can change without a restart; everything else is reported as needing one.
+# What a reload can change without a restart; everything else is reported as needing one. `drain` is one: a
+# worker's aiohttp runner takes its shutdown timeout when it is built, and the parent's kill deadline (drain +
+# KILL_AFTER) must never come before the drain of a worker it started.
 RESTART_ONLY = (
     "listen",
     "tls_listen",
@@ -14,6 +16,7 @@ RESTART_ONLY = (
     "origin",
     "workers",
     "watchdog",
+    "drain",
     "admin",
     "access_log",
     "demo_origin",

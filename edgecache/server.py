@@ -23,7 +23,7 @@ from edgecache.accesslog import AccessLog
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
-from edgecache.lifecycle import DRAIN_SECONDS, RESTART_ONLY, Reason
+from edgecache.lifecycle import RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastserver import FastServer, FastSettings
@@ -299,7 +299,8 @@ async def run(
         loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(node)))
         server = make_server(node)
-        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
+        # aiohttp reads a shutdown timeout of 0 as "no limit": a drain of 0 is the shortest wait it takes instead.
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=max(config.drain, 0.001))
         await runner.setup()
         fast = make_fast(node, server)
         await start_listeners(node, runner, fast, bound)
@@ -314,8 +315,8 @@ async def run(
         await stop.wait()
         trimmer.cancel()
         node.state["draining"] = True
-        log.info("stopping: draining connections for up to %.0f s", DRAIN_SECONDS)
-        await asyncio.gather(runner.cleanup(), fast.shutdown(DRAIN_SECONDS))
+        log.info("stopping: draining connections for up to %g s", config.drain)
+        await asyncio.gather(runner.cleanup(), fast.shutdown(config.drain))
         if admin is not None:
             await admin.cleanup()
     if demo is not None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from edgecache.config import Config, load
 from edgecache.errors import ConfigError
-from edgecache.lifecycle import DRAIN_SECONDS, RESTART_ONLY, Reason
+from edgecache.lifecycle import RESTART_ONLY, Reason
 from edgecache.listeners import Bound, bind_listeners, close
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats
@@ -80,7 +80,7 @@ class Supervisor:
     workers: int
     watchdog: float  # seconds; 0: heartbeats are not checked
     beats: Heartbeats
-    drain: float  # seconds a worker may take to stop
+    drain: float  # seconds a worker may take to stop (server.drain)
     restarts: Counter[str] = field(default_factory=Counter)
     stop_at: float | None = None  # when the stop began
     slots: list[Slot] = field(default_factory=list)
@@ -244,7 +244,7 @@ def serve(config: Config) -> int:
         log.error("%s", exc.strerror)
         return 1
     try:
-        Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, DRAIN_SECONDS).run()
+        Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, config.drain).run()
     finally:
         workers.close()
     return 0

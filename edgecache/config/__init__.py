@@ -71,7 +71,7 @@ KEYS: dict[str, frozenset[str]] = {
     for key, names in {
         "": "server cache origin sites demo admin log cluster",
         "server": "listen workers client_write_timeout max_requests max_connections rate_limit burst fast_path "
-        "header_timeout idle_timeout disk_send tls_listen tls watchdog",
+        "header_timeout idle_timeout disk_send tls_listen tls watchdog drain",
         "tls": "cert key",
         "cache": "dir memory disk slice fill_slices memory_policy memory_headroom",
         "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
@@ -300,6 +300,19 @@ def _sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
     return tuple(sites)
 
 
+MAX_DRAIN = 3600.0
+
+
+def _drain(v: Any) -> float:
+    """`server.drain`, bounded so that a typo (36000 for 3600) cannot keep a stopping node up for half a day.
+    Whatever waits on the stop (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds) must wait
+    longer than drain + supervisor.KILL_AFTER, or it kills the workers first."""
+    seconds = _seconds(v)
+    if seconds > MAX_DRAIN:
+        raise ValueError(f"expected seconds between 0 and {MAX_DRAIN:.0f}")
+    return seconds
+
+
 def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     r = _Reader(source)
@@ -321,6 +334,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     header_timeout = r.get(server, "server.", "header_timeout", _positive(float), 10.0)
     idle_timeout = r.get(server, "server.", "idle_timeout", _positive(float), 75.0)
     watchdog = r.get(server, "server.", "watchdog", check_watchdog, 10.0)
+    drain = r.get(server, "server.", "drain", _drain, 10.0)
     disk_send = r.get(server, "server.", "disk_send", _choice("pread", "sendfile"), "pread")
     tls_listen: tuple[Listen, ...] = r.get(
         server, "server.", "tls_listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
@@ -350,6 +364,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
         watchdog=watchdog,
+        drain=drain,
         disk_send=disk_send,
         tls_listen=tls_listen,
         tls=default_tls,

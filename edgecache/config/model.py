@@ -115,6 +115,7 @@ class Config:
     header_timeout: float = 10.0  # a request head must be complete this long after its first byte (slowloris)
     idle_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
     watchdog: float = 10.0  # a worker whose loop has not turned this long is replaced (0: off)
+    drain: float = 10.0  # seconds a stopping worker (SIGTERM) lets requests in flight finish; 0: cut them at once
     disk_send: str = "pread"  # disk hits on the fast path: "pread" (never blocks the loop) or "sendfile"
     tls_listen: tuple[Listen, ...] = ()  # HTTPS listeners; certificates per site by SNI
     tls: TLSFiles | None = None  # for clients that send no (or an unknown) server name

@@ -1,0 +1,125 @@
+"""`server.drain`: how long a stopping node (SIGTERM) lets requests in flight finish, on a real process whose
+origin holds a response until the test lets it go. A worker ends its drain itself and exits 0: never by the
+parent's kill, which comes drain + KILL_AFTER seconds after the stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from edgecache.config import build
+from edgecache.errors import ConfigError
+from tests.e2e.procs import edge_process, free_port, wait_lines
+from tests.origin import Origin
+
+CONFIG = """
+[server]
+listen = ["127.0.0.1:{port}"]
+{drain}
+[cache]
+dir = "{cache}"
+disk = "64MiB"
+[[sites]]
+name = "a"
+hosts = ["a.test"]
+origins = ["{origin}"]
+"""
+BODY = b"d" * 100_000
+
+
+def write_config(path: Path, origin: Origin, port: int, drain: str) -> None:
+    path.write_text(CONFIG.format(port=port, drain=drain, cache=path.parent / "c", origin=origin.url))
+
+
+async def rest_of_log(proc: asyncio.subprocess.Process) -> bytes:
+    """Every line the node writes from now until it exits."""
+    assert proc.stderr is not None
+    return await asyncio.wait_for(proc.stderr.read(), 30)
+
+
+async def held_request(origin: Origin, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A miss whose origin response is held (origin.gate) until the test sets the gate."""
+    origin.put("/slow", BODY)
+    origin.gate = asyncio.Event()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    await origin.wait_for_requests(1)
+    return reader, writer
+
+
+async def test_a_request_in_flight_finishes_within_the_drain_and_a_reload_keeps_the_running_drain(
+    origin: Origin, tmp_path: Path
+) -> None:
+    port, path = free_port(), tmp_path / "edge.toml"
+    write_config(path, origin, port, "drain = 30")
+    async with edge_process("serve", "--config", str(path), ready={b"edgecache listening on": 1}) as proc:
+        write_config(path, origin, port, "drain = 0")
+        proc.send_signal(signal.SIGHUP)
+        await wait_lines(proc, {b"reload: drain changed in": 1, b"reloaded": 1})
+        reader, writer = await held_request(origin, port)
+        proc.send_signal(signal.SIGTERM)
+        await wait_lines(proc, {b"stopping: draining connections for up to 30 s": 1})
+        assert origin.gate is not None
+        origin.gate.set()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\ncontent-length: 100000\r\n" in head.lower()
+        assert await reader.readexactly(len(BODY)) == BODY
+        log = await rest_of_log(proc)
+        writer.close()
+    assert b"worker 0 (pid " in log
+    assert b"stopped: exited with status 0" in log
+    assert b"killing it" not in log
+    assert origin.hits["/slow"] == 1
+
+
+@pytest.mark.parametrize("drain", ["0", "0.5"])
+async def test_a_request_in_flight_past_the_drain_is_cut_and_the_worker_exits_by_itself(
+    origin: Origin, tmp_path: Path, drain: str
+) -> None:
+    port, path = free_port(), tmp_path / "edge.toml"
+    write_config(path, origin, port, f"drain = {drain}")
+    async with edge_process("serve", "--config", str(path), ready={b"edgecache listening on": 1}) as proc:
+        reader, writer = await held_request(origin, port)
+        proc.send_signal(signal.SIGTERM)
+        # The origin never answers: the client's connection is closed with no byte of a response (the gate is
+        # set only when the origin fixture stops).
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        log = await rest_of_log(proc)
+        writer.close()
+    assert f"stopping: draining connections for up to {drain} s".encode() in log
+    assert b"stopped: exited with status 0" in log
+    assert b"killing it" not in log  # the worker stopped within its drain, not at the parent's deadline
+
+
+def drain_of(server: dict[str, object]) -> float:
+    return build({"server": server, "sites": [SITE]}, "f.toml", Path("/etc/edgecache")).drain
+
+
+SITE = {"name": "v", "hosts": ["video.test"], "origins": ["http://10.0.0.1:8080"]}
+
+
+def test_drain_defaults_to_ten_seconds_and_takes_zero_to_an_hour() -> None:
+    assert drain_of({}) == 10.0
+    assert drain_of({"drain": 0}) == 0.0
+    assert drain_of({"drain": 2.5}) == 2.5
+    assert drain_of({"drain": 3600}) == 3600.0
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (-1, "f.toml: server.drain: expected seconds (a finite number >= 0)"),
+        (3601, "f.toml: server.drain: expected seconds between 0 and 3600"),
+        ("10s", "f.toml: server.drain: expected seconds (a finite number >= 0)"),
+        (True, "f.toml: server.drain: expected seconds (a finite number >= 0)"),
+        (float("inf"), "f.toml: server.drain: expected seconds (a finite number >= 0)"),
+    ],
+)
+def test_a_bad_drain_is_a_config_error_naming_file_and_key(value: object, problem: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        drain_of({"drain": value})
+    assert exc.value.problems == [problem]
