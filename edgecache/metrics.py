@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import platform
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _mp
@@ -20,7 +22,52 @@ _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 REQUESTS = Counter(
     "edgecache_requests_total", "Client requests answered", ["site", "method", "status_class", "cache_status"]
 )
-BYTES_SERVED = Counter("edgecache_served_bytes_total", "Body bytes sent to clients by where they came from", ["source"])
+_SERVED = Counter("edgecache_served_bytes_total", "Body bytes sent to clients by where they came from", ["source"])
+
+
+@dataclass(slots=True)
+class Sources:
+    """One request's served body bytes by where they came from: the access log's `upstream` is named from it."""
+
+    cache: int = 0
+    origin: int = 0
+    peer: int = 0
+
+
+# The request being answered in this task (observe.start sets it): the served-bytes counter adds to it as well,
+# so where a response's bytes came from is known exactly, from the very increments the metric is made of.
+SOURCES: ContextVar[Sources | None] = ContextVar("edgecache_sources", default=None)
+_AS = {"memory": "cache", "disk": "cache", "origin": "origin", "peer": "peer"}
+
+
+class _ServedChild:
+    __slots__ = ("_child", "_field")
+
+    def __init__(self, source: str) -> None:
+        self._child = _SERVED.labels(source)
+        self._field = _AS[source]
+
+    def inc(self, amount: int = 1) -> None:
+        self._child.inc(amount)
+        sources = SOURCES.get()
+        if sources is not None:
+            setattr(sources, self._field, getattr(sources, self._field) + amount)
+
+
+class _Served:
+    """edgecache_served_bytes_total{source}: its children also count into the current request's Sources."""
+
+    def labels(self, source: str) -> _ServedChild:
+        return _ServedChild(source)
+
+
+BYTES_SERVED = _Served()
+SITE_SERVED = Counter(
+    "edgecache_site_served_bytes_total",
+    "Body bytes sent to clients by site and upstream (cache, origin, peer, cache+origin; - for the node's own "
+    "answers): the sum of the access log's bytes",
+    ["site", "upstream"],
+)
 TTFB = Histogram("edgecache_ttfb_seconds", "Client time to first byte", ["cache_status"], buckets=_LATENCY)
 ORIGIN_REQUESTS = Counter("edgecache_origin_requests_total", "Requests sent to origins", ["site", "status_class"])
 ORIGIN_BYTES = Counter("edgecache_origin_bytes_total", "Body bytes received from origins", ["site"])
@@ -65,8 +112,13 @@ def status_class(status: int) -> str:
 
 
 PEER_UP = Gauge("edgecache_peer_up", "1 when this node sees the peer as up", ["peer"], multiprocess_mode="max")
-PEER_FORWARDED = Counter("edgecache_peer_forwarded_requests_total", "Requests forwarded to their owner", ["peer"])
-PEER_BYTES = Counter("edgecache_peer_forwarded_bytes_total", "Body bytes received from owners", ["peer"])
+# A forward to a peer is counted here, never as an origin request or origin bytes (origin.OriginClient.to_peer).
+PEER_FORWARDED = Counter(
+    "edgecache_peer_forwarded_requests_total", "Requests forwarded to their owner, by site", ["peer", "site"]
+)
+PEER_BYTES = Counter(
+    "edgecache_peer_forwarded_bytes_total", "Body bytes received from owners, by site", ["peer", "site"]
+)
 PEER_ERRORS = Counter("edgecache_peer_errors_total", "Failed forwards and health checks", ["peer", "kind"])
 
 PURGES = Counter("edgecache_purges_total", "Purges applied on this node", ["kind", "mode"])

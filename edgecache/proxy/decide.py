@@ -28,6 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
+from edgecache import metrics
 from edgecache.core import ranges
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import observe, rangecut
@@ -65,6 +66,7 @@ class Prepared:
     head: bytes
     counter: Any
     slices: tuple[tuple[str, int, int], ...]  # (slice name, first byte, end) of the body, in order
+    site_bytes: Any  # the served-bytes-by-site counter's child for its site
     range_field: str | None = None  # the Range of a request answered from its whole-object answer, for the log
 
 
@@ -159,7 +161,7 @@ class Decider:
             return None
         counter = observe.requests_counter(hit.site.name, method, hit.status, CacheStatus.HIT)
         slices = () if basis else _slices(hit, handler.engine.slice_size)
-        prepared = Prepared(hit, method, keep_alive, encoded, counter, slices)
+        prepared = Prepared(hit, method, keep_alive, encoded, counter, slices, _site_bytes(hit))
         if len(head) <= _MEMO_HEAD and any(k.lower() == "date" for k, _ in hit.headers):
             if len(memo) >= _MEMO_ENTRIES:
                 memo.clear()
@@ -219,7 +221,8 @@ class Decider:
         fields = [*hit.headers[:-1], ("Content-Range", content_range), ("Content-Length", str(last - first + 1))]
         derived = replace(hit, status=206, headers=fields, first=first, last=last)
         counter = observe.requests_counter(hit.site.name, "GET", 206, CacheStatus.HIT)
-        return Prepared(derived, "GET", base.keep_alive, encoded, counter, _slices(derived, size), value)
+        slices = _slices(derived, size)
+        return Prepared(derived, "GET", base.keep_alive, encoded, counter, slices, base.site_bytes, value)
 
     def _parse(self, head: bytes, client: str, any_size: bool = False) -> tuple[Hit | Load | None, str, bool]:
         if rangecut.needs_strict_parser(head):
@@ -264,6 +267,10 @@ class Decider:
         if not keep_alive:
             extra += b"Connection: close\r\n"
         return head + extra + b"\r\n"
+
+
+def _site_bytes(hit: Hit) -> Any:
+    return observe.site_bytes(hit.site.name, observe.upstream(CacheStatus.HIT, metrics.Sources()))
 
 
 def _with_age(head: bytes, old: Hit, new: Hit) -> bytes | None:

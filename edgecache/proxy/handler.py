@@ -71,6 +71,8 @@ class EdgeHandler:
         self.engine = engine
         self.access = access or AccessLog(None)
         self.cluster = cluster
+        # The access log's node: the cluster's name for this node, else the machine's.
+        self.node = cluster.self_id if cluster is not None else socket.gethostname()
         self.write_timeout = 60.0
         self.max_in_flight = 10_000  # per worker; past it, new requests get 503 + Retry-After at once
         self.in_flight = 0
@@ -88,7 +90,7 @@ class EdgeHandler:
             # Shed load before doing any work: a quick, honest answer instead of a slow collapse.
             observe.mark(request, CacheStatus.ERROR)
             resp = error_response(503, "overloaded: try again shortly")
-            observe.finish(request, resp, self.access)
+            observe.finish(request, resp, self.access, self.node)
             return resp
         self.in_flight += 1
         try:
@@ -96,7 +98,7 @@ class EdgeHandler:
             return resp
         finally:
             self.in_flight -= 1
-            observe.finish(request, resp, self.access)
+            observe.finish(request, resp, self.access, self.node)
 
     async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -300,7 +302,7 @@ class EdgeHandler:
             try:
                 resp = await pass_through(
                     request,
-                    self.engine.origin,
+                    self.engine.origin.to_peer(member.id),
                     replace(req, site=peer),
                     CacheStatus.PEER,
                     extra=((HOP, hop),),
@@ -313,7 +315,6 @@ class EdgeHandler:
                 metrics.PEER_ERRORS.labels(member.id, "connect").inc()
                 self.cluster.failed(member.id)  # passive check: the next owner takes its keys now
                 continue
-            metrics.PEER_FORWARDED.labels(member.id).inc()
             return resp
         return None
 

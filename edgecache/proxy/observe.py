@@ -35,6 +35,7 @@ class Trace:
     ttfb: float | None = None
     failover: bool = False  # served by a later owner because the first one is down
     body_bytes: int | None = None  # counted by streaming writers; None: a small body of known length
+    sources: metrics.Sources = field(default_factory=metrics.Sources)  # the served-bytes counter adds to it
 
 
 TRACE = web.RequestKey("edgecache_trace", Trace)
@@ -48,7 +49,7 @@ def trace(request: web.BaseRequest) -> Trace:
 
 
 def start(request: web.BaseRequest) -> None:
-    trace(request)
+    metrics.SOURCES.set(trace(request).sources)  # this task answers this request now (one at a time)
 
 
 def mark(request: web.BaseRequest, status: CacheStatus) -> None:
@@ -110,16 +111,29 @@ async def write(request: web.BaseRequest, resp: web.StreamResponse, chunk: bytes
     sent(request, len(chunk))
 
 
-def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog) -> None:
+def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog, node: str) -> None:
     t = trace(request)
+    metrics.SOURCES.set(None)
     code = resp.status if resp is not None else 0
     if resp is not None:
         first_byte(request)  # a whole Response is sent right after this: its head leaves now
     count(t, request.method, code)
+    nbytes = _body_bytes(request, resp, t)
+    way = upstream(t.status, t.sources)
+    site_bytes(t.site, way).inc(nbytes)
     if access.enabled:
         headers = request.headers
-        line = Line(request.remote, request.method, headers.get("Host", ""), request.raw_path, headers.get("Range"))
-        log_line(access, t, line, code, _body_bytes(request, resp, t))
+        line = Line(
+            request.remote,
+            request.method,
+            headers.get("Host", ""),
+            request.raw_path,
+            headers.get("Range"),
+            headers.get("User-Agent"),
+            headers.get("Referer"),
+            protocol(request.version),
+        )
+        log_line(access, t, line, code, nbytes, node, way)
 
 
 @dataclass(slots=True)
@@ -131,10 +145,61 @@ class Line:
     host: str
     path: str
     range: str | None
+    user_agent: str | None = None
+    referer: str | None = None
+    protocol: str = "HTTP/1.1"
+
+
+# Client input: a longer User-Agent or Referer is cut here, so one line stays short whatever a client sends.
+MAX_FIELD = 512
+
+
+def clip(value: str | None) -> str | None:
+    return value[:MAX_FIELD] if value is not None else None
+
+
+def protocol(version: tuple[int, int]) -> str:
+    return f"HTTP/{version[0]}.{version[1]}"
+
+
+# What an answer without a body byte of the cache's came from, by its cache status.
+_UPSTREAM = {
+    CacheStatus.HIT: "cache",
+    CacheStatus.STALE: "cache",
+    CacheStatus.REVALIDATED: "cache",  # the origin's 304 brought no byte
+    CacheStatus.MISS: "origin",
+    CacheStatus.EXPIRED: "origin",
+    CacheStatus.PASS: "origin",
+    CacheStatus.PEER: "peer",
+    CacheStatus.ERROR: "-",  # the node's own answer
+}
+
+
+def upstream(status: CacheStatus, sources: metrics.Sources) -> str:
+    """Where an answer came from, for the access log and edgecache_site_served_bytes_total: "cache" (no byte
+    fetched), "origin" (a miss, expired or pass: fetched for it), "peer" (forwarded to the owner), "cache+origin"
+    (a stored entry served, some of its slices fetched from the origin meanwhile), "-" (an error of our own).
+
+    A miss is "origin" whatever the tally says: its reader may take the slices its fill just stored from the
+    memory tier, which the served-bytes counter calls memory.
+    """
+    way = _UPSTREAM[status]
+    return "cache+origin" if way == "cache" and sources.origin else way
 
 
 def count(t: Trace, method: str, code: int) -> None:
     requests_counter(t.site, method, code, t.status).inc()
+
+
+_site_bytes: dict[tuple[str, str], Any] = {}
+
+
+def site_bytes(site: str, way: str) -> Any:
+    """The served-bytes-by-site counter's child for these labels (site names come from the config)."""
+    counter = _site_bytes.get((site, way))
+    if counter is None:
+        counter = _site_bytes[site, way] = metrics.SITE_SERVED.labels(site, way)
+    return counter
 
 
 def requests_counter(site: str, method: str, code: int, status: CacheStatus) -> Any:
@@ -146,7 +211,8 @@ def requests_counter(site: str, method: str, code: int, status: CacheStatus) -> 
     return counter
 
 
-def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int) -> None:
+def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int, node: str, way: str) -> None:
+    """One line, the same fields in the same order for the fast path's hits and for the full handler."""
     record: dict[str, Any] = {
         "time": _now_iso(),
         "id": t.id,
@@ -162,6 +228,11 @@ def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int) ->
         "origin_ms": t.origin_ms,
         "ttfb_ms": round((t.ttfb or 0.0) * 1000, 3),
         "ms": round((time.monotonic() - t.t0) * 1000, 3),
+        "protocol": line.protocol,
+        "user_agent": clip(line.user_agent),
+        "referer": clip(line.referer),
+        "node": node,
+        "upstream": way,
     }
     access.write(record)
 

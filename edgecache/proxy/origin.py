@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -26,6 +27,7 @@ class OriginResponse:
     raw: aiohttp.ClientResponse
     origin: str
     site: str = "-"
+    peer: str | None = None  # the cluster member it came from: its bytes are peer bytes, not origin bytes
 
     def release(self) -> None:
         self.raw.release()
@@ -42,6 +44,14 @@ class OriginClient:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._bodies: aiohttp.ClientSession | None = None
+        self.peer: str | None = None  # set on a to_peer() view: what it sends goes to this cluster member
+
+    def to_peer(self, member_id: str) -> OriginClient:
+        """The same pools, for a forward to a cluster member: its request and bytes are counted as that peer's
+        (edgecache_peer_forwarded_*), never as origin traffic, and its failures are the caller's to count."""
+        view = copy.copy(self)
+        view.peer = member_id
+        return view
 
     async def start(self) -> None:
         self._session = self._pool(self.settings.max_connections)
@@ -102,28 +112,36 @@ class OriginClient:
                 )
             except TimeoutError as exc:
                 _raise_if_stalled(paced, exc)
-                metrics.ORIGIN_ERRORS.labels(site.name, "timeout").inc()
+                if self.peer is None:
+                    metrics.ORIGIN_ERRORS.labels(site.name, "timeout").inc()
                 last_error = OriginError(f"{base}: timed out", timeout=True)
                 log.info("origin %s timed out: %s", base, exc)
                 continue
             except (aiohttp.ClientError, OSError) as exc:
                 _raise_if_stalled(paced, exc)
-                metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
+                if self.peer is None:
+                    metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
                 # No response came: the peer refused, or a pooled connection to it was found dead. Nothing reached
                 # the client, so an idempotent request may go elsewhere.
                 refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
                 last_error = OriginError(f"{base}: {exc.__class__.__name__}: {exc}", connect=True, refused=refused)
                 log.info("origin %s failed: %s", base, exc)
                 continue
-            metrics.ORIGIN_LATENCY.labels(site.name).observe(time.monotonic() - started)
-            metrics.ORIGIN_REQUESTS.labels(site.name, metrics.status_class(raw.status)).inc()
+            self._count(site.name, raw.status, time.monotonic() - started)
             if raw.status >= 500 and not is_last:
                 log.info("origin %s answered %d, trying the next origin", base, raw.status)
                 raw.release()
                 continue
-            return OriginResponse(raw.status, tuple(raw.headers.items()), raw, base, site.name)
+            return OriginResponse(raw.status, tuple(raw.headers.items()), raw, base, site.name, self.peer)
         assert last_error is not None
         raise last_error
+
+    def _count(self, site: str, status: int, took: float) -> None:
+        if self.peer is not None:
+            metrics.PEER_FORWARDED.labels(self.peer, site).inc()
+            return
+        metrics.ORIGIN_LATENCY.labels(site).observe(took)
+        metrics.ORIGIN_REQUESTS.labels(site, metrics.status_class(status)).inc()
 
 
 class ClientBody:
@@ -165,7 +183,10 @@ async def read_chunks(resp: OriginResponse) -> AsyncIterable[bytes]:
     (b"", True) forever once read, without awaiting, so a loop that skipped empty chunks spun the loop at 100%.
     An empty chunk before the end only marks a chunk boundary, and the next read takes the next one.
     """
-    counter = metrics.ORIGIN_BYTES.labels(resp.site)
+    if resp.peer is None:
+        counter = metrics.ORIGIN_BYTES.labels(resp.site)
+    else:
+        counter = metrics.PEER_BYTES.labels(resp.peer, resp.site)
     content = resp.raw.content
     try:
         while True:

@@ -94,11 +94,11 @@ async def test_a_dead_node_fails_over_and_its_keys_come_back(origin: Origin, tmp
             async with asyncio.timeout(10):  # health checks every 0.1 s, rise 2: well within
                 for n in (n1, n2):
                     await n.node.cluster.wait_for(lambda n=n: n.node.cluster.is_up("node3"))  # type: ignore[union-attr,misc]
-            before = metrics.PEER_FORWARDED.labels("node3")._value.get()
+            before = metrics.PEER_FORWARDED.labels("node3", "videos")._value.get()
             for p in node3_keys:
                 status, _, body = await n2.get(p)
                 assert (status, body) == (200, p.encode() * 100)
-            assert metrics.PEER_FORWARDED.labels("node3")._value.get() - before == len(node3_keys)
+            assert metrics.PEER_FORWARDED.labels("node3", "videos")._value.get() - before == len(node3_keys)
             assert all(origin.hits[p] == 2 for p in node3_keys)  # served from node3's own disk
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from edgecache import metrics
 from edgecache.accesslog import AccessLog
+from edgecache.core.status import CacheStatus
+from edgecache.proxy import observe
 
 
 def test_lines_rotation_and_reopen(tmp_path: Path) -> None:
@@ -96,3 +99,73 @@ def test_a_failing_write_loses_its_lines_not_the_writer(caplog: pytest.LogCaptur
     assert _dropped() - before == 3  # each line was taken, failed and counted: the writer went on to the end
     # Said once, not once a batch: a full disk under a busy log must not fill the error log too.
     assert len([r for r in caplog.records if "not written" in r.getMessage()]) == 1
+
+
+def test_a_hostile_user_agent_and_referer_are_cut_and_escaped(tmp_path: Path) -> None:
+    """The fields a client writes freely: at most MAX_FIELD characters each, in one ASCII JSON line."""
+    path = tmp_path / "access.log"
+    log = AccessLog(path)
+    ua = '"},{"forged":1}\n\\' + "\udcff" * 600  # a quote, a newline, and bytes that are not UTF-8 (surrogates)
+    referer = "\u2028" + "é" * 1000
+    t = observe.new_trace()
+    t.site, t.status = "videos", CacheStatus.HIT
+    line = observe.Line("127.0.0.1", "GET", "video.test", "/x", None, ua, referer, "HTTP/1.1")
+    observe.log_line(log, t, line, 200, 10, "node1", "cache")
+    log.close()
+    raw = path.read_bytes()
+    assert raw.isascii()
+    assert raw.count(b"\n") == 1
+    assert len(raw) < 2 * 6 * observe.MAX_FIELD + 1024  # a character is at most 6 bytes escaped (\udcff)
+    record = json.loads(raw)
+    assert record["user_agent"] == ua[: observe.MAX_FIELD]
+    assert record["referer"] == referer[: observe.MAX_FIELD]
+    assert (record["site"], record["node"], record["upstream"], record["protocol"]) == (
+        "videos",
+        "node1",
+        "cache",
+        "HTTP/1.1",
+    )
+
+
+def test_absent_fields_are_null() -> None:
+    assert observe.clip(None) is None
+    assert observe.protocol((1, 0)) == "HTTP/1.0"
+
+
+@pytest.mark.parametrize(
+    ("status", "origin_bytes", "expected"),
+    [
+        (CacheStatus.HIT, 0, "cache"),
+        (CacheStatus.STALE, 0, "cache"),
+        (CacheStatus.REVALIDATED, 0, "cache"),
+        (CacheStatus.HIT, 5, "cache+origin"),  # a stored entry, some of its slices fetched meanwhile
+        (CacheStatus.STALE, 5, "cache+origin"),
+        (CacheStatus.MISS, 0, "origin"),  # its reader may take its fill's slices from memory: still the origin's
+        (CacheStatus.EXPIRED, 5, "origin"),
+        (CacheStatus.PASS, 0, "origin"),
+        (CacheStatus.PEER, 0, "peer"),
+        (CacheStatus.ERROR, 0, "-"),
+    ],
+)
+def test_upstream_names_where_an_answer_came_from(status: CacheStatus, origin_bytes: int, expected: str) -> None:
+    assert observe.upstream(status, metrics.Sources(origin=origin_bytes)) == expected
+
+
+def test_every_cache_status_has_an_upstream() -> None:
+    assert {observe.upstream(s, metrics.Sources()) for s in CacheStatus} == {"cache", "origin", "peer", "-"}
+
+
+def test_the_served_bytes_counter_tallies_the_current_request_only() -> None:
+    sources = metrics.Sources()
+    before = REGISTRY.get_sample_value("edgecache_served_bytes_total", {"source": "disk"}) or 0.0
+    token = metrics.SOURCES.set(sources)
+    try:
+        metrics.BYTES_SERVED.labels("memory").inc(3)
+        metrics.BYTES_SERVED.labels("disk").inc(4)
+        metrics.BYTES_SERVED.labels("origin").inc(5)
+        metrics.BYTES_SERVED.labels("peer").inc(6)
+    finally:
+        metrics.SOURCES.reset(token)
+    metrics.BYTES_SERVED.labels("origin").inc(100)  # no request: the metric only
+    assert sources == metrics.Sources(cache=7, origin=5, peer=6)
+    assert (REGISTRY.get_sample_value("edgecache_served_bytes_total", {"source": "disk"}) or 0.0) - before == 4
