@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgecache import config as cfg
+from edgecache import usagecmd
 from edgecache.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "edgecache.toml"
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("--concurrency", type=int, default=4)
     pf.add_argument("--config", type=Path, help=f"TOML config naming the admin listener (default: {DEFAULT_CONFIG})")
     pf.add_argument("--token", help="bearer token (default: $EDGECACHE_TOKEN)")
+    usagecmd.add_parser(sub)
     return p
 
 
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             return _purge(args)
         if args.command == "prefetch":
             return _prefetch(args)
+        if args.command == "usage":
+            return usagecmd.run(args)
         config = _one_origin(args) if args.origin else cfg.load(args.config or DEFAULT_CONFIG)
     except ConfigError as exc:
         for line in exc.problems:

@@ -1,0 +1,188 @@
+"""Usage by site: served, origin and peer bytes per site in the metrics, the access log's new fields (protocol,
+user agent, referer, node, upstream) the same on both paths, and `edgecache usage` totals of that log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from edgecache import cli
+from edgecache.config import Config, Site
+from edgecache.core.ring import Ring
+from tests.conftest import make_config, start_edge
+from tests.e2e.test_cluster import cluster_configs, started
+from tests.origin import Origin
+
+SLICE = 4096
+X = bytes(range(256)) * 4
+Y = bytes(range(251)) * 40  # 10040 bytes: three slices
+UA = {"User-Agent": "player/1.0", "Referer": "http://portal.test/watch"}
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def two_sites(origin: Origin, tmp_path: Path, fast: bool, tag: str) -> Config:
+    config = make_config(tmp_path / "cache", [origin.url], slice_bytes=SLICE)
+    sites = (
+        Site(name=f"{tag}-a", hosts=("a.test",), origins=(origin.url,)),
+        Site(name=f"{tag}-b", hosts=("b.test",), origins=(origin.url,)),
+    )
+    return replace(config, sites=sites, fast_path=fast, access_log=tmp_path / "access.log")
+
+
+async def raw_request(port: int, head: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        async with asyncio.timeout(10):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+def records(path: Path) -> list[dict[str, object]]:
+    raw = path.read_bytes()
+    assert raw.isascii()
+    return [json.loads(line) for line in raw.split(b"\n")[:-1]]
+
+
+FIELDS = ("site", "method", "status", "bytes", "cache", "upstream", "protocol", "user_agent", "referer", "node")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
+    origin: Origin, tmp_path: Path, fast: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tag = "usage-fast" if fast else "usage-full"
+    a, b = f"{tag}-a", f"{tag}-b"
+    origin.put("/x", X)
+    origin.put("/y", Y)
+    config = two_sites(origin, tmp_path, fast, tag)
+    async with start_edge(config) as edge:
+        assert (await edge.get("/x", "a.test", **UA))[::2] == (200, X)  # a miss
+        assert (await edge.get("/x", "a.test", **UA))[::2] == (200, X)  # a hit (the fast path's, when on)
+        raw = await raw_request(edge.port, b"GET /x HTTP/1.0\r\nHost: a.test\r\n\r\n")  # a hit, HTTP/1.0
+        assert raw.startswith(b"HTTP/1.0 200 OK\r\n")
+        assert raw.endswith(b"\r\n\r\n" + X)
+        assert (await edge.get("/y", "b.test", Range="bytes=0-99", **UA))[::2] == (206, Y[:100])  # a range miss
+        assert (await edge.get("/y", "b.test", Range="bytes=100-199", **UA))[::2] == (206, Y[100:200])  # hit
+        # Slice 0 is stored, slice 1 is not: a hit of the stored entry whose second slice is fetched meanwhile.
+        assert (await edge.get("/y", "b.test", Range=f"bytes=0-{SLICE + 99}", **UA))[::2] == (206, Y[: SLICE + 100])
+    assert origin.hits == {"/x": 1, "/y": 2}
+    assert origin.range_hits("/y") == [f"bytes=0-{SLICE - 1}", f"bytes={SLICE}-{2 * SLICE - 1}"]
+
+    served = "edgecache_site_served_bytes_total"
+    assert sample(served, site=a, upstream="origin") == len(X)
+    assert sample(served, site=a, upstream="cache") == 2 * len(X)
+    assert sample(served, site=b, upstream="origin") == 100
+    assert sample(served, site=b, upstream="cache") == 100
+    assert sample(served, site=b, upstream="cache+origin") == SLICE + 100
+    assert sample("edgecache_origin_bytes_total", site=a) == len(X)
+    assert sample("edgecache_origin_bytes_total", site=b) == 2 * SLICE
+    assert sample("edgecache_origin_requests_total", site=a, status_class="2xx") == 1
+    assert sample("edgecache_origin_requests_total", site=b, status_class="2xx") == 2
+
+    node = socket.gethostname()
+    seen = [tuple(r[f] for f in FIELDS) for r in records(tmp_path / "access.log")]
+    ua, ref = UA["User-Agent"], UA["Referer"]
+    assert seen == [
+        (a, "GET", 200, len(X), "miss", "origin", "HTTP/1.1", ua, ref, node),
+        (a, "GET", 200, len(X), "hit", "cache", "HTTP/1.1", ua, ref, node),
+        (a, "GET", 200, len(X), "hit", "cache", "HTTP/1.0", None, None, node),
+        (b, "GET", 206, 100, "miss", "origin", "HTTP/1.1", ua, ref, node),
+        (b, "GET", 206, 100, "hit", "cache", "HTTP/1.1", ua, ref, node),
+        (b, "GET", 206, SLICE + 100, "hit", "cache+origin", "HTTP/1.1", ua, ref, node),
+    ]
+
+    assert cli.main(["usage", str(tmp_path / "access.log"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["malformed"] == 0
+    assert report["groups"] == {
+        a: {
+            "requests": 3,
+            "served_bytes": 3 * len(X),
+            "cache_bytes": 2 * len(X),
+            "origin_bytes": len(X),
+            "peer_bytes": 0,
+            "mixed_bytes": 0,
+            "byte_hit_ratio": round(2 / 3, 6),
+        },
+        b: {
+            "requests": 3,
+            "served_bytes": SLICE + 300,
+            "cache_bytes": 100,
+            "origin_bytes": 100,
+            "peer_bytes": 0,
+            "mixed_bytes": SLICE + 100,
+            "byte_hit_ratio": round(100 / (SLICE + 300), 6),
+        },
+    }
+    assert report["total"]["served_bytes"] == 3 * len(X) + SLICE + 300
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_hostile_user_agent_and_referer_are_escaped_and_cut(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    origin.put("/x", X)
+    config = two_sites(origin, tmp_path, fast, "usage-hostile")
+    ua = b'"\\\xff\xfe},{"site":"forged"' + b"A" * 2000
+    referer = b"http://r.test/\xc3\xa9" + b"\xff" * 1000
+    head = b"GET /x HTTP/1.1\r\nHost: a.test\r\nUser-Agent: " + ua + b"\r\nReferer: " + referer
+    async with start_edge(config) as edge:
+        for _ in range(2):  # a miss, then a hit
+            raw = await raw_request(edge.port, head + b"\r\nConnection: close\r\n\r\n")
+            assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert raw.endswith(X)
+    lines = (tmp_path / "access.log").read_bytes().split(b"\n")[:-1]
+    assert len(lines) == 2
+    for line in lines:
+        assert line.isascii()
+        assert len(line) < 512 * 6 * 2 + 1024  # each field at most 512 characters, each at most 6 bytes escaped
+        record = json.loads(line)
+        assert record["site"] == "usage-hostile-a"
+        assert record["user_agent"] == ua.decode("utf-8", "surrogateescape")[:512]
+        assert record["referer"] == referer.decode("utf-8", "surrogateescape")[:512]
+
+
+def cluster(origin: Origin, tmp_path: Path, site: str) -> list[Config]:
+    """test_cluster's three nodes, with a site of this test's own and an access log each."""
+    return [
+        replace(c, sites=(replace(c.sites[0], name=site),), access_log=tmp_path / f"node{i + 1}.log")
+        for i, c in enumerate(cluster_configs(origin, tmp_path))
+    ]
+
+
+async def test_a_forward_to_the_owner_is_peer_traffic_not_origin(origin: Origin, tmp_path: Path) -> None:
+    site = "usage-peer"
+    configs = cluster(origin, tmp_path, site)
+    ring = Ring.of(configs[0].cluster.nodes)  # type: ignore[union-attr]
+    path = next(p for p in (f"/p/{i}" for i in range(100)) if ring.owner(f"{site}|video.test|{p}").id == "node2")  # type: ignore[union-attr]
+    origin.put(path, Y)
+    async with started(configs) as (n1, _, _):
+        view = n1.node.cluster
+        assert view is not None
+        async with asyncio.timeout(10):  # a node seen down while the others started is up again within `rise`
+            await view.wait_for(lambda: view.is_up("node2"))
+        status, headers, body = await n1.get(path)  # node1 forwards to node2, which fetches from the origin
+        assert (status, body) == (200, Y)
+        assert headers["Cache-Status"] == 'edgecache; fwd=uri-miss; stored, edgecache; fwd=miss; detail="peer"'
+    assert origin.hits[path] == 1
+    # Both nodes run in this process: the origin's bytes and request are the owner's alone, counted once.
+    assert sample("edgecache_origin_requests_total", site=site, status_class="2xx") == 1
+    assert sample("edgecache_origin_bytes_total", site=site) == len(Y)
+    assert sample("edgecache_peer_forwarded_requests_total", peer="node2", site=site) == 1
+    assert sample("edgecache_peer_forwarded_bytes_total", peer="node2", site=site) == len(Y)
+    assert sample("edgecache_site_served_bytes_total", site=site, upstream="peer") == len(Y)
+    assert sample("edgecache_site_served_bytes_total", site=site, upstream="origin") == len(Y)  # node2's
+    forwarder, owner = records(tmp_path / "node1.log"), records(tmp_path / "node2.log")
+    assert [(r["node"], r["cache"], r["upstream"], r["bytes"]) for r in forwarder] == [
+        ("node1", "peer", "peer", len(Y))
+    ]
+    assert [(r["node"], r["cache"], r["upstream"], r["bytes"]) for r in owner] == [("node2", "miss", "origin", len(Y))]
