@@ -16,6 +16,7 @@ class Bound(NamedTuple):
     addr: Listen
     tls: bool
     sock: socket.socket
+    proxy: bool = False  # its connections start with a PROXY protocol header (server.proxy_protocol)
 
 
 def bind_listeners(config: Config) -> list[Bound]:
@@ -24,7 +25,8 @@ def bind_listeners(config: Config) -> list[Bound]:
     bound: list[Bound] = []
     try:
         for addr, tls in [(a, False) for a in config.listen] + [(a, True) for a in config.tls_listen]:
-            bound += [Bound(addr, tls, sock) for sock in _bind(addr, reuse_port=config.workers > 1)]
+            proxy = addr in config.proxy_protocol and not tls
+            bound += [Bound(addr, tls, sock, proxy) for sock in _bind(addr, reuse_port=config.workers > 1)]
     except BaseException:
         close(bound)
         raise

@@ -89,6 +89,7 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
         handler.max_in_flight = config.max_requests
         if config.rate_limit is not None:
             handler.limiter = RateLimiter(config.rate_limit, config.burst or max(1.0, config.rate_limit))
+        handler.forwarders, handler.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
         certificates = Certificates(config) if config.tls_listen else None
         yield Node(config, origin, store, engine, handler, access, cluster, certificates)
     finally:
@@ -151,6 +152,7 @@ async def reload(node: Node) -> bool:
             log.error("reload rejected, keeping the running config: certificates: %s", exc)
             return False
     node.handler.reload(new.sites)
+    node.handler.forwarders, node.handler.proxy_from = new.trusted_forwarders, new.proxy_protocol_from
     if node.cluster is not None and new.cluster is not None:
         node.cluster.settings = new.cluster
         if new.cluster.dns is None:
@@ -179,13 +181,14 @@ def make_fast(node: Node, server: web.Server) -> FastServer:
     settings = FastSettings(
         c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile", c.max_connections
     )
+    settings.answers = c.fast_path  # off: a PROXY listener's connections go to aiohttp right after the header
     return FastServer(node.handler, server, settings)
 
 
 class FastSite(web.BaseSite):
     """A listener whose connections start on the fast path (aiohttp's TCPSite, with our protocol factory)."""
 
-    __slots__ = ("_fast", "_sock")
+    __slots__ = ("_fast", "_proxy", "_sock")
 
     def __init__(
         self,
@@ -195,9 +198,10 @@ class FastSite(web.BaseSite):
         *,
         backlog: int,
         ssl_context: ssl.SSLContext | None = None,
+        proxy: bool = False,
     ) -> None:
         super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
-        self._fast, self._sock = fast, sock
+        self._fast, self._sock, self._proxy = fast, sock, proxy
 
     @property
     def name(self) -> str:
@@ -206,8 +210,9 @@ class FastSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
+        factory = self._fast.proxy_protocol if self._proxy else self._fast.protocol
         self._server = await asyncio.get_running_loop().create_server(
-            self._fast.protocol, sock=self._sock, backlog=self._backlog, ssl=self._ssl_context
+            factory, sock=self._sock, backlog=self._backlog, ssl=self._ssl_context
         )
 
 
@@ -215,19 +220,19 @@ async def start_listeners(
     node: Node, runner: web.BaseRunner, fast: FastServer, bound: list[Bound] | None = None
 ) -> list[web.BaseSite]:
     """Serve the client listeners `bound` (bound here when not given), each starting on the fast path unless
-    it is turned off."""
+    it is turned off. A listener that expects a PROXY header always starts there: the fast path reads it."""
     c = node.config
     sites: list[web.BaseSite] = []
-    for addr, tls, sock in bound if bound is not None else bind_listeners(c):
-        ctx = node.certificates.context if tls and node.certificates is not None else None
+    for b in bound if bound is not None else bind_listeners(c):
+        ctx = node.certificates.context if b.tls and node.certificates is not None else None
         site: web.BaseSite
-        if c.fast_path:
-            site = FastSite(runner, fast, sock, backlog=BACKLOG, ssl_context=ctx)
+        if c.fast_path or b.proxy:
+            site = FastSite(runner, fast, b.sock, backlog=BACKLOG, ssl_context=ctx, proxy=b.proxy)
         else:
-            site = web.SockSite(runner, sock, backlog=BACKLOG, ssl_context=ctx)
+            site = web.SockSite(runner, b.sock, backlog=BACKLOG, ssl_context=ctx)
         await site.start()
         sites.append(site)
-        log.info("edgecache listening on %s://%s", "https" if ctx else "http", addr)
+        log.info("edgecache listening on %s://%s%s", "https" if ctx else "http", b.addr, " (PROXY)" if b.proxy else "")
     return sites
 
 

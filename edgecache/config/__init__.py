@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ssl
 import tomllib
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ KEYS: dict[str, frozenset[str]] = {
     for key, names in {
         "": "server cache origin sites demo admin log cluster",
         "server": "listen workers client_write_timeout max_requests max_connections rate_limit burst fast_path "
+        "proxy_protocol proxy_protocol_from trusted_forwarders "
         "header_timeout idle_timeout disk_send tls_listen tls watchdog drain",
         "tls": "cert key",
         "cache": "dir memory disk slice fill_slices memory_policy memory_headroom",
@@ -313,6 +315,22 @@ def _drain(v: Any) -> float:
     return seconds
 
 
+def _listen_list(v: Any) -> tuple[Listen, ...]:
+    return tuple(parse_listen(x) for x in _str_list(str)(v))
+
+
+def _check_proxy_listeners(r: _Reader, cfg: Config) -> None:
+    """server.proxy_protocol names plain listeners: on an HTTPS one the header would come before the TLS
+    handshake, which the TLS layer would take for a broken ClientHello."""
+    for addr in cfg.proxy_protocol:
+        if addr in cfg.tls_listen:
+            r.problem("server.proxy_protocol", f"{addr} is an HTTPS listener: PROXY protocol is only for plain ones")
+        elif addr not in cfg.listen:
+            r.problem("server.proxy_protocol", f"{addr} is not one of server.listen")
+    if cfg.proxy_protocol_from and not cfg.proxy_protocol:
+        r.problem("server.proxy_protocol_from", "no listener expects a PROXY header (server.proxy_protocol)")
+
+
 def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     r = _Reader(source)
@@ -330,6 +348,10 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     max_connections = r.get(server, "server.", "max_connections", _positive(int), 20_000)
     rate_limit = r.get(server, "server.", "rate_limit", _positive(float), None)
     burst = r.get(server, "server.", "burst", _positive(float), None)
+    no_nets: tuple[IPv4Network | IPv6Network, ...] = ()
+    proxy_protocol: tuple[Listen, ...] = r.get(server, "server.", "proxy_protocol", _listen_list, ())
+    proxy_protocol_from = r.get(server, "server.", "proxy_protocol_from", _networks, no_nets)
+    trusted_forwarders = r.get(server, "server.", "trusted_forwarders", _networks, no_nets)
     fast_path = r.get(server, "server.", "fast_path", _bool, True)
     header_timeout = r.get(server, "server.", "header_timeout", _positive(float), 10.0)
     idle_timeout = r.get(server, "server.", "idle_timeout", _positive(float), 75.0)
@@ -360,6 +382,9 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         max_connections=max_connections,
         rate_limit=rate_limit,
         burst=burst,
+        proxy_protocol=proxy_protocol,
+        proxy_protocol_from=proxy_protocol_from,
+        trusted_forwarders=trusted_forwarders,
         fast_path=fast_path,
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
@@ -376,6 +401,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         job_retention=r.get(admin, "admin.", "job_retention", _seconds, 86400.0),
         max_jobs=r.get(admin, "admin.", "max_jobs", _positive(int), 1000),
     )
+    _check_proxy_listeners(r, cfg)
     if cfg.tls_listen and cfg.tls is None and not any(s.tls for s in cfg.sites):
         r.problem("server.tls_listen", "needs a certificate: [server.tls] or a [sites.tls] table")
     known_sites = {s.name for s in cfg.sites}

@@ -121,6 +121,12 @@ class Config:
     tls: TLSFiles | None = None  # for clients that send no (or an unknown) server name
     rate_limit: float | None = None  # requests per second per client address (429 past it); None: no limit
     burst: float | None = None  # requests a client may make at once (default: one second's worth)
+    # Client addresses behind a load balancer (core.clientaddr): plain listeners whose connections start with a
+    # PROXY header (v1 or v2), the addresses allowed to send one (empty: any), and the proxies whose
+    # X-Forwarded-For is believed (empty: none).
+    proxy_protocol: tuple[Listen, ...] = ()
+    proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
+    trusted_forwarders: tuple[IPv4Network | IPv6Network, ...] = ()
     demo_origin: Listen | None = None
     admin: Listen | None = None  # the admin listener (metrics, health, APIs); keep it on a private address
     access_log: Path | None = None

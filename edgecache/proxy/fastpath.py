@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp.http import HttpVersion11
 
 from edgecache import metrics
-from edgecache.core import ranges
+from edgecache.core import clientaddr, proxyproto, ranges
 from edgecache.core.headers import get_first
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import observe
@@ -58,11 +58,15 @@ _FULL_503 = (
 
 
 class FastPath(asyncio.Protocol):
-    def __init__(self, server: FastServer) -> None:
+    def __init__(self, server: FastServer, proxy: bool = False) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.client = "-"
+        self.client = "-"  # of the request being answered (core.clientaddr)
+        self.address = "-"  # the connection's: the socket's peer, or whom its PROXY header declared
+        self.proxy = proxy  # a PROXY header is still to come (server.proxy_protocol)
+        self.declared: str | None = None  # the client that header named
+        self.forwarder = False  # a trusted forwarder: each request's X-Forwarded-For names its client
         self.buf = b""
         self.busy = False  # a response is being read from disk or written with waits
         self.closing = False
@@ -84,7 +88,8 @@ class FastPath(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         transport = self.transport
         peer = transport.get_extra_info("peername")
-        self.client = str(peer[0]) if peer else "-"
+        self.address = self.client = str(peer[0]) if peer else "-"
+        self.forwarder = clientaddr.within(self.address, self.server.handler.forwarders)
         sock = transport.get_extra_info("socket")
         plain = transport.get_extra_info("sslcontext") is None  # never sendfile under TLS
         self.sock_fd = sock.fileno() if sock is not None and plain else -1
@@ -112,6 +117,8 @@ class FastPath(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf = self.buf + data if self.buf else data
+        if self.proxy and not self._proxy_header():
+            return
         if not self.busy:
             self._process()
         else:
@@ -121,6 +128,10 @@ class FastPath(asyncio.Protocol):
         # Half-closed (`nc -N`, `shutdown(SHUT_WR)`): every request sent before it is still answered; _after()
         # closes once none is left. Returning None would close the socket now, mid-answer.
         self.eof = True
+        if self.proxy and self.transport is not None:  # it ended before its PROXY header did
+            self.closing = True
+            self.transport.close()
+            return True
         if not self.busy:
             self._process()
         return True
@@ -140,6 +151,37 @@ class FastPath(asyncio.Protocol):
             self.drained.set_result(None)
         if not self.busy:
             self._process()
+
+    def _proxy_header(self) -> bool:
+        """Read the PROXY header this listener's connections start with (it may come in pieces, within
+        header_timeout); True once it is read, and the connection's address is the client it declared. A header
+        from an address not allowed to send one, or bytes that are not one (a client speaking HTTP to the
+        balancer's port), get 400 and the connection closes."""
+        allowed = self.server.handler.proxy_from
+        if allowed and not clientaddr.within(self.address, allowed):
+            return self._refuse("this address may not send a PROXY protocol header")
+        got = proxyproto.parse(self.buf)
+        if isinstance(got, proxyproto.NeedMore):
+            self._arm("head", self.server.settings.header_timeout)
+            return False
+        if isinstance(got, proxyproto.Invalid):
+            return self._refuse(got.reason)
+        self.proxy = False
+        self._disarm()
+        self.buf = self.buf[got.consumed :]
+        if got.source is not None:  # LOCAL and UNKNOWN name no client: the socket's peer stands
+            self.address = self.client = self.declared = got.source
+        self.forwarder = clientaddr.within(self.address, self.server.handler.forwarders)
+        return True
+
+    def _refuse(self, reason: str) -> bool:
+        body = f"{reason}\n".encode()
+        head = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+        self.buf, self.closing = b"", True
+        if self.transport is not None:
+            self.transport.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            self.transport.close()
+        return False
 
     # --- requests ----------------------------------------------------------------------------------------
 
@@ -179,6 +221,9 @@ class FastPath(asyncio.Protocol):
                 transport.resume_reading()
 
     def _answer_heads(self) -> None:
+        if not self.server.settings.answers:  # the fast path is off: it only read the PROXY header
+            self._hand_off()
+            return
         while self.transport is not None and not (self.busy or self.write_paused or self.closing):
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
@@ -191,6 +236,9 @@ class FastPath(asyncio.Protocol):
                 self.loop.create_task(store.catch_up()).add_done_callback(self._done)
                 return
             head = self.buf[: end + 4]
+            if self.forwarder:
+                forwarded = clientaddr.forwarded_for(head)
+                self.client = clientaddr.real_client(self.address, forwarded, self.server.handler.forwarders)
             prepared = self.server.decider.answer(head, self.client)
             if isinstance(prepared, Load):
                 if self.loads >= 2:  # loaded both and still no hit: not ours
@@ -431,7 +479,8 @@ class FastPath(asyncio.Protocol):
             self.write_timer.cancel()
         data, self.buf, self.transport = self.buf, b"", None
         _HANDED_OFF.inc()
-        proto = HeadGuard(self.server.fallback(), self.server.settings.header_timeout, self.server.connection_closed)
+        closed = self.server.hand_over(transport, self.declared)
+        proto = HeadGuard(self.server.fallback(), self.server.settings.header_timeout, closed)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         if not transport.is_reading() and not self.eof:

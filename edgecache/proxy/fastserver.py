@@ -29,6 +29,7 @@ class FastSettings:
     write_timeout: float = 60.0
     sendfile: bool = False  # disk hits: os.sendfile onto the socket (may block on cold pages) instead of pread
     max_connections: int = 20_000  # open client connections per worker; past it, new ones get 503 and close
+    answers: bool = True  # off (server.fast_path = false): a PROXY listener's connection is handed over at once
 
 
 @dataclass(slots=True)
@@ -88,6 +89,23 @@ class FastServer:
 
     def protocol(self) -> FastPath:
         return FastPath(self)
+
+    def proxy_protocol(self) -> FastPath:
+        """The protocol of a listener whose connections start with a PROXY header (server.proxy_protocol)."""
+        return FastPath(self, proxy=True)
+
+    def hand_over(self, transport: asyncio.BaseTransport, declared: str | None) -> Callable[[], None]:
+        """What aiohttp's side calls when a connection handed to it closes. The client its PROXY header declared
+        is kept for the handler (EdgeHandler.declared) until then."""
+        if declared is None:
+            return self.connection_closed
+        self.handler.declared[transport] = declared
+
+        def closed() -> None:
+            self.handler.declared.pop(transport, None)
+            self.connection_closed()
+
+        return closed
 
     def connection_closed(self) -> None:
         """A connection handed to aiohttp is gone: it no longer counts against max_connections."""

@@ -7,6 +7,7 @@ restarts the loop while no byte has been sent, so a changed object is served who
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -22,6 +23,7 @@ from edgecache.cluster.view import HOP, ClusterView
 from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
+from edgecache.core.clientaddr import Networks, real_client
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import FillPlan, needed_slices, plan_fill
 from edgecache.core.forward import must_pass
@@ -77,13 +79,32 @@ class EdgeHandler:
         self.max_in_flight = 10_000  # per worker; past it, new requests get 503 + Retry-After at once
         self.in_flight = 0
         self.limiter: RateLimiter | None = None  # per client address, when configured
+        self.forwarders: Networks = ()  # server.trusted_forwarders: proxies whose X-Forwarded-For is believed
+        self.proxy_from: Networks = ()  # server.proxy_protocol_from: who may send a PROXY header (empty: any)
+        # The clients PROXY headers declared for connections the fast path handed over (their socket's peer is
+        # the balancer); each entry leaves with its connection (FastServer.hand_over).
+        self.declared: dict[asyncio.BaseTransport, str] = {}
 
     def reload(self, sites: tuple[Site, ...]) -> None:
         """New sites and policies for the requests that start from now on; requests in flight keep theirs."""
         self.router = Router((s.hosts, s) for s in sites)
 
+    def connection_address(self, request: web.BaseRequest) -> str:
+        """Whom the request's connection is from: the client its PROXY header declared, else the socket's peer.
+        This is the hop a request sent on names in X-Forwarded-For."""
+        transport = request.transport
+        if transport is None:
+            return "-"
+        declared = self.declared.get(transport)
+        if declared is not None:
+            return declared
+        peer = transport.get_extra_info("peername")
+        return str(peer[0]) if peer else "-"
+
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         observe.start(request)
+        forwarded = request.headers.getall("X-Forwarded-For", ())
+        observe.trace(request).client = real_client(self.connection_address(request), forwarded, self.forwarders)
         observe.WRITE_TIMEOUT.set(self.write_timeout)
         resp: web.StreamResponse | None = None
         if self.in_flight >= self.max_in_flight:
@@ -132,10 +153,10 @@ class EdgeHandler:
         if site is None:
             raise ClientError(421, f"no site is configured for host {host!r}")
         observe.trace(request).site = site.name
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        if site.allow and not internal(request) and (peer is None or not site.allows(str(peer[0]))):
+        client = observe.trace(request).client or "-"
+        if site.allow and not internal(request) and not site.allows(client):
             raise ClientError(403, f"this address may not use site {site.name!r}")
-        if self.limiter is not None and not self.limiter.allow(str(peer[0]) if peer else "-", time.monotonic()):
+        if self.limiter is not None and not self.limiter.allow(client, time.monotonic()):
             raise ClientError(429, "too many requests from this address")
         try:
             return site, host, make_key(site.name, host, target, site.key_query)
@@ -147,8 +168,7 @@ class EdgeHandler:
             await self.engine.store.catch_up()
         site, host, key = self._route(request)
         headers: Headers = tuple(request.headers.items())
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        client_ip = str(peer[0]) if peer else "-"
+        client_ip = self.connection_address(request)
         # The raw Host field and target are never used again: every request sent on is built from the key.
         req = FillRequest(
             site,

@@ -35,6 +35,7 @@ class Trace:
     ttfb: float | None = None
     failover: bool = False  # served by a later owner because the first one is down
     body_bytes: int | None = None  # counted by streaming writers; None: a small body of known length
+    client: str | None = None  # the client's address (core.clientaddr); None: the socket's peer
     sources: metrics.Sources = field(default_factory=metrics.Sources)  # the served-bytes counter adds to it
 
 
@@ -50,6 +51,12 @@ def trace(request: web.BaseRequest) -> Trace:
 
 def start(request: web.BaseRequest) -> None:
     metrics.SOURCES.set(trace(request).sources)  # this task answers this request now (one at a time)
+
+
+def client(request: web.BaseRequest) -> str | None:
+    """The request's client as the handler decided it (core.clientaddr), else the socket's peer."""
+    t = trace(request)
+    return t.client if t.client is not None else request.remote
 
 
 def mark(request: web.BaseRequest, status: CacheStatus) -> None:
@@ -124,7 +131,7 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     if access.enabled:
         headers = request.headers
         line = Line(
-            request.remote,
+            client(request),
             request.method,
             headers.get("Host", ""),
             request.raw_path,

@@ -1,0 +1,232 @@
+"""Real client addresses behind a load balancer: a PROXY header (v1, v2) on the listeners that expect one, and the
+X-Forwarded-For of trusted forwarders, decide the site ACL, the rate limit and the access log's client, on the
+fast path (a warm hit) and on aiohttp's (a miss, or a connection handed over), with real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from dataclasses import replace
+from ipaddress import ip_network
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from edgecache.config import Config
+from edgecache.core.proxyproto import V2_SIGNATURE
+from tests.conftest import make_config, start_edge
+from tests.origin import Origin
+
+BODY = b"only for 203.0.113.0/24\n" * 40
+GET = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nConnection: close\r\n\r\n"
+REFUSED = b"this address may not use site 'videos'\n"
+PATHS = ["fast", "framework"]
+
+
+def v1(client: str) -> bytes:
+    return f"PROXY TCP4 {client} 127.0.0.1 51234 80\r\n".encode()
+
+
+def v2(client: str) -> bytes:
+    block = bytes(int(x) for x in client.split(".")) + bytes([127, 0, 0, 1]) + struct.pack("!HH", 51234, 80)
+    tlv = bytes([0x04]) + struct.pack("!H", 3) + b"abc"  # a TLV (AWS's VPC endpoint id, say): skipped
+    return V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(block) + len(tlv)) + block + tlv
+
+
+HEADERS = {"v1": v1, "v2": v2}
+
+
+def answered() -> float:
+    return REGISTRY.get_sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
+
+
+def config(tmp_path: Path, origin: Origin, path: str, proxy: bool = True, **kw: Any) -> Config:
+    base = make_config(tmp_path / "cache", [origin.url])
+    site = replace(base.sites[0], allow=(ip_network("203.0.113.0/24"),))
+    return replace(
+        base,
+        sites=(site,),
+        fast_path=path == "fast",
+        access_log=tmp_path / "access.log",
+        proxy_protocol=base.listen if proxy else (),
+        **kw,
+    )
+
+
+async def exchange(port: int, *pieces: bytes) -> tuple[int, bytes]:
+    """Send `pieces` one write each on a new connection; the answer's status and body (read to the close)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+        async with asyncio.timeout(10):
+            raw = await reader.read(-1)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def clients(tmp_path: Path) -> list[tuple[str, int, str]]:
+    """(client, status, cache) of each access-log line; read once the node is closed (all lines written)."""
+    lines = (tmp_path / "access.log").read_bytes().split(b"\n")[:-1]
+    return [(r["client"], r["status"], r["cache"]) for r in map(json.loads, lines)]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("path", PATHS)
+async def test_the_proxy_header_decides_acl_and_log_on_miss_and_hit(
+    origin: Origin, tmp_path: Path, path: str, version: str
+) -> None:
+    origin.put("/obj", BODY)
+    header = HEADERS[version]
+    async with start_edge(config(tmp_path, origin, path)) as edge:
+        assert await exchange(edge.port, header("203.0.113.7") + GET) == (200, BODY)  # a miss: aiohttp's path
+        before = answered()
+        assert await exchange(edge.port, header("203.0.113.8") + GET) == (200, BODY)  # a warm hit
+        assert answered() - before == (1 if path == "fast" else 0)
+        # Refused by the fast path's decision too: handed to aiohttp, which must see the declared address.
+        assert await exchange(edge.port, header("198.51.100.1") + GET) == (403, REFUSED)
+        declared = edge.node.handler.declared
+    assert declared == {}  # what the handed-over connections declared left with them
+    assert origin.hits["/obj"] == 1
+    assert clients(tmp_path) == [
+        ("203.0.113.7", 200, "miss"),
+        ("203.0.113.8", 200, "hit"),
+        ("198.51.100.1", 403, "error"),
+    ]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_header_in_pieces_is_read_whole(origin: Origin, tmp_path: Path, path: str) -> None:
+    origin.put("/obj", BODY)
+    async with start_edge(config(tmp_path, origin, path)) as edge:
+        for header in (v1("203.0.113.7"), v2("203.0.113.7")):
+            pieces = [header[:1], header[1:5], header[5:13], header[13:15], header[15:-1], header[-1:] + GET[:9]]
+            assert await exchange(edge.port, *pieces, GET[9:]) == (200, BODY)
+    assert origin.hits["/obj"] == 1
+    assert [c for c, _, _ in clients(tmp_path)] == ["203.0.113.7", "203.0.113.7"]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_proxy_header_on_a_listener_not_expecting_one_is_refused(
+    origin: Origin, tmp_path: Path, path: str, version: str
+) -> None:
+    origin.put("/obj", BODY)
+    # The plain listener serves 127.0.0.1 (the site's ACL aside): the header is what it refuses, not the client.
+    cfg = config(tmp_path, origin, path, proxy=False)
+    cfg = replace(cfg, sites=(replace(cfg.sites[0], allow=()),))
+    async with start_edge(cfg) as edge:
+        status, _ = await exchange(edge.port, HEADERS[version]("203.0.113.7") + GET)
+        assert status == 400  # it is not HTTP
+        assert await exchange(edge.port, GET) == (200, BODY)
+    assert origin.hits["/obj"] == 1  # the refused request reached no origin
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_listener_expecting_a_header_refuses_plain_http(origin: Origin, tmp_path: Path, path: str) -> None:
+    origin.put("/obj", BODY)
+    async with start_edge(config(tmp_path, origin, path)) as edge:
+        assert await exchange(edge.port, GET) == (400, b"expected a PROXY protocol header\n")
+        bad = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234\r\n"
+        assert await exchange(edge.port, bad + GET) == (
+            400,
+            b"PROXY v1 header: expected PROXY TCP4|TCP6 source destination sport dport\n",
+        )
+    assert origin.hits["/obj"] == 0
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_header_from_an_address_not_allowed_to_send_one_is_refused(
+    origin: Origin, tmp_path: Path, path: str
+) -> None:
+    origin.put("/obj", BODY)
+    cfg = config(tmp_path, origin, path, proxy_protocol_from=(ip_network("10.0.0.0/8"),))
+    async with start_edge(cfg) as edge:
+        refused = b"this address may not send a PROXY protocol header\n"
+        assert await exchange(edge.port, v1("203.0.113.7") + GET) == (400, refused)
+    async with start_edge(replace(cfg, proxy_protocol_from=(ip_network("127.0.0.0/8"),))) as edge:
+        assert await exchange(edge.port, v1("203.0.113.7") + GET) == (200, BODY)
+    assert origin.hits["/obj"] == 1
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_header_that_never_ends_is_cut_at_the_header_timeout(origin: Origin, tmp_path: Path, path: str) -> None:
+    cfg = config(tmp_path, origin, path, header_timeout=0.3)
+    async with start_edge(cfg) as edge:
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            writer.write(b"PROXY TCP4 203.0.113.7")
+            async with asyncio.timeout(10):
+                raw = await reader.read(-1)  # ends: the node closed the connection
+        finally:
+            writer.close()
+    assert raw == b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_xff_of_a_trusted_forwarder_is_believed_on_miss_and_hit(
+    origin: Origin, tmp_path: Path, path: str
+) -> None:
+    origin.put("/obj", BODY)
+    cfg = config(tmp_path, origin, path, proxy=False, trusted_forwarders=(ip_network("127.0.0.0/8"),))
+    forwarded = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nX-Forwarded-For: %s\r\nConnection: close\r\n\r\n"
+    async with start_edge(cfg) as edge:
+        assert await exchange(edge.port, forwarded % b"203.0.113.7") == (200, BODY)
+        before = answered()
+        # What the client wrote itself (left of the rightmost untrusted hop) is not believed.
+        assert await exchange(edge.port, forwarded % b"198.51.100.1, 203.0.113.8, 127.0.0.9") == (200, BODY)
+        assert answered() - before == (1 if path == "fast" else 0)
+        assert await exchange(edge.port, forwarded % b"203.0.113.8, 198.51.100.1") == (403, REFUSED)
+    assert origin.hits["/obj"] == 1
+    assert "X-Forwarded-For" not in origin.seen[0].headers  # a fill is built from the key alone
+    assert clients(tmp_path) == [
+        ("203.0.113.7", 200, "miss"),
+        ("203.0.113.8", 200, "hit"),
+        ("198.51.100.1", 403, "error"),
+    ]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_xff_of_an_untrusted_client_is_ignored(origin: Origin, tmp_path: Path, path: str) -> None:
+    origin.put("/obj", BODY)
+    cfg = config(tmp_path, origin, path, proxy=False, trusted_forwarders=(ip_network("10.0.0.0/8"),))
+    forwarded = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n"
+    async with start_edge(cfg) as edge:
+        assert await exchange(edge.port, forwarded) == (403, REFUSED)
+    assert origin.hits["/obj"] == 0
+    assert clients(tmp_path) == [("127.0.0.1", 403, "error")]  # the socket's address
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_the_rate_limit_counts_the_declared_client(origin: Origin, tmp_path: Path, path: str) -> None:
+    origin.put("/obj", BODY)
+    # One request per client per 1000 s: a second one from the same client is refused whatever the timing.
+    cfg = config(tmp_path, origin, path, rate_limit=0.001, burst=1.0)
+    async with start_edge(cfg) as edge:
+        assert await exchange(edge.port, v2("203.0.113.7") + GET) == (200, BODY)
+        assert await exchange(edge.port, v2("203.0.113.8") + GET) == (200, BODY)  # another client: its own bucket
+        status, body = await exchange(edge.port, v2("203.0.113.7") + GET)
+        assert (status, body) == (429, b"too many requests from this address\n")
+    assert origin.hits["/obj"] == 1
+    assert clients(tmp_path) == [
+        ("203.0.113.7", 200, "miss"),
+        ("203.0.113.8", 200, "hit"),
+        ("203.0.113.7", 429, "error"),
+    ]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_pass_through_names_the_declared_client_as_its_hop(origin: Origin, tmp_path: Path, path: str) -> None:
+    post = b"POST /upload HTTP/1.1\r\nHost: video.test\r\nContent-Length: 7\r\nConnection: close\r\n\r\npayload"
+    async with start_edge(config(tmp_path, origin, path)) as edge:
+        status, _ = await exchange(edge.port, v1("203.0.113.7") + post)
+    assert status == 201
+    assert origin.objects["/upload"].data == b"payload"
+    assert [(s.method, s.headers["X-Forwarded-For"]) for s in origin.seen] == [("POST", "203.0.113.7")]
