@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from edgecache.config import Config
+from edgecache.config import Config, load
 from edgecache.core.proxyproto import V2_SIGNATURE
+from edgecache.server import reload
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
 
@@ -139,6 +140,11 @@ async def test_a_listener_expecting_a_header_refuses_plain_http(origin: Origin, 
             400,
             b"PROXY v1 header: expected PROXY TCP4|TCP6 source destination sport dport\n",
         )
+        # Held at most 107 bytes (v1's bound): a longer line is refused, not waited for.
+        assert await exchange(edge.port, b"PROXY TCP4 " + b"1" * 200) == (
+            400,
+            b"PROXY v1 header longer than 107 bytes\n",
+        )
     assert origin.hits["/obj"] == 0
 
 
@@ -230,3 +236,18 @@ async def test_a_pass_through_names_the_declared_client_as_its_hop(origin: Origi
     assert status == 201
     assert origin.objects["/upload"].data == b"payload"
     assert [(s.method, s.headers["X-Forwarded-For"]) for s in origin.seen] == [("POST", "203.0.113.7")]
+
+
+async def test_trusted_forwarders_change_on_reload(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/obj", BODY)
+    path = tmp_path / "edge.toml"
+    site = f'name = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\nallow = ["203.0.113.0/24"]'
+    doc = '[server]\ntrusted_forwarders = [{}]\n[cache]\ndir = "cache"\n[[sites]]\n' + site
+    forwarded = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n"
+    path.write_text(doc.format('"10.0.0.0/8"'))
+    async with start_edge(replace(load(path), listen=make_config(tmp_path, []).listen)) as edge:
+        assert await exchange(edge.port, forwarded) == (403, REFUSED)
+        path.write_text(doc.format('"127.0.0.0/8"'))
+        assert await reload(edge.node)
+        assert await exchange(edge.port, forwarded) == (200, BODY)
+    assert origin.hits["/obj"] == 1
