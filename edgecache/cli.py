@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgecache import config as cfg
-from edgecache import usagecmd
+from edgecache import prefetchcmd, usagecmd
 from edgecache.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "edgecache.toml"
@@ -59,40 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--soft", action="store_true", help="mark stale (revalidate) instead of removing")
     pu.add_argument("--config", type=Path, help=f"TOML config naming the admin listener (default: {DEFAULT_CONFIG})")
     pu.add_argument("--token", help="bearer token (default: $EDGECACHE_TOKEN)")
-    pf = sub.add_parser("prefetch", help="fill a list of URLs (or paths of --site) into the cluster (admin API)")
-    pf.add_argument("file", type=Path, help="one URL or path per line; an .m3u8 playlist expands to its segments")
-    pf.add_argument("--site", help="site whose first host completes lines that are paths")
-    pf.add_argument("--bandwidth", help="cap, e.g. 200MiB (per second)")
-    pf.add_argument("--window", help="local fill window, e.g. 02:00-06:00")
-    pf.add_argument("--concurrency", type=int, default=4)
-    pf.add_argument("--config", type=Path, help=f"TOML config naming the admin listener (default: {DEFAULT_CONFIG})")
-    pf.add_argument("--token", help="bearer token (default: $EDGECACHE_TOKEN)")
+    prefetchcmd.add_parser(sub, DEFAULT_CONFIG)
     usagecmd.add_parser(sub)
     return p
-
-
-def _prefetch(args: argparse.Namespace) -> int:
-
-    config = cfg.load(args.config or DEFAULT_CONFIG)
-    host = None
-    if args.site:
-        site = next((s for s in config.sites if s.name == args.site), None)
-        if site is None or not [h for h in site.hosts if "*" not in h]:
-            print(f"{args.site}: no such site, or it has no exact host name", file=sys.stderr)
-            return 2
-        host = next(h for h in site.hosts if "*" not in h)
-    urls = []
-    for line in args.file.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            urls.append(f"http://{host}{line}" if host and line.startswith("/") else line)
-    body: dict[str, object] = {"urls": urls, "concurrency": args.concurrency}
-    if args.bandwidth:
-        body["bandwidth"] = args.bandwidth
-    if args.window:
-        start, _, end = args.window.partition("-")
-        body["window"] = {"start": start, "end": end}
-    return _call_admin(config, "/prefetch", body, args.token, expect=202)
 
 
 def _call_admin(config: cfg.Config, path: str, body: dict[str, object], token: str | None, expect: int) -> int:
@@ -216,7 +185,7 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(prefetchcmd.route(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "check-config":
             cfg.load(args.file)
@@ -227,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "purge":
             return _purge(args)
         if args.command == "prefetch":
-            return _prefetch(args)
+            return prefetchcmd.run(args, DEFAULT_CONFIG)
         if args.command == "usage":
             return usagecmd.run(args)
         config = _one_origin(args) if args.origin else cfg.load(args.config or DEFAULT_CONFIG)

@@ -270,7 +270,9 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
     private = tempfile.TemporaryDirectory(prefix="edgecache-")  # mode 0700
     internal = await start_internal(clients, Path(private.name))
     c = node.config
-    jobs = JobRunner(node.store.disk, "http://edge", c.job_retention, c.max_jobs, unix=str(internal))
+    jobs = JobRunner(
+        node.store.disk, "http://edge", c.job_retention, c.max_jobs, unix=str(internal), slots=c.prefetch_slots
+    )
     await jobs.start()
     purge = purge_handler(lambda: node.config, node.store)
     routes = prefetch_routes(lambda: node.config, jobs)

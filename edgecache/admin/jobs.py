@@ -1,4 +1,5 @@
-"""Prefetch jobs: fill lists of URLs into the cache before viewers ask, within a window and a bandwidth cap.
+"""Prefetch jobs: fill lists of URLs into the cache before viewers ask, by priority, within a window and a
+bandwidth cap.
 
 Each URL is requested through this node's own client listener, so it takes the normal path: routed to its
 owner in the cluster (which alone fetches and stores it), obeying Cache-Control (a no-store answer is
@@ -8,20 +9,28 @@ manifests expand into their renditions and segments, parsed on a thread of their
 ladder is 0.1-0.3 s of parsing that would otherwise delay every hit of this worker), and a job
 never holds more than max_urls URLs, expansions included: the rest are counted in `dropped`, not fetched.
 
+All jobs share `slots` fetches at a time. Whenever a slot frees, it goes to the job of highest priority (then
+the oldest) that is inside its window and below its own concurrency: a job of higher priority submitted later
+takes the slots as the running URLs of a lower one finish (pre-emption between URLs, never within one). A job
+whose window closes takes no new URL (its URLs in flight finish) and resumes when the window opens again.
+
 Jobs are stored in the disk tier as they progress and resume after a restart. They are bounded: at most
 max_jobs are kept (a new one past that is refused), a finished one is forgotten `keep` seconds after it ended,
-and DELETE cancels and forgets one at once.
+DELETE of a queued or running job cancels it (it stays listed, as cancelled) and DELETE of a finished one
+forgets it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,7 +48,10 @@ log = logging.getLogger(__name__)
 MAX_URLS = 100_000  # per job, URLs found in manifests included
 KEEP = 24 * 3600.0  # seconds a finished job stays listed (config: admin.job_retention)
 MAX_JOBS = 1_000  # jobs kept, in any state (config: admin.max_jobs)
-FINISHED = ("done", "cancelled")
+SLOTS = 16  # fetches in flight across all jobs (config: admin.prefetch_slots)
+RECHECK = 60.0  # at most this long between looks at the clock: a clock set forward or a DST change is seen
+STATES = ("queued", "waiting-window", "running", "done", "cancelled", "failed")
+FINISHED = ("done", "cancelled", "failed")
 
 
 class JobsFull(Exception):
@@ -51,26 +63,29 @@ class Job:
     id: str
     owner: str  # the token name that created it
     urls: list[str]
-    priority: int = 0
+    priority: int = 0  # higher first
     window: tuple[str, str] | None = None  # ("02:00", "06:00") local time
-    bandwidth: int | None = None  # bytes per second
+    bandwidth: int | None = None  # bytes per second fetched over the network (origin or peer)
     concurrency: int = 4
     renditions: list[str] = field(default_factory=list)  # DASH Representation ids to keep (empty: all)
-    state: str = "queued"  # queued | waiting-window | running | done | cancelled
+    state: str = "queued"  # one of STATES
     done: int = 0  # URLs finished, whatever the outcome
     fetched: int = 0
     already_cached: int = 0
     not_stored: int = 0
     failed: dict[str, int] = field(default_factory=dict)
-    bytes: int = 0
+    bytes: int = 0  # body bytes read, from this node's cache included
+    network_bytes: int = 0  # of those, what came over the network: what the bandwidth cap counts
     dropped: int = 0  # URLs found in manifests past max_urls: not fetched
+    error: str | None = None  # why a job stopped before its end ("failed")
+    resume: int = 0  # index of the first URL not finished: where a restart takes up the job
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
 
     def view(self) -> dict[str, Any]:
         d = asdict(self)
-        del d["urls"]
+        del d["urls"], d["resume"]
         d["total"] = len(self.urls)
         d["queued"] = len(self.urls) - self.done
         elapsed = (time.time() - self.started) if self.started else 0.0
@@ -79,12 +94,77 @@ class Job:
         return d
 
 
+def _bounds(window: tuple[str, str]) -> tuple[datetime.time, datetime.time]:
+    start, end = (datetime.time.fromisoformat(w) for w in window)
+    return start, end
+
+
 def in_window(window: tuple[str, str] | None, now: datetime.datetime) -> bool:
     if window is None:
         return True
-    start, end = (datetime.time.fromisoformat(w) for w in window)
+    start, end = _bounds(window)
     t = now.time()
     return start <= t < end if start <= end else (t >= start or t < end)  # a window may span midnight
+
+
+def seconds_to_boundary(window: tuple[str, str], now: datetime.datetime) -> float:
+    """Seconds from `now` to the window's next start or end: the next moment in_window can change."""
+    ahead = []
+    for t in _bounds(window):
+        at = datetime.datetime.combine(now.date(), t, tzinfo=now.tzinfo)
+        if at <= now:
+            at += datetime.timedelta(days=1)
+        ahead.append((at - now).total_seconds())
+    return min(ahead)
+
+
+def rank(job: Job) -> tuple[int, float, str]:
+    """The order in which jobs get free slots: higher priority, then older, then by id (a total order)."""
+    return -job.priority, job.created, job.id
+
+
+def members(cache_status: str) -> list[str]:
+    """The members of a Cache-Status list (RFC 9211), split on commas outside quoted strings."""
+    out: list[str] = []
+    part: list[str] = []
+    quoted = False
+    for ch in cache_status:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            out.append("".join(part).strip())
+            part = []
+        else:
+            part.append(ch)
+    out.append("".join(part).strip())
+    return [m for m in out if m]
+
+
+def _params(member: str) -> set[str]:
+    return {p.strip() for p in member.split(";")[1:]}
+
+
+def reading(cache_status: str) -> tuple[str, str]:
+    """(outcome, source) of an answer to one of this node's own prefetch requests.
+
+    RFC 9211 puts the cache nearest the client last: the last member is this node's, and when it forwarded the
+    request to the owner (detail="peer"), the one before it is the owner's. Only those are read: members before
+    them came from the origin, and an origin saying "hit" must neither make a fill look cached nor let its bytes
+    pass the bandwidth cap. source is "cache" (this node's own cache: free), "peer" or "origin"."""
+    found = members(cache_status)
+    if not found or found[-1].split(";")[0].strip() != "edgecache":
+        return "not-stored", "origin"  # not an answer of ours: counted against the cap, never as cached
+    mine = _params(found[-1])
+    source = "origin"
+    if 'detail="peer"' in mine:
+        source = "peer"
+        owner = found[-2] if len(found) > 1 and found[-2].split(";")[0].strip() == "edgecache" else ""
+        mine = _params(owner)
+    elif "hit" in mine or "fwd-status=304" in mine:
+        source = "cache"  # a hit, or revalidated: the body is the one stored here
+    if "hit" in mine or "fwd-status=304" in mine:
+        return "cached", source
+    return ("fetched" if "stored" in mine else "not-stored"), source
 
 
 def _is_manifest(url: str) -> bool:
@@ -110,6 +190,15 @@ class TokenBucket:
             await asyncio.sleep((min(n, self.rate) - self.tokens) / self.rate)
 
 
+@dataclass
+class _Run:
+    """What an unfinished job holds while this process runs it."""
+
+    pending: deque[int]  # indices into job.urls not taken yet, in order
+    flying: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # taken, not finished
+    bucket: TokenBucket | None = None
+
+
 class JobRunner:
     def __init__(
         self,
@@ -119,6 +208,8 @@ class JobRunner:
         max_jobs: int = MAX_JOBS,
         max_urls: int = MAX_URLS,
         unix: str | None = None,
+        slots: int = SLOTS,
+        now: Callable[[], datetime.datetime] = datetime.datetime.now,
     ) -> None:
         self.disk = disk
         self.edge_url = edge_url  # this node's client listener
@@ -126,13 +217,18 @@ class JobRunner:
         self.keep = keep
         self.max_jobs = max_jobs
         self.max_urls = max_urls
+        self.slots = slots
+        self.now = now  # local wall time, for windows; tests drive it and call wake()
         self.jobs: dict[str, Job] = {}
+        self._runs: dict[str, _Run] = {}
         self._seen: dict[str, set[str]] = {}  # by job: its URLs, for expansions to look up in O(1)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
         self._index = asyncio.Lock()
-        self._pruner: asyncio.Task[None] | None = None
+        self._tasks: dict[str, asyncio.Future[None]] = {}  # by job: done when it ends (done, failed, cancelled)
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()  # set and replaced at every change: until() waits on it
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         connector = aiohttp.UnixConnector(self.unix) if self.unix else None
@@ -152,18 +248,38 @@ class JobRunner:
         await self.prune(time.time())
         for job in self.jobs.values():
             if job.state not in FINISHED:
-                log.info("resuming prefetch job %s at %d of %d", job.id, job.done, len(job.urls))
-                self._run(job)
-        self._pruner = asyncio.ensure_future(self._prune_every(max(1.0, min(self.keep, 60.0))))
+                log.info("resuming prefetch job %s at %d of %d", job.id, job.resume, len(job.urls))
+                job.done = job.resume  # the URLs after it that had finished are fetched (and counted) again
+                self._runs[job.id] = self._new_run(job, job.resume)
+        self._dispatch()
+        self._background = [
+            asyncio.ensure_future(self._prune_every(max(1.0, min(self.keep, 60.0)))),
+            asyncio.ensure_future(self._clock()),
+        ]
 
     async def close(self) -> None:
-        tasks = [*self._tasks.values(), *([self._pruner] if self._pruner else [])]
+        tasks = [*self._background, *(t for run in self._runs.values() for t in run.flying.values())]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for ended in self._tasks.values():
+            ended.cancel()  # nothing ended: a resumed runner takes the job up
         if self._session is not None:
             await self._session.close()
         self._parser.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self) -> None:
+        """Look at the clock now (windows) rather than at the next boundary or RECHECK."""
+        self._wake.set()
+
+    async def until(self, check: Callable[[], bool]) -> None:
+        """Wait until `check()` holds; it is tried after every change of a job's state or counts."""
+        while not check():
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def submit(self, job: Job) -> Job:
         await self.prune(time.time())
@@ -174,18 +290,27 @@ class JobRunner:
             )
         job.id = job.id or secrets.token_hex(8)
         self.jobs[job.id] = job
-        self._publish()
+        self._runs[job.id] = self._new_run(job, 0)
         await self._save(job)
         await self._write_index()
-        self._run(job)
+        self._dispatch()
         return job
 
-    async def delete(self, job_id: str) -> None:
-        """Cancel the job if it runs, then forget it, in memory and on disk."""
-        task = self._tasks.pop(job_id, None)
-        if task is not None:
+    async def cancel(self, job_id: str, state: str = "cancelled") -> None:
+        """Stop a queued or running job: its URLs in flight are cut, what it filled stays, and it stays listed."""
+        job, run = self.jobs[job_id], self._runs.get(job_id)
+        if run is None:
+            return
+        flying = list(run.flying.values())
+        for task in flying:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*flying, return_exceptions=True)
+        await self._end(job, state)
+
+    async def delete(self, job_id: str) -> None:
+        """Forget a job, in memory and on disk (cancelling it first if it is not finished)."""
+        if job_id in self._runs:
+            await self.cancel(job_id)
         await self._forget([job_id])
 
     async def prune(self, now: float) -> None:
@@ -199,12 +324,86 @@ class JobRunner:
             await asyncio.sleep(seconds)
             await self.prune(time.time())
 
+    async def _clock(self) -> None:
+        """Re-dispatch when a window opens or closes: at its next boundary, at most RECHECK s apart."""
+        while True:
+            now = self.now()
+            windows = [self.jobs[i].window for i in self._runs]
+            wait = min([RECHECK, *(seconds_to_boundary(w, now) for w in windows if w is not None)])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+            self._wake.clear()
+            self._dispatch()
+
+    def _new_run(self, job: Job, first: int) -> _Run:
+        self._tasks[job.id] = asyncio.get_running_loop().create_future()
+        return _Run(deque(range(first, len(job.urls))), bucket=TokenBucket(job.bandwidth) if job.bandwidth else None)
+
+    def _dispatch(self) -> None:
+        """Give the free slots to the jobs in rank order, and set each unfinished job's state."""
+        now = self.now()
+        free = self.slots - sum(len(run.flying) for run in self._runs.values())
+        for job in sorted((self.jobs[i] for i in self._runs), key=rank):
+            run = self._runs[job.id]
+            if not in_window(job.window, now):
+                job.state = "waiting-window"  # its URLs in flight finish; it takes no new one
+                continue
+            while free > 0 and run.pending and len(run.flying) < job.concurrency:
+                i = run.pending.popleft()
+                run.flying[i] = asyncio.ensure_future(self._one(job, run, i))
+                free -= 1
+            if run.flying:
+                job.state, job.started = "running", job.started or time.time()
+            else:
+                job.state = "queued"
+        self._publish()
+        self._notify()
+
+    async def _one(self, job: Job, run: _Run, i: int) -> None:
+        url = job.urls[i]
+        try:
+            outcome, body = await self._fetch(url, run.bucket, job)
+            if outcome in ("fetched", "cached") and body is not None and _is_manifest(url):
+                new = await self._expand(url, body, job)
+                run.pending.extend(range(len(job.urls) - len(new), len(job.urls)))
+            self._count(job, outcome)
+        except asyncio.CancelledError:
+            raise  # cancel() or close(): the job's end is theirs to record
+        except Exception as exc:  # a fault of ours, not of a URL: the job stops and says why
+            log.exception("prefetch job %s failed at %s", job.id, url)
+            del run.flying[i]
+            job.error = f"{exc.__class__.__name__}: {exc}"
+            asyncio.ensure_future(self.cancel(job.id, "failed"))  # noqa: RUF006  (a task cannot await its own end)
+            return
+        del run.flying[i]
+        job.done += 1
+        job.resume = min([*run.flying, run.pending[0] if run.pending else len(job.urls)])
+        if not run.pending and not run.flying:
+            await self._end(job, "failed" if job.failed else "done")
+            return
+        self._dispatch()
+        self._notify()
+        if job.done % 50 == 0:
+            await self._save(job)
+
+    async def _end(self, job: Job, state: str) -> None:
+        self._runs.pop(job.id, None)
+        job.state, job.finished = state, time.time()
+        self._seen.pop(job.id, None)  # a finished job expands nothing more: its URLs are in job.urls
+        ended = self._tasks.get(job.id)
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+        self._dispatch()  # its slots go to the others
+        await self._save(job)
+        log.info("prefetch job %s %s: %s", job.id, state, json.dumps(job.view()))
+
     async def _forget(self, ids: list[str]) -> None:
         for job_id in ids:
             self.jobs.pop(job_id, None)
             self._seen.pop(job_id, None)
             self._tasks.pop(job_id, None)
         self._publish()
+        self._notify()
         await self._write_index()  # first: a record the index does not name is never loaded
         for job_id in ids:
             try:
@@ -219,9 +418,6 @@ class JobRunner:
             except StorageError as exc:
                 log.warning("prefetch job index not saved: %s", exc)
 
-    def _run(self, job: Job) -> None:
-        self._tasks[job.id] = asyncio.ensure_future(self._work(job))
-
     async def _save(self, job: Job) -> None:
         if job.id not in self.jobs:
             return  # deleted meanwhile: never written back
@@ -229,44 +425,6 @@ class JobRunner:
             await self.disk.put(f"job:{job.id}", json.dumps(asdict(job)).encode())
         except StorageError as exc:
             log.warning("prefetch job %s not saved: %s", job.id, exc)
-
-    async def _work(self, job: Job) -> None:
-        while not in_window(job.window, datetime.datetime.now()):
-            job.state = "waiting-window"
-            await asyncio.sleep(30)
-        job.state, job.started = "running", job.started or time.time()
-        self._publish()
-        bucket = TokenBucket(job.bandwidth) if job.bandwidth else None
-        queue: asyncio.Queue[str] = asyncio.Queue()  # bounded by max_urls: only admitted URLs are queued
-        for url in job.urls[job.done :]:
-            queue.put_nowait(url)
-        workers = [asyncio.ensure_future(self._worker(job, queue, bucket)) for _ in range(job.concurrency)]
-        try:
-            await queue.join()
-        finally:  # cancelled (DELETE, shutdown) or done: its workers stop with it
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-        job.state, job.finished = "done", time.time()
-        self._seen.pop(job.id, None)  # a done job expands nothing more: its URLs are in job.urls
-        self._publish()
-        await self._save(job)
-        log.info("prefetch job %s done: %s", job.id, json.dumps(job.view()))
-
-    async def _worker(self, job: Job, queue: asyncio.Queue[str], bucket: TokenBucket | None) -> None:
-        while True:
-            url = await queue.get()
-            try:
-                outcome, body = await self._fetch(url, bucket, job)
-                if outcome in ("fetched", "cached") and body is not None and _is_manifest(url):
-                    for extra in await self._expand(url, body, job):
-                        queue.put_nowait(extra)
-                self._count(job, outcome)
-            finally:
-                job.done += 1
-                if job.done % 50 == 0:
-                    await self._save(job)
-                queue.task_done()
 
     async def _expand(self, url: str, body: bytes, job: Job) -> list[str]:
         """The new URLs a manifest names, parsed off the loop, admitted in O(1) each."""
@@ -294,7 +452,7 @@ class JobRunner:
 
     def _publish(self) -> None:
         states = Counter(j.state for j in self.jobs.values())
-        for state in ("queued", "waiting-window", "running", "done", "cancelled"):
+        for state in STATES:
             metrics.PREFETCH_JOBS.labels(state).set(states.get(state, 0))
 
     @staticmethod
@@ -321,20 +479,20 @@ class JobRunner:
                 timeout=aiohttp.ClientTimeout(total=600),
                 allow_redirects=False,  # see the module's docstring
             ) as r:
+                outcome, source = reading(", ".join(r.headers.getall("Cache-Status", [])))
+                capped = bucket if source != "cache" else None  # bytes read back from this node's cache are free
                 chunks = []
                 async for chunk in r.content.iter_chunked(256 * 1024):
                     job.bytes += len(chunk)
                     metrics.PREFETCH_BYTES.inc(len(chunk))
                     if keep:
                         chunks.append(chunk)
-                    if bucket is not None:
-                        await bucket.take(len(chunk))
-                # The first member is the cache that answered: the owner, when this node forwarded it.
-                params = [p.strip() for p in r.headers.get("Cache-Status", "").split(",")[0].split(";")[1:]]
-                if r.status >= 400 or (r.status >= 300 and not {"hit", "stored"} & set(params)):
+                    if source != "cache":
+                        job.network_bytes += len(chunk)
+                    if capped is not None:
+                        await capped.take(len(chunk))
+                if r.status >= 400 or (r.status >= 300 and outcome not in ("cached", "fetched")):
                     return f"status {r.status}", None  # an error, or a redirect not kept (nor followed)
-                if "hit" in params:
-                    return "cached", b"".join(chunks)
-                return ("fetched" if "stored" in params else "not-stored"), b"".join(chunks)
+                return outcome, b"".join(chunks)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"error {exc.__class__.__name__}", None

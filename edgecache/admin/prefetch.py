@@ -1,5 +1,6 @@
 """POST /prefetch (a JSON body, or newline-separated URLs with options in the query), GET /prefetch[/{id}],
-DELETE /prefetch/{id} (cancel and forget). A job past the runner's bounds is refused with 429 and the reason."""
+DELETE /prefetch/{id} (cancel a queued or running job, forget a finished one). A job past the runner's bounds is
+refused with 429 and the reason."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
-from edgecache.admin.jobs import Job, JobRunner, JobsFull
+from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
 from edgecache.config import Config, Token, parse_size
 from edgecache.core.route import Router, normalise_host
 
@@ -51,7 +52,8 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
         if "window_start" in opts or "window" in opts:
             window = opts.get("window") or {"start": opts.get("window_start"), "end": opts.get("window_end")}
             start, end = str(window["start"]), str(window["end"])
-            datetime.time.fromisoformat(start), datetime.time.fromisoformat(end)
+            if datetime.time.fromisoformat(start) == datetime.time.fromisoformat(end):
+                raise ValueError(f"window {start}-{end} is empty")
             out["window"] = (start, end)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:  # OverflowError: JSON's 1e999 is infinity
         raise _bad(f"bad option: {exc}") from exc
@@ -119,8 +121,11 @@ def prefetch_routes(current: Callable[[], Config], runner: JobRunner) -> list[we
     async def delete(request: web.Request) -> web.Response:
         job = _find(request)
         state = job.state
-        await runner.delete(job.id)
-        return web.json_response({"deleted": job.id, "state": state})
+        if state in FINISHED:
+            await runner.delete(job.id)
+            return web.json_response({"deleted": job.id, "state": state})
+        await runner.cancel(job.id)  # it stays listed, as cancelled, until deleted or past its retention
+        return web.json_response({"cancelled": job.id, "state": state})
 
     async def listing(request: web.Request) -> web.Response:
         token = token_of(request)

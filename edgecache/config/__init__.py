@@ -81,7 +81,7 @@ KEYS: dict[str, frozenset[str]] = {
         "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
         "cluster": "self nodes rise fall interval timeout dns dns_interval",
         "cluster.nodes": "id address admin weight",
-        "admin": "listen tokens job_retention max_jobs",
+        "admin": "listen tokens job_retention max_jobs prefetch_slots",
         "admin.tokens": "name token token_file role sites",
         "demo": "origin",
         "log": "access",
@@ -400,6 +400,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         tokens=_tokens(r, admin, base),
         job_retention=r.get(admin, "admin.", "job_retention", _seconds, 86400.0),
         max_jobs=r.get(admin, "admin.", "max_jobs", _positive(int), 1000),
+        prefetch_slots=r.get(admin, "admin.", "prefetch_slots", _positive(int), 16),
     )
     _check_proxy_listeners(r, cfg)
     if cfg.tls_listen and cfg.tls is None and not any(s.tls for s in cfg.sites):

@@ -79,7 +79,10 @@ async def test_jobs_past_the_bound_are_refused_until_one_is_deleted(origin: Orig
         assert "2 prefetch jobs are kept (at most 2)" in str(answer["error"])
         assert len(node.jobs.jobs) == 2
         status, gone = await node.call("DELETE", f"/prefetch/{first}")
-        assert (status, gone) == (200, {"deleted": first, "state": "waiting-window"})
+        assert (status, gone) == (200, {"cancelled": first, "state": "waiting-window"})
+        assert (await submit(node, body))[0] == 429  # a cancelled job is still kept, and listed
+        status, gone = await node.call("DELETE", f"/prefetch/{first}")
+        assert (status, gone) == (200, {"deleted": first, "state": "cancelled"})
         status, third = await submit(node, body)
         assert status == 202
         assert sorted(node.jobs.jobs) == sorted([str(second), str(third["id"])])
@@ -87,7 +90,7 @@ async def test_jobs_past_the_bound_are_refused_until_one_is_deleted(origin: Orig
     assert sum(origin.hits.values()) == 0
 
 
-async def test_delete_cancels_a_running_job_and_forgets_it(origin: Origin, tmp_path: Path) -> None:
+async def test_delete_cancels_a_running_job_then_forgets_it(origin: Origin, tmp_path: Path) -> None:
     for i in range(3):
         origin.put(f"/slow/{i}", b"s" * 1000)
     origin.gate = asyncio.Event()  # the origin holds its answers: the job is running, mid-fetch
@@ -95,10 +98,12 @@ async def test_delete_cancels_a_running_job_and_forgets_it(origin: Origin, tmp_p
         _, job = await submit(node, {"urls": [f"http://video.test/slow/{i}" for i in range(3)], "concurrency": 1})
         job_id = str(job["id"])
         await origin.wait_for_requests(1)
-        task = node.jobs._tasks[job_id]
         status, answer = await node.call("DELETE", f"/prefetch/{job_id}")
-        assert (status, answer) == (200, {"deleted": job_id, "state": "running"})
-        assert task.cancelled()
+        assert (status, answer) == (200, {"cancelled": job_id, "state": "running"})
+        status, view = await node.call("GET", f"/prefetch/{job_id}")
+        assert (status, view["state"], view["done"]) == (200, "cancelled", 0)  # type: ignore[call-overload]
+        status, answer = await node.call("DELETE", f"/prefetch/{job_id}")
+        assert (status, answer) == (200, {"deleted": job_id, "state": "cancelled"})
         assert (await node.call("GET", f"/prefetch/{job_id}"))[0] == 404
         assert await node.edge.node.store.disk.get(f"job:{job_id}") is None
         origin.gate.set()
