@@ -17,6 +17,7 @@ from edgecache.server import Node, make_fast, make_server, open_node, start_list
 from tests.origin import Origin
 
 BIG = 64 * 2**20
+CLUSTER_KEY = b"0123456789abcdef" * 4  # the key the nodes of every test cluster share (core.hop)
 
 # Timing is no test of correctness here (a loaded CI machine is slow): no per-example deadline.
 settings.register_profile("edgecache", deadline=None)

@@ -9,18 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 import aiohttp
 
 from edgecache import metrics
 from edgecache.config import ClusterSettings
+from edgecache.core import hop
 from edgecache.core.health import Health
 from edgecache.core.ring import Member, Ring
 
 log = logging.getLogger(__name__)
 
-HOP = "Edgecache-Hop"  # set on forwarded requests: a forwarded request is served where it lands, never again forwarded
+_REFUSAL_LOG_EVERY = 60.0  # seconds between two log lines about hop fields this worker did not honour
 
 
 class ClusterView:
@@ -30,6 +32,7 @@ class ClusterView:
         self.health: dict[str, Health] = {}
         self.ring = Ring.of(())
         self._changed = asyncio.Event()
+        self._refusals_logged = -_REFUSAL_LOG_EVERY
         members = list(settings.nodes)
         if self_member is not None and self_member.id not in {m.id for m in members}:
             members.append(self_member)
@@ -77,6 +80,26 @@ class ClusterView:
         """Until `predicate` holds, woken by each change of a peer's health (bound it with a timeout)."""
         while not predicate():
             await self._changed.wait()
+
+    def hop_field(self, method: str, primary: str, request_id: str, viewer: str, failover: bool) -> str:
+        """The signed hop field of a request this node forwards to the owner of `primary`."""
+        stamp = hop.Hop(self.self_id, int(time.time()), request_id, viewer, failover)
+        return hop.sign(self.settings.key, stamp, method, primary)
+
+    def honoured(self, values: Sequence[str], method: str, primary: str) -> hop.Hop | None:
+        """The hop a request's hop fields prove (then it is served here, for the viewer named), or None: an
+        ordinary client request, whatever it carries (its hop fields are never sent on: core.forward)."""
+        if not values:
+            return None
+        verdict = hop.verify(self.settings.key, values, method, primary, time.time())
+        if isinstance(verdict, hop.Hop):
+            return verdict
+        # A client's forgery, or nodes whose keys or clocks differ: said now and then, not once per request.
+        now = time.monotonic()
+        if now - self._refusals_logged >= _REFUSAL_LOG_EVERY:
+            self._refusals_logged = now
+            log.warning("a request's %s field was not honoured (%s): served as a client's", hop.FIELD, verdict.reason)
+        return None
 
     def describe(self, key: str) -> list[dict[str, object]]:
         return [

@@ -41,6 +41,7 @@ from edgecache.config.values import (
     parse_size,
 )
 from edgecache.core.freshness import Policy
+from edgecache.core.hop import MIN_KEY
 from edgecache.core.ring import Member
 from edgecache.errors import ConfigError
 
@@ -79,7 +80,7 @@ KEYS: dict[str, frozenset[str]] = {
         "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
         "sites": "name hosts origins key_query origin_host forward_fields cache allow tls",
         "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
-        "cluster": "self nodes rise fall interval timeout dns dns_interval",
+        "cluster": "self nodes rise fall interval timeout dns dns_interval key key_file",
         "cluster.nodes": "id address admin weight",
         "admin": "listen tokens job_retention max_jobs prefetch_slots",
         "admin.tokens": "name token token_file role sites",
@@ -161,7 +162,39 @@ def _member(r: _Reader, t: Any, p: str) -> Member | None:
     )
 
 
-def _cluster(r: _Reader, doc: dict[str, Any]) -> ClusterSettings | None:
+_MAKE_KEY = "make one with `openssl rand -hex 32` and give every node the same"
+
+
+def _cluster_key(r: _Reader, t: dict[str, Any], p: str, base: Path, alone: bool) -> bytes:
+    """`key`, or `key_file` (a file holding it, such as a mounted Kubernetes Secret). Required unless the cluster
+    is this node alone: a node honours a forwarded request's hop field only when it is signed with this key."""
+    if "key" in t and "key_file" in t:
+        r.problem(f"{p}key", "give one of key and key_file, not both")
+        return b""
+    if "key_file" in t:
+        path = Path(str(t["key_file"]))
+        path = path if path.is_absolute() else base / path
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, a file that is not UTF-8
+            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+            r.problem(f"{p}key_file", f"cannot read {str(path)!r}: {reason}")
+            return b""
+        name = "key_file"
+    elif "key" in t:
+        key, name = t["key"] if isinstance(t["key"], str) else "", "key"
+    elif alone:
+        return b""
+    else:
+        r.problem(f"{p}key", f"a cluster of several nodes needs a shared key to sign forwarded requests: {_MAKE_KEY}")
+        return b""
+    if len(key) < MIN_KEY or not key.isascii() or not key.isprintable():
+        r.problem(f"{p}{name}", f"must be at least {MIN_KEY} printable ASCII characters: {_MAKE_KEY}")
+        return b""
+    return key.encode("ascii")
+
+
+def _cluster(r: _Reader, doc: dict[str, Any], base: Path) -> ClusterSettings | None:
     t = r.table(doc, "cluster")
     p = "cluster."
     r.unknown(t, p, KEYS["cluster"])
@@ -172,6 +205,7 @@ def _cluster(r: _Reader, doc: dict[str, Any]) -> ClusterSettings | None:
     nodes = tuple(m for i, n in enumerate(raw_nodes) if (m := _member(r, n, f"{p}nodes[{i}].")))
     settings = ClusterSettings(
         self_id=r.get(t, p, "self", _node_id, ""),
+        key=_cluster_key(r, t, p, base, alone=len(nodes) <= 1 and "dns" not in t),
         nodes=nodes,
         rise=r.get(t, p, "rise", _positive(int), 2),
         fall=r.get(t, p, "fall", _positive(int), 3),
@@ -396,7 +430,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         demo_origin=demo_origin,
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
         access_log=access if access is None or access.is_absolute() else base / access,
-        cluster=_cluster(r, doc) if "cluster" in doc else None,
+        cluster=_cluster(r, doc, base) if "cluster" in doc else None,
         tokens=_tokens(r, admin, base),
         job_retention=r.get(admin, "admin.", "job_retention", _seconds, 86400.0),
         max_jobs=r.get(admin, "admin.", "max_jobs", _positive(int), 1000),

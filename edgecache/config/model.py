@@ -91,6 +91,9 @@ class Token:
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
     self_id: str
+    # Shared by the nodes: a forwarded request's hop field is signed with it (core.hop). Empty only for a cluster
+    # of this node alone, which forwards nothing (config refuses a cluster of several nodes without one).
+    key: bytes = field(repr=False, kw_only=True)
     nodes: tuple[Member, ...] = ()
     rise: int = 2
     fall: int = 3

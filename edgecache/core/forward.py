@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgecache.core.headers import Headers, end_to_end, get_all, get_first
+from edgecache.core.hop import FIELD as HOP
 from edgecache.core.keys import CACHE_OWNED, CacheKey, Varied
 
 VIA = "1.1 edgecache"
@@ -102,7 +103,8 @@ def pass_request(
     The target keeps every parameter (only the key leaves some out, and nothing here is stored): a signature or
     a form parameter the cache does not key on still means something to the origin.
     """
-    drop = ("host", "x-forwarded-for", "expect", "via", *UNKEYED)
+    # A client's hop field is never sent on, valid or not: a node forwarding to a peer adds its own (`extra`).
+    drop = ("host", "x-forwarded-for", "expect", "via", HOP, *UNKEYED)
     headers = [*end_to_end(client, drop=drop), ("Host", origin_host or key.host)]
     prior = get_first(client, "x-forwarded-for")
     headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from edgecache.core.headers import HOP_BY_HOP, Headers, get_all, split_list
+from edgecache.core.hop import FIELD as CLUSTER_HOP
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})?")  # a '%' without two hex digits after it is a stray one
@@ -143,6 +144,7 @@ CACHE_OWNED = frozenset(
         "via",
         "expect",
         "content-length",
+        CLUSTER_HOP.lower(),  # between the nodes of a cluster only (core.hop)
         *HOP_BY_HOP,
     }
 )

@@ -162,7 +162,8 @@ class Decider:
         counter = observe.requests_counter(hit.site.name, method, hit.status, CacheStatus.HIT)
         slices = () if basis else _slices(hit, handler.engine.slice_size)
         prepared = Prepared(hit, method, keep_alive, encoded, counter, slices, _site_bytes(hit))
-        if len(head) <= _MEMO_HEAD and any(k.lower() == "date" for k, _ in hit.headers):
+        # A hop's head is not remembered: it is worthless after its time window, and no two are the same.
+        if hit.viewer is None and len(head) <= _MEMO_HEAD and any(k.lower() == "date" for k, _ in hit.headers):
             if len(memo) >= _MEMO_ENTRIES:
                 memo.clear()
             memo[head] = prepared
@@ -197,7 +198,7 @@ class Decider:
             if not isinstance(decided, Prepared):
                 return decided  # a miss (or a Load first): the same for the head with its Range
             base = decided
-        if not base.hit.site.allows(client):
+        if base.hit.viewer is None and not base.hit.site.allows(client):  # a hop's viewer was judged by its node
             return None
         hit = base.hit
         if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:

@@ -460,7 +460,8 @@ class FastPath(asyncio.Protocol):
             fields = hit.req.headers
             rng = p.range_field if p.range_field is not None else get_first(fields, "range")
             ua, referer = get_first(fields, "user-agent"), get_first(fields, "referer")
-            line = observe.Line(self.client, p.method, hit.req.host, hit.req.target, rng, ua, referer, _PROTOCOL)
+            client = hit.viewer or self.client  # a hop's viewer, as a node of the cluster judged it
+            line = observe.Line(client, p.method, hit.req.host, hit.req.target, rng, ua, referer, _PROTOCOL)
             observe.log_line(handler.access, t, line, hit.status, nbytes, handler.node, _UPSTREAM)
         if not p.keep_alive and self.transport is not None:
             self.closing = True

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from edgecache import metrics
 from edgecache.accesslog import AccessLog
-from edgecache.cluster.view import HOP, ClusterView
+from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
@@ -29,6 +29,8 @@ from edgecache.core.fillcost import FillPlan, needed_slices, plan_fill
 from edgecache.core.forward import must_pass
 from edgecache.core.freshness import Use, current_age, evaluate, stale_if_error_allows, usable
 from edgecache.core.headers import Headers, get_first
+from edgecache.core.hop import FIELD as HOP
+from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, entry_key, make_key, variant
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.core.route import Router, normalise_host
@@ -134,7 +136,7 @@ class EdgeHandler:
                 metrics.ORIGIN_ERRORS.labels(observe.trace(request).site, "failed").inc()
             return error_response(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
 
-    def _route(self, request: web.BaseRequest) -> tuple[Site, str, CacheKey]:
+    def _route(self, request: web.BaseRequest) -> tuple[Site, str, CacheKey, Hop | None]:
         if request.method == "CONNECT":
             raise ClientError(405, "CONNECT is refused: this is an edge cache, not a forward proxy")
         url = request._message.url
@@ -153,20 +155,27 @@ class EdgeHandler:
         if site is None:
             raise ClientError(421, f"no site is configured for host {host!r}")
         observe.trace(request).site = site.name
-        client = observe.trace(request).client or "-"
-        if site.allow and not internal(request) and not site.allows(client):
-            raise ClientError(403, f"this address may not use site {site.name!r}")
-        if self.limiter is not None and not self.limiter.allow(client, time.monotonic()):
-            raise ClientError(429, "too many requests from this address")
         try:
-            return site, host, make_key(site.name, host, target, site.key_query)
+            key = make_key(site.name, host, target, site.key_query)
         except BadTarget as exc:
             raise ClientError(400, str(exc)) from exc
+        hops = request.headers.getall(HOP, ())
+        hop = self.cluster.honoured(hops, request.method, key.primary) if self.cluster is not None else None
+        if hop is not None:
+            # The node the viewer connected to judged it (ACL, rate limit), once: not again here, where the address
+            # is that node's. Its word for the viewer's address stands for the rest (signed URLs, the access log).
+            observe.trace(request).client = hop.viewer
+        client = observe.trace(request).client or "-"
+        if hop is None and site.allow and not internal(request) and not site.allows(client):
+            raise ClientError(403, f"this address may not use site {site.name!r}")
+        if hop is None and self.limiter is not None and not self.limiter.allow(client, time.monotonic()):
+            raise ClientError(429, "too many requests from this address")
+        return site, host, key, hop
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if self.engine.store.stale():  # another worker purged or invalidated something: look at the disk again
             await self.engine.store.catch_up()
-        site, host, key = self._route(request)
+        site, host, key, hop = self._route(request)
         headers: Headers = tuple(request.headers.items())
         client_ip = self.connection_address(request)
         # The raw Host field and target are never used again: every request sent on is built from the key.
@@ -183,9 +192,9 @@ class EdgeHandler:
             path=key.path,
             key=key,
         )
-        if "failover" in request.headers.get(HOP, ""):
-            observe.trace(request).failover = True
-        if self.cluster is not None and HOP not in request.headers:
+        if hop is not None:  # forwarded by a node of the cluster: served here, never forwarded again
+            observe.trace(request).failover = hop.failover
+        elif self.cluster is not None:
             forwarded = await self._to_owner(request, req)
             if forwarded is not None:
                 return forwarded
@@ -306,8 +315,8 @@ class EdgeHandler:
     async def _to_owner(self, request: web.BaseRequest, req: FillRequest) -> web.StreamResponse | None:
         """Stream the answer from the object's owner; None when this node is the first owner that is up.
 
-        The hop header makes the owner serve it itself, so a request is forwarded at most once and two nodes
-        that briefly disagree about who is up cannot bounce it between them.
+        The signed hop field makes the owner serve it itself, so a request is forwarded at most once and two nodes
+        that briefly disagree about who is up cannot bounce it between them; it names the viewer judged here.
         """
         assert self.cluster is not None
         first = self.cluster.ring.owner(req.primary)
@@ -317,7 +326,8 @@ class EdgeHandler:
             if member.id == self.cluster.self_id:
                 observe.trace(request).failover = failover
                 return None
-            hop = f"{self.cluster.self_id}; failover" if failover else self.cluster.self_id
+            t = observe.trace(request)
+            hop = self.cluster.hop_field(request.method, req.primary, t.id, t.client or req.client_ip, failover)
             peer = replace(req.site, origins=(f"http://{member.address}",), origin_host=None)
             try:
                 resp = await pass_through(

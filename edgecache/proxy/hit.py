@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from edgecache.cluster.view import HOP
 from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import must_pass
 from edgecache.core.freshness import Freshness, Use, current_age, evaluate, usable
-from edgecache.core.headers import Headers, get_first
+from edgecache.core.headers import Headers, get_all, get_first
+from edgecache.core.hop import FIELD as HOP
 from edgecache.core.keys import BadTarget, PrimaryRecord, entry_key, make_key
 from edgecache.core.purge import PurgeTable
 from edgecache.core.route import normalise_host
@@ -48,6 +48,9 @@ class Hit:
     record: PrimaryRecord
     purges: PurgeTable
     valid_until: float  # when the Age field or freshness next changes
+    # The viewer a node of the cluster forwarded this for (a valid hop), who the access log names. Such a hit is
+    # never remembered for the same head bytes (decide.Decider): the hop field is worthless after its time window.
+    viewer: str | None = None
 
     def still(self, handler: EdgeHandler, now: float) -> bool:
         """Would find_hit() decide the same for the same request now (the client's address aside)?"""
@@ -88,14 +91,19 @@ def find_hit(
         return None  # absolute-form targets and everything but GET/HEAD: the full handler's checks
     host = normalise_host(host_field)
     site = handler.router.match(host) if host is not None else None
-    if host is None or site is None or not site.allows(client):
+    if host is None or site is None:
         return None
     try:
         key = make_key(site.name, host, target, site.key_query)
     except BadTarget:
         return None
     cluster = handler.cluster
-    if cluster is not None and get_first(headers, HOP) is None:
+    hop = cluster.honoured(get_all(headers, HOP), method, key.primary) if cluster is not None else None
+    if hop is not None:
+        client = hop.viewer  # judged (ACL, rate limit) by the node that forwarded it, as EdgeHandler._route says
+    elif not site.allows(client):
+        return None
+    elif cluster is not None:
         owner = cluster.ring.owner(key.primary)
         if owner is None or owner.id != cluster.self_id:
             return None  # another node owns it, or this one stands in for it: forwarding is not ours
@@ -123,7 +131,7 @@ def find_hit(
     if planned is None:
         return None
     limiter = handler.limiter
-    if limiter is not None and not limiter.allow(client, time.monotonic()):
+    if hop is None and limiter is not None and not limiter.allow(client, time.monotonic()):
         return None  # the full handler answers 429 (and counts it) as it always does
     store.touch_meta(ekey, key.primary)
     status, fields, first, last = planned
@@ -144,7 +152,10 @@ def find_hit(
         vary=record.vary,
     )
     ring = cluster.ring if cluster is not None else None
-    return Hit(status, fields, req, meta, first, last, site, handler.router, ring, record, store.purges, valid_until)
+    viewer = hop.viewer if hop is not None else None
+    return Hit(
+        status, fields, req, meta, first, last, site, handler.router, ring, record, store.purges, valid_until, viewer
+    )
 
 
 def renewed(hit: Hit, handler: EdgeHandler, now: float) -> Hit | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,8 +13,9 @@ import aiohttp
 
 from edgecache import metrics
 from edgecache.config import ClusterSettings, Config, Listen
+from edgecache.core.hop import Hop, sign
 from edgecache.core.ring import Member, Ring
-from tests.conftest import Edge, make_config, start_edge
+from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.origin import Origin
 
@@ -24,7 +26,9 @@ def cluster_configs(origin: Origin, tmp_path: Path) -> list[Config]:
     configs = []
     for i, port in enumerate(ports):
         cfg = make_config(tmp_path / f"node{i + 1}", [origin.url])
-        settings = ClusterSettings(self_id=f"node{i + 1}", nodes=members, interval=0.1, timeout=0.5, rise=2, fall=2)
+        settings = ClusterSettings(
+            self_id=f"node{i + 1}", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=0.5, rise=2, fall=2
+        )
         configs.append(replace(cfg, listen=(Listen("127.0.0.1", port),), cluster=settings))
     return configs
 
@@ -108,9 +112,12 @@ async def test_forwarded_requests_are_never_forwarded_again(origin: Origin, tmp_
     owner = owner_of(configs, "/loop")
     async with started(configs) as nodes:
         not_owner = next(n for n in nodes if n.node.cluster.self_id != owner)  # type: ignore[union-attr]
+        # A hop signed with the cluster's key (a forged one is a client's: tests/e2e/test_hops.py).
+        stamp = Hop(owner, int(time.time()), "t-1", "127.0.0.1", False)
+        hop = sign(CLUSTER_KEY, stamp, "GET", "videos|video.test|/loop")
         async with aiohttp.ClientSession() as s:
             url = f"{not_owner.url}/loop"
-            async with s.get(url, headers={"Host": "video.test", "Edgecache-Hop": "nodeX"}) as r:
+            async with s.get(url, headers={"Host": "video.test", "Edgecache-Hop": hop}) as r:
                 assert r.status == 200
                 assert "peer" not in r.headers["Cache-Status"]  # served where it landed
         assert origin.hits["/loop"] == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from edgecache.core.ring import Member, Ring
+from tests.conftest import CLUSTER_KEY
 from tests.e2e.procs import ROOT, free_port, wait_listening
 from tests.origin import Origin
 
@@ -30,6 +31,7 @@ dir = "{tmp / f"node{i + 1}"}"
 disk = "64MiB"
 [cluster]
 self = "node{i + 1}"
+key = "{CLUSTER_KEY.decode()}"
 interval = 0.2
 timeout = 0.5
 fall = 2

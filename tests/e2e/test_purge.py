@@ -18,7 +18,7 @@ from edgecache.admin.prefetch import prefetch_routes
 from edgecache.admin.purge import purge_handler
 from edgecache.config import ClusterSettings, Listen, Site, Token
 from edgecache.core.ring import Member
-from tests.conftest import Edge, make_config, start_edge
+from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
 
@@ -55,7 +55,7 @@ async def cluster(origin: Origin, tmp_path: Path) -> AsyncIterator[list[Node]]:
                 cfg,
                 listen=(Listen("127.0.0.1", ports[i]),),
                 sites=(*cfg.sites, other),
-                cluster=ClusterSettings(self_id=f"node{i + 1}", nodes=members, interval=0.2),
+                cluster=ClusterSettings(self_id=f"node{i + 1}", key=CLUSTER_KEY, nodes=members, interval=0.2),
                 tokens=tokens,
             )
             edge = await stack.enter_async_context(start_edge(cfg))

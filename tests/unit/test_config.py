@@ -51,7 +51,11 @@ def test_site_acl_and_tokens() -> None:
 def test_cluster_problems() -> None:
     doc = {
         "sites": [SITE],
-        "cluster": {"self": "n9", "nodes": [{"id": "n1", "address": "127.0.0.1:1"}, {"id": "n1", "address": "x"}]},
+        "cluster": {
+            "self": "n9",
+            "key": "k" * 32,
+            "nodes": [{"id": "n1", "address": "127.0.0.1:1"}, {"id": "n1", "address": "x"}],
+        },
     }
     assert problems(doc) == [
         "f.toml: cluster.nodes[1].address: expected HOST:PORT such as 127.0.0.1:8080",
