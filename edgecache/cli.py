@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--token", help="bearer token (default: $EDGECACHE_TOKEN)")
     prefetchcmd.add_parser(sub, DEFAULT_CONFIG)
     usagecmd.add_parser(sub)
+    from edgecache import signcmd
+
+    signcmd.add_parser(sub, DEFAULT_CONFIG)
     return p
 
 
@@ -193,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "ring":
             return _ring(args)
+        if args.command == "sign":
+            from edgecache import signcmd
+
+            return signcmd.run(args, DEFAULT_CONFIG)
         if args.command == "purge":
             return _purge(args)
         if args.command == "prefetch":

@@ -43,6 +43,7 @@ from edgecache.config.values import (
 from edgecache.core.freshness import Policy
 from edgecache.core.hop import MIN_KEY
 from edgecache.core.ring import Member
+from edgecache.core.signing import PARAM_CHARS, Signing
 from edgecache.errors import ConfigError
 
 __all__ = [
@@ -78,7 +79,8 @@ KEYS: dict[str, frozenset[str]] = {
         "tls": "cert key",
         "cache": "dir memory disk slice fill_slices memory_policy memory_headroom",
         "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
-        "sites": "name hosts origins key_query origin_host forward_fields cache allow tls",
+        "sites": "name hosts origins key_query origin_host forward_fields cache allow tls signing",
+        "sites.signing": "secrets secret_file expires_param signature_param prefix_param client",
         "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
         "cluster": "self nodes rise fall interval timeout dns dns_interval key key_file",
         "cluster.nodes": "id address admin weight",
@@ -296,6 +298,59 @@ def _tls(r: _Reader, t: dict[str, Any], p: str, base: Path) -> TLSFiles | None:
     return files
 
 
+def _signing_secrets(r: _Reader, t: dict[str, Any], p: str, base: Path) -> tuple[str, ...]:
+    """`secrets`, or `secret_file`: one secret a line (blank lines and '#' comments skipped), the first signs."""
+    if ("secrets" in t) == ("secret_file" in t):
+        r.problem(f"{p}secrets", "give exactly one of secrets and secret_file")
+        return ()
+    if "secrets" in t:
+        secrets: tuple[str, ...] = r.get(t, p, "secrets", _str_list(str), ())
+        key = f"{p}secrets"
+    else:
+        path = Path(str(t["secret_file"]))
+        path = path if path.is_absolute() else base / path
+        key = f"{p}secret_file"
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, a file that is not UTF-8
+            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+            r.problem(key, f"cannot read {str(path)!r}: {reason}")
+            return ()
+        secrets = tuple(s for line in lines if (s := line.strip()) and not s.startswith("#"))
+    if not secrets:
+        r.problem(key, "must give at least one secret")
+    if any(len(s) < 16 for s in secrets):
+        r.problem(key, "every secret must be at least 16 characters")
+    return secrets
+
+
+def _param(v: Any) -> str:
+    if not isinstance(v, str) or not v or not set(v) <= PARAM_CHARS:
+        raise ValueError("expected a query parameter name of letters, digits, '-', '.', '_' or '~'")
+    return v
+
+
+def _signing(r: _Reader, site: dict[str, Any], prefix: str, base: Path) -> Signing | None:
+    if "signing" not in site:
+        return None
+    t = site["signing"]
+    p = f"{prefix}signing."
+    if not isinstance(t, dict):
+        r.problem(f"{prefix}signing", "expected a table")
+        return None
+    r.unknown(t, p, KEYS["sites.signing"])
+    signing = Signing(
+        secrets=_signing_secrets(r, t, p, base),
+        expires_param=r.get(t, p, "expires_param", _param, "expires"),
+        signature_param=r.get(t, p, "signature_param", _param, "signature"),
+        prefix_param=r.get(t, p, "prefix_param", _param, "prefix"),
+        client=r.get(t, p, "client", _bool, False),
+    )
+    if len(set(signing.params)) != len(signing.params):
+        r.problem(f"{p}expires_param", "the expiry, signature and prefix parameters must have different names")
+    return signing
+
+
 def _sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
     raw = doc.get("sites", [])
     if not isinstance(raw, list) or not raw:
@@ -322,7 +377,11 @@ def _sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
             policy=_policy(r, t, p),
             allow=r.get(t, p, "allow", _networks, ()),
             tls=_tls(r, t, p, base),
+            signing=_signing(r, t, p, base),
         )
+        for name in site.signing.params if site.signing else ():
+            if name in site.key_query:
+                r.problem(f"{p}key_query", f"{name!r} carries a signed URL's token: it is never keyed")
         reported = "\n".join(r.problems)
         if "hosts" in t and not site.hosts and f"{p}hosts:" not in reported:
             r.problem(f"{p}hosts", "must name at least one host")

@@ -9,6 +9,7 @@ from typing import Any
 
 from edgecache.core.freshness import Policy
 from edgecache.core.ring import Member
+from edgecache.core.signing import Signing
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,14 @@ class Site:
     policy: Policy = field(default_factory=Policy)  # the choices RFC 9111 leaves to a shared cache
     allow: tuple[IPv4Network | IPv6Network, ...] = ()  # client subnets served (the ISP's customers); empty: all
     tls: TLSFiles | None = None  # the certificate its HTTPS clients get (chosen by SNI)
+    signing: Signing | None = None  # signed URLs: requests without a valid token get 403 (core.signing)
+
+    def __post_init__(self) -> None:
+        # The one place a signed site's token parameters become "!name" in its key_query (core.keys): so every key
+        # made for the site, of a request, a purge or an invalidation, leaves them out, and no origin sees them.
+        if self.signing is not None:
+            marks = tuple(f"!{n}" for n in self.signing.params if f"!{n}" not in self.key_query)
+            object.__setattr__(self, "key_query", (*self.key_query, *marks))
 
     def allows(self, client: str) -> bool:
         if not self.allow:

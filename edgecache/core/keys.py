@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgecache.core.headers import HOP_BY_HOP, Headers, get_all, split_list
 from edgecache.core.hop import FIELD as CLUSTER_HOP
@@ -35,6 +35,9 @@ class CacheKey:
     path: str  # normalised path
     query: str  # the keyed query: the kept parameters in key order, each item as normalised ("" when none)
     full_query: str = ""  # every parameter, normalised: only pass-through sends it, since nothing of it is stored
+    # The parameters the site never keys nor sends to an origin ("!name" in its key_query: a signed URL's token),
+    # normalised, as sent: core.signing checks them, and a peer asked to serve the request gets them to check too.
+    unkeyed: str = ""
 
     @property
     def target(self) -> str:
@@ -44,6 +47,12 @@ class CacheKey:
     @property
     def full_target(self) -> str:
         return f"{self.path}?{self.full_query}" if self.full_query else self.path
+
+    def for_peer(self) -> CacheKey:
+        """The key as a request forwarded to the owner node carries it: with the unkeyed token, which the owner
+        checks again. (An owner serves from its own key, which leaves the token out again.)"""
+        query = "&".join(q for q in (self.full_query, self.unkeyed) if q)
+        return replace(self, full_query=query, unkeyed="")
 
 
 def _normalise_pct(part: str) -> str:
@@ -106,6 +115,11 @@ def _name(item: str) -> str:
     return item.partition("=")[0]
 
 
+def _never(keep: Iterable[str]) -> frozenset[str]:
+    """The names a key_query marks "!name": never keyed, not even under "*", and never sent to an origin."""
+    return frozenset(k[1:] for k in keep if k.startswith("!"))
+
+
 def keyed_query(query: str, keep: Iterable[str]) -> str:
     """The part of the query that is in the key, and so the query a fill sends: the kept items, sorted by name.
 
@@ -114,7 +128,8 @@ def keyed_query(query: str, keep: Iterable[str]) -> str:
     different names is given up, which no origin we know of reads. Empty items ('&&') carry nothing and go.
     """
     kept = set(keep)
-    items = [i for i in query.split("&") if i and ("*" in kept or _name(i) in kept)]
+    never = _never(kept)
+    items = [i for i in query.split("&") if i and _name(i) not in never and ("*" in kept or _name(i) in kept)]
     return "&".join(sorted(items, key=_name))
 
 
@@ -122,9 +137,15 @@ def make_key(site: str, host: str, target: str, keep_query: Iterable[str]) -> Ca
     """`host` is already normalised (route.normalise_host): the key never holds a port or a trailing dot."""
     path, query = normalise_target(target)
     host = host.lower()
+    keep_query = tuple(keep_query)
     kq = keyed_query(query, keep_query)
     primary = f"{site}|{host}|{path}" + (f"?{kq}" if kq else "")
-    return CacheKey(primary=primary, host=host, path=path, query=kq, full_query=query)
+    unkeyed = ""
+    if never := _never(keep_query):
+        items = query.split("&")
+        unkeyed = "&".join(i for i in items if _name(i) in never)
+        query = "&".join(i for i in items if _name(i) not in never)
+    return CacheKey(primary=primary, host=host, path=path, query=kq, full_query=query, unkeyed=unkeyed)
 
 
 # Fields whose values are case-insensitive tokens (RFC 9110 12.5): 'eN' and 'en' select the same variant.

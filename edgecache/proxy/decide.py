@@ -121,8 +121,9 @@ class Decider:
         handler = self.handler
         if handler.in_flight >= handler.max_in_flight:
             return None
-        prepared = self._current(self.memo, head, time.time())
-        if prepared is not None and prepared.hit.site.allows(client):
+        now = time.time()
+        prepared = self._current(self.memo, head, now)
+        if prepared is not None and prepared.hit.admits(client, now):
             limiter = handler.limiter
             if limiter is not None and not limiter.allow(client, time.monotonic()):
                 return None
@@ -192,13 +193,14 @@ class Decider:
         handler = self.handler
         if handler.limiter is not None:
             return _FULL_PARSE  # deciding the whole-object answer would spend a token of the client's rate
-        base = self._current(self.wholes, stripped, time.time())
+        now = time.time()
+        base = self._current(self.wholes, stripped, now)
         if base is None:
             decided = self._decide(stripped, client, basis=True)
             if not isinstance(decided, Prepared):
                 return decided  # a miss (or a Load first): the same for the head with its Range
             base = decided
-        if base.hit.viewer is None and not base.hit.site.allows(client):  # a hop's viewer was judged by its node
+        if base.hit.viewer is None and not base.hit.admits(client, now):  # a hop's viewer was judged by its node
             return None
         hit = base.hit
         if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:

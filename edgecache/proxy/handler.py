@@ -34,6 +34,7 @@ from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, entry_key, make_key, variant
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.core.route import Router, normalise_host
+from edgecache.core.signing import verify
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe
@@ -170,6 +171,12 @@ class EdgeHandler:
             raise ClientError(403, f"this address may not use site {site.name!r}")
         if hop is None and self.limiter is not None and not self.limiter.allow(client, time.monotonic()):
             raise ClientError(429, "too many requests from this address")
+        # Signed URLs, before any lookup (the fast path's Hit.admits asks the same); the node's own prefetch is
+        # authorised by its admin token instead.
+        if site.signing is not None and not internal(request):
+            refusal = verify(site.signing, key.path, key.unkeyed, client, time.time())
+            if refusal is not None:
+                raise ClientError(403, refusal)
         return site, host, key, hop
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -333,7 +340,7 @@ class EdgeHandler:
                 resp = await pass_through(
                     request,
                     self.engine.origin.to_peer(member.id),
-                    replace(req, site=peer),
+                    replace(req, site=peer, key=req.key.for_peer()),
                     CacheStatus.PEER,
                     extra=((HOP, hop),),
                     source="peer",

@@ -20,9 +20,10 @@ from edgecache.core.forward import must_pass
 from edgecache.core.freshness import Freshness, Use, current_age, evaluate, usable
 from edgecache.core.headers import Headers, get_all, get_first
 from edgecache.core.hop import FIELD as HOP
-from edgecache.core.keys import BadTarget, PrimaryRecord, entry_key, make_key
+from edgecache.core.keys import BadTarget, CacheKey, PrimaryRecord, entry_key, make_key
 from edgecache.core.purge import PurgeTable
 from edgecache.core.route import normalise_host
+from edgecache.core.signing import verify
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.proxy.engine import FillRequest
 from edgecache.proxy.handler import EdgeHandler
@@ -51,6 +52,10 @@ class Hit:
     # The viewer a node of the cluster forwarded this for (a valid hop), who the access log names. Such a hit is
     # never remembered for the same head bytes (decide.Decider): the hop field is worthless after its time window.
     viewer: str | None = None
+
+    def admits(self, client: str, now: float) -> bool:
+        """May this client have the answer now: the site's ACL, and its signed-URL check (core.signing)?"""
+        return self.site.allows(client) and signed(self.site, self.req.key, client, now)
 
     def still(self, handler: EdgeHandler, now: float) -> bool:
         """Would find_hit() decide the same for the same request now (the client's address aside)?"""
@@ -107,6 +112,8 @@ def find_hit(
         owner = cluster.ring.owner(key.primary)
         if owner is None or owner.id != cluster.self_id:
             return None  # another node owns it, or this one stands in for it: forwarding is not ours
+    if not signed(site, key, client, time.time()):
+        return None  # the full handler answers 403 with the reason
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:
         return None  # passed through by the full handler
     store = handler.engine.store
@@ -156,6 +163,11 @@ def find_hit(
     return Hit(
         status, fields, req, meta, first, last, site, handler.router, ring, record, store.purges, valid_until, viewer
     )
+
+
+def signed(site: Site, key: CacheKey, client: str, now: float) -> bool:
+    """Does the request carry a valid token, when its site wants one? As the full handler's _route checks it."""
+    return site.signing is None or verify(site.signing, key.path, key.unkeyed, client, now) is None
 
 
 def renewed(hit: Hit, handler: EdgeHandler, now: float) -> Hit | None:
