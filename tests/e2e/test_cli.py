@@ -73,13 +73,20 @@ async def test_serve_one_origin_mode_as_a_process(origin: Origin, tmp_path: Path
 
 
 def test_shipped_cluster_and_kubernetes_configs_are_valid(tmp_path: Path) -> None:
+    # The cluster key file compose.yaml's cluster-key service makes and the Kubernetes Secret holds.
+    key = tmp_path / "cluster.key"
+    key.write_text("0123456789abcdef" * 4 + "\n")
+    secret = "/etc/edgecache-secrets/cluster.key"
     for i in (1, 2, 3):
-        for kind in ("cluster", "docker"):
-            r = run_cli("check-config", str(ROOT / "config" / kind / f"node{i}.toml"))
-            assert r.returncode == 0, r.stderr
+        r = run_cli("check-config", str(ROOT / "config" / "cluster" / f"node{i}.toml"))
+        assert r.returncode == 0, r.stderr
+        docker = tmp_path / f"docker{i}.toml"
+        docker.write_text((ROOT / "config" / "docker" / f"node{i}.toml").read_text().replace(secret, str(key)))
+        r = run_cli("check-config", str(docker))
+        assert r.returncode == 0, r.stderr
     manifest = (ROOT / "config" / "kubernetes" / "edgecache.yaml").read_text()
     block = manifest.split("edgecache.toml: |\n", 1)[1].split("\n---", 1)[0]
-    toml = "\n".join(line[4:] for line in block.splitlines()).replace("${POD_IP}", "10.1.2.3")
+    toml = "\n".join(line[4:] for line in block.splitlines()).replace("${POD_IP}", "10.1.2.3").replace(secret, str(key))
     path = tmp_path / "k8s.toml"
     path.write_text(toml)
     r = run_cli("check-config", str(path))
