@@ -22,6 +22,7 @@ from edgecache.server import reload
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.procs import ROOT
 from tests.e2e.test_fast_path import answered, normalised
+from tests.e2e.test_hops import cluster, origins, owner_index
 from tests.origin import Origin
 
 SECRET = "new-secret-new-secret"
@@ -304,3 +305,23 @@ async def test_edgecache_sign_makes_urls_the_edge_serves(origin: Origin, tmp_pat
         assert seg.startswith("/v/set/720p/seg1.ts?prefix=/v/set/&expires=")
         assert (await get(edge, seg))[::2] == (200, SEGMENT)
         assert origin.hits == {"/v/a.mp4": 1, "/v/set/720p/seg1.ts": 1}
+
+
+async def test_a_node_forwards_the_token_and_the_owner_checks_it_for_the_viewer(tmp_path: Path) -> None:
+    """In a cluster the owner checks the token again, for the viewer its hop names (core.hop): the node the viewer
+    reached sends it the token's parameters, and still never an origin."""
+    rules = Signing((SECRET,), client=True)
+    async with origins() as origs, cluster(origs, tmp_path, {"signing": rules}) as nodes:
+        path = next(p for p in (f"/v/{i}.ts" for i in range(100)) if owner_index(p) == 1)
+        for o in origs:
+            o.put(path, SEGMENT)
+        token = sign(rules, path, later(), client="127.0.0.2")
+        for viewer in ("127.0.0.3", "127.0.0.2", "127.0.0.2"):
+            status, _, body = await get(nodes[0], token, source=viewer)
+            expected = (200, SEGMENT) if viewer == "127.0.0.2" else refused(Refusal.WRONG)
+            assert (status, body) == expected, viewer
+        for other in (0, 2):  # the owner (node2) answers another node's viewer as the first node did
+            assert (await get(nodes[other], token, source="127.0.0.3"))[::2] == refused(Refusal.WRONG)
+            assert (await get(nodes[other], token, source="127.0.0.2"))[::2] == (200, SEGMENT)
+        assert [o.hits[path] for o in origs] == [0, 1, 0]
+        assert [s.path for s in origs[1].seen] == [path]
