@@ -74,7 +74,9 @@ def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), fields, body
 
 
-async def get(edge: Edge, target: str, *fields: str, source: str = "127.0.0.1", method: str = "GET") -> tuple:
+async def get(
+    edge: Edge, target: str, *fields: str, source: str = "127.0.0.1", method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
     return parse(await exchange(edge.port, head(target, *fields, method=method), source))
 
 
