@@ -3,14 +3,18 @@ config (required for a cluster of several nodes, with a message saying how to ma
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgecache.config import build
+from edgecache.cluster.view import ClusterView
+from edgecache.config import ClusterSettings, build
 from edgecache.core.hop import MAX_LENGTH, MAX_SKEW, Hop, Refused, sign, verify
+from edgecache.core.ring import Member
 from edgecache.errors import ConfigError
 
 KEY = b"k" * 32
@@ -129,3 +133,18 @@ def test_the_key_is_never_in_the_settings_repr() -> None:
     assert "a" * 32 not in repr(
         build({"sites": [SITE], "cluster": {"self": "n1", "nodes": NODES, "key": "a" * 32}}, "f", Path("/"))
     )
+
+
+def test_hops_not_honoured_are_logged_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """A client can send a forged hop field with every request: the log says so, but does not grow with them."""
+    view = ClusterView(ClusterSettings(self_id="n1", key=KEY, nodes=(Member("n1", "127.0.0.1:1"),)))
+    good = sign(KEY, HOP, "GET", PRIMARY)
+    with caplog.at_level(logging.WARNING, logger="edgecache.cluster.view"):
+        assert all(view.honoured(["forged"], "GET", PRIMARY) is None for _ in range(1000))
+        assert view.honoured([], "GET", PRIMARY) is None  # no field: a client's request, nothing to say
+    assert [r.getMessage() for r in caplog.records] == [
+        "a request's Edgecache-Hop field was not honoured (malformed): served as a client's"
+    ]
+    assert view.honoured([good], "GET", PRIMARY) is None  # its time is long past
+    now = Hop("n2", int(time.time()), "a-1", "127.0.0.2", True)
+    assert view.honoured([sign(KEY, now, "GET", PRIMARY)], "GET", PRIMARY) == now
