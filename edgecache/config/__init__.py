@@ -304,7 +304,7 @@ def _signing_secrets(r: _Reader, t: dict[str, Any], p: str, base: Path) -> tuple
         r.problem(f"{p}secrets", "give exactly one of secrets and secret_file")
         return ()
     if "secrets" in t:
-        secrets: tuple[str, ...] = r.get(t, p, "secrets", _str_list(str), ())
+        secrets: tuple[str, ...] = r.get(t, p, "secrets", _str_list(_text), ())
         key = f"{p}secrets"
     else:
         path = Path(str(t["secret_file"]))
@@ -322,6 +322,12 @@ def _signing_secrets(r: _Reader, t: dict[str, Any], p: str, base: Path) -> tuple
     if any(len(s) < 16 for s in secrets):
         r.problem(key, "every secret must be at least 16 characters")
     return secrets
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a list of strings")
+    return v
 
 
 def _param(v: Any) -> str:

@@ -180,6 +180,10 @@ def test_bad_signing_config_is_named(tmp_path: Path) -> None:
         "f.toml: sites[0].signing.secrets: give exactly one of secrets and secret_file"
     ]
     assert problems({"secrets": []}) == ["f.toml: sites[0].signing.secrets: must give at least one secret"]
+    assert problems({"secrets": [12345678901234567890]}) == [
+        "f.toml: sites[0].signing.secrets: expected a list of strings",
+        "f.toml: sites[0].signing.secrets: must give at least one secret",
+    ]
     assert problems({"secrets": [SECRET, "short"]}) == [
         "f.toml: sites[0].signing.secrets: every secret must be at least 16 characters"
     ]
