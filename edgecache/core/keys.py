@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from edgecache.core.headers import HOP_BY_HOP, Headers, get_all, split_list
 from edgecache.core.hop import FIELD as CLUSTER_HOP
@@ -35,8 +35,8 @@ class CacheKey:
     path: str  # normalised path
     query: str  # the keyed query: the kept parameters in key order, each item as normalised ("" when none)
     full_query: str = ""  # every parameter, normalised: only pass-through sends it, since nothing of it is stored
-    # The parameters the site never keys nor sends to an origin ("!name" in its key_query: a signed URL's token),
-    # normalised, as sent: core.signing checks them, and a peer asked to serve the request gets them to check too.
+    # The parameters the site never keys nor sends anywhere ("!name" in its key_query: a signed URL's token),
+    # normalised, as sent: core.signing checks them.
     unkeyed: str = ""
 
     @property
@@ -47,12 +47,6 @@ class CacheKey:
     @property
     def full_target(self) -> str:
         return f"{self.path}?{self.full_query}" if self.full_query else self.path
-
-    def for_peer(self) -> CacheKey:
-        """The key as a request forwarded to the owner node carries it: with the unkeyed token, which the owner
-        checks again. (An owner serves from its own key, which leaves the token out again.)"""
-        query = "&".join(q for q in (self.full_query, self.unkeyed) if q)
-        return replace(self, full_query=query, unkeyed="")
 
 
 def _normalise_pct(part: str) -> str:

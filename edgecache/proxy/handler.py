@@ -171,9 +171,10 @@ class EdgeHandler:
             raise ClientError(403, f"this address may not use site {site.name!r}")
         if hop is None and self.limiter is not None and not self.limiter.allow(client, time.monotonic()):
             raise ClientError(429, "too many requests from this address")
-        # Signed URLs, before any lookup (the fast path's Hit.admits asks the same); the node's own prefetch is
-        # authorised by its admin token instead.
-        if site.signing is not None and not internal(request):
+        # Signed URLs, before any lookup (the fast path's find_hit asks the same). Not again on the owner: the node
+        # the viewer reached checked the token before it forwarded (a valid hop says so, as for the ACL); nor for
+        # the node's own prefetch, which its admin token authorised.
+        if site.signing is not None and hop is None and not internal(request):
             refusal = verify(site.signing, key.path, key.unkeyed, client, time.time())
             if refusal is not None:
                 raise ClientError(403, refusal)
@@ -340,7 +341,7 @@ class EdgeHandler:
                 resp = await pass_through(
                     request,
                     self.engine.origin.to_peer(member.id),
-                    replace(req, site=peer, key=req.key.for_peer()),
+                    replace(req, site=peer),
                     CacheStatus.PEER,
                     extra=((HOP, hop),),
                     source="peer",

@@ -13,12 +13,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from edgecache import config as cfg
 from edgecache.config import Config, Listen
 from edgecache.core.signing import Refusal, Signing, sign
-from edgecache.server import reload
+from edgecache.server import reload, start_internal
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.procs import ROOT
 from tests.e2e.test_fast_path import answered, normalised
@@ -309,9 +310,9 @@ async def test_edgecache_sign_makes_urls_the_edge_serves(origin: Origin, tmp_pat
         assert origin.hits == {"/v/a.mp4": 1, "/v/set/720p/seg1.ts": 1}
 
 
-async def test_a_node_forwards_the_token_and_the_owner_checks_it_for_the_viewer(tmp_path: Path) -> None:
-    """In a cluster the owner checks the token again, for the viewer its hop names (core.hop): the node the viewer
-    reached sends it the token's parameters, and still never an origin."""
+async def test_in_a_cluster_the_node_the_viewer_reaches_checks_the_token(tmp_path: Path) -> None:
+    """The node a viewer connects to checks its token, for its address; the owner it forwards to takes that node's
+    word (the authenticated hop, core.hop), as it does for the site's ACL; no origin is sent the token."""
     rules = Signing((SECRET,), client=True)
     async with origins() as origs, cluster(origs, tmp_path, {"signing": rules}) as nodes:
         path = next(p for p in (f"/v/{i}.ts" for i in range(100)) if owner_index(p) == 1)
@@ -322,8 +323,36 @@ async def test_a_node_forwards_the_token_and_the_owner_checks_it_for_the_viewer(
             status, _, body = await get(nodes[0], token, source=viewer)
             expected = (200, SEGMENT) if viewer == "127.0.0.2" else refused(Refusal.WRONG)
             assert (status, body) == expected, viewer
-        for other in (0, 2):  # the owner (node2) answers another node's viewer as the first node did
-            assert (await get(nodes[other], token, source="127.0.0.3"))[::2] == refused(Refusal.WRONG)
-            assert (await get(nodes[other], token, source="127.0.0.2"))[::2] == (200, SEGMENT)
+        for node in nodes:
+            assert (await get(node, token, source="127.0.0.3"))[::2] == refused(Refusal.WRONG)
+            assert (await get(node, token, source="127.0.0.2"))[::2] == (200, SEGMENT)
+            assert (await get(node, path, source="127.0.0.2"))[::2] == refused(Refusal.MISSING)
         assert [o.hits[path] for o in origs] == [0, 1, 0]
         assert [s.path for s in origs[1].seen] == [path]
+
+
+async def internal_get(socket_path: Path, target: str) -> tuple[int, bytes]:
+    """A request on the node's own Unix socket, the way its prefetch jobs fetch (server.start_internal)."""
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(f"http://edge{target}", headers={"Host": "video.test"}) as r,
+    ):
+        return r.status, await r.read()
+
+
+async def test_the_nodes_own_prefetch_needs_no_token_and_its_owner_takes_its_word(tmp_path: Path) -> None:
+    """A prefetch job (authorised by its admin token) fetches through the node's own socket without a token; a URL
+    another node owns is forwarded there and filled once, and viewers then need a token for it as ever."""
+    rules = Signing((SECRET,))
+    async with origins() as origs, cluster(origs, tmp_path, {"signing": rules}) as nodes:
+        paths = [next(p for p in (f"/v/{i}.ts" for i in range(100)) if owner_index(p) == n) for n in (0, 1)]
+        for o in origs:
+            for p in paths:
+                o.put(p, SEGMENT)
+        internal = await start_internal(nodes[0].runner, tmp_path)
+        for p in paths:
+            assert await internal_get(internal, p) == (200, SEGMENT)
+            assert (await get(nodes[2], p))[::2] == refused(Refusal.MISSING)
+            assert (await get(nodes[2], sign(rules, p, later())))[::2] == (200, SEGMENT)
+        assert [dict(o.hits) for o in origs] == [{paths[0]: 1}, {paths[1]: 1}, {}]
