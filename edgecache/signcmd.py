@@ -49,8 +49,10 @@ def signed_url(config: cfg.Config, url: str, site_name: str | None, seconds: int
     if parts.netloc:
         host = normalise_host(parts.netloc)
         serving = Router((s.hosts, s) for s in config.sites).match(host) if host else None
-        if serving is None or (site is not None and serving is not site):
-            raise ValueError(f"{parts.netloc!r} is not a host of site {site_name or '(any)'}")
+        if serving is None:
+            raise ValueError(f"no site serves {parts.netloc!r}")
+        if site is not None and serving is not site:
+            raise ValueError(f"{parts.netloc!r} is not a host of site {site.name!r}")
         site = serving
     if site is None:
         raise ValueError("give a URL with a host, or --site")

@@ -203,3 +203,28 @@ def test_bad_signing_config_is_named(tmp_path: Path) -> None:
         "f.toml: sites[0].key_query: 'signature' carries a signed URL's token: it is never keyed"
     ]
     assert problems("yes") == ["f.toml: sites[0].signing: expected a table"]
+
+
+def test_edgecache_sign_durations_and_refusals(tmp_path: Path) -> None:
+    from edgecache.signcmd import duration, signed_url
+
+    assert [duration(d) for d in ("90", "90s", "30m", "1h", "7d")] == [90, 90, 1800, 3600, 7 * 86400]
+    for bad in ("1y", "-1h", "1.5h", "", "h"):
+        with pytest.raises(ValueError, match="not a duration"):
+            duration(bad)
+    plain = {"name": "plain", "hosts": ["plain.test"], "origins": ["http://10.0.0.1:8080"]}
+    cfg = build({"sites": [{**SITE, "signing": {"secrets": [SECRET]}}, plain]}, "f.toml", tmp_path)
+    url = signed_url(cfg, "http://video.test/v/a.mp4?itag=1", None, 60, T - 60)
+    assert url == "http://video.test" + sign(RULES, "/v/a.mp4?itag=1", T)
+    assert signed_url(cfg, "/v/a.mp4", "v", 60, T - 60) == sign(RULES, "/v/a.mp4", T)
+    refusals = [
+        (("http://other.test/a", None), "no site serves 'other.test'"),
+        (("http://video.test/a", "plain"), "'video.test' is not a host of site 'plain'"),
+        (("http://plain.test/a", None), "site 'plain' has no \\[sites.signing\\] table"),
+        (("/a", "nope"), "no site is named 'nope'"),
+        (("/a", None), "give a URL with a host, or --site"),
+        (("/a", "plain"), "site 'plain' has no \\[sites.signing\\] table"),
+    ]
+    for (url, site_name), message in refusals:
+        with pytest.raises(ValueError, match=message):
+            signed_url(cfg, url, site_name, 60, T)
