@@ -1,6 +1,6 @@
 """Signed URLs: a site's objects are served only to requests carrying a token its provider's backend made.
 
-The scheme, exactly (README "Signed URLs" gives it to providers):
+The scheme, exactly (README "Content providers: signed URLs" gives it to providers):
 
     string    = EXPIRES "\\n" SCOPE "\\n" SUBJECT "\\n" CLIENT
     signature = base64url(HMAC-SHA256(secret, UTF-8 of string)), without '=' padding
