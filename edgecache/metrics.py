@@ -65,7 +65,7 @@ BYTES_SERVED = _Served()
 SITE_SERVED = Counter(
     "edgecache_site_served_bytes_total",
     "Body bytes sent to clients by site and upstream (cache, origin, peer, cache+origin; - for the node's own "
-    "answers): the sum of the access log's bytes",
+    "answers): the sum of the access log's bytes, but for requests a peer forwarded (the peer counts them)",
     ["site", "upstream"],
 )
 TTFB = Histogram("edgecache_ttfb_seconds", "Client time to first byte", ["cache_status"], buckets=_LATENCY)

@@ -9,6 +9,10 @@ Served bytes are split by the line's `upstream` (observe.upstream): "cache", "or
 further). The byte hit ratio is the share of served bytes that came from the cache alone. Origin and peer bytes
 here are the bytes *served* that came from there; what the node fetched (whole slices, ahead of readers) is in
 edgecache_origin_bytes_total and edgecache_peer_forwarded_bytes_total.
+
+A line with `for_peer` true is a request another node of the cluster forwarded for its viewer: that node's own
+line counts the viewer's request (upstream "peer"), so such lines are totalled apart (for_peers_requests,
+for_peers_bytes), and the logs of every node of a cluster add up to what its viewers were served.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import gzip
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO
 
@@ -35,12 +39,18 @@ class Totals:
     origin_bytes: int = 0
     peer_bytes: int = 0
     mixed_bytes: int = 0  # upstream "cache+origin"
+    for_peers_requests: int = 0  # served to a node of the cluster for its viewer: not in the counts above
+    for_peers_bytes: int = 0
 
     @property
     def byte_hit_ratio(self) -> float:
         return self.cache_bytes / self.served_bytes if self.served_bytes else 0.0
 
-    def add(self, nbytes: int, upstream: str | None) -> None:
+    def add(self, nbytes: int, upstream: str | None, for_peer: bool = False) -> None:
+        if for_peer:
+            self.for_peers_requests += 1
+            self.for_peers_bytes += nbytes
+            return
         self.requests += 1
         self.served_bytes += nbytes
         field = _SOURCES.get(upstream or "")
@@ -68,17 +78,17 @@ def aggregate(lines: Iterable[bytes], by: str = "site") -> Usage:
     """Totals per group of the access-log lines given; a line that is not a whole record is counted, not used."""
     usage = Usage({})
     for raw in lines:
-        record = _record(raw)
-        group = group_of(record, by) if record is not None else None
-        nbytes = record.get("bytes") if record is not None else None
-        upstream = record.get("upstream") if record is not None else None
+        record = _record(raw) or {}
+        group = group_of(record, by)
+        nbytes = record.get("bytes")
         if group is None or not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
             usage.malformed += 1
             continue
         totals = usage.groups.get(group)
         if totals is None:
             totals = usage.groups[group] = Totals()
-        totals.add(nbytes, upstream if isinstance(upstream, str) else None)
+        upstream = record.get("upstream")
+        totals.add(nbytes, upstream if isinstance(upstream, str) else None, record.get("for_peer") is True)
     return usage
 
 
@@ -120,12 +130,12 @@ def _lines(f: IO[bytes] | gzip.GzipFile) -> Iterator[bytes]:
         yield b"\x00"  # counted as malformed
 
 
-_COUNTS = ("requests", "served_bytes", "cache_bytes", "origin_bytes", "peer_bytes", "mixed_bytes")
+_COUNTS = ("requests", "served_bytes", "cache_bytes", "origin_bytes", "peer_bytes", "mixed_bytes", "for_peers_bytes")
 
 
 def render(usage: Usage, by: str) -> str:
     """A table: one row per group in name order, then the total, then the malformed count."""
-    header = (by, "requests", "served", "cache", "origin", "peer", "cache+origin", "byte_hit")
+    header = (by, "requests", "served", "cache", "origin", "peer", "cache+origin", "for_peers", "byte_hit")
     named = [*sorted(usage.groups.items()), ("TOTAL", total_of(usage))]
     rows = [header, *((name, *(str(getattr(t, c)) for c in _COUNTS), f"{t.byte_hit_ratio:.4f}") for name, t in named)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -149,8 +159,8 @@ def as_json(usage: Usage, by: str) -> str:
 def total_of(usage: Usage) -> Totals:
     total = Totals()
     for t in usage.groups.values():
-        for name in _COUNTS:
-            setattr(total, name, getattr(total, name) + getattr(t, name))
+        for f in fields(Totals):
+            setattr(total, f.name, getattr(total, f.name) + getattr(t, f.name))
     return total
 
 

@@ -452,11 +452,12 @@ class FastPath(asyncio.Protocol):
 
     def _finished(self, p: Prepared, nbytes: int, t0: float) -> None:
         handler = self.server.handler
-        p.site_bytes.inc(nbytes)
+        hit = p.hit
+        if hit.viewer is None:  # a hop's bytes reach its viewer through the node that forwarded it, counted there
+            p.site_bytes.inc(nbytes)
         if handler.access.enabled:
-            hit = p.hit
             t = observe.new_trace()
-            t.t0, t.site, t.status = t0, hit.site.name, CacheStatus.HIT
+            t.t0, t.site, t.status, t.for_peer = t0, hit.site.name, CacheStatus.HIT, hit.viewer is not None
             fields = hit.req.headers
             rng = p.range_field if p.range_field is not None else get_first(fields, "range")
             ua, referer = get_first(fields, "user-agent"), get_first(fields, "referer")

@@ -166,6 +166,7 @@ class EdgeHandler:
             # The node the viewer connected to judged it (ACL, rate limit), once: not again here, where the address
             # is that node's. Its word for the viewer's address stands for the rest (signed URLs, the access log).
             observe.trace(request).client = hop.viewer
+            observe.trace(request).for_peer = True
         client = observe.trace(request).client or "-"
         if hop is None and site.allow and not internal(request) and not site.allows(client):
             raise ClientError(403, f"this address may not use site {site.name!r}")

@@ -37,6 +37,8 @@ class Trace:
     body_bytes: int | None = None  # counted by streaming writers; None: a small body of known length
     client: str | None = None  # the client's address (core.clientaddr); None: the socket's peer
     sources: metrics.Sources = field(default_factory=metrics.Sources)  # the served-bytes counter adds to it
+    # A node of the cluster forwarded it for its viewer (a hop): that node serves the viewer and counts the bytes.
+    for_peer: bool = False
 
 
 TRACE = web.RequestKey("edgecache_trace", Trace)
@@ -127,7 +129,8 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     count(t, request.method, code)
     nbytes = _body_bytes(request, resp, t)
     way = upstream(t.status, t.sources)
-    site_bytes(t.site, way).inc(nbytes)
+    if not t.for_peer:  # counted once per viewer, by the node it reached: cluster-wide sums are viewer egress
+        site_bytes(t.site, way).inc(nbytes)
     if access.enabled:
         headers = request.headers
         line = Line(
@@ -240,6 +243,7 @@ def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int, no
         "referer": clip(line.referer),
         "node": node,
         "upstream": way,
+        "for_peer": t.for_peer,
     }
     access.write(record)
 

@@ -63,7 +63,19 @@ def records(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in raw.split(b"\n")[:-1]]
 
 
-FIELDS = ("site", "method", "status", "bytes", "cache", "upstream", "protocol", "user_agent", "referer", "node")
+FIELDS = (
+    "site",
+    "method",
+    "status",
+    "bytes",
+    "cache",
+    "upstream",
+    "protocol",
+    "user_agent",
+    "referer",
+    "node",
+    "for_peer",
+)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
@@ -106,12 +118,12 @@ async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
     seen = [tuple(r[f] for f in FIELDS) for r in records(tmp_path / "access.log")]
     ua, ref = UA["User-Agent"], UA["Referer"]
     assert seen == [
-        (a, "GET", 200, len(X), "miss", "origin", "HTTP/1.1", ua, ref, node),
-        (a, "GET", 200, len(X), "hit", "cache", "HTTP/1.1", ua, ref, node),
-        (a, "GET", 200, len(X), "hit", "cache", "HTTP/1.0", None, None, node),
-        (b, "GET", 206, 100, "miss", "origin", "HTTP/1.1", ua, ref, node),
-        (b, "GET", 206, 100, "hit", "cache", "HTTP/1.1", ua, ref, node),
-        (b, "GET", 206, SLICE + 100, "hit", "cache+origin", "HTTP/1.1", ua, ref, node),
+        (a, "GET", 200, len(X), "miss", "origin", "HTTP/1.1", ua, ref, node, False),
+        (a, "GET", 200, len(X), "hit", "cache", "HTTP/1.1", ua, ref, node, False),
+        (a, "GET", 200, len(X), "hit", "cache", "HTTP/1.0", None, None, node, False),
+        (b, "GET", 206, 100, "miss", "origin", "HTTP/1.1", ua, ref, node, False),
+        (b, "GET", 206, 100, "hit", "cache", "HTTP/1.1", ua, ref, node, False),
+        (b, "GET", 206, SLICE + 100, "hit", "cache+origin", "HTTP/1.1", ua, ref, node, False),
     ]
 
     assert cli.main(["usage", str(tmp_path / "access.log"), "--json"]) == 0
@@ -125,6 +137,8 @@ async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
             "origin_bytes": len(X),
             "peer_bytes": 0,
             "mixed_bytes": 0,
+            "for_peers_requests": 0,
+            "for_peers_bytes": 0,
             "byte_hit_ratio": round(2 / 3, 6),
         },
         b: {
@@ -134,6 +148,8 @@ async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
             "origin_bytes": 100,
             "peer_bytes": 0,
             "mixed_bytes": SLICE + 100,
+            "for_peers_requests": 0,
+            "for_peers_bytes": 0,
             "byte_hit_ratio": round(100 / (SLICE + 300), 6),
         },
     }
@@ -171,13 +187,15 @@ def cluster(origin: Origin, tmp_path: Path, site: str) -> list[Config]:
     ]
 
 
-async def test_a_forward_to_the_owner_is_peer_traffic_not_origin(origin: Origin, tmp_path: Path) -> None:
+async def test_a_forward_to_the_owner_is_peer_traffic_not_origin(
+    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     site = "usage-peer"
     configs = cluster(origin, tmp_path, site)
     ring = Ring.of(configs[0].cluster.nodes)  # type: ignore[union-attr]
     path = next(p for p in (f"/p/{i}" for i in range(100)) if ring.owner(f"{site}|video.test|{p}").id == "node2")  # type: ignore[union-attr]
     origin.put(path, Y)
-    async with started(configs) as (n1, _, _):
+    async with started(configs) as (n1, n2, _):
         view = n1.node.cluster
         assert view is not None
         async with asyncio.timeout(10):  # a node seen down while the others started is up again within `rise`
@@ -185,16 +203,40 @@ async def test_a_forward_to_the_owner_is_peer_traffic_not_origin(origin: Origin,
         status, headers, body = await n1.get(path)  # node1 forwards to node2, which fetches from the origin
         assert (status, body) == (200, Y)
         assert headers["Cache-Status"] == 'edgecache; fwd=uri-miss; stored, edgecache; fwd=miss; detail="peer"'
+        assert (await n1.get(path))[::2] == (200, Y)  # forwarded again: node2's hit
+        assert (await n2.get(path))[::2] == (200, Y)  # a viewer of node2's own
     assert origin.hits[path] == 1
-    # Both nodes run in this process: the origin's bytes and request are the owner's alone, counted once.
+    # The nodes run in this process: the origin's bytes and request are the owner's alone, counted once.
     assert sample("edgecache_origin_requests_total", site=site, status_class="2xx") == 1
     assert sample("edgecache_origin_bytes_total", site=site) == len(Y)
-    assert sample("edgecache_peer_forwarded_requests_total", peer="node2", site=site) == 1
-    assert sample("edgecache_peer_forwarded_bytes_total", peer="node2", site=site) == len(Y)
-    assert sample("edgecache_site_served_bytes_total", site=site, upstream="peer") == len(Y)
-    assert sample("edgecache_site_served_bytes_total", site=site, upstream="origin") == len(Y)  # node2's
+    assert sample("edgecache_peer_forwarded_requests_total", peer="node2", site=site) == 2
+    assert sample("edgecache_peer_forwarded_bytes_total", peer="node2", site=site) == 2 * len(Y)
+    # Served bytes are counted once per viewer, where the viewer was served: node2's answers to node1 are not.
+    assert sample("edgecache_site_served_bytes_total", site=site, upstream="peer") == 2 * len(Y)
+    assert sample("edgecache_site_served_bytes_total", site=site, upstream="cache") == len(Y)
+    assert sample("edgecache_site_served_bytes_total", site=site, upstream="origin") == 0
     forwarder, owner = records(tmp_path / "node1.log"), records(tmp_path / "node2.log")
-    assert [(r["node"], r["cache"], r["upstream"], r["bytes"]) for r in forwarder] == [
-        ("node1", "peer", "peer", len(Y))
+    assert [(r["node"], r["cache"], r["upstream"], r["bytes"], r["for_peer"]) for r in forwarder] == [
+        ("node1", "peer", "peer", len(Y), False),
+        ("node1", "peer", "peer", len(Y), False),
     ]
-    assert [(r["node"], r["cache"], r["upstream"], r["bytes"]) for r in owner] == [("node2", "miss", "origin", len(Y))]
+    assert [(r["node"], r["cache"], r["upstream"], r["bytes"], r["for_peer"]) for r in owner] == [
+        ("node2", "miss", "origin", len(Y), True),
+        ("node2", "hit", "cache", len(Y), True),
+        ("node2", "hit", "cache", len(Y), False),
+    ]
+    # Every node's log together: what the site's viewers were served, each request once.
+    assert cli.main(["usage", str(tmp_path / "node1.log"), str(tmp_path / "node2.log"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"] == {
+        site: {
+            "requests": 3,
+            "served_bytes": 3 * len(Y),
+            "cache_bytes": len(Y),
+            "origin_bytes": 0,
+            "peer_bytes": 2 * len(Y),
+            "mixed_bytes": 0,
+            "for_peers_requests": 2,
+            "for_peers_bytes": 2 * len(Y),
+            "byte_hit_ratio": round(1 / 3, 6),
+        }
+    }

@@ -119,11 +119,12 @@ def test_a_hostile_user_agent_and_referer_are_cut_and_escaped(tmp_path: Path) ->
     record = json.loads(raw)
     assert record["user_agent"] == ua[: observe.MAX_FIELD]
     assert record["referer"] == referer[: observe.MAX_FIELD]
-    assert (record["site"], record["node"], record["upstream"], record["protocol"]) == (
+    assert (record["site"], record["node"], record["upstream"], record["protocol"], record["for_peer"]) == (
         "videos",
         "node1",
         "cache",
         "HTTP/1.1",
+        False,
     )
 
 

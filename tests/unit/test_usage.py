@@ -38,6 +38,15 @@ def test_totals_by_site_split_by_upstream() -> None:
     assert usage.groups["b"].byte_hit_ratio == 0.0
 
 
+def test_lines_served_for_a_peer_are_totalled_apart() -> None:
+    """The owner's line of a forwarded request: its viewer's request is the forwarding node's line."""
+    forwarded = json.dumps({"site": "a", "bytes": 9, "upstream": "origin", "for_peer": True}).encode()
+    usage = aggregate([line("a", 9, "peer"), forwarded, line("a", 1, "cache")])
+    assert usage.groups == {
+        "a": Totals(requests=2, served_bytes=10, cache_bytes=1, peer_bytes=9, for_peers_requests=1, for_peers_bytes=9),
+    }
+
+
 def test_totals_by_day() -> None:
     usage = aggregate(
         [
@@ -113,10 +122,10 @@ def test_an_endless_line_is_read_in_bounded_pieces(tmp_path: Path) -> None:
 def test_the_table() -> None:
     usage = aggregate([line("b", 10, "origin"), line("a", 30, "cache"), b"junk"])
     assert render(usage, "site").splitlines() == [
-        "site   requests  served  cache  origin  peer  cache+origin  byte_hit",
-        "a             1      30     30       0     0             0    1.0000",
-        "b             1      10      0      10     0             0    0.0000",
-        "TOTAL         2      40     30      10     0             0    0.7500",
+        "site   requests  served  cache  origin  peer  cache+origin  for_peers  byte_hit",
+        "a             1      30     30       0     0             0          0    1.0000",
+        "b             1      10      0      10     0             0          0    0.0000",
+        "TOTAL         2      40     30      10     0             0          0    0.7500",
         "malformed lines skipped: 1",
     ]
 
@@ -137,6 +146,8 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
                 "origin_bytes": 1,
                 "peer_bytes": 0,
                 "mixed_bytes": 0,
+                "for_peers_requests": 0,
+                "for_peers_bytes": 0,
                 "byte_hit_ratio": 0.75,
             }
         },
@@ -147,6 +158,8 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
             "origin_bytes": 1,
             "peer_bytes": 0,
             "mixed_bytes": 0,
+            "for_peers_requests": 0,
+            "for_peers_bytes": 0,
             "byte_hit_ratio": 0.75,
         },
         "malformed": 0,
