@@ -172,7 +172,7 @@ def protocol(version: tuple[int, int]) -> str:
     return f"HTTP/{version[0]}.{version[1]}"
 
 
-# What an answer without a body byte of the cache's came from, by its cache status.
+# Where an answer came from, by its cache status (upstream() tells a hit whose slices were partly fetched).
 _UPSTREAM = {
     CacheStatus.HIT: "cache",
     CacheStatus.STALE: "cache",
