@@ -110,23 +110,36 @@ def workload(seed: int, objects: int, sessions: int) -> Iterator[tuple[str, int]
     """(slice key, slice size) for every slice each request covers, in order."""
     rnd = random.Random(seed)
     sizes = object_sizes(rnd, objects)
+    for session in plays(rnd, sizes, sessions):
+        for obj, pos, length in session:
+            yield from _slices(obj, sizes[obj], pos, length)
+
+
+def plays(rnd: random.Random, sizes: list[int], sessions: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Each session's requests in order, as (object, first byte, length); a length may run past the object's end.
+
+    Objects are ranked by popularity (Zipf 0.9 over their index). loadtest/versus_nginx.py replays these over HTTP.
+    """
+    objects = len(sizes)
     cdf = zipf_cdf(objects, 0.9)
     for _ in range(sessions):
         if rnd.random() < 0.05:  # prefetch: the first slices of a popular object
             obj = bisect.bisect_left(cdf, rnd.random() * 0.5)
-            yield from _slices(obj, sizes[obj], 0, 4 * SLICE)
+            yield [(obj, 0, 4 * SLICE)]
             continue
         obj = min(objects - 1, bisect.bisect_left(cdf, rnd.random()))
         size = sizes[obj]
         pos = 0 if rnd.random() < 0.8 else rnd.randrange(size)
+        session: list[tuple[int, int, int]] = []
         while pos < size:
-            yield from _slices(obj, size, pos, RANGE)
+            session.append((obj, pos, RANGE))
             pos += RANGE
             r = rnd.random()
             if r < 0.04:  # seek
                 pos = rnd.randrange(size)
             elif r < 0.12:  # stop watching
                 break
+        yield session
 
 
 def _slices(obj: int, size: int, pos: int, length: int) -> Iterator[tuple[str, int]]:
