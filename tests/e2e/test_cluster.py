@@ -35,8 +35,17 @@ def cluster_configs(origin: Origin, tmp_path: Path) -> list[Config]:
 
 @contextlib.asynccontextmanager
 async def started(configs: list[Config]) -> AsyncIterator[list[Edge]]:
+    """The nodes, yielded once every node sees every other up: a node probed before it listened is down until
+    its next good checks, and a request sent meanwhile would fail over to another owner."""
     async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(start_edge(c)) for c in configs]
+        edges = [await stack.enter_async_context(start_edge(c)) for c in configs]
+        ids = [c.cluster.self_id for c in configs if c.cluster is not None]
+        async with asyncio.timeout(10):
+            for e in edges:
+                view = e.node.cluster
+                assert view is not None
+                await view.wait_for(lambda view=view: all(view.is_up(i) for i in ids))  # type: ignore[misc]
+        yield edges
 
 
 def owner_of(configs: list[Config], path: str) -> str:
