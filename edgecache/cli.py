@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--token", help="bearer token (default: $EDGECACHE_TOKEN)")
     prefetchcmd.add_parser(sub, DEFAULT_CONFIG)
     usagecmd.add_parser(sub)
+    from edgecache import simulatecmd
+
+    simulatecmd.add_parser(sub)
     from edgecache import signcmd
 
     signcmd.add_parser(sub, DEFAULT_CONFIG)
@@ -206,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             return prefetchcmd.run(args, DEFAULT_CONFIG)
         if args.command == "usage":
             return usagecmd.run(args)
+        if args.command == "simulate":
+            from edgecache import simulatecmd
+
+            return simulatecmd.run(args)
         config = _one_origin(args) if args.origin else cfg.load(args.config or DEFAULT_CONFIG)
     except ConfigError as exc:
         for line in exc.problems:
