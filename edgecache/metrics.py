@@ -91,6 +91,25 @@ MEMORY_ADMISSIONS = Counter("edgecache_memory_tier_admissions_total", "Slices ad
 DISK_BYTES = Gauge("edgecache_disk_tier_bytes", "Bytes held by the disk tier", multiprocess_mode="max")
 DISK_BUDGET = Gauge("edgecache_disk_tier_budget_bytes", "Disk tier byte budget", multiprocess_mode="max")
 DISK_ERRORS = Counter("edgecache_disk_tier_errors_total", "Disk tier operations that failed")
+# Each disk of the disk tier (storage/disks.py), labelled by its path as the config gives it.
+DISK_USED = Gauge("edgecache_disk_bytes", "Bytes held on the disk", ["disk"], multiprocess_mode="max")
+DISK_SIZE = Gauge(
+    "edgecache_disk_budget_bytes", "The disk's byte budget (cache.disks size)", ["disk"], multiprocess_mode="max"
+)
+DISK_UP = Gauge(
+    "edgecache_disk_up",
+    "1 while the disk is in service; 0 from its first I/O failure until a reload finds it working (the lowest "
+    "of the workers)",
+    ["disk"],
+    multiprocess_mode="livemin",
+)
+DISK_OPS = Counter(
+    "edgecache_disk_operations_total", "Disk tier operations by disk and kind (read, write)", ["disk", "op"]
+)
+DISK_OP_ERRORS = Counter("edgecache_disk_errors_total", "Disk tier operations that failed, by disk", ["disk"])
+DISK_FAILURES = Counter(
+    "edgecache_disk_failures_total", "Times a worker took the disk out of service after an I/O failure", ["disk"]
+)
 # A gauge rather than an Info: Info does not work in the client's multiprocess mode.
 BUILD = Gauge("edgecache_build_info", "Version of this edgecache", ["version", "python"], multiprocess_mode="max")
 BUILD.labels(__version__, platform.python_version()).set(1)

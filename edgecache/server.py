@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -30,6 +31,7 @@ from edgecache.proxy.fastserver import FastServer, FastSettings
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
 from edgecache.storage.disk import DiskTier
+from edgecache.storage.disks import Disks
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import LIMIT_FLOOR, MemoryTier, next_entries, next_limit, rss_slack
 from edgecache.storage.store import Store
@@ -68,7 +70,7 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
     loop = asyncio.get_running_loop()
     origin = OriginClient(config.origin)
     await origin.start()
-    disk = await loop.run_in_executor(None, DiskTier, config.cache.dir, config.cache.disk_bytes)
+    disk = await loop.run_in_executor(None, Disks.open_all, config.cache.disks)
     store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
     store.shared = config.workers > 1
     if store.shared:
@@ -77,7 +79,7 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
     engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
     cluster = ClusterView(config.cluster) if config.cluster is not None else None
-    tasks = [asyncio.ensure_future(_sample_stats(store))]
+    tasks = [asyncio.ensure_future(_sample_stats(store)), asyncio.ensure_future(disk.watch())]
     session = aiohttp.ClientSession()
     if cluster is not None:
         tasks.append(asyncio.ensure_future(check_health(cluster, session)))
@@ -132,6 +134,7 @@ async def reload(node: Node) -> bool:
     from edgecache import config as cfg
     from edgecache.errors import ConfigError
 
+    await node.store.disk.revive()  # disks out of service whose directory works again
     path = node.config.source
     if path == "command line":
         log.warning("reload: this node was started without a config file; nothing to reload")
@@ -271,7 +274,12 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
     internal = await start_internal(clients, Path(private.name))
     c = node.config
     jobs = JobRunner(
-        node.store.disk, "http://edge", c.job_retention, c.max_jobs, unix=str(internal), slots=c.prefetch_slots
+        cast(DiskTier, node.store.disk),  # Disks has the get, put and delete of a DiskTier the runner uses
+        "http://edge",
+        c.job_retention,
+        c.max_jobs,
+        unix=str(internal),
+        slots=c.prefetch_slots,
     )
     await jobs.start()
     purge = purge_handler(lambda: node.config, node.store)

@@ -5,8 +5,10 @@ Validation collects all problems before failing, like `nginx -t`, so an operator
 
 from __future__ import annotations
 
+import os
 import ssl
 import tomllib
+from collections.abc import Callable
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from edgecache.config.model import (
     CacheSettings,
     ClusterSettings,
     Config,
+    Disk,
     Listen,
     OriginSettings,
     Site,
@@ -77,7 +80,8 @@ KEYS: dict[str, frozenset[str]] = {
         "proxy_protocol proxy_protocol_from trusted_forwarders "
         "header_timeout idle_timeout disk_send tls_listen tls watchdog drain",
         "tls": "cert key",
-        "cache": "dir memory disk slice fill_slices memory_policy memory_headroom",
+        "cache": "dir memory disk disks slice fill_slices memory_policy memory_headroom",
+        "cache.disks": "path size",
         "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
         "sites": "name hosts origins key_query origin_host forward_fields cache allow tls signing",
         "sites.signing": "secrets secret_file expires_param signature_param prefix_param client",
@@ -97,22 +101,74 @@ def _cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
     r.unknown(t, "cache.", KEYS["cache"])
     directory = r.get(t, "cache.", "dir", lambda v: Path(str(v)), Path("var/cache"))
     directory = directory if directory.is_absolute() else base / directory
+    disk_bytes = r.get(t, "cache.", "disk", parse_size, 4 * 2**30)
+    disks = _disks(r, t, base) if "disks" in t else ()
+    if disks:
+        directory, disk_bytes = disks[0].path, sum(d.size for d in disks)
     settings = CacheSettings(
         dir=directory,
         memory_bytes=r.get(t, "cache.", "memory", parse_size, 256 * 2**20),
-        disk_bytes=r.get(t, "cache.", "disk", parse_size, 4 * 2**30),
+        disk_bytes=disk_bytes,
         slice_bytes=r.get(t, "cache.", "slice", parse_size, 2**20),
         fill_slices=r.get(t, "cache.", "fill_slices", _positive(int), 4),
         memory_policy=r.get(t, "cache.", "memory_policy", str, "s3fifo"),
         memory_headroom=r.get(t, "cache.", "memory_headroom", parse_size, 64 * 2**20),
+        disks=disks,
     )
     if not 4096 <= settings.slice_bytes <= 64 * 2**20:
         r.problem("cache.slice", "must be between 4KiB and 64MiB")
     if settings.memory_policy not in ("s3fifo", "lru"):
         r.problem("cache.memory_policy", "must be 's3fifo' or 'lru'")
-    if settings.disk_bytes < settings.slice_bytes * 16:
-        r.problem("cache.disk", "must hold at least 16 slices")
+    for i, d in enumerate(disks or settings.disks):
+        if d.size < settings.slice_bytes * 16:
+            r.problem(f"cache.disks[{i}].size" if disks else "cache.disk", "must hold at least 16 slices")
     return settings
+
+
+_DISKS_FORM = 'an array of tables such as [{path = "/srv/cache1", size = "900GiB"}, ...]'
+
+
+def _disks(r: _Reader, t: dict[str, Any], base: Path) -> tuple[Disk, ...]:
+    """cache.disks: every directory its own (never the same one twice, never one inside another)."""
+    raw = t["disks"]
+    for single in ("dir", "disk"):
+        if single in t:
+            r.problem(f"cache.{single}", "give cache.disks, or cache.dir and cache.disk (one disk), not both")
+    if not isinstance(raw, list) or not raw:
+        r.problem("cache.disks", f"expected {_DISKS_FORM}")
+        return ()
+    disks: list[Disk] = []
+    for i, entry in enumerate(raw):
+        p = f"cache.disks[{i}]."
+        if not isinstance(entry, dict):
+            r.problem(p.rstrip("."), "expected a table {path = ..., size = ...}")
+            continue
+        r.unknown(entry, p, KEYS["cache.disks"])
+        for req in ("path", "size"):
+            if req not in entry:
+                r.problem(f"{p}{req}", "is required")
+        path = r.get(entry, p, "path", _directory(base), None)
+        size = r.get(entry, p, "size", parse_size, None)
+        if path is None:
+            continue
+        for j, other in enumerate(disks):
+            if path == other.path:
+                r.problem(f"{p}path", f"{str(path)!r} is also cache.disks[{j}]: give each disk once")
+            elif path.is_relative_to(other.path) or other.path.is_relative_to(path):
+                r.problem(f"{p}path", f"{str(path)!r} and cache.disks[{j}] ({str(other.path)!r}) are nested")
+        disks.append(Disk(path, size if size is not None else -1))
+    # Only a list read whole is used (and its sizes checked): a problem above already fails the file.
+    return tuple(disks) if len(disks) == len(raw) and all(d.size >= 0 for d in disks) else ()
+
+
+def _directory(base: Path) -> Callable[[Any], Path]:
+    def convert(v: Any) -> Path:
+        if not isinstance(v, str) or not v.strip() or "\x00" in v:
+            raise ValueError("expected a directory path")
+        path = Path(os.path.normpath(v))
+        return path if path.is_absolute() else Path(os.path.normpath(base / path))
+
+    return convert
 
 
 def _origin(r: _Reader, doc: dict[str, Any]) -> OriginSettings:

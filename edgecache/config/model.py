@@ -60,15 +60,29 @@ class Site:
 
 
 @dataclass(frozen=True, slots=True)
+class Disk:
+    """One directory of the disk tier (storage/disks.py) and its byte budget."""
+
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class CacheSettings:
-    dir: Path
+    dir: Path  # with several disks, the first one's: the node's own files (purge log, epoch) live there
     memory_bytes: int = 256 * 2**20
-    disk_bytes: int = 4 * 2**30
+    disk_bytes: int = 4 * 2**30  # with several disks, their sum
     slice_bytes: int = 2**20
     fill_slices: int = 4  # most slices one origin request may fill
     memory_policy: str = "s3fifo"
     # A worker's RSS is kept within memory_bytes + this by shrinking the memory tier (to half at most); 0: off.
     memory_headroom: int = 64 * 2**20
+    # The disks values are spread over (cache.disks); empty when built: the one disk `dir` with `disk_bytes`.
+    disks: tuple[Disk, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.disks:
+            object.__setattr__(self, "disks", (Disk(self.dir, self.disk_bytes),))
 
 
 @dataclass(frozen=True, slots=True)

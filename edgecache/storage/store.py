@@ -22,7 +22,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import PrimaryRecord, digest
 from edgecache.core.purge import PurgeTable
 from edgecache.errors import StorageError
-from edgecache.storage.disk import DiskTier
+from edgecache.storage.disks import Disks, OutOfService, lease_name
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.purgelog import PurgeLog
@@ -36,10 +36,6 @@ def slice_name(entry_key: str, version: str, index: int) -> str:
 
 OPEN_FILES = 1024  # slice files kept open for the fast path's disk hits (the worker raises its fd limit)
 PEER_POLL = 0.02  # seconds between looks at the disk while another worker fetches a slice
-
-
-def lease_name(name: str) -> str:
-    return "l:" + name
 
 
 LAZY_META_SECONDS = 10.0
@@ -96,7 +92,7 @@ class SliceFile:
 class Store:
     # Metadata this process keeps at hand (LRU; the disk tier has all of it). An entry is a few KiB with its
     # headers, so this is counted against the per-worker memory overhead, not the memory tier: keep it modest.
-    def __init__(self, memory: MemoryTier, disk: DiskTier, meta_entries: int = 16_384) -> None:
+    def __init__(self, memory: MemoryTier, disk: Disks, meta_entries: int = 16_384) -> None:
         self.memory = memory
         self.disk = disk
         self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
@@ -212,6 +208,12 @@ class Store:
             return record
         try:
             raw = await self.disk.get("v:" + digest(primary))
+        except OutOfService:
+            # Its disk failed: a generation of its own, so that no copy stored under an earlier one (purged since,
+            # or not) is found on the other disks while the record cannot be read. This process caches under it.
+            record = PrimaryRecord(generation=secrets.token_hex(4))
+            self.remember_record(primary, record)
+            return record
         except StorageError:
             return PrimaryRecord()
         record = PrimaryRecord.from_bytes(raw) if raw is not None else PrimaryRecord()

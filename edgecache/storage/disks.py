@@ -1,0 +1,328 @@
+"""The disk tier over several disks (cache.disks): one DiskTier per disk, each value on one of them.
+
+Placement: a value lives on the disk its key scores highest on by weighted rendezvous hashing (core.ring, the
+rule that places objects on nodes), weighted by the disks' sizes. It is stable across restarts and workers, an
+object's slices spread over the disks, and a disk added or removed in the config moves only the keys it takes or
+had. A lease lives on the disk of the value it guards, so a fill's write and the drop of its lease stay together.
+
+Failure: an I/O error that says the disk itself is broken (EIO, read-only, full, gone; SQLite's "disk I/O
+error", "attempt to write a readonly database") takes it out of service at once, in the worker that saw it, and
+a probe every PROBE_SECONDS (its directory still the one opened, a file can be written) takes it out in every
+worker within that time, also when nothing wrote to it. It is counted, its edgecache_disk_up goes to 0 and the
+worker logs it once. Its keys are then misses, fetched from origin and not stored on another disk: the other
+disks keep their budgets for their own objects, and no key ever has a second copy that could be found in place
+of the newer one (workers see a failure at different moments, and a disk may come back).
+
+A failed disk stays out of service until a reload (SIGHUP) finds its directory working again: a human replaced
+the disk or freed the space, so it does not flap in and out on a probe's luck. It comes back with what it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+import diskcache
+
+from edgecache import metrics
+from edgecache.config.model import Disk
+from edgecache.core.ring import Member, Ring
+from edgecache.errors import StorageError
+from edgecache.storage.disk import DiskTier
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PROBE_SECONDS = 1.0  # how often each worker checks each disk in service
+PROBE_TIMEOUT = 10.0  # a probe that takes longer fails the disk (a hung device)
+LEASE = "l:"
+
+# errno values that mean the device or its filesystem failed, not the one operation.
+_FAILED_ERRNOS = frozenset(
+    {errno.EIO, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ENOTCONN}
+)
+# SQLite's messages for the same (it reports no errno).
+_FAILED_SQLITE = (
+    "disk i/o error",
+    "readonly database",
+    "database or disk is full",
+    "unable to open database file",
+    "database disk image is malformed",
+)
+
+
+class OutOfService(StorageError):
+    """The value's disk is out of service: what it holds cannot be known until the disk is back."""
+
+
+def lease_name(name: str) -> str:
+    """The lease that guards a fill of the value `name` (placed with it)."""
+    return LEASE + name
+
+
+def failure(exc: BaseException) -> str | None:
+    """Why `exc` means the disk failed, or None for an error of one operation (a lock timeout, a missing file)."""
+    cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+    if isinstance(cause, OSError) and cause.errno in _FAILED_ERRNOS:
+        return str(cause)
+    if isinstance(cause, sqlite3.Error) and any(m in str(cause).lower() for m in _FAILED_SQLITE):
+        return f"SQLite: {cause}"
+    return None
+
+
+class Placement:
+    """Which disk each key lives on: pure, from the configured disks alone (their paths and sizes)."""
+
+    def __init__(self, disks: Sequence[Disk]) -> None:
+        ids = [str(d.path) for d in disks]
+        self._ring = Ring.of(Member(id=i, address=i, weight=float(d.size)) for i, d in zip(ids, disks, strict=True))
+        self._index = {i: n for n, i in enumerate(ids)}
+
+    def home(self, key: str) -> int:
+        """The index in `disks` of the disk `key` lives on, in service or not (a lease: its value's)."""
+        if len(self._index) == 1:
+            return 0
+        owner = self._ring.owner(key.removeprefix(LEASE))
+        assert owner is not None
+        return self._index[owner.id]
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One configured disk: its tier while in service, why it is not otherwise, and its metrics."""
+
+    disk: Disk
+    tier: DiskTier | None = None
+    failed: str | None = None
+    identity: tuple[int, int] = (0, 0)  # st_dev, st_ino of its directory when opened
+    label: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.label = str(self.disk.path)
+
+    @property
+    def up(self) -> bool:
+        return self.tier is not None and self.failed is None
+
+
+class Disks:
+    """The DiskTier API the Store uses, over several disks."""
+
+    def __init__(self, slots: list[_Slot], threads: int) -> None:
+        self._slots = slots
+        self._threads = threads
+        self.placement = Placement([s.disk for s in slots])
+        self.home = self.placement.home
+        self.directory = slots[0].disk.path  # the node's own files (purge log, epoch) live on the first disk
+        self.budget_bytes = sum(s.disk.size for s in slots)
+        # Probes, openings and closings: never the tiers' own threads, which a hung disk may hold.
+        self._io = ThreadPoolExecutor(max_workers=len(slots) + 1, thread_name_prefix="disk-probe")
+
+    @classmethod
+    def open_all(cls, disks: Sequence[Disk], threads: int = 8) -> Disks:
+        """Open every disk (blocking: run it off the loop). One that cannot be opened starts out of service."""
+        slots = [_Slot(d) for d in disks]
+        for slot in slots:
+            metrics.DISK_SIZE.labels(slot.label).set(slot.disk.size)
+            metrics.DISK_FAILURES.labels(slot.label)  # the series exists (at 0) before any failure
+            try:
+                slot.tier, slot.identity = _open(slot.disk, threads)
+            except (OSError, sqlite3.Error, diskcache.Timeout, StorageError) as exc:
+                _fail(slot, failure(exc) or str(exc))
+                continue
+            metrics.DISK_UP.labels(slot.label).set(1)
+        return cls(slots, threads)
+
+    # --- placement ---------------------------------------------------------------------------------------------
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Disks out of service, by path: why."""
+        return {s.label: s.failed or "not open" for s in self._slots if not s.up}
+
+    # --- the DiskTier API ---------------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._on(key, "read", lambda t: t.get(key))
+
+    async def open(self, key: str) -> BinaryIO | bytes | None:
+        return await self._on(key, "read", lambda t: t.open(key))
+
+    async def put(self, key: str, value: bytes, lease: str | None = None) -> bool:
+        return await self._on(key, "write", lambda t: t.put(key, value, lease))
+
+    async def delete(self, key: str) -> None:
+        await self._on(key, "write", lambda t: t.delete(key))
+
+    async def lease(self, keys: list[str], seconds: float) -> int:
+        """As DiskTier.lease, each lease on its value's disk. One on a disk out of service counts as taken: no
+        worker can store that value, so each fetches it."""
+        taken = 0
+        for run in self._runs(keys):
+            slot = self._slots[self.home(run[0])]
+            if not slot.up:
+                taken += len(run)
+                continue
+            n = await self._use(slot, "write", _lease(run, seconds))
+            taken += n
+            if n < len(run):
+                break
+        return taken
+
+    async def contains(self, keys: list[str]) -> list[bool]:
+        """Which keys are stored; one on a disk out of service is not."""
+        by_slot: dict[int, list[int]] = {}
+        for n, key in enumerate(keys):
+            by_slot.setdefault(self.home(key), []).append(n)
+        found = [False] * len(keys)
+        for i, where in by_slot.items():
+            slot = self._slots[i]
+            if slot.up:
+                held = await self._use(slot, "read", _contains([keys[n] for n in where]))
+                for n, there in zip(where, held, strict=True):
+                    found[n] = there
+        return found
+
+    async def volume(self) -> int:
+        """Bytes held on the disks in service (each disk's gauge is set on the way)."""
+        total = 0
+        for slot in self._slots:
+            if slot.up:
+                used = await self._use(slot, "read", lambda t: t.volume())
+                metrics.DISK_USED.labels(slot.label).set(used)
+                total += used
+        return total
+
+    def close(self) -> None:
+        for slot in self._slots:
+            if slot.tier is not None:
+                _close_quietly(slot.tier)
+        self._io.shutdown(wait=False)
+
+    # --- failure and return -------------------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Until cancelled: probe every disk in service each PROBE_SECONDS."""
+        while True:
+            await asyncio.sleep(PROBE_SECONDS)
+            await asyncio.gather(*(self._probe(s) for s in self._slots if s.up))
+
+    async def revive(self) -> list[str]:
+        """Open again each disk out of service whose directory works now (a reload); the paths brought back."""
+        loop = asyncio.get_running_loop()
+        back = []
+        for slot in self._slots:
+            if slot.up:
+                continue
+            try:
+                tier, identity = await loop.run_in_executor(self._io, _open, slot.disk, self._threads)
+            except (OSError, sqlite3.Error, diskcache.Timeout, StorageError) as exc:
+                log.warning("disk %s is still out of service: %s", slot.label, exc)
+                continue
+            old, slot.tier, slot.identity, slot.failed = slot.tier, tier, identity, None
+            metrics.DISK_UP.labels(slot.label).set(1)
+            log.warning("disk %s is back in service", slot.label)
+            if old is not None:
+                self._io.submit(_close_quietly, old)
+            back.append(slot.label)
+        return back
+
+    async def _probe(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                why = await loop.run_in_executor(self._io, _check, slot.disk.path, slot.identity)
+        except TimeoutError:
+            why = f"a probe got no answer in {PROBE_TIMEOUT:g} s"
+        if why is not None and slot.up:
+            _fail(slot, why)
+
+    async def _on(self, key: str, op: str, call: Callable[[DiskTier], Awaitable[T]]) -> T:
+        return await self._use(self._slots[self.home(key)], op, call)
+
+    async def _use(self, slot: _Slot, op: str, call: Callable[[DiskTier], Awaitable[T]]) -> T:
+        if slot.tier is None or slot.failed is not None:
+            raise OutOfService(f"disk {slot.label} is out of service: {slot.failed}")
+        metrics.DISK_OPS.labels(slot.label, op).inc()
+        try:
+            return await call(slot.tier)
+        except StorageError as exc:
+            metrics.DISK_OP_ERRORS.labels(slot.label).inc()
+            why = failure(exc)
+            if why is None:
+                raise
+            if slot.failed is None:
+                _fail(slot, why)
+            raise OutOfService(f"disk {slot.label} failed: {why}") from exc
+
+    def _runs(self, keys: list[str]) -> list[list[str]]:
+        """`keys` cut into runs of neighbours on the same disk, in order."""
+        runs: list[list[str]] = []
+        last = -1
+        for key in keys:
+            home = self.home(key)
+            if runs and home == last:
+                runs[-1].append(key)
+            else:
+                runs.append([key])
+            last = home
+        return runs
+
+
+def _lease(keys: list[str], seconds: float) -> Callable[[DiskTier], Awaitable[int]]:
+    return lambda tier: tier.lease(keys, seconds)
+
+
+def _contains(keys: list[str]) -> Callable[[DiskTier], Awaitable[list[bool]]]:
+    return lambda tier: tier.contains(keys)
+
+
+def _fail(slot: _Slot, why: str) -> None:
+    slot.failed = why
+    metrics.DISK_UP.labels(slot.label).set(0)
+    metrics.DISK_FAILURES.labels(slot.label).inc()
+    log.error("disk %s failed and is out of service (its objects are fetched from origin): %s", slot.label, why)
+
+
+def _open(disk: Disk, threads: int) -> tuple[DiskTier, tuple[int, int]]:
+    tier = DiskTier(disk.path, disk.size, threads=threads)
+    st = os.stat(disk.path)
+    identity = (st.st_dev, st.st_ino)
+    why = _check(disk.path, identity)
+    if why is not None:
+        _close_quietly(tier)
+        raise StorageError(why)
+    return tier, identity
+
+
+def _check(path: Path, identity: tuple[int, int]) -> str | None:
+    """Why the disk at `path` does not work: its directory is another one (unmounted, replaced) or gone, or a
+    small file cannot be written there. None: it works."""
+    probe = path / f".probe-{os.getpid()}"
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) != identity:
+            return f"{path} is no longer the directory opened (unmounted or replaced)"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"edgecache disk probe\n")
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"probe: {exc}"
+    return None
+
+
+def _close_quietly(tier: DiskTier) -> None:
+    with contextlib.suppress(Exception):  # a failed disk's database may not close cleanly; nothing is lost
+        tier.close()

@@ -1,0 +1,296 @@
+"""Several disks (storage/disks.py): where each key lives, the config that lists them, and a disk taken out of
+service by an I/O failure or a failed probe, then brought back by revive() (a reload)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import pytest
+from prometheus_client import REGISTRY
+
+from edgecache.config import build
+from edgecache.config.model import Disk
+from edgecache.core.keys import PrimaryRecord, digest
+from edgecache.errors import ConfigError, StorageError
+from edgecache.storage.disk import DiskTier
+from edgecache.storage.disks import Disks, OutOfService, Placement, failure, lease_name
+from edgecache.storage.memory import MemoryTier
+from edgecache.storage.store import Store
+
+MiB, GiB = 2**20, 2**30
+SRV = [Disk(Path("/srv/cache1"), GiB), Disk(Path("/srv/cache2"), GiB), Disk(Path("/srv/cache3"), 2 * GiB)]
+
+
+# --- placement ----------------------------------------------------------------------------------------------------
+
+
+def test_placement_is_fixed_for_a_fixed_set_of_disks() -> None:
+    # Golden: the same disks place the same keys on the same disk in every worker, node and release.
+    place = Placement(SRV)
+    got = {f"s:{i:04x}": place.home(f"s:{i:04x}") for i in range(12)}
+    assert got == {
+        "s:0000": 2, "s:0001": 1, "s:0002": 1, "s:0003": 2, "s:0004": 2, "s:0005": 1,
+        "s:0006": 1, "s:0007": 2, "s:0008": 0, "s:0009": 1, "s:000a": 2, "s:000b": 2,
+    }  # fmt: skip
+    assert place.home(lease_name("s:0008")) == 0  # a lease lives with the value it guards
+    assert Placement(SRV[:1]).home("s:0000") == 0
+
+
+def test_placement_spreads_by_size() -> None:
+    counts = Counter(Placement(SRV).home(f"k{i}") for i in range(4000))
+    assert counts == {0: 1015, 1: 981, 2: 2004}  # sizes 1:1:2
+
+
+def test_a_removed_disk_moves_only_its_own_keys() -> None:
+    before, after = Placement(SRV), Placement([SRV[0], SRV[2]])
+    keys = [f"k{i}" for i in range(4000)]
+    moved = [k for k in keys if str(SRV[before.home(k)].path) != str([SRV[0], SRV[2]][after.home(k)].path)]
+    assert moved == [k for k in keys if before.home(k) == 1]  # exactly the removed disk's keys, and all of them
+    assert {after.home(k) for k in moved} == {0, 1}  # spread over the disks left
+
+
+# --- what counts as a failed disk -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.EIO, "Input/output error"),
+        OSError(errno.EROFS, "Read-only file system"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        sqlite3.OperationalError("disk I/O error"),
+        sqlite3.OperationalError("attempt to write a readonly database"),
+        sqlite3.OperationalError("unable to open database file"),
+    ],
+)
+def test_failures_of_the_disk(exc: BaseException) -> None:
+    wrapped = StorageError("disk tier")
+    wrapped.__cause__ = exc
+    assert failure(wrapped) is not None
+    assert failure(exc) is not None
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.ENOENT, "No such file or directory"),  # another worker's cull removed a file
+        sqlite3.OperationalError("database is locked"),
+        diskcache.Timeout("timed out"),
+        ValueError("not I/O"),
+    ],
+)
+def test_errors_of_one_operation(exc: BaseException) -> None:
+    assert failure(exc) is None
+
+
+# --- config ---------------------------------------------------------------------------------------------------------
+
+SITE = {"name": "a", "hosts": ["a.test"], "origins": ["http://127.0.0.1:1"]}
+NOT_A_LIST = 'f.toml: cache.disks: expected an array of tables such as [{path = "/srv/cache1", size = "900GiB"}, ...]'
+
+
+def problems(cache: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        build({"cache": cache, "sites": [SITE]}, "f.toml", Path("/etc/edgecache"))
+    return info.value.problems
+
+
+def test_config_disks() -> None:
+    cache = {"disks": [{"path": "/srv/cache1", "size": "1GiB"}, {"path": "cache2/", "size": "2GiB"}]}
+    got = build({"cache": cache, "sites": [SITE]}, "f.toml", Path("/etc/edgecache")).cache
+    assert got.disks == (Disk(Path("/srv/cache1"), GiB), Disk(Path("/etc/edgecache/cache2"), 2 * GiB))
+    assert (got.dir, got.disk_bytes) == (Path("/srv/cache1"), 3 * GiB)  # the node's own files: on the first
+    one = build({"cache": {"dir": "/srv/c", "disk": "1GiB"}, "sites": [SITE]}, "f.toml", Path("/etc")).cache
+    assert one.disks == (Disk(Path("/srv/c"), GiB),)  # the single form is one disk
+
+
+@pytest.mark.parametrize(
+    ("cache", "expected"),
+    [
+        ({"disks": []}, [NOT_A_LIST]),
+        ({"disks": "/srv/a"}, [NOT_A_LIST]),
+        (
+            {"dir": "/srv/a", "disk": "1GiB", "disks": [{"path": "/srv/b", "size": "1GiB"}]},
+            [
+                "f.toml: cache.dir: give cache.disks, or cache.dir and cache.disk (one disk), not both",
+                "f.toml: cache.disk: give cache.disks, or cache.dir and cache.disk (one disk), not both",
+            ],
+        ),
+        (
+            {"disks": [{"path": "/srv/a", "size": "1GiB"}, {"path": "/srv/a/", "size": "1GiB"}]},
+            ["f.toml: cache.disks[1].path: '/srv/a' is also cache.disks[0]: give each disk once"],
+        ),
+        (
+            {"disks": [{"path": "/srv/a", "size": "1GiB"}, {"path": "/srv/a/b", "size": "1GiB"}]},
+            ["f.toml: cache.disks[1].path: '/srv/a/b' and cache.disks[0] ('/srv/a') are nested"],
+        ),
+        (
+            {"disks": [{"path": "/srv/a/b", "size": "1GiB"}, {"path": "/srv/a", "size": "1GiB"}]},
+            ["f.toml: cache.disks[1].path: '/srv/a' and cache.disks[0] ('/srv/a/b') are nested"],
+        ),
+        (
+            {"disks": [{"path": "/srv/a", "size": "lots"}, {"path": "/srv/b", "size": "1MiB"}]},
+            ["f.toml: cache.disks[0].size: 'lots' is not a size such as 256MiB"],
+        ),
+        (
+            {"disks": [{"path": "/srv/a", "size": "1GiB"}, {"path": "/srv/b", "size": "1MiB"}]},
+            ["f.toml: cache.disks[1].size: must hold at least 16 slices"],
+        ),
+        (
+            {"disks": [{"path": "/srv/a"}, "/srv/b", {"path": "", "size": "1GiB", "weight": 2}]},
+            [
+                "f.toml: cache.disks[0].size: is required",
+                "f.toml: cache.disks[1]: expected a table {path = ..., size = ...}",
+                "f.toml: cache.disks[2].weight: unknown key",
+                "f.toml: cache.disks[2].path: expected a directory path",
+            ],
+        ),
+    ],
+)
+def test_config_disks_refused(cache: dict[str, Any], expected: list[str]) -> None:
+    assert problems(cache) == expected
+
+
+# --- a set of real disks ----------------------------------------------------------------------------------------------
+
+
+def three(tmp_path: Path) -> list[Disk]:
+    return [Disk(tmp_path / name, 64 * MiB) for name in ("d0", "d1", "d2")]
+
+
+def metric(name: str, disk: Path) -> float:
+    value = REGISTRY.get_sample_value(name, {"disk": str(disk)})
+    assert value is not None, name
+    return value
+
+
+def stored(disk: Disk) -> set[str]:
+    """The keys the disk's own database holds, read apart from the node's tier."""
+    tier = DiskTier(disk.path, disk.size, threads=1)
+    try:
+        return {str(k) for k in tier._cache.iterkeys()}
+    finally:
+        tier.close()
+
+
+async def test_each_value_is_stored_on_its_home_disk(tmp_path: Path) -> None:
+    config = three(tmp_path)
+    disks = Disks.open_all(config, threads=1)
+    keys = [f"s:{i}" for i in range(40)]
+    try:
+        for key in keys:
+            assert await disks.put(key, key.encode() * 1000)
+        for key in keys:
+            assert await disks.get(key) == key.encode() * 1000
+        assert await disks.contains([*keys, "s:none"]) == [True] * 40 + [False]
+        assert disks.directory == config[0].path
+        assert disks.budget_bytes == 3 * 64 * MiB
+    finally:
+        disks.close()
+    for n, disk in enumerate(config):
+        expected = {k for k in keys if disks.home(k) == n}
+        assert stored(disk) == expected
+        assert len(expected) >= 8  # spread
+
+
+async def test_a_disk_that_fails_is_out_of_service_at_once(tmp_path: Path) -> None:
+    config = three(tmp_path)
+    disks = Disks.open_all(config, threads=1)
+    try:
+        keys = [f"s:{i}" for i in range(30)]
+        for key in keys:
+            await disks.put(key, b"v" * 100)
+        bad = disks.home(keys[0])
+        label = config[bad].path
+        failures = metric("edgecache_disk_failures_total", label)
+        tier = disks._slots[bad].tier
+        assert tier is not None
+
+        def readonly(*_: object, **__: object) -> None:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+        tier._cache.set = readonly  # type: ignore[method-assign]
+        with pytest.raises(OutOfService, match="readonly database"):
+            await disks.put(keys[0], b"new")
+        assert metric("edgecache_disk_failures_total", label) == failures + 1
+        assert metric("edgecache_disk_up", label) == 0
+        assert disks.failed == {str(label): "SQLite: attempt to write a readonly database"}
+        # Its keys are misses now, even those it could still read; the others are untouched.
+        on_bad = [k for k in keys if disks.home(k) == bad]
+        with pytest.raises(OutOfService):
+            await disks.get(on_bad[0])
+        assert await disks.contains(keys) == [disks.home(k) != bad for k in keys]
+        assert await disks.lease([lease_name(k) for k in keys], 5) == len(keys)
+        ok = next(k for k in keys if disks.home(k) != bad)
+        assert await disks.get(ok) == b"v" * 100
+        assert metric("edgecache_disk_failures_total", label) == failures + 1  # counted once
+    finally:
+        disks.close()
+
+
+async def test_a_probe_fails_a_disk_whose_directory_went_away_and_revive_brings_it_back(tmp_path: Path) -> None:
+    config = three(tmp_path)
+    disks = Disks.open_all(config, threads=1)
+    try:
+        key = next(f"s:{i}" for i in range(100) if disks.home(f"s:{i}") == 1)
+        await disks.put(key, b"kept")
+        moved = tmp_path / "elsewhere"
+        config[1].path.rename(moved)
+        config[1].path.mkdir()  # an empty directory where the disk was (as after an unmount)
+        await disks._probe(disks._slots[1])
+        assert disks.failed == {str(config[1].path): f"{config[1].path} is no longer the directory opened "
+                                "(unmounted or replaced)"}  # fmt: skip
+        assert await disks.contains([key]) == [False]
+        assert await disks.revive() == [str(config[1].path)]  # a reload: the (empty) directory works
+        assert disks.failed == {}
+        assert metric("edgecache_disk_up", config[1].path) == 1
+        assert await disks.get(key) is None
+        config[1].path.rename(tmp_path / "replacement")
+        moved.rename(config[1].path)  # the disk put back: a reload opens it again, with what it held
+        await disks._probe(disks._slots[1])
+        assert list(disks.failed) == [str(config[1].path)]
+        assert await disks.revive() == [str(config[1].path)]
+        assert await disks.get(key) == b"kept"
+    finally:
+        disks.close()
+
+
+async def test_a_disk_that_cannot_be_opened_starts_out_of_service(tmp_path: Path) -> None:
+    config = three(tmp_path)
+    config[2].path.write_bytes(b"a file, not a directory")
+    disks = Disks.open_all(config, threads=1)
+    try:
+        assert list(disks.failed) == [str(config[2].path)]
+        key = next(f"s:{i}" for i in range(100) if disks.home(f"s:{i}") == 2)
+        with pytest.raises(OutOfService):
+            await disks.put(key, b"x")
+        assert await disks.revive() == []  # still a file
+        os.unlink(config[2].path)
+        assert await disks.revive() == [str(config[2].path)]
+        assert await disks.put(key, b"x")
+    finally:
+        disks.close()
+
+
+async def test_a_record_on_a_failed_disk_never_finds_an_older_copy(tmp_path: Path) -> None:
+    """A purged object's record on the failed disk: the default generation would find the copy stored before
+    the purge (its metadata on another disk); a generation of its own finds nothing."""
+    config = three(tmp_path)
+    disks = Disks.open_all(config, threads=1)
+    store = Store(MemoryTier(MiB), disks)
+    try:
+        primary = next(f"p{i}" for i in range(100) if disks.home("v:" + digest(f"p{i}")) == 0)
+        await store.put_record(primary, PrimaryRecord("purged-once"))
+        store._records.clear()
+        disks._slots[0].failed = "test"
+        record = await store.get_record(primary)
+        assert record.generation not in ("", "purged-once")
+        assert await store.get_record(primary) == record  # the same while this process remembers it
+    finally:
+        disks.close()
