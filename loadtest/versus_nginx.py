@@ -339,13 +339,18 @@ http {{
 """
 
 
+def nginx_binary() -> str | None:
+    """nginx on PATH, or in sbin, which a user's PATH may lack (Debian installs it as /usr/sbin/nginx)."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/local/sbin:/usr/sbin")
+
+
 def start_nginx(work: Path, port: int, origin: int, disk: int) -> Proc:
     (work / "tmp").mkdir()
     # nginx's master as root runs its workers as nobody, who could not write a private temp directory.
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = work / "nginx.conf"
     conf.write_text(NGINX_CONF.format(user=user, work=work, disk=disk, origin=origin, port=port))
-    argv = ["nginx", "-p", str(work), "-e", str(work / "nginx-error.log"), "-c", str(conf)]
+    argv = [nginx_binary() or "nginx", "-p", str(work), "-e", str(work / "nginx-error.log"), "-c", str(conf)]
     return Proc("nginx", argv, work / "nginx.log")
 
 
@@ -581,8 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["origin"]:
         return origin_main(argv[1:])
     args = parse_args(argv)
-    if shutil.which("nginx") is None:
-        print("versus_nginx: needs nginx on PATH (apt-get install nginx-light, or scripts/provision)", file=sys.stderr)
+    if nginx_binary() is None:
+        print("versus_nginx: needs nginx (apt-get install nginx, or scripts/provision)", file=sys.stderr)
         return 2
     trace = make_trace(args.seed, args.content, args.served)
     summary = trace.summary()
