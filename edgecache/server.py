@@ -70,7 +70,7 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
     loop = asyncio.get_running_loop()
     origin = OriginClient(config.origin)
     await origin.start()
-    disk = await loop.run_in_executor(None, Disks.open_all, config.cache.disks)
+    disk = await loop.run_in_executor(None, Disks.open_all, config.cache.all_disks)
     store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
     store.shared = config.workers > 1
     if store.shared:

@@ -119,7 +119,7 @@ def _cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         r.problem("cache.slice", "must be between 4KiB and 64MiB")
     if settings.memory_policy not in ("s3fifo", "lru"):
         r.problem("cache.memory_policy", "must be 's3fifo' or 'lru'")
-    for i, d in enumerate(disks or settings.disks):
+    for i, d in enumerate(settings.all_disks):
         if d.size < settings.slice_bytes * 16:
             r.problem(f"cache.disks[{i}].size" if disks else "cache.disk", "must hold at least 16 slices")
     return settings

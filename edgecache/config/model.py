@@ -77,12 +77,12 @@ class CacheSettings:
     memory_policy: str = "s3fifo"
     # A worker's RSS is kept within memory_bytes + this by shrinking the memory tier (to half at most); 0: off.
     memory_headroom: int = 64 * 2**20
-    # The disks values are spread over (cache.disks); empty when built: the one disk `dir` with `disk_bytes`.
-    disks: tuple[Disk, ...] = ()
+    disks: tuple[Disk, ...] = ()  # cache.disks as given; empty for the single form (dir and disk_bytes)
 
-    def __post_init__(self) -> None:
-        if not self.disks:
-            object.__setattr__(self, "disks", (Disk(self.dir, self.disk_bytes),))
+    @property
+    def all_disks(self) -> tuple[Disk, ...]:
+        """The disks values are spread over: cache.disks, or the one disk `dir` with `disk_bytes`."""
+        return self.disks or (Disk(self.dir, self.disk_bytes),)
 
 
 @dataclass(frozen=True, slots=True)

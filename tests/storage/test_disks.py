@@ -107,7 +107,7 @@ def test_config_disks() -> None:
     assert got.disks == (Disk(Path("/srv/cache1"), GiB), Disk(Path("/etc/edgecache/cache2"), 2 * GiB))
     assert (got.dir, got.disk_bytes) == (Path("/srv/cache1"), 3 * GiB)  # the node's own files: on the first
     one = build({"cache": {"dir": "/srv/c", "disk": "1GiB"}, "sites": [SITE]}, "f.toml", Path("/etc")).cache
-    assert one.disks == (Disk(Path("/srv/c"), GiB),)  # the single form is one disk
+    assert one.all_disks == (Disk(Path("/srv/c"), GiB),)  # the single form is one disk
 
 
 @pytest.mark.parametrize(
