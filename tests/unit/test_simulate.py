@@ -16,8 +16,10 @@ import pytest
 from edgecache import cli, simulate, simulatecmd
 from edgecache.simulate import Budget, Kind, Request, classify, replay
 from edgecache.usagecmd import MAX_LINE
+from loadtest import tracelog
 
 K = 4096
+ROOT = Path(__file__).resolve().parents[2]
 SVG = "{http://www.w3.org/2000/svg}"
 
 
@@ -237,3 +239,11 @@ def test_the_plot_has_one_line_per_memory_size(tmp_path: Path) -> None:
     assert all(len(x) == 3 and x[1] - x[0] == pytest.approx(x[2] - x[1]) and x[0] < x[2] for x in xs)
     labels = [t.text for t in svg.iter(f"{SVG}text")]
     assert {"4KiB", "16KiB", "64KiB", "0%", "100%"} <= set(labels)
+
+
+def test_the_bundled_trace_is_what_its_command_in_the_readme_writes(tmp_path: Path) -> None:
+    command = "`python -m loadtest.tracelog loadtest/player-trace.log.gz --seed 1 --objects 3000 --sessions 8000`"
+    assert command in (ROOT / "README.md").read_text()
+    assert tracelog.write(tmp_path / "trace.log", seed=1, objects=3000, sessions=8000) == 39763
+    bundled = gzip.decompress((ROOT / "loadtest" / "player-trace.log.gz").read_bytes())
+    assert bundled == (tmp_path / "trace.log").read_bytes()
