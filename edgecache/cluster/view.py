@@ -11,18 +11,20 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import aiohttp
 
 from edgecache import metrics
 from edgecache.config import ClusterSettings
-from edgecache.core import hop
+from edgecache.core import hop, nodeid
 from edgecache.core.health import Health
 from edgecache.core.ring import Member, Ring
 
 log = logging.getLogger(__name__)
 
 _REFUSAL_LOG_EVERY = 60.0  # seconds between two log lines about hop fields this worker did not honour
+DNS_NAME_TIMEOUT = 2.0  # seconds one member's PTR lookup may take before it keeps the name it had
 
 
 class ClusterView:
@@ -147,24 +149,72 @@ async def _connects(address: str, seconds: float) -> bool:
         sock.close()
 
 
-def _address(sockaddr: tuple[object, ...]) -> str:
-    host, port = str(sockaddr[0]), int(str(sockaddr[1]))
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+class Resolver(Protocol):
+    """The DNS lookups of follow_dns: the system's (SystemResolver), or a test's own."""
+
+    async def addresses(self, host: str, port: int) -> list[tuple[str, int]]:
+        """(IP, port) of every address `host` resolves to. Raises OSError when it does not resolve."""
+        ...
+
+    async def name(self, ip: str) -> str | None:
+        """The PTR name of `ip`; None if it has none. Raises OSError when DNS does not answer."""
+        ...
 
 
-async def follow_dns(view: ClusterView) -> None:
-    """Membership from DNS, forever: every address the name resolves to is a node, named by its address."""
+class SystemResolver:
+    async def addresses(self, host: str, port: int) -> list[tuple[str, int]]:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [(str(info[4][0]), port) for info in infos]
+
+    async def name(self, ip: str) -> str | None:
+        try:
+            name, _ = await asyncio.get_running_loop().getnameinfo((ip, 0), socket.NI_NAMEREQD)
+        except socket.gaierror as exc:
+            if exc.errno == socket.EAI_NONAME:
+                return None
+            raise
+        return name
+
+
+async def follow_dns(view: ClusterView, resolver: Resolver | None = None) -> None:
+    """Membership from DNS, forever: every address the name resolves to is a node (dns_members)."""
     assert view.settings.dns is not None
-    host, _, port = view.settings.dns.rpartition(":")
-    loop = asyncio.get_running_loop()
+    resolver = resolver or SystemResolver()
     while True:
         try:
-            infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-            addresses = sorted({_address(info[4]) for info in infos})
-            members = [Member(id=a, address=a) for a in addresses]
-            if view.self_id not in {m.id for m in members}:
-                members += [m for m in view.ring.members if m.id == view.self_id]
-            view.set_members(members)
+            view.set_members(await dns_members(view, resolver))
         except OSError as exc:
             log.warning("cluster DNS %s did not resolve, keeping the last members: %s", view.settings.dns, exc)
         await asyncio.sleep(view.settings.dns_interval)
+
+
+async def dns_members(view: ClusterView, resolver: Resolver) -> list[Member]:
+    """The members DNS lists now. A node whose own id is an address names every member by its address; any
+    other id is a name, and members are named by their PTR records (core.nodeid.member_name), so a pod keeps
+    its id, its keys and its volume's cache when it comes back at another address. An address whose name
+    lookup fails keeps the name it had; this node keeps its place while DNS leaves it out (it is not ready)."""
+    assert view.settings.dns is not None
+    host, _, port = view.settings.dns.rpartition(":")
+    answers = await resolver.addresses(host, int(port))
+    addresses = sorted({nodeid.canonical(f"[{ip}]:{at}") for ip, at in answers})
+    if nodeid.is_address(view.self_id):
+        by_id = {a: a for a in addresses}
+    else:
+        before = {m.address: m.id for m in view.ring.members}
+        names = await asyncio.gather(*(_member_name(resolver, a, host, before.get(a)) for a in addresses))
+        by_id = nodeid.named_members(zip(addresses, names, strict=True))
+        if unnamed := [a for a, n in zip(addresses, names, strict=True) if n is None]:
+            log.warning("cluster DNS %s: no name under %s for %s: left out", view.settings.dns, host, unnamed)
+    members = [Member(id=i, address=a) for i, a in by_id.items()]
+    if view.self_id not in by_id:
+        members += [m for m in view.ring.members if m.id == view.self_id]
+    return members
+
+
+async def _member_name(resolver: Resolver, address: str, service: str, before: str | None) -> str | None:
+    try:
+        async with asyncio.timeout(DNS_NAME_TIMEOUT):
+            ptr = await resolver.name(address.rpartition(":")[0].strip("[]"))
+    except (OSError, TimeoutError):
+        return before
+    return nodeid.member_name(ptr, service) if ptr is not None else None

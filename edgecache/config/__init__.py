@@ -6,6 +6,7 @@ Validation collects all problems before failing, like `nginx -t`, so an operator
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import tomllib
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from edgecache.config.values import (
     parse_listen,
     parse_size,
 )
+from edgecache.core import nodeid
 from edgecache.core.freshness import Policy
 from edgecache.core.hop import MIN_KEY
 from edgecache.core.ring import Member
@@ -261,8 +263,9 @@ def _cluster(r: _Reader, doc: dict[str, Any], base: Path) -> ClusterSettings | N
         r.problem(f"{p}nodes", "expected [[cluster.nodes]] tables")
         raw_nodes = []
     nodes = tuple(m for i, n in enumerate(raw_nodes) if (m := _member(r, n, f"{p}nodes[{i}].")))
+    named = t if "self" in t or "dns" not in t else {"self": _host_id()}
     settings = ClusterSettings(
-        self_id=r.get(t, p, "self", _node_id, ""),
+        self_id=r.get(named, p, "self", _node_id, ""),
         key=_cluster_key(r, t, p, base, alone=len(nodes) <= 1 and "dns" not in t),
         nodes=nodes,
         rise=r.get(t, p, "rise", _positive(int), 2),
@@ -282,6 +285,12 @@ def _cluster(r: _Reader, doc: dict[str, Any], base: Path) -> ClusterSettings | N
     if nodes and settings.self_id and settings.self_id not in ids:
         r.problem(f"{p}self", f"{settings.self_id!r} is not one of the nodes")
     return settings
+
+
+def _host_id() -> str:
+    """cluster.self when DNS lists the members and the file does not say: this machine's host name, which in a
+    Kubernetes StatefulSet is the pod's name, the name its PTR record gives it (cluster.view.dns_members)."""
+    return nodeid.host_label(socket.gethostname())
 
 
 def _tokens(r: _Reader, admin: dict[str, Any], base: Path) -> tuple[Token, ...]:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edgecache.config.model import Listen
-from edgecache.core import forward
+from edgecache.core import forward, nodeid
 
 T = TypeVar("T")
 
@@ -142,10 +142,11 @@ def _name(v: Any) -> str:
 
 
 def _node_id(v: Any) -> str:
-    # Names such as "node1", or addresses such as "10.0.0.5:8080" when membership comes from DNS.
+    # Names such as "node1", or addresses such as "10.0.0.5:8080" when membership comes from DNS, spelled as
+    # every node and DNS spell them (core.nodeid.canonical).
     if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.:\[\]-]{1,80}", v):
         raise ValueError("expected a node id of letters, digits, '_', '.', ':' or '-'")
-    return v
+    return nodeid.canonical(v)
 
 
 def _key_param(v: Any) -> str:
