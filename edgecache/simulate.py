@@ -16,7 +16,9 @@ What a log line does not say is modelled simply. An object's length is known onl
 end (a 200, an open range such as "bytes=100-", a range cut short); any other slice is taken to be a whole slice
 (this sizes what the policies hold, never the bytes counted as served). Freshness is not modelled: a slice stays
 a hit until evicted, where the node fetches an expired object again whatever its disk. One memory tier is modelled:
-`cache.memory` is per worker process, and each worker has its own.
+`cache.memory` is per worker process, and each worker has its own. Every disk hit is offered to memory, as the
+full handler does; the fast path offers at most one every fastserver.PROMOTE_SECONDS per worker, so on a busy node
+the memory tier takes fewer of them than here (what it serves is a hit either way; only what it keeps differs).
 """
 
 from __future__ import annotations

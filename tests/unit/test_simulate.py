@@ -222,6 +222,21 @@ def test_progress_is_redrawn_at_most_once_a_percent() -> None:
     assert text.endswith("[########################################] 100% 5,000 lines\n")
 
 
+def test_progress_counts_the_uncompressed_bytes_of_plain_and_gzip_logs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.log.gz").write_bytes(gzip.compress(b"\n".join(line(f"/{n}") for n in range(300)) + b"\n"))
+    (tmp_path / "b.log").write_bytes(b"\n".join(line(f"/{n}") for n in range(100)) + b"\n")
+    logs = [tmp_path / "a.log.gz", tmp_path / "b.log"]
+    progress = simulatecmd.Progress(io.StringIO())
+    assert len(list(simulatecmd.read(logs, progress))) == 400
+    assert progress.done == progress.total == len(gzip.decompress(logs[0].read_bytes())) + logs[1].stat().st_size
+    assert cli.main(["simulate", *map(str, logs), "--progress", "--slice", "4KiB"]) == 0
+    err = capsys.readouterr().err
+    assert 2 <= err.count("\r") <= 101
+    assert err.endswith("] 100% 400 lines\n")
+
+
 def test_the_plot_has_one_line_per_memory_size(tmp_path: Path) -> None:
     logs = [tmp_path / name for name in write_logs(tmp_path)]
     result = replay(
