@@ -73,11 +73,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the node's config: its slice, budgets, memory policy and sites' keys",
     )
     s.add_argument(
-        "--memory", type=size_list, metavar="SIZES", help="memory tier budgets (per worker), e.g. 256MiB,1GiB"
+        "--memory",
+        type=size_list,
+        metavar="SIZES",
+        help="memory tier budgets (one worker's), e.g. 256MiB,1GiB (default: the config's, else 256MiB)",
     )
-    s.add_argument("--disk", type=size_list, metavar="SIZES", help="disk tier budgets, e.g. 256GiB,1TiB,2TiB")
+    s.add_argument(
+        "--disk",
+        type=size_list,
+        metavar="SIZES",
+        help="disk tier budgets, e.g. 256GiB,1TiB,2TiB (default: the config's, else 4GiB)",
+    )
     s.add_argument("--slice", type=slice_size, metavar="SIZE", help="slice size (default: the config's, else 1MiB)")
-    s.add_argument("--memory-policy", choices=("s3fifo", "lru"), help="default: the config's (s3fifo)")
+    s.add_argument(
+        "--memory-policy",
+        choices=("s3fifo", "lru"),
+        help="the memory tier's policy (default: the config's, else s3fifo)",
+    )
     s.add_argument(
         "--disk-policy",
         choices=sorted(simulate.DISK_POLICIES),
