@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecache.config import Config, load
+from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
 from edgecache.lifecycle import RESTART_ONLY, Reason
 from edgecache.listeners import Bound, bind_listeners, close
@@ -81,6 +82,7 @@ class Supervisor:
     watchdog: float  # seconds; 0: heartbeats are not checked
     beats: Heartbeats
     drain: float  # seconds a worker may take to stop (server.drain)
+    watch: tuple[str, float] | None = None  # the config file and seconds between looks at it (server.watch_config)
     restarts: Counter[str] = field(default_factory=Counter)
     stop_at: float | None = None  # when the stop began
     slots: list[Slot] = field(default_factory=list)
@@ -92,7 +94,11 @@ class Supervisor:
         os.set_blocking(wake_w, False)
         previous_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         previous = {sig: signal.signal(sig, _note) for sig in _FORWARD}
+        # A change of the config file comes through the pipe as a SIGHUP does, and is met the same way.
+        watch = ConfigWatch(*self.watch, lambda: _write(wake_w, signal.SIGHUP)) if self.watch else None
         try:
+            if watch is not None:
+                watch.start()
             self.slots = [Slot(i) for i in range(self.workers)]
             for slot in self.slots:
                 self._start(slot)
@@ -104,6 +110,8 @@ class Supervisor:
                 self._kill_late()
                 self._restart_due()
         finally:
+            if watch is not None:
+                watch.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(previous_fd)
@@ -229,6 +237,10 @@ def _note(_signum: int, _frame: object) -> None:
     """The wake-up pipe carries the signal's number to the loop; nothing else to do here."""
 
 
+def _write(fd: int, signum: int) -> None:
+    os.write(fd, bytes([signum]))
+
+
 def _exit_status(code: int | None) -> str:
     if code is not None and code < 0:
         return f"killed by {signal.Signals(-code).name}"
@@ -244,7 +256,9 @@ def serve(config: Config) -> int:
         log.error("%s", exc.strerror)
         return 1
     try:
-        Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, config.drain).run()
+        watched = config.watch_config > 0 and config.source != "command line"
+        watch = (config.source, config.watch_config) if watched else None
+        Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, config.drain, watch=watch).run()
     finally:
         workers.close()
     return 0

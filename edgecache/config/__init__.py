@@ -80,7 +80,7 @@ KEYS: dict[str, frozenset[str]] = {
         "": "server cache origin sites demo admin log cluster",
         "server": "listen workers client_write_timeout max_requests max_connections rate_limit burst fast_path "
         "proxy_protocol proxy_protocol_from trusted_forwarders "
-        "header_timeout idle_timeout disk_send tls_listen tls watchdog drain",
+        "header_timeout idle_timeout disk_send tls_listen tls watchdog drain watch_config",
         "tls": "cert key",
         "cache": "dir memory disk disks slice fill_slices memory_policy memory_headroom",
         "cache.disks": "path size",
@@ -467,6 +467,15 @@ def _sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
 
 
 MAX_DRAIN = 3600.0
+MAX_WATCH = 3600.0
+
+
+def _watch_config(v: Any) -> float:
+    """`server.watch_config`: seconds between two looks at the config file (configwatch); 0: never looked at."""
+    seconds = _seconds(v)
+    if seconds != 0 and not 1 <= seconds <= MAX_WATCH:
+        raise ValueError(f"expected 0 (off) or seconds between 1 and {MAX_WATCH:.0f}")
+    return seconds
 
 
 def _drain(v: Any) -> float:
@@ -521,6 +530,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     idle_timeout = r.get(server, "server.", "idle_timeout", _positive(float), 75.0)
     watchdog = r.get(server, "server.", "watchdog", check_watchdog, 10.0)
     drain = r.get(server, "server.", "drain", _drain, 10.0)
+    watch_config = r.get(server, "server.", "watch_config", _watch_config, 0.0)
     disk_send = r.get(server, "server.", "disk_send", _choice("pread", "sendfile"), "pread")
     tls_listen: tuple[Listen, ...] = r.get(
         server, "server.", "tls_listen", lambda v: tuple(parse_listen(x) for x in _str_list(str)(v)), ()
@@ -554,6 +564,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         idle_timeout=idle_timeout,
         watchdog=watchdog,
         drain=drain,
+        watch_config=watch_config,
         disk_send=disk_send,
         tls_listen=tls_listen,
         tls=default_tls,
