@@ -86,7 +86,8 @@ def test_shipped_cluster_and_kubernetes_configs_are_valid(tmp_path: Path) -> Non
         assert r.returncode == 0, r.stderr
     manifest = (ROOT / "config" / "kubernetes" / "edgecache.yaml").read_text()
     block = manifest.split("edgecache.toml: |\n", 1)[1].split("\n---", 1)[0]
-    toml = "\n".join(line[4:] for line in block.splitlines()).replace("${POD_IP}", "10.1.2.3").replace(secret, str(key))
+    toml = "\n".join(line[4:] for line in block.splitlines()).replace(secret, str(key))
+    toml = toml.replace("/etc/edgecache-tokens/operator.token", str(key))  # the admin token Secret's file
     path = tmp_path / "k8s.toml"
     path.write_text(toml)
     r = run_cli("check-config", str(path))
