@@ -76,7 +76,8 @@ ORIGIN_LATENCY = Histogram(
     "edgecache_origin_response_seconds", "Origin time to response head", ["site"], buckets=_LATENCY
 )
 COLLAPSED = Counter("edgecache_collapsed_waits_total", "Requests that joined another request's origin fetch")
-MISSES = Counter("edgecache_misses_total", "Cache misses by cause", ["cause"])
+# One per request answered miss, expired or partial (core.status.MISSES), by its one cause (core.status.MissCause).
+MISSES = Counter("edgecache_misses_total", "Requests that were misses, by site and cause", ["site", "cause"])
 FILLS = Counter("edgecache_fills_total", "Origin fetches started to fill the cache")
 MEMORY_BYTES = Gauge("edgecache_memory_tier_bytes", "Bytes held by the memory tier", multiprocess_mode="livesum")
 MEMORY_BUDGET = Gauge("edgecache_memory_tier_budget_bytes", "Memory tier byte budget", multiprocess_mode="livesum")

@@ -11,19 +11,35 @@ class CacheStatus(StrEnum):
     REVALIDATED = "revalidated"  # stale entry confirmed by origin with a 304
     MISS = "miss"  # fetched from origin (cacheable or not yet known)
     EXPIRED = "expired"  # stale entry replaced by a new version from origin
+    PARTIAL = "partial"  # a stored entry served, some of the answer's slices fetched from origin for it
     PASS = "pass"  # never cacheable for this request (method, no-store, authorization)
     ERROR = "error"  # we answered with an error of our own
     PEER = "peer"  # forwarded to the node of the cluster that owns the object
 
 
-# RFC 9211: `fwd` parameter for the statuses that went forward to origin.
+# RFC 9211 section 2.2: the `fwd` parameter for the statuses that went forward (to an origin, or to the owner).
 _FWD = {
     CacheStatus.MISS: "uri-miss",
     CacheStatus.EXPIRED: "stale",
     CacheStatus.REVALIDATED: "stale",
+    CacheStatus.PARTIAL: "partial",  # "the cache had a partial response and needed to complete it"
     CacheStatus.PASS: "bypass",
     CacheStatus.PEER: "miss",
 }
+
+# Statuses whose header says `hit`: only true while no byte of the answer was fetched. (A revalidated answer says
+# fwd=stale already, the one reason RFC 9211 lets it give, whether or not slices were fetched after the 304.)
+_SAYS_HIT = frozenset({CacheStatus.HIT, CacheStatus.STALE})
+# Statuses counted as misses, once each, by cause (edgecache_misses_total).
+MISSES = frozenset({CacheStatus.MISS, CacheStatus.EXPIRED, CacheStatus.PARTIAL})
+
+
+def with_fetched(status: CacheStatus, fetched: bool) -> CacheStatus:
+    """The status of an answer made from a stored entry once it is known whether some of its bytes were fetched:
+    `hit` (or stale) only when none was; else PARTIAL. Other statuses say where bytes came from
+    already. The handler asks it before the head (the slices missing then), the request's record after the body
+    (the bytes the served-bytes counter saw come from origin), so a slice lost between the two is still told."""
+    return CacheStatus.PARTIAL if fetched and status in _SAYS_HIT else status
 
 
 def cache_status_header(status: CacheStatus, *, stored: bool = False, detail: str = "", ttl: int | None = None) -> str:
@@ -46,3 +62,28 @@ def cache_status_header(status: CacheStatus, *, stored: bool = False, detail: st
     elif status is CacheStatus.PEER:
         parts.append('detail="peer"')
     return "; ".join(parts)
+
+
+class MissCause(StrEnum):
+    """Why a request was a miss (edgecache_misses_total{cause}): one cause per request."""
+
+    COLD = "cold"  # never stored here (or stored so long ago that the node forgot it)
+    EXPIRED = "expired"  # stored, stale: fetched again
+    EVICTED = "evicted"  # stored here, then dropped to make room (the eviction ghost remembers it)
+    PEER_DOWN = "peer-down"  # another node owns it and is down: this node serves it in its place
+    UNCACHEABLE = "uncacheable"  # the origin's answer may not be stored
+
+
+def miss_cause(*, uncacheable: bool, expired: bool, evicted: bool, failover: bool) -> MissCause:
+    """The one cause of a miss, from what the request found. The answer's own verdict comes first (an uncacheable
+    answer is that, whatever was stored), then what this node held (a stale copy, a dropped one), then why this
+    node was asked at all (the owner is down), and cold when none of these is known."""
+    if uncacheable:
+        return MissCause.UNCACHEABLE
+    if expired:
+        return MissCause.EXPIRED
+    if evicted:
+        return MissCause.EVICTED
+    if failover:
+        return MissCause.PEER_DOWN
+    return MissCause.COLD

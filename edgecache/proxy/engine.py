@@ -30,6 +30,7 @@ from edgecache.core.keys import CacheKey, PrimaryRecord, entry_key, variant, var
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry, Released
 from edgecache.proxy.origin import OriginClient, read_chunks
+from edgecache.storage.ghosts import Ghosts
 from edgecache.storage.store import Store, slice_name
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class Engine:
         self.fills = FillRegistry()
         self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled at close
         self._writes: set[asyncio.Task[None]] = set()  # disk writes of complete slices: finished at close
+        self.ghosts = Ghosts()  # slices the memory tier evicted: a miss on one is "evicted", not "cold"
+        store.memory.on_evict = self.ghosts.add
 
     def _spawn(
         self, coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[None]] | None = None
@@ -424,8 +427,7 @@ class Engine:
                     metrics.COLLAPSED.inc()
                     await self.store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS)
                     continue
-                metrics.MISSES.labels("evicted" if not released else "refetch").inc()
-                fill = started
+                fill = started  # the request's miss is counted once, by its cause, when it ends (observe.finish)
             head = await fill.head
             if head.status == 304 and head.meta.slice_version == meta.slice_version:
                 released = True  # a revalidation found while it ran: it brings no body, so read the slice as stored

@@ -31,17 +31,18 @@ from edgecache.core.freshness import Use, current_age, evaluate, stale_if_error_
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
-from edgecache.core.keys import BadTarget, CacheKey, entry_key, make_key, variant
+from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.core.route import Router, normalise_host
 from edgecache.core.signing import verify
-from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe
 from edgecache.proxy.engine import Engine, FillRequest, RangeMismatch
 from edgecache.proxy.fill import Fill, FillHead
 from edgecache.proxy.passthrough import pass_through
-from edgecache.proxy.respond import base_headers, plan, send, send_stream
+from edgecache.proxy.respond import answer_slices, base_headers, plan, send, send_stream
+from edgecache.storage.store import slice_name
 
 log = logging.getLogger(__name__)
 
@@ -254,15 +255,15 @@ class EdgeHandler:
                 if use is Use.STALE_WHILE_REVALIDATE:
                     self._revalidate_in_background(req, meta)
                     return await self._serve(request, req, meta, CacheStatus.STALE)
-            elif meta is None:
-                metrics.MISSES.labels("peer-down" if observe.trace(request).failover else "cold").inc()
-            if meta is not None:
-                metrics.MISSES.labels("expired").inc()
-            elif parse_cache_control(req.headers).only_if_cached:
-                raise ClientError(504, "only-if-cached and not in cache")
-            elif self._conditional(req.headers):
-                # Nothing stored to answer the client's own validators from: let the origin answer them.
-                return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
+            t = observe.trace(request)
+            t.expired = meta is not None  # a miss's cause, unless a 304 makes it a revalidation
+            if meta is None:
+                t.evicted = self.engine.ghosts.object_dropped(digest(req.entry_key))
+                if parse_cache_control(req.headers).only_if_cached:
+                    raise ClientError(504, "only-if-cached and not in cache")
+                if self._conditional(req.headers):
+                    # Nothing stored to answer the client's own validators from: let the origin answer them.
+                    return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
             fill, ours = self._fill_for(request, req, meta)
             if ours:
                 started.append(fill)
@@ -293,8 +294,7 @@ class EdgeHandler:
                 # has: it is another variant's answer. Look again under the key its Vary gives (and so send them).
                 named = head.meta.vary
                 continue
-            if not head.shared:
-                metrics.MISSES.labels("uncacheable").inc()
+            observe.trace(request).uncacheable = not head.shared
             if not head.shared and not ours:
                 return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
             status = CacheStatus.MISS if meta is None else CacheStatus.EXPIRED
@@ -425,6 +425,7 @@ class EdgeHandler:
     ) -> web.StreamResponse:
         if await self._multipart_passes(request, req, meta):
             return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
+        status = await self._completed(request, req, meta, status)
         observe.mark(request, status)
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
@@ -436,6 +437,19 @@ class EdgeHandler:
             lambda f, last: self.engine.read_range(req, meta, f, last),
             in_memory=lambda f, last: self.engine.memory_range(req, meta, f, last),
         )
+
+    async def _completed(
+        self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, status: CacheStatus
+    ) -> CacheStatus:
+        """`status` for an answer from the stored entry, or PARTIAL when a slice it needs is in neither tier and
+        is to be fetched (core.status.with_fetched): a hit is said only when no byte of it comes from origin."""
+        needed = answer_slices(request.method, req.headers, meta, self.engine.slice_size)
+        missing = await self.engine.store.missing(req.entry_key, meta, needed) if needed else []
+        if missing:
+            dropped = self.engine.ghosts.slice_dropped
+            version = meta.slice_version
+            observe.trace(request).evicted = any(dropped(slice_name(req.entry_key, version, i)) for i in missing)
+        return with_fetched(status, bool(missing))
 
     async def _serve_fill(
         self,

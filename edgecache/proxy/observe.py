@@ -18,7 +18,7 @@ from aiohttp import web
 
 from edgecache import metrics
 from edgecache.accesslog import AccessLog
-from edgecache.core.status import CacheStatus
+from edgecache.core.status import MISSES, CacheStatus, miss_cause, with_fetched
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _ids = itertools.count(1)
@@ -39,6 +39,10 @@ class Trace:
     sources: metrics.Sources = field(default_factory=metrics.Sources)  # the served-bytes counter adds to it
     # A node of the cluster forwarded it for its viewer (a hop): that node serves the viewer and counts the bytes.
     for_peer: bool = False
+    # What a miss found, for its one cause (core.status.miss_cause), counted when the request ends.
+    expired: bool = False  # a stored entry, stale
+    evicted: bool = False  # the object, or a slice the answer needed, was stored here and evicted
+    uncacheable: bool = False  # the origin's answer may not be stored
 
 
 TRACE = web.RequestKey("edgecache_trace", Trace)
@@ -126,6 +130,8 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     code = resp.status if resp is not None else 0
     if resp is not None:
         first_byte(request)  # a whole Response is sent right after this: its head leaves now
+    # A slice lost between the handler's look and its read was fetched: the record says what was served.
+    t.status = with_fetched(t.status, t.sources.origin > 0)
     count(t, request.method, code)
     nbytes = _body_bytes(request, resp, t)
     way = upstream(t.status, t.sources)
@@ -179,6 +185,7 @@ _UPSTREAM = {
     CacheStatus.REVALIDATED: "cache",  # the origin's 304 brought no byte
     CacheStatus.MISS: "origin",
     CacheStatus.EXPIRED: "origin",
+    CacheStatus.PARTIAL: "cache+origin",
     CacheStatus.PASS: "origin",
     CacheStatus.PEER: "peer",
     CacheStatus.ERROR: "-",  # the node's own answer
@@ -199,6 +206,19 @@ def upstream(status: CacheStatus, sources: metrics.Sources) -> str:
 
 def count(t: Trace, method: str, code: int) -> None:
     requests_counter(t.site, method, code, t.status).inc()
+    if t.status in MISSES:  # once per request, whatever its path did before it ended
+        cause = miss_cause(uncacheable=t.uncacheable, expired=t.expired, evicted=t.evicted, failover=t.failover)
+        misses_counter(t.site, cause.value).inc()
+
+
+_misses: dict[tuple[str, str], Any] = {}
+
+
+def misses_counter(site: str, cause: str) -> Any:
+    counter = _misses.get((site, cause))
+    if counter is None:
+        counter = _misses[site, cause] = metrics.MISSES.labels(site, cause)
+    return counter
 
 
 _site_bytes: dict[tuple[str, str], Any] = {}

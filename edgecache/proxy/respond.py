@@ -62,6 +62,30 @@ def plan(method: str, request: Headers, meta: ObjectMeta) -> tuple[int, ranges.R
     return meta.status, ranges.NoRange()
 
 
+# The most slices of an answer checked before its head is sent (answer_slices): a longer answer's later slices, if
+# fetched, are still told by the served-bytes record when the request ends (observe.finish).
+MAX_CHECKED = 1024
+
+
+def answer_slices(method: str, request: Headers, meta: ObjectMeta, slice_size: int) -> list[int]:
+    """The slices the body of the answer to this request reads, in order, the first MAX_CHECKED of them; none for
+    a HEAD, a 304, 412 or 416, or an empty body."""
+    status, rng = plan(method, request, meta)
+    if method == "HEAD" or status in (304, 412) or isinstance(rng, ranges.Unsatisfiable) or meta.length <= 0:
+        return []
+    if isinstance(rng, ranges.Multi):
+        parts = rng.ranges
+    elif isinstance(rng, ranges.Single):
+        parts = (rng.range,)
+    else:
+        parts = (ranges.ByteRange(0, meta.length - 1),)
+    found: dict[int, None] = {}
+    for part in parts:
+        for index in ranges.slice_indices(part, slice_size)[: MAX_CHECKED - len(found)]:
+            found[index] = None
+    return list(found)
+
+
 Body = AsyncIterator[bytes | memoryview]
 # Bodies up to this size, all in memory, go out as one buffer; larger ones stream, so a client that stops
 # reading holds at most a socket's worth of them and meets the write timeout.

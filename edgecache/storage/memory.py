@@ -71,6 +71,9 @@ class MemoryTier:
         # Same keys as the policy at all times; the policy's used_bytes is the sum of these lengths.
         self._values: dict[str, bytes] = {}
         self.hits = self.misses = self.evictions = self.admissions = self.rejections = 0
+        # Told the key of each value evicted to make room (not deletes, not replacements): what the node stored
+        # and then dropped, for the misses' "evicted" cause (storage.ghosts).
+        self.on_evict: Callable[[str], None] | None = None
 
     def get(self, key: str) -> bytes | None:
         value = self._values.get(key)
@@ -91,8 +94,7 @@ class MemoryTier:
             if k == key:
                 stored = False
             else:
-                del self._values[k]
-                self.evictions += 1
+                self._evicted(k)
         if not stored:
             self.rejections += 1
             return False
@@ -109,9 +111,14 @@ class MemoryTier:
         """Hold at most `limit` bytes (clamped to 0..budget), evicting what no longer fits; the limit set."""
         limit = max(0, min(limit, self.budget_bytes))
         for k in self._policy.resize(limit):
-            del self._values[k]
-            self.evictions += 1
+            self._evicted(k)
         return limit
+
+    def _evicted(self, key: str) -> None:
+        del self._values[key]
+        self.evictions += 1
+        if self.on_evict is not None:
+            self.on_evict(key)
 
     def delete(self, key: str) -> None:
         if self._values.pop(key, None) is not None:

@@ -93,12 +93,12 @@ async def test_a_dead_node_fails_over_and_its_keys_come_back(origin: Origin, tmp
                 assert (await n1.get(p))[2] == p.encode() * 100
             assert all(origin.hits[p] == 1 for p in paths)
         # node3 is gone: its keys go to their next owner at the first refused connection; no client error.
-        peer_down_before = metrics.MISSES.labels("peer-down")._value.get()
+        peer_down_before = metrics.MISSES.labels("videos", "peer-down")._value.get()
         for p in paths:
             status, _, body = await n1.get(p)
             assert (status, body) == (200, p.encode() * 100), p
         assert not n1.node.cluster.is_up("node3")  # type: ignore[union-attr]
-        peer_down = metrics.MISSES.labels("peer-down")._value.get() - peer_down_before
+        peer_down = metrics.MISSES.labels("videos", "peer-down")._value.get() - peer_down_before
         assert peer_down == len(node3_keys)  # those misses are classified "peer-down", not "cold"
         assert all(origin.hits[p] == 2 for p in node3_keys)  # refetched once by the next owner
         assert all(origin.hits[p] == 1 for p in paths if p not in node3_keys)
