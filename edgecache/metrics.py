@@ -139,7 +139,18 @@ PEER_FORWARDED = Counter(
 PEER_BYTES = Counter(
     "edgecache_peer_forwarded_bytes_total", "Body bytes received from owners, by site", ["peer", "site"]
 )
-PEER_ERRORS = Counter("edgecache_peer_errors_total", "Failed forwards and health checks", ["peer", "kind"])
+PEER_LATENCY = Histogram(
+    "edgecache_peer_response_seconds",
+    "Time to the response head of requests forwarded to owners",
+    ["peer"],
+    buckets=_LATENCY,
+)
+PEER_ERRORS = Counter(
+    "edgecache_peer_errors_total",
+    "Failed forwards by peer and kind: connect (refused), timeout, reset (the connection broke), 5xx (the owner "
+    "answered 5xx, its own error or its origin's); health: failed health checks",
+    ["peer", "kind"],
+)
 
 PURGES = Counter("edgecache_purges_total", "Purges applied on this node", ["kind", "mode"])
 PREFETCH_JOBS = Gauge("edgecache_prefetch_jobs", "Prefetch jobs by state", ["state"], multiprocess_mode="max")

@@ -348,14 +348,23 @@ class EdgeHandler:
                     source="peer",
                 )
             except OriginError as exc:
+                kind = observe.peer_error(member.id, exc)
                 if not exc.connect or not (exc.refused or request.method in ("GET", "HEAD")):
-                    metrics.PEER_ERRORS.labels(member.id, "forward").inc()
-                    raise
-                metrics.PEER_ERRORS.labels(member.id, "connect").inc()
+                    return self._peer_failed(request, member.id, kind, exc)
                 self.cluster.failed(member.id)  # passive check: the next owner takes its keys now
                 continue
+            if resp.status >= 500:
+                metrics.PEER_ERRORS.labels(member.id, "5xx").inc()
             return resp
         return None
+
+    @staticmethod
+    def _peer_failed(request: web.BaseRequest, peer: str, kind: str, exc: OriginError) -> web.Response:
+        """The answer when the owner failed and no other node may be asked (a timeout, or a request with a body
+        that may have had its effect): the peer's failure, never reported as the origin's."""
+        log.info("%s %s: peer %s failed (%s): %s", request.method, request.path, peer, kind, exc)
+        observe.mark(request, CacheStatus.ERROR)
+        return error_response(504 if exc.timeout else 502, f"peer {peer} failed ({kind}): {exc.reason}")
 
     @staticmethod
     def _conditional(headers: Headers) -> bool:

@@ -19,6 +19,7 @@ from aiohttp import web
 from edgecache import metrics
 from edgecache.accesslog import AccessLog
 from edgecache.core.status import MISSES, CacheStatus, miss_cause, with_fetched
+from edgecache.errors import OriginError
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _ids = itertools.count(1)
@@ -219,6 +220,14 @@ def misses_counter(site: str, cause: str) -> Any:
     if counter is None:
         counter = _misses[site, cause] = metrics.MISSES.labels(site, cause)
     return counter
+
+
+def peer_error(peer: str, exc: OriginError) -> str:
+    """Count a forward to `peer` that failed, by kind: "timeout", "connect" (refused: nothing was sent), or
+    "reset" (the connection broke before or during the answer); the kind, for the error answer."""
+    kind = "timeout" if exc.timeout else "connect" if exc.refused else "reset"
+    metrics.PEER_ERRORS.labels(peer, kind).inc()
+    return kind
 
 
 _site_bytes: dict[tuple[str, str], Any] = {}

@@ -16,6 +16,7 @@ from edgecache import metrics
 from edgecache.config import OriginSettings, Site
 from edgecache.core.headers import Headers
 from edgecache.errors import ClientError, OriginError
+from edgecache.proxy import observe
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class OriginClient:
         view = copy.copy(self)
         view.peer = member_id
         return view
+
+    @property
+    def _who(self) -> str:
+        return "origin" if self.peer is None else f"peer {self.peer}"
 
     async def start(self) -> None:
         self._session = self._pool(self.settings.max_connections)
@@ -115,7 +120,7 @@ class OriginClient:
                 if self.peer is None:
                     metrics.ORIGIN_ERRORS.labels(site.name, "timeout").inc()
                 last_error = OriginError(f"{base}: timed out", timeout=True)
-                log.info("origin %s timed out: %s", base, exc)
+                log.info("%s %s timed out: %s", self._who, base, exc)
                 continue
             except (aiohttp.ClientError, OSError) as exc:
                 _raise_if_stalled(paced, exc)
@@ -125,7 +130,7 @@ class OriginClient:
                 # the client, so an idempotent request may go elsewhere.
                 refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
                 last_error = OriginError(f"{base}: {exc.__class__.__name__}: {exc}", connect=True, refused=refused)
-                log.info("origin %s failed: %s", base, exc)
+                log.info("%s %s failed: %s", self._who, base, exc)
                 continue
             self._count(site.name, raw.status, time.monotonic() - started)
             if raw.status >= 500 and not is_last:
@@ -139,6 +144,7 @@ class OriginClient:
     def _count(self, site: str, status: int, took: float) -> None:
         if self.peer is not None:
             metrics.PEER_FORWARDED.labels(self.peer, site).inc()
+            metrics.PEER_LATENCY.labels(self.peer).observe(took)
             return
         metrics.ORIGIN_LATENCY.labels(site).observe(took)
         metrics.ORIGIN_REQUESTS.labels(site, metrics.status_class(status)).inc()
@@ -187,6 +193,7 @@ async def read_chunks(resp: OriginResponse) -> AsyncIterable[bytes]:
         counter = metrics.ORIGIN_BYTES.labels(resp.site)
     else:
         counter = metrics.PEER_BYTES.labels(resp.peer, resp.site)
+    who = "origin" if resp.peer is None else f"peer {resp.peer}"
     content = resp.raw.content
     try:
         while True:
@@ -197,6 +204,12 @@ async def read_chunks(resp: OriginResponse) -> AsyncIterable[bytes]:
             elif content.at_eof():
                 return
     except TimeoutError as exc:
-        raise OriginError("origin body read timed out", timeout=True) from exc
+        raise _body_failed(resp, OriginError(f"{who} body read timed out", timeout=True)) from exc
     except (aiohttp.ClientPayloadError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-        raise OriginError(f"origin body broken: {exc}") from exc
+        raise _body_failed(resp, OriginError(f"{who} body broken: {exc}")) from exc
+
+
+def _body_failed(resp: OriginResponse, error: OriginError) -> OriginError:
+    if resp.peer is not None:  # a peer's failure is the peer's, never counted as the origin's
+        observe.peer_error(resp.peer, error)
+    return error
