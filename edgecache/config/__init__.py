@@ -216,9 +216,9 @@ def _member(r: _Reader, t: Any, p: str) -> Member | None:
     admin = r.get(t, p, "admin", parse_listen, None)
     return Member(
         id=r.get(t, p, "id", _node_id, "?"),
-        address=str(address) if address else "",
+        address=nodeid.canonical(str(address)) if address else "",  # an IPv6 one in brackets, to put in a URL
         weight=r.get(t, p, "weight", _positive(float), 1.0),
-        admin=str(admin) if admin else None,
+        admin=nodeid.canonical(str(admin)) if admin else None,
     )
 
 

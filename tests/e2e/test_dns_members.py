@@ -163,3 +163,31 @@ async def test_ipv6_self_ids_match_the_ids_dns_gives(dns: FakeDNS, origin: Origi
         status, cache, body = await get("::1", ports[1], path)
         assert (status, cache, body) == (200, "edgecache; hit", BODY)
         assert origin.hits[path] == 1
+
+
+async def test_configured_ipv6_members_are_reached_at_their_addresses(origin: Origin, tmp_path: Path) -> None:
+    # Not DNS, but the same spelling: a configured member's address is put in the URL a forward goes to.
+    ports = [free_port(), free_port()]
+    nodes = [{"id": f"n{i}", "address": f"[::1]:{p}"} for i, p in enumerate(ports)]
+    path = next(p for p in (f"/s6/{i}.bin" for i in range(100)) if owner(["n0", "n1"], p) == "n1")
+    origin.put(path, BODY)
+    async with contextlib.AsyncExitStack() as stack:
+        edges = []
+        for i, port in enumerate(ports):
+            doc = {
+                "cluster": {"self": f"n{i}", "nodes": nodes, "key": CLUSTER_KEY.decode()},
+                "sites": [{"name": "videos", "hosts": ["video.test"], "origins": [origin.url]}],
+            }
+            settings = build(doc, "k.toml", tmp_path).cluster
+            assert settings is not None
+            assert [m.address for m in settings.nodes] == [f"[::1]:{p}" for p in ports]
+            cfg = pod_config(tmp_path, origin, settings, "::1", port, f"n{i}")
+            edges.append(await stack.enter_async_context(start_edge(cfg)))
+        async with asyncio.timeout(10):
+            for v in views(edges):
+                await v.wait_for(lambda v=v: all(v.is_up(m.id) for m in v.ring.members))  # type: ignore[misc]
+        status, cache, body = await get("::1", ports[0], path)
+        assert (status, body) == (200, BODY)
+        assert "peer" in cache
+        assert origin.hits[path] == 1
+        assert (await get("::1", ports[1], path))[:2] == (200, "edgecache; hit")
