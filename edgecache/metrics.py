@@ -153,6 +153,16 @@ PEER_ERRORS = Counter(
 )
 
 PURGES = Counter("edgecache_purges_total", "Purges applied on this node", ["kind", "mode"])
+PURGE_BEHIND = Gauge(
+    "edgecache_purge_catching_up",
+    "1 while this node may have missed purges (it revalidates what it stored before then); the highest of the workers",
+    multiprocess_mode="livemax",
+)
+PURGE_CATCHUPS = Counter(
+    "edgecache_purge_catchup_total",
+    "Catching up on missed purges: entries (purges taken from peers) and reset (every site purged: too far behind)",
+    ["kind"],
+)
 PREFETCH_JOBS = Gauge("edgecache_prefetch_jobs", "Prefetch jobs by state", ["state"], multiprocess_mode="max")
 PREFETCH_URLS = Counter("edgecache_prefetch_urls_total", "Prefetch URLs finished, by outcome", ["outcome"])
 PREFETCH_BYTES = Counter("edgecache_prefetch_bytes_total", "Body bytes read by prefetch jobs")

@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from edgecache.accesslog import AccessLog
+from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
@@ -55,6 +56,7 @@ class Node:
     access: AccessLog
     cluster: ClusterView | None = None
     certificates: Certificates | None = None
+    purge_sync: PurgeSync | None = None
     state: dict[str, bool] = field(default_factory=lambda: {"listening": False, "draining": False})
 
     def ready(self) -> tuple[bool, str]:
@@ -66,7 +68,7 @@ class Node:
 
 
 @asynccontextmanager
-async def open_node(config: Config) -> AsyncIterator[Node]:
+async def open_node(config: Config, worker: int = 0) -> AsyncIterator[Node]:
     loop = asyncio.get_running_loop()
     origin = OriginClient(config.origin)
     await origin.start()
@@ -82,6 +84,8 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
     tasks = [asyncio.ensure_future(_sample_stats(store)), asyncio.ensure_future(disk.watch())]
     session = aiohttp.ClientSession()
     if cluster is not None:
+        if cluster.settings.dns is not None and config.admin is not None:
+            cluster.dns_admin_port = config.admin.port
         tasks.append(asyncio.ensure_future(check_health(cluster, session)))
         if cluster.settings.dns is not None:
             tasks.append(asyncio.ensure_future(follow_dns(cluster)))
@@ -93,7 +97,14 @@ async def open_node(config: Config) -> AsyncIterator[Node]:
             handler.limiter = RateLimiter(config.rate_limit, config.burst or max(1.0, config.rate_limit))
         handler.forwarders, handler.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
         certificates = Certificates(config) if config.tls_listen else None
-        yield Node(config, origin, store, engine, handler, access, cluster, certificates)
+        node = Node(config, origin, store, engine, handler, access, cluster, certificates)
+        if cluster is not None:
+            # Worker 0 applies the purges it is told of (it alone writes the purge log); a node catches up once
+            # before it listens, each request bounded by cluster.timeout.
+            node.purge_sync = PurgeSync(cluster, store, lambda: node.config.sites, session, applies=worker == 0)
+            await node.purge_sync.round()
+            tasks.append(asyncio.ensure_future(node.purge_sync.run()))
+        yield node
     finally:
         for task in tasks:
             task.cancel()
@@ -268,7 +279,7 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
     from edgecache.admin.app import admin_app
     from edgecache.admin.jobs import JobRunner
     from edgecache.admin.prefetch import prefetch_routes
-    from edgecache.admin.purge import purge_handler
+    from edgecache.admin.purge import admin_tokens, purge_handler, purge_routes
 
     private = tempfile.TemporaryDirectory(prefix="edgecache-")  # mode 0700
     internal = await start_internal(clients, Path(private.name))
@@ -282,9 +293,9 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
         slots=c.prefetch_slots,
     )
     await jobs.start()
-    purge = purge_handler(lambda: node.config, node.store)
-    routes = prefetch_routes(lambda: node.config, jobs)
-    app = admin_app(node.ready, lambda: node.config.tokens, node.handler.ring_view, purge, routes)
+    purge = purge_handler(lambda: node.config, node.store, node.cluster)
+    routes = prefetch_routes(lambda: node.config, jobs) + purge_routes(lambda: node.config, node.store)
+    app = admin_app(node.ready, lambda: admin_tokens(node.config), node.handler.ring_view, purge, routes)
     runner = web.AppRunner(app, access_log=None)
     runner.app.on_cleanup.append(lambda _app: jobs.close())
 
@@ -310,7 +321,7 @@ async def run(
         asyncio.ensure_future(keep_alive(beats, worker, config.watchdog))  # noqa: RUF006
     install_test_hooks(loop)
     demo = await _start_demo(config) if worker == 0 else None
-    async with open_node(config) as node:
+    async with open_node(config, worker) as node:
         loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(node)))
         server = make_server(node)

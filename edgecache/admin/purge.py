@@ -1,5 +1,11 @@
 """POST /purge: one URL (every variant and slice), a directory prefix, or a whole site; hard or soft; applied on
-this node and on every peer, answering how many nodes confirmed."""
+this node and on every peer (the configured nodes, or those DNS lists), answering how many nodes took it and which
+did not. A node that did not catches up later (cluster.purgesync): each purge is numbered here (core.purge.Entry)
+and peers pass the number on, so it is applied once wherever it arrives first.
+
+POST /purges/after: the purges a peer lacks, given what it has (its vector); cluster.purgesync asks it with the
+token derived from the cluster key (core.purge.peer_token), which only this route honours.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,13 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from edgecache import metrics
 from edgecache.admin.auth import authorize, token_of
+from edgecache.cluster.purgesync import AFTER_PATH, apply_entry
+from edgecache.cluster.view import ClusterView
 from edgecache.config import Config, Site, Token
 from edgecache.core.keys import BadTarget, make_key
-from edgecache.core.purge import TableFull
+from edgecache.core.purge import Entry, TableFull, parse_vector, peer_token
+from edgecache.core.ring import Member
 from edgecache.core.route import Router, normalise_host
 from edgecache.storage.store import Store
 
@@ -79,17 +87,20 @@ def parse_order(body: Any, sites: tuple[Site, ...]) -> PurgeOrder:
     return PurgeOrder(site, "url", host, key.target, soft)
 
 
-async def apply(store: Store, order: PurgeOrder) -> None:
-    """TableFull when a prefix or site purge finds no room in the purge table (nothing changed then)."""
-    now = time.time()
-    if order.kind == "url":
-        primary = make_key(order.site.name, order.host, order.path, order.site.key_query).primary
-        await (store.soft_invalidate(primary, now) if order.soft else store.invalidate(primary))
-    elif order.kind == "prefix":
-        await store.purge_scope((order.site.name, order.host, order.path), order.soft, now)
-    else:
-        await store.purge_scope((order.site.name, "", ""), order.soft, now)
-    metrics.PURGES.labels(order.kind, "soft" if order.soft else "hard").inc()
+def _entry(store: Store, config: Config, order: PurgeOrder, body: dict[str, Any]) -> Entry:
+    """The purge's identity: the one a peer that took it first sent ("id"), else a new one of this node's."""
+    host, path = order.host, order.path
+    given = body.get("id")
+    if config.cluster is None:
+        return Entry("", 0, order.kind, order.site.name, host, path, order.soft)  # not numbered: no peers
+    if given is None:
+        return store.issue(config.cluster.self_id, order.kind, order.site.name, host, path, order.soft)
+    entry = None
+    if isinstance(given, list) and len(given) == 2:
+        entry = Entry.from_json([*given, order.kind, order.site.name, host, path, order.soft])
+    if entry is None:
+        raise _bad("id must be [origin, number] as a node sends it")
+    return entry
 
 
 async def _tell_peer(session: aiohttp.ClientSession, admin: str | None, body: dict[str, Any], auth: str) -> bool:
@@ -107,8 +118,17 @@ async def _tell_peer(session: aiohttp.ClientSession, admin: str | None, body: di
         return False
 
 
-def purge_handler(current: Callable[[], Config], store: Store) -> Any:
-    """`current` gives the running config, so a reload (SIGHUP) changes tokens and sites at once."""
+def _peers(config: Config, view: ClusterView | None) -> list[Member]:
+    """Every other node: those the view has (from the config or from DNS), else the configured ones."""
+    if config.cluster is None:
+        return []
+    members = view.ring.members if view is not None else config.cluster.nodes
+    return [m for m in members if m.id != config.cluster.self_id]
+
+
+def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView | None = None) -> Any:
+    """`current` gives the running config, so a reload (SIGHUP) changes tokens and sites at once; `view` the
+    members (with DNS membership, the config names none)."""
 
     async def handle(request: web.Request) -> web.Response:
         config = current()
@@ -119,25 +139,32 @@ def purge_handler(current: Callable[[], Config], store: Store) -> Any:
             raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
         order = parse_order(body, config.sites)
         authorize(token, order.site.name)
+        entry = _entry(store, config, order, body)
         try:
-            await apply(store, order)
+            # A purge another node took (it sent the id) must be applied here too: never refused for room.
+            numbered = config.cluster is not None
+            await apply_entry(store, config.sites, entry, time.time(), strict="id" not in body, numbered=numbered)
         except TableFull as exc:
             raise web.HTTPTooManyRequests(
                 text=json.dumps({"error": str(exc)}) + "\n", content_type="application/json"
             ) from exc
         log.info(
-            "purge by %s: %s %s%s%s", token.name, order.kind, order.host, order.path, " (soft)" if order.soft else ""
+            "purge by %s: %s %s%s%s (%s #%d)",
+            token.name,
+            order.kind,
+            order.host,
+            order.path,
+            " (soft)" if order.soft else "",
+            entry.origin,
+            entry.seq,
         )
         confirmed, failed = 1, []
-        peers = (
-            []
-            if body.get("local") or config.cluster is None
-            else [n for n in config.cluster.nodes if n.id != config.cluster.self_id]
-        )
+        peers = [] if body.get("local") else _peers(config, view)
         if peers:
+            told = {**body, "local": True, "id": [entry.origin, entry.seq]}
             async with aiohttp.ClientSession() as session:
                 oks = await asyncio.gather(
-                    *(_tell_peer(session, n.admin, body, request.headers["Authorization"]) for n in peers)
+                    *(_tell_peer(session, n.admin, told, request.headers["Authorization"]) for n in peers)
                 )
             confirmed += sum(oks)
             failed = [n.id for n, ok in zip(peers, oks, strict=True) if not ok]
@@ -149,6 +176,7 @@ def purge_handler(current: Callable[[], Config], store: Store) -> Any:
                 "path": order.path,
                 "soft": order.soft,
             },
+            "id": [entry.origin, entry.seq] if entry.seq else None,
             "nodes": 1 + len(peers),
             "confirmed": confirmed,
             "failed": failed,
@@ -156,3 +184,44 @@ def purge_handler(current: Callable[[], Config], store: Store) -> Any:
         return web.json_response(answer)
 
     return handle
+
+
+def admin_tokens(config: Config) -> tuple[Token, ...]:
+    """The tokens the admin API takes: the configured ones, and in a cluster the nodes' own (core.purge.peer_token),
+    which only POST /purges/after honours (role "peer": no site may be acted on with it)."""
+    if config.cluster is None or not config.cluster.key:
+        return config.tokens
+    return (*config.tokens, Token("cluster", peer_token(config.cluster.key), "peer"))
+
+
+def purge_routes(current: Callable[[], Config], store: Store) -> list[web.RouteDef]:
+    """POST /purges/after {"vector": {origin: number}}: the entries the asker lacks (core.purge.SyncLog.after),
+    for the nodes' token (role "peer") or an operator's; a provider's would see other providers' URLs."""
+
+    async def after(request: web.Request) -> web.Response:
+        token: Token = token_of(request)
+        if token.role not in ("peer", "operator"):
+            raise web.HTTPForbidden(
+                text='{"error": "only the cluster\'s nodes and operators may read the purge log"}\n',
+                content_type="application/json",
+            )
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
+        vector = parse_vector(body.get("vector")) if isinstance(body, dict) else None
+        if vector is None:
+            raise _bad('expected {"vector": {origin: number, ...}}')
+        answer = store.sync.after(vector)
+        config = current()
+        return web.json_response(
+            {
+                "node": config.cluster.self_id if config.cluster is not None else "",
+                "vector": dict(answer.vector),
+                "entries": [e.to_json() for e in answer.entries],
+                "more": answer.more,
+                "gap": answer.gap,
+            }
+        )
+
+    return [web.post(AFTER_PATH, after)]

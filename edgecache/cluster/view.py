@@ -11,6 +11,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import aiohttp
@@ -35,20 +36,36 @@ class ClusterView:
         self.ring = Ring.of(())
         self._changed = asyncio.Event()
         self._refusals_logged = -_REFUSAL_LOG_EVERY
+        # Told of each peer that joins or comes up (True), and leaves or goes down (False): cluster.purgesync.
+        self.listeners: list[Callable[[str, bool], None]] = []
+        # DNS names no admin listener: a member DNS lists has its admin API at this port of its address (every node
+        # of a DNS cluster runs one config), where health checks and purges reach it.
+        self.dns_admin_port: int | None = None
         members = list(settings.nodes)
         if self_member is not None and self_member.id not in {m.id for m in members}:
             members.append(self_member)
         self.set_members(members)
+        self.members_known = settings.dns is None  # with DNS: once it has answered (set_members)
 
     def set_members(self, members: Iterable[Member]) -> None:
+        self.members_known = True
+        if self.dns_admin_port is not None:
+            at = self.dns_admin_port
+            members = [m if m.admin else replace(m, admin=f"{m.address.rpartition(':')[0]}:{at}") for m in members]
         ring = Ring.of(members)
         if ring == self.ring:
             return
+        before = {m.id for m in self.ring.members}
         self.health = {m.id: self.health.get(m.id, Health()) for m in ring.members}
         self.ring = ring
         for m in ring.members:
             metrics.PEER_UP.labels(m.id).set(1 if self.health[m.id].up else 0)
         log.info("cluster members: %s", ", ".join(f"{m.id}@{m.address}" for m in ring.members))
+        after = {m.id for m in ring.members}
+        for member_id in sorted((after - before) | (before - after)):
+            if member_id != self.self_id:
+                for tell in self.listeners:
+                    tell(member_id, member_id in after)
 
     def is_up(self, member_id: str) -> bool:
         return member_id == self.self_id or self.health.get(member_id, Health()).up
@@ -75,6 +92,8 @@ class ClusterView:
         if before.up != after.up:
             log.warning("peer %s is %s", member_id, "up" if after.up else "down")
             metrics.PEER_UP.labels(member_id).set(1 if after.up else 0)
+            for tell in self.listeners:
+                tell(member_id, after.up)
             self._changed.set()
             self._changed = asyncio.Event()
 

@@ -16,12 +16,19 @@ lives), and it is stored as a log of purges replayed through the same function (
 A mark is never dropped for its age: the disk tier keeps an object until it is evicted, however stale, and
 dropping a generation would give the keys of everything stored before that purge back to lookups. Past
 MAX_MARKS scopes, a purge of a new scope is refused (TableFull); one of a broader scope takes their place.
+
+The cluster passes purges on as Entries (SyncLog, below): each has an identity, the node incarnation that took
+it from an operator and its number there, so a node applies each one once however often it hears of it, and can
+answer a peer "the purges after what you have" from the entries it keeps.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 Scope = tuple[str, str, str]  # (site, host, directory); host "" and directory "" mean the whole site
 MAX_MARKS = 10_000
@@ -47,6 +54,11 @@ def covers(outer: Scope, inner: Scope) -> bool:
 @dataclass(frozen=True, slots=True)
 class PurgeTable:
     marks: dict[Scope, Mark] = field(default_factory=dict)
+    # While this node may have missed purges (it has not caught up with its peers since it started, since a peer
+    # came back, or since it saw a peer ahead of it): what it stored before this time counts as stale, so it is
+    # revalidated before it is served. Any purge it missed was taken before the doubt began; what it fetched
+    # since is newer than that purge. Never written to the log: a node that starts doubts again. 0: no doubt.
+    unsure_before: float = 0.0
 
     def _scopes(self, site: str, host: str, path: str) -> list[Scope]:
         scopes = [(site, "", "")]
@@ -58,9 +70,9 @@ class PurgeTable:
     def lookup(self, site: str, host: str, path: str) -> tuple[str, float]:
         """(generation suffix for the key, soft-purge time) for an object."""
         if not self.marks:
-            return "", 0.0
+            return "", self.unsure_before
         gens: list[str] = []
-        soft = 0.0
+        soft = self.unsure_before
         for scope in self._scopes(site, host, path):
             mark = self.marks.get(scope)
             if mark is not None:
@@ -92,39 +104,232 @@ class PurgeTable:
                 f"the purge table holds {len(self.marks)} directories and sites (at most {limit}): purge a "
                 "broader prefix or the whole site, which takes the place of those under it"
             )
-        return PurgeTable(marks)
+        return PurgeTable(marks, self.unsure_before)
 
     def to_bytes(self) -> bytes:
         """The table as one line (a snapshot): a log starts with it."""
         return json.dumps([[*k, m.generation, m.soft_before] for k, m in self.marks.items()]).encode()
 
     @staticmethod
-    def op(scope: Scope, generation: str | None, soft_at: float | None) -> bytes:
-        """One purge as one line of the log."""
-        return json.dumps({"purge": list(scope), "generation": generation, "soft": soft_at}).encode() + b"\n"
+    def op(scope: Scope, generation: str | None, soft_at: float | None, entry: Entry | None = None) -> bytes:
+        """One purge as one line of the log (with the cluster's entry for it, when it has one)."""
+        row: dict[str, object] = {"purge": list(scope), "generation": generation, "soft": soft_at}
+        if entry is not None:
+            row["entry"] = entry.to_json()
+        return json.dumps(row).encode() + b"\n"
 
     @classmethod
     def from_log(cls, data: bytes) -> PurgeTable:
-        """A snapshot line, then the purges since, replayed through purged(). A line that does not decode (the
-        last one, torn by a crash mid-write) is skipped."""
-        lines = data.split(b"\n")
-        table = cls.from_bytes(lines[0])
-        for line in lines[1:]:
-            try:
-                row = json.loads(line)
+        """The table of a log (read_log)."""
+        return read_log(data)[0]
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PurgeTable:
+        """A snapshot line: the table's rows, or (with the sync state) {"marks": rows, "sync": ...}."""
+        try:
+            doc = json.loads(data)
+            rows = doc["marks"] if isinstance(doc, dict) else doc
+            return cls({(str(r[0]), str(r[1]), str(r[2])): Mark(str(r[3]), float(r[4])) for r in rows})
+        except (ValueError, TypeError, IndexError, KeyError):
+            return cls()
+
+
+# --- the cluster's purges: identities, the entries a node keeps, and what a peer lacks ---------------------------
+
+# Entries a node keeps to answer "the purges after what you have"; a peer that lacks older ones than that can only
+# reset (SyncLog.after). A URL is at most 8 KiB, so the log's snapshot stays within a few MiB.
+MAX_ENTRIES = 2048
+BATCH = 128  # entries in one answer to a peer: at most about 1 MiB
+KINDS = ("url", "prefix", "site")
+_MAX_TEXT = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One purge as the nodes pass it on. (origin, seq) is its identity: the node incarnation that took it from an
+    operator (`node id~random`, new when a node starts without its log, so a wiped node never reuses a number)
+    and its number there, 1, 2, 3... What it purges is a site name, a host and a normalised path, as
+    admin.purge.parse_order gives them."""
+
+    origin: str
+    seq: int
+    kind: str  # "url" | "prefix" | "site"
+    site: str
+    host: str = ""
+    path: str = ""
+    soft: bool = False
+
+    def to_json(self) -> list[object]:
+        return [self.origin, self.seq, self.kind, self.site, self.host, self.path, self.soft]
+
+    @classmethod
+    def from_json(cls, row: object) -> Entry | None:
+        """The entry a row (from the log or a peer) describes, or None for anything malformed; never raises."""
+        if not isinstance(row, list) or len(row) != 7:
+            return None
+        origin, seq, kind, site, host, path, soft = row
+        texts = (origin, site, host, path)
+        if not all(isinstance(t, str) and len(t) <= _MAX_TEXT for t in texts) or not origin or not site:
+            return None
+        if type(seq) is not int or seq < 1 or kind not in KINDS or not isinstance(soft, bool):
+            return None
+        return cls(origin, seq, kind, site, host, path, soft)
+
+
+Vector = Mapping[str, int]  # origin -> every purge it numbered up to this one is applied here
+
+
+def parse_vector(value: object) -> dict[str, int] | None:
+    """A vector from a peer or the log, or None when malformed; never raises."""
+    if not isinstance(value, dict) or len(value) > MAX_ENTRIES:
+        return None
+    if not all(isinstance(k, str) and len(k) <= _MAX_TEXT and type(v) is int and v >= 0 for k, v in value.items()):
+        return None
+    return dict(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a node tells a peer that sent its vector: the entries it lacks (oldest first, at most BATCH), whether
+    there are more, and `gap`: it lacks purges this node no longer keeps, so it can only reset (purge every site
+    hard) and adopt `vector`, this node's own."""
+
+    entries: tuple[Entry, ...]
+    more: bool
+    gap: bool
+    vector: Vector
+
+
+@dataclass(frozen=True, slots=True)
+class SyncLog:
+    me: str = ""  # this node's origin (`node id~random`), set when it first numbers a purge
+    entries: tuple[Entry, ...] = ()  # the newest MAX_ENTRIES purges applied here, in the order applied
+    vector: Vector = field(default_factory=dict)
+    above: Mapping[str, frozenset[int]] = field(default_factory=dict)  # applied past the vector (out of order)
+    floor: Vector = field(default_factory=dict)  # purges up to these are no longer among the entries
+
+    def has(self, origin: str, seq: int) -> bool:
+        return seq <= self.vector.get(origin, 0) or seq in self.above.get(origin, ())
+
+    def covers(self, vector: Vector) -> bool:
+        """Has this node applied every purge a node with `vector` has?"""
+        return all(self.vector.get(o, 0) >= n for o, n in vector.items())
+
+    def added(self, entry: Entry) -> SyncLog:
+        """After `entry` is applied: the vector moves on while the numbers are contiguous; the oldest entries past
+        MAX_ENTRIES go, and the floor says so."""
+        vector, above = dict(self.vector), dict(self.above)
+        done, extra = vector.get(entry.origin, 0), set(above.pop(entry.origin, ())) | {entry.seq}
+        while done + 1 in extra:
+            done += 1
+            extra.discard(done)
+        vector[entry.origin] = done
+        if kept := frozenset(s for s in extra if s > done):
+            above[entry.origin] = kept
+        entries, floor = (*self.entries, entry), dict(self.floor)
+        for old in entries[: max(0, len(entries) - MAX_ENTRIES)]:
+            floor[old.origin] = max(floor.get(old.origin, 0), old.seq)
+        return replace(self, entries=entries[-MAX_ENTRIES:], vector=vector, above=above, floor=floor)
+
+    def adopted(self, vector: Vector) -> SyncLog:
+        """After a reset: every purge `vector` counts is as good as applied (the reset purged more than all of
+        them), though this node keeps none of them to pass on."""
+        mine, above, floor = dict(self.vector), dict(self.above), dict(self.floor)
+        for origin, n in vector.items():
+            if n > mine.get(origin, 0):
+                mine[origin] = floor[origin] = n
+                if kept := frozenset(s for s in above.pop(origin, ()) if s > n):
+                    above[origin] = kept
+        return replace(self, vector=mine, above=above, floor=floor)
+
+    def after(self, vector: Vector, limit: int = BATCH) -> Answer:
+        """What a peer with `vector` lacks (see Answer)."""
+        gap = any(vector.get(o, 0) < n for o, n in self.floor.items())
+        missing = [e for e in self.entries if e.seq > vector.get(e.origin, 0)]
+        return Answer(tuple(missing[:limit]), len(missing) > limit, gap, self.vector)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "me": self.me,
+            "vector": dict(self.vector),
+            "above": {o: sorted(s) for o, s in self.above.items()},
+            "floor": dict(self.floor),
+            "entries": [e.to_json() for e in self.entries],
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> SyncLog:
+        """The state a snapshot holds; whatever is malformed in it counts as absent (never raises)."""
+        if not isinstance(doc, dict):
+            return cls()
+        me = doc.get("me")
+        above = doc.get("above")
+        rows = doc.get("entries")
+        return cls(
+            me if isinstance(me, str) else "",
+            tuple(e for r in (rows if isinstance(rows, list) else []) if (e := Entry.from_json(r)) is not None),
+            parse_vector(doc.get("vector")) or {},
+            {
+                o: frozenset(n for n in ns if type(n) is int)
+                for o, ns in (above.items() if isinstance(above, dict) else [])
+                if isinstance(o, str) and isinstance(ns, list)
+            },
+            parse_vector(doc.get("floor")) or {},
+        )
+
+
+def snapshot(table: PurgeTable, sync: SyncLog) -> bytes:
+    """The log's first line: the table, and the sync state when there is one (a log without is read as before)."""
+    if sync == SyncLog():
+        return table.to_bytes()
+    rows = [[*k, m.generation, m.soft_before] for k, m in table.marks.items()]
+    return json.dumps({"marks": rows, "sync": sync.to_json()}).encode()
+
+
+def entry_line(entry: Entry) -> bytes:
+    """A purge that changes no mark of the table (of a URL: its record changed), as one line of the log."""
+    return json.dumps({"entry": entry.to_json()}).encode() + b"\n"
+
+
+def adopt_line(vector: Vector) -> bytes:
+    return json.dumps({"adopt": dict(vector)}).encode() + b"\n"
+
+
+def me_line(me: str) -> bytes:
+    return json.dumps({"me": me}).encode() + b"\n"
+
+
+def read_log(data: bytes) -> tuple[PurgeTable, SyncLog]:
+    """A snapshot line, then the purges since, replayed through purged() and SyncLog.added(). A line that does
+    not decode (the last one, torn by a crash mid-write) is skipped."""
+    lines = data.split(b"\n")
+    table = PurgeTable.from_bytes(lines[0])
+    try:
+        head = json.loads(lines[0])
+    except ValueError:
+        head = None
+    sync = SyncLog.from_json(head.get("sync")) if isinstance(head, dict) else SyncLog()
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+            if "purge" in row:
                 scope = (str(row["purge"][0]), str(row["purge"][1]), str(row["purge"][2]))
                 gen, soft = row["generation"], row["soft"]
                 table = table.purged(
                     scope, None if gen is None else str(gen), None if soft is None else float(soft), None
                 )
-            except (ValueError, TypeError, KeyError, IndexError):
-                continue
-        return table
+            if (entry := Entry.from_json(row.get("entry"))) is not None:
+                sync = sync.added(entry)
+            if (vector := parse_vector(row.get("adopt"))) is not None:
+                sync = sync.adopted(vector)
+            if isinstance(row.get("me"), str):
+                sync = replace(sync, me=row["me"])
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            continue
+    return table, sync
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> PurgeTable:
-        try:
-            rows = json.loads(data)
-            return cls({(str(r[0]), str(r[1]), str(r[2])): Mark(str(r[3]), float(r[4])) for r in rows})
-        except (ValueError, TypeError, IndexError):
-            return cls()
+
+def peer_token(key: bytes) -> str:
+    """The bearer token nodes present on each other's admin API to pass purges on: derived from the cluster key
+    (so there is no second secret to share, and a new key makes a new token), never the key itself."""
+    return hmac.new(key, b"edgecache admin peer token 1", hashlib.sha256).hexdigest()

@@ -9,6 +9,10 @@ and comes back still has every purge it confirmed.
 It lives beside the disk tier, not in it: diskcache evicts what was stored longest ago, and an evicted purge
 table would give every purged object back to lookups. Writes run on one thread, in the order the purges were
 applied, so a snapshot never lands before a line it already contains is appended after it.
+
+The same file keeps the cluster's side of purges (core.purge.SyncLog): each purge line carries the purge's
+identity, a URL purge (which changes no mark) has a line of its own, and the snapshot holds the entries kept for
+peers, so a node that restarts still knows which purges it applied and can pass them on.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgecache.core.purge import PurgeTable
+from edgecache.core.purge import PurgeTable, SyncLog, read_log, snapshot
 
 COMPACT_SLACK = 64
 
@@ -26,9 +30,15 @@ class PurgeLog:
         self.path = path
         self._lines: int | None = None  # purge lines after the snapshot; None: no file (yet)
         self._torn = False
+        self.me = ""  # the sync state's `me` the file holds (a line names a new one: core.purge.me_line)
 
     def read(self) -> PurgeTable | None:
         """The table the file holds; None when there is no file."""
+        found = self.read_all()
+        return found[0] if found is not None else None
+
+    def read_all(self) -> tuple[PurgeTable, SyncLog] | None:
+        """The table and the sync state the file holds; None when there is no file."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -36,12 +46,15 @@ class PurgeLog:
             return None
         self._lines = data.count(b"\n") - 1
         self._torn = not data.endswith(b"\n")  # a crash mid-append: the next line must not join it
-        return PurgeTable.from_log(data)
+        table, sync = read_log(data)
+        self.me = sync.me
+        return table, sync
 
-    def append(self, line: bytes, table: PurgeTable) -> None:
-        """Record one purge (`line`, PurgeTable.op) whose result is `table`."""
-        if self._lines is None or self._lines + 1 > len(table.marks) + COMPACT_SLACK:
-            self._rewrite(table)
+    def append(self, line: bytes, table: PurgeTable, sync: SyncLog | None = None) -> None:
+        """Record one purge (`line`, PurgeTable.op or core.purge.entry_line) whose result is `table` and `sync`."""
+        kept = len(table.marks) + (len(sync.entries) if sync is not None else 0)
+        if self._lines is None or self._lines + 1 > kept + COMPACT_SLACK:
+            self._rewrite(table, sync or SyncLog())
             return
         with self.path.open("ab") as f:
             f.write(b"\n" + line if self._torn else line)
@@ -50,10 +63,10 @@ class PurgeLog:
         self._lines += 1
         self._torn = False
 
-    def _rewrite(self, table: PurgeTable) -> None:
+    def _rewrite(self, table: PurgeTable, sync: SyncLog) -> None:
         spare = self.path.with_name(self.path.name + ".new")
         with spare.open("wb") as f:
-            f.write(table.to_bytes() + b"\n")
+            f.write(snapshot(table, sync) + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(spare, self.path)

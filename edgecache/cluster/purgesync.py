@@ -1,0 +1,232 @@
+"""Purges that are never missed: each node asks its peers for the purges it lacks, and doubts its cache until
+it has them.
+
+Every purge carries an identity (core.purge.Entry) and every node keeps the newest ones with its purge log. A
+node that took a purge from an operator tells its peers at once (admin.purge); one that was down, cut off, or
+slow to hear finds out here: every `cluster.interval` it sends each peer's admin API its vector (which purges it
+has applied) and gets back the ones it lacks, at most core.purge.BATCH at a time, and applies them.
+
+Until it has caught up it doubts its cache (Store.doubt): what it stored before the doubt began is revalidated
+with the origin before it is served, so it keeps serving and never serves bytes a missed purge removed. It
+doubts when it starts, when a peer comes back up or joins (that peer may have taken purges meanwhile), and when a
+peer's vector shows purges it lacks; it is caught up when every peer that is up and keeps a purge log has
+answered and it has applied everything that peer had. A peer that is down cannot be asked: it is waited for
+when it comes back. A peer without an admin listener, or one that answers 404 (a version without purge logs),
+has nothing to pass on and is not waited for.
+
+A node too far behind (its peer no longer keeps the purges it lacks) resets: it purges every site hard, which
+removes more than all it missed, and takes that peer's vector as its own.
+
+With several worker processes every worker asks and doubts for itself; only worker 0 applies what it gets
+(the purge log is written by one process); the others see it through the log (Store.catch_up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from edgecache import metrics
+from edgecache.cluster.view import ClusterView
+from edgecache.config import Site
+from edgecache.core.keys import BadTarget, make_key
+from edgecache.core.purge import Answer, Entry, Vector, parse_vector, peer_token
+from edgecache.core.ring import Member
+from edgecache.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_BATCHES = 16  # answers taken from one peer in one round; the rest comes in the next round
+AFTER_PATH = "/purges/after"
+
+
+async def apply_entry(
+    store: Store, sites: tuple[Site, ...], entry: Entry, now: float, strict: bool = False, numbered: bool = True
+) -> bool:
+    """Apply `entry` here unless it was already; whether it was new. TableFull (only when `strict`, for a purge
+    this node takes from an operator) before anything changes; a purge another node took is always applied.
+    Not `numbered`: a node alone, with no peer to pass purges to, keeps no entries (only the table's marks)."""
+    if numbered and not store.claim(entry):
+        return False
+    logged = entry if numbered else None
+    site = next((s for s in sites if s.name == entry.site), None)
+    try:
+        if site is None:  # a site this node does not serve holds nothing here: taken, so it is not asked for again
+            if logged is not None:
+                await store.note_purge(logged)
+        elif entry.kind == "url":
+            try:
+                primary = make_key(site.name, entry.host, entry.path, site.key_query).primary
+            except BadTarget:  # this node keys the site otherwise: the whole site, which covers the URL
+                await store.purge_scope((site.name, "", ""), False, now, logged, strict=False)
+                return True
+            await (store.soft_invalidate(primary, now) if entry.soft else store.invalidate(primary))
+            if logged is not None:
+                await store.note_purge(logged)
+        else:
+            scope = (site.name, entry.host, entry.path) if entry.kind == "prefix" else (site.name, "", "")
+            await store.purge_scope(scope, entry.soft, now, logged, strict)
+    except BaseException:
+        if logged is not None:
+            store.retract(logged)
+        raise
+    metrics.PURGES.labels(entry.kind, "soft" if entry.soft else "hard").inc()
+    return True
+
+
+async def reset(store: Store, sites: tuple[Site, ...], vector: Vector, now: float) -> None:
+    """Too far behind to be told what was missed: every site purged hard, then `vector` taken as applied."""
+    log.warning("purge log: a peer no longer keeps purges this node lacks; purging every site to catch up")
+    for site in sites:
+        await store.purge_scope((site.name, "", ""), False, now, strict=False)
+    await store.adopt(vector)
+    metrics.PURGE_CATCHUPS.labels("reset").inc()
+
+
+def parse_answer(doc: Any) -> Answer | None:
+    """A peer's answer to AFTER_PATH, or None when malformed (never raises)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+        return None
+    vector = parse_vector(doc.get("vector"))
+    entries = [Entry.from_json(row) for row in doc["entries"]]
+    if vector is None or any(e is None for e in entries):
+        return None
+    return Answer(tuple(e for e in entries if e is not None), doc.get("more") is True, doc.get("gap") is True, vector)
+
+
+@dataclass(frozen=True, slots=True)
+class NoLog:
+    """A peer that keeps no purge log (no admin listener, or a 404): nothing to wait for."""
+
+
+class PurgeSync:
+    def __init__(
+        self,
+        view: ClusterView,
+        store: Store,
+        sites: Callable[[], tuple[Site, ...]],
+        session: aiohttp.ClientSession,
+        applies: bool = True,
+    ) -> None:
+        self.view, self.store, self.sites, self.session, self.applies = view, store, sites, session, applies
+        # What each peer last said it has applied; absent: not heard from since it came up (or since this started).
+        self.known: dict[str, Vector | NoLog] = {}
+        self.rounds = asyncio.Condition()  # notified after each round and each change of doubt (for tests)
+        self._wake = asyncio.Event()
+        self._since: float | None = None
+        self.doubt(time.time())
+        view.listeners.append(self._peer_changed)
+
+    def doubt(self, since: float) -> None:
+        if self._since is None:
+            self._since = since
+            self.store.doubt(since)
+            metrics.PURGE_BEHIND.set(1)
+
+    @property
+    def doubting(self) -> bool:
+        """Is this node revalidating what it stored before it may have missed purges?"""
+        return self._since is not None
+
+    def caught_up(self) -> bool:
+        """Has this node every purge that every peer which is up and keeps a log has?"""
+        if not self.view.members_known:
+            return False
+        for m in self.view.ring.members:
+            if m.id == self.view.self_id or not m.admin or not self.view.is_up(m.id):
+                continue
+            vector = self.known.get(m.id)
+            if vector is None or (not isinstance(vector, NoLog) and not self.store.sync.covers(vector)):
+                return False
+        return True
+
+    def judge(self) -> None:
+        if self.caught_up():
+            if self._since is not None:
+                self._since = None
+                self.store.doubt(None)
+                metrics.PURGE_BEHIND.set(0)
+        else:
+            self.doubt(time.time())
+
+    def _peer_changed(self, member_id: str, up: bool) -> None:
+        """A peer came up (or joined): it may have taken purges this node has not heard of."""
+        self.known.pop(member_id, None)
+        if up:
+            self.doubt(time.time())
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Forever: a round, then wait `cluster.interval` (or less, when a peer comes up)."""
+        while True:
+            await self.round()
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(self.view.settings.interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def round(self) -> None:
+        await self.store.catch_up()  # what another worker applied
+        peers = [m for m in self.view.ring.members if m.id != self.view.self_id]
+        await asyncio.gather(*(self._sync(m) for m in peers))
+        self.judge()
+        async with self.rounds:
+            self.rounds.notify_all()
+
+    async def _sync(self, peer: Member) -> None:
+        if not peer.admin:
+            self.known[peer.id] = NoLog()
+            return
+        for _ in range(MAX_BATCHES):
+            answer = await self._ask(peer)
+            if answer is None:
+                return  # not reachable now: the health view says whether that matters
+            if isinstance(answer, NoLog):
+                self.known[peer.id] = answer
+                return
+            if not self.store.sync.covers(answer.vector):
+                self.doubt(time.time())
+            if not self.applies:
+                self.known[peer.id] = answer.vector
+                return  # worker 0 applies it; this one sees it in the log
+            sites, now = self.sites(), time.time()
+            if answer.gap:
+                await reset(self.store, sites, answer.vector, now)
+            taken = 0
+            for entry in answer.entries:
+                taken += await apply_entry(self.store, sites, entry, now)
+            if taken:
+                log.info("purge log: %d purges taken from %s", taken, peer.id)
+                metrics.PURGE_CATCHUPS.labels("entries").inc(taken)
+            self.known[peer.id] = answer.vector
+            if not answer.more:
+                return
+
+    async def _ask(self, peer: Member) -> Answer | NoLog | None:
+        token = peer_token(self.view.settings.key)
+        try:
+            async with self.session.post(
+                f"http://{peer.admin}{AFTER_PATH}",
+                json={"vector": dict(self.store.sync.vector)},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=aiohttp.ClientTimeout(total=self.view.settings.timeout),
+            ) as r:
+                if r.status == 404:
+                    return NoLog()
+                if r.status != 200:
+                    log.warning("purge log: %s answered %d to %s", peer.id, r.status, AFTER_PATH)
+                    return None
+                answer = parse_answer(await r.json(content_type=None))
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return None
+        if answer is None:
+            log.warning("purge log: %s sent an answer that is not one", peer.id)
+        return answer

@@ -1,0 +1,356 @@
+"""Purges that are never missed: a node that was stopped or cut off while a purge was made catches up before it
+serves from cache, and DNS membership passes purges to every node DNS lists.
+
+Real in-process clusters on loopback, with the admin API as the server builds it (server._start_admin). A
+partition is real too: every node reaches every other node's admin API through a relay of its own, and cutting
+a node's relays (both ways) cuts it off. The origin changes the object (new bytes, new ETag) after the purge:
+any pre-purge byte served would show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from edgecache.config import ClusterSettings, Config, Listen, Token
+from edgecache.core.keys import make_key
+from edgecache.core.ring import Member, Ring
+from edgecache.server import _start_admin
+from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
+from tests.e2e.procs import free_port
+from tests.origin import Origin
+
+OPERATOR = "operator-secret-0123456789"
+OLD, NEW = b"before the purge " * 1000, b"after the purge! " * 1000
+WAIT = 20.0  # bound on every wait for the cluster to settle (the health checks run every 0.1 s)
+
+
+class Relay:
+    """127.0.0.1:port -> 127.0.0.1:target. cut(): refuse and drop every connection (a partition); heal()."""
+
+    def __init__(self, target: int) -> None:
+        self.port, self.target = free_port(), target
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def heal(self) -> None:
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for w in self._writers:
+                w.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+@dataclass
+class Running:
+    edge: Edge
+    admin: web.AppRunner
+    stack: contextlib.AsyncExitStack
+
+
+@dataclass
+class Cluster:
+    configs: list[Config]
+    relays: dict[tuple[int, int], Relay]  # (from, to): node `from` reaches `to`'s admin API through it
+    running: dict[int, Running] = field(default_factory=dict)
+
+    def edge(self, i: int) -> Edge:
+        return self.running[i].edge
+
+    async def start(self, i: int) -> None:
+        stack = contextlib.AsyncExitStack()
+        edge = await stack.enter_async_context(start_edge(self.configs[i]))
+        admin = await _start_admin(edge.node, edge.runner)
+        assert admin is not None
+        stack.push_async_callback(admin.cleanup)
+        self.running[i] = Running(edge, admin, stack)
+
+    async def stop(self, i: int) -> None:
+        await self.running.pop(i).stack.aclose()
+
+    async def cut(self, i: int) -> None:
+        for (a, b), relay in self.relays.items():
+            if i in (a, b):
+                await relay.cut()
+
+    async def heal(self, i: int) -> None:
+        for (a, b), relay in self.relays.items():
+            if i in (a, b):
+                await relay.heal()
+
+    async def settled(self, ups: Callable[[int, str], bool] | None = None) -> None:
+        """Until every running node sees the others as `ups` says (default: every running node up) and has no
+        doubt about its purges left."""
+        ids = {i: self.configs[i].cluster.self_id for i in self.running}  # type: ignore[union-attr]
+        want = ups or (lambda _i, other: other in ids.values())
+        async with asyncio.timeout(WAIT):
+            for i, run in self.running.items():
+                view = run.edge.node.cluster
+                assert view is not None
+                others = [c.cluster.self_id for c in self.configs if c.cluster.self_id != ids[i]]  # type: ignore[union-attr]
+                await view.wait_for(lambda v=view, o=others, i=i: all(v.is_up(x) == want(i, x) for x in o))  # type: ignore[misc]
+                sync = getattr(run.edge.node, "purge_sync", None)  # (None on the code before purge logs)
+                if sync is not None:
+                    async with sync.rounds:
+                        await sync.rounds.wait_for(lambda s=sync: s.caught_up() and not s.doubting)
+
+    async def purge(self, i: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        admin = self.configs[i].admin
+        headers = {"Authorization": f"Bearer {OPERATOR}"}
+        async with aiohttp.ClientSession() as s, s.post(f"http://{admin}/purge", json=body, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def close(self) -> None:
+        for i in list(self.running):
+            await self.stop(i)
+        for relay in self.relays.values():
+            await relay.cut()
+
+
+@contextlib.asynccontextmanager
+async def cluster(origin: Origin, tmp_path: Path, n: int = 3, fall: int = 2) -> AsyncIterator[Cluster]:
+    ports, admins = [free_port() for _ in range(n)], [free_port() for _ in range(n)]
+    relays = {(a, b): Relay(admins[b]) for a in range(n) for b in range(n) if a != b}
+    configs = []
+    for i in range(n):
+        members = tuple(
+            Member(f"node{j}", f"127.0.0.1:{ports[j]}", admin=f"127.0.0.1:{admins[j] if j == i else relays[i, j].port}")
+            for j in range(n)
+        )
+        cfg = make_config(tmp_path / f"n{i}", [origin.url])
+        settings = ClusterSettings(f"node{i}", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=1.0, fall=fall)
+        configs.append(
+            replace(
+                cfg,
+                listen=(Listen("127.0.0.1", ports[i]),),
+                admin=Listen("127.0.0.1", admins[i]),
+                cluster=settings,
+                tokens=(Token("ops", OPERATOR, "operator"),),
+            )
+        )
+    c = Cluster(configs, relays)
+    try:
+        for relay in relays.values():
+            await relay.heal()
+        for i in range(n):
+            await c.start(i)
+        await c.settled()
+        yield c
+    finally:
+        await c.close()
+
+
+def owner(c: Cluster, path: str) -> int:
+    primary = make_key("videos", "video.test", path, ("*",)).primary
+    found = Ring.of(c.configs[0].cluster.nodes).owner(primary)  # type: ignore[union-attr]
+    assert found is not None
+    return int(found.id.removeprefix("node"))
+
+
+async def body_via(c: Cluster, i: int, path: str) -> bytes:
+    status, _, body = await c.edge(i).get(path)
+    assert status == 200
+    return body
+
+
+async def warm(c: Cluster, origin: Origin, path: str) -> None:
+    origin.put(path, OLD, etag='"v1"')
+    for i in c.running:
+        assert await body_via(c, i, path) == OLD
+    assert origin.hits[path] == 1
+
+
+def change(origin: Origin, path: str) -> None:
+    origin.put(path, NEW, etag='"v2"')
+
+
+async def test_a_node_stopped_during_a_purge_catches_up_before_it_serves(origin: Origin, tmp_path: Path) -> None:
+    async with cluster(origin, tmp_path) as c:
+        path = "/stopped/a"
+        x = owner(c, path)
+        y = (x + 1) % 3
+        await warm(c, origin, path)
+        await c.stop(x)
+        change(origin, path)
+        status, answer = await c.purge(y, {"url": f"http://video.test{path}"})
+        assert (status, answer["nodes"], answer["confirmed"], answer["failed"]) == (200, 3, 2, [f"node{x}"])
+        await c.start(x)  # its copy of the object is on its disk, from before the purge
+        assert await body_via(c, x, path) == NEW  # asked at once: it caught up before it listened
+        await c.settled()
+        for i in range(3):
+            assert await body_via(c, i, path) == NEW
+        assert origin.hits[path] == 2
+        assert c.edge(x).node.store.sync.has(*answer["id"])
+
+
+async def test_a_node_that_cannot_catch_up_revalidates_what_it_stored_before(origin: Origin, tmp_path: Path) -> None:
+    # fall=50: its peers count as up for 5 s after it starts, so it knows it may be behind all that time.
+    async with cluster(origin, tmp_path, fall=50) as c:
+        path = "/doubt/a"
+        x = owner(c, path)
+        y = (x + 1) % 3
+        await warm(c, origin, path)
+        await c.stop(x)
+        change(origin, path)
+        status, answer = await c.purge(y, {"url": f"http://video.test{path}"})
+        assert (status, answer["failed"]) == (200, [f"node{x}"])
+        await c.cut(x)
+        await c.start(x)  # no peer to ask: its copy from before may be one a purge removed
+        assert await body_via(c, x, path) == NEW
+        assert origin.hits[path] == 2
+        assert origin.seen[-1].headers.get("If-None-Match") == '"v1"'  # revalidated, not served from cache
+        await c.heal(x)
+        await c.settled()
+        # The purge arrives: what it stored meanwhile is purged too (a copy more from origin, never a wrong one).
+        assert await body_via(c, x, path) == NEW
+        assert origin.hits[path] == 3
+        assert c.edge(x).node.store.sync.has(*answer["id"])
+
+
+async def test_a_node_cut_off_during_a_purge_catches_up_when_it_is_back(origin: Origin, tmp_path: Path) -> None:
+    async with cluster(origin, tmp_path) as c:
+        path = "/partitioned/a"
+        x = owner(c, path)
+        y = (x + 1) % 3
+        await warm(c, origin, path)
+        await c.cut(x)
+        ids = [f"node{i}" for i in range(3)]
+        await c.settled(lambda i, other: i != x and other != ids[x])  # x sees no one, and no one sees x
+        change(origin, path)
+        status, answer = await c.purge(y, {"prefix": "http://video.test/partitioned/"})
+        assert (status, answer["confirmed"], answer["failed"]) == (200, 2, [f"node{x}"])
+        await c.heal(x)
+        await c.settled()
+        for i in range(3):
+            assert await body_via(c, i, path) == NEW
+        assert origin.hits[path] == 2
+
+
+async def test_purges_survive_a_restart_and_are_passed_on_from_the_log(origin: Origin, tmp_path: Path) -> None:
+    async with cluster(origin, tmp_path) as c:
+        path = "/restarted/a"
+        x = owner(c, path)
+        y, z = (x + 1) % 3, (x + 2) % 3
+        await warm(c, origin, path)
+        await c.stop(x)
+        change(origin, path)
+        status, answer = await c.purge(y, {"url": f"http://video.test{path}", "soft": True})
+        assert (status, answer["confirmed"]) == (200, 2)
+        await c.stop(y)
+        await c.stop(z)
+        # Only y's log can tell x of the purge now: y is back from its own disk, z stays down.
+        await c.start(y)
+        await c.start(x)
+        await c.settled(lambda _i, other: other != f"node{z}")
+        assert await body_via(c, x, path) == NEW
+        assert await body_via(c, y, path) == NEW
+        assert origin.hits[path] == 2
+        assert c.edge(x).node.store.sync.has(*answer["id"])
+        # y numbers its next purge after the ones its log holds: never a number a peer has seen for another purge.
+        status, again = await c.purge(y, {"url": f"http://video.test{path}"})
+        assert (status, again["id"]) == (200, [answer["id"][0], answer["id"][1] + 1])
+
+
+@pytest.fixture
+async def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Answers for names in it, from the loop's getaddrinfo (where the cluster's DNS lookups go); every other
+    name resolves as ever. There is no DNS server on loopback to list three nodes."""
+    names: dict[str, list[str]] = {}
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, int(port))) for ip in names[host]]
+        return await real(host, port, *args, **kw)
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    return names
+
+
+async def test_dns_membership_passes_purges_to_every_node(
+    origin: Origin, tmp_path: Path, fake_dns: dict[str, list[str]]
+) -> None:
+    ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    fake_dns["peers.edge.test"] = ips
+    port, admin = free_port(), free_port()
+    configs = []
+    for i, ip in enumerate(ips):
+        cfg = make_config(tmp_path / f"n{i}", [origin.url])
+        settings = ClusterSettings(
+            f"{ip}:{port}", key=CLUSTER_KEY, dns=f"peers.edge.test:{port}", dns_interval=0.1, interval=0.1, fall=2
+        )
+        configs.append(
+            replace(
+                cfg,
+                listen=(Listen(ip, port),),
+                admin=Listen(ip, admin),
+                cluster=settings,
+                tokens=(Token("ops", OPERATOR, "operator"),),
+            )
+        )
+    c = Cluster(configs, {})
+    try:
+        for i in range(3):
+            await c.start(i)
+        await c.settled()
+        path = "/dns/a"
+        members = Ring.of(Member(f"{ip}:{port}", f"{ip}:{port}") for ip in ips)
+        found = members.owner(make_key("videos", "video.test", path, ("*",)).primary)
+        assert found is not None
+        x = ips.index(found.id.rpartition(":")[0])
+        y = (x + 1) % 3
+        origin.put(path, OLD, etag='"v1"')
+        async with aiohttp.ClientSession() as s:
+
+            async def via(i: int) -> bytes:
+                async with s.get(f"http://{ips[i]}:{port}{path}", headers={"Host": "video.test"}) as r:
+                    assert r.status == 200
+                    return await r.read()
+
+            for i in range(3):
+                assert await via(i) == OLD
+            assert origin.hits[path] == 1
+            change(origin, path)
+            status, answer = await c.purge(y, {"url": f"http://video.test{path}"})
+            assert (status, answer["nodes"], answer["confirmed"], answer["failed"]) == (200, 3, 3, [])
+            for i in range(3):
+                assert await via(i) == NEW
+            assert origin.hits[path] == 2
+            await c.stop(x)
+            await c.settled(lambda _i, other: other != f"{ips[x]}:{port}")
+            status, answer = await c.purge(y, {"url": f"http://video.test{path}"})
+            assert (status, answer["nodes"], answer["confirmed"], answer["failed"]) == (200, 3, 2, [f"{ips[x]}:{port}"])
+    finally:
+        await c.close()
