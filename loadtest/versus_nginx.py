@@ -14,7 +14,8 @@ each system on the same trace, and edgecache's origin bytes / nginx's (below 1: 
   --content is reached, Zipf 0.9 popularity over them, sessions that start at 0 (most) or a seek and play on in
   2 MiB ranges with seeks and abandons, 5% prefetching the first 4 MiB of a popular object; whole sessions until
   --served bytes. Sessions start in trace order, --concurrency at a time, each playing its ranges in order.
-- edgecache: `edgecache serve --origin` (one-origin mode), 1 MiB slices, --memory for its memory tier, --disk.
+- edgecache: `edgecache serve --origin` (one-origin mode), 1 MiB slices, --memory for its memory tier (its RSS
+  bound off, so the tier keeps all of it), --disk; --edge-arg adds or overrides arguments of `edgecache serve`.
 - nginx: `proxy_cache` + `slice 1m`, the cache key `$uri$is_args$args$slice_range`, `proxy_cache_valid 200 206`,
   `max_size` = --disk, and `proxy_cache_lock` so that, as in edgecache, readers of a slice being filled wait for
   it rather than fetching it again.
@@ -22,6 +23,10 @@ each system on the same trace, and edgecache's origin bytes / nginx's (below 1: 
   is the kernel's page cache, which holds copies of files already in its disk cache, so RAM changes how fast nginx
   serves, never what it fetches, and it is not limited here. edgecache's memory tier may keep a slice its disk has
   dropped, so its two tiers may hold up to --disk + --memory distinct bytes; nginx holds --disk.
+- Disk: a budget is the bytes a cache keeps. nginx's cache manager trims to max_size only when it wakes, at most
+  every 10 s, so no request starts while a cache is over its budget (plus room for the fills in flight) and
+  nginx trims meanwhile (see DiskWatch; --no-hold to see nginx unheld). The peak and final size on disk of each
+  cache are reported, and how long play was held for each.
 - Every response's status, Content-Range and bytes are checked against the derived content; any mismatch or error
   is printed and the exit code is 1. Everything runs on 127.0.0.1; every process is stopped at the end (process
   groups) and the work directory is removed unless --keep.
@@ -70,7 +75,7 @@ _TWICE = _POOL + _POOL
 CHUNK = 256 * 1024
 SAMPLE_SECONDS = 0.5
 HOLD_LIMIT = 30.0  # seconds; nginx's cache manager wakes at least every 10 s
-ETAG_EPOCH = "Sat, 01 Nov 2025 00:00:00 GMT"
+LAST_MODIFIED = "Sat, 01 Nov 2025 00:00:00 GMT"
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _PATH = re.compile(r"/video/(\d{1,9})\.mp4")
 
@@ -191,7 +196,7 @@ def origin_app(sizes: list[int]) -> web.Application:
             "Content-Type": "video/mp4",
             "Cache-Control": "public, max-age=86400",
             "ETag": f'"{obj}-{size}"',
-            "Last-Modified": ETAG_EPOCH,
+            "Last-Modified": LAST_MODIFIED,
             "Accept-Ranges": "bytes",
         }
         span = _one_range(request.headers.get("Range"), size)
@@ -532,7 +537,6 @@ def run_system(name: str, work: Path, origin_port: int, trace: Trace, args: argp
         "origin_bad": after.bad - before.bad,
         "origin_per_client": origin_bytes / max(1, tally.client_bytes),
         "byte_hit_ratio": 1 - origin_bytes / max(1, tally.client_bytes),
-        "disk_mean_bytes": sum(tally.disk_samples) // max(1, len(tally.disk_samples)),
         "disk_peak_bytes": max(tally.disk_samples, default=0),
         "disk_end_bytes": disk_used(work / "cache"),
         "seconds": seconds,
@@ -634,14 +638,14 @@ def report(args: argparse.Namespace, summary: dict[str, int], results: dict[str,
     print()
     print(
         "| system | client GiB | origin GiB | origin requests | origin / client | byte hit ratio "
-        "| cache on disk: mean / peak / end MiB |"
+        "| cache on disk: peak / end MiB |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(
             f"| {name} | {r['client_bytes'] / GiB:.3f} | {r['origin_bytes'] / GiB:.3f} | {r['origin_requests']:,} "
-            f"| {r['origin_per_client']:.3f} | {r['byte_hit_ratio']:.1%} | {r['disk_mean_bytes'] / MiB:,.0f} / "
-            f"{r['disk_peak_bytes'] / MiB:,.0f} / {r['disk_end_bytes'] / MiB:,.0f} |"
+            f"| {r['origin_per_client']:.3f} | {r['byte_hit_ratio']:.1%} "
+            f"| {r['disk_peak_bytes'] / MiB:,.0f} / {r['disk_end_bytes'] / MiB:,.0f} |"
         )
     edge, nginx = results["edgecache"], results["nginx"]
     ratio = edge["origin_bytes"] / max(1, nginx["origin_bytes"])
