@@ -409,10 +409,11 @@ class DiskWatch:
         while True:
             used = await loop.run_in_executor(None, disk_used, self.path)
             self.tally.disk_samples.append(used)
-            self._judge(used, loop.time())
+            self.judge(used, loop.time())
             await asyncio.sleep(SAMPLE_SECONDS)
 
-    def _judge(self, used: int, now: float) -> None:
+    def judge(self, used: int, now: float) -> None:
+        """One sample: hold play when the cache goes over its limit, resume when it is back within it."""
         over = self.limit is not None and used > self.limit
         self._excused = self._excused and over
         if over and not self._excused and self._held_since is None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from loadtest.versus_nginx import MiB, content, make_trace, replay
+from loadtest.versus_nginx import HOLD_LIMIT, DiskWatch, MiB, Tally, content, make_trace, replay
 from tests.e2e.procs import ROOT
 
 
@@ -118,3 +118,31 @@ async def test_the_replay_reports_a_wrong_byte_and_a_wrong_range(tmp_path: Path)
     )
     assert [f[: len(e)] for f, e in zip(sorted(tally.failures), expected, strict=True)] == expected
     assert tally.requests == len(reqs)
+
+
+async def test_play_is_held_while_a_cache_is_over_its_limit_and_let_go_after_the_hold_limit(tmp_path: Path) -> None:
+    tally = Tally()
+    watch = DiskWatch(tmp_path, 100, tally)
+    watch.judge(100, 0.0)
+    assert watch.open.is_set()
+    watch.judge(101, 1.0)
+    watch.judge(150, 5.0)
+    assert not watch.open.is_set()
+    watch.judge(90, 8.0)
+    assert watch.open.is_set()
+    assert (tally.holds, tally.held_seconds, tally.hold_timeouts) == (1, 7.0, 0)
+    # A cache that stays over is let go, and not held again until it has once been within its limit.
+    watch.judge(150, 10.0)
+    watch.judge(150, 10.0 + HOLD_LIMIT + 1)
+    assert watch.open.is_set()
+    watch.judge(150, 50.0)
+    assert watch.open.is_set()
+    assert (tally.holds, tally.held_seconds, tally.hold_timeouts) == (2, 7.0 + HOLD_LIMIT + 1, 1)
+    watch.judge(100, 51.0)
+    watch.judge(101, 52.0)
+    assert not watch.open.is_set()
+    assert tally.holds == 3
+    # No limit (--no-hold): never held.
+    unheld = DiskWatch(tmp_path, None, Tally())
+    unheld.judge(10**12, 0.0)
+    assert unheld.open.is_set()
