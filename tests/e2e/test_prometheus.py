@@ -2,6 +2,10 @@
 expression of the Grafana dashboard and every alert rule's base expression returns data; promtool accepts
 the rules and the scrape configs.
 
+The edge is one node of a 2-node cluster, so the peer panels have forwards to show; its peer is then stopped
+and slices on its disk damaged, and the alerts for those situations (PeerDown, DiskCorruption, and
+OriginErrorRate for the dead origin it is given) must then fire: their whole expressions give the expected series.
+
 Needs `prometheus` and `promtool` on PATH (Debian's `prometheus` package): scripts/test installs them where it
 can, and says what to do where it cannot; missing, these tests fail.
 """
@@ -34,7 +38,7 @@ PROMTOOL = Path(shutil.which("promtool") or "/usr/bin/promtool")
 DASHBOARD = ROOT / "config" / "grafana" / "dashboard.json"
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
 SCRAPE_CONFIG = ROOT / "config" / "prometheus" / "prometheus.yml"
-DEADLINE = 60.0  # seconds for Prometheus to have scraped enough for every expression to return data
+DEADLINE = 90.0  # seconds for Prometheus to have scraped enough for every expression to return data
 ALERT_NAMES = {
     "EdgecacheDown",
     "HitRatioDrop",
@@ -42,7 +46,10 @@ ALERT_NAMES = {
     "DiskNearlyFull",
     "WorkerRestarted",
     "AccessLogDropping",
+    "PeerDown",
+    "DiskCorruption",
 }
+OPERATOR = "prometheus-test-operator-token"
 
 # Grafana's variables, as Prometheus gets them once Grafana has expanded them.
 _GRAFANA_VARS = {
@@ -145,9 +152,10 @@ async def wait_log(proc: asyncio.subprocess.Process, log: Path, needle: str, sec
         await asyncio.sleep(0.05)
 
 
-async def traffic(port: int, origin: Origin, seen: Counter[int]) -> None:
+async def traffic(port: int, admin: int, origin: Origin, seen: Counter[int]) -> None:
     """Until cancelled: hits, cold misses, ranges, expiries, no-store, a 404, origin 5xx, a dead origin, and
-    bursts of concurrent requests for new objects (collapsed onto one fetch)."""
+    bursts of concurrent requests for new objects (collapsed onto one fetch); a purge each round and a prefetch
+    job each tenth (their answers counted in `seen` too)."""
     big = os.urandom(3 * 2**20)
     origin.put("/v/big.bin", big)
     origin.put("/v/short", b"s" * 5000, headers={"Cache-Control": "public, max-age=1"})
@@ -161,8 +169,18 @@ async def traffic(port: int, origin: Origin, seen: Counter[int]) -> None:
             await r.read()
             seen[r.status] += 1
 
+    async def manage(s: aiohttp.ClientSession, path: str, body: object) -> None:
+        auth = {"Authorization": f"Bearer {OPERATOR}"}
+        async with s.post(f"http://127.0.0.1:{admin}{path}", json=body, headers=auth) as r:
+            await r.read()
+            seen[r.status] += 1
+
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
         for i in range(1_000_000):
+            await manage(s, "/purge", {"url": "http://video.test/v/short"})
+            if i % 10 == 0:
+                origin.put(f"/v/pf-{i}", os.urandom(100_000))
+                await manage(s, "/prefetch", [f"http://video.test/v/pf-{i}"])
             start = (i * 700_001) % (len(big) - 1000)
             await get(s, "/v/big.bin", {**video, "Range": f"bytes={start}-{start + 999}"})
             await get(s, "/v/big.bin", {**video, "Range": "bytes=0-99"})
@@ -204,17 +222,56 @@ class PromAPI:
             await asyncio.sleep(0.2)
 
 
-async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin, tmp_path: Path) -> None:
-    prometheus = require(PROMETHEUS)
-    port, admin, prom_port, dead = free_port(), free_port(), free_port(), free_port()
-    edge_cfg = tmp_path / "edge.toml"
-    edge_cfg.write_text(
+def node_config(tmp_path: Path, me: int, ports: list[tuple[int, int]], origin: Origin, dead: int) -> Path:
+    """Node `me` (1 or 2) of the cluster whose (client, admin) ports are `ports`. Its memory tier holds no 1 MiB
+    slice (an eighth of it at most), so every slice served is read from disk, where its checksum is checked."""
+    port, admin = ports[me - 1]
+    nodes = "".join(
+        f'[[cluster.nodes]]\nid = "node{i}"\naddress = "127.0.0.1:{p}"\nadmin = "127.0.0.1:{a}"\n'
+        for i, (p, a) in enumerate(ports, 1)
+    )
+    path = tmp_path / f"node{me}.toml"
+    path.write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
-        f'[cache]\ndir = "{tmp_path / "cache"}"\nmemory = "16MiB"\ndisk = "64MiB"\nslice = "1MiB"\n'
+        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
+        f'[cache]\ndir = "{tmp_path / f"node{me}"}"\nmemory = "1MiB"\ndisk = "64MiB"\nslice = "1MiB"\n'
+        f'[cluster]\nself = "node{me}"\nkey = "prometheus-test-cluster-key-0123456789abcdef"\n'
+        f"interval = 0.2\ntimeout = 0.5\nrise = 2\nfall = 2\n{nodes}"
         f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
         # Nothing listens on `dead`: every request for down.test is an origin connect error and a 502.
         f'[[sites]]\nname = "down"\nhosts = ["down.test"]\norigins = ["http://127.0.0.1:{dead}"]\n'
     )
+    return path
+
+
+def damage_slices(cache_dir: Path) -> int:
+    """Flip the first byte of every 1 MiB slice file under `cache_dir` (its size kept); how many there were."""
+    damaged = 0
+    for f in cache_dir.rglob("*"):
+        if f.is_file() and f.stat().st_size == 2**20:
+            with f.open("r+b") as out:
+                first = out.read(1)
+                out.seek(0)
+                out.write(bytes([first[0] ^ 0xFF]))
+            damaged += 1
+    return damaged
+
+
+async def until_data(api: PromAPI, expr: str, started: float, load: asyncio.Task[None]) -> list[dict[str, Any]]:
+    while True:
+        assert not load.done(), "traffic stopped"
+        got = await api.query(expr)
+        if got:
+            return got
+        assert time.monotonic() - started < DEADLINE, f"no data for {expr}"
+        await asyncio.sleep(0.5)
+
+
+async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin, tmp_path: Path) -> None:
+    prometheus = require(PROMETHEUS)
+    ports = [(free_port(), free_port()) for _ in range(2)]
+    (port, admin), prom_port, dead = ports[0], free_port(), free_port()
+    edge_cfg, peer_cfg = (node_config(tmp_path, me, ports, origin, dead) for me in (1, 2))
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
     prom_cfg = tmp_path / "prometheus.yml"
     prom_cfg.write_text(  # JSON is YAML
@@ -226,11 +283,12 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
             }
         )
     )
-    edge_log, prom_log = tmp_path / "edge.log", tmp_path / "prometheus.log"
+    edge_log, peer_log, prom_log = tmp_path / "edge.log", tmp_path / "peer.log", tmp_path / "prometheus.log"
     seen: Counter[int] = Counter()
     started = time.monotonic()
     async with (
         process(edge_log, sys.executable, "-m", "edgecache", "serve", "--config", str(edge_cfg)) as edge,
+        process(peer_log, sys.executable, "-m", "edgecache", "serve", "--config", str(peer_cfg)) as peer,
         process(
             prom_log,
             prometheus,
@@ -241,9 +299,10 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
     ):
         api = PromAPI(session, f"http://127.0.0.1:{prom_port}")
-        with _log_tail(edge_log):
-            await wait_log(edge, edge_log, "admin listening on")
-        load = asyncio.create_task(traffic(port, origin, seen))
+        for proc, log in ((edge, edge_log), (peer, peer_log)):
+            with _log_tail(log):
+                await wait_log(proc, log, "admin listening on")
+        load = asyncio.create_task(traffic(port, admin, origin, seen))
         try:
             with _log_tail(prom_log):
                 await api.ready(prom)
@@ -255,6 +314,13 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
                         break
                     assert time.monotonic() - started < DEADLINE, f"fewer than 3 scrapes in {DEADLINE} s: {got}"
                     await asyncio.sleep(0.5)
+
+                # Forwards to the peer were answered and scraped; then the peer stops and the edge's disk fails.
+                await until_data(
+                    api, 'edgecache_peer_response_seconds_count{job="edgecache", peer="node2"} > 0', started, load
+                )
+                await stop_group(peer)
+                assert damage_slices(tmp_path / "node1") >= 1
 
                 groups = (await api.get("/api/v1/rules"))["groups"]
                 rules = {r["name"]: r for g in groups for r in g["rules"]}
@@ -274,6 +340,13 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
                     assert time.monotonic() - started < DEADLINE, "no data for:\n" + "\n".join(empty)
                     await asyncio.sleep(1)
 
+                # The situations made above: each alert's whole expression gives its series.
+                instance = f"127.0.0.1:{admin}"
+                down = await until_data(api, rules["PeerDown"]["query"], started, load)
+                assert [(r["metric"], r["value"][1]) for r in down] == [({"instance": instance, "peer": "node2"}, "0")]
+                for name in ("DiskCorruption", "OriginErrorRate"):
+                    fired = await until_data(api, rules[name]["query"], started, load)
+                    assert [r["metric"] for r in fired] == [{"instance": instance}], name
                 rules = {r["name"]: r for g in (await api.get("/api/v1/rules"))["groups"] for r in g["rules"]}
                 assert {n: (r["health"], r.get("lastError", "")) for n, r in rules.items()} == {
                     n: ("ok", "") for n in ALERT_NAMES
@@ -282,9 +355,11 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
             load.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await load
-    # The traffic was what it meant to be: cached ranges, whole objects, a 404, origin 5xx, a dead origin.
-    assert {206, 200, 404, 500, 502} <= set(seen), seen
+    # The traffic was what it meant to be: cached ranges, whole objects, a 404, origin 5xx, a dead origin, and
+    # the purges (200) and prefetch jobs (202) it asked for.
+    assert {206, 200, 202, 404, 500, 502} <= set(seen), seen
     assert edge.returncode is not None
+    assert peer.returncode is not None
     assert prom.returncode is not None
 
 
