@@ -37,9 +37,12 @@ class ConfigWatch:
         self.interval = interval
         self.changed = changed  # called in the watching thread
         self._stop = threading.Event()
+        self._last: Stamp | None = None
         self._thread = threading.Thread(target=self._run, name="edgecache-configwatch", daemon=True)
 
     def start(self) -> None:
+        """From the file as it is now: a change from here on is told."""
+        self._last = stamp(self.path)
         self._thread.start()
 
     def stop(self) -> None:
@@ -48,7 +51,7 @@ class ConfigWatch:
         self._thread.join(self.interval + 1.0)
 
     def _run(self) -> None:
-        last = stamp(self.path)
+        last = self._last
         while not self._stop.wait(self.interval):
             now = stamp(self.path)
             if now is None or now == last or self._stop.is_set():
