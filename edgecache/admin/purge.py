@@ -176,11 +176,12 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
                 "path": order.path,
                 "soft": order.soft,
             },
-            "id": [entry.origin, entry.seq] if entry.seq else None,
             "nodes": 1 + len(peers),
             "confirmed": confirmed,
             "failed": failed,
         }
+        if entry.seq:  # numbered: this node has peers (core.purge.Entry)
+            answer["id"] = [entry.origin, entry.seq]
         return web.json_response(answer)
 
     return handle

@@ -30,6 +30,7 @@ from tests.e2e.procs import free_port
 from tests.origin import Origin
 
 OPERATOR = "operator-secret-0123456789"
+PROVIDER = "videos-provider-secret-0123"
 OLD, NEW = b"before the purge " * 1000, b"after the purge! " * 1000
 WAIT = 20.0  # bound on every wait for the cluster to settle (the health checks run every 0.1 s)
 
@@ -156,7 +157,7 @@ async def cluster(origin: Origin, tmp_path: Path, n: int = 3, fall: int = 2) -> 
                 listen=(Listen("127.0.0.1", ports[i]),),
                 admin=Listen("127.0.0.1", admins[i]),
                 cluster=settings,
-                tokens=(Token("ops", OPERATOR, "operator"),),
+                tokens=(Token("ops", OPERATOR, "operator"), Token("videos", PROVIDER, "provider", ("videos",))),
             )
         )
     c = Cluster(configs, relays)
@@ -354,3 +355,47 @@ async def test_dns_membership_passes_purges_to_every_node(
             assert (status, answer["nodes"], answer["confirmed"], answer["failed"]) == (200, 3, 2, [f"{ips[x]}:{port}"])
     finally:
         await c.close()
+
+
+async def test_the_purge_log_is_read_by_nodes_and_operators_and_bad_input_gets_400(
+    origin: Origin, tmp_path: Path
+) -> None:
+    async with cluster(origin, tmp_path, n=2) as c:
+        status, answer = await c.purge(0, {"prefix": "http://video.test/d/"})
+        assert (status, answer["confirmed"]) == (200, 2)
+        origin_id, number = answer["id"]
+        from edgecache.core.purge import peer_token  # here: the other tests also run on the code before it
+
+        admin = f"http://{c.configs[1].admin}"
+        peer = peer_token(CLUSTER_KEY)
+
+        async def call(path: str, token: str | None, body: object) -> tuple[int, dict[str, Any]]:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with aiohttp.ClientSession() as s, s.post(admin + path, json=body, headers=headers) as r:
+                return r.status, await r.json(content_type=None)
+
+        # What node1 keeps is what node0 numbered: a node that has none of it gets it, one that has it nothing.
+        expected = [origin_id, number, "prefix", "videos", "video.test", "/d/", False]
+        for token in (peer, OPERATOR):
+            assert await call("/purges/after", token, {"vector": {}}) == (
+                200,
+                {"node": "node1", "vector": {origin_id: number}, "entries": [expected], "more": False, "gap": False},
+            )
+        status, got = await call("/purges/after", peer, {"vector": {origin_id: number}})
+        assert (status, got["entries"]) == (200, [])
+        assert await call("/purges/after", None, {"vector": {}}) == (401, {"error": "a bearer token is required"})
+        assert await call("/purges/after", PROVIDER, {"vector": {}}) == (
+            403,
+            {"error": "only the cluster's nodes and operators may read the purge log"},
+        )
+        for bad in ({"vector": {origin_id: -1}}, {"vector": [1]}, [1], {}):
+            assert await call("/purges/after", peer, bad) == (
+                400,
+                {"error": 'expected {"vector": {origin: number, ...}}'},
+            )
+        # The nodes' token reads the log and nothing else: it purges no site.
+        assert (await call("/purge", peer, {"site": "videos"}))[0] == 403
+        for bad_id in ([origin_id], [origin_id, 0], "x", [1, 2]):
+            status, got = await call("/purge", OPERATOR, {"site": "videos", "local": True, "id": bad_id})
+            assert (status, got) == (400, {"error": "id must be [origin, number] as a node sends it"})
+        assert c.edge(1).node.store.sync.vector == {origin_id: number}
