@@ -31,7 +31,7 @@ each system on the same trace, and edgecache's origin bytes / nginx's (below 1: 
   is printed and the exit code is 1. Everything runs on 127.0.0.1; every process is stopped at the end (process
   groups) and the work directory is removed unless --keep.
 
---quick is a smoke check of under a minute (256 MiB of content, 96 MiB disk, 32 MiB memory, 512 MiB served);
+--quick is a smoke check of under a minute (256 MiB of content, 48 MiB disk, 16 MiB memory, 512 MiB served);
 any scale flag given overrides it. --json FILE writes the figures for scripts (tests/e2e/test_versus_nginx.py).
 """
 
@@ -65,7 +65,7 @@ from loadtest.efficiency import SLICE, object_sizes, plays
 MiB = 2**20
 GiB = 2**30
 DEFAULTS = {"content": "3GiB", "disk": "1GiB", "memory": "256MiB", "served": "6GiB"}
-QUICK = {"content": "256MiB", "disk": "96MiB", "memory": "32MiB", "served": "512MiB"}
+QUICK = {"content": "256MiB", "disk": "48MiB", "memory": "16MiB", "served": "512MiB"}
 # The content is a seeded pool of PERIOD bytes repeated, each object starting at its own phase. PERIOD is not a
 # multiple of the slice, so a slice served from another offset differs, and objects' phases differ.
 PERIOD = 2**20 + 4093
@@ -650,13 +650,14 @@ def report(args: argparse.Namespace, summary: dict[str, int], results: dict[str,
         )
     edge, nginx = results["edgecache"], results["nginx"]
     ratio = edge["origin_bytes"] / max(1, nginx["origin_bytes"])
-    print(
-        f"\nedgecache / nginx origin bytes: {ratio:.3f} (edgecache fetched {abs(ratio - 1):.1%} "
-        f"{'more' if ratio > 1 else 'fewer'} bytes from the origin)"
-    )
+    than = "as many" if ratio == 1 else f"{abs(ratio - 1):.1%} {'more' if ratio > 1 else 'fewer'}"
+    print(f"\nedgecache / nginx origin bytes: {ratio:.3f} (edgecache fetched {than} bytes from the origin)")
     tiers = {k.removeprefix("edgecache_"): f"{v / MiB:,.0f} MiB" for k, v in edge.items() if k.startswith("edgecache_")}
     if tiers:
-        print("edgecache's gauges as last sampled in its run: " + ", ".join(f"{k} {v}" for k, v in tiers.items()))
+        print(
+            "edgecache's gauges as last sampled (every few seconds; a short run may show none): "
+            + ", ".join(f"{k} {v}" for k, v in tiers.items())
+        )
     print(
         "seconds (not a benchmark): "
         + ", ".join(f"{name} {r['seconds']:.0f}" for name, r in results.items())
