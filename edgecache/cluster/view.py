@@ -181,18 +181,34 @@ class Resolver(Protocol):
 
 
 class SystemResolver:
+    def __init__(self) -> None:
+        # One PTR lookup per address at a time. The system's lookups run in threads that a timeout cannot stop:
+        # one that outlasts its round (a DNS server that does not answer) goes on, and the next rounds wait for
+        # it rather than queue more behind it, so a hung server costs one thread per member, not one per round.
+        self._lookups: dict[str, asyncio.Future[tuple[str, str]]] = {}
+
     async def addresses(self, host: str, port: int) -> list[tuple[str, int]]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return [(str(info[4][0]), port) for info in infos]
 
     async def name(self, ip: str) -> str | None:
+        lookup = self._lookups.get(ip)
+        if lookup is None:
+            lookup = asyncio.ensure_future(asyncio.get_running_loop().getnameinfo((ip, 0), socket.NI_NAMEREQD))
+            self._lookups[ip] = lookup
+            lookup.add_done_callback(lambda done: self._done(ip, done))
         try:
-            name, _ = await asyncio.get_running_loop().getnameinfo((ip, 0), socket.NI_NAMEREQD)
+            name, _ = await asyncio.shield(lookup)
         except socket.gaierror as exc:
             if exc.errno == socket.EAI_NONAME:
                 return None
             raise
         return name
+
+    def _done(self, ip: str, lookup: asyncio.Future[tuple[str, str]]) -> None:
+        del self._lookups[ip]
+        if not lookup.cancelled():
+            lookup.exception()  # read here, so that one no round waited for to its end is not reported unread
 
 
 async def follow_dns(view: ClusterView, resolver: Resolver | None = None) -> None:

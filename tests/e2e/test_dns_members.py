@@ -191,3 +191,31 @@ async def test_configured_ipv6_members_are_reached_at_their_addresses(origin: Or
         assert "peer" in cache
         assert origin.hits[path] == 1
         assert (await get("::1", ports[1], path))[:2] == (200, "edgecache; hit")
+
+
+async def test_a_dns_server_that_does_not_answer_costs_one_lookup_per_member(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The system resolver's PTR lookups, with a DNS server that answers only when the test says.
+    answer = asyncio.Event()
+    asked: list[str] = []
+
+    async def getnameinfo(sockaddr: tuple[str, int], flags: int) -> tuple[str, str]:
+        asked.append(sockaddr[0])
+        await answer.wait()
+        return f"edgecache-{sockaddr[0].rpartition('.')[2]}.{SERVICE}.", "0"
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getnameinfo", getnameinfo)
+    monkeypatch.setattr(view_module, "DNS_NAME_TIMEOUT", 0.01)
+
+    class Pods(view_module.SystemResolver):
+        async def addresses(self, host: str, port: int) -> list[tuple[str, int]]:
+            return [("10.0.0.0", 8080), ("10.0.0.1", 8080), ("10.0.0.2", 8080)]
+
+    resolver = Pods()
+    view = ClusterView(stateful("edgecache-0"))
+    for _ in range(5):  # rounds that find no name: the lookups still running are waited for, not asked again
+        view.set_members(await dns_members(view, resolver))
+        assert view.ring.members == ()
+    assert sorted(asked) == ["10.0.0.0", "10.0.0.1", "10.0.0.2"]
+    answer.set()
+    view.set_members(await dns_members(view, resolver))
+    assert [(m.id, m.address) for m in view.ring.members] == [(f"edgecache-{i}", f"10.0.0.{i}:8080") for i in range(3)]
