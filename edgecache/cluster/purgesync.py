@@ -24,6 +24,7 @@ With several worker processes every worker asks and doubts for itself; only work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from edgecache.storage.store import Store
 log = logging.getLogger(__name__)
 
 MAX_BATCHES = 16  # answers taken from one peer in one round; the rest comes in the next round
+MAX_ANSWER = 4 * 2**20  # bytes of one answer read, at most: BATCH entries of 8 KiB URLs are about 1 MiB
 AFTER_PATH = "/purges/after"
 
 
@@ -163,15 +165,14 @@ class PurgeSync:
             self._wake.set()
 
     async def run(self) -> None:
-        """Forever: a round, then wait `cluster.interval` (or less, when a peer comes up)."""
+        """Forever, after the round a node makes before it listens: wait `cluster.interval` (or less, when a peer
+        comes up: woken again if that happens during a round), then a round."""
         while True:
-            await self.round()
-            self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.view.settings.interval):
                     await self._wake.wait()
-            except TimeoutError:
-                pass
+            self._wake.clear()
+            await self.round()
 
     async def round(self) -> None:
         await self.store.catch_up()  # what another worker applied
@@ -223,6 +224,9 @@ class PurgeSync:
                     return NoLog()
                 if r.status != 200:
                     log.warning("purge log: %s answered %d to %s", peer.id, r.status, AFTER_PATH)
+                    return None
+                if r.content_length is None or r.content_length > MAX_ANSWER:
+                    log.warning("purge log: %s sent an answer of no length or over %d bytes", peer.id, MAX_ANSWER)
                     return None
                 answer = parse_answer(await r.json(content_type=None))
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):

@@ -399,3 +399,58 @@ async def test_the_purge_log_is_read_by_nodes_and_operators_and_bad_input_gets_4
             status, got = await call("/purge", OPERATOR, {"site": "videos", "local": True, "id": bad_id})
             assert (status, got) == (400, {"error": "id must be [origin, number] as a node sends it"})
         assert c.edge(1).node.store.sync.vector == {origin_id: number}
+
+
+async def test_a_peer_is_asked_a_bounded_number_of_times_and_read_to_a_bounded_size(
+    origin: Origin, tmp_path: Path
+) -> None:
+    from edgecache.cluster.purgesync import (
+        MAX_ANSWER,
+        MAX_BATCHES,
+    )  # here: the other tests also run on the code before it
+
+    asked: list[int] = []
+    mode = {"answer": "endless"}
+
+    async def after(request: web.Request) -> web.StreamResponse:
+        asked.append(1)
+        if mode["answer"] == "endless":  # always one more entry, and more after it
+            entry = ["peer~1", len(asked), "url", "videos", "video.test", f"/e{len(asked)}", False]
+            return web.json_response(
+                {"node": "peer", "vector": {"peer~1": 10_000}, "entries": [entry], "more": True, "gap": False}
+            )
+        if mode["answer"] == "huge":
+            return web.Response(body=b" " * (MAX_ANSWER + 1), content_type="application/json")
+        response = web.StreamResponse()  # chunked: no length to judge it by
+        await response.prepare(request)
+        await response.write(b'{"node": "peer", "vector": {}, "entries": [], "more": false, "gap": false}')
+        return response
+
+    app = web.Application()
+    app.router.add_post("/purges/after", after)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    peer_admin = free_port()
+    await web.TCPSite(runner, "127.0.0.1", peer_admin).start()
+    try:
+        members = (
+            Member("node0", f"127.0.0.1:{free_port()}"),
+            Member("peer", f"127.0.0.1:{free_port()}", admin=f"127.0.0.1:{peer_admin}"),
+        )
+        settings = ClusterSettings("node0", key=CLUSTER_KEY, nodes=members, interval=3600.0, fall=1000)
+        cfg = replace(make_config(tmp_path / "n0", [origin.url]), cluster=settings)
+        async with start_edge(cfg) as edge:
+            sync = edge.node.purge_sync
+            assert sync is not None
+            assert len(asked) == MAX_BATCHES  # the round before it listened: it took as many answers as it may
+            assert sync.store.sync.vector == {"peer~1": MAX_BATCHES}
+            assert sync.doubting  # the peer has more: not caught up, so its cache is still doubted
+            for answer in ("huge", "chunked"):
+                mode["answer"] = answer
+                asked.clear()
+                await sync.round()
+                assert len(asked) == 1
+                assert sync.store.sync.vector == {"peer~1": MAX_BATCHES}
+                assert sync.doubting
+    finally:
+        await runner.cleanup()
