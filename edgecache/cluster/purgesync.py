@@ -130,6 +130,7 @@ class PurgeSync:
             self._since = since
             self.store.doubt(since)
             metrics.PURGE_BEHIND.set(1)
+            log.info("purge log: may have missed purges: what was stored before now is revalidated until caught up")
 
     @property
     def doubting(self) -> bool:
@@ -154,6 +155,7 @@ class PurgeSync:
                 self._since = None
                 self.store.doubt(None)
                 metrics.PURGE_BEHIND.set(0)
+                log.info("purge log: caught up with every peer that is up")
         else:
             self.doubt(time.time())
 

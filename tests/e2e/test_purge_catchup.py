@@ -26,7 +26,7 @@ from edgecache.core.keys import make_key
 from edgecache.core.ring import Member, Ring
 from edgecache.server import _start_admin
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
-from tests.e2e.procs import free_port
+from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
 
 OPERATOR = "operator-secret-0123456789"
@@ -454,3 +454,61 @@ async def test_a_peer_is_asked_a_bounded_number_of_times_and_read_to_a_bounded_s
                 assert sync.doubting
     finally:
         await runner.cleanup()
+
+
+def process_config(i: int, ports: list[int], admins: list[int], origin: Origin, tmp: Path) -> Path:
+    nodes = "".join(
+        f'[[cluster.nodes]]\nid = "node{j}"\naddress = "127.0.0.1:{p}"\nadmin = "127.0.0.1:{a}"\n'
+        for j, (p, a) in enumerate(zip(ports, admins, strict=True))
+    )
+    path = tmp / f"node{i}.toml"
+    path.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{ports[i]}"]\nworkers = 2\n'
+        f'[admin]\nlisten = "127.0.0.1:{admins[i]}"\n'
+        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
+        f'[cache]\ndir = "{tmp / f"c{i}"}"\ndisk = "64MiB"\nmemory = "16MiB"\n'
+        f'[cluster]\nself = "node{i}"\nkey = "{CLUSTER_KEY.decode()}"\ninterval = 0.2\ntimeout = 1.0\nfall = 2\n'
+        f'{nodes}[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+    )
+    return path
+
+
+async def test_every_worker_of_a_returning_node_serves_only_post_purge_bytes(origin: Origin, tmp_path: Path) -> None:
+    """Real processes of two workers each: worker 0 takes the purges from the peer and writes the log, the other
+    worker doubts until it reads them there; neither serves the copy from before the purge."""
+    ports, admins = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
+    configs = [str(process_config(i, ports, admins, origin, tmp_path)) for i in range(2)]
+    path = "/workers/a"
+    primary = make_key("videos", "video.test", path, ("*",)).primary
+    owner = Ring.of(Member(f"node{i}", f"127.0.0.1:{ports[i]}") for i in range(2)).owner(primary)
+    assert owner is not None
+    x = int(owner.id.removeprefix("node"))
+    y = 1 - x
+    ready = {b"admin listening on": 1, b"edgecache listening on": 2}
+    caught_up = {b"w0 INFO edgecache.cluster.purgesync: purge log: caught up": 1}
+    caught_up[b"w1 INFO edgecache.cluster.purgesync: purge log: caught up"] = 1
+    origin.put(path, OLD, etag='"v1"')
+
+    async def bodies(s: aiohttp.ClientSession, i: int) -> set[bytes]:
+        """One request per new connection: SO_REUSEPORT spreads them over both workers."""
+        seen = set()
+        for _ in range(20):
+            headers = {"Host": "video.test", "Connection": "close"}
+            async with s.get(f"http://127.0.0.1:{ports[i]}{path}", headers=headers) as r:
+                assert r.status == 200
+                seen.add(await r.read())
+        return seen
+
+    async with edge_process("serve", "--config", configs[y], ready=ready), aiohttp.ClientSession() as s:
+        async with edge_process("serve", "--config", configs[x], ready={**ready, **caught_up}):
+            assert await bodies(s, x) == {OLD}
+            assert origin.hits[path] == 1
+        change(origin, path)
+        auth = {"Authorization": f"Bearer {OPERATOR}"}
+        body = {"url": f"http://video.test{path}"}
+        async with s.post(f"http://127.0.0.1:{admins[y]}/purge", json=body, headers=auth) as r:
+            answer = await r.json()
+        assert (r.status, answer["confirmed"], answer["failed"]) == (200, 1, [f"node{x}"])
+        async with edge_process("serve", "--config", configs[x], ready={**ready, **caught_up}):
+            assert await bodies(s, x) == {NEW}
+            assert origin.hits[path] == 2
