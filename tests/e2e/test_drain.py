@@ -35,9 +35,14 @@ def write_config(path: Path, origin: Origin, port: int, drain: str) -> None:
 
 
 async def rest_of_log(proc: asyncio.subprocess.Process) -> bytes:
-    """Every line the node writes from now until it exits."""
+    """Every line the node writes from now until it exits, once it has exited with status 0.
+
+    Awaited here, before edge_process ends: there a process whose exit asyncio has not yet noticed would be sent
+    a SIGTERM, and Popen.send_signal's poll() would reap it first, leaving asyncio's watcher a status of 255."""
     assert proc.stderr is not None
-    return await asyncio.wait_for(proc.stderr.read(), 30)
+    log = await asyncio.wait_for(proc.stderr.read(), 30)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    return log
 
 
 async def held_request(origin: Origin, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
