@@ -122,6 +122,7 @@ class PurgeSync:
         self.rounds = asyncio.Condition()  # notified after each round and each change of doubt (for tests)
         self._wake = asyncio.Event()
         self._since: float | None = None
+        self._problems: dict[str, str] = {}  # what was last said of each peer's answers (logged when it changes)
         self.doubt(time.time())
         view.listeners.append(self._peer_changed)
 
@@ -215,6 +216,7 @@ class PurgeSync:
 
     async def _ask(self, peer: Member) -> Answer | NoLog | None:
         token = peer_token(self.view.settings.key)
+        problem = ""
         try:
             async with self.session.post(
                 f"http://{peer.admin}{AFTER_PATH}",
@@ -225,14 +227,15 @@ class PurgeSync:
                 if r.status == 404:
                     return NoLog()
                 if r.status != 200:
-                    log.warning("purge log: %s answered %d to %s", peer.id, r.status, AFTER_PATH)
-                    return None
-                if r.content_length is None or r.content_length > MAX_ANSWER:
-                    log.warning("purge log: %s sent an answer of no length or over %d bytes", peer.id, MAX_ANSWER)
-                    return None
-                answer = parse_answer(await r.json(content_type=None))
+                    problem = f"answered {r.status} (another cluster key?)"
+                elif r.content_length is None or r.content_length > MAX_ANSWER:
+                    problem = f"sent an answer of no length or over {MAX_ANSWER} bytes"
+                elif (answer := parse_answer(await r.json(content_type=None))) is None:
+                    problem = "sent an answer that is not one"
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-            return None
-        if answer is None:
-            log.warning("purge log: %s sent an answer that is not one", peer.id)
-        return answer
+            return None  # not reachable: the health checks say so
+        if problem != self._problems.get(peer.id, ""):  # said when it starts or changes, not every round
+            self._problems[peer.id] = problem
+            if problem:
+                log.warning("purge log: %s %s: this node cannot catch up from it", peer.id, problem)
+        return None if problem else answer

@@ -512,3 +512,23 @@ async def test_every_worker_of_a_returning_node_serves_only_post_purge_bytes(ori
         async with edge_process("serve", "--config", configs[x], ready={**ready, **caught_up}):
             assert await bodies(s, x) == {NEW}
             assert origin.hits[path] == 2
+
+
+async def test_a_refused_purge_takes_no_number(origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecache.core.purge import PurgeTable  # here: the other tests also run on the code before it
+
+    purged = PurgeTable.purged
+    monkeypatch.setattr(
+        PurgeTable, "purged", lambda self, scope, gen, soft, limit=2: purged(self, scope, gen, soft, limit)
+    )
+    async with cluster(origin, tmp_path, n=2) as c:
+        numbers = []
+        for directory in ("d0", "d1", "d2", "d0"):
+            status, answer = await c.purge(0, {"prefix": f"http://video.test/{directory}/"})
+            numbers.append((status, answer.get("id", [None, None])[1]))
+        assert numbers == [(200, 1), (200, 2), (429, None), (200, 3)]  # the table was full for d2: no number
+        origin_id = answer["id"][0]
+        # Both nodes have 1, 2 and 3 and nothing beyond: no number is missing, so none is waited for.
+        for i in range(2):
+            assert dict(c.edge(i).node.store.sync.vector) == {origin_id: 3}
+            assert dict(c.edge(i).node.store.sync.above) == {}
