@@ -4,8 +4,12 @@ Every diskcache call blocks (SQLite, file I/O), so each one runs in a small dedi
 the event loop. Every value carries a CRC-32 (diskcache's tag column): a value changed underneath the node is
 detected when read, dropped and reported missing, so it is fetched again.
 
-Eviction is least-recently-stored: a `get` then needs no write transaction, which keeps disk hits cheap;
-recency is the memory tier's job.
+Eviction is edgecache's own: S3-FIFO (storage.policy.DiskPolicy) over an index in diskcache's database
+(storage.diskindex), and diskcache evicts nothing. A value's write, its admission to the index, the evictions that
+admission decides and the deletes of their values commit together. A hit writes nothing: hits are counted in
+memory per worker and written to the index in batches, off the event loop, every HIT_FLUSH_SECONDS, when
+HIT_BATCH keys have hits, and at close. At start, index rows whose value is gone are dropped and values the index
+lacks (a crash between a write and its admission) are adopted, oldest first, into the small FIFO.
 """
 
 from __future__ import annotations
@@ -30,12 +34,17 @@ from diskcache.core import MODE_BINARY, UNKNOWN
 
 from edgecache import metrics
 from edgecache.errors import StorageError
+from edgecache.storage.diskindex import SQLiteQueues
+from edgecache.storage.policy import DiskPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHECKED_FILES = 65_536  # files whose checksum passed, remembered by inode, size and mtime
 SQLITE_CACHE_PAGES = 256  # per connection (one per disk thread): 1 MiB
 MIN_FILE_SIZE = 32 * 1024  # values at least this large get their own file; smaller ones live in SQLite
+HIT_BATCH = 4096  # keys whose hits a worker holds for the index; past it, while a batch is being written, the
+# hits of further keys are dropped: a counter is a hint, and the memory it takes must stay bounded
+HIT_FLUSH_SECONDS = 1.0
 
 
 class SliceDisk(diskcache.Disk):
@@ -123,7 +132,7 @@ class DiskTier:
             str(directory),
             timeout=10,
             size_limit=budget_bytes,
-            eviction_policy="least-recently-stored",
+            eviction_policy="none",  # ours decides (self.policy); diskcache only culls expired leases
             cull_limit=16,
             statistics=False,
             disk=SliceDisk,
@@ -137,6 +146,28 @@ class DiskTier:
         self._lock = threading.Lock()
         self._checked: OrderedDict[str, tuple[int, int, int]] = OrderedDict()  # key -> (inode, size, mtime)
         self.errors = 0
+        self._queues = SQLiteQueues(lambda: self._cache._con)
+        self.policy = DiskPolicy(budget_bytes, self._queues)
+        self._hits: dict[str, int] = {}  # key -> hits not yet written to the index
+        self._flushing = False
+        self._timer: asyncio.TimerHandle | None = None
+        with self._cache.transact(retry=True):
+            self._queues.create()
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """The index and the values agree again: rows without a value go, values without a row are adopted (they
+        are intact, checksummed bytes the node paid for), and the budget (perhaps a new one) holds."""
+        for key in self._queues.unstored():
+            self._queues.drop(key)
+        for key, size in self._queues.unindexed():
+            self._delete_values(self.policy.admit(key, size))
+        self._delete_values(self.policy.resize(self.budget_bytes))
+
+    def _delete_values(self, keys: list[str]) -> None:
+        """Delete evicted values: call it in the transaction that evicted them from the index."""
+        for key in keys:
+            self._cache.delete(key, retry=True)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -148,7 +179,10 @@ class DiskTier:
 
     async def get(self, key: str) -> bytes | None:
         """The value, if present and intact: one whose checksum fails is deleted and reported missing."""
-        return await self._run(lambda: self._get_checked(key))
+        value = await self._run(lambda: self._get_checked(key))
+        if value is not None:
+            self.note_hit(key)
+        return value
 
     def _get_checked(self, key: str) -> bytes | None:
         value, tag = self._cache.get(key, None, tag=True, retry=True)
@@ -164,7 +198,44 @@ class DiskTier:
 
         The checksum is checked here, once, so the caller may then read the file in pieces without checking.
         """
-        return await self._run(lambda: self._open_checked(key))
+        value = await self._run(lambda: self._open_checked(key))
+        if value is not None:
+            self.note_hit(key)
+        return value
+
+    def note_hit(self, key: str) -> None:
+        """A hit on `key`: counted here, on the loop, and written to the index with the next batch."""
+        hits = self._hits
+        if key in hits:
+            hits[key] += 1
+        elif len(hits) < HIT_BATCH:
+            hits[key] = 1
+        if len(hits) >= HIT_BATCH:
+            self._flush_hits()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(HIT_FLUSH_SECONDS, self._flush_hits)
+
+    def _flush_hits(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing or not self._hits:
+            return  # the batch in flight ends by looking again
+        hits, self._hits = self._hits, {}
+        self._flushing = True
+        self._pool.submit(self._write_hits, hits).add_done_callback(lambda _: self._flushed())
+
+    def _flushed(self) -> None:
+        self._flushing = False
+
+    def _write_hits(self, hits: dict[str, int]) -> None:
+        """One transaction for a batch of hits (in a disk thread). A batch that fails is lost: counters are hints."""
+        try:
+            with self._cache.transact(retry=True):
+                self._queues.record_hits(hits.items())
+        except (OSError, sqlite3.Error) as exc:
+            self.errors += 1
+            log.warning("disk tier: %d hits not recorded: %s", len(hits), exc)
 
     def _open_checked(self, key: str) -> BinaryIO | bytes | None:
         value, tag = self._cache.get(key, None, read=True, tag=True, retry=True)
@@ -191,7 +262,13 @@ class DiskTier:
     def _corrupt(self, key: str) -> None:
         log.warning("disk tier: %s failed its checksum: dropped", key)
         metrics.DISK_CORRUPT.inc()
-        self._cache.delete(key, retry=True)
+        self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        """Delete a value and its index row together."""
+        with self._cache.transact(retry=True):
+            self._cache.delete(key, retry=True)
+            self.policy.remove(key)
 
     async def put(self, key: str, value: bytes, lease: str | None = None) -> bool:
         """Store `value`; then drop `lease` (taken by lease()), so processes waiting on it find the value."""
@@ -199,8 +276,15 @@ class DiskTier:
         def write() -> bool:
             # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
             stored = bool(self._cache.set(key, value, tag=zlib.crc32(value), retry=True))
-            if lease is not None:
-                self._cache.delete(lease, retry=True)
+            # Admitted (and its victims deleted) in a second transaction, so no worker waits on this file's write;
+            # a crash between the two leaves a value the index adopts at start.
+            with self._cache.transact(retry=True):
+                if stored and key in self._cache:  # not deleted meanwhile (a purge in another worker)
+                    evicted = self.policy.admit(key, len(value))
+                    self._delete_values(evicted)
+                    stored = key not in evicted
+                if lease is not None:
+                    self._cache.delete(lease, retry=True)
             return stored
 
         return await self._run(write)
@@ -217,7 +301,7 @@ class DiskTier:
         return await self._run(take)
 
     async def delete(self, key: str) -> None:
-        await self._run(lambda: self._cache.delete(key, retry=True))
+        await self._run(lambda: self._forget(key))
 
     async def contains(self, keys: list[str]) -> list[bool]:
         return await self._run(lambda: [k in self._cache for k in keys])
@@ -226,5 +310,12 @@ class DiskTier:
         return await self._run(self._cache.volume)
 
     def close(self) -> None:
+        """Write the hits not yet in the index, then close (blocking: the disk threads finish first)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        hits, self._hits = self._hits, {}
+        if hits:
+            self._pool.submit(self._write_hits, hits)
         self._pool.shutdown(wait=True)
         self._cache.close()

@@ -163,6 +163,12 @@ class Disks:
     async def delete(self, key: str) -> None:
         await self._on(key, "write", lambda t: t.delete(key))
 
+    def note_hit(self, key: str) -> None:
+        """A hit the Store served from a file it holds open: counted for its disk's eviction index (no I/O)."""
+        tier = self._slots[self.home(key)].tier
+        if tier is not None:
+            tier.note_hit(key)
+
     async def lease(self, keys: list[str], seconds: float) -> int:
         """As DiskTier.lease, each lease on its value's disk. One on a disk out of service counts as taken: no
         worker can store that value, so each fetches it."""

@@ -405,6 +405,7 @@ class Store:
             f.drop()
             return None
         self._files.move_to_end(name)
+        self.disk.note_hit(name)  # the disk's eviction index counts it, as a hit that opened the file
         return f
 
     async def open_slice(self, entry_key: str, meta: ObjectMeta, index: int) -> SliceFile | bytes | None:

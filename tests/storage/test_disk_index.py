@@ -1,0 +1,151 @@
+"""The disk tier's eviction index on real diskcache directories: shared by workers, kept across restarts, hits
+batched, and no value without its row or row without its value."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import diskcache
+
+from edgecache.storage import disk
+from edgecache.storage.disk import DiskTier
+
+KiB = 1024
+VALUE = 64 * KiB  # a file of its own (MIN_FILE_SIZE is 32 KiB)
+
+
+def _value(n: int) -> bytes:
+    return bytes([n % 251]) * VALUE
+
+
+def _rows(directory: Path) -> dict[str, int]:
+    with sqlite3.connect(directory / "cache.db") as con:
+        return dict(con.execute("SELECT key, queue FROM edge_index WHERE queue != 2").fetchall())
+
+
+def _values(directory: Path) -> set[str]:
+    with sqlite3.connect(directory / "cache.db") as con:
+        return {k for (k,) in con.execute("SELECT key FROM Cache")}
+
+
+def _stored_bytes(directory: Path) -> int:
+    with sqlite3.connect(directory / "cache.db") as con:
+        return int(con.execute("SELECT coalesce(sum(size), 0) FROM Cache").fetchone()[0])
+
+
+def _files(directory: Path) -> int:
+    return len(list(directory.rglob("*.val")))
+
+
+async def test_two_workers_on_one_directory_hold_one_budget(tmp_path: Path) -> None:
+    budget = 10 * VALUE
+    one, two = DiskTier(tmp_path, budget, threads=1), DiskTier(tmp_path, budget, threads=1)
+    try:
+        for i in range(40):
+            assert await (one if i % 2 else two).put(f"k{i}", _value(i))
+            assert _stored_bytes(tmp_path) <= budget
+        assert _rows(tmp_path).keys() == _values(tmp_path) == {f"k{i}" for i in range(30, 40)}
+        assert _files(tmp_path) == 10
+        for i in range(30, 40):  # either worker reads what the other wrote
+            assert await (two if i % 2 else one).get(f"k{i}") == _value(i)
+    finally:
+        one.close()
+        two.close()
+
+
+async def test_hits_write_nothing_until_the_batch_and_the_batch_is_one_transaction(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 100 * VALUE, threads=1)
+    statements: list[str] = []
+    await tier._run(lambda: tier._cache._con.set_trace_callback(statements.append))
+    try:
+        await tier.put("hot", _value(1))
+        statements.clear()
+        for _ in range(50):
+            assert await tier.get("hot") == _value(1)
+            opened = await tier.open("hot")
+            assert isinstance(opened, disk.io.BufferedReader)
+            opened.close()
+        assert not [s for s in statements if s.startswith(("BEGIN", "UPDATE", "INSERT", "DELETE"))]
+        tier._flush_hits()
+        await tier._run(lambda: None)  # the batch was queued before this: it is written
+        assert [s for s in statements if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
+        assert tier._queues.find("hot") == (0, VALUE, 3)  # 100 hits, the counter capped at 3
+    finally:
+        tier.close()
+
+
+async def test_the_hit_batch_is_bounded(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 100 * VALUE, threads=1)
+    try:
+        tier._flushing = True  # a batch in flight: new keys past the bound are dropped, not queued
+        for i in range(disk.HIT_BATCH + 100):
+            tier.note_hit(f"k{i}")
+        assert len(tier._hits) == disk.HIT_BATCH
+        tier.note_hit("k0")
+        assert tier._hits["k0"] == 2
+    finally:
+        tier._flushing = False
+        tier.close()
+
+
+async def test_hits_are_written_at_close_and_the_state_survives_a_restart(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 4 * VALUE, threads=1)
+    for key in ("a", "b", "c", "d"):
+        await tier.put(key, _value(ord(key)))
+    assert await tier.get("a") == _value(ord("a"))
+    tier.close()  # the hit on a is written now
+    tier = DiskTier(tmp_path, 4 * VALUE, threads=1)
+    try:
+        assert tier._queues.find("a") == (0, VALUE, 1)
+        await tier.put("e", _value(5))  # small is over its share: a (used) is promoted, b (not) evicted
+        assert tier.policy.in_main("a")
+        assert tier.policy.in_ghost("b")
+        assert _rows(tmp_path) == {"a": 1, "c": 0, "d": 0, "e": 0}
+        assert _values(tmp_path) == {"a", "c", "d", "e"}
+    finally:
+        tier.close()
+
+
+async def test_eviction_deletes_value_row_and_file_together(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 3 * VALUE, threads=1)
+    try:
+        for i in range(20):
+            await tier.put(f"k{i}", _value(i))
+            assert _rows(tmp_path).keys() == _values(tmp_path)
+            assert _files(tmp_path) == len(_values(tmp_path)) <= 3
+        await tier.delete("k19")
+        assert _rows(tmp_path).keys() == _values(tmp_path) == {"k17", "k18"}
+        assert _files(tmp_path) == 2
+    finally:
+        tier.close()
+
+
+async def test_at_start_orphans_are_adopted_and_rows_without_values_dropped(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
+    await tier.put("kept", _value(1))
+    await tier.put("lost", _value(2))
+    tier.close()
+    raw = diskcache.Cache(str(tmp_path), eviction_policy="none")
+    raw.set("orphan", _value(3))  # a crash between the value's write and its admission
+    raw.delete("lost")  # a crash the other way round
+    raw.close()
+    tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
+    try:
+        assert _rows(tmp_path) == {"kept": 0, "orphan": 0}
+        assert await tier.get("orphan") == _value(3)
+    finally:
+        tier.close()
+
+
+async def test_a_smaller_budget_at_start_evicts_down_to_it(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
+    for i in range(10):
+        await tier.put(f"k{i}", _value(i))
+    tier.close()
+    tier = DiskTier(tmp_path, 4 * VALUE, threads=1)
+    try:
+        assert _values(tmp_path) == _rows(tmp_path).keys() == {"k6", "k7", "k8", "k9"}
+        assert _files(tmp_path) == 4
+    finally:
+        tier.close()
