@@ -161,9 +161,11 @@ class PurgeSync:
             self.doubt(time.time())
 
     def _peer_changed(self, member_id: str, up: bool) -> None:
-        """A peer came up (or joined): it may have taken purges this node has not heard of."""
+        """A peer came up (or joined): it may have taken purges this node has not heard of (unless it has no admin
+        listener to ask: then there is nothing to wait for)."""
         self.known.pop(member_id, None)
-        if up:
+        member = next((m for m in self.view.ring.members if m.id == member_id), None)
+        if up and member is not None and member.admin:
             self.doubt(time.time())
             self._wake.set()
 
