@@ -300,24 +300,32 @@ def _fail(slot: _Slot, why: str) -> None:
 
 
 def _open(disk: Disk, threads: int) -> tuple[DiskTier, tuple[int, int]]:
+    # The directory must take a file before SQLite is opened there: a database that fails to open cannot be
+    # closed, and would hold the filesystem (a read-only one, say) until it is collected.
+    disk.path.mkdir(parents=True, exist_ok=True)
+    why = _writable(disk.path)
+    if why is not None:
+        raise StorageError(why)
     tier = DiskTier(disk.path, disk.size, threads=threads)
     st = os.stat(disk.path)
-    identity = (st.st_dev, st.st_ino)
-    why = _check(disk.path, identity)
-    if why is not None:
-        _close_quietly(tier)
-        raise StorageError(why)
-    return tier, identity
+    return tier, (st.st_dev, st.st_ino)
 
 
 def _check(path: Path, identity: tuple[int, int]) -> str | None:
     """Why the disk at `path` does not work: its directory is another one (unmounted, replaced) or gone, or a
     small file cannot be written there. None: it works."""
-    probe = path / f".probe-{os.getpid()}"
     try:
         st = os.stat(path)
-        if (st.st_dev, st.st_ino) != identity:
-            return f"{path} is no longer the directory opened (unmounted or replaced)"
+    except OSError as exc:
+        return f"probe: {exc}"
+    if (st.st_dev, st.st_ino) != identity:
+        return f"{path} is no longer the directory opened (unmounted or replaced)"
+    return _writable(path)
+
+
+def _writable(path: Path) -> str | None:
+    probe = path / f".probe-{os.getpid()}"
+    try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, b"edgecache disk probe\n")
