@@ -140,7 +140,7 @@ def test_self_is_the_host_name_with_dns_and_an_address_in_one_spelling() -> None
         assert config.cluster is not None
         return config.cluster.self_id
 
-    dns = {"dns": "edgecache-peers:8080"}
+    dns: dict[str, object] = {"dns": "edgecache-peers:8080"}
     assert self_id(dns) == host_label(socket.gethostname())
     assert self_id({**dns, "self": "edgecache-2"}) == "edgecache-2"
     assert self_id({**dns, "self": "fd00:0:0::1:8080"}) == "[fd00::1]:8080"  # as `${POD_IP}:8080` gave it
@@ -154,3 +154,11 @@ def test_self_is_the_host_name_with_dns_and_an_address_in_one_spelling() -> None
         "f.toml: cluster.self: expected a node id of letters, digits, '_', '.', ':' or '-'",
         "f.toml: cluster.self: is required: the id of this node",
     ]
+
+
+def test_an_ipv6_pod_networks_listeners_are_written_as_urls_need_them() -> None:
+    # The manifest's comments for an IPv6 pod network; the admin commands reach the admin API at http://{admin}.
+    doc = {"sites": [SITE], "server": {"listen": ["0.0.0.0:8080", "[::]:8080"]}, "admin": {"listen": "[::]:9180"}}
+    config = build(doc, "f.toml", Path("/"))
+    assert [str(a) for a in config.listen] == ["0.0.0.0:8080", "[::]:8080"]
+    assert str(config.admin) == "[::]:9180"
