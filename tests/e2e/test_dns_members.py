@@ -61,12 +61,22 @@ def views(edges: list[Edge]) -> list[ClusterView]:
 
 
 async def follow(edges: list[Edge], dns: FakeDNS) -> None:
-    """One DNS round on every node (what follow_dns does each dns_interval), then until all see all up."""
+    """One DNS round on every node (what follow_dns does each dns_interval), then until settled."""
     for v in views(edges):
         v.set_members(await dns_members(v, dns))
+    await settled(edges)
+
+
+async def settled(edges: list[Edge]) -> None:
+    """Until every node sees every member up and no longer doubts its cache (a node that starts, or sees a peer
+    join, revalidates what it stored until it has every purge its peers have: cluster.purgesync)."""
     async with asyncio.timeout(10):
-        for v in views(edges):
+        for e, v in zip(edges, views(edges), strict=True):
             await v.wait_for(lambda v=v: all(v.is_up(m.id) for m in v.ring.members))  # type: ignore[misc]
+            sync = e.node.purge_sync
+            if sync is not None:
+                async with sync.rounds:
+                    await sync.rounds.wait_for(lambda s=sync: s.caught_up() and not s.doubting)  # type: ignore[misc]
 
 
 def pod_config(tmp_path: Path, origin: Origin, settings: ClusterSettings, ip: str, port: int, pod: str) -> Config:
@@ -183,9 +193,7 @@ async def test_configured_ipv6_members_are_reached_at_their_addresses(origin: Or
             assert [m.address for m in settings.nodes] == [f"[::1]:{p}" for p in ports]
             cfg = pod_config(tmp_path, origin, settings, "::1", port, f"n{i}")
             edges.append(await stack.enter_async_context(start_edge(cfg)))
-        async with asyncio.timeout(10):
-            for v in views(edges):
-                await v.wait_for(lambda v=v: all(v.is_up(m.id) for m in v.ring.members))  # type: ignore[misc]
+        await settled(edges)
         status, cache, body = await get("::1", ports[0], path)
         assert (status, body) == (200, BODY)
         assert "peer" in cache
