@@ -230,6 +230,7 @@ async def dns_members(view: ClusterView, resolver: Resolver) -> list[Member]:
     lookup fails keeps the name it had; this node keeps its place while DNS leaves it out (it is not ready)."""
     assert view.settings.dns is not None
     host, _, port = view.settings.dns.rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal is written in brackets (config.Listen)
     answers = await resolver.addresses(host, int(port))
     addresses = sorted({nodeid.canonical(f"[{ip}]:{at}") for ip, at in answers})
     if nodeid.is_address(view.self_id):

@@ -26,6 +26,7 @@ from tests.origin import Origin
 SERVICE = "edgecache-peers.default.svc.cluster.local"
 BODY = bytes(range(256)) * 300
 FROM_THE_OWNERS_CACHE = 'edgecache; hit, edgecache; fwd=miss; detail="peer"'
+SITE = {"name": "videos", "hosts": ["video.test"], "origins": ["http://127.0.0.1:1"]}
 
 
 class FakeDNS:
@@ -227,3 +228,20 @@ async def test_a_dns_server_that_does_not_answer_costs_one_lookup_per_member(mon
     answer.set()
     view.set_members(await dns_members(view, resolver))
     assert [(m.id, m.address) for m in view.ring.members] == [(f"edgecache-{i}", f"10.0.0.{i}:8080") for i in range(3)]
+
+
+async def test_a_dns_server_given_as_an_ipv6_literal_is_asked_without_brackets(tmp_path: Path) -> None:
+    doc = {"cluster": {"self": "10.0.0.1:8080", "dns": "[fd00::53]:8080", "key": CLUSTER_KEY.decode()}, "sites": [SITE]}
+    settings = build(doc, "k.toml", tmp_path).cluster
+    assert settings is not None
+    asked: list[tuple[str, int]] = []
+
+    class Recorded(FakeDNS):
+        async def addresses(self, host: str, port: int) -> list[tuple[str, int]]:
+            asked.append((host, port))
+            return [("10.0.0.1", 8080), ("::ffff:10.0.0.2", 8080)]
+
+    view = ClusterView(settings)
+    view.set_members(await dns_members(view, Recorded()))
+    assert asked == [("fd00::53", 8080)]
+    assert [m.id for m in view.ring.members] == ["10.0.0.1:8080", "10.0.0.2:8080"]
