@@ -133,7 +133,11 @@ class Disks:
         slots = [_Slot(d) for d in disks]
         for slot in slots:
             metrics.DISK_SIZE.labels(slot.label).set(slot.disk.size)
-            metrics.DISK_FAILURES.labels(slot.label)  # the series exists (at 0) before any failure
+            # Every series exists (at 0) before its first event: dashboards and alerts see the disk from the start.
+            metrics.DISK_FAILURES.labels(slot.label)
+            metrics.DISK_OP_ERRORS.labels(slot.label)
+            for op in ("read", "write"):
+                metrics.DISK_OPS.labels(slot.label, op)
             try:
                 slot.tier, slot.identity = _open(slot.disk, threads)
             except (OSError, sqlite3.Error, diskcache.Timeout, StorageError) as exc:
@@ -165,9 +169,9 @@ class Disks:
 
     def note_hit(self, key: str) -> None:
         """A hit the Store served from a file it holds open: counted for its disk's eviction index (no I/O)."""
-        tier = self._slots[self.home(key)].tier
-        if tier is not None:
-            tier.note_hit(key)
+        slot = self._slots[self.home(key)]
+        if slot.tier is not None and slot.up:  # a failed disk's index is written no more
+            slot.tier.note_hit(key)
 
     async def lease(self, keys: list[str], seconds: float) -> int:
         """As DiskTier.lease, each lease on its value's disk. One on a disk out of service counts as taken: no

@@ -48,6 +48,7 @@ ALERT_NAMES = {
     "AccessLogDropping",
     "PeerDown",
     "DiskCorruption",
+    "DiskFailed",
 }
 OPERATOR = "prometheus-test-operator-token"
 
