@@ -96,7 +96,7 @@ async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
         assert raw.endswith(b"\r\n\r\n" + X)
         assert await fetch(edge.port, "b.test", "/y", "bytes=0-99") == (206, Y[:100])  # a range miss
         assert await fetch(edge.port, "b.test", "/y", "bytes=100-199") == (206, Y[100:200])  # a hit
-        # Slice 0 is stored, slice 1 is not: a hit of the stored entry whose second slice is fetched meanwhile.
+        # Slice 0 is stored, slice 1 is not: the stored entry served, its second slice fetched (partial).
         assert await fetch(edge.port, "b.test", "/y", f"bytes=0-{SLICE + 99}") == (206, Y[: SLICE + 100])
     assert origin.hits == {"/x": 1, "/y": 2}
     # The two plain hits were the fast path's when it is on: its lines below are the same as the full handler's.
@@ -123,7 +123,7 @@ async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
         (a, "GET", 200, len(X), "hit", "cache", "HTTP/1.0", None, None, node, False),
         (b, "GET", 206, 100, "miss", "origin", "HTTP/1.1", ua, ref, node, False),
         (b, "GET", 206, 100, "hit", "cache", "HTTP/1.1", ua, ref, node, False),
-        (b, "GET", 206, SLICE + 100, "hit", "cache+origin", "HTTP/1.1", ua, ref, node, False),
+        (b, "GET", 206, SLICE + 100, "partial", "cache+origin", "HTTP/1.1", ua, ref, node, False),
     ]
 
     assert cli.main(["usage", str(tmp_path / "access.log"), "--json"]) == 0

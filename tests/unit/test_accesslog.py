@@ -146,6 +146,7 @@ def test_absent_fields_are_null() -> None:
         (CacheStatus.PASS, 0, "origin"),
         (CacheStatus.PEER, 0, "peer"),
         (CacheStatus.ERROR, 0, "-"),
+        (CacheStatus.PARTIAL, 0, "cache+origin"),
     ],
 )
 def test_upstream_names_where_an_answer_came_from(status: CacheStatus, origin_bytes: int, expected: str) -> None:
@@ -153,7 +154,8 @@ def test_upstream_names_where_an_answer_came_from(status: CacheStatus, origin_by
 
 
 def test_every_cache_status_has_an_upstream() -> None:
-    assert {observe.upstream(s, metrics.Sources()) for s in CacheStatus} == {"cache", "origin", "peer", "-"}
+    ways = {observe.upstream(s, metrics.Sources()) for s in CacheStatus}
+    assert ways == {"cache", "origin", "peer", "cache+origin", "-"}
 
 
 def test_the_served_bytes_counter_tallies_the_current_request_only() -> None:
