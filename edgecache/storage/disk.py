@@ -225,6 +225,12 @@ class DiskTier:
         self._flushing = True
         self._pool.submit(self._write_hits, hits).add_done_callback(lambda _: self._flushed())
 
+    async def flush_hits(self) -> None:
+        """Write the hits counted so far to the index now, and return once they are in it."""
+        hits, self._hits = self._hits, {}
+        if hits:
+            await self._run(lambda: self._write_hits(hits))
+
     def _flushed(self) -> None:
         self._flushing = False
 
@@ -274,15 +280,21 @@ class DiskTier:
         """Store `value`; then drop `lease` (taken by lease()), so processes waiting on it find the value."""
 
         def write() -> bool:
-            # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
-            stored = bool(self._cache.set(key, value, tag=zlib.crc32(value), retry=True))
-            # Admitted (and its victims deleted) in a second transaction, so no worker waits on this file's write;
-            # a crash between the two leaves a value the index adopts at start.
+            # Admitted first, in its own transaction: the budget holds before the bytes land, and a hit on the value
+            # always finds its row. No worker waits on the file's write; a crash before it leaves a row without a
+            # value, which the index drops at start.
             with self._cache.transact(retry=True):
-                if stored and key in self._cache:  # not deleted meanwhile (a purge in another worker)
-                    evicted = self.policy.admit(key, len(value))
-                    self._delete_values(evicted)
-                    stored = key not in evicted
+                evicted = self.policy.admit(key, len(value))
+                self._delete_values(evicted)  # with `key` itself when too big: its old value goes too
+            stored = key not in evicted
+            try:
+                if stored:
+                    # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
+                    self._cache.set(key, value, tag=zlib.crc32(value), retry=True)
+            except BaseException:
+                self._forget(key)
+                raise
+            finally:
                 if lease is not None:
                     self._cache.delete(lease, retry=True)
             return stored
