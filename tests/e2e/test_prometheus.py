@@ -2,9 +2,10 @@
 expression of the Grafana dashboard and every alert rule's base expression returns data; promtool accepts
 the rules and the scrape configs.
 
-The edge is one node of a 2-node cluster, so the peer panels have forwards to show; its peer is then stopped
-and slices on its disk damaged, and the alerts for those situations (PeerDown, DiskCorruption, and
-OriginErrorRate for the dead origin it is given) must then fire: their whole expressions give the expected series.
+The edge is one node of a 2-node cluster, so the peer panels have forwards to show; then its peer is stopped,
+slices on its disk are damaged and its worker is killed, and the alerts for those situations (PeerDown,
+DiskCorruption, WorkerRestarted, and OriginErrorRate for the dead origin it is given) must fire: their whole
+expressions give the expected series.
 
 Needs `prometheus` and `promtool` on PATH (Debian's `prometheus` package): scripts/test installs them where it
 can, and says what to do where it cannot; missing, these tests fail.
@@ -166,15 +167,21 @@ async def traffic(port: int, admin: int, origin: Origin, seen: Counter[int]) -> 
     video, down = {"Host": "video.test"}, {"Host": "down.test"}
 
     async def get(s: aiohttp.ClientSession, path: str, headers: dict[str, str]) -> None:
-        async with s.get(edge + path, headers=headers) as r:
-            await r.read()
-            seen[r.status] += 1
+        try:
+            async with s.get(edge + path, headers=headers) as r:
+                await r.read()
+                seen[r.status] += 1
+        except aiohttp.ClientError:  # the test killed the worker answering it (WorkerRestarted)
+            seen[0] += 1
 
     async def manage(s: aiohttp.ClientSession, path: str, body: object) -> None:
         auth = {"Authorization": f"Bearer {OPERATOR}"}
-        async with s.post(f"http://127.0.0.1:{admin}{path}", json=body, headers=auth) as r:
-            await r.read()
-            seen[r.status] += 1
+        try:
+            async with s.post(f"http://127.0.0.1:{admin}{path}", json=body, headers=auth) as r:
+                await r.read()
+                seen[r.status] += 1
+        except aiohttp.ClientError:
+            seen[0] += 1
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
         for i in range(1_000_000):
@@ -322,6 +329,9 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
                 )
                 await stop_group(peer)
                 assert damage_slices(tmp_path / "node1") >= 1
+                found = re.search(r"worker 0 started: pid (\d+)", edge_log.read_text(errors="replace"))
+                assert found, "no worker pid in the edge's log"
+                os.kill(int(found.group(1)), signal.SIGKILL)  # its parent starts another at once
 
                 groups = (await api.get("/api/v1/rules"))["groups"]
                 rules = {r["name"]: r for g in groups for r in g["rules"]}
@@ -348,6 +358,8 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
                 for name in ("DiskCorruption", "OriginErrorRate"):
                     fired = await until_data(api, rules[name]["query"], started, load)
                     assert [r["metric"] for r in fired] == [{"instance": instance}], name
+                restarted = await until_data(api, rules["WorkerRestarted"]["query"], started, load)
+                assert [r["metric"] for r in restarted] == [{"instance": instance, "reason": "died"}]
                 rules = {r["name"]: r for g in (await api.get("/api/v1/rules"))["groups"] for r in g["rules"]}
                 assert {n: (r["health"], r.get("lastError", "")) for n, r in rules.items()} == {
                     n: ("ok", "") for n in ALERT_NAMES
