@@ -57,6 +57,7 @@ _FAILED_SQLITE = (
     "database or disk is full",
     "unable to open database file",
     "database disk image is malformed",
+    "no such table",  # a database that is not the one opened: its directory was replaced or unmounted
 )
 
 
@@ -124,6 +125,7 @@ class Disks:
         self.home = self.placement.home
         self.directory = slots[0].disk.path  # the node's own files (purge log, epoch) live on the first disk
         self.budget_bytes = sum(s.disk.size for s in slots)
+        self.on_fail: Callable[[int], None] | None = None  # told the index of a disk that went out of service
         # Probes, openings and closings: never the tiers' own threads, which a hung disk may hold.
         self._io = ThreadPoolExecutor(max_workers=len(slots) + 1, thread_name_prefix="disk-probe")
 
@@ -254,7 +256,7 @@ class Disks:
         except TimeoutError:
             why = f"a probe got no answer in {PROBE_TIMEOUT:g} s"
         if why is not None and slot.up:
-            _fail(slot, why)
+            self._fail(slot, why)
 
     async def _on(self, key: str, op: str, call: Callable[[DiskTier], Awaitable[T]]) -> T:
         return await self._use(self._slots[self.home(key)], op, call)
@@ -265,14 +267,19 @@ class Disks:
         metrics.DISK_OPS.labels(slot.label, op).inc()
         try:
             return await call(slot.tier)
-        except StorageError as exc:
+        except Exception as exc:  # diskcache on a broken disk may raise anything, its own asserts included
             metrics.DISK_OP_ERRORS.labels(slot.label).inc()
-            why = failure(exc)
+            why = failure(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
             if why is None:
                 raise
             if slot.failed is None:
-                _fail(slot, why)
+                self._fail(slot, why)
             raise OutOfService(f"disk {slot.label} failed: {why}") from exc
+
+    def _fail(self, slot: _Slot, why: str) -> None:
+        _fail(slot, why)
+        if self.on_fail is not None:
+            self.on_fail(self._slots.index(slot))
 
     def _runs(self, keys: list[str]) -> list[list[str]]:
         """`keys` cut into runs of neighbours on the same disk, in order."""

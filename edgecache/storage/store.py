@@ -108,6 +108,7 @@ class Store:
         self._issued = 0  # the last number this node gave a purge it took from an operator
         self._meta_entries = meta_entries  # lowered by the RSS bound under pressure (set_meta_entries)
         self._files: OrderedDict[str, SliceFile] = OrderedDict()
+        disk.on_fail = self._disk_failed
         self.shared = False  # other worker processes use the same disk tier: coordinate fills through leases
         self.epoch: Epoch | None = None  # with shared: the change counter all workers map
         self._seen_epoch = 0
@@ -154,7 +155,7 @@ class Store:
         try:
             raw = await self.disk.get("m:" + digest(entry_key))
         except StorageError as exc:
-            log.warning("metadata read failed, treating as a miss: %s", exc)
+            _warn("metadata read failed, treating as a miss", exc)
             return None
         meta = ObjectMeta.from_bytes(raw) if raw is not None else None
         if meta is not None:
@@ -178,7 +179,7 @@ class Store:
         try:
             await self.disk.put("m:" + digest(entry_key), meta.to_bytes())
         except StorageError as exc:
-            log.warning("metadata write failed: %s", exc)
+            _warn("metadata write failed", exc)
             return
         self._written[entry_key] = (same, meta.response_time)
         self._written.move_to_end(entry_key)
@@ -191,7 +192,7 @@ class Store:
         try:
             await self.disk.delete("m:" + digest(entry_key))
         except StorageError as exc:
-            log.warning("metadata delete failed: %s", exc)
+            _warn("metadata delete failed", exc)
 
     # --- primary records: generation and Vary of a primary key ----------------------------------------------
 
@@ -228,7 +229,7 @@ class Store:
         try:
             await self.disk.put("v:" + digest(primary), record.to_bytes())
         except StorageError as exc:
-            log.warning("primary record write failed: %s", exc)
+            _warn("primary record write failed", exc)
 
     async def invalidate(self, primary: str) -> None:
         """Every stored variant and slice of `primary` becomes unreachable: a new generation, no Vary known."""
@@ -382,7 +383,7 @@ class Store:
         try:
             data = await self.disk.get(name)
         except StorageError as exc:
-            log.warning("slice read failed, refetching: %s", exc)
+            _warn("slice read failed, refetching", exc)
             return None
         if data is None:
             return None
@@ -414,7 +415,7 @@ class Store:
         try:
             value = await self.disk.open(name)
         except StorageError as exc:
-            log.warning("slice open failed, refetching: %s", exc)
+            _warn("slice open failed, refetching", exc)
             return None
         if value is None:
             return None
@@ -435,6 +436,12 @@ class Store:
         while len(self._files) > OPEN_FILES:
             self._files.popitem(last=False)[1].drop()
         return f
+
+    def _disk_failed(self, index: int) -> None:
+        """Disk `index` went out of service: the files it holds open are served no more (a reader holding one
+        keeps it until done), so their objects are misses, as on a disk that was never opened."""
+        for name in [n for n in self._files if self.disk.home(n) == index]:
+            self._files.pop(name).drop()
 
     def close_files(self) -> None:
         for f in self._files.values():
@@ -498,10 +505,16 @@ class Store:
         try:
             return await self.disk.put(name, data, lease=lease_name(name) if self.shared else None)
         except StorageError as exc:
-            log.warning("slice write failed (the node keeps serving from origin): %s", exc)
+            _warn("slice write failed (the node keeps serving from origin)", exc)
             return False
         finally:
             self._writing.pop(name, None)
+
+
+def _warn(what: str, exc: StorageError) -> None:
+    """A disk operation failed; not logged when its disk is out of service (storage.disks logged that once)."""
+    if not isinstance(exc, OutOfService):
+        log.warning("%s: %s", what, exc)
 
 
 def _keep_newest(table: OrderedDict[str, Any], n: int) -> None:

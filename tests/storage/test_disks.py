@@ -21,7 +21,7 @@ from edgecache.errors import ConfigError, StorageError
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.disks import Disks, OutOfService, Placement, failure, lease_name
 from edgecache.storage.memory import MemoryTier
-from edgecache.storage.store import Store
+from edgecache.storage.store import Store, slice_name
 
 MiB, GiB = 2**20, 2**30
 SRV = [Disk(Path("/srv/cache1"), GiB), Disk(Path("/srv/cache2"), GiB), Disk(Path("/srv/cache3"), 2 * GiB)]
@@ -67,6 +67,7 @@ def test_a_removed_disk_moves_only_its_own_keys() -> None:
         sqlite3.OperationalError("disk I/O error"),
         sqlite3.OperationalError("attempt to write a readonly database"),
         sqlite3.OperationalError("unable to open database file"),
+        sqlite3.OperationalError("no such table: Cache"),  # another database where the disk's was
     ],
 )
 def test_failures_of_the_disk(exc: BaseException) -> None:
@@ -292,5 +293,48 @@ async def test_a_record_on_a_failed_disk_never_finds_an_older_copy(tmp_path: Pat
         record = await store.get_record(primary)
         assert record.generation not in ("", "purged-once")
         assert await store.get_record(primary) == record  # the same while this process remembers it
+    finally:
+        disks.close()
+
+
+async def test_open_files_of_a_failed_disk_are_served_no_more(tmp_path: Path) -> None:
+    from edgecache.core.entry import ObjectMeta
+
+    config = three(tmp_path)
+    disks = Disks.open_all(config, threads=1)
+    store = Store(MemoryTier(MiB), disks)
+    meta = ObjectMeta(200, (), 64 * 1024 * 6, '"v1"', False, 1000.0, 1000.0, 64 * 1024, (), "t1")
+    try:
+        for i in range(6):
+            assert await store.put_slice_disk("k", meta.slice_version, i, bytes([i]) * (64 * 1024))
+            assert await store.open_slice("k", meta, i) is not None
+        on = {i: disks.home(slice_name("k", meta.slice_version, i)) for i in range(6)}
+        assert len(set(on.values())) >= 2
+        bad = on[0]
+        config[bad].path.rename(tmp_path / "elsewhere")  # the disk's directory goes away
+        await disks._probe(disks._slots[bad])
+        for i in range(6):  # only the files of the failed disk are gone from the open files
+            assert (store.open_file("k", meta, i) is None) == (on[i] == bad)
+    finally:
+        store.close_files()
+        disks.close()
+
+
+async def test_an_unexpected_error_of_a_disk_takes_it_out(tmp_path: Path) -> None:
+    """diskcache on a directory replaced under it failed its own assertion: that disk is out, not the request."""
+    config = three(tmp_path)
+    disks = Disks.open_all(config, threads=1)
+    try:
+        key = next(f"s:{i}" for i in range(100) if disks.home(f"s:{i}") == 2)
+        tier = disks._slots[2].tier
+        assert tier is not None
+
+        def broken(*_: object, **__: object) -> None:
+            raise AssertionError("txn id")
+
+        tier._cache.get = broken  # type: ignore[method-assign]
+        with pytest.raises(OutOfService):
+            await disks.get(key)
+        assert disks.failed == {str(config[2].path): "AssertionError: txn id"}
     finally:
         disks.close()
