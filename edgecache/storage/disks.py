@@ -29,15 +29,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TypeVar
-
-import diskcache
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from edgecache import metrics
 from edgecache.config.model import Disk
 from edgecache.core.ring import Member, Ring
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,9 +107,16 @@ class _Slot:
     failed: str | None = None
     identity: tuple[int, int] = (0, 0)  # st_dev, st_ino of its directory when opened
     label: str = field(init=False)
+    ops: dict[str, Counter] = field(init=False)  # its metrics' children, looked up once
+    errors: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         self.label = str(self.disk.path)
+        # Every series exists (at 0) before its first event: dashboards and alerts see the disk from the start.
+        self.ops = {op: metrics.DISK_OPS.labels(self.label, op) for op in ("read", "write")}
+        self.errors = metrics.DISK_OP_ERRORS.labels(self.label)
+        metrics.DISK_FAILURES.labels(self.label)
+        metrics.DISK_SIZE.labels(self.label).set(self.disk.size)
 
     @property
     def up(self) -> bool:
@@ -134,16 +142,10 @@ class Disks:
         """Open every disk (blocking: run it off the loop). One that cannot be opened starts out of service."""
         slots = [_Slot(d) for d in disks]
         for slot in slots:
-            metrics.DISK_SIZE.labels(slot.label).set(slot.disk.size)
-            # Every series exists (at 0) before its first event: dashboards and alerts see the disk from the start.
-            metrics.DISK_FAILURES.labels(slot.label)
-            metrics.DISK_OP_ERRORS.labels(slot.label)
-            for op in ("read", "write"):
-                metrics.DISK_OPS.labels(slot.label, op)
             try:
                 slot.tier, slot.identity = _open(slot.disk, threads)
-            except (OSError, sqlite3.Error, diskcache.Timeout, StorageError) as exc:
-                _fail(slot, failure(exc) or str(exc))
+            except Exception as exc:  # whatever a broken disk makes diskcache raise: the node starts without it
+                _fail(slot, failure(exc) or f"{type(exc).__name__}: {exc}")
                 continue
             metrics.DISK_UP.labels(slot.label).set(1)
         return cls(slots, threads)
@@ -163,8 +165,8 @@ class Disks:
     async def open(self, key: str) -> BinaryIO | bytes | None:
         return await self._on(key, "read", lambda t: t.open(key))
 
-    async def put(self, key: str, value: bytes, lease: str | None = None) -> bool:
-        return await self._on(key, "write", lambda t: t.put(key, value, lease))
+    async def put(self, key: str, value: bytes, lease: str | None = None, pinned: bool = False) -> bool:
+        return await self._on(key, "write", lambda t: t.put(key, value, lease, pinned))
 
     async def delete(self, key: str) -> None:
         await self._on(key, "write", lambda t: t.delete(key))
@@ -237,7 +239,7 @@ class Disks:
                 continue
             try:
                 tier, identity = await loop.run_in_executor(self._io, _open, slot.disk, self._threads)
-            except (OSError, sqlite3.Error, diskcache.Timeout, StorageError) as exc:
+            except Exception as exc:  # as at start
                 log.warning("disk %s is still out of service: %s", slot.label, exc)
                 continue
             old, slot.tier, slot.identity, slot.failed = slot.tier, tier, identity, None
@@ -264,11 +266,11 @@ class Disks:
     async def _use(self, slot: _Slot, op: str, call: Callable[[DiskTier], Awaitable[T]]) -> T:
         if slot.tier is None or slot.failed is not None:
             raise OutOfService(f"disk {slot.label} is out of service: {slot.failed}")
-        metrics.DISK_OPS.labels(slot.label, op).inc()
+        slot.ops[op].inc()
         try:
             return await call(slot.tier)
         except Exception as exc:  # diskcache on a broken disk may raise anything, its own asserts included
-            metrics.DISK_OP_ERRORS.labels(slot.label).inc()
+            slot.errors.inc()
             why = failure(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
             if why is None:
                 raise

