@@ -276,15 +276,24 @@ class DiskTier:
             self._cache.delete(key, retry=True)
             self.policy.remove(key)
 
-    async def put(self, key: str, value: bytes, lease: str | None = None) -> bool:
-        """Store `value`; then drop `lease` (taken by lease()), so processes waiting on it find the value."""
+    async def put(self, key: str, value: bytes, lease: str | None = None, pinned: bool = False) -> bool:
+        """Store `value`; then drop `lease` (taken by lease()), so processes waiting on it find the value.
+
+        `pinned`: the policy never evicts it (a primary record that hides older copies must outlive them); it is
+        outside the budget, so keep such values few and small.
+        """
 
         def write() -> bool:
             # Admitted first, in its own transaction: the budget holds before the bytes land, and a hit on the value
             # always finds its row. No worker waits on the file's write; a crash before it leaves a row without a
             # value, which the index drops at start.
             with self._cache.transact(retry=True):
-                evicted = self.policy.admit(key, len(value))
+                if pinned:
+                    self.policy.remove(key)
+                    self._queues.pin(key, len(value))
+                    evicted = []
+                else:
+                    evicted = self.policy.admit(key, len(value))
                 self._delete_values(evicted)  # with `key` itself when too big: its old value goes too
             stored = key not in evicted
             try:

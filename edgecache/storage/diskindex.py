@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from edgecache.storage.policy import GHOST, MAIN, MAX_FREQ, SMALL
 
 SEQ = 3  # the row of edge_index_totals whose n is the last sequence number given
+PINNED = 4  # not a queue of the policy: values it never evicts (DiskTier.put(pinned=True))
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS edge_index (key TEXT PRIMARY KEY, queue INTEGER NOT NULL, seq INTEGER NOT NULL,"
@@ -24,7 +25,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS edge_index_order ON edge_index (queue, seq)",
     "CREATE TABLE IF NOT EXISTS edge_index_totals (queue INTEGER PRIMARY KEY, n INTEGER NOT NULL,"
     " bytes INTEGER NOT NULL)",
-    "INSERT OR IGNORE INTO edge_index_totals VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0)",
+    "INSERT OR IGNORE INTO edge_index_totals VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0), (4, 0, 0)",
     "CREATE TRIGGER IF NOT EXISTS edge_index_in AFTER INSERT ON edge_index BEGIN"
     " UPDATE edge_index_totals SET n = n + 1, bytes = bytes + new.size WHERE queue = new.queue; END",
     "CREATE TRIGGER IF NOT EXISTS edge_index_out AFTER DELETE ON edge_index BEGIN"
@@ -64,6 +65,11 @@ class SQLiteQueues:
 
     def drop(self, key: str) -> None:
         self._con().execute("DELETE FROM edge_index WHERE key = ?", (key,))
+
+    def pin(self, key: str, size: int) -> None:
+        """Hold `key` outside the policy's queues: never evicted, until deleted or stored again unpinned."""
+        self.drop(key)
+        self.push(PINNED, key, size, 0)
 
     def bump(self, key: str) -> None:
         self.bump_by(key, 1)

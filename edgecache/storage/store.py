@@ -34,6 +34,12 @@ def slice_name(entry_key: str, version: str, index: int) -> str:
     return f"s:{digest(entry_key)}:{digest(version)[:16]}:{index}"
 
 
+def _meta_of(slice: str) -> str:
+    """The disk key of the metadata of a slice's object. A hit on a slice counts for it too: this process keeps
+    hot metadata at hand and never reads it from disk, and the disk's policy would evict it as unused."""
+    return "m:" + slice.split(":", 2)[1]
+
+
 OPEN_FILES = 1024  # slice files kept open for the fast path's disk hits (the worker raises its fd limit)
 PEER_POLL = 0.02  # seconds between looks at the disk while another worker fetches a slice
 
@@ -226,8 +232,11 @@ class Store:
 
     async def put_record(self, primary: str, record: PrimaryRecord) -> None:
         self.remember_record(primary, record)
+        # A record that hides older copies (a generation, a soft purge) is pinned: were the disk's policy to evict
+        # it while a copy it hides stays, that copy would be found again. One without is the same as none.
+        hides = bool(record.generation or record.soft_before)
         try:
-            await self.disk.put("v:" + digest(primary), record.to_bytes())
+            await self.disk.put("v:" + digest(primary), record.to_bytes(), pinned=hides)
         except StorageError as exc:
             _warn("primary record write failed", exc)
 
@@ -390,6 +399,7 @@ class Store:
         if len(data) != meta.slice_length(index):
             await self._wrong_length(name, len(data), meta.slice_length(index))
             return None
+        self.disk.note_hit(_meta_of(name))
         self.memory.put(name, data)
         return data
 
@@ -407,6 +417,7 @@ class Store:
             return None
         self._files.move_to_end(name)
         self.disk.note_hit(name)  # the disk's eviction index counts it, as a hit that opened the file
+        self.disk.note_hit(_meta_of(name))
         return f
 
     async def open_slice(self, entry_key: str, meta: ObjectMeta, index: int) -> SliceFile | bytes | None:
@@ -419,6 +430,7 @@ class Store:
             return None
         if value is None:
             return None
+        self.disk.note_hit(_meta_of(name))
         if isinstance(value, bytes):  # a small slice, kept in the index itself: offered to memory, as a read is
             if len(value) != meta.slice_length(index):
                 await self._wrong_length(name, len(value), meta.slice_length(index))

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import diskcache
 
+from edgecache.config.model import Disk
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.keys import PrimaryRecord, digest
 from edgecache.storage import disk
 from edgecache.storage.disk import DiskTier
+from edgecache.storage.disks import Disks
+from edgecache.storage.memory import MemoryTier
+from edgecache.storage.store import Store, slice_name
 
 KiB = 1024
 VALUE = 64 * KiB  # a file of its own (MIN_FILE_SIZE is 32 KiB)
@@ -149,3 +155,48 @@ async def test_a_smaller_budget_at_start_evicts_down_to_it(tmp_path: Path) -> No
         assert _files(tmp_path) == 4
     finally:
         tier.close()
+
+
+async def test_a_pinned_value_outlives_any_scan_and_a_restart(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 4 * VALUE, threads=1)
+    await tier.put("record", b"generation", pinned=True)
+    for i in range(20):
+        await tier.put(f"k{i}", _value(i))
+    tier.close()
+    tier = DiskTier(tmp_path, 4 * VALUE, threads=1)
+    try:
+        assert await tier.get("record") == b"generation"
+        assert _rows(tmp_path)["record"] == 4
+        await tier.put("record", b"plain")  # stored again unpinned: the policy's, like any value
+        assert _rows(tmp_path)["record"] == 0
+        for i in range(20, 30):
+            await tier.put(f"k{i}", _value(i))
+        assert "record" not in _values(tmp_path)
+    finally:
+        tier.close()
+
+
+async def test_the_store_pins_a_record_that_hides_copies_and_counts_metadata_with_slice_hits(tmp_path: Path) -> None:
+    disks = Disks.open_all([Disk(tmp_path, 64 * VALUE)], threads=1)
+    store = Store(MemoryTier(VALUE), disks)
+    tier = disks._slots[0].tier
+    assert isinstance(tier, DiskTier)
+    try:
+        await store.put_record("plain", PrimaryRecord())
+        await store.invalidate("purged")
+        await store.soft_invalidate("soft", 1.0)
+        rows = _rows(tmp_path)
+        assert rows["v:" + digest("plain")] == 0
+        assert rows["v:" + digest("purged")] == rows["v:" + digest("soft")] == 4
+        meta = ObjectMeta(200, (), VALUE, "v1", False, 0.0, 0.0, VALUE, token="t")
+        name = slice_name("entry", meta.slice_version, 0)
+        await tier.put(name, _value(1))
+        await tier.put("m:" + digest("entry"), b"meta")
+        assert await store.slice_from_disk("entry", meta, 0) == _value(1)  # a hit read whole
+        opened = await store.open_slice("entry", meta, 0)  # a hit opened for the fast path
+        assert opened is not None
+        assert store.open_file("entry", meta, 0) is opened  # a hit on the file held open
+        assert dict(tier._hits) == {name: 3, "m:" + digest("entry"): 3}
+    finally:
+        store.close_files()
+        disks.close()
