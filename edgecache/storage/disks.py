@@ -217,8 +217,10 @@ class Disks:
         return total
 
     def close(self) -> None:
+        """Close the disks in service. A failed one is left as it is: closing waits for its threads, which a
+        broken device may hold, and what it would write (its index's hits) is lost with it anyway."""
         for slot in self._slots:
-            if slot.tier is not None:
+            if slot.tier is not None and slot.up:
                 _close_quietly(slot.tier)
         self._io.shutdown(wait=False)
 
