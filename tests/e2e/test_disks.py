@@ -295,8 +295,9 @@ async def test_a_disk_failing_under_load(origin: Origin, tmp_path: Path, how: st
             stored = await settled(disks, warm)
             healthy = [p for p in warm if 1 not in homes(p, disks, stored)]
             on_bad = [p for p in warm if p not in healthy]
-            assert len(healthy) >= 15, (len(healthy), len(on_bad))
-            assert len(on_bad) >= 15, (len(healthy), len(on_bad))
+            # Both kinds, whatever the disks' paths (about 25 and 35: the tmp paths and the slices' tokens place them).
+            assert len(healthy) >= 5, (len(healthy), len(on_bad))
+            assert len(on_bad) >= 5, (len(healthy), len(on_bad))
             for n in range(40):  # cold objects: fills write to every disk, the failing one too
                 origin.put(f"/v/c{n}", content(1000 + n, 2 * SLICE + n * 131))
             load = Load(running.url, origin, [*warm, *(f"/v/c{n}" for n in range(40))])
