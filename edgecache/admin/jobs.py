@@ -414,7 +414,8 @@ class JobRunner:
     async def _write_index(self) -> None:
         async with self._index:  # in order: an older list never lands after a newer one
             try:
-                await self.disk.put("jobs-index", json.dumps(list(self.jobs)).encode())
+                # Pinned, like each job's record: the disk's policy would evict them as unread (bounded: max_jobs).
+                await self.disk.put("jobs-index", json.dumps(list(self.jobs)).encode(), pinned=True)
             except StorageError as exc:
                 log.warning("prefetch job index not saved: %s", exc)
 
@@ -422,7 +423,7 @@ class JobRunner:
         if job.id not in self.jobs:
             return  # deleted meanwhile: never written back
         try:
-            await self.disk.put(f"job:{job.id}", json.dumps(asdict(job)).encode())
+            await self.disk.put(f"job:{job.id}", json.dumps(asdict(job)).encode(), pinned=True)
         except StorageError as exc:
             log.warning("prefetch job %s not saved: %s", job.id, exc)
 

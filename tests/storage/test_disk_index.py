@@ -3,11 +3,13 @@ batched, and no value without its row or row without its value."""
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
 from pathlib import Path
 
 import diskcache
 
+from edgecache.admin.jobs import Job, JobRunner
 from edgecache.config.model import Disk
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import PrimaryRecord, digest
@@ -230,3 +232,25 @@ async def test_the_store_pins_a_record_that_hides_copies_and_counts_metadata_wit
     finally:
         store.close_files()
         disks.close()
+
+
+async def test_prefetch_jobs_outlive_a_scan_of_the_disk(tmp_path: Path) -> None:
+    now = datetime.datetime.now()
+    closed = (
+        (now + datetime.timedelta(hours=2)).strftime("%H:%M"),
+        (now + datetime.timedelta(hours=3)).strftime("%H:%M"),
+    )
+    tier = DiskTier(tmp_path, 4 * VALUE, threads=1)
+    runner = JobRunner(tier, "http://127.0.0.1:1")
+    await runner.start()
+    job = await runner.submit(Job(id="", owner="ops", urls=["http://video.test/a"], window=closed))
+    await runner.close()
+    for i in range(40):  # ten times the budget, none of it read
+        await tier.put(f"k{i}", _value(i))
+    again = JobRunner(tier, "http://127.0.0.1:1")
+    await again.start()
+    try:
+        assert again.jobs[job.id].urls == ["http://video.test/a"]
+    finally:
+        await again.close()
+        tier.close()
