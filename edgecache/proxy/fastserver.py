@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -70,11 +71,16 @@ class FastServer:
 
     def read_cached(self, fd: int, offset: int, n: int) -> tuple[bytearray, int]:
         """Up to n (<= PIECE) bytes at `offset` into a pooled buffer, only as far as they are in the page cache
-        (RWF_NOWAIT: never waits on the disk); the buffer and how many bytes it got (0: none cached)."""
+        (RWF_NOWAIT: never waits on the disk); the buffer and how many bytes it got (0: none cached, or a
+        filesystem such as tmpfs that refuses RWF_NOWAIT: the caller then reads off the loop)."""
         buf = self._buffers.pop() if self._buffers else bytearray(PIECE)
         try:
             return buf, os.preadv(fd, [memoryview(buf)[:n]], offset, os.RWF_NOWAIT)
         except BlockingIOError:
+            return buf, 0
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
             return buf, 0
 
     def give_back(self, buf: bytearray) -> None:
