@@ -77,7 +77,8 @@ def fills(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Fill, int]]:
 
 
 def stored_slices(edge: Edge) -> list[str]:
-    return [k for k in edge.node.store.disk._cache.iterkeys() if str(k).startswith("s:")]
+    tiers = [slot.tier for slot in edge.node.store.disk._slots if slot.tier is not None]  # every disk
+    return [k for tier in tiers for k in tier._cache.iterkeys() if str(k).startswith("s:")]
 
 
 async def test_chunked_body_streams_into_slices_and_is_then_a_hit(
