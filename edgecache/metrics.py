@@ -151,6 +151,13 @@ PEER_ERRORS = Counter(
     "answered 5xx, its own error or its origin's); health: failed health checks",
     ["peer", "kind"],
 )
+# Ring continuity (core.lookaside): an owner's misses asked of the previous owner before the origin, by outcome.
+PEER_LOOKASIDE = Counter(
+    "edgecache_peer_lookaside_total",
+    "Misses of an owner asked of the previous owner's cache first, by peer and outcome: hit (its bytes stored), "
+    "miss, other-version, unusable, error (the origin was asked instead)",
+    ["peer", "outcome"],
+)
 
 PURGES = Counter("edgecache_purges_total", "Purges applied on this node", ["kind", "mode"])
 PURGE_BEHIND = Gauge(

@@ -18,7 +18,7 @@ import aiohttp
 
 from edgecache import metrics
 from edgecache.config import ClusterSettings
-from edgecache.core import hop, nodeid
+from edgecache.core import hop, lookaside, nodeid
 from edgecache.core.health import Health
 from edgecache.core.ring import Member, Ring
 
@@ -102,9 +102,16 @@ class ClusterView:
         while not predicate():
             await self._changed.wait()
 
-    def hop_field(self, method: str, primary: str, request_id: str, viewer: str, failover: bool) -> str:
-        """The signed hop field of a request this node forwards to the owner of `primary`."""
-        stamp = hop.Hop(self.self_id, int(time.time()), request_id, viewer, failover)
+    def previous_owner(self, key: str) -> Member | None:
+        """Whom this node asks for `key` before the origin, when it owns it (core.lookaside)."""
+        return lookaside.previous_owner(self.route(key), self.self_id)
+
+    def hop_field(
+        self, method: str, primary: str, request_id: str, viewer: str, failover: bool, look_aside: bool = False
+    ) -> str:
+        """The signed hop field of a request this node forwards to the owner of `primary` (or, look_aside, asks of
+        the previous owner's cache)."""
+        stamp = hop.Hop(self.self_id, int(time.time()), request_id, viewer, failover, look_aside)
         return hop.sign(self.settings.key, stamp, method, primary)
 
     def honoured(self, values: Sequence[str], method: str, primary: str) -> hop.Hop | None:

@@ -4,8 +4,10 @@ The owner takes two things on that field's word: serve the request here and neve
 what keeps a request from looping between nodes that briefly disagree about who is up), and the viewer was
 judged already (site ACL and rate limit, by the node the viewer connected to). So the field must be one that
 only a node can write: an HMAC-SHA256, with the key the nodes share, over the forwarding node, the time, the
-request id, the viewer's address and whether it is a failover, and over the request it rides on (method and cache
-key), so a copy cannot be moved to another object, and is worthless after MAX_SKEW seconds.
+request id, the viewer's address, whether it is a failover and whether it is a look-aside, and over the request
+it rides on (method and cache key), so a copy cannot be moved to another object, and is worthless after MAX_SKEW
+seconds. A look-aside (`la=1`, written only when set, so every other field reads as before) is the owner asking
+the previous owner for what it holds: answer from the cache only, never fill, never forward (core.lookaside).
 
 Anything else (absent, repeated, malformed, too long, old, forged, another request's) is no hop at all: the
 request is then an ordinary client request. Pure: `now` is a parameter; nothing here raises on client input.
@@ -28,6 +30,7 @@ MIN_KEY = 32  # characters of a cluster key (`openssl rand -hex 32` gives 64)
 # Node ids, request ids and addresses (IPv4, IPv6 with a zone, "-"): never ';', '=', ',' or white space.
 _TOKEN = re.compile(r"[A-Za-z0-9_.:\[\]%-]{1,80}", re.ASCII)
 _NAMES = ("node", "t", "id", "for", "fo", "sig")
+_LOOKASIDE_NAMES = ("node", "t", "id", "for", "fo", "la", "sig")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class Hop:
     request_id: str  # the forwarding node's id of the request (its access log's "id")
     viewer: str  # the address the viewer connected from, as the forwarding node judged it
     failover: bool  # forwarded to a later owner because the first one is down
+    lookaside: bool = False  # the owner asks what this node holds: answer from the cache only, never fill
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +59,12 @@ def sign(key: bytes, hop: Hop, method: str, primary: str) -> str:
     if not (_TOKEN.fullmatch(hop.node) and _TOKEN.fullmatch(hop.request_id)):
         raise ValueError(f"node id {hop.node!r} or request id {hop.request_id!r} cannot be written in a hop field")
     viewer = hop.viewer if _TOKEN.fullmatch(hop.viewer) else "-"
-    values = (hop.node, str(hop.time), hop.request_id, viewer, "1" if hop.failover else "0")
+    values: tuple[str, ...] = (hop.node, str(hop.time), hop.request_id, viewer, "1" if hop.failover else "0")
+    names: tuple[str, ...] = _NAMES
+    if hop.lookaside:
+        values, names = (*values, "1"), _LOOKASIDE_NAMES
     mac = _mac(key, method, primary, values)
-    return ";".join(f"{n}={v}" for n, v in zip(_NAMES, (*values, mac), strict=True))
+    return ";".join(f"{n}={v}" for n, v in zip(names, (*values, mac), strict=True))
 
 
 def verify(key: bytes, values: Sequence[str], method: str, primary: str, now: float) -> Hop | Refused:
@@ -70,21 +77,28 @@ def verify(key: bytes, values: Sequence[str], method: str, primary: str, now: fl
     if len(value) > MAX_LENGTH or not value.isascii():
         return Refused("malformed")
     fields = [part.strip().partition("=") for part in value.split(";")]
-    if len(fields) != len(_NAMES):
+    names = _LOOKASIDE_NAMES if len(fields) == len(_LOOKASIDE_NAMES) else _NAMES
+    if len(fields) != len(names):
         return Refused("malformed")
-    if any(name != want or sep != "=" for (name, sep, _), want in zip(fields, _NAMES, strict=True)):
+    if any(name != want or sep != "=" for (name, sep, _), want in zip(fields, names, strict=True)):
         return Refused("malformed")
-    node, stamp, request_id, viewer, failover, mac = (v for _, _, v in fields)
+    parts = [v for _, _, v in fields]
+    mac = parts.pop()
+    lookaside = names is _LOOKASIDE_NAMES
+    if lookaside and parts.pop() != "1":
+        return Refused("malformed")
+    node, stamp, request_id, viewer, failover = parts
     if not (_TOKEN.fullmatch(node) and _TOKEN.fullmatch(request_id) and _TOKEN.fullmatch(viewer)):
         return Refused("malformed")
     if not (stamp.isdigit() and len(stamp) <= 12 and failover in ("0", "1")):
         return Refused("malformed")
-    expected = _mac(key, method, primary, (node, stamp, request_id, viewer, failover))
+    signed = (node, stamp, request_id, viewer, failover, *(("1",) if lookaside else ()))
+    expected = _mac(key, method, primary, signed)
     if not hmac.compare_digest(mac.encode("ascii"), expected.encode("ascii")):
         return Refused("bad signature")  # another key, another request, or altered
     if abs(now - int(stamp)) > MAX_SKEW:
         return Refused("outside the time window")  # a replay, or a node whose clock is wrong
-    return Hop(node, int(stamp), request_id, viewer, failover == "1")
+    return Hop(node, int(stamp), request_id, viewer, failover == "1", lookaside)
 
 
 def _mac(key: bytes, method: str, primary: str, values: tuple[str, ...]) -> str:

@@ -20,16 +20,19 @@ from email.utils import formatdate
 from typing import Any
 
 from edgecache import metrics
+from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
-from edgecache.core import entry, ranges
+from edgecache.core import entry, lookaside, ranges
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.forward import Validator, fill_request, unkeyed_fields
+from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
 from edgecache.core.freshness import Policy, merge_304, storable, strip_for_storage
 from edgecache.core.headers import Headers, get_first
+from edgecache.core.hop import FIELD as HOP
 from edgecache.core.keys import CacheKey, PrimaryRecord, entry_key, variant, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
+from edgecache.proxy import observe
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry, Released
-from edgecache.proxy.origin import OriginClient, read_chunks
+from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
 from edgecache.storage.ghosts import Ghosts
 from edgecache.storage.store import Store, slice_name
 
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
 _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
+_FROM_PEER = metrics.BYTES_SERVED.labels("peer")
 
 
 # Names of copies and of unversioned objects: unique across workers and restarts by a random prefix per process
@@ -88,6 +92,7 @@ class FillRequest:
     path: str = ""  # the normalised path of the cache key
     key: CacheKey = NO_KEY  # what a fill asks the origin for (core.forward.fill_request)
     vary: tuple[str, ...] = ()  # the Vary of the record the entry key was made with: the fields a fill sends
+    look_aside: bool = False  # the owner asks this node's cache (core.lookaside): answered from it, never filled
 
 
 class Engine:
@@ -101,6 +106,7 @@ class Engine:
         self._writes: set[asyncio.Task[None]] = set()  # disk writes of complete slices: finished at close
         self.ghosts = Ghosts()  # slices the memory tier evicted: a miss on one is "evicted", not "cold"
         store.memory.on_evict = self.ghosts.add
+        self.cluster: ClusterView | None = None  # set in a cluster: a miss here asks the previous owner first
 
     def _spawn(
         self, coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[None]] | None = None
@@ -163,7 +169,10 @@ class Engine:
         # From here on the request's fields are the ones sent: the answer is stored under their variant.
         req = replace(req, headers=sent.headers)
         request_time = time.time()
-        resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
+        resp = await self._look_aside(req, sent, asked) if validate is None else None
+        if resp is None:
+            request_time = time.time()
+            resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
         try:
             primary = req.primary or req.entry_key.split("\n", 1)[0]
             if resp.status == 304:
@@ -175,6 +184,8 @@ class Engine:
             # meanwhile (the RSS bound, another worker's purge) is read back from disk first, never taken as none.
             await self.store.get_record(primary)
             head = self._head(resp.status, resp.headers, asked, req, (request_time, time.time()), existing)
+            if resp.peer is not None:
+                head = replace(head, peer=resp.peer)
             if fill.last_index is not None and not self._within_run(fill, head):
                 fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
             self.fills.remove(fill)
@@ -204,6 +215,37 @@ class Engine:
             await self._pump(fill, head, resp, req)
         finally:
             resp.release()
+
+    async def _look_aside(
+        self, req: FillRequest, sent: OriginRequest, asked: ranges.ByteRange | None
+    ) -> OriginResponse | None:
+        """The previous owner's answer from its cache when this node owns the object (core.lookaside), in place
+        of the origin's; None when there is nobody to ask or its answer may not be stored here: then the origin
+        is asked at once. The request is the fill's, sent to the key's host with a signed look-aside hop; the
+        answer is taken only for the version of the slices already stored here, without what the peer added."""
+        view = self.cluster
+        peer = view.previous_owner(req.primary) if view is not None and req.primary and req.key.host else None
+        if view is None or peer is None:
+            return None
+        field = view.hop_field(sent.method, req.primary, "lookaside", "-", False, look_aside=True)
+        site = replace(req.site, origins=(f"http://{peer.address}",), origin_host=None)
+        headers = (("Host", req.key.host), *((k, v) for k, v in sent.headers if k.lower() != "host"), (HOP, field))
+        held = await self.store.get_meta(req.entry_key)
+        try:
+            async with asyncio.timeout(view.settings.timeout):
+                resp = await self.origin.to_peer(peer.id).request(site, sent.method, sent.target, headers)
+        except (OriginError, TimeoutError) as exc:
+            error = exc if isinstance(exc, OriginError) else OriginError("look-aside timed out", timeout=True)
+            observe.peer_error(peer.id, error)
+            metrics.PEER_LOOKASIDE.labels(peer.id, lookaside.Outcome.ERROR).inc()
+            return None
+        outcome = lookaside.judge(resp.status, resp.headers, asked, held.version if held is not None else None)
+        metrics.PEER_LOOKASIDE.labels(peer.id, outcome).inc()
+        if outcome is not lookaside.Outcome.HIT:
+            resp.close()  # its body is not read: the connection is not reused
+            return None
+        resp.headers = lookaside.origin_fields(resp.headers)
+        return resp
 
     def _within_run(self, fill: Fill, head: FillHead) -> bool:
         """Whether the body is within the run of slices the fill asked for (a 200 of unknown length never is)."""
@@ -435,8 +477,9 @@ class Engine:
             if head.meta.slice_version != meta.slice_version or head.status != meta.status:
                 raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
             try:
+                counter = _FROM_ORIGIN if head.peer is None else _FROM_PEER
                 async for chunk in fill.read(index, lo, hi):
-                    _FROM_ORIGIN.inc(len(chunk))
+                    counter.inc(len(chunk))
                     yield chunk
                     lo += len(chunk)
                 return

@@ -83,6 +83,7 @@ class FillHead:
     entry_key: str = ""  # where the response is stored: the primary key plus its Vary'd request values
     variant: str = ""  # the Vary'd request values of the request that started the fill
     served: Headers = ()  # every end-to-end field, for the request that started the fill only
+    peer: str | None = None  # the cluster member whose cache answered instead of the origin (core.lookaside)
 
 
 class Fill:

@@ -21,7 +21,7 @@ from edgecache import metrics
 from edgecache.accesslog import AccessLog
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
-from edgecache.core import ranges
+from edgecache.core import lookaside, ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.clientaddr import Networks, real_client
 from edgecache.core.entry import ObjectMeta
@@ -77,6 +77,8 @@ class EdgeHandler:
         self.engine = engine
         self.access = access or AccessLog(None)
         self.cluster = cluster
+        if cluster is not None and engine is not None:  # `edgecache ring` builds one without an engine
+            engine.cluster = cluster  # an owner's miss asks the previous owner's cache first (core.lookaside)
         # The access log's node: the cluster's name for this node, else the machine's.
         self.node = cluster.self_id if cluster is not None else socket.gethostname()
         self.write_timeout = 60.0
@@ -204,6 +206,8 @@ class EdgeHandler:
         )
         if hop is not None:  # forwarded by a node of the cluster: served here, never forwarded again
             observe.trace(request).failover = hop.failover
+            req = replace(req, look_aside=hop.lookaside)
+            observe.trace(request).look_aside = hop.lookaside
         elif self.cluster is not None:
             forwarded = await self._to_owner(request, req)
             if forwarded is not None:
@@ -248,6 +252,8 @@ class EdgeHandler:
                 use = usable(req.headers, meta.headers, fresh, req.policy)
                 if meta.response_time < max(soft_before, record.soft_before):
                     use = Use.REVALIDATE  # soft-purged: stored before the purge, so it must be revalidated
+                if req.look_aside and not lookaside.may_answer(True, use is Use.FRESH, False):
+                    raise ClientError(504, lookaside.NOT_HELD)
                 if use is Use.FRESH:
                     return await self._serve(request, req, meta, CacheStatus.HIT)
                 if use is Use.STALE_OK:
@@ -255,6 +261,8 @@ class EdgeHandler:
                 if use is Use.STALE_WHILE_REVALIDATE:
                     self._revalidate_in_background(req, meta)
                     return await self._serve(request, req, meta, CacheStatus.STALE)
+            if req.look_aside:  # what is held fresh was answered above: a look-aside never fills
+                raise ClientError(504, lookaside.NOT_HELD)
             t = observe.trace(request)
             t.expired = meta is not None  # a miss's cause, unless a 304 makes it a revalidation
             if meta is None:
@@ -435,6 +443,8 @@ class EdgeHandler:
         if await self._multipart_passes(request, req, meta):
             return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
         status = await self._completed(request, req, meta, status)
+        if req.look_aside and not lookaside.may_answer(True, True, status is CacheStatus.PARTIAL):
+            raise ClientError(504, lookaside.NOT_HELD)
         observe.mark(request, status)
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
@@ -470,9 +480,11 @@ class EdgeHandler:
         ours: bool,
     ) -> web.StreamResponse:
         observe.mark(request, status)
+        observe.trace(request).from_peer = head.peer is not None
         # The request that started the fill gets fields a shared cache keeps from everyone else (private="f").
         meta = replace(head.meta, headers=head.served) if ours and head.served else head.meta
-        cstatus = cache_status_header(status, stored=head.store, detail="" if head.shared else head.reason)
+        detail = lookaside.DETAIL if head.peer is not None else "" if head.shared else head.reason
+        cstatus = cache_status_header(status, stored=head.store, detail=detail)
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cstatus)
         if head.shared and meta.length >= 0:

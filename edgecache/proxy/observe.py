@@ -44,6 +44,8 @@ class Trace:
     expired: bool = False  # a stored entry, stale
     evicted: bool = False  # the object, or a slice the answer needed, was stored here and evicted
     uncacheable: bool = False  # the origin's answer may not be stored
+    from_peer: bool = False  # a miss filled from the previous owner's cache (core.lookaside): upstream "peer"
+    look_aside: bool = False  # the owner asks this node's cache (core.lookaside)
 
 
 TRACE = web.RequestKey("edgecache_trace", Trace)
@@ -129,13 +131,17 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     t = trace(request)
     metrics.SOURCES.set(None)
     code = resp.status if resp is not None else 0
+    if t.look_aside and code == 504:
+        return  # not held here: no viewer's request, and the asking node's miss (edgecache_peer_lookaside_total)
     if resp is not None:
         first_byte(request)  # a whole Response is sent right after this: its head leaves now
     # A slice lost between the handler's look and its read was fetched: the record says what was served.
-    t.status = with_fetched(t.status, t.sources.origin > 0)
+    t.status = with_fetched(t.status, t.sources.origin + t.sources.peer > 0)
     count(t, request.method, code)
     nbytes = _body_bytes(request, resp, t)
     way = upstream(t.status, t.sources)
+    if t.from_peer and way == "origin":
+        way = "peer"
     if not t.for_peer:  # counted once per viewer, by the node it reached: cluster-wide sums are viewer egress
         site_bytes(t.site, way).inc(nbytes)
     if access.enabled:

@@ -1,0 +1,84 @@
+"""Ring continuity: the owner of an object it does not hold asks the previous owner before the origin.
+
+When ownership moves (a node added, or back), rendezvous hashing makes the previous owner of each moved key its
+second owner now (core.ring), and that node still holds the object. So a miss on the owner first asks the next
+owner that is up, with a signed look-aside hop (core.hop): "answer from your cache only, never fill, never
+forward". What it answers is taken like an origin's answer only when it proves to be the same version as the
+slices already stored here, and the peer's Age is kept, so the copy ages on from where the peer's was.
+
+Pure: the rules of whom to ask, what the asked node may answer and which answers may be stored.
+Nothing here raises on a peer's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+
+from edgecache.core import entry, ranges
+from edgecache.core.forward import VIA
+from edgecache.core.headers import Headers, list_values
+from edgecache.core.ring import Member
+
+# The Cache-Status detail (and the access log's upstream) of an answer filled from a peer's cache.
+DETAIL = "peer-lookaside"
+# The reason a look-aside is answered 504, as only-if-cached is: the owner then asks the origin.
+NOT_HELD = "look-aside: not held here fresh and whole"
+
+
+class Outcome(StrEnum):
+    """How a look-aside ended: the label of edgecache_peer_lookaside_total."""
+
+    HIT = "hit"  # the peer's bytes were stored
+    MISS = "miss"  # the peer does not hold it (fresh and whole)
+    OTHER_VERSION = "other-version"  # it holds another version than the slices stored here: never mixed
+    UNUSABLE = "unusable"  # no validators to prove the version, or a malformed answer
+    ERROR = "error"  # refused, timed out, broken: the origin is asked at once
+
+
+def previous_owner(up: Sequence[Member], self_id: str) -> Member | None:
+    """Whom to ask: the next owner that is up after this node, when this node is the first one that is up (it
+    owns the key). That is the node which owned it before this one came (or came back), or which took it while
+    this one was down; None when this node does not own the key or is alone."""
+    if len(up) < 2 or up[0].id != self_id:
+        return None
+    return up[1]
+
+
+def may_answer(held: bool, fresh: bool, missing_slices: bool) -> bool:
+    """Whether the asked node answers a look-aside, from its cache alone: only an entry it holds, fresh, with
+    every slice the answer needs. Anything else would make it fill from the origin, which the owner does itself."""
+    return held and fresh and not missing_slices
+
+
+def judge(status: int, headers: Headers, asked: ranges.ByteRange | None, held_version: str | None) -> Outcome:
+    """Whether the peer's answer may be stored like an origin's: a 200 or 206 from its cache, for the range
+    asked, with validators that name a version (a strong ETag, or Last-Modified and the length), and that
+    version the one of the slices already stored here when there are any (`held_version`)."""
+    if status not in (200, 206):
+        return Outcome.MISS
+    judged = entry.judge(status, headers, asked)
+    if isinstance(judged, entry.Partial):
+        length: int | None = judged.length
+    elif isinstance(judged, entry.Whole):
+        length = judged.length
+    else:
+        return Outcome.UNUSABLE
+    version = entry.version_of(headers, length)
+    if version is None or length is None:
+        return Outcome.UNUSABLE
+    if held_version is not None and version != held_version:
+        return Outcome.OTHER_VERSION
+    return Outcome.HIT
+
+
+def origin_fields(headers: Headers) -> Headers:
+    """The peer's answer as the origin sent it: without the Via member and the Cache-Status member the peer
+    added last (respond.base_headers), so a copy stored here serves the fields a copy from the origin would.
+    Age stays: it is how old the peer's copy is, and current_age goes on from it."""
+    via = list_values(headers, "via")
+    if via and via[-1] == VIA:
+        via = via[:-1]
+    status = list_values(headers, "cache-status")[:-1]
+    kept = [(k, v) for k, v in headers if k.lower() not in ("via", "cache-status")]
+    return (*kept, *(("Via", ", ".join(via)),) * bool(via), *(("Cache-Status", ", ".join(status)),) * bool(status))
