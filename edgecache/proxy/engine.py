@@ -29,6 +29,7 @@ from edgecache.core.freshness import Policy, merge_304, storable, strip_for_stor
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.keys import CacheKey, PrimaryRecord, entry_key, variant, varied
+from edgecache.core.ring import Member
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import observe
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry, Released
@@ -93,6 +94,8 @@ class FillRequest:
     key: CacheKey = NO_KEY  # what a fill asks the origin for (core.forward.fill_request)
     vary: tuple[str, ...] = ()  # the Vary of the record the entry key was made with: the fields a fill sends
     look_aside: bool = False  # the owner asks this node's cache (core.lookaside): answered from it, never filled
+    # A hot object on a node that does not own it (core.popularity): filled from its owner, kept in memory only.
+    spread_from: Member | None = None
 
 
 class Engine:
@@ -169,7 +172,10 @@ class Engine:
         # From here on the request's fields are the ones sent: the answer is stored under their variant.
         req = replace(req, headers=sent.headers)
         request_time = time.time()
-        resp = await self._look_aside(req, sent, asked) if validate is None else None
+        if req.spread_from is not None:
+            resp = await self._from_owner(req, sent, req.spread_from)
+        else:
+            resp = await self._look_aside(req, sent, asked) if validate is None else None
         if resp is None:
             request_time = time.time()
             resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
@@ -202,7 +208,7 @@ class Engine:
                 self.store.remember_record(primary, record)
                 self.store.remember_meta(req.entry_key, head.meta)
             fill.set_head(head)
-            if keep:
+            if keep and req.spread_from is None:  # a spread copy is kept in memory only
                 if record != known:  # the next slice of a stored object brings the same record
                     await self.store.put_record(primary, record)
                 await self.store.put_meta(req.entry_key, head.meta, lazy=True)
@@ -227,9 +233,7 @@ class Engine:
         peer = view.previous_owner(req.primary) if view is not None and req.primary and req.key.host else None
         if view is None or peer is None:
             return None
-        field = view.hop_field(sent.method, req.primary, "lookaside", "-", False, look_aside=True)
-        site = replace(req.site, origins=(f"http://{peer.address}",), origin_host=None)
-        headers = (("Host", req.key.host), *((k, v) for k, v in sent.headers if k.lower() != "host"), (HOP, field))
+        site, headers = self._to_peer(view, req, sent, peer, look_aside=True)
         held = await self.store.get_meta(req.entry_key)
         try:
             async with asyncio.timeout(view.settings.timeout):
@@ -246,6 +250,32 @@ class Engine:
             return None
         resp.headers = lookaside.origin_fields(resp.headers)
         return resp
+
+    async def _from_owner(self, req: FillRequest, sent: OriginRequest, owner: Member) -> OriginResponse | None:
+        """The owner's answer to the fill of a spread copy (core.popularity), taken as the origin's would be; None
+        when the owner could not be asked (then the origin is, as the next owner would): its failures are the
+        peer's, counted as such, and one that could not connect takes it down at once."""
+        assert self.cluster is not None
+        site, headers = self._to_peer(self.cluster, req, sent, owner, look_aside=False)
+        try:
+            resp = await self.origin.to_peer(owner.id).request(site, sent.method, sent.target, headers)
+        except OriginError as exc:
+            observe.peer_error(owner.id, exc)
+            if exc.connect:
+                self.cluster.failed(owner.id)
+            return None
+        resp.headers = lookaside.origin_fields(resp.headers)
+        return resp
+
+    @staticmethod
+    def _to_peer(
+        view: ClusterView, req: FillRequest, sent: OriginRequest, peer: Member, look_aside: bool
+    ) -> tuple[Site, Headers]:
+        """Where and with which fields a fill's request goes to a peer: the key's host, and a signed hop."""
+        field = view.hop_field(sent.method, req.primary, "fill", "-", False, look_aside=look_aside)
+        site = replace(req.site, origins=(f"http://{peer.address}",), origin_host=None)
+        headers = (("Host", req.key.host), *((k, v) for k, v in sent.headers if k.lower() != "host"), (HOP, field))
+        return site, headers
 
     def _within_run(self, fill: Fill, head: FillHead) -> bool:
         """Whether the body is within the run of slices the fill asked for (a 200 of unknown length never is)."""
@@ -352,6 +382,9 @@ class Engine:
             if head.store:
                 stored.append(index)
                 self.store.put_slice_memory(req.entry_key, version, index, data)
+                if req.spread_from is not None:  # a spread copy: in memory only, never written to disk
+                    fill.mark_durable(index)
+                    return
                 writes.append(self._spawn(self._write_slice(fill, req.entry_key, version, index, data), self._writes))
 
         if head.store:
@@ -403,8 +436,9 @@ class Engine:
         record = replace(current or PrimaryRecord(req.generation), vary=meta.vary)
         self.store.remember_record(primary, record)
         self.store.remember_meta(req.entry_key, meta)
-        await self.store.put_record(primary, record)
-        await self.store.put_meta(req.entry_key, meta)
+        if req.spread_from is None:  # a spread copy is kept in memory only
+            await self.store.put_record(primary, record)
+            await self.store.put_meta(req.entry_key, meta)
 
     async def _forget(self, entry_key: str, version: str, indices: list[int], writes: list[asyncio.Task[None]]) -> None:
         """Drop slices of a body that will never be stored, once its own disk writes (already started) are done.
@@ -507,7 +541,7 @@ class Engine:
         again = self.fills.find(req.entry_key, index) if join else None  # someone may have started it meanwhile
         if again is not None:
             return again
-        if self.store.shared:
+        if self.store.shared and req.spread_from is None:  # a spread copy never lands on disk: nothing to lease
             leased = await self.store.lease_run(req.entry_key, meta, list(range(index, run_end + 1)), LEASE_SECONDS)
             if leased == 0:
                 return None

@@ -21,7 +21,7 @@ from edgecache import metrics
 from edgecache.accesslog import AccessLog
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
-from edgecache.core import lookaside, ranges
+from edgecache.core import lookaside, popularity, ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.clientaddr import Networks, real_client
 from edgecache.core.entry import ObjectMeta
@@ -33,6 +33,7 @@ from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
 from edgecache.core.ratelimit import RateLimiter
+from edgecache.core.ring import Member
 from edgecache.core.route import Router, normalise_host
 from edgecache.core.signing import verify
 from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
@@ -85,6 +86,7 @@ class EdgeHandler:
         self.max_in_flight = 10_000  # per worker; past it, new requests get 503 + Retry-After at once
         self.in_flight = 0
         self.limiter: RateLimiter | None = None  # per client address, when configured
+        self.popular = popularity.Gate()  # objects this node does not own and sees asked often: kept here too
         self.forwarders: Networks = ()  # server.trusted_forwarders: proxies whose X-Forwarded-For is believed
         self.proxy_from: Networks = ()  # server.proxy_protocol_from: who may send a PROXY header (empty: any)
         # The clients PROXY headers declared for connections the fast path handed over (their socket's peer is
@@ -209,8 +211,10 @@ class EdgeHandler:
             req = replace(req, look_aside=hop.lookaside)
             observe.trace(request).look_aside = hop.lookaside
         elif self.cluster is not None:
-            forwarded = await self._to_owner(request, req)
-            if forwarded is not None:
+            owner = self._spread_from(request, req)
+            if owner is not None:  # hot here: answered from this node's copy, filled from the owner
+                req = replace(req, spread_from=owner)
+            elif (forwarded := await self._to_owner(request, req)) is not None:
                 return forwarded
         if request.method not in CACHED_METHODS:
             invalidate = (self.engine.store, host)
@@ -328,6 +332,20 @@ class EdgeHandler:
             return {"url": url, "error": str(exc)}
         owners = self.cluster.describe(key.primary) if self.cluster is not None else []
         return {"url": url, "site": site.name, "key": key.primary, "owners": owners}
+
+    def _spread_from(self, request: web.BaseRequest, req: FillRequest) -> Member | None:
+        """The owner to fill a copy from, when this node does not own the object and sees it asked often
+        (core.popularity); None: forward as usual. Only plain cacheable GETs and HEADs are counted: a conditional
+        or no-store request, or one with a body, is always the owner's to answer."""
+        assert self.cluster is not None
+        if request.method not in CACHED_METHODS or request.body_exists or self._conditional(req.headers):
+            return None
+        if parse_cache_control(req.headers).no_store or must_pass(req.headers) is not None:
+            return None
+        up = self.cluster.route(req.primary)
+        if not up or up[0].id == self.cluster.self_id:
+            return None
+        return up[0] if self.popular.asked(req.primary, time.monotonic()) else None
 
     async def _to_owner(self, request: web.BaseRequest, req: FillRequest) -> web.StreamResponse | None:
         """Stream the answer from the object's owner; None when this node is the first owner that is up.
@@ -483,7 +501,9 @@ class EdgeHandler:
         observe.trace(request).from_peer = head.peer is not None
         # The request that started the fill gets fields a shared cache keeps from everyone else (private="f").
         meta = replace(head.meta, headers=head.served) if ours and head.served else head.meta
-        detail = lookaside.DETAIL if head.peer is not None else "" if head.shared else head.reason
+        detail = "" if head.shared else head.reason
+        if head.peer is not None:  # a spread copy's fill from the owner, or an owner's look-aside
+            detail = "peer" if req.spread_from is not None else lookaside.DETAIL
         cstatus = cache_status_header(status, stored=head.store, detail=detail)
         age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
         headers = base_headers(meta.headers, int(age), cstatus)

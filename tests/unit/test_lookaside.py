@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgecache.core import lookaside
+from edgecache.core import lookaside, popularity
 from edgecache.core.hop import Hop, Refused, sign, verify
 from edgecache.core.lookaside import Outcome
 from edgecache.core.ranges import ByteRange
@@ -83,3 +83,21 @@ def test_the_lookaside_mark_is_signed_and_other_hops_read_as_before() -> None:
     added = sign(KEY, Hop("a", hop.time, "lookaside", "-", False), "GET", PRIMARY).replace(";sig=", ";la=1;sig=")
     assert verify(KEY, [added], "GET", PRIMARY, hop.time) == Refused("bad signature")
     assert verify(KEY, [value.replace("la=1", "la=0")], "GET", PRIMARY, hop.time) == Refused("malformed")
+
+
+def test_an_object_is_hot_from_its_nth_request_within_the_window_and_while_asked() -> None:
+    gate = popularity.Gate(threshold=3, window=10.0, capacity=100)
+    assert [gate.asked("a", t) for t in (0.0, 1.0)] == [False, False]
+    assert gate.asked("a", 2.0)  # the third within 10 s
+    assert gate.asked("a", 11.0)  # each request keeps it hot for another window
+    assert gate.asked("a", 20.5)
+    assert not gate.asked("a", 31.0)  # not asked for a window: counted again from one
+    assert [gate.asked("b", t) for t in (0.0, 11.0, 22.0)] == [False, False, False]  # never 3 within 10 s
+
+
+def test_the_popularity_table_is_bounded_and_a_scan_makes_nothing_hot() -> None:
+    gate = popularity.Gate(threshold=2, window=60.0, capacity=50)
+    assert not any(gate.asked(f"k{i}", float(i) / 1000) for i in range(10_000))
+    assert len(gate) == 50
+    assert not gate.asked("k0", 1.0)  # dropped long ago: one request again
+    assert gate.asked("k0", 2.0)

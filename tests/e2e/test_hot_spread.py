@@ -1,0 +1,74 @@
+"""Hot objects spread on a real in-process 3-node cluster: a node that does not own an object it sees asked
+often keeps a copy in memory and answers it itself, so the owner is not the only node serving it; a purge
+removes every copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecache import metrics
+from edgecache.core import popularity
+from edgecache.core.keys import digest
+from edgecache.core.ring import Member, Ring
+from tests.conftest import Edge
+from tests.e2e.test_purge import cluster, purge
+from tests.origin import Origin
+
+HOT = "/hot.bin"
+MIX = [f"/mix/{i}.bin" for i in range(20)]
+
+
+def forwarded(peer: str) -> float:
+    """Requests of site videos (the hot object's alone here) that nodes sent to `peer`."""
+    return metrics.PEER_FORWARDED.labels(peer, "videos")._value.get()  # type: ignore[attr-defined, no-any-return]
+
+
+async def play(origin: Origin, edges: list[Edge], requests: int) -> int:
+    """`requests` requests through every node in turn, 30% of them for the hot object and the rest for 20 others
+    (of another site); every body exact. How many asked for the hot object."""
+    asked = 0
+    for i in range(requests):
+        edge = edges[i % 3]
+        if i % 10 in (0, 3, 6):
+            status, _, body = await edge.get(HOT)
+            assert (status, body) == (200, origin.objects[HOT].data), i
+            asked += 1
+        else:
+            path = MIX[i % len(MIX)]
+            status, _, body = await edge.get(path, host="other.test")
+            assert (status, body) == (200, origin.objects[path].data), (i, path)
+    return asked
+
+
+async def test_a_hot_object_is_answered_by_every_node_and_purged_everywhere(origin: Origin, tmp_path: Path) -> None:
+    origin.put(HOT, b"h" * 300_000)
+    for i, p in enumerate(MIX):
+        origin.put(p, bytes([i]) * 20_000)
+    owner = Ring.of(Member(f"node{i}", "-") for i in (1, 2, 3)).owner(f"videos|video.test|{HOT}")
+    assert owner is not None
+    async with cluster(origin, tmp_path) as nodes:
+        edges = [n.edge for n in nodes]
+        # Warm-up: each node sees the hot object asked more than popularity.THRESHOLD (32) times.
+        assert await play(origin, edges, 360) > 3 * popularity.THRESHOLD
+        before = forwarded(owner.id)
+        asked = await play(origin, edges, 300)
+        # Two thirds of these requests reached a node that does not own the object: at most half reach the owner.
+        assert forwarded(owner.id) - before <= asked / 2, (forwarded(owner.id) - before, asked)
+        assert origin.hits[HOT] == 1
+        others = [e for e in edges if e.node.cluster is not None and e.node.cluster.self_id != owner.id]
+        for e in others:  # a copy of its own, in memory only
+            status, headers, body = await e.get(HOT)
+            assert (status, body, headers["Cache-Status"]) == (200, origin.objects[HOT].data, "edgecache; hit")
+            key = f"videos|video.test|{HOT}"
+            meta = e.node.store.peek_meta(key)
+            assert meta is not None
+            assert await e.node.store.disk.get("m:" + digest(key)) is None
+            assert await e.node.store.slice_from_disk(key, meta, 0) is None
+        # A purge reaches every copy: the next request to any node gets the new bytes.
+        origin.put(HOT, b"n" * 300_000, etag='"v2"')
+        status, _ = await purge(nodes[0], {"url": f"http://video.test{HOT}"})
+        assert status == 200
+        for e in edges:
+            status, _, body = await e.get(HOT)
+            assert (status, body) == (200, b"n" * 300_000)
