@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,14 @@ def config(origin: Origin, tmp_path: Path, members: tuple[Member, ...], me: Memb
     cfg = make_config(tmp_path / me.id, [origin.url], slice_bytes=SLICE)
     settings = ClusterSettings(self_id=me.id, key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=0.5, rise=2, fall=2)
     port = int(me.address.rpartition(":")[2])
-    return replace(cfg, listen=(Listen("127.0.0.1", port),), cluster=settings)
+    log = tmp_path / f"{me.id}.log"
+    return replace(cfg, listen=(Listen("127.0.0.1", port),), cluster=settings, access_log=log)
+
+
+def logged(tmp_path: Path, node: str, path: str) -> list[tuple[object, object, object]]:
+    """(status, cache, upstream) of each line of `node`'s access log for `path`."""
+    lines = [json.loads(line) for line in (tmp_path / f"{node}.log").read_bytes().splitlines()]
+    return [(r["status"], r["cache"], r["upstream"]) for r in lines if r["path"] == path]
 
 
 async def all_up(edges: list[Edge], ids: list[str]) -> None:
@@ -105,6 +113,10 @@ async def test_a_fourth_node_takes_its_share_from_the_previous_owners(origin: Or
         for p in moved:  # the new owner holds them now, each fetched from the origin once in all
             assert edges[3].node.store.peek_meta(f"videos|video.test|{p}") is not None, p
             assert origin.hits[p] == 1, p
+    # A look-aside that found nothing is no viewer's request: no node logged a 504.
+    for node in ("node1", "node2", "node3", "node4"):
+        lines = (tmp_path / f"{node}.log").read_bytes().splitlines()
+        assert {json.loads(line)["status"] for line in lines} == {200, 206}, node
 
 
 async def test_a_lookaside_fill_says_so_and_ages_on_from_the_peer(origin: Origin, tmp_path: Path) -> None:
@@ -125,6 +137,7 @@ async def test_a_lookaside_fill_says_so_and_ages_on_from_the_peer(origin: Origin
         assert theirs["Cache-Status"] == 'edgecache; hit, edgecache; fwd=miss; detail="peer"'
         same = lambda fields: {k: v for k, v in fields.items() if k not in ("Age", "Via", "Cache-Status")}  # noqa: E731
         assert same(theirs) == same(headers)
+    assert logged(tmp_path, "node4", path)[:2] == [(200, "miss", "peer"), (200, "hit", "cache")]
 
 
 async def test_a_changed_object_is_never_mixed_with_the_peers_old_slices(origin: Origin, tmp_path: Path) -> None:
