@@ -251,20 +251,22 @@ class EdgeHandler:
                 else None
             )
             if meta is not None and fresh is not None:
-                if validated:
-                    return await self._serve(request, req, meta, CacheStatus.REVALIDATED)
                 use = usable(req.headers, meta.headers, fresh, req.policy)
                 if meta.response_time < max(soft_before, record.soft_before):
                     use = Use.REVALIDATE  # soft-purged: stored before the purge, so it must be revalidated
-                if req.look_aside and not lookaside.may_answer(True, use is Use.FRESH, False):
+                if req.look_aside and not lookaside.may_answer(True, validated or use is Use.FRESH, False):
                     raise ClientError(504, lookaside.NOT_HELD)
-                if use is Use.FRESH:
-                    return await self._serve(request, req, meta, CacheStatus.HIT)
-                if use is Use.STALE_OK:
-                    return await self._serve(request, req, meta, CacheStatus.STALE)
-                if use is Use.STALE_WHILE_REVALIDATE:
-                    self._revalidate_in_background(req, meta)
-                    return await self._serve(request, req, meta, CacheStatus.STALE)
+                try:
+                    served = await self._serve_stored(request, req, meta, use, validated)
+                except VersionChanged as exc:  # raised before any byte was sent (respond._stream)
+                    # A slice it lacks came back as another version: never mixed, so that entry goes and the
+                    # request starts again as a miss of the version the origin has now.
+                    log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
+                    await self.engine.store.delete_meta(req.entry_key)
+                    validated = False
+                    continue
+                if served is not None:
+                    return served
             if req.look_aside:  # what is held fresh was answered above: a look-aside never fills
                 raise ClientError(504, lookaside.NOT_HELD)
             t = observe.trace(request)
@@ -454,6 +456,21 @@ class EdgeHandler:
         first = 0
         if self.engine.fills.find(req.entry_key, first) is None:
             self.engine.start_fill(req, 0, None if meta.whole else 0, validate=meta)
+
+    async def _serve_stored(
+        self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, use: Use, validated: bool
+    ) -> web.StreamResponse | None:
+        """The answer from a stored entry, if `use` (or a revalidation that just confirmed it) allows one."""
+        if validated:
+            return await self._serve(request, req, meta, CacheStatus.REVALIDATED)
+        if use is Use.FRESH:
+            return await self._serve(request, req, meta, CacheStatus.HIT)
+        if use is Use.STALE_OK:
+            return await self._serve(request, req, meta, CacheStatus.STALE)
+        if use is Use.STALE_WHILE_REVALIDATE:
+            self._revalidate_in_background(req, meta)
+            return await self._serve(request, req, meta, CacheStatus.STALE)
+        return None
 
     async def _serve(
         self, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, status: CacheStatus, detail: str = ""

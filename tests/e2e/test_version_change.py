@@ -1,0 +1,29 @@
+"""A stored object whose origin has moved to a new version while some of its slices were never fetched: a request
+for such a slice finds the new version at the origin. Slices of two versions are never mixed, and the viewer is
+not answered 502 either: the old entry is dropped and the request is served as a miss of the new version."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Edge
+from tests.origin import Origin
+
+MiB = 2**20
+V1 = bytes((i * 3) % 251 for i in range(3 * MiB + 100))
+V2 = bytes((i * 5 + 1) % 253 for i in range(3 * MiB + 100))
+
+
+@pytest.mark.parametrize("edge", ["fast", "framework"], indirect=True)
+async def test_a_missing_slice_of_a_changed_object_is_served_from_the_new_version(edge: Edge, origin: Origin) -> None:
+    origin.put("/moved.bin", V1)
+    status, _, body = await edge.get("/moved.bin", Range="bytes=0-99")  # slice 0 of v1 only
+    assert (status, body) == (206, V1[:100])
+    await edge.node.engine.flush()
+    origin.put("/moved.bin", V2, etag='"v2"', last_modified="Sun, 02 Nov 2025 00:00:00 GMT")
+    for _ in range(2):
+        status, headers, body = await edge.get("/moved.bin", Range="bytes=2097152-2097251")  # slice 2
+        assert (status, body) == (206, V2[2 * MiB : 2 * MiB + 100])
+        assert headers["ETag"] == '"v2"'
+    status, headers, body = await edge.get("/moved.bin", Range="bytes=0-99")  # v1's slice 0 is not served again
+    assert (status, body, headers["ETag"]) == (206, V2[:100], '"v2"')
