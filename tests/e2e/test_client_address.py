@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from edgecache.config import Config, load
 from edgecache.core.proxyproto import V2_SIGNATURE
 from edgecache.server import reload
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
+from tests.samples import sample_value
 
 BODY = b"only for 203.0.113.0/24\n" * 40
 GET = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nConnection: close\r\n\r\n"
@@ -42,7 +42,7 @@ HEADERS = {"v1": v1, "v2": v2}
 
 
 def answered() -> float:
-    return REGISTRY.get_sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
+    return sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
 
 
 def config(tmp_path: Path, origin: Origin, path: str, proxy: bool = True, **kw: Any) -> Config:

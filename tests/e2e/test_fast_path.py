@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from edgecache.core.freshness import current_age
 from edgecache.core.ranges import ByteRange
@@ -27,13 +26,14 @@ from edgecache.proxy.hit import Hit, Load
 from edgecache.storage.store import slice_name
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
+from tests.samples import sample_value
 
 SMALL = bytes(range(256)) * 40  # 10 KiB
 BIG = bytes((i * 7 + i // 251) % 256 for i in range(3 * 2**20 + 12345))  # 4 slices of 1 MiB
 
 
 def answered() -> float:
-    return REGISTRY.get_sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
+    return sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
 
 
 async def exchange(edge: Edge, data: bytes) -> bytes:

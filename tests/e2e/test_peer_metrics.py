@@ -17,7 +17,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client import REGISTRY
 
 from edgecache.config import ClusterSettings, Config, Listen
 from edgecache.core.ring import Member, Ring
@@ -25,12 +24,13 @@ from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.origin import Origin
+from tests.samples import sample_value
 
 KINDS = ("connect", "timeout", "reset", "5xx")
 
 
 def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return sample_value(name, labels) or 0.0
 
 
 def peer_errors(peer: str) -> dict[str, float]:

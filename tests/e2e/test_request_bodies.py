@@ -15,10 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import RawOrigin, RawReply, RawRequest
+from tests.samples import sample_value
 
 ANSWER = 10  # seconds: a bound on every wait here, never a measure of speed
 PAYLOAD = b"".join(b"event %d: the same words again and again\n" % i for i in range(2000))
@@ -112,7 +112,7 @@ async def test_an_encoded_chunked_body_reaches_the_origin_chunked_as_sent(
 
 
 def body_timeouts() -> float:
-    return REGISTRY.get_sample_value("edgecache_request_body_timeouts_total") or 0.0
+    return sample_value("edgecache_request_body_timeouts_total") or 0.0
 
 
 async def stall(edge: Edge, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

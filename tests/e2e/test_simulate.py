@@ -12,13 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from edgecache import cli
 from edgecache.config import Site
 from tests.conftest import make_config, start_edge
 from tests.e2e.procs import ROOT
 from tests.origin import Origin
+from tests.samples import sample_value
 
 SLICE = 4096
 SITE = "simulate-e2e"  # a site of its own: the process-wide counters below are this test's alone
@@ -41,7 +41,7 @@ REQUESTS = [
 
 
 def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return sample_value(name, labels) or 0.0
 
 
 async def test_replay_of_the_edges_log_matches_its_counters(

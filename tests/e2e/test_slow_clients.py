@@ -8,14 +8,13 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
-from prometheus_client import REGISTRY
-
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
+from tests.samples import sample_value
 
 
 def slow_clients() -> float:
-    return REGISTRY.get_sample_value("edgecache_slow_client_disconnects_total") or 0.0
+    return sample_value("edgecache_slow_client_disconnects_total") or 0.0
 
 
 async def test_client_that_never_reads_is_cut_and_others_are_served(

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import trustme
-from prometheus_client import REGISTRY
 
 from edgecache.config import Listen, Site, TLSFiles
 from edgecache.errors import ConfigError
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
+from tests.samples import sample_value
 
 BODY = b"served over TLS " * 500
 
@@ -42,7 +42,7 @@ async def fetch(port: int, ca: trustme.CA, server_name: str, host: str, path: st
 
 
 def answered() -> float:
-    return REGISTRY.get_sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
+    return sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])

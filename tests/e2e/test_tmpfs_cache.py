@@ -11,16 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
+from tests.samples import sample_value
 
 BODY = bytes((i * 13 + i // 509) % 256 for i in range(2 * 2**20 + 777))
 
 
 def answered() -> float:
-    return REGISTRY.get_sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
+    return sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
 
 
 @pytest.fixture

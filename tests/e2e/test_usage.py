@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from edgecache import cli
 from edgecache.config import Config, Site
@@ -18,6 +17,7 @@ from edgecache.core.ring import Ring
 from tests.conftest import make_config, start_edge
 from tests.e2e.test_cluster import cluster_configs, started
 from tests.origin import Origin
+from tests.samples import sample_value
 
 SLICE = 4096
 X = bytes(range(256)) * 4
@@ -26,7 +26,7 @@ UA = {"User-Agent": "player/1.0", "Referer": "http://portal.test/watch"}
 
 
 def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return sample_value(name, labels) or 0.0
 
 
 def two_sites(origin: Origin, tmp_path: Path, fast: bool, tag: str) -> Config:

@@ -12,7 +12,6 @@ from typing import Any
 
 import diskcache
 import pytest
-from prometheus_client import REGISTRY
 
 from edgecache.config import build
 from edgecache.config.model import Disk
@@ -22,6 +21,7 @@ from edgecache.storage.disk import DiskTier
 from edgecache.storage.disks import Disks, OutOfService, Placement, failure, lease_name
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.store import Store, slice_name
+from tests.samples import sample_value
 
 MiB, GiB = 2**20, 2**30
 SRV = [Disk(Path("/srv/cache1"), GiB), Disk(Path("/srv/cache2"), GiB), Disk(Path("/srv/cache3"), 2 * GiB)]
@@ -166,7 +166,7 @@ def three(tmp_path: Path) -> list[Disk]:
 
 
 def metric(name: str, disk: Path) -> float:
-    value = REGISTRY.get_sample_value(name, {"disk": str(disk)})
+    value = sample_value(name, {"disk": str(disk)})
     assert value is not None, name
     return value
 

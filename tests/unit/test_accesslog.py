@@ -9,12 +9,12 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from edgecache import metrics
 from edgecache.accesslog import AccessLog
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import observe
+from tests.samples import sample_value
 
 
 def test_lines_rotation_and_reopen(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_disabled_log_writes_nothing(tmp_path: Path) -> None:
 
 
 def _dropped() -> float:
-    return REGISTRY.get_sample_value("edgecache_access_log_dropped_total") or 0.0
+    return sample_value("edgecache_access_log_dropped_total") or 0.0
 
 
 def test_any_bytes_give_one_parseable_line(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_every_cache_status_has_an_upstream() -> None:
 
 def test_the_served_bytes_counter_tallies_the_current_request_only() -> None:
     sources = metrics.Sources()
-    before = REGISTRY.get_sample_value("edgecache_served_bytes_total", {"source": "disk"}) or 0.0
+    before = sample_value("edgecache_served_bytes_total", {"source": "disk"}) or 0.0
     token = metrics.SOURCES.set(sources)
     try:
         metrics.BYTES_SERVED.labels("memory").inc(3)
@@ -171,4 +171,4 @@ def test_the_served_bytes_counter_tallies_the_current_request_only() -> None:
         metrics.SOURCES.reset(token)
     metrics.BYTES_SERVED.labels("origin").inc(100)  # no request: the metric only
     assert sources == metrics.Sources(cache=7, origin=5, peer=6)
-    assert (REGISTRY.get_sample_value("edgecache_served_bytes_total", {"source": "disk"}) or 0.0) - before == 4
+    assert (sample_value("edgecache_served_bytes_total", {"source": "disk"}) or 0.0) - before == 4
