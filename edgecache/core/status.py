@@ -70,20 +70,24 @@ class MissCause(StrEnum):
     COLD = "cold"  # never stored here (or stored so long ago that the node forgot it)
     EXPIRED = "expired"  # stored, stale: fetched again
     EVICTED = "evicted"  # stored here, then dropped to make room (the eviction ghost remembers it)
+    RING_MOVED = "ring-moved"  # this node became its owner, and the previous owner still held it (core.lookaside)
     PEER_DOWN = "peer-down"  # another node owns it and is down: this node serves it in its place
     UNCACHEABLE = "uncacheable"  # the origin's answer may not be stored
 
 
-def miss_cause(*, uncacheable: bool, expired: bool, evicted: bool, failover: bool) -> MissCause:
+def miss_cause(*, uncacheable: bool, expired: bool, evicted: bool, failover: bool, moved: bool = False) -> MissCause:
     """The one cause of a miss, from what the request found. The answer's own verdict comes first (an uncacheable
     answer is that, whatever was stored), then what this node held (a stale copy, a dropped one), then why this
-    node was asked at all (the owner is down), and cold when none of these is known."""
+    node was asked at all (ownership moved here from a node that held it; the owner is down), and cold when none
+    of these is known."""
     if uncacheable:
         return MissCause.UNCACHEABLE
     if expired:
         return MissCause.EXPIRED
     if evicted:
         return MissCause.EVICTED
+    if moved:
+        return MissCause.RING_MOVED
     if failover:
         return MissCause.PEER_DOWN
     return MissCause.COLD

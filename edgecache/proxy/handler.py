@@ -515,7 +515,9 @@ class EdgeHandler:
         ours: bool,
     ) -> web.StreamResponse:
         observe.mark(request, status)
-        observe.trace(request).from_peer = head.peer is not None
+        t = observe.trace(request)
+        t.from_peer = head.peer is not None
+        t.moved = t.from_peer and req.spread_from is None  # a look-aside at the previous owner, not a spread copy
         # The request that started the fill gets fields a shared cache keeps from everyone else (private="f").
         meta = replace(head.meta, headers=head.served) if ours and head.served else head.meta
         detail = "" if head.shared else head.reason

@@ -45,6 +45,7 @@ class Trace:
     evicted: bool = False  # the object, or a slice the answer needed, was stored here and evicted
     uncacheable: bool = False  # the origin's answer may not be stored
     from_peer: bool = False  # a miss filled from the previous owner's cache (core.lookaside): upstream "peer"
+    moved: bool = False  # that fill was a look-aside, not a spread copy's: the miss's cause is ring-moved
     look_aside: bool = False  # the owner asks this node's cache (core.lookaside)
 
 
@@ -214,7 +215,9 @@ def upstream(status: CacheStatus, sources: metrics.Sources) -> str:
 def count(t: Trace, method: str, code: int) -> None:
     requests_counter(t.site, method, code, t.status).inc()
     if t.status in MISSES:  # once per request, whatever its path did before it ended
-        cause = miss_cause(uncacheable=t.uncacheable, expired=t.expired, evicted=t.evicted, failover=t.failover)
+        cause = miss_cause(
+            uncacheable=t.uncacheable, expired=t.expired, evicted=t.evicted, failover=t.failover, moved=t.moved
+        )
         misses_counter(t.site, cause.value).inc()
 
 

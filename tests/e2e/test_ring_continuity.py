@@ -123,9 +123,11 @@ async def test_a_lookaside_fill_says_so_and_ages_on_from_the_peer(origin: Origin
     path = next(p for p in (f"/aged/{i}" for i in range(200)) if owner(p, four_members()) == "node4")
     origin.put(path, b"a" * 150_000, headers={"Cache-Control": "public, max-age=3600", "Age": "1000"})
     async with grown_cluster(origin, tmp_path, [path]) as edges:
+        moved = metrics.MISSES.labels("videos", "ring-moved")._value.get()
         status, headers, body = await edges[3].get(path)
         assert (status, body) == (200, origin.objects[path].data)
         assert headers["Cache-Status"] == 'edgecache; fwd=uri-miss; stored; detail="peer-lookaside"'
+        assert metrics.MISSES.labels("videos", "ring-moved")._value.get() - moved == 1  # its miss's cause
         status, headers, body = await edges[3].get(path)
         assert (status, body) == (200, origin.objects[path].data)
         assert headers["Cache-Status"] == "edgecache; hit"
