@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -87,6 +88,8 @@ class StallProbe:
         self._handle: asyncio.TimerHandle | None = None
         self._loop_thread = threading.get_ident()
         self._seen_stack = ""  # of the stall in progress
+        self._seen_polling = False  # the loop's thread was inside the selector's poll when the watcher looked
+        self.polling = 0.0  # stalls whose thread was in the poll, waiting for the GIL or the OS: not counted
         self._stopped = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="stall-probe", daemon=True)
 
@@ -119,10 +122,13 @@ class StallProbe:
         waiting = starved(waited, self._waited)
         collecting, self._gc_seen = self._gc.total - self._gc_seen, self._gc.total
         late -= waiting + collecting
+        if self._seen_polling:  # the loop was not running code: another thread held the GIL, or the OS did not wake it
+            self.polling = max(self.polling, late)
+            late = 0.0
         if late > self.worst:
             self.worst, self.worst_stack = late, self._seen_stack
             self.starved, self.collecting = waiting, collecting
-        self._seen_stack = ""
+        self._seen_stack, self._seen_polling = "", False
         if late > STALL_LIMIT:
             self.over += 1
 
@@ -134,6 +140,7 @@ class StallProbe:
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is not None and self._due == due:
                     self._seen_stack = "".join(traceback.format_stack(frame)[-12:])
+                    self._seen_polling = _in_poll(frame)
 
     def report(self) -> str:
         where = f"\nthe loop's thread during it:\n{self.worst_stack}" if self.worst_stack else ""
@@ -143,6 +150,12 @@ class StallProbe:
             f"{self.collecting * 1000:.0f} ms in the garbage collector, not counted): something on the loop blocked "
             f"or spun without awaiting{where}"
         )
+
+
+def _in_poll(frame: FrameType) -> bool:
+    """The thread is in the selector's poll: the loop is waiting for events, or, once they came, for the GIL that
+    another thread holds. Either way none of the loop's callbacks is running, so it is no stall of the loop's."""
+    return frame.f_code.co_name == "select" and frame.f_code.co_filename.endswith("selectors.py")
 
 
 def probed(test: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Coroutine[Any, Any, Any]]:
