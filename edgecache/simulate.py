@@ -23,7 +23,6 @@ the memory tier takes fewer of them than here (what it serves is a hit either wa
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from edgecache.core.keys import BadTarget, make_key
 from edgecache.core.ranges import ByteRange, parse_range_header, slice_indices
 from edgecache.core.route import normalise_host
 from edgecache.storage.policy import EvictionPolicy, LRUPolicy, S3FIFOPolicy, make_policy
+from edgecache.usagecmd import parse_record
 
 PolicyFactory = Callable[[int], EvictionPolicy]
 ALL_QUERY = ("*",)  # a site the config does not name (or no config): every query parameter is keyed
@@ -214,7 +214,7 @@ def replay(
     result = Replay([Tiers(b, memory(b.memory), disk(b.disk)) for b in budgets])
     sites = key_query or {}
     for raw in lines:
-        record = _record(raw)
+        record = parse_record(raw)
         what = classify(record, sites) if record is not None else Kind.MALFORMED
         if isinstance(what, Request):
             slices = list(touches(what, slice_size))
@@ -228,11 +228,3 @@ def replay(
                 run.passed(_count(record, "bytes") or 0)
         result.lines[what] += 1
     return result
-
-
-def _record(raw: bytes) -> dict[str, object] | None:
-    try:
-        value = json.loads(raw)
-    except ValueError:  # not JSON, or not UTF-8
-        return None
-    return value if isinstance(value, dict) else None

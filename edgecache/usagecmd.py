@@ -78,7 +78,7 @@ def aggregate(lines: Iterable[bytes], by: str = "site") -> Usage:
     """Totals per group of the access-log lines given; a line that is not a whole record is counted, not used."""
     usage = Usage({})
     for raw in lines:
-        record = _record(raw) or {}
+        record = parse_record(raw) or {}
         group = group_of(record, by)
         nbytes = record.get("bytes")
         if group is None or not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
@@ -92,7 +92,7 @@ def aggregate(lines: Iterable[bytes], by: str = "site") -> Usage:
     return usage
 
 
-def _record(raw: bytes) -> dict[str, object] | None:
+def parse_record(raw: bytes) -> dict[str, object] | None:
     try:
         value = json.loads(raw)
     except ValueError:  # not JSON, or not UTF-8

@@ -232,15 +232,10 @@ def _cluster_key(r: _Reader, t: dict[str, Any], p: str, base: Path, alone: bool)
         r.problem(f"{p}key", "give one of key and key_file, not both")
         return b""
     if "key_file" in t:
-        path = Path(str(t["key_file"]))
-        path = path if path.is_absolute() else base / path
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, a file that is not UTF-8
-            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
-            r.problem(f"{p}key_file", f"cannot read {str(path)!r}: {reason}")
+        text = _read_file(r, f"{p}key_file", t["key_file"], base)
+        if text is None:
             return b""
-        name = "key_file"
+        key, name = text.strip(), "key_file"
     elif "key" in t:
         key, name = t["key"] if isinstance(t["key"], str) else "", "key"
     elif alone:
@@ -323,14 +318,10 @@ def _secret(r: _Reader, t: dict[str, Any], p: str, base: Path) -> str:
         r.problem(f"{p}token", "give exactly one of token and token_file")
         return ""
     if "token_file" in t:
-        path = Path(str(t["token_file"]))
-        path = path if path.is_absolute() else base / path
-        try:
-            secret = path.read_text(encoding="utf-8").strip()
-        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, a file that is not UTF-8
-            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
-            r.problem(f"{p}token_file", f"cannot read {str(path)!r}: {reason}")
+        text = _read_file(r, f"{p}token_file", t["token_file"], base)
+        if text is None:
             return ""
+        secret = text.strip()
     else:
         secret = str(t["token"])
     if len(secret) < 16:
@@ -372,21 +363,29 @@ def _signing_secrets(r: _Reader, t: dict[str, Any], p: str, base: Path) -> tuple
         secrets: tuple[str, ...] = r.get(t, p, "secrets", _str_list(_text), ())
         key = f"{p}secrets"
     else:
-        path = Path(str(t["secret_file"]))
-        path = path if path.is_absolute() else base / path
         key = f"{p}secret_file"
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, a file that is not UTF-8
-            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
-            r.problem(key, f"cannot read {str(path)!r}: {reason}")
+        text = _read_file(r, key, t["secret_file"], base)
+        if text is None:
             return ()
-        secrets = tuple(s for line in lines if (s := line.strip()) and not s.startswith("#"))
+        secrets = tuple(s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#"))
     if not secrets:
         r.problem(key, "must give at least one secret")
     if any(len(s) < 16 for s in secrets):
         r.problem(key, "every secret must be at least 16 characters")
     return secrets
+
+
+def _read_file(r: _Reader, key: str, value: Any, base: Path) -> str | None:
+    """The text of the secret file `value` names (relative to the config's directory); None once the problem is
+    reported under `key`."""
+    path = Path(str(value))
+    path = path if path.is_absolute() else base / path
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, a file that is not UTF-8
+        reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+        r.problem(key, f"cannot read {str(path)!r}: {reason}")
+        return None
 
 
 def _text(v: Any) -> str:
