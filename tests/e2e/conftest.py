@@ -32,6 +32,7 @@ import pytest
 
 STALL_LIMIT = 0.25  # seconds
 TICK = 0.02
+WAIT_EVERY = 5  # ticks between two readings of the threads' CPU waits (by the watcher)
 
 
 def cpu_waits() -> dict[str, float]:
@@ -118,9 +119,13 @@ class StallProbe:
         self._schedule(now)
 
     def _note(self, late: float) -> None:
-        waited, self._waited = self._waited, cpu_waits()
-        waiting = starved(waited, self._waited)
         collecting, self._gc_seen = self._gc.total - self._gc_seen, self._gc.total
+        waiting = 0.0
+        if late - collecting > STALL_LIMIT:
+            # Read every thread's CPU wait only now: read on the loop each tick, /proc/self/task's one file per
+            # thread was itself the stall once the process held hundreds of threads (each read gives up the GIL
+            # and waits to take it back). The watcher keeps the reading from before the stall.
+            waiting = starved(self._waited, cpu_waits())
         late -= waiting + collecting
         if self._seen_polling:  # the loop was not running code: another thread held the GIL, or the OS did not wake it
             self.polling = max(self.polling, late)
@@ -133,9 +138,14 @@ class StallProbe:
             self.over += 1
 
     def _watch(self) -> None:
-        """Off the loop: once a tick is STALL_LIMIT overdue, take the loop thread's stack (once per stall)."""
+        """Off the loop: once a tick is STALL_LIMIT overdue, take the loop thread's stack (once per stall); while
+        none is overdue, take the threads' CPU waits every WAIT_EVERY ticks, the reading a stall is measured from."""
+        ticks = 0
         while not self._stopped.wait(TICK):
             due = self._due
+            ticks += 1
+            if ticks % WAIT_EVERY == 0 and time.monotonic() - due < TICK:
+                self._waited = cpu_waits()
             if not self._seen_stack and time.monotonic() - due > STALL_LIMIT:
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is not None and self._due == due:
