@@ -176,7 +176,8 @@ PREFETCH_BYTES = Counter("edgecache_prefetch_bytes_total", "Body bytes read by p
 SLOW_CLIENTS = Counter("edgecache_slow_client_disconnects_total", "Connections cut: the client stopped reading")
 FAST_PATH = Counter(
     "edgecache_fast_path_total",
-    "Requests answered on the fast path (answered), and connections it handed to the full handler (handed_off)",
+    "Requests answered on the fast path (answered) or relayed to their owner (forwarded); connections it handed to "
+    "the full handler (handed_off) and took back from it once answered (taken_back)",
     ["outcome"],
 )
 HEADER_TIMEOUTS = Counter("edgecache_header_timeouts_total", "Connections closed: a request head took too long")

@@ -9,8 +9,9 @@ and fetched at any budget; one it forwarded to the owner node (cache "peer") is 
 only counted.
 
 The memory tier is the node's own policy (storage.policy.make_policy, as MemoryTier builds it). The disk tier's
-policy is a parameter, a factory taking a budget (DISK_POLICIES); "fifo" models the disk tier as it is: diskcache
-evicts the least recently stored, and a read does not refresh an entry.
+policy is a parameter, a factory taking a budget (DISK_POLICIES); "node" is the disk tier's own, DiskPolicy, the
+class DiskTier runs over its index; "fifo" models the disk tier before that index (diskcache evicted the least
+recently stored, and a read did not refresh an entry).
 
 What a log line does not say is modelled simply. An object's length is known only from a line that reaches its
 end (a 200, an open range such as "bytes=100-", a range cut short); any other slice is taken to be a whole slice
@@ -31,7 +32,7 @@ from enum import StrEnum
 from edgecache.core.keys import BadTarget, make_key
 from edgecache.core.ranges import ByteRange, parse_range_header, slice_indices
 from edgecache.core.route import normalise_host
-from edgecache.storage.policy import EvictionPolicy, LRUPolicy, S3FIFOPolicy, make_policy
+from edgecache.storage.policy import DiskPolicy, EvictionPolicy, LRUPolicy, S3FIFOPolicy, make_policy
 from edgecache.usagecmd import parse_record
 
 PolicyFactory = Callable[[int], EvictionPolicy]
@@ -39,19 +40,20 @@ ALL_QUERY = ("*",)  # a site the config does not name (or no config): every quer
 
 
 class FIFOPolicy(LRUPolicy):
-    """The disk tier today: diskcache's least-recently-stored eviction (a hit does not refresh an entry)."""
+    """The disk tier before its own index: diskcache's least-recently-stored eviction (a hit refreshes nothing)."""
 
     def touch(self, key: str) -> None:
         return None
 
 
-# diskcache takes a value of any size up to its whole budget, so the disk models do too (max_item_fraction 1).
+# The disk tier takes a value of any size up to its whole budget, so the disk models do too (max_item_fraction 1).
 DISK_POLICIES: dict[str, PolicyFactory] = {
+    "node": DiskPolicy,
     "fifo": lambda budget: FIFOPolicy(budget, 1.0),
     "lru": lambda budget: LRUPolicy(budget, 1.0),
     "s3fifo": lambda budget: S3FIFOPolicy(budget, 1.0),
 }
-DEFAULT_DISK_POLICY = "fifo"  # what DiskTier does
+DEFAULT_DISK_POLICY = "node"  # what DiskTier runs
 
 
 def memory_policy(name: str) -> PolicyFactory:

@@ -1,6 +1,6 @@
 """Cache efficiency: a video workload replayed through the cache's own admission/eviction code, against LRU.
 
-    python -m loadtest.efficiency [--seed 1] [--objects 3000] [--sessions 40000]
+    python -m loadtest.efficiency [--seed 1] [--objects 3000] [--sessions 40000] [--warm 0]
     python -m loadtest.efficiency --startup 1000000    # how long the disk tier takes to open that many slices
 
 The workload is seeded and player-like: Zipf(0.9) popularity over a few thousand objects of mixed sizes
@@ -16,7 +16,10 @@ tiers run), at the same byte budgets for each policy pair:
   index: diskcache's FIFO by store time.
 It prints request and byte hit ratios per tier and overall; exit 1 if the memory tier's S3-FIFO does not beat
 LRU by 5 points of byte hit ratio, or the node's pair does not beat both LRU + LRU and the FIFO disk, at every
-budget point.
+budget point. With --warm N every pair first replays N other sessions of the same objects, uncounted: the tiers
+start full, as on a node that has run a while (empty, a 32 GiB disk behind 4 GiB evicts nothing in the first 22% of the
+trace, so every disk policy holds the same slices until then). loadtest/disk_bounds.py replays the same disk
+stream through policies that know more than the node's, up to Belady's: what bounds the disk tier's gain.
 """
 
 from __future__ import annotations
@@ -124,6 +127,14 @@ def workload(seed: int, objects: int, sessions: int) -> Iterator[tuple[str, int]
             yield from _slices(obj, sizes[obj], pos, length)
 
 
+def warmup(seed: int, objects: int, sessions: int) -> Iterator[tuple[str, int]]:
+    """Other sessions over workload(seed, ...)'s objects (drawn from another stream): what came before it."""
+    sizes = object_sizes(random.Random(seed), objects)  # workload draws its objects first, from the seed alone
+    for session in plays(random.Random(f"warm-up {seed}"), sizes, sessions):
+        for obj, pos, length in session:
+            yield from _slices(obj, sizes[obj], pos, length)
+
+
 def plays(rnd: random.Random, sizes: list[int], sessions: int) -> Iterator[list[tuple[int, int, int]]]:
     """Each session's requests in order, as (object, first byte, length); a length may run past the object's end.
 
@@ -157,13 +168,19 @@ def _slices(obj: int, size: int, pos: int, length: int) -> Iterator[tuple[str, i
         yield f"{obj}:{index}", min(SLICE, size - index * SLICE)
 
 
-def replay(seed: int, objects: int, sessions: int, memory: int, disk: int) -> dict[str, Tiers]:
+def replay(seed: int, objects: int, sessions: int, memory: int, disk: int, warm: int = 0) -> dict[str, Tiers]:
+    """Each pair through the workload; with `warm`, through that many warm-up sessions first, not counted."""
     runs = {
         "node": Tiers(S3FIFOPolicy(memory), DiskPolicy(disk)),
         "s3fifo": Tiers(S3FIFOPolicy(memory), S3FIFOPolicy(disk)),
         "lru": Tiers(LRUPolicy(memory), LRUPolicy(disk)),
         "s3fifo+fifo-disk": Tiers(S3FIFOPolicy(memory), FIFOPolicy(disk)),
     }
+    for key, size in warmup(seed, objects, warm):
+        for tiers in runs.values():
+            tiers.get(key, size)
+    for tiers in runs.values():
+        tiers.mem, tiers.dsk, tiers.all = Tally(), Tally(), Tally()
     for key, size in workload(seed, objects, sessions):
         for tiers in runs.values():
             tiers.get(key, size)
@@ -195,19 +212,22 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--objects", type=int, default=3000)
     ap.add_argument("--sessions", type=int, default=40000)
+    ap.add_argument(
+        "--warm", type=int, default=0, metavar="SESSIONS", help="replay SESSIONS other sessions first, not counted"
+    )
     ap.add_argument("--startup", type=int, metavar="SLICES", help="time opening a disk tier of SLICES slices")
     args = ap.parse_args()
     if args.startup:
         print(f"disk tier opened with {args.startup:,} slices in its index in {startup(args.startup):.2f} s")
         return 0
-    print(f"seed {args.seed}, {args.objects} objects, {args.sessions} sessions, 1 MiB slices")
+    print(f"seed {args.seed}, {args.objects} objects, {args.sessions} sessions, 1 MiB slices, {args.warm} warm-up")
     print(
         "| memory | disk | policy | memory req/byte hit | disk req/byte hit (of memory misses) | overall req/byte hit |"
     )
     print("|---|---|---|---|---|---|")
     ok = True
     for memory_gib, disk_gib in ((1, 8), (2, 16), (4, 32)):
-        runs = replay(args.seed, args.objects, args.sessions, memory_gib * 2**30, disk_gib * 2**30)
+        runs = replay(args.seed, args.objects, args.sessions, memory_gib * 2**30, disk_gib * 2**30, args.warm)
         for name, t in runs.items():
             (mr, mb), (dr, db), (ar, ab) = t.mem.ratio(), t.dsk.ratio(), t.all.ratio()
             print(

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from aiohttp import web
 from hypothesis import settings
 from multidict import CIMultiDict
 
+from edgecache.cluster.view import ClusterView
 from edgecache.config import CacheSettings, Config, Listen, OriginSettings, Site
 from edgecache.server import Node, make_fast, make_server, open_node, start_listeners
 from tests.origin import Origin
@@ -78,10 +80,12 @@ async def start_edge(config: Config) -> AsyncIterator[Edge]:
         fast = make_fast(node, server)
         sites = await start_listeners(node, runner, fast)
         ports = [site._server.sockets[0].getsockname()[1] for site in sites]  # type: ignore[union-attr]
-        async with aiohttp.ClientSession(auto_decompress=False) as session:
-            yield Edge(node, runner, ports[0], session, ports)
-        await runner.cleanup()
-        await fast.shutdown(1.0)
+        try:
+            async with aiohttp.ClientSession(auto_decompress=False) as session:
+                yield Edge(node, runner, ports[0], session, ports)
+        finally:  # a failed assertion too: its sockets would be reported as leaked by whichever test runs next
+            await runner.cleanup()
+            await fast.shutdown(1.0)
 
 
 # The tests that take the `edge` fixture run twice: through the fast path and through aiohttp alone, so the two
@@ -91,3 +95,21 @@ async def edge(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -
     config = replace(make_config(tmp_path / "cache", [origin.url]), fast_path=request.param == "fast")
     async with start_edge(config) as e:
         yield e
+
+
+async def views_settled(edges: list[Edge], holds: Callable[[ClusterView], bool], seconds: float = 10) -> None:
+    """Until each node's view of its peers' health satisfies `holds` on health checks sent once every node
+    listens. Seeing a peer up is not enough: peers start up, and a round of checks already under way when the
+    last node began listening may still record its refusals and take a peer down after a wait that saw it up (a
+    fresh-install run failed on it); two more rounds are recorded first."""
+    views = [e.node.cluster for e in edges]
+    after = [v.rounds + 2 if v is not None else 0 for v in views]
+    async with asyncio.timeout(seconds):
+        for view, rounds in zip(views, after, strict=True):
+            assert view is not None
+            await view.wait_for(lambda v=view, r=rounds: v.rounds >= r and holds(v))  # type: ignore[misc]
+
+
+async def all_up(edges: list[Edge], ids: list[str] | None = None) -> None:
+    """views_settled: every node sees each of `ids` (by default every member of its ring) up."""
+    await views_settled(edges, lambda v: all(v.is_up(i) for i in (ids or [m.id for m in v.ring.members])))

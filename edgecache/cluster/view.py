@@ -33,6 +33,8 @@ class ClusterView:
         self.settings = settings
         self.self_id = settings.self_id
         self.health: dict[str, Health] = {}
+        self.changes = 0  # counts peers going up or down: a route decided before is stale once it moves
+        self.rounds = 0  # rounds of health checks recorded: a wait may need results of probes sent after an event
         self.ring = Ring.of(())
         self._changed = asyncio.Event()
         self._refusals_logged = -_REFUSAL_LOG_EVERY
@@ -79,26 +81,36 @@ class ClusterView:
         if before is None:
             return
         after = before.record(ok, self.settings.rise, self.settings.fall)
-        self._set(member_id, before, after)
+        self._set(member_id, before, after, "health checks")
 
-    def failed(self, member_id: str) -> None:
+    def failed(self, member_id: str, why: str) -> None:
         """A forward to it could not connect: down now, without waiting for the health checks."""
         before = self.health.get(member_id)
         if before is not None:
-            self._set(member_id, before, before.failed_hard())
+            self._set(member_id, before, before.failed_hard(), why)
 
-    def _set(self, member_id: str, before: Health, after: Health) -> None:
+    def _set(self, member_id: str, before: Health, after: Health, why: str) -> None:
         self.health[member_id] = after
         if before.up != after.up:
-            log.warning("peer %s is %s", member_id, "up" if after.up else "down")
+            self.changes += 1
+            log.warning("peer %s is %s (%s)", member_id, "up" if after.up else "down", why)
             metrics.PEER_UP.labels(member_id).set(1 if after.up else 0)
             for tell in self.listeners:
                 tell(member_id, after.up)
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self._wake()
+
+    def checked(self) -> None:
+        """A round of health checks is recorded."""
+        self.rounds += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Until `predicate` holds, woken by each change of a peer's health (bound it with a timeout)."""
+        """Until `predicate` holds, woken by each change of a peer's health and each round of health checks (bound
+        it with a timeout)."""
         while not predicate():
             await self._changed.wait()
 
@@ -146,6 +158,7 @@ async def check_health(view: ClusterView, session: aiohttp.ClientSession) -> Non
             if not ok:
                 metrics.PEER_ERRORS.labels(m.id, "health").inc()
             view.record(m.id, ok)
+        view.checked()
         await asyncio.sleep(view.settings.interval)
 
 
@@ -171,8 +184,20 @@ async def _connects(address: str, seconds: float) -> bool:
         async with asyncio.timeout(seconds):
             await loop.sock_connect(sock, sockaddr)
         return True
+    except TimeoutError:
+        # The deadline may have passed while this node's own loop was busy, after the kernel had connected: the
+        # peer answered, and only the prober was late. A peer that truly did not answer has no peer name here.
+        return _connected(sock)
     finally:
         sock.close()
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
 
 
 class Resolver(Protocol):

@@ -98,6 +98,35 @@ class _Reader:
             return {}
         return value
 
+    def tables(
+        self,
+        raw: Any,
+        key: str,
+        known: frozenset[str],
+        expected: str,
+        *,
+        entry: str = "expected a table",
+        required: tuple[str, ...] = (),
+        nonempty: bool = False,
+    ) -> list[tuple[int, str, dict[str, Any]]]:
+        """The tables of the array of tables `key` ([[key]]), each with its index and its keys' prefix; what is not
+        a table, an unknown key and a missing required one are reported here, and skipped or left to the caller."""
+        if not isinstance(raw, list) or (nonempty and not raw):
+            self.problem(key, expected)
+            return []
+        out = []
+        for i, t in enumerate(raw):
+            p = f"{key}[{i}]."
+            if not isinstance(t, dict):
+                self.problem(p.rstrip("."), entry)
+                continue
+            self.unknown(t, p, known)
+            for name in required:
+                if name not in t:
+                    self.problem(f"{p}{name}", "is required")
+            out.append((i, p, t))
+        return out
+
     def unknown(self, table: dict[str, Any], prefix: str, known: frozenset[str]) -> None:
         for key in sorted(set(table) - known):
             shown = key if key.isprintable() and key.strip() else repr(key)

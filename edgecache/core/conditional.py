@@ -41,3 +41,8 @@ def precondition_failed(request: Headers, etag: str | None, last_modified: str |
     ius = _date(get_first(request, "if-unmodified-since"))
     lm = _date(last_modified)
     return ius is not None and (lm is None or lm > ius)
+
+
+def validates(request: Headers) -> bool:
+    """Does the request carry a validator of its own (If-None-Match, If-Modified-Since)?"""
+    return any(get_first(request, h) is not None for h in ("if-none-match", "if-modified-since"))

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from enum import StrEnum
 
-from edgecache.core.ranges import ByteRange
+from edgecache.core import ranges
+from edgecache.core.ranges import ByteRange, parse_range_header
 
 # A multipart request fills only while the slices it would fetch come to at most FILL_FACTOR times the bytes it
 # serves plus FILL_ALLOWANCE_SLICES slices. The allowance is what one single-range miss may already cost (one fill
@@ -67,3 +68,32 @@ def _count(parts: tuple[ByteRange, ...], slice_size: int) -> int:
             count += last - first + 1
             last_counted = last
     return count
+
+
+def cold_run(method: str, range_value: str | None, slice_size: int, fill_slices: int) -> tuple[int, int | None]:
+    """The slices a fill starts with when nothing is known of the object (last None: the whole object, no Range
+    sent): from the first range's first slice, at most fill_slices of them; slice 0 alone for a HEAD, or for a
+    suffix range, whose place is known only once the first slice has told the length."""
+    if method == "HEAD":
+        return 0, 0
+    specs = parse_range_header(range_value) if range_value else None
+    if not specs:
+        return 0, None
+    spec = specs[0]
+    if spec.first is None:
+        return 0, 0
+    first = spec.first // slice_size
+    last = spec.last // slice_size if spec.last is not None else first + fill_slices - 1
+    return first, min(last, first + fill_slices - 1)
+
+
+def stored_run(range_value: str | None, whole: bool, length: int, slice_size: int) -> tuple[int, int | None]:
+    """The slices a fill of an object stored here starts with (its revalidation, or a slice it lacks): the whole
+    object when it is kept whole, else the slice of the first byte asked (the first range's, or 0)."""
+    if whole:
+        return 0, None
+    result = ranges.resolve(range_value, length) if range_value else ranges.NoRange()
+    first = result.range.first if isinstance(result, ranges.Single) else 0
+    if isinstance(result, ranges.Multi):
+        first = result.ranges[0].first
+    return first // slice_size, first // slice_size

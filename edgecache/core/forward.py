@@ -113,6 +113,17 @@ def pass_request(
     return OriginRequest(method, key.full_target, (*headers, *extra))
 
 
+def relayed_fields(upstream: Headers, status_field: str) -> list[tuple[str, str]]:
+    """The fields a node passes on of an upstream's answer (an origin's on a pass-through, the owner's on a forward):
+    its end-to-end fields, with this node added to Via and this node's Cache-Status entry after the upstream's."""
+    fields = list(end_to_end(upstream, drop=("via", "cache-status")))
+    via = ", ".join(get_all(upstream, "via"))
+    fields.append(("Via", f"{via}, {VIA}" if via else VIA))
+    prior = ", ".join(get_all(upstream, "cache-status"))
+    fields.append(("Cache-Status", f"{prior}, {status_field}" if prior else status_field))
+    return fields
+
+
 def must_pass(client: Headers) -> str | None:
     """Why a GET or HEAD cannot be a fill (then it is passed through, nothing stored), or None.
 

@@ -213,6 +213,13 @@ def usable(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> Use
     return Use.REVALIDATE
 
 
+def stored_use(
+    req: Headers, resp: Headers, fresh: Freshness, policy: Policy, stored_at: float, soft_before: float
+) -> Use:
+    """usable(), but REVALIDATE for a response stored (at `stored_at`) before a soft purge of it."""
+    return Use.REVALIDATE if stored_at < soft_before else usable(req, resp, fresh, policy)
+
+
 def stale_if_error_allows(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> bool:
     """RFC 5861 4: serve stale on an origin error within the stale-if-error window (request or response)."""
     rcc, (scc, _) = parse_cache_control(req), response_cc(resp)

@@ -14,6 +14,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from edgecache.core.cachecontrol import parse_cache_control
+from edgecache.core.conditional import validates
+from edgecache.core.forward import must_pass
+from edgecache.core.headers import Headers
+
 # Requests within WINDOW that make an object hot on a node that does not own it: 3.2 a second, at one node, for
 # one object. An object asked less often costs its owner little; a viral one is asked hundreds of times a second.
 THRESHOLD = 32
@@ -55,3 +60,11 @@ class Gate:
             c.hot_until = now + self.window
             return True
         return False
+
+
+def spreadable(headers: Headers) -> bool:
+    """Whether a GET or HEAD without a body counts towards its object's heat: only a plain cacheable one. A
+    conditional or no-store request, or one with credentials, is always its owner's to answer."""
+    if validates(headers):
+        return False
+    return not parse_cache_control(headers).no_store and must_pass(headers) is None

@@ -14,7 +14,6 @@ comes back as a Load for the connection to fetch first.
 from __future__ import annotations
 
 import asyncio
-import http
 import inspect
 import logging
 import time
@@ -23,17 +22,32 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
 from edgecache import metrics
 from edgecache.core import ranges
+from edgecache.core.entry import ObjectMeta
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import observe, rangecut
+from edgecache.proxy import encode, observe, rangecut
+from edgecache.proxy.fill import Fill
+from edgecache.proxy.forwardmemo import ForwardMemo, Refused, split_hop
 from edgecache.proxy.handler import EdgeHandler
-from edgecache.proxy.hit import MAX_SLICES, Hit, Load, find_hit, renewed
+from edgecache.proxy.hit import (
+    MAX_SLICES,
+    STATUS_OF_USE,
+    Cold,
+    Elsewhere,
+    Forward,
+    Hit,
+    Load,
+    as_fetched,
+    find_cold,
+    find_hit,
+    renewed,
+)
 from edgecache.storage.store import slice_name
 
 log = logging.getLogger(__name__)
@@ -68,6 +82,13 @@ class Prepared:
     slices: tuple[tuple[str, int, int], ...]  # (slice name, first byte, end) of the body, in order
     site_bytes: Any  # the served-bytes-by-site counter's child for its site
     range_field: str | None = None  # the Range of a request answered from its whole-object answer, for the log
+    # PARTIAL when a slice it needs is fetched for it (diskhit.partial), with its miss's cause
+    status: CacheStatus = CacheStatus.HIT
+    cause: str | None = None
+    began: float | None = None  # a miss's (coldmiss): when its request was decided to be one (monotonic)
+    origin_ms: float | None = None  # and how long its origin took to answer
+    fill: Fill | None = None  # and the fill it reads (reading.read_slice)
+    validating: ObjectMeta | None = None  # and the stale entry that fill replaces (EXPIRED)
 
 
 class _Parser:
@@ -110,10 +131,13 @@ class Decider:
         self.date = date  # the Date field's value now
         self.memo: dict[bytes, Prepared] = {}  # request head -> its answer, while still valid
         self.wholes: dict[bytes, Prepared] = {}  # head without Range -> whole-object basis
+        self.hopped: dict[bytes, Prepared] = {}  # a peer's head without its hop field -> the answer it had
+        self.forwards = ForwardMemo(handler)
         self.parser = _Parser()
 
-    def answer(self, head: bytes, client: str) -> Prepared | Load | None:
-        """The answer to this head if it is a fresh hit; None for anything the fast path leaves to aiohttp.
+    def answer(self, head: bytes, client: str) -> Prepared | Load | Forward | None:
+        """The answer to this head if it is a fresh hit, or the owner it goes to; None for anything the fast path
+        leaves to aiohttp.
 
         The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
         was decided from is unchanged (Hit.still); only the client's address is checked again.
@@ -121,6 +145,13 @@ class Decider:
         handler = self.handler
         if handler.in_flight >= handler.max_in_flight:
             return None
+        if handler.cluster is not None:
+            hop = split_hop(head)
+            if hop is not None:
+                return self._hopped(hop[1], hop[0], client)
+            forward = self.forwards.get(head, client)
+            if forward is not None:
+                return None if isinstance(forward, Refused) else forward
         now = time.time()
         prepared = self._current(self.memo, head, now)
         if prepared is not None and prepared.hit.admits(client, now):
@@ -130,7 +161,27 @@ class Decider:
             handler.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             return prepared
         ranged = self._ranged(head, client)
-        return self._decide(head, client) if isinstance(ranged, _FullParse) else ranged
+        decided = self._decide(head, client) if isinstance(ranged, _FullParse) else ranged
+        return None if isinstance(decided, Elsewhere) else decided
+
+    def _hopped(self, head: bytes, field: str, client: str) -> Prepared | Load | Forward | None:
+        """A peer's request: `head` without its hop `field`, which differs on every request (time, id, signature)
+        and is checked against the remembered answer's method and key, as find_hit() would check it."""
+        now = time.time()
+        prepared = self._current(self.hopped, head, now)
+        cluster = self.handler.cluster
+        assert cluster is not None
+        if prepared is not None:
+            hop = cluster.honoured([field], prepared.method, prepared.hit.req.primary)
+            if hop is None:  # not vouched for: a client's request, decided as one (the field is dropped)
+                decided = self._decide(head, client)
+                return None if isinstance(decided, Elsewhere) else decided
+            self.handler.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
+            return replace(prepared, hit=replace(prepared.hit, viewer=hop.viewer, fills=not hop.lookaside))
+        decided = self._decide(head, client, hop_field=field)
+        if isinstance(decided, Prepared) and decided.hit.viewer is not None and decided.status is CacheStatus.HIT:
+            _remember(self.hopped, head, decided)
+        return None if isinstance(decided, Elsewhere) else decided
 
     def _current(self, memo: dict[bytes, Prepared], head: bytes, now: float) -> Prepared | None:
         """The remembered answer to this head, brought up to date if only its Age ticked (hit.renewed)."""
@@ -146,29 +197,46 @@ class Decider:
         memo[head] = prepared
         return prepared
 
-    def _decide(self, head: bytes, client: str, basis: bool = False) -> Prepared | Load | None:
+    def _decide(
+        self, head: bytes, client: str, basis: bool = False, hop_field: str | None = None
+    ) -> Prepared | Load | Forward | Elsewhere | None:
         """Parse and look up the head from scratch; remember a hit's answer for the same head.
 
         A `basis` is the whole-object answer single ranges are cut from: any size, kept apart from the memo
         (a plain request for the whole object must still meet MAX_SLICES), and never sent itself.
         """
-        handler = self.handler
         memo = self.wholes if basis else self.memo
-        hit, method, keep_alive = self._parse(head, client, basis)
-        if hit is None or isinstance(hit, Load):
+        hit, method, keep_alive = self._parse(head, client, basis, hop_field)
+        if isinstance(hit, Forward):
+            forward = replace(hit, keep_alive=keep_alive)
+            if len(head) <= _MEMO_HEAD:
+                self.forwards.remember(head, forward)
+            return forward
+        if hit is None or isinstance(hit, Load | Elsewhere):
             return hit
-        encoded = self._head(hit, keep_alive)
+        if isinstance(hit, Cold):  # only cold() asks for one
+            return None
+        prepared = self._prepared(hit, method, keep_alive, basis)
+        # A hop's head is not remembered: it is worthless after its time window, and no two are the same. Nor is a
+        # stale answer, valid for no time at all.
+        if prepared is not None and hit.viewer is None and prepared.status is CacheStatus.HIT:
+            _remember(memo, head, prepared)
+        return prepared
+
+    def validated(self, head: bytes, client: str) -> Prepared | None:
+        """The answer to `head` from the stored entry the origin has just confirmed (a 304), however fresh it is
+        (an entry that must always be revalidated is still stale after it): never remembered."""
+        hit, method, keep_alive = self._parse(head, client, validated=True)
+        return self._prepared(hit, method, keep_alive, False) if isinstance(hit, Hit) else None
+
+    def _prepared(self, hit: Hit, method: str, keep_alive: bool, basis: bool) -> Prepared | None:
+        encoded = self.encode(hit, keep_alive)
         if encoded is None:
             return None
-        counter = observe.requests_counter(hit.site.name, method, hit.status, CacheStatus.HIT)
-        slices = () if basis else _slices(hit, handler.engine.slice_size)
-        prepared = Prepared(hit, method, keep_alive, encoded, counter, slices, _site_bytes(hit))
-        # A hop's head is not remembered: it is worthless after its time window, and no two are the same.
-        if hit.viewer is None and len(head) <= _MEMO_HEAD and any(k.lower() == "date" for k, _ in hit.headers):
-            if len(memo) >= _MEMO_ENTRIES:
-                memo.clear()
-            memo[head] = prepared
-        return prepared
+        status = STATUS_OF_USE[hit.use]
+        counter = observe.requests_counter(hit.site.name, method, hit.status, status)
+        slices = () if basis else _slices(hit, self.handler.engine.slice_size)
+        return Prepared(hit, method, keep_alive, encoded, counter, slices, _site_bytes(hit), status=status)
 
     def _ranged(self, head: bytes, client: str) -> Prepared | Load | _FullParse | None:
         """A single-range GET answered from the answer to the same head without its Range line.
@@ -197,6 +265,8 @@ class Decider:
         base = self._current(self.wholes, stripped, now)
         if base is None:
             decided = self._decide(stripped, client, basis=True)
+            if isinstance(decided, Forward | Elsewhere):
+                return _FULL_PARSE  # another node's object: the request is decided (and forwarded) with its Range
             if not isinstance(decided, Prepared):
                 return decided  # a miss (or a Load first): the same for the head with its Range
             base = decided
@@ -223,11 +293,68 @@ class Decider:
         handler.engine.store.touch_meta(hit.req.entry_key, hit.req.primary)
         fields = [*hit.headers[:-1], ("Content-Range", content_range), ("Content-Length", str(last - first + 1))]
         derived = replace(hit, status=206, headers=fields, first=first, last=last)
-        counter = observe.requests_counter(hit.site.name, "GET", 206, CacheStatus.HIT)
+        counter = observe.requests_counter(hit.site.name, "GET", 206, base.status)
         slices = _slices(derived, size)
-        return Prepared(derived, "GET", base.keep_alive, encoded, counter, slices, base.site_bytes, value)
+        return Prepared(
+            derived, "GET", base.keep_alive, encoded, counter, slices, base.site_bytes, value, status=base.status
+        )
 
-    def _parse(self, head: bytes, client: str, any_size: bool = False) -> tuple[Hit | Load | None, str, bool]:
+    def cold(self, head: bytes, client: str) -> Cold | None:
+        """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds; None:
+        the full handler decides it."""
+        if self.handler.in_flight >= self.handler.max_in_flight:
+            return None
+        found, _, _ = self._parse(head, client, cold=True)
+        return found if isinstance(found, Cold) else None
+
+    def fetched(
+        self,
+        p: Prepared,
+        fill: Fill,
+        ours: bool,
+        cause: str | None,
+        began: float,
+        origin_ms: float,
+        validating: ObjectMeta | None,
+    ) -> Prepared | None:
+        """The answer to the request that started (or joined) `fill`, from the hit it is decided to be now that the
+        fill has its head (hit.as_fetched): a miss (EXPIRED when it replaced a stale entry), or REVALIDATED when
+        the origin confirmed the stored entry; None: the full handler answers it."""
+        asked = p.hit.req.headers
+        if p.range_field is not None:  # cut from the answer without its Range (_ranged): the request had one
+            asked = (*asked, ("Range", p.range_field))
+        head = fill.head.result()
+        status = CacheStatus.MISS if validating is None else CacheStatus.EXPIRED
+        hit = as_fetched(p.hit, p.method, asked, head, ours, self.handler.engine.slice_size, status)
+        if hit is None:
+            return None
+        if head.status == 304:  # not a miss, and no byte comes from that fill
+            answer = self.restated(p, hit, CacheStatus.REVALIDATED, None)
+            return replace(answer, began=began, origin_ms=origin_ms) if answer is not None else None
+        answer = self.restated(p, hit, status, cause)
+        if answer is None:
+            return None
+        return replace(answer, began=began, origin_ms=origin_ms, fill=fill, validating=validating)
+
+    def restated(self, p: Prepared, hit: Hit, status: CacheStatus, cause: str | None) -> Prepared | None:
+        """`p` answered as `hit` (its fields changed), with `status` and the counters and miss cause that go with
+        it; None when its head cannot be encoded."""
+        encoded = self.encode(hit, p.keep_alive)
+        if encoded is None:
+            return None
+        counter = observe.requests_counter(hit.site.name, p.method, hit.status, status)
+        site_bytes = observe.site_bytes(hit.site.name, observe.upstream(status, metrics.Sources()))
+        return replace(p, hit=hit, head=encoded, counter=counter, site_bytes=site_bytes, status=status, cause=cause)
+
+    def _parse(
+        self,
+        head: bytes,
+        client: str,
+        any_size: bool = False,
+        hop_field: str | None = None,
+        cold: bool = False,
+        validated: bool = False,
+    ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | None, str, bool]:
         if rangecut.needs_strict_parser(head):
             return None, "", False
         msg = self.parser.message(head)
@@ -246,30 +373,29 @@ class Decider:
             return None, "", False
         m = msg.method
         try:
-            hit = find_hit(self.handler, m, hosts[0], target, headers, client, any_size)
+            hit: Hit | Load | Forward | Elsewhere | Cold | None
+            if cold:
+                hit = find_cold(self.handler, m, hosts[0], target, headers, client)
+            else:
+                hit = find_hit(self.handler, m, hosts[0], target, headers, client, any_size, hop_field, validated)
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", False
         return hit, m, not msg.should_close
 
-    def _head(self, hit: Hit, keep_alive: bool) -> bytes | None:
+    def encode(self, hit: Hit, keep_alive: bool) -> bytes | None:
         """The head aiohttp would write for these fields: Date and Server when absent, Connection when due."""
-        fields = hit.headers
-        names = {k.lower() for k, _ in fields}
-        lines = [f"HTTP/1.1 {hit.status} {http.HTTPStatus(hit.status).phrase}\r\n"]
-        lines.extend(f"{k}: {v}\r\n" for k, v in fields)
-        try:
-            head = "".join(lines).encode("utf-8")
-        except UnicodeEncodeError:
-            return None
-        extra = b""
-        if "date" not in names:
-            extra += b"Date: " + self.date() + b"\r\n"
-        if "server" not in names:
-            extra += b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
-        if not keep_alive:
-            extra += b"Connection: close\r\n"
-        return head + extra + b"\r\n"
+        return encode.head(hit.status, encode.phrase(hit.status), hit.headers, self.date(), keep_alive, "utf-8")
+
+
+def _remember(memo: dict[bytes, Prepared], head: bytes, prepared: Prepared) -> None:
+    """Keep an answer for the same head bytes, if it can be sent again as it is: a short head, and fields that hold
+    their own Date (else the encoded head holds the Date of now). A full memo is cleared and filled again."""
+    if len(head) > _MEMO_HEAD or not any(k.lower() == "date" for k, _ in prepared.hit.headers):
+        return
+    if len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[head] = prepared
 
 
 def _site_bytes(hit: Hit) -> Any:

@@ -1,8 +1,8 @@
-"""The cache engine: finds slices in the tiers or in-flight fills, and starts fills from origin when needed.
+"""The cache engine: starts fills from origin and runs them into the store, one fill per run of missing slices.
 
-The handler decides what to do with a request; the engine does the I/O of getting bytes: one fill per run of
-missing slices, joined by every concurrent reader, with the version of each fill checked against the metadata
-the reader is serving.
+The handler decides what to do with a request; the engine does the I/O of getting bytes. A fill asks the
+origin (or, in a cluster, another node: proxy.clusterfill), has its response head judged (proxy.fillhead), and
+pumps the body into the tiers a slice at a time while its readers (proxy.reading) stream it.
 """
 
 from __future__ import annotations
@@ -10,92 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, replace
-from email.utils import formatdate
+from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 from edgecache import metrics
 from edgecache.cluster.view import ClusterView
-from edgecache.config import Site
-from edgecache.core import entry, lookaside, ranges
+from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
-from edgecache.core.freshness import Policy, merge_304, storable, strip_for_storage
-from edgecache.core.headers import Headers, get_first
-from edgecache.core.hop import FIELD as HOP
-from edgecache.core.keys import CacheKey, PrimaryRecord, entry_key, variant, varied
-from edgecache.core.ring import Member
-from edgecache.errors import OriginError, StorageError, VersionChanged
-from edgecache.proxy import observe
-from edgecache.proxy.fill import Fill, FillHead, FillRegistry, Released
+from edgecache.core.keys import PrimaryRecord, entry_key, varied
+from edgecache.errors import OriginError, StorageError
+from edgecache.proxy import clusterfill
+from edgecache.proxy.fill import Fill, FillHead, FillRegistry
+from edgecache.proxy.fillhead import judge_head, within_run
+from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
 from edgecache.storage.ghosts import Ghosts
 from edgecache.storage.store import Store, slice_name
 
 log = logging.getLogger(__name__)
-_FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
-_FROM_DISK = metrics.BYTES_SERVED.labels("disk")
-_FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
-_FROM_PEER = metrics.BYTES_SERVED.labels("peer")
-
-
-# Names of copies and of unversioned objects: unique across workers and restarts by a random prefix per process
-# (drawn again in a forked worker), then a counter. secrets.token_hex per fill was a getrandom() system call on
-# every miss.
-_unique_prefix = ""
-_unique_counter = itertools.count()
-
-
-def _new_prefix() -> None:
-    global _unique_prefix, _unique_counter
-    _unique_prefix, _unique_counter = os.urandom(8).hex(), itertools.count()
-
-
-_new_prefix()
-os.register_at_fork(after_in_child=_new_prefix)
-
-
-def _unique() -> str:
-    return f"{_unique_prefix}{next(_unique_counter):x}"
-
-
-# A worker holding slices' leases has this long to store them before the others fetch them themselves.
-LEASE_SECONDS = 10.0
-
-
-class RangeMismatch(OriginError):
-    """The origin's 206 is not for the range we asked: it cannot fill slices, but may still answer the client."""
-
-
-NO_KEY = CacheKey("", "", "/", "")
-
-
-@dataclass(frozen=True, slots=True)
-class FillRequest:
-    """Who asks, for what: enough to build the origin request of a fill."""
-
-    site: Site
-    entry_key: str
-    target: str
-    host: str
-    headers: Headers  # the client's request fields
-    client_ip: str
-    policy: Policy
-    primary: str = ""
-    generation: str = ""  # of the primary record the entry key was made with
-    scope: str = ""  # generations of the purged site and directories above the object
-    host_key: str = ""  # the normalised host of the cache key
-    path: str = ""  # the normalised path of the cache key
-    key: CacheKey = NO_KEY  # what a fill asks the origin for (core.forward.fill_request)
-    vary: tuple[str, ...] = ()  # the Vary of the record the entry key was made with: the fields a fill sends
-    look_aside: bool = False  # the owner asks this node's cache (core.lookaside): answered from it, never filled
-    # A hot object on a node that does not own it (core.popularity): filled from its owner, kept in memory only.
-    spread_from: Member | None = None
 
 
 class Engine:
@@ -135,6 +71,29 @@ class Engine:
 
     # --- starting fills ------------------------------------------------------------------------------------
 
+    def fill_for(
+        self, req: FillRequest, first: int, last: int | None, validate: ObjectMeta | None = None
+    ) -> tuple[Fill, bool]:
+        """The fill a request reads from slice `first` (joined, or started for first..last), and whether it was
+        started for it: then the request streams it whatever the answer (a private one is its alone)."""
+        existing = self.fills.find(req.entry_key, first)
+        if existing is not None:
+            return existing, False
+        if last is not None:  # stop the run before a slice someone else is already fetching
+            for index in range(first + 1, last + 1):
+                if self.fills.find(req.entry_key, index) is not None:
+                    last = index - 1
+                    break
+        fill = self.start_fill(req, first, last, validate=validate)
+        fill.streamed = True
+        return fill, True
+
+    def revalidate_in_background(self, req: FillRequest, meta: ObjectMeta) -> None:
+        """The stale entry answered now (stale-while-revalidate) is revalidated meanwhile, once: nobody reads the
+        fill, whose 304 or new version is stored for the next request."""
+        if self.fills.find(req.entry_key, 0) is None:
+            self.start_fill(req, 0, None if meta.whole else 0, validate=meta)
+
     def start_fill(
         self, req: FillRequest, first: int, last: int | None, validate: ObjectMeta | None = None, shared: bool = True
     ) -> Fill:
@@ -171,14 +130,7 @@ class Engine:
         sent = fill_request(req.key, varied(req.vary, req.headers), req.site.origin_host, span, checked, unkeyed)
         # From here on the request's fields are the ones sent: the answer is stored under their variant.
         req = replace(req, headers=sent.headers)
-        request_time = time.time()
-        if req.spread_from is not None:
-            resp = await self._from_owner(req, sent, req.spread_from)
-        else:
-            resp = await self._look_aside(req, sent, asked) if validate is None else None
-        if resp is None:
-            request_time = time.time()
-            resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
+        resp, request_time = await self._ask(req, sent, asked, validate)
         try:
             primary = req.primary or req.entry_key.split("\n", 1)[0]
             if resp.status == 304:
@@ -186,32 +138,14 @@ class Engine:
             else:
                 record = PrimaryRecord(req.generation, entry.vary_names(resp.headers))
                 existing = await self.store.get_meta(entry_key(primary, record, req.headers, req.scope))
-            # _head() tells a fill an invalidation overtook by the record this process holds: one let go
+            # judge_head() tells a fill an invalidation overtook by the record this process holds: one let go
             # meanwhile (the RSS bound, another worker's purge) is read back from disk first, never taken as none.
             await self.store.get_record(primary)
-            head = self._head(resp.status, resp.headers, asked, req, (request_time, time.time()), existing)
+            times = (request_time, time.time())
+            head = judge_head(self.store, self.slice_size, resp.status, resp.headers, asked, req, times, existing)
             if resp.peer is not None:
                 head = replace(head, peer=resp.peer)
-            if fill.last_index is not None and not self._within_run(fill, head):
-                fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
-            self.fills.remove(fill)
-            # The response's own Vary decides where it is stored; those with other header values must not join.
-            fill.entry_key = head.entry_key
-            if head.shared:
-                self.fills.add(fill)
-            req = replace(req, entry_key=head.entry_key)
-            primary = req.primary or req.entry_key.split("\n", 1)[0]
-            keep = head.status == 304 or (head.store and head.meta.length >= 0)
-            known = self.store.peek_record(primary)
-            record = replace(known or PrimaryRecord(req.generation), vary=head.meta.vary)
-            if keep:  # visible before anyone hears of the head, so the next request is a hit
-                self.store.remember_record(primary, record)
-                self.store.remember_meta(req.entry_key, head.meta)
-            fill.set_head(head)
-            if keep and req.spread_from is None:  # a spread copy is kept in memory only
-                if record != known:  # the next slice of a stored object brings the same record
-                    await self.store.put_record(primary, record)
-                await self.store.put_meta(req.entry_key, head.meta, lazy=True)
+            req = await self._take_head(fill, req, head)
             if head.status == 304:
                 return
             if not head.shared and not fill.streamed:
@@ -222,153 +156,48 @@ class Engine:
         finally:
             resp.release()
 
-    async def _look_aside(
-        self, req: FillRequest, sent: OriginRequest, asked: ranges.ByteRange | None
-    ) -> OriginResponse | None:
-        """The previous owner's answer from its cache when this node owns the object (core.lookaside), in place
-        of the origin's; None when there is nobody to ask or its answer may not be stored here: then the origin
-        is asked at once. The request is the fill's, sent to the key's host with a signed look-aside hop; the
-        answer is taken only for the version of the slices already stored here, without what the peer added."""
-        view = self.cluster
-        peer = view.previous_owner(req.primary) if view is not None and req.primary and req.key.host else None
-        if view is None or peer is None:
-            return None
-        site, headers = self._to_peer(view, req, sent, peer, look_aside=True)
-        held = await self.store.get_meta(req.entry_key)
-        try:
-            async with asyncio.timeout(view.settings.timeout):
-                resp = await self.origin.to_peer(peer.id).request(site, sent.method, sent.target, headers)
-        except (OriginError, TimeoutError) as exc:
-            error = exc if isinstance(exc, OriginError) else OriginError("look-aside timed out", timeout=True)
-            observe.peer_error(peer.id, error)
-            metrics.PEER_LOOKASIDE.labels(peer.id, lookaside.Outcome.ERROR).inc()
-            return None
-        outcome = lookaside.judge(resp.status, resp.headers, asked, held.version if held is not None else None)
-        metrics.PEER_LOOKASIDE.labels(peer.id, outcome).inc()
-        if outcome is not lookaside.Outcome.HIT:
-            resp.close()  # its body is not read: the connection is not reused
-            return None
-        resp.headers = lookaside.origin_fields(resp.headers)
-        return resp
+    async def _ask(
+        self, req: FillRequest, sent: OriginRequest, asked: ranges.ByteRange | None, validate: ObjectMeta | None
+    ) -> tuple[OriginResponse, float]:
+        """The answer to a fill's request and when it was asked: the owner's for a spread copy, else the previous
+        owner's cache's (a look-aside, never for a revalidation), else, when those gave none, the origin's."""
+        request_time = time.time()
+        if req.spread_from is not None:
+            assert self.cluster is not None
+            resp = await clusterfill.from_owner(self.cluster, self.origin, req, sent, req.spread_from)
+        elif validate is None:
+            resp = await clusterfill.look_aside(self.cluster, self.origin, self.store, req, sent, asked)
+        else:
+            resp = None
+        if resp is None:
+            request_time = time.time()
+            resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
+        return resp, request_time
 
-    async def _from_owner(self, req: FillRequest, sent: OriginRequest, owner: Member) -> OriginResponse | None:
-        """The owner's answer to the fill of a spread copy (core.popularity), taken as the origin's would be; None
-        when the owner could not be asked (then the origin is, as the next owner would): its failures are the
-        peer's, counted as such, and one that could not connect takes it down at once."""
-        assert self.cluster is not None
-        site, headers = self._to_peer(self.cluster, req, sent, owner, look_aside=False)
-        try:
-            resp = await self.origin.to_peer(owner.id).request(site, sent.method, sent.target, headers)
-        except OriginError as exc:
-            observe.peer_error(owner.id, exc)
-            if exc.connect:
-                self.cluster.failed(owner.id)
-            return None
-        resp.headers = lookaside.origin_fields(resp.headers)
-        return resp
-
-    @staticmethod
-    def _to_peer(
-        view: ClusterView, req: FillRequest, sent: OriginRequest, peer: Member, look_aside: bool
-    ) -> tuple[Site, Headers]:
-        """Where and with which fields a fill's request goes to a peer: the key's host, and a signed hop."""
-        field = view.hop_field(sent.method, req.primary, "fill", "-", False, look_aside=look_aside)
-        site = replace(req.site, origins=(f"http://{peer.address}",), origin_host=None)
-        headers = (("Host", req.key.host), *((k, v) for k, v in sent.headers if k.lower() != "host"), (HOP, field))
-        return site, headers
-
-    def _within_run(self, fill: Fill, head: FillHead) -> bool:
-        """Whether the body is within the run of slices the fill asked for (a 200 of unknown length never is)."""
-        assert fill.last_index is not None
-        first, end = fill.first_index * self.slice_size, (fill.last_index + 1) * self.slice_size
-        return head.start >= first and head.end is not None and head.end <= end
-
-    def _head(
-        self,
-        status: int,
-        headers: Headers,
-        asked: ranges.ByteRange | None,
-        req: FillRequest,
-        times: tuple[float, float],
-        existing: ObjectMeta | None,
-    ) -> FillHead:
-        """Judge the origin's response head; `existing` is what is stored under the key it belongs to."""
-        request_time, response_time = times
-        j = entry.judge(status, headers, asked)
-        served = entry.stored_headers(headers, status)  # what the client that asked gets
-        stored = strip_for_storage(served, req.policy)  # what anyone else may ever get
-        if get_first(stored, "date") is None:  # RFC 9110 6.6.1: a recipient with a clock adds the Date it lacks
-            stored += (("Date", formatdate(response_time, usegmt=True)),)
-        if isinstance(j, entry.Refused):
-            if status == 206:
-                raise RangeMismatch(f"origin response refused: {j.reason}", retryable=False)
-            raise OriginError(f"origin response refused: {j.reason}", retryable=False)
-        vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
+    async def _take_head(self, fill: Fill, req: FillRequest, head: FillHead) -> FillRequest:
+        """Give the fill its head, under the entry key the head names (the request, so keyed, is returned), with
+        the record and metadata of what is kept visible first."""
+        if fill.last_index is not None and not within_run(fill, head, self.slice_size):
+            fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
+        self.fills.remove(fill)
+        # The response's own Vary decides where it is stored; those with other header values must not join.
+        fill.entry_key = head.entry_key
+        if head.shared:
+            self.fills.add(fill)
+        req = replace(req, entry_key=head.entry_key)
         primary = req.primary or req.entry_key.split("\n", 1)[0]
-        key = entry_key(primary, PrimaryRecord(req.generation, vary), req.headers, req.scope)
-        current = self.store.peek_record(primary)
-        # A fill that started before an invalidation or purge must not store what it brings.
-        alive = current is None or current.generation == req.generation
-        # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.
-        existing = self.store.peek_meta(key) or existing
-        if isinstance(j, entry.NotModified):
-            if existing is None:
-                raise OriginError("origin answered 304 to an unconditional request", retryable=False)
-            # RFC 9111 4.3.4: the stored response is updated with the 304's fields and becomes fresh again.
-            merged = replace(
-                existing,
-                headers=merge_304(existing.headers, stored),
-                request_time=request_time,
-                response_time=response_time,
-            )
-            return FillHead(304, merged, 0, 0, store=False, shared=True, entry_key=req.entry_key)
-        end: int | None
-        if isinstance(j, entry.Partial):
-            length, start, end, body_status = j.length, j.first, j.last + 1, 200
-        else:
-            length = j.length if j.length is not None else -1
-            start, end, body_status = 0, j.length, status
-        version = entry.version_of(headers, length if length >= 0 else None)
-        # A 200 to a Range request says the origin ignores Range: fill such objects in one request from now on.
-        whole = version is None or isinstance(j, entry.Other) or (isinstance(j, entry.Whole) and asked is not None)
-        if version is None:
-            version = "u:" + _unique()
-        if existing is not None and existing.version == version and existing.status == body_status:
-            whole, token = whole or existing.whole, existing.token  # more of the same copy
-        else:
-            token = _unique()
-        meta = ObjectMeta(
-            status=body_status,
-            headers=entry.shared_fields(stored),
-            length=length,
-            version=version,
-            whole=whole,
-            request_time=request_time,
-            response_time=response_time,
-            slice_size=self.slice_size,
-            vary=vary,
-            token=token,
-        )
-        decision = storable("GET", body_status, req.headers, headers, req.policy)
-        # Every stored body goes to the store a slice at a time as it arrives, whatever its status and whether its
-        # length is known; the metadata of one of unknown length follows once it has ended whole (_pump). An
-        # answer that is not stored, one an invalidation overtook included, is not shared either: its one reader
-        # paces it.
-        store = decision.store and alive
-        if not decision.store:
-            meta = replace(meta, headers=served)  # never stored: its own client gets every field
-        return FillHead(
-            body_status,
-            meta,
-            start,
-            end,
-            store,
-            store,
-            decision.reason,
-            key,
-            variant(vary, req.headers),
-            served,
-        )
+        keep = head.status == 304 or (head.store and head.meta.length >= 0)
+        known = self.store.peek_record(primary)
+        record = replace(known or PrimaryRecord(req.generation), vary=head.meta.vary)
+        if keep:  # visible before anyone hears of the head, so the next request is a hit
+            self.store.remember_record(primary, record)
+            self.store.remember_meta(req.entry_key, head.meta)
+        fill.set_head(head)
+        if keep and req.spread_from is None:  # a spread copy is kept in memory only
+            if record != known:  # the next slice of a stored object brings the same record
+                await self.store.put_record(primary, record)
+            await self.store.put_meta(req.entry_key, head.meta, lazy=True)
+        return req
 
     async def _pump(self, fill: Fill, head: FillHead, resp: object, req: FillRequest) -> None:
         from edgecache.proxy.origin import OriginResponse
@@ -454,99 +283,3 @@ class Engine:
             self.store.memory.delete(name)
             with contextlib.suppress(StorageError):
                 await self.store.disk.delete(name)
-
-    # --- reading ---------------------------------------------------------------------------------------------
-
-    def memory_range(self, req: FillRequest, meta: ObjectMeta, first: int, last: int) -> bytes | None:
-        """Bytes first..last if every slice holding them is in the memory tier, else None (no I/O, no waiting)."""
-        parts = []
-        for index in ranges.slice_indices(ranges.ByteRange(first, last), self.slice_size):
-            data = self.store.slice_from_memory(req.entry_key, meta, index)
-            if data is None:
-                return None
-            base = index * self.slice_size
-            parts.append(memoryview(data)[max(first, base) - base : min(last + 1, base + len(data)) - base])
-        body = parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
-        _FROM_MEMORY.inc(len(body))
-        return body
-
-    async def read_range(
-        self, req: FillRequest, meta: ObjectMeta, first: int, last: int
-    ) -> AsyncIterator[bytes | memoryview]:
-        """Bytes first..last (inclusive) of the object `meta` describes, from wherever they are."""
-        for index in ranges.slice_indices(ranges.ByteRange(first, last), self.slice_size):
-            base = index * self.slice_size
-            lo = max(first, base) - base
-            hi = min(last + 1, base + meta.slice_length(index)) - base
-            async for chunk in self._read_slice(req, meta, index, lo, hi, last // self.slice_size):
-                yield chunk
-
-    async def _read_slice(
-        self, req: FillRequest, meta: ObjectMeta, index: int, lo: int, hi: int, last_needed: int
-    ) -> AsyncIterator[bytes | memoryview]:
-        released = False
-        for _ in range(3):
-            data = self.store.slice_from_memory(req.entry_key, meta, index)
-            if data is not None:
-                _FROM_MEMORY.inc(hi - lo)
-                yield memoryview(data)[lo:hi]
-                return
-            fill = None if released else self.fills.find(req.entry_key, index)
-            if fill is None:
-                data = await self.store.slice_from_disk(req.entry_key, meta, index)
-                if data is not None:
-                    _FROM_DISK.inc(hi - lo)
-                    yield memoryview(data)[lo:hi]
-                    return
-                started = await self._start_for(req, meta, index, last_needed, join=not released)
-                if started is None:  # another worker process is fetching this slice: read it when it lands
-                    metrics.COLLAPSED.inc()
-                    await self.store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS)
-                    continue
-                fill = started  # the request's miss is counted once, by its cause, when it ends (observe.finish)
-            head = await fill.head
-            if head.status == 304 and head.meta.slice_version == meta.slice_version:
-                released = True  # a revalidation found while it ran: it brings no body, so read the slice as stored
-                continue
-            if head.meta.slice_version != meta.slice_version or head.status != meta.status:
-                raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
-            try:
-                counter = _FROM_ORIGIN if head.peer is None else _FROM_PEER
-                async for chunk in fill.read(index, lo, hi):
-                    counter.inc(len(chunk))
-                    yield chunk
-                    lo += len(chunk)
-                return
-            except Released:
-                released = True  # the fill dropped it as stored, yet the store lost it: fetch it again
-                continue
-        raise OriginError(f"slice {index} could not be read")
-
-    async def _start_for(
-        self, req: FillRequest, meta: ObjectMeta, index: int, last_needed: int, join: bool = True
-    ) -> Fill | None:
-        """A fill of the run of missing slices from `index` (or the one already fetching it); None when another
-        worker process holds the lease on `index`."""
-        if meta.whole:
-            return self.start_fill(req, 0, None)
-        stop = min(index + self.fill_slices - 1, last_needed, meta.slice_count - 1)
-        candidates = list(range(index + 1, stop + 1))
-        run_end = index
-        if candidates:
-            missing = set(await self.store.missing(req.entry_key, meta, candidates))
-            for i in candidates:
-                if i not in missing or self.fills.find(req.entry_key, i) is not None:
-                    break
-                run_end = i
-        again = self.fills.find(req.entry_key, index) if join else None  # someone may have started it meanwhile
-        if again is not None:
-            return again
-        if self.store.shared and req.spread_from is None:  # a spread copy never lands on disk: nothing to lease
-            leased = await self.store.lease_run(req.entry_key, meta, list(range(index, run_end + 1)), LEASE_SECONDS)
-            if leased == 0:
-                return None
-            run_end = index + leased - 1
-            again = self.fills.find(req.entry_key, index) if join else None
-            if again is not None:
-                return again
-        return self.start_fill(req, index, run_end)

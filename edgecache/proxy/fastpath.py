@@ -2,7 +2,7 @@
 
 Every connection starts here. Each request head is cut at its blank line and decided (decide.py: aiohttp's
 own request parser, find_hit(), and a memo of the decisions); a plain GET or HEAD that is a fresh hit is answered from
-the memory tier (or the disk tier, read off the loop) without the web framework. The first request that is
+the memory tier (or the disk tier: diskhit.py) without the web framework. The first request that is
 anything else (a miss, a body, an odd or malformed head, a peer's key) hands the whole connection, with every
 byte not yet answered, to aiohttp's own protocol, which then serves it to the end as it would have from the
 start. Both paths build the response from the same functions, and the test suite runs against both.
@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, cast
 
 from aiohttp.http import HttpVersion11
 
 from edgecache import metrics
-from edgecache.core import clientaddr, proxyproto, ranges
+from edgecache.core import clientaddr, proxyproto
+from edgecache.core.freshness import Use
 from edgecache.core.headers import get_first
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import observe
+from edgecache.proxy import coldmiss, diskhit, observe
 from edgecache.proxy.decide import Prepared
+from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
+from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
-from edgecache.proxy.hit import Load
-from edgecache.storage.store import SliceFile
+from edgecache.proxy.hit import Forward, Load
+from edgecache.proxy.relay import Relay, Unreachable
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastserver import FastServer
@@ -41,9 +43,6 @@ MAX_HEAD = 16 * 1024  # a longer head goes to aiohttp, whose field limits answer
 # not read, so a client pipelining heads it never reads answers to is held by TCP, not by this process's memory.
 # One read (uvloop takes up to 256 KiB at a time) can land past the mark.
 MAX_PENDING = 256 * 1024
-PIECE = 2**20  # a disk hit is read and written this much at a time (pread mode)
-_FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
-_FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _TTFB_HIT = metrics.TTFB.labels(CacheStatus.HIT.value)
 _ANSWERED = metrics.FAST_PATH.labels("answered")
 _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
@@ -81,6 +80,9 @@ class FastPath(asyncio.Protocol):
         self.write_timer: asyncio.TimerHandle | None = None
         self.sock_fd = -1
         self.loads = 0  # disk lookups made for the head at the front of the buffer
+        self.relay: Relay | None = None  # the forward to a peer being answered
+        self.started: coldmiss.Started | None = None  # the fill the head at the front of the buffer is waiting on
+        self.adopted: Adopted | None = None  # a fill the full handler takes over with the connection (hand_off)
 
     # --- connection events -------------------------------------------------------------------------------
 
@@ -93,6 +95,12 @@ class FastPath(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         plain = transport.get_extra_info("sslcontext") is None  # never sendfile under TLS
         self.sock_fd = sock.fileno() if sock is not None and plain else -1
+        if self.server.stopping:
+            # Accepted as the listener closed (its backlog), after shutdown() looked for connections to close: no
+            # one would close it later.
+            self.closing = True
+            transport.close()
+            return
         if self.server.open >= self.server.settings.max_connections:
             # Shed at the door: a quick, honest answer instead of a slow collapse (handed-off ones count too).
             metrics.REJECTED_CONNECTIONS.inc()
@@ -113,6 +121,9 @@ class FastPath(asyncio.Protocol):
             self.write_timer.cancel()
         if self.drained is not None and not self.drained.done():
             self.drained.set_exception(ConnectionResetError("client went away"))
+        if self.relay is not None:
+            self.relay.abandon()
+        coldmiss.drop(self)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -139,6 +150,8 @@ class FastPath(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         self._flow()
+        if self.relay is not None:
+            self.relay.pause()
         # A client that stops reading holds its connection only this long.
         self.write_timer = self.loop.call_later(self.server.settings.write_timeout, self._write_timed_out)
 
@@ -149,6 +162,8 @@ class FastPath(asyncio.Protocol):
             self.write_timer = None
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
+        if self.relay is not None:
+            self.relay.resume()
         if not self.busy:
             self._process()
 
@@ -222,38 +237,48 @@ class FastPath(asyncio.Protocol):
 
     def _answer_heads(self) -> None:
         if not self.server.settings.answers:  # the fast path is off: it only read the PROXY header
-            self._hand_off()
+            self.hand_off()
             return
-        while self.transport is not None and not (self.busy or self.write_paused or self.closing):
+        while self.transport is not None and not (
+            self.busy or self.write_paused or (self.closing and self.started is None)
+        ):
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buf) > MAX_HEAD:
-                    self._hand_off()
+                    self.hand_off()
                 return
             store = self.server.handler.engine.store
             if store.stale():  # another worker purged something: forget what this one holds, then go on
                 self.busy = True
-                self.loop.create_task(store.catch_up()).add_done_callback(self._done)
+                self.loop.create_task(store.catch_up()).add_done_callback(self.done)
                 return
             head = self.buf[: end + 4]
             if self.forwarder:
                 forwarded = clientaddr.forwarded_for(head)
                 self.client = clientaddr.real_client(self.address, forwarded, self.server.handler.forwarders)
             prepared = self.server.decider.answer(head, self.client)
+            if self.started is not None:  # its fill has its head: answered as a miss, or by the full handler
+                prepared = coldmiss.settle(self, head, prepared)
+            elif prepared is None or (isinstance(prepared, Load) and self.loads >= 2):
+                # No hit, with all the disk holds loaded: a miss (or a stale entry to revalidate) is filled here
+                if not coldmiss.start(self, head):
+                    self.hand_off()
+                return
             if isinstance(prepared, Load):
-                if self.loads >= 2:  # loaded both and still no hit: not ours
-                    self._hand_off()
-                    return
                 self.loads += 1
                 self.busy = True
-                self.loop.create_task(self._load(prepared)).add_done_callback(self._done)
+                self.loop.create_task(self._load(prepared)).add_done_callback(self.done)
                 return
             self.loads = 0
             if prepared is None:
-                self._hand_off()
+                self.hand_off()
                 return
             self.buf = self.buf[end + 4 :]
             self._disarm()
+            if isinstance(prepared, Forward):
+                self.busy = True
+                self.loop.create_task(self._forward(prepared, head)).add_done_callback(self.done)
+                return
             if not self._answer(prepared, head):
                 return
 
@@ -265,212 +290,100 @@ class FastPath(asyncio.Protocol):
         else:
             await store.get_meta(load.entry_key)
 
+    async def _forward(self, fwd: Forward, raw: bytes) -> None:
+        """Relay the owner's answer (proxy.relay); an owner that cannot be reached leaves the request to aiohttp,
+        which asks the next owner."""
+        handler = self.server.handler
+        self.relay = Relay(self, fwd)
+        handler.in_flight += 1
+        try:
+            await self.relay.run()
+        except Unreachable:
+            self.buf = raw + self.buf
+            self.hand_off()
+        finally:
+            self.relay = None
+            handler.in_flight -= 1
+
     def _answer(self, p: Prepared, raw: bytes) -> bool:
         """Answer at once from memory; or start reading from disk. False: stop processing for now."""
-        t0 = time.monotonic()
+        t0 = time.monotonic() if p.began is None else p.began
+        if p.hit.use is Use.STALE_WHILE_REVALIDATE:
+            self.server.handler.engine.revalidate_in_background(p.hit.req, p.hit.meta)
         parts: list[memoryview] = []
         if p.slices:
             in_memory = self.server.handler.engine.store.memory_slice
             for name, lo, hi in p.slices:
                 data = in_memory(name)
                 if data is None:
-                    return self._answer_with_disk(p, raw, t0)
+                    return diskhit.answer(self, p, raw, t0)
                 parts.append(memoryview(data)[lo:hi])
-            _FROM_MEMORY.inc(p.hit.last - p.hit.first + 1)
-        self._send(p, parts, t0)
+            diskhit.counters(p)[0].inc(p.hit.last - p.hit.first + 1)
+        self.send(p, parts, t0)
         return p.keep_alive
 
-    def _answer_with_disk(self, p: Prepared, raw: bytes, t0: float) -> bool:
-        """Some slice is not in memory: read open files' cached pages now, or start a task that can wait."""
-        store = self.server.handler.engine.store
-        parts: list[memoryview] = []
-        borrowed: list[bytearray] = []
-        from_disk = 0
-        for name, lo, hi in p.slices:
-            data = store.memory_slice(name)
-            if data is not None:
-                parts.append(memoryview(data)[lo:hi])
-                continue
-            piece = self._read_now(store.open_file_named(name), lo, hi, borrowed)
-            if piece is None:  # not open, not all in the page cache, or worth offering to memory: a task
-                for buf in borrowed:
-                    self.server.give_back(buf)
-                self.busy = True
-                task = self.loop.create_task(self._from_disk(p, raw, t0))
-                task.add_done_callback(self._done)
-                return False
-            parts.append(piece)
-            from_disk += hi - lo
-        _FROM_MEMORY.inc(p.hit.last - p.hit.first + 1 - from_disk)
-        _FROM_DISK.inc(from_disk)
-        self._send(p, parts, t0)
-        if self.transport is not None and self.transport.get_write_buffer_size() == 0:
-            for buf in borrowed:  # the socket took everything: nothing refers to them any more
-                self.server.give_back(buf)
-        return p.keep_alive
+    # What a response needs from its connection, here or in diskhit: wait for the client, count, log, close.
 
-    def _read_now(self, f: SliceFile | None, lo: int, hi: int, borrowed: list[bytearray]) -> memoryview | None:
-        """Bytes lo..hi-1 of an open slice file if they can be had without waiting (pread mode, pages cached,
-        one piece); None sends the request the long way (_from_disk), which can wait, offer the slice to memory,
-        or sendfile. Answering a disk hit without a task saves a fifth of its Python time."""
-        if f is None or self.server.settings.sendfile or hi - lo > PIECE:
-            return None
-        if lo == 0 and hi == f.size and self.server.promote_due(time.monotonic()):
-            return None
-        buf, got = self.server.read_cached(f.fd, lo, hi - lo)
-        if got != hi - lo:
-            self.server.give_back(buf)
-            return None
-        borrowed.append(buf)
-        return memoryview(buf)[:got]
-
-    async def _from_disk(self, p: Prepared, raw: bytes, t0: float) -> None:
-        """Gather every slice (memory, open file, or opened now off the loop), then send; nothing is sent until
-        all are in hand, so a slice gone from disk meanwhile still lets the full handler answer from scratch."""
-        hit = p.hit
-        handler = self.server.handler
-        store = handler.engine.store
-        size = handler.engine.slice_size
-        sources: list[memoryview | tuple[SliceFile, int, int]] = []
-        held: list[SliceFile] = []
-        handler.in_flight += 1
-        try:
-            for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
-                base = index * size
-                lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
-                data = store.slice_from_memory(hit.req.entry_key, hit.meta, index)
-                if data is not None:
-                    sources.append(memoryview(data)[lo:hi])
-                    continue
-                opened = store.open_file(hit.req.entry_key, hit.meta, index)
-                got = opened if opened is not None else await store.open_slice(hit.req.entry_key, hit.meta, index)
-                if got is None:  # gone from disk: the full handler fetches it again
-                    self.buf = raw + self.buf
-                    self._hand_off()
-                    return
-                if isinstance(got, bytes):
-                    sources.append(memoryview(got)[lo:hi])
-                    continue
-                held.append(got.acquire())
-                whole = lo == 0 and hi == hit.meta.slice_length(index)
-                if whole and self.server.may_promote(time.monotonic()):
-                    data = await self.loop.run_in_executor(None, os.pread, got.fd, hi, 0)
-                    if len(data) == hi:  # offered to the memory tier, which decides whether to keep it
-                        store.put_slice_memory(hit.req.entry_key, hit.meta.slice_version, index, data)
-                        sources.append(memoryview(data))
-                        continue
-                sources.append((got, lo, hi))
-            await self._send_parts(p, sources, t0)
-        finally:
-            handler.in_flight -= 1
-            for f in held:
-                f.release()
-
-    async def _send_parts(self, p: Prepared, sources: list[memoryview | tuple[SliceFile, int, int]], t0: float) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        transport.write(p.head)
-        self._sent(p, t0)
-        nbytes = 0
-        for source in sources:
-            if isinstance(source, memoryview):
-                transport.write(source)
-                nbytes += len(source)
-                _FROM_MEMORY.inc(len(source))
-            else:
-                f, lo, hi = source
-                await self._send_file(transport, f, lo, hi)
-                nbytes += hi - lo
-                _FROM_DISK.inc(hi - lo)
-            if self.write_paused:
-                await self._drain()
-        self._finished(p, nbytes, t0)
-
-    async def _send_file(self, transport: asyncio.Transport, f: SliceFile, lo: int, hi: int) -> None:
-        """Bytes lo..hi-1 of an open slice file: sendfile while the socket takes them (when configured and the
-        transport has nothing queued, so order is kept), then pread without waiting on the disk, then pread
-        in a thread for pages not in the page cache."""
-        if self.sock_fd >= 0 and self.server.settings.sendfile:
-            while lo < hi and transport.get_write_buffer_size() == 0:
-                try:
-                    sent = os.sendfile(self.sock_fd, f.fd, lo, hi - lo)
-                except BlockingIOError:
-                    break
-                if sent <= 0:
-                    break
-                lo += sent
-        while lo < hi:
-            # A piece at a time, waiting while the transport holds more than its high-water mark: a client
-            # reading slowly holds about one piece of this process's memory. (256 KiB pieces cost W3 about a
-            # fifth more CPU for no RSS the soak could see.)
-            n = min(hi - lo, PIECE)
-            buf, got = self.server.read_cached(f.fd, lo, n)
-            if got <= 0:
-                self.server.give_back(buf)
-                data = await self.loop.run_in_executor(None, os.pread, f.fd, n, lo)
-                if not data:
-                    raise OSError(f"slice file ended at {lo}, expected {hi}")
-                transport.write(data)
-                lo += len(data)
-            else:
-                transport.write(memoryview(buf)[:got])
-                lo += got
-                if transport.get_write_buffer_size() == 0:
-                    # The socket took it all, so the transport holds no reference to the buffer: reuse it.
-                    self.server.give_back(buf)
-            if self.write_paused:
-                await self._drain()
-
-    async def _drain(self) -> None:
+    async def drain(self) -> None:
         self.drained = self.loop.create_future()
         await self.drained
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def done(self, task: asyncio.Task[None]) -> None:
         self.busy = False
         if not task.cancelled() and (exc := task.exception()) is not None:
             if not isinstance(exc, ConnectionError):
                 log.warning("fast path: aborting the connection: %r", exc)
             self.abort()
             return
-        if self.transport is not None and not self.closing:
+        if self.transport is None:
+            return
+        if not self.closing or self.started is not None:  # a miss whose head came during a drain is answered
             self._process()
+        if self.closing and not self.busy and self.transport is not None:  # draining: its last answer is out
+            self.transport.close()
 
-    def _send(self, p: Prepared, parts: list[memoryview], t0: float) -> None:
+    def send(self, p: Prepared, parts: list[memoryview], t0: float) -> None:
         transport = self.transport
         if transport is None:
             return
         transport.writelines([p.head, *parts])
-        self._sent(p, t0)
-        self._finished(p, sum(len(x) for x in parts), t0)
+        self.sent(p, t0)
+        self.finished(p, sum(len(x) for x in parts), t0)
 
-    def _sent(self, p: Prepared, t0: float) -> None:
+    def sent(self, p: Prepared, t0: float) -> None:
         """The head is out: count the request and its time to first byte."""
         _ANSWERED.inc()
         p.counter.inc()
-        _TTFB_HIT.observe(time.monotonic() - t0)
+        if p.status is CacheStatus.HIT:
+            _TTFB_HIT.observe(time.monotonic() - t0)
+            return
+        metrics.TTFB.labels(p.status.value).observe(time.monotonic() - t0)
+        if p.cause is not None:
+            observe.misses_counter(p.hit.site.name, p.cause).inc()
 
-    def _finished(self, p: Prepared, nbytes: int, t0: float) -> None:
+    def finished(self, p: Prepared, nbytes: int, t0: float) -> None:
         handler = self.server.handler
         hit = p.hit
         if hit.viewer is None:  # a hop's bytes reach its viewer through the node that forwarded it, counted there
             p.site_bytes.inc(nbytes)
         if handler.access.enabled:
             t = observe.new_trace()
-            t.t0, t.site, t.status, t.for_peer = t0, hit.site.name, CacheStatus.HIT, hit.viewer is not None
+            t.t0, t.site, t.status, t.for_peer = t0, hit.site.name, p.status, hit.viewer is not None
+            t.origin_ms = p.origin_ms
             fields = hit.req.headers
             rng = p.range_field if p.range_field is not None else get_first(fields, "range")
             ua, referer = get_first(fields, "user-agent"), get_first(fields, "referer")
             client = hit.viewer or self.client  # a hop's viewer, as a node of the cluster judged it
             line = observe.Line(client, p.method, hit.req.host, hit.req.target, rng, ua, referer, _PROTOCOL)
-            observe.log_line(handler.access, t, line, hit.status, nbytes, handler.node, _UPSTREAM)
+            way = _UPSTREAM if p.status is CacheStatus.HIT else observe.upstream(p.status, metrics.Sources())
+            observe.log_line(handler.access, t, line, hit.status, nbytes, handler.node, way)
         if not p.keep_alive and self.transport is not None:
             self.closing = True
             self.transport.close()
 
     # --- hand-off, timers, closing -------------------------------------------------------------------------
 
-    def _hand_off(self) -> None:
+    def hand_off(self) -> None:
         """aiohttp's protocol takes this connection over, with every byte not answered yet."""
         transport = self.transport
         if transport is None:
@@ -481,8 +394,12 @@ class FastPath(asyncio.Protocol):
             self.write_timer.cancel()
         data, self.buf, self.transport = self.buf, b"", None
         _HANDED_OFF.inc()
-        closed = self.server.hand_over(transport, self.declared)
-        proto = HeadGuard(self.server.fallback(), self.server.settings.header_timeout, closed)
+        adopted, self.adopted = self.adopted, None
+        closed = self.server.hand_over(transport, self.declared, adopted)
+        declared, server = self.declared, self.server
+        # With the fast path off (a PROXY listener's header read), aiohttp keeps the connection to the end.
+        back = (lambda t, d: server.take_back(t, declared, d)) if server.settings.answers else None
+        proto = HeadGuard(server.fallback(), server.settings.header_timeout, closed, back)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         if not transport.is_reading() and not self.eof:
@@ -493,6 +410,13 @@ class FastPath(asyncio.Protocol):
             proto.data_received(data)
         if self.eof:
             proto.eof_received()
+
+    def taken_back(self, declared: str | None, data: bytes) -> None:
+        """This connection comes back from aiohttp (HeadGuard) with the first bytes of its next request."""
+        if declared is not None:  # the client its PROXY header named, as before the hand-off
+            self.address = self.client = self.declared = declared
+            self.forwarder = clientaddr.within(self.address, self.server.handler.forwarders)
+        self.data_received(data)
 
     def _arm(self, kind: str, seconds: float) -> None:
         """Set the connection's deadline: "idle" (between requests) or "head" (a head begun must end by then).

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import cast
 
 from aiohttp.web_protocol import RequestHandler
 
+from edgecache import metrics
 from edgecache.proxy.decide import Decider
 from edgecache.proxy.fastpath import PIECE, FastPath
+from edgecache.proxy.fill import Adopted
 from edgecache.proxy.handler import EdgeHandler
+from edgecache.proxy.peerpool import PeerPool
 
+_TAKEN_BACK = metrics.FAST_PATH.labels("taken_back")
 PROMOTE_SECONDS = 0.02  # at most one disk hit offered to the memory tier per this long, per worker
 _BUFFERS_KEPT = 8
 
@@ -41,6 +45,7 @@ class FastServer:
     fallback: Callable[[], RequestHandler]
     settings: FastSettings
     connections: set[FastPath] = field(default_factory=set)
+    handed: set[asyncio.Transport] = field(default_factory=set)  # connections aiohttp has, until they close
     open: int = 0  # client connections open, on the fast path or handed to aiohttp
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     _date: tuple[int, bytes] = (0, b"")
@@ -48,10 +53,19 @@ class FastServer:
     # (about 0.5 ms per MiB on a VM), and a new buffer per response was most of a disk hit's RSS churn.
     _buffers: list[bytearray] = field(default_factory=list)
     _promote_at: float = 0.0
+    stopping: bool = False  # shutdown() began: no connection comes back from aiohttp (take_back)
     decider: Decider = field(init=False)
+    _peers: PeerPool | None = None
 
     def __post_init__(self) -> None:
         self.decider = Decider(self.handler, self.date)
+
+    def peers(self) -> PeerPool:
+        """Connections to the cluster's other nodes, for the requests this worker forwards (proxy.relay)."""
+        if self._peers is None:
+            o = self.handler.engine.origin.settings
+            self._peers = PeerPool(o.max_connections, o.connect_timeout, o.read_timeout)
+        return self._peers
 
     def promote_due(self, now: float) -> bool:
         """Whether may_promote() would say yes now (without taking the turn)."""
@@ -71,16 +85,14 @@ class FastServer:
 
     def read_cached(self, fd: int, offset: int, n: int) -> tuple[bytearray, int]:
         """Up to n (<= PIECE) bytes at `offset` into a pooled buffer, only as far as they are in the page cache
-        (RWF_NOWAIT: never waits on the disk); the buffer and how many bytes it got (0: none cached, or a
-        filesystem such as tmpfs that refuses RWF_NOWAIT: the caller then reads off the loop)."""
+        (RWF_NOWAIT: never waits on the disk); the buffer and how many bytes it got (0: none cached, a
+        filesystem such as tmpfs that refuses RWF_NOWAIT, or a read error: the caller then reads off the loop)."""
         buf = self._buffers.pop() if self._buffers else bytearray(PIECE)
         try:
             return buf, os.preadv(fd, [memoryview(buf)[:n]], offset, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return buf, 0
-        except OSError as exc:
-            if exc.errno != errno.EOPNOTSUPP:
-                raise
+        except OSError:
+            # Not cached (EAGAIN), RWF_NOWAIT refused (tmpfs: EOPNOTSUPP), or the disk failing (EIO): the caller
+            # reads off the loop, where a failure is met by fetching the bytes instead (diskhit).
             return buf, 0
 
     def give_back(self, buf: bytearray) -> None:
@@ -100,36 +112,71 @@ class FastServer:
         """The protocol of a listener whose connections start with a PROXY header (server.proxy_protocol)."""
         return FastPath(self, proxy=True)
 
-    def hand_over(self, transport: asyncio.BaseTransport, declared: str | None) -> Callable[[], None]:
+    def hand_over(
+        self, transport: asyncio.BaseTransport, declared: str | None, adopted: Adopted | None = None
+    ) -> Callable[[], None]:
         """What aiohttp's side calls when a connection handed to it closes. The client its PROXY header declared
-        is kept for the handler (EdgeHandler.declared) until then."""
-        if declared is None:
-            return self.connection_closed
-        self.handler.declared[transport] = declared
+        is kept for the handler (EdgeHandler.declared) until then, and the fill its first request started, until
+        the handler takes it over (EdgeHandler.adopted); the connection is known to shutdown()."""
+        self.handed.add(cast(asyncio.Transport, transport))  # uvloop's transports are not its subclasses
+        if declared is not None:
+            self.handler.declared[transport] = declared
+        if adopted is not None:
+            self.handler.adopted[transport] = adopted
 
         def closed() -> None:
-            self.handler.declared.pop(transport, None)
-            self.connection_closed()
+            if transport in self.handed:
+                self.handed.discard(transport)
+                self.handler.declared.pop(transport, None)
+                left = self.handler.adopted.pop(transport, None)
+                if left is not None:  # never taken over: nobody reads it
+                    left.fill.abandon()
+                self.open -= 1  # it no longer counts against max_connections
+                self._none_left()
 
         return closed
 
-    def connection_closed(self) -> None:
-        """A connection handed to aiohttp is gone: it no longer counts against max_connections."""
-        self.open -= 1
+    def take_back(self, transport: asyncio.Transport, declared: str | None, data: bytes) -> None:
+        """A connection aiohttp has answered every request of: the fast path decides the next one (HeadGuard).
+        Not once the server is stopping: its connections were already told to close, and one taken now would
+        outlive them; it closes, as aiohttp closes an idle connection when it stops."""
+        if self.stopping:
+            transport.close()
+            return
+        _TAKEN_BACK.inc()
+        proto = FastPath(self)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        if proto.transport is not None:  # not refused at the door (max_connections)
+            proto.taken_back(declared, data)
 
     def gone(self, conn: FastPath) -> None:
         self.connections.discard(conn)
-        if not self.connections:
+        self._none_left()
+
+    def _none_left(self) -> None:
+        if not (self.connections or self.handed):
             self.empty.set()
 
     async def shutdown(self, grace: float) -> None:
-        """Close idle connections now; give the ones mid-response up to `grace` seconds to finish."""
+        """Close idle connections now; give the ones mid-response, here or with aiohttp, up to `grace` seconds."""
+        self.stopping = True
         for conn in list(self.connections):
             conn.close_when_idle()
-        if self.connections:
+        if self.connections or self.handed:
             self.empty.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await self.empty.wait()
         for conn in list(self.connections):
             conn.abort()
+        # A connection handed to aiohttp once its server had stopped (a keep-alive client's request during the
+        # drain) is known to no one else: left open, it would outlive the node.
+        for transport in list(self.handed):
+            if transport.get_write_buffer_size():
+                transport.abort()  # what is still to be written would hold it open for as long as the client likes
+            else:
+                transport.close()
+        if self._peers is not None:
+            self._peers.close()
+        await asyncio.sleep(0)  # a closed transport lets go of its socket on the loop's next turn

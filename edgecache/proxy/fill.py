@@ -18,7 +18,7 @@ import asyncio
 import bisect
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
@@ -86,6 +86,24 @@ class FillHead:
     peer: str | None = None  # the cluster member whose cache answered instead of the origin (core.lookaside)
 
 
+def answered_from(head: FillHead, ours: bool) -> ObjectMeta:
+    """What a miss's answer is built from: the head's metadata, with every end-to-end field for the request that
+    started the fill (fields a shared cache keeps from everyone else, such as private="f", are its alone)."""
+    return replace(head.meta, headers=head.served) if ours and head.served else head.meta
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """A fill the fast path started for a miss it then handed to the full handler (proxy.coldmiss), with what the
+    miss's log line needs from before the hand-over."""
+
+    fill: Fill
+    primary: str  # the request's key: the fill is that request's, and no other's
+    began: float  # monotonic, when the miss began
+    origin_ms: float | None  # how long the origin took to send the head (None: it had not, or failed)
+    validating: ObjectMeta | None = None  # the stored entry the fill revalidates (None: a miss of nothing stored)
+
+
 class Fill:
     def __init__(self, entry_key: str, first_index: int, last_index: int | None, slice_size: int) -> None:
         self.entry_key = entry_key
@@ -129,7 +147,7 @@ class Fill:
         piece of at most a slice). Raises OriginError when the private reader it waits for has left."""
         self._release_old()  # the slice now arriving may have moved the window on
         while self.last_index is None and self._held + self.slice_size > self.bound:
-            if self._reader_gone:
+            if self._reader_gone and self.backpressure:
                 raise OriginError("the fill's only reader left")
             await self._changed.wait()
 
@@ -209,6 +227,10 @@ class Fill:
         return self._done
 
     @property
+    def failed(self) -> bool:
+        return self.done and self._error is not None
+
+    @property
     def received(self) -> int:
         return self._pos
 
@@ -253,8 +275,9 @@ class Fill:
 
     def abandon(self) -> None:
         """The private reader is gone, or will never come (its request went another way): the producer waits for
-        nobody now, so let it stop. Nothing for a shared fill, whose producer waits for no reader."""
-        if self.backpressure and not self._done:
+        nobody now, so let it stop. Nothing for a shared fill, whose producer waits for no reader; one left before
+        the head came is remembered, for a head that turns out private."""
+        if not self._done:
             self._reader_gone = True
             self._wake()
 
@@ -296,7 +319,7 @@ class FillRegistry:
 
     def find(self, entry_key: str, index: int) -> Fill | None:
         for fill in self._by_key.get(entry_key, ()):
-            if fill.covers(index) and not (fill.done and fill._error is not None):
+            if fill.covers(index) and not fill.failed:
                 return fill
         return None
 

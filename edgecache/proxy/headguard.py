@@ -1,5 +1,6 @@
 """What aiohttp's protocol lacks once the fast path handed it a connection: a deadline for each request head
-(slowloris, after the hand-off), and answers for a client that half-closed its side after its requests."""
+(slowloris, after the hand-off), answers for a client that half-closed its side after its requests, and the way
+back: once aiohttp has answered what it was handed, the next request's bytes go to the fast path again."""
 
 from __future__ import annotations
 
@@ -23,19 +24,34 @@ class HeadGuard(asyncio.Protocol):
     version renames them, the guard sees "busy" and stays out of the way (aiohttp's own limits still hold).
     """
 
-    def __init__(self, inner: RequestHandler, seconds: float, closed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        inner: RequestHandler,
+        seconds: float,
+        closed: Callable[[], None],
+        back: Callable[[asyncio.Transport, bytes], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.closed = closed  # the fast path's open-connection count still includes this one
+        self.back = back  # gives the connection back to the fast path with the next request's first bytes
         self.seconds = seconds
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.eof_timer: asyncio.TimerHandle | None = None
+        self.write_paused = False
+        # What aiohttp was last fed ended a head: its parser holds no part of another (a chunk that ended at
+        # a body's end or mid-head says nothing of the kind, so such a connection stays with aiohttp).
+        self.clean = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.back is not None and self._between_requests():
+            self._give_back(data)
+            return
+        self.clean = data.endswith(b"\r\n\r\n")
         self.inner.data_received(data)
         if self._busy():
             if self.timer is not None:
@@ -43,6 +59,38 @@ class HeadGuard(asyncio.Protocol):
                 self.timer = None
         elif self.timer is None:  # part of a head, and nothing else going on: it has this long to end
             self.timer = asyncio.get_running_loop().call_later(self.seconds, self._expired)
+
+    def _between_requests(self) -> bool:
+        """Has aiohttp answered everything and holds nothing of the next request: waiting for a head, with no
+        part of one parsed, no body, no close pending, reading, and its answers taken by the client?"""
+        inner, transport = self.inner, self.transport
+        waiter = getattr(inner, "_waiter", None)
+        return (
+            transport is not None
+            and self.clean
+            and transport.is_reading()
+            and isinstance(waiter, asyncio.Future)
+            and not waiter.done()
+            and self.timer is None  # no part of a head waits in aiohttp's parser
+            and self.eof_timer is None
+            and not self.write_paused
+            and not self._busy()
+            and getattr(inner, "_payload_parser", True) is None
+            and not getattr(inner, "_close", True)
+            and not getattr(inner, "_force_close", True)
+            and not getattr(inner, "_upgraded", True)
+        )
+
+    def _give_back(self, data: bytes) -> None:
+        """aiohttp lets go of the connection without closing it, and the fast path decides the next request."""
+        transport, back = self.transport, self.back
+        assert transport is not None
+        assert back is not None
+        self.transport = None
+        self.inner.transport = None  # its close below must leave the socket open
+        self.inner.connection_lost(None)
+        self.closed()
+        back(transport, data)
 
     def _busy(self) -> bool:
         return bool(getattr(self.inner, "_request_in_progress", True) or getattr(self.inner, "_messages", True))
@@ -84,7 +132,12 @@ class HeadGuard(asyncio.Protocol):
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
+        # What aiohttp was last fed ended a head: its parser holds no part of another (a chunk that ended at
+        # a body's end or mid-head says nothing of the kind, so such a connection stays with aiohttp).
+        self.clean = False
         self.inner.resume_writing()

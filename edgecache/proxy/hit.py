@@ -1,10 +1,10 @@
-"""Recognising a fresh cache hit without the web framework: the decision the fast path acts on.
+"""Recognising, without the web framework, what the fast path answers from the cache: the decision it acts on.
 
 find_hit() walks the same steps as EdgeHandler (route, ACL, key, owner, Cache-Control, record, metadata,
-freshness, conditions, Range) but only with what this process already holds in memory, so it never waits.
-Anything it is not sure of (a miss, a stale entry, a multipart range, a peer that owns the key, an odd request)
-gives None, and the request goes to the full handler instead, which then answers it exactly as it always has.
-It has no side effect except the rate limiter, consulted last and only for a request it will answer.
+freshness, conditions, Range) with only what this process holds in memory, so it never waits: a hit (fresh, or
+stale as allowed), the owner to forward to, or what to load first; find_cold() the fill of a miss or of a
+revalidation. Anything else gives None: the full handler answers it as it always has. Its one side effect is the
+rate limiter, consulted last and only for a request it will answer.
 """
 
 from __future__ import annotations
@@ -12,20 +12,26 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
 from edgecache.core import ranges
 from edgecache.core.cachecontrol import parse_cache_control
+from edgecache.core.conditional import validates
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.fillcost import cold_run, stored_run
 from edgecache.core.forward import must_pass
-from edgecache.core.freshness import Freshness, Use, current_age, evaluate, usable
+from edgecache.core.freshness import Freshness, Use, current_age, evaluate, stored_use, usable
 from edgecache.core.headers import Headers, get_all, get_first
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.keys import BadTarget, CacheKey, PrimaryRecord, entry_key, make_key
+from edgecache.core.popularity import spreadable
 from edgecache.core.purge import PurgeTable
+from edgecache.core.ring import Member
 from edgecache.core.route import normalise_host
 from edgecache.core.signing import verify
 from edgecache.core.status import CacheStatus, cache_status_header
-from edgecache.proxy.engine import FillRequest
+from edgecache.proxy.fill import FillHead, answered_from
+from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.respond import NOT_MODIFIED_FIELDS, base_headers, plan
 
@@ -50,8 +56,14 @@ class Hit:
     purges: PurgeTable
     valid_until: float  # when the Age field or freshness next changes
     # The viewer a node of the cluster forwarded this for (a valid hop), who the access log names. Such a hit is
-    # never remembered for the same head bytes (decide.Decider): the hop field is worthless after its time window.
+    # remembered by its head without the hop field (decide.Decider._hopped), and each new hop is checked.
     viewer: str | None = None
+    # May a slice it lacks be fetched for it (diskhit)? Not for a look-aside, which only asks what is held here.
+    fills: bool = True
+    # FRESH; or stale, as the request or response allows (STALE_OK), or revalidated meanwhile (stale-while-
+    # revalidate): Cache-Status hit; detail="stale"; or REVALIDATE, only for the answer to the request whose fill
+    # the origin has just confirmed (find_hit's validated). All but FRESH are never remembered (valid for no time).
+    use: Use = Use.FRESH
 
     def admits(self, client: str, now: float) -> bool:
         """May this client have the answer now: the site's ACL, and its signed-URL check (core.signing)?"""
@@ -89,9 +101,158 @@ def find_hit(
     headers: Headers,
     client: str,
     any_size: bool = False,
-) -> Hit | Load | None:
-    """The hit this request is, if it is one. `any_size` lifts MAX_SLICES: the answer is then only a basis that
-    single ranges are cut from (see fastpath), never sent whole."""
+    hop_field: str | None = None,
+    validated: bool = False,
+) -> Hit | Load | Forward | Elsewhere | None:
+    """The hit this request is, if it is one; or the owner to forward it to. `any_size` lifts MAX_SLICES: the answer
+    is then only a basis that single ranges are cut from (see fastpath), never sent whole. `validated`: the origin
+    has just confirmed the stored entry (a 304), which answers whatever its freshness (Use.REVALIDATE)."""
+    routed = _routed(handler, method, host_field, target, headers, client, any_size, hop_field)
+    if not isinstance(routed, _Routed):
+        return routed
+    if parse_cache_control(headers).no_store or must_pass(headers) is not None:
+        return None  # passed through by the full handler
+    stored = _stored(handler, routed.site, routed.host, routed.key, headers, validated)
+    if not isinstance(stored, _Stored):
+        return stored
+    field = _FIELDS[stored.use]
+    planned = _planned(method, headers, stored.meta, stored.now, handler.engine.slice_size, any_size, field)
+    if planned is None:
+        return None
+    limiter = handler.limiter
+    if routed.viewer is None and limiter is not None and not limiter.allow(routed.client, time.monotonic()):
+        return None  # the full handler answers 429 (and counts it) as it always does
+    handler.engine.store.touch_meta(stored.ekey, routed.key.primary)
+    return _hit(handler, routed, stored, headers, planned)
+
+
+@dataclass(frozen=True, slots=True)
+class Cold:
+    """A miss the fast path fills itself (find_cold): the fill's request and its run of slices, as the full handler
+    would start it (core.fillcost), and the stored entry it revalidates, if any."""
+
+    req: FillRequest
+    first: int
+    last: int | None
+    validate: ObjectMeta | None = None
+
+
+def find_cold(
+    handler: EdgeHandler, method: str, host_field: str | None, target: str, headers: Headers, client: str
+) -> Cold | None:
+    """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
+    metadata here, or whose stored entry must be revalidated before it is used. None for anything else the full
+    handler decides: a conditional, only-if-cached or rate-limited request, a look-aside, a stand-in for a node
+    that is down, a hot copy, several ranges, a Vary'd record, a stale entry it may serve."""
+    # any_size: another node's object is Elsewhere, without asking the popularity gate or the rate limiter (whose
+    # counts find_hit() has made for this request already).
+    routed = _routed(handler, method, host_field, target, headers, client, True, None)
+    if not isinstance(routed, _Routed) or not routed.fills or routed.failover:
+        return None
+    cluster = handler.cluster
+    if routed.viewer is None and cluster is not None and cluster.route(routed.key.primary)[0].id != cluster.self_id:
+        return None  # a hot copy, filled from the owner by the full handler
+    cc = parse_cache_control(headers)
+    if cc.no_store or cc.only_if_cached or must_pass(headers) is not None or validates(headers):
+        return None
+    if routed.viewer is None and handler.limiter is not None:
+        return None
+    entry, site = _entry(handler, routed.site, routed.host, routed.key, headers), routed.site
+    if entry is None or entry.record.vary:
+        return None
+    meta = entry.meta
+    if meta is not None and (
+        meta.length < 0 or _use_of(site, meta, entry.soft_before, headers, time.time())[0] is not Use.REVALIDATE
+    ):
+        return None  # served as it is stored (fresh, or stale as allowed) by find_hit() or the full handler
+    value = get_first(headers, "range")
+    if value is not None and len(ranges.parse_range_header(value) or ()) > 1:
+        return None  # a multipart answer, and perhaps a pass-through (core.fillcost): the full handler's
+    size = handler.engine.slice_size
+    if meta is None:
+        run = cold_run(method, value, size, handler.engine.fill_slices)
+    else:
+        run = stored_run(value, meta.whole, meta.length, size)
+    return Cold(_fill_request(routed, headers, entry.record, entry.scope, entry.ekey), *run, meta)
+
+
+def _fill_request(routed: _Routed, headers: Headers, record: PrimaryRecord, scope: str, ekey: str) -> FillRequest:
+    """The request a fill for this one sends, keyed as the full handler keys it (EdgeHandler._route)."""
+    site, key = routed.site, routed.key
+    return FillRequest(
+        site, ekey, key.target, key.host, headers, routed.client, site.policy, key.primary,
+        generation=record.generation, scope=scope, host_key=routed.host, path=key.path, key=key, vary=record.vary,
+    )  # fmt: skip
+
+
+def as_fetched(
+    hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool, slice_size: int, status: CacheStatus
+) -> Hit | None:
+    """The answer to the request whose miss (`status` MISS, or EXPIRED for a stale entry) started the fill of
+    `head`, from the hit that request now is, as the full handler gives it: a miss's fields for its starter alone
+    (FillHead.served) and the Cache-Status of a stored miss (serving.serve_fill), or a revalidation's when the
+    head is a 304 (serving.serve_stored). `asked`: the request's fields; `ours`: it started the fill. None where
+    the full handler's answer would differ (a peer's answer, a plan that is not the hit's), or where what is
+    stored is not the version the fill brought (another fill stored its own since: never mixed)."""
+    if head.peer is not None or hit.meta.slice_version != head.meta.slice_version:
+        return None
+    if head.status == 304:
+        meta, field = hit.meta, cache_status_header(CacheStatus.REVALIDATED)
+    elif head.shared and head.store and hit.meta.length == head.meta.length:
+        meta = replace(hit.meta, headers=answered_from(head, ours).headers)
+        field = cache_status_header(status, stored=True)
+    else:
+        return None
+    planned = _planned(method, asked, meta, time.time(), slice_size, cache_status=field)
+    if planned is None or (planned[0], planned[2], planned[3]) != (hit.status, hit.first, hit.last):
+        return None
+    return replace(hit, headers=planned[1])
+
+
+def _hit(
+    handler: EdgeHandler,
+    routed: _Routed,
+    stored: _Stored,
+    headers: Headers,
+    planned: tuple[int, list[tuple[str, str]], int, int],
+) -> Hit:
+    """The Hit find_hit() decided: the request it answers, and what it was decided from (Hit.same_basis)."""
+    site, record = routed.site, stored.record
+    status, fields, first, last = planned
+    req = _fill_request(routed, headers, record, stored.scope, stored.ekey)
+    ring = handler.cluster.ring if handler.cluster is not None else None
+    purges, meta, until = handler.engine.store.purges, stored.meta, stored.valid_until
+    fills = routed.fills
+    return Hit(
+        status, fields, req, meta, first, last, site, handler.router, ring, record, purges, until, routed.viewer,
+        fills, stored.use,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    """_routed(): a request this node may answer, and whom it answers for."""
+
+    host: str
+    site: Site
+    key: CacheKey
+    client: str  # the hop's viewer, or the client as asked
+    viewer: str | None  # a valid hop's viewer (Hit.viewer)
+    fills: bool  # not a look-aside (Hit.fills)
+    failover: bool = False  # a hop from a node that stands in for this one's next owner, which is down
+
+
+def _routed(
+    handler: EdgeHandler,
+    method: str,
+    host_field: str | None,
+    target: str,
+    headers: Headers,
+    client: str,
+    any_size: bool,
+    hop_field: str | None,
+) -> _Routed | Forward | Elsewhere | None:
+    """find_hit()'s first step: the site and key, then the hop, the ACL, the owner (_where) and the signed URL."""
     if method not in ("GET", "HEAD") or not target.startswith("/"):
         return None  # absolute-form targets and everything but GET/HEAD: the full handler's checks
     host = normalise_host(host_field)
@@ -103,66 +264,155 @@ def find_hit(
     except BadTarget:
         return None
     cluster = handler.cluster
-    hop = cluster.honoured(get_all(headers, HOP), method, key.primary) if cluster is not None else None
+    hop_fields = [hop_field] if hop_field is not None else get_all(headers, HOP)  # cut from the head (decide.py)
+    hop = cluster.honoured(hop_fields, method, key.primary) if cluster is not None else None
     if hop is not None:
         client = hop.viewer  # judged (ACL, rate limit) by the node that forwarded it, as EdgeHandler._route says
     elif not site.allows(client):
         return None
     elif cluster is not None:
-        owner = cluster.ring.owner(key.primary)
-        if owner is None or owner.id != cluster.self_id:
-            return None  # another node owns it, or this one stands in for it: forwarding is not ours
+        where = _where(handler, cluster, site, key, method, headers, client, any_size)
+        if not isinstance(where, Here):
+            return where
     if hop is None and not signed(site, key, client, time.time()):
         return None  # the full handler answers 403 with the reason (a hop's token was checked by its node)
-    if parse_cache_control(headers).no_store or must_pass(headers) is not None:
-        return None  # passed through by the full handler
+    if hop is None:
+        return _Routed(host, site, key, client, None, True)
+    return _Routed(host, site, key, client, hop.viewer, not hop.lookaside, hop.failover)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """_stored(): the entry a request is answered from, fresh for it (or stale, as `use` allows)."""
+
+    record: PrimaryRecord
+    scope: str
+    ekey: str
+    meta: ObjectMeta
+    now: float
+    valid_until: float
+    use: Use
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """_entry(): the stored entry a request names, as this process holds it (meta None: not loaded, or none)."""
+
+    record: PrimaryRecord
+    scope: str
+    soft_before: float  # a response stored before this was soft-purged
+    ekey: str
+    meta: ObjectMeta | None
+
+
+def _entry(handler: EdgeHandler, site: Site, host: str, key: CacheKey, headers: Headers) -> _Entry | None:
+    """The record this process holds for the key (None: not loaded, or none), its purges, and the entry the
+    request's fields name under it."""
     store = handler.engine.store
     record = store.peek_record(key.primary)
     if record is None:
-        return Load(key.primary, None)
+        return None
     scope, soft_before = store.purges.lookup(site.name, host, key.path)
     ekey = entry_key(key.primary, record, headers, scope)
-    meta = store.peek_meta(ekey)
+    return _Entry(record, scope, max(soft_before, record.soft_before), ekey, store.peek_meta(ekey))
+
+
+def _use_of(site: Site, meta: ObjectMeta, soft_before: float, headers: Headers, now: float) -> tuple[Use, Freshness]:
+    """What the stored response may be used for by this request now (core.freshness.stored_use)."""
+    fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, site.policy)
+    return stored_use(headers, meta.headers, fresh, site.policy, meta.response_time, soft_before), fresh
+
+
+def _stored(
+    handler: EdgeHandler, site: Site, host: str, key: CacheKey, headers: Headers, validated: bool = False
+) -> _Stored | Load | None:
+    """find_hit()'s second step: the record and metadata this process holds (Load: read them from disk first),
+    then freshness for this request and soft purges."""
+    entry = _entry(handler, site, host, key, headers)
+    if entry is None:
+        return Load(key.primary, None)
+    meta = entry.meta
     if meta is None:
-        return Load(key.primary, ekey)
+        return Load(key.primary, entry.ekey)
     if meta.length < 0:
         return None
     now = time.time()
-    fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, site.policy)
-    if fresh is None or usable(headers, meta.headers, fresh, site.policy) is not Use.FRESH:
+    use, fresh = _use_of(site, meta, entry.soft_before, headers, now)
+    if use is Use.REVALIDATE and not validated:
         return None
-    valid_until = _valid_until(headers, fresh, now)
-    if meta.response_time < max(soft_before, record.soft_before):
-        return None
-    planned = _planned(method, headers, meta, now, handler.engine.slice_size, any_size)
-    if planned is None:
-        return None
+    return _Stored(entry.record, entry.scope, entry.ekey, meta, now, _valid_until(headers, fresh, now), use)
+
+
+class Here:
+    """_where(): this node answers the request itself (it owns the key, or holds a copy of a hot one)."""
+
+
+HERE = Here()
+
+
+@dataclass(frozen=True, slots=True)
+class Elsewhere:
+    """The key of a whole-object basis (decide.Decider._ranged) is another node's: decide the request itself."""
+
+
+ELSEWHERE = Elsewhere()
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A request the object's owner answers: the fast path relays it there over a signed hop (proxy.relay)."""
+
+    method: str
+    headers: Headers
+    client: str  # the viewer, judged here (ACL, signed URL, rate limit): the owner takes the hop's word for it
+    site: Site
+    key: CacheKey
+    member: Member | None = None  # the first owner that is up
+    failover: bool = False  # that is not the first owner, which is down
+    keep_alive: bool = True  # the viewer's connection stays open after the answer
+
+
+def _where(
+    handler: EdgeHandler,
+    cluster: ClusterView,
+    site: Site,
+    key: CacheKey,
+    method: str,
+    headers: Headers,
+    client: str,
+    any_size: bool,
+) -> Here | Forward | Elsewhere | None:
+    """Who answers a request no hop vouches for: this node, its owner (a Forward), or the full handler (None)."""
+    up = cluster.route(key.primary)
+    first = cluster.ring.owner(key.primary)
+    if up[0].id == cluster.self_id:
+        # Standing in for a first owner that is down is the full handler's: it counts the miss as peer-down.
+        return HERE if first is None or first.id == cluster.self_id else None
+    if any_size:
+        return ELSEWHERE  # not asked of the popularity gate twice for one request
+    verdict = forward_verdict(handler, site, key, client, spreadable(headers))
+    if verdict != GO:
+        return HERE if verdict == HOT else None
+    failover = first is not None and up[0].id != first.id
+    return Forward(method, headers, client, site, key, up[0], failover)
+
+
+GO, HOT, OFF = "go", "hot", "off"
+
+
+def forward_verdict(handler: EdgeHandler, site: Site, key: CacheKey, client: str, heat: bool) -> str:
+    """Whether a request another node owns, from a viewer its site allows, is relayed there (GO), answered from
+    this node's copy of a hot object (HOT: `heat` says the request counts towards it), or left to the full handler
+    (OFF: it answers 403 or 429 with the reason). The one rule for a forward decided in full (_where) and for a
+    remembered one (forwardmemo): the viewer and the moment are asked again on every request."""
+    if heat and handler.popular.asked(key.primary, time.monotonic()):
+        return HOT
+    if not signed(site, key, client, time.time()):
+        return OFF
     limiter = handler.limiter
-    if hop is None and limiter is not None and not limiter.allow(client, time.monotonic()):
-        return None  # the full handler answers 429 (and counts it) as it always does
-    store.touch_meta(ekey, key.primary)
-    status, fields, first, last = planned
-    req = FillRequest(
-        site,
-        ekey,
-        key.target,
-        key.host,
-        headers,
-        client,
-        site.policy,
-        key.primary,
-        generation=record.generation,
-        scope=scope,
-        host_key=host,
-        path=key.path,
-        key=key,
-        vary=record.vary,
-    )
-    ring = cluster.ring if cluster is not None else None
-    viewer = hop.viewer if hop is not None else None
-    return Hit(
-        status, fields, req, meta, first, last, site, handler.router, ring, record, store.purges, valid_until, viewer
-    )
+    if limiter is not None and not limiter.allow(client, time.monotonic()):
+        return OFF
+    return GO
 
 
 def signed(site: Site, key: CacheKey, client: str, now: float) -> bool:
@@ -201,13 +451,30 @@ def _valid_until(headers: Headers, fresh: Freshness, now: float) -> float:
     return until
 
 
+# The status of an answer from a stored entry, by what the entry may be used for (Hit.use).
+STATUS_OF_USE = {
+    Use.FRESH: CacheStatus.HIT,
+    Use.STALE_OK: CacheStatus.STALE,
+    Use.STALE_WHILE_REVALIDATE: CacheStatus.STALE,
+    Use.REVALIDATE: CacheStatus.REVALIDATED,  # only once the origin has just confirmed it (validated)
+}
+_FIELDS = {use: cache_status_header(status) for use, status in STATUS_OF_USE.items()}
+_HIT_FIELD = _FIELDS[Use.FRESH]
+
+
 def _planned(
-    method: str, headers: Headers, meta: ObjectMeta, now: float, slice_size: int, any_size: bool = False
+    method: str,
+    headers: Headers,
+    meta: ObjectMeta,
+    now: float,
+    slice_size: int,
+    any_size: bool = False,
+    cache_status: str = _HIT_FIELD,
 ) -> tuple[int, list[tuple[str, str]], int, int] | None:
     """The response respond.send() would give for this hit, or None where the fast path does not answer."""
     status, rng = plan(method, headers, meta)
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
-    base = base_headers(meta.headers, int(age), cache_status_header(CacheStatus.HIT))
+    base = base_headers(meta.headers, int(age), cache_status)
     if status == 304:
         kept = [(k, v) for k, v in base if k.lower() in NOT_MODIFIED_FIELDS or k in ("Via", "Age", "Cache-Status")]
         return 304, kept, 0, -1

@@ -85,7 +85,6 @@ def head_sent(t: Trace) -> None:
 
 
 _stamp: tuple[int, str] = (0, "")
-_requests: dict[tuple[str, str, str, str], Any] = {}
 
 
 def _now_iso() -> str:
@@ -221,14 +220,20 @@ def count(t: Trace, method: str, code: int) -> None:
         misses_counter(t.site, cause.value).inc()
 
 
-_misses: dict[tuple[str, str], Any] = {}
+# Counters' children by label values, looked up once, not on every request (prometheus_client's labels() checks
+# the values and takes a lock each time). Label values are site names from the config and enum values: bounded.
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    child = _children.get((metric, labels))
+    if child is None:
+        child = _children[metric, labels] = metric.labels(*labels)
+    return child
 
 
 def misses_counter(site: str, cause: str) -> Any:
-    counter = _misses.get((site, cause))
-    if counter is None:
-        counter = _misses[site, cause] = metrics.MISSES.labels(site, cause)
-    return counter
+    return _child(metrics.MISSES, site, cause)
 
 
 def peer_error(peer: str, exc: OriginError) -> str:
@@ -239,24 +244,16 @@ def peer_error(peer: str, exc: OriginError) -> str:
     return kind
 
 
-_site_bytes: dict[tuple[str, str], Any] = {}
-
-
 def site_bytes(site: str, way: str) -> Any:
     """The served-bytes-by-site counter's child for these labels (site names come from the config)."""
-    counter = _site_bytes.get((site, way))
-    if counter is None:
-        counter = _site_bytes[site, way] = metrics.SITE_SERVED.labels(site, way)
-    return counter
+    return _child(metrics.SITE_SERVED, site, way)
 
 
 def requests_counter(site: str, method: str, code: int, status: CacheStatus) -> Any:
-    """The request counter's child for these labels; looked up once, not on every request."""
-    labels = (site, method if method in _METHODS else "other", metrics.status_class(code), status.value)
-    counter = _requests.get(labels)
-    if counter is None:
-        counter = _requests[labels] = metrics.REQUESTS.labels(*labels)
-    return counter
+    """The request counter's child for these labels (a method not in _METHODS is counted as "other")."""
+    return _child(
+        metrics.REQUESTS, site, method if method in _METHODS else "other", metrics.status_class(code), status.value
+    )
 
 
 def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int, node: str, way: str) -> None:

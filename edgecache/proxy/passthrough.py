@@ -9,15 +9,15 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from edgecache import metrics
-from edgecache.core.forward import VIA, pass_request
+from edgecache.core.forward import pass_request, relayed_fields
 from edgecache.core.freshness import invalidates
-from edgecache.core.headers import Headers, end_to_end, get_all
+from edgecache.core.headers import Headers, get_all
 from edgecache.core.keys import BadTarget, make_key
 from edgecache.core.route import normalise_host
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import observe
-from edgecache.proxy.engine import FillRequest
+from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import ClientBody, OriginClient, read_chunks
 from edgecache.storage.store import Store
 
@@ -51,13 +51,8 @@ async def pass_through(
         if invalidate is not None:
             await invalidate_after(invalidate[0], request.method, resp.status, req, resp.headers, invalidate[1])
         out = web.StreamResponse(status=resp.status, reason=resp.raw.reason)
-        for k, v in end_to_end(resp.headers, drop=("via", "cache-status")):
+        for k, v in relayed_fields(resp.headers, cache_status_header(status)):
             out.headers.add(k, v)
-        via = ", ".join(get_all(resp.headers, "via"))
-        out.headers.add("Via", f"{via}, {VIA}" if via else VIA)
-        prior = ", ".join(get_all(resp.headers, "cache-status"))
-        mine = cache_status_header(status)
-        out.headers.add("Cache-Status", f"{prior}, {mine}" if prior else mine)
         if request.method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200:
             await out.prepare(request)
             return out

@@ -39,12 +39,19 @@ from edgecache.storage.policy import DiskPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
 CHECKED_FILES = 65_536  # files whose checksum passed, remembered by inode, size and mtime
 SQLITE_CACHE_PAGES = 256  # per connection (one per disk thread): 1 MiB
 MIN_FILE_SIZE = 32 * 1024  # values at least this large get their own file; smaller ones live in SQLite
 HIT_BATCH = 4096  # keys whose hits a worker holds for the index; past it, while a batch is being written, the
 # hits of further keys are dropped: a counter is a hint, and the memory it takes must stay bounded
 HIT_FLUSH_SECONDS = 1.0
+LEASE = "l:"  # a lease's key is its value's, so prefixed
+
+
+def lease_name(name: str) -> str:
+    """The lease that guards a fill of the value `name` (placed with it)."""
+    return LEASE + name
 
 
 class SliceDisk(diskcache.Disk):
@@ -328,11 +335,15 @@ class DiskTier:
         return await self._run(write)
 
     async def lease(self, keys: list[str], seconds: float) -> int:
-        """Take leases on `keys` in order, stopping at the first another process holds; how many were taken."""
+        """Take leases on `keys` in order, stopping at the first another process holds or whose value is stored
+        already; how many were taken.
+
+        The value is looked for before its lease is taken: a fill stores the value before it drops the lease, so a
+        worker that missed the value a moment ago and finds the lease free has not raced a fill that just landed."""
 
         def take() -> int:
             for n, key in enumerate(keys):
-                if not self._cache.add(key, b"", expire=seconds, retry=True):
+                if key.removeprefix(LEASE) in self._cache or not self._cache.add(key, b"", expire=seconds, retry=True):
                     return n
             return len(keys)
 

@@ -35,7 +35,7 @@ from edgecache import metrics
 from edgecache.config.model import Disk
 from edgecache.core.ring import Member, Ring
 from edgecache.errors import StorageError
-from edgecache.storage.disk import DiskTier
+from edgecache.storage.disk import LEASE, DiskTier
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -45,7 +45,6 @@ T = TypeVar("T")
 
 PROBE_SECONDS = 1.0  # how often each worker checks each disk in service
 PROBE_TIMEOUT = 10.0  # a probe that takes longer fails the disk (a hung device)
-LEASE = "l:"
 
 # errno values that mean the device or its filesystem failed, not the one operation.
 _FAILED_ERRNOS = frozenset(
@@ -64,11 +63,6 @@ _FAILED_SQLITE = (
 
 class OutOfService(StorageError):
     """The value's disk is out of service: what it holds cannot be known until the disk is back."""
-
-
-def lease_name(name: str) -> str:
-    """The lease that guards a fill of the value `name` (placed with it)."""
-    return LEASE + name
 
 
 def failure(exc: BaseException) -> str | None:

@@ -10,22 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, BinaryIO
+from typing import Any
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import PrimaryRecord, digest
-from edgecache.core.purge import Entry, PurgeTable, SyncLog, Vector, adopt_line, entry_line, me_line
 from edgecache.errors import StorageError
-from edgecache.storage.disks import Disks, OutOfService, lease_name
-from edgecache.storage.epoch import Epoch
+from edgecache.storage.disk import lease_name
+from edgecache.storage.disks import Disks, OutOfService
 from edgecache.storage.memory import MemoryTier
-from edgecache.storage.purgelog import PurgeLog
+from edgecache.storage.purging import Purging
+from edgecache.storage.slicefile import SliceFile
+
+__all__ = ["LAZY_META_SECONDS", "OPEN_FILES", "PEER_POLL", "SliceFile", "Store", "slice_name"]
 
 log = logging.getLogger(__name__)
 
@@ -57,48 +57,13 @@ def _same_copy(meta: ObjectMeta) -> int:
     return hash((meta.version, meta.token, meta.status, meta.length, meta.whole, meta.vary, fields))
 
 
-class SliceFile:
-    """An open, checked slice file, read in pieces by the fast path (pread or sendfile).
+class Store(Purging):
+    """Metadata, primary records and slices; purges and the workers' change counter are its Purging side."""
 
-    Slice files are never rewritten (a new version is a new name), so an open file keeps the right bytes even
-    after the disk tier evicts it. Users hold it while reading; one dropped from the open-file cache meanwhile
-    is closed by its last user, so a file descriptor is never closed (and its number reused) under a reader.
-    """
-
-    __slots__ = ("_file", "dropped", "fd", "mtime", "size", "users")
-
-    def __init__(self, file: BinaryIO) -> None:
-        self._file = file
-        self.fd = file.fileno()
-        st = os.fstat(self.fd)
-        self.size, self.mtime = st.st_size, st.st_mtime_ns
-        self.users = 0
-        self.dropped = False
-
-    def acquire(self) -> SliceFile:
-        self.users += 1
-        return self
-
-    def release(self) -> None:
-        self.users -= 1
-        if self.dropped and self.users == 0:
-            self._file.close()
-
-    def drop(self) -> None:
-        self.dropped = True
-        if self.users == 0:
-            self._file.close()
-
-    def changed(self) -> bool:
-        """Evicted by the disk tier (stop pinning its blocks), or written to since it was checked."""
-        st = os.fstat(self.fd)
-        return st.st_nlink == 0 or st.st_size != self.size or st.st_mtime_ns != self.mtime
-
-
-class Store:
     # Metadata this process keeps at hand (LRU; the disk tier has all of it). An entry is a few KiB with its
     # headers, so this is counted against the per-worker memory overhead, not the memory tier: keep it modest.
     def __init__(self, memory: MemoryTier, disk: Disks, meta_entries: int = 16_384) -> None:
+        super().__init__(disk.directory)
         self.memory = memory
         self.disk = disk
         self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
@@ -106,18 +71,10 @@ class Store:
         self._written: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._records: OrderedDict[str, PrimaryRecord] = OrderedDict()
         self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
-        self.purges = PurgeTable()
-        self.purge_log = PurgeLog(disk.directory / "purges.log")
-        self._purge_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="purge")  # in order (purgelog)
-        self.sync = SyncLog()  # the purges applied here, as the cluster numbers them (cluster.purgesync)
-        self._taking: set[tuple[str, int]] = set()  # purges being applied now: a copy arriving meanwhile is skipped
-        self._issued = 0  # the last number this node gave a purge it took from an operator
         self._meta_entries = meta_entries  # lowered by the RSS bound under pressure (set_meta_entries)
         self._files: OrderedDict[str, SliceFile] = OrderedDict()
         disk.on_fail = self._disk_failed
         self.shared = False  # other worker processes use the same disk tier: coordinate fills through leases
-        self.epoch: Epoch | None = None  # with shared: the change counter all workers map
-        self._seen_epoch = 0
 
     # --- metadata -----------------------------------------------------------------------------------------
 
@@ -192,6 +149,11 @@ class Store:
         if len(self._written) > self._meta_entries:
             self._written.popitem(last=False)
 
+    def _forget_held(self) -> None:
+        self._records.clear()
+        self._meta.clear()
+        self._written.clear()
+
     async def delete_meta(self, entry_key: str) -> None:
         self._meta.pop(entry_key, None)
         self._written.pop(entry_key, None)
@@ -251,130 +213,6 @@ class Store:
         await self.put_record(primary, replace(record, soft_before=now))
         self._changed()
 
-    # --- what other workers changed -------------------------------------------------------------------------
-
-    def _changed(self) -> None:
-        """Tell the other workers (after the disk has the change): they drop what they hold in memory."""
-        if self.epoch is not None:
-            before = self.epoch.value()
-            after = self.epoch.bump()
-            if before == self._seen_epoch:  # else another worker changed something too: still catch up on it
-                self._seen_epoch = after
-
-    def attach_epoch(self, epoch: Epoch) -> None:
-        self.epoch = epoch
-        self._seen_epoch = epoch.value()
-
-    def stale(self) -> bool:
-        """Another worker purged or invalidated something since this one last looked (one memory load)."""
-        return self.epoch is not None and self.epoch.value() != self._seen_epoch
-
-    async def catch_up(self) -> None:
-        """After stale(): forget the records and metadata held in memory and read the purge table again, so the
-        next lookups go to the disk tier, which has the other worker's change."""
-        if self.epoch is None:
-            return
-        seen = self.epoch.value()
-        if seen == self._seen_epoch:
-            return
-        self._records.clear()
-        self._meta.clear()
-        self._written.clear()
-        await self.load_purges()
-        self._seen_epoch = seen
-
-    # --- purges of whole sites and directories ------------------------------------------------------------
-
-    async def load_purges(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            found = await loop.run_in_executor(self._purge_io, self.purge_log.read_all)
-        except OSError as exc:
-            log.warning("purge table not read: %s", exc)
-            return
-        table: PurgeTable | None = found[0] if found is not None else None
-        if found is not None:
-            self.sync = found[1]
-        else:  # no file yet: the disk tier's copy, where versions before this one kept the table
-            try:
-                raw = await self.disk.get("purge-table")
-            except StorageError:
-                return
-            table = PurgeTable.from_bytes(raw) if raw is not None else None
-        if table is not None:
-            self.purges = replace(table, unsure_before=self.purges.unsure_before)
-
-    def doubt(self, since: float | None) -> None:
-        """From `since` on, this node may have missed purges: what it stored before then is revalidated before it
-        is served (PurgeTable.unsure_before). None: it has caught up."""
-        value = since or 0.0
-        if value != self.purges.unsure_before:  # a new table object: the fast path decides its hits again
-            self.purges = replace(self.purges, unsure_before=value)
-
-    def issue(self, node_id: str, kind: str, site: str, host: str, path: str, soft: bool) -> Entry:
-        """The identity for a purge an operator gives this node (numbered before anything awaits, so two purges
-        at once never share a number)."""
-        if not self.sync.me.startswith(node_id + "~"):
-            self.sync = replace(self.sync, me=f"{node_id}~{secrets.token_hex(4)}")
-            self._issued = 0
-        me = self.sync.me
-        self._issued = max(self._issued, self.sync.vector.get(me, 0), *self.sync.above.get(me, ())) + 1
-        return Entry(me, self._issued, kind, site, host, path, soft)
-
-    def claim(self, entry: Entry) -> bool:
-        """Is `entry` new here? Then it is being applied from now on, and a copy that arrives meanwhile is not."""
-        ident = (entry.origin, entry.seq)
-        if self.sync.has(*ident) or ident in self._taking:
-            return False
-        self._taking.add(ident)
-        return True
-
-    def retract(self, entry: Entry) -> None:
-        """`entry` was not applied (its purge was refused before anything changed): as if never claimed, and,
-        when it was the last one this node numbered, its number is given again."""
-        self._taking.discard((entry.origin, entry.seq))
-        if entry.origin == self.sync.me and entry.seq == self._issued:
-            self._issued -= 1
-
-    async def note_purge(self, entry: Entry) -> None:
-        """Record a claimed purge that changed no mark (a URL's: its record changed already) as applied."""
-        await self._log_purge(entry_line(entry), entry)
-
-    async def adopt(self, vector: Vector) -> None:
-        """After a reset (every site purged hard): the purges `vector` counts are as good as applied."""
-        self.sync = self.sync.adopted(vector)
-        await self._log_purge(adopt_line(vector), None)
-
-    async def _log_purge(self, line: bytes, entry: Entry | None) -> None:
-        if entry is not None:
-            self.sync = self.sync.added(entry)
-        if self.sync.me and self.purge_log.me != self.sync.me:
-            line = me_line(self.sync.me) + line
-            self.purge_log.me = self.sync.me
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._purge_io, self.purge_log.append, line, self.purges, self.sync
-            )
-            self._changed()
-        except OSError as exc:
-            log.warning("purge log write failed (the purge holds until restart): %s", exc)
-        finally:
-            if entry is not None:
-                self._taking.discard((entry.origin, entry.seq))
-
-    async def purge_scope(
-        self, scope: tuple[str, str, str], soft: bool, now: float, entry: Entry | None = None, strict: bool = True
-    ) -> None:
-        """Raises core.purge.TableFull, before anything changes, when the table has no room for the scope (unless
-        not `strict`: a purge another node took must be applied here too). `entry`: the purge's identity, claimed."""
-        generation, soft_at = (None, now) if soft else (secrets.token_hex(8), None)
-        table = self.purges
-        if strict:
-            self.purges = table.purged(scope, generation, soft_at)
-        else:
-            self.purges = table.purged(scope, generation, soft_at, None)
-        await self._log_purge(PurgeTable.op(scope, generation, soft_at, entry), entry)
-
     # --- slices ----------------------------------------------------------------------------------------------
 
     def memory_slice(self, name: str) -> bytes | None:
@@ -386,6 +224,11 @@ class Store:
         data = self.memory.get(name)
         # A slice on its way to disk (and not admitted to memory) is still here: never fetched twice meanwhile.
         return data if data is not None else self._writing.get(name)
+
+    def in_memory(self, entry_key: str, meta: ObjectMeta, index: int) -> bool:
+        """Is the slice in memory, or on its way to disk (as slice_from_memory finds it), without touching it?"""
+        name = slice_name(entry_key, meta.slice_version, index)
+        return name in self.memory or name in self._writing
 
     async def slice_from_disk(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
         name = slice_name(entry_key, meta.slice_version, index)

@@ -19,6 +19,7 @@ from edgecache.core.freshness import (
     parse_age,
     stale_if_error_allows,
     storable,
+    stored_use,
     strip_for_storage,
     usable,
 )
@@ -299,6 +300,13 @@ def test_usable_4_and_5_2_1(req: Headers, resp: Headers, fresh: Freshness, use: 
 def test_usable_ceiling_is_policy() -> None:
     resp = h("Cache-Control: stale-while-revalidate=30")
     assert usable((), resp, STALE_10, Policy(max_stale_ceiling=5.0)) is Use.REVALIDATE
+
+
+def test_a_response_stored_before_a_soft_purge_is_revalidated_however_fresh() -> None:
+    fresh, resp = Freshness(3600, 10), h("Cache-Control: max-age=3600")
+    assert stored_use((), resp, fresh, P, stored_at=100.0, soft_before=100.5) is Use.REVALIDATE
+    assert stored_use((), resp, fresh, P, stored_at=100.5, soft_before=100.5) is Use.FRESH  # not before it
+    assert stored_use(h("Cache-Control: no-cache"), resp, fresh, P, 100.5, 0.0) is Use.REVALIDATE  # usable()'s
 
 
 # --- stale_if_error_allows (RFC 5861 4) -------------------------------------------------------------------------

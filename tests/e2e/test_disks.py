@@ -79,7 +79,8 @@ def _fail(disk: Disk, how: str) -> None:
         # A read-only mount of the disk over its directory: every file made there from now on is refused with
         # EROFS (a disk remounted read-only under its writers cannot be had: the kernel says "busy").
         assert _run("mount", "--bind", path, path)
-        for _ in range(100):  # refused (busy) while a write through the new mount is under way, the node's probe
+        deadline = time.monotonic() + 10  # a loaded machine's writes keep it busy longer
+        while time.monotonic() < deadline:  # refused (busy) while a write through the new mount is under way
             if _run("mount", "-o", "remount,bind,ro", path):
                 break
             time.sleep(0.01)

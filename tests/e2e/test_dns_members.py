@@ -19,7 +19,7 @@ from edgecache.cluster import view as view_module
 from edgecache.cluster.view import ClusterView, dns_members
 from edgecache.config import ClusterSettings, Config, Listen, build
 from edgecache.core.ring import Member, Ring
-from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
+from tests.conftest import CLUSTER_KEY, Edge, all_up, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.origin import Origin
 
@@ -72,8 +72,8 @@ async def settled(edges: list[Edge]) -> None:
     """Until every node sees every member up and no longer doubts its cache (a node that starts, or sees a peer
     join, revalidates what it stored until it has every purge its peers have: cluster.purgesync)."""
     async with asyncio.timeout(10):
-        for e, v in zip(edges, views(edges), strict=True):
-            await v.wait_for(lambda v=v: all(v.is_up(m.id) for m in v.ring.members))  # type: ignore[misc]
+        await all_up(edges)
+        for e in edges:
             sync = e.node.purge_sync
             if sync is not None:
                 async with sync.rounds:

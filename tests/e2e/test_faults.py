@@ -93,6 +93,18 @@ async def test_more_bytes_than_content_length_are_never_served(edge: Edge, origi
     assert (await fetch(edge, "/longer"))[1] in (b"x" * 1000, b"y" * 1000)
 
 
+def partition(asked: list[str | None]) -> list[tuple[int, int]]:
+    """The byte ranges asked, merged if and only if they follow each other exactly (no gap, no overlap)."""
+    spans = sorted((int(a), int(b)) for r in asked for a, b in [(r or "bytes=-").removeprefix("bytes=").split("-")])
+    merged: list[tuple[int, int]] = []
+    for first, last in spans:
+        if merged and merged[-1][1] + 1 == first:
+            merged[-1] = (merged[-1][0], last)
+        else:
+            merged.append((first, last))
+    return merged
+
+
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
 async def test_disk_files_corrupted_or_deleted_underneath(origin: Origin, tmp_path: Path, fast: bool) -> None:
     from dataclasses import replace
@@ -112,15 +124,22 @@ async def test_disk_files_corrupted_or_deleted_underneath(origin: Origin, tmp_pa
         for _ in range(2):
             status, body = await fetch(edge, "/d.bin")
             assert (status, body) == (200, DATA)
-        assert origin.hits["/d.bin"] == 4  # the three damaged slices were fetched again, once each
+        # The three damaged slices were fetched again, once each: one request for the run of them on the fast
+        # path (it gathers every slice before it answers), one each on the full handler's (it finds them in turn).
+        # As one run or slice by slice (the fast path gathers every slice before it answers, the full handler finds
+        # them in turn, and which damage shows first varies): each slice once, nothing else.
+        asked = origin.range_hits("/d.bin")
+        assert partition(asked[1:]) == [(0, len(DATA) - 1)], asked
         await edge.node.engine.flush()
         files = sorted(p for p in (tmp_path / "c").rglob("*.val"))
         for f in files:  # damaged again, in place, while the fast path may hold them open
             data = bytearray(f.read_bytes())
             data[7] ^= 0xFF
             f.write_bytes(bytes(data))
+        before = len(origin.range_hits("/d.bin"))
         assert await fetch(edge, "/d.bin") == (200, DATA)
-        assert origin.hits["/d.bin"] == 7
+        asked = origin.range_hits("/d.bin")
+        assert partition(asked[before:]) == [(0, len(DATA) - 1)], asked
 
 
 async def test_origin_timeout_is_a_quick_504(origin: Origin, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from other loopback addresses (127.0.0.2, ...): the nodes are on 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -24,7 +23,7 @@ from multidict import CIMultiDict
 from edgecache.config import ClusterSettings, Listen
 from edgecache.core.hop import MAX_SKEW, Hop, sign
 from edgecache.core.ring import Member, Ring
-from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
+from tests.conftest import CLUSTER_KEY, Edge, all_up, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.origin import Origin
 
@@ -68,11 +67,7 @@ async def cluster(
                 **config,
             )
             edges.append(await stack.enter_async_context(start_edge(cfg)))
-        async with asyncio.timeout(10):  # a node probed before it listened comes back at its next check
-            for e in edges:
-                view = e.node.cluster
-                assert view is not None
-                await view.wait_for(lambda view=view: all(view.is_up(m.id) for m in members))  # type: ignore[misc]
+        await all_up(edges, [m.id for m in members])
         yield edges
 
 

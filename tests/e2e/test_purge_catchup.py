@@ -21,11 +21,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from edgecache.cluster.view import ClusterView
 from edgecache.config import ClusterSettings, Config, Listen, Token
 from edgecache.core.keys import make_key
 from edgecache.core.ring import Member, Ring
 from edgecache.server import _start_admin
-from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
+from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge, views_settled
 from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
 
@@ -115,12 +116,15 @@ class Cluster:
         doubt about its purges left."""
         ids = {i: self.configs[i].cluster.self_id for i in self.running}  # type: ignore[union-attr]
         want = ups or (lambda _i, other: other in ids.values())
+        index = {name: i for i, name in ids.items()}
+        everyone = [c.cluster.self_id for c in self.configs]  # type: ignore[union-attr]
+
+        def holds(v: ClusterView) -> bool:
+            return all(v.is_up(x) == want(index[v.self_id], x) for x in everyone if x != v.self_id)
+
+        await views_settled([run.edge for run in self.running.values()], holds, WAIT)
         async with asyncio.timeout(WAIT):
-            for i, run in self.running.items():
-                view = run.edge.node.cluster
-                assert view is not None
-                others = [c.cluster.self_id for c in self.configs if c.cluster.self_id != ids[i]]  # type: ignore[union-attr]
-                await view.wait_for(lambda v=view, o=others, i=i: all(v.is_up(x) == want(i, x) for x in o))  # type: ignore[misc]
+            for run in self.running.values():
                 sync = getattr(run.edge.node, "purge_sync", None)  # (None on the code before purge logs)
                 if sync is not None:
                     async with sync.rounds:

@@ -14,7 +14,7 @@ from pathlib import Path
 from edgecache import metrics
 from edgecache.config import ClusterSettings, Config, Listen
 from edgecache.core.ring import Member, Ring
-from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
+from tests.conftest import CLUSTER_KEY, Edge, all_up, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.origin import Origin
 
@@ -38,14 +38,6 @@ def logged(tmp_path: Path, node: str, path: str) -> list[tuple[object, object, o
     """(status, cache, upstream) of each line of `node`'s access log for `path`."""
     lines = [json.loads(line) for line in (tmp_path / f"{node}.log").read_bytes().splitlines()]
     return [(r["status"], r["cache"], r["upstream"]) for r in lines if r["path"] == path]
-
-
-async def all_up(edges: list[Edge], ids: list[str]) -> None:
-    async with asyncio.timeout(10):
-        for e in edges:
-            view = e.node.cluster
-            assert view is not None
-            await view.wait_for(lambda view=view: all(view.is_up(i) for i in ids))  # type: ignore[misc]
 
 
 @contextlib.asynccontextmanager

@@ -17,8 +17,8 @@ from edgecache.config import build
 from edgecache.config.model import Disk
 from edgecache.core.keys import PrimaryRecord, digest
 from edgecache.errors import ConfigError, StorageError
-from edgecache.storage.disk import DiskTier
-from edgecache.storage.disks import Disks, OutOfService, Placement, failure, lease_name
+from edgecache.storage.disk import DiskTier, lease_name
+from edgecache.storage.disks import Disks, OutOfService, Placement, failure
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.store import Store, slice_name
 from tests.samples import sample_value
@@ -227,7 +227,8 @@ async def test_a_disk_that_fails_is_out_of_service_at_once(tmp_path: Path) -> No
         with pytest.raises(OutOfService):
             await disks.get(on_bad[0])
         assert await disks.contains(keys) == [disks.home(k) != bad for k in keys]
-        assert await disks.lease([lease_name(k) for k in keys], 5) == len(keys)
+        fresh = [f"s:new{i}" for i in range(30)]  # not stored: a lease on the failed disk counts as taken
+        assert await disks.lease([lease_name(k) for k in fresh], 5) == len(fresh)
         ok = next(k for k in keys if disks.home(k) != bad)
         assert await disks.get(ok) == b"v" * 100
         assert metric("edgecache_disk_failures_total", label) == failures + 1  # counted once
@@ -336,5 +337,19 @@ async def test_an_unexpected_error_of_a_disk_takes_it_out(tmp_path: Path) -> Non
         with pytest.raises(OutOfService):
             await disks.get(key)
         assert disks.failed == {str(config[2].path): "AssertionError: txn id"}
+    finally:
+        disks.close()
+
+
+async def test_a_lease_stops_at_a_value_already_stored(tmp_path: Path) -> None:
+    """A worker that missed a slice a moment ago must not lease it again once another worker's fill has stored it
+    and dropped its lease: it would fetch the slice a second time."""
+    disks = Disks.open_all(three(tmp_path), threads=1)
+    try:
+        keys = [f"s:{i}" for i in range(12)]
+        await disks.put(keys[5], b"v" * 100, lease=lease_name(keys[5]))  # stored, and its lease dropped
+        assert await disks.lease([lease_name(k) for k in keys], 5) == 5
+        assert await disks.contains([lease_name(k) for k in keys]) == [True] * 5 + [False] * 7
+        assert await disks.lease([lease_name(k) for k in keys[5:]], 5) == 0
     finally:
         disks.close()

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgecache.core.fillcost import FILL_ALLOWANCE_SLICES, FILL_FACTOR, FillPlan, needed_slices, plan_fill
+from edgecache.core.fillcost import (
+    FILL_ALLOWANCE_SLICES,
+    FILL_FACTOR,
+    FillPlan,
+    cold_run,
+    needed_slices,
+    plan_fill,
+    stored_run,
+)
 from edgecache.core.ranges import ByteRange
 
 MiB = 2**20
@@ -83,3 +92,40 @@ def test_the_rule_matches_a_direct_count(parts: list[ByteRange], size: int, cach
     fits = cost <= FILL_FACTOR * served + FILL_ALLOWANCE_SLICES * size
     want = FillPlan.FILL if len(parts) == 1 or fits else FillPlan.PASS
     assert plan_fill(tuple(parts), size, cached) is want
+
+
+@pytest.mark.parametrize(
+    ("method", "value", "run"),
+    [
+        ("GET", None, (0, None)),  # no Range: the whole object, no Range sent
+        ("GET", "bytes=0-99", (0, 0)),
+        ("GET", f"bytes={3 * MiB + 5}-{3 * MiB + 9}", (3, 3)),
+        ("GET", f"bytes={MiB}-{20 * MiB}", (1, 4)),  # at most fill_slices (4) slices
+        ("GET", f"bytes={2 * MiB}-", (2, 5)),  # open-ended: a run of fill_slices
+        ("GET", "bytes=-100", (0, 0)),  # suffix: the length comes with slice 0
+        ("GET", f"bytes={5 * MiB}-{5 * MiB + 1},0-1", (5, 5)),  # the first range's slices
+        ("GET", "bytes=garbage", (0, None)),  # ignored, as the answer ignores it
+        ("HEAD", f"bytes={5 * MiB}-", (0, 0)),  # a HEAD learns the fields from slice 0
+    ],
+)
+def test_a_fill_of_an_object_nothing_is_known_of_starts_at_the_first_ranges_slice(
+    method: str, value: str | None, run: tuple[int, int | None]
+) -> None:
+    assert cold_run(method, value, MiB, 4) == run
+
+
+@pytest.mark.parametrize(
+    ("value", "whole", "run"),
+    [
+        (None, False, (0, 0)),  # no Range: slice 0 first, the rest as they are read
+        (f"bytes={3 * MiB + 5}-", False, (3, 3)),  # the slice of the first byte asked
+        (f"bytes={5 * MiB}-{5 * MiB + 1},{MiB}-{MiB + 1}", False, (1, 1)),  # the first part the answer sends
+        ("bytes=-100", False, (9, 9)),  # a suffix is known once the length is: the last slice
+        (f"bytes={20 * MiB}-", False, (0, 0)),  # unsatisfiable: the 416 comes from the stored length
+        (f"bytes={3 * MiB}-", True, (0, None)),  # kept whole: the whole object, whatever the Range
+    ],
+)
+def test_a_fill_of_a_stored_object_starts_at_the_slice_of_the_first_byte_asked(
+    value: str | None, whole: bool, run: tuple[int, int | None]
+) -> None:
+    assert stored_run(value, whole, 10 * MiB - 7, MiB) == run

@@ -114,6 +114,6 @@ def test_a_renewed_hit_is_what_find_hit_decides_then(
     )
     assert again.valid_until == pytest.approx(fresh.valid_until, abs=1e-6)
     decider = Decider(handler, lambda: b"-")
-    encoded = decider._head(before, True)
+    encoded = decider.encode(before, True)
     assert encoded is not None
-    assert _with_age(encoded, before, again) == decider._head(fresh, True)
+    assert _with_age(encoded, before, again) == decider.encode(fresh, True)

@@ -1,0 +1,86 @@
+"""The [cache] table: the memory tier, the slice size and the disk tier (one directory, or cache.disks)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgecache.config.model import CacheSettings, Disk
+from edgecache.config.schema import KEYS
+from edgecache.config.values import _positive, _Reader, parse_size
+
+
+def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
+    t = r.table(doc, "cache")
+    r.unknown(t, "cache.", KEYS["cache"])
+    directory = r.get(t, "cache.", "dir", lambda v: Path(str(v)), Path("var/cache"))
+    directory = directory if directory.is_absolute() else base / directory
+    disk_bytes = r.get(t, "cache.", "disk", parse_size, 4 * 2**30)
+    disks = _disks(r, t, base) if "disks" in t else ()
+    if disks:
+        directory, disk_bytes = disks[0].path, sum(d.size for d in disks)
+    settings = CacheSettings(
+        dir=directory,
+        memory_bytes=r.get(t, "cache.", "memory", parse_size, 256 * 2**20),
+        disk_bytes=disk_bytes,
+        slice_bytes=r.get(t, "cache.", "slice", parse_size, 2**20),
+        fill_slices=r.get(t, "cache.", "fill_slices", _positive(int), 4),
+        memory_policy=r.get(t, "cache.", "memory_policy", str, "s3fifo"),
+        memory_headroom=r.get(t, "cache.", "memory_headroom", parse_size, 64 * 2**20),
+        disks=disks,
+    )
+    if not 4096 <= settings.slice_bytes <= 64 * 2**20:
+        r.problem("cache.slice", "must be between 4KiB and 64MiB")
+    if settings.memory_policy not in ("s3fifo", "lru"):
+        r.problem("cache.memory_policy", "must be 's3fifo' or 'lru'")
+    for i, d in enumerate(settings.all_disks):
+        if d.size < settings.slice_bytes * 16:
+            r.problem(f"cache.disks[{i}].size" if disks else "cache.disk", "must hold at least 16 slices")
+    return settings
+
+
+_DISKS_FORM = 'an array of tables such as [{path = "/srv/cache1", size = "900GiB"}, ...]'
+
+
+def _disks(r: _Reader, t: dict[str, Any], base: Path) -> tuple[Disk, ...]:
+    """cache.disks: every directory its own (never the same one twice, never one inside another)."""
+    raw = t["disks"]
+    for single in ("dir", "disk"):
+        if single in t:
+            r.problem(f"cache.{single}", "give cache.disks, or cache.dir and cache.disk (one disk), not both")
+    disks: list[Disk] = []
+    entries = r.tables(
+        raw,
+        "cache.disks",
+        KEYS["cache.disks"],
+        f"expected {_DISKS_FORM}",
+        entry="expected a table {path = ..., size = ...}",
+        required=("path", "size"),
+        nonempty=True,
+    )
+    for _, p, entry in entries:
+        path = r.get(entry, p, "path", _directory(base), None)
+        size = r.get(entry, p, "size", parse_size, None)
+        if path is None:
+            continue
+        for j, other in enumerate(disks):
+            if path == other.path:
+                r.problem(f"{p}path", f"{str(path)!r} is also cache.disks[{j}]: give each disk once")
+            elif path.is_relative_to(other.path) or other.path.is_relative_to(path):
+                r.problem(f"{p}path", f"{str(path)!r} and cache.disks[{j}] ({str(other.path)!r}) are nested")
+        disks.append(Disk(path, size if size is not None else -1))
+    # Only a list read whole is used (and its sizes checked): a problem above already fails the file.
+    whole = isinstance(raw, list) and len(disks) == len(raw)
+    return tuple(disks) if whole and all(d.size >= 0 for d in disks) else ()
+
+
+def _directory(base: Path) -> Callable[[Any], Path]:
+    def convert(v: Any) -> Path:
+        if not isinstance(v, str) or not v.strip() or "\x00" in v:
+            raise ValueError("expected a directory path")
+        path = Path(os.path.normpath(v))
+        return path if path.is_absolute() else Path(os.path.normpath(base / path))
+
+    return convert

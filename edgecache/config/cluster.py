@@ -1,0 +1,95 @@
+"""The [cluster] table: this node's id, the members (listed, or found in DNS), health checks and the shared key."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from edgecache.config.files import read_secret_file
+from edgecache.config.model import ClusterSettings
+from edgecache.config.schema import KEYS
+from edgecache.config.values import _node_id, _positive, _Reader, parse_listen
+from edgecache.core import nodeid
+from edgecache.core.hop import MIN_KEY
+from edgecache.core.ring import Member
+
+
+def read_cluster(r: _Reader, doc: dict[str, Any], base: Path) -> ClusterSettings | None:
+    t = r.table(doc, "cluster")
+    p = "cluster."
+    r.unknown(t, p, KEYS["cluster"])
+    entries = r.tables(
+        t.get("nodes", []),
+        "cluster.nodes",
+        KEYS["cluster.nodes"],
+        "expected [[cluster.nodes]] tables",
+        required=("id", "address"),
+    )
+    nodes = tuple(_member(r, n, np) for _, np, n in entries)
+    named = t if "self" in t or "dns" not in t else {"self": _host_id()}
+    settings = ClusterSettings(
+        self_id=r.get(named, p, "self", _node_id, ""),
+        key=_cluster_key(r, t, p, base, alone=len(nodes) <= 1 and "dns" not in t),
+        nodes=nodes,
+        rise=r.get(t, p, "rise", _positive(int), 2),
+        fall=r.get(t, p, "fall", _positive(int), 3),
+        interval=r.get(t, p, "interval", _positive(float), 1.0),
+        timeout=r.get(t, p, "timeout", _positive(float), 1.0),
+        dns=r.get(t, p, "dns", lambda v: str(parse_listen(v)), None),
+        dns_interval=r.get(t, p, "dns_interval", _positive(float), 10.0),
+    )
+    if not settings.self_id:
+        r.problem(f"{p}self", "is required: the id of this node")
+    if not nodes and settings.dns is None:
+        r.problem(f"{p}nodes", "name the nodes, or set cluster.dns")
+    ids = [n.id for n in nodes]
+    if len(set(ids)) != len(ids):
+        r.problem(f"{p}nodes", "node ids must be unique")
+    if nodes and settings.self_id and settings.self_id not in ids:
+        r.problem(f"{p}self", f"{settings.self_id!r} is not one of the nodes")
+    return settings
+
+
+def _member(r: _Reader, t: dict[str, Any], p: str) -> Member:
+    address = r.get(t, p, "address", parse_listen, None)
+    admin = r.get(t, p, "admin", parse_listen, None)
+    return Member(
+        id=r.get(t, p, "id", _node_id, "?"),
+        address=nodeid.canonical(str(address)) if address else "",  # an IPv6 one in brackets, to put in a URL
+        weight=r.get(t, p, "weight", _positive(float), 1.0),
+        admin=nodeid.canonical(str(admin)) if admin else None,
+    )
+
+
+_MAKE_KEY = "make one with `openssl rand -hex 32` and give every node the same"
+
+
+def _cluster_key(r: _Reader, t: dict[str, Any], p: str, base: Path, alone: bool) -> bytes:
+    """`key`, or `key_file` (a file holding it, such as a mounted Kubernetes Secret). Required unless the cluster
+    is this node alone: a node honours a forwarded request's hop field only when it is signed with this key."""
+    if "key" in t and "key_file" in t:
+        r.problem(f"{p}key", "give one of key and key_file, not both")
+        return b""
+    if "key_file" in t:
+        text = read_secret_file(r, f"{p}key_file", t["key_file"], base)
+        if text is None:
+            return b""
+        key, name = text.strip(), "key_file"
+    elif "key" in t:
+        key, name = t["key"] if isinstance(t["key"], str) else "", "key"
+    elif alone:
+        return b""
+    else:
+        r.problem(f"{p}key", f"a cluster of several nodes needs a shared key to sign forwarded requests: {_MAKE_KEY}")
+        return b""
+    if len(key) < MIN_KEY or not key.isascii() or not key.isprintable():
+        r.problem(f"{p}{name}", f"must be at least {MIN_KEY} printable ASCII characters: {_MAKE_KEY}")
+        return b""
+    return key.encode("ascii")
+
+
+def _host_id() -> str:
+    """cluster.self when DNS lists the members and the file does not say: this machine's host name, which in a
+    Kubernetes StatefulSet is the pod's name, the name its PTR record gives it (cluster.view.dns_members)."""
+    return nodeid.host_label(socket.gethostname())

@@ -1,0 +1,113 @@
+"""The [server] table: listeners, limits and timeouts of the client side, and the checks that need the whole file."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Any, TypedDict
+
+from edgecache.config.files import read_tls
+from edgecache.config.model import Config, Listen, TLSFiles
+from edgecache.config.schema import KEYS
+from edgecache.config.values import (
+    _bool,
+    _choice,
+    _networks,
+    _positive,
+    _Reader,
+    _seconds,
+    _str_list,
+    check_watchdog,
+    parse_listen,
+)
+
+MAX_DRAIN = 3600.0
+MAX_WATCH = 3600.0
+
+
+class ServerFields(TypedDict):
+    """The fields of Config that [server] gives, passed on as Config(**fields): mypy checks each against Config."""
+
+    listen: tuple[Listen, ...]
+    workers: int
+    client_write_timeout: float
+    max_requests: int
+    max_connections: int
+    rate_limit: float | None
+    burst: float | None
+    proxy_protocol: tuple[Listen, ...]
+    proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...]
+    trusted_forwarders: tuple[IPv4Network | IPv6Network, ...]
+    fast_path: bool
+    header_timeout: float
+    idle_timeout: float
+    watchdog: float
+    drain: float
+    watch_config: float
+    disk_send: str
+    tls_listen: tuple[Listen, ...]
+    tls: TLSFiles | None
+
+
+def read_server(r: _Reader, doc: dict[str, Any], base: Path) -> ServerFields:
+    t = r.table(doc, "server")
+    p = "server."
+    r.unknown(t, p, KEYS["server"])
+    no_nets: tuple[IPv4Network | IPv6Network, ...] = ()
+    return ServerFields(
+        listen=r.get(t, p, "listen", _listen_list, ()) or (Listen("127.0.0.1", 8080),),
+        workers=r.get(t, p, "workers", _positive(int), 1),
+        client_write_timeout=r.get(t, p, "client_write_timeout", _positive(float), 60.0),
+        max_requests=r.get(t, p, "max_requests", _positive(int), 10_000),
+        max_connections=r.get(t, p, "max_connections", _positive(int), 20_000),
+        rate_limit=r.get(t, p, "rate_limit", _positive(float), None),
+        burst=r.get(t, p, "burst", _positive(float), None),
+        proxy_protocol=r.get(t, p, "proxy_protocol", _listen_list, ()),
+        proxy_protocol_from=r.get(t, p, "proxy_protocol_from", _networks, no_nets),
+        trusted_forwarders=r.get(t, p, "trusted_forwarders", _networks, no_nets),
+        fast_path=r.get(t, p, "fast_path", _bool, True),
+        header_timeout=r.get(t, p, "header_timeout", _positive(float), 10.0),
+        idle_timeout=r.get(t, p, "idle_timeout", _positive(float), 75.0),
+        watchdog=r.get(t, p, "watchdog", check_watchdog, 10.0),
+        drain=r.get(t, p, "drain", _drain, 10.0),
+        watch_config=r.get(t, p, "watch_config", _watch_config, 0.0),
+        disk_send=r.get(t, p, "disk_send", _choice("pread", "sendfile"), "pread"),
+        tls_listen=r.get(t, p, "tls_listen", _listen_list, ()),
+        tls=read_tls(r, t, p, base),
+    )
+
+
+def check_listeners(r: _Reader, cfg: Config) -> None:
+    """server.proxy_protocol names plain listeners: on an HTTPS one the header would come before the TLS
+    handshake, which the TLS layer would take for a broken ClientHello. HTTPS listeners need a certificate."""
+    for addr in cfg.proxy_protocol:
+        if addr in cfg.tls_listen:
+            r.problem("server.proxy_protocol", f"{addr} is an HTTPS listener: PROXY protocol is only for plain ones")
+        elif addr not in cfg.listen:
+            r.problem("server.proxy_protocol", f"{addr} is not one of server.listen")
+    if cfg.proxy_protocol_from and not cfg.proxy_protocol:
+        r.problem("server.proxy_protocol_from", "no listener expects a PROXY header (server.proxy_protocol)")
+    if cfg.tls_listen and cfg.tls is None and not any(s.tls for s in cfg.sites):
+        r.problem("server.tls_listen", "needs a certificate: [server.tls] or a [sites.tls] table")
+
+
+def _watch_config(v: Any) -> float:
+    """`server.watch_config`: seconds between two looks at the config file (configwatch); 0: never looked at."""
+    seconds = _seconds(v)
+    if seconds != 0 and not 1 <= seconds <= MAX_WATCH:
+        raise ValueError(f"expected 0 (off) or seconds between 1 and {MAX_WATCH:.0f}")
+    return seconds
+
+
+def _drain(v: Any) -> float:
+    """`server.drain`, bounded so that a typo (36000 for 3600) cannot keep a stopping node up for half a day.
+    Whatever waits on the stop (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds) must wait
+    longer than drain + supervisor.KILL_AFTER, or it kills the workers first."""
+    seconds = _seconds(v)
+    if seconds > MAX_DRAIN:
+        raise ValueError(f"expected seconds between 0 and {MAX_DRAIN:.0f}")
+    return seconds
+
+
+def _listen_list(v: Any) -> tuple[Listen, ...]:
+    return tuple(parse_listen(x) for x in _str_list(str)(v))

@@ -1,0 +1,83 @@
+"""A fill's request to another node of the cluster in place of the origin: the previous owner's cache when this
+node owns the object (core.lookaside), or the owner, for the copy of a hot object (core.popularity)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from edgecache import metrics
+from edgecache.cluster.view import ClusterView
+from edgecache.config import Site
+from edgecache.core import lookaside, ranges
+from edgecache.core.forward import OriginRequest
+from edgecache.core.headers import Headers
+from edgecache.core.hop import FIELD as HOP
+from edgecache.core.ring import Member
+from edgecache.errors import OriginError
+from edgecache.proxy import observe
+from edgecache.proxy.fillrequest import FillRequest
+from edgecache.proxy.origin import OriginClient, OriginResponse
+from edgecache.storage.store import Store
+
+
+async def look_aside(
+    view: ClusterView | None,
+    origin: OriginClient,
+    store: Store,
+    req: FillRequest,
+    sent: OriginRequest,
+    asked: ranges.ByteRange | None,
+) -> OriginResponse | None:
+    """The previous owner's answer from its cache when this node owns the object (core.lookaside), in place
+    of the origin's; None when there is nobody to ask or its answer may not be stored here: then the origin
+    is asked at once. The request is the fill's, sent to the key's host with a signed look-aside hop; the
+    answer is taken only for the version of the slices already stored here, without what the peer added."""
+    peer = view.previous_owner(req.primary) if view is not None and req.primary and req.key.host else None
+    if view is None or peer is None:
+        return None
+    site, headers = _to_peer(view, req, sent, peer, look_aside=True)
+    held = await store.get_meta(req.entry_key)
+    try:
+        async with asyncio.timeout(view.settings.timeout):
+            resp = await origin.to_peer(peer.id).request(site, sent.method, sent.target, headers)
+    except (OriginError, TimeoutError) as exc:
+        error = exc if isinstance(exc, OriginError) else OriginError("look-aside timed out", timeout=True)
+        observe.peer_error(peer.id, error)
+        metrics.PEER_LOOKASIDE.labels(peer.id, lookaside.Outcome.ERROR).inc()
+        return None
+    outcome = lookaside.judge(resp.status, resp.headers, asked, held.version if held is not None else None)
+    metrics.PEER_LOOKASIDE.labels(peer.id, outcome).inc()
+    if outcome is not lookaside.Outcome.HIT:
+        resp.close()  # its body is not read: the connection is not reused
+        return None
+    resp.headers = lookaside.origin_fields(resp.headers)
+    return resp
+
+
+async def from_owner(
+    view: ClusterView, origin: OriginClient, req: FillRequest, sent: OriginRequest, owner: Member
+) -> OriginResponse | None:
+    """The owner's answer to the fill of a spread copy (core.popularity), taken as the origin's would be; None
+    when the owner could not be asked (then the origin is, as the next owner would): its failures are the
+    peer's, counted as such, and one that could not connect takes it down at once."""
+    site, headers = _to_peer(view, req, sent, owner, look_aside=False)
+    try:
+        resp = await origin.to_peer(owner.id).request(site, sent.method, sent.target, headers)
+    except OriginError as exc:
+        observe.peer_error(owner.id, exc)
+        if exc.connect:
+            view.failed(owner.id, f"fill from the owner: {exc}")
+        return None
+    resp.headers = lookaside.origin_fields(resp.headers)
+    return resp
+
+
+def _to_peer(
+    view: ClusterView, req: FillRequest, sent: OriginRequest, peer: Member, look_aside: bool
+) -> tuple[Site, Headers]:
+    """Where and with which fields a fill's request goes to a peer: the key's host, and a signed hop."""
+    field = view.hop_field(sent.method, req.primary, "fill", "-", False, look_aside=look_aside)
+    site = replace(req.site, origins=(f"http://{peer.address}",), origin_host=None)
+    headers = (("Host", req.key.host), *((k, v) for k, v in sent.headers if k.lower() != "host"), (HOP, field))
+    return site, headers

@@ -1,0 +1,61 @@
+"""Response heads as the fast path writes them: the one encoder of hits, relayed answers and its own errors.
+
+The fields are aiohttp's, in aiohttp's order, so an answer is the same bytes whichever path wrote it: the given
+fields, then Date and Server when absent, then `Connection: close` when the connection ends after it.
+"""
+
+from __future__ import annotations
+
+import http
+
+from aiohttp.http import SERVER_SOFTWARE
+
+from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.proxy.errorpage import error_page
+
+_SERVER = b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
+
+
+def phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def head(
+    status: int, reason: str, fields: list[tuple[str, str]], date: bytes, keep_alive: bool, charset: str = "latin-1"
+) -> bytes | None:
+    """The encoded head; None when a field cannot be sent as it is (not in `charset`, or a line break in it).
+
+    Relayed fields are Latin-1, byte for byte as the peer sent them; stored ones are UTF-8, as aiohttp's client
+    read them and as its server would write them."""
+    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+    lines.extend(f"{k}: {v}\r\n" for k, v in fields)
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or "\r\r" in text:
+        return None
+    try:
+        encoded = text.encode(charset)
+    except UnicodeEncodeError:
+        return None
+    names = {k.lower() for k, _ in fields}
+    if "date" not in names:
+        encoded += b"Date: " + date + b"\r\n"
+    if "server" not in names:
+        encoded += _SERVER
+    if not keep_alive:
+        encoded += b"Connection: close\r\n"
+    return encoded + b"\r\n"
+
+
+def error(status: int, reason: str, date: bytes, keep_alive: bool) -> bytes:
+    """An answer of the node's own (a failed peer, say), as errorpage.error_response gives it."""
+    fields, body = error_page(status, reason)
+    fields += [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    encoded = head(status, phrase(status), fields, date, keep_alive)
+    if encoded is None:  # a reason that cannot be a field value: said in the body only
+        fields[0] = ("Cache-Status", cache_status_header(CacheStatus.ERROR))
+        encoded = head(status, phrase(status), fields, date, keep_alive)
+        assert encoded is not None
+    return encoded + body

@@ -1,0 +1,31 @@
+"""The answer edgecache writes itself when it cannot serve a request: a status, one short line, Cache-Status.
+
+One rule for both ways it is written: aiohttp's Response (error_response) and the fast path's encoder (encode.error).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from edgecache.core.status import CacheStatus, cache_status_header
+
+
+def error_page(status: int, reason: str) -> tuple[list[tuple[str, str]], bytes]:
+    """The fields (besides Content-Type and Content-Length) and the body of an error answer."""
+    # One short line: an origin's garbage quoted in an error message must not reach the client at length.
+    reason = reason.splitlines()[0][:200] if reason else "error"
+    fields = [("Cache-Status", cache_status_header(CacheStatus.ERROR, detail=reason[:80].replace('"', "'")))]
+    if status in (429, 503):
+        fields.append(("Retry-After", "1"))
+    return fields, (reason + "\n").encode("utf-8")
+
+
+def peer_failed(peer: str, kind: str, reason: str, timeout: bool) -> tuple[int, str]:
+    """The status and reason when the owner failed and no other node may be asked: the peer's failure, never
+    reported as the origin's."""
+    return (504 if timeout else 502), f"peer {peer} failed ({kind}): {reason}"
+
+
+def error_response(status: int, reason: str) -> web.Response:
+    fields, body = error_page(status, reason)
+    return web.Response(status=status, body=body, content_type="text/plain", charset="utf-8", headers=dict(fields))

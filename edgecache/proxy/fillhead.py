@@ -1,0 +1,155 @@
+"""A fill's response head judged: the copy its body belongs to, where it is stored, and who may share it.
+
+The status and fields of the origin's (or a peer's) answer in, a FillHead out. What this process already holds
+for the object (the store's records and metadata, looked at without waiting) decides whether the body is more
+of a stored copy and whether an invalidation overtook the fill.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import replace
+from email.utils import formatdate
+
+from edgecache.core import entry, ranges
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.freshness import Policy, merge_304, storable, strip_for_storage
+from edgecache.core.headers import Headers, get_first
+from edgecache.core.keys import PrimaryRecord, entry_key, variant
+from edgecache.errors import OriginError
+from edgecache.proxy.fill import Fill, FillHead
+from edgecache.proxy.fillrequest import FillRequest
+from edgecache.storage.store import Store
+
+
+class RangeMismatch(OriginError):
+    """The origin's 206 is not for the range we asked: it cannot fill slices, but may still answer the client."""
+
+
+# Names of copies and of unversioned objects: unique across workers and restarts by a random prefix per process
+# (drawn again in a forked worker), then a counter. secrets.token_hex per fill was a getrandom() system call on
+# every miss.
+_unique_prefix = ""
+_unique_counter = itertools.count()
+
+
+def _new_prefix() -> None:
+    global _unique_prefix, _unique_counter
+    _unique_prefix, _unique_counter = os.urandom(8).hex(), itertools.count()
+
+
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)
+
+
+def _unique() -> str:
+    return f"{_unique_prefix}{next(_unique_counter):x}"
+
+
+def within_run(fill: Fill, head: FillHead, slice_size: int) -> bool:
+    """Whether the body is within the run of slices the fill asked for (a 200 of unknown length never is)."""
+    assert fill.last_index is not None
+    first, end = fill.first_index * slice_size, (fill.last_index + 1) * slice_size
+    return head.start >= first and head.end is not None and head.end <= end
+
+
+def judge_head(
+    store: Store,
+    slice_size: int,
+    status: int,
+    headers: Headers,
+    asked: ranges.ByteRange | None,
+    req: FillRequest,
+    times: tuple[float, float],
+    existing: ObjectMeta | None,
+) -> FillHead:
+    """Judge the origin's response head; `existing` is what is stored under the key it belongs to."""
+    request_time, response_time = times
+    j = entry.judge(status, headers, asked)
+    served, stored = _fields(status, headers, req.policy, response_time)
+    if isinstance(j, entry.Refused):
+        if status == 206:
+            raise RangeMismatch(f"origin response refused: {j.reason}", retryable=False)
+        raise OriginError(f"origin response refused: {j.reason}", retryable=False)
+    vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
+    primary = req.primary or req.entry_key.split("\n", 1)[0]
+    key = entry_key(primary, PrimaryRecord(req.generation, vary), req.headers, req.scope)
+    current = store.peek_record(primary)
+    # A fill that started before an invalidation or purge must not store what it brings.
+    alive = current is None or current.generation == req.generation
+    # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.
+    existing = store.peek_meta(key) or existing
+    if isinstance(j, entry.NotModified):
+        return _not_modified(existing, stored, times, req.entry_key)
+    length, start, end, body_status = _body(j, status)
+    version, whole, token = _copy(j, headers, length, body_status, asked, existing)
+    meta = ObjectMeta(
+        status=body_status,
+        headers=entry.shared_fields(stored),
+        length=length,
+        version=version,
+        whole=whole,
+        request_time=request_time,
+        response_time=response_time,
+        slice_size=slice_size,
+        vary=vary,
+        token=token,
+    )
+    decision = storable("GET", body_status, req.headers, headers, req.policy)
+    # Every stored body goes to the store a slice at a time as it arrives, whatever its status and whether its
+    # length is known; the metadata of one of unknown length follows once it has ended whole (Engine._pump). An
+    # answer that is not stored, one an invalidation overtook included, is not shared either: its one reader
+    # paces it.
+    keep = decision.store and alive
+    if not decision.store:
+        meta = replace(meta, headers=served)  # never stored: its own client gets every field
+    return FillHead(body_status, meta, start, end, keep, keep, decision.reason, key, variant(vary, req.headers), served)
+
+
+def _fields(status: int, headers: Headers, policy: Policy, response_time: float) -> tuple[Headers, Headers]:
+    """The fields the client that asked gets, and those anyone else may ever get."""
+    served = entry.stored_headers(headers, status)
+    stored = strip_for_storage(served, policy)
+    if get_first(stored, "date") is None:  # RFC 9110 6.6.1: a recipient with a clock adds the Date it lacks
+        stored += (("Date", formatdate(response_time, usegmt=True)),)
+    return served, stored
+
+
+def _not_modified(existing: ObjectMeta | None, stored: Headers, times: tuple[float, float], key: str) -> FillHead:
+    if existing is None:
+        raise OriginError("origin answered 304 to an unconditional request", retryable=False)
+    # RFC 9111 4.3.4: the stored response is updated with the 304's fields and becomes fresh again.
+    merged = replace(
+        existing,
+        headers=merge_304(existing.headers, stored),
+        request_time=times[0],
+        response_time=times[1],
+    )
+    return FillHead(304, merged, 0, 0, store=False, shared=True, entry_key=key)
+
+
+def _body(j: entry.Partial | entry.Whole | entry.Other, status: int) -> tuple[int, int, int | None, int]:
+    """The body's object length (-1: unknown), its first offset and the one after it, and its stored status."""
+    if isinstance(j, entry.Partial):
+        return j.length, j.first, j.last + 1, 200
+    return (j.length if j.length is not None else -1), 0, j.length, status
+
+
+def _copy(
+    j: entry.Partial | entry.Whole | entry.Other,
+    headers: Headers,
+    length: int,
+    body_status: int,
+    asked: ranges.ByteRange | None,
+    existing: ObjectMeta | None,
+) -> tuple[str, bool, str]:
+    """The version, the fill-whole mark and the token of the copy the body belongs to."""
+    version = entry.version_of(headers, length if length >= 0 else None)
+    # A 200 to a Range request says the origin ignores Range: fill such objects in one request from now on.
+    whole = version is None or isinstance(j, entry.Other) or (isinstance(j, entry.Whole) and asked is not None)
+    if version is None:
+        version = "u:" + _unique()
+    if existing is not None and existing.version == version and existing.status == body_status:
+        return version, whole or existing.whole, existing.token  # more of the same copy
+    return version, whole, _unique()

@@ -1,0 +1,36 @@
+"""What a fill is asked for: the request path builds a FillRequest, and every request a fill sends is made from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgecache.config import Site
+from edgecache.core.freshness import Policy
+from edgecache.core.headers import Headers
+from edgecache.core.keys import CacheKey
+from edgecache.core.ring import Member
+
+NO_KEY = CacheKey("", "", "/", "")
+
+
+@dataclass(frozen=True, slots=True)
+class FillRequest:
+    """Who asks, for what: enough to build the origin request of a fill."""
+
+    site: Site
+    entry_key: str
+    target: str
+    host: str
+    headers: Headers  # the client's request fields
+    client_ip: str
+    policy: Policy
+    primary: str = ""
+    generation: str = ""  # of the primary record the entry key was made with
+    scope: str = ""  # generations of the purged site and directories above the object
+    host_key: str = ""  # the normalised host of the cache key
+    path: str = ""  # the normalised path of the cache key
+    key: CacheKey = NO_KEY  # what a fill asks the origin for (core.forward.fill_request)
+    vary: tuple[str, ...] = ()  # the Vary of the record the entry key was made with: the fields a fill sends
+    look_aside: bool = False  # the owner asks this node's cache (core.lookaside): answered from it, never filled
+    # A hot object on a node that does not own it (core.popularity): filled from its owner, kept in memory only.
+    spread_from: Member | None = None

@@ -1,0 +1,80 @@
+"""Remembered forwards: the same request head for an object another node owns goes to the same owner while the
+routes, the ring and every peer's health are as they were; only what depends on the viewer or the moment (the
+site's ACL, a signed URL, the rate limit, the object's heat) is asked again. And the hop field a peer's request
+carries, cut from its head so that head can be remembered too (decide.Decider._hopped)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from edgecache.core.popularity import spreadable
+from edgecache.proxy.hit import HOT, OFF, Forward, forward_verdict
+
+if TYPE_CHECKING:
+    from edgecache.proxy.handler import EdgeHandler
+
+ENTRIES = 4096  # forwards remembered; a full table is cleared and filled again
+_HOP_LINE = re.compile(rb"\r\nedgecache-hop:[ \t]*([!-~]+)[ \t]*(?=\r\n)", re.IGNORECASE)
+
+
+class Refused:
+    """The viewer may not have it now (the site's ACL, a signed URL, the rate limit): aiohttp answers 403 or 429,
+    as for a remembered hit, without the decision being made again here."""
+
+
+REFUSED = Refused()
+
+
+def split_hop(head: bytes) -> tuple[str, bytes] | None:
+    """(the hop field's value, the head without it) when the head has exactly one plain hop line; else None, and
+    the head is decided whole (find_hit reads its hop fields, whatever they are)."""
+    lines = list(_HOP_LINE.finditer(head))
+    if len(lines) != 1 or len(re.findall(rb"\r\nedgecache-hop:", head, re.IGNORECASE)) != 1:
+        return None
+    line = lines[0]
+    return line[1].decode("ascii"), head[: line.start()] + head[line.end() :]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    forward: Forward
+    router: object
+    ring: object
+    changes: int  # ClusterView.changes when it was decided
+    heat: bool  # the request counts towards its object's heat (core.popularity.spreadable)
+
+
+class ForwardMemo:
+    def __init__(self, handler: EdgeHandler) -> None:
+        self.handler = handler
+        self.entries: dict[bytes, _Entry] = {}
+
+    def remember(self, head: bytes, forward: Forward) -> None:
+        cluster = self.handler.cluster
+        assert cluster is not None
+        if len(self.entries) >= ENTRIES:
+            self.entries.clear()
+        heat = spreadable(forward.headers)
+        self.entries[head] = _Entry(forward, self.handler.router, cluster.ring, cluster.changes, heat)
+
+    def get(self, head: bytes, client: str) -> Forward | Refused | None:
+        """The remembered forward of this head for this viewer; None: decide it in full."""
+        entry = self.entries.get(head)
+        if entry is None:
+            return None
+        handler, cluster = self.handler, self.handler.cluster
+        assert cluster is not None
+        if entry.router is not handler.router or entry.ring is not cluster.ring or entry.changes != cluster.changes:
+            del self.entries[head]
+            return None
+        forward = entry.forward
+        if not forward.site.allows(client):
+            return REFUSED  # aiohttp answers 403 with the reason
+        verdict = forward_verdict(handler, forward.site, forward.key, client, entry.heat)
+        if verdict == HOT:
+            return None  # hot here now: the full decision serves this node's copy
+        if verdict == OFF:
+            return REFUSED
+        return forward if forward.client == client else replace(forward, client=client)

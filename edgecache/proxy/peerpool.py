@@ -1,0 +1,325 @@
+"""Connections to the other nodes of the cluster: pooled keep-alive HTTP/1.1, one exchange at a time each.
+
+A peer is an upstream of its own, not an origin: the fast path relays a forwarded request's answer from here to
+the viewer as its bytes arrive (proxy.relay), with no web framework on either side. Responses are parsed by llhttp
+(httptools, as uvicorn's protocol does). Everything is bounded: connections per peer (waiters queue for one within
+the connect timeout), idle connections kept, a response head's size, and the time between two reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from typing import Protocol
+
+import httptools
+
+MAX_HEAD = 64 * 1024  # a peer's response head longer than this is broken (aiohttp's client allows less)
+IDLE_KEPT = 64  # idle connections kept per peer; more are closed when released
+
+
+class PeerBroken(Exception):
+    """The exchange failed: `timeout` (no connection within connect_timeout, or no byte for read_timeout),
+    `connect` (refused: nothing was sent), or the connection broke or spoke nonsense."""
+
+    def __init__(self, reason: str, timeout: bool = False, connect: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timeout = timeout
+        self.connect = connect  # the peer could not be reached at all: nothing was sent
+
+
+class Exchange(Protocol):
+    """What receives one response (proxy.relay): its head, its body's pieces, its end, or its failure."""
+
+    def head(self, status: int, reason: str, fields: list[tuple[str, str]], until_close: bool) -> None: ...
+    def body(self, piece: bytes) -> None: ...
+    def done(self, keep: bool) -> None: ...
+    def failed(self, error: PeerBroken, before_head: bool) -> None: ...
+    def flush(self) -> None: ...
+
+
+class PeerConn(asyncio.Protocol):
+    """One connection to a peer. Its owner sends a request with send(); callbacks go to the Exchange."""
+
+    def __init__(self, pool: PeerPool, address: str, read_timeout: float) -> None:
+        self.pool = pool
+        self.address = address
+        self.read_timeout = read_timeout
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.used = False  # it carried an exchange before: a failure before any answer may be a stale socket
+        self.head_only = False  # a HEAD's answer: its head is all of it, whatever Content-Length says
+        self.got_head = False
+        self.interim = False  # a 1xx answer, skipped
+        self.fields: list[tuple[str, str]] = []
+        self.reason = ""
+        self.head_size = 0
+        self.last_read = 0.0
+        self.paused = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- sending -------------------------------------------------------------------------------------------
+
+    def send(self, request: bytes, exchange: Exchange, head_only: bool) -> None:
+        assert self.transport is not None, "send() on a closed connection"
+        assert self.exchange is None, "send() while an exchange is in progress"
+        self.exchange, self.head_only, self.got_head = exchange, head_only, False
+        self.fields, self.reason, self.head_size, self.interim = [], "", 0, False
+        self.last_read = self.loop.time()
+        self.timer = self.loop.call_at(self.last_read + self.read_timeout, self._tick)
+        self.transport.write(request)
+
+    def pause(self) -> None:
+        """The viewer is not taking the bytes: stop reading (TCP holds the peer), and stop the read clock."""
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            self.last_read = self.loop.time()
+            self.transport.resume_reading()
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.exchange is None:
+            return
+        due = self.last_read + self.read_timeout
+        if self.paused or self.loop.time() < due:
+            self.timer = self.loop.call_at(max(due, self.loop.time() + 0.1), self._tick)
+            return
+        self._fail(PeerBroken(f"http://{self.address}: timed out", timeout=True))
+
+    # --- the connection --------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not its subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is None:  # nothing asked: a peer that talks out of turn is not reused
+            self.close()
+            return
+        self.last_read = self.loop.time()
+        exchange = self.exchange
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self.exchange is not None:
+                self._fail(PeerBroken(f"peer sent a malformed answer: {exc}"))
+            return
+        if self.exchange is exchange:  # still going (one that ended wrote all it had)
+            exchange.flush()
+        if not self.got_head and self.exchange is not None:
+            # llhttp keeps a field's pieces until it ends: what it holds is bounded here, not by the peer.
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD:
+                self._fail(PeerBroken(f"peer's answer head is over {MAX_HEAD} bytes"))
+
+    def eof_received(self) -> bool | None:
+        exchange = self.exchange
+        if exchange is not None and self.got_head and self._until_close():
+            self._complete(keep=False)  # the body ran until the peer closed: that is its end
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.pool.forget(self)
+        if self.exchange is not None:
+            self._fail(PeerBroken(f"peer closed the connection{f': {exc}' if exc else ''}"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- llhttp's callbacks ----------------------------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (101 is never asked for): the real one follows
+            self.interim = True
+            return
+        self.got_head = True
+        assert self.exchange is not None
+        self.exchange.head(status, self.reason, self.fields, self._until_close())
+        if self.head_only and self.exchange is not None:
+            # llhttp cannot be told the answer is to a HEAD: this parser would wait for a body; the next uses anew.
+            keep = self.parser.should_keep_alive()
+            self.parser = httptools.HttpResponseParser(self)
+            self._complete(keep)
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None and not self.head_only:
+            self.exchange.body(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim, self.fields, self.reason, self.head_size = False, [], "", 0
+            return
+        if self.exchange is not None and not self.head_only:
+            self._complete(keep=self.parser.should_keep_alive())
+
+    # --- ends ----------------------------------------------------------------------------------------------
+
+    def _until_close(self) -> bool:
+        """The body has neither a length nor chunks: it ends when the peer closes."""
+        names = {k.lower() for k, _ in self.fields}
+        status = self.parser.get_status_code()
+        empty = self.head_only or status in (204, 304)
+        return not empty and "content-length" not in names and "transfer-encoding" not in names
+
+    def _stop_clock(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _complete(self, keep: bool) -> None:
+        exchange, self.exchange = self.exchange, None
+        self._stop_clock()
+        self.used = True
+        if self.paused:  # the body is all here; the viewer's slowness is no reason to drop the connection
+            self.resume()
+        reusable = keep and self.transport is not None
+        if not reusable:
+            self.close()
+        assert exchange is not None
+        exchange.done(reusable)
+        if reusable:
+            self.pool.release(self)
+
+    def abandon(self) -> None:
+        """The viewer left mid-answer: the rest of it is not read, so the connection cannot carry another."""
+        self.exchange = None
+        self._stop_clock()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, error: PeerBroken) -> None:
+        exchange, self.exchange = self.exchange, None
+        self._stop_clock()
+        if self.transport is not None:
+            self.transport.abort()
+        if exchange is not None:
+            exchange.failed(error, before_head=not self.got_head)
+
+
+class PeerPool:
+    """Connections to every peer, by address. `limit` connections per peer at most (origin.max_connections)."""
+
+    def __init__(self, limit: int, connect_timeout: float, read_timeout: float) -> None:
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle: dict[str, collections.deque[PeerConn]] = {}
+        self.open: dict[str, int] = {}
+        self.waiters: dict[str, collections.deque[asyncio.Future[PeerConn | None]]] = {}
+        self.closed = False
+
+    async def acquire(self, address: str, fresh: bool = False) -> PeerConn:
+        """An idle connection to `address` (unless `fresh`), a new one, or the next one released.
+        PeerBroken(connect=True) when the peer cannot be reached, or no connection frees up within the connect
+        timeout."""
+        if self.closed:  # the worker is stopping: no new connection would ever be closed
+            raise PeerBroken(f"http://{address}: the node is stopping", connect=True)
+        idle = self.idle.get(address)
+        while idle and not fresh:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if self.open.get(address, 0) >= self.limit:
+                    return await self._wait(address)
+                return await self._connect(address)
+        except TimeoutError:
+            raise PeerBroken(f"http://{address}: timed out", timeout=True) from None
+
+    async def _wait(self, address: str) -> PeerConn:
+        waiter: asyncio.Future[PeerConn | None] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(address, collections.deque()).append(waiter)
+        try:
+            conn = await waiter
+        except BaseException:
+            # Cancelled (the connect timeout) in the turn a connection or a free place was handed over: pass it on
+            # to the next waiter, or it would be lost to the pool until the peer closed it.
+            if waiter.done() and not waiter.cancelled():
+                handed = waiter.result()
+                if handed is not None:
+                    self.release(handed)
+                else:
+                    self._freed(address)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self.waiters[address].remove(waiter)
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            return await self._connect(address)  # closed meanwhile: its place is this waiter's
+        return conn
+
+    async def _connect(self, address: str) -> PeerConn:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        self.open[address] = self.open.get(address, 0) + 1
+        try:
+            _, conn = await loop.create_connection(
+                lambda: PeerConn(self, address, self.read_timeout), host.strip("[]"), int(port)
+            )
+        except OSError as exc:
+            self._gone(address)
+            raise PeerBroken(f"http://{address}: {exc.__class__.__name__}: {exc}", connect=True) from exc
+        except BaseException:
+            self._gone(address)
+            raise
+        return conn
+
+    def release(self, conn: PeerConn) -> None:
+        """A connection whose exchange ended cleanly: to the next waiter, or kept idle (within IDLE_KEPT)."""
+        waiters = self.waiters.get(conn.address)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        idle = self.idle.setdefault(conn.address, collections.deque())
+        if self.closed or len(idle) >= IDLE_KEPT:
+            conn.close()
+            return
+        idle.append(conn)
+
+    def forget(self, conn: PeerConn) -> None:
+        """A connection closed: it no longer counts, and a waiter may open a new one in its place."""
+        idle = self.idle.get(conn.address)
+        if idle is not None:
+            with contextlib.suppress(ValueError):
+                idle.remove(conn)
+        self._gone(conn.address)
+
+    def _gone(self, address: str) -> None:
+        self.open[address] = max(0, self.open.get(address, 0) - 1)
+        self._freed(address)
+
+    def _freed(self, address: str) -> None:
+        """A place under the limit came free: the next waiter connects in it."""
+        waiters = self.waiters.get(address)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # it connects itself, in the place this one left
+                return
+
+    def close(self) -> None:
+        self.closed = True
+        for idle in self.idle.values():
+            for conn in list(idle):
+                conn.close()
+            idle.clear()

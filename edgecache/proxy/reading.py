@@ -1,0 +1,157 @@
+"""Reading an object's bytes wherever they are: the memory tier, the disk tier, or a fill in flight, starting a
+fill of the run of missing slices when none has them. Each slice is read from the version being served: a fill
+that brings another raises VersionChanged rather than mixing two versions in one answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from edgecache import metrics
+from edgecache.core import ranges
+from edgecache.core.entry import ObjectMeta
+from edgecache.errors import OriginError, VersionChanged
+from edgecache.proxy.engine import Engine
+from edgecache.proxy.fill import Fill, Released
+from edgecache.proxy.fillrequest import FillRequest
+
+_FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
+_FROM_DISK = metrics.BYTES_SERVED.labels("disk")
+_FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
+_FROM_PEER = metrics.BYTES_SERVED.labels("peer")
+
+# A worker holding slices' leases has this long to store them before the others fetch them themselves.
+LEASE_SECONDS = 10.0
+
+
+def memory_range(engine: Engine, req: FillRequest, meta: ObjectMeta, first: int, last: int) -> bytes | None:
+    """Bytes first..last if every slice holding them is in the memory tier, else None (no I/O, no waiting)."""
+    parts = []
+    for index in ranges.slice_indices(ranges.ByteRange(first, last), engine.slice_size):
+        data = engine.store.slice_from_memory(req.entry_key, meta, index)
+        if data is None:
+            return None
+        base = index * engine.slice_size
+        parts.append(memoryview(data)[max(first, base) - base : min(last + 1, base + len(data)) - base])
+    body = parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+    _FROM_MEMORY.inc(len(body))
+    return body
+
+
+async def read_range(
+    engine: Engine, req: FillRequest, meta: ObjectMeta, first: int, last: int, own: Fill | None = None
+) -> AsyncIterator[bytes | memoryview]:
+    """Bytes first..last (inclusive) of the object `meta` describes, from wherever they are (`own`: the fill of
+    the miss they answer, as read_slice takes it)."""
+    size = engine.slice_size
+    for index in ranges.slice_indices(ranges.ByteRange(first, last), size):
+        base = index * size
+        lo = max(first, base) - base
+        hi = min(last + 1, base + meta.slice_length(index)) - base
+        async for chunk in read_slice(engine, req, meta, index, lo, hi, last // size, own):
+            yield chunk
+
+
+async def read_slice(
+    engine: Engine,
+    req: FillRequest,
+    meta: ObjectMeta,
+    index: int,
+    lo: int,
+    hi: int,
+    last_needed: int,
+    own: Fill | None = None,
+) -> AsyncGenerator[bytes | memoryview, None]:
+    """Bytes lo..hi-1 of slice `index`; a fill started for it runs to `last_needed` at most. `own`: the fill a
+    miss started (coldmiss), read first even once it has left the table of fills, and whose bytes are counted as
+    the origin's wherever it has put them by now (diskhit.counters)."""
+    released = False
+    from_memory, from_disk = _FROM_MEMORY, _FROM_DISK
+    if own is not None and own.covers(index):  # this miss's bytes, wherever its fill has put them by now
+        from_memory = from_disk = _FROM_PEER if _from_peer(own) else _FROM_ORIGIN
+    for _ in range(3):
+        data = engine.store.slice_from_memory(req.entry_key, meta, index)
+        if data is not None:
+            from_memory.inc(hi - lo)
+            yield memoryview(data)[lo:hi]
+            return
+        fill = None if released else engine.fills.find(req.entry_key, index)
+        if not released and own is not None and own.covers(index):
+            fill = own  # failed, it fails this read: the miss ends as the full handler's would
+        if fill is None:
+            data = await engine.store.slice_from_disk(req.entry_key, meta, index)
+            if data is not None:
+                from_disk.inc(hi - lo)
+                yield memoryview(data)[lo:hi]
+                return
+            started = await _start_for(engine, req, meta, index, last_needed, join=not released)
+            if isinstance(started, _Held):  # a fill stored it while this looked: read it as stored
+                continue
+            if started is None:  # another worker process is fetching this slice: read it when it lands
+                metrics.COLLAPSED.inc()
+                await engine.store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS)
+                continue
+            fill = started  # the request's miss is counted once, by its cause, when it ends (observe.finish)
+        head = await fill.head
+        if head.status == 304 and head.meta.slice_version == meta.slice_version:
+            released = True  # a revalidation found while it ran: it brings no body, so read the slice as stored
+            continue
+        if head.meta.slice_version != meta.slice_version or head.status != meta.status:
+            raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
+        try:
+            counter = _FROM_ORIGIN if head.peer is None else _FROM_PEER
+            async for chunk in fill.read(index, lo, hi):
+                counter.inc(len(chunk))
+                yield chunk
+                lo += len(chunk)
+            return
+        except Released:
+            released = True  # the fill dropped it as stored, yet the store lost it: fetch it again
+            continue
+    raise OriginError(f"slice {index} could not be read")
+
+
+class _Held:
+    """_start_for(): the slice is stored now, by a fill that started and ended while the reader looked for it."""
+
+
+HELD = _Held()
+
+
+async def _start_for(
+    engine: Engine, req: FillRequest, meta: ObjectMeta, index: int, last_needed: int, join: bool = True
+) -> Fill | _Held | None:
+    """A fill of the run of missing slices from `index` (or the one already fetching it); None when another
+    worker process holds the lease on `index`."""
+    if meta.whole:
+        return engine.start_fill(req, 0, None)
+    stop = min(index + engine.fill_slices - 1, last_needed, meta.slice_count - 1)
+    candidates = list(range(index + 1, stop + 1))
+    run_end = index
+    if candidates:
+        missing = set(await engine.store.missing(req.entry_key, meta, candidates))
+        for i in candidates:
+            if i not in missing or engine.fills.find(req.entry_key, i) is not None:
+                break
+            run_end = i
+    # The reader's look at memory and disk was before its awaits: a fill that ran to its end meanwhile is in no
+    # table of fills, and its slice is in memory or on its way to disk (two concurrent readers fetched it twice).
+    # What the disk says it holds is not trusted here: only a read proves it (a disk may have gone).
+    if engine.store.in_memory(req.entry_key, meta, index):
+        return HELD
+    again = engine.fills.find(req.entry_key, index) if join else None  # someone may have started it meanwhile
+    if again is not None:
+        return again
+    if engine.store.shared and req.spread_from is None:  # a spread copy never lands on disk: nothing to lease
+        leased = await engine.store.lease_run(req.entry_key, meta, list(range(index, run_end + 1)), LEASE_SECONDS)
+        if leased == 0:
+            return None
+        run_end = index + leased - 1
+        again = engine.fills.find(req.entry_key, index) if join else None
+        if again is not None:
+            return again
+    return engine.start_fill(req, index, run_end)
+
+
+def _from_peer(fill: Fill) -> bool:
+    head = fill.head
+    return head.done() and not head.cancelled() and head.exception() is None and head.result().peer is not None

@@ -1,0 +1,279 @@
+"""A forwarded request on the fast path: sent to the object's owner over a pooled connection (proxy.peerpool)
+with a signed hop, and the owner's answer written to the viewer as its bytes arrive.
+
+What is sent is core.forward.pass_request's (the key's host and target, the viewer's end-to-end fields, the hop);
+what is passed back is core.forward.relayed_fields' (the owner's end-to-end fields, Via and Cache-Status with this
+node's entry), framed as aiohttp frames a streamed answer, so either path gives the same bytes. A peer that cannot
+be reached is marked down and the request goes to the full handler, which asks the next owner; one that fails
+before its answer gets 502/504 naming the peer; one that fails mid-answer cuts the viewer's connection, as an
+origin's broken body does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from edgecache import metrics
+from edgecache.core.forward import pass_request, relayed_fields
+from edgecache.core.headers import get_first
+from edgecache.core.hop import FIELD as HOP
+from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.errors import OriginError
+from edgecache.proxy import encode, observe
+from edgecache.proxy.errorpage import peer_failed
+from edgecache.proxy.hit import Forward
+from edgecache.proxy.peerpool import PeerBroken, PeerConn
+
+if TYPE_CHECKING:
+    from edgecache.proxy.fastpath import FastPath
+
+_FROM_PEER = metrics.BYTES_SERVED.labels("peer")
+_FORWARDED = metrics.FAST_PATH.labels("forwarded")
+_TTFB_PEER = metrics.TTFB.labels(CacheStatus.PEER.value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Counters:
+    """A peer's and site's metric children, looked up once: labels() costs more than the rest of a small relay."""
+
+    forwarded: Any
+    latency: Any
+    body: Any
+    site_bytes: Any
+
+
+_counters: dict[tuple[str, str], _Counters] = {}
+
+
+def _counters_of(peer: str, site: str) -> _Counters:
+    found = _counters.get((peer, site))
+    if found is None:
+        found = _counters[peer, site] = _Counters(
+            metrics.PEER_FORWARDED.labels(peer, site),
+            metrics.PEER_LATENCY.labels(peer),
+            metrics.PEER_BYTES.labels(peer, site),
+            observe.site_bytes(site, observe.upstream(CacheStatus.PEER, metrics.Sources())),
+        )
+    return found
+
+
+_MINE = cache_status_header(CacheStatus.PEER)
+_EMPTY = frozenset({204, 304})
+
+
+class Unreachable(Exception):
+    """The owner could not be reached: nothing was sent, and the full handler may ask the next owner."""
+
+
+class _Retry(Exception):
+    """A pooled connection broke before any answer: the peer had closed it while idle. Once more, on a new one."""
+
+
+class Relay:
+    """One forwarded request; an Exchange of proxy.peerpool."""
+
+    def __init__(self, conn: FastPath, fwd: Forward) -> None:
+        assert fwd.member is not None
+        self.conn = conn
+        self.fwd = fwd
+        self.member = fwd.member
+        self.trace = observe.new_trace()
+        self.counters = _counters_of(self.member.id, fwd.site.name)
+        self.peer: PeerConn | None = None
+        self.finished: asyncio.Future[None] | None = None
+        self.status = 0
+        self.chunked = False
+        self.nbytes = 0
+        self.written = False  # a byte of the answer reached the viewer's transport
+        self.pending: list[bytes] = []  # what one read of the peer gave, written to the viewer at once (flush)
+        self.gone = False  # the viewer's connection closed (abandon)
+        self.asked = 0.0
+
+    async def run(self) -> None:
+        """Carry the forward out. Raises Unreachable (nothing sent, the peer is marked down)."""
+        t, fwd = self.trace, self.fwd
+        t.site, t.status, t.client, t.failover = fwd.site.name, CacheStatus.PEER, fwd.client, fwd.failover
+        metrics.SOURCES.set(t.sources)  # this task's served bytes are this request's
+        cluster = self.conn.server.handler.cluster
+        assert cluster is not None
+        hop = cluster.hop_field(fwd.method, fwd.key.primary, t.id, fwd.client, fwd.failover)
+        sent = pass_request(fwd.method, fwd.key, fwd.headers, None, self.conn.address, ((HOP, hop),))
+        lines = [f"{sent.method} {sent.target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in sent.headers), "\r\n"]
+        request = "".join(lines).encode("latin-1")
+        try:
+            await self._exchange(request)
+        except PeerBroken as exc:
+            self._broken(exc)
+            return
+        except ConnectionError:
+            self._log(self.status)  # the viewer left: counted and logged as far as it went, as the full handler does
+            raise
+        self._finish()
+
+    async def _exchange(self, request: bytes) -> None:
+        pool = self.conn.server.peers()
+        for fresh in (False, True):
+            try:
+                self.peer = await pool.acquire(self.member.address, fresh)
+                if self.gone:  # the viewer left while this waited for a connection: it goes back unused
+                    pool.release(self.peer)
+                    raise ConnectionResetError("client went away")
+                self.finished = asyncio.get_running_loop().create_future()
+                self.asked = time.monotonic()
+                self.peer.send(request, self, head_only=self.fwd.method == "HEAD")
+                await self.finished
+                return
+            except _Retry:
+                continue
+            except PeerBroken as exc:
+                if exc.timeout or self.status:
+                    raise  # it may be only slow, or it answered: no other node is asked
+                self._unreachable(exc)
+        # Both tries met a kept-alive connection the peer had closed (the second waited for one another released).
+        self._unreachable(PeerBroken("peer closed its connections before answering"))
+
+    def _unreachable(self, exc: PeerBroken) -> NoReturn:
+        """No answer came: refused, or the connection broke first. Nothing reached the viewer, and a GET or HEAD
+        may go elsewhere: the peer is down now, and the full handler asks the next owner."""
+        self._count_error(exc)
+        assert self.conn.server.handler.cluster is not None
+        self.conn.server.handler.cluster.failed(self.member.id, f"forward: {exc.reason}")
+        raise Unreachable(exc.reason) from exc
+
+    def abandon(self) -> None:
+        """The viewer's connection is gone."""
+        self.gone = True
+        if self.peer is not None and self.peer.exchange is self:
+            self.peer.abandon()
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_exception(ConnectionResetError("client went away"))
+
+    def pause(self) -> None:
+        if self.peer is not None and self.peer.exchange is self:
+            self.peer.pause()
+
+    def resume(self) -> None:
+        if self.peer is not None and self.peer.exchange is self:
+            self.peer.resume()
+
+    # --- the Exchange ----------------------------------------------------------------------------------------
+
+    def head(self, status: int, reason: str, fields: list[tuple[str, str]], until_close: bool) -> None:
+        self.status = status
+        t, fwd, took = self.trace, self.fwd, time.monotonic() - self.asked
+        t.origin_ms = round(took * 1000, 3)
+        self.counters.forwarded.inc()
+        self.counters.latency.observe(took)
+        if status >= 500:
+            metrics.PEER_ERRORS.labels(self.member.id, "5xx").inc()
+        out = relayed_fields(tuple(fields), _MINE)
+        empty = fwd.method == "HEAD" or status in _EMPTY
+        if status in _EMPTY:
+            out = [(k, v) for k, v in out if k.lower() != "content-length"]
+        length = next((v for k, v in out if k.lower() == "content-length"), None)
+        if not empty and length is None:
+            self.chunked = True
+            out.append(("Transfer-Encoding", "chunked"))
+        if not empty and length != "0" and all(k.lower() != "content-type" for k, _ in out):
+            out.append(("Content-Type", "application/octet-stream"))
+        encoded = encode.head(status, reason, out, self.conn.server.date(), fwd.keep_alive)
+        if encoded is None:
+            raise PeerBroken("peer's answer has a field that cannot be passed on")
+        self._write(encoded)
+        t.ttfb = time.monotonic() - t.t0
+        _TTFB_PEER.observe(t.ttfb)
+        _FORWARDED.inc()
+
+    def body(self, piece: bytes) -> None:
+        n = len(piece)
+        if not n:
+            return
+        self.nbytes += n
+        self.counters.body.inc(n)
+        _FROM_PEER.inc(n)
+        if self.chunked:
+            self._write(b"%x\r\n%b\r\n" % (n, piece))
+        else:
+            self._write(piece)
+
+    def done(self, keep: bool) -> None:
+        if self.chunked:
+            self._write(b"0\r\n\r\n")
+        self.flush()
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_result(None)
+
+    def failed(self, error: PeerBroken, before_head: bool) -> None:
+        if self.finished is None or self.finished.done():
+            return
+        stale = before_head and self.peer is not None and self.peer.used and not error.timeout
+        self.finished.set_exception(_Retry() if stale else error)
+
+    # --- ends ----------------------------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.conn.transport is None:
+            raise PeerBroken("client went away")
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        """Write what the peer's last read gave: a small answer's head and body in one system call."""
+        transport, pending = self.conn.transport, self.pending
+        if not pending or transport is None:
+            return
+        self.pending = []
+        self.written = True
+        if len(pending) == 1:
+            transport.write(pending[0])
+        else:
+            transport.writelines(pending)
+        if self.conn.write_paused:
+            self.pause()
+
+    def _count_error(self, exc: PeerBroken) -> str:
+        refused = exc.connect
+        return observe.peer_error(self.member.id, OriginError(exc.reason, timeout=exc.timeout, refused=refused))
+
+    def _broken(self, exc: PeerBroken) -> None:
+        """The peer failed: an error answer if nothing was written yet, else the viewer's connection is cut."""
+        kind = self._count_error(exc)
+        transport = self.conn.transport
+        if self.written or transport is None:
+            self._log(self.status or 502)
+            if transport is not None:
+                transport.abort()
+            return
+        self.trace.status = CacheStatus.ERROR
+        code, reason = peer_failed(self.member.id, kind, exc.reason, exc.timeout)
+        answer = encode.error(code, reason, self.conn.server.date(), self.fwd.keep_alive)
+        transport.write(answer)
+        observe.head_sent(self.trace)
+        self.status = code
+        self._log(code, len(answer) - answer.index(b"\r\n\r\n") - 4)
+        self._close_if_due()
+
+    def _finish(self) -> None:
+        self._log(self.status)
+        self._close_if_due()
+
+    def _close_if_due(self) -> None:
+        transport = self.conn.transport
+        if not self.fwd.keep_alive and transport is not None:
+            self.conn.closing = True
+            transport.close()
+
+    def _log(self, code: int, nbytes: int | None = None) -> None:
+        t, fwd = self.trace, self.fwd
+        n = self.nbytes if nbytes is None else nbytes
+        observe.count(t, fwd.method, code)
+        way = observe.upstream(t.status, t.sources)
+        (self.counters.site_bytes if t.status is CacheStatus.PEER else observe.site_bytes(t.site, way)).inc(n)
+        handler = self.conn.server.handler
+        if handler.access.enabled:
+            h = fwd.headers
+            rng, ua, referer = get_first(h, "range"), get_first(h, "user-agent"), get_first(h, "referer")
+            line = observe.Line(fwd.client, fwd.method, fwd.key.host, fwd.key.target, rng, ua, referer, "HTTP/1.1")
+            observe.log_line(handler.access, t, line, code, n, handler.node, way)

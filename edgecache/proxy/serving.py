@@ -1,0 +1,151 @@
+"""Answers from the cache: a stored entry (all of it held, or some slices fetched on the way), or a fill's body
+as it arrives. The handler has decided which; this module picks the fill a miss reads, sets the Cache-Status,
+and sends the answer, passing through what the cache should not answer (a costly multipart Range)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from aiohttp import web
+
+from edgecache.core import lookaside, ranges
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.fillcost import FillPlan, cold_run, needed_slices, plan_fill, stored_run
+from edgecache.core.freshness import Use, current_age
+from edgecache.core.headers import get_first
+from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
+from edgecache.errors import ClientError
+from edgecache.proxy import observe, reading
+from edgecache.proxy.engine import Engine
+from edgecache.proxy.fill import Fill, FillHead, answered_from
+from edgecache.proxy.fillrequest import FillRequest
+from edgecache.proxy.passthrough import pass_through
+from edgecache.proxy.respond import answer_slices, base_headers, plan, send, send_stream
+from edgecache.storage.store import slice_name
+
+CACHED_METHODS = frozenset({"GET", "HEAD"})
+
+
+def first_index(engine: Engine, request: web.BaseRequest, meta: ObjectMeta | None) -> tuple[int, int | None]:
+    """Which slices a fill for this request starts with; last None: fetch the whole object at once."""
+    header = request.headers.get("Range")
+    if meta is not None:
+        return stored_run(header, meta.whole, meta.length, engine.slice_size)
+    return cold_run(request.method, header, engine.slice_size, engine.fill_slices)
+
+
+def fill_for(engine: Engine, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta | None) -> tuple[Fill, bool]:
+    """The fill this request reads (joined, or started), and whether it started it."""
+    first, last = first_index(engine, request, meta)
+    return engine.fill_for(req, first, last, meta)
+
+
+async def _multipart_passes(engine: Engine, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta) -> bool:
+    """Whether the client's multipart Range would make the origin send far more than it is served (the rule
+    is core.fillcost's): such a request is passed through, its own Range to the origin, nothing stored."""
+    if request.method == "HEAD" or "," not in (get_first(req.headers, "range") or ""):
+        return False  # no body, or not a multipart Range: no need to plan the answer twice
+    _, rng = plan(request.method, req.headers, meta)
+    if not isinstance(rng, ranges.Multi):
+        return False
+    size = engine.slice_size
+    if plan_fill(rng.ranges, size, whole=meta.whole) is FillPlan.FILL:
+        return False  # within the bound even with nothing stored: no need to look
+    needed = needed_slices(rng.ranges, size)
+    missing = set(await engine.store.missing(req.entry_key, meta, needed))
+    cached = [i for i in needed if i not in missing or engine.fills.find(req.entry_key, i) is not None]
+    return plan_fill(rng.ranges, size, cached, whole=meta.whole) is FillPlan.PASS
+
+
+async def serve_stored(
+    engine: Engine, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, use: Use, validated: bool
+) -> web.StreamResponse | None:
+    """The answer from a stored entry, if `use` (or a revalidation that just confirmed it) allows one."""
+    if validated:
+        return await serve(engine, request, req, meta, CacheStatus.REVALIDATED)
+    if use is Use.FRESH:
+        return await serve(engine, request, req, meta, CacheStatus.HIT)
+    if use is Use.STALE_OK:
+        return await serve(engine, request, req, meta, CacheStatus.STALE)
+    if use is Use.STALE_WHILE_REVALIDATE:
+        engine.revalidate_in_background(req, meta)
+        return await serve(engine, request, req, meta, CacheStatus.STALE)
+    return None
+
+
+async def serve(
+    engine: Engine,
+    request: web.BaseRequest,
+    req: FillRequest,
+    meta: ObjectMeta,
+    status: CacheStatus,
+    detail: str = "",
+) -> web.StreamResponse:
+    """The answer from the stored entry `meta`, with `status` (or PARTIAL: _completed)."""
+    if await _multipart_passes(engine, request, req, meta):
+        return await pass_through(request, engine.origin, req, CacheStatus.MISS)
+    status = await _completed(engine, request, req, meta, status)
+    if req.look_aside and not lookaside.may_answer(True, True, status is CacheStatus.PARTIAL):
+        raise ClientError(504, lookaside.NOT_HELD)
+    observe.mark(request, status)
+    age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
+    headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
+    return await send(
+        request,
+        req.headers,
+        meta,
+        headers,
+        lambda f, last: reading.read_range(engine, req, meta, f, last),
+        in_memory=lambda f, last: reading.memory_range(engine, req, meta, f, last),
+    )
+
+
+async def _completed(
+    engine: Engine, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, status: CacheStatus
+) -> CacheStatus:
+    """`status` for an answer from the stored entry, or PARTIAL when a slice it needs is in neither tier and
+    is to be fetched (core.status.with_fetched): a hit is said only when no byte of it comes from origin."""
+    needed = answer_slices(request.method, req.headers, meta, engine.slice_size)
+    missing = await engine.store.missing(req.entry_key, meta, needed) if needed else []
+    if missing:
+        dropped = engine.ghosts.slice_dropped
+        version = meta.slice_version
+        observe.trace(request).evicted = any(dropped(slice_name(req.entry_key, version, i)) for i in missing)
+    return with_fetched(status, bool(missing))
+
+
+async def serve_fill(
+    engine: Engine,
+    request: web.BaseRequest,
+    req: FillRequest,
+    fill: Fill,
+    head: FillHead,
+    status: CacheStatus,
+    ours: bool,
+) -> web.StreamResponse:
+    """The answer from a fill whose head has come: read as it is stored when it is shared, else streamed."""
+    observe.mark(request, status)
+    t = observe.trace(request)
+    t.from_peer = head.peer is not None
+    t.moved = t.from_peer and req.spread_from is None  # a look-aside at the previous owner, not a spread copy
+    # The request that started the fill gets fields a shared cache keeps from everyone else (private="f").
+    meta = answered_from(head, ours)
+    detail = "" if head.shared else head.reason
+    if head.peer is not None:  # a spread copy's fill from the owner, or an owner's look-aside
+        detail = "peer" if req.spread_from is not None else lookaside.DETAIL
+    cstatus = cache_status_header(status, stored=head.store, detail=detail)
+    age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
+    headers = base_headers(meta.headers, int(age), cstatus)
+    if head.shared and meta.length >= 0:
+        if await _multipart_passes(engine, request, req, meta):
+            return await pass_through(request, engine.origin, req, status)
+        # Read from this miss's fill, wherever it has put the bytes by now: the origin's, as they are counted.
+        read = lambda f, last: reading.read_range(engine, req, meta, f, last, fill)  # noqa: E731
+        return await send(request, req.headers, meta, headers, read)
+    if head.start != 0 or fill.last_index is not None:
+        # An uncacheable answer to a ranged fill: ask again for exactly what the client wants.
+        return await pass_through(request, engine.origin, req, status)
+    # Closed as soon as the answer ends, sent or not: a private fill then knows its one reader has left.
+    async with contextlib.aclosing(fill.stream()) as body:
+        return await send_stream(request, meta.status, headers, body, head.end)

@@ -1,0 +1,163 @@
+"""The Store's purge side: the purge table and its log, the cluster's numbering of purges, and the change counter
+that tells the other workers of a purge or an invalidation.
+
+A mixin of Store (storage.store), not a collaborator: the table is read on every lookup as `store.purges`, and a
+catch-up drops the metadata the Store holds, so both sides share one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from edgecache.core.purge import Entry, PurgeTable, SyncLog, Vector, adopt_line, entry_line, me_line
+from edgecache.errors import StorageError
+from edgecache.storage.disks import Disks
+from edgecache.storage.epoch import Epoch
+from edgecache.storage.purgelog import PurgeLog
+
+log = logging.getLogger("edgecache.storage.store")  # the Store's lines, under the name they had before this module
+
+
+class Purging:
+    disk: Disks
+
+    def __init__(self, directory: Path) -> None:
+        self.purges = PurgeTable()
+        self.purge_log = PurgeLog(directory / "purges.log")
+        self._purge_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="purge")  # in order (purgelog)
+        self.sync = SyncLog()  # the purges applied here, as the cluster numbers them (cluster.purgesync)
+        self._taking: set[tuple[str, int]] = set()  # purges being applied now: a copy arriving meanwhile is skipped
+        self._issued = 0  # the last number this node gave a purge it took from an operator
+        self.epoch: Epoch | None = None  # with shared: the change counter all workers map
+        self._seen_epoch = 0
+
+    def _forget_held(self) -> None:
+        """Drop what this process holds in memory of what the disk tier has (Store)."""
+        raise NotImplementedError
+
+    # --- what other workers changed -------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """Tell the other workers (after the disk has the change): they drop what they hold in memory."""
+        if self.epoch is not None:
+            before = self.epoch.value()
+            after = self.epoch.bump()
+            if before == self._seen_epoch:  # else another worker changed something too: still catch up on it
+                self._seen_epoch = after
+
+    def attach_epoch(self, epoch: Epoch) -> None:
+        self.epoch = epoch
+        self._seen_epoch = epoch.value()
+
+    def stale(self) -> bool:
+        """Another worker purged or invalidated something since this one last looked (one memory load)."""
+        return self.epoch is not None and self.epoch.value() != self._seen_epoch
+
+    async def catch_up(self) -> None:
+        """After stale(): forget the records and metadata held in memory and read the purge table again, so the
+        next lookups go to the disk tier, which has the other worker's change."""
+        if self.epoch is None:
+            return
+        seen = self.epoch.value()
+        if seen == self._seen_epoch:
+            return
+        self._forget_held()
+        await self.load_purges()
+        self._seen_epoch = seen
+
+    # --- purges of whole sites and directories ------------------------------------------------------------
+
+    async def load_purges(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(self._purge_io, self.purge_log.read_all)
+        except OSError as exc:
+            log.warning("purge table not read: %s", exc)
+            return
+        table: PurgeTable | None = found[0] if found is not None else None
+        if found is not None:
+            self.sync = found[1]
+        else:  # no file yet: the disk tier's copy, where versions before this one kept the table
+            try:
+                raw = await self.disk.get("purge-table")
+            except StorageError:
+                return
+            table = PurgeTable.from_bytes(raw) if raw is not None else None
+        if table is not None:
+            self.purges = replace(table, unsure_before=self.purges.unsure_before)
+
+    def doubt(self, since: float | None) -> None:
+        """From `since` on, this node may have missed purges: what it stored before then is revalidated before it
+        is served (PurgeTable.unsure_before). None: it has caught up."""
+        value = since or 0.0
+        if value != self.purges.unsure_before:  # a new table object: the fast path decides its hits again
+            self.purges = replace(self.purges, unsure_before=value)
+
+    def issue(self, node_id: str, kind: str, site: str, host: str, path: str, soft: bool) -> Entry:
+        """The identity for a purge an operator gives this node (numbered before anything awaits, so two purges
+        at once never share a number)."""
+        if not self.sync.me.startswith(node_id + "~"):
+            self.sync = replace(self.sync, me=f"{node_id}~{secrets.token_hex(4)}")
+            self._issued = 0
+        me = self.sync.me
+        self._issued = max(self._issued, self.sync.vector.get(me, 0), *self.sync.above.get(me, ())) + 1
+        return Entry(me, self._issued, kind, site, host, path, soft)
+
+    def claim(self, entry: Entry) -> bool:
+        """Is `entry` new here? Then it is being applied from now on, and a copy that arrives meanwhile is not."""
+        ident = (entry.origin, entry.seq)
+        if self.sync.has(*ident) or ident in self._taking:
+            return False
+        self._taking.add(ident)
+        return True
+
+    def retract(self, entry: Entry) -> None:
+        """`entry` was not applied (its purge was refused before anything changed): as if never claimed, and,
+        when it was the last one this node numbered, its number is given again."""
+        self._taking.discard((entry.origin, entry.seq))
+        if entry.origin == self.sync.me and entry.seq == self._issued:
+            self._issued -= 1
+
+    async def note_purge(self, entry: Entry) -> None:
+        """Record a claimed purge that changed no mark (a URL's: its record changed already) as applied."""
+        await self._log_purge(entry_line(entry), entry)
+
+    async def adopt(self, vector: Vector) -> None:
+        """After a reset (every site purged hard): the purges `vector` counts are as good as applied."""
+        self.sync = self.sync.adopted(vector)
+        await self._log_purge(adopt_line(vector), None)
+
+    async def _log_purge(self, line: bytes, entry: Entry | None) -> None:
+        if entry is not None:
+            self.sync = self.sync.added(entry)
+        if self.sync.me and self.purge_log.me != self.sync.me:
+            line = me_line(self.sync.me) + line
+            self.purge_log.me = self.sync.me
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._purge_io, self.purge_log.append, line, self.purges, self.sync
+            )
+            self._changed()
+        except OSError as exc:
+            log.warning("purge log write failed (the purge holds until restart): %s", exc)
+        finally:
+            if entry is not None:
+                self._taking.discard((entry.origin, entry.seq))
+
+    async def purge_scope(
+        self, scope: tuple[str, str, str], soft: bool, now: float, entry: Entry | None = None, strict: bool = True
+    ) -> None:
+        """Raises core.purge.TableFull, before anything changes, when the table has no room for the scope (unless
+        not `strict`: a purge another node took must be applied here too). `entry`: the purge's identity, claimed."""
+        generation, soft_at = (None, now) if soft else (secrets.token_hex(8), None)
+        table = self.purges
+        if strict:
+            self.purges = table.purged(scope, generation, soft_at)
+        else:
+            self.purges = table.purged(scope, generation, soft_at, None)
+        await self._log_purge(PurgeTable.op(scope, generation, soft_at, entry), entry)

@@ -1,0 +1,209 @@
+"""A miss of an object the node knows nothing of is the fast path's too (proxy.coldmiss): it starts the fill, and once
+the origin's head is in, answers as the full handler would (same head but for Date and Age, same bytes, same log
+line), without handing the connection to aiohttp. What it does not answer itself (an answer it may not store, an origin
+that fails) goes to aiohttp with the fill it started, so the origin is asked exactly as often as the full handler
+alone asks it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import make_config, start_edge
+from tests.origin import Origin
+from tests.wire import fast_path_outcomes, read_answer
+
+MiB = 2**20
+DATA = bytes((i * 7 + i // 4099) % 256 for i in range(2 * MiB + 333))
+ASKS = [  # (method, path, Range): each twice, on objects of their own
+    ("GET", "/whole", ""),
+    ("GET", "/ranged", "bytes=1048000-1049999"),
+    ("GET", "/open", "bytes=2097000-"),
+    ("GET", "/suffix", "bytes=-100"),
+    ("HEAD", "/head", ""),
+]
+
+
+async def ask(port: int, method: str, path: str, rng: str) -> tuple[bytes, bytes]:
+    """One request on a connection of its own: the answer's head without its Date and Age lines, and its body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        extra = f"Range: {rng}\r\n" if rng else ""
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: video.test\r\n{extra}\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(v) for k, _, v in (x.partition(b": ") for x in lines) if k.lower() == b"content-length")
+        body = b"" if method == "HEAD" else await reader.readexactly(length)
+        # Date, and Age (a second boundary may fall between two edges' fills: both right), are the clock's.
+        assert all(x in (b"Age: 0", b"Age: 1") for x in lines if x.startswith(b"Age: "))
+        return b"\r\n".join(x for x in lines if not x.startswith((b"Date: ", b"Age: "))), body
+    finally:
+        writer.close()
+
+
+async def answers(origin: Origin, tmp_path: Path, fast: bool) -> tuple[list[tuple[bytes, bytes]], list[str]]:
+    config = make_config(tmp_path / ("fast" if fast else "full"), [origin.url])
+    config = replace(config, fast_path=fast, access_log=tmp_path / f"{fast}.log")
+    async with start_edge(config) as edge, asyncio.timeout(30):
+        got = [await ask(edge.port, m, f"{p}{n}", r) for m, p, r in ASKS for n in (1, 2)]
+    lines = [json.loads(x) for x in (tmp_path / f"{fast}.log").read_bytes().splitlines()]
+    return got, [
+        f"{x['method']} {x['path']} {x['status']} {x['cache']} {x['bytes']} {x['origin_ms'] is not None}" for x in lines
+    ]
+
+
+async def test_a_cold_miss_is_answered_on_the_fast_path_as_the_full_handler_answers_it(
+    origin: Origin, tmp_path: Path
+) -> None:
+    for _, path, _ in ASKS:
+        for n in (1, 2):
+            origin.put(f"{path}{n}", DATA)
+    before = fast_path_outcomes()
+    fast, fast_log = await answers(origin, tmp_path, fast=True)
+    outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    by_fast = dict(origin.hits)
+    full, full_log = await answers(origin, tmp_path, fast=False)
+    by_full = {k: v - by_fast.get(k, 0) for k, v in origin.hits.items()}
+    assert fast == full
+    assert fast_log == full_log
+    assert [head.split(b"\r\n")[0] for head, _ in fast] == [b"HTTP/1.1 200 OK"] * 2 + [
+        b"HTTP/1.1 206 Partial Content"
+    ] * 6 + [b"HTTP/1.1 200 OK"] * 2
+    assert all(b"\r\nCache-Status: edgecache; fwd=uri-miss; stored\r\n" in head for head, _ in fast)
+    assert [body for _, body in fast] == [DATA] * 2 + [DATA[1048000:1050000]] * 2 + [DATA[2097000:]] * 2 + [
+        DATA[-100:]
+    ] * 2 + [b""] * 2
+    assert outcomes == {"answered": 10, "handed_off": 0, "taken_back": 0, "forwarded": 0}
+    assert by_fast == by_full
+    assert [by_fast[f"{p}1"] for _, p, _ in ASKS] == [1, 1, 1, 2, 1]  # a suffix learns the length from slice 0
+
+
+async def test_what_the_fast_path_does_not_answer_asks_the_origin_no_more_than_the_full_handler(
+    origin: Origin, tmp_path: Path
+) -> None:
+    async def hook(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
+        if not request.path.startswith("/gone"):
+            return None
+        assert request.transport is not None
+        request.transport.close()  # no answer at all
+        return web.Response(status=500)  # never sent
+
+    origin.put("/private1", b"mine", headers={"Cache-Control": "private"})
+    origin.put("/private2", b"mine", headers={"Cache-Control": "private"})
+    origin.put("/gone1", b"x")
+    origin.put("/gone2", b"x")
+    hits: dict[bool, dict[str, int]] = {}
+    for fast in (True, False):
+        origin.hits.clear()
+        origin.on_request = hook
+        config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast)
+        before = fast_path_outcomes()
+        async with start_edge(config) as edge, asyncio.timeout(30):
+            for n in (1, 2):
+                assert await ask(edge.port, "GET", f"/private{n}", "") == (
+                    await ask(edge.port, "GET", f"/private{n}", "")
+                )
+                head, body = await ask(edge.port, "GET", f"/gone{n}", "")
+                assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), head
+                assert body.startswith(b"origin failed: ")
+        if fast:  # each of those went to aiohttp, with the fill the fast path had started
+            assert fast_path_outcomes()["handed_off"] - before["handed_off"] == 6
+        hits[fast] = dict(origin.hits)
+    assert hits[True] == hits[False]
+    assert hits[True]["/private1"] == 2
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Polled: what it waits for happens inside the node, with no event to wait on."""
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_request_that_joined_a_cold_miss_never_gets_the_starters_own_fields(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    fields = {"Cache-Control": 'public, max-age=3600, private="X-User"', "X-User": "alice"}
+    origin.put("/c", b"hello", headers=fields)
+    origin.gate = asyncio.Event()
+    config = replace(make_config(tmp_path, [origin.url]), fast_path=fast)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        handler = edge.node.handler
+        ra, wa = await asyncio.open_connection("127.0.0.1", edge.port)
+        rb, wb = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            wa.write(b"GET /c HTTP/1.1\r\nHost: video.test\r\n\r\n")
+            await origin.wait_for_requests(1)
+            wb.write(b"GET /c HTTP/1.1\r\nHost: video.test\r\n\r\n")
+            await until(lambda: handler.in_flight == 2)  # both wait for the one head the origin holds
+            origin.gate.set()
+            _, fa, body_a = await read_answer(ra)
+            _, fb, body_b = await read_answer(rb)
+        finally:
+            wa.close()
+            wb.close()
+    assert (body_a, body_b, origin.hits["/c"]) == (b"hello", b"hello", 1)
+    assert fa[b"x-user"] == b"alice"  # the starter's own
+    assert b"x-user" not in fb  # never another client's
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_body_that_fails_before_its_first_byte_is_a_502_from_one_origin_request(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    async def head_only(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
+        if origin.hits["/cut"] > 1:
+            return None
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=60", "ETag": '"v1"'})
+        resp.content_length = 100_000
+        await resp.prepare(request)
+        await resp.drain()
+        assert request.transport is not None
+        request.transport.close()  # the head, and not one byte of the body
+        return resp
+
+    origin.put("/cut", b"x" * 100_000)
+    origin.on_request = head_only
+    config = replace(make_config(tmp_path, [origin.url]), fast_path=fast)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            writer.write(b"GET /cut HTTP/1.1\r\nHost: video.test\r\nConnection: close\r\n\r\n")
+            answer = await reader.read()
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), answer[:200]
+    assert origin.hits["/cut"] == 1
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_private_miss_whose_client_left_lets_its_fill_go(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    release = asyncio.Event()
+
+    async def hold_head(request: web.BaseRequest, obj: object) -> None:
+        await release.wait()
+
+    origin.put("/p", bytes(32 * MiB), headers={"Cache-Control": "private"})  # far past a fill's bound
+    origin.on_request = hold_head
+    config = replace(make_config(tmp_path, [origin.url], slice_bytes=65536), fast_path=fast)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        engine = edge.node.engine
+        _, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(b"GET /p HTTP/1.1\r\nHost: video.test\r\n\r\n")
+        await origin.wait_for_requests(1)
+        # The client resets the connection while the origin's head is awaited (a FIN alone is a half-close, after
+        # which the answer is still sent).
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        if fast:  # the fast path lets the fill go at once; aiohttp's handler learns it when it writes
+            await until(lambda: any(f._reader_gone for fs in engine.fills._by_key.values() for f in fs))
+        release.set()
+        await until(lambda: not engine._tasks)  # the fill stopped: nobody would ever read it

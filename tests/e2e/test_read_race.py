@@ -1,0 +1,62 @@
+"""Two readers of a slice that is in neither tier: the second looks at the disk while the first's fill runs to its
+end. That fill is then in no table of fills, and the slice is stored: it is read as stored, never fetched again
+(proxy.reading._start_for). loadtest/versus_nginx.py at a tiny scale fetched a slice twice in about one run in
+three, with everything within the budgets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from edgecache.core.entry import ObjectMeta
+from tests.conftest import Edge
+from tests.origin import Origin
+
+MiB = 2**20
+DATA = bytes((i * 13 + i // 7919) % 256 for i in range(3 * MiB))
+SLICE_1 = f"bytes={MiB}-{MiB + 99}"
+
+
+async def test_a_slice_a_fill_stored_while_the_second_reader_looked_at_the_disk_is_fetched_once(
+    edge: Edge, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin.put("/v", DATA)
+    status, _, body = await edge.get("/v", Range="bytes=0-99")  # the object's metadata and slice 0
+    assert (status, body) == (206, DATA[:100])
+    assert origin.range_hits("/v") == [f"bytes=0-{MiB - 1}"]
+    store = edge.node.store
+    looked = store.slice_from_disk
+    both_looked, first_answered = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def both_look_first(entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
+        """Both readers find slice 1 on disk no more than they did in memory or in the table of fills; the second
+        learns it only once the first has its answer and its fill has ended (it stored the slice and left the
+        table of fills)."""
+        nonlocal calls
+        found = await looked(entry_key, meta, index)
+        if index == 1:
+            calls += 1
+            if calls == 1:
+                await both_looked.wait()
+            else:
+                both_looked.set()
+                await first_answered.wait()
+                fills = list(edge.node.engine._tasks)  # and the first's fill has ended: in no table of fills
+                if fills:
+                    await asyncio.wait(fills)
+        return found
+
+    monkeypatch.setattr(store, "slice_from_disk", both_look_first)
+
+    async def ask() -> tuple[int, bytes]:
+        status, _, body = await edge.get("/v", Range=SLICE_1)
+        first_answered.set()
+        return status, body
+
+    async with asyncio.timeout(20):
+        answers = await asyncio.gather(ask(), ask())
+    assert answers == [(206, DATA[MiB : MiB + 100])] * 2
+    assert calls == 2
+    assert origin.range_hits("/v") == [f"bytes=0-{MiB - 1}", f"bytes={MiB}-{2 * MiB - 1}"]

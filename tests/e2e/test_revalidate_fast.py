@@ -1,0 +1,217 @@
+"""A stale entry is the fast path's too. Where the request or the response allows it (max-stale, stale-while-
+revalidate, which also starts the revalidation), it is served stale; where it must be revalidated first
+(proxy.coldmiss, hit.find_cold), the fast path starts the conditional fill and, once the origin's head is in,
+answers as the full handler would: revalidated from the stored entry on a 304, the new version (expired) on a 200.
+What it does not answer itself (an origin that fails, when stale-if-error lets the stale entry answer) goes to
+aiohttp with the fill it started and the entry it validated, so the answer and the origin's count are the full
+handler's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from aiohttp import web
+
+from tests.conftest import Edge, make_config, start_edge
+from tests.origin import Origin
+from tests.wire import fast_path_outcomes
+
+MiB = 2**20
+OLD = bytes((i * 7 + i // 4099) % 256 for i in range(2 * MiB + 333))
+NEW = bytes((i * 11 + 3) % 256 for i in range(MiB + 77))
+
+
+@dataclass(frozen=True)
+class Answer:
+    head: bytes  # without Date and Age, which are the clock's
+    body: bytes
+    age: int
+
+
+async def ask(port: int, method: str, path: str, rng: str = "", more: str = "") -> Answer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        extra = (f"Range: {rng}\r\n" if rng else "") + more
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: video.test\r\n{extra}\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        fields = {k.lower(): v for k, _, v in (x.partition(b": ") for x in lines[1:] if x)}
+        body = b"" if method == "HEAD" else await reader.readexactly(int(fields[b"content-length"]))
+        kept = b"\r\n".join(x for x in lines if not x.startswith((b"Date: ", b"Age: ")))
+        return Answer(kept, body, int(fields[b"age"]))
+    finally:
+        writer.close()
+
+
+def age(edge: Edge, path: str, seconds: float) -> None:
+    """Make the stored entry of `path` `seconds` older (its request and response times move back): no sleep."""
+    key = f"videos|video.test|{path}"
+    meta = edge.node.store.peek_meta(key)
+    assert meta is not None
+    older = replace(meta, request_time=meta.request_time - seconds, response_time=meta.response_time - seconds)
+    edge.node.store.remember_meta(key, older)
+
+
+CASES = [  # (method, path, Range, what the origin has when asked again)
+    ("GET", "/same", "", "same"),
+    ("GET", "/same-range", "bytes=1048000-1049999", "same"),
+    ("HEAD", "/same-head", "", "same"),
+    ("GET", "/changed", "", "changed"),
+    ("GET", "/changed-range", "bytes=100-199", "changed"),
+    ("GET", "/failing", "", "failing"),
+]
+
+
+async def run(origin: Origin, tmp_path: Path, fast: bool) -> tuple[list[Answer], list[str], dict[str, float]]:
+    """Each case: filled, aged past its max-age, asked again (revalidated), then asked once more (a hit)."""
+    for _, path, _, _ in CASES:
+        origin.put(path, OLD, headers={"Cache-Control": "public, max-age=60, stale-if-error=600"})
+    origin.on_request = None
+    config = replace(
+        make_config(tmp_path / str(fast), [origin.url]), fast_path=fast, access_log=tmp_path / f"{fast}.log"
+    )
+    got: list[Answer] = []
+    async with start_edge(config) as edge, asyncio.timeout(30):
+        for method, path, rng, _ in CASES:
+            got.append(await ask(edge.port, method, path, rng))
+        for _, path, _, then in CASES:
+            age(edge, path, 120)
+            if then == "changed":
+                origin.put(path, NEW, etag='"v2"', headers={"Cache-Control": "public, max-age=60"})
+        origin.on_request = lambda r, o: web.Response(status=503) if r.path == "/failing" else None
+        before = fast_path_outcomes()
+        for method, path, rng, _ in CASES:
+            got.append(await ask(edge.port, method, path, rng))
+        for method, path, rng, then in CASES:
+            if then != "failing":
+                got.append(await ask(edge.port, method, path, rng))
+        outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    return got, logged(tmp_path / f"{fast}.log"), outcomes
+
+
+Run = Callable[[Origin, Path, bool], Awaitable[tuple[list[Answer], list[str], dict[str, float]]]]
+
+
+def logged(path: Path) -> list[str]:
+    lines = [json.loads(x) for x in path.read_bytes().splitlines()]
+    return [f"{x['method']} {x['path']} {x['status']} {x['cache']} {x['bytes']} {x['upstream']}" for x in lines]
+
+
+async def on_both_paths(run: Run, origin: Origin, tmp_path: Path) -> tuple[list[Answer], list[str], dict[str, float]]:
+    """`run` on the fast path, then with it off: the same answers (but Age, the clock's), log lines and origin
+    requests. The fast path's answers, log lines and outcome counts."""
+    fast, fast_log, outcomes = await run(origin, tmp_path, True)
+    by_fast = dict(origin.hits)
+    origin.hits.clear()
+    full, full_log, _ = await run(origin, tmp_path, False)
+    assert fast == [replace(a, age=b.age) for a, b in zip(full, fast, strict=True)]
+    assert fast_log == full_log
+    assert dict(origin.hits) == by_fast
+    return fast, fast_log, outcomes
+
+
+def cache_status(answer: Answer) -> bytes:
+    return next(x for x in answer.head.split(b"\r\n") if x.startswith(b"Cache-Status: "))[len(b"Cache-Status: ") :]
+
+
+async def test_a_stale_entry_is_revalidated_on_the_fast_path_as_the_full_handler_revalidates_it(
+    origin: Origin, tmp_path: Path
+) -> None:
+    fast, fast_log, outcomes = await on_both_paths(run, origin, tmp_path)
+    again = fast[len(CASES) : 2 * len(CASES)]
+    assert [cache_status(a) for a in again] == [b"edgecache; fwd=stale; fwd-status=304"] * 3 + [
+        b"edgecache; fwd=stale; stored"
+    ] * 2 + [b'edgecache; hit; detail="stale-if-error"']
+    assert [a.body for a in again] == [OLD, OLD[1048000:1050000], b"", NEW, NEW[100:200], OLD]
+    assert all(a.age <= 1 for a in again[:5])  # fresh from the origin (a second may tick meanwhile)
+    assert again[5].age >= 120
+    then = fast[2 * len(CASES) :]
+    assert [cache_status(a) for a in then] == [b"edgecache; hit"] * 5
+    assert [a.body for a in then] == [OLD, OLD[1048000:1050000], b"", NEW, NEW[100:200]]
+    # Asked again: once each, a conditional request; the failing one went to aiohttp with its fill.
+    # (/changed: its new version is fetched a slice at a time, as the stored entry was kept.)
+    assert dict(origin.hits) == {
+        "/same": 2,
+        "/same-range": 2,
+        "/same-head": 2,
+        "/changed": 3,
+        "/changed-range": 2,
+        "/failing": 2,
+    }
+    assert outcomes == {"answered": 10, "handed_off": 1, "taken_back": 0, "forwarded": 0}
+    assert [x for x in fast_log if x.startswith("GET /failing")] == [
+        f"GET /failing 200 miss {len(OLD)} origin",
+        f"GET /failing 200 stale {len(OLD)} cache",
+    ]
+
+
+STALE_CASES = [  # (path, Range, request fields): each stored stale, then asked twice
+    ("/swr", "", ""),
+    ("/swr-range", "bytes=100-199", ""),
+    ("/max-stale", "", "Cache-Control: max-stale=600\r\n"),
+]
+
+
+async def stale_run(origin: Origin, tmp_path: Path, fast: bool) -> tuple[list[Answer], list[str], dict[str, float]]:
+    origin.put("/swr", OLD, headers={"Cache-Control": "public, max-age=60, stale-while-revalidate=600"})
+    origin.put("/swr-range", OLD, headers={"Cache-Control": "public, max-age=60, stale-while-revalidate=600"})
+    origin.put("/max-stale", OLD, headers={"Cache-Control": "public, max-age=60"})
+    config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast)
+    config = replace(config, access_log=tmp_path / f"stale-{fast}.log")
+    got: list[Answer] = []
+    async with start_edge(config) as edge, asyncio.timeout(30):
+        for path, rng, _ in STALE_CASES:
+            got.append(await ask(edge.port, "GET", path, rng))
+            age(edge, path, 120)
+        before = fast_path_outcomes()
+        for path, rng, more in STALE_CASES:
+            got.append(await ask(edge.port, "GET", path, rng, more))
+            tasks = edge.node.engine._tasks  # a stale-while-revalidate answer's revalidation, in the background
+            if tasks:
+                await asyncio.wait(list(tasks))
+            got.append(await ask(edge.port, "GET", path, rng, more))
+        outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    return got, logged(tmp_path / f"stale-{fast}.log"), outcomes
+
+
+async def test_a_stale_entry_the_request_or_response_allows_is_served_stale_on_the_fast_path(
+    origin: Origin, tmp_path: Path
+) -> None:
+    fast, _, outcomes = await on_both_paths(stale_run, origin, tmp_path)
+    stale = b'edgecache; hit; detail="stale"'
+    # stale-while-revalidate: stale now, revalidated meanwhile (a 304), a hit next; max-stale: stale both times.
+    assert [cache_status(a) for a in fast[3:]] == [stale, b"edgecache; hit", stale, b"edgecache; hit", stale, stale]
+    assert [a.body for a in fast[3:]] == [OLD, OLD, OLD[100:200], OLD[100:200], OLD, OLD]
+    assert dict(origin.hits) == {"/swr": 2, "/swr-range": 2, "/max-stale": 1}
+    assert outcomes == {"answered": 6, "handed_off": 0, "taken_back": 0, "forwarded": 0}
+
+
+async def always_revalidated(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> tuple[list[Answer], list[str], dict[str, float]]:
+    origin.put("/no-cache", OLD, headers={"Cache-Control": "public, no-cache"})
+    origin.put("/max-age-0", OLD, headers={"Cache-Control": "public, max-age=0"})
+    config = replace(make_config(tmp_path / f"always-{fast}", [origin.url]), fast_path=fast)
+    config = replace(config, access_log=tmp_path / f"always-{fast}.log")
+    got: list[Answer] = []
+    async with start_edge(config) as edge, asyncio.timeout(30):
+        for path in ("/no-cache", "/max-age-0"):
+            got.append(await ask(edge.port, "GET", path))
+        before = fast_path_outcomes()
+        for path in ("/no-cache", "/max-age-0"):
+            for rng in ("", "bytes=100-199", ""):
+                got.append(await ask(edge.port, "GET", path, rng))
+        outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    return got, logged(tmp_path / f"always-{fast}.log"), outcomes
+
+
+async def test_an_entry_stale_again_after_its_304_is_answered_on_the_fast_path(origin: Origin, tmp_path: Path) -> None:
+    fast, _, outcomes = await on_both_paths(always_revalidated, origin, tmp_path)
+    assert [cache_status(a) for a in fast[2:]] == [b"edgecache; fwd=stale; fwd-status=304"] * 6
+    assert [a.body for a in fast[2:]] == [OLD, OLD[100:200], OLD] * 2
+    assert dict(origin.hits) == {"/no-cache": 4, "/max-age-0": 4}  # each request asks the origin: a 304
+    assert outcomes == {"answered": 6, "handed_off": 0, "taken_back": 0, "forwarded": 0}

@@ -1,0 +1,20 @@
+"""Reading raw HTTP/1.1 answers off a test's own socket, and the fast path's outcome counters around them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.samples import sample_value
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One answer with a Content-Length body (none: empty): its status, its fields by lower-case name, its body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    fields = {k.lower(): v.strip() for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+    body = await reader.readexactly(int(fields.get(b"content-length", b"0")))
+    return int(head.split(b" ", 2)[1]), fields, body
+
+
+def fast_path_outcomes() -> dict[str, float]:
+    names = ("answered", "handed_off", "taken_back", "forwarded")
+    return {n: sample_value("edgecache_fast_path_total", {"outcome": n}) or 0.0 for n in names}
