@@ -36,7 +36,6 @@ from edgecache.proxy.fill import Fill
 from edgecache.proxy.forwardmemo import ForwardMemo, Refused, split_hop
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.hit import (
-    MAX_SLICES,
     STATUS_OF_USE,
     Cold,
     Elsewhere,
@@ -57,6 +56,9 @@ _LIMITS = {
     name: inspect.signature(RequestHandler.__init__).parameters[name].default
     for name in ("max_line_size", "max_headers", "max_field_size")
 }
+# An answer holds this many of its slices (memory, open files) before its head is sent, so one gone meanwhile can
+# still be fetched or the request decided again; the rest are found as the body reaches them (diskhit.stream).
+HELD = 8
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 _MEMO_ENTRIES = 4096  # decisions remembered; a full memo is cleared and filled again
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
@@ -202,8 +204,8 @@ class Decider:
     ) -> Prepared | Load | Forward | Elsewhere | None:
         """Parse and look up the head from scratch; remember a hit's answer for the same head.
 
-        A `basis` is the whole-object answer single ranges are cut from: any size, kept apart from the memo
-        (a plain request for the whole object must still meet MAX_SLICES), and never sent itself.
+        A `basis` is the whole-object answer single ranges are cut from: kept apart from the memo (it has no
+        slices, and another node's object is Elsewhere to it), and never sent itself.
         """
         memo = self.wholes if basis else self.memo
         hit, method, keep_alive = self._parse(head, client, basis, hop_field)
@@ -284,8 +286,6 @@ class Decider:
             return _FULL_PARSE
         first, last = rng.range.first, rng.range.last
         size = handler.engine.slice_size
-        if last // size - first // size >= MAX_SLICES:
-            return _FULL_PARSE
         content_range = ranges.format_content_range(rng.range, hit.meta.length)
         encoded = rangecut.cut_206(base.head, hit, rng.range, content_range)
         if encoded is None:
@@ -325,7 +325,7 @@ class Decider:
             asked = (*asked, ("Range", p.range_field))
         head = fill.head.result()
         status = CacheStatus.MISS if validating is None else CacheStatus.EXPIRED
-        hit = as_fetched(p.hit, p.method, asked, head, ours, self.handler.engine.slice_size, status)
+        hit = as_fetched(p.hit, p.method, asked, head, ours, status)
         if hit is None:
             return None
         if head.status == 304:  # not a miss, and no byte comes from that fill
@@ -350,7 +350,7 @@ class Decider:
         self,
         head: bytes,
         client: str,
-        any_size: bool = False,
+        basis: bool = False,
         hop_field: str | None = None,
         cold: bool = False,
         validated: bool = False,
@@ -377,7 +377,7 @@ class Decider:
             if cold:
                 hit = find_cold(self.handler, m, hosts[0], target, headers, client)
             else:
-                hit = find_hit(self.handler, m, hosts[0], target, headers, client, any_size, hop_field, validated)
+                hit = find_hit(self.handler, m, hosts[0], target, headers, client, basis, hop_field, validated)
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", False
@@ -416,10 +416,11 @@ def _age_line(hit: Hit) -> bytes | None:
 
 
 def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:
+    """The body's first HELD + 1 slices at most: one more than HELD says the answer streams (diskhit.stream)."""
     if hit.last < hit.first:
         return ()
     out = []
-    for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
+    for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size)[: HELD + 1]:
         base = index * size
         lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
         out.append((slice_name(hit.req.entry_key, hit.meta.slice_version, index), lo, hi))

@@ -23,7 +23,8 @@ from edgecache.core import ranges
 from edgecache.core.status import CacheStatus, cache_status_header, miss_cause, with_fetched
 from edgecache.errors import OriginError
 from edgecache.proxy import coldmiss, reading
-from edgecache.proxy.decide import Prepared
+from edgecache.proxy.decide import HELD, Prepared
+from edgecache.proxy.respond import MAX_CHECKED
 from edgecache.storage.store import SliceFile, slice_name
 
 if TYPE_CHECKING:
@@ -69,7 +70,16 @@ class _Open:
     hi: int
 
 
-Source = memoryview | _Open | _Fetch
+@dataclass(slots=True)
+class _Later:
+    """A slice past the HELD first: found where it is (memory, disk, or a fill) when the body reaches it."""
+
+    index: int
+    lo: int
+    hi: int
+
+
+Source = memoryview | _Open | _Fetch | _Later
 
 
 def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
@@ -88,10 +98,7 @@ def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
         if piece is None:  # not open, not all in the page cache, or worth offering to memory: a task
             for buf in borrowed:
                 conn.server.give_back(buf)
-            conn.busy = True
-            task = conn.loop.create_task(_from_disk(conn, p, raw, t0))
-            task.add_done_callback(conn.done)
-            return False
+            return stream(conn, p, raw, t0)
         parts.append(piece)
         from_disk += hi - lo
     memory, disk = counters(p)
@@ -102,6 +109,14 @@ def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
         for buf in borrowed:  # the socket took everything: nothing refers to them any more
             conn.server.give_back(buf)
     return p.keep_alive
+
+
+def stream(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
+    """An answer of more than HELD slices: read and sent by a task as the client takes it (_from_disk)."""
+    conn.busy = True
+    task = conn.loop.create_task(_from_disk(conn, p, raw, t0))
+    task.add_done_callback(conn.done)
+    return False
 
 
 def _read_now(conn: FastPath, f: SliceFile | None, lo: int, hi: int, borrowed: list[bytearray]) -> memoryview | None:
@@ -132,9 +147,14 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
     held: list[SliceFile] = []
     handler.in_flight += 1
     try:
-        for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size):
+        indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size)
+        missing = await _missing_later(conn, p, indices[HELD:])
+        for n, index in enumerate(indices):
             base = index * size
             lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
+            if n >= HELD:
+                sources.append(_Fetch(index, lo, hi) if index in missing else _Later(index, lo, hi))
+                continue
             data = store.slice_from_memory(hit.req.entry_key, hit.meta, index)
             if data is not None:
                 sources.append(memoryview(data)[lo:hi])
@@ -180,6 +200,17 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
                 await fetch.chunks.aclose()
 
 
+async def _missing_later(conn: FastPath, p: Prepared, later: range) -> set[int]:
+    """Which slices past the HELD first are in neither tier now, so that the head says PARTIAL when any byte comes
+    from the origin (as serving._completed has it). A miss's are read from its fill anyway (_Later); a look-aside's
+    must all be held, or the full handler says so."""
+    if not later or p.status in _FETCHED:
+        return set()
+    hit = p.hit
+    missing = await conn.server.handler.engine.store.missing(hit.req.entry_key, hit.meta, list(later[:MAX_CHECKED]))
+    return set(missing)
+
+
 async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepared | None:
     """The answer once some of its slices are to be fetched: PARTIAL (fwd=partial), its miss counted by cause.
     The first fetched slice's first bytes are read before the head is sent: a new version at the origin (or a
@@ -218,6 +249,8 @@ async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], t0: fl
             memory.inc(len(source))
         elif isinstance(source, _Fetch):
             nbytes += await _send_fetched(conn, transport, p, source)
+        elif isinstance(source, _Later):
+            nbytes += await _send_later(conn, transport, p, source)
         else:
             reached = await _send_file(conn, transport, source.file, source.lo, source.hi)
             nbytes += reached - source.lo
@@ -227,6 +260,34 @@ async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], t0: fl
         if conn.write_paused:
             await conn.drain()
     conn.finished(p, nbytes, t0)
+
+
+async def _send_later(conn: FastPath, transport: asyncio.Transport, p: Prepared, later: _Later) -> int:
+    """A slice past the HELD first, from wherever it is when the body reaches it; one gone from both tiers since
+    is fetched, same version (never for a look-aside: the connection is cut, as the body cannot be whole)."""
+    hit, store = p.hit, conn.server.handler.engine.store
+    memory, disk = counters(p)
+    data = store.slice_from_memory(hit.req.entry_key, hit.meta, later.index)
+    got = data if data is not None else store.open_file(hit.req.entry_key, hit.meta, later.index)
+    if got is None:
+        got = await store.open_slice(hit.req.entry_key, hit.meta, later.index)
+    if isinstance(got, bytes):
+        transport.write(memoryview(got)[later.lo : later.hi])
+        memory.inc(later.hi - later.lo)
+        return later.hi - later.lo
+    if got is None:
+        if not hit.fills:
+            raise OriginError(f"slice {later.index} is no longer held for a look-aside")
+        return await _send_fetched(conn, transport, p, _Fetch(later.index, later.lo, later.hi))
+    got.acquire()
+    try:
+        reached = await _send_file(conn, transport, got, later.lo, later.hi)
+    finally:
+        got.release()
+    disk.inc(reached - later.lo)
+    if reached < later.hi:  # the disk failed under it: the rest of the slice is fetched, same version
+        return reached - later.lo + await _send_fetched(conn, transport, p, _Fetch(later.index, reached, later.hi))
+    return reached - later.lo
 
 
 async def _send_fetched(conn: FastPath, transport: asyncio.Transport, p: Prepared, fetch: _Fetch) -> int:

@@ -26,7 +26,7 @@ from edgecache.core.freshness import Use
 from edgecache.core.headers import get_first
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import coldmiss, diskhit, observe
-from edgecache.proxy.decide import Prepared
+from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
@@ -311,6 +311,8 @@ class FastPath(asyncio.Protocol):
         if p.hit.use is Use.STALE_WHILE_REVALIDATE:
             self.server.handler.engine.revalidate_in_background(p.hit.req, p.hit.meta)
         parts: list[memoryview] = []
+        if len(p.slices) > HELD:
+            return diskhit.stream(self, p, raw, t0)
         if p.slices:
             in_memory = self.server.handler.engine.store.memory_slice
             for name, lo, hi in p.slices:

@@ -35,10 +35,6 @@ from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.respond import NOT_MODIFIED_FIELDS, base_headers, plan
 
-# A hit whose range spans more slices than this goes to the full handler, which streams it slice by slice;
-# the fast path holds every slice it serves (open files or memory) before it sends the head.
-MAX_SLICES = 8
-
 
 @dataclass(slots=True)
 class Hit:
@@ -100,14 +96,14 @@ def find_hit(
     target: str,
     headers: Headers,
     client: str,
-    any_size: bool = False,
+    basis: bool = False,
     hop_field: str | None = None,
     validated: bool = False,
 ) -> Hit | Load | Forward | Elsewhere | None:
-    """The hit this request is, if it is one; or the owner to forward it to. `any_size` lifts MAX_SLICES: the answer
-    is then only a basis that single ranges are cut from (see fastpath), never sent whole. `validated`: the origin
+    """The hit this request is, if it is one; or the owner to forward it to. A `basis` answer is
+    one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the origin
     has just confirmed the stored entry (a 304), which answers whatever its freshness (Use.REVALIDATE)."""
-    routed = _routed(handler, method, host_field, target, headers, client, any_size, hop_field)
+    routed = _routed(handler, method, host_field, target, headers, client, basis, hop_field)
     if not isinstance(routed, _Routed):
         return routed
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:
@@ -116,7 +112,7 @@ def find_hit(
     if not isinstance(stored, _Stored):
         return stored
     field = _FIELDS[stored.use]
-    planned = _planned(method, headers, stored.meta, stored.now, handler.engine.slice_size, any_size, field)
+    planned = _planned(method, headers, stored.meta, stored.now, field)
     if planned is None:
         return None
     limiter = handler.limiter
@@ -144,7 +140,7 @@ def find_cold(
     metadata here, or whose stored entry must be revalidated before it is used. None for anything else the full
     handler decides: a conditional, only-if-cached or rate-limited request, a look-aside, a stand-in for a node
     that is down, a hot copy, several ranges, a Vary'd record, a stale entry it may serve."""
-    # any_size: another node's object is Elsewhere, without asking the popularity gate or the rate limiter (whose
+    # basis: another node's object is Elsewhere, without asking the popularity gate or the rate limiter (whose
     # counts find_hit() has made for this request already).
     routed = _routed(handler, method, host_field, target, headers, client, True, None)
     if not isinstance(routed, _Routed) or not routed.fills or routed.failover:
@@ -185,9 +181,7 @@ def _fill_request(routed: _Routed, headers: Headers, record: PrimaryRecord, scop
     )  # fmt: skip
 
 
-def as_fetched(
-    hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool, slice_size: int, status: CacheStatus
-) -> Hit | None:
+def as_fetched(hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool, status: CacheStatus) -> Hit | None:
     """The answer to the request whose miss (`status` MISS, or EXPIRED for a stale entry) started the fill of
     `head`, from the hit that request now is, as the full handler gives it: a miss's fields for its starter alone
     (FillHead.served) and the Cache-Status of a stored miss (serving.serve_fill), or a revalidation's when the
@@ -203,7 +197,7 @@ def as_fetched(
         field = cache_status_header(status, stored=True)
     else:
         return None
-    planned = _planned(method, asked, meta, time.time(), slice_size, cache_status=field)
+    planned = _planned(method, asked, meta, time.time(), field)
     if planned is None or (planned[0], planned[2], planned[3]) != (hit.status, hit.first, hit.last):
         return None
     return replace(hit, headers=planned[1])
@@ -249,7 +243,7 @@ def _routed(
     target: str,
     headers: Headers,
     client: str,
-    any_size: bool,
+    basis: bool,
     hop_field: str | None,
 ) -> _Routed | Forward | Elsewhere | None:
     """find_hit()'s first step: the site and key, then the hop, the ACL, the owner (_where) and the signed URL."""
@@ -271,7 +265,7 @@ def _routed(
     elif not site.allows(client):
         return None
     elif cluster is not None:
-        where = _where(handler, cluster, site, key, method, headers, client, any_size)
+        where = _where(handler, cluster, site, key, method, headers, client, basis)
         if not isinstance(where, Here):
             return where
     if hop is None and not signed(site, key, client, time.time()):
@@ -380,7 +374,7 @@ def _where(
     method: str,
     headers: Headers,
     client: str,
-    any_size: bool,
+    basis: bool,
 ) -> Here | Forward | Elsewhere | None:
     """Who answers a request no hop vouches for: this node, its owner (a Forward), or the full handler (None)."""
     up = cluster.route(key.primary)
@@ -388,7 +382,7 @@ def _where(
     if up[0].id == cluster.self_id:
         # Standing in for a first owner that is down is the full handler's: it counts the miss as peer-down.
         return HERE if first is None or first.id == cluster.self_id else None
-    if any_size:
+    if basis:
         return ELSEWHERE  # not asked of the popularity gate twice for one request
     verdict = forward_verdict(handler, site, key, client, spreadable(headers))
     if verdict != GO:
@@ -467,8 +461,6 @@ def _planned(
     headers: Headers,
     meta: ObjectMeta,
     now: float,
-    slice_size: int,
-    any_size: bool = False,
     cache_status: str = _HIT_FIELD,
 ) -> tuple[int, list[tuple[str, str]], int, int] | None:
     """The response respond.send() would give for this hit, or None where the fast path does not answer."""
@@ -489,7 +481,5 @@ def _planned(
         first, last = 0, meta.length - 1
         if (stored_range := get_first(meta.headers, "content-range")) is not None:
             base.append(("Content-Range", stored_range))
-    if not any_size and last >= first and last // slice_size - first // slice_size >= MAX_SLICES:
-        return None
     base.append(("Content-Length", str(max(0, last - first + 1))))
     return status, base, first, last if method == "GET" else first - 1
