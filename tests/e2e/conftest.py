@@ -168,7 +168,15 @@ def _in_poll(frame: FrameType) -> bool:
     return frame.f_code.co_name == "select" and frame.f_code.co_filename.endswith("selectors.py")
 
 
-def probed(test: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Coroutine[Any, Any, Any]]:
+def _note_worst(name: str, probe: StallProbe) -> None:
+    """With EDGECACHE_STALL_LOG set, each test's worst late tick is appended to that file, to see how near to the
+    limit a run comes (a failure shows only the tests that passed it)."""
+    if path := os.environ.get("EDGECACHE_STALL_LOG"):
+        with open(path, "a") as f:
+            f.write(f"{probe.worst * 1000:.0f} {name}\n")
+
+
+def probed(test: Callable[..., Coroutine[Any, Any, Any]], name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
     @functools.wraps(test)
     async def run(*args: Any, **kwargs: Any) -> Any:
         probe = StallProbe(asyncio.get_running_loop())
@@ -177,10 +185,12 @@ def probed(test: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Corou
             result = await test(*args, **kwargs)
         except BaseException as exc:
             probe.stop()
+            _note_worst(name, probe)
             if probe.worst > STALL_LIMIT:
                 exc.add_note(probe.report())
             raise
         probe.stop()
+        _note_worst(name, probe)
         if probe.worst > STALL_LIMIT:
             pytest.fail(probe.report())
         return result
@@ -196,7 +206,7 @@ def no_loop_stall(request: pytest.FixtureRequest) -> Iterator[None]:
     if not isinstance(node, pytest.Function) or not inspect.iscoroutinefunction(test) or hasattr(test, "hypothesis"):
         yield
         return
-    node.obj = probed(test)
+    node.obj = probed(test, node.nodeid)
     try:
         yield
     finally:

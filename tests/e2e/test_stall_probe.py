@@ -42,8 +42,8 @@ def test_a_blocked_loop_is_caught_and_located() -> None:
 
 def test_the_wrapper_fails_a_blocking_test_and_passes_an_awaiting_one() -> None:
     with pytest.raises(pytest.fail.Exception, match="the event loop stalled for"):
-        asyncio.run(probed(blocking_test)())
-    asyncio.run(probed(awaiting_test)())
+        asyncio.run(probed(blocking_test, "blocking")())
+    asyncio.run(probed(awaiting_test, "awaiting")())
 
 
 def collects_for(probe: StallProbe, seconds: float) -> None:
