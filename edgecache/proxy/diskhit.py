@@ -58,6 +58,7 @@ class _Fetch:
     hi: int
     chunks: AsyncGenerator[bytes | memoryview, None] | None = None
     first: bytes | memoryview | None = None  # read before the head went out: the fill's version is the one served
+    looked: bool = False  # the disk was looked at for it just now (reading.read_slice need not look again)
 
 
 @dataclass(slots=True)
@@ -159,10 +160,13 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
             if data is not None:
                 sources.append(memoryview(data)[lo:hi])
                 continue
+            if p.status in _FETCHED and p.fill is not None and p.fill.covers(index):  # its own fill brings it
+                sources.append(_Fetch(index, lo, hi))
+                continue
             opened = store.open_file(hit.req.entry_key, hit.meta, index)
             got = opened if opened is not None else await store.open_slice(hit.req.entry_key, hit.meta, index)
             if got is None and hit.fills:  # in neither tier: fetched for this answer (partial)
-                sources.append(_Fetch(index, lo, hi))
+                sources.append(_Fetch(index, lo, hi, looked=True))
                 continue
             if got is None:  # a look-aside never fills: the full handler says it is not held
                 conn.buf = raw + conn.buf
@@ -219,7 +223,9 @@ async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepar
     engine = conn.server.handler.engine
     first = fetches[0]
     last = hit.last // engine.slice_size
-    first.chunks = reading.read_slice(engine, hit.req, hit.meta, first.index, first.lo, first.hi, last, p.fill)
+    first.chunks = reading.read_slice(
+        engine, hit.req, hit.meta, first.index, first.lo, first.hi, last, p.fill, first.looked
+    )
     try:
         first.first = await anext(first.chunks)
     except (OriginError, StopAsyncIteration):
@@ -278,7 +284,7 @@ async def _send_later(conn: FastPath, transport: asyncio.Transport, p: Prepared,
     if got is None:
         if not hit.fills:
             raise OriginError(f"slice {later.index} is no longer held for a look-aside")
-        return await _send_fetched(conn, transport, p, _Fetch(later.index, later.lo, later.hi))
+        return await _send_fetched(conn, transport, p, _Fetch(later.index, later.lo, later.hi, looked=True))
     got.acquire()
     try:
         reached = await _send_file(conn, transport, got, later.lo, later.hi)
@@ -296,7 +302,9 @@ async def _send_fetched(conn: FastPath, transport: asyncio.Transport, p: Prepare
     hit, engine = p.hit, conn.server.handler.engine
     if fetch.chunks is None:
         last = hit.last // engine.slice_size
-        fetch.chunks = reading.read_slice(engine, hit.req, hit.meta, fetch.index, fetch.lo, fetch.hi, last, p.fill)
+        fetch.chunks = reading.read_slice(
+            engine, hit.req, hit.meta, fetch.index, fetch.lo, fetch.hi, last, p.fill, fetch.looked
+        )
     sent = 0
     if fetch.first is not None:
         transport.write(fetch.first)

@@ -60,10 +60,13 @@ async def read_slice(
     hi: int,
     last_needed: int,
     own: Fill | None = None,
+    looked: bool = False,
 ) -> AsyncGenerator[bytes | memoryview, None]:
     """Bytes lo..hi-1 of slice `index`; a fill started for it runs to `last_needed` at most. `own`: the fill a
     miss started (coldmiss), read first even once it has left the table of fills, and whose bytes are counted as
-    the origin's wherever it has put them by now (diskhit.counters)."""
+    the origin's wherever it has put them by now (diskhit.counters). `looked`: the caller found it on no disk
+    just now, so the first look there is skipped (a trip to a disk thread per slice; memory and fills are still
+    looked at, and _start_for looks at memory again after its own awaits)."""
     released = False
     from_memory, from_disk = _FROM_MEMORY, _FROM_DISK
     if own is not None and own.covers(index):  # this miss's bytes, wherever its fill has put them by now
@@ -78,7 +81,8 @@ async def read_slice(
         if not released and own is not None and own.covers(index):
             fill = own  # failed, it fails this read: the miss ends as the full handler's would
         if fill is None:
-            data = await engine.store.slice_from_disk(req.entry_key, meta, index)
+            data = None if looked else await engine.store.slice_from_disk(req.entry_key, meta, index)
+            looked = False
             if data is not None:
                 from_disk.inc(hi - lo)
                 yield memoryview(data)[lo:hi]

@@ -6,6 +6,8 @@ three, with everything within the budgets."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
@@ -16,6 +18,7 @@ from tests.origin import Origin
 MiB = 2**20
 DATA = bytes((i * 13 + i // 7919) % 256 for i in range(3 * MiB))
 SLICE_1 = f"bytes={MiB}-{MiB + 99}"
+T = TypeVar("T")
 
 
 async def test_a_slice_a_fill_stored_while_the_second_reader_looked_at_the_disk_is_fetched_once(
@@ -26,16 +29,23 @@ async def test_a_slice_a_fill_stored_while_the_second_reader_looked_at_the_disk_
     assert (status, body) == (206, DATA[:100])
     assert origin.range_hits("/v") == [f"bytes=0-{MiB - 1}"]
     store = edge.node.store
-    looked = store.slice_from_disk
     both_looked, first_answered = asyncio.Event(), asyncio.Event()
     calls = 0
 
-    async def both_look_first(entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
-        """Both readers find slice 1 on disk no more than they did in memory or in the table of fills; the second
-        learns it only once the first has its answer and its fill has ended (it stored the slice and left the
-        table of fills)."""
+    def both_look_first(looked: Callable[[str, ObjectMeta, int], Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """The disk look of a reader (the full handler's read, the fast path's open): both readers find slice 1 on
+        disk no more than they did in memory or in the table of fills; the second learns it only once the first
+        has its answer and its fill has ended (it stored the slice and left the table of fills)."""
+
+        async def look(entry_key: str, meta: ObjectMeta, index: int) -> T:
+            found = await looked(entry_key, meta, index)
+            await interleave(index)
+            return found
+
+        return look
+
+    async def interleave(index: int) -> None:
         nonlocal calls
-        found = await looked(entry_key, meta, index)
         if index == 1:
             calls += 1
             if calls == 1:
@@ -46,9 +56,9 @@ async def test_a_slice_a_fill_stored_while_the_second_reader_looked_at_the_disk_
                 fills = list(edge.node.engine._tasks)  # and the first's fill has ended: in no table of fills
                 if fills:
                     await asyncio.wait(fills)
-        return found
 
-    monkeypatch.setattr(store, "slice_from_disk", both_look_first)
+    monkeypatch.setattr(store, "slice_from_disk", both_look_first(store.slice_from_disk))
+    monkeypatch.setattr(store, "open_slice", both_look_first(store.open_slice))
 
     async def ask() -> tuple[int, bytes]:
         status, _, body = await edge.get("/v", Range=SLICE_1)
