@@ -321,6 +321,8 @@ class FastPath(asyncio.Protocol):
                     return diskhit.answer(self, p, raw, t0)
                 parts.append(memoryview(data)[lo:hi])
             diskhit.counters(p)[0].inc(p.hit.last - p.hit.first + 1)
+        elif p.hit.body:
+            parts.append(memoryview(p.hit.body))
         self.send(p, parts, t0)
         return p.keep_alive
 

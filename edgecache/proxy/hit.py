@@ -33,7 +33,7 @@ from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.proxy.fill import FillHead, answered_from
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.handler import EdgeHandler
-from edgecache.proxy.respond import NOT_MODIFIED_FIELDS, base_headers, plan
+from edgecache.proxy.respond import Planned, base_headers, plan_answer
 
 
 @dataclass(slots=True)
@@ -60,6 +60,7 @@ class Hit:
     # revalidate): Cache-Status hit; detail="stale"; or REVALIDATE, only for the answer to the request whose fill
     # the origin has just confirmed (find_hit's validated). All but FRESH are never remembered (valid for no time).
     use: Use = Use.FRESH
+    body: bytes = b""  # a 412's or 416's own text, sent instead of the object's bytes (first > last)
 
     def admits(self, client: str, now: float) -> bool:
         """May this client have the answer now: the site's ACL, and its signed-URL check (core.signing)?"""
@@ -198,9 +199,9 @@ def as_fetched(hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool
     else:
         return None
     planned = _planned(method, asked, meta, time.time(), field)
-    if planned is None or (planned[0], planned[2], planned[3]) != (hit.status, hit.first, hit.last):
+    if planned is None or (planned.status, planned.first, planned.last) != (hit.status, hit.first, hit.last):
         return None
-    return replace(hit, headers=planned[1])
+    return replace(hit, headers=planned.fields)
 
 
 def _hit(
@@ -208,18 +209,18 @@ def _hit(
     routed: _Routed,
     stored: _Stored,
     headers: Headers,
-    planned: tuple[int, list[tuple[str, str]], int, int],
+    planned: Planned,
 ) -> Hit:
     """The Hit find_hit() decided: the request it answers, and what it was decided from (Hit.same_basis)."""
     site, record = routed.site, stored.record
-    status, fields, first, last = planned
+    status, fields, first, last, body, _ = planned
     req = _fill_request(routed, headers, record, stored.scope, stored.ekey)
     ring = handler.cluster.ring if handler.cluster is not None else None
     purges, meta, until = handler.engine.store.purges, stored.meta, stored.valid_until
     fills = routed.fills
     return Hit(
         status, fields, req, meta, first, last, site, handler.router, ring, record, purges, until, routed.viewer,
-        fills, stored.use,
+        fills, stored.use, body,
     )  # fmt: skip
 
 
@@ -453,33 +454,16 @@ STATUS_OF_USE = {
     Use.REVALIDATE: CacheStatus.REVALIDATED,  # only once the origin has just confirmed it (validated)
 }
 _FIELDS = {use: cache_status_header(status) for use, status in STATUS_OF_USE.items()}
-_HIT_FIELD = _FIELDS[Use.FRESH]
 
 
-def _planned(
-    method: str,
-    headers: Headers,
-    meta: ObjectMeta,
-    now: float,
-    cache_status: str = _HIT_FIELD,
-) -> tuple[int, list[tuple[str, str]], int, int] | None:
-    """The response respond.send() would give for this hit, or None where the fast path does not answer."""
-    status, rng = plan(method, headers, meta)
+def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_status: str) -> Planned | None:
+    """The answer respond.send() gives for this hit (respond.plan_answer), or None where the fast path does not
+    answer: a multipart Range, a stored answer other than a 200 or 206."""
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
-    base = base_headers(meta.headers, int(age), cache_status)
-    if status == 304:
-        kept = [(k, v) for k, v in base if k.lower() in NOT_MODIFIED_FIELDS or k in ("Via", "Age", "Cache-Status")]
-        return 304, kept, 0, -1
-    if status not in (200, 206) or isinstance(rng, ranges.Multi | ranges.Unsatisfiable):
-        return None  # 412, 416 and multipart answers stay with the full handler
-    if meta.status == 200:
-        base.append(("Accept-Ranges", "bytes"))
-    if isinstance(rng, ranges.Single):
-        first, last = rng.range.first, rng.range.last
-        base.append(("Content-Range", ranges.format_content_range(rng.range, meta.length)))
-    else:
-        first, last = 0, meta.length - 1
-        if (stored_range := get_first(meta.headers, "content-range")) is not None:
-            base.append(("Content-Range", stored_range))
-    base.append(("Content-Length", str(max(0, last - first + 1))))
-    return status, base, first, last if method == "GET" else first - 1
+    planned = plan_answer(method, headers, meta, base_headers(meta.headers, int(age), cache_status))
+    if planned.multi is not None or planned.status not in _ANSWERED:
+        return None
+    return planned
+
+
+_ANSWERED = frozenset({200, 206, 304, 412, 416})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -96,13 +97,64 @@ ONE_BUFFER_MAX = 256 * 1024
 Reader = Callable[[int, int], Body]
 
 
+class Planned(NamedTuple):
+    """The answer to a request from a stored entry, decided once for both paths (send() here, and the fast path's
+    hit.find_hit): its status and fields, Content-Length last where it has one, and its body: the object's bytes
+    first..last (none when first > last, as for a HEAD), the node's own short text, or a multipart Range's parts."""
+
+    status: int
+    fields: list[tuple[str, str]]
+    first: int
+    last: int
+    body: bytes = b""
+    multi: ranges.Multi | None = None
+
+
+def plan_answer(method: str, request: Headers, meta: ObjectMeta, base: list[tuple[str, str]]) -> Planned:
+    """The answer for `meta`'s entry, given the client's conditions and Range; `base`: base_headers() for it."""
+    status, rng = plan(method, request, meta)
+    if status == 304:
+        kept = [(k, v) for k, v in base if k.lower() in NOT_MODIFIED_FIELDS or k in ("Via", "Age", "Cache-Status")]
+        return Planned(304, kept, 0, -1)
+    if status == 412:
+        return _small(method, 412, base, PRECONDITION_FAILED)
+    if meta.status == 200:
+        base = [*base, ("Accept-Ranges", "bytes")]
+    if isinstance(rng, ranges.Unsatisfiable):
+        return _small(method, 416, [*base, ("Content-Range", f"bytes */{meta.length}")], NOT_SATISFIABLE)
+    if isinstance(rng, ranges.Multi):
+        return Planned(206, base, 0, -1, multi=rng)
+    if isinstance(rng, ranges.Single):
+        first, last = rng.range.first, rng.range.last
+        base = [*base, ("Content-Range", ranges.format_content_range(rng.range, meta.length))]
+    else:
+        first, last = 0, meta.length - 1
+        if (stored_range := get_first(meta.headers, "content-range")) is not None:
+            base = [*base, ("Content-Range", stored_range)]  # the origin's own field on a whole response
+    fields = [*base, ("Content-Length", str(max(0, last - first + 1)))]
+    return Planned(status, fields, first, last if method == "GET" else first - 1)
+
+
+# The node's own short bodies for a 412 and a 416.
+PRECONDITION_FAILED = b"precondition failed\n"
+NOT_SATISFIABLE = b"range not satisfiable\n"
+
+
+def _small(method: str, status: int, base: list[tuple[str, str]], body: bytes) -> Planned:
+    """An answer whose body is the node's own text, not the object's: no field that describes the object's
+    representation, then its type and length (a HEAD's too, with no body)."""
+    drop = ("content-type", "content-encoding", "etag", "last-modified")
+    keep = [(k, v) for k, v in base if k.lower() not in drop]
+    fields = [*keep, ("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+    return Planned(status, fields, 0, -1, body if method == "GET" else b"")
+
+
 async def send(
     request: web.BaseRequest,
     request_headers: Headers,
     meta: ObjectMeta,
     headers: list[tuple[str, str]],
     read: Reader,
-    length_known: bool = True,
     in_memory: Callable[[int, int], bytes | None] | None = None,
 ) -> web.StreamResponse:
     """Answer `request` for the object `meta` describes; `headers` are base_headers() for it.
@@ -110,42 +162,23 @@ async def send(
     `in_memory` gives the bytes at once when every slice is in the memory tier: the hit is then answered with one
     buffer (head and body in one write), without the streaming machinery.
     """
-    method = request.method
-    status, rng = plan(method, request_headers, meta)
-    if status == 304:
-        kept = [(k, v) for k, v in headers if k.lower() in NOT_MODIFIED_FIELDS or k in ("Via", "Age", "Cache-Status")]
-        resp = _response(304, kept)
+    planned = plan_answer(request.method, request_headers, meta, headers)
+    if planned.multi is not None:
+        return await _send_multi(request, meta, planned.fields, planned.multi, read)
+    first, last = planned.first, planned.last
+    if last < first:  # no bytes of the object: a HEAD, a 304, or the node's own text
+        resp = _response(planned.status, planned.fields)
         await resp.prepare(request)
-        return resp
-    if status == 412:
-        return await _small(request, 412, headers, b"precondition failed\n")
-    if meta.status == 200:
-        headers = [*headers, ("Accept-Ranges", "bytes")]
-    if isinstance(rng, ranges.Unsatisfiable):
-        return await _small(
-            request, 416, [*headers, ("Content-Range", f"bytes */{meta.length}")], b"range not satisfiable\n"
-        )
-    if isinstance(rng, ranges.Multi):
-        return await _send_multi(request, meta, headers, rng, read)
-    first, last = (rng.range.first, rng.range.last) if isinstance(rng, ranges.Single) else (0, meta.length - 1)
-    if isinstance(rng, ranges.Single):
-        headers = [*headers, ("Content-Range", ranges.format_content_range(rng.range, meta.length))]
-    elif (stored_range := get_first(meta.headers, "content-range")) is not None:
-        headers = [*headers, ("Content-Range", stored_range)]  # the origin's own field on a whole response
-    resp = _response(status, headers)
-    if length_known:
-        resp.content_length = last - first + 1
-    else:
-        resp.enable_chunked_encoding()
-    if method == "HEAD" or last < first:
-        await resp.prepare(request)
+        if planned.body:
+            await resp.write(planned.body)
         return resp
     small = last - first + 1 <= ONE_BUFFER_MAX
-    if in_memory is not None and length_known and small and (body := in_memory(first, last)) is not None:
-        whole = web.Response(status=status, body=body)
-        for k, v in headers:
+    if in_memory is not None and small and (body := in_memory(first, last)) is not None:
+        whole = web.Response(status=planned.status, body=body)
+        for k, v in planned.fields[:-1]:  # its Content-Length is the body's
             whole.headers.add(k, v)
         return whole
+    resp = _response(planned.status, planned.fields)
     await _stream(request, resp, read(first, last))
     return resp
 
@@ -163,20 +196,6 @@ async def send_stream(
         await resp.prepare(request)
         return resp
     await _stream(request, resp, body)
-    return resp
-
-
-async def _small(
-    request: web.BaseRequest, status: int, headers: list[tuple[str, str]], body: bytes
-) -> web.StreamResponse:
-    keep = [
-        (k, v) for k, v in headers if k.lower() not in ("content-type", "content-encoding", "etag", "last-modified")
-    ]
-    resp = _response(status, [*keep, ("Content-Type", "text/plain")])
-    resp.content_length = len(body)
-    await resp.prepare(request)
-    if request.method != "HEAD":
-        await resp.write(body)
     return resp
 
 
