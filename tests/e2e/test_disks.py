@@ -79,7 +79,7 @@ def _fail(disk: Disk, how: str) -> None:
         # A read-only mount of the disk over its directory: every file made there from now on is refused with
         # EROFS (a disk remounted read-only under its writers cannot be had: the kernel says "busy").
         assert _run("mount", "--bind", path, path)
-        deadline = time.monotonic() + 10  # a loaded machine's writes keep it busy longer
+        deadline = time.monotonic() + 30  # a loaded machine's writes keep it busy longer (10 s failed once)
         while time.monotonic() < deadline:  # refused (busy) while a write through the new mount is under way
             if _run("mount", "-o", "remount,bind,ro", path):
                 break
