@@ -137,9 +137,10 @@ class Decider:
         self.forwards = ForwardMemo(handler)
         self.parser = _Parser()
 
-    def answer(self, head: bytes, client: str) -> Prepared | Load | Forward | None:
+    def answer(self, head: bytes, client: str, admitted: bool = False) -> Prepared | Load | Forward | None:
         """The answer to this head if it is a fresh hit, or the owner it goes to; None for anything the fast path
-        leaves to aiohttp.
+        leaves to aiohttp. `admitted`: the rate limiter let this request in already (its miss's fill was started
+        for it: find_cold), so it is not asked again.
 
         The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
         was decided from is unchanged (Hit.still); only the client's address is checked again.
@@ -158,12 +159,12 @@ class Decider:
         prepared = self._current(self.memo, head, now)
         if prepared is not None and prepared.hit.admits(client, now):
             limiter = handler.limiter
-            if limiter is not None and not limiter.allow(client, time.monotonic()):
+            if limiter is not None and not admitted and not limiter.allow(client, time.monotonic()):
                 return None
             handler.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             return prepared
         ranged = self._ranged(head, client)
-        decided = self._decide(head, client) if isinstance(ranged, _FullParse) else ranged
+        decided = self._decide(head, client, admitted=admitted) if isinstance(ranged, _FullParse) else ranged
         return None if isinstance(decided, Elsewhere) else decided
 
     def _hopped(self, head: bytes, field: str, client: str) -> Prepared | Load | Forward | None:
@@ -200,7 +201,7 @@ class Decider:
         return prepared
 
     def _decide(
-        self, head: bytes, client: str, basis: bool = False, hop_field: str | None = None
+        self, head: bytes, client: str, basis: bool = False, hop_field: str | None = None, admitted: bool = False
     ) -> Prepared | Load | Forward | Elsewhere | None:
         """Parse and look up the head from scratch; remember a hit's answer for the same head.
 
@@ -208,7 +209,7 @@ class Decider:
         slices, and another node's object is Elsewhere to it), and never sent itself.
         """
         memo = self.wholes if basis else self.memo
-        hit, method, keep_alive = self._parse(head, client, basis, hop_field)
+        hit, method, keep_alive = self._parse(head, client, basis, hop_field, admitted=admitted)
         if isinstance(hit, Forward):
             forward = replace(hit, keep_alive=keep_alive)
             if len(head) <= _MEMO_HEAD:
@@ -354,6 +355,7 @@ class Decider:
         hop_field: str | None = None,
         cold: bool = False,
         validated: bool = False,
+        admitted: bool = False,
     ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | None, str, bool]:
         if rangecut.needs_strict_parser(head):
             return None, "", False
@@ -377,7 +379,9 @@ class Decider:
             if cold:
                 hit = find_cold(self.handler, m, hosts[0], target, headers, client)
             else:
-                hit = find_hit(self.handler, m, hosts[0], target, headers, client, basis, hop_field, validated)
+                hit = find_hit(
+                    self.handler, m, hosts[0], target, headers, client, basis, hop_field, validated, admitted
+                )
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", False

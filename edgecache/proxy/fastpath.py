@@ -256,7 +256,7 @@ class FastPath(asyncio.Protocol):
             if self.forwarder:
                 forwarded = clientaddr.forwarded_for(head)
                 self.client = clientaddr.real_client(self.address, forwarded, self.server.handler.forwarders)
-            prepared = self.server.decider.answer(head, self.client)
+            prepared = self.server.decider.answer(head, self.client, admitted=self.started is not None)
             if self.started is not None:  # its fill has its head: answered as a miss, or by the full handler
                 prepared = coldmiss.settle(self, head, prepared)
             elif prepared is None or (isinstance(prepared, Load) and self.loads >= 2):

@@ -100,6 +100,7 @@ def find_hit(
     basis: bool = False,
     hop_field: str | None = None,
     validated: bool = False,
+    admitted: bool = False,
 ) -> Hit | Load | Forward | Elsewhere | None:
     """The hit this request is, if it is one; or the owner to forward it to. A `basis` answer is
     one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the origin
@@ -116,8 +117,7 @@ def find_hit(
     planned = _planned(method, headers, stored.meta, stored.now, field)
     if planned is None:
         return None
-    limiter = handler.limiter
-    if routed.viewer is None and limiter is not None and not limiter.allow(routed.client, time.monotonic()):
+    if not admitted and not _allowed(handler, routed):
         return None  # the full handler answers 429 (and counts it) as it always does
     handler.engine.store.touch_meta(stored.ekey, routed.key.primary)
     return _hit(handler, routed, stored, headers, planned)
@@ -139,10 +139,10 @@ def find_cold(
 ) -> Cold | None:
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
     metadata here, or whose stored entry must be revalidated before it is used. None for anything else the full
-    handler decides: a conditional, only-if-cached or rate-limited request, a look-aside, a stand-in for a node
-    that is down, a hot copy, several ranges, a Vary'd record, a stale entry it may serve."""
-    # basis: another node's object is Elsewhere, without asking the popularity gate or the rate limiter (whose
-    # counts find_hit() has made for this request already).
+    handler decides: a conditional or only-if-cached request, one the rate limiter refuses, a look-aside, a
+    stand-in for a node that is down, a hot copy, several ranges, a Vary'd record, a stale entry it may serve."""
+    # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
+    # this request already).
     routed = _routed(handler, method, host_field, target, headers, client, True, None)
     if not isinstance(routed, _Routed) or not routed.fills or routed.failover:
         return None
@@ -151,8 +151,6 @@ def find_cold(
         return None  # a hot copy, filled from the owner by the full handler
     cc = parse_cache_control(headers)
     if cc.no_store or cc.only_if_cached or must_pass(headers) is not None or validates(headers):
-        return None
-    if routed.viewer is None and handler.limiter is not None:
         return None
     entry, site = _entry(handler, routed.site, routed.host, routed.key, headers), routed.site
     if entry is None or entry.record.vary:
@@ -170,7 +168,15 @@ def find_cold(
         run = cold_run(method, value, size, handler.engine.fill_slices)
     else:
         run = stored_run(value, meta.whole, meta.length, size)
+    if not _allowed(handler, routed):  # last: a token is spent only on a request this fills
+        return None
     return Cold(_fill_request(routed, headers, entry.record, entry.scope, entry.ekey), *run, meta)
+
+
+def _allowed(handler: EdgeHandler, routed: _Routed) -> bool:
+    """The rate limiter's word (it spends a token); a hop's viewer was judged by the node it came through."""
+    limiter = handler.limiter
+    return routed.viewer is not None or limiter is None or limiter.allow(routed.client, time.monotonic())
 
 
 def _fill_request(routed: _Routed, headers: Headers, record: PrimaryRecord, scope: str, ekey: str) -> FillRequest:

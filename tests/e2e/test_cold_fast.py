@@ -207,3 +207,32 @@ async def test_a_private_miss_whose_client_left_lets_its_fill_go(origin: Origin,
             await until(lambda: any(f._reader_gone for fs in engine.fills._by_key.values() for f in fs))
         release.set()
         await until(lambda: not engine._tasks)  # the fill stopped: nobody would ever read it
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_miss_on_a_rate_limited_node_spends_one_token(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """With a rate limit, a miss is the fast path's too, and spends one token of its client's, as a hit does: the
+    limiter is asked once, when its fill is started, not again when the origin's head is in (nor by aiohttp,
+    should the answer be left to it). A burst of 4 with a rate too low to refill: 4 answers, then 429."""
+    origin.put("/a", DATA)
+    origin.put("/private", b"p" * 1000, headers={"Cache-Control": "private"})  # not stored: its answer is aiohttp's, adopted
+    config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast, rate_limit=0.001, burst=4.0)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        before = fast_path_outcomes()
+        statuses = []
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            for path in ("/a", "/private", "/a", "/a", "/a"):  # a miss, an adopted miss, two hits, one too many
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode())
+                status, _, body = await read_answer(reader)
+                statuses.append(status)
+                if status == 200:
+                    assert body == origin.objects[path].data
+        finally:
+            writer.close()
+        after = fast_path_outcomes()
+    assert statuses == [200, 200, 200, 200, 429]
+    assert origin.hits["/a"] == 1
+    assert origin.hits["/private"] == 1
+    if fast:  # the private answer, and the 429, are aiohttp's
+        assert {k: after[k] - before[k] for k in ("answered", "handed_off")} == {"answered": 3, "handed_off": 2}
