@@ -378,7 +378,7 @@ class FastPath(asyncio.Protocol):
             rng = p.range_field if p.range_field is not None else get_first(fields, "range")
             ua, referer = get_first(fields, "user-agent"), get_first(fields, "referer")
             client = hit.viewer or self.client  # a hop's viewer, as a node of the cluster judged it
-            line = observe.Line(client, p.method, hit.req.host, hit.req.target, rng, ua, referer, _PROTOCOL)
+            line = observe.Line(client, p.method, hit.req.host, hit.req.key.full_target, rng, ua, referer, _PROTOCOL)
             way = _UPSTREAM if p.status is CacheStatus.HIT else observe.upstream(p.status, metrics.Sources())
             observe.log_line(handler.access, t, line, hit.status, nbytes, handler.node, way)
         if not p.keep_alive and self.transport is not None:

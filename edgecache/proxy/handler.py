@@ -171,6 +171,7 @@ class EdgeHandler:
             key = make_key(site.name, host, target, site.key_query)
         except BadTarget as exc:
             raise ClientError(400, str(exc)) from exc
+        observe.trace(request).target = key.full_target
         hops = request.headers.getall(HOP, ())
         hop = self.cluster.honoured(hops, request.method, key.primary) if self.cluster is not None else None
         if hop is not None:

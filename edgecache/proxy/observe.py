@@ -47,6 +47,9 @@ class Trace:
     from_peer: bool = False  # a miss filled from the previous owner's cache (core.lookaside): upstream "peer"
     moved: bool = False  # that fill was a look-aside, not a spread copy's: the miss's cause is ring-moved
     look_aside: bool = False  # the owner asks this node's cache (core.lookaside)
+    # The target as the access log names it once the request has a key (CacheKey.full_target: never a signed URL's
+    # token); None: the raw target of a request refused before it had one.
+    target: str | None = None
 
 
 TRACE = web.RequestKey("edgecache_trace", Trace)
@@ -150,7 +153,7 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
             client(request),
             request.method,
             headers.get("Host", ""),
-            request.raw_path,
+            t.target if t.target is not None else request.raw_path,
             headers.get("Range"),
             headers.get("User-Agent"),
             headers.get("Referer"),

@@ -275,5 +275,5 @@ class Relay:
         if handler.access.enabled:
             h = fwd.headers
             rng, ua, referer = get_first(h, "range"), get_first(h, "user-agent"), get_first(h, "referer")
-            line = observe.Line(fwd.client, fwd.method, fwd.key.host, fwd.key.target, rng, ua, referer, "HTTP/1.1")
+            line = observe.Line(fwd.client, fwd.method, fwd.key.host, fwd.key.full_target, rng, ua, referer, "HTTP/1.1")
             observe.log_line(handler.access, t, line, code, n, handler.node, way)

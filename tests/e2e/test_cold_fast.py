@@ -215,7 +215,8 @@ async def test_a_miss_on_a_rate_limited_node_spends_one_token(origin: Origin, tm
     limiter is asked once, when its fill is started, not again when the origin's head is in (nor by aiohttp,
     should the answer be left to it). A burst of 4 with a rate too low to refill: 4 answers, then 429."""
     origin.put("/a", DATA)
-    origin.put("/private", b"p" * 1000, headers={"Cache-Control": "private"})  # not stored: its answer is aiohttp's, adopted
+    # Not stored: its answer is aiohttp's, which adopts the fill the fast path started.
+    origin.put("/private", b"p" * 1000, headers={"Cache-Control": "private"})
     config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast, rate_limit=0.001, burst=4.0)
     async with start_edge(config) as edge, asyncio.timeout(20):
         before = fast_path_outcomes()

@@ -6,6 +6,7 @@ edge serves."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -356,3 +357,21 @@ async def test_the_nodes_own_prefetch_needs_no_token_and_its_owner_takes_its_wor
             assert (await get(nodes[2], p))[::2] == refused(Refusal.MISSING)
             assert (await get(nodes[2], sign(rules, p, later())))[::2] == (200, SEGMENT)
         assert [dict(o.hits) for o in origs] == [{paths[0]: 1}, {paths[1]: 1}, {}]
+
+
+async def test_the_access_log_never_holds_the_token(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """Whoever reads the log must not be able to replay a viewer's URL: the line names the target without the
+    signed URL's parameters (the rest of its query stays), whichever path answered: a miss, a hit, a pass-through."""
+    rules = Signing((SECRET,))
+    origin.put("/v/a.mp4", BODY)
+    config = replace(signed_config(tmp_path, origin, fast, rules), access_log=tmp_path / "access.log")
+    async with start_edge(config) as edge:
+        target = sign(rules, "/v/a.mp4?itag=22", later())
+        for extra in ((), (), ("Cache-Control: no-store",)):
+            assert (await get(edge, target, *extra))[::2] == (200, BODY)
+    lines = [json.loads(x) for x in (tmp_path / "access.log").read_bytes().splitlines()]
+    assert [(x["path"], x["cache"]) for x in lines] == [
+        ("/v/a.mp4?itag=22", "miss"),
+        ("/v/a.mp4?itag=22", "hit"),
+        ("/v/a.mp4?itag=22", "pass"),
+    ]
