@@ -1,30 +1,39 @@
 """A miss on the fast path, of an object nothing is known of or whose stored entry must be revalidated: its fill
 is started here (hit.find_cold decides which), and once the origin's head is in, the request is decided again and
 is answered through the same slice reader as any hit (diskhit): as a miss that reads the fill (expired when it
-replaced a stale entry), or as revalidated from the stored entry a 304 confirmed (decide.Decider.fetched).
+replaced a stale entry), or as revalidated from the stored entry a 304 confirmed (decide.Decider.fetched). An
+origin that failed the request's own fill, with no stale entry to stand in, gets the full handler's 502 (failed).
 
-Whatever the head turns out to be that the fast path does not answer (an answer that is not stored, a failure, a
-Vary, a plan of its own), the request goes to the full handler with the fill it started (EdgeHandler.adopted):
+Whatever the head turns out to be that the fast path does not answer (an answer that is not stored, a failure of a
+fill it joined or of a revalidation, a Vary, a plan of its own), the request goes to the full handler with the fill it started (EdgeHandler.adopted):
 the handler carries on with that fill as if it had started it, so the origin is asked once either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.headers import get_first
 from edgecache.core.keys import digest
-from edgecache.core.status import miss_cause
+from edgecache.core.status import CacheStatus, miss_cause
+from edgecache.errors import OriginError, VersionChanged
+from edgecache.proxy import encode, observe
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.fill import Adopted, Fill
-from edgecache.proxy.hit import Forward, Load
+from edgecache.proxy.fillhead import RangeMismatch
+from edgecache.proxy.hit import Cold, Forward, Load
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
+
+log = logging.getLogger(__name__)
+_ANSWERED = metrics.FAST_PATH.labels("answered")
 
 
 @dataclass(slots=True)
@@ -32,13 +41,21 @@ class Started:
     """The fill a connection's cold miss started or joined, for the head at the front of its buffer."""
 
     head: bytes
-    primary: str
+    cold: Cold  # what find_cold decided for it
     fill: Fill
     ours: bool  # started for this request: the full handler takes it over should the fast path not answer
     cause: str  # the miss's cause (cold, or evicted when this process had stored the object and dropped it)
     began: float  # monotonic
-    validating: ObjectMeta | None  # the stale entry the fill revalidates (None: nothing was stored)
     origin_ms: float | None = None  # how long the head took to come
+
+    @property
+    def primary(self) -> str:
+        return self.cold.req.primary
+
+    @property
+    def validating(self) -> ObjectMeta | None:
+        """The stale entry the fill revalidates (None: nothing was stored)."""
+        return self.cold.validate
 
 
 def start(conn: FastPath, head: bytes) -> bool:
@@ -53,7 +70,7 @@ def start(conn: FastPath, head: bytes) -> bool:
     expired = cold.validate is not None
     evicted = not expired and engine.ghosts.object_dropped(digest(cold.req.entry_key))
     cause = miss_cause(uncacheable=False, expired=expired, evicted=evicted, failover=False).value
-    conn.started = started = Started(head, cold.req.primary, fill, ours, cause, time.monotonic(), cold.validate)
+    conn.started = started = Started(head, cold, fill, ours, cause, time.monotonic())
     conn.busy = True
     conn.loop.create_task(_head_in(conn, started)).add_done_callback(conn.done)
     return True
@@ -69,13 +86,18 @@ async def _head_in(conn: FastPath, started: Started) -> None:
     started.origin_ms = round((time.monotonic() - started.began) * 1000, 3)
 
 
-def settle(conn: FastPath, head: bytes, decided: Prepared | Load | Forward | None) -> Prepared | None:
-    """The answer to the head whose fill has its head now: a miss from what was stored, or None, and the request
-    goes to the full handler with the fill it started (hand_off)."""
+def settle(conn: FastPath, head: bytes, decided: Prepared | Load | Forward | None) -> Prepared | Failed | None:
+    """The answer to the head whose fill has its head now: a miss from what was stored; FAILED, answered here
+    (the origin failed this request's own fill, with nothing stored to stand in); or None, and the request goes
+    to the full handler with the fill it started (hand_off)."""
     started, conn.started = conn.started, None
     assert started is not None
     conn.loads = 0
     fill = started.fill
+    failure = _failure(fill) if started.ours and started.head == head and started.validating is None else None
+    if failure is not None:
+        failed(conn, started, failure)
+        return FAILED
     arrived = fill.head.done() and not fill.head.cancelled() and fill.head.exception() is None
     if arrived and started.head == head and decided is None and fill.head.result().status == 304:
         decided = conn.server.decider.validated(head, conn.client)  # confirmed, yet stale: answered all the same
@@ -90,6 +112,54 @@ def settle(conn: FastPath, head: bytes, decided: Prepared | Load | Forward | Non
         waited = started.origin_ms if arrived else None
         conn.adopted = Adopted(fill, started.primary, started.began, waited, started.validating)
     return None
+
+
+class Failed:
+    """settle(): the origin failed the fill and the answer saying so is written."""
+
+
+FAILED = Failed()
+
+
+def _failure(fill: Fill) -> OriginError | None:
+    """The origin's failure of the fill, if that is how its head ended (an origin range the full handler passes
+    through, or a version change, is not one: those are the full handler's)."""
+    head = fill.head
+    if not head.done() or head.cancelled() or not isinstance(exc := head.exception(), OriginError):
+        return None
+    return None if isinstance(exc, RangeMismatch | VersionChanged) else exc
+
+
+def failed(conn: FastPath, started: Started, exc: OriginError) -> None:
+    """The answer the full handler gives when the origin fails a miss's own fill and no stale entry may stand in:
+    502 (504 on a timeout) with the reason, counted and logged as it counts and logs it (EdgeHandler._answer)."""
+    started.fill.abandon()  # only this request would have read it
+    req, cold = started.cold.req, started.cold
+    log.info("%s %s: origin failed: %s", cold.method, req.key.full_target[:200], exc)
+    if not (exc.timeout or exc.connect):  # those were counted where they happened (origin client)
+        metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
+    code = 504 if exc.timeout else 502
+    answer = encode.error(code, f"origin failed: {exc.reason}", conn.server.date(), cold.keep_alive)
+    t = observe.new_trace()
+    t.t0, t.site, t.status = started.began, req.site.name, CacheStatus.ERROR
+    transport = conn.transport
+    if transport is not None:
+        transport.write(answer)
+        observe.head_sent(t)
+        _ANSWERED.inc()
+    nbytes = len(answer) - answer.index(b"\r\n\r\n") - 4
+    observe.count(t, cold.method, code)
+    way = observe.upstream(t.status, t.sources)
+    observe.site_bytes(t.site, way).inc(nbytes)
+    access = conn.server.handler.access
+    if access.enabled:
+        fields = req.headers
+        rng, ua, referer = get_first(fields, "range"), get_first(fields, "user-agent"), get_first(fields, "referer")
+        line = observe.Line(conn.client, cold.method, req.host, req.key.full_target, rng, ua, referer, "HTTP/1.1")
+        observe.log_line(access, t, line, code, nbytes, conn.server.handler.node, way)
+    if not cold.keep_alive and transport is not None:
+        conn.closing = True
+        transport.close()
 
 
 def adopt(conn: FastPath, p: Prepared) -> None:

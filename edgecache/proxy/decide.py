@@ -305,8 +305,8 @@ class Decider:
         the full handler decides it."""
         if self.handler.in_flight >= self.handler.max_in_flight:
             return None
-        found, _, _ = self._parse(head, client, cold=True)
-        return found if isinstance(found, Cold) else None
+        found, _, keep_alive = self._parse(head, client, cold=True)
+        return replace(found, keep_alive=keep_alive) if isinstance(found, Cold) else None
 
     def fetched(
         self,

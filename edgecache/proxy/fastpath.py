@@ -258,7 +258,12 @@ class FastPath(asyncio.Protocol):
                 self.client = clientaddr.real_client(self.address, forwarded, self.server.handler.forwarders)
             prepared = self.server.decider.answer(head, self.client, admitted=self.started is not None)
             if self.started is not None:  # its fill has its head: answered as a miss, or by the full handler
-                prepared = coldmiss.settle(self, head, prepared)
+                settled = coldmiss.settle(self, head, prepared)
+                if isinstance(settled, coldmiss.Failed):  # the origin failed it: answered already
+                    self.buf = self.buf[end + 4 :]
+                    self._disarm()
+                    continue
+                prepared = settled
             elif prepared is None or (isinstance(prepared, Load) and self.loads >= 2):
                 # No hit, with all the disk holds loaded: a miss (or a stale entry to revalidate) is filled here
                 if not coldmiss.start(self, head):

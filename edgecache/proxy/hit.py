@@ -132,6 +132,8 @@ class Cold:
     first: int
     last: int | None
     validate: ObjectMeta | None = None
+    method: str = "GET"
+    keep_alive: bool = True  # the connection stays open after the answer (decide.Decider.cold says)
 
 
 def find_cold(
@@ -170,7 +172,7 @@ def find_cold(
         run = stored_run(value, meta.whole, meta.length, size)
     if not _allowed(handler, routed):  # last: a token is spent only on a request this fills
         return None
-    return Cold(_fill_request(routed, headers, entry.record, entry.scope, entry.ekey), *run, meta)
+    return Cold(_fill_request(routed, headers, entry.record, entry.scope, entry.ekey), *run, meta, method)
 
 
 def _allowed(handler: EdgeHandler, routed: _Routed) -> bool:
@@ -467,9 +469,9 @@ def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_
     answer: a multipart Range, a stored answer other than a 200 or 206."""
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
     planned = plan_answer(method, headers, meta, base_headers(meta.headers, int(age), cache_status))
-    if planned.multi is not None or planned.status not in _ANSWERED:
+    if planned.multi is not None or planned.status not in _ON_FAST_PATH:
         return None
     return planned
 
 
-_ANSWERED = frozenset({200, 206, 304, 412, 416})
+_ON_FAST_PATH = frozenset({200, 206, 304, 412, 416})
