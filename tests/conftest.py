@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 
 from edgecache.cluster.view import ClusterView
 from edgecache.config import CacheSettings, Config, Listen, OriginSettings, Site
+from edgecache.proxy.fastserver import FastServer
 from edgecache.server import Node, make_fast, make_server, open_node, start_listeners
 from tests.origin import Origin
 
@@ -59,6 +60,7 @@ class Edge:
     port: int
     session: aiohttp.ClientSession
     ports: list[int]  # of every listener, plain first, then HTTPS
+    fast: FastServer | None = None  # the fast path's server (None: off)
 
     @property
     def url(self) -> str:
@@ -82,7 +84,7 @@ async def start_edge(config: Config) -> AsyncIterator[Edge]:
         ports = [site._server.sockets[0].getsockname()[1] for site in sites]  # type: ignore[union-attr]
         try:
             async with aiohttp.ClientSession(auto_decompress=False) as session:
-                yield Edge(node, runner, ports[0], session, ports)
+                yield Edge(node, runner, ports[0], session, ports, fast)
         finally:  # a failed assertion too: its sockets would be reported as leaked by whichever test runs next
             await runner.cleanup()
             await fast.shutdown(1.0)

@@ -5,8 +5,9 @@ replaced a stale entry), or as revalidated from the stored entry a 304 confirmed
 origin that failed the request's own fill, with no stale entry to stand in, gets the full handler's 502 (failed).
 
 Whatever the head turns out to be that the fast path does not answer (an answer that is not stored, a failure of a
-fill it joined or of a revalidation, a Vary, a plan of its own), the request goes to the full handler with the fill it started (EdgeHandler.adopted):
-the handler carries on with that fill as if it had started it, so the origin is asked once either way.
+fill it joined or of a revalidation, a Vary, a plan of its own), the request goes to the full handler with the
+fill it started (EdgeHandler.adopted): the handler carries on with that fill as if it had started it, so the
+origin is asked once either way.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ class Decider:
         if handler.cluster is not None:
             hop = split_hop(head)
             if hop is not None:
-                return self._hopped(hop[1], hop[0], client)
+                return self._hopped(hop[1], hop[0], client, admitted)
             forward = self.forwards.get(head, client)
             if forward is not None:
                 return None if isinstance(forward, Refused) else forward
@@ -167,7 +167,7 @@ class Decider:
         decided = self._decide(head, client, admitted=admitted) if isinstance(ranged, _FullParse) else ranged
         return None if isinstance(decided, Elsewhere) else decided
 
-    def _hopped(self, head: bytes, field: str, client: str) -> Prepared | Load | Forward | None:
+    def _hopped(self, head: bytes, field: str, client: str, admitted: bool) -> Prepared | Load | Forward | None:
         """A peer's request: `head` without its hop `field`, which differs on every request (time, id, signature)
         and is checked against the remembered answer's method and key, as find_hit() would check it."""
         now = time.time()
@@ -177,11 +177,11 @@ class Decider:
         if prepared is not None:
             hop = cluster.honoured([field], prepared.method, prepared.hit.req.primary)
             if hop is None:  # not vouched for: a client's request, decided as one (the field is dropped)
-                decided = self._decide(head, client)
+                decided = self._decide(head, client, admitted=admitted)
                 return None if isinstance(decided, Elsewhere) else decided
             self.handler.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             return replace(prepared, hit=replace(prepared.hit, viewer=hop.viewer, fills=not hop.lookaside))
-        decided = self._decide(head, client, hop_field=field)
+        decided = self._decide(head, client, hop_field=field, admitted=admitted)
         if isinstance(decided, Prepared) and decided.hit.viewer is not None and decided.status is CacheStatus.HIT:
             _remember(self.hopped, head, decided)
         return None if isinstance(decided, Elsewhere) else decided
@@ -228,8 +228,9 @@ class Decider:
 
     def validated(self, head: bytes, client: str) -> Prepared | None:
         """The answer to `head` from the stored entry the origin has just confirmed (a 304), however fresh it is
-        (an entry that must always be revalidated is still stale after it): never remembered."""
-        hit, method, keep_alive = self._parse(head, client, validated=True)
+        (an entry that must always be revalidated is still stale after it): never remembered. The request was
+        admitted when its revalidation started (find_cold), so the rate limiter is not asked again."""
+        hit, method, keep_alive = self._parse(head, client, validated=True, admitted=True)
         return self._prepared(hit, method, keep_alive, False) if isinstance(hit, Hit) else None
 
     def _prepared(self, hit: Hit, method: str, keep_alive: bool, basis: bool) -> Prepared | None:

@@ -150,6 +150,10 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
     try:
         indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size)
         missing = await _missing_later(conn, p, indices[HELD:])
+        if missing and not hit.fills:  # a look-aside never fills: the full handler says it is not held
+            conn.buf = raw + conn.buf
+            conn.hand_off()
+            return
         for n, index in enumerate(indices):
             base = index * size
             lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
@@ -188,6 +192,8 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
                     continue
             sources.append(_Open(got, index, lo, hi))
         fetches = [s for s in sources if isinstance(s, _Fetch)]
+        for later in fetches[1:]:  # read only once the slices before them are sent: their disk look is old by then
+            later.looked = False
         partial = await _partial(conn, p, fetches) if fetches else p
         if partial is None:  # the object changed, or its origin failed, before any byte went out
             conn.buf = raw + conn.buf
@@ -206,8 +212,7 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
 
 async def _missing_later(conn: FastPath, p: Prepared, later: range) -> set[int]:
     """Which slices past the HELD first are in neither tier now, so that the head says PARTIAL when any byte comes
-    from the origin (as serving._completed has it). A miss's are read from its fill anyway (_Later); a look-aside's
-    must all be held, or the full handler says so."""
+    from the origin (as serving._completed has it). A miss's are read from its fill anyway (_Later)."""
     if not later or p.status in _FETCHED:
         return set()
     hit = p.hit
@@ -262,7 +267,7 @@ async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], t0: fl
             nbytes += reached - source.lo
             disk.inc(reached - source.lo)
             if reached < source.hi:  # the disk failed under it: the rest of the slice is fetched, same version
-                nbytes += await _send_fetched(conn, transport, p, _Fetch(source.index, reached, source.hi))
+                nbytes += await _fetched_now(conn, transport, p, _Fetch(source.index, reached, source.hi))
         if conn.write_paused:
             await conn.drain()
     conn.finished(p, nbytes, t0)
@@ -284,7 +289,7 @@ async def _send_later(conn: FastPath, transport: asyncio.Transport, p: Prepared,
     if got is None:
         if not hit.fills:
             raise OriginError(f"slice {later.index} is no longer held for a look-aside")
-        return await _send_fetched(conn, transport, p, _Fetch(later.index, later.lo, later.hi, looked=True))
+        return await _fetched_now(conn, transport, p, _Fetch(later.index, later.lo, later.hi, looked=True))
     got.acquire()
     try:
         reached = await _send_file(conn, transport, got, later.lo, later.hi)
@@ -292,8 +297,17 @@ async def _send_later(conn: FastPath, transport: asyncio.Transport, p: Prepared,
         got.release()
     disk.inc(reached - later.lo)
     if reached < later.hi:  # the disk failed under it: the rest of the slice is fetched, same version
-        return reached - later.lo + await _send_fetched(conn, transport, p, _Fetch(later.index, reached, later.hi))
+        return reached - later.lo + await _fetched_now(conn, transport, p, _Fetch(later.index, reached, later.hi))
     return reached - later.lo
+
+
+async def _fetched_now(conn: FastPath, transport: asyncio.Transport, p: Prepared, fetch: _Fetch) -> int:
+    """_send_fetched for a fetch made as the body reached it (in no list that _from_disk closes)."""
+    try:
+        return await _send_fetched(conn, transport, p, fetch)
+    finally:
+        if fetch.chunks is not None:
+            await fetch.chunks.aclose()
 
 
 async def _send_fetched(conn: FastPath, transport: asyncio.Transport, p: Prepared, fetch: _Fetch) -> int:
@@ -340,6 +354,11 @@ class _ReadFailed(Exception):
 async def _send_from(conn: FastPath, transport: asyncio.Transport, f: SliceFile, lo: int, hi: int) -> int:
     if conn.sock_fd >= 0 and conn.server.settings.sendfile:
         while lo < hi and transport.get_write_buffer_size() == 0:
+            # sendfile writes to the socket's number, not through the transport: once the transport is closing
+            # its socket may be closed and that number given to the next connection accepted, which would get
+            # these bytes. (A closed transport says its buffer is empty.)
+            if transport.is_closing() or conn.transport is not transport:
+                raise ConnectionResetError("the client went away")
             try:
                 sent = os.sendfile(conn.sock_fd, f.fd, lo, hi - lo)
             except BlockingIOError:

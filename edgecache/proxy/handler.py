@@ -144,11 +144,12 @@ class EdgeHandler:
                 metrics.ORIGIN_ERRORS.labels(observe.trace(request).site, "failed").inc()
             return error_response(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
 
-    def _route(self, request: web.BaseRequest, admitted: bool) -> tuple[Site, str, CacheKey, Hop | None]:
+    def _route(self, request: web.BaseRequest, admitted: str | None) -> tuple[Site, str, CacheKey, Hop | None]:
         """The site, host and key a request names, and its hop; refused (ClientError) as it must be. `admitted`:
-        the fast path let it in and started its fill (an adopted miss): the ACL, the rate limiter and the signed
-        URL judged it at its arrival, and are not asked again (a token that expired while the origin answered, or
-        a second token spent, would refuse a request already sent on)."""
+        the primary key of the miss whose fill the fast path started after letting it in (adopted): when this
+        request is that one, the ACL, the rate limiter and the signed URL judged it at its arrival, and are not
+        asked again (a token that expired while the origin answered, or a second token spent, would refuse a
+        request already sent on)."""
         if request.method == "CONNECT":
             raise ClientError(405, "CONNECT is refused: this is an edge cache, not a forward proxy")
         url = request._message.url
@@ -180,7 +181,7 @@ class EdgeHandler:
             observe.trace(request).client = hop.viewer
             observe.trace(request).for_peer = True
         client = observe.trace(request).client or "-"
-        if admitted:
+        if admitted == key.primary:
             return site, host, key, hop
         if hop is None and site.allow and not internal(request) and not site.allows(client):
             raise ClientError(403, f"this address may not use site {site.name!r}")
@@ -198,7 +199,7 @@ class EdgeHandler:
     async def _handle(self, request: web.BaseRequest, adopted: Adopted | None) -> web.StreamResponse:
         if self.engine.store.stale():  # another worker purged or invalidated something: look at the disk again
             await self.engine.store.catch_up()
-        site, host, key, hop = self._route(request, adopted is not None)
+        site, host, key, hop = self._route(request, adopted.primary if adopted is not None else None)
         headers: Headers = tuple(request.headers.items())
         client_ip = self.connection_address(request)
         # The raw Host field and target are never used again: every request sent on is built from the key.

@@ -250,3 +250,34 @@ async def test_a_miss_on_a_rate_limited_node_spends_one_token(origin: Origin, tm
     assert origin.hits["/private"] == 1
     if fast:  # the private answer, and the 429, are aiohttp's
         assert {k: after[k] - before[k] for k in ("answered", "handed_off")} == {"answered": 3, "handed_off": 2}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_revalidation_on_a_rate_limited_node_spends_one_token(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """An entry that must be revalidated each time (no-cache): its revalidation is started and, once the origin says
+    304, answered from the entry; the limiter is asked once for it, as for any request. Burst 4: 4 answers, 429."""
+    origin.put("/nc", DATA[:5000], headers={"Cache-Control": "no-cache"})
+    config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast, rate_limit=0.001, burst=4.0)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        statuses = []
+        try:
+            for _ in range(5):
+                writer.write(b"GET /nc HTTP/1.1\r\nHost: video.test\r\n\r\n")
+                status, fields, body = await read_answer(reader)
+                statuses.append((status, fields.get(b"cache-status", b"").decode()))
+                if status == 200:
+                    assert body == DATA[:5000]
+        finally:
+            writer.close()
+    revalidated = "edgecache; fwd=stale; fwd-status=304"
+    assert statuses == [
+        (200, "edgecache; fwd=uri-miss; stored"),
+        (200, revalidated),
+        (200, revalidated),
+        (200, revalidated),
+        (429, statuses[4][1]),
+    ]
+    assert origin.hits["/nc"] == 4

@@ -8,14 +8,19 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.hop import Hop, sign
 from edgecache.proxy.decide import HELD
-from tests.conftest import Edge, make_config, start_edge
+from edgecache.storage.store import SliceFile
+from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
+from tests.e2e import test_hops as hops
 from tests.origin import Origin
 from tests.wire import fast_path_outcomes, read_answer
 
@@ -139,3 +144,82 @@ async def test_a_slice_gone_while_the_body_streams_is_fetched(edge: Edge, origin
         writer.close()
     assert origin.hits["/long.bin"] == hits + 1
     assert origin.range_hits("/long.bin")[-1] == f"bytes={late * MiB}-{(late + 1) * MiB - 1}"
+
+
+async def test_a_connection_closed_while_a_later_slice_opens_never_has_its_bytes_sent_elsewhere(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sendfile writes to the socket's number, not through the transport: a connection closed (a write timeout, a
+    client's reset, a drain) while a slice past the held ones is opened off the loop must not have the rest sent
+    to that number, which the kernel gives to the next connection accepted. New connections get only their own
+    answers."""
+    size = 64 * 1024
+    data = DATA[: (HELD + 4) * size - 100]
+    origin.put("/long.bin", data)
+    config = make_config(tmp_path / "c", [origin.url], memory_bytes=0, slice_bytes=size)
+    config = replace(config, fast_path=True, disk_send="sendfile")
+    async with start_edge(config) as edge, asyncio.timeout(30):
+        assert edge.fast is not None
+        assert (await edge.get("/long.bin"))[2] == data  # every slice on disk only (no memory tier)
+        await edge.node.engine.flush()
+        store, handler, fast = edge.node.engine.store, edge.node.handler, edge.fast
+        opening, release = asyncio.Event(), asyncio.Event()
+        real = store.open_slice
+
+        async def held_open(entry_key: str, meta: ObjectMeta, index: int) -> SliceFile | bytes | None:
+            if index == HELD:
+                opening.set()
+                await release.wait()
+            return await real(entry_key, meta, index)
+
+        monkeypatch.setattr(store, "open_slice", held_open)
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(request())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert await reader.readexactly(HELD * size) == data[: HELD * size]
+        await opening.wait()
+        (conn,) = [c for c in fast.connections if c.busy]  # the warm-up's idle keep-alive connection is not
+        conn.abort()  # its socket is closed at once: its number is free
+        while conn in fast.connections:  # noqa: ASYNC110 (connection_lost comes later, with no event to wait on)
+            await asyncio.sleep(0.01)
+        idle = len(fast.connections)
+        others = [await asyncio.open_connection("127.0.0.1", edge.port) for _ in range(4)]
+        while len(fast.connections) < idle + len(others):  # noqa: ASYNC110 (accepted: their numbers are taken)
+            await asyncio.sleep(0.01)
+        release.set()
+        while handler.in_flight:  # noqa: ASYNC110 (the streaming task's end has no event to wait on)
+            await asyncio.sleep(0.01)
+        writer.close()
+        for other_reader, other_writer in others:
+            other_writer.write(request(f"0-{size - 1}"))
+            assert (await other_reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 206 Partial Content\r\n")
+            assert await other_reader.readexactly(size) == data[:size]
+            other_writer.close()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_lookaside_for_a_long_object_missing_a_later_slice_is_not_held(tmp_path: Path, fast: bool) -> None:
+    """A look-aside asks what the node holds fresh and whole, and never fills: a long object one of whose slices
+    past the held ones is gone is answered 504 (not held), its origin not asked, as the full handler answers it."""
+    path = "/long.bin"
+    async with hops.origins() as origs, hops.cluster(origs, tmp_path, {}, fast_path=fast) as nodes:
+        for o in origs:
+            o.put(path, DATA)
+        index = hops.owner_index(path)
+        node, origin = nodes[index], origs[index]
+        assert (await hops.request(node, path))[::2] == (200, DATA)
+        await node.node.engine.flush()
+        store = node.node.engine.store
+        gone: list[str] = []
+        late = HELD + 1
+        store.memory.delete_where(lambda k: k.startswith("s:") and k.endswith(f":{late}") and not gone.append(k))
+        for name in gone:
+            await store.disk.delete(name)
+        asker = f"node{(index + 1) % 3 + 1}"
+        stamp = Hop(asker, int(time.time()), "t-1", "127.0.0.1", False, lookaside=True)
+        field = sign(CLUSTER_KEY, stamp, "GET", hops.primary(path))
+        hits = origin.hits[path]
+        assert (await hops.request(node, path, hops=(field,)))[0] == 504
+        assert origin.hits[path] == hits
+        assert (await hops.request(node, path))[::2] == (200, DATA)  # a viewer's request fills it, once
+        assert origin.hits[path] == hits + 1
