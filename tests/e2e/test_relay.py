@@ -106,7 +106,10 @@ async def test_forwarded_gets_and_heads_are_relayed_on_the_fast_path_twice_on_on
             (206, "bytes 1048000-1048575/2000000", data[1048000:1048576]),
             (206, "bytes 1999990-1999999/2000000", data[-10:]),
         ]
-        assert got[:4] == got[4:8]
+        # The same answers again, but for the clock's fields (a second may end between them: Age 0, then 1).
+        clockless = [(s, {k: v for k, v in f.items() if k not in ("age", "date")}, b) for s, f, b in got]
+        assert clockless[:4] == clockless[4:8]
+        assert all(f["age"] in ("0", "1") for _, f, _ in got)
         assert got[1][1]["content-length"] == str(len(data))  # a HEAD says the length it would have sent
         assert got[8][1]["connection"] == "close"
         assert origin.hits[path] == 1
