@@ -424,6 +424,8 @@ class JobRunner:
             return  # deleted meanwhile: never written back
         try:
             await self.disk.put(f"job:{job.id}", json.dumps(asdict(job)).encode(), pinned=True)
+            if job.id not in self.jobs:  # forgotten while this was written (_forget's delete may have gone first)
+                await self.disk.delete(f"job:{job.id}")
         except StorageError as exc:
             log.warning("prefetch job %s not saved: %s", job.id, exc)
 
