@@ -225,6 +225,7 @@ class JobRunner:
         self._session: aiohttp.ClientSession | None = None
         self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
         self._index = asyncio.Lock()
+        self._records = asyncio.Lock()  # job records are written and deleted one at a time (_save, _forget)
         self._tasks: dict[str, asyncio.Future[None]] = {}  # by job: done when it ends (done, failed, cancelled)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # set and replaced at every change: until() waits on it
@@ -405,11 +406,12 @@ class JobRunner:
         self._publish()
         self._notify()
         await self._write_index()  # first: a record the index does not name is never loaded
-        for job_id in ids:
-            try:
-                await self.disk.delete(f"job:{job_id}")
-            except StorageError as exc:
-                log.warning("prefetch job %s not deleted from disk: %s", job_id, exc)
+        async with self._records:
+            for job_id in ids:
+                try:
+                    await self.disk.delete(f"job:{job_id}")
+                except StorageError as exc:
+                    log.warning("prefetch job %s not deleted from disk: %s", job_id, exc)
 
     async def _write_index(self) -> None:
         async with self._index:  # in order: an older list never lands after a newer one
@@ -420,14 +422,15 @@ class JobRunner:
                 log.warning("prefetch job index not saved: %s", exc)
 
     async def _save(self, job: Job) -> None:
-        if job.id not in self.jobs:
-            return  # deleted meanwhile: never written back
-        try:
-            await self.disk.put(f"job:{job.id}", json.dumps(asdict(job)).encode(), pinned=True)
-            if job.id not in self.jobs:  # forgotten while this was written (_forget's delete may have gone first)
-                await self.disk.delete(f"job:{job.id}")
-        except StorageError as exc:
-            log.warning("prefetch job %s not saved: %s", job.id, exc)
+        # One at a time with _forget's deletes: a write still under way when its job is forgotten would otherwise
+        # land after the delete and leave the record on the disk, pinned, named by no index.
+        async with self._records:
+            if job.id not in self.jobs:
+                return  # deleted meanwhile: never written back
+            try:
+                await self.disk.put(f"job:{job.id}", json.dumps(asdict(job)).encode(), pinned=True)
+            except StorageError as exc:
+                log.warning("prefetch job %s not saved: %s", job.id, exc)
 
     async def _expand(self, url: str, body: bytes, job: Job) -> list[str]:
         """The new URLs a manifest names, parsed off the loop, admitted in O(1) each."""

@@ -64,34 +64,36 @@ async def test_a_job_forgotten_while_its_last_record_is_written_leaves_no_record
     origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The record of a job that ended is written off the loop; a prune that forgets the job meanwhile deletes its
-    record, and the write, landing after that delete, must not bring it back: no index names it, so it would
-    never be loaded again, yet it would stay on the disk, pinned, for good."""
+    record, and must do so after that write lands, or the write brings the record back: no index names it, so it
+    would never be loaded again, yet it would stay on the disk, pinned, for good."""
     origin.put("/a", b"a")
     async with admin_node(node_config(origin, tmp_path / "c"), keep=3600.0) as node:
         disk = node.edge.node.store.disk
-        writing, written, deleted_after = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        put, delete = disk.put, disk.delete
+        writing, written, landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        put = disk.put
 
         async def held_put(key: str, value: bytes, *args: object, **kwargs: object) -> bool:
-            if key.startswith("job:") and b'"state": "done"' in value:
-                writing.set()
-                await written.wait()
-            return await put(key, value, *args, **kwargs)  # type: ignore[arg-type]
-
-        async def noted_delete(key: str) -> None:
-            await delete(key)
-            if key.startswith("job:") and written.is_set():
-                deleted_after.set()
+            if not (key.startswith("job:") and b'"state": "done"' in value):
+                return await put(key, value, *args, **kwargs)  # type: ignore[arg-type]
+            writing.set()
+            await written.wait()
+            try:
+                return await put(key, value, *args, **kwargs)  # type: ignore[arg-type]
+            finally:
+                landed.set()
 
         monkeypatch.setattr(disk, "put", held_put)
-        monkeypatch.setattr(disk, "delete", noted_delete)
         _, job = await submit(node, ["http://video.test/a"])
         job_id = str(job["id"])
         await writing.wait()  # its last record, "done", is on its way to the disk
-        await node.jobs.prune(time.time() + 3601)  # and the job is forgotten: its record deleted
-        assert (await node.call("GET", f"/prefetch/{job_id}"))[0] == 404
+        pruned = asyncio.ensure_future(node.jobs.prune(time.time() + 3601))  # the job is forgotten meanwhile
+        # The prune waits for the write (or, on the code before the fix, deleted the record at once): a second
+        # is far more than a delete takes, and either way the write is let go only after it.
+        await asyncio.wait([pruned], timeout=1.0)
         written.set()
-        await asyncio.wait_for(deleted_after.wait(), 10)
+        await asyncio.wait_for(landed.wait(), 10)
+        await asyncio.wait_for(pruned, 10)
+        assert (await node.call("GET", f"/prefetch/{job_id}"))[0] == 404
         assert await disk.get(f"job:{job_id}") is None
 
 
