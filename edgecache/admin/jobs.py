@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from edgecache import metrics
+from edgecache.core.headers import split_list
 from edgecache.core.manifest import expand
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
@@ -123,23 +124,6 @@ def rank(job: Job) -> tuple[int, float, str]:
     return -job.priority, job.created, job.id
 
 
-def members(cache_status: str) -> list[str]:
-    """The members of a Cache-Status list (RFC 9211), split on commas outside quoted strings."""
-    out: list[str] = []
-    part: list[str] = []
-    quoted = False
-    for ch in cache_status:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append("".join(part).strip())
-            part = []
-        else:
-            part.append(ch)
-    out.append("".join(part).strip())
-    return [m for m in out if m]
-
-
 def _params(member: str) -> set[str]:
     return {p.strip() for p in member.split(";")[1:]}
 
@@ -151,7 +135,7 @@ def reading(cache_status: str) -> tuple[str, str]:
     request to the owner (detail="peer"), the one before it is the owner's. Only those are read: members before
     them came from the origin, and an origin saying "hit" must neither make a fill look cached nor let its bytes
     pass the bandwidth cap. source is "cache" (this node's own cache: free), "peer" or "origin"."""
-    found = members(cache_status)
+    found = list(split_list(cache_status))
     if not found or found[-1].split(";")[0].strip() != "edgecache":
         return "not-stored", "origin"  # not an answer of ours: counted against the cap, never as cached
     mine = _params(found[-1])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.admin.jobs import Job, in_window, members, rank, reading, seconds_to_boundary
+from edgecache.admin.jobs import Job, in_window, rank, reading, seconds_to_boundary
 from edgecache.config import build
 from edgecache.errors import ConfigError
 from edgecache.prefetchcmd import route
@@ -46,15 +46,6 @@ def test_jobs_rank_by_priority_then_age() -> None:
     new_low = Job(id="b", owner="o", urls=[], priority=0, created=2.0)
     new_high = Job(id="c", owner="o", urls=[], priority=5, created=3.0)
     assert [j.id for j in sorted([new_low, old_low, new_high], key=rank)] == ["c", "a", "b"]
-
-
-def test_members_split_on_commas_outside_quotes() -> None:
-    assert members('cdn; hit, edgecache; detail="a, b", edgecache; hit') == [
-        "cdn; hit",
-        'edgecache; detail="a, b"',
-        "edgecache; hit",
-    ]
-    assert members("") == []
 
 
 @pytest.mark.parametrize(
