@@ -80,7 +80,8 @@ class _Later:
     hi: int
 
 
-Source = memoryview | _Open | _Fetch | _Later
+_InHand = memoryview | _Open | _Fetch  # a slice's source in hand
+Source = _InHand | _Later
 
 
 def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
@@ -252,53 +253,52 @@ async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], t0: fl
     transport.write(p.head)
     conn.sent(p, t0)
     nbytes = 0
-    memory, disk = counters(p)
     for source in sources:
-        if isinstance(source, memoryview):
-            transport.write(source)
-            nbytes += len(source)
-            memory.inc(len(source))
-        elif isinstance(source, _Fetch):
-            nbytes += await _send_fetched(conn, transport, p, source)
-        elif isinstance(source, _Later):
+        if isinstance(source, _Later):
             nbytes += await _send_later(conn, transport, p, source)
         else:
-            reached = await _send_file(conn, transport, source.file, source.lo, source.hi)
-            nbytes += reached - source.lo
-            disk.inc(reached - source.lo)
-            if reached < source.hi:  # the disk failed under it: the rest of the slice is fetched, same version
-                nbytes += await _fetched_now(conn, transport, p, _Fetch(source.index, reached, source.hi))
+            nbytes += await _send_one(conn, transport, p, source)
         if conn.write_paused:
             await conn.drain()
     conn.finished(p, nbytes, t0)
+
+
+async def _send_one(conn: FastPath, transport: asyncio.Transport, p: Prepared, source: _InHand) -> int:
+    """One slice's bytes of the answer, from memory, a fill, or an open file (the rest of the slice fetched, same
+    version, should the disk fail under it); how many were sent."""
+    memory, disk = counters(p)
+    if isinstance(source, memoryview):
+        transport.write(source)
+        memory.inc(len(source))
+        return len(source)
+    if isinstance(source, _Fetch):
+        return await _send_fetched(conn, transport, p, source)
+    reached = await _send_file(conn, transport, source.file, source.lo, source.hi)
+    disk.inc(reached - source.lo)
+    if reached < source.hi:
+        return reached - source.lo + await _fetched_now(conn, transport, p, _Fetch(source.index, reached, source.hi))
+    return reached - source.lo
 
 
 async def _send_later(conn: FastPath, transport: asyncio.Transport, p: Prepared, later: _Later) -> int:
     """A slice past the HELD first, from wherever it is when the body reaches it; one gone from both tiers since
     is fetched, same version (never for a look-aside: the connection is cut, as the body cannot be whole)."""
     hit, store = p.hit, conn.server.handler.engine.store
-    memory, disk = counters(p)
     data = store.slice_from_memory(hit.req.entry_key, hit.meta, later.index)
     got = data if data is not None else store.open_file(hit.req.entry_key, hit.meta, later.index)
     if got is None:
         got = await store.open_slice(hit.req.entry_key, hit.meta, later.index)
     if isinstance(got, bytes):
-        transport.write(memoryview(got)[later.lo : later.hi])
-        memory.inc(later.hi - later.lo)
-        return later.hi - later.lo
+        return await _send_one(conn, transport, p, memoryview(got)[later.lo : later.hi])
     if got is None:
         if not hit.fills:
             raise OriginError(f"slice {later.index} is no longer held for a look-aside")
         return await _fetched_now(conn, transport, p, _Fetch(later.index, later.lo, later.hi, looked=True))
     got.acquire()
     try:
-        reached = await _send_file(conn, transport, got, later.lo, later.hi)
+        return await _send_one(conn, transport, p, _Open(got, later.index, later.lo, later.hi))
     finally:
         got.release()
-    disk.inc(reached - later.lo)
-    if reached < later.hi:  # the disk failed under it: the rest of the slice is fetched, same version
-        return reached - later.lo + await _fetched_now(conn, transport, p, _Fetch(later.index, reached, later.hi))
-    return reached - later.lo
 
 
 async def _fetched_now(conn: FastPath, transport: asyncio.Transport, p: Prepared, fetch: _Fetch) -> int:
