@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.headers import get_first
 from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause
 from edgecache.errors import OriginError, VersionChanged
@@ -154,9 +153,7 @@ def failed(conn: FastPath, started: Started, exc: OriginError) -> None:
     observe.site_bytes(t.site, way).inc(nbytes)
     access = conn.server.handler.access
     if access.enabled:
-        fields = req.headers
-        rng, ua, referer = get_first(fields, "range"), get_first(fields, "user-agent"), get_first(fields, "referer")
-        line = observe.Line(conn.client, cold.method, req.host, req.key.full_target, rng, ua, referer, "HTTP/1.1")
+        line = observe.Line.of(conn.client, cold.method, req.host, req.key.full_target, req.headers)
         observe.log_line(access, t, line, code, nbytes, conn.server.handler.node, way)
     if not cold.keep_alive and transport is not None:
         conn.closing = True

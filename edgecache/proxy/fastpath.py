@@ -18,12 +18,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, cast
 
-from aiohttp.http import HttpVersion11
-
 from edgecache import metrics
 from edgecache.core import clientaddr, proxyproto
 from edgecache.core.freshness import Use
-from edgecache.core.headers import get_first
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import coldmiss, diskhit, observe
 from edgecache.proxy.decide import HELD, Prepared
@@ -46,7 +43,6 @@ MAX_PENDING = 256 * 1024
 _TTFB_HIT = metrics.TTFB.labels(CacheStatus.HIT.value)
 _ANSWERED = metrics.FAST_PATH.labels("answered")
 _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
-_PROTOCOL = observe.protocol(HttpVersion11)  # decide.py leaves every other version to aiohttp
 _UPSTREAM = observe.upstream(CacheStatus.HIT, metrics.Sources())  # a fresh hit, every slice in hand: "cache"
 
 
@@ -379,11 +375,9 @@ class FastPath(asyncio.Protocol):
             t = observe.new_trace()
             t.t0, t.site, t.status, t.for_peer = t0, hit.site.name, p.status, hit.viewer is not None
             t.origin_ms = p.origin_ms
-            fields = hit.req.headers
-            rng = p.range_field if p.range_field is not None else get_first(fields, "range")
-            ua, referer = get_first(fields, "user-agent"), get_first(fields, "referer")
             client = hit.viewer or self.client  # a hop's viewer, as a node of the cluster judged it
-            line = observe.Line(client, p.method, hit.req.host, hit.req.key.full_target, rng, ua, referer, _PROTOCOL)
+            req = hit.req
+            line = observe.Line.of(client, p.method, req.host, req.key.full_target, req.headers, p.range_field)
             way = _UPSTREAM if p.status is CacheStatus.HIT else observe.upstream(p.status, metrics.Sources())
             observe.log_line(handler.access, t, line, hit.status, nbytes, handler.node, way)
         if not p.keep_alive and self.transport is not None:

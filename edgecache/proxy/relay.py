@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgecache import metrics
 from edgecache.core.forward import pass_request, relayed_fields
-from edgecache.core.headers import get_first
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
@@ -273,7 +272,5 @@ class Relay:
         (self.counters.site_bytes if t.status is CacheStatus.PEER else observe.site_bytes(t.site, way)).inc(n)
         handler = self.conn.server.handler
         if handler.access.enabled:
-            h = fwd.headers
-            rng, ua, referer = get_first(h, "range"), get_first(h, "user-agent"), get_first(h, "referer")
-            line = observe.Line(fwd.client, fwd.method, fwd.key.host, fwd.key.full_target, rng, ua, referer, "HTTP/1.1")
+            line = observe.Line.of(fwd.client, fwd.method, fwd.key.host, fwd.key.full_target, fwd.headers)
             observe.log_line(handler.access, t, line, code, n, handler.node, way)
