@@ -156,10 +156,10 @@ def _ring(args: argparse.Namespace) -> int:
 
 def _ring_offline(config: cfg.Config, url: str) -> dict[str, object]:
     from edgecache.cluster.view import ClusterView
-    from edgecache.proxy.handler import EdgeHandler
+    from edgecache.proxy.shared import Shared
 
     view = ClusterView(config.cluster) if config.cluster is not None else None
-    answer = EdgeHandler(config.sites, None, None, view).ring_view(url)  # type: ignore[arg-type]
+    answer = Shared(config.sites, None, None, view).ring_view(url)  # type: ignore[arg-type]
     owners = answer.get("owners")
     if isinstance(owners, list):
         for node in owners:

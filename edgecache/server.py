@@ -32,6 +32,7 @@ from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastserver import FastServer, FastSettings
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
+from edgecache.proxy.shared import Shared
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.disks import Disks
 from edgecache.storage.epoch import Epoch
@@ -53,6 +54,7 @@ class Node:
     origin: OriginClient
     store: Store
     engine: Engine
+    shared: Shared  # what the fast path and the full handler share (proxy.shared)
     handler: EdgeHandler
     access: AccessLog
     cluster: ClusterView | None = None
@@ -91,14 +93,14 @@ async def open_node(config: Config, worker: int = 0) -> AsyncIterator[Node]:
         if cluster.settings.dns is not None:
             tasks.append(asyncio.ensure_future(follow_dns(cluster)))
     try:
-        handler = EdgeHandler(config.sites, engine, access, cluster)
-        handler.write_timeout = config.client_write_timeout
-        handler.max_in_flight = config.max_requests
+        shared = Shared(config.sites, engine, access, cluster)
+        shared.write_timeout = config.client_write_timeout
+        shared.max_in_flight = config.max_requests
         if config.rate_limit is not None:
-            handler.limiter = RateLimiter(config.rate_limit, config.burst or max(1.0, config.rate_limit))
-        handler.forwarders, handler.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
+            shared.limiter = RateLimiter(config.rate_limit, config.burst or max(1.0, config.rate_limit))
+        shared.forwarders, shared.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
         certificates = Certificates(config) if config.tls_listen else None
-        node = Node(config, origin, store, engine, handler, access, cluster, certificates)
+        node = Node(config, origin, store, engine, shared, EdgeHandler(shared), access, cluster, certificates)
         if cluster is not None:
             # Worker 0 applies the purges it is told of (it alone writes the purge log); a node catches up once
             # before it listens, each request bounded by cluster.timeout.
@@ -166,8 +168,8 @@ async def reload(node: Node) -> bool:
         except (OSError, ssl.SSLError, ValueError) as exc:
             log.error("reload rejected, keeping the running config: certificates: %s", exc)
             return False
-    node.handler.reload(new.sites)
-    node.handler.forwarders, node.handler.proxy_from = new.trusted_forwarders, new.proxy_protocol_from
+    node.shared.reload(new.sites)
+    node.shared.forwarders, node.shared.proxy_from = new.trusted_forwarders, new.proxy_protocol_from
     if node.cluster is not None and new.cluster is not None:
         node.cluster.settings = new.cluster
         if new.cluster.dns is None:
@@ -197,7 +199,7 @@ def make_fast(node: Node, server: web.Server) -> FastServer:
         c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile", c.max_connections
     )
     settings.answers = c.fast_path  # off: a PROXY listener's connections go to aiohttp right after the header
-    return FastServer(node.handler, server, settings)
+    return FastServer(node.shared, server, settings)
 
 
 async def stop_accepting(server: asyncio.AbstractServer | None) -> None:
@@ -332,7 +334,7 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
     await jobs.start()
     purge = purge_handler(lambda: node.config, node.store, node.cluster)
     routes = prefetch_routes(lambda: node.config, jobs) + purge_routes(lambda: node.config, node.store)
-    app = admin_app(node.ready, lambda: admin_tokens(node.config), node.handler.ring_view, purge, routes)
+    app = admin_app(node.ready, lambda: admin_tokens(node.config), node.shared.ring_view, purge, routes)
     runner = web.AppRunner(app, access_log=None)
     runner.app.on_cleanup.append(lambda _app: jobs.close())
 

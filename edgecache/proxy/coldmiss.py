@@ -6,7 +6,7 @@ origin that failed the request's own fill, with no stale entry to stand in, gets
 
 Whatever the head turns out to be that the fast path does not answer (an answer that is not stored, a failure of a
 fill it joined or of a revalidation, a Vary, a plan of its own), the request goes to the full handler with the
-fill it started (EdgeHandler.adopted): the handler carries on with that fill as if it had started it, so the
+fill it started (Shared.adopted): the handler carries on with that fill as if it had started it, so the
 origin is asked once either way.
 """
 
@@ -61,11 +61,11 @@ class Started:
 def start(conn: FastPath, head: bytes) -> bool:
     """Start (or join) the fill of a miss and wait for its head off the connection's turn; False: not one the
     fast path fills (the caller hands the request to aiohttp, which decides it)."""
-    handler = conn.server.handler
+    shared = conn.server.shared
     cold = conn.server.decider.cold(head, conn.client)
     if cold is None:
         return False
-    engine = handler.engine
+    engine = shared.engine
     fill, ours = engine.fill_for(cold.req, cold.first, cold.last, cold.validate)
     expired = cold.validate is not None
     evicted = not expired and engine.ghosts.object_dropped(digest(cold.req.entry_key))
@@ -77,12 +77,12 @@ def start(conn: FastPath, head: bytes) -> bool:
 
 
 async def _head_in(conn: FastPath, started: Started) -> None:
-    handler = conn.server.handler
-    handler.in_flight += 1
+    shared = conn.server.shared
+    shared.in_flight += 1
     try:
         await asyncio.wait([started.fill.head])  # a failure is the full handler's to answer (settle)
     finally:
-        handler.in_flight -= 1
+        shared.in_flight -= 1
     started.origin_ms = round((time.monotonic() - started.began) * 1000, 3)
 
 
@@ -151,10 +151,10 @@ def failed(conn: FastPath, started: Started, exc: OriginError) -> None:
     observe.count(t, cold.method, code)
     way = observe.upstream(t.status, t.sources)
     observe.site_bytes(t.site, way).inc(nbytes)
-    access = conn.server.handler.access
+    access = conn.server.shared.access
     if access.enabled:
         line = observe.Line.of(conn.client, cold.method, req.host, req.key.full_target, req.headers)
-        observe.log_line(access, t, line, code, nbytes, conn.server.handler.node, way)
+        observe.log_line(access, t, line, code, nbytes, conn.server.shared.node, way)
     if not cold.keep_alive and transport is not None:
         conn.closing = True
         transport.close()

@@ -34,7 +34,6 @@ from edgecache.core.status import CacheStatus
 from edgecache.proxy import encode, observe, rangecut
 from edgecache.proxy.fill import Fill
 from edgecache.proxy.forwardmemo import ForwardMemo, Refused, split_hop
-from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.hit import (
     STATUS_OF_USE,
     Cold,
@@ -47,6 +46,7 @@ from edgecache.proxy.hit import (
     find_hit,
     renewed,
 )
+from edgecache.proxy.shared import Shared
 from edgecache.storage.store import slice_name
 
 log = logging.getLogger(__name__)
@@ -128,13 +128,13 @@ def _odd(name: bytes, value: bytes) -> bool:
 class Decider:
     """The decisions of one worker's fast path, shared by its connections."""
 
-    def __init__(self, handler: EdgeHandler, date: Callable[[], bytes]) -> None:
-        self.handler = handler
+    def __init__(self, shared: Shared, date: Callable[[], bytes]) -> None:
+        self.shared = shared
         self.date = date  # the Date field's value now
         self.memo: dict[bytes, Prepared] = {}  # request head -> its answer, while still valid
         self.wholes: dict[bytes, Prepared] = {}  # head without Range -> whole-object basis
         self.hopped: dict[bytes, Prepared] = {}  # a peer's head without its hop field -> the answer it had
-        self.forwards = ForwardMemo(handler)
+        self.forwards = ForwardMemo(shared)
         self.parser = _Parser()
 
     def answer(self, head: bytes, client: str, admitted: bool = False) -> Prepared | Load | Forward | None:
@@ -145,10 +145,10 @@ class Decider:
         The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
         was decided from is unchanged (Hit.still); only the client's address is checked again.
         """
-        handler = self.handler
-        if handler.in_flight >= handler.max_in_flight:
+        shared = self.shared
+        if shared.in_flight >= shared.max_in_flight:
             return None
-        if handler.cluster is not None:
+        if shared.cluster is not None:
             hop = split_hop(head)
             if hop is not None:
                 return self._hopped(hop[1], hop[0], client, admitted)
@@ -158,10 +158,10 @@ class Decider:
         now = time.time()
         prepared = self._current(self.memo, head, now)
         if prepared is not None and prepared.hit.admits(client, now):
-            limiter = handler.limiter
+            limiter = shared.limiter
             if limiter is not None and not admitted and not limiter.allow(client, time.monotonic()):
                 return None
-            handler.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
+            shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             return prepared
         ranged = self._ranged(head, client)
         decided = self._decide(head, client, admitted=admitted) if isinstance(ranged, _FullParse) else ranged
@@ -172,14 +172,14 @@ class Decider:
         and is checked against the remembered answer's method and key, as find_hit() would check it."""
         now = time.time()
         prepared = self._current(self.hopped, head, now)
-        cluster = self.handler.cluster
+        cluster = self.shared.cluster
         assert cluster is not None
         if prepared is not None:
             hop = cluster.honoured([field], prepared.method, prepared.hit.req.primary)
             if hop is None:  # not vouched for: a client's request, decided as one (the field is dropped)
                 decided = self._decide(head, client, admitted=admitted)
                 return None if isinstance(decided, Elsewhere) else decided
-            self.handler.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
+            self.shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             return replace(prepared, hit=replace(prepared.hit, viewer=hop.viewer, fills=not hop.lookaside))
         decided = self._decide(head, client, hop_field=field, admitted=admitted)
         if isinstance(decided, Prepared) and decided.hit.viewer is not None and decided.status is CacheStatus.HIT:
@@ -189,9 +189,9 @@ class Decider:
     def _current(self, memo: dict[bytes, Prepared], head: bytes, now: float) -> Prepared | None:
         """The remembered answer to this head, brought up to date if only its Age ticked (hit.renewed)."""
         prepared = memo.get(head)
-        if prepared is None or prepared.hit.still(self.handler, now):
+        if prepared is None or prepared.hit.still(self.shared, now):
             return prepared
-        hit = renewed(prepared.hit, self.handler, now)
+        hit = renewed(prepared.hit, self.shared, now)
         encoded = _with_age(prepared.head, prepared.hit, hit) if hit is not None else None
         if hit is None or encoded is None:
             del memo[head]
@@ -239,7 +239,7 @@ class Decider:
             return None
         status = STATUS_OF_USE[hit.use]
         counter = observe.requests_counter(hit.site.name, method, hit.status, status)
-        slices = () if basis else _slices(hit, self.handler.engine.slice_size)
+        slices = () if basis else _slices(hit, self.shared.engine.slice_size)
         return Prepared(hit, method, keep_alive, encoded, counter, slices, _site_bytes(hit), status=status)
 
     def _ranged(self, head: bytes, client: str) -> Prepared | Load | _FullParse | None:
@@ -262,8 +262,8 @@ class Decider:
         if head.count(b"\r\n") - 2 > _LIMITS["max_headers"] or len(head) > _LIMITS["max_field_size"]:
             return _FULL_PARSE
         raw_value, stripped = split
-        handler = self.handler
-        if handler.limiter is not None:
+        shared = self.shared
+        if shared.limiter is not None:
             return _FULL_PARSE  # deciding the whole-object answer would spend a token of the client's rate
         now = time.time()
         base = self._current(self.wholes, stripped, now)
@@ -287,12 +287,12 @@ class Decider:
         if not isinstance(rng, ranges.Single):
             return _FULL_PARSE
         first, last = rng.range.first, rng.range.last
-        size = handler.engine.slice_size
+        size = shared.engine.slice_size
         content_range = ranges.format_content_range(rng.range, hit.meta.length)
         encoded = rangecut.cut_206(base.head, hit, rng.range, content_range)
         if encoded is None:
             return _FULL_PARSE
-        handler.engine.store.touch_meta(hit.req.entry_key, hit.req.primary)
+        shared.engine.store.touch_meta(hit.req.entry_key, hit.req.primary)
         fields = [*hit.headers[:-1], ("Content-Range", content_range), ("Content-Length", str(last - first + 1))]
         derived = replace(hit, status=206, headers=fields, first=first, last=last)
         counter = observe.requests_counter(hit.site.name, "GET", 206, base.status)
@@ -304,7 +304,7 @@ class Decider:
     def cold(self, head: bytes, client: str) -> Cold | None:
         """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds; None:
         the full handler decides it."""
-        if self.handler.in_flight >= self.handler.max_in_flight:
+        if self.shared.in_flight >= self.shared.max_in_flight:
             return None
         found, _, keep_alive = self._parse(head, client, cold=True)
         return replace(found, keep_alive=keep_alive) if isinstance(found, Cold) else None
@@ -378,11 +378,9 @@ class Decider:
         try:
             hit: Hit | Load | Forward | Elsewhere | Cold | None
             if cold:
-                hit = find_cold(self.handler, m, hosts[0], target, headers, client)
+                hit = find_cold(self.shared, m, hosts[0], target, headers, client)
             else:
-                hit = find_hit(
-                    self.handler, m, hosts[0], target, headers, client, basis, hop_field, validated, admitted
-                )
+                hit = find_hit(self.shared, m, hosts[0], target, headers, client, basis, hop_field, validated, admitted)
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", False

@@ -87,7 +87,7 @@ Source = _InHand | _Later
 def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
     """Some slice is not in memory: read open files' cached pages now, or start a task that can wait.
     False: the connection stops processing for now (as FastPath._answer)."""
-    store = conn.server.handler.engine.store
+    store = conn.server.shared.engine.store
     parts: list[memoryview] = []
     borrowed: list[bytearray] = []
     from_disk = 0
@@ -142,12 +142,12 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
     """Gather every slice (memory, open file, or opened now off the loop), then send; nothing is sent until
     all are in hand, so a slice gone from disk meanwhile still lets the full handler answer from scratch."""
     hit = p.hit
-    handler = conn.server.handler
-    store = handler.engine.store
-    size = handler.engine.slice_size
+    shared = conn.server.shared
+    store = shared.engine.store
+    size = shared.engine.slice_size
     sources: list[Source] = []
     held: list[SliceFile] = []
-    handler.in_flight += 1
+    shared.in_flight += 1
     try:
         indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size)
         missing = await _missing_later(conn, p, indices[HELD:])
@@ -203,7 +203,7 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
             return
         await _send_parts(conn, partial, sources, t0)
     finally:
-        handler.in_flight -= 1
+        shared.in_flight -= 1
         for f in held:
             f.release()
         for fetch in sources:
@@ -217,7 +217,7 @@ async def _missing_later(conn: FastPath, p: Prepared, later: range) -> set[int]:
     if not later or p.status in _FETCHED:
         return set()
     hit = p.hit
-    missing = await conn.server.handler.engine.store.missing(hit.req.entry_key, hit.meta, list(later[:MAX_CHECKED]))
+    missing = await conn.server.shared.engine.store.missing(hit.req.entry_key, hit.meta, list(later[:MAX_CHECKED]))
     return set(missing)
 
 
@@ -226,7 +226,7 @@ async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepar
     The first fetched slice's first bytes are read before the head is sent: a new version at the origin (or a
     failure) then leaves the request to the full handler, which starts again as a miss; nothing is mixed."""
     hit = p.hit
-    engine = conn.server.handler.engine
+    engine = conn.server.shared.engine
     first = fetches[0]
     last = hit.last // engine.slice_size
     first.chunks = reading.read_slice(
@@ -283,7 +283,7 @@ async def _send_one(conn: FastPath, transport: asyncio.Transport, p: Prepared, s
 async def _send_later(conn: FastPath, transport: asyncio.Transport, p: Prepared, later: _Later) -> int:
     """A slice past the HELD first, from wherever it is when the body reaches it; one gone from both tiers since
     is fetched, same version (never for a look-aside: the connection is cut, as the body cannot be whole)."""
-    hit, store = p.hit, conn.server.handler.engine.store
+    hit, store = p.hit, conn.server.shared.engine.store
     data = store.slice_from_memory(hit.req.entry_key, hit.meta, later.index)
     got = data if data is not None else store.open_file(hit.req.entry_key, hit.meta, later.index)
     if got is None:
@@ -313,7 +313,7 @@ async def _fetched_now(conn: FastPath, transport: asyncio.Transport, p: Prepared
 async def _send_fetched(conn: FastPath, transport: asyncio.Transport, p: Prepared, fetch: _Fetch) -> int:
     """A fetched slice's bytes as they arrive (reading.read_slice counts them as served from where they came);
     a failure now cuts the connection (FastPath.done), never a short body passed as whole."""
-    hit, engine = p.hit, conn.server.handler.engine
+    hit, engine = p.hit, conn.server.shared.engine
     if fetch.chunks is None:
         last = hit.last // engine.slice_size
         fetch.chunks = reading.read_slice(

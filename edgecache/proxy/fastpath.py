@@ -87,7 +87,7 @@ class FastPath(asyncio.Protocol):
         transport = self.transport
         peer = transport.get_extra_info("peername")
         self.address = self.client = str(peer[0]) if peer else "-"
-        self.forwarder = clientaddr.within(self.address, self.server.handler.forwarders)
+        self.forwarder = clientaddr.within(self.address, self.server.shared.forwarders)
         sock = transport.get_extra_info("socket")
         plain = transport.get_extra_info("sslcontext") is None  # never sendfile under TLS
         self.sock_fd = sock.fileno() if sock is not None and plain else -1
@@ -168,7 +168,7 @@ class FastPath(asyncio.Protocol):
         header_timeout); True once it is read, and the connection's address is the client it declared. A header
         from an address not allowed to send one, or bytes that are not one (a client speaking HTTP to the
         balancer's port), get 400 and the connection closes."""
-        allowed = self.server.handler.proxy_from
+        allowed = self.server.shared.proxy_from
         if allowed and not clientaddr.within(self.address, allowed):
             return self._refuse("this address may not send a PROXY protocol header")
         got = proxyproto.parse(self.buf)
@@ -182,7 +182,7 @@ class FastPath(asyncio.Protocol):
         self.buf = self.buf[got.consumed :]
         if got.source is not None:  # LOCAL and UNKNOWN name no client: the socket's peer stands
             self.address = self.client = self.declared = got.source
-        self.forwarder = clientaddr.within(self.address, self.server.handler.forwarders)
+        self.forwarder = clientaddr.within(self.address, self.server.shared.forwarders)
         return True
 
     def _refuse(self, reason: str) -> bool:
@@ -243,7 +243,7 @@ class FastPath(asyncio.Protocol):
                 if len(self.buf) > MAX_HEAD:
                     self.hand_off()
                 return
-            store = self.server.handler.engine.store
+            store = self.server.shared.engine.store
             if store.stale():  # another worker purged something: forget what this one holds, then go on
                 self.busy = True
                 self.loop.create_task(store.catch_up()).add_done_callback(self.done)
@@ -251,7 +251,7 @@ class FastPath(asyncio.Protocol):
             head = self.buf[: end + 4]
             if self.forwarder:
                 forwarded = clientaddr.forwarded_for(head)
-                self.client = clientaddr.real_client(self.address, forwarded, self.server.handler.forwarders)
+                self.client = clientaddr.real_client(self.address, forwarded, self.server.shared.forwarders)
             prepared = self.server.decider.answer(head, self.client, admitted=self.started is not None)
             if self.started is not None:  # its fill has its head: answered as a miss, or by the full handler
                 settled = coldmiss.settle(self, head, prepared)
@@ -285,7 +285,7 @@ class FastPath(asyncio.Protocol):
 
     async def _load(self, load: Load) -> None:
         """Read what the lookup needs from the disk tier (off the loop), so the same head can be decided again."""
-        store = self.server.handler.engine.store
+        store = self.server.shared.engine.store
         if load.entry_key is None:
             await store.get_record(load.primary)
         else:
@@ -294,9 +294,9 @@ class FastPath(asyncio.Protocol):
     async def _forward(self, fwd: Forward, raw: bytes) -> None:
         """Relay the owner's answer (proxy.relay); an owner that cannot be reached leaves the request to aiohttp,
         which asks the next owner."""
-        handler = self.server.handler
+        shared = self.server.shared
         self.relay = Relay(self, fwd)
-        handler.in_flight += 1
+        shared.in_flight += 1
         try:
             await self.relay.run()
         except Unreachable:
@@ -304,18 +304,18 @@ class FastPath(asyncio.Protocol):
             self.hand_off()
         finally:
             self.relay = None
-            handler.in_flight -= 1
+            shared.in_flight -= 1
 
     def _answer(self, p: Prepared, raw: bytes) -> bool:
         """Answer at once from memory; or start reading from disk. False: stop processing for now."""
         t0 = time.monotonic() if p.began is None else p.began
         if p.hit.use is Use.STALE_WHILE_REVALIDATE:
-            self.server.handler.engine.revalidate_in_background(p.hit.req, p.hit.meta)
+            self.server.shared.engine.revalidate_in_background(p.hit.req, p.hit.meta)
         parts: list[memoryview] = []
         if len(p.slices) > HELD:
             return diskhit.stream(self, p, raw, t0)
         if p.slices:
-            in_memory = self.server.handler.engine.store.memory_slice
+            in_memory = self.server.shared.engine.store.memory_slice
             for name, lo, hi in p.slices:
                 data = in_memory(name)
                 if data is None:
@@ -367,11 +367,11 @@ class FastPath(asyncio.Protocol):
             observe.misses_counter(p.hit.site.name, p.cause).inc()
 
     def finished(self, p: Prepared, nbytes: int, t0: float) -> None:
-        handler = self.server.handler
+        shared = self.server.shared
         hit = p.hit
         if hit.viewer is None:  # a hop's bytes reach its viewer through the node that forwarded it, counted there
             p.site_bytes.inc(nbytes)
-        if handler.access.enabled:
+        if shared.access.enabled:
             t = observe.new_trace()
             t.t0, t.site, t.status, t.for_peer = t0, hit.site.name, p.status, hit.viewer is not None
             t.origin_ms = p.origin_ms
@@ -379,7 +379,7 @@ class FastPath(asyncio.Protocol):
             req = hit.req
             line = observe.Line.of(client, p.method, req.host, req.key.full_target, req.headers, p.range_field)
             way = _UPSTREAM if p.status is CacheStatus.HIT else observe.upstream(p.status, metrics.Sources())
-            observe.log_line(handler.access, t, line, hit.status, nbytes, handler.node, way)
+            observe.log_line(shared.access, t, line, hit.status, nbytes, shared.node, way)
         if not p.keep_alive and self.transport is not None:
             self.closing = True
             self.transport.close()
@@ -418,7 +418,7 @@ class FastPath(asyncio.Protocol):
         """This connection comes back from aiohttp (HeadGuard) with the first bytes of its next request."""
         if declared is not None:  # the client its PROXY header named, as before the hand-off
             self.address = self.client = self.declared = declared
-            self.forwarder = clientaddr.within(self.address, self.server.handler.forwarders)
+            self.forwarder = clientaddr.within(self.address, self.server.shared.forwarders)
         self.data_received(data)
 
     def _arm(self, kind: str, seconds: float) -> None:

@@ -1,6 +1,6 @@
-"""What the fast path's connections share (fastpath.FastPath): the handler and the decisions' memo, aiohttp's
-protocol for the connections handed to it, pooled pread buffers, the turn for promoting a disk hit to memory,
-the Date field, and who is connected, for a drain."""
+"""What the fast path's connections share (fastpath.FastPath): the node's parts (proxy.shared), the decisions'
+memo, aiohttp's protocol for the connections handed to it, pooled pread buffers, the turn for promoting a disk hit
+to memory, the Date field, and who is connected, for a drain."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from edgecache import metrics
 from edgecache.proxy.decide import Decider
 from edgecache.proxy.fastpath import PIECE, FastPath
 from edgecache.proxy.fill import Adopted
-from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.peerpool import PeerPool
+from edgecache.proxy.shared import Shared
 
 _TAKEN_BACK = metrics.FAST_PATH.labels("taken_back")
 PROMOTE_SECONDS = 0.02  # at most one disk hit offered to the memory tier per this long, per worker
@@ -39,9 +39,10 @@ class FastSettings:
 
 @dataclass(slots=True)
 class FastServer:
-    """What the connections share: the handler, aiohttp's protocol factory, and who is connected (for drain)."""
+    """What the connections share: the node's parts (proxy.shared), aiohttp's protocol factory, and who is
+    connected (for drain)."""
 
-    handler: EdgeHandler
+    shared: Shared
     fallback: Callable[[], RequestHandler]
     settings: FastSettings
     connections: set[FastPath] = field(default_factory=set)
@@ -58,12 +59,12 @@ class FastServer:
     _peers: PeerPool | None = None
 
     def __post_init__(self) -> None:
-        self.decider = Decider(self.handler, self.date)
+        self.decider = Decider(self.shared, self.date)
 
     def peers(self) -> PeerPool:
         """Connections to the cluster's other nodes, for the requests this worker forwards (proxy.relay)."""
         if self._peers is None:
-            o = self.handler.engine.origin.settings
+            o = self.shared.engine.origin.settings
             self._peers = PeerPool(o.max_connections, o.connect_timeout, o.read_timeout)
         return self._peers
 
@@ -116,19 +117,19 @@ class FastServer:
         self, transport: asyncio.BaseTransport, declared: str | None, adopted: Adopted | None = None
     ) -> Callable[[], None]:
         """What aiohttp's side calls when a connection handed to it closes. The client its PROXY header declared
-        is kept for the handler (EdgeHandler.declared) until then, and the fill its first request started, until
-        the handler takes it over (EdgeHandler.adopted); the connection is known to shutdown()."""
+        is kept for the handler (Shared.declared) until then, and the fill its first request started, until
+        the handler takes it over (Shared.adopted); the connection is known to shutdown()."""
         self.handed.add(cast(asyncio.Transport, transport))  # uvloop's transports are not its subclasses
         if declared is not None:
-            self.handler.declared[transport] = declared
+            self.shared.declared[transport] = declared
         if adopted is not None:
-            self.handler.adopted[transport] = adopted
+            self.shared.adopted[transport] = adopted
 
         def closed() -> None:
             if transport in self.handed:
                 self.handed.discard(transport)
-                self.handler.declared.pop(transport, None)
-                left = self.handler.adopted.pop(transport, None)
+                self.shared.declared.pop(transport, None)
+                left = self.shared.adopted.pop(transport, None)
                 if left is not None:  # never taken over: nobody reads it
                     left.fill.abandon()
                 self.open -= 1  # it no longer counts against max_connections

@@ -13,7 +13,7 @@ from edgecache.core.popularity import spreadable
 from edgecache.proxy.hit import HOT, OFF, Forward, forward_verdict
 
 if TYPE_CHECKING:
-    from edgecache.proxy.handler import EdgeHandler
+    from edgecache.proxy.shared import Shared
 
 ENTRIES = 4096  # forwards remembered; a full table is cleared and filled again
 _HOP_LINE = re.compile(rb"\r\nedgecache-hop:[ \t]*([!-~]+)[ \t]*(?=\r\n)", re.IGNORECASE)
@@ -47,32 +47,32 @@ class _Entry:
 
 
 class ForwardMemo:
-    def __init__(self, handler: EdgeHandler) -> None:
-        self.handler = handler
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
         self.entries: dict[bytes, _Entry] = {}
 
     def remember(self, head: bytes, forward: Forward) -> None:
-        cluster = self.handler.cluster
+        cluster = self.shared.cluster
         assert cluster is not None
         if len(self.entries) >= ENTRIES:
             self.entries.clear()
         heat = spreadable(forward.headers)
-        self.entries[head] = _Entry(forward, self.handler.router, cluster.ring, cluster.changes, heat)
+        self.entries[head] = _Entry(forward, self.shared.router, cluster.ring, cluster.changes, heat)
 
     def get(self, head: bytes, client: str) -> Forward | Refused | None:
         """The remembered forward of this head for this viewer; None: decide it in full."""
         entry = self.entries.get(head)
         if entry is None:
             return None
-        handler, cluster = self.handler, self.handler.cluster
+        shared, cluster = self.shared, self.shared.cluster
         assert cluster is not None
-        if entry.router is not handler.router or entry.ring is not cluster.ring or entry.changes != cluster.changes:
+        if entry.router is not shared.router or entry.ring is not cluster.ring or entry.changes != cluster.changes:
             del self.entries[head]
             return None
         forward = entry.forward
         if not forward.site.allows(client):
             return REFUSED  # aiohttp answers 403 with the reason
-        verdict = forward_verdict(handler, forward.site, forward.key, client, entry.heat)
+        verdict = forward_verdict(shared, forward.site, forward.key, client, entry.heat)
         if verdict == HOT:
             return None  # hot here now: the full decision serves this node's copy
         if verdict == OFF:

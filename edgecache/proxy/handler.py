@@ -8,7 +8,6 @@ mixed. In a cluster, a request for an object another node owns is forwarded to i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -17,12 +16,10 @@ from dataclasses import replace
 from aiohttp import web
 
 from edgecache import metrics
-from edgecache.accesslog import AccessLog
-from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
-from edgecache.core import lookaside, popularity
+from edgecache.core import lookaside
 from edgecache.core.cachecontrol import parse_cache_control
-from edgecache.core.clientaddr import Networks, real_client
+from edgecache.core.clientaddr import real_client
 from edgecache.core.conditional import validates
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import must_pass
@@ -31,19 +28,18 @@ from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
-from edgecache.core.ratelimit import RateLimiter
-from edgecache.core.route import Router, normalise_host
+from edgecache.core.route import normalise_host
 from edgecache.core.signing import verify
 from edgecache.core.status import CacheStatus
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
-from edgecache.proxy.engine import Engine
 from edgecache.proxy.errorpage import error_response
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.passthrough import pass_through
 from edgecache.proxy.serving import CACHED_METHODS
+from edgecache.proxy.shared import Shared
 
 log = logging.getLogger(__name__)
 
@@ -56,53 +52,14 @@ def internal(request: web.BaseRequest) -> bool:
 
 
 class EdgeHandler:
-    def __init__(
-        self,
-        sites: tuple[Site, ...],
-        engine: Engine,
-        access: AccessLog | None = None,
-        cluster: ClusterView | None = None,
-    ) -> None:
-        self.router: Router[Site] = Router((s.hosts, s) for s in sites)
-        self.engine = engine
-        self.access = access or AccessLog(None)
-        self.cluster = cluster
-        if cluster is not None and engine is not None:  # `edgecache ring` builds one without an engine
-            engine.cluster = cluster  # an owner's miss asks the previous owner's cache first (core.lookaside)
-        # The access log's node: the cluster's name for this node, else the machine's.
-        self.node = cluster.self_id if cluster is not None else socket.gethostname()
-        self.write_timeout = 60.0
-        self.max_in_flight = 10_000  # per worker; past it, new requests get 503 + Retry-After at once
-        self.in_flight = 0
-        self.limiter: RateLimiter | None = None  # per client address, when configured
-        self.popular = popularity.Gate()  # objects this node does not own and sees asked often: kept here too
-        self.forwarders: Networks = ()  # server.trusted_forwarders: proxies whose X-Forwarded-For is believed
-        self.proxy_from: Networks = ()  # server.proxy_protocol_from: who may send a PROXY header (empty: any)
-        # The clients PROXY headers declared for connections the fast path handed over (their socket's peer is
-        # the balancer); each entry leaves with its connection (FastServer.hand_over).
-        self.declared: dict[asyncio.BaseTransport, str] = {}
-        # The fill the fast path started for a cold miss it then handed over (proxy.coldmiss): the connection's
-        # next request, which is that miss, carries on with it instead of asking the origin again.
-        self.adopted: dict[asyncio.BaseTransport, Adopted] = {}
+    """The full handler: aiohttp's request handler for what the fast path hands it (proxy.fastpath)."""
 
-    def reload(self, sites: tuple[Site, ...]) -> None:
-        """New sites and policies for the requests that start from now on; requests in flight keep theirs."""
-        self.router = Router((s.hosts, s) for s in sites)
-
-    def connection_address(self, request: web.BaseRequest) -> str:
-        """Whom the request's connection is from: the client its PROXY header declared, else the socket's peer.
-        This is the hop a request sent on names in X-Forwarded-For."""
-        transport = request.transport
-        if transport is None:
-            return "-"
-        declared = self.declared.get(transport)
-        if declared is not None:
-            return declared
-        peer = transport.get_extra_info("peername")
-        return str(peer[0]) if peer else "-"
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.engine = shared.engine  # one per worker, never replaced (the sites are: shared.router)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        adopted = self.adopted.pop(request.transport, None) if request.transport is not None else None
+        adopted = self.shared.adopted.pop(request.transport, None) if request.transport is not None else None
         try:
             return await self._call(request, adopted)
         finally:
@@ -114,22 +71,24 @@ class EdgeHandler:
         if adopted is not None:  # the miss began on the fast path: timed from there
             observe.trace(request).t0 = adopted.began
         forwarded = request.headers.getall("X-Forwarded-For", ())
-        observe.trace(request).client = real_client(self.connection_address(request), forwarded, self.forwarders)
-        observe.WRITE_TIMEOUT.set(self.write_timeout)
+        observe.trace(request).client = real_client(
+            self.shared.connection_address(request.transport), forwarded, self.shared.forwarders
+        )
+        observe.WRITE_TIMEOUT.set(self.shared.write_timeout)
         resp: web.StreamResponse | None = None
-        if self.in_flight >= self.max_in_flight:
+        if self.shared.in_flight >= self.shared.max_in_flight:
             # Shed load before doing any work: a quick, honest answer instead of a slow collapse.
             observe.mark(request, CacheStatus.ERROR)
             resp = error_response(503, "overloaded: try again shortly")
-            observe.finish(request, resp, self.access, self.node)
+            observe.finish(request, resp, self.shared.access, self.shared.node)
             return resp
-        self.in_flight += 1
+        self.shared.in_flight += 1
         try:
             resp = await self._answer(request, adopted)
             return resp
         finally:
-            self.in_flight -= 1
-            observe.finish(request, resp, self.access, self.node)
+            self.shared.in_flight -= 1
+            observe.finish(request, resp, self.shared.access, self.shared.node)
 
     async def _answer(self, request: web.BaseRequest, adopted: Adopted | None) -> web.StreamResponse:
         try:
@@ -164,7 +123,7 @@ class EdgeHandler:
             target = request.raw_path
         if host is None:
             raise ClientError(400, "missing or invalid Host")
-        site = self.router.match(host)
+        site = self.shared.router.match(host)
         if site is None:
             raise ClientError(421, f"no site is configured for host {host!r}")
         observe.trace(request).site = site.name
@@ -174,7 +133,9 @@ class EdgeHandler:
             raise ClientError(400, str(exc)) from exc
         observe.trace(request).target = key.full_target
         hops = request.headers.getall(HOP, ())
-        hop = self.cluster.honoured(hops, request.method, key.primary) if self.cluster is not None else None
+        hop = (
+            self.shared.cluster.honoured(hops, request.method, key.primary) if self.shared.cluster is not None else None
+        )
         if hop is not None:
             # The node the viewer connected to judged it (ACL, rate limit), once: not again here, where the address
             # is that node's. Its word for the viewer's address stands for the rest (signed URLs, the access log).
@@ -185,7 +146,7 @@ class EdgeHandler:
             return site, host, key, hop
         if hop is None and site.allow and not internal(request) and not site.allows(client):
             raise ClientError(403, f"this address may not use site {site.name!r}")
-        if hop is None and self.limiter is not None and not self.limiter.allow(client, time.monotonic()):
+        if hop is None and self.shared.limiter is not None and not self.shared.limiter.allow(client, time.monotonic()):
             raise ClientError(429, "too many requests from this address")
         # Signed URLs, before any lookup (the fast path's find_hit asks the same). Not again on the owner: the node
         # the viewer reached checked the token before it forwarded (a valid hop says so, as for the ACL); nor for
@@ -201,7 +162,7 @@ class EdgeHandler:
             await self.engine.store.catch_up()
         site, host, key, hop = self._route(request, adopted.primary if adopted is not None else None)
         headers: Headers = tuple(request.headers.items())
-        client_ip = self.connection_address(request)
+        client_ip = self.shared.connection_address(request.transport)
         # The raw Host field and target are never used again: every request sent on is built from the key.
         req = FillRequest(
             site,
@@ -220,11 +181,11 @@ class EdgeHandler:
             observe.trace(request).failover = hop.failover
             req = replace(req, look_aside=hop.lookaside)
             observe.trace(request).look_aside = hop.lookaside
-        elif self.cluster is not None:
-            first = owner.spread_from(self.cluster, self.popular, request, req)
+        elif self.shared.cluster is not None:
+            first = owner.spread_from(self.shared.cluster, self.shared.popular, request, req)
             if first is not None:  # hot here: answered from this node's copy, filled from the owner
                 req = replace(req, spread_from=first)
-            elif (forwarded := await owner.to_owner(self.cluster, self.engine.origin, request, req)) is not None:
+            elif (forwarded := await owner.to_owner(self.shared.cluster, self.engine.origin, request, req)) is not None:
                 return forwarded
         if request.method not in CACHED_METHODS:
             invalidate = (self.engine.store, host)
@@ -385,7 +346,3 @@ class EdgeHandler:
         status = CacheStatus.MISS if meta is None else CacheStatus.EXPIRED
         keyed = replace(req, entry_key=head.entry_key)
         return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours)
-
-    def ring_view(self, url: str) -> dict[str, object]:
-        """Owner order for a URL and who is up, as this node sees it (admin /ring, `edgecache ring`)."""
-        return owner.describe(self.router, self.cluster, url)

@@ -32,8 +32,8 @@ from edgecache.core.signing import verify
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.proxy.fill import FillHead, answered_from
 from edgecache.proxy.fillrequest import FillRequest
-from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.respond import Planned, base_headers, plan_answer
+from edgecache.proxy.shared import Shared
 
 
 @dataclass(slots=True)
@@ -66,16 +66,16 @@ class Hit:
         """May this client have the answer now: the site's ACL, and its signed-URL check (core.signing)?"""
         return self.site.allows(client) and signed(self.site, self.req.key, client, now)
 
-    def still(self, handler: EdgeHandler, now: float) -> bool:
+    def still(self, shared: Shared, now: float) -> bool:
         """Would find_hit() decide the same for the same request now (the client's address aside)?"""
-        return now < self.valid_until and self.same_basis(handler)
+        return now < self.valid_until and self.same_basis(shared)
 
-    def same_basis(self, handler: EdgeHandler) -> bool:
+    def same_basis(self, shared: Shared) -> bool:
         """Is everything but the clock as it was when this was decided: routes, ring, purges, record, metadata?"""
-        store = handler.engine.store
+        store = shared.engine.store
         return (
-            handler.router is self.router
-            and (handler.cluster.ring if handler.cluster is not None else None) is self.ring
+            shared.router is self.router
+            and (shared.cluster.ring if shared.cluster is not None else None) is self.ring
             and store.purges is self.purges
             and store.peek_record(self.req.primary) is self.record
             and store.peek_meta(self.req.entry_key) is self.meta
@@ -91,7 +91,7 @@ class Load:
 
 
 def find_hit(
-    handler: EdgeHandler,
+    shared: Shared,
     method: str,
     host_field: str | None,
     target: str,
@@ -105,22 +105,22 @@ def find_hit(
     """The hit this request is, if it is one; or the owner to forward it to. A `basis` answer is
     one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the origin
     has just confirmed the stored entry (a 304), which answers whatever its freshness (Use.REVALIDATE)."""
-    routed = _routed(handler, method, host_field, target, headers, client, basis, hop_field)
+    routed = _routed(shared, method, host_field, target, headers, client, basis, hop_field)
     if not isinstance(routed, _Routed):
         return routed
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:
         return None  # passed through by the full handler
-    stored = _stored(handler, routed.site, routed.host, routed.key, headers, validated)
+    stored = _stored(shared, routed.site, routed.host, routed.key, headers, validated)
     if not isinstance(stored, _Stored):
         return stored
     field = _FIELDS[stored.use]
     planned = _planned(method, headers, stored.meta, stored.now, field)
     if planned is None:
         return None
-    if not admitted and not _allowed(handler, routed):
+    if not admitted and not _allowed(shared, routed):
         return None  # the full handler answers 429 (and counts it) as it always does
-    handler.engine.store.touch_meta(stored.ekey, routed.key.primary)
-    return _hit(handler, routed, stored, headers, planned)
+    shared.engine.store.touch_meta(stored.ekey, routed.key.primary)
+    return _hit(shared, routed, stored, headers, planned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +137,7 @@ class Cold:
 
 
 def find_cold(
-    handler: EdgeHandler, method: str, host_field: str | None, target: str, headers: Headers, client: str
+    shared: Shared, method: str, host_field: str | None, target: str, headers: Headers, client: str
 ) -> Cold | None:
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
     metadata here, or whose stored entry must be revalidated before it is used. None for anything else the full
@@ -145,16 +145,16 @@ def find_cold(
     stand-in for a node that is down, a hot copy, several ranges, a Vary'd record, a stale entry it may serve."""
     # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
     # this request already).
-    routed = _routed(handler, method, host_field, target, headers, client, True, None)
+    routed = _routed(shared, method, host_field, target, headers, client, True, None)
     if not isinstance(routed, _Routed) or not routed.fills or routed.failover:
         return None
-    cluster = handler.cluster
+    cluster = shared.cluster
     if routed.viewer is None and cluster is not None and cluster.route(routed.key.primary)[0].id != cluster.self_id:
         return None  # a hot copy, filled from the owner by the full handler
     cc = parse_cache_control(headers)
     if cc.no_store or cc.only_if_cached or must_pass(headers) is not None or validates(headers):
         return None
-    entry, site = _entry(handler, routed.site, routed.host, routed.key, headers), routed.site
+    entry, site = _entry(shared, routed.site, routed.host, routed.key, headers), routed.site
     if entry is None or entry.record.vary:
         return None
     meta = entry.meta
@@ -165,19 +165,19 @@ def find_cold(
     value = get_first(headers, "range")
     if value is not None and len(ranges.parse_range_header(value) or ()) > 1:
         return None  # a multipart answer, and perhaps a pass-through (core.fillcost): the full handler's
-    size = handler.engine.slice_size
+    size = shared.engine.slice_size
     if meta is None:
-        run = cold_run(method, value, size, handler.engine.fill_slices)
+        run = cold_run(method, value, size, shared.engine.fill_slices)
     else:
         run = stored_run(value, meta.whole, meta.length, size)
-    if not _allowed(handler, routed):  # last: a token is spent only on a request this fills
+    if not _allowed(shared, routed):  # last: a token is spent only on a request this fills
         return None
     return Cold(_fill_request(routed, headers, entry.record, entry.scope, entry.ekey), *run, meta, method)
 
 
-def _allowed(handler: EdgeHandler, routed: _Routed) -> bool:
+def _allowed(shared: Shared, routed: _Routed) -> bool:
     """The rate limiter's word (it spends a token); a hop's viewer was judged by the node it came through."""
-    limiter = handler.limiter
+    limiter = shared.limiter
     return routed.viewer is not None or limiter is None or limiter.allow(routed.client, time.monotonic())
 
 
@@ -213,7 +213,7 @@ def as_fetched(hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool
 
 
 def _hit(
-    handler: EdgeHandler,
+    shared: Shared,
     routed: _Routed,
     stored: _Stored,
     headers: Headers,
@@ -223,11 +223,11 @@ def _hit(
     site, record = routed.site, stored.record
     status, fields, first, last, body, _ = planned
     req = _fill_request(routed, headers, record, stored.scope, stored.ekey)
-    ring = handler.cluster.ring if handler.cluster is not None else None
-    purges, meta, until = handler.engine.store.purges, stored.meta, stored.valid_until
+    ring = shared.cluster.ring if shared.cluster is not None else None
+    purges, meta, until = shared.engine.store.purges, stored.meta, stored.valid_until
     fills = routed.fills
     return Hit(
-        status, fields, req, meta, first, last, site, handler.router, ring, record, purges, until, routed.viewer,
+        status, fields, req, meta, first, last, site, shared.router, ring, record, purges, until, routed.viewer,
         fills, stored.use, body,
     )  # fmt: skip
 
@@ -246,7 +246,7 @@ class _Routed:
 
 
 def _routed(
-    handler: EdgeHandler,
+    shared: Shared,
     method: str,
     host_field: str | None,
     target: str,
@@ -259,14 +259,14 @@ def _routed(
     if method not in ("GET", "HEAD") or not target.startswith("/"):
         return None  # absolute-form targets and everything but GET/HEAD: the full handler's checks
     host = normalise_host(host_field)
-    site = handler.router.match(host) if host is not None else None
+    site = shared.router.match(host) if host is not None else None
     if host is None or site is None:
         return None
     try:
         key = make_key(site.name, host, target, site.key_query)
     except BadTarget:
         return None
-    cluster = handler.cluster
+    cluster = shared.cluster
     hop_fields = [hop_field] if hop_field is not None else get_all(headers, HOP)  # cut from the head (decide.py)
     hop = cluster.honoured(hop_fields, method, key.primary) if cluster is not None else None
     if hop is not None:
@@ -274,7 +274,7 @@ def _routed(
     elif not site.allows(client):
         return None
     elif cluster is not None:
-        where = _where(handler, cluster, site, key, method, headers, client, basis)
+        where = _where(shared, cluster, site, key, method, headers, client, basis)
         if not isinstance(where, Here):
             return where
     if hop is None and not signed(site, key, client, time.time()):
@@ -308,10 +308,10 @@ class _Entry:
     meta: ObjectMeta | None
 
 
-def _entry(handler: EdgeHandler, site: Site, host: str, key: CacheKey, headers: Headers) -> _Entry | None:
+def _entry(shared: Shared, site: Site, host: str, key: CacheKey, headers: Headers) -> _Entry | None:
     """The record this process holds for the key (None: not loaded, or none), its purges, and the entry the
     request's fields name under it."""
-    store = handler.engine.store
+    store = shared.engine.store
     record = store.peek_record(key.primary)
     if record is None:
         return None
@@ -327,11 +327,11 @@ def _use_of(site: Site, meta: ObjectMeta, soft_before: float, headers: Headers, 
 
 
 def _stored(
-    handler: EdgeHandler, site: Site, host: str, key: CacheKey, headers: Headers, validated: bool = False
+    shared: Shared, site: Site, host: str, key: CacheKey, headers: Headers, validated: bool = False
 ) -> _Stored | Load | None:
     """find_hit()'s second step: the record and metadata this process holds (Load: read them from disk first),
     then freshness for this request and soft purges."""
-    entry = _entry(handler, site, host, key, headers)
+    entry = _entry(shared, site, host, key, headers)
     if entry is None:
         return Load(key.primary, None)
     meta = entry.meta
@@ -376,7 +376,7 @@ class Forward:
 
 
 def _where(
-    handler: EdgeHandler,
+    shared: Shared,
     cluster: ClusterView,
     site: Site,
     key: CacheKey,
@@ -393,7 +393,7 @@ def _where(
         return HERE if first is None or first.id == cluster.self_id else None
     if basis:
         return ELSEWHERE  # not asked of the popularity gate twice for one request
-    verdict = forward_verdict(handler, site, key, client, spreadable(headers))
+    verdict = forward_verdict(shared, site, key, client, spreadable(headers))
     if verdict != GO:
         return HERE if verdict == HOT else None
     failover = first is not None and up[0].id != first.id
@@ -403,16 +403,16 @@ def _where(
 GO, HOT, OFF = "go", "hot", "off"
 
 
-def forward_verdict(handler: EdgeHandler, site: Site, key: CacheKey, client: str, heat: bool) -> str:
+def forward_verdict(shared: Shared, site: Site, key: CacheKey, client: str, heat: bool) -> str:
     """Whether a request another node owns, from a viewer its site allows, is relayed there (GO), answered from
     this node's copy of a hot object (HOT: `heat` says the request counts towards it), or left to the full handler
     (OFF: it answers 403 or 429 with the reason). The one rule for a forward decided in full (_where) and for a
     remembered one (forwardmemo): the viewer and the moment are asked again on every request."""
-    if heat and handler.popular.asked(key.primary, time.monotonic()):
+    if heat and shared.popular.asked(key.primary, time.monotonic()):
         return HOT
     if not signed(site, key, client, time.time()):
         return OFF
-    limiter = handler.limiter
+    limiter = shared.limiter
     if limiter is not None and not limiter.allow(client, time.monotonic()):
         return OFF
     return GO
@@ -423,7 +423,7 @@ def signed(site: Site, key: CacheKey, client: str, now: float) -> bool:
     return site.signing is None or verify(site.signing, key.path, key.unkeyed, client, now) is None
 
 
-def renewed(hit: Hit, handler: EdgeHandler, now: float) -> Hit | None:
+def renewed(hit: Hit, shared: Shared, now: float) -> Hit | None:
     """The same hit once its time ran out, if only the clock moved (same_basis): freshness and Age are worked out
     again, but not the route, key, record or metadata. None: decide it from scratch (find_hit).
 
@@ -431,7 +431,7 @@ def renewed(hit: Hit, handler: EdgeHandler, now: float) -> Hit | None:
     second, and objects filled together all did so at the same moment (a stall of several ms, the p99). Whatever
     else find_hit() comes to depend on must be part of Hit.same_basis, or a renewal would miss it.
     """
-    if not hit.same_basis(handler):
+    if not hit.same_basis(shared):
         return None
     meta, asked, policy = hit.meta, hit.req.headers, hit.site.policy
     fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, policy)

@@ -96,7 +96,7 @@ class Relay:
         t, fwd = self.trace, self.fwd
         t.site, t.status, t.client, t.failover = fwd.site.name, CacheStatus.PEER, fwd.client, fwd.failover
         metrics.SOURCES.set(t.sources)  # this task's served bytes are this request's
-        cluster = self.conn.server.handler.cluster
+        cluster = self.conn.server.shared.cluster
         assert cluster is not None
         hop = cluster.hop_field(fwd.method, fwd.key.primary, t.id, fwd.client, fwd.failover)
         sent = pass_request(fwd.method, fwd.key, fwd.headers, None, self.conn.address, ((HOP, hop),))
@@ -138,8 +138,8 @@ class Relay:
         """No answer came: refused, or the connection broke first. Nothing reached the viewer, and a GET or HEAD
         may go elsewhere: the peer is down now, and the full handler asks the next owner."""
         self._count_error(exc)
-        assert self.conn.server.handler.cluster is not None
-        self.conn.server.handler.cluster.failed(self.member.id, f"forward: {exc.reason}")
+        assert self.conn.server.shared.cluster is not None
+        self.conn.server.shared.cluster.failed(self.member.id, f"forward: {exc.reason}")
         raise Unreachable(exc.reason) from exc
 
     def abandon(self) -> None:
@@ -270,7 +270,7 @@ class Relay:
         observe.count(t, fwd.method, code)
         way = observe.upstream(t.status, t.sources)
         (self.counters.site_bytes if t.status is CacheStatus.PEER else observe.site_bytes(t.site, way)).inc(n)
-        handler = self.conn.server.handler
-        if handler.access.enabled:
+        shared = self.conn.server.shared
+        if shared.access.enabled:
             line = observe.Line.of(fwd.client, fwd.method, fwd.key.host, fwd.key.full_target, fwd.headers)
-            observe.log_line(handler.access, t, line, code, n, handler.node, way)
+            observe.log_line(shared.access, t, line, code, n, shared.node, way)

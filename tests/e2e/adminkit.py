@@ -66,7 +66,7 @@ async def admin_node(cfg: Config, **runner: Any) -> AsyncIterator[AdminNode]:
         stack.push_async_callback(jobs.close)
         purger = purge_handler(lambda: cfg, edge.node.store)
         app = admin_app(
-            edge.node.ready, lambda: cfg.tokens, edge.node.handler.ring_view, purger, prefetch_routes(lambda: cfg, jobs)
+            edge.node.ready, lambda: cfg.tokens, edge.node.shared.ring_view, purger, prefetch_routes(lambda: cfg, jobs)
         )
         web_runner = web.AppRunner(app)
         await web_runner.setup()

@@ -65,7 +65,7 @@ async def settled(*edges: Edge) -> None:
             await asyncio.gather(*edge.node.engine._tasks)
             await edge.node.engine.flush()
             # A plain counter, no event: the handler counts a request in the same turn as it leaves in_flight.
-            while edge.node.handler.in_flight:  # noqa: ASYNC110
+            while edge.node.shared.in_flight:  # noqa: ASYNC110
                 await asyncio.sleep(0)
 
 

@@ -93,7 +93,7 @@ async def test_the_proxy_header_decides_acl_and_log_on_miss_and_hit(
         assert answered() - before == (1 if path == "fast" else 0)
         # Refused by the fast path's decision too: handed to aiohttp, which must see the declared address.
         assert await exchange(edge.port, header("198.51.100.1") + GET) == (403, REFUSED)
-        declared = edge.node.handler.declared
+        declared = edge.node.shared.declared
     assert declared == {}  # what the handed-over connections declared left with them
     assert origin.hits["/obj"] == 1
     assert clients(tmp_path) == [

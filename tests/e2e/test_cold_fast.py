@@ -149,7 +149,7 @@ async def test_a_request_that_joined_a_cold_miss_never_gets_the_starters_own_fie
     origin.gate = asyncio.Event()
     config = replace(make_config(tmp_path, [origin.url]), fast_path=fast)
     async with start_edge(config) as edge, asyncio.timeout(20):
-        handler = edge.node.handler
+        handler = edge.node.shared
         ra, wa = await asyncio.open_connection("127.0.0.1", edge.port)
         rb, wb = await asyncio.open_connection("127.0.0.1", edge.port)
         try:

@@ -162,7 +162,7 @@ async def test_a_connection_closed_while_a_later_slice_opens_never_has_its_bytes
         assert edge.fast is not None
         assert (await edge.get("/long.bin"))[2] == data  # every slice on disk only (no memory tier)
         await edge.node.engine.flush()
-        store, handler, fast = edge.node.engine.store, edge.node.handler, edge.fast
+        store, handler, fast = edge.node.engine.store, edge.node.shared, edge.fast
         opening, release = asyncio.Event(), asyncio.Event()
         real = store.open_slice
 

@@ -67,7 +67,7 @@ async def cluster(origin: Origin, tmp_path: Path) -> AsyncIterator[list[Node]]:
             app = admin_app(
                 edge.node.ready,
                 lambda c=cfg: c.tokens,
-                edge.node.handler.ring_view,
+                edge.node.shared.ring_view,
                 purger,
                 prefetch_routes(current, jobs),
             )

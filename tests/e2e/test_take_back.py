@@ -115,7 +115,7 @@ async def test_a_proxy_headers_client_is_the_connections_across_the_moves(origin
                 assert await read_answer(reader) == (200, BODY)
         finally:
             writer.close()
-        declared = edge.node.handler.declared
+        declared = edge.node.shared.declared
     assert declared == {}
     lines = [json.loads(x) for x in (tmp_path / "access.log").read_bytes().splitlines()]
     assert [(r["client"], r["path"], r["cache"]) for r in lines] == [

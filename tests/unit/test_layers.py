@@ -57,3 +57,10 @@ def test_imports_point_downward() -> None:
             target = layer(module)
             if target is not None:
                 assert ORDER.index(target) >= ORDER.index(own), f"{rel} ({own}) imports {module} ({target})"
+
+
+def test_no_proxy_module_reaches_into_the_handler() -> None:
+    """The fast path takes the node's parts from proxy.shared; only the server builds the full handler."""
+    for path in (PKG / "proxy").glob("*.py"):
+        if path.name != "handler.py":
+            assert "edgecache.proxy.handler" not in imports(path), f"proxy/{path.name} imports the handler"

@@ -20,8 +20,8 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import PrimaryRecord, entry_key, make_key
 from edgecache.core.route import Router
 from edgecache.proxy.decide import Decider, _with_age
-from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.hit import Hit, find_hit, renewed
+from edgecache.proxy.shared import Shared
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.store import Store
@@ -33,18 +33,16 @@ RESPONSE_CC += ["max-age=5, stale-while-revalidate=30", "public"]
 REQUEST_CC = ["", "max-age=4", "max-age=0", "min-fresh=3", "max-stale=100", "no-cache", "min-fresh=0"]
 
 
-def _handler(store: Store) -> EdgeHandler:
+def _handler(store: Store) -> Shared:
     engine = SimpleNamespace(store=store, slice_size=2**20)
-    return cast(
-        EdgeHandler, SimpleNamespace(router=Router([(SITE.hosts, SITE)]), cluster=None, limiter=None, engine=engine)
-    )
+    return cast(Shared, SimpleNamespace(router=Router([(SITE.hosts, SITE)]), cluster=None, limiter=None, engine=engine))
 
 
-def _decide_at(moment: float, handler: EdgeHandler, method: str, fields: tuple[tuple[str, str], ...]) -> object:
+def _decide_at(moment: float, shared: Shared, method: str, fields: tuple[tuple[str, str], ...]) -> object:
     real = time.time
     time.time = lambda: moment  # find_hit reads the clock itself
     try:
-        return find_hit(handler, method, "a.example", "/x", fields, "192.0.2.1")
+        return find_hit(shared, method, "a.example", "/x", fields, "192.0.2.1")
     finally:
         time.time = real
 
@@ -95,14 +93,14 @@ def test_a_renewed_hit_is_what_find_hit_decides_then(
     store.remember_record(key.primary, record)
     meta = ObjectMeta(200, tuple(stored), 10, '"e"', False, T, received, 2**20)
     store.remember_meta(entry_key(key.primary, record, fields, ""), meta)
-    handler = _handler(store)
+    shared = _handler(store)
     then = received + first
     now = then + later
-    before = _decide_at(then, handler, method, fields)
-    if not isinstance(before, Hit) or before.still(handler, now):
+    before = _decide_at(then, shared, method, fields)
+    if not isinstance(before, Hit) or before.still(shared, now):
         return
-    again = renewed(before, handler, now)
-    fresh = _decide_at(now, handler, method, fields)
+    again = renewed(before, shared, now)
+    fresh = _decide_at(now, shared, method, fields)
     if again is None:
         return
     assert isinstance(fresh, Hit)
@@ -113,7 +111,7 @@ def test_a_renewed_hit_is_what_find_hit_decides_then(
         fresh.last,
     )
     assert again.valid_until == pytest.approx(fresh.valid_until, abs=1e-6)
-    decider = Decider(handler, lambda: b"-")
+    decider = Decider(shared, lambda: b"-")
     encoded = decider.encode(before, True)
     assert encoded is not None
     assert _with_age(encoded, before, again) == decider.encode(fresh, True)
