@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgecache.core.admit import Reply
+
 
 class EdgecacheError(Exception):
     """Base of every error edgecache raises on purpose."""
@@ -14,6 +16,10 @@ class ClientError(EdgecacheError):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+    @classmethod
+    def of(cls, reply: Reply) -> ClientError:
+        return cls(reply.status, reply.reason)
 
 
 class OriginError(EdgecacheError):

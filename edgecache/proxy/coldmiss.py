@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import digest
-from edgecache.core.status import CacheStatus, miss_cause
+from edgecache.core.status import miss_cause
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy import encode, observe
+from edgecache.proxy import refuse
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.fill import Adopted, Fill
 from edgecache.proxy.fillhead import RangeMismatch
-from edgecache.proxy.hit import Cold, Forward, Load
+from edgecache.proxy.hit import Cold, Forward, Load, Refused
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -58,14 +58,14 @@ class Started:
         return self.cold.validate
 
 
-def start(conn: FastPath, head: bytes) -> bool:
-    """Start (or join) the fill of a miss and wait for its head off the connection's turn; False: not one the
-    fast path fills (the caller hands the request to aiohttp, which decides it)."""
-    shared = conn.server.shared
+def start(conn: FastPath, head: bytes) -> bool | Refused:
+    """Start (or join) the fill of a miss and wait for its head off the connection's turn; its refusal, for the
+    caller to answer (core.admit); False: not one the fast path fills (the caller hands the request to aiohttp,
+    which decides it)."""
     cold = conn.server.decider.cold(head, conn.client)
-    if cold is None:
-        return False
-    engine = shared.engine
+    if not isinstance(cold, Cold):
+        return cold if cold is not None else False
+    engine = conn.server.shared.engine
     fill, ours = engine.fill_for(cold.req, cold.first, cold.last, cold.validate)
     expired = cold.validate is not None
     evicted = not expired and engine.ghosts.object_dropped(digest(cold.req.entry_key))
@@ -139,25 +139,10 @@ def failed(conn: FastPath, started: Started, exc: OriginError) -> None:
     if not (exc.timeout or exc.connect):  # those were counted where they happened (origin client)
         metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
     code = 504 if exc.timeout else 502
-    answer = encode.error(code, f"origin failed: {exc.reason}", conn.server.date(), cold.keep_alive)
-    t = observe.new_trace()
-    t.t0, t.site, t.status = started.began, req.site.name, CacheStatus.ERROR
-    transport = conn.transport
-    if transport is not None:
-        transport.write(answer)
-        observe.head_sent(t)
-        _ANSWERED.inc()
-    nbytes = len(answer) - answer.index(b"\r\n\r\n") - 4
-    observe.count(t, cold.method, code)
-    way = observe.upstream(t.status, t.sources)
-    observe.site_bytes(t.site, way).inc(nbytes)
-    access = conn.server.shared.access
-    if access.enabled:
-        line = observe.Line.of(conn.client, cold.method, req.host, req.key.full_target, req.headers)
-        observe.log_line(access, t, line, code, nbytes, conn.server.shared.node, way)
-    if not cold.keep_alive and transport is not None:
-        conn.closing = True
-        transport.close()
+    reason = f"origin failed: {exc.reason}"
+    refuse.write(
+        conn, started.began, cold.method, req.site.name, req.key.full_target, req.headers, code, reason, cold.keep_alive
+    )
 
 
 def adopt(conn: FastPath, p: Prepared) -> None:

@@ -28,12 +28,13 @@ from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
 from edgecache import metrics
-from edgecache.core import ranges
+from edgecache.core import admit, ranges
+from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import encode, observe, rangecut
 from edgecache.proxy.fill import Fill
-from edgecache.proxy.forwardmemo import ForwardMemo, Refused, split_hop
+from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
 from edgecache.proxy.hit import (
     STATUS_OF_USE,
     Cold,
@@ -41,6 +42,7 @@ from edgecache.proxy.hit import (
     Forward,
     Hit,
     Load,
+    Refused,
     as_fetched,
     find_cold,
     find_hit,
@@ -137,10 +139,10 @@ class Decider:
         self.forwards = ForwardMemo(shared)
         self.parser = _Parser()
 
-    def answer(self, head: bytes, client: str, admitted: bool = False) -> Prepared | Load | Forward | None:
-        """The answer to this head if it is a fresh hit, or the owner it goes to; None for anything the fast path
-        leaves to aiohttp. `admitted`: the rate limiter let this request in already (its miss's fill was started
-        for it: find_cold), so it is not asked again.
+    def answer(self, head: bytes, client: str, admitted: bool = False) -> Prepared | Load | Forward | Refused | None:
+        """The answer to this head if it is a fresh hit, the owner it goes to, or its refusal (core.admit); None for
+        anything the fast path leaves to aiohttp. `admitted`: the rate limiter let this request in already (its
+        miss's fill was started for it: find_cold), so it is not asked again.
 
         The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
         was decided from is unchanged (Hit.still); only the client's address is checked again.
@@ -154,20 +156,25 @@ class Decider:
                 return self._hopped(hop[1], hop[0], client, admitted)
             forward = self.forwards.get(head, client)
             if forward is not None:
-                return None if isinstance(forward, Refused) else forward
+                return forward
         now = time.time()
         prepared = self._current(self.memo, head, now)
-        if prepared is not None and prepared.hit.admits(client, now):
+        if prepared is not None:
+            reply = prepared.hit.refusal(client, now)
             limiter = shared.limiter
-            if limiter is not None and not admitted and not limiter.allow(client, time.monotonic()):
-                return None
+            if reply is None and limiter is not None and not admitted and not limiter.allow(client, time.monotonic()):
+                reply = admit.TOO_MANY
+            if reply is not None:
+                return _refused(prepared, reply)
             shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             return prepared
         ranged = self._ranged(head, client)
         decided = self._decide(head, client, admitted=admitted) if isinstance(ranged, _FullParse) else ranged
         return None if isinstance(decided, Elsewhere) else decided
 
-    def _hopped(self, head: bytes, field: str, client: str, admitted: bool) -> Prepared | Load | Forward | None:
+    def _hopped(
+        self, head: bytes, field: str, client: str, admitted: bool
+    ) -> Prepared | Load | Forward | Refused | None:
         """A peer's request: `head` without its hop `field`, which differs on every request (time, id, signature)
         and is checked against the remembered answer's method and key, as find_hit() would check it."""
         now = time.time()
@@ -202,7 +209,7 @@ class Decider:
 
     def _decide(
         self, head: bytes, client: str, basis: bool = False, hop_field: str | None = None, admitted: bool = False
-    ) -> Prepared | Load | Forward | Elsewhere | None:
+    ) -> Prepared | Load | Forward | Elsewhere | Refused | None:
         """Parse and look up the head from scratch; remember a hit's answer for the same head.
 
         A `basis` is the whole-object answer single ranges are cut from: kept apart from the memo (it has no
@@ -215,6 +222,8 @@ class Decider:
             if len(head) <= _MEMO_HEAD:
                 self.forwards.remember(head, forward)
             return forward
+        if isinstance(hit, Refused):
+            return replace(hit, keep_alive=keep_alive)
         if hit is None or isinstance(hit, Load | Elsewhere):
             return hit
         if isinstance(hit, Cold):  # only cold() asks for one
@@ -269,13 +278,15 @@ class Decider:
         base = self._current(self.wholes, stripped, now)
         if base is None:
             decided = self._decide(stripped, client, basis=True)
-            if isinstance(decided, Forward | Elsewhere):
-                return _FULL_PARSE  # another node's object: the request is decided (and forwarded) with its Range
+            if isinstance(decided, Forward | Elsewhere | Refused):
+                # Another node's object (decided and forwarded with its Range), or a refusal: its log line names
+                # the Range, which the head without it lacks.
+                return _FULL_PARSE
             if not isinstance(decided, Prepared):
                 return decided  # a miss (or a Load first): the same for the head with its Range
             base = decided
-        if base.hit.viewer is None and not base.hit.admits(client, now):  # a hop's viewer was judged by its node
-            return None
+        if base.hit.viewer is None and base.hit.refusal(client, now) is not None:  # a hop's was judged by its node
+            return _FULL_PARSE  # refused, with its Range in the log line
         hit = base.hit
         if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
             return _FULL_PARSE
@@ -301,13 +312,13 @@ class Decider:
             derived, "GET", base.keep_alive, encoded, counter, slices, base.site_bytes, value, status=base.status
         )
 
-    def cold(self, head: bytes, client: str) -> Cold | None:
-        """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds; None:
-        the full handler decides it."""
+    def cold(self, head: bytes, client: str) -> Cold | Refused | None:
+        """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds, or its
+        refusal; None: the full handler decides it."""
         if self.shared.in_flight >= self.shared.max_in_flight:
             return None
         found, _, keep_alive = self._parse(head, client, cold=True)
-        return replace(found, keep_alive=keep_alive) if isinstance(found, Cold) else None
+        return replace(found, keep_alive=keep_alive) if isinstance(found, Cold | Refused) else None
 
     def fetched(
         self,
@@ -357,7 +368,7 @@ class Decider:
         cold: bool = False,
         validated: bool = False,
         admitted: bool = False,
-    ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | None, str, bool]:
+    ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | None, str, bool]:
         if rangecut.needs_strict_parser(head):
             return None, "", False
         msg = self.parser.message(head)
@@ -376,7 +387,7 @@ class Decider:
             return None, "", False
         m = msg.method
         try:
-            hit: Hit | Load | Forward | Elsewhere | Cold | None
+            hit: Hit | Load | Forward | Elsewhere | Cold | Refused | None
             if cold:
                 hit = find_cold(self.shared, m, hosts[0], target, headers, client)
             else:
@@ -399,6 +410,13 @@ def _remember(memo: dict[bytes, Prepared], head: bytes, prepared: Prepared) -> N
     if len(memo) >= _MEMO_ENTRIES:
         memo.clear()
     memo[head] = prepared
+
+
+def _refused(p: Prepared, reply: Reply) -> Refused:
+    """The refusal of a request whose answer was remembered (the viewer or the moment changed)."""
+    hit = p.hit
+    headers = hit.req.headers if p.range_field is None else (*hit.req.headers, ("Range", p.range_field))
+    return Refused(reply, p.method, hit.req.key.full_target, headers, hit.site.name, p.keep_alive)
 
 
 def _site_bytes(hit: Hit) -> Any:

@@ -22,12 +22,12 @@ from edgecache import metrics
 from edgecache.core import clientaddr, proxyproto
 from edgecache.core.freshness import Use
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import coldmiss, diskhit, observe
+from edgecache.proxy import coldmiss, diskhit, observe, refuse
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
-from edgecache.proxy.hit import Forward, Load
+from edgecache.proxy.hit import Forward, Load, Refused
 from edgecache.proxy.relay import Relay, Unreachable
 
 if TYPE_CHECKING:
@@ -254,7 +254,9 @@ class FastPath(asyncio.Protocol):
                 self.client = clientaddr.real_client(self.address, forwarded, self.server.shared.forwarders)
             prepared = self.server.decider.answer(head, self.client, admitted=self.started is not None)
             if self.started is not None:  # its fill has its head: answered as a miss, or by the full handler
-                settled = coldmiss.settle(self, head, prepared)
+                # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
+                # fill started, and the full handler, carrying that fill on, does not judge it again.
+                settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused) else prepared)
                 if isinstance(settled, coldmiss.Failed):  # the origin failed it: answered already
                     self.buf = self.buf[end + 4 :]
                     self._disarm()
@@ -262,9 +264,12 @@ class FastPath(asyncio.Protocol):
                 prepared = settled
             elif prepared is None or (isinstance(prepared, Load) and self.loads >= 2):
                 # No hit, with all the disk holds loaded: a miss (or a stale entry to revalidate) is filled here
-                if not coldmiss.start(self, head):
+                started = coldmiss.start(self, head)
+                if started is False:
                     self.hand_off()
-                return
+                if not isinstance(started, Refused):
+                    return
+                prepared = started
             if isinstance(prepared, Load):
                 self.loads += 1
                 self.busy = True
@@ -280,6 +285,10 @@ class FastPath(asyncio.Protocol):
                 self.busy = True
                 self.loop.create_task(self._forward(prepared, head)).add_done_callback(self.done)
                 return
+            if isinstance(prepared, Refused):
+                if not refuse.refused(self, prepared, time.monotonic()):
+                    return
+                continue
             if not self._answer(prepared, head):
                 return
 

@@ -9,22 +9,16 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from edgecache.core import admit
+from edgecache.core.admit import Reply
 from edgecache.core.popularity import spreadable
-from edgecache.proxy.hit import HOT, OFF, Forward, forward_verdict
+from edgecache.proxy.hit import HOT, Forward, Refused, forward_verdict
 
 if TYPE_CHECKING:
     from edgecache.proxy.shared import Shared
 
 ENTRIES = 4096  # forwards remembered; a full table is cleared and filled again
 _HOP_LINE = re.compile(rb"\r\nedgecache-hop:[ \t]*([!-~]+)[ \t]*(?=\r\n)", re.IGNORECASE)
-
-
-class Refused:
-    """The viewer may not have it now (the site's ACL, a signed URL, the rate limit): aiohttp answers 403 or 429,
-    as for a remembered hit, without the decision being made again here."""
-
-
-REFUSED = Refused()
 
 
 def split_hop(head: bytes) -> tuple[str, bytes] | None:
@@ -70,11 +64,11 @@ class ForwardMemo:
             del self.entries[head]
             return None
         forward = entry.forward
-        if not forward.site.allows(client):
-            return REFUSED  # aiohttp answers 403 with the reason
-        verdict = forward_verdict(shared, forward.site, forward.key, client, entry.heat)
+        refused = admit.acl(forward.site, client)
+        verdict = refused or forward_verdict(shared, forward.site, forward.key, client, entry.heat)
         if verdict == HOT:
             return None  # hot here now: the full decision serves this node's copy
-        if verdict == OFF:
-            return REFUSED
+        if isinstance(verdict, Reply):
+            site, key = forward.site.name, forward.key.full_target
+            return Refused(verdict, forward.method, key, forward.headers, site, forward.keep_alive)
         return forward if forward.client == client else replace(forward, client=client)

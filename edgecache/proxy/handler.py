@@ -17,7 +17,7 @@ from aiohttp import web
 
 from edgecache import metrics
 from edgecache.config import Site
-from edgecache.core import lookaside
+from edgecache.core import admit, lookaside
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.clientaddr import real_client
 from edgecache.core.conditional import validates
@@ -29,7 +29,6 @@ from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
 from edgecache.core.route import normalise_host
-from edgecache.core.signing import verify
 from edgecache.core.status import CacheStatus
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
@@ -122,39 +121,35 @@ class EdgeHandler:
             host = normalise_host(request.headers.get("Host"))
             target = request.raw_path
         if host is None:
-            raise ClientError(400, "missing or invalid Host")
+            raise ClientError.of(admit.NO_HOST)
         site = self.shared.router.match(host)
         if site is None:
-            raise ClientError(421, f"no site is configured for host {host!r}")
+            raise ClientError.of(admit.no_site(host))
         observe.trace(request).site = site.name
         try:
             key = make_key(site.name, host, target, site.key_query)
         except BadTarget as exc:
-            raise ClientError(400, str(exc)) from exc
+            raise ClientError.of(admit.bad_target(str(exc))) from exc
         observe.trace(request).target = key.full_target
-        hops = request.headers.getall(HOP, ())
-        hop = (
-            self.shared.cluster.honoured(hops, request.method, key.primary) if self.shared.cluster is not None else None
-        )
+        cluster = self.shared.cluster
+        hop = cluster.honoured(request.headers.getall(HOP, ()), request.method, key.primary) if cluster else None
         if hop is not None:
-            # The node the viewer connected to judged it (ACL, rate limit), once: not again here, where the address
-            # is that node's. Its word for the viewer's address stands for the rest (signed URLs, the access log).
+            # The node the viewer connected to judged it (ACL, signed URL, rate limit), once: not again here, where
+            # the address is that node's. Its word for the viewer's address stands for the rest (the access log).
             observe.trace(request).client = hop.viewer
             observe.trace(request).for_peer = True
+            return site, host, key, hop
         client = observe.trace(request).client or "-"
         if admitted == key.primary:
             return site, host, key, hop
-        if hop is None and site.allow and not internal(request) and not site.allows(client):
-            raise ClientError(403, f"this address may not use site {site.name!r}")
-        if hop is None and self.shared.limiter is not None and not self.shared.limiter.allow(client, time.monotonic()):
-            raise ClientError(429, "too many requests from this address")
-        # Signed URLs, before any lookup (the fast path's find_hit asks the same). Not again on the owner: the node
-        # the viewer reached checked the token before it forwarded (a valid hop says so, as for the ACL); nor for
-        # the node's own prefetch, which its admin token authorised.
-        if site.signing is not None and hop is None and not internal(request):
-            refusal = verify(site.signing, key.path, key.unkeyed, client, time.time())
-            if refusal is not None:
-                raise ClientError(403, refusal)
+        # Before any lookup (the fast path asks the same, core.admit); not for the node's own prefetch, which its
+        # admin token authorised.
+        reply = None if internal(request) else admit.viewer(site, key.path, key.unkeyed, client, time.time())
+        limiter = self.shared.limiter
+        if reply is None and limiter is not None and not limiter.allow(client, time.monotonic()):
+            reply = admit.TOO_MANY
+        if reply is not None:
+            raise ClientError.of(reply)
         return site, host, key, hop
 
     async def _handle(self, request: web.BaseRequest, adopted: Adopted | None) -> web.StreamResponse:
@@ -304,7 +299,7 @@ class EdgeHandler:
         if meta is None:
             t.evicted = self.engine.ghosts.object_dropped(digest(req.entry_key))
             if parse_cache_control(req.headers).only_if_cached:
-                raise ClientError(504, "only-if-cached and not in cache")
+                raise ClientError.of(admit.NOT_CACHED)
             if validates(req.headers):
                 # Nothing stored to answer the client's own validators from: let the origin answer them.
                 return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)

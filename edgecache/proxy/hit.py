@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
-from edgecache.core import ranges
+from edgecache.core import admit, ranges
+from edgecache.core.admit import Reply
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.conditional import validates
 from edgecache.core.entry import ObjectMeta
@@ -28,7 +29,6 @@ from edgecache.core.popularity import spreadable
 from edgecache.core.purge import PurgeTable
 from edgecache.core.ring import Member
 from edgecache.core.route import normalise_host
-from edgecache.core.signing import verify
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.proxy.fill import FillHead, answered_from
 from edgecache.proxy.fillrequest import FillRequest
@@ -62,9 +62,10 @@ class Hit:
     use: Use = Use.FRESH
     body: bytes = b""  # a 412's or 416's own text, sent instead of the object's bytes (first > last)
 
-    def admits(self, client: str, now: float) -> bool:
-        """May this client have the answer now: the site's ACL, and its signed-URL check (core.signing)?"""
-        return self.site.allows(client) and signed(self.site, self.req.key, client, now)
+    def refusal(self, client: str, now: float) -> Reply | None:
+        """Why this client may not have the answer now (the site's ACL, its signed URL: core.admit); None: it may."""
+        key = self.req.key
+        return admit.viewer(self.site, key.path, key.unkeyed, client, now)
 
     def still(self, shared: Shared, now: float) -> bool:
         """Would find_hit() decide the same for the same request now (the client's address aside)?"""
@@ -90,6 +91,19 @@ class Load:
     entry_key: str | None  # None: the primary record first
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A request refused before any lookup (core.admit), which the fast path answers as the full handler answers
+    it (proxy.refuse): the reply, and what its log line and counters name."""
+
+    reply: Reply
+    method: str
+    target: str  # the key's full target (never a signed URL's token), or as sent before there is a key
+    headers: Headers
+    site: str = "-"  # once the Host named one
+    keep_alive: bool = True
+
+
 def find_hit(
     shared: Shared,
     method: str,
@@ -101,7 +115,7 @@ def find_hit(
     hop_field: str | None = None,
     validated: bool = False,
     admitted: bool = False,
-) -> Hit | Load | Forward | Elsewhere | None:
+) -> Hit | Load | Forward | Elsewhere | Refused | None:
     """The hit this request is, if it is one; or the owner to forward it to. A `basis` answer is
     one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the origin
     has just confirmed the stored entry (a 304), which answers whatever its freshness (Use.REVALIDATE)."""
@@ -118,7 +132,7 @@ def find_hit(
     if planned is None:
         return None
     if not admitted and not _allowed(shared, routed):
-        return None  # the full handler answers 429 (and counts it) as it always does
+        return routed.refused(admit.TOO_MANY, method, headers)
     shared.engine.store.touch_meta(stored.ekey, routed.key.primary)
     return _hit(shared, routed, stored, headers, planned)
 
@@ -138,24 +152,29 @@ class Cold:
 
 def find_cold(
     shared: Shared, method: str, host_field: str | None, target: str, headers: Headers, client: str
-) -> Cold | None:
+) -> Cold | Refused | None:
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
-    metadata here, or whose stored entry must be revalidated before it is used. None for anything else the full
-    handler decides: a conditional or only-if-cached request, one the rate limiter refuses, a look-aside, a
-    stand-in for a node that is down, a hot copy, several ranges, a Vary'd record, a stale entry it may serve."""
+    metadata here, or whose stored entry must be revalidated before it is used; or the refusal of one the rate
+    limiter refuses, or of an only-if-cached request with nothing stored (core.admit). None for anything else the
+    full handler decides: a conditional request, a look-aside, a stand-in for a node that is down, a hot copy,
+    several ranges, a Vary'd record, a stale entry it may serve."""
     # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
     # this request already).
     routed = _routed(shared, method, host_field, target, headers, client, True, None)
+    if isinstance(routed, Refused):
+        return routed
     if not isinstance(routed, _Routed) or not routed.fills or routed.failover:
         return None
     cluster = shared.cluster
     if routed.viewer is None and cluster is not None and cluster.route(routed.key.primary)[0].id != cluster.self_id:
         return None  # a hot copy, filled from the owner by the full handler
     cc = parse_cache_control(headers)
-    if cc.no_store or cc.only_if_cached or must_pass(headers) is not None or validates(headers):
+    if cc.no_store or must_pass(headers) is not None:
         return None
     entry, site = _entry(shared, routed.site, routed.host, routed.key, headers), routed.site
-    if entry is None or entry.record.vary:
+    if cc.only_if_cached and (entry is None or entry.meta is None):  # the limiter is asked first, as for any
+        return routed.refused(admit.NOT_CACHED if _allowed(shared, routed) else admit.TOO_MANY, method, headers)
+    if cc.only_if_cached or validates(headers) or entry is None or entry.record.vary:
         return None
     meta = entry.meta
     if meta is not None and (
@@ -171,7 +190,7 @@ def find_cold(
     else:
         run = stored_run(value, meta.whole, meta.length, size)
     if not _allowed(shared, routed):  # last: a token is spent only on a request this fills
-        return None
+        return routed.refused(admit.TOO_MANY, method, headers)
     return Cold(_fill_request(routed, headers, entry.record, entry.scope, entry.ekey), *run, meta, method)
 
 
@@ -244,6 +263,9 @@ class _Routed:
     fills: bool  # not a look-aside (Hit.fills)
     failover: bool = False  # a hop from a node that stands in for this one's next owner, which is down
 
+    def refused(self, reply: Reply, method: str, headers: Headers) -> Refused:
+        return Refused(reply, method, self.key.full_target, headers, self.site.name)
+
 
 def _routed(
     shared: Shared,
@@ -254,34 +276,36 @@ def _routed(
     client: str,
     basis: bool,
     hop_field: str | None,
-) -> _Routed | Forward | Elsewhere | None:
-    """find_hit()'s first step: the site and key, then the hop, the ACL, the owner (_where) and the signed URL."""
+) -> _Routed | Forward | Elsewhere | Refused | None:
+    """find_hit()'s first step: the site and key, then the hop, the ACL, the owner (_where) and the signed URL. A
+    request refused on the way gets the Reply the full handler would give it (core.admit)."""
     if method not in ("GET", "HEAD") or not target.startswith("/"):
         return None  # absolute-form targets and everything but GET/HEAD: the full handler's checks
     host = normalise_host(host_field)
-    site = shared.router.match(host) if host is not None else None
-    if host is None or site is None:
-        return None
+    if host is None:
+        return Refused(admit.NO_HOST, method, target, headers)
+    site = shared.router.match(host)
+    if site is None:
+        return Refused(admit.no_site(host), method, target, headers)
     try:
         key = make_key(site.name, host, target, site.key_query)
-    except BadTarget:
-        return None
+    except BadTarget as exc:
+        return Refused(admit.bad_target(str(exc)), method, target, headers, site.name)
     cluster = shared.cluster
     hop_fields = [hop_field] if hop_field is not None else get_all(headers, HOP)  # cut from the head (decide.py)
     hop = cluster.honoured(hop_fields, method, key.primary) if cluster is not None else None
-    if hop is not None:
-        client = hop.viewer  # judged (ACL, rate limit) by the node that forwarded it, as EdgeHandler._route says
-    elif not site.allows(client):
-        return None
-    elif cluster is not None:
+    if hop is not None:  # its viewer was judged (ACL, signed URL, rate limit) by the node that forwarded it
+        return _Routed(host, site, key, hop.viewer, hop.viewer, not hop.lookaside, hop.failover)
+    refused = admit.acl(site, client)
+    if refused is None and cluster is not None:
         where = _where(shared, cluster, site, key, method, headers, client, basis)
-        if not isinstance(where, Here):
+        if not isinstance(where, Here | Reply):
             return where
-    if hop is None and not signed(site, key, client, time.time()):
-        return None  # the full handler answers 403 with the reason (a hop's token was checked by its node)
-    if hop is None:
-        return _Routed(host, site, key, client, None, True)
-    return _Routed(host, site, key, client, hop.viewer, not hop.lookaside, hop.failover)
+        refused = where if isinstance(where, Reply) else None
+    refused = refused or admit.signed(site, key.path, key.unkeyed, client, time.time())
+    if refused is not None:
+        return Refused(refused, method, key.full_target, headers, site.name)
+    return _Routed(host, site, key, client, None, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,8 +408,9 @@ def _where(
     headers: Headers,
     client: str,
     basis: bool,
-) -> Here | Forward | Elsewhere | None:
-    """Who answers a request no hop vouches for: this node, its owner (a Forward), or the full handler (None)."""
+) -> Here | Forward | Elsewhere | Reply | None:
+    """Who answers a request no hop vouches for: this node, its owner (a Forward), or the full handler (None); or
+    the refusal of a forward (forward_verdict)."""
     up = cluster.route(key.primary)
     first = cluster.ring.owner(key.primary)
     if up[0].id == cluster.self_id:
@@ -394,33 +419,31 @@ def _where(
     if basis:
         return ELSEWHERE  # not asked of the popularity gate twice for one request
     verdict = forward_verdict(shared, site, key, client, spreadable(headers))
+    if isinstance(verdict, Reply):
+        return verdict
     if verdict != GO:
-        return HERE if verdict == HOT else None
+        return HERE
     failover = first is not None and up[0].id != first.id
     return Forward(method, headers, client, site, key, up[0], failover)
 
 
-GO, HOT, OFF = "go", "hot", "off"
+GO, HOT = "go", "hot"
 
 
-def forward_verdict(shared: Shared, site: Site, key: CacheKey, client: str, heat: bool) -> str:
-    """Whether a request another node owns, from a viewer its site allows, is relayed there (GO), answered from
-    this node's copy of a hot object (HOT: `heat` says the request counts towards it), or left to the full handler
-    (OFF: it answers 403 or 429 with the reason). The one rule for a forward decided in full (_where) and for a
-    remembered one (forwardmemo): the viewer and the moment are asked again on every request."""
+def forward_verdict(shared: Shared, site: Site, key: CacheKey, client: str, heat: bool) -> str | Reply:
+    """Whether a request another node owns, from a viewer its site's ACL allows, is relayed there (GO), answered
+    from this node's copy of a hot object (HOT: `heat` says the request counts towards it), or refused (its signed
+    URL, then the rate limit: core.admit). The one rule for a forward decided in full (_where) and for a remembered
+    one (forwardmemo): the viewer and the moment are asked again on every request."""
     if heat and shared.popular.asked(key.primary, time.monotonic()):
         return HOT
-    if not signed(site, key, client, time.time()):
-        return OFF
+    refused = admit.signed(site, key.path, key.unkeyed, client, time.time())
+    if refused is not None:
+        return refused
     limiter = shared.limiter
     if limiter is not None and not limiter.allow(client, time.monotonic()):
-        return OFF
+        return admit.TOO_MANY
     return GO
-
-
-def signed(site: Site, key: CacheKey, client: str, now: float) -> bool:
-    """Does the request carry a valid token, when its site wants one? As the full handler's _route checks it."""
-    return site.signing is None or verify(site.signing, key.path, key.unkeyed, client, now) is None
 
 
 def renewed(hit: Hit, shared: Shared, now: float) -> Hit | None:

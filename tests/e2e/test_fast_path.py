@@ -82,7 +82,13 @@ CASES: list[tuple[bytes, bool]] = [
     (get("/big", "Range: bytes=9999999-", method="HEAD"), True),  # 416, no body
     (get("/big", 'If-Match: "nope"', method="HEAD"), True),  # 412, no body
     (get("/big", "Cache-Control: no-cache"), True),  # revalidated first (proxy.coldmiss), then answered
-    (get("/small", host="nowhere.test"), False),  # 421
+    (get("/small", host="nowhere.test"), True),  # 421: refused here (core.admit), as aiohttp refuses it
+    (get("/small", method="HEAD", host="nowhere.test"), True),  # 421, no body
+    (get("/small", host=""), True),  # 400: no Host
+    (get("/sm%00all"), True),  # 400: an encoded NUL
+    (get("/small", "Cache-Control: only-if-cached"), True),  # a hit all the same
+    (get("/missing", "Cache-Control: only-if-cached"), True),  # 504: not stored, and may not be fetched
+    (get("/missing", "Cache-Control: only-if-cached", method="HEAD"), True),
     (get("/missing"), False),  # a miss
     (get("http://video.test/small"), False),  # absolute form
     (b"GET /small HTTP/1.0\r\nHost: video.test\r\n\r\n", False),

@@ -1,0 +1,67 @@
+"""Who may have what: the refusals a request meets once its site and key are known, before any lookup, and the
+one a miss meets when it may not be filled.
+
+One rule for both request paths. The full handler (proxy.handler) raises each as a ClientError; the fast path
+(proxy.hit, proxy.forwardmemo) answers it itself (proxy.refuse), with the same status, reason and bytes. The order
+is the same on both: the site's ACL, then its signed URLs, then the rate limit, so a token of the client's rate is
+spent only on a request that is otherwise let in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgecache.core.signing import Signing, verify
+
+
+class SiteRules(Protocol):
+    """What admission reads of a site (config.Site)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def signing(self) -> Signing | None: ...
+
+    def allows(self, client: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer edgecache writes itself instead of serving the request: a status and one short reason."""
+
+    status: int
+    reason: str
+
+
+NO_HOST = Reply(400, "missing or invalid Host")
+TOO_MANY = Reply(429, "too many requests from this address")
+# A miss that may not be filled: the client asked for a stored answer only (RFC 9111 5.2.1.7), and none is stored.
+NOT_CACHED = Reply(504, "only-if-cached and not in cache")
+
+
+def no_site(host: str) -> Reply:
+    return Reply(421, f"no site is configured for host {host!r}")
+
+
+def bad_target(reason: str) -> Reply:
+    return Reply(400, reason)
+
+
+def acl(site: SiteRules, client: str) -> Reply | None:
+    """The site's client ACL (server.allow by subnet): None when the client may use the site."""
+    return None if site.allows(client) else Reply(403, f"this address may not use site {site.name!r}")
+
+
+def signed(site: SiteRules, path: str, unkeyed: str, client: str, now: float) -> Reply | None:
+    """The site's signed URLs: None when it wants none, or the query carries a valid token at `now`."""
+    if site.signing is None:
+        return None
+    refusal = verify(site.signing, path, unkeyed, client, now)
+    return None if refusal is None else Reply(403, refusal.value)
+
+
+def viewer(site: SiteRules, path: str, unkeyed: str, client: str, now: float) -> Reply | None:
+    """The ACL, then the signed URL: what a viewer's request must pass before the rate limit is asked."""
+    return acl(site, client) or signed(site, path, unkeyed, client, now)

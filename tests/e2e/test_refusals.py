@@ -1,0 +1,161 @@
+"""Requests refused before any lookup (core.admit: no site, a bad target, the site's ACL, a signed URL, the rate limit,
+only-if-cached with nothing stored) are answered on the fast path, as the full handler answers them: the same bytes
+(but Date), the same access-log lines, the same counters, the same tokens of the client's rate spent, and the
+connection kept open for the next request. Each refusal is asked twice in a row, on one connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import replace
+from ipaddress import ip_network
+from pathlib import Path
+
+from prometheus_client import REGISTRY
+
+from edgecache.config import Config, Site
+from edgecache.core.signing import Signing
+from tests.conftest import make_config, start_edge
+from tests.e2e.test_hops import cluster, origins, owner_index
+from tests.origin import Origin
+from tests.wire import fast_path_outcomes
+
+BODY = bytes(range(256)) * 20
+RULES = Signing(("s3cret-for-refusals",))
+BURST = 12  # tokens; the rate refills none within the test
+
+
+def request(path: str, host: str = "video.test", *fields: str, method: str = "GET") -> bytes:
+    return ("\r\n".join([f"{method} {path} HTTP/1.1", f"Host: {host}", *fields]) + "\r\n\r\n").encode()
+
+
+ONLY = "Cache-Control: only-if-cached"
+ASKED = [  # (request, status), each asked twice: the rate's tokens (BURST) run out at the HEAD's second 200
+    (request("/a"), 200),  # tokens 1 and 2
+    (request("/a", "nowhere.test"), 421),
+    (request("/a", "nowhere.test", method="HEAD"), 421),
+    (request("/a", ""), 400),
+    (request("/a%00b"), 400),
+    (request("/a", "closed.test"), 403),  # the ACL: no token spent
+    (request("/v/a", "signed.test"), 403),  # no token: none spent
+    (request("/v/a?expires=1&sig=AAAA", "signed.test", method="HEAD"), 403),
+    (request("/missing", "video.test", ONLY), 504),  # tokens 3, 4
+    (request("/missing", "video.test", ONLY, method="HEAD"), 504),  # 5, 6
+    (request("/a", "video.test", "Range: bytes=0-9"), 206),  # 7, 8
+    (request("/a", "video.test", ONLY), 200),  # 9, 10
+    (request("/a", "video.test", method="HEAD"), 200),  # 11, 12: the last
+    (request("/a"), 429),
+    (request("/a", "video.test", "Range: bytes=0-9"), 429),
+    (request("/missing", "video.test", ONLY), 429),  # the limiter before only-if-cached, as for any request
+    (request("/a", "closed.test"), 403),  # the ACL before the limiter
+    (request("/v/a", "signed.test"), 403),  # the signed URL before the limiter
+    (request("/a", "nowhere.test"), 421),
+]
+
+
+def config(tmp_path: Path, origin: Origin, fast: bool, log: Path) -> Config:
+    base = make_config(tmp_path, [origin.url])
+    videos = replace(base.sites[0], hosts=("video.test",))
+    closed = Site("closed", ("closed.test",), (origin.url,), allow=(ip_network("203.0.113.0/24"),))
+    signed = Site("signed", ("signed.test",), (origin.url,), signing=RULES)
+    sites = (videos, closed, signed)
+    return replace(base, sites=sites, fast_path=fast, rate_limit=0.001, burst=float(BURST), access_log=log)
+
+
+Counters = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def counters() -> Counters:
+    out = {}
+    for name in ("edgecache_requests_total", "edgecache_site_served_bytes_total"):
+        for metric in REGISTRY.restricted_registry([name]).collect():
+            for s in metric.samples:
+                if s.name == name:
+                    out[s.name, tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+async def answer(reader: asyncio.StreamReader, head_only: bool) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head, re.IGNORECASE)
+    body = b"" if head_only or length is None else await reader.readexactly(int(length[1]))
+    return re.sub(rb"\r\n(Date|Age): [^\r]*", rb"\r\n\1: -", head) + body
+
+
+async def run(origin: Origin, tmp_path: Path, fast: bool) -> tuple[list[bytes], list[dict[str, object]], Counters]:
+    log = tmp_path / f"{fast}.log"
+    async with start_edge(config(tmp_path / str(fast), origin, fast, log)) as edge, asyncio.timeout(30):
+        before = counters()
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        answers = []
+        try:
+            for data, _ in ASKED:
+                for _ in range(2):
+                    writer.write(data)
+                    answers.append(await answer(reader, data.startswith(b"HEAD ")))
+        finally:
+            writer.close()
+        after = counters()
+    lines = [json.loads(x) for x in log.read_bytes().splitlines()]
+    for line in lines:
+        for field in ("time", "id", "ms", "ttfb_ms"):  # the clock's
+            del line[field]
+        line["origin_ms"] = line["origin_ms"] is not None
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    return answers, lines, delta
+
+
+async def test_refusals_are_answered_on_the_fast_path_as_the_full_handler_answers_them(
+    origin: Origin, tmp_path: Path
+) -> None:
+    origin.put("/a", BODY)
+    origin.put("/v/a", BODY)
+    before = fast_path_outcomes()
+    fast = await run(origin, tmp_path, fast=True)
+    outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    hits = dict(origin.hits)
+    full = await run(origin, tmp_path, fast=False)
+    assert [int(a.split(b" ", 2)[1]) for a in fast[0]] == [status for _, status in ASKED for _ in range(2)]
+    assert fast[0] == full[0]  # byte for byte, but Date and Age
+    assert fast[1] == full[1]
+    assert fast[2] == full[2]
+    # Every request answered here (the first miss too: the fast path fills it), none handed to aiohttp, and the
+    # origin asked once for /a, never for what was refused.
+    assert outcomes["handed_off"] == 0  # (answered counts the nodes' health checks too)
+    assert outcomes["answered"] == 2 * len(ASKED)
+    assert hits == {"/a": 1}
+    assert {k: v - hits.get(k, 0) for k, v in origin.hits.items()} == {"/a": 1}
+
+
+async def forwarded(origin_dir: Path, fast: bool) -> tuple[list[bytes], dict[str, float]]:
+    """Requests for another node's object from one viewer, on one connection to a node that does not own it: the
+    forward is remembered after the first (forwardmemo), and the viewer is judged again on each."""
+    async with origins() as origs, cluster(origs, origin_dir, {}, fast_path=fast, rate_limit=0.001, burst=2.0) as nodes:
+        for o in origs:
+            o.put("/a", BODY)
+        other = nodes[(owner_index("/a") + 1) % 3]
+        before: dict[str, float] = {}
+        reader, writer = await asyncio.open_connection("127.0.0.1", other.port)
+        answers = []
+        try:
+            for _ in range(4):  # two tokens: forwarded twice, then refused twice
+                if len(answers) == 2:  # the refusals' outcomes (the owner's miss is not one)
+                    before = fast_path_outcomes()
+                writer.write(request("/a"))
+                answers.append(await answer(reader, False))
+            outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+        finally:
+            writer.close()
+    return answers, outcomes
+
+
+async def test_a_remembered_forward_is_refused_on_the_fast_path_once_the_viewer_is_out_of_tokens(
+    tmp_path: Path,
+) -> None:
+    fast, outcomes = await forwarded(tmp_path / "fast", True)
+    full, _ = await forwarded(tmp_path / "full", False)
+    assert [int(a.split(b" ", 2)[1]) for a in fast] == [200, 200, 429, 429]
+    assert fast[2:] == full[2:]  # byte for byte, but Date (the 200s carry the owner's Age and Cache-Status)
+    assert fast[1].endswith(BODY)
+    assert outcomes["handed_off"] == 0  # (answered counts the nodes' health checks too)
