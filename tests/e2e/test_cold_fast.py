@@ -281,3 +281,37 @@ async def test_a_revalidation_on_a_rate_limited_node_spends_one_token(
         (429, statuses[4][1]),
     ]
     assert origin.hits["/nc"] == 4
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_head_whose_origin_fails_gets_a_502_head_without_a_body_twice_on_one_connection(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """The origin closes without an answer: each HEAD gets the 502's head alone (its Content-Length names the body
+    a GET would get), so the next answer on the connection starts where the client expects it."""
+
+    async def hook(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response(status=500)  # never sent
+
+    origin.put("/gone", b"x")
+    origin.on_request = hook
+    config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            writer.write(b"HEAD /gone HTTP/1.1\r\nHost: video.test\r\n\r\n" * 2)
+            writer.write(b"GET /gone HTTP/1.1\r\nHost: video.test\r\nConnection: close\r\n\r\n")
+            heads = []
+            for _ in range(2):
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+            rest = await reader.read(-1)
+        finally:
+            writer.close()
+    assert all(h.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") for h in heads), heads
+    head, _, body = rest.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), rest
+    assert body.startswith(b"origin failed: ")
+    assert f"\r\nContent-Length: {len(body)}\r\n".encode() in head + b"\r\n"
+    assert origin.hits["/gone"] == 6  # three requests, each tried twice (a dropped connection is retried once)
