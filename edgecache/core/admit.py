@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from edgecache.core.lookaside import NOT_HELD as _NOT_HELD
 from edgecache.core.signing import Signing, verify
 
 
@@ -39,6 +40,8 @@ NO_HOST = Reply(400, "missing or invalid Host")
 TOO_MANY = Reply(429, "too many requests from this address")
 # A miss that may not be filled: the client asked for a stored answer only (RFC 9111 5.2.1.7), and none is stored.
 NOT_CACHED = Reply(504, "only-if-cached and not in cache")
+# The same for an owner's look-aside (core.lookaside), which is never filled: nothing is held here.
+NOT_HELD = Reply(504, _NOT_HELD)
 
 
 def no_site(host: str) -> Reply:

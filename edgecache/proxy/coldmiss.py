@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgecache import metrics
+from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import digest
 from edgecache.core.status import miss_cause
@@ -138,11 +139,9 @@ def failed(conn: FastPath, started: Started, exc: OriginError) -> None:
     log.info("%s %s: origin failed: %s", cold.method, req.key.full_target[:200], exc)
     if not (exc.timeout or exc.connect):  # those were counted where they happened (origin client)
         metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
-    code = 504 if exc.timeout else 502
-    reason = f"origin failed: {exc.reason}"
-    refuse.write(
-        conn, started.began, cold.method, req.site.name, req.key.full_target, req.headers, code, reason, cold.keep_alive
-    )
+    reply = Reply(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
+    site, target = req.site.name, req.key.full_target
+    refuse.refused(conn, Refused(reply, cold.method, target, req.headers, site, cold.keep_alive), started.began)
 
 
 def adopt(conn: FastPath, p: Prepared) -> None:

@@ -102,6 +102,7 @@ class Refused:
     headers: Headers
     site: str = "-"  # once the Host named one
     keep_alive: bool = True
+    counted: bool = True  # False: an owner's look-aside, no viewer's request (observe.finish counts none)
 
 
 def find_hit(
@@ -154,16 +155,16 @@ def find_cold(
     shared: Shared, method: str, host_field: str | None, target: str, headers: Headers, client: str
 ) -> Cold | Refused | None:
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
-    metadata here, or whose stored entry must be revalidated before it is used; or the refusal of one the rate
-    limiter refuses, or of an only-if-cached request with nothing stored (core.admit). None for anything else the
-    full handler decides: a conditional request, a look-aside, a stand-in for a node that is down, a hot copy,
-    several ranges, a Vary'd record, a stale entry it may serve."""
+    metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
+    the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored. None
+    for anything else the full handler decides: a conditional request, a stand-in for a node that is down, a hot
+    copy, several ranges, a Vary'd record, a stale entry it may serve."""
     # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
     # this request already).
     routed = _routed(shared, method, host_field, target, headers, client, True, None)
     if isinstance(routed, Refused):
         return routed
-    if not isinstance(routed, _Routed) or not routed.fills or routed.failover:
+    if not isinstance(routed, _Routed) or routed.failover:
         return None
     cluster = shared.cluster
     if routed.viewer is None and cluster is not None and cluster.route(routed.key.primary)[0].id != cluster.self_id:
@@ -172,7 +173,10 @@ def find_cold(
     if cc.no_store or must_pass(headers) is not None:
         return None
     entry, site = _entry(shared, routed.site, routed.host, routed.key, headers), routed.site
-    if cc.only_if_cached and (entry is None or entry.meta is None):  # the limiter is asked first, as for any
+    held = entry is not None and entry.meta is not None
+    if not routed.fills:  # a look-aside, never filled: nothing held (a stale entry is the full handler's)
+        return None if held else replace(routed.refused(admit.NOT_HELD, method, headers), counted=False)
+    if cc.only_if_cached and not held:  # the limiter is asked first, as for any request
         return routed.refused(admit.NOT_CACHED if _allowed(shared, routed) else admit.TOO_MANY, method, headers)
     if cc.only_if_cached or validates(headers) or entry is None or entry.record.vary:
         return None
