@@ -1,5 +1,5 @@
-"""Who may have what: the refusals a request meets once its site and key are known, before any lookup, and the
-one a miss meets when it may not be filled.
+"""Who may have what: the refusals a request meets once its site and key are known, before any lookup; and what
+a request the stored entry did not answer gets instead of a fill (unfilled).
 
 One rule for both request paths. The full handler (proxy.handler) raises each as a ClientError; the fast path
 (proxy.hit, proxy.forwardmemo) answers it itself (proxy.refuse), with the same status, reason and bytes. The order
@@ -68,3 +68,24 @@ def signed(site: SiteRules, path: str, unkeyed: str, client: str, now: float) ->
 def viewer(site: SiteRules, path: str, unkeyed: str, client: str, now: float) -> Reply | None:
     """The ACL, then the signed URL: what a viewer's request must pass before the rate limit is asked."""
     return acl(site, client) or signed(site, path, unkeyed, client, now)
+
+
+class Pass:
+    """unfilled(): the origin answers the request as the client sent it; nothing is stored."""
+
+
+PASS = Pass()
+
+
+def unfilled(look_aside: bool, stored: bool, only_if_cached: bool, conditional: bool) -> Reply | Pass | None:
+    """What a request the stored entry (if `stored`) did not answer gets when no fill may be started for it; None:
+    the fill. A look-aside (core.lookaside) never fills: what is held fresh was answered already. With nothing
+    stored, only-if-cached is refused (RFC 9111 5.2.1.7), and the client's own validators go to the origin, which
+    alone can answer them (they are not the key's: the answer is not stored)."""
+    if look_aside:
+        return NOT_HELD
+    if stored:
+        return None
+    if only_if_cached:
+        return NOT_CACHED
+    return PASS if conditional else None

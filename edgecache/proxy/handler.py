@@ -292,17 +292,16 @@ class EdgeHandler:
     ) -> web.StreamResponse | None:
         """The answer to a request the stored entry did not answer when no fill may be started for it (a
         refusal raised, or a pass-through); None: fill. Notes what the miss found, for its cause."""
-        if req.look_aside:  # what is held fresh was answered above: a look-aside never fills
-            raise ClientError(504, lookaside.NOT_HELD)
+        cc = parse_cache_control(req.headers)
+        instead = admit.unfilled(req.look_aside, meta is not None, cc.only_if_cached, validates(req.headers))
+        if isinstance(instead, admit.Reply):
+            raise ClientError.of(instead)
         t = observe.trace(request)
         t.expired = meta is not None  # a miss's cause, unless a 304 makes it a revalidation
         if meta is None:
             t.evicted = self.engine.ghosts.object_dropped(digest(req.entry_key))
-            if parse_cache_control(req.headers).only_if_cached:
-                raise ClientError.of(admit.NOT_CACHED)
-            if validates(req.headers):
-                # Nothing stored to answer the client's own validators from: let the origin answer them.
-                return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
+        if instead is admit.PASS:
+            return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
         return None
 
     async def _head_of(

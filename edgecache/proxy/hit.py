@@ -173,12 +173,17 @@ def find_cold(
     if cc.no_store or must_pass(headers) is not None:
         return None
     entry, site = _entry(shared, routed.site, routed.host, routed.key, headers), routed.site
-    held = entry is not None and entry.meta is not None
-    if not routed.fills:  # a look-aside, never filled: nothing held (a stale entry is the full handler's)
-        return None if held else replace(routed.refused(admit.NOT_HELD, method, headers), counted=False)
-    if cc.only_if_cached and not held:  # the limiter is asked first, as for any request
-        return routed.refused(admit.NOT_CACHED if _allowed(shared, routed) else admit.TOO_MANY, method, headers)
-    if cc.only_if_cached or validates(headers) or entry is None or entry.record.vary:
+    if entry is not None and entry.meta is not None:  # a stored entry: only its revalidation is filled here
+        if not routed.fills or cc.only_if_cached or validates(headers):
+            return None
+    else:
+        instead = admit.unfilled(not routed.fills, False, cc.only_if_cached, validates(headers))
+        if isinstance(instead, Reply):  # the limiter first, as for any request (a hop's viewer was judged)
+            reply = instead if _allowed(shared, routed) else admit.TOO_MANY
+            return replace(routed.refused(reply, method, headers), counted=routed.fills)
+        if instead is admit.PASS:
+            return None  # the full handler's pass-through
+    if entry is None or entry.record.vary:
         return None
     meta = entry.meta
     if meta is not None and (

@@ -1,0 +1,59 @@
+"""core.admit without sockets: the refusals before any lookup, and what a request gets instead of a fill."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from edgecache.core import admit
+from edgecache.core.admit import NOT_CACHED, NOT_HELD, PASS, Reply
+from edgecache.core.signing import Refusal, Signing, sign
+
+RULES = Signing(("k" * 32,))
+NOW = 1_900_000_000.0
+
+
+@dataclass(frozen=True)
+class _Site:
+    name: str = "videos"
+    signing: Signing | None = None
+    allow: str | None = None
+
+    def allows(self, client: str) -> bool:
+        return self.allow is None or ip_address(client) in ip_network(self.allow)
+
+
+@pytest.mark.parametrize(
+    ("look_aside", "stored", "only_if_cached", "conditional", "expected"),
+    [
+        (True, False, False, False, NOT_HELD),  # a look-aside never fills
+        (True, True, True, True, NOT_HELD),
+        (False, True, True, True, None),  # a stored entry is revalidated (a conditional fill), whatever was asked
+        (False, False, True, False, NOT_CACHED),
+        (False, False, True, True, NOT_CACHED),  # only-if-cached before the client's validators
+        (False, False, False, True, PASS),  # the client's validators: only the origin can answer them
+        (False, False, False, False, None),  # the fill
+    ],
+)
+def test_unfilled(
+    look_aside: bool, stored: bool, only_if_cached: bool, conditional: bool, expected: Reply | None
+) -> None:
+    assert admit.unfilled(look_aside, stored, only_if_cached, conditional) is expected
+
+
+def test_the_acl_comes_before_the_signed_url() -> None:
+    site = _Site(signing=RULES, allow="10.0.0.0/8")
+    assert admit.viewer(site, "/a", "", "192.0.2.1", NOW) == Reply(403, "this address may not use site 'videos'")
+    assert admit.viewer(site, "/a", "", "10.1.2.3", NOW) == Reply(403, Refusal.MISSING.value)
+    query = sign(RULES, "/a", int(NOW) + 60).partition("?")[2]
+    assert admit.viewer(site, "/a", query, "10.1.2.3", NOW) is None
+    assert admit.viewer(site, "/a", query, "10.1.2.3", NOW + 61) == Reply(403, Refusal.EXPIRED.value)
+    assert admit.viewer(_Site(), "/a", "", "192.0.2.1", NOW) is None
+
+
+def test_fixed_replies() -> None:
+    assert admit.no_site("x.test") == Reply(421, "no site is configured for host 'x.test'")
+    assert Reply(429, "too many requests from this address") == admit.TOO_MANY
+    assert admit.NO_HOST.status == admit.bad_target("target too long").status == 400
