@@ -24,7 +24,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import digest
 from edgecache.core.status import miss_cause
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy import refuse
+from edgecache.proxy import refuse, uncached
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.fill import Adopted, Fill
 from edgecache.proxy.fillhead import RangeMismatch
@@ -87,10 +87,13 @@ async def _head_in(conn: FastPath, started: Started) -> None:
     started.origin_ms = round((time.monotonic() - started.began) * 1000, 3)
 
 
-def settle(conn: FastPath, head: bytes, decided: Prepared | Load | Forward | None) -> Prepared | Failed | None:
+def settle(
+    conn: FastPath, head: bytes, decided: Prepared | Load | Forward | None
+) -> Prepared | Failed | Streamed | None:
     """The answer to the head whose fill has its head now: a miss from what was stored; FAILED, answered here
-    (the origin failed this request's own fill, with nothing stored to stand in); or None, and the request goes
-    to the full handler with the fill it started (hand_off)."""
+    (the origin failed this request's own fill, with nothing stored to stand in); STREAMED (an answer not stored,
+    sent from the fill by a task); or None, and the request goes to the full handler with the fill it started
+    (hand_off)."""
     started, conn.started = conn.started, None
     assert started is not None
     conn.loads = 0
@@ -109,6 +112,9 @@ def settle(conn: FastPath, head: bytes, decided: Prepared | Load | Forward | Non
             if not started.ours:
                 metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
             return got
+    if arrived and started.head == head and (plan := uncached.planned(conn, started, fill.head.result())):
+        uncached.start(conn, started, plan, failed)  # an answer not stored, streamed from the fill
+        return STREAMED
     if started.ours:
         waited = started.origin_ms if arrived else None
         conn.adopted = Adopted(fill, started.primary, started.began, waited, started.validating)
@@ -117,6 +123,13 @@ def settle(conn: FastPath, head: bytes, decided: Prepared | Load | Forward | Non
 
 class Failed:
     """settle(): the origin failed the fill and the answer saying so is written."""
+
+
+class Streamed:
+    """settle(): the answer, not stored, is being streamed from the fill (proxy.uncached)."""
+
+
+STREAMED = Streamed()
 
 
 FAILED = Failed()
@@ -131,9 +144,10 @@ def _failure(fill: Fill) -> OriginError | None:
     return None if isinstance(exc, RangeMismatch | VersionChanged) else exc
 
 
-def failed(conn: FastPath, started: Started, exc: OriginError) -> None:
+def failed(conn: FastPath, started: Started, exc: OriginError, head_came: bool = False) -> None:
     """The answer the full handler gives when the origin fails a miss's own fill and no stale entry may stand in:
-    502 (504 on a timeout) with the reason, counted and logged as it counts and logs it (EdgeHandler._answer)."""
+    502 (504 on a timeout) with the reason, counted and logged as it counts and logs it (EdgeHandler._answer);
+    `head_came`: the fill's head came first (its body failed), and the log says how long it took."""
     started.fill.abandon()  # only this request would have read it
     req, cold = started.cold.req, started.cold
     log.info("%s %s: origin failed: %s", cold.method, req.key.full_target[:200], exc)
@@ -141,7 +155,8 @@ def failed(conn: FastPath, started: Started, exc: OriginError) -> None:
         metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
     reply = Reply(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
     site, target = req.site.name, req.key.full_target
-    refuse.refused(conn, Refused(reply, cold.method, target, req.headers, site, cold.keep_alive), started.began)
+    r = Refused(reply, cold.method, target, req.headers, site, cold.keep_alive)
+    refuse.refused(conn, r, started.began, started.origin_ms if head_came else None)
 
 
 def adopt(conn: FastPath, p: Prepared) -> None:

@@ -49,6 +49,19 @@ def head(
     return encoded + b"\r\n"
 
 
+def frame(fields: list[tuple[str, str]], empty: bool, length: str | None) -> bool:
+    """Add to a streamed answer's fields what aiohttp's server adds before its head: Transfer-Encoding: chunked when
+    a body of unknown length (no Content-Length, `length` None) follows, and Content-Type: application/octet-stream
+    when a body may follow without a type (RFC 9110 8.3). `empty`: no body may follow (a HEAD, 1xx, 204, 304).
+    Whether the body is sent chunked."""
+    chunked = not empty and length is None
+    if chunked:
+        fields.append(("Transfer-Encoding", "chunked"))
+    if not empty and length != "0" and all(k.lower() != "content-type" for k, _ in fields):
+        fields.append(("Content-Type", "application/octet-stream"))
+    return chunked
+
+
 def error(status: int, reason: str, date: bytes, keep_alive: bool) -> bytes:
     """An answer of the node's own (a failed peer, say), as errorpage.error_response gives it."""
     fields, body = error_page(status, reason)

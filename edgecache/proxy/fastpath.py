@@ -257,9 +257,11 @@ class FastPath(asyncio.Protocol):
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
                 # fill started, and the full handler, carrying that fill on, does not judge it again.
                 settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused) else prepared)
-                if isinstance(settled, coldmiss.Failed):  # the origin failed it: answered already
+                if isinstance(settled, coldmiss.Failed | coldmiss.Streamed):  # answered, or being answered
                     self.buf = self.buf[end + 4 :]
                     self._disarm()
+                    if self.busy:
+                        return
                     continue
                 prepared = settled
             elif prepared is None or (isinstance(prepared, Load) and self.loads >= 2):

@@ -20,16 +20,16 @@ if TYPE_CHECKING:
 _ANSWERED = metrics.FAST_PATH.labels("answered")
 
 
-def refused(conn: FastPath, r: Refused, t0: float) -> bool:
-    """Write the refusal's answer, counted and logged unless not `r.counted`; False when the connection closes
-    after it."""
+def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = None) -> bool:
+    """Write the refusal's answer, counted and logged unless not `r.counted` (with `origin_ms`, the time the origin
+    took to answer a head, when one came); False when the connection closes after it."""
     status = r.reply.status
     answer = encode.error(status, r.reply.reason, conn.server.date(), r.keep_alive)
     end = answer.index(b"\r\n\r\n") + 4
     if r.method == "HEAD":  # the head alone, Content-Length and all, as aiohttp answers a HEAD
         answer = answer[:end]
     t = observe.new_trace()
-    t.t0, t.site, t.status = t0, r.site, CacheStatus.ERROR
+    t.t0, t.site, t.status, t.origin_ms = t0, r.site, CacheStatus.ERROR, origin_ms
     transport = conn.transport
     if transport is not None:
         transport.write(answer)

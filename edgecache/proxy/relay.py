@@ -173,11 +173,7 @@ class Relay:
         if status in _EMPTY:
             out = [(k, v) for k, v in out if k.lower() != "content-length"]
         length = next((v for k, v in out if k.lower() == "content-length"), None)
-        if not empty and length is None:
-            self.chunked = True
-            out.append(("Transfer-Encoding", "chunked"))
-        if not empty and length != "0" and all(k.lower() != "content-type" for k, _ in out):
-            out.append(("Content-Type", "application/octet-stream"))
+        self.chunked = encode.frame(out, empty, length)
         encoded = encode.head(status, reason, out, self.conn.server.date(), fwd.keep_alive)
         if encoded is None:
             raise PeerBroken("peer's answer has a field that cannot be passed on")

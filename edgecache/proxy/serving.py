@@ -14,6 +14,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import FillPlan, cold_run, needed_slices, plan_fill, stored_run
 from edgecache.core.freshness import Use, current_age
 from edgecache.core.headers import get_first
+from edgecache.core.ring import Member
 from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
 from edgecache.errors import ClientError
 from edgecache.proxy import observe, reading
@@ -115,6 +116,26 @@ async def _completed(
     return with_fetched(status, bool(missing))
 
 
+def fill_fields(
+    head: FillHead, ours: bool, status: CacheStatus, spread_from: Member | None
+) -> tuple[ObjectMeta, list[tuple[str, str]]]:
+    """A miss's answer from its fill's head: the metadata and the fields it is sent with. The request that started
+    the fill (`ours`) gets fields a shared cache keeps from everyone else (private="f")."""
+    meta = answered_from(head, ours)
+    detail = "" if head.shared else head.reason
+    if head.peer is not None:  # a spread copy's fill from the owner, or an owner's look-aside
+        detail = "peer" if spread_from is not None else lookaside.DETAIL
+    cstatus = cache_status_header(status, stored=head.store, detail=detail)
+    age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
+    return meta, base_headers(meta.headers, int(age), cstatus)
+
+
+def whole_stream(head: FillHead, fill: Fill) -> bool:
+    """Does the fill bring the whole body from its first byte (not a ranged fill), so that an answer it does not
+    store can be streamed from it (Fill.stream) as the origin sends it?"""
+    return head.start == 0 and fill.last_index is None
+
+
 async def serve_fill(
     engine: Engine,
     request: web.BaseRequest,
@@ -129,21 +150,14 @@ async def serve_fill(
     t = observe.trace(request)
     t.from_peer = head.peer is not None
     t.moved = t.from_peer and req.spread_from is None  # a look-aside at the previous owner, not a spread copy
-    # The request that started the fill gets fields a shared cache keeps from everyone else (private="f").
-    meta = answered_from(head, ours)
-    detail = "" if head.shared else head.reason
-    if head.peer is not None:  # a spread copy's fill from the owner, or an owner's look-aside
-        detail = "peer" if req.spread_from is not None else lookaside.DETAIL
-    cstatus = cache_status_header(status, stored=head.store, detail=detail)
-    age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
-    headers = base_headers(meta.headers, int(age), cstatus)
+    meta, headers = fill_fields(head, ours, status, req.spread_from)
     if head.shared and meta.length >= 0:
         if await _multipart_passes(engine, request, req, meta):
             return await pass_through(request, engine.origin, req, status)
         # Read from this miss's fill, wherever it has put the bytes by now: the origin's, as they are counted.
         read = lambda f, last: reading.read_range(engine, req, meta, f, last, fill)  # noqa: E731
         return await send(request, req.headers, meta, headers, read)
-    if head.start != 0 or fill.last_index is not None:
+    if not whole_stream(head, fill):
         # An uncacheable answer to a ranged fill: ask again for exactly what the client wants.
         return await pass_through(request, engine.origin, req, status)
     # Closed as soon as the answer ends, sent or not: a private fill then knows its one reader has left.

@@ -1,0 +1,156 @@
+"""A miss whose answer is not stored (private, no-store, or of unknown length), streamed on the fast path from the
+fill the request started, as the origin sends it: the full handler's answer (serving.serve_fill, respond.send_stream)
+with the same head, body, counters and log line, without handing the connection to aiohttp.
+
+The head is encoded before anything is decided (planned); a field that cannot be sent as it is leaves the request to
+the full handler. An origin that fails before the body's first byte gets the 502 of coldmiss.failed; one that fails
+later cuts the connection, so the client sees a short answer, never wrong or padded bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edgecache import metrics
+from edgecache.core.keys import variant
+from edgecache.core.status import CacheStatus
+from edgecache.errors import OriginError
+from edgecache.proxy import encode, observe
+from edgecache.proxy.fill import FillHead
+from edgecache.proxy.serving import fill_fields, whole_stream
+
+if TYPE_CHECKING:
+    from edgecache.proxy.coldmiss import Started
+    from edgecache.proxy.fastpath import FastPath
+
+log = logging.getLogger(__name__)
+_ANSWERED = metrics.FAST_PATH.labels("answered")
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """The encoded head of a streamed answer, its status, and how its body is sent."""
+
+    head: bytes
+    status: int
+    chunked: bool
+    shared: bool  # the fill is not private (an answer of unknown length): not an uncacheable miss
+
+
+def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
+    """The answer the full handler streams from this request's own fill (its head in), if that is what it does:
+    a whole body it does not store, for the request that started the fill, of the variant that request names.
+    None: anything else (stored, ranged, another variant, a revalidation), or a head that cannot be encoded."""
+    fill, cold = started.fill, started.cold
+    if not started.ours or started.validating is not None or head.peer is not None or cold.method == "HEAD":
+        return None  # a HEAD's fill asks for its first slice alone: the full handler asks again (a pass-through)
+    if head.meta.status < 200 or head.meta.status in (204, 205, 304):
+        return None  # no body (or an empty one) and framing of aiohttp's own, which the full handler writes
+    if conn.server.shared.in_flight >= conn.server.shared.max_in_flight:
+        return None  # the full handler answers 503 (overloaded) and lets the fill go
+    if (head.shared and head.meta.length >= 0) or not whole_stream(head, fill):
+        return None
+    if head.meta.vary and head.variant != variant(head.meta.vary, cold.req.headers):
+        return None  # the full handler looks again under the variant's key (EdgeHandler._cached_loop)
+    meta, fields = fill_fields(head, True, CacheStatus.MISS, None)
+    length = None if head.end is None else str(head.end)
+    if length is not None:
+        fields.append(("Content-Length", length))
+    chunked = encode.frame(fields, False, length)
+    status = meta.status
+    encoded = encode.head(status, encode.phrase(status), fields, conn.server.date(), cold.keep_alive, "utf-8")
+    return None if encoded is None else Planned(encoded, status, chunked, head.shared)
+
+
+Failed = Callable[["FastPath", "Started", OriginError, bool], None]
+
+
+def start(conn: FastPath, started: Started, plan: Planned, failed: Failed) -> None:
+    """Stream the answer off the connection's turn; `failed` answers an origin that fails before the first byte."""
+    conn.busy = True
+    conn.loop.create_task(_send(conn, started, plan, failed)).add_done_callback(conn.done)
+
+
+async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed) -> None:
+    """Stream the fill's body to the client as it comes, at the client's pace (the fill holds a private body's
+    producer back meanwhile); counted and logged when it ends, or when it ends short (status 0, as the full
+    handler logs an answer cut off)."""
+    shared, cold = conn.server.shared, started.cold
+    t = observe.new_trace()
+    t.t0, t.site, t.status, t.origin_ms = started.began, cold.req.site.name, CacheStatus.MISS, started.origin_ms
+    # The miss's cause, as the full handler notes it (EdgeHandler._serve_head, _instead_of_fill)
+    t.uncacheable, t.evicted = not plan.shared, started.cause == "evicted"
+    shared.in_flight += 1
+    nbytes, code = 0, 0
+    try:
+        async with contextlib.aclosing(started.fill.stream()) as body:
+            try:
+                first = await anext(body, None)
+            except OriginError as exc:  # nothing sent yet: answered as the full handler answers it
+                code = -1
+                failed(conn, started, exc, True)
+                return
+            _head(conn, plan, t)
+            try:
+                if first is not None:
+                    nbytes += await _piece(conn, first, plan.chunked)
+                async for piece in body:
+                    nbytes += await _piece(conn, piece, plan.chunked)
+            except OriginError as exc:
+                log.warning("aborting response to %s after %d bytes: %s", cold.req.key.full_target[:200], nbytes, exc)
+                if conn.transport is not None:
+                    conn.transport.abort()
+                raise ConnectionAbortedError(str(exc)) from exc
+        if plan.chunked:
+            _write(conn, b"0\r\n\r\n")
+        code = plan.status
+    finally:
+        shared.in_flight -= 1
+        if code >= 0:  # -1: answered and logged by `failed`
+            _logged(conn, started, t, code, nbytes)
+    if not cold.keep_alive and conn.transport is not None:
+        conn.closing = True
+        conn.transport.close()
+
+
+async def _piece(conn: FastPath, piece: memoryview, chunked: bool) -> int:
+    n = len(piece)
+    if not n:
+        return 0
+    if chunked:
+        _write(conn, b"%x\r\n" % n)
+        _write(conn, piece)
+        _write(conn, b"\r\n")
+    else:
+        _write(conn, piece)
+    if conn.write_paused:
+        await conn.drain()  # raises once the client is gone, or cut for not reading (write_timeout)
+    return n
+
+
+def _head(conn: FastPath, plan: Planned, t: observe.Trace) -> None:
+    _write(conn, plan.head)
+    observe.head_sent(t)
+    _ANSWERED.inc()
+
+
+def _write(conn: FastPath, data: bytes | memoryview) -> None:
+    transport = conn.transport
+    if transport is None:
+        raise ConnectionResetError("client went away")
+    transport.write(data)
+
+
+def _logged(conn: FastPath, started: Started, t: observe.Trace, code: int, nbytes: int) -> None:
+    cold, shared = started.cold, conn.server.shared
+    observe.count(t, cold.method, code)
+    way = observe.upstream(t.status, t.sources)
+    observe.site_bytes(t.site, way).inc(nbytes)
+    if shared.access.enabled:
+        req = cold.req
+        line = observe.Line.of(conn.client, cold.method, req.host, req.key.full_target, req.headers)
+        observe.log_line(shared.access, t, line, code, nbytes, shared.node, way)
