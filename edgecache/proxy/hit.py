@@ -158,7 +158,8 @@ def find_cold(
     metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
     the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored. None
     for anything else the full handler decides: a conditional request, a stand-in for a node that is down, a hot
-    copy, several ranges, a Vary'd record, a stale entry it may serve."""
+    copy, several ranges, a stale entry it may serve. A Vary'd record's miss is filled with the fields its Vary
+    names (FillRequest.vary), as the full handler fills it."""
     # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
     # this request already).
     routed = _routed(shared, method, host_field, target, headers, client, True, None)
@@ -183,7 +184,7 @@ def find_cold(
             return replace(routed.refused(reply, method, headers), counted=routed.fills)
         if instead is admit.PASS:
             return None  # the full handler's pass-through
-    if entry is None or entry.record.vary:
+    if entry is None:
         return None
     meta = entry.meta
     if meta is not None and (

@@ -1,0 +1,68 @@
+"""A miss of a Vary'd object whose record names its Vary (a variant not stored yet) is filled on the fast path,
+sending the fields the Vary names and no others, as the full handler fills it: the same bytes (but Date and Age), the
+same log lines, the origin asked as often and with the same fields, and no connection handed to aiohttp. The first
+miss of an object, whose answer names a Vary its fill could not know, is the full handler's (it asks again)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from aiohttp import web
+
+from tests.conftest import make_config, start_edge
+from tests.origin import Origin
+from tests.wire import fast_path_outcomes
+
+ASKED = [None, "phone", "phone", "tv", "tv", None, "phone"]  # the X-Device of each request, in order
+
+
+def by_device(seen: list[str | None]) -> object:
+    def hook(request: web.BaseRequest, obj: object) -> web.Response:
+        device = request.headers.get("X-Device")
+        seen.append(device)
+        body = f"for {device or 'anyone'} ".encode() * 300
+        headers = {"Cache-Control": "public, max-age=600", "Vary": "X-Device", "Content-Type": "text/plain"}
+        return web.Response(body=body, headers=headers)
+
+    return hook
+
+
+async def run(origin: Origin, tmp_path: Path, fast: bool) -> tuple[list[bytes], list[str], list[str | None]]:
+    seen: list[str | None] = []
+    origin.on_request = by_device(seen)
+    log = tmp_path / f"{fast}.log"
+    config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast, access_log=log)
+    answers = []
+    async with start_edge(config) as edge, asyncio.timeout(30):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            for device in ASKED:
+                field = f"X-Device: {device}\r\n" if device else ""
+                writer.write(f"GET /v HTTP/1.1\r\nHost: video.test\r\n{field}\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"\r\nContent-Length: (\d+)\r\n", head)[1])  # type: ignore[index]
+                body = await reader.readexactly(length)
+                answers.append(re.sub(rb"\r\n(Date|Age): [^\r]*", rb"\r\n\1: -", head) + body)
+        finally:
+            writer.close()
+    lines = [json.loads(x) for x in log.read_bytes().splitlines()]
+    return answers, [f"{x['path']} {x['status']} {x['cache']} {x['bytes']}" for x in lines], seen
+
+
+async def test_a_vary_d_objects_variant_misses_are_the_fast_paths(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/v", b"")
+    before = fast_path_outcomes()
+    fast = await run(origin, tmp_path, fast=True)
+    outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    full = await run(origin, tmp_path, fast=False)
+    assert fast == full
+    answers, logged, seen = fast
+    for device, answer in zip(ASKED, answers, strict=True):
+        assert answer.endswith(f"for {device or 'anyone'} ".encode() * 300)
+    assert seen == [None, "phone", "tv"]  # each variant asked once, with its own field
+    assert [line.split()[2] for line in logged] == ["miss", "miss", "hit", "miss", "hit", "hit", "hit"]
+    assert (outcomes["answered"], outcomes["handed_off"]) == (len(ASKED), 0)
