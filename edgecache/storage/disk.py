@@ -338,12 +338,16 @@ class DiskTier:
         """Take leases on `keys` in order, stopping at the first another process holds or whose value is stored
         already; how many were taken.
 
-        The value is looked for before its lease is taken: a fill stores the value before it drops the lease, so a
-        worker that missed the value a moment ago and finds the lease free has not raced a fill that just landed."""
+        The value is looked for once its lease is taken: a fill stores the value before it drops the lease, so a
+        lease taken after that drop finds the value, and one taken before it cannot be (the fill holds it). Looked
+        for first, a value stored between the look and the lease was fetched twice."""
 
         def take() -> int:
             for n, key in enumerate(keys):
-                if key.removeprefix(LEASE) in self._cache or not self._cache.add(key, b"", expire=seconds, retry=True):
+                if not self._cache.add(key, b"", expire=seconds, retry=True):
+                    return n
+                if key.removeprefix(LEASE) in self._cache:
+                    self._cache.delete(key, retry=True)
                     return n
             return len(keys)
 
