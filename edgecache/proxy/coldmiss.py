@@ -118,6 +118,8 @@ def settle(
     if started.ours:
         waited = started.origin_ms if arrived else None
         conn.adopted = Adopted(fill, started.primary, started.began, waited, started.validating)
+    elif started.head == head:
+        conn.admitted = started.primary  # let in when it joined that fill: not judged again
     return None
 
 
@@ -155,7 +157,7 @@ def failed(conn: FastPath, started: Started, exc: OriginError, head_came: bool =
         metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
     reply = Reply(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
     site, target = req.site.name, req.key.full_target
-    r = Refused(reply, cold.method, target, req.headers, site, cold.keep_alive)
+    r = Refused(reply, cold.method, target, req.headers, site, cold.keep_alive, viewer=cold.viewer)
     refuse.refused(conn, r, started.began, started.origin_ms if head_came else None)
 
 

@@ -76,9 +76,11 @@ class FastPath(asyncio.Protocol):
         self.write_timer: asyncio.TimerHandle | None = None
         self.sock_fd = -1
         self.loads = 0  # disk lookups made for the head at the front of the buffer
+        self.loaded_at = 0  # the store's `forgotten` when the first of them was made
         self.relay: Relay | None = None  # the forward to a peer being answered
         self.started: coldmiss.Started | None = None  # the fill the head at the front of the buffer is waiting on
         self.adopted: Adopted | None = None  # a fill the full handler takes over with the connection (hand_off)
+        self.admitted: str | None = None  # or the primary key of a request let in here (Shared.admitted)
 
     # --- connection events -------------------------------------------------------------------------------
 
@@ -252,8 +254,9 @@ class FastPath(asyncio.Protocol):
             if self.forwarder:
                 forwarded = clientaddr.forwarded_for(head)
                 self.client = clientaddr.real_client(self.address, forwarded, self.server.shared.forwarders)
-            prepared = self.server.decider.answer(head, self.client, admitted=self.started is not None)
-            if self.started is not None:  # its fill has its head: answered as a miss, or by the full handler
+            settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
+            prepared = self.server.decider.answer(head, self.client, admitted=settling)
+            if settling:
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
                 # fill started, and the full handler, carrying that fill on, does not judge it again.
                 settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused) else prepared)
@@ -264,7 +267,9 @@ class FastPath(asyncio.Protocol):
                         return
                     continue
                 prepared = settled
-            elif prepared is None or (isinstance(prepared, Load) and self.loads >= 2):
+            elif self.loads and self.loaded_at != store.forgotten:  # what they loaded was forgotten: again
+                self.loads = 0
+            if not settling and (prepared is None or (isinstance(prepared, Load) and self.loads >= 2)):
                 # No hit, with all the disk holds loaded: a miss (or a stale entry to revalidate) is filled here
                 started = coldmiss.start(self, head)
                 if started is False:
@@ -273,6 +278,8 @@ class FastPath(asyncio.Protocol):
                     return
                 prepared = started
             if isinstance(prepared, Load):
+                if not self.loads:
+                    self.loaded_at = store.forgotten
                 self.loads += 1
                 self.busy = True
                 self.loop.create_task(self._load(prepared)).add_done_callback(self.done)
@@ -312,6 +319,7 @@ class FastPath(asyncio.Protocol):
             await self.relay.run()
         except Unreachable:
             self.buf = raw + self.buf
+            self.admitted = fwd.key.primary  # judged already (forward_verdict): the full handler asks the next owner
             self.hand_off()
         finally:
             self.relay = None
@@ -409,7 +417,8 @@ class FastPath(asyncio.Protocol):
         data, self.buf, self.transport = self.buf, b"", None
         _HANDED_OFF.inc()
         adopted, self.adopted = self.adopted, None
-        closed = self.server.hand_over(transport, self.declared, adopted)
+        admitted, self.admitted = self.admitted, None
+        closed = self.server.hand_over(transport, self.declared, adopted, admitted)
         declared, server = self.declared, self.server
         # With the fast path off (a PROXY listener's header read), aiohttp keeps the connection to the end.
         back = (lambda t, d: server.take_back(t, declared, d)) if server.settings.answers else None

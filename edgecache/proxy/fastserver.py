@@ -114,7 +114,11 @@ class FastServer:
         return FastPath(self, proxy=True)
 
     def hand_over(
-        self, transport: asyncio.BaseTransport, declared: str | None, adopted: Adopted | None = None
+        self,
+        transport: asyncio.BaseTransport,
+        declared: str | None,
+        adopted: Adopted | None = None,
+        admitted: str | None = None,
     ) -> Callable[[], None]:
         """What aiohttp's side calls when a connection handed to it closes. The client its PROXY header declared
         is kept for the handler (Shared.declared) until then, and the fill its first request started, until
@@ -124,11 +128,14 @@ class FastServer:
             self.shared.declared[transport] = declared
         if adopted is not None:
             self.shared.adopted[transport] = adopted
+        if admitted is not None:
+            self.shared.admitted[transport] = admitted
 
         def closed() -> None:
             if transport in self.handed:
                 self.handed.discard(transport)
                 self.shared.declared.pop(transport, None)
+                self.shared.admitted.pop(transport, None)
                 left = self.shared.adopted.pop(transport, None)
                 if left is not None:  # never taken over: nobody reads it
                     left.fill.abandon()

@@ -41,6 +41,7 @@ from edgecache.proxy.serving import CACHED_METHODS
 from edgecache.proxy.shared import Shared
 
 log = logging.getLogger(__name__)
+_ADMITTED = web.RequestKey("edgecache_admitted", str)  # Shared.admitted, for the request it names
 
 
 def internal(request: web.BaseRequest) -> bool:
@@ -58,7 +59,10 @@ class EdgeHandler:
         self.engine = shared.engine  # one per worker, never replaced (the sites are: shared.router)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        adopted = self.shared.adopted.pop(request.transport, None) if request.transport is not None else None
+        transport = request.transport
+        adopted = self.shared.adopted.pop(transport, None) if transport is not None else None
+        if transport is not None and (admitted := self.shared.admitted.pop(transport, None)) is not None:
+            request[_ADMITTED] = admitted
         try:
             return await self._call(request, adopted)
         finally:
@@ -155,7 +159,7 @@ class EdgeHandler:
     async def _handle(self, request: web.BaseRequest, adopted: Adopted | None) -> web.StreamResponse:
         if self.engine.store.stale():  # another worker purged or invalidated something: look at the disk again
             await self.engine.store.catch_up()
-        site, host, key, hop = self._route(request, adopted.primary if adopted is not None else None)
+        site, host, key, hop = self._route(request, adopted.primary if adopted is not None else request.get(_ADMITTED))
         headers: Headers = tuple(request.headers.items())
         client_ip = self.shared.connection_address(request.transport)
         # The raw Host field and target are never used again: every request sent on is built from the key.

@@ -103,6 +103,7 @@ class Refused:
     site: str = "-"  # once the Host named one
     keep_alive: bool = True
     counted: bool = True  # False: an owner's look-aside, no viewer's request (observe.finish counts none)
+    viewer: str | None = None  # a hop's viewer: logged as the client; its node counts the bytes it serves
 
 
 def find_hit(
@@ -149,6 +150,7 @@ class Cold:
     validate: ObjectMeta | None = None
     method: str = "GET"
     keep_alive: bool = True  # the connection stays open after the answer (decide.Decider.cold says)
+    viewer: str | None = None  # a hop's viewer (Hit.viewer)
 
 
 def find_cold(
@@ -201,7 +203,8 @@ def find_cold(
         run = stored_run(value, meta.whole, meta.length, size)
     if not _allowed(shared, routed):  # last: a token is spent only on a request this fills
         return routed.refused(admit.TOO_MANY, method, headers)
-    return Cold(_fill_request(routed, headers, entry.record, entry.scope, entry.ekey), *run, meta, method)
+    req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey)
+    return Cold(req, *run, meta, method, viewer=routed.viewer)
 
 
 def _allowed(shared: Shared, routed: _Routed) -> bool:
@@ -274,7 +277,7 @@ class _Routed:
     failover: bool = False  # a hop from a node that stands in for this one's next owner, which is down
 
     def refused(self, reply: Reply, method: str, headers: Headers) -> Refused:
-        return Refused(reply, method, self.key.full_target, headers, self.site.name)
+        return Refused(reply, method, self.key.full_target, headers, self.site.name, viewer=self.viewer)
 
 
 def _routed(

@@ -30,6 +30,7 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
         answer = answer[:end]
     t = observe.new_trace()
     t.t0, t.site, t.status, t.origin_ms = t0, r.site, CacheStatus.ERROR, origin_ms
+    t.for_peer = r.viewer is not None
     transport = conn.transport
     if transport is not None:
         transport.write(answer)
@@ -40,10 +41,12 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
         nbytes = len(answer) - end
         observe.count(t, r.method, status)
         way = observe.upstream(t.status, t.sources)
-        observe.site_bytes(r.site, way).inc(nbytes)
+        if r.viewer is None:  # a hop's viewer is served through the node that forwarded it, counted there
+            observe.site_bytes(r.site, way).inc(nbytes)
         shared = conn.server.shared
         if shared.access.enabled:
-            line = observe.Line.of(conn.client, r.method, get_first(r.headers, "host") or "", r.target, r.headers)
+            client = r.viewer or conn.client
+            line = observe.Line.of(client, r.method, get_first(r.headers, "host") or "", r.target, r.headers)
             observe.log_line(shared.access, t, line, status, nbytes, shared.node, way)
     if not r.keep_alive and transport is not None:
         conn.closing = True

@@ -51,6 +51,9 @@ class Shared:
         # The fill the fast path started for a cold miss it then handed over (proxy.coldmiss): the connection's
         # next request, which is that miss, carries on with it instead of asking the origin again.
         self.adopted: dict[asyncio.BaseTransport, Adopted] = {}
+        # The primary key of the request the fast path let in (its rate token spent) and then handed over with no
+        # fill to carry on (it joined another's, or its owner could not be reached): not judged again.
+        self.admitted: dict[asyncio.BaseTransport, str] = {}
 
     def reload(self, sites: tuple[Site, ...]) -> None:
         """New sites and policies for the requests that start from now on; requests in flight keep theirs."""

@@ -84,6 +84,7 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
     t.t0, t.site, t.status, t.origin_ms = started.began, cold.req.site.name, CacheStatus.MISS, started.origin_ms
     # The miss's cause, as the full handler notes it (EdgeHandler._serve_head, _instead_of_fill)
     t.uncacheable, t.evicted = not plan.shared, started.cause == "evicted"
+    t.for_peer = cold.viewer is not None
     shared.in_flight += 1
     nbytes, code = 0, 0
     try:
@@ -149,8 +150,9 @@ def _logged(conn: FastPath, started: Started, t: observe.Trace, code: int, nbyte
     cold, shared = started.cold, conn.server.shared
     observe.count(t, cold.method, code)
     way = observe.upstream(t.status, t.sources)
-    observe.site_bytes(t.site, way).inc(nbytes)
+    if cold.viewer is None:  # a hop's viewer is served through the node that forwarded it, counted there
+        observe.site_bytes(t.site, way).inc(nbytes)
     if shared.access.enabled:
         req = cold.req
-        line = observe.Line.of(conn.client, cold.method, req.host, req.key.full_target, req.headers)
+        line = observe.Line.of(cold.viewer or conn.client, cold.method, req.host, req.key.full_target, req.headers)
         observe.log_line(shared.access, t, line, code, nbytes, shared.node, way)

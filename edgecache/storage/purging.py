@@ -35,6 +35,9 @@ class Purging:
         self._issued = 0  # the last number this node gave a purge it took from an operator
         self.epoch: Epoch | None = None  # with shared: the change counter all workers map
         self._seen_epoch = 0
+        # How many times catch_up() forgot what this process held: a lookup that loaded from the disk before the
+        # last time must load again before it takes "not held" for "not stored" (fastpath.FastPath.loads).
+        self.forgotten = 0
 
     def _forget_held(self) -> None:
         """Drop what this process holds in memory of what the disk tier has (Store)."""
@@ -67,6 +70,7 @@ class Purging:
         if seen == self._seen_epoch:
             return
         self._forget_held()
+        self.forgotten += 1
         await self.load_purges()
         self._seen_epoch = seen
 

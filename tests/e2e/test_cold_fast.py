@@ -315,3 +315,35 @@ async def test_a_head_whose_origin_fails_gets_a_502_head_without_a_body_twice_on
     assert body.startswith(b"origin failed: ")
     assert f"\r\nContent-Length: {len(body)}\r\n".encode() in head + b"\r\n"
     assert origin.hits["/gone"] == 6  # three requests, each tried twice (a dropped connection is retried once)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_request_that_joined_a_fill_spends_one_token_whoever_answers_it(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """Burst 2, two viewers' misses of one object at once, from one address: the second joins the first's fill, and
+    when the full handler answers it (the answer is private: not the joiner's to read), it does not ask the limiter
+    again. Both get 200, then a third request 429."""
+    release = asyncio.Event()
+
+    async def held(request: web.BaseRequest, obj: object) -> None:
+        await release.wait()
+
+    origin.put("/p", DATA[:3000], headers={"Cache-Control": "private"})
+    origin.on_request = held
+    config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast, rate_limit=0.001, burst=2.0)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        connections = [await asyncio.open_connection("127.0.0.1", edge.port) for _ in range(2)]
+        try:
+            for _, writer in connections:
+                writer.write(b"GET /p HTTP/1.1\r\nHost: video.test\r\n\r\n")
+            await until(lambda: edge.node.shared.in_flight == 2)  # both wait for the one head the origin holds
+            release.set()
+            statuses = [(await read_answer(reader))[0] for reader, _ in connections]
+            writer = connections[0][1]
+            writer.write(b"GET /p HTTP/1.1\r\nHost: video.test\r\n\r\n")
+            statuses.append((await read_answer(connections[0][0]))[0])
+        finally:
+            for _, writer in connections:
+                writer.close()
+    assert statuses == [200, 200, 429]

@@ -160,3 +160,65 @@ async def test_a_remembered_forward_is_refused_on_the_fast_path_once_the_viewer_
     assert fast[1].endswith(BODY)
     # None handed to aiohttp on any node: not the owner's miss, nor the look-aside it sends, nor the refusals.
     assert outcomes["handed_off"] == 0  # (answered counts the nodes' health checks too)
+
+
+async def test_what_another_worker_made_this_one_forget_is_loaded_again_before_it_is_refused(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A worker forgets what it holds when another purges (Store.catch_up). Should that happen between a request's
+    loads from the disk and its decision, "not held" is not "not stored": the request loads again, and an
+    only-if-cached request for a stored object gets it, not a 504."""
+    origin.put("/a", BODY)
+    config = replace(make_config(tmp_path / "c", [origin.url], memory_bytes=0), fast_path=True)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        assert (await edge.get("/a"))[::2] == (200, BODY)
+        await edge.node.engine.flush()
+        store = edge.node.engine.store
+        store._forget_held()
+        real = store.get_meta
+        armed = [True]
+
+        async def get_meta(key: str) -> object:
+            meta = await real(key)
+            if armed.pop() if armed else False:  # once, right after the load: as another worker's purge would
+                store._forget_held()
+                store.forgotten = getattr(store, "forgotten", 0) + 1
+            return meta
+
+        store.get_meta = get_meta  # type: ignore[method-assign, assignment]
+        for _ in range(2):
+            status, _, body = await edge.get("/a", **{"Cache-Control": "only-if-cached"})
+            assert (status, body) == (200, BODY)
+        assert not armed
+    assert origin.hits["/a"] == 1
+
+
+async def owner_logs(tmp_path: Path, fast: bool) -> tuple[list[tuple[object, ...]], list[bytes]]:
+    """A viewer (127.0.0.5) asks a node that does not own the objects: an only-if-cached miss, refused by the owner,
+    and a private miss, streamed by the owner. What the owner logs, and the viewer's answers."""
+    async with origins() as origs, cluster(origs, tmp_path, {}, fast_path=fast) as nodes:
+        for o in origs:
+            o.put("/p", BODY, headers={"Cache-Control": "private"})
+        owner = owner_index("/p")
+        other = nodes[(owner + 1) % 3]
+        answers = []
+        for fields in (("Cache-Control: only-if-cached",), ()):
+            reader, writer = await asyncio.open_connection("127.0.0.1", other.port, local_addr=("127.0.0.5", 0))
+            try:
+                writer.write(request("/p", "video.test", *fields, "Connection: close"))
+                answers.append(re.sub(rb"\r\n(Date|Age): [^\r]*", rb"\r\n\1: -", await reader.read(-1)))
+            finally:
+                writer.close()
+    lines = [json.loads(x) for x in (tmp_path / f"node{owner + 1}.log").read_bytes().splitlines()]
+    return [(x["client"], x["path"], x["status"], x["cache"], x["bytes"], x["for_peer"]) for x in lines], answers
+
+
+async def test_the_owner_logs_a_forwarded_refusal_or_stream_as_its_viewers(tmp_path: Path) -> None:
+    fast = await owner_logs(tmp_path / "fast", True)
+    full = await owner_logs(tmp_path / "full", False)
+    assert fast == full
+    assert [line[:4] + line[5:] for line in fast[0]] == [
+        ("127.0.0.5", "/p", 504, "error", True),
+        ("127.0.0.5", "/p", 200, "miss", True),
+    ]
+    assert fast[1][1].endswith(b"\r\n\r\n" + BODY)
