@@ -26,7 +26,7 @@ from edgecache.core.status import miss_cause
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import refuse, uncached
 from edgecache.proxy.decide import Prepared
-from edgecache.proxy.fill import Adopted, Fill
+from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.hit import Cold, Forward, Load, Refused
 
@@ -45,9 +45,18 @@ class Started:
     cold: Cold  # what find_cold decided for it
     fill: Fill
     ours: bool  # started for this request: the full handler takes it over should the fast path not answer
-    cause: str  # the miss's cause (cold, or evicted when this process had stored the object and dropped it)
+    evicted: bool  # this process had stored the object and dropped it
     began: float  # monotonic
     origin_ms: float | None = None  # how long the head took to come
+
+    def cause(self, head: FillHead) -> str:
+        """The miss's cause once its fill has its head, as observe.count() finds it for the full handler's miss
+        (serving.serve_fill): ring_moved when the previous owner's cache answered the look-aside."""
+        moved = head.peer is not None and self.cold.req.spread_from is None
+        failover, expired = self.cold.failover, self.validating is not None
+        return miss_cause(
+            uncacheable=False, expired=expired, evicted=self.evicted, failover=failover, moved=moved
+        ).value
 
     @property
     def primary(self) -> str:
@@ -68,10 +77,8 @@ def start(conn: FastPath, head: bytes) -> bool | Refused:
         return cold if cold is not None else False
     engine = conn.server.shared.engine
     fill, ours = engine.fill_for(cold.req, cold.first, cold.last, cold.validate)
-    expired = cold.validate is not None
-    evicted = not expired and engine.ghosts.object_dropped(digest(cold.req.entry_key))
-    cause = miss_cause(uncacheable=False, expired=expired, evicted=evicted, failover=False).value
-    conn.started = started = Started(head, cold, fill, ours, cause, time.monotonic())
+    evicted = cold.validate is None and engine.ghosts.object_dropped(digest(cold.req.entry_key))
+    conn.started = started = Started(head, cold, fill, ours, evicted, time.monotonic())
     conn.busy = True
     conn.loop.create_task(_head_in(conn, started)).add_done_callback(conn.done)
     return True
@@ -107,7 +114,9 @@ def settle(
         decided = conn.server.decider.validated(head, conn.client)  # confirmed, yet stale: answered all the same
     if arrived and started.head == head and isinstance(decided, Prepared):
         ms, validating = started.origin_ms or 0.0, started.validating
-        got = conn.server.decider.fetched(decided, fill, started.ours, started.cause, started.began, ms, validating)
+        fetched = fill.head.result()
+        cause, way = started.cause(fetched), "peer" if fetched.peer is not None else None
+        got = conn.server.decider.fetched(decided, fill, started.ours, cause, way, started.began, ms, validating)
         if got is not None:
             if not started.ours:
                 metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill

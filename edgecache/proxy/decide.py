@@ -93,6 +93,7 @@ class Prepared:
     origin_ms: float | None = None  # and how long its origin took to answer
     fill: Fill | None = None  # and the fill it reads (reading.read_slice)
     validating: ObjectMeta | None = None  # and the stale entry that fill replaces (EXPIRED)
+    way: str | None = None  # where its bytes came from (observe.upstream) when not a plain hit's "cache"
 
 
 class _Parser:
@@ -326,6 +327,7 @@ class Decider:
         fill: Fill,
         ours: bool,
         cause: str | None,
+        way: str | None,
         began: float,
         origin_ms: float,
         validating: ObjectMeta | None,
@@ -344,20 +346,26 @@ class Decider:
         if head.status == 304:  # not a miss, and no byte comes from that fill
             answer = self.restated(p, hit, CacheStatus.REVALIDATED, None)
             return replace(answer, began=began, origin_ms=origin_ms) if answer is not None else None
-        answer = self.restated(p, hit, status, cause)
+        answer = self.restated(p, hit, status, cause, way)
         if answer is None:
             return None
         return replace(answer, began=began, origin_ms=origin_ms, fill=fill, validating=validating)
 
-    def restated(self, p: Prepared, hit: Hit, status: CacheStatus, cause: str | None) -> Prepared | None:
+    def restated(
+        self, p: Prepared, hit: Hit, status: CacheStatus, cause: str | None, way: str | None = None
+    ) -> Prepared | None:
         """`p` answered as `hit` (its fields changed), with `status` and the counters and miss cause that go with
-        it; None when its head cannot be encoded."""
+        it, and `way` its bytes came (observe.upstream: the status's own unless given); None when its head cannot be
+        encoded."""
         encoded = self.encode(hit, p.keep_alive)
         if encoded is None:
             return None
         counter = observe.requests_counter(hit.site.name, p.method, hit.status, status)
-        site_bytes = observe.site_bytes(hit.site.name, observe.upstream(status, metrics.Sources()))
-        return replace(p, hit=hit, head=encoded, counter=counter, site_bytes=site_bytes, status=status, cause=cause)
+        way = way or observe.upstream(status, metrics.Sources())
+        site_bytes = observe.site_bytes(hit.site.name, way)
+        return replace(
+            p, hit=hit, head=encoded, counter=counter, site_bytes=site_bytes, status=status, cause=cause, way=way
+        )
 
     def _parse(
         self,

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from edgecache import metrics
 from edgecache.core import ranges
+from edgecache.core.admit import NOT_HELD
 from edgecache.core.status import CacheStatus, cache_status_header, miss_cause, with_fetched
 from edgecache.errors import OriginError
-from edgecache.proxy import coldmiss, reading
+from edgecache.proxy import coldmiss, reading, refuse
 from edgecache.proxy.decide import HELD, Prepared
+from edgecache.proxy.hit import Refused
 from edgecache.proxy.respond import MAX_CHECKED
 from edgecache.storage.store import SliceFile, slice_name
 
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
 _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
+_FROM_PEER = metrics.BYTES_SERVED.labels("peer")
 
 
 _FETCHED = frozenset({CacheStatus.MISS, CacheStatus.EXPIRED})  # a fill's answers (coldmiss)
@@ -46,7 +49,10 @@ _FETCHED = frozenset({CacheStatus.MISS, CacheStatus.EXPIRED})  # a fill's answer
 def counters(p: Prepared) -> tuple[Any, Any]:
     """The served-bytes counters of what an answer reads from memory and from disk: a miss's bytes are the
     origin's wherever its fill has put them by the time they are sent (coldmiss), as the full handler counts them."""
-    return (_FROM_ORIGIN, _FROM_ORIGIN) if p.status in _FETCHED else (_FROM_MEMORY, _FROM_DISK)
+    if p.status not in _FETCHED:
+        return _FROM_MEMORY, _FROM_DISK
+    fetched = _FROM_PEER if p.way == "peer" else _FROM_ORIGIN  # a look-aside's bytes are the previous owner's
+    return fetched, fetched
 
 
 @dataclass(slots=True)
@@ -138,6 +144,14 @@ def _read_now(conn: FastPath, f: SliceFile | None, lo: int, hi: int, borrowed: l
     return memoryview(buf)[:got]
 
 
+def _not_held(conn: FastPath, p: Prepared, t0: float) -> None:
+    """An owner's look-aside (core.lookaside) for an object some slice of which is gone: it is not held here
+    whole, and is answered so (admit.NOT_HELD), as the full handler answers it: no viewer's request, not counted."""
+    hit = p.hit
+    r = Refused(NOT_HELD, p.method, hit.req.key.full_target, hit.req.headers, hit.site.name, p.keep_alive, False)
+    refuse.refused(conn, replace(r, viewer=hit.viewer), t0)
+
+
 async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
     """Gather every slice (memory, open file, or opened now off the loop), then send; nothing is sent until
     all are in hand, so a slice gone from disk meanwhile still lets the full handler answer from scratch."""
@@ -151,9 +165,8 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
     try:
         indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size)
         missing = await _missing_later(conn, p, indices[HELD:])
-        if missing and not hit.fills:  # a look-aside never fills: the full handler says it is not held
-            conn.buf = raw + conn.buf
-            conn.hand_off()
+        if missing and not hit.fills:  # a look-aside never fills
+            _not_held(conn, p, t0)
             return
         for n, index in enumerate(indices):
             base = index * size
@@ -173,9 +186,8 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
             if got is None and hit.fills:  # in neither tier: fetched for this answer (partial)
                 sources.append(_Fetch(index, lo, hi, looked=True))
                 continue
-            if got is None:  # a look-aside never fills: the full handler says it is not held
-                conn.buf = raw + conn.buf
-                conn.hand_off()
+            if got is None:  # a look-aside never fills
+                _not_held(conn, p, t0)
                 return
             if isinstance(got, bytes):
                 sources.append(memoryview(got)[lo:hi])

@@ -397,7 +397,7 @@ class FastPath(asyncio.Protocol):
             client = hit.viewer or self.client  # a hop's viewer, as a node of the cluster judged it
             req = hit.req
             line = observe.Line.of(client, p.method, req.host, req.key.full_target, req.headers, p.range_field)
-            way = _UPSTREAM if p.status is CacheStatus.HIT else observe.upstream(p.status, metrics.Sources())
+            way = p.way or (_UPSTREAM if p.status is CacheStatus.HIT else observe.upstream(p.status, metrics.Sources()))
             observe.log_line(shared.access, t, line, hit.status, nbytes, shared.node, way)
         if not p.keep_alive and self.transport is not None:
             self.closing = True

@@ -20,6 +20,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from edgecache.core import lookaside
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.errors import OriginError
@@ -84,6 +85,14 @@ class FillHead:
     variant: str = ""  # the Vary'd request values of the request that started the fill
     served: Headers = ()  # every end-to-end field, for the request that started the fill only
     peer: str | None = None  # the cluster member whose cache answered instead of the origin (core.lookaside)
+
+
+def fill_detail(head: FillHead, spread: bool) -> str:
+    """The Cache-Status detail of a miss's answer from its fill's head: the peer's cache that answered instead of
+    the origin (a `spread` copy's owner, or the previous owner a look-aside asked), else why it is not stored."""
+    if head.peer is not None:
+        return "peer" if spread else lookaside.DETAIL
+    return "" if head.shared else head.reason
 
 
 def answered_from(head: FillHead, ours: bool) -> ObjectMeta:

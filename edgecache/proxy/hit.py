@@ -30,7 +30,7 @@ from edgecache.core.purge import PurgeTable
 from edgecache.core.ring import Member
 from edgecache.core.route import normalise_host
 from edgecache.core.status import CacheStatus, cache_status_header
-from edgecache.proxy.fill import FillHead, answered_from
+from edgecache.proxy.fill import FillHead, answered_from, fill_detail
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.respond import Planned, base_headers, plan_answer
 from edgecache.proxy.shared import Shared
@@ -151,6 +151,7 @@ class Cold:
     method: str = "GET"
     keep_alive: bool = True  # the connection stays open after the answer (decide.Decider.cold says)
     viewer: str | None = None  # a hop's viewer (Hit.viewer)
+    failover: bool = False  # a hop from a node standing in for this one's next owner, which is down (peer_down)
 
 
 def find_cold(
@@ -159,15 +160,15 @@ def find_cold(
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
     metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
     the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored. None
-    for anything else the full handler decides: a conditional request, a stand-in for a node that is down, a hot
-    copy, several ranges, a stale entry it may serve. A Vary'd record's miss is filled with the fields its Vary
+    for anything else the full handler decides: a conditional request, a hot copy, several ranges, a stale entry
+    it may serve. A Vary'd record's miss is filled with the fields its Vary
     names (FillRequest.vary), as the full handler fills it."""
     # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
     # this request already).
     routed = _routed(shared, method, host_field, target, headers, client, True, None)
     if isinstance(routed, Refused):
         return routed
-    if not isinstance(routed, _Routed) or routed.failover:
+    if not isinstance(routed, _Routed):
         return None
     cluster = shared.cluster
     if routed.viewer is None and cluster is not None and cluster.route(routed.key.primary)[0].id != cluster.self_id:
@@ -204,7 +205,7 @@ def find_cold(
     if not _allowed(shared, routed):  # last: a token is spent only on a request this fills
         return routed.refused(admit.TOO_MANY, method, headers)
     req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey)
-    return Cold(req, *run, meta, method, viewer=routed.viewer)
+    return Cold(req, *run, meta, method, viewer=routed.viewer, failover=routed.failover)
 
 
 def _allowed(shared: Shared, routed: _Routed) -> bool:
@@ -225,17 +226,19 @@ def _fill_request(routed: _Routed, headers: Headers, record: PrimaryRecord, scop
 def as_fetched(hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool, status: CacheStatus) -> Hit | None:
     """The answer to the request whose miss (`status` MISS, or EXPIRED for a stale entry) started the fill of
     `head`, from the hit that request now is, as the full handler gives it: a miss's fields for its starter alone
-    (FillHead.served) and the Cache-Status of a stored miss (serving.serve_fill), or a revalidation's when the
-    head is a 304 (serving.serve_stored). `asked`: the request's fields; `ours`: it started the fill. None where
-    the full handler's answer would differ (a peer's answer, a plan that is not the hit's), or where what is
-    stored is not the version the fill brought (another fill stored its own since: never mixed)."""
-    if head.peer is not None or hit.meta.slice_version != head.meta.slice_version:
+    (FillHead.served) and the Cache-Status of a stored miss (serving.serve_fill: the previous owner's, when a
+    look-aside found it there), or a revalidation's when the head is a 304 (serving.serve_stored). `asked`: the
+    request's fields; `ours`: it started the fill. None where the full handler's answer would differ (a plan that
+    is not the hit's), or where what is stored is not the version the fill brought (another fill stored its own
+    since: never mixed)."""
+    if hit.meta.slice_version != head.meta.slice_version:
         return None
-    if head.status == 304:
+    if head.status == 304 and head.peer is None:
         meta, field = hit.meta, cache_status_header(CacheStatus.REVALIDATED)
     elif head.shared and head.store and hit.meta.length == head.meta.length:
         meta = replace(hit.meta, headers=answered_from(head, ours).headers)
-        field = cache_status_header(status, stored=True)
+        detail = fill_detail(head, hit.req.spread_from is not None)
+        field = cache_status_header(status, stored=True, detail=detail)
     else:
         return None
     planned = _planned(method, asked, meta, time.time(), field)
@@ -309,16 +312,16 @@ def _routed(
     hop = cluster.honoured(hop_fields, method, key.primary) if cluster is not None else None
     if hop is not None:  # its viewer was judged (ACL, signed URL, rate limit) by the node that forwarded it
         return _Routed(host, site, key, hop.viewer, hop.viewer, not hop.lookaside, hop.failover)
-    refused = admit.acl(site, client)
+    refused, where = admit.acl(site, client), HERE
     if refused is None and cluster is not None:
-        where = _where(shared, cluster, site, key, method, headers, client, basis)
-        if not isinstance(where, Here | Reply):
-            return where
-        refused = where if isinstance(where, Reply) else None
+        found = _where(shared, cluster, site, key, method, headers, client, basis)
+        if not isinstance(found, Here | Reply):
+            return found
+        refused, where = (found, where) if isinstance(found, Reply) else (None, found)
     refused = refused or admit.signed(site, key.path, key.unkeyed, client, time.time())
     if refused is not None:
         return Refused(refused, method, key.full_target, headers, site.name)
-    return _Routed(host, site, key, client, None, True)
+    return _Routed(host, site, key, client, None, True, where.standing_in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,10 +387,14 @@ def _stored(
 
 
 class Here:
-    """_where(): this node answers the request itself (it owns the key, or holds a copy of a hot one)."""
+    """_where(): this node answers the request itself (it owns the key, or holds a copy of a hot one; or it stands
+    in for the key's owner, which is down: a miss's cause is peer-down then)."""
+
+    def __init__(self, standing_in: bool = False) -> None:
+        self.standing_in = standing_in
 
 
-HERE = Here()
+HERE, STANDING_IN = Here(), Here(standing_in=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,14 +428,14 @@ def _where(
     headers: Headers,
     client: str,
     basis: bool,
-) -> Here | Forward | Elsewhere | Reply | None:
-    """Who answers a request no hop vouches for: this node, its owner (a Forward), or the full handler (None); or
-    the refusal of a forward (forward_verdict)."""
+) -> Here | Forward | Elsewhere | Reply:
+    """Who answers a request no hop vouches for: this node (HERE, or STANDING_IN for an owner that is down), its
+    owner (a Forward), or the whole-object basis's caller (ELSEWHERE); or the refusal of a forward
+    (forward_verdict)."""
     up = cluster.route(key.primary)
     first = cluster.ring.owner(key.primary)
     if up[0].id == cluster.self_id:
-        # Standing in for a first owner that is down is the full handler's: it counts the miss as peer-down.
-        return HERE if first is None or first.id == cluster.self_id else None
+        return HERE if first is None or first.id == cluster.self_id else STANDING_IN
     if basis:
         return ELSEWHERE  # not asked of the popularity gate twice for one request
     verdict = forward_verdict(shared, site, key, client, spreadable(headers))

@@ -19,7 +19,7 @@ from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
 from edgecache.errors import ClientError
 from edgecache.proxy import observe, reading
 from edgecache.proxy.engine import Engine
-from edgecache.proxy.fill import Fill, FillHead, answered_from
+from edgecache.proxy.fill import Fill, FillHead, answered_from, fill_detail
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.passthrough import pass_through
 from edgecache.proxy.respond import answer_slices, base_headers, plan, send, send_stream
@@ -122,10 +122,7 @@ def fill_fields(
     """A miss's answer from its fill's head: the metadata and the fields it is sent with. The request that started
     the fill (`ours`) gets fields a shared cache keeps from everyone else (private="f")."""
     meta = answered_from(head, ours)
-    detail = "" if head.shared else head.reason
-    if head.peer is not None:  # a spread copy's fill from the owner, or an owner's look-aside
-        detail = "peer" if spread_from is not None else lookaside.DETAIL
-    cstatus = cache_status_header(status, stored=head.store, detail=detail)
+    cstatus = cache_status_header(status, stored=head.store, detail=fill_detail(head, spread_from is not None))
     age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
     return meta, base_headers(meta.headers, int(age), cstatus)
 

@@ -83,7 +83,7 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
     t = observe.new_trace()
     t.t0, t.site, t.status, t.origin_ms = started.began, cold.req.site.name, CacheStatus.MISS, started.origin_ms
     # The miss's cause, as the full handler notes it (EdgeHandler._serve_head, _instead_of_fill)
-    t.uncacheable, t.evicted = not plan.shared, started.cause == "evicted"
+    t.uncacheable, t.evicted, t.failover = not plan.shared, started.evicted, cold.failover
     t.for_peer = cold.viewer is not None
     shared.in_flight += 1
     nbytes, code = 0, 0

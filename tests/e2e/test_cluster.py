@@ -18,6 +18,7 @@ from edgecache.core.ring import Member, Ring
 from tests.conftest import CLUSTER_KEY, Edge, all_up, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.origin import Origin
+from tests.wire import fast_path_outcomes
 
 
 def cluster_configs(origin: Origin, tmp_path: Path) -> list[Config]:
@@ -94,10 +95,19 @@ async def test_a_dead_node_fails_over_and_its_keys_come_back(origin: Origin, tmp
             assert all(origin.hits[p] == 1 for p in paths)
         # node3 is gone: its keys go to their next owner at the first refused connection; no client error.
         peer_down_before = metrics.MISSES.labels("videos", "peer-down")._value.get()
+        handed = fast_path_outcomes()["handed_off"]
         for p in paths:
             status, _, body = await n1.get(p)
             assert (status, body) == (200, p.encode() * 100), p
         assert not n1.node.cluster.is_up("node3")  # type: ignore[union-attr]
+        # The forward that found node3 gone is handed to the full handler, which asks the next owner; every other
+        # miss of node3's keys is filled on the fast path by the node standing in (itself, or n2 through a hop).
+        assert fast_path_outcomes()["handed_off"] == handed + 1
+        handed = fast_path_outcomes()["handed_off"]
+        for p in node3_keys:  # n1 stands in for node3 on its fast path, or forwards to n2, which does (fo=1)
+            status, _, body = await n1.get(p)
+            assert (status, body) == (200, p.encode() * 100), p
+        assert fast_path_outcomes()["handed_off"] == handed
         peer_down = metrics.MISSES.labels("videos", "peer-down")._value.get() - peer_down_before
         assert peer_down == len(node3_keys)  # those misses are classified "peer-down", not "cold"
         assert all(origin.hits[p] == 2 for p in node3_keys)  # refetched once by the next owner

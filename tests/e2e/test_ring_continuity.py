@@ -17,6 +17,7 @@ from edgecache.core.ring import Member, Ring
 from tests.conftest import CLUSTER_KEY, Edge, all_up, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.origin import Origin
+from tests.wire import fast_path_outcomes
 
 SLICE = 64 * 1024
 PATHS = [f"/warm/{i}.bin" for i in range(40)]
@@ -89,7 +90,7 @@ async def test_a_fourth_node_takes_its_share_from_the_previous_owners(origin: Or
         members = edges[3].node.cluster.ring.members  # type: ignore[union-attr]
         moved = [p for p in PATHS if owner(p, members) == "node4"]
         assert 5 <= len(moved) <= 20  # about a quarter: what the origin served again before ring continuity
-        before, hits_before = origin_bytes(), lookasides("hit")
+        before, hits_before, handed = origin_bytes(), lookasides("hit"), fast_path_outcomes()["handed_off"]
         for round_ in range(2):  # the warm set replayed through every node, whole and in ranges
             for i, p in enumerate(PATHS):
                 for n, e in enumerate(edges):
@@ -102,6 +103,8 @@ async def test_a_fourth_node_takes_its_share_from_the_previous_owners(origin: Or
         moved_bytes = sum(len(origin.objects[p].data) for p in moved)
         assert origin_bytes() - before <= 0.05 * warm_bytes, (origin_bytes() - before, moved_bytes, warm_bytes)
         assert lookasides("hit") - hits_before >= len(moved)
+        # The new owner's misses filled from the previous owners' caches, and their hops, stay on the fast path.
+        assert fast_path_outcomes()["handed_off"] == handed
         for p in moved:  # the new owner holds them now, each fetched from the origin once in all
             assert edges[3].node.store.peek_meta(f"videos|video.test|{p}") is not None, p
             assert origin.hits[p] == 1, p
@@ -115,7 +118,7 @@ async def test_a_lookaside_fill_says_so_and_ages_on_from_the_peer(origin: Origin
     path = next(p for p in (f"/aged/{i}" for i in range(200)) if owner(p, four_members()) == "node4")
     origin.put(path, b"a" * 150_000, headers={"Cache-Control": "public, max-age=3600", "Age": "1000"})
     async with grown_cluster(origin, tmp_path, [path]) as edges:
-        moved = metrics.MISSES.labels("videos", "ring-moved")._value.get()
+        moved, handed = metrics.MISSES.labels("videos", "ring-moved")._value.get(), fast_path_outcomes()["handed_off"]
         status, headers, body = await edges[3].get(path)
         assert (status, body) == (200, origin.objects[path].data)
         assert headers["Cache-Status"] == 'edgecache; fwd=uri-miss; stored; detail="peer-lookaside"'
@@ -131,6 +134,7 @@ async def test_a_lookaside_fill_says_so_and_ages_on_from_the_peer(origin: Origin
         assert theirs["Cache-Status"] == 'edgecache; hit, edgecache; fwd=miss; detail="peer"'
         same = lambda fields: {k: v for k, v in fields.items() if k not in ("Age", "Via", "Cache-Status")}  # noqa: E731
         assert same(theirs) == same(headers)
+        assert fast_path_outcomes()["handed_off"] == handed  # the look-aside miss and its hops: fast path's
     assert logged(tmp_path, "node4", path)[:2] == [(200, "miss", "peer"), (200, "hit", "cache")]
 
 
@@ -141,7 +145,7 @@ async def test_a_changed_object_is_never_mixed_with_the_peers_old_slices(origin:
     async with grown_cluster(origin, tmp_path, [path], ranged=f"bytes={2 * SLICE}-{4 * SLICE - 1}") as edges:
         # The previous owner holds the old version's slices 2 and 3 only.
         origin.put(path, new, etag='"v2"')
-        misses, refused = lookasides("miss"), lookasides("other-version")
+        misses, refused, handed = lookasides("miss"), lookasides("other-version"), fast_path_outcomes()["handed_off"]
         # Slice 0 is not on the peer: it says so, and the new owner takes the new version from the origin.
         status, _, body = await edges[3].get(path, Range="bytes=0-99")
         assert (status, body) == (206, new[:100])
@@ -152,6 +156,8 @@ async def test_a_changed_object_is_never_mixed_with_the_peers_old_slices(origin:
         assert lookasides("other-version") == refused + 1
         status, _, body = await edges[3].get(path)
         assert (status, body) == (200, new)
+        # The look-asides the peer could not answer (a slice it does not hold) were refused on its fast path.
+        assert fast_path_outcomes()["handed_off"] == handed
 
 
 async def test_a_peer_that_does_not_answer_costs_a_bounded_wait_then_the_origin(origin: Origin, tmp_path: Path) -> None:
