@@ -509,12 +509,12 @@ _FIELDS = {use: cache_status_header(status) for use, status in STATUS_OF_USE.ite
 
 def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_status: str) -> Planned | None:
     """The answer respond.send() gives for this hit (respond.plan_answer), or None where the fast path does not
-    answer: a multipart Range, a stored answer other than a 200 or 206."""
+    answer: a multipart Range, a stored answer that has no body (204, 205), whose framing aiohttp decides."""
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
     planned = plan_answer(method, headers, meta, base_headers(meta.headers, int(age), cache_status))
-    if planned.multi is not None or planned.status not in _ON_FAST_PATH:
+    if planned.multi is not None or planned.status in _BODILESS or planned.status < 200:
         return None
     return planned
 
 
-_ON_FAST_PATH = frozenset({200, 206, 304, 412, 416})
+_BODILESS = frozenset({204, 205})  # a 304 the client's validators earn is planned with its fields (plan_answer)

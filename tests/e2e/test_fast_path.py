@@ -89,13 +89,18 @@ CASES: list[tuple[bytes, bool]] = [
     (get("/small", "Cache-Control: only-if-cached"), True),  # a hit all the same
     (get("/missing", "Cache-Control: only-if-cached"), True),  # 504: not stored, and may not be fetched
     (get("/missing", "Cache-Control: only-if-cached", method="HEAD"), True),
-    (get("/missing"), False),  # a miss
+    (get("/missing"), True),  # a miss: the origin's 404, stored (RFC 9110 15.5.5), then a hit
     (get("http://video.test/small"), False),  # absolute form
     (b"GET /small HTTP/1.0\r\nHost: video.test\r\n\r\n", False),
     (b"GET /small HTTP/1.1\nHost: video.test\n\n", False),  # bare LF
     (b"GET /small HTTP/1.1\r\nHost: video.test\r\nHost: other.test\r\n\r\n", False),
     (b"GET /small HTTP/1.1\r\nHost: video.test\r\nContent-Length: 5\r\n\r\nhello", False),
     (get("/sm%61ll"), True),  # the same key, normalised
+    (get("/gone"), True),  # a stored 404
+    (get("/gone", method="HEAD"), True),
+    (get("/gone", "Range: bytes=0-3"), True),  # never ranged: the whole 404
+    (get("/moved"), True),  # a stored 301, its Location and body
+    (get("/moved", 'If-None-Match: "m1"'), True),  # 304
 ]
 
 
@@ -103,6 +108,9 @@ CASES: list[tuple[bytes, bool]] = [
 async def pair(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Edge, Edge]]:
     origin.put("/small", SMALL, content_type="text/plain")
     origin.put("/big", BIG)
+    origin.put("/gone", b"no such video\n", status=404, content_type="text/plain")
+    moved = {"Cache-Control": "public, max-age=3600", "Location": "/big"}
+    origin.put("/moved", b"see /big\n", status=301, etag='"m1"', headers=moved)
     memory, send = request.param
     async with AsyncExitStack() as stack:
         edges = []
@@ -112,6 +120,8 @@ async def pair(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -
             edge = await stack.enter_async_context(start_edge(config))
             for path in ("/small", "/big"):
                 assert (await edge.get(path))[0] == 200
+            for path, line in (("/gone", b"HTTP/1.1 404 "), ("/moved", b"HTTP/1.1 301 ")):  # not followed
+                assert (await exchange(edge, get(path, "Connection: close"))).startswith(line)
             await edge.node.engine.flush()
             edges.append(edge)
         yield edges[0], edges[1]
@@ -243,7 +253,7 @@ async def test_a_whole_answer_kept_for_ranges_is_never_sent_whole(origin: Origin
         assert (await edge.get("/huge"))[2] == huge
         before = answered()
         raw = await exchange(edge, get("/huge", "Range: bytes=9437180-9437189") + get("/huge") + CLOSE)
-        assert answered() - before == 2  # the range, and the whole object streamed
+        assert answered() - before == 3  # the range, the whole object streamed, and /small's 404 (not put)
         first, _, rest = raw.partition(b"\r\n\r\n")
         assert first.startswith(b"HTTP/1.1 206 Partial Content\r\n")
         assert f"\r\nContent-Range: bytes 9437180-9437189/{len(huge)}\r\n".encode() in first
@@ -268,7 +278,7 @@ async def test_a_whole_slice_served_from_disk_is_offered_to_the_memory_tier(orig
         # failed on it). A limit of time, so only time opens the next turn.
         await asyncio.sleep(PROMOTE_SECONDS)
         raw = await exchange(edge, get("/big", "Range: bytes=1048576-2097151") + CLOSE)
-        assert answered() - before == 1  # the range (the closing request is a miss: aiohttp)
+        assert answered() - before == 2  # the range, and the closing request's miss (the origin's 404)
         head, _, body = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 206 Partial Content\r\n")
         assert body[: 2**20] == BIG[2**20 : 2**21]
