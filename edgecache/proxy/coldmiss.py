@@ -68,11 +68,11 @@ class Started:
         return self.cold.validate
 
 
-def start(conn: FastPath, head: bytes) -> bool | Refused:
+def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused:
     """Start (or join) the fill of a miss and wait for its head off the connection's turn; its refusal, for the
     caller to answer (core.admit); False: not one the fast path fills (the caller hands the request to aiohttp,
     which decides it)."""
-    cold = conn.server.decider.cold(head, conn.client)
+    cold = conn.server.decider.cold(head, conn.client, admitted)
     if not isinstance(cold, Cold):
         return cold if cold is not None else False
     engine = conn.server.shared.engine

@@ -155,7 +155,7 @@ class Decider:
             hop = split_hop(head)
             if hop is not None:
                 return self._hopped(hop[1], hop[0], client, admitted)
-            forward = self.forwards.get(head, client)
+            forward = self.forwards.get(head, client, admitted)
             if forward is not None:
                 return forward
         now = time.time()
@@ -313,12 +313,12 @@ class Decider:
             derived, "GET", base.keep_alive, encoded, counter, slices, base.site_bytes, value, status=base.status
         )
 
-    def cold(self, head: bytes, client: str) -> Cold | Refused | None:
+    def cold(self, head: bytes, client: str, admitted: bool = False) -> Cold | Refused | None:
         """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds, or its
         refusal; None: the full handler decides it."""
         if self.shared.in_flight >= self.shared.max_in_flight:
             return None
-        found, _, keep_alive = self._parse(head, client, cold=True)
+        found, _, keep_alive = self._parse(head, client, cold=True, admitted=admitted)
         return replace(found, keep_alive=keep_alive) if isinstance(found, Cold | Refused) else None
 
     def fetched(
@@ -397,7 +397,7 @@ class Decider:
         try:
             hit: Hit | Load | Forward | Elsewhere | Cold | Refused | None
             if cold:
-                hit = find_cold(self.shared, m, hosts[0], target, headers, client)
+                hit = find_cold(self.shared, m, hosts[0], target, headers, client, admitted)
             else:
                 hit = find_hit(self.shared, m, hosts[0], target, headers, client, basis, hop_field, validated, admitted)
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it

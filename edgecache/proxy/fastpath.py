@@ -81,6 +81,7 @@ class FastPath(asyncio.Protocol):
         self.started: coldmiss.Started | None = None  # the fill the head at the front of the buffer is waiting on
         self.adopted: Adopted | None = None  # a fill the full handler takes over with the connection (hand_off)
         self.admitted: str | None = None  # or the primary key of a request let in here (Shared.admitted)
+        self.retried = 0  # forwards of the head at the front whose owner could not be reached (_forward)
 
     # --- connection events -------------------------------------------------------------------------------
 
@@ -255,12 +256,14 @@ class FastPath(asyncio.Protocol):
                 forwarded = clientaddr.forwarded_for(head)
                 self.client = clientaddr.real_client(self.address, forwarded, self.server.shared.forwarders)
             settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
-            prepared = self.server.decider.answer(head, self.client, admitted=settling)
+            admitted = settling or self.retried > 0  # let in when it was first decided
+            prepared = self.server.decider.answer(head, self.client, admitted=admitted)
             if settling:
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
                 # fill started, and the full handler, carrying that fill on, does not judge it again.
                 settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused) else prepared)
                 if isinstance(settled, coldmiss.Failed | coldmiss.Streamed):  # answered, or being answered
+                    self.retried = 0
                     self.buf = self.buf[end + 4 :]
                     self._disarm()
                     if self.busy:
@@ -271,7 +274,7 @@ class FastPath(asyncio.Protocol):
                 self.loads = 0
             if not settling and (prepared is None or (isinstance(prepared, Load) and self.loads >= 2)):
                 # No hit, with all the disk holds loaded: a miss (or a stale entry to revalidate) is filled here
-                started = coldmiss.start(self, head)
+                started = coldmiss.start(self, head, admitted)
                 if started is False:
                     self.hand_off()
                 if not isinstance(started, Refused):
@@ -284,7 +287,7 @@ class FastPath(asyncio.Protocol):
                 self.busy = True
                 self.loop.create_task(self._load(prepared)).add_done_callback(self.done)
                 return
-            self.loads = 0
+            self.loads = self.retried = 0
             if prepared is None:
                 self.hand_off()
                 return
@@ -310,8 +313,8 @@ class FastPath(asyncio.Protocol):
             await store.get_meta(load.entry_key)
 
     async def _forward(self, fwd: Forward, raw: bytes) -> None:
-        """Relay the owner's answer (proxy.relay); an owner that cannot be reached leaves the request to aiohttp,
-        which asks the next owner."""
+        """Relay the owner's answer (proxy.relay). An owner that cannot be reached is marked down, and the request
+        is decided again, for the next owner (this node standing in, or a peer); once per member at most."""
         shared = self.server.shared
         self.relay = Relay(self, fwd)
         shared.in_flight += 1
@@ -319,6 +322,11 @@ class FastPath(asyncio.Protocol):
             await self.relay.run()
         except Unreachable:
             self.buf = raw + self.buf
+            cluster, member = shared.cluster, fwd.member
+            assert cluster is not None
+            if member is not None and not cluster.is_up(member.id) and self.retried < len(cluster.ring.members):
+                self.retried += 1  # done() decides it again, not judged twice (forward_verdict)
+                return
             self.admitted = fwd.key.primary  # judged already (forward_verdict): the full handler asks the next owner
             self.hand_off()
         finally:

@@ -53,7 +53,7 @@ class ForwardMemo:
         heat = spreadable(forward.headers)
         self.entries[head] = _Entry(forward, self.shared.router, cluster.ring, cluster.changes, heat)
 
-    def get(self, head: bytes, client: str) -> Forward | Refused | None:
+    def get(self, head: bytes, client: str, admitted: bool = False) -> Forward | Refused | None:
         """The remembered forward of this head for this viewer; None: decide it in full."""
         entry = self.entries.get(head)
         if entry is None:
@@ -65,7 +65,7 @@ class ForwardMemo:
             return None
         forward = entry.forward
         refused = admit.acl(forward.site, client)
-        verdict = refused or forward_verdict(shared, forward.site, forward.key, client, entry.heat)
+        verdict = refused or forward_verdict(shared, forward.site, forward.key, client, entry.heat, admitted)
         if verdict == HOT:
             return None  # hot here now: the full decision serves this node's copy
         if isinstance(verdict, Reply):

@@ -121,7 +121,7 @@ def find_hit(
     """The hit this request is, if it is one; or the owner to forward it to. A `basis` answer is
     one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the origin
     has just confirmed the stored entry (a 304), which answers whatever its freshness (Use.REVALIDATE)."""
-    routed = _routed(shared, method, host_field, target, headers, client, basis, hop_field)
+    routed = _routed(shared, method, host_field, target, headers, client, basis, hop_field, admitted)
     if not isinstance(routed, _Routed):
         return routed
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:
@@ -155,7 +155,13 @@ class Cold:
 
 
 def find_cold(
-    shared: Shared, method: str, host_field: str | None, target: str, headers: Headers, client: str
+    shared: Shared,
+    method: str,
+    host_field: str | None,
+    target: str,
+    headers: Headers,
+    client: str,
+    admitted: bool = False,
 ) -> Cold | Refused | None:
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
     metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
@@ -165,7 +171,7 @@ def find_cold(
     names (FillRequest.vary), as the full handler fills it."""
     # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
     # this request already).
-    routed = _routed(shared, method, host_field, target, headers, client, True, None)
+    routed = _routed(shared, method, host_field, target, headers, client, True, None, admitted)
     if isinstance(routed, Refused):
         return routed
     if not isinstance(routed, _Routed):
@@ -183,7 +189,7 @@ def find_cold(
     else:
         instead = admit.unfilled(not routed.fills, False, cc.only_if_cached, validates(headers))
         if isinstance(instead, Reply):  # the limiter first, as for any request (a hop's viewer was judged)
-            reply = instead if _allowed(shared, routed) else admit.TOO_MANY
+            reply = instead if admitted or _allowed(shared, routed) else admit.TOO_MANY
             return replace(routed.refused(reply, method, headers), counted=routed.fills)
         if instead is admit.PASS:
             return None  # the full handler's pass-through
@@ -202,7 +208,7 @@ def find_cold(
         run = cold_run(method, value, size, shared.engine.fill_slices)
     else:
         run = stored_run(value, meta.whole, meta.length, size)
-    if not _allowed(shared, routed):  # last: a token is spent only on a request this fills
+    if not admitted and not _allowed(shared, routed):  # last: a token is spent only on a request this fills
         return routed.refused(admit.TOO_MANY, method, headers)
     req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey)
     return Cold(req, *run, meta, method, viewer=routed.viewer, failover=routed.failover)
@@ -292,6 +298,7 @@ def _routed(
     client: str,
     basis: bool,
     hop_field: str | None,
+    admitted: bool = False,
 ) -> _Routed | Forward | Elsewhere | Refused | None:
     """find_hit()'s first step: the site and key, then the hop, the ACL, the owner (_where) and the signed URL. A
     request refused on the way gets the Reply the full handler would give it (core.admit)."""
@@ -314,7 +321,7 @@ def _routed(
         return _Routed(host, site, key, hop.viewer, hop.viewer, not hop.lookaside, hop.failover)
     refused, where = admit.acl(site, client), HERE
     if refused is None and cluster is not None:
-        found = _where(shared, cluster, site, key, method, headers, client, basis)
+        found = _where(shared, cluster, site, key, method, headers, client, basis, admitted)
         if not isinstance(found, Here | Reply):
             return found
         refused, where = (found, where) if isinstance(found, Reply) else (None, found)
@@ -428,6 +435,7 @@ def _where(
     headers: Headers,
     client: str,
     basis: bool,
+    admitted: bool,
 ) -> Here | Forward | Elsewhere | Reply:
     """Who answers a request no hop vouches for: this node (HERE, or STANDING_IN for an owner that is down), its
     owner (a Forward), or the whole-object basis's caller (ELSEWHERE); or the refusal of a forward
@@ -438,7 +446,7 @@ def _where(
         return HERE if first is None or first.id == cluster.self_id else STANDING_IN
     if basis:
         return ELSEWHERE  # not asked of the popularity gate twice for one request
-    verdict = forward_verdict(shared, site, key, client, spreadable(headers))
+    verdict = forward_verdict(shared, site, key, client, spreadable(headers), admitted)
     if isinstance(verdict, Reply):
         return verdict
     if verdict != GO:
@@ -450,18 +458,22 @@ def _where(
 GO, HOT = "go", "hot"
 
 
-def forward_verdict(shared: Shared, site: Site, key: CacheKey, client: str, heat: bool) -> str | Reply:
+def forward_verdict(
+    shared: Shared, site: Site, key: CacheKey, client: str, heat: bool, admitted: bool = False
+) -> str | Reply:
     """Whether a request another node owns, from a viewer its site's ACL allows, is relayed there (GO), answered
     from this node's copy of a hot object (HOT: `heat` says the request counts towards it), or refused (its signed
     URL, then the rate limit: core.admit). The one rule for a forward decided in full (_where) and for a remembered
-    one (forwardmemo): the viewer and the moment are asked again on every request."""
-    if heat and shared.popular.asked(key.primary, time.monotonic()):
+    one (forwardmemo): the viewer and the moment are asked again on every request. `admitted`: the request was
+    let in already (a forward decided again for the next owner when its owner could not be reached), so neither
+    the popularity gate nor the rate limiter counts it twice."""
+    if heat and not admitted and shared.popular.asked(key.primary, time.monotonic()):
         return HOT
     refused = admit.signed(site, key.path, key.unkeyed, client, time.time())
     if refused is not None:
         return refused
     limiter = shared.limiter
-    if limiter is not None and not limiter.allow(client, time.monotonic()):
+    if limiter is not None and not admitted and not limiter.allow(client, time.monotonic()):
         return admit.TOO_MANY
     return GO
 

@@ -100,9 +100,9 @@ async def test_a_dead_node_fails_over_and_its_keys_come_back(origin: Origin, tmp
             status, _, body = await n1.get(p)
             assert (status, body) == (200, p.encode() * 100), p
         assert not n1.node.cluster.is_up("node3")  # type: ignore[union-attr]
-        # The forward that found node3 gone is handed to the full handler, which asks the next owner; every other
-        # miss of node3's keys is filled on the fast path by the node standing in (itself, or n2 through a hop).
-        assert fast_path_outcomes()["handed_off"] == handed + 1
+        # The forward that found node3 gone is decided again for the next owner, and every miss of node3's keys is
+        # filled on the fast path by the node standing in (n1 itself, or n2 through a hop): none handed over.
+        assert fast_path_outcomes()["handed_off"] == handed
         handed = fast_path_outcomes()["handed_off"]
         for p in node3_keys:  # n1 stands in for node3 on its fast path, or forwards to n2, which does (fo=1)
             status, _, body = await n1.get(p)
@@ -140,3 +140,32 @@ async def test_forwarded_requests_are_never_forwarded_again(origin: Origin, tmp_
                 assert r.status == 200
                 assert "peer" not in r.headers["Cache-Status"]  # served where it landed
         assert origin.hits["/loop"] == 1
+
+
+async def test_an_owner_found_gone_is_stood_in_for_on_the_fast_path_for_one_token(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """node1's ring names node3, which it takes to be up (health checks an hour apart) though nothing listens
+    there. node3's key is forwarded, the connection is refused: node3 is down at once, and the request is decided
+    again for its next owner, node1 itself, on the fast path, with the one rate token it spent (burst 2): a second
+    key of node3's is node1's at once, and a third request is refused 429."""
+    members = (Member("node1", f"127.0.0.1:{free_port()}"), Member("node3", f"127.0.0.1:{free_port()}"))
+    ring = Ring.of(members)
+    keys = [p for p in (f"/gone/{i}" for i in range(100)) if ring.owner(f"videos|video.test|{p}").id == "node3"]  # type: ignore[union-attr]
+    for p in keys[:3]:
+        origin.put(p, p.encode() * 50)
+    settings = ClusterSettings(
+        self_id="node1", key=CLUSTER_KEY, nodes=members, interval=3600, timeout=0.5, rise=2, fall=2
+    )
+    cfg = make_config(tmp_path / "node1", [origin.url])
+    cfg = replace(cfg, listen=(Listen("127.0.0.1", int(members[0].address.rpartition(":")[2])),), cluster=settings)
+    cfg = replace(cfg, rate_limit=0.001, burst=2.0)
+    peer_down, handed = metrics.MISSES.labels("videos", "peer-down")._value.get(), fast_path_outcomes()["handed_off"]
+    async with start_edge(cfg) as edge:
+        answers = [await edge.get(p) for p in keys[:3]]
+        assert [(status, body) for status, _, body in answers[:2]] == [(200, p.encode() * 50) for p in keys[:2]]
+        assert answers[2][0] == 429
+        assert not edge.node.cluster.is_up("node3")  # type: ignore[union-attr]
+    assert metrics.MISSES.labels("videos", "peer-down")._value.get() - peer_down == 2
+    assert fast_path_outcomes()["handed_off"] == handed
+    assert [origin.hits[p] for p in keys[:3]] == [1, 1, 0]
