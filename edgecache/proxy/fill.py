@@ -20,12 +20,14 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from edgecache import metrics
 from edgecache.core import lookaside
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.errors import OriginError
 
 log = logging.getLogger(__name__)
+_FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 
 # A fill of a whole object (no validator, Range ignored, or a length not known yet) keeps this many complete slices
 # in its own buffers behind the newest, for readers a little behind; older ones are only in the store, so memory
@@ -275,9 +277,12 @@ class Fill:
 
     async def stream(self) -> AsyncGenerator[memoryview, None]:
         """The whole body from its first byte to its end, as it arrives: the private reader of a fill, or a reader
-        of a body of unknown length. A complete slice the fill let go is read back through `from_store`."""
+        of a body of unknown length. A complete slice the fill let go is read back through `from_store`. Its bytes
+        are the origin's as served bytes (a peer's cache answers only what it stores whole: core.lookaside), counted
+        here for both request paths."""
         try:
             async for piece in self._stream():
+                _FROM_ORIGIN.inc(len(piece))
                 yield piece
         finally:
             self.abandon()

@@ -82,10 +82,15 @@ def answers(raw: bytes, methods: list[str]) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def served_from_origin() -> float:
+    return REGISTRY.get_sample_value("edgecache_served_bytes_total", {"source": "origin"}) or 0.0
+
+
 async def run(
     origin: Origin, tmp_path: Path, fast: bool
-) -> tuple[list[tuple[bytes, bytes]], list[str], dict[str, int]]:
+) -> tuple[list[tuple[bytes, bytes]], list[str], dict[str, int], float]:
     origin.hits.clear()
+    served = served_from_origin()
     log = tmp_path / f"{fast}.log"
     config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast, access_log=log)
     async with start_edge(config) as edge, asyncio.timeout(30):
@@ -97,7 +102,8 @@ async def run(
             writer.close()
     lines = [json.loads(x) for x in log.read_bytes().splitlines()]
     logged = [f"{x['method']} {x['path']} {x['status']} {x['cache']} {x['bytes']} {x['upstream']}" for x in lines]
-    return answers(raw, [m for m, _ in ASKED] + ["GET"]), logged, dict(origin.hits)
+    got = answers(raw, [m for m, _ in ASKED] + ["GET"])
+    return got, logged, dict(origin.hits), served_from_origin() - served
 
 
 async def test_answers_not_stored_are_streamed_on_the_fast_path_as_the_full_handler_streams_them(
@@ -120,6 +126,8 @@ async def test_answers_not_stored_are_streamed_on_the_fast_path_as_the_full_hand
     # None stored: each asked of the origin; a HEAD of /private twice, as its fill asks for the first slice alone
     # and the full handler asks again for what the client asked (a pass-through, still aiohttp's).
     assert fast[2] == {"/private": 7, "/chunked": 3, "/small": 2}
+    # Every byte sent is the origin's, in edgecache_served_bytes_total{source} too (it counted none of them).
+    assert fast[3] == sum(len(body) for _, body in got)
 
 
 async def test_gets_of_answers_not_stored_are_not_handed_to_aiohttp(origin: Origin, tmp_path: Path) -> None:
