@@ -263,7 +263,7 @@ class FastPath(asyncio.Protocol):
                 # fill started, and the full handler, carrying that fill on, does not judge it again.
                 settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused) else prepared)
                 if isinstance(settled, coldmiss.Failed | coldmiss.Streamed):  # answered, or being answered
-                    self.retried = 0
+                    self.retried, self.admitted = 0, None
                     self.buf = self.buf[end + 4 :]
                     self._disarm()
                     if self.busy:
@@ -287,12 +287,14 @@ class FastPath(asyncio.Protocol):
                 self.busy = True
                 self.loop.create_task(self._load(prepared)).add_done_callback(self.done)
                 return
-            self.loads = self.retried = 0
+            self.loads = 0
             if prepared is None:
                 self.hand_off()
                 return
             self.buf = self.buf[end + 4 :]
             self._disarm()
+            if not isinstance(prepared, Forward):  # answered here: a retried forward's count ends (_forward)
+                self.retried, self.admitted = 0, None
             if isinstance(prepared, Forward):
                 self.busy = True
                 self.loop.create_task(self._forward(prepared, head)).add_done_callback(self.done)
@@ -322,13 +324,16 @@ class FastPath(asyncio.Protocol):
             await self.relay.run()
         except Unreachable:
             self.buf = raw + self.buf
+            self.admitted = fwd.key.primary  # judged already (forward_verdict): not again, whoever answers it
             cluster, member = shared.cluster, fwd.member
             assert cluster is not None
-            if member is not None and not cluster.is_up(member.id) and self.retried < len(cluster.ring.members):
-                self.retried += 1  # done() decides it again, not judged twice (forward_verdict)
+            again = member is not None and not cluster.is_up(member.id) and not self.closing
+            if again and self.retried < len(cluster.ring.members):
+                self.retried += 1  # done() decides it again, for the next owner that is up
                 return
-            self.admitted = fwd.key.primary  # judged already (forward_verdict): the full handler asks the next owner
-            self.hand_off()
+            self.hand_off()  # the full handler asks the next owner (to_owner), or answers a draining connection
+        else:
+            self.retried, self.admitted = 0, None
         finally:
             self.relay = None
             shared.in_flight -= 1

@@ -61,6 +61,9 @@ class Hit:
     # the origin has just confirmed (find_hit's validated). All but FRESH are never remembered (valid for no time).
     use: Use = Use.FRESH
     body: bytes = b""  # a 412's or 416's own text, sent instead of the object's bytes (first > last)
+    # A stand-in's hit (its owner is down): the cluster's health changes it was decided at; -1 for any other hit,
+    # which no peer's health changes (once the owner is up again, the request is the owner's).
+    changes: int = -1
 
     def refusal(self, client: str, now: float) -> Reply | None:
         """Why this client may not have the answer now (the site's ACL, its signed URL: core.admit); None: it may."""
@@ -73,10 +76,11 @@ class Hit:
 
     def same_basis(self, shared: Shared) -> bool:
         """Is everything but the clock as it was when this was decided: routes, ring, purges, record, metadata?"""
-        store = shared.engine.store
+        store, cluster = shared.engine.store, shared.cluster
         return (
             shared.router is self.router
-            and (shared.cluster.ring if shared.cluster is not None else None) is self.ring
+            and (cluster.ring if cluster is not None else None) is self.ring
+            and (self.changes < 0 or (cluster is not None and cluster.changes == self.changes))
             and store.purges is self.purges
             and store.peek_record(self.req.primary) is self.record
             and store.peek_meta(self.req.entry_key) is self.meta
@@ -266,10 +270,11 @@ def _hit(
     req = _fill_request(routed, headers, record, stored.scope, stored.ekey)
     ring = shared.cluster.ring if shared.cluster is not None else None
     purges, meta, until = shared.engine.store.purges, stored.meta, stored.valid_until
-    fills = routed.fills
+    fills, cluster = routed.fills, shared.cluster
+    changes = cluster.changes if cluster is not None and routed.failover and routed.viewer is None else -1
     return Hit(
         status, fields, req, meta, first, last, site, shared.router, ring, record, purges, until, routed.viewer,
-        fills, stored.use, body,
+        fills, stored.use, body, changes,
     )  # fmt: skip
 
 
@@ -325,7 +330,8 @@ def _routed(
         if not isinstance(found, Here | Reply):
             return found
         refused, where = (found, where) if isinstance(found, Reply) else (None, found)
-    refused = refused or admit.signed(site, key.path, key.unkeyed, client, time.time())
+    if not admitted:  # let in already: its signed URL was good then, as the full handler judges it once
+        refused = refused or admit.signed(site, key.path, key.unkeyed, client, time.time())
     if refused is not None:
         return Refused(refused, method, key.full_target, headers, site.name)
     return _Routed(host, site, key, client, None, True, where.standing_in)
@@ -465,15 +471,17 @@ def forward_verdict(
     from this node's copy of a hot object (HOT: `heat` says the request counts towards it), or refused (its signed
     URL, then the rate limit: core.admit). The one rule for a forward decided in full (_where) and for a remembered
     one (forwardmemo): the viewer and the moment are asked again on every request. `admitted`: the request was
-    let in already (a forward decided again for the next owner when its owner could not be reached), so neither
-    the popularity gate nor the rate limiter counts it twice."""
-    if heat and not admitted and shared.popular.asked(key.primary, time.monotonic()):
+    let in already (a forward decided again for the next owner when its owner could not be reached): it goes on,
+    judged and counted once, as the full handler's to_owner sends it to the next owner."""
+    if admitted:
+        return GO
+    if heat and shared.popular.asked(key.primary, time.monotonic()):
         return HOT
     refused = admit.signed(site, key.path, key.unkeyed, client, time.time())
     if refused is not None:
         return refused
     limiter = shared.limiter
-    if limiter is not None and not admitted and not limiter.allow(client, time.monotonic()):
+    if limiter is not None and not limiter.allow(client, time.monotonic()):
         return admit.TOO_MANY
     return GO
 

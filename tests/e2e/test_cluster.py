@@ -142,13 +142,9 @@ async def test_forwarded_requests_are_never_forwarded_again(origin: Origin, tmp_
         assert origin.hits["/loop"] == 1
 
 
-async def test_an_owner_found_gone_is_stood_in_for_on_the_fast_path_for_one_token(
-    origin: Origin, tmp_path: Path
-) -> None:
-    """node1's ring names node3, which it takes to be up (health checks an hour apart) though nothing listens
-    there. node3's key is forwarded, the connection is refused: node3 is down at once, and the request is decided
-    again for its next owner, node1 itself, on the fast path, with the one rate token it spent (burst 2): a second
-    key of node3's is node1's at once, and a third request is refused 429."""
+def phantom_owner(origin: Origin, tmp_path: Path, burst: float | None = None) -> tuple[Config, list[str]]:
+    """node1 alone, whose ring names node3, which it takes to be up (health checks an hour apart) though nothing
+    listens there; and three of node3's keys, on the origin."""
     members = (Member("node1", f"127.0.0.1:{free_port()}"), Member("node3", f"127.0.0.1:{free_port()}"))
     ring = Ring.of(members)
     keys = [p for p in (f"/gone/{i}" for i in range(100)) if ring.owner(f"videos|video.test|{p}").id == "node3"]  # type: ignore[union-attr]
@@ -159,13 +155,59 @@ async def test_an_owner_found_gone_is_stood_in_for_on_the_fast_path_for_one_toke
     )
     cfg = make_config(tmp_path / "node1", [origin.url])
     cfg = replace(cfg, listen=(Listen("127.0.0.1", int(members[0].address.rpartition(":")[2])),), cluster=settings)
-    cfg = replace(cfg, rate_limit=0.001, burst=2.0)
+    if burst is not None:
+        cfg = replace(cfg, rate_limit=0.001, burst=burst)
+    return cfg, keys[:3]
+
+
+async def test_an_owner_found_gone_is_stood_in_for_on_the_fast_path_for_one_token(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """node3's key is forwarded, the connection is refused: node3 is down at once, and the request is decided
+    again for its next owner, node1 itself, on the fast path, with the one rate token it spent (burst 2): a second
+    key of node3's is node1's at once, and a third request is refused 429."""
+    cfg, keys = phantom_owner(origin, tmp_path, burst=2.0)
     peer_down, handed = metrics.MISSES.labels("videos", "peer-down")._value.get(), fast_path_outcomes()["handed_off"]
     async with start_edge(cfg) as edge:
-        answers = [await edge.get(p) for p in keys[:3]]
+        answers = [await edge.get(p) for p in keys]
         assert [(status, body) for status, _, body in answers[:2]] == [(200, p.encode() * 50) for p in keys[:2]]
         assert answers[2][0] == 429
         assert not edge.node.cluster.is_up("node3")  # type: ignore[union-attr]
     assert metrics.MISSES.labels("videos", "peer-down")._value.get() - peer_down == 2
     assert fast_path_outcomes()["handed_off"] == handed
-    assert [origin.hits[p] for p in keys[:3]] == [1, 1, 0]
+    assert [origin.hits[p] for p in keys] == [1, 1, 0]
+
+
+async def test_a_forward_found_gone_that_the_full_handler_answers_spends_one_token(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Burst 1: the forward spends the token; decided again once node3 is found gone, the request (no-store: a
+    pass-through) is the full handler's, which does not ask the limiter again."""
+    cfg, keys = phantom_owner(origin, tmp_path, burst=1.0)
+    handed = fast_path_outcomes()["handed_off"]
+    async with start_edge(cfg) as edge:
+        status, _, body = await edge.get(keys[0], **{"Cache-Control": "no-store"})
+    assert (status, body) == (200, keys[0].encode() * 50)
+    assert fast_path_outcomes()["handed_off"] == handed + 1
+    assert origin.hits[keys[0]] == 1
+
+
+async def test_a_stand_ins_hit_is_the_owners_again_once_it_is_back(origin: Origin, tmp_path: Path) -> None:
+    """node1 stands in for node3 (a miss, then a hit it remembers); node3 is seen up again: the next request is
+    forwarded to it (nothing listens there still, so it is found gone again), not answered from the memo."""
+    cfg, keys = phantom_owner(origin, tmp_path)
+    async with start_edge(cfg) as edge:
+        cluster = edge.node.cluster
+        assert cluster is not None
+        statuses = [(await edge.get(keys[0]))[1]["Cache-Status"] for _ in range(2)]
+        assert statuses == ["edgecache; fwd=uri-miss; stored", "edgecache; hit"]
+        assert not cluster.is_up("node3")
+        refused = metrics.PEER_ERRORS.labels("node3", "connect")._value.get()  # type: ignore[attr-defined]
+        for _ in range(2):  # rise 2
+            cluster.record("node3", True)
+        assert cluster.is_up("node3")
+        status, _, body = await edge.get(keys[0])
+        assert (status, body) == (200, keys[0].encode() * 50)
+        assert not cluster.is_up("node3")  # asked, and found gone again
+        assert metrics.PEER_ERRORS.labels("node3", "connect")._value.get() == refused + 1  # type: ignore[attr-defined]
+    assert origin.hits[keys[0]] == 1
