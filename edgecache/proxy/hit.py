@@ -30,6 +30,7 @@ from edgecache.core.purge import PurgeTable
 from edgecache.core.ring import Member
 from edgecache.core.route import normalise_host
 from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.proxy import encode
 from edgecache.proxy.fill import FillHead, answered_from, fill_detail
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.respond import Planned, base_headers, plan_answer
@@ -528,13 +529,16 @@ _FIELDS = {use: cache_status_header(status) for use, status in STATUS_OF_USE.ite
 
 
 def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_status: str) -> Planned | None:
-    """The answer respond.send() gives for this hit (respond.plan_answer), or None where the fast path does not
-    answer: a multipart Range, a stored answer that has no body (204, 205), whose framing aiohttp decides."""
+    """The answer respond.send() gives for this hit (respond.plan_answer), with the fields aiohttp's server adds
+    or drops as it frames it (encode.frame); None where the fast path does not answer: a multipart Range, a 205
+    or 1xx."""
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
     planned = plan_answer(method, headers, meta, base_headers(meta.headers, int(age), cache_status))
-    if planned.multi is not None or planned.status in _BODILESS or planned.status < 200:
+    if planned.multi is not None or planned.status == 205 or planned.status < 200:
         return None
-    return planned
-
-
-_BODILESS = frozenset({204, 205})  # a 304 the client's validators earn is planned with its fields (plan_answer)
+    fields = planned.fields
+    if planned.status == 204:  # no body may follow: aiohttp sends no Content-Length (RFC 9110 8.6)
+        fields = [(k, v) for k, v in fields if k.lower() != "content-length"]
+    length = next((v for k, v in fields if k.lower() == "content-length"), None)
+    encode.frame(fields, method == "HEAD" or planned.status in (204, 304), length)
+    return planned._replace(fields=fields)

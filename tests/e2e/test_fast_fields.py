@@ -1,0 +1,85 @@
+"""Fields aiohttp's server adds or drops as it frames an answer, written by the fast path as aiohttp writes them:
+Content-Type: application/octet-stream for a stored answer with a body and no type (RFC 9110 8.3), and no
+Content-Length on a 204 (RFC 9110 8.6). Both paths are asked the same raw requests, a miss then hits, and their
+raw answers compared (Date and Age masked); the fast edge answers them all but the 204's miss."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_config, start_edge
+from tests.origin import RawOrigin, RawReply, RawRequest
+from tests.wire import fast_path_outcomes
+
+UNTYPED = b"an answer that names no type\n"
+
+
+def reply(request: RawRequest) -> RawReply:
+    if request.path == "/untyped":
+        head = f'HTTP/1.1 200 OK\r\nContent-Length: {len(UNTYPED)}\r\nCache-Control: max-age=3600\r\nETag: "u"\r\n\r\n'
+        return head.encode() + (b"" if request.method == "HEAD" else UNTYPED), False
+    if request.path == "/nothing":
+        return b'HTTP/1.1 204 No Content\r\nCache-Control: max-age=3600\r\nETag: "n"\r\n\r\n', False
+    return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", False
+
+
+ASKED = [
+    ("GET", "/untyped", ""),  # the miss
+    ("GET", "/untyped", ""),  # a hit
+    ("HEAD", "/untyped", ""),  # no body: no type added
+    ("GET", "/untyped", "Range: bytes=3-9\r\n"),
+    ("GET", "/untyped", 'If-None-Match: "u"\r\n'),  # 304
+    ("GET", "/nothing", ""),
+    ("GET", "/nothing", ""),
+    ("HEAD", "/nothing", ""),
+]
+
+
+@pytest.fixture
+async def raw_origin() -> AsyncIterator[RawOrigin]:
+    origin = RawOrigin(reply)
+    await origin.start()
+    yield origin
+    await origin.stop()
+
+
+async def answers(port: int) -> list[bytes]:
+    """Each request on a connection of its own, read to the close."""
+    out = []
+    for method, path, extra in ASKED:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"{method} {path} HTTP/1.1\r\nHost: video.test\r\n{extra}Connection: close\r\n\r\n".encode())
+            async with asyncio.timeout(10):
+                out.append(re.sub(rb"\r\n(Date|Age): [^\r]*", rb"\r\n\1: -", await reader.read(-1)))
+        finally:
+            writer.close()
+    return out
+
+
+async def test_untyped_and_204_answers_are_framed_as_aiohttp_frames_them(raw_origin: RawOrigin, tmp_path: Path) -> None:
+    got = {}
+    for fast in (True, False):
+        config = replace(make_config(tmp_path / str(fast), [raw_origin.url]), fast_path=fast)
+        async with start_edge(config) as edge:
+            before = fast_path_outcomes()
+            got[fast] = await answers(edge.port)
+            if fast:  # but the 204's miss, which the full handler answers from its fill
+                assert fast_path_outcomes()["handed_off"] == before["handed_off"] + 1
+    assert got[True] == got[False]
+    untyped, nothing = got[True][1], got[True][6]
+    typed = b"\r\nContent-Length: %d\r\nContent-Type: application/octet-stream\r\n" % len(UNTYPED)
+    assert typed in untyped
+    assert untyped.endswith(b"\r\n\r\n" + UNTYPED)
+    assert b"Content-Type" not in got[True][2]
+    assert b"Content-Length" not in nothing
+    assert nothing.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert nothing.endswith(b"\r\n\r\n")
+    assert raw_origin.hits["/untyped"] == 2
+    assert raw_origin.hits["/nothing"] == 2
