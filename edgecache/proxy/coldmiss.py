@@ -28,7 +28,8 @@ from edgecache.proxy import refuse, uncached
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
-from edgecache.proxy.hit import Cold, Forward, Load, Refused
+from edgecache.proxy.hit import Cold, Load
+from edgecache.proxy.route import Forward, Refused
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath

@@ -38,16 +38,14 @@ from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
 from edgecache.proxy.hit import (
     STATUS_OF_USE,
     Cold,
-    Elsewhere,
-    Forward,
     Hit,
     Load,
-    Refused,
     as_fetched,
     find_cold,
     find_hit,
     renewed,
 )
+from edgecache.proxy.route import Elsewhere, Forward, Refused
 from edgecache.proxy.shared import Shared
 from edgecache.storage.store import slice_name
 

@@ -25,8 +25,8 @@ from edgecache.core.status import CacheStatus, cache_status_header, miss_cause, 
 from edgecache.errors import OriginError
 from edgecache.proxy import coldmiss, reading, refuse
 from edgecache.proxy.decide import HELD, Prepared
-from edgecache.proxy.hit import Refused
 from edgecache.proxy.respond import MAX_CHECKED
+from edgecache.proxy.route import Refused
 from edgecache.storage.store import SliceFile, slice_name
 
 if TYPE_CHECKING:

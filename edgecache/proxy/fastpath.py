@@ -22,13 +22,14 @@ from edgecache import metrics
 from edgecache.core import clientaddr, proxyproto
 from edgecache.core.freshness import Use
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import coldmiss, diskhit, observe, refuse
+from edgecache.proxy import coldmiss, diskhit, observe, refuse, relay
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
-from edgecache.proxy.hit import Forward, Load, Refused
-from edgecache.proxy.relay import Relay, Unreachable
+from edgecache.proxy.hit import Load
+from edgecache.proxy.relay import Relay
+from edgecache.proxy.route import Forward, Refused
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastserver import FastServer
@@ -81,7 +82,7 @@ class FastPath(asyncio.Protocol):
         self.started: coldmiss.Started | None = None  # the fill the head at the front of the buffer is waiting on
         self.adopted: Adopted | None = None  # a fill the full handler takes over with the connection (hand_off)
         self.admitted: str | None = None  # or the primary key of a request let in here (Shared.admitted)
-        self.retried = 0  # forwards of the head at the front whose owner could not be reached (_forward)
+        self.retried = 0  # forwards of the head at the front whose owner could not be reached (relay.forward)
 
     # --- connection events -------------------------------------------------------------------------------
 
@@ -293,12 +294,11 @@ class FastPath(asyncio.Protocol):
                 return
             self.buf = self.buf[end + 4 :]
             self._disarm()
-            if not isinstance(prepared, Forward):  # answered here: a retried forward's count ends (_forward)
-                self.retried, self.admitted = 0, None
             if isinstance(prepared, Forward):
                 self.busy = True
-                self.loop.create_task(self._forward(prepared, head)).add_done_callback(self.done)
+                self.loop.create_task(relay.forward(self, prepared, head)).add_done_callback(self.done)
                 return
+            self.retried, self.admitted = 0, None  # answered here: a retried forward's count ends (relay.forward)
             if isinstance(prepared, Refused):
                 if not refuse.refused(self, prepared, time.monotonic()):
                     return
@@ -313,30 +313,6 @@ class FastPath(asyncio.Protocol):
             await store.get_record(load.primary)
         else:
             await store.get_meta(load.entry_key)
-
-    async def _forward(self, fwd: Forward, raw: bytes) -> None:
-        """Relay the owner's answer (proxy.relay). An owner that cannot be reached is marked down, and the request
-        is decided again, for the next owner (this node standing in, or a peer); once per member at most."""
-        shared = self.server.shared
-        self.relay = Relay(self, fwd)
-        shared.in_flight += 1
-        try:
-            await self.relay.run()
-        except Unreachable:
-            self.buf = raw + self.buf
-            self.admitted = fwd.key.primary  # judged already (forward_verdict): not again, whoever answers it
-            cluster, member = shared.cluster, fwd.member
-            assert cluster is not None
-            again = member is not None and not cluster.is_up(member.id) and not self.closing
-            if again and self.retried < len(cluster.ring.members):
-                self.retried += 1  # done() decides it again, for the next owner that is up
-                return
-            self.hand_off()  # the full handler asks the next owner (to_owner), or answers a draining connection
-        else:
-            self.retried, self.admitted = 0, None
-        finally:
-            self.relay = None
-            shared.in_flight -= 1
 
     def _answer(self, p: Prepared, raw: bytes) -> bool:
         """Answer at once from memory; or start reading from disk. False: stop processing for now."""

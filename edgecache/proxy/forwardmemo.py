@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from edgecache.core import admit
 from edgecache.core.admit import Reply
 from edgecache.core.popularity import spreadable
-from edgecache.proxy.hit import HOT, Forward, Refused, forward_verdict
+from edgecache.proxy.route import HOT, Forward, Refused, forward_verdict
 
 if TYPE_CHECKING:
     from edgecache.proxy.shared import Shared

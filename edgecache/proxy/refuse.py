@@ -12,7 +12,7 @@ from edgecache import metrics
 from edgecache.core.headers import get_first
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import encode, observe
-from edgecache.proxy.hit import Refused
+from edgecache.proxy.route import Refused
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath

@@ -23,8 +23,8 @@ from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
 from edgecache.proxy.errorpage import peer_failed
-from edgecache.proxy.hit import Forward
 from edgecache.proxy.peerpool import PeerBroken, PeerConn
+from edgecache.proxy.route import Forward
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -69,6 +69,32 @@ class Unreachable(Exception):
 
 class _Retry(Exception):
     """A pooled connection broke before any answer: the peer had closed it while idle. Once more, on a new one."""
+
+
+async def forward(conn: FastPath, fwd: Forward, raw: bytes) -> None:
+    """Relay the owner's answer to the request whose head is `raw`, on the connection's turn. An owner that cannot
+    be reached is marked down, and the request is decided again, for the next owner (this node standing in, or a
+    peer); once per ring member at most, then the full handler asks the next owner (owner.to_owner)."""
+    shared = conn.server.shared
+    conn.relay = Relay(conn, fwd)
+    shared.in_flight += 1
+    try:
+        await conn.relay.run()
+    except Unreachable:
+        conn.buf = raw + conn.buf
+        conn.admitted = fwd.key.primary  # judged already (forward_verdict): not again, whoever answers it
+        cluster, member = shared.cluster, fwd.member
+        assert cluster is not None
+        again = member is not None and not cluster.is_up(member.id) and not conn.closing
+        if again and conn.retried < len(cluster.ring.members):
+            conn.retried += 1  # the connection's done() decides it again, for the next owner that is up
+            return
+        conn.hand_off()  # a draining connection's too: the full handler answers it
+    else:
+        conn.retried, conn.admitted = 0, None
+    finally:
+        conn.relay = None
+        shared.in_flight -= 1
 
 
 class Relay:

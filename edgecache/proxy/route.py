@@ -1,0 +1,183 @@
+"""Who answers a request, before anything is looked up: the site and key its Host and target name, a peer's
+signed hop, the site's ACL, the key's owner (this node, standing in for an owner that is down, or a peer to
+forward to) and the signed URL; or its refusal (core.admit), as the full handler would refuse it. The first step
+of hit.find_hit() and hit.find_cold(); forward_verdict() is also the forward memo's (forwardmemo).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from edgecache.cluster.view import ClusterView
+from edgecache.config import Site
+from edgecache.core import admit
+from edgecache.core.admit import Reply
+from edgecache.core.headers import Headers, get_all
+from edgecache.core.hop import FIELD as HOP
+from edgecache.core.keys import BadTarget, CacheKey, make_key
+from edgecache.core.popularity import spreadable
+from edgecache.core.ring import Member
+from edgecache.core.route import normalise_host
+from edgecache.proxy.shared import Shared
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A request refused before any lookup (core.admit), which the fast path answers as the full handler answers
+    it (proxy.refuse): the reply, and what its log line and counters name."""
+
+    reply: Reply
+    method: str
+    target: str  # the key's full target (never a signed URL's token), or as sent before there is a key
+    headers: Headers
+    site: str = "-"  # once the Host named one
+    keep_alive: bool = True
+    counted: bool = True  # False: an owner's look-aside, no viewer's request (observe.finish counts none)
+    viewer: str | None = None  # a hop's viewer: logged as the client; its node counts the bytes it serves
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """routed(): a request this node may answer, and whom it answers for."""
+
+    host: str
+    site: Site
+    key: CacheKey
+    client: str  # the hop's viewer, or the client as asked
+    viewer: str | None  # a valid hop's viewer (Hit.viewer)
+    fills: bool  # not a look-aside (Hit.fills)
+    failover: bool = False  # a hop from a node that stands in for this one's next owner, which is down
+
+    def refused(self, reply: Reply, method: str, headers: Headers) -> Refused:
+        return Refused(reply, method, self.key.full_target, headers, self.site.name, viewer=self.viewer)
+
+
+def routed(
+    shared: Shared,
+    method: str,
+    host_field: str | None,
+    target: str,
+    headers: Headers,
+    client: str,
+    basis: bool,
+    hop_field: str | None,
+    admitted: bool = False,
+) -> Routed | Forward | Elsewhere | Refused | None:
+    """find_hit()'s first step: the site and key, then the hop, the ACL, the owner (_where) and the signed URL. A
+    request refused on the way gets the Reply the full handler would give it (core.admit)."""
+    if method not in ("GET", "HEAD") or not target.startswith("/"):
+        return None  # absolute-form targets and everything but GET/HEAD: the full handler's checks
+    host = normalise_host(host_field)
+    if host is None:
+        return Refused(admit.NO_HOST, method, target, headers)
+    site = shared.router.match(host)
+    if site is None:
+        return Refused(admit.no_site(host), method, target, headers)
+    try:
+        key = make_key(site.name, host, target, site.key_query)
+    except BadTarget as exc:
+        return Refused(admit.bad_target(str(exc)), method, target, headers, site.name)
+    cluster = shared.cluster
+    hop_fields = [hop_field] if hop_field is not None else get_all(headers, HOP)  # cut from the head (decide.py)
+    hop = cluster.honoured(hop_fields, method, key.primary) if cluster is not None else None
+    if hop is not None:  # its viewer was judged (ACL, signed URL, rate limit) by the node that forwarded it
+        return Routed(host, site, key, hop.viewer, hop.viewer, not hop.lookaside, hop.failover)
+    refused, where = admit.acl(site, client), HERE
+    if refused is None and cluster is not None:
+        found = _where(shared, cluster, site, key, method, headers, client, basis, admitted)
+        if not isinstance(found, Here | Reply):
+            return found
+        refused, where = (found, where) if isinstance(found, Reply) else (None, found)
+    if not admitted:  # let in already: its signed URL was good then, as the full handler judges it once
+        refused = refused or admit.signed(site, key.path, key.unkeyed, client, time.time())
+    if refused is not None:
+        return Refused(refused, method, key.full_target, headers, site.name)
+    return Routed(host, site, key, client, None, True, where.standing_in)
+
+
+class Here:
+    """_where(): this node answers the request itself (it owns the key, or holds a copy of a hot one; or it stands
+    in for the key's owner, which is down: a miss's cause is peer-down then)."""
+
+    def __init__(self, standing_in: bool = False) -> None:
+        self.standing_in = standing_in
+
+
+HERE, STANDING_IN = Here(), Here(standing_in=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Elsewhere:
+    """The key of a whole-object basis (decide.Decider._ranged) is another node's: decide the request itself."""
+
+
+ELSEWHERE = Elsewhere()
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A request the object's owner answers: the fast path relays it there over a signed hop (proxy.relay)."""
+
+    method: str
+    headers: Headers
+    client: str  # the viewer, judged here (ACL, signed URL, rate limit): the owner takes the hop's word for it
+    site: Site
+    key: CacheKey
+    member: Member | None = None  # the first owner that is up
+    failover: bool = False  # that is not the first owner, which is down
+    keep_alive: bool = True  # the viewer's connection stays open after the answer
+
+
+def _where(
+    shared: Shared,
+    cluster: ClusterView,
+    site: Site,
+    key: CacheKey,
+    method: str,
+    headers: Headers,
+    client: str,
+    basis: bool,
+    admitted: bool,
+) -> Here | Forward | Elsewhere | Reply:
+    """Who answers a request no hop vouches for: this node (HERE, or STANDING_IN for an owner that is down), its
+    owner (a Forward), or the whole-object basis's caller (ELSEWHERE); or the refusal of a forward
+    (forward_verdict)."""
+    up = cluster.route(key.primary)
+    first = cluster.ring.owner(key.primary)
+    if up[0].id == cluster.self_id:
+        return HERE if first is None or first.id == cluster.self_id else STANDING_IN
+    if basis:
+        return ELSEWHERE  # not asked of the popularity gate twice for one request
+    verdict = forward_verdict(shared, site, key, client, spreadable(headers), admitted)
+    if isinstance(verdict, Reply):
+        return verdict
+    if verdict != GO:
+        return HERE
+    failover = first is not None and up[0].id != first.id
+    return Forward(method, headers, client, site, key, up[0], failover)
+
+
+GO, HOT = "go", "hot"
+
+
+def forward_verdict(
+    shared: Shared, site: Site, key: CacheKey, client: str, heat: bool, admitted: bool = False
+) -> str | Reply:
+    """Whether a request another node owns, from a viewer its site's ACL allows, is relayed there (GO), answered
+    from this node's copy of a hot object (HOT: `heat` says the request counts towards it), or refused (its signed
+    URL, then the rate limit: core.admit). The one rule for a forward decided in full (_where) and for a remembered
+    one (forwardmemo): the viewer and the moment are asked again on every request. `admitted`: the request was
+    let in already (a forward decided again for the next owner when its owner could not be reached): it goes on,
+    judged and counted once, as the full handler's to_owner sends it to the next owner."""
+    if admitted:
+        return GO
+    if heat and shared.popular.asked(key.primary, time.monotonic()):
+        return HOT
+    refused = admit.signed(site, key.path, key.unkeyed, client, time.time())
+    if refused is not None:
+        return refused
+    limiter = shared.limiter
+    if limiter is not None and not limiter.allow(client, time.monotonic()):
+        return admit.TOO_MANY
+    return GO
