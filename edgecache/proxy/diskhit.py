@@ -148,8 +148,12 @@ def _not_held(conn: FastPath, p: Prepared, t0: float) -> None:
     """An owner's look-aside (core.lookaside) for an object some slice of which is gone: it is not held here
     whole, and is answered so (admit.NOT_HELD), as the full handler answers it: no viewer's request, not counted."""
     hit = p.hit
-    r = Refused(NOT_HELD, p.method, hit.req.key.full_target, hit.req.headers, hit.site.name, p.keep_alive, False)
-    refuse.refused(conn, replace(r, viewer=hit.viewer), t0)
+    req = hit.req
+    refuse.refused(
+        conn,
+        Refused(NOT_HELD, p.method, req.key.full_target, req.headers, hit.site.name, p.keep_alive, False, hit.viewer),
+        t0,
+    )
 
 
 async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:

@@ -146,8 +146,7 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     way = upstream(t.status, t.sources)
     if t.from_peer and way == "origin":
         way = "peer"
-    if not t.for_peer:  # counted once per viewer, by the node it reached: cluster-wide sums are viewer egress
-        site_bytes(t.site, way).inc(nbytes)
+    served(t, way, nbytes)
     if access.enabled:
         headers = request.headers
         line = Line(
@@ -255,6 +254,13 @@ def peer_error(peer: str, exc: OriginError) -> str:
     kind = "timeout" if exc.timeout else "connect" if exc.refused else "reset"
     metrics.PEER_ERRORS.labels(peer, kind).inc()
     return kind
+
+
+def served(t: Trace, way: str, nbytes: int) -> None:
+    """Count an answer's bytes in edgecache_site_served_bytes_total: once per viewer, by the node it reached (a
+    hop's bytes by the node that forwarded it), so cluster-wide sums are viewer egress."""
+    if not t.for_peer:
+        site_bytes(t.site, way).inc(nbytes)
 
 
 def site_bytes(site: str, way: str) -> Any:

@@ -41,8 +41,7 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
         nbytes = len(answer) - end
         observe.count(t, r.method, status)
         way = observe.upstream(t.status, t.sources)
-        if r.viewer is None:  # a hop's viewer is served through the node that forwarded it, counted there
-            observe.site_bytes(r.site, way).inc(nbytes)
+        observe.served(t, way, nbytes)
         shared = conn.server.shared
         if shared.access.enabled:
             client = r.viewer or conn.client

@@ -150,8 +150,7 @@ def _logged(conn: FastPath, started: Started, t: observe.Trace, code: int, nbyte
     cold, shared = started.cold, conn.server.shared
     observe.count(t, cold.method, code)
     way = observe.upstream(t.status, t.sources)
-    if cold.viewer is None:  # a hop's viewer is served through the node that forwarded it, counted there
-        observe.site_bytes(t.site, way).inc(nbytes)
+    observe.served(t, way, nbytes)
     if shared.access.enabled:
         req = cold.req
         line = observe.Line.of(cold.viewer or conn.client, cold.method, req.host, req.key.full_target, req.headers)
