@@ -410,8 +410,10 @@ class Decider:
 
 def _remember(memo: dict[bytes, Prepared], head: bytes, prepared: Prepared) -> None:
     """Keep an answer for the same head bytes, if it can be sent again as it is: a short head, and fields that hold
-    their own Date (else the encoded head holds the Date of now). A full memo is cleared and filled again."""
-    if len(head) > _MEMO_HEAD or not any(k.lower() == "date" for k, _ in prepared.hit.headers):
+    their own Date (else the encoded head holds the Date of now), and no multipart boundary, which each answer
+    chooses anew (respond.multipart). A full memo is cleared and filled again."""
+    hit = prepared.hit
+    if len(head) > _MEMO_HEAD or hit.parts is not None or not any(k.lower() == "date" for k, _ in hit.headers):
         return
     if len(memo) >= _MEMO_ENTRIES:
         memo.clear()

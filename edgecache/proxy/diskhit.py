@@ -144,7 +144,7 @@ def _read_now(conn: FastPath, f: SliceFile | None, lo: int, hi: int, borrowed: l
     return memoryview(buf)[:got]
 
 
-def _not_held(conn: FastPath, p: Prepared, t0: float) -> None:
+def not_held(conn: FastPath, p: Prepared, t0: float) -> None:
     """An owner's look-aside (core.lookaside) for an object some slice of which is gone: it is not held here
     whole, and is answered so (admit.NOT_HELD), as the full handler answers it: no viewer's request, not counted."""
     hit = p.hit
@@ -170,7 +170,7 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
         indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size)
         missing = await _missing_later(conn, p, indices[HELD:])
         if missing and not hit.fills:  # a look-aside never fills
-            _not_held(conn, p, t0)
+            not_held(conn, p, t0)
             return
         for n, index in enumerate(indices):
             base = index * size
@@ -191,7 +191,7 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
                 sources.append(_Fetch(index, lo, hi, looked=True))
                 continue
             if got is None:  # a look-aside never fills
-                _not_held(conn, p, t0)
+                not_held(conn, p, t0)
                 return
             if isinstance(got, bytes):
                 sources.append(memoryview(got)[lo:hi])
@@ -252,11 +252,18 @@ async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepar
         first.first = await anext(first.chunks)
     except (OriginError, StopAsyncIteration):
         return None
+    return with_fetches(conn, p, [f.index for f in fetches])
+
+
+def with_fetches(conn: FastPath, p: Prepared, indices: list[int]) -> Prepared | None:
+    """`p` once the slices `indices` are to be fetched for it: PARTIAL, its miss counted by cause (a slice the
+    cache dropped: evicted), as serving._completed has it; None when its head cannot be encoded."""
     status = with_fetched(p.status, True)
     if status is p.status:  # a miss's answer says so already (coldmiss)
         return p
+    hit, engine = p.hit, conn.server.shared.engine
     version = hit.meta.slice_version
-    evicted = any(engine.ghosts.slice_dropped(slice_name(hit.req.entry_key, version, f.index)) for f in fetches)
+    evicted = any(engine.ghosts.slice_dropped(slice_name(hit.req.entry_key, version, i)) for i in indices)
     cause = miss_cause(uncacheable=False, expired=False, evicted=evicted, failover=False, moved=False).value
     fields = [(k, cache_status_header(status) if k == "Cache-Status" else v) for k, v in hit.headers]
     return conn.server.decider.restated(p, replace(hit, headers=fields), status, cause)

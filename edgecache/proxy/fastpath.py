@@ -22,7 +22,7 @@ from edgecache import metrics
 from edgecache.core import clientaddr, proxyproto
 from edgecache.core.freshness import Use
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import coldmiss, diskhit, observe, refuse, relay
+from edgecache.proxy import coldmiss, diskhit, multipart, observe, refuse, relay
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
@@ -319,6 +319,8 @@ class FastPath(asyncio.Protocol):
         t0 = time.monotonic() if p.began is None else p.began
         if p.hit.use is Use.STALE_WHILE_REVALIDATE:
             self.server.shared.engine.revalidate_in_background(p.hit.req, p.hit.meta)
+        if p.hit.parts is not None:
+            return multipart.answer(self, p, raw, t0)
         parts: list[memoryview] = []
         if len(p.slices) > HELD:
             return diskhit.stream(self, p, raw, t0)

@@ -28,7 +28,7 @@ from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.proxy import encode, route
 from edgecache.proxy.fill import FillHead, answered_from, fill_detail
 from edgecache.proxy.fillrequest import FillRequest
-from edgecache.proxy.respond import Planned, base_headers, plan_answer
+from edgecache.proxy.respond import Planned, base_headers, multipart, new_boundary, plan_answer
 from edgecache.proxy.route import Elsewhere, Forward, Refused, Routed
 from edgecache.proxy.shared import Shared
 
@@ -61,6 +61,7 @@ class Hit:
     # A stand-in's hit (its owner is down): the cluster's health changes it was decided at; -1 for any other hit,
     # which no peer's health changes (once the owner is up again, the request is the owner's).
     changes: int = -1
+    parts: ranges.MultipartLayout | None = None  # a multipart Range's answer: its parts (proxy.multipart)
 
     def refusal(self, client: str, now: float) -> Reply | None:
         """Why this client may not have the answer now (the site's ACL, its signed URL: core.admit); None: it may."""
@@ -152,9 +153,8 @@ def find_cold(
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
     metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
     the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored. None
-    for anything else the full handler decides: a conditional request, a hot copy, several ranges, a stale entry
-    it may serve. A Vary'd record's miss is filled with the fields its Vary
-    names (FillRequest.vary), as the full handler fills it."""
+    for anything else the full handler decides: a conditional request, a hot copy, a stale entry it may serve. A
+    Vary'd record's miss is filled with the fields its Vary names (FillRequest.vary), as the full handler fills it."""
     # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
     # this request already).
     routed = route.routed(shared, method, host_field, target, headers, client, True, None, admitted)
@@ -187,8 +187,6 @@ def find_cold(
     ):
         return None  # served as it is stored (fresh, or stale as allowed) by find_hit() or the full handler
     value = get_first(headers, "range")
-    if value is not None and len(ranges.parse_range_header(value) or ()) > 1:
-        return None  # a multipart answer, and perhaps a pass-through (core.fillcost): the full handler's
     size = shared.engine.slice_size
     if meta is None:
         run = cold_run(method, value, size, shared.engine.fill_slices)
@@ -236,7 +234,7 @@ def as_fetched(hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool
     planned = _planned(method, asked, meta, time.time(), field)
     if planned is None or (planned.status, planned.first, planned.last) != (hit.status, hit.first, hit.last):
         return None
-    return replace(hit, headers=planned.fields)
+    return replace(hit, headers=planned.fields, parts=planned.layout)
 
 
 def _hit(
@@ -248,7 +246,7 @@ def _hit(
 ) -> Hit:
     """The Hit find_hit() decided: the request it answers, and what it was decided from (Hit.same_basis)."""
     site, record = routed.site, stored.record
-    status, fields, first, last, body, _ = planned
+    status, fields, first, last, body, _, parts = planned
     req = _fill_request(routed, headers, record, stored.scope, stored.ekey)
     ring = shared.cluster.ring if shared.cluster is not None else None
     purges, meta, until = shared.engine.store.purges, stored.meta, stored.valid_until
@@ -256,7 +254,7 @@ def _hit(
     changes = cluster.changes if cluster is not None and routed.failover and routed.viewer is None else -1
     return Hit(
         status, fields, req, meta, first, last, site, shared.router, ring, record, purges, until, routed.viewer,
-        fills, stored.use, body, changes,
+        fills, stored.use, body, changes, parts,
     )  # fmt: skip
 
 
@@ -365,12 +363,13 @@ _FIELDS = {use: cache_status_header(status) for use, status in STATUS_OF_USE.ite
 
 def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_status: str) -> Planned | None:
     """The answer respond.send() gives for this hit (respond.plan_answer), with the fields aiohttp's server adds
-    or drops as it frames it (encode.frame); None where the fast path does not answer: a multipart Range, a 205
-    or 1xx."""
+    or drops as it frames it (encode.frame); None where the fast path does not answer: a 205 or 1xx."""
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
     planned = plan_answer(method, headers, meta, base_headers(meta.headers, int(age), cache_status))
-    if planned.multi is not None or planned.status == 205 or planned.status < 200:
+    if planned.status == 205 or planned.status < 200:
         return None
+    if planned.multi is not None:
+        planned = multipart(planned, meta, new_boundary())
     fields = planned.fields
     if planned.status == 204:  # no body may follow: aiohttp sends no Content-Length (RFC 9110 8.6)
         fields = [(k, v) for k, v in fields if k.lower() != "content-length"]

@@ -108,6 +108,23 @@ class Planned(NamedTuple):
     last: int
     body: bytes = b""
     multi: ranges.Multi | None = None
+    layout: ranges.MultipartLayout | None = None  # a multipart answer's parts, once its boundary is chosen
+
+
+def multipart(planned: Planned, meta: ObjectMeta, boundary: str) -> Planned:
+    """A multipart Range's answer (RFC 9110 14.6) with its `boundary`: the parts laid out, and the fields that
+    name them, its type and length last. Each answer gets a boundary of its own (not remembered with its head),
+    so none is ever predictable from another."""
+    assert planned.multi is not None
+    ctype = get_first(meta.headers, "content-type")
+    layout = ranges.multipart_layout(planned.multi.ranges, meta.length, ctype, boundary)
+    keep = [(k, v) for k, v in planned.fields if k.lower() != "content-type"]
+    fields = [*keep, ("Content-Type", layout.content_type), ("Content-Length", str(layout.content_length))]
+    return planned._replace(fields=fields, layout=layout)
+
+
+def new_boundary() -> str:
+    return secrets.token_hex(12)
 
 
 def plan_answer(method: str, request: Headers, meta: ObjectMeta, base: list[tuple[str, str]]) -> Planned:
@@ -164,7 +181,7 @@ async def send(
     """
     planned = plan_answer(request.method, request_headers, meta, headers)
     if planned.multi is not None:
-        return await _send_multi(request, meta, planned.fields, planned.multi, read)
+        return await _send_multi(request, multipart(planned, meta, new_boundary()), read)
     first, last = planned.first, planned.last
     if last < first:  # no bytes of the object: a HEAD, a 304, or the node's own text
         resp = _response(planned.status, planned.fields)
@@ -199,14 +216,10 @@ async def send_stream(
     return resp
 
 
-async def _send_multi(
-    request: web.BaseRequest, meta: ObjectMeta, headers: list[tuple[str, str]], rng: ranges.Multi, read: Reader
-) -> web.StreamResponse:
-    boundary = secrets.token_hex(12)
-    ctype = get_first(meta.headers, "content-type")
-    layout = ranges.multipart_layout(rng.ranges, meta.length, ctype, boundary)
-    keep = [(k, v) for k, v in headers if k.lower() != "content-type"]
-    resp = _response(206, [*keep, ("Content-Type", layout.content_type)])
+async def _send_multi(request: web.BaseRequest, planned: Planned, read: Reader) -> web.StreamResponse:
+    layout = planned.layout
+    assert layout is not None
+    resp = _response(206, planned.fields[:-1])
     resp.content_length = layout.content_length
     if request.method == "HEAD":
         await resp.prepare(request)

@@ -43,13 +43,16 @@ def fill_for(engine: Engine, request: web.BaseRequest, req: FillRequest, meta: O
 
 
 async def _multipart_passes(engine: Engine, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta) -> bool:
-    """Whether the client's multipart Range would make the origin send far more than it is served (the rule
-    is core.fillcost's): such a request is passed through, its own Range to the origin, nothing stored."""
+    """Whether the client's multipart Range is one to pass through (multipart_passes)."""
     if request.method == "HEAD" or "," not in (get_first(req.headers, "range") or ""):
         return False  # no body, or not a multipart Range: no need to plan the answer twice
     _, rng = plan(request.method, req.headers, meta)
-    if not isinstance(rng, ranges.Multi):
-        return False
+    return isinstance(rng, ranges.Multi) and await multipart_passes(engine, req, meta, rng)
+
+
+async def multipart_passes(engine: Engine, req: FillRequest, meta: ObjectMeta, rng: ranges.Multi) -> bool:
+    """Whether a multipart Range would make the origin send far more than it is served (the rule is
+    core.fillcost's): such a request is passed through, its own Range to the origin, nothing stored."""
     size = engine.slice_size
     if plan_fill(rng.ranges, size, whole=meta.whole) is FillPlan.FILL:
         return False  # within the bound even with nothing stored: no need to look

@@ -16,6 +16,7 @@ from edgecache import metrics
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.test_ranges_e2e import parse_multipart
 from tests.origin import Obj, Origin
+from tests.samples import sample_value
 
 SLICE = 64 * 1024
 DATA = os.urandom(40 * SLICE + 99)
@@ -104,13 +105,14 @@ async def test_32_scattered_one_byte_parts_pass_through_on_a_partly_stored_objec
 
 async def test_two_parts_within_the_bound_fill_and_are_then_hits(edge: Edge, origin: Origin) -> None:
     header = f"bytes=7-9,{20 * SLICE + 3}-{20 * SLICE + 5}"
-    before = origin_bytes()
+    before, handed = origin_bytes(), handed_off()
     await get_parts(edge, "/m", header)
     await settled(edge)
     assert origin_bytes() - before == 2 * SLICE  # the two slices, filled; nothing passed through
     assert origin.range_hits("/m") == [f"bytes=0-{SLICE - 1}", f"bytes={20 * SLICE}-{21 * SLICE - 1}"]
     await get_parts(edge, "/m", header)
     assert origin.hits["/m"] == 2
+    assert handed_off() == handed  # the miss and the hit on the fast path (proxy.multipart)
 
 
 async def test_many_parts_fill_once_their_slices_are_stored(edge: Edge, origin: Origin) -> None:
@@ -121,3 +123,36 @@ async def test_many_parts_fill_once_their_slices_are_stored(edge: Edge, origin: 
     assert origin.hits["/m"] == 1
     await get_parts(edge, "/m", SCATTERED)
     assert origin.hits["/m"] == 1
+
+
+def handed_off() -> float:
+    return sample_value("edgecache_fast_path_total", {"outcome": "handed_off"}) or 0.0
+
+
+async def test_parts_partly_stored_are_fetched_for_the_answer_which_says_so(edge: Edge, origin: Origin) -> None:
+    """Two parts, the first's slice stored: the second's is fetched for the answer (PARTIAL), on the fast path
+    without a hand-off; then both are hits, and a HEAD names the same layout without a body."""
+    assert (await edge.get("/m", Range="bytes=0-9"))[:3:2] == (206, DATA[:10])
+    await settled(edge)
+    handed, hits = handed_off(), origin.hits["/m"]
+    header = f"bytes=7-9,{20 * SLICE + 3}-{20 * SLICE + 5}"
+    statuses = []
+    for _ in range(2):
+        status, headers, body = await edge.get("/m", Range=header)
+        assert parse_multipart(body, headers["Content-Type"]) == [
+            (f"bytes 7-9/{len(DATA)}", DATA[7:10]),
+            (f"bytes {20 * SLICE + 3}-{20 * SLICE + 5}/{len(DATA)}", DATA[20 * SLICE + 3 : 20 * SLICE + 6]),
+        ]
+        assert (status, int(headers["Content-Length"])) == (206, len(body))
+        statuses.append(headers["Cache-Status"])
+        await settled(edge)
+    assert statuses == ["edgecache; fwd=partial", "edgecache; hit"]
+    assert origin.hits["/m"] == hits + 1
+    assert origin.range_hits("/m")[-1] == f"bytes={20 * SLICE}-{21 * SLICE - 1}"
+    async with edge.session.head(edge.url + "/m", headers={"Host": "video.test", "Range": header}) as r:
+        assert (r.status, await r.read()) == (206, b"")
+        assert (r.headers["Content-Length"], r.headers["Content-Type"][:31]) == (
+            headers["Content-Length"],
+            "multipart/byteranges; boundary=",
+        )
+    assert handed_off() == handed

@@ -1,0 +1,102 @@
+"""A multipart Range answered on the fast path (RFC 9110 14.6): the parts hit.find_hit() laid out with their
+boundary (respond.multipart), each read from wherever its bytes are (reading.read_range: memory, disk, or a fill
+for a slice in neither tier), under the full handler's rules for a Range that would cost the origin far more
+than it serves (serving.multipart_passes: passed through by the full handler) and for a PARTIAL answer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
+
+from edgecache.core import ranges
+from edgecache.errors import OriginError
+from edgecache.proxy import coldmiss, diskhit, reading
+from edgecache.proxy.decide import Prepared
+from edgecache.proxy.respond import MAX_CHECKED
+from edgecache.proxy.serving import multipart_passes
+
+if TYPE_CHECKING:
+    from edgecache.proxy.fastpath import FastPath
+
+Chunk = bytes | memoryview
+
+
+def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
+    """A HEAD's answer at once; a GET's by a task that can wait. False: the connection stops processing for now
+    (as FastPath._answer)."""
+    if p.method == "HEAD":
+        conn.send(p, [], t0)
+        return p.keep_alive
+    conn.busy = True
+    conn.loop.create_task(_send(conn, p, raw, t0)).add_done_callback(conn.done)
+    return False
+
+
+async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
+    """Look at which slices the parts need (a look-aside with one gone is not held; a costly Range is passed
+    through), then send the head once the first part's first bytes are in hand, and the parts as the client takes
+    them. A failure before the head leaves the request to the full handler, which starts again; after it, the
+    connection is cut (FastPath.done): never a short body passed as whole."""
+    shared = conn.server.shared
+    engine, hit = shared.engine, p.hit
+    layout = hit.parts
+    assert layout is not None
+    shared.in_flight += 1
+    try:
+        spans = ranges.Multi(tuple(part for _, part in layout.parts))
+        if await multipart_passes(engine, hit.req, hit.meta, spans):
+            _give_back(conn, p, raw)
+            return
+        needed: dict[int, None] = {}
+        for part in spans.ranges:
+            needed.update(dict.fromkeys(ranges.slice_indices(part, engine.slice_size)))
+        missing = await engine.store.missing(hit.req.entry_key, hit.meta, list(needed)[:MAX_CHECKED])
+        if missing and not hit.fills:  # a look-aside never fills
+            diskhit.not_held(conn, p, t0)
+            return
+        answered = diskhit.with_fetches(conn, p, missing) if missing else p
+        async with contextlib.aclosing(_body(conn, p, layout)) as chunks:
+            try:  # the first part's preamble and first bytes: a failure now is not yet the client's
+                started = [await anext(chunks), await anext(chunks)]
+            except OriginError:
+                answered = None
+            if answered is None:
+                _give_back(conn, p, raw)
+                return
+            await _write(conn, answered, started, chunks, t0)
+    finally:
+        shared.in_flight -= 1
+
+
+def _give_back(conn: FastPath, p: Prepared, raw: bytes) -> None:
+    """The full handler answers the request from scratch (a miss's with its fill: coldmiss.adopt)."""
+    conn.buf = raw + conn.buf
+    coldmiss.adopt(conn, p)
+    conn.hand_off()
+
+
+async def _body(conn: FastPath, p: Prepared, layout: ranges.MultipartLayout) -> AsyncGenerator[Chunk, None]:
+    engine, hit = conn.server.shared.engine, p.hit
+    for preamble, part in layout.parts:
+        yield preamble
+        async for chunk in reading.read_range(engine, hit.req, hit.meta, part.first, part.last, p.fill):
+            yield chunk
+    yield layout.epilogue
+
+
+async def _write(
+    conn: FastPath, p: Prepared, started: list[Chunk], chunks: AsyncGenerator[Chunk, None], t0: float
+) -> None:
+    transport = conn.transport
+    if transport is None:
+        return
+    transport.writelines([p.head, *started])
+    conn.sent(p, t0)
+    nbytes = sum(len(x) for x in started)
+    async for chunk in chunks:
+        if conn.write_paused:
+            await conn.drain()
+        transport.write(chunk)
+        nbytes += len(chunk)
+    conn.finished(p, nbytes, t0)
