@@ -13,28 +13,26 @@ origin is asked once either way.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgecache import metrics
-from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.keys import digest
-from edgecache.core.status import miss_cause
+from edgecache.core.keys import digest, variant
+from edgecache.core.status import CacheStatus, miss_cause
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import refuse, uncached
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
-from edgecache.proxy.hit import Cold, Load
+from edgecache.proxy.hit import Cold, Load, Pass
 from edgecache.proxy.route import Forward, Refused
+from edgecache.proxy.serving import from_fill
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
 
-log = logging.getLogger(__name__)
 _ANSWERED = metrics.FAST_PATH.labels("answered")
 
 
@@ -69,10 +67,10 @@ class Started:
         return self.cold.validate
 
 
-def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused:
-    """Start (or join) the fill of a miss and wait for its head off the connection's turn; its refusal, for the
-    caller to answer (core.admit); False: not one the fast path fills (the caller hands the request to aiohttp,
-    which decides it)."""
+def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused | Pass:
+    """Start (or join) the fill of a miss and wait for its head off the connection's turn; its refusal or its
+    pass-through (a conditional request for an object not stored), for the caller to carry out; False: not one the
+    fast path fills (the caller hands the request to aiohttp, which decides it)."""
     cold = conn.server.decider.cold(head, conn.client, admitted)
     if not isinstance(cold, Cold):
         return cold if cold is not None else False
@@ -97,11 +95,11 @@ async def _head_in(conn: FastPath, started: Started) -> None:
 
 def settle(
     conn: FastPath, head: bytes, decided: Prepared | Load | Forward | None
-) -> Prepared | Failed | Streamed | None:
+) -> Prepared | Pass | Failed | Streamed | None:
     """The answer to the head whose fill has its head now: a miss from what was stored; FAILED, answered here
     (the origin failed this request's own fill, with nothing stored to stand in); STREAMED (an answer not stored,
-    sent from the fill by a task); or None, and the request goes to the full handler with the fill it started
-    (hand_off)."""
+    sent from the fill by a task); its pass-through (an answer the fill brings that it may not serve); or None, and
+    the request goes to the full handler with the fill it started (hand_off)."""
     started, conn.started = conn.started, None
     assert started is not None
     conn.loads = 0
@@ -125,12 +123,34 @@ def settle(
     if arrived and started.head == head and (plan := uncached.planned(conn, started, fill.head.result())):
         uncached.start(conn, started, plan, failed)  # an answer not stored, streamed from the fill
         return STREAMED
+    if arrived and started.head == head and (passed := _passed(started, fill.head.result())) is not None:
+        return passed
     if started.ours:
         waited = started.origin_ms if arrived else None
         conn.adopted = Adopted(fill, started.primary, started.began, waited, started.validating)
     elif started.head == head:
         conn.admitted = started.primary  # let in when it joined that fill: not judged again
     return None
+
+
+def _passed(started: Started, head: FillHead) -> Pass | None:
+    """The pass-through the full handler makes of a miss whose fill's answer it may not serve (serving.from_fill);
+    None for anything else it decides (a revalidation, a look-aside's answer, another variant's)."""
+    cold, fill = started.cold, started.fill
+    if started.validating is not None or head.status == 304 or head.peer is not None:
+        return None
+    if head.meta.vary and head.variant != variant(head.meta.vary, cold.req.headers):
+        return None  # the full handler looks again under the variant's key (EdgeHandler._cached_loop)
+    if from_fill(head, fill, started.ours) != "pass":
+        return None
+    if started.ours:
+        fill.abandon()  # only this request would have read it
+    else:
+        metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
+    return Pass(
+        cold.req, CacheStatus.MISS, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover,
+        not head.shared, started.began,
+    )  # fmt: skip
 
 
 class Failed:
@@ -161,14 +181,8 @@ def failed(conn: FastPath, started: Started, exc: OriginError, head_came: bool =
     502 (504 on a timeout) with the reason, counted and logged as it counts and logs it (EdgeHandler._answer);
     `head_came`: the fill's head came first (its body failed), and the log says how long it took."""
     started.fill.abandon()  # only this request would have read it
-    req, cold = started.cold.req, started.cold
-    log.info("%s %s: origin failed: %s", cold.method, req.key.full_target[:200], exc)
-    if not (exc.timeout or exc.connect):  # those were counted where they happened (origin client)
-        metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
-    reply = Reply(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
-    site, target = req.site.name, req.key.full_target
-    r = Refused(reply, cold.method, target, req.headers, site, cold.keep_alive, viewer=cold.viewer)
-    refuse.refused(conn, r, started.began, started.origin_ms if head_came else None)
+    cold, origin_ms = started.cold, started.origin_ms if head_came else None
+    refuse.origin_failed(conn, exc, cold.method, cold.req, cold.keep_alive, cold.viewer, started.began, origin_ms)
 
 
 def adopt(conn: FastPath, p: Prepared) -> None:

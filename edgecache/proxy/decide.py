@@ -40,6 +40,7 @@ from edgecache.proxy.hit import (
     Cold,
     Hit,
     Load,
+    Pass,
     as_fetched,
     find_cold,
     find_hit,
@@ -138,7 +139,9 @@ class Decider:
         self.forwards = ForwardMemo(shared)
         self.parser = _Parser()
 
-    def answer(self, head: bytes, client: str, admitted: bool = False) -> Prepared | Load | Forward | Refused | None:
+    def answer(
+        self, head: bytes, client: str, admitted: bool = False
+    ) -> Prepared | Load | Forward | Refused | Pass | None:
         """The answer to this head if it is a fresh hit, the owner it goes to, or its refusal (core.admit); None for
         anything the fast path leaves to aiohttp. `admitted`: the rate limiter let this request in already (its
         miss's fill was started for it: find_cold), so it is not asked again.
@@ -173,7 +176,7 @@ class Decider:
 
     def _hopped(
         self, head: bytes, field: str, client: str, admitted: bool
-    ) -> Prepared | Load | Forward | Refused | None:
+    ) -> Prepared | Load | Forward | Refused | Pass | None:
         """A peer's request: `head` without its hop `field`, which differs on every request (time, id, signature)
         and is checked against the remembered answer's method and key, as find_hit() would check it."""
         now = time.time()
@@ -208,7 +211,7 @@ class Decider:
 
     def _decide(
         self, head: bytes, client: str, basis: bool = False, hop_field: str | None = None, admitted: bool = False
-    ) -> Prepared | Load | Forward | Elsewhere | Refused | None:
+    ) -> Prepared | Load | Forward | Elsewhere | Refused | Pass | None:
         """Parse and look up the head from scratch; remember a hit's answer for the same head.
 
         A `basis` is the whole-object answer single ranges are cut from: kept apart from the memo (it has no
@@ -221,7 +224,7 @@ class Decider:
             if len(head) <= _MEMO_HEAD:
                 self.forwards.remember(head, forward)
             return forward
-        if isinstance(hit, Refused):
+        if isinstance(hit, Refused | Pass):
             return replace(hit, keep_alive=keep_alive)
         if hit is None or isinstance(hit, Load | Elsewhere):
             return hit
@@ -277,9 +280,9 @@ class Decider:
         base = self._current(self.wholes, stripped, now)
         if base is None:
             decided = self._decide(stripped, client, basis=True)
-            if isinstance(decided, Forward | Elsewhere | Refused):
-                # Another node's object (decided and forwarded with its Range), or a refusal: its log line names
-                # the Range, which the head without it lacks.
+            if isinstance(decided, Forward | Elsewhere | Refused | Pass):
+                # Another node's object (decided and forwarded with its Range), a refusal (its log line names the
+                # Range, which the head without it lacks), or a pass-through, which asks for the Range.
                 return _FULL_PARSE
             if not isinstance(decided, Prepared):
                 return decided  # a miss (or a Load first): the same for the head with its Range
@@ -311,13 +314,13 @@ class Decider:
             derived, "GET", base.keep_alive, encoded, counter, slices, base.site_bytes, value, status=base.status
         )
 
-    def cold(self, head: bytes, client: str, admitted: bool = False) -> Cold | Refused | None:
+    def cold(self, head: bytes, client: str, admitted: bool = False) -> Cold | Refused | Pass | None:
         """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds, or its
         refusal; None: the full handler decides it."""
         if self.shared.in_flight >= self.shared.max_in_flight:
             return None
         found, _, keep_alive = self._parse(head, client, cold=True, admitted=admitted)
-        return replace(found, keep_alive=keep_alive) if isinstance(found, Cold | Refused) else None
+        return replace(found, keep_alive=keep_alive) if isinstance(found, Cold | Refused | Pass) else None
 
     def fetched(
         self,
@@ -374,7 +377,7 @@ class Decider:
         cold: bool = False,
         validated: bool = False,
         admitted: bool = False,
-    ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | None, str, bool]:
+    ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None, str, bool]:
         if rangecut.needs_strict_parser(head):
             return None, "", False
         msg = self.parser.message(head)
@@ -393,7 +396,7 @@ class Decider:
             return None, "", False
         m = msg.method
         try:
-            hit: Hit | Load | Forward | Elsewhere | Cold | Refused | None
+            hit: Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None
             if cold:
                 hit = find_cold(self.shared, m, hosts[0], target, headers, client, admitted)
             else:

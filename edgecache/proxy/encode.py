@@ -10,10 +10,13 @@ import http
 
 from aiohttp.http import SERVER_SOFTWARE
 
+from edgecache.core.forward import relayed_fields
+from edgecache.core.headers import Headers
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.proxy.errorpage import error_page
 
 _SERVER = b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
+_EMPTY = frozenset({204, 304})
 
 
 def phrase(status: int) -> str:
@@ -72,3 +75,25 @@ def error(status: int, reason: str, date: bytes, keep_alive: bool) -> bytes:
         encoded = head(status, phrase(status), fields, date, keep_alive)
         assert encoded is not None
     return encoded + body
+
+
+def relayed(
+    status: int,
+    reason: str,
+    upstream: Headers,
+    status_field: str,
+    method: str,
+    date: bytes,
+    keep_alive: bool,
+    charset: str = "latin-1",
+) -> tuple[bytes | None, bool]:
+    """An upstream's answer as this node passes it on (a peer's on a forward, an origin's on a pass-through): its
+    fields as core.forward.relayed_fields gives them, framed as aiohttp frames a streamed answer (no Content-Length
+    where no body may follow). The head (None: a field cannot be passed on as it is), and whether the body is sent
+    chunked."""
+    out = relayed_fields(upstream, status_field)
+    if status in _EMPTY:
+        out = [(k, v) for k, v in out if k.lower() != "content-length"]
+    length = next((v for k, v in out if k.lower() == "content-length"), None)
+    chunked = frame(out, method == "HEAD" or status in _EMPTY, length)
+    return head(status, reason, out, date, keep_alive, charset), chunked

@@ -22,12 +22,12 @@ from edgecache import metrics
 from edgecache.core import clientaddr, proxyproto
 from edgecache.core.freshness import Use
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import coldmiss, diskhit, multipart, observe, refuse, relay
+from edgecache.proxy import coldmiss, diskhit, multipart, observe, passing, refuse, relay
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
-from edgecache.proxy.hit import Load
+from edgecache.proxy.hit import Load, Pass
 from edgecache.proxy.relay import Relay
 from edgecache.proxy.route import Forward, Refused
 
@@ -262,7 +262,7 @@ class FastPath(asyncio.Protocol):
             if settling:
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
                 # fill started, and the full handler, carrying that fill on, does not judge it again.
-                settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused) else prepared)
+                settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused | Pass) else prepared)
                 if isinstance(settled, coldmiss.Failed | coldmiss.Streamed):  # answered, or being answered
                     self.retried, self.admitted = 0, None
                     self.buf = self.buf[end + 4 :]
@@ -278,7 +278,7 @@ class FastPath(asyncio.Protocol):
                 started = coldmiss.start(self, head, admitted)
                 if started is False:
                     self.hand_off()
-                if not isinstance(started, Refused):
+                if not isinstance(started, Refused | Pass):
                     return
                 prepared = started
             if isinstance(prepared, Load):
@@ -299,6 +299,9 @@ class FastPath(asyncio.Protocol):
                 self.loop.create_task(relay.forward(self, prepared, head)).add_done_callback(self.done)
                 return
             self.retried, self.admitted = 0, None  # answered here: a retried forward's count ends (relay.forward)
+            if isinstance(prepared, Pass):
+                passing.start(self, prepared)
+                return
             if isinstance(prepared, Refused):
                 if not refuse.refused(self, prepared, time.monotonic()):
                     return

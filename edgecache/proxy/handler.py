@@ -336,11 +336,8 @@ class EdgeHandler:
         meta: ObjectMeta | None,
         ours: bool,
     ) -> web.StreamResponse:
-        """A miss's answer from its fill once the head has come (an uncacheable answer another request started
-        is not shared: this one is passed through)."""
+        """A miss's answer from its fill once the head has come (serving.from_fill)."""
         observe.trace(request).uncacheable = not head.shared
-        if not head.shared and not ours:
-            return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
         status = CacheStatus.MISS if meta is None else CacheStatus.EXPIRED
         keyed = replace(req, entry_key=head.entry_key)
         return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours)

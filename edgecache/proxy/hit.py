@@ -22,7 +22,7 @@ from edgecache.core.fillcost import cold_run, stored_run
 from edgecache.core.forward import must_pass
 from edgecache.core.freshness import Freshness, Use, current_age, evaluate, stored_use, usable
 from edgecache.core.headers import Headers, get_first
-from edgecache.core.keys import CacheKey, PrimaryRecord, entry_key
+from edgecache.core.keys import CacheKey, PrimaryRecord, digest, entry_key
 from edgecache.core.purge import PurgeTable
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.proxy import encode, route
@@ -93,6 +93,24 @@ class Load:
     entry_key: str | None  # None: the primary record first
 
 
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """A GET or HEAD the cache does not answer, sent to the origin as it is and its answer relayed, nothing stored
+    (proxy.passing): PASS for a client's no-store or credentials; MISS for a conditional request on an object with
+    nothing stored (core.admit.unfilled), or a miss whose fill's answer it may not serve (serving.from_fill), as the
+    full handler passes them through."""
+
+    req: FillRequest
+    status: CacheStatus
+    method: str = "GET"
+    keep_alive: bool = True  # the connection stays open after the answer (decide.Decider says)
+    viewer: str | None = None  # a hop's viewer (Hit.viewer)
+    evicted: bool = False  # a MISS of an object this node had stored and dropped: its cause
+    failover: bool = False  # a hop from a node standing in for this one (Cold.failover)
+    uncacheable: bool = False  # a MISS whose fill's answer may not be stored: its cause
+    began: float | None = None  # a miss's: when it was decided to be one (monotonic); None: now
+
+
 def find_hit(
     shared: Shared,
     method: str,
@@ -104,15 +122,15 @@ def find_hit(
     hop_field: str | None = None,
     validated: bool = False,
     admitted: bool = False,
-) -> Hit | Load | Forward | Elsewhere | Refused | None:
-    """The hit this request is, if it is one; or the owner to forward it to. A `basis` answer is
+) -> Hit | Load | Forward | Elsewhere | Refused | Pass | None:
+    """The hit this request is, if it is one; or the owner to forward it to; or its pass-through. A `basis` answer is
     one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the origin
     has just confirmed the stored entry (a 304), which answers whatever its freshness (Use.REVALIDATE)."""
     routed = route.routed(shared, method, host_field, target, headers, client, basis, hop_field, admitted)
     if not isinstance(routed, Routed):
         return routed
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:
-        return None  # passed through by the full handler
+        return _passed(shared, routed, method, headers, admitted, CacheStatus.PASS)
     stored = _stored(shared, routed.site, routed.host, routed.key, headers, validated)
     if not isinstance(stored, _Stored):
         return stored
@@ -149,7 +167,7 @@ def find_cold(
     headers: Headers,
     client: str,
     admitted: bool = False,
-) -> Cold | Refused | None:
+) -> Cold | Refused | Pass | None:
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
     metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
     the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored. None
@@ -178,7 +196,8 @@ def find_cold(
             reply = instead if admitted or _allowed(shared, routed) else admit.TOO_MANY
             return replace(routed.refused(reply, method, headers), counted=routed.fills)
         if instead is admit.PASS:
-            return None  # the full handler's pass-through
+            evicted = entry is not None and shared.engine.ghosts.object_dropped(digest(entry.ekey))
+            return _passed(shared, routed, method, headers, admitted, CacheStatus.MISS, evicted)
     if entry is None:
         return None
     meta = entry.meta
@@ -196,6 +215,26 @@ def find_cold(
         return routed.refused(admit.TOO_MANY, method, headers)
     req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey)
     return Cold(req, *run, meta, method, viewer=routed.viewer, failover=routed.failover)
+
+
+def _passed(
+    shared: Shared,
+    routed: Routed,
+    method: str,
+    headers: Headers,
+    admitted: bool,
+    status: CacheStatus,
+    evicted: bool = False,
+) -> Pass | Refused:
+    """The pass-through of a request let in (the rate limiter spends a token, unless `admitted`), or its refusal."""
+    if not admitted and not _allowed(shared, routed):
+        return routed.refused(admit.TOO_MANY, method, headers)
+    site, key = routed.site, routed.key
+    req = FillRequest(
+        site, key.primary, key.target, key.host, headers, routed.client, site.policy, key.primary,
+        host_key=routed.host, path=key.path, key=key,
+    )  # fmt: skip
+    return Pass(req, status, method, viewer=routed.viewer, evicted=evicted, failover=routed.failover)
 
 
 def _allowed(shared: Shared, routed: Routed) -> bool:

@@ -1,7 +1,7 @@
 """A multipart Range answered on the fast path (RFC 9110 14.6): the parts hit.find_hit() laid out with their
 boundary (respond.multipart), each read from wherever its bytes are (reading.read_range: memory, disk, or a fill
 for a slice in neither tier), under the full handler's rules for a Range that would cost the origin far more
-than it serves (serving.multipart_passes: passed through by the full handler) and for a PARTIAL answer."""
+than it serves (serving.multipart_passes: passed through, proxy.passing) and for a PARTIAL answer."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from edgecache.core import ranges
+from edgecache.core.status import CacheStatus, MissCause
 from edgecache.errors import OriginError
-from edgecache.proxy import coldmiss, diskhit, reading
+from edgecache.proxy import coldmiss, diskhit, passing, reading
 from edgecache.proxy.decide import Prepared
+from edgecache.proxy.hit import Pass
 from edgecache.proxy.respond import MAX_CHECKED
 from edgecache.proxy.serving import multipart_passes
 
@@ -42,12 +44,14 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
     engine, hit = shared.engine, p.hit
     layout = hit.parts
     assert layout is not None
+    spans = ranges.Multi(tuple(part for _, part in layout.parts))
+    if await multipart_passes(engine, hit.req, hit.meta, spans):
+        if p.fill is not None:
+            p.fill.abandon()  # a miss's fill, read no more (the full handler lets it go too)
+        await passing.carry_out(conn, _passed(p), t0)
+        return
     shared.in_flight += 1
     try:
-        spans = ranges.Multi(tuple(part for _, part in layout.parts))
-        if await multipart_passes(engine, hit.req, hit.meta, spans):
-            _give_back(conn, p, raw)
-            return
         needed: dict[int, None] = {}
         for part in spans.ranges:
             needed.update(dict.fromkeys(ranges.slice_indices(part, engine.slice_size)))
@@ -67,6 +71,15 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
             await _write(conn, answered, started, chunks, t0)
     finally:
         shared.in_flight -= 1
+
+
+def _passed(p: Prepared) -> Pass:
+    """The pass-through of a costly multipart Range: a miss of its own (EXPIRED when it replaced a stale entry), its
+    cause as the answer it replaces had it, as serving.serve and serve_fill pass it through."""
+    hit = p.hit
+    status = CacheStatus.EXPIRED if p.status is CacheStatus.EXPIRED else CacheStatus.MISS
+    evicted, failover = p.cause == MissCause.EVICTED, p.cause == MissCause.PEER_DOWN
+    return Pass(hit.req, status, p.method, p.keep_alive, hit.viewer, evicted, failover)
 
 
 def _give_back(conn: FastPath, p: Prepared, raw: bytes) -> None:

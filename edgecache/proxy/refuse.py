@@ -1,23 +1,28 @@
 """The fast path's own error answers: a request refused before any lookup (core.admit: no site, a bad target, the
-site's ACL, a signed URL, the rate limit, only-if-cached), and the origin's failure of a miss's own fill
-(coldmiss.failed). Each is written, counted and logged as the full handler writes, counts and logs the same
+site's ACL, a signed URL, the rate limit, only-if-cached), and the origin's failure of a miss's own fill or of a
+pass-through (origin_failed). Each is written, counted and logged as the full handler writes, counts and logs the same
 ClientError or OriginError (EdgeHandler._answer), byte for byte.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from edgecache import metrics
+from edgecache.core.admit import Reply
 from edgecache.core.headers import get_first
 from edgecache.core.status import CacheStatus
+from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
+from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.route import Refused
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
 
 _ANSWERED = metrics.FAST_PATH.labels("answered")
+log = logging.getLogger(__name__)
 
 
 def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = None) -> bool:
@@ -51,3 +56,23 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
         conn.closing = True
         transport.close()
     return r.keep_alive
+
+
+def origin_failed(
+    conn: FastPath,
+    exc: OriginError,
+    method: str,
+    req: FillRequest,
+    keep_alive: bool,
+    viewer: str | None,
+    t0: float,
+    origin_ms: float | None = None,
+) -> bool:
+    """The answer when the origin fails a request with nothing to stand in: 502 (504 on a timeout) with the reason,
+    counted and logged as the full handler counts and logs it (EdgeHandler._answer); as refused() returns."""
+    log.info("%s %s: origin failed: %s", method, req.key.full_target[:200], exc)
+    if not (exc.timeout or exc.connect):  # those were counted where they happened (origin client)
+        metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
+    reply = Reply(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
+    r = Refused(reply, method, req.key.full_target, req.headers, req.site.name, keep_alive, viewer=viewer)
+    return refused(conn, r, t0, origin_ms)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgecache import metrics
-from edgecache.core.forward import pass_request, relayed_fields
+from edgecache.core.forward import pass_request
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
@@ -60,7 +60,6 @@ def _counters_of(peer: str, site: str) -> _Counters:
 
 
 _MINE = cache_status_header(CacheStatus.PEER)
-_EMPTY = frozenset({204, 304})
 
 
 class Unreachable(Exception):
@@ -194,13 +193,8 @@ class Relay:
         self.counters.latency.observe(took)
         if status >= 500:
             metrics.PEER_ERRORS.labels(self.member.id, "5xx").inc()
-        out = relayed_fields(tuple(fields), _MINE)
-        empty = fwd.method == "HEAD" or status in _EMPTY
-        if status in _EMPTY:
-            out = [(k, v) for k, v in out if k.lower() != "content-length"]
-        length = next((v for k, v in out if k.lower() == "content-length"), None)
-        self.chunked = encode.frame(out, empty, length)
-        encoded = encode.head(status, reason, out, self.conn.server.date(), fwd.keep_alive)
+        date = self.conn.server.date()
+        encoded, self.chunked = encode.relayed(status, reason, tuple(fields), _MINE, fwd.method, date, fwd.keep_alive)
         if encoded is None:
             raise PeerBroken("peer's answer has a field that cannot be passed on")
         self._write(encoded)

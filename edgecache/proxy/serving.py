@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Literal
 
 from aiohttp import web
 
@@ -136,6 +137,22 @@ def whole_stream(head: FillHead, fill: Fill) -> bool:
     return head.start == 0 and fill.last_index is None
 
 
+FromFill = Literal["stored", "stream", "pass"]
+
+
+def from_fill(head: FillHead, fill: Fill, ours: bool) -> FromFill:
+    """How a miss is answered once its fill has its head: read as it is stored ("stored": shared, of known length);
+    streamed from the fill as the origin sends it ("stream": an answer not stored that the fill brings whole from
+    its first byte); or passed through ("pass"): an uncacheable answer another request started is never shared, and
+    one the fill does not bring whole (a ranged fill's, or a HEAD's first slice) is asked again for exactly what the
+    client wants."""
+    if not head.shared and not ours:
+        return "pass"
+    if head.shared and head.meta.length >= 0:
+        return "stored"
+    return "stream" if whole_stream(head, fill) else "pass"
+
+
 async def serve_fill(
     engine: Engine,
     request: web.BaseRequest,
@@ -150,16 +167,16 @@ async def serve_fill(
     t = observe.trace(request)
     t.from_peer = head.peer is not None
     t.moved = t.from_peer and req.spread_from is None  # a look-aside at the previous owner, not a spread copy
+    way = from_fill(head, fill, ours)
+    if way == "pass":
+        return await pass_through(request, engine.origin, req, status)
     meta, headers = fill_fields(head, ours, status, req.spread_from)
-    if head.shared and meta.length >= 0:
+    if way == "stored":
         if await _multipart_passes(engine, request, req, meta):
             return await pass_through(request, engine.origin, req, status)
         # Read from this miss's fill, wherever it has put the bytes by now: the origin's, as they are counted.
         read = lambda f, last: reading.read_range(engine, req, meta, f, last, fill)  # noqa: E731
         return await send(request, req.headers, meta, headers, read)
-    if not whole_stream(head, fill):
-        # An uncacheable answer to a ranged fill: ask again for exactly what the client wants.
-        return await pass_through(request, engine.origin, req, status)
     # Closed as soon as the answer ends, sent or not: a private fill then knows its one reader has left.
     async with contextlib.aclosing(fill.stream()) as body:
         return await send_stream(request, meta.status, headers, body, head.end)

@@ -21,7 +21,7 @@ from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
 from edgecache.proxy.fill import FillHead
-from edgecache.proxy.serving import fill_fields, whole_stream
+from edgecache.proxy.serving import fill_fields, from_fill
 
 if TYPE_CHECKING:
     from edgecache.proxy.coldmiss import Started
@@ -52,7 +52,7 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
         return None  # no body (or an empty one) and framing of aiohttp's own, which the full handler writes
     if conn.server.shared.in_flight >= conn.server.shared.max_in_flight:
         return None  # the full handler answers 503 (overloaded) and lets the fill go
-    if (head.shared and head.meta.length >= 0) or not whole_stream(head, fill):
+    if from_fill(head, fill, True) != "stream":
         return None
     if head.meta.vary and head.variant != variant(head.meta.vary, cold.req.headers):
         return None  # the full handler looks again under the variant's key (EdgeHandler._cached_loop)
@@ -98,16 +98,16 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
             _head(conn, plan, t)
             try:
                 if first is not None:
-                    nbytes += await _piece(conn, first, plan.chunked)
-                async for piece in body:
-                    nbytes += await _piece(conn, piece, plan.chunked)
+                    nbytes += await piece(conn, first, plan.chunked)
+                async for data in body:
+                    nbytes += await piece(conn, data, plan.chunked)
             except OriginError as exc:
                 log.warning("aborting response to %s after %d bytes: %s", cold.req.key.full_target[:200], nbytes, exc)
                 if conn.transport is not None:
                     conn.transport.abort()
                 raise ConnectionAbortedError(str(exc)) from exc
         if plan.chunked:
-            _write(conn, b"0\r\n\r\n")
+            write(conn, b"0\r\n\r\n")
         code = plan.status
     finally:
         shared.in_flight -= 1
@@ -118,28 +118,29 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
         conn.transport.close()
 
 
-async def _piece(conn: FastPath, piece: memoryview, chunked: bool) -> int:
-    n = len(piece)
+async def piece(conn: FastPath, data: bytes | memoryview, chunked: bool) -> int:
+    """Write one piece of a body (as a chunk when `chunked`), waiting while the client is not taking them."""
+    n = len(data)
     if not n:
         return 0
     if chunked:
-        _write(conn, b"%x\r\n" % n)
-        _write(conn, piece)
-        _write(conn, b"\r\n")
+        write(conn, b"%x\r\n" % n)
+        write(conn, data)
+        write(conn, b"\r\n")
     else:
-        _write(conn, piece)
+        write(conn, data)
     if conn.write_paused:
         await conn.drain()  # raises once the client is gone, or cut for not reading (write_timeout)
     return n
 
 
 def _head(conn: FastPath, plan: Planned, t: observe.Trace) -> None:
-    _write(conn, plan.head)
+    write(conn, plan.head)
     observe.head_sent(t)
     _ANSWERED.inc()
 
 
-def _write(conn: FastPath, data: bytes | memoryview) -> None:
+def write(conn: FastPath, data: bytes | memoryview) -> None:
     transport = conn.transport
     if transport is None:
         raise ConnectionResetError("client went away")

@@ -80,6 +80,7 @@ SCATTERED = "bytes=" + ",".join(f"{i * SLICE + 7}-{i * SLICE + 7}" for i in rang
 async def test_32_scattered_one_byte_parts_pass_through_on_a_miss(edge: Edge, origin: Origin) -> None:
     """Only the fill that learns the object's length runs (one slice, the first part's); the request itself is
     passed through, every time, whatever the query string: it would have filled 32 slices for 32 bytes."""
+    handed = handed_off()
     for n, path in enumerate(["/m", "/m?bust=1", "/m?bust=2"], start=1):
         before = origin_bytes()
         parts, length = await get_parts(edge, path, SCATTERED)
@@ -88,6 +89,7 @@ async def test_32_scattered_one_byte_parts_pass_through_on_a_miss(edge: Edge, or
         assert origin_bytes() - before == SLICE + length
         assert origin.range_hits(path) == [f"bytes={SLICE}-{2 * SLICE - 1}", SCATTERED]
         assert origin.hits[path] == 2, n
+    assert handed_off() == handed  # passed through on the fast path (proxy.passing)
 
 
 async def test_32_scattered_one_byte_parts_pass_through_on_a_partly_stored_object(edge: Edge, origin: Origin) -> None:
@@ -95,12 +97,13 @@ async def test_32_scattered_one_byte_parts_pass_through_on_a_partly_stored_objec
     assert (status, body) == (206, DATA[:10])
     await settled(edge)
     assert origin.hits["/m"] == 1
-    before = origin_bytes()
+    before, handed = origin_bytes(), handed_off()
     _, length = await get_parts(edge, "/m", SCATTERED)
     await settled(edge)
     assert origin_bytes() - before == length
     assert origin.range_hits("/m")[-1] == SCATTERED
     assert origin.hits["/m"] == 2
+    assert handed_off() == handed
 
 
 async def test_two_parts_within_the_bound_fill_and_are_then_hits(edge: Edge, origin: Origin) -> None:
