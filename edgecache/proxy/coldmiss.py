@@ -123,7 +123,7 @@ def settle(
     if arrived and started.head == head and (plan := uncached.planned(conn, started, fill.head.result())):
         uncached.start(conn, started, plan, failed)  # an answer not stored, streamed from the fill
         return STREAMED
-    if arrived and started.head == head and (passed := _passed(started, fill.head.result())) is not None:
+    if arrived and started.head == head and (passed := _passed(conn, started, fill.head.result())) is not None:
         return passed
     if started.ours:
         waited = started.origin_ms if arrived else None
@@ -133,12 +133,14 @@ def settle(
     return None
 
 
-def _passed(started: Started, head: FillHead) -> Pass | None:
+def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
     """The pass-through the full handler makes of a miss whose fill's answer it may not serve (serving.from_fill);
     None for anything else it decides (a revalidation, a look-aside's answer, another variant's)."""
     cold, fill = started.cold, started.fill
     if started.validating is not None or head.status == 304 or head.peer is not None:
         return None
+    if conn.server.shared.in_flight >= conn.server.shared.max_in_flight:
+        return None  # the full handler answers 503 (overloaded) and lets the fill go
     if head.meta.vary and head.variant != variant(head.meta.vary, cold.req.headers):
         return None  # the full handler looks again under the variant's key (EdgeHandler._cached_loop)
     if from_fill(head, fill, started.ours) != "pass":
@@ -149,7 +151,7 @@ def _passed(started: Started, head: FillHead) -> Pass | None:
         metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
     return Pass(
         cold.req, CacheStatus.MISS, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover,
-        not head.shared, started.began,
+        not head.shared, started.began, started.origin_ms,
     )  # fmt: skip
 
 
@@ -187,9 +189,15 @@ def failed(conn: FastPath, started: Started, exc: OriginError, head_came: bool =
 
 def adopt(conn: FastPath, p: Prepared) -> None:
     """A miss's answer that could not start (its body failed before its first byte) goes to the full handler with
-    its fill, which answers as it would have (the failure), without asking the origin again."""
-    if p.fill is not None:
+    its fill, which answers as it would have (the failure), without asking the origin again. Only the fill it
+    started: the full handler takes an adopted fill for the request's own, fields for its starter alone and all
+    (FillHead.served); a request that joined another's was let in already, and is not judged again."""
+    if p.fill is None:
+        return
+    if p.ours:
         conn.adopted = Adopted(p.fill, p.hit.req.primary, p.began or time.monotonic(), p.origin_ms, p.validating)
+    else:
+        conn.admitted = p.hit.req.primary
 
 
 def drop(conn: FastPath) -> None:

@@ -91,6 +91,7 @@ class Prepared:
     began: float | None = None  # a miss's (coldmiss): when its request was decided to be one (monotonic)
     origin_ms: float | None = None  # and how long its origin took to answer
     fill: Fill | None = None  # and the fill it reads (reading.read_slice)
+    ours: bool = False  # and that fill was started for it (else it joined another request's)
     validating: ObjectMeta | None = None  # and the stale entry that fill replaces (EXPIRED)
     way: str | None = None  # where its bytes came from (observe.upstream) when not a plain hit's "cache"
 
@@ -350,7 +351,7 @@ class Decider:
         answer = self.restated(p, hit, status, cause, way)
         if answer is None:
             return None
-        return replace(answer, began=began, origin_ms=origin_ms, fill=fill, validating=validating)
+        return replace(answer, began=began, origin_ms=origin_ms, fill=fill, validating=validating, ours=ours)
 
     def restated(
         self, p: Prepared, hit: Hit, status: CacheStatus, cause: str | None, way: str | None = None

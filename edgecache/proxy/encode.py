@@ -31,15 +31,16 @@ def head(
 ) -> bytes | None:
     """The encoded head; None when a field cannot be sent as it is (not in `charset`, or a line break in it).
 
-    Relayed fields are Latin-1, byte for byte as the peer sent them; stored ones are UTF-8, as aiohttp's client
-    read them and as its server would write them."""
+    Relayed fields are Latin-1, byte for byte as the peer sent them; stored and origin ones are UTF-8, as aiohttp's
+    client read them and as its server writes them: without the surrogates its client made of bytes that were not
+    UTF-8, which its writer drops."""
     lines = [f"HTTP/1.1 {status} {reason}\r\n"]
     lines.extend(f"{k}: {v}\r\n" for k, v in fields)
     text = "".join(lines)
     if text.count("\n") != len(lines) or "\r\r" in text:
         return None
     try:
-        encoded = text.encode(charset)
+        encoded = text.encode(charset, "ignore" if charset == "utf-8" else "strict")
     except UnicodeEncodeError:
         return None
     names = {k.lower() for k, _ in fields}

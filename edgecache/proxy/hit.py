@@ -62,6 +62,7 @@ class Hit:
     # which no peer's health changes (once the owner is up again, the request is the owner's).
     changes: int = -1
     parts: ranges.MultipartLayout | None = None  # a multipart Range's answer: its parts (proxy.multipart)
+    failover: bool = False  # served in place of an owner that is down (a stand-in's, or a fo=1 hop's)
 
     def refusal(self, client: str, now: float) -> Reply | None:
         """Why this client may not have the answer now (the site's ACL, its signed URL: core.admit); None: it may."""
@@ -109,6 +110,8 @@ class Pass:
     failover: bool = False  # a hop from a node standing in for this one (Cold.failover)
     uncacheable: bool = False  # a MISS whose fill's answer may not be stored: its cause
     began: float | None = None  # a miss's: when it was decided to be one (monotonic); None: now
+    origin_ms: float | None = None  # and how long its fill's head took (logged should the pass-through fail)
+    moved: bool = False  # a MISS whose fill was a look-aside at the previous owner: its cause (ring-moved)
 
 
 def find_hit(
@@ -293,7 +296,7 @@ def _hit(
     changes = cluster.changes if cluster is not None and routed.failover and routed.viewer is None else -1
     return Hit(
         status, fields, req, meta, first, last, site, shared.router, ring, record, purges, until, routed.viewer,
-        fills, stored.use, body, changes, parts,
+        fills, stored.use, body, changes, parts, routed.failover,
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from edgecache.proxy.decide import Prepared
 from edgecache.proxy.hit import Pass
 from edgecache.proxy.respond import MAX_CHECKED
 from edgecache.proxy.serving import multipart_passes
+from edgecache.proxy.uncached import write
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -78,8 +79,9 @@ def _passed(p: Prepared) -> Pass:
     cause as the answer it replaces had it, as serving.serve and serve_fill pass it through."""
     hit = p.hit
     status = CacheStatus.EXPIRED if p.status is CacheStatus.EXPIRED else CacheStatus.MISS
-    evicted, failover = p.cause == MissCause.EVICTED, p.cause == MissCause.PEER_DOWN
-    return Pass(hit.req, status, p.method, p.keep_alive, hit.viewer, evicted, failover)
+    evicted, moved = p.cause == MissCause.EVICTED, p.cause == MissCause.RING_MOVED
+    failover = hit.failover or p.cause == MissCause.PEER_DOWN
+    return Pass(hit.req, status, p.method, p.keep_alive, hit.viewer, evicted, failover, moved=moved)
 
 
 def _give_back(conn: FastPath, p: Prepared, raw: bytes) -> None:
@@ -110,6 +112,6 @@ async def _write(
     async for chunk in chunks:
         if conn.write_paused:
             await conn.drain()
-        transport.write(chunk)
+        write(conn, chunk)  # raises once the client is gone: the parts left are not read for nobody
         nbytes += len(chunk)
     conn.finished(p, nbytes, t0)

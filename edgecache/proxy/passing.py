@@ -45,34 +45,35 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     t.t0, t.site, t.status = t0, req.site.name, p.status
     t.evicted, t.failover, t.for_peer = p.evicted, p.failover, p.viewer is not None
     t.uncacheable, t.expired = p.uncacheable, p.status is CacheStatus.EXPIRED
+    t.moved, t.from_peer = p.moved, p.moved
+    t.body_bytes = 0  # what reaches the client, however the answer ends (_relay counts it)
     sent = pass_request(p.method, req.key, req.headers, req.site.origin_host, conn.address)
     shared.in_flight += 1
-    code, nbytes, asked = 0, 0, time.monotonic()
+    code, asked = 0, time.monotonic()
     try:
         try:
             resp = await shared.engine.origin.request(req.site, sent.method, sent.target, sent.headers)
         except OriginError as exc:
             code = -1  # answered and logged as the origin's failure
-            refuse.origin_failed(conn, exc, p.method, req, p.keep_alive, p.viewer, t0)
+            refuse.origin_failed(conn, exc, p.method, req, p.keep_alive, p.viewer, t0, p.origin_ms)
             return
         t.origin_ms = round((time.monotonic() - asked) * 1000, 3)
         try:
-            relayed = await _relay(conn, p, resp, t)
+            code = resp.status if await _relay(conn, p, resp, t) else -1
         finally:
             resp.release()
-        code, nbytes = (-1, 0) if relayed is None else (resp.status, relayed)
     finally:
         shared.in_flight -= 1
         if code >= 0:
-            _logged(conn, p, t, code, nbytes)
+            _logged(conn, p, t, code, t.body_bytes or 0)
     if not p.keep_alive and conn.transport is not None:
         conn.closing = True
         conn.transport.close()
 
 
-async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace) -> int | None:
-    """Write the origin's answer: its head, then its body as it comes; how many body bytes were written (None: a
-    head that cannot be passed on, answered as the origin's failure)."""
+async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace) -> bool:
+    """Write the origin's answer: its head, then its body as it comes, counting what is written (t.body_bytes).
+    False: a head that cannot be passed on, answered as the origin's failure."""
     status, date = resp.status, conn.server.date()
     reason = resp.raw.reason or ""
     field = cache_status_header(p.status)
@@ -80,25 +81,26 @@ async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace
     if encoded is None:
         failure = OriginError("its answer has a field that cannot be passed on")
         refuse.origin_failed(conn, failure, p.method, p.req, p.keep_alive, p.viewer, t.t0, t.origin_ms)
-        return None
+        return False
     write(conn, encoded)
     observe.head_sent(t)
     _ANSWERED.inc()
     if p.method == "HEAD" or status in _NO_BODY or status < 200:
-        return 0
-    nbytes = 0
+        return True
+    t.body_bytes = 0
     try:
         async for chunk in read_chunks(resp):
             _FROM_ORIGIN.inc(len(chunk))
-            nbytes += await piece(conn, chunk, chunked)
+            t.body_bytes += await piece(conn, chunk, chunked)
     except OriginError as exc:
-        log.warning("aborting pass-through of %s after %d bytes: %s", p.req.key.full_target[:200], nbytes, exc)
+        target = p.req.key.full_target[:200]
+        log.warning("aborting pass-through of %s after %d bytes: %s", target, t.body_bytes, exc)
         if conn.transport is not None:
             conn.transport.abort()
         raise ConnectionAbortedError(str(exc)) from exc
     if chunked:
         write(conn, b"0\r\n\r\n")
-    return nbytes
+    return True
 
 
 def _logged(conn: FastPath, p: Pass, t: observe.Trace, code: int, nbytes: int) -> None:

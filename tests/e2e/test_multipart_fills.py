@@ -13,7 +13,10 @@ import pytest
 from aiohttp import web
 
 from edgecache import metrics
-from tests.conftest import Edge, make_config, start_edge
+from edgecache.config import ClusterSettings, Listen
+from edgecache.core.ring import Member, Ring
+from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge, views_settled
+from tests.e2e.procs import free_port
 from tests.e2e.test_ranges_e2e import parse_multipart
 from tests.origin import Obj, Origin
 from tests.samples import sample_value
@@ -159,3 +162,86 @@ async def test_parts_partly_stored_are_fetched_for_the_answer_which_says_so(edge
             "multipart/byteranges; boundary=",
         )
     assert handed_off() == handed
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_joined_multipart_miss_whose_body_fails_never_gets_the_starters_fields(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """B joins A's fill; the origin's answer names a field for A alone (private="X-Secret"), then its body fails
+    before the first part's bytes. B's answer, from whichever path, never carries A's field."""
+    gate = asyncio.Event()
+    total = 3_000_000
+
+    async def hook(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
+        if request.path != "/sc":
+            return None
+        await gate.wait()
+        fields = {
+            "Cache-Control": 'public, max-age=60, private="X-Secret"', "X-Secret": "alice-secret", "ETag": '"v1"',
+            "Content-Type": "application/octet-stream", "Content-Range": f"bytes 0-{2**20 - 1}/{total}",
+        }  # fmt: skip
+        resp = web.StreamResponse(status=206, headers=fields)
+        resp.content_length = 2**20
+        await resp.prepare(request)
+        await resp.write(b"")
+        assert request.transport is not None
+        request.transport.abort()  # the body never comes
+        return resp
+
+    origin.on_request = hook
+    ask = b"GET /sc HTTP/1.1\r\nHost: video.test\r\nRange: bytes=0-9,20-29\r\n\r\n"
+    config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        streams = [await asyncio.open_connection("127.0.0.1", edge.port) for _ in range(2)]
+        streams[0][1].write(ask)
+        await origin.wait_for_requests(1)  # A's fill is asked for
+        streams[1][1].write(ask)
+        while edge.node.shared.in_flight < 2:  # noqa: ASYNC110 - polled: B joins A's fill inside the node
+            await asyncio.sleep(0.01)
+        gate.set()
+        got = []
+        for reader, writer in streams:
+            data = b""
+            try:
+                while chunk := await reader.read(65536):
+                    data += chunk
+            except ConnectionError:
+                pass
+            writer.close()
+            got.append(data)
+    assert b"alice-secret" in got[0]  # the starter's own
+    assert b"alice-secret" not in got[1]
+
+
+def misses() -> dict[str, float]:
+    causes = ("cold", "expired", "evicted", "ring-moved", "peer-down", "uncacheable")
+    return {c: sample_value("edgecache_misses_total", {"site": "videos", "cause": c}) or 0.0 for c in causes}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_costly_multipart_at_a_stand_in_is_a_peer_down_miss(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """node1 stands in for node2, which is down: the 32 scattered parts of node2's object are passed through, a
+    miss counted peer-down on either path."""
+    me, dead = free_port(), free_port()
+    members = (Member("node1", f"127.0.0.1:{me}"), Member("node2", f"127.0.0.1:{dead}"))
+    ring = Ring.of(members)
+    path = next(p for p in (f"/m{i}" for i in range(100)) if ring.owner(f"videos|video.test|{p}").id == "node2")  # type: ignore[union-attr]
+    origin.put(path, DATA)
+    origin.on_request = multipart_origin
+    cfg = make_config(tmp_path / "c", [origin.url], slice_bytes=SLICE)
+    settings = ClusterSettings(
+        self_id="node1", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=0.5, rise=1, fall=2
+    )
+    cfg = replace(cfg, listen=(Listen("127.0.0.1", me),), cluster=settings, fast_path=fast)
+    async with start_edge(cfg) as edge, asyncio.timeout(30):
+        await views_settled([edge], lambda v: v.is_up("node1") and not v.is_up("node2"))
+        status, _, body = await edge.get(path, Range="bytes=0-9")
+        assert (status, body) == (206, DATA[:10])
+        await settled(edge)
+        before = misses()
+        parts, _ = await get_parts(edge, path, SCATTERED)
+        assert len(parts) == 32
+        assert origin.range_hits(path)[-1] == SCATTERED  # passed through
+        after = misses()
+    assert {k: v - before[k] for k, v in after.items() if v != before[k]} == {"peer-down": 1}

@@ -8,13 +8,15 @@ import asyncio
 import json
 import re
 import socket
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
 
 from tests.conftest import make_config, start_edge
-from tests.origin import Obj, Origin
+from tests.origin import Obj, Origin, RawOrigin, RawReply, RawRequest
+from tests.samples import sample_value
 from tests.wire import fast_path_outcomes
 
 BODY = bytes(range(256)) * 40
@@ -128,3 +130,64 @@ async def test_an_origin_that_cannot_be_reached_gets_the_same_502_on_both_paths(
     assert answers[0] == answers[1]
     assert answers[0].count(b"HTTP/1.1 502 Bad Gateway\r\n") == 3
     assert b"origin failed: " in answers[0]
+
+
+async def both(tmp_path: Path, reply: Callable[[RawRequest], RawReply], data: bytes) -> dict[bool, Answered]:
+    """`data` sent to an edge on each path in front of a raw origin: the bytes back (Date aside), the log lines
+    (status, cache, bytes, upstream, whether origin_ms is known) and the served bytes counted."""
+    origin = RawOrigin(reply)
+    await origin.start()
+    got = {}
+    try:
+        for fast in (True, False):
+            log = tmp_path / f"raw-{fast}.log"
+            config = replace(make_config(tmp_path / f"raw-{fast}", [origin.url]), fast_path=fast, access_log=log)
+            before = sample_value("edgecache_site_served_bytes_total", {"site": "videos", "upstream": "origin"}) or 0
+            async with start_edge(config) as edge, asyncio.timeout(30):
+                raw = await exchange(edge.port, data)
+            served = sample_value("edgecache_site_served_bytes_total", {"site": "videos", "upstream": "origin"})
+            lines = [json.loads(x) for x in log.read_bytes().splitlines()]
+            logged = [(x["status"], x["cache"], x["bytes"], x["upstream"], x["origin_ms"] is None) for x in lines]
+            got[fast] = Answered(_DATE.sub(b"\r\nDate: -", raw), logged, (served or 0) - before)
+    finally:
+        await origin.stop()
+    return got
+
+
+@dataclass
+class Answered:
+    raw: bytes
+    logged: list[tuple[object, ...]]
+    served: float
+
+
+async def test_a_pass_through_cut_mid_body_counts_and_logs_what_was_sent(tmp_path: Path) -> None:
+    def reply(request: RawRequest) -> RawReply:  # 4,000 bytes of 100,000, then the origin closes
+        return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n" + b"x" * 4000, True
+
+    got = await both(tmp_path, reply, b"GET /cut HTTP/1.1\r\nHost: video.test\r\nAuthorization: Bearer a\r\n\r\n")
+    assert got[True] == got[False]
+    assert got[True].logged == [(0, "pass", 4000, "origin", False)]
+    assert got[True].served == 4000
+
+
+async def test_a_field_not_in_utf8_is_passed_on_as_aiohttp_writes_it(tmp_path: Path) -> None:
+    def reply(request: RawRequest) -> RawReply:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Name: caf\xe9\r\n\r\nok", False
+
+    got = await both(tmp_path, reply, ask("GET", "/latin", "Cache-Control: no-store", "Connection: close"))
+    assert got[True] == got[False]
+    assert got[True].raw.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Name: caf\r\n")  # its writer's
+
+
+async def test_a_miss_passed_through_whose_origin_then_fails_logs_its_fills_time(tmp_path: Path) -> None:
+    def reply(request: RawRequest) -> RawReply:
+        if (request.header("range") or "").startswith("bytes=0-"):  # the fill's: private, so asked again
+            head = b'HTTP/1.1 206 Partial Content\r\nCache-Control: private\r\nETag: "v1"\r\n'
+            return head + b"Content-Range: bytes 0-2999/3000\r\nContent-Length: 3000\r\n\r\n" + b"y" * 3000, False
+        return b"", True  # the pass-through's: closed with no answer
+
+    got = await both(tmp_path, reply, ask("GET", "/r", "Range: bytes=5-9", "Connection: close"))
+    assert got[True] == got[False]
+    assert got[True].raw.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert [x[1:] for x in got[True].logged] == [("error", len(got[True].raw.split(b"\r\n\r\n", 1)[1]), "-", False)]
