@@ -119,6 +119,9 @@ def resolve(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> Ran
         return NoRange("absent or ignored")
     if length <= 0:
         return Unsatisfiable(max(length, 0))
+    if len(specs) == 1:  # a player's one range: never more than the representation, nothing to merge
+        one = _resolve_spec(specs[0], length)
+        return Unsatisfiable(length) if one is None else Single(one)
     parts = [r for r in (_resolve_spec(s, length) for s in specs) if r is not None]
     if not parts:
         return Unsatisfiable(length)

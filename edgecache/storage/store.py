@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections import OrderedDict
@@ -31,7 +32,14 @@ log = logging.getLogger(__name__)
 
 
 def slice_name(entry_key: str, version: str, index: int) -> str:
-    return f"s:{digest(entry_key)}:{digest(version)[:16]}:{index}"
+    return _slice_prefix(entry_key, version) + str(index)
+
+
+@functools.lru_cache(maxsize=4096)
+def _slice_prefix(entry_key: str, version: str) -> str:
+    """What the names of one version's slices share: two hashes, worked out once for the objects being served,
+    not for every slice of every answer."""
+    return f"s:{digest(entry_key)}:{digest(version)[:16]}:"
 
 
 def _meta_of(slice: str) -> str:
