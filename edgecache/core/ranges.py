@@ -16,6 +16,8 @@ _MAX_DIGITS = 18  # beyond any real length; longer digit strings are abuse, not 
 # Matched whole (fullmatch: `$` would let a trailing newline through), ASCII only: DIGIT is 0-9 (RFC 5234), and
 # re.IGNORECASE alone would take the long s (U+017F) for an "s" in "bytes".
 _SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+# The form players send, read at once; anything else takes the general parse, which gives the same for this form.
+_PLAIN = re.compile(r"bytes=([0-9]{1,18})-([0-9]{0,18})")
 _CONTENT_RANGE = re.compile(r"bytes[ \t]+(?:([0-9]{1,18})-([0-9]{1,18})|\*)/([0-9]{1,18}|\*)", re.IGNORECASE | re.ASCII)
 
 
@@ -66,6 +68,10 @@ def parse_range_header(value: str | None, max_ranges: int = MAX_RANGES) -> tuple
     """The specs of a `bytes=` Range header, or None when absent, invalid or over max_ranges."""
     if not value:
         return None
+    plain = _PLAIN.fullmatch(value)
+    if plain is not None:
+        first, last = int(plain[1]), int(plain[2]) if plain[2] else None
+        return None if last is not None and last < first else (RangeSpec(first, last),)
     unit, sep, rest = value.partition("=")
     if not sep or unit.strip(" \t").lower() != "bytes":
         return None

@@ -182,3 +182,12 @@ def test_multipart_layout_parses_back(data: bytes, pairs: list[tuple[int, int]])
     for part, r in zip(parts, ranges, strict=True):
         assert part["Content-Range"] == format_content_range(r, len(data))
         assert part.get_payload(decode=True) == data[r.first : r.last + 1]
+
+
+@given(
+    st.from_regex(r"[0-9]{1,19}", fullmatch=True),
+    st.from_regex(r"[0-9]{0,19}", fullmatch=True),
+)
+def test_the_plain_form_reads_as_the_general_parse_reads_it(first: str, last: str) -> None:
+    """parse_range_header reads `bytes=A-B` at once; the unit in capitals takes the general parse (case-blind)."""
+    assert parse_range_header(f"bytes={first}-{last}") == parse_range_header(f"BYTES={first}-{last}")
