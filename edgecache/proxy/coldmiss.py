@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.keys import digest, variant
+from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import refuse, uncached
@@ -28,7 +28,6 @@ from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.hit import Cold, Load, Pass
 from edgecache.proxy.route import Forward, Refused
-from edgecache.proxy.serving import from_fill
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -134,16 +133,10 @@ def settle(
 
 
 def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
-    """The pass-through the full handler makes of a miss whose fill's answer it may not serve (serving.from_fill);
-    None for anything else it decides (a revalidation, a look-aside's answer, another variant's)."""
+    """The pass-through the full handler makes of a miss whose fill's answer it may not serve
+    (uncached.from_own_fill); None for anything else it decides."""
     cold, fill = started.cold, started.fill
-    if started.validating is not None or head.status == 304 or head.peer is not None:
-        return None
-    if conn.server.shared.in_flight >= conn.server.shared.max_in_flight:
-        return None  # the full handler answers 503 (overloaded) and lets the fill go
-    if head.meta.vary and head.variant != variant(head.meta.vary, cold.req.headers):
-        return None  # the full handler looks again under the variant's key (EdgeHandler._cached_loop)
-    if from_fill(head, fill, started.ours) != "pass":
+    if uncached.from_own_fill(conn, started, head) != "pass":
         return None
     if started.ours:
         fill.abandon()  # only this request would have read it

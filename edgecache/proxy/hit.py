@@ -232,11 +232,7 @@ def _passed(
     """The pass-through of a request let in (the rate limiter spends a token, unless `admitted`), or its refusal."""
     if not admitted and not _allowed(shared, routed):
         return routed.refused(admit.TOO_MANY, method, headers)
-    site, key = routed.site, routed.key
-    req = FillRequest(
-        site, key.primary, key.target, key.host, headers, routed.client, site.policy, key.primary,
-        host_key=routed.host, path=key.path, key=key,
-    )  # fmt: skip
+    req = _fill_request(routed, headers)  # keyed by its primary key alone, as the full handler's pass-through
     return Pass(req, status, method, viewer=routed.viewer, evicted=evicted, failover=routed.failover)
 
 
@@ -246,12 +242,16 @@ def _allowed(shared: Shared, routed: Routed) -> bool:
     return routed.viewer is not None or limiter is None or limiter.allow(routed.client, time.monotonic())
 
 
-def _fill_request(routed: Routed, headers: Headers, record: PrimaryRecord, scope: str, ekey: str) -> FillRequest:
-    """The request a fill for this one sends, keyed as the full handler keys it (EdgeHandler._route)."""
+def _fill_request(
+    routed: Routed, headers: Headers, record: PrimaryRecord | None = None, scope: str = "", ekey: str | None = None
+) -> FillRequest:
+    """The request a fill for this one sends, keyed as the full handler keys it (EdgeHandler._route); with no
+    record, by its primary key alone (EdgeHandler._handle, before any lookup)."""
     site, key = routed.site, routed.key
+    generation, vary = (record.generation, record.vary) if record is not None else ("", ())
     return FillRequest(
-        site, ekey, key.target, key.host, headers, routed.client, site.policy, key.primary,
-        generation=record.generation, scope=scope, host_key=routed.host, path=key.path, key=key, vary=record.vary,
+        site, ekey or key.primary, key.target, key.host, headers, routed.client, site.policy, key.primary,
+        generation=generation, scope=scope, host_key=routed.host, path=key.path, key=key, vary=vary,
     )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from edgecache.errors import OriginError
 from edgecache.proxy import coldmiss, diskhit, passing, reading
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.hit import Pass
-from edgecache.proxy.respond import MAX_CHECKED
+from edgecache.proxy.respond import answer_slices
 from edgecache.proxy.serving import multipart_passes
 from edgecache.proxy.uncached import write
 
@@ -53,10 +53,8 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
         return
     shared.in_flight += 1
     try:
-        needed: dict[int, None] = {}
-        for part in spans.ranges:
-            needed.update(dict.fromkeys(ranges.slice_indices(part, engine.slice_size)))
-        missing = await engine.store.missing(hit.req.entry_key, hit.meta, list(needed)[:MAX_CHECKED])
+        needed = answer_slices(p.method, hit.req.headers, hit.meta, engine.slice_size)
+        missing = await engine.store.missing(hit.req.entry_key, hit.meta, needed)
         if missing and not hit.fills:  # a look-aside never fills
             diskhit.not_held(conn, p, t0)
             return

@@ -21,7 +21,7 @@ from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
 from edgecache.proxy.fill import FillHead
-from edgecache.proxy.serving import fill_fields, from_fill
+from edgecache.proxy.serving import FromFill, fill_fields, from_fill
 
 if TYPE_CHECKING:
     from edgecache.proxy.coldmiss import Started
@@ -45,17 +45,11 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     """The answer the full handler streams from this request's own fill (its head in), if that is what it does:
     a whole body it does not store, for the request that started the fill, of the variant that request names.
     None: anything else (stored, ranged, another variant, a revalidation), or a head that cannot be encoded."""
-    fill, cold = started.fill, started.cold
-    if not started.ours or started.validating is not None or head.peer is not None or cold.method == "HEAD":
+    cold = started.cold
+    if not started.ours or cold.method == "HEAD" or from_own_fill(conn, started, head) != "stream":
         return None  # a HEAD's fill asks for its first slice alone: the full handler asks again (a pass-through)
     if head.meta.status < 200 or head.meta.status in (204, 205, 304):
         return None  # no body (or an empty one) and framing of aiohttp's own, which the full handler writes
-    if conn.server.shared.in_flight >= conn.server.shared.max_in_flight:
-        return None  # the full handler answers 503 (overloaded) and lets the fill go
-    if from_fill(head, fill, True) != "stream":
-        return None
-    if head.meta.vary and head.variant != variant(head.meta.vary, cold.req.headers):
-        return None  # the full handler looks again under the variant's key (EdgeHandler._cached_loop)
     meta, fields = fill_fields(head, True, CacheStatus.MISS, None)
     length = None if head.end is None else str(head.end)
     if length is not None:
@@ -64,6 +58,20 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     status = meta.status
     encoded = encode.head(status, encode.phrase(status), fields, conn.server.date(), cold.keep_alive, "utf-8")
     return None if encoded is None else Planned(encoded, status, chunked, head.shared)
+
+
+def from_own_fill(conn: FastPath, started: Started, head: FillHead) -> FromFill | None:
+    """How the full handler answers a miss from the fill its request started or joined, now that the head is in
+    (serving.from_fill), when that is all it decides; None where it decides otherwise: a revalidation, a
+    look-aside's answer, another variant's (it looks again under that variant's key: EdgeHandler._cached_loop), or
+    too many requests in flight (503, the fill let go)."""
+    if started.validating is not None or head.status == 304 or head.peer is not None:
+        return None
+    if conn.server.shared.in_flight >= conn.server.shared.max_in_flight:
+        return None
+    if head.meta.vary and head.variant != variant(head.meta.vary, started.cold.req.headers):
+        return None
+    return from_fill(head, started.fill, started.ours)
 
 
 Failed = Callable[["FastPath", "Started", OriginError, bool], None]
