@@ -8,14 +8,16 @@ Eviction is edgecache's own: S3-FIFO (storage.policy.DiskPolicy) over an index i
 (storage.diskindex), and diskcache evicts nothing. A value's admission to the index, the evictions it decides
 and the deletes of their values commit together, before the value is written. A hit writes nothing: hits are
 counted in memory per worker and written to the index in batches, off the event loop, every HIT_FLUSH_SECONDS,
-when HIT_BATCH keys have hits, and at close. At start, index rows whose value is gone are dropped and values the index
-lacks (one written while a purge deleted its row) are adopted, oldest first, into the small FIFO.
+when HIT_BATCH keys have hits, and at close. When the first process opens a disk (none had it open: _hold), index rows
+whose value is gone are dropped and values the index lacks (one written while a purge deleted its row) are adopted,
+oldest first, into the small FIFO.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import io
 import logging
 import mmap
@@ -130,6 +132,22 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _hold(directory: Path) -> tuple[int, bool]:
+    """Hold the disk for this tier's life: a lock on a file of its directory, shared by every process that has it
+    open. The first to open it holds it alone (exclusively) until it has reconciled; later ones wait for that, then
+    share it. The file's descriptor, and whether this process has the disk alone."""
+    fd = os.open(directory / "edgecache.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # blocks while the first one reconciles (the tier opens off the loop)
+        return fd, False
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, True
+
+
 def _start_all(pool: ThreadPoolExecutor, threads: int) -> None:
     """Start every thread of the pool now. The executor starts them one by one as work arrives, and a start waits
     until the new thread runs, which takes the GIL: on the event loop, under load, that wait was seen at 319 ms.
@@ -168,15 +186,24 @@ class DiskTier:
         self._hits: dict[str, int] = {}  # key -> hits not yet written to the index
         self._flushing = False
         self._timer: asyncio.TimerHandle | None = None
-        with self._cache.transact(retry=True):
-            self._queues.create()
-            self._reconcile()
+        self._held, alone = _hold(directory)
+        try:
+            with self._cache.transact(retry=True):
+                self._queues.create()
+                self._reconcile(alone)
+        except BaseException:
+            os.close(self._held)
+            raise
+        if alone:
+            fcntl.flock(self._held, fcntl.LOCK_SH)  # now others may open it too
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, alone: bool) -> None:
         """The index and the values agree again: rows without a value go, values without a row are adopted (they
         are intact, checksummed bytes the node paid for), and the budget (perhaps a new one) holds. The rows are
-        compared one by one only when their counts differ (1,000,000 slices: 4.8 s against 0.x s)."""
-        if self._queues.agrees():
+        compared one by one only when their counts differ (1,000,000 slices: 4.8 s against 0.x s), and only by a
+        process `alone` with the disk: a row another process admitted has no value until its write ends, and
+        dropping it there made that write take itself for purged and delete its own value."""
+        if not alone or self._queues.agrees():
             self._delete_values(self.policy.resize(self.budget_bytes))
             return
         for key in self._queues.unstored():
@@ -372,3 +399,4 @@ class DiskTier:
             self._pool.submit(self._write_hits, hits)
         self._pool.shutdown(wait=True)
         self._cache.close()
+        os.close(self._held)  # and the lock with it

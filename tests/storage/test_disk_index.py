@@ -158,6 +158,34 @@ async def test_at_start_a_row_without_its_value_is_dropped(tmp_path: Path) -> No
         tier.close()
 
 
+async def test_a_worker_opening_the_disk_keeps_the_write_another_has_in_flight(tmp_path: Path) -> None:
+    """A worker opens the disk between another's admission of a value and its write (started, or replaced, while
+    the other serves): that row is a write in flight, not a crash's leftover, and its value stays. Dropped at the
+    open, the write took itself for purged and deleted its own value: a slice lost (a 2-worker test_disks flake)."""
+    tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
+    real_set = tier._cache.set
+    opened: list[DiskTier] = []
+
+    def set_after_a_second_open(key: str, value: bytes, **kw: object) -> bool:
+        opened.append(DiskTier(tmp_path, 10 * VALUE, threads=1))
+        return bool(real_set(key, value, **kw))
+
+    tier._cache.set = set_after_a_second_open  # type: ignore[method-assign]
+    try:
+        assert await tier.put("k", _value(1))
+        assert _rows(tmp_path) == {"k": 0}
+        assert await opened[0].get("k") == _value(1)
+    finally:
+        for t in (tier, *opened):
+            t.close()
+    tier = DiskTier(tmp_path, 10 * VALUE, threads=1)  # alone again: what it finds agrees
+    try:
+        assert _rows(tmp_path) == {"k": 0}
+        assert await tier.get("k") == _value(1)
+    finally:
+        tier.close()
+
+
 async def test_a_value_deleted_between_its_admission_and_its_write_leaves_no_orphan(tmp_path: Path) -> None:
     tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
     real_set = tier._cache.set
