@@ -104,11 +104,24 @@ def head(g: G) -> bytes:
     if g.chance(0.03) and len(lines) > 1:
         text = text.replace("\r\n", "\r\n \r\n", 1)  # obs-fold
     raw = text.encode("latin-1")
-    if g.chance(0.1):
+    if g.chance(0.1) and not closes(raw):
         # Pipelined behind it: a valid head only. After a bad one, aiohttp answers 400 for everything that came in
         # the same read (a valid head before it included), so the statuses would depend on TCP segmentation.
         raw += b"GET /obj HTTP/1.1\r\nHost: video.test\r\nRange: bytes=1-2\r\n\r\n"
     return raw
+
+
+def closes(raw: bytes) -> bool:
+    """An HTTP/1.0 head without keep-alive: its connection ends with its answer, and nothing may follow it. What
+    did would be answered by segmentation: aiohttp refuses a head's answer with 400 when more bytes came in the same
+    read, and answers it when they came later; the fast path answers it and reads no further (RFC 9112 9.6)."""
+    line, _, rest = raw.partition(b"\r\n")
+    return line.endswith(b" HTTP/1.0") and b"keep-alive" not in rest.lower()
+
+
+def with_close(data: bytes) -> bytes:
+    """`data`, then the closing request unless `data` closes the connection itself."""
+    return data if closes(data) else data + CLOSE
 
 
 def gen_heads(g: G) -> tuple[bytes]:
@@ -124,7 +137,7 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """`data` and then the closing request on a fresh connection; everything read until the edge closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         with contextlib.suppress(ConnectionError):  # refused and closed early: what it answered is still there
-            sock.sendall(data + CLOSE)
+            sock.sendall(with_close(data))
         parts = []
         try:
             while chunk := sock.recv(65536):

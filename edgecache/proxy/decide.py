@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
@@ -31,6 +31,7 @@ from edgecache import metrics
 from edgecache.core import admit, ranges
 from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import encode, observe, rangecut
 from edgecache.proxy.fill import Fill
@@ -64,6 +65,7 @@ _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 _MEMO_ENTRIES = 4096  # decisions remembered; a full memo is cleared and filled again
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 _CONNECTION = frozenset({b"keep-alive", b"close"})
+_VERSIONS = frozenset({HttpVersion10, HttpVersion11})  # what core.keepalive frames; aiohttp answers any other
 
 
 class _FullParse:
@@ -79,7 +81,7 @@ class Prepared:
 
     hit: Hit
     method: str
-    keep_alive: bool
+    keep_alive: KeepAlive
     head: bytes
     counter: Any
     slices: tuple[tuple[str, int, int], ...]  # (slice name, first byte, end) of the body, in order
@@ -245,7 +247,7 @@ class Decider:
         hit, method, keep_alive = self._parse(head, client, validated=True, admitted=True)
         return self._prepared(hit, method, keep_alive, False) if isinstance(hit, Hit) else None
 
-    def _prepared(self, hit: Hit, method: str, keep_alive: bool, basis: bool) -> Prepared | None:
+    def _prepared(self, hit: Hit, method: str, keep_alive: KeepAlive, basis: bool) -> Prepared | None:
         encoded = self.encode(hit, keep_alive)
         if encoded is None:
             return None
@@ -378,23 +380,23 @@ class Decider:
         cold: bool = False,
         validated: bool = False,
         admitted: bool = False,
-    ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None, str, bool]:
+    ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None, str, KeepAlive]:
         if rangecut.needs_strict_parser(head):
-            return None, "", False
+            return None, "", KeepAlive.CLOSE
         msg = self.parser.message(head)
-        if msg is None or msg.version != HttpVersion11 or msg.method not in ("GET", "HEAD"):
-            return None, "", False
+        if msg is None or msg.version not in _VERSIONS or msg.method not in ("GET", "HEAD"):
+            return None, "", KeepAlive.CLOSE
         if any(_odd(k, v) for k, v in msg.raw_headers):
-            return None, "", False
+            return None, "", KeepAlive.CLOSE
         target = msg.path  # as sent (aiohttp decodes it with surrogateescape)
         try:
             target.encode("ascii")
             headers = tuple((k.decode("ascii"), v.decode("ascii")) for k, v in msg.raw_headers)
         except UnicodeError:
-            return None, "", False
+            return None, "", KeepAlive.CLOSE
         hosts = [v for k, v in headers if k.lower() == "host"]
         if len(hosts) != 1:
-            return None, "", False
+            return None, "", KeepAlive.CLOSE
         m = msg.method
         try:
             hit: Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None
@@ -404,10 +406,10 @@ class Decider:
                 hit = find_hit(self.shared, m, hosts[0], target, headers, client, basis, hop_field, validated, admitted)
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
-            return None, "", False
-        return hit, m, not msg.should_close
+            return None, "", KeepAlive.CLOSE
+        return hit, m, KeepAlive.of(msg.version.minor, not msg.should_close)
 
-    def encode(self, hit: Hit, keep_alive: bool) -> bytes | None:
+    def encode(self, hit: Hit, keep_alive: KeepAlive) -> bytes | None:
         """The head aiohttp would write for these fields: Date and Server when absent, Connection when due."""
         return encode.head(hit.status, encode.phrase(hit.status), hit.headers, self.date(), keep_alive, "utf-8")
 

@@ -116,7 +116,7 @@ def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
     if conn.transport is not None and conn.transport.get_write_buffer_size() == 0:
         for buf in borrowed:  # the socket took everything: nothing refers to them any more
             conn.server.give_back(buf)
-    return p.keep_alive
+    return p.keep_alive.persists
 
 
 def stream(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:

@@ -1,7 +1,8 @@
 """Response heads as the fast path writes them: the one encoder of hits, relayed answers and its own errors.
 
 The fields are aiohttp's, in aiohttp's order, so an answer is the same bytes whichever path wrote it: the given
-fields, then Date and Server when absent, then `Connection: close` when the connection ends after it.
+fields, then Date and Server when absent, then the Connection field the client's version and the connection's
+fate call for (core.keepalive).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from edgecache.core.forward import relayed_fields
 from edgecache.core.headers import Headers
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.proxy.errorpage import error_page
 
@@ -27,14 +29,19 @@ def phrase(status: int) -> str:
 
 
 def head(
-    status: int, reason: str, fields: list[tuple[str, str]], date: bytes, keep_alive: bool, charset: str = "latin-1"
+    status: int,
+    reason: str,
+    fields: list[tuple[str, str]],
+    date: bytes,
+    keep_alive: KeepAlive,
+    charset: str = "latin-1",
 ) -> bytes | None:
     """The encoded head; None when a field cannot be sent as it is (not in `charset`, or a line break in it).
 
     Relayed fields are Latin-1, byte for byte as the peer sent them; stored and origin ones are UTF-8, as aiohttp's
     client read them and as its server writes them: without the surrogates its client made of bytes that were not
     UTF-8, which its writer drops."""
-    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+    lines = [keep_alive.status_line(status, reason)]
     lines.extend(f"{k}: {v}\r\n" for k, v in fields)
     text = "".join(lines)
     if text.count("\n") != len(lines) or "\r\r" in text:
@@ -48,25 +55,31 @@ def head(
         encoded += b"Date: " + date + b"\r\n"
     if "server" not in names:
         encoded += _SERVER
-    if not keep_alive:
-        encoded += b"Connection: close\r\n"
-    return encoded + b"\r\n"
+    return encoded + keep_alive.field() + b"\r\n"
 
 
-def frame(fields: list[tuple[str, str]], empty: bool, length: str | None) -> bool:
+def frame(
+    fields: list[tuple[str, str]], empty: bool, length: str | None, keep_alive: KeepAlive
+) -> tuple[bool, KeepAlive]:
     """Add to a streamed answer's fields what aiohttp's server adds before its head: Transfer-Encoding: chunked when
-    a body of unknown length (no Content-Length, `length` None) follows, and Content-Type: application/octet-stream
-    when a body may follow without a type (RFC 9110 8.3). `empty`: no body may follow (a HEAD, 1xx, 204, 304).
-    Whether the body is sent chunked."""
-    chunked = not empty and length is None
+    a body of unknown length (no Content-Length, `length` None) follows and the client takes chunks, and the
+    Content-Type of typed(). `empty`: no body may follow (a HEAD, 1xx, 204, 304). Whether the body is sent
+    chunked, and the connection's state after it (an HTTP/1.0 body of unknown length ends with the connection)."""
+    chunked, keep_alive = keep_alive.unknown_length() if not empty and length is None else (False, keep_alive)
     if chunked:
         fields.append(("Transfer-Encoding", "chunked"))
+    typed(fields, empty, length)
+    return chunked, keep_alive
+
+
+def typed(fields: list[tuple[str, str]], empty: bool, length: str | None) -> None:
+    """Content-Type: application/octet-stream when a body may follow without a type (RFC 9110 8.3), as aiohttp's
+    server adds it."""
     if not empty and length != "0" and all(k.lower() != "content-type" for k, _ in fields):
         fields.append(("Content-Type", "application/octet-stream"))
-    return chunked
 
 
-def error(status: int, reason: str, date: bytes, keep_alive: bool) -> bytes:
+def error(status: int, reason: str, date: bytes, keep_alive: KeepAlive) -> bytes:
     """An answer of the node's own (a failed peer, say), as errorpage.error_response gives it."""
     fields, body = error_page(status, reason)
     fields += [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
@@ -85,16 +98,16 @@ def relayed(
     status_field: str,
     method: str,
     date: bytes,
-    keep_alive: bool,
+    keep_alive: KeepAlive,
     charset: str = "latin-1",
-) -> tuple[bytes | None, bool]:
+) -> tuple[bytes | None, bool, KeepAlive]:
     """An upstream's answer as this node passes it on (a peer's on a forward, an origin's on a pass-through): its
     fields as core.forward.relayed_fields gives them, framed as aiohttp frames a streamed answer (no Content-Length
-    where no body may follow). The head (None: a field cannot be passed on as it is), and whether the body is sent
-    chunked."""
+    where no body may follow). The head (None: a field cannot be passed on as it is), whether the body is sent
+    chunked, and the connection's state after it (encode.frame)."""
     out = relayed_fields(upstream, status_field)
     if status in _EMPTY:
         out = [(k, v) for k, v in out if k.lower() != "content-length"]
     length = next((v for k, v in out if k.lower() == "content-length"), None)
-    chunked = frame(out, method == "HEAD" or status in _EMPTY, length)
-    return head(status, reason, out, date, keep_alive, charset), chunked
+    chunked, keep_alive = frame(out, method == "HEAD" or status in _EMPTY, length, keep_alive)
+    return head(status, reason, out, date, keep_alive, charset), chunked, keep_alive

@@ -338,7 +338,7 @@ class FastPath(asyncio.Protocol):
         elif p.hit.body:
             parts.append(memoryview(p.hit.body))
         self.send(p, parts, t0)
-        return p.keep_alive
+        return p.keep_alive.persists
 
     # What a response needs from its connection, here or in diskhit: wait for the client, count, log, close.
 
@@ -390,10 +390,11 @@ class FastPath(asyncio.Protocol):
             t.origin_ms = p.origin_ms
             client = hit.viewer or self.client  # a hop's viewer, as a node of the cluster judged it
             req = hit.req
-            line = observe.Line.of(client, p.method, req.host, req.key.full_target, req.headers, p.range_field)
+            fields, rng = req.headers, p.range_field
+            line = observe.Line.of(client, p.method, req.host, req.key.full_target, fields, p.keep_alive, rng)
             way = p.way or (_UPSTREAM if p.status is CacheStatus.HIT else observe.upstream(p.status, metrics.Sources()))
             observe.log_line(shared.access, t, line, hit.status, nbytes, shared.node, way)
-        if not p.keep_alive and self.transport is not None:
+        if not p.keep_alive.persists and self.transport is not None:
             self.closing = True
             self.transport.close()
 

@@ -22,6 +22,7 @@ from edgecache.core.fillcost import cold_run, stored_run
 from edgecache.core.forward import must_pass
 from edgecache.core.freshness import Freshness, Use, current_age, evaluate, stored_use, usable
 from edgecache.core.headers import Headers, get_first
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import CacheKey, PrimaryRecord, digest, entry_key
 from edgecache.core.purge import PurgeTable
 from edgecache.core.status import CacheStatus, cache_status_header
@@ -104,7 +105,7 @@ class Pass:
     req: FillRequest
     status: CacheStatus
     method: str = "GET"
-    keep_alive: bool = True  # the connection stays open after the answer (decide.Decider says)
+    keep_alive: KeepAlive = KeepAlive.OPEN  # the client's version and its connection's fate (decide.Decider says)
     viewer: str | None = None  # a hop's viewer (Hit.viewer)
     evicted: bool = False  # a MISS of an object this node had stored and dropped: its cause
     failover: bool = False  # a hop from a node standing in for this one (Cold.failover)
@@ -157,7 +158,7 @@ class Cold:
     last: int | None
     validate: ObjectMeta | None = None
     method: str = "GET"
-    keep_alive: bool = True  # the connection stays open after the answer (decide.Decider.cold says)
+    keep_alive: KeepAlive = KeepAlive.OPEN  # the client's version and its connection's fate (decide.Decider.cold)
     viewer: str | None = None  # a hop's viewer (Hit.viewer)
     failover: bool = False  # a hop from a node standing in for this one's next owner, which is down (peer_down)
 
@@ -405,7 +406,8 @@ _FIELDS = {use: cache_status_header(status) for use, status in STATUS_OF_USE.ite
 
 def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_status: str) -> Planned | None:
     """The answer respond.send() gives for this hit (respond.plan_answer), with the fields aiohttp's server adds
-    or drops as it frames it (encode.frame); None where the fast path does not answer: a 205 or 1xx."""
+    or drops as it frames it (encode.typed); None where the fast path does not answer: a 205 or 1xx, or a body of
+    unknown length (a stored answer always has its length)."""
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
     planned = plan_answer(method, headers, meta, base_headers(meta.headers, int(age), cache_status))
     if planned.status == 205 or planned.status < 200:
@@ -416,5 +418,8 @@ def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_
     if planned.status == 204:  # no body may follow: aiohttp sends no Content-Length (RFC 9110 8.6)
         fields = [(k, v) for k, v in fields if k.lower() != "content-length"]
     length = next((v for k, v in fields if k.lower() == "content-length"), None)
-    encode.frame(fields, method == "HEAD" or planned.status in (204, 304), length)
+    empty = method == "HEAD" or planned.status in (204, 304)
+    if length is None and not empty:
+        return None
+    encode.typed(fields, empty, length)
     return planned._replace(fields=fields)

@@ -30,7 +30,7 @@ def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
     (as FastPath._answer)."""
     if p.method == "HEAD":
         conn.send(p, [], t0)
-        return p.keep_alive
+        return p.keep_alive.persists
     conn.busy = True
     conn.loop.create_task(_send(conn, p, raw, t0)).add_done_callback(conn.done)
     return False

@@ -19,6 +19,7 @@ from aiohttp import web
 from edgecache import metrics
 from edgecache.accesslog import AccessLog
 from edgecache.core.headers import Headers, get_first
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import MISSES, CacheStatus, miss_cause, with_fetched
 from edgecache.errors import OriginError
 
@@ -177,12 +178,21 @@ class Line:
 
     @classmethod
     def of(
-        cls, client: str | None, method: str, host: str, target: str, fields: Headers, rng: str | None = None
+        cls,
+        client: str | None,
+        method: str,
+        host: str,
+        target: str,
+        fields: Headers,
+        keep_alive: KeepAlive,
+        rng: str | None = None,
     ) -> Line:
-        """The line of a request the fast path answered from its parsed fields (Range, User-Agent, Referer);
-        `rng`: the Range it was answered for, when that is not among them (cut from a whole answer)."""
+        """The line of a request the fast path answered from its parsed fields (Range, User-Agent, Referer) and its
+        version (`keep_alive`'s); `rng`: the Range it was answered for, when that is not among them (cut from a
+        whole answer)."""
         rng = get_first(fields, "range") if rng is None else rng
-        return cls(client, method, host, target, rng, get_first(fields, "user-agent"), get_first(fields, "referer"))
+        ua, referer = get_first(fields, "user-agent"), get_first(fields, "referer")
+        return cls(client, method, host, target, rng, ua, referer, keep_alive.protocol)
 
 
 # Client input: a longer User-Agent or Referer is cut here, so one line stays short whatever a client sends.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core.forward import pass_request
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe, refuse
@@ -49,7 +50,7 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     t.body_bytes = 0  # what reaches the client, however the answer ends (_relay counts it)
     sent = pass_request(p.method, req.key, req.headers, req.site.origin_host, conn.address)
     shared.in_flight += 1
-    code, asked = 0, time.monotonic()
+    code, asked, keep_alive = 0, time.monotonic(), p.keep_alive
     try:
         try:
             resp = await shared.engine.origin.request(req.site, sent.method, sent.target, sent.headers)
@@ -59,34 +60,37 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
             return
         t.origin_ms = round((time.monotonic() - asked) * 1000, 3)
         try:
-            code = resp.status if await _relay(conn, p, resp, t) else -1
+            relayed = await _relay(conn, p, resp, t)
+            code, keep_alive = (resp.status, relayed) if relayed is not None else (-1, p.keep_alive)
         finally:
             resp.release()
     finally:
         shared.in_flight -= 1
         if code >= 0:
             _logged(conn, p, t, code, t.body_bytes or 0)
-    if not p.keep_alive and conn.transport is not None:
+    if not keep_alive.persists and conn.transport is not None:
         conn.closing = True
         conn.transport.close()
 
 
-async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace) -> bool:
+async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace) -> KeepAlive | None:
     """Write the origin's answer: its head, then its body as it comes, counting what is written (t.body_bytes).
-    False: a head that cannot be passed on, answered as the origin's failure."""
+    The connection's state after it; None: a head that cannot be passed on, answered as the origin's failure."""
     status, date = resp.status, conn.server.date()
     reason = resp.raw.reason or ""
     field = cache_status_header(p.status)
-    encoded, chunked = encode.relayed(status, reason, resp.headers, field, p.method, date, p.keep_alive, "utf-8")
+    encoded, chunked, keep_alive = encode.relayed(
+        status, reason, resp.headers, field, p.method, date, p.keep_alive, "utf-8"
+    )
     if encoded is None:
         failure = OriginError("its answer has a field that cannot be passed on")
         refuse.origin_failed(conn, failure, p.method, p.req, p.keep_alive, p.viewer, t.t0, t.origin_ms)
-        return False
+        return None
     write(conn, encoded)
     observe.head_sent(t)
     _ANSWERED.inc()
     if p.method == "HEAD" or status in _NO_BODY or status < 200:
-        return True
+        return keep_alive
     t.body_bytes = 0
     try:
         async for chunk in read_chunks(resp):
@@ -100,7 +104,7 @@ async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace
         raise ConnectionAbortedError(str(exc)) from exc
     if chunked:
         write(conn, b"0\r\n\r\n")
-    return True
+    return keep_alive
 
 
 def _logged(conn: FastPath, p: Pass, t: observe.Trace, code: int, nbytes: int) -> None:
@@ -109,5 +113,6 @@ def _logged(conn: FastPath, p: Pass, t: observe.Trace, code: int, nbytes: int) -
     way = observe.upstream(t.status, t.sources)
     observe.served(t, way, nbytes)
     if shared.access.enabled:
-        line = observe.Line.of(p.viewer or conn.client, p.method, req.host, req.key.full_target, req.headers)
+        client = p.viewer or conn.client
+        line = observe.Line.of(client, p.method, req.host, req.key.full_target, req.headers, p.keep_alive)
         observe.log_line(shared.access, t, line, code, nbytes, shared.node, way)

@@ -11,6 +11,7 @@ from edgecache.proxy.hit import Hit
 _RANGE_LINE = re.compile(rb"\r\nrange:([^\r\n]*)(?=\r\n)", re.IGNORECASE)
 _IF_RANGE = re.compile(rb"\r\nif-range:", re.IGNORECASE)
 RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
+_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 
 
 def needs_strict_parser(head: bytes) -> bool:
@@ -40,8 +41,9 @@ def split_range(head: bytes) -> tuple[bytes, bytes] | None:
 
 
 def cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange, content_range: str) -> bytes | None:
-    """The encoded head of a whole-object 200 turned into the 206 for `rng`: the status line changes, and
-    `content_range` goes in before a new Content-Length (the last field, as _planned() puts it)."""
+    """The encoded head of a whole-object 200 turned into the 206 for `rng`: the status line changes (its version
+    stays: core.keepalive), and `content_range` goes in before a new Content-Length (the last field, as _planned()
+    puts it)."""
     length = hit.meta.length
     if not hit.headers or hit.headers[-1] != ("Content-Length", str(length)):
         return None
@@ -50,11 +52,12 @@ def cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange, content_range: str) -
     status_end = whole.find(b"\r\n") + 2
     old = b"Content-Length: %d\r\n" % length
     at = whole.rfind(old)
-    if not whole.startswith(b"HTTP/1.1 200 OK\r\n") or at < status_end:
+    if whole[8:status_end] != b" 200 OK\r\n" or whole[:8] not in _VERSIONS or at < status_end:
         return None
     return b"".join(
         (
-            b"HTTP/1.1 206 Partial Content\r\n",
+            whole[:8],
+            b" 206 Partial Content\r\n",
             whole[status_end:at],
             b"Content-Range: %s\r\nContent-Length: %d\r\n" % (content_range.encode(), rng.last - rng.first + 1),
             whole[at + len(old) :],

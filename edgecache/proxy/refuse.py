@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from edgecache import metrics
 from edgecache.core.admit import Reply
 from edgecache.core.headers import get_first
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
@@ -50,12 +51,13 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
         shared = conn.server.shared
         if shared.access.enabled:
             client = r.viewer or conn.client
-            line = observe.Line.of(client, r.method, get_first(r.headers, "host") or "", r.target, r.headers)
+            host = get_first(r.headers, "host") or ""
+            line = observe.Line.of(client, r.method, host, r.target, r.headers, r.keep_alive)
             observe.log_line(shared.access, t, line, status, nbytes, shared.node, way)
-    if not r.keep_alive and transport is not None:
+    if not r.keep_alive.persists and transport is not None:
         conn.closing = True
         transport.close()
-    return r.keep_alive
+    return r.keep_alive.persists
 
 
 def origin_failed(
@@ -63,7 +65,7 @@ def origin_failed(
     exc: OriginError,
     method: str,
     req: FillRequest,
-    keep_alive: bool,
+    keep_alive: KeepAlive,
     viewer: str | None,
     t0: float,
     origin_ms: float | None = None,

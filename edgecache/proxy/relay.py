@@ -110,6 +110,7 @@ class Relay:
         self.finished: asyncio.Future[None] | None = None
         self.status = 0
         self.chunked = False
+        self.keep_alive = fwd.keep_alive  # the viewer's connection's state after the answer (encode.relayed)
         self.nbytes = 0
         self.written = False  # a byte of the answer reached the viewer's transport
         self.pending: list[bytes] = []  # what one read of the peer gave, written to the viewer at once (flush)
@@ -194,7 +195,9 @@ class Relay:
         if status >= 500:
             metrics.PEER_ERRORS.labels(self.member.id, "5xx").inc()
         date = self.conn.server.date()
-        encoded, self.chunked = encode.relayed(status, reason, tuple(fields), _MINE, fwd.method, date, fwd.keep_alive)
+        encoded, self.chunked, self.keep_alive = encode.relayed(
+            status, reason, tuple(fields), _MINE, fwd.method, date, fwd.keep_alive
+        )
         if encoded is None:
             raise PeerBroken("peer's answer has a field that cannot be passed on")
         self._write(encoded)
@@ -276,7 +279,7 @@ class Relay:
 
     def _close_if_due(self) -> None:
         transport = self.conn.transport
-        if not self.fwd.keep_alive and transport is not None:
+        if not self.keep_alive.persists and transport is not None:
             self.conn.closing = True
             transport.close()
 
@@ -288,5 +291,6 @@ class Relay:
         (self.counters.site_bytes if t.status is CacheStatus.PEER else observe.site_bytes(t.site, way)).inc(n)
         shared = self.conn.server.shared
         if shared.access.enabled:
-            line = observe.Line.of(fwd.client, fwd.method, fwd.key.host, fwd.key.full_target, fwd.headers)
+            key = fwd.key
+            line = observe.Line.of(fwd.client, fwd.method, key.host, key.full_target, fwd.headers, fwd.keep_alive)
             observe.log_line(shared.access, t, line, code, n, shared.node, way)

@@ -15,6 +15,7 @@ from edgecache.core import admit
 from edgecache.core.admit import Reply
 from edgecache.core.headers import Headers, get_all
 from edgecache.core.hop import FIELD as HOP
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import BadTarget, CacheKey, make_key
 from edgecache.core.popularity import spreadable
 from edgecache.core.ring import Member
@@ -32,7 +33,7 @@ class Refused:
     target: str  # the key's full target (never a signed URL's token), or as sent before there is a key
     headers: Headers
     site: str = "-"  # once the Host named one
-    keep_alive: bool = True
+    keep_alive: KeepAlive = KeepAlive.OPEN
     counted: bool = True  # False: an owner's look-aside, no viewer's request (observe.finish counts none)
     viewer: str | None = None  # a hop's viewer: logged as the client; its node counts the bytes it serves
 
@@ -126,7 +127,7 @@ class Forward:
     key: CacheKey
     member: Member | None = None  # the first owner that is up
     failover: bool = False  # that is not the first owner, which is down
-    keep_alive: bool = True  # the viewer's connection stays open after the answer
+    keep_alive: KeepAlive = KeepAlive.OPEN  # the viewer's version, and whether its connection stays open after
 
 
 def _where(

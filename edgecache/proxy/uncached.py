@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgecache import metrics
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import variant
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
@@ -39,6 +40,7 @@ class Planned:
     status: int
     chunked: bool
     shared: bool  # the fill is not private (an answer of unknown length): not an uncacheable miss
+    keep_alive: KeepAlive  # the connection's state after it (encode.frame)
 
 
 def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
@@ -54,10 +56,10 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     length = None if head.end is None else str(head.end)
     if length is not None:
         fields.append(("Content-Length", length))
-    chunked = encode.frame(fields, False, length)
+    chunked, keep_alive = encode.frame(fields, False, length, cold.keep_alive)
     status = meta.status
-    encoded = encode.head(status, encode.phrase(status), fields, conn.server.date(), cold.keep_alive, "utf-8")
-    return None if encoded is None else Planned(encoded, status, chunked, head.shared)
+    encoded = encode.head(status, encode.phrase(status), fields, conn.server.date(), keep_alive, "utf-8")
+    return None if encoded is None else Planned(encoded, status, chunked, head.shared, keep_alive)
 
 
 def from_own_fill(conn: FastPath, started: Started, head: FillHead) -> FromFill | None:
@@ -121,7 +123,7 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
         shared.in_flight -= 1
         if code >= 0:  # -1: answered and logged by `failed`
             _logged(conn, started, t, code, nbytes)
-    if not cold.keep_alive and conn.transport is not None:
+    if not plan.keep_alive.persists and conn.transport is not None:
         conn.closing = True
         conn.transport.close()
 
@@ -162,5 +164,6 @@ def _logged(conn: FastPath, started: Started, t: observe.Trace, code: int, nbyte
     observe.served(t, way, nbytes)
     if shared.access.enabled:
         req = cold.req
-        line = observe.Line.of(cold.viewer or conn.client, cold.method, req.host, req.key.full_target, req.headers)
+        client = cold.viewer or conn.client
+        line = observe.Line.of(client, cold.method, req.host, req.key.full_target, req.headers, cold.keep_alive)
         observe.log_line(shared.access, t, line, code, nbytes, shared.node, way)

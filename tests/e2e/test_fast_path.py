@@ -61,6 +61,16 @@ def get(path: str, *fields: str, method: str = "GET", host: str = "video.test") 
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+def get10(path: str, *fields: str, method: str = "GET", host: str = "video.test") -> bytes:
+    """An HTTP/1.0 request that asks for keep-alive (core.keepalive), so a request can follow it."""
+    return to10(get(path, *fields, method=method, host=host))
+
+
+def to10(request: bytes) -> bytes:
+    line, rest = request.split(b" HTTP/1.1\r\n", 1)
+    return line + b" HTTP/1.0\r\nConnection: keep-alive\r\n" + rest
+
+
 CLOSE = get("/small", "Connection: close")
 
 # (request, answered by the fast path)
@@ -95,7 +105,15 @@ CASES: list[tuple[bytes, bool]] = [
     (get("/missing", "Cache-Control: only-if-cached", method="HEAD"), True),
     (get("/missing"), True),  # a miss: the origin's 404, stored (RFC 9110 15.5.5), then a hit
     (get("http://video.test/small"), False),  # absolute form
-    (b"GET /small HTTP/1.0\r\nHost: video.test\r\n\r\n", False),
+    (get10("/small"), True),  # HTTP/1.0: its status line, and Connection: keep-alive
+    (get10("/small", method="HEAD"), True),
+    (get10("/big", "Range: bytes=1048570-1048585"), True),
+    (get10("/big", "Range: bytes=0-1,5-6"), True),
+    (get10("/big", "Range: bytes=9999999-"), True),  # 416
+    (get10("/big", 'If-None-Match: "v1"'), True),  # 304
+    (get10("/small", host="nowhere.test"), True),  # 421
+    (get10("/missing"), True),  # the stored 404
+    (get10("/gone", method="HEAD"), True),
     (b"GET /small HTTP/1.1\nHost: video.test\n\n", False),  # bare LF
     (b"GET /small HTTP/1.1\r\nHost: video.test\r\nHost: other.test\r\n\r\n", False),
     (b"GET /small HTTP/1.1\r\nHost: video.test\r\nContent-Length: 5\r\n\r\nhello", False),
@@ -224,8 +242,9 @@ RANGED: list[tuple[bytes, bool]] = [
     ids=["memory-hits", "disk-hits-pread", "disk-hits-sendfile"],  # pread: its buffers are reused between hits
     indirect=True,
 )
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
 async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
-    pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch
+    pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch, version: str
 ) -> None:
     fast_edge, framework = pair
     cut = rangecut.cut_206
@@ -236,13 +255,14 @@ async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
         return cut(whole, hit, rng, content_range)
 
     monkeypatch.setattr(rangecut, "cut_206", counting)
-    requests = b"".join(case for case, _ in RANGED) + CLOSE
+    asked = [case if version == "HTTP/1.1" else to10(case) for case, _ in RANGED]
+    requests = b"".join(asked) + CLOSE
     before = answered()
     ours = await exchange(fast_edge, requests)
     during = answered() - before
     theirs = await exchange(framework, requests)
     assert await normalised(ours) == await normalised(theirs)
-    assert ours.count(b"HTTP/1.1 206 Partial Content\r\n") == 9
+    assert ours.count(f"{version} 206 Partial Content\r\n".encode()) == 9
     assert during == sum(fast for _, fast in RANGED) + 1  # and the closing request
     assert cuts == [0, 1048570, 5, len(BIG) - 700, 3000000, 7, 50]  # none of the others
 

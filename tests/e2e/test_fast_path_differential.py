@@ -44,12 +44,13 @@ FOUND = [
 
 
 async def exchange(edge: Edge, head: bytes) -> list[int]:
-    """The statuses for `head` and then the closing request, read until the edge closes (or resets: a refused
+    """The statuses for `head` and then the closing request (none after a head that closes the connection itself:
+    fuzz_heads.closes), read until the edge closes (or resets: a refused
     head leaves the closing request unread, and the kernel answers that with a reset after our answers)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
     parts = []
     try:
-        writer.write(head + fuzz_heads.CLOSE)
+        writer.write(fuzz_heads.with_close(head))
         async with asyncio.timeout(10):
             while chunk := await reader.read(65536):
                 parts.append(chunk)

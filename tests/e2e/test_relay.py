@@ -409,3 +409,33 @@ async def test_a_peers_head_is_remembered_without_its_hop_and_each_hop_is_checke
         ("127.0.0.1", 403, "error"),
         ("127.0.0.9", 200, "hit"),
     ]
+
+
+async def test_an_http10_viewer_gets_its_framing_from_a_relay_twice(origin: Origin, tmp_path: Path) -> None:
+    """A relayed answer to an HTTP/1.0 viewer (core.keepalive): one of known length keeps the connection, saying
+    so; a chunked one is sent as it comes and ends with the close, and what the viewer sent after it is not read."""
+    scripts, paths = scripted(
+        {
+            "length": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nabc",
+            "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
+            b"4\r\nwxyz\r\n3\r\n!!!\r\n0\r\n\r\n",
+        }
+    )
+
+    def asked(name: str) -> bytes:
+        return request(paths[name], "Connection: keep-alive").replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+
+    async with ScriptedPeer(scripts) as peer, beside(origin, tmp_path, peer) as edge:
+        handed = fast_path("handed_off")
+        for _ in range(2):
+            raw = await exchange(edge.port, asked("length") + asked("chunked") + asked("length"))
+            first, _, rest = raw.partition(b"\r\n\r\nabc")
+            assert first.startswith(b"HTTP/1.0 200 OK\r\n")
+            assert first.endswith(b"\r\nConnection: keep-alive")
+            head, _, body = rest.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+            assert b"\r\nTransfer-Encoding:" not in head
+            assert b"\r\nConnection:" not in head
+            assert body == b"wxyz!!!"  # and the third request was never answered
+        assert fast_path("handed_off") == handed
+        assert peer.connections == 1

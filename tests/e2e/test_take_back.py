@@ -1,4 +1,4 @@
-"""A connection the fast path handed to aiohttp (an HTTP/1.0 request, a request with a body) comes back to
+"""A connection the fast path handed to aiohttp (an absolute-form request, a request with a body) comes back to
 it once aiohttp has answered everything it was given: the next hit on the same keep-alive connection is the fast
 path's again.
 
@@ -34,9 +34,9 @@ def get(path: str, close: bool = False) -> bytes:
     return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: video.test", *lines]) + "\r\n\r\n").encode()
 
 
-def get10(path: str) -> bytes:
-    """A keep-alive HTTP/1.0 request: a head the fast path leaves to aiohttp."""
-    return f"GET {path} HTTP/1.0\r\nHost: video.test\r\nConnection: keep-alive\r\n\r\n".encode()
+def absolute(path: str) -> bytes:
+    """A request in absolute form (RFC 9112 3.2.2): a head the fast path leaves to aiohttp."""
+    return f"GET http://video.test{path} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode()
 
 
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -55,7 +55,7 @@ async def test_after_a_miss_and_a_post_the_next_hits_are_the_fast_paths_again(or
             async with asyncio.timeout(20):
                 for path, body in (("/a", BODY), ("/b", BODY[::-1])):  # twice: each after aiohttp's answer
                     before = fast_path_outcomes()
-                    writer.write(get10("/conditional" + path))
+                    writer.write(absolute("/conditional" + path))
                     assert await read_answer(reader) == (200, f"/conditional{path}".encode())  # aiohttp's answer
                     assert deltas(before) == {"handed_off": 1}
                     for _ in range(2):  # a miss, then a hit: both the fast path's
@@ -85,9 +85,9 @@ async def test_a_head_split_across_the_boundary_stays_with_aiohttp(origin: Origi
             async with asyncio.timeout(20):
                 for _ in range(2):
                     before = fast_path_outcomes()
-                    # A miss aiohttp answers (HTTP/1.0), then the first half of the next head in the same write:
+                    # A miss aiohttp answers (absolute form), then the first half of the next head in the same write:
                     # aiohttp holds that half.
-                    writer.write(get10("/miss-" + str(len(origin.seen))) + get("/a")[:20])
+                    writer.write(absolute("/miss-" + str(len(origin.seen))) + get("/a")[:20])
                     assert (await read_answer(reader))[0] == 404
                     writer.write(get("/a")[20:])  # its end: not a request of its own
                     assert await read_answer(reader) == (200, BODY)
@@ -109,7 +109,7 @@ async def test_a_proxy_headers_client_is_the_connections_across_the_moves(origin
         reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
         try:
             async with asyncio.timeout(20):
-                writer.write(b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 80\r\n" + get10("/p"))
+                writer.write(b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 80\r\n" + absolute("/p"))
                 assert await read_answer(reader) == (200, b"p")  # aiohttp's: allowed by the declared client
                 before = fast_path_outcomes()
                 for _ in range(2):  # a miss, then a hit: the fast path's again, still that client's

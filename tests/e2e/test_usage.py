@@ -99,9 +99,9 @@ async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
         # Slice 0 is stored, slice 1 is not: the stored entry served, its second slice fetched (partial).
         assert await fetch(edge.port, "b.test", "/y", f"bytes=0-{SLICE + 99}") == (206, Y[: SLICE + 100])
     assert origin.hits == {"/x": 1, "/y": 2}
-    # The misses, the two plain hits and the partial one were the fast path's when it is on: its lines below are
-    # the same as the full handler's.
-    assert sample("edgecache_fast_path_total", outcome="answered") - answered == (5 if fast else 0)
+    # The misses, the three plain hits (HTTP/1.0's too) and the partial one were the fast path's when it is on: its
+    # lines below are the same as the full handler's.
+    assert sample("edgecache_fast_path_total", outcome="answered") - answered == (6 if fast else 0)
     assert origin.range_hits("/y") == [f"bytes=0-{SLICE - 1}", f"bytes={SLICE}-{2 * SLICE - 1}"]
 
     served = "edgecache_site_served_bytes_total"

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from edgecache.config.model import Site
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import PrimaryRecord, entry_key, make_key
 from edgecache.core.route import Router
 from edgecache.proxy.decide import Decider, _with_age
@@ -112,6 +113,6 @@ def test_a_renewed_hit_is_what_find_hit_decides_then(
     )
     assert again.valid_until == pytest.approx(fresh.valid_until, abs=1e-6)
     decider = Decider(shared, lambda: b"-")
-    encoded = decider.encode(before, True)
+    encoded = decider.encode(before, KeepAlive.OPEN)
     assert encoded is not None
-    assert _with_age(encoded, before, again) == decider.encode(fresh, True)
+    assert _with_age(encoded, before, again) == decider.encode(fresh, KeepAlive.OPEN)
