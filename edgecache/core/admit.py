@@ -37,6 +37,7 @@ class Reply:
 
 
 NO_HOST = Reply(400, "missing or invalid Host")
+NOT_HTTP = Reply(400, "absolute-form target must be http or https")
 TOO_MANY = Reply(429, "too many requests from this address")
 # A miss that may not be filled: the client asked for a stored answer only (RFC 9111 5.2.1.7), and none is stored.
 NOT_CACHED = Reply(504, "only-if-cached and not in cache")

@@ -47,7 +47,7 @@ from edgecache.proxy.hit import (
     find_hit,
     renewed,
 )
-from edgecache.proxy.route import Elsewhere, Forward, Refused
+from edgecache.proxy.route import Elsewhere, Forward, Refused, addressed
 from edgecache.proxy.shared import Shared
 from edgecache.storage.store import slice_name
 
@@ -395,19 +395,23 @@ class Decider:
         except UnicodeError:
             return None, "", KeepAlive.CLOSE
         hosts = [v for k, v in headers if k.lower() == "host"]
-        if len(hosts) != 1:
+        if len(hosts) > 1:
             return None, "", KeepAlive.CLOSE
-        m = msg.method
+        m, keep_alive = msg.method, KeepAlive.of(msg.version.minor, not msg.should_close)
+        found = addressed(msg.url, target, hosts[0] if hosts else None)
+        if isinstance(found, Reply):
+            return Refused(found, m, target, headers), m, keep_alive
+        host, target = found
         try:
             hit: Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None
             if cold:
-                hit = find_cold(self.shared, m, hosts[0], target, headers, client, admitted)
+                hit = find_cold(self.shared, m, host, target, headers, client, admitted)
             else:
-                hit = find_hit(self.shared, m, hosts[0], target, headers, client, basis, hop_field, validated, admitted)
+                hit = find_hit(self.shared, m, host, target, headers, client, basis, hop_field, validated, admitted)
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", KeepAlive.CLOSE
-        return hit, m, KeepAlive.of(msg.version.minor, not msg.should_close)
+        return hit, m, keep_alive
 
     def encode(self, hit: Hit, keep_alive: KeepAlive) -> bytes | None:
         """The head aiohttp would write for these fields: Date and Server when absent, Connection when due."""

@@ -28,7 +28,6 @@ from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
-from edgecache.core.route import normalise_host
 from edgecache.core.status import CacheStatus
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
@@ -37,6 +36,7 @@ from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.passthrough import pass_through
+from edgecache.proxy.route import addressed
 from edgecache.proxy.serving import CACHED_METHODS
 from edgecache.proxy.shared import Shared
 
@@ -114,18 +114,10 @@ class EdgeHandler:
         request already sent on)."""
         if request.method == "CONNECT":
             raise ClientError(405, "CONNECT is refused: this is an edge cache, not a forward proxy")
-        url = request._message.url
-        if url.is_absolute():
-            # RFC 9112 3.2.2: the target's authority wins over Host; it must still be one of our sites.
-            if url.scheme not in ("http", "https"):
-                raise ClientError(400, "absolute-form target must be http or https")
-            host = normalise_host(url.raw_authority)
-            target = url.raw_path_qs
-        else:
-            host = normalise_host(request.headers.get("Host"))
-            target = request.raw_path
-        if host is None:
-            raise ClientError.of(admit.NO_HOST)
+        found = addressed(request._message.url, request.raw_path, request.headers.get("Host"))
+        if isinstance(found, admit.Reply):
+            raise ClientError.of(found)
+        host, target = found
         site = self.shared.router.match(host)
         if site is None:
             raise ClientError.of(admit.no_site(host))

@@ -118,7 +118,7 @@ class Pass:
 def find_hit(
     shared: Shared,
     method: str,
-    host_field: str | None,
+    host: str,
     target: str,
     headers: Headers,
     client: str,
@@ -130,7 +130,7 @@ def find_hit(
     """The hit this request is, if it is one; or the owner to forward it to; or its pass-through. A `basis` answer is
     one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the origin
     has just confirmed the stored entry (a 304), which answers whatever its freshness (Use.REVALIDATE)."""
-    routed = route.routed(shared, method, host_field, target, headers, client, basis, hop_field, admitted)
+    routed = route.routed(shared, method, host, target, headers, client, basis, hop_field, admitted)
     if not isinstance(routed, Routed):
         return routed
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:
@@ -166,7 +166,7 @@ class Cold:
 def find_cold(
     shared: Shared,
     method: str,
-    host_field: str | None,
+    host: str,
     target: str,
     headers: Headers,
     client: str,
@@ -179,7 +179,7 @@ def find_cold(
     Vary'd record's miss is filled with the fields its Vary names (FillRequest.vary), as the full handler fills it."""
     # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
     # this request already).
-    routed = route.routed(shared, method, host_field, target, headers, client, True, None, admitted)
+    routed = route.routed(shared, method, host, target, headers, client, True, None, admitted)
     if isinstance(routed, Refused):
         return routed
     if not isinstance(routed, Routed):

@@ -1,4 +1,5 @@
-"""Who answers a request, before anything is looked up: the site and key its Host and target name, a peer's
+"""Who answers a request, before anything is looked up: the host and target it names (addressed, both paths' rule),
+the site and key they name, a peer's
 signed hop, the site's ACL, the key's owner (this node, standing in for an owner that is down, or a peer to
 forward to) and the signed URL; or its refusal (core.admit), as the full handler would refuse it. The first step
 of hit.find_hit() and hit.find_cold(); forward_verdict() is also the forward memo's (forwardmemo).
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+
+from yarl import URL
 
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
@@ -54,10 +57,24 @@ class Routed:
         return Refused(reply, method, self.key.full_target, headers, self.site.name, viewer=self.viewer)
 
 
+def addressed(url: URL, target: str, host_field: str | None) -> tuple[str, str] | Reply:
+    """The host (normalised) and the origin-form target a request names, as its parser read them (`url`, and
+    `target` as sent), or its refusal. An absolute-form target's authority wins over Host (RFC 9112 3.2.2), and it
+    must be http or https: a client configured to use the edge as its proxy sends that form. The full handler's
+    rule and the fast path's."""
+    if url.is_absolute():
+        if url.scheme not in ("http", "https"):
+            return admit.NOT_HTTP
+        host, target = normalise_host(url.raw_authority), url.raw_path_qs
+    else:
+        host = normalise_host(host_field)
+    return admit.NO_HOST if host is None else (host, target)
+
+
 def routed(
     shared: Shared,
     method: str,
-    host_field: str | None,
+    host: str,
     target: str,
     headers: Headers,
     client: str,
@@ -65,13 +82,11 @@ def routed(
     hop_field: str | None,
     admitted: bool = False,
 ) -> Routed | Forward | Elsewhere | Refused | None:
-    """find_hit()'s first step: the site and key, then the hop, the ACL, the owner (_where) and the signed URL. A
-    request refused on the way gets the Reply the full handler would give it (core.admit)."""
+    """find_hit()'s first step once addressed() has named the host and target: the site and key, then the hop, the
+    ACL, the owner (_where) and the signed URL. A request refused on the way gets the Reply the full handler would
+    give it (core.admit)."""
     if method not in ("GET", "HEAD") or not target.startswith("/"):
-        return None  # absolute-form targets and everything but GET/HEAD: the full handler's checks
-    host = normalise_host(host_field)
-    if host is None:
-        return Refused(admit.NO_HOST, method, target, headers)
+        return None  # an asterisk or authority form, and everything but GET/HEAD: the full handler's checks
     site = shared.router.match(host)
     if site is None:
         return Refused(admit.no_site(host), method, target, headers)

@@ -104,7 +104,15 @@ CASES: list[tuple[bytes, bool]] = [
     (get("/missing", "Cache-Control: only-if-cached"), True),  # 504: not stored, and may not be fetched
     (get("/missing", "Cache-Control: only-if-cached", method="HEAD"), True),
     (get("/missing"), True),  # a miss: the origin's 404, stored (RFC 9110 15.5.5), then a hit
-    (get("http://video.test/small"), False),  # absolute form
+    (get("http://video.test/small"), True),  # absolute form (RFC 9112 3.2.2): a proxy client's
+    (get("http://VIDEO.test:80/big?", "Range: bytes=0-99", host="other.test"), True),  # its authority wins over Host
+    (get("https://video.test/big", "Range: bytes=0-1,5-6", method="HEAD"), True),
+    (get("http://nowhere.test/small"), True),  # 421
+    (get("ftp://video.test/small"), True),  # 400: not http
+    (get("http://user@video.test/small"), True),  # 400: not a plain host[:port]
+    (b"GET /small HTTP/1.1\r\n\r\n", False),  # 400: no Host, which aiohttp's parser refuses in HTTP/1.1
+    (b"GET /small HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),  # 400: no Host (HTTP/1.0 may omit it)
+    (get10("http://video.test/small"), True),
     (get10("/small"), True),  # HTTP/1.0: its status line, and Connection: keep-alive
     (get10("/small", method="HEAD"), True),
     (get10("/big", "Range: bytes=1048570-1048585"), True),
