@@ -50,13 +50,16 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     cold = started.cold
     if not started.ours or cold.method == "HEAD" or from_own_fill(conn, started, head) != "stream":
         return None  # a HEAD's fill asks for its first slice alone: the full handler asks again (a pass-through)
-    if head.meta.status < 200 or head.meta.status in (204, 205, 304):
-        return None  # no body (or an empty one) and framing of aiohttp's own, which the full handler writes
+    if head.meta.status < 200 or head.meta.status in (205, 304):
+        return None  # framing of aiohttp's own (a 205's empty chunked body), which the full handler writes
+    empty = head.meta.status == 204  # no body may follow, nor a Content-Length (RFC 9110 8.6)
     meta, fields = fill_fields(head, True, CacheStatus.MISS, None)
-    length = None if head.end is None else str(head.end)
+    if empty:  # what aiohttp's server drops from a 204 (one the origin sent)
+        fields = [(k, v) for k, v in fields if k.lower() not in ("content-length", "transfer-encoding")]
+    length = None if head.end is None or empty else str(head.end)
     if length is not None:
         fields.append(("Content-Length", length))
-    chunked, keep_alive = encode.frame(fields, False, length, cold.keep_alive)
+    chunked, keep_alive = encode.frame(fields, empty, length, cold.keep_alive)
     status = meta.status
     encoded = encode.head(status, encode.phrase(status), fields, conn.server.date(), keep_alive, "utf-8")
     return None if encoded is None else Planned(encoded, status, chunked, head.shared, keep_alive)

@@ -323,3 +323,46 @@ async def test_odd_answers_not_stored_are_the_fast_paths(tmp_path: Path) -> None
     finally:
         await origin.stop()
     assert (outcomes["answered"], outcomes["handed_off"]) == (4, 0)
+
+
+async def test_a_204_miss_is_streamed_on_the_fast_path_as_the_full_handler_streams_it(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """An origin's 204 (no body, no length): stored, private or not stored, each asked twice in a row, pipelined.
+    The miss is answered from its fill on the fast path, then the stored one is a hit: the same heads, log lines
+    and origin requests as the full handler's, and no hand-off."""
+    origin.put("/nc", b"", status=204, headers={"Cache-Control": "max-age=60", "X-Kind": "stored"})
+    origin.put("/nc-private", b"", status=204, headers={"Cache-Control": "private", "X-Kind": "private"})
+    origin.put("/nc-nostore", b"", status=204, headers={"Cache-Control": "no-store", "X-Kind": "not stored"})
+    paths = ["/nc", "/nc", "/nc-private", "/nc-private", "/nc-nostore", "/nc-nostore"]
+    results = {}
+    for fast in (True, False):
+        origin.hits.clear()
+        log = tmp_path / f"{fast}.log"
+        config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast, access_log=log)
+        before = fast_path_outcomes()
+        async with start_edge(config) as edge, asyncio.timeout(30):
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+            try:
+                writer.write(b"".join(ask("GET", p) for p in paths) + ask("GET", "/nc", close=True))
+                raw = await reader.read(-1)
+            finally:
+                writer.close()
+        outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+        lines = [json.loads(x) for x in log.read_bytes().splitlines()]
+        logged = [f"{x['path']} {x['status']} {x['cache']} {x['bytes']} {x['upstream']}" for x in lines]
+        heads = re.sub(rb"\r\n(Date|Age): [^\r]*", rb"\r\n\1: -", raw).split(b"\r\n\r\n")
+        results[fast] = (heads, logged, dict(origin.hits), outcomes)
+    fast_result, full_result = results[True], results[False]
+    assert fast_result[:3] == full_result[:3]
+    heads, logged, hits, outcomes = fast_result
+    assert heads[-1] == b""  # nothing after the last head: no body, no chunk
+    assert [h.split(b"\r\n", 1)[0] for h in heads[:-1]] == [b"HTTP/1.1 204 No Content"] * 7
+    assert not any(b"\r\nContent-Length:" in h or b"\r\nTransfer-Encoding:" in h for h in heads)
+    assert logged == [
+        "/nc 204 miss 0 origin", "/nc 204 hit 0 cache", "/nc-private 204 miss 0 origin",
+        "/nc-private 204 miss 0 origin", "/nc-nostore 204 miss 0 origin", "/nc-nostore 204 miss 0 origin",
+        "/nc 204 hit 0 cache",
+    ]  # fmt: skip
+    assert hits == {"/nc": 1, "/nc-private": 2, "/nc-nostore": 2}
+    assert (outcomes["answered"], outcomes["handed_off"]) == (7, 0)
