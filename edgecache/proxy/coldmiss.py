@@ -94,11 +94,12 @@ async def _head_in(conn: FastPath, started: Started) -> None:
 
 def settle(
     conn: FastPath, head: bytes, decided: Prepared | Load | Forward | None
-) -> Prepared | Pass | Failed | Streamed | None:
+) -> Prepared | Pass | Failed | Streamed | Again | None:
     """The answer to the head whose fill has its head now: a miss from what was stored; FAILED, answered here
     (the origin failed this request's own fill, with nothing stored to stand in); STREAMED (an answer not stored,
-    sent from the fill by a task); its pass-through (an answer the fill brings that it may not serve); or None, and
-    the request goes to the full handler with the fill it started (hand_off)."""
+    sent from the fill by a task); its pass-through (an answer the fill brings that it may not serve); AGAIN (the
+    answer is another variant's: the head is decided again); or None, and the request goes to the full handler with
+    the fill it started (hand_off)."""
     started, conn.started = conn.started, None
     assert started is not None
     conn.loads = 0
@@ -124,6 +125,14 @@ def settle(
         return STREAMED
     if arrived and started.head == head and (passed := _passed(conn, started, fill.head.result())) is not None:
         return passed
+    if arrived and started.head == head and not conn.varied and uncached.other_variant(started, fill.head.result()):
+        # The record names the Vary now: decided again, the request is its variant's miss, filled with the
+        # fields the Vary names (as the full handler looks again under that variant's key). Once: an origin whose
+        # Vary changes from answer to answer leaves the request to the full handler.
+        conn.varied = True
+        if started.ours and not fill.head.result().shared:
+            fill.abandon()  # only this request would have read it
+        return AGAIN
     if started.ours:
         waited = started.origin_ms if arrived else None
         conn.adopted = Adopted(fill, started.primary, started.began, waited, started.validating)
@@ -157,6 +166,13 @@ class Streamed:
 
 
 STREAMED = Streamed()
+
+
+class Again:
+    """settle(): the fill brought another variant than the request's; the head is decided again, let in already."""
+
+
+AGAIN = Again()
 
 
 FAILED = Failed()

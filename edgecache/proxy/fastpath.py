@@ -83,6 +83,7 @@ class FastPath(asyncio.Protocol):
         self.adopted: Adopted | None = None  # a fill the full handler takes over with the connection (hand_off)
         self.admitted: str | None = None  # or the primary key of a request let in here (Shared.admitted)
         self.retried = 0  # forwards of the head at the front whose owner could not be reached (relay.forward)
+        self.varied = False  # the head at the front was decided again: its fill brought another variant (coldmiss)
 
     # --- connection events -------------------------------------------------------------------------------
 
@@ -257,14 +258,16 @@ class FastPath(asyncio.Protocol):
                 forwarded = clientaddr.forwarded_for(head)
                 self.client = clientaddr.real_client(self.address, forwarded, self.server.shared.forwarders)
             settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
-            admitted = settling or self.retried > 0  # let in when it was first decided
+            admitted = settling or self.retried > 0 or self.varied  # let in when it was first decided
             prepared = self.server.decider.answer(head, self.client, admitted=admitted)
             if settling:
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
                 # fill started, and the full handler, carrying that fill on, does not judge it again.
                 settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused | Pass) else prepared)
+                if isinstance(settled, coldmiss.Again):
+                    continue
                 if isinstance(settled, coldmiss.Failed | coldmiss.Streamed):  # answered, or being answered
-                    self.retried, self.admitted = 0, None
+                    self.head_done()
                     self.buf = self.buf[end + 4 :]
                     self._disarm()
                     if self.busy:
@@ -298,7 +301,7 @@ class FastPath(asyncio.Protocol):
                 self.busy = True
                 self.loop.create_task(relay.forward(self, prepared, head)).add_done_callback(self.done)
                 return
-            self.retried, self.admitted = 0, None  # answered here: a retried forward's count ends (relay.forward)
+            self.head_done()
             if isinstance(prepared, Pass):
                 passing.start(self, prepared)
                 return
@@ -308,6 +311,11 @@ class FastPath(asyncio.Protocol):
                 continue
             if not self._answer(prepared, head):
                 return
+
+    def head_done(self) -> None:
+        """The head at the front is answered (or handed over): what was kept while it was decided again goes (a
+        retried forward's count, its admission, a variant's second decision)."""
+        self.retried, self.admitted, self.varied = 0, None, False
 
     async def _load(self, load: Load) -> None:
         """Read what the lookup needs from the disk tier (off the loop), so the same head can be decided again."""
@@ -412,7 +420,8 @@ class FastPath(asyncio.Protocol):
         data, self.buf, self.transport = self.buf, b"", None
         _HANDED_OFF.inc()
         adopted, self.adopted = self.adopted, None
-        admitted, self.admitted = self.admitted, None
+        admitted = self.admitted
+        self.head_done()
         closed = self.server.hand_over(transport, self.declared, adopted, admitted)
         declared, server = self.declared, self.server
         # With the fast path off (a PROXY listener's header read), aiohttp keeps the connection to the end.

@@ -90,7 +90,7 @@ async def forward(conn: FastPath, fwd: Forward, raw: bytes) -> None:
             return
         conn.hand_off()  # a draining connection's too: the full handler answers it
     else:
-        conn.retried, conn.admitted = 0, None
+        conn.head_done()
     finally:
         conn.relay = None
         shared.in_flight -= 1

@@ -74,9 +74,14 @@ def from_own_fill(conn: FastPath, started: Started, head: FillHead) -> FromFill 
         return None
     if conn.server.shared.in_flight >= conn.server.shared.max_in_flight:
         return None
-    if head.meta.vary and head.variant != variant(head.meta.vary, started.cold.req.headers):
+    if other_variant(started, head):
         return None
     return from_fill(head, started.fill, started.ours)
+
+
+def other_variant(started: Started, head: FillHead) -> bool:
+    """Is the fill's answer another variant than the request's (a Vary its fill could not know to send)?"""
+    return bool(head.meta.vary) and head.variant != variant(head.meta.vary, started.cold.req.headers)
 
 
 Failed = Callable[["FastPath", "Started", OriginError, bool], None]

@@ -1,7 +1,8 @@
 """A miss of a Vary'd object whose record names its Vary (a variant not stored yet) is filled on the fast path,
 sending the fields the Vary names and no others, as the full handler fills it: the same bytes (but Date and Age), the
-same log lines, the origin asked as often and with the same fields, and no connection handed to aiohttp. The first
-miss of an object, whose answer names a Vary its fill could not know, is the full handler's (it asks again)."""
+same log lines, the origin asked as often and with the same fields, and no connection handed to aiohttp. So is the
+first miss of an object whose answer names a Vary its fill could not know to send: the request is decided again, as
+its variant's miss (coldmiss.AGAIN), and the origin asked again with the field, as the full handler asks."""
 
 from __future__ import annotations
 
@@ -31,16 +32,20 @@ def by_device(seen: list[str | None]) -> object:
     return hook
 
 
-async def run(origin: Origin, tmp_path: Path, fast: bool) -> tuple[list[bytes], list[str], list[str | None]]:
+async def run(
+    origin: Origin, tmp_path: Path, fast: bool, asked: list[str | None] = ASKED, burst: float | None = None
+) -> tuple[list[bytes], list[str], list[str | None]]:
     seen: list[str | None] = []
     origin.on_request = by_device(seen)
     log = tmp_path / f"{fast}.log"
     config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast, access_log=log)
+    if burst is not None:  # rate tokens for that many requests, none refilled in the test's time
+        config = replace(config, rate_limit=0.001, burst=burst)
     answers = []
     async with start_edge(config) as edge, asyncio.timeout(30):
         reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
         try:
-            for device in ASKED:
+            for device in asked:
                 field = f"X-Device: {device}\r\n" if device else ""
                 writer.write(f"GET /v HTTP/1.1\r\nHost: video.test\r\n{field}\r\n".encode())
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -66,3 +71,22 @@ async def test_a_vary_d_objects_variant_misses_are_the_fast_paths(origin: Origin
     assert seen == [None, "phone", "tv"]  # each variant asked once, with its own field
     assert [line.split()[2] for line in logged] == ["miss", "miss", "hit", "miss", "hit", "hit", "hit"]
     assert (outcomes["answered"], outcomes["handed_off"]) == (len(ASKED), 0)
+
+
+async def test_a_first_miss_whose_answer_names_a_vary_is_the_fast_paths(origin: Origin, tmp_path: Path) -> None:
+    """Decided again, the request is let in already: one rate token each (a second would refuse the last: 429)."""
+    origin.put("/v", b"")
+    asked: list[str | None] = ["tv", "tv", None, "phone", "tv"]
+    before = fast_path_outcomes()
+    fast = await run(origin, tmp_path, fast=True, asked=asked, burst=len(asked))
+    outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    full = await run(origin, tmp_path, fast=False, asked=asked, burst=len(asked))
+    assert fast == full
+    answers, logged, seen = fast
+    for device, answer in zip(asked, answers, strict=True):
+        assert answer.endswith(f"for {device or 'anyone'} ".encode() * 300)
+    # The first fill sends no X-Device (the edge cannot know it matters): its answer is the no-device variant's,
+    # stored; the request is then its own variant's miss, asked with its field.
+    assert seen == [None, "tv", "phone"]
+    assert [line.split()[2] for line in logged] == ["miss", "hit", "hit", "miss", "hit"]
+    assert (outcomes["answered"], outcomes["handed_off"]) == (len(asked), 0)
