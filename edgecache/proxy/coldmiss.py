@@ -125,7 +125,7 @@ def settle(
         return STREAMED
     if arrived and started.head == head and (passed := _passed(conn, started, fill.head.result())) is not None:
         return passed
-    if arrived and started.head == head and not conn.varied and uncached.other_variant(started, fill.head.result()):
+    if arrived and started.head == head and not conn.varied and _named(conn, started, fill.head.result()):
         # The record names the Vary now: decided again, the request is its variant's miss, filled with the
         # fields the Vary names (as the full handler looks again under that variant's key). Once: an origin whose
         # Vary changes from answer to answer leaves the request to the full handler.
@@ -139,6 +139,17 @@ def settle(
     elif started.head == head:
         conn.admitted = started.primary  # let in when it joined that fill: not judged again
     return None
+
+
+def _named(conn: FastPath, started: Started, head: FillHead) -> bool:
+    """Is the fill's answer another variant than the request's, under a Vary its object's record names now? A
+    stored answer's record names it once the head is in; one not stored (private, or of unknown length until it
+    ends) leaves none, and deciding the head again would fill it without the Vary's fields once more: the full
+    handler, which looks again with the answer's Vary, answers that one."""
+    if not uncached.other_variant(started, head):
+        return False
+    record = conn.server.shared.engine.store.peek_record(started.primary)
+    return record is not None and record.vary == head.meta.vary
 
 
 def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:

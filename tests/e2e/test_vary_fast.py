@@ -76,7 +76,9 @@ async def test_a_vary_d_objects_variant_misses_are_the_fast_paths(origin: Origin
 async def test_a_first_miss_whose_answer_names_a_vary_is_the_fast_paths(origin: Origin, tmp_path: Path) -> None:
     """Decided again, the request is let in already: one rate token each (a second would refuse the last: 429)."""
     origin.put("/v", b"")
-    asked: list[str | None] = ["tv", "tv", None, "phone", "tv"]
+    # Not the no-device variant: the first fill may still be storing it when asked, and its answer then reads the
+    # fill (partial) on either path, as the timing falls.
+    asked: list[str | None] = ["tv", "tv", "phone", "tv", "phone"]
     before = fast_path_outcomes()
     fast = await run(origin, tmp_path, fast=True, asked=asked, burst=len(asked))
     outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
@@ -88,5 +90,5 @@ async def test_a_first_miss_whose_answer_names_a_vary_is_the_fast_paths(origin: 
     # The first fill sends no X-Device (the edge cannot know it matters): its answer is the no-device variant's,
     # stored; the request is then its own variant's miss, asked with its field.
     assert seen == [None, "tv", "phone"]
-    assert [line.split()[2] for line in logged] == ["miss", "hit", "hit", "miss", "hit"]
+    assert [line.split()[2] for line in logged] == ["miss", "hit", "miss", "hit", "hit"]
     assert (outcomes["answered"], outcomes["handed_off"]) == (len(asked), 0)
