@@ -138,6 +138,7 @@ class Decider:
         self.date = date  # the Date field's value now
         self.memo: dict[bytes, Prepared] = {}  # request head -> its answer, while still valid
         self.wholes: dict[bytes, Prepared] = {}  # head without Range -> whole-object basis
+        self.cuts: dict[bytes, Prepared] = {}  # a single-range head -> the answer cut for it (_ranged)
         self.hopped: dict[bytes, Prepared] = {}  # a peer's head without its hop field -> the answer it had
         self.forwards = ForwardMemo(shared)
         self.parser = _Parser()
@@ -164,6 +165,8 @@ class Decider:
                 return forward
         now = time.time()
         prepared = self._current(self.memo, head, now)
+        if prepared is None and self.cuts:
+            prepared = self._current(self.cuts, head, now)
         if prepared is not None:
             reply = prepared.hit.refusal(client, now)
             limiter = shared.limiter
@@ -313,9 +316,14 @@ class Decider:
         derived = replace(hit, status=206, headers=fields, first=first, last=last)
         counter = observe.requests_counter(hit.site.name, "GET", 206, base.status)
         slices = _slices(derived, size)
-        return Prepared(
+        prepared = Prepared(
             derived, "GET", base.keep_alive, encoded, counter, slices, base.site_bytes, value, status=base.status
         )
+        # The same range asked again (a segment of a byte-range playlist, by every viewer with the same fields) is
+        # a lookup, kept apart from the memo so that players' ranges, which rarely repeat, never clear it.
+        if hit.viewer is None and base.status is CacheStatus.HIT:
+            _remember(self.cuts, head, prepared)
+        return prepared
 
     def cold(self, head: bytes, client: str, admitted: bool = False) -> Cold | Refused | Pass | None:
         """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds, or its

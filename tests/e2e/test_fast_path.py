@@ -275,6 +275,36 @@ async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
     assert cuts == [0, 1048570, 5, len(BIG) - 700, 3000000, 7, 50]  # none of the others
 
 
+@pytest.mark.parametrize("pair", [(64 * 2**20, "pread"), (0, "pread")], ids=["memory-hits", "disk-hits"], indirect=True)
+async def test_a_range_asked_again_is_answered_from_its_cut(
+    pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single range asked again with the same fields (a segment of a byte-range playlist) is looked up, not cut
+    again (Decider.cuts, valid as the memo's answers are: Hit.still): the same bytes as aiohttp's, each time; and
+    the cuts kept are bounded (a full table is cleared and filled again)."""
+    fast_edge, framework = pair
+    assert fast_edge.fast is not None
+    cut = rangecut.cut_206
+    cuts: list[int] = []
+
+    def counting(whole: bytes, hit: Hit, rng: ByteRange, content_range: str) -> bytes | None:
+        cuts.append(rng.first)
+        return cut(whole, hit, rng, content_range)
+
+    monkeypatch.setattr(rangecut, "cut_206", counting)
+    monkeypatch.setattr(decide, "_MEMO_ENTRIES", 3)
+    again = get("/big", "Range: bytes=1048570-1048585") * 3
+    others = b"".join(get("/big", f"Range: bytes={n}-{n + 9}") for n in range(10, 80, 10))  # 7 more
+    requests = again + others + again + CLOSE
+    before = answered()
+    ours = await exchange(fast_edge, requests)
+    assert answered() - before == 3 + 7 + 3 + 1
+    assert await normalised(ours) == await normalised(await exchange(framework, requests))
+    assert ours.count(b"HTTP/1.1 206 Partial Content\r\n") == 13
+    assert cuts == [1048570, *range(10, 80, 10), 1048570]  # the first range cut again once its cut was cleared
+    assert len(fast_edge.fast.decider.cuts) <= 3
+
+
 async def test_a_whole_answer_kept_for_ranges_is_never_sent_whole(origin: Origin, tmp_path: Path) -> None:
     # 11 slices: more than the fast path holds before a head (decide.HELD). Made in C in a few ms: built by a
     # Python thread, it held the GIL against the loop's thread at every socket call of the edge (a convoy: 0.5 s
