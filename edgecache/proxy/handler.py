@@ -126,7 +126,8 @@ class EdgeHandler:
             key = make_key(site.name, host, target, site.key_query)
         except BadTarget as exc:
             raise ClientError.of(admit.bad_target(str(exc))) from exc
-        observe.trace(request).target = key.full_target
+        t = observe.trace(request)
+        t.target, t.host = key.full_target, key.host
         cluster = self.shared.cluster
         hop = cluster.honoured(request.headers.getall(HOP, ()), request.method, key.primary) if cluster else None
         if hop is not None:

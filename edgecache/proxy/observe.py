@@ -52,6 +52,9 @@ class Trace:
     # The target as the access log names it once the request has a key (CacheKey.full_target: never a signed URL's
     # token); None: the raw target of a request refused before it had one.
     target: str | None = None
+    # And the host (the key's, normalised: an absolute-form target's authority, not a Host field it overrides),
+    # as the fast path logs it; None: the Host field as sent, for a request refused before it had a key.
+    host: str | None = None
 
 
 TRACE = web.RequestKey("edgecache_trace", Trace)
@@ -153,7 +156,7 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
         line = Line(
             client(request),
             request.method,
-            headers.get("Host", ""),
+            t.host if t.host is not None else headers.get("Host", ""),
             t.target if t.target is not None else request.raw_path,
             headers.get("Range"),
             headers.get("User-Agent"),

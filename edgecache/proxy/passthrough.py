@@ -7,6 +7,7 @@ import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from edgecache import metrics
 from edgecache.core.forward import pass_request, relayed_fields
@@ -57,7 +58,10 @@ async def pass_through(
             await out.prepare(request)
             return out
         if resp.raw.content_length is None:
-            out.enable_chunked_encoding()
+            if request.version >= HttpVersion11:
+                out.enable_chunked_encoding()
+            else:
+                out.force_close()  # HTTP/1.0 knows no chunks: the close ends the body (aiohttp would keep it open)
         else:
             out.content_length = resp.raw.content_length
         await out.prepare(request)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from edgecache.core import ranges
 from edgecache.core.conditional import not_modified, precondition_failed
@@ -207,8 +208,10 @@ async def send_stream(
     resp = _response(status, headers)
     if length is not None:
         resp.content_length = length
-    else:
+    elif request.version >= HttpVersion11:
         resp.enable_chunked_encoding()
+    else:
+        resp.force_close()  # HTTP/1.0 knows no chunks: the close ends the body (aiohttp would keep it open)
     if request.method == "HEAD":
         await resp.prepare(request)
         return resp

@@ -164,3 +164,24 @@ async def test_http10_keep_alive_carries_a_connection_through_hits_and_misses(or
     assert {k: after[k] - before[k] for k in after} == {
         "answered": 10, "handed_off": 0, "taken_back": 0, "forwarded": 0
     }  # fmt: skip
+
+
+async def test_the_full_handler_frames_an_answer_of_unknown_length_for_http10_too(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """With the fast path off (and for what is still handed to aiohttp), a streamed miss and a pass-through of the
+    origin's chunked answer reach an HTTP/1.0 client as the fast path sends them: no chunks, ended by the close. They
+    were 500s: aiohttp refuses to chunk for HTTP/1.0. A review's probe."""
+    for path in ("/chunked-pass", "/chunked-miss1", "/chunked-miss2"):
+        origin.put(path, b"")
+    origin.on_request = chunked
+    config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=False)
+    async with start_edge(config) as edge:
+        for n in (1, 2):  # a miss of another object each time: the first is stored, then a hit of known length
+            for path, fields in (("/chunked-pass", ("Cache-Control: no-store",)), (f"/chunked-miss{n}", ())):
+                raw = await exchange(edge.port, ask(path, "Connection: keep-alive", *fields))
+                head, _, body = raw.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+                assert b"\r\nTransfer-Encoding:" not in head
+                assert b"\r\nConnection:" not in head
+                assert body == STREAMED

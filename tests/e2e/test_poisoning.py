@@ -8,6 +8,7 @@ received, how often it was asked, and the bytes every later viewer gets.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -91,6 +92,27 @@ async def test_absolute_form_target_sends_the_targets_host(edge: Edge, origin: O
     status, _, _ = await raw_get(edge.port, "GET /echo HTTP/1.1\r\nHost: nosite.example\r\n")
     assert status == 421
     assert origin.hits["/echo"] == 1
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_the_access_log_names_the_host_of_the_key_not_a_host_field_it_overrides(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """An absolute-form target's authority names the site and key; the Host field beside it is ignored, and is not
+    what the log line says (a client could write any name there). Both paths log the key's host. A review's probe."""
+    record(origin)
+    log = tmp_path / "access.log"
+    config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast, access_log=log)
+    async with start_edge(config) as edge:
+        for extra in ("", "Authorization: a\r\n"):  # a miss, then a pass-through
+            head = f"GET http://VIDEO.test.:8080/echo?x=1 HTTP/1.1\r\nHost: evil.test\r\n{extra}"
+            status, _, body = await raw_get(edge.port, head)
+            assert (status, body) == (200, b"video.test /echo?x=1 -")
+    lines = [json.loads(x) for x in log.read_bytes().splitlines()]
+    assert [(x["host"], x["path"], x["cache"]) for x in lines] == [
+        ("video.test", "/echo?x=1", "miss"),
+        ("video.test", "/echo?x=1", "pass"),
+    ]
 
 
 async def test_host_spellings_send_the_keys_host(edge: Edge, origin: Origin) -> None:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
-from tests.wire import fast_path_outcomes
+from tests.wire import fast_path_outcomes, read_answer
 
 ASKED = [None, "phone", "phone", "tv", "tv", None, "phone"]  # the X-Device of each request, in order
 
@@ -92,3 +92,36 @@ async def test_a_first_miss_whose_answer_names_a_vary_is_the_fast_paths(origin: 
     assert seen == [None, "tv", "phone"]
     assert [line.split()[2] for line in logged] == ["miss", "hit", "miss", "hit", "hit"]
     assert (outcomes["answered"], outcomes["handed_off"]) == (len(asked), 0)
+
+
+async def test_a_first_vary_miss_on_a_draining_connection_is_answered(origin: Origin, tmp_path: Path) -> None:
+    """The connection starts draining (FastServer.shutdown) while the first fill is out: its answer names a Vary,
+    and the request, not decided again on a closing connection, is the full handler's, which answers it (it was
+    closed unanswered). A review's probe."""
+    release, asked = asyncio.Event(), asyncio.Event()
+    seen: list[str | None] = []
+
+    async def held(request: web.BaseRequest, obj: object) -> web.Response:
+        seen.append(request.headers.get("X-Device"))
+        asked.set()
+        await release.wait()
+        device = request.headers.get("X-Device")
+        headers = {"Cache-Control": "public, max-age=600", "Vary": "X-Device", "Content-Type": "text/plain"}
+        return web.Response(body=f"for {device or 'anyone'}".encode(), headers=headers)
+
+    origin.put("/v", b"")
+    origin.on_request = held
+    async with start_edge(make_config(tmp_path / "c", [origin.url])) as edge, asyncio.timeout(20):
+        assert edge.fast is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            writer.write(b"GET /v HTTP/1.1\r\nHost: video.test\r\nX-Device: phone\r\n\r\n")
+            await asyncio.wait_for(asked.wait(), 10)
+            for conn in list(edge.fast.connections):
+                conn.close_when_idle()
+            release.set()
+            answer = await read_answer(reader)
+        finally:
+            writer.close()
+    assert (answer[0], answer[2]) == (200, b"for phone")
+    assert seen == [None, "phone"]
