@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.freshness import evaluate, stale_if_error_allows
 from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause
 from edgecache.errors import OriginError, VersionChanged
@@ -104,6 +105,8 @@ def settle(
     assert started is not None
     conn.loads = 0
     fill = started.fill
+    if started.head == head and (stood := _stood_in(conn, started, head)) is not None:
+        return stood
     failure = _failure(fill) if started.ours and started.head == head and started.validating is None else None
     if failure is not None:
         failed(conn, started, failure)
@@ -140,6 +143,29 @@ def settle(
     elif started.head == head:
         conn.admitted = started.primary  # let in when it joined that fill: not judged again
     return None
+
+
+def _stood_in(conn: FastPath, started: Started, head: bytes) -> Prepared | None:
+    """The stale entry a failed revalidation leaves to answer, as stale-if-error lets it (RFC 5861 4): the origin
+    failed the fill, or answered 5xx. The full handler's answer (EdgeHandler._head_of); None for anything else."""
+    meta, fill = started.validating, started.fill
+    if meta is None or not fill.head.done() or fill.head.cancelled():
+        return None
+    exc = fill.head.exception()
+    if exc is None and fill.head.result().status < 500:
+        return None
+    if exc is not None and _failure(fill) is None:  # not the origin's failure (a range it answered, say)
+        return None
+    req = started.cold.req
+    fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, time.time(), req.policy)
+    if fresh is None or not stale_if_error_allows(req.headers, meta.headers, fresh, req.policy):
+        return None
+    answer = conn.server.decider.stood_in(head, conn.client)
+    if answer is None:
+        return None
+    if started.ours:
+        fill.abandon()  # nobody reads what the origin sent instead
+    return replace(answer, began=started.began, origin_ms=started.origin_ms)
 
 
 def _named(conn: FastPath, started: Started, head: FillHead) -> bool:

@@ -42,6 +42,7 @@ from edgecache.proxy.hit import (
     Hit,
     Load,
     Pass,
+    Validated,
     as_fetched,
     find_cold,
     find_hit,
@@ -247,7 +248,14 @@ class Decider:
         """The answer to `head` from the stored entry the origin has just confirmed (a 304), however fresh it is
         (an entry that must always be revalidated is still stale after it): never remembered. The request was
         admitted when its revalidation started (find_cold), so the rate limiter is not asked again."""
-        hit, method, keep_alive = self._parse(head, client, validated=True, admitted=True)
+        hit, method, keep_alive = self._parse(head, client, validated="304", admitted=True)
+        return self._prepared(hit, method, keep_alive, False) if isinstance(hit, Hit) else None
+
+    def stood_in(self, head: bytes, client: str) -> Prepared | None:
+        """The answer to `head` from the stored entry standing in for an origin that failed its revalidation, as
+        stale-if-error lets it (the caller asked core.freshness.stale_if_error_allows): STALE, never remembered, the
+        request admitted when its revalidation started."""
+        hit, method, keep_alive = self._parse(head, client, validated="stale-if-error", admitted=True)
         return self._prepared(hit, method, keep_alive, False) if isinstance(hit, Hit) else None
 
     def _prepared(self, hit: Hit, method: str, keep_alive: KeepAlive, basis: bool) -> Prepared | None:
@@ -386,7 +394,7 @@ class Decider:
         basis: bool = False,
         hop_field: str | None = None,
         cold: bool = False,
-        validated: bool = False,
+        validated: Validated | None = None,
         admitted: bool = False,
     ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None, str, KeepAlive]:
         if rangecut.needs_strict_parser(head):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from edgecache.config import Site
 from edgecache.core import admit, ranges
@@ -124,21 +125,24 @@ def find_hit(
     client: str,
     basis: bool = False,
     hop_field: str | None = None,
-    validated: bool = False,
+    validated: Validated | None = None,
     admitted: bool = False,
 ) -> Hit | Load | Forward | Elsewhere | Refused | Pass | None:
     """The hit this request is, if it is one; or the owner to forward it to; or its pass-through. A `basis` answer is
-    one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the origin
-    has just confirmed the stored entry (a 304), which answers whatever its freshness (Use.REVALIDATE)."""
+    one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the stored entry
+    answers whatever its freshness, as the origin has just confirmed it ("304": Use.REVALIDATE), or as it stands in
+    for an origin that failed its revalidation ("stale-if-error": Use.STALE_OK, RFC 5861 4)."""
     routed = route.routed(shared, method, host, target, headers, client, basis, hop_field, admitted)
     if not isinstance(routed, Routed):
         return routed
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:
         return _passed(shared, routed, method, headers, admitted, CacheStatus.PASS)
-    stored = _stored(shared, routed.site, routed.host, routed.key, headers, validated)
+    stored = _stored(shared, routed.site, routed.host, routed.key, headers, validated is not None)
     if not isinstance(stored, _Stored):
         return stored
-    field = _FIELDS[stored.use]
+    if validated == "stale-if-error":
+        stored = replace(stored, use=Use.STALE_OK)
+    field = _STALE_IF_ERROR if validated == "stale-if-error" else _FIELDS[stored.use]
     planned = _planned(method, headers, stored.meta, stored.now, field)
     if planned is None:
         return None
@@ -402,6 +406,8 @@ STATUS_OF_USE = {
     Use.REVALIDATE: CacheStatus.REVALIDATED,  # only once the origin has just confirmed it (validated)
 }
 _FIELDS = {use: cache_status_header(status) for use, status in STATUS_OF_USE.items()}
+_STALE_IF_ERROR = cache_status_header(CacheStatus.STALE, detail="stale-if-error")
+Validated = Literal["304", "stale-if-error"]  # find_hit(): why a stale entry answers
 
 
 def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_status: str) -> Planned | None:
