@@ -148,12 +148,22 @@ def _hold(directory: Path) -> tuple[int, bool]:
     return fd, True
 
 
-def _start_all(pool: ThreadPoolExecutor, threads: int) -> None:
-    """Start every thread of the pool now. The executor starts them one by one as work arrives, and a start waits
-    until the new thread runs, which takes the GIL: on the event loop, under load, that wait was seen at 319 ms.
-    DiskTier is built off the loop (storage.disks opens disks on its own threads), so the wait is paid there."""
+def _start_all(pool: ThreadPoolExecutor, threads: int, each: Callable[[], object]) -> None:
+    """Start every thread of the pool now, each running `each` once (it opens the thread's own SQLite connection).
+    The executor starts them one by one as work arrives, and a start waits until the new thread runs, which takes
+    the GIL: on the event loop, under load, that wait was seen at 319 ms. DiskTier is built off the loop
+    (storage.disks opens disks on its own threads), so the wait is paid there.
+
+    diskcache opens a thread's connection at its first use, and a connection holds its database open for writing
+    for as long as it lives: one first opened after a read-only mount was put over the disk's directory holds that
+    mount writable, so it can never be made read-only (test_disks' read-only disk failed so in CI)."""
     together = threading.Barrier(threads)
-    for started in [pool.submit(together.wait) for _ in range(threads)]:
+
+    def start() -> None:
+        together.wait()
+        each()
+
+    for started in [pool.submit(start) for _ in range(threads)]:
         started.result()
 
 
@@ -177,7 +187,7 @@ class DiskTier:
             sqlite_cache_size=SQLITE_CACHE_PAGES,
         )
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="disk")
-        _start_all(self._pool, threads)
+        _start_all(self._pool, threads, lambda: self._cache._con)
         self._lock = threading.Lock()
         self._checked: OrderedDict[str, tuple[int, int, int]] = OrderedDict()  # key -> (inode, size, mtime)
         self.errors = 0

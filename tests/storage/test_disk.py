@@ -147,3 +147,25 @@ async def test_fewer_metadata_entries_drop_the_least_used_and_the_disk_still_has
         assert held()[0] == ["k0", "k1", "k2", "k7"]
     finally:
         tier.close()
+
+
+async def test_every_disk_thread_has_its_database_open_from_the_start(tmp_path: Path) -> None:
+    """A disk thread's SQLite connection, opened at its first use, would hold the database open for writing through
+    whatever mount was over the directory then: a read-only mount put over a failing disk could never be made
+    read-only. Each is opened when the tier opens."""
+    db = str(tmp_path / "cache.db")
+
+    def opened() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == db)
+
+    before = opened()
+    tier = DiskTier(tmp_path, 64 * MiB, threads=3)
+    try:
+        assert opened() - before >= 3  # the three threads' (and the opening thread's, while it lives)
+        await tier.put("k", _value(10))
+        await tier.get("k")
+        during = opened()
+        assert during - before >= 3
+    finally:
+        tier.close()
