@@ -19,6 +19,7 @@ from edgecache.proxy.errorpage import error_page
 
 _SERVER = b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
 _EMPTY = frozenset({204, 304})
+_LENGTH_FIELDS = frozenset({"content-length", "transfer-encoding"})
 
 
 def phrase(status: int) -> str:
@@ -56,6 +57,14 @@ def head(
     if "server" not in names:
         encoded += _SERVER
     return encoded + keep_alive.field() + b"\r\n"
+
+
+def bodiless(status: int, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`fields` as aiohttp's server sends them: without Content-Length or Transfer-Encoding for a status no body may
+    follow (204, 304: RFC 9110 8.6, 15.4.5); as they are for any other."""
+    if status not in _EMPTY:
+        return fields
+    return [(k, v) for k, v in fields if k.lower() not in _LENGTH_FIELDS]
 
 
 def frame(
@@ -105,9 +114,7 @@ def relayed(
     fields as core.forward.relayed_fields gives them, framed as aiohttp frames a streamed answer (no Content-Length
     where no body may follow). The head (None: a field cannot be passed on as it is), whether the body is sent
     chunked, and the connection's state after it (encode.frame)."""
-    out = relayed_fields(upstream, status_field)
-    if status in _EMPTY:
-        out = [(k, v) for k, v in out if k.lower() != "content-length"]
+    out = bodiless(status, relayed_fields(upstream, status_field))
     length = next((v for k, v in out if k.lower() == "content-length"), None)
     chunked, keep_alive = frame(out, method == "HEAD" or status in _EMPTY, length, keep_alive)
     return head(status, reason, out, date, keep_alive, charset), chunked, keep_alive

@@ -140,9 +140,9 @@ def find_hit(
     stored = _stored(shared, routed.site, routed.host, routed.key, headers, validated is not None)
     if not isinstance(stored, _Stored):
         return stored
-    if validated == "stale-if-error":
-        stored = replace(stored, use=Use.STALE_OK)
-    field = _STALE_IF_ERROR if validated == "stale-if-error" else _FIELDS[stored.use]
+    field = _FIELDS[stored.use]
+    if validated == "stale-if-error":  # it stands in: stale, and the field says why
+        stored, field = replace(stored, use=Use.STALE_OK), _STALE_IF_ERROR
     planned = _planned(method, headers, stored.meta, stored.now, field)
     if planned is None:
         return None
@@ -420,9 +420,7 @@ def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_
         return None
     if planned.multi is not None:
         planned = multipart(planned, meta, new_boundary())
-    fields = planned.fields
-    if planned.status == 204:  # no body may follow: aiohttp sends no Content-Length (RFC 9110 8.6)
-        fields = [(k, v) for k, v in fields if k.lower() != "content-length"]
+    fields = encode.bodiless(planned.status, planned.fields)
     length = next((v for k, v in fields if k.lower() == "content-length"), None)
     empty = method == "HEAD" or planned.status in (204, 304)
     if length is None and not empty:

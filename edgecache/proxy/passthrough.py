@@ -7,7 +7,6 @@ import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
 
 from edgecache import metrics
 from edgecache.core.forward import pass_request, relayed_fields
@@ -20,6 +19,7 @@ from edgecache.errors import OriginError
 from edgecache.proxy import observe
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import ClientBody, OriginClient, read_chunks
+from edgecache.proxy.respond import unknown_length
 from edgecache.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,7 @@ async def pass_through(
             await out.prepare(request)
             return out
         if resp.raw.content_length is None:
-            if request.version >= HttpVersion11:
-                out.enable_chunked_encoding()
-            else:
-                out.force_close()  # HTTP/1.0 knows no chunks: the close ends the body (aiohttp would keep it open)
+            unknown_length(request, out)
         else:
             out.content_length = resp.raw.content_length
         await out.prepare(request)

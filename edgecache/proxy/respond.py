@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
 
 from edgecache.core import ranges
 from edgecache.core.conditional import not_modified, precondition_failed
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import VIA
 from edgecache.core.headers import Headers, get_all, get_first
+from edgecache.core.keepalive import KeepAlive
 from edgecache.errors import OriginError
 from edgecache.proxy import observe
 
@@ -201,6 +201,17 @@ async def send(
     return resp
 
 
+def unknown_length(request: web.BaseRequest, resp: web.StreamResponse) -> None:
+    """Frame a body of unknown length as the fast path frames it for the client's version
+    (KeepAlive.unknown_length): chunked for HTTP/1.1; for HTTP/1.0, which knows no chunks, sent as it comes and
+    ended by the close (aiohttp refuses to chunk it, and would keep the connection open)."""
+    chunked, after = KeepAlive.of(request.version.minor, request.keep_alive).unknown_length()
+    if chunked:
+        resp.enable_chunked_encoding()
+    elif not after.persists:
+        resp.force_close()
+
+
 async def send_stream(
     request: web.BaseRequest, status: int, headers: list[tuple[str, str]], body: Body, length: int | None
 ) -> web.StreamResponse:
@@ -208,10 +219,8 @@ async def send_stream(
     resp = _response(status, headers)
     if length is not None:
         resp.content_length = length
-    elif request.version >= HttpVersion11:
-        resp.enable_chunked_encoding()
     else:
-        resp.force_close()  # HTTP/1.0 knows no chunks: the close ends the body (aiohttp would keep it open)
+        unknown_length(request, resp)
     if request.method == "HEAD":
         await resp.prepare(request)
         return resp

@@ -52,10 +52,9 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
         return None  # a HEAD's fill asks for its first slice alone: the full handler asks again (a pass-through)
     if head.meta.status < 200 or head.meta.status in (205, 304):
         return None  # framing of aiohttp's own (a 205's empty chunked body), which the full handler writes
-    empty = head.meta.status == 204  # no body may follow, nor a Content-Length (RFC 9110 8.6)
+    empty = head.meta.status == 204  # no body may follow (RFC 9110 8.6)
     meta, fields = fill_fields(head, True, CacheStatus.MISS, None)
-    if empty:  # what aiohttp's server drops from a 204 (one the origin sent)
-        fields = [(k, v) for k, v in fields if k.lower() not in ("content-length", "transfer-encoding")]
+    fields = encode.bodiless(meta.status, fields)
     length = None if head.end is None or empty else str(head.end)
     if length is not None:
         fields.append(("Content-Length", length))

@@ -228,6 +228,19 @@ async def test_an_idle_connection_is_closed(origin: Origin, tmp_path: Path) -> N
         writer.close()
 
 
+def counted_cuts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The first byte of every range cut from a whole answer from now on (rangecut.cut_206), in order."""
+    cut = rangecut.cut_206
+    cuts: list[int] = []
+
+    def counting(whole: bytes, hit: Hit, rng: ByteRange, content_range: str) -> bytes | None:
+        cuts.append(rng.first)
+        return cut(whole, hit, rng, content_range)
+
+    monkeypatch.setattr(rangecut, "cut_206", counting)
+    return cuts
+
+
 # One connection, many single ranges of one object: after the first, each is cut from the whole-object answer
 # (fastpath._ranged). (request, answered by the fast path)
 RANGED: list[tuple[bytes, bool]] = [
@@ -255,14 +268,7 @@ async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
     pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch, version: str
 ) -> None:
     fast_edge, framework = pair
-    cut = rangecut.cut_206
-    cuts: list[int] = []
-
-    def counting(whole: bytes, hit: Hit, rng: ByteRange, content_range: str) -> bytes | None:
-        cuts.append(rng.first)
-        return cut(whole, hit, rng, content_range)
-
-    monkeypatch.setattr(rangecut, "cut_206", counting)
+    cuts = counted_cuts(monkeypatch)
     asked = [case if version == "HTTP/1.1" else to10(case) for case, _ in RANGED]
     requests = b"".join(asked) + CLOSE
     before = answered()
@@ -284,14 +290,7 @@ async def test_a_range_asked_again_is_answered_from_its_cut(
     the cuts kept are bounded (a full table is cleared and filled again)."""
     fast_edge, framework = pair
     assert fast_edge.fast is not None
-    cut = rangecut.cut_206
-    cuts: list[int] = []
-
-    def counting(whole: bytes, hit: Hit, rng: ByteRange, content_range: str) -> bytes | None:
-        cuts.append(rng.first)
-        return cut(whole, hit, rng, content_range)
-
-    monkeypatch.setattr(rangecut, "cut_206", counting)
+    cuts = counted_cuts(monkeypatch)
     monkeypatch.setattr(decide, "_MEMO_ENTRIES", 3)
     again = get("/big", "Range: bytes=1048570-1048585") * 3
     others = b"".join(get("/big", f"Range: bytes={n}-{n + 9}") for n in range(10, 80, 10))  # 7 more

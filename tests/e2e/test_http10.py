@@ -14,10 +14,9 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from aiohttp import web
-
 from tests.conftest import make_config, start_edge
-from tests.origin import Obj, Origin
+from tests.e2e.test_pass_fast import chunked
+from tests.origin import Origin
 from tests.wire import fast_path_outcomes
 
 BODY = bytes(range(256)) * 40
@@ -28,19 +27,6 @@ _VOLATILE = re.compile(rb"\r\n(Age|Date): [^\r]*")
 def ask(path: str, *fields: str, version: str = "HTTP/1.0") -> bytes:
     lines = [f"GET {path} {version}", "Host: video.test", *fields]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-async def chunked(request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse | None:
-    """The origin's answer of unknown length: chunked, in three pieces."""
-    if not request.path.startswith("/chunked"):
-        return None
-    resp = web.StreamResponse(headers={"Content-Type": "text/plain", "Cache-Control": "max-age=60"})
-    resp.enable_chunked_encoding()
-    await resp.prepare(request)
-    for part in (b"first ", b"second ", b"third\n"):
-        await resp.write(part)
-    await resp.write_eof()
-    return resp
 
 
 async def exchange(port: int, data: bytes) -> bytes:

@@ -45,7 +45,8 @@ _DATE = re.compile(rb"\r\nDate: [^\r]*")
 
 
 async def chunked(request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse | None:
-    if request.path != "/chunked":
+    """The origin's answer of unknown length for a path under /chunked: chunked, in three pieces."""
+    if not request.path.startswith("/chunked"):
         return None
     resp = web.StreamResponse(headers={"Content-Type": "text/plain", "Cache-Control": "max-age=60"})
     resp.enable_chunked_encoding()
