@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from edgecache.core.cachecontrol import CacheControl, parse_cache_control, parse_pragma_no_cache, valid_sf_directives
+from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import HOP_BY_HOP, Headers, connection_tokens, get_all, get_first, list_values
 from edgecache.core.httpdate import parse_http_date
 
@@ -229,6 +230,14 @@ def stale_if_error_allows(req: Headers, resp: Headers, fresh: Freshness, policy:
         return False
     windows = [w for w in (scc.stale_if_error, rcc.stale_if_error) if w is not None]
     return any(fresh.staleness <= w for w in windows)
+
+
+def may_stand_in(req: Headers, stale: ObjectMeta | None, policy: Policy, now: float) -> bool:
+    """May the `stale` entry a fill revalidates answer in its place should the origin fail it (stale-if-error)?"""
+    if stale is None:
+        return False
+    fresh = evaluate(stale.headers, stale.status, stale.request_time, stale.response_time, now, policy)
+    return stale_if_error_allows(req, stale.headers, fresh, policy)
 
 
 # RFC 9111 3.2: Content-Length is never updated from a 304; Content-Range "MAY be ignored" and is, because the

@@ -34,6 +34,12 @@ _SAYS_HIT = frozenset({CacheStatus.HIT, CacheStatus.STALE})
 MISSES = frozenset({CacheStatus.MISS, CacheStatus.EXPIRED, CacheStatus.PARTIAL})
 
 
+def of_fill(replaced: bool) -> CacheStatus:
+    """The status of an answer from a miss's fill: EXPIRED when the fill replaces a stale entry it revalidated
+    (the origin sent a new answer, not a 304), else MISS."""
+    return CacheStatus.EXPIRED if replaced else CacheStatus.MISS
+
+
 def with_fetched(status: CacheStatus, fetched: bool) -> CacheStatus:
     """The status of an answer made from a stored entry once it is known whether some of its bytes were fetched:
     `hit` (or stale) only when none was; else PARTIAL. Other statuses say where bytes came from

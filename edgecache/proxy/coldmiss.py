@@ -1,11 +1,12 @@
 """A miss on the fast path, of an object nothing is known of or whose stored entry must be revalidated: its fill
 is started here (hit.find_cold decides which), and once the origin's head is in, the request is decided again and
 is answered through the same slice reader as any hit (diskhit): as a miss that reads the fill (expired when it
-replaced a stale entry), or as revalidated from the stored entry a 304 confirmed (decide.Decider.fetched). An
-origin that failed the request's own fill, with no stale entry to stand in, gets the full handler's 502 (failed).
+replaced a stale entry), or as revalidated from the stored entry a 304 confirmed (decide.Decider.fetched), stale on
+arrival or not. An origin that failed the request's own fill or revalidation, with no stale entry to stand in, gets
+the full handler's 502 (failed).
 
-Whatever the head turns out to be that the fast path does not answer (an answer that is not stored, a failure of a
-fill it joined or of a revalidation, a Vary, a plan of its own), the request goes to the full handler with the
+Whatever the head turns out to be that the fast path does not answer (a failure of a fill it joined, a Vary its
+record does not name, a plan of its own), the request goes to the full handler with the
 fill it started (Shared.adopted): the handler carries on with that fill as if it had started it, so the
 origin is asked once either way.
 """
@@ -19,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.freshness import evaluate, stale_if_error_allows
+from edgecache.core.freshness import may_stand_in
 from edgecache.core.keys import digest
-from edgecache.core.status import CacheStatus, miss_cause
+from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import refuse, uncached
 from edgecache.proxy.decide import Prepared
@@ -66,6 +67,16 @@ class Started:
         """The stale entry the fill revalidates (None: nothing was stored)."""
         return self.cold.validate
 
+    def may_stand_in(self) -> bool:
+        """May the stale entry the fill revalidates answer should the origin fail it (stale-if-error)?"""
+        req = self.cold.req
+        return may_stand_in(req.headers, self.validating, req.policy, time.time())
+
+    @property
+    def status(self) -> CacheStatus:
+        """The Cache-Status of an answer from the fill itself (not a 304's)."""
+        return of_fill(self.validating is not None)
+
 
 def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused | Pass:
     """Start (or join) the fill of a miss and wait for its head off the connection's turn; its refusal or its
@@ -107,13 +118,17 @@ def settle(
     fill = started.fill
     if started.head == head and (stood := _stood_in(conn, started, head)) is not None:
         return stood
-    failure = _failure(fill) if started.ours and started.head == head and started.validating is None else None
+    # A revalidation's own, too, once no stale entry may stand in: the same 502 (EdgeHandler._head_of raises)
+    mine = started.ours and started.head == head and not started.may_stand_in()
+    failure = _failure(fill) if mine else None
     if failure is not None:
         failed(conn, started, failure)
         return FAILED
     arrived = fill.head.done() and not fill.head.cancelled() and fill.head.exception() is None
-    if arrived and started.head == head and decided is None and fill.head.result().status == 304:
-        decided = conn.server.decider.validated(head, conn.client)  # confirmed, yet stale: answered all the same
+    if arrived and started.head == head and decided is None and _just_stored(fill.head.result()):
+        # Confirmed (a 304) or sent (a stored answer) just now, yet stale on arrival (max-age=0, no-cache, or the
+        # request's own no-cache): answered all the same, as the full handler answers from its own fill.
+        decided = conn.server.decider.validated(head, conn.client)
     if arrived and started.head == head and isinstance(decided, Prepared):
         ms, validating = started.origin_ms or 0.0, started.validating
         fetched = fill.head.result()
@@ -148,17 +163,15 @@ def settle(
 def _stood_in(conn: FastPath, started: Started, head: bytes) -> Prepared | None:
     """The stale entry a failed revalidation leaves to answer, as stale-if-error lets it (RFC 5861 4): the origin
     failed the fill, or answered 5xx. The full handler's answer (EdgeHandler._head_of); None for anything else."""
-    meta, fill = started.validating, started.fill
-    if meta is None or not fill.head.done() or fill.head.cancelled():
+    fill = started.fill
+    if not fill.head.done() or fill.head.cancelled():
         return None
     exc = fill.head.exception()
     if exc is None and fill.head.result().status < 500:
         return None
     if exc is not None and _failure(fill) is None:  # not the origin's failure (a range it answered, say)
         return None
-    req = started.cold.req
-    fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, time.time(), req.policy)
-    if fresh is None or not stale_if_error_allows(req.headers, meta.headers, fresh, req.policy):
+    if not started.may_stand_in():
         return None
     answer = conn.server.decider.stood_in(head, conn.client)
     if answer is None:
@@ -166,6 +179,12 @@ def _stood_in(conn: FastPath, started: Started, head: bytes) -> Prepared | None:
     if started.ours:
         fill.abandon()  # nobody reads what the origin sent instead
     return replace(answer, began=started.began, origin_ms=started.origin_ms)
+
+
+def _just_stored(head: FillHead) -> bool:
+    """Does the fill's head leave an entry the request may be answered from, fresh or not: the stored entry it
+    confirmed, or the shared answer it stores?"""
+    return head.status == 304 or (head.store and head.shared)
 
 
 def _named(conn: FastPath, started: Started, head: FillHead) -> bool:
@@ -190,7 +209,7 @@ def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
     else:
         metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
     return Pass(
-        cold.req, CacheStatus.MISS, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover,
+        cold.req, started.status, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover,
         not head.shared, started.began, started.origin_ms,
     )  # fmt: skip
 

@@ -32,7 +32,7 @@ from edgecache.core import admit, ranges
 from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keepalive import KeepAlive
-from edgecache.core.status import CacheStatus
+from edgecache.core.status import CacheStatus, of_fill
 from edgecache.proxy import encode, observe, rangecut
 from edgecache.proxy.fill import Fill
 from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
@@ -245,9 +245,9 @@ class Decider:
         return prepared
 
     def validated(self, head: bytes, client: str) -> Prepared | None:
-        """The answer to `head` from the stored entry the origin has just confirmed (a 304), however fresh it is
-        (an entry that must always be revalidated is still stale after it): never remembered. The request was
-        admitted when its revalidation started (find_cold), so the rate limiter is not asked again."""
+        """The answer to `head` from the stored entry the origin has just confirmed (a 304) or sent, however fresh
+        it is (an entry that must always be revalidated is stale on arrival): never remembered. The request was
+        admitted when its fill started (find_cold), so the rate limiter is not asked again."""
         hit, method, keep_alive = self._parse(head, client, validated="304", admitted=True)
         return self._prepared(hit, method, keep_alive, False) if isinstance(hit, Hit) else None
 
@@ -359,7 +359,7 @@ class Decider:
         if p.range_field is not None:  # cut from the answer without its Range (_ranged): the request had one
             asked = (*asked, ("Range", p.range_field))
         head = fill.head.result()
-        status = CacheStatus.MISS if validating is None else CacheStatus.EXPIRED
+        status = of_fill(validating is not None)
         hit = as_fetched(p.hit, p.method, asked, head, ours, status)
         if hit is None:
             return None

@@ -23,12 +23,12 @@ from edgecache.core.clientaddr import real_client
 from edgecache.core.conditional import validates
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import must_pass
-from edgecache.core.freshness import Freshness, Use, evaluate, stale_if_error_allows, stored_use
+from edgecache.core.freshness import Freshness, Use, evaluate, may_stand_in, stored_use
 from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
-from edgecache.core.status import CacheStatus
+from edgecache.core.status import CacheStatus, of_fill
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
 from edgecache.proxy.errorpage import error_response
@@ -235,11 +235,7 @@ class EdgeHandler:
             adopted = None
             if ours:
                 started.append(fill)
-            stale_ok = (
-                meta is not None
-                and fresh is not None
-                and stale_if_error_allows(req.headers, meta.headers, fresh, req.policy)
-            )
+            stale_ok = may_stand_in(req.headers, meta, req.policy, time.time())
             if not ours:
                 metrics.COLLAPSED.inc()
             head = await self._head_of(request, req, fill, meta if stale_ok else None)
@@ -331,6 +327,6 @@ class EdgeHandler:
     ) -> web.StreamResponse:
         """A miss's answer from its fill once the head has come (serving.from_fill)."""
         observe.trace(request).uncacheable = not head.shared
-        status = CacheStatus.MISS if meta is None else CacheStatus.EXPIRED
+        status = of_fill(meta is not None)
         keyed = replace(req, entry_key=head.entry_key)
         return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours)

@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from edgecache.core import ranges
-from edgecache.core.status import CacheStatus, MissCause
+from edgecache.core.status import CacheStatus, MissCause, of_fill
 from edgecache.errors import OriginError
 from edgecache.proxy import coldmiss, diskhit, passing, reading
 from edgecache.proxy.decide import Prepared
@@ -76,7 +76,7 @@ def _passed(p: Prepared) -> Pass:
     """The pass-through of a costly multipart Range: a miss of its own (EXPIRED when it replaced a stale entry), its
     cause as the answer it replaces had it, as serving.serve and serve_fill pass it through."""
     hit = p.hit
-    status = CacheStatus.EXPIRED if p.status is CacheStatus.EXPIRED else CacheStatus.MISS
+    status = of_fill(p.status is CacheStatus.EXPIRED)
     evicted, moved = p.cause == MissCause.EVICTED, p.cause == MissCause.RING_MOVED
     failover = hit.failover or p.cause == MissCause.PEER_DOWN
     return Pass(hit.req, status, p.method, p.keep_alive, hit.viewer, evicted, failover, moved=moved)

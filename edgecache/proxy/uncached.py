@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from edgecache import metrics
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import variant
-from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
 from edgecache.proxy.fill import FillHead
@@ -46,14 +45,14 @@ class Planned:
 def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     """The answer the full handler streams from this request's own fill (its head in), if that is what it does:
     a whole body it does not store, for the request that started the fill, of the variant that request names.
-    None: anything else (stored, ranged, another variant, a revalidation), or a head that cannot be encoded."""
+    None: anything else (stored, ranged, another variant, a 304), or a head that cannot be encoded."""
     cold = started.cold
     if not started.ours or cold.method == "HEAD" or from_own_fill(conn, started, head) != "stream":
         return None  # a HEAD's fill asks for its first slice alone: the full handler asks again (a pass-through)
     if head.meta.status < 200 or head.meta.status in (205, 304):
         return None  # framing of aiohttp's own (a 205's empty chunked body), which the full handler writes
     empty = head.meta.status == 204  # no body may follow (RFC 9110 8.6)
-    meta, fields = fill_fields(head, True, CacheStatus.MISS, None)
+    meta, fields = fill_fields(head, True, started.status, None)
     fields = encode.bodiless(meta.status, fields)
     length = None if head.end is None or empty else str(head.end)
     if length is not None:
@@ -68,8 +67,8 @@ def from_own_fill(conn: FastPath, started: Started, head: FillHead) -> FromFill 
     """How the full handler answers a miss from the fill its request started or joined, now that the head is in
     (serving.from_fill), when that is all it decides; None where it decides otherwise: a revalidation, a
     look-aside's answer, another variant's (it looks again under that variant's key: EdgeHandler._cached_loop), or
-    too many requests in flight (503, the fill let go)."""
-    if started.validating is not None or head.status == 304 or head.peer is not None:
+    too many requests in flight (503, the fill let go). A revalidation's new answer is one (EXPIRED: Started.status)."""
+    if head.status == 304 or head.peer is not None:
         return None
     if conn.server.shared.in_flight >= conn.server.shared.max_in_flight:
         return None
@@ -98,9 +97,10 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
     handler logs an answer cut off)."""
     shared, cold = conn.server.shared, started.cold
     t = observe.new_trace()
-    t.t0, t.site, t.status, t.origin_ms = started.began, cold.req.site.name, CacheStatus.MISS, started.origin_ms
+    t.t0, t.site, t.status, t.origin_ms = started.began, cold.req.site.name, started.status, started.origin_ms
     # The miss's cause, as the full handler notes it (EdgeHandler._serve_head, _instead_of_fill)
     t.uncacheable, t.evicted, t.failover = not plan.shared, started.evicted, cold.failover
+    t.expired = started.validating is not None
     t.for_peer = cold.viewer is not None
     shared.in_flight += 1
     nbytes, code = 0, 0
