@@ -215,11 +215,12 @@ def unknown_length(request: web.BaseRequest, resp: web.StreamResponse) -> None:
 async def send_stream(
     request: web.BaseRequest, status: int, headers: list[tuple[str, str]], body: Body, length: int | None
 ) -> web.StreamResponse:
-    """A body that cannot be ranged or conditioned (uncacheable, or of unknown length), sent as it comes."""
+    """A body that cannot be ranged or conditioned (uncacheable, or of unknown length), sent as it comes. A HEAD's
+    answer has no body to frame: its connection is kept whatever the client's version."""
     resp = _response(status, headers)
     if length is not None:
         resp.content_length = length
-    else:
+    elif request.method != "HEAD":
         unknown_length(request, resp)
     if request.method == "HEAD":
         await resp.prepare(request)

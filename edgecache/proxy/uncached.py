@@ -47,14 +47,14 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     a whole body it does not store, for the request that started the fill, of the variant that request names.
     None: anything else (stored, ranged, another variant, a 304), or a head that cannot be encoded."""
     cold = started.cold
-    if not started.ours or cold.method == "HEAD" or from_own_fill(conn, started, head) != "stream":
-        return None  # a HEAD's fill asks for its first slice alone: the full handler asks again (a pass-through)
+    if not started.ours or from_own_fill(conn, started, head) != "stream":
+        return None
     if head.meta.status < 200 or head.meta.status in (205, 304):
         return None  # framing of aiohttp's own (a 205's empty chunked body), which the full handler writes
-    empty = head.meta.status == 204  # no body may follow (RFC 9110 8.6)
+    empty = head.meta.status == 204 or cold.method == "HEAD"  # no body may follow (RFC 9110 8.6, 9.3.2)
     meta, fields = fill_fields(head, True, started.status, None)
     fields = encode.bodiless(meta.status, fields)
-    length = None if head.end is None or empty else str(head.end)
+    length = None if head.end is None or meta.status == 204 else str(head.end)
     if length is not None:
         fields.append(("Content-Length", length))
     chunked, keep_alive = encode.frame(fields, empty, length, cold.keep_alive)
@@ -105,26 +105,32 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
     shared.in_flight += 1
     nbytes, code = 0, 0
     try:
-        async with contextlib.aclosing(started.fill.stream()) as body:
-            try:
-                first = await anext(body, None)
-            except OriginError as exc:  # nothing sent yet: answered as the full handler answers it
-                code = -1
-                failed(conn, started, exc, True)
-                return
+        if cold.method == "HEAD":  # no body to wait for: the head goes at once (respond.send_stream)
+            started.fill.abandon()
             _head(conn, plan, t)
-            try:
-                if first is not None:
-                    nbytes += await piece(conn, first, plan.chunked)
-                async for data in body:
-                    nbytes += await piece(conn, data, plan.chunked)
-            except OriginError as exc:
-                log.warning("aborting response to %s after %d bytes: %s", cold.req.key.full_target[:200], nbytes, exc)
-                if conn.transport is not None:
-                    conn.transport.abort()
-                raise ConnectionAbortedError(str(exc)) from exc
-        if plan.chunked:
-            write(conn, b"0\r\n\r\n")
+        else:
+            async with contextlib.aclosing(started.fill.stream()) as body:
+                try:
+                    first = await anext(body, None)
+                except OriginError as exc:  # nothing sent yet: answered as the full handler answers it
+                    code = -1
+                    failed(conn, started, exc, True)
+                    return
+                _head(conn, plan, t)
+                try:
+                    if first is not None:
+                        nbytes += await piece(conn, first, plan.chunked)
+                    async for data in body:
+                        nbytes += await piece(conn, data, plan.chunked)
+                except OriginError as exc:
+                    log.warning(
+                        "aborting response to %s after %d bytes: %s", cold.req.key.full_target[:200], nbytes, exc
+                    )
+                    if conn.transport is not None:
+                        conn.transport.abort()
+                    raise ConnectionAbortedError(str(exc)) from exc
+            if plan.chunked:
+                write(conn, b"0\r\n\r\n")
         code = plan.status
     finally:
         shared.in_flight -= 1

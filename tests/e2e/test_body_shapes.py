@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import RawOrigin, RawReply, RawRequest
+from tests.wire import fast_path_outcomes
 
 FRESH = "public, max-age=3600"
 STALE = "public, max-age=0, must-revalidate"  # every later request revalidates
@@ -202,13 +203,18 @@ async def test_each_body_shape_answers_head_twice(raw_edge: Edge, raw_origin: Ra
     A HEAD miss fills the first slice with a ranged GET. An answer without Content-Length makes that fill one of
     the whole object, which answers the HEAD (its length not yet known); the filled entry answers the second."""
     shape, edge, origin = BY_NAME[name], raw_edge, raw_origin
+    before = fast_path_outcomes()["handed_off"]
     for i in range(2):
         status, headers = await ask_head(edge, f"/{name}/fresh")
         assert status == shape.status
         if shape.status == 200 and (shape.sized or i > 0):
             assert headers["Content-Length"] == str(len(shape.body))
+        else:
+            assert "Content-Length" not in headers
+            assert "Transfer-Encoding" not in headers
     methods = [r.method for r in origin.seen if r.path == f"/{name}/fresh"]
     assert methods == ["GET"]
+    assert fast_path_outcomes()["handed_off"] == before  # with the fast path off, nothing is counted
 
     for _ in range(2):
         status, _ = await ask_head(edge, f"/{name}/nostore", **{"Cache-Control": "no-store"})

@@ -171,3 +171,30 @@ async def test_the_full_handler_frames_an_answer_of_unknown_length_for_http10_to
                 assert b"\r\nTransfer-Encoding:" not in head
                 assert b"\r\nConnection:" not in head
                 assert body == STREAMED
+
+
+async def test_a_head_of_unknown_length_keeps_an_http10_connection_on_both_paths(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A HEAD miss whose answer's length is not known: the head alone, with no body to end by the close, so the
+    keep-alive the client asked for holds and the request after it is answered; the fast path (which answers it,
+    not aiohttp) and the full handler alike. The full handler closed the connection after it."""
+    origin.put("/chunked-head", b"")
+    origin.put("/after", BODY)
+    origin.on_request = chunked
+    raws = []
+    for fast in (True, False):
+        config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast)
+        async with start_edge(config) as edge:
+            before = fast_path_outcomes()
+            head = ask("/chunked-head", "Connection: keep-alive").replace(b"GET ", b"HEAD ", 1)
+            raws.append(_VOLATILE.sub(b"", await exchange(edge.port, head + ask("/after"))))
+            after = fast_path_outcomes()
+        assert after["handed_off"] == before["handed_off"]
+    assert raws[0] == raws[1]
+    first, second = re.findall(rb"HTTP/1\.0 200 OK\r\n(?:[^\r]+\r\n)*\r\n", raws[0])
+    assert b"\r\nConnection: keep-alive\r\n" in first
+    assert b"\r\nContent-Length:" not in first
+    assert b"\r\nTransfer-Encoding:" not in first
+    assert raws[0] == first + second + BODY
+    assert origin.hits == {"/chunked-head": 2, "/after": 2}

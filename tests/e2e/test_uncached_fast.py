@@ -113,9 +113,12 @@ async def test_answers_not_stored_are_streamed_on_the_fast_path_as_the_full_hand
     origin.put("/chunked", b"")
     origin.put("/small", b"tiny private answer", headers={"Cache-Control": "private, max-age=60"})
     origin.on_request = chunked
+    before = fast_path_outcomes()
     fast = await run(origin, tmp_path, fast=True)
+    handed_off = fast_path_outcomes()["handed_off"] - before["handed_off"]
     full = await run(origin, tmp_path, fast=False)
     assert fast == full
+    assert handed_off == 0  # a HEAD of an answer of unknown length too: its head is the fill's
     got = fast[0]
     assert [body for _, body in got] == [PRIVATE, PRIVATE, b"", b"", CHUNKED, CHUNKED, b""] + [
         b"tiny private answer"
