@@ -39,6 +39,8 @@ class Reply:
 NO_HOST = Reply(400, "missing or invalid Host")
 NOT_HTTP = Reply(400, "absolute-form target must be http or https")
 TOO_MANY = Reply(429, "too many requests from this address")
+# Load shed before any work (Shared.overloaded): a quick, honest answer instead of a slow collapse.
+OVERLOADED = Reply(503, "overloaded: try again shortly")
 # A miss that may not be filled: the client asked for a stored answer only (RFC 9111 5.2.1.7), and none is stored.
 NOT_CACHED = Reply(504, "only-if-cached and not in cache")
 # The same for an owner's look-aside (core.lookaside), which is never filled: nothing is held here.

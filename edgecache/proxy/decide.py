@@ -155,8 +155,8 @@ class Decider:
         was decided from is unchanged (Hit.still); only the client's address is checked again.
         """
         shared = self.shared
-        if shared.in_flight >= shared.max_in_flight:
-            return None
+        if shared.overloaded:
+            return self._overloaded(head)
         if shared.cluster is not None:
             hop = split_hop(head)
             if hop is not None:
@@ -336,8 +336,8 @@ class Decider:
     def cold(self, head: bytes, client: str, admitted: bool = False) -> Cold | Refused | Pass | None:
         """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds, or its
         refusal; None: the full handler decides it."""
-        if self.shared.in_flight >= self.shared.max_in_flight:
-            return None
+        if self.shared.overloaded:
+            return self._overloaded(head)
         found, _, keep_alive = self._parse(head, client, cold=True, admitted=admitted)
         return replace(found, keep_alive=keep_alive) if isinstance(found, Cold | Refused | Pass) else None
 
@@ -387,6 +387,12 @@ class Decider:
             p, hit=hit, head=encoded, counter=counter, site_bytes=site_bytes, status=status, cause=cause, way=way
         )
 
+    def _overloaded(self, head: bytes) -> Refused | None:
+        """admit.OVERLOADED for a head the fast path could answer otherwise, as the full handler answers it before
+        any work; None for one it leaves to aiohttp."""
+        refused, _, keep_alive = self._parse(head, "", overloaded=True)
+        return replace(refused, keep_alive=keep_alive) if isinstance(refused, Refused) else None
+
     def _parse(
         self,
         head: bytes,
@@ -396,6 +402,7 @@ class Decider:
         cold: bool = False,
         validated: Validated | None = None,
         admitted: bool = False,
+        overloaded: bool = False,
     ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None, str, KeepAlive]:
         if rangecut.needs_strict_parser(head):
             return None, "", KeepAlive.CLOSE
@@ -414,6 +421,8 @@ class Decider:
         if len(hosts) > 1:
             return None, "", KeepAlive.CLOSE
         m, keep_alive = msg.method, KeepAlive.of(msg.version.minor, not msg.should_close)
+        if overloaded:  # before anything is looked at, as the full handler sheds it
+            return Refused(admit.OVERLOADED, m, target, headers), m, keep_alive
         found = addressed(msg.url, target, hosts[0] if hosts else None)
         if isinstance(found, Reply):
             return Refused(found, m, target, headers), m, keep_alive

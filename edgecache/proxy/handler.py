@@ -79,10 +79,9 @@ class EdgeHandler:
         )
         observe.WRITE_TIMEOUT.set(self.shared.write_timeout)
         resp: web.StreamResponse | None = None
-        if self.shared.in_flight >= self.shared.max_in_flight:
-            # Shed load before doing any work: a quick, honest answer instead of a slow collapse.
+        if self.shared.overloaded:
             observe.mark(request, CacheStatus.ERROR)
-            resp = error_response(503, "overloaded: try again shortly")
+            resp = error_response(admit.OVERLOADED.status, admit.OVERLOADED.reason)
             observe.finish(request, resp, self.shared.access, self.shared.node)
             return resp
         self.shared.in_flight += 1

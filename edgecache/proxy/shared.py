@@ -55,6 +55,11 @@ class Shared:
         # fill to carry on (it joined another's, or its owner could not be reached): not judged again.
         self.admitted: dict[asyncio.BaseTransport, str] = {}
 
+    @property
+    def overloaded(self) -> bool:
+        """As many requests in flight as this worker takes: a new one gets admit.OVERLOADED at once."""
+        return self.in_flight >= self.max_in_flight
+
     def reload(self, sites: tuple[Site, ...]) -> None:
         """New sites and policies for the requests that start from now on; requests in flight keep theirs."""
         self.router = Router((s.hosts, s) for s in sites)

@@ -70,7 +70,7 @@ def from_own_fill(conn: FastPath, started: Started, head: FillHead) -> FromFill 
     too many requests in flight (503, the fill let go). A revalidation's new answer is one (EXPIRED: Started.status)."""
     if head.status == 304 or head.peer is not None:
         return None
-    if conn.server.shared.in_flight >= conn.server.shared.max_in_flight:
+    if conn.server.shared.overloaded:
         return None
     if other_variant(started, head):
         return None

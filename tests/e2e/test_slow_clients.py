@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
 from tests.samples import sample_value
+from tests.wire import fast_path_outcomes
 
 
 def slow_clients() -> float:
@@ -63,6 +66,57 @@ async def test_overload_answers_503_with_retry_after(origin: Origin, tmp_path: P
         assert [r[0] for r in await asyncio.gather(*held)] == [200, 200]
         assert (await edge.get("/held?n=4"))[0] == 200  # capacity is back
         assert origin.hits["/held?n=3"] == 0
+
+
+async def overloaded(origin: Origin, tmp_path: Path, fast: bool) -> tuple[bytes, list[str], float]:
+    """Two misses held at the origin on a node that takes two at once; then a hit, a miss and a HEAD pipelined on
+    one connection. What that connection got (Date masked), the log lines, and the hand-offs meanwhile."""
+    log = tmp_path / f"{fast}.log"
+    cfg = replace(make_config(tmp_path / str(fast), [origin.url]), max_requests=2, fast_path=fast, access_log=log)
+    origin.gate = None
+    origin.seen.clear()
+    async with start_edge(cfg) as edge:
+        assert (await edge.get("/hit"))[0] == 200
+        origin.gate = asyncio.Event()
+        held = [asyncio.ensure_future(edge.get(f"/held?n={i}")) for i in range(2)]
+        await origin.wait_for_requests(3)  # both in flight, held at the origin
+        before = fast_path_outcomes()["handed_off"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        asked = [
+            f"{m} {p} HTTP/1.1\r\nHost: video.test\r\n" for m, p in (("GET", "/hit"), ("GET", "/x"), ("HEAD", "/x"))
+        ]
+        writer.write(("\r\n".join(asked) + "Connection: close\r\n\r\n").encode())
+        async with asyncio.timeout(10):
+            got = await reader.read(-1)
+        writer.close()
+        handed_off = fast_path_outcomes()["handed_off"] - before
+        origin.gate.set()
+        assert [r[0] for r in await asyncio.gather(*held)] == [200, 200]
+    lines = [json.loads(x) for x in log.read_bytes().splitlines()]
+    logged = [f"{x['method']} {x['host']} {x['path']} {x['status']} {x['cache']} {x['bytes']}" for x in lines]
+    return re.sub(rb"\r\nDate: [^\r]*", b"", got), logged, handed_off
+
+
+async def test_overload_is_shed_on_the_fast_path_as_the_full_handler_sheds_it(origin: Origin, tmp_path: Path) -> None:
+    """The 503s of an overloaded node, a hit's too, are the fast path's own (they were handed to aiohttp), with
+    the full handler's bytes and log lines; and the connection is kept until the client closes it."""
+    origin.put("/hit", b"cached")
+    origin.put("/held", b"h")
+    fast, fast_log, handed_off = await overloaded(origin, tmp_path, True)
+    full, full_log, _ = await overloaded(origin, tmp_path, False)
+    assert fast == full
+    assert sorted(fast_log) == sorted(full_log)  # the held two end in either order
+    assert handed_off == 0
+    answer = b"HTTP/1.1 503 Service Unavailable\r\n"
+    assert fast.count(answer) == 3
+    assert fast.endswith(b"\r\nConnection: close\r\n\r\n")  # the HEAD's: a head alone
+    assert [x for x in fast_log if "held" not in x] == [
+        "GET video.test /hit 200 miss 6",
+        "GET video.test /hit 503 error 30",
+        "GET video.test /x 503 error 30",
+        "HEAD video.test /x 503 error 0",
+    ]
+    assert origin.hits["/x"] == 0
 
 
 async def test_per_client_rate_limit_answers_429(origin: Origin, tmp_path: Path) -> None:
