@@ -118,6 +118,8 @@ def settle(
     fill = started.fill
     if started.head == head and (stood := _stood_in(conn, started, head)) is not None:
         return stood
+    if started.head == head and (mismatched := _mismatched(started)) is not None:
+        return mismatched
     # A revalidation's own, too, once no stale entry may stand in: the same 502 (EdgeHandler._head_of raises)
     mine = started.ours and started.head == head and not started.may_stand_in()
     failure = _failure(fill) if mine else None
@@ -212,6 +214,20 @@ def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
         cold.req, started.status, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover,
         not head.shared, started.began, started.origin_ms,
     )  # fmt: skip
+
+
+def _mismatched(started: Started) -> Pass | None:
+    """The pass-through of a miss whose origin answered another range than the fill asked for (RangeMismatch:
+    it fills nothing), as the full handler passes it through (EdgeHandler._head_of); None for anything else. A
+    revalidation's stays the full handler's: its pass-through is a MISS whose cause is the expired entry."""
+    head, cold = started.fill.head, started.cold
+    if not head.done() or head.cancelled() or not isinstance(head.exception(), RangeMismatch):
+        return None
+    if started.validating is not None:
+        return None
+    if not started.ours:
+        metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
+    return Pass(cold.req, CacheStatus.MISS, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover)
 
 
 class Failed:
