@@ -145,12 +145,12 @@ def settle(
         return STREAMED
     if arrived and started.head == head and (passed := _passed(conn, started, fill.head.result())) is not None:
         return passed
-    again = not (conn.varied or conn.closing)  # a draining connection's is the full handler's (as relay.forward)
+    again = not (conn.again or conn.closing)  # a draining connection's is the full handler's (as relay.forward)
     if arrived and started.head == head and again and _named(conn, started, fill.head.result()):
         # The record names the Vary now: decided again, the request is its variant's miss, filled with the
         # fields the Vary names (as the full handler looks again under that variant's key). Once: an origin whose
         # Vary changes from answer to answer leaves the request to the full handler.
-        conn.varied = True
+        conn.again = True
         if started.ours and not fill.head.result().shared:
             fill.abandon()  # only this request would have read it
         return AGAIN

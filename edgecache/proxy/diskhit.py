@@ -22,7 +22,7 @@ from edgecache import metrics
 from edgecache.core import ranges
 from edgecache.core.admit import NOT_HELD
 from edgecache.core.status import CacheStatus, cache_status_header, miss_cause, with_fetched
-from edgecache.errors import OriginError
+from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import coldmiss, reading, refuse
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.respond import MAX_CHECKED
@@ -212,7 +212,14 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
         for later in fetches[1:]:  # read only once the slices before them are sent: their disk look is old by then
             later.looked = False
         partial = await _partial(conn, p, fetches) if fetches else p
-        if partial is None:  # the object changed, or its origin failed, before any byte went out
+        if isinstance(partial, VersionChanged) and p.fill is None and not (conn.again or conn.closing):
+            # A slice came back as another version: never mixed. The entry goes, and the head is decided again
+            # (once): a miss of the version the origin has now, as the full handler starts again.
+            await store.delete_meta(hit.req.entry_key)
+            conn.again = True
+            conn.buf = raw + conn.buf
+            return
+        if not isinstance(partial, Prepared):  # the object changed, or its origin failed, before any byte went out
             conn.buf = raw + conn.buf
             coldmiss.adopt(conn, p)  # a miss's ends as the full handler's would, from the same fill
             conn.hand_off()
@@ -237,10 +244,10 @@ async def _missing_later(conn: FastPath, p: Prepared, later: range) -> set[int]:
     return set(missing)
 
 
-async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepared | None:
+async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepared | VersionChanged | None:
     """The answer once some of its slices are to be fetched: PARTIAL (fwd=partial), its miss counted by cause.
-    The first fetched slice's first bytes are read before the head is sent: a new version at the origin (or a
-    failure) then leaves the request to the full handler, which starts again as a miss; nothing is mixed."""
+    The first fetched slice's first bytes are read before the head is sent, so that a new version at the origin
+    (returned) starts the request again as a miss, and a failure (None) is the full handler's; nothing is mixed."""
     hit = p.hit
     engine = conn.server.shared.engine
     first = fetches[0]
@@ -250,6 +257,8 @@ async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepar
     )
     try:
         first.first = await anext(first.chunks)
+    except VersionChanged as exc:
+        return exc
     except (OriginError, StopAsyncIteration):
         return None
     return with_fetches(conn, p, [f.index for f in fetches])

@@ -83,7 +83,7 @@ class FastPath(asyncio.Protocol):
         self.adopted: Adopted | None = None  # a fill the full handler takes over with the connection (hand_off)
         self.admitted: str | None = None  # or the primary key of a request let in here (Shared.admitted)
         self.retried = 0  # forwards of the head at the front whose owner could not be reached (relay.forward)
-        self.varied = False  # the head at the front was decided again: its fill brought another variant (coldmiss)
+        self.again = False  # the head at the front is decided again, once: another variant (coldmiss), a new version
 
     # --- connection events -------------------------------------------------------------------------------
 
@@ -258,7 +258,7 @@ class FastPath(asyncio.Protocol):
                 forwarded = clientaddr.forwarded_for(head)
                 self.client = clientaddr.real_client(self.address, forwarded, self.server.shared.forwarders)
             settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
-            admitted = settling or self.retried > 0 or self.varied  # let in when it was first decided
+            admitted = settling or self.retried > 0 or self.again  # let in when it was first decided
             prepared = self.server.decider.answer(head, self.client, admitted=admitted)
             if settling:
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
@@ -315,7 +315,7 @@ class FastPath(asyncio.Protocol):
     def head_done(self) -> None:
         """The head at the front is answered (or handed over): what was kept while it was decided again goes (a
         retried forward's count, its admission, a variant's second decision)."""
-        self.retried, self.admitted, self.varied = 0, None, False
+        self.retried, self.admitted, self.again = 0, None, False
 
     async def _load(self, load: Load) -> None:
         """Read what the lookup needs from the disk tier (off the loop), so the same head can be decided again."""

@@ -57,6 +57,7 @@ async def test_missing_slices_are_fetched_for_the_answer_on_the_fast_path(origin
 
 async def test_a_new_version_met_while_fetching_is_a_miss_of_it_never_a_mix(origin: Origin, tmp_path: Path) -> None:
     async with start_edge(make_config(tmp_path / "cache", [origin.url])) as edge:
+        before = fast_path_outcomes()["handed_off"]
         for path in ("/p.bin", "/q.bin"):  # twice, each on a connection of its own
             origin.put(path, DATA, etag='"v1"')
             reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
@@ -67,5 +68,7 @@ async def test_a_new_version_met_while_fetching_is_a_miss_of_it_never_a_mix(orig
                     origin.put(path, new, etag='"v2"')
                     status, _, body = await ask(reader, writer, path=path)
                     assert (status, body) == (200, new)  # all of the new version: the old slice 1 was dropped
+                    # Decided again on the fast path once the new version was met, a miss of it (not handed off)
+                    assert fast_path_outcomes()["handed_off"] == before
             finally:
                 writer.close()

@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import Edge
 from tests.origin import Origin
+from tests.wire import fast_path_outcomes
 
 MiB = 2**20
 V1 = bytes((i * 3) % 251 for i in range(3 * MiB + 100))
@@ -21,9 +22,11 @@ async def test_a_missing_slice_of_a_changed_object_is_served_from_the_new_versio
     assert (status, body) == (206, V1[:100])
     await edge.node.engine.flush()
     origin.put("/moved.bin", V2, etag='"v2"', last_modified="Sun, 02 Nov 2025 00:00:00 GMT")
+    before = fast_path_outcomes()["handed_off"]
     for _ in range(2):
         status, headers, body = await edge.get("/moved.bin", Range="bytes=2097152-2097251")  # slice 2
         assert (status, body) == (206, V2[2 * MiB : 2 * MiB + 100])
         assert headers["ETag"] == '"v2"'
     status, headers, body = await edge.get("/moved.bin", Range="bytes=0-99")  # v1's slice 0 is not served again
     assert (status, body, headers["ETag"]) == (206, V2[:100], '"v2"')
+    assert fast_path_outcomes()["handed_off"] == before  # started again as a miss on the fast path
