@@ -269,6 +269,14 @@ def failed(conn: FastPath, started: Started, exc: OriginError, head_came: bool =
     refuse.origin_failed(conn, exc, cold.method, cold.req, cold.keep_alive, cold.viewer, started.began, origin_ms)
 
 
+def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
+    """The answer to a miss whose own fill's body failed before its first byte: the full handler's (failed)."""
+    assert p.fill is not None
+    p.fill.abandon()
+    hit, began = p.hit, p.began if p.began is not None else time.monotonic()
+    refuse.origin_failed(conn, exc, p.method, hit.req, p.keep_alive, hit.viewer, began, p.origin_ms)
+
+
 def adopt(conn: FastPath, p: Prepared) -> None:
     """A miss's answer that could not start (its body failed before its first byte) goes to the full handler with
     its fill, which answers as it would have (the failure), without asking the origin again. Only the fill it

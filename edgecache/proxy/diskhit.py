@@ -219,6 +219,10 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
             conn.again = True
             conn.buf = raw + conn.buf
             return
+        if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged) and p.ours:
+            # Its own fill failed before the first byte: the full handler's 502, from the same fill
+            coldmiss.failed_fill(conn, p, partial)
+            return
         if not isinstance(partial, Prepared):  # the object changed, or its origin failed, before any byte went out
             conn.buf = raw + conn.buf
             coldmiss.adopt(conn, p)  # a miss's ends as the full handler's would, from the same fill
@@ -244,10 +248,10 @@ async def _missing_later(conn: FastPath, p: Prepared, later: range) -> set[int]:
     return set(missing)
 
 
-async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepared | VersionChanged | None:
+async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepared | OriginError | None:
     """The answer once some of its slices are to be fetched: PARTIAL (fwd=partial), its miss counted by cause.
     The first fetched slice's first bytes are read before the head is sent, so that a new version at the origin
-    (returned) starts the request again as a miss, and a failure (None) is the full handler's; nothing is mixed."""
+    or a failure (returned) is answered as such; nothing is mixed. None: the full handler answers it."""
     hit = p.hit
     engine = conn.server.shared.engine
     first = fetches[0]
@@ -257,9 +261,9 @@ async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepar
     )
     try:
         first.first = await anext(first.chunks)
-    except VersionChanged as exc:
+    except OriginError as exc:
         return exc
-    except (OriginError, StopAsyncIteration):
+    except StopAsyncIteration:
         return None
     return with_fetches(conn, p, [f.index for f in fetches])
 

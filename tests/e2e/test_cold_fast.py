@@ -197,6 +197,7 @@ async def test_a_body_that_fails_before_its_first_byte_is_a_502_from_one_origin_
     origin.put("/cut", b"x" * 100_000)
     origin.on_request = head_only
     config = replace(make_config(tmp_path, [origin.url]), fast_path=fast)
+    before = fast_path_outcomes()["handed_off"]
     async with start_edge(config) as edge, asyncio.timeout(20):
         reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
         try:
@@ -205,7 +206,9 @@ async def test_a_body_that_fails_before_its_first_byte_is_a_502_from_one_origin_
         finally:
             writer.close()
     assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), answer[:200]
+    assert b"\r\n\r\norigin failed: origin body broken: " in answer
     assert origin.hits["/cut"] == 1
+    assert fast_path_outcomes()["handed_off"] == before  # the fast path's own 502
 
 
 @pytest.mark.parametrize("fast", [True, False])
