@@ -414,7 +414,8 @@ class Decider:
         target = msg.path  # as sent (aiohttp decodes it with surrogateescape)
         try:
             target.encode("ascii")
-            headers = tuple((k.decode("ascii"), v.decode("ascii")) for k, v in msg.raw_headers)
+            # A value's bytes past ASCII (obs-text: a User-Agent, a Referer) are decoded as aiohttp decodes them
+            headers = tuple((k.decode("ascii"), v.decode("utf-8", "surrogateescape")) for k, v in msg.raw_headers)
         except UnicodeError:
             return None, "", KeepAlive.CLOSE
         hosts = [v for k, v in headers if k.lower() == "host"]

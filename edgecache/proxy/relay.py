@@ -127,7 +127,7 @@ class Relay:
         hop = cluster.hop_field(fwd.method, fwd.key.primary, t.id, fwd.client, fwd.failover)
         sent = pass_request(fwd.method, fwd.key, fwd.headers, None, self.conn.address, ((HOP, hop),))
         lines = [f"{sent.method} {sent.target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in sent.headers), "\r\n"]
-        request = "".join(lines).encode("latin-1")
+        request = "".join(lines).encode("utf-8", "surrogateescape")  # the viewer's bytes as sent (decide._parse)
         try:
             await self._exchange(request)
         except PeerBroken as exc:

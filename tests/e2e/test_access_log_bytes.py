@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
+from tests.wire import fast_path_outcomes
 
 BODY = bytes(range(256)) * 8
 
@@ -27,6 +28,7 @@ async def test_a_non_utf8_range_is_logged_and_so_is_the_next_request(
     log_path = tmp_path / "access.log"
     config = replace(make_config(tmp_path / "cache", [origin.url]), fast_path=fast, access_log=log_path)
     async with start_edge(config) as edge:
+        before = fast_path_outcomes()["handed_off"]
         reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
         try:
             writer.write(b"GET /obj HTTP/1.1\r\nHost: video.test\r\nRange: bytes=\xff0-9\r\nConnection: close\r\n\r\n")
@@ -39,6 +41,7 @@ async def test_a_non_utf8_range_is_logged_and_so_is_the_next_request(
         assert body == BODY
         status, _, after = await edge.get("/obj", Range="bytes=0-9")
         assert (status, after) == (206, BODY[:10])
+        assert fast_path_outcomes()["handed_off"] == before  # a value past ASCII is the fast path's too
     # The node is closed: its writer has written everything it was given.
     records = [json.loads(line) for line in log_path.read_bytes().split(b"\n")[:-1]]
     assert [(r["path"], r["range"], r["status"]) for r in records] == [

@@ -126,6 +126,7 @@ class ScriptedPeer:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.seen: list[str] = []
+        self.heads: list[bytes] = []
         self.connections = 0  # that carried a request (health checks connect and close)
         self.closed = 0  # of those, closed (by either side)
         self.changed = asyncio.Condition()
@@ -161,6 +162,7 @@ class ScriptedPeer:
                         self.connections, counted = self.connections + 1, True
                     path = head.split(b" ", 2)[1].decode()
                     self.seen.append(path)
+                    self.heads.append(head)
                     await self.scripts[path.split("?")[0]](reader, writer)
                     await writer.drain()
         finally:
@@ -255,6 +257,22 @@ async def test_odd_but_legal_answers_are_relayed_exactly_twice_on_one_connection
         assert by_name["empty"][1]["content-length"] == "0"
         assert peer.connections == 1  # every answer kept its connection to the peer
         assert fast_path("handed_off") == handed
+
+
+async def test_a_viewers_field_past_ascii_reaches_the_owner_as_it_was_sent(origin: Origin, tmp_path: Path) -> None:
+    """A User-Agent of UTF-8 and of bytes no charset names (obs-text), forwarded twice on the fast path: the owner
+    gets the viewer's bytes, not a re-encoding of them (nor an error)."""
+    scripts, paths = scripted({"ua": ODD["empty"]})
+    ua = b"caf\xc3\xa9 \xff\xfe/1"
+    async with ScriptedPeer(scripts) as peer, beside(origin, tmp_path, peer) as edge:
+        handed = fast_path("handed_off")
+        field = b"Host: video.test\r\nUser-Agent: " + ua
+        asked = [request(paths["ua"], close=close).replace(b"Host: video.test", field) for close in (False, True)]
+        raw = await exchange(edge.port, b"".join(asked))
+        assert [s for s, _, _ in answers(raw, ["GET", "GET"])] == [200, 200]
+        assert fast_path("handed_off") == handed
+    assert len(peer.heads) == 2
+    assert all(b"\r\nUser-Agent: " + ua + b"\r\n" in head for head in peer.heads)
 
 
 async def test_a_body_that_ends_at_close_is_relayed_chunked_and_whole(origin: Origin, tmp_path: Path) -> None:
