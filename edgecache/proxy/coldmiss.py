@@ -141,6 +141,8 @@ def settle(
                 metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
             return got
     if arrived and started.head == head and (plan := uncached.planned(conn, started, fill.head.result())):
+        if not started.ours:
+            metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
         uncached.start(conn, started, plan, failed)  # an answer not stored, streamed from the fill
         return STREAMED
     if arrived and started.head == head and (passed := _passed(conn, started, fill.head.result())) is not None:

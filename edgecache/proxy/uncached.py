@@ -43,16 +43,17 @@ class Planned:
 
 
 def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
-    """The answer the full handler streams from this request's own fill (its head in), if that is what it does:
-    a whole body it does not store, for the request that started the fill, of the variant that request names.
-    None: anything else (stored, ranged, another variant, a 304), or a head that cannot be encoded."""
+    """The answer the full handler streams from the fill this request started or joined (its head in), if that is
+    what it does: a whole body it does not store, for the request that started the fill, or one of unknown length
+    any request may share (read from its first byte: Fill.stream), of the variant the request names. None: anything
+    else (stored, ranged, another variant, a 304), or a head that cannot be encoded."""
     cold = started.cold
-    if not started.ours or from_own_fill(conn, started, head) != "stream":
+    if from_own_fill(conn, started, head) != "stream":  # never another request's private answer
         return None
     if head.meta.status < 200 or head.meta.status in (205, 304):
         return None  # framing of aiohttp's own (a 205's empty chunked body), which the full handler writes
     empty = head.meta.status == 204 or cold.method == "HEAD"  # no body may follow (RFC 9110 8.6, 9.3.2)
-    meta, fields = fill_fields(head, True, started.status, None)
+    meta, fields = fill_fields(head, started.ours, started.status, None)
     fields = encode.bodiless(meta.status, fields)
     length = None if head.end is None or meta.status == 204 else str(head.end)
     if length is not None:

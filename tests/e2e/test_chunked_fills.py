@@ -17,6 +17,7 @@ from aiohttp import web
 from edgecache.proxy.fill import WINDOW, Fill
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Obj, Origin
+from tests.wire import fast_path_outcomes
 
 SLICE = 64 * 1024
 BODY = os.urandom(40 * SLICE + 1234)  # 41 slices, the last one short
@@ -88,6 +89,7 @@ async def test_chunked_body_streams_into_slices_and_is_then_a_hit(
     hook.hold_at = 32 * SLICE
     origin.on_request = hook
     headers = {"Host": "video.test"}
+    handed_off = fast_path_outcomes()["handed_off"]
     async with edge.session.get(edge.url + "/c", headers=headers) as first:
         assert first.status == 200
         assert "Content-Length" not in first.headers
@@ -105,6 +107,7 @@ async def test_chunked_body_streams_into_slices_and_is_then_a_hit(
             assert await second.read() == BODY[hook.hold_at :]
         assert await first.content.read() == BODY[3 * SLICE :]
     assert origin.hits["/c"] == 1
+    assert fast_path_outcomes()["handed_off"] == handed_off  # the joining client's stream is the fast path's too
     held = max(n for _, n in fills)
     assert held <= BOUND < len(BODY) // 3
     assert fill.peak == held
