@@ -215,7 +215,7 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
         if isinstance(partial, VersionChanged) and p.fill is None and not (conn.again or conn.closing):
             # A slice came back as another version: never mixed. The entry goes, and the head is decided again
             # (once): a miss of the version the origin has now, as the full handler starts again.
-            await store.delete_meta(hit.req.entry_key)
+            await store.drop_version(hit.req.entry_key, hit.meta)
             conn.again = True
             conn.buf = raw + conn.buf
             return

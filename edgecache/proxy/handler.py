@@ -221,7 +221,7 @@ class EdgeHandler:
                     # A slice it lacks came back as another version: never mixed, so that entry goes and the
                     # request starts again as a miss of the version the origin has now.
                     log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
-                    await self.engine.store.delete_meta(req.entry_key)
+                    await self.engine.store.drop_version(req.entry_key, meta)
                     validated = False
                     continue
                 if served is not None:

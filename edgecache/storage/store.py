@@ -162,6 +162,13 @@ class Store(Purging):
         self._meta.clear()
         self._written.clear()
 
+    async def drop_version(self, entry_key: str, meta: ObjectMeta) -> None:
+        """Delete the entry if it still is `meta`'s version: one whose slice came back as another version. The fill
+        that met the new version may have stored its metadata already, and that is kept."""
+        current = self._meta.get(entry_key)
+        if current is None or current.slice_version == meta.slice_version:
+            await self.delete_meta(entry_key)
+
     async def delete_meta(self, entry_key: str) -> None:
         self._meta.pop(entry_key, None)
         self._written.pop(entry_key, None)
