@@ -47,6 +47,9 @@ class Started:
     ours: bool  # started for this request: the full handler takes it over should the fast path not answer
     evicted: bool  # this process had stored the object and dropped it
     began: float  # monotonic
+    # The stale entry the fill revalidates may answer should the origin fail it (stale-if-error), judged when the
+    # fill starts, as the full handler judges it before it waits for the head
+    stands_in: bool = False
     origin_ms: float | None = None  # how long the head took to come
 
     def cause(self, head: FillHead) -> str:
@@ -67,11 +70,6 @@ class Started:
         """The stale entry the fill revalidates (None: nothing was stored)."""
         return self.cold.validate
 
-    def may_stand_in(self) -> bool:
-        """May the stale entry the fill revalidates answer should the origin fail it (stale-if-error)?"""
-        req = self.cold.req
-        return may_stand_in(req.headers, self.validating, req.policy, time.time())
-
     @property
     def status(self) -> CacheStatus:
         """The Cache-Status of an answer from the fill itself (not a 304's)."""
@@ -88,7 +86,8 @@ def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused
     engine = conn.server.shared.engine
     fill, ours = engine.fill_for(cold.req, cold.first, cold.last, cold.validate)
     evicted = cold.validate is None and engine.ghosts.object_dropped(digest(cold.req.entry_key))
-    conn.started = started = Started(head, cold, fill, ours, evicted, time.monotonic())
+    stands_in = may_stand_in(cold.req.headers, cold.validate, cold.req.policy, time.time())
+    conn.started = started = Started(head, cold, fill, ours, evicted, time.monotonic(), stands_in)
     conn.busy = True
     conn.loop.create_task(_head_in(conn, started)).add_done_callback(conn.done)
     return True
@@ -121,7 +120,7 @@ def settle(
     if started.head == head and (mismatched := _mismatched(started)) is not None:
         return mismatched
     # A revalidation's own, too, once no stale entry may stand in: the same 502 (EdgeHandler._head_of raises)
-    mine = started.ours and started.head == head and not started.may_stand_in()
+    mine = started.ours and started.head == head and not started.stands_in
     failure = _failure(fill) if mine else None
     if failure is not None:
         failed(conn, started, failure)
@@ -175,7 +174,7 @@ def _stood_in(conn: FastPath, started: Started, head: bytes) -> Prepared | None:
         return None
     if exc is not None and _failure(fill) is None:  # not the origin's failure (a range it answered, say)
         return None
-    if not started.may_stand_in():
+    if not started.stands_in:
         return None
     answer = conn.server.decider.stood_in(head, conn.client)
     if answer is None:
@@ -205,31 +204,35 @@ def _named(conn: FastPath, started: Started, head: FillHead) -> bool:
 def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
     """The pass-through the full handler makes of a miss whose fill's answer it may not serve
     (uncached.from_own_fill); None for anything else it decides."""
-    cold, fill = started.cold, started.fill
+    fill = started.fill
     if uncached.from_own_fill(conn, started, head) != "pass":
         return None
     if started.ours:
         fill.abandon()  # only this request would have read it
-    else:
-        metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
-    return Pass(
-        cold.req, started.status, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover,
-        not head.shared, started.began, started.origin_ms,
-    )  # fmt: skip
+    return _pass_of(started, started.status, not head.shared, started.origin_ms)
 
 
 def _mismatched(started: Started) -> Pass | None:
     """The pass-through of a miss whose origin answered another range than the fill asked for (RangeMismatch:
     it fills nothing), as the full handler passes it through (EdgeHandler._head_of); None for anything else. A
     revalidation's stays the full handler's: its pass-through is a MISS whose cause is the expired entry."""
-    head, cold = started.fill.head, started.cold
+    head = started.fill.head
     if not head.done() or head.cancelled() or not isinstance(head.exception(), RangeMismatch):
         return None
     if started.validating is not None:
         return None
+    return _pass_of(started, CacheStatus.MISS, False, None)
+
+
+def _pass_of(started: Started, status: CacheStatus, uncacheable: bool, origin_ms: float | None) -> Pass:
+    """The pass-through a miss becomes once its fill's head is in, timed from when the miss began."""
+    cold = started.cold
     if not started.ours:
         metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
-    return Pass(cold.req, CacheStatus.MISS, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover)
+    return Pass(
+        cold.req, status, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover, uncacheable,
+        started.began, origin_ms,
+    )  # fmt: skip
 
 
 class Failed:
@@ -276,7 +279,7 @@ def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
     assert p.fill is not None
     p.fill.abandon()
     hit, began = p.hit, p.began if p.began is not None else time.monotonic()
-    refuse.origin_failed(conn, exc, p.method, hit.req, p.keep_alive, hit.viewer, began, p.origin_ms)
+    refuse.origin_failed(conn, exc, p.method, hit.req, p.keep_alive, hit.viewer, began, p.origin_ms, p.asked)
 
 
 def adopt(conn: FastPath, p: Prepared) -> None:

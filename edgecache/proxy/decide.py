@@ -31,6 +31,7 @@ from edgecache import metrics
 from edgecache.core import admit, ranges
 from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus, of_fill
 from edgecache.proxy import encode, observe, rangecut
@@ -97,6 +98,12 @@ class Prepared:
     ours: bool = False  # and that fill was started for it (else it joined another request's)
     validating: ObjectMeta | None = None  # and the stale entry that fill replaces (EXPIRED)
     way: str | None = None  # where its bytes came from (observe.upstream) when not a plain hit's "cache"
+
+    @property
+    def asked(self) -> Headers:
+        """The request's fields as it sent them: one cut from its whole-object answer (_ranged) had its Range."""
+        fields = self.hit.req.headers
+        return fields if self.range_field is None else (*fields, ("Range", self.range_field))
 
 
 class _Parser:
@@ -355,9 +362,7 @@ class Decider:
         """The answer to the request that started (or joined) `fill`, from the hit it is decided to be now that the
         fill has its head (hit.as_fetched): a miss (EXPIRED when it replaced a stale entry), or REVALIDATED when
         the origin confirmed the stored entry; None: the full handler answers it."""
-        asked = p.hit.req.headers
-        if p.range_field is not None:  # cut from the answer without its Range (_ranged): the request had one
-            asked = (*asked, ("Range", p.range_field))
+        asked = p.asked
         head = fill.head.result()
         status = of_fill(validating is not None)
         hit = as_fetched(p.hit, p.method, asked, head, ours, status)
@@ -459,8 +464,7 @@ def _remember(memo: dict[bytes, Prepared], head: bytes, prepared: Prepared) -> N
 def _refused(p: Prepared, reply: Reply) -> Refused:
     """The refusal of a request whose answer was remembered (the viewer or the moment changed)."""
     hit = p.hit
-    headers = hit.req.headers if p.range_field is None else (*hit.req.headers, ("Range", p.range_field))
-    return Refused(reply, p.method, hit.req.key.full_target, headers, hit.site.name, p.keep_alive)
+    return Refused(reply, p.method, hit.req.key.full_target, p.asked, hit.site.name, p.keep_alive)
 
 
 def _site_bytes(hit: Hit) -> Any:

@@ -212,11 +212,11 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
         for later in fetches[1:]:  # read only once the slices before them are sent: their disk look is old by then
             later.looked = False
         partial = await _partial(conn, p, fetches) if fetches else p
-        if isinstance(partial, VersionChanged) and p.fill is None and not (conn.again or conn.closing):
+        if isinstance(partial, VersionChanged) and p.fill is None and not conn.closing and conn.changed != raw:
             # A slice came back as another version: never mixed. The entry goes, and the head is decided again
             # (once): a miss of the version the origin has now, as the full handler starts again.
             await store.drop_version(hit.req.entry_key, hit.meta)
-            conn.again = True
+            conn.again, conn.changed = True, raw
             conn.buf = raw + conn.buf
             return
         if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged) and p.ours:

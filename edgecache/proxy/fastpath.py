@@ -84,6 +84,7 @@ class FastPath(asyncio.Protocol):
         self.admitted: str | None = None  # or the primary key of a request let in here (Shared.admitted)
         self.retried = 0  # forwards of the head at the front whose owner could not be reached (relay.forward)
         self.again = False  # the head at the front is decided again, once: another variant (coldmiss), a new version
+        self.changed: bytes | None = None  # the last head decided again for a new version (diskhit): not twice
 
     # --- connection events -------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core.admit import Reply
-from edgecache.core.headers import get_first
+from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
@@ -51,7 +51,7 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
         shared = conn.server.shared
         if shared.access.enabled:
             client = r.viewer or conn.client
-            host = get_first(r.headers, "host") or ""
+            host = r.host if r.host is not None else get_first(r.headers, "host") or ""
             line = observe.Line.of(client, r.method, host, r.target, r.headers, r.keep_alive)
             observe.log_line(shared.access, t, line, status, nbytes, shared.node, way)
     if not r.keep_alive.persists and transport is not None:
@@ -69,12 +69,15 @@ def origin_failed(
     viewer: str | None,
     t0: float,
     origin_ms: float | None = None,
+    asked: Headers | None = None,
 ) -> bool:
     """The answer when the origin fails a request with nothing to stand in: 502 (504 on a timeout) with the reason,
-    counted and logged as the full handler counts and logs it (EdgeHandler._answer); as refused() returns."""
+    counted and logged as the full handler counts and logs it (EdgeHandler._answer); as refused() returns.
+    `asked`: the request's fields as sent, when `req` holds fewer (a range cut from the whole answer)."""
     log.info("%s %s: origin failed: %s", method, req.key.full_target[:200], exc)
     if not (exc.timeout or exc.connect):  # those were counted where they happened (origin client)
         metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
     reply = Reply(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
-    r = Refused(reply, method, req.key.full_target, req.headers, req.site.name, keep_alive, viewer=viewer)
+    fields = req.headers if asked is None else asked
+    r = Refused(reply, method, req.key.full_target, fields, req.site.name, keep_alive, viewer=viewer, host=req.host)
     return refused(conn, r, t0, origin_ms)

@@ -39,6 +39,7 @@ class Refused:
     keep_alive: KeepAlive = KeepAlive.OPEN
     counted: bool = True  # False: an owner's look-aside, no viewer's request (observe.finish counts none)
     viewer: str | None = None  # a hop's viewer: logged as the client; its node counts the bytes it serves
+    host: str | None = None  # the key's host, logged once there is a key (None: the Host field as sent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,9 +66,9 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
 
 def from_own_fill(conn: FastPath, started: Started, head: FillHead) -> FromFill | None:
     """How the full handler answers a miss from the fill its request started or joined, now that the head is in
-    (serving.from_fill), when that is all it decides; None where it decides otherwise: a revalidation, a
-    look-aside's answer, another variant's (it looks again under that variant's key: EdgeHandler._cached_loop), or
-    too many requests in flight (503, the fill let go). A revalidation's new answer is one (EXPIRED: Started.status)."""
+    (serving.from_fill), when that is all it decides; None where it decides otherwise: a 304, a look-aside's
+    answer, another variant's (it looks again under that variant's key: EdgeHandler._cached_loop), or too many
+    requests in flight (503, the fill let go). A revalidation's new answer is one (EXPIRED: Started.status)."""
     if head.status == 304 or head.peer is not None:
         return None
     if conn.server.shared.overloaded:

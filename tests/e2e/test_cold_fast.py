@@ -361,3 +361,58 @@ async def test_a_request_that_joined_a_fill_spends_one_token_whoever_answers_it(
             for _, writer in connections:
                 writer.close()
     assert statuses == [200, 200, 429]
+
+
+async def failing_misses(origin: Origin, tmp_path: Path, fast: bool) -> list[dict[str, object]]:
+    """A ranged miss whose fill's body fails before its first byte, and one whose origin answers another range
+    than its fill asked for (held 0.3 s first), asked with a Host written as clients may write it. Their log
+    records, without the request id and the fields of the clock (`ms` in whole tenths of a second)."""
+
+    async def hook(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
+        if request.path == "/cut":
+            resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=60", "ETag": '"c"'})
+            resp.content_length = 100_000
+            await resp.prepare(request)
+            await resp.drain()
+            assert request.transport is not None
+            request.transport.close()  # the head, and not one byte of the body
+            return resp
+        if request.path == "/wrong" and request.headers.get("Range") == f"bytes=0-{MiB - 1}":  # the fill's
+            await asyncio.sleep(0.3)
+            fields = {"Content-Range": f"bytes 5-{MiB + 4}/{len(DATA)}", "ETag": '"w"', "Cache-Control": "max-age=60"}
+            return web.Response(status=206, body=DATA[5 : 5 + MiB], headers=fields)
+        return None
+
+    origin.put("/wrong", DATA)
+    origin.on_request = hook
+    log = tmp_path / f"{fast}.log"
+    config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast, access_log=log)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        for path in ("/cut", "/wrong"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+            try:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: Video.Test:80\r\nRange: bytes=0-99\r\n\r\n".encode())
+                status, _, _ = await read_answer(reader)
+                assert status == (502 if path == "/cut" else 206)
+            finally:
+                writer.close()
+    records = [json.loads(x) for x in log.read_bytes().splitlines()]
+    clock = ("time", "id", "ttfb_ms", "origin_ms")
+    return [{k: v if k != "ms" else int(v) // 100 for k, v in r.items() if k not in clock} for r in records]
+
+
+async def test_failed_misses_are_logged_on_the_fast_path_as_the_full_handler_logs_them(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The Range asked (not the whole-object answer's), the key's host, and the time from when the miss began."""
+    before = fast_path_outcomes()["handed_off"]
+    fast = await failing_misses(origin, tmp_path, True)
+    assert fast_path_outcomes()["handed_off"] == before
+    full = await failing_misses(origin, tmp_path, False)
+    assert [{**r, "ms": None} for r in fast] == [{**r, "ms": None} for r in full]
+    assert [(r["path"], r["host"], r["range"], r["status"]) for r in fast] == [
+        ("/cut", "video.test", "bytes=0-99", 502),
+        ("/wrong", "video.test", "bytes=0-99", 206),
+    ]
+    assert fast[1]["ms"] >= 3  # the origin's first answer took 0.3 s of it
+    assert full[1]["ms"] >= 3

@@ -326,3 +326,34 @@ async def test_answers_stale_on_arrival_and_failed_revalidations_are_the_fast_pa
     # A 503 is passed through (its revalidation asked for a run of slices, not the whole answer): asked again
     assert dict(origin.hits) == {"/new": 5, "/unknown": 2, "/refused": 5, "/cut": 5}
     assert outcomes == {"answered": 10, "handed_off": 0, "taken_back": 0, "forwarded": 0}
+
+
+async def closing_window(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> tuple[list[Answer], list[str], dict[str, float]]:
+    """A stale entry whose stale-if-error window closes while the origin takes its time to fail its revalidation
+    (asked 0.3 s before the window closes, a 503 0.6 s later): it stands in, judged when the revalidation starts."""
+
+    async def slow_failure(request: web.BaseRequest, obj: object) -> web.Response:
+        await asyncio.sleep(0.6)
+        return web.Response(status=503, text="down\n")
+
+    origin.put("/closing", OLD, headers={"Cache-Control": "public, max-age=60, stale-if-error=10"})
+    origin.on_request = None
+    config = replace(make_config(tmp_path / f"closing-{fast}", [origin.url]), fast_path=fast)
+    config = replace(config, access_log=tmp_path / f"closing-{fast}.log")
+    async with start_edge(config) as edge, asyncio.timeout(30):
+        got = [await ask(edge.port, "GET", "/closing")]
+        age(edge, "/closing", 69.7)
+        origin.on_request = slow_failure
+        before = fast_path_outcomes()
+        got.append(await ask(edge.port, "GET", "/closing"))
+        outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    return got, logged(tmp_path / f"closing-{fast}.log"), outcomes
+
+
+async def test_stale_if_error_is_judged_when_the_revalidation_starts(origin: Origin, tmp_path: Path) -> None:
+    fast, _, outcomes = await on_both_paths(closing_window, origin, tmp_path)
+    assert cache_status(fast[1]) == b'edgecache; hit; detail="stale-if-error"'
+    assert fast[1].body == OLD
+    assert outcomes == {"answered": 1, "handed_off": 0, "taken_back": 0, "forwarded": 0}
