@@ -71,8 +71,7 @@ class FastPath(asyncio.Protocol):
         self.held = False  # reading paused by _flow (the only place that pauses it)
         self.drained: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
-        self.deadline = 0.0
+        self.timer_at = self.deadline = 0.0
         self.deadline_kind = ""  # "idle", "head", or "" for none
         self.write_timer: asyncio.TimerHandle | None = None
         self.sock_fd = -1
@@ -85,6 +84,7 @@ class FastPath(asyncio.Protocol):
         self.retried = 0  # forwards of the head at the front whose owner could not be reached (relay.forward)
         self.again = False  # the head at the front is decided again, once: another variant (coldmiss), a new version
         self.changed: bytes | None = None  # the last head decided again for a new version (diskhit): not twice
+        self.first_byte = 0.0  # when the head of the answer being sent went out (sent): its log line's ttfb
 
     # --- connection events -------------------------------------------------------------------------------
 
@@ -381,10 +381,11 @@ class FastPath(asyncio.Protocol):
         """The head is out: count the request and its time to first byte."""
         _ANSWERED.inc()
         p.counter.inc()
+        self.first_byte = now = time.monotonic()
         if p.status is CacheStatus.HIT:
-            _TTFB_HIT.observe(time.monotonic() - t0)
+            _TTFB_HIT.observe(now - t0)
             return
-        metrics.TTFB.labels(p.status.value).observe(time.monotonic() - t0)
+        metrics.TTFB.labels(p.status.value).observe(now - t0)
         if p.cause is not None:
             observe.misses_counter(p.hit.site.name, p.cause).inc()
 
@@ -396,7 +397,7 @@ class FastPath(asyncio.Protocol):
         if shared.access.enabled:
             t = observe.new_trace()
             t.t0, t.site, t.status, t.for_peer = t0, hit.site.name, p.status, hit.viewer is not None
-            t.origin_ms = p.origin_ms
+            t.origin_ms, t.ttfb = p.origin_ms, max(self.first_byte - t0, 0.0)
             client = hit.viewer or self.client  # a hop's viewer, as a node of the cluster judged it
             req = hit.req
             fields, rng = req.headers, p.range_field

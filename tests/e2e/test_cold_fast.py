@@ -416,3 +416,21 @@ async def test_failed_misses_are_logged_on_the_fast_path_as_the_full_handler_log
     ]
     assert fast[1]["ms"] >= 3  # the origin's first answer took 0.3 s of it
     assert full[1]["ms"] >= 3
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_miss_logs_its_time_to_first_byte(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """The origin holds its answer 0.2 s: the miss's log line says so in ttfb_ms (the fast path's said 0)."""
+
+    async def slow(request: web.BaseRequest, obj: object) -> None:
+        await asyncio.sleep(0.2)
+
+    origin.put("/slow", DATA)
+    origin.on_request = slow
+    log = tmp_path / "access.log"
+    config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast, access_log=log)
+    async with start_edge(config) as edge:
+        status, _, body = await edge.get("/slow", Range="bytes=0-99")
+        assert (status, body) == (206, DATA[:100])
+    (record,) = [json.loads(x) for x in log.read_bytes().splitlines()]
+    assert 200 <= record["ttfb_ms"] <= record["ms"]
