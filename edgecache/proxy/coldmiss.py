@@ -110,57 +110,70 @@ def settle(
     (the origin failed this request's own fill, with nothing stored to stand in); STREAMED (an answer not stored,
     sent from the fill by a task); its pass-through (an answer the fill brings that it may not serve); AGAIN (the
     answer is another variant's: the head is decided again); or None, and the request goes to the full handler with
-    the fill it started (hand_off)."""
+    the fill it started (hand_off). A request that joined another's fill and is answered from it is counted as the
+    full handler counts it when it joins."""
     started, conn.started = conn.started, None
     assert started is not None
     conn.loads = 0
-    fill = started.fill
-    if started.head == head and (stood := _stood_in(conn, started, head)) is not None:
+    answer = _answered(conn, started, head, decided) if started.head == head else None
+    if answer is None:
+        if started.ours:
+            waited = started.origin_ms if _arrived(started.fill) is not None else None
+            conn.adopted = Adopted(started.fill, started.primary, started.began, waited, started.validating)
+        elif started.head == head:
+            conn.admitted = started.primary  # let in when it joined that fill: not judged again
+    elif not started.ours and not isinstance(answer, Again):
+        metrics.COLLAPSED.inc()
+    return answer
+
+
+def _answered(
+    conn: FastPath, started: Started, head: bytes, decided: Prepared | Load | Forward | None
+) -> Prepared | Pass | Failed | Streamed | Again | None:
+    """settle() for the head the fill was started for: the first of these ways the full handler would answer it."""
+    if (stood := _stood_in(conn, started, head)) is not None:
         return stood
-    if started.head == head and (mismatched := _mismatched(started)) is not None:
+    if (mismatched := _mismatched(started)) is not None:
         return mismatched
     # A revalidation's own, too, once no stale entry may stand in: the same 502 (EdgeHandler._head_of raises)
-    mine = started.ours and started.head == head and not started.stands_in
-    failure = _failure(fill) if mine else None
+    failure = _failure(started.fill) if started.ours and not started.stands_in else None
     if failure is not None:
         failed(conn, started, failure)
         return FAILED
-    arrived = fill.head.done() and not fill.head.cancelled() and fill.head.exception() is None
-    if arrived and started.head == head and decided is None and _just_stored(fill.head.result()):
+    fetched = _arrived(started.fill)
+    if fetched is None:
+        return None
+    if decided is None and _just_stored(fetched):
         # Confirmed (a 304) or sent (a stored answer) just now, yet stale on arrival (max-age=0, no-cache, or the
         # request's own no-cache): answered all the same, as the full handler answers from its own fill.
         decided = conn.server.decider.validated(head, conn.client)
-    if arrived and started.head == head and isinstance(decided, Prepared):
-        ms, validating = started.origin_ms or 0.0, started.validating
-        fetched = fill.head.result()
+    if isinstance(decided, Prepared):
         cause, way = started.cause(fetched), "peer" if fetched.peer is not None else None
+        ms, fill, validating = started.origin_ms or 0.0, started.fill, started.validating
         got = conn.server.decider.fetched(decided, fill, started.ours, cause, way, started.began, ms, validating)
         if got is not None:
-            if not started.ours:
-                metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
             return got
-    if arrived and started.head == head and (plan := uncached.planned(conn, started, fill.head.result())):
-        if not started.ours:
-            metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
+    if plan := uncached.planned(conn, started, fetched):
         uncached.start(conn, started, plan, failed)  # an answer not stored, streamed from the fill
         return STREAMED
-    if arrived and started.head == head and (passed := _passed(conn, started, fill.head.result())) is not None:
+    if (passed := _passed(conn, started, fetched)) is not None:
         return passed
-    again = not (conn.again or conn.closing)  # a draining connection's is the full handler's (as relay.forward)
-    if arrived and started.head == head and again and _named(conn, started, fill.head.result()):
+    if not (conn.again or conn.closing) and _named(conn, started, fetched):
         # The record names the Vary now: decided again, the request is its variant's miss, filled with the
         # fields the Vary names (as the full handler looks again under that variant's key). Once: an origin whose
-        # Vary changes from answer to answer leaves the request to the full handler.
+        # Vary changes from answer to answer leaves the request to the full handler, as does a draining
+        # connection (as relay.forward).
         conn.again = True
-        if started.ours and not fill.head.result().shared:
-            fill.abandon()  # only this request would have read it
+        if started.ours and not fetched.shared:
+            started.fill.abandon()  # only this request would have read it
         return AGAIN
-    if started.ours:
-        waited = started.origin_ms if arrived else None
-        conn.adopted = Adopted(fill, started.primary, started.began, waited, started.validating)
-    elif started.head == head:
-        conn.admitted = started.primary  # let in when it joined that fill: not judged again
     return None
+
+
+def _arrived(fill: Fill) -> FillHead | None:
+    """The fill's head, once it came (not a failure)."""
+    head = fill.head
+    return head.result() if head.done() and not head.cancelled() and head.exception() is None else None
 
 
 def _stood_in(conn: FastPath, started: Started, head: bytes) -> Prepared | None:
@@ -227,8 +240,6 @@ def _mismatched(started: Started) -> Pass | None:
 def _pass_of(started: Started, status: CacheStatus, uncacheable: bool, origin_ms: float | None) -> Pass:
     """The pass-through a miss becomes once its fill's head is in, timed from when the miss began."""
     cold = started.cold
-    if not started.ours:
-        metrics.COLLAPSED.inc()  # as the full handler counts a request that joined another's fill
     return Pass(
         cold.req, status, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover, uncacheable,
         started.began, origin_ms,

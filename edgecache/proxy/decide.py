@@ -464,7 +464,7 @@ def _remember(memo: dict[bytes, Prepared], head: bytes, prepared: Prepared) -> N
 def _refused(p: Prepared, reply: Reply) -> Refused:
     """The refusal of a request whose answer was remembered (the viewer or the moment changed)."""
     hit = p.hit
-    return Refused(reply, p.method, hit.req.key.full_target, p.asked, hit.site.name, p.keep_alive)
+    return Refused.keyed(reply, p.method, hit.req.key, p.asked, hit.site.name, p.keep_alive)
 
 
 def _site_bytes(hit: Hit) -> Any:

@@ -151,7 +151,7 @@ def not_held(conn: FastPath, p: Prepared, t0: float) -> None:
     req = hit.req
     refuse.refused(
         conn,
-        Refused(NOT_HELD, p.method, req.key.full_target, req.headers, hit.site.name, p.keep_alive, False, hit.viewer),
+        Refused.keyed(NOT_HELD, p.method, req.key, req.headers, hit.site.name, p.keep_alive, False, hit.viewer),
         t0,
     )
 

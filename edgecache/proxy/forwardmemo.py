@@ -69,6 +69,6 @@ class ForwardMemo:
         if verdict == HOT:
             return None  # hot here now: the full decision serves this node's copy
         if isinstance(verdict, Reply):
-            site, key = forward.site.name, forward.key.full_target
-            return Refused(verdict, forward.method, key, forward.headers, site, forward.keep_alive)
+            site = forward.site.name
+            return Refused.keyed(verdict, forward.method, forward.key, forward.headers, site, forward.keep_alive)
         return forward if forward.client == client else replace(forward, client=client)

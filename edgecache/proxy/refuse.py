@@ -79,5 +79,5 @@ def origin_failed(
         metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
     reply = Reply(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
     fields = req.headers if asked is None else asked
-    r = Refused(reply, method, req.key.full_target, fields, req.site.name, keep_alive, viewer=viewer, host=req.host)
+    r = Refused.keyed(reply, method, req.key, fields, req.site.name, keep_alive, viewer=viewer)
     return refused(conn, r, t0, origin_ms)

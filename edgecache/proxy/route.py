@@ -41,6 +41,22 @@ class Refused:
     viewer: str | None = None  # a hop's viewer: logged as the client; its node counts the bytes it serves
     host: str | None = None  # the key's host, logged once there is a key (None: the Host field as sent)
 
+    @classmethod
+    def keyed(
+        cls,
+        reply: Reply,
+        method: str,
+        key: CacheKey,
+        headers: Headers,
+        site: str,
+        keep_alive: KeepAlive = KeepAlive.OPEN,
+        counted: bool = True,
+        viewer: str | None = None,
+    ) -> Refused:
+        """A refusal once the request has a key: logged with the key's target and host, as the full handler logs
+        every request it refuses after its key is made (EdgeHandler._route)."""
+        return cls(reply, method, key.full_target, headers, site, keep_alive, counted, viewer, key.host)
+
 
 @dataclass(frozen=True, slots=True)
 class Routed:
@@ -55,7 +71,7 @@ class Routed:
     failover: bool = False  # a hop from a node that stands in for this one's next owner, which is down
 
     def refused(self, reply: Reply, method: str, headers: Headers) -> Refused:
-        return Refused(reply, method, self.key.full_target, headers, self.site.name, viewer=self.viewer)
+        return Refused.keyed(reply, method, self.key, headers, self.site.name, viewer=self.viewer)
 
 
 def addressed(url: URL, target: str, host_field: str | None) -> tuple[str, str] | Reply:
@@ -109,7 +125,7 @@ def routed(
     if not admitted:  # let in already: its signed URL was good then, as the full handler judges it once
         refused = refused or admit.signed(site, key.path, key.unkeyed, client, time.time())
     if refused is not None:
-        return Refused(refused, method, key.full_target, headers, site.name)
+        return Refused.keyed(refused, method, key, headers, site.name)
     return Routed(host, site, key, client, None, True, where.standing_in)
 
 

@@ -129,6 +129,36 @@ async def test_per_client_rate_limit_answers_429(origin: Origin, tmp_path: Path)
         assert (status, headers["Retry-After"], body) == (429, "1", b"too many requests from this address\n")
 
 
+async def test_a_refusal_is_logged_with_the_keys_host_on_both_paths(origin: Origin, tmp_path: Path) -> None:
+    """Requests refused once they have a key (the rate limit here: a remembered hit's, then a miss's) are logged
+    with the key's host, not the Host field as the client wrote it, on the fast path as by the full handler."""
+    origin.put("/r", b"r")
+    logged = []
+    for fast in (True, False):
+        log = tmp_path / f"{fast}.log"
+        cfg = replace(make_config(tmp_path / str(fast), [origin.url]), rate_limit=0.001, burst=2)
+        cfg = replace(cfg, fast_path=fast, access_log=log)
+        async with start_edge(cfg) as edge:
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+            asked = [f"GET {p} HTTP/1.1\r\nHost: Video.Test:80\r\n" for p in ("/r", "/r", "/r", "/other")]
+            writer.write(("\r\n".join(asked) + "Connection: close\r\n\r\n").encode())
+            async with asyncio.timeout(10):
+                await reader.read(-1)
+            writer.close()
+        lines = [json.loads(x) for x in log.read_bytes().splitlines()]
+        logged.append([(x["host"], x["path"], x["status"]) for x in lines])
+    assert (
+        logged[0]
+        == logged[1]
+        == [
+            ("video.test", "/r", 200),
+            ("video.test", "/r", 200),
+            ("video.test", "/r", 429),
+            ("video.test", "/other", 429),
+        ]
+    )
+
+
 async def test_connections_past_the_limit_get_503_at_once(origin: Origin, tmp_path: Path) -> None:
     origin.put("/c", b"c")
     cfg = replace(make_config(tmp_path / "c", [origin.url]), max_connections=2)
