@@ -179,20 +179,23 @@ async def test_a_request_that_joined_a_cold_miss_never_gets_the_starters_own_fie
     assert b"x-user" not in fb  # never another client's
 
 
+async def head_then_cut(request: web.BaseRequest) -> web.StreamResponse:
+    """The origin's head of a 100,000-byte answer, then its connection cut: not one byte of the body."""
+    resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=60", "ETag": '"v1"'})
+    resp.content_length = 100_000
+    await resp.prepare(request)
+    await resp.drain()
+    assert request.transport is not None
+    request.transport.close()
+    return resp
+
+
 @pytest.mark.parametrize("fast", [True, False])
 async def test_a_body_that_fails_before_its_first_byte_is_a_502_from_one_origin_request(
     origin: Origin, tmp_path: Path, fast: bool
 ) -> None:
     async def head_only(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
-        if origin.hits["/cut"] > 1:
-            return None
-        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=60", "ETag": '"v1"'})
-        resp.content_length = 100_000
-        await resp.prepare(request)
-        await resp.drain()
-        assert request.transport is not None
-        request.transport.close()  # the head, and not one byte of the body
-        return resp
+        return None if origin.hits["/cut"] > 1 else await head_then_cut(request)
 
     origin.put("/cut", b"x" * 100_000)
     origin.on_request = head_only
@@ -370,13 +373,7 @@ async def failing_misses(origin: Origin, tmp_path: Path, fast: bool) -> list[dic
 
     async def hook(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
         if request.path == "/cut":
-            resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=60", "ETag": '"c"'})
-            resp.content_length = 100_000
-            await resp.prepare(request)
-            await resp.drain()
-            assert request.transport is not None
-            request.transport.close()  # the head, and not one byte of the body
-            return resp
+            return await head_then_cut(request)
         if request.path == "/wrong" and request.headers.get("Range") == f"bytes=0-{MiB - 1}":  # the fill's
             await asyncio.sleep(0.3)
             fields = {"Content-Range": f"bytes 5-{MiB + 4}/{len(DATA)}", "ETag": '"w"', "Cache-Control": "max-age=60"}

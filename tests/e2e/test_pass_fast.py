@@ -48,7 +48,12 @@ async def chunked(request: web.BaseRequest, obj: Obj | None) -> web.StreamRespon
     """The origin's answer of unknown length for a path under /chunked: chunked, in three pieces."""
     if not request.path.startswith("/chunked"):
         return None
-    resp = web.StreamResponse(headers={"Content-Type": "text/plain", "Cache-Control": "max-age=60"})
+    return await in_pieces(request, "max-age=60")
+
+
+async def in_pieces(request: web.BaseRequest, cache_control: str) -> web.StreamResponse:
+    """The answer of unknown length, `first second third`, chunked in three pieces."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain", "Cache-Control": cache_control})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     for part in (b"first ", b"second ", b"third\n"):

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edgecache.config import Config
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.test_body_shapes import settle
+from tests.e2e.test_pass_fast import in_pieces
 from tests.origin import Origin
 from tests.wire import fast_path_outcomes
 
@@ -80,9 +82,7 @@ async def run(origin: Origin, tmp_path: Path, fast: bool) -> tuple[list[Answer],
     for _, path, _, _ in CASES:
         origin.put(path, OLD, headers={"Cache-Control": "public, max-age=60, stale-if-error=600"})
     origin.on_request = None
-    config = replace(
-        make_config(tmp_path / str(fast), [origin.url]), fast_path=fast, access_log=tmp_path / f"{fast}.log"
-    )
+    config = edge_config(origin, tmp_path, "", fast)
     got: list[Answer] = []
     async with start_edge(config) as edge, asyncio.timeout(30):
         for method, path, rng, _ in CASES:
@@ -103,6 +103,12 @@ async def run(origin: Origin, tmp_path: Path, fast: bool) -> tuple[list[Answer],
 
 
 Run = Callable[[Origin, Path, bool], Awaitable[tuple[list[Answer], list[str], dict[str, float]]]]
+
+
+def edge_config(origin: Origin, tmp_path: Path, name: str, fast: bool) -> Config:
+    """A run's node: its own cache directory and access log (`name` + fast or not), the fast path on or off."""
+    config = replace(make_config(tmp_path / f"{name}{fast}", [origin.url]), fast_path=fast)
+    return replace(config, access_log=tmp_path / f"{name}{fast}.log")
 
 
 def logged(path: Path) -> list[str]:
@@ -173,8 +179,7 @@ async def stale_run(origin: Origin, tmp_path: Path, fast: bool) -> tuple[list[An
     origin.put("/swr", OLD, headers={"Cache-Control": "public, max-age=60, stale-while-revalidate=600"})
     origin.put("/swr-range", OLD, headers={"Cache-Control": "public, max-age=60, stale-while-revalidate=600"})
     origin.put("/max-stale", OLD, headers={"Cache-Control": "public, max-age=60"})
-    config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast)
-    config = replace(config, access_log=tmp_path / f"stale-{fast}.log")
+    config = edge_config(origin, tmp_path, "stale-", fast)
     got: list[Answer] = []
     async with start_edge(config) as edge, asyncio.timeout(30):
         for path, rng, _ in STALE_CASES:
@@ -208,8 +213,7 @@ async def always_revalidated(
 ) -> tuple[list[Answer], list[str], dict[str, float]]:
     origin.put("/no-cache", OLD, headers={"Cache-Control": "public, no-cache"})
     origin.put("/max-age-0", OLD, headers={"Cache-Control": "public, max-age=0"})
-    config = replace(make_config(tmp_path / f"always-{fast}", [origin.url]), fast_path=fast)
-    config = replace(config, access_log=tmp_path / f"always-{fast}.log")
+    config = edge_config(origin, tmp_path, "always-", fast)
     got: list[Answer] = []
     async with start_edge(config) as edge, asyncio.timeout(30):
         for path in ("/no-cache", "/max-age-0"):
@@ -237,15 +241,7 @@ async def unknown_length(request: web.BaseRequest, obj: object) -> web.StreamRes
         request.transport.close()
     if request.path in ("/refused", "/cut"):
         return web.Response(status=503, text="down\n")
-    if request.path != "/unknown":
-        return None
-    resp = web.StreamResponse(headers={"Content-Type": "text/plain", "Cache-Control": "public, max-age=0"})
-    resp.enable_chunked_encoding()
-    await resp.prepare(request)
-    for part in (b"first ", b"second ", b"third\n"):
-        await resp.write(part)
-    await resp.write_eof()
-    return resp
+    return await in_pieces(request, "public, max-age=0") if request.path == "/unknown" else None
 
 
 async def ask_closing(port: int, path: str, rng: str = "") -> Answer:
@@ -279,8 +275,7 @@ async def stale_on_arrival(
     for path in ("/refused", "/cut"):
         origin.put(path, OLD, etag='"v1"', headers={"Cache-Control": "public, max-age=60"})
     origin.on_request = None
-    config = replace(make_config(tmp_path / f"arrival-{fast}", [origin.url]), fast_path=fast)
-    config = replace(config, access_log=tmp_path / f"arrival-{fast}.log")
+    config = edge_config(origin, tmp_path, "arrival-", fast)
     got: list[Answer] = []
     async with start_edge(config) as edge, asyncio.timeout(30):
         for path in ("/refused", "/cut"):
@@ -340,8 +335,7 @@ async def closing_window(
 
     origin.put("/closing", OLD, headers={"Cache-Control": "public, max-age=60, stale-if-error=10"})
     origin.on_request = None
-    config = replace(make_config(tmp_path / f"closing-{fast}", [origin.url]), fast_path=fast)
-    config = replace(config, access_log=tmp_path / f"closing-{fast}.log")
+    config = edge_config(origin, tmp_path, "closing-", fast)
     async with start_edge(config) as edge, asyncio.timeout(30):
         got = [await ask(edge.port, "GET", "/closing")]
         age(edge, "/closing", 69.7)
