@@ -16,6 +16,7 @@ request is then an ordinary client request. Pure: `now` is a parameter; nothing 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -31,6 +32,23 @@ MIN_KEY = 32  # characters of a cluster key (`openssl rand -hex 32` gives 64)
 _TOKEN = re.compile(r"[A-Za-z0-9_.:\[\]%-]{1,80}", re.ASCII)
 _NAMES = ("node", "t", "id", "for", "fo", "sig")
 _LOOKASIDE_NAMES = ("node", "t", "id", "for", "fo", "la", "sig")
+_DOMAIN = b"15:edgecache-hop-1"  # the first part of every signed message, length-prefixed as the others (_mac)
+
+
+def _part(name: str, value: str) -> str:
+    return rf"[ \t]*{name}=({value})[ \t]*"
+
+
+# A field as sign() writes it: each part may have blanks around it, and nothing else differs. The values'
+# characters are ASCII by construction; so is the signature's, which compare_digest needs.
+_WORD = _TOKEN.pattern
+_FIELD = re.compile(
+    ";".join(
+        [_part("node", _WORD), _part("t", "[0-9]{1,12}"), _part("id", _WORD), _part("for", _WORD), _part("fo", "[01]")]
+    )
+    + f"(?:;{_part('la', '1')})?;{_part('sig', '[!-:<-~]*?')}",
+    re.ASCII,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,36 +92,30 @@ def verify(key: bytes, values: Sequence[str], method: str, primary: str, now: fl
     value = values[0]
     if len(key) < MIN_KEY:
         return Refused("this node has no cluster key")
-    if len(value) > MAX_LENGTH or not value.isascii():
+    found = _FIELD.fullmatch(value) if len(value) <= MAX_LENGTH else None
+    if found is None:
         return Refused("malformed")
-    fields = [part.strip().partition("=") for part in value.split(";")]
-    names = _LOOKASIDE_NAMES if len(fields) == len(_LOOKASIDE_NAMES) else _NAMES
-    if len(fields) != len(names):
-        return Refused("malformed")
-    if any(name != want or sep != "=" for (name, sep, _), want in zip(fields, names, strict=True)):
-        return Refused("malformed")
-    parts = [v for _, _, v in fields]
-    mac = parts.pop()
-    lookaside = names is _LOOKASIDE_NAMES
-    if lookaside and parts.pop() != "1":
-        return Refused("malformed")
-    node, stamp, request_id, viewer, failover = parts
-    if not (_TOKEN.fullmatch(node) and _TOKEN.fullmatch(request_id) and _TOKEN.fullmatch(viewer)):
-        return Refused("malformed")
-    if not (stamp.isdigit() and len(stamp) <= 12 and failover in ("0", "1")):
-        return Refused("malformed")
+    node, stamp, request_id, viewer, failover, lookaside, mac = found.groups()
     signed = (node, stamp, request_id, viewer, failover, *(("1",) if lookaside else ()))
     expected = _mac(key, method, primary, signed)
     if not hmac.compare_digest(mac.encode("ascii"), expected.encode("ascii")):
         return Refused("bad signature")  # another key, another request, or altered
     if abs(now - int(stamp)) > MAX_SKEW:
         return Refused("outside the time window")  # a replay, or a node whose clock is wrong
-    return Hop(node, int(stamp), request_id, viewer, failover == "1", lookaside)
+    return Hop(node, int(stamp), request_id, viewer, failover == "1", lookaside is not None)
 
 
 def _mac(key: bytes, method: str, primary: str, values: tuple[str, ...]) -> str:
-    # Each part length-prefixed: no choice of parts can give another choice's bytes.
-    parts = (b"edgecache-hop-1", method.encode("ascii", "replace"), primary.encode("utf-8", "surrogatepass"))
-    message = b"".join(b"%d:%s" % (len(p), p) for p in (*parts, *(v.encode("ascii") for v in values)))
-    digest = hmac.new(key, message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    # Each part length-prefixed: no choice of parts can give another choice's bytes. The values are ASCII (_TOKEN,
+    # digits), so their lengths in characters are their lengths in bytes.
+    m, p = method.encode("ascii", "replace"), primary.encode("utf-8", "surrogatepass")
+    tail = "".join([f"{len(v)}:{v}" for v in values]).encode("ascii")
+    mac = _keyed(key).copy()
+    mac.update(b"%s%d:%s%d:%s%s" % (_DOMAIN, len(m), m, len(p), p, tail))
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """The HMAC state after the key (its padded blocks hashed), copied for each field rather than made again."""
+    return hmac.new(key, digestmod=hashlib.sha256)

@@ -13,19 +13,12 @@ comes back as a Load for the connection to fetch first.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
+import operator
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
-
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import HttpVersion10, HttpVersion11
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
-from aiohttp.web_protocol import RequestHandler
 
 from edgecache import metrics
 from edgecache.core import admit, ranges
@@ -34,7 +27,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus, of_fill
-from edgecache.proxy import encode, observe, rangecut
+from edgecache.proxy import encode, headparse, observe, rangecut
 from edgecache.proxy.fill import Fill
 from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
 from edgecache.proxy.hit import (
@@ -55,19 +48,11 @@ from edgecache.storage.store import slice_name
 
 log = logging.getLogger(__name__)
 
-# aiohttp's server (make_server sets none of these) parses with RequestHandler's defaults: read them, not copied.
-_LIMITS = {
-    name: inspect.signature(RequestHandler.__init__).parameters[name].default
-    for name in ("max_line_size", "max_headers", "max_field_size")
-}
 # An answer holds this many of its slices (memory, open files) before its head is sent, so one gone meanwhile can
 # still be fetched or the request decided again; the rest are found as the body reaches them (diskhit.stream).
 HELD = 8
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 _MEMO_ENTRIES = 4096  # decisions remembered; a full memo is cleared and filled again
-_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
-_CONNECTION = frozenset({b"keep-alive", b"close"})
-_VERSIONS = frozenset({HttpVersion10, HttpVersion11})  # what core.keepalive frames; aiohttp answers any other
 
 
 class _FullParse:
@@ -106,36 +91,19 @@ class Prepared:
         return fields if self.range_field is None else (*fields, ("Range", self.range_field))
 
 
-class _Parser:
-    """aiohttp's request parser, used head by head; a new one after any head that did not end cleanly."""
-
-    def __init__(self) -> None:
-        self._parser: HttpRequestParser | None = None
-
-    def message(self, head: bytes) -> RawRequestMessage | None:
-        """The head's message if aiohttp accepts it as one complete request without a body; None otherwise."""
-        parser = self._parser
-        if parser is None:
-            loop = asyncio.get_running_loop()
-            parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16, **_LIMITS)
-        self._parser = None
-        try:
-            messages, upgraded, tail = parser.feed_data(head)
-        except HttpProcessingError:
-            return None
-        if len(messages) != 1 or upgraded or tail:
-            return None
-        message, payload = messages[0]
-        if not payload.is_eof() or message.upgrade or message.chunked:
-            return None
-        if not message.should_close:  # llhttp takes nothing after a closing message
-            self._parser = parser  # it ended cleanly: ready for the next head
-        return message
+# Every field of each, in order: a copy made by calling the class with them (_for_hop), as dataclasses.replace makes
+# one, at a fifth of its cost on the path of every request a peer forwards.
+_HIT_FIELDS = operator.attrgetter(*(f.name for f in fields(Hit)))
+_PREPARED_FIELDS = operator.attrgetter(*(f.name for f in fields(Prepared)))
 
 
-def _odd(name: bytes, value: bytes) -> bool:
-    lower = name.lower()
-    return lower in _FRAMING or (lower == b"connection" and value.strip().lower() not in _CONNECTION)
+def _for_hop(prepared: Prepared, viewer: str, fills: bool) -> Prepared:
+    """A remembered hop's answer for this hop's viewer: whom the access log names, and whether it may fill."""
+    hit = Hit(*_HIT_FIELDS(prepared.hit))
+    hit.viewer, hit.fills = viewer, fills
+    answer = Prepared(*_PREPARED_FIELDS(prepared))
+    answer.hit = hit
+    return answer
 
 
 class Decider:
@@ -149,7 +117,7 @@ class Decider:
         self.cuts: dict[bytes, Prepared] = {}  # a single-range head -> the answer cut for it (_ranged)
         self.hopped: dict[bytes, Prepared] = {}  # a peer's head without its hop field -> the answer it had
         self.forwards = ForwardMemo(shared)
-        self.parser = _Parser()
+        self.parser = headparse.Parser()
 
     def answer(
         self, head: bytes, client: str, admitted: bool = False
@@ -203,7 +171,7 @@ class Decider:
                 decided = self._decide(head, client, admitted=admitted)
                 return None if isinstance(decided, Elsewhere) else decided
             self.shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
-            return replace(prepared, hit=replace(prepared.hit, viewer=hop.viewer, fills=not hop.lookaside))
+            return _for_hop(prepared, hop.viewer, not hop.lookaside)
         decided = self._decide(head, client, hop_field=field, admitted=admitted)
         if isinstance(decided, Prepared) and decided.hit.viewer is not None and decided.status is CacheStatus.HIT:
             _remember(self.hopped, head, decided)
@@ -291,7 +259,7 @@ class Decider:
         # The Range line counts against aiohttp's limits too: the number of fields (one per line: split_range
         # made sure), and in a long head a field's size, which aiohttp sums oddly across neighbouring fields.
         # Such heads get the full parse, whose parser (aiohttp's) decides them.
-        if head.count(b"\r\n") - 2 > _LIMITS["max_headers"] or len(head) > _LIMITS["max_field_size"]:
+        if head.count(b"\r\n") - 2 > headparse.LIMITS["max_headers"] or len(head) > headparse.LIMITS["max_field_size"]:
             return _FULL_PARSE
         raw_value, stripped = split
         shared = self.shared
@@ -412,9 +380,7 @@ class Decider:
         if rangecut.needs_strict_parser(head):
             return None, "", KeepAlive.CLOSE
         msg = self.parser.message(head)
-        if msg is None or msg.version not in _VERSIONS or msg.method not in ("GET", "HEAD"):
-            return None, "", KeepAlive.CLOSE
-        if any(_odd(k, v) for k, v in msg.raw_headers):
+        if msg is None or not headparse.plain(msg):
             return None, "", KeepAlive.CLOSE
         target = msg.path  # as sent (aiohttp decodes it with surrogateescape)
         try:

@@ -18,17 +18,22 @@ if TYPE_CHECKING:
     from edgecache.proxy.shared import Shared
 
 ENTRIES = 4096  # forwards remembered; a full table is cleared and filled again
-_HOP_LINE = re.compile(rb"\r\nedgecache-hop:[ \t]*([!-~]+)[ \t]*(?=\r\n)", re.IGNORECASE)
+_HOP_NAME = b"\r\nedgecache-hop:"  # lower case: looked for in the head lowered
+_HOP_VALUE = re.compile(rb"[ \t]*([!-~]+)[ \t]*")
 
 
 def split_hop(head: bytes) -> tuple[str, bytes] | None:
     """(the hop field's value, the head without it) when the head has exactly one plain hop line; else None, and
     the head is decided whole (find_hit reads its hop fields, whatever they are)."""
-    lines = list(_HOP_LINE.finditer(head))
-    if len(lines) != 1 or len(re.findall(rb"\r\nedgecache-hop:", head, re.IGNORECASE)) != 1:
+    lowered = head.lower()
+    start = lowered.find(_HOP_NAME)
+    if start < 0 or lowered.find(_HOP_NAME, start + 1) >= 0:
         return None
-    line = lines[0]
-    return line[1].decode("ascii"), head[: line.start()] + head[line.end() :]
+    end = head.find(b"\r\n", start + 2)  # a head ends with an empty line: there is always one
+    value = _HOP_VALUE.fullmatch(head, start + len(_HOP_NAME), end)
+    if value is None:
+        return None
+    return value[1].decode("ascii"), head[:start] + head[end:]
 
 
 @dataclass(frozen=True, slots=True)
