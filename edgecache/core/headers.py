@@ -45,6 +45,9 @@ def has(headers: Headers, name: str) -> bool:
 
 def split_list(value: str) -> Iterator[str]:
     """Split one field value on commas outside quoted strings; empty elements are dropped (RFC 9110 5.6.1)."""
+    if '"' not in value:  # no quoted string: every comma separates (most values; this is on every request's path)
+        yield from filter(None, (item.strip(" \t") for item in value.split(",")))
+        return
     start = 0
     in_quote = False
     escaped = False
