@@ -7,7 +7,9 @@ several rounds; the table gives the medians and forwarded / direct.
 
     python -m loadtest.cluster [--rounds 3] [--duration 4] [--keep DIR]
 
-Workloads: 4 KiB hits (64 connections), aligned 1 MiB ranges of a warm 64 MiB video (32 connections), and cold
+Workloads: 4 KiB hits (64 connections; objects asked often enough that the forwarding node keeps its own copies
+of them, core.popularity), 4 KiB hits of about 3,000 objects none of which is hot there (each forwarded request is
+relayed to the owner), aligned 1 MiB ranges of a warm 64 MiB video (32 connections), and cold
 1 MiB ranges (each range of a fresh 64 MiB video asked once, 8 connections, MiB/s). Every byte is checked against
 the file before anything is timed. Needs nginx and wrk (apt-get install nginx wrk). Only 127.0.0.1 is used;
 every process started is stopped at the end, whatever happens.
@@ -30,11 +32,18 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgecache.config import Config
 
 SMALL = 300
+# 4 KiB objects asked so rarely each (fewer than 3 times a second at the forwarding node) that none becomes hot
+# there (core.popularity): every request is relayed to the owner, the cost of a forward itself.
+SPREAD = 9000
 VIDEO = 64 * 2**20
 MIB = 2**20
 BASE_PORT = 18700
@@ -98,6 +107,9 @@ def write_content(root: Path, videos: list[str]) -> None:
     (root / "small").mkdir(parents=True)
     for i in range(SMALL):
         (root / "small" / str(i)).write_bytes(rnd(4096))
+    (root / "spread").mkdir()
+    for i in range(SPREAD):
+        (root / "spread" / str(i)).write_bytes(rnd(4096))
     (root / "video").mkdir()
     for path in videos:
         (root / path.lstrip("/")).write_bytes(rnd(VIDEO))
@@ -106,7 +118,15 @@ def write_content(root: Path, videos: list[str]) -> None:
 def owned(config: Path, me: str, stem: str, count: int) -> list[str]:
     """The first `count` video paths named stem0, stem1, ... that the ring gives to node `me`."""
     names = (f"/video/{stem}{i}.bin" for i in range(1000))
-    return [p for p in names if owner_of(config, p) == me][:count]
+    return owned_of(config, me, names)[:count]
+
+
+def owned_of(config: Path, me: str, paths: Iterable[str]) -> list[str]:
+    """The paths the ring gives to node `me`."""
+    from edgecache import config as cfg
+
+    loaded = cfg.load(config)
+    return [p for p in paths if _owner(loaded, p) == me]
 
 
 def node_config(state: Path, nodes: list[Node], me: Node, origin_port: int) -> str:
@@ -133,9 +153,14 @@ origins = ["http://127.0.0.1:{origin_port}"]
 
 def owner_of(config: Path, path: str) -> str:
     from edgecache import config as cfg
+
+    return _owner(cfg.load(config), path)
+
+
+def _owner(config: Config, path: str) -> str:
     from edgecache.cli import _ring_offline
 
-    answer = _ring_offline(cfg.load(config), f"http://{HOST}{path}")
+    answer = _ring_offline(config, f"http://{HOST}{path}")
     owners = answer["owners"]
     assert isinstance(owners, list)
     return str(owners[0]["id"])
@@ -223,7 +248,7 @@ async def cold_pass(port: int, video: str, content: Path, conns: int = 8) -> dic
 def check_bytes(content: Path, nodes: list[Node], small: list[str], video: str) -> None:
     data = (content / video.lstrip("/")).read_bytes()
     for node in nodes:
-        for path in small[:20]:
+        for path in small[:20] + small[-20:]:
             assert fetch(node.port, path) == (content / path.lstrip("/")).read_bytes(), (node.id, path)
         for first in (0, 5 * MIB + 17, VIDEO - MIB):
             rng = f"{first}-{first + MIB - 1}"
@@ -261,15 +286,18 @@ def run(work: Path, rounds: int, duration: int) -> int:
     script = state / "workload.lua"
     script.write_text(WRK_SCRIPT)
     owner, other = nodes[0], nodes[1]
-    small = [p for p in (f"/small/{i}" for i in range(SMALL)) if owner_of(owner.config, p) == owner.id]
+    small = owned_of(owner.config, owner.id, (f"/small/{i}" for i in range(SMALL)))
+    spread = owned_of(owner.config, owner.id, (f"/spread/{i}" for i in range(SPREAD)))
     warm, colds = owned(owner.config, owner.id, "warm", 1)[0], owned(owner.config, owner.id, "cold", 2)
     if not content.exists():
         write_content(content, [warm, *colds])
     lists = {
         "hits": state / "hits.txt",
+        "spread": state / "spread.txt",
         "ranges": state / "ranges.txt",
     }
     lists["hits"].write_text("".join(f"{p}\n" for p in small))
+    lists["spread"].write_text("".join(f"{p}\n" for p in spread))
     starts = list(range(0, VIDEO, MIB))
     lists["ranges"].write_text("".join(f"{warm} {s}-{s + MIB - 1}\n" for s in starts))
     with contextlib.ExitStack() as stack:
@@ -280,11 +308,11 @@ def run(work: Path, rounds: int, duration: int) -> int:
             stack.enter_context(started(node_argv, state / f"{node.id}.log"))
         for port in (origin_port, *(n.port for n in nodes)):
             wait_ready(port, time.monotonic() + 60)
-        for path in small:  # warm through the forwarding node: the owner fills
+        for path in small + spread:  # warm through the forwarding node: the owner fills
             fetch(other.port, path)
         for s in starts:
             fetch(other.port, warm, f"{s}-{s + MIB - 1}")
-        check_bytes(content, nodes, small, warm)
+        check_bytes(content, nodes, small + spread[::300], warm)
         results = measure(rounds, duration, lists, owner, other, script, client_pin, colds, content)
     print_table(results, pinned)
     return 0
@@ -303,7 +331,7 @@ def measure(
 ) -> dict[str, dict[str, list[dict[str, float]]]]:
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for r in range(rounds):
-        for workload, conns in (("hits", 64), ("ranges", 32)):
+        for workload, conns in (("hits", 64), ("spread", 64), ("ranges", 32)):
             for way, node in (("direct", owner), ("forwarded", other)):
                 got = wrk(node.port, lists[workload], conns, duration, script, pin)
                 results.setdefault(workload, {}).setdefault(way, []).append(got)
@@ -330,6 +358,7 @@ def print_table(results: dict[str, dict[str, list[dict[str, float]]]], pinned: b
     print("|---|---|---|---|---|")
     names = {
         "hits": "4 KiB hits, 64 conns (req/s)",
+        "spread": "4 KiB hits, none hot, 64 conns (req/s)",
         "ranges": "1 MiB ranges, 32 conns (req/s)",
         "cold": "cold 1 MiB ranges, 8 conns (MiB/s)",
     }
