@@ -61,6 +61,11 @@ class Gate:
             return True
         return False
 
+    def hot(self, key: str, now: float) -> bool:
+        """Whether `key` is hot now, without counting a request: asked() counted the one this is for."""
+        c = self._counts.get(key)
+        return c is not None and now < c.hot_until
+
 
 def spreadable(headers: Headers) -> bool:
     """Whether a GET or HEAD without a body counts towards its object's heat: only a plain cacheable one. A

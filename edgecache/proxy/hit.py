@@ -178,19 +178,17 @@ def find_cold(
 ) -> Cold | Refused | Pass | None:
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
     metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
-    the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored. None
-    for anything else the full handler decides: a conditional request, a hot copy, a stale entry it may serve. A
-    Vary'd record's miss is filled with the fields its Vary names (FillRequest.vary), as the full handler fills it."""
-    # basis: another node's object is Elsewhere, without asking the popularity gate again (find_hit() counted
-    # this request already).
-    routed = route.routed(shared, method, host, target, headers, client, True, None, admitted)
+    the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored; a hot
+    object another node owns is filled from that owner, for this node's copy (FillRequest.spread_from). None for
+    anything else the full handler decides: a conditional request, a stale entry it may serve. A Vary'd record's
+    miss is filled with the fields its Vary names (FillRequest.vary), as the full handler fills it."""
+    # basis: another node's object is Elsewhere unless it is hot now, without asking the popularity gate again
+    # (find_hit() counted this request already).
+    routed = route.routed(shared, method, host, target, headers, client, True, None, admitted, copy=True)
     if isinstance(routed, Refused):
         return routed
     if not isinstance(routed, Routed):
         return None
-    cluster = shared.cluster
-    if routed.viewer is None and cluster is not None and cluster.route(routed.key.primary)[0].id != cluster.self_id:
-        return None  # a hot copy, filled from the owner by the full handler
     cc = parse_cache_control(headers)
     if cc.no_store or must_pass(headers) is not None:
         return None
@@ -257,6 +255,7 @@ def _fill_request(
     return FillRequest(
         site, ekey or key.primary, key.target, key.host, headers, routed.client, site.policy, key.primary,
         generation=generation, scope=scope, host_key=routed.host, path=key.path, key=key, vary=vary,
+        spread_from=routed.spread_from,
     )  # fmt: skip
 
 

@@ -69,6 +69,7 @@ class Routed:
     viewer: str | None  # a valid hop's viewer (Hit.viewer)
     fills: bool  # not a look-aside (Hit.fills)
     failover: bool = False  # a hop from a node that stands in for this one's next owner, which is down
+    spread_from: Member | None = None  # a hot object's owner, which this node's copy is filled from (FillRequest)
 
     def refused(self, reply: Reply, method: str, headers: Headers) -> Refused:
         return Refused.keyed(reply, method, self.key, headers, self.site.name, viewer=self.viewer)
@@ -98,10 +99,11 @@ def routed(
     basis: bool,
     hop_field: str | None,
     admitted: bool = False,
+    copy: bool = False,
 ) -> Routed | Forward | Elsewhere | Refused | None:
     """find_hit()'s first step once addressed() has named the host and target: the site and key, then the hop, the
     ACL, the owner (_where) and the signed URL. A request refused on the way gets the Reply the full handler would
-    give it (core.admit)."""
+    give it (core.admit). `copy`: a `basis` request (find_cold's) may be this node's, for a copy of a hot object."""
     if method not in ("GET", "HEAD") or not target.startswith("/"):
         return None  # an asterisk or authority form, and everything but GET/HEAD: the full handler's checks
     site = shared.router.match(host)
@@ -118,7 +120,7 @@ def routed(
         return Routed(host, site, key, hop.viewer, hop.viewer, not hop.lookaside, hop.failover)
     refused, where = admit.acl(site, client), HERE
     if refused is None and cluster is not None:
-        found = _where(shared, cluster, site, key, method, headers, client, basis, admitted)
+        found = _where(shared, cluster, site, key, method, headers, client, basis, admitted, copy)
         if not isinstance(found, Here | Reply):
             return found
         refused, where = (found, where) if isinstance(found, Reply) else (None, found)
@@ -126,15 +128,16 @@ def routed(
         refused = refused or admit.signed(site, key.path, key.unkeyed, client, time.time())
     if refused is not None:
         return Refused.keyed(refused, method, key, headers, site.name)
-    return Routed(host, site, key, client, None, True, where.standing_in)
+    return Routed(host, site, key, client, None, True, where.standing_in, where.spread_from)
 
 
 class Here:
-    """_where(): this node answers the request itself (it owns the key, or holds a copy of a hot one; or it stands
-    in for the key's owner, which is down: a miss's cause is peer-down then)."""
+    """_where(): this node answers the request itself (it owns the key, or holds a copy of a hot one, filled from
+    `spread_from`; or it stands in for the key's owner, which is down: a miss's cause is peer-down then)."""
 
-    def __init__(self, standing_in: bool = False) -> None:
+    def __init__(self, standing_in: bool = False, spread_from: Member | None = None) -> None:
         self.standing_in = standing_in
+        self.spread_from = spread_from
 
 
 HERE, STANDING_IN = Here(), Here(standing_in=True)
@@ -172,21 +175,24 @@ def _where(
     client: str,
     basis: bool,
     admitted: bool,
+    copy: bool = False,
 ) -> Here | Forward | Elsewhere | Reply:
-    """Who answers a request no hop vouches for: this node (HERE, or STANDING_IN for an owner that is down), its
-    owner (a Forward), or the whole-object basis's caller (ELSEWHERE); or the refusal of a forward
-    (forward_verdict)."""
+    """Who answers a request no hop vouches for: this node (HERE, or STANDING_IN for an owner that is down, or a
+    copy of a hot object filled from its owner), its owner (a Forward), or the whole-object basis's caller
+    (ELSEWHERE); or the refusal of a forward (forward_verdict). A `basis` request is not asked of the popularity
+    gate (it was, for the request it is part of): with `copy`, the gate says whether the object is hot now."""
     up = cluster.route(key.primary)
     first = cluster.ring.owner(key.primary)
     if up[0].id == cluster.self_id:
         return HERE if first is None or first.id == cluster.self_id else STANDING_IN
     if basis:
-        return ELSEWHERE  # not asked of the popularity gate twice for one request
+        hot = copy and spreadable(headers) and shared.popular.hot(key.primary, time.monotonic())
+        return Here(spread_from=up[0]) if hot else ELSEWHERE
     verdict = forward_verdict(shared, site, key, client, spreadable(headers), admitted)
     if isinstance(verdict, Reply):
         return verdict
-    if verdict != GO:
-        return HERE
+    if verdict == HOT:
+        return Here(spread_from=up[0])
     failover = first is not None and up[0].id != first.id
     return Forward(method, headers, client, site, key, up[0], failover)
 
@@ -202,9 +208,10 @@ def forward_verdict(
     URL, then the rate limit: core.admit). The one rule for a forward decided in full (_where) and for a remembered
     one (forwardmemo): the viewer and the moment are asked again on every request. `admitted`: the request was
     let in already (a forward decided again for the next owner when its owner could not be reached): it goes on,
-    judged and counted once, as the full handler's to_owner sends it to the next owner."""
+    judged and counted once, as the full handler's to_owner sends it to the next owner; or, if the object is hot
+    now, answered here (a miss's fill started here for its copy is answered from it)."""
     if admitted:
-        return GO
+        return HOT if heat and shared.popular.hot(key.primary, time.monotonic()) else GO
     if heat and shared.popular.asked(key.primary, time.monotonic()):
         return HOT
     refused = admit.signed(site, key.path, key.unkeyed, client, time.time())

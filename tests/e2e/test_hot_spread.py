@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edgecache import metrics
 from edgecache.core import popularity
 from edgecache.core.keys import digest
@@ -14,8 +16,11 @@ from edgecache.core.ring import Member, Ring
 from tests.conftest import Edge
 from tests.e2e.test_purge import cluster, purge
 from tests.origin import Origin
+from tests.wire import fast_path_outcomes
 
 HOT = "/hot.bin"
+PEER = 'edgecache; fwd=miss; detail="peer"'  # the forwarding node's entry in a forwarded answer's Cache-Status
+COPY_MISS = 'edgecache; fwd=uri-miss; stored; detail="peer"'  # a copy's miss, filled from the owner
 MIX = [f"/mix/{i}.bin" for i in range(20)]
 
 
@@ -72,3 +77,39 @@ async def test_a_hot_object_is_answered_by_every_node_and_purged_everywhere(orig
         for e in edges:
             status, _, body = await e.get(HOT)
             assert (status, body) == (200, b"n" * 300_000)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_the_request_that_makes_an_object_hot_fills_the_copy_from_its_owner(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """The request that makes an object hot at a node that does not own it is that node's miss: its copy is filled
+    from the owner (never the origin) and this request answered from that fill, as the full handler answers it;
+    the next ones are the copy's hits. Twice: a whole object, then a range of another."""
+    data = {path: bytes([n]) * 300_000 for n, path in enumerate((HOT, "/hot2.bin"))}
+    for path, body in data.items():
+        origin.put(path, body)
+    async with cluster(origin, tmp_path, fast) as nodes:
+        for path, body in data.items():
+            owner = Ring.of(Member(f"node{i}", "-") for i in (1, 2, 3)).owner(f"videos|video.test|{path}")
+            assert owner is not None
+            edge = next(n.edge for n in nodes if n.edge.node.cluster and n.edge.node.cluster.self_id != owner.id)
+            asked = {"Range": "bytes=1000-1999"} if path != HOT else {}
+            want = body[1000:2000] if asked else body
+            before = fast_path_outcomes()
+            code = 206 if asked else 200
+            seen = set()
+            for _ in range(popularity.THRESHOLD - 1):  # forwarded to the owner, which fills once
+                status, headers, got = await edge.get(path, **asked)
+                assert (status, got) == (code, want)
+                seen.add(headers["Cache-Status"])
+            assert seen == {f"edgecache; fwd=uri-miss; stored, {PEER}", f"edgecache; hit, {PEER}"}
+            status, headers, got = await edge.get(path, **asked)  # hot now: this node's copy, filled from the owner
+            assert (status, got, headers["Cache-Status"]) == (code, want, COPY_MISS)
+            status, headers, got = await edge.get(path, **asked)
+            assert (status, got, headers["Cache-Status"]) == (code, want, "edgecache; hit")
+            assert origin.hits[path] == 1
+            after = fast_path_outcomes()
+            if fast:
+                assert after["handed_off"] - before["handed_off"] == 0
+                assert after["forwarded"] - before["forwarded"] == popularity.THRESHOLD - 1

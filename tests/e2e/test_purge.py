@@ -35,7 +35,7 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def cluster(origin: Origin, tmp_path: Path) -> AsyncIterator[list[Node]]:
+async def cluster(origin: Origin, tmp_path: Path, fast: bool = True) -> AsyncIterator[list[Node]]:
     ports, admins = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
     members = tuple(
         Member(f"node{i + 1}", f"127.0.0.1:{p}", admin=f"127.0.0.1:{a}")
@@ -57,6 +57,7 @@ async def cluster(origin: Origin, tmp_path: Path) -> AsyncIterator[list[Node]]:
                 sites=(*cfg.sites, other),
                 cluster=ClusterSettings(self_id=f"node{i + 1}", key=CLUSTER_KEY, nodes=members, interval=0.2),
                 tokens=tokens,
+                fast_path=fast,
             )
             edge = await stack.enter_async_context(start_edge(cfg))
             jobs = JobRunner(edge.node.store.disk, edge.url)
