@@ -13,6 +13,7 @@ from edgecache import metrics
 from edgecache.core import popularity
 from edgecache.core.keys import digest
 from edgecache.core.ring import Member, Ring
+from edgecache.storage.store import slice_name
 from tests.conftest import Edge
 from tests.e2e.test_purge import cluster, purge
 from tests.origin import Origin
@@ -113,3 +114,28 @@ async def test_the_request_that_makes_an_object_hot_fills_the_copy_from_its_owne
             if fast:
                 assert after["handed_off"] - before["handed_off"] == 0
                 assert after["forwarded"] - before["forwarded"] == popularity.THRESHOLD - 1
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_slice_a_copy_lacks_is_fetched_from_the_owner(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """A hot copy that has lost a slice from memory gets it again from the owner, for memory only: never from the
+    origin, and never onto this node's disk."""
+    body = bytes(range(256)) * 10_000  # three slices of 1 MiB
+    origin.put(HOT, body)
+    key = f"videos|video.test|{HOT}"
+    owner = Ring.of(Member(f"node{i}", "-") for i in (1, 2, 3)).owner(key)
+    assert owner is not None
+    async with cluster(origin, tmp_path, fast) as nodes:
+        edge = next(n.edge for n in nodes if n.edge.node.cluster and n.edge.node.cluster.self_id != owner.id)
+        for _ in range(popularity.THRESHOLD + 1):
+            status, _, got = await edge.get(HOT)
+            assert (status, got) == (200, body)
+        store = edge.node.store
+        meta = store.peek_meta(key)
+        assert meta is not None
+        store.memory.delete(slice_name(key, meta.slice_version, 1))
+        for _ in range(2):
+            status, _, got = await edge.get(HOT, Range="bytes=1048000-1049999")
+            assert (status, got) == (206, body[1048000:1050000])
+        assert origin.hits[HOT] == 1
+        assert await store.slice_from_disk(key, meta, 1) is None
