@@ -26,6 +26,7 @@ from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
+from edgecache.core.memo import Memo
 from edgecache.core.status import CacheStatus, of_fill
 from edgecache.proxy import encode, headparse, observe, rangecut
 from edgecache.proxy.fill import Fill
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 # still be fetched or the request decided again; the rest are found as the body reaches them (diskhit.stream).
 HELD = 8
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
-_MEMO_ENTRIES = 4096  # decisions remembered; a full memo is cleared and filled again
+_MEMO_ENTRIES = 4096  # decisions remembered by each memo, in its two generations (core.memo)
 
 
 class _FullParse:
@@ -112,10 +113,10 @@ class Decider:
     def __init__(self, shared: Shared, date: Callable[[], bytes]) -> None:
         self.shared = shared
         self.date = date  # the Date field's value now
-        self.memo: dict[bytes, Prepared] = {}  # request head -> its answer, while still valid
-        self.wholes: dict[bytes, Prepared] = {}  # head without Range -> whole-object basis
-        self.cuts: dict[bytes, Prepared] = {}  # a single-range head -> the answer cut for it (_ranged)
-        self.hopped: dict[bytes, Prepared] = {}  # a peer's head without its hop field -> the answer it had
+        self.memo: Memo[bytes, Prepared] = _memo()  # request head -> its answer, while still valid
+        self.wholes: Memo[bytes, Prepared] = _memo()  # head without Range -> whole-object basis
+        self.cuts: Memo[bytes, Prepared] = _memo()  # a single-range head -> the answer cut for it (_ranged)
+        self.hopped: Memo[bytes, Prepared] = _memo()  # a peer's head without its hop field -> the answer it had
         self.forwards = ForwardMemo(shared)
         self.parser = headparse.Parser()
 
@@ -177,7 +178,7 @@ class Decider:
             _remember(self.hopped, head, decided)
         return None if isinstance(decided, Elsewhere) else decided
 
-    def _current(self, memo: dict[bytes, Prepared], head: bytes, now: float) -> Prepared | None:
+    def _current(self, memo: Memo[bytes, Prepared], head: bytes, now: float) -> Prepared | None:
         """The remembered answer to this head, brought up to date if only its Age ticked (hit.renewed)."""
         prepared = memo.get(head)
         if prepared is None or prepared.hit.still(self.shared, now):
@@ -415,15 +416,17 @@ class Decider:
         return encode.head(hit.status, encode.phrase(hit.status), hit.headers, self.date(), keep_alive, "utf-8")
 
 
-def _remember(memo: dict[bytes, Prepared], head: bytes, prepared: Prepared) -> None:
+def _memo() -> Memo[bytes, Prepared]:
+    return Memo(_MEMO_ENTRIES // 2)
+
+
+def _remember(memo: Memo[bytes, Prepared], head: bytes, prepared: Prepared) -> None:
     """Keep an answer for the same head bytes, if it can be sent again as it is: a short head, and fields that hold
     their own Date (else the encoded head holds the Date of now), and no multipart boundary, which each answer
-    chooses anew (respond.multipart). A full memo is cleared and filled again."""
+    chooses anew (respond.multipart). The memo keeps the answers still asked for (core.memo)."""
     hit = prepared.hit
     if len(head) > _MEMO_HEAD or hit.parts is not None or not any(k.lower() == "date" for k, _ in hit.headers):
         return
-    if len(memo) >= _MEMO_ENTRIES:
-        memo.clear()
     memo[head] = prepared
 
 

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 
 from edgecache.core import admit
 from edgecache.core.admit import Reply
+from edgecache.core.memo import Memo
 from edgecache.core.popularity import spreadable
 from edgecache.proxy.route import HOT, Forward, Refused, forward_verdict
 
 if TYPE_CHECKING:
     from edgecache.proxy.shared import Shared
 
-ENTRIES = 4096  # forwards remembered; a full table is cleared and filled again
+ENTRIES = 4096  # forwards remembered, in two generations (core.memo)
 _HOP_NAME = b"\r\nedgecache-hop:"  # lower case: looked for in the head lowered
 _HOP_VALUE = re.compile(rb"[ \t]*([!-~]+)[ \t]*")
 
@@ -48,13 +49,11 @@ class _Entry:
 class ForwardMemo:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
-        self.entries: dict[bytes, _Entry] = {}
+        self.entries: Memo[bytes, _Entry] = Memo(ENTRIES // 2)
 
     def remember(self, head: bytes, forward: Forward) -> None:
         cluster = self.shared.cluster
         assert cluster is not None
-        if len(self.entries) >= ENTRIES:
-            self.entries.clear()
         heat = spreadable(forward.headers)
         self.entries[head] = _Entry(forward, self.shared.router, cluster.ring, cluster.changes, heat)
 

@@ -1,0 +1,68 @@
+"""core.memo: a bounded table that keeps what is still asked for, where clearing a full table dropped it."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgecache.core.memo import Memo
+
+
+def test_an_entry_asked_between_additions_outlives_a_scan_of_new_ones() -> None:
+    memo: Memo[str, int] = Memo(4)
+    memo["popular"] = 0
+    for i in range(1000):  # keys asked once each, as a crawler's or a long tail's
+        memo[f"once-{i}"] = i
+        if i % 3 == 0:
+            assert memo.get("popular") == 0
+        assert len(memo) <= 8
+    assert memo.get("once-0") is None  # asked once and long ago: gone
+    assert memo.get("once-999") == 999
+
+
+def test_an_entry_not_asked_for_two_generations_is_dropped() -> None:
+    memo: Memo[str, int] = Memo(2)
+    memo["a"] = 1
+    memo["b"] = 2
+    memo["c"] = 3  # the newer is full: a and b are the older now
+    assert (memo.get("a"), len(memo)) == (1, 3)  # found in the older: moved to the newer
+    memo["d"] = 4  # the newer (c, a) is full: b is dropped
+    assert memo.get("b") is None
+    assert [memo.get(k) for k in "acd"] == [1, 3, 4]
+
+
+def test_replace_forget_and_clear() -> None:
+    memo: Memo[str, int] = Memo(2)
+    memo["a"] = 1
+    memo["b"] = 2
+    memo["c"] = 3
+    memo["a"] = 10  # in the older: the newer's value is the only one kept
+    assert (memo.get("a"), len(memo)) == (10, 3)
+    del memo["a"]
+    del memo["c"]
+    assert (memo.get("a"), memo.get("c"), len(memo)) == (None, None, 1)
+    with pytest.raises(KeyError):
+        del memo["a"]
+    memo.clear()
+    assert (len(memo), memo.get("b")) == (0, None)
+    with pytest.raises(ValueError, match="at least one"):
+        Memo(0)
+
+
+@given(st.lists(st.tuples(st.sampled_from("gsd"), st.integers(0, 9)), max_size=200), st.integers(1, 5))
+def test_it_answers_as_a_dict_would_for_every_key_it_still_holds(ops: list[tuple[str, int]], size: int) -> None:
+    memo: Memo[int, int] = Memo(size)
+    model: dict[int, int] = {}
+    for n, (op, key) in enumerate(ops):
+        if op == "s":
+            memo[key] = model[key] = n
+        elif op == "d" and memo.get(key) is not None:
+            del memo[key]
+            del model[key]
+        else:
+            found = memo.get(key)
+            assert found is None or found == model[key]  # never another key's value, never a stale one
+            if found is None:
+                model.pop(key, None)
+        assert len(memo) <= 2 * size
