@@ -75,6 +75,11 @@ class Started:
         """The Cache-Status of an answer from the fill itself (not a 304's)."""
         return of_fill(self.validating is not None)
 
+    @property
+    def copy(self) -> bool:
+        """The fill is this node's copy of a hot object another node owns (core.popularity), from that owner."""
+        return self.cold.req.spread_from is not None
+
 
 def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused | Pass:
     """Start (or join) the fill of a miss and wait for its head off the connection's turn; its refusal or its

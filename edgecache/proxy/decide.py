@@ -121,11 +121,12 @@ class Decider:
         self.parser = headparse.Parser()
 
     def answer(
-        self, head: bytes, client: str, admitted: bool = False
+        self, head: bytes, client: str, admitted: bool = False, copy: bool = False
     ) -> Prepared | Load | Forward | Refused | Pass | None:
         """The answer to this head if it is a fresh hit, the owner it goes to, or its refusal (core.admit); None for
         anything the fast path leaves to aiohttp. `admitted`: the rate limiter let this request in already (its
-        miss's fill was started for it: find_cold), so it is not asked again.
+        miss's fill was started for it: find_cold), so it is not asked again. `copy`: that fill was a copy of a hot
+        object another node owns (FillRequest.spread_from): the request is this node's, never forwarded.
 
         The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
         was decided from is unchanged (Hit.still); only the client's address is checked again.
@@ -137,7 +138,7 @@ class Decider:
             hop = split_hop(head)
             if hop is not None:
                 return self._hopped(hop[1], hop[0], client, admitted)
-            forward = self.forwards.get(head, client, admitted)
+            forward = None if copy else self.forwards.get(head, client, admitted)
             if forward is not None:
                 return forward
         now = time.time()
@@ -154,7 +155,9 @@ class Decider:
             shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             return prepared
         ranged = self._ranged(head, client)
-        decided = self._decide(head, client, admitted=admitted) if isinstance(ranged, _FullParse) else ranged
+        if not isinstance(ranged, _FullParse):
+            return ranged
+        decided = self._decide(head, client, admitted=admitted, copy=copy)
         return None if isinstance(decided, Elsewhere) else decided
 
     def _hopped(
@@ -193,7 +196,13 @@ class Decider:
         return prepared
 
     def _decide(
-        self, head: bytes, client: str, basis: bool = False, hop_field: str | None = None, admitted: bool = False
+        self,
+        head: bytes,
+        client: str,
+        basis: bool = False,
+        hop_field: str | None = None,
+        admitted: bool = False,
+        copy: bool = False,
     ) -> Prepared | Load | Forward | Elsewhere | Refused | Pass | None:
         """Parse and look up the head from scratch; remember a hit's answer for the same head.
 
@@ -201,7 +210,7 @@ class Decider:
         slices, and another node's object is Elsewhere to it), and never sent itself.
         """
         memo = self.wholes if basis else self.memo
-        hit, method, keep_alive = self._parse(head, client, basis, hop_field, admitted=admitted)
+        hit, method, keep_alive = self._parse(head, client, basis, hop_field, admitted=admitted, copy=copy)
         if isinstance(hit, Forward):
             forward = replace(hit, keep_alive=keep_alive)
             if len(head) <= _MEMO_HEAD:
@@ -377,6 +386,7 @@ class Decider:
         validated: Validated | None = None,
         admitted: bool = False,
         overloaded: bool = False,
+        copy: bool = False,
     ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None, str, KeepAlive]:
         if rangecut.needs_strict_parser(head):
             return None, "", KeepAlive.CLOSE
@@ -405,7 +415,9 @@ class Decider:
             if cold:
                 hit = find_cold(self.shared, m, host, target, headers, client, admitted)
             else:
-                hit = find_hit(self.shared, m, host, target, headers, client, basis, hop_field, validated, admitted)
+                hit = find_hit(
+                    self.shared, m, host, target, headers, client, basis, hop_field, validated, admitted, copy
+                )
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", KeepAlive.CLOSE

@@ -65,8 +65,7 @@ class FastPath(asyncio.Protocol):
         self.forwarder = False  # a trusted forwarder: each request's X-Forwarded-For names its client
         self.buf = b""
         self.busy = False  # a response is being read from disk or written with waits
-        self.closing = False
-        self.write_paused = False
+        self.closing = self.write_paused = False
         self.eof = False  # the client shut its sending side: answer what it sent, then close
         self.held = False  # reading paused by _flow (the only place that pauses it)
         self.drained: asyncio.Future[None] | None = None
@@ -260,7 +259,8 @@ class FastPath(asyncio.Protocol):
                 self.client = clientaddr.real_client(self.address, forwarded, self.server.shared.forwarders)
             settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
             admitted = settling or self.retried > 0 or self.again  # let in when it was first decided
-            prepared = self.server.decider.answer(head, self.client, admitted=admitted)
+            copy = self.started is not None and self.started.copy
+            prepared = self.server.decider.answer(head, self.client, admitted=admitted, copy=copy)
             if settling:
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
                 # fill started, and the full handler, carrying that fill on, does not judge it again.

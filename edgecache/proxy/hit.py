@@ -127,12 +127,14 @@ def find_hit(
     hop_field: str | None = None,
     validated: Validated | None = None,
     admitted: bool = False,
+    copy: bool = False,
 ) -> Hit | Load | Forward | Elsewhere | Refused | Pass | None:
     """The hit this request is, if it is one; or the owner to forward it to; or its pass-through. A `basis` answer is
     one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the stored entry
     answers whatever its freshness, as the origin has just confirmed it ("304": Use.REVALIDATE), or as it stands in
-    for an origin that failed its revalidation ("stale-if-error": Use.STALE_OK, RFC 5861 4)."""
-    routed = route.routed(shared, method, host, target, headers, client, basis, hop_field, admitted)
+    for an origin that failed its revalidation ("stale-if-error": Use.STALE_OK, RFC 5861 4). `copy`: a hot object's
+    copy was filled for this request (route.routed)."""
+    routed = route.routed(shared, method, host, target, headers, client, basis, hop_field, admitted, copy)
     if not isinstance(routed, Routed):
         return routed
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:
@@ -297,7 +299,10 @@ def _hit(
     ring = shared.cluster.ring if shared.cluster is not None else None
     purges, meta, until = shared.engine.store.purges, stored.meta, stored.valid_until
     fills, cluster = routed.fills, shared.cluster
-    changes = cluster.changes if cluster is not None and routed.failover and routed.viewer is None else -1
+    # A stand-in's hit, or a copy's (which names the owner a slice it lacks is fetched from), holds while no peer's
+    # health changes.
+    health_bound = routed.viewer is None and (routed.failover or routed.spread_from is not None)
+    changes = cluster.changes if cluster is not None and health_bound else -1
     return Hit(
         status, fields, req, meta, first, last, site, shared.router, ring, record, purges, until, routed.viewer,
         fills, stored.use, body, changes, parts, routed.failover,

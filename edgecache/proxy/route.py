@@ -103,7 +103,8 @@ def routed(
 ) -> Routed | Forward | Elsewhere | Refused | None:
     """find_hit()'s first step once addressed() has named the host and target: the site and key, then the hop, the
     ACL, the owner (_where) and the signed URL. A request refused on the way gets the Reply the full handler would
-    give it (core.admit). `copy`: a `basis` request (find_cold's) may be this node's, for a copy of a hot object."""
+    give it (core.admit). `copy`: the request may be answered from a copy of a hot object another node owns: a
+    `basis` request (find_cold's) if the object is hot now, any other because that copy's fill was started for it."""
     if method not in ("GET", "HEAD") or not target.startswith("/"):
         return None  # an asterisk or authority form, and everything but GET/HEAD: the full handler's checks
     site = shared.router.match(host)
@@ -180,7 +181,9 @@ def _where(
     """Who answers a request no hop vouches for: this node (HERE, or STANDING_IN for an owner that is down, or a
     copy of a hot object filled from its owner), its owner (a Forward), or the whole-object basis's caller
     (ELSEWHERE); or the refusal of a forward (forward_verdict). A `basis` request is not asked of the popularity
-    gate (it was, for the request it is part of): with `copy`, the gate says whether the object is hot now."""
+    gate (it was, for the request it is part of): with `copy`, the gate says whether the object is hot now. Any
+    other request with `copy` had the copy's fill started for it: it is answered from that, as the full handler
+    answers it (whatever the gate says by the time the fill's head comes)."""
     up = cluster.route(key.primary)
     first = cluster.ring.owner(key.primary)
     if up[0].id == cluster.self_id:
@@ -188,6 +191,8 @@ def _where(
     if basis:
         hot = copy and spreadable(headers) and shared.popular.hot(key.primary, time.monotonic())
         return Here(spread_from=up[0]) if hot else ELSEWHERE
+    if copy:
+        return Here(spread_from=up[0])
     verdict = forward_verdict(shared, site, key, client, spreadable(headers), admitted)
     if isinstance(verdict, Reply):
         return verdict
@@ -208,10 +213,9 @@ def forward_verdict(
     URL, then the rate limit: core.admit). The one rule for a forward decided in full (_where) and for a remembered
     one (forwardmemo): the viewer and the moment are asked again on every request. `admitted`: the request was
     let in already (a forward decided again for the next owner when its owner could not be reached): it goes on,
-    judged and counted once, as the full handler's to_owner sends it to the next owner; or, if the object is hot
-    now, answered here (a miss's fill started here for its copy is answered from it)."""
+    judged and counted once, as the full handler's to_owner sends it to the next owner."""
     if admitted:
-        return HOT if heat and shared.popular.hot(key.primary, time.monotonic()) else GO
+        return GO
     if heat and shared.popular.asked(key.primary, time.monotonic()):
         return HOT
     refused = admit.signed(site, key.path, key.unkeyed, client, time.time())
