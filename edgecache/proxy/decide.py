@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 # still be fetched or the request decided again; the rest are found as the body reaches them (diskhit.stream).
 HELD = 8
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
-_MEMO_ENTRIES = 4096  # decisions remembered by each memo, in its two generations (core.memo)
+# Decisions remembered by each memo in each of its two generations (core.memo): a set of heads asked in turn (a
+# player's byte-range playlist, W3u's 4,096 ranges) is kept whole while it fits one generation.
+_MEMO_ENTRIES = 4096
 
 
 class _FullParse:
@@ -429,7 +431,7 @@ class Decider:
 
 
 def _memo() -> Memo[bytes, Prepared]:
-    return Memo(_MEMO_ENTRIES // 2)
+    return Memo(_MEMO_ENTRIES)
 
 
 def _remember(memo: Memo[bytes, Prepared], head: bytes, prepared: Prepared) -> None:

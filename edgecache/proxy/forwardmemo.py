@@ -18,7 +18,7 @@ from edgecache.proxy.route import HOT, Forward, Refused, forward_verdict
 if TYPE_CHECKING:
     from edgecache.proxy.shared import Shared
 
-ENTRIES = 4096  # forwards remembered, in two generations (core.memo)
+ENTRIES = 4096  # forwards remembered in each of two generations (core.memo)
 _HOP_NAME = b"\r\nedgecache-hop:"  # lower case: looked for in the head lowered
 _HOP_VALUE = re.compile(rb"[ \t]*([!-~]+)[ \t]*")
 
@@ -49,7 +49,7 @@ class _Entry:
 class ForwardMemo:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
-        self.entries: Memo[bytes, _Entry] = Memo(ENTRIES // 2)
+        self.entries: Memo[bytes, _Entry] = Memo(ENTRIES)
 
     def remember(self, head: bytes, forward: Forward) -> None:
         cluster = self.shared.cluster

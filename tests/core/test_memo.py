@@ -66,3 +66,20 @@ def test_it_answers_as_a_dict_would_for_every_key_it_still_holds(ops: list[tuple
             if found is None:
                 model.pop(key, None)
         assert len(memo) <= 2 * size
+
+
+def test_keys_asked_in_turn_that_fit_one_generation_are_all_kept() -> None:
+    """A player's byte-range playlist, or a benchmark's fixed list, asked round and round: after the first round,
+    every lookup finds its entry (a table of half the size misses nearly all of them)."""
+    memo: Memo[int, int] = Memo(4096)
+    for key in range(4096):
+        memo[key] = key
+    assert all(memo.get(key) == key for _ in range(3) for key in range(4096))
+    half: Memo[int, int] = Memo(2048)
+    misses = 0
+    for _ in range(3):
+        for key in range(4096):
+            if half.get(key) is None:
+                misses += 1
+                half[key] = key
+    assert misses > 0.99 * 3 * 4096
