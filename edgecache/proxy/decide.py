@@ -43,7 +43,7 @@ from edgecache.proxy.hit import (
     find_hit,
     renewed,
 )
-from edgecache.proxy.route import Elsewhere, Forward, Refused, addressed
+from edgecache.proxy.route import HOT, Elsewhere, Forward, Refused, addressed
 from edgecache.proxy.shared import Shared
 from edgecache.storage.store import slice_name
 
@@ -141,8 +141,9 @@ class Decider:
             if hop is not None:
                 return self._hopped(hop[1], hop[0], client, admitted)
             forward = None if copy else self.forwards.get(head, client, admitted)
-            if forward is not None:
+            if isinstance(forward, Forward | Refused):
                 return forward
+            copy = copy or forward == HOT  # decided for this node's copy, the gate not asked a second time
         now = time.time()
         prepared = self._current(self.memo, head, now)
         if prepared is None and self.cuts:

@@ -57,8 +57,9 @@ class ForwardMemo:
         heat = spreadable(forward.headers)
         self.entries[head] = _Entry(forward, self.shared.router, cluster.ring, cluster.changes, heat)
 
-    def get(self, head: bytes, client: str, admitted: bool = False) -> Forward | Refused | None:
-        """The remembered forward of this head for this viewer; None: decide it in full."""
+    def get(self, head: bytes, client: str, admitted: bool = False) -> Forward | Refused | str | None:
+        """The remembered forward of this head for this viewer; HOT: the object is hot here now, and this node's
+        copy answers it (the popularity gate has counted the request); None: decide it in full."""
         entry = self.entries.get(head)
         if entry is None:
             return None
@@ -71,7 +72,7 @@ class ForwardMemo:
         refused = admit.acl(forward.site, client)
         verdict = refused or forward_verdict(shared, forward.site, forward.key, client, entry.heat, admitted)
         if verdict == HOT:
-            return None  # hot here now: the full decision serves this node's copy
+            return HOT
         if isinstance(verdict, Reply):
             site = forward.site.name
             return Refused.keyed(verdict, forward.method, forward.key, forward.headers, site, forward.keep_alive)

@@ -139,3 +139,35 @@ async def test_a_slice_a_copy_lacks_is_fetched_from_the_owner(origin: Origin, tm
             assert (status, got) == (206, body[1048000:1050000])
         assert origin.hits[HOT] == 1
         assert await store.slice_from_disk(key, meta, 1) is None
+
+
+class CountingGate(popularity.Gate):
+    """The popularity gate, counting the requests it is asked to count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asks = 0
+
+    def asked(self, key: str, now: float) -> bool:
+        self.asks += 1
+        return super().asked(key, now)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_each_request_counts_once_towards_an_objects_heat(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """A request the forward memo finds hot is decided for this node's copy without asking the gate again. The one
+    exception left: the fast path decides the request that makes the object hot once more for each of the two disk
+    lookups its copy's miss makes first (its record, then its metadata), and each decision asks the gate."""
+    body = b"h" * 300_000
+    origin.put(HOT, body)
+    owner = Ring.of(Member(f"node{i}", "-") for i in (1, 2, 3)).owner(f"videos|video.test|{HOT}")
+    assert owner is not None
+    async with cluster(origin, tmp_path, fast) as nodes:
+        edge = next(n.edge for n in nodes if n.edge.node.cluster and n.edge.node.cluster.self_id != owner.id)
+        gate = edge.node.shared.popular = CountingGate()
+        counts = []
+        for _ in range(popularity.THRESHOLD + 3):
+            assert (await edge.get(HOT))[::2] == (200, body)
+            counts.append(gate.asks)
+        before = list(range(1, popularity.THRESHOLD))
+        assert counts == before + ([34, 35, 36, 37] if fast else [32, 33, 34, 35])
