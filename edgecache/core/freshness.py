@@ -136,12 +136,17 @@ def current_age(resp: Headers, request_time: float, response_time: float, now: f
     response_delay and resident_time are floored at 0: they only go negative when a clock steps backwards, and
     a cache must never make a response look younger than it is.
     """
+    return initial_age(resp, request_time, response_time) + max(0.0, now - response_time)
+
+
+def initial_age(resp: Headers, request_time: float, response_time: float) -> float:
+    """RFC 9111 4.2.3's corrected_initial_age: current_age() at response_time. The age at any later moment adds
+    the time since, so an answer kept for a while (proxy.hit.renewed) computes its Age without the fields."""
     age_value = parse_age(resp)
     date = http_date(get_first(resp, "date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     corrected_age_value = age_value + max(0.0, response_time - request_time)
-    corrected_initial_age = max(apparent_age, corrected_age_value)
-    return corrected_initial_age + max(0.0, now - response_time)
+    return max(apparent_age, corrected_age_value)
 
 
 def parse_age(resp: Headers) -> int:

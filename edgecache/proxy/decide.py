@@ -39,6 +39,7 @@ from edgecache.proxy.hit import (
     Pass,
     Validated,
     as_fetched,
+    copied,
     find_cold,
     find_hit,
     renewed,
@@ -94,19 +95,22 @@ class Prepared:
         return fields if self.range_field is None else (*fields, ("Range", self.range_field))
 
 
-# Every field of each, in order: a copy made by calling the class with them (_for_hop), as dataclasses.replace makes
-# one, at a fifth of its cost on the path of every request a peer forwards.
-_HIT_FIELDS = operator.attrgetter(*(f.name for f in fields(Hit)))
+# Every field, in order: a copy made by calling the class with them, as dataclasses.replace makes one, at a fifth of
+# its cost on the path of every request a peer forwards and every remembered answer whose Age ticked.
 _PREPARED_FIELDS = operator.attrgetter(*(f.name for f in fields(Prepared)))
+
+
+def _with_hit(prepared: Prepared, hit: Hit) -> Prepared:
+    answer = Prepared(*_PREPARED_FIELDS(prepared))
+    answer.hit = hit
+    return answer
 
 
 def _for_hop(prepared: Prepared, viewer: str, fills: bool) -> Prepared:
     """A remembered hop's answer for this hop's viewer: whom the access log names, and whether it may fill."""
-    hit = Hit(*_HIT_FIELDS(prepared.hit))
+    hit = copied(prepared.hit)
     hit.viewer, hit.fills = viewer, fills
-    answer = Prepared(*_PREPARED_FIELDS(prepared))
-    answer.hit = hit
-    return answer
+    return _with_hit(prepared, hit)
 
 
 class Decider:
@@ -194,7 +198,8 @@ class Decider:
         if hit is None or encoded is None:
             del memo[head]
             return None
-        prepared = replace(prepared, hit=hit, head=encoded)
+        prepared = _with_hit(prepared, hit)
+        prepared.head = encoded
         memo[head] = prepared
         return prepared
 
