@@ -20,13 +20,19 @@ FRAMING = ("content-length", "content-range", "transfer-encoding", "accept-range
 
 
 def version_of(headers: Headers, length: int | None) -> str | None:
-    """A strong ETag, else Last-Modified with the length; None when nothing can tell two versions apart."""
-    etag = get_first(headers, "etag")
-    if etag and etag.strip().startswith('"'):
-        return "e:" + etag.strip()
+    """A strong ETag, else Last-Modified with the length (and the weak ETag, if any); None when nothing can tell
+    two versions apart.
+
+    A weak ETag alone does not name bytes (RFC 9110 8.8.1: two versions may share it), so it never makes slices
+    combinable; but a changed one says the bytes may have changed even where Last-Modified and the length did not
+    (an origin that rewrites content within the same second), so it is part of the version when it is there.
+    """
+    etag = (get_first(headers, "etag") or "").strip()
+    if etag.startswith('"'):
+        return "e:" + etag
     lm = get_first(headers, "last-modified")
     if lm and length is not None:
-        return f"l:{lm.strip()}:{length}"
+        return f"l:{lm.strip()}:{length}" + (f":{etag}" if etag else "")
     return None
 
 

@@ -30,3 +30,24 @@ async def test_a_missing_slice_of_a_changed_object_is_served_from_the_new_versio
     status, headers, body = await edge.get("/moved.bin", Range="bytes=0-99")  # v1's slice 0 is not served again
     assert (status, body, headers["ETag"]) == (206, V2[:100], '"v2"')
     assert fast_path_outcomes()["handed_off"] == before  # started again as a miss on the fast path
+
+
+@pytest.mark.parametrize("edge", ["fast", "framework"], indirect=True)
+async def test_a_changed_weak_etag_is_a_new_version_though_last_modified_and_length_are_not(
+    edge: Edge, origin: Origin
+) -> None:
+    """An origin that rewrites an object within the same second: only its weak ETag tells the two versions apart.
+    The copy's slices are then never combined with the new version's (RFC 9111 3.4)."""
+    same = "Sat, 01 Nov 2025 00:00:00 GMT"
+    new = bytes(reversed(V1))  # the same length
+    origin.put("/weak.bin", V1, etag='W/"one"', last_modified=same)
+    status, _, body = await edge.get("/weak.bin", Range="bytes=0-99")  # slice 0 of v1 only
+    assert (status, body) == (206, V1[:100])
+    await edge.node.engine.flush()
+    origin.put("/weak.bin", new, etag='W/"two"', last_modified=same)
+    status, headers, body = await edge.get("/weak.bin", Range="bytes=2097152-2097251")  # slice 2, of v2
+    assert (status, body, headers["ETag"]) == (206, new[2 * MiB : 2 * MiB + 100], 'W/"two"')
+    for _ in range(2):  # the whole object, then from the cache: v2's bytes alone
+        status, headers, body = await edge.get("/weak.bin")
+        assert (status, headers["ETag"]) == (200, 'W/"two"')
+        assert body == new

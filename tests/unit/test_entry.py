@@ -12,7 +12,8 @@ ASK = ByteRange(1048576, 2097151)
 
 def test_version_prefers_strong_etag() -> None:
     assert version_of((("ETag", '"abc"'), ("Last-Modified", "x")), 10) == 'e:"abc"'
-    assert version_of((("ETag", 'W/"abc"'), ("Last-Modified", "x")), 10) == "l:x:10"
+    assert version_of((("ETag", 'W/"abc"'), ("Last-Modified", "x")), 10) == 'l:x:10:W/"abc"'
+    assert version_of((("ETag", 'W/"abc"'),), 10) is None  # a weak tag alone names no bytes
     assert version_of((("Last-Modified", "x"),), None) is None
     assert version_of((), 10) is None
 
