@@ -226,12 +226,6 @@ class _StopsAccepting(web.BaseSite):
         await super().stop()
 
 
-class _Site(_StopsAccepting, web.SockSite):
-    """aiohttp's listener on a bound socket."""
-
-    __slots__ = ()
-
-
 class _AdminSite(_StopsAccepting, web.TCPSite):
     """aiohttp's TCP listener."""
 
@@ -272,17 +266,16 @@ class FastSite(_StopsAccepting):
 async def start_listeners(
     node: Node, runner: web.BaseRunner, fast: FastServer, bound: list[Bound] | None = None
 ) -> list[web.BaseSite]:
-    """Serve the client listeners `bound` (bound here when not given), each starting on the fast path unless
-    it is turned off. A listener that expects a PROXY header always starts there: the fast path reads it."""
+    """Serve the client listeners `bound` (bound here when not given) on the fast path's protocol: it reads a
+    PROXY header where one is expected, then answers what it can, or with the fast path turned off hands every
+    connection to aiohttp."""
     c = node.config
     sites: list[web.BaseSite] = []
     for b in bound if bound is not None else bind_listeners(c):
         ctx = node.certificates.context if b.tls and node.certificates is not None else None
-        site: web.BaseSite
-        if c.fast_path or b.proxy:
-            site = FastSite(runner, fast, b.sock, backlog=BACKLOG, ssl_context=ctx, proxy=b.proxy)
-        else:
-            site = _Site(runner, b.sock, backlog=BACKLOG, ssl_context=ctx)
+        # With the fast path off, its protocol only hands each connection to aiohttp behind the HeadGuard
+        # (headguard: a head's time limit, and answers for a client that half-closed after its requests).
+        site = FastSite(runner, fast, b.sock, backlog=BACKLOG, ssl_context=ctx, proxy=b.proxy)
         await site.start()
         sites.append(site)
         log.info("edgecache listening on %s://%s%s", "https" if ctx else "http", b.addr, " (PROXY)" if b.proxy else "")

@@ -52,12 +52,14 @@ def get(path: str, *fields: str, method: str = "GET", host: str = "video.test") 
     return ("\r\n".join([f"{method} {path} HTTP/1.1", f"Host: {host}", *fields]) + "\r\n\r\n").encode()
 
 
-@pytest.fixture(params=[64 * 2**20, 0], ids=["memory", "disk"])
+# The fast path turned off (server.fast_path = false): aiohttp answers every request, behind the same guard.
+@pytest.fixture(params=[(64 * 2**20, True), (0, True), (64 * 2**20, False)], ids=["memory", "disk", "fast-path-off"])
 async def edge(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
     origin.put("/small", SMALL)
     origin.put("/big", BIG)
-    config = make_config(tmp_path / "cache", [origin.url], memory_bytes=request.param)
-    async with start_edge(replace(config, fast_path=True)) as e:
+    memory, fast = request.param
+    config = make_config(tmp_path / "cache", [origin.url], memory_bytes=memory)
+    async with start_edge(replace(config, fast_path=fast)) as e:
         for path in ("/small", "/big"):
             assert (await e.get(path))[0] == 200
         await e.node.engine.flush()
