@@ -94,3 +94,26 @@ async def test_the_fast_path_refuses_what_the_full_path_refuses(pair: tuple[Edge
     before = answered()
     assert await exchange(fast, plain) == [200]
     assert answered() - before == 1
+
+
+# Heads ended by bare LFs, nothing after them: no CRLF CRLF ever comes.
+BARE_LF_ENDS = [
+    b"GET /obj HTTP/1.1\nHost: video.test\n\n",
+    b"GET /obj HTTP/1.1\r\nHost: video.test\n\n",
+    b"GET /obj HTTP/1.1\r\nHost: video.test\r\n\n",
+]
+
+
+async def test_a_head_ended_by_bare_line_feeds_is_refused_at_once(pair: tuple[Edge, Edge]) -> None:
+    """The fast path hands such a head to aiohttp as soon as it has it, and aiohttp refuses it, as it does with
+    the fast path off. It waited for the head's time limit (10 s) and answered 408."""
+    for edge in pair:
+        for head in BARE_LF_ENDS * 2:
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+            try:
+                writer.write(head)
+                async with asyncio.timeout(5):  # half the head's time limit
+                    answer = await reader.read(-1)
+            finally:
+                writer.close()
+            assert fuzz_heads.statuses(answer) == [400], head
