@@ -314,7 +314,8 @@ class Decider:
             return _FULL_PARSE
         shared.engine.store.touch_meta(hit.req.entry_key, hit.req.primary)
         fields = [*hit.headers[:-1], ("Content-Range", content_range), ("Content-Length", str(last - first + 1))]
-        derived = replace(hit, status=206, headers=fields, first=first, last=last)
+        derived = copied(hit)
+        derived.status, derived.headers, derived.first, derived.last = 206, fields, first, last
         counter = observe.requests_counter(hit.site.name, "GET", 206, base.status)
         slices = _slices(derived, size)
         prepared = Prepared(
