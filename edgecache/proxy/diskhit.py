@@ -161,74 +161,21 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
     all are in hand, so a slice gone from disk meanwhile still lets the full handler answer from scratch."""
     hit = p.hit
     shared = conn.server.shared
-    store = shared.engine.store
-    size = shared.engine.slice_size
     sources: list[Source] = []
     held: list[SliceFile] = []
     shared.in_flight += 1
     try:
-        indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size)
+        indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), shared.engine.slice_size)
         missing = await _missing_later(conn, p, indices[HELD:])
-        if missing and not hit.fills:  # a look-aside never fills
-            not_held(conn, p, t0)
+        if (missing and not hit.fills) or not await _gather(conn, p, indices, missing, sources, held):
+            not_held(conn, p, t0)  # a look-aside never fills
             return
-        for n, index in enumerate(indices):
-            base = index * size
-            lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
-            if n >= HELD:
-                sources.append(_Fetch(index, lo, hi) if index in missing else _Later(index, lo, hi))
-                continue
-            data = store.slice_from_memory(hit.req.entry_key, hit.meta, index)
-            if data is not None:
-                sources.append(memoryview(data)[lo:hi])
-                continue
-            if p.status in _FETCHED and p.fill is not None and p.fill.covers(index):  # its own fill brings it
-                sources.append(_Fetch(index, lo, hi))
-                continue
-            opened = store.open_file(hit.req.entry_key, hit.meta, index)
-            got = opened if opened is not None else await store.open_slice(hit.req.entry_key, hit.meta, index)
-            if got is None and hit.fills:  # in neither tier: fetched for this answer (partial)
-                sources.append(_Fetch(index, lo, hi, looked=True))
-                continue
-            if got is None:  # a look-aside never fills
-                not_held(conn, p, t0)
-                return
-            if isinstance(got, bytes):
-                sources.append(memoryview(got)[lo:hi])
-                continue
-            held.append(got.acquire())
-            whole = lo == 0 and hi == hit.meta.slice_length(index)
-            if whole and conn.server.may_promote(time.monotonic()):
-                try:
-                    data = await conn.loop.run_in_executor(None, os.pread, got.fd, hi, 0)
-                except OSError:  # the disk failing under it: sent from the file below, or fetched if that fails
-                    data = b""
-                if len(data) == hi:  # offered to the memory tier, which decides whether to keep it
-                    store.put_slice_memory(hit.req.entry_key, hit.meta.slice_version, index, data)
-                    sources.append(memoryview(data))
-                    continue
-            sources.append(_Open(got, index, lo, hi))
         fetches = [s for s in sources if isinstance(s, _Fetch)]
         for later in fetches[1:]:  # read only once the slices before them are sent: their disk look is old by then
             later.looked = False
-        partial = await _partial(conn, p, fetches) if fetches else p
-        if isinstance(partial, VersionChanged) and p.fill is None and not conn.closing and conn.changed != raw:
-            # A slice came back as another version: never mixed. The entry goes, and the head is decided again
-            # (once): a miss of the version the origin has now, as the full handler starts again.
-            await store.drop_version(hit.req.entry_key, hit.meta)
-            conn.again, conn.changed = True, raw
-            conn.buf = raw + conn.buf
-            return
-        if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged) and p.ours:
-            # Its own fill failed before the first byte: the full handler's 502, from the same fill
-            coldmiss.failed_fill(conn, p, partial)
-            return
-        if not isinstance(partial, Prepared):  # the object changed, or its origin failed, before any byte went out
-            conn.buf = raw + conn.buf
-            coldmiss.adopt(conn, p)  # a miss's ends as the full handler's would, from the same fill
-            conn.hand_off()
-            return
-        await _send_parts(conn, partial, sources, t0)
+        partial = await _settled(conn, p, raw, await _partial(conn, p, fetches) if fetches else p)
+        if partial is not None:
+            await _send_parts(conn, partial, sources, t0)
     finally:
         shared.in_flight -= 1
         for f in held:
@@ -236,6 +183,74 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
         for fetch in sources:
             if isinstance(fetch, _Fetch) and fetch.chunks is not None:
                 await fetch.chunks.aclose()
+
+
+async def _gather(
+    conn: FastPath, p: Prepared, indices: range, missing: set[int], sources: list[Source], held: list[SliceFile]
+) -> bool:
+    """Where each slice of the answer comes from, in order, into `sources` (the files opened for it into `held`):
+    the first HELD in hand now, the rest found as the body reaches them. False: a look-aside lacks one."""
+    hit = p.hit
+    store = conn.server.shared.engine.store
+    size = conn.server.shared.engine.slice_size
+    for n, index in enumerate(indices):
+        base = index * size
+        lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
+        if n >= HELD:
+            sources.append(_Fetch(index, lo, hi) if index in missing else _Later(index, lo, hi))
+            continue
+        data = store.slice_from_memory(hit.req.entry_key, hit.meta, index)
+        if data is not None:
+            sources.append(memoryview(data)[lo:hi])
+            continue
+        if p.status in _FETCHED and p.fill is not None and p.fill.covers(index):  # its own fill brings it
+            sources.append(_Fetch(index, lo, hi))
+            continue
+        opened = store.open_file(hit.req.entry_key, hit.meta, index)
+        got = opened if opened is not None else await store.open_slice(hit.req.entry_key, hit.meta, index)
+        if got is None and hit.fills:  # in neither tier: fetched for this answer (partial)
+            sources.append(_Fetch(index, lo, hi, looked=True))
+            continue
+        if got is None:
+            return False
+        if isinstance(got, bytes):
+            sources.append(memoryview(got)[lo:hi])
+            continue
+        held.append(got.acquire())
+        whole = lo == 0 and hi == hit.meta.slice_length(index)
+        if whole and conn.server.may_promote(time.monotonic()):
+            try:
+                data = await conn.loop.run_in_executor(None, os.pread, got.fd, hi, 0)
+            except OSError:  # the disk failing under it: sent from the file below, or fetched if that fails
+                data = b""
+            if len(data) == hi:  # offered to the memory tier, which decides whether to keep it
+                store.put_slice_memory(hit.req.entry_key, hit.meta.slice_version, index, data)
+                sources.append(memoryview(data))
+                continue
+        sources.append(_Open(got, index, lo, hi))
+    return True
+
+
+async def _settled(conn: FastPath, p: Prepared, raw: bytes, partial: Prepared | OriginError | None) -> Prepared | None:
+    """The answer to send once its first fetched slice (if any) has begun; None where it is not sent here."""
+    if isinstance(partial, Prepared):
+        return partial
+    if isinstance(partial, VersionChanged) and p.fill is None and not conn.closing and conn.changed != raw:
+        # A slice came back as another version: never mixed. The entry goes, and the head is decided again
+        # (once): a miss of the version the origin has now, as the full handler starts again.
+        await conn.server.shared.engine.store.drop_version(p.hit.req.entry_key, p.hit.meta)
+        conn.again, conn.changed = True, raw
+        conn.buf = raw + conn.buf
+        return None
+    if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged) and p.ours:
+        # Its own fill failed before the first byte: the full handler's 502, from the same fill
+        coldmiss.failed_fill(conn, p, partial)
+        return None
+    # The object changed, or its origin failed, before any byte went out
+    conn.buf = raw + conn.buf
+    coldmiss.adopt(conn, p)  # a miss's ends as the full handler's would, from the same fill
+    conn.hand_off()
+    return None
 
 
 async def _missing_later(conn: FastPath, p: Prepared, later: range) -> set[int]:
