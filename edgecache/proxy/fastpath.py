@@ -1,11 +1,9 @@
-"""The client listener's protocol: fresh cache hits answered straight off the socket, the rest to aiohttp.
+"""The client listener's protocol: GET and HEAD answered straight off the socket, what it cannot answer to aiohttp.
 
-Every connection starts here. Each request head is cut at its blank line and decided (decide.py: aiohttp's
-own request parser, find_hit(), and a memo of the decisions); a plain GET or HEAD that is a fresh hit is answered from
-the memory tier (or the disk tier: diskhit.py) without the web framework. The first request that is
-anything else (a miss, a body, an odd or malformed head, a peer's key) hands the whole connection, with every
-byte not yet answered, to aiohttp's own protocol, which then serves it to the end as it would have from the
-start. Both paths build the response from the same functions, and the test suite runs against both.
+Every connection starts here. Each request head is cut at its blank line and decided (decide.py: aiohttp's own
+request parser, find_hit(), memos of the decisions): hits from memory or disk (diskhit.py), misses from fills
+(coldmiss.py), forwards to the owner (relay.py), refusals, pass-throughs. Anything else (an odd or malformed head,
+a body) hands the connection, with every byte not yet answered, to aiohttp, which serves it as it would have.
 
 This module also owns what aiohttp does not bound before a head is complete: a client must finish each request
 head within `header_timeout` (slowloris), and an idle keep-alive connection is closed after `idle_timeout`.
@@ -285,33 +283,35 @@ class FastPath(asyncio.Protocol):
                 if not isinstance(started, Refused | Pass):
                     return
                 prepared = started
-            if isinstance(prepared, Load):
-                if not self.loads:
-                    self.loaded_at = store.forgotten
-                self.loads += 1
-                self.busy = True
-                self.loop.create_task(self._load(prepared)).add_done_callback(self.done)
+            if not self._carry_out(prepared, head, end):
                 return
-            self.loads = 0
-            if prepared is None:
-                self.hand_off()
-                return
-            self.buf = self.buf[end + 4 :]
-            self._disarm()
-            if isinstance(prepared, Forward):
-                self.busy = True
-                self.loop.create_task(relay.forward(self, prepared, head)).add_done_callback(self.done)
-                return
-            self.head_done()
-            if isinstance(prepared, Pass):
-                passing.start(self, prepared)
-                return
-            if isinstance(prepared, Refused):
-                if not refuse.refused(self, prepared, time.monotonic()):
-                    return
-                continue
-            if not self._answer(prepared, head):
-                return
+
+    def _carry_out(self, prepared: Prepared | Load | Forward | Refused | Pass | None, head: bytes, end: int) -> bool:
+        """Act on the decision for the head at the front (`end`: where it ends). False: stop processing for now."""
+        if isinstance(prepared, Load):
+            if not self.loads:
+                self.loaded_at = self.server.shared.engine.store.forgotten
+            self.loads += 1
+            self.busy = True
+            self.loop.create_task(self._load(prepared)).add_done_callback(self.done)
+            return False
+        self.loads = 0
+        if prepared is None:
+            self.hand_off()
+            return False
+        self.buf = self.buf[end + 4 :]
+        self._disarm()
+        if isinstance(prepared, Forward):
+            self.busy = True
+            self.loop.create_task(relay.forward(self, prepared, head)).add_done_callback(self.done)
+            return False
+        self.head_done()
+        if isinstance(prepared, Pass):
+            passing.start(self, prepared)
+            return False
+        if isinstance(prepared, Refused):
+            return refuse.refused(self, prepared, time.monotonic())
+        return self._answer(prepared, head)
 
     def head_done(self) -> None:
         """The head at the front is answered (or handed over): what was kept while it was decided again goes (a
