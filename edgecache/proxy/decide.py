@@ -274,11 +274,6 @@ class Decider:
         split = rangecut.split_range(head)
         if split is None or not rangecut.plain_value(split[0]):
             return _FULL_PARSE
-        # The Range line counts against aiohttp's limits too: the number of fields (one per line: split_range
-        # made sure), and in a long head a field's size, which aiohttp sums oddly across neighbouring fields.
-        # Such heads get the full parse, whose parser (aiohttp's) decides them.
-        if head.count(b"\r\n") - 2 > headparse.LIMITS["max_headers"] or len(head) > headparse.LIMITS["max_field_size"]:
-            return _FULL_PARSE
         raw_value, stripped = split
         shared = self.shared
         if shared.limiter is not None:

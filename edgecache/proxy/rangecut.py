@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from edgecache.core import ranges
+from edgecache.proxy import headparse
 from edgecache.proxy.hit import Hit
 
 _RANGE_LINE = re.compile(rb"\r\nrange:([^\r\n]*)(?=\r\n)", re.IGNORECASE)
@@ -30,9 +31,14 @@ def plain_value(value: bytes) -> bool:
 
 def split_range(head: bytes) -> tuple[bytes, bytes] | None:
     """(the Range value, the head without its Range line) when the head has exactly one Range line, no
-    If-Range, and nothing aiohttp's strict parser must judge; else None."""
+    If-Range, nothing aiohttp's strict parser must judge, and fields within aiohttp's limits; else None."""
     lines = list(_RANGE_LINE.finditer(head))
     if len(lines) != 1 or _IF_RANGE.search(head) or needs_strict_parser(head):
+        return None
+    # The Range line counts against aiohttp's limits too: the number of fields (one per line: checked above), and
+    # in a long head a field's size, which aiohttp sums oddly across neighbouring fields. Such heads get the full
+    # parse, whose parser (aiohttp's) decides them.
+    if head.count(b"\r\n") - 2 > headparse.LIMITS["max_headers"] or len(head) > headparse.LIMITS["max_field_size"]:
         return None
     line = lines[0]
     if len(line[1]) > RANGE_VALUE_MAX:
