@@ -96,7 +96,9 @@ class Job:
 
 
 def _bounds(window: tuple[str, str]) -> tuple[datetime.time, datetime.time]:
-    start, end = (datetime.time.fromisoformat(w) for w in window)
+    # A window stored with an offset (taken before prefetch._options refused them) is read as local time: it must
+    # not fail every later comparison, and with it every dispatch and the node's start.
+    start, end = (datetime.time.fromisoformat(w).replace(tzinfo=None) for w in window)
     return start, end
 
 

@@ -52,7 +52,10 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
         if "window_start" in opts or "window" in opts:
             window = opts.get("window") or {"start": opts.get("window_start"), "end": opts.get("window_end")}
             start, end = str(window["start"]), str(window["end"])
-            if datetime.time.fromisoformat(start) == datetime.time.fromisoformat(end):
+            bounds = datetime.time.fromisoformat(start), datetime.time.fromisoformat(end)
+            if any(t.tzinfo is not None for t in bounds):  # the node's clock is local and naive (jobs.in_window)
+                raise ValueError(f"window {start}-{end}: times are local, without an offset")
+            if bounds[0] == bounds[1]:
                 raise ValueError(f"window {start}-{end} is empty")
             out["window"] = (start, end)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:  # OverflowError: JSON's 1e999 is infinity

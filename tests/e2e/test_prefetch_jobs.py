@@ -247,3 +247,18 @@ async def test_the_cli_submits_lists_shows_and_cancels(
         code, out, err = await cli_run(capsys, "prefetch", "list", "--config", str(config))
         assert (code, out, err) == (1, "", "edgecache prefetch list: invalid token (401)\n")
     assert origin.hits["/x/0"] == 1
+
+
+async def test_a_window_with_an_offset_is_refused_and_other_jobs_go_on(origin: Origin, tmp_path: Path) -> None:
+    """Window times are local: one with a UTC offset could not be compared with the node's clock. It was taken,
+    stored, and then every later dispatch (every submission, and the node's start) failed with a 500."""
+    origin.put("/z/0", b"z" * 100)
+    async with admin_node(node_config(origin, tmp_path / "c"), now=Clock("03:00")) as node:
+        for window in ({"start": "02:00Z", "end": "06:00"}, {"start": "02:00", "end": "06:00+05:00"}):
+            status, answer = await node.call("POST", "/prefetch", json={"urls": urls("/z/0"), "window": window})
+            assert status == 400, answer
+            assert isinstance(answer, dict)
+            assert "without an offset" in answer["error"]
+        view = await node.finished(await submit(node, {"urls": urls("/z/0"), "window": WINDOW}))
+        assert (view["state"], view["fetched"]) == ("done", 1)
+    assert origin.hits["/z/0"] == 1

@@ -33,6 +33,14 @@ def test_a_window_holds_its_start_not_its_end_and_may_span_midnight() -> None:
     assert in_window(None, at("12:00"))
 
 
+def test_a_window_stored_with_an_offset_is_read_as_local_time() -> None:
+    """Taken before the admin API refused offsets: every comparison with the node's naive clock raised, and with it
+    every dispatch of the jobs, so every submission got a 500 and the node's restart failed."""
+    stored = ("02:00Z", "06:00+05:00")
+    assert [in_window(stored, at(t)) for t in ("01:59", "02:00", "06:00")] == [False, True, False]
+    assert seconds_to_boundary(stored, at("01:00")) == 3600.0
+
+
 def test_the_next_boundary_is_the_next_start_or_end() -> None:
     day = ("02:00", "06:00")
     assert seconds_to_boundary(day, at("01:00")) == 3600.0  # it opens
