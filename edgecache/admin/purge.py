@@ -1,10 +1,11 @@
 """POST /purge: one URL (every variant and slice), a directory prefix, or a whole site; hard or soft; applied on
 this node and on every peer (the configured nodes, or those DNS lists), answering how many nodes took it and which
 did not. A node that did not catches up later (cluster.purgesync): each purge is numbered here (core.purge.Entry)
-and peers pass the number on, so it is applied once wherever it arrives first.
+and passed on with its number, under the token derived from the cluster key (core.purge.peer_token), so it is
+applied once wherever it arrives first. A client's purge never carries a number.
 
 POST /purges/after: the purges a peer lacks, given what it has (its vector); cluster.purgesync asks it with the
-token derived from the cluster key (core.purge.peer_token), which only this route honours.
+nodes' token too. That token acts on no site otherwise.
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ def parse_order(body: Any, sites: tuple[Site, ...]) -> PurgeOrder:
     return PurgeOrder(site, "url", host, key.target, soft)
 
 
+def _authorize(token: Token, site: str, body: dict[str, Any]) -> None:
+    """A purge a node passes on (the nodes' token, with the number the first node gave it) is applied whatever
+    its site; a client's never carries a number nor asks to stay on this node: a number taken here as done drops
+    the real purge that comes with it later, and another provider's purge goes unapplied."""
+    if token.role == "peer" and "id" in body:
+        return
+    if "id" in body or "local" in body:
+        raise _bad("id and local are the cluster's nodes' own")
+    authorize(token, site)
+
+
 def _entry(store: Store, config: Config, order: PurgeOrder, body: dict[str, Any]) -> Entry:
     """The purge's identity: the one a peer that took it first sent ("id"), else a new one of this node's."""
     host, path = order.host, order.path
@@ -138,7 +150,7 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         except (ValueError, UnicodeDecodeError) as exc:
             raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
         order = parse_order(body, config.sites)
-        authorize(token, order.site.name)
+        _authorize(token, order.site.name, body)
         entry = _entry(store, config, order, body)
         try:
             # A purge another node took (it sent the id) must be applied here too: never refused for room.
@@ -162,10 +174,10 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         peers = [] if body.get("local") else _peers(config, view)
         if peers:
             told = {**body, "local": True, "id": [entry.origin, entry.seq]}
+            assert config.cluster is not None  # peers: a cluster
+            auth = f"Bearer {peer_token(config.cluster.key)}"
             async with aiohttp.ClientSession() as session:
-                oks = await asyncio.gather(
-                    *(_tell_peer(session, n.admin, told, request.headers["Authorization"]) for n in peers)
-                )
+                oks = await asyncio.gather(*(_tell_peer(session, n.admin, told, auth) for n in peers))
             confirmed += sum(oks)
             failed = [n.id for n, ok in zip(peers, oks, strict=True) if not ok]
         answer = {
@@ -189,7 +201,7 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
 
 def admin_tokens(config: Config) -> tuple[Token, ...]:
     """The tokens the admin API takes: the configured ones, and in a cluster the nodes' own (core.purge.peer_token),
-    which only POST /purges/after honours (role "peer": no site may be acted on with it)."""
+    which POST /purges/after and a numbered POST /purge honour (role "peer": it acts on no site otherwise)."""
     if config.cluster is None or not config.cluster.key:
         return config.tokens
     return (*config.tokens, Token("cluster", peer_token(config.cluster.key), "peer"))

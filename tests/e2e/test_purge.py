@@ -15,7 +15,7 @@ from aiohttp import web
 from edgecache.admin.app import admin_app
 from edgecache.admin.jobs import JobRunner
 from edgecache.admin.prefetch import prefetch_routes
-from edgecache.admin.purge import purge_handler
+from edgecache.admin.purge import admin_tokens, purge_handler
 from edgecache.config import ClusterSettings, Listen, Site, Token
 from edgecache.core.ring import Member
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
@@ -67,7 +67,7 @@ async def cluster(origin: Origin, tmp_path: Path, fast: bool = True) -> AsyncIte
             purger = purge_handler(current, edge.node.store)
             app = admin_app(
                 edge.node.ready,
-                lambda c=cfg: c.tokens,
+                lambda c=cfg: admin_tokens(c),  # as server._start_admin: the nodes pass purges on with their own
                 edge.node.shared.ring_view,
                 purger,
                 prefetch_routes(current, jobs),

@@ -400,9 +400,17 @@ async def test_the_purge_log_is_read_by_nodes_and_operators_and_bad_input_gets_4
         # The nodes' token reads the log and nothing else: it purges no site.
         assert (await call("/purge", peer, {"site": "videos"}))[0] == 403
         for bad_id in ([origin_id], [origin_id, 0], "x", [1, 2]):
-            status, got = await call("/purge", OPERATOR, {"site": "videos", "local": True, "id": bad_id})
+            status, got = await call("/purge", peer, {"site": "videos", "local": True, "id": bad_id})
             assert (status, got) == (400, {"error": "id must be [origin, number] as a node sends it"})
+        # A client never numbers a purge: one taken here as node0's next would drop node0's real one when it came.
+        for token in (OPERATOR, PROVIDER):
+            for forged in ({"id": [origin_id, number + 1]}, {"local": True}, {"local": True, "id": [origin_id, 9]}):
+                status, got = await call("/purge", token, {"site": "videos", **forged})
+                assert (status, got) == (400, {"error": "id and local are the cluster's nodes' own"})
         assert c.edge(1).node.store.sync.vector == {origin_id: number}
+        status, answer = await c.purge(0, {"prefix": "http://video.test/d/"})  # node0's next reaches node1
+        assert (status, answer["confirmed"], answer["id"]) == (200, 2, [origin_id, number + 1])
+        assert c.edge(1).node.store.sync.vector == {origin_id: number + 1}
 
 
 async def test_a_peer_is_asked_a_bounded_number_of_times_and_read_to_a_bounded_size(
