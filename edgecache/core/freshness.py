@@ -220,10 +220,11 @@ def usable(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> Use
 
 
 def stored_use(
-    req: Headers, resp: Headers, fresh: Freshness, policy: Policy, stored_at: float, soft_before: float
+    req: Headers, resp: Headers, fresh: Freshness, policy: Policy, asked_at: float, soft_before: float
 ) -> Use:
-    """usable(), but REVALIDATE for a response stored (at `stored_at`) before a soft purge of it."""
-    return Use.REVALIDATE if stored_at < soft_before else usable(req, resp, fresh, policy)
+    """usable(), but REVALIDATE for a response asked of the origin (at `asked_at`, its request_time) before a soft
+    purge of it: the origin made it before the purge, even when it arrived after."""
+    return Use.REVALIDATE if asked_at < soft_before else usable(req, resp, fresh, policy)
 
 
 def stale_if_error_allows(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> bool:

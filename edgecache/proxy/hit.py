@@ -356,7 +356,7 @@ def _entry(shared: Shared, site: Site, host: str, key: CacheKey, headers: Header
 def _use_of(site: Site, meta: ObjectMeta, soft_before: float, headers: Headers, now: float) -> tuple[Use, Freshness]:
     """What the stored response may be used for by this request now (core.freshness.stored_use)."""
     fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, site.policy)
-    return stored_use(headers, meta.headers, fresh, site.policy, meta.response_time, soft_before), fresh
+    return stored_use(headers, meta.headers, fresh, site.policy, meta.request_time, soft_before), fresh
 
 
 def _stored(

@@ -302,10 +302,10 @@ def test_usable_ceiling_is_policy() -> None:
     assert usable((), resp, STALE_10, Policy(max_stale_ceiling=5.0)) is Use.REVALIDATE
 
 
-def test_a_response_stored_before_a_soft_purge_is_revalidated_however_fresh() -> None:
+def test_a_response_asked_before_a_soft_purge_is_revalidated_however_fresh() -> None:
     fresh, resp = Freshness(3600, 10), h("Cache-Control: max-age=3600")
-    assert stored_use((), resp, fresh, P, stored_at=100.0, soft_before=100.5) is Use.REVALIDATE
-    assert stored_use((), resp, fresh, P, stored_at=100.5, soft_before=100.5) is Use.FRESH  # not before it
+    assert stored_use((), resp, fresh, P, asked_at=100.0, soft_before=100.5) is Use.REVALIDATE
+    assert stored_use((), resp, fresh, P, asked_at=100.5, soft_before=100.5) is Use.FRESH  # not before it
     assert stored_use(h("Cache-Control: no-cache"), resp, fresh, P, 100.5, 0.0) is Use.REVALIDATE  # usable()'s
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator
@@ -123,6 +124,28 @@ async def test_soft_purge_revalidates_instead_of_refetching(origin: Origin, tmp_
         assert (status, body) == (200, b"keep me")
         assert "fwd-status=304" in headers["Cache-Status"]
         assert origin.seen[-1].headers.get("If-None-Match") == '"v1"'
+
+
+async def test_a_soft_purge_while_a_fill_is_at_the_origin_makes_its_answer_stale(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The origin answered that fill before the purge: the next request revalidates it. It was judged by when the
+    answer arrived, after the purge, and served as fresh (max-age=3600) with the bytes the purge was for."""
+    origin.put("/race", b"old bytes")
+    async with cluster(origin, tmp_path) as nodes:
+        origin.gate = asyncio.Event()
+        first = asyncio.create_task(nodes[0].edge.get("/race"))
+        await origin.wait_for_requests(1)  # the fill's request is at the origin, its answer (old bytes) held
+        origin.put("/race", b"new bytes", etag='"v2"')
+        status, _ = await purge(nodes[1], {"url": "http://video.test/race", "soft": True})
+        assert status == 200
+        origin.gate.set()
+        assert (await first)[2] == b"old bytes"  # asked before the purge
+        for _ in range(2):
+            status, headers, body = await nodes[2].edge.get("/race")
+            assert (status, body) == (200, b"new bytes"), headers
+    assert origin.hits["/race"] == 2
+    assert origin.seen[-1].headers.get("If-None-Match") == '"v1"'  # revalidated, not fetched blind
 
 
 @pytest.mark.parametrize(
