@@ -62,6 +62,12 @@ def check_origin_url(value: object) -> str:
         raise ValueError(f"{value!r} is not an http(s) URL with a host")
     if parts.query or parts.fragment:
         raise ValueError(f"{value!r}: an origin URL has no query or fragment")
+    try:
+        port = parts.port  # read only when asked for: urlsplit itself lets "host:99999" and "host:abc" through
+    except ValueError:
+        port = 0
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{value!r}: port must be 1-65535")
     return value.rstrip("/")
 
 

@@ -122,3 +122,13 @@ def test_forward_fields_are_field_names_the_cache_does_not_own() -> None:
     assert problems({"sites": [{**SITE, "forward_fields": ["a b"]}]}) == [
         "f.toml: sites[0].forward_fields: 'a b' is not a header field name"
     ]
+
+
+def test_an_origin_url_with_a_port_that_is_not_one_is_refused() -> None:
+    """Such a URL used to pass check-config and turn every request of the site into a 502."""
+    for url in ("http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://127.0.0.1:0"):
+        assert problems({"sites": [{**SITE, "origins": ["http://10.0.0.1:8080", url]}]}) == [
+            f"f.toml: sites[0].origins: {url!r}: port must be 1-65535"
+        ]
+    cfg = build({"sites": [{**SITE, "origins": ["https://o.test:443/base/", "http://o.test"]}]}, "f.toml", Path("/x"))
+    assert cfg.sites[0].origins == ("https://o.test:443/base", "http://o.test")
