@@ -13,6 +13,7 @@ from edgecache.config.values import _name, _Reader, _str_list
 
 def read_tokens(r: _Reader, admin: dict[str, Any], base: Path) -> tuple[Token, ...]:
     tokens = []
+    named: dict[str, int] = {}  # each name and the first token that has it
     raw = admin.get("tokens", [])
     for i, p, t in r.tables(raw, "admin.tokens", KEYS["admin.tokens"], "expected [[admin.tokens]] tables"):
         secret = _secret(r, t, p, base)
@@ -22,7 +23,14 @@ def read_tokens(r: _Reader, admin: dict[str, Any], base: Path) -> tuple[Token, .
         sites: tuple[str, ...] = r.get(t, p, "sites", _str_list(_name), ())
         if role == "provider" and not sites:
             r.problem(f"{p}sites", "a provider token must name the sites it may act on")
-        tokens.append(Token(r.get(t, p, "name", _name, f"token{i}"), secret, role, sites))
+        name = r.get(t, p, "name", _name, f"token{i}")
+        # Prefetch jobs are owned by a token's name (admin/prefetch.py): two tokens of one name share their jobs.
+        if name in named:
+            r.problem(
+                f"{p}name", f"{name!r} is also the name of admin.tokens[{named[name]}]: give each token its own name"
+            )
+        named.setdefault(name, i)
+        tokens.append(Token(name, secret, role, sites))
     if len({t.secret for t in tokens}) != len(tokens):
         r.problem("admin.tokens", "two tokens have the same secret")
     return tuple(tokens)
