@@ -15,8 +15,7 @@ from edgecache.config.values import _positive, _Reader, parse_size
 def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
     t = r.table(doc, "cache")
     r.unknown(t, "cache.", KEYS["cache"])
-    directory = r.get(t, "cache.", "dir", lambda v: Path(str(v)), Path("var/cache"))
-    directory = directory if directory.is_absolute() else base / directory
+    directory = r.get(t, "cache.", "dir", _directory(base), base / "var/cache")
     disk_bytes = r.get(t, "cache.", "disk", parse_size, 4 * 2**30)
     disks = _disks(r, t, base) if "disks" in t else ()
     if disks:
@@ -78,8 +77,10 @@ def _disks(r: _Reader, t: dict[str, Any], base: Path) -> tuple[Disk, ...]:
 
 def _directory(base: Path) -> Callable[[Any], Path]:
     def convert(v: Any) -> Path:
-        if not isinstance(v, str) or not v.strip() or "\x00" in v:
+        if not isinstance(v, str) or not v.strip():
             raise ValueError("expected a directory path")
+        if "\x00" in v:
+            raise ValueError(f"{v!r} holds a NUL character: expected a directory path")
         path = Path(os.path.normpath(v))
         return path if path.is_absolute() else Path(os.path.normpath(base / path))
 

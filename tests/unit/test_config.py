@@ -132,3 +132,15 @@ def test_an_origin_url_with_a_port_that_is_not_one_is_refused() -> None:
         ]
     cfg = build({"sites": [{**SITE, "origins": ["https://o.test:443/base/", "http://o.test"]}]}, "f.toml", Path("/x"))
     assert cfg.sites[0].origins == ("https://o.test:443/base", "http://o.test")
+
+
+def test_cache_dir_is_a_directory_path() -> None:
+    """A NUL in cache.dir used to pass check-config and end each worker in a ValueError traceback."""
+    assert problems({"cache": {"dir": "/srv/a\x00b"}, "sites": [SITE]}) == [
+        "f.toml: cache.dir: '/srv/a\\x00b' holds a NUL character: expected a directory path"
+    ]
+    assert problems({"cache": {"dir": ""}, "sites": [SITE]}) == ["f.toml: cache.dir: expected a directory path"]
+    base = Path("/etc/edgecache")
+    assert build({"sites": [SITE]}, "f.toml", base).cache.dir == base / "var/cache"
+    assert build({"cache": {"dir": "c/../d/"}, "sites": [SITE]}, "f.toml", base).cache.dir == base / "d"
+    assert build({"cache": {"dir": "/srv/c"}, "sites": [SITE]}, "f.toml", base).cache.dir == Path("/srv/c")
