@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -20,7 +20,8 @@ T = TypeVar("T")
 
 # Matched whole and ASCII only: `$` lets a trailing newline through, and \d takes other scripts' digits.
 _SIZE = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*([kmgt]?)(i?b?)[ \t]*", re.IGNORECASE | re.ASCII)
-_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+_NAME = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"  # RFC 1123 labels, lower case
+_HOST = re.compile(r"(\*\.)?" + _NAME)
 
 
 def parse_size(value: object) -> int:
@@ -51,7 +52,27 @@ def parse_listen(value: object) -> Listen:
     host = host.strip("[]") or "0.0.0.0"
     if not port_s.isdigit() or not 0 < int(port_s) < 65536:
         raise ValueError(f"{value!r}: port must be 1-65535")
+    if not _listen_host(host):
+        raise ValueError(f"{value!r}: {host!r} is not an IP address or a host name")
     return Listen(host, int(port_s))
+
+
+def _listen_host(host: str) -> bool:
+    """An IP address, or a name that could be one in DNS (RFC 1123), not looked up here: check-config runs
+    offline too. A name whose last label is a number (300.0.0.1, 127.1) is neither (RFC 1123 section 2.1)."""
+    try:
+        ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.split(".")
+    return (
+        host.isascii()
+        and len(host) <= 253
+        and re.fullmatch(_NAME, host.lower()) is not None
+        and all(len(label) <= 63 for label in labels)
+        and not labels[-1].isdigit()
+    )
 
 
 def check_origin_url(value: object) -> str:

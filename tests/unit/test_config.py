@@ -144,3 +144,21 @@ def test_cache_dir_is_a_directory_path() -> None:
     assert build({"sites": [SITE]}, "f.toml", base).cache.dir == base / "var/cache"
     assert build({"cache": {"dir": "c/../d/"}, "sites": [SITE]}, "f.toml", base).cache.dir == base / "d"
     assert build({"cache": {"dir": "/srv/c"}, "sites": [SITE]}, "f.toml", base).cache.dir == Path("/srv/c")
+
+
+def test_a_listen_host_is_an_ip_address_or_a_host_name() -> None:
+    """300.0.0.1 used to pass check-config, and each worker then died in a socket.gaierror traceback."""
+    assert problems({"admin": {"listen": "300.0.0.1:9180"}, "sites": [SITE]}) == [
+        "f.toml: admin.listen: '300.0.0.1:9180': '300.0.0.1' is not an IP address or a host name"
+    ]
+    listen = ["999.1.1.1:80", "no such host:80", "127.1:80", "-edge:80", "edge.:80", "a..b:80", "x" * 64 + ":80"]
+    found = problems({"server": {"listen": listen}, "sites": [SITE]})
+    assert len(found) == 1  # a list is refused at its first bad entry
+    assert found[0] == "f.toml: server.listen: '999.1.1.1:80': '999.1.1.1' is not an IP address or a host name"
+    for addr in listen[1:]:
+        assert problems({"server": {"listen": [addr]}, "sites": [SITE]})[0].endswith(
+            "is not an IP address or a host name"
+        )
+    good = ["0.0.0.0:8080", "[::]:8081", "[::1]:8082", "localhost:8083", "edge-1.example.test:8084", ":8085"]
+    cfg = build({"server": {"listen": good}, "sites": [SITE]}, "f.toml", Path("/x"))
+    assert [str(a) for a in cfg.listen] == [*good[:5], "0.0.0.0:8085"]
