@@ -26,7 +26,7 @@ from edgecache.config.model import (
     Token,
 )
 from edgecache.config.schema import KEYS
-from edgecache.config.server import MAX_DRAIN, MAX_WATCH, check_listeners, read_server
+from edgecache.config.server import MAX_DRAIN, MAX_WATCH, check_admin, check_listeners, read_server
 from edgecache.config.sites import read_sites
 from edgecache.config.values import (
     _positive,
@@ -163,6 +163,8 @@ def one_origin(
     )
     addr = r.get({"listen": listen}, "--", "listen", parse_listen, Listen("127.0.0.1", 8080))
     admin_addr = r.get({"admin": admin} if admin else {}, "--", "admin", parse_listen, None)
+    if admin_addr is not None:
+        check_admin(r, "--admin", admin_addr, [("--listen", (addr,))])
     if r.problems:
         raise ConfigError(r.problems)
     settings = CacheSettings(dir=Path(cache_dir), **cache)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -79,7 +79,8 @@ def read_server(r: _Reader, doc: dict[str, Any], base: Path) -> ServerFields:
 
 def check_listeners(r: _Reader, cfg: Config) -> None:
     """server.proxy_protocol names plain listeners: on an HTTPS one the header would come before the TLS
-    handshake, which the TLS layer would take for a broken ClientHello. HTTPS listeners need a certificate."""
+    handshake, which the TLS layer would take for a broken ClientHello. HTTPS listeners need a certificate. The
+    admin listener has an address of its own."""
     for addr in cfg.proxy_protocol:
         if addr in cfg.tls_listen:
             r.problem("server.proxy_protocol", f"{addr} is an HTTPS listener: PROXY protocol is only for plain ones")
@@ -89,6 +90,38 @@ def check_listeners(r: _Reader, cfg: Config) -> None:
         r.problem("server.proxy_protocol_from", "no listener expects a PROXY header (server.proxy_protocol)")
     if cfg.tls_listen and cfg.tls is None and not any(s.tls for s in cfg.sites):
         r.problem("server.tls_listen", "needs a certificate: [server.tls] or a [sites.tls] table")
+    if cfg.admin is not None:
+        check_admin(
+            r, "admin.listen", cfg.admin, [("server.listen", cfg.listen), ("server.tls_listen", cfg.tls_listen)]
+        )
+
+
+def check_admin(r: _Reader, key: str, admin: Listen, listeners: list[tuple[str, tuple[Listen, ...]]]) -> None:
+    """The admin listener binds after the client ones: on one of their sockets it would fail in every worker."""
+    for other, addrs in listeners:
+        for addr in addrs:
+            if _shares_socket(admin, addr):
+                r.problem(key, f"{admin} is also {other} ({addr}): give the admin API an address of its own")
+                return
+
+
+def _shares_socket(a: Listen, b: Listen) -> bool:
+    """Whether one of two listeners cannot bind once the other has: the same port, and the same address, or one
+    of them the wildcard of the other's IP version (IPv6 sockets are bound IPv6 only, listeners._bind). Names are
+    not looked up: two names, or a name and an address, clash only when spelled alike."""
+    if a.port != b.port:
+        return False
+    ip_a, ip_b = _ip(a.host), _ip(b.host)
+    if ip_a is None or ip_b is None:
+        return a.host.lower() == b.host.lower()
+    return ip_a == ip_b or (ip_a.version == ip_b.version and (ip_a.is_unspecified or ip_b.is_unspecified))
+
+
+def _ip(host: str) -> IPv4Address | IPv6Address | None:
+    try:
+        return ip_address(host)
+    except ValueError:
+        return None
 
 
 def _watch_config(v: Any) -> float:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.config import build, parse_size
+from edgecache.config import build, one_origin, parse_size
 from edgecache.errors import ConfigError
 
 SITE = {"name": "v", "hosts": ["video.test"], "origins": ["http://10.0.0.1:8080"]}
@@ -162,3 +162,42 @@ def test_a_listen_host_is_an_ip_address_or_a_host_name() -> None:
     good = ["0.0.0.0:8080", "[::]:8081", "[::1]:8082", "localhost:8083", "edge-1.example.test:8084", ":8085"]
     cfg = build({"server": {"listen": good}, "sites": [SITE]}, "f.toml", Path("/x"))
     assert [str(a) for a in cfg.listen] == [*good[:5], "0.0.0.0:8085"]
+
+
+def test_the_admin_listener_has_an_address_of_its_own() -> None:
+    """admin.listen on a client listener's address used to pass check-config; each worker then died in
+    `OSError: address already in use`, in a restart loop."""
+    server = {"listen": ["127.0.0.1:8080", "0.0.0.0:8081", "[::1]:8082"], "tls_listen": ["[::]:8443"]}
+
+    def admin_problems(admin: str) -> list[str]:
+        try:
+            build({"server": server, "admin": {"listen": admin}, "sites": [SITE]}, "f.toml", Path("/x"))
+        except ConfigError as exc:  # always: server.tls_listen has no certificate
+            return [p for p in exc.problems if "admin.listen" in p]
+        raise AssertionError("no ConfigError")
+
+    assert admin_problems("127.0.0.1:8080") == [
+        "f.toml: admin.listen: 127.0.0.1:8080 is also server.listen (127.0.0.1:8080): "
+        "give the admin API an address of its own"
+    ]
+    assert admin_problems("10.0.0.1:8081") == [  # 0.0.0.0 is every IPv4 address
+        "f.toml: admin.listen: 10.0.0.1:8081 is also server.listen (0.0.0.0:8081): "
+        "give the admin API an address of its own"
+    ]
+    assert admin_problems("[0:0::1]:8082") == [
+        "f.toml: admin.listen: [0:0::1]:8082 is also server.listen ([::1]:8082): "
+        "give the admin API an address of its own"
+    ]
+    assert admin_problems("[::1]:8443") == [
+        "f.toml: admin.listen: [::1]:8443 is also server.tls_listen ([::]:8443): "
+        "give the admin API an address of its own"
+    ]
+    # Another port, or the other IP version on a wildcard's port (IPv6 sockets are IPv6 only): no conflict.
+    for admin in ("127.0.0.1:9180", "[::1]:8081", "127.0.0.1:8443", "[::2]:8082"):
+        assert admin_problems(admin) == []
+    with pytest.raises(ConfigError) as exc:
+        one_origin("http://o.test", "0.0.0.0:8080", "/tmp/c", admin="127.0.0.1:8080")
+    assert exc.value.problems == [
+        "command line: --admin: 127.0.0.1:8080 is also --listen (0.0.0.0:8080): "
+        "give the admin API an address of its own"
+    ]
