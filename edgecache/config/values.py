@@ -58,8 +58,9 @@ def parse_listen(value: object) -> Listen:
 
 
 def _listen_host(host: str) -> bool:
-    """An IP address, or a name that could be one in DNS (RFC 1123), not looked up here: check-config runs
-    offline too. A name whose last label is a number (300.0.0.1, 127.1) is neither (RFC 1123 section 2.1)."""
+    """An IP address, or a name that could be one in DNS (RFC 1123, and underscores, which Docker's service names
+    may have), not looked up here: check-config runs offline too. A name whose last label is a number (300.0.0.1,
+    127.1) is neither (RFC 1123 section 2.1)."""
     try:
         ip_address(host)
         return True
@@ -69,7 +70,7 @@ def _listen_host(host: str) -> bool:
     return (
         host.isascii()
         and len(host) <= 253
-        and re.fullmatch(_NAME, host.lower()) is not None
+        and re.fullmatch(_NAME, host.lower().replace("_", "0")) is not None  # container names have underscores
         and all(len(label) <= 63 for label in labels)
         and not labels[-1].isdigit()
     )

@@ -159,9 +159,9 @@ def test_a_listen_host_is_an_ip_address_or_a_host_name() -> None:
         assert problems({"server": {"listen": [addr]}, "sites": [SITE]})[0].endswith(
             "is not an IP address or a host name"
         )
-    good = ["0.0.0.0:8080", "[::]:8081", "[::1]:8082", "localhost:8083", "edge-1.example.test:8084", ":8085"]
-    cfg = build({"server": {"listen": good}, "sites": [SITE]}, "f.toml", Path("/x"))
-    assert [str(a) for a in cfg.listen] == [*good[:5], "0.0.0.0:8085"]
+    good = ["0.0.0.0:8080", "[::]:8081", "[::1]:8082", "localhost:8083", "edge-1.example.test:8084", "edge_2:8086"]
+    cfg = build({"server": {"listen": [*good, ":8085"]}, "sites": [SITE]}, "f.toml", Path("/x"))
+    assert [str(a) for a in cfg.listen] == [*good, "0.0.0.0:8085"]  # edge_2: a Docker service's name
 
 
 def test_the_admin_listener_has_an_address_of_its_own() -> None:
