@@ -152,6 +152,7 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         order = parse_order(body, config.sites)
         _authorize(token, order.site.name, body)
         entry = _entry(store, config, order, body)
+        unkept = store.unkept
         try:
             # A purge another node took (it sent the id) must be applied here too: never refused for room.
             numbered = config.cluster is not None
@@ -170,7 +171,8 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
             entry.origin,
             entry.seq,
         )
-        confirmed, failed = 1, []
+        kept = store.unkept == unkept  # the disk recorded it: it survives a restart
+        confirmed, failed = int(kept), [] if kept else [config.cluster.self_id if config.cluster else "this node"]
         peers = [] if body.get("local") else _peers(config, view)
         if peers:
             told = {**body, "local": True, "id": [entry.origin, entry.seq]}
@@ -194,7 +196,9 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         }
         if entry.seq:  # numbered: this node has peers (core.purge.Entry)
             answer["id"] = [entry.origin, entry.seq]
-        return web.json_response(answer)
+        if not kept:
+            answer["error"] = "applied here, but this node's disk could not record it: it holds until a restart only"
+        return web.json_response(answer, status=200 if kept else 503)
 
     return handle
 

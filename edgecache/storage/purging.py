@@ -38,6 +38,9 @@ class Purging:
         # How many times catch_up() forgot what this process held: a lookup that loaded from the disk before the
         # last time must load again before it takes "not held" for "not stored" (fastpath.FastPath.loads).
         self.forgotten = 0
+        # Purges applied in memory that the disk could not record (their record or log line): they hold until a
+        # restart only, so the admin API does not confirm them (admin.purge).
+        self.unkept = 0
 
     def _forget_held(self) -> None:
         """Drop what this process holds in memory of what the disk tier has (Store)."""
@@ -149,6 +152,7 @@ class Purging:
             self._changed()
         except OSError as exc:
             log.warning("purge log write failed (the purge holds until restart): %s", exc)
+            self.unkept += 1
         finally:
             if entry is not None:
                 self._taking.discard((entry.origin, entry.seq))

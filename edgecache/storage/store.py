@@ -216,6 +216,8 @@ class Store(Purging):
             await self.disk.put("v:" + digest(primary), record.to_bytes(), pinned=hides)
         except StorageError as exc:
             _warn("primary record write failed", exc)
+            if hides:  # a purge's (a new generation, a soft purge): it holds until a restart only
+                self.unkept += 1
 
     async def invalidate(self, primary: str) -> None:
         """Every stored variant and slice of `primary` becomes unreachable: a new generation, no Vary known."""

@@ -166,3 +166,33 @@ async def test_a_full_disk_costs_the_disk_tier_only(origin: Origin, small_disk: 
         for path, data in objects.items():  # and the node still serves every object's exact bytes
             status, _, body = await edge.get(path, Range="bytes=100-199")
             assert (status, body) == (206, data[100:200])
+
+
+def _fill(path: Path) -> None:
+    """Write to `path` until its file system is full."""
+    with path.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 2**20)
+        except OSError:
+            pass
+
+
+async def test_a_purge_the_full_disk_cannot_record_is_not_confirmed(origin: Origin, small_disk: Path) -> None:
+    """It holds until a restart only: once the disk has room again, a restart would serve the purged bytes. It
+    was confirmed (200) all the same."""
+    from tests.e2e.adminkit import OPERATOR, admin_node, node_config  # the admin API as the server builds it
+
+    origin.put("/obj", b"before the purge")
+    async with admin_node(node_config(origin, small_disk / "cache")) as node:
+        assert (await node.edge.get("/obj"))[2] == b"before the purge"
+        await node.edge.node.engine.flush()
+        await asyncio.to_thread(_fill, small_disk / "filler")
+        for _ in range(2):
+            status, answer = await node.call("POST", "/purge", OPERATOR, json={"url": "http://video.test/obj"})
+            assert status == 503, answer
+            assert isinstance(answer, dict)
+            assert (answer["confirmed"], answer["failed"]) == (0, ["this node"])
+            assert "could not record it" in answer["error"]
+        origin.put("/obj", b"after the purge!", etag='"v2"')
+        assert (await node.edge.get("/obj"))[2] == b"after the purge!"  # applied here all the same
