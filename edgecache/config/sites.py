@@ -38,6 +38,9 @@ def read_sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
     )
     for i, p, t in entries:
         site = _site(r, t, p, i, base)
+        # A site's name scopes its cache keys, purges and tokens: two of one name would share them.
+        if any(other.name == site.name for other in sites):
+            r.problem(f"{p}name", f"{site.name!r} is also the name of another site: give each site its own name")
         for h in site.hosts:
             if h in seen_hosts:
                 r.problem(f"{p}hosts", f"{h!r} is already served by site {seen_hosts[h]!r}")

@@ -201,3 +201,12 @@ def test_the_admin_listener_has_an_address_of_its_own() -> None:
         "command line: --admin: 127.0.0.1:8080 is also --listen (0.0.0.0:8080): "
         "give the admin API an address of its own"
     ]
+
+
+def test_two_sites_may_not_share_a_name() -> None:
+    """A site's name scopes its cache keys, purges and tokens: a provider token for one would purge the other."""
+    other = {**SITE, "hosts": ["other.test"], "origins": ["http://10.0.0.2:8080"]}
+    assert problems({"sites": [SITE, other]}) == [
+        "f.toml: sites[1].name: 'v' is also the name of another site: give each site its own name"
+    ]
+    build({"sites": [SITE, {**other, "name": "w"}]}, "f.toml", Path("/etc/edgecache"))  # names of their own
