@@ -10,6 +10,9 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 
 from edgecache import metrics
@@ -35,6 +38,25 @@ class OriginResponse:
 
     def close(self) -> None:
         self.raw.close()
+
+
+class _Pool(aiohttp.TCPConnector):
+    """aiohttp's pool, but a connection that received bytes while idle is closed, never reused.
+
+    aiohttp parses what an idle connection receives and keeps it as a finished answer, which the next request sent
+    on that connection reads as its own: an origin's stray answer (a bug, or a proxy's) was stored under the next
+    URL asked, and each URL after it under the answer of the one before, until the connection closed.
+    """
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        conns = self._conns.get(key)
+        if conns:
+            for pooled in [c for c in conns if c[0].should_close]:
+                conns.remove(pooled)
+                pooled[0].close()
+            if not conns:
+                del self._conns[key]
+        return await super()._get(key, traces)
 
 
 class OriginClient:
@@ -63,7 +85,7 @@ class OriginClient:
         self._bodies = self._pool(self.settings.body_connections)
 
     def _pool(self, limit: int) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True)
+        connector = _Pool(limit=limit, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True)
         # connect: also the longest a request waits for a free connection of its pool.
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
