@@ -150,6 +150,9 @@ def _copy(
     whole = version is None or isinstance(j, entry.Other) or (isinstance(j, entry.Whole) and asked is not None)
     if version is None:
         version = "u:" + _unique()
-    if existing is not None and existing.version == version and existing.status == body_status:
+    # The same validator and another length is another copy: an origin that reused a strong ETag for new bytes of
+    # another size (a Last-Modified version holds the length already). Its slices are never combined.
+    same_length = length < 0 or existing is None or existing.length < 0 or existing.length == length
+    if existing is not None and existing.version == version and existing.status == body_status and same_length:
         return version, whole or existing.whole, existing.token  # more of the same copy
     return version, whole, _unique()

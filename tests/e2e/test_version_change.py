@@ -4,9 +4,12 @@ not answered 502 either: the old entry is dropped and the request is served as a
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import Edge
+from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
 from tests.wire import fast_path_outcomes
 
@@ -51,3 +54,31 @@ async def test_a_changed_weak_etag_is_a_new_version_though_last_modified_and_len
         status, headers, body = await edge.get("/weak.bin")
         assert (status, headers["ETag"]) == (200, 'W/"two"')
         assert body == new
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+@pytest.mark.parametrize("grows", [True, False], ids=["longer", "shorter"])
+async def test_the_same_strong_etag_with_another_length_is_another_copy(
+    origin: Origin, tmp_path: Path, fast: bool, grows: bool
+) -> None:
+    """An origin that reused a strong ETag for new bytes of another size: the slices stored under it are never
+    combined with the new ones. They were: the whole object came back as the old slices 0 and 2 around the new
+    slice 1, cut short or padded out to the new length, as a hit, for the whole max-age."""
+    old, new = (V1[: 2 * MiB + 500_000], V2) if grows else (V2, V1[: 2 * MiB + 500_000])
+    origin.put("/sized.bin", old, etag='"same"')
+    config = replace(make_config(tmp_path / "c", [origin.url], fill_slices=1), fast_path=fast)
+    async with start_edge(config) as edge:
+        for first in (0, 2 * MiB):  # slices 0 and 2 of the old bytes
+            status, _, body = await edge.get("/sized.bin", Range=f"bytes={first}-{first + 9}")
+            assert (status, body) == (206, old[first : first + 10])
+        origin.put("/sized.bin", new, etag='"same"')
+        status, headers, body = await edge.get("/sized.bin", Range=f"bytes={MiB}-{MiB + 9}")  # slice 1, new
+        assert (status, body, headers["Content-Range"]) == (
+            206,
+            new[MiB : MiB + 10],
+            f"bytes {MiB}-{MiB + 9}/{len(new)}",
+        )
+        for _ in range(2):
+            status, headers, body = await edge.get("/sized.bin")
+            assert (status, int(headers["Content-Length"])) == (200, len(new))
+            assert body == new
