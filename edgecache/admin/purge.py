@@ -30,6 +30,7 @@ from edgecache.core.keys import BadTarget, make_key
 from edgecache.core.purge import Entry, TableFull, parse_vector, peer_token
 from edgecache.core.ring import Member
 from edgecache.core.route import Router, normalise_host
+from edgecache.storage.purging import UNKEPT
 from edgecache.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _authorize(token: Token, site: str, body: dict[str, Any]) -> None:
     the real purge that comes with it later, and another provider's purge goes unapplied."""
     if token.role == "peer" and "id" in body:
         return
-    if "id" in body or "local" in body:
+    if "id" in body or body.get("local"):
         raise _bad("id and local are the cluster's nodes' own")
     authorize(token, site)
 
@@ -152,7 +153,8 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         order = parse_order(body, config.sites)
         _authorize(token, order.site.name, body)
         entry = _entry(store, config, order, body)
-        unkept = store.unkept
+        unkept: list[str] = []
+        recording = UNKEPT.set(unkept)  # what of this purge the disk could not record (storage.purging)
         try:
             # A purge another node took (it sent the id) must be applied here too: never refused for room.
             numbered = config.cluster is not None
@@ -161,6 +163,8 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
             raise web.HTTPTooManyRequests(
                 text=json.dumps({"error": str(exc)}) + "\n", content_type="application/json"
             ) from exc
+        finally:
+            UNKEPT.reset(recording)
         log.info(
             "purge by %s: %s %s%s%s (%s #%d)",
             token.name,
@@ -171,7 +175,7 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
             entry.origin,
             entry.seq,
         )
-        kept = store.unkept == unkept  # the disk recorded it: it survives a restart
+        kept = not unkept  # the disk recorded it: it survives a restart
         confirmed, failed = int(kept), [] if kept else [config.cluster.self_id if config.cluster else "this node"]
         peers = [] if body.get("local") else _peers(config, view)
         if peers:
@@ -181,7 +185,7 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
             async with aiohttp.ClientSession() as session:
                 oks = await asyncio.gather(*(_tell_peer(session, n.admin, told, auth) for n in peers))
             confirmed += sum(oks)
-            failed = [n.id for n, ok in zip(peers, oks, strict=True) if not ok]
+            failed += [n.id for n, ok in zip(peers, oks, strict=True) if not ok]
         answer = {
             "purged": {
                 "kind": order.kind,
@@ -197,7 +201,8 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         if entry.seq:  # numbered: this node has peers (core.purge.Entry)
             answer["id"] = [entry.origin, entry.seq]
         if not kept:
-            answer["error"] = "applied here, but this node's disk could not record it: it holds until a restart only"
+            lost = " or ".join(unkept)
+            answer["error"] = f"applied here, but this node's disk could not record {lost}: it holds until a restart"
         return web.json_response(answer, status=200 if kept else 503)
 
     return handle

@@ -53,7 +53,10 @@ class _Pool(aiohttp.TCPConnector):
         if conns:
             for pooled in [c for c in conns if c[0].should_close]:
                 conns.remove(pooled)
+                transport = pooled[0].transport
                 pooled[0].close()
+                if key.is_ssl and not self._cleanup_closed_disabled:  # as aiohttp's own _get: TLS is aborted later
+                    self._cleanup_closed_transports.append(transport)
             if not conns:
                 del self._conns[key]
         return await super()._get(key, traces)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,18 @@ from edgecache.storage.epoch import Epoch
 from edgecache.storage.purgelog import PurgeLog
 
 log = logging.getLogger("edgecache.storage.store")  # the Store's lines, under the name they had before this module
+
+
+# What of the purge being applied in this task its disk could not record (its primary record, its purge log line):
+# such a purge holds until a restart only, and the admin API does not confirm it (admin.purge). Per task, so other
+# purges and fills failing meanwhile are not counted as this one's.
+UNKEPT: ContextVar[list[str] | None] = ContextVar("edgecache_unkept", default=None)
+
+
+def not_kept(what: str) -> None:
+    unkept = UNKEPT.get()
+    if unkept is not None:
+        unkept.append(what)
 
 
 class Purging:
@@ -38,9 +51,6 @@ class Purging:
         # How many times catch_up() forgot what this process held: a lookup that loaded from the disk before the
         # last time must load again before it takes "not held" for "not stored" (fastpath.FastPath.loads).
         self.forgotten = 0
-        # Purges applied in memory that the disk could not record (their record or log line): they hold until a
-        # restart only, so the admin API does not confirm them (admin.purge).
-        self.unkept = 0
 
     def _forget_held(self) -> None:
         """Drop what this process holds in memory of what the disk tier has (Store)."""
@@ -152,7 +162,7 @@ class Purging:
             self._changed()
         except OSError as exc:
             log.warning("purge log write failed (the purge holds until restart): %s", exc)
-            self.unkept += 1
+            not_kept("the purge log")
         finally:
             if entry is not None:
                 self._taking.discard((entry.origin, entry.seq))

@@ -23,7 +23,7 @@ from edgecache.errors import StorageError
 from edgecache.storage.disk import lease_name
 from edgecache.storage.disks import Disks, OutOfService
 from edgecache.storage.memory import MemoryTier
-from edgecache.storage.purging import Purging
+from edgecache.storage.purging import Purging, not_kept
 from edgecache.storage.slicefile import SliceFile
 
 __all__ = ["LAZY_META_SECONDS", "OPEN_FILES", "PEER_POLL", "SliceFile", "Store", "slice_name"]
@@ -217,7 +217,7 @@ class Store(Purging):
         except StorageError as exc:
             _warn("primary record write failed", exc)
             if hides:  # a purge's (a new generation, a soft purge): it holds until a restart only
-                self.unkept += 1
+                not_kept("its primary record")
 
     async def invalidate(self, primary: str) -> None:
         """Every stored variant and slice of `primary` becomes unreachable: a new generation, no Vary known."""

@@ -193,6 +193,8 @@ async def test_a_purge_the_full_disk_cannot_record_is_not_confirmed(origin: Orig
             assert status == 503, answer
             assert isinstance(answer, dict)
             assert (answer["confirmed"], answer["failed"]) == (0, ["this node"])
-            assert "could not record it" in answer["error"]
+            assert answer["error"] == (
+                "applied here, but this node's disk could not record its primary record: it holds until a restart"
+            )
         origin.put("/obj", b"after the purge!", etag='"v2"')
         assert (await node.edge.get("/obj"))[2] == b"after the purge!"  # applied here all the same
