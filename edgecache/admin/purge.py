@@ -131,6 +131,17 @@ async def _tell_peer(session: aiohttp.ClientSession, admin: str | None, body: di
         return False
 
 
+async def _pass_on(config: Config, peers: list[Member], told: dict[str, Any]) -> list[str]:
+    """Tell every peer of the purge, under the nodes' token; the ids of those that did not confirm it."""
+    if not peers:
+        return []
+    assert config.cluster is not None  # peers: a cluster
+    auth = f"Bearer {peer_token(config.cluster.key)}"
+    async with aiohttp.ClientSession() as session:
+        oks = await asyncio.gather(*(_tell_peer(session, n.admin, told, auth) for n in peers))
+    return [n.id for n, ok in zip(peers, oks, strict=True) if not ok]
+
+
 def _peers(config: Config, view: ClusterView | None) -> list[Member]:
     """Every other node: those the view has (from the config or from DNS), else the configured ones."""
     if config.cluster is None:
@@ -176,26 +187,15 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
             entry.seq,
         )
         kept = not unkept  # the disk recorded it: it survives a restart
-        confirmed, failed = int(kept), [] if kept else [config.cluster.self_id if config.cluster else "this node"]
         peers = [] if body.get("local") else _peers(config, view)
-        if peers:
-            told = {**body, "local": True, "id": [entry.origin, entry.seq]}
-            assert config.cluster is not None  # peers: a cluster
-            auth = f"Bearer {peer_token(config.cluster.key)}"
-            async with aiohttp.ClientSession() as session:
-                oks = await asyncio.gather(*(_tell_peer(session, n.admin, told, auth) for n in peers))
-            confirmed += sum(oks)
-            failed += [n.id for n, ok in zip(peers, oks, strict=True) if not ok]
+        failed = await _pass_on(config, peers, {**body, "local": True, "id": [entry.origin, entry.seq]})
+        if not kept:
+            failed.insert(0, config.cluster.self_id if config.cluster else "this node")
+        purged = {"kind": order.kind, "site": order.site.name, "host": order.host, "path": order.path}
         answer = {
-            "purged": {
-                "kind": order.kind,
-                "site": order.site.name,
-                "host": order.host,
-                "path": order.path,
-                "soft": order.soft,
-            },
+            "purged": {**purged, "soft": order.soft},
             "nodes": 1 + len(peers),
-            "confirmed": confirmed,
+            "confirmed": 1 + len(peers) - len(failed),
             "failed": failed,
         }
         if entry.seq:  # numbered: this node has peers (core.purge.Entry)
