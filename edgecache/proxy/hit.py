@@ -392,10 +392,10 @@ def renewed(hit: Hit, shared: Shared, now: float) -> Hit | None:
         return None
     age = hit.initial_age + max(0.0, now - hit.meta.response_time)  # current_age() at `now`
     text = str(int(age))  # as base_headers writes it
-    renewed = copied(hit)
-    renewed.headers = [("Age", text) if k == "Age" else (k, v) for k, v in hit.headers]
-    renewed.valid_until = min(now + (1.0 - age % 1.0), hit.fresh_until)
-    return renewed
+    again = copied(hit)
+    again.headers = [("Age", text) if k == "Age" else (k, v) for k, v in hit.headers]
+    again.valid_until = min(now + (1.0 - age % 1.0), hit.fresh_until)
+    return again
 
 
 # Every field of a Hit, in order: a copy made by calling the class with them, at a fifth of dataclasses.replace's
