@@ -49,16 +49,16 @@ class _Pool(aiohttp.TCPConnector):
     """
 
     async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        # aiohttp takes the oldest idle connection (the left end): only those that would be taken are looked at.
         conns = self._conns.get(key)
-        if conns:
-            for pooled in [c for c in conns if c[0].should_close]:
-                conns.remove(pooled)
-                transport = pooled[0].transport
-                pooled[0].close()
-                if key.is_ssl and not self._cleanup_closed_disabled:  # as aiohttp's own _get: TLS is aborted later
-                    self._cleanup_closed_transports.append(transport)
-            if not conns:
-                del self._conns[key]
+        while conns and conns[0][0].should_close:
+            proto = conns.popleft()[0]
+            transport = proto.transport
+            proto.close()
+            if key.is_ssl and not self._cleanup_closed_disabled:  # as aiohttp's own _get: TLS is aborted later
+                self._cleanup_closed_transports.append(transport)
+        if conns is not None and not conns:
+            del self._conns[key]
         return await super()._get(key, traces)
 
 
