@@ -191,9 +191,14 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         failed = await _pass_on(config, peers, {**body, "local": True, "id": [entry.origin, entry.seq]})
         if not kept:
             failed.insert(0, config.cluster.self_id if config.cluster else "this node")
-        purged = {"kind": order.kind, "site": order.site.name, "host": order.host, "path": order.path}
         answer = {
-            "purged": {**purged, "soft": order.soft},
+            "purged": {
+                "kind": order.kind,
+                "site": order.site.name,
+                "host": order.host,
+                "path": order.path,
+                "soft": order.soft,
+            },
             "nodes": 1 + len(peers),
             "confirmed": 1 + len(peers) - len(failed),
             "failed": failed,

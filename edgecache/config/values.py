@@ -20,8 +20,10 @@ T = TypeVar("T")
 
 # Matched whole and ASCII only: `$` lets a trailing newline through, and \d takes other scripts' digits.
 _SIZE = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*([kmgt]?)(i?b?)[ \t]*", re.IGNORECASE | re.ASCII)
-_NAME = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"  # RFC 1123 labels, lower case
-_HOST = re.compile(r"(\*\.)?" + _NAME)
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+# A label of a listen host's name: RFC 1123's (63 characters at most), and underscores, which Docker's service
+# names may have.
+_LISTEN_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 def parse_size(value: object) -> int:
@@ -58,20 +60,18 @@ def parse_listen(value: object) -> Listen:
 
 
 def _listen_host(host: str) -> bool:
-    """An IP address, or a name that could be one in DNS (RFC 1123, and underscores, which Docker's service names
-    may have), not looked up here: check-config runs offline too. A name whose last label is a number (300.0.0.1,
-    127.1) is neither (RFC 1123 section 2.1)."""
+    """An IP address, or a name that could be one in DNS, not looked up here: check-config runs offline too. A
+    name whose last label is a number (300.0.0.1, 127.1) is neither (RFC 1123 section 2.1)."""
     try:
         ip_address(host)
         return True
     except ValueError:
         pass
-    labels = host.split(".")
+    labels = host.lower().split(".")  # ASCII only: "\u212a".lower() is "k"
     return (
         host.isascii()
         and len(host) <= 253
-        and re.fullmatch(_NAME, host.lower().replace("_", "0")) is not None  # container names have underscores
-        and all(len(label) <= 63 for label in labels)
+        and all(_LISTEN_LABEL.fullmatch(label) for label in labels)
         and not labels[-1].isdigit()
     )
 

@@ -152,7 +152,10 @@ def _copy(
         version = "u:" + _unique()
     # The same validator and another length is another copy: an origin that reused a strong ETag for new bytes of
     # another size (a Last-Modified version holds the length already). Its slices are never combined.
-    same_length = length < 0 or existing is None or existing.length < 0 or existing.length == length
-    if existing is not None and existing.version == version and existing.status == body_status and same_length:
+    if (
+        existing is not None
+        and (existing.version, existing.status) == (version, body_status)
+        and (length < 0 or existing.length < 0 or existing.length == length)
+    ):
         return version, whole or existing.whole, existing.token  # more of the same copy
     return version, whole, _unique()
