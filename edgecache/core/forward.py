@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecache.core.headers import Headers, end_to_end, get_all, get_first
+from edgecache.core.headers import HOP_BY_HOP, Headers, connection_tokens, end_to_end, get_all, get_first
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.keys import CACHE_OWNED, CacheKey, Varied
 
@@ -116,12 +116,34 @@ def pass_request(
 def relayed_fields(upstream: Headers, status_field: str) -> list[tuple[str, str]]:
     """The fields a node passes on of an upstream's answer (an origin's on a pass-through, the owner's on a forward):
     its end-to-end fields, with this node added to Via and this node's Cache-Status entry after the upstream's."""
-    fields = list(end_to_end(upstream, drop=("via", "cache-status")))
-    via = ", ".join(get_all(upstream, "via"))
+    return relayed_named(upstream, status_field)[0]
+
+
+def relayed_named(upstream: Headers, status_field: str) -> tuple[list[tuple[str, str]], set[str]]:
+    """relayed_fields(), and the lower-case names of the fields it gives: every forward's answer goes through here,
+    so each name is lowered once, in one pass over the fields."""
+    lowered = [k.lower() for k, _ in upstream]
+    banned = HOP_BY_HOP
+    if "connection" in lowered:
+        banned = banned | connection_tokens(upstream)
+    fields: list[tuple[str, str]] = []
+    names: set[str] = set()
+    vias: list[str] = []
+    prior: list[str] = []
+    for field, name in zip(upstream, lowered, strict=True):
+        if name == "via":
+            vias.append(field[1])
+        elif name == "cache-status":
+            prior.append(field[1])
+        elif name not in banned:
+            fields.append(field)
+            names.add(name)
+    via = ", ".join(vias)
     fields.append(("Via", f"{via}, {VIA}" if via else VIA))
-    prior = ", ".join(get_all(upstream, "cache-status"))
-    fields.append(("Cache-Status", f"{prior}, {status_field}" if prior else status_field))
-    return fields
+    statuses = ", ".join(prior)
+    fields.append(("Cache-Status", f"{statuses}, {status_field}" if statuses else status_field))
+    names.update(("via", "cache-status"))
+    return fields, names
 
 
 def must_pass(client: Headers) -> str | None:

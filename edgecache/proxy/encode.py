@@ -11,7 +11,7 @@ import http
 
 from aiohttp.http import SERVER_SOFTWARE
 
-from edgecache.core.forward import relayed_fields
+from edgecache.core.forward import relayed_named
 from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus, cache_status_header
@@ -36,8 +36,10 @@ def head(
     date: bytes,
     keep_alive: KeepAlive,
     charset: str = "latin-1",
+    names: set[str] | None = None,
 ) -> bytes | None:
     """The encoded head; None when a field cannot be sent as it is (not in `charset`, or a line break in it).
+    `names`: the fields' names in lower case, when the caller has them.
 
     Relayed fields are Latin-1, byte for byte as the peer sent them; stored and origin ones are UTF-8, as aiohttp's
     client read them and as its server writes them: without the surrogates its client made of bytes that were not
@@ -51,7 +53,8 @@ def head(
         encoded = text.encode(charset, "ignore" if charset == "utf-8" else "strict")
     except UnicodeEncodeError:
         return None
-    names = {k.lower() for k, _ in fields}
+    if names is None:
+        names = {k.lower() for k, _ in fields}
     if "date" not in names:
         encoded += b"Date: " + date + b"\r\n"
     if "server" not in names:
@@ -68,7 +71,7 @@ def bodiless(status: int, fields: list[tuple[str, str]]) -> list[tuple[str, str]
 
 
 def frame(
-    fields: list[tuple[str, str]], empty: bool, length: str | None, keep_alive: KeepAlive
+    fields: list[tuple[str, str]], empty: bool, length: str | None, keep_alive: KeepAlive, has_type: bool | None = None
 ) -> tuple[bool, KeepAlive]:
     """Add to a streamed answer's fields what aiohttp's server adds before its head: Transfer-Encoding: chunked when
     a body of unknown length (no Content-Length, `length` None) follows and the client takes chunks, and the
@@ -77,14 +80,16 @@ def frame(
     chunked, keep_alive = keep_alive.unknown_length() if not empty and length is None else (False, keep_alive)
     if chunked:
         fields.append(("Transfer-Encoding", "chunked"))
-    typed(fields, empty, length)
+    typed(fields, empty, length, has_type)
     return chunked, keep_alive
 
 
-def typed(fields: list[tuple[str, str]], empty: bool, length: str | None) -> None:
+def typed(fields: list[tuple[str, str]], empty: bool, length: str | None, has_type: bool | None = None) -> None:
     """Content-Type: application/octet-stream when a body may follow without a type (RFC 9110 8.3), as aiohttp's
-    server adds it."""
-    if not empty and length != "0" and all(k.lower() != "content-type" for k, _ in fields):
+    server adds it. `has_type`: whether the fields have one, when the caller knows."""
+    if has_type is None:
+        has_type = any(k.lower() == "content-type" for k, _ in fields)
+    if not empty and length != "0" and not has_type:
         fields.append(("Content-Type", "application/octet-stream"))
 
 
@@ -114,7 +119,11 @@ def relayed(
     fields as core.forward.relayed_fields gives them, framed as aiohttp frames a streamed answer (no Content-Length
     where no body may follow). The head (None: a field cannot be passed on as it is), whether the body is sent
     chunked, and the connection's state after it (encode.frame)."""
-    out = bodiless(status, relayed_fields(upstream, status_field))
-    length = next((v for k, v in out if k.lower() == "content-length"), None)
-    chunked, keep_alive = frame(out, method == "HEAD" or status in _EMPTY, length, keep_alive)
-    return head(status, reason, out, date, keep_alive, charset), chunked, keep_alive
+    out, names = relayed_named(upstream, status_field)
+    empty = method == "HEAD" or status in _EMPTY
+    if status in _EMPTY and not names.isdisjoint(_LENGTH_FIELDS):
+        out = bodiless(status, out)
+        names -= _LENGTH_FIELDS
+    length = next((v for k, v in out if k.lower() == "content-length"), None) if "content-length" in names else None
+    chunked, keep_alive = frame(out, empty, length, keep_alive, "content-type" in names)
+    return head(status, reason, out, date, keep_alive, charset, names), chunked, keep_alive

@@ -17,6 +17,7 @@ import httptools
 
 MAX_HEAD = 64 * 1024  # a peer's response head longer than this is broken (aiohttp's client allows less)
 IDLE_KEPT = 64  # idle connections kept per peer; more are closed when released
+_FRAMING = ("content-length", "transfer-encoding")  # fields that end a body other than by the close
 
 
 class PeerBroken(Exception):
@@ -173,10 +174,9 @@ class PeerConn(asyncio.Protocol):
 
     def _until_close(self) -> bool:
         """The body has neither a length nor chunks: it ends when the peer closes."""
-        names = {k.lower() for k, _ in self.fields}
-        status = self.parser.get_status_code()
-        empty = self.head_only or status in (204, 304)
-        return not empty and "content-length" not in names and "transfer-encoding" not in names
+        if self.head_only or self.parser.get_status_code() in (204, 304):
+            return False
+        return not any(k.lower() in _FRAMING for k, _ in self.fields)
 
     def _stop_clock(self) -> None:
         if self.timer is not None:

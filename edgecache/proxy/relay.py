@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgecache import metrics
 from edgecache.core.forward import pass_request
+from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
+from edgecache.core.memo import Memo
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
@@ -60,6 +62,23 @@ def _counters_of(peer: str, site: str) -> _Counters:
 
 
 _MINE = cache_status_header(CacheStatus.PEER)
+
+
+_HOP = HOP.encode("ascii")
+# What is sent to the owner up to its hop field, by what it is made of: the same for every request of a remembered
+# Forward from one address (pass_request is a function of these alone).
+_SENT: Memo[tuple[str, str, str, Headers, str], bytes] = Memo(4096)
+
+
+def _sent_head(fwd: Forward, address: str) -> bytes:
+    """The request line and fields sent to the owner, without the hop field and the empty line that follow."""
+    made = (fwd.method, fwd.key.host, fwd.key.full_target, fwd.headers, address)
+    found = _SENT.get(made)
+    if found is None:
+        sent = pass_request(fwd.method, fwd.key, fwd.headers, None, address)
+        lines = [f"{sent.method} {sent.target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in sent.headers)]
+        found = _SENT[made] = "".join(lines).encode("utf-8", "surrogateescape")  # the viewer's bytes as sent
+    return found
 
 
 class Unreachable(Exception):
@@ -125,9 +144,7 @@ class Relay:
         cluster = self.conn.server.shared.cluster
         assert cluster is not None
         hop = cluster.hop_field(fwd.method, fwd.key.primary, t.id, fwd.client, fwd.failover)
-        sent = pass_request(fwd.method, fwd.key, fwd.headers, None, self.conn.address, ((HOP, hop),))
-        lines = [f"{sent.method} {sent.target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in sent.headers), "\r\n"]
-        request = "".join(lines).encode("utf-8", "surrogateescape")  # the viewer's bytes as sent (decide._parse)
+        request = b"%s%s: %s\r\n\r\n" % (_sent_head(fwd, self.conn.address), _HOP, hop.encode("ascii"))
         try:
             await self._exchange(request)
         except PeerBroken as exc:
