@@ -150,6 +150,23 @@ def _peers(config: Config, view: ClusterView | None) -> list[Member]:
     return [m for m in members if m.id != config.cluster.self_id]
 
 
+async def _apply(store: Store, config: Config, entry: Entry, strict: bool) -> list[str]:
+    """Apply the purge here; what of it the disk could not record (storage.purging). 429 when the purge table is
+    full: only for a purge a client sent (`strict`); one another node took and numbered is always applied."""
+    unkept: list[str] = []
+    recording = UNKEPT.set(unkept)
+    try:
+        numbered = config.cluster is not None
+        await apply_entry(store, config.sites, entry, time.time(), strict=strict, numbered=numbered)
+    except TableFull as exc:
+        raise web.HTTPTooManyRequests(
+            text=json.dumps({"error": str(exc)}) + "\n", content_type="application/json"
+        ) from exc
+    finally:
+        UNKEPT.reset(recording)
+    return unkept
+
+
 def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView | None = None) -> Any:
     """`current` gives the running config, so a reload (SIGHUP) changes tokens and sites at once; `view` the
     members (with DNS membership, the config names none)."""
@@ -164,18 +181,7 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         order = parse_order(body, config.sites)
         _authorize(token, order.site.name, body)
         entry = _entry(store, config, order, body)
-        unkept: list[str] = []
-        recording = UNKEPT.set(unkept)  # what of this purge the disk could not record (storage.purging)
-        try:
-            # A purge another node took (it sent the id) must be applied here too: never refused for room.
-            numbered = config.cluster is not None
-            await apply_entry(store, config.sites, entry, time.time(), strict="id" not in body, numbered=numbered)
-        except TableFull as exc:
-            raise web.HTTPTooManyRequests(
-                text=json.dumps({"error": str(exc)}) + "\n", content_type="application/json"
-            ) from exc
-        finally:
-            UNKEPT.reset(recording)
+        unkept = await _apply(store, config, entry, strict="id" not in body)
         log.info(
             "purge by %s: %s %s%s%s (%s #%d)",
             token.name,

@@ -291,7 +291,11 @@ class Decider:
             base = decided
         if base.hit.viewer is None and base.hit.refusal(client, now) is not None:  # a hop's was judged by its node
             return _FULL_PARSE  # refused, with its Range in the log line
-        hit = base.hit
+        return self._cut(head, base, raw_value)
+
+    def _cut(self, head: bytes, base: Prepared, raw_value: bytes) -> Prepared | _FullParse:
+        """The 206 to `head` cut from `base`, the answer to it without its Range line (`raw_value`)."""
+        hit, shared = base.hit, self.shared
         if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
             return _FULL_PARSE
         try:

@@ -95,23 +95,28 @@ async def read_slice(
                 await engine.store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS)
                 continue
             fill = started  # the request's miss is counted once, by its cause, when it ends (observe.finish)
-        head = await fill.head
-        if head.status == 304 and head.meta.slice_version == meta.slice_version:
-            released = True  # a revalidation found while it ran: it brings no body, so read the slice as stored
-            continue
-        if head.meta.slice_version != meta.slice_version or head.status != meta.status:
-            raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
         try:
-            counter = _FROM_ORIGIN if head.peer is None else _FROM_PEER
-            async for chunk in fill.read(index, lo, hi):
-                counter.inc(len(chunk))
+            async for chunk in _from_fill(fill, meta, index, lo, hi):
                 yield chunk
                 lo += len(chunk)
             return
         except Released:
-            released = True  # the fill dropped it as stored, yet the store lost it: fetch it again
-            continue
+            released = True  # read the slice as stored, or fetch it again if the store lost it
     raise OriginError(f"slice {index} could not be read")
+
+
+async def _from_fill(fill: Fill, meta: ObjectMeta, index: int, lo: int, hi: int) -> AsyncIterator[bytes | memoryview]:
+    """Bytes lo..hi-1 of slice `index` as `fill` brings them. Released: it brings none of them (a revalidation
+    found while it ran has no body; or the fill dropped the slice as stored)."""
+    head = await fill.head
+    if head.status == 304 and head.meta.slice_version == meta.slice_version:
+        raise Released
+    if head.meta.slice_version != meta.slice_version or head.status != meta.status:
+        raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
+    counter = _FROM_ORIGIN if head.peer is None else _FROM_PEER
+    async for chunk in fill.read(index, lo, hi):
+        counter.inc(len(chunk))
+        yield chunk
 
 
 class _Held:
