@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -50,13 +50,25 @@ def parse_size(value: object) -> int:
 def parse_listen(value: object) -> Listen:
     if not isinstance(value, str) or ":" not in value:
         raise ValueError("expected HOST:PORT such as 127.0.0.1:8080")
-    host, _, port_s = value.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
+    written, _, port_s = value.rpartition(":")
     if not port_s.isdigit() or not 0 < int(port_s) < 65536:
         raise ValueError(f"{value!r}: port must be 1-65535")
+    host = written[1:-1] if written.startswith("[") and written.endswith("]") else written
+    if host == written and ":" in host:
+        raise ValueError(f"{value!r}: an IPv6 address is written in brackets, as [::1]:8080")
+    if host != written and not _ipv6(host):
+        raise ValueError(f"{value!r}: only an IPv6 address is written in brackets")
+    host = host or "0.0.0.0"
     if not _listen_host(host):
         raise ValueError(f"{value!r}: {host!r} is not an IP address or a host name")
     return Listen(host, int(port_s))
+
+
+def _ipv6(host: str) -> bool:
+    try:
+        return isinstance(ip_address(host), IPv6Address)
+    except ValueError:
+        return False
 
 
 def _listen_host(host: str) -> bool:

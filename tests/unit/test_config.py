@@ -160,7 +160,19 @@ def test_a_listen_host_is_an_ip_address_or_a_host_name() -> None:
         assert problems({"server": {"listen": [addr]}, "sites": [SITE]}) == [
             f"f.toml: server.listen: {addr!r}: {host!r} is not an IP address or a host name"
         ]
+    brackets = {
+        "[127.0.0.1]:80": "only an IPv6 address is written in brackets",
+        "[edge]:80": "only an IPv6 address is written in brackets",
+        "[]:80": "only an IPv6 address is written in brackets",
+        "[::1:80": "an IPv6 address is written in brackets, as [::1]:8080",
+        "::1:80": "an IPv6 address is written in brackets, as [::1]:8080",
+    }
+    for addr, problem in brackets.items():
+        assert problems({"server": {"listen": [addr]}, "sites": [SITE]}) == [
+            f"f.toml: server.listen: {addr!r}: {problem}"
+        ]
     good = ["0.0.0.0:8080", "[::]:8081", "[::1]:8082", "localhost:8083", "edge-1.example.test:8084", "edge_2:8086"]
+    good.append("[fe80::1%eth0]:8087")
     cfg = build({"server": {"listen": [*good, ":8085"]}, "sites": [SITE]}, "f.toml", Path("/x"))
     assert [str(a) for a in cfg.listen] == [*good, "0.0.0.0:8085"]  # edge_2: a Docker service's name
 
