@@ -75,14 +75,17 @@ class PeerConn(asyncio.Protocol):
         self.transport.write(request)
 
     def pause(self) -> None:
-        """The viewer is not taking the bytes: stop reading (TCP holds the peer), and stop the read clock."""
+        """The viewer is not taking the bytes: stop reading (TCP holds the peer), and stop the read clock. While
+        paused, the connection gives its place under the pool's limit to others (PeerPool.stall)."""
         if self.transport is not None and not self.paused:
             self.paused = True
             self.transport.pause_reading()
+            self.pool.stall(self.address, +1)
 
     def resume(self) -> None:
         if self.transport is not None and self.paused:
             self.paused = False
+            self.pool.stall(self.address, -1)
             self.last_read = self.loop.time()
             self.transport.resume_reading()
 
@@ -129,6 +132,9 @@ class PeerConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.paused:
+            self.paused = False
+            self.pool.stall(self.address, -1)
         self.pool.forget(self)
         if self.exchange is not None:
             self._fail(PeerBroken(f"peer closed the connection{f': {exc}' if exc else ''}"))
@@ -214,7 +220,10 @@ class PeerConn(asyncio.Protocol):
 
 
 class PeerPool:
-    """Connections to every peer, by address. `limit` connections per peer at most (origin.max_connections)."""
+    """Connections to every peer, by address. `limit` connections per peer at most (origin.max_connections), not
+    counting those paused for a viewer that stopped reading: viewers that never read would otherwise hold every
+    place, and every other forward to that peer would wait for one until its connect timeout (a 504). Those are
+    bounded by the viewers' connections (server.max_connections) and cut by client_write_timeout."""
 
     def __init__(self, limit: int, connect_timeout: float, read_timeout: float) -> None:
         self.limit = limit
@@ -222,6 +231,7 @@ class PeerPool:
         self.read_timeout = read_timeout
         self.idle: dict[str, collections.deque[PeerConn]] = {}
         self.open: dict[str, int] = {}
+        self.stalled: dict[str, int] = {}  # of those open, paused for a viewer that is not reading
         self.waiters: dict[str, collections.deque[asyncio.Future[PeerConn | None]]] = {}
         self.closed = False
 
@@ -238,7 +248,7 @@ class PeerPool:
                 return conn
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if self.open.get(address, 0) >= self.limit:
+                if self.open.get(address, 0) - self.stalled.get(address, 0) >= self.limit:
                     return await self._wait(address)
                 return await self._connect(address)
         except TimeoutError:
@@ -295,6 +305,12 @@ class PeerPool:
             conn.close()
             return
         idle.append(conn)
+
+    def stall(self, address: str, change: int) -> None:
+        """A connection to `address` was paused (+1: its place goes to a waiter) or resumed (-1)."""
+        self.stalled[address] = self.stalled.get(address, 0) + change
+        if change > 0:
+            self._freed(address)
 
     def forget(self, conn: PeerConn) -> None:
         """A connection closed: it no longer counts, and a waiter may open a new one in its place."""

@@ -324,6 +324,38 @@ async def test_a_viewer_that_stops_reading_stops_the_relay_reading_its_peer(orig
             writer.close()
 
 
+async def test_a_viewer_that_never_reads_leaves_its_place_in_the_peer_pool_to_others(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A relay paused for a viewer that stopped reading gives up its place under origin.max_connections: with
+    every place held so, each other forward to that peer waited out the connect timeout and got 504."""
+    size = 64 * 2**20
+    asked = asyncio.Event()
+
+    async def huge(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.set()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(0, size, 2**22):
+            writer.write(bytes(2**22))
+            await asyncio.sleep(0)
+
+    scripts, paths = scripted({"small": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"})
+    paths["huge"] = owned_by(RING, "node2", "/huge/")
+    scripts[paths["huge"]] = huge
+    async with ScriptedPeer(scripts) as peer, beside(origin, tmp_path, peer, max_connections=1) as edge:
+        _, stalled = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            stalled.write(request(paths["huge"]))  # and never a byte read
+            async with asyncio.timeout(20):
+                await asked.wait()
+            for _ in range(2):
+                raw = await exchange(edge.port, request(paths["small"], close=True))
+                assert answers(raw, ["GET"])[0][::2] == (200, b"ok")
+            assert peer.connections == 2  # the stalled viewer's, and one beside it, kept for the second
+        finally:
+            stalled.close()
+
+
 async def test_a_viewer_gone_mid_answer_costs_that_peer_connection_only(origin: Origin, tmp_path: Path) -> None:
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
