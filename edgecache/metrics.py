@@ -16,13 +16,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as _mp
 
 from edgecache import __version__
+from edgecache.metricturn import TurnCounter, TurnHistogram, apply
+
+
+def _counter(name: str, documentation: str, labelnames: tuple[str, ...] | list[str] = ()) -> TurnCounter:
+    return TurnCounter(Counter(name, documentation, labelnames))
+
+
+def _histogram(name: str, documentation: str, labelnames: list[str], buckets: tuple[float, ...]) -> TurnHistogram:
+    return TurnHistogram(Histogram(name, documentation, labelnames, buckets=buckets))
+
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-REQUESTS = Counter(
+REQUESTS = _counter(
     "edgecache_requests_total", "Client requests answered", ["site", "method", "status_class", "cache_status"]
 )
-_SERVED = Counter("edgecache_served_bytes_total", "Body bytes sent to clients by where they came from", ["source"])
+_SERVED = _counter("edgecache_served_bytes_total", "Body bytes sent to clients by where they came from", ["source"])
 
 
 @dataclass(slots=True)
@@ -62,23 +72,23 @@ class _Served:
 
 
 BYTES_SERVED = _Served()
-SITE_SERVED = Counter(
+SITE_SERVED = _counter(
     "edgecache_site_served_bytes_total",
     "Body bytes sent to clients by site and upstream (cache, origin, peer, cache+origin; - for the node's own "
     "answers): the sum of the access log's bytes, but for requests a peer forwarded (the peer counts them)",
     ["site", "upstream"],
 )
-TTFB = Histogram("edgecache_ttfb_seconds", "Client time to first byte", ["cache_status"], buckets=_LATENCY)
-ORIGIN_REQUESTS = Counter("edgecache_origin_requests_total", "Requests sent to origins", ["site", "status_class"])
-ORIGIN_BYTES = Counter("edgecache_origin_bytes_total", "Body bytes received from origins", ["site"])
-ORIGIN_ERRORS = Counter("edgecache_origin_errors_total", "Origin failures", ["site", "kind"])
-ORIGIN_LATENCY = Histogram(
+TTFB = _histogram("edgecache_ttfb_seconds", "Client time to first byte", ["cache_status"], buckets=_LATENCY)
+ORIGIN_REQUESTS = _counter("edgecache_origin_requests_total", "Requests sent to origins", ["site", "status_class"])
+ORIGIN_BYTES = _counter("edgecache_origin_bytes_total", "Body bytes received from origins", ["site"])
+ORIGIN_ERRORS = _counter("edgecache_origin_errors_total", "Origin failures", ["site", "kind"])
+ORIGIN_LATENCY = _histogram(
     "edgecache_origin_response_seconds", "Origin time to response head", ["site"], buckets=_LATENCY
 )
-COLLAPSED = Counter("edgecache_collapsed_waits_total", "Requests that joined another request's origin fetch")
+COLLAPSED = _counter("edgecache_collapsed_waits_total", "Requests that joined another request's origin fetch")
 # One per request answered miss, expired or partial (core.status.MISSES), by its one cause (core.status.MissCause).
-MISSES = Counter("edgecache_misses_total", "Requests that were misses, by site and cause", ["site", "cause"])
-FILLS = Counter("edgecache_fills_total", "Origin fetches started to fill the cache")
+MISSES = _counter("edgecache_misses_total", "Requests that were misses, by site and cause", ["site", "cause"])
+FILLS = _counter("edgecache_fills_total", "Origin fetches started to fill the cache")
 MEMORY_BYTES = Gauge("edgecache_memory_tier_bytes", "Bytes held by the memory tier", multiprocess_mode="livesum")
 MEMORY_BUDGET = Gauge("edgecache_memory_tier_budget_bytes", "Memory tier byte budget", multiprocess_mode="livesum")
 MEMORY_LIMIT = Gauge(
@@ -87,11 +97,11 @@ MEMORY_LIMIT = Gauge(
     multiprocess_mode="livesum",
 )
 MEMORY_OBJECTS = Gauge("edgecache_memory_tier_objects", "Slices held by the memory tier", multiprocess_mode="livesum")
-MEMORY_EVICTIONS = Counter("edgecache_memory_tier_evictions_total", "Slices evicted from the memory tier")
-MEMORY_ADMISSIONS = Counter("edgecache_memory_tier_admissions_total", "Slices admitted to the memory tier")
+MEMORY_EVICTIONS = _counter("edgecache_memory_tier_evictions_total", "Slices evicted from the memory tier")
+MEMORY_ADMISSIONS = _counter("edgecache_memory_tier_admissions_total", "Slices admitted to the memory tier")
 DISK_BYTES = Gauge("edgecache_disk_tier_bytes", "Bytes held by the disk tier", multiprocess_mode="max")
 DISK_BUDGET = Gauge("edgecache_disk_tier_budget_bytes", "Disk tier byte budget", multiprocess_mode="max")
-DISK_ERRORS = Counter("edgecache_disk_tier_errors_total", "Disk tier operations that failed")
+DISK_ERRORS = _counter("edgecache_disk_tier_errors_total", "Disk tier operations that failed")
 # Each disk of the disk tier (storage/disks.py), labelled by its path as the config gives it.
 DISK_USED = Gauge("edgecache_disk_bytes", "Bytes held on the disk", ["disk"], multiprocess_mode="max")
 DISK_SIZE = Gauge(
@@ -104,11 +114,11 @@ DISK_UP = Gauge(
     ["disk"],
     multiprocess_mode="livemin",
 )
-DISK_OPS = Counter(
+DISK_OPS = _counter(
     "edgecache_disk_operations_total", "Disk tier operations by disk and kind (read, write)", ["disk", "op"]
 )
-DISK_OP_ERRORS = Counter("edgecache_disk_errors_total", "Disk tier operations that failed, by disk", ["disk"])
-DISK_FAILURES = Counter(
+DISK_OP_ERRORS = _counter("edgecache_disk_errors_total", "Disk tier operations that failed, by disk", ["disk"])
+DISK_FAILURES = _counter(
     "edgecache_disk_failures_total", "Times a worker took the disk out of service after an I/O failure", ["disk"]
 )
 # A gauge rather than an Info: Info does not work in the client's multiprocess mode.
@@ -118,6 +128,7 @@ BUILD.labels(__version__, platform.python_version()).set(1)
 
 def exposition() -> tuple[bytes, str]:
     """The text format for /metrics: this process, or every worker when running several."""
+    apply()  # this process's increments of the current turn
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -133,64 +144,64 @@ def status_class(status: int) -> str:
 
 PEER_UP = Gauge("edgecache_peer_up", "1 when this node sees the peer as up", ["peer"], multiprocess_mode="max")
 # A forward to a peer is counted here, never as an origin request or origin bytes (origin.OriginClient.to_peer).
-PEER_FORWARDED = Counter(
+PEER_FORWARDED = _counter(
     "edgecache_peer_forwarded_requests_total", "Requests forwarded to their owner, by site", ["peer", "site"]
 )
-PEER_BYTES = Counter(
+PEER_BYTES = _counter(
     "edgecache_peer_forwarded_bytes_total", "Body bytes received from owners, by site", ["peer", "site"]
 )
-PEER_LATENCY = Histogram(
+PEER_LATENCY = _histogram(
     "edgecache_peer_response_seconds",
     "Time to the response head of requests forwarded to owners",
     ["peer"],
     buckets=_LATENCY,
 )
-PEER_ERRORS = Counter(
+PEER_ERRORS = _counter(
     "edgecache_peer_errors_total",
     "Failed forwards by peer and kind: connect (refused), timeout, reset (the connection broke), 5xx (the owner "
     "answered 5xx, its own error or its origin's); health: failed health checks",
     ["peer", "kind"],
 )
 # Ring continuity (core.lookaside): an owner's misses asked of the previous owner before the origin, by outcome.
-PEER_LOOKASIDE = Counter(
+PEER_LOOKASIDE = _counter(
     "edgecache_peer_lookaside_total",
     "Misses of an owner asked of the previous owner's cache first, by peer and outcome: hit (its bytes stored), "
     "miss, other-version, unusable, error (the origin was asked instead)",
     ["peer", "outcome"],
 )
 
-PURGES = Counter("edgecache_purges_total", "Purges applied on this node", ["kind", "mode"])
+PURGES = _counter("edgecache_purges_total", "Purges applied on this node", ["kind", "mode"])
 PURGE_BEHIND = Gauge(
     "edgecache_purge_catching_up",
     "1 while this node may have missed purges (it revalidates what it stored before then); the highest of the workers",
     multiprocess_mode="livemax",
 )
-PURGE_CATCHUPS = Counter(
+PURGE_CATCHUPS = _counter(
     "edgecache_purge_catchup_total",
     "Catching up on missed purges: entries (purges taken from peers) and reset (every site purged: too far behind)",
     ["kind"],
 )
 PREFETCH_JOBS = Gauge("edgecache_prefetch_jobs", "Prefetch jobs by state", ["state"], multiprocess_mode="max")
-PREFETCH_URLS = Counter("edgecache_prefetch_urls_total", "Prefetch URLs finished, by outcome", ["outcome"])
-PREFETCH_BYTES = Counter("edgecache_prefetch_bytes_total", "Body bytes read by prefetch jobs")
-SLOW_CLIENTS = Counter("edgecache_slow_client_disconnects_total", "Connections cut: the client stopped reading")
-FAST_PATH = Counter(
+PREFETCH_URLS = _counter("edgecache_prefetch_urls_total", "Prefetch URLs finished, by outcome", ["outcome"])
+PREFETCH_BYTES = _counter("edgecache_prefetch_bytes_total", "Body bytes read by prefetch jobs")
+SLOW_CLIENTS = _counter("edgecache_slow_client_disconnects_total", "Connections cut: the client stopped reading")
+FAST_PATH = _counter(
     "edgecache_fast_path_total",
     "Requests answered on the fast path (answered) or relayed to their owner (forwarded); connections it handed to "
     "the full handler (handed_off) and took back from it once answered (taken_back)",
     ["outcome"],
 )
-HEADER_TIMEOUTS = Counter("edgecache_header_timeouts_total", "Connections closed: a request head took too long")
-DISK_CORRUPT = Counter(
+HEADER_TIMEOUTS = _counter("edgecache_header_timeouts_total", "Connections closed: a request head took too long")
+DISK_CORRUPT = _counter(
     "edgecache_disk_corrupt_total", "Values read from the disk tier with a wrong length or checksum, dropped"
 )
-REJECTED_CONNECTIONS = Counter(
+REJECTED_CONNECTIONS = _counter(
     "edgecache_rejected_connections_total", "Connections answered 503 at once: max_connections were open"
 )
-ACCESS_LOG_DROPPED = Counter(
+ACCESS_LOG_DROPPED = _counter(
     "edgecache_access_log_dropped_total", "Access-log lines dropped: the writer's queue was full, or writing failed"
 )
-REQUEST_BODY_TIMEOUTS = Counter(
+REQUEST_BODY_TIMEOUTS = _counter(
     "edgecache_request_body_timeouts_total", "Requests answered 408: their body stalled for origin.body_timeout"
 )
 # The count lives in the parent process, which exports nothing: every worker it starts is given the count so far

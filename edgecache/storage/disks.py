@@ -38,7 +38,7 @@ from edgecache.errors import StorageError
 from edgecache.storage.disk import LEASE, DiskTier
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter
+    from edgecache.metricturn import TurnCounter as Counter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

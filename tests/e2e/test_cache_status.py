@@ -16,13 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from edgecache.config import CacheSettings
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.e2e.test_ranges_e2e import parse_multipart
 from tests.origin import Origin
+from tests.samples import applied
 
 SLICE = 64 * 1024
 DATA = os.urandom(5 * SLICE + 123)  # six slices, the last one short
@@ -33,7 +33,7 @@ Deltas = dict[tuple[str, ...], float]
 def counts() -> Counter[tuple[str, ...]]:
     """Every sample of the request and miss counters of the test site, by its labels."""
     found: Counter[tuple[str, ...]] = Counter()
-    for family in REGISTRY.restricted_registry(["edgecache_requests_total", "edgecache_misses_total"]).collect():
+    for family in applied().restricted_registry(["edgecache_requests_total", "edgecache_misses_total"]).collect():
         for s in family.samples:
             if s.labels.get("site") != "videos" or not s.name.endswith("_total"):
                 continue

@@ -94,7 +94,7 @@ async def test_a_dead_node_fails_over_and_its_keys_come_back(origin: Origin, tmp
                 assert (await n1.get(p))[2] == p.encode() * 100
             assert all(origin.hits[p] == 1 for p in paths)
         # node3 is gone: its keys go to their next owner at the first refused connection; no client error.
-        peer_down_before = metrics.MISSES.labels("videos", "peer-down")._value.get()
+        peer_down_before = metrics.MISSES.labels("videos", "peer-down").wrapped._value.get()
         handed = fast_path_outcomes()["handed_off"]
         for p in paths:
             status, _, body = await n1.get(p)
@@ -108,7 +108,7 @@ async def test_a_dead_node_fails_over_and_its_keys_come_back(origin: Origin, tmp
             status, _, body = await n1.get(p)
             assert (status, body) == (200, p.encode() * 100), p
         assert fast_path_outcomes()["handed_off"] == handed
-        peer_down = metrics.MISSES.labels("videos", "peer-down")._value.get() - peer_down_before
+        peer_down = metrics.MISSES.labels("videos", "peer-down").wrapped._value.get() - peer_down_before
         assert peer_down == len(node3_keys)  # those misses are classified "peer-down", not "cold"
         assert all(origin.hits[p] == 2 for p in node3_keys)  # refetched once by the next owner
         assert all(origin.hits[p] == 1 for p in paths if p not in node3_keys)
@@ -117,11 +117,11 @@ async def test_a_dead_node_fails_over_and_its_keys_come_back(origin: Origin, tmp
             async with asyncio.timeout(10):  # health checks every 0.1 s, rise 2: well within
                 for n in (n1, n2):
                     await n.node.cluster.wait_for(lambda n=n: n.node.cluster.is_up("node3"))  # type: ignore[union-attr,misc]
-            before = metrics.PEER_FORWARDED.labels("node3", "videos")._value.get()
+            before = metrics.PEER_FORWARDED.labels("node3", "videos").wrapped._value.get()
             for p in node3_keys:
                 status, _, body = await n2.get(p)
                 assert (status, body) == (200, p.encode() * 100)
-            assert metrics.PEER_FORWARDED.labels("node3", "videos")._value.get() - before == len(node3_keys)
+            assert metrics.PEER_FORWARDED.labels("node3", "videos").wrapped._value.get() - before == len(node3_keys)
             assert all(origin.hits[p] == 2 for p in node3_keys)  # served from node3's own disk
 
 
@@ -167,13 +167,16 @@ async def test_an_owner_found_gone_is_stood_in_for_on_the_fast_path_for_one_toke
     again for its next owner, node1 itself, on the fast path, with the one rate token it spent (burst 2): a second
     key of node3's is node1's at once, and a third request is refused 429."""
     cfg, keys = phantom_owner(origin, tmp_path, burst=2.0)
-    peer_down, handed = metrics.MISSES.labels("videos", "peer-down")._value.get(), fast_path_outcomes()["handed_off"]
+    peer_down, handed = (
+        metrics.MISSES.labels("videos", "peer-down").wrapped._value.get(),
+        fast_path_outcomes()["handed_off"],
+    )
     async with start_edge(cfg) as edge:
         answers = [await edge.get(p) for p in keys]
         assert [(status, body) for status, _, body in answers[:2]] == [(200, p.encode() * 50) for p in keys[:2]]
         assert answers[2][0] == 429
         assert not edge.node.cluster.is_up("node3")  # type: ignore[union-attr]
-    assert metrics.MISSES.labels("videos", "peer-down")._value.get() - peer_down == 2
+    assert metrics.MISSES.labels("videos", "peer-down").wrapped._value.get() - peer_down == 2
     assert fast_path_outcomes()["handed_off"] == handed
     assert [origin.hits[p] for p in keys] == [1, 1, 0]
 
@@ -202,12 +205,12 @@ async def test_a_stand_ins_hit_is_the_owners_again_once_it_is_back(origin: Origi
         statuses = [(await edge.get(keys[0]))[1]["Cache-Status"] for _ in range(2)]
         assert statuses == ["edgecache; fwd=uri-miss; stored", "edgecache; hit"]
         assert not cluster.is_up("node3")
-        refused = metrics.PEER_ERRORS.labels("node3", "connect")._value.get()  # type: ignore[attr-defined]
+        refused = metrics.PEER_ERRORS.labels("node3", "connect").wrapped._value.get()  # type: ignore[attr-defined]
         for _ in range(2):  # rise 2
             cluster.record("node3", True)
         assert cluster.is_up("node3")
         status, _, body = await edge.get(keys[0])
         assert (status, body) == (200, keys[0].encode() * 50)
         assert not cluster.is_up("node3")  # asked, and found gone again
-        assert metrics.PEER_ERRORS.labels("node3", "connect")._value.get() == refused + 1  # type: ignore[attr-defined]
+        assert metrics.PEER_ERRORS.labels("node3", "connect").wrapped._value.get() == refused + 1  # type: ignore[attr-defined]
     assert origin.hits[keys[0]] == 1

@@ -27,7 +27,7 @@ MIX = [f"/mix/{i}.bin" for i in range(20)]
 
 def forwarded(peer: str) -> float:
     """Requests of site videos (the hot object's alone here) that nodes sent to `peer`."""
-    return metrics.PEER_FORWARDED.labels(peer, "videos")._value.get()  # type: ignore[attr-defined, no-any-return]
+    return metrics.PEER_FORWARDED.labels(peer, "videos").wrapped._value.get()  # type: ignore[attr-defined, no-any-return]
 
 
 async def play(origin: Origin, edges: list[Edge], requests: int) -> int:

@@ -54,7 +54,7 @@ async def edge(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -
 
 def origin_bytes() -> float:
     """Body bytes the edge has read from origins of the test site, fills and pass-through alike."""
-    return metrics.ORIGIN_BYTES.labels("videos")._value.get()  # type: ignore[attr-defined, no-any-return]
+    return metrics.ORIGIN_BYTES.labels("videos").wrapped._value.get()  # type: ignore[attr-defined, no-any-return]
 
 
 async def settled(edge: Edge) -> None:

@@ -404,11 +404,13 @@ def test_dashboard_uses_only_metrics_edgecache_exports() -> None:
     from prometheus_client.metrics import MetricWrapperBase
 
     from edgecache import metrics
+    from edgecache.metricturn import TurnCounter, TurnHistogram
 
     suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    wrapped = [m.wrapped if isinstance(m, TurnCounter | TurnHistogram) else m for m in vars(metrics).values()]
     exported = {
         d.name + suffix
-        for m in vars(metrics).values()
+        for m in wrapped
         if isinstance(m, MetricWrapperBase)
         for d in m.describe()
         for suffix in suffixes[d.type]

@@ -12,13 +12,12 @@ from dataclasses import replace
 from ipaddress import ip_network
 from pathlib import Path
 
-from prometheus_client import REGISTRY
-
 from edgecache.config import Config, Site
 from edgecache.core.signing import Signing
 from tests.conftest import make_config, start_edge
 from tests.e2e.test_hops import cluster, origins, owner_index
 from tests.origin import Origin
+from tests.samples import applied
 from tests.wire import fast_path_outcomes
 
 BODY = bytes(range(256)) * 20
@@ -69,7 +68,7 @@ Counters = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def counters() -> Counters:
     out = {}
     for name in ("edgecache_requests_total", "edgecache_site_served_bytes_total"):
-        for metric in REGISTRY.restricted_registry([name]).collect():
+        for metric in applied().restricted_registry([name]).collect():
             for s in metric.samples:
                 if s.name == name:
                     out[s.name, tuple(sorted(s.labels.items()))] = s.value

@@ -67,12 +67,12 @@ async def grown_cluster(
 
 
 def origin_bytes() -> float:
-    return metrics.ORIGIN_BYTES.labels("videos")._value.get()  # type: ignore[attr-defined, no-any-return]
+    return metrics.ORIGIN_BYTES.labels("videos").wrapped._value.get()  # type: ignore[attr-defined, no-any-return]
 
 
 def lookasides(outcome: str) -> float:
     peers = ("node1", "node2", "node3", "node4")
-    return sum(metrics.PEER_LOOKASIDE.labels(p, outcome)._value.get() for p in peers)  # type: ignore[attr-defined]
+    return sum(metrics.PEER_LOOKASIDE.labels(p, outcome).wrapped._value.get() for p in peers)  # type: ignore[attr-defined]
 
 
 def owner(path: str, members: tuple[Member, ...]) -> str:
@@ -118,11 +118,14 @@ async def test_a_lookaside_fill_says_so_and_ages_on_from_the_peer(origin: Origin
     path = next(p for p in (f"/aged/{i}" for i in range(200)) if owner(p, four_members()) == "node4")
     origin.put(path, b"a" * 150_000, headers={"Cache-Control": "public, max-age=3600", "Age": "1000"})
     async with grown_cluster(origin, tmp_path, [path]) as edges:
-        moved, handed = metrics.MISSES.labels("videos", "ring-moved")._value.get(), fast_path_outcomes()["handed_off"]
+        moved, handed = (
+            metrics.MISSES.labels("videos", "ring-moved").wrapped._value.get(),
+            fast_path_outcomes()["handed_off"],
+        )
         status, headers, body = await edges[3].get(path)
         assert (status, body) == (200, origin.objects[path].data)
         assert headers["Cache-Status"] == 'edgecache; fwd=uri-miss; stored; detail="peer-lookaside"'
-        assert metrics.MISSES.labels("videos", "ring-moved")._value.get() - moved == 1  # its miss's cause
+        assert metrics.MISSES.labels("videos", "ring-moved").wrapped._value.get() - moved == 1  # its miss's cause
         status, headers, body = await edges[3].get(path)
         assert (status, body) == (200, origin.objects[path].data)
         assert headers["Cache-Status"] == "edgecache; hit"
@@ -171,7 +174,7 @@ async def test_a_peer_that_does_not_answer_costs_a_bounded_wait_then_the_origin(
     members = (Member("node1", f"127.0.0.1:{port}"), Member("node4", f"127.0.0.1:{free_port()}"))
     path = next(p for p in (f"/silent/{i}" for i in range(200)) if owner(p, members) == "node4")
     origin.put(path, b"s" * 100_000)
-    errors = metrics.PEER_ERRORS.labels("node1", "timeout")._value.get()  # type: ignore[attr-defined]
+    errors = metrics.PEER_ERRORS.labels("node1", "timeout").wrapped._value.get()  # type: ignore[attr-defined]
     try:
         async with start_edge(config(origin, tmp_path, members, members[1])) as edge:
             await all_up([edge], ["node1", "node4"])
@@ -180,7 +183,7 @@ async def test_a_peer_that_does_not_answer_costs_a_bounded_wait_then_the_origin(
             assert headers["Cache-Status"] == "edgecache; fwd=uri-miss; stored"
             assert origin.hits[path] == 1
             assert lookasides("error") >= 1
-            assert metrics.PEER_ERRORS.labels("node1", "timeout")._value.get() == errors + 1  # type: ignore[attr-defined]
+            assert metrics.PEER_ERRORS.labels("node1", "timeout").wrapped._value.get() == errors + 1  # type: ignore[attr-defined]
     finally:
         for w in held:
             w.close()

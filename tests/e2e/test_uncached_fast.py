@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from prometheus_client import REGISTRY
 
 from tests.conftest import make_config, start_edge
 from tests.e2e.test_cold_fast import until
 from tests.origin import Origin, RawOrigin, RawReply, RawRequest
+from tests.samples import applied
 from tests.wire import fast_path_outcomes
 
 MiB = 2**20
@@ -83,7 +83,7 @@ def answers(raw: bytes, methods: list[str]) -> list[tuple[bytes, bytes]]:
 
 
 def served_from_origin() -> float:
-    return REGISTRY.get_sample_value("edgecache_served_bytes_total", {"source": "origin"}) or 0.0
+    return applied().get_sample_value("edgecache_served_bytes_total", {"source": "origin"}) or 0.0
 
 
 async def run(
@@ -262,7 +262,7 @@ def raw_reply(request: RawRequest) -> RawReply:
 def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
     for name in ("edgecache_requests_total", "edgecache_misses_total"):
-        for metric in REGISTRY.restricted_registry([name]).collect():
+        for metric in applied().restricted_registry([name]).collect():
             for s in metric.samples:
                 if s.name == name:
                     out[s.name, tuple(sorted(s.labels.items()))] = s.value

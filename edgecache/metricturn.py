@@ -1,0 +1,142 @@
+"""Prometheus counters and histograms whose increments are summed over one turn of the event loop and applied at
+the start of the next.
+
+A prometheus_client child takes a lock on every increment (about 0.6 µs; an observation of a histogram 1.2 µs),
+and a request answered from memory makes five to ten of them: a fifth of what a 4 KiB hit costs. Under load one
+turn of the loop answers many requests, which increment the same few children: here each increment is an
+addition to a Python number, and the sum reaches the child once per turn. The exposition lags by at most one turn
+(exposition() in this process applies what is pending first).
+
+An increment made where no event loop runs (a disk thread) goes to the child at once. One loop at a time batches:
+another that starts (a test's) applies what the first left. Uses a histogram's `_upper_bounds`, `_sum` and `_buckets`
+(prometheus_client's own, pinned in pyproject.toml): tests/unit/test_metricturn.py compares the exposition with
+direct observations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from bisect import bisect_left
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+_get_loop = asyncio._get_running_loop  # None where no loop runs: C, no exception
+
+
+class _Turn:
+    """The children with increments pending, and the loop whose next turn applies them."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.dirty: list[TurnCounter | TurnHistogram] = []
+
+    def switch(self, loop: asyncio.AbstractEventLoop) -> None:
+        apply()  # another loop's leftovers: its next turn may never come
+        self.loop = loop
+
+    def add(self, child: TurnCounter | TurnHistogram, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.dirty:
+            loop.call_soon(apply)
+        self.dirty.append(child)
+
+
+_TURN = _Turn()
+
+
+def apply() -> None:
+    """Apply every pending increment to its child."""
+    dirty, _TURN.dirty = _TURN.dirty, []
+    for child in dirty:
+        child.apply()
+
+
+class TurnCounter:
+    """A Counter (or one of its children) whose increments on the loop are applied once per turn."""
+
+    __slots__ = ("_children", "_dirty", "_metric", "_pending")
+
+    def __init__(self, metric: Counter) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], TurnCounter] = {}
+        self._pending = 0.0
+        self._dirty = False
+
+    @property
+    def wrapped(self) -> Counter:
+        """The prometheus_client metric (or child) increments reach, what is pending applied first."""
+        apply()
+        return self._metric
+
+    def labels(self, *values: str) -> TurnCounter:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = TurnCounter(self._metric.labels(*values))
+        return child
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        loop = _get_loop()
+        if loop is None:
+            self._metric.inc(amount)
+            return
+        if loop is not _TURN.loop:
+            _TURN.switch(loop)
+        if not self._dirty:
+            self._dirty = True
+            _TURN.add(self, loop)
+        self._pending += amount
+
+    def apply(self) -> None:
+        amount, self._pending, self._dirty = self._pending, 0.0, False
+        if amount:
+            self._metric.inc(amount)
+
+
+class TurnHistogram:
+    """A Histogram (or one of its children) whose observations on the loop are applied once per turn."""
+
+    __slots__ = ("_bounds", "_children", "_counts", "_dirty", "_metric", "_sum")
+
+    def __init__(self, metric: Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], TurnHistogram] = {}
+        self._bounds: tuple[float, ...] = tuple(metric._upper_bounds)  # +Inf last
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._dirty = False
+
+    @property
+    def wrapped(self) -> Histogram:
+        """The prometheus_client metric (or child) increments reach, what is pending applied first."""
+        apply()
+        return self._metric
+
+    def labels(self, *values: str) -> TurnHistogram:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = TurnHistogram(self._metric.labels(*values))
+        return child
+
+    def observe(self, amount: float) -> None:
+        loop = _get_loop()
+        if loop is None:
+            self._metric.observe(amount)
+            return
+        if loop is not _TURN.loop:
+            _TURN.switch(loop)
+        if not self._dirty:
+            self._dirty = True
+            _TURN.add(self, loop)
+        self._counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount, as the client's
+        self._sum += amount
+
+    def apply(self) -> None:
+        counts, total = self._counts, self._sum
+        self._counts, self._sum, self._dirty = [0] * len(counts), 0.0, False
+        child: Any = self._metric
+        child._sum.inc(total)
+        for i, n in enumerate(counts):
+            if n:
+                child._buckets[i].inc(n)

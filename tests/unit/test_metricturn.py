@@ -1,0 +1,100 @@
+"""Increments summed over a turn of the event loop (edgecache.metricturn) reach Prometheus exactly: the same samples
+as direct increments, at the next turn, and at once where no loop runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from edgecache.metricturn import TurnCounter, TurnHistogram, apply
+
+BOUNDS = (0.001, 0.01, 0.1, 1.0)
+# Below, on and between the bounds, past the last, zero and negative (the client takes them too).
+OBSERVED = [0.0, 0.0005, 0.001, 0.001, 0.002, 0.01, 0.05, 0.1, 0.5, 1.0, 1.5, 99.0, -1.0]
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def pair() -> tuple[CollectorRegistry, CollectorRegistry, TurnHistogram, Histogram, TurnCounter, Counter]:
+    batched, direct = CollectorRegistry(), CollectorRegistry()
+    hist = TurnHistogram(Histogram("t_seconds", "t", ["k"], buckets=BOUNDS, registry=batched))
+    plain_hist = Histogram("t_seconds", "t", ["k"], buckets=BOUNDS, registry=direct)
+    count = TurnCounter(Counter("c_total", "c", ["k"], registry=batched))
+    plain_count = Counter("c_total", "c", ["k"], registry=direct)
+    return batched, direct, hist, plain_hist, count, plain_count
+
+
+def test_a_turns_increments_reach_the_metric_at_the_next_turn_as_direct_ones_would() -> None:
+    batched, direct, hist, plain_hist, count, plain_count = pair()
+
+    async def turn() -> None:
+        for v in OBSERVED:
+            hist.labels("a").observe(v)
+            plain_hist.labels("a").observe(v)
+            count.labels("a").inc(v if v > 0 else 1)
+            plain_count.labels("a").inc(v if v > 0 else 1)
+        count.labels("b").inc(0)
+        plain_count.labels("b").inc(0)
+        assert samples(batched)[("c_total", (("k", "a"),))] == 0.0  # pending until the next turn
+        await asyncio.sleep(0)
+        assert samples(batched) == samples(direct)
+        hist.labels("a").observe(0.003)  # a second turn adds to the first
+        plain_hist.labels("a").observe(0.003)
+        await asyncio.sleep(0)
+        assert samples(batched) == samples(direct)
+
+    asyncio.run(turn())
+    assert samples(batched)[("t_seconds_count", (("k", "a"),))] == len(OBSERVED) + 1
+
+
+def test_an_increment_where_no_loop_runs_is_applied_at_once() -> None:
+    batched, direct, hist, plain_hist, count, plain_count = pair()
+    count.labels("a").inc(3)
+    plain_count.labels("a").inc(3)
+    hist.labels("a").observe(0.02)
+    plain_hist.labels("a").observe(0.02)
+    assert samples(batched) == samples(direct)
+
+
+def test_what_a_closed_loop_left_is_applied_by_the_next_loop_or_by_apply() -> None:
+    batched, direct, _, _, count, plain_count = pair()
+
+    def leave(n: int) -> None:
+        loop = asyncio.new_event_loop()
+        loop.call_soon(count.labels("a").inc, n)
+        loop.call_soon(loop.stop)  # stops at the end of this turn: the increment is still pending
+        loop.run_forever()
+        loop.close()
+
+    leave(5)
+    assert samples(batched)[("c_total", (("k", "a"),))] == 0.0
+    leave(7)  # this loop's first increment applies the 5
+    assert samples(batched)[("c_total", (("k", "a"),))] == 5.0
+    apply()
+    plain_count.labels("a").inc(12)
+    assert samples(batched) == samples(direct)
+
+
+def test_a_negative_increment_is_refused_as_the_client_refuses_it() -> None:
+    _, _, _, _, count, _ = pair()
+    for where in ("loop", "none"):
+        try:
+            if where == "loop":
+                asyncio.run(_inc(count, -1))
+            else:
+                count.labels("a").inc(-1)
+        except ValueError:
+            continue
+        raise AssertionError(f"a negative increment was taken ({where})")
+
+
+async def _inc(count: TurnCounter, n: float) -> None:
+    count.labels("a").inc(n)
