@@ -76,12 +76,12 @@ class Engine:
     ) -> tuple[Fill, bool]:
         """The fill a request reads from slice `first` (joined, or started for first..last), and whether it was
         started for it: then the request streams it whatever the answer (a private one is its alone)."""
-        existing = self.fills.find(req.entry_key, first)
+        existing = self.fills.find(req, first)
         if existing is not None:
             return existing, False
         if last is not None:  # stop the run before a slice someone else is already fetching
             for index in range(first + 1, last + 1):
-                if self.fills.find(req.entry_key, index) is not None:
+                if self.fills.find(req, index) is not None:
                     last = index - 1
                     break
         fill = self.start_fill(req, first, last, validate=validate)
@@ -91,7 +91,7 @@ class Engine:
     def revalidate_in_background(self, req: FillRequest, meta: ObjectMeta) -> None:
         """The stale entry answered now (stale-while-revalidate) is revalidated meanwhile, once: nobody reads the
         fill, whose 304 or new version is stored for the next request."""
-        if self.fills.find(req.entry_key, 0) is None:
+        if self.fills.find(req, 0) is None:
             self.start_fill(req, 0, None if meta.whole else 0, validate=meta)
 
     def start_fill(

@@ -17,14 +17,19 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core import lookaside
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.errors import OriginError
+
+if TYPE_CHECKING:
+    from edgecache.proxy.fillrequest import FillRequest
 
 log = logging.getLogger(__name__)
 _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
@@ -122,6 +127,7 @@ class Fill:
         self.last_index = last_index  # None: the whole object
         self.slice_size = slice_size
         self.head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
+        self.asked_at = time.time()  # no later than the origin was asked: what a soft purge is judged against
         self._bufs: dict[int, _Parts | bytes] = {}
         self._complete: set[int] = set()
         self._durable: set[int] = set()  # complete slices the store has, while the fill still holds them
@@ -331,9 +337,11 @@ class FillRegistry:
     def __init__(self) -> None:
         self._by_key: dict[str, list[Fill]] = {}
 
-    def find(self, entry_key: str, index: int) -> Fill | None:
-        for fill in self._by_key.get(entry_key, ()):
-            if fill.covers(index) and not fill.failed:
+    def find(self, req: FillRequest, index: int) -> Fill | None:
+        """The fill of slice `index` of `req`'s entry a request may join: not failed, and asked of the origin after
+        any soft purge of the object (one asked before brings the bytes the purge was for)."""
+        for fill in self._by_key.get(req.entry_key, ()):
+            if fill.covers(index) and not fill.failed and fill.asked_at >= req.soft_before:
                 return fill
         return None
 

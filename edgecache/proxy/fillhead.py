@@ -80,6 +80,10 @@ def judge_head(
     alive = current is None or current.generation == req.generation
     # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.
     existing = store.peek_meta(key) or existing
+    # Nor one asked before a soft purge over a copy asked after it: the purged bytes would hide the newer ones.
+    soft = current.soft_before if current is not None else 0.0
+    if request_time < soft and existing is not None and existing.request_time >= soft:
+        alive = False
     if isinstance(j, entry.NotModified):
         return _not_modified(existing, stored, times, req.entry_key)
     length, start, end, body_status = _body(j, status)

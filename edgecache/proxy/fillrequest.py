@@ -34,3 +34,6 @@ class FillRequest:
     look_aside: bool = False  # the owner asks this node's cache (core.lookaside): answered from it, never filled
     # A hot object on a node that does not own it (core.popularity): filled from its owner, kept in memory only.
     spread_from: Member | None = None
+    # A soft purge of the object at this time (0: none): a fill asked before it brings the purged bytes, and is not
+    # joined (FillRegistry.find).
+    soft_before: float = 0.0

@@ -267,9 +267,10 @@ class EdgeHandler:
             record = replace(record, vary=named)
         scope, soft_before = self.engine.store.purges.lookup(req.site.name, req.host_key, req.path)
         key = entry_key(req.primary, record, req.headers, scope)
-        req = replace(req, entry_key=key, generation=record.generation, scope=scope, vary=record.vary)
+        soft = max(soft_before, record.soft_before)
+        req = replace(req, entry_key=key, generation=record.generation, scope=scope, vary=record.vary, soft_before=soft)
         meta = await self.engine.store.get_meta(req.entry_key)
-        return req, meta, max(soft_before, record.soft_before)
+        return req, meta, soft
 
     @staticmethod
     def _use(req: FillRequest, meta: ObjectMeta, fresh: Freshness, soft_before: float, validated: bool) -> Use:

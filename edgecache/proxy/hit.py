@@ -226,7 +226,7 @@ def find_cold(
         run = stored_run(value, meta.whole, meta.length, size)
     if not admitted and not _allowed(shared, routed):  # last: a token is spent only on a request this fills
         return routed.refused(admit.TOO_MANY, method, headers)
-    req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey)
+    req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey, entry.soft_before)
     return Cold(req, *run, meta, method, viewer=routed.viewer, failover=routed.failover)
 
 
@@ -253,7 +253,12 @@ def _allowed(shared: Shared, routed: Routed) -> bool:
 
 
 def _fill_request(
-    routed: Routed, headers: Headers, record: PrimaryRecord | None = None, scope: str = "", ekey: str | None = None
+    routed: Routed,
+    headers: Headers,
+    record: PrimaryRecord | None = None,
+    scope: str = "",
+    ekey: str | None = None,
+    soft_before: float = 0.0,
 ) -> FillRequest:
     """The request a fill for this one sends, keyed as the full handler keys it (EdgeHandler._route); with no
     record, by its primary key alone (EdgeHandler._handle, before any lookup)."""
@@ -262,7 +267,7 @@ def _fill_request(
     return FillRequest(
         site, ekey or key.primary, key.target, key.host, headers, routed.client, site.policy, key.primary,
         generation=generation, scope=scope, host_key=routed.host, path=key.path, key=key, vary=vary,
-        spread_from=routed.spread_from,
+        spread_from=routed.spread_from, soft_before=soft_before,
     )  # fmt: skip
 
 
@@ -300,7 +305,7 @@ def _hit(
     """The Hit find_hit() decided: the request it answers, and what it was decided from (Hit.same_basis)."""
     site, record = routed.site, stored.record
     status, fields, first, last, body, _, parts = planned
-    req = _fill_request(routed, headers, record, stored.scope, stored.ekey)
+    req = _fill_request(routed, headers, record, stored.scope, stored.ekey, stored.soft_before)
     ring = shared.cluster.ring if shared.cluster is not None else None
     purges, meta, until = shared.engine.store.purges, stored.meta, stored.valid_until
     fills, cluster = routed.fills, shared.cluster
@@ -322,6 +327,7 @@ class _Stored:
 
     record: PrimaryRecord
     scope: str
+    soft_before: float
     ekey: str
     meta: ObjectMeta
     now: float
@@ -377,7 +383,9 @@ def _stored(
     if use is Use.REVALIDATE and not validated:
         return None
     until = _fresh_until(headers, fresh, now)
-    return _Stored(entry.record, entry.scope, entry.ekey, meta, now, _next_tick(fresh, now, until), until, use)
+    return _Stored(
+        entry.record, entry.scope, entry.soft_before, entry.ekey, meta, now, _next_tick(fresh, now, until), until, use
+    )
 
 
 def renewed(hit: Hit, shared: Shared, now: float) -> Hit | None:

@@ -77,7 +77,7 @@ async def read_slice(
             from_memory.inc(hi - lo)
             yield memoryview(data)[lo:hi]
             return
-        fill = None if released else engine.fills.find(req.entry_key, index)
+        fill = None if released else engine.fills.find(req, index)
         if not released and own is not None and own.covers(index):
             fill = own  # failed, it fails this read: the miss ends as the full handler's would
         if fill is None:
@@ -139,7 +139,7 @@ async def _start_for(
     if candidates:
         missing = set(await engine.store.missing(req.entry_key, meta, candidates))
         for i in candidates:
-            if i not in missing or engine.fills.find(req.entry_key, i) is not None:
+            if i not in missing or engine.fills.find(req, i) is not None:
                 break
             run_end = i
     # The reader's look at memory and disk was before its awaits: a fill that ran to its end meanwhile is in no
@@ -147,7 +147,7 @@ async def _start_for(
     # What the disk says it holds is not trusted here: only a read proves it (a disk may have gone).
     if engine.store.in_memory(req.entry_key, meta, index):
         return HELD
-    again = engine.fills.find(req.entry_key, index) if join else None  # someone may have started it meanwhile
+    again = engine.fills.find(req, index) if join else None  # someone may have started it meanwhile
     if again is not None:
         return again
     if engine.store.shared and req.spread_from is None:  # a spread copy never lands on disk: nothing to lease
@@ -155,7 +155,7 @@ async def _start_for(
         if leased == 0:
             return None
         run_end = index + leased - 1
-        again = engine.fills.find(req.entry_key, index) if join else None
+        again = engine.fills.find(req, index) if join else None
         if again is not None:
             return again
     return engine.start_fill(req, index, run_end)

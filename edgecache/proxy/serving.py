@@ -59,7 +59,7 @@ async def multipart_passes(engine: Engine, req: FillRequest, meta: ObjectMeta, r
         return False  # within the bound even with nothing stored: no need to look
     needed = needed_slices(rng.ranges, size)
     missing = set(await engine.store.missing(req.entry_key, meta, needed))
-    cached = [i for i in needed if i not in missing or engine.fills.find(req.entry_key, i) is not None]
+    cached = [i for i in needed if i not in missing or engine.fills.find(req, i) is not None]
     return plan_fill(rng.ranges, size, cached, whole=meta.whole) is FillPlan.PASS
 
 

@@ -148,6 +148,34 @@ async def test_a_soft_purge_while_a_fill_is_at_the_origin_makes_its_answer_stale
     assert origin.seen[-1].headers.get("If-None-Match") == '"v1"'  # revalidated, not fetched blind
 
 
+async def test_a_request_after_a_soft_purge_does_not_join_a_fill_asked_before_it(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The fill at the origin when the soft purge came brings the bytes the purge was for. A request after the purge
+    joined it and got them; it has a fill of its own now, and the new bytes."""
+    origin.put("/joined", b"old bytes")
+    async with cluster(origin, tmp_path) as nodes:
+        for fill_and_join in range(2):  # twice: a second object, on a cluster that has done it once
+            path = f"/joined{fill_and_join}"
+            origin.put(path, b"old bytes")
+            origin.gate = asyncio.Event()
+            first = asyncio.create_task(nodes[0].edge.get(path))
+            try:
+                async with asyncio.timeout(10):
+                    await origin.wait_for_requests(len(origin.seen) + 1)  # its head held at the origin
+                    origin.put(path, b"new bytes", etag='"v2"')
+                    status, _ = await purge(nodes[1], {"url": f"http://video.test{path}", "soft": True})
+                    assert status == 200
+                    second = asyncio.create_task(nodes[2].edge.get(path))
+                    await origin.wait_for_requests(len(origin.seen) + 1)  # its own fill
+            finally:
+                origin.gate.set()
+            assert (await first)[2] == b"old bytes"  # asked before the purge
+            assert (await second)[::2] == (200, b"new bytes")
+            assert (await nodes[0].edge.get(path))[::2] == (200, b"new bytes")
+            assert origin.hits[path] == 2
+
+
 @pytest.mark.parametrize(
     ("body", "token", "status", "error"),
     [
