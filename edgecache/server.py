@@ -457,6 +457,7 @@ def worker_main(
     import uvloop
 
     from edgecache import metrics
+    from edgecache.metricturn import apply
 
     _die_with_parent(parent)
     for sig in (signal.SIGHUP, signal.SIGUSR1):
@@ -466,7 +467,10 @@ def worker_main(
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
     for reason in Reason:
         metrics.WORKER_RESTARTS.labels(reason.value).set(restarts.get(reason, 0))
-    uvloop.run(run(config, worker, bound, beats))
+    try:
+        uvloop.run(run(config, worker, bound, beats))
+    finally:
+        apply()  # the increments of the loop's last turn (edgecache.metricturn)
 
 
 def _die_with_parent(parent: int) -> None:
