@@ -16,11 +16,13 @@ direct observations.
 from __future__ import annotations
 
 import asyncio
+import logging
 from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+log = logging.getLogger(__name__)
 _get_loop = asyncio._get_running_loop  # None where no loop runs: C, no exception
 
 
@@ -45,10 +47,14 @@ _TURN = _Turn()
 
 
 def apply() -> None:
-    """Apply every pending increment to its child."""
+    """Apply every pending increment to its child. One that fails is logged: the others are applied all the same
+    (a child left marked pending but in no list would never count again)."""
     dirty, _TURN.dirty = _TURN.dirty, []
     for child in dirty:
-        child.apply()
+        try:
+            child.apply()
+        except Exception:
+            log.exception("a metric's increments could not be applied")
 
 
 class TurnCounter:
@@ -129,7 +135,8 @@ class TurnHistogram:
         if not self._dirty:
             self._dirty = True
             _TURN.add(self, loop)
-        self._counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount, as the client's
+        if amount == amount:  # NaN is in no bucket of the client's (amount <= bound is false), only in the sum
+            self._counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount, as the client's
         self._sum += amount
 
     def apply(self) -> None:

@@ -98,3 +98,37 @@ def test_a_negative_increment_is_refused_as_the_client_refuses_it() -> None:
 
 async def _inc(count: TurnCounter, n: float) -> None:
     count.labels("a").inc(n)
+
+
+def test_nan_is_in_no_bucket_as_the_client_has_it() -> None:
+    batched, direct, hist, plain_hist, _, _ = pair()
+
+    async def turn() -> None:
+        for v in (float("nan"), 0.5):
+            hist.labels("a").observe(v)
+            plain_hist.labels("a").observe(v)
+        await asyncio.sleep(0)
+
+    asyncio.run(turn())
+    got, want = samples(batched), samples(direct)
+    total = ("t_seconds_sum", (("k", "a"),))
+    assert got[total] != got[total] and want[total] != want[total]  # NaN in both sums
+    del got[total], want[total]
+    assert got == want
+    assert got[("t_seconds_count", (("k", "a"),))] == 1.0
+
+
+def test_a_child_that_fails_to_apply_leaves_the_others_counting() -> None:
+    batched, _, _, _, count, _ = pair()
+    broken = TurnCounter(Counter("b_total", "b", registry=CollectorRegistry()))
+    broken._metric = None  # type: ignore[assignment]  # its apply() raises
+
+    async def turn() -> None:
+        broken.inc()
+        count.labels("a").inc(2)
+        await asyncio.sleep(0)
+        count.labels("a").inc(3)
+        await asyncio.sleep(0)
+
+    asyncio.run(turn())
+    assert samples(batched)[("c_total", (("k", "a"),))] == 5.0
