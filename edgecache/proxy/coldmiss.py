@@ -205,7 +205,7 @@ def _stood_in(conn: FastPath, started: Started, head: bytes) -> Prepared | None:
 def _just_stored(head: FillHead) -> bool:
     """Does the fill's head leave an entry the request may be answered from, fresh or not: the stored entry it
     confirmed, or the shared answer it stores?"""
-    return head.status == 304 or (head.store and head.shared)
+    return (head.status == 304 and head.kept) or (head.store and head.shared)
 
 
 def _named(conn: FastPath, started: Started, head: FillHead) -> bool:

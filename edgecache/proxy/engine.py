@@ -186,7 +186,7 @@ class Engine:
             self.fills.add(fill)
         req = replace(req, entry_key=head.entry_key)
         primary = req.primary or req.entry_key.split("\n", 1)[0]
-        keep = head.status == 304 or (head.store and head.meta.length >= 0)
+        keep = (head.status == 304 and head.kept) or (head.store and head.meta.length >= 0)
         known = self.store.peek_record(primary)
         record = replace(known or PrimaryRecord(req.generation), vary=head.meta.vary)
         if keep:  # visible before anyone hears of the head, so the next request is a hit

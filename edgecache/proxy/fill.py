@@ -92,6 +92,7 @@ class FillHead:
     variant: str = ""  # the Vary'd request values of the request that started the fill
     served: Headers = ()  # every end-to-end field, for the request that started the fill only
     peer: str | None = None  # the cluster member whose cache answered instead of the origin (core.lookaside)
+    kept: bool = True  # a 304's: the stored copy is updated with it (not when another version replaced it)
 
 
 def fill_detail(head: FillHead, spread: bool) -> str:

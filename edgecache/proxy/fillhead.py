@@ -78,6 +78,7 @@ def judge_head(
     current = store.peek_record(primary)
     # A fill that started before an invalidation or purge must not store what it brings.
     alive = current is None or current.generation == req.generation
+    validated = existing  # a 304's: the copy its request asked about (Engine._fill)
     # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.
     existing = store.peek_meta(key) or existing
     # Nor one asked before a soft purge over a copy asked after it: the purged bytes would hide the newer ones.
@@ -85,6 +86,11 @@ def judge_head(
     if request_time < soft and existing is not None and existing.request_time >= soft:
         alive = False
     if isinstance(j, entry.NotModified):
+        # RFC 9111 4.3.4: a 304 updates the copy it validated. If another version was stored meanwhile (a fill that
+        # came back first), the 304 is about the copy asked about, for this fill's readers only: merged into the
+        # stored copy, it gave the new bytes the old validator.
+        if validated is not None and existing is not None and existing.version != validated.version:
+            return _not_modified(validated, stored, times, req.entry_key, kept=False)
         return _not_modified(existing, stored, times, req.entry_key)
     length, start, end, body_status = _body(j, status)
     version, whole, token = _copy(j, headers, length, body_status, asked, existing)
@@ -120,7 +126,9 @@ def _fields(status: int, headers: Headers, policy: Policy, response_time: float)
     return served, stored
 
 
-def _not_modified(existing: ObjectMeta | None, stored: Headers, times: tuple[float, float], key: str) -> FillHead:
+def _not_modified(
+    existing: ObjectMeta | None, stored: Headers, times: tuple[float, float], key: str, kept: bool = True
+) -> FillHead:
     if existing is None:
         raise OriginError("origin answered 304 to an unconditional request", retryable=False)
     # RFC 9111 4.3.4: the stored response is updated with the 304's fields and becomes fresh again.
@@ -130,7 +138,7 @@ def _not_modified(existing: ObjectMeta | None, stored: Headers, times: tuple[flo
         request_time=times[0],
         response_time=times[1],
     )
-    return FillHead(304, merged, 0, 0, store=False, shared=True, entry_key=key)
+    return FillHead(304, merged, 0, 0, store=False, shared=kept, entry_key=key, kept=kept)
 
 
 def _body(j: entry.Partial | entry.Whole | entry.Other, status: int) -> tuple[int, int, int | None, int]:

@@ -176,6 +176,45 @@ async def test_a_request_after_a_soft_purge_does_not_join_a_fill_asked_before_it
             assert origin.hits[path] == 2
 
 
+async def test_a_late_304_for_a_copy_replaced_meanwhile_leaves_the_new_copy_as_it_is(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A revalidation of v1 held at the origin; a soft purge; a request after it has a fill of its own, which stores
+    v2; then the held revalidation's 304 (about v1) comes back. Merged into the stored copy, it gave the v2 bytes
+    v1's ETag and the time before the purge, so they were revalidated again; now it is for its own readers only."""
+    stale = {"Cache-Control": "public, max-age=0"}
+    origin.put("/reval", b"version one", headers=stale)
+    release = asyncio.Event()
+    held: list[str] = []
+
+    async def hold_first_revalidation(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
+        if request.headers.get("If-None-Match") != '"v1"' or held:
+            return None
+        held.append(request.path)
+        await release.wait()
+        return web.Response(status=304, headers={"ETag": '"v1"', **stale})
+
+    async with cluster(origin, tmp_path) as nodes:
+        assert (await nodes[0].edge.get("/reval"))[::2] == (200, b"version one")
+        origin.on_request = hold_first_revalidation
+        first = asyncio.create_task(nodes[0].edge.get("/reval"))  # stale: revalidated, and held
+        try:
+            async with asyncio.timeout(10):
+                await origin.wait_for_requests(2)
+                origin.put("/reval", b"version two", etag='"v2"', headers=stale)
+                assert (await purge(nodes[1], {"url": "http://video.test/reval", "soft": True}))[0] == 200
+                status, headers, body = await nodes[2].edge.get("/reval")
+                assert (status, headers["ETag"], body) == (200, '"v2"', b"version two")
+        finally:
+            release.set()
+        status, headers, body = await first
+        assert (status, headers["ETag"], body) in ((200, '"v1"', b"version one"), (200, '"v2"', b"version two"))
+        for node in nodes:  # the stored copy, stale but allowed: v2's bytes under v2's ETag, no origin request
+            status, headers, body = await node.edge.get("/reval", **{"Cache-Control": "max-stale=600"})
+            assert (status, headers["ETag"], body) == (200, '"v2"', b"version two")
+    assert origin.hits["/reval"] == 3
+
+
 @pytest.mark.parametrize(
     ("body", "token", "status", "error"),
     [
