@@ -44,6 +44,7 @@ from edgecache.watchdog import Heartbeats, install_test_hooks, keep_alive
 log = logging.getLogger(__name__)
 
 STATS_SECONDS = 5.0
+CLOSE_EVICTED_SECONDS = 1.0  # an fstat per open slice file (at most OPEN_FILES): about 1 ms
 
 
 @dataclass(slots=True)
@@ -84,7 +85,11 @@ async def open_node(config: Config, worker: int = 0) -> AsyncIterator[Node]:
     engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
     cluster = ClusterView(config.cluster) if config.cluster is not None else None
-    tasks = [asyncio.ensure_future(_sample_stats(store)), asyncio.ensure_future(disk.watch())]
+    tasks = [
+        asyncio.ensure_future(_sample_stats(store)),
+        asyncio.ensure_future(disk.watch()),
+        asyncio.ensure_future(_close_evicted(store)),
+    ]
     session = aiohttp.ClientSession()
     if cluster is not None:
         if cluster.settings.dns is not None and config.admin is not None:
@@ -118,6 +123,14 @@ async def open_node(config: Config, worker: int = 0) -> AsyncIterator[Node]:
         await origin.close()
         await loop.run_in_executor(None, disk.close)
         await loop.run_in_executor(None, access.close)
+
+
+async def _close_evicted(store: Store) -> None:
+    """Every CLOSE_EVICTED_SECONDS, close the open slice files whose slices left the disk tier meanwhile, so their
+    blocks are freed: a disk holds its budget plus at most what is evicted in that time."""
+    while True:
+        await asyncio.sleep(CLOSE_EVICTED_SECONDS)
+        store.close_evicted()
 
 
 async def _sample_stats(store: Store) -> None:

@@ -37,7 +37,7 @@ from diskcache.core import MODE_BINARY, UNKNOWN
 from edgecache import metrics
 from edgecache.errors import StorageError
 from edgecache.storage.diskindex import SQLiteQueues
-from edgecache.storage.policy import DiskPolicy
+from edgecache.storage.policy import GHOST, DiskPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -358,7 +358,10 @@ class DiskTier:
                 if stored:
                     # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
                     self._cache.set(key, value, tag=zlib.crc32(value), retry=True)
-                    if self._queues.find(key) is None:  # deleted (a purge) between admission and write: no orphan
+                    # Deleted (a purge) or evicted (another write's admission, which leaves a ghost row) between
+                    # admission and write: no orphan. A ghost's value was kept, unindexed, past the budget for good.
+                    found = self._queues.find(key)
+                    if found is None or found[0] == GHOST:
                         self._forget(key)
                         stored = False
             except BaseException:

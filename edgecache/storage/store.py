@@ -315,6 +315,16 @@ class Store(Purging):
         for name in [n for n in self._files if self.disk.home(n) == index]:
             self._files.pop(name).drop()
 
+    def close_evicted(self) -> int:
+        """Close the open files of slices the disk tier no longer has (evicted, purged or dropped, by any worker);
+        how many. An open file keeps its blocks allocated: kept in the cache of open files until looked up again,
+        evicted slices held the disk past its budget, up to OPEN_FILES slices per worker, and filled it (ENOSPC,
+        the disk out of service). A reader holding one keeps it until done (SliceFile.drop)."""
+        gone = [name for name, f in self._files.items() if f.changed()]
+        for name in gone:
+            self._files.pop(name).drop()
+        return len(gone)
+
     def close_files(self) -> None:
         for f in self._files.values():
             f.drop()
