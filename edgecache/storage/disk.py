@@ -24,6 +24,7 @@ import mmap
 import os
 import sqlite3
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -49,6 +50,7 @@ HIT_BATCH = 4096  # keys whose hits a worker holds for the index; past it, while
 # hits of further keys are dropped: a counter is a hint, and the memory it takes must stay bounded
 HIT_FLUSH_SECONDS = 1.0
 LEASE = "l:"  # a lease's key is its value's, so prefixed
+ORPHAN_MARGIN = 0.1  # seconds: more than file times' coarse clock lags (a jiffy)
 
 
 def lease_name(name: str) -> str:
@@ -148,6 +150,46 @@ def _hold(directory: Path) -> tuple[int, bool]:
     return fd, True
 
 
+def _delete_orphans(directory: Path, before: float) -> int:
+    """Delete the value files no row of the database names, written before `before`; how many.
+
+    diskcache writes a value's file, then commits its row (and deletes a row, then its file): a process killed in
+    between (kill -9, the OOM killer) leaves a file no row will ever name. It is outside every budget and nothing
+    else deletes it, so each crash during fills kept up to a slice per disk thread on the disk for good. Run only
+    by the process that opened the disk alone: no other process was writing, and every file written from then on
+    is newer than `before` (the margin covers the coarse clock of file times)."""
+    try:
+        con = sqlite3.connect(f"file:{directory / 'cache.db'}?mode=ro", uri=True)
+        try:
+            named = {row[0] for row in con.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        log.warning("disk tier: %s: value files not checked for orphans: %s", directory, exc)
+        return 0
+    deleted = 0
+    for root, _, names in os.walk(directory):
+        for name in names:
+            if not name.endswith(".val"):
+                continue
+            path = os.path.join(root, name)
+            if os.path.relpath(path, directory) in named:
+                continue
+            try:
+                if os.stat(path).st_mtime < before:
+                    os.unlink(path)
+                    deleted += 1
+            except OSError:
+                continue  # gone meanwhile, or the disk failing: its own checks see to that
+    if deleted:
+        log.warning(
+            "disk tier: %s: deleted %d value files no row named (left by a process killed mid-write)",
+            directory,
+            deleted,
+        )
+    return deleted
+
+
 def _start_all(pool: ThreadPoolExecutor, threads: int, each: Callable[[], object]) -> None:
     """Start every thread of the pool now, each running `each` once (it opens the thread's own SQLite connection).
     The executor starts them one by one as work arrives, and a start waits until the new thread runs, which takes
@@ -205,7 +247,10 @@ class DiskTier:
             os.close(self._held)
             raise
         if alone:
+            before = time.time() - ORPHAN_MARGIN  # while no other process can write yet
             fcntl.flock(self._held, fcntl.LOCK_SH)  # now others may open it too
+            # Off the start (a walk of every file), on a thread of its own: no SQLite connection of diskcache's.
+            threading.Thread(target=_delete_orphans, args=(directory, before), name="disk-orphans", daemon=True).start()
 
     def _reconcile(self, alone: bool) -> None:
         """The index and the values agree again: rows without a value go, values without a row are adopted (they

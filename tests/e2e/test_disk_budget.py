@@ -1,11 +1,12 @@
 """A disk holds its budget under a workload larger than it: the values the disk tier keeps, and the space the
 filesystem really gives them (files the node holds open included).
 
-Two leaks, each of which filled a disk that its budget says should never fill:
+Three leaks, each of which filled a disk past what its budget says it holds:
 - a slice evicted (to S3-FIFO's ghost list) by another write's admission between its own admission and its
   write was kept with no index row, so the policy never evicted it again (DiskTier.put);
 - the open-file cache of the fast path's disk hits (Store._files) kept evicted slice files open until they were
-  looked up again, so their blocks stayed allocated; the disk filled (ENOSPC) and went out of service.
+  looked up again, so their blocks stayed allocated; the disk filled (ENOSPC) and went out of service;
+- a value file written by a process killed before it committed the file's row was never deleted.
 """
 
 from __future__ import annotations
@@ -158,3 +159,30 @@ async def test_evicted_slice_files_held_open_do_not_fill_the_disk(tmp_path: Path
             # The budget, the SQLite files (a WAL of 4 MiB at most) and a little slack: not 12 MiB of slices
             # evicted an instant ago and still held open.
             assert used(small_fs) <= BUDGET + 8 * MiB, (generation, used(small_fs) / MiB)
+
+
+async def test_value_files_a_killed_process_left_with_no_row_are_deleted_at_the_next_start(tmp_path: Path) -> None:
+    """diskcache writes a value's file, then commits its row: a kill -9 in between left a file no row names,
+    outside every budget, for good (11 files, 10 MiB, after 14 kills during fills of 1 MiB slices)."""
+    disk = tmp_path / "d0"
+    async with origin_on(ORIGIN_PORT) as origin:
+        origin.put("/kept", os.urandom(3 * MiB + 7))
+        async with edge(tmp_path, origin, disk), aiohttp.ClientSession() as session:
+            assert await get(session, "/kept") == (200, origin.objects["/kept"].data)
+        # What a process killed between the write of a file and the commit of its row leaves (the same naming).
+        orphans = [disk / "ab" / "cd" / ("0" * 28 + ".val"), disk / "fe" / "01" / ("1" * 28 + ".val")]
+        for orphan in orphans:
+            orphan.parent.mkdir(parents=True, exist_ok=True)
+            orphan.write_bytes(os.urandom(MiB))
+        async with edge(tmp_path, origin, disk), aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 10
+            while any(o.exists() for o in orphans):
+                assert time.monotonic() < deadline, "value files no row names were kept"
+                await asyncio.sleep(0.05)
+            assert await get(session, "/kept") == (200, origin.objects["/kept"].data)
+        assert origin.hits["/kept"] == 1  # every stored value kept: the second answer came from the disk
+    with contextlib.closing(sqlite3.connect(f"file:{disk}/cache.db?mode=ro", uri=True)) as con:
+        named = {r[0] for r in con.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+    files = {str(p.relative_to(disk)) for p in disk.rglob("*.val")}
+    assert files == named
+    assert len(named) == 3  # the object's three full slices (the last, 7 bytes, lives in the database)
