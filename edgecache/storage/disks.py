@@ -100,6 +100,7 @@ class _Slot:
     tier: DiskTier | None = None
     failed: str | None = None
     identity: tuple[int, int] = (0, 0)  # st_dev, st_ino of its directory when opened
+    mount: bool = False  # its directory was a mount point when opened: a reload wants its filesystem mounted again
     label: str = field(init=False)
     ops: dict[str, Counter] = field(init=False)  # its metrics' children, looked up once
     errors: Counter = field(init=False)
@@ -137,7 +138,7 @@ class Disks:
         slots = [_Slot(d) for d in disks]
         for slot in slots:
             try:
-                slot.tier, slot.identity = _open(slot.disk, threads)
+                slot.tier, slot.identity, slot.mount = _open(slot.disk, threads)
             except Exception as exc:  # whatever a broken disk makes diskcache raise: the node starts without it
                 _fail(slot, failure(exc) or f"{type(exc).__name__}: {exc}")
                 continue
@@ -234,11 +235,14 @@ class Disks:
             if slot.up:
                 continue
             try:
-                tier, identity = await loop.run_in_executor(self._io, _open, slot.disk, self._threads)
+                tier, identity, mount = await loop.run_in_executor(
+                    self._io, _open, slot.disk, self._threads, slot.mount
+                )
             except Exception as exc:  # as at start
                 log.warning("disk %s is still out of service: %s", slot.label, exc)
                 continue
             old, slot.tier, slot.identity, slot.failed = slot.tier, tier, identity, None
+            slot.mount = slot.mount or mount
             metrics.DISK_UP.labels(slot.label).set(1)
             log.warning("disk %s is back in service", slot.label)
             if old is not None:
@@ -308,7 +312,12 @@ def _fail(slot: _Slot, why: str) -> None:
     log.error("disk %s failed and is out of service (its objects are fetched from origin): %s", slot.label, why)
 
 
-def _open(disk: Disk, threads: int) -> tuple[DiskTier, tuple[int, int]]:
+def _open(disk: Disk, threads: int, mount: bool = False) -> tuple[DiskTier, tuple[int, int], bool]:
+    """The disk's tier, its directory's identity, and whether that directory is a mount point. `mount`: it was
+    one when first opened, and must be one again: the bare directory under an unmounted disk is on the parent
+    filesystem (the root one, often), which the disk's budget would fill; it takes a file all the same."""
+    if mount and not os.path.ismount(disk.path):
+        raise StorageError(f"{disk.path} is not a mount point any more: the disk's filesystem is not mounted")
     # The directory must take a file before SQLite is opened there: a database that fails to open cannot be
     # closed, and would hold the filesystem (a read-only one, say) until it is collected.
     disk.path.mkdir(parents=True, exist_ok=True)
@@ -317,7 +326,7 @@ def _open(disk: Disk, threads: int) -> tuple[DiskTier, tuple[int, int]]:
         raise StorageError(why)
     tier = DiskTier(disk.path, disk.size, threads=threads)
     st = os.stat(disk.path)
-    return tier, (st.st_dev, st.st_ino)
+    return tier, (st.st_dev, st.st_ino), os.path.ismount(disk.path)
 
 
 def _check(path: Path, identity: tuple[int, int]) -> str | None:

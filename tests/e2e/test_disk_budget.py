@@ -1,7 +1,8 @@
 """A disk holds its budget under a workload larger than it: the values the disk tier keeps, and the space the
 filesystem really gives them (files the node holds open included).
 
-Three leaks, each of which filled a disk past what its budget says it holds:
+Three leaks, each of which filled a disk past what its budget says it holds, and a reload that put a disk's budget
+on the parent filesystem of an unmounted disk:
 - a slice evicted (to S3-FIFO's ghost list) by another write's admission between its own admission and its
   write was kept with no index row, so the policy never evicted it again (DiskTier.put);
 - the open-file cache of the fast path's disk hits (Store._files) kept evicted slice files open until they were
@@ -186,3 +187,96 @@ async def test_value_files_a_killed_process_left_with_no_row_are_deleted_at_the_
     files = {str(p.relative_to(disk)) for p in disk.rglob("*.val")}
     assert files == named
     assert len(named) == 3  # the object's three full slices (the last, 7 bytes, lives in the database)
+
+
+def _sh(*argv: str) -> bool:
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+async def metric(session: aiohttp.ClientSession, name: str, disk: Path) -> float:
+    async with session.get(f"http://127.0.0.1:{ADMIN_PORT}/metrics") as r:
+        text = await r.text()
+    (line,) = [x for x in text.splitlines() if x.startswith(f'{name}{{disk="{disk}"}} ')]
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def until_metric(session: aiohttp.ClientSession, name: str, disk: Path, value: float) -> None:
+    deadline = time.monotonic() + 10
+    while await metric(session, name, disk) != value:
+        assert time.monotonic() < deadline, f"{name} of {disk} never became {value}"
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def edge_on(tmp_path: Path, origin: Origin, disks: list[Path]) -> AsyncIterator[asyncio.subprocess.Process]:
+    config = tmp_path / "edge.toml"
+    listed = ", ".join(f'{{path = "{d}", size = {BUDGET}}}' for d in disks)
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{EDGE_PORT}"]\n[admin]\nlisten = "127.0.0.1:{ADMIN_PORT}"\n'
+        f'[cache]\nmemory = "1MiB"\nslice = "256KiB"\ndisks = [{listed}]\n'
+        f'[[sites]]\nname = "v"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+    )
+    log = tmp_path / "edge.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgecache", "serve", "--config", str(config),
+            cwd=ROOT, stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while b"admin listening on" not in log.read_bytes():
+            assert proc.returncode is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            await asyncio.sleep(0.05)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+async def test_a_reload_never_takes_the_bare_directory_of_an_unmounted_disk_for_the_disk(tmp_path: Path) -> None:
+    """A disk whose filesystem was unmounted leaves its mount point, a directory of the parent filesystem that
+    takes a file: a reload (for any reason) brought that into service, and the node filled the parent filesystem
+    (the root one, often) up to the disk's budget. It comes back once a filesystem is mounted there again."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disks = [tmp_path / "d0", tmp_path / "d1"]
+    bad = disks[1]
+    try:
+        for d in disks:
+            d.mkdir()
+            assert await asyncio.to_thread(_sh, "mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(d))
+        async with (
+            origin_on(ORIGIN_PORT) as origin,
+            edge_on(tmp_path, origin, disks) as proc,
+            aiohttp.ClientSession() as session,
+        ):
+            paths = [f"/u{i}" for i in range(12)]
+            for n, path in enumerate(paths):
+                origin.put(path, bytes([n]) * (MiB + n))
+            for path in paths[:6]:
+                assert await get(session, path) == (200, origin.objects[path].data)
+            assert await asyncio.to_thread(_sh, "umount", "-l", str(bad))
+            await until_metric(session, "edgecache_disk_up", bad, 0)
+            os.kill(proc.pid, signal.SIGHUP)  # a reload, say for a new site, while the disk is still unmounted
+            await asyncio.sleep(2)
+            assert await metric(session, "edgecache_disk_up", bad) == 0
+            for path in paths:
+                assert await get(session, path) == (200, origin.objects[path].data)
+            assert list(bad.iterdir()) == []  # nothing cached on the parent filesystem
+
+            assert await asyncio.to_thread(_sh, "mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(bad))  # new disk
+            os.kill(proc.pid, signal.SIGHUP)
+            await until_metric(session, "edgecache_disk_up", bad, 1)
+            for path in paths[6:]:
+                assert await get(session, path) == (200, origin.objects[path].data)
+            assert (bad / "cache.db").exists()
+    finally:
+        for d in disks:
+            while await asyncio.to_thread(_sh, "umount", "-l", str(d)):
+                pass
