@@ -16,6 +16,7 @@ oldest first, into the small FIFO.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import io
@@ -66,13 +67,25 @@ class SliceDisk(diskcache.Disk):
     measured on the 2-core VM, 2.0-2.7 ms of CPU per MiB. Here the file's blocks are reserved up front and the
     value goes in one O_DIRECT write from an aligned buffer that each disk thread reuses: about 0.2 ms of CPU
     per MiB. Reads still go through the page cache, so a slice read often is cached there all the same.
+
+    Its files are made relative to the directory as opened (a descriptor), never by its path: once the disk's
+    filesystem is unmounted (umount -l, a device gone), the path names the bare directory under it, on the parent
+    filesystem, and a write in flight until the disk was taken out of service left its file there for good.
     """
+
+    def __init__(self, directory: str, min_file_size: int = 0, pickle_protocol: int = 0) -> None:
+        super().__init__(directory, min_file_size, pickle_protocol)
+        self.dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+    def close_dir(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.dir_fd)
 
     def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
         if type(value) is not bytes or len(value) < self.min_file_size:
             return super().store(value, read, key)
-        filename, full_path = self.filename(key, value)
-        fd, direct = _create(full_path)
+        filename, _ = self.filename(key, value)  # the path is not used: see the class docstring
+        fd, direct = _create(self.dir_fd, filename)
         try:
             _reserve(fd, len(value))
             if direct:
@@ -81,7 +94,7 @@ class SliceDisk(diskcache.Disk):
                 _write_all(fd, memoryview(value))
         except BaseException:
             os.close(fd)
-            os.unlink(full_path)  # never leave a partial file behind for a row that will not exist
+            os.unlink(filename, dir_fd=self.dir_fd)  # never leave a partial file behind for a row that will not exist
             raise
         os.close(fd)
         return len(value), MODE_BINARY, filename, None
@@ -91,22 +104,31 @@ _ALIGN = 4096  # O_DIRECT wants the buffer's address and the write's length alig
 _buffers = threading.local()
 
 
-def _create(path: str) -> tuple[int, bool]:
-    """A new file for writing, opened O_DIRECT where the filesystem allows it; and whether it was."""
+def _create(dir_fd: int, path: str) -> tuple[int, bool]:
+    """A new file for writing at `path` under the directory `dir_fd`, opened O_DIRECT where the filesystem allows
+    it; and whether it was."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     # Another process's cull may remove the (empty) directory between makedirs and open: try again, as diskcache.
     for attempt in range(10):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _makedirs(dir_fd, os.path.dirname(path))
         try:
-            return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644), hasattr(os, "O_DIRECT")
+            return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644, dir_fd=dir_fd), hasattr(os, "O_DIRECT")
         except FileNotFoundError:
             if attempt == 9:
                 raise
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            return os.open(path, flags, 0o644), False  # no O_DIRECT on this filesystem
+            return os.open(path, flags, 0o644, dir_fd=dir_fd), False  # no O_DIRECT on this filesystem
     raise AssertionError("unreachable")
+
+
+def _makedirs(dir_fd: int, path: str) -> None:
+    """os.makedirs(path, exist_ok=True) under the directory `dir_fd` (diskcache's two levels: "ab/cd")."""
+    parts = [p for p in path.split(os.sep) if p]
+    for n in range(1, len(parts) + 1):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.sep.join(parts[:n]), dir_fd=dir_fd)
 
 
 def _reserve(fd: int, length: int) -> None:
@@ -228,6 +250,9 @@ class DiskTier:
             # reads go through the memory map, which is the kernel's page cache, shared by every worker.
             sqlite_cache_size=SQLITE_CACHE_PAGES,
         )
+        slice_disk = self._cache.disk
+        assert isinstance(slice_disk, SliceDisk)
+        self._slice_disk = slice_disk
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="disk")
         _start_all(self._pool, threads, lambda: self._cache._con)
         self._lock = threading.Lock()
@@ -245,6 +270,7 @@ class DiskTier:
                 self._reconcile(alone)
         except BaseException:
             os.close(self._held)
+            self._slice_disk.close_dir()
             raise
         if alone:
             before = time.time() - ORPHAN_MARGIN  # while no other process can write yet
@@ -457,4 +483,5 @@ class DiskTier:
             self._pool.submit(self._write_hits, hits)
         self._pool.shutdown(wait=True)
         self._cache.close()
+        self._slice_disk.close_dir()
         os.close(self._held)  # and the lock with it

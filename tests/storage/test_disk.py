@@ -66,10 +66,10 @@ async def test_filesystems_without_o_direct_still_get_the_value(
 ) -> None:
     real_open = os.open
 
-    def refuse_direct(path: str, flags: int, mode: int = 0o777) -> int:
+    def refuse_direct(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
         if flags & getattr(os, "O_DIRECT", 0):
             raise OSError(22, "Invalid argument")
-        return real_open(path, flags, mode)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
 
     monkeypatch.setattr(disk.os, "open", refuse_direct)
     tier = DiskTier(tmp_path, 64 * MiB, threads=1)
