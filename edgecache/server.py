@@ -130,7 +130,10 @@ async def _close_evicted(store: Store) -> None:
     blocks are freed: a disk holds its budget plus at most what is evicted in that time."""
     while True:
         await asyncio.sleep(CLOSE_EVICTED_SECONDS)
-        store.close_evicted()
+        try:
+            store.close_evicted()
+        except Exception:  # a bug must not end the task: evicted files would hold their disk again
+            log.exception("closing the files of evicted slices failed")
 
 
 async def _sample_stats(store: Store) -> None:

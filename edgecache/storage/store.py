@@ -320,7 +320,7 @@ class Store(Purging):
         how many. An open file keeps its blocks allocated: kept in the cache of open files until looked up again,
         evicted slices held the disk past its budget, up to OPEN_FILES slices per worker, and filled it (ENOSPC,
         the disk out of service). A reader holding one keeps it until done (SliceFile.drop)."""
-        gone = [name for name, f in self._files.items() if f.changed()]
+        gone = [name for name, f in self._files.items() if _gone(f)]
         for name in gone:
             self._files.pop(name).drop()
         return len(gone)
@@ -402,3 +402,11 @@ def _warn(what: str, exc: StorageError) -> None:
 def _keep_newest(table: OrderedDict[str, Any], n: int) -> None:
     while len(table) > n:
         table.popitem(last=False)
+
+
+def _gone(f: SliceFile) -> bool:
+    """Evicted or changed since it was opened; a file whose disk fails to answer (an I/O error) is let go too."""
+    try:
+        return f.changed()
+    except OSError:
+        return True
