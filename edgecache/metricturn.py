@@ -31,13 +31,13 @@ class _Turn:
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.dirty: list[TurnCounter | TurnHistogram] = []
+        self.dirty: list[_Turned] = []
 
     def switch(self, loop: asyncio.AbstractEventLoop) -> None:
         apply()  # another loop's leftovers: its next turn may never come
         self.loop = loop
 
-    def add(self, child: TurnCounter | TurnHistogram, loop: asyncio.AbstractEventLoop) -> None:
+    def add(self, child: _Turned, loop: asyncio.AbstractEventLoop) -> None:
         if not self.dirty:
             loop.call_soon(apply)
         self.dirty.append(child)
@@ -57,42 +57,65 @@ def apply() -> None:
             log.exception("a metric's increments could not be applied")
 
 
-class TurnCounter:
-    """A Counter (or one of its children) whose increments on the loop are applied once per turn."""
+class _Turned:
+    """A metric (or one of its children) whose increments on the loop are applied once per turn."""
 
-    __slots__ = ("_children", "_dirty", "_metric", "_pending")
+    __slots__ = ("_children", "_dirty", "_metric")
 
-    def __init__(self, metric: Counter) -> None:
+    def __init__(self, metric: Any) -> None:
         self._metric = metric
-        self._children: dict[tuple[str, ...], TurnCounter] = {}
-        self._pending = 0.0
+        self._children: dict[tuple[str, ...], Any] = {}
         self._dirty = False
 
     @property
-    def wrapped(self) -> Counter:
+    def wrapped(self) -> Any:
         """The prometheus_client metric (or child) increments reach, what is pending applied first."""
         apply()
         return self._metric
 
-    def labels(self, *values: str) -> TurnCounter:
+    def _labelled(self, values: tuple[str, ...]) -> Any:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = TurnCounter(self._metric.labels(*values))
+            child = self._children[values] = type(self)(self._metric.labels(*values))
         return child
 
-    def inc(self, amount: float = 1) -> None:
-        if amount < 0:
-            raise ValueError("Counters can only be incremented by non-negative amounts.")
+    def _batched(self) -> bool:
+        """Whether this increment is summed for the next turn (else the caller applies it at once: no loop)."""
         loop = _get_loop()
         if loop is None:
-            self._metric.inc(amount)
-            return
+            return False
         if loop is not _TURN.loop:
             _TURN.switch(loop)
         if not self._dirty:
             self._dirty = True
             _TURN.add(self, loop)
-        self._pending += amount
+        return True
+
+    def apply(self) -> None:
+        raise NotImplementedError
+
+
+class TurnCounter(_Turned):
+    """A Counter (or one of its children) whose increments on the loop are applied once per turn."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, metric: Counter) -> None:
+        super().__init__(metric)
+        self._pending = 0.0
+
+    def labels(self, *values: str) -> TurnCounter:
+        child: TurnCounter = self._labelled(values)
+        return child
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        # Once more this turn (the common case, kept short), or the first time.
+        if (self._dirty and _get_loop() is _TURN.loop) or self._batched():
+            self._pending += amount
+        else:
+            self._metric.inc(amount)
 
     def apply(self) -> None:
         amount, self._pending, self._dirty = self._pending, 0.0, False
@@ -100,41 +123,25 @@ class TurnCounter:
             self._metric.inc(amount)
 
 
-class TurnHistogram:
+class TurnHistogram(_Turned):
     """A Histogram (or one of its children) whose observations on the loop are applied once per turn."""
 
-    __slots__ = ("_bounds", "_children", "_counts", "_dirty", "_metric", "_sum")
+    __slots__ = ("_bounds", "_counts", "_sum")
 
     def __init__(self, metric: Histogram) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], TurnHistogram] = {}
+        super().__init__(metric)
         self._bounds: tuple[float, ...] = tuple(metric._upper_bounds)  # +Inf last
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
-        self._dirty = False
-
-    @property
-    def wrapped(self) -> Histogram:
-        """The prometheus_client metric (or child) increments reach, what is pending applied first."""
-        apply()
-        return self._metric
 
     def labels(self, *values: str) -> TurnHistogram:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = TurnHistogram(self._metric.labels(*values))
+        child: TurnHistogram = self._labelled(values)
         return child
 
     def observe(self, amount: float) -> None:
-        loop = _get_loop()
-        if loop is None:
+        if not (self._dirty and _get_loop() is _TURN.loop) and not self._batched():
             self._metric.observe(amount)
             return
-        if loop is not _TURN.loop:
-            _TURN.switch(loop)
-        if not self._dirty:
-            self._dirty = True
-            _TURN.add(self, loop)
         if amount == amount:  # NaN is in no bucket of the client's (amount <= bound is false), only in the sum
             self._counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount, as the client's
         self._sum += amount
