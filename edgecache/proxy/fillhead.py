@@ -82,10 +82,7 @@ def judge_head(
     # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.
     existing = store.peek_meta(key) or existing
     # Nor one asked before a soft purge over a copy asked after it: the purged bytes would hide the newer ones.
-    soft = max(
-        current.soft_before if current is not None else 0.0,
-        store.purges.lookup(req.site.name, req.host_key, req.path)[1],
-    )
+    soft = store.purged(req.site.name, req.host_key, req.path, current)[1]
     if request_time < soft and existing is not None and existing.request_time >= soft:
         alive = False
     if isinstance(j, entry.NotModified):

@@ -265,9 +265,8 @@ class EdgeHandler:
         record = await self.engine.store.get_record(req.primary)
         if named is not None and record.vary != named:  # that answer was not stored: look where it points
             record = replace(record, vary=named)
-        scope, soft_before = self.engine.store.purges.lookup(req.site.name, req.host_key, req.path)
+        scope, soft = self.engine.store.purged(req.site.name, req.host_key, req.path, record)
         key = entry_key(req.primary, record, req.headers, scope)
-        soft = max(soft_before, record.soft_before)
         req = replace(req, entry_key=key, generation=record.generation, scope=scope, vary=record.vary, soft_before=soft)
         meta = await self.engine.store.get_meta(req.entry_key)
         return req, meta, soft

@@ -354,9 +354,9 @@ def _entry(shared: Shared, site: Site, host: str, key: CacheKey, headers: Header
     record = store.peek_record(key.primary)
     if record is None:
         return None
-    scope, soft_before = store.purges.lookup(site.name, host, key.path)
+    scope, soft_before = store.purged(site.name, host, key.path, record)
     ekey = entry_key(key.primary, record, headers, scope)
-    return _Entry(record, scope, max(soft_before, record.soft_before), ekey, store.peek_meta(ekey))
+    return _Entry(record, scope, soft_before, ekey, store.peek_meta(ekey))
 
 
 def _use_of(site: Site, meta: ObjectMeta, soft_before: float, headers: Headers, now: float) -> tuple[Use, Freshness]:

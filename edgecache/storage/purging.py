@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 
+from edgecache.core.keys import PrimaryRecord
 from edgecache.core.purge import Entry, PurgeTable, SyncLog, Vector, adopt_line, entry_line, me_line
 from edgecache.errors import StorageError
 from edgecache.storage.disks import Disks
@@ -38,6 +39,13 @@ def not_kept(what: str) -> None:
 
 class Purging:
     disk: Disks
+
+    def purged(self, site: str, host: str, path: str, record: PrimaryRecord | None) -> tuple[str, float]:
+        """An object's purge scope (the generations of the purged site and directories above it, part of its entry
+        key) and the time before which a stored answer of it is soft-purged: the later of its scopes' soft purges
+        and its own, on its record. The one place the two are combined (lookups, fills, their heads)."""
+        scope, soft = self.purges.lookup(site, host, path)
+        return scope, max(soft, record.soft_before) if record is not None else soft
 
     def __init__(self, directory: Path) -> None:
         self.purges = PurgeTable()
