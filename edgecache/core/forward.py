@@ -119,15 +119,15 @@ def relayed_fields(upstream: Headers, status_field: str) -> list[tuple[str, str]
     return relayed_named(upstream, status_field)[0]
 
 
-def relayed_named(upstream: Headers, status_field: str) -> tuple[list[tuple[str, str]], set[str]]:
-    """relayed_fields(), and the lower-case names of the fields it gives: every forward's answer goes through here,
-    so each name is lowered once, in one pass over the fields."""
+def relayed_named(upstream: Headers, status_field: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """relayed_fields(), and the first value of each field it gives by its lower-case name: every forward's answer
+    goes through here, so each name is lowered once, in one pass over the fields."""
     lowered = [k.lower() for k, _ in upstream]
     banned = HOP_BY_HOP
     if "connection" in lowered:
         banned = banned | connection_tokens(upstream)
     fields: list[tuple[str, str]] = []
-    names: set[str] = set()
+    names: dict[str, str] = {}
     vias: list[str] = []
     prior: list[str] = []
     for field, name in zip(upstream, lowered, strict=True):
@@ -137,12 +137,12 @@ def relayed_named(upstream: Headers, status_field: str) -> tuple[list[tuple[str,
             prior.append(field[1])
         elif name not in banned:
             fields.append(field)
-            names.add(name)
+            names.setdefault(name, field[1])
     via = ", ".join(vias)
     fields.append(("Via", f"{via}, {VIA}" if via else VIA))
     statuses = ", ".join(prior)
     fields.append(("Cache-Status", f"{statuses}, {status_field}" if statuses else status_field))
-    names.update(("via", "cache-status"))
+    names["via"], names["cache-status"] = fields[-2][1], fields[-1][1]
     return fields, names
 
 

@@ -8,6 +8,7 @@ fate call for (core.keepalive).
 from __future__ import annotations
 
 import http
+from collections.abc import Collection
 
 from aiohttp.http import SERVER_SOFTWARE
 
@@ -36,7 +37,7 @@ def head(
     date: bytes,
     keep_alive: KeepAlive,
     charset: str = "latin-1",
-    names: set[str] | None = None,
+    names: Collection[str] | None = None,
 ) -> bytes | None:
     """The encoded head; None when a field cannot be sent as it is (not in `charset`, or a line break in it).
     `names`: the fields' names in lower case, when the caller has them.
@@ -121,9 +122,9 @@ def relayed(
     chunked, and the connection's state after it (encode.frame)."""
     out, names = relayed_named(upstream, status_field)
     empty = method == "HEAD" or status in _EMPTY
-    if status in _EMPTY and not names.isdisjoint(_LENGTH_FIELDS):
+    if status in _EMPTY and not _LENGTH_FIELDS.isdisjoint(names):
         out = bodiless(status, out)
-        names -= _LENGTH_FIELDS
-    length = next((v for k, v in out if k.lower() == "content-length"), None) if "content-length" in names else None
+        names = {k: v for k, v in names.items() if k not in _LENGTH_FIELDS}
+    length = names.get("content-length")
     chunked, keep_alive = frame(out, empty, length, keep_alive, "content-type" in names)
     return head(status, reason, out, date, keep_alive, charset, names), chunked, keep_alive
