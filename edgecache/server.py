@@ -242,8 +242,8 @@ class _StopsAccepting(web.BaseSite):
         await super().stop()
 
 
-class _AdminSite(_StopsAccepting, web.TCPSite):
-    """aiohttp's TCP listener."""
+class TCPListener(_StopsAccepting, web.TCPSite):
+    """aiohttp's TCP listener (the admin API's, the demo origin's, and in tests every listener of a node)."""
 
     __slots__ = ()
 
@@ -307,7 +307,7 @@ async def _start_demo(config: Config) -> web.AppRunner | None:
     await asyncio.get_running_loop().run_in_executor(None, write_content, root)
     runner = web.AppRunner(demo_app(root), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, config.demo_origin.host, config.demo_origin.port).start()
+    await TCPListener(runner, config.demo_origin.host, config.demo_origin.port).start()
     log.info("demo origin on http://%s", config.demo_origin)
     return runner
 
@@ -352,7 +352,7 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
 
     runner.app.on_cleanup.append(remove)
     await runner.setup()
-    await _AdminSite(runner, node.config.admin.host, node.config.admin.port).start()
+    await TCPListener(runner, node.config.admin.host, node.config.admin.port).start()
     log.info("admin listening on http://%s", node.config.admin)
     return runner
 

@@ -18,7 +18,7 @@ from edgecache.admin.jobs import JobRunner
 from edgecache.admin.prefetch import prefetch_routes
 from edgecache.admin.purge import purge_handler
 from edgecache.config import Config, Site, Token
-from edgecache.server import start_internal
+from edgecache.server import TCPListener, start_internal
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.origin import Origin
@@ -72,5 +72,5 @@ async def admin_node(cfg: Config, **runner: Any) -> AsyncIterator[AdminNode]:
         await web_runner.setup()
         stack.push_async_callback(web_runner.cleanup)
         port = free_port()
-        await web.TCPSite(web_runner, "127.0.0.1", port).start()
+        await TCPListener(web_runner, "127.0.0.1", port).start()
         yield AdminNode(edge, f"http://127.0.0.1:{port}", jobs, app, port)

@@ -19,6 +19,7 @@ from edgecache.admin.prefetch import prefetch_routes
 from edgecache.admin.purge import admin_tokens, purge_handler
 from edgecache.config import ClusterSettings, Listen, Site, Token
 from edgecache.core.ring import Member
+from edgecache.server import TCPListener
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
@@ -75,7 +76,7 @@ async def cluster(origin: Origin, tmp_path: Path, fast: bool = True) -> AsyncIte
             )
             runner = web.AppRunner(app)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", admins[i]).start()
+            await TCPListener(runner, "127.0.0.1", admins[i]).start()
             stack.push_async_callback(runner.cleanup)
             nodes.append(Node(edge, f"http://127.0.0.1:{admins[i]}", jobs))
         yield nodes

@@ -25,7 +25,7 @@ from edgecache.cluster.view import ClusterView
 from edgecache.config import ClusterSettings, Config, Listen, Token
 from edgecache.core.keys import make_key
 from edgecache.core.ring import Member, Ring
-from edgecache.server import _start_admin
+from edgecache.server import TCPListener, _start_admin
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge, views_settled
 from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
@@ -443,7 +443,7 @@ async def test_a_peer_is_asked_a_bounded_number_of_times_and_read_to_a_bounded_s
     runner = web.AppRunner(app)
     await runner.setup()
     peer_admin = free_port()
-    await web.TCPSite(runner, "127.0.0.1", peer_admin).start()
+    await TCPListener(runner, "127.0.0.1", peer_admin).start()
     try:
         members = (
             Member("node0", f"127.0.0.1:{free_port()}"),
