@@ -116,7 +116,9 @@ def _entry(store: Store, config: Config, order: PurgeOrder, body: dict[str, Any]
     return entry
 
 
-async def _tell_peer(session: aiohttp.ClientSession, admin: str | None, body: dict[str, Any], auth: str) -> bool:
+async def _tell_peer(
+    session: aiohttp.ClientSession, admin: str | None, body: dict[str, Any], auth: str, seconds: float
+) -> bool:
     if admin is None:
         return False  # a peer without an admin listener cannot be told (never its client port: that is an origin's)
     try:
@@ -124,22 +126,26 @@ async def _tell_peer(session: aiohttp.ClientSession, admin: str | None, body: di
             f"http://{admin}/purge",
             json={**body, "local": True},
             headers={"Authorization": auth},
-            timeout=aiohttp.ClientTimeout(total=5),
+            timeout=aiohttp.ClientTimeout(total=seconds),
         ) as r:
             return r.status == 200
     except (aiohttp.ClientError, OSError, TimeoutError):
         return False
 
 
-async def _pass_on(config: Config, peers: list[Member], told: dict[str, Any]) -> list[str]:
-    """Tell every peer of the purge, under the nodes' token; the ids of those that did not confirm it."""
+async def _pass_on(config: Config, peers: list[Member], view: ClusterView | None, told: dict[str, Any]) -> list[str]:
+    """Tell every peer of the purge, under the nodes' token; the ids of those that did not confirm it. A peer the
+    health checks see down is not waited for, and none longer than cluster.timeout: each takes the purge from a
+    peer's purge log once it answers again (cluster.purgesync), so waiting would only keep the operator waiting."""
     if not peers:
         return []
     assert config.cluster is not None  # peers: a cluster
     auth = f"Bearer {peer_token(config.cluster.key)}"
+    up = [n for n in peers if view is None or view.is_up(n.id)]
     async with aiohttp.ClientSession() as session:
-        oks = await asyncio.gather(*(_tell_peer(session, n.admin, told, auth) for n in peers))
-    return [n.id for n, ok in zip(peers, oks, strict=True) if not ok]
+        told_up = (_tell_peer(session, n.admin, told, auth, config.cluster.timeout) for n in up)
+        oks = dict(zip((n.id for n in up), await asyncio.gather(*told_up), strict=True))
+    return [n.id for n in peers if not oks.get(n.id, False)]
 
 
 def _peers(config: Config, view: ClusterView | None) -> list[Member]:
@@ -194,7 +200,7 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         )
         kept = not unkept  # the disk recorded it: it survives a restart
         peers = [] if body.get("local") else _peers(config, view)
-        failed = await _pass_on(config, peers, {**body, "local": True, "id": [entry.origin, entry.seq]})
+        failed = await _pass_on(config, peers, view, {**body, "local": True, "id": [entry.origin, entry.seq]})
         if not kept:
             failed.insert(0, config.cluster.self_id if config.cluster else "this node")
         answer = {

@@ -37,12 +37,21 @@ WAIT = 20.0  # bound on every wait for the cluster to settle (the health checks 
 
 
 class Relay:
-    """127.0.0.1:port -> 127.0.0.1:target. cut(): refuse and drop every connection (a partition); heal()."""
+    """127.0.0.1:port -> 127.0.0.1:target. cut(): refuse and drop every connection (a partition); heal().
+    freeze(): drop every connection, then take new ones and answer nothing (a node that hangs), keeping what
+    each connection's first read gave in `heard`."""
 
     def __init__(self, target: int) -> None:
         self.port, self.target = free_port(), target
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.frozen = False
+        self.heard: list[bytes] = []
+
+    def freeze(self) -> None:
+        self.frozen = True
+        for w in self._writers:
+            w.close()
 
     async def heal(self) -> None:
         self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
@@ -56,6 +65,15 @@ class Relay:
             self._server = None
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.frozen:
+            self._writers.add(writer)
+            with contextlib.suppress(OSError):
+                self.heard.append(await reader.read(65536))
+                while await reader.read(65536):
+                    pass
+            self._writers.discard(writer)
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
         except OSError:
@@ -217,6 +235,33 @@ async def test_a_node_stopped_during_a_purge_catches_up_before_it_serves(origin:
             assert await body_via(c, i, path) == NEW
         assert origin.hits[path] == 2
         assert c.edge(x).node.store.sync.has(*answer["id"])
+
+
+async def test_a_purge_does_not_wait_for_a_peer_seen_down(origin: Origin, tmp_path: Path) -> None:
+    async with cluster(origin, tmp_path) as c:
+        x, y = 0, 1
+        for (_, to), relay in c.relays.items():
+            if to == x:
+                relay.freeze()  # x takes connections and answers nothing: its peers' health checks time out
+        ids = [f"node{i}" for i in range(3)]
+        await c.settled(lambda i, other: i == x or other != ids[x])
+        told = len(c.relays[y, x].heard)
+        status, answer = await c.purge(y, {"url": "http://video.test/a"})
+        assert (status, answer["nodes"], answer["confirmed"], answer["failed"]) == (200, 3, 2, [ids[x]])
+        assert not [h for h in c.relays[y, x].heard[told:] if h.startswith(b"POST /purge HTTP/1.1")]  # not even asked
+
+
+async def test_a_purge_waits_for_a_peer_that_does_not_answer_no_longer_than_the_cluster_timeout(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # fall=1000: the hung peer stays up in the health view, so the purge asks it.
+    async with cluster(origin, tmp_path, fall=1000) as c:
+        x, y = 0, 1
+        c.relays[y, x].freeze()
+        async with asyncio.timeout(4):  # cluster.timeout is 1 s; a wait of its own (it was 5 s) would fail this
+            status, answer = await c.purge(y, {"url": "http://video.test/a"})
+        assert (status, answer["confirmed"], answer["failed"]) == (200, 2, [f"node{x}"])
+        assert [h for h in c.relays[y, x].heard if h.startswith(b"POST /purge HTTP/1.1")]  # it was asked
 
 
 async def test_a_node_that_cannot_catch_up_revalidates_what_it_stored_before(origin: Origin, tmp_path: Path) -> None:
