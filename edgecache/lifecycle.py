@@ -6,20 +6,33 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-# What a reload can change without a restart; everything else is reported as needing one. `drain` is one: a
-# worker's aiohttp runner takes its shutdown timeout when it is built, and the parent's kill deadline (drain +
-# KILL_AFTER) must never come before the drain of a worker it started.
+# What only a restart changes: a reload reports each that changed, and the parent keeps them as they run for the
+# workers it starts later, so every worker serves alike. `drain` is one: a worker's aiohttp runner takes its
+# shutdown timeout when it is built, and the parent's kill deadline (drain + KILL_AFTER) must never come before the
+# drain of a worker it started. The fast path's settings are read once, when its server is built (server.make_fast),
+# and the prefetch job runner's when it starts. Everything else a reload applies (server.reload).
 RESTART_ONLY = (
     "listen",
     "tls_listen",
+    "proxy_protocol",
     "cache",
     "origin",
     "workers",
     "watchdog",
     "drain",
+    "watch_config",
+    "client_write_timeout",
+    "max_connections",
+    "fast_path",
+    "header_timeout",
+    "idle_timeout",
+    "disk_send",
     "admin",
     "access_log",
     "demo_origin",
+    "job_retention",
+    "max_jobs",
+    "prefetch_slots",
 )
 
 

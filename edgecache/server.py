@@ -186,6 +186,10 @@ async def reload(node: Node) -> bool:
             return False
     node.shared.reload(new.sites)
     node.shared.forwarders, node.shared.proxy_from = new.trusted_forwarders, new.proxy_protocol_from
+    node.shared.max_in_flight = new.max_requests
+    if (new.rate_limit, new.burst) != (node.config.rate_limit, node.config.burst):  # else its buckets are kept
+        limit = new.rate_limit
+        node.shared.limiter = RateLimiter(limit, new.burst or max(1.0, limit)) if limit is not None else None
     if node.cluster is not None and new.cluster is not None:
         node.cluster.settings = new.cluster
         if new.cluster.dns is None:

@@ -6,7 +6,7 @@ import asyncio
 import signal
 from pathlib import Path
 
-from tests.e2e.procs import edge_process, free_port, wait_listening
+from tests.e2e.procs import edge_process, free_port, wait_lines, wait_listening
 from tests.origin import Origin
 
 CONFIG = """
@@ -68,4 +68,29 @@ async def test_sigterm_drains_in_flight_requests(origin: Origin, tmp_path: Path)
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
         assert await reader.readexactly(100_000) == b"s" * 100_000
+        writer.close()
+
+
+async def test_a_reload_applies_the_rate_limit_and_names_what_only_a_restart_changes(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # A reload that set rate_limit was neither applied by the running worker nor reported, while a worker the parent
+    # started later applied it; header_timeout (read once by the fast path) changed nothing and said nothing either.
+    origin.put("/r", b"reloaded")
+    port = free_port()
+    path = tmp_path / "edge.toml"
+    site = SITE.format(name="a", host="a.test", origin=origin.url)
+    path.write_text(CONFIG.format(port=port, cache=tmp_path / "c", sites=site))
+    async with edge_process("serve", "--config", str(path), ready={b"edgecache listening on": 1}) as proc:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert [(await request(reader, writer, "a.test"))[0] for _ in range(3)] == [200, 200, 200]
+        limited = CONFIG.replace("[cache]", "rate_limit = 0.001\nburst = 2\nheader_timeout = 5\n[cache]")
+        path.write_text(limited.format(port=port, cache=tmp_path / "c", sites=site))
+        proc.send_signal(signal.SIGHUP)
+        await wait_lines(proc, {b"reload: header_timeout changed in": 1, b"reloaded": 1})
+        assert [(await request(reader, writer, "a.test"))[0] for _ in range(3)] == [200, 200, 429]
+        path.write_text(CONFIG.format(port=port, cache=tmp_path / "c", sites=site))
+        proc.send_signal(signal.SIGHUP)
+        await wait_lines(proc, {b"reloaded": 1})
+        assert [(await request(reader, writer, "a.test"))[0] for _ in range(3)] == [200, 200, 200]
         writer.close()
