@@ -101,8 +101,7 @@ async def open_node(config: Config, worker: int = 0) -> AsyncIterator[Node]:
         shared = Shared(config.sites, engine, access, cluster)
         shared.write_timeout = config.client_write_timeout
         shared.max_in_flight = config.max_requests
-        if config.rate_limit is not None:
-            shared.limiter = RateLimiter(config.rate_limit, config.burst or max(1.0, config.rate_limit))
+        shared.limiter = _limiter(config)
         shared.forwarders, shared.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
         certificates = Certificates(config) if config.tls_listen else None
         node = Node(config, origin, store, engine, shared, EdgeHandler(shared), access, cluster, certificates)
@@ -156,6 +155,13 @@ async def _sample_stats(store: Store) -> None:
         await asyncio.sleep(STATS_SECONDS)
 
 
+def _limiter(config: Config) -> RateLimiter | None:
+    """The per-client rate limit's buckets (core.admit); a burst of one second's rate when none is set."""
+    if config.rate_limit is None:
+        return None
+    return RateLimiter(config.rate_limit, config.burst or max(1.0, config.rate_limit))
+
+
 async def reload(node: Node) -> bool:
     """SIGHUP: read the config file again; apply it if valid, keep the old one (and say why) if not.
 
@@ -188,8 +194,7 @@ async def reload(node: Node) -> bool:
     node.shared.forwarders, node.shared.proxy_from = new.trusted_forwarders, new.proxy_protocol_from
     node.shared.max_in_flight = new.max_requests
     if (new.rate_limit, new.burst) != (node.config.rate_limit, node.config.burst):  # else its buckets are kept
-        limit = new.rate_limit
-        node.shared.limiter = RateLimiter(limit, new.burst or max(1.0, limit)) if limit is not None else None
+        node.shared.limiter = _limiter(new)
     if node.cluster is not None and new.cluster is not None:
         node.cluster.settings = new.cluster
         if new.cluster.dns is None:
