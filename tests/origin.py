@@ -120,7 +120,8 @@ class Origin:
                 else:
                     first, last = max(0, length - int(m.group(2))), length - 1
                 if first >= length:
-                    return web.Response(status=416, headers={"Content-Range": f"bytes */{length}"})
+                    # The object's own fields too (Cache-Control, say), as nginx's add_header always gives them.
+                    return web.Response(status=416, headers={**obj.headers, "Content-Range": f"bytes */{length}"})
                 status, body_bytes = 206, obj.data[first : last + 1]
                 headers["Content-Range"] = f"bytes {first}-{last}/{length}"
         if self.gate is not None:

@@ -195,6 +195,10 @@ def judge(status: int, headers: Headers, asked: ranges.ByteRange | None) -> Judg
         return NotModified()
     if status == 200:
         return Whole(clen)
+    if status == 416 and asked is not None:
+        # The fill's own range, not the client's: an empty object's answer (S3 and nginx give 416 to bytes=0-N
+        # of zero bytes). Stored, it would answer every later request of the object, unranged ones too.
+        return Refused("416 to the range a fill asked for")
     if status != 206:
         return Other(clen)
     if asked is None:

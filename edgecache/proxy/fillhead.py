@@ -24,7 +24,8 @@ from edgecache.storage.store import Store
 
 
 class RangeMismatch(OriginError):
-    """The origin's 206 is not for the range we asked: it cannot fill slices, but may still answer the client."""
+    """The origin's 206 is not for the range we asked, or a 416 says the object is shorter than it (empty, or
+    changed): it cannot fill slices, but the client's own request is passed through and answered."""
 
 
 # Names of copies and of unversioned objects: unique across workers and restarts by a random prefix per process
@@ -69,7 +70,7 @@ def judge_head(
     j = entry.judge(status, headers, asked)
     served, stored = _fields(status, headers, req.policy, response_time)
     if isinstance(j, entry.Refused):
-        if status == 206:
+        if status in (206, 416):
             raise RangeMismatch(f"origin response refused: {j.reason}", retryable=False)
         raise OriginError(f"origin response refused: {j.reason}", retryable=False)
     vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())

@@ -178,6 +178,22 @@ async def test_unsatisfiable_and_ignored_ranges(edge: Edge, origin: Origin) -> N
     assert (status, body) == (206, data[9995:])
 
 
+async def test_an_empty_object_first_asked_by_head_or_range_is_never_stored_as_416(edge: Edge, origin: Origin) -> None:
+    """The fill of a HEAD or a Range miss asks the origin for its first slice; an empty object's origin answers
+    416 (with the object's Cache-Control here), which is an answer to the fill's range, not the object."""
+    origin.put("/empty.bin", b"", headers={"Cache-Control": "max-age=600"})
+    for _ in range(2):
+        async with edge.session.head(edge.url + "/empty.bin", headers={"Host": "video.test"}) as r:
+            assert (r.status, r.headers["Content-Length"]) == (200, "0")
+        status, headers, body = await edge.get("/empty.bin", Range="bytes=0-9")
+        assert (status, headers["Content-Range"], body) == (416, "bytes */0", b"")
+    for _ in range(2):
+        status, headers, body = await edge.get("/empty.bin")
+        assert (status, headers["Content-Length"], body) == (200, "0", b"")
+    assert headers["Cache-Status"] == "edgecache; hit"
+    assert origin.range_hits("/empty.bin")[-1] is None  # the plain GET's fill asked for the whole object
+
+
 async def test_if_range(edge: Edge, origin: Origin) -> None:
     data = b"abcdefghij" * 100
     origin.put("/ir.bin", data)
