@@ -163,6 +163,10 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
     shared = conn.server.shared
     sources: list[Source] = []
     held: list[SliceFile] = []
+    # The body's bytes as the served-bytes counter takes them (the first fetched ones in _partial too): what an
+    # answer cut short is logged with.
+    served = metrics.Sources()
+    metrics.SOURCES.set(served)
     shared.in_flight += 1
     try:
         indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), shared.engine.slice_size)
@@ -175,7 +179,7 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
             later.looked = False
         partial = await _settled(conn, p, raw, await _partial(conn, p, fetches) if fetches else p)
         if partial is not None:
-            await _send_parts(conn, partial, sources, t0)
+            await _send_parts(conn, partial, sources, served, t0)
     finally:
         shared.in_flight -= 1
         for f in held:
@@ -297,21 +301,24 @@ def with_fetches(conn: FastPath, p: Prepared, indices: list[int]) -> Prepared | 
     return conn.server.decider.restated(p, replace(hit, headers=fields), status, cause)
 
 
-async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], t0: float) -> None:
+async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], served: metrics.Sources, t0: float) -> None:
     transport = conn.transport
     if transport is None:
         return
     transport.write(p.head)
     conn.sent(p, t0)
-    nbytes = 0
-    for source in sources:
-        if isinstance(source, _Later):
-            nbytes += await _send_later(conn, transport, p, source)
-        else:
-            nbytes += await _send_one(conn, transport, p, source)
-        if conn.write_paused:
-            await conn.drain()
-    conn.finished(p, nbytes, t0)
+    try:
+        for source in sources:
+            if isinstance(source, _Later):
+                await _send_later(conn, transport, p, source)
+            else:
+                await _send_one(conn, transport, p, source)
+            if conn.write_paused:
+                await conn.drain()
+    except BaseException:
+        conn.finished(p, served.cache + served.origin + served.peer, t0, cut=True)
+        raise
+    conn.finished(p, served.cache + served.origin + served.peer, t0)
 
 
 async def _send_one(conn: FastPath, transport: asyncio.Transport, p: Prepared, source: _InHand) -> int:

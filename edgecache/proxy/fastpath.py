@@ -389,7 +389,9 @@ class FastPath(asyncio.Protocol):
         if p.cause is not None:
             observe.misses_counter(p.hit.site.name, p.cause).inc()
 
-    def finished(self, p: Prepared, nbytes: int, t0: float) -> None:
+    def finished(self, p: Prepared, nbytes: int, t0: float, cut: bool = False) -> None:
+        """The answer's body is out (`cut`: it ended short, the client gone or its source failed): its bytes counted
+        for its site and its line logged, status 0 when cut, as the full handler logs an answer cut off."""
         shared = self.server.shared
         hit = p.hit
         if hit.viewer is None:  # a hop's bytes reach its viewer through the node that forwarded it, counted there
@@ -403,7 +405,7 @@ class FastPath(asyncio.Protocol):
             fields, rng = req.headers, p.range_field
             line = observe.Line.of(client, p.method, req.host, req.key.full_target, fields, p.keep_alive, rng)
             way = p.way or (_UPSTREAM if p.status is CacheStatus.HIT else observe.upstream(p.status, metrics.Sources()))
-            observe.log_line(shared.access, t, line, hit.status, nbytes, shared.node, way)
+            observe.log_line(shared.access, t, line, 0 if cut else hit.status, nbytes, shared.node, way)
         if not p.keep_alive.persists and self.transport is not None:
             self.closing = True
             self.transport.close()

@@ -107,9 +107,13 @@ async def _write(
     transport.writelines([p.head, *started])
     conn.sent(p, t0)
     nbytes = sum(len(x) for x in started)
-    async for chunk in chunks:
-        if conn.write_paused:
-            await conn.drain()
-        write(conn, chunk)  # raises once the client is gone: the parts left are not read for nobody
-        nbytes += len(chunk)
+    try:
+        async for chunk in chunks:
+            if conn.write_paused:
+                await conn.drain()
+            write(conn, chunk)  # raises once the client is gone: the parts left are not read for nobody
+            nbytes += len(chunk)
+    except BaseException:
+        conn.finished(p, nbytes, t0, cut=True)
+        raise
     conn.finished(p, nbytes, t0)

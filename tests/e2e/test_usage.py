@@ -240,3 +240,51 @@ async def test_a_forward_to_the_owner_is_peer_traffic_not_origin(
             "byte_hit_ratio": round(1 / 3, 6),
         }
     }
+
+
+async def leave_after_head(port: int, path: str, rng: str = "") -> None:
+    """A GET whose client reads the answer's head and goes: a receive buffer of a few KiB holds the body back
+    at the node, and the close resets the connection with the body unread."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        field = f"Range: {rng}\r\n" if rng else ""
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: a.test\r\n{field}\r\n".encode())
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 206 Partial Content\r\n" if rng else b"HTTP/1.1 200 OK\r\n")
+    finally:
+        writer.transport.abort()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_an_answer_its_client_left_is_logged_with_status_0_and_the_bytes_sent(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """What is billed is what the access log and the site's bytes say: an answer cut short is in both, with the
+    bytes sent (a video player abandons large answers all the time). The fast path left out the answers of more
+    slices than it holds before the head, from both."""
+    big = bytes(range(256)) * 4096 * 8  # 8 MiB, 32 slices of 256 KiB: more than the 4 MiB a socket buffers at most
+    origin.put("/big", big)
+    site = f"left-{fast}"
+    config = replace(
+        make_config(tmp_path / "cache", [origin.url], slice_bytes=2**18),
+        sites=(Site(name=site, hosts=("a.test",), origins=(origin.url,)),),
+        fast_path=fast,
+        access_log=tmp_path / "access.log",
+    )
+    async with start_edge(config) as edge:
+        assert await fetch(edge.port, "a.test", "/big") == (200, big)  # a miss, read whole
+        for _ in range(2):
+            await leave_after_head(edge.port, "/big")  # hits
+        await leave_after_head(edge.port, "/big", "bytes=0-9,10-")  # multipart/byteranges
+        assert await fetch(edge.port, "a.test", "/big") == (200, big)
+    lines = [(r["status"], r["bytes"]) for r in records(tmp_path / "access.log")]
+    assert [status for status, _ in lines] == [200, 0, 0, 0, 200]
+    assert lines[0][1] == lines[4][1] == len(big)
+    assert all(0 <= sent < len(big) for _, sent in lines[1:4]), lines
+    served = sum(sample("edgecache_site_served_bytes_total", site=site, upstream=u) for u in ("origin", "cache"))
+    assert served == sum(sent for _, sent in lines)
+    assert origin.hits["/big"] == 1
