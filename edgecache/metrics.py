@@ -145,7 +145,9 @@ def status_class(status: int) -> str:
 PEER_UP = Gauge("edgecache_peer_up", "1 when this node sees the peer as up", ["peer"], multiprocess_mode="max")
 # A forward to a peer is counted here, never as an origin request or origin bytes (origin.OriginClient.to_peer).
 PEER_FORWARDED = _counter(
-    "edgecache_peer_forwarded_requests_total", "Requests forwarded to their owner, by site", ["peer", "site"]
+    "edgecache_peer_forwarded_requests_total",
+    "Requests sent to a peer, by site: forwards to an object's owner and a new owner's look-asides to the previous one",
+    ["peer", "site"],
 )
 PEER_BYTES = _counter(
     "edgecache_peer_forwarded_bytes_total", "Body bytes received from owners, by site", ["peer", "site"]
