@@ -65,6 +65,12 @@ class EdgeHandler:
             request[_ADMITTED] = admitted
         try:
             return await self._call(request, adopted)
+        except ConnectionError:
+            if request.transport is not None and not request.transport.is_closing():
+                raise
+            # The client left mid-answer (logged with status 0 by observe.finish). Raised, aiohttp would log an
+            # error with its traceback for every viewer that stops a video; an answer it cannot write, it drops.
+            return web.StreamResponse()
         finally:
             if adopted is not None:  # read, or not needed after all: nobody else reads it
                 adopted.fill.abandon()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -261,7 +262,7 @@ async def leave_after_head(port: int, path: str, rng: str = "") -> None:
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
 async def test_an_answer_its_client_left_is_logged_with_status_0_and_the_bytes_sent(
-    origin: Origin, tmp_path: Path, fast: bool
+    origin: Origin, tmp_path: Path, fast: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """What is billed is what the access log and the site's bytes say: an answer cut short is in both, with the
     bytes sent (a video player abandons large answers all the time). The fast path left out the answers of more
@@ -288,3 +289,5 @@ async def test_an_answer_its_client_left_is_logged_with_status_0_and_the_bytes_s
     served = sum(sample("edgecache_site_served_bytes_total", site=site, upstream=u) for u in ("origin", "cache"))
     assert served == sum(sent for _, sent in lines)
     assert origin.hits["/big"] == 1
+    # A viewer that leaves is no error of the node's: aiohttp logged one, with a traceback, for each.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
