@@ -12,10 +12,11 @@ class EdgecacheError(Exception):
 class ClientError(EdgecacheError):
     """The request is at fault; answered with `status` and the message as the reason."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, close: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.close = close  # the connection ends with the answer: what follows the head is no request
 
     @classmethod
     def of(cls, reply: Reply) -> ClientError:

@@ -103,7 +103,10 @@ class EdgeHandler:
             return await self._handle(request, adopted)
         except ClientError as exc:
             observe.mark(request, CacheStatus.ERROR)
-            return error_response(exc.status, exc.reason)
+            resp = error_response(exc.status, exc.reason)
+            if exc.close:
+                resp.force_close()
+            return resp
         except OriginError as exc:
             log.info("%s %s: origin failed: %s", request.method, request.path, exc)
             observe.mark(request, CacheStatus.ERROR)
@@ -118,7 +121,10 @@ class EdgeHandler:
         asked again (a token that expired while the origin answered, or a second token spent, would refuse a
         request already sent on)."""
         if request.method == "CONNECT":
-            raise ClientError(405, "CONNECT is refused: this is an edge cache, not a forward proxy")
+            # The connection closes with it: a CONNECT has no content (RFC 9110 9.3.6), so bytes a Content-Length
+            # announces after its head would be read here as the next request, and a proxy in front that took
+            # them for the CONNECT's body would pair every later answer with the wrong request.
+            raise ClientError(405, "CONNECT is refused: this is an edge cache, not a forward proxy", close=True)
         found = addressed(request._message.url, request.raw_path, request.headers.get("Host"))
         if isinstance(found, admit.Reply):
             raise ClientError.of(found)

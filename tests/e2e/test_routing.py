@@ -62,6 +62,24 @@ async def test_connect_is_refused(edge: Edge, other: Origin) -> None:
     assert sum(other.hits.values()) == 0
 
 
+async def test_a_connect_closes_its_connection_so_bytes_after_it_are_never_a_request(
+    edge: Edge, origin: Origin
+) -> None:
+    origin.put("/smuggled", b"must not be asked for")
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: video.test\r\n\r\n"
+    head = f"CONNECT video.test:80 HTTP/1.1\r\nHost: video.test\r\nContent-Length: {len(inner)}\r\n\r\n"
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            writer.write(head.encode() + inner)
+            async with asyncio.timeout(10):
+                data = await reader.read(-1)  # to the close: one answer, the 405
+        finally:
+            writer.close()
+        assert data.startswith(b"HTTP/1.1 405 ") and data.count(b"HTTP/1.1 ") == 1, data
+    assert origin.hits["/smuggled"] == 0
+
+
 async def test_bad_targets_get_400(edge: Edge, origin: Origin) -> None:
     origin.put("/secret", b"top")
     for target in ("/a/%00/b", "/a%00"):
