@@ -8,10 +8,8 @@ import gc
 import logging
 import os
 import signal
-import socket
 import ssl
 import tempfile
-from asyncio import selector_events
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from edgecache.proxy.fastserver import FastServer, FastSettings
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
 from edgecache.proxy.shared import Shared
+from edgecache.sites import FastSite, TCPListener
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.disks import Disks
 from edgecache.storage.epoch import Epoch
@@ -225,67 +224,6 @@ def make_fast(node: Node, server: web.Server) -> FastServer:
     )
     settings.answers = c.fast_path  # off: a PROXY listener's connections go to aiohttp right after the header
     return FastServer(node.shared, server, settings)
-
-
-async def stop_accepting(server: asyncio.AbstractServer | None) -> None:
-    """Before a listener closes: take no new connection, and let those accepted already get their transports.
-
-    On asyncio's own loop (tests; the CLI runs uvloop), a connection accepted in the turn before Server.close()
-    gets its transport only afterwards, when Python 3.11 refuses to attach it to the closed server: the socket is
-    then never closed, and nobody knows of it."""
-    loop = asyncio.get_running_loop()
-    if not isinstance(server, asyncio.Server) or not isinstance(loop, selector_events.BaseSelectorEventLoop):
-        return
-    for sock in server.sockets:  # a selector loop's listeners are readers
-        loop.remove_reader(sock.fileno())
-    await asyncio.sleep(0)
-
-
-class _StopsAccepting(web.BaseSite):
-    """A listener closed as stop_accepting() says."""
-
-    __slots__ = ()
-
-    async def stop(self) -> None:
-        await stop_accepting(self._server)
-        await super().stop()
-
-
-class TCPListener(_StopsAccepting, web.TCPSite):
-    """aiohttp's TCP listener (the admin API's, the demo origin's, and in tests every listener of a node)."""
-
-    __slots__ = ()
-
-
-class FastSite(_StopsAccepting):
-    """A listener whose connections start on the fast path (aiohttp's TCPSite, with our protocol factory)."""
-
-    __slots__ = ("_fast", "_proxy", "_sock")
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        fast: FastServer,
-        sock: socket.socket,
-        *,
-        backlog: int,
-        ssl_context: ssl.SSLContext | None = None,
-        proxy: bool = False,
-    ) -> None:
-        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
-        self._fast, self._sock, self._proxy = fast, sock, proxy
-
-    @property
-    def name(self) -> str:
-        host, port = self._sock.getsockname()[:2]
-        return f"{'https' if self._ssl_context else 'http'}://{host}:{port}"
-
-    async def start(self) -> None:
-        await super().start()
-        factory = self._fast.proxy_protocol if self._proxy else self._fast.protocol
-        self._server = await asyncio.get_running_loop().create_server(
-            factory, sock=self._sock, backlog=self._backlog, ssl=self._ssl_context
-        )
 
 
 async def start_listeners(

@@ -44,7 +44,6 @@ _ANSWERED = metrics.FAST_PATH.labels("answered")
 _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
 _UPSTREAM = observe.upstream(CacheStatus.HIT, metrics.Sources())  # a fresh hit, every slice in hand: "cache"
 
-
 _FULL_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 37\r\n\r\ntoo many connections: try again soon\n"
@@ -390,8 +389,7 @@ class FastPath(asyncio.Protocol):
             observe.misses_counter(p.hit.site.name, p.cause).inc()
 
     def finished(self, p: Prepared, nbytes: int, t0: float, cut: bool = False) -> None:
-        """The answer's body is out (`cut`: it ended short, the client gone or its source failed): its bytes counted
-        for its site and its line logged, status 0 when cut, as the full handler logs an answer cut off."""
+        """The body is out, or `cut` short: its site bytes counted, its line logged (status 0 when cut, as ever)."""
         shared = self.server.shared
         hit = p.hit
         if hit.viewer is None:  # a hop's bytes reach its viewer through the node that forwarded it, counted there

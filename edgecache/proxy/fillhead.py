@@ -76,16 +76,10 @@ def judge_head(
     vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
     primary = req.primary or req.entry_key.split("\n", 1)[0]
     key = entry_key(primary, PrimaryRecord(req.generation, vary), req.headers, req.scope)
-    current = store.peek_record(primary)
-    # A fill that started before an invalidation or purge must not store what it brings.
-    alive = current is None or current.generation == req.generation
     validated = existing  # a 304's: the copy its request asked about (Engine._fill)
     # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.
     existing = store.peek_meta(key) or existing
-    # Nor one asked before a soft purge over a copy asked after it: the purged bytes would hide the newer ones.
-    soft = store.purged(req.site.name, req.host_key, req.path, current)[1]
-    if request_time < soft and existing is not None and existing.request_time >= soft:
-        alive = False
+    alive = _alive(store, req, primary, request_time, existing)
     if isinstance(j, entry.NotModified):
         # RFC 9111 4.3.4: a 304 updates the copy it validated. If another version was stored meanwhile (a fill that
         # came back first), the 304 is about the copy asked about, for this fill's readers only: merged into the
@@ -116,6 +110,16 @@ def judge_head(
     if not decision.store:
         meta = replace(meta, headers=served)  # never stored: its own client gets every field
     return FillHead(body_status, meta, start, end, keep, keep, decision.reason, key, variant(vary, req.headers), served)
+
+
+def _alive(store: Store, req: FillRequest, primary: str, request_time: float, existing: ObjectMeta | None) -> bool:
+    """Whether what the fill brings may be stored: not when it started before an invalidation or purge, nor when
+    it was asked before a soft purge and a copy asked after it is stored (the purged bytes would hide the newer)."""
+    current = store.peek_record(primary)
+    if current is not None and current.generation != req.generation:
+        return False
+    soft = store.purged(req.site.name, req.host_key, req.path, current)[1]
+    return not (request_time < soft and existing is not None and existing.request_time >= soft)
 
 
 def _fields(status: int, headers: Headers, policy: Policy, response_time: float) -> tuple[Headers, Headers]:

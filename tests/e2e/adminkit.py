@@ -18,7 +18,8 @@ from edgecache.admin.jobs import JobRunner
 from edgecache.admin.prefetch import prefetch_routes
 from edgecache.admin.purge import purge_handler
 from edgecache.config import Config, Site, Token
-from edgecache.server import TCPListener, start_internal
+from edgecache.server import start_internal
+from edgecache.sites import TCPListener
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.procs import free_port
 from tests.origin import Origin

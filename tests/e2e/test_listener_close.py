@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from edgecache.server import TCPListener, make_fast, make_server, open_node, start_listeners
+from edgecache.server import make_fast, make_server, open_node, start_listeners
+from edgecache.sites import TCPListener
 from tests.conftest import make_config
 from tests.e2e.procs import free_port
 from tests.origin import Origin

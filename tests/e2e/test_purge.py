@@ -19,7 +19,7 @@ from edgecache.admin.prefetch import prefetch_routes
 from edgecache.admin.purge import admin_tokens, purge_handler
 from edgecache.config import ClusterSettings, Listen, Site, Token
 from edgecache.core.ring import Member
-from edgecache.server import TCPListener
+from edgecache.sites import TCPListener
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin

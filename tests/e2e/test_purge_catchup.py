@@ -25,7 +25,8 @@ from edgecache.cluster.view import ClusterView
 from edgecache.config import ClusterSettings, Config, Listen, Token
 from edgecache.core.keys import make_key
 from edgecache.core.ring import Member, Ring
-from edgecache.server import TCPListener, _start_admin
+from edgecache.server import _start_admin
+from edgecache.sites import TCPListener
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge, views_settled
 from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
