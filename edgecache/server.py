@@ -31,7 +31,7 @@ from edgecache.proxy.fastserver import FastServer, FastSettings
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient
 from edgecache.proxy.shared import Shared
-from edgecache.sites import FastSite, TCPListener
+from edgecache.sites import FastSite, TCPListener, quiet_client_faults
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.disks import Disks
 from edgecache.storage.epoch import Epoch
@@ -204,6 +204,7 @@ async def reload(node: Node) -> bool:
 
 
 def make_server(node: Node) -> web.Server:
+    quiet_client_faults()
     # The low-level server: no router, so every target (absolute-form, odd paths) reaches our own checks.
     # Request bodies are forwarded as the client sent them: never decompressed (aiohttp's default inflated a gzip
     # body and sent it on still labelled gzip, cut to the client's Content-Length).

@@ -4,11 +4,13 @@ their connections on the fast path's protocol."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from asyncio import selector_events
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edgecache.proxy.fastserver import FastServer
 
@@ -72,3 +74,24 @@ class FastSite(_StopsAccepting):
         self._server = await asyncio.get_running_loop().create_server(
             factory, sock=self._sock, backlog=self._backlog, ssl=self._ssl_context
         )
+
+
+class _ClientFaults(logging.Filter):
+    """aiohttp's server logs a request head it cannot parse (too many fields, an over-long line, bytes that are not
+    HTTP) as an error with a traceback: any client could fill the error log at will. The client was answered 400
+    already; its fault is one line at INFO, as nginx logs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "%s: %s %s", (record.getMessage(), exc.code, " ".join(exc.message.split()))
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_client_faults() -> None:
+    """Install _ClientFaults on aiohttp's server logger, once per process."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientFaults) for f in server_log.filters):
+        server_log.addFilter(_ClientFaults())
