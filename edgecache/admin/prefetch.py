@@ -28,6 +28,8 @@ async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
             body = await request.json()
         except (ValueError, UnicodeDecodeError) as exc:
             raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
+        except RecursionError:  # json's decoder recurses: arrays or objects nested a thousand deep
+            raise _bad("body is not JSON this node reads: nested too deeply") from None
         if isinstance(body, list):
             return body, {}
         if isinstance(body, dict) and isinstance(body.get("urls"), list):

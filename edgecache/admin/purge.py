@@ -184,6 +184,8 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
             body = await request.json()
         except (ValueError, UnicodeDecodeError) as exc:
             raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
+        except RecursionError:  # json's decoder recurses: arrays or objects nested a thousand deep
+            raise _bad("body is not JSON this node reads: nested too deeply") from None
         order = parse_order(body, config.sites)
         _authorize(token, order.site.name, body)
         entry = _entry(store, config, order, body)
@@ -248,6 +250,8 @@ def purge_routes(current: Callable[[], Config], store: Store) -> list[web.RouteD
             body = await request.json()
         except (ValueError, UnicodeDecodeError) as exc:
             raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
+        except RecursionError:  # json's decoder recurses: arrays or objects nested a thousand deep
+            raise _bad("body is not JSON this node reads: nested too deeply") from None
         vector = parse_vector(body.get("vector")) if isinstance(body, dict) else None
         if vector is None:
             raise _bad('expected {"vector": {origin: number, ...}}')

@@ -16,7 +16,7 @@ from aiohttp import web
 from edgecache.admin.app import admin_app
 from edgecache.admin.jobs import JobRunner
 from edgecache.admin.prefetch import prefetch_routes
-from edgecache.admin.purge import purge_handler
+from edgecache.admin.purge import purge_handler, purge_routes
 from edgecache.config import Config, Site, Token
 from edgecache.server import start_internal
 from edgecache.sites import TCPListener
@@ -67,7 +67,11 @@ async def admin_node(cfg: Config, **runner: Any) -> AsyncIterator[AdminNode]:
         stack.push_async_callback(jobs.close)
         purger = purge_handler(lambda: cfg, edge.node.store)
         app = admin_app(
-            edge.node.ready, lambda: cfg.tokens, edge.node.shared.ring_view, purger, prefetch_routes(lambda: cfg, jobs)
+            edge.node.ready,
+            lambda: cfg.tokens,
+            edge.node.shared.ring_view,
+            purger,
+            prefetch_routes(lambda: cfg, jobs) + purge_routes(lambda: cfg, edge.node.store),
         )
         web_runner = web.AppRunner(app)
         await web_runner.setup()

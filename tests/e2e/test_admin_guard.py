@@ -144,3 +144,20 @@ async def test_odd_bytes_in_any_admin_input_never_give_a_5xx(origin: Origin, tmp
                 assert status < 500 or (path == "/readyz" and status == 503), (method, target, body, answer[:400])
                 assert b"Traceback" not in answer, answer[:400]
         await node.jobs.close()
+
+
+async def test_json_nested_too_deeply_is_a_400_on_every_route_that_reads_json(origin: Origin, tmp_path: Path) -> None:
+    """json's decoder recurses: a body of 100,000 '[' (100 KB, well under the 1 MiB bound) raised RecursionError,
+    which aiohttp answered 500."""
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        posts = [path for method, path in routes(node) if method == "POST"]
+        assert {"/purge", "/prefetch", "/purges/after"} <= set(posts), posts
+        deep = b"[" * 100_000 + b"]" * 100_000
+        inside = b'{"urls": ["http://video.test/a"], "renditions": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+        for path in posts:
+            for body in (deep, inside):
+                head = request("POST", path.encode(), b"Authorization: Bearer " + OPERATOR.encode())
+                status, answer = await raw(node, head + b"Content-Type: application/json\r\n", body)
+                assert status == 400, (path, answer[:400])
+                assert b"nested too deeply" in answer, answer[:400]
+        await node.jobs.close()
