@@ -47,6 +47,10 @@ from edgecache.storage.disk import DiskTier
 log = logging.getLogger(__name__)
 
 MAX_URLS = 100_000  # per job, URLs found in manifests included
+# Bytes of one manifest kept to be expanded: a playlist of 100,000 segments is ~10 MiB. Past it the URL is still
+# fetched (and filled) but not expanded, and counted failed: an origin's "manifest" of gigabytes, held whole
+# to be parsed, would otherwise take as much of the worker's memory.
+MAX_MANIFEST = 32 * 1024 * 1024
 KEEP = 24 * 3600.0  # seconds a finished job stays listed (config: admin.job_retention)
 MAX_JOBS = 1_000  # jobs kept, in any state (config: admin.max_jobs)
 SLOTS = 16  # fetches in flight across all jobs (config: admin.prefetch_slots)
@@ -474,17 +478,24 @@ class JobRunner:
                 outcome, source = reading(", ".join(r.headers.getall("Cache-Status", [])))
                 capped = bucket if source != "cache" else None  # bytes read back from this node's cache are free
                 chunks = []
+                kept = 0
                 async for chunk in r.content.iter_chunked(256 * 1024):
                     job.bytes += len(chunk)
                     metrics.PREFETCH_BYTES.inc(len(chunk))
                     if keep:
-                        chunks.append(chunk)
+                        kept += len(chunk)
+                        if kept <= MAX_MANIFEST:
+                            chunks.append(chunk)
+                        else:
+                            chunks.clear()  # read on (the fill completes), keep nothing
                     if source != "cache":
                         job.network_bytes += len(chunk)
                     if capped is not None:
                         await capped.take(len(chunk))
                 if r.status >= 400 or (r.status >= 300 and outcome not in ("cached", "fetched")):
                     return f"status {r.status}", None  # an error, or a redirect not kept (nor followed)
+                if kept > MAX_MANIFEST:
+                    return f"error manifest over {MAX_MANIFEST} bytes", None  # not expanded
                 return outcome, b"".join(chunks)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"error {exc.__class__.__name__}", None

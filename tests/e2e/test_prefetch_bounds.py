@@ -190,6 +190,29 @@ async def test_expansion_stops_at_max_urls_and_counts_the_rest(origin: Origin, t
         assert (status, answer) == (400, {"error": "at most 10 URLs per job"})
 
 
+async def test_a_manifest_past_max_manifest_is_filled_not_held_nor_expanded(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner held a manifest's whole body to expand it: an origin's 1.5 GiB "x.m3u8" took the worker's RSS
+    from 60 MiB to 1.9 GiB. Past MAX_MANIFEST it keeps nothing, expands nothing and says why."""
+    ladder(origin, 8)
+    padding = "".join(f"#EXT-X-PADDING:{'x' * 1000}\n" for _ in range(300))  # ~300 KB of comments
+    big = '#EXTM3U\n#EXT-X-MAP:URI="init.mp4"\n' + "".join(f"#EXTINF:6,\nseg{i}.m4s\n" for i in range(8)) + padding
+    origin.put("/hls/big/index.m3u8", big.encode())
+    monkeypatch.setattr(edgecache.admin.jobs, "MAX_MANIFEST", 64 * 1024, raising=False)
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        _, job = await submit(node, ["http://video.test/hls/big/index.m3u8"])
+        view = await node.finished(str(job["id"]))
+        assert view["failed"] == {"error manifest over 65536 bytes": 1}, view
+        assert (view["state"], view["total"], view["bytes"]) == ("failed", 1, len(big))
+        assert origin.hits["/hls/big/index.m3u8"] == 1
+        assert sum(origin.hits[k] for k in origin.hits if k != "/hls/big/index.m3u8") == 0
+        # One under the bound is expanded as ever.
+        _, job = await submit(node, ["http://video.test/hls/master.m3u8"])
+        view = await node.finished(str(job["id"]))
+        assert (view["state"], view["total"], view["fetched"]) == ("done", 21, 21), view
+
+
 async def test_manifests_are_parsed_off_the_loop(
     origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
