@@ -88,6 +88,12 @@ def _text(record: Mapping[str, object], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# The most bytes one line may say it served: a tebibyte, past any object a node serves in one answer. A line
+# past it is not one of ours; its slices (bytes / slice of them, each replayed) would keep a replay going for
+# ever: a line of "bytes": 1e30 did.
+MAX_LINE_BYTES = 2**40
+
+
 def _count(record: Mapping[str, object], name: str) -> int | None:
     value = record.get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
@@ -100,7 +106,7 @@ def classify(record: Mapping[str, object], key_query: Mapping[str, tuple[str, ..
     rng, cache = record.get("range"), record.get("cache")
     if site is None or host is None or path is None or method is None:
         return Kind.MALFORMED
-    if status is None or nbytes is None or not isinstance(rng, str | None):
+    if status is None or nbytes is None or nbytes > MAX_LINE_BYTES or not isinstance(rng, str | None):
         return Kind.MALFORMED
     if cache == "peer":
         return Kind.PEER
@@ -167,7 +173,7 @@ class Tiers:
     def byte_hit_ratio(self) -> float:
         return self.hit_bytes / self.served_bytes if self.served_bytes else 0.0
 
-    def request(self, slices: Sequence[Touch]) -> None:
+    def request(self, slices: Iterable[Touch]) -> None:
         missed = 0
         for t in slices:
             self.served_bytes += t.served
@@ -219,9 +225,8 @@ def replay(
         record = parse_record(raw)
         what = classify(record, sites) if record is not None else Kind.MALFORMED
         if isinstance(what, Request):
-            slices = list(touches(what, slice_size))
             for run in result.runs:
-                run.request(slices)
+                run.request(touches(what, slice_size))  # made again for each: never a line's slices held at once
             result.lines[Kind.SIMULATED] += 1
             continue
         if what is Kind.PASS:

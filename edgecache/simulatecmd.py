@@ -45,8 +45,9 @@ def slice_size(text: str) -> int:
         value = parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError("a slice must hold at least one byte")
+    # As cache.slice: a node slices no other way, and a slice of 1 byte made one 1 GiB line 2**30 slices to replay.
+    if not 4096 <= value <= 64 * 2**20:
+        raise argparse.ArgumentTypeError("a slice is between 4KiB and 64MiB, as cache.slice")
     return value
 
 

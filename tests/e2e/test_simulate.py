@@ -106,3 +106,20 @@ def test_the_command_reads_gzip_and_plots(tmp_path: Path) -> None:
     lines_drawn = svg.findall("{http://www.w3.org/2000/svg}polyline")
     assert [p.findtext("{http://www.w3.org/2000/svg}title") for p in lines_drawn] == ["memory 0", "memory 64KiB"]
     assert [len(p.attrib["points"].split()) for p in lines_drawn] == [2, 2]
+
+
+def test_a_line_of_absurd_bytes_and_a_slice_of_one_byte_never_hang_the_command(tmp_path: Path) -> None:
+    """A line that says it served 10**30 bytes had its 10**24 slices listed and replayed: the command never ended
+    (nor did a 1 GiB line with --slice 1). Such a line is malformed, and such a slice refused."""
+    good = {"site": "s", "method": "GET", "host": "h.test", "path": "/x", "range": None, "status": 200}
+    log = tmp_path / "access.log"
+    log.write_text(json.dumps({**good, "bytes": 10**30}) + "\n" + json.dumps({**good, "bytes": 5000}) + "\n")
+    cmd = [sys.executable, "-m", "edgecache", "simulate", str(log), "--memory", "0", "--disk", "64KiB"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines()[0] == "lines: 2 (1 simulated, 0 pass, 0 peer, 0 other, 1 malformed)"
+    log.write_text(json.dumps({**good, "bytes": 2**30}) + "\n")
+    done = subprocess.run([*cmd, "--slice", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "argument --slice: a slice is between 4KiB and 64MiB, as cache.slice" in done.stderr
+    assert "Traceback" not in done.stderr
