@@ -6,6 +6,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from edgecache import config as cfg
 from edgecache import prefetchcmd, usagecmd
@@ -75,33 +76,20 @@ def _call_admin(config: cfg.Config, path: str, body: dict[str, object], token: s
     import json
     import os
 
-    try:
-        status, answer = _admin_post(config, path, body, token or os.environ.get("EDGECACHE_TOKEN"))
-    except OSError as exc:
-        print(f"cannot reach the admin listener {config.admin}: {exc}", file=sys.stderr)
+    status, answer = _admin_post(config, path, body, token or os.environ.get("EDGECACHE_TOKEN"))
+    if status == 0:
+        print(answer["error"], file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2))
     return 0 if status == expect else 1
 
 
-def _admin_post(config: cfg.Config, path: str, body: dict[str, object], token: str | None) -> tuple[int, object]:
-    import json
-    import urllib.error
-    import urllib.request
+def _admin_post(config: cfg.Config, path: str, body: dict[str, object], token: str | None) -> tuple[int, Any]:
+    """(status, JSON answer); status 0 with {"error": why} when no JSON answer came (prefetchcmd._call)."""
 
     if config.admin is None:
         raise ConfigError([f"{config.source}: admin.listen: is required to use the admin API"])
-    request = urllib.request.Request(
-        f"http://{config.admin}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token or ''}"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+    return prefetchcmd._call(config, token or "", "POST", path, body)
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -119,25 +107,15 @@ def _purge(args: argparse.Namespace) -> int:
 
 def _ring(args: argparse.Namespace) -> int:
     """Ask the node's admin listener (live health); without one, compute the order from the config alone."""
-    import json
     import os
-    import urllib.error
     import urllib.parse
-    import urllib.request
 
     config = cfg.load(args.config or DEFAULT_CONFIG)
     if config.admin is not None:
         query = urllib.parse.urlencode({"url": args.url})
         token = args.token or os.environ.get("EDGECACHE_TOKEN", "")
-        ask = urllib.request.Request(
-            f"http://{config.admin}/ring?{query}", headers={"Authorization": f"Bearer {token}"}
-        )
-        try:
-            with urllib.request.urlopen(ask, timeout=5) as resp:
-                answer = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            answer = json.loads(exc.read() or b"{}")
-        except OSError:
+        status, answer = prefetchcmd._call(config, token, "GET", f"/ring?{query}", timeout=5)
+        if status == 0 and answer["error"].startswith(prefetchcmd.UNREACHABLE):
             answer = _ring_offline(config, args.url)
     else:
         answer = _ring_offline(config, args.url)

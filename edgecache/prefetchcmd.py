@@ -7,6 +7,7 @@ file named like an action is given as `prefetch submit list` or `prefetch ./list
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -91,7 +92,13 @@ def _job(args: argparse.Namespace, config: cfg.Config) -> dict[str, object] | No
             return None
         host = next(h for h in site.hosts if "*" not in h)
     urls = []
-    for line in args.file.read_text(encoding="utf-8").splitlines():
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        print(f"edgecache prefetch submit: {args.file}: {reason}", file=sys.stderr)
+        return None
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             urls.append(f"http://{host}{line}" if host and line.startswith("/") else line)
@@ -108,22 +115,34 @@ def _quote(job_id: str) -> str:
     return urllib.parse.quote(job_id, safe="")
 
 
-def _call(config: cfg.Config, token: str, method: str, path: str, body: object = None) -> tuple[int, Any]:
+UNREACHABLE = "cannot reach the admin listener"
+
+
+def _call(
+    config: cfg.Config, token: str, method: str, path: str, body: object = None, timeout: float = 30.0
+) -> tuple[int, Any]:
     """(status, JSON answer) of one admin call; status 0 with an error when the listener cannot be reached."""
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Authorization": f"Bearer {token}", **({"Content-Type": "application/json"} if data else {})}
     request = urllib.request.Request(f"http://{config.admin}{path}", data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            status, raw, reason = resp.status, resp.read(), resp.reason
     except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw or b"{}")
-        except ValueError:
-            return exc.code, {"error": raw.decode("utf-8", "replace").strip()[:200] or exc.reason}
-    except OSError as exc:
-        return 0, {"error": f"cannot reach the admin listener {config.admin}: {exc}"}
+        status, raw, reason = exc.code, exc.read(), exc.reason
+    except (OSError, http.client.HTTPException) as exc:  # HTTPException: what answers there does not speak HTTP
+        return 0, {"error": f"{UNREACHABLE} {config.admin}: {exc!r}"}
+    return answer_of(config, status, raw, reason)
+
+
+def answer_of(config: cfg.Config, status: int, raw: bytes, reason: str) -> tuple[int, Any]:
+    """(status, the admin API's JSON answer); for anything else (another server at that address, a proxy's error
+    page), status 0 and an error saying what came instead."""
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:  # UnicodeDecodeError is one
+        text = raw.decode("utf-8", "replace").strip()[:200] or reason
+        return 0, {"error": f"{config.admin} answered {status}, not the admin API's JSON: {text!r}"}
 
 
 def _answer(args: argparse.Namespace, status: int, answer: Any, expect: int, show: Any) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from tests.e2e.procs import ROOT, edge_process, free_port
 from tests.origin import Origin
@@ -103,3 +105,56 @@ def test_ring_command_prints_the_owner_order() -> None:
     r = run_cli("ring", "http://unknown.example/x", "--config", str(ROOT / "config" / "cluster" / "node2.toml"))
     assert r.returncode == 1
     assert "no site is configured for host 'unknown.example'" in r.stderr
+
+
+async def test_admin_commands_say_what_answered_when_it_is_not_the_admin_api(tmp_path: Path) -> None:
+    """purge, ring and prefetch read the answer as JSON: another server at admin.listen (an answer of 200 or 502
+    that is not JSON, as a proxy's error page) made each print a JSONDecodeError traceback; a URL file that is
+    missing or not UTF-8 made `prefetch submit` print one too."""
+
+    async def not_the_admin(request: web.Request) -> web.Response:
+        status = 502 if request.method == "POST" else 200
+        return web.Response(status=status, text="<html>Bad gateway</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", not_the_admin)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        config = tmp_path / "edge.toml"
+        config.write_text(
+            f'[server]\nlisten = ["127.0.0.1:{free_port()}"]\n[cache]\ndir = "cache"\n'
+            f'[admin]\nlisten = "127.0.0.1:{port}"\n[[sites]]\nname = "v"\nhosts = ["v.test"]\n'
+            'origins = ["http://127.0.0.1:1"]\n'
+        )
+        (tmp_path / "urls.txt").write_text("http://v.test/a\n")
+        (tmp_path / "latin1.txt").write_bytes(b"http://v.test/\xe9\n")
+        calls = [
+            ("purge", "http://v.test/a"),
+            ("ring", "http://v.test/a"),
+            ("prefetch", "list"),
+            ("prefetch", "show", "abc"),
+            ("prefetch", "submit", str(tmp_path / "urls.txt")),
+        ]
+        for call in calls:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edgecache", *call, "--config", str(config), "--token", "t" * 16,
+                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 1, (call, err)
+            assert b"Traceback" not in err, (call, err)
+            assert f"127.0.0.1:{port} answered".encode() in err, (call, err)
+            assert b"not the admin API's JSON: '<html>Bad gateway</html>'" in err, (call, err)
+        for name, reason in (("missing.txt", b"No such file or directory"), ("latin1.txt", b"not UTF-8 text")):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edgecache", "prefetch", "submit", str(tmp_path / name), "--config", str(config),
+                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert (proc.returncode, err) == (2, b"edgecache prefetch submit: " + str(tmp_path / name).encode()
+                                              + b": " + reason + b"\n")  # fmt: skip
+    finally:
+        await runner.cleanup()
