@@ -45,8 +45,14 @@ def _secret(r: _Reader, t: dict[str, Any], p: str, base: Path) -> str:
         if text is None:
             return ""
         secret = text.strip()
+    elif not isinstance(t["token"], str):
+        r.problem(f"{p}token", "expected a string")
+        return ""
     else:
-        secret = str(t["token"])
+        secret = t["token"]
     if len(secret) < 16:
         r.problem(f"{p}token", "must be at least 16 characters")
+    elif not secret.isprintable() or secret != secret.strip():
+        # A presented token is stripped, and a header carries no control character: such a secret never matches.
+        r.problem(f"{p}token", "must be printable, without spaces around it")
     return secret

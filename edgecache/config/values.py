@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 # Matched whole and ASCII only: `$` lets a trailing newline through, and \d takes other scripts' digits.
 _SIZE = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*([kmgt]?)(i?b?)[ \t]*", re.IGNORECASE | re.ASCII)
+_TARGET_OK = re.compile(r"[!-~]+")  # visible ASCII, matched whole
 _HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 # A label of a listen host's name: RFC 1123's (63 characters at most), and underscores, which Docker's service
 # names may have.
@@ -91,9 +92,15 @@ def _listen_host(host: str) -> bool:
 def check_origin_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError("expected an origin URL such as http://10.0.0.1:8080")
+    if not _TARGET_OK.fullmatch(value):
+        raise ValueError(f"{value!r}: an origin URL has no spaces, controls or non-ASCII characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    if "@" in parts.netloc:  # sent as Basic credentials, and written in every log line about the origin
+        raise ValueError(f"{value!r}: an origin URL has no user or password (they would be written in the logs)")
+    if not _listen_host(parts.hostname):  # an IP address or a name DNS could have (Docker's underscores too)
+        raise ValueError(f"{value!r}: {parts.hostname!r} is not a host name or an IP address")
     if parts.query or parts.fragment:
         raise ValueError(f"{value!r}: an origin URL has no query or fragment")
     try:

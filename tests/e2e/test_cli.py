@@ -158,3 +158,48 @@ async def test_admin_commands_say_what_answered_when_it_is_not_the_admin_api(tmp
                                               + b": " + reason + b"\n")  # fmt: skip
     finally:
         await runner.cleanup()
+
+
+def test_check_config_refuses_origins_and_tokens_that_cannot_work(tmp_path: Path) -> None:
+    """Each of these passed check-config: an origin with credentials (sent in the clear, written in the worker's
+    log at every failure), a host with a space or a NUL in the URL (tried at every miss), a token of another type
+    (a list became its repr) or with spaces around it (a presented token is stripped: it never matched)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        """
+[[admin.tokens]]
+name = "ops"
+role = "operator"
+token = ["aaaaaaa", "bbbbbbb", "ccccccc"]
+[[admin.tokens]]
+name = "spaced"
+role = "operator"
+token = "  operator-secret-0123456789  "
+[[sites]]
+name = "a"
+hosts = ["a.test"]
+origins = ["http://user:s3cret@10.0.0.1:8080", "http://bad host:1", "http://10.0.0.1/\\u0000x", "http://o_1:8080"]
+"""
+    )
+    r = run_cli("check-config", str(bad))
+    assert r.returncode == 2, r.stdout
+    assert "Traceback" not in r.stderr
+    assert sorted(r.stderr.splitlines()) == [
+        f"{bad}: admin.tokens[0].token: expected a string",
+        f"{bad}: admin.tokens[1].token: must be printable, without spaces around it",
+        f"{bad}: sites[0].origins: 'http://user:s3cret@10.0.0.1:8080': an origin URL has no user or password (they"
+        " would be written in the logs)",
+    ]
+    for origin, problem in [
+        ("http://bad host:1", "an origin URL has no spaces, controls or non-ASCII characters"),
+        ("http://10.0.0.1/\\u0000x", "an origin URL has no spaces, controls or non-ASCII characters"),
+        ("http://a.test\\\\@evil:1", "an origin URL has no user or password (they would be written in the logs)"),
+        ("http://300.1.2.3:80", "'300.1.2.3' is not a host name or an IP address"),
+    ]:
+        bad.write_text(f'[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["{origin}"]\n')
+        r = run_cli("check-config", str(bad))
+        assert r.returncode == 2, (origin, r.stdout)
+        assert r.stderr.startswith(f"{bad}: sites[0].origins: "), r.stderr
+        assert problem in r.stderr, r.stderr
+    bad.write_text('[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["http://o_1:8080/base", "http://[::1]:80"]\n')
+    assert run_cli("check-config", str(bad)).returncode == 0
