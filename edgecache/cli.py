@@ -85,11 +85,11 @@ def _call_admin(config: cfg.Config, path: str, body: dict[str, object], token: s
 
 
 def _admin_post(config: cfg.Config, path: str, body: dict[str, object], token: str | None) -> tuple[int, Any]:
-    """(status, JSON answer); status 0 with {"error": why} when no JSON answer came (prefetchcmd._call)."""
+    """(status, JSON answer); status 0 with {"error": why} when no JSON answer came (prefetchcmd.admin_call)."""
 
     if config.admin is None:
         raise ConfigError([f"{config.source}: admin.listen: is required to use the admin API"])
-    return prefetchcmd._call(config, token or "", "POST", path, body)
+    return prefetchcmd.admin_call(config, token or "", "POST", path, body)
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -114,7 +114,7 @@ def _ring(args: argparse.Namespace) -> int:
     if config.admin is not None:
         query = urllib.parse.urlencode({"url": args.url})
         token = args.token or os.environ.get("EDGECACHE_TOKEN", "")
-        status, answer = prefetchcmd._call(config, token, "GET", f"/ring?{query}", timeout=5)
+        status, answer = prefetchcmd.admin_call(config, token, "GET", f"/ring?{query}", timeout=5)
         if status == 0 and answer["error"].startswith(prefetchcmd.UNREACHABLE):
             answer = _ring_offline(config, args.url)
     else:

@@ -75,12 +75,12 @@ def run(args: argparse.Namespace, default_config: Path) -> int:
         body = _job(args, config)
         if body is None:
             return 2
-        return _answer(args, *_call(config, token, "POST", "/prefetch", body), expect=202, show=_submitted)
+        return _answer(args, *admin_call(config, token, "POST", "/prefetch", body), expect=202, show=_submitted)
     if args.action == "list":
-        return _answer(args, *_call(config, token, "GET", "/prefetch"), expect=200, show=_table)
+        return _answer(args, *admin_call(config, token, "GET", "/prefetch"), expect=200, show=_table)
     if args.action == "show":
-        return _answer(args, *_call(config, token, "GET", f"/prefetch/{_quote(args.id)}"), expect=200, show=_one)
-    return _answer(args, *_call(config, token, "DELETE", f"/prefetch/{_quote(args.id)}"), expect=200, show=_gone)
+        return _answer(args, *admin_call(config, token, "GET", f"/prefetch/{_quote(args.id)}"), expect=200, show=_one)
+    return _answer(args, *admin_call(config, token, "DELETE", f"/prefetch/{_quote(args.id)}"), expect=200, show=_gone)
 
 
 def _job(args: argparse.Namespace, config: cfg.Config) -> dict[str, object] | None:
@@ -118,7 +118,7 @@ def _quote(job_id: str) -> str:
 UNREACHABLE = "cannot reach the admin listener"
 
 
-def _call(
+def admin_call(
     config: cfg.Config, token: str, method: str, path: str, body: object = None, timeout: float = 30.0
 ) -> tuple[int, Any]:
     """(status, JSON answer) of one admin call; status 0 with an error when the listener cannot be reached."""
@@ -132,10 +132,10 @@ def _call(
         status, raw, reason = exc.code, exc.read(), exc.reason
     except (OSError, http.client.HTTPException) as exc:  # HTTPException: what answers there does not speak HTTP
         return 0, {"error": f"{UNREACHABLE} {config.admin}: {exc!r}"}
-    return answer_of(config, status, raw, reason)
+    return _answer_of(config, status, raw, reason)
 
 
-def answer_of(config: cfg.Config, status: int, raw: bytes, reason: str) -> tuple[int, Any]:
+def _answer_of(config: cfg.Config, status: int, raw: bytes, reason: str) -> tuple[int, Any]:
     """(status, the admin API's JSON answer); for anything else (another server at that address, a proxy's error
     page), status 0 and an error saying what came instead."""
     try:

@@ -477,17 +477,13 @@ class JobRunner:
             ) as r:
                 outcome, source = reading(", ".join(r.headers.getall("Cache-Status", [])))
                 capped = bucket if source != "cache" else None  # bytes read back from this node's cache are free
-                chunks = []
-                kept = 0
+                chunks, kept = [], 0
                 async for chunk in r.content.iter_chunked(256 * 1024):
                     job.bytes += len(chunk)
                     metrics.PREFETCH_BYTES.inc(len(chunk))
-                    if keep:
-                        kept += len(chunk)
-                        if kept <= MAX_MANIFEST:
-                            chunks.append(chunk)
-                        else:
-                            chunks.clear()  # read on (the fill completes), keep nothing
+                    kept += len(chunk) if keep else 0
+                    if keep and kept <= MAX_MANIFEST:  # past it: read on (the fill completes), keep nothing
+                        chunks.append(chunk)
                     if source != "cache":
                         job.network_bytes += len(chunk)
                     if capped is not None:
