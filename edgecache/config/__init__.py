@@ -73,6 +73,17 @@ __all__ = [
 ]
 
 
+def _log_file(value: object, base: Path) -> Path:
+    """The access log's path, relative to the config file's directory: a file (the worker would find a directory
+    or a number only when it writes, and the log would be lost)."""
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ValueError("expected the path of a file, such as /var/log/edgecache/access.log")
+    path = base / value  # an absolute value stays itself
+    if path.is_dir():
+        raise ValueError(f"{value!r} is a directory: name a file in it")
+    return path
+
+
 def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     r = _Reader(source)
@@ -80,7 +91,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     server = read_server(r, doc, base)
     demo_origin = r.get(_table(r, doc, "demo"), "demo.", "origin", parse_listen, None)
     admin = _table(r, doc, "admin")
-    access = r.get(_table(r, doc, "log"), "log.", "access", lambda v: Path(str(v)), None)
+    access = r.get(_table(r, doc, "log"), "log.", "access", lambda v: _log_file(v, base), None)
     cfg = Config(
         source=source,
         cache=read_cache(r, doc, base),
@@ -88,7 +99,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         sites=read_sites(r, doc, base),
         demo_origin=demo_origin,
         admin=r.get(admin, "admin.", "listen", parse_listen, None),
-        access_log=access if access is None or access.is_absolute() else base / access,
+        access_log=access,
         cluster=read_cluster(r, doc, base) if "cluster" in doc else None,
         tokens=read_tokens(r, admin, base),
         job_retention=r.get(admin, "admin.", "job_retention", _seconds, 86400.0),

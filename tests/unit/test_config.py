@@ -223,3 +223,18 @@ def test_two_sites_may_not_share_a_name() -> None:
         "f.toml: sites[1].name: 'v' is also the name of another site: give each site its own name"
     ]
     build({"sites": [SITE, {**other, "name": "w"}]}, "f.toml", Path("/etc/edgecache"))  # names of their own
+
+
+def test_the_access_log_is_the_path_of_a_file(tmp_path: Path) -> None:
+    """A directory or a number passed check-config; the worker then failed to open it with a traceback, and every
+    line of the access log (what a site is billed from) was lost."""
+    for value in (str(tmp_path), 8080, "", "a\x00b"):
+        with pytest.raises(ConfigError) as exc:
+            build({"log": {"access": value}, "sites": [SITE]}, "f.toml", tmp_path)
+        assert len(exc.value.problems) == 1, value
+        assert exc.value.problems[0].startswith("f.toml: log.access: "), value
+    assert problems({"log": {"access": str(tmp_path)}, "sites": [SITE]}) == [
+        f"f.toml: log.access: {str(tmp_path)!r} is a directory: name a file in it"
+    ]
+    assert build({"log": {"access": "a.log"}, "sites": [SITE]}, "f.toml", tmp_path).access_log == tmp_path / "a.log"
+    assert build({"log": {"access": "/v/a.log"}, "sites": [SITE]}, "f.toml", tmp_path).access_log == Path("/v/a.log")
