@@ -15,7 +15,7 @@ from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
 from edgecache.core import popularity
 from edgecache.core.hop import FIELD as HOP
-from edgecache.core.keys import BadTarget, make_key
+from edgecache.core.keys import make_key
 from edgecache.core.ring import Member
 from edgecache.core.route import Router, normalise_host
 from edgecache.core.status import CacheStatus
@@ -37,12 +37,8 @@ def describe(router: Router[Site], cluster: ClusterView | None, url: str) -> dic
     site = router.match(host) if host else None
     if host is None or site is None:
         return {"url": url, "error": f"no site is configured for host {parts.netloc!r}"}
-    try:
-        key = make_key(
-            site.name, host, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), site.key_query
-        )
-    except BadTarget as exc:
-        return {"url": url, "error": str(exc)}
+    # A target that cannot be keyed raises BadTarget: the admin API answers it 400, an unknown host 404.
+    key = make_key(site.name, host, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), site.key_query)
     owners = cluster.describe(key.primary) if cluster is not None else []
     return {"url": url, "site": site.name, "key": key.primary, "owners": owners}
 
