@@ -300,7 +300,7 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
 
     runner.app.on_cleanup.append(remove)
     await runner.setup()
-    await TCPListener(runner, node.config.admin.host, node.config.admin.port).start()
+    await TCPListener(runner, node.config.admin.host, node.config.admin.port, node.config.header_timeout).start()
     log.info("admin listening on http://%s", node.config.admin)
     return runner
 

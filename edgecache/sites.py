@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from edgecache.proxy.fastserver import FastServer
+from edgecache.proxy.headguard import HeadGuard
 
 
 async def stop_accepting(server: asyncio.AbstractServer | None) -> None:
@@ -40,9 +41,29 @@ class _StopsAccepting(web.BaseSite):
 
 
 class TCPListener(_StopsAccepting, web.TCPSite):
-    """aiohttp's TCP listener (the admin API's, the demo origin's, and in tests every listener of a node)."""
+    """aiohttp's TCP listener (the admin API's, the demo origin's, and in tests every listener of a node). With a
+    `head_timeout`, a connection whose request head is not complete that long after it began is closed with a
+    408 (proxy.headguard): aiohttp has no such bound, and the admin listener shares its worker with viewers."""
 
-    __slots__ = ()
+    __slots__ = ("_head_timeout",)
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, head_timeout: float | None = None) -> None:
+        super().__init__(runner, host, port)
+        self._head_timeout = head_timeout
+
+    async def start(self) -> None:
+        seconds = self._head_timeout
+        if seconds is None:
+            return await super().start()
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+
+        def guarded() -> asyncio.Protocol:
+            return HeadGuard(server(), seconds, closed=lambda: None, first=True)
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(guarded, self._host, self._port, backlog=self._backlog)
 
 
 class FastSite(_StopsAccepting):

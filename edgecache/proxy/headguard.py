@@ -30,7 +30,9 @@ class HeadGuard(asyncio.Protocol):
         seconds: float,
         closed: Callable[[], None],
         back: Callable[[asyncio.Transport, bytes], None] | None = None,
+        first: bool = False,
     ) -> None:
+        self.first = first  # the connection is new: its first head is timed from the connect (the admin listener's)
         self.inner = inner
         self.closed = closed  # the fast path's open-connection count still includes this one
         self.back = back  # gives the connection back to the fast path with the next request's first bytes
@@ -46,6 +48,8 @@ class HeadGuard(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.inner.connection_made(transport)
+        if self.first:
+            self.timer = asyncio.get_running_loop().call_later(self.seconds, self._expired)
 
     def data_received(self, data: bytes) -> None:
         if self.back is not None and self._between_requests():

@@ -9,11 +9,17 @@ import asyncio
 import json
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
 from edgecache.admin.auth import PUBLIC
+from edgecache.config import Listen
+from edgecache.proxy.headguard import TIMEOUT_408
+from edgecache.server import _start_admin
+from tests.conftest import start_edge
 from tests.e2e.adminkit import OPERATOR, VIDEOS, AdminNode, admin_node, node_config
+from tests.e2e.procs import free_port
 from tests.origin import Origin
 
 SEED = 1313
@@ -161,3 +167,37 @@ async def test_json_nested_too_deeply_is_a_400_on_every_route_that_reads_json(or
                 assert status == 400, (path, answer[:400])
                 assert b"nested too deeply" in answer, answer[:400]
         await node.jobs.close()
+
+
+async def test_the_admin_listener_closes_a_connection_whose_head_does_not_come_in_time(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """aiohttp bounds no request head: a client sending nothing, or a head a byte at a time, held its connection
+    (a descriptor of the worker that also serves viewers) for as long as it liked. As on the client port, the
+    head must be whole within server.header_timeout, or the connection is closed with a 408."""
+    port = free_port()
+    cfg = replace(node_config(origin, tmp_path / "cache"), admin=Listen("127.0.0.1", port), header_timeout=0.3)
+    async with start_edge(cfg) as edge:
+        admin = await _start_admin(edge.node, edge.runner)
+        assert admin is not None
+        try:
+            for partial in (b"", b"GET /healthz HTTP/1.1\r\nHost: a\r\n", b"GET /healthz HTTP/1.1\r\n"):
+                for _ in range(2):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    try:
+                        writer.write(partial)
+                        async with asyncio.timeout(10):
+                            data = await reader.read(-1)  # until the node closes it
+                    finally:
+                        writer.close()
+                    assert data == TIMEOUT_408, (partial, data)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a whole head, answered as ever
+            try:
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                async with asyncio.timeout(10):
+                    data = await reader.read(-1)
+            finally:
+                writer.close()
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data
+        finally:
+            await admin.cleanup()
