@@ -109,7 +109,7 @@ async def open_node(config: Config, worker: int = 0) -> AsyncIterator[Node]:
             # before it listens, each request bounded by cluster.timeout.
             node.purge_sync = PurgeSync(cluster, store, lambda: node.config.sites, session, applies=worker == 0)
             await node.purge_sync.round()
-            tasks.append(asyncio.ensure_future(node.purge_sync.run()))
+            tasks += [asyncio.ensure_future(node.purge_sync.run()), asyncio.ensure_future(node.purge_sync.watch())]
         yield node
     finally:
         for task in tasks:

@@ -160,6 +160,23 @@ class PurgeSync:
         else:
             self.doubt(time.time())
 
+    def _paused(self) -> None:
+        """This process did not run for longer than cluster.timeout: a peer may have failed to pass a purge on
+        meanwhile. Everything stored until now is doubted (a doubt already begun is moved to now: what was stored
+        since it began may be what that purge removed), and a round asks the peers at once."""
+        log.warning("this process was paused for over cluster.timeout: it may have missed purges")
+        self._since = None
+        self.doubt(time.time())
+        self._wake.set()
+
+    async def watch(self) -> None:
+        """Watch for pauses of this process (Purging.watch_pauses), from when it first listens: tell the store the
+        loop runs, four times per cluster.timeout."""
+        self.store.watch_pauses(self.view.settings.timeout, self._paused)
+        while True:
+            await asyncio.sleep(self.view.settings.timeout / 4)
+            self.store.tick()
+
     def _peer_changed(self, member_id: str, up: bool) -> None:
         """A peer came up (or joined): it may have taken purges this node has not heard of (unless it has no admin
         listener to ask: then there is nothing to wait for)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import replace
@@ -59,6 +61,10 @@ class Purging:
         # How many times catch_up() forgot what this process held: a lookup that loaded from the disk before the
         # last time must load again before it takes "not held" for "not stored" (fastpath.FastPath.loads).
         self.forgotten = 0
+        # With peers (watch_pauses): when the loop last ran, and what to do after a pause longer than the limit.
+        self.awake = 0.0
+        self._pause_limit = 0.0
+        self._on_pause: Callable[[], None] | None = None
 
     def _forget_held(self) -> None:
         """Drop what this process holds in memory of what the disk tier has (Store)."""
@@ -79,8 +85,27 @@ class Purging:
         self._seen_epoch = epoch.value()
 
     def stale(self) -> bool:
-        """Another worker purged or invalidated something since this one last looked (one memory load)."""
+        """Another worker purged or invalidated something since this one last looked (one memory load). Called
+        before each request is looked up: a pause of this process just ended is noticed here too (watch_pauses)."""
+        if self._on_pause is not None and time.monotonic() - self.awake > self._pause_limit:
+            self.tick()
         return self.epoch is not None and self.epoch.value() != self._seen_epoch
+
+    # --- pauses of this process -------------------------------------------------------------------------------
+
+    def watch_pauses(self, limit: float, paused: Callable[[], None]) -> None:
+        """With peers: this process stopped for longer than `limit` (SIGSTOP, a frozen VM, a stalled loop) may
+        have missed a purge that a peer could not pass on meanwhile, and no peer went down in its own view. So
+        `paused` is called once the loop runs again, before a request is looked up, if tick() has not been called
+        within `limit` (the loop calls tick() more often than that while it runs)."""
+        self._pause_limit, self._on_pause = limit, paused
+        self.awake = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self._on_pause is not None and now - self.awake > self._pause_limit:
+            self._on_pause()
+        self.awake = now
 
     async def catch_up(self) -> None:
         """After stale(): forget the records and metadata held in memory and read the purge table again, so the

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -28,7 +30,7 @@ from edgecache.core.ring import Member, Ring
 from edgecache.server import _start_admin
 from edgecache.sites import TCPListener
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge, views_settled
-from tests.e2e.procs import edge_process, free_port
+from tests.e2e.procs import descendants, edge_process, free_port
 from tests.origin import Origin
 
 OPERATOR = "operator-secret-0123456789"
@@ -570,6 +572,60 @@ async def test_every_worker_of_a_returning_node_serves_only_post_purge_bytes(ori
         async with edge_process("serve", "--config", configs[x], ready={**ready, **caught_up}):
             assert await bodies(s, x) == {NEW}
             assert origin.hits[path] == 2
+
+
+async def test_a_node_paused_while_a_purge_was_made_never_serves_the_purged_bytes(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A node stopped (SIGSTOP: a frozen VM, a long pause) while a purge is made misses it, and sees no peer go
+    down: on its own clock nothing happened. Once it runs again, it must notice the pause before it answers the
+    requests that queued up meanwhile. Real processes of two workers each."""
+    ports, admins = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
+    configs = [str(process_config(i, ports, admins, origin, tmp_path)) for i in range(2)]
+    path = "/paused/a"
+    primary = make_key("videos", "video.test", path, ("*",)).primary
+    owner = Ring.of(Member(f"node{i}", f"127.0.0.1:{ports[i]}") for i in range(2)).owner(primary)
+    assert owner is not None
+    x = int(owner.id.removeprefix("node"))
+    y = 1 - x
+    ready = {b"admin listening on": 1, b"edgecache listening on": 2}
+    origin.put(path, OLD, etag='"v1"')
+    headers = {"Host": "video.test", "Connection": "close"}  # a new connection each: both workers are asked
+    # The owner first: its peer starts up seeing it up (core.health), so the purge is passed on to it and waits
+    # for it (cluster.timeout), as it would for a node that froze while it ran.
+    async with (
+        edge_process("serve", "--config", configs[x], ready=ready) as proc,
+        edge_process("serve", "--config", configs[y], ready=ready),
+        aiohttp.ClientSession() as s,
+    ):
+        for _ in range(8):
+            async with s.get(f"http://127.0.0.1:{ports[x]}{path}", headers=headers) as r:
+                assert (r.status, await r.read()) == (200, OLD)
+        assert origin.hits[path] == 1
+        frozen = [proc.pid, *descendants(proc.pid)]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            change(origin, path)
+            auth = {"Authorization": f"Bearer {OPERATOR}"}
+            body = {"url": f"http://video.test{path}"}
+            async with s.post(f"http://127.0.0.1:{admins[y]}/purge", json=body, headers=auth) as r:
+                answer = await r.json()
+            assert (r.status, answer["failed"]) == (200, [f"node{x}"])
+            # Asked while it is stopped: answered once it runs again, before anything else it does.
+            asked = [
+                asyncio.ensure_future(s.get(f"http://127.0.0.1:{ports[x]}{path}", headers=headers)) for _ in range(4)
+            ]
+            await asyncio.sleep(0)  # the requests are on their way before it resumes (ordering, not a wait for time)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        for r in await asyncio.gather(*asked):
+            async with r:
+                assert (r.status, await r.read()) == (200, NEW)
+        for _ in range(8):
+            async with s.get(f"http://127.0.0.1:{ports[x]}{path}", headers=headers) as r:
+                assert (r.status, await r.read()) == (200, NEW)
 
 
 async def test_a_refused_purge_takes_no_number(origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
