@@ -82,13 +82,14 @@ PASS = Pass()
 
 def unfilled(look_aside: bool, stored: bool, only_if_cached: bool, conditional: bool) -> Reply | Pass | None:
     """What a request the stored entry (if `stored`) did not answer gets when no fill may be started for it; None:
-    the fill. A look-aside (core.lookaside) never fills: what is held fresh was answered already. With nothing
-    stored, only-if-cached is refused (RFC 9111 5.2.1.7), and the client's own validators go to the origin, which
-    alone can answer them (they are not the key's: the answer is not stored)."""
+    the fill. A look-aside (core.lookaside) never fills: what is held fresh was answered already. only-if-cached
+    is refused (RFC 9111 5.2.1.7: a stored response the request's constraints allow, else 504), whether nothing is
+    stored or what is stored must be revalidated first. The client's own validators go to the origin, which alone
+    can answer them (they are not the key's: the answer is not stored)."""
     if look_aside:
         return NOT_HELD
-    if stored:
-        return None
     if only_if_cached:
         return NOT_CACHED
+    if stored:
+        return None
     return PASS if conditional else None

@@ -260,6 +260,25 @@ def _never_stored(resp: Headers) -> frozenset[str]:
     return HOP_BY_HOP | _PROXY_FIELDS | connection_tokens(resp) | named
 
 
+def selects(stored: Headers, fresh304: Headers) -> bool:
+    """RFC 9111 4.3.4: does the 304 identify this stored response for update? A strong ETag in it selects only a
+    stored response with the same strong ETag ("If none of the stored responses contain the same strong validator,
+    then the cache MUST NOT use the new response to update any stored responses"), a weak one one whose ETag matches
+    it weakly; without an ETag, its Last-Modified (a weak validator) must be the stored one's. A 304 with no
+    validator, or only a Last-Modified where none is stored, is taken as about the one response it validated."""
+    etag = (get_first(fresh304, "etag") or "").strip()
+    if etag:
+        mine = (get_first(stored, "etag") or "").strip()
+        if not etag.startswith("W/"):
+            return mine == etag
+        return mine.removeprefix("W/") == etag.removeprefix("W/")
+    lm, mine_lm = get_first(fresh304, "last-modified"), get_first(stored, "last-modified")
+    if lm is None or mine_lm is None:
+        return True
+    when, mine_when = http_date(lm), http_date(mine_lm)
+    return when == mine_when if when is not None and mine_when is not None else lm.strip() == mine_lm.strip()
+
+
 def merge_304(stored: Headers, fresh304: Headers) -> Headers:
     """RFC 9111 3.2 / 4.3.4: each field of the 304 replaces the stored lines of that name; the others stay.
 

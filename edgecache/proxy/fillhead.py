@@ -14,10 +14,10 @@ from email.utils import formatdate
 
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.freshness import Policy, merge_304, storable, strip_for_storage
+from edgecache.core.freshness import Policy, merge_304, selects, storable, strip_for_storage
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keys import PrimaryRecord, entry_key, variant
-from edgecache.errors import OriginError
+from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.fill import Fill, FillHead
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.storage.store import Store
@@ -81,12 +81,7 @@ def judge_head(
     existing = store.peek_meta(key) or existing
     alive = _alive(store, req, primary, request_time, existing)
     if isinstance(j, entry.NotModified):
-        # RFC 9111 4.3.4: a 304 updates the copy it validated. If another version was stored meanwhile (a fill that
-        # came back first), the 304 is about the copy asked about, for this fill's readers only: merged into the
-        # stored copy, it gave the new bytes the old validator.
-        if validated is not None and existing is not None and existing.version != validated.version:
-            return _not_modified(validated, stored, times, req.entry_key, kept=False)
-        return _not_modified(existing, stored, times, req.entry_key)
+        return _of_304(validated, existing, stored, times, req.entry_key)
     length, start, end, body_status = _body(j, status)
     version, whole, token = _copy(j, headers, length, body_status, asked, existing)
     meta = ObjectMeta(
@@ -129,6 +124,22 @@ def _fields(status: int, headers: Headers, policy: Policy, response_time: float)
     if get_first(stored, "date") is None:  # RFC 9110 6.6.1: a recipient with a clock adds the Date it lacks
         stored += (("Date", formatdate(response_time, usegmt=True)),)
     return served, stored
+
+
+def _of_304(
+    validated: ObjectMeta | None, existing: ObjectMeta | None, stored: Headers, times: tuple[float, float], key: str
+) -> FillHead:
+    """RFC 9111 4.3.4: a 304 updates the copy it validated (`validated`, else what is stored: `existing`)."""
+    asked_about = validated if validated is not None else existing
+    if asked_about is not None and not selects(asked_about.headers, stored):
+        # Its validator is not that copy's: it updates nothing (merged, the old bytes would go out under the new
+        # validator). The copy is dropped and the object fetched again (EdgeHandler._cached_loop).
+        raise VersionChanged(f"origin answered 304 for another version ({get_first(stored, 'etag')})")
+    # If another version was stored meanwhile (a fill that came back first), the 304 is about the copy asked about,
+    # for this fill's readers only: merged into the stored copy, it gave the new bytes the old validator.
+    if validated is not None and existing is not None and existing.version != validated.version:
+        return _not_modified(validated, stored, times, key, kept=False)
+    return _not_modified(existing, stored, times, key)
 
 
 def _not_modified(

@@ -225,31 +225,28 @@ class EdgeHandler:
                 if meta is not None
                 else None
             )
-            if meta is not None and fresh is not None:
-                use = self._use(req, meta, fresh, soft_before, validated)
-                try:
+            try:
+                if meta is not None and fresh is not None:
+                    use = self._use(req, meta, fresh, soft_before, validated)
                     served = await serving.serve_stored(self.engine, request, req, meta, use, validated)
-                except VersionChanged as exc:  # raised before any byte was sent (respond._stream)
-                    # A slice it lacks came back as another version: never mixed, so that entry goes and the
-                    # request starts again as a miss of the version the origin has now.
-                    log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
+                    if served is not None:
+                        return served
+                instead = await self._instead_of_fill(request, req, meta)
+                if instead is not None:
+                    return instead
+                fill, ours, origin_ms = self._fill_of(request, req, meta, adopted, started)
+                adopted = None
+                stale_ok = may_stand_in(req.headers, meta, req.policy, time.time())
+                head = await self._head_of(request, req, fill, meta if stale_ok else None)
+            except VersionChanged as exc:
+                # Raised before any byte was sent: a slice the stored entry lacks came back as another version
+                # (respond._stream), or its revalidation's 304 was for another (fillhead.judge_head). Never mixed,
+                # so that entry goes and the request starts again as a miss of the version the origin has now.
+                log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
+                if meta is not None:
                     await self.engine.store.drop_version(req.entry_key, meta)
-                    validated = False
-                    continue
-                if served is not None:
-                    return served
-            instead = await self._instead_of_fill(request, req, meta)
-            if instead is not None:
-                return instead
-            fill, ours = serving.fill_for(self.engine, request, req, meta) if adopted is None else (adopted.fill, True)
-            origin_ms = adopted.origin_ms if adopted is not None else None
-            adopted = None
-            if ours:
-                started.append(fill)
-            stale_ok = may_stand_in(req.headers, meta, req.policy, time.time())
-            if not ours:
-                metrics.COLLAPSED.inc()
-            head = await self._head_of(request, req, fill, meta if stale_ok else None)
+                validated = False
+                continue
             if origin_ms is not None:  # the head came while the fast path waited for it (proxy.coldmiss)
                 observe.trace(request).origin_ms = origin_ms
             if not isinstance(head, FillHead):
@@ -268,6 +265,23 @@ class EdgeHandler:
                 log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
                 await self.engine.store.delete_meta(req.entry_key)
         raise OriginError("the object kept changing while being fetched", retryable=False)
+
+    def _fill_of(
+        self,
+        request: web.BaseRequest,
+        req: FillRequest,
+        meta: ObjectMeta | None,
+        adopted: Adopted | None,
+        started: list[Fill],
+    ) -> tuple[Fill, bool, float | None]:
+        """The fill the request reads (the adopted one, else one started or joined), whether it is this request's,
+        and how long the adopted one's head took; one this request started is noted in `started`."""
+        fill, ours = serving.fill_for(self.engine, request, req, meta) if adopted is None else (adopted.fill, True)
+        if ours:
+            started.append(fill)
+        else:
+            metrics.COLLAPSED.inc()
+        return fill, ours, adopted.origin_ms if adopted is not None else None
 
     async def _look_up(
         self, req: FillRequest, named: tuple[str, ...] | None
@@ -319,6 +333,8 @@ class EdgeHandler:
             observe.trace(request).origin_ms = round((time.monotonic() - waited) * 1000, 3)
         except RangeMismatch:
             return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
+        except VersionChanged:
+            raise  # not the origin's failure: the object is fetched again (_cached_loop)
         except OriginError:
             if stale is not None:
                 return await serving.serve(self.engine, request, req, stale, CacheStatus.STALE, detail="stale-if-error")

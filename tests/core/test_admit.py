@@ -30,7 +30,8 @@ class _Site:
     [
         (True, False, False, False, NOT_HELD),  # a look-aside never fills
         (True, True, True, True, NOT_HELD),
-        (False, True, True, True, None),  # a stored entry is revalidated (a conditional fill), whatever was asked
+        (False, True, False, True, None),  # a stored entry is revalidated (a conditional fill)
+        (False, True, True, False, NOT_CACHED),  # only-if-cached never asks the origin (RFC 9111 5.2.1.7)
         (False, False, True, False, NOT_CACHED),
         (False, False, True, True, NOT_CACHED),  # only-if-cached before the client's validators
         (False, False, False, True, PASS),  # the client's validators: only the origin can answer them

@@ -17,6 +17,7 @@ from edgecache.core.freshness import (
     invalidates,
     merge_304,
     parse_age,
+    selects,
     stale_if_error_allows,
     storable,
     stored_use,
@@ -342,6 +343,30 @@ STALE_30 = Freshness(10, 40)
 )  # fmt: skip
 def test_stale_if_error_rfc5861_4(req: Headers, resp: Headers, fresh: Freshness, allowed: bool) -> None:
     assert stale_if_error_allows(req, resp, fresh, P) is allowed
+
+
+# --- selects (RFC 9111 4.3.4) ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stored", "fresh304", "expected"),
+    [
+        (h('ETag: "a"'), h('ETag: "a"'), True),
+        (h('ETag: "a"'), h('ETag: "b"'), False),  # another strong validator: MUST NOT update
+        (h('ETag: W/"a"'), h('ETag: "a"'), False),  # a strong one selects only the same strong one
+        (h(f"Last-Modified: {LM_10H}"), h('ETag: "a"'), False),
+        (h('ETag: "a"'), h('ETag: W/"a"'), True),  # a weak one: weak comparison
+        (h('ETag: W/"a"'), h('ETag: W/"b"'), False),
+        (h('ETag: "a"', f"Last-Modified: {LM_10H}"), h(f"Last-Modified: {LM_10H}"), True),
+        (h('ETag: "a"', f"Last-Modified: {LM_10H}"), h(f"Last-Modified: {DATE}"), False),
+        (h('ETag: "a"'), h("Cache-Control: max-age=10"), True),  # no validator: the response it validated
+        (h('ETag: "a"'), h(f"Last-Modified: {DATE}"), True),  # none stored to compare with
+    ],
+)
+def test_a_304_selects_only_the_stored_response_with_its_validator_4_3_4(
+    stored: Headers, fresh304: Headers, expected: bool
+) -> None:
+    assert selects(stored, fresh304) is expected
 
 
 # --- merge_304 (RFC 9111 3.2, 4.3.4) ----------------------------------------------------------------------------

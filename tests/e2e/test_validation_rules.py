@@ -1,0 +1,46 @@
+"""RFC 9111 rules about going to the origin for a stored response, through the real edge: only-if-cached never
+does (5.2.1.7), and a 304 updates only the stored response whose validator it carries (4.3.4)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tests.conftest import Edge
+from tests.origin import Obj, Origin
+
+
+async def test_only_if_cached_with_a_stale_entry_is_a_504_without_the_origin(edge: Edge, origin: Origin) -> None:
+    """5.2.1.7: a stored response consistent with the request's constraints, or 504; a stale one must be
+    revalidated first, so it is a 504, asked twice, and the origin never hears of it."""
+    origin.put("/s", b"body", headers={"Cache-Control": "max-age=100", "Age": "150"})  # stale on arrival
+    assert (await edge.get("/s"))[::2] == (200, b"body")
+    for _ in range(2):
+        status, _, _ = await edge.get("/s", **{"Cache-Control": "only-if-cached"})
+        assert status == 504
+    assert origin.hits["/s"] == 1
+    # max-stale makes the stale entry consistent with the request: it is served, still without the origin
+    status, _, body = await edge.get("/s", **{"Cache-Control": "only-if-cached, max-stale"})
+    assert (status, body) == (200, b"body")
+    assert origin.hits["/s"] == 1
+
+
+async def test_a_304_with_another_strong_etag_updates_nothing(edge: Edge, origin: Origin) -> None:
+    """4.3.4: "If none of the stored responses contain the same strong validator, then the cache MUST NOT use the
+    new response to update any stored responses." Merged, the old bytes went out under the new ETag; the object is
+    fetched again instead."""
+    origin.put("/d", b"OLD-BODY", headers={"Cache-Control": "max-age=100", "Age": "150"})  # ETag "v1", stale
+    assert (await edge.get("/d"))[2] == b"OLD-BODY"
+    new = Obj(b"NEW-BODY", etag='"v2"', headers={"Cache-Control": "max-age=100"})
+
+    def now_v2(request: web.BaseRequest, obj: Obj | None) -> Obj | web.Response:
+        if request.headers.get("If-None-Match"):  # an origin that answers 304 with its current validator
+            return web.Response(status=304, headers={"ETag": '"v2"', "Cache-Control": "max-age=100"})
+        return new
+
+    origin.on_request = now_v2
+    for _ in range(2):
+        status, headers, body = await edge.get("/d")
+        assert (status, headers["ETag"], body) == (200, '"v2"', b"NEW-BODY")
+    # the revalidation's 304, then the object fetched without validators; the second answer is a hit
+    assert origin.hits["/d"] == 3
+    assert origin.seen[-1].headers.get("If-None-Match") is None
