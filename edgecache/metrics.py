@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Collection, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _mp
+from prometheus_client.metrics_core import Metric
 
 from edgecache import __version__
 from edgecache.metricturn import TurnCounter, TurnHistogram, apply
@@ -126,16 +129,36 @@ BUILD = Gauge("edgecache_build_info", "Version of this edgecache", ["version", "
 BUILD.labels(__version__, platform.python_version()).set(1)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text format for /metrics: this process, or every worker when running several."""
+class _Members:
+    """Every sample of `source`, but edgecache_peer_up only for the cluster's members now: a gauge's child cannot
+    be taken out of the workers' shared files, and a member a reload removed stayed "up" there for good."""
+
+    def __init__(self, source: Any, members: Collection[str]) -> None:
+        self.source, self.members = source, members
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.source.collect():
+            if metric.name == "edgecache_peer_up":
+                metric.samples = [s for s in metric.samples if s.labels.get("peer") in self.members]
+            yield metric
+
+
+def exposition(members: Collection[str] | None = None) -> tuple[bytes, str]:
+    """The text format for /metrics: this process, or every worker when running several; `members`: the
+    cluster's (ClusterView), whose peers alone are shown up or down."""
     apply()  # this process's increments of the current turn
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8"
-    from prometheus_client import REGISTRY
+        source: Any = CollectorRegistry()
+        _mp.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
+    else:
+        from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), "text/plain; version=0.0.4; charset=utf-8"
+        source = REGISTRY
+    if members is not None:
+        filtered = CollectorRegistry()
+        filtered.register(_Members(source, members))
+        source = filtered
+    return generate_latest(source), "text/plain; version=0.0.4; charset=utf-8"
 
 
 def status_class(status: int) -> str:

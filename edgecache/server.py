@@ -291,7 +291,9 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
     await jobs.start()
     purge = purge_handler(lambda: node.config, node.store, node.cluster)
     routes = prefetch_routes(lambda: node.config, jobs) + purge_routes(lambda: node.config, node.store)
-    app = admin_app(node.ready, lambda: admin_tokens(node.config), node.shared.ring_view, purge, routes)
+    cluster = node.cluster
+    members = (lambda: {m.id for m in cluster.ring.members}) if cluster is not None else None
+    app = admin_app(node.ready, lambda: admin_tokens(node.config), node.shared.ring_view, purge, routes, members)
     runner = web.AppRunner(app, access_log=None)
     runner.app.on_cleanup.append(lambda _app: jobs.close())
 

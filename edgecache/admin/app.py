@@ -6,7 +6,7 @@ not parse, or one no site has, is a 4xx with a reason, never a 500.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from aiohttp import web
 
@@ -24,11 +24,13 @@ def admin_app(
     ring: Callable[[str], dict[str, object]] | None = None,
     purge: Handler | None = None,
     routes: list[web.RouteDef] | None = None,
+    members: Callable[[], Collection[str]] | None = None,
 ) -> web.Application:
-    """`tokens` gives the running config's tokens, so a reload (SIGHUP) changes them at once."""
+    """`tokens` gives the running config's tokens, so a reload (SIGHUP) changes them at once; `members` the
+    cluster's members now (their peer metrics alone are shown)."""
 
     async def get_metrics(request: web.Request) -> web.Response:
-        body, ctype = metrics.exposition()
+        body, ctype = metrics.exposition(members() if members is not None else None)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def healthz(request: web.Request) -> web.Response:

@@ -646,3 +646,24 @@ async def test_a_refused_purge_takes_no_number(origin: Origin, tmp_path: Path, m
         for i in range(2):
             assert dict(c.edge(i).node.store.sync.vector) == {origin_id: 3}
             assert dict(c.edge(i).node.store.sync.above) == {}
+
+
+async def test_a_member_that_leaves_the_ring_leaves_the_peer_metrics(origin: Origin, tmp_path: Path) -> None:
+    """A member a reload (or DNS) takes out of the ring was still shown up by /metrics, for good: a gauge's
+    value stays in the workers' shared files, so the admin API shows the members' alone."""
+    async with cluster(origin, tmp_path) as c:
+        admin = c.configs[0].admin
+        view = c.edge(0).node.cluster
+        assert view is not None
+        async with aiohttp.ClientSession() as s:
+
+            async def peer_up() -> list[str]:
+                async with s.get(f"http://{admin}/metrics") as r:
+                    text = await r.text()
+                return sorted(line for line in text.splitlines() if line.startswith("edgecache_peer_up{"))
+
+            # The three nodes share this process's registry, so node0 is among the peers the others set.
+            up = [f'edgecache_peer_up{{peer="node{i}"}} 1.0' for i in range(3)]
+            assert await peer_up() == up
+            view.set_members([m for m in view.ring.members if m.id != "node2"])  # as a reload without node2
+            assert await peer_up() == up[:2]
