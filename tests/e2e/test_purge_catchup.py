@@ -533,17 +533,21 @@ def process_config(i: int, ports: list[int], admins: list[int], origin: Origin, 
     return path
 
 
-async def test_every_worker_of_a_returning_node_serves_only_post_purge_bytes(origin: Origin, tmp_path: Path) -> None:
-    """Real processes of two workers each: worker 0 takes the purges from the peer and writes the log, the other
-    worker doubts until it reads them there; neither serves the copy from before the purge."""
+def two_nodes(origin: Origin, tmp: Path, path: str) -> tuple[list[int], list[int], list[str], int, int]:
+    """Two nodes' client and admin ports and config files, the index of the owner of `path` and of the other."""
     ports, admins = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
-    configs = [str(process_config(i, ports, admins, origin, tmp_path)) for i in range(2)]
-    path = "/workers/a"
+    configs = [str(process_config(i, ports, admins, origin, tmp)) for i in range(2)]
     primary = make_key("videos", "video.test", path, ("*",)).primary
     owner = Ring.of(Member(f"node{i}", f"127.0.0.1:{ports[i]}") for i in range(2)).owner(primary)
     assert owner is not None
     x = int(owner.id.removeprefix("node"))
-    y = 1 - x
+    return ports, admins, configs, x, 1 - x
+
+
+async def test_every_worker_of_a_returning_node_serves_only_post_purge_bytes(origin: Origin, tmp_path: Path) -> None:
+    """Real processes of two workers each: worker 0 takes the purges from the peer and writes the log, the other
+    worker doubts until it reads them there; neither serves the copy from before the purge."""
+    ports, admins, configs, x, y = two_nodes(origin, tmp_path, path := "/workers/a")
     ready = {b"admin listening on": 1, b"edgecache listening on": 2}
     caught_up = {b"w0 INFO edgecache.cluster.purgesync: purge log: caught up": 1}
     caught_up[b"w1 INFO edgecache.cluster.purgesync: purge log: caught up"] = 1
@@ -580,14 +584,7 @@ async def test_a_node_paused_while_a_purge_was_made_never_serves_the_purged_byte
     """A node stopped (SIGSTOP: a frozen VM, a long pause) while a purge is made misses it, and sees no peer go
     down: on its own clock nothing happened. Once it runs again, it must notice the pause before it answers the
     requests that queued up meanwhile. Real processes of two workers each."""
-    ports, admins = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
-    configs = [str(process_config(i, ports, admins, origin, tmp_path)) for i in range(2)]
-    path = "/paused/a"
-    primary = make_key("videos", "video.test", path, ("*",)).primary
-    owner = Ring.of(Member(f"node{i}", f"127.0.0.1:{ports[i]}") for i in range(2)).owner(primary)
-    assert owner is not None
-    x = int(owner.id.removeprefix("node"))
-    y = 1 - x
+    ports, admins, configs, x, y = two_nodes(origin, tmp_path, path := "/paused/a")
     ready = {b"admin listening on": 1, b"edgecache listening on": 2}
     origin.put(path, OLD, etag='"v1"')
     headers = {"Host": "video.test", "Connection": "close"}  # a new connection each: both workers are asked
