@@ -8,14 +8,14 @@ import datetime
 import json
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
 from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
+from edgecache.admin.urls import NotSiteURL, site_url
 from edgecache.config import Config, Token, parse_size
-from edgecache.core.route import Router, normalise_host
+from edgecache.core.route import Router
 
 
 def _bad(message: str) -> web.HTTPBadRequest:
@@ -86,13 +86,9 @@ def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: int) ->
         if not isinstance(url, str):
             raise _bad(f"item {i} is not a string")
         try:
-            parts = urlsplit(url)
-        except ValueError:  # an unclosed IPv6 bracket
-            raise _bad(f"item {i}: {url[:200]!r} is not a URL") from None
-        host = normalise_host(parts.netloc)
-        site = router.match(host) if host and parts.scheme in ("http", "https") else None
-        if site is None:
-            raise _bad(f"item {i}: {url[:200]!r} is not an http(s) URL of a configured site")
+            site = site_url(url, router).site  # as a purge takes it (admin.urls)
+        except NotSiteURL as exc:
+            raise _bad(f"item {i}: {url[:200]!r}: {exc}") from None
         authorize(token, site.name)
         checked.append(url)
     return checked

@@ -17,19 +17,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
+from edgecache.admin.urls import NotSiteURL, site_url
 from edgecache.cluster.purgesync import AFTER_PATH, apply_entry
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Config, Site, Token
-from edgecache.core.keys import BadTarget, make_key
 from edgecache.core.purge import Entry, TableFull, parse_vector, peer_token
 from edgecache.core.ring import Member
-from edgecache.core.route import Router, normalise_host
+from edgecache.core.route import Router
 from edgecache.storage.purging import UNKEPT
 from edgecache.storage.store import Store
 
@@ -60,33 +59,20 @@ def parse_order(body: Any, sites: tuple[Site, ...]) -> PurgeOrder:
         raise _bad("soft must be true or false")
     kind = kinds[0]
     value = body[kind]
-    if not isinstance(value, str) or not value or len(value) > 8192:
-        raise _bad(f"{kind} must be a non-empty string")
     if kind == "site":
-        site = next((s for s in sites if s.name == value), None)
+        site = next((s for s in sites if isinstance(value, str) and s.name == value), None)
         if site is None:
             raise _bad(f"no site named {value!r}")
         return PurgeOrder(site, "site", soft=soft)
     try:
-        parts = urlsplit(value)
-    except ValueError as exc:  # an unclosed IPv6 bracket
-        raise _bad(f"{kind} is not a URL: {exc}") from exc
-    host = normalise_host(parts.netloc)
-    if parts.scheme not in ("http", "https") or host is None:
-        raise _bad(f"{kind} must be an absolute http(s) URL")
-    site = Router((s.hosts, s) for s in sites).match(host)
-    if site is None:
-        raise _bad(f"no site is configured for host {host!r}")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    try:
-        key = make_key(site.name, host, target, site.key_query)
-    except BadTarget as exc:
-        raise _bad(str(exc)) from exc
+        url = site_url(value, Router((s.hosts, s) for s in sites))
+    except NotSiteURL as exc:
+        raise _bad(f"{kind}: {exc}") from exc
     if kind == "prefix":
-        if parts.query or not key.path.endswith("/"):
+        if url.query or not url.key.path.endswith("/"):
             raise _bad("a prefix is a directory: it ends with '/' and has no query")
-        return PurgeOrder(site, "prefix", host, key.path, soft)
-    return PurgeOrder(site, "url", host, key.target, soft)
+        return PurgeOrder(url.site, "prefix", url.host, url.key.path, soft)
+    return PurgeOrder(url.site, "url", url.host, url.key.target, soft)
 
 
 def _authorize(token: Token, site: str, body: dict[str, Any]) -> None:

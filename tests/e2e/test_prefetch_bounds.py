@@ -282,3 +282,18 @@ async def test_a_served_node_prefetches_past_the_acl_through_its_own_socket(orig
         async with s.get(f"http://127.0.0.1:{port}/a", headers={"Host": "video.test"}) as r:
             assert (r.status, await r.read()) == (403, b"this address may not use site 'videos'\n")
     assert origin.hits["/a"] == 1
+
+
+async def test_a_url_a_purge_refuses_is_refused_by_a_prefetch_job_too(origin: Origin, tmp_path: Path) -> None:
+    """A prefetch job took URLs a purge refuses (a space, an encoded NUL, a path too long), answered 202, and each
+    failed later at its fetch; both now take a URL by one rule (admin.urls), and refuse it at once, 400."""
+    bad = ["http://video.test/a b", "http://video.test/a%00b", "http://video.test/" + "a" * 9000]
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        for url in bad:
+            purged = await node.call("POST", "/purge", json={"url": url})
+            fetched = await node.call("POST", "/prefetch", json=[url])
+            assert (purged[0], fetched[0]) == (400, 400), (url, purged, fetched)
+            assert isinstance(fetched[1], dict)
+            assert fetched[1]["error"].startswith("item 0: "), fetched
+        assert (await node.call("GET", "/prefetch"))[1] == []
+    assert origin.seen == []
