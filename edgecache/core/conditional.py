@@ -39,8 +39,10 @@ def precondition_failed(request: Headers, etag: str | None, last_modified: str |
             return etag is None
         return etag is None or etag.startswith("W/") or etag.strip() not in {t.strip() for t in im}
     ius = _date(get_first(request, "if-unmodified-since"))
-    lm = _date(last_modified)
-    return ius is not None and (lm is None or lm > ius)
+    lm = _date(last_modified) if last_modified else None
+    # Without a modification date the field is ignored: "A recipient MUST ignore If-Unmodified-Since if the
+    # resource does not have a modification date available" (13.1.4).
+    return ius is not None and lm is not None and lm > ius
 
 
 def validates(request: Headers) -> bool:

@@ -93,3 +93,7 @@ def test_conditionals() -> None:
     assert precondition_failed((("If-Match", '"b"'),), '"a"', None)
     assert not precondition_failed((("If-Match", '"a"'),), '"a"', None)
     assert precondition_failed((("If-Match", '"a"'),), 'W/"a"', None)
+    ius = (("If-Unmodified-Since", "Sun, 02 Nov 2025 00:00:00 GMT"),)
+    assert precondition_failed(ius, None, "Mon, 03 Nov 2025 00:00:00 GMT")
+    assert not precondition_failed(ius, None, "Sat, 01 Nov 2025 00:00:00 GMT")
+    assert not precondition_failed(ius, '"a"', None)  # no modification date: the field is ignored (RFC 9110 13.1.4)
