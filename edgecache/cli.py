@@ -10,6 +10,7 @@ from typing import Any
 
 from edgecache import config as cfg
 from edgecache import prefetchcmd, usagecmd
+from edgecache.config.server import MAX_WORKERS
 from edgecache.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "edgecache.toml"
@@ -159,8 +160,8 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
         }
     except ValueError as exc:
         raise ConfigError([f"command line: --memory/--disk/--slice/--memory-headroom: {exc}"]) from exc
-    if args.workers < 1 or args.max_requests < 1:
-        raise ConfigError(["command line: --workers and --max-requests: must be at least 1"])
+    if not 1 <= args.workers <= MAX_WORKERS or args.max_requests < 1:
+        raise ConfigError([f"command line: --workers: expected 1 to {MAX_WORKERS}; --max-requests: at least 1"])
     try:
         watchdog = cfg.check_watchdog(args.watchdog)
     except ValueError as exc:

@@ -46,6 +46,9 @@ def read_cluster(r: _Reader, doc: dict[str, Any], base: Path) -> ClusterSettings
     ids = [n.id for n in nodes]
     if len(set(ids)) != len(ids):
         r.problem(f"{p}nodes", "node ids must be unique")
+    addresses = [n.address for n in nodes if n.address]
+    if len(set(addresses)) != len(addresses):  # two ids for one node: each would forward to itself as to a peer
+        r.problem(f"{p}nodes", "node addresses must be unique")
     if nodes and settings.self_id and settings.self_id not in ids:
         r.problem(f"{p}self", f"{settings.self_id!r} is not one of the nodes")
     return settings

@@ -23,6 +23,7 @@ from edgecache.config.values import (
 
 MAX_DRAIN = 3600.0
 MAX_WATCH = 3600.0
+MAX_WORKERS = 256  # past any machine's cores: a typo (1000 for 100) would fork a process per unit
 
 
 class ServerFields(TypedDict):
@@ -56,7 +57,7 @@ def read_server(r: _Reader, doc: dict[str, Any], base: Path) -> ServerFields:
     no_nets: tuple[IPv4Network | IPv6Network, ...] = ()
     return ServerFields(
         listen=r.get(t, p, "listen", _listen_list, ()) or (Listen("127.0.0.1", 8080),),
-        workers=r.get(t, p, "workers", _positive(int), 1),
+        workers=r.get(t, p, "workers", _workers, 1),
         client_write_timeout=r.get(t, p, "client_write_timeout", _positive(float), 60.0),
         max_requests=r.get(t, p, "max_requests", _positive(int), 10_000),
         max_connections=r.get(t, p, "max_connections", _positive(int), 20_000),
@@ -130,6 +131,14 @@ def _watch_config(v: Any) -> float:
     if seconds != 0 and not 1 <= seconds <= MAX_WATCH:
         raise ValueError(f"expected 0 (off) or seconds between 1 and {MAX_WATCH:.0f}")
     return seconds
+
+
+def _workers(v: Any) -> int:
+    """`server.workers`: processes serving the listeners, one per core at most is useful."""
+    n = _positive(int)(v)
+    if n > MAX_WORKERS:
+        raise ValueError(f"expected a number of worker processes between 1 and {MAX_WORKERS}")
+    return int(n)
 
 
 def _drain(v: Any) -> float:

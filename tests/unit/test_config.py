@@ -238,3 +238,15 @@ def test_the_access_log_is_the_path_of_a_file(tmp_path: Path) -> None:
     ]
     assert build({"log": {"access": "a.log"}, "sites": [SITE]}, "f.toml", tmp_path).access_log == tmp_path / "a.log"
     assert build({"log": {"access": "/v/a.log"}, "sites": [SITE]}, "f.toml", tmp_path).access_log == Path("/v/a.log")
+
+
+def test_workers_and_node_addresses_within_reason() -> None:
+    """A typo in server.workers forked that many processes, and two cluster nodes at one address each took the
+    other for a peer: both passed check-config."""
+    assert problems({"server": {"workers": 1000}, "sites": [SITE]}) == [
+        "f.toml: server.workers: expected a number of worker processes between 1 and 256"
+    ]
+    assert build({"server": {"workers": 256}, "sites": [SITE]}, "f.toml", Path("/e")).workers == 256
+    nodes = [{"id": "a", "address": "10.0.0.1:80"}, {"id": "b", "address": "10.0.0.1:80"}]
+    cluster = {"self": "a", "key": "k" * 64, "nodes": nodes}
+    assert problems({"cluster": cluster, "sites": [SITE]}) == ["f.toml: cluster.nodes: node addresses must be unique"]
