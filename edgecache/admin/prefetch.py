@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -39,16 +40,31 @@ async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
         text = (await request.read()).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _bad("body is not UTF-8 text") from exc
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")], dict(
-        request.query
-    )
+    urls = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return urls, {k: _query_value(k, v) for k, v in request.query.items()}
+
+
+def _query_value(name: str, value: str) -> Any:
+    """A query string's option, typed as its JSON form would be: its numbers are integers."""
+    return int(value) if name in ("priority", "concurrency") and re.fullmatch(r"-?[0-9]{1,10}", value) else value
+
+
+_TIME_OF_DAY = re.compile(r"[0-2][0-9]:[0-5][0-9](:[0-5][0-9])?")  # docs/admin-api.yaml's TimeOfDay
+
+
+def _integer(opts: dict[str, Any], name: str, default: int) -> int:
+    """An integer option as the schema has it: true, 1.7 or "5" are not one (int() took each)."""
+    value = opts.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or abs(value) > 2**31:
+        raise ValueError(f"{name} must be an integer, not {value!r}"[:200])
+    return value
 
 
 def _options(opts: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
-        out["priority"] = int(opts.get("priority", 0))
-        out["concurrency"] = int(opts.get("concurrency", 4))
+        out["priority"] = _integer(opts, "priority", 0)
+        out["concurrency"] = _integer(opts, "concurrency", 4)
         if "bandwidth" in opts:
             out["bandwidth"] = parse_size(opts["bandwidth"])
         if "window_start" in opts or "window" in opts:
@@ -57,6 +73,8 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
             bounds = datetime.time.fromisoformat(start), datetime.time.fromisoformat(end)
             if any(t.tzinfo is not None for t in bounds):  # the node's clock is local and naive (jobs.in_window)
                 raise ValueError(f"window {start}-{end}: times are local, without an offset")
+            if not (_TIME_OF_DAY.fullmatch(start) and _TIME_OF_DAY.fullmatch(end)):
+                raise ValueError(f"window {start[:20]}-{end[:20]}: times are HH:MM or HH:MM:SS")
             if bounds[0] == bounds[1]:
                 raise ValueError(f"window {start}-{end} is empty")
             out["window"] = (start, end)

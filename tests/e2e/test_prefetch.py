@@ -95,6 +95,13 @@ async def test_bad_prefetch_requests_fetch_nothing(origin: Origin, tmp_path: Pat
             (["http://video.test/ok"], "not-a-token-not-a-token", 401),
             ({"urls": "http://video.test/ok"}, VIDEOS, 400),
             ({"urls": ["http://video.test/ok"], "concurrency": 0}, VIDEOS, 400),
+            # What docs/admin-api.yaml says they are, and nothing else: int() took each of these.
+            ({"urls": ["http://video.test/ok"], "concurrency": 64.9}, VIDEOS, 400),
+            ({"urls": ["http://video.test/ok"], "priority": True}, VIDEOS, 400),
+            ({"urls": ["http://video.test/ok"], "priority": "5"}, VIDEOS, 400),
+            ({"urls": ["http://video.test/ok"], "priority": 10**30}, VIDEOS, 400),
+            ({"urls": ["http://video.test/ok"], "window": {"start": "0200", "end": "06:00"}}, VIDEOS, 400),
+            ({"urls": ["http://video.test/ok"], "window": {"start": "02:00:00.5", "end": "06:00"}}, VIDEOS, 400),
             ([], VIDEOS, 400),
         ]
         for body, token, status in cases:
