@@ -135,14 +135,14 @@ def _ring(args: argparse.Namespace) -> int:
 
 def _ring_offline(config: cfg.Config, url: str) -> dict[str, object]:
     from edgecache.cluster.view import ClusterView
-    from edgecache.core.keys import BadTarget
+    from edgecache.core.siteurl import NotSiteURL
     from edgecache.proxy.shared import Shared
 
     view = ClusterView(config.cluster) if config.cluster is not None else None
     try:
         answer = Shared(config.sites, None, None, view).ring_view(url)  # type: ignore[arg-type]
-    except (BadTarget, ValueError) as exc:  # ValueError: urlsplit of an unclosed IPv6 bracket
-        return {"url": url, "error": f"not a URL this node can key: {exc}"}
+    except NotSiteURL as exc:
+        return {"url": url, "error": str(exc)}
     owners = answer.get("owners")
     if isinstance(owners, list):
         for node in owners:

@@ -13,7 +13,7 @@ from aiohttp import web
 from edgecache import metrics
 from edgecache.admin.auth import guard
 from edgecache.config import Token
-from edgecache.core.keys import BadTarget
+from edgecache.core.siteurl import NotSiteURL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,10 +45,9 @@ def admin_app(
         if not url or ring is None:
             return web.json_response({"error": "give ?url=http://host/path"}, status=400)
         try:
-            answer = ring(url)
-        except (BadTarget, ValueError) as exc:  # ValueError: urlsplit of an unclosed IPv6 bracket
-            return web.json_response({"url": url, "error": f"not a URL this node can key: {exc}"}, status=400)
-        return web.json_response(answer, status=404 if "error" in answer else 200)
+            return web.json_response(ring(url))
+        except NotSiteURL as exc:  # a host no site has: 404; anything else this node cannot key: 400
+            return web.json_response({"url": url, "error": str(exc)}, status=404 if exc.unknown_host else 400)
 
     # Larger bodies get 413 before any parsing.
     app = web.Application(client_max_size=1024 * 1024, middlewares=[guard(tokens)])

@@ -14,9 +14,9 @@ from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
 from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
-from edgecache.admin.urls import NotSiteURL, site_url
 from edgecache.config import Config, Token, parse_size
 from edgecache.core.route import Router
+from edgecache.core.siteurl import NotSiteURL, site_url
 
 
 def _bad(message: str) -> web.HTTPBadRequest:
@@ -104,7 +104,7 @@ def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: int) ->
         if not isinstance(url, str):
             raise _bad(f"item {i} is not a string")
         try:
-            site = site_url(url, router).site  # as a purge takes it (admin.urls)
+            site = site_url(url, router).site  # as a purge takes it (core.siteurl)
         except NotSiteURL as exc:
             raise _bad(f"item {i}: {url[:200]!r}: {exc}") from None
         authorize(token, site.name)

@@ -22,13 +22,13 @@ import aiohttp
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
-from edgecache.admin.urls import NotSiteURL, site_url
 from edgecache.cluster.purgesync import AFTER_PATH, apply_entry
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Config, Site, Token
 from edgecache.core.purge import Entry, TableFull, parse_vector, peer_token
 from edgecache.core.ring import Member
 from edgecache.core.route import Router
+from edgecache.core.siteurl import NotSiteURL, site_url
 from edgecache.storage.purging import UNKEPT
 from edgecache.storage.store import Store
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -15,9 +14,9 @@ from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
 from edgecache.core import popularity
 from edgecache.core.hop import FIELD as HOP
-from edgecache.core.keys import make_key
 from edgecache.core.ring import Member
-from edgecache.core.route import Router, normalise_host
+from edgecache.core.route import Router
+from edgecache.core.siteurl import site_url
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
 from edgecache.proxy import observe
@@ -31,16 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def describe(router: Router[Site], cluster: ClusterView | None, url: str) -> dict[str, object]:
-    """Owner order for a URL and who is up, as this node sees it (admin /ring, `edgecache ring`)."""
-    parts = urlsplit(url)
-    host = normalise_host(parts.netloc)
-    site = router.match(host) if host else None
-    if host is None or site is None:
-        return {"url": url, "error": f"no site is configured for host {parts.netloc!r}"}
-    # A target that cannot be keyed raises BadTarget: the admin API answers it 400, an unknown host 404.
-    key = make_key(site.name, host, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), site.key_query)
-    owners = cluster.describe(key.primary) if cluster is not None else []
-    return {"url": url, "site": site.name, "key": key.primary, "owners": owners}
+    """Owner order for a URL and who is up, as this node sees it (admin /ring, `edgecache ring`). Raises
+    NotSiteURL (core.siteurl) for a URL no site has or the cache cannot key."""
+    found = site_url(url, router)
+    owners = cluster.describe(found.key.primary) if cluster is not None else []
+    return {"url": url, "site": found.site.name, "key": found.key.primary, "owners": owners}
 
 
 def spread_from(

@@ -286,7 +286,7 @@ async def test_a_served_node_prefetches_past_the_acl_through_its_own_socket(orig
 
 async def test_a_url_a_purge_refuses_is_refused_by_a_prefetch_job_too(origin: Origin, tmp_path: Path) -> None:
     """A prefetch job took URLs a purge refuses (a space, an encoded NUL, a path too long), answered 202, and each
-    failed later at its fetch; both now take a URL by one rule (admin.urls), and refuse it at once, 400."""
+    failed later at its fetch; both now take a URL by one rule (core.siteurl), and refuse it at once, 400."""
     bad = ["http://video.test/a b", "http://video.test/a%00b", "http://video.test/" + "a" * 9000]
     async with admin_node(node_config(origin, tmp_path / "c")) as node:
         for url in bad:

@@ -1,31 +1,48 @@
-"""The URLs the admin API is given (a purge's url or prefix, a prefetch job's): one rule for what is one, so a URL
-a purge refuses is never taken by a prefetch job, to fail later at its fetch."""
+"""An absolute URL of a configured site, as the cache keys it: one rule for every URL an operator or a provider
+gives (a purge's url or prefix, a prefetch job's, `/ring` and `edgecache ring`), so a URL one of them refuses is
+never taken by another, to fail later."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from edgecache.config import Site
 from edgecache.core.keys import BadTarget, CacheKey, make_key
 from edgecache.core.route import Router, normalise_host
 
 MAX_URL = 8192  # characters; a target past aiohttp's 8190-byte request line could not be fetched anyway
 
 
+class _Site(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def key_query(self) -> Iterable[str]: ...
+
+
+S = TypeVar("S", bound=_Site)
+
+
 class NotSiteURL(ValueError):
-    """Why a value is not an absolute http(s) URL of a configured site that the cache can key."""
+    """Why a value is not an absolute http(s) URL of a configured site that the cache can key. `unknown_host`:
+    it is one, of a host no site has (the admin API's /ring answers that 404, anything else 400)."""
+
+    def __init__(self, reason: str, unknown_host: bool = False) -> None:
+        super().__init__(reason)
+        self.unknown_host = unknown_host
 
 
 @dataclass(frozen=True, slots=True)
-class SiteURL:
-    site: Site
+class SiteURL(Generic[S]):
+    site: S
     host: str
     key: CacheKey
     query: str  # as given (a prefix must have none)
 
 
-def site_url(value: object, router: Router[Site]) -> SiteURL:
+def site_url(value: object, router: Router[S]) -> SiteURL[S]:
     """The site, host and cache key `value` names; NotSiteURL with the reason when it names none."""
     if not isinstance(value, str) or not value or len(value) > MAX_URL:
         raise NotSiteURL(f"not a non-empty string of at most {MAX_URL} characters")
@@ -38,7 +55,7 @@ def site_url(value: object, router: Router[Site]) -> SiteURL:
         raise NotSiteURL("not an absolute http(s) URL")
     site = router.match(host)
     if site is None:
-        raise NotSiteURL(f"no site is configured for host {host!r}")
+        raise NotSiteURL(f"no site is configured for host {host!r}", unknown_host=True)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         key = make_key(site.name, host, target, site.key_query)
