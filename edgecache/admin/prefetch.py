@@ -13,33 +13,25 @@ from typing import Any
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
+from edgecache.admin.body import bad, read_json
 from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
 from edgecache.config import Config, Token, parse_size
 from edgecache.core.route import Router
 from edgecache.core.siteurl import NotSiteURL, site_url
 
 
-def _bad(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": message}) + "\n", content_type="application/json")
-
-
 async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
     if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
-        except RecursionError:  # json's decoder recurses: arrays or objects nested a thousand deep
-            raise _bad("body is not JSON this node reads: nested too deeply") from None
+        body = await read_json(request)
         if isinstance(body, list):
             return body, {}
         if isinstance(body, dict) and isinstance(body.get("urls"), list):
             return body["urls"], body
-        raise _bad("expected a JSON array of URLs or an object with a 'urls' array")
+        raise bad("expected a JSON array of URLs or an object with a 'urls' array")
     try:
         text = (await request.read()).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _bad("body is not UTF-8 text") from exc
+        raise bad("body is not UTF-8 text") from exc
     urls = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return urls, {k: _query_value(k, v) for k, v in request.query.items()}
 
@@ -79,34 +71,34 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"window {start}-{end} is empty")
             out["window"] = (start, end)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:  # OverflowError: JSON's 1e999 is infinity
-        raise _bad(f"bad option: {exc}") from exc
+        raise bad(f"bad option: {exc}") from exc
     renditions = opts.get("renditions", [])
     if isinstance(renditions, str):
         renditions = [r for r in renditions.split(",") if r]
     if not isinstance(renditions, list) or not all(isinstance(r, str) for r in renditions):
-        raise _bad("renditions must be a list of representation ids")
+        raise bad("renditions must be a list of representation ids")
     out["renditions"] = renditions
     if not 1 <= out["concurrency"] <= 64:
-        raise _bad("concurrency must be between 1 and 64")
+        raise bad("concurrency must be between 1 and 64")
     if out.get("bandwidth") == 0:
-        raise _bad("bandwidth must be positive")
+        raise bad("bandwidth must be positive")
     return out
 
 
 def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: int) -> list[str]:
     if not urls:
-        raise _bad("no URLs")
+        raise bad("no URLs")
     if len(urls) > max_urls:
-        raise _bad(f"at most {max_urls} URLs per job")
+        raise bad(f"at most {max_urls} URLs per job")
     router = Router((s.hosts, s) for s in config.sites)
     checked = []
     for i, url in enumerate(urls):
         if not isinstance(url, str):
-            raise _bad(f"item {i} is not a string")
+            raise bad(f"item {i} is not a string")
         try:
             site = site_url(url, router).site  # as a purge takes it (core.siteurl)
         except NotSiteURL as exc:
-            raise _bad(f"item {i}: {url[:200]!r}: {exc}") from None
+            raise bad(f"item {i}: {url[:200]!r}: {exc}") from None
         authorize(token, site.name)
         checked.append(url)
     return checked

@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
+from edgecache.admin.body import bad, read_json
 from edgecache.cluster.purgesync import AFTER_PATH, apply_entry
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Config, Site, Token
@@ -44,33 +45,29 @@ class PurgeOrder:
     soft: bool = False
 
 
-def _bad(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": message}) + "\n", content_type="application/json")
-
-
 def parse_order(body: Any, sites: tuple[Site, ...]) -> PurgeOrder:
     if not isinstance(body, dict):
-        raise _bad("expected a JSON object with one of url, prefix or site")
+        raise bad("expected a JSON object with one of url, prefix or site")
     kinds = [k for k in ("url", "prefix", "site") if k in body]
     if len(kinds) != 1:
-        raise _bad("give exactly one of url, prefix or site")
+        raise bad("give exactly one of url, prefix or site")
     soft = body.get("soft", False)
     if not isinstance(soft, bool):
-        raise _bad("soft must be true or false")
+        raise bad("soft must be true or false")
     kind = kinds[0]
     value = body[kind]
     if kind == "site":
         site = next((s for s in sites if isinstance(value, str) and s.name == value), None)
         if site is None:
-            raise _bad(f"no site named {value!r}")
+            raise bad(f"no site named {value!r}")
         return PurgeOrder(site, "site", soft=soft)
     try:
         url = site_url(value, Router((s.hosts, s) for s in sites))
     except NotSiteURL as exc:
-        raise _bad(f"{kind}: {exc}") from exc
+        raise bad(f"{kind}: {exc}") from exc
     if kind == "prefix":
         if url.query or not url.key.path.endswith("/"):
-            raise _bad("a prefix is a directory: it ends with '/' and has no query")
+            raise bad("a prefix is a directory: it ends with '/' and has no query")
         return PurgeOrder(url.site, "prefix", url.host, url.key.path, soft)
     return PurgeOrder(url.site, "url", url.host, url.key.target, soft)
 
@@ -82,7 +79,7 @@ def _authorize(token: Token, site: str, body: dict[str, Any]) -> None:
     if token.role == "peer" and "id" in body:
         return
     if "id" in body or body.get("local"):
-        raise _bad("id and local are the cluster's nodes' own")
+        raise bad("id and local are the cluster's nodes' own")
     authorize(token, site)
 
 
@@ -98,7 +95,7 @@ def _entry(store: Store, config: Config, order: PurgeOrder, body: dict[str, Any]
     if isinstance(given, list) and len(given) == 2:
         entry = Entry.from_json([*given, order.kind, order.site.name, host, path, order.soft])
     if entry is None:
-        raise _bad("id must be [origin, number] as a node sends it")
+        raise bad("id must be [origin, number] as a node sends it")
     return entry
 
 
@@ -166,12 +163,7 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
     async def handle(request: web.Request) -> web.Response:
         config = current()
         token: Token = token_of(request)
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
-        except RecursionError:  # json's decoder recurses: arrays or objects nested a thousand deep
-            raise _bad("body is not JSON this node reads: nested too deeply") from None
+        body = await read_json(request)
         order = parse_order(body, config.sites)
         _authorize(token, order.site.name, body)
         entry = _entry(store, config, order, body)
@@ -232,15 +224,10 @@ def purge_routes(current: Callable[[], Config], store: Store) -> list[web.RouteD
                 text='{"error": "only the cluster\'s nodes and operators may read the purge log"}\n',
                 content_type="application/json",
             )
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _bad(f"body is not JSON: {exc.__class__.__name__}") from exc
-        except RecursionError:  # json's decoder recurses: arrays or objects nested a thousand deep
-            raise _bad("body is not JSON this node reads: nested too deeply") from None
+        body = await read_json(request)
         vector = parse_vector(body.get("vector")) if isinstance(body, dict) else None
         if vector is None:
-            raise _bad('expected {"vector": {origin: number, ...}}')
+            raise bad('expected {"vector": {origin: number, ...}}')
         answer = store.sync.after(vector)
         config = current()
         return web.json_response(
