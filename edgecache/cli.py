@@ -6,10 +6,10 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from edgecache import config as cfg
 from edgecache import prefetchcmd, usagecmd
+from edgecache.admincall import UNREACHABLE, admin_call
 from edgecache.config.server import MAX_WORKERS
 from edgecache.errors import ConfigError
 
@@ -77,20 +77,14 @@ def _call_admin(config: cfg.Config, path: str, body: dict[str, object], token: s
     import json
     import os
 
-    status, answer = _admin_post(config, path, body, token or os.environ.get("EDGECACHE_TOKEN"))
+    if config.admin is None:
+        raise ConfigError([f"{config.source}: admin.listen: is required to use the admin API"])
+    status, answer = admin_call(config, token or os.environ.get("EDGECACHE_TOKEN") or "", "POST", path, body)
     if status == 0:
         print(answer["error"], file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2))
     return 0 if status == expect else 1
-
-
-def _admin_post(config: cfg.Config, path: str, body: dict[str, object], token: str | None) -> tuple[int, Any]:
-    """(status, JSON answer); status 0 with {"error": why} when no JSON answer came (prefetchcmd.admin_call)."""
-
-    if config.admin is None:
-        raise ConfigError([f"{config.source}: admin.listen: is required to use the admin API"])
-    return prefetchcmd.admin_call(config, token or "", "POST", path, body)
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -115,8 +109,8 @@ def _ring(args: argparse.Namespace) -> int:
     if config.admin is not None:
         query = urllib.parse.urlencode({"url": args.url})
         token = args.token or os.environ.get("EDGECACHE_TOKEN", "")
-        status, answer = prefetchcmd.admin_call(config, token, "GET", f"/ring?{query}", timeout=5)
-        if status == 0 and answer["error"].startswith(prefetchcmd.UNREACHABLE):
+        status, answer = admin_call(config, token, "GET", f"/ring?{query}", timeout=5)
+        if status == 0 and answer["error"].startswith(UNREACHABLE):
             answer = _ring_offline(config, args.url)
     else:
         answer = _ring_offline(config, args.url)
