@@ -20,6 +20,7 @@ from typing import TextIO
 from edgecache import config as cfg
 from edgecache import simulate, svgplot, usagecmd
 from edgecache.config import CacheSettings
+from edgecache.config.cache import SLICES, SLICES_PROBLEM
 from edgecache.config.values import parse_size
 
 MAX_SIZES = 16  # budgets per flag: every pair holds its policies' state for the whole replay
@@ -46,8 +47,8 @@ def slice_size(text: str) -> int:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     # As cache.slice: a node slices no other way, and a slice of 1 byte made one 1 GiB line 2**30 slices to replay.
-    if not 4096 <= value <= 64 * 2**20:
-        raise argparse.ArgumentTypeError("a slice is between 4KiB and 64MiB, as cache.slice")
+    if not SLICES[0] <= value <= SLICES[1]:
+        raise argparse.ArgumentTypeError(f"a slice {SLICES_PROBLEM}, as cache.slice")
     return value
 
 

@@ -11,6 +11,9 @@ from edgecache.config.model import CacheSettings, Disk
 from edgecache.config.schema import KEYS
 from edgecache.config.values import _positive, _Reader, parse_size
 
+SLICES = (4096, 64 * 2**20)  # the sizes a slice may have (cache.slice, and `edgecache simulate --slice`)
+SLICES_PROBLEM = "must be between 4KiB and 64MiB"
+
 
 def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
     t = r.table(doc, "cache")
@@ -30,8 +33,8 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         memory_headroom=r.get(t, "cache.", "memory_headroom", parse_size, 64 * 2**20),
         disks=disks,
     )
-    if not 4096 <= settings.slice_bytes <= 64 * 2**20:
-        r.problem("cache.slice", "must be between 4KiB and 64MiB")
+    if not SLICES[0] <= settings.slice_bytes <= SLICES[1]:
+        r.problem("cache.slice", SLICES_PROBLEM)
     if settings.memory_policy not in ("s3fifo", "lru"):
         r.problem("cache.memory_policy", "must be 's3fifo' or 'lru'")
     for i, d in enumerate(settings.all_disks):

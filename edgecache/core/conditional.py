@@ -13,6 +13,16 @@ def _opaque(tag: str) -> str:
     return tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else tag
 
 
+def weak_match(a: str, b: str) -> bool:
+    """RFC 9110 8.8.3.2's weak comparison: the opaque tags are the same, W/ or not."""
+    return _opaque(a) == _opaque(b)
+
+
+def strong_match(a: str, b: str) -> bool:
+    """RFC 9110 8.8.3.2's strong comparison: neither is weak, and they are the same."""
+    return not a.startswith("W/") and not b.startswith("W/") and a.strip() == b.strip()
+
+
 def not_modified(request: Headers, etag: str | None, last_modified: str | None, date: str | None = None) -> bool:
     """True when a GET/HEAD should be answered 304 from the stored validators.
 
@@ -25,7 +35,7 @@ def not_modified(request: Headers, etag: str | None, last_modified: str | None, 
             return False
         if "*" in inm:
             return True
-        return _opaque(etag) in {_opaque(t) for t in inm}
+        return any(weak_match(etag, t) for t in inm)
     ims = _date(get_first(request, "if-modified-since"))
     lm = _date(last_modified) if last_modified else _date(date)
     return ims is not None and lm is not None and lm <= ims
@@ -37,7 +47,7 @@ def precondition_failed(request: Headers, etag: str | None, last_modified: str |
     if im:
         if "*" in im:
             return etag is None
-        return etag is None or etag.startswith("W/") or etag.strip() not in {t.strip() for t in im}
+        return etag is None or not any(strong_match(etag, t) for t in im)
     ius = _date(get_first(request, "if-unmodified-since"))
     lm = _date(last_modified) if last_modified else None
     # Without a modification date the field is ignored: "A recipient MUST ignore If-Unmodified-Since if the

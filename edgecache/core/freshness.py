@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from edgecache.core.cachecontrol import CacheControl, parse_cache_control, parse_pragma_no_cache, valid_sf_directives
+from edgecache.core.conditional import strong_match, weak_match
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import HOP_BY_HOP, Headers, connection_tokens, get_all, get_first, list_values
 from edgecache.core.httpdate import parse_http_date
@@ -269,9 +270,7 @@ def selects(stored: Headers, fresh304: Headers) -> bool:
     etag = (get_first(fresh304, "etag") or "").strip()
     if etag:
         mine = (get_first(stored, "etag") or "").strip()
-        if not etag.startswith("W/"):
-            return mine == etag
-        return mine.removeprefix("W/") == etag.removeprefix("W/")
+        return weak_match(mine, etag) if etag.startswith("W/") else strong_match(mine, etag)
     lm, mine_lm = get_first(fresh304, "last-modified"), get_first(stored, "last-modified")
     if lm is None or mine_lm is None:
         return True

@@ -121,5 +121,5 @@ def test_a_line_of_absurd_bytes_and_a_slice_of_one_byte_never_hang_the_command(t
     log.write_text(json.dumps({**good, "bytes": 2**30}) + "\n")
     done = subprocess.run([*cmd, "--slice", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
-    assert "argument --slice: a slice is between 4KiB and 64MiB, as cache.slice" in done.stderr
+    assert "argument --slice: a slice must be between 4KiB and 64MiB, as cache.slice" in done.stderr
     assert "Traceback" not in done.stderr

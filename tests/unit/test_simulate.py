@@ -185,7 +185,7 @@ def test_sizes_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "argument --disk: 'lots': 'lots' is not a size such as 256MiB" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["simulate", *logs, "--slice", "0"])
-    assert "a slice is between 4KiB and 64MiB, as cache.slice" in capsys.readouterr().err
+    assert "a slice must be between 4KiB and 64MiB, as cache.slice" in capsys.readouterr().err
     assert cli.main(["simulate", *logs, "--plot", str(tmp_path / "p.png")]) == 2
     assert "--plot writes SVG only" in capsys.readouterr().err
     assert cli.main(["simulate", str(tmp_path / "missing.log")]) == 1
