@@ -42,13 +42,6 @@ def not_kept(what: str) -> None:
 class Purging:
     disk: Disks
 
-    def purged(self, site: str, host: str, path: str, record: PrimaryRecord | None) -> tuple[str, float]:
-        """An object's purge scope (the generations of the purged site and directories above it, part of its entry
-        key) and the time before which a stored answer of it is soft-purged: the later of its scopes' soft purges
-        and its own, on its record. The one place the two are combined (lookups, fills, their heads)."""
-        scope, soft = self.purges.lookup(site, host, path)
-        return scope, max(soft, record.soft_before) if record is not None else soft
-
     def __init__(self, directory: Path) -> None:
         self.purges = PurgeTable()
         self.purge_log = PurgeLog(directory / "purges.log")
@@ -65,6 +58,13 @@ class Purging:
         self.awake = 0.0
         self._pause_limit = 0.0
         self._on_pause: Callable[[], None] | None = None
+
+    def purged(self, site: str, host: str, path: str, record: PrimaryRecord | None) -> tuple[str, float]:
+        """An object's purge scope (the generations of the purged site and directories above it, part of its entry
+        key) and the time before which a stored answer of it is soft-purged: the later of its scopes' soft purges
+        and its own, on its record. The one place the two are combined (lookups, fills, their heads)."""
+        scope, soft = self.purges.lookup(site, host, path)
+        return scope, max(soft, record.soft_before) if record is not None else soft
 
     def _forget_held(self) -> None:
         """Drop what this process holds in memory of what the disk tier has (Store)."""
@@ -87,7 +87,7 @@ class Purging:
     def stale(self) -> bool:
         """Another worker purged or invalidated something since this one last looked (one memory load). Called
         before each request is looked up: a pause of this process just ended is noticed here too (watch_pauses)."""
-        if self._on_pause is not None and time.monotonic() - self.awake > self._pause_limit:
+        if self._on_pause is not None:
             self.tick()
         return self.epoch is not None and self.epoch.value() != self._seen_epoch
 
@@ -102,6 +102,7 @@ class Purging:
         self.awake = time.monotonic()
 
     def tick(self) -> None:
+        """The loop runs now (its watch, and every request): after a gap longer than the limit, a pause ended."""
         now = time.monotonic()
         if self._on_pause is not None and now - self.awake > self._pause_limit:
             self._on_pause()
