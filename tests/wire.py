@@ -15,6 +15,18 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, by
     return int(head.split(b" ", 2)[1]), fields, body
 
 
+async def exchange(port: int, data: bytes, source: str = "127.0.0.1", seconds: float = 20) -> bytes:
+    """Send `data` on a new connection to 127.0.0.1:`port` from the loopback address `source`, and read until the
+    server closes it (`seconds` at most)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        writer.write(data)
+        async with asyncio.timeout(seconds):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
 def fast_path_outcomes() -> dict[str, float]:
     names = ("answered", "handed_off", "taken_back", "forwarded")
     return {n: sample_value("edgecache_fast_path_total", {"outcome": n}) or 0.0 for n in names}

@@ -6,7 +6,6 @@ memory, none reached the file.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
-from tests.wire import fast_path_outcomes
+from tests.wire import exchange, fast_path_outcomes
 
 BODY = bytes(range(256)) * 8
 
@@ -29,13 +28,9 @@ async def test_a_non_utf8_range_is_logged_and_so_is_the_next_request(
     config = replace(make_config(tmp_path / "cache", [origin.url]), fast_path=fast, access_log=log_path)
     async with start_edge(config) as edge:
         before = fast_path_outcomes()["handed_off"]
-        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-        try:
-            writer.write(b"GET /obj HTTP/1.1\r\nHost: video.test\r\nRange: bytes=\xff0-9\r\nConnection: close\r\n\r\n")
-            async with asyncio.timeout(10):
-                raw = await reader.read(-1)
-        finally:
-            writer.close()
+        raw = await exchange(
+            edge.port, b"GET /obj HTTP/1.1\r\nHost: video.test\r\nRange: bytes=\xff0-9\r\nConnection: close\r\n\r\n"
+        )
         head, _, body = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")  # an invalid Range is ignored: the whole object
         assert body == BODY

@@ -21,6 +21,7 @@ from tests.conftest import start_edge
 from tests.e2e.adminkit import OPERATOR, VIDEOS, AdminNode, admin_node, node_config
 from tests.e2e.procs import free_port
 from tests.origin import Origin
+from tests.wire import exchange
 
 SEED = 1313
 CASES_PER_ROUTE = 60
@@ -183,21 +184,9 @@ async def test_the_admin_listener_closes_a_connection_whose_head_does_not_come_i
         try:
             for partial in (b"", b"GET /healthz HTTP/1.1\r\nHost: a\r\n", b"GET /healthz HTTP/1.1\r\n"):
                 for _ in range(2):
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                    try:
-                        writer.write(partial)
-                        async with asyncio.timeout(10):
-                            data = await reader.read(-1)  # until the node closes it
-                    finally:
-                        writer.close()
+                    data = await exchange(port, partial)  # until the node closes it
                     assert data == TIMEOUT_408, (partial, data)
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a whole head, answered as ever
-            try:
-                writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-                async with asyncio.timeout(10):
-                    data = await reader.read(-1)
-            finally:
-                writer.close()
-            assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data
+            whole = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            assert whole.startswith(b"HTTP/1.1 200 OK\r\n"), whole  # a whole head, answered as ever
         finally:
             await admin.cleanup()

@@ -29,6 +29,7 @@ from edgecache.storage.store import slice_name
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
 from tests.samples import sample_value
+from tests.wire import exchange
 
 SMALL = bytes(range(256)) * 40  # 10 KiB
 BIG = bytes((i * 7 + i // 251) % 256 for i in range(3 * 2**20 + 12345))  # 4 slices of 1 MiB
@@ -36,17 +37,6 @@ BIG = bytes((i * 7 + i // 251) % 256 for i in range(3 * 2**20 + 12345))  # 4 sli
 
 def answered() -> float:
     return sample_value("edgecache_fast_path_total", {"outcome": "answered"}) or 0.0
-
-
-async def exchange(edge: Edge, data: bytes) -> bytes:
-    """Send raw bytes, then read until the edge closes (every request list here ends with Connection: close)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-    try:
-        writer.write(data)
-        async with asyncio.timeout(10):
-            return await reader.read(-1)
-    finally:
-        writer.close()
 
 
 async def normalised(raw: bytes) -> bytes:
@@ -152,7 +142,7 @@ async def pair(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -
             for path in ("/small", "/big"):
                 assert (await edge.get(path))[0] == 200
             for path, line in (("/gone", b"HTTP/1.1 404 "), ("/moved", b"HTTP/1.1 301 ")):  # not followed
-                assert (await exchange(edge, get(path, "Connection: close"))).startswith(line)
+                assert (await exchange(edge.port, get(path, "Connection: close"))).startswith(line)
             await edge.node.engine.flush()
             edges.append(edge)
         yield edges[0], edges[1]
@@ -168,9 +158,9 @@ async def pair(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -
 async def test_fast_path_answers_exactly_as_aiohttp_does(pair: tuple[Edge, Edge], case: bytes, fast: bool) -> None:
     fast_edge, framework = pair
     before = answered()
-    ours = await exchange(fast_edge, case + CLOSE)
+    ours = await exchange(fast_edge.port, case + CLOSE)
     during = answered() - before
-    theirs = await exchange(framework, case + CLOSE)
+    theirs = await exchange(framework.port, case + CLOSE)
     assert await normalised(ours) == await normalised(theirs)
     assert ours.startswith(b"HTTP/1.")
     # The closing request is a hit too: it is answered on the fast path unless the connection was handed over.
@@ -181,7 +171,7 @@ async def test_fast_path_answers_exactly_as_aiohttp_does(pair: tuple[Edge, Edge]
 async def test_fast_path_bodies_are_the_origins_bytes(pair: tuple[Edge, Edge], origin: Origin) -> None:
     fast_edge, _ = pair
     hits = dict(origin.hits)
-    raw = await exchange(fast_edge, get("/big", "Range: bytes=1048000-2098000") + CLOSE)
+    raw = await exchange(fast_edge.port, get("/big", "Range: bytes=1048000-2098000") + CLOSE)
     head, _, rest = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 206 Partial Content\r\n")
     assert f"\r\nContent-Range: bytes 1048000-2098000/{len(BIG)}\r\n".encode() in head
@@ -195,7 +185,7 @@ async def test_pipelined_hits_then_a_miss_keep_their_order(pair: tuple[Edge, Edg
     fast_edge, _ = pair
     origin.put("/later", b"fetched after the hits")
     reqs = get("/small", "Range: bytes=0-3") + get("/later") + get("/small", "Range: bytes=4-7") + CLOSE
-    raw = await exchange(fast_edge, reqs)
+    raw = await exchange(fast_edge.port, reqs)
     bodies = [part.split(b"\r\n\r\n", 1)[1][:4] for part in raw.split(b"HTTP/1.1 ")[1:]]
     assert bodies[:3] == [SMALL[0:4], b"fetc", SMALL[4:8]]
     assert origin.hits["/later"] == 1
@@ -273,9 +263,9 @@ async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
     asked = [case if version == "HTTP/1.1" else to10(case) for case, _ in RANGED]
     requests = b"".join(asked) + CLOSE
     before = answered()
-    ours = await exchange(fast_edge, requests)
+    ours = await exchange(fast_edge.port, requests)
     during = answered() - before
-    theirs = await exchange(framework, requests)
+    theirs = await exchange(framework.port, requests)
     assert await normalised(ours) == await normalised(theirs)
     assert ours.count(f"{version} 206 Partial Content\r\n".encode()) == 9
     assert during == sum(fast for _, fast in RANGED) + 1  # and the closing request
@@ -297,9 +287,9 @@ async def test_a_range_asked_again_is_answered_from_its_cut(
     others = b"".join(get("/big", f"Range: bytes={n}-{n + 9}") for n in range(10, 80, 10))  # 7 more
     requests = again + others + again + CLOSE
     before = answered()
-    ours = await exchange(fast_edge, requests)
+    ours = await exchange(fast_edge.port, requests)
     assert answered() - before == 3 + 7 + 3 + 1
-    assert await normalised(ours) == await normalised(await exchange(framework, requests))
+    assert await normalised(ours) == await normalised(await exchange(framework.port, requests))
     assert ours.count(b"HTTP/1.1 206 Partial Content\r\n") == 13
     assert cuts == [1048570, *range(10, 80, 10), 1048570]  # the first range cut again: 7 others came since
     assert len(fast_edge.fast.decider.cuts) <= 6
@@ -315,7 +305,7 @@ async def test_a_whole_answer_kept_for_ranges_is_never_sent_whole(origin: Origin
     async with start_edge(config) as edge:
         assert (await edge.get("/huge"))[2] == huge
         before = answered()
-        raw = await exchange(edge, get("/huge", "Range: bytes=9437180-9437189") + get("/huge") + CLOSE)
+        raw = await exchange(edge.port, get("/huge", "Range: bytes=9437180-9437189") + get("/huge") + CLOSE)
         assert answered() - before == 3  # the range, the whole object streamed, and /small's 404 (not put)
         first, _, rest = raw.partition(b"\r\n\r\n")
         assert first.startswith(b"HTTP/1.1 206 Partial Content\r\n")
@@ -340,7 +330,7 @@ async def test_a_whole_slice_served_from_disk_is_offered_to_the_memory_tier(orig
         # One disk hit is offered per PROMOTE_SECONDS: the warm-up's own answer may have taken the last turn (a run
         # failed on it). A limit of time, so only time opens the next turn.
         await asyncio.sleep(PROMOTE_SECONDS)
-        raw = await exchange(edge, get("/big", "Range: bytes=1048576-2097151") + CLOSE)
+        raw = await exchange(edge.port, get("/big", "Range: bytes=1048576-2097151") + CLOSE)
         assert answered() - before == 2  # the range, and the closing request's miss (the origin's 404)
         head, _, body = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 206 Partial Content\r\n")
@@ -372,7 +362,7 @@ async def test_a_remembered_answer_gets_its_new_age_without_a_new_decision(
     the object is stale."""
     fast_edge, framework = pair
     requests = get("/small") + get("/big", "Range: bytes=10-19") + CLOSE
-    await exchange(fast_edge, requests)  # remembered at the current second
+    await exchange(fast_edge.port, requests)  # remembered at the current second
     lookups: list[str] = []
     find_hit = decide.find_hit
 
@@ -384,8 +374,8 @@ async def test_a_remembered_answer_gets_its_new_age_without_a_new_decision(
     frozen = time.time() + 7.25
     monkeypatch.setattr(time, "time", lambda: frozen)
     before = answered()
-    ours = await exchange(fast_edge, requests)
-    theirs = await exchange(framework, requests)
+    ours = await exchange(fast_edge.port, requests)
+    theirs = await exchange(framework.port, requests)
     assert answered() - before == 3
     assert lookups == []  # renewed, not decided again
     # Each edge filled at its own moment, so a second boundary may fall between them: each Age is checked
@@ -398,7 +388,7 @@ async def test_a_remembered_answer_gets_its_new_age_without_a_new_decision(
     hits = origin.hits["/small"]
     frozen += 3600  # max-age=3600: stale, so it is decided again and revalidated (proxy.coldmiss)
     before = answered()
-    raw = await exchange(fast_edge, get("/small") + CLOSE)
+    raw = await exchange(fast_edge.port, get("/small") + CLOSE)
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nCache-Status: edgecache; fwd=stale; fwd-status=304\r\n" in raw
     assert raw.endswith(SMALL)

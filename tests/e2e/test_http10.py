@@ -8,7 +8,6 @@ aiohttp cannot write for HTTP/1.0 (it refuses to chunk them) and the connection'
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import replace
@@ -17,7 +16,7 @@ from pathlib import Path
 from tests.conftest import make_config, start_edge
 from tests.e2e.test_pass_fast import chunked
 from tests.origin import Origin
-from tests.wire import fast_path_outcomes
+from tests.wire import exchange, fast_path_outcomes
 
 BODY = bytes(range(256)) * 40
 STREAMED = b"first second third\n"
@@ -27,17 +26,6 @@ _VOLATILE = re.compile(rb"\r\n(Age|Date): [^\r]*")
 def ask(path: str, *fields: str, version: str = "HTTP/1.0") -> bytes:
     lines = [f"GET {path} {version}", "Host: video.test", *fields]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-async def exchange(port: int, data: bytes) -> bytes:
-    """Raw bytes in; everything the edge sends until it closes the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        async with asyncio.timeout(20):
-            return await reader.read(-1)
-    finally:
-        writer.close()
 
 
 def logged(edge_log: Path) -> list[tuple[str, str, int, int, str]]:

@@ -17,7 +17,7 @@ from aiohttp import web
 from tests.conftest import make_config, start_edge
 from tests.origin import Obj, Origin, RawOrigin, RawReply, RawRequest
 from tests.samples import sample_value
-from tests.wire import fast_path_outcomes
+from tests.wire import exchange, fast_path_outcomes
 
 BODY = bytes(range(256)) * 40
 
@@ -60,15 +60,6 @@ async def in_pieces(request: web.BaseRequest, cache_control: str) -> web.StreamR
         await resp.write(part)
     await resp.write_eof()
     return resp
-
-
-async def exchange(port: int, data: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        return await reader.read(-1)
-    finally:
-        writer.close()
 
 
 async def run(origin: Origin, tmp_path: Path, fast: bool) -> tuple[bytes, list[str], dict[str, float]]:

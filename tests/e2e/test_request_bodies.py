@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import RawOrigin, RawReply, RawRequest
 from tests.samples import sample_value
+from tests.wire import exchange
 
 ANSWER = 10  # seconds: a bound on every wait here, never a measure of speed
 PAYLOAD = b"".join(b"event %d: the same words again and again\n" % i for i in range(2000))
@@ -46,17 +47,6 @@ async def raw_edge(raw_origin: RawOrigin, tmp_path: Path, request: pytest.Fixtur
     config = replace(make_config(tmp_path / "cache", [raw_origin.url]), fast_path=request.param == "fast")
     async with start_edge(config) as e:
         yield e
-
-
-async def exchange(edge: Edge, data: bytes) -> bytes:
-    """Send raw bytes, read until the edge closes (each request here says Connection: close)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-    try:
-        writer.write(data)
-        async with asyncio.timeout(ANSWER):
-            return await reader.read(-1)
-    finally:
-        writer.close()
 
 
 def post_head(path: str, *fields: str) -> bytes:
@@ -88,7 +78,7 @@ async def test_an_encoded_body_with_a_length_reaches_the_origin_as_sent(
 ) -> None:
     sent = ENCODINGS[encoding](PAYLOAD)
     fields = (f"Content-Encoding: {encoding}", f"Content-Length: {len(sent)}", "Content-Type: text/plain")
-    raw = await exchange(raw_edge, post_head("/upload", *fields) + sent)
+    raw = await exchange(raw_edge.port, post_head("/upload", *fields) + sent)
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     assert raw.endswith(b"\r\n\r\ngot %d bytes\n" % len(sent))
     (seen,) = raw_origin.seen
@@ -103,7 +93,7 @@ async def test_an_encoded_chunked_body_reaches_the_origin_chunked_as_sent(
 ) -> None:
     sent = ENCODINGS[encoding](PAYLOAD)
     fields = (f"Content-Encoding: {encoding}", "Transfer-Encoding: chunked")
-    raw = await exchange(raw_edge, post_head("/upload", *fields) + chunked(sent, 1000))
+    raw = await exchange(raw_edge.port, post_head("/upload", *fields) + chunked(sent, 1000))
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     (seen,) = raw_origin.seen
     assert dechunk(seen.body) == sent  # chunk sizes are the edge's own; the bytes in them are the client's

@@ -26,6 +26,7 @@ from tests.e2e.procs import ROOT
 from tests.e2e.test_fast_path import answered, normalised
 from tests.e2e.test_hops import cluster, origins, owner_index
 from tests.origin import Origin
+from tests.wire import exchange
 
 SECRET = "new-secret-new-secret"
 OLD = "old-secret-old-secret"
@@ -51,17 +52,6 @@ async def signed_edge(tmp_path: Path, origin: Origin, fast: bool, signing: Signi
     origin.put("/v/other.ts", SEGMENT, content_type="video/mp2t")
     async with start_edge(signed_config(tmp_path, origin, fast, signing)) as edge:
         yield edge
-
-
-async def exchange(port: int, data: bytes, source: str = "127.0.0.1") -> bytes:
-    """Raw bytes in, raw answer out (read to the close), from the given loopback source address."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-    try:
-        writer.write(data)
-        async with asyncio.timeout(10):
-            return await reader.read(-1)
-    finally:
-        writer.close()
 
 
 def head(target: str, *fields: str, method: str = "GET") -> bytes:

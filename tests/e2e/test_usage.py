@@ -19,7 +19,7 @@ from tests.conftest import make_config, start_edge
 from tests.e2e.test_cluster import cluster_configs, started
 from tests.origin import Origin
 from tests.samples import sample_value
-from tests.wire import fast_path_outcomes
+from tests.wire import exchange, fast_path_outcomes
 
 SLICE = 4096
 X = bytes(range(256)) * 4
@@ -40,21 +40,11 @@ def two_sites(origin: Origin, tmp_path: Path, fast: bool, tag: str) -> Config:
     return replace(config, sites=sites, fast_path=fast, access_log=tmp_path / "access.log")
 
 
-async def raw_request(port: int, head: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(head)
-        async with asyncio.timeout(10):
-            return await reader.read(-1)
-    finally:
-        writer.close()
-
-
 async def fetch(port: int, host: str, path: str, rng: str | None = None) -> tuple[int, bytes]:
     """A GET with UA's fields on a connection of its own: a connection's first request that the fast path does
     not answer hands the whole connection to the full handler, so each request here gets its own."""
     fields = "".join(f"{k}: {v}\r\n" for k, v in UA.items()) + (f"Range: {rng}\r\n" if rng else "")
-    raw = await raw_request(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{fields}Connection: close\r\n\r\n".encode())
+    raw = await exchange(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{fields}Connection: close\r\n\r\n".encode())
     head, _, body = raw.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
 
@@ -93,7 +83,7 @@ async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
     async with start_edge(config) as edge:
         assert await fetch(edge.port, "a.test", "/x") == (200, X)  # a miss
         assert await fetch(edge.port, "a.test", "/x") == (200, X)  # a hit (the fast path's, when on)
-        raw = await raw_request(edge.port, b"GET /x HTTP/1.0\r\nHost: a.test\r\n\r\n")  # a hit, HTTP/1.0
+        raw = await exchange(edge.port, b"GET /x HTTP/1.0\r\nHost: a.test\r\n\r\n")  # a hit, HTTP/1.0
         assert raw.startswith(b"HTTP/1.0 200 OK\r\n")
         assert raw.endswith(b"\r\n\r\n" + X)
         assert await fetch(edge.port, "b.test", "/y", "bytes=0-99") == (206, Y[:100])  # a range miss
@@ -169,7 +159,7 @@ async def test_a_hostile_user_agent_and_referer_are_escaped_and_cut(origin: Orig
     async with start_edge(config) as edge:
         before = fast_path_outcomes()["handed_off"]
         for _ in range(2):  # a miss, then a hit: values past ASCII are decoded as aiohttp decodes them
-            raw = await raw_request(edge.port, head + b"\r\nConnection: close\r\n\r\n")
+            raw = await exchange(edge.port, head + b"\r\nConnection: close\r\n\r\n")
             assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
             assert raw.endswith(X)
         assert fast_path_outcomes()["handed_off"] == before
