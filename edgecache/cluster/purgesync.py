@@ -176,6 +176,9 @@ class PurgeSync:
         while True:
             await asyncio.sleep(self.view.settings.timeout / 4)
             self.store.tick()
+            # A reload's timeout becomes the limit only now, after the gap the old one paced was judged by it:
+            # a longer period judged by the old limit would be taken for a pause at every tick.
+            self.store.set_pause_limit(self.view.settings.timeout)
 
     def _peer_changed(self, member_id: str, up: bool) -> None:
         """A peer came up (or joined): it may have taken purges this node has not heard of (unless it has no admin

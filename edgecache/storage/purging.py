@@ -101,6 +101,9 @@ class Purging:
         self._pause_limit, self._on_pause = limit, paused
         self.awake = time.monotonic()
 
+    def set_pause_limit(self, limit: float) -> None:
+        self._pause_limit = limit
+
     def tick(self) -> None:
         """The loop runs now (its watch, and every request): after a gap longer than the limit, a pause ended."""
         now = time.monotonic()
