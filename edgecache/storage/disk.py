@@ -39,6 +39,7 @@ from diskcache.core import MODE_BINARY, UNKNOWN
 from edgecache import metrics
 from edgecache.errors import StorageError
 from edgecache.storage.diskindex import SQLiteQueues
+from edgecache.storage.orphans import delete_orphans
 from edgecache.storage.policy import GHOST, DiskPolicy
 
 log = logging.getLogger(__name__)
@@ -172,46 +173,6 @@ def _hold(directory: Path) -> tuple[int, bool]:
     return fd, True
 
 
-def _delete_orphans(directory: Path, before: float) -> int:
-    """Delete the value files no row of the database names, written before `before`; how many.
-
-    diskcache writes a value's file, then commits its row (and deletes a row, then its file): a process killed in
-    between (kill -9, the OOM killer) leaves a file no row will ever name. It is outside every budget and nothing
-    else deletes it, so each crash during fills kept up to a slice per disk thread on the disk for good. Run only
-    by the process that opened the disk alone: no other process was writing, and every file written from then on
-    is newer than `before` (the margin covers the coarse clock of file times)."""
-    try:
-        con = sqlite3.connect(f"file:{directory / 'cache.db'}?mode=ro", uri=True)
-        try:
-            named = {row[0] for row in con.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        log.warning("disk tier: %s: value files not checked for orphans: %s", directory, exc)
-        return 0
-    deleted = 0
-    for root, _, names in os.walk(directory):
-        for name in names:
-            if not name.endswith(".val"):
-                continue
-            path = os.path.join(root, name)
-            if os.path.relpath(path, directory) in named:
-                continue
-            try:
-                if os.stat(path).st_mtime < before:
-                    os.unlink(path)
-                    deleted += 1
-            except OSError:
-                continue  # gone meanwhile, or the disk failing: its own checks see to that
-    if deleted:
-        log.warning(
-            "disk tier: %s: deleted %d value files no row named (left by a process killed mid-write)",
-            directory,
-            deleted,
-        )
-    return deleted
-
-
 def _start_all(pool: ThreadPoolExecutor, threads: int, each: Callable[[], object]) -> None:
     """Start every thread of the pool now, each running `each` once (it opens the thread's own SQLite connection).
     The executor starts them one by one as work arrives, and a start waits until the new thread runs, which takes
@@ -276,7 +237,7 @@ class DiskTier:
             before = time.time() - ORPHAN_MARGIN  # while no other process can write yet
             fcntl.flock(self._held, fcntl.LOCK_SH)  # now others may open it too
             # Off the start (a walk of every file), on a thread of its own: no SQLite connection of diskcache's.
-            threading.Thread(target=_delete_orphans, args=(directory, before), name="disk-orphans", daemon=True).start()
+            threading.Thread(target=delete_orphans, args=(directory, before), name="disk-orphans", daemon=True).start()
 
     def _reconcile(self, alone: bool) -> None:
         """The index and the values agree again: rows without a value go, values without a row are adopted (they
