@@ -14,6 +14,7 @@ from typing import Any
 
 from edgecache.core import ranges
 from edgecache.core.headers import Headers, end_to_end, get_first, list_values
+from edgecache.core.httpdate import parse_http_date
 
 # Framing fields describe one message, not the stored representation: they are recomputed on every response.
 FRAMING = ("content-length", "content-range", "transfer-encoding", "accept-ranges")
@@ -34,6 +35,30 @@ def version_of(headers: Headers, length: int | None) -> str | None:
     if lm and length is not None:
         return f"l:{lm.strip()}:{length}" + (f":{etag}" if etag else "")
     return None
+
+
+# RFC 9110 8.8.2.2: an intermediate cache may take a Last-Modified as strong when it is this long before the Date.
+STRONG_DATE_GAP = 60
+
+
+def _strong_last_modified(headers: Headers) -> float | None:
+    """The time a Last-Modified names, when it is strong: at least STRONG_DATE_GAP seconds before the Date."""
+    lm, date = get_first(headers, "last-modified"), get_first(headers, "date")
+    when = parse_http_date(lm) if lm else None
+    sent = parse_http_date(date) if date else None
+    return when if when is not None and sent is not None and when <= sent - STRONG_DATE_GAP else None
+
+
+def same_last_modified(stored: Headers, fresh: Headers) -> bool:
+    """Whether a response's Last-Modified agrees with a stored copy's: unless both are strong and name different
+    times, they do.
+
+    A strong ETag names the version, but an origin that reuses one for new bytes of the same length and dates
+    them anew gives two validators that disagree: its slices are another copy's, never combined with the stored.
+    A Last-Modified that is not strong (one an origin dates every answer with, the Date's own time) tells nothing.
+    """
+    when, stored_when = _strong_last_modified(fresh), _strong_last_modified(stored)
+    return when is None or stored_when is None or when == stored_when
 
 
 @dataclass(frozen=True, slots=True)

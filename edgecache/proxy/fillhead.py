@@ -83,7 +83,7 @@ def judge_head(
     if isinstance(j, entry.NotModified):
         return _of_304(validated, existing, stored, times, req.entry_key)
     length, start, end, body_status = _body(j, status)
-    version, whole, token = _copy(j, headers, length, body_status, asked, existing)
+    version, whole, token = _copy(j, headers, stored, length, body_status, asked, existing)
     meta = ObjectMeta(
         status=body_status,
         headers=entry.shared_fields(stored),
@@ -167,23 +167,27 @@ def _body(j: entry.Partial | entry.Whole | entry.Other, status: int) -> tuple[in
 def _copy(
     j: entry.Partial | entry.Whole | entry.Other,
     headers: Headers,
+    stored: Headers,
     length: int,
     body_status: int,
     asked: ranges.ByteRange | None,
     existing: ObjectMeta | None,
 ) -> tuple[str, bool, str]:
-    """The version, the fill-whole mark and the token of the copy the body belongs to."""
+    """The version, the fill-whole mark and the token of the copy the body belongs to (`stored`: the fields kept
+    of the answer, with its Date)."""
     version = entry.version_of(headers, length if length >= 0 else None)
     # A 200 to a Range request says the origin ignores Range: fill such objects in one request from now on.
     whole = version is None or isinstance(j, entry.Other) or (isinstance(j, entry.Whole) and asked is not None)
     if version is None:
         version = "u:" + _unique()
     # The same validator and another length is another copy: an origin that reused a strong ETag for new bytes of
-    # another size (a Last-Modified version holds the length already). Its slices are never combined.
+    # another size (a Last-Modified version holds the length already), or of another strong Last-Modified. Its
+    # slices are never combined.
     if (
         existing is not None
         and (existing.version, existing.status) == (version, body_status)
         and (length < 0 or existing.length < 0 or existing.length == length)
+        and entry.same_last_modified(existing.headers, stored)
     ):
         return version, whole or existing.whole, existing.token  # more of the same copy
     return version, whole, _unique()

@@ -4,13 +4,16 @@ not answered 502 either: the old entry is dropped and the request is served as a
 
 from __future__ import annotations
 
+import itertools
+import time
 from dataclasses import replace
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Edge, make_config, start_edge
-from tests.origin import Origin
+from tests.origin import Obj, Origin
 from tests.wire import fast_path_outcomes
 
 MiB = 2**20
@@ -82,3 +85,57 @@ async def test_the_same_strong_etag_with_another_length_is_another_copy(
             status, headers, body = await edge.get("/sized.bin")
             assert (status, int(headers["Content-Length"])) == (200, len(new))
             assert body == new
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_the_same_strong_etag_with_another_last_modified_is_another_copy(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """An origin that reused a strong ETag for new bytes of the same size, with a new Last-Modified: the validators
+    of the stored slices and of the new one disagree, so they are never combined. They were: the whole object came
+    back as the old slices 0 and 2 around the new slice 1, as a hit, for the whole max-age."""
+    new = bytes(reversed(V1))  # the same length
+    origin.put("/dated.bin", V1, etag='"same"')
+    config = replace(make_config(tmp_path / "c", [origin.url], fill_slices=1), fast_path=fast)
+    async with start_edge(config) as edge:
+        for first in (0, 2 * MiB):  # slices 0 and 2 of the old bytes
+            status, _, body = await edge.get("/dated.bin", Range=f"bytes={first}-{first + 9}")
+            assert (status, body) == (206, V1[first : first + 10])
+        origin.put("/dated.bin", new, etag='"same"', last_modified="Sun, 02 Nov 2025 00:00:00 GMT")
+        status, headers, body = await edge.get("/dated.bin", Range=f"bytes={MiB}-{MiB + 9}")  # slice 1, new
+        assert (status, body, headers["Last-Modified"]) == (206, new[MiB : MiB + 10], "Sun, 02 Nov 2025 00:00:00 GMT")
+        for _ in range(2):
+            status, headers, body = await edge.get("/dated.bin")
+            assert (status, headers["Last-Modified"]) == (200, "Sun, 02 Nov 2025 00:00:00 GMT")
+            assert body == new
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_last_modified_dated_with_every_answer_is_no_new_copy(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """An origin that dates every answer (Last-Modified = Date) with the same strong ETag: that Last-Modified is not
+    strong (RFC 9110 8.8.2.2) and tells nothing of the bytes, so the slices it brings are the stored copy's. Taken as
+    a new copy, every request of the whole object was cut at the first slice fetched for it, for ever."""
+    origin.put("/dated-now.bin", V1, etag='"same"')
+
+    answers = itertools.count()
+
+    def date_it(_request: object, obj: Obj | None) -> Obj | None:
+        if obj is not None:  # another second for every answer, as a slow origin's clock would give
+            now = formatdate(time.time() + next(answers), usegmt=True)
+            obj.last_modified = now
+            obj.headers = {**obj.headers, "Date": now}
+        return obj
+
+    origin.on_request = date_it
+    config = replace(make_config(tmp_path / "c", [origin.url], fill_slices=1), fast_path=fast)
+    async with start_edge(config) as edge:
+        for first in (0, 2 * MiB):  # slices 0 and 2
+            status, _, body = await edge.get("/dated-now.bin", Range=f"bytes={first}-{first + 9}")
+            assert (status, body) == (206, V1[first : first + 10])
+        for _ in range(2):
+            status, _, body = await edge.get("/dated-now.bin")
+            assert status == 200
+            assert body == V1
+    assert origin.range_hits("/dated-now.bin")[2:] == [f"bytes={MiB}-{2 * MiB - 1}", f"bytes={3 * MiB}-{4 * MiB - 1}"]
