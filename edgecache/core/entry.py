@@ -14,7 +14,7 @@ from typing import Any
 
 from edgecache.core import ranges
 from edgecache.core.headers import Headers, end_to_end, get_first, list_values
-from edgecache.core.httpdate import parse_http_date
+from edgecache.core.httpdate import strong_last_modified
 
 # Framing fields describe one message, not the stored representation: they are recomputed on every response.
 FRAMING = ("content-length", "content-range", "transfer-encoding", "accept-ranges")
@@ -37,18 +37,6 @@ def version_of(headers: Headers, length: int | None) -> str | None:
     return None
 
 
-# RFC 9110 8.8.2.2: an intermediate cache may take a Last-Modified as strong when it is this long before the Date.
-STRONG_DATE_GAP = 60
-
-
-def _strong_last_modified(headers: Headers) -> float | None:
-    """The time a Last-Modified names, when it is strong: at least STRONG_DATE_GAP seconds before the Date."""
-    lm, date = get_first(headers, "last-modified"), get_first(headers, "date")
-    when = parse_http_date(lm) if lm else None
-    sent = parse_http_date(date) if date else None
-    return when if when is not None and sent is not None and when <= sent - STRONG_DATE_GAP else None
-
-
 def same_last_modified(stored: Headers, fresh: Headers) -> bool:
     """Whether a response's Last-Modified agrees with a stored copy's: unless both are strong and name different
     times, they do.
@@ -57,7 +45,8 @@ def same_last_modified(stored: Headers, fresh: Headers) -> bool:
     them anew gives two validators that disagree: its slices are another copy's, never combined with the stored.
     A Last-Modified that is not strong (one an origin dates every answer with, the Date's own time) tells nothing.
     """
-    when, stored_when = _strong_last_modified(fresh), _strong_last_modified(stored)
+    when = strong_last_modified(get_first(fresh, "last-modified"), get_first(fresh, "date"))
+    stored_when = strong_last_modified(get_first(stored, "last-modified"), get_first(stored, "date"))
     return when is None or stored_when is None or when == stored_when
 
 

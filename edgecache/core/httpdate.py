@@ -51,3 +51,15 @@ def parse_http_date(value: str | None) -> float | None:
     if m := _ASCTIME.fullmatch(v):
         return _timestamp(int(m[6]), _MONTHS[m[1].title()], int(m[2].strip()), int(m[3]), int(m[4]), int(m[5]))
     return None
+
+
+# RFC 9110 8.8.2.2: a cache may take a Last-Modified as strong when it is at least this long before the Date.
+STRONG_DATE_GAP = 60
+
+
+def strong_last_modified(last_modified: str | None, date: str | None) -> float | None:
+    """The time a Last-Modified names, when it is a strong validator (at least STRONG_DATE_GAP seconds before
+    the response's Date); else None: an origin that dates every answer with its Date tells no version by it."""
+    when = parse_http_date(last_modified)
+    sent = parse_http_date(date)
+    return when if when is not None and sent is not None and when <= sent - STRONG_DATE_GAP else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from edgecache.core.httpdate import parse_http_date
+from edgecache.core.httpdate import parse_http_date, strong_last_modified
 
 MAX_RANGES = 64
 _MAX_DIGITS = 18  # beyond any real length; longer digit strings are abuse, not offsets
@@ -143,16 +143,15 @@ def _http_date(value: str) -> float | None:
     return parse_http_date(value)
 
 
-def if_range_allows(if_range: str | None, etag: str | None, last_modified: str | None) -> bool:
-    """RFC 9110 13.1.5: whether the Range applies. An entity tag must match strongly; a date exactly."""
+def if_range_allows(if_range: str | None, etag: str | None, last_modified: str | None, date: str | None) -> bool:
+    """RFC 9110 13.1.5: whether the Range applies. An entity tag must match strongly; a date exactly, and only a
+    Last-Modified that is a strong validator (one dated within a minute of its Date may name two versions)."""
     if if_range is None:
         return True
     value = if_range.strip()
     if value.startswith(('"', "W/")):
         return etag is not None and not etag.startswith("W/") and not value.startswith("W/") and value == etag.strip()
-    if last_modified is None:
-        return False
-    a, b = _http_date(value), _http_date(last_modified)
+    a, b = _http_date(value), strong_last_modified(last_modified, date)
     return a is not None and a == b
 
 

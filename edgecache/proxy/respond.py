@@ -53,7 +53,7 @@ def plan(method: str, request: Headers, meta: ObjectMeta) -> tuple[int, ranges.R
         if not_modified(request, meta.etag, meta.last_modified, get_first(meta.headers, "date")):
             return 304, ranges.NoRange()
         if get_first(request, "range") is not None and ranges.if_range_allows(
-            get_first(request, "if-range"), meta.etag, meta.last_modified
+            get_first(request, "if-range"), meta.etag, meta.last_modified, get_first(meta.headers, "date")
         ):
             result = ranges.resolve(get_first(request, "range"), meta.length)
             if isinstance(result, ranges.Unsatisfiable):

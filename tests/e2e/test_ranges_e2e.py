@@ -210,6 +210,20 @@ async def test_if_range(edge: Edge, origin: Origin) -> None:
     assert origin.hits["/ir.bin"] == 1
 
 
+async def test_if_range_with_a_date_needs_a_strong_last_modified(edge: Edge, origin: Origin) -> None:
+    """RFC 9110 13.1.5: a Last-Modified dated within a minute of its Date may name two versions written in one
+    second, so an If-Range date that matches it is false: the whole object, never a part of another version."""
+    from email.utils import formatdate
+
+    data = b"klmnopqrst" * 100
+    lm = formatdate(usegmt=True)  # the origin dates the object now: its Date is the same second or the next
+    origin.put("/weak-lm.bin", data, etag=None, last_modified=lm)
+    for _ in range(2):  # the miss, then the hit
+        status, _, body = await edge.get("/weak-lm.bin", Range="bytes=0-4", **{"If-Range": lm})
+        assert (status, body) == (200, data)
+    assert origin.hits["/weak-lm.bin"] == 1
+
+
 async def test_etag_change_between_slices_never_mixes(edge: Edge, origin: Origin) -> None:
     v1 = b"1" * (3 * MiB)
     v2 = b"2" * (3 * MiB)

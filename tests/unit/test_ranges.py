@@ -70,22 +70,31 @@ def test_parse_specs() -> None:
     assert parse_range_header("bytes=1-2,-3,4-") == (RangeSpec(1, 2), RangeSpec(None, 3), RangeSpec(4, None))
 
 
+LM = "Sat, 01 Nov 2025 00:00:00 GMT"
+DATE = "Sat, 01 Nov 2025 00:01:00 GMT"  # a minute after LM: LM is a strong validator (RFC 9110 8.8.2.2)
+
+
 @pytest.mark.parametrize(
-    ("if_range", "etag", "lm", "want"),
+    ("if_range", "etag", "lm", "date", "want"),
     [
-        (None, '"a"', None, True),
-        ('"a"', '"a"', None, True),
-        ('"a"', '"b"', None, False),
-        ('W/"a"', 'W/"a"', None, False),  # weak tags never match for If-Range
-        ('"a"', 'W/"a"', None, False),
-        ("Sat, 01 Nov 2025 00:00:00 GMT", None, "Sat, 01 Nov 2025 00:00:00 GMT", True),
-        ("Sat, 01 Nov 2025 00:00:01 GMT", None, "Sat, 01 Nov 2025 00:00:00 GMT", False),
-        ("garbage", None, "Sat, 01 Nov 2025 00:00:00 GMT", False),
-        ("Sat, 01 Nov 2025 00:00:00 GMT", '"a"', None, False),
+        (None, '"a"', None, DATE, True),
+        ('"a"', '"a"', None, DATE, True),
+        ('"a"', '"b"', None, DATE, False),
+        ('W/"a"', 'W/"a"', None, DATE, False),  # weak tags never match for If-Range
+        ('"a"', 'W/"a"', None, DATE, False),
+        (LM, None, LM, DATE, True),
+        ("Sat, 01 Nov 2025 00:00:01 GMT", None, LM, DATE, False),
+        ("garbage", None, LM, DATE, False),
+        (LM, '"a"', None, DATE, False),
+        # RFC 9110 13.1.5: a date matches only a strong Last-Modified; one dated within a minute of its Date (or
+        # with no Date) may name two versions written in one second.
+        (LM, None, LM, "Sat, 01 Nov 2025 00:00:59 GMT", False),
+        (LM, None, LM, LM, False),
+        (LM, None, LM, None, False),
     ],
 )
-def test_if_range(if_range: str | None, etag: str | None, lm: str | None, want: bool) -> None:
-    assert if_range_allows(if_range, etag, lm) is want
+def test_if_range(if_range: str | None, etag: str | None, lm: str | None, date: str | None, want: bool) -> None:
+    assert if_range_allows(if_range, etag, lm, date) is want
 
 
 @pytest.mark.parametrize(
