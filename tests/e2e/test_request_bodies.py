@@ -144,3 +144,23 @@ async def test_stalled_bodies_hold_only_their_own_connections(
                 writer.close()
     assert [r.path for r in raw_origin.seen] == ["/object"]  # no cut body reached the origin as a whole one
     assert body_timeouts() - before == 4
+
+
+async def test_a_client_expecting_100_continue_is_told_to_send_its_body(raw_edge: Edge, raw_origin: RawOrigin) -> None:
+    """RFC 9110 10.1.1: a client that sent `Expect: 100-continue` waits for a 100 before it sends its body (curl
+    waits 1 s, others until their own timeout). The edge sent nothing until the body came, so every such upload
+    waited out the client's timer, and a client that waits for good was answered 408 after body_timeout."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", raw_edge.port)
+    try:
+        writer.write(post_head("/upload", "Expect: 100-continue", "Content-Length: 5"))
+        async with asyncio.timeout(ANSWER):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"hello")
+            answer = await reader.read(-1)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\ngot 5 bytes\n")
+    assert raw_origin.hits["/upload"] == 1
+    assert raw_origin.seen[0].body == b"hello"
+    assert raw_origin.seen[0].header("expect") is None  # the edge answered the expectation itself
