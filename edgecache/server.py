@@ -36,7 +36,7 @@ from edgecache.storage.disk import DiskTier
 from edgecache.storage.disks import Disks
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import LIMIT_FLOOR, MemoryTier, next_entries, next_limit, rss_slack
-from edgecache.storage.store import Store
+from edgecache.storage.store import OPEN_FILES, Store
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats, install_test_hooks, keep_alive
 
@@ -217,11 +217,36 @@ def make_server(node: Node) -> web.Server:
     )
 
 
+def connection_cap(c: Config) -> int:
+    """server.max_connections, or fewer when the worker's file descriptors would run out first: past them
+    accept() fails and a client gets no answer at all instead of the 503, and every file the worker opens
+    meanwhile fails too (a slice, the disks' probe, which then took the disk out of service until a reload).
+    Kept aside for the rest: the slice files open for disk hits, the origin pools, the pool to peers and a
+    margin (SQLite, logs, pipes), or half of what is left when the limit is too low for all that."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return c.max_connections
+    try:
+        left = soft - len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc: not Linux
+        left = soft
+    reserve = OPEN_FILES + 2 * c.origin.max_connections + c.origin.body_connections + 256
+    cap = max(left - reserve, left // 2, 1)
+    if cap >= c.max_connections:
+        return c.max_connections
+    log.warning(
+        "server.max_connections %d lowered to %d: the file descriptor limit is %d", c.max_connections, cap, soft
+    )
+    return cap
+
+
 def make_fast(node: Node, server: web.Server) -> FastServer:
     """The protocol in front of aiohttp: fresh hits off the socket, everything else handed to `server`."""
     c = node.config
     settings = FastSettings(
-        c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile", c.max_connections
+        c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile", connection_cap(c)
     )
     settings.answers = c.fast_path  # off: a PROXY listener's connections go to aiohttp right after the header
     return FastServer(node.shared, server, settings)

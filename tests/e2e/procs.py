@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import resource
 import signal
 import socket
 import sys
@@ -63,10 +64,18 @@ async def wait_listening(proc: asyncio.subprocess.Process, needle: bytes) -> Non
 
 
 @asynccontextmanager
-async def edge_process(*args: str, ready: dict[bytes, int]) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m edgecache ARGS`, yielded once `ready` log lines appeared; SIGTERM at the end must exit 0."""
+async def edge_process(
+    *args: str, ready: dict[bytes, int], files: int | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m edgecache ARGS`, yielded once `ready` log lines appeared; SIGTERM at the end must exit 0.
+    `files`: its limit of open file descriptors (soft and hard), for a test of what happens at that limit."""
+
+    def limit() -> None:
+        if files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edgecache", *args, cwd=ROOT, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "edgecache", *args, cwd=ROOT, stderr=asyncio.subprocess.PIPE, preexec_fn=limit
     )
     try:
         await wait_lines(proc, ready)

@@ -1,0 +1,55 @@
+"""A worker whose file descriptor limit is below server.max_connections sheds connections with 503, as it does at
+max_connections, before it runs out of descriptors.
+
+With a hard limit of 400 and max_connections at its default (20,000), 450 idle connections took every descriptor:
+accept() failed, so a new client got no answer at all, and the disks' probe, unable to open its file, took the
+disk out of service (every object then fetched from origin) until a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from tests.e2e.procs import edge_process, free_port
+from tests.origin import Origin
+
+FILES = 400
+IDLE = 450
+
+
+async def test_connections_past_what_the_descriptors_allow_get_503(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/d.bin", b"d" * 1000)
+    port, admin = free_port(), free_port()
+    args = ("serve", "--origin", origin.url, "--listen", f"127.0.0.1:{port}", "--cache-dir", str(tmp_path / "c"))
+    args += ("--admin", f"127.0.0.1:{admin}")
+    async with (
+        edge_process(*args, ready={b"edgecache listening on": 1, b"admin listening on": 1}, files=FILES),
+        aiohttp.ClientSession() as s,
+    ):
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(IDLE)]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /d.bin HTTP/1.1\r\nHost: any.host\r\n\r\n")
+            async with asyncio.timeout(10):
+                answer = await reader.read(-1)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n")
+        finally:
+            for _, w in held:
+                w.close()
+        async with asyncio.timeout(10):
+            while True:
+                async with s.get(f"http://127.0.0.1:{port}/d.bin", headers={"Host": "any.host"}) as r:
+                    if r.status == 200:
+                        assert await r.read() == b"d" * 1000
+                        break
+        async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+            text = await r.text()
+        assert "edgecache_disk_up" in text
+        assert not [
+            line for line in text.splitlines() if line.startswith("edgecache_disk_up") and line.endswith(" 0.0")
+        ]
+    assert origin.hits["/d.bin"] == 1
