@@ -63,13 +63,16 @@ class _Pool(aiohttp.TCPConnector):
 
 
 class OriginClient:
-    """Two pools: requests with a body get their own (origin.body_connections), so clients that send their
-    bodies slowly, or stop, can hold only those; cached GETs and fills always find a connection."""
+    """Three pools, so that what a client paces can hold only its own: requests with a body (origin.body_connections:
+    clients that send their bodies slowly, or stop), passes (their answers are read as fast as their clients read:
+    as many as origin.max_connections), and fills, which read at the origin's pace whoever waits. A client that
+    stops reading a pass never keeps a fill from a connection: cached GETs and fills always find one."""
 
     def __init__(self, settings: OriginSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._bodies: aiohttp.ClientSession | None = None
+        self._passes: aiohttp.ClientSession | None = None
         self.peer: str | None = None  # set on a to_peer() view: what it sends goes to this cluster member
 
     def to_peer(self, member_id: str) -> OriginClient:
@@ -86,6 +89,7 @@ class OriginClient:
     async def start(self) -> None:
         self._session = self._pool(self.settings.max_connections)
         self._bodies = self._pool(self.settings.body_connections)
+        self._passes = self._pool(self.settings.max_connections)
 
     def _pool(self, limit: int) -> aiohttp.ClientSession:
         connector = _Pool(limit=limit, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True)
@@ -103,10 +107,10 @@ class OriginClient:
         )
 
     async def close(self) -> None:
-        for session in (self._session, self._bodies):
+        for session in (self._session, self._bodies, self._passes):
             if session is not None:
                 await session.close()
-        self._session = self._bodies = None
+        self._session = self._bodies = self._passes = None
 
     async def request(
         self,
@@ -115,16 +119,19 @@ class OriginClient:
         target: str,
         headers: Headers,
         body: AsyncIterable[bytes] | bytes | None = None,
+        passed: bool = False,
     ) -> OriginResponse:
         """Send to the site's origins in order; the next one is tried on a connection error, timeout or 5xx.
+        `passed`: the answer goes to one client as it reads it (a pass), on the pool of passes.
 
         A request with a body is never retried: it may already have had its effect. A ClientBody that stalls ends
         the request with ClientError(408); its origin connection is closed, not reused.
         """
         assert self._session is not None, "OriginClient.start() not called"
         assert self._bodies is not None
+        assert self._passes is not None
         origins = site.origins if body is None else site.origins[:1]
-        session = self._session if body is None else self._bodies
+        session = self._bodies if body is not None else self._passes if passed else self._session
         paced = body if isinstance(body, ClientBody) else None
         last_error: OriginError | None = None
         for i, base in enumerate(origins):

@@ -53,7 +53,7 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     code, asked, keep_alive = 0, time.monotonic(), p.keep_alive
     try:
         try:
-            resp = await shared.engine.origin.request(req.site, sent.method, sent.target, sent.headers)
+            resp = await shared.engine.origin.request(req.site, sent.method, sent.target, sent.headers, passed=True)
         except OriginError as exc:
             code = -1  # answered and logged as the origin's failure
             refuse.origin_failed(conn, exc, p.method, req, p.keep_alive, p.viewer, t0, p.origin_ms)

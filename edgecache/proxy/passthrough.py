@@ -43,7 +43,7 @@ async def pass_through(
     served = _FROM_ORIGIN if source == "origin" else metrics.BYTES_SERVED.labels("peer")
     body = ClientBody(_continued(request), origin.settings.body_timeout) if request.body_exists else None
     started = time.monotonic()
-    resp = await origin.request(req.site, sent.method, sent.target, sent.headers, body)
+    resp = await origin.request(req.site, sent.method, sent.target, sent.headers, body, passed=True)
     observe.trace(request).origin_ms = round((time.monotonic() - started) * 1000, 3)
     try:
         if invalidate is not None:

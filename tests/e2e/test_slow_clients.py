@@ -7,8 +7,11 @@ import contextlib
 import hashlib
 import json
 import re
+import socket
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
@@ -180,3 +183,36 @@ async def test_connections_past_the_limit_get_503_at_once(origin: Origin, tmp_pa
             while (await edge.get("/c"))[0] != 200:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
     assert origin.hits["/c"] == 1
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "framework"])
+async def test_passes_whose_clients_stopped_reading_leave_fills_their_connections(
+    origin: Origin, tmp_path: Path, fast_path: bool
+) -> None:
+    """A pass's answer goes to its client as the client reads it, so a client that stops reading holds its origin
+    connection (until client_write_timeout). As many such clients as origin.max_connections took every connection
+    fills use: each cacheable miss then waited for one and got 504, for as long as they stayed."""
+    big = bytes(range(256)) * (32 * 1024 * 4)  # 32 MiB: more than loopback's socket buffers hold
+    origin.put("/big", big)
+    origin.put("/object", b"o" * 5000)
+    config = make_config(tmp_path / "c", [origin.url])
+    config = replace(config, origin=replace(config.origin, max_connections=2, connect_timeout=2.0), fast_path=fast_path)
+    async with start_edge(config) as edge:
+        stalled = []
+        for i in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", edge.port))
+            _, writer = await asyncio.open_connection(sock=sock)
+            writer.write(f"GET /big?n={i} HTTP/1.1\r\nHost: video.test\r\nCache-Control: no-store\r\n\r\n".encode())
+            stalled.append(writer)
+        try:
+            async with asyncio.timeout(10):
+                await origin.wait_for_requests(2)  # both passes hold an origin connection, their answers unread
+            status, _, body = await edge.get("/object")
+            assert (status, body) == (200, b"o" * 5000)
+        finally:
+            for writer in stalled:
+                writer.close()
+    assert origin.hits["/object"] == 1
