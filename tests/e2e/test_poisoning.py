@@ -312,3 +312,16 @@ async def test_a_large_private_answer_for_another_variant_does_not_hold_its_orig
     async with asyncio.timeout(10):  # the origin read timeout is 5 s: a stuck fill never ends it
         await first_done.wait()
     assert origin.hits["/dev"] == 2
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_no_target_reaches_an_origin_above_its_base_path(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    # The origin is the site's directory '/site' of a server that holds others: '/..%2F' is '/../' to a server that
+    # decodes %2F (or takes '\' for '/') before it resolves '..', which would take the request out of '/site'.
+    asked = record(origin)
+    config = make_config(tmp_path / "cache", [origin.url + "/site"])
+    async with start_edge(replace(config, fast_path=fast)) as edge:
+        for target in ("/..%2Fother/x", "/a/..%2F..%2Fother/x", "/%2E%2E%5Cother/x", "/..\\other/x"):
+            status, _, body = await raw_get(edge.port, f"GET {target} HTTP/1.1\r\nHost: video.test\r\n")
+            assert (status, body) == (400, b"request target has a '..' segment set off by %2F, %5C or a backslash\n")
+    assert asked == []

@@ -169,6 +169,20 @@ async def test_one_prefix_token_covers_a_segment_set_and_nothing_outside(
         assert origin.hits == {"/v/set/master.m3u8": 1, "/v/set/720p/seg1.ts": 1}
 
 
+async def test_an_encoded_slash_never_takes_a_prefix_token_outside_its_prefix(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    # '/v/set/..%2F..%2Fother.ts' starts with '/v/set/' as it stands, but an origin that decodes %2F (or takes '\\'
+    # for '/') before resolving '..' (nginx does) serves /v/other.ts for it: outside the prefix the token names.
+    rules = Signing((SECRET,))
+    async with signed_edge(tmp_path, origin, fast, rules) as edge:
+        token = sign(rules, "/v/set/", later(), prefix="/v/set/").partition("?")[2]
+        for outside in ("/v/set/..%2F..%2Fother.ts", "/v/set/..%2f..%5Cother.ts", "/v/set/..\\..\\other.ts"):
+            status, _, body = await get(edge, f"{outside}?{token}")
+            assert (status, body) == (400, b"request target has a '..' segment set off by %2F, %5C or a backslash\n")
+    assert origin.seen == []
+
+
 async def test_tokens_bound_to_the_client_address(origin: Origin, tmp_path: Path, fast: bool) -> None:
     rules = Signing((SECRET,), client=True)
     async with signed_edge(tmp_path, origin, fast, rules) as edge:
