@@ -1,8 +1,26 @@
-"""Per-client request rate limits: a token bucket per address, in a bounded table. Pure: `now` is given."""
+"""Per-client request rate limits: a token bucket per address, in a bounded table. Pure: `now` is given.
+
+An IPv6 client is its /64: that is the least a subscriber is given (RFC 6177, RIPE-690), and it picks any address
+in it for each connection (RFC 8981), so a bucket per address would give one client 2**64 of them.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from ipaddress import IPv6Address, IPv6Network
+
+
+def bucket(client: str) -> str:
+    """The bucket of a client address: an IPv6 address's /64, anything else (IPv4, '-') as it stands."""
+    if ":" not in client:
+        return client
+    try:
+        address = IPv6Address(client)
+    except ValueError:
+        return client
+    if address.ipv4_mapped is not None:  # an IPv4 client written by a dual-stack hop: that one address
+        return str(address.ipv4_mapped)
+    return str(IPv6Network((address, 64), strict=False))
 
 
 class RateLimiter:
@@ -10,9 +28,10 @@ class RateLimiter:
         self.rate = rate  # requests per second, sustained
         self.burst = burst  # requests allowed at once
         self.max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, stamp)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # bucket() -> (tokens, stamp)
 
     def allow(self, client: str, now: float) -> bool:
+        client = bucket(client)
         tokens, stamp = self._buckets.pop(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - stamp) * self.rate)
         ok = tokens >= 1.0

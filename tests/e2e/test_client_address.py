@@ -229,6 +229,29 @@ async def test_the_rate_limit_counts_the_declared_client(origin: Origin, tmp_pat
 
 
 @pytest.mark.parametrize("path", PATHS)
+async def test_the_rate_limit_counts_an_ipv6_client_by_its_64(origin: Origin, tmp_path: Path, path: str) -> None:
+    # An IPv6 subscriber is given a /64 at least (RFC 6177): a bucket per address would give it 2**64 of them.
+    origin.put("/obj", BODY)
+    cfg = config(tmp_path, origin, path, rate_limit=0.001, burst=1.0)
+    cfg = replace(cfg, sites=(replace(cfg.sites[0], allow=()),))
+
+    def v1_six(client: str) -> bytes:
+        return f"PROXY TCP6 {client} ::1 51234 80\r\n".encode()
+
+    async with start_edge(cfg) as edge:
+        assert await exchange(edge.port, v1_six("2001:db8:1:2::7") + GET) == (200, BODY)
+        assert await exchange(edge.port, v1_six("2001:db8:1:3::7") + GET) == (200, BODY)  # another /64
+        status, body = await exchange(edge.port, v1_six("2001:db8:1:2:ffff::8") + GET)
+        assert (status, body) == (429, b"too many requests from this address\n")
+    assert origin.hits["/obj"] == 1
+    assert clients(tmp_path) == [
+        ("2001:db8:1:2::7", 200, "miss"),
+        ("2001:db8:1:3::7", 200, "hit"),
+        ("2001:db8:1:2:ffff::8", 429, "error"),
+    ]
+
+
+@pytest.mark.parametrize("path", PATHS)
 async def test_a_pass_through_names_the_declared_client_as_its_hop(origin: Origin, tmp_path: Path, path: str) -> None:
     post = b"POST /upload HTTP/1.1\r\nHost: video.test\r\nContent-Length: 7\r\nConnection: close\r\n\r\npayload"
     async with start_edge(config(tmp_path, origin, path)) as edge:

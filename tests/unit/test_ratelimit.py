@@ -16,3 +16,12 @@ def test_table_is_bounded() -> None:
     for i in range(100):
         rl.allow(f"c{i}", 0.0)
     assert len(rl._buckets) == 10
+
+
+def test_an_ipv6_client_is_its_64() -> None:
+    rl = RateLimiter(rate=1, burst=1)
+    assert [rl.allow(c, 0.0) for c in ("2001:db8:0:1::1", "2001:db8:0:1:8000::2")] == [True, False]  # one /64
+    assert rl.allow("2001:db8:0:2::1", 0.0)  # another /64
+    assert [rl.allow(c, 0.0) for c in ("192.0.2.1", "192.0.2.2")] == [True, True]  # IPv4: one address each
+    assert [rl.allow(c, 0.0) for c in ("::ffff:192.0.2.1", "::ffff:192.0.2.3")] == [False, True]  # as a hop wrote it
+    assert [rl.allow("-", 0.0) for _ in range(2)] == [True, False]  # no address known: the text is the bucket
