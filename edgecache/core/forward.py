@@ -106,7 +106,8 @@ def pass_request(
     # A client's hop field is never sent on, valid or not: a node forwarding to a peer adds its own (`extra`).
     drop = ("host", "x-forwarded-for", "expect", "via", HOP, *UNKEYED)
     headers = [*end_to_end(client, drop=drop), ("Host", origin_host or key.host)]
-    prior = get_first(client, "x-forwarded-for")
+    # Every line, in order: a balancer may add its own after the client's (HAProxy does), and the nearest is last.
+    prior = ", ".join(get_all(client, "x-forwarded-for"))
     headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
     via = ", ".join(get_all(client, "via"))
     headers.append(("Via", f"{via}, {VIA}" if via else VIA))

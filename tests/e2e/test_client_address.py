@@ -261,6 +261,23 @@ async def test_a_pass_through_names_the_declared_client_as_its_hop(origin: Origi
     assert [(s.method, s.headers["X-Forwarded-For"]) for s in origin.seen] == [("POST", "203.0.113.7")]
 
 
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_pass_through_sends_every_x_forwarded_for_line_on(origin: Origin, tmp_path: Path, path: str) -> None:
+    # A balancer that adds its own X-Forwarded-For line (HAProxy's option forwardfor) after the client's: the
+    # origin must get both, in order, or the client's own line is all it sees of the client.
+    cfg = config(tmp_path, origin, path, proxy=False, trusted_forwarders=(ip_network("127.0.0.0/8"),))
+    post = (
+        b"POST /upload HTTP/1.1\r\nHost: video.test\r\nX-Forwarded-For: 198.51.100.1\r\n"
+        b"X-Forwarded-For: 203.0.113.7\r\nContent-Length: 7\r\nConnection: close\r\n\r\npayload"
+    )
+    async with start_edge(cfg) as edge:
+        assert (await exchange(edge.port, post))[0] == 201
+    assert [(s.method, s.headers["X-Forwarded-For"]) for s in origin.seen] == [
+        ("POST", "198.51.100.1, 203.0.113.7, 127.0.0.1")
+    ]
+    assert clients(tmp_path) == [("203.0.113.7", 201, "pass")]
+
+
 async def test_trusted_forwarders_change_on_reload(origin: Origin, tmp_path: Path) -> None:
     origin.put("/obj", BODY)
     path = tmp_path / "edge.toml"
