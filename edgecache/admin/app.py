@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Collection
 from aiohttp import web
 
 from edgecache import metrics
-from edgecache.admin.auth import guard
+from edgecache.admin.auth import authorize, guard, token_of
 from edgecache.config import Token
 from edgecache.core.siteurl import NotSiteURL
 
@@ -45,9 +45,11 @@ def admin_app(
         if not url or ring is None:
             return web.json_response({"error": "give ?url=http://host/path"}, status=400)
         try:
-            return web.json_response(ring(url))
+            answer = ring(url)
         except NotSiteURL as exc:  # a host no site has: 404; anything else this node cannot key: 400
             return web.json_response({"url": url, "error": str(exc)}, status=404 if exc.unknown_host else 400)
+        authorize(token_of(request), str(answer["site"]))  # another provider's site, its key and nodes: 403
+        return web.json_response(answer)
 
     # Larger bodies get 413 before any parsing.
     app = web.Application(client_max_size=1024 * 1024, middlewares=[guard(tokens)])

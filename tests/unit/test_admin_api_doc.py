@@ -175,6 +175,8 @@ async def test_the_real_answers_are_the_documented_ones(admin: Admin, origin: Or
         ("GET", "/ring?url=http://[::1/", OPERATOR, {}, 400),
         ("GET", "/ring?url=" + job_url + "%2500x", OPERATOR, {}, 400),  # a NUL in the target: it cannot be keyed
         ("GET", "/ring?url=http://elsewhere.example.org/", OPERATOR, {}, 404),
+        ("GET", "/ring?url=http://other.example.com/a", PROVIDER, {}, 403),  # another provider's site
+        ("GET", "/ring?url=" + job_url, PROVIDER, {}, 200),
         ("POST", "/purge", "not-a-token-of-this-node", {"json": {"site": "videos"}}, 401),
         ("POST", "/purge", PROVIDER, {"json": {"site": "other"}}, 403),
         ("POST", "/purge", OPERATOR, {"json": {"url": "ftp://video.example.com/"}}, 400),
