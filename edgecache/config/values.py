@@ -257,9 +257,17 @@ def _networks(v: Any) -> tuple[IPv4Network | IPv6Network, ...]:
     nets = []
     for x in v:
         try:
-            nets.append(ip_network(x, strict=False))
+            net = ip_network(x, strict=False)
         except ValueError:
             raise ValueError(f"{x!r} is not a subnet") from None
+        if isinstance(net, IPv6Network) and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
+            # Every client address is matched in its IPv4 form (core.clientaddr, core.proxyproto): this matches none.
+            v4 = IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+            raise ValueError(
+                f"{x!r} is an IPv4-mapped subnet, which no client address is matched against (an IPv4 client is"
+                f" matched as IPv4): write '{v4}'"
+            )
+        nets.append(net)
     return tuple(nets)
 
 

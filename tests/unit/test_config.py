@@ -36,6 +36,15 @@ def test_site_acl_and_tokens() -> None:
     assert problems({"sites": [{**SITE, "allow": ["10.0.0.0/33"]}]}) == [
         "f.toml: sites[0].allow: '10.0.0.0/33' is not a subnet"
     ]
+    # Every client address is matched in its IPv4 form (a dual-stack hop's ::ffff:a.b.c.d too): a mapped subnet
+    # would match none, and refuse every client the operator meant to let in.
+    mapped = {"server": {"trusted_forwarders": ["::ffff:10.0.0.1"]}, "sites": [{**SITE, "allow": ["::ffff:a00:0/104"]}]}
+    assert problems(mapped) == [
+        "f.toml: server.trusted_forwarders: '::ffff:10.0.0.1' is an IPv4-mapped subnet, which no client address is"
+        " matched against (an IPv4 client is matched as IPv4): write '10.0.0.1/32'",
+        "f.toml: sites[0].allow: '::ffff:a00:0/104' is an IPv4-mapped subnet, which no client address is matched"
+        " against (an IPv4 client is matched as IPv4): write '10.0.0.0/8'",
+    ]
     bad_tokens = {
         "sites": [SITE],
         "admin": {"tokens": [{"name": "p", "token": "short", "sites": ["nope"]}, {"name": "q", "role": "x"}]},
