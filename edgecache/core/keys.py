@@ -21,9 +21,10 @@ _PCT = re.compile(r"%([0-9A-Fa-f]{2})?")  # a '%' without two hex digits after i
 # that browsers send raw); everything else, controls and spaces above all, is refused (matched whole: `$` would
 # let a trailing newline through).
 _TARGET_OK = re.compile(r"[!-~]*")
-# What some origins take for '/' in a path although RFC 3986 does not (nginx decodes %2F, IIS reads '\\'): a '..'
-# between them is a dot-segment there, resolved after our key was made.
-_OTHER_SLASH = re.compile(r"%2F|%5C|\\")
+# What some origins take for '/' in a path although RFC 3986 does not (nginx decodes %2F, IIS reads '\\'); and a
+# segment's ';' parameters, which Tomcat and Jetty drop: a '..' set off by them is a dot-segment there, resolved
+# after our key was made.
+_ANY_SLASH = re.compile(r"/|%2F|%5C|\\")
 MAX_TARGET = 8192
 
 
@@ -102,10 +103,10 @@ def normalise_target(target: str) -> tuple[str, str]:
     target = target.split("#", 1)[0]
     path, _, query = target.partition("?")
     path = remove_dot_segments(_normalise_pct(path))
-    if _OTHER_SLASH.search(path) and ".." in _OTHER_SLASH.sub("/", path).split("/"):
-        # '/set/..%2F..%2Fother' is under '/set/' to us, and '/other' to such an origin: out of a signed prefix,
-        # or above the origin URL's own path, to another site of that server. No real object is named this way.
-        raise BadTarget("request target has a '..' segment set off by %2F, %5C or a backslash")
+    if ".." in path and any(piece.partition(";")[0] == ".." for piece in _ANY_SLASH.split(path)):
+        # '/set/..%2F..%2Fother' and '/set/..;/..;/other' are under '/set/' to us, and '/other' to such an origin:
+        # out of a signed prefix, or above the origin URL's own path. No real object is named this way.
+        raise BadTarget("request target has a '..' segment set off by %2F, %5C, a backslash or ';'")
     query = _normalise_pct(query)
     if len(path) + len(query) + 1 > MAX_TARGET:  # stray '%'s grew into %25s: the key's target is refused too
         raise BadTarget("request target too long")

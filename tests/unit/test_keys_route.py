@@ -47,10 +47,12 @@ def test_normalise_target(raw: str, path: str, query: str) -> None:
         ("a/b", "request target must be origin-form (start with '/')"),
         ("*", "request target must be origin-form (start with '/')"),
         ("/" + "a" * 9000, "request target too long"),
-        ("/a/..%2Fb", "request target has a '..' segment set off by %2F, %5C or a backslash"),
-        ("/a/%2E%2E%2fb", "request target has a '..' segment set off by %2F, %5C or a backslash"),
-        ("/a%5C..%5Cb", "request target has a '..' segment set off by %2F, %5C or a backslash"),
-        ("/a\\..\\b", "request target has a '..' segment set off by %2F, %5C or a backslash"),
+        ("/a/..%2Fb", "request target has a '..' segment set off by %2F, %5C, a backslash or ';'"),
+        ("/a/%2E%2E%2fb", "request target has a '..' segment set off by %2F, %5C, a backslash or ';'"),
+        ("/a%5C..%5Cb", "request target has a '..' segment set off by %2F, %5C, a backslash or ';'"),
+        ("/a\\..\\b", "request target has a '..' segment set off by %2F, %5C, a backslash or ';'"),
+        ("/a/..;/b", "request target has a '..' segment set off by %2F, %5C, a backslash or ';'"),
+        ("/a/..;jsessionid=1/b", "request target has a '..' segment set off by %2F, %5C, a backslash or ';'"),
     ],
 )
 def test_bad_targets(raw: str, reason: str) -> None:
