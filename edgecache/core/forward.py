@@ -31,6 +31,17 @@ UNKEYED = (
     "x-http-method-override",
     "forwarded",
 )
+# Fields in which a client may claim an address (its own, or one an origin trusts): the edge tells the origin the
+# client's address in X-Forwarded-For, so a client's claim in another field never reaches it, on a pass or a fill.
+CLAIMED_ADDRESS = (
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded-server",
+)
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")  # RFC 9110 5.1, lower case
 
 
@@ -43,7 +54,7 @@ def check_forward_field(name: str) -> str:
     lname = name.lower()
     if not lname or not set(lname) <= _TOKEN:
         raise ValueError(f"{name!r} is not a header field name")
-    if lname in CACHE_OWNED or lname in UNKEYED or lname in ("authorization", "cookie", "x-forwarded-for"):
+    if lname in CACHE_OWNED or lname in (*UNKEYED, *CLAIMED_ADDRESS, "authorization", "cookie", "x-forwarded-for"):
         raise ValueError(f"{name!r} is set by the cache or would change what the origin answers: never forwarded")
     return lname
 
@@ -104,7 +115,7 @@ def pass_request(
     a form parameter the cache does not key on still means something to the origin.
     """
     # A client's hop field is never sent on, valid or not: a node forwarding to a peer adds its own (`extra`).
-    drop = ("host", "x-forwarded-for", "expect", "via", HOP, *UNKEYED)
+    drop = ("host", "x-forwarded-for", "expect", "via", HOP, *UNKEYED, *CLAIMED_ADDRESS)
     headers = [*end_to_end(client, drop=drop), ("Host", origin_host or key.host)]
     # Every line, in order: a balancer may add its own after the client's (HAProxy does), and the nearest is last.
     prior = ", ".join(get_all(client, "x-forwarded-for"))

@@ -12,10 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgecache.core.forward import OriginRequest, Validator, fill_request, pass_request
+from edgecache.core.forward import (
+    CLAIMED_ADDRESS,
+    OriginRequest,
+    Validator,
+    check_forward_field,
+    fill_request,
+    pass_request,
+)
 from edgecache.core.headers import Headers
 from edgecache.core.keys import BadTarget, CacheKey, PrimaryRecord, entry_key, make_key, varied
 from edgecache.core.route import normalise_host
@@ -168,3 +176,19 @@ def test_pass_through_takes_host_and_target_from_the_key(client: Client, keep: t
     assert sent.target == key.full_target
     assert [v for k, v in sent.headers if k.lower() == "host"] == [key.host]
     assert make_key("videos", key.host, sent.target, keep).primary == key.primary
+
+
+def test_a_pass_never_sends_an_address_the_client_claims() -> None:
+    """An origin behind the edge reads the client's address in X-Forwarded-For, which the edge writes; a client's
+    own X-Real-IP or True-Client-IP would be a forged address there."""
+    key = make_key("videos", "video.test", "/api", ())
+    claims = [(name, "6.6.6.6") for name in CLAIMED_ADDRESS]
+    sent = pass_request("POST", key, (("Accept", "*/*"), *claims), None, "192.0.2.1")
+    assert [(k.lower(), v) for k, v in sent.headers if k.lower() != "via"] == [
+        ("accept", "*/*"),
+        ("host", "video.test"),
+        ("x-forwarded-for", "192.0.2.1"),
+    ]
+    for name in CLAIMED_ADDRESS:
+        with pytest.raises(ValueError, match="never forwarded"):
+            check_forward_field(name)
