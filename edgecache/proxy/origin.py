@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
@@ -40,13 +42,35 @@ class OriginResponse:
         self.raw.close()
 
 
+class _Handler(ResponseHandler):
+    """aiohttp's connection protocol, but a body the parser finds malformed fails its reader.
+
+    aiohttp's parser, failing mid-body (a chunk size that is not hex, chunk data longer than its size), drops the
+    body's reader and gives the error to the connection only, cancelling the read timeout: a reader waiting for
+    more of the body waited forever, and a fill with it, which every later request of the object joined.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        body = self._payload
+        super().data_received(data)
+        error = self.exception()
+        if error is not None and body is not None and not body.is_eof() and body.exception() is None:
+            body.set_exception(aiohttp.ClientPayloadError(f"Response payload is malformed: {error}"))
+
+
 class _Pool(aiohttp.TCPConnector):
     """aiohttp's pool, but a connection that received bytes while idle is closed, never reused.
 
     aiohttp parses what an idle connection receives and keeps it as a finished answer, which the next request sent
     on that connection reads as its own: an origin's stray answer (a bug, or a proxy's) was stored under the next
-    URL asked, and each URL after it under the answer of the one before, until the connection closed.
+    URL asked, and each URL after it under the answer of the one before, until the connection closed. Its
+    connections speak _Handler.
     """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        handler: type[ResponseHandler] = _Handler
+        self._factory = functools.partial(handler, loop=self._loop)
 
     async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
         # aiohttp takes the oldest idle connection (the left end): only those that would be taken are looked at.

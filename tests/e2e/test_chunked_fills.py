@@ -267,3 +267,37 @@ async def test_two_chunked_bodies_cut_at_once_are_both_dropped(edge: Edge, origi
     assert stored_slices(edge) == []
     assert len(edge.node.store.memory) == 0
     assert origin.hits["/c1"] == origin.hits["/c2"] == 1
+
+
+async def test_a_malformed_chunk_mid_body_ends_the_fill(edge: Edge, origin: Origin) -> None:
+    """aiohttp's parser, failing on a chunk size mid-body, drops the body's reader without telling it: a fill
+    waiting for more waited forever (its read timeout cancelled), its client with it, and every later request of
+    the object joined that fill. The reader must fail, the client's answer be cut, and the next one fetch again."""
+    go = asyncio.Event()
+
+    async def malformed(request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600", "ETag": '"c1"'})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(BODY[:SLICE])
+        await go.wait()
+        assert request.transport is not None
+        request.transport.write(b"zz\r\nnot a chunk\r\n")  # a chunk size that is not hex
+        return resp
+
+    origin.on_request = malformed
+    async with asyncio.timeout(10):
+        async with edge.session.get(edge.url + "/c", headers={"Host": "video.test"}) as r:
+            assert r.status == 200
+            assert await r.content.readexactly(SLICE) == BODY[:SLICE]
+            go.set()  # the fill has passed the first chunk on: it waits for more
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+        await edge.node.engine.flush()
+    assert stored_slices(edge) == []
+
+    origin.on_request = Chunked(BODY)
+    async with asyncio.timeout(10):
+        status, _, body = await edge.get("/c")
+    assert (status, body) == (200, BODY)
+    assert origin.hits["/c"] == 2
