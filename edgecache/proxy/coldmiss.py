@@ -2,13 +2,12 @@
 is started here (hit.find_cold decides which), and once the origin's head is in, the request is decided again and
 is answered through the same slice reader as any hit (diskhit): as a miss that reads the fill (expired when it
 replaced a stale entry), or as revalidated from the stored entry a 304 confirmed (decide.Decider.fetched), stale on
-arrival or not. An origin that failed the request's own fill or revalidation, with no stale entry to stand in, gets
-the full handler's 502 (failed).
+arrival or not. An origin that failed the fill or revalidation the request started or joined, with no stale entry to
+stand in, gets the full handler's 502 (failed).
 
-Whatever the head turns out to be that the fast path does not answer (a failure of a fill it joined, a Vary its
-record does not name, a plan of its own), the request goes to the full handler with the
-fill it started (Shared.adopted): the handler carries on with that fill as if it had started it, so the
-origin is asked once either way.
+Whatever the head turns out to be that the fast path does not answer (a Vary its record does not name, a plan of
+its own), the request goes to the full handler with the fill it started (Shared.adopted): the handler carries on
+with that fill as if it had started it, so the origin is asked once either way.
 """
 
 from __future__ import annotations
@@ -140,8 +139,10 @@ def _answered(
         return stood
     if (mismatched := _mismatched(started)) is not None:
         return mismatched
-    # A revalidation's own, too, once no stale entry may stand in: the same 502 (EdgeHandler._head_of raises)
-    failure = _failure(started.fill) if started.ours and not started.stands_in else None
+    # A revalidation's own, too, once no stale entry may stand in: the same 502 (EdgeHandler._head_of raises).
+    # A request that joined the fill gets it as well, as the full handler's joiners do: handed off, it asked the
+    # origin again, and waited for a second timeout of an origin that had just timed out.
+    failure = _failure(started.fill) if not started.stands_in else None
     if failure is not None:
         failed(conn, started, failure)
         return FAILED
@@ -282,7 +283,7 @@ def _failure(fill: Fill) -> OriginError | None:
 
 
 def failed(conn: FastPath, started: Started, exc: OriginError, head_came: bool = False) -> None:
-    """The answer the full handler gives when the origin fails a miss's own fill and no stale entry may stand in:
+    """The answer the full handler gives when the origin fails a miss's fill and no stale entry may stand in:
     502 (504 on a timeout) with the reason, counted and logged as it counts and logs it (EdgeHandler._answer);
     `head_came`: the fill's head came first (its body failed), and the log says how long it took."""
     started.fill.abandon()  # only this request would have read it

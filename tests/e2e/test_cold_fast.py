@@ -431,3 +431,37 @@ async def test_a_miss_logs_its_time_to_first_byte(origin: Origin, tmp_path: Path
         assert (status, body) == (206, DATA[:100])
     (record,) = [json.loads(x) for x in log.read_bytes().splitlines()]
     assert 200 <= record["ttfb_ms"] <= record["ms"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_requests_that_joined_a_fill_the_origin_failed_get_its_502_from_one_fill(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """Those that joined a fill the origin fails get the failure, as its starter does: on the fast path they went
+    to the full handler, which asked the origin once more, so each waited for two timeouts of a stalled origin."""
+    go = asyncio.Event()
+
+    async def fails(request: web.BaseRequest, obj: object) -> web.StreamResponse:
+        await go.wait()
+        assert request.transport is not None
+        request.transport.close()  # no answer at all
+        return web.Response(status=500)  # never sent
+
+    origin.put("/gone", b"x")
+    origin.on_request = fails
+    config = replace(make_config(tmp_path, [origin.url]), fast_path=fast)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        shared = edge.node.shared
+        conns = [await asyncio.open_connection("127.0.0.1", edge.port) for _ in range(3)]
+        try:
+            for _, writer in conns:
+                writer.write(b"GET /gone HTTP/1.1\r\nHost: video.test\r\n\r\n")
+            await until(lambda: shared.in_flight == 3)  # all wait for the one head the origin holds
+            go.set()
+            answers = [await read_answer(reader) for reader, _ in conns]
+        finally:
+            for _, writer in conns:
+                writer.close()
+    assert [status for status, _, _ in answers] == [502, 502, 502]
+    assert all(body.startswith(b"origin failed: ") for _, _, body in answers)
+    assert origin.hits["/gone"] == 2  # one fill: aiohttp sends a GET again once when it is closed on unanswered
