@@ -14,6 +14,8 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.connector import Connection
+from aiohttp.http_parser import RawResponseMessage
+from aiohttp.streams import StreamReader
 from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 
@@ -43,16 +45,29 @@ class OriginResponse:
 
 
 class _Handler(ResponseHandler):
-    """aiohttp's connection protocol, but a body the parser finds malformed fails its reader.
+    """aiohttp's connection protocol, but a body the parser finds malformed fails its reader, and the read timeout
+    runs on after an interim (1xx) answer.
 
     aiohttp's parser, failing mid-body (a chunk size that is not hex, chunk data longer than its size), drops the
     body's reader and gives the error to the connection only, cancelling the read timeout: a reader waiting for
-    more of the body waited forever, and a fill with it, which every later request of the object joined.
+    more of the body waited forever, and a fill with it, which every later request of the object joined. And
+    aiohttp stops the read timeout after every answer without a body, an interim one too: an origin that sent
+    103 Early Hints and then nothing held its fill the same way.
     """
+
+    _interim = False  # the last answer parsed was an interim one: the final one is still to come
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        super().feed_data(data, size)
+        code = data[0].code
+        self._interim = 100 <= code < 200 and code != 101
 
     def data_received(self, data: bytes) -> None:
         body = self._payload
+        self._interim = False
         super().data_received(data)
+        if self._interim:
+            self._reschedule_timeout()
         error = self.exception()
         if error is not None and body is not None and not body.is_eof() and body.exception() is None:
             body.set_exception(aiohttp.ClientPayloadError(f"Response payload is malformed: {error}"))

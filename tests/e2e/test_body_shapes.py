@@ -241,3 +241,31 @@ async def test_not_modified_twice_through_revalidation_and_pass_through(raw_edge
     assert origin.hits["/304/conditional"] == 4
 
     await assert_still_serving(edge, origin)
+
+
+def hints_only(request: RawRequest) -> RawReply:
+    """An interim answer, and then nothing: the origin holds the connection without its final answer."""
+    if request.path == "/plain/":
+        return reply(request)
+    return b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n", False
+
+
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize("fast", [True, False])
+async def test_an_origin_that_stalls_after_an_interim_answer_times_out(tmp_path: Path, fast: bool) -> None:
+    """aiohttp stops a connection's read timeout after every answer without a body, an interim (1xx) one too: an
+    origin that sent 103 Early Hints and then nothing held the fill, its clients and every later request of the
+    object for good. The read timeout runs until the final answer's head: a 504 at each request."""
+    origin = RawOrigin(hints_only)
+    await origin.start()
+    try:
+        config = replace(make_config(tmp_path / "cache", [origin.url]), fast_path=fast)
+        config = replace(config, origin=replace(config.origin, read_timeout=0.5))
+        async with start_edge(config) as edge:
+            for n in (1, 2):
+                status, body = await ask(edge, "GET", "/hints")
+                assert (status, origin.hits["/hints"]) == (504, n)
+                assert body == b"origin failed: " + origin.url.encode() + b": timed out\n"
+            await assert_still_serving(edge, origin)
+    finally:
+        await origin.stop()
