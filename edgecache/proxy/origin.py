@@ -174,7 +174,6 @@ class OriginClient:
         paced = body if isinstance(body, ClientBody) else None
         last_error: OriginError | None = None
         for i, base in enumerate(origins):
-            is_last = i == len(origins) - 1
             started = time.monotonic()
             try:
                 raw = await session.request(
@@ -204,7 +203,10 @@ class OriginClient:
                 log.info("%s %s failed: %s", self._who, base, exc)
                 continue
             self._count(site.name, raw.status, time.monotonic() - started)
-            if raw.status >= 500 and not is_last:
+            if (switched := _switched(self._who, base, raw)) is not None:
+                last_error = switched
+                continue
+            if raw.status >= 500 and i < len(origins) - 1:
                 log.info("origin %s answered %d, trying the next origin", base, raw.status)
                 raw.release()
                 continue
@@ -219,6 +221,17 @@ class OriginClient:
             return
         metrics.ORIGIN_LATENCY.labels(site).observe(took)
         metrics.ORIGIN_REQUESTS.labels(site, metrics.status_class(status)).inc()
+
+
+def _switched(who: str, base: str, raw: aiohttp.ClientResponse) -> OriginError | None:
+    """The error of a 101, the one interim answer aiohttp does not read past (None for any other answer): nothing
+    sent to an origin or a peer asks to switch protocols (Upgrade is hop-by-hop), and relayed, it left the client's
+    connection open and idle for good. Its connection is closed."""
+    if raw.status >= 200:
+        return None
+    raw.close()
+    log.info("%s %s answered %d unasked", who, base, raw.status)
+    return OriginError(f"{base}: answered {raw.status} to a request that asked for no upgrade")
 
 
 class ClientBody:

@@ -269,3 +269,29 @@ async def test_an_origin_that_stalls_after_an_interim_answer_times_out(tmp_path:
             await assert_still_serving(edge, origin)
     finally:
         await origin.stop()
+
+
+def switches(request: RawRequest) -> RawReply:
+    """101 Switching Protocols to a request that asked for no upgrade, and then an answer in the new protocol."""
+    if request.path == "/plain/":
+        return reply(request)
+    return b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi", False
+
+
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize("fast", [True, False])
+async def test_an_origin_that_switches_protocols_unasked_is_a_502(tmp_path: Path, fast: bool) -> None:
+    """Nothing a node sends an origin asks to switch protocols (Upgrade is hop-by-hop): a 101 was relayed, and the
+    client's connection stayed open after it with nothing on it, for good."""
+    origin = RawOrigin(switches)
+    await origin.start()
+    try:
+        config = replace(make_config(tmp_path / "cache", [origin.url]), fast_path=fast)
+        async with start_edge(config) as edge:
+            for n in (1, 2):
+                status, body = await ask(edge, "GET", "/ws")
+                assert (status, origin.hits["/ws"]) == (502, n)
+                assert body.startswith(b"origin failed: " + origin.url.encode() + b": answered 101 ")
+            await assert_still_serving(edge, origin)
+    finally:
+        await origin.stop()
