@@ -45,17 +45,32 @@ class OriginResponse:
 
 
 class _Handler(ResponseHandler):
-    """aiohttp's connection protocol, but a body the parser finds malformed fails its reader, and the read timeout
-    runs on after an interim (1xx) answer.
+    """aiohttp's connection protocol, but a body the parser finds malformed fails its reader, the read timeout runs
+    on after an interim (1xx) answer, and it runs while the origin takes none of the request body we send.
 
     aiohttp's parser, failing mid-body (a chunk size that is not hex, chunk data longer than its size), drops the
     body's reader and gives the error to the connection only, cancelling the read timeout: a reader waiting for
     more of the body waited forever, and a fill with it, which every later request of the object joined. And
     aiohttp stops the read timeout after every answer without a body, an interim one too: an origin that sent
-    103 Early Hints and then nothing held its fill the same way.
+    103 Early Hints and then nothing held its fill the same way. aiohttp starts the read timeout only once the
+    request body is sent: an origin that took a pass-through's head and read no further held it, its client and a
+    connection of the body pool for good.
     """
 
     _interim = False  # the last answer parsed was an interim one: the final one is still to come
+    _taking = False  # the read timeout runs because the origin stopped taking the request body
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._read_timeout_handle is None:  # no answer being read: the origin's turn is to take our bytes
+            self._taking = True
+            self._reschedule_timeout()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._taking:  # it took some: the body's pace is its client's now (ClientBody)
+            self._taking = False
+            self._drop_timeout()
 
     def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
         super().feed_data(data, size)
@@ -64,7 +79,7 @@ class _Handler(ResponseHandler):
 
     def data_received(self, data: bytes) -> None:
         body = self._payload
-        self._interim = False
+        self._interim = self._taking = False  # an answer comes: the read timeout is aiohttp's again
         super().data_received(data)
         if self._interim:
             self._reschedule_timeout()

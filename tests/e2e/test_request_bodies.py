@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import RawOrigin, RawReply, RawRequest
 from tests.samples import sample_value
-from tests.wire import exchange
+from tests.wire import exchange, read_answer
 
 ANSWER = 10  # seconds: a bound on every wait here, never a measure of speed
 PAYLOAD = b"".join(b"event %d: the same words again and again\n" % i for i in range(2000))
@@ -164,3 +164,48 @@ async def test_a_client_expecting_100_continue_is_told_to_send_its_body(raw_edge
     assert raw_origin.hits["/upload"] == 1
     assert raw_origin.seen[0].body == b"hello"
     assert raw_origin.seen[0].header("expect") is None  # the edge answered the expectation itself
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "framework"])
+async def test_an_origin_that_stops_reading_a_body_times_out(tmp_path: Path, fast_path: bool) -> None:
+    """aiohttp starts a request's read timeout only once its body is sent: an origin that took the head and read
+    no further (stuck, overloaded) held the pass-through, its client and a connection of the body pool for good.
+    Not taking the body is not answering: a 504 once it has taken nothing for read_timeout."""
+    heads: list[bytes] = []
+    hold = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await hold.wait()  # never reads the body, never answers
+        writer.close()
+
+    server = await asyncio.start_server(deaf, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = make_config(tmp_path / "c", [f"http://127.0.0.1:{port}"])
+    config = replace(config, origin=replace(config.origin, read_timeout=0.5), fast_path=fast_path)
+
+    async def send(writer: asyncio.StreamWriter) -> None:
+        try:
+            for _ in range(256):
+                writer.write(b"x" * 2**18)
+                await writer.drain()
+        except ConnectionError:
+            pass  # answered and closed before the whole body went
+
+    try:
+        async with start_edge(config) as edge:
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+            writer.write(post_head("/upload", f"Content-Length: {256 * 2**18}"))
+            sending = asyncio.ensure_future(send(writer))
+            try:
+                async with asyncio.timeout(ANSWER):
+                    status, _, body = await read_answer(reader)
+            finally:
+                sending.cancel()
+                writer.transport.abort()  # what is still buffered is never sent
+            assert (status, body) == (504, f"origin failed: http://127.0.0.1:{port}: timed out\n".encode())
+            assert len(heads) == 1
+    finally:
+        hold.set()
+        server.close()
+        await server.wait_closed()
