@@ -200,22 +200,9 @@ class OriginClient:
                     compress=None,
                     chunked=None,
                 )
-            except TimeoutError as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 _raise_if_stalled(paced, exc)
-                if self.peer is None:
-                    metrics.ORIGIN_ERRORS.labels(site.name, "timeout").inc()
-                last_error = OriginError(f"{base}: timed out", timeout=True)
-                log.info("%s %s timed out: %s", self._who, base, exc)
-                continue
-            except (aiohttp.ClientError, OSError) as exc:
-                _raise_if_stalled(paced, exc)
-                if self.peer is None:
-                    metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
-                # No response came: the peer refused, or a pooled connection to it was found dead. Nothing reached
-                # the client, so an idempotent request may go elsewhere.
-                refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
-                last_error = OriginError(f"{base}: {exc.__class__.__name__}: {exc}", connect=True, refused=refused)
-                log.info("%s %s failed: %s", self._who, base, exc)
+                last_error = self._failed(site, base, exc)
                 continue
             self._count(site.name, raw.status, time.monotonic() - started)
             if (switched := _switched(self._who, base, raw)) is not None:
@@ -228,6 +215,21 @@ class OriginClient:
             return OriginResponse(raw.status, tuple(raw.headers.items()), raw, base, site.name, self.peer)
         assert last_error is not None
         raise last_error
+
+    def _failed(self, site: Site, base: str, exc: BaseException) -> OriginError:
+        """The error of a request that got no answer from `base` (counted as the origin's, unless a peer's)."""
+        if isinstance(exc, TimeoutError):
+            if self.peer is None:
+                metrics.ORIGIN_ERRORS.labels(site.name, "timeout").inc()
+            log.info("%s %s timed out: %s", self._who, base, exc)
+            return OriginError(f"{base}: timed out", timeout=True)
+        if self.peer is None:
+            metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
+        # No response came: the peer refused, or a pooled connection to it was found dead. Nothing reached the
+        # client, so an idempotent request may go elsewhere.
+        refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
+        log.info("%s %s failed: %s", self._who, base, exc)
+        return OriginError(f"{base}: {exc.__class__.__name__}: {exc}", connect=True, refused=refused)
 
     def _count(self, site: str, status: int, took: float) -> None:
         if self.peer is not None:
