@@ -70,7 +70,7 @@ class FastPath(asyncio.Protocol):
         self.timer_at = self.deadline = 0.0
         self.deadline_kind = ""  # "idle", "head", or "" for none
         self.write_timer: asyncio.TimerHandle | None = None
-        self.sock_fd = -1
+        self.sock_fd, self.tls = -1, False  # tls: answers are written a piece at a time (diskhit.TLS_PIECE)
         self.loads = 0  # disk lookups made for the head at the front of the buffer
         self.loaded_at = 0  # the store's `forgotten` when the first of them was made
         self.relay: Relay | None = None  # the forward to a peer being answered
@@ -91,8 +91,8 @@ class FastPath(asyncio.Protocol):
         self.address = self.client = str(peer[0]) if peer else "-"
         self.forwarder = clientaddr.within(self.address, self.server.shared.forwarders)
         sock = transport.get_extra_info("socket")
-        plain = transport.get_extra_info("sslcontext") is None  # never sendfile under TLS
-        self.sock_fd = sock.fileno() if sock is not None and plain else -1
+        self.tls = transport.get_extra_info("sslcontext") is not None  # never sendfile under TLS
+        self.sock_fd = sock.fileno() if sock is not None and not self.tls else -1
         if self.server.stopping:
             # Accepted as the listener closed (its backlog), after shutdown() looked for connections to close: no
             # one would close it later.
@@ -333,7 +333,7 @@ class FastPath(asyncio.Protocol):
         if p.hit.parts is not None:
             return multipart.answer(self, p, raw, t0)
         parts: list[memoryview] = []
-        if len(p.slices) > HELD:
+        if len(p.slices) > HELD or (self.tls and p.slices and p.hit.last - p.hit.first >= diskhit.TLS_PIECE):
             return diskhit.stream(self, p, raw, t0)
         if p.slices:
             in_memory = self.server.shared.engine.store.memory_slice
