@@ -102,11 +102,11 @@ MEMORY_LIMIT = Gauge(
 MEMORY_OBJECTS = Gauge("edgecache_memory_tier_objects", "Slices held by the memory tier", multiprocess_mode="livesum")
 MEMORY_EVICTIONS = _counter("edgecache_memory_tier_evictions_total", "Slices evicted from the memory tier")
 MEMORY_ADMISSIONS = _counter("edgecache_memory_tier_admissions_total", "Slices admitted to the memory tier")
-DISK_BYTES = Gauge("edgecache_disk_tier_bytes", "Bytes held by the disk tier", multiprocess_mode="max")
+DISK_BYTES = Gauge("edgecache_disk_tier_bytes", "Bytes held by the disk tier", multiprocess_mode="livemax")
 DISK_BUDGET = Gauge("edgecache_disk_tier_budget_bytes", "Disk tier byte budget", multiprocess_mode="max")
 DISK_ERRORS = _counter("edgecache_disk_tier_errors_total", "Disk tier operations that failed")
 # Each disk of the disk tier (storage/disks.py), labelled by its path as the config gives it.
-DISK_USED = Gauge("edgecache_disk_bytes", "Bytes held on the disk", ["disk"], multiprocess_mode="max")
+DISK_USED = Gauge("edgecache_disk_bytes", "Bytes held on the disk", ["disk"], multiprocess_mode="livemax")
 DISK_SIZE = Gauge(
     "edgecache_disk_budget_bytes", "The disk's byte budget (cache.disks size)", ["disk"], multiprocess_mode="max"
 )
@@ -165,7 +165,9 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "other"
 
 
-PEER_UP = Gauge("edgecache_peer_up", "1 when this node sees the peer as up", ["peer"], multiprocess_mode="max")
+# "livemax": the live workers' view. A dead worker's file of a plain "max" gauge stays in the directory (only the
+# live modes' files are removed when a worker is gone), so its last 1 would show the peer up for good.
+PEER_UP = Gauge("edgecache_peer_up", "1 when this node sees the peer as up", ["peer"], multiprocess_mode="livemax")
 # A forward to a peer is counted here, never as an origin request or origin bytes (origin.OriginClient.to_peer).
 PEER_FORWARDED = _counter(
     "edgecache_peer_forwarded_requests_total",
@@ -206,7 +208,7 @@ PURGE_CATCHUPS = _counter(
     "Catching up on missed purges: entries (purges taken from peers) and reset (every site purged: too far behind)",
     ["kind"],
 )
-PREFETCH_JOBS = Gauge("edgecache_prefetch_jobs", "Prefetch jobs by state", ["state"], multiprocess_mode="max")
+PREFETCH_JOBS = Gauge("edgecache_prefetch_jobs", "Prefetch jobs by state", ["state"], multiprocess_mode="livemax")
 PREFETCH_URLS = _counter("edgecache_prefetch_urls_total", "Prefetch URLs finished, by outcome", ["outcome"])
 PREFETCH_BYTES = _counter("edgecache_prefetch_bytes_total", "Body bytes read by prefetch jobs")
 SLOW_CLIENTS = _counter("edgecache_slow_client_disconnects_total", "Connections cut: the client stopped reading")
