@@ -33,6 +33,21 @@ def bind_listeners(config: Config) -> list[Bound]:
     return bound
 
 
+def check_free(config: Config) -> None:
+    """The listeners worker 0 binds itself, the admin API's and the demo origin's, bound here for a moment and let
+    go: an address another process holds stops the node at start, with the reason, as a client listener's does.
+    (Worker 0 would die on it, and be started again and again, while the node never served.)"""
+    for addr, what in ((config.admin, "the admin API"), (config.demo_origin, "the demo origin")):
+        if addr is None:
+            continue
+        try:
+            socks = _bind(addr, reuse_port=False)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror} ({what})") from exc
+        for sock in socks:
+            sock.close()
+
+
 def close(bound: list[Bound]) -> None:
     for b in bound:
         b.sock.close()

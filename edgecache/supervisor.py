@@ -36,7 +36,7 @@ from edgecache.config import Config, load
 from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
 from edgecache.lifecycle import RESTART_ONLY, Reason
-from edgecache.listeners import Bound, bind_listeners, close
+from edgecache.listeners import Bound, bind_listeners, check_free, close
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats
 
@@ -251,6 +251,7 @@ def serve(config: Config) -> int:
     """Until SIGTERM or SIGINT, and every worker has stopped; 1 if the listeners cannot be bound."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s main %(levelname)s %(name)s: %(message)s")
     try:
+        check_free(config)
         workers = _Workers(config)
     except OSError as exc:
         log.error("%s", exc.strerror)

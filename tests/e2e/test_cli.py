@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.e2e.procs import ROOT, edge_process, free_port
@@ -203,3 +205,28 @@ origins = ["http://user:s3cret@10.0.0.1:8080", "http://bad host:1", "http://10.0
         assert problem in r.stderr, r.stderr
     bad.write_text('[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["http://o_1:8080/base", "http://[::1]:80"]\n')
     assert run_cli("check-config", str(bad)).returncode == 0
+
+
+@pytest.mark.parametrize("taken", ["server.listen", "admin.listen", "demo.origin"])
+def test_serve_with_an_address_another_process_holds_says_which_and_exits_1(tmp_path: Path, taken: str) -> None:
+    """The client listeners are bound by the parent, which stops at once when it cannot; the admin API's and the
+    demo origin's were bound by worker 0 alone: it died on the taken port with a traceback, was started again and
+    again (its client listener closed during each backoff), and the node never stopped nor served."""
+    ports = {key: free_port() for key in ("server.listen", "admin.listen", "demo.origin")}
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{ports["server.listen"]}"]\nworkers = 1\n'
+        f'[admin]\nlisten = "127.0.0.1:{ports["admin.listen"]}"\n'
+        f'[demo]\norigin = "127.0.0.1:{ports["demo.origin"]}"\n'
+        f'[cache]\ndir = "{tmp_path / "cache"}"\ndisk = "64MiB"\nmemory = "16MiB"\n'
+        f'[[sites]]\nname = "demo"\nhosts = ["localhost"]\norigins = ["http://127.0.0.1:{ports["demo.origin"]}"]\n'
+    )
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports[taken]))
+        holder.listen()
+        r = run_cli("serve", "--config", str(config))
+    assert r.returncode == 1, r.stderr
+    assert f"cannot listen on 127.0.0.1:{ports[taken]}" in r.stderr
+    assert "Address already in use" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "worker 0 started" not in r.stderr

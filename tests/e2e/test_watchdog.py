@@ -212,11 +212,14 @@ async def test_a_stopped_worker_is_killed_by_the_parent_and_replaced(origin: Ori
 async def test_sigterm_during_a_restart_backoff_ends_every_process(origin: Origin, tmp_path: Path) -> None:
     """Worker 0 cannot start (its admin port is taken): its restarts wait longer and longer; worker 1 serves."""
     origin.put("/v.bin", DATA)
+    cfg, port, admin = write_config(tmp_path, origin, workers=2)
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        cfg, port, _ = write_config(tmp_path, origin, workers=2, admin=taken.getsockname()[1])
         async with node(cfg) as n:
+            # Taken once the parent found it free and started worker 0, which binds it only after importing the
+            # code and opening the node (the parent refuses to start on a port taken before).
+            await n.expect("worker 0 started: pid ")
+            taken.bind(("127.0.0.1", admin))
+            taken.listen()
             await n.expect("worker 0 (pid ", 4)  # its fourth death
             # Meanwhile worker 0's listener is closed: every new connection goes to worker 1.
             for _ in range(10):
