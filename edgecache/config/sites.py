@@ -75,7 +75,7 @@ def _site(r: _Reader, t: dict[str, Any], p: str, i: int, base: Path) -> Site:
 
 def _policy(r: _Reader, site: dict[str, Any], prefix: str) -> Policy:
     """[sites.cache]: the choices RFC 9111 leaves to a shared cache."""
-    t = r.table(site, "cache") if "cache" in site else {}
+    t = r.table(site, "cache", prefix)
     p = f"{prefix}cache."
     r.unknown(t, p, KEYS["sites.cache"])
     policy = Policy(

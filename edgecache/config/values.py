@@ -138,10 +138,10 @@ class _Reader:
             self.problem(f"{prefix}{name}", str(exc).replace("\n", "\\n")[:300])
             return default
 
-    def table(self, parent: dict[str, Any], name: str) -> dict[str, Any]:
+    def table(self, parent: dict[str, Any], name: str, prefix: str = "") -> dict[str, Any]:
         value = parent.get(name, {})
         if not isinstance(value, dict):
-            self.problem(name, "expected a table")
+            self.problem(f"{prefix}{name}", "expected a table")
             return {}
         return value
 

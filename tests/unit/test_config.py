@@ -259,3 +259,9 @@ def test_workers_and_node_addresses_within_reason() -> None:
     nodes = [{"id": "a", "address": "10.0.0.1:80"}, {"id": "b", "address": "10.0.0.1:80"}]
     cluster = {"self": "a", "key": "k" * 64, "nodes": nodes}
     assert problems({"cluster": cluster, "sites": [SITE]}) == ["f.toml: cluster.nodes: node addresses must be unique"]
+
+
+def test_a_sites_cache_that_is_not_a_table_is_named_by_its_site() -> None:
+    """It was reported as the top-level `cache`, which is another table: an operator fixed the wrong one."""
+    doc = {"sites": [SITE, {**SITE, "name": "w", "hosts": ["w.test"], "cache": 5}]}
+    assert problems(doc) == ["f.toml: sites[1].cache: expected a table"]
