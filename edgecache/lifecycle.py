@@ -4,6 +4,7 @@ only a restart changes, and why a worker was replaced. How long a stopping worke
 
 from __future__ import annotations
 
+import signal
 from enum import StrEnum
 
 # What only a restart changes: a reload reports each that changed, and the parent keeps them as they run for the
@@ -34,6 +35,13 @@ RESTART_ONLY = (
     "max_jobs",
     "prefetch_slots",
 )
+
+
+# The signals a worker handles on its loop (reload, reopen the access log): the parent blocks them while it starts
+# one, so the worker begins with them blocked and pending (a signal mask outlives fork and exec) and unblocks them
+# once its loop handles them. Before, one sent while the worker was importing killed it (the default action), and
+# one sent after that was ignored, and the worker kept the config it was started with.
+HELD = frozenset({signal.SIGHUP, signal.SIGUSR1})
 
 
 class Reason(StrEnum):

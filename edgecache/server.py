@@ -24,7 +24,7 @@ from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
-from edgecache.lifecycle import RESTART_ONLY, Reason
+from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastserver import FastServer, FastSettings
@@ -347,6 +347,8 @@ async def run(
     async with open_node(config, worker) as node:
         loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(node)))
+        # Held back since the parent started this process (lifecycle.HELD): one that came meanwhile is handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
         server = make_server(node)
         # aiohttp reads a shutdown timeout of 0 as "no limit": a drain of 0 is the shortest wait it takes instead.
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=max(config.drain, 0.001))
@@ -451,8 +453,6 @@ def worker_main(
     from edgecache.metricturn import apply
 
     _die_with_parent(parent)
-    for sig in (signal.SIGHUP, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)  # until the loop handles them: one sent while this worker starts
     _fewer_malloc_arenas()
     _more_file_descriptors()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")

@@ -35,7 +35,7 @@ from typing import Any
 from edgecache.config import Config, load
 from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
-from edgecache.lifecycle import RESTART_ONLY, Reason
+from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import Bound, bind_listeners, check_free, close
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats
@@ -286,7 +286,11 @@ class _Workers:
         listeners = self.bound[worker] = self.bound[worker] or bind_listeners(self.config)
         args = (self.config, worker, listeners, self.beats, restarts, os.getpid())
         process = multiprocessing.get_context("spawn").Process(target=_worker, args=args, name=f"edgecache-w{worker}")
-        process.start()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)  # the worker unblocks them (lifecycle.HELD)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return process
 
     def reload(self) -> None:

@@ -253,6 +253,27 @@ async def test_a_replaced_worker_serves_the_config_reloaded_before(origin: Origi
         assert await n.stop() == 0
 
 
+async def test_a_reload_asked_for_while_the_workers_start_is_done_by_each(origin: Origin, tmp_path: Path) -> None:
+    """A worker took SIGHUP and SIGUSR1 only once its loop handled them: one sent while it was still importing
+    killed it (the signals' default action), and one sent after that, until its loop was up, was ignored, so the
+    worker kept the config it was started with while the others (and its successors) served the new one."""
+    origin.put("/v.bin", DATA)
+    cfg, port, _ = write_config(tmp_path, origin, workers=2)
+    async with node(cfg) as n:
+        await n.expect("worker 1 started: pid ")
+        cfg.write_text(cfg.read_text() + SITE.format(name="new", host="new.test", origin=origin.url))
+        n.proc.send_signal(signal.SIGHUP)
+        n.proc.send_signal(signal.SIGUSR1)
+        await n.expect("edgecache listening on", 2)
+        reloads = await n.expect("reloaded ", 2)
+        assert sorted(line.split()[2] for line in reloads) == ["w0", "w1"]
+        for _ in range(8):  # new connections, spread over both workers
+            assert await get(port, "/v.bin", host="new.test") == (200, DATA)
+        assert await n.stop() == 0
+    assert "died" not in n.text
+    assert "worker 0 started: pid " not in n.text.split("worker 1 started: pid ", 1)[1]
+
+
 async def test_a_killed_parent_takes_its_workers_with_it(origin: Origin, tmp_path: Path) -> None:
     """No orphan keeps serving (and holding the port and the disk tier) after kill -9 of `edgecache serve`."""
     origin.put("/v.bin", DATA)
