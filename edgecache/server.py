@@ -71,7 +71,8 @@ class Node:
 
 
 @asynccontextmanager
-async def open_node(config: Config, worker: int = 0) -> AsyncIterator[Node]:
+async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None) -> AsyncIterator[Node]:
+    """`epoch`: the counter the node's workers share (storage.epoch), from the parent; one of its own if none."""
     loop = asyncio.get_running_loop()
     origin = OriginClient(config.origin)
     await origin.start()
@@ -79,7 +80,7 @@ async def open_node(config: Config, worker: int = 0) -> AsyncIterator[Node]:
     store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
     store.shared = config.workers > 1
     if store.shared:
-        store.attach_epoch(Epoch(config.cache.dir / "epoch"))
+        store.attach_epoch(epoch or Epoch())
     await store.load_purges()
     engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
@@ -333,7 +334,11 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
 
 
 async def run(
-    config: Config, worker: int = 0, bound: list[Bound] | None = None, beats: Heartbeats | None = None
+    config: Config,
+    worker: int = 0,
+    bound: list[Bound] | None = None,
+    beats: Heartbeats | None = None,
+    epoch: Epoch | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -344,7 +349,7 @@ async def run(
         asyncio.ensure_future(keep_alive(beats, worker, config.watchdog))  # noqa: RUF006
     install_test_hooks(loop)
     demo = await _start_demo(config) if worker == 0 else None
-    async with open_node(config, worker) as node:
+    async with open_node(config, worker, epoch) as node:
         loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(node)))
         # Held back since the parent started this process (lifecycle.HELD): one that came meanwhile is handled now.
@@ -444,9 +449,16 @@ def _more_file_descriptors() -> None:
 
 
 def worker_main(
-    config: Config, worker: int, bound: list[Bound], beats: Heartbeats, restarts: dict[str, int], parent: int
+    config: Config,
+    worker: int,
+    bound: list[Bound],
+    beats: Heartbeats,
+    restarts: dict[str, int],
+    parent: int,
+    epoch: Epoch | None,
 ) -> None:
-    """A worker process: the node on `bound`, its heartbeat in `beats`, showing the parent's restart counts."""
+    """A worker process: the node on `bound`, its heartbeat in `beats`, showing the parent's restart counts, and
+    sharing `epoch` with the other workers."""
     import uvloop
 
     from edgecache import metrics
@@ -459,7 +471,7 @@ def worker_main(
     for reason in Reason:
         metrics.WORKER_RESTARTS.labels(reason.value).set(restarts.get(reason, 0))
     try:
-        uvloop.run(run(config, worker, bound, beats))
+        uvloop.run(run(config, worker, bound, beats, epoch))
     finally:
         apply()  # the increments of the loop's last turn (edgecache.metricturn)
 

@@ -37,6 +37,7 @@ from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
 from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import Bound, bind_listeners, check_free, close
+from edgecache.storage.epoch import Epoch
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats
 
@@ -267,12 +268,13 @@ def serve(config: Config) -> int:
 
 class _Workers:
     """What the supervisor starts workers with: each one's listeners (closed while its restart waits), the config
-    (read again on SIGHUP), the heartbeats, and the metrics directory that several workers share."""
+    (read again on SIGHUP), the heartbeats, and what several workers share: the metrics directory and the epoch."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.bound: list[list[Bound] | None] = [bind_listeners(config) for _ in range(config.workers)]
         self.beats = Heartbeats(config.workers)
+        self.epoch = Epoch() if config.workers > 1 else None  # what one worker changed, told to the others
         self.metrics_dir: Path | None = None
         if config.workers > 1:
             # Every worker's metrics are added up through files in one directory (prometheus-client multiprocess).
@@ -284,7 +286,7 @@ class _Workers:
 
     def start(self, worker: int, restarts: dict[str, int]) -> BaseProcess:
         listeners = self.bound[worker] = self.bound[worker] or bind_listeners(self.config)
-        args = (self.config, worker, listeners, self.beats, restarts, os.getpid())
+        args = (self.config, worker, listeners, self.beats, restarts, os.getpid(), self.epoch)
         process = multiprocessing.get_context("spawn").Process(target=_worker, args=args, name=f"edgecache-w{worker}")
         held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)  # the worker unblocks them (lifecycle.HELD)
         try:

@@ -2,37 +2,31 @@
 seen by every other one before it answers its next request.
 
 Workers share the disk tier but each keeps records, metadata and the purge table in memory. The counter lives
-in an 8-byte file mapped into every worker; reading it is one memory load, so each request can afford it. Two
-workers bumping it at once may lose one increment, but never leave it unchanged, which is all a reader needs.
+in 8 bytes of shared memory the parent process makes and hands to every worker it starts, as it does the
+heartbeats; reading it is one memory load, so each request can afford it. It needs no disk (it was a file in the
+cache directory: a worker that found that directory unusable at start died on it, where the disk is to be taken
+out of service and the node to serve from origin). Two workers bumping it at once may lose one increment, but
+never leave it unchanged, which is all a reader needs.
 """
 
 from __future__ import annotations
 
-import mmap
-import os
+import multiprocessing
 import struct
-from pathlib import Path
 
 _FORMAT = struct.Struct("<Q")
 
 
 class Epoch:
-    def __init__(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < _FORMAT.size:
-                os.ftruncate(fd, _FORMAT.size)
-            self._map = mmap.mmap(fd, _FORMAT.size)
-        finally:
-            os.close(fd)
+    __slots__ = ("_memory",)
+
+    def __init__(self) -> None:
+        self._memory = multiprocessing.get_context("spawn").RawArray("B", _FORMAT.size)
 
     def value(self) -> int:
-        return int(_FORMAT.unpack_from(self._map, 0)[0])
+        return int(_FORMAT.unpack_from(self._memory, 0)[0])
 
     def bump(self) -> int:
         new = (self.value() + 1) % 2**64
-        _FORMAT.pack_into(self._map, 0, new)
+        _FORMAT.pack_into(self._memory, 0, new)
         return new
-
-    def close(self) -> None:
-        self._map.close()

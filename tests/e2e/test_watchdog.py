@@ -274,6 +274,26 @@ async def test_a_reload_asked_for_while_the_workers_start_is_done_by_each(origin
     assert "worker 0 started: pid " not in n.text.split("worker 1 started: pid ", 1)[1]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_cache_directory_unusable_at_start_is_out_of_service_and_the_node_serves(
+    origin: Origin, tmp_path: Path, workers: int
+) -> None:
+    """A disk that fails is taken out of service and its objects fetched from origin, from the start too (a volume
+    the node's user may not write, a read-only mount). One worker did so; with several, each one died at start on
+    the file the workers share their purges through, kept in that directory, and was started again for good."""
+    origin.put("/v.bin", DATA)
+    cfg, port, _ = write_config(tmp_path, origin, workers=workers)
+    (tmp_path / "cache").write_bytes(b"")  # a file where the directory should be: every open in it fails
+    async with node(cfg) as n:
+        await n.expect("edgecache listening on", workers)
+        await n.expect("out of service", workers)
+        for _ in range(4):
+            assert await get(port, "/v.bin") == (200, DATA)
+        assert await n.stop() == 0
+    assert "died" not in n.text
+    assert "Traceback" not in n.text
+
+
 async def test_a_killed_parent_takes_its_workers_with_it(origin: Origin, tmp_path: Path) -> None:
     """No orphan keeps serving (and holding the port and the disk tier) after kill -9 of `edgecache serve`."""
     origin.put("/v.bin", DATA)
