@@ -27,6 +27,7 @@ from edgecache.core.freshness import Policy
 
 def read_sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
     sites: list[Site] = []
+    names: set[str] = set()
     seen_hosts: dict[str, str] = {}
     entries = r.tables(
         doc.get("sites", []),
@@ -39,8 +40,9 @@ def read_sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
     for i, p, t in entries:
         site = _site(r, t, p, i, base)
         # A site's name scopes its cache keys, purges and tokens: two of one name would share them.
-        if any(other.name == site.name for other in sites):
+        if site.name in names:
             r.problem(f"{p}name", f"{site.name!r} is also the name of another site: give each site its own name")
+        names.add(site.name)
         for h in site.hosts:
             if h in seen_hosts:
                 r.problem(f"{p}hosts", f"{h!r} is already served by site {seen_hosts[h]!r}")
