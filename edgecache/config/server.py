@@ -81,7 +81,7 @@ def read_server(r: _Reader, doc: dict[str, Any], base: Path) -> ServerFields:
 def check_listeners(r: _Reader, cfg: Config) -> None:
     """server.proxy_protocol names plain listeners: on an HTTPS one the header would come before the TLS
     handshake, which the TLS layer would take for a broken ClientHello. HTTPS listeners need a certificate. The
-    admin listener has an address of its own."""
+    admin listener and the demo origin have addresses of their own."""
     for addr in cfg.proxy_protocol:
         if addr in cfg.tls_listen:
             r.problem("server.proxy_protocol", f"{addr} is an HTTPS listener: PROXY protocol is only for plain ones")
@@ -91,18 +91,27 @@ def check_listeners(r: _Reader, cfg: Config) -> None:
         r.problem("server.proxy_protocol_from", "no listener expects a PROXY header (server.proxy_protocol)")
     if cfg.tls_listen and cfg.tls is None and not any(s.tls for s in cfg.sites):
         r.problem("server.tls_listen", "needs a certificate: [server.tls] or a [sites.tls] table")
+    clients = [("server.listen", cfg.listen), ("server.tls_listen", cfg.tls_listen)]
     if cfg.admin is not None:
-        check_admin(
-            r, "admin.listen", cfg.admin, [("server.listen", cfg.listen), ("server.tls_listen", cfg.tls_listen)]
-        )
+        check_admin(r, "admin.listen", cfg.admin, clients)
+    if cfg.demo_origin is not None:
+        admin = [("admin.listen", (cfg.admin,))] if cfg.admin is not None else []
+        check_admin(r, "demo.origin", cfg.demo_origin, [*clients, *admin], "the demo origin")
 
 
-def check_admin(r: _Reader, key: str, admin: Listen, listeners: list[tuple[str, tuple[Listen, ...]]]) -> None:
-    """The admin listener binds after the client ones: on one of their sockets it would fail in every worker."""
+def check_admin(
+    r: _Reader,
+    key: str,
+    admin: Listen,
+    listeners: list[tuple[str, tuple[Listen, ...]]],
+    what: str = "the admin API",
+) -> None:
+    """The admin listener (and the demo origin, `what`) binds after the client ones, in worker 0: on one of their
+    sockets it would fail every time."""
     for other, addrs in listeners:
         for addr in addrs:
             if _shares_socket(admin, addr):
-                r.problem(key, f"{admin} is also {other} ({addr}): give the admin API an address of its own")
+                r.problem(key, f"{admin} is also {other} ({addr}): give {what} an address of its own")
                 return
 
 

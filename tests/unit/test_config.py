@@ -282,3 +282,17 @@ def test_twenty_thousand_sites_are_checked_in_linear_time() -> None:
     assert problems({"sites": [*sites, {**SITE, "name": "s7"}]}) == [
         "f.toml: sites[20000].name: 's7' is also the name of another site: give each site its own name"
     ]
+
+
+def test_the_demo_origin_has_an_address_of_its_own() -> None:
+    """check-config said ok; then worker 0 bound the demo origin and died on the other listener, again and again."""
+    base = {"sites": [SITE], "server": {"listen": ["127.0.0.1:8080"]}, "admin": {"listen": "127.0.0.1:9180"}}
+    assert problems({**base, "demo": {"origin": "127.0.0.1:9180"}}) == [
+        "f.toml: demo.origin: 127.0.0.1:9180 is also admin.listen (127.0.0.1:9180): give the demo origin an address "
+        "of its own"
+    ]
+    assert problems({**base, "demo": {"origin": "0.0.0.0:8080"}}) == [
+        "f.toml: demo.origin: 0.0.0.0:8080 is also server.listen (127.0.0.1:8080): give the demo origin an address "
+        "of its own"
+    ]
+    assert build({**base, "demo": {"origin": "127.0.0.1:8081"}}, "f.toml", Path("/x")).demo_origin is not None
