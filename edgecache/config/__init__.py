@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecache.config.admin import read_tokens
-from edgecache.config.cache import read_cache
+from edgecache.config.cache import SLICES, SLICES_PROBLEM, read_cache
 from edgecache.config.cluster import read_cluster
 from edgecache.config.model import (
     CacheSettings,
@@ -176,9 +176,13 @@ def one_origin(
     admin_addr = r.get({"admin": admin} if admin else {}, "--", "admin", parse_listen, None)
     if admin_addr is not None:
         check_admin(r, "--admin", admin_addr, [("--listen", (addr,))])
+    settings = CacheSettings(dir=Path(cache_dir), **cache)  # type: ignore[arg-type]
+    if not SLICES[0] <= settings.slice_bytes <= SLICES[1]:  # the rules of [cache] (config.cache.read_cache)
+        r.problem("--slice", SLICES_PROBLEM)
+    elif settings.disk_bytes < settings.slice_bytes * 16:
+        r.problem("--disk", "must hold at least 16 slices")
     if r.problems:
         raise ConfigError(r.problems)
-    settings = CacheSettings(dir=Path(cache_dir), **cache)  # type: ignore[arg-type]
     site = Site(name="origin", hosts=("*",), origins=(origin_url,), forward_fields=fields)
     return Config(
         source="command line",

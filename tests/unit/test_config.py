@@ -296,3 +296,19 @@ def test_the_demo_origin_has_an_address_of_its_own() -> None:
         "of its own"
     ]
     assert build({**base, "demo": {"origin": "127.0.0.1:8081"}}, "f.toml", Path("/x")).demo_origin is not None
+
+
+def test_one_origin_mode_holds_its_sizes_to_the_config_files_rules(tmp_path: Path) -> None:
+    """`serve --origin URL --slice 1` started a node of 1-byte slices (a 64 MiB object, 67 million of them), where
+    `slice = "1"` in a file is refused; so did a disk too small for 16 slices."""
+    sizes = {"memory_bytes": 2**20, "disk_bytes": 2**30, "slice_bytes": 2**20}
+    args = ("http://10.0.0.1:8080", "127.0.0.1:8080", str(tmp_path))
+    assert one_origin(*args, **sizes).cache.slice_bytes == 2**20
+    for change, problem in (
+        ({"slice_bytes": 1}, "command line: --slice: must be between 4KiB and 64MiB"),
+        ({"slice_bytes": 2**27}, "command line: --slice: must be between 4KiB and 64MiB"),
+        ({"disk_bytes": 15 * 2**20}, "command line: --disk: must hold at least 16 slices"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            one_origin(*args, **{**sizes, **change})
+        assert info.value.problems == [problem]
