@@ -55,9 +55,9 @@ def close(bound: list[Bound]) -> None:
 
 def _bind(addr: Listen, reuse_port: bool) -> list[socket.socket]:
     """Every address the host resolves to, as loop.create_server binds them (IPv6 sockets IPv6 only)."""
-    infos = socket.getaddrinfo(addr.host or None, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     socks: list[socket.socket] = []
-    try:
+    try:  # a name that does not resolve (socket.gaierror) is said the same way
+        infos = socket.getaddrinfo(addr.host or None, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
             sock = socket.socket(family, kind, proto)
             socks.append(sock)

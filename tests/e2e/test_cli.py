@@ -230,3 +230,20 @@ def test_serve_with_an_address_another_process_holds_says_which_and_exits_1(tmp_
     assert "Address already in use" in r.stderr
     assert "Traceback" not in r.stderr
     assert "worker 0 started" not in r.stderr
+
+
+@pytest.mark.parametrize("key", ["server.listen", "admin.listen"])
+def test_serve_with_a_listen_name_that_does_not_resolve_says_which(tmp_path: Path, key: str) -> None:
+    """The resolver's error alone ('Name or service not known') was the whole message: which listener?"""
+    addrs = {"server.listen": f"127.0.0.1:{free_port()}", "admin.listen": f"127.0.0.1:{free_port()}"}
+    addrs[key] = f"nowhere.invalid:{free_port()}"  # RFC 6761: never resolves
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[server]\nlisten = ["{addrs["server.listen"]}"]\n[admin]\nlisten = "{addrs["admin.listen"]}"\n'
+        f'[cache]\ndir = "{tmp_path / "cache"}"\n'
+        '[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["http://127.0.0.1:9"]\n'
+    )
+    r = run_cli("serve", "--config", str(config))
+    assert r.returncode == 1, r.stderr
+    assert f"cannot listen on {addrs[key]}: " in r.stderr
+    assert "Traceback" not in r.stderr
