@@ -18,4 +18,4 @@ HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9180/healthz', timeout=2).status != 200)"
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["edgecache"]
-CMD ["serve", "--config", "/etc/edgecache/docker/node1.toml"]
+CMD ["serve", "--config", "/etc/edgecache/docker/single.toml"]

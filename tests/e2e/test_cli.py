@@ -76,6 +76,36 @@ async def test_serve_one_origin_mode_as_a_process(origin: Origin, tmp_path: Path
     assert origin.hits["/p.bin"] == 1
 
 
+async def test_the_images_default_config_serves_the_demo_on_its_own(tmp_path: Path) -> None:
+    """`docker run edgecache` with no arguments: the image's CMD names a config that needs no secret and serves
+    the demo (the compose example's node1.toml needs the cluster key only compose makes: it exited 2)."""
+    cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+    assert cmd == 'CMD ["serve", "--config", "/etc/edgecache/docker/single.toml"]'  # COPY config /etc/edgecache
+    text = (ROOT / "config" / "docker" / "single.toml").read_text()
+    port, admin, demo = free_port(), free_port(), free_port()
+    for old, new in (
+        ("0.0.0.0:8080", f"127.0.0.1:{port}"),
+        ("0.0.0.0:9180", f"127.0.0.1:{admin}"),
+        ("127.0.0.1:8090", f"127.0.0.1:{demo}"),
+        ("/var/cache/edgecache", str(tmp_path)),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    config = tmp_path / "single.toml"
+    config.write_text(text)
+    ready = {b"edgecache listening on": 1, b"admin listening on": 1}
+    async with edge_process("serve", "--config", str(config), ready=ready), aiohttp.ClientSession() as s:
+        statuses = []
+        for _ in range(2):
+            url = f"http://127.0.0.1:{port}/video/demo.bin"
+            async with s.get(url, headers={"Host": "localhost", "Range": "bytes=0-99"}) as r:
+                assert (r.status, len(await r.read())) == (206, 100)
+                statuses.append(r.headers["Cache-Status"])
+        assert statuses[1] == "edgecache; hit"
+        async with s.get(f"http://127.0.0.1:{admin}/healthz") as r:
+            assert r.status == 200
+
+
 def test_shipped_cluster_and_kubernetes_configs_are_valid(tmp_path: Path) -> None:
     # The cluster key file compose.yaml's cluster-key service makes and the Kubernetes Secret holds.
     key = tmp_path / "cluster.key"
