@@ -23,13 +23,14 @@ from edgecache.accesslog import AccessLog
 from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
+from edgecache.core.forward import via_sent
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastserver import FastServer, FastSettings
 from edgecache.proxy.handler import EdgeHandler
-from edgecache.proxy.origin import OriginClient
+from edgecache.proxy.origin import OriginClient, loop_token
 from edgecache.proxy.shared import Shared
 from edgecache.sites import FastSite, TCPListener, quiet_client_faults
 from edgecache.storage.disk import DiskTier
@@ -103,6 +104,8 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
         shared.max_in_flight = config.max_requests
         shared.limiter = _limiter(config)
         shared.forwarders, shared.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
+        shared.loop_token = loop_token(config)
+        origin.via = via_sent(shared.loop_token)
         certificates = Certificates(config) if config.tls_listen else None
         node = Node(config, origin, store, engine, shared, EdgeHandler(shared), access, cluster, certificates)
         if cluster is not None:

@@ -47,6 +47,17 @@ NOT_CACHED = Reply(504, "only-if-cached and not in cache")
 NOT_HELD = Reply(504, _NOT_HELD)
 
 
+# A request that came from this edge itself: its fills and passes name the node in Via (core.forward.via_sent).
+LOOPED = Reply(
+    508, "loop: this request came from this edge; a site's origin leads back to it (its address, or its name in DNS)"
+)
+
+
+def looped(via: list[str], token: str) -> Reply | None:
+    """LOOPED for a request whose Via names this node (`token`, core.forward.via_sent); None for any other."""
+    return LOOPED if token and any(token in value for value in via) else None
+
+
 def no_site(host: str) -> Reply:
     return Reply(421, f"no site is configured for host {host!r}")
 

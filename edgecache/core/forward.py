@@ -18,6 +18,15 @@ from edgecache.core.hop import FIELD as HOP
 from edgecache.core.keys import CACHE_OWNED, CacheKey, Varied
 
 VIA = "1.1 edgecache"
+
+
+def via_sent(token: str) -> str:
+    """The Via a node's fills and passes carry: VIA with the node's token as a comment (RFC 9110 7.6.3), by which
+    a request that comes back to it (a site's origin whose address, or whose name in the node's DNS, is the
+    node's own) is told from a viewer's (core.admit.looped)."""
+    return f"{VIA} ({token})" if token else VIA
+
+
 # Fields a client could use to make an origin build a response for another host, scheme or path (cache
 # poisoning through unkeyed headers, or a pass-through reaching somewhere it should not): never forwarded.
 UNKEYED = (
@@ -88,6 +97,7 @@ def fill_request(
     byte_range: tuple[int, int] | None = None,
     validator: Validator | None = None,
     unkeyed: Headers = (),
+    via: str = VIA,
 ) -> OriginRequest:
     """The origin request of a fill: `fields` are the Vary'd values of the entry key (keys.varied), sent as
     normalised there, so the variant computed from what was sent is the variant of the key. `unkeyed` holds
@@ -102,12 +112,18 @@ def fill_request(
         elif validator.last_modified:
             headers.append(("If-Modified-Since", validator.last_modified))
     headers.extend(unkeyed)
-    headers.append(("Via", VIA))
+    headers.append(("Via", via))
     return OriginRequest("GET", key.target, tuple(headers))
 
 
 def pass_request(
-    method: str, key: CacheKey, client: Headers, origin_host: str | None, client_ip: str, extra: Headers = ()
+    method: str,
+    key: CacheKey,
+    client: Headers,
+    origin_host: str | None,
+    client_ip: str,
+    extra: Headers = (),
+    via: str = VIA,
 ) -> OriginRequest:
     """A request whose answer is not stored: the client's end-to-end fields, the key's host and normalised target.
 
@@ -120,8 +136,8 @@ def pass_request(
     # Every line, in order: a balancer may add its own after the client's (HAProxy does), and the nearest is last.
     prior = ", ".join(get_all(client, "x-forwarded-for"))
     headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
-    via = ", ".join(get_all(client, "via"))
-    headers.append(("Via", f"{via}, {VIA}" if via else VIA))
+    prior_via = ", ".join(get_all(client, "via"))
+    headers.append(("Via", f"{prior_via}, {via}" if prior_via else via))
     return OriginRequest(method, key.full_target, (*headers, *extra))
 
 

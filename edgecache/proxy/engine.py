@@ -127,7 +127,8 @@ class Engine:
             span = (asked.first, asked.last)
         checked = Validator(validate.etag, validate.last_modified) if validate is not None else None
         unkeyed = unkeyed_fields(req.site.forward_fields, req.headers, req.vary)
-        sent = fill_request(req.key, varied(req.vary, req.headers), req.site.origin_host, span, checked, unkeyed)
+        fields = varied(req.vary, req.headers)
+        sent = fill_request(req.key, fields, req.site.origin_host, span, checked, unkeyed, self.origin.via)
         # From here on the request's fields are the ones sent: the answer is stored under their variant.
         req = replace(req, headers=sent.headers)
         resp, request_time = await self._ask(req, sent, asked, validate)

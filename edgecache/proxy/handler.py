@@ -152,7 +152,9 @@ class EdgeHandler:
             return site, host, key, hop
         # Before any lookup (the fast path asks the same, core.admit); not for the node's own prefetch, which its
         # admin token authorised.
-        reply = None if internal(request) else admit.viewer(site, key.path, key.unkeyed, client, time.time())
+        reply = admit.looped(request.headers.getall("Via", []), self.shared.loop_token)
+        if reply is None and not internal(request):
+            reply = admit.viewer(site, key.path, key.unkeyed, client, time.time())
         limiter = self.shared.limiter
         if reply is None and limiter is not None and not limiter.allow(client, time.monotonic()):
             reply = admit.TOO_MANY

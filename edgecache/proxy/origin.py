@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import hashlib
+import hmac
 import logging
+import socket
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +23,8 @@ from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 
 from edgecache import metrics
-from edgecache.config import OriginSettings, Site
+from edgecache.config import Config, OriginSettings, Site
+from edgecache.core.forward import via_sent
 from edgecache.core.headers import Headers
 from edgecache.errors import ClientError, OriginError
 from edgecache.proxy import observe
@@ -128,6 +132,8 @@ class OriginClient:
         self._bodies: aiohttp.ClientSession | None = None
         self._passes: aiohttp.ClientSession | None = None
         self.peer: str | None = None  # set on a to_peer() view: what it sends goes to this cluster member
+        # What fills and passes send as Via, naming this node (core.forward.via_sent): a request back is a loop.
+        self.via = via_sent("")
 
     def to_peer(self, member_id: str) -> OriginClient:
         """The same pools, for a forward to a cluster member: its request and bytes are counted as that peer's
@@ -249,6 +255,16 @@ def _switched(who: str, base: str, raw: aiohttp.ClientResponse) -> OriginError |
     raw.close()
     log.info("%s %s answered %d unasked", who, base, raw.status)
     return OriginError(f"{base}: answered {raw.status} to a request that asked for no upgrade")
+
+
+def loop_token(config: Config) -> str:
+    """This node's name in the Via of its fills and passes (core.forward.via_sent): the same in every worker, and in
+    every node of a cluster (a site's origin whose name leads to any of them loops as well): made from the cluster's
+    key, else from the machine's name and the node's listeners (no two nodes of one machine share one)."""
+    if config.cluster is not None:
+        return hmac.new(config.cluster.key, b"edgecache loop", "sha256").hexdigest()[:12]
+    me = f"{socket.gethostname()}|{sorted(str(x) for x in config.listen)}"
+    return hashlib.sha256(me.encode()).hexdigest()[:12]
 
 
 class ClientBody:

@@ -48,12 +48,13 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     t.uncacheable, t.expired = p.uncacheable, p.status is CacheStatus.EXPIRED
     t.moved, t.from_peer = p.moved, p.moved
     t.body_bytes = 0  # what reaches the client, however the answer ends (_relay counts it)
-    sent = pass_request(p.method, req.key, req.headers, req.site.origin_host, conn.address)
+    origin = shared.engine.origin
+    sent = pass_request(p.method, req.key, req.headers, req.site.origin_host, conn.address, via=origin.via)
     shared.in_flight += 1
     code, asked, keep_alive = 0, time.monotonic(), p.keep_alive
     try:
         try:
-            resp = await shared.engine.origin.request(req.site, sent.method, sent.target, sent.headers, passed=True)
+            resp = await origin.request(req.site, sent.method, sent.target, sent.headers, passed=True)
         except OriginError as exc:
             code = -1  # answered and logged as the origin's failure
             refuse.origin_failed(conn, exc, p.method, req, p.keep_alive, p.viewer, t0, p.origin_ms)

@@ -39,7 +39,7 @@ async def pass_through(
     """Forward the request; with `invalidate` (store, host), entries the response invalidates are dropped
     before the client hears the response, so its next request cannot see them."""
     observe.mark(request, status)
-    sent = pass_request(request.method, req.key, req.headers, req.site.origin_host, req.client_ip, extra)
+    sent = pass_request(request.method, req.key, req.headers, req.site.origin_host, req.client_ip, extra, origin.via)
     served = _FROM_ORIGIN if source == "origin" else metrics.BYTES_SERVED.labels("peer")
     body = ClientBody(_continued(request), origin.settings.body_timeout) if request.body_exists else None
     started = time.monotonic()
