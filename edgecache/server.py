@@ -79,6 +79,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     await origin.start()
     disk = await loop.run_in_executor(None, Disks.open_all, config.cache.all_disks)
     store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
+    store.slice_size = config.cache.slice_bytes
     store.shared = config.workers > 1
     if store.shared:
         store.attach_epoch(epoch or Epoch())

@@ -83,6 +83,9 @@ class Store(Purging):
         self._files: OrderedDict[str, SliceFile] = OrderedDict()
         disk.on_fail = self._disk_failed
         self.shared = False  # other worker processes use the same disk tier: coordinate fills through leases
+        # The node's slice size (cache.slice), once known: metadata stored under another (before a restart that
+        # changed it) is not this node's copy, since the request path indexes slices by the node's size.
+        self.slice_size: int | None = None
 
     # --- metadata -----------------------------------------------------------------------------------------
 
@@ -129,6 +132,10 @@ class Store(Purging):
             _warn("metadata read failed, treating as a miss", exc)
             return None
         meta = ObjectMeta.from_bytes(raw) if raw is not None else None
+        if meta is not None and self.slice_size is not None and meta.slice_size != self.slice_size:
+            # Its slices cover other bytes than the same indices do now: a miss, and the fill a copy of its own
+            # (a new token names new slices; the old ones are evicted in time).
+            return None
         if meta is not None:
             self._remember(entry_key, meta)
         return meta

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
@@ -126,6 +129,28 @@ async def test_restart_serves_cached_bytes_with_origin_down(origin: Origin, tmp_
         assert (status, body) == (206, data[1048570:2097161])
         status, _, _ = await edge.get("/not-cached.bin")
         assert status == 502
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_restart_with_another_slice_size_never_serves_the_old_slices_as_new_ones(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """An object stored in 256 KiB slices, then the node restarted with 512 KiB ones: the stored slices were read
+    under the new size's indices (slice 1 is bytes 256K-512K of the old copy, 512K-1M of the new), so a range
+    got bytes from elsewhere in the object, and a whole answer ended after the first slices."""
+    data = bytes((i * 7 + i // 1021) % 251 for i in range(2_000_000))
+    origin.put("/resliced.bin", data)
+    small = replace(make_config(tmp_path / "c", [origin.url], slice_bytes=256 * 1024), fast_path=fast)
+    async with start_edge(small) as edge:
+        assert (await edge.get("/resliced.bin"))[2] == data
+    assert origin.hits["/resliced.bin"] == 1
+    async with start_edge(replace(small, cache=replace(small.cache, slice_bytes=512 * 1024))) as edge:
+        status, _, body = await edge.get("/resliced.bin", Range="bytes=600000-600099")
+        assert (status, body) == (206, data[600000:600100])
+        assert origin.hits["/resliced.bin"] == 2  # a miss: the stored copy's slices are not the node's any more
+        status, headers, body = await edge.get("/resliced.bin")
+        assert (status, len(body), body == data) == (200, len(data), True)
+        assert headers["Cache-Status"] in ("edgecache; hit", "edgecache; fwd=partial")
 
 
 async def test_many_identical_requests_concurrently_one_origin_fetch(edge: Edge, origin: Origin) -> None:
