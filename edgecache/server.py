@@ -36,7 +36,7 @@ from edgecache.sites import FastSite, TCPListener, quiet_client_faults
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.disks import Disks
 from edgecache.storage.epoch import Epoch
-from edgecache.storage.memory import LIMIT_FLOOR, MemoryTier, next_entries, next_limit, rss_slack
+from edgecache.storage.memory import ENTRY_OVERHEAD, LIMIT_FLOOR, MemoryTier, next_entries, next_limit, rss_slack
 from edgecache.storage.store import OPEN_FILES, Store
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats, install_test_hooks, keep_alive
@@ -78,7 +78,8 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     origin = OriginClient(config.origin)
     await origin.start()
     disk = await loop.run_in_executor(None, Disks.open_all, config.cache.all_disks)
-    store = Store(MemoryTier(config.cache.memory_bytes, config.cache.memory_policy), disk)
+    memory = MemoryTier(config.cache.memory_bytes, config.cache.memory_policy, entry_overhead=ENTRY_OVERHEAD)
+    store = Store(memory, disk)
     store.slice_size = config.cache.slice_bytes
     store.shared = config.workers > 1
     if store.shared:

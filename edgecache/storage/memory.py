@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from edgecache.storage.policy import EvictionPolicy, make_policy
 
 LIMIT_FLOOR = 0.5  # the RSS bound never takes the memory tier below this share of its budget
+# What an entry costs beyond its value's bytes: its key (a slice name, about 100 bytes as a str), the value's
+# bytes object header, and its slots in the tier's dict and the policy's queues (measured: about 310 bytes in
+# all). Counted with each value, so many small objects cannot hold many times the budget.
+ENTRY_OVERHEAD = 320
 
 
 def rss_slack(budget: int) -> int:
@@ -63,17 +67,29 @@ class MemoryStats:
 
 
 class MemoryTier:
-    def __init__(self, budget_bytes: int, policy: str = "s3fifo", *, max_item_fraction: float = 1 / 8) -> None:
+    def __init__(
+        self, budget_bytes: int, policy: str = "s3fifo", *, max_item_fraction: float = 1 / 8, entry_overhead: int = 0
+    ) -> None:
+        """`entry_overhead`: bytes counted for each value besides its length (ENTRY_OVERHEAD for a node's tier)."""
         self.budget_bytes = budget_bytes
+        self._overhead = entry_overhead
         self._policy_name = policy
         self._max_item_fraction = max_item_fraction
-        self._policy: EvictionPolicy = make_policy(policy, budget_bytes, max_item_fraction)
-        # Same keys as the policy at all times; the policy's used_bytes is the sum of these lengths.
+        self._policy = self._new_policy()
+        # Same keys as the policy at all times; the policy's used_bytes is the sum of these lengths (each with the
+        # entry overhead).
         self._values: dict[str, bytes] = {}
         self.hits = self.misses = self.evictions = self.admissions = self.rejections = 0
         # Told the key of each value evicted to make room (not deletes, not replacements): what the node stored
         # and then dropped, for the misses' "evicted" cause (storage.ghosts).
         self.on_evict: Callable[[str], None] | None = None
+
+    def _new_policy(self) -> EvictionPolicy:
+        """The policy, its largest item raised by the entry overhead: a value as large as the fraction allows still
+        fits with it (never past the budget)."""
+        policy = make_policy(self._policy_name, self.budget_bytes, self._max_item_fraction)
+        policy.max_item = min(self.budget_bytes, policy.max_item + self._overhead)
+        return policy
 
     def get(self, key: str) -> bytes | None:
         value = self._values.get(key)
@@ -88,7 +104,7 @@ class MemoryTier:
         """Store `value` under `key`; False if refused. A refused replacement drops the old value too: the caller
         meant to replace it, so serving the old bytes afterwards would be wrong."""
         self._values.pop(key, None)
-        dropped = self._policy.admit(key, len(value))
+        dropped = self._policy.admit(key, len(value) + self._overhead)
         stored = True
         for k in dropped:
             if k == key:
@@ -135,7 +151,7 @@ class MemoryTier:
         # A fresh policy also forgets the ghost: after a clear nothing should count as "seen recently".
         self._values.clear()
         limit = self.limit  # a limit set while the worker is over its RSS bound outlives the clear
-        self._policy = make_policy(self._policy_name, self.budget_bytes, self._max_item_fraction)
+        self._policy = self._new_policy()
         self._policy.resize(limit)
 
     def stats(self) -> MemoryStats:

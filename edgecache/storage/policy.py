@@ -20,6 +20,8 @@ GHOST_FLOOR = 1024
 
 
 class EvictionPolicy(Protocol):
+    max_item: int  # the largest size admitted
+
     @property
     def budget(self) -> int: ...
     @property

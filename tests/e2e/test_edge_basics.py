@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,3 +167,21 @@ async def test_many_identical_requests_concurrently_one_origin_fetch(edge: Edge,
     statuses = {r[1]["Cache-Status"] for r in results}
     # A request that came when the entry was stored but a slice was still arriving says partial (core/status.py).
     assert statuses <= {"edgecache; fwd=uri-miss; stored", "edgecache; hit", "edgecache; fwd=partial"}
+
+
+async def test_many_tiny_objects_keep_the_memory_tier_within_its_budget(origin: Origin, tmp_path: Path) -> None:
+    """The memory tier counted only the values' bytes: 600 objects of 10 bytes were 6,000 bytes of a 64 KiB budget,
+    and held 600 keys, value objects and policy entries, about 300 bytes each (18 times the budget for 10-byte
+    objects, so a node of small objects held many times its `cache.memory` in RAM). What it holds, even counted
+    below what it costs (the key and value objects alone), stays within its budget."""
+    for i in range(600):
+        origin.put(f"/tiny/{i}", b"%010d" % i)
+    budget = 64 * 1024
+    async with start_edge(make_config(tmp_path / "c", [origin.url], memory_bytes=budget)) as edge:
+        for i in range(600):
+            assert (await edge.get(f"/tiny/{i}"))[::2] == (200, b"%010d" % i)
+        tier = edge.node.store.memory
+        held = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in tier._values.items())
+        assert len(tier) > 0
+        assert held <= budget
+        assert tier.stats().used_bytes <= budget
