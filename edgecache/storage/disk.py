@@ -110,9 +110,10 @@ def _create(dir_fd: int, path: str) -> tuple[int, bool]:
     it; and whether it was."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     # Another process's cull may remove the (empty) directory between makedirs and open: try again, as diskcache.
+    # It may go between the two mkdirs too: ENOENT from either, and both are made again.
     for attempt in range(10):
-        _makedirs(dir_fd, os.path.dirname(path))
         try:
+            _makedirs(dir_fd, os.path.dirname(path))
             return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644, dir_fd=dir_fd), hasattr(os, "O_DIRECT")
         except FileNotFoundError:
             if attempt == 9:

@@ -169,3 +169,33 @@ async def test_every_disk_thread_has_its_database_open_from_the_start(tmp_path: 
         assert during - before >= 3
     finally:
         tier.close()
+
+
+async def test_a_parent_directory_removed_between_the_two_mkdirs_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """diskcache removes a value's directories once empty (Disk.remove: os.removedirs), in any worker. When that
+    took "ab" between the writer's mkdir of "ab" and of "ab/cd", the second failed with ENOENT outside the retry
+    that is there for this race, and the slice was not stored (seen under load: "No such file or directory:
+    'cf/8c'"). Here the other process's removal happens at exactly that moment, once."""
+    tier = DiskTier(tmp_path, 64 * MiB, threads=1)
+    mkdir = os.mkdir
+    removed: list[str] = []
+
+    def racing_mkdir(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        if "/" in path and not removed:
+            parent = path.split("/")[0]
+            os.rmdir(parent, dir_fd=dir_fd)  # another worker's removedirs of the directory it emptied
+            removed.append(parent)
+        mkdir(path, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(disk.os, "mkdir", racing_mkdir)
+    try:
+        value = _value(MiB)
+        assert await tier.put("k", value)
+        assert len(removed) == 1
+        assert await tier.get("k") == value
+        assert tier.errors == 0
+    finally:
+        monkeypatch.undo()
+        tier.close()
