@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 CHECKED_FILES = 65_536  # files whose checksum passed, remembered by inode, size and mtime
 SQLITE_CACHE_PAGES = 256  # per connection (one per disk thread): 1 MiB
+WAL_LIMIT = 4 * 2**20  # what SQLite's write-ahead log is cut back to each time it starts over
 MIN_FILE_SIZE = 32 * 1024  # values at least this large get their own file; smaller ones live in SQLite
 HIT_BATCH = 4096  # keys whose hits a worker holds for the index; past it, while a batch is being written, the
 # hits of further keys are dropped: a counter is a hint, and the memory it takes must stay bounded
@@ -211,6 +212,9 @@ class DiskTier:
             # pages, 32 MiB) the disk threads' caches grew to most of the process's RSS over the budget. Index
             # reads go through the memory map, which is the kernel's page cache, shared by every worker.
             sqlite_cache_size=SQLITE_CACHE_PAGES,
+            # The write-ahead log grows while readers (every disk thread of every worker) keep checkpoints from its
+            # end, and a log that starts over keeps the file's largest size unless this cuts it back.
+            sqlite_journal_size_limit=WAL_LIMIT,
         )
         slice_disk = self._cache.disk
         assert isinstance(slice_disk, SliceDisk)
