@@ -127,6 +127,7 @@ class Disks:
         self.placement = Placement([s.disk for s in slots])
         self.home = self.placement.home
         self.directory = slots[0].disk.path  # the node's own files (purge log, epoch) live on the first disk
+        self.paths = [s.disk.path for s in slots]  # in the config's order
         self.budget_bytes = sum(s.disk.size for s in slots)
         self.on_fail: Callable[[int], None] | None = None  # told the index of a disk that went out of service
         # Probes, openings and closings: never the tiers' own threads, which a hung disk may hold.

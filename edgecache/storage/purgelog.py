@@ -50,6 +50,21 @@ class PurgeLog:
         self.me = sync.me
         return table, sync
 
+    def read_newest(self, others: list[Path]) -> tuple[PurgeTable, SyncLog] | None:
+        """As read_all, from this file or the newest of `others` (the same file on the node's other disks) when
+        one is newer: the disks were listed in another order, or the first one left the list, since this one was
+        written. The next purge then writes the whole table here (a snapshot), so this file is the newest again."""
+        newest, at = self.path, _mtime(self.path)
+        for other in others:
+            if (when := _mtime(other)) is not None and (at is None or when > at):
+                newest, at = other, when
+        if newest == self.path:
+            return self.read_all()
+        found = PurgeLog(newest).read_all()
+        self._lines, self._torn = None, False
+        self.me = found[1].me if found is not None else ""
+        return found
+
     def append(self, line: bytes, table: PurgeTable, sync: SyncLog | None = None) -> None:
         """Record one purge (`line`, PurgeTable.op or core.purge.entry_line) whose result is `table` and `sync`."""
         kept = len(table.marks) + (len(sync.entries) if sync is not None else 0)
@@ -78,3 +93,12 @@ class PurgeLog:
         finally:
             os.close(directory)
         self._lines, self._torn = 0, False
+
+
+def _mtime(path: Path) -> int | None:
+    """When the file at `path` was last written; None when there is none (or it cannot be looked at: reading it
+    says why, for this disk's own file)."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

@@ -129,7 +129,8 @@ class Purging:
     async def load_purges(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            found = await loop.run_in_executor(self._purge_io, self.purge_log.read_all)
+            others = [d / self.purge_log.path.name for d in self.disk.paths[1:]]
+            found = await loop.run_in_executor(self._purge_io, self.purge_log.read_newest, others)
         except OSError as exc:
             log.warning("purge table not read: %s", exc)
             return

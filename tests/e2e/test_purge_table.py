@@ -96,3 +96,41 @@ async def test_a_new_scope_past_the_limit_gets_429_and_a_broader_purge_still_wor
         await purge(node, {"site": SITE})
         await purge(node, {"prefix": "http://video.test/d3/"})
         assert set(node.edge.node.store.purges.marks) == {(SITE, "", ""), (SITE, HOST, "/d3/")}
+
+
+async def test_a_site_purge_holds_after_a_restart_that_lists_the_disks_in_another_order(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The purge log lives on the first disk. With the disks listed in another order (or the first one taken out
+    of the list), the node read the new first disk's log, which had no purge: the purged objects still stored
+    were hits again (the site purge confirmed, 200). The newest log on any of the node's disks is the one."""
+    from dataclasses import replace
+
+    from edgecache.config.model import Config, Disk
+
+    paths = [f"/p{i}" for i in range(6)]
+    for p in paths:
+        origin.put(p, p.encode() * 1000)
+    one, two = Disk(tmp_path / "d1", 64 * 2**20), Disk(tmp_path / "d2", 64 * 2**20)
+    base = node_config(origin, one.path)
+
+    def listing(*disks: Disk) -> Config:
+        return replace(base, cache=replace(base.cache, dir=disks[0].path, disk_bytes=2 * one.size, disks=disks))
+
+    async with admin_node(listing(one, two)) as node:
+        for p in paths:
+            assert (await node.edge.get(p))[::2] == (200, p.encode() * 1000)
+        await node.edge.node.engine.flush()
+        await purge(node, {"site": SITE})
+    async with admin_node(listing(two, one)) as node:
+        for p in paths[:3]:
+            status, headers, body = await node.edge.get(p)
+            assert (status, body) == (200, p.encode() * 1000)
+            assert headers["Cache-Status"] == "edgecache; fwd=uri-miss; stored"
+        await purge(node, {"url": "http://video.test/p1"})
+    async with admin_node(listing(one, two)) as node:
+        for p in paths[1:4]:  # purged twice (/p1), once (the rest): a miss again after the first purge or the second
+            status, headers, body = await node.edge.get(p)
+            assert (status, body) == (200, p.encode() * 1000)
+            assert headers["Cache-Status"] == ("edgecache; hit" if p == "/p2" else "edgecache; fwd=uri-miss; stored")
+    assert {p: origin.hits[p] for p in paths} == {"/p0": 2, "/p1": 3, "/p2": 2, "/p3": 2, "/p4": 1, "/p5": 1}
