@@ -211,8 +211,8 @@ class OriginClient:
                 last_error = self._failed(site, base, exc)
                 continue
             self._count(site.name, raw.status, time.monotonic() - started)
-            if (switched := _switched(self._who, base, raw)) is not None:
-                last_error = switched
+            if (unreadable := _unreadable(self._who, base, raw)) is not None:
+                last_error = unreadable
                 continue
             if raw.status >= 500 and i < len(origins) - 1:
                 log.info("origin %s answered %d, trying the next origin", base, raw.status)
@@ -246,15 +246,22 @@ class OriginClient:
         metrics.ORIGIN_REQUESTS.labels(site, metrics.status_class(status)).inc()
 
 
-def _switched(who: str, base: str, raw: aiohttp.ClientResponse) -> OriginError | None:
-    """The error of a 101, the one interim answer aiohttp does not read past (None for any other answer): nothing
-    sent to an origin or a peer asks to switch protocols (Upgrade is hop-by-hop), and relayed, it left the client's
-    connection open and idle for good. Its connection is closed."""
-    if raw.status >= 200:
+def _unreadable(who: str, base: str, raw: aiohttp.ClientResponse) -> OriginError | None:
+    """The error of an answer whose bytes cannot be taken as its body (None for any other), its connection closed:
+    a 101, the one interim answer aiohttp does not read past (nothing sent to an origin or a peer asks to switch
+    protocols: Upgrade is hop-by-hop; relayed, it left the client's connection open and idle for good); and a
+    transfer coding other than chunked (RFC 9112 6.1), which aiohttp, never decompressing, leaves applied: the
+    coded bytes were stored and served as the object's, with nothing saying so."""
+    codings = ", ".join(raw.headers.getall("Transfer-Encoding", ()))
+    if raw.status < 200:
+        problem = f"answered {raw.status} to a request that asked for no upgrade"
+    elif codings and any(c.strip().lower() != "chunked" for c in codings.split(",")):
+        problem = f"answered with a transfer coding edgecache does not decode ({codings})"
+    else:
         return None
     raw.close()
-    log.info("%s %s answered %d unasked", who, base, raw.status)
-    return OriginError(f"{base}: answered {raw.status} to a request that asked for no upgrade")
+    log.info("%s %s %s", who, base, problem)
+    return OriginError(f"{base}: {problem}")
 
 
 def loop_token(config: Config) -> str:

@@ -295,3 +295,30 @@ async def test_an_origin_that_switches_protocols_unasked_is_a_502(tmp_path: Path
             await assert_still_serving(edge, origin)
     finally:
         await origin.stop()
+
+
+def transfer_coded(request: RawRequest) -> RawReply:
+    """A body with a transfer coding besides chunked (RFC 9112 6.1), which edgecache does not decode."""
+    if request.path == "/plain/":
+        return reply(request)
+    head = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    return head + b"5\r\nhello\r\n0\r\n\r\n", True
+
+
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize("fast", [True, False])
+async def test_an_origin_body_with_a_transfer_coding_besides_chunked_is_a_502(tmp_path: Path, fast: bool) -> None:
+    """aiohttp, never decompressing, removes the chunked coding only: a gzip transfer coding stayed applied, and
+    the coded bytes were stored and served as the object's, with no Content-Encoding saying so."""
+    origin = RawOrigin(transfer_coded)
+    await origin.start()
+    try:
+        config = replace(make_config(tmp_path / "cache", [origin.url]), fast_path=fast)
+        async with start_edge(config) as edge:
+            for n in (1, 2):
+                status, body = await ask(edge, "GET", "/coded")
+                assert (status, origin.hits["/coded"]) == (502, n)
+                assert body.startswith(b"origin failed: " + origin.url.encode() + b": answered with a transfer coding")
+            await assert_still_serving(edge, origin)
+    finally:
+        await origin.stop()
