@@ -271,54 +271,42 @@ async def test_an_origin_that_stalls_after_an_interim_answer_times_out(tmp_path:
         await origin.stop()
 
 
-def switches(request: RawRequest) -> RawReply:
-    """101 Switching Protocols to a request that asked for no upgrade, and then an answer in the new protocol."""
+# Answers whose bytes cannot be taken as a body (proxy.origin._unreadable), and how the 502 names each:
+UNREADABLE: dict[str, tuple[RawReply, bytes]] = {
+    # Nothing a node sends an origin asks to switch protocols (Upgrade is hop-by-hop): a 101 was relayed, and the
+    # client's connection stayed open after it with nothing on it, for good.
+    "switches": (
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi", False),
+        b"answered 101 ",
+    ),
+    # aiohttp, never decompressing, removes the chunked coding only (RFC 9112 6.1): a gzip transfer coding stayed
+    # applied, and the coded bytes were stored and served as the object's, with no Content-Encoding saying so.
+    "coded": (
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", True),
+        b"answered with a transfer coding",
+    ),
+}
+
+
+def unreadable(request: RawRequest) -> RawReply:
     if request.path == "/plain/":
         return reply(request)
-    return b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi", False
+    return UNREADABLE[request.path.strip("/")][0]
 
 
 @pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("fast", [True, False])
-async def test_an_origin_that_switches_protocols_unasked_is_a_502(tmp_path: Path, fast: bool) -> None:
-    """Nothing a node sends an origin asks to switch protocols (Upgrade is hop-by-hop): a 101 was relayed, and the
-    client's connection stayed open after it with nothing on it, for good."""
-    origin = RawOrigin(switches)
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+async def test_an_origin_answer_that_is_no_body_is_a_502(tmp_path: Path, fast: bool, kind: str) -> None:
+    origin = RawOrigin(unreadable)
     await origin.start()
     try:
         config = replace(make_config(tmp_path / "cache", [origin.url]), fast_path=fast)
         async with start_edge(config) as edge:
             for n in (1, 2):
-                status, body = await ask(edge, "GET", "/ws")
-                assert (status, origin.hits["/ws"]) == (502, n)
-                assert body.startswith(b"origin failed: " + origin.url.encode() + b": answered 101 ")
-            await assert_still_serving(edge, origin)
-    finally:
-        await origin.stop()
-
-
-def transfer_coded(request: RawRequest) -> RawReply:
-    """A body with a transfer coding besides chunked (RFC 9112 6.1), which edgecache does not decode."""
-    if request.path == "/plain/":
-        return reply(request)
-    head = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-    return head + b"5\r\nhello\r\n0\r\n\r\n", True
-
-
-@pytest.mark.timeout(TIMEOUT)
-@pytest.mark.parametrize("fast", [True, False])
-async def test_an_origin_body_with_a_transfer_coding_besides_chunked_is_a_502(tmp_path: Path, fast: bool) -> None:
-    """aiohttp, never decompressing, removes the chunked coding only: a gzip transfer coding stayed applied, and
-    the coded bytes were stored and served as the object's, with no Content-Encoding saying so."""
-    origin = RawOrigin(transfer_coded)
-    await origin.start()
-    try:
-        config = replace(make_config(tmp_path / "cache", [origin.url]), fast_path=fast)
-        async with start_edge(config) as edge:
-            for n in (1, 2):
-                status, body = await ask(edge, "GET", "/coded")
-                assert (status, origin.hits["/coded"]) == (502, n)
-                assert body.startswith(b"origin failed: " + origin.url.encode() + b": answered with a transfer coding")
+                status, body = await ask(edge, "GET", f"/{kind}")
+                assert (status, origin.hits[f"/{kind}"]) == (502, n)
+                assert body.startswith(b"origin failed: " + origin.url.encode() + b": " + UNREADABLE[kind][1])
             await assert_still_serving(edge, origin)
     finally:
         await origin.stop()

@@ -120,19 +120,28 @@ async def get(port: int, path: str, host: str = "video.test") -> tuple[int, byte
         return r.status, await r.read()
 
 
-async def restarts(admin: int, died: int, stuck: int) -> None:
-    """Until the admin /metrics shows these restart counts (the admin listener may itself be restarting)."""
+async def metrics_until(admin: int, shows: Callable[[str], bool], wanted: str) -> None:
+    """Until the admin /metrics `shows` what is wanted (the admin listener may itself be restarting meanwhile)."""
     deadline = time.monotonic() + WAIT
     seen = ""
     while True:
         with contextlib.suppress(aiohttp.ClientError):
             async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
                 seen = await r.text()
-        counts = [metric(seen, "edgecache_worker_restarts", reason=k) for k in ("died", "stuck")]
-        if counts == [died, stuck] and 'reason="died"' in seen:
+        if shows(seen):
             return
-        assert time.monotonic() < deadline, f"restarts {counts}, wanted {[died, stuck]}"
+        assert time.monotonic() < deadline, f"wanted {wanted}; /metrics has:\n{seen}"
         await asyncio.sleep(0.1)
+
+
+async def restarts(admin: int, died: int, stuck: int) -> None:
+    """Until the admin /metrics shows these restart counts."""
+
+    def shows(seen: str) -> bool:
+        counts = [metric(seen, "edgecache_worker_restarts", reason=k) for k in ("died", "stuck")]
+        return counts == [died, stuck] and 'reason="died"' in seen
+
+    await metrics_until(admin, shows, f"restarts died={died} stuck={stuck}")
 
 
 def write_config(

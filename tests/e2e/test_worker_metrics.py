@@ -3,35 +3,24 @@ see, never the last value a dead worker wrote to the shared files."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import signal
-import time
 from pathlib import Path
-
-import aiohttp
 
 from tests.e2e.procs import free_port
 from tests.e2e.test_operations import metric
 from tests.e2e.test_purge_catchup import process_config
-from tests.e2e.test_watchdog import WAIT, node
+from tests.e2e.test_watchdog import metrics_until, node
 from tests.origin import Origin
 
 
 async def peer_up(admin: int, peer: str, want: float) -> None:
     """Until node `admin`'s /metrics shows `peer` with edgecache_peer_up == want."""
-    deadline = time.monotonic() + WAIT
-    seen = ""
-    while True:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
-                seen = await r.text()
-        if f'edgecache_peer_up{{peer="{peer}"}}' in seen and metric(seen, "edgecache_peer_up", peer=peer) == want:
-            return
-        lines = [line for line in seen.splitlines() if line.startswith("edgecache_peer_up")]
-        assert time.monotonic() < deadline, f"wanted {peer} at {want}; /metrics has {lines}"
-        await asyncio.sleep(0.1)
+
+    def shows(seen: str) -> bool:
+        return f'edgecache_peer_up{{peer="{peer}"}}' in seen and metric(seen, "edgecache_peer_up", peer=peer) == want
+
+    await metrics_until(admin, shows, f"{peer} at {want}")
 
 
 async def test_a_peer_every_live_worker_sees_down_is_down_after_a_worker_was_replaced(
