@@ -31,8 +31,9 @@ async def test_connections_past_what_the_descriptors_allow_get_503(origin: Origi
     ):
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(IDLE)]
         try:
+            # Read only: the 503 is written as the connection is accepted, and a request sent meanwhile, unread
+            # when the node closes, would make the kernel reset the connection before the 503 is read.
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /d.bin HTTP/1.1\r\nHost: any.host\r\n\r\n")
             async with asyncio.timeout(10):
                 answer = await reader.read(-1)
             writer.close()
