@@ -23,7 +23,6 @@ from edgecache.accesslog import AccessLog
 from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
-from edgecache.core.forward import via_sent
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
@@ -106,8 +105,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
         shared.max_in_flight = config.max_requests
         shared.limiter = _limiter(config)
         shared.forwarders, shared.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
-        shared.loop_token = loop_token(config)
-        origin.via = via_sent(shared.loop_token)
+        origin.loop_token = loop_token(config)
         certificates = Certificates(config) if config.tls_listen else None
         node = Node(config, origin, store, engine, shared, EdgeHandler(shared), access, cluster, certificates)
         if cluster is not None:

@@ -152,7 +152,7 @@ class EdgeHandler:
             return site, host, key, hop
         # Before any lookup (the fast path asks the same, core.admit); not for the node's own prefetch, which its
         # admin token authorised.
-        reply = admit.looped(request.headers.getall("Via", []), self.shared.loop_token)
+        reply = admit.looped(request.headers.getall("Via", []), self.shared.engine.origin.loop_token)
         if reply is None and not internal(request):
             reply = admit.viewer(site, key.path, key.unkeyed, client, time.time())
         limiter = self.shared.limiter

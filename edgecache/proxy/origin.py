@@ -132,8 +132,8 @@ class OriginClient:
         self._bodies: aiohttp.ClientSession | None = None
         self._passes: aiohttp.ClientSession | None = None
         self.peer: str | None = None  # set on a to_peer() view: what it sends goes to this cluster member
-        # What fills and passes send as Via, naming this node (core.forward.via_sent): a request back is a loop.
-        self.via = via_sent("")
+        # This node's name in what it sends (loop_token(), set by server.open_node): a request back is a loop.
+        self.loop_token = ""
 
     def to_peer(self, member_id: str) -> OriginClient:
         """The same pools, for a forward to a cluster member: its request and bytes are counted as that peer's
@@ -141,6 +141,11 @@ class OriginClient:
         view = copy.copy(self)
         view.peer = member_id
         return view
+
+    @property
+    def via(self) -> str:
+        """The Via of this node's fills and passes (core.forward.via_sent), which core.admit.looped looks for."""
+        return via_sent(self.loop_token)
 
     @property
     def _who(self) -> str:

@@ -119,7 +119,8 @@ def routed(
     hop = cluster.honoured(hop_fields, method, key.primary) if cluster is not None else None
     if hop is not None:  # its viewer was judged (ACL, signed URL, rate limit) by the node that forwarded it
         return Routed(host, site, key, hop.viewer, hop.viewer, not hop.lookaside, hop.failover)
-    refused, where = admit.looped(get_all(headers, "via"), shared.loop_token) or admit.acl(site, client), HERE
+    looped = admit.looped(get_all(headers, "via"), shared.engine.origin.loop_token)
+    refused, where = looped or admit.acl(site, client), HERE
     if refused is None and cluster is not None:
         found = _where(shared, cluster, site, key, method, headers, client, basis, admitted, copy)
         if not isinstance(found, Here | Reply):

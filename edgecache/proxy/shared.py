@@ -44,7 +44,6 @@ class Shared:
         self.limiter: RateLimiter | None = None  # per client address, when configured
         self.popular = popularity.Gate()  # objects this node does not own and sees asked often: kept here too
         self.forwarders: Networks = ()  # server.trusted_forwarders: proxies whose X-Forwarded-For is believed
-        self.loop_token = ""  # this node's name in the Via of its fills and passes (server.loop_token)
         self.proxy_from: Networks = ()  # server.proxy_protocol_from: who may send a PROXY header (empty: any)
         # The clients PROXY headers declared for connections the fast path handed over (their socket's peer is
         # the balancer); each entry leaves with its connection (FastServer.hand_over).

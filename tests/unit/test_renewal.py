@@ -36,10 +36,8 @@ REQUEST_CC = ["", "max-age=4", "max-age=0", "min-fresh=3", "max-stale=100", "no-
 
 
 def _handler(store: Store) -> Shared:
-    engine = SimpleNamespace(store=store, slice_size=2**20)
-    router = Router([(SITE.hosts, SITE)])
-    shared = SimpleNamespace(router=router, cluster=None, limiter=None, engine=engine, loop_token="")
-    return cast(Shared, shared)
+    engine = SimpleNamespace(store=store, slice_size=2**20, origin=SimpleNamespace(loop_token=""))
+    return cast(Shared, SimpleNamespace(router=Router([(SITE.hosts, SITE)]), cluster=None, limiter=None, engine=engine))
 
 
 def _decide_at(moment: float, shared: Shared, method: str, fields: tuple[tuple[str, str], ...]) -> object:
