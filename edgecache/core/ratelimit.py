@@ -6,10 +6,12 @@ in it for each connection (RFC 8981), so a bucket per address would give one cli
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from ipaddress import IPv6Address, IPv6Network
 
 
+@functools.lru_cache(maxsize=8192)  # asked on every request: an address is parsed once while its client is active
 def bucket(client: str) -> str:
     """The bucket of a client address: an IPv6 address's /64, anything else (IPv4, '-') as it stands."""
     if ":" not in client:
