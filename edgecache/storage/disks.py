@@ -153,6 +153,10 @@ class Disks:
         """Disks out of service, by path: why."""
         return {s.label: s.failed or "not open" for s in self._slots if not s.up}
 
+    @property
+    def in_service(self) -> list[Path]:
+        return [s.disk.path for s in self._slots if s.up]
+
     # --- the DiskTier API ---------------------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:

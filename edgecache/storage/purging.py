@@ -58,12 +58,16 @@ class Purging:
         self.awake = 0.0
         self._pause_limit = 0.0
         self._on_pause: Callable[[], None] | None = None
+        # When cache.disks last changed (storage.placed): what was stored before is revalidated. Set at start.
+        self.placed_at = 0.0
 
     def purged(self, site: str, host: str, path: str, record: PrimaryRecord | None) -> tuple[str, float]:
         """An object's purge scope (the generations of the purged site and directories above it, part of its entry
-        key) and the time before which a stored answer of it is soft-purged: the later of its scopes' soft purges
-        and its own, on its record. The one place the two are combined (lookups, fills, their heads)."""
+        key) and the time before which a stored answer of it is soft-purged: the latest of its scopes' soft
+        purges, its own (on its record) and the last change of the disks. The one place they are combined
+        (lookups, fills, their heads)."""
         scope, soft = self.purges.lookup(site, host, path)
+        soft = max(soft, self.placed_at)
         return scope, max(soft, record.soft_before) if record is not None else soft
 
     def _forget_held(self) -> None:
