@@ -34,6 +34,7 @@ from edgecache.proxy.origin import OriginClient, loop_token
 from edgecache.proxy.shared import Shared
 from edgecache.sites import FastSite, TCPListener, quiet_client_faults
 from edgecache.storage import placed
+from edgecache.storage.cacheid import cache_id
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.disks import Disks
 from edgecache.storage.epoch import Epoch
@@ -109,7 +110,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
         shared.max_in_flight = config.max_requests
         shared.limiter = _limiter(config)
         shared.forwarders, shared.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
-        origin.loop_token = loop_token(config)
+        origin.loop_token = loop_token(config, await loop.run_in_executor(None, cache_id, disk.directory))
         certificates = Certificates(config) if config.tls_listen else None
         node = Node(config, origin, store, engine, shared, EdgeHandler(shared), access, cluster, certificates)
         if cluster is not None:

@@ -269,13 +269,14 @@ def _unreadable(who: str, base: str, raw: aiohttp.ClientResponse) -> OriginError
     return OriginError(f"{base}: {problem}")
 
 
-def loop_token(config: Config) -> str:
+def loop_token(config: Config, cache: str = "") -> str:
     """This node's name in the Via of its fills and passes (core.forward.via_sent): the same in every worker, and in
     every node of a cluster (a site's origin whose name leads to any of them loops as well): made from the cluster's
-    key, else from the machine's name and the node's listeners (no two nodes of one machine share one)."""
+    key, else from the machine's name, the node's listeners (no two nodes of one machine share one) and the random
+    name of its cache (`cache`, storage.cacheid: machines may share a name, containers often do)."""
     if config.cluster is not None:
         return hmac.new(config.cluster.key, b"edgecache loop", "sha256").hexdigest()[:12]
-    me = f"{socket.gethostname()}|{sorted(str(x) for x in config.listen)}"
+    me = f"{socket.gethostname()}|{sorted(str(x) for x in config.listen)}|{cache}"
     return hashlib.sha256(me.encode()).hexdigest()[:12]
 
 

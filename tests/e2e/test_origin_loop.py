@@ -44,3 +44,20 @@ def test_every_node_of_a_cluster_has_one_token_and_a_node_alone_its_own(tmp_path
     b = replace(other, cluster=ClusterSettings(self_id="b", nodes=members, key=b"k" * 32))
     assert loop_token(a) == loop_token(b) != loop_token(alone) != loop_token(other)
     assert len(loop_token(alone)) == 12
+    assert loop_token(a, "1" * 16) == loop_token(a)  # a cluster's nodes share one, whatever their caches
+
+
+def test_two_nodes_alone_with_one_machine_name_and_one_listener_have_their_own_tokens(tmp_path: Path) -> None:
+    """Containers from one definition: the same host name and listeners, each on a volume of its own. One in front
+    of the other (a tiered edge) must not take the other's fills for its own loop."""
+    from edgecache.proxy.origin import loop_token
+    from edgecache.storage.cacheid import cache_id
+
+    config = make_config(tmp_path / "c", ["http://127.0.0.1:1"])
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    first, second = cache_id(tmp_path / "v1"), cache_id(tmp_path / "v2")
+    assert len(first) == len(second) == 16
+    assert loop_token(config, first) != loop_token(config, second)
+    assert cache_id(tmp_path / "v1") == first  # every worker and restart: the same
+    assert cache_id(tmp_path / "gone") == ""  # a directory that takes no file: the name and listeners alone
