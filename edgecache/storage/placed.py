@@ -36,17 +36,22 @@ def signature(disks: Sequence[Disk]) -> list[list[object]]:
 
 def since(disks: Sequence[Disk], usable: Sequence[Path], now: float) -> float:
     """The time of the last change of `disks`, as the disks that could be opened (`usable`) recorded it; `now`
-    (and recorded on each of them) when one of them was last used under another list, or never. Blocking."""
+    (and recorded on each of them) when one of them was last used under another list or has no record beside
+    others that have one. 0 when none has a record: a first start, or the first of a version that kept none
+    (doubting the whole cache then would send the origin a request for every object, for a change that is
+    almost never made in the same restart). Blocking."""
     wanted = signature(disks)
     seen = [_read(path) for path in usable]
     times = [at for sig, at in (s for s in seen if s is not None) if sig == wanted]
     if usable and len(times) == len(usable):
         return max(times)
+    known = any(s is not None for s in seen)
+    since = now if known else 0.0
     for path in usable:
-        _write(path, wanted, now)
-    if any(s is not None for s in seen):
+        _write(path, wanted, since)
+    if known:
         log.warning("cache.disks changed since the last start: what was stored before now is revalidated")
-    return now
+    return since
 
 
 def _read(directory: Path) -> tuple[list[list[object]], float] | None:
