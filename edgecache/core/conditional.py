@@ -27,26 +27,27 @@ def not_modified(request: Headers, etag: str | None, last_modified: str | None, 
     """True when a GET/HEAD should be answered 304 from the stored validators.
 
     If-None-Match uses weak comparison (13.1.2) and, when present, If-Modified-Since is ignored (13.2.2 step 3).
-    Without Last-Modified, the stored Date stands in for it (RFC 9111 4.3.2).
+    `*` matches the stored representation, with an ETag or not. Without Last-Modified, the stored Date stands in
+    for it (RFC 9111 4.3.2).
     """
     inm = list_values(request, "if-none-match")
     if inm:
-        if etag is None:
-            return False
         if "*" in inm:
             return True
-        return any(weak_match(etag, t) for t in inm)
+        return etag is not None and any(weak_match(etag, t) for t in inm)
     ims = _date(get_first(request, "if-modified-since"))
     lm = _date(last_modified) if last_modified else _date(date)
     return ims is not None and lm is not None and lm <= ims
 
 
 def precondition_failed(request: Headers, etag: str | None, last_modified: str | None) -> bool:
-    """If-Match (strong comparison) or If-Unmodified-Since fails against what is stored (13.1.1, 13.1.4)."""
+    """If-Match (strong comparison) or If-Unmodified-Since fails against what is stored (13.1.1, 13.1.4). `*`
+    holds for any stored representation, with an ETag or not: "the condition is true if the origin server has a
+    current representation for the target resource"."""
     im = list_values(request, "if-match")
     if im:
         if "*" in im:
-            return etag is None
+            return False
         return etag is None or not any(strong_match(etag, t) for t in im)
     ius = _date(get_first(request, "if-unmodified-since"))
     lm = _date(last_modified) if last_modified else None

@@ -44,3 +44,17 @@ async def test_a_304_with_another_strong_etag_updates_nothing(edge: Edge, origin
     # the revalidation's 304, then the object fetched without validators; the second answer is a hit
     assert origin.hits["/d"] == 3
     assert origin.seen[-1].headers.get("If-None-Match") is None
+
+
+async def test_star_conditionals_hold_for_a_stored_object_without_an_etag(edge: Edge, origin: Origin) -> None:
+    """RFC 9110 13.1.1, 13.1.2: `If-Match: *` is true and `If-None-Match: *` false whenever a current representation
+    exists, with an ETag or not. Tied to the stored ETag, they were a 412 and a 200 for an object without one."""
+    origin.put("/n", b"no-tag", etag=None)
+    assert (await edge.get("/n"))[::2] == (200, b"no-tag")
+    for _ in range(2):
+        status, headers, body = await edge.get("/n", **{"If-Match": "*"})
+        assert (status, headers["Cache-Status"], body) == (200, "edgecache; hit", b"no-tag")
+        status, headers, body = await edge.get("/n", **{"If-None-Match": "*"})
+        assert (status, headers["Cache-Status"], body) == (304, "edgecache; hit", b"")
+        assert "ETag" not in headers
+    assert origin.hits["/n"] == 1
