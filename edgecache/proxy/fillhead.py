@@ -81,7 +81,7 @@ def judge_head(
     existing = store.peek_meta(key) or existing
     alive = _alive(store, req, primary, request_time, existing)
     if isinstance(j, entry.NotModified):
-        return _of_304(validated, existing, stored, times, req.entry_key)
+        return _of_304(validated, existing, stored, times, req)
     length, start, end, body_status = _body(j, status)
     version, whole, token = _copy(j, headers, stored, length, body_status, asked, existing)
     meta = ObjectMeta(
@@ -127,7 +127,11 @@ def _fields(status: int, headers: Headers, policy: Policy, response_time: float)
 
 
 def _of_304(
-    validated: ObjectMeta | None, existing: ObjectMeta | None, stored: Headers, times: tuple[float, float], key: str
+    validated: ObjectMeta | None,
+    existing: ObjectMeta | None,
+    stored: Headers,
+    times: tuple[float, float],
+    req: FillRequest,
 ) -> FillHead:
     """RFC 9111 4.3.4: a 304 updates the copy it validated (`validated`, else what is stored: `existing`)."""
     asked_about = validated if validated is not None else existing
@@ -138,8 +142,14 @@ def _of_304(
     # If another version was stored meanwhile (a fill that came back first), the 304 is about the copy asked about,
     # for this fill's readers only: merged into the stored copy, it gave the new bytes the old validator.
     if validated is not None and existing is not None and existing.version != validated.version:
-        return _not_modified(validated, stored, times, key, kept=False)
-    return _not_modified(existing, stored, times, key)
+        return _not_modified(validated, stored, times, req.entry_key, kept=False)
+    head = _not_modified(existing, stored, times, req.entry_key)
+    decision = storable("GET", head.meta.status, req.headers, head.meta.headers, req.policy)
+    if not decision.store:
+        # Its fields make the updated copy one a shared cache must not keep (no-store, private, Vary: *): kept, it
+        # was a hit for everyone. The copy is dropped and the object fetched again, as for another validator.
+        raise VersionChanged(f"origin answered 304 with fields that forbid storing ({decision.reason})")
+    return head
 
 
 def _not_modified(

@@ -242,8 +242,8 @@ class EdgeHandler:
                 head = await self._head_of(request, req, fill, meta if stale_ok else None)
             except VersionChanged as exc:
                 # Raised before any byte was sent: a slice the stored entry lacks came back as another version
-                # (respond._stream), or its revalidation's 304 was for another (fillhead.judge_head). Never mixed,
-                # so that entry goes and the request starts again as a miss of the version the origin has now.
+                # (respond._stream), or its revalidation's 304 was for another or forbade storing it (fillhead._of_304),
+                # never mixed nor kept: that entry goes and the request starts again as a miss of the origin's version.
                 log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
                 if meta is not None:
                     await self.engine.store.drop_version(req.entry_key, meta)

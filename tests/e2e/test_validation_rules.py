@@ -3,6 +3,7 @@ does (5.2.1.7), and a 304 updates only the stored response whose validator it ca
 
 from __future__ import annotations
 
+import pytest
 from aiohttp import web
 
 from tests.conftest import Edge
@@ -58,3 +59,30 @@ async def test_star_conditionals_hold_for_a_stored_object_without_an_etag(edge: 
         assert (status, headers["Cache-Status"], body) == (304, "edgecache; hit", b"")
         assert "ETag" not in headers
     assert origin.hits["/n"] == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"Cache-Control": "no-store"}, "no-store"),
+        ({"Cache-Control": "private, max-age=100"}, "private"),
+        ({"Cache-Control": "max-age=100", "Vary": "*"}, "vary-star"),
+    ],
+)
+async def test_a_304_that_forbids_storing_leaves_nothing_stored(
+    edge: Edge, origin: Origin, fields: dict[str, str], reason: str
+) -> None:
+    """RFC 9111 3, 4.3.4: a 304 updates the stored response with its fields. When they make it one a shared cache
+    must not store (no-store, private, Vary: *), the copy goes: merged and kept, it was served as a hit to every
+    client, under the origin's own `private` or `no-store`. The object is fetched again and served, not stored."""
+    origin.put("/p", b"body", headers={"Cache-Control": "max-age=100", "Age": "150"})  # ETag "v1", stale
+    assert (await edge.get("/p"))[::2] == (200, b"body")
+    origin.objects["/p"].headers = fields  # on its 200s and on its 304s alike
+    for _ in range(2):
+        status, headers, body = await edge.get("/p")
+        assert (status, body) == (200, b"body")
+        assert headers["Cache-Status"] == f'edgecache; fwd=uri-miss; detail="{reason}"'
+        assert headers["Cache-Control"] == fields["Cache-Control"]
+    # the revalidation (304), the object fetched again without validators, then one fetch for the second request
+    assert origin.hits["/p"] == 4
+    assert [s.headers.get("If-None-Match") for s in origin.seen] == [None, '"v1"', None, None]
