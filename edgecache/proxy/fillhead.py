@@ -144,6 +144,9 @@ def _of_304(
     if validated is not None and existing is not None and existing.version != validated.version:
         return _not_modified(validated, stored, times, req.entry_key, kept=False)
     head = _not_modified(existing, stored, times, req.entry_key)
+    if entry.vary_names(head.meta.headers) != head.meta.vary:
+        # Another Vary: the copy was selected by the fields the old one named, and would claim the new one's.
+        raise VersionChanged(f"origin answered 304 with another Vary ({get_first(stored, 'vary')})")
     decision = storable("GET", head.meta.status, req.headers, head.meta.headers, req.policy)
     if not decision.store:
         # Its fields make the updated copy one a shared cache must not keep (no-store, private, Vary: *): kept, it

@@ -86,3 +86,33 @@ async def test_a_304_that_forbids_storing_leaves_nothing_stored(
     # the revalidation (304), the object fetched again without validators, then one fetch for the second request
     assert origin.hits["/p"] == 4
     assert [s.headers.get("If-None-Match") for s in origin.seen] == [None, '"v1"', None, None]
+
+
+async def test_a_304_naming_another_vary_updates_nothing(edge: Edge, origin: Origin) -> None:
+    """A stored response is selected by the fields its Vary named when it was stored (RFC 9111 4.1). A 304 that
+    names another Vary would leave a copy selected by X-A claiming to vary on X-B, the answer to a request without
+    X-B served to every X-B: the copy is not updated, and the object is fetched again under the new Vary."""
+    vary = {"now": "X-A"}
+
+    def by_fields(request: web.BaseRequest, obj: Obj | None) -> web.Response:
+        a, b = request.headers.get("X-A"), request.headers.get("X-B")
+        fields = {"Cache-Control": "max-age=100", "Age": "150", "Vary": vary["now"], "ETag": '"same"'}
+        if request.headers.get("If-None-Match") == '"same"':
+            return web.Response(status=304, headers=fields)
+        return web.Response(body=f"A={a} B={b}".encode(), headers=fields)
+
+    origin.on_request = by_fields
+    assert (await edge.get("/v", **{"X-A": "1"}))[2] == b"A=1 B=None"  # stale on arrival (Age 150)
+    vary["now"] = "X-B"
+    for b in ("1", "9", "9"):
+        status, headers, body = await edge.get("/v", **{"X-A": "1", "X-B": b})
+        assert (status, headers["Vary"], body) == (200, "X-B", f"A=None B={b}".encode())
+    # X-A's 304 (another Vary), X-A's 200 (Vary: X-B), X-B=1's; X-B=9's, then its revalidation (the same Vary)
+    asked = [(s.headers.get("x-a"), s.headers.get("x-b"), s.headers.get("If-None-Match")) for s in origin.seen[2:]]
+    assert asked == [
+        ("1", None, '"same"'),
+        ("1", None, None),
+        (None, "1", None),
+        (None, "9", None),
+        (None, "9", '"same"'),
+    ]
