@@ -22,7 +22,7 @@ from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
 from edgecache.core.keys import PrimaryRecord, entry_key, varied
-from edgecache.errors import OriginError, StorageError
+from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillhead import judge_head, within_run
@@ -92,20 +92,40 @@ class Engine:
         """The stale entry answered now (stale-while-revalidate) is revalidated meanwhile, once: nobody reads the
         fill, whose 304 or new version is stored for the next request."""
         if self.fills.find(req, 0) is None:
-            self.start_fill(req, 0, None if meta.whole else 0, validate=meta)
+            self.start_fill(req, 0, None if meta.whole else 0, validate=meta, background=True)
+
+    async def _end_unkept(self, fill: Fill, entry_key: str, meta: ObjectMeta) -> None:
+        """A background revalidation that keeps nothing (a 304 for another version or forbidding storing, an answer
+        that may not be stored) ends the stale entry: served for the rest of its window, it was no longer the
+        origin's answer, and each request sent the origin another revalidation. An origin that failed leaves it."""
+        try:
+            head = await fill.head
+        except VersionChanged:
+            head = None
+        except OriginError:
+            return
+        if head is None or not ((head.status == 304 and head.kept) or head.store):
+            await self.store.drop_version(entry_key, meta)
 
     def start_fill(
-        self, req: FillRequest, first: int, last: int | None, validate: ObjectMeta | None = None, shared: bool = True
+        self,
+        req: FillRequest,
+        first: int,
+        last: int | None,
+        validate: ObjectMeta | None = None,
+        shared: bool = True,
+        background: bool = False,
     ) -> Fill:
-        """One origin request for slices first..last (last None: the whole object, no Range sent)."""
+        """One origin request for slices first..last (last None: the whole object, no Range sent); `background`:
+        the revalidation of `validate`, served stale meanwhile (revalidate_in_background)."""
         fill = Fill(req.entry_key, first, last, self.slice_size)
         metrics.FILLS.inc()
         if shared:
             self.fills.add(fill)
-        self._spawn(self._run_fill(fill, req, validate))
+        self._spawn(self._run_fill(fill, req, validate, background))
         return fill
 
-    async def _run_fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
+    async def _run_fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None, background: bool) -> None:
         try:
             await self._fill(fill, req, validate)
         except asyncio.CancelledError:
@@ -118,6 +138,8 @@ class Engine:
             fill.fail(OriginError(f"internal error: {exc}"))
         finally:
             self.fills.remove(fill)
+        if background and validate is not None:
+            await self._end_unkept(fill, req.entry_key, validate)
 
     async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
         asked: ranges.ByteRange | None = None

@@ -7,6 +7,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import Edge
+from tests.e2e.test_body_shapes import settle
 from tests.origin import Obj, Origin
 
 
@@ -116,3 +117,29 @@ async def test_a_304_naming_another_vary_updates_nothing(edge: Edge, origin: Ori
         (None, "9", None),
         (None, "9", '"same"'),
     ]
+
+
+@pytest.mark.parametrize(
+    ("now", "reason"),
+    [
+        ({"Cache-Control": "no-store"}, "no-store"),  # its 304s say so too: the 304 forbids storing
+        ({"ETag": '"v2"', "Cache-Control": "private"}, "private"),  # another version, that may not be stored
+    ],
+)
+async def test_a_background_revalidation_that_keeps_nothing_ends_the_stale_copy(
+    edge: Edge, origin: Origin, now: dict[str, str], reason: str
+) -> None:
+    """stale-while-revalidate (RFC 5861 3) serves the stale copy while it is revalidated. When the revalidation
+    shows the origin's answer may not be stored, the copy is no longer one to serve: it stayed, served stale for
+    the rest of the window to everyone, each request sending the origin another revalidation. It goes now."""
+    origin.put("/w", b"old", headers={"Cache-Control": "max-age=100, stale-while-revalidate=1000", "Age": "150"})
+    assert (await edge.get("/w"))[::2] == (200, b"old")
+    etag = now.pop("ETag", '"v1"')
+    origin.put("/w", b"new", etag=etag, headers=now)
+    status, headers, body = await edge.get("/w")
+    assert (status, headers["Cache-Status"], body) == (200, 'edgecache; hit; detail="stale"', b"old")
+    await settle(edge)  # the background revalidation
+    for _ in range(2):
+        status, headers, body = await edge.get("/w")
+        assert (status, headers["Cache-Status"], body) == (200, f'edgecache; fwd=uri-miss; detail="{reason}"', b"new")
+    assert [s.headers.get("If-None-Match") for s in origin.seen] == [None, '"v1"', None, None]
