@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgecache import metrics
 from edgecache.core import ranges
-from edgecache.core.admit import NOT_HELD
+from edgecache.core.admit import NOT_CACHED, NOT_HELD
+from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.status import CacheStatus, cache_status_header, miss_cause, with_fetched
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import coldmiss, reading, refuse
@@ -150,12 +151,15 @@ def _read_now(conn: FastPath, f: SliceFile | None, lo: int, hi: int, borrowed: l
 
 def not_held(conn: FastPath, p: Prepared, t0: float) -> None:
     """An owner's look-aside (core.lookaside) for an object some slice of which is gone: it is not held here
-    whole, and is answered so (admit.NOT_HELD), as the full handler answers it: no viewer's request, not counted."""
+    whole, and is answered so (admit.NOT_HELD), as the full handler answers it: no viewer's request, not counted.
+    A viewer's only-if-cached request for it gets the 504 of nothing stored (admit.NOT_CACHED), counted."""
     hit = p.hit
     req = hit.req
+    viewers = parse_cache_control(req.headers).only_if_cached  # a look-aside never carries it (core.forward)
+    reply = NOT_CACHED if viewers else NOT_HELD
     refuse.refused(
         conn,
-        Refused.keyed(NOT_HELD, p.method, req.key, req.headers, hit.site.name, p.keep_alive, False, hit.viewer),
+        Refused.keyed(reply, p.method, req.key, req.headers, hit.site.name, p.keep_alive, viewers, hit.viewer),
         t0,
     )
 

@@ -55,7 +55,8 @@ class Hit:
     # The viewer a node of the cluster forwarded this for (a valid hop), who the access log names. Such a hit is
     # remembered by its head without the hop field (decide.Decider._hopped), and each new hop is checked.
     viewer: str | None = None
-    # May a slice it lacks be fetched for it (diskhit)? Not for a look-aside, which only asks what is held here.
+    # May a slice it lacks be fetched for it (diskhit)? Not for a look-aside, which only asks what is held here,
+    # nor for an only-if-cached request (RFC 9111 5.2.1.7: never the origin).
     fills: bool = True
     # FRESH; or stale, as the request or response allows (STALE_OK), or revalidated meanwhile (stale-while-
     # revalidate): Cache-Status hit; detail="stale"; or REVALIDATE, only for the answer to the request whose fill
@@ -308,7 +309,7 @@ def _hit(
     req = _fill_request(routed, headers, record, stored.scope, stored.ekey, stored.soft_before)
     ring = shared.cluster.ring if shared.cluster is not None else None
     purges, meta, until = shared.engine.store.purges, stored.meta, stored.valid_until
-    fills, cluster = routed.fills, shared.cluster
+    fills, cluster = routed.fills and not parse_cache_control(headers).only_if_cached, shared.cluster
     # A stand-in's hit, or a copy's (which names the owner a slice it lacks is fetched from), holds while no peer's
     # health changes.
     health_bound = routed.viewer is None and (routed.failover or routed.spread_from is not None)

@@ -47,6 +47,9 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
     assert layout is not None
     spans = ranges.Multi(tuple(part for _, part in layout.parts))
     if await multipart_passes(engine, hit.req, hit.meta, spans):
+        if not hit.fills:  # a look-aside, or only-if-cached: never passed to the origin
+            diskhit.not_held(conn, p, t0)
+            return
         if p.fill is not None:
             p.fill.abandon()  # a miss's fill, read no more (the full handler lets it go too)
         await passing.carry_out(conn, _passed(p), t0)

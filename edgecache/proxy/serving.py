@@ -10,7 +10,8 @@ from typing import Literal
 
 from aiohttp import web
 
-from edgecache.core import lookaside, ranges
+from edgecache.core import admit, lookaside, ranges
+from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import FillPlan, cold_run, needed_slices, plan_fill, stored_run
 from edgecache.core.freshness import Use, current_age
@@ -87,12 +88,18 @@ async def serve(
     status: CacheStatus,
     detail: str = "",
 ) -> web.StreamResponse:
-    """The answer from the stored entry `meta`, with `status` (or PARTIAL: _completed)."""
+    """The answer from the stored entry `meta`, with `status` (or PARTIAL: _completed). An only-if-cached request
+    it cannot answer without the origin (a slice to fetch, a multipart Range to pass) is a 504 (RFC 9111 5.2.1.7)."""
+    only_if_cached = parse_cache_control(req.headers).only_if_cached
     if await _multipart_passes(engine, request, req, meta):
+        if only_if_cached:
+            raise ClientError.of(admit.NOT_CACHED)
         return await pass_through(request, engine.origin, req, CacheStatus.MISS)
     status = await _completed(engine, request, req, meta, status)
     if req.look_aside and not lookaside.may_answer(True, True, status is CacheStatus.PARTIAL):
         raise ClientError(504, lookaside.NOT_HELD)
+    if only_if_cached and status is CacheStatus.PARTIAL:
+        raise ClientError.of(admit.NOT_CACHED)
     observe.mark(request, status)
     age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
     headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))

@@ -143,3 +143,22 @@ async def test_a_background_revalidation_that_keeps_nothing_ends_the_stale_copy(
         status, headers, body = await edge.get("/w")
         assert (status, headers["Cache-Status"], body) == (200, f'edgecache; fwd=uri-miss; detail="{reason}"', b"new")
     assert [s.headers.get("If-None-Match") for s in origin.seen] == [None, '"v1"', None, None]
+
+
+async def test_only_if_cached_never_fetches_the_slices_a_stored_entry_lacks(edge: Edge, origin: Origin) -> None:
+    """5.2.1.7: only-if-cached is a stored response or a 504, "without contacting the origin". An entry some of
+    whose slices were never fetched answered it as for any request, fetching them (Cache-Status fwd=partial)."""
+    data = bytes(range(256)) * (8 * 2**20 // 256) + b"tail"  # eight slices and a bit, of 1 MiB each
+    origin.put("/big", data)
+    status, _, body = await edge.get("/big", Range="bytes=0-9")  # slice 0 only is fetched
+    assert (status, body) == (206, data[:10])
+    only = {"Cache-Control": "only-if-cached"}
+    for _ in range(2):
+        status, headers, body = await edge.get("/big", Range="bytes=5-14", **only)
+        assert (status, headers["Cache-Status"], body) == (206, "edgecache; hit", data[5:15])
+        costly = ",".join(f"{i * 2**20}-{i * 2**20}" for i in range(1, 8))  # a multipart Range passed through
+        for rng in ("bytes=2097152-2097161", "bytes=0-9,2097152-2097161", f"bytes={costly}", None):
+            fields = {**only, "Range": rng} if rng else only
+            status, headers, body = await edge.get("/big", **fields)
+            assert (status, body) == (504, b"only-if-cached and not in cache\n"), rng
+    assert origin.range_hits("/big") == ["bytes=0-1048575"]
