@@ -231,8 +231,8 @@ def stored_use(
 def stale_if_error_allows(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> bool:
     """RFC 5861 4: serve stale on an origin error within the stale-if-error window (request or response)."""
     rcc, (scc, _) = parse_cache_control(req), response_cc(resp)
-    # RFC 5861 4 defers to RFC 9111 4.2.4: no stale copy against must-revalidate & co. (the caller answers 504)
-    # nor against no-cache.
+    # RFC 5861 4 defers to RFC 9111 4.2.4: no stale copy against must-revalidate & co. nor against no-cache (the
+    # caller passes the origin's failure on: 502 or 504, docs/faults.md).
     if _must_revalidate_when_stale(scc) or scc.no_cache or fresh.staleness > policy.max_stale_ceiling:
         return False
     windows = [w for w in (scc.stale_if_error, rcc.stale_if_error) if w is not None]
