@@ -29,6 +29,7 @@ from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.hit import Cold, Load, Pass
 from edgecache.proxy.route import Forward, Refused
+from edgecache.proxy.serving import unsatisfiable_for
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -234,12 +235,15 @@ def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
 def _mismatched(started: Started) -> Pass | None:
     """The pass-through of a miss whose origin answered another range than the fill asked for (RangeMismatch:
     it fills nothing), as the full handler passes it through (EdgeHandler._head_of); None for anything else. A
-    revalidation's stays the full handler's: its pass-through is a MISS whose cause is the expired entry."""
+    revalidation's stays the full handler's: its pass-through is a MISS whose cause is the expired entry; so does
+    a 416 that answers the client's own range (serving.past_the_end)."""
     head = started.fill.head
-    if not head.done() or head.cancelled() or not isinstance(head.exception(), RangeMismatch):
+    if not head.done() or head.cancelled() or not isinstance(exc := head.exception(), RangeMismatch):
         return None
     if started.validating is not None:
         return None
+    if unsatisfiable_for(started.cold.method, started.cold.req.headers, exc) is not None:
+        return None  # a 416 that told the length answers the client's range: the full handler's (past_the_end)
     return _pass_of(started, CacheStatus.MISS, False, None)
 
 

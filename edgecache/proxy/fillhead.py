@@ -25,7 +25,14 @@ from edgecache.storage.store import Store
 
 class RangeMismatch(OriginError):
     """The origin's 206 is not for the range we asked, or a 416 says the object is shorter than it (empty, or
-    changed): it cannot fill slices, but the client's own request is passed through and answered."""
+    changed): it cannot fill slices, but the client's own request is passed through and answered. A 416's
+    `length` (its `bytes */N`, when it has no Vary) and `fields` let a client range it leaves unsatisfiable be
+    answered 416 without asking the origin again (serving.past_the_end)."""
+
+    def __init__(self, reason: str, length: int | None = None, fields: Headers = ()) -> None:
+        super().__init__(reason, retryable=False)
+        self.length = length
+        self.fields = fields
 
 
 # Names of copies and of unversioned objects: unique across workers and restarts by a random prefix per process
@@ -71,7 +78,7 @@ def judge_head(
     served, stored = _fields(status, headers, req.policy, response_time)
     if isinstance(j, entry.Refused):
         if status in (206, 416):
-            raise RangeMismatch(f"origin response refused: {j.reason}", retryable=False)
+            raise RangeMismatch(f"origin response refused: {j.reason}", _told_length(status, headers), served)
         raise OriginError(f"origin response refused: {j.reason}", retryable=False)
     vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
     primary = req.primary or req.entry_key.split("\n", 1)[0]
@@ -105,6 +112,15 @@ def judge_head(
     if not decision.store:
         meta = replace(meta, headers=served)  # never stored: its own client gets every field
     return FillHead(body_status, meta, start, end, keep, keep, decision.reason, key, variant(vary, req.headers), served)
+
+
+def _told_length(status: int, headers: Headers) -> int | None:
+    """The object's length a 416 to a fill's range tells (`Content-Range: bytes */N`); none from a 206, nor from a
+    416 that varies (another variant of the object may be of another length)."""
+    told = ranges.parse_content_range(get_first(headers, "content-range")) if status == 416 else None
+    if told is None or told.first is not None or entry.vary_names(headers):
+        return None
+    return told.length
 
 
 def _alive(store: Store, req: FillRequest, primary: str, request_time: float, existing: ObjectMeta | None) -> bool:

@@ -333,8 +333,9 @@ class EdgeHandler:
             waited = time.monotonic()
             head = await fill.head
             observe.trace(request).origin_ms = round((time.monotonic() - waited) * 1000, 3)
-        except RangeMismatch:
-            return await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
+        except RangeMismatch as exc:  # a 416 that tells the length may answer the client's range at once
+            answer = await serving.past_the_end(request, req, exc)
+            return answer or await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
         except VersionChanged:
             raise  # not the origin's failure: the object is fetched again (_cached_loop)
         except OriginError:

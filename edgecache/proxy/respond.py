@@ -158,6 +158,17 @@ PRECONDITION_FAILED = b"precondition failed\n"
 NOT_SATISFIABLE = b"range not satisfiable\n"
 
 
+async def send_unsatisfiable(request: web.BaseRequest, base: list[tuple[str, str]], length: int) -> web.StreamResponse:
+    """The 416 to a Range no byte of a `length`-byte object satisfies, as a stored entry's (plan_answer); `base`:
+    base_headers() for the object."""
+    planned = _small(request.method, 416, [*base, ("Content-Range", f"bytes */{length}")], NOT_SATISFIABLE)
+    resp = _response(planned.status, planned.fields)
+    await resp.prepare(request)
+    if planned.body:
+        await resp.write(planned.body)
+    return resp
+
+
 def _small(method: str, status: int, base: list[tuple[str, str]], body: bytes) -> Planned:
     """An answer whose body is the node's own text, not the object's: no field that describes the object's
     representation, then its type and length (a HEAD's too, with no body)."""

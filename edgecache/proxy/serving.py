@@ -15,19 +15,46 @@ from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import FillPlan, cold_run, needed_slices, plan_fill, stored_run
 from edgecache.core.freshness import Use, current_age
-from edgecache.core.headers import get_first
+from edgecache.core.headers import Headers, get_first
 from edgecache.core.ring import Member
 from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
 from edgecache.errors import ClientError
 from edgecache.proxy import observe, reading
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, FillHead, answered_from, fill_detail
+from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.passthrough import pass_through
-from edgecache.proxy.respond import answer_slices, base_headers, plan, send, send_stream
+from edgecache.proxy.respond import answer_slices, base_headers, plan, send, send_stream, send_unsatisfiable
 from edgecache.storage.store import slice_name
 
 CACHED_METHODS = frozenset({"GET", "HEAD"})
+
+
+# A client's own conditions the origin's 416 to a fill's range cannot judge (it was asked without them)
+_CONDITIONS = ("if-range", "if-match", "if-unmodified-since", "if-none-match", "if-modified-since")
+
+
+def unsatisfiable_for(method: str, headers: Headers, exc: RangeMismatch) -> int | None:
+    """The object length the origin's 416 to a miss's fill told, when it leaves the client's own Range (with no
+    condition of its own) unsatisfiable too: the client's answer is that 416, with no second origin request."""
+    if exc.length is None or method not in CACHED_METHODS:
+        return None
+    if any(get_first(headers, name) is not None for name in _CONDITIONS):
+        return None
+    rng = ranges.resolve(get_first(headers, "range"), exc.length)
+    return exc.length if isinstance(rng, ranges.Unsatisfiable) else None
+
+
+async def past_the_end(request: web.BaseRequest, req: FillRequest, exc: RangeMismatch) -> web.StreamResponse | None:
+    """The 416 a miss gets when its fill's 416 told a length its Range is past the end of (unsatisfiable_for);
+    None: pass it through."""
+    length = unsatisfiable_for(request.method, req.headers, exc)
+    if length is None:
+        return None
+    observe.mark(request, CacheStatus.MISS)
+    base = [*base_headers(exc.fields, 0, cache_status_header(CacheStatus.MISS)), ("Accept-Ranges", "bytes")]
+    return await send_unsatisfiable(request, base, length)
 
 
 def first_index(engine: Engine, request: web.BaseRequest, meta: ObjectMeta | None) -> tuple[int, int | None]:

@@ -186,12 +186,34 @@ async def test_an_empty_object_first_asked_by_head_or_range_is_never_stored_as_4
         async with edge.session.head(edge.url + "/empty.bin", headers={"Host": "video.test"}) as r:
             assert (r.status, r.headers["Content-Length"]) == (200, "0")
         status, headers, body = await edge.get("/empty.bin", Range="bytes=0-9")
-        assert (status, headers["Content-Range"], body) == (416, "bytes */0", b"")
+        assert (status, headers["Content-Range"], body) == (416, "bytes */0", b"range not satisfiable\n")
     for _ in range(2):
         status, headers, body = await edge.get("/empty.bin")
         assert (status, headers["Content-Length"], body) == (200, "0", b"")
     assert headers["Cache-Status"] == "edgecache; hit"
     assert origin.range_hits("/empty.bin")[-1] is None  # the plain GET's fill asked for the whole object
+
+
+async def test_a_range_past_the_end_of_a_cold_object_costs_one_origin_request(edge: Edge, origin: Origin) -> None:
+    """The fill asks for the slice the client's range starts in; past the end, the origin's 416 tells the length
+    (`bytes */1000`), and the client's own range, unsatisfiable for it, is answered 416 at once: one request to the
+    origin, not the fill's and then a pass-through's. An empty object's any range alike."""
+    origin.put("/short.bin", b"x" * 1000)
+    origin.put("/none.bin", b"")
+    for n in (1, 2):
+        status, headers, body = await edge.get("/short.bin", Range="bytes=5000000-")
+        assert (status, headers["Content-Range"], body) == (416, "bytes */1000", b"range not satisfiable\n")
+        assert origin.hits["/short.bin"] == n
+        status, headers, body = await edge.get("/none.bin", Range="bytes=0-9")
+        assert (status, headers["Content-Range"], body) == (416, "bytes */0", b"range not satisfiable\n")
+        assert origin.hits["/none.bin"] == n
+    assert origin.range_hits("/short.bin") == ["bytes=4194304-8388607"] * 2
+    # A client If-Range the fill's 416 cannot judge: passed through as before (the origin's own 416, no body)
+    status, headers, body = await edge.get("/none.bin", Range="bytes=0-9", **{"If-Range": '"v1"'})
+    assert (status, headers["Content-Range"], body) == (416, "bytes */0", b"")
+    assert origin.range_hits("/none.bin")[-2:] == ["bytes=0-1048575", "bytes=0-9"]
+    status, _, body = await edge.get("/short.bin")
+    assert (status, body) == (200, b"x" * 1000)
 
 
 async def test_if_range(edge: Edge, origin: Origin) -> None:
