@@ -37,6 +37,15 @@ def version_of(headers: Headers, length: int | None) -> str | None:
     return None
 
 
+def weak_twins(a: Headers, b: Headers) -> bool:
+    """Whether two answers' ETags are one tag, weak in one and strong in the other (`W/"x"` and `"x"`): an origin
+    that answers some ranges of an object with the weak form and others with the strong (two backends, or a
+    compressing layer in front of some of them)."""
+    x, y = (get_first(a, "etag") or "").strip(), (get_first(b, "etag") or "").strip()
+    tag = x.removeprefix("W/")
+    return x != y and tag.startswith('"') and tag == y.removeprefix("W/")
+
+
 def same_last_modified(stored: Headers, fresh: Headers) -> bool:
     """Whether a response's Last-Modified agrees with a stored copy's: unless both are strong and name different
     times, they do.

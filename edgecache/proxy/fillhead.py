@@ -51,6 +51,11 @@ _new_prefix()
 os.register_at_fork(after_in_child=_new_prefix)
 
 
+def new_token() -> str:
+    """A token no copy of any object has had: a new copy's, whose slices are never read for an earlier one."""
+    return _unique()
+
+
 def _unique() -> str:
     return f"{_unique_prefix}{next(_unique_counter):x}"
 

@@ -4,15 +4,20 @@ that brings another raises VersionChanged rather than mixing two versions in one
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 
 from edgecache import metrics
-from edgecache.core import ranges
+from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, Released
+from edgecache.proxy.fillhead import RangeMismatch, new_token
 from edgecache.proxy.fillrequest import FillRequest
+
+log = logging.getLogger(__name__)
 
 _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
 _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
@@ -102,7 +107,36 @@ async def read_slice(
             return
         except Released:
             released = True  # read the slice as stored, or fetch it again if the store lost it
+        except (RangeMismatch, VersionChanged) as exc:
+            if await _disagreed(engine, req, meta, fill, exc):
+                raise VersionChanged(f"the origin's slices of {meta.version} disagree: fetched whole now") from exc
+            raise
     raise OriginError(f"slice {index} could not be read")
+
+
+async def _disagreed(engine: Engine, req: FillRequest, meta: ObjectMeta, fill: Fill, exc: OriginError) -> bool:
+    """Whether the fill of a slice the stored copy `meta` lacks met an origin whose answers to one object's ranges
+    disagree: a range it answered with another (shifted, or of unknown length: RangeMismatch), or the same ETag
+    weak in one answer and strong in another. Such a copy is never completed by ranges: it is replaced by an empty
+    one of the same version (a new token: nothing of the old is read for it) that is fetched whole from now on, so
+    that the next answer is whole and exact, not cut at the same slice for good. A real new version is no such
+    thing: the fill has stored it, and the next request reads it."""
+    if meta.whole:
+        return False
+    head = fill.head
+    brought = head.result() if head.done() and not head.cancelled() and head.exception() is None else None
+    twins = brought is not None and entry.weak_twins(meta.headers, brought.meta.headers)
+    if isinstance(exc, VersionChanged) and not twins:
+        return False
+    current = engine.store.peek_meta(req.entry_key)
+    ours = {meta.slice_version} | ({brought.meta.slice_version} if brought is not None else set())
+    if current is not None and current.slice_version not in ours:
+        return False  # another copy was stored meanwhile: the request starts again with that one
+    log.warning("%s: the origin's answers to its ranges disagree (%s): fetched whole from now on", req.entry_key, exc)
+    whole = replace(meta, whole=True, token=new_token())
+    engine.store.remember_meta(req.entry_key, whole)
+    await engine.store.put_meta(req.entry_key, whole)
+    return True
 
 
 async def _from_fill(fill: Fill, meta: ObjectMeta, index: int, lo: int, hi: int) -> AsyncIterator[bytes | memoryview]:
