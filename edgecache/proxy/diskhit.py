@@ -176,25 +176,27 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
     served = metrics.Sources()
     metrics.SOURCES.set(served)
     shared.in_flight += 1
-    try:
-        indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), shared.engine.slice_size)
-        missing = await _missing_later(conn, p, indices[HELD:])
-        if (missing and not hit.fills) or not await _gather(conn, p, indices, missing, sources, held):
-            not_held(conn, p, t0)  # a look-aside never fills
-            return
-        fetches = [s for s in sources if isinstance(s, _Fetch)]
-        for later in fetches[1:]:  # read only once the slices before them are sent: their disk look is old by then
-            later.looked = False
-        partial = await _settled(conn, p, raw, await _partial(conn, p, fetches) if fetches else p)
-        if partial is not None:
-            await _send_parts(conn, partial, sources, served, t0)
-    finally:
-        shared.in_flight -= 1
-        for f in held:
-            f.release()
-        for fetch in sources:
-            if isinstance(fetch, _Fetch) and fetch.chunks is not None:
-                await fetch.chunks.aclose()
+    # A fill of the whole object runs while it is read (Engine.unread)
+    with shared.engine.reading(hit.req.entry_key):
+        try:
+            indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), shared.engine.slice_size)
+            missing = await _missing_later(conn, p, indices[HELD:])
+            if (missing and not hit.fills) or not await _gather(conn, p, indices, missing, sources, held):
+                not_held(conn, p, t0)  # a look-aside never fills
+                return
+            fetches = [s for s in sources if isinstance(s, _Fetch)]
+            for later in fetches[1:]:  # read only once the slices before them are sent: their disk look is old by then
+                later.looked = False
+            partial = await _settled(conn, p, raw, await _partial(conn, p, fetches) if fetches else p)
+            if partial is not None:
+                await _send_parts(conn, partial, sources, served, t0)
+        finally:
+            shared.in_flight -= 1
+            for f in held:
+                f.release()
+            for fetch in sources:
+                if isinstance(fetch, _Fetch) and fetch.chunks is not None:
+                    await fetch.chunks.aclose()
 
 
 async def _gather(
@@ -317,6 +319,7 @@ async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], served
     conn.sent(p, t0)
     try:
         for source in sources:
+            _still_there(conn, transport)
             if isinstance(source, _Later):
                 await _send_later(conn, transport, p, source)
             else:
@@ -401,6 +404,7 @@ async def _send_fetched(conn: FastPath, transport: asyncio.Transport, p: Prepare
         transport.write(fetch.first)
         sent += len(fetch.first)
     async for chunk in fetch.chunks:
+        _still_there(conn, transport)  # a closed transport drops what it is given: the fill would run for nobody
         transport.write(chunk)
         sent += len(chunk)
         if conn.write_paused:
@@ -408,6 +412,11 @@ async def _send_fetched(conn: FastPath, transport: asyncio.Transport, p: Prepare
     if sent != fetch.hi - fetch.lo:
         raise OriginError(f"slice {fetch.index} gave {sent} bytes, expected {fetch.hi - fetch.lo}")
     return sent
+
+
+def _still_there(conn: FastPath, transport: asyncio.Transport) -> None:
+    if transport.is_closing() or conn.transport is not transport:
+        raise ConnectionResetError("the client went away")
 
 
 async def _send_file(conn: FastPath, transport: asyncio.Transport, f: SliceFile, lo: int, hi: int) -> int:

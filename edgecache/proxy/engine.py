@@ -12,7 +12,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Coroutine
+from collections import Counter
+from collections.abc import Coroutine, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +35,10 @@ from edgecache.storage.store import Store, slice_name
 log = logging.getLogger(__name__)
 
 
+class _Unread(OriginError):
+    """Nobody reads a fill of a whole object any more (Engine.unread)."""
+
+
 class Engine:
     def __init__(self, store: Store, origin: OriginClient, slice_size: int, fill_slices: int) -> None:
         self.store = store
@@ -46,6 +51,7 @@ class Engine:
         self.ghosts = Ghosts()  # slices the memory tier evicted: a miss on one is "evicted", not "cold"
         store.memory.on_evict = self.ghosts.add
         self.cluster: ClusterView | None = None  # set in a cluster: a miss here asks the previous owner first
+        self._reading: Counter[str] = Counter()  # answers being sent from an entry's bytes, by entry key
 
     def _spawn(
         self, coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[None]] | None = None
@@ -55,6 +61,30 @@ class Engine:
         group.add(task)
         task.add_done_callback(group.discard)
         return task
+
+    @contextlib.contextmanager
+    def reading(self, entry_key: str) -> Iterator[None]:
+        """While an answer is sent from an entry's bytes, wherever they come from (its fills, memory or disk): the
+        entry's fills of the whole object go on (unread)."""
+        self._reading[entry_key] += 1
+        for fill in self.fills.of(entry_key):
+            fill.attended = True
+        try:
+            yield
+        finally:
+            self._reading[entry_key] -= 1
+            if not self._reading[entry_key]:
+                del self._reading[entry_key]
+
+    def unread(self, fill: Fill, end: int | None) -> bool:
+        """Does nobody read the fill of a whole object now that someone has (or the request that started it has
+        gone)? Then it ends at the slice boundary it has reached, as nginx's slice module and ATS end theirs;
+        unless no more than a run of slices (what one miss may fetch: fill_slices) is left before its `end`."""
+        if fill.last_index is not None or fill.background or not fill.attended or fill.readers:
+            return False
+        if end is not None and end - fill.received <= self.fill_slices * self.slice_size:
+            return False
+        return not self._reading.get(fill.entry_key)
 
     async def flush(self) -> None:
         """Until every slice received so far is written to the disk tier."""
@@ -119,13 +149,15 @@ class Engine:
         """One origin request for slices first..last (last None: the whole object, no Range sent); `background`:
         the revalidation of `validate`, served stale meanwhile (revalidate_in_background)."""
         fill = Fill(req.entry_key, first, last, self.slice_size)
+        fill.attended = bool(self._reading.get(req.entry_key))  # for a reader of the entry already
+        fill.background = background
         metrics.FILLS.inc()
         if shared:
             self.fills.add(fill)
-        self._spawn(self._run_fill(fill, req, validate, background))
+        self._spawn(self._run_fill(fill, req, validate))
         return fill
 
-    async def _run_fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None, background: bool) -> None:
+    async def _run_fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
         try:
             await self._fill(fill, req, validate)
         except asyncio.CancelledError:
@@ -138,7 +170,7 @@ class Engine:
             fill.fail(OriginError(f"internal error: {exc}"))
         finally:
             self.fills.remove(fill)
-        if background and validate is not None:
+        if fill.background and validate is not None:
             await self._end_unkept(fill, req.entry_key, validate)
 
     async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
@@ -242,18 +274,28 @@ class Engine:
         if head.store:
             fill.from_store = functools.partial(self._stored_slice, req.entry_key, head.meta)
         size = self.slice_size
+        reached = fill.received // size  # the slice boundary last passed: where the fill may stop (unread)
         try:
             async for chunk in read_chunks(resp):
                 if head.end is not None and fill.received + len(chunk) > head.end:
                     raise OriginError("origin sent more bytes than it announced", retryable=False)
                 for lo in range(0, len(chunk), size):  # a slice's worth at a time, each once the fill has room
+                    if fill.received // size != reached:
+                        reached = fill.received // size
+                        if self.unread(fill, head.end):
+                            raise _Unread(f"nobody reads the fill past {fill.received} bytes")
                     await fill.room()
                     fill.feed(chunk if len(chunk) <= size else memoryview(chunk)[lo : lo + size], on_complete)
             if head.end is not None and fill.received != head.end:
                 raise OriginError(f"origin body cut at {fill.received} of {head.end} bytes")
-        except OriginError:
+        except OriginError as exc:
             if head.meta.length < 0 and stored:  # a cut body of unknown length: its slices name no object
                 self._spawn(self._forget(req.entry_key, version, stored, writes), self._writes)
+            if isinstance(exc, _Unread):  # the slices complete so far are stored; the origin connection goes
+                log.info("%s: %s", req.entry_key, exc)
+                resp.close()
+                fill.stop()
+                return
             raise
         fill.finish(on_complete)
         if head.store and head.meta.length < 0:

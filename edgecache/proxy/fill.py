@@ -144,6 +144,13 @@ class Fill:
         self.backpressure = False  # one private reader: the producer waits for it instead of dropping slices
         self.streamed = False  # whoever started it streams the body should it turn out private
         self._read_pos = 0
+        # A fill of the whole object runs while a client reads it (Engine.unread): once one has read it, or the
+        # request that started it has gone, it ends at the first slice boundary nobody reads past. Not a
+        # background revalidation's (`background`), which nobody reads and which brings the object whole.
+        self.attended = False
+        self.background = False
+        self.readers = 0  # read() and stream() iterations under way
+        self._stopped = False
 
     # --- producer side (the fill task) ---------------------------------------------------------------------
 
@@ -210,6 +217,12 @@ class Fill:
             self.head.exception()  # a fill nobody waits on must not warn "exception never retrieved"
         self._wake()
 
+    def stop(self) -> None:
+        """Nobody reads the fill any more: it ends at a slice boundary, every complete slice stored. A reader that
+        comes for a slice it never brought reads it as stored, or starts a fill of its own (Released)."""
+        self._stopped = self._done = True
+        self._wake()
+
     def _finish_slice(self, index: int, on_complete: Callable[[int, bytes], None]) -> None:
         buf = self._bufs[index]
         data = buf.join() if isinstance(buf, _Parts) else buf
@@ -246,7 +259,8 @@ class Fill:
 
     @property
     def failed(self) -> bool:
-        return self.done and self._error is not None
+        """It brings no more bytes than it has: failed, or stopped (no request may join it)."""
+        return self.done and (self._error is not None or self._stopped)
 
     @property
     def received(self) -> int:
@@ -265,39 +279,48 @@ class Fill:
         Raises the fill's error if it fails before they are in, and Released if the fill dropped the slice.
         """
         base = index * self.slice_size
-        while lo < hi:
-            buf = self._bufs.get(index)
-            have = len(buf) if buf is not None else 0
-            if have > lo:
-                assert buf is not None
-                piece = _piece(buf, lo, hi)
-                yield piece
-                lo += len(piece)
-                continue
-            if self._error is not None:
-                raise self._error
-            if index in self._complete or (buf is None and self._pos > base + lo):
-                raise Released(f"slice {index} released")
-            if self._done:
-                raise OriginError("origin body ended before the requested bytes")
-            await self._changed.wait()
+        self.readers += 1
+        self.attended = True
+        try:
+            while lo < hi:
+                buf = self._bufs.get(index)
+                have = len(buf) if buf is not None else 0
+                if have > lo:
+                    assert buf is not None
+                    piece = _piece(buf, lo, hi)
+                    yield piece
+                    lo += len(piece)
+                    continue
+                if self._error is not None:
+                    raise self._error
+                if index in self._complete or (buf is None and self._pos > base + lo) or self._stopped:
+                    raise Released(f"slice {index} released")
+                if self._done:
+                    raise OriginError("origin body ended before the requested bytes")
+                await self._changed.wait()
+        finally:
+            self.readers -= 1
 
     async def stream(self) -> AsyncGenerator[memoryview, None]:
         """The whole body from its first byte to its end, as it arrives: the private reader of a fill, or a reader
         of a body of unknown length. A complete slice the fill let go is read back through `from_store`. Its bytes
         are the origin's as served bytes (a peer's cache answers only what it stores whole: core.lookaside), counted
         here for both request paths."""
+        self.readers += 1
+        self.attended = True
         try:
             async for piece in self._stream():
                 _FROM_ORIGIN.inc(len(piece))
                 yield piece
         finally:
+            self.readers -= 1
             self.abandon()
 
     def abandon(self) -> None:
         """The private reader is gone, or will never come (its request went another way): the producer waits for
         nobody now, so let it stop. Nothing for a shared fill, whose producer waits for no reader; one left before
         the head came is remembered, for a head that turns out private."""
+        self.attended = True
         if not self._done:
             self._reader_gone = True
             self._wake()
@@ -320,6 +343,8 @@ class Fill:
                 continue
             if self._error is not None:
                 raise self._error
+            if self._stopped:  # never a short body passed as whole
+                raise OriginError("the fill stopped before the end of the body")
             if self._done and pos >= self._pos:
                 return
             if buf is None and self._pos > pos:
@@ -348,6 +373,9 @@ class FillRegistry:
 
     def add(self, fill: Fill) -> None:
         self._by_key.setdefault(fill.entry_key, []).append(fill)
+
+    def of(self, entry_key: str) -> list[Fill]:
+        return self._by_key.get(entry_key, [])
 
     def remove(self, fill: Fill) -> None:
         fills = self._by_key.get(fill.entry_key)

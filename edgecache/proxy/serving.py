@@ -130,14 +130,15 @@ async def serve(
     observe.mark(request, status)
     age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
     headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
-    return await send(
-        request,
-        req.headers,
-        meta,
-        headers,
-        lambda f, last: reading.read_range(engine, req, meta, f, last),
-        in_memory=lambda f, last: reading.memory_range(engine, req, meta, f, last),
-    )
+    with engine.reading(req.entry_key):  # a fill of the whole object it starts runs while it is read
+        return await send(
+            request,
+            req.headers,
+            meta,
+            headers,
+            lambda f, last: reading.read_range(engine, req, meta, f, last),
+            in_memory=lambda f, last: reading.memory_range(engine, req, meta, f, last),
+        )
 
 
 async def _completed(
@@ -210,7 +211,8 @@ async def serve_fill(
             return await pass_through(request, engine.origin, req, status)
         # Read from this miss's fill, wherever it has put the bytes by now: the origin's, as they are counted.
         read = lambda f, last: reading.read_range(engine, req, meta, f, last, fill)  # noqa: E731
-        return await send(request, req.headers, meta, headers, read)
+        with engine.reading(req.entry_key):  # the fill runs while it is read (Engine.unread)
+            return await send(request, req.headers, meta, headers, read)
     # Closed as soon as the answer ends, sent or not: a private fill then knows its one reader has left.
     async with contextlib.aclosing(fill.stream()) as body:
         return await send_stream(request, meta.status, headers, body, head.end)
