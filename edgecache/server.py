@@ -89,7 +89,8 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     if store.shared:
         store.attach_epoch(epoch or Epoch())
     await store.load_purges()
-    engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices)
+    # A body of unknown length is stored up to an eighth of the disk budget (README "Single-flight")
+    engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices, config.cache.disk_bytes // 8)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
     cluster = ClusterView(config.cluster) if config.cluster is not None else None
     tasks = [

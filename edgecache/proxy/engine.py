@@ -40,11 +40,16 @@ class _Unread(OriginError):
 
 
 class Engine:
-    def __init__(self, store: Store, origin: OriginClient, slice_size: int, fill_slices: int) -> None:
+    def __init__(
+        self, store: Store, origin: OriginClient, slice_size: int, fill_slices: int, max_unknown: int | None = None
+    ) -> None:
         self.store = store
         self.origin = origin
         self.slice_size = slice_size
         self.fill_slices = fill_slices
+        # A body of unknown length is stored up to this many bytes (None: no bound); past it, it is served to its
+        # clients but not stored, and what was stored of it is dropped: an endless body never evicts the cache.
+        self.max_unknown = max_unknown
         self.fills = FillRegistry()
         self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled at close
         self._writes: set[asyncio.Task[None]] = set()  # disk writes of complete slices: finished at close
@@ -263,7 +268,7 @@ class Engine:
         writes: list[asyncio.Task[None]] = []  # this fill's disk writes: what dropping its slices waits for
 
         def on_complete(index: int, data: bytes) -> None:
-            if head.store:
+            if head.store and fill.kept and not self._past_bound(fill, head, index):
                 stored.append(index)
                 self.store.put_slice_memory(req.entry_key, version, index, data)
                 if req.spread_from is not None:  # a spread copy: in memory only, never written to disk
@@ -290,7 +295,7 @@ class Engine:
                 raise OriginError(f"origin body cut at {fill.received} of {head.end} bytes")
         except OriginError as exc:
             if head.meta.length < 0 and stored:  # a cut body of unknown length: its slices name no object
-                self._spawn(self._forget(req.entry_key, version, stored, writes), self._writes)
+                self._spawn(self._forget(req.entry_key, version, stored, writes, None), self._writes)
             if isinstance(exc, _Unread):  # the slices complete so far are stored; the origin connection goes
                 log.info("%s: %s", req.entry_key, exc)
                 resp.close()
@@ -298,8 +303,10 @@ class Engine:
                 return
             raise
         fill.finish(on_complete)
-        if head.store and head.meta.length < 0:
+        if head.store and head.meta.length < 0 and fill.kept:
             await self._store_length(req, head.meta, fill.received, stored, writes)
+        elif head.store and stored:  # past the bound: what was stored of it, once its streams no longer read it
+            self._spawn(self._forget(req.entry_key, version, stored, writes, fill), self._writes)
 
     async def _write_slice(self, fill: Fill, entry_key: str, version: str, index: int, data: bytes) -> None:
         # A failed write lets the fill drop its copy all the same: its bound holds whatever the disk does, and a
@@ -325,7 +332,7 @@ class Engine:
         primary = req.primary or req.entry_key.split("\n", 1)[0]
         current = self.store.peek_record(primary)
         if current is not None and current.generation != req.generation:
-            await self._forget(req.entry_key, meta.slice_version, stored, writes)  # invalidated meanwhile
+            await self._forget(req.entry_key, meta.slice_version, stored, writes, None)  # invalidated meanwhile
             return
         record = replace(current or PrimaryRecord(req.generation), vary=meta.vary)
         self.store.remember_record(primary, record)
@@ -334,8 +341,21 @@ class Engine:
             await self.store.put_record(primary, record)
             await self.store.put_meta(req.entry_key, meta)
 
-    async def _forget(self, entry_key: str, version: str, indices: list[int], writes: list[asyncio.Task[None]]) -> None:
-        """Drop slices of a body that will never be stored, once its own disk writes (already started) are done.
+    def _past_bound(self, fill: Fill, head: FillHead, index: int) -> bool:
+        """Does slice `index` of a body of unknown length take it past max_unknown? Then nothing more of the fill
+        is stored (Fill.kept), and no request joins it: one would need the slices it drops (_forget)."""
+        if head.meta.length >= 0 or self.max_unknown is None or (index + 1) * self.slice_size <= self.max_unknown:
+            return False
+        log.info("%s: a body of unknown length past %d bytes: not stored", fill.entry_key, self.max_unknown)
+        fill.kept = False
+        self.fills.remove(fill)
+        return True
+
+    async def _forget(
+        self, entry_key: str, version: str, indices: list[int], writes: list[asyncio.Task[None]], fill: Fill | None
+    ) -> None:
+        """Drop slices of a body that will never be stored, once its own disk writes (already started) are done,
+        and once `fill`'s streams no longer read them (a body past max_unknown is still sent whole).
 
         Only its own: waiting for every write in flight made two fills cut in the same turn wait for each other.
         """
@@ -343,6 +363,8 @@ class Engine:
             return  # more of a copy already stored (same strong ETag): its slices are its own
         if writes:
             await asyncio.wait(writes)
+        if fill is not None:
+            await fill.idle()
         for index in indices:
             name = slice_name(entry_key, version, index)
             self.store.memory.delete(name)

@@ -151,6 +151,10 @@ class Fill:
         self.background = False
         self.readers = 0  # read() and stream() iterations under way
         self._stopped = False
+        # Complete slices go to the store; not those of a body of unknown length past the engine's bound
+        # (Engine.max_unknown): the fill then lets go of what every stream has read, and the slowest paces it.
+        self.kept = True
+        self._streams: dict[object, int] = {}  # where each stream() is
 
     # --- producer side (the fill task) ---------------------------------------------------------------------
 
@@ -175,6 +179,7 @@ class Fill:
             if self._reader_gone and self.backpressure:
                 raise OriginError("the fill's only reader left")
             await self._changed.wait()
+            self._release_old()  # a stream moved on, or left
 
     def feed(self, chunk: bytes | memoryview, on_complete: Callable[[int, bytes], None]) -> None:
         """Append body bytes; call on_complete(index, data) for each slice this chunk finishes."""
@@ -240,10 +245,14 @@ class Fill:
     def _release_old(self) -> None:
         if self.last_index is not None:
             return  # a fill of a run keeps its few slices
+        newest = (self._pos - 1) // self.slice_size
         if self.backpressure:  # a private fill: what its one reader has read is needed no more
             old = [i for i in self._bufs if (i + 1) * self.slice_size <= self._read_pos]
+        elif not self.kept:  # nothing more is stored: what every stream has read is needed no more, nor the stored
+            floor = min(self._streams.values(), default=self._pos)
+            read = {i for i in self._bufs if (i + 1) * self.slice_size <= floor}
+            old = list(read | {i for i in self._durable if i < newest - WINDOW and i in self._bufs})
         else:  # stored slices behind a window of WINDOW kept for readers that lag a little
-            newest = (self._pos - 1) // self.slice_size
             old = [i for i in self._durable if i < newest - WINDOW and i in self._bufs]
         for i in old:
             self._held -= len(self._bufs.pop(i))
@@ -315,6 +324,12 @@ class Fill:
         finally:
             self.readers -= 1
             self.abandon()
+            self._wake()  # a producer paced by its streams (kept False) may go on
+
+    async def idle(self) -> None:
+        """Until no read() or stream() is under way."""
+        while self.readers:
+            await self._changed.wait()
 
     def abandon(self) -> None:
         """The private reader is gone, or will never come (its request went another way): the producer waits for
@@ -327,6 +342,15 @@ class Fill:
 
     async def _stream(self) -> AsyncIterator[memoryview]:
         pos = self.start
+        me = object()
+        self._streams[me] = pos
+        try:
+            async for piece in self._pieces(me, pos):
+                yield piece
+        finally:
+            del self._streams[me]
+
+    async def _pieces(self, me: object, pos: int) -> AsyncIterator[memoryview]:
         while True:
             index, offset = divmod(pos, self.slice_size)
             buf = self._bufs.get(index)
@@ -336,7 +360,8 @@ class Fill:
                 piece = _piece(buf, offset, have)
                 yield piece
                 pos += len(piece)
-                if self.backpressure:
+                self._streams[me] = pos
+                if self.backpressure or not self.kept:
                     self._read_pos = pos
                     self._release_old()
                     self._wake()

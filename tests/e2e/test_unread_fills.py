@@ -98,3 +98,38 @@ async def test_a_whole_object_fill_stops_once_its_client_has_left(edge: Edge, or
         assert (status, len(body), body == hook.data) == (200, size, True)
     else:  # a body of unknown length that never ended is no object: nothing of it is kept
         assert stored == 0
+
+
+@pytest.fixture(params=["fast", "framework"])
+async def small(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
+    """An edge whose disk holds 256 slices: a body of unknown length is stored up to an eighth of it, 32 slices."""
+    config = make_config(tmp_path / "cache", [origin.url], slice_bytes=SLICE, disk_bytes=256 * SLICE)
+    async with start_edge(replace(config, fast_path=request.param == "fast")) as e:
+        yield e
+
+
+async def test_a_body_of_unknown_length_is_stored_up_to_a_bound(small: Edge, origin: Origin) -> None:
+    """A chunked body past an eighth of the disk budget is served to its clients whole but never stored: its slices
+    so far are dropped, and no more are written, so that one endless body cannot evict the whole cache."""
+    size = 96 * SLICE
+    hook = Paced(size, size, length=False)
+    origin.on_request = hook
+    want = b"".join(hook.piece(at) for at in range(0, size, PIECE))
+    writes = 0
+    put = small.node.store.put_slice_disk
+
+    async def counted(entry_key: str, version: str, index: int, data: bytes) -> bool:
+        nonlocal writes
+        writes += 1
+        return await put(entry_key, version, index, data)
+
+    small.node.store.put_slice_disk = counted  # type: ignore[method-assign]
+    for n in (1, 2):
+        async with asyncio.timeout(20):
+            status, _, body = await small.get("/endless")
+            assert (status, len(body), body == want) == (200, size, True)
+            await asyncio.gather(*small.node.engine._tasks, return_exceptions=True)
+            await small.node.engine.flush()
+        assert origin.hits["/endless"] == n  # never stored, so never a hit: asked again
+        assert _stored(small) == 0
+    assert writes <= 2 * 32
