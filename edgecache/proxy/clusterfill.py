@@ -9,7 +9,7 @@ from dataclasses import replace
 from edgecache import metrics
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
-from edgecache.core import lookaside, ranges
+from edgecache.core import admit, lookaside, ranges
 from edgecache.core.forward import OriginRequest
 from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
@@ -59,8 +59,8 @@ async def from_owner(
     view: ClusterView, origin: OriginClient, req: FillRequest, sent: OriginRequest, owner: Member
 ) -> OriginResponse | None:
     """The owner's answer to the fill of a spread copy (core.popularity), taken as the origin's would be; None
-    when the owner could not be asked (then the origin is, as the next owner would): its failures are the
-    peer's, counted as such, and one that could not connect takes it down at once."""
+    when the owner could not be asked or did not serve it (then the origin is, as the next owner would): its
+    failures are the peer's, counted as such, and one that could not connect takes it down at once."""
     site, headers = _to_peer(view, req, sent, owner, look_aside=False)
     try:
         resp = await origin.to_peer(owner.id).request(site, sent.method, sent.target, headers)
@@ -68,6 +68,12 @@ async def from_owner(
         observe.peer_error(owner.id, exc)
         if exc.connect:
             view.failed(owner.id, f"fill from the owner: {exc}")
+        return None
+    if resp.status == admit.LOOPED.status:
+        # The owner did not honour the hop (the two clocks are further apart than hop.MAX_SKEW) and took the fill,
+        # whose Via names the cluster as every fill's does, for a request come back to the edge: nothing served.
+        resp.close()
+        metrics.PEER_ERRORS.labels(owner.id, "5xx").inc()
         return None
     resp.headers = lookaside.origin_fields(resp.headers)
     return resp

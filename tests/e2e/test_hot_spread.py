@@ -5,12 +5,13 @@ removes every copy.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from edgecache import metrics
-from edgecache.core import popularity
+from edgecache.core import hop, popularity
 from edgecache.core.keys import digest
 from edgecache.core.ring import Member, Ring
 from edgecache.storage.store import slice_name
@@ -171,3 +172,40 @@ async def test_each_request_counts_once_towards_an_objects_heat(origin: Origin, 
             counts.append(gate.asks)
         before = list(range(1, popularity.THRESHOLD))
         assert counts == before + ([34, 35, 36, 37] if fast else [32, 33, 34, 35])
+
+
+async def test_a_copy_the_owner_answers_508_is_filled_from_the_origin(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose clock is a minute behind the owner's: its hops are outside MAX_SKEW there, so not honoured,
+    and its copy's fill (whose Via names the cluster, as every fill's does) is a request that came back to the
+    edge, answered 508. The owner did not serve it: the copy is filled from the origin, as when the owner cannot be
+    asked, and no viewer gets the 508 (each request after the object is hot got it, and nothing was stored)."""
+    body = b"s" * 50_000
+    origin.put(HOT, body)
+    owner = Ring.of(Member(f"node{i}", "-") for i in (1, 2, 3)).owner(f"videos|video.test|{HOT}")
+    assert owner is not None
+    async with cluster(origin, tmp_path) as nodes:
+        edge = next(n.edge for n in nodes if n.edge.node.cluster and n.edge.node.cluster.self_id != owner.id)
+        view = edge.node.cluster
+        assert view is not None
+
+        def behind(
+            method: str, primary: str, request_id: str, viewer: str, failover: bool, look_aside: bool = False
+        ) -> str:
+            stamp = hop.Hop(view.self_id, int(time.time()) - 60, request_id, viewer, failover, look_aside)
+            return hop.sign(view.settings.key, stamp, method, primary)
+
+        monkeypatch.setattr(view, "hop_field", behind)
+        errors = metrics.PEER_ERRORS.labels(owner.id, "5xx").wrapped._value.get()
+        statuses = []
+        for _ in range(popularity.THRESHOLD + 3):
+            status, headers, got = await edge.get(HOT)
+            statuses.append((status, got == body, headers["Cache-Status"]))
+        assert statuses[-4:] == [
+            (200, True, "edgecache; fwd=uri-miss; stored"),  # from the origin
+            *[(200, True, "edgecache; hit")] * 3,
+        ]
+        assert {s[:2] for s in statuses} == {(200, True)}, statuses
+        assert origin.hits[HOT] == 2  # the owner's fill, and the copy's
+        assert metrics.PEER_ERRORS.labels(owner.id, "5xx").wrapped._value.get() - errors == 1
