@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from edgecache import metrics
 from edgecache.config import Config, OriginSettings, Site
-from edgecache.core.forward import via_sent
+from edgecache.core.forward import VIA, via_sent
 from edgecache.core.headers import Headers
 from edgecache.errors import ClientError, OriginError
 from edgecache.proxy import observe
@@ -144,8 +144,11 @@ class OriginClient:
 
     @property
     def via(self) -> str:
-        """The Via of this node's fills and passes (core.forward.via_sent), which core.admit.looped looks for."""
-        return via_sent(self.loop_token)
+        """The Via of this node's fills and passes (core.forward.via_sent), which core.admit.looped looks for; a
+        forward's to a peer (a to_peer view) is VIA alone, as the fast path's relay sends it (proxy.relay): a peer
+        that does not honour the forward's hop (clocks further apart than hop.MAX_SKEW) takes it for a client's,
+        as a hop's refusal means, never for a request come back to the edge through an origin (508)."""
+        return via_sent(self.loop_token) if self.peer is None else VIA
 
     @property
     def _who(self) -> str:

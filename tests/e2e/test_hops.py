@@ -173,6 +173,36 @@ async def test_a_replayed_hop_is_not_honoured(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_forward_whose_hop_is_too_old_is_a_clients_request_at_the_owner(
+    tmp_path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose clock is a minute behind the others: its hops are not honoured, so what it forwards is an
+    ordinary client request at the owner, which answers it as its own: a GET (on the full handler's path too), a
+    POST and a DELETE. The aiohttp path's forwards used to carry the cluster's loop token in their Via, unlike the
+    fast path's: the owner took each for a request come back through an origin, and answered 508."""
+    async with origins() as origs, cluster(origs, tmp_path, {}, fast_path=fast) as nodes:
+        for o in origs:
+            o.put("/late", BODY)
+        owner = owner_index("/late")
+        other = nodes[(owner + 1) % 3]
+        view = other.node.cluster
+        assert view is not None
+
+        def behind(
+            method: str, primary: str, request_id: str, viewer: str, failover: bool, look_aside: bool = False
+        ) -> str:
+            stamp = Hop(view.self_id, int(time.time()) - 60, request_id, viewer, failover, look_aside)
+            return sign(view.settings.key, stamp, method, primary)
+
+        monkeypatch.setattr(view, "hop_field", behind)
+        status, headers, body = await request(other, "/late")
+        assert (status, body, headers["Cache-Status"]) == (200, BODY, f"edgecache; fwd=uri-miss; stored, {FORWARDED}")
+        assert (await request(other, "/late", method="POST"))[0] == 201
+        assert (await request(other, "/late", method="DELETE"))[0] == 204
+        assert [o.hits["/late"] for o in origs] == [3 if i == owner else 0 for i in range(3)]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
 async def test_the_forwarding_node_judges_the_viewer_and_the_owner_logs_it(tmp_path: Path, fast: bool) -> None:
     """A site that allows 127.0.0.2 only: its viewer is served through the owner (whose view of the address is
     the forwarding node's, 127.0.0.1); 127.0.0.3 is refused where it connects and never reaches the owner."""
