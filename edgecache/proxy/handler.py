@@ -247,7 +247,9 @@ class EdgeHandler:
                 log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
                 if meta is not None:
                     await self.engine.store.drop_version(req.entry_key, meta)
-                validated = False
+                # The entry an adopted fill was started to revalidate is not taken again: looked up afresh (a purge
+                # met meanwhile keys the object elsewhere, where that entry's slices are not).
+                validated, adopted = False, None
                 continue
             if origin_ms is not None:  # the head came while the fast path waited for it (proxy.coldmiss)
                 observe.trace(request).origin_ms = origin_ms

@@ -5,6 +5,7 @@ answers, filled from the node the full handler fills from."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,3 +128,40 @@ async def test_a_slice_a_copy_lacks_comes_from_the_next_owner_once_its_owner_is_
             edge.node.store.memory.delete(slice_name(key, meta.slice_version, 0))
             assert (await edge.get(path))[::2] == (200, BODY)
             assert (asked, origin.hits[path]) == (["node2", "node3"], 0)
+
+
+async def test_a_purge_met_while_a_doubted_copy_is_revalidated_gives_the_new_bytes(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A node that may have missed purges (a pause) revalidates its hot copy with the owner, on the fast path,
+    which hands the fill to the full handler (a copy's fill is its); the purge it missed arrives while the owner
+    fetches the new version. The full handler looks the object up under the purged key, where the copy's slices are
+    not: the stored entry the fill revalidated is not what it holds any more. It used to take that entry as fresh
+    again on each of its three tries, read its slice from the fill of the new version, and answer 502 ("kept
+    changing"); it looks the object up afresh, and answers the new bytes."""
+    old, new = b"o" * 50_000, b"n" * 60_000
+    origin.put(HOT, old)
+    key = f"videos|video.test|{HOT}"
+    owner_id = Ring.of(Member(f"node{i}", "-") for i in (1, 2, 3)).owner(key)
+    assert owner_id is not None
+    async with cluster(origin, tmp_path) as nodes:
+        edges = [n.edge for n in nodes]
+        owner = next(e for e in edges if e.node.cluster and e.node.cluster.self_id == owner_id.id)
+        edge = next(e for e in edges if e.node.cluster and e.node.cluster.self_id != owner_id.id)
+        for _ in range(popularity.THRESHOLD + 1):
+            assert (await edge.get(HOT))[::2] == (200, old)
+        assert (await edge.get(HOT))[1]["Cache-Status"] == "edgecache; hit"  # its copy
+        origin.put(HOT, new, etag='"v2"')
+        await owner.node.store.invalidate(key)  # the purge, applied at the owner (and the other node)
+        edge.node.store.doubt(time.time())  # this node was paused meanwhile: it may have missed it
+        origin.gate = asyncio.Event()
+        asked = len(origin.seen)
+        answer = asyncio.create_task(edge.get(HOT))
+        async with asyncio.timeout(10):
+            await origin.wait_for_requests(asked + 1)  # the copy's revalidation, at the owner's origin
+        await edge.node.store.invalidate(key)  # the purge reaches this node now: caught up
+        edge.node.store.doubt(None)
+        origin.gate.set()
+        status, headers, body = await answer
+        assert (status, body == new) == (200, True), (status, headers.get("Cache-Status"), body[:100])
+        assert (await edge.get(HOT))[::2] == (200, new)
