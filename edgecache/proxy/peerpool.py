@@ -60,6 +60,7 @@ class PeerConn(asyncio.Protocol):
         self.reason = ""
         self.head_size = 0
         self.last_read = 0.0
+        self.sent_at = 0.0
         self.paused = False
         self.timer: asyncio.TimerHandle | None = None
 
@@ -70,7 +71,7 @@ class PeerConn(asyncio.Protocol):
         assert self.exchange is None, "send() while an exchange is in progress"
         self.exchange, self.head_only, self.got_head = exchange, head_only, False
         self.fields, self.reason, self.head_size, self.interim = [], "", 0, False
-        self.last_read = self.loop.time()
+        self.last_read = self.sent_at = self.loop.time()
         self.timer = self.loop.call_at(self.last_read + self.read_timeout, self._tick)
         self.transport.write(request)
 
@@ -94,6 +95,8 @@ class PeerConn(asyncio.Protocol):
         if self.exchange is None:
             return
         due = self.last_read + self.read_timeout
+        if not self.got_head:  # a head sent a byte at a time restarts no clock: it is whole within the timeout
+            due = self.sent_at + self.read_timeout
         if self.paused or self.loop.time() < due:
             self.timer = self.loop.call_at(max(due, self.loop.time() + 0.1), self._tick)
             return
