@@ -202,18 +202,22 @@ class OriginClient:
         session = self._bodies if body is not None else self._passes if passed else self._session
         paced = body if isinstance(body, ClientBody) else None
         last_error: OriginError | None = None
+        head_within = self.settings.connect_timeout + self.settings.read_timeout
         for i, base in enumerate(origins):
             started = time.monotonic()
             try:
-                raw = await session.request(
-                    method,
-                    base + target,
-                    headers=CIMultiDict(headers),
-                    data=body,
-                    allow_redirects=False,
-                    compress=None,
-                    chunked=None,
-                )
+                # sock_read restarts with each read: a head sent a byte at a time would hold the request for as
+                # long as the origin went on. Without a body to send, the head is whole within both timeouts.
+                async with asyncio.timeout(None if body is not None else head_within):
+                    raw = await session.request(
+                        method,
+                        base + target,
+                        headers=CIMultiDict(headers),
+                        data=body,
+                        allow_redirects=False,
+                        compress=None,
+                        chunked=None,
+                    )
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 _raise_if_stalled(paced, exc)
                 last_error = self._failed(site, base, exc)

@@ -167,3 +167,45 @@ async def test_origin_timeout_is_a_quick_504(origin: Origin, tmp_path: Path) -> 
             assert body.startswith(b"origin failed: ")
     finally:
         hold.set()
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "framework"])
+async def test_an_origin_that_sends_its_head_a_byte_at_a_time_is_a_504_within_the_read_timeout(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """Each byte came within the read timeout and restarted it: a fill waited for as long as the origin went on,
+    and every viewer of the object with it."""
+    from dataclasses import replace
+
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def dribble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            pass
+        finally:
+            writer.transport.abort()
+
+    server = await asyncio.start_server(dribble, "127.0.0.1", 0)
+    cfg = make_config(tmp_path / "c", [f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"])
+    cfg = replace(cfg, origin=replace(cfg.origin, read_timeout=0.5), fast_path=fast_path)
+    try:
+        async with start_edge(cfg) as edge:
+            for path in ("/a", "/b"):  # twice: nothing left behind
+                async with asyncio.timeout(5):
+                    status, body = await fetch(edge, path)
+                assert status == 504
+                assert body is not None
+                assert body.startswith(b"origin failed: "), body
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
