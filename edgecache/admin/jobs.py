@@ -32,7 +32,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,8 +89,9 @@ class Job:
     finished: float | None = None
 
     def view(self) -> dict[str, Any]:
-        d = asdict(self)
-        del d["urls"], d["resume"]
+        # Not asdict: it copies every URL (100,000 of them, 0.2 s on the loop) only for them to be dropped.
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("urls", "resume")}
+        d["failed"], d["renditions"] = dict(self.failed), list(self.renditions)
         d["total"] = len(self.urls)
         d["queued"] = len(self.urls) - self.done
         elapsed = (time.time() - self.started) if self.started else 0.0
@@ -418,7 +419,7 @@ class JobRunner:
             if job.id not in self.jobs:
                 return  # deleted meanwhile: never written back
             try:
-                await self.disk.put(f"job:{job.id}", json.dumps(asdict(job)).encode(), pinned=True)
+                await self.disk.put(f"job:{job.id}", json.dumps(vars(job)).encode(), pinned=True)
             except StorageError as exc:
                 log.warning("prefetch job %s not saved: %s", job.id, exc)
 

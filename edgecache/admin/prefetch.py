@@ -4,6 +4,7 @@ refused with 429 and the reason."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import re
@@ -85,7 +86,10 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: int) -> list[str]:
+CHECK_BATCH = 1_000  # URLs checked between two turns of the loop (10-40 us each: 40,000 in a 1 MiB list)
+
+
+async def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: int) -> list[str]:
     if not urls:
         raise bad("no URLs")
     if len(urls) > max_urls:
@@ -93,6 +97,8 @@ def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: int) ->
     router = Router((s.hosts, s) for s in config.sites)
     checked = []
     for i, url in enumerate(urls):
+        if i % CHECK_BATCH == CHECK_BATCH - 1:
+            await asyncio.sleep(0)  # the worker's clients are served between batches
         if not isinstance(url, str):
             raise bad(f"item {i} is not a string")
         try:
@@ -109,7 +115,7 @@ def prefetch_routes(current: Callable[[], Config], runner: JobRunner) -> list[we
         config = current()
         token = token_of(request)
         urls, opts = await _read(request)
-        checked = _check_urls(urls, config, token, runner.max_urls)
+        checked = await _check_urls(urls, config, token, runner.max_urls)
         try:
             job = await runner.submit(Job(id="", owner=token.name, urls=checked, **_options(opts)))
         except JobsFull as exc:
