@@ -15,7 +15,8 @@ lives), and it is stored as a log of purges replayed through the same function (
   all that cover an object, so they can no longer decide anything); a mark left with neither goes.
 A mark is never dropped for its age: the disk tier keeps an object until it is evicted, however stale, and
 dropping a generation would give the keys of everything stored before that purge back to lookups. Past
-MAX_MARKS scopes, a purge of a new scope is refused (TableFull); one of a broader scope takes their place.
+MAX_MARKS scopes of its site, a purge of a new scope is refused (TableFull); one of a broader scope takes their
+place.
 
 The cluster passes purges on as Entries (SyncLog, below): each has an identity, the node incarnation that took
 it from an operator and its number there, so a node applies each one once however often it hears of it, and can
@@ -35,13 +36,18 @@ MAX_MARKS = 10_000
 
 
 class TableFull(ValueError):
-    """The purge would leave more than MAX_MARKS scopes in the table; the message is the reason for the 429."""
+    """The purge would leave more than MAX_MARKS scopes of its site in the table; the message is the reason for
+    the 429."""
 
 
 @dataclass(frozen=True, slots=True)
 class Mark:
     generation: str = ""
     soft_before: float = 0.0  # entries stored before this are stale
+
+
+def _of(site: str, marks: Mapping[Scope, Mark]) -> int:
+    return sum(1 for key in marks if key[0] == site)
 
 
 def covers(outer: Scope, inner: Scope) -> bool:
@@ -99,9 +105,11 @@ class PurgeTable:
             marks[scope] = Mark(generation, 0.0)
         else:
             marks[scope] = Mark(old.generation, max(old.soft_before, soft_at or 0.0))
-        if limit is not None and len(marks) > max(limit, len(self.marks)):  # a table over it may still shrink
-            raise TableFull(
-                f"the purge table holds {len(self.marks)} directories and sites (at most {limit}): purge a "
+        # Each site's own bound: one provider's purges must not leave another's refused.
+        site = scope[0]
+        if limit is not None and (n := _of(site, marks)) > limit and n > (held := _of(site, self.marks)):
+            raise TableFull(  # a share over the bound (a smaller bound, an old log) may still shrink
+                f"the purge table holds {held} directories of site {site!r} (at most {limit} a site): purge a "
                 "broader prefix or the whole site, which takes the place of those under it"
             )
         return PurgeTable(marks, self.unsure_before)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edgecache.config import Site
 from edgecache.core.purge import PurgeTable
-from tests.e2e.adminkit import AdminNode, admin_node, node_config
+from tests.e2e.adminkit import VIDEOS, AdminNode, admin_node, node_config
 from tests.origin import Origin
 
 SITE, HOST = "videos", "video.test"
@@ -88,8 +89,8 @@ async def test_a_new_scope_past_the_limit_gets_429_and_a_broader_purge_still_wor
         assert (status, answer) == (
             429,
             {
-                "error": "the purge table holds 3 directories and sites (at most 3): purge a broader prefix or the "
-                "whole site, which takes the place of those under it"
+                "error": "the purge table holds 3 directories of site 'videos' (at most 3 a site): purge a broader "
+                "prefix or the whole site, which takes the place of those under it"
             },
         )
         await purge(node, {"prefix": "http://video.test/d0/"})  # a scope it has: no new entry
@@ -134,3 +135,34 @@ async def test_a_site_purge_holds_after_a_restart_that_lists_the_disks_in_anothe
             assert (status, body) == (200, p.encode() * 1000)
             assert headers["Cache-Status"] == ("edgecache; hit" if p == "/p2" else "edgecache; fwd=uri-miss; stored")
     assert {p: origin.hits[p] for p in paths} == {"/p0": 2, "/p1": 3, "/p2": 2, "/p3": 2, "/p4": 1, "/p5": 1}
+
+
+async def test_one_providers_purges_leave_another_sites_share_of_the_table(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound was the node's: one provider's token, with 10,000 directory purges of its own site (31 s of
+    requests), left every other provider's directory purges refused with 429 until an operator purged that site
+    whole. The bound is each site's now."""
+    purged = PurgeTable.purged
+    monkeypatch.setattr(
+        PurgeTable, "purged", lambda self, scope, gen, soft, limit=3: purged(self, scope, gen, soft, limit)
+    )
+    other = Site(name="other", hosts=("other.test",), origins=(origin.url,))
+    origin.put("/news/a", b"old")
+    async with admin_node(node_config(origin, tmp_path / "c", other)) as node:
+        assert (await node.edge.get("/news/a", host="other.test"))[2] == b"old"
+        for i in range(3):
+            status, answer = await node.call("POST", "/purge", VIDEOS, json={"prefix": f"http://video.test/d{i}/"})
+            assert status == 200, answer
+        status, answer = await node.call("POST", "/purge", VIDEOS, json={"prefix": "http://video.test/d3/"})
+        assert (status, answer) == (
+            429,
+            {
+                "error": "the purge table holds 3 directories of site 'videos' (at most 3 a site): purge a broader "
+                "prefix or the whole site, which takes the place of those under it"
+            },
+        )
+        await purge(node, {"prefix": "http://other.test/news/"})
+        origin.put("/news/a", b"new")
+        assert (await node.edge.get("/news/a", host="other.test"))[2] == b"new"
+    assert origin.hits["/news/a"] == 2

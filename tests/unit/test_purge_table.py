@@ -95,7 +95,7 @@ def test_a_new_scope_past_the_limit_is_refused_and_a_broader_one_is_not() -> Non
     table = PurgeTable()
     for i in range(3):
         table = table.purged(("s", "h", f"/d{i}/"), f"g{i}", None, limit=3)
-    with pytest.raises(TableFull, match=r"holds 3 directories and sites \(at most 3\)"):
+    with pytest.raises(TableFull, match=r"holds 3 directories of site 's' \(at most 3 a site\)"):
         table.purged(("s", "h", "/d3/"), "g3", None, limit=3)
     assert table.purged(("s", "h", "/d0/"), "again", None, limit=3).marks.keys() == table.marks.keys()
     assert set(table.purged(("s", "h", "/"), "root", None, limit=3).marks) == {("s", "h", "/")}
