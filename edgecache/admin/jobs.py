@@ -14,8 +14,8 @@ the oldest) that is inside its window and below its own concurrency: a job of hi
 takes the slots as the running URLs of a lower one finish (pre-emption between URLs, never within one). A job
 whose window closes takes no new URL (its URLs in flight finish) and resumes when the window opens again.
 
-Jobs are stored in the disk tier as they progress and resume after a restart. They are bounded: at most
-max_jobs are kept (a new one past that is refused), a finished one is forgotten `keep` seconds after it ended,
+Jobs are stored in the disk tier as they progress and resume after a restart. They are bounded: each token keeps
+at most max_jobs (its new one past that is refused), a finished one is forgotten `keep` seconds after it ended,
 DELETE of a queued or running job cancels it (it stays listed, as cancelled) and DELETE of a finished one
 forgets it at once.
 """
@@ -52,7 +52,7 @@ MAX_URLS = 100_000  # per job, URLs found in manifests included
 # to be parsed, would otherwise take as much of the worker's memory.
 MAX_MANIFEST = 32 * 1024 * 1024
 KEEP = 24 * 3600.0  # seconds a finished job stays listed (config: admin.job_retention)
-MAX_JOBS = 1_000  # jobs kept, in any state (config: admin.max_jobs)
+MAX_JOBS = 1_000  # jobs kept per token, in any state (config: admin.max_jobs)
 SLOTS = 16  # fetches in flight across all jobs (config: admin.prefetch_slots)
 RECHECK = 60.0  # at most this long between looks at the clock: a clock set forward or a DST change is seen
 STATES = ("queued", "waiting-window", "running", "done", "cancelled", "failed")
@@ -275,10 +275,10 @@ class JobRunner:
 
     async def submit(self, job: Job) -> Job:
         await self.prune(time.time())
-        if len(self.jobs) >= self.max_jobs:
+        if (kept := sum(j.owner == job.owner for j in self.jobs.values())) >= self.max_jobs:  # a token's own bound
             raise JobsFull(
-                f"{len(self.jobs)} prefetch jobs are kept (at most {self.max_jobs}): delete finished ones "
-                f"(DELETE /prefetch/{{id}}) or wait until they expire, {self.keep:.0f} s after they end"
+                f"{kept} prefetch jobs of {job.owner!r} are kept (at most {self.max_jobs} a token): delete finished "
+                f"ones (DELETE /prefetch/{{id}}) or wait until they expire, {self.keep:.0f} s after they end"
             )
         job.id = job.id or secrets.token_hex(8)
         self.jobs[job.id] = job

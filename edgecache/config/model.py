@@ -161,6 +161,6 @@ class Config:
     cluster: ClusterSettings | None = None
     tokens: tuple[Token, ...] = ()
     job_retention: float = 86400.0  # seconds a finished prefetch job stays listed (and on disk)
-    max_jobs: int = 1000  # prefetch jobs kept, in any state; a new one past this gets 429
+    max_jobs: int = 1000  # prefetch jobs kept per token, in any state; its new one past this gets 429
     prefetch_slots: int = 16  # URLs fetched at once by all prefetch jobs together, given out by priority
     extra: dict[str, Any] = field(default_factory=dict)

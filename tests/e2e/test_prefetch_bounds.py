@@ -115,7 +115,7 @@ async def test_jobs_past_the_bound_are_refused_until_one_is_deleted(origin: Orig
         first, second = [(await submit(node, body))[1]["id"] for _ in range(2)]
         status, answer = await submit(node, body)
         assert status == 429
-        assert "2 prefetch jobs are kept (at most 2)" in str(answer["error"])
+        assert "2 prefetch jobs of 'ops' are kept (at most 2 a token)" in str(answer["error"])
         assert len(node.jobs.jobs) == 2
         status, gone = await node.call("DELETE", f"/prefetch/{first}")
         assert (status, gone) == (200, {"cancelled": first, "state": "waiting-window"})
@@ -299,6 +299,25 @@ async def test_a_url_a_purge_refuses_is_refused_by_a_prefetch_job_too(origin: Or
             assert fetched[1]["error"].startswith("item 0: "), fetched
         assert (await node.call("GET", "/prefetch"))[1] == []
     assert origin.seen == []
+
+
+async def test_one_providers_jobs_leave_another_token_its_share(origin: Origin, tmp_path: Path) -> None:
+    """max_jobs was the node's: one provider's token, with 1,000 jobs in a window that never opens (a minute of
+    requests), left every other token's POST /prefetch refused with 429, and none could delete them (another
+    provider's jobs are answered 404). The bound is each token's now."""
+    origin.put("/a", b"a")
+    async with admin_node(node_config(origin, tmp_path / "c"), max_jobs=2) as node:
+        later = {"urls": ["http://video.test/later"], "window": closed_window()}
+        for _ in range(2):
+            assert (await node.call("POST", "/prefetch", VIDEOS, json=later))[0] == 202
+        status, answer = await node.call("POST", "/prefetch", VIDEOS, json=later)
+        assert status == 429
+        assert isinstance(answer, dict)
+        assert str(answer["error"]).startswith("2 prefetch jobs of 'videos' are kept (at most 2 a token)")
+        status, job = await submit(node, ["http://video.test/a"])
+        assert status == 202, job
+        assert (await node.finished(str(job["id"])))["state"] == "done"
+    assert (origin.hits["/a"], origin.hits["/later"]) == (1, 0)
 
 
 class CpuStretch:
