@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from edgecache import metrics
+from edgecache.admin.bucket import TokenBucket
 from edgecache.core.headers import split_list
 from edgecache.core.manifest import expand
 from edgecache.errors import StorageError
@@ -162,25 +163,6 @@ def _is_manifest(url: str) -> bool:
     return urlsplit(url).path.endswith((".m3u8", ".mpd"))
 
 
-class TokenBucket:
-    """Bytes per second, with a burst of one second's worth."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self.tokens = float(rate)
-        self.stamp = time.monotonic()
-
-    async def take(self, n: int) -> None:
-        while True:
-            now = time.monotonic()
-            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= n or self.tokens >= self.rate:
-                self.tokens -= n
-                return
-            await asyncio.sleep((min(n, self.rate) - self.tokens) / self.rate)
-
-
 @dataclass
 class _Run:
     """What an unfinished job holds while this process runs it."""
@@ -212,6 +194,7 @@ class JobRunner:
         self.now = now  # local wall time, for windows; tests drive it and call wake()
         self.jobs: dict[str, Job] = {}
         self._runs: dict[str, _Run] = {}
+        self._unread: list[str] = []  # jobs in the index whose record is on a disk out of service
         self._seen: dict[str, set[str]] = {}  # by job: its URLs, for expansions to look up in O(1)
         self._session: aiohttp.ClientSession | None = None
         self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
@@ -230,7 +213,12 @@ class JobRunner:
         except StorageError:
             index = None
         for job_id in json.loads(index) if index else []:
-            raw = await self.disk.get(f"job:{job_id}")
+            try:
+                raw = await self.disk.get(f"job:{job_id}")
+            except StorageError as exc:  # its disk is out of service: the job waits for it, still in the index
+                log.warning("prefetch job %s not resumed: %s", job_id, exc)
+                self._unread.append(job_id)
+                continue
             if raw is None:
                 continue
             fields = json.loads(raw)
@@ -408,7 +396,7 @@ class JobRunner:
         async with self._index:  # in order: an older list never lands after a newer one
             try:
                 # Pinned, like each job's record: the disk's policy would evict them as unread (bounded: max_jobs).
-                await self.disk.put("jobs-index", json.dumps(list(self.jobs)).encode(), pinned=True)
+                await self.disk.put("jobs-index", json.dumps([*self.jobs, *self._unread]).encode(), pinned=True)
             except StorageError as exc:
                 log.warning("prefetch job index not saved: %s", exc)
 

@@ -282,3 +282,49 @@ async def test_prefetch_jobs_outlive_a_scan_of_the_disk(tmp_path: Path) -> None:
     finally:
         await again.close()
         tier.close()
+
+
+async def test_a_job_record_on_a_disk_out_of_service_leaves_the_node_starting(tmp_path: Path) -> None:
+    """With several disks, a job's record and the jobs' index may live on different disks. Worker 0 read every
+    record at its start, and the OutOfService of a record on a failed disk ended it: the supervisor restarted it
+    in a loop and the node answered nothing (README: "the node keeps serving"). The job waits for its disk now,
+    named by the index, and resumes once the disk is back."""
+    now = datetime.datetime.now()
+    closed = (
+        (now + datetime.timedelta(hours=2)).strftime("%H:%M"),
+        (now + datetime.timedelta(hours=3)).strftime("%H:%M"),
+    )
+    config = [Disk(tmp_path / "d0", 64 * VALUE * 16), Disk(tmp_path / "d1", 64 * VALUE * 16)]
+    disks = Disks.open_all(config, threads=1)
+    runner = JobRunner(disks, "http://127.0.0.1:1")  # type: ignore[arg-type]  (a DiskTier's get, put and delete)
+    await runner.start()
+    jobs = [
+        await runner.submit(Job(id="", owner="ops", urls=[f"http://video.test/{i}"], window=closed)) for i in range(8)
+    ]
+    await runner.close()
+    away = next(j.id for j in jobs if disks.home(f"job:{j.id}") != disks.home("jobs-index"))
+    lost = config[disks.home(f"job:{away}")].path
+    disks.close()
+    lost.rename(tmp_path / "away")
+    lost.write_bytes(b"")  # not a directory: that disk cannot be opened
+    disks = Disks.open_all(config, threads=1)
+    assert list(disks.failed) == [str(lost)]
+    runner = JobRunner(disks, "http://127.0.0.1:1")  # type: ignore[arg-type]
+    await runner.start()
+    try:
+        here = {j.id for j in jobs if disks.home(f"job:{j.id}") != disks.home(f"job:{away}")}
+        assert set(runner.jobs) == here
+        await runner.submit(Job(id="new", owner="ops", urls=["http://video.test/new"], window=closed))
+    finally:
+        await runner.close()
+        disks.close()
+    lost.unlink()
+    (tmp_path / "away").rename(lost)
+    disks = Disks.open_all(config, threads=1)
+    runner = JobRunner(disks, "http://127.0.0.1:1")  # type: ignore[arg-type]
+    await runner.start()
+    try:
+        assert set(runner.jobs) == {j.id for j in jobs} | {"new"}
+    finally:
+        await runner.close()
+        disks.close()
