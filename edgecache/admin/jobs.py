@@ -40,6 +40,7 @@ import aiohttp
 
 from edgecache import metrics
 from edgecache.admin.bucket import TokenBucket
+from edgecache.admin.records import Records
 from edgecache.core.headers import split_list
 from edgecache.core.manifest import expand
 from edgecache.errors import StorageError
@@ -199,6 +200,7 @@ class JobRunner:
         self._session: aiohttp.ClientSession | None = None
         self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
         self._index = asyncio.Lock()
+        self._store = Records(disk)  # each job's record and URLs (admin.records)
         self._records = asyncio.Lock()  # job records are written and deleted one at a time (_save, _forget)
         self._tasks: dict[str, asyncio.Future[None]] = {}  # by job: done when it ends (done, failed, cancelled)
         self._wake = asyncio.Event()
@@ -214,14 +216,13 @@ class JobRunner:
             index = None
         for job_id in json.loads(index) if index else []:
             try:
-                raw = await self.disk.get(f"job:{job_id}")
+                fields = await self._store.load(job_id)
             except StorageError as exc:  # its disk is out of service: the job waits for it, still in the index
                 log.warning("prefetch job %s not resumed: %s", job_id, exc)
                 self._unread.append(job_id)
                 continue
-            if raw is None:
+            if fields is None:
                 continue
-            fields = json.loads(raw)
             fields["window"] = tuple(fields["window"]) if fields.get("window") else None
             job = Job(**fields)
             self.jobs[job.id] = job
@@ -388,7 +389,7 @@ class JobRunner:
         async with self._records:
             for job_id in ids:
                 try:
-                    await self.disk.delete(f"job:{job_id}")
+                    await self._store.delete(job_id)
                 except StorageError as exc:
                     log.warning("prefetch job %s not deleted from disk: %s", job_id, exc)
 
@@ -407,7 +408,7 @@ class JobRunner:
             if job.id not in self.jobs:
                 return  # deleted meanwhile: never written back
             try:
-                await self.disk.put(f"job:{job.id}", json.dumps(vars(job)).encode(), pinned=True)
+                await self._store.save(job)
             except StorageError as exc:
                 log.warning("prefetch job %s not saved: %s", job.id, exc)
 
