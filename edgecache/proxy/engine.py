@@ -175,8 +175,22 @@ class Engine:
             fill.fail(OriginError(f"internal error: {exc}"))
         finally:
             self.fills.remove(fill)
+        if unstored := self._unstored_leases(fill):
+            self._spawn(self.store.drop_leases(unstored), self._writes)
         if fill.background and validate is not None:
             await self._end_unkept(fill, req.entry_key, validate)
+
+    def _unstored_leases(self, fill: Fill) -> list[str]:
+        """The leases taken for this fill that no write of its drops: slices it never completed (cut, failed,
+        not storable) or stored under another name (a new version). Held, they kept every worker waiting on them
+        for LEASE_SECONDS (a lease names no owner), though nobody was fetching those slices any more."""
+        if not fill.leases:
+            return []
+        head = fill.head
+        stored: dict[int, str] = {}
+        if head.done() and not head.cancelled() and head.exception() is None and head.result().store:
+            stored = self.store.lease_names(fill.entry_key, head.result().meta.slice_version, list(fill.leases))
+        return [name for i, name in fill.leases.items() if not (fill.completed(i) and stored.get(i) == name)]
 
     async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
         asked: ranges.ByteRange | None = None

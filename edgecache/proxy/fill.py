@@ -143,6 +143,7 @@ class Fill:
         self.start = 0  # absolute offset of the first body byte
         self.backpressure = False  # one private reader: the producer waits for it instead of dropping slices
         self.streamed = False  # whoever started it streams the body should it turn out private
+        self.leases: dict[int, str] = {}  # slice index -> the lease a reader took for this fill to fetch it
         self._read_pos = 0
         # A fill of the whole object runs while a client reads it (Engine.unread): once one has read it, or the
         # request that started it has gone, it ends at the first slice boundary nobody reads past. Not a
@@ -274,6 +275,9 @@ class Fill:
     @property
     def received(self) -> int:
         return self._pos
+
+    def completed(self, index: int) -> bool:
+        return index in self._complete
 
     def covers(self, index: int) -> bool:
         if index < self.first_index:

@@ -190,8 +190,10 @@ async def _start_for(
             return None
         run_end = index + leased - 1
         again = engine.fills.find(req, index) if join else None
-        if again is not None:
-            return again
+        fill = again if again is not None else engine.start_fill(req, index, run_end)
+        # Leases name no owner: the fill lets go of those whose slices it does not store (Engine._run_fill).
+        fill.leases.update(engine.store.lease_names(req.entry_key, meta.slice_version, range(index, run_end + 1)))
+        return fill
     return engine.start_fill(req, index, run_end)
 
 

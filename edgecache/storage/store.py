@@ -364,13 +364,24 @@ class Store(Purging):
 
     # --- leases: one fill per slice across worker processes ---------------------------------------------------
 
+    @staticmethod
+    def lease_names(entry_key: str, version: str, indices: range | list[int]) -> dict[int, str]:
+        """The lease of each slice, by index: what lease_run takes and a stored slice's write drops."""
+        return {i: lease_name(slice_name(entry_key, version, i)) for i in indices}
+
     async def lease_run(self, entry_key: str, meta: ObjectMeta, indices: list[int], seconds: float) -> int:
         """Lease slices to fetch, in order, up to the first another worker is fetching; how many were leased."""
-        names = [lease_name(slice_name(entry_key, meta.slice_version, i)) for i in indices]
+        names = list(self.lease_names(entry_key, meta.slice_version, indices).values())
         try:
             return await self.disk.lease(names, seconds)
         except StorageError:
             return len(indices)  # no disk to coordinate through: fetch, as a single worker would
+
+    async def drop_leases(self, names: list[str]) -> None:
+        """Let go of leases whose slices will not be stored (their fill failed): whoever waits fetches at once."""
+        for name in names:
+            with contextlib.suppress(StorageError):
+                await self.disk.delete(name)
 
     async def wait_for_peer(self, entry_key: str, meta: ObjectMeta, index: int, seconds: float) -> None:
         """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`.
