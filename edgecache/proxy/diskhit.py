@@ -349,13 +349,20 @@ async def _send_one(conn: FastPath, transport: asyncio.Transport, p: Prepared, s
     return reached - source.lo
 
 
+def _put(conn: FastPath, transport: asyncio.Transport, data: bytes | memoryview) -> None:
+    """Write a piece of the body, unless its client has gone meanwhile (a read or a fetch was awaited): uvloop
+    raises RuntimeError for a write to a closed transport, and the connection's end logged it as a fault."""
+    _still_there(conn, transport)
+    transport.write(data)
+
+
 async def _write(conn: FastPath, transport: asyncio.Transport, data: memoryview) -> None:
     """All of `data`: at once over plain HTTP; a TLS_PIECE at a time under TLS, waiting for the client between."""
     if not conn.tls:
-        transport.write(data)
+        _put(conn, transport, data)
         return
     for at in range(0, len(data), TLS_PIECE):
-        transport.write(data[at : at + TLS_PIECE])
+        _put(conn, transport, data[at : at + TLS_PIECE])
         if conn.write_paused:
             await conn.drain()
 
@@ -401,11 +408,10 @@ async def _send_fetched(conn: FastPath, transport: asyncio.Transport, p: Prepare
         )
     sent = 0
     if fetch.first is not None:
-        transport.write(fetch.first)
+        _put(conn, transport, fetch.first)
         sent += len(fetch.first)
     async for chunk in fetch.chunks:
-        _still_there(conn, transport)  # a closed transport drops what it is given: the fill would run for nobody
-        transport.write(chunk)
+        _put(conn, transport, chunk)
         sent += len(chunk)
         if conn.write_paused:
             await conn.drain()
@@ -415,6 +421,8 @@ async def _send_fetched(conn: FastPath, transport: asyncio.Transport, p: Prepare
 
 
 def _still_there(conn: FastPath, transport: asyncio.Transport) -> None:
+    """A closed transport drops what it is given (or uvloop raises RuntimeError): a fill read for nobody would
+    run on, and the connection's end logged a fault."""
     if transport.is_closing() or conn.transport is not transport:
         raise ConnectionResetError("the client went away")
 
@@ -468,10 +476,10 @@ async def _send_from(conn: FastPath, transport: asyncio.Transport, f: SliceFile,
                 raise _ReadFailed(lo) from exc
             if not data:
                 raise _ReadFailed(lo) from OSError(f"slice file ended at {lo}, expected {hi}")
-            transport.write(data)
+            _put(conn, transport, data)
             lo += len(data)
         else:
-            transport.write(memoryview(buf)[:got])
+            _put(conn, transport, memoryview(buf)[:got])
             lo += got
             if transport.get_write_buffer_size() == 0:
                 # The socket took it all, so the transport holds no reference to the buffer: reuse it.
