@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -208,7 +208,9 @@ async def reload(node: Node) -> bool:
         node.cluster.settings = new.cluster
         if new.cluster.dns is None:
             node.cluster.set_members(new.cluster.nodes)
-    node.config = new
+    # What only a restart changes stays as it runs: the next reload is compared with what the node does, so a file
+    # put back as it runs is no change (the parent keeps them so for the workers it starts later, too).
+    node.config = replace(new, **{name: getattr(node.config, name) for name in RESTART_ONLY})
     log.info("reloaded %s: %d sites", path, len(new.sites))
     return True
 

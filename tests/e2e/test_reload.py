@@ -94,3 +94,25 @@ async def test_a_reload_applies_the_rate_limit_and_names_what_only_a_restart_cha
         await wait_lines(proc, {b"reloaded": 1})
         assert [(await request(reader, writer, "a.test"))[0] for _ in range(3)] == [200, 200, 200]
         writer.close()
+
+
+async def test_a_reload_back_to_the_running_config_names_no_change(origin: Origin, tmp_path: Path) -> None:
+    # A reload kept the whole new config as the running one, restart-only fields too: after a reload that changed
+    # header_timeout (not applied: "takes effect at the next restart"), putting the file back as it runs was
+    # reported as "header_timeout changed", though the file now said what the node ran.
+    port = free_port()
+    path = tmp_path / "edge.toml"
+    site = SITE.format(name="a", host="a.test", origin=origin.url)
+    path.write_text(CONFIG.format(port=port, cache=tmp_path / "c", sites=site))
+    async with edge_process("serve", "--config", str(path), ready={b"edgecache listening on": 1}) as proc:
+        changed = CONFIG.replace("[cache]", "header_timeout = 5\n[cache]")
+        path.write_text(changed.format(port=port, cache=tmp_path / "c", sites=site))
+        proc.send_signal(signal.SIGHUP)
+        await wait_lines(proc, {b"reload: header_timeout changed in": 1, b"reloaded": 1})
+        path.write_text(CONFIG.format(port=port, cache=tmp_path / "c", sites=site))
+        proc.send_signal(signal.SIGHUP)
+        assert proc.stderr is not None
+        lines = []
+        while not lines or b"reloaded" not in lines[-1]:
+            lines.append(await asyncio.wait_for(proc.stderr.readline(), 30))
+        assert [line for line in lines if b"changed in" in line] == []
