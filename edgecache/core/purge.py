@@ -15,8 +15,8 @@ lives), and it is stored as a log of purges replayed through the same function (
   all that cover an object, so they can no longer decide anything); a mark left with neither goes.
 A mark is never dropped for its age: the disk tier keeps an object until it is evicted, however stale, and
 dropping a generation would give the keys of everything stored before that purge back to lookups. Past
-MAX_MARKS scopes of its site, a purge of a new scope is refused (TableFull); one of a broader scope takes their
-place.
+MAX_MARKS scopes of its site (or MAX_TOTAL of all sites), a purge of a new scope is refused (TableFull); one of
+a broader scope takes their place.
 
 The cluster passes purges on as Entries (SyncLog, below): each has an identity, the node incarnation that took
 it from an operator and its number there, so a node applies each one once however often it hears of it, and can
@@ -33,6 +33,9 @@ from dataclasses import dataclass, field, replace
 
 Scope = tuple[str, str, str]  # (site, host, directory); host "" and directory "" mean the whole site
 MAX_MARKS = 10_000
+# And of all sites together: every worker holds the table, and every lookup may walk it (a site's share alone
+# would let a node of many sites hold millions). Ten providers filling their shares reach it.
+MAX_TOTAL = 10 * MAX_MARKS
 
 
 class TableFull(ValueError):
@@ -111,6 +114,11 @@ class PurgeTable:
             raise TableFull(  # a share over the bound (a smaller bound, an old log) may still shrink
                 f"the purge table holds {held} directories of site {site!r} (at most {limit} a site): purge a "
                 "broader prefix or the whole site, which takes the place of those under it"
+            )
+        if limit is not None and len(marks) > max(limit * MAX_TOTAL // MAX_MARKS, len(self.marks)):
+            raise TableFull(
+                f"the purge table holds {len(self.marks)} directories of all sites (at most "
+                f"{limit * MAX_TOTAL // MAX_MARKS}): purge a broader prefix or a whole site"
             )
         return PurgeTable(marks, self.unsure_before)
 

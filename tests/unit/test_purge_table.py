@@ -121,3 +121,20 @@ def test_the_log_stays_within_its_bound_and_reads_back(tmp_path: Path) -> None:
     table = table.purged(("s", "h", "/d2/"), "after-the-crash", None)
     again.append(PurgeTable.op(("s", "h", "/d2/"), "after-the-crash", None), table)
     assert PurgeLog(log.path).read() == table
+
+
+def test_every_site_has_its_share_and_all_sites_together_a_ceiling() -> None:
+    """A share a site (a provider's purges never crowd out another's), and a ceiling of ten shares for the node:
+    every worker holds the table, and a share a site alone would let a node of many sites hold millions."""
+    table = PurgeTable()
+    for site in range(10):
+        for i in range(3):
+            table = table.purged((f"s{site}", "h", f"/d{i}/"), f"g{i}", None, limit=3)
+    with pytest.raises(TableFull, match="of site 's0'"):
+        table.purged(("s0", "h", "/d3/"), "g3", None, limit=3)
+    with pytest.raises(TableFull, match="of all sites"):
+        table.purged(("s10", "h", "/d0/"), "g0", None, limit=3)
+    # A whole site's purge takes the place of its directories: room again, for any site.
+    table = table.purged(("s0", "", ""), "all", None, limit=3)
+    assert len(table.marks) == 28
+    assert len(table.purged(("s10", "h", "/d0/"), "g0", None, limit=3).marks) == 29
