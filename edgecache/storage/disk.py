@@ -439,6 +439,18 @@ class DiskTier:
     async def volume(self) -> int:
         return await self._run(self._cache.volume)
 
+    async def shrink(self, share: float) -> int:
+        """The filesystem is full below the budget: the budget becomes `share` of what is held now, until a restart,
+        and what is over it is deleted. The new budget."""
+
+        def cut() -> int:
+            with self._cache.transact(retry=True):
+                self.budget_bytes = min(self.budget_bytes, int(self.policy.used_bytes * share))
+                self._delete_values(self.policy.resize(self.budget_bytes))
+            return self.budget_bytes
+
+        return await self._run(cut)
+
     def close(self) -> None:
         """Write the hits not yet in the index, then close (blocking: the disk threads finish first)."""
         if self._timer is not None:

@@ -5,13 +5,15 @@ rule that places objects on nodes), weighted by the disks' sizes. It is stable a
 object's slices spread over the disks, and a disk added or removed in the config moves only the keys it takes or
 had. A lease lives on the disk of the value it guards, so a fill's write and the drop of its lease stay together.
 
-Failure: an I/O error that says the disk itself is broken (EIO, read-only, full, gone; SQLite's "disk I/O
-error", "attempt to write a readonly database") takes it out of service at once, in the worker that saw it, and
+Failure: an I/O error that says the disk itself is broken (EIO, read-only, gone; SQLite's "disk I/O error",
+"attempt to write a readonly database") takes it out of service at once, in the worker that saw it, and
 a probe every PROBE_SECONDS (its directory still the one opened, a file can be written) takes it out in every
 worker within that time, also when nothing wrote to it. It is counted, its edgecache_disk_up goes to 0 and the
 worker logs it once. Its keys are then misses, fetched from origin and not stored on another disk: the other
 disks keep their budgets for their own objects, and no key ever has a second copy that could be found in place
 of the newer one (workers see a failure at different moments, and a disk may come back).
+
+A full filesystem is no failure: the write is lost and the disk's budget lowered below what it holds (_full).
 
 A failed disk stays out of service until a reload (SIGHUP) finds its directory working again: a human replaced
 the disk or freed the space, so it does not flap in and out on a probe's luck. It comes back with what it held.
@@ -25,6 +27,7 @@ import errno
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,22 +50,37 @@ PROBE_SECONDS = 1.0  # how often each worker checks each disk in service
 PROBE_TIMEOUT = 10.0  # a probe that takes longer fails the disk (a hung device)
 
 # errno values that mean the device or its filesystem failed, not the one operation.
-_FAILED_ERRNOS = frozenset(
-    {errno.EIO, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ENOTCONN}
-)
+_FAILED_ERRNOS = frozenset({errno.EIO, errno.EROFS, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ENOTCONN})
 # SQLite's messages for the same (it reports no errno).
 _FAILED_SQLITE = (
     "disk i/o error",
     "readonly database",
-    "database or disk is full",
     "unable to open database file",
     "database disk image is malformed",
     "no such table",  # a database that is not the one opened: its directory was replaced or unmounted
 )
+# A filesystem with no room left works all the same: what it holds is read as before, and its budget is lowered
+# so that eviction makes room (Disks._full). Taken out of service, every object on it was a miss until a reload,
+# for what the files evicted but still open, or something else on the filesystem, took for a moment.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_FULL_SQLITE = "database or disk is full"
+SHRINK = 0.9  # a full disk's budget becomes this share of what it holds
 
 
 class OutOfService(StorageError):
     """The value's disk is out of service: what it holds cannot be known until the disk is back."""
+
+
+class DiskFull(StorageError):
+    """The value's filesystem has no room: this write is lost, and the disk's budget is lowered (logged there)."""
+
+
+def full(exc: BaseException) -> bool:
+    """Does `exc` say the filesystem has no room left (not that the disk failed)?"""
+    cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+    if isinstance(cause, OSError):
+        return cause.errno in _FULL_ERRNOS
+    return isinstance(cause, sqlite3.Error) and _FULL_SQLITE in str(cause).lower()
 
 
 def failure(exc: BaseException) -> str | None:
@@ -101,6 +119,7 @@ class _Slot:
     failed: str | None = None
     identity: tuple[int, int] = (0, 0)  # st_dev, st_ino of its directory when opened
     mount: bool = False  # its directory was a mount point when opened: a reload wants its filesystem mounted again
+    shrunk: float = -PROBE_SECONDS  # when its budget was last lowered for a full filesystem (monotonic)
     label: str = field(init=False)
     ops: dict[str, Counter] = field(init=False)  # its metrics' children, looked up once
     errors: Counter = field(init=False)
@@ -276,12 +295,37 @@ class Disks:
             return await call(slot.tier)
         except Exception as exc:  # diskcache on a broken disk may raise anything, its own asserts included
             slot.errors.inc()
+            if full(exc):
+                await self._full(slot, exc)
+                raise DiskFull(f"disk {slot.label} is full: {exc}") from exc
             why = failure(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
             if why is None:
                 raise
             if slot.failed is None:
                 self._fail(slot, why)
             raise OutOfService(f"disk {slot.label} failed: {why}") from exc
+
+    async def _full(self, slot: _Slot, exc: BaseException) -> None:
+        """Lower the full disk's budget below what it holds, once a PROBE_SECONDS at most (a burst of writes meets
+        the same full filesystem); a disk that cannot even delete goes out of service."""
+        now = time.monotonic()
+        if slot.tier is None or now - slot.shrunk < PROBE_SECONDS:
+            return
+        slot.shrunk = now
+        try:
+            budget = await slot.tier.shrink(SHRINK)
+        except StorageError as again:
+            if slot.failed is None:
+                self._fail(slot, f"full, and nothing could be deleted: {again}")
+            return
+        metrics.DISK_SIZE.labels(slot.label).set(budget)
+        log.warning(
+            "disk %s is full (%s): its budget is lowered to %d bytes until a restart; free space on its "
+            "filesystem or lower its size",
+            slot.label,
+            exc,
+            budget,
+        )
 
     def _fail(self, slot: _Slot, why: str) -> None:
         _fail(slot, why)
@@ -356,6 +400,10 @@ def _writable(path: Path) -> str | None:
             os.close(fd)
         os.unlink(probe)
     except OSError as exc:
+        if exc.errno in _FULL_ERRNOS:  # full, but working: its budget is lowered when a write meets it
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+            return None
         return f"probe: {exc}"
     return None
 

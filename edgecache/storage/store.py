@@ -21,7 +21,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import PrimaryRecord, digest
 from edgecache.errors import StorageError
 from edgecache.storage.disk import lease_name
-from edgecache.storage.disks import Disks, OutOfService
+from edgecache.storage.disks import DiskFull, Disks, OutOfService
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.purging import Purging, not_kept
 from edgecache.storage.slicefile import SliceFile
@@ -412,8 +412,8 @@ class Store(Purging):
 
 
 def _warn(what: str, exc: StorageError) -> None:
-    """A disk operation failed; not logged when its disk is out of service (storage.disks logged that once)."""
-    if not isinstance(exc, OutOfService):
+    """A disk operation failed; not logged when its disk is out of service or full (storage.disks logged that)."""
+    if not isinstance(exc, OutOfService | DiskFull):
         log.warning("%s: %s", what, exc)
 
 

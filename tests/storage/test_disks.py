@@ -18,7 +18,7 @@ from edgecache.config.model import Disk
 from edgecache.core.keys import PrimaryRecord, digest
 from edgecache.errors import ConfigError, StorageError
 from edgecache.storage.disk import DiskTier, lease_name
-from edgecache.storage.disks import Disks, OutOfService, Placement, failure
+from edgecache.storage.disks import Disks, OutOfService, Placement, failure, full
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.store import Store, slice_name
 from tests.samples import sample_value
@@ -63,7 +63,6 @@ def test_a_removed_disk_moves_only_its_own_keys() -> None:
     [
         OSError(errno.EIO, "Input/output error"),
         OSError(errno.EROFS, "Read-only file system"),
-        OSError(errno.ENOSPC, "No space left on device"),
         sqlite3.OperationalError("disk I/O error"),
         sqlite3.OperationalError("attempt to write a readonly database"),
         sqlite3.OperationalError("unable to open database file"),
@@ -88,6 +87,23 @@ def test_failures_of_the_disk(exc: BaseException) -> None:
 )
 def test_errors_of_one_operation(exc: BaseException) -> None:
     assert failure(exc) is None
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        sqlite3.OperationalError("database or disk is full"),
+    ],
+)
+def test_a_full_filesystem_is_no_failure_of_the_disk(exc: BaseException) -> None:
+    """Its budget is lowered instead (Disks._full): taken out of service, every object on it was a miss."""
+    wrapped = StorageError("disk tier")
+    wrapped.__cause__ = exc
+    assert (failure(wrapped), failure(exc)) == (None, None)
+    assert full(wrapped)
+    assert full(exc)
 
 
 # --- config ---------------------------------------------------------------------------------------------------------
