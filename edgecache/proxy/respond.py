@@ -227,11 +227,13 @@ async def send_stream(
     request: web.BaseRequest, status: int, headers: list[tuple[str, str]], body: Body, length: int | None
 ) -> web.StreamResponse:
     """A body that cannot be ranged or conditioned (uncacheable, or of unknown length), sent as it comes. A HEAD's
-    answer has no body to frame: its connection is kept whatever the client's version."""
+    answer, a 204's or a 304's has no body to frame (encode.frame's `empty`): its connection is kept whatever the
+    client's version."""
     resp = _response(status, headers)
+    empty = request.method == "HEAD" or status in (204, 304)
     if length is not None:
         resp.content_length = length
-    elif request.method != "HEAD":
+    elif not empty:
         unknown_length(request, resp)
     if request.method == "HEAD":
         await resp.prepare(request)

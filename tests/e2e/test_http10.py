@@ -13,9 +13,11 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from aiohttp import web
+
 from tests.conftest import make_config, start_edge
 from tests.e2e.test_pass_fast import chunked
-from tests.origin import Origin
+from tests.origin import Obj, Origin
 from tests.wire import exchange, fast_path_outcomes
 
 BODY = bytes(range(256)) * 40
@@ -186,3 +188,30 @@ async def test_a_head_of_unknown_length_keeps_an_http10_connection_on_both_paths
     assert b"\r\nTransfer-Encoding:" not in first
     assert raws[0] == first + second + BODY
     assert origin.hits == {"/chunked-head": 2, "/after": 2}
+
+
+async def test_a_204_keeps_an_http10_connection_on_both_paths(origin: Origin, tmp_path: Path) -> None:
+    """A GET miss answered 204 (no body, so no length to know: streamed as uncached), for an HTTP/1.0 client that
+    asked for keep-alive: the head alone, `Connection: keep-alive`, and the request after it answered, on the fast
+    path and the full handler alike. The full handler framed it as a body of unknown length (ended by the close)
+    and closed the connection after it. Found by a differential fuzzer of the two paths."""
+    origin.put("/after", BODY)
+
+    def empty(request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse | None:
+        return web.Response(status=204, headers={"Cache-Control": "no-store"}) if request.path == "/none" else None
+
+    origin.on_request = empty
+    raws = []
+    for fast in (True, False):
+        config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast)
+        async with start_edge(config) as edge:
+            raws.append(
+                _VOLATILE.sub(b"", await exchange(edge.port, ask("/none", "Connection: keep-alive") + ask("/after")))
+            )
+    assert raws[0] == raws[1]
+    first, second = re.findall(rb"HTTP/1\.0 [0-9]{3} [A-Za-z ]+\r\n(?:[^\r]+\r\n)*\r\n", raws[0])
+    assert first.startswith(b"HTTP/1.0 204 No Content\r\n")
+    assert b"\r\nConnection: keep-alive\r\n" in first
+    assert second.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert raws[0] == first + second + BODY
+    assert origin.hits == {"/none": 2, "/after": 2}
