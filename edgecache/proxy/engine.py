@@ -256,7 +256,9 @@ class Engine:
         self.fills.remove(fill)
         # The response's own Vary decides where it is stored; those with other header values must not join.
         fill.entry_key = head.entry_key
-        if head.shared:
+        # A 304 brings no bytes to read: joined now, it would answer a request the origin was never asked about,
+        # though the entry may need revalidating for each (no-cache, max-age=0), while its copy is being written.
+        if head.shared and head.status != 304:
             self.fills.add(fill)
         req = replace(req, entry_key=head.entry_key)
         primary = req.primary or req.entry_key.split("\n", 1)[0]

@@ -187,3 +187,36 @@ async def test_a_fill_overtaken_by_an_invalidation_is_not_stored_when_its_record
     assert (status, body) == (200, b"v2")
     assert "fwd=uri-miss" in headers["Cache-Status"]
     assert origin.hits["/slow"] == 3  # the held fill, the POST, and this miss
+
+
+async def test_a_revalidation_already_answered_is_not_joined(
+    edge: Edge, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry the origin says must be revalidated for every request (Cache-Control: no-cache, RFC 9111
+    5.2.2.4): each request sends the origin a conditional request, also one that comes while the previous
+    revalidation, its 304 in and answered, still writes the refreshed copy to the disk. That request joined the
+    finished revalidation and was answered `fwd=stale; fwd-status=304` without the origin asked (5 requests in a
+    row cost it 2: found by a differential fuzzer of the two paths, on each path in turn)."""
+    origin.put("/nc", b"must revalidate", headers={"Cache-Control": "no-cache"})
+    assert (await edge.get("/nc"))[2] == b"must revalidate"
+    store = edge.node.store
+    write = type(store).put_meta
+    gate, held = asyncio.Event(), asyncio.Event()
+
+    async def held_back(entry_key: str, meta: object, lazy: bool = False) -> None:
+        held.set()
+        await gate.wait()
+        await write(store, entry_key, meta, lazy)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "put_meta", held_back)
+    try:
+        async with asyncio.timeout(10):
+            for n in (2, 3):
+                status, headers, body = await edge.get("/nc")
+                assert (status, body) == (200, b"must revalidate")
+                assert headers["Cache-Status"] == "edgecache; fwd=stale; fwd-status=304"
+                assert origin.hits["/nc"] == n
+            assert held.is_set()  # the second came while the first's copy was still being written
+    finally:
+        gate.set()
+    assert [s.headers.get("If-None-Match") for s in origin.seen] == [None, '"v1"', '"v1"']
