@@ -38,6 +38,8 @@ class Reply:
 
 NO_HOST = Reply(400, "missing or invalid Host")
 NOT_HTTP = Reply(400, "absolute-form target must be http or https")
+# A request line naming a version llhttp takes but HTTP/1.x framing does not (HTTP/0.9, HTTP/2.0): RFC 9110 15.6.6.
+NO_VERSION = Reply(505, "HTTP version not supported: only HTTP/1.0 and HTTP/1.1")
 TOO_MANY = Reply(429, "too many requests from this address")
 # Load shed before any work (Shared.overloaded): a quick, honest answer instead of a slow collapse.
 OVERLOADED = Reply(503, "overloaded: try again shortly")

@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11
 
 from edgecache import metrics
 from edgecache.config import Site
@@ -42,6 +43,7 @@ from edgecache.proxy.shared import Shared
 
 log = logging.getLogger(__name__)
 _ADMITTED = web.RequestKey("edgecache_admitted", str)  # Shared.admitted, for the request it names
+_VERSIONS = frozenset({HttpVersion10, HttpVersion11})  # what core.keepalive frames
 
 
 def internal(request: web.BaseRequest) -> bool:
@@ -163,6 +165,8 @@ class EdgeHandler:
         return site, host, key, hop
 
     async def _handle(self, request: web.BaseRequest, adopted: Adopted | None) -> web.StreamResponse:
+        if request.version not in _VERSIONS:  # the fast path hands these over (headparse.plain)
+            raise ClientError(admit.NO_VERSION.status, admit.NO_VERSION.reason, close=True)
         if self.engine.store.stale():  # another worker purged or invalidated something: look at the disk again
             await self.engine.store.catch_up()
         site, host, key, hop = self._route(request, adopted.primary if adopted is not None else request.get(_ADMITTED))
