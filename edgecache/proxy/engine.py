@@ -22,6 +22,7 @@ from edgecache.cluster.view import ClusterView
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
+from edgecache.core.freshness import Use, evaluate, usable
 from edgecache.core.keys import PrimaryRecord, entry_key, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill
@@ -112,7 +113,7 @@ class Engine:
         """The fill a request reads from slice `first` (joined, or started for first..last), and whether it was
         started for it: then the request streams it whatever the answer (a private one is its alone)."""
         existing = self.fills.find(req, first)
-        if existing is not None:
+        if existing is not None and _answers(existing, req):
             return existing, False
         if last is not None:  # stop the run before a slice someone else is already fetching
             for index in range(first + 1, last + 1):
@@ -386,3 +387,14 @@ class Engine:
             self.store.memory.delete(name)
             with contextlib.suppress(StorageError):
                 await self.store.disk.delete(name)
+
+
+def _answers(fill: Fill, req: FillRequest) -> bool:
+    """May a request that comes now join `fill`: asked of the origin before its answer came (collapsed), or an
+    answer already in that this request may use as it is. One that must be revalidated for it (no-cache,
+    max-age=0, the request's own no-cache) came before the request and answers nothing about it."""
+    if not fill.head.done() or fill.head.cancelled() or fill.head.exception() is not None:
+        return True
+    meta = fill.head.result().meta
+    fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, time.time(), req.policy)
+    return usable(req.headers, meta.headers, fresh, req.policy) is Use.FRESH

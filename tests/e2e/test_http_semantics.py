@@ -220,3 +220,40 @@ async def test_a_revalidation_already_answered_is_not_joined(
     finally:
         gate.set()
     assert [s.headers.get("If-None-Match") for s in origin.seen] == [None, '"v1"', '"v1"']
+
+
+async def test_an_answer_that_must_be_revalidated_is_not_joined_once_its_head_is_in(edge: Edge, origin: Origin) -> None:
+    """A request that comes after the origin's answer to another request began (its head in, its body still on
+    the way) may not be answered from it when that answer may not be reused without revalidation (max-age=0):
+    it came before the request did, so the request sends its own (RFC 9111 4, 5.2.2.4). It joined that fill and
+    was answered `fwd=stale; stored` with the other's bytes, the origin never asked (found by a differential
+    fuzzer of the two paths: a chunked answer with trailers, whose fill ends after its body). A request that
+    comes before the answer's head still joins it (collapsed)."""
+    origin.put("/mr", b"version 1", headers={"Cache-Control": "max-age=0"}, etag=None, last_modified=None)
+    assert (await edge.get("/mr"))[2] == b"version 1"
+    body_held, head_sent = asyncio.Event(), asyncio.Event()
+
+    async def new_version(request: web.BaseRequest, obj: object) -> web.StreamResponse:
+        n = origin.hits["/mr"]
+        resp = web.StreamResponse(headers={"Cache-Control": "max-age=0"})
+        resp.content_length = 9
+        await resp.prepare(request)
+        await resp.write(b"versi")
+        if n == 2:  # the first revalidation's body waits until the second request has been decided
+            head_sent.set()
+            await body_held.wait()
+        await resp.write(b"on %d" % n)
+        await resp.write_eof()
+        return resp
+
+    origin.on_request = new_version
+    async with asyncio.timeout(10):
+        first = asyncio.ensure_future(edge.get("/mr"))
+        await head_sent.wait()
+        status, headers, body = await edge.get("/mr")
+        body_held.set()
+        assert (status, body) == (200, b"version 3")
+        assert headers["Cache-Status"] == "edgecache; fwd=stale; stored"
+        status, headers, body = await first
+    assert (status, body) == (200, b"version 2")
+    assert origin.hits["/mr"] == 3
