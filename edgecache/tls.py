@@ -3,6 +3,10 @@
 The name is matched against the sites' hosts the same way Host is; a client that sends no name, or one no
 site has a certificate for, gets the default certificate ([server.tls], else the first site's). Certificates
 are read again on reload (SIGHUP), so a renewed certificate is served without a restart.
+
+The listeners' own context holds no certificate: every handshake is switched to a context of the last load
+(OpenSSL calls the SNI callback with no name too). Loading a certificate into a context in place would keep the
+one it replaces when their key types differ (a context holds one per type), served on to clients that prefer it.
 """
 
 from __future__ import annotations
@@ -13,21 +17,25 @@ from edgecache.config import Config, TLSFiles
 from edgecache.core.route import Router, normalise_host
 
 
-def _context(files: TLSFiles) -> ssl.SSLContext:
+def _base() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _context(files: TLSFiles) -> ssl.SSLContext:
+    ctx = _base()
     ctx.load_cert_chain(files.cert, files.key)
     return ctx
 
 
 class Certificates:
     def __init__(self, config: Config) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # the one listeners use; SNI may switch it
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context.set_alpn_protocols(["http/1.1"])
+        self.context = _base()  # the one listeners use; the SNI callback switches every handshake from it
         self.context.sni_callback = self._pick
         self._by_name: Router[ssl.SSLContext] = Router(())
+        self._default = self.context
         self.load(config)
 
     def load(self, config: Config) -> None:
@@ -35,17 +43,15 @@ class Certificates:
         default = config.tls or next((s.tls for s in config.sites if s.tls is not None), None)
         if default is None:
             raise ValueError("no certificate configured")
-        contexts: dict[TLSFiles, ssl.SSLContext] = {}
+        contexts = {default: _context(default)}
         for site in config.sites:
             if site.tls is not None and site.tls not in contexts:
                 contexts[site.tls] = _context(site.tls)
         by_name = Router((s.hosts, contexts[s.tls]) for s in config.sites if s.tls is not None)
-        self.context.load_cert_chain(default.cert, default.key)
-        self._by_name = by_name
+        self._default, self._by_name = contexts[default], by_name
 
     def _pick(self, conn: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
         host = normalise_host(name) if name else None
         ctx = self._by_name.match(host) if host is not None else None
-        if ctx is not None:
-            conn.context = ctx
+        conn.context = ctx or self._default
         return None

@@ -19,8 +19,10 @@ from tests.samples import sample_value
 BODY = b"served over TLS " * 500
 
 
-def issue(ca: trustme.CA, tmp: Path, name: str, *hosts: str) -> TLSFiles:
-    cert = ca.issue_cert(*hosts)
+def issue(
+    ca: trustme.CA, tmp: Path, name: str, *hosts: str, key_type: trustme.KeyType = trustme.KeyType.ECDSA
+) -> TLSFiles:
+    cert = ca.issue_cert(*hosts, key_type=key_type)
     files = TLSFiles(tmp / f"{name}.pem", tmp / f"{name}.key")
     cert.cert_chain_pems[0].write_to_path(str(files.cert))
     for extra in cert.cert_chain_pems[1:]:
@@ -144,3 +146,50 @@ async def test_clients_that_stop_reading_hold_a_piece_each_not_their_answer(orig
             for writer in writers:
                 writer.close()
     assert held < clients * 2**20, held
+
+
+async def served(port: int, ctx: ssl.SSLContext) -> bytes:
+    """The certificate (DER) a client without SNI is given."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=None)
+    try:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+    finally:
+        writer.close()
+
+
+async def test_a_reload_replaces_the_default_certificate_of_another_key_type(origin: Origin, tmp_path: Path) -> None:
+    """The listener's context loaded each reload's default certificate in place: OpenSSL keeps one certificate per
+    key type, so a renewed ECDSA certificate was served beside the RSA one it replaced, which clients that prefer
+    RSA went on getting (expired, or its key revoked) until a restart."""
+    from edgecache.config import load
+    from edgecache.server import reload
+
+    origin.put("/v.bin", BODY)
+    ca = trustme.CA()
+    old = issue(ca, tmp_path, "old", "video.test", key_type=trustme.KeyType.RSA)
+    new = issue(ca, tmp_path, "new", "video.test", key_type=trustme.KeyType.ECDSA)
+    path = tmp_path / "edge.toml"
+    doc = '[server]\ntls_listen = ["127.0.0.1:8443"]\n[server.tls]\ncert = "{0}.pem"\nkey = "{0}.key"\n'
+    doc += '[cache]\ndir = "c"\n'
+    site = f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+    path.write_text(doc.format("old") + site)
+    rsa, ecdsa = ssl.create_default_context(), ssl.create_default_context()
+    for ctx in (rsa, ecdsa):
+        ca.configure_trust(ctx)
+        ctx.check_hostname = False
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the cipher suite names the certificate's key type
+    rsa.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    ecdsa.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+    listen = make_config(tmp_path, []).listen
+    async with start_edge(replace(load(path), listen=listen, tls_listen=listen)) as edge:
+        port = edge.ports[1]
+        assert await served(port, rsa) == ssl.PEM_cert_to_DER_cert(old.cert.read_text())
+        path.write_text(doc.format("new") + site)
+        assert await reload(edge.node)
+        assert await served(port, ecdsa) == ssl.PEM_cert_to_DER_cert(new.cert.read_text())
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):  # the node holds no RSA certificate any more
+            await served(port, rsa)
+        assert (await fetch(port, ca, "video.test", "video.test", "/v.bin")).endswith(BODY)
