@@ -134,8 +134,8 @@ class FastPath(asyncio.Protocol):
             self._flow()
 
     def eof_received(self) -> bool | None:
-        # Half-closed (`nc -N`, `shutdown(SHUT_WR)`): every request sent before it is still answered; _after()
-        # closes once none is left. Returning None would close the socket now, mid-answer.
+        # Half-closed (`nc -N`, `shutdown(SHUT_WR)`): every request sent before it is still answered; _after() closes
+        # once none is left. None would close it now (TLS closes anyway after a close_notify, and warns of a True).
         self.eof = True
         if self.proxy and self.transport is not None:  # it ended before its PROXY header did
             self.closing = True
@@ -143,7 +143,7 @@ class FastPath(asyncio.Protocol):
             return True
         if not self.busy:
             self._process()
-        return True
+        return None if self.tls else True
 
     def pause_writing(self) -> None:
         self.write_paused = True

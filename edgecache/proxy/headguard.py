@@ -109,9 +109,11 @@ class HeadGuard(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # aiohttp ignores a half-close and returns None, which closes the socket before the requests already
-        # received are answered; nginx answers them. Keep the socket open and close it once aiohttp is done.
+        # received are answered; nginx answers them. Keep the socket open and close it once aiohttp is done. (A TLS
+        # transport closes after a close_notify whatever this says, and logs a warning for each True: None there.)
         self._close_when_done()
-        return True
+        tls = self.transport is not None and self.transport.get_extra_info("sslcontext") is not None
+        return None if tls else True
 
     def _close_when_done(self) -> None:
         """Close once aiohttp waits for a request that will never come (what its own keep-alive timeout closes);

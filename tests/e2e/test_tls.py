@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from dataclasses import replace
 from pathlib import Path
@@ -193,3 +194,33 @@ async def test_a_reload_replaces_the_default_certificate_of_another_key_type(ori
         with pytest.raises((ssl.SSLError, ConnectionResetError)):  # the node holds no RSA certificate any more
             await served(port, rsa)
         assert (await fetch(port, ca, "video.test", "video.test", "/v.bin")).endswith(BODY)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_client_that_closes_cleanly_logs_no_warning(
+    origin: Origin, tmp_path: Path, fast: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every HTTPS client that ended its connection with a close_notify (curl, browsers) logged the WARNING "returning
+    true from eof_received() has no effect when using ssl": a line per connection, at any rate a client likes. Our
+    protocols keep a half-closed connection open on plain HTTP only; the SSL transport closes it anyway."""
+    origin.put("/v.bin", BODY)
+    ca = trustme.CA()
+    config = make_config(tmp_path / "c", [origin.url])
+    site = replace(config.sites[0], tls=issue(ca, tmp_path, "videos", "video.test"))
+    config = replace(config, sites=(site,), tls_listen=(Listen("127.0.0.1", 0),), fast_path=fast)
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    async with start_edge(config) as edge:
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", edge.ports[1], ssl=ctx, server_hostname="video.test"
+            )
+            writer.write(b"GET /v.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert await reader.readexactly(len(BODY)) == BODY
+                writer.close()  # a close_notify; closed once the node's own (sent after its eof_received) is in
+                await writer.wait_closed()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "asyncio"] == []
+    assert origin.hits["/v.bin"] == 1
