@@ -8,12 +8,15 @@ import logging
 import socket
 import ssl
 from asyncio import selector_events
+from collections.abc import Callable
+from functools import partial
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from edgecache.proxy.fastserver import FastServer
 from edgecache.proxy.headguard import HeadGuard
+from edgecache.proxy.tlsdoor import TLSDoor
 
 
 async def stop_accepting(server: asyncio.AbstractServer | None) -> None:
@@ -91,10 +94,11 @@ class FastSite(_StopsAccepting):
 
     async def start(self) -> None:
         await super().start()
-        factory = self._fast.proxy_protocol if self._proxy else self._fast.protocol
-        self._server = await asyncio.get_running_loop().create_server(
-            factory, sock=self._sock, backlog=self._backlog, ssl=self._ssl_context
-        )
+        fast, context = self._fast, self._ssl_context
+        factory: Callable[[], asyncio.Protocol] = fast.proxy_protocol if self._proxy else fast.protocol
+        if context is not None:  # its handshake counted from the accept and timed (proxy.tlsdoor)
+            factory = partial(TLSDoor, fast, context)
+        self._server = await asyncio.get_running_loop().create_server(factory, sock=self._sock, backlog=self._backlog)
 
 
 class _ClientFaults(logging.Filter):

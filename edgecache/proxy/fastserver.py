@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from aiohttp.web_protocol import RequestHandler
 
@@ -21,6 +21,9 @@ from edgecache.proxy.fastpath import PIECE, FastPath
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.peerpool import PeerPool
 from edgecache.proxy.shared import Shared
+
+if TYPE_CHECKING:
+    from edgecache.proxy.tlsdoor import TLSDoor
 
 _TAKEN_BACK = metrics.FAST_PATH.labels("taken_back")
 PROMOTE_SECONDS = 0.02  # at most one disk hit offered to the memory tier per this long, per worker
@@ -47,6 +50,7 @@ class FastServer:
     settings: FastSettings
     connections: set[FastPath] = field(default_factory=set)
     handed: set[asyncio.Transport] = field(default_factory=set)  # connections aiohttp has, until they close
+    handshaking: set[TLSDoor] = field(default_factory=set)  # HTTPS connections in their handshake
     open: int = 0  # client connections open, on the fast path or handed to aiohttp
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     _date: tuple[int, bytes] = (0, b"")
@@ -169,6 +173,11 @@ class FastServer:
     async def shutdown(self, grace: float) -> None:
         """Close idle connections now; give the ones mid-response, here or with aiohttp, up to `grace` seconds."""
         self.stopping = True
+        doors = list(self.handshaking)  # no request yet: cut, and waited for (the loop closes their sockets)
+        for door in doors:
+            door.cut()
+        if tasks := [d.done for d in doors if d.done is not None]:
+            await asyncio.wait(tasks, timeout=grace)
         for conn in list(self.connections):
             conn.close_when_idle()
         if self.connections or self.handed:

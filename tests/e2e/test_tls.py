@@ -224,3 +224,36 @@ async def test_a_client_that_closes_cleanly_logs_no_warning(
                 await writer.wait_closed()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "asyncio"] == []
     assert origin.hits["/v.bin"] == 1
+
+
+async def test_handshakes_count_against_max_connections_and_end_at_the_header_timeout(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A connection in its TLS handshake was nobody's: asyncio calls the protocol only once the handshake is done,
+    and gives it 60 s. Connections that sent nothing held a file descriptor each, uncounted by max_connections:
+    250 of them took a worker with 200 descriptors past its limit, every client got no answer at all, and the disk
+    tier's probe failed (the disk was taken out of service). They count from the accept now, as plain ones do,
+    and have header_timeout to end the handshake, as a plain request head does."""
+    origin.put("/v.bin", BODY)
+    ca = trustme.CA()
+    config = make_config(tmp_path / "c", [origin.url])
+    site = replace(config.sites[0], tls=issue(ca, tmp_path, "videos", "video.test"))
+    config = replace(config, sites=(site,), tls_listen=(Listen("127.0.0.1", 0),), max_connections=3)
+    config = replace(config, header_timeout=0.5)
+    async with start_edge(config) as edge:
+        stalled = [await asyncio.open_connection("127.0.0.1", edge.ports[1]) for _ in range(3)]
+        plain = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            async with asyncio.timeout(10):
+                # The listeners are full: a plain client gets the 503, a TLS one is closed before its handshake.
+                plain[1].write(b"GET /v.bin HTTP/1.1\r\nHost: video.test\r\nConnection: close\r\n\r\n")
+                assert (await plain[0].read()).startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    await fetch(edge.ports[1], ca, "video.test", "video.test", "/v.bin")
+                for reader, _ in stalled:  # closed at the header timeout, without a byte
+                    assert await reader.read() == b""
+        finally:
+            for _, writer in [*stalled, plain]:
+                writer.close()
+        assert (await fetch(edge.ports[1], ca, "video.test", "video.test", "/v.bin")).endswith(BODY)
+    assert origin.hits["/v.bin"] == 1
