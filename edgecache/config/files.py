@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from edgecache.config.certcheck import warnings
 from edgecache.config.model import TLSFiles
 from edgecache.config.schema import KEYS
 from edgecache.config.values import _Reader
@@ -25,8 +26,9 @@ def read_secret_file(r: _Reader, key: str, value: Any, base: Path) -> str | None
         return None
 
 
-def read_tls(r: _Reader, t: dict[str, Any], p: str, base: Path) -> TLSFiles | None:
-    """The `tls` table of `t` ([server.tls] or a site's), its pair loaded once here so a bad one fails the check."""
+def read_tls(r: _Reader, t: dict[str, Any], p: str, base: Path, hosts: tuple[str, ...] = ()) -> TLSFiles | None:
+    """The `tls` table of `t` ([server.tls] or a site's), its pair loaded once here so a bad one fails the check;
+    one that clients refuse (expired, or naming none of a host of `hosts`, its site's) is warned of."""
     raw = t.get("tls")
     if raw is None:
         return None
@@ -48,4 +50,6 @@ def read_tls(r: _Reader, t: dict[str, Any], p: str, base: Path) -> TLSFiles | No
     except (OSError, ssl.SSLError) as exc:
         r.problem(f"{p}tls", f"cannot load certificate {files.cert} with key {files.key}: {exc}")
         return None
+    for warning in warnings(files, hosts):
+        r.warn(f"{p}tls", warning)
     return files

@@ -52,16 +52,17 @@ def read_sites(r: _Reader, doc: dict[str, Any], base: Path) -> tuple[Site, ...]:
 
 
 def _site(r: _Reader, t: dict[str, Any], p: str, i: int, base: Path) -> Site:
+    hosts: tuple[str, ...] = r.get(t, p, "hosts", _str_list(check_host_pattern), ())
     site = Site(
         name=r.get(t, p, "name", _name, f"site{i}"),
-        hosts=r.get(t, p, "hosts", _str_list(check_host_pattern), ()),
+        hosts=hosts,
         origins=r.get(t, p, "origins", _str_list(check_origin_url), ()),
         key_query=r.get(t, p, "key_query", _str_list(_key_param), ("*",)),
         origin_host=r.get(t, p, "origin_host", _origin_host, None),
         forward_fields=r.get(t, p, "forward_fields", _str_list(check_forward_field), ()),
         policy=_policy(r, t, p),
         allow=r.get(t, p, "allow", _networks, ()),
-        tls=read_tls(r, t, p, base),
+        tls=read_tls(r, t, p, base, hosts),
         signing=read_signing(r, t, p, base),
     )
     for name in site.signing.params if site.signing else ():

@@ -6,6 +6,7 @@ on, so every problem of a file is reported at once.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 
 from edgecache.config.model import Listen
 from edgecache.core import forward, nodeid
+
+log = logging.getLogger("edgecache.config")
 
 T = TypeVar("T")
 
@@ -127,6 +130,10 @@ class _Reader:
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(f"{self.source}: {key}: {message}")
+
+    def warn(self, key: str, message: str) -> None:
+        """Something that works but that the operator should know of (check-config prints it): logged."""
+        log.warning("%s: %s: %s", self.source, key, message)
 
     def get(self, table: dict[str, Any], prefix: str, name: str, convert: Callable[[Any], T], default: T) -> T:
         if name not in table:

@@ -257,3 +257,39 @@ async def test_handshakes_count_against_max_connections_and_end_at_the_header_ti
                 writer.close()
         assert (await fetch(edge.ports[1], ca, "video.test", "video.test", "/v.bin")).endswith(BODY)
     assert origin.hits["/v.bin"] == 1
+
+
+def test_a_certificate_clients_refuse_is_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An expired certificate, or one naming none of a host its site serves, loaded without a word: check-config
+    said "ok", and every HTTPS client of the site was refused. Both are warned of now, naming the file, the key and
+    the problem (warnings: a node whose certificate lapsed still starts and serves its other sites)."""
+    import datetime
+
+    from edgecache.config import build
+
+    ca = trustme.CA()
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    lapsed = ca.issue_cert("video.test", not_before=past - datetime.timedelta(days=90), not_after=past)
+    lapsed.cert_chain_pems[0].write_to_path(str(tmp_path / "lapsed.pem"))
+    lapsed.private_key_pem.write_to_path(str(tmp_path / "lapsed.key"))
+    issue(ca, tmp_path, "videos", "video.test", "*.cdn.test", "192.0.2.1")
+    issue(ca, tmp_path, "other", "other.test")
+
+    def site(name: str, hosts: list[str], pair: str) -> dict[str, object]:
+        tls = {"cert": f"{pair}.pem", "key": f"{pair}.key"}
+        return {"name": name, "hosts": hosts, "origins": ["http://127.0.0.1:1"], "tls": tls}
+
+    sites = [
+        site("v", ["video.test", "a.cdn.test", "*.cdn.test", "192.0.2.1"], "videos"),  # all named
+        site("o", ["other.test", "www.other.test", "*.other.test"], "other"),
+        site("l", ["lapsed.test"], "lapsed"),
+    ]
+    doc = {"server": {"tls_listen": ["127.0.0.1:8443"]}, "sites": sites}
+    with caplog.at_level(logging.WARNING, "edgecache.config"):
+        config = build(doc, "edge.toml", tmp_path)
+    assert [s.tls is not None for s in config.sites] == [True, True, True]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"edge.toml: sites[1].tls: certificate {tmp_path / 'other.pem'} does not name host {h!r} (subjectAltName):"
+        " HTTPS clients asking for it refuse it"
+        for h in ("www.other.test", "*.other.test")
+    ] + [f"edge.toml: sites[2].tls: certificate {tmp_path / 'lapsed.pem'} has expired: clients refuse it"]
