@@ -50,6 +50,13 @@ CLAIMED_ADDRESS = (
     "x-client-ip",
     "x-cluster-client-ip",
     "x-forwarded-server",
+    # The rest of PHP's usual list of where a client's address is (HTTP_CLIENT_IP, HTTP_X_FORWARDED, ...).
+    "client-ip",
+    "x-forwarded",
+    "forwarded-for",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
 )
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")  # RFC 9110 5.1, lower case
 
@@ -131,8 +138,10 @@ def pass_request(
     a form parameter the cache does not key on still means something to the origin.
     """
     # A client's hop field is never sent on, valid or not: a node forwarding to a peer adds its own (`extra`).
-    drop = ("host", "x-forwarded-for", "expect", "via", HOP, *UNKEYED, *CLAIMED_ADDRESS)
-    headers = [*end_to_end(client, drop=drop), ("Host", origin_host or key.host)]
+    drop = {d.lower() for d in ("host", "x-forwarded-for", "expect", "via", HOP, *UNKEYED, *CLAIMED_ADDRESS)}
+    # With '_' for '-' too: CGI, PHP and WSGI servers read X_Forwarded_For as HTTP_X_FORWARDED_FOR, as the real one.
+    kept = [(k, v) for k, v in end_to_end(client, drop=drop) if k.lower().replace("_", "-") not in drop]
+    headers = [*kept, ("Host", origin_host or key.host)]
     # Every line, in order: a balancer may add its own after the client's (HAProxy does), and the nearest is last.
     prior = ", ".join(get_all(client, "x-forwarded-for"))
     headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))

@@ -262,6 +262,32 @@ async def test_a_pass_through_names_the_declared_client_as_its_hop(origin: Origi
 
 
 @pytest.mark.parametrize("path", PATHS)
+async def test_a_pass_through_sends_no_address_a_client_claims_in_another_spelling(
+    origin: Origin, tmp_path: Path, path: str
+) -> None:
+    """X-Real-IP and the like were dropped, but not PHP's other usual sources of a client's address (Client-IP,
+    X-Forwarded, Forwarded-For), nor the fields spelt with '_' for '-', which CGI, PHP and WSGI servers read as the
+    same variable (X_Forwarded_For is HTTP_X_FORWARDED_FOR): any client of a pass could claim any address there."""
+    claims = {
+        "Client-IP": "6.6.6.6",
+        "X-Forwarded": "for=6.6.6.6",
+        "Forwarded-For": "6.6.6.6",
+        "X_Forwarded_For": "6.6.6.6",
+        "X_Real_IP": "6.6.6.6",
+        "X_Forwarded_Host": "evil.test",
+    }
+    fields = "".join(f"{k}: {v}\r\n" for k, v in claims.items()).encode()
+    post = b"POST /upload HTTP/1.1\r\nHost: video.test\r\n" + fields + b"X-Trace: 7\r\nContent-Length: 7\r\n"
+    async with start_edge(config(tmp_path, origin, path)) as edge:
+        status, _ = await exchange(edge.port, v1("203.0.113.7") + post + b"Connection: close\r\n\r\npayload")
+    assert status == 201
+    assert origin.objects["/upload"].data == b"payload"
+    (seen,) = origin.seen
+    assert (seen.method, seen.headers["X-Forwarded-For"], seen.headers["X-Trace"]) == ("POST", "203.0.113.7", "7")
+    assert sorted(set(seen.headers) & set(claims)) == []
+
+
+@pytest.mark.parametrize("path", PATHS)
 async def test_a_pass_through_sends_every_x_forwarded_for_line_on(origin: Origin, tmp_path: Path, path: str) -> None:
     # A balancer that adds its own X-Forwarded-For line (HAProxy's option forwardfor) after the client's: the
     # origin must get both, in order, or the client's own line is all it sees of the client.
