@@ -101,6 +101,24 @@ async def test_an_encoded_chunked_body_reaches_the_origin_chunked_as_sent(
     assert seen.header("Content-Length") is None
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+async def test_a_body_without_a_content_type_reaches_the_origin_without_one(
+    raw_edge: Edge, raw_origin: RawOrigin, method: str
+) -> None:
+    """aiohttp's client labels every POST, PUT and PATCH it sends without a Content-Type as
+    application/octet-stream: the origin was told the client sent a type it never named (RFC 9110 8.3: a
+    recipient may then sniff the type, or assume octet-stream; it was not the edge's to decide)."""
+    for body in (PAYLOAD, b""):
+        fields = (f"Content-Length: {len(body)}",)
+        raw = await exchange(raw_edge.port, post_head("/upload", *fields).replace(b"POST", method.encode(), 1) + body)
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert raw.endswith(b"\r\n\r\ngot %d bytes\n" % len(body))
+    assert [(s.method, s.body, s.header("Content-Type")) for s in raw_origin.seen] == [
+        (method, PAYLOAD, None),
+        (method, b"", None),
+    ]
+
+
 def body_timeouts() -> float:
     return sample_value("edgecache_request_body_timeouts_total") or 0.0
 
