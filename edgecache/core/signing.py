@@ -135,12 +135,17 @@ def sign(rules: Signing, target: str, expires: int, client: str | None = None, p
     """`target` with a token valid until `expires` (Unix seconds) appended, signed with the first secret.
 
     Raises ValueError when the token could not be valid: the site binds tokens to a client and none is given (or
-    one is given and it does not), the prefix does not start with '/' or the path is not under it, or the target
-    cannot be keyed.
+    one is given and it does not, or it is not an IP address), the prefix does not start with '/' or the path is
+    not under it, or the target cannot be keyed.
     """
     if rules.client != (client is not None):
         bound = "binds tokens to a client address: give one" if rules.client else "does not bind tokens to a client"
         raise ValueError(f"the site {bound}")
+    if client is not None:
+        try:
+            ip_address(client)
+        except ValueError:
+            raise ValueError(f"the client {client!r} is not an IP address: no request would come from it") from None
     if not 0 <= expires < 10**12:
         raise ValueError("expiry out of range")
     try:

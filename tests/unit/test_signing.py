@@ -137,6 +137,11 @@ def test_sign_refuses_what_could_never_be_valid() -> None:
         sign(RULES, "v/a.mp4", T)
     with pytest.raises(ValueError, match="out of range"):
         sign(RULES, "/v/a.mp4", 10**12)
+    # No request comes from these: `edgecache sign --client` printed URLs no viewer could ever use.
+    bound = Signing((SECRET,), client=True)
+    for client in ("viewer.example", "203.0.113.7 ", "203.0.113.007", ""):
+        with pytest.raises(ValueError, match="is not an IP address"):
+            sign(bound, "/v/a.mp4", T, client=client)
 
 
 def test_the_token_is_neither_keyed_nor_sent_to_the_origin() -> None:
