@@ -40,7 +40,7 @@ from edgecache.storage.disks import Disks
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.memory import ENTRY_OVERHEAD, LIMIT_FLOOR, MemoryTier, next_entries, next_limit, rss_slack
 from edgecache.storage.store import OPEN_FILES, Store
-from edgecache.tls import Certificates
+from edgecache.tls import Certificates, quiet_sni_faults
 from edgecache.watchdog import Heartbeats, install_test_hooks, keep_alive
 
 log = logging.getLogger(__name__)
@@ -479,6 +479,7 @@ def worker_main(
     _fewer_malloc_arenas()
     _more_file_descriptors()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
+    quiet_sni_faults()
     for reason in Reason:
         metrics.WORKER_RESTARTS.labels(reason.value).set(restarts.get(reason, 0))
     try:

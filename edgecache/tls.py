@@ -11,10 +11,15 @@ one it replaces when their key types differ (a context holds one per type), serv
 
 from __future__ import annotations
 
+import logging
 import ssl
+import sys
+from typing import Any
 
 from edgecache.config import Config, TLSFiles
 from edgecache.core.route import Router, normalise_host
+
+log = logging.getLogger(__name__)
 
 
 def _base() -> ssl.SSLContext:
@@ -55,3 +60,22 @@ class Certificates:
         ctx = self._by_name.match(host) if host is not None else None
         conn.context = ctx or self._default
         return None
+
+
+def quiet_sni_faults() -> None:
+    """CPython decodes a client's SNI name as ASCII before calling the SNI callback, and gives one it cannot
+    decode to sys.unraisablehook, which writes five lines of traceback to stderr: any client could fill the log at
+    will. Such a handshake fails as before (OpenSSL's internal_error alert); it is one line at INFO now, as
+    aiohttp's client faults are (sites.quiet_client_faults). Installed once per worker, before every other hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "edgecache_sni", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, UnicodeDecodeError) and isinstance(unraisable.object, bytes):
+            log.info("TLS handshake refused: the client's SNI name is not ASCII: %r", unraisable.object[:64])
+            return
+        previous(unraisable)
+
+    hook.edgecache_sni = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook

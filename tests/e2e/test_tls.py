@@ -293,3 +293,48 @@ def test_a_certificate_clients_refuse_is_warned_of(tmp_path: Path, caplog: pytes
         " HTTPS clients asking for it refuse it"
         for h in ("www.other.test", "*.other.test")
     ] + [f"edge.toml: sites[2].tls: certificate {tmp_path / 'lapsed.pem'} has expired: clients refuse it"]
+
+
+def client_hello(name: bytes) -> bytes:
+    """A TLS 1.2 ClientHello naming `name` as it stands (Python's client would send it IDNA-encoded)."""
+    import os
+    import struct
+
+    sni = struct.pack("!BH", 0, len(name)) + name
+    exts = struct.pack("!HHH", 0, len(sni) + 2, len(sni)) + sni
+    exts += struct.pack("!HHHHH", 10, 6, 4, 0x001D, 0x0017)  # groups: x25519, secp256r1
+    exts += struct.pack("!HHHHH", 13, 6, 4, 0x0403, 0x0804)  # signature algorithms
+    ciphers = struct.pack("!HHH", 4, 0xC02B, 0xC02F)
+    body = b"\x03\x03" + os.urandom(32) + b"\x00" + ciphers + b"\x01\x00" + struct.pack("!H", len(exts)) + exts
+    handshake = b"\x01" + struct.pack("!I", len(body))[1:] + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
+
+
+async def test_a_name_that_is_not_ascii_costs_no_traceback(origin: Origin, tmp_path: Path) -> None:
+    """CPython decodes the client's SNI name as ASCII before our callback sees it, and sends a name it cannot
+    decode to sys.unraisablehook: five lines of traceback on a node's stderr for each such handshake, which any
+    client can send as often as it likes. The handshake still fails; the node logs one line at INFO."""
+    from tests.e2e.procs import edge_process, free_port
+
+    origin.put("/v.bin", BODY)
+    ca = trustme.CA()
+    issue(ca, tmp_path, "videos", "video.test")
+    plain, https = free_port(), free_port()
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{plain}"]\ntls_listen = ["127.0.0.1:{https}"]\n[cache]\ndir = "c"\n'
+        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+        '[sites.tls]\ncert = "videos.pem"\nkey = "videos.key"\n'
+    )
+    async with edge_process("serve", "--config", str(config), ready={b"listening on https": 1}) as proc:
+        for name in ("café.test".encode(), b"\xff\xfe.test"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", https)
+            writer.write(client_hello(name))
+            async with asyncio.timeout(10):
+                assert not (await reader.read()).startswith(b"\x16")  # no ServerHello: refused
+            writer.close()
+        assert (await fetch(https, ca, "video.test", "video.test", "/v.bin")).endswith(BODY)
+    assert proc.stderr is not None
+    log = await proc.stderr.read()
+    assert b"Traceback" not in log
+    assert log.count(b"INFO edgecache.tls: TLS handshake refused: the client's SNI name is not ASCII") == 2
