@@ -59,7 +59,6 @@ class FastPath(asyncio.Protocol):
         self.address = "-"  # the connection's: the socket's peer, or whom its PROXY header declared
         self.proxy = proxy  # a PROXY header is still to come (server.proxy_protocol)
         self.declared: str | None = None  # the client that header named
-        self.forwarder = False  # a trusted forwarder: each request's X-Forwarded-For names its client
         self.buf = b""
         self.busy = False  # a response is being read from disk or written with waits
         self.closing = self.write_paused = False
@@ -89,7 +88,6 @@ class FastPath(asyncio.Protocol):
         transport = self.transport
         peer = transport.get_extra_info("peername")
         self.address = self.client = str(peer[0]) if peer else "-"
-        self.forwarder = clientaddr.within(self.address, self.server.shared.forwarders)
         sock = transport.get_extra_info("socket")
         self.tls = transport.get_extra_info("sslcontext") is not None  # never sendfile under TLS
         self.sock_fd = sock.fileno() if sock is not None and not self.tls else -1
@@ -184,7 +182,6 @@ class FastPath(asyncio.Protocol):
         self.buf = self.buf[got.consumed :]
         if got.source is not None:  # LOCAL and UNKNOWN name no client: the socket's peer stands
             self.address = self.client = self.declared = got.source
-        self.forwarder = clientaddr.within(self.address, self.server.shared.forwarders)
         return True
 
     def _refuse(self, reason: str) -> bool:
@@ -251,9 +248,12 @@ class FastPath(asyncio.Protocol):
                 self.loop.create_task(store.catch_up()).add_done_callback(self.done)
                 return
             head = self.buf[: end + 4]
-            if self.forwarder:
-                forwarded = clientaddr.forwarded_for(head)
-                self.client = clientaddr.real_client(self.address, forwarded, self.server.shared.forwarders)
+            # Judged for each request, as the last reload left the list: a balancer's connection outlives reloads.
+            forwarders = self.server.shared.forwarders  # a trusted one's X-Forwarded-For names the client
+            if forwarders and clientaddr.within(self.address, forwarders):
+                self.client = clientaddr.real_client(self.address, clientaddr.forwarded_for(head), forwarders)
+            else:
+                self.client = self.address
             settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
             admitted = settling or self.retried > 0 or self.again  # let in when it was first decided
             copy = self.started is not None and self.started.copy
@@ -444,7 +444,6 @@ class FastPath(asyncio.Protocol):
         """This connection comes back from aiohttp (HeadGuard) with the first bytes of its next request."""
         if declared is not None:  # the client its PROXY header named, as before the hand-off
             self.address = self.client = self.declared = declared
-            self.forwarder = clientaddr.within(self.address, self.server.shared.forwarders)
         self.data_received(data)
 
     def _arm(self, kind: str, seconds: float) -> None:

@@ -317,3 +317,35 @@ async def test_trusted_forwarders_change_on_reload(origin: Origin, tmp_path: Pat
         assert await reload(edge.node)
         assert await exchange(edge.port, forwarded) == (200, BODY)
     assert origin.hits["/obj"] == 1
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_trusted_forwarders_change_on_reload_for_connections_already_open(
+    origin: Origin, tmp_path: Path, path: str
+) -> None:
+    """The fast path judged whether a connection came from a trusted forwarder once, when it was made: a balancer's
+    keep-alive connection (they last hours) had its X-Forwarded-For ignored after a reload trusted it, and every
+    client behind it was refused by the ACL as the balancer's own address, until it reconnected."""
+    from tests.wire import read_answer
+
+    origin.put("/obj", BODY)
+    path_ = tmp_path / "edge.toml"
+    site = f'name = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\nallow = ["203.0.113.0/24"]'
+    doc = '[server]\nfast_path = {}\ntrusted_forwarders = [{}]\n[cache]\ndir = "cache"\n[[sites]]\n' + site
+    fast = "true" if path == "fast" else "false"
+    forwarded = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"
+    path_.write_text(doc.format(fast, '"10.0.0.0/8"'))
+    async with start_edge(replace(load(path_), listen=make_config(tmp_path, []).listen)) as edge:
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            async with asyncio.timeout(10):
+                writer.write(forwarded)
+                assert (await read_answer(reader))[::2] == (403, REFUSED)
+                path_.write_text(doc.format(fast, '"127.0.0.0/8"'))
+                assert await reload(edge.node)
+                for _ in range(2):  # a miss, then a hit
+                    writer.write(forwarded)
+                    assert (await read_answer(reader))[::2] == (200, BODY)
+        finally:
+            writer.close()
+    assert origin.hits["/obj"] == 1
