@@ -89,6 +89,10 @@ def check_listeners(r: _Reader, cfg: Config) -> None:
             r.problem("server.proxy_protocol", f"{addr} is not one of server.listen")
     if cfg.proxy_protocol_from and not cfg.proxy_protocol:
         r.problem("server.proxy_protocol_from", "no listener expects a PROXY header (server.proxy_protocol)")
+    elif cfg.proxy_protocol and not cfg.proxy_protocol_from:
+        who = "empty, so any address that reaches a PROXY listener may name any client"
+        why = "(site ACLs, rate limits, tokens bound to a client and the access log believe it): list the balancers"
+        r.warn("server.proxy_protocol_from", f"{who} {why}")
     if cfg.tls_listen and cfg.tls is None and not any(s.tls for s in cfg.sites):
         r.problem("server.tls_listen", "needs a certificate: [server.tls] or a [sites.tls] table")
     clients = [("server.listen", cfg.listen), ("server.tls_listen", cfg.tls_listen)]

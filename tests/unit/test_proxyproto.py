@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from ipaddress import ip_network
 from pathlib import Path
@@ -161,6 +162,20 @@ def test_config_keys() -> None:
     assert cfg.trusted_forwarders == (ip_network("10.0.0.0/8"), ip_network("2001:db8::/32"))
     default = build({"sites": [SITE]}, "f.toml", Path("/x"))
     assert (default.proxy_protocol, default.proxy_protocol_from, default.trusted_forwarders) == ((), (), ())
+
+
+def test_a_proxy_listener_anyone_may_send_a_header_to_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    """With proxy_protocol and no proxy_protocol_from, every address that reaches the listener may name any client in
+    its header (past a site's ACL, the rate limit, a token bound to a client, into the access log): the check said
+    nothing. It is allowed still (a listener only balancers reach), and warned of."""
+    server: dict[str, object] = {"listen": ["127.0.0.1:8080"], "proxy_protocol": ["127.0.0.1:8080"]}
+    with caplog.at_level(logging.WARNING, "edgecache.config"):
+        build({"server": server, "sites": [SITE]}, "f.toml", Path("/x"))
+        build({"server": {**server, "proxy_protocol_from": ["10.0.0.0/8"]}, "sites": [SITE]}, "f.toml", Path("/x"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "f.toml: server.proxy_protocol_from: empty, so any address that reaches a PROXY listener may name any client"
+        " (site ACLs, rate limits, tokens bound to a client and the access log believe it): list the balancers"
+    ]
 
 
 def test_bad_config_values_are_named() -> None:
