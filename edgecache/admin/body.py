@@ -3,10 +3,15 @@ and the 400 that names what is wrong with it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
+
+# A body that has not all come by then ends its request with 408: a client that announces a length and sends less
+# held the request, and a descriptor of the worker that serves viewers too, for good (headers have their own 10 s).
+BODY_SECONDS = 30.0
 
 
 def bad(message: str) -> web.HTTPBadRequest:
@@ -16,9 +21,24 @@ def bad(message: str) -> web.HTTPBadRequest:
 async def read_json(request: web.Request) -> Any:
     """The body's JSON value; 400 for a body that is not JSON, or is nested deeper than json's decoder recurses
     (a 100 KB body of '[' raised RecursionError, which aiohttp answered 500)."""
+    raw = await read_body(request)
     try:
-        return await request.json()
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad(f"body is not JSON: {exc.__class__.__name__}") from exc
     except RecursionError:
         raise bad("body is not JSON this node reads: nested too deeply") from None
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within BODY_SECONDS; 408 naming the bound otherwise."""
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            return await request.read()
+    except TimeoutError:
+        late = web.HTTPRequestTimeout(
+            text=json.dumps({"error": f"the body did not all come within {BODY_SECONDS:g} s"}) + "\n",
+            content_type="application/json",
+        )
+        late.force_close()  # the rest of the body may come yet: never read as the next request
+        raise late from None

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
-from edgecache.admin.body import bad, read_json
+from edgecache.admin.body import bad, read_body, read_json
 from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
 from edgecache.config import Config, Token, parse_size
 from edgecache.core.route import Router
@@ -30,7 +30,7 @@ async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
             return body["urls"], body
         raise bad("expected a JSON array of URLs or an object with a 'urls' array")
     try:
-        text = (await request.read()).decode("utf-8")
+        text = (await read_body(request)).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise bad("body is not UTF-8 text") from exc
     urls = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]

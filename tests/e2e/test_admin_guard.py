@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
+import pytest
+
 from edgecache.admin.auth import PUBLIC
 from edgecache.config import Listen
 from edgecache.proxy.headguard import TIMEOUT_408
@@ -190,3 +192,35 @@ async def test_the_admin_listener_closes_a_connection_whose_head_does_not_come_i
             assert whole.startswith(b"HTTP/1.1 200 OK\r\n"), whole  # a whole head, answered as ever
         finally:
             await admin.cleanup()
+
+
+async def test_a_body_that_does_not_all_come_gets_a_408(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token holder's POST that announced 1,000 bytes and sent 6 held its request (and a descriptor of the
+    worker that serves viewers too) for good: the whole body must come within admin.body.BODY_SECONDS."""
+    from edgecache.admin import body
+
+    monkeypatch.setattr(body, "BODY_SECONDS", 0.3)
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        for path, kind in (
+            ("/purge", "application/json"),
+            ("/prefetch", "text/plain"),
+            ("/prefetch", "application/json"),
+        ):
+            for _ in range(2):
+                head = (
+                    f"POST {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {OPERATOR}\r\n"
+                    f"Content-Type: {kind}\r\nContent-Length: 1000\r\n\r\n"
+                ).encode()
+                reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+                writer.write(head + b'{"url"')
+                try:  # the answer, then aiohttp lingers reading what may come, up to its lingering_time
+                    async with asyncio.timeout(5):
+                        answer = await reader.readuntil(b"\r\n\r\n")
+                        text = await reader.readexactly(int(re.findall(rb"Content-Length: (\d+)", answer)[0]))
+                finally:
+                    writer.transport.abort()
+                assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+                assert b"\r\nConnection: close\r\n" in answer
+                assert text == b'{"error": "the body did not all come within 0.3 s"}\n'
