@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
@@ -227,6 +227,8 @@ class DiskTier:
         self._queues = SQLiteQueues(lambda: self._cache._con)
         self.policy = DiskPolicy(budget_bytes, self._queues)
         self._hits: dict[str, int] = {}  # key -> hits not yet written to the index
+        self._waiting: set[asyncio.Future[Any]] = set()  # calls of _run not answered yet
+        self.abandoned: str | None = None  # why calls stop waiting for this tier's threads (abandon)
         self._flushing = False
         self._timer: asyncio.TimerHandle | None = None
         self._held, alone = _hold(directory)
@@ -265,12 +267,31 @@ class DiskTier:
             self._cache.delete(key, retry=True)
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
+        if self.abandoned is not None:
+            raise StorageError(f"disk tier: {self.abandoned}")
+        waiting = asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        self._waiting.add(waiting)
         try:
-            return await loop.run_in_executor(self._pool, fn)
+            return await waiting
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             self.errors += 1
             raise StorageError(f"disk tier: {exc}") from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.abandoned is None or (task is not None and task.cancelling()):
+                raise  # the caller's own cancellation
+            raise StorageError(f"disk tier: {self.abandoned}") from None
+        finally:
+            self._waiting.discard(waiting)
+
+    def abandon(self, why: str) -> None:
+        """The disk is out of service: every call waiting for its threads ends now with a StorageError, and so does
+        every later one. A hung device (a write that never returns) holds the threads, and the calls queued behind
+        them would wait as long: a request in flight when its disk hung was never answered. Those queued are dropped
+        (a cancelled call that has not started never runs); one running is left to its thread."""
+        self.abandoned = why
+        for waiting in list(self._waiting):
+            waiting.cancel()
 
     async def get(self, key: str) -> bytes | None:
         """The value, if present and intact: one whose checksum fails is deleted and reported missing."""

@@ -299,6 +299,8 @@ class Disks:
                 await self._full(slot, exc)
                 raise DiskFull(f"disk {slot.label} is full: {exc}") from exc
             why = failure(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
+            if why is None and slot.failed is not None:  # it failed meanwhile, and this call was let go (abandon)
+                raise OutOfService(f"disk {slot.label} failed: {slot.failed}") from exc
             if why is None:
                 raise
             if slot.failed is None:
@@ -356,6 +358,8 @@ def _contains(keys: list[str]) -> Callable[[DiskTier], Awaitable[list[bool]]]:
 
 def _fail(slot: _Slot, why: str) -> None:
     slot.failed = why
+    if slot.tier is not None:  # calls waiting for its threads (a hung device holds them) end now
+        slot.tier.abandon(why)
     metrics.DISK_UP.labels(slot.label).set(0)
     metrics.DISK_FAILURES.labels(slot.label).inc()
     log.error("disk %s failed and is out of service (its objects are fetched from origin): %s", slot.label, why)

@@ -3,9 +3,11 @@ service by an I/O failure or a failed probe, then brought back by revive() (a re
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import sqlite3
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -368,4 +370,42 @@ async def test_a_lease_stops_at_a_value_already_stored(tmp_path: Path) -> None:
         assert await disks.contains([lease_name(k) for k in keys]) == [True] * 5 + [False] * 7
         assert await disks.lease([lease_name(k) for k in keys[5:]], 5) == 0
     finally:
+        disks.close()
+
+
+async def test_calls_waiting_on_a_hung_disk_end_when_it_is_taken_out(tmp_path: Path) -> None:
+    """A hung device (a write that never returns) holds its tier's threads; every call behind it waits in their
+    queue. The probe takes such a disk out of service (PROBE_TIMEOUT), and then those calls must end too: they held
+    their requests, and a fill's origin connection, for as long as the device hung (for good: a request in flight
+    when a disk hung was never answered)."""
+    config = three(tmp_path)
+    disks = Disks.open_all(config, threads=1)
+    hung, entered = threading.Event(), threading.Event()
+    try:
+        keys = [k for k in (f"s:{i}" for i in range(100)) if disks.home(k) == 1][:2]
+        await disks.put(keys[1], b"stored")
+        tier = disks._slots[1].tier
+        assert tier is not None
+        real_set = tier._cache.set
+
+        def hangs(*args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            hung.wait()
+            return real_set(*args, **kwargs)
+
+        tier._cache.set = hangs  # type: ignore[method-assign]
+        write = asyncio.ensure_future(disks.put(keys[0], b"v" * 100))
+        assert await asyncio.to_thread(entered.wait, 10)  # the write holds the disk's one thread
+        read = asyncio.ensure_future(disks.get(keys[1]))  # queued behind it
+        config[1].path.rename(tmp_path / "elsewhere")  # what the probe finds wrong (a hung one: its time limit)
+        await disks._probe(disks._slots[1])
+        assert list(disks.failed) == [str(config[1].path)]
+        async with asyncio.timeout(5):
+            with pytest.raises(OutOfService):
+                await write
+            with pytest.raises(OutOfService):
+                await read
+        assert await disks.get(next(k for k in (f"s:{i}" for i in range(100)) if disks.home(k) == 0)) is None
+    finally:
+        hung.set()
         disks.close()
