@@ -295,6 +295,7 @@ class Engine:
 
         if head.store:
             fill.from_store = functools.partial(self._stored_slice, req.entry_key, head.meta)
+        fill.waiting_for_reader = resp.set_aside
         size = self.slice_size
         reached = fill.received // size  # the slice boundary last passed: where the fill may stop (unread)
         try:

@@ -142,6 +142,9 @@ class Fill:
         self._changed = asyncio.Event()
         self.start = 0  # absolute offset of the first body byte
         self.backpressure = False  # one private reader: the producer waits for it instead of dropping slices
+        # Told when the producer starts waiting for its private reader (True) and when it goes on (False): the
+        # origin connection is set aside meanwhile (origin.OriginResponse.set_aside).
+        self.waiting_for_reader: Callable[[bool], None] | None = None
         self.streamed = False  # whoever started it streams the body should it turn out private
         self.leases: dict[int, str] = {}  # slice index -> the lease a reader took for this fill to fetch it
         self._read_pos = 0
@@ -179,8 +182,18 @@ class Fill:
         while self.last_index is None and self._held + self.slice_size > self.bound:
             if self._reader_gone and self.backpressure:
                 raise OriginError("the fill's only reader left")
-            await self._changed.wait()
+            if self.backpressure and self.waiting_for_reader is not None:
+                await self._for_reader(self.waiting_for_reader)
+            else:
+                await self._changed.wait()
             self._release_old()  # a stream moved on, or left
+
+    async def _for_reader(self, told: Callable[[bool], None]) -> None:
+        told(True)
+        try:
+            await self._changed.wait()
+        finally:
+            told(False)
 
     def feed(self, chunk: bytes | memoryview, on_complete: Callable[[int, bytes], None]) -> None:
         """Append body bytes; call on_complete(index, data) for each slice this chunk finishes."""

@@ -10,7 +10,7 @@ import hmac
 import logging
 import socket
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import aiohttp
@@ -40,12 +40,26 @@ class OriginResponse:
     origin: str
     site: str = "-"
     peer: str | None = None  # the cluster member it came from: its bytes are peer bytes, not origin bytes
+    _aside: tuple[_Pool, ResponseHandler] | None = None  # its connection, while set aside (set_aside)
 
     def release(self) -> None:
         self.raw.release()
 
     def close(self) -> None:
         self.raw.close()
+
+    def set_aside(self, aside: bool) -> None:
+        """The fill reading this answer waits for the one client it is for (aside), or goes on: its connection does
+        not count against its pool's limit meanwhile (_Pool.set_aside). aiohttp may release the connection while
+        it is set aside (the whole body has arrived): it is then no longer this answer's to count."""
+        conn = self.raw.connection
+        if aside:
+            if conn is not None and isinstance(conn._connector, _Pool) and conn.protocol is not None:
+                self._aside = (conn._connector, conn.protocol)
+                conn._connector.set_aside(conn.protocol, True)
+        elif self._aside is not None:
+            (pool, proto), self._aside = self._aside, None
+            pool.set_aside(proto, False, held=conn is not None and conn.protocol is proto)
 
 
 class _Handler(ResponseHandler):
@@ -105,6 +119,29 @@ class _Pool(aiohttp.TCPConnector):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         handler: type[ResponseHandler] = _Handler
         self._factory = functools.partial(handler, loop=self._loop)
+        self._aside: set[ResponseHandler] = set()  # acquired, not counted against the limit (set_aside)
+
+    def set_aside(self, proto: ResponseHandler, aside: bool, held: bool = True) -> None:
+        """A fill whose answer only its one client may read (private) reads the origin as that client reads: a
+        client that stops reading holds the connection until client_write_timeout, and as many of them as the
+        limit took every connection fills use (each cold miss of every site then waited for one: a 504). While it
+        waits for its client (aside) it does not count against the limit, and a waiter takes its place; it counts
+        again once it goes on. Those set aside are bounded by the clients' connections (server.max_connections),
+        as a relay's paused connections to a peer are (PeerPool.stall)."""
+        if aside:
+            if proto in self._acquired:
+                self._acquired.discard(proto)
+                self._aside.add(proto)
+                self._release_waiter()
+        elif proto in self._aside:
+            self._aside.discard(proto)
+            if held:  # else released meanwhile: in the idle pool, or another request's by now
+                self._acquired.add(proto)
+
+    def _close(self, *, abort_ssl: bool = False) -> list[Awaitable[object]]:
+        self._acquired |= self._aside  # closed with the others
+        self._aside.clear()
+        return super()._close(abort_ssl=abort_ssl)
 
     async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
         # aiohttp takes the oldest idle connection (the left end): only those that would be taken are looked at.

@@ -216,3 +216,40 @@ async def test_passes_whose_clients_stopped_reading_leave_fills_their_connection
             for writer in stalled:
                 writer.close()
     assert origin.hits["/object"] == 1
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "framework"])
+async def test_misses_whose_private_answers_are_not_read_leave_fills_their_connections(
+    origin: Origin, tmp_path: Path, fast_path: bool
+) -> None:
+    """A miss whose answer turns out private is fetched by a fill (its request could not be known to be a pass), and
+    that fill then reads the origin as its one client reads. As many such clients as origin.max_connections, each
+    asking another URL and reading nothing, took every connection fills use: every cold miss of every site waited
+    for one and got 504 until client_write_timeout cut them. A fill waiting for its client counts no more (as a
+    relay's connection to a peer whose viewer stopped reading: PeerPool)."""
+    big = bytes(range(256)) * (32 * 1024 * 4)  # 32 MiB: more than loopback's socket buffers hold
+    for i in range(2):
+        origin.put(f"/private{i}", big, headers={"Cache-Control": "private"})
+    origin.put("/object", b"o" * 5000)
+    config = make_config(tmp_path / "c", [origin.url])
+    config = replace(config, origin=replace(config.origin, max_connections=2, connect_timeout=2.0), fast_path=fast_path)
+    async with start_edge(config) as edge:
+        stalled = []
+        for i in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", edge.port))
+            _, writer = await asyncio.open_connection(sock=sock)
+            writer.write(f"GET /private{i} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode())
+            stalled.append(writer)
+        try:
+            async with asyncio.timeout(10):
+                await origin.wait_for_requests(2)  # both fills hold an origin connection, their answers unread
+            status, _, body = await edge.get("/object")
+            assert (status, body) == (200, b"o" * 5000)
+        finally:
+            for writer in stalled:
+                writer.close()
+    assert origin.hits["/object"] == 1
+    assert origin.hits["/private0"] == origin.hits["/private1"] == 1
