@@ -179,7 +179,7 @@ async def reload(node: Node) -> bool:
     from edgecache import config as cfg
     from edgecache.errors import ConfigError
 
-    await node.store.disk.revive()  # disks out of service whose directory works again
+    await node.store.revive(node.config.cache.all_disks)  # disks out of service whose directory works again
     path = node.config.source
     if path == "command line":
         log.warning("reload: this node was started without a config file; nothing to reload")

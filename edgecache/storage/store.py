@@ -12,14 +12,18 @@ import contextlib
 import functools
 import logging
 import secrets
+import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from edgecache import metrics
+from edgecache.config.model import Disk
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import PrimaryRecord, digest
 from edgecache.errors import StorageError
+from edgecache.storage import placed
 from edgecache.storage.disk import lease_name
 from edgecache.storage.disks import DiskFull, Disks, OutOfService
 from edgecache.storage.memory import MemoryTier
@@ -331,6 +335,15 @@ class Store(Purging):
         for name in gone:
             self._files.pop(name).drop()
         return len(gone)
+
+    async def revive(self, disks: Sequence[Disk]) -> None:
+        """Open again the disks out of service that work now (a reload). One may have been out at a change of
+        `disks` (storage.placed): those back are compared with the list too, and what was stored before a change
+        they missed is revalidated from now on, as at a start."""
+        if await self.disk.revive():
+            now = time.time()
+            at = await asyncio.get_running_loop().run_in_executor(None, placed.since, disks, self.disk.in_service, now)
+            self.placed_at = max(self.placed_at, at)
 
     def close_files(self) -> None:
         for f in self._files.values():

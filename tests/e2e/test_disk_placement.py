@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgecache.config import Config, Disk
+from edgecache.server import reload
 from tests.e2e.adminkit import admin_node, node_config
 from tests.origin import Origin
 
@@ -48,3 +49,40 @@ async def test_a_purge_taken_under_other_disks_holds_when_the_disks_change_back(
             assert (status, body) == (200, b"new " + p.encode())
             assert "hit" in headers["Cache-Status"], headers["Cache-Status"]
     assert sum(origin.hits[p] for p in PATHS) == hits_before + len(PATHS)
+
+
+async def test_a_disk_out_of_service_at_a_change_and_back_on_a_reload_learns_of_the_change(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A disk that could not be opened at the start after a change, then brought back by a reload, is told of the
+    change: otherwise its record still named the old list, and with that list again the purges taken meanwhile on
+    the keys' new disks were undone (its copies hits again)."""
+    one, two = disks(tmp_path, "a"), disks(tmp_path, "a", "c")
+    a = one[0].path
+    for p in PATHS:
+        origin.put(p, b"old " + p.encode())
+    base = node_config(origin, tmp_path / "a")
+
+    def config(listed: tuple[Disk, ...]) -> Config:
+        return replace(base, cache=replace(base.cache, dir=listed[0].path, disks=listed))
+
+    async with admin_node(config(one)) as node:
+        for p in PATHS:
+            assert (await node.edge.get(p))[2] == b"old " + p.encode()
+    a.rename(tmp_path / "a.away")
+    a.write_bytes(b"not a directory")  # a cannot be opened: it starts out of service
+    async with admin_node(config(two)) as node:
+        assert list(node.edge.node.store.disk.failed) == [str(a)]
+        a.unlink()
+        (tmp_path / "a.away").rename(a)
+        await reload(node.edge.node)  # a works again: back in service
+        assert node.edge.node.store.disk.failed == {}
+        for p in PATHS:
+            status, answer = await node.call("POST", "/purge", json={"url": f"http://video.test{p}"})
+            assert (status, answer["confirmed"]) == (200, 1), answer
+    for p in PATHS:
+        origin.put(p, b"new " + p.encode(), etag='"v2"')
+    async with admin_node(config(one)) as node:
+        for p in PATHS:
+            status, headers, body = await node.edge.get(p)
+            assert (status, body) == (200, b"new " + p.encode()), (p, headers.get("Cache-Status"))
