@@ -472,6 +472,20 @@ class DiskTier:
 
         return await self._run(cut)
 
+    async def grow(self, limit: int, share: float) -> int:
+        """The filesystem has room again after shrink(): the budget becomes `share` of what the cache could take
+        there now (what it holds and the room left), `limit` at most, never less than it is. The new budget."""
+
+        def up() -> int:
+            st = os.fstatvfs(self._slice_disk.dir_fd)  # the filesystem of the directory as opened
+            with self._cache.transact(retry=True):
+                fits = int((self.policy.used_bytes + st.f_bavail * st.f_frsize) * share)
+                self.budget_bytes = max(self.budget_bytes, min(limit, fits))
+                self._delete_values(self.policy.resize(self.budget_bytes))
+            return self.budget_bytes
+
+        return await self._run(up)
+
     def close(self) -> None:
         """Write the hits not yet in the index, then close (blocking: the disk threads finish first)."""
         if self._timer is not None:

@@ -13,7 +13,8 @@ worker logs it once. Its keys are then misses, fetched from origin and not store
 disks keep their budgets for their own objects, and no key ever has a second copy that could be found in place
 of the newer one (workers see a failure at different moments, and a disk may come back).
 
-A full filesystem is no failure: the write is lost and the disk's budget lowered below what it holds (_full).
+A full filesystem is no failure: the write is lost and the disk's budget lowered below what it holds (_full),
+then raised again as far as the filesystem's room allows, GROW_AFTER seconds after it last changed (_grow).
 
 A failed disk stays out of service until a reload (SIGHUP) finds its directory working again: a human replaced
 the disk or freed the space, so it does not flap in and out on a probe's luck. It comes back with what it held.
@@ -65,6 +66,9 @@ _FAILED_SQLITE = (
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FULL_SQLITE = "database or disk is full"
 SHRINK = 0.9  # a full disk's budget becomes this share of what it holds
+# A lowered budget is raised again, as far as the filesystem's room allows (Disks._grow), once this long has passed
+# since it last changed: space freed by whatever filled the filesystem is the cache's again without a restart.
+GROW_AFTER = 30.0
 
 
 class OutOfService(StorageError):
@@ -119,7 +123,7 @@ class _Slot:
     failed: str | None = None
     identity: tuple[int, int] = (0, 0)  # st_dev, st_ino of its directory when opened
     mount: bool = False  # its directory was a mount point when opened: a reload wants its filesystem mounted again
-    shrunk: float = -PROBE_SECONDS  # when its budget was last lowered for a full filesystem (monotonic)
+    shrunk: float = -PROBE_SECONDS  # when its budget was last lowered for a full filesystem, or raised (monotonic)
     label: str = field(init=False)
     ops: dict[str, Counter] = field(init=False)  # its metrics' children, looked up once
     errors: Counter = field(init=False)
@@ -283,6 +287,8 @@ class Disks:
             why = f"a probe got no answer in {PROBE_TIMEOUT:g} s"
         if why is not None and slot.up:
             self._fail(slot, why)
+        elif slot.up and slot.tier is not None and self._lowered(slot, slot.tier):
+            await self._grow(slot, slot.tier)
 
     async def _on(self, key: str, op: str, call: Callable[[DiskTier], Awaitable[T]]) -> T:
         return await self._use(self._slots[self.home(key)], op, call)
@@ -322,12 +328,28 @@ class Disks:
             return
         metrics.DISK_SIZE.labels(slot.label).set(budget)
         log.warning(
-            "disk %s is full (%s): its budget is lowered to %d bytes until a restart; free space on its "
-            "filesystem or lower its size",
+            "disk %s is full (%s): its budget is lowered to %d bytes until its filesystem has room again; free "
+            "space there or lower its size",
             slot.label,
             exc,
             budget,
         )
+
+    @staticmethod
+    def _lowered(slot: _Slot, tier: DiskTier) -> bool:
+        """Is its budget below its size, and unchanged for GROW_AFTER seconds?"""
+        return tier.budget_bytes < slot.disk.size and time.monotonic() - slot.shrunk >= GROW_AFTER
+
+    async def _grow(self, slot: _Slot, tier: DiskTier) -> None:
+        """Raise a budget that a full filesystem lowered, as far as the room there allows now (DiskTier.grow)."""
+        slot.shrunk, before = time.monotonic(), tier.budget_bytes
+        try:
+            budget = await tier.grow(slot.disk.size, SHRINK)
+        except StorageError:  # what is wrong is found by the next write or probe
+            return
+        if budget > before:
+            metrics.DISK_SIZE.labels(slot.label).set(budget)
+            log.warning("disk %s has room again: its budget is raised to %d bytes", slot.label, budget)
 
     def _fail(self, slot: _Slot, why: str) -> None:
         _fail(slot, why)

@@ -21,6 +21,7 @@ import diskcache
 import pytest
 from aiohttp import web
 
+from edgecache.storage import disks
 from tests.conftest import make_config, start_edge
 from tests.e2e.procs import ROOT, free_port, wait_lines
 from tests.origin import Origin
@@ -217,3 +218,43 @@ async def test_a_purge_the_full_disk_cannot_record_is_not_confirmed(origin: Orig
             )
         origin.put("/obj", b"after the purge!", etag='"v2"')
         assert (await node.edge.get("/obj"))[2] == b"after the purge!"  # applied here all the same
+
+
+async def test_a_budget_lowered_by_a_full_disk_comes_back_when_the_space_is_freed(
+    origin: Origin, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something else filled the filesystem for a while (a core dump, a log): the budget went down to what the cache
+    held then (nothing), and stayed there until a restart, every object a miss though the space was free again."""
+    monkeypatch.setattr(disks, "GROW_AFTER", 0.0)
+    objects = {f"/g{i}.bin": os.urandom(300_000 + i) for i in range(4)}
+    for path, data in objects.items():
+        origin.put(path, data)
+    config = make_config(small_disk / "cache", [origin.url], memory_bytes=256 * 1024, disk_bytes=512 * MiB)
+    async with start_edge(config) as edge:
+        filler = small_disk / "filler"
+        await asyncio.to_thread(_fill_but, filler, 100_000)  # room for the index, none for an object
+        for path, data in objects.items():
+            status, _, body = await edge.get(path)
+            assert (status, body) == (200, data)
+        await edge.node.engine.flush()
+        tier = edge.node.store.disk._slots[0].tier
+        assert tier is not None
+        assert tier.budget_bytes < 300_000  # lowered to what the cache held
+        filler.unlink()
+        await until(lambda: tier.budget_bytes > 2 * MiB)  # the room is back, and what fits in it is the budget
+        assert edge.node.store.disk.failed == {}
+        statuses = []
+        for _ in range(2):
+            for path, data in objects.items():
+                status, headers, body = await edge.get(path)
+                assert (status, body) == (200, data)
+                statuses.append(headers["Cache-Status"])
+            await edge.node.engine.flush()
+        assert [s.startswith("edgecache; hit") for s in statuses] == [False] * 4 + [True] * 4, statuses
+
+
+def _fill_but(path: Path, left: int) -> None:
+    """Write to `path` until its file system is full, then give back `left` bytes."""
+    _fill(path)
+    with path.open("r+b") as f:
+        f.truncate(max(0, path.stat().st_size - left))
