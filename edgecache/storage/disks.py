@@ -319,12 +319,14 @@ class Disks:
         now = time.monotonic()
         if slot.tier is None or now - slot.shrunk < PROBE_SECONDS:
             return
-        slot.shrunk = now
+        slot.shrunk, before = now, slot.tier.budget_bytes
         try:
             budget = await slot.tier.shrink(SHRINK)
         except StorageError as again:
             if slot.failed is None:
                 self._fail(slot, f"full, and nothing could be deleted: {again}")
+            return
+        if budget == before:  # nothing held to make room from (said when it was lowered to this)
             return
         metrics.DISK_SIZE.labels(slot.label).set(budget)
         log.warning(

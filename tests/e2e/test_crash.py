@@ -258,3 +258,30 @@ def _fill_but(path: Path, left: int) -> None:
     _fill(path)
     with path.open("r+b") as f:
         f.truncate(max(0, path.stat().st_size - left))
+
+
+async def test_a_disk_kept_full_logs_its_budget_once_not_every_second(
+    origin: Origin, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A filesystem that something else keeps full: the budget goes down to nothing; then each write that met the
+    full filesystem (at most one a second) lowered it to 0 again, and said so, every second for as long."""
+    objects = {f"/k{i}.bin": os.urandom(300_000 + i) for i in range(9)}
+    for path, data in objects.items():
+        origin.put(path, data)
+    config = make_config(small_disk / "cache", [origin.url], memory_bytes=256 * 1024, disk_bytes=512 * MiB)
+    async with start_edge(config) as edge:
+        await asyncio.to_thread(_fill_but, small_disk / "filler", 100_000)
+        slot = edge.node.store.disk._slots[0]
+        for n, (path, data) in enumerate(objects.items()):
+            if n in (3, 6):
+                slot.shrunk = -disks.PROBE_SECONDS  # a second later: the next write that meets the full disk
+            status, _, body = await edge.get(path)
+            assert (status, body) == (200, data)
+            await edge.node.engine.flush()
+        assert slot.tier is not None
+        assert slot.tier.budget_bytes == 0
+        assert edge.node.store.disk.failed == {}
+    said = [r.getMessage() for r in caplog.records if "its budget is lowered" in r.getMessage()]
+    lowered = [int(m.split("its budget is lowered to ")[1].split()[0]) for m in said]
+    assert lowered == sorted(set(lowered), reverse=True), said  # each line a lower budget than the one before
+    assert lowered[-1] == 0
