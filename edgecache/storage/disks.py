@@ -124,6 +124,7 @@ class _Slot:
     identity: tuple[int, int] = (0, 0)  # st_dev, st_ino of its directory when opened
     mount: bool = False  # its directory was a mount point when opened: a reload wants its filesystem mounted again
     shrunk: float = -PROBE_SECONDS  # when its budget was last lowered for a full filesystem, or raised (monotonic)
+    stuck: bool = False  # its filesystem was too full for the deletes that lower its budget (said once)
     label: str = field(init=False)
     ops: dict[str, Counter] = field(init=False)  # its metrics' children, looked up once
     errors: Counter = field(init=False)
@@ -315,7 +316,8 @@ class Disks:
 
     async def _full(self, slot: _Slot, exc: BaseException) -> None:
         """Lower the full disk's budget below what it holds, once a PROBE_SECONDS at most (a burst of writes meets
-        the same full filesystem); a disk that cannot even delete goes out of service."""
+        the same full filesystem); one whose deletes fail for a failure of the disk goes out of service, and one too
+        full for them (SQLite's log has no room) stays in service, read as before, until it has room."""
         now = time.monotonic()
         if slot.tier is None or now - slot.shrunk < PROBE_SECONDS:
             return
@@ -323,9 +325,14 @@ class Disks:
         try:
             budget = await slot.tier.shrink(SHRINK)
         except StorageError as again:
-            if slot.failed is None:
-                self._fail(slot, f"full, and nothing could be deleted: {again}")
+            if not full(again):
+                if slot.failed is None:
+                    self._fail(slot, f"full, and nothing could be deleted: {again}")
+            elif not slot.stuck:  # not even its index takes a write: what it holds is read all the same
+                log.warning("disk %s is full to the last byte: nothing is stored there until it has room", slot.label)
+            slot.stuck = full(again)
             return
+        slot.stuck = False
         if budget == before:  # nothing held to make room from (said when it was lowered to this)
             return
         metrics.DISK_SIZE.labels(slot.label).set(budget)

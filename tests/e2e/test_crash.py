@@ -8,6 +8,7 @@ a full disk costs only what does not fit, and the node keeps serving the origin'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -285,3 +286,36 @@ async def test_a_disk_kept_full_logs_its_budget_once_not_every_second(
     lowered = [int(m.split("its budget is lowered to ")[1].split()[0]) for m in said]
     assert lowered == sorted(set(lowered), reverse=True), said  # each line a lower budget than the one before
     assert lowered[-1] == 0
+
+
+async def test_a_filesystem_full_to_the_last_byte_leaves_the_disk_serving_its_hits(
+    origin: Origin, small_disk: Path
+) -> None:
+    """Something else took every byte of the filesystem: SQLite could not even write the deletes that lower the
+    budget ('database or disk is full'), which took the disk out of service until a reload though it read as
+    before: every object it held became a miss."""
+    held = {f"/h{i}.bin": os.urandom(10_000 + i) for i in range(30)}  # small: they live in SQLite
+    for path, data in held.items():
+        origin.put(path, data)
+    origin.put("/late.bin", os.urandom(10_000))
+    config = make_config(small_disk / "cache", [origin.url], memory_bytes=64 * 1024, disk_bytes=512 * MiB)
+    async with start_edge(config) as edge:
+        for path, data in held.items():
+            assert (await edge.get(path))[::2] == (200, data)
+        await edge.node.engine.flush()
+        await asyncio.to_thread(_fill_up, small_disk / "filler")
+        assert (await edge.get("/late.bin"))[::2] == (200, origin.objects["/late.bin"].data)
+        await edge.node.engine.flush()
+        assert edge.node.store.disk.failed == {}
+        for path, data in held.items():
+            status, headers, body = await edge.get(path)
+            assert (status, body) == (200, data)
+            assert headers["Cache-Status"].startswith("edgecache; hit"), (path, headers["Cache-Status"])
+
+
+def _fill_up(path: Path) -> None:
+    """Write to `path` until its file system has not a byte left."""
+    _fill(path)
+    with path.open("ab", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 512)
