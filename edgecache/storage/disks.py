@@ -271,8 +271,9 @@ class Disks:
                 log.warning("disk %s is still out of service: %s", slot.label, exc)
                 continue
             old, slot.tier, slot.identity, slot.failed = slot.tier, tier, identity, None
-            slot.mount = slot.mount or mount
+            slot.mount, slot.shrunk, slot.stuck = slot.mount or mount, -PROBE_SECONDS, False
             metrics.DISK_UP.labels(slot.label).set(1)
+            metrics.DISK_SIZE.labels(slot.label).set(tier.budget_bytes)  # opened afresh: its whole size
             log.warning("disk %s is back in service", slot.label)
             if old is not None:
                 self._io.submit(_close_quietly, old)

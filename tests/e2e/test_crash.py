@@ -22,6 +22,8 @@ import diskcache
 import pytest
 from aiohttp import web
 
+from edgecache import metrics
+from edgecache.server import reload
 from edgecache.storage import disks
 from tests.conftest import make_config, start_edge
 from tests.e2e.procs import ROOT, free_port, wait_lines
@@ -319,3 +321,30 @@ def _fill_up(path: Path) -> None:
     with path.open("ab", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\0" * 512)
+
+
+async def test_a_disk_back_in_service_says_its_whole_budget(origin: Origin, small_disk: Path) -> None:
+    """A disk whose budget a full filesystem lowered, then out of service and brought back by a reload, is opened
+    afresh with its whole size as its budget; edgecache_disk_budget_bytes still said the lowered one."""
+    objects = {f"/b{i}.bin": os.urandom(MiB + i) for i in range(6)}
+    for path, data in objects.items():
+        origin.put(path, data)
+    cache = small_disk / "cache"
+    config = make_config(cache, [origin.url], memory_bytes=256 * 1024, disk_bytes=512 * MiB)
+    async with start_edge(config) as edge:
+        for path, data in objects.items():
+            assert (await edge.get(path))[::2] == (200, data)
+        await edge.node.engine.flush()
+        gauge = metrics.DISK_SIZE.labels(str(cache))
+        assert gauge._value.get() < 4 * MiB  # lowered by the full filesystem
+        cache.rename(small_disk / "away")  # its directory replaced: out of service at the next probe
+        cache.mkdir()
+        await until(lambda: edge.node.store.disk.failed != {})
+        cache.rmdir()
+        (small_disk / "away").rename(cache)
+        await reload(edge.node)
+        assert edge.node.store.disk.failed == {}
+        tier = edge.node.store.disk._slots[0].tier
+        assert tier is not None
+        assert tier.budget_bytes == 512 * MiB
+        assert gauge._value.get() == 512 * MiB
