@@ -230,6 +230,7 @@ class DiskTier:
         self._waiting: set[asyncio.Future[Any]] = set()  # calls of _run not answered yet
         self.abandoned: str | None = None  # why calls stop waiting for this tier's threads (abandon)
         self._flushing = False
+        self._hits_lost = False  # the last batch of hits failed to be written (logged when it began)
         self._timer: asyncio.TimerHandle | None = None
         self._held, alone = _hold(directory)
         try:
@@ -357,7 +358,11 @@ class DiskTier:
                 self._queues.record_hits(hits.items())
         except (OSError, sqlite3.Error) as exc:
             self.errors += 1
-            log.warning("disk tier: %d hits not recorded: %s", len(hits), exc)
+            if not self._hits_lost:  # said once until a batch is written again (a full filesystem lasts)
+                log.warning("disk tier: %d hits not recorded: %s", len(hits), exc)
+            self._hits_lost = True
+        else:
+            self._hits_lost = False
 
     def _open_checked(self, key: str) -> BinaryIO | bytes | None:
         value, tag = self._cache.get(key, None, read=True, tag=True, retry=True)

@@ -24,7 +24,9 @@ from aiohttp import web
 
 from edgecache import metrics
 from edgecache.server import reload
+from edgecache.storage import disk as disk_module
 from edgecache.storage import disks
+from edgecache.storage.disk import DiskTier
 from tests.conftest import make_config, start_edge
 from tests.e2e.procs import ROOT, free_port, wait_lines
 from tests.origin import Origin
@@ -348,3 +350,24 @@ async def test_a_disk_back_in_service_says_its_whole_budget(origin: Origin, smal
         assert tier is not None
         assert tier.budget_bytes == 512 * MiB
         assert gauge._value.get() == 512 * MiB
+
+
+async def test_hits_a_full_disk_cannot_record_are_said_once(
+    small_disk: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem full to the last byte, read as before: each batch of hits the index could not take was logged,
+    a line a second in every worker for as long as it stayed full."""
+    monkeypatch.setattr(disk_module, "HIT_FLUSH_SECONDS", 0.0)  # a batch after each hit
+    tier = await asyncio.to_thread(DiskTier, small_disk / "cache", 512 * MiB, 2)
+    try:
+        values = {f"v{i}": os.urandom(10_000 + i) for i in range(20)}
+        for key, value in values.items():
+            assert await tier.put(key, value)
+        await asyncio.to_thread(_fill_up, small_disk / "filler")
+        for key, value in values.items():
+            assert await tier.get(key) == value
+            await until(lambda: not tier._flushing and not tier._hits)  # its batch tried
+        lost = [r for r in caplog.records if "hits not recorded" in r.getMessage()]
+        assert len(lost) == 1, [r.getMessage() for r in lost]
+    finally:
+        await asyncio.to_thread(tier.close)
