@@ -343,7 +343,9 @@ class Store(Purging):
         if await self.disk.revive():
             now = time.time()
             at = await asyncio.get_running_loop().run_in_executor(None, placed.since, disks, self.disk.in_service, now)
-            self.placed_at = max(self.placed_at, at)
+            if at > self.placed_at:
+                self.placed_at = at
+                self.purges = replace(self.purges)  # a new table object: the fast path decides its hits again
 
     def close_files(self) -> None:
         for f in self._files.values():

@@ -86,3 +86,33 @@ async def test_a_disk_out_of_service_at_a_change_and_back_on_a_reload_learns_of_
         for p in PATHS:
             status, headers, body = await node.edge.get(p)
             assert (status, body) == (200, b"new " + p.encode()), (p, headers.get("Cache-Status"))
+
+
+async def test_a_change_learnt_on_a_reload_reaches_the_hits_the_fast_path_remembers(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The fast path keeps a hit's answer while what it was decided from is unchanged (Hit.still): a change of the
+    disks learnt on a reload must end those too, or what was stored before it is served unasked until the copy's
+    Age next ticks past what the memo holds."""
+    one, two = disks(tmp_path, "a"), disks(tmp_path, "a", "c")
+    a = one[0].path
+    origin.put("/m", b"old")
+    base = node_config(origin, tmp_path / "a")
+
+    def config(listed: tuple[Disk, ...]) -> Config:
+        return replace(base, cache=replace(base.cache, dir=listed[0].path, disks=listed))
+
+    async with admin_node(config(one)) as node:
+        assert (await node.edge.get("/m"))[2] == b"old"
+    a.rename(tmp_path / "a.away")
+    a.write_bytes(b"not a directory")
+    async with admin_node(config(two)) as node:
+        for _ in range(2):  # a miss, then a hit the fast path remembers
+            assert (await node.edge.get("/m"))[2] == b"old"
+        assert origin.hits["/m"] == 2
+        a.unlink()
+        (tmp_path / "a.away").rename(a)
+        await reload(node.edge.node)  # a is back, and with it the news of the change
+        status, headers, body = await node.edge.get("/m")
+        assert (status, body) == (200, b"old")
+        assert origin.hits["/m"] == 3, headers.get("Cache-Status")  # asked again (a 304), not a remembered hit
