@@ -13,6 +13,11 @@ from tests.origin import Origin
 PATHS = [f"/gen/m{n}" for n in range(1, 13)]
 
 
+def on(base: Config, listed: tuple[Disk, ...]) -> Config:
+    """`base` with the disks `listed`, the first of them the node's own directory."""
+    return replace(base, cache=replace(base.cache, dir=listed[0].path, disks=listed))
+
+
 def disks(tmp_path: Path, *names: str) -> tuple[Disk, ...]:
     return tuple(Disk(tmp_path / name, 64 * 2**20) for name in names)
 
@@ -23,27 +28,24 @@ async def test_a_purge_taken_under_other_disks_holds_when_the_disks_change_back(
         origin.put(p, b"old " + p.encode())
     base = node_config(origin, tmp_path / "a")
 
-    def config(listed: tuple[Disk, ...]) -> Config:
-        return replace(base, cache=replace(base.cache, dir=listed[0].path, disks=listed))
-
-    async with admin_node(config(two)) as node:
+    async with admin_node(on(base, two)) as node:
         for p in PATHS:
             assert (await node.edge.get(p))[2] == b"old " + p.encode()
-    async with admin_node(config(three)) as node:
+    async with admin_node(on(base, three)) as node:
         for p in PATHS:
             status, answer = await node.call("POST", "/purge", json={"url": f"http://video.test{p}"})
             assert (status, answer["confirmed"]) == (200, 1), answer
     for p in PATHS:
         origin.put(p, b"new " + p.encode(), etag='"v2"')
     hits_before = sum(origin.hits[p] for p in PATHS)
-    async with admin_node(config(two)) as node:
+    async with admin_node(on(base, two)) as node:
         for _ in range(2):
             for p in PATHS:
                 status, headers, body = await node.edge.get(p)
                 assert (status, body) == (200, b"new " + p.encode()), headers.get("Cache-Status")
     assert sum(origin.hits[p] for p in PATHS) == hits_before + len(PATHS)
     # The same disks again: nothing is doubted, every object is a hit.
-    async with admin_node(config(two)) as node:
+    async with admin_node(on(base, two)) as node:
         for p in PATHS:
             status, headers, body = await node.edge.get(p)
             assert (status, body) == (200, b"new " + p.encode())
@@ -63,15 +65,12 @@ async def test_a_disk_out_of_service_at_a_change_and_back_on_a_reload_learns_of_
         origin.put(p, b"old " + p.encode())
     base = node_config(origin, tmp_path / "a")
 
-    def config(listed: tuple[Disk, ...]) -> Config:
-        return replace(base, cache=replace(base.cache, dir=listed[0].path, disks=listed))
-
-    async with admin_node(config(one)) as node:
+    async with admin_node(on(base, one)) as node:
         for p in PATHS:
             assert (await node.edge.get(p))[2] == b"old " + p.encode()
     a.rename(tmp_path / "a.away")
     a.write_bytes(b"not a directory")  # a cannot be opened: it starts out of service
-    async with admin_node(config(two)) as node:
+    async with admin_node(on(base, two)) as node:
         assert list(node.edge.node.store.disk.failed) == [str(a)]
         a.unlink()
         (tmp_path / "a.away").rename(a)
@@ -82,7 +81,7 @@ async def test_a_disk_out_of_service_at_a_change_and_back_on_a_reload_learns_of_
             assert (status, answer["confirmed"]) == (200, 1), answer
     for p in PATHS:
         origin.put(p, b"new " + p.encode(), etag='"v2"')
-    async with admin_node(config(one)) as node:
+    async with admin_node(on(base, one)) as node:
         for p in PATHS:
             status, headers, body = await node.edge.get(p)
             assert (status, body) == (200, b"new " + p.encode()), (p, headers.get("Cache-Status"))
@@ -99,14 +98,11 @@ async def test_a_change_learnt_on_a_reload_reaches_the_hits_the_fast_path_rememb
     origin.put("/m", b"old")
     base = node_config(origin, tmp_path / "a")
 
-    def config(listed: tuple[Disk, ...]) -> Config:
-        return replace(base, cache=replace(base.cache, dir=listed[0].path, disks=listed))
-
-    async with admin_node(config(one)) as node:
+    async with admin_node(on(base, one)) as node:
         assert (await node.edge.get("/m"))[2] == b"old"
     a.rename(tmp_path / "a.away")
     a.write_bytes(b"not a directory")
-    async with admin_node(config(two)) as node:
+    async with admin_node(on(base, two)) as node:
         for _ in range(2):  # a miss, then a hit the fast path remembers
             assert (await node.edge.get("/m"))[2] == b"old"
         assert origin.hits["/m"] == 2

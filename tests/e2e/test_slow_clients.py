@@ -198,15 +198,8 @@ async def test_passes_whose_clients_stopped_reading_leave_fills_their_connection
     config = make_config(tmp_path / "c", [origin.url])
     config = replace(config, origin=replace(config.origin, max_connections=2, connect_timeout=2.0), fast_path=fast_path)
     async with start_edge(config) as edge:
-        stalled = []
-        for i in range(2):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", edge.port))
-            _, writer = await asyncio.open_connection(sock=sock)
-            writer.write(f"GET /big?n={i} HTTP/1.1\r\nHost: video.test\r\nCache-Control: no-store\r\n\r\n".encode())
-            stalled.append(writer)
+        heads = [f"GET /big?n={i} HTTP/1.1\r\nHost: video.test\r\nCache-Control: no-store\r\n\r\n" for i in range(2)]
+        stalled = await _never_reading(edge.port, heads)
         try:
             async with asyncio.timeout(10):
                 await origin.wait_for_requests(2)  # both passes hold an origin connection, their answers unread
@@ -234,15 +227,9 @@ async def test_misses_whose_private_answers_are_not_read_leave_fills_their_conne
     config = make_config(tmp_path / "c", [origin.url])
     config = replace(config, origin=replace(config.origin, max_connections=2, connect_timeout=2.0), fast_path=fast_path)
     async with start_edge(config) as edge:
-        stalled = []
-        for i in range(2):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", edge.port))
-            _, writer = await asyncio.open_connection(sock=sock)
-            writer.write(f"GET /private{i} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode())
-            stalled.append(writer)
+        stalled = await _never_reading(
+            edge.port, [f"GET /private{i} HTTP/1.1\r\nHost: video.test\r\n\r\n" for i in range(2)]
+        )
         try:
             async with asyncio.timeout(10):
                 await origin.wait_for_requests(2)  # both fills hold an origin connection, their answers unread
@@ -253,3 +240,17 @@ async def test_misses_whose_private_answers_are_not_read_leave_fills_their_conne
                 writer.close()
     assert origin.hits["/object"] == 1
     assert origin.hits["/private0"] == origin.hits["/private1"] == 1
+
+
+async def _never_reading(port: int, heads: list[str]) -> list[asyncio.StreamWriter]:
+    """A client for each head that sends it and reads nothing, on a small receive buffer."""
+    stalled = []
+    for head in heads:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        writer.write(head.encode())
+        stalled.append(writer)
+    return stalled
