@@ -466,30 +466,24 @@ class DiskTier:
         return await self._run(self._cache.volume)
 
     async def shrink(self, share: float) -> int:
-        """The filesystem is full below the budget: the budget becomes `share` of what is held now, until a restart,
-        and what is over it is deleted. The new budget."""
-
-        def cut() -> int:
-            with self._cache.transact(retry=True):
-                self.budget_bytes = min(self.budget_bytes, int(self.policy.used_bytes * share))
-                self._delete_values(self.policy.resize(self.budget_bytes))
-            return self.budget_bytes
-
-        return await self._run(cut)
+        """The filesystem is full below the budget: the budget becomes `share` of what is held now, and what is over
+        it is deleted. The new budget."""
+        return await self._run(lambda: self._rebudget(lambda used: min(self.budget_bytes, int(used * share))))
 
     async def grow(self, limit: int, share: float) -> int:
         """The filesystem has room again after shrink(): the budget becomes `share` of what the cache could take
         there now (what it holds and the room left), `limit` at most, never less than it is. The new budget."""
+        st = await self._run(lambda: os.fstatvfs(self._slice_disk.dir_fd))  # the filesystem of the directory as opened
+        room = st.f_bavail * st.f_frsize
+        return await self._run(
+            lambda: self._rebudget(lambda used: max(self.budget_bytes, min(limit, int((used + room) * share))))
+        )
 
-        def up() -> int:
-            st = os.fstatvfs(self._slice_disk.dir_fd)  # the filesystem of the directory as opened
-            with self._cache.transact(retry=True):
-                fits = int((self.policy.used_bytes + st.f_bavail * st.f_frsize) * share)
-                self.budget_bytes = max(self.budget_bytes, min(limit, fits))
-                self._delete_values(self.policy.resize(self.budget_bytes))
-            return self.budget_bytes
-
-        return await self._run(up)
+    def _rebudget(self, budget_of: Callable[[int], int]) -> int:
+        with self._cache.transact(retry=True):
+            self.budget_bytes = budget_of(self.policy.used_bytes)
+            self._delete_values(self.policy.resize(self.budget_bytes))
+        return self.budget_bytes
 
     def close(self) -> None:
         """Write the hits not yet in the index, then close (blocking: the disk threads finish first)."""
