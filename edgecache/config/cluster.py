@@ -27,6 +27,7 @@ def read_cluster(r: _Reader, doc: dict[str, Any], base: Path) -> ClusterSettings
         required=("id", "address"),
     )
     nodes = tuple(_member(r, n, np) for _, np, n in entries)
+    _reachable(r, nodes, [np for _, np, _ in entries])
     named = t if "self" in t or "dns" not in t else {"self": _host_id()}
     settings = ClusterSettings(
         self_id=r.get(named, p, "self", _node_id, ""),
@@ -46,7 +47,7 @@ def read_cluster(r: _Reader, doc: dict[str, Any], base: Path) -> ClusterSettings
     ids = [n.id for n in nodes]
     if len(set(ids)) != len(ids):
         r.problem(f"{p}nodes", "node ids must be unique")
-    addresses = [n.address for n in nodes if n.address]
+    addresses = [_same_host(n.address) for n in nodes if n.address]
     if len(set(addresses)) != len(addresses):  # two ids for one node: each would forward to itself as to a peer
         r.problem(f"{p}nodes", "node addresses must be unique")
     if nodes and settings.self_id and settings.self_id not in ids:
@@ -63,6 +64,34 @@ def _member(r: _Reader, t: dict[str, Any], p: str) -> Member:
         weight=r.get(t, p, "weight", _positive(float), 1.0),
         admin=nodeid.canonical(str(admin)) if admin else None,
     )
+
+
+_LOOPBACK_NAMES = {"localhost": "127.0.0.1", "ip6-localhost": "[::1]"}
+
+
+def _same_host(address: str) -> str:
+    """`address` with a loopback name written as its address: localhost:P and 127.0.0.1:P are one node."""
+    host, _, port = address.rpartition(":")
+    return f"{_LOOPBACK_NAMES.get(host.lower(), host)}:{port}"
+
+
+def _reachable(r: _Reader, nodes: tuple[Member, ...], paths: list[str]) -> None:
+    """Each member's address is one its peers can connect to, and no admin address is another's client address."""
+    clients = {_same_host(n.address): n.id for n in nodes if n.address}
+    for node, p in zip(nodes, paths, strict=True):
+        host = node.address.rpartition(":")[0].strip("[]")
+        if host in ("0.0.0.0", "::"):
+            r.problem(
+                f"{p}address",
+                f"{node.address} is where a node listens, not where its peers reach it: give "
+                "the address the other nodes connect to (peers would connect to themselves)",
+            )
+        if node.admin is not None and (other := clients.get(_same_host(node.admin))) is not None:
+            r.problem(
+                f"{p}admin",
+                f"{node.admin} is node {other!r}'s client address: purges sent there would be "
+                "answered as a viewer's requests",
+            )
 
 
 _MAKE_KEY = "make one with `openssl rand -hex 32` and give every node the same"

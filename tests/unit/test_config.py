@@ -262,6 +262,31 @@ def test_workers_and_node_addresses_within_reason() -> None:
     assert problems({"cluster": cluster, "sites": [SITE]}) == ["f.toml: cluster.nodes: node addresses must be unique"]
 
 
+def test_addresses_peers_cannot_use_are_named() -> None:
+    """All three passed check-config: a member at 0.0.0.0 (its peers connected to themselves), an admin address
+    that is another node's client port (purges answered as a viewer's requests), and one node listed twice as
+    localhost and 127.0.0.1."""
+    key = "k" * 64
+    nodes = [{"id": "a", "address": "0.0.0.0:8080"}, {"id": "b", "address": "10.0.0.2:8080"}]
+    assert problems({"cluster": {"self": "a", "key": key, "nodes": nodes}, "sites": [SITE]}) == [
+        "f.toml: cluster.nodes[0].address: 0.0.0.0:8080 is where a node listens, not where its peers reach it: give "
+        "the address the other nodes connect to (peers would connect to themselves)"
+    ]
+    nodes = [{"id": "a", "address": "10.0.0.1:8080"}, {"id": "b", "address": "10.0.0.2:8080", "admin": "10.0.0.1:8080"}]
+    assert problems({"cluster": {"self": "a", "key": key, "nodes": nodes}, "sites": [SITE]}) == [
+        "f.toml: cluster.nodes[1].admin: 10.0.0.1:8080 is node 'a''s client address: purges sent there would be "
+        "answered as a viewer's requests"
+    ]
+    nodes = [{"id": "a", "address": "localhost:8080"}, {"id": "b", "address": "127.0.0.1:8080"}]
+    assert problems({"cluster": {"self": "a", "key": key, "nodes": nodes}, "sites": [SITE]}) == [
+        "f.toml: cluster.nodes: node addresses must be unique"
+    ]
+    nodes = [{"id": "a", "address": "10.0.0.1:8080", "admin": "10.0.0.1:9090"}, {"id": "b", "address": "[::1]:8080"}]
+    built = build({"cluster": {"self": "a", "key": key, "nodes": nodes}, "sites": [SITE]}, "f.toml", Path("/e"))
+    assert built.cluster is not None
+    assert [n.address for n in built.cluster.nodes] == ["10.0.0.1:8080", "[::1]:8080"]
+
+
 def test_a_sites_cache_that_is_not_a_table_is_named_by_its_site() -> None:
     """It was reported as the top-level `cache`, which is another table: an operator fixed the wrong one."""
     doc = {"sites": [SITE, {**SITE, "name": "w", "hosts": ["w.test"], "cache": 5}]}
