@@ -9,10 +9,11 @@ manifests expand into their renditions and segments, parsed on a thread of their
 ladder is 0.1-0.3 s of parsing that would otherwise delay every hit of this worker), and a job
 never holds more than max_urls URLs, expansions included: the rest are counted in `dropped`, not fetched.
 
-All jobs share `slots` fetches at a time. Whenever a slot frees, it goes to the job of highest priority (then
-the oldest) that is inside its window and below its own concurrency: a job of higher priority submitted later
-takes the slots as the running URLs of a lower one finish (pre-emption between URLs, never within one). A job
-whose window closes takes no new URL (its URLs in flight finish) and resumes when the window opens again.
+All jobs share `slots` fetches at a time; each token with URLs to start has its share of them first (_dispatch).
+A freed slot goes to the job of highest priority (then the oldest) in its window and below its concurrency: a
+later job of higher priority takes the slots as the URLs in flight of a lower one finish (never cutting one), and
+one provider's priority orders its own jobs only. A job whose window closes takes no new URL (those in flight
+finish) and resumes when the window opens again.
 
 Jobs are stored in the disk tier as they progress and resume after a restart. They are bounded: each token keeps
 at most max_jobs (its new one past that is refused), a finished one is forgotten `keep` seconds after it ended,
@@ -321,19 +322,30 @@ class JobRunner:
         return _Run(deque(range(first, len(job.urls))), bucket=TokenBucket(job.bandwidth) if job.bandwidth else None)
 
     def _dispatch(self) -> None:
-        """Give the free slots to the jobs in rank order, and set each unfinished job's state."""
+        """Give the free slots to the jobs in rank order, each token first up to its share of them, and set each
+        unfinished job's state. A token's share is the slots divided among the tokens with jobs that can run: its
+        priorities order its own jobs, and another provider's priority 2**31 leaves it its share all the same."""
         now = self.now()
+        ready = [j for j in sorted((self.jobs[i] for i in self._runs), key=rank) if in_window(j.window, now)]
         free = self.slots - sum(len(run.flying) for run in self._runs.values())
-        for job in sorted((self.jobs[i] for i in self._runs), key=rank):
-            run = self._runs[job.id]
+        waiting = {j.owner for j in ready if self._runs[j.id].pending}  # tokens with URLs to start
+        share = max(1, self.slots // max(1, len(waiting)))
+        held = Counter[str]()
+        for j in ready:
+            held[j.owner] += len(self._runs[j.id].flying)
+        for fair in (True, False):  # each token's share first, then what is left by rank alone
+            for job in ready:
+                run = self._runs[job.id]
+                while free > 0 and run.pending and len(run.flying) < job.concurrency:
+                    if fair and held[job.owner] >= share:
+                        break
+                    i = run.pending.popleft()
+                    run.flying[i] = asyncio.ensure_future(self._one(job, run, i))
+                    free, held[job.owner] = free - 1, held[job.owner] + 1
+        for job in (self.jobs[i] for i in self._runs):
             if not in_window(job.window, now):
                 job.state = "waiting-window"  # its URLs in flight finish; it takes no new one
-                continue
-            while free > 0 and run.pending and len(run.flying) < job.concurrency:
-                i = run.pending.popleft()
-                run.flying[i] = asyncio.ensure_future(self._one(job, run, i))
-                free -= 1
-            if run.flying:
+            elif self._runs[job.id].flying:
                 job.state, job.started = "running", job.started or time.time()
             else:
                 job.state = "queued"

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from edgecache import cli
-from tests.e2e.adminkit import OPERATOR, AdminNode, admin_node, node_config
+from tests.e2e.adminkit import OPERATOR, VIDEOS, AdminNode, admin_node, node_config
 from tests.origin import Obj, Origin
 
 DAY = datetime.date(2026, 3, 1)
@@ -264,3 +264,26 @@ async def test_a_window_with_an_offset_is_refused_and_other_jobs_go_on(origin: O
         view = await node.finished(await submit(node, {"urls": urls("/z/0"), "window": WINDOW}))
         assert (view["state"], view["fetched"]) == ("done", 1)
     assert origin.hits["/z/0"] == 1
+
+
+async def test_a_providers_priority_orders_its_own_jobs_and_leaves_another_token_its_share(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Priority was the node's: any provider could give its jobs 2**31 and take every prefetch slot from the
+    others for as long as its lists lasted. Each token now has its share of the slots; its priority orders its own."""
+    for p in ("/hi/0", "/hi/1", "/hi/2", "/hi/3", "/lo/0"):
+        origin.put(p, p.encode())
+    held = hold(origin, "/hi/0", "/hi/1")
+    async with admin_node(node_config(origin, tmp_path / "c"), slots=2) as node:
+        body = {"urls": urls("/hi/0", "/hi/1", "/hi/2", "/hi/3"), "priority": 2**31, "concurrency": 2}
+        status, high = await node.call("POST", "/prefetch", VIDEOS, json=body)
+        assert status == 202, high
+        await origin.wait_for_requests(2)  # alone, it takes both slots
+        low = await submit(node, {"urls": urls("/lo/0"), "priority": 0})
+        held["/hi/0"].set()  # a slot frees: it is the other token's share, whatever the priorities
+        assert isinstance(high, dict)
+        await node.finished(low)
+        held["/hi/1"].set()
+        await node.finished(str(high["id"]))
+    seen = [s.path for s in origin.seen]  # two fetches at once reach the origin in either order
+    assert (sorted(seen[:2]), seen[2], sorted(seen[3:])) == (["/hi/0", "/hi/1"], "/lo/0", ["/hi/2", "/hi/3"])
