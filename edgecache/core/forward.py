@@ -143,8 +143,11 @@ def pass_request(
     kept = [(k, v) for k, v in end_to_end(client, drop=drop) if k.lower().replace("_", "-") not in drop]
     headers = [*kept, ("Host", origin_host or key.host)]
     # Every line, in order: a balancer may add its own after the client's (HAProxy does), and the nearest is last.
+    # No `client_ip`: a peer's forward, whose node added its viewer last already (the connection is that node's).
     prior = ", ".join(get_all(client, "x-forwarded-for"))
-    headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
+    forwarded = ", ".join(a for a in (prior, client_ip) if a)
+    if forwarded:
+        headers.append(("X-Forwarded-For", forwarded))
     prior_via = ", ".join(get_all(client, "via"))
     headers.append(("Via", f"{prior_via}, {via}" if prior_via else via))
     return OriginRequest(method, key.full_target, (*headers, *extra))

@@ -188,7 +188,8 @@ class EdgeHandler:
         )
         if hop is not None:  # forwarded by a node of the cluster: served here, never forwarded again
             observe.trace(request).failover = hop.failover
-            req = replace(req, look_aside=hop.lookaside)
+            # Its X-Forwarded-For ends with the viewer the node added: the node's own address is not the client's.
+            req = replace(req, look_aside=hop.lookaside, client_ip="")
             observe.trace(request).look_aside = hop.lookaside
         elif self.shared.cluster is not None:
             first = owner.spread_from(self.shared.cluster, self.shared.popular, request, req)

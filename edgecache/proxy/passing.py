@@ -49,7 +49,8 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     t.moved, t.from_peer = p.moved, p.moved
     t.body_bytes = 0  # what reaches the client, however the answer ends (_relay counts it)
     origin = shared.engine.origin
-    sent = pass_request(p.method, req.key, req.headers, req.site.origin_host, conn.address, via=origin.via)
+    client = conn.address if p.viewer is None else ""  # a peer's forward names its viewer already
+    sent = pass_request(p.method, req.key, req.headers, req.site.origin_host, client, via=origin.via)
     shared.in_flight += 1
     code, asked, keep_alive = 0, time.monotonic(), p.keep_alive
     try:

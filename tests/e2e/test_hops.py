@@ -249,3 +249,29 @@ async def test_rate_limit_buckets_are_per_viewer_behind_one_forwarding_node(tmp_
         assert (status, body) == (429, b"too many requests from this address\n")
         assert [o.hits["/r"] for o in origs] == [1 if i == owner else 0 for i in range(3)]
     assert [client for client, *_ in log(tmp_path, owner)] == [v for v in viewers for _ in range(5)]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_pass_forwarded_to_the_owner_names_the_viewer_alone(tmp_path: Path, fast: bool) -> None:
+    """The origin got 'X-Forwarded-For: viewer, forwarding node' for a pass another node forwarded: an origin that
+    reads the nearest address took the node for the client. The owner adds no address to a peer's forward."""
+
+    async def passed(edge: Edge, method: str) -> int:  # a pass: a body, or a viewer's no-store
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        fields = {"Host": "video.test", "Cache-Control": "no-store"}
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.request(method, edge.url + "/p", headers=fields, data=b"x" if method == "POST" else None) as r,
+        ):
+            await r.read()
+            return r.status
+
+    async with origins() as origs, cluster(origs, tmp_path, {}, fast_path=fast) as nodes:
+        for o in origs:
+            o.put("/p", BODY)
+        owner = owner_index("/p")
+        for edge in (nodes[(owner + 1) % 3], nodes[owner]):  # forwarded, then straight to the owner: the same
+            for method, answer in (("GET", 200), ("POST", 201), ("GET", 200)):  # the test origin creates on POST
+                assert await passed(edge, method) == answer
+        seen = [(s.method, s.headers.get("X-Forwarded-For")) for s in origs[owner].seen]
+        assert seen == [("GET", "127.0.0.2"), ("POST", "127.0.0.2"), ("GET", "127.0.0.2")] * 2, seen
