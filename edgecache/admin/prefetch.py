@@ -33,7 +33,9 @@ async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
         text = (await read_body(request)).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise bad("body is not UTF-8 text") from exc
-    urls = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    # A BOM (a list saved by a Windows editor) and indented comments are not URLs.
+    lines = (line.strip() for line in text.removeprefix("\ufeff").splitlines())
+    urls = [line for line in lines if line and not line.startswith("#")]
     return urls, {k: _query_value(k, v) for k, v in request.query.items()}
 
 

@@ -88,6 +88,7 @@ async def test_bandwidth_cap_is_honoured(origin: Origin, tmp_path: Path) -> None
 
 async def test_bad_prefetch_requests_fetch_nothing(origin: Origin, tmp_path: Path) -> None:
     origin.put("/ok", b"x")
+    origin.put("/ok2", b"y")
     async with cluster(origin, tmp_path) as nodes:
         cases = [
             (["http://video.test/ok", "http://evil.test/x"], VIDEOS, 400),
@@ -117,6 +118,12 @@ async def test_bad_prefetch_requests_fetch_nothing(origin: Origin, tmp_path: Pat
         assert got == 202
         await finished(nodes[0], str(answer["id"]), OPERATOR)
         assert origin.hits["/ok"] == 1
+        # A list a Windows editor saved (a BOM first, CRLF) with an indented comment: the one URL, no 400.
+        listed = "\ufeffhttp://video.test/ok2\r\n   # the second batch\r\n".encode()
+        got, second = await post(nodes[0], listed, OPERATOR, headers={"Content-Type": "text/plain"})
+        assert (got, second["total"]) == (202, 1), second
+        await finished(nodes[0], str(second["id"]), OPERATOR)
+        assert origin.hits["/ok2"] == 1
         async with aiohttp.ClientSession() as s:  # another provider cannot see the operator's job
             url = f"{nodes[0].admin}/prefetch/{answer['id']}"
             async with s.get(url, headers={"Authorization": f"Bearer {VIDEOS}"}) as r:
