@@ -186,6 +186,11 @@ def evaluate(
     )
 
 
+def freshness_of(meta: ObjectMeta, now: float, policy: Policy) -> Freshness:
+    """evaluate() for a stored entry, from the fields and times it was stored with."""
+    return evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, policy)
+
+
 class Use(StrEnum):
     FRESH = "fresh"
     STALE_OK = "stale-ok"
@@ -243,8 +248,7 @@ def may_stand_in(req: Headers, stale: ObjectMeta | None, policy: Policy, now: fl
     """May the `stale` entry a fill revalidates answer in its place should the origin fail it (stale-if-error)?"""
     if stale is None:
         return False
-    fresh = evaluate(stale.headers, stale.status, stale.request_time, stale.response_time, now, policy)
-    return stale_if_error_allows(req, stale.headers, fresh, policy)
+    return stale_if_error_allows(req, stale.headers, freshness_of(stale, now, policy), policy)
 
 
 # RFC 9111 3.2: Content-Length is never updated from a 304; Content-Range "MAY be ignored" and is, because the

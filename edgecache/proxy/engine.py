@@ -22,7 +22,7 @@ from edgecache.cluster.view import ClusterView
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
-from edgecache.core.freshness import Use, evaluate, usable
+from edgecache.core.freshness import Use, freshness_of, usable
 from edgecache.core.keys import PrimaryRecord, entry_key, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill
@@ -397,5 +397,4 @@ def _answers(fill: Fill, req: FillRequest) -> bool:
     if not fill.head.done() or fill.head.cancelled() or fill.head.exception() is not None:
         return True
     meta = fill.head.result().meta
-    fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, time.time(), req.policy)
-    return usable(req.headers, meta.headers, fresh, req.policy) is Use.FRESH
+    return usable(req.headers, meta.headers, freshness_of(meta, time.time(), req.policy), req.policy) is Use.FRESH

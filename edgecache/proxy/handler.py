@@ -24,7 +24,7 @@ from edgecache.core.clientaddr import real_client
 from edgecache.core.conditional import validates
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import must_pass
-from edgecache.core.freshness import Freshness, Use, evaluate, may_stand_in, stored_use
+from edgecache.core.freshness import Freshness, Use, freshness_of, may_stand_in, stored_use
 from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
@@ -227,11 +227,7 @@ class EdgeHandler:
             # An adopted fill is this request's miss, or its revalidation of the entry it was started to validate,
             # whatever that fill has stored since.
             meta = meta if adopted is None else adopted.validating
-            fresh = (
-                evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, time.time(), req.policy)
-                if meta is not None
-                else None
-            )
+            fresh = freshness_of(meta, time.time(), req.policy) if meta is not None else None
             try:
                 if meta is not None and fresh is not None:
                     use = self._use(req, meta, fresh, soft_before, validated)

@@ -23,7 +23,7 @@ from edgecache.core.conditional import validates
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import cold_run, stored_run
 from edgecache.core.forward import must_pass
-from edgecache.core.freshness import Freshness, Use, current_age, evaluate, initial_age, stored_use
+from edgecache.core.freshness import Freshness, Use, current_age, freshness_of, initial_age, stored_use
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import CacheKey, PrimaryRecord, digest, entry_key
@@ -362,7 +362,7 @@ def _entry(shared: Shared, site: Site, host: str, key: CacheKey, headers: Header
 
 def _use_of(site: Site, meta: ObjectMeta, soft_before: float, headers: Headers, now: float) -> tuple[Use, Freshness]:
     """What the stored response may be used for by this request now (core.freshness.stored_use)."""
-    fresh = evaluate(meta.headers, meta.status, meta.request_time, meta.response_time, now, site.policy)
+    fresh = freshness_of(meta, now, site.policy)
     return stored_use(headers, meta.headers, fresh, site.policy, meta.request_time, soft_before), fresh
 
 
