@@ -10,7 +10,6 @@ import os
 import signal
 import ssl
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -33,7 +32,6 @@ from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient, loop_token
 from edgecache.proxy.shared import Shared
 from edgecache.sites import FastSite, TCPListener, quiet_client_faults
-from edgecache.storage import placed
 from edgecache.storage.cacheid import cache_id
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.disks import Disks
@@ -82,8 +80,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     disk = await loop.run_in_executor(None, Disks.open_all, config.cache.all_disks)
     memory = MemoryTier(config.cache.memory_bytes, config.cache.memory_policy, entry_overhead=ENTRY_OVERHEAD)
     store = Store(memory, disk)
-    disks, now = config.cache.all_disks, time.time()
-    store.placed_at = await loop.run_in_executor(None, placed.since, disks, disk.in_service, now)
+    await store.note_placement(config.cache.all_disks)
     store.slice_size = config.cache.slice_bytes
     store.shared = config.workers > 1
     if store.shared:

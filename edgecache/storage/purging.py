@@ -58,7 +58,7 @@ class Purging:
         self.awake = 0.0
         self._pause_limit = 0.0
         self._on_pause: Callable[[], None] | None = None
-        # When cache.disks last changed (storage.placed): what was stored before is revalidated. Set at start.
+        # When cache.disks last changed (storage.placed): what was stored before is revalidated (note_placement).
         self.placed_at = 0.0
 
     def purged(self, site: str, host: str, path: str, record: PrimaryRecord | None) -> tuple[str, float]:

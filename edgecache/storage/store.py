@@ -338,14 +338,18 @@ class Store(Purging):
 
     async def revive(self, disks: Sequence[Disk]) -> None:
         """Open again the disks out of service that work now (a reload). One may have been out at a change of
-        `disks` (storage.placed): those back are compared with the list too, and what was stored before a change
-        they missed is revalidated from now on, as at a start."""
+        `disks`: those back are compared with the list too, as at a start (note_placement)."""
         if await self.disk.revive():
-            now = time.time()
-            at = await asyncio.get_running_loop().run_in_executor(None, placed.since, disks, self.disk.in_service, now)
-            if at > self.placed_at:
-                self.placed_at = at
-                self.purges = replace(self.purges)  # a new table object: the fast path decides its hits again
+            await self.note_placement(disks)
+
+    async def note_placement(self, disks: Sequence[Disk]) -> None:
+        """Compare `disks` with the list the disks in service were last used under (storage.placed): what was
+        stored before a change of it is revalidated from now on."""
+        now = time.time()
+        at = await asyncio.get_running_loop().run_in_executor(None, placed.since, disks, self.disk.in_service, now)
+        if at > self.placed_at:
+            self.placed_at = at
+            self.purges = replace(self.purges)  # a new table object: the fast path decides its hits again
 
     def close_files(self) -> None:
         for f in self._files.values():
