@@ -79,9 +79,14 @@ class DiskFull(StorageError):
     """The value's filesystem has no room: this write is lost, and the disk's budget is lowered (logged there)."""
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The error the disk tier gave, under the StorageError it was wrapped in."""
+    return exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+
+
 def full(exc: BaseException) -> bool:
     """Does `exc` say the filesystem has no room left (not that the disk failed)?"""
-    cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+    cause = _cause(exc)
     if isinstance(cause, OSError):
         return cause.errno in _FULL_ERRNOS
     return isinstance(cause, sqlite3.Error) and _FULL_SQLITE in str(cause).lower()
@@ -89,7 +94,7 @@ def full(exc: BaseException) -> bool:
 
 def failure(exc: BaseException) -> str | None:
     """Why `exc` means the disk failed, or None for an error of one operation (a lock timeout, a missing file)."""
-    cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+    cause = _cause(exc)
     if isinstance(cause, OSError) and cause.errno in _FAILED_ERRNOS:
         return str(cause)
     if isinstance(cause, sqlite3.Error) and any(m in str(cause).lower() for m in _FAILED_SQLITE):
