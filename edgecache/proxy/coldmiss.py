@@ -29,7 +29,6 @@ from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.hit import Cold, Load, Pass
 from edgecache.proxy.route import Forward, Refused
-from edgecache.proxy.serving import unsatisfiable_for
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -242,7 +241,7 @@ def _mismatched(started: Started) -> Pass | None:
         return None
     if started.validating is not None:
         return None
-    if unsatisfiable_for(started.cold.method, started.cold.req.headers, exc) is not None:
+    if exc.unsatisfiable_for(started.cold.method, started.cold.req.headers) is not None:
         return None  # a 416 that told the length answers the client's range: the full handler's (past_the_end)
     return _pass_of(started, CacheStatus.MISS, False, None)
 

@@ -34,6 +34,19 @@ class RangeMismatch(OriginError):
         self.length = length
         self.fields = fields
 
+    def unsatisfiable_for(self, method: str, headers: Headers) -> int | None:
+        """The object's length this 416 told, when it leaves the client's own Range (with no condition of its own,
+        which the fill was asked without) unsatisfiable too: the client's answer is that 416, no second request."""
+        if self.length is None or method not in ("GET", "HEAD"):
+            return None
+        if any(get_first(headers, name) is not None for name in _CONDITIONS):
+            return None
+        rng = ranges.resolve(get_first(headers, "range"), self.length)
+        return self.length if isinstance(rng, ranges.Unsatisfiable) else None
+
+
+_CONDITIONS = ("if-range", "if-match", "if-unmodified-since", "if-none-match", "if-modified-since")
+
 
 # Names of copies and of unversioned objects: unique across workers and restarts by a random prefix per process
 # (drawn again in a forked worker), then a counter. secrets.token_hex per fill was a getrandom() system call on

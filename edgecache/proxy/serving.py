@@ -15,7 +15,7 @@ from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import FillPlan, cold_run, needed_slices, plan_fill, stored_run
 from edgecache.core.freshness import Use, current_age
-from edgecache.core.headers import Headers, get_first
+from edgecache.core.headers import get_first
 from edgecache.core.ring import Member
 from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
 from edgecache.errors import ClientError
@@ -31,25 +31,10 @@ from edgecache.storage.store import slice_name
 CACHED_METHODS = frozenset({"GET", "HEAD"})
 
 
-# A client's own conditions the origin's 416 to a fill's range cannot judge (it was asked without them)
-_CONDITIONS = ("if-range", "if-match", "if-unmodified-since", "if-none-match", "if-modified-since")
-
-
-def unsatisfiable_for(method: str, headers: Headers, exc: RangeMismatch) -> int | None:
-    """The object length the origin's 416 to a miss's fill told, when it leaves the client's own Range (with no
-    condition of its own) unsatisfiable too: the client's answer is that 416, with no second origin request."""
-    if exc.length is None or method not in CACHED_METHODS:
-        return None
-    if any(get_first(headers, name) is not None for name in _CONDITIONS):
-        return None
-    rng = ranges.resolve(get_first(headers, "range"), exc.length)
-    return exc.length if isinstance(rng, ranges.Unsatisfiable) else None
-
-
 async def past_the_end(request: web.BaseRequest, req: FillRequest, exc: RangeMismatch) -> web.StreamResponse | None:
-    """The 416 a miss gets when its fill's 416 told a length its Range is past the end of (unsatisfiable_for);
-    None: pass it through."""
-    length = unsatisfiable_for(request.method, req.headers, exc)
+    """The 416 a miss gets when its fill's 416 told a length its Range is past the end of
+    (RangeMismatch.unsatisfiable_for); None: pass it through."""
+    length = exc.unsatisfiable_for(request.method, req.headers)
     if length is None:
         return None
     observe.mark(request, CacheStatus.MISS)
