@@ -123,6 +123,13 @@ def fill_request(
     return OriginRequest("GET", key.target, tuple(headers))
 
 
+# What a pass never sends on of a client's fields: the edge writes them itself. A client's hop field neither, valid
+# or not: a node forwarding to a peer adds its own (`extra`).
+_NOT_PASSED = frozenset(
+    name.lower() for name in ("host", "x-forwarded-for", "expect", "via", HOP, *UNKEYED, *CLAIMED_ADDRESS)
+)
+
+
 def pass_request(
     method: str,
     key: CacheKey,
@@ -137,10 +144,8 @@ def pass_request(
     The target keeps every parameter (only the key leaves some out, and nothing here is stored): a signature or
     a form parameter the cache does not key on still means something to the origin.
     """
-    # A client's hop field is never sent on, valid or not: a node forwarding to a peer adds its own (`extra`).
-    drop = {d.lower() for d in ("host", "x-forwarded-for", "expect", "via", HOP, *UNKEYED, *CLAIMED_ADDRESS)}
     # With '_' for '-' too: CGI, PHP and WSGI servers read X_Forwarded_For as HTTP_X_FORWARDED_FOR, as the real one.
-    kept = [(k, v) for k, v in end_to_end(client, drop=drop) if k.lower().replace("_", "-") not in drop]
+    kept = [(k, v) for k, v in end_to_end(client) if k.lower().replace("_", "-") not in _NOT_PASSED]
     headers = [*kept, ("Host", origin_host or key.host)]
     # Every line, in order: a balancer may add its own after the client's (HAProxy does), and the nearest is last.
     # No `client_ip`: a peer's forward, whose node added its viewer last already (the connection is that node's).
