@@ -50,6 +50,14 @@ class VersionChanged(OriginError):
         super().__init__(reason, retryable=False)
 
 
+class Busy(OriginError):
+    """The node, not the origin, could not take the answer in now (proxy.fillmemory): 503, and nothing counted
+    against the origin."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retryable=False)
+
+
 class PeerError(EdgecacheError):
     """Another edge node of the cluster failed us."""
 

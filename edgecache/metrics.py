@@ -92,6 +92,21 @@ COLLAPSED = _counter("edgecache_collapsed_waits_total", "Requests that joined an
 # One per request answered miss, expired or partial (core.status.MISSES), by its one cause (core.status.MissCause).
 MISSES = _counter("edgecache_misses_total", "Requests that were misses, by site and cause", ["site", "cause"])
 FILLS = _counter("edgecache_fills_total", "Origin fetches started to fill the cache")
+# proxy.fillmemory: what fills hold of cache.fill_memory, the fills waiting for their share, and how waits ended.
+FILL_MEMORY_BYTES = Gauge(
+    "edgecache_fill_memory_bytes", "Bytes fills have taken of their budget", multiprocess_mode="livesum"
+)
+FILL_MEMORY_LIMIT = Gauge(
+    "edgecache_fill_memory_limit_bytes",
+    "What fills may take at once (cache.fill_memory x workers)",
+    multiprocess_mode="livesum",
+)
+FILL_MEMORY_WAITING = Gauge(
+    "edgecache_fill_memory_waiting", "Fills waiting for their share of fill memory", multiprocess_mode="livesum"
+)
+FILL_MEMORY_WAITS = _counter(
+    "edgecache_fill_memory_waits_total", "Fills that waited for fill memory, by outcome (granted, timeout)", ["outcome"]
+)
 MEMORY_BYTES = Gauge("edgecache_memory_tier_bytes", "Bytes held by the memory tier", multiprocess_mode="livesum")
 MEMORY_BUDGET = Gauge("edgecache_memory_tier_budget_bytes", "Memory tier byte budget", multiprocess_mode="livesum")
 MEMORY_LIMIT = Gauge(

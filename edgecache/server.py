@@ -28,6 +28,7 @@ from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastserver import FastServer, FastSettings
+from edgecache.proxy.fillmemory import FillMemory
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient, loop_token
 from edgecache.proxy.shared import Shared
@@ -87,7 +88,9 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
         store.attach_epoch(epoch or Epoch())
     await store.load_purges()
     # A body of unknown length is stored up to an eighth of the disk budget (README "Single-flight")
-    engine = Engine(store, origin, config.cache.slice_bytes, config.cache.fill_slices, config.cache.disk_bytes // 8)
+    c = config.cache
+    fills = FillMemory(c.fill_bytes, config.origin.read_timeout)  # a turn is waited for as a slow origin's bytes
+    engine = Engine(store, origin, c.slice_bytes, c.fill_slices, c.disk_bytes // 8, fills)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
     cluster = ClusterView(config.cluster) if config.cluster is not None else None
     tasks = [

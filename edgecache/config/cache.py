@@ -31,8 +31,12 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         fill_slices=r.get(t, "cache.", "fill_slices", _positive(int), 4),
         memory_policy=r.get(t, "cache.", "memory_policy", str, "s3fifo"),
         memory_headroom=r.get(t, "cache.", "memory_headroom", parse_size, 64 * 2**20),
+        fill_memory=r.get(t, "cache.", "fill_memory", parse_size, 0),
         disks=disks,
     )
+    run = settings.slice_bytes * settings.fill_slices
+    if settings.fill_bytes < run:
+        r.problem("cache.fill_memory", f"must hold at least one run of slices (fill_slices x slice = {run} bytes)")
     if not SLICES[0] <= settings.slice_bytes <= SLICES[1]:
         r.problem("cache.slice", SLICES_PROBLEM)
     if settings.memory_policy not in ("s3fifo", "lru"):

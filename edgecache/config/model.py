@@ -78,7 +78,16 @@ class CacheSettings:
     memory_policy: str = "s3fifo"
     # A worker's RSS is kept within memory_bytes + this by shrinking the memory tier (to half at most); 0: off.
     memory_headroom: int = 64 * 2**20
+    # What a worker's fills hold at once, all together (proxy.fillmemory): beyond it, fills wait for their turn.
+    # 0: half the memory tier, which the RSS bound may take from the tier (it shrinks it to half at most), so fills
+    # at their budget keep a worker within memory_bytes + memory_headroom; one run of slices at least.
+    fill_memory: int = 0
     disks: tuple[Disk, ...] = ()  # cache.disks as given; empty for the single form (dir and disk_bytes)
+
+    @property
+    def fill_bytes(self) -> int:
+        """cache.fill_memory, or its default when not given."""
+        return self.fill_memory or max(self.memory_bytes // 2, self.slice_bytes * self.fill_slices)
 
     @property
     def all_disks(self) -> tuple[Disk, ...]:

@@ -26,8 +26,9 @@ from edgecache.core.freshness import Use, freshness_of, usable
 from edgecache.core.keys import PrimaryRecord, entry_key, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill
-from edgecache.proxy.fill import Fill, FillHead, FillRegistry
+from edgecache.proxy.fill import UNKNOWN_WINDOW, Fill, FillHead, FillRegistry
 from edgecache.proxy.fillhead import judge_head, within_run
+from edgecache.proxy.fillmemory import FillMemory
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
 from edgecache.storage.ghosts import Ghosts
@@ -42,7 +43,13 @@ class _Unread(OriginError):
 
 class Engine:
     def __init__(
-        self, store: Store, origin: OriginClient, slice_size: int, fill_slices: int, max_unknown: int | None = None
+        self,
+        store: Store,
+        origin: OriginClient,
+        slice_size: int,
+        fill_slices: int,
+        max_unknown: int | None = None,
+        memory: FillMemory | None = None,
     ) -> None:
         self.store = store
         self.origin = origin
@@ -52,6 +59,7 @@ class Engine:
         # clients but not stored, and what was stored of it is dropped: an endless body never evicts the cache.
         self.max_unknown = max_unknown
         self.fills = FillRegistry()
+        self.memory = memory or FillMemory(2**62, 0)  # what all fills together may hold (cache.fill_memory)
         self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled at close
         self._writes: set[asyncio.Task[None]] = set()  # disk writes of complete slices: finished at close
         self.ghosts = Ghosts()  # slices the memory tier evicted: a miss on one is "evicted", not "cold"
@@ -220,16 +228,42 @@ class Engine:
             head = judge_head(self.store, self.slice_size, resp.status, resp.headers, asked, req, times, existing)
             if resp.peer is not None:
                 head = replace(head, peer=resp.peer)
-            req = await self._take_head(fill, req, head)
-            if head.status == 304:
-                return
-            if not head.shared and not fill.streamed:
+            if not head.shared and not fill.streamed and head.status != 304:
                 # Nobody may share this body and nobody will stream it (a background revalidation, a slice reader):
                 # taking it in would only wait, at the fill's bound, for a reader that never comes.
                 raise OriginError("the answer cannot be stored and nobody streams it", retryable=False)
-            await self._pump(fill, head, resp, req)
+            taken = await self._reserve(fill, head)
+            writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
+            try:
+                req = await self._take_head(fill, req, head)
+                if head.status != 304:
+                    await self._pump(fill, head, resp, req, writes)
+            finally:
+                self._give_back(taken, writes)
         finally:
             resp.release()
+
+    async def _reserve(self, fill: Fill, head: FillHead) -> int:
+        """The fill's share of the worker's fill memory, taken before its head is given to anyone: a fill that
+        cannot have it fails cleanly (503) instead of cutting answers already begun."""
+        if fill.last_index is not None and not within_run(fill, head, self.slice_size):
+            fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
+        if head.end is None:
+            fill.window = UNKNOWN_WINDOW
+        return await self.memory.take(fill.held_at_most(head))
+
+    def _give_back(self, taken: int, writes: list[asyncio.Task[None]]) -> None:
+        pending = [w for w in writes if not w.done()]
+        if not pending:
+            self.memory.give(taken)
+        elif taken:
+            self._spawn(self._give_after(taken, pending), self._writes)
+
+    async def _give_after(self, taken: int, writes: list[asyncio.Task[None]]) -> None:
+        try:
+            await asyncio.wait(writes)
+        finally:
+            self.memory.give(taken)
 
     async def _ask(
         self, req: FillRequest, sent: OriginRequest, asked: ranges.ByteRange | None, validate: ObjectMeta | None
@@ -252,8 +286,6 @@ class Engine:
     async def _take_head(self, fill: Fill, req: FillRequest, head: FillHead) -> FillRequest:
         """Give the fill its head, under the entry key the head names (the request, so keyed, is returned), with
         the record and metadata of what is kept visible first."""
-        if fill.last_index is not None and not within_run(fill, head, self.slice_size):
-            fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
         self.fills.remove(fill)
         # The response's own Vary decides where it is stored; those with other header values must not join.
         fill.entry_key = head.entry_key
@@ -276,13 +308,15 @@ class Engine:
             await self.store.put_meta(req.entry_key, head.meta, lazy=True)
         return req
 
-    async def _pump(self, fill: Fill, head: FillHead, resp: object, req: FillRequest) -> None:
+    async def _pump(
+        self, fill: Fill, head: FillHead, resp: object, req: FillRequest, writes: list[asyncio.Task[None]]
+    ) -> None:
+        """`writes`: where the fill's disk writes go, what dropping its slices and giving back its memory wait for."""
         from edgecache.proxy.origin import OriginResponse
 
         assert isinstance(resp, OriginResponse)
         version = head.meta.slice_version
         stored: list[int] = []
-        writes: list[asyncio.Task[None]] = []  # this fill's disk writes: what dropping its slices waits for
 
         def on_complete(index: int, data: bytes) -> None:
             if head.store and fill.kept and not self._past_bound(fill, head, index):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.errors import Busy, OriginError
 
 
 def error_page(status: int, reason: str) -> tuple[list[tuple[str, str]], bytes]:
@@ -24,6 +25,15 @@ def peer_failed(peer: str, kind: str, reason: str, timeout: bool) -> tuple[int, 
     """The status and reason when the owner failed and no other node may be asked: the peer's failure, never
     reported as the origin's."""
     return (504 if timeout else 502), f"peer {peer} failed ({kind}): {reason}"
+
+
+def origin_failed(exc: OriginError) -> tuple[int, str, bool]:
+    """The status and reason when a request's origin fetch failed with nothing to stand in, and whether the failure
+    is still to be counted against the origin (timeouts and connects were, where they happened: the origin client).
+    503 when the node itself could not take the answer in (Busy), never reported as the origin's."""
+    if isinstance(exc, Busy):
+        return 503, exc.reason, False
+    return (504 if exc.timeout else 502), f"origin failed: {exc.reason}", not (exc.timeout or exc.connect)
 
 
 def error_response(status: int, reason: str) -> web.Response:

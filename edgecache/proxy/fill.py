@@ -36,8 +36,10 @@ _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 
 # A fill of a whole object (no validator, Range ignored, or a length not known yet) keeps this many complete slices
 # in its own buffers behind the newest, for readers a little behind; older ones are only in the store, so memory
-# per fill stays bounded whatever the object's size (Fill.bound).
+# per fill stays bounded whatever the object's size (Fill.bound). One of a body of unknown length keeps fewer: most
+# such bodies are small, and each fill takes its bound of the worker's fill memory (proxy.fillmemory).
 WINDOW = 8
+UNKNOWN_WINDOW = 1
 
 
 class _Parts:
@@ -159,6 +161,7 @@ class Fill:
         # (Engine.max_unknown): the fill then lets go of what every stream has read, and the slowest paces it.
         self.kept = True
         self._streams: dict[object, int] = {}  # where each stream() is
+        self.window = WINDOW
 
     # --- producer side (the fill task) ---------------------------------------------------------------------
 
@@ -173,7 +176,15 @@ class Fill:
         """The most body bytes this fill holds at once: its run, or a window of slices behind the newest."""
         if self.last_index is not None:
             return (self.last_index - self.first_index + 1) * self.slice_size
-        return (WINDOW + 2) * self.slice_size
+        return (self.window + 2) * self.slice_size
+
+    def held_at_most(self, head: FillHead) -> int:
+        """What the fill holds at most with this head: its bound, or its body when that is less (a 304: nothing)."""
+        if head.status == 304:
+            return 0
+        if head.end is None:
+            return self.bound
+        return min(self.bound, head.end - head.start)
 
     async def room(self) -> None:
         """Until one more slice's worth of body fits under `bound` (the fill's producer calls it before each
@@ -265,9 +276,9 @@ class Fill:
         elif not self.kept:  # nothing more is stored: what every stream has read is needed no more, nor the stored
             floor = min(self._streams.values(), default=self._pos)
             read = {i for i in self._bufs if (i + 1) * self.slice_size <= floor}
-            old = list(read | {i for i in self._durable if i < newest - WINDOW and i in self._bufs})
-        else:  # stored slices behind a window of WINDOW kept for readers that lag a little
-            old = [i for i in self._durable if i < newest - WINDOW and i in self._bufs]
+            old = list(read | {i for i in self._durable if i < newest - self.window and i in self._bufs})
+        else:  # stored slices behind a window kept for readers that lag a little
+            old = [i for i in self._durable if i < newest - self.window and i in self._bufs]
         for i in old:
             self._held -= len(self._bufs.pop(i))
             self._durable.discard(i)  # only slices still held are kept here, so each pass is short

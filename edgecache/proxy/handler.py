@@ -32,7 +32,7 @@ from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key
 from edgecache.core.status import CacheStatus, of_fill
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
-from edgecache.proxy.errorpage import error_response
+from edgecache.proxy.errorpage import error_response, origin_failed
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
@@ -112,9 +112,10 @@ class EdgeHandler:
         except OriginError as exc:
             log.info("%s %s: origin failed: %s", request.method, request.path, exc)
             observe.mark(request, CacheStatus.ERROR)
-            if not (exc.timeout or exc.connect):  # those were counted where they happened (origin client)
+            status, reason, uncounted = origin_failed(exc)
+            if uncounted:
                 metrics.ORIGIN_ERRORS.labels(observe.trace(request).site, "failed").inc()
-            return error_response(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
+            return error_response(status, reason)
 
     def _route(self, request: web.BaseRequest, admitted: str | None) -> tuple[Site, str, CacheKey, Hop | None]:
         """The site, host and key a request names, and its hop; refused (ClientError) as it must be. `admitted`:

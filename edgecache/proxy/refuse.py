@@ -15,7 +15,7 @@ from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
-from edgecache.proxy import encode, observe
+from edgecache.proxy import encode, errorpage, observe
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.route import Refused
 
@@ -71,13 +71,14 @@ def origin_failed(
     origin_ms: float | None = None,
     asked: Headers | None = None,
 ) -> bool:
-    """The answer when the origin fails a request with nothing to stand in: 502 (504 on a timeout) with the reason,
+    """The answer when the origin fails a request with nothing to stand in (errorpage.origin_failed),
     counted and logged as the full handler counts and logs it (EdgeHandler._answer); as refused() returns.
     `asked`: the request's fields as sent, when `req` holds fewer (a range cut from the whole answer)."""
     log.info("%s %s: origin failed: %s", method, req.key.full_target[:200], exc)
-    if not (exc.timeout or exc.connect):  # those were counted where they happened (origin client)
+    status, reason, uncounted = errorpage.origin_failed(exc)
+    if uncounted:
         metrics.ORIGIN_ERRORS.labels(req.site.name, "failed").inc()
-    reply = Reply(504 if exc.timeout else 502, f"origin failed: {exc.reason}")
+    reply = Reply(status, reason)
     fields = req.headers if asked is None else asked
     r = Refused.keyed(reply, method, req.key, fields, req.site.name, keep_alive, viewer=viewer)
     return refused(conn, r, t0, origin_ms)

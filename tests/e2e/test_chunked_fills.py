@@ -14,14 +14,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edgecache.proxy.fill import WINDOW, Fill
+from edgecache.proxy.fill import UNKNOWN_WINDOW, Fill
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Obj, Origin
 from tests.wire import fast_path_outcomes
 
 SLICE = 64 * 1024
 BODY = os.urandom(40 * SLICE + 1234)  # 41 slices, the last one short
-BOUND = (WINDOW + 2) * SLICE  # what one fill may hold at once
+BOUND = (UNKNOWN_WINDOW + 2) * SLICE  # what one fill of a body of unknown length may hold at once
 SWR = "max-age=1, stale-while-revalidate=600"
 
 
@@ -197,7 +197,7 @@ async def test_a_disk_that_falls_behind_pauses_the_fill_at_its_bound(
     monkeypatch.setattr(store, "put_slice_disk", held_back)
     answer = asyncio.ensure_future(edge.get("/c"))
     async with asyncio.timeout(10), queued:  # slices must go to the disk while the body still arrives
-        await queued.wait_for(lambda: pending >= WINDOW + 1)
+        await queued.wait_for(lambda: pending >= UNKNOWN_WINDOW + 1)
     fill = fills[-1][0]
     assert fill.received <= BOUND
     gate.set()

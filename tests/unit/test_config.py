@@ -120,6 +120,19 @@ def test_memory_headroom_is_a_size_and_zero_turns_the_bound_off() -> None:
     )
 
 
+def test_fill_memory_defaults_to_half_the_memory_tier_and_holds_a_run_at_least() -> None:
+    base: dict[str, object] = {"sites": [SITE]}
+    etc = Path("/etc/edgecache")
+    assert build(base, "f.toml", etc).cache.fill_bytes == 128 * 2**20
+    assert build({**base, "cache": {"memory": "2MiB"}}, "f.toml", etc).cache.fill_bytes == 4 * 2**20  # one run
+    assert build({**base, "cache": {"memory": "1GiB", "fill_memory": "96MiB"}}, "f.toml", etc).cache.fill_bytes == (
+        96 * 2**20
+    )
+    assert problems({**base, "cache": {"fill_memory": "1MiB"}}) == [
+        "f.toml: cache.fill_memory: must hold at least one run of slices (fill_slices x slice = 4194304 bytes)"
+    ]
+
+
 def test_forward_fields_are_field_names_the_cache_does_not_own() -> None:
     cfg = build({"sites": [{**SITE, "forward_fields": ["X-Trace", "traceparent"]}]}, "f.toml", Path("/x"))
     assert cfg.sites[0].forward_fields == ("x-trace", "traceparent")
