@@ -228,16 +228,20 @@ class Engine:
             head = judge_head(self.store, self.slice_size, resp.status, resp.headers, asked, req, times, existing)
             if resp.peer is not None:
                 head = replace(head, peer=resp.peer)
-            if not head.shared and not fill.streamed and head.status != 304:
-                # Nobody may share this body and nobody will stream it (a background revalidation, a slice reader):
-                # taking it in would only wait, at the fill's bound, for a reader that never comes.
-                raise OriginError("the answer cannot be stored and nobody streams it", retryable=False)
-            taken = await self._reserve(fill, head)
+            if fill.last_index is not None and not within_run(fill, head, self.slice_size):
+                fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
+            pumped = head.status != 304 and (head.shared or fill.streamed)
+            taken = await self._reserve(fill, head) if pumped else 0
             writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
             try:
                 req = await self._take_head(fill, req, head)
-                if head.status != 304:
-                    await self._pump(fill, head, resp, req, writes)
+                if head.status == 304:
+                    return
+                if not pumped:
+                    # Nobody may share this body and nobody will stream it (a background revalidation, a slice
+                    # reader): taking it in would only wait, at the fill's bound, for a reader that never comes.
+                    raise OriginError("the answer cannot be stored and nobody streams it", retryable=False)
+                await self._pump(fill, head, resp, req, writes)
             finally:
                 self._give_back(taken, writes)
         finally:
@@ -246,8 +250,6 @@ class Engine:
     async def _reserve(self, fill: Fill, head: FillHead) -> int:
         """The fill's share of the worker's fill memory, taken before its head is given to anyone: a fill that
         cannot have it fails cleanly (503) instead of cutting answers already begun."""
-        if fill.last_index is not None and not within_run(fill, head, self.slice_size):
-            fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
         if head.end is None:
             fill.window = UNKNOWN_WINDOW
         return await self.memory.take(fill.held_at_most(head))
