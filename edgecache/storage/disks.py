@@ -39,6 +39,7 @@ from edgecache import metrics
 from edgecache.config.model import Disk
 from edgecache.core.ring import Member, Ring
 from edgecache.errors import StorageError
+from edgecache.storage import reserve
 from edgecache.storage.disk import LEASE, DiskTier
 
 if TYPE_CHECKING:
@@ -130,12 +131,15 @@ class _Slot:
     mount: bool = False  # its directory was a mount point when opened: a reload wants its filesystem mounted again
     shrunk: float = -PROBE_SECONDS  # when its budget was last lowered for a full filesystem, or raised (monotonic)
     stuck: bool = False  # its filesystem was too full for the deletes that lower its budget (said once)
+    reserved: bool = False  # the room kept for its index (storage.reserve) is there, as far as this worker knows
     label: str = field(init=False)
+    reserve: int = field(init=False)  # its size
     ops: dict[str, Counter] = field(init=False)  # its metrics' children, looked up once
     errors: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         self.label = str(self.disk.path)
+        self.reserve = reserve.size_for(self.disk.size)
         # Every series exists (at 0) before its first event: dashboards and alerts see the disk from the start.
         self.ops = {op: metrics.DISK_OPS.labels(self.label, op) for op in ("read", "write")}
         self.errors = metrics.DISK_OP_ERRORS.labels(self.label)
@@ -168,7 +172,7 @@ class Disks:
         slots = [_Slot(d) for d in disks]
         for slot in slots:
             try:
-                slot.tier, slot.identity, slot.mount = _open(slot.disk, threads)
+                slot.tier, slot.identity, slot.mount, slot.reserved = _open(slot.disk, threads)
             except Exception as exc:  # whatever a broken disk makes diskcache raise: the node starts without it
                 _fail(slot, failure(exc) or f"{type(exc).__name__}: {exc}")
                 continue
@@ -269,14 +273,14 @@ class Disks:
             if slot.up:
                 continue
             try:
-                tier, identity, mount = await loop.run_in_executor(
+                tier, identity, mount, reserved = await loop.run_in_executor(
                     self._io, _open, slot.disk, self._threads, slot.mount
                 )
             except Exception as exc:  # as at start
                 log.warning("disk %s is still out of service: %s", slot.label, exc)
                 continue
             old, slot.tier, slot.identity, slot.failed = slot.tier, tier, identity, None
-            slot.mount, slot.shrunk, slot.stuck = slot.mount or mount, -PROBE_SECONDS, False
+            slot.mount, slot.shrunk, slot.stuck, slot.reserved = slot.mount or mount, -PROBE_SECONDS, False, reserved
             metrics.DISK_UP.labels(slot.label).set(1)
             metrics.DISK_SIZE.labels(slot.label).set(tier.budget_bytes)  # opened afresh: its whole size
             log.warning("disk %s is back in service", slot.label)
@@ -294,7 +298,10 @@ class Disks:
             why = f"a probe got no answer in {PROBE_TIMEOUT:g} s"
         if why is not None and slot.up:
             self._fail(slot, why)
-        elif slot.up and slot.tier is not None and self._lowered(slot, slot.tier):
+            return
+        if slot.up and not slot.reserved:  # given up when the filesystem was full: again once it has room
+            slot.reserved = await loop.run_in_executor(self._io, reserve.keep, slot.disk.path, slot.reserve)
+        if slot.up and slot.tier is not None and self._lowered(slot, slot.tier):
             await self._grow(slot, slot.tier)
 
     async def _on(self, key: str, op: str, call: Callable[[DiskTier], Awaitable[T]]) -> T:
@@ -329,7 +336,7 @@ class Disks:
             return
         slot.shrunk, before = now, slot.tier.budget_bytes
         try:
-            budget = await slot.tier.shrink(SHRINK)
+            budget = await self._shrink(slot, slot.tier)
         except StorageError as again:
             if not full(again):
                 if slot.failed is None:
@@ -349,6 +356,19 @@ class Disks:
             exc,
             budget,
         )
+
+    async def _shrink(self, slot: _Slot, tier: DiskTier) -> int:
+        """Lower the budget below what the disk holds; on a filesystem too full for the deletes that takes, with
+        the room kept for the index given up (storage.reserve)."""
+        try:
+            return await tier.shrink(SHRINK)
+        except StorageError as exc:
+            loop = asyncio.get_running_loop()
+            if not (full(exc) and await loop.run_in_executor(self._io, reserve.release, slot.disk.path)):
+                raise
+        slot.reserved = False
+        log.warning("disk %s is full to the last byte: the room kept for its index is given up", slot.label)
+        return await tier.shrink(SHRINK)
 
     @staticmethod
     def _lowered(slot: _Slot, tier: DiskTier) -> bool:
@@ -402,8 +422,9 @@ def _fail(slot: _Slot, why: str) -> None:
     log.error("disk %s failed and is out of service (its objects are fetched from origin): %s", slot.label, why)
 
 
-def _open(disk: Disk, threads: int, mount: bool = False) -> tuple[DiskTier, tuple[int, int], bool]:
-    """The disk's tier, its directory's identity, and whether that directory is a mount point. `mount`: it was
+def _open(disk: Disk, threads: int, mount: bool = False) -> tuple[DiskTier, tuple[int, int], bool, bool]:
+    """The disk's tier, its directory's identity, whether that directory is a mount point, and whether the room
+    kept for its index is there (storage.reserve, made now if there is room for it). `mount`: it was
     one when first opened, and must be one again: the bare directory under an unmounted disk is on the parent
     filesystem (the root one, often), which the disk's budget would fill; it takes a file all the same."""
     if mount and not os.path.ismount(disk.path):
@@ -414,9 +435,20 @@ def _open(disk: Disk, threads: int, mount: bool = False) -> tuple[DiskTier, tupl
     why = _writable(disk.path)
     if why is not None:
         raise StorageError(why)
-    tier = DiskTier(disk.path, disk.size, threads=threads)
+    try:
+        tier = DiskTier(disk.path, disk.size, threads=threads)
+    except Exception as exc:
+        if not (full(exc) and reserve.release(disk.path)):
+            raise
+        log.warning("disk %s: its filesystem is full; the room kept for its index is given up to open it", disk.path)
+        tier = DiskTier(disk.path, disk.size, threads=threads)
     st = os.stat(disk.path)
-    return tier, (st.st_dev, st.st_ino), os.path.ismount(disk.path)
+    return (
+        tier,
+        (st.st_dev, st.st_ino),
+        os.path.ismount(disk.path),
+        reserve.keep(disk.path, reserve.size_for(disk.size)),
+    )
 
 
 def _check(path: Path, identity: tuple[int, int]) -> str | None:

@@ -25,7 +25,7 @@ from aiohttp import web
 from edgecache import metrics
 from edgecache.server import reload
 from edgecache.storage import disk as disk_module
-from edgecache.storage import disks
+from edgecache.storage import disks, reserve
 from edgecache.storage.disk import DiskTier
 from tests.conftest import make_config, start_edge
 from tests.e2e.procs import ROOT, free_port, wait_lines
@@ -212,6 +212,7 @@ async def test_a_purge_the_full_disk_cannot_record_is_not_confirmed(origin: Orig
     async with admin_node(node_config(origin, small_disk / "cache")) as node:
         assert (await node.edge.get("/obj"))[2] == b"before the purge"
         await node.edge.node.engine.flush()
+        _spend_reserve(small_disk / "cache")
         await asyncio.to_thread(_fill, small_disk / "filler")
         for _ in range(2):
             status, answer = await node.call("POST", "/purge", OPERATOR, json={"url": "http://video.test/obj"})
@@ -295,9 +296,9 @@ async def test_a_disk_kept_full_logs_its_budget_once_not_every_second(
 async def test_a_filesystem_full_to_the_last_byte_leaves_the_disk_serving_its_hits(
     origin: Origin, small_disk: Path
 ) -> None:
-    """Something else took every byte of the filesystem: SQLite could not even write the deletes that lower the
-    budget ('database or disk is full'), which took the disk out of service until a reload though it read as
-    before: every object it held became a miss."""
+    """Something else took every byte of the filesystem, the room kept for the index too (storage.reserve): SQLite
+    could not even write the deletes that lower the budget ('database or disk is full'), which took the disk out of
+    service until a reload though it read as before: every object it held became a miss."""
     held = {f"/h{i}.bin": os.urandom(10_000 + i) for i in range(30)}  # small: they live in SQLite
     for path, data in held.items():
         origin.put(path, data)
@@ -307,6 +308,7 @@ async def test_a_filesystem_full_to_the_last_byte_leaves_the_disk_serving_its_hi
         for path, data in held.items():
             assert (await edge.get(path))[::2] == (200, data)
         await edge.node.engine.flush()
+        _spend_reserve(small_disk / "cache")
         await asyncio.to_thread(_fill_up, small_disk / "filler")
         assert (await edge.get("/late.bin"))[::2] == (200, origin.objects["/late.bin"].data)
         await edge.node.engine.flush()
@@ -315,6 +317,60 @@ async def test_a_filesystem_full_to_the_last_byte_leaves_the_disk_serving_its_hi
             status, headers, body = await edge.get(path)
             assert (status, body) == (200, data)
             assert headers["Cache-Status"].startswith("edgecache; hit"), (path, headers["Cache-Status"])
+
+
+def _spend_reserve(directory: Path) -> None:
+    """The room kept for the index is gone (storage.reserve), as after the filesystem was full once already."""
+    (directory / reserve.NAME).unlink()
+
+
+async def test_a_disk_full_at_start_serves_what_it_holds(origin: Origin, small_disk: Path) -> None:
+    """Something else filled the filesystem to the last byte while the node was down: SQLite could not write the
+    settings diskcache writes when it opens, and the disk started out of service, every object it held a miss,
+    until a reload found room."""
+    held = {f"/f{i}.bin": os.urandom(MiB + i) for i in range(6)}
+    for path, data in held.items():
+        origin.put(path, data)
+    config = make_config(small_disk / "cache", [origin.url], memory_bytes=64 * 1024, disk_bytes=512 * MiB)
+    async with start_edge(config) as edge:
+        for path, data in held.items():
+            assert (await edge.get(path))[::2] == (200, data)
+        await edge.node.engine.flush()
+    await asyncio.to_thread(_fill_up, small_disk / "filler")
+    async with start_edge(config) as edge:
+        assert edge.node.store.disk.failed == {}
+        for path, data in held.items():
+            status, headers, body = await edge.get(path)
+            assert (status, body) == (200, data)
+            assert headers["Cache-Status"].startswith("edgecache; hit"), (path, headers["Cache-Status"])
+        assert origin.hits == {path: 1 for path in held}
+        assert not (small_disk / "cache" / reserve.NAME).exists()
+        (small_disk / "filler").unlink()
+        await until(lambda: (small_disk / "cache" / reserve.NAME).exists())  # kept again once there is room
+
+
+async def test_a_filesystem_full_to_the_last_byte_makes_room_with_the_reserve(origin: Origin, small_disk: Path) -> None:
+    """With the room kept for the index, the deletes that lower the budget happen, and new objects are stored
+    again; without it, nothing more was stored until something else freed space."""
+    held = {f"/r{i}.bin": os.urandom(10_000 + i) for i in range(30)}  # small: they live in SQLite
+    for path, data in {**held, "/new.bin": os.urandom(300_000)}.items():  # large: a file of its own
+        origin.put(path, data)
+    config = make_config(small_disk / "cache", [origin.url], memory_bytes=64 * 1024, disk_bytes=512 * MiB)
+    async with start_edge(config) as edge:
+        for path, data in held.items():
+            assert (await edge.get(path))[::2] == (200, data)
+        await edge.node.engine.flush()
+        assert (small_disk / "cache" / reserve.NAME).stat().st_size == MiB * 2  # 512 MiB / 256
+        await asyncio.to_thread(_fill_up, small_disk / "filler")
+        for _ in range(3):  # its record's write meets the full filesystem and makes room: its slice is stored
+            assert (await edge.get("/new.bin"))[::2] == (200, origin.objects["/new.bin"].data)
+            await edge.node.engine.flush()
+        slot = edge.node.store.disk._slots[0]
+        assert (slot.up, slot.stuck, slot.reserved) == (True, False, False)
+        assert origin.hits["/new.bin"] == 1
+        assert slot.tier is not None and slot.tier.budget_bytes < sum(len(d) for d in held.values())
+        for path, data in held.items():  # what was evicted to make room is fetched again
+            assert (await edge.get(path))[::2] == (200, data)
 
 
 def _fill_up(path: Path) -> None:
