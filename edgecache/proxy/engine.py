@@ -178,6 +178,8 @@ class Engine:
             fill.fail(OriginError("fill cancelled"))
             raise
         except OriginError as exc:
+            if (cut := _cut_whole(fill)) is not None:  # gone before its readers hear why, and ask again
+                await self.store.drop_version(fill.entry_key, cut)
             fill.fail(exc)
         except Exception as exc:  # a bug must fail the readers, never leave them waiting
             log.exception("fill of %s failed", req.entry_key)
@@ -424,6 +426,17 @@ class Engine:
             self.store.memory.delete(name)
             with contextlib.suppress(StorageError):
                 await self.store.disk.delete(name)
+
+
+def _cut_whole(fill: Fill) -> ObjectMeta | None:
+    """The copy a fill that failed stored of an object fetched only whole (no validator: nothing proves two fetches the
+    same version), left without the rest of its body. No later fetch can complete it, each being another version:
+    kept, every request after it cost the origin 2 to 5 fetches (each met as a new version, and retried)."""
+    head = fill.head
+    if not head.done() or head.cancelled() or head.exception() is not None:
+        return None
+    brought = head.result()
+    return brought.meta if brought.store and brought.meta.whole else None
 
 
 def _answers(fill: Fill, req: FillRequest) -> bool:

@@ -17,11 +17,13 @@ MiB = 2**20
 DATA = bytes(range(256)) * (3 * MiB // 256)
 
 
-def cut_after(n: int, status: int = 200, content_range: str | None = None):  # type: ignore[no-untyped-def]
+def cut_after(n: int, status: int = 200, content_range: str | None = None, etag: bool = True):  # type: ignore[no-untyped-def]
     """An origin handler that announces the whole body and then closes the connection after n bytes."""
 
     async def handler(request: web.BaseRequest, obj: object) -> web.StreamResponse:
-        resp = web.StreamResponse(status=status, headers={"ETag": '"cut"', "Cache-Control": "max-age=60"})
+        resp = web.StreamResponse(status=status, headers={"Cache-Control": "max-age=60"})
+        if etag:
+            resp.headers["ETag"] = '"cut"'
         if content_range:
             resp.headers["Content-Range"] = content_range
         resp.content_length = MiB if content_range else len(DATA)
@@ -55,6 +57,25 @@ async def test_body_cut_mid_slice_is_aborted_and_not_stored(edge: Edge, origin: 
     # Slice 0 was complete and consistent with its validators, so it may have been kept; slice 1 was cut and
     # must have been fetched again: exactly one more origin request served the rest.
     assert origin.hits["/cut"] == 2
+
+
+async def test_a_cut_body_without_validators_costs_the_origin_one_request_a_request(edge: Edge, origin: Origin) -> None:
+    """An object with no validator is only ever fetched whole (nothing proves two fetches the same version). Its
+    copy, stored at the head, stayed without the rest of its body: each later request met it, fetched the object
+    again (another version), and tried again, 5 origin requests for one 502."""
+    origin.on_request = cut_after(50_000, etag=False)
+    for n in (1, 2, 3):
+        status, body = await fetch(edge, "/nv")
+        assert (status, origin.hits["/nv"]) == (502, n)
+        assert body == (
+            b"origin failed: origin body broken: Response payload is not completed: <ContentLengthError: 400, "
+            b"message='Not enough data to satisfy content length header (received 50000 of 3145728 bytes).'>\n"
+        )
+    origin.on_request = None
+    origin.put("/nv", DATA, etag=None, last_modified=None)
+    for _ in range(2):
+        assert await fetch(edge, "/nv") == (200, DATA)
+        assert origin.hits["/nv"] == 4
 
 
 async def test_wrong_content_range_is_refused(edge: Edge, origin: Origin) -> None:
