@@ -1,0 +1,113 @@
+"""How the disk tier writes a large value: one file, its blocks reserved, one O_DIRECT write (SliceDisk).
+
+A diskcache Disk: diskcache keeps its index and small values in SQLite, and calls `store` for each value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import threading
+
+import diskcache
+from diskcache.core import MODE_BINARY, UNKNOWN
+
+
+class SliceDisk(diskcache.Disk):
+    """diskcache's Disk with a cheaper write of a large bytes value.
+
+    diskcache writes such a value by iterating a BytesIO over it, one write per b"\\n" in the data, through the
+    page cache. A fill writes every slice it brings, and on a VM every new page-cache page costs a first touch:
+    measured on the 2-core VM, 2.0-2.7 ms of CPU per MiB. Here the file's blocks are reserved up front and the
+    value goes in one O_DIRECT write from an aligned buffer that each disk thread reuses: about 0.2 ms of CPU
+    per MiB. Reads still go through the page cache, so a slice read often is cached there all the same.
+
+    Its files are made relative to the directory as opened (a descriptor), never by its path: once the disk's
+    filesystem is unmounted (umount -l, a device gone), the path names the bare directory under it, on the parent
+    filesystem, and a write in flight until the disk was taken out of service left its file there for good.
+    """
+
+    def __init__(self, directory: str, min_file_size: int = 0, pickle_protocol: int = 0) -> None:
+        super().__init__(directory, min_file_size, pickle_protocol)
+        self.dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+    def close_dir(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.dir_fd)
+
+    def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
+        if type(value) is not bytes or len(value) < self.min_file_size:
+            return super().store(value, read, key)
+        filename, _ = self.filename(key, value)  # the path is not used: see the class docstring
+        fd, direct = _create(self.dir_fd, filename)
+        try:
+            _reserve(fd, len(value))
+            if direct:
+                _write_direct(fd, value)
+            else:
+                _write_all(fd, memoryview(value))
+        except BaseException:
+            os.close(fd)
+            os.unlink(filename, dir_fd=self.dir_fd)  # never leave a partial file behind for a row that will not exist
+            raise
+        os.close(fd)
+        return len(value), MODE_BINARY, filename, None
+
+
+_ALIGN = 4096  # O_DIRECT wants the buffer's address and the write's length aligned to the logical block size
+_buffers = threading.local()
+
+
+def _create(dir_fd: int, path: str) -> tuple[int, bool]:
+    """A new file for writing at `path` under the directory `dir_fd`, opened O_DIRECT where the filesystem allows
+    it; and whether it was."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    # Another process's cull may remove the (empty) directory between makedirs and open: try again, as diskcache.
+    # It may go between the two mkdirs too: ENOENT from either, and both are made again.
+    for attempt in range(10):
+        try:
+            _makedirs(dir_fd, os.path.dirname(path))
+            return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644, dir_fd=dir_fd), hasattr(os, "O_DIRECT")
+        except FileNotFoundError:
+            if attempt == 9:
+                raise
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return os.open(path, flags, 0o644, dir_fd=dir_fd), False  # no O_DIRECT on this filesystem
+    raise AssertionError("unreachable")
+
+
+def _makedirs(dir_fd: int, path: str) -> None:
+    """os.makedirs(path, exist_ok=True) under the directory `dir_fd` (diskcache's two levels: "ab/cd")."""
+    parts = [p for p in path.split(os.sep) if p]
+    for n in range(1, len(parts) + 1):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.sep.join(parts[:n]), dir_fd=dir_fd)
+
+
+def _reserve(fd: int, length: int) -> None:
+    """Allocate the file's blocks up front; a filesystem that cannot (EOPNOTSUPP) just allocates as it writes."""
+    try:
+        os.posix_fallocate(fd, 0, length)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+
+
+def _write_direct(fd: int, value: bytes) -> None:
+    padded = -(-len(value) // _ALIGN) * _ALIGN
+    buf: mmap.mmap | None = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < padded:
+        buf = _buffers.buf = mmap.mmap(-1, padded)  # page-aligned, reused by this thread for every write
+    buf[: len(value)] = value
+    _write_all(fd, memoryview(buf)[:padded])
+    if padded != len(value):
+        os.ftruncate(fd, len(value))  # the padding was only there for O_DIRECT
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
