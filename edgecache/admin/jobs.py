@@ -41,8 +41,9 @@ import aiohttp
 
 from edgecache import metrics
 from edgecache.admin.bucket import TokenBucket
+from edgecache.admin.reading import reading
 from edgecache.admin.records import Records
-from edgecache.core.headers import split_list
+from edgecache.admin.window import in_window, seconds_to_boundary
 from edgecache.core.manifest import expand
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
@@ -103,62 +104,9 @@ class Job:
         return d
 
 
-def _bounds(window: tuple[str, str]) -> tuple[datetime.time, datetime.time]:
-    # A window stored with an offset (taken before prefetch._options refused them) is read as local time: it must
-    # not fail every later comparison, and with it every dispatch and the node's start.
-    start, end = (datetime.time.fromisoformat(w).replace(tzinfo=None) for w in window)
-    return start, end
-
-
-def in_window(window: tuple[str, str] | None, now: datetime.datetime) -> bool:
-    if window is None:
-        return True
-    start, end = _bounds(window)
-    t = now.time()
-    return start <= t < end if start <= end else (t >= start or t < end)  # a window may span midnight
-
-
-def seconds_to_boundary(window: tuple[str, str], now: datetime.datetime) -> float:
-    """Seconds from `now` to the window's next start or end: the next moment in_window can change."""
-    ahead = []
-    for t in _bounds(window):
-        at = datetime.datetime.combine(now.date(), t, tzinfo=now.tzinfo)
-        if at <= now:
-            at += datetime.timedelta(days=1)
-        ahead.append((at - now).total_seconds())
-    return min(ahead)
-
-
 def rank(job: Job) -> tuple[int, float, str]:
     """The order in which jobs get free slots: higher priority, then older, then by id (a total order)."""
     return -job.priority, job.created, job.id
-
-
-def _params(member: str) -> set[str]:
-    return {p.strip() for p in member.split(";")[1:]}
-
-
-def reading(cache_status: str) -> tuple[str, str]:
-    """(outcome, source) of an answer to one of this node's own prefetch requests.
-
-    RFC 9211 puts the cache nearest the client last: the last member is this node's, and when it forwarded the
-    request to the owner (detail="peer"), the one before it is the owner's. Only those are read: members before
-    them came from the origin, and an origin saying "hit" must neither make a fill look cached nor let its bytes
-    pass the bandwidth cap. source is "cache" (this node's own cache: free), "peer" or "origin"."""
-    found = list(split_list(cache_status))
-    if not found or found[-1].split(";")[0].strip() != "edgecache":
-        return "not-stored", "origin"  # not an answer of ours: counted against the cap, never as cached
-    mine = _params(found[-1])
-    source = "origin"
-    if 'detail="peer"' in mine:
-        source = "peer"
-        owner = found[-2] if len(found) > 1 and found[-2].split(";")[0].strip() == "edgecache" else ""
-        mine = _params(owner)
-    elif "hit" in mine or "fwd-status=304" in mine:
-        source = "cache"  # a hit, or revalidated: the body is the one stored here
-    if "hit" in mine or "fwd-status=304" in mine:
-        return "cached", source
-    return ("fetched" if "stored" in mine else "not-stored"), source
 
 
 def _is_manifest(url: str) -> bool:

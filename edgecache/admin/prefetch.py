@@ -66,7 +66,7 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
             window = opts.get("window") or {"start": opts.get("window_start"), "end": opts.get("window_end")}
             start, end = str(window["start"]), str(window["end"])
             bounds = datetime.time.fromisoformat(start), datetime.time.fromisoformat(end)
-            if any(t.tzinfo is not None for t in bounds):  # the node's clock is local and naive (jobs.in_window)
+            if any(t.tzinfo is not None for t in bounds):  # the node's clock is local and naive (window.in_window)
                 raise ValueError(f"window {start}-{end}: times are local, without an offset")
             if not (_TIME_OF_DAY.fullmatch(start) and _TIME_OF_DAY.fullmatch(end)):
                 raise ValueError(f"window {start[:20]}-{end[:20]}: times are HH:MM or HH:MM:SS")

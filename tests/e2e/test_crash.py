@@ -368,7 +368,8 @@ async def test_a_filesystem_full_to_the_last_byte_makes_room_with_the_reserve(or
         slot = edge.node.store.disk._slots[0]
         assert (slot.up, slot.stuck, slot.reserved) == (True, False, False)
         assert origin.hits["/new.bin"] == 1
-        assert slot.tier is not None and slot.tier.budget_bytes < sum(len(d) for d in held.values())
+        assert slot.tier is not None
+        assert slot.tier.budget_bytes < sum(len(d) for d in held.values())
         for path, data in held.items():  # what was evicted to make room is fetched again
             assert (await edge.get(path))[::2] == (200, data)
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.admin.jobs import Job, in_window, rank, reading, seconds_to_boundary
+from edgecache.admin.jobs import Job, rank
+from edgecache.admin.reading import reading
+from edgecache.admin.window import in_window, seconds_to_boundary
 from edgecache.config import build
 from edgecache.errors import ConfigError
 from edgecache.prefetchcmd import route
