@@ -30,7 +30,7 @@ class FillMemory:
         """Until `n` bytes (at most the whole budget) are the caller's; what was taken, for give(). Raises Busy
         when they are not within `wait` seconds."""
         n = min(n, self.limit)
-        if not self._queue and self.held + n <= self.limit:
+        if n == 0 or (not self._queue and self.held + n <= self.limit):  # an empty body holds nothing: no turn
             self._grant(n)
             return n
         granted = asyncio.get_running_loop().create_future()

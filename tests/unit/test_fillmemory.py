@@ -24,6 +24,17 @@ async def test_takes_at_once_within_the_limit_and_waits_in_turn_beyond_it() -> N
     assert (memory.held, memory.peak, memory.waiting) == (80, 80, 0)
 
 
+async def test_nothing_takes_no_turn() -> None:
+    memory = FillMemory(100, 5)
+    await memory.take(100)
+    waiting = asyncio.ensure_future(memory.take(1))
+    await asyncio.sleep(0)
+    assert await memory.take(0) == 0  # an empty body, behind one that waits
+    assert (memory.held, memory.waiting) == (100, 1)
+    memory.give(100)
+    assert await waiting == 1
+
+
 async def test_more_than_the_limit_is_the_whole_limit() -> None:
     memory = FillMemory(100, 5)
     assert await memory.take(1000) == 100
