@@ -94,18 +94,22 @@ MISSES = _counter("edgecache_misses_total", "Requests that were misses, by site 
 FILLS = _counter("edgecache_fills_total", "Origin fetches started to fill the cache")
 # proxy.fillmemory: what fills hold of cache.fill_memory, the fills waiting for their share, and how waits ended.
 FILL_MEMORY_BYTES = Gauge(
-    "edgecache_fill_memory_bytes", "Bytes fills have taken of their budget", multiprocess_mode="livesum"
+    "edgecache_fill_memory_bytes", "Bytes fills have taken of their pool", ["pool"], multiprocess_mode="livesum"
 )
 FILL_MEMORY_LIMIT = Gauge(
     "edgecache_fill_memory_limit_bytes",
-    "What fills may take at once (cache.fill_memory x workers)",
+    "What fills may take at once, by pool (shared: fills of objects stored; paced: private answers)",
+    ["pool"],
     multiprocess_mode="livesum",
 )
 FILL_MEMORY_WAITING = Gauge(
-    "edgecache_fill_memory_waiting", "Fills waiting for their share of fill memory", multiprocess_mode="livesum"
+    "edgecache_fill_memory_waiting",
+    "Fills waiting for their share of fill memory",
+    ["pool"],
+    multiprocess_mode="livesum",
 )
 FILL_MEMORY_WAITS = _counter(
-    "edgecache_fill_memory_waits_total", "Fills that waited for fill memory, by outcome (granted, timeout)", ["outcome"]
+    "edgecache_fill_memory_waits_total", "Fills that waited for fill memory, by pool and outcome", ["pool", "outcome"]
 )
 MEMORY_BYTES = Gauge("edgecache_memory_tier_bytes", "Bytes held by the memory tier", multiprocess_mode="livesum")
 MEMORY_BUDGET = Gauge("edgecache_memory_tier_budget_bytes", "Memory tier byte budget", multiprocess_mode="livesum")

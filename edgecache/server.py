@@ -28,7 +28,7 @@ from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastserver import FastServer, FastSettings
-from edgecache.proxy.fillmemory import FillMemory
+from edgecache.proxy.fillmemory import FillBudget
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient, loop_token
 from edgecache.proxy.shared import Shared
@@ -89,7 +89,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     await store.load_purges()
     # A body of unknown length is stored up to an eighth of the disk budget (README "Single-flight")
     c = config.cache
-    fills = FillMemory(c.fill_bytes, config.origin.read_timeout)  # a turn is waited for as a slow origin's bytes
+    fills = FillBudget(c.fill_bytes, config.origin.read_timeout)  # a turn is waited for as a slow origin's bytes
     engine = Engine(store, origin, c.slice_bytes, c.fill_slices, c.disk_bytes // 8, fills)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
     cluster = ClusterView(config.cluster) if config.cluster is not None else None

@@ -26,9 +26,9 @@ from edgecache.core.freshness import Use, freshness_of, usable
 from edgecache.core.keys import PrimaryRecord, entry_key, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill
-from edgecache.proxy.fill import UNKNOWN_WINDOW, Fill, FillHead, FillRegistry
+from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillhead import judge_head, within_run
-from edgecache.proxy.fillmemory import FillMemory
+from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
 from edgecache.storage.ghosts import Ghosts
@@ -49,7 +49,7 @@ class Engine:
         slice_size: int,
         fill_slices: int,
         max_unknown: int | None = None,
-        memory: FillMemory | None = None,
+        budget: FillBudget | None = None,
     ) -> None:
         self.store = store
         self.origin = origin
@@ -59,7 +59,7 @@ class Engine:
         # clients but not stored, and what was stored of it is dropped: an endless body never evicts the cache.
         self.max_unknown = max_unknown
         self.fills = FillRegistry()
-        self.memory = memory or FillMemory(2**62, 0)  # what all fills together may hold (cache.fill_memory)
+        self.budget = budget or FillBudget(2**62, 0)  # what all fills together may hold (cache.fill_memory)
         self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled at close
         self._writes: set[asyncio.Task[None]] = set()  # disk writes of complete slices: finished at close
         self.ghosts = Ghosts()  # slices the memory tier evicted: a miss on one is "evicted", not "cold"
@@ -233,7 +233,9 @@ class Engine:
             if fill.last_index is not None and not within_run(fill, head, self.slice_size):
                 fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
             pumped = head.status != 304 and (head.shared or fill.streamed)
-            taken = await self._reserve(fill, head) if pumped else 0
+            # Taken before the head is given to anyone: a fill that cannot have it fails cleanly (503), instead of
+            # cutting answers already begun.
+            taken = await self.budget.take(fill, head) if pumped else None
             writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
             try:
                 req = await self._take_head(fill, req, head)
@@ -245,29 +247,13 @@ class Engine:
                     raise OriginError("the answer cannot be stored and nobody streams it", retryable=False)
                 await self._pump(fill, head, resp, req, writes)
             finally:
-                self._give_back(taken, writes)
+                if taken is not None:
+                    self._give_back(taken, fill, writes)
         finally:
             resp.release()
 
-    async def _reserve(self, fill: Fill, head: FillHead) -> int:
-        """The fill's share of the worker's fill memory, taken before its head is given to anyone: a fill that
-        cannot have it fails cleanly (503) instead of cutting answers already begun."""
-        if head.end is None:
-            fill.window = UNKNOWN_WINDOW
-        return await self.memory.take(fill.held_at_most(head))
-
-    def _give_back(self, taken: int, writes: list[asyncio.Task[None]]) -> None:
-        pending = [w for w in writes if not w.done()]
-        if not pending:
-            self.memory.give(taken)
-        elif taken:
-            self._spawn(self._give_after(taken, pending), self._writes)
-
-    async def _give_after(self, taken: int, writes: list[asyncio.Task[None]]) -> None:
-        try:
-            await asyncio.wait(writes)
-        finally:
-            self.memory.give(taken)
+    def _give_back(self, taken: Taken, fill: Fill, writes: list[asyncio.Task[None]]) -> None:
+        self._spawn(self.budget.give_back(taken, fill, [w for w in writes if not w.done()]))
 
     async def _ask(
         self, req: FillRequest, sent: OriginRequest, asked: ranges.ByteRange | None, validate: ObjectMeta | None

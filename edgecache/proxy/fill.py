@@ -40,6 +40,7 @@ _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 # such bodies are small, and each fill takes its bound of the worker's fill memory (proxy.fillmemory).
 WINDOW = 8
 UNKNOWN_WINDOW = 1
+PRIVATE_WINDOW = 0  # a private answer's fill reads ahead of its one client by two slices at most
 
 
 class _Parts:
@@ -261,6 +262,14 @@ class Fill:
         on_complete(index, data)
         self._release_old()
 
+    def let_go(self) -> None:
+        """The producer has ended: complete slices the store has are dropped here, and readers still on them
+        read them from the store (Released, from_store), whatever the fill's shape."""
+        for i in [i for i in self._durable if i in self._bufs]:
+            self._held -= len(self._bufs.pop(i))
+        self._durable.clear()
+        self._wake()
+
     def mark_durable(self, index: int) -> None:
         """The store has slice `index` on disk: the fill may drop its own copy once it is out of the window."""
         self._durable.add(index)
@@ -337,6 +346,8 @@ class Fill:
                 await self._changed.wait()
         finally:
             self.readers -= 1
+            if not self.readers:
+                self._wake()  # idle() may be waiting
 
     async def stream(self) -> AsyncGenerator[memoryview, None]:
         """The whole body from its first byte to its end, as it arrives: the private reader of a fill, or a reader

@@ -2,29 +2,43 @@
 
 Each fill is bounded on its own (Fill.bound), but a worker runs as many fills as it has origin connections, and
 256 cold misses of 4 MiB objects held a gigabyte. A fill takes what it will hold at most once its head is in
-(Engine._reserve), before a byte of its body, and gives it back once its producer has ended and its disk writes
-have landed: a slow disk then holds new fills back instead of piling up writes. A fill never waits for more while
-it holds some, so fills cannot wait on each other; those waiting hold nothing but their origin connection, and
-take their turn first come, first served.
+(FillBudget.take), before a byte of its body is read. A fill never waits for more while it holds some, so fills
+cannot wait on each other; those waiting hold nothing but their origin connection, and take their turn first
+come, first served.
+
+Two pools, so that no client can hold back the fills of cacheable objects: a fill that may be shared (it is
+stored) gives its share back once its producer has ended and its disk writes have landed (a slow disk holds new
+fills back instead of piling up writes), and lets go of its slices then, so that readers still on them read them
+from the store; it never waits on a client. A fill of a private answer is paced by its one client, who may read
+as slowly as it likes: it takes from a quarter of the budget kept for such fills, reads ahead of its client by
+two slices at most, and gives its share back once that client has done.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass
 
 from edgecache import metrics
 from edgecache.errors import Busy
+from edgecache.proxy.fill import PRIVATE_WINDOW, UNKNOWN_WINDOW, Fill, FillHead
 
 
 class FillMemory:
-    def __init__(self, limit: int, wait: float) -> None:
+    """One pool: a byte budget taken first come, first served."""
+
+    def __init__(self, limit: int, wait: float, name: str = "shared") -> None:
         self.limit = limit
         self.wait = wait  # seconds a fill waits for its share before its readers get 503
         self.held = 0
         self.peak = 0  # the most ever held: the bound's witness
         self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
-        metrics.FILL_MEMORY_LIMIT.set(limit)
+        self._held = metrics.FILL_MEMORY_BYTES.labels(name)
+        self._waiting = metrics.FILL_MEMORY_WAITING.labels(name)
+        self._granted = metrics.FILL_MEMORY_WAITS.labels(name, "granted")
+        self._timeouts = metrics.FILL_MEMORY_WAITS.labels(name, "timeout")
+        metrics.FILL_MEMORY_LIMIT.labels(name).set(limit)
 
     async def take(self, n: int) -> int:
         """Until `n` bytes (at most the whole budget) are the caller's; what was taken, for give(). Raises Busy
@@ -35,33 +49,33 @@ class FillMemory:
             return n
         granted = asyncio.get_running_loop().create_future()
         self._queue.append((n, granted))
-        metrics.FILL_MEMORY_WAITING.inc()
+        self._waiting.inc()
         try:
             async with asyncio.timeout(self.wait):
                 await granted
         except TimeoutError:
             if not granted.done() or granted.cancelled():  # else granted in the turn the time ran out: taken
-                metrics.FILL_MEMORY_WAITS.labels("timeout").inc()
+                self._timeouts.inc()
                 raise Busy(f"the worker's fills held their memory ({self.limit} bytes) for {self.wait:g} s") from None
         except BaseException:
             if granted.done() and not granted.cancelled():
                 self.give(n)  # granted in the same turn it was given up
             raise
         finally:
-            metrics.FILL_MEMORY_WAITING.dec()
+            self._waiting.dec()
             self._next()  # one given up at the head no longer holds back those behind it
-        metrics.FILL_MEMORY_WAITS.labels("granted").inc()
+        self._granted.inc()
         return n
 
     def give(self, n: int) -> None:
         self.held -= n
-        metrics.FILL_MEMORY_BYTES.dec(n)
+        self._held.dec(n)
         self._next()
 
     def _grant(self, n: int) -> None:
         self.held += n
         self.peak = max(self.peak, self.held)
-        metrics.FILL_MEMORY_BYTES.inc(n)
+        self._held.inc(n)
 
     def _next(self) -> None:
         while self._queue:
@@ -78,3 +92,40 @@ class FillMemory:
     @property
     def waiting(self) -> int:
         return sum(1 for _, granted in self._queue if not granted.done())
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    pool: FillMemory
+    n: int
+
+
+class FillBudget:
+    """The pools of cache.fill_memory: three quarters for fills that may be shared, a quarter for private ones."""
+
+    def __init__(self, limit: int, wait: float) -> None:
+        paced = limit // 4
+        self.shared = FillMemory(limit - paced, wait, "shared")
+        self.paced = FillMemory(paced, wait, "paced")
+
+    async def take(self, fill: Fill, head: FillHead) -> Taken:
+        """The fill's share, from its pool, for what it will hold with this head (Fill.held_at_most)."""
+        if not head.shared:
+            fill.window = PRIVATE_WINDOW
+        elif head.end is None:
+            fill.window = UNKNOWN_WINDOW
+        pool = self.shared if head.shared else self.paced
+        return Taken(pool, await pool.take(fill.held_at_most(head)))
+
+    async def give_back(self, taken: Taken, fill: Fill, writes: list[asyncio.Task[None]]) -> None:
+        """Once the fill's producer has ended (the caller's turn) and its disk writes have landed, and for a
+        private fill once its client has done."""
+        try:
+            if writes:
+                await asyncio.wait(writes)
+            if taken.pool is self.paced:
+                await fill.idle()
+            else:
+                fill.let_go()
+        finally:
+            taken.pool.give(taken.n)

@@ -1,5 +1,7 @@
 """What a worker's fills hold all together is bounded (cache.fill_memory): many cold misses at once take their turns
-instead of each holding its run of slices, and a fill that cannot have its turn in time is a clean 503."""
+instead of each holding its run of slices, a fill that cannot have its turn in time is a clean 503, clients that
+read private answers slowly hold back no fill of a cacheable object, and a finished fill holds nothing for a
+client that reads slowly."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from tests.samples import sample_value
 
 SLICE = 64 * 1024
 RUN = 4 * SLICE  # fill_slices x slice: what one cold miss of a whole object fills
-BUDGET = 4 * RUN
+BUDGET = 4 * RUN  # cache.fill_memory: a quarter of it for private answers, the rest for fills that may be shared
+SHARED = 3 * RUN
 OBJECTS = {f"/o{i}": os.urandom(RUN) for i in range(12)}
 
 
@@ -69,9 +72,12 @@ class Witness:
     def __init__(self) -> None:
         self.held: list[int] = []
         self.live: set[Fill] = set()
+        self.fills: list[Fill] = []  # in the order they took their first piece of body
         self.changed = asyncio.Event()
 
     def fed(self, fill: Fill) -> None:
+        if fill not in self.live:
+            self.fills.append(fill)
         self.live.add(fill)
         self.held.append(sum(f._held for f in self.live if not f.done))
         self.changed.set()
@@ -86,7 +92,7 @@ class Witness:
 @pytest.fixture
 def witness(monkeypatch: pytest.MonkeyPatch) -> Witness:
     seen = Witness()
-    feed, take = Fill.feed, FillMemory.take
+    feed, take, give = Fill.feed, FillMemory.take, FillMemory.give
 
     def fed(self: Fill, chunk: bytes | memoryview, on_complete: object) -> None:
         feed(self, chunk, on_complete)  # type: ignore[arg-type]
@@ -96,31 +102,38 @@ def witness(monkeypatch: pytest.MonkeyPatch) -> Witness:
         seen.changed.set()  # the test looks once this has queued (or taken) it
         return await take(self, n)
 
+    def giving(self: FillMemory, n: int) -> None:
+        give(self, n)
+        seen.changed.set()
+
     monkeypatch.setattr(Fill, "feed", fed)
     monkeypatch.setattr(FillMemory, "take", taking)
+    monkeypatch.setattr(FillMemory, "give", giving)
     return seen
 
 
 async def test_cold_misses_take_turns_within_the_fill_memory(edge: Edge, origin: Origin, witness: Witness) -> None:
     hook = HeldBodies()
     origin.on_request = hook
-    granted = sample_value("edgecache_fill_memory_waits_total", {"outcome": "granted"}) or 0.0
+    waits = {"pool": "shared", "outcome": "granted"}
+    granted = sample_value("edgecache_fill_memory_waits_total", waits) or 0.0
     answers = [asyncio.ensure_future(edge.get(path)) for path in OBJECTS]
-    memory = edge.node.engine.memory
+    memory = edge.node.engine.budget.shared
+    assert memory.limit == SHARED
     fed = witness.held
-    # Every fill asked for its turn, and the four that had it hold their first half.
-    await witness.until(lambda: memory.waiting == 8 and bool(fed) and fed[-1] == 2 * RUN)
+    # Every fill asked for its turn, and the three that had it hold their first half.
+    await witness.until(lambda: memory.waiting == 9 and bool(fed) and fed[-1] == 3 * RUN // 2)
     assert len(origin.seen) == len(OBJECTS)
-    assert memory.held == BUDGET
+    assert memory.held == SHARED
     hook.go.set()
     for path, (status, _, body) in zip(OBJECTS, await asyncio.gather(*answers), strict=True):
         assert (status, body) == (200, OBJECTS[path])
         assert origin.hits[path] == 1
-    assert max(fed) <= BUDGET < len(OBJECTS) * RUN // 2
-    assert memory.peak == BUDGET
+    assert max(fed) <= SHARED < len(OBJECTS) * RUN // 2
+    assert memory.peak == SHARED
     await settled(edge)
     assert memory.held == 0
-    assert sample_value("edgecache_fill_memory_waits_total", {"outcome": "granted"}) == granted + 8
+    assert sample_value("edgecache_fill_memory_waits_total", waits) == granted + 9
     for path, data in OBJECTS.items():  # stored whole: hits
         assert (await edge.get(path))[::2] == (200, data)
         assert origin.hits[path] == 1
@@ -129,7 +142,7 @@ async def test_cold_misses_take_turns_within_the_fill_memory(edge: Edge, origin:
 async def test_a_fill_that_waits_too_long_for_its_turn_is_a_503(edge: Edge, origin: Origin, witness: Witness) -> None:
     hook = HeldBodies()
     origin.on_request = hook
-    memory = edge.node.engine.memory
+    memory = edge.node.engine.budget.shared
     memory.limit, memory.wait = RUN, 0.2  # one fill at a time, a short wait
     first = asyncio.ensure_future(edge.get("/o0"))
     await witness.until(lambda: memory.held == RUN)
@@ -149,3 +162,48 @@ async def test_a_fill_that_waits_too_long_for_its_turn_is_a_503(edge: Edge, orig
     assert origin.hits["/o1"] == 3
     await settled(edge)
     assert memory.held == 0
+
+
+async def test_slow_clients_of_private_answers_hold_back_no_cacheable_fill(
+    edge: Edge, origin: Origin, witness: Witness
+) -> None:
+    """A fill of a private answer waits for its one client, who may read as slowly as it likes: it takes from the
+    pool kept for such fills, never from the one cacheable objects are filled from."""
+    private = os.urandom(32 * 2**20)  # far more than the sockets between the node and its client hold
+    origin.put("/p", private, headers={"Cache-Control": "private, max-age=60"})
+    origin.put("/p2", private[:RUN], headers={"Cache-Control": "private, max-age=60"})
+    origin.put("/c", OBJECTS["/o0"])
+    paced = edge.node.engine.budget.paced
+    paced.limit, paced.wait = 2 * SLICE, 0.2  # one private fill's read-ahead: two slices
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    writer.write(b"GET /p HTTP/1.1\r\nHost: video.test\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    await witness.until(lambda: paced.held == paced.limit)  # and then the client reads nothing more
+    assert (await edge.get("/c"))[::2] == (200, OBJECTS["/o0"])
+    status, _, body = await edge.get("/p2")
+    assert (status, body) == (503, f"the worker's fills held their memory ({2 * SLICE} bytes) for 0.2 s\n".encode())
+    writer.transport.abort()  # the slow client goes: its fill ends, and gives its share back
+    await witness.until(lambda: paced.held == 0)
+    assert (await edge.get("/p2"))[::2] == (200, private[:RUN])
+    assert (origin.hits["/p"], origin.hits["/p2"], origin.hits["/c"]) == (1, 2, 1)
+
+
+async def test_a_finished_fill_holds_nothing_for_a_client_that_reads_slowly(
+    edge: Edge, origin: Origin, witness: Witness
+) -> None:
+    """Once its slices are stored, a fill lets go of them: a client still reading them reads them from the store,
+    and memory does not grow with the clients that read slowly."""
+    data = os.urandom(32 * 2**20)
+    origin.put("/big", data)
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: video.test\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    await witness.until(lambda: bool(witness.fills) and witness.fills[0].done)
+    first = witness.fills[0]
+    await settled(edge)  # its writes landed, its share given back
+    assert (first._bufs, first._held, edge.node.engine.budget.shared.held) == ({}, 0, 0)
+    got = await reader.readexactly(len(data))
+    assert got == data
+    writer.close()
+    assert origin.hits["/big"] == 1  # one fill of the whole object, which ran on without waiting for its client
