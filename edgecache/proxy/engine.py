@@ -253,7 +253,8 @@ class Engine:
             resp.release()
 
     def _give_back(self, taken: Taken, fill: Fill, writes: list[asyncio.Task[None]]) -> None:
-        self._spawn(self.budget.give_back(taken, fill, [w for w in writes if not w.done()]))
+        if (later := self.budget.give_back(taken, fill, writes)) is not None:
+            self._spawn(later)
 
     async def _ask(
         self, req: FillRequest, sent: OriginRequest, asked: ranges.ByteRange | None, validate: ObjectMeta | None

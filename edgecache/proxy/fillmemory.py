@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from edgecache import metrics
 from edgecache.errors import Busy
@@ -117,15 +119,25 @@ class FillBudget:
         pool = self.shared if head.shared else self.paced
         return Taken(pool, await pool.take(fill.held_at_most(head)))
 
-    async def give_back(self, taken: Taken, fill: Fill, writes: list[asyncio.Task[None]]) -> None:
-        """Once the fill's producer has ended (the caller's turn) and its disk writes have landed, and for a
-        private fill once its client has done."""
+    def give_back(self, taken: Taken, fill: Fill, writes: list[asyncio.Task[None]]) -> Coroutine[Any, Any, None] | None:
+        """Give the fill's share back once its producer has ended (the caller's turn), its disk writes have landed,
+        and, for a private fill, its client has done: now, or the coroutine to run that waits for them."""
+        pending = [w for w in writes if not w.done()]
+        if pending or (taken.pool is self.paced and fill.readers):
+            return self._give_after(taken, fill, pending)
+        self._give(taken, fill)
+        return None
+
+    async def _give_after(self, taken: Taken, fill: Fill, writes: list[asyncio.Task[None]]) -> None:
         try:
             if writes:
                 await asyncio.wait(writes)
             if taken.pool is self.paced:
                 await fill.idle()
-            else:
-                fill.let_go()
         finally:
-            taken.pool.give(taken.n)
+            self._give(taken, fill)
+
+    def _give(self, taken: Taken, fill: Fill) -> None:
+        if taken.pool is self.shared:
+            fill.let_go()
+        taken.pool.give(taken.n)
