@@ -155,6 +155,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # set and replaced at every change: until() waits on it
         self._background: list[asyncio.Task[None]] = []
+        self._ending: set[asyncio.Future[None]] = set()  # the last saves of jobs that ended
 
     async def start(self) -> None:
         connector = aiohttp.UnixConnector(self.unix) if self.unix else None
@@ -192,6 +193,7 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._ending, return_exceptions=True)
         for ended in self._tasks.values():
             ended.cancel()  # nothing ended: a resumed runner takes the job up
         if self._session is not None:
@@ -335,7 +337,12 @@ class JobRunner:
         if ended is not None and not ended.done():
             ended.set_result(None)
         self._dispatch()  # its slots go to the others
-        await self._save(job)
+        # close() waits for this save, which no cancelling of the task that ended the job cuts: one still under way
+        # when the runner closed was lost, and the job, seen as done, came back as running after a restart.
+        save = asyncio.ensure_future(self._save(job))
+        self._ending.add(save)
+        save.add_done_callback(self._ending.discard)
+        await asyncio.shield(save)
         log.info("prefetch job %s %s: %s", job.id, state, json.dumps(job.view()))
 
     async def _forget(self, ids: list[str]) -> None:

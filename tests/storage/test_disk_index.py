@@ -3,6 +3,7 @@ batched, and no value without its row or row without its value."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import sqlite3
@@ -377,3 +378,45 @@ async def test_a_job_writes_each_url_once_not_at_every_save(tmp_path: Path) -> N
     finally:
         await again.close()
         tier.close()
+
+
+class _Held(DiskTier):
+    """A real disk tier whose writes of job records wait for `go` once `hold` is set."""
+
+    hold: bool
+    go: asyncio.Event
+
+    async def put(self, key: str, value: bytes, lease: str | None = None, pinned: bool = False) -> bool:
+        if self.hold and key.startswith("job:") and key.count(":") == 1:
+            await self.go.wait()
+        return await super().put(key, value, lease, pinned)
+
+
+async def test_a_job_that_ended_as_the_runner_closed_is_done_after_a_restart(tmp_path: Path) -> None:
+    """close() did not wait for the save of a job's end: a job seen as done came back as running after a restart
+    (the suite saw it once, under load), its last URLs fetched again."""
+    origin = Origin()
+    await origin.start()
+    origin.put("/one", b"x")
+    tier = _Held(tmp_path, 64 * VALUE * 64, threads=1)
+    tier.hold, tier.go = False, asyncio.Event()
+    runner = JobRunner(tier, origin.url)
+    await runner.start()
+    try:
+        job = await runner.submit(Job(id="", owner="ops", urls=["http://video.test/one"], concurrency=1))
+        tier.hold = True  # the submit's own save went through
+        await runner.until(lambda: job.state == "done")  # and its last save waits
+        closing = asyncio.ensure_future(runner.close())
+        finished, _ = await asyncio.wait([closing], timeout=0.5)
+        assert not finished  # close() waits for that save
+        tier.go.set()
+        await closing
+    finally:
+        await origin.stop()
+    again = JobRunner(tier, origin.url)
+    await again.start()
+    try:
+        assert (again.jobs[job.id].state, again.jobs[job.id].done) == ("done", 1)
+    finally:
+        await again.close()
+    assert origin.hits["/one"] == 1
