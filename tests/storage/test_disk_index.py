@@ -302,8 +302,12 @@ async def test_a_job_record_on_a_disk_out_of_service_leaves_the_node_starting(tm
     disks = Disks.open_all(config, threads=1)
     runner = JobRunner(disks, "http://127.0.0.1:1")  # type: ignore[arg-type]  (a DiskTier's get, put and delete)
     await runner.start()
+    other = 1 - disks.home("jobs-index")  # ids of both kinds: placed away from the index, and wholly beside it
+    away_ids = [f"j{i}" for i in range(64) if disks.home(f"job:j{i}") == other][:4]
+    near_ids = [f"j{i}" for i in range(64) if other not in (disks.home(f"job:j{i}"), disks.home(f"job:j{i}:0"))][:4]
     jobs = [
-        await runner.submit(Job(id="", owner="ops", urls=[f"http://video.test/{i}"], window=closed)) for i in range(8)
+        await runner.submit(Job(id=i, owner="ops", urls=[f"http://video.test/{i}"], window=closed))
+        for i in away_ids + near_ids
     ]
     await runner.close()
     away = next(j.id for j in jobs if disks.home(f"job:{j.id}") != disks.home("jobs-index"))
