@@ -211,6 +211,8 @@ def _content_length(headers: Headers) -> int | Refused | None:
 
 def judge(status: int, headers: Headers, asked: ranges.ByteRange | None) -> Judgement:
     """Classify the origin's answer to a fill; `asked` is the aligned range requested (None: no Range sent)."""
+    if status == 204:  # ended by its head whatever its fields say (RFC 9112 6.3 rule 1): a Content-Length is no length
+        return Other(None)
     clen = _content_length(headers)
     if isinstance(clen, Refused):
         return clen

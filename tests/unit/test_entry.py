@@ -27,6 +27,8 @@ def test_version_prefers_strong_etag() -> None:
         (200, (), None, entry.Whole(None)),
         (304, (), None, entry.NotModified()),
         (404, (("Content-Length", "3"),), ASK, entry.Other(3)),
+        (204, (("Content-Length", "5"),), None, entry.Other(None)),  # a 204 ends at its head (RFC 9112 6.3)
+        (204, (("Content-Length", "x"),), None, entry.Other(None)),
         (
             206,
             (("Content-Range", "bytes 0-1048575/5000000"),),
