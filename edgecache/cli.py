@@ -112,6 +112,15 @@ def _ring(args: argparse.Namespace) -> int:
         status, answer = admin_call(config, token, "GET", f"/ring?{query}", timeout=5)
         if status == 0 and answer["error"].startswith(UNREACHABLE):
             answer = _ring_offline(config, args.url)
+        elif status in (401, 403):  # the order is the config's to tell; only the health needs the token
+            why = answer.get("error") if isinstance(answer, dict) else answer
+            print(
+                f"edgecache ring: {config.admin} answered {status} ({why}): the owner order from the "
+                "config, health unknown (--token or $EDGECACHE_TOKEN, of a token in [[admin.tokens]], for live "
+                "health)",
+                file=sys.stderr,
+            )
+            answer = _ring_offline(config, args.url)
     else:
         answer = _ring_offline(config, args.url)
     if "error" in answer:

@@ -143,6 +143,36 @@ def test_ring_command_prints_the_owner_order() -> None:
     assert "no site is configured for host 'unknown.example'" in r.stderr
 
 
+async def test_ring_command_of_the_readme_works_while_the_cluster_runs(tmp_path: Path) -> None:
+    """README's cluster example starts the three nodes, then runs `edgecache ring URL --config node2.toml`: node2's
+    admin listener answered 401 (the shipped cluster configs have no admin token, so no token could do), and the
+    command printed `a bearer token is required` and exited 1; it works only while no node runs."""
+    text = (ROOT / "config" / "cluster" / "node2.toml").read_text()
+    port, admin = free_port(), free_port()
+    for old, new in (("127.0.0.1:8092", f"127.0.0.1:{port}"), ("127.0.0.1:9182", f"127.0.0.1:{admin}")):
+        assert old in text
+        text = text.replace(old, new)
+    text = text.replace("../../var/cluster/node2", str(tmp_path))
+    config = tmp_path / "node2.toml"
+    config.write_text(text)
+    ready = {b"edgecache listening on": 1, b"admin listening on": 1}
+    async with edge_process("serve", "--config", str(config), ready=ready):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgecache", "ring", "http://localhost/video/demo.bin", "--config", str(config),
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert lines[0] == "http://localhost/video/demo.bin -> key 'demo|localhost|/video/demo.bin' (site demo)"
+    assert [line.split()[1] for line in lines[1:]] == ["node1", "node3", "node2"]
+    assert all(line.split()[-1] == "unknown" or line.endswith("(this node)") for line in lines[1:])
+    assert err.decode() == (
+        f"edgecache ring: 127.0.0.1:{admin} answered 401 (a bearer token is required): the owner order from the "
+        "config, health unknown (--token or $EDGECACHE_TOKEN, of a token in [[admin.tokens]], for live health)\n"
+    )
+
+
 async def test_admin_commands_say_what_answered_when_it_is_not_the_admin_api(tmp_path: Path) -> None:
     """purge, ring and prefetch read the answer as JSON: another server at admin.listen (an answer of 200 or 502
     that is not JSON, as a proxy's error page) made each print a JSONDecodeError traceback; a URL file that is
