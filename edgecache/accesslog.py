@@ -13,6 +13,7 @@ The writer follows logrotate by itself: when the file it writes is moved or dele
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +44,14 @@ def encode(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), default=_text)
 
 
+def check_writable(path: Path) -> None:
+    """What a worker's log will do at its start, done once by the parent before any worker: make the directory and
+    open the file for appending. OSError says why not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8"):
+        pass
+
+
 class AccessLog:
     def __init__(self, path: Path | None, max_queued: int = MAX_QUEUED) -> None:
         self.path = path
@@ -51,7 +60,8 @@ class AccessLog:
         self._reopen = threading.Event()
         self._thread: threading.Thread | None = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # the writer says so and counts the lines it loses: the worker serves on
+                path.parent.mkdir(parents=True, exist_ok=True)
             self._thread = threading.Thread(target=self._write_forever, name="access-log", daemon=True)
             self._thread.start()
 

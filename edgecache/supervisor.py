@@ -32,6 +32,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from edgecache.accesslog import check_writable
 from edgecache.config import Config, load
 from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
@@ -253,6 +254,7 @@ def serve(config: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s main %(levelname)s %(name)s: %(message)s")
     try:
         check_free(config)
+        _check_access_log(config)
         workers = _Workers(config)
     except OSError as exc:
         log.error("%s", exc.strerror)
@@ -264,6 +266,18 @@ def serve(config: Config) -> int:
     finally:
         workers.close()
     return 0
+
+
+def _check_access_log(config: Config) -> None:
+    """A log path the workers cannot open stops the node at start, naming the key: a worker met it only as an
+    exception in its start, died, and was started again and again while the node never served."""
+    if config.access_log is None:
+        return
+    try:
+        check_writable(config.access_log)
+    except OSError as exc:
+        what = f"{config.source}: log.access: cannot open {config.access_log}: {exc.strerror}"
+        raise OSError(exc.errno, what) from exc
 
 
 class _Workers:

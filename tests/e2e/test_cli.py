@@ -296,6 +296,24 @@ def test_serve_with_an_address_another_process_holds_says_which_and_exits_1(tmp_
     assert "worker 0 started" not in r.stderr
 
 
+def test_serve_with_an_access_log_it_cannot_open_says_which_and_exits_1(tmp_path: Path) -> None:
+    """check-config said ok and worker 0 died at start with a FileNotFoundError/NotADirectoryError traceback, again
+    and again (backing off to 16 s), while the node served nothing and never said which key was wrong."""
+    (tmp_path / "afile").write_text("x\n")
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{free_port()}"]\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[cache]\ndir = "{tmp_path / "cache"}"\n[log]\naccess = "afile/logs/access.log"\n'
+        '[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["http://127.0.0.1:9"]\n'
+    )
+    r = run_cli("serve", "--config", str(config))
+    assert r.returncode == 1, r.stderr
+    path = tmp_path / "afile" / "logs" / "access.log"
+    assert f"{config}: log.access: cannot open {path}: Not a directory" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "worker 0 started" not in r.stderr
+
+
 @pytest.mark.parametrize("key", ["server.listen", "admin.listen"])
 def test_serve_with_a_listen_name_that_does_not_resolve_says_which(tmp_path: Path, key: str) -> None:
     """The resolver's error alone ('Name or service not known') was the whole message: which listener?"""

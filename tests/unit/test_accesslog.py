@@ -33,6 +33,19 @@ def test_lines_rotation_and_reopen(tmp_path: Path) -> None:
     assert len((tmp_path / "access.log.1").read_text().splitlines()) == 100
 
 
+def test_a_log_whose_directory_cannot_be_made_loses_its_lines_not_the_worker(tmp_path: Path) -> None:
+    """The directory was made in the constructor, unguarded: a path under a file (or a mount gone since the node
+    started) raised in the worker's start, which died, was started again and died again, and never served."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file\n")
+    before = _dropped()
+    log = AccessLog(blocker / "logs" / "access.log")
+    log.write({"i": 1})
+    log.close()
+    assert _dropped() - before == 1
+    assert blocker.read_text() == "a file\n"
+
+
 def test_disabled_log_writes_nothing(tmp_path: Path) -> None:
     log = AccessLog(None)
     log.write({"i": 1})
