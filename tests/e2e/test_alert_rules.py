@@ -20,11 +20,9 @@ def _requests(method: str, cls: str, status: str, per_minute: int) -> dict[str, 
     return {"series": _SERIES.format(method=method, cls=cls, status=status), "values": f"0+{per_minute}x40"}
 
 
-def _annotations(ratio: str) -> dict[str, str]:
-    """HitRatioDrop's annotations as Prometheus fills them in for instance n1 at this ratio."""
-    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
-    rule = next(r for r in rules if r.get("alert") == "HitRatioDrop")
-    fill = {"{{ $labels.instance }}": "n1", "{{ $value | humanizePercentage }}": ratio}
+def _annotations(alert: str, fill: dict[str, str]) -> dict[str, str]:
+    """The alert's annotations as Prometheus fills them in: `fill` maps each template to its text."""
+    rule = next(r for r in _rules() if r.get("alert") == alert)
     out = {}
     for name, text in rule["annotations"].items():
         for old, new in fill.items():
@@ -33,27 +31,34 @@ def _annotations(ratio: str) -> dict[str, str]:
     return out
 
 
-def _fires(tmp_path: Path, series: list[dict[str, str]], ratio: str | None) -> subprocess.CompletedProcess[str]:
-    """promtool's verdict on HitRatioDrop at 35 minutes: firing at `ratio` (as its summary writes it), or not."""
+def _rules() -> list[dict[str, object]]:
+    rules: list[dict[str, object]] = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    return rules
+
+
+def _promtool(tmp_path: Path, series: list[dict[str, str]], expect: list[dict[str, object]]) -> str:
+    """promtool's rule test of `series` (a value a minute), each of `expect` an alert_rule_test at 35 minutes;
+    its complaints, empty when every expectation held."""
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
-    labels = {"instance": "n1", "severity": "warning"}
-    expected = [] if ratio is None else [{"exp_labels": labels, "exp_annotations": _annotations(ratio)}]
     test = {
         "rule_files": ["alerts.yml"],
         "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [{"eval_time": "35m", "alertname": "HitRatioDrop", "exp_alerts": expected}],
-            }
-        ],
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": expect}],
     }
     (tmp_path / "test.yml").write_text(json.dumps(test))  # YAML is a superset of JSON
     promtool = require(PROMTOOL)
-    return subprocess.run(
+    r = subprocess.run(
         [promtool, "test", "rules", "test.yml"], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
+    return "" if r.returncode == 0 else r.stdout + r.stderr
+
+
+def _fires(tmp_path: Path, series: list[dict[str, str]], ratio: str | None) -> str:
+    """promtool on HitRatioDrop at 35 minutes: firing at `ratio` (as its summary writes it), or not."""
+    fill = {"{{ $labels.instance }}": "n1", "{{ $value | humanizePercentage }}": ratio or ""}
+    labels = {"instance": "n1", "severity": "warning"}
+    fired = [{"exp_labels": labels, "exp_annotations": _annotations("HitRatioDrop", fill)}] if ratio else []
+    return _promtool(tmp_path, series, [{"eval_time": "35m", "alertname": "HitRatioDrop", "exp_alerts": fired}])
 
 
 def test_hit_ratio_drop_counts_only_requests_the_cache_could_answer(tmp_path: Path) -> None:
@@ -65,8 +70,7 @@ def test_hit_ratio_drop_counts_only_requests_the_cache_could_answer(tmp_path: Pa
         _requests("GET", "4xx", "error", 120),
         _requests("POST", "2xx", "pass", 30),
     ]
-    r = _fires(tmp_path, healthy, None)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert _fires(tmp_path, healthy, None) == ""
 
 
 def test_hit_ratio_drop_fires_when_misses_outnumber_hits(tmp_path: Path) -> None:
@@ -76,5 +80,38 @@ def test_hit_ratio_drop_fires_when_misses_outnumber_hits(tmp_path: Path) -> None
         _requests("GET", "2xx", "expired", 10),
         _requests("GET", "4xx", "error", 5),
     ]
-    r = _fires(tmp_path, cold, "33.33%")
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert _fires(tmp_path, cold, "33.33%") == ""
+
+
+def _gauge(name: str, value: float, **labels: str) -> dict[str, str]:
+    fields = ",".join(f'{k}="{v}"' for k, v in {"job": "edgecache", "instance": "n1", **labels}.items())
+    return {"series": f"{name}{{{fields}}}", "values": f"{value}+0x40"}
+
+
+def test_no_alert_fires_on_a_warm_healthy_node(tmp_path: Path) -> None:
+    """A warm cache's disk tier holds its budget: what a real node of `disk = "16MiB"` held once its working set
+    outgrew it (16,822,272 bytes of 16,777,216, eviction keeping it there). DiskNearlyFull (over 95% of the
+    budget for 15 minutes) fired on every warm node, for good."""
+    budget = 16_777_216
+    series = [
+        _gauge("up", 1),
+        _requests("GET", "2xx", "hit", 600),
+        _requests("GET", "2xx", "miss", 60),
+        _gauge("edgecache_disk_tier_bytes", 16_822_272),
+        _gauge("edgecache_disk_tier_budget_bytes", budget),
+        _gauge("edgecache_disk_up", 1, disk="/var/cache/edgecache"),
+        _gauge("edgecache_peer_up", 1, peer="node2"),
+        _gauge("edgecache_worker_restarts", 0, reason="died"),
+    ]
+    names = [str(r["alert"]) for r in _rules() if "alert" in r]
+    assert len(names) == 9
+    assert _promtool(tmp_path, series, [{"eval_time": "35m", "alertname": n, "exp_alerts": []} for n in names]) == ""
+
+
+def test_a_disk_tier_that_eviction_does_not_keep_within_its_budget_is_alerted(tmp_path: Path) -> None:
+    series = [_gauge("edgecache_disk_tier_bytes", 1.25 * 2**30), _gauge("edgecache_disk_tier_budget_bytes", 2**30)]
+    fill = {"{{ $labels.instance }}": "n1", "{{ $value | humanizePercentage }}": "125%"}
+    labels = {"instance": "n1", "job": "edgecache", "severity": "warning"}
+    fired = [{"exp_labels": labels, "exp_annotations": _annotations("DiskOverBudget", fill)}]
+    expect = [{"eval_time": "35m", "alertname": "DiskOverBudget", "exp_alerts": fired}]
+    assert _promtool(tmp_path, series, expect) == ""

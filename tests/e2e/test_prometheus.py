@@ -44,7 +44,7 @@ ALERT_NAMES = {
     "EdgecacheDown",
     "HitRatioDrop",
     "OriginErrorRate",
-    "DiskNearlyFull",
+    "DiskOverBudget",
     "WorkerRestarted",
     "AccessLogDropping",
     "PeerDown",
