@@ -21,7 +21,11 @@ def bad(message: str) -> web.HTTPBadRequest:
 async def read_json(request: web.Request) -> Any:
     """The body's JSON value; 400 for a body that is not JSON, or is nested deeper than json's decoder recurses
     (a 100 KB body of '[' raised RecursionError, which aiohttp answered 500)."""
-    raw = await read_body(request)
+    return parse_json(await read_body(request))
+
+
+def parse_json(raw: bytes) -> Any:
+    """read_json's reading of a body already read."""
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

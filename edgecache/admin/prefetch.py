@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of
-from edgecache.admin.body import bad, read_body, read_json
+from edgecache.admin.body import bad, parse_json, read_body
 from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
 from edgecache.config import Config, Token, parse_size
 from edgecache.core.route import Router
@@ -22,15 +22,19 @@ from edgecache.core.siteurl import NotSiteURL, site_url
 
 
 async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
-    if request.content_type == "application/json":
-        body = await read_json(request)
+    """JSON, or text/plain lines. A body of another type (a form, what `curl -d` sends) is JSON when it starts as
+    JSON does, as /purge reads it: no URL of a list starts with { or [."""
+    raw = await read_body(request)
+    kind = request.content_type
+    if kind == "application/json" or (kind != "text/plain" and raw.lstrip()[:1] in (b"{", b"[")):
+        body = parse_json(raw)
         if isinstance(body, list):
             return body, {}
         if isinstance(body, dict) and isinstance(body.get("urls"), list):
             return body["urls"], body
         raise bad("expected a JSON array of URLs or an object with a 'urls' array")
     try:
-        text = (await read_body(request)).decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise bad("body is not UTF-8 text") from exc
     # A BOM (a list saved by a Windows editor) and indented comments are not URLs.

@@ -174,3 +174,25 @@ async def test_dash_manifest_expands_to_the_renditions_asked_for(origin: Origin,
         assert (view["total"], view["fetched"]) == (4, 4)
         assert [origin.hits[f"/dash/hi/{n}"] for n in ("i.mp4", "1.m4s", "2.m4s")] == [1, 1, 1]
         assert sum(origin.hits[f"/dash/lo/{n}"] for n in ("i.mp4", "1.m4s", "2.m4s")) == 0
+
+
+async def test_a_json_body_sent_as_curl_d_sends_it_is_read_as_json(origin: Origin, tmp_path: Path) -> None:
+    """`curl -d '{"urls": [...], ...}'`, as the README's table writes the body, sends it as a form
+    (application/x-www-form-urlencoded): /purge read such a body as JSON, /prefetch as a URL list, and answered 400
+    "item 0: '{"urls": ...}': not an absolute http(s) URL". Its first byte says which it is: no URL starts with { or [.
+    """
+    origin.put("/form/a", b"a" * 1000)
+    origin.put("/form/b", b"b" * 1000)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with cluster(origin, tmp_path) as nodes:
+        body = b'{"urls": ["http://video.test/form/a"], "priority": 3}'
+        got, job = await post(nodes[0], body, headers=form)
+        assert (got, job.get("total"), job.get("priority")) == (202, 1, 3), job
+        assert (await finished(nodes[0], str(job["id"])))["fetched"] == 1
+        got, job = await post(nodes[0], b' ["http://video.test/form/b"]', headers=form)
+        assert (got, job.get("total")) == (202, 1), job
+        assert (await finished(nodes[0], str(job["id"])))["fetched"] == 1
+        got, job = await post(nodes[0], b"http://video.test/form/a\n", headers=form)  # a list, as before
+        assert (got, job.get("total")) == (202, 1), job
+        assert (await finished(nodes[0], str(job["id"])))["already_cached"] == 1
+    assert (origin.hits["/form/a"], origin.hits["/form/b"]) == (1, 1)
