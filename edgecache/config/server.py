@@ -96,11 +96,25 @@ def check_listeners(r: _Reader, cfg: Config) -> None:
     if cfg.tls_listen and cfg.tls is None and not any(s.tls for s in cfg.sites):
         r.problem("server.tls_listen", "needs a certificate: [server.tls] or a [sites.tls] table")
     clients = [("server.listen", cfg.listen), ("server.tls_listen", cfg.tls_listen)]
+    _check_clients(r, clients)
     if cfg.admin is not None:
         check_admin(r, "admin.listen", cfg.admin, clients)
     if cfg.demo_origin is not None:
         admin = [("admin.listen", (cfg.admin,))] if cfg.admin is not None else []
         check_admin(r, "demo.origin", cfg.demo_origin, [*clients, *admin], "the demo origin")
+
+
+def _check_clients(r: _Reader, clients: list[tuple[str, tuple[Listen, ...]]]) -> None:
+    """No two client listeners on one socket: one worker cannot bind the second (`Address already in use`, as if
+    another process held it); several (SO_REUSEPORT) bind both, and the kernel spreads connections over them, a
+    plain one's to the TLS socket as often as not."""
+    seen: list[tuple[str, Listen]] = []
+    for key, addrs in clients:
+        for addr in addrs:
+            other = next(((k, a) for k, a in seen if _shares_socket(addr, a)), None)
+            if other is not None:
+                r.problem(key, f"{addr} is also {other[0]} ({other[1]}): give each listener an address of its own")
+            seen.append((key, addr))
 
 
 def check_admin(

@@ -200,6 +200,36 @@ def test_a_listen_host_is_an_ip_address_or_a_host_name() -> None:
     assert [str(a) for a in cfg.listen] == [*good, "0.0.0.0:8085"]  # edge_2: a Docker service's name
 
 
+def test_each_client_listener_has_an_address_of_its_own() -> None:
+    """A listener given twice, or plain and HTTPS on one port, passed check-config. With one worker the node then
+    stopped at start saying only `cannot listen on ...: Address already in use`, as if another process held it; with
+    several (SO_REUSEPORT) it started, and the kernel handed each connection to the plain or the TLS socket at random:
+    half of the HTTP and of the HTTPS requests to a real node failed."""
+
+    def listener_problems(server: dict[str, object]) -> list[str]:
+        try:
+            build({"server": server, "sites": [SITE]}, "f.toml", Path("/x"))
+        except ConfigError as exc:
+            return [p for p in exc.problems if "certificate" not in p]
+        return []
+
+    assert listener_problems({"listen": ["127.0.0.1:8080", "127.0.0.1:8080"]}) == [
+        "f.toml: server.listen: 127.0.0.1:8080 is also server.listen (127.0.0.1:8080): "
+        "give each listener an address of its own"
+    ]
+    assert listener_problems({"listen": ["0.0.0.0:8080"], "tls_listen": ["127.0.0.1:8080"], "workers": 2}) == [
+        "f.toml: server.tls_listen: 127.0.0.1:8080 is also server.listen (0.0.0.0:8080): "
+        "give each listener an address of its own"
+    ]
+    assert listener_problems({"listen": ["[::]:8443"], "tls_listen": ["[::1]:8443"]}) == [
+        "f.toml: server.tls_listen: [::1]:8443 is also server.listen ([::]:8443): "
+        "give each listener an address of its own"
+    ]
+    # The dual-stack pair config/kubernetes/ suggests, other ports, and HTTPS beside HTTP: no conflict.
+    assert listener_problems({"listen": ["0.0.0.0:8080", "[::]:8080"]}) == []
+    assert listener_problems({"listen": ["0.0.0.0:80", "127.0.0.1:8080"], "tls_listen": ["0.0.0.0:443"]}) == []
+
+
 def test_the_admin_listener_has_an_address_of_its_own() -> None:
     """admin.listen on a client listener's address used to pass check-config; each worker then died in
     `OSError: address already in use`, in a restart loop."""
