@@ -22,30 +22,34 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the node")
     s.add_argument("--config", type=Path, help=f"TOML config (default: {DEFAULT_CONFIG})")
     s.add_argument("--origin", help="one-origin mode: cache everything for this origin URL")
-    s.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for --origin mode")
-    s.add_argument("--cache-dir", default="var/cache", help="cache directory for --origin mode")
-    s.add_argument("--memory", default="256MiB", help="memory tier budget for --origin mode")
-    s.add_argument("--disk", default="4GiB", help="disk tier budget for --origin mode")
-    s.add_argument("--slice", default="1MiB", help="slice size for --origin mode")
+    s.add_argument("--listen", help="HOST:PORT for --origin mode (default: 127.0.0.1:8080)")
+    s.add_argument("--cache-dir", help="cache directory for --origin mode (default: var/cache)")
+    s.add_argument("--memory", help="memory tier budget for --origin mode (default: 256MiB)")
+    s.add_argument("--disk", help="disk tier budget for --origin mode (default: 4GiB)")
+    s.add_argument("--slice", help="slice size for --origin mode (default: 1MiB)")
     s.add_argument(
-        "--memory-headroom", default="64MiB", help="RSS allowed beyond --memory before the tier shrinks (0: off)"
+        "--memory-headroom",
+        help="--origin mode: RSS allowed beyond --memory before the tier shrinks (default: 64MiB; 0: off)",
     )
     s.add_argument("--admin", help="HOST:PORT of the admin listener (metrics, health) for --origin mode")
     s.add_argument("--access-log", help="access log file for --origin mode")
     s.add_argument(
         "--forward-field",
         action="append",
-        default=[],
         metavar="NAME",
         help="--origin mode: a client field fills send although the key does not hold it (a trace id); repeatable",
     )
-    s.add_argument("--workers", type=int, default=1, help="worker processes for --origin mode")
-    s.add_argument("--max-requests", type=int, default=10_000, help="requests in flight per worker (then 503)")
+    s.add_argument("--workers", type=int, help="worker processes for --origin mode (default: 1)")
     s.add_argument(
-        "--watchdog", type=float, default=10.0, help="seconds a worker's loop may stop before it is replaced (0: off)"
+        "--max-requests", type=int, help="--origin mode: requests in flight per worker (then 503; default: 10000)"
     )
     s.add_argument(
-        "--disk-send", choices=("pread", "sendfile"), default="pread", help="how --origin mode sends disk hits"
+        "--watchdog",
+        type=float,
+        help="--origin mode: seconds a worker's loop may stop before it is replaced (default: 10; 0: off)",
+    )
+    s.add_argument(
+        "--disk-send", choices=("pread", "sendfile"), help="how --origin mode sends disk hits (default: pread)"
     )
     c = sub.add_parser("check-config", help="validate a config file like `nginx -t`")
     c.add_argument("file", type=Path)
@@ -153,6 +157,42 @@ def _ring_offline(config: cfg.Config, url: str) -> dict[str, object]:
     return answer
 
 
+# serve's one-origin flags: their defaults, and the key a config file sets instead (a flag beside --config, which
+# it would not change, is refused).
+_ONE_ORIGIN: dict[str, tuple[object, str]] = {
+    "listen": ("127.0.0.1:8080", "server.listen"),
+    "cache_dir": ("var/cache", "cache.dir"),
+    "memory": ("256MiB", "cache.memory"),
+    "disk": ("4GiB", "cache.disk"),
+    "slice": ("1MiB", "cache.slice"),
+    "memory_headroom": ("64MiB", "cache.memory_headroom"),
+    "admin": (None, "admin.listen"),
+    "access_log": (None, "log.access"),
+    "forward_field": ([], "sites.forward_fields"),
+    "workers": (1, "server.workers"),
+    "max_requests": (10_000, "server.max_requests"),
+    "watchdog": (10.0, "server.watchdog"),
+    "disk_send": ("pread", "server.disk_send"),
+}
+
+
+def _serve_config(args: argparse.Namespace) -> cfg.Config:
+    """The config `serve` runs: one-origin mode's from the flags, or the file's."""
+    given = [name for name in _ONE_ORIGIN if getattr(args, name) is not None]
+    if args.origin and args.config:
+        raise ConfigError(["command line: --config: give --origin (one-origin mode) or --config, not both"])
+    if args.origin:
+        for name, (default, _) in _ONE_ORIGIN.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+        return _one_origin(args)
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        keys = ", ".join(_ONE_ORIGIN[name][1] for name in given)
+        raise ConfigError([f"command line: {flags}: one-origin mode's (--origin); a config file sets {keys}"])
+    return cfg.load(args.config or DEFAULT_CONFIG)
+
+
 def _one_origin(args: argparse.Namespace) -> cfg.Config:
     try:
         sizes = {
@@ -199,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             from edgecache import simulatecmd
 
             return simulatecmd.run(args)
-        config = _one_origin(args) if args.origin else cfg.load(args.config or DEFAULT_CONFIG)
+        config = _serve_config(args)
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)

@@ -314,6 +314,27 @@ def test_serve_with_an_access_log_it_cannot_open_says_which_and_exits_1(tmp_path
     assert "worker 0 started" not in r.stderr
 
 
+def test_serve_refuses_one_origin_flags_it_would_ignore(tmp_path: Path) -> None:
+    """`serve --config FILE --workers 3 --listen ... --memory 1GiB --admin ...` started one worker on the file's
+    listener with the file's memory and no admin listener, saying nothing; `--origin URL --config FILE` ignored the
+    file. The flags are one-origin mode's (several of their helps do not say so): each is refused, naming the key
+    the file sets instead."""
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{free_port()}"]\n[cache]\ndir = "{tmp_path / "cache"}"\n'
+        '[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["http://127.0.0.1:9"]\n'
+    )
+    r = run_cli("serve", "--config", str(config), "--workers", "3", "--memory", "1GiB", "--admin", "127.0.0.1:1")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        "command line: --memory, --admin, --workers: one-origin mode's (--origin); a config file sets "
+        "cache.memory, admin.listen, server.workers\n"
+    )
+    r = run_cli("serve", "--origin", "http://127.0.0.1:9", "--config", str(config))
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == "command line: --config: give --origin (one-origin mode) or --config, not both\n"
+
+
 @pytest.mark.parametrize("key", ["server.listen", "admin.listen"])
 def test_serve_with_a_listen_name_that_does_not_resolve_says_which(tmp_path: Path, key: str) -> None:
     """The resolver's error alone ('Name or service not known') was the whole message: which listener?"""
