@@ -44,9 +44,18 @@ def encode(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), default=_text)
 
 
+# The process's standard output (a container's log, which its runtime rotates): written through fd 1 itself. A pipe
+# the runtime made as root cannot be opened again by path by the node's own user (EACCES, as a Kubernetes pod's
+# runAsUser is), and it is never moved or rotated under the node.
+STDOUT = Path("/dev/stdout")
+
+
 def check_writable(path: Path) -> None:
     """What a worker's log will do at its start, done once by the parent before any worker: make the directory and
     open the file for appending. OSError says why not."""
+    if path == STDOUT:
+        os.fstat(1)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8"):
         pass
@@ -89,7 +98,10 @@ class AccessLog:
 
     def _open(self) -> tuple[IO[str], int]:
         assert self.path is not None
-        f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - the writer thread owns it until reopened
+        if self.path == STDOUT:
+            f = os.fdopen(os.dup(1), "a", encoding="utf-8")
+        else:
+            f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - the writer thread owns it until reopened
         return f, os.fstat(f.fileno()).st_ino
 
     def _write_forever(self) -> None:
@@ -150,6 +162,8 @@ class AccessLog:
 
     def _moved(self, inode: int) -> bool:
         assert self.path is not None
+        if self.path == STDOUT:
+            return False
         try:
             return os.stat(self.path).st_ino != inode
         except FileNotFoundError:

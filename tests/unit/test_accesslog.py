@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -185,3 +188,30 @@ def test_the_served_bytes_counter_tallies_the_current_request_only() -> None:
     metrics.BYTES_SERVED.labels("origin").inc(100)  # no request: the metric only
     assert sources == metrics.Sources(cache=7, origin=5, peer=6)
     assert (sample_value("edgecache_served_bytes_total", {"source": "disk"}) or 0.0) - before == 4
+
+
+def test_a_log_to_stdout_is_written_through_the_process_own_descriptor(tmp_path: Path) -> None:
+    """`log.access = "/dev/stdout"` (the Kubernetes manifest's) opened /dev/stdout by path, which fails where
+    standard output is a socket (systemd's StandardOutput=journal: ENXIO) or a pipe a container runtime made as root
+    and the pod's runAsUser opens again (EACCES): the node refused to start. Here it is a socket."""
+    code = (
+        "from pathlib import Path\n"
+        "from edgecache.accesslog import AccessLog, check_writable\n"
+        "check_writable(Path('/dev/stdout'))\n"
+        "log = AccessLog(Path('/dev/stdout'))\n"
+        "log.write({'i': 1})\n"
+        "log.reopen()\n"
+        "log.write({'i': 2})\n"
+        "log.close()\n"
+    )
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        r = subprocess.run(
+            [sys.executable, "-c", code], stdout=theirs, stderr=subprocess.PIPE, timeout=60, cwd=tmp_path, env=env
+        )
+        theirs.close()
+        got = b""
+        while chunk := ours.recv(65536):
+            got += chunk
+    assert (r.returncode, got) == (0, b'{"i":1}\n{"i":2}\n'), r.stderr
