@@ -162,3 +162,14 @@ def test_an_ipv6_pod_networks_listeners_are_written_as_urls_need_them() -> None:
     config = build(doc, "f.toml", Path("/"))
     assert [str(a) for a in config.listen] == ["0.0.0.0:8080", "[::]:8080"]
     assert str(config.admin) == "[::]:9180"
+
+
+def test_the_access_log_is_rotated_by_the_kubelet_not_left_to_fill_the_cache_volume(tmp_path: Path) -> None:
+    """The ConfigMap wrote the access log to /var/cache/edgecache/access.log, on the cache's volume (200Gi, 180GiB
+    of it the disk tier's), where no logrotate runs: at some 300 bytes a request, a node answering 2,000 requests a
+    second fills the 20 GiB left in half a day; then every write there fails, and a full filesystem lowers the
+    disk tier's budget to 90% of what it holds, again and again. The container's stdout is rotated by the kubelet."""
+    config = shipped_config(tmp_path)
+    assert config.access_log == Path("/dev/stdout")
+    _, container = pod()
+    assert not any(str(config.access_log).startswith(m["mountPath"] + "/") for m in container["volumeMounts"])
