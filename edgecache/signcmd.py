@@ -35,7 +35,10 @@ def duration(text: str) -> int:
     m = _DURATION.fullmatch(text.strip())
     if m is None:
         raise ValueError(f"--expires: {text!r} is not a duration such as 90s, 30m, 1h or 7d")
-    return int(m.group(1)) * _UNIT[m.group(2)]
+    seconds = int(m.group(1)) * _UNIT[m.group(2)]
+    if seconds < 1:  # valid while now < expires: a URL of 0 s is expired as it is printed
+        raise ValueError(f"--expires: {text!r}: must be at least 1 second")
+    return seconds
 
 
 def signed_url(config: cfg.Config, url: str, site_name: str | None, seconds: int, now: float, **kw: str | None) -> str:

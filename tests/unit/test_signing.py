@@ -217,6 +217,11 @@ def test_edgecache_sign_durations_and_refusals(tmp_path: Path) -> None:
     for bad in ("1y", "-1h", "1.5h", "", "h"):
         with pytest.raises(ValueError, match="not a duration"):
             duration(bad)
+    # A URL valid for no time is refused from the moment it is made (valid while now < expires): it printed one,
+    # exit 0, that every node answers 403 "signed URL expired".
+    for zero in ("0", "0s", "00h"):
+        with pytest.raises(ValueError, match="must be at least 1 second"):
+            duration(zero)
     plain = {"name": "plain", "hosts": ["plain.test"], "origins": ["http://10.0.0.1:8080"]}
     cfg = build({"sites": [{**SITE, "signing": {"secrets": [SECRET]}}, plain]}, "f.toml", tmp_path)
     url = signed_url(cfg, "http://video.test/v/a.mp4?itag=1", None, 60, T - 60)
