@@ -85,6 +85,11 @@ TTFB = _histogram("edgecache_ttfb_seconds", "Client time to first byte", ["cache
 ORIGIN_REQUESTS = _counter("edgecache_origin_requests_total", "Requests sent to origins", ["site", "status_class"])
 ORIGIN_BYTES = _counter("edgecache_origin_bytes_total", "Body bytes received from origins", ["site"])
 ORIGIN_ERRORS = _counter("edgecache_origin_errors_total", "Origin failures", ["site", "kind"])
+ORIGIN_SHARE_WAITS = _counter(
+    "edgecache_origin_share_waits_total",
+    "Origin requests that waited because their site held its share of a worker's origin connections",
+    ["site"],
+)
 ORIGIN_LATENCY = _histogram(
     "edgecache_origin_response_seconds", "Origin time to response head", ["site"], buckets=_LATENCY
 )

@@ -77,6 +77,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     """`epoch`: the counter the node's workers share (storage.epoch), from the parent; one of its own if none."""
     loop = asyncio.get_running_loop()
     origin = OriginClient(config.origin)
+    origin.sites = len(config.sites)
     await origin.start()
     disk = await loop.run_in_executor(None, Disks.open_all, config.cache.all_disks)
     memory = MemoryTier(config.cache.memory_bytes, config.cache.memory_policy, entry_overhead=ENTRY_OVERHEAD)
@@ -200,6 +201,7 @@ async def reload(node: Node) -> bool:
             log.error("reload rejected, keeping the running config: certificates: %s", exc)
             return False
     node.shared.reload(new.sites)
+    node.origin.sites = len(new.sites)
     node.shared.forwarders, node.shared.proxy_from = new.trusted_forwarders, new.proxy_protocol_from
     node.shared.max_in_flight = new.max_requests
     if (new.rate_limit, new.burst) != (node.config.rate_limit, node.config.burst):  # else its buckets are kept

@@ -109,6 +109,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     )
     check_listeners(r, cfg)
     _check_token_sites(r, cfg)
+    _check_site_shares(r, cfg)
     if r.problems:
         raise ConfigError(r.problems)
     return cfg
@@ -137,6 +138,13 @@ def _check_token_sites(r: _Reader, cfg: Config) -> None:
         for name in tok.sites:
             if name not in known_sites:
                 r.problem(f"admin.tokens[{i}].sites", f"{name!r} is not a configured site")
+
+
+def _check_site_shares(r: _Reader, cfg: Config) -> None:
+    for i, site in enumerate(cfg.sites):
+        own, limit = site.origin_connections, cfg.origin.max_connections
+        if own is not None and own > limit:
+            r.problem(f"sites[{i}].origin_connections", f"{own} is more than origin.max_connections ({limit})")
 
 
 def load(path: str | Path) -> Config:

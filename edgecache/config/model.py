@@ -42,6 +42,9 @@ class Site:
     allow: tuple[IPv4Network | IPv6Network, ...] = ()  # client subnets served (the ISP's customers); empty: all
     tls: TLSFiles | None = None  # the certificate its HTTPS clients get (chosen by SNI)
     signing: Signing | None = None  # signed URLs: requests without a valid token get 403 (core.signing)
+    # Most connections of each of a worker's origin pools the site may hold at once (proxy.shares.share);
+    # None: all of them on a node of one site, else max_connections - max_connections // 4.
+    origin_connections: int | None = None
 
     def __post_init__(self) -> None:
         # The one place a signed site's token parameters become "!name" in its key_query (core.keys): so every key

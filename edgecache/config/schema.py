@@ -15,7 +15,7 @@ KEYS: dict[str, frozenset[str]] = {
         "cache": "dir memory disk disks slice fill_slices fill_memory memory_policy memory_headroom",
         "cache.disks": "path size",
         "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
-        "sites": "name hosts origins key_query origin_host forward_fields cache allow tls signing",
+        "sites": "name hosts origins key_query origin_host forward_fields cache allow tls signing origin_connections",
         "sites.signing": "secrets secret_file expires_param signature_param prefix_param client",
         "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
         "cluster": "self nodes rise fall interval timeout dns dns_interval key key_file",

@@ -15,6 +15,7 @@ from edgecache.config.values import (
     _name,
     _networks,
     _origin_host,
+    _positive,
     _Reader,
     _seconds,
     _str_list,
@@ -64,6 +65,7 @@ def _site(r: _Reader, t: dict[str, Any], p: str, i: int, base: Path) -> Site:
         allow=r.get(t, p, "allow", _networks, ()),
         tls=read_tls(r, t, p, base, hosts),
         signing=read_signing(r, t, p, base),
+        origin_connections=r.get(t, p, "origin_connections", _positive(int), None),
     )
     for name in site.signing.params if site.signing else ():
         if name in site.key_query:

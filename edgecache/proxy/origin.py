@@ -11,9 +11,11 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
+import attr
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.connector import Connection
@@ -28,8 +30,13 @@ from edgecache.core.forward import VIA, via_sent
 from edgecache.core.headers import Headers
 from edgecache.errors import ClientError, OriginError
 from edgecache.proxy import observe
+from edgecache.proxy.shares import Shares, share
 
 log = logging.getLogger(__name__)
+
+# The site a request on a pool is for, and the most connections of the pool it may hold (OriginClient.request):
+# aiohttp asks its pool for a connection in the task that sends the request, and passes nothing else down to it.
+_SHARE: ContextVar[tuple[str, int] | None] = ContextVar("origin_share", default=None)
 
 
 @dataclass(slots=True)
@@ -107,7 +114,8 @@ class _Handler(ResponseHandler):
 
 
 class _Pool(aiohttp.TCPConnector):
-    """aiohttp's pool, but a connection that received bytes while idle is closed, never reused.
+    """aiohttp's pool, but a connection that received bytes while idle is closed, never reused, and each site holds
+    at most its share of the connections (proxy.shares).
 
     aiohttp parses what an idle connection receives and keeps it as a finished answer, which the next request sent
     on that connection reads as its own: an origin's stray answer (a bug, or a proxy's) was stored under the next
@@ -120,6 +128,41 @@ class _Pool(aiohttp.TCPConnector):
         handler: type[ResponseHandler] = _Handler
         self._factory = functools.partial(handler, loop=self._loop)
         self._aside: set[ResponseHandler] = set()  # acquired, not counted against the limit (set_aside)
+        self.shares = Shares()
+        self._site_of: dict[ResponseHandler, str] = {}  # acquired for a site: given back to its share on release
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> Connection:
+        """A connection once the request's site may take one (within its share), then as aiohttp gives them; the
+        wait for both within the connect timeout."""
+        asked = _SHARE.get()
+        if asked is None:
+            return await super().connect(req, traces, timeout)
+        site, most = asked
+        started = self._loop.time()
+        await self.shares.take(site, most, timeout.connect or 0.0)
+        try:
+            if timeout.connect:  # what is left of it (aiohttp takes 0 for no timeout at all)
+                timeout = attr.evolve(timeout, connect=max(0.001, timeout.connect - (self._loop.time() - started)))
+            conn = await super().connect(req, traces, timeout)
+        except BaseException:
+            self.shares.give(site)
+            raise
+        assert conn.protocol is not None
+        self._site_of[conn.protocol] = site
+        return conn
+
+    def _release_acquired(self, key: ConnectionKey, proto: ResponseHandler) -> None:
+        site = self._site_of.pop(proto, None)
+        if proto in self._aside:  # released while set aside: its share was given back then, and it is no longer
+            self._aside.discard(proto)  # its answer's to count (it may be another request's from the idle pool)
+        elif site is not None:
+            self.shares.give(site)
+        super()._release_acquired(key, proto)
 
     def set_aside(self, proto: ResponseHandler, aside: bool, held: bool = True) -> None:
         """A fill whose answer only its one client may read (private) reads the origin as that client reads: a
@@ -128,19 +171,25 @@ class _Pool(aiohttp.TCPConnector):
         waits for its client (aside) it does not count against the limit, and a waiter takes its place; it counts
         again once it goes on. Those set aside are bounded by the clients' connections (server.max_connections),
         as a relay's paused connections to a peer are (PeerPool.stall)."""
+        site = self._site_of.get(proto)
         if aside:
             if proto in self._acquired:
                 self._acquired.discard(proto)
                 self._aside.add(proto)
+                if site is not None:
+                    self.shares.give(site)
                 self._release_waiter()
         elif proto in self._aside:
             self._aside.discard(proto)
             if held:  # else released meanwhile: in the idle pool, or another request's by now
                 self._acquired.add(proto)
+                if site is not None:
+                    self.shares.add(site)
 
     def _close(self, *, abort_ssl: bool = False) -> list[Awaitable[object]]:
         self._acquired |= self._aside  # closed with the others
         self._aside.clear()
+        self._site_of.clear()
         return super()._close(abort_ssl=abort_ssl)
 
     async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
@@ -169,6 +218,7 @@ class OriginClient:
         self._bodies: aiohttp.ClientSession | None = None
         self._passes: aiohttp.ClientSession | None = None
         self.peer: str | None = None  # set on a to_peer() view: what it sends goes to this cluster member
+        self.sites = 1  # how many sites the node serves (set at start and on reload): their shares (proxy.shares)
         # This node's name in what it sends (loop_token(), set by server.open_node): a request back is a loop.
         self.loop_token = ""
 
@@ -230,13 +280,31 @@ class OriginClient:
         `passed`: the answer goes to one client as it reads it (a pass), on the pool of passes.
 
         A request with a body is never retried: it may already have had its effect. A ClientBody that stalls ends
-        the request with ClientError(408); its origin connection is closed, not reused.
+        the request with ClientError(408); its origin connection is closed, not reused. The site holds at most its
+        share of the pool's connections (proxy.shares).
         """
         assert self._session is not None, "OriginClient.start() not called"
         assert self._bodies is not None
         assert self._passes is not None
-        origins = site.origins if body is None else site.origins[:1]
         session = self._bodies if body is not None else self._passes if passed else self._session
+        pool = session.connector
+        assert isinstance(pool, _Pool)
+        asked = _SHARE.set((site.name, share(pool.limit, self.sites, site.origin_connections)))
+        try:
+            return await self._send(site, session, method, target, headers, body)
+        finally:
+            _SHARE.reset(asked)
+
+    async def _send(
+        self,
+        site: Site,
+        session: aiohttp.ClientSession,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: AsyncIterable[bytes] | bytes | None,
+    ) -> OriginResponse:
+        origins = site.origins if body is None else site.origins[:1]
         paced = body if isinstance(body, ClientBody) else None
         last_error: OriginError | None = None
         head_within = self.settings.connect_timeout + self.settings.read_timeout
