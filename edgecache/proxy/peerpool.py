@@ -15,6 +15,8 @@ from typing import Protocol
 
 import httptools
 
+from edgecache.proxy.shares import Shares
+
 MAX_HEAD = 64 * 1024  # a peer's response head longer than this is broken (aiohttp's client allows less)
 IDLE_KEPT = 64  # idle connections kept per peer; more are closed when released
 _FRAMING = ("content-length", "transfer-encoding")  # fields that end a body other than by the close
@@ -226,7 +228,9 @@ class PeerPool:
     """Connections to every peer, by address. `limit` connections per peer at most (origin.max_connections), not
     counting those paused for a viewer that stopped reading: viewers that never read would otherwise hold every
     place, and every other forward to that peer would wait for one until its connect timeout (a 504). Those are
-    bounded by the viewers' connections (server.max_connections) and cut by client_write_timeout."""
+    bounded by the viewers' connections (server.max_connections) and cut by client_write_timeout. Each site's
+    forwards to a peer hold at most its share of them (`shares`, taken by proxy.relay): an owner that hangs on one
+    site's objects leaves the other sites' forwards connections."""
 
     def __init__(self, limit: int, connect_timeout: float, read_timeout: float) -> None:
         self.limit = limit
@@ -237,6 +241,14 @@ class PeerPool:
         self.stalled: dict[str, int] = {}  # of those open, paused for a viewer that is not reading
         self.waiters: dict[str, collections.deque[asyncio.Future[PeerConn | None]]] = {}
         self.closed = False
+        self._shares: dict[str, Shares] = {}
+
+    def shares(self, address: str) -> Shares:
+        """The sites' shares of the connections to `address` (proxy.shares)."""
+        found = self._shares.get(address)
+        if found is None:
+            found = self._shares[address] = Shares()
+        return found
 
     async def acquire(self, address: str, fresh: bool = False) -> PeerConn:
         """An idle connection to `address` (unless `fresh`), a new one, or the next one released.

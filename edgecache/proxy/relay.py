@@ -25,8 +25,9 @@ from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
 from edgecache.proxy.errorpage import peer_failed
-from edgecache.proxy.peerpool import PeerBroken, PeerConn
+from edgecache.proxy.peerpool import PeerBroken, PeerConn, PeerPool
 from edgecache.proxy.route import Forward
+from edgecache.proxy.shares import Shares, share
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -126,6 +127,8 @@ class Relay:
         self.trace = observe.new_trace()
         self.counters = _counters_of(self.member.id, fwd.site.name)
         self.peer: PeerConn | None = None
+        self.shares: Shares | None = None  # its site's shares of the connections to its peer, while it holds one
+        self.counted = False  # it counts against its site's share now (not while paused for its viewer)
         self.finished: asyncio.Future[None] | None = None
         self.status = 0
         self.chunked = False
@@ -157,6 +160,27 @@ class Relay:
 
     async def _exchange(self, request: bytes) -> None:
         pool = self.conn.server.peers()
+        site = self.fwd.site
+        shares = pool.shares(self.member.address)
+        most = share(pool.limit, self.conn.server.shared.engine.origin.sites, site.origin_connections)
+        try:
+            await shares.take(site.name, most, pool.connect_timeout)
+        except TimeoutError:
+            raise PeerBroken(f"http://{self.member.address}: timed out", timeout=True) from None
+        self.shares, self.counted = shares, True
+        try:
+            await self._send(pool, request)
+        finally:
+            self._count(False)
+            self.shares = None
+
+    def _count(self, counted: bool) -> None:
+        """Count against the site's share of connections to the peer again, or no longer (PeerPool.stall)."""
+        if self.shares is not None and counted != self.counted:
+            self.counted = counted
+            (self.shares.add if counted else self.shares.give)(self.fwd.site.name)
+
+    async def _send(self, pool: PeerPool, request: bytes) -> None:
         for fresh in (False, True):
             try:
                 self.peer = await pool.acquire(self.member.address, fresh)
@@ -196,10 +220,12 @@ class Relay:
     def pause(self) -> None:
         if self.peer is not None and self.peer.exchange is self:
             self.peer.pause()
+            self._count(False)
 
     def resume(self) -> None:
         if self.peer is not None and self.peer.exchange is self:
             self.peer.resume()
+            self._count(True)
 
     # --- the Exchange ----------------------------------------------------------------------------------------
 

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.config import OriginSettings, Site
-from tests.conftest import Edge, make_config, start_edge
+from edgecache.config import ClusterSettings, Listen, OriginSettings, Site
+from edgecache.core.ring import Member
+from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
+from tests.e2e import test_relay as relay
+from tests.e2e.procs import free_port
 from tests.origin import Origin
 from tests.samples import sample_value
 
@@ -35,6 +38,15 @@ async def _tasks() -> AsyncIterator[list[asyncio.Future[tuple[int, bytes]]]]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@asynccontextmanager
+async def _opened(gate: asyncio.Event) -> AsyncIterator[None]:
+    """The held answers go on however the test ends, so the scripted peer can close."""
+    try:
+        yield
+    finally:
+        gate.set()
 
 
 @pytest.mark.parametrize("path", ["fast", "framework"])
@@ -72,3 +84,52 @@ async def test_a_hung_site_leaves_the_other_sites_connections(tmp_path: Path, pa
     finally:
         await hung.stop()
         await other.stop()
+
+
+def _node2_owns(site: str, host: str, prefix: str, n: int) -> list[str]:
+    names = (f"{prefix}{i}" for i in range(1000))
+    return [p for p in names if (m := relay.RING.owner(f"{site}|{host}|{p}")) is not None and m.id == "node2"][:n]
+
+
+async def test_forwards_of_a_hung_site_leave_the_other_sites_connections_to_the_peer(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The fast path's relays to one peer (proxy.peerpool, origin.max_connections of them) are shared the same
+    way: an owner that hangs on one site's objects (its origin does) held every connection to it, and each other
+    site's forward to that owner waited out the connect timeout and got 504."""
+    gate = asyncio.Event()
+    arrived = asyncio.Condition()
+
+    async def hung(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with arrived:
+            arrived.notify_all()
+        await gate.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nheld")
+
+    async def fine(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nb object")
+
+    held, other = _node2_owns("videos", "video.test", "/a/", POOL), _node2_owns("other", "b.test", "/b/", 1)[0]
+    scripts: dict[str, relay.Script] = {**dict.fromkeys(held, hung), other: fine}
+    share = POOL - POOL // 4
+    async with relay.ScriptedPeer(scripts) as peer, _opened(gate):
+        port = free_port()
+        members = (Member("node1", f"127.0.0.1:{port}"), Member("node2", f"127.0.0.1:{peer.port}"))
+        base = make_config(tmp_path / "node1", [origin.url])
+        b = Site(name="other", hosts=("b.test",), origins=(origin.url,))
+        cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=0.5, fall=1_000_000)
+        origin_settings = OriginSettings(connect_timeout=5.0, read_timeout=30.0, max_connections=POOL)
+        config = replace(
+            base, listen=(Listen("127.0.0.1", port),), cluster=cluster, origin=origin_settings, sites=(*base.sites, b)
+        )
+        async with start_edge(config) as edge, _tasks() as viewers:
+            viewers += [asyncio.ensure_future(_get(edge, p, "video.test")) for p in held]
+            async with arrived, asyncio.timeout(10):
+                await arrived.wait_for(lambda: len(peer.seen) >= share)
+            async with asyncio.timeout(4):  # less than connect_timeout: B never waited for A's connections
+                assert await _get(edge, other, "b.test") == (200, b"b object")
+            assert peer.seen[share:] == [other]  # A's last forward waits for one of A's own connections
+            gate.set()
+            async with asyncio.timeout(10):
+                assert await asyncio.gather(*viewers) == [(200, b"held")] * POOL
+            assert sorted(peer.seen) == sorted([*held, other])
