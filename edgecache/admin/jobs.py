@@ -58,6 +58,7 @@ MAX_MANIFEST = 32 * 1024 * 1024
 KEEP = 24 * 3600.0  # seconds a finished job stays listed (config: admin.job_retention)
 MAX_JOBS = 1_000  # jobs kept per token, in any state (config: admin.max_jobs)
 SLOTS = 16  # fetches in flight across all jobs (config: admin.prefetch_slots)
+REVOKED = "error its token may no longer act on this site"  # a job's URL once a reload took that right away (`may`)
 RECHECK = 60.0  # at most this long between looks at the clock: a clock set forward or a DST change is seen
 STATES = ("queued", "waiting-window", "running", "done", "cancelled", "failed")
 FINISHED = ("done", "cancelled", "failed")
@@ -96,8 +97,7 @@ class Job:
         # Not asdict: it copies every URL (100,000 of them, 0.2 s on the loop) only for them to be dropped.
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("urls", "resume")}
         d["failed"], d["renditions"] = dict(self.failed), list(self.renditions)
-        d["total"] = len(self.urls)
-        d["queued"] = len(self.urls) - self.done
+        d["total"], d["queued"] = len(self.urls), len(self.urls) - self.done
         elapsed = (time.time() - self.started) if self.started else 0.0
         rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
         d["eta_seconds"] = round((len(self.urls) - self.done) / rate, 1) if rate and self.state == "running" else None
@@ -142,6 +142,7 @@ class JobRunner:
         self.max_urls = max_urls
         self.slots = slots
         self.now = now  # local wall time, for windows; tests drive it and call wake()
+        self.may: Callable[[str, str], bool] = lambda _owner, _url: True  # may this token's job fetch this URL now
         self.jobs: dict[str, Job] = {}
         self._runs: dict[str, _Run] = {}
         self._unread: list[str] = []  # jobs in the index whose record is on a disk out of service
@@ -305,7 +306,7 @@ class JobRunner:
     async def _one(self, job: Job, run: _Run, i: int) -> None:
         url = job.urls[i]
         try:
-            outcome, body = await self._fetch(url, run.bucket, job)
+            outcome, body = (await self._fetch(url, run.bucket, job)) if self.may(job.owner, url) else (REVOKED, None)
             if outcome in ("fetched", "cached") and body is not None and _is_manifest(url):
                 new = await self._expand(url, body, job)
                 run.pending.extend(range(len(job.urls) - len(new), len(job.urls)))
@@ -441,8 +442,7 @@ class JobRunner:
                     kept += len(chunk) if keep else 0
                     if keep and kept <= MAX_MANIFEST:  # past it: read on (the fill completes), keep nothing
                         chunks.append(chunk)
-                    if source != "cache":
-                        job.network_bytes += len(chunk)
+                    job.network_bytes += len(chunk) if source != "cache" else 0
                     if capped is not None:
                         await capped.take(len(chunk))
                 if r.status >= 400 or (r.status >= 300 and outcome not in ("cached", "fetched")):

@@ -16,7 +16,7 @@ from aiohttp import web
 from edgecache.admin.auth import authorize, token_of
 from edgecache.admin.body import bad, parse_json, read_body
 from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
-from edgecache.config import Config, Token, parse_size
+from edgecache.config import Config, Site, Token, parse_size
 from edgecache.core.route import Router
 from edgecache.core.siteurl import NotSiteURL, site_url
 
@@ -116,7 +116,28 @@ async def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: i
     return checked
 
 
+def owner_may(current: Callable[[], Config]) -> Callable[[str, str], bool]:
+    """Whether a job's owner may still have `url` fetched, under the running config: its token is still there and
+    acts on the URL's site. A reload may remove the token, or the site from it (a provider that left, a host
+    moved to another provider's site), and its jobs, queued or resumed after a restart, fetched on regardless."""
+    seen: list[tuple[Config, Router[Site]]] = []
+
+    def may(owner: str, url: str) -> bool:
+        config = current()
+        if not seen or seen[0][0] is not config:
+            seen[:] = [(config, Router((s.hosts, s) for s in config.sites))]
+        token = next((t for t in config.tokens if t.name == owner), None)
+        try:
+            return token is not None and token.may_act_on(site_url(url, seen[0][1]).site.name)
+        except NotSiteURL:
+            return False
+
+    return may
+
+
 def prefetch_routes(current: Callable[[], Config], runner: JobRunner) -> list[web.RouteDef]:
+    runner.may = owner_may(current)  # each URL a job is about to fetch is asked of the config the routes read
+
     async def create(request: web.Request) -> web.Response:
         config = current()
         token = token_of(request)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -58,20 +58,24 @@ def node_config(origin: Origin, cache_dir: Path, *sites: Site) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def admin_node(cfg: Config, **runner: Any) -> AsyncIterator[AdminNode]:
+async def admin_node(
+    cfg: Config, current: Callable[[], Config] | None = None, **runner: Any
+) -> AsyncIterator[AdminNode]:
+    """`current`: the running config the admin API reads (a reload changes it); `cfg` by default."""
+    current = current or (lambda: cfg)
     async with start_edge(cfg) as edge, contextlib.AsyncExitStack() as stack:
         private = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecache-"))
         internal = await start_internal(edge.runner, Path(private))  # as server._start_admin does
         jobs = JobRunner(edge.node.store.disk, "http://edge", unix=str(internal), **runner)
         await jobs.start()
         stack.push_async_callback(jobs.close)
-        purger = purge_handler(lambda: cfg, edge.node.store)
+        purger = purge_handler(current, edge.node.store)
         app = admin_app(
             edge.node.ready,
-            lambda: cfg.tokens,
+            lambda: current().tokens,
             edge.node.shared.ring_view,
             purger,
-            prefetch_routes(lambda: cfg, jobs) + purge_routes(lambda: cfg, edge.node.store),
+            prefetch_routes(current, jobs) + purge_routes(current, edge.node.store),
         )
         web_runner = web.AppRunner(app)
         await web_runner.setup()

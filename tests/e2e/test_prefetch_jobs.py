@@ -9,6 +9,7 @@ import datetime
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from edgecache import cli
+from edgecache.admin.jobs import REVOKED
 from tests.e2e.adminkit import OPERATOR, VIDEOS, AdminNode, admin_node, node_config
 from tests.origin import Obj, Origin
 
@@ -287,3 +289,29 @@ async def test_a_providers_priority_orders_its_own_jobs_and_leaves_another_token
         await node.finished(str(high["id"]))
     seen = [s.path for s in origin.seen]  # two fetches at once reach the origin in either order
     assert (sorted(seen[:2]), seen[2], sorted(seen[3:])) == (["/hi/0", "/hi/1"], "/lo/0", ["/hi/2", "/hi/3"])
+
+
+@pytest.mark.parametrize("reload", ["token removed", "site taken from it"])
+async def test_a_job_whose_token_a_reload_took_away_fetches_no_more(
+    origin: Origin, tmp_path: Path, reload: str
+) -> None:
+    """A job fetched its URLs whatever became of its token: a provider removed from the config (or from the site)
+    went on filling the site from its origin with the jobs it had queued, and resumed them after a restart."""
+    for p in ("/r/0", "/r/1", "/r/2"):
+        origin.put(p, p.encode())
+    held = hold(origin, "/r/0")  # slots=1: one URL at a time
+    running = [node_config(origin, tmp_path / "c")]
+    async with admin_node(running[0], lambda: running[0], slots=1) as node:
+        status, answer = await node.call("POST", "/prefetch", VIDEOS, json={"urls": urls("/r/0", "/r/1", "/r/2")})
+        assert status == 202, answer
+        assert isinstance(answer, dict)
+        await origin.wait_for_requests(1)
+        videos = next(t for t in running[0].tokens if t.name == "videos")
+        kept = [t for t in running[0].tokens if t is not videos]
+        if reload == "site taken from it":
+            kept.append(replace(videos, sites=("other",)))
+        running[0] = replace(running[0], tokens=tuple(kept))
+        held["/r/0"].set()  # the URL in flight finishes; the others are not fetched
+        view = await node.finished(answer["id"])
+    assert (view["state"], view["fetched"], view["failed"]) == ("failed", 1, {REVOKED: 2})
+    assert [s.path for s in origin.seen] == ["/r/0"]
