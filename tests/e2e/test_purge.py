@@ -20,7 +20,7 @@ from edgecache.admin.purge import admin_tokens, purge_handler
 from edgecache.config import ClusterSettings, Listen, Site, Token
 from edgecache.core.ring import Member
 from edgecache.sites import TCPListener
-from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
+from tests.conftest import CLUSTER_KEY, Edge, all_up, make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
 
@@ -79,6 +79,9 @@ async def cluster(origin: Origin, tmp_path: Path, fast: bool = True) -> AsyncIte
             await TCPListener(runner, "127.0.0.1", admins[i]).start()
             stack.push_async_callback(runner.cleanup)
             nodes.append(Node(edge, f"http://127.0.0.1:{admins[i]}", jobs))
+        # Once every node sees every other up: a node probed before it listened is down until its next good checks,
+        # and a request sent meanwhile goes to another owner (test_prefetch's owners failed so under load).
+        await all_up([n.edge for n in nodes])
         yield nodes
 
 
