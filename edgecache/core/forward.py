@@ -113,10 +113,10 @@ def fill_request(
     headers.extend((name, value) for name, value in fields if value is not None)
     if byte_range is not None:
         headers.append(("Range", f"bytes={byte_range[0]}-{byte_range[1]}"))
-    if validator is not None:
+    if validator is not None:  # both the stored validators (RFC 9111 4.3.1); an origin honours either
         if validator.etag:
             headers.append(("If-None-Match", validator.etag))
-        elif validator.last_modified:
+        if validator.last_modified:
             headers.append(("If-Modified-Since", validator.last_modified))
     headers.extend(unkeyed)
     headers.append(("Via", via))

@@ -53,6 +53,17 @@ async def test_revalidation_304_keeps_the_body(edge: Edge, origin: Origin) -> No
     assert origin.seen[-1].headers.get("If-None-Match") == '"v1"'
 
 
+async def test_revalidation_sends_both_validators(edge: Edge, origin: Origin) -> None:
+    """RFC 9111 4.3.1: a cache SHOULD send both the stored ETag and its Last-Modified (an origin may weigh either)."""
+    origin.put("/both", b"body", headers={"Cache-Control": "max-age=0, must-revalidate"})
+    assert (await edge.get("/both"))[2] == b"body"
+    status, _, body = await edge.get("/both")
+    assert (status, body) == (200, b"body")
+    assert origin.hits["/both"] == 2
+    sent = origin.seen[-1].headers
+    assert (sent.get("If-None-Match"), sent.get("If-Modified-Since")) == ('"v1"', "Sat, 01 Nov 2025 00:00:00 GMT")
+
+
 @pytest.mark.parametrize("slice_held", ["on disk", "nowhere"])
 async def test_revalidation_304_keeps_a_body_that_is_not_in_memory(
     edge: Edge, origin: Origin, slice_held: str, monkeypatch: pytest.MonkeyPatch
