@@ -70,6 +70,11 @@ def check_forward_field(name: str) -> str:
     lname = name.lower()
     if not lname or not set(lname) <= _TOKEN:
         raise ValueError(f"{name!r} is not a header field name")
+    if "_" in lname:  # X_Real_IP reaches an app behind nginx or CGI as X-Real-IP: a spoofing vector
+        raise ValueError(
+            f"{name!r} has an underscore, which proxies and CGI servers read as a dash (a client could spoof the "
+            "dashed field): never forwarded"
+        )
     if lname in CACHE_OWNED or lname in (*UNKEYED, *CLAIMED_ADDRESS, "authorization", "cookie", "x-forwarded-for"):
         raise ValueError(f"{name!r} is set by the cache or would change what the origin answers: never forwarded")
     return lname

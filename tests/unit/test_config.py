@@ -145,6 +145,11 @@ def test_forward_fields_are_field_names_the_cache_does_not_own() -> None:
     assert problems({"sites": [{**SITE, "forward_fields": ["a b"]}]}) == [
         "f.toml: sites[0].forward_fields: 'a b' is not a header field name"
     ]
+    # Proxies and CGI servers read an underscore as a dash: X_Real_IP would reach an origin's app as X-Real-IP.
+    assert problems({"sites": [{**SITE, "forward_fields": ["X-Trace", "X_Real_IP"]}]}) == [
+        "f.toml: sites[0].forward_fields: 'X_Real_IP' has an underscore, which proxies and CGI servers read as a "
+        "dash (a client could spoof the dashed field): never forwarded"
+    ]
 
 
 def test_an_origin_url_with_a_port_that_is_not_one_is_refused() -> None:
