@@ -241,6 +241,11 @@ class OriginClient:
     def _who(self) -> str:
         return "origin" if self.peer is None else f"peer {self.peer}"
 
+    def _named(self, site: Site, base: str) -> str:
+        """Who failed, as a client's answer says it: for an origin, its site, never its address (internal: a viewer
+        must not learn it; the log names it); a peer's address, as the fast path's relay (proxy.peerpool) names it."""
+        return f"site {site.name}" if self.peer is None else base
+
     async def start(self) -> None:
         self._session = self._pool(self.settings.max_connections)
         self._bodies = self._pool(self.settings.body_connections)
@@ -328,7 +333,7 @@ class OriginClient:
                 last_error = self._failed(site, base, exc)
                 continue
             self._count(site.name, raw.status, time.monotonic() - started)
-            if (unreadable := _unreadable(self._who, base, raw)) is not None:
+            if (unreadable := _unreadable(self._who, base, raw, self._named(site, base))) is not None:
                 last_error = unreadable
                 continue
             if raw.status >= 500 and i < len(origins) - 1:
@@ -345,14 +350,18 @@ class OriginClient:
             if self.peer is None:
                 metrics.ORIGIN_ERRORS.labels(site.name, "timeout").inc()
             log.info("%s %s timed out: %s", self._who, base, exc)
-            return OriginError(f"{base}: timed out", timeout=True)
+            return OriginError(f"{self._named(site, base)}: timed out", timeout=True)
         if self.peer is None:
             metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
         # No response came: the peer refused, or a pooled connection to it was found dead. Nothing reached the
         # client, so an idempotent request may go elsewhere.
         refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
         log.info("%s %s failed: %s", self._who, base, exc)
-        return OriginError(f"{base}: {exc.__class__.__name__}: {exc}", connect=True, refused=refused)
+        if self.peer is not None:
+            problem = f"{exc.__class__.__name__}: {exc}"
+        else:  # aiohttp's text names the address
+            problem = "could not connect" if refused else f"no answer ({exc.__class__.__name__})"
+        return OriginError(f"{self._named(site, base)}: {problem}", connect=True, refused=refused)
 
     def _count(self, site: str, status: int, took: float) -> None:
         if self.peer is not None:
@@ -363,12 +372,13 @@ class OriginClient:
         metrics.ORIGIN_REQUESTS.labels(site, metrics.status_class(status)).inc()
 
 
-def _unreadable(who: str, base: str, raw: aiohttp.ClientResponse) -> OriginError | None:
+def _unreadable(who: str, base: str, raw: aiohttp.ClientResponse, named: str) -> OriginError | None:
     """The error of an answer whose bytes cannot be taken as its body (None for any other), its connection closed:
     a 101, the one interim answer aiohttp does not read past (nothing sent to an origin or a peer asks to switch
     protocols: Upgrade is hop-by-hop; relayed, it left the client's connection open and idle for good); and a
     transfer coding other than chunked (RFC 9112 6.1), which aiohttp, never decompressing, leaves applied: the
-    coded bytes were stored and served as the object's, with nothing saying so."""
+    coded bytes were stored and served as the object's, with nothing saying so. `named`: who failed, as the
+    answer says it (OriginClient._named); the log names `base`."""
     codings = ", ".join(raw.headers.getall("Transfer-Encoding", ()))
     if raw.status < 200:
         problem = f"answered {raw.status} to a request that asked for no upgrade"
@@ -378,7 +388,7 @@ def _unreadable(who: str, base: str, raw: aiohttp.ClientResponse) -> OriginError
         return None
     raw.close()
     log.info("%s %s %s", who, base, problem)
-    return OriginError(f"{base}: {problem}")
+    return OriginError(f"{named}: {problem}")
 
 
 def loop_token(config: Config, cache: str = "") -> str:
