@@ -34,6 +34,7 @@ class OriginError(EdgecacheError):
         timeout: bool = False,
         connect: bool = False,
         refused: bool = False,
+        strict: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -41,6 +42,18 @@ class OriginError(EdgecacheError):
         self.timeout = timeout
         self.connect = connect  # no response came: an idempotent request may go elsewhere
         self.refused = refused  # the connection itself was refused: nothing was sent, whatever the method
+        self.strict = strict  # it failed the revalidation of an entry never served stale (core.freshness.never_stale)
+
+    @property
+    def status(self) -> int:
+        """The answer's status: 502; 504 on a timeout, or when no answer came to the revalidation of an entry that
+        is never served stale: the cache is disconnected, and RFC 9111 5.2.2.2 says its error SHOULD be a 504."""
+        return 504 if self.timeout or (self.strict and self.connect) else 502
+
+    def revalidating(self) -> OriginError:
+        """This failure, of the revalidation of an entry never served stale (`strict`)."""
+        kinds = {"timeout": self.timeout, "connect": self.connect, "refused": self.refused}
+        return OriginError(self.reason, retryable=self.retryable, strict=True, **kinds)
 
 
 class VersionChanged(OriginError):

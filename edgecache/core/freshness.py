@@ -204,6 +204,12 @@ def _must_revalidate_when_stale(scc: CacheControl) -> bool:
     return scc.must_revalidate or scc.proxy_revalidate or scc.s_maxage is not None or "s-maxage" in scc.invalid
 
 
+def never_stale(resp: Headers) -> bool:
+    """A stored response that is never served stale, stale-if-error or not (RFC 9111 4.2.4): a cache that cannot
+    revalidate it answers with an error, a 504 (5.2.2.2)."""
+    return _must_revalidate_when_stale(response_cc(resp)[0])
+
+
 def usable(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> Use:
     """RFC 9111 4 and 5.2.1, RFC 5861 3: may the stored response answer this request, and how."""
     rcc, (scc, _) = parse_cache_control(req), response_cc(resp)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.freshness import may_stand_in
+from edgecache.core.freshness import may_stand_in, never_stale
 from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, VersionChanged
@@ -291,6 +291,8 @@ def failed(conn: FastPath, started: Started, exc: OriginError, head_came: bool =
     `head_came`: the fill's head came first (its body failed), and the log says how long it took."""
     started.fill.abandon()  # only this request would have read it
     cold, origin_ms = started.cold, started.origin_ms if head_came else None
+    if cold.validate is not None and never_stale(cold.validate.headers):  # as EdgeHandler._head_of raises it
+        exc = exc.revalidating()
     refuse.origin_failed(conn, exc, cold.method, cold.req, cold.keep_alive, cold.viewer, started.began, origin_ms)
 
 

@@ -30,10 +30,11 @@ def peer_failed(peer: str, kind: str, reason: str, timeout: bool) -> tuple[int, 
 def origin_failed(exc: OriginError) -> tuple[int, str, bool]:
     """The status and reason when a request's origin fetch failed with nothing to stand in, and whether the failure
     is still to be counted against the origin (timeouts and connects were, where they happened: the origin client).
-    503 when the node itself could not take the answer in (Busy), never reported as the origin's."""
+    503 when the node itself could not take the answer in (Busy), never reported as the origin's; else
+    OriginError.status."""
     if isinstance(exc, Busy):
         return 503, exc.reason, False
-    return (504 if exc.timeout else 502), f"origin failed: {exc.reason}", not (exc.timeout or exc.connect)
+    return exc.status, f"origin failed: {exc.reason}", not (exc.timeout or exc.connect)
 
 
 def error_response(status: int, reason: str) -> web.Response:

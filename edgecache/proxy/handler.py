@@ -24,7 +24,7 @@ from edgecache.core.clientaddr import real_client
 from edgecache.core.conditional import validates
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import must_pass
-from edgecache.core.freshness import Freshness, Use, freshness_of, may_stand_in, stored_use
+from edgecache.core.freshness import Freshness, Use, freshness_of, may_stand_in, never_stale, stored_use
 from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
@@ -241,7 +241,8 @@ class EdgeHandler:
                 fill, ours, origin_ms = self._fill_of(request, req, meta, adopted, started)
                 adopted = None
                 stale_ok = may_stand_in(req.headers, meta, req.policy, time.time())
-                head = await self._head_of(request, req, fill, meta if stale_ok else None)
+                strict = meta is not None and never_stale(meta.headers)
+                head = await self._head_of(request, req, fill, meta if stale_ok else None, strict)
             except VersionChanged as exc:
                 # Raised before any byte was sent: a slice the stored entry lacks came back as another version
                 # (respond._stream), or its revalidation's 304 was for another or forbade storing it (fillhead._of_304),
@@ -329,10 +330,11 @@ class EdgeHandler:
         return None
 
     async def _head_of(
-        self, request: web.BaseRequest, req: FillRequest, fill: Fill, stale: ObjectMeta | None
+        self, request: web.BaseRequest, req: FillRequest, fill: Fill, stale: ObjectMeta | None, strict: bool
     ) -> FillHead | web.StreamResponse:
         """The fill's head, or the answer in its place: a pass-through when the origin's 206 fits no slices, or
-        the `stale` entry when the origin failed and stale-if-error allows it (else the failure is raised)."""
+        the `stale` entry when the origin failed and stale-if-error allows it (else the failure is raised, as the
+        revalidation's of an entry never served stale when `strict`: OriginError.status)."""
         try:
             waited = time.monotonic()
             head = await fill.head
@@ -342,9 +344,11 @@ class EdgeHandler:
             return answer or await pass_through(request, self.engine.origin, req, CacheStatus.MISS)
         except VersionChanged:
             raise  # not the origin's failure: the object is fetched again (_cached_loop)
-        except OriginError:
+        except OriginError as exc:
             if stale is not None:
                 return await serving.serve(self.engine, request, req, stale, CacheStatus.STALE, detail="stale-if-error")
+            if strict:
+                raise exc.revalidating() from exc
             raise
         if head.status >= 500 and stale is not None:
             return await serving.serve(self.engine, request, req, stale, CacheStatus.STALE, detail="stale-if-error")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 from aiohttp import web
@@ -94,8 +95,6 @@ async def test_stale_if_error_on_5xx_and_when_origin_is_down(edge: Edge, origin:
     meta = await edge.node.store.get_meta("videos|video.test|/s")
     assert meta is not None
     # Age the entry instead of sleeping: the stored response times move back by 10 s.
-    from dataclasses import replace
-
     edge.node.store.remember_meta(
         "videos|video.test|/s",
         replace(meta, request_time=meta.request_time - 10, response_time=meta.response_time - 10),
@@ -107,6 +106,33 @@ async def test_stale_if_error_on_5xx_and_when_origin_is_down(edge: Edge, origin:
     await origin.stop()
     status, _, body = await edge.get("/s")
     assert (status, body) == (200, b"stale but good")
+
+
+async def test_an_entry_that_must_be_revalidated_is_a_504_when_the_origin_is_down(edge: Edge, origin: Origin) -> None:
+    """RFC 9111 5.2.2.2 (and 5.2.2.8, 5.2.2.10): a stale entry that must be revalidated is never served stale,
+    stale-if-error or not; a cache that cannot reach the origin generates an error, and it SHOULD be a 504. A stale
+    entry that is served stale under no rule gets the origin's failure as any miss does: 502."""
+    rules = {
+        "/must": "max-age=1, must-revalidate, stale-if-error=600",
+        "/proxy": "max-age=1, proxy-revalidate, stale-if-error=600",
+        "/shared": "max-age=1, s-maxage=1, stale-if-error=600",
+        "/plain": "max-age=1",
+    }
+    for path, cc in rules.items():
+        origin.put(path, b"stale", headers={"Cache-Control": cc})
+        assert (await edge.get(path))[2] == b"stale"
+        meta = edge.node.store.peek_meta(f"videos|video.test|{path}")
+        assert meta is not None
+        older = replace(meta, request_time=meta.request_time - 10, response_time=meta.response_time - 10)
+        edge.node.store.remember_meta(f"videos|video.test|{path}", older)
+    await origin.stop()
+    for path in rules:
+        for _ in range(2):
+            status, headers, body = await edge.get(path)
+            expected = 502 if path == "/plain" else 504
+            assert (status, body) == (expected, b"origin failed: site videos: could not connect\n"), path
+            assert headers["Cache-Status"] == 'edgecache; detail="origin failed: site videos: could not connect"'
+    assert {path: origin.hits[path] for path in rules} == dict.fromkeys(rules, 1)
 
 
 async def test_age_from_origin_is_passed_on(edge: Edge, origin: Origin) -> None:
