@@ -12,15 +12,16 @@ class EdgecacheError(Exception):
 class ClientError(EdgecacheError):
     """The request is at fault; answered with `status` and the message as the reason."""
 
-    def __init__(self, status: int, reason: str, close: bool = False) -> None:
+    def __init__(self, status: int, reason: str, close: bool = False, retry_after: int = 0) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.close = close  # the connection ends with the answer: what follows the head is no request
+        self.retry_after = retry_after  # of a 429 (core.admit.Reply)
 
     @classmethod
     def of(cls, reply: Reply) -> ClientError:
-        return cls(reply.status, reply.reason)
+        return cls(reply.status, reply.reason, retry_after=reply.retry_after)
 
 
 class OriginError(EdgecacheError):

@@ -34,6 +34,7 @@ class Reply:
 
     status: int
     reason: str
+    retry_after: int = 0  # seconds, of a 429: when the client may ask again (error_page says 1 when not set)
 
 
 NO_HOST = Reply(400, "missing or invalid Host")

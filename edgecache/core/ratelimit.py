@@ -7,8 +7,11 @@ in it for each connection (RFC 8981), so a bucket per address would give one cli
 from __future__ import annotations
 
 import functools
+import math
 from collections import OrderedDict
 from ipaddress import IPv6Address, IPv6Network
+
+from edgecache.core.admit import TOO_MANY, Reply
 
 
 @functools.lru_cache(maxsize=8192)  # asked on every request: an address is parsed once while its client is active
@@ -41,3 +44,11 @@ class RateLimiter:
         if len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)  # the longest idle client starts again with a full bucket
         return ok
+
+    def refusal(self, client: str, now: float) -> Reply | None:
+        """allow() as an answer: None, or the 429 whose Retry-After is when the client's bucket holds a token
+        again at the sustained rate (rounded up, at least 1 s; RFC 9110 10.2.3)."""
+        if self.allow(client, now):
+            return None
+        tokens, _ = self._buckets.get(bucket(client), (0.0, now))
+        return Reply(TOO_MANY.status, TOO_MANY.reason, max(1, math.ceil((1.0 - tokens) / self.rate)))

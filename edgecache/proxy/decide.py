@@ -155,8 +155,8 @@ class Decider:
         if prepared is not None:
             reply = prepared.hit.refusal(client, now)
             limiter = shared.limiter
-            if reply is None and limiter is not None and not admitted and not limiter.allow(client, time.monotonic()):
-                reply = admit.TOO_MANY
+            if reply is None and limiter is not None and not admitted:
+                reply = limiter.refusal(client, time.monotonic())
             if reply is not None:
                 return _refused(prepared, reply)
             shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)

@@ -94,9 +94,9 @@ def typed(fields: list[tuple[str, str]], empty: bool, length: str | None, has_ty
         fields.append(("Content-Type", "application/octet-stream"))
 
 
-def error(status: int, reason: str, date: bytes, keep_alive: KeepAlive) -> bytes:
+def error(status: int, reason: str, date: bytes, keep_alive: KeepAlive, retry_after: int = 0) -> bytes:
     """An answer of the node's own (a failed peer, say), as errorpage.error_response gives it."""
-    fields, body = error_page(status, reason)
+    fields, body = error_page(status, reason, retry_after)
     fields += [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
     encoded = head(status, phrase(status), fields, date, keep_alive)
     if encoded is None:  # a reason that cannot be a field value: said in the body only

@@ -11,13 +11,14 @@ from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import Busy, OriginError
 
 
-def error_page(status: int, reason: str) -> tuple[list[tuple[str, str]], bytes]:
-    """The fields (besides Content-Type and Content-Length) and the body of an error answer."""
+def error_page(status: int, reason: str, retry_after: int = 0) -> tuple[list[tuple[str, str]], bytes]:
+    """The fields (besides Content-Type and Content-Length) and the body of an error answer; `retry_after`: the
+    seconds a 429's Retry-After says (the rate limiter's), 1 when not given."""
     # One short line: an origin's garbage quoted in an error message must not reach the client at length.
     reason = reason.splitlines()[0][:200] if reason else "error"
     fields = [("Cache-Status", cache_status_header(CacheStatus.ERROR, detail=reason[:80].replace('"', "'")))]
     if status in (429, 503):
-        fields.append(("Retry-After", "1"))
+        fields.append(("Retry-After", str(retry_after or 1)))
     return fields, (reason + "\n").encode("utf-8")
 
 
@@ -37,6 +38,6 @@ def origin_failed(exc: OriginError) -> tuple[int, str, bool]:
     return exc.status, f"origin failed: {exc.reason}", not (exc.timeout or exc.connect)
 
 
-def error_response(status: int, reason: str) -> web.Response:
-    fields, body = error_page(status, reason)
+def error_response(status: int, reason: str, retry_after: int = 0) -> web.Response:
+    fields, body = error_page(status, reason, retry_after)
     return web.Response(status=status, body=body, content_type="text/plain", charset="utf-8", headers=dict(fields))

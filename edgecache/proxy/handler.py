@@ -105,7 +105,7 @@ class EdgeHandler:
             return await self._handle(request, adopted)
         except ClientError as exc:
             observe.mark(request, CacheStatus.ERROR)
-            resp = error_response(exc.status, exc.reason)
+            resp = error_response(exc.status, exc.reason, exc.retry_after)
             if exc.close:
                 resp.force_close()
             return resp
@@ -159,8 +159,8 @@ class EdgeHandler:
         if reply is None and not internal(request):
             reply = admit.viewer(site, key.path, key.unkeyed, client, time.time())
         limiter = self.shared.limiter
-        if reply is None and limiter is not None and not limiter.allow(client, time.monotonic()):
-            reply = admit.TOO_MANY
+        if reply is None and limiter is not None:
+            reply = limiter.refusal(client, time.monotonic())
         if reply is not None:
             raise ClientError.of(reply)
         return site, host, key, hop

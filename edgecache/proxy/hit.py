@@ -154,8 +154,8 @@ def find_hit(
     planned = _planned(method, headers, stored.meta, stored.now, field)
     if planned is None:
         return None
-    if not admitted and not _allowed(shared, routed):
-        return routed.refused(admit.TOO_MANY, method, headers)
+    if not admitted and (too_many := _refusal(shared, routed)) is not None:
+        return routed.refused(too_many, method, headers)
     shared.engine.store.touch_meta(stored.ekey, routed.key.primary)
     return _hit(shared, routed, stored, headers, planned)
 
@@ -207,7 +207,7 @@ def find_cold(
     else:
         instead = admit.unfilled(not routed.fills, False, cc.only_if_cached, validates(headers))
         if isinstance(instead, Reply):  # the limiter first, as for any request (a hop's viewer was judged)
-            reply = instead if admitted or _allowed(shared, routed) else admit.TOO_MANY
+            reply = (None if admitted else _refusal(shared, routed)) or instead
             return replace(routed.refused(reply, method, headers), counted=routed.fills)
         if instead is admit.PASS:
             evicted = entry is not None and shared.engine.ghosts.object_dropped(digest(entry.ekey))
@@ -225,8 +225,8 @@ def find_cold(
         run = cold_run(method, value, size, shared.engine.fill_slices)
     else:
         run = stored_run(value, meta.whole, meta.length, size)
-    if not admitted and not _allowed(shared, routed):  # last: a token is spent only on a request this fills
-        return routed.refused(admit.TOO_MANY, method, headers)
+    if not admitted and (too_many := _refusal(shared, routed)) is not None:  # last: a token only for a fill
+        return routed.refused(too_many, method, headers)
     req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey, entry.soft_before)
     return Cold(req, *run, meta, method, viewer=routed.viewer, failover=routed.failover)
 
@@ -241,16 +241,18 @@ def _passed(
     evicted: bool = False,
 ) -> Pass | Refused:
     """The pass-through of a request let in (the rate limiter spends a token, unless `admitted`), or its refusal."""
-    if not admitted and not _allowed(shared, routed):
-        return routed.refused(admit.TOO_MANY, method, headers)
+    if not admitted and (too_many := _refusal(shared, routed)) is not None:
+        return routed.refused(too_many, method, headers)
     req = _fill_request(routed, headers)  # keyed by its primary key alone, as the full handler's pass-through
     return Pass(req, status, method, viewer=routed.viewer, evicted=evicted, failover=routed.failover)
 
 
-def _allowed(shared: Shared, routed: Routed) -> bool:
-    """The rate limiter's word (it spends a token); a hop's viewer was judged by the node it came through."""
+def _refusal(shared: Shared, routed: Routed) -> Reply | None:
+    """The rate limiter's 429, or None (it spends a token); a hop's viewer was judged by the node it came through."""
     limiter = shared.limiter
-    return routed.viewer is not None or limiter is None or limiter.allow(routed.client, time.monotonic())
+    if routed.viewer is not None or limiter is None:
+        return None
+    return limiter.refusal(routed.client, time.monotonic())
 
 
 def _fill_request(

@@ -223,6 +223,5 @@ def forward_verdict(
     if refused is not None:
         return refused
     limiter = shared.limiter
-    if limiter is not None and not limiter.allow(client, time.monotonic()):
-        return admit.TOO_MANY
-    return GO
+    too_many = limiter.refusal(client, time.monotonic()) if limiter is not None else None
+    return GO if too_many is None else too_many

@@ -269,6 +269,35 @@ async def test_a_miss_on_a_rate_limited_node_spends_one_token(origin: Origin, tm
         assert {k: after[k] - before[k] for k in ("answered", "handed_off")} == {"answered": 5, "handed_off": 0}
 
 
+def read_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    return [(k.lower(), v.strip()) for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:] if line)]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_429_says_when_the_next_token_comes(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """Retry-After is when the client's bucket holds a token again at the limit's rate (rounded up, at least 1 s):
+    at 0.001 requests a second, an empty bucket refills one token in 1,000 s, not 1 s. Of a hit, a miss, a HEAD."""
+    origin.put("/a", DATA[:3000])
+    config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast, rate_limit=0.001, burst=2.0)
+    async with start_edge(config) as edge, asyncio.timeout(20):
+        answers = []
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            for method, path in (("GET", "/a"), ("GET", "/a"), ("GET", "/a"), ("GET", "/b"), ("HEAD", "/a")):
+                writer.write(f"{method} {path} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode())
+                if method == "HEAD":  # a head alone: its Content-Length is the GET's
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    status, fields, body = int(head[9:12]), dict(read_fields(head)), b""
+                else:
+                    status, fields, body = await read_answer(reader)
+                answers.append((status, fields.get(b"retry-after"), body))
+        finally:
+            writer.close()
+    refused = (429, b"1000", b"too many requests from this address\n")
+    assert answers == [(200, None, DATA[:3000]), (200, None, DATA[:3000]), refused, refused, (429, b"1000", b"")]
+    assert origin.hits["/a"] == 1
+
+
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
 async def test_a_revalidation_on_a_rate_limited_node_spends_one_token(
     origin: Origin, tmp_path: Path, fast: bool

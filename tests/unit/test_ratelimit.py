@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from edgecache.core.admit import Reply
 from edgecache.core.ratelimit import RateLimiter
 
 
@@ -25,3 +26,14 @@ def test_an_ipv6_client_is_its_64() -> None:
     assert [rl.allow(c, 0.0) for c in ("192.0.2.1", "192.0.2.2")] == [True, True]  # IPv4: one address each
     assert [rl.allow(c, 0.0) for c in ("::ffff:192.0.2.1", "::ffff:192.0.2.3")] == [False, True]  # as a hop wrote it
     assert [rl.allow("-", 0.0) for _ in range(2)] == [True, False]  # no address known: the text is the bucket
+
+
+def test_a_refusal_says_when_the_next_token_comes() -> None:
+    rl = RateLimiter(rate=0.25, burst=1)
+    assert rl.refusal("a", 0.0) is None
+    assert rl.refusal("a", 1.0) == Reply(429, "too many requests from this address", 3)  # 0.25 token: 3 s more
+    assert rl.refusal("a", 3.9) == Reply(429, "too many requests from this address", 1)  # 0.975: rounded up to 1
+    assert rl.refusal("a", 4.0) is None
+    fast = RateLimiter(rate=100, burst=1)
+    assert fast.refusal("b", 0.0) is None
+    assert fast.refusal("b", 0.0) == Reply(429, "too many requests from this address", 1)  # 10 ms: at least 1 s
