@@ -150,6 +150,10 @@ def plan_answer(method: str, request: Headers, meta: ObjectMeta, base: list[tupl
         if (stored_range := get_first(meta.headers, "content-range")) is not None:
             base = [*base, ("Content-Range", stored_range)]  # the origin's own field on a whole response
     fields = [*base, ("Content-Length", str(max(0, last - first + 1)))]
+    if method == "HEAD" and last >= first and get_first(meta.headers, "content-type") is None:
+        # The GET's answer carries the type its server adds to a body that has none (aiohttp, encode.typed: RFC
+        # 9110 8.3): a HEAD's carries the GET's fields (9.3.2).
+        fields.append(("Content-Type", "application/octet-stream"))
     return Planned(status, fields, first, last if method == "GET" else first - 1)
 
 

@@ -26,6 +26,7 @@ ETAG = '"v1"'
 # A spinning loop cannot time itself out: pytest-timeout interrupts it (TIMEOUT), and then these bounded waits
 # fail the test at once, instead of the client session's 5 minutes.
 TIMEOUT = 30
+HOST = {"Host": "video.test"}
 ANSWER = 10
 
 
@@ -111,6 +112,9 @@ def reply(request: RawRequest) -> RawReply:
     if name == "plain":
         head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(PLAIN)}\r\nCache-Control: {FRESH}\r\n\r\n".encode()
         return head + (b"" if request.method == "HEAD" else PLAIN), False
+    if name == "missing":  # a 404 with a body and no Content-Type
+        head = f"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\nCache-Control: {FRESH}\r\n\r\n".encode()
+        return head + (b"" if request.method == "HEAD" else b"gone\n"), False
     if name == "304":
         if request.header("If-None-Match") == ETAG:
             return NOT_MODIFIED, False
@@ -165,6 +169,28 @@ async def assert_still_serving(edge: Edge, origin: RawOrigin) -> None:
     for _ in range(2):
         assert await ask(edge, "GET", "/plain/") == (200, PLAIN)
     assert origin.hits["/plain/"] == 1
+
+
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize("path", ["/plain/", "/missing/", "/missing/head-first"])
+async def test_a_head_carries_the_fields_of_the_get_of_an_untyped_answer(
+    raw_edge: Edge, raw_origin: RawOrigin, path: str
+) -> None:
+    """RFC 9110 9.3.2: a HEAD's answer has the fields the GET's would. A stored answer without Content-Type gets
+    application/octet-stream on a GET (aiohttp's server adds it, the fast path as well: RFC 9110 8.3), and got none
+    on a HEAD, a stored 404's and 200's alike, on a hit or a miss."""
+    edge, (status, body) = raw_edge, (200, PLAIN) if path == "/plain/" else (404, b"gone\n")
+
+    async def fields(method: str) -> dict[str, str]:
+        async with asyncio.timeout(ANSWER), edge.session.request(method, edge.url + path, headers=HOST) as r:
+            assert (r.status, await r.read()) == (status, b"" if method == "HEAD" else body)
+            return {k: v for k, v in r.headers.items() if k not in ("Date", "Age", "Cache-Status")}
+
+    methods = ["HEAD", "GET", "HEAD"] if path.endswith("head-first") else ["GET", "HEAD", "GET", "HEAD"]
+    answers = [await fields(method) for method in methods]
+    assert all(a == answers[0] for a in answers), answers
+    assert answers[0]["Content-Type"] == "application/octet-stream"
+    assert raw_origin.hits[path] == 1
 
 
 @pytest.mark.timeout(TIMEOUT)
