@@ -108,14 +108,17 @@ def _resolve_spec(spec: RangeSpec, length: int) -> ByteRange | None:
 
 
 def _merge(parts: list[ByteRange]) -> tuple[ByteRange, ...]:
-    """Coalesce overlapping or touching ranges (14.3 allows it; it defeats overlap abuse), ascending."""
-    merged: list[ByteRange] = []
-    for r in sorted(parts, key=lambda p: p.first):
-        if merged and r.first <= merged[-1].last + 1:
-            merged[-1] = ByteRange(merged[-1].first, max(merged[-1].last, r.last))
+    """Coalesce overlapping or touching ranges (14.3 allows it; it defeats overlap abuse), in the order they were
+    asked for (14.2: the parts SHOULD come in the order of their range-specs), each coalesced one in the place of
+    the first range it holds."""
+    merged: list[tuple[ByteRange, int]] = []  # and the place of its first range in `parts`
+    for at, r in sorted(enumerate(parts), key=lambda p: p[1].first):
+        if merged and r.first <= merged[-1][0].last + 1:
+            held, first_at = merged[-1]
+            merged[-1] = (ByteRange(held.first, max(held.last, r.last)), min(first_at, at))
         else:
-            merged.append(r)
-    return tuple(merged)
+            merged.append((r, at))
+    return tuple(r for r, _ in sorted(merged, key=lambda m: m[1]))
 
 
 def resolve(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> RangeResult:

@@ -46,24 +46,25 @@ def random_range_header(rnd: random.Random, length: int) -> str:
 
 
 def expected_parts(header: str, data: bytes) -> list[tuple[int, int]]:
-    """Resolve a range header independently: merged, sorted (first, last) pairs."""
+    """Resolve a range header independently: merged (first, last) pairs, in the order asked (RFC 9110 14.2), a
+    merged one where the first range it holds was."""
     length = len(data)
     out = []
-    for spec in header[len("bytes=") :].split(","):
+    for at, spec in enumerate(header[len("bytes=") :].split(",")):
         a, _, b = spec.partition("-")
         if a == "":
             first, last = max(0, length - int(b)), length - 1
         else:
             first, last = int(a), min(int(b), length - 1) if b else length - 1
-        out.append((first, last))
+        out.append((first, last, at))
     out.sort()
-    merged: list[tuple[int, int]] = []
-    for first, last in out:
+    merged: list[tuple[int, int, int]] = []
+    for first, last, at in out:
         if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last), min(merged[-1][2], at))
         else:
-            merged.append((first, last))
-    return merged
+            merged.append((first, last, at))
+    return [(first, last) for first, last, _ in sorted(merged, key=lambda m: m[2])]
 
 
 async def check(edge: Edge, header: str, data: bytes, cold: bool = False) -> bool:
@@ -115,6 +116,22 @@ async def test_random_ranges_cold_then_warm(edge: Edge, origin: Origin, big_byte
     for h in headers:
         await check(edge, h, big_bytes)
     assert origin.hits["/video.bin"] == cold_requests  # the warm pass never went to origin
+
+
+async def test_multipart_parts_come_in_the_order_asked(edge: Edge, origin: Origin, big_bytes: bytes) -> None:
+    """RFC 9110 14.2: the parts SHOULD come in the order of the range-specs, after coalescing (a coalesced part in
+    the place of its first range); they came ascending. A miss, then hits, then the same from the memory tier."""
+    data = big_bytes[: 5 * MiB + 100]
+    origin.put("/video.bin", data)
+    header = f"bytes={3 * MiB}-{3 * MiB + 99},-50,10-19,0-14,{MiB - 5}-{MiB + 4}"
+    want = [(3 * MiB, 3 * MiB + 99), (len(data) - 50, len(data) - 1), (0, 19), (MiB - 5, MiB + 4)]
+    assert expected_parts(header, data) == want
+    for _ in range(3):
+        status, headers, body = await edge.get("/video.bin", Range=header)
+        assert status == 206
+        parts = parse_multipart(body, headers["Content-Type"])
+        assert parts == [(f"bytes {a}-{b}/{len(data)}", data[a : b + 1]) for a, b in want]
+    assert sorted(origin.range_hits("/video.bin")) == [f"bytes={i * MiB}-{i * MiB + MiB - 1}" for i in (0, 1, 3, 5)]
 
 
 async def test_concurrent_range_misses_fetch_each_slice_once(edge: Edge, origin: Origin, big_bytes: bytes) -> None:
