@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Collection
 from aiohttp import web
 
 from edgecache import metrics
-from edgecache.admin.auth import authorize, guard, token_of
+from edgecache.admin.auth import authorize, guard, token_of, unknown
 from edgecache.config import Token
 from edgecache.core.siteurl import NotSiteURL
 
@@ -46,7 +46,9 @@ def admin_app(
             return web.json_response({"error": "give ?url=http://host/path"}, status=400)
         try:
             answer = ring(url)
-        except NotSiteURL as exc:  # a host no site has: 404; anything else this node cannot key: 400
+        except NotSiteURL as exc:  # a host no site has: 404 (to an operator); anything else this node cannot key: 400
+            if exc.unknown_host:
+                unknown(token_of(request))
             return web.json_response({"url": url, "error": str(exc)}, status=404 if exc.unknown_host else 400)
         authorize(token_of(request), str(answer["site"]))  # another provider's site, its key and nodes: 403
         return web.json_response(answer)

@@ -9,6 +9,7 @@ logged; their names are.
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Callable
 
 from aiohttp import web
@@ -64,6 +65,18 @@ def token_of(request: web.Request) -> Token:
 
 def authorize(token: Token, site: str) -> None:
     if not token.may_act_on(site):
-        raise web.HTTPForbidden(
-            text=f'{{"error": "token {token.name!r} may not act on site {site!r}"}}\n', content_type="application/json"
-        )
+        raise forbidden(token)
+
+
+def forbidden(token: Token) -> web.HTTPForbidden:
+    """The 403 of a site the token may not act on, naming neither the site nor whether it exists: another
+    provider's host and a host no site has look the same (unknown()), or a provider could list them."""
+    error = json.dumps({"error": f"token {token.name!r} may act on its own sites only"})
+    return web.HTTPForbidden(text=error + "\n", content_type="application/json")
+
+
+def unknown(token: Token) -> None:
+    """A host or site name no site has: for a provider's token, the 403 of another provider's (forbidden); an
+    operator's goes on to learn that none has it, as do the nodes' own (a purge a peer passes on)."""
+    if token.role not in ("operator", "peer"):
+        raise forbidden(token)

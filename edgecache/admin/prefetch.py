@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgecache.admin.auth import authorize, token_of
+from edgecache.admin.auth import authorize, token_of, unknown
 from edgecache.admin.body import bad, parse_json, read_body
 from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
 from edgecache.config import Config, Site, Token, parse_size
@@ -110,6 +110,8 @@ async def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: i
         try:
             site = site_url(url, router).site  # as a purge takes it (core.siteurl)
         except NotSiteURL as exc:
+            if exc.unknown_host:
+                unknown(token)  # a provider's: as another provider's host
             raise bad(f"item {i}: {url[:200]!r}: {exc}") from None
         authorize(token, site.name)
         checked.append(url)

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from edgecache.admin.auth import authorize, token_of
+from edgecache.admin.auth import authorize, token_of, unknown
 from edgecache.admin.body import bad, read_json
 from edgecache.cluster.purgesync import AFTER_PATH, apply_entry
 from edgecache.cluster.view import ClusterView
@@ -45,7 +45,9 @@ class PurgeOrder:
     soft: bool = False
 
 
-def parse_order(body: Any, sites: tuple[Site, ...]) -> PurgeOrder:
+def parse_order(body: Any, sites: tuple[Site, ...], token: Token) -> PurgeOrder:
+    """The purge `body` asks for; a host or site name no site has is refused as another provider's (auth.unknown)
+    unless `token` is an operator's."""
     if not isinstance(body, dict):
         raise bad("expected a JSON object with one of url, prefix or site")
     kinds = [k for k in ("url", "prefix", "site") if k in body]
@@ -59,11 +61,14 @@ def parse_order(body: Any, sites: tuple[Site, ...]) -> PurgeOrder:
     if kind == "site":
         site = next((s for s in sites if isinstance(value, str) and s.name == value), None)
         if site is None:
+            unknown(token)
             raise bad(f"no site named {value!r}")
         return PurgeOrder(site, "site", soft=soft)
     try:
         url = site_url(value, Router((s.hosts, s) for s in sites))
     except NotSiteURL as exc:
+        if exc.unknown_host:
+            unknown(token)
         raise bad(f"{kind}: {exc}") from exc
     if kind == "prefix":
         if url.query or not url.key.path.endswith("/"):
@@ -164,7 +169,7 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         config = current()
         token: Token = token_of(request)
         body = await read_json(request)
-        order = parse_order(body, config.sites)
+        order = parse_order(body, config.sites, token)
         _authorize(token, order.site.name, body)
         entry = _entry(store, config, order, body)
         unkept = await _apply(store, config, entry, strict="id" not in body)

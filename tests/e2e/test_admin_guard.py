@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 
 from edgecache.admin.auth import PUBLIC
-from edgecache.config import Listen
+from edgecache.config import Listen, Site
 from edgecache.proxy.headguard import TIMEOUT_408
 from edgecache.server import _start_admin
 from tests.conftest import start_edge
@@ -224,3 +224,24 @@ async def test_a_body_that_does_not_all_come_gets_a_408(
                 assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
                 assert b"\r\nConnection: close\r\n" in answer
                 assert text == b'{"error": "the body did not all come within 0.3 s"}\n'
+
+
+async def test_a_provider_cannot_tell_another_providers_host_or_site_from_none(origin: Origin, tmp_path: Path) -> None:
+    """/ring, purge and prefetch answered another provider's host with 403 naming its site, and a host (or a site
+    name) no site has with 404 or 400: a provider could list the edge's other hosts and sites. To a provider both
+    are the same 403, naming neither; an operator still learns which host no site has."""
+    other = Site(name="other", hosts=("other.test",), origins=(origin.url,))
+    refused = (403, {"error": "token 'videos' may act on its own sites only"})
+    async with admin_node(node_config(origin, tmp_path / "c", other)) as node:
+        for host in ("other.test", "nowhere.test"):
+            url = f"http://{host}/a"
+            assert await node.call("GET", f"/ring?url={quote(url)}", VIDEOS) == refused, host
+            assert await node.call("POST", "/purge", VIDEOS, json={"url": url}) == refused, host
+            assert await node.call("POST", "/purge", VIDEOS, json={"prefix": url[:-1]}) == refused, host
+            assert await node.call("POST", "/prefetch", VIDEOS, json=[url]) == refused, host
+        for site in ("other", "nope"):
+            assert await node.call("POST", "/purge", VIDEOS, json={"site": site}) == refused, site
+        status, answer = await node.call("GET", f"/ring?url={quote('http://nowhere.test/a')}", OPERATOR)
+        assert (status, answer) == (404, {"url": "http://nowhere.test/a", "error": answer["error"]})
+        assert "nowhere.test" in str(answer["error"])
+        assert (await node.call("GET", f"/ring?url={quote('http://video.test/a')}", VIDEOS))[0] == 200

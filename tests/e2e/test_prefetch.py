@@ -91,7 +91,7 @@ async def test_bad_prefetch_requests_fetch_nothing(origin: Origin, tmp_path: Pat
     origin.put("/ok2", b"y")
     async with cluster(origin, tmp_path) as nodes:
         cases = [
-            (["http://video.test/ok", "http://evil.test/x"], VIDEOS, 400),
+            (["http://video.test/ok", "http://evil.test/x"], VIDEOS, 403),  # a host no site has: as another's
             (["http://video.test/ok"], OTHER, 403),
             (["http://video.test/ok"], "not-a-token-not-a-token", 401),
             ({"urls": "http://video.test/ok"}, VIDEOS, 400),

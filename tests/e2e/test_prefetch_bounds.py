@@ -366,7 +366,7 @@ async def test_a_mebibyte_of_urls_is_checked_without_stalling_the_loop(origin: O
     async with admin_node(node_config(origin, tmp_path / "c", other)) as node:
         probe = CpuStretch(asyncio.get_running_loop())
         refused = await node.call("POST", "/prefetch", VIDEOS, data=body + b"\nhttp://other.test/x")  # not JSON: a list
-        assert refused == (403, {"error": "token 'videos' may not act on site 'other'"})
+        assert refused == (403, {"error": "token 'videos' may act on its own sites only"})
         assert (await node.call("GET", "/prefetch"))[1] == []
         status, job = await node.call("POST", "/prefetch", VIDEOS, data=body, params=query)
         assert status == 202, job

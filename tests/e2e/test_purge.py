@@ -224,8 +224,10 @@ async def test_a_late_304_for_a_copy_replaced_meanwhile_leaves_the_new_copy_as_i
     [
         ({"url": "http://video.test/x"}, None, 401, "a bearer token is required"),
         ({"url": "http://video.test/x"}, "wrong-token-wrong-token", 401, "invalid token"),
-        ({"url": "http://video.test/x"}, OTHER, 403, "token 'other' may not act on site 'videos'"),
-        ({"site": "other"}, VIDEOS, 403, "token 'videos' may not act on site 'other'"),
+        ({"url": "http://video.test/x"}, OTHER, 403, "token 'other' may act on its own sites only"),
+        ({"site": "other"}, VIDEOS, 403, "token 'videos' may act on its own sites only"),
+        ({"url": "http://unknown.test/x"}, VIDEOS, 403, "token 'videos' may act on its own sites only"),
+        ({"site": "nope"}, VIDEOS, 403, "token 'videos' may act on its own sites only"),
         ({"url": "http://unknown.test/x"}, OPERATOR, 400, "url: no site is configured for host 'unknown.test'"),
         ({"url": "http://video.test/a b"}, OPERATOR, 400, "url: request target has control characters or spaces"),
         (
