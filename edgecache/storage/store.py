@@ -326,15 +326,24 @@ class Store(Purging):
         for name in [n for n in self._files if self.disk.home(n) == index]:
             self._files.pop(name).drop()
 
-    def close_evicted(self) -> int:
+    async def close_evicted(self) -> int:
         """Close the open files of slices the disk tier no longer has (evicted, purged or dropped, by any worker);
         how many. An open file keeps its blocks allocated: kept in the cache of open files until looked up again,
         evicted slices held the disk past its budget, up to OPEN_FILES slices per worker, and filled it (ENOSPC,
-        the disk out of service). A reader holding one keeps it until done (SliceFile.drop)."""
-        gone = [name for name, f in self._files.items() if _gone(f)]
-        for name in gone:
-            self._files.pop(name).drop()
-        return len(gone)
+        the disk out of service). A reader holding one keeps it until done (SliceFile.drop).
+
+        The files are looked at (an fstat each) off the loop: on NFS or FUSE, or a sick device, an fstat waits.
+        A file the cache let go meanwhile may be closed under the look (its answer is then of no use): only a
+        file still cached, the same one, is closed here, and a cached file is never closed elsewhere."""
+        held = list(self._files.items())
+        gone = await asyncio.get_running_loop().run_in_executor(None, _gone_of, held)
+        closed = 0
+        for name, f in gone:
+            if self._files.get(name) is f:
+                del self._files[name]
+                f.drop()
+                closed += 1
+        return closed
 
     async def revive(self, disks: Sequence[Disk]) -> None:
         """Open again the disks out of service that work now (a reload). One may have been out at a change of
@@ -439,6 +448,11 @@ def _warn(what: str, exc: StorageError) -> None:
 def _keep_newest(table: OrderedDict[str, Any], n: int) -> None:
     while len(table) > n:
         table.popitem(last=False)
+
+
+def _gone_of(files: list[tuple[str, SliceFile]]) -> list[tuple[str, SliceFile]]:
+    """Those of `files` that are _gone (in a thread)."""
+    return [(name, f) for name, f in files if _gone(f)]
 
 
 def _gone(f: SliceFile) -> bool:
