@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from edgecache.core.headers import HOP_BY_HOP, Headers, connection_tokens, end_to_end, get_all, get_first
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.keys import CACHE_OWNED, CacheKey, Varied
+from edgecache.core.maxforwards import forwarded as one_less
 
 VIA = "1.1 edgecache"
 
@@ -150,7 +151,7 @@ def pass_request(
     a form parameter the cache does not key on still means something to the origin.
     """
     # With '_' for '-' too: CGI, PHP and WSGI servers read X_Forwarded_For as HTTP_X_FORWARDED_FOR, as the real one.
-    kept = [(k, v) for k, v in end_to_end(client) if k.lower().replace("_", "-") not in _NOT_PASSED]
+    kept = [(k, v) for k, v in end_to_end(one_less(method, client)) if k.lower().replace("_", "-") not in _NOT_PASSED]
     headers = [*kept, ("Host", origin_host or key.host)]
     # Every line, in order: a balancer may add its own after the client's (HAProxy does), and the nearest is last.
     # No `client_ip`: a peer's forward, whose node added its viewer last already (the connection is that node's).

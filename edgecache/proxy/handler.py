@@ -29,7 +29,8 @@ from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
-from edgecache.core.status import CacheStatus, of_fill
+from edgecache.core.maxforwards import own_answer
+from edgecache.core.status import CacheStatus, cache_status_header, of_fill
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
 from edgecache.proxy.errorpage import error_response, origin_failed
@@ -172,6 +173,8 @@ class EdgeHandler:
             await self.engine.store.catch_up()
         site, host, key, hop = self._route(request, adopted.primary if adopted is not None else request.get(_ADMITTED))
         headers: Headers = tuple(request.headers.items())
+        if (reached := _max_forwards_reached(request, headers)) is not None:
+            return reached
         client_ip = self.shared.connection_address(request.transport)
         # The raw Host field and target are never used again: every request sent on is built from the key.
         req = FillRequest(
@@ -368,3 +371,16 @@ class EdgeHandler:
         status = of_fill(meta is not None)
         keyed = replace(req, entry_key=head.entry_key)
         return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours)
+
+
+def _max_forwards_reached(request: web.BaseRequest, headers: Headers) -> web.Response | None:
+    """The node's own answer to an OPTIONS or TRACE whose Max-Forwards is 0 (core.maxforwards), once the request
+    was let in; None for any other request. (The fast path hands every method but GET and HEAD over to here.)"""
+    version = f"{request.version.major}.{request.version.minor}"
+    own = own_answer(request.method, request.raw_path, version, headers)
+    if own is None:
+        return None
+    fields, body = own
+    observe.mark(request, CacheStatus.ERROR)  # the node's own answer: nothing went forward
+    fields.append(("Cache-Status", cache_status_header(CacheStatus.ERROR, detail="max-forwards")))
+    return web.Response(status=200, body=body, headers=fields)

@@ -135,6 +135,35 @@ async def test_an_entry_that_must_be_revalidated_is_a_504_when_the_origin_is_dow
     assert {path: origin.hits[path] for path in rules} == dict.fromkeys(rules, 1)
 
 
+async def test_max_forwards_of_options_and_trace(edge: Edge, origin: Origin) -> None:
+    """RFC 9110 7.6.2: a proxy that gets an OPTIONS or TRACE with Max-Forwards: 0 answers it itself; with more, it
+    sends it on with one less. (Other methods ignore the field.) A TRACE is answered with the request as received
+    (9.3.8), less the fields that may hold credentials."""
+    origin.put("/opt", b"body")
+
+    async def ask(method: str, **fields: str) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Host": "video.test", **fields}
+        async with edge.session.request(method, edge.url + "/opt", headers=headers) as r:
+            return r.status, {k: v for k, v in r.headers.items() if k not in ("Date", "Server")}, await r.read()
+
+    own = {"Allow": "GET, HEAD, OPTIONS", "Content-Length": "0", "Cache-Status": 'edgecache; detail="max-forwards"'}
+    for _ in range(2):
+        assert await ask("OPTIONS", **{"Max-Forwards": "0"}) == (200, own, b"")
+        status, fields, body = await ask("TRACE", **{"Max-Forwards": "0", "Cookie": "s=1", "X-Mine": "a"})
+        assert (status, fields["Content-Type"]) == (200, "message/http")
+        first, *lines, end, after = body.split(b"\r\n")
+        assert (first, end, after) == (b"TRACE /opt HTTP/1.1", b"", b"")
+        assert {b"Host: video.test", b"Max-Forwards: 0", b"X-Mine: a"} <= set(lines)
+        assert [line for line in lines if line.lower().startswith(b"cookie")] == []  # credentials never reflected
+    assert origin.hits["/opt"] == 0
+    assert (await ask("OPTIONS", **{"Max-Forwards": "3"}))[0] == 200
+    assert (await ask("TRACE", **{"Max-Forwards": "1"}))[0] == 200
+    assert (await ask("OPTIONS"))[0] == 200
+    assert (await ask("GET", **{"Max-Forwards": "0"}))[:3:2] == (200, b"body")  # ignored by other methods
+    sent = [(s.method, s.headers.get("Max-Forwards")) for s in origin.seen]
+    assert sent == [("OPTIONS", "2"), ("TRACE", "0"), ("OPTIONS", None), ("GET", None)]
+
+
 async def test_age_from_origin_is_passed_on(edge: Edge, origin: Origin) -> None:
     origin.put("/aged", b"x", headers={"Cache-Control": "max-age=3600", "Age": "1800"})
     _, headers, _ = await edge.get("/aged")
