@@ -62,7 +62,7 @@ def read_server(r: _Reader, doc: dict[str, Any], base: Path) -> ServerFields:
         max_requests=r.get(t, p, "max_requests", _positive(int), 10_000),
         max_connections=r.get(t, p, "max_connections", _positive(int), 20_000),
         rate_limit=r.get(t, p, "rate_limit", _positive(float), None),
-        burst=r.get(t, p, "burst", _positive(float), None),
+        burst=r.get(t, p, "burst", _burst, None),
         proxy_protocol=r.get(t, p, "proxy_protocol", _listen_list, ()),
         proxy_protocol_from=r.get(t, p, "proxy_protocol_from", _networks, no_nets),
         trusted_forwarders=r.get(t, p, "trusted_forwarders", _networks, no_nets),
@@ -158,6 +158,17 @@ def _watch_config(v: Any) -> float:
     if seconds != 0 and not 1 <= seconds <= MAX_WATCH:
         raise ValueError(f"expected 0 (off) or seconds between 1 and {MAX_WATCH:.0f}")
     return seconds
+
+
+def _burst(v: Any) -> float:
+    """`server.burst`: a bucket below one token never lets a request in (core.ratelimit)."""
+    n = _positive(float)(v)
+    if n < 1:
+        raise ValueError(
+            "expected at least 1 (requests a client may make at once): below it, no request of any client is ever "
+            "let in"
+        )
+    return float(n)
 
 
 def _workers(v: Any) -> int:

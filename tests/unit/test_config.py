@@ -385,3 +385,13 @@ def test_one_origin_mode_holds_its_sizes_to_the_config_files_rules(tmp_path: Pat
         with pytest.raises(ConfigError) as info:
             one_origin(*args, **{**sizes, **change})
         assert info.value.problems == [problem]
+
+
+def test_a_burst_below_one_request_is_refused() -> None:
+    """A bucket that can never hold a whole token refused every request of every client with 429, and check-config
+    said ok."""
+    assert problems({"server": {"rate_limit": 5, "burst": 0.5}, "sites": [SITE]}) == [
+        "f.toml: server.burst: expected at least 1 (requests a client may make at once): below it, no request of "
+        "any client is ever let in"
+    ]
+    assert build({"server": {"rate_limit": 5, "burst": 1}, "sites": [SITE]}, "f.toml", Path("/x")).burst == 1.0
