@@ -72,16 +72,23 @@ def bodiless(status: int, fields: list[tuple[str, str]]) -> list[tuple[str, str]
 
 
 def frame(
-    fields: list[tuple[str, str]], empty: bool, length: str | None, keep_alive: KeepAlive, has_type: bool | None = None
+    fields: list[tuple[str, str]],
+    empty: bool,
+    length: str | None,
+    keep_alive: KeepAlive,
+    has_type: bool | None = None,
+    no_body: bool | None = None,
 ) -> tuple[bool, KeepAlive]:
     """Add to a streamed answer's fields what aiohttp's server adds before its head: Transfer-Encoding: chunked when
     a body of unknown length (no Content-Length, `length` None) follows and the client takes chunks, and the
-    Content-Type of typed(). `empty`: no body may follow (a HEAD, 1xx, 204, 304). Whether the body is sent
-    chunked, and the connection's state after it (an HTTP/1.0 body of unknown length ends with the connection)."""
+    Content-Type of typed(). `empty`: no body may follow (a HEAD, 1xx, 204, 304); `no_body`: none would follow a GET
+    either (1xx, 204, 304; by default `empty`): a HEAD's answer is typed as its GET's (RFC 9110 9.3.2). Whether the
+    body is sent chunked, and the connection's state after it (an HTTP/1.0 body of unknown length ends with the
+    connection)."""
     chunked, keep_alive = keep_alive.unknown_length() if not empty and length is None else (False, keep_alive)
     if chunked:
         fields.append(("Transfer-Encoding", "chunked"))
-    typed(fields, empty, length, has_type)
+    typed(fields, empty if no_body is None else no_body, length, has_type)
     return chunked, keep_alive
 
 
@@ -126,5 +133,5 @@ def relayed(
         out = bodiless(status, out)
         names = {k: v for k, v in names.items() if k not in _LENGTH_FIELDS}
     length = names.get("content-length")
-    chunked, keep_alive = frame(out, empty, length, keep_alive, "content-type" in names)
+    chunked, keep_alive = frame(out, empty, length, keep_alive, "content-type" in names, status in _EMPTY)
     return head(status, reason, out, date, keep_alive, charset, names), chunked, keep_alive

@@ -240,10 +240,20 @@ async def send_stream(
     elif not empty:
         unknown_length(request, resp)
     if request.method == "HEAD":
+        if status not in (204, 304):
+            typed_head(resp, length)
         await resp.prepare(request)
         return resp
     await _stream(request, resp, body)
     return resp
+
+
+def typed_head(resp: web.StreamResponse, length: int | None) -> None:
+    """A HEAD's answer with the Content-Type its GET's has (RFC 9110 9.3.2): aiohttp's server gives a body that has
+    none application/octet-stream (RFC 9110 8.3), a HEAD's nothing (the fast path: encode.frame). `length`: the
+    GET's body's (None: unknown)."""
+    if length != 0 and "Content-Type" not in resp.headers:
+        resp.headers["Content-Type"] = "application/octet-stream"
 
 
 async def _send_multi(request: web.BaseRequest, planned: Planned, read: Reader) -> web.StreamResponse:

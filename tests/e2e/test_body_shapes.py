@@ -112,6 +112,9 @@ def reply(request: RawRequest) -> RawReply:
     if name == "plain":
         head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(PLAIN)}\r\nCache-Control: {FRESH}\r\n\r\n".encode()
         return head + (b"" if request.method == "HEAD" else PLAIN), False
+    if name == "private":  # a 200 with a body and no Content-Type, never stored
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(PLAIN)}\r\nCache-Control: private\r\n\r\n".encode()
+        return head + (b"" if request.method == "HEAD" else PLAIN), False
     if name == "missing":  # a 404 with a body and no Content-Type
         head = f"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\nCache-Control: {FRESH}\r\n\r\n".encode()
         return head + (b"" if request.method == "HEAD" else b"gone\n"), False
@@ -172,17 +175,21 @@ async def assert_still_serving(edge: Edge, origin: RawOrigin) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT)
-@pytest.mark.parametrize("path", ["/plain/", "/missing/", "/missing/head-first"])
+@pytest.mark.parametrize("path", ["/plain/", "/missing/", "/missing/head-first", "/private/", "/plain/passed"])
 async def test_a_head_carries_the_fields_of_the_get_of_an_untyped_answer(
     raw_edge: Edge, raw_origin: RawOrigin, path: str
 ) -> None:
     """RFC 9110 9.3.2: a HEAD's answer has the fields the GET's would. A stored answer without Content-Type gets
     application/octet-stream on a GET (aiohttp's server adds it, the fast path as well: RFC 9110 8.3), and got none
     on a HEAD, a stored 404's and 200's alike, on a hit or a miss."""
-    edge, (status, body) = raw_edge, (200, PLAIN) if path == "/plain/" else (404, b"gone\n")
+    edge, (status, body) = raw_edge, (404, b"gone\n") if path.startswith("/missing/") else (200, PLAIN)
+    # Not stored: a private answer, and a pass (the request's no-store); each is the origin's every time.
+    uncached, asked = path in ("/private/", "/plain/passed"), {**HOST}
+    if path == "/plain/passed":
+        asked["Cache-Control"] = "no-store"
 
     async def fields(method: str) -> dict[str, str]:
-        async with asyncio.timeout(ANSWER), edge.session.request(method, edge.url + path, headers=HOST) as r:
+        async with asyncio.timeout(ANSWER), edge.session.request(method, edge.url + path, headers=asked) as r:
             assert (r.status, await r.read()) == (status, b"" if method == "HEAD" else body)
             return {k: v for k, v in r.headers.items() if k not in ("Date", "Age", "Cache-Status")}
 
@@ -190,7 +197,11 @@ async def test_a_head_carries_the_fields_of_the_get_of_an_untyped_answer(
     answers = [await fields(method) for method in methods]
     assert all(a == answers[0] for a in answers), answers
     assert answers[0]["Content-Type"] == "application/octet-stream"
-    assert raw_origin.hits[path] == 1
+    heads = [seen.method for seen in raw_origin.seen if seen.path == path and seen.method == "HEAD"]
+    if uncached:  # each HEAD is the origin's answer to a HEAD
+        assert heads == ["HEAD", "HEAD"]
+    else:
+        assert raw_origin.hits[path] == 1
 
 
 @pytest.mark.timeout(TIMEOUT)
