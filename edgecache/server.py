@@ -304,11 +304,13 @@ async def start_internal(clients: web.BaseRunner, directory: Path) -> Path:
     requests, which a site's client ACL does not apply to (proxy.handler.internal). Put it in a directory only
     this user can enter: no byte a client sends makes its TCP connection arrive on it."""
     path = directory / "internal.sock"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # the socket of a worker killed before it could close it (the directory outlives it)
     await web.UnixSite(clients, str(path)).start()
     return path
 
 
-async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | None:
+async def _start_admin(node: Node, clients: web.BaseRunner, directory: Path | None = None) -> web.AppRunner | None:
     if node.config.admin is None:
         return None
     from edgecache.admin.app import admin_app
@@ -316,8 +318,9 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
     from edgecache.admin.prefetch import prefetch_routes
     from edgecache.admin.purge import admin_tokens, purge_handler, purge_routes
 
-    private = tempfile.TemporaryDirectory(prefix="edgecache-")  # mode 0700
-    internal = await start_internal(clients, Path(private.name))
+    # The internal socket's: the parent's (supervisor._Workers), which outlives a killed worker; else our own.
+    private = tempfile.TemporaryDirectory(prefix="edgecache-") if directory is None else None  # mode 0700
+    internal = await start_internal(clients, Path(private.name) if private is not None else cast(Path, directory))
     c = node.config
     jobs = JobRunner(
         cast(DiskTier, node.store.disk),  # Disks has the get, put and delete of a DiskTier the runner uses
@@ -336,10 +339,8 @@ async def _start_admin(node: Node, clients: web.BaseRunner) -> web.AppRunner | N
     runner = web.AppRunner(app, access_log=None)
     runner.app.on_cleanup.append(lambda _app: jobs.close())
 
-    async def remove(_app: web.Application) -> None:
-        private.cleanup()
-
-    runner.app.on_cleanup.append(remove)
+    if private is not None:
+        runner.app.on_cleanup.append(lambda _app: asyncio.to_thread(private.cleanup))
     await runner.setup()
     await TCPListener(runner, node.config.admin.host, node.config.admin.port, node.config.header_timeout).start()
     log.info("admin listening on http://%s", node.config.admin)
@@ -352,6 +353,7 @@ async def run(
     bound: list[Bound] | None = None,
     beats: Heartbeats | None = None,
     epoch: Epoch | None = None,
+    private: Path | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -374,7 +376,7 @@ async def run(
         fast = make_fast(node, server)
         await start_listeners(node, runner, fast, bound)
         # After the listeners: jobs resume through them.
-        admin = await _start_admin(node, runner) if worker == 0 else None
+        admin = await _start_admin(node, runner, private) if worker == 0 else None
         # Everything built so far lives as long as the process: keep the collector from walking it again and
         # again (long full collections are what shows up in p99).
         gc.collect()
@@ -469,9 +471,10 @@ def worker_main(
     restarts: dict[str, int],
     parent: int,
     epoch: Epoch | None,
+    private: Path | None = None,
 ) -> None:
-    """A worker process: the node on `bound`, its heartbeat in `beats`, showing the parent's restart counts, and
-    sharing `epoch` with the other workers."""
+    """A worker process: the node on `bound`, its heartbeat in `beats`, showing the parent's restart counts,
+    sharing `epoch` with the other workers, and the parent's `private` directory for its internal socket."""
     import uvloop
 
     from edgecache import metrics
@@ -485,7 +488,7 @@ def worker_main(
     for reason in Reason:
         metrics.WORKER_RESTARTS.labels(reason.value).set(restarts.get(reason, 0))
     try:
-        uvloop.run(run(config, worker, bound, beats, epoch))
+        uvloop.run(run(config, worker, bound, beats, epoch, private))
     finally:
         apply()  # the increments of the loop's last turn (edgecache.metricturn)
 

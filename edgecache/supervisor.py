@@ -289,6 +289,9 @@ class _Workers:
         self.bound: list[list[Bound] | None] = [bind_listeners(config) for _ in range(config.workers)]
         self.beats = Heartbeats(config.workers)
         self.epoch = Epoch() if config.workers > 1 else None  # what one worker changed, told to the others
+        # The directory of worker 0's internal socket (server.start_internal), made here so that it outlives a worker
+        # killed with SIGKILL: each worker 0 binds the socket in it again, and close() removes it.
+        self.private = Path(tempfile.mkdtemp(prefix="edgecache-"))  # mode 0700
         self.metrics_dir: Path | None = None
         if config.workers > 1:
             # Every worker's metrics are added up through files in one directory (prometheus-client multiprocess).
@@ -300,7 +303,7 @@ class _Workers:
 
     def start(self, worker: int, restarts: dict[str, int]) -> BaseProcess:
         listeners = self.bound[worker] = self.bound[worker] or bind_listeners(self.config)
-        args = (self.config, worker, listeners, self.beats, restarts, os.getpid(), self.epoch)
+        args = (self.config, worker, listeners, self.beats, restarts, os.getpid(), self.epoch, self.private)
         process = multiprocessing.get_context("spawn").Process(target=_worker, args=args, name=f"edgecache-w{worker}")
         held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)  # the worker unblocks them (lifecycle.HELD)
         try:
@@ -329,6 +332,7 @@ class _Workers:
 
     def close(self) -> None:
         self.stopping()
+        shutil.rmtree(self.private, ignore_errors=True)
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         # multiprocessing's spawn started a helper process: wait for it here rather than leave it to whoever
