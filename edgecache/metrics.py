@@ -182,7 +182,11 @@ def exposition(members: Collection[str] | None = None) -> tuple[bytes, str]:
         filtered = CollectorRegistry()
         filtered.register(_Members(source, members))
         source = filtered
-    return generate_latest(source), "text/plain; version=0.0.4; charset=utf-8"
+    try:
+        body = generate_latest(source)
+    except FileNotFoundError:  # a dead worker's file the parent folded meanwhile (supervisor.fold_dead): once more
+        body = generate_latest(source)
+    return body, "text/plain; version=0.0.4; charset=utf-8"
 
 
 def status_class(status: int) -> str:

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import ssl
+import struct
 import tempfile
 import time
 from collections import Counter
@@ -320,6 +321,10 @@ class _Workers:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+            try:
+                fold_dead(self.metrics_dir, pid)
+            except (OSError, ValueError, struct.error) as exc:  # a file it left half written: kept as it is
+                log.warning("the metrics of worker pid %d were not folded: %s", pid, exc)
 
     def pause(self, worker: int) -> None:
         close(self.bound[worker] or [])
@@ -341,6 +346,31 @@ class _Workers:
 
         with contextlib.suppress(AttributeError, OSError):
             resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+
+
+def fold_dead(directory: Path, pid: int) -> None:
+    """Add a dead worker's counters and histograms into one file of each kind and remove its files, "max" gauges
+    included (every live worker sets those again). Left in place, each death added three files that every /metrics
+    read on worker 0's loop: 1.2 s a scrape after a thousand restarts of a crash loop."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    for kind in ("counter", "histogram"):
+        dead, archive = directory / f"{kind}_{pid}.db", directory / f"{kind}_archive.db"
+        if not dead.exists():
+            continue
+        totals: dict[str, float] = {}
+        for path in (p for p in (archive, dead) if p.exists()):
+            for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):  # type: ignore[no-untyped-call]
+                totals[key] = totals.get(key, 0.0) + value
+        staged = directory / f"{kind}_archive.staged"  # not *.db: no scrape reads it while it is written
+        staged.unlink(missing_ok=True)
+        written = MmapedDict(str(staged))  # type: ignore[no-untyped-call]
+        for key, value in totals.items():
+            written.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+        written.close()  # type: ignore[no-untyped-call]
+        os.replace(staged, archive)  # then the dead file goes: a scrape in the microseconds between counts it twice
+        dead.unlink()
+    (directory / f"gauge_max_{pid}.db").unlink(missing_ok=True)
 
 
 def _worker(*args: Any) -> None:
