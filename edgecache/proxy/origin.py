@@ -15,7 +15,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
-import attr
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.connector import Connection
@@ -147,7 +146,14 @@ class _Pool(aiohttp.TCPConnector):
         await self.shares.take(site, most, timeout.connect or 0.0)
         try:
             if timeout.connect:  # what is left of it (aiohttp takes 0 for no timeout at all)
-                timeout = attr.evolve(timeout, connect=max(0.001, timeout.connect - (self._loop.time() - started)))
+                left = max(0.001, timeout.connect - (self._loop.time() - started))
+                timeout = aiohttp.ClientTimeout(
+                    total=timeout.total,
+                    connect=left,
+                    sock_read=timeout.sock_read,
+                    sock_connect=timeout.sock_connect,
+                    ceil_threshold=timeout.ceil_threshold,
+                )
             conn = await super().connect(req, traces, timeout)
         except BaseException:
             self.shares.give(site)
