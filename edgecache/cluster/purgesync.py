@@ -123,6 +123,7 @@ class PurgeSync:
         self._wake = asyncio.Event()
         self._since: float | None = None
         self._problems: dict[str, str] = {}  # what was last said of each peer's answers (logged when it changes)
+        self._pauses = 0  # pauses of this process noticed so far: an answer asked for before the last one is old
         self.doubt(time.time())
         view.listeners.append(self._peer_changed)
 
@@ -165,6 +166,11 @@ class PurgeSync:
         meanwhile. Everything stored until now is doubted (a doubt already begun is moved to now: what was stored
         since it began may be what that purge removed), and a round asks the peers at once."""
         log.warning("this process was paused for over cluster.timeout: it may have missed purges")
+        # What the peers said before the pause says nothing of the purges made during it: an answer that was on
+        # its way then, read after it, made the round judge this node caught up, and the requests queued during
+        # the pause were served the purged bytes.
+        self._pauses += 1
+        self.known.clear()
         self._since = None
         self.doubt(time.time())
         self._wake.set()
@@ -212,9 +218,10 @@ class PurgeSync:
             self.known[peer.id] = NoLog()
             return
         for _ in range(MAX_BATCHES):
+            pauses = self._pauses
             answer = await self._ask(peer)
-            if answer is None:
-                return  # not reachable now: the health view says whether that matters
+            if answer is None or pauses != self._pauses:
+                return  # not reachable now (the health view says whether that matters), or asked before a pause
             if isinstance(answer, NoLog):
                 self.known[peer.id] = answer
                 return

@@ -625,6 +625,48 @@ async def test_a_node_paused_while_a_purge_was_made_never_serves_the_purged_byte
                 assert (r.status, await r.read()) == (200, NEW)
 
 
+async def test_an_answer_asked_for_before_a_pause_does_not_end_the_doubt_the_pause_began(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node paused while a round of asking its peers was under way: the peer's answer, made before the purge that
+    was made during the pause, was read once the node ran again, and that round judged the node caught up. The
+    doubt its pause began ended before the requests queued meanwhile were answered: with the purged bytes (the
+    paused-process test above failed so once, under load). The pause is told to the node here as its watch tells
+    it (PurgeSync._paused), and the answer held where a frozen process holds it."""
+    async with cluster(origin, tmp_path, n=2) as c:
+        path = "/held/a"
+        await warm(c, origin, path)
+        sync = c.edge(0).node.purge_sync
+        assert sync is not None
+        ask, first, later = sync._ask, asyncio.Event(), asyncio.Event()
+        held = asyncio.Event()
+
+        async def held_answer(peer: Member) -> object:
+            if held.is_set():  # the rounds after it learn nothing before the test has asked
+                await later.wait()
+                return await ask(peer)
+            answer = await ask(peer)  # made now: before the purge
+            held.set()
+            await first.wait()
+            return answer
+
+        monkeypatch.setattr(sync, "_ask", held_answer)
+        await held.wait()
+        await c.relays[1, 0].cut()  # node1's purge does not reach node0
+        change(origin, path)
+        status, answer = await c.purge(1, {"url": f"http://video.test{path}"})
+        assert (status, answer["failed"]) == (200, ["node0"])
+        sync._paused()
+        async with sync.rounds:
+            first.set()
+            await sync.rounds.wait()  # the round that read the old answer has judged
+        assert sync.doubting
+        assert await body_via(c, 0, path) == NEW
+        later.set()
+        await c.relays[1, 0].heal()
+        assert origin.hits[path] == 2
+
+
 async def test_a_refused_purge_takes_no_number(origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgecache.core.purge import PurgeTable  # here: the other tests also run on the code before it
 
