@@ -178,9 +178,9 @@ class Engine:
             fill.fail(OriginError("fill cancelled"))
             raise
         except OriginError as exc:
-            if (cut := _cut_whole(fill)) is not None:  # gone before its readers hear why, and ask again
-                await self.store.drop_version(fill.entry_key, cut)
             fill.fail(exc)
+            if (cut := _cut_whole(fill)) is not None:  # gone from memory in the next turn, before anyone asks again
+                self._spawn(self.store.drop_version(fill.entry_key, cut), self._writes)
         except Exception as exc:  # a bug must fail the readers, never leave them waiting
             log.exception("fill of %s failed", req.entry_key)
             fill.fail(OriginError(f"internal error: {exc}"))

@@ -13,7 +13,7 @@ import functools
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -81,6 +81,7 @@ class Store(Purging):
         self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
         # What put_meta() last wrote to disk for a key: a hash of the copy and its fields, and its response time.
         self._written: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._deleting: Counter[str] = Counter()  # entry keys whose metadata is being deleted from the disk tier
         self._records: OrderedDict[str, PrimaryRecord] = OrderedDict()
         self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
         self._meta_entries = meta_entries  # lowered by the RSS bound under pressure (set_meta_entries)
@@ -130,6 +131,8 @@ class Store(Purging):
         if meta is not None:
             self._meta.move_to_end(entry_key)
             return meta
+        if entry_key in self._deleting:
+            return None
         try:
             raw = await self.disk.get("m:" + digest(entry_key))
         except StorageError as exc:
@@ -183,10 +186,15 @@ class Store(Purging):
     async def delete_meta(self, entry_key: str) -> None:
         self._meta.pop(entry_key, None)
         self._written.pop(entry_key, None)
+        self._deleting[entry_key] += 1  # absent meanwhile: a lookup must not read it back from the disk
         try:
             await self.disk.delete("m:" + digest(entry_key))
         except StorageError as exc:
             _warn("metadata delete failed", exc)
+        finally:
+            self._deleting[entry_key] -= 1
+            if not self._deleting[entry_key]:
+                del self._deleting[entry_key]
 
     # --- primary records: generation and Vary of a primary key ----------------------------------------------
 
