@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from edgecache import metrics
 from edgecache.accesslog import AccessLog
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
@@ -31,6 +32,7 @@ class Shared:
         cluster: ClusterView | None = None,
     ) -> None:
         self.router: Router[Site] = Router((s.hosts, s) for s in sites)
+        _series(sites)
         self.engine = engine
         self.access = access or AccessLog(None)
         self.cluster = cluster
@@ -63,6 +65,7 @@ class Shared:
     def reload(self, sites: tuple[Site, ...]) -> None:
         """New sites and policies for the requests that start from now on; requests in flight keep theirs."""
         self.router = Router((s.hosts, s) for s in sites)
+        _series(sites)
 
     def connection_address(self, transport: asyncio.BaseTransport | None) -> str:
         """Whom a connection is from: the client its PROXY header declared, else the socket's peer. This is the
@@ -78,3 +81,9 @@ class Shared:
     def ring_view(self, url: str) -> dict[str, object]:
         """Owner order for a URL and who is up, as this node sees it (admin /ring, `edgecache ring`)."""
         return owner.describe(self.router, self.cluster, url)
+
+
+def _series(sites: tuple[Site, ...]) -> None:
+    """Each site's series of its rare events exists (at 0) before the first: dashboards and alerts see the site."""
+    for site in sites:
+        metrics.ORIGIN_SHARE_WAITS.labels(site.name)

@@ -102,10 +102,29 @@ def test_no_alert_fires_on_a_warm_healthy_node(tmp_path: Path) -> None:
         _gauge("edgecache_disk_up", 1, disk="/var/cache/edgecache"),
         _gauge("edgecache_peer_up", 1, peer="node2"),
         _gauge("edgecache_worker_restarts", 0, reason="died"),
+        {"series": _WAITS.format(outcome="granted"), "values": "0+30x40"},  # turns taken, none given up
+        {"series": _WAITS.format(outcome="timeout"), "values": "0+0x40"},
     ]
     names = [str(r["alert"]) for r in _rules() if "alert" in r]
-    assert len(names) == 9
+    assert len(names) == 10
     assert _promtool(tmp_path, series, [{"eval_time": "35m", "alertname": n, "exp_alerts": []} for n in names]) == ""
+
+
+_WAITS = 'edgecache_fill_memory_waits_total{{job="edgecache",instance="n1",pool="shared",outcome="{outcome}"}}'
+
+
+def test_fills_that_found_no_room_in_time_are_alerted(tmp_path: Path) -> None:
+    series = [
+        {
+            "series": _WAITS.format(outcome="timeout"),
+            "values": "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 3 3 3 3 3 3 3 3 3 3 3",
+        }
+    ]
+    fill = {"{{ $labels.instance }}": "n1", "{{ $value | humanize }}": "3", "{{ $labels.pool }}": "shared"}
+    labels = {"instance": "n1", "pool": "shared", "severity": "warning"}
+    fired = [{"exp_labels": labels, "exp_annotations": _annotations("FillMemoryFull", fill)}]
+    expect = [{"eval_time": "35m", "alertname": "FillMemoryFull", "exp_alerts": fired}]
+    assert _promtool(tmp_path, series, expect) == ""
 
 
 def test_a_disk_tier_that_eviction_does_not_keep_within_its_budget_is_alerted(tmp_path: Path) -> None:

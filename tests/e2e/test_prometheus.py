@@ -50,6 +50,7 @@ ALERT_NAMES = {
     "PeerDown",
     "DiskCorruption",
     "DiskFailed",
+    "FillMemoryFull",
 }
 OPERATOR = "prometheus-test-operator-token"
 
