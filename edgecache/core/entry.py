@@ -129,6 +129,23 @@ class ObjectMeta:
             return None
 
 
+def same_bytes(a: ObjectMeta, b: ObjectMeta) -> bool:
+    """Whether a slice of copy `b` may be served to a reader of copy `a`: the same copy, or two copies of one strong
+    ETag (RFC 9110 8.8.3: it names the bytes) with the same status and known length, whose Last-Modified do not
+    disagree. A weak ETag, a Last-Modified alone or no validator names no bytes: two copies under them share none.
+
+    Two copies of the same bytes arise when a copy's metadata is lost while it is read (evicted from both tiers,
+    or another worker's copy read back from the shared disk): the next miss names a new copy (a new token)."""
+    if a.slice_version == b.slice_version:
+        return True
+    return (
+        a.version.startswith("e:")
+        and (a.version, a.status, a.length) == (b.version, b.status, b.length)
+        and a.length >= 0
+        and same_last_modified(a.headers, b.headers)
+    )
+
+
 # Fields whose values repeat from object to object: one string for all of them, not one per object held in memory
 # (the metadata of 16,384 objects is kept per process; these are most of its bytes).
 _REPEATING = frozenset(

@@ -140,13 +140,16 @@ async def _disagreed(engine: Engine, req: FillRequest, meta: ObjectMeta, fill: F
 
 
 async def _from_fill(fill: Fill, meta: ObjectMeta, index: int, lo: int, hi: int) -> AsyncIterator[bytes | memoryview]:
-    """Bytes lo..hi-1 of slice `index` as `fill` brings them. Released: it brings none of them (a revalidation
+    """Bytes lo..hi-1 of slice `index` as `fill` brings them, when they are the bytes of the copy `meta` (the same
+    copy, or one of the same strong ETag: entry.same_bytes). Released: it brings none of them (a revalidation
     found while it ran has no body; or the fill dropped the slice as stored)."""
     head = await fill.head
-    if head.status == 304 and head.meta.slice_version == meta.slice_version:
+    same = entry.same_bytes(meta, head.meta)  # another copy of the same bytes serves this reader too
+    if head.status == 304 and same:
         raise Released
-    if head.meta.slice_version != meta.slice_version or head.status != meta.status:
-        raise VersionChanged(f"origin now has version {head.meta.version}, serving {meta.version}")
+    if not same or head.status != meta.status:
+        got, served = f"{head.meta.slice_version} ({head.status})", f"{meta.slice_version} ({meta.status})"
+        raise VersionChanged(f"origin now has copy {got}, serving {served}")
     counter = _FROM_ORIGIN if head.peer is None else _FROM_PEER
     async for chunk in fill.read(index, lo, hi):
         counter.inc(len(chunk))

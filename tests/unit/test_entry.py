@@ -99,3 +99,30 @@ def test_conditionals() -> None:
     assert precondition_failed(ius, None, "Mon, 03 Nov 2025 00:00:00 GMT")
     assert not precondition_failed(ius, None, "Sat, 01 Nov 2025 00:00:00 GMT")
     assert not precondition_failed(ius, '"a"', None)  # no modification date: the field is ignored (RFC 9110 13.1.4)
+
+
+def _copy(headers: tuple[tuple[str, str], ...], length: int, token: str, status: int = 200) -> ObjectMeta:
+    version = version_of(headers, length)
+    assert version is not None
+    return ObjectMeta(status, headers, length, version, False, 1.0, 2.0, 1048576, token=token)
+
+
+OLD_LM = (("Last-Modified", "Sat, 01 Nov 2025 00:00:00 GMT"), ("Date", "Mon, 01 Dec 2025 00:00:00 GMT"))
+NEW_LM = (("Last-Modified", "Sun, 02 Nov 2025 00:00:00 GMT"), ("Date", "Mon, 01 Dec 2025 00:00:00 GMT"))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (_copy((("ETag", '"x"'),), 10, "t1"), _copy((("ETag", '"x"'),), 10, "t1"), True),  # one copy
+        (_copy((("ETag", '"x"'), *OLD_LM), 10, "t1"), _copy((("ETag", '"x"'), *OLD_LM), 10, "t2"), True),
+        (_copy((("ETag", '"x"'),), 10, "t1"), _copy((("ETag", '"x"'),), 11, "t2"), False),  # another length
+        (_copy((("ETag", '"x"'),), 10, "t1"), _copy((("ETag", '"x"'),), 10, "t2", 404), False),  # another status
+        (_copy((("ETag", '"x"'), *OLD_LM), 10, "t1"), _copy((("ETag", '"x"'), *NEW_LM), 10, "t2"), False),
+        (_copy((("ETag", 'W/"x"'), *OLD_LM), 10, "t1"), _copy((("ETag", 'W/"x"'), *OLD_LM), 10, "t2"), False),
+        (_copy(OLD_LM, 10, "t1"), _copy(OLD_LM, 10, "t2"), False),  # Last-Modified alone names no bytes
+    ],
+)
+def test_only_a_strong_etag_makes_two_copies_the_same_bytes(a: ObjectMeta, b: ObjectMeta, same: bool) -> None:
+    assert entry.same_bytes(a, b) is same
+    assert entry.same_bytes(b, a) is same
