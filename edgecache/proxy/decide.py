@@ -26,7 +26,7 @@ from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
-from edgecache.core.memo import Memo
+from edgecache.core.memo import Memo, head_cost
 from edgecache.core.status import CacheStatus, of_fill
 from edgecache.proxy import encode, headparse, observe, rangecut
 from edgecache.proxy.fill import Fill
@@ -57,6 +57,9 @@ _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 # Decisions remembered by each memo in each of its two generations (core.memo): a set of heads asked in turn (a
 # player's byte-range playlist, W3u's 4,096 ranges) is kept whole while it fits one generation.
 _MEMO_ENTRIES = 4096
+# And the bytes they hold (core.memo.head_cost): 4,096 heads of ~500 bytes and 3 fields (W3u's) fit one generation,
+# 648 of 122 fields and 1,870 bytes. Each memo holds twice this at most.
+MEMO_BYTES = 16 * 2**20
 
 
 class _FullParse:
@@ -437,7 +440,7 @@ class Decider:
 
 
 def _memo() -> Memo[bytes, Prepared]:
-    return Memo(_MEMO_ENTRIES)
+    return Memo(_MEMO_ENTRIES, MEMO_BYTES, head_cost)
 
 
 def _remember(memo: Memo[bytes, Prepared], head: bytes, prepared: Prepared) -> None:

@@ -83,3 +83,42 @@ def test_keys_asked_in_turn_that_fit_one_generation_are_all_kept() -> None:
                 misses += 1
                 half[key] = key
     assert misses > 0.99 * 3 * 4096
+
+
+def test_a_generation_holds_at_most_its_budget_of_bytes() -> None:
+    """Bound by bytes too (each key costs its length here): a generation is full when the next entry would take it
+    past its budget, and an entry costing more than a generation is not kept."""
+    memo: Memo[str, int] = Memo(100, budget=10, cost=len)
+    memo["aaaa"] = 1
+    memo["bbbb"] = 2
+    assert (len(memo), memo.bytes) == (2, 8)
+    memo["ccc"] = 3  # 11 bytes: the newer is full, and is the older now
+    assert (memo.old_bytes, memo.new_bytes) == (8, 3)
+    assert memo.get("aaaa") == 1  # moved to the newer
+    assert (memo.old_bytes, memo.new_bytes) == (4, 7)
+    memo["dddd"] = 4  # 11 again: bbbb, not asked since, is dropped
+    assert (memo.get("bbbb"), len(memo), memo.bytes) == (None, 3, 11)
+    memo["dddd"] = 40  # replaced: the same cost
+    memo["x" * 11] = 5  # more than a generation: not kept
+    assert (memo.get("x" * 11), memo.get("dddd"), memo.bytes) == (None, 40, 11)
+    del memo["ccc"]
+    assert (len(memo), memo.bytes) == (2, 8)
+    memo.clear()
+    assert (len(memo), memo.bytes) == (0, 0)
+    with pytest.raises(ValueError, match="both a budget and a cost"):
+        Memo(4, budget=10)
+
+
+@given(st.lists(st.tuples(st.sampled_from("gsd"), st.integers(0, 45)), max_size=200), st.integers(1, 5))
+def test_its_bytes_are_what_its_entries_cost(ops: list[tuple[str, int]], size: int) -> None:
+    memo: Memo[int, int] = Memo(size, budget=40, cost=lambda key: key + 1)
+    for n, (op, key) in enumerate(ops):
+        if op == "s":
+            memo[key] = n
+        elif op == "d" and memo.get(key) is not None:
+            del memo[key]
+        else:
+            memo.get(key)
+        assert memo.new_bytes == sum(k + 1 for k in memo.new) <= 40
+        assert memo.old_bytes == sum(k + 1 for k in memo.old) <= 40
+        assert len(memo) <= 2 * size
