@@ -37,6 +37,11 @@ def head_cost(head: bytes) -> int:
     return ENTRY_BYTES + 2 * len(head) + FIELD_BYTES * max(head.count(b"\n") - 2, 0)
 
 
+def fields_cost(target: str, fields: tuple[tuple[str, str], ...]) -> int:
+    """head_cost() of the head these fields and target were parsed from, give or take its request line's words."""
+    return ENTRY_BYTES + 2 * (len(target) + sum(len(k) + len(v) + 4 for k, v in fields)) + FIELD_BYTES * len(fields)
+
+
 class Memo(Generic[K, V]):
     __slots__ = ("budget", "cost", "new", "new_bytes", "old", "old_bytes", "size")
 

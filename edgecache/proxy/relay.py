@@ -20,7 +20,7 @@ from edgecache import metrics
 from edgecache.core.forward import pass_request
 from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
-from edgecache.core.memo import Memo
+from edgecache.core.memo import Memo, fields_cost
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
@@ -67,8 +67,10 @@ _MINE = cache_status_header(CacheStatus.PEER)
 
 _HOP = HOP.encode("ascii")
 # What is sent to the owner up to its hop field, by what it is made of: the same for every request of a remembered
-# Forward from one address (pass_request is a function of these alone).
-_SENT: Memo[tuple[str, str, str, Headers, str], bytes] = Memo(4096)
+# Forward from one address (pass_request is a function of these alone). Bound by the bytes they hold too (the
+# viewer's fields, and the head made of them), as the memos of decisions are (forwardmemo.BYTES).
+_Made = tuple[str, str, str, Headers, str]
+_SENT: Memo[_Made, bytes] = Memo(4096, 16 * 2**20, lambda made: fields_cost(made[2], made[3]))
 
 
 def _sent_head(fwd: Forward, address: str) -> bytes:

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from edgecache.core.memo import head_cost
-from edgecache.proxy import decide
+from edgecache.core.memo import fields_cost, head_cost
+from edgecache.proxy import decide, forwardmemo, relay
 from tests.conftest import make_config, start_edge
+from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.origin import Origin
 from tests.wire import read_answer
 
@@ -89,3 +90,28 @@ async def test_distinct_fat_heads_hold_at_most_the_memos_byte_budget(
         assert decider.memo.get(thin) is not None
         assert decider.cuts.get(cut) is not None
         assert origin.hits["/obj"] == 1
+
+
+async def test_distinct_fat_heads_forwarded_hold_at_most_the_byte_budget(origin: Origin, tmp_path: Path) -> None:
+    """The same at a node that forwards them: its remembered forwards, and the heads it sent the owner (relay). Over
+    100 objects, each asked fewer times than makes it hot here (core.popularity), so every request is forwarded."""
+    configs = cluster_configs(origin, tmp_path)
+    paths = [p for p in (f"/f/{i:04d}" for i in range(1000)) if owner_of(configs, p) == "node2"][:100]
+    for path in paths:
+        origin.put(path, BODY)
+    relay._SENT.clear()  # a module's: other tests' heads, of other costs
+    heads = [fat_head(n).replace(b"GET /obj ", f"GET {paths[n % 100]} ".encode()) for n in range(COUNT)]
+    assert {len(h) for h in heads} == {1873}
+    assert head_cost(heads[0]) == 25866  # 648 fit a generation
+    assert forwardmemo.BYTES == 16 * 2**20
+    async with started(configs) as nodes:
+        assert await ask(nodes[0].port, heads) == [(200, BODY)] * COUNT
+        assert nodes[0].fast is not None
+        forwards = nodes[0].fast.decider.forwards.entries
+        assert len(forwards) == 1056
+        assert forwards.bytes == 1056 * 25866
+        sent = relay._SENT
+        assert len(sent) < COUNT
+        assert sent.bytes == sum(fields_cost(m[2], m[3]) for m in (*sent.new, *sent.old))
+        assert sent.bytes <= 2 * 16 * 2**20
+        assert all(origin.hits[path] == 1 for path in paths)
