@@ -239,6 +239,8 @@ class PurgeSync:
             if taken:
                 log.info("purge log: %d purges taken from %s", taken, peer.id)
                 metrics.PURGE_CATCHUPS.labels("entries").inc(taken)
+            if pauses != self._pauses:  # paused while it applied them: the answer was made before that pause
+                return
             self.known[peer.id] = answer.vector
             if not answer.more:
                 return

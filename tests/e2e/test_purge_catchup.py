@@ -667,6 +667,45 @@ async def test_an_answer_asked_for_before_a_pause_does_not_end_the_doubt_the_pau
         assert origin.hits[path] == 2
 
 
+async def test_a_pause_while_a_round_applies_an_answer_does_not_end_the_doubt_the_pause_began(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the pause comes after the answer was read, while the node applies the purges it brought (it
+    writes them: the round awaits): the round kept that answer, made before the pause's purge, as what the peer
+    has, and judged the node caught up."""
+    from edgecache.cluster import purgesync
+
+    async with cluster(origin, tmp_path, n=2) as c:
+        path, other = "/applying/a", "/applying/b"
+        await warm(c, origin, path)
+        sync = c.edge(0).node.purge_sync
+        assert sync is not None
+        apply, applying, go = purgesync.apply_entry, asyncio.Event(), asyncio.Event()
+
+        async def held_apply(*args: Any) -> int:
+            applying.set()
+            await go.wait()
+            return await apply(*args)
+
+        monkeypatch.setattr(purgesync, "apply_entry", held_apply)
+        await c.relays[1, 0].cut()  # node1's purges do not reach node0
+        status, answer = await c.purge(1, {"url": f"http://video.test{other}"})
+        assert (status, answer["failed"]) == (200, ["node0"])
+        sync._wake.set()
+        await applying.wait()  # a round read node1's answer (that purge) and applies it
+        change(origin, path)
+        status, answer = await c.purge(1, {"url": f"http://video.test{path}"})
+        assert (status, answer["failed"]) == (200, ["node0"])
+        sync._paused()
+        async with sync.rounds:
+            go.set()
+            await sync.rounds.wait()  # the round that applied the old answer has judged
+        assert sync.doubting
+        assert await body_via(c, 0, path) == NEW
+        await c.relays[1, 0].heal()
+        assert origin.hits[path] == 2
+
+
 async def test_a_refused_purge_takes_no_number(origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgecache.core.purge import PurgeTable  # here: the other tests also run on the code before it
 
