@@ -40,6 +40,7 @@ from edgecache.errors import ConfigError
 from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import Bound, bind_listeners, check_free, close
 from edgecache.storage.epoch import Epoch
+from edgecache.storage.orphans import SETTLE_SECONDS, Sweeper
 from edgecache.tls import Certificates
 from edgecache.watchdog import Heartbeats
 
@@ -294,6 +295,9 @@ class _Workers:
         # killed with SIGKILL: each worker 0 binds the socket in it again, and close() removes it.
         self.private = Path(tempfile.mkdtemp(prefix="edgecache-"))  # mode 0700
         self.metrics_dir: Path | None = None
+        # A worker killed mid-write beside others leaves value files no row names, which its successor (not alone
+        # with the disks) never deletes; with one worker, its successor has them alone and does.
+        self.orphans = Sweeper(self._disks, _settle()) if config.workers > 1 else None
         if config.workers > 1:
             # Every worker's metrics are added up through files in one directory (prometheus-client multiprocess).
             self.metrics_dir = Path(tempfile.mkdtemp(prefix="edgecache-metrics-"))
@@ -316,7 +320,12 @@ class _Workers:
     def reload(self) -> None:
         self.config = reloaded(self.config)
 
+    def _disks(self) -> list[Path]:
+        return [disk.path for disk in self.config.cache.all_disks]
+
     def gone(self, pid: int) -> None:
+        if self.orphans is not None:
+            self.orphans.died()
         if self.metrics_dir is not None:
             from prometheus_client import multiprocess
 
@@ -337,6 +346,8 @@ class _Workers:
 
     def close(self) -> None:
         self.stopping()
+        if self.orphans is not None:
+            self.orphans.stop()
         shutil.rmtree(self.private, ignore_errors=True)
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
@@ -346,6 +357,15 @@ class _Workers:
 
         with contextlib.suppress(AttributeError, OSError):
             resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+
+
+def _settle() -> float:
+    """Seconds from a worker's death to the sweep of the files it left (storage.orphans.Sweeper). Test-only: with
+    EDGECACHE_TEST_HOOKS=1, EDGECACHE_TEST_ORPHAN_SETTLE gives another (never set them in production)."""
+    if os.environ.get("EDGECACHE_TEST_HOOKS") == "1":
+        with contextlib.suppress(KeyError, ValueError):
+            return float(os.environ["EDGECACHE_TEST_ORPHAN_SETTLE"])
+    return SETTLE_SECONDS
 
 
 def fold_dead(directory: Path, pid: int) -> None:

@@ -9,7 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from edgecache.storage.orphans import _sorted_files, delete_orphans
+from edgecache.storage.orphans import Sweeper, _sorted_files, delete_orphans
 
 
 def _tree(root: Path, rels: list[str]) -> None:
@@ -62,3 +62,26 @@ def test_memory_stays_flat_however_many_rows_a_disk_holds(tmp_path: Path) -> Non
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000, peak
+
+
+def test_a_sweeper_deletes_the_files_written_before_a_death_once_it_has_settled(tmp_path: Path) -> None:
+    """A worker killed beside others left its unnamed files until the whole node restarted. A file no row names
+    that is younger than the death may be a live write whose row is not committed yet: it is kept."""
+    named, dead, young = "00/01/" + "a" * 28 + ".val", "00/02/" + "b" * 28 + ".val", "00/03/" + "c" * 28 + ".val"
+    _tree(tmp_path, [named, dead])
+    with contextlib.closing(sqlite3.connect(tmp_path / "cache.db")) as con, con:
+        con.execute("CREATE TABLE Cache (key BLOB, filename TEXT)")
+        con.execute("INSERT INTO Cache VALUES (?, ?)", (b"k", named))
+    sweeper = Sweeper(lambda: [tmp_path], settle=0.2)
+    sweeper.died()
+    sweeper.died()  # a second death before the first's sweep: swept together
+    _tree(tmp_path, [young])
+    os.utime(tmp_path / young, (time.time() + 60, time.time() + 60))  # written after the death
+    deadline = time.monotonic() + 30
+    try:
+        while (tmp_path / dead).exists():
+            assert time.monotonic() < deadline, "never swept"
+            time.sleep(0.01)  # polling another thread's work, with a deadline
+    finally:
+        sweeper.stop()
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.val")) == [named, young]
