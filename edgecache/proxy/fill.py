@@ -163,6 +163,9 @@ class Fill:
         self.kept = True
         self._streams: dict[object, int] = {}  # where each stream() is
         self.window = WINDOW
+        # Asks fill memory for one slice more of window, without waiting (a body of unknown length: _widen).
+        self.grow: Callable[[], bool] | None = None
+        self.grown = 0  # bytes of fill memory taken so
 
     # --- producer side (the fill task) ---------------------------------------------------------------------
 
@@ -287,10 +290,22 @@ class Fill:
             read = {i for i in self._bufs if (i + 1) * self.slice_size <= floor}
             old = list(read | {i for i in self._durable if i < newest - self.window and i in self._bufs})
         else:  # stored slices behind a window kept for readers that lag a little
+            self._widen(newest)
             old = [i for i in self._durable if i < newest - self.window and i in self._bufs]
         for i in old:
             self._held -= len(self._bufs.pop(i))
             self._durable.discard(i)  # only slices still held are kept here, so each pass is short
+
+    def _widen(self, newest: int) -> None:
+        """A body of unknown length is never fetched again by range: a slice it lets go before a stream has read it
+        is read back from the store, and one the store no longer has cuts that stream. So while a stream is behind
+        the window, the window grows a slice at a time, up to WINDOW, as far as fill memory has room now."""
+        if self.grow is None:
+            return
+        floor = min(self._streams.values(), default=self._pos)
+        while self.window < WINDOW and floor < (newest - self.window) * self.slice_size and self.grow():
+            self.window += 1
+            self.grown += self.slice_size
 
     def _wake(self) -> None:
         self._changed.set()

@@ -17,6 +17,7 @@ two slices at most, and gives its share back once that client has done.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -69,6 +70,13 @@ class FillMemory:
         self._granted.inc()
         return n
 
+    def try_take(self, n: int) -> bool:
+        """`n` bytes now if they fit and nobody waits (what one fill asks for beyond its share): whether taken."""
+        if self._queue or self.held + n > self.limit:
+            return False
+        self._grant(n)
+        return True
+
     def give(self, n: int) -> None:
         self.held -= n
         self._held.dec(n)
@@ -116,6 +124,7 @@ class FillBudget:
             fill.window = PRIVATE_WINDOW
         elif head.end is None:
             fill.window = UNKNOWN_WINDOW
+            fill.grow = functools.partial(self.shared.try_take, fill.slice_size)  # for a stream behind (Fill._widen)
         pool = self.shared if head.shared else self.paced
         return Taken(pool, await pool.take(fill.held_at_most(head)))
 
@@ -140,4 +149,6 @@ class FillBudget:
     def _give(self, taken: Taken, fill: Fill) -> None:
         if taken.pool is self.shared:
             fill.let_go()
-        taken.pool.give(taken.n)
+        fill.grow = None
+        taken.pool.give(taken.n + fill.grown)
+        fill.grown = 0

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edgecache.proxy.fill import UNKNOWN_WINDOW, Fill
+from edgecache.proxy.fill import UNKNOWN_WINDOW, WINDOW, Fill
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Obj, Origin
 from tests.wire import fast_path_outcomes
@@ -207,6 +207,39 @@ async def test_a_disk_that_falls_behind_pauses_the_fill_at_its_bound(
     assert fill.peak <= BOUND
     await edge.node.engine.flush()
     assert (await edge.get("/c"))[2] == BODY
+    assert origin.hits["/c"] == 1
+
+
+async def test_a_stream_behind_a_chunked_fill_widens_its_window_while_fill_memory_has_room(
+    edge: Edge, origin: Origin, fills: list[tuple[Fill, int]]
+) -> None:
+    """A body of unknown length keeps one slice behind its newest for streams that lag, and is never fetched again
+    by range: a slice let go before a stream read it had to come back from the store, and one the store no longer
+    had cut that stream (a prober's slow reader, its disk budget lowered by a full filesystem). The window grows
+    back to WINDOW for a stream behind it, as far as fill memory has room, and that memory is given back after."""
+    body = os.urandom(200 * SLICE)  # far more than the sockets between the node and its client hold
+    origin.on_request = hook = Chunked(body)
+    hook.hold_at = 150 * SLICE
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    writer.write(b"GET /c HTTP/1.1\r\nHost: video.test\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    async with asyncio.timeout(10):  # the client reads nothing more until the fill has gone on far past it
+        await hook.holding.wait()
+    await edge.node.engine.flush()
+    fill = fills[-1][0]
+    assert fill.window == WINDOW
+    assert fill.grown == (WINDOW - UNKNOWN_WINDOW) * SLICE
+    hook.go.set()
+    got = bytearray()
+    while chunk := await reader.read(2**20):  # chunked framing: the body's bytes are in order among the sizes
+        got += chunk
+        if got.endswith(b"\r\n0\r\n\r\n"):
+            break
+    writer.close()
+    assert body[-1000:] in bytes(got)
+    await asyncio.gather(*edge.node.engine._tasks, return_exceptions=True)
+    await edge.node.engine.flush()
+    assert (edge.node.engine.budget.shared.held, fill.grown) == (0, 0)
     assert origin.hits["/c"] == 1
 
 
