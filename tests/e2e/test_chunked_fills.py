@@ -21,7 +21,7 @@ from tests.wire import fast_path_outcomes
 
 SLICE = 64 * 1024
 BODY = os.urandom(40 * SLICE + 1234)  # 41 slices, the last one short
-BOUND = (UNKNOWN_WINDOW + 2) * SLICE  # what one fill of a body of unknown length may hold at once
+BOUND = (WINDOW + 2) * SLICE  # what one fill of a body of unknown length may hold at once, its window widened
 SWR = "max-age=1, stale-while-revalidate=600"
 
 
