@@ -27,7 +27,7 @@ from edgecache.server import reload
 from edgecache.storage import disk as disk_module
 from edgecache.storage import disks, reserve
 from edgecache.storage.disk import DiskTier
-from tests.conftest import make_config, start_edge
+from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.procs import ROOT, free_port, wait_lines
 from tests.origin import Origin
 
@@ -320,6 +320,14 @@ async def test_a_filesystem_full_to_the_last_byte_leaves_the_disk_serving_its_hi
             assert headers["Cache-Status"].startswith("edgecache; hit"), (path, headers["Cache-Status"])
 
 
+async def _stored(edge: Edge, origin: Origin, objects: dict[str, bytes]) -> None:
+    """The origin serves `objects`, and the edge has each of them on its disk."""
+    for path, data in objects.items():
+        origin.put(path, data)
+        assert (await edge.get(path))[::2] == (200, data)
+    await edge.node.engine.flush()
+
+
 def _spend_reserve(directory: Path) -> None:
     """The room kept for the index is gone (storage.reserve), as after the filesystem was full once already."""
     (directory / reserve.NAME).unlink()
@@ -330,13 +338,9 @@ async def test_a_disk_full_at_start_serves_what_it_holds(origin: Origin, small_d
     settings diskcache writes when it opens, and the disk started out of service, every object it held a miss,
     until a reload found room."""
     held = {f"/f{i}.bin": os.urandom(MiB + i) for i in range(6)}
-    for path, data in held.items():
-        origin.put(path, data)
     config = make_config(small_disk / "cache", [origin.url], memory_bytes=64 * 1024, disk_bytes=512 * MiB)
     async with start_edge(config) as edge:
-        for path, data in held.items():
-            assert (await edge.get(path))[::2] == (200, data)
-        await edge.node.engine.flush()
+        await _stored(edge, origin, held)
     await asyncio.to_thread(_fill_up, small_disk / "filler")
     async with start_edge(config) as edge:
         assert edge.node.store.disk.failed == {}
@@ -354,13 +358,10 @@ async def test_a_filesystem_full_to_the_last_byte_makes_room_with_the_reserve(or
     """With the room kept for the index, the deletes that lower the budget happen, and new objects are stored
     again; without it, nothing more was stored until something else freed space."""
     held = {f"/r{i}.bin": os.urandom(10_000 + i) for i in range(30)}  # small: they live in SQLite
-    for path, data in {**held, "/new.bin": os.urandom(300_000)}.items():  # large: a file of its own
-        origin.put(path, data)
+    origin.put("/new.bin", os.urandom(300_000))  # large: a file of its own
     config = make_config(small_disk / "cache", [origin.url], memory_bytes=64 * 1024, disk_bytes=512 * MiB)
     async with start_edge(config) as edge:
-        for path, data in held.items():
-            assert (await edge.get(path))[::2] == (200, data)
-        await edge.node.engine.flush()
+        await _stored(edge, origin, held)
         assert (small_disk / "cache" / reserve.NAME).stat().st_size == MiB * 2  # 512 MiB / 256
         await asyncio.to_thread(_fill_up, small_disk / "filler")
         for _ in range(3):  # its record's write meets the full filesystem and makes room: its slice is stored
