@@ -83,14 +83,15 @@ class CacheSettings:
     memory_headroom: int = 64 * 2**20
     # What a worker's fills hold at once, all together (proxy.fillmemory): beyond it, fills wait for their turn.
     # 0: half the memory tier, which the RSS bound may take from the tier (it shrinks it to half at most), so fills
-    # at their budget keep a worker within memory_bytes + memory_headroom; one run of slices at least.
+    # at their budget keep a worker within memory_bytes + memory_headroom; four runs of slices at least, so that
+    # fills of stored objects never take turns one at a time (with less than a run, a slice was fetched twice).
     fill_memory: int = 0
     disks: tuple[Disk, ...] = ()  # cache.disks as given; empty for the single form (dir and disk_bytes)
 
     @property
     def fill_bytes(self) -> int:
         """cache.fill_memory, or its default when not given."""
-        return self.fill_memory or max(self.memory_bytes // 2, self.slice_bytes * self.fill_slices)
+        return self.fill_memory or max(self.memory_bytes // 2, 4 * self.slice_bytes * self.fill_slices)
 
     @property
     def all_disks(self) -> tuple[Disk, ...]:

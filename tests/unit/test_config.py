@@ -120,11 +120,11 @@ def test_memory_headroom_is_a_size_and_zero_turns_the_bound_off() -> None:
     )
 
 
-def test_fill_memory_defaults_to_half_the_memory_tier_and_holds_a_run_at_least() -> None:
+def test_fill_memory_defaults_to_half_the_memory_tier_and_four_runs_at_least() -> None:
     base: dict[str, object] = {"sites": [SITE]}
     etc = Path("/etc/edgecache")
     assert build(base, "f.toml", etc).cache.fill_bytes == 128 * 2**20
-    assert build({**base, "cache": {"memory": "2MiB"}}, "f.toml", etc).cache.fill_bytes == 4 * 2**20  # one run
+    assert build({**base, "cache": {"memory": "2MiB"}}, "f.toml", etc).cache.fill_bytes == 16 * 2**20  # four runs
     assert build({**base, "cache": {"memory": "1GiB", "fill_memory": "96MiB"}}, "f.toml", etc).cache.fill_bytes == (
         96 * 2**20
     )
