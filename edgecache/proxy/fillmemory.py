@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -26,17 +25,15 @@ from typing import Any
 from edgecache import metrics
 from edgecache.errors import Busy
 from edgecache.proxy.fill import PRIVATE_WINDOW, UNKNOWN_WINDOW, Fill, FillHead
+from edgecache.proxy.turns import Turns
 
 
-class FillMemory:
-    """One pool: a byte budget taken first come, first served."""
+class FillMemory(Turns):
+    """One pool: a byte budget taken in turns (proxy.turns), with its metrics."""
 
     def __init__(self, limit: int, wait: float, name: str = "shared") -> None:
-        self.limit = limit
+        super().__init__(limit)
         self.wait = wait  # seconds a fill waits for its share before its readers get 503
-        self.held = 0
-        self.peak = 0  # the most ever held: the bound's witness
-        self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._held = metrics.FILL_MEMORY_BYTES.labels(name)
         self._waiting = metrics.FILL_MEMORY_WAITING.labels(name)
         self._granted = metrics.FILL_MEMORY_WAITS.labels(name, "granted")
@@ -47,61 +44,22 @@ class FillMemory:
         """Until `n` bytes (at most the whole budget) are the caller's; what was taken, for give(). Raises Busy
         when they are not within `wait` seconds."""
         n = min(n, self.limit)
-        if n == 0 or (not self._queue and self.held + n <= self.limit):  # an empty body holds nothing: no turn
-            self._grant(n)
+        if n == 0 or self.try_take(n):  # an empty body holds nothing: no turn
             return n
-        granted = asyncio.get_running_loop().create_future()
-        self._queue.append((n, granted))
         self._waiting.inc()
         try:
-            async with asyncio.timeout(self.wait):
-                await granted
+            await self.wait_for(n, self.wait)
         except TimeoutError:
-            if not granted.done() or granted.cancelled():  # else granted in the turn the time ran out: taken
-                self._timeouts.inc()
-                raise Busy(f"the worker's fills held their memory ({self.limit} bytes) for {self.wait:g} s") from None
-        except BaseException:
-            if granted.done() and not granted.cancelled():
-                self.give(n)  # granted in the same turn it was given up
-            raise
+            self._timeouts.inc()
+            raise Busy(f"the worker's fills held their memory ({self.limit} bytes) for {self.wait:g} s") from None
         finally:
             self._waiting.dec()
-            self._next()  # one given up at the head no longer holds back those behind it
         self._granted.inc()
         return n
 
-    def try_take(self, n: int) -> bool:
-        """`n` bytes now if they fit and nobody waits (what one fill asks for beyond its share): whether taken."""
-        if self._queue or self.held + n > self.limit:
-            return False
-        self._grant(n)
-        return True
-
-    def give(self, n: int) -> None:
-        self.held -= n
-        self._held.dec(n)
-        self._next()
-
-    def _grant(self, n: int) -> None:
-        self.held += n
-        self.peak = max(self.peak, self.held)
+    def _moved(self, n: int) -> None:
+        super()._moved(n)
         self._held.inc(n)
-
-    def _next(self) -> None:
-        while self._queue:
-            n, granted = self._queue[0]
-            if granted.done():  # given up (timed out, cancelled)
-                self._queue.popleft()
-                continue
-            if self.held + n > self.limit:
-                return
-            self._queue.popleft()
-            self._grant(n)
-            granted.set_result(None)
-
-    @property
-    def waiting(self) -> int:
-        return sum(1 for _, granted in self._queue if not granted.done())
 
 
 @dataclass(frozen=True, slots=True)
