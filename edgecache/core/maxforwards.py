@@ -10,6 +10,7 @@ from edgecache.core.hop import FIELD as HOP
 METHODS = frozenset({"OPTIONS", "TRACE"})
 # What this node answers of a target itself: the methods it serves from its cache, and OPTIONS.
 ALLOW = "GET, HEAD, OPTIONS"
+ASTERISK = "*"  # the request target of a server-wide OPTIONS (RFC 9112 3.2.4)
 # Not reflected by a TRACE (9.3.8: "excluding some fields"): credentials, and the cluster's signed hop.
 _NOT_REFLECTED = frozenset({"authorization", "proxy-authorization", "cookie", HOP.lower()})
 
@@ -37,8 +38,11 @@ def forwarded(method: str, headers: Headers) -> Headers:
 
 def own_answer(method: str, target: str, version: str, headers: Headers) -> tuple[list[tuple[str, str]], bytes] | None:
     """The answer this node gives itself, its fields (besides Cache-Status) and body: to an OPTIONS or TRACE whose
-    Max-Forwards is 0. OPTIONS: what it allows; TRACE: the request as received, as message/http. None for any
-    other request."""
+    Max-Forwards is 0, and to any `OPTIONS *`. OPTIONS: what it allows; TRACE: the request as received, as
+    message/http. None for any other request. `OPTIONS *` asks about the server in general (9.3.7), which for a
+    viewer is this node: it is never sent on (nor could it be: a fill's target is a key's origin-form path)."""
+    if method == "OPTIONS" and target == ASTERISK:
+        return [("Allow", ALLOW)], b""
     if max_forwards(method, headers) != 0:
         return None
     if method == "OPTIONS":

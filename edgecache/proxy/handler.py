@@ -29,7 +29,7 @@ from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
-from edgecache.core.maxforwards import own_answer
+from edgecache.core.maxforwards import ASTERISK, own_answer
 from edgecache.core.status import CacheStatus, cache_status_header, of_fill
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
@@ -171,8 +171,10 @@ class EdgeHandler:
             raise ClientError(admit.NO_VERSION.status, admit.NO_VERSION.reason, close=True)
         if self.engine.store.stale():  # another worker purged or invalidated something: look at the disk again
             await self.engine.store.catch_up()
-        site, host, key, hop = self._route(request, adopted.primary if adopted is not None else request.get(_ADMITTED))
         headers: Headers = tuple(request.headers.items())
+        if request.raw_path == ASTERISK and (reached := _max_forwards_reached(request, headers)) is not None:
+            return reached  # `OPTIONS *`: about this node, no site's (and no key can be made of it)
+        site, host, key, hop = self._route(request, adopted.primary if adopted is not None else request.get(_ADMITTED))
         if (reached := _max_forwards_reached(request, headers)) is not None:
             return reached
         client_ip = self.shared.connection_address(request.transport)
@@ -375,12 +377,14 @@ class EdgeHandler:
 
 def _max_forwards_reached(request: web.BaseRequest, headers: Headers) -> web.Response | None:
     """The node's own answer to an OPTIONS or TRACE whose Max-Forwards is 0 (core.maxforwards), once the request
-    was let in; None for any other request. (The fast path hands every method but GET and HEAD over to here.)"""
+    was let in, and to an `OPTIONS *`; None for any other request. (The fast path hands every method but GET and
+    HEAD over to here.)"""
     version = f"{request.version.major}.{request.version.minor}"
     own = own_answer(request.method, request.raw_path, version, headers)
     if own is None:
         return None
     fields, body = own
     observe.mark(request, CacheStatus.ERROR)  # the node's own answer: nothing went forward
-    fields.append(("Cache-Status", cache_status_header(CacheStatus.ERROR, detail="max-forwards")))
+    detail = "options *" if request.raw_path == ASTERISK else "max-forwards"
+    fields.append(("Cache-Status", cache_status_header(CacheStatus.ERROR, detail=detail)))
     return web.Response(status=200, body=body, headers=fields)

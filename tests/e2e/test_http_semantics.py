@@ -12,6 +12,7 @@ from aiohttp import web
 from edgecache.storage.store import slice_name
 from tests.conftest import Edge
 from tests.origin import Origin
+from tests.wire import exchange
 
 
 async def test_unsafe_methods_invalidate(edge: Edge, origin: Origin) -> None:
@@ -162,6 +163,20 @@ async def test_max_forwards_of_options_and_trace(edge: Edge, origin: Origin) -> 
     assert (await ask("GET", **{"Max-Forwards": "0"}))[:3:2] == (200, b"body")  # ignored by other methods
     sent = [(s.method, s.headers.get("Max-Forwards")) for s in origin.seen]
     assert sent == [("OPTIONS", "2"), ("TRACE", "0"), ("OPTIONS", None), ("GET", None)]
+
+
+async def test_options_asterisk_is_answered_by_the_node(edge: Edge, origin: Origin) -> None:
+    """RFC 9110 9.3.7: `OPTIONS *` asks about the server in general, which for a viewer is this node: it answers
+    itself, with or without Max-Forwards (7.6.2: at 0 it must), and nothing goes to the origin."""
+    for fields in (b"Max-Forwards: 0\r\n", b"", b"Max-Forwards: 3\r\n"):
+        for _ in range(2):
+            request = b"OPTIONS * HTTP/1.1\r\nHost: video.test\r\n" + fields + b"Connection: close\r\n\r\n"
+            head, _, body = (await exchange(edge.port, request)).partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            assert (lines[0], body) == (b"HTTP/1.1 200 OK", b""), fields
+            assert {b"Allow: GET, HEAD, OPTIONS", b"Content-Length: 0"} <= set(lines[1:]), fields
+            assert b'Cache-Status: edgecache; detail="options *"' in lines[1:], fields
+    assert origin.seen == []
 
 
 async def test_age_from_origin_is_passed_on(edge: Edge, origin: Origin) -> None:
