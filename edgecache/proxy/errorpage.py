@@ -22,10 +22,11 @@ def error_page(status: int, reason: str, retry_after: int = 0) -> tuple[list[tup
     return fields, (reason + "\n").encode("utf-8")
 
 
-def peer_failed(peer: str, kind: str, reason: str, timeout: bool) -> tuple[int, str]:
+def peer_failed(kind: str, timeout: bool) -> tuple[int, str]:
     """The status and reason when the owner failed and no other node may be asked: the peer's failure, never
-    reported as the origin's."""
-    return (504 if timeout else 502), f"peer {peer} failed ({kind}): {reason}"
+    reported as the origin's, and by its kind only: which node failed, its address and what it said are the
+    cluster's internals, for the log (the callers log them), never for a viewer."""
+    return (504 if timeout else 502), f"peer failed ({kind})"
 
 
 def origin_failed(exc: OriginError) -> tuple[int, str, bool]:

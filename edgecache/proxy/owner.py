@@ -95,4 +95,4 @@ def _peer_failed(request: web.BaseRequest, peer: str, kind: str, exc: OriginErro
     that may have had its effect): the peer's failure, never reported as the origin's."""
     log.info("%s %s: peer %s failed (%s): %s", request.method, request.path, peer, kind, exc)
     observe.mark(request, CacheStatus.ERROR)
-    return error_response(*peer_failed(peer, kind, exc.reason, exc.timeout))
+    return error_response(*peer_failed(kind, exc.timeout))

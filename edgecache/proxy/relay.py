@@ -12,6 +12,7 @@ origin's broken body does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -32,6 +33,7 @@ from edgecache.proxy.shares import Shares, share
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
 
+log = logging.getLogger(__name__)
 _FROM_PEER = metrics.BYTES_SERVED.labels("peer")
 _FORWARDED = metrics.FAST_PATH.labels("forwarded")
 _TTFB_PEER = metrics.TTFB.labels(CacheStatus.PEER.value)
@@ -310,7 +312,8 @@ class Relay:
                 transport.abort()
             return
         self.trace.status = CacheStatus.ERROR
-        code, reason = peer_failed(self.member.id, kind, exc.reason, exc.timeout)
+        log.info("%s %s: peer %s failed (%s): %s", self.fwd.method, self.fwd.key.path, self.member.id, kind, exc)
+        code, reason = peer_failed(kind, exc.timeout)
         answer = encode.error(code, reason, self.conn.server.date(), self.fwd.keep_alive)
         transport.write(answer)
         observe.head_sent(self.trace)

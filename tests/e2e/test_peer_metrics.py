@@ -172,15 +172,14 @@ async def test_each_kind_of_peer_failure_is_the_peers(beside_fake: tuple[Edge, F
     hang, reset, busy, cut = (owned_by(ring, "node2", p) for p in ("/hang", "/reset", "/busy", "/cut"))
     for p in (hang, reset, busy, cut):
         origin.put(p, b"from origin")
-    address = f"http://127.0.0.1:{fake.port}"
     errors = peer_errors("node2")
     origin_before = origin_errors()
 
-    # Timed out: no other node is asked (it may be only slow), and the answer says which peer failed.
+    # Timed out: no other node is asked (it may be only slow), and the answer says a peer failed, and how, never
+    # which one nor its address (internal: the log names them).
     status, headers, body = await edge.get(hang)
-    reason = f"peer node2 failed (timeout): {address}: timed out"
-    assert (status, body) == (504, reason.encode() + b"\n")
-    assert headers["Cache-Status"] == f'edgecache; detail="{reason[:80]}"'
+    assert (status, body) == (504, b"peer failed (timeout)\n")
+    assert headers["Cache-Status"] == 'edgecache; detail="peer failed (timeout)"'
     assert deltas(errors, errors := peer_errors("node2")) == {"timeout": 1}
 
     # 503 from the owner: relayed, counted as the peer's 5xx.
@@ -197,9 +196,8 @@ async def test_each_kind_of_peer_failure_is_the_peers(beside_fake: tuple[Edge, F
     async with edge.session.post(edge.url + reset, data=b"x" * 100, headers={"Host": "video.test"}) as r:
         status, body = r.status, await r.read()
         cache_status = r.headers["Cache-Status"]
-    assert status == 502
-    assert body.startswith(b"peer node2 failed (reset): "), body
-    assert cache_status.startswith('edgecache; detail="peer node2 failed (reset): ')
+    assert (status, body) == (502, b"peer failed (reset)\n")
+    assert cache_status == 'edgecache; detail="peer failed (reset)"'
     assert deltas(errors, errors := peer_errors("node2")) == {"reset": 1}
 
     # A reset GET fails over: this node serves it from the origin, and the peer is marked down.
