@@ -10,6 +10,7 @@ from pathlib import Path
 from edgecache import config as cfg
 from edgecache import prefetchcmd, usagecmd
 from edgecache.admincall import UNREACHABLE, admin_call
+from edgecache.config.files import unusable_disks
 from edgecache.config.server import MAX_WORKERS
 from edgecache.errors import ConfigError
 
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(prefetchcmd.route(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "check-config":
-            cfg.load(args.file)
+            if problems := unusable_disks(cfg.load(args.file)):
+                raise ConfigError(problems)
             print(f"{args.file}: ok")
             return 0
         if args.command == "ring":

@@ -1,14 +1,16 @@
-"""The files a config names and the node reads at check time: secret files and TLS certificate pairs. A relative
-path is relative to the config file's directory (`base`)."""
+"""The files a config names and the node reads at check time: secret files and TLS certificate pairs, and the cache
+directories check-config looks at (unusable_disks). A relative path is relative to the config file's directory
+(`base`)."""
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 from typing import Any
 
 from edgecache.config.certcheck import warnings
-from edgecache.config.model import TLSFiles
+from edgecache.config.model import Config, TLSFiles
 from edgecache.config.schema import KEYS
 from edgecache.config.values import _Reader
 
@@ -53,3 +55,28 @@ def read_tls(r: _Reader, t: dict[str, Any], p: str, base: Path, hosts: tuple[str
     for warning in warnings(files, hosts):
         r.warn(f"{p}tls", warning)
     return files
+
+
+def unusable_disks(config: Config) -> list[str]:
+    """check-config's word on each cache directory, without making any: one the node could not make or write in
+    (a regular file, a path under one, a directory it may not write in, a read-only file system). A node serves
+    without such a disk (taken out of service at start, every object fetched from origin, nothing kept): no
+    reason to refuse a reload or a start, but a file that says so must not pass the check."""
+    problems = []
+    for i, disk in enumerate(config.cache.all_disks):
+        key = f"cache.disks[{i}].path" if config.cache.disks else "cache.dir"
+        problem = _unusable(disk.path)
+        if problem is not None:
+            problems.append(f"{config.source}: {key}: {problem}")
+    return problems
+
+
+def _unusable(path: Path) -> str | None:
+    there = path
+    while not there.exists() and there.parent != there:  # the node makes the rest (parents too)
+        there = there.parent
+    if not there.is_dir():
+        return f"{str(there)!r} is not a directory"
+    if not os.access(there, os.W_OK | os.X_OK):
+        return f"cannot write in {str(there)!r}: no write permission or a read-only file system"
+    return None

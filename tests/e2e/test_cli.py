@@ -271,6 +271,29 @@ origins = ["http://user:s3cret@10.0.0.1:8080", "http://bad host:1", "http://10.0
     assert run_cli("check-config", str(bad)).returncode == 0
 
 
+def test_check_config_refuses_a_cache_directory_the_node_cannot_use(tmp_path: Path) -> None:
+    """A cache.dir that is a regular file (or under one) passed check-config, and the node then ran without its
+    disk (its only disk out of service from the start: every object fetched from origin, nothing kept)."""
+    (tmp_path / "afile").write_text("x\n")
+    site = '[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["http://127.0.0.1:9"]\n'
+    bad = tmp_path / "bad.toml"
+    for cache, key, problem in [
+        ('dir = "afile"\ndisk = "64MiB"', "cache.dir", f"{str(tmp_path / 'afile')!r} is not a directory"),
+        ('dir = "afile/cache"', "cache.dir", f"{str(tmp_path / 'afile')!r} is not a directory"),
+        (
+            'disks = [{path = "ok", size = "64MiB"}, {path = "afile", size = "64MiB"}]',
+            "cache.disks[1].path",
+            f"{str(tmp_path / 'afile')!r} is not a directory",
+        ),
+    ]:
+        bad.write_text(f"[cache]\n{cache}\n{site}")
+        r = run_cli("check-config", str(bad))
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", f"{bad}: {key}: {problem}\n"), cache
+    bad.write_text(f'[cache]\ndir = "not/yet"\ndisk = "64MiB"\n{site}')  # made by the node at its start
+    assert run_cli("check-config", str(bad)).returncode == 0
+    assert not (tmp_path / "not").exists()  # a check makes nothing
+
+
 @pytest.mark.parametrize("taken", ["server.listen", "admin.listen", "demo.origin"])
 def test_serve_with_an_address_another_process_holds_says_which_and_exits_1(tmp_path: Path, taken: str) -> None:
     """The client listeners are bound by the parent, which stops at once when it cannot; the admin API's and the
