@@ -78,7 +78,8 @@ BYTES_SERVED = _Served()
 SITE_SERVED = _counter(
     "edgecache_site_served_bytes_total",
     "Body bytes sent to clients by site and upstream (cache, origin, peer, cache+origin; - for the node's own "
-    "answers): the sum of the access log's bytes, but for requests a peer forwarded (the peer counts them)",
+    "answers): the sum of the access log's bytes, but for requests a peer forwarded (the peer counts them) and the "
+    "node's own prefetch (edgecache_prefetch_bytes_total)",
     ["site", "upstream"],
 )
 TTFB = _histogram("edgecache_ttfb_seconds", "Client time to first byte", ["cache_status"], buckets=_LATENCY)

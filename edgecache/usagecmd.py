@@ -13,6 +13,10 @@ edgecache_origin_bytes_total and edgecache_peer_forwarded_bytes_total.
 A line with `for_peer` true is a request another node of the cluster forwarded for its viewer: that node's own
 line counts the viewer's request (upstream "peer"), so such lines are totalled apart (for_peers_requests,
 for_peers_bytes), and the logs of every node of a cluster add up to what its viewers were served.
+
+A line with `prefetch` true is a request of the node's own prefetch jobs (admin API): no viewer was served, so it
+is totalled apart too (prefetch_requests, prefetch_bytes: what the jobs read), never in the served bytes or the
+byte hit ratio.
 """
 
 from __future__ import annotations
@@ -41,12 +45,18 @@ class Totals:
     mixed_bytes: int = 0  # upstream "cache+origin"
     for_peers_requests: int = 0  # served to a node of the cluster for its viewer: not in the counts above
     for_peers_bytes: int = 0
+    prefetch_requests: int = 0  # the node's own prefetch: not in the counts above either
+    prefetch_bytes: int = 0
 
     @property
     def byte_hit_ratio(self) -> float:
         return self.cache_bytes / self.served_bytes if self.served_bytes else 0.0
 
-    def add(self, nbytes: int, upstream: str | None, for_peer: bool = False) -> None:
+    def add(self, nbytes: int, upstream: str | None, for_peer: bool = False, prefetch: bool = False) -> None:
+        if prefetch:
+            self.prefetch_requests += 1
+            self.prefetch_bytes += nbytes
+            return
         if for_peer:
             self.for_peers_requests += 1
             self.for_peers_bytes += nbytes
@@ -88,7 +98,8 @@ def aggregate(lines: Iterable[bytes], by: str = "site") -> Usage:
         if totals is None:
             totals = usage.groups[group] = Totals()
         upstream = record.get("upstream")
-        totals.add(nbytes, upstream if isinstance(upstream, str) else None, record.get("for_peer") is True)
+        way = upstream if isinstance(upstream, str) else None
+        totals.add(nbytes, way, record.get("for_peer") is True, record.get("prefetch") is True)
     return usage
 
 
@@ -130,12 +141,21 @@ def _lines(f: IO[bytes] | gzip.GzipFile) -> Iterator[bytes]:
         yield b"\x00"  # counted as malformed
 
 
-_COUNTS = ("requests", "served_bytes", "cache_bytes", "origin_bytes", "peer_bytes", "mixed_bytes", "for_peers_bytes")
+_COUNTS = (
+    "requests",
+    "served_bytes",
+    "cache_bytes",
+    "origin_bytes",
+    "peer_bytes",
+    "mixed_bytes",
+    "for_peers_bytes",
+    "prefetch_bytes",
+)
 
 
 def render(usage: Usage, by: str) -> str:
     """A table: one row per group in name order, then the total, then the malformed count."""
-    header = (by, "requests", "served", "cache", "origin", "peer", "cache+origin", "for_peers", "byte_hit")
+    header = (by, "requests", "served", "cache", "origin", "peer", "cache+origin", "for_peers", "prefetch", "byte_hit")
     named = [*sorted(usage.groups.items()), ("TOTAL", total_of(usage))]
     rows = [header, *((name, *(str(getattr(t, c)) for c in _COUNTS), f"{t.byte_hit_ratio:.4f}") for name, t in named)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

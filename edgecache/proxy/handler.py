@@ -86,6 +86,7 @@ class EdgeHandler:
         observe.trace(request).client = real_client(
             self.shared.connection_address(request.transport), forwarded, self.shared.forwarders
         )
+        observe.trace(request).prefetch = internal(request)
         observe.WRITE_TIMEOUT.set(self.shared.write_timeout)
         resp: web.StreamResponse | None = None
         if self.shared.overloaded:

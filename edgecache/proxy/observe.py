@@ -42,6 +42,8 @@ class Trace:
     sources: metrics.Sources = field(default_factory=metrics.Sources)  # the served-bytes counter adds to it
     # A node of the cluster forwarded it for its viewer (a hop): that node serves the viewer and counts the bytes.
     for_peer: bool = False
+    # The node's own prefetch (its internal socket): neither a viewer's request nor viewer bytes, logged as such.
+    prefetch: bool = False
     # What a miss found, for its one cause (core.status.miss_cause), counted when the request ends.
     expired: bool = False  # a stored entry, stale
     evicted: bool = False  # the object, or a slice the answer needed, was stored here and evicted
@@ -271,8 +273,9 @@ def peer_error(peer: str, exc: OriginError) -> str:
 
 def served(t: Trace, way: str, nbytes: int) -> None:
     """Count an answer's bytes in edgecache_site_served_bytes_total: once per viewer, by the node it reached (a
-    hop's bytes by the node that forwarded it), so cluster-wide sums are viewer egress."""
-    if not t.for_peer:
+    hop's bytes by the node that forwarded it), so cluster-wide sums are viewer egress; never a prefetch's (the
+    node's own reads: edgecache_prefetch_bytes_total)."""
+    if not t.for_peer and not t.prefetch:
         site_bytes(t.site, way).inc(nbytes)
 
 
@@ -311,6 +314,7 @@ def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int, no
         "node": node,
         "upstream": way,
         "for_peer": t.for_peer,
+        "prefetch": t.prefetch,
     }
     access.write(record)
 

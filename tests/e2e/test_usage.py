@@ -16,6 +16,7 @@ from edgecache import cli
 from edgecache.config import Config, Site
 from edgecache.core.ring import Ring
 from tests.conftest import make_config, start_edge
+from tests.e2e.adminkit import admin_node, node_config
 from tests.e2e.test_cluster import cluster_configs, started
 from tests.origin import Origin
 from tests.samples import sample_value
@@ -132,6 +133,8 @@ async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
             "mixed_bytes": 0,
             "for_peers_requests": 0,
             "for_peers_bytes": 0,
+            "prefetch_requests": 0,
+            "prefetch_bytes": 0,
             "byte_hit_ratio": round(2 / 3, 6),
         },
         b: {
@@ -143,6 +146,8 @@ async def test_bytes_by_site_the_log_fields_and_the_usage_totals(
             "mixed_bytes": SLICE + 100,
             "for_peers_requests": 0,
             "for_peers_bytes": 0,
+            "prefetch_requests": 0,
+            "prefetch_bytes": 0,
             "byte_hit_ratio": round(100 / (SLICE + 300), 6),
         },
     }
@@ -172,6 +177,48 @@ async def test_a_hostile_user_agent_and_referer_are_escaped_and_cut(origin: Orig
         assert record["site"] == "usage-hostile-a"
         assert record["user_agent"] == ua.decode("utf-8", "surrogateescape")[:512]
         assert record["referer"] == referer.decode("utf-8", "surrogateescape")[:512]
+
+
+async def test_prefetch_is_totalled_apart_from_viewers(
+    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prefetch job's requests reach the node on its internal socket and were logged and counted as a viewer's:
+    a bill or a byte hit ratio from `edgecache usage` and edgecache_site_served_bytes_total took the bytes the node
+    fetched for itself as bytes served to viewers (from origin, lowering the hit ratio). Its lines say
+    "prefetch": true and are totalled apart; the served-bytes counter leaves them out (edgecache_prefetch_bytes_total
+    counts them)."""
+    site = Site(name="usage-prefetch", hosts=("pf.test",), origins=(origin.url,))
+    origin.put("/pf", X)
+    config = replace(node_config(origin, tmp_path / "cache", site), access_log=tmp_path / "access.log")
+    async with admin_node(config) as node:
+        status, job = await node.call("POST", "/prefetch", json={"urls": ["http://pf.test/pf"]})
+        assert status == 202, job
+        assert isinstance(job, dict)
+        assert (await node.finished(str(job["id"])))["fetched"] == 1
+        assert await fetch(node.edge.port, "pf.test", "/pf") == (200, X)  # a viewer's hit
+    assert origin.hits["/pf"] == 1
+    served = "edgecache_site_served_bytes_total"
+    assert (sample(served, site=site.name, upstream="origin"), sample(served, site=site.name, upstream="cache")) == (
+        0,
+        len(X),
+    )
+    seen = [(r["cache"], r["upstream"], r["bytes"], r["prefetch"]) for r in records(tmp_path / "access.log")]
+    assert seen == [("miss", "origin", len(X), True), ("hit", "cache", len(X), False)]
+    assert cli.main(["usage", str(tmp_path / "access.log"), "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)["groups"][site.name]
+    assert totals == {
+        "requests": 1,
+        "served_bytes": len(X),
+        "cache_bytes": len(X),
+        "origin_bytes": 0,
+        "peer_bytes": 0,
+        "mixed_bytes": 0,
+        "for_peers_requests": 0,
+        "for_peers_bytes": 0,
+        "prefetch_requests": 1,
+        "prefetch_bytes": len(X),
+        "byte_hit_ratio": 1.0,
+    }
 
 
 def cluster(origin: Origin, tmp_path: Path, site: str) -> list[Config]:
@@ -228,6 +275,8 @@ async def test_a_forward_to_the_owner_is_peer_traffic_not_origin(
             "mixed_bytes": 0,
             "for_peers_requests": 2,
             "for_peers_bytes": 2 * len(Y),
+            "prefetch_requests": 0,
+            "prefetch_bytes": 0,
             "byte_hit_ratio": round(1 / 3, 6),
         }
     }

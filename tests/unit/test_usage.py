@@ -122,10 +122,10 @@ def test_an_endless_line_is_read_in_bounded_pieces(tmp_path: Path) -> None:
 def test_the_table() -> None:
     usage = aggregate([line("b", 10, "origin"), line("a", 30, "cache"), b"junk"])
     assert render(usage, "site").splitlines() == [
-        "site   requests  served  cache  origin  peer  cache+origin  for_peers  byte_hit",
-        "a             1      30     30       0     0             0          0    1.0000",
-        "b             1      10      0      10     0             0          0    0.0000",
-        "TOTAL         2      40     30      10     0             0          0    0.7500",
+        "site   requests  served  cache  origin  peer  cache+origin  for_peers  prefetch  byte_hit",
+        "a             1      30     30       0     0             0          0         0    1.0000",
+        "b             1      10      0      10     0             0          0         0    0.0000",
+        "TOTAL         2      40     30      10     0             0          0         0    0.7500",
         "malformed lines skipped: 1",
     ]
 
@@ -148,6 +148,8 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
                 "mixed_bytes": 0,
                 "for_peers_requests": 0,
                 "for_peers_bytes": 0,
+                "prefetch_requests": 0,
+                "prefetch_bytes": 0,
                 "byte_hit_ratio": 0.75,
             }
         },
@@ -160,6 +162,8 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
             "mixed_bytes": 0,
             "for_peers_requests": 0,
             "for_peers_bytes": 0,
+            "prefetch_requests": 0,
+            "prefetch_bytes": 0,
             "byte_hit_ratio": 0.75,
         },
         "malformed": 0,
