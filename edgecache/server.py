@@ -65,6 +65,10 @@ class Node:
     purge_sync: PurgeSync | None = None
     state: dict[str, bool] = field(default_factory=lambda: {"listening": False, "draining": False})
 
+    def __post_init__(self) -> None:
+        if self.certificates is not None:  # HTTPS: a host another certificate than the SNI name's covers is refused
+            self.shared.sni_misdirected = self.certificates.misdirected
+
     def ready(self) -> tuple[bool, str]:
         if self.state["draining"]:
             return False, "draining"

@@ -4,6 +4,10 @@ The name is matched against the sites' hosts the same way Host is; a client that
 site has a certificate for, gets the default certificate ([server.tls], else the first site's). Certificates
 are read again on reload (SIGHUP), so a renewed certificate is served without a restart.
 
+A client that named one certificate's host (SNI) and then asks for a host another certificate covers is fronting
+one site with another's name: misdirected() tells, for a 421 (RFC 9110 15.5.20), as nginx and CloudFront answer
+it; a client that sent no name is served whatever its Host.
+
 The listeners' own context holds no certificate: every handshake is switched to a context of the last load
 (OpenSSL calls the SNI callback with no name too). Loading a certificate into a context in place would keep the
 one it replaces when their key types differ (a context holds one per type), served on to clients that prefer it.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import ssl
 import sys
+import weakref
 from typing import Any
 
 from edgecache.config import Config, TLSFiles
@@ -41,6 +46,8 @@ class Certificates:
         self.context.sni_callback = self._pick
         self._by_name: Router[ssl.SSLContext] = Router(())
         self._default = self.context
+        # The SNI name each connection's handshake gave (normalised), as long as its TLS object lives.
+        self._names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self.load(config)
 
     def load(self, config: Config) -> None:
@@ -57,9 +64,21 @@ class Certificates:
 
     def _pick(self, conn: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
         host = normalise_host(name) if name else None
-        ctx = self._by_name.match(host) if host is not None else None
-        conn.context = ctx or self._default
+        if host is not None:
+            self._names[conn] = host
+        conn.context = self._for(host)
         return None
+
+    def _for(self, host: str | None) -> ssl.SSLContext:
+        ctx = self._by_name.match(host) if host is not None else None
+        return ctx or self._default
+
+    def misdirected(self, conn: object, host: str) -> bool:
+        """Was `conn` (a connection's TLS object) handshaken for a name whose certificate is not `host`'s (the
+        request's, normalised)? Never when it sent no name. Both are looked up in the certificates loaded last, so
+        a reload never makes a name and a host of the same certificate disagree."""
+        name = self._names.get(conn)
+        return name is not None and self._for(name) is not self._for(host)
 
 
 def quiet_sni_faults() -> None:

@@ -39,6 +39,8 @@ class Reply:
 
 NO_HOST = Reply(400, "missing or invalid Host")
 NOT_HTTP = Reply(400, "absolute-form target must be http or https")
+# An HTTPS request for a host another certificate than its SNI name's covers (tls.Certificates.misdirected).
+MISDIRECTED = Reply(421, "misdirected request: the TLS server name (SNI) names another certificate than this host's")
 # A request line naming a version llhttp takes but HTTP/1.x framing does not (HTTP/0.9, HTTP/2.0): RFC 9110 15.6.6.
 NO_VERSION = Reply(505, "HTTP version not supported: only HTTP/1.0 and HTTP/1.1")
 TOO_MANY = Reply(429, "too many requests from this address")

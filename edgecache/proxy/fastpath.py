@@ -27,7 +27,7 @@ from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
 from edgecache.proxy.hit import Load, Pass
 from edgecache.proxy.relay import Relay
-from edgecache.proxy.route import Forward, Refused
+from edgecache.proxy.route import Forward, Refused, fronted
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastserver import FastServer
@@ -232,8 +232,7 @@ class FastPath(asyncio.Protocol):
 
     def _answer_heads(self) -> None:
         if not self.server.settings.answers:  # the fast path is off: it only read the PROXY header
-            self.hand_off()
-            return
+            return self.hand_off()
         while self.transport is not None and not (
             self.busy or self.write_paused or (self.closing and self.started is None)
         ):
@@ -248,6 +247,8 @@ class FastPath(asyncio.Protocol):
                 self.loop.create_task(store.catch_up()).add_done_callback(self.done)
                 return
             head = self.buf[: end + 4]
+            if self.tls and fronted(self.server.shared, self.transport, head, self.server.decider.parser):
+                return self.hand_off()  # a host its SNI name's certificate does not cover: the full handler's 421
             # Judged for each request, as the last reload left the list: a balancer's connection outlives reloads.
             forwarders = self.server.shared.forwarders  # a trusted one's X-Forwarded-For names the client
             if forwarders and clientaddr.within(self.address, forwarders):

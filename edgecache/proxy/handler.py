@@ -38,7 +38,7 @@ from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.passthrough import pass_through
-from edgecache.proxy.route import addressed
+from edgecache.proxy.route import addressed, misdirected
 from edgecache.proxy.serving import CACHED_METHODS
 from edgecache.proxy.shared import Shared
 
@@ -134,6 +134,8 @@ class EdgeHandler:
         if isinstance(found, admit.Reply):
             raise ClientError.of(found)
         host, target = found
+        if misdirected(self.shared, request.transport, host):  # HTTPS: another certificate's host than its SNI's
+            raise ClientError(admit.MISDIRECTED.status, admit.MISDIRECTED.reason, close=True)
         site = self.shared.router.match(host)
         if site is None:
             raise ClientError.of(admit.no_site(host))

@@ -7,6 +7,7 @@ of hit.find_hit() and hit.find_cold(); forward_verdict() is also the forward mem
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from edgecache.core.keys import BadTarget, CacheKey, make_key
 from edgecache.core.popularity import spreadable
 from edgecache.core.ring import Member
 from edgecache.core.route import normalise_host
+from edgecache.proxy.headparse import Parser
 from edgecache.proxy.shared import Shared
 
 
@@ -87,6 +89,23 @@ def addressed(url: URL, target: str, host_field: str | None) -> tuple[str, str] 
     else:
         host = normalise_host(host_field)
     return admit.NO_HOST if host is None else (host, target)
+
+
+def misdirected(shared: Shared, transport: asyncio.BaseTransport | None, host: str) -> bool:
+    """A request on an HTTPS connection whose SNI name chose another certificate than `host`'s (domain fronting),
+    answered admit.MISDIRECTED; never one on a plain connection, nor one whose client sent no name."""
+    covers = shared.sni_misdirected
+    conn = transport.get_extra_info("ssl_object") if transport is not None and covers is not None else None
+    return conn is not None and covers is not None and covers(conn, host)
+
+
+def fronted(shared: Shared, transport: asyncio.BaseTransport | None, head: bytes, parser: Parser) -> bool:
+    """misdirected() for a head on an HTTPS connection, before the fast path looks it up (or remembers it): it
+    hands such a request to the full handler, which answers it. False for a head that is not one plain request
+    (the full handler reads it, and asks misdirected() itself)."""
+    msg = parser.message(head)
+    found = addressed(msg.url, msg.path, msg.headers.get("Host")) if msg is not None else admit.NO_HOST
+    return not isinstance(found, Reply) and misdirected(shared, transport, found[0])
 
 
 def routed(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 from edgecache import metrics
 from edgecache.accesslog import AccessLog
@@ -47,6 +48,9 @@ class Shared:
         self.popular = popularity.Gate()  # objects this node does not own and sees asked often: kept here too
         self.forwarders: Networks = ()  # server.trusted_forwarders: proxies whose X-Forwarded-For is believed
         self.proxy_from: Networks = ()  # server.proxy_protocol_from: who may send a PROXY header (empty: any)
+        # With HTTPS listeners (tls.Certificates.misdirected): a connection's TLS object and a request's host ->
+        # whether its SNI name chose another certificate than the host's (route.misdirected).
+        self.sni_misdirected: Callable[[object, str], bool] | None = None
         # The clients PROXY headers declared for connections the fast path handed over (their socket's peer is
         # the balancer); each entry leaves with its connection (FastServer.hand_over).
         self.declared: dict[asyncio.BaseTransport, str] = {}

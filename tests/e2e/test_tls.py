@@ -83,6 +83,53 @@ async def test_each_site_gets_its_own_certificate_by_sni(origin: Origin, tmp_pat
     assert origin.hits["/v.bin"] == 3  # once per host: the key includes the host
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_host_the_sni_certificate_does_not_cover_is_misdirected(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """Domain fronting: a client that sent SNI other.test (and checked other.test's certificate) and then Host
+    video.test was served video.test's objects. Such a request is answered 421 Misdirected Request (RFC 9110
+    15.5.20), as nginx and CloudFront answer it, and the connection closed; the origin is never asked. A host of
+    the same certificate is served on that connection, and a client that sent no name is served as before."""
+    origin.put("/v.bin", BODY)
+    ca = trustme.CA()
+    videos = issue(ca, tmp_path, "videos", "video.test", "*.cdn.test")
+    other = issue(ca, tmp_path, "other", "other.test")
+    config = make_config(tmp_path / "c", [origin.url])
+    sites = (
+        replace(config.sites[0], tls=videos),
+        Site(name="other", hosts=("other.test",), origins=(origin.url,), tls=other),
+    )
+    config = replace(config, sites=sites, tls_listen=(Listen("127.0.0.1", 0),), fast_path=fast)
+    reason = b"misdirected request: the TLS server name (SNI) names another certificate than this host's\n"
+    async with start_edge(config) as edge:
+        port = edge.ports[1]
+        for name, host in (("other.test", "video.test"), ("video.test", "other.test"), ("a.cdn.test", "other.test")):
+            for _ in range(2):
+                head, _, body = (await fetch(port, ca, name, host, "/v.bin")).partition(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                assert (lines[0], body) == (b"HTTP/1.1 421 Misdirected Request", reason), (name, host)
+                assert b"Connection: close" in lines, (name, host)
+        assert origin.hits["/v.bin"] == 0
+        for name, host in (("video.test", "video.test"), ("a.cdn.test", "video.test"), ("video.test", "a.cdn.test")):
+            for _ in range(2):
+                head, _, body = (await fetch(port, ca, name, host, "/v.bin")).partition(b"\r\n\r\n")
+                assert (head.split(b"\r\n")[0], body) == (b"HTTP/1.1 200 OK", BODY), (name, host)
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        ctx.check_hostname = False
+        for host in ("video.test", "other.test"):  # no SNI: any host, as before
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=None)
+            try:
+                writer.write(f"GET /v.bin HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                async with asyncio.timeout(10):
+                    head, _, body = (await reader.read(-1)).partition(b"\r\n\r\n")
+            finally:
+                writer.close()
+            assert (head.split(b"\r\n")[0], body) == (b"HTTP/1.1 200 OK", BODY), host
+    assert origin.hits["/v.bin"] == 3  # video.test, a.cdn.test, other.test: once each
+
+
 def test_a_certificate_that_cannot_be_loaded_is_a_config_error(tmp_path: Path) -> None:
     from edgecache.config import build
 
