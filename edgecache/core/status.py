@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from edgecache.core.cachecontrol import parse_cache_control, parse_pragma_no_cache
+from edgecache.core.headers import Headers
+
 
 class CacheStatus(StrEnum):
     HIT = "hit"  # served from the cache, fresh
@@ -48,13 +51,36 @@ def with_fetched(status: CacheStatus, fetched: bool) -> CacheStatus:
     return CacheStatus.PARTIAL if fetched and status in _SAYS_HIT else status
 
 
-def cache_status_header(status: CacheStatus, *, stored: bool = False, detail: str = "", ttl: int | None = None) -> str:
-    """RFC 9211 Cache-Status value for this node, e.g. 'edgecache; fwd=uri-miss; stored'."""
+def by_request(asked: Headers) -> bool:
+    """Do the request's own directives keep any stored answer from use (no-cache, Pragma: no-cache, max-age=0:
+    RFC 9111 5.2.1), so that it went forward because of the request, whatever was stored?"""
+    cc = parse_cache_control(asked)
+    return cc.no_cache or cc.max_age == 0 or parse_pragma_no_cache(asked)
+
+
+def fwd_of(status: CacheStatus, asked: Headers = ()) -> str | None:
+    """RFC 9211 2.2's `fwd` of an answer with `status`: `request` for a stored entry revalidated or replaced
+    because the request's own directives (`asked`, its fields) kept it from use (by_request), else `stale`."""
+    if status in (CacheStatus.REVALIDATED, CacheStatus.EXPIRED) and asked and by_request(asked):
+        return "request"
+    return _FWD.get(status)
+
+
+def cache_status_header(
+    status: CacheStatus,
+    *,
+    stored: bool = False,
+    detail: str = "",
+    ttl: int | None = None,
+    asked: Headers = (),
+) -> str:
+    """RFC 9211 Cache-Status value for this node, e.g. 'edgecache; fwd=uri-miss; stored'. `asked`: the request's
+    fields, for the reason its fwd parameter gives (fwd_of)."""
     parts = ["edgecache"]
     if status in (CacheStatus.HIT, CacheStatus.STALE):
         parts.append("hit")
-    elif status in _FWD:
-        parts.append(f"fwd={_FWD[status]}")
+    elif (fwd := fwd_of(status, asked)) is not None:
+        parts.append(f"fwd={fwd}")
         if status is CacheStatus.REVALIDATED:
             parts.append("fwd-status=304")
     if ttl is not None:

@@ -149,6 +149,8 @@ def find_hit(
     if not isinstance(stored, _Stored):
         return stored
     field = _FIELDS[stored.use]
+    if stored.use is Use.REVALIDATE:  # just confirmed by the origin: fwd says why it was asked (core.status.fwd_of)
+        field = cache_status_header(CacheStatus.REVALIDATED, asked=headers)
     if validated == "stale-if-error":  # it stands in: stale, and the field says why
         stored, field = replace(stored, use=Use.STALE_OK), _STALE_IF_ERROR
     planned = _planned(method, headers, stored.meta, stored.now, field)
@@ -285,11 +287,11 @@ def as_fetched(hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool
     if hit.meta.slice_version != head.meta.slice_version:
         return None
     if head.status == 304 and head.peer is None:
-        meta, field = hit.meta, cache_status_header(CacheStatus.REVALIDATED)
+        meta, field = hit.meta, cache_status_header(CacheStatus.REVALIDATED, asked=asked)
     elif head.shared and head.store and hit.meta.length == head.meta.length:
         meta = replace(hit.meta, headers=answered_from(head, ours).headers)
         detail = fill_detail(head, hit.req.spread_from is not None)
-        field = cache_status_header(status, stored=True, detail=detail)
+        field = cache_status_header(status, stored=True, detail=detail, asked=asked)
     else:
         return None
     planned = _planned(method, asked, meta, time.time(), field)

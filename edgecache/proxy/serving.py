@@ -114,7 +114,7 @@ async def serve(
         raise ClientError.of(admit.NOT_CACHED)
     observe.mark(request, status)
     age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
-    headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail))
+    headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail, asked=req.headers))
     with engine.reading(req.entry_key):  # a fill of the whole object it starts runs while it is read
         return await send(
             request,
@@ -141,12 +141,14 @@ async def _completed(
 
 
 def fill_fields(
-    head: FillHead, ours: bool, status: CacheStatus, spread_from: Member | None
+    head: FillHead, ours: bool, status: CacheStatus, spread_from: Member | None, req: FillRequest
 ) -> tuple[ObjectMeta, list[tuple[str, str]]]:
     """A miss's answer from its fill's head: the metadata and the fields it is sent with. The request that started
-    the fill (`ours`) gets fields a shared cache keeps from everyone else (private="f")."""
+    the fill (`ours`) gets fields a shared cache keeps from everyone else (private="f"). `req`: the request's, for
+    why it went forward (core.status.fwd_of)."""
     meta = answered_from(head, ours)
-    cstatus = cache_status_header(status, stored=head.store, detail=fill_detail(head, spread_from is not None))
+    detail = fill_detail(head, spread_from is not None)
+    cstatus = cache_status_header(status, stored=head.store, detail=detail, asked=req.headers)
     age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
     return meta, base_headers(meta.headers, int(age), cstatus)
 
@@ -190,7 +192,7 @@ async def serve_fill(
     way = from_fill(head, fill, ours)
     if way == "pass":
         return await pass_through(request, engine.origin, req, status)
-    meta, headers = fill_fields(head, ours, status, req.spread_from)
+    meta, headers = fill_fields(head, ours, status, req.spread_from, req)
     if way == "stored":
         if await _multipart_passes(engine, request, req, meta):
             return await pass_through(request, engine.origin, req, status)

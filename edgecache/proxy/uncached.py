@@ -53,7 +53,7 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     if head.meta.status < 200 or head.meta.status in (205, 304):
         return None  # framing of aiohttp's own (a 205's empty chunked body), which the full handler writes
     empty = head.meta.status == 204 or cold.method == "HEAD"  # no body may follow (RFC 9110 8.6, 9.3.2)
-    meta, fields = fill_fields(head, started.ours, started.status, None)
+    meta, fields = fill_fields(head, started.ours, started.status, None, cold.req)
     fields = encode.bodiless(meta.status, fields)
     length = None if head.end is None or meta.status == 204 else str(head.end)
     if length is not None:

@@ -42,3 +42,22 @@ def test_partial_is_a_miss_and_hits_are_not() -> None:
 def test_one_cause_per_miss(facts: dict[str, bool], cause: MissCause) -> None:
     given = {"uncacheable": False, "expired": False, "evicted": False, "failover": False, **facts}
     assert miss_cause(**given) is cause
+
+
+@pytest.mark.parametrize(
+    ("asked", "revalidated", "replaced"),
+    [
+        ((), "stale", "stale"),
+        ((("Cache-Control", "no-cache"),), "request", "request"),
+        ((("Pragma", "no-cache"),), "request", "request"),
+        ((("cache-control", "max-age=0"),), "request", "request"),
+        ((("Cache-Control", "max-age=5"),), "stale", "stale"),  # depends on the entry's age: said stale
+        ((("Cache-Control", "no-store"),), "stale", "stale"),
+    ],
+)
+def test_fwd_says_request_when_the_requests_own_directives_sent_it_forward(
+    asked: tuple[tuple[str, str], ...], revalidated: str, replaced: str
+) -> None:
+    assert cache_status_header(CacheStatus.REVALIDATED, asked=asked) == f"edgecache; fwd={revalidated}; fwd-status=304"
+    assert cache_status_header(CacheStatus.EXPIRED, stored=True, asked=asked) == f"edgecache; fwd={replaced}; stored"
+    assert cache_status_header(CacheStatus.MISS, asked=asked) == "edgecache; fwd=uri-miss"  # nothing was stored

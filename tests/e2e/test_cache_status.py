@@ -160,6 +160,22 @@ async def test_an_expired_entry_is_one_expired_miss(edge: Edge, origin: Origin) 
     assert meter.deltas() == {("requests", "GET", "2xx", "revalidated"): 1}
 
 
+async def test_fwd_says_why_the_request_went_forward(edge: Edge, origin: Origin) -> None:
+    """RFC 9211 2.2: a fresh entry that the request's own directives kept from use (no-cache, Pragma: no-cache,
+    max-age=0) went forward because of the request, fwd=request, not fwd=stale (it was not stale), whether the
+    origin confirmed it (304) or sent a new version. Both paths (the fast path's revalidations are its own)."""
+    origin.put("/fresh", b"f" * 3000, headers={"Cache-Control": "max-age=600"}, etag='"f1"')
+    assert await ask(edge, "/fresh") == (200, "edgecache; fwd=uri-miss; stored", b"f" * 3000)
+    for fields in ({"Cache-Control": "no-cache"}, {"Pragma": "no-cache"}, {"Cache-Control": "max-age=0"}):
+        confirmed = (200, "edgecache; fwd=request; fwd-status=304", b"f" * 3000)
+        assert await ask(edge, "/fresh", **fields) == confirmed, fields
+    assert await ask(edge, "/fresh") == (200, "edgecache; hit", b"f" * 3000)
+    origin.put("/fresh", b"g" * 3000, headers={"Cache-Control": "max-age=600"}, etag='"f2"')
+    new = (200, "edgecache; fwd=request; stored", b"g" * 3000)
+    assert await ask(edge, "/fresh", **{"Cache-Control": "no-cache"}) == new
+    assert origin.hits["/fresh"] == 5
+
+
 async def test_an_evicted_object_is_evicted_and_a_new_one_cold(origin: Origin, tmp_path: Path) -> None:
     for mode in ("fast", "framework"):
         # Room for a few objects in memory (an eighth of the tier at most per slice) and on disk.
