@@ -96,6 +96,31 @@ async def test_a_stopped_node_is_a_peer_error_of_that_peer_never_an_origin_error
         assert {p: origin.hits[p] - hits[p] for p in paths} == {p: int(p in node3_keys) for p in paths}
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_peer_that_timed_out_is_named_to_no_viewer(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """Two real nodes; the owner's origin does not answer within the forwarding node's read timeout: the viewer
+    gets 504 saying a peer failed, and how, never which node nor its internal address (both in the log)."""
+    configs = cluster_configs(origin, tmp_path)
+    first = replace(configs[0], origin=replace(configs[0].origin, read_timeout=0.5), fast_path=fast)
+    path = next(p for i in range(200) if owner_of(configs, p := f"/slow/{i}") == "node2")
+    release = asyncio.Event()
+
+    async def hold(request: object, obj: object) -> None:
+        await release.wait()
+
+    origin.put(path, b"late")
+    origin.on_request = hold
+    async with started([first, configs[1]]) as (n1, n2):
+        try:
+            status, headers, body = await n1.get(path)
+        finally:
+            release.set()
+        assert (status, body) == (504, b"peer failed (timeout)\n")
+        assert headers["Cache-Status"] == 'edgecache; detail="peer failed (timeout)"'
+        assert str(n2.port) not in body.decode() + headers["Cache-Status"]
+    assert origin.hits[path] == 1
+
+
 class FakePeer:
     """A cluster member that is a socket this test drives: by the request path's first segment it hangs
     (/hang), resets the connection (/reset), answers 503 (/busy), or cuts its body after 10 of 1000 bytes (/cut)."""
