@@ -27,7 +27,7 @@ from edgecache.core.keys import PrimaryRecord, entry_key, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
-from edgecache.proxy.fillhead import judge_head, within_run
+from edgecache.proxy.fillhead import judge_head, rejoined, within_run
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
@@ -236,6 +236,7 @@ class Engine:
             # Taken before the head is given to anyone: a fill that cannot have it fails cleanly (503), instead of
             # cutting answers already begun.
             taken = await self.budget.take(fill, head) if pumped else None
+            head = rejoined(self.store, head)  # a turn waited for: the copy may have been named meanwhile
             writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
             try:
                 req = await self._take_head(fill, req, head)

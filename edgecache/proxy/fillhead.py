@@ -73,6 +73,19 @@ def _unique() -> str:
     return f"{_unique_prefix}{next(_unique_counter):x}"
 
 
+def rejoined(store: Store, head: FillHead) -> FillHead:
+    """The head of a fill that waited for its turn (proxy.fillmemory) after judge_head named its copy: another fill
+    of the object may have named one meanwhile. A body that is more of that copy joins it, as judge_head would have
+    joined it; kept as its own copy, its metadata replaced the other's, whose slices no stored copy named and were
+    fetched again (with a shared pool smaller than a run, fills of one object took turns and did so)."""
+    meta, existing = head.meta, store.peek_meta(head.entry_key)
+    if head.status == 304 or existing is None or existing.slice_version == meta.slice_version:
+        return head
+    if not _same_copy(existing, meta.version, meta.status, meta.length, meta.headers):
+        return head
+    return replace(head, meta=replace(meta, whole=meta.whole or existing.whole, token=existing.token))
+
+
 def within_run(fill: Fill, head: FillHead, slice_size: int) -> bool:
     """Whether the body is within the run of slices the fill asked for (a 200 of unknown length never is)."""
     assert fill.last_index is not None
@@ -230,11 +243,15 @@ def _copy(
     # The same validator and another length is another copy: an origin that reused a strong ETag for new bytes of
     # another size (a Last-Modified version holds the length already), or of another strong Last-Modified. Its
     # slices are never combined.
-    if (
-        existing is not None
-        and (existing.version, existing.status) == (version, body_status)
-        and (length < 0 or existing.length < 0 or existing.length == length)
-        and entry.same_last_modified(existing.headers, stored)
-    ):
+    if existing is not None and _same_copy(existing, version, body_status, length, stored):
         return version, whole or existing.whole, existing.token  # more of the same copy
     return version, whole, _unique()
+
+
+def _same_copy(existing: ObjectMeta, version: str, status: int, length: int, stored: Headers) -> bool:
+    """Is a body of this version, status, length and stored fields more of the copy `existing`?"""
+    return (
+        (existing.version, existing.status) == (version, status)
+        and (length < 0 or existing.length < 0 or existing.length == length)
+        and entry.same_last_modified(existing.headers, stored)
+    )

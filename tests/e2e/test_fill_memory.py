@@ -207,3 +207,33 @@ async def test_a_finished_fill_holds_nothing_for_a_client_that_reads_slowly(
     assert got == data
     writer.close()
     assert origin.hits["/big"] == 1  # one fill of the whole object, which ran on without waiting for its client
+
+
+async def test_cold_fills_of_one_object_that_waited_for_their_turn_store_one_copy(
+    edge: Edge, origin: Origin, witness: Witness
+) -> None:
+    """Two cold misses of one object, for slices of different runs, each have their head judged (nothing stored
+    yet: each names a new copy) and then wait for their turn. The first to take its head in names the copy; the
+    other's body is more of that copy, not another one whose slices no stored copy names and that are fetched again
+    (with a shared pool smaller than a run, the loadtest's everything-fits replay fetched slices twice)."""
+    hook = HeldBodies()
+    origin.on_request = lambda request, obj: hook(request, obj) if request.path == "/o0" else None
+    data = os.urandom(8 * SLICE)
+    origin.put("/v", data)
+    memory = edge.node.engine.budget.shared
+    memory.limit = RUN  # the fill of /o0 holds all of it until its body comes
+    held = asyncio.ensure_future(edge.get("/o0"))
+    await witness.until(lambda: memory.held == RUN)
+    spans = [(0, SLICE - 1), (4 * SLICE, 5 * SLICE - 1)]  # two runs: two fills
+    answers = [asyncio.ensure_future(edge.get("/v", Range=f"bytes={a}-{b}")) for a, b in spans]
+    await witness.until(lambda: memory.waiting == 2)  # both heads judged, both waiting for their turn
+    hook.go.set()
+    assert (await held)[::2] == (200, OBJECTS["/o0"])
+    for (a, b), answer in zip(spans, await asyncio.gather(*answers), strict=True):
+        assert answer[::2] == (206, data[a : b + 1])
+    assert sorted(origin.range_hits("/v")) == sorted(f"bytes={a}-{b}" for a, b in spans)  # in either order
+    await settled(edge)
+    for a, b in spans:  # both runs stored as one copy: hits
+        status, headers, body = await edge.get("/v", Range=f"bytes={a}-{b}")
+        assert (status, headers["Content-Range"], body) == (206, f"bytes {a}-{b}/{len(data)}", data[a : b + 1])
+    assert origin.hits["/v"] == 2
