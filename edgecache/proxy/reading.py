@@ -176,7 +176,10 @@ async def _start_for(
     if candidates:
         missing = set(await engine.store.missing(req.entry_key, meta, candidates))
         for i in candidates:
-            if i not in missing or engine.fills.find(req, i) is not None:
+            # Stored, or being fetched. A fill that ended during the look at the disk is in no table of fills, and the
+            # look found its slice missing: it is in memory now, or on its way to disk (it was fetched twice).
+            stored = i not in missing or engine.store.in_memory(req.entry_key, meta, i)
+            if stored or engine.fills.find(req, i) is not None:
                 break
             run_end = i
     # The reader's look at memory and disk was before its awaits: a fill that ran to its end meanwhile is in no

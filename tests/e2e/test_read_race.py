@@ -70,3 +70,35 @@ async def test_a_slice_a_fill_stored_while_the_second_reader_looked_at_the_disk_
     assert answers == [(206, DATA[MiB : MiB + 100])] * 2
     assert calls == 2
     assert origin.range_hits("/v") == [f"bytes=0-{MiB - 1}", f"bytes={MiB}-{2 * MiB - 1}"]
+
+
+async def test_a_run_stops_before_a_slice_a_fill_stored_while_the_reader_looked_at_the_disk(
+    edge: Edge, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader of slices 1 to 3 starts a run from slice 1, up to the first slice that is stored or being fetched,
+    as the disk says after a look there (Store.missing). A fill of slice 2 that ends while it looks has stored the
+    slice and left the table of fills: the run stops before it, never fetching it again."""
+    data = DATA + DATA[:MiB]  # four slices
+    origin.put("/v", data)
+    assert (await edge.get("/v", Range="bytes=0-99"))[::2] == (206, DATA[:100])  # its metadata and slice 0
+    store, engine = edge.node.store, edge.node.engine
+    looked = store.missing
+
+    async def missing(entry_key: str, meta: ObjectMeta, indices: list[int]) -> list[int]:
+        found = await looked(entry_key, meta, indices)
+        if indices == [2, 3]:  # the second reader's look: the first reader's fill of slice 2 ends meanwhile
+            assert origin.gate is not None
+            origin.gate.set()
+            await asyncio.wait(list(engine._tasks))
+        return found
+
+    monkeypatch.setattr(store, "missing", missing)
+    origin.gate = asyncio.Event()
+    first = asyncio.ensure_future(edge.get("/v", Range=f"bytes={2 * MiB}-{2 * MiB + 99}"))
+    await origin.wait_for_requests(2)  # its fill of slice 2 is under way, its answer held
+    async with asyncio.timeout(20):
+        status, _, body = await edge.get("/v", Range=f"bytes={MiB}-{3 * MiB + 99}")
+        assert (status, body) == (206, data[MiB : 3 * MiB + 100])
+        assert (await first)[::2] == (206, data[2 * MiB : 2 * MiB + 100])
+    fetched = [f"bytes=0-{MiB - 1}", f"bytes={2 * MiB}-{3 * MiB - 1}", f"bytes={MiB}-{2 * MiB - 1}"]
+    assert origin.range_hits("/v") == [*fetched, f"bytes={3 * MiB}-{4 * MiB - 1}"]  # each slice once
