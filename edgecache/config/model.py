@@ -84,7 +84,7 @@ class CacheSettings:
     # What a worker's fills hold at once, all together (proxy.fillmemory): beyond it, fills wait for their turn.
     # 0: half the memory tier, which the RSS bound may take from the tier (it shrinks it to half at most), so fills
     # at their budget keep a worker within memory_bytes + memory_headroom; four runs of slices at least, so that
-    # fills of stored objects never take turns one at a time (with less than a run, a slice was fetched twice).
+    # fills of stored objects never take turns one at a time (as they did with less than a run in the shared pool).
     fill_memory: int = 0
     disks: tuple[Disk, ...] = ()  # cache.disks as given; empty for the single form (dir and disk_bytes)
 
