@@ -81,9 +81,14 @@ def rejoined(store: Store, head: FillHead) -> FillHead:
     meta, existing = head.meta, store.peek_meta(head.entry_key)
     if head.status == 304 or existing is None or existing.slice_version == meta.slice_version:
         return head
-    if not _same_copy(existing, meta.version, meta.status, meta.length, meta.headers):
+    if not more_of(existing, meta):
         return head
     return replace(head, meta=replace(meta, whole=meta.whole or existing.whole, token=existing.token))
+
+
+def more_of(existing: ObjectMeta, meta: ObjectMeta) -> bool:
+    """Is the body `meta` describes more of the copy `existing` (judge_head's rule, for a copy named meanwhile)?"""
+    return _same_copy(existing, meta.version, meta.status, meta.length, meta.headers)
 
 
 def within_run(fill: Fill, head: FillHead, slice_size: int) -> bool:

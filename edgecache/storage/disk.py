@@ -336,6 +336,23 @@ class DiskTier:
 
         return await self._run(write)
 
+    async def claim(self, key: str, value: bytes, keep: Callable[[bytes], bool]) -> bytes:
+        """Store `value` unless the value stored now is one `keep` accepts; what is stored after. One transaction:
+        of two processes claiming the same key at once, the second sees the first's value."""
+
+        def run() -> bytes:
+            with self._cache.transact(retry=True):
+                current = self._get_checked(key)
+                if current is not None and keep(current):
+                    return current
+                evicted = self.policy.admit(key, len(value))
+                self._delete_values(evicted)
+                if key not in evicted:
+                    self._cache.set(key, value, tag=zlib.crc32(value), retry=True)
+            return value
+
+        return await self._run(run)
+
     async def lease(self, keys: list[str], seconds: float) -> int:
         """Take leases on `keys` in order, stopping at the first another process holds or whose value is stored
         already; how many were taken.

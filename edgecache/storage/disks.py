@@ -201,6 +201,9 @@ class Disks:
     async def put(self, key: str, value: bytes, lease: str | None = None, pinned: bool = False) -> bool:
         return await self._on(key, "write", lambda t: t.put(key, value, lease, pinned))
 
+    async def claim(self, key: str, value: bytes, keep: Callable[[bytes], bool]) -> bytes:
+        return await self._on(key, "write", lambda t: t.claim(key, value, keep))
+
     async def delete(self, key: str) -> None:
         await self._on(key, "write", lambda t: t.delete(key))
 

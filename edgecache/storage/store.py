@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -166,7 +166,40 @@ class Store(Purging):
         except StorageError as exc:
             _warn("metadata write failed", exc)
             return
-        self._written[entry_key] = (same, meta.response_time)
+        self._wrote(entry_key, meta)
+
+    async def claim_meta(self, entry_key: str, meta: ObjectMeta, more_of: Callable[[ObjectMeta], bool]) -> ObjectMeta:
+        """put_meta() for a new copy's metadata, unless the disk holds a copy `more_of` says the body is more of
+        (another worker's, named meanwhile): then the copy goes on under that one's token, whose slices the workers
+        then fetch once between them. What this process remembers either way, before anyone reads the copy."""
+
+        def keep(raw: bytes) -> bool:
+            other = ObjectMeta.from_bytes(raw)  # None: damaged, replaced
+            return (
+                other is not None
+                and other.token != meta.token
+                and other.slice_size == meta.slice_size
+                and more_of(other)
+            )
+
+        ours = meta.to_bytes()
+        try:
+            raw = await self.disk.claim("m:" + digest(entry_key), ours, keep)
+        except StorageError as exc:
+            _warn("metadata write failed", exc)
+            raw = None
+        claimed = meta
+        on_disk = meta if raw == ours else ObjectMeta.from_bytes(raw) if raw is not None else None
+        if on_disk is not None:
+            if on_disk is not meta:  # kept: another worker's copy, which the body is more of
+                claimed = replace(meta, whole=meta.whole or on_disk.whole, token=on_disk.token)
+            self._wrote(entry_key, on_disk)
+        self._remember(entry_key, claimed)
+        return claimed
+
+    def _wrote(self, entry_key: str, meta: ObjectMeta) -> None:
+        """What the disk holds for `entry_key` now (a lazy put_meta compares with it)."""
+        self._written[entry_key] = (_same_copy(meta), meta.response_time)
         self._written.move_to_end(entry_key)
         if len(self._written) > self._meta_entries:
             self._written.popitem(last=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import aiohttp
@@ -105,3 +106,37 @@ async def test_a_purge_reaches_every_worker_before_its_next_answer(origin: Origi
         assert await bodies("/p.bin") == {b"new " * 1000}
         await purge({"prefix": "http://video.test/dir/"})
         assert await bodies("/dir/q.bin") == {b"new " * 500}
+
+
+async def test_two_workers_that_miss_one_cold_object_at_once_name_one_copy(origin: Origin, tmp_path: Path) -> None:
+    """Both workers miss an object nothing is stored of, and each names a copy of it before the other's is on the
+    shared disk. The copy whose metadata reached the disk first is the one both go on with: each of its later
+    slices is fetched once for both (before, each worker fetched every slice for its own copy)."""
+    origin.put("/c.bin", DATA)
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with edge_process("serve", "--config", str(cfg), ready=READY), aiohttp.ClientSession() as s:
+
+        async def get(first: int, last: int) -> bytes:
+            headers = {"Host": "video.test", "Range": f"bytes={first}-{last}", "Connection": "close"}
+            async with s.get(f"http://127.0.0.1:{port}/c.bin", headers=headers) as r:
+                assert r.status == 206
+                return await r.read()
+
+        origin.gate = asyncio.Event()  # every head held: both workers' first fills are in flight together
+        cold: list[asyncio.Future[bytes]] = []
+        for _ in range(64):  # new connections, until one lands on the second worker (its own origin request)
+            cold.append(asyncio.ensure_future(get(0, 99)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(origin.wait_for_requests(2), 0.2)
+                break
+        assert len(origin.seen) == 2, "the kernel gave every connection to one worker"
+        origin.gate.set()
+        assert await asyncio.gather(*cold) == [DATA[:100]] * len(cold)
+        first_run = set(covered([x.headers.get("Range") for x in origin.seen]))
+        asks = [(i * MiB + k, i * MiB + k + 999) for i in range(13) for k in range(6)]
+        for a, b in asks:  # one at a time, each on a new connection: every slice is asked of both workers
+            assert await get(a, b) == DATA[a : b + 1]
+        fetched = covered([x.headers.get("Range") for x in origin.seen])
+        later = [i for i in fetched if i not in first_run]
+        assert sorted(later) == sorted(set(later)) == [i for i in range(13) if i not in first_run]
