@@ -268,6 +268,7 @@ def make_fast(node: Node, server: web.Server) -> FastServer:
         c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile", connection_cap(c)
     )
     settings.answers = c.fast_path  # off: a PROXY listener's connections go to aiohttp right after the header
+    settings.memo_bytes = c.cache.memo_bytes
     return FastServer(node.shared, server, settings)
 
 

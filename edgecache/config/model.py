@@ -11,6 +11,9 @@ from edgecache.core.freshness import Policy
 from edgecache.core.ring import Member
 from edgecache.core.signing import Signing
 
+# The least a worker's memos of decisions hold (CacheSettings.memo_bytes): some 1,400 plain heads.
+MEMO_FLOOR = 4 * 2**20
+
 
 @dataclass(frozen=True, slots=True)
 class Listen:
@@ -92,6 +95,12 @@ class CacheSettings:
     def fill_bytes(self) -> int:
         """cache.fill_memory, or its default when not given."""
         return self.fill_memory or max(self.memory_bytes // 2, 4 * self.slice_bytes * self.fill_slices)
+
+    @property
+    def memo_bytes(self) -> int:
+        """What a worker's fast path keeps of its decisions (core.memo.Pool), all its memos together: a quarter of
+        memory_headroom (of its default, 64 MiB, when 0 turns the RSS bound off), 4 MiB at least."""
+        return max((self.memory_headroom or 64 * 2**20) // 4, MEMO_FLOOR)
 
     @property
     def all_disks(self) -> tuple[Disk, ...]:

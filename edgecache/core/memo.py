@@ -12,13 +12,21 @@ costs more than a whole generation is not kept. So the table holds at most twice
 entries are (a count alone let fat request heads take ten times the memory thin ones did). A lookup costs the
 same either way: only an addition asks what its entry costs.
 
+Several tables may share one budget of bytes (a Pool: all the memos of a worker's fast path, where four memos of
+up to twice 16 MiB each let one client's flood of fat heads take a worker to 127 MiB against a budget of 80). Their
+generations then also turn together: an addition that would take what was added since they last turned past half
+the budget, or all their entries past the whole, makes every newer generation the older one, and the older ones are
+dropped. So they hold at most the budget together, and an entry asked at least once while half the budget is added
+stays. An entry found in an older generation and moved is no addition, so a set of entries asked in turn that fits
+one table's generation and the pool, but not half the pool, is kept from its second round on.
+
 Pure: plain dicts, no clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -42,21 +50,62 @@ def fields_cost(target: str, fields: tuple[tuple[str, str], ...]) -> int:
     return ENTRY_BYTES + 2 * (len(target) + sum(len(k) + len(v) + 4 for k, v in fields)) + FIELD_BYTES * len(fields)
 
 
-class Memo(Generic[K, V]):
-    __slots__ = ("budget", "cost", "new", "new_bytes", "old", "old_bytes", "size")
+class Pool:
+    """One budget of bytes for the memos that join it, all together (their own bounds still hold)."""
 
-    def __init__(self, size: int, budget: int = 0, cost: Callable[[K], int] | None = None) -> None:
+    __slots__ = ("added", "budget", "memos")
+
+    def __init__(self, budget: int) -> None:
+        if budget < 1:
+            raise ValueError("a pool holds at least one byte")
+        self.budget = budget
+        self.memos: list[Memo[Any, Any]] = []
+        self.added = 0  # bytes of the entries added since the generations last turned
+
+    @property
+    def bytes(self) -> int:
+        """The bytes the entries of all its memos hold."""
+        return sum(memo.new_bytes + memo.old_bytes for memo in self.memos)
+
+    def make_room(self, cost: int) -> None:
+        """Before an entry of `cost` is added: when the entries added since the generations last turned would
+        hold more than half the budget with it, or all the entries more than the whole, every memo's newer
+        generation becomes its older (and when even that is not room, every memo is emptied)."""
+        new = old = 0
+        for memo in self.memos:
+            new += memo.new_bytes
+            old += memo.old_bytes
+        if 2 * (self.added + cost) > self.budget or new + old + cost > self.budget:
+            again = new + cost > self.budget
+            for memo in self.memos:
+                memo.rotate()
+                if again:
+                    memo.rotate()
+            self.added = 0
+        self.added += cost
+
+
+class Memo(Generic[K, V]):
+    __slots__ = ("budget", "cost", "new", "new_bytes", "old", "old_bytes", "pool", "size")
+
+    def __init__(
+        self, size: int, budget: int = 0, cost: Callable[[K], int] | None = None, pool: Pool | None = None
+    ) -> None:
         if size < 1:
             raise ValueError("a memo holds at least one entry")
-        if (cost is None) != (budget == 0) or budget < 0:
+        if (cost is None) != (budget == 0) or budget < 0 or (pool is not None and cost is None):
             raise ValueError("a memo bound by bytes has both a budget and a cost")
         self.size = size
-        self.budget = budget  # bytes a generation holds at most (0: no bound but the count)
+        # bytes a generation holds at most (0: no bound but the count); never more than its pool's
+        self.budget = budget if pool is None else min(budget, pool.budget)
         self.cost = cost
         self.new: dict[K, V] = {}
         self.old: dict[K, V] = {}
         self.new_bytes = 0
         self.old_bytes = 0
+        self.pool = pool
+        if pool is not None:
+            pool.memos.append(self)
 
     @property
     def bytes(self) -> int:
@@ -68,24 +117,35 @@ class Memo(Generic[K, V]):
         if value is None and self.old:
             value = self.old.pop(key, None)
             if value is not None:
-                self.old_bytes -= self._cost(key)
-                self[key] = value
+                cost = self._cost(key)
+                self.old_bytes -= cost
+                self._add(key, value, cost, True)
         return value
 
     def __setitem__(self, key: K, value: V) -> None:
-        new, cost = self.new, self._cost(key)
-        if key not in new:
-            if self.budget and cost > self.budget:
-                self._forget(key)  # larger than a generation: never kept (nor an older answer to it)
-                return
-            if len(new) >= self.size or (self.budget and self.new_bytes + cost > self.budget):
-                self.old, self.new = new, {}
-                self.old_bytes, self.new_bytes = self.new_bytes, 0
-                new = self.new
-            self.new_bytes += cost
-        new[key] = value
+        if key in self.new:
+            self.new[key] = value
+            return
+        cost = self._cost(key)
         if self.old.pop(key, None) is not None:
             self.old_bytes -= cost
+            self._add(key, value, cost, True)
+        elif not self.budget or cost <= self.budget:  # one larger than a generation is never kept
+            self._add(key, value, cost, False)
+
+    def _add(self, key: K, value: V, cost: int, moved: bool) -> None:
+        """Put an entry in the newer generation; `moved`: from the older (no more bytes than before in all)."""
+        if len(self.new) >= self.size or (self.budget and self.new_bytes + cost > self.budget):
+            self.rotate()
+        if self.pool is not None and not moved:
+            self.pool.make_room(cost)
+        self.new[key] = value
+        self.new_bytes += cost
+
+    def rotate(self) -> None:
+        """The newer generation becomes the older; the older is dropped."""
+        self.old, self.new = self.new, {}
+        self.old_bytes, self.new_bytes = self.new_bytes, 0
 
     def __delitem__(self, key: K) -> None:
         """Forget `key`, wherever it is (a KeyError if nowhere, as a dict's)."""

@@ -26,7 +26,7 @@ from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
-from edgecache.core.memo import Memo, head_cost
+from edgecache.core.memo import Memo, Pool, head_cost
 from edgecache.core.status import CacheStatus, of_fill
 from edgecache.proxy import encode, headparse, observe, rangecut
 from edgecache.proxy.fill import Fill
@@ -58,7 +58,8 @@ _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 # player's byte-range playlist, W3u's 4,096 ranges) is kept whole while it fits one generation.
 _MEMO_ENTRIES = 4096
 # And the bytes they hold (core.memo.head_cost): 4,096 heads of ~500 bytes and 3 fields (W3u's) fit one generation,
-# 648 of 122 fields and 1,870 bytes. Each memo holds twice this at most.
+# 648 of 122 fields and 1,870 bytes. Each memo holds twice this at most, and all of a worker's memos together (these
+# four and its forwards) hold what its pool of bytes does (config.CacheSettings.memo_bytes), the least of the two.
 MEMO_BYTES = 16 * 2**20
 
 
@@ -119,14 +120,15 @@ def _for_hop(prepared: Prepared, viewer: str, fills: bool) -> Prepared:
 class Decider:
     """The decisions of one worker's fast path, shared by its connections."""
 
-    def __init__(self, shared: Shared, date: Callable[[], bytes]) -> None:
+    def __init__(self, shared: Shared, date: Callable[[], bytes], memo_bytes: int = MEMO_BYTES) -> None:
         self.shared = shared
         self.date = date  # the Date field's value now
-        self.memo: Memo[bytes, Prepared] = _memo()  # request head -> its answer, while still valid
-        self.wholes: Memo[bytes, Prepared] = _memo()  # head without Range -> whole-object basis
-        self.cuts: Memo[bytes, Prepared] = _memo()  # a single-range head -> the answer cut for it (_ranged)
-        self.hopped: Memo[bytes, Prepared] = _memo()  # a peer's head without its hop field -> the answer it had
-        self.forwards = ForwardMemo(shared)
+        self.pool = pool = Pool(memo_bytes)  # the bytes all the memos below hold together at most
+        self.memo: Memo[bytes, Prepared] = _memo(pool)  # request head -> its answer, while still valid
+        self.wholes: Memo[bytes, Prepared] = _memo(pool)  # head without Range -> whole-object basis
+        self.cuts: Memo[bytes, Prepared] = _memo(pool)  # a single-range head -> the answer cut for it (_ranged)
+        self.hopped: Memo[bytes, Prepared] = _memo(pool)  # a peer's head without its hop field -> the answer it had
+        self.forwards = ForwardMemo(shared, pool)
         self.parser = headparse.Parser()
 
     def answer(
@@ -439,8 +441,8 @@ class Decider:
         return encode.head(hit.status, encode.phrase(hit.status), hit.headers, self.date(), keep_alive, "utf-8")
 
 
-def _memo() -> Memo[bytes, Prepared]:
-    return Memo(_MEMO_ENTRIES, MEMO_BYTES, head_cost)
+def _memo(pool: Pool) -> Memo[bytes, Prepared]:
+    return Memo(_MEMO_ENTRIES, MEMO_BYTES, head_cost, pool)
 
 
 def _remember(memo: Memo[bytes, Prepared], head: bytes, prepared: Prepared) -> None:

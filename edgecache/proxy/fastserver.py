@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp.web_protocol import RequestHandler
 
 from edgecache import metrics
-from edgecache.proxy.decide import Decider
+from edgecache.proxy.decide import MEMO_BYTES, Decider
 from edgecache.proxy.fastpath import PIECE, FastPath
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.peerpool import PeerPool
@@ -38,6 +38,7 @@ class FastSettings:
     sendfile: bool = False  # disk hits: os.sendfile onto the socket (may block on cold pages) instead of pread
     max_connections: int = 20_000  # open client connections per worker; past it, new ones get 503 and close
     answers: bool = True  # off (server.fast_path = false): a PROXY listener's connection is handed over at once
+    memo_bytes: int = MEMO_BYTES  # what the decisions' memos hold together at most (config.CacheSettings.memo_bytes)
 
 
 @dataclass(slots=True)
@@ -63,7 +64,7 @@ class FastServer:
     _peers: PeerPool | None = None
 
     def __post_init__(self) -> None:
-        self.decider = Decider(self.shared, self.date)
+        self.decider = Decider(self.shared, self.date, self.settings.memo_bytes)
 
     def peers(self) -> PeerPool:
         """Connections to the cluster's other nodes, for the requests this worker forwards (proxy.relay)."""

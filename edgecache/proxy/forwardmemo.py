@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from edgecache.core import admit
 from edgecache.core.admit import Reply
-from edgecache.core.memo import Memo, head_cost
+from edgecache.core.memo import Memo, Pool, head_cost
 from edgecache.core.popularity import spreadable
 from edgecache.proxy.route import HOT, Forward, Refused, forward_verdict
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from edgecache.proxy.shared import Shared
 
 ENTRIES = 4096  # forwards remembered in each of two generations (core.memo)
-BYTES = 16 * 2**20  # and the bytes they hold (core.memo.head_cost), as decide.MEMO_BYTES
+BYTES = 16 * 2**20  # and the bytes they hold (core.memo.head_cost), as decide.MEMO_BYTES, within the decisions' pool
 _HOP_NAME = b"\r\nedgecache-hop:"  # lower case: looked for in the head lowered
 _HOP_VALUE = re.compile(rb"[ \t]*([!-~]+)[ \t]*")
 
@@ -48,9 +48,9 @@ class _Entry:
 
 
 class ForwardMemo:
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, pool: Pool | None = None) -> None:
         self.shared = shared
-        self.entries: Memo[bytes, _Entry] = Memo(ENTRIES, BYTES, head_cost)
+        self.entries: Memo[bytes, _Entry] = Memo(ENTRIES, BYTES, head_cost, pool)
 
     def remember(self, head: bytes, forward: Forward) -> None:
         cluster = self.shared.cluster

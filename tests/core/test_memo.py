@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgecache.core.memo import Memo
+from edgecache.core.memo import Memo, Pool
 
 
 def test_an_entry_asked_between_additions_outlives_a_scan_of_new_ones() -> None:
@@ -122,3 +122,72 @@ def test_its_bytes_are_what_its_entries_cost(ops: list[tuple[str, int]], size: i
         assert memo.new_bytes == sum(k + 1 for k in memo.new) <= 40
         assert memo.old_bytes == sum(k + 1 for k in memo.old) <= 40
         assert len(memo) <= 2 * size
+
+
+def test_memos_in_a_pool_hold_its_budget_together_and_turn_together() -> None:
+    """One budget for several memos (a worker's memos of decisions): when what was added since the last turn would
+    pass half of it, every memo's newer generation becomes its older, and the older ones are dropped."""
+    pool = Pool(40)
+    a: Memo[str, int] = Memo(100, budget=30, cost=len, pool=pool)
+    b: Memo[str, int] = Memo(100, budget=30, cost=len, pool=pool)
+    assert (a.budget, b.budget) == (30, 30)
+    assert Memo(100, budget=64, cost=len, pool=pool).budget == 40  # never more than the pool
+    pool.memos.pop()
+    a["aaaaa"] = 1
+    b["bbbbb"] = 2
+    a["ccccc"] = 3
+    b["ddddd"] = 4  # 20 added: half the budget
+    assert (pool.bytes, pool.added) == (20, 20)
+    a["eeeee"] = 5  # 25 would be past half: both turn
+    assert (a.old_bytes, a.new_bytes, b.old_bytes, b.new_bytes, pool.added) == (10, 5, 10, 0, 5)
+    assert b.get("bbbbb") == 2  # moved to the newer: no addition
+    assert (b.old_bytes, b.new_bytes, pool.added) == (5, 5, 5)
+    for key in ("fffff", "ggggg", "hhhhh"):
+        b[key] = 0
+    b["iiiii"] = 0  # 25 added: they turn again, and what was not asked since the last turn is dropped
+    assert [a.get(k) for k in ("aaaaa", "ccccc", "eeeee")] == [None, None, 5]
+    assert [b.get(k) for k in ("bbbbb", "ddddd", "iiiii")] == [2, None, 0]
+    assert pool.bytes <= 40
+    with pytest.raises(ValueError, match="both a budget and a cost"):
+        Memo(4, pool=Pool(10))
+
+
+def test_keys_asked_in_turn_that_fit_a_generation_and_the_pool_are_kept_from_their_second_round() -> None:
+    """A player's byte-range playlist of more than half the pool: entries found in an older generation and moved
+    are no additions, so they do not turn the generations (W3u's 4,096 ranges in the cuts, 13 MiB of 16)."""
+    pool = Pool(5000)
+    cuts: Memo[int, int] = Memo(4096, budget=5000, cost=lambda key: 1, pool=pool)
+    other: Memo[int, int] = Memo(4096, budget=5000, cost=lambda key: 1, pool=pool)
+    misses = []
+    for _ in range(4):
+        missed = 0
+        for key in range(4000):
+            if cuts.get(key) is None:
+                missed += 1
+                cuts[key] = key
+            if key % 100 == 0 and other.get(key % 7) is None:
+                other[key % 7] = key
+        misses.append(missed)
+    assert misses == [4000, 0, 0, 0]
+    assert pool.bytes == 4007
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from("gsd"), st.integers(0, 45)), max_size=300))
+def test_memos_in_a_pool_never_hold_more_than_its_budget(ops: list[tuple[int, str, int]]) -> None:
+    pool = Pool(60)
+    memos: list[Memo[int, int]] = [Memo(5, budget=40, cost=lambda key: key + 1, pool=pool) for _ in range(3)]
+    model: dict[tuple[int, int], int] = {}
+    for n, (i, op, key) in enumerate(ops):
+        memo = memos[i]
+        if op == "s":
+            memo[key] = model[i, key] = n
+        elif op == "d" and memo.get(key) is not None:
+            del memo[key]
+            del model[i, key]
+        else:
+            found = memo.get(key)
+            assert found is None or found == model[i, key]
+        for m in memos:
+            assert m.new_bytes == sum(k + 1 for k in m.new) <= 40
+            assert m.old_bytes == sum(k + 1 for k in m.old) <= 40
+        assert pool.bytes == sum(m.bytes for m in memos) <= 60

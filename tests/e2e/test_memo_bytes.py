@@ -3,6 +3,8 @@
 Each memo kept up to 2 x 4,096 heads, and an entry holds its head, the fields parsed from it, the Hit and its key:
 about 25 KB for a head of 120 fields. One anonymous client sending distinct fat heads for one cached object took
 a worker from 51 to 277 MiB of RSS (473 MiB with a Range on each, which fills two memos), against a budget of 80.
+Bounded by bytes each, the memos still took a worker to 127 MiB with both kinds of heads: all of a worker's memos
+now hold one budget together (core.memo.Pool, config.CacheSettings.memo_bytes).
 """
 
 from __future__ import annotations
@@ -47,53 +49,66 @@ async def ask(port: int, heads: list[bytes]) -> list[tuple[int, bytes]]:
     return answers
 
 
-async def test_distinct_fat_heads_hold_at_most_the_memos_byte_budget(
+async def test_distinct_fat_heads_hold_at_most_the_workers_memo_budget(
     origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """All the memos of a worker hold one budget together, a quarter of cache.memory_headroom: each memo alone held
+    up to 2 x 16 MiB, and a flood of fat heads with and without Range filled three (79 MiB accounted here), which
+    took a worker to 127 MiB of RSS against a budget of 80 (cache.memory 16 MiB + memory_headroom 64 MiB). A thin
+    head asked now and then during the flood is still decided once, and its ranges cut once."""
     origin.put("/obj", BODY)
     config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=True)
+    assert config.cache.memory_headroom == 64 * 2**20
     async with start_edge(config) as edge:
         assert edge.fast is not None
         decider = edge.fast.decider
+        memos = (decider.memo, decider.wholes, decider.cuts, decider.hopped, decider.forwards.entries)
         assert (await edge.get("/obj"))[2] == BODY
-        assert decide.MEMO_BYTES == 16 * 2**20
-
-        plain = [fat_head(n) for n in range(COUNT)]
-        assert {len(h) for h in plain} == {1870}
-        assert head_cost(plain[0]) == 25860  # 648 fit a generation
-        assert await ask(edge.port, plain) == [(200, BODY)] * COUNT
-        # 3,000 added: a full older generation of 648 and the newer's 3,000 - 4 x 648 = 408
-        assert len(decider.memo) == 1056
-        assert decider.memo.bytes == 1056 * 25860
-
-        ranged = [fat_head(n, "Range: bytes=0-9\r\n") for n in range(COUNT, 2 * COUNT)]
-        assert head_cost(ranged[0]) == 26056  # 643 fit a generation
-        assert await ask(edge.port, ranged) == [(206, BODY[:10])] * COUNT
-        assert (len(decider.wholes), len(decider.cuts)) == (1056, 1071)  # the heads without Range, and with it
-        assert (decider.wholes.bytes, decider.cuts.bytes) == (1056 * 25860, 1071 * 26056)
-        for memo in (decider.memo, decider.wholes, decider.cuts):
-            assert memo.bytes <= 2 * decide.MEMO_BYTES
-
-        # A thin head is still decided once, then answered from the memo, and a range of it cut once
         lookups: list[str] = []
         find_hit = decide.find_hit
 
         def counting(*args: Any, **kwargs: Any) -> Any:
-            lookups.append(args[3])
+            if ("User-Agent", "player/1") in args[4]:
+                lookups.append(dict(args[4]).get("Range", "-"))
             return find_hit(*args, **kwargs)
 
         monkeypatch.setattr(decide, "find_hit", counting)
         thin = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nUser-Agent: player/1\r\n\r\n"
         cut = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nUser-Agent: player/1\r\nRange: bytes=5-9\r\n\r\n"
-        assert await ask(edge.port, [thin, cut] * 3) == [(200, BODY), (206, BODY[5:10])] * 3
-        assert lookups == ["/obj", "/obj"]  # the thin head's answer, and the whole one its range is cut from
+        plain = [fat_head(n) for n in range(COUNT)]
+        assert {len(h) for h in plain} == {1870}
+        assert head_cost(plain[0]) == 25860
+        ranged = [fat_head(n, "Range: bytes=0-9\r\n") for n in range(COUNT, 2 * COUNT)]
+        assert head_cost(ranged[0]) == 26056
+        heads, expected = [], []
+        for n in range(COUNT):  # a plain and a ranged head in turn, the thin ones every 102
+            heads += [plain[n], ranged[n]]
+            expected += [(200, BODY), (206, BODY[:10])]
+            if n % 50 == 0:
+                heads += [thin, cut]
+                expected += [(200, BODY), (206, BODY[5:10])]
+        assert await ask(edge.port, heads) == expected
+        assert decider.pool.budget == 16 * 2**20  # a quarter of the headroom
+        # Each turn of the memos' generations came after 107 or 108 rounds of a plain and a ranged head (8 MiB
+        # added: half the budget), each memo's older generation holds the last of them, its newer those since
+        assert [(len(m.new), len(m.old)) for m in memos] == [(94, 107), (93, 108), (94, 108), (0, 0), (0, 0)]
+        assert [m.bytes for m in memos] == [
+            200 * 25860 + head_cost(thin),
+            201 * 25860,  # the plain heads the ranged ones are cut from (the thin one's is not asked: its cut is)
+            201 * 26056 + head_cost(cut),
+            0,
+            0,
+        ]
+        assert decider.pool.bytes == 15613396
+        assert lookups == ["-", "-"]  # the thin head's answer, and the whole one its range is cut from
         assert decider.memo.get(thin) is not None
         assert decider.cuts.get(cut) is not None
         assert origin.hits["/obj"] == 1
 
 
 async def test_distinct_fat_heads_forwarded_hold_at_most_the_byte_budget(origin: Origin, tmp_path: Path) -> None:
-    """The same at a node that forwards them: its remembered forwards, and the heads it sent the owner (relay). Over
+    """The same at a node that forwards them: its remembered forwards, and the heads it sent the owner (relay: a
+    memo of its own, of up to 2 x 16 MiB). Over
     100 objects, each asked fewer times than makes it hot here (core.popularity), so every request is forwarded."""
     configs = cluster_configs(origin, tmp_path)
     paths = [p for p in (f"/f/{i:04d}" for i in range(1000)) if owner_of(configs, p) == "node2"][:100]
@@ -108,8 +123,10 @@ async def test_distinct_fat_heads_forwarded_hold_at_most_the_byte_budget(origin:
         assert await ask(nodes[0].port, heads) == [(200, BODY)] * COUNT
         assert nodes[0].fast is not None
         forwards = nodes[0].fast.decider.forwards.entries
-        assert len(forwards) == 1056
-        assert forwards.bytes == 1056 * 25866
+        # within its worker's memo budget: the generations turn after 324 additions (half of 16 MiB), so 3,000 leave
+        # 324 in the older and 84 in the newer
+        assert (len(forwards.old), len(forwards.new)) == (324, 84)
+        assert forwards.bytes == nodes[0].fast.decider.pool.bytes == 408 * 25866
         sent = relay._SENT
         assert len(sent) < COUNT
         assert sent.bytes == sum(fields_cost(m[2], m[3]) for m in (*sent.new, *sent.old))
