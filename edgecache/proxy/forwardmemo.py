@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from edgecache.core import admit
 from edgecache.core.admit import Reply
-from edgecache.core.memo import Memo, Pool, head_cost
+from edgecache.core.forward import pass_request
+from edgecache.core.headers import Headers
+from edgecache.core.memo import Memo, Pool, fields_cost, head_cost
 from edgecache.core.popularity import spreadable
 from edgecache.proxy.route import HOT, Forward, Refused, forward_verdict
 
@@ -47,10 +49,27 @@ class _Entry:
     heat: bool  # the request counts towards its object's heat (core.popularity.spreadable)
 
 
+# What is sent to the owner up to its hop field, by what it is made of: the same for every request of a remembered
+# Forward from one address (pass_request is a function of these alone).
+_Made = tuple[str, str, str, Headers, str]
+
+
 class ForwardMemo:
     def __init__(self, shared: Shared, pool: Pool | None = None) -> None:
         self.shared = shared
         self.entries: Memo[bytes, _Entry] = Memo(ENTRIES, BYTES, head_cost, pool)
+        self.sent: Memo[_Made, bytes] = Memo(ENTRIES, BYTES, lambda made: fields_cost(made[2], made[3]), pool)
+
+    def sent_head(self, fwd: Forward, address: str) -> bytes:
+        """The request line and fields sent to the owner for `fwd` from the viewer at `address`, without the hop
+        field and the empty line that follow (proxy.relay)."""
+        made = (fwd.method, fwd.key.host, fwd.key.full_target, fwd.headers, address)
+        found = self.sent.get(made)
+        if found is None:
+            sent = pass_request(fwd.method, fwd.key, fwd.headers, None, address)
+            lines = [f"{sent.method} {sent.target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in sent.headers)]
+            found = self.sent[made] = "".join(lines).encode("utf-8", "surrogateescape")  # the viewer's bytes as sent
+        return found
 
     def remember(self, head: bytes, forward: Forward) -> None:
         cluster = self.shared.cluster

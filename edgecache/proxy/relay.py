@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgecache import metrics
-from edgecache.core.forward import pass_request
-from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
-from edgecache.core.memo import Memo, fields_cost
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, observe
@@ -68,22 +65,6 @@ _MINE = cache_status_header(CacheStatus.PEER)
 
 
 _HOP = HOP.encode("ascii")
-# What is sent to the owner up to its hop field, by what it is made of: the same for every request of a remembered
-# Forward from one address (pass_request is a function of these alone). Bound by the bytes they hold too (the
-# viewer's fields, and the head made of them), as the memos of decisions are (forwardmemo.BYTES).
-_Made = tuple[str, str, str, Headers, str]
-_SENT: Memo[_Made, bytes] = Memo(4096, 16 * 2**20, lambda made: fields_cost(made[2], made[3]))
-
-
-def _sent_head(fwd: Forward, address: str) -> bytes:
-    """The request line and fields sent to the owner, without the hop field and the empty line that follow."""
-    made = (fwd.method, fwd.key.host, fwd.key.full_target, fwd.headers, address)
-    found = _SENT.get(made)
-    if found is None:
-        sent = pass_request(fwd.method, fwd.key, fwd.headers, None, address)
-        lines = [f"{sent.method} {sent.target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in sent.headers)]
-        found = _SENT[made] = "".join(lines).encode("utf-8", "surrogateescape")  # the viewer's bytes as sent
-    return found
 
 
 class Unreachable(Exception):
@@ -151,7 +132,8 @@ class Relay:
         cluster = self.conn.server.shared.cluster
         assert cluster is not None
         hop = cluster.hop_field(fwd.method, fwd.key.primary, t.id, fwd.client, fwd.failover)
-        request = b"%s%s: %s\r\n\r\n" % (_sent_head(fwd, self.conn.address), _HOP, hop.encode("ascii"))
+        sent = self.conn.server.decider.forwards.sent_head(fwd, self.conn.address)
+        request = b"%s%s: %s\r\n\r\n" % (sent, _HOP, hop.encode("ascii"))
         try:
             await self._exchange(request)
         except PeerBroken as exc:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edgecache.core.memo import fields_cost, head_cost
-from edgecache.proxy import decide, forwardmemo, relay
+from edgecache.proxy import decide, forwardmemo
 from tests.conftest import make_config, start_edge
 from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.origin import Origin
@@ -107,14 +107,13 @@ async def test_distinct_fat_heads_hold_at_most_the_workers_memo_budget(
 
 
 async def test_distinct_fat_heads_forwarded_hold_at_most_the_byte_budget(origin: Origin, tmp_path: Path) -> None:
-    """The same at a node that forwards them: its remembered forwards, and the heads it sent the owner (relay: a
-    memo of its own, of up to 2 x 16 MiB). Over
+    """The same at a node that forwards them: its remembered forwards, and the heads it sent the owner (proxy.relay,
+    remembered with the forwards, in the same pool). Over
     100 objects, each asked fewer times than makes it hot here (core.popularity), so every request is forwarded."""
     configs = cluster_configs(origin, tmp_path)
     paths = [p for p in (f"/f/{i:04d}" for i in range(1000)) if owner_of(configs, p) == "node2"][:100]
     for path in paths:
         origin.put(path, BODY)
-    relay._SENT.clear()  # a module's: other tests' heads, of other costs
     heads = [fat_head(n).replace(b"GET /obj ", f"GET {paths[n % 100]} ".encode()) for n in range(COUNT)]
     assert {len(h) for h in heads} == {1873}
     assert head_cost(heads[0]) == 25866  # 648 fit a generation
@@ -123,12 +122,12 @@ async def test_distinct_fat_heads_forwarded_hold_at_most_the_byte_budget(origin:
         assert await ask(nodes[0].port, heads) == [(200, BODY)] * COUNT
         assert nodes[0].fast is not None
         forwards = nodes[0].fast.decider.forwards.entries
-        # within its worker's memo budget: the generations turn after 324 additions (half of 16 MiB), so 3,000 leave
-        # 324 in the older and 84 in the newer
-        assert (len(forwards.old), len(forwards.new)) == (324, 84)
-        assert forwards.bytes == nodes[0].fast.decider.pool.bytes == 408 * 25866
-        sent = relay._SENT
+        pool, sent = nodes[0].fast.decider.pool, nodes[0].fast.decider.forwards.sent
+        # within its worker's memo budget with the heads sent for them: the generations turn at half of 16 MiB
+        # each forward adds its entry and the head sent for it (about 2 x 25.9 KB): 162 turn the generations
+        assert (len(forwards.old), len(forwards.new)) == (162, 84)
+        assert forwards.bytes == (162 + 84) * 25866
         assert len(sent) < COUNT
         assert sent.bytes == sum(fields_cost(m[2], m[3]) for m in (*sent.new, *sent.old))
-        assert sent.bytes <= 2 * 16 * 2**20
+        assert pool.bytes == forwards.bytes + sent.bytes <= pool.budget == 16 * 2**20
         assert all(origin.hits[path] == 1 for path in paths)
