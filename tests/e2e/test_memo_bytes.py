@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from edgecache.core.memo import fields_cost, head_cost
+from edgecache.core.memo import head_cost
 from edgecache.proxy import decide, forwardmemo
 from tests.conftest import make_config, start_edge
 from tests.e2e.test_cluster import cluster_configs, owner_of, started
@@ -124,10 +124,11 @@ async def test_distinct_fat_heads_forwarded_hold_at_most_the_byte_budget(origin:
         forwards = nodes[0].fast.decider.forwards.entries
         pool, sent = nodes[0].fast.decider.pool, nodes[0].fast.decider.forwards.sent
         # within its worker's memo budget with the heads sent for them: the generations turn at half of 16 MiB
-        # each forward adds its entry and the head sent for it (about 2 x 25.9 KB): 162 turn the generations
-        assert (len(forwards.old), len(forwards.new)) == (162, 84)
-        assert forwards.bytes == (162 + 84) * 25866
+        # each forward adds its entry (25,866 bytes) and the head sent for it (about 2,100): the generations turn
+        # every 300 (half of 16 MiB), 3,000 leave 300 in each
+        assert (len(forwards.old), len(forwards.new)) == (300, 300)
+        assert forwards.bytes == 600 * 25866
         assert len(sent) < COUNT
-        assert sent.bytes == sum(fields_cost(m[2], m[3]) for m in (*sent.new, *sent.old))
+        assert sent.bytes == sum(forwardmemo._sent_cost(m) for m in (*sent.new, *sent.old))
         assert pool.bytes == forwards.bytes + sent.bytes <= pool.budget == 16 * 2**20
         assert all(origin.hits[path] == 1 for path in paths)
