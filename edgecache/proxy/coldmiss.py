@@ -297,9 +297,11 @@ def failed(conn: FastPath, started: Started, exc: OriginError, head_came: bool =
 
 
 def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
-    """The answer to a miss whose own fill's body failed before its first byte: the full handler's (failed)."""
-    assert p.fill is not None
-    p.fill.abandon()
+    """The answer to a request whose fill (its miss's own, one it joined, or the fill of a slice its stored entry
+    lacks) failed before the first byte of the answer: the full handler's (failed). Not retried: as nginx, Varnish
+    and ATS, a fetch that failed is not asked again for each of its waiters."""
+    if p.fill is not None and p.ours:
+        p.fill.abandon()
     hit, began = p.hit, p.began if p.began is not None else time.monotonic()
     refuse.origin_failed(conn, exc, p.method, hit.req, p.keep_alive, hit.viewer, began, p.origin_ms, p.asked)
 

@@ -256,11 +256,12 @@ async def _settled(conn: FastPath, p: Prepared, raw: bytes, partial: Prepared | 
         conn.again, conn.changed = True, raw
         conn.buf = raw + conn.buf
         return None
-    if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged) and p.ours:
-        # Its own fill failed before the first byte: the full handler's 502, from the same fill
+    if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged):
+        # The fill it read (its own, one it joined, or its slice's) failed before the first byte: the full handler's
+        # 502, from the same fill. Handed off, the request asked the origin again, and waited for a second timeout.
         coldmiss.failed_fill(conn, p, partial)
         return None
-    # The object changed, or its origin failed, before any byte went out
+    # The object changed before any byte went out
     conn.buf = raw + conn.buf
     coldmiss.adopt(conn, p)  # a miss's ends as the full handler's would, from the same fill
     conn.hand_off()
