@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from edgecache.core import ranges
 from edgecache.core.status import CacheStatus, MissCause, of_fill
-from edgecache.errors import OriginError
+from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import coldmiss, diskhit, passing, reading
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.hit import Pass
@@ -65,8 +65,11 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
         async with contextlib.aclosing(_body(conn, p, layout)) as chunks:
             try:  # the first part's preamble and first bytes: a failure now is not yet the client's
                 started = [await anext(chunks), await anext(chunks)]
-            except OriginError:
+            except VersionChanged:
                 answered = None
+            except OriginError as exc:  # the fill failed: the full handler's 502/504, not a second fill (diskhit)
+                coldmiss.failed_fill(conn, p, exc)
+                return
             if answered is None:
                 _give_back(conn, p, raw)
                 return

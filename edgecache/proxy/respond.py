@@ -267,8 +267,14 @@ async def _send_multi(request: web.BaseRequest, planned: Planned, read: Reader) 
 
     async def body() -> Body:
         for preamble, part in layout.parts:
+            chunks = read(part.first, part.last)
+            # A part's first bytes before its preamble: a fill that fails the first part fails the answer before its
+            # head is sent (_stream), and is answered as such (502/504), not with a 206 cut after the preamble.
+            first = await anext(chunks, None)
             yield preamble
-            async for chunk in read(part.first, part.last):
+            if first is not None:
+                yield first
+            async for chunk in chunks:
                 yield chunk
         yield layout.epilogue
 

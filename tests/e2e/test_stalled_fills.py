@@ -63,3 +63,37 @@ async def test_a_body_stalled_past_the_read_timeout_costs_the_origin_one_request
                 assert origin.range_hits("/s") == [None] + [SLICE] * n
     finally:
         hold.set()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_multipart_range_whose_slice_fill_stalls_is_one_504_from_one_origin_request(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """The kept head of an object whose body stalled, asked for two ranges: the fill of its slice stalls too. The
+    answer is the 504 (never a 206 head cut before its first part), and the origin is asked once for it."""
+    hold = asyncio.Event()
+
+    async def stall(request: web.BaseRequest, obj: object) -> web.StreamResponse:
+        fields = {"Cache-Control": "public, max-age=3600", "ETag": '"s1"'}
+        status = 200
+        if request.headers.get("Range") is not None:
+            status, fields["Content-Range"] = 206, f"bytes 0-{LENGTH - 1}/{LENGTH}"
+        resp = web.StreamResponse(status=status, headers=fields)
+        resp.content_length = LENGTH
+        await resp.prepare(request)
+        await hold.wait()  # not one byte of the body
+        return resp
+
+    origin.on_request = stall
+    config = make_config(tmp_path / "c", [origin.url])
+    config = replace(config, origin=replace(config.origin, read_timeout=0.5), fast_path=fast)
+    try:
+        async with start_edge(config) as edge, asyncio.timeout(30):
+            status, _, _ = await edge.get("/s")  # the head is kept, the body stalls
+            assert (status, origin.range_hits("/s")) == (504, [None])
+            for n in (1, 2):
+                status, _, body = await edge.get("/s", Range="bytes=0-9,20-29")
+                assert (status, body[:15]) == (504, b"origin failed: ")
+                assert origin.range_hits("/s") == [None] + [SLICE] * n
+    finally:
+        hold.set()
