@@ -243,9 +243,13 @@ def judge(status: int, headers: Headers, asked: ranges.ByteRange | None) -> Judg
         return Refused("416 to the range a fill asked for")
     if status != 206:
         return Other(clen)
-    if asked is None:
-        return Refused("206 to a request without Range")
     cr = ranges.parse_content_range(get_first(headers, "content-range"))
+    if asked is None:
+        # The whole representation in a 206 (some stores answer every GET so) is the whole body: a fill of the
+        # whole object takes it as the 200 it asked for. Any other part of it answers nothing asked.
+        if cr is None or cr.first != 0 or cr.length is None or cr.last != cr.length - 1:
+            return Refused("206 to a request without Range")
+        asked = ranges.ByteRange(0, cr.length - 1)
     if cr is None or cr.first is None or cr.last is None or cr.length is None:
         return Refused("206 without a usable Content-Range")
     if cr.first != asked.first or cr.last != min(asked.last, cr.length - 1):

@@ -48,7 +48,18 @@ def test_version_prefers_strong_etag() -> None:
             entry.Refused("206 without a usable Content-Range"),
         ),
         (206, (), ASK, entry.Refused("206 without a usable Content-Range")),
-        (206, (("Content-Range", "bytes 0-1/2"),), None, entry.Refused("206 to a request without Range")),
+        # The whole representation in a 206 to a request without Range is the whole body; any other part is refused
+        (206, (("Content-Range", "bytes 0-1/2"), ("Content-Length", "2")), None, entry.Partial(0, 1, 2)),
+        (206, (("Content-Range", "bytes 1-1/2"),), None, entry.Refused("206 to a request without Range")),
+        (206, (("Content-Range", "bytes 0-0/2"),), None, entry.Refused("206 to a request without Range")),
+        (206, (("Content-Range", "bytes 0-1/*"),), None, entry.Refused("206 to a request without Range")),
+        (206, (), None, entry.Refused("206 to a request without Range")),
+        (
+            206,
+            (("Content-Range", "bytes 0-1/2"), ("Content-Length", "3")),
+            None,
+            entry.Refused("Content-Length disagrees with Content-Range"),
+        ),
         (200, (("Content-Length", "1"), ("Content-Length", "2")), ASK, entry.Refused("conflicting Content-Length")),
         (200, (("Content-Length", "-1"),), ASK, entry.Refused("invalid Content-Length")),
         (
