@@ -9,7 +9,8 @@ manifests expand into their renditions and segments, parsed on a thread of their
 ladder is 0.1-0.3 s of parsing that would otherwise delay every hit of this worker), and a job
 never holds more than max_urls URLs, expansions included: the rest are counted in `dropped`, not fetched.
 
-All jobs share `slots` fetches at a time; each token with URLs to start has its share of them first (_dispatch).
+All jobs share `slots` fetches at a time; each token with URLs to start has its share of them first (_dispatch),
+and no site's URLs hold more than the site's share of them (`site_most`), whoever's jobs they are.
 A freed slot goes to the job of highest priority (then the oldest) in its window and below its concurrency: a
 later job of higher priority takes the slots as the URLs in flight of a lower one finish (never cutting one), and
 one provider's priority orders its own jobs only. A job whose window closes takes no new URL (those in flight
@@ -143,6 +144,10 @@ class JobRunner:
         self.slots = slots
         self.now = now  # local wall time, for windows; tests drive it and call wake()
         self.may: Callable[[str, str], bool] = lambda _owner, _url: True  # may this token's job fetch this URL now
+        # The site of a URL, and the most slots one site's URLs may hold (admin.prefetch sets both from the config):
+        # an origin that hangs or trickles holds a slot up to the fetch's timeout, and must leave the other sites some.
+        self.site_of: Callable[[str], str] = lambda _url: ""
+        self.site_most: Callable[[], int] = lambda: self.slots
         self.jobs: dict[str, Job] = {}
         self._runs: dict[str, _Run] = {}
         self._unread: list[str] = []  # jobs in the index whose record is on a disk out of service
@@ -281,18 +286,21 @@ class JobRunner:
         free = self.slots - sum(len(run.flying) for run in self._runs.values())
         waiting = {j.owner for j in ready if self._runs[j.id].pending}  # tokens with URLs to start
         share = max(1, self.slots // max(1, len(waiting)))
-        held = Counter[str]()
+        held, sites, most = Counter[str](), Counter[str](), self.site_most()
         for j in ready:
             held[j.owner] += len(self._runs[j.id].flying)
+        for job_id, run in self._runs.items():  # a job waiting for its window holds its URLs in flight too
+            sites.update(self.site_of(self.jobs[job_id].urls[i]) for i in run.flying)
         for fair in (True, False):  # each token's share first, then what is left by rank alone
             for job in ready:
                 run = self._runs[job.id]
                 while free > 0 and run.pending and len(run.flying) < job.concurrency:
-                    if fair and held[job.owner] >= share:
+                    site = self.site_of(job.urls[run.pending[0]])
+                    if (fair and held[job.owner] >= share) or sites[site] >= most:
                         break
                     i = run.pending.popleft()
                     run.flying[i] = asyncio.ensure_future(self._one(job, run, i))
-                    free, held[job.owner] = free - 1, held[job.owner] + 1
+                    free, held[job.owner], sites[site] = free - 1, held[job.owner] + 1, sites[site] + 1
         for job in (self.jobs[i] for i in self._runs):
             if not in_window(job.window, now):
                 job.state = "waiting-window"  # its URLs in flight finish; it takes no new one

@@ -19,6 +19,7 @@ from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
 from edgecache.config import Config, Site, Token, parse_size
 from edgecache.core.route import Router
 from edgecache.core.siteurl import NotSiteURL, site_url
+from edgecache.proxy.shares import share
 
 
 async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
@@ -118,27 +119,41 @@ async def _check_urls(urls: list[Any], config: Config, token: Token, max_urls: i
     return checked
 
 
+def site_of(current: Callable[[], Config]) -> Callable[[str], str]:
+    """The name of the site a URL is of under the running config ("" for none)."""
+    seen: list[tuple[Config, Router[Site]]] = []
+
+    def of(url: str) -> str:
+        config = current()
+        if not seen or seen[0][0] is not config:
+            seen[:] = [(config, Router((s.hosts, s) for s in config.sites))]
+        try:
+            return site_url(url, seen[0][1]).site.name
+        except NotSiteURL:
+            return ""
+
+    return of
+
+
 def owner_may(current: Callable[[], Config]) -> Callable[[str, str], bool]:
     """Whether a job's owner may still have `url` fetched, under the running config: its token is still there and
     acts on the URL's site. A reload may remove the token, or the site from it (a provider that left, a host
     moved to another provider's site), and its jobs, queued or resumed after a restart, fetched on regardless."""
-    seen: list[tuple[Config, Router[Site]]] = []
+    of = site_of(current)
 
     def may(owner: str, url: str) -> bool:
-        config = current()
-        if not seen or seen[0][0] is not config:
-            seen[:] = [(config, Router((s.hosts, s) for s in config.sites))]
-        token = next((t for t in config.tokens if t.name == owner), None)
-        try:
-            return token is not None and token.may_act_on(site_url(url, seen[0][1]).site.name)
-        except NotSiteURL:
-            return False
+        token = next((t for t in current().tokens if t.name == owner), None)
+        site = of(url)
+        return token is not None and site != "" and token.may_act_on(site)
 
     return may
 
 
 def prefetch_routes(current: Callable[[], Config], runner: JobRunner) -> list[web.RouteDef]:
     runner.may = owner_may(current)  # each URL a job is about to fetch is asked of the config the routes read
+    # A site whose origin hangs holds at most its share of the slots, as of an origin pool's connections
+    runner.site_of = site_of(current)
+    runner.site_most = lambda: share(runner.slots, len(current().sites), None)
 
     async def create(request: web.Request) -> web.Response:
         config = current()

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from edgecache import cli
 from edgecache.admin.jobs import REVOKED
+from edgecache.config import Site
 from tests.e2e.adminkit import OPERATOR, VIDEOS, AdminNode, admin_node, node_config
 from tests.origin import Obj, Origin
 
@@ -315,3 +316,29 @@ async def test_a_job_whose_token_a_reload_took_away_fetches_no_more(
         view = await node.finished(answer["id"])
     assert (view["state"], view["fetched"], view["failed"]) == ("failed", 1, {REVOKED: 2})
     assert [s.path for s in origin.seen] == ["/r/0"]
+
+
+async def test_a_site_whose_origin_hangs_leaves_the_other_sites_a_quarter_of_the_slots(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """One site's origin that hangs (or trickles a byte a second, within the read timeout) held every prefetch slot
+    a job of it took, up to the fetch's 600 s, and every other site's jobs waited as long. A site holds at most its
+    share of the slots (as of origin connections: proxy.shares.share), all but a quarter on a node of several sites."""
+    slow = [f"/slow/{n}" for n in range(4)]
+    for p in (*slow, "/other/0"):
+        origin.put(p, p.encode())
+    held = hold(origin, *slow)
+    other = Site(name="other", hosts=("other.test",), origins=(origin.url,))
+    async with admin_node(node_config(origin, tmp_path / "c", other), slots=4) as node:
+        hung = await submit(node, {"urls": urls(*slow), "concurrency": 4})
+        try:
+            await origin.wait_for_requests(3)  # all but a quarter of the slots
+            view = await asyncio.wait_for(node.finished(await submit(node, ["http://other.test/other/0"])), 10)
+            assert (view["state"], view["fetched"]) == ("done", 1)
+            assert node.jobs.jobs[hung].done == 0  # not once a slow URL gave up (its read timeout): while all hang
+            assert sorted(s.path for s in origin.seen) == ["/other/0", *slow[:3]]  # the fourth slow URL waits
+        finally:
+            for event in held.values():
+                event.set()
+        assert (await node.finished(hung))["fetched"] == 4
+    assert [origin.hits[p] for p in (*slow, "/other/0")] == [1] * 5
