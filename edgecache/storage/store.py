@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import secrets
 import time
@@ -26,34 +25,18 @@ from edgecache.errors import StorageError
 from edgecache.storage import placed
 from edgecache.storage.disk import lease_name
 from edgecache.storage.disks import DiskFull, Disks, OutOfService
+from edgecache.storage.leases import PEER_POLL, Leases
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.purging import Purging, not_kept
 from edgecache.storage.slicefile import SliceFile
+from edgecache.storage.slicenames import meta_of, slice_name
 
 __all__ = ["LAZY_META_SECONDS", "OPEN_FILES", "PEER_POLL", "SliceFile", "Store", "slice_name"]
 
 log = logging.getLogger(__name__)
 
 
-def slice_name(entry_key: str, version: str, index: int) -> str:
-    return _slice_prefix(entry_key, version) + str(index)
-
-
-@functools.lru_cache(maxsize=4096)
-def _slice_prefix(entry_key: str, version: str) -> str:
-    """What the names of one version's slices share: two hashes, worked out once for the objects being served,
-    not for every slice of every answer."""
-    return f"s:{digest(entry_key)}:{digest(version)[:16]}:"
-
-
-def _meta_of(slice: str) -> str:
-    """The disk key of the metadata of a slice's object. A hit on a slice counts for it too: this process keeps
-    hot metadata at hand and never reads it from disk, and the disk's policy would evict it as unused."""
-    return "m:" + slice.split(":", 2)[1]
-
-
 OPEN_FILES = 1024  # slice files kept open for the fast path's disk hits (the worker raises its fd limit)
-PEER_POLL = 0.02  # seconds between looks at the disk while another worker fetches a slice
 
 
 LAZY_META_SECONDS = 10.0
@@ -69,7 +52,7 @@ def _same_copy(meta: ObjectMeta) -> int:
     return hash((meta.version, meta.token, meta.status, meta.length, meta.whole, meta.vary, fields))
 
 
-class Store(Purging):
+class Store(Purging, Leases):
     """Metadata, primary records and slices; purges and the workers' change counter are its Purging side."""
 
     # Metadata this process keeps at hand (LRU; the disk tier has all of it). An entry is a few KiB with its
@@ -311,7 +294,7 @@ class Store(Purging):
         if len(data) != meta.slice_length(index):
             await self._wrong_length(name, len(data), meta.slice_length(index))
             return None
-        self.disk.note_hit(_meta_of(name))
+        self.disk.note_hit(meta_of(name))
         self.memory.put(name, data)
         return data
 
@@ -329,7 +312,7 @@ class Store(Purging):
             return None
         self._files.move_to_end(name)
         self.disk.note_hit(name)  # the disk's eviction index counts it, as a hit that opened the file
-        self.disk.note_hit(_meta_of(name))
+        self.disk.note_hit(meta_of(name))
         return f
 
     async def open_slice(self, entry_key: str, meta: ObjectMeta, index: int) -> SliceFile | bytes | None:
@@ -342,7 +325,7 @@ class Store(Purging):
             return None
         if value is None:
             return None
-        self.disk.note_hit(_meta_of(name))
+        self.disk.note_hit(meta_of(name))
         if isinstance(value, bytes):  # a small slice, kept in the index itself: offered to memory, as a read is
             if len(value) != meta.slice_length(index):
                 await self._wrong_length(name, len(value), meta.slice_length(index))
@@ -430,40 +413,6 @@ class Store(Purging):
         except StorageError:
             on_disk = [False] * len(not_in_memory)
         return [i for (i, _), found in zip(not_in_memory, on_disk, strict=True) if not found]
-
-    # --- leases: one fill per slice across worker processes ---------------------------------------------------
-
-    @staticmethod
-    def lease_names(entry_key: str, version: str, indices: range | list[int]) -> dict[int, str]:
-        """The lease of each slice, by index: what lease_run takes and a stored slice's write drops."""
-        return {i: lease_name(slice_name(entry_key, version, i)) for i in indices}
-
-    async def lease_run(self, entry_key: str, meta: ObjectMeta, indices: list[int], seconds: float) -> int:
-        """Lease slices to fetch, in order, up to the first another worker is fetching; how many were leased."""
-        names = list(self.lease_names(entry_key, meta.slice_version, indices).values())
-        try:
-            return await self.disk.lease(names, seconds)
-        except StorageError:
-            return len(indices)  # no disk to coordinate through: fetch, as a single worker would
-
-    async def drop_leases(self, names: list[str]) -> None:
-        """Let go of leases whose slices will not be stored (their fill failed): whoever waits fetches at once."""
-        for name in names:
-            with contextlib.suppress(StorageError):
-                await self.disk.delete(name)
-
-    async def wait_for_peer(self, entry_key: str, meta: ObjectMeta, index: int, seconds: float) -> None:
-        """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`.
-
-        Worker processes share nothing but the disk, so this polls it, as nginx's cache lock does."""
-        name = slice_name(entry_key, meta.slice_version, index)
-        with contextlib.suppress(TimeoutError, StorageError):
-            async with asyncio.timeout(seconds):
-                while True:
-                    on_disk, leased = await self.disk.contains([name, lease_name(name)])
-                    if on_disk or not leased:
-                        return
-                    await asyncio.sleep(PEER_POLL)
 
     def put_slice_memory(self, entry_key: str, version: str, index: int, data: bytes) -> None:
         self.memory.put(slice_name(entry_key, version, index), data)

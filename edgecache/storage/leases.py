@@ -1,0 +1,56 @@
+"""Leases: one fill per slice across the worker processes of a node, which share nothing but the disk tier.
+
+A worker about to fetch a run of slices takes their leases on the disk first; another that finds one taken waits
+for the slice to land (or the lease to go: its fill failed), polling the disk as nginx's cache lock does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from edgecache.core.entry import ObjectMeta
+from edgecache.errors import StorageError
+from edgecache.storage.disk import lease_name
+from edgecache.storage.disks import Disks
+from edgecache.storage.slicenames import slice_name
+
+PEER_POLL = 0.02  # seconds between looks at the disk while another worker fetches a slice
+
+
+class Leases:
+    """The Store's leases (a mixin: its `disk`)."""
+
+    disk: Disks
+
+    @staticmethod
+    def lease_names(entry_key: str, version: str, indices: range | list[int]) -> dict[int, str]:
+        """The lease of each slice, by index: what lease_run takes and a stored slice's write drops."""
+        return {i: lease_name(slice_name(entry_key, version, i)) for i in indices}
+
+    async def lease_run(self, entry_key: str, meta: ObjectMeta, indices: list[int], seconds: float) -> int:
+        """Lease slices to fetch, in order, up to the first another worker is fetching; how many were leased."""
+        names = list(self.lease_names(entry_key, meta.slice_version, indices).values())
+        try:
+            return await self.disk.lease(names, seconds)
+        except StorageError:
+            return len(indices)  # no disk to coordinate through: fetch, as a single worker would
+
+    async def drop_leases(self, names: list[str]) -> None:
+        """Let go of leases whose slices will not be stored (their fill failed): whoever waits fetches at once."""
+        for name in names:
+            with contextlib.suppress(StorageError):
+                await self.disk.delete(name)
+
+    async def wait_for_peer(self, entry_key: str, meta: ObjectMeta, index: int, seconds: float) -> None:
+        """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`.
+
+        Worker processes share nothing but the disk, so this polls it, as nginx's cache lock does."""
+        name = slice_name(entry_key, meta.slice_version, index)
+        with contextlib.suppress(TimeoutError, StorageError):
+            async with asyncio.timeout(seconds):
+                while True:
+                    on_disk, leased = await self.disk.contains([name, lease_name(name)])
+                    if on_disk or not leased:
+                        return
+                    await asyncio.sleep(PEER_POLL)
