@@ -64,6 +64,7 @@ class Node:
     certificates: Certificates | None = None
     purge_sync: PurgeSync | None = None
     state: dict[str, bool] = field(default_factory=lambda: {"listening": False, "draining": False})
+    reloading: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time, in the order asked (reload)
 
     def __post_init__(self) -> None:
         if self.certificates is not None:  # HTTPS: a host another certificate than the SNI name's covers is refused
@@ -180,8 +181,17 @@ def _limiter(config: Config) -> RateLimiter | None:
 async def reload(node: Node) -> bool:
     """SIGHUP: read the config file again; apply it if valid, keep the old one (and say why) if not.
 
-    Connections stay open: only the routing table and the cluster membership are swapped.
+    Connections stay open: only the routing table and the cluster membership are swapped. One reload at a time, in
+    the order they were asked for: each read its file in a thread, and one that took longer (a slow mount, a file
+    with many certificates) applied what it had read after a later one had applied the file as it now is.
     """
+    if node.reloading.locked():
+        log.info("reload waits for the reload in progress to end")
+    async with node.reloading:
+        return await _reload(node)
+
+
+async def _reload(node: Node) -> bool:
     from edgecache import config as cfg
     from edgecache.errors import ConfigError
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
-from tests.e2e.procs import edge_process, free_port, wait_lines, wait_listening
+import aiohttp
+
+from tests.e2e.procs import descendants, edge_process, free_port, wait_lines, wait_listening
 from tests.origin import Origin
 
 CONFIG = """
@@ -116,3 +119,60 @@ async def test_a_reload_back_to_the_running_config_names_no_change(origin: Origi
         while not lines or b"reloaded" not in lines[-1]:
             lines.append(await asyncio.wait_for(proc.stderr.readline(), 30))
         assert [line for line in lines if b"changed in" in line] == []
+
+
+def _worker(parent: int) -> int:
+    return next(p for p in descendants(parent) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes())
+
+
+async def _until(proc: asyncio.subprocess.Process, *needles: bytes) -> bytes:
+    """The first log line holding any of `needles`."""
+    assert proc.stderr is not None
+    while True:
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert line, "edgecache exited early"
+        if any(n in line for n in needles):
+            return line
+
+
+async def _admin_status(port: int, token: str) -> int:
+    async with aiohttp.ClientSession() as s:
+        url = f"http://127.0.0.1:{port}/ring?url=http://a.test/r"
+        async with s.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
+            return r.status
+
+
+async def test_reloads_apply_in_the_order_they_were_asked_for(origin: Origin, tmp_path: Path) -> None:
+    # Each SIGHUP started a reload of its own at once, and the one whose file took longer to load (a token file on a
+    # slow mount; here a FIFO nobody had written yet) applied the config it had read after a later reload had
+    # applied the file as it now is: the node went on running the old file (its rotated-away token let in, the
+    # file's own refused) until the next reload.
+    port, admin = free_port(), free_port()
+    path, fifo = tmp_path / "edge.toml", tmp_path / "token.fifo"
+    os.mkfifo(fifo)
+    site = SITE.format(name="a", host="a.test", origin=origin.url)
+    tokens = f'[admin]\nlisten = "127.0.0.1:{admin}"\n[[admin.tokens]]\nname = "ops"\nrole = "operator"\n{{token}}\n'
+
+    def write(token: str) -> None:
+        path.write_text(
+            CONFIG.replace("[cache]", tokens + "[cache]").format(
+                port=port, cache=tmp_path / "c", sites=site, token=token
+            )
+        )
+
+    write('token = "first-token-0123456789"')
+    async with edge_process("serve", "--config", str(path), ready={b"admin listening on": 1}) as proc:
+        worker = _worker(proc.pid)  # signalled itself: the parent reads the file too, and would take the FIFO's
+        write(f'token_file = "{fifo}"')
+        os.kill(worker, signal.SIGHUP)
+        writer = await asyncio.to_thread(open, fifo, "w")  # returns once the worker's reload reads it
+        with writer:
+            write('token = "third-token-0123456789"')
+            os.kill(worker, signal.SIGHUP)
+            first = await _until(proc, b"reloaded", b"reload waits")
+            writer.write("second-token-0123456789\n")
+        if b"reload waits" in first:
+            await _until(proc, b"reloaded")
+        await _until(proc, b"reloaded")
+        assert await _admin_status(admin, "third-token-0123456789") == 200
+        assert await _admin_status(admin, "second-token-0123456789") == 401
