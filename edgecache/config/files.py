@@ -73,9 +73,15 @@ def unusable_disks(config: Config) -> list[str]:
 
 def _unusable(path: Path) -> str | None:
     there = path
-    while not there.exists() and there.parent != there:  # the node makes the rest (parents too)
-        there = there.parent
-    if not there.is_dir():
+    while there.parent != there:  # the nearest that is there (a link too, to nothing or not): the node makes the rest
+        try:
+            os.lstat(there)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            there = there.parent
+        except OSError as exc:  # a name too long, a directory it may not look in: nothing the node could make
+            return f"cannot look at {str(there)!r}: {exc.strerror}"
+    if not there.is_dir():  # a link to nothing too: the node cannot make a directory where it is
         return f"{str(there)!r} is not a directory"
     if not os.access(there, os.W_OK | os.X_OK):
         return f"cannot write in {str(there)!r}: no write permission or a read-only file system"

@@ -294,6 +294,31 @@ def test_check_config_refuses_a_cache_directory_the_node_cannot_use(tmp_path: Pa
     assert not (tmp_path / "not").exists()  # a check makes nothing
 
 
+def test_check_config_names_a_cache_directory_it_cannot_look_at_or_that_is_a_dangling_link(tmp_path: Path) -> None:
+    """A cache.dir that is a link to nothing passed check-config (the node then failed to make it: File exists,
+    its disk out of service from the start), and one whose name is longer than the file system takes ended
+    check-config with a traceback (OSError: File name too long). A link to a directory is one the node uses."""
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere" / "cache")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    site = '[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["http://127.0.0.1:9"]\n'
+    bad = tmp_path / "bad.toml"
+    long = "x" * 300
+    for path, problem in [
+        ("gone", f"{str(tmp_path / 'gone')!r} is not a directory"),
+        ("gone/sub", f"{str(tmp_path / 'gone')!r} is not a directory"),
+        (long, f"cannot look at {str(tmp_path / long)!r}: File name too long"),
+        (f"{long}/sub", f"cannot look at {str(tmp_path / long / 'sub')!r}: File name too long"),
+    ]:
+        bad.write_text(f'[cache]\ndir = "{path}"\ndisk = "64MiB"\n{site}')
+        r = run_cli("check-config", str(bad))
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", f"{bad}: cache.dir: {problem}\n"), path
+    for path in ("linked", "linked/not/yet"):
+        bad.write_text(f'[cache]\ndir = "{path}"\ndisk = "64MiB"\n{site}')
+        assert run_cli("check-config", str(bad)).returncode == 0, path
+    assert list((tmp_path / "real").iterdir()) == []
+
+
 @pytest.mark.parametrize("taken", ["server.listen", "admin.listen", "demo.origin"])
 def test_serve_with_an_address_another_process_holds_says_which_and_exits_1(tmp_path: Path, taken: str) -> None:
     """The client listeners are bound by the parent, which stops at once when it cannot; the admin API's and the
