@@ -37,6 +37,12 @@ def version_of(headers: Headers, length: int | None) -> str | None:
     return None
 
 
+def versioned(meta: ObjectMeta) -> bool:
+    """Whether a stored copy has a version (version_of), so that a fill may bring the slices it lacks: an answer
+    without one is a copy of its own (fillhead._copy), whose bytes are never served for another (same_bytes)."""
+    return not meta.version.startswith("u:")
+
+
 def weak_twins(a: Headers, b: Headers) -> bool:
     """Whether two answers' ETags are one tag, weak in one and strong in the other (`W/"x"` and `"x"`): an origin
     that answers some ranges of an object with the weak form and others with the strong (two backends, or a

@@ -10,7 +10,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from edgecache.core import admit, lookaside, ranges
+from edgecache.core import admit, entry, lookaside, ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import FillPlan, cold_run, needed_slices, plan_fill, stored_run
@@ -18,7 +18,7 @@ from edgecache.core.freshness import Use, current_age
 from edgecache.core.headers import get_first
 from edgecache.core.ring import Member
 from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
-from edgecache.errors import ClientError
+from edgecache.errors import ClientError, VersionChanged
 from edgecache.proxy import observe, reading
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, FillHead, answered_from, fill_detail
@@ -133,11 +133,27 @@ async def _completed(
     is to be fetched (core.status.with_fetched): a hit is said only when no byte of it comes from origin."""
     needed = answer_slices(request.method, req.headers, meta, engine.slice_size)
     missing = await engine.store.missing(req.entry_key, meta, needed) if needed else []
+    if missing and not entry.versioned(meta) and not all(_brought(engine, req, meta, i) for i in missing):
+        # Any fill it starts is a copy of its own: the answer was cut at the first slice it lacked. Before any byte
+        # is sent, the copy goes and the object is fetched whole (EdgeHandler._cached_loop).
+        raise VersionChanged(f"the stored copy {meta.version} names no version and lacks slices {missing[:3]}")
     if missing:
         dropped = engine.ghosts.slice_dropped
         version = meta.slice_version
         observe.trace(request).evicted = any(dropped(slice_name(req.entry_key, version, i)) for i in missing)
     return with_fetched(status, bool(missing))
+
+
+def _brought(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> bool:
+    """Is slice `index` of the copy `meta` on its way: in memory now, or brought by a fill of that very copy (the
+    fill of a HEAD's miss, say, that goes on with the body)?"""
+    if engine.store.in_memory(req.entry_key, meta, index):
+        return True
+    fill = engine.fills.find(req, index)
+    head = fill.head if fill is not None else None
+    if head is None or not head.done() or head.cancelled() or head.exception() is not None:
+        return False
+    return bool(head.result().meta.slice_version == meta.slice_version)
 
 
 def fill_fields(

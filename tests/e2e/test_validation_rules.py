@@ -162,3 +162,21 @@ async def test_only_if_cached_never_fetches_the_slices_a_stored_entry_lacks(edge
             status, headers, body = await edge.get("/big", **fields)
             assert (status, body) == (504, b"only-if-cached and not in cache\n"), rng
     assert origin.range_hits("/big") == ["bytes=0-1048575"]
+
+
+async def test_a_stored_copy_without_validators_that_lacks_a_slice_is_fetched_whole_not_cut(
+    edge: Edge, origin: Origin
+) -> None:
+    """An object with no validator, its first slice stored by a range request: the next whole GET was started
+    from that copy on aiohttp's handler (200, Content-Length 2 MiB) and cut after its first 1 MiB, since the fill
+    of the slice it lacked is a copy of its own (no version names them one: fillhead._copy). Such a copy is never
+    completed: before any byte is sent it goes, and the object is fetched whole, as on the fast path."""
+    size = 2**20
+    origin.put("/nv", b"a" * 2 * size, etag=None, last_modified=None, headers={"Cache-Control": "max-age=3600"})
+    status, _, body = await edge.get("/nv", Range="bytes=0-9")
+    assert (status, body) == (206, b"a" * 10)
+    origin.put("/nv", b"b" * 2 * size, etag=None, last_modified=None, headers={"Cache-Control": "max-age=3600"})
+    for _ in range(2):  # the new bytes, whole, then stored
+        status, _, body = await edge.get("/nv")
+        assert (status, len(body), body == b"b" * 2 * size) == (200, 2 * size, True)
+    assert origin.range_hits("/nv") == ["bytes=0-1048575", None]
