@@ -21,8 +21,8 @@ FRAMING = ("content-length", "content-range", "transfer-encoding", "accept-range
 
 
 def version_of(headers: Headers, length: int | None) -> str | None:
-    """A strong ETag, else Last-Modified with the length (and the weak ETag, if any); None when nothing can tell
-    two versions apart.
+    """A strong ETag, else a strong Last-Modified with the length (and the weak ETag, if any); None when nothing
+    can tell two versions apart.
 
     A weak ETag alone does not name bytes (RFC 9110 8.8.1: two versions may share it), so it never makes slices
     combinable; but a changed one says the bytes may have changed even where Last-Modified and the length did not
@@ -32,7 +32,9 @@ def version_of(headers: Headers, length: int | None) -> str | None:
     if etag.startswith('"'):
         return "e:" + etag
     lm = get_first(headers, "last-modified")
-    if lm and length is not None:
+    # Only a strong one (RFC 9110 8.8.2.2: well before the Date): one the Date is near may name two versions made
+    # within that second, and parts are combined under a strong validator only (15.3.7.3).
+    if lm and length is not None and strong_last_modified(lm, get_first(headers, "date")) is not None:
         return f"l:{lm.strip()}:{length}" + (f":{etag}" if etag else "")
     return None
 

@@ -3,6 +3,9 @@ does (5.2.1.7), and a 304 updates only the stored response whose validator it ca
 
 from __future__ import annotations
 
+import time
+from email.utils import formatdate
+
 import pytest
 from aiohttp import web
 
@@ -180,3 +183,23 @@ async def test_a_stored_copy_without_validators_that_lacks_a_slice_is_fetched_wh
         status, _, body = await edge.get("/nv")
         assert (status, len(body), body == b"b" * 2 * size) == (200, 2 * size, True)
     assert origin.range_hits("/nv") == ["bytes=0-1048575", None]
+
+
+async def test_slices_of_an_object_whose_only_validator_is_a_recent_last_modified_are_never_combined(
+    edge: Edge, origin: Origin
+) -> None:
+    """RFC 9110 15.3.7.3 and 8.8.2.2: parts are combined only under a strong validator, and a Last-Modified a few
+    seconds before the answer's Date is not one (the origin may change the bytes again within that second). A
+    copy of such an object with its first slice stored took its second slice from an origin that had rewritten it
+    since (no ETag, the same Last-Modified and length): one 200 of 1 MiB of the old bytes and 1 MiB of the new."""
+    size = 2**20
+    recent = formatdate(time.time() - 5, usegmt=True)
+    fields = {"Cache-Control": "public, max-age=3600"}
+    origin.put("/live", b"a" * 2 * size, etag=None, last_modified=recent, headers=fields)
+    status, _, body = await edge.get("/live", Range="bytes=0-9")
+    assert (status, body) == (206, b"a" * 10)
+    origin.put("/live", b"b" * 2 * size, etag=None, last_modified=recent, headers=fields)
+    for _ in range(2):  # the new bytes, whole (fetched in one request), then stored
+        status, _, body = await edge.get("/live")
+        assert (status, len(body), body == b"b" * 2 * size) == (200, 2 * size, True)
+    assert origin.range_hits("/live") == ["bytes=0-1048575", None]

@@ -11,11 +11,23 @@ ASK = ByteRange(1048576, 2097151)
 
 
 def test_version_prefers_strong_etag() -> None:
+    lm, date = ("Last-Modified", "Sat, 01 Nov 2025 00:00:00 GMT"), ("Date", "Mon, 01 Dec 2025 00:00:00 GMT")
     assert version_of((("ETag", '"abc"'), ("Last-Modified", "x")), 10) == 'e:"abc"'
-    assert version_of((("ETag", 'W/"abc"'), ("Last-Modified", "x")), 10) == 'l:x:10:W/"abc"'
+    assert version_of((("ETag", 'W/"abc"'), lm, date), 10) == 'l:Sat, 01 Nov 2025 00:00:00 GMT:10:W/"abc"'
     assert version_of((("ETag", 'W/"abc"'),), 10) is None  # a weak tag alone names no bytes
-    assert version_of((("Last-Modified", "x"),), None) is None
+    assert version_of((lm, date), None) is None
     assert version_of((), 10) is None
+
+
+def test_a_last_modified_names_a_version_only_when_it_is_strong() -> None:
+    """RFC 9110 8.8.2.2: well before the Date (STRONG_DATE_GAP); else two versions made within that second share it,
+    and their slices are never combined (15.3.7.3)."""
+    lm = ("Last-Modified", "Sat, 01 Nov 2025 00:00:00 GMT")
+    assert version_of((lm, ("Date", "Sat, 01 Nov 2025 00:01:00 GMT")), 10) == "l:Sat, 01 Nov 2025 00:00:00 GMT:10"
+    assert version_of((lm, ("Date", "Sat, 01 Nov 2025 00:00:59 GMT")), 10) is None
+    assert version_of((lm, ("Date", "Sat, 01 Nov 2025 00:00:00 GMT"), ("ETag", 'W/"a"')), 10) is None
+    assert version_of((lm,), 10) is None  # no Date: nothing to judge it by
+    assert version_of((("Last-Modified", "x"), ("Date", "Mon, 01 Dec 2025 00:00:00 GMT")), 10) is None
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,9 @@ def test_an_answer_is_stored_only_when_it_names_the_version_held_here() -> None:
     assert lookaside.judge(206, ranged, ByteRange(100, 199), 'e:"v1"') is Outcome.HIT
     assert lookaside.judge(206, ranged, ByteRange(0, 99), None) is Outcome.UNUSABLE  # not the range asked
     lm = (("Last-Modified", "Sat, 01 Nov 2025 00:00:00 GMT"), ("Content-Length", "100"))
-    assert lookaside.judge(200, lm, None, None) is Outcome.HIT  # Last-Modified and the length name a version
+    date = (("Date", "Mon, 01 Dec 2025 00:00:00 GMT"),)
+    assert lookaside.judge(200, lm + date, None, None) is Outcome.HIT  # a strong Last-Modified and the length do
+    assert lookaside.judge(200, lm, None, None) is Outcome.UNUSABLE  # no Date: it may name two versions
     assert lookaside.judge(200, (("ETag", 'W/"weak"'), ("Content-Length", "100")), None, None) is Outcome.UNUSABLE
     assert lookaside.judge(200, (("Content-Length", "100"),), None, None) is Outcome.UNUSABLE
     assert lookaside.judge(200, (("ETag", '"v1"'),), None, None) is Outcome.UNUSABLE  # no length: maybe cut
