@@ -222,13 +222,15 @@ class Engine:
         resp, request_time = await self._ask(req, sent, asked, validate)
         try:
             primary = req.primary or req.entry_key.split("\n", 1)[0]
+            if self.store.stale():  # another worker purged meanwhile: judged by what this one held, the fill
+                await self.store.catch_up()  # would be stored, and its record written over the purge's
             if resp.status == 304:
                 existing = validate  # a 304 need not repeat Vary: it is about the entry we asked to validate
             else:
                 record = PrimaryRecord(req.generation, entry.vary_names(resp.headers))
                 existing = await self.store.get_meta(entry_key(primary, record, req.headers, req.scope))
             # judge_head() tells a fill an invalidation overtook by the record this process holds: one let go
-            # meanwhile (the RSS bound, another worker's purge) is read back from disk first, never taken as none.
+            # meanwhile (the RSS bound, another worker's purge caught up on) is read back from disk first.
             await self.store.get_record(primary)
             times = (request_time, time.time())
             head = judge_head(self.store, self.slice_size, resp.status, resp.headers, asked, req, times, existing)

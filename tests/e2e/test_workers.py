@@ -195,3 +195,40 @@ async def test_two_workers_that_miss_one_cold_object_at_once_name_one_copy(origi
         fetched = covered([x.headers.get("Range") for x in origin.seen])
         later = [i for i in fetched if i not in first_run]
         assert sorted(later) == sorted(set(later)) == [i for i in range(13) if i not in first_run]
+
+
+async def test_a_fill_in_flight_in_another_worker_does_not_undo_a_url_purge(origin: Origin, tmp_path: Path) -> None:
+    """A URL purge gives the object's record a new generation, applied by the worker serving the admin API. A cold
+    fill of a Vary'd object in flight in the other worker came back after it: that worker judged it by the record it
+    still held (no request had told it of the purge yet), stored it, and wrote that record (the old generation,
+    the Vary it learned) over the purge's. The purged copy was then served by every worker that read the record."""
+    hdrs = {"Cache-Control": "public, max-age=3600", "Vary": "Accept-Encoding"}
+    origin.put("/z.bin", b"1" * 100_000, etag='"v1"', headers=hdrs)
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    session = aiohttp.ClientSession(skip_auto_headers=("Accept-Encoding",))  # the key holds the field as sent: absent
+    async with edge_process("serve", "--config", str(cfg), ready=READY), session as s:
+
+        async def get() -> tuple[str | None, bytes]:
+            headers = {"Host": "video.test", "Connection": "close"}
+            async with s.get(f"http://127.0.0.1:{port}/z.bin", headers=headers) as r:
+                assert r.status == 200
+                return r.headers.get("ETag"), await r.read()
+
+        origin.gate = asyncio.Event()  # every head held: a cold fill in flight in each worker
+        cold: list[asyncio.Future[tuple[str | None, bytes]]] = []
+        for _ in range(64):  # new connections, until one lands on the second worker (its own origin request)
+            cold.append(asyncio.ensure_future(get()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(origin.wait_for_requests(2), 0.2)
+                break
+        assert len(origin.seen) == 2, "the kernel gave every connection to one worker"
+        origin.put("/z.bin", b"2" * 100_000, etag='"v2"', headers=hdrs)
+        auth = {"Authorization": f"Bearer {OPERATOR}"}
+        url = {"url": "http://video.test/z.bin"}
+        async with s.post(f"http://127.0.0.1:{admin}/purge", json=url, headers=auth) as r:
+            assert r.status == 200, await r.text()
+        origin.gate.set()
+        versions = {'"v1"': b"1" * 100_000, '"v2"': b"2" * 100_000}  # asked before the purge: either, whole
+        assert all(versions.get(etag) == body for etag, body in await asyncio.gather(*cold))
+        assert [await get() for _ in range(30)] == [('"v2"', b"2" * 100_000)] * 30
