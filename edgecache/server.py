@@ -92,7 +92,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     store.slice_size = config.cache.slice_bytes
     store.shared = config.workers > 1
     if store.shared:
-        store.attach_epoch(epoch or Epoch())
+        store.attach_epoch(epoch or Epoch(), worker)
     await store.load_purges()
     # A body of unknown length is stored up to an eighth of the disk budget (README "Single-flight")
     c = config.cache

@@ -290,7 +290,7 @@ class _Workers:
         self.config = config
         self.bound: list[list[Bound] | None] = [bind_listeners(config) for _ in range(config.workers)]
         self.beats = Heartbeats(config.workers)
-        self.epoch = Epoch() if config.workers > 1 else None  # what one worker changed, told to the others
+        self.epoch = Epoch(config.workers) if config.workers > 1 else None  # what a worker changed, told the others
         # The directory of worker 0's internal socket (server.start_internal), made here so that it outlives a worker
         # killed with SIGKILL: each worker 0 binds the socket in it again, and close() removes it.
         self.private = Path(tempfile.mkdtemp(prefix="edgecache-"))  # mode 0700

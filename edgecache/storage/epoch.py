@@ -2,11 +2,16 @@
 seen by every other one before it answers its next request.
 
 Workers share the disk tier but each keeps records, metadata and the purge table in memory. The counter lives
-in 8 bytes of shared memory the parent process makes and hands to every worker it starts, as it does the
-heartbeats; reading it is one memory load, so each request can afford it. It needs no disk (it was a file in the
-cache directory: a worker that found that directory unusable at start died on it, where the disk is to be taken
-out of service and the node to serve from origin). Two workers bumping it at once may lose one increment, but
-never leave it unchanged, which is all a reader needs.
+in shared memory the parent process makes and hands to every worker it starts, as it does the heartbeats;
+reading it is a few memory loads, so each request can afford it. It needs no disk (it was a file in the cache
+directory: a worker that found that directory unusable at start died on it, where the disk is to be taken out of
+service and the node to serve from origin).
+
+Each worker counts its own changes in a slot of its own (its index: a restarted worker takes over its
+predecessor's), the only process that writes there, and looks at the others' slots. One counter that every worker
+bumped could not tell a worker's own change from another's made at the same moment: a bump landing between
+another worker's read and its write (or lost in it) was taken for that worker's own, and its change was never
+caught up on.
 """
 
 from __future__ import annotations
@@ -18,15 +23,21 @@ _FORMAT = struct.Struct("<Q")
 
 
 class Epoch:
-    __slots__ = ("_memory",)
+    __slots__ = ("_memory", "_slots")
 
-    def __init__(self) -> None:
-        self._memory = multiprocessing.get_context("spawn").RawArray("B", _FORMAT.size)
+    def __init__(self, slots: int = 1) -> None:
+        """`slots`: the node's workers (their indices are the slots)."""
+        self._slots = max(1, slots)
+        self._memory = multiprocessing.get_context("spawn").RawArray("B", _FORMAT.size * self._slots)
 
-    def value(self) -> int:
-        return int(_FORMAT.unpack_from(self._memory, 0)[0])
+    def slot(self, worker: int) -> int:
+        return worker % self._slots
 
-    def bump(self) -> int:
-        new = (self.value() + 1) % 2**64
-        _FORMAT.pack_into(self._memory, 0, new)
-        return new
+    def others(self, slot: int) -> int:
+        """How many changes the workers but the one of `slot` have made (it changes whenever one of them bumps)."""
+        return sum(_FORMAT.unpack_from(self._memory, i * _FORMAT.size)[0] for i in range(self._slots) if i != slot)
+
+    def bump(self, slot: int) -> None:
+        """The worker of `slot` changed something (only it writes its slot)."""
+        offset = slot * _FORMAT.size
+        _FORMAT.pack_into(self._memory, offset, (_FORMAT.unpack_from(self._memory, offset)[0] + 1) % 2**64)

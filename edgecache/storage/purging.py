@@ -50,7 +50,8 @@ class Purging:
         self._taking: set[tuple[str, int]] = set()  # purges being applied now: a copy arriving meanwhile is skipped
         self._issued = 0  # the last number this node gave a purge it took from an operator
         self.epoch: Epoch | None = None  # with shared: the change counter all workers map
-        self._seen_epoch = 0
+        self._seen_epoch = 0  # the other workers' count of changes this one has caught up on
+        self._slot = 0  # this worker's in the epoch
         # How many times catch_up() forgot what this process held: a lookup that loaded from the disk before the
         # last time must load again before it takes "not held" for "not stored" (fastpath.FastPath.loads).
         self.forgotten = 0
@@ -79,21 +80,20 @@ class Purging:
     def _changed(self) -> None:
         """Tell the other workers (after the disk has the change): they drop what they hold in memory."""
         if self.epoch is not None:
-            before = self.epoch.value()
-            after = self.epoch.bump()
-            if before == self._seen_epoch:  # else another worker changed something too: still catch up on it
-                self._seen_epoch = after
+            self.epoch.bump(self._slot)
 
-    def attach_epoch(self, epoch: Epoch) -> None:
+    def attach_epoch(self, epoch: Epoch, worker: int = 0) -> None:
+        """Share `epoch` with the other workers as worker `worker` (its slot there)."""
         self.epoch = epoch
-        self._seen_epoch = epoch.value()
+        self._slot = epoch.slot(worker)
+        self._seen_epoch = epoch.others(self._slot)
 
     def stale(self) -> bool:
         """Another worker purged or invalidated something since this one last looked (one memory load). Called
         before each request is looked up: a pause of this process just ended is noticed here too (watch_pauses)."""
         if self._on_pause is not None:
             self.tick()
-        return self.epoch is not None and self.epoch.value() != self._seen_epoch
+        return self.epoch is not None and self.epoch.others(self._slot) != self._seen_epoch
 
     # --- pauses of this process -------------------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ class Purging:
         next lookups go to the disk tier, which has the other worker's change."""
         if self.epoch is None:
             return
-        seen = self.epoch.value()
+        seen = self.epoch.others(self._slot)
         if seen == self._seen_epoch:
             return
         self._forget_held()
