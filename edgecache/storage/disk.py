@@ -74,6 +74,17 @@ def _hold(directory: Path) -> tuple[int, bool]:
     return fd, True
 
 
+def _alive(pid: int) -> bool:
+    """Does process `pid` run (on this host: the workers sharing a disk are one node's)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
+
+
 def _start_all(pool: ThreadPoolExecutor, threads: int, each: Callable[[], object]) -> None:
     """Start every thread of the pool now, each running `each` once (it opens the thread's own SQLite connection).
     The executor starts them one by one as work arrives, and a start waits until the new thread runs, which takes
@@ -362,8 +373,11 @@ class DiskTier:
         for first, a value stored between the look and the lease was fetched twice."""
 
         def take() -> int:
+            holder = str(os.getpid()).encode()
             for n, key in enumerate(keys):
-                if not self._cache.add(key, b"", expire=seconds, retry=True):
+                if not self._cache.add(key, holder, expire=seconds, retry=True) and (
+                    self._leased(key) or not self._cache.add(key, holder, expire=seconds, retry=True)
+                ):
                     return n
                 if key.removeprefix(LEASE) in self._cache:
                     self._cache.delete(key, retry=True)
@@ -376,7 +390,21 @@ class DiskTier:
         await self._run(lambda: self._forget(key))
 
     async def contains(self, keys: list[str]) -> list[bool]:
-        return await self._run(lambda: [k in self._cache for k in keys])
+        """Which keys are stored; a lease counts only while its process lives (_leased)."""
+        return await self._run(lambda: [self._leased(k) if k.startswith(LEASE) else k in self._cache for k in keys])
+
+    def _leased(self, lease: str) -> bool:
+        """Is `lease` taken by a process alive? One a dead process held (a worker killed mid-fill) is deleted: the
+        others waiting on it fetch the value now, not once it expires."""
+        holder = self._cache.get(lease, None, retry=True)
+        if not isinstance(holder, bytes):
+            return False
+        if not holder.isdigit() or _alive(int(holder)):  # (a lease of a version before holders were named: b"")
+            return True
+        with self._cache.transact(retry=True):  # (a write lock: only for a dead one) not one taken since the read
+            if self._cache.get(lease, None, retry=True) == holder:
+                self._cache.delete(lease, retry=True)
+        return False
 
     async def volume(self) -> int:
         return await self._run(self._cache.volume)

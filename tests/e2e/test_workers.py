@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from tests.e2e.procs import edge_process, free_port
+from edgecache.proxy.reading import LEASE_SECONDS
+from tests.e2e.procs import descendants, edge_process, free_port
 from tests.e2e.test_operations import metric
 from tests.origin import Origin
 
@@ -232,3 +235,52 @@ async def test_a_fill_in_flight_in_another_worker_does_not_undo_a_url_purge(orig
         versions = {'"v1"': b"1" * 100_000, '"v2"': b"2" * 100_000}  # asked before the purge: either, whole
         assert all(versions.get(etag) == body for etag, body in await asyncio.gather(*cold))
         assert [await get() for _ in range(30)] == [('"v2"', b"2" * 100_000)] * 30
+
+
+def owner_of(port: int, pids: set[int]) -> int:
+    """Which of `pids` has the socket of local port `port` on 127.0.0.1 (read from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rpartition(":")[2], 16) == port:
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return pid
+    raise AssertionError(f"no process of {pids} has port {port}")
+
+
+async def test_a_slice_a_killed_worker_was_fetching_is_fetched_at_once(origin: Origin, tmp_path: Path) -> None:
+    """A worker killed mid-fill leaves its slices' leases on the shared disk. The others waited on them until they
+    expired (LEASE_SECONDS, 10 s) before fetching the slices themselves: a lease named no holder. A lease names
+    its process now, and one whose process is gone is let go at once."""
+    origin.put("/k.bin", DATA)
+    peers: list[int] = []
+
+    def note(request: web.BaseRequest, _obj: object) -> None:
+        peers.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+
+    origin.on_request = note
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with edge_process("serve", "--config", str(cfg), ready=READY) as proc, aiohttp.ClientSession() as s:
+
+        async def get(first: int, last: int) -> bytes:
+            headers = {"Host": "video.test", "Range": f"bytes={first}-{last}", "Connection": "close"}
+            async with s.get(f"http://127.0.0.1:{port}/k.bin", headers=headers) as r:
+                assert r.status == 206
+                return await r.read()
+
+        assert await get(0, 99) == DATA[:100]  # the object's metadata is on the shared disk now
+        origin.gate = asyncio.Event()  # the fill of slice 5 holds its lease, and never ends
+        killed = asyncio.ensure_future(get(5 * MiB, 5 * MiB + 99))
+        await origin.wait_for_requests(2)
+        os.kill(owner_of(peers[-1], descendants(proc.pid)), signal.SIGKILL)
+        origin.gate.set()
+        async with asyncio.timeout(LEASE_SECONDS / 2):
+            with contextlib.suppress(aiohttp.ClientError):
+                await killed  # (aiohttp may ask again, on a new connection, and be answered)
+            for k in range(6):  # whichever worker each lands on
+                assert await get(5 * MiB + k, 5 * MiB + k + 999) == DATA[5 * MiB + k : 5 * MiB + k + 1000]
+        assert covered(origin.range_hits("/k.bin")) == [0, 5, 5]  # the killed worker's, then one for all
