@@ -325,8 +325,7 @@ async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], served
                 await _send_later(conn, transport, p, source)
             else:
                 await _send_one(conn, transport, p, source)
-            if conn.write_paused:
-                await conn.drain()
+            await pace(conn)
     except BaseException:
         conn.finished(p, served.cache + served.origin + served.peer, t0, cut=True)
         raise
@@ -364,8 +363,7 @@ async def _write(conn: FastPath, transport: asyncio.Transport, data: memoryview)
         return
     for at in range(0, len(data), TLS_PIECE):
         _put(conn, transport, data[at : at + TLS_PIECE])
-        if conn.write_paused:
-            await conn.drain()
+        await pace(conn)
 
 
 async def _send_later(conn: FastPath, transport: asyncio.Transport, p: Prepared, later: _Later) -> int:
@@ -414,11 +412,20 @@ async def _send_fetched(conn: FastPath, transport: asyncio.Transport, p: Prepare
     async for chunk in fetch.chunks:
         _put(conn, transport, chunk)
         sent += len(chunk)
-        if conn.write_paused:
-            await conn.drain()
+        await pace(conn)
     if sent != fetch.hi - fetch.lo:
         raise OriginError(f"slice {fetch.index} gave {sent} bytes, expected {fetch.hi - fetch.lo}")
     return sent
+
+
+async def pace(conn: FastPath) -> None:
+    """Between two pieces of an answer: wait while the client is not taking them. Under TLS, let the loop run in any
+    case: uvloop's TLS transport drops every write after a TCP FIN (and logs a WARNING per write past the fifth)
+    while it says it is open, until connection_lost, which comes only from the loop."""
+    if conn.write_paused:
+        await conn.drain()  # raises once the client is gone, or cut for not reading (write_timeout)
+    elif conn.tls:
+        await asyncio.sleep(0)
 
 
 def _still_there(conn: FastPath, transport: asyncio.Transport) -> None:
@@ -485,6 +492,5 @@ async def _send_from(conn: FastPath, transport: asyncio.Transport, f: SliceFile,
             if transport.get_write_buffer_size() == 0:
                 # The socket took it all, so the transport holds no reference to the buffer: reuse it.
                 conn.server.give_back(buf)
-        if conn.write_paused:
-            await conn.drain()
+        await pace(conn)
     return lo

@@ -115,8 +115,7 @@ async def _write(
     nbytes = sum(len(x) for x in started)
     try:
         async for chunk in chunks:
-            if conn.write_paused:
-                await conn.drain()
+            await diskhit.pace(conn)
             write(conn, chunk)  # raises once the client is gone: the parts left are not read for nobody
             nbytes += len(chunk)
     except BaseException:
