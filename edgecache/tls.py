@@ -22,6 +22,7 @@ import weakref
 from typing import Any
 
 from edgecache.config import Config, TLSFiles
+from edgecache.config.certcheck import load_pair
 from edgecache.core.route import Router, normalise_host
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def _base() -> ssl.SSLContext:
 
 def _context(files: TLSFiles) -> ssl.SSLContext:
     ctx = _base()
-    ctx.load_cert_chain(files.cert, files.key)
+    load_pair(ctx, files)
     return ctx
 
 

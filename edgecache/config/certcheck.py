@@ -21,6 +21,16 @@ _PEM = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re
 _VERDICTS = {9: "is not valid yet", 10: "has expired"}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
 
 
+def load_pair(ctx: ssl.SSLContext, files: TLSFiles) -> None:
+    """Load the pair of `files` into `ctx`; raises OSError or ssl.SSLError. Given no way to get the passphrase of an
+    encrypted key, OpenSSL asks for it on the terminal (or stdin): a check, a start or a reload waited there."""
+    ctx.load_cert_chain(files.cert, files.key, password=_no_passphrase)
+
+
+def _no_passphrase() -> bytes:
+    raise OSError("the private key is encrypted: edgecache takes a key without a passphrase")
+
+
 def warnings(files: TLSFiles, hosts: tuple[str, ...]) -> list[str]:
     """Why clients would refuse the certificate of `files` (a pair that loads), for itself or for `hosts`."""
     try:
@@ -43,7 +53,7 @@ def warnings(files: TLSFiles, hosts: tuple[str, ...]) -> list[str]:
 
 def _handshake(files: TLSFiles, leaf: str) -> dict[str, Any] | None:
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(files.cert, files.key)
+    load_pair(server, files)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False
     client.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is the trust anchor

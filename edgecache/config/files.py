@@ -9,7 +9,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from edgecache.config.certcheck import warnings
+from edgecache.config.certcheck import load_pair, warnings
 from edgecache.config.model import Config, TLSFiles
 from edgecache.config.schema import KEYS
 from edgecache.config.values import _Reader
@@ -48,7 +48,7 @@ def read_tls(r: _Reader, t: dict[str, Any], p: str, base: Path, hosts: tuple[str
         paths.append(path if path.is_absolute() else base / path)
     files = TLSFiles(paths[0], paths[1])
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(files.cert, files.key)
+        load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), files)
     except (OSError, ssl.SSLError) as exc:
         r.problem(f"{p}tls", f"cannot load certificate {files.cert} with key {files.key}: {exc}")
         return None

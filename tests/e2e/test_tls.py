@@ -385,3 +385,42 @@ async def test_a_name_that_is_not_ascii_costs_no_traceback(origin: Origin, tmp_p
     log = await proc.stderr.read()
     assert b"Traceback" not in log
     assert log.count(b"INFO edgecache.tls: TLS handshake refused: the client's SNI name is not ASCII") == 2
+
+
+async def test_a_key_with_a_passphrase_is_refused_without_asking_for_it(tmp_path: Path) -> None:
+    """OpenSSL asks for the passphrase of an encrypted key on the terminal (or stdin) when given no way to get it:
+    check-config, a start and a reload (on the worker's loop) waited there for ever at 'Enter PEM pass phrase:', and
+    with stdin closed failed with '[Errno 22] Invalid argument'. Such a key is a config error now, saying so."""
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.e2e.procs import ROOT
+
+    files = issue(trustme.CA(), tmp_path, "videos", "video.test")
+    key = serialization.load_pem_private_key(files.key.read_bytes(), None)
+    secret = serialization.BestAvailableEncryption(b"secret")
+    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, secret))
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        '[server]\nlisten = ["127.0.0.1:8080"]\ntls_listen = ["127.0.0.1:8443"]\n[cache]\ndir = "c"\n'
+        '[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["http://127.0.0.1:1"]\n'
+        '[sites.tls]\ncert = "videos.pem"\nkey = "videos.key"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgecache", "check-config", str(config), cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(20):  # stdin stays open: a prompt would wait on it
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2
+    assert out.decode() == (
+        f"{config}: sites[0].tls: cannot load certificate {files.cert} with key {files.key}: the private key is"
+        " encrypted: edgecache takes a key without a passphrase\n"
+        f"{config}: server.tls_listen: needs a certificate: [server.tls] or a [sites.tls] table\n"
+    )
