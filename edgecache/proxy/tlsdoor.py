@@ -20,6 +20,7 @@ import ssl
 from typing import TYPE_CHECKING, cast
 
 from edgecache import metrics
+from edgecache.proxy import diskhit
 from edgecache.proxy.fastpath import FastPath
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ class _Seated(FastPath):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.door.release()
+        # The TLS transport holds what it is given, encrypted, and asks the writer to wait only past 512 KiB by
+        # default (asyncio's and uvloop's): a client that stopped reading held that much of the node's memory.
+        cast(asyncio.WriteTransport, transport).set_write_buffer_limits(high=diskhit.TLS_PIECE)
         super().connection_made(transport)
 
 

@@ -424,3 +424,47 @@ async def test_a_key_with_a_passphrase_is_refused_without_asking_for_it(tmp_path
         " encrypted: edgecache takes a key without a passphrase\n"
         f"{config}: server.tls_listen: needs a certificate: [server.tls] or a [sites.tls] table\n"
     )
+
+
+async def test_a_client_that_stops_reading_holds_about_a_piece_of_encrypted_bytes(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The TLS transport encrypts what it is given into a buffer of its own and tells the writer to wait only past
+    512 KiB (asyncio's and uvloop's default for TLS): a client that stopped reading held 524,992 bytes of the node's
+    memory (outside Python's heap, where tracemalloc does not see it), not the 64 KiB piece the answers are written
+    in. An HTTPS connection's transport asks the writer to wait past a piece now."""
+    import os
+    import socket
+
+    from edgecache.proxy.diskhit import TLS_PIECE
+
+    clients, body = 4, os.urandom(8 * 2**20)
+    origin.put("/stall.bin", body)
+    ca = trustme.CA()
+    config = make_config(tmp_path / "c", [origin.url])
+    site = replace(config.sites[0], tls=issue(ca, tmp_path, "videos", "video.test"))
+    config = replace(config, sites=(site,), tls_listen=(Listen("127.0.0.1", 0),))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    async with start_edge(config) as edge:
+        assert edge.fast is not None
+        assert (await edge.get("/stall.bin"))[2] == body
+        writers = []
+        try:
+            for _ in range(clients):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", edge.ports[1]))
+                _, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="video.test", limit=4096)
+                writer.write(b"GET /stall.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
+                writers.append(writer)
+            async with asyncio.timeout(20):
+                while sum(c.write_paused for c in edge.fast.connections) < clients:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            held = [c.transport.get_write_buffer_size() for c in edge.fast.connections if c.tls and c.transport]
+        finally:
+            for writer in writers:
+                writer.close()
+    assert len(held) == clients
+    assert max(held) <= 2 * TLS_PIECE, held
