@@ -52,13 +52,13 @@ async def ask(port: int, heads: list[bytes]) -> list[tuple[int, bytes]]:
 async def test_distinct_fat_heads_hold_at_most_the_workers_memo_budget(
     origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """All the memos of a worker hold one budget together, a quarter of cache.memory_headroom: each memo alone held
+    """All the memos of a worker hold one budget together, half of cache.memory_headroom: each memo alone held
     up to 2 x 16 MiB, and a flood of fat heads with and without Range filled three (79 MiB accounted here), which
     took a worker to 127 MiB of RSS against a budget of 80 (cache.memory 16 MiB + memory_headroom 64 MiB). A thin
     head asked now and then during the flood is still decided once, and its ranges cut once."""
     origin.put("/obj", BODY)
     config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=True)
-    assert config.cache.memory_headroom == 64 * 2**20
+    config = replace(config, cache=replace(config.cache, memory_headroom=32 * 2**20))  # a pool of 16 MiB
     async with start_edge(config) as edge:
         assert edge.fast is not None
         decider = edge.fast.decider
@@ -88,7 +88,7 @@ async def test_distinct_fat_heads_hold_at_most_the_workers_memo_budget(
                 heads += [thin, cut]
                 expected += [(200, BODY), (206, BODY[5:10])]
         assert await ask(edge.port, heads) == expected
-        assert decider.pool.budget == 16 * 2**20  # a quarter of the headroom
+        assert decider.pool.budget == 16 * 2**20  # half of the headroom
         # Each turn of the memos' generations came after 107 or 108 rounds of a plain and a ranged head (8 MiB
         # added: half the budget), each memo's older generation holds the last of them, its newer those since
         assert [(len(m.new), len(m.old)) for m in memos] == [(94, 107), (93, 108), (94, 108), (0, 0), (0, 0)]
@@ -110,7 +110,8 @@ async def test_distinct_fat_heads_forwarded_hold_at_most_the_byte_budget(origin:
     """The same at a node that forwards them: its remembered forwards, and the heads it sent the owner (proxy.relay,
     remembered with the forwards, in the same pool). Over
     100 objects, each asked fewer times than makes it hot here (core.popularity), so every request is forwarded."""
-    configs = cluster_configs(origin, tmp_path)
+    pooled = 32 * 2**20  # a memo pool of 16 MiB
+    configs = [replace(c, cache=replace(c.cache, memory_headroom=pooled)) for c in cluster_configs(origin, tmp_path)]
     paths = [p for p in (f"/f/{i:04d}" for i in range(1000)) if owner_of(configs, p) == "node2"][:100]
     for path in paths:
         origin.put(path, BODY)

@@ -117,8 +117,8 @@ def test_memory_headroom_is_a_size_and_zero_turns_the_bound_off() -> None:
     assert wide.cache.memory_headroom == 2**30
     # what a worker's memos of decisions hold together: a quarter of it (of its default when off), 4 MiB at least
     narrow = build({**base, "cache": {"memory_headroom": "8MiB"}}, "f.toml", Path("/etc/edgecache"))
-    assert [c.cache.memo_bytes for c in (off, narrow, wide)] == [16 * 2**20, 4 * 2**20, 2**28]
-    assert build(base, "f.toml", Path("/etc/edgecache")).cache.memo_bytes == 16 * 2**20
+    assert [c.cache.memo_bytes for c in (off, narrow, wide)] == [32 * 2**20, 4 * 2**20, 2**29]
+    assert build(base, "f.toml", Path("/etc/edgecache")).cache.memo_bytes == 32 * 2**20
     assert any(
         p.startswith("f.toml: cache.memory_headroom:") for p in problems({**base, "cache": {"memory_headroom": "lots"}})
     )
