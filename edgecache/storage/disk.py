@@ -313,53 +313,50 @@ class DiskTier:
         `pinned`: the policy never evicts it (a primary record that hides older copies must outlive them); it is
         outside the budget, so keep such values few and small.
         """
+        return await self._run(lambda: self._write(key, value, lease, pinned))
 
-        def write() -> bool:
-            # Admitted first, in its own transaction: the budget holds before the bytes land, and a hit on the value
-            # always finds its row. No worker waits on the file's write; a crash before it leaves a row without a
-            # value, which the index drops at start.
-            with self._cache.transact(retry=True):
-                if pinned:
-                    self.policy.remove(key)
-                    self._queues.pin(key, len(value))
-                    evicted = []
-                else:
-                    evicted = self.policy.admit(key, len(value))
-                self._delete_values(evicted)  # with `key` itself when too big: its old value goes too
-            stored = key not in evicted
-            try:
-                if stored:
-                    # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
-                    self._cache.set(key, value, tag=zlib.crc32(value), retry=True)
-                    # Deleted (a purge) or evicted (another write's admission, which leaves a ghost row) between
-                    # admission and write: no orphan. A ghost's value was kept, unindexed, past the budget for good.
-                    found = self._queues.find(key)
-                    if found is None or found[0] == GHOST:
-                        self._forget(key)
-                        stored = False
-            except BaseException:
-                self._forget(key)
-                raise
-            finally:
-                if lease is not None:
-                    self._cache.delete(lease, retry=True)
-            return stored
-
-        return await self._run(write)
+    def _write(self, key: str, value: bytes, lease: str | None, pinned: bool) -> bool:
+        # Admitted first, in its own transaction: the budget holds before the bytes land, and a hit on the value
+        # always finds its row. No worker waits on the file's write; a crash before it leaves a row without a
+        # value, which the index drops at start.
+        with self._cache.transact(retry=True):
+            if pinned:
+                self.policy.remove(key)
+                self._queues.pin(key, len(value))
+                evicted = []
+            else:
+                evicted = self.policy.admit(key, len(value))
+            self._delete_values(evicted)  # with `key` itself when too big: its old value goes too
+        stored = key not in evicted
+        try:
+            if stored:
+                # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
+                self._cache.set(key, value, tag=zlib.crc32(value), retry=True)
+                # Deleted (a purge) or evicted (another write's admission, which leaves a ghost row) between
+                # admission and write: no orphan. A ghost's value was kept, unindexed, past the budget for good.
+                found = self._queues.find(key)
+                if found is None or found[0] == GHOST:
+                    self._forget(key)
+                    stored = False
+        except BaseException:
+            self._forget(key)
+            raise
+        finally:
+            if lease is not None:
+                self._cache.delete(lease, retry=True)
+        return stored
 
     async def claim(self, key: str, value: bytes, keep: Callable[[bytes], bool]) -> bytes:
-        """Store `value` unless the value stored now is one `keep` accepts; what is stored after. One transaction:
-        of two processes claiming the same key at once, the second sees the first's value."""
+        """Store `value` as put() does, unless the value stored now is one `keep` accepts; what is stored after. The
+        look and the write are one transaction: of two processes claiming the same key at once, the second sees
+        the first's value."""
 
         def run() -> bytes:
             with self._cache.transact(retry=True):
                 current = self._get_checked(key)
                 if current is not None and keep(current):
                     return current
-                evicted = self.policy.admit(key, len(value))
-                self._delete_values(evicted)
-                if key not in evicted:
-                    self._cache.set(key, value, tag=zlib.crc32(value), retry=True)
+                self._write(key, value, None, False)
             return value
 
         return await self._run(run)
