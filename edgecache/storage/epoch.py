@@ -23,19 +23,22 @@ _FORMAT = struct.Struct("<Q")
 
 
 class Epoch:
-    __slots__ = ("_memory", "_slots")
+    __slots__ = ("_all", "_memory", "_slots")
 
     def __init__(self, slots: int = 1) -> None:
         """`slots`: the node's workers (their indices are the slots)."""
         self._slots = max(1, slots)
+        self._all = f"<{self._slots}Q"  # every slot at once (a format, not a Struct: it crosses to spawned workers)
         self._memory = multiprocessing.get_context("spawn").RawArray("B", _FORMAT.size * self._slots)
 
     def slot(self, worker: int) -> int:
         return worker % self._slots
 
     def others(self, slot: int) -> int:
-        """How many changes the workers but the one of `slot` have made (it changes whenever one of them bumps)."""
-        return sum(_FORMAT.unpack_from(self._memory, i * _FORMAT.size)[0] for i in range(self._slots) if i != slot)
+        """How many changes the workers but the one of `slot` have made (it changes whenever one of them bumps).
+        Asked before every request: one unpack of all the slots (0.2 µs with 8 workers, a loop over them 1.2)."""
+        counts: tuple[int, ...] = struct.unpack_from(self._all, self._memory)
+        return sum(counts) - counts[slot]
 
     def bump(self, slot: int) -> None:
         """The worker of `slot` changed something (only it writes its slot)."""
