@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from bisect import bisect_left
 from typing import Any
 
@@ -24,6 +25,7 @@ from prometheus_client import Counter, Histogram
 
 log = logging.getLogger(__name__)
 _get_loop = asyncio._get_running_loop  # None where no loop runs: C, no exception
+_thread = threading.get_ident
 
 
 class _Turn:
@@ -31,15 +33,25 @@ class _Turn:
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = 0  # the thread that runs it
         self.dirty: list[_Turned] = []
 
     def switch(self, loop: asyncio.AbstractEventLoop) -> None:
         apply()  # another loop's leftovers: its next turn may never come
-        self.loop = loop
+        self.loop, self.thread = loop, _thread()
 
-    def add(self, child: _Turned, loop: asyncio.AbstractEventLoop) -> None:
+    def here(self) -> bool:
+        """Whether the loop running here is the one whose turn batches, as `_get_loop() is self.loop` says but
+        without its cost: CPython 3.11 asks the kernel for the process id on every _get_running_loop (0.4 µs on
+        the 2-core VM, against 0.1 for this), and a hit makes five increments. A loop runs on one thread at a
+        time, and a thread runs one loop at a time."""
+        loop = self.loop
+        return loop is not None and _thread() == self.thread and loop.is_running()
+
+    def add(self, child: _Turned) -> None:
         if not self.dirty:
-            loop.call_soon(apply)
+            assert self.loop is not None
+            self.loop.call_soon(apply)
         self.dirty.append(child)
 
 
@@ -81,14 +93,14 @@ class _Turned:
 
     def _batched(self) -> bool:
         """Whether this increment is summed for the next turn (else the caller applies it at once: no loop)."""
-        loop = _get_loop()
-        if loop is None:
-            return False
-        if loop is not _TURN.loop:
+        if not _TURN.here():
+            loop = _get_loop()
+            if loop is None:
+                return False
             _TURN.switch(loop)
         if not self._dirty:
             self._dirty = True
-            _TURN.add(self, loop)
+            _TURN.add(self)
         return True
 
     def apply(self) -> None:
@@ -112,7 +124,7 @@ class TurnCounter(_Turned):
         if amount < 0:
             raise ValueError("Counters can only be incremented by non-negative amounts.")
         # Once more this turn (the common case, kept short), or the first time.
-        if (self._dirty and _get_loop() is _TURN.loop) or self._batched():
+        if (self._dirty and _TURN.here()) or self._batched():
             self._pending += amount
         else:
             self._metric.inc(amount)
@@ -139,7 +151,7 @@ class TurnHistogram(_Turned):
         return child
 
     def observe(self, amount: float) -> None:
-        if not (self._dirty and _get_loop() is _TURN.loop) and not self._batched():
+        if not (self._dirty and _TURN.here()) and not self._batched():
             self._metric.observe(amount)
             return
         if amount == amount:  # NaN is in no bucket of the client's (amount <= bound is false), only in the sum

@@ -173,7 +173,7 @@ class Relay:
                 if self.gone:  # the viewer left while this waited for a connection: it goes back unused
                     pool.release(self.peer)
                     raise ConnectionResetError("client went away")
-                self.finished = asyncio.get_running_loop().create_future()
+                self.finished = self.conn.loop.create_future()
                 self.asked = time.monotonic()
                 self.peer.send(request, self, head_only=self.fwd.method == "HEAD")
                 await self.finished

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -134,3 +135,24 @@ def test_a_child_that_fails_to_apply_leaves_the_others_counting() -> None:
 
     asyncio.run(turn())
     assert samples(batched)[("c_total", (("k", "a"),))] == 5.0
+
+
+def test_an_increment_from_another_thread_while_the_loops_turn_is_pending_is_applied_at_once() -> None:
+    """The loop's own increments wait for its next turn; a disk thread's, of the same child in the same turn, go to
+    the child at once (their sum is never written by two threads)."""
+    batched, _, _, _, count, _ = pair()
+    child = count.labels("a")
+    seen: list[float] = []
+
+    async def main() -> None:
+        child.inc(1)
+        worker = threading.Thread(target=child.inc, args=(2,))
+        worker.start()
+        worker.join()
+        seen.append(samples(batched)[("c_total", (("k", "a"),))])
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        seen.append(samples(batched)[("c_total", (("k", "a"),))])
+
+    asyncio.run(main())
+    assert seen == [2.0, 3.0]
