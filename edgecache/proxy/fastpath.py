@@ -237,8 +237,8 @@ class FastPath(asyncio.Protocol):
             self.busy or self.write_paused or (self.closing and self.started is None)
         ):
             end = self.buf.find(b"\r\n\r\n")
-            if end < 0:  # a head ended by bare LFs is not one, and none may follow it: aiohttp refuses it now
-                if len(self.buf) > MAX_HEAD or b"\n\n" in self.buf or b"\n\r\n" in self.buf:
+            if end < 0:  # a head ended by bare LFs, or a TLS record (0x16) is none: aiohttp refuses it now (400)
+                if len(self.buf) > MAX_HEAD or b"\n\n" in self.buf or b"\n\r\n" in self.buf or self.buf[:1] == b"\x16":
                     self.hand_off()
                 return
             store = self.server.shared.engine.store
