@@ -8,6 +8,9 @@ an answer and the files it opened failed. So an HTTPS listener is a plain one wh
 any byte is read: a seat is taken, the socket given to the loop's TLS (connect_accepted_socket) with the header
 timeout, and the seat handed to the fast path's connection once its handshake is done, or let go when it fails.
 A connection past max_connections is closed at once: before TLS there is no way to send it the 503.
+
+Its first byte is peeked at before the handshake, as nginx does: a connection that does not start with a TLS record
+is a plain HTTP client on the HTTPS port, and gets 400 "the plain HTTP request was sent to HTTPS port" in plain HTTP.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, cast
 
 from edgecache import metrics
 from edgecache.proxy import diskhit
+from edgecache.proxy.fastpath import MAX_HEAD as MAX_UNREAD
 from edgecache.proxy.fastpath import FastPath
 
 if TYPE_CHECKING:
@@ -69,14 +73,24 @@ class TLSDoor(asyncio.Protocol):
         self.done = asyncio.get_running_loop().create_task(self._handshake(self.sock))
 
     async def _handshake(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.server.settings.header_timeout
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
+            try:
+                async with asyncio.timeout_at(deadline):
+                    first = await _peek(loop, sock)
+            except BaseException:  # none in time, or the node stops: the socket is still ours
+                sock.close()
+                raise
+            if first not in _TLS:  # plain HTTP (or nothing): answered as nginx does, or closed
+                return _plain(sock, first)
+            await loop.connect_accepted_socket(
                 lambda: _Seated(self.server, self),
                 sock,
                 ssl=self.context,
-                ssl_handshake_timeout=self.server.settings.header_timeout,
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
             )
-        except OSError:  # a failed handshake, or none in time (SSLError, TimeoutError): the loop closed the socket
+        except OSError:  # a failed handshake, or none in time (SSLError, TimeoutError): the socket is closed
             pass
         finally:
             self.release()
@@ -93,3 +107,41 @@ class TLSDoor(asyncio.Protocol):
         if self.sock is not None:
             with contextlib.suppress(OSError):  # closed meanwhile (the loop detaches it as it closes)
                 self.sock.shutdown(socket.SHUT_RDWR)
+
+
+# A TLS record starts with its type, a handshake (0x16); an SSLv2-style ClientHello with a byte of the high bit set.
+_TLS = frozenset(bytes([b]) for b in (0x16, *range(0x80, 0x100)))
+_PLAIN_400 = (
+    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 46\r\n\r\n"
+    b"the plain HTTP request was sent to HTTPS port\n"
+)
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """The connection's first byte, left in the socket for the TLS handshake (b"": it closed without one)."""
+    while True:
+        try:
+            return sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            pass
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _wake, readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(sock.fileno())
+
+
+def _wake(readable: asyncio.Future[None]) -> None:
+    if not readable.done():  # the reader may be called again before the peek's task runs
+        readable.set_result(None)
+
+
+def _plain(sock: socket.socket, first: bytes) -> None:
+    """A connection that did not start with TLS: a client's plain HTTP gets 400 saying so (nginx's answer), the
+    bytes it sent read first (closed with them unread, the socket would reset the connection, the answer lost)."""
+    with contextlib.suppress(OSError), sock:
+        if first:
+            with contextlib.suppress(BlockingIOError):
+                sock.recv(MAX_UNREAD)
+            sock.send(_PLAIN_400)

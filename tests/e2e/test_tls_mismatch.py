@@ -8,9 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import trustme
 
+from edgecache.config import Listen
 from tests.conftest import make_config, start_edge
-from tests.e2e.test_tls import BODY, client_hello
+from tests.e2e.test_tls import BODY, client_hello, fetch, issue
 from tests.origin import Origin
 
 REFUSED_TLS = b"Received HTTPS traffic on an HTTP port"  # aiohttp's reason
@@ -39,4 +41,26 @@ async def test_tls_sent_to_the_plain_port_is_answered_400_at_once(origin: Origin
             head, _, body = answer.partition(b"\r\n\r\n")
             assert (head.split(b"\r\n")[0], body) == (b"HTTP/1.0 400 Bad Request", REFUSED_TLS)
         assert (await edge.get("/v.bin"))[2] == BODY
+    assert origin.hits["/v.bin"] == 1
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_plain_http_sent_to_the_https_port_is_answered_400(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """A plain HTTP client on the HTTPS port (http:// to port 443) was closed without a byte: the TLS handshake
+    failed on its request line. nginx answers '400 The plain HTTP request was sent to HTTPS port'; so does the node
+    now, in plain HTTP, and closes. A TLS client still gets its handshake, on the same listener."""
+    origin.put("/v.bin", BODY)
+    ca = trustme.CA()
+    config = make_config(tmp_path / "c", [origin.url])
+    site = replace(config.sites[0], tls=issue(ca, tmp_path, "videos", "video.test"))
+    config = replace(config, sites=(site,), tls_listen=(Listen("127.0.0.1", 0),), header_timeout=60.0, fast_path=fast)
+    async with start_edge(config) as edge:
+        for _ in range(2):
+            answer = await exchange(edge.ports[1], b"GET /v.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
+            assert answer == (
+                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 46\r\n"
+                b"\r\nthe plain HTTP request was sent to HTTPS port\n"
+            )
+            assert edge.fast is None or (edge.fast.open, edge.fast.handshaking) == (0, set())  # its seat let go
+            assert (await fetch(edge.ports[1], ca, "video.test", "video.test", "/v.bin")).endswith(BODY)
     assert origin.hits["/v.bin"] == 1
