@@ -8,6 +8,10 @@ A client that named one certificate's host (SNI) and then asks for a host anothe
 one site with another's name: misdirected() tells, for a 421 (RFC 9110 15.5.20), as nginx and CloudFront answer
 it; a client that sent no name is served whatever its Host.
 
+Every session ticket is encrypted with the listeners' context's keys and read before the SNI callback, so a
+session could be resumed for a name of another certificate than it was made with (TLS 1.3; TLS 1.2 resumes with
+the session's own name, which misdirected() judges): with several certificates, no TLS 1.3 ticket is issued.
+
 The listeners' own context holds no certificate: every handshake is switched to a context of the last load
 (OpenSSL calls the SNI callback with no name too). Loading a certificate into a context in place would keep the
 one it replaces when their key types differ (a context holds one per type), served on to clients that prefer it.
@@ -47,6 +51,7 @@ class Certificates:
         self.context.sni_callback = self._pick
         self._by_name: Router[ssl.SSLContext] = Router(())
         self._default = self.context
+        self._tickets = self.context.num_tickets  # OpenSSL's default (2)
         # The SNI name each connection's handshake gave (normalised), as long as its TLS object lives.
         self._names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self.load(config)
@@ -62,6 +67,9 @@ class Certificates:
                 contexts[site.tls] = _context(site.tls)
         by_name = Router((s.hosts, contexts[s.tls]) for s in config.sites if s.tls is not None)
         self._default, self._by_name = contexts[default], by_name
+        # OpenSSL decrypts a TLS 1.3 ticket with the listeners' keys before the SNI callback runs: a session made
+        # with one certificate would be resumed under another's name. With several, no ticket is issued.
+        self.context.num_tickets = 0 if len(contexts) > 1 else self._tickets
 
     def _pick(self, conn: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
         host = normalise_host(name) if name else None
