@@ -73,12 +73,12 @@ async def test_each_site_gets_its_own_certificate_by_sni(origin: Origin, tmp_pat
         # A name no site has a certificate for gets the default one, which a careful client refuses.
         with pytest.raises(ssl.SSLCertVerificationError):
             await fetch(port, ca, "unknown.test", "video.test", "/v.bin")
-        # The plain listener still works, and the HTTPS one never answers plain HTTP.
+        # The plain listener still works, and the HTTPS one never serves plain HTTP (test_tls_mismatch: a 400).
         assert (await edge.get("/v.bin"))[2] == BODY
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /v.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
         async with asyncio.timeout(10):
-            assert not (await reader.read(-1)).startswith(b"HTTP/1.1 200")
+            assert (await reader.read(-1)).startswith(b"HTTP/1.1 400 Bad Request\r\n")
         writer.close()
     assert origin.hits["/v.bin"] == 3  # once per host: the key includes the host
 
