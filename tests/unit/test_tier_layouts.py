@@ -1,0 +1,60 @@
+"""loadtest.tier_layouts: the three arrangements of memory and disk worked out by hand on one-byte slices."""
+
+from __future__ import annotations
+
+from edgecache.storage.policy import MAIN, DiskPolicy, S3FIFOPolicy
+from loadtest.efficiency import SLICE
+from loadtest.tier_layouts import Counted, Doorkeeper, Exclusive, Victim
+
+
+def two_passes(n: int) -> list[str]:
+    return [f"{i}:0" for i in range(n)] * 2
+
+
+def run(tiers: Counted, keys: list[str]) -> Counted:
+    for key in keys:
+        tiers.get(key, 1)
+    return tiers
+
+
+def test_exclusive_tiers_hold_memory_plus_disk_distinct_slices() -> None:
+    # 20 slices twice over 8 bytes of memory and 12 of disk: inclusive, the disk holds the last 12 fills and memory
+    # the last 8 of them, so the second pass finds none; exclusive, the disk holds what memory evicted, all 20 fit.
+    inclusive = run(Counted(S3FIFOPolicy(8), DiskPolicy(12)), two_passes(20))
+    exclusive = run(Exclusive(S3FIFOPolicy(8), DiskPolicy(12)), two_passes(20))
+    assert (inclusive.all.hits, inclusive.written) == (0, 40)
+    assert (exclusive.all.hits, exclusive.mem.hits, exclusive.dsk.hits) == (20, 0, 20)
+    # Each of the first 12 memory evictions and each slice moved back out of memory in the second pass: one write.
+    assert exclusive.written == 12 + 20
+    assert len(exclusive.memory) + len(exclusive.disk) == 20
+
+
+def test_victim_tiers_keep_what_memory_drops_when_the_disk_lacks_it() -> None:
+    victim = run(Victim(S3FIFOPolicy(8), DiskPolicy(12)), two_passes(20))
+    # Fills go to both tiers as in the node: the disk's FIFO has dropped 0-7 for 12-19 before memory evicts 12-19.
+    assert victim.all.hits == run(Counted(S3FIFOPolicy(8), DiskPolicy(12)), two_passes(20)).all.hits == 0
+    assert victim.written == 40
+
+
+def test_a_slice_moved_to_memory_returns_to_its_place_on_disk() -> None:
+    tiers = Exclusive(S3FIFOPolicy(8), DiskPolicy(100))
+    tiers.policy.queues.push(MAIN, "hot:0", 1, 1)  # on disk, in main with one reuse counted
+    tiers.get("hot:0", 1)  # a disk hit: counted (2), moved to memory
+    assert "hot:0" not in tiers.disk
+    assert tiers.places == {"hot:0": (MAIN, 2)}
+    run(tiers, [f"{i}:0" for i in range(8)])  # memory's eighth fill evicts it, never asked again in memory
+    assert tiers.policy.queues.find("hot:0") == (MAIN, 1, 2)
+    assert "hot:0" not in tiers.memory
+    assert tiers.places == {}
+
+
+def test_the_doorkeeper_writes_a_slice_to_disk_on_its_second_miss_only() -> None:
+    tiers = Doorkeeper(S3FIFOPolicy(8), DiskPolicy(5 * SLICE))  # remembers 10 keys
+    run(tiers, ["a:0"])
+    assert ("a:0" in tiers.memory, "a:0" in tiers.disk, tiers.written) == (True, False, 0)
+    run(tiers, [f"{i}:0" for i in range(8)])  # a goes from memory; the disk lacks it
+    assert ("a:0" in tiers.memory, tiers.written) == (False, 0)
+    run(tiers, ["a:0"])  # its second miss: written
+    assert ("a:0" in tiers.disk, tiers.written, tiers.all.hits) == (True, 1, 0)
+    run(tiers, [f"{i}:0" for i in range(100, 110)])  # 10 more first misses: the oldest remembered are forgotten
+    assert list(tiers.seen) == [f"{i}:0" for i in range(100, 110)]
