@@ -1,6 +1,7 @@
 """Inclusive, victim or exclusive tiers: what each arrangement of memory and disk would fetch from the origin.
 
     nice python -m loadtest.tier_layouts [--seed 1] [--objects 3000] [--sessions 40000] [--versus 3GiB,8GiB]
+                                         [--workers 1,2,4]
 
 The node's tiers are inclusive: a fill goes to memory and to the disk, a disk hit is offered to memory and stays on
 disk, so a slice in memory is (nearly always) on disk too and the two hold about --disk distinct bytes. nginx has
@@ -19,12 +20,15 @@ disk) through these arrangements and LRU + LRU, and prints each one's byte hit r
     disk's small FIFO with no count, and the exclusive pair loses 5 points at 1 + 8 GiB instead of gaining.
 Two streams: efficiency.py's workload at its table's budgets (1 + 8, 2 + 16, 4 + 32 GiB), and, for each --versus
 content size, versus_nginx.py's seeded trace at its default budgets (256 MiB + 1 GiB) with, beside them, nginx
-modelled as one LRU disk of 1 GiB (the trace is replayed in order, not 8 sessions at once as versus_nginx plays it).
+modelled as one LRU disk of 1 GiB (the trace is replayed in order, not 8 sessions at once as versus_nginx plays it);
+then the versus traces over --workers worker processes (each its own memory tier of the full budget, as the node
+runs them, over one disk): exclusive, a slice in one worker's memory is a miss for the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -182,6 +186,29 @@ def versus_stream(seed: int, content: int) -> Iterator[tuple[str, int]]:
                 yield f"{r.obj}:{index}", trace.slice_len(r.obj, index)
 
 
+def workers_origin(seed: int, content: int, workers: int) -> dict[str, tuple[int, int]]:
+    """versus_nginx.py's trace over `workers` processes, each with its own memory tier of the full budget (as the
+    node gives each worker) over one shared disk, each session on a worker drawn at random (a connection stays on
+    its worker): each layout's (origin bytes, bytes written to disk)."""
+    trace = make_trace(seed, content, 6 * GiB)
+    disks = {"inclusive": DiskPolicy(VERSUS[1]), "exclusive": DiskPolicy(VERSUS[1])}
+    runs: dict[str, list[Counted]] = {
+        "inclusive": [Counted(S3FIFOPolicy(VERSUS[0]), disks["inclusive"]) for _ in range(workers)],
+        "exclusive": [Exclusive(S3FIFOPolicy(VERSUS[0]), disks["exclusive"]) for _ in range(workers)],
+    }
+    rnd = random.Random(f"workers {seed}")
+    for session in trace.sessions:
+        worker = rnd.randrange(workers)
+        for r in session:
+            for index in range(r.first // SLICE, r.last // SLICE + 1):
+                for tiers in runs.values():
+                    tiers[worker].get(f"{r.obj}:{index}", trace.slice_len(r.obj, index))
+    return {
+        name: (sum(t.all.bytes - t.all.hit_bytes for t in tiers), sum(t.written for t in tiers))
+        for name, tiers in runs.items()
+    }
+
+
 def rows(label: str, runs: dict[str, Counted], lru: float) -> Iterator[str]:
     for name, t in runs.items():
         _, hit = t.all.ratio()
@@ -198,7 +225,11 @@ def main() -> int:
     ap.add_argument("--objects", type=int, default=3000)
     ap.add_argument("--sessions", type=int, default=40000)
     ap.add_argument("--versus", default="3GiB,8GiB", help="versus_nginx --content sizes, comma-separated ('' none)")
+    ap.add_argument(
+        "--workers", default="1,2,4", help="worker counts for the versus traces' multi-worker replay ('' none)"
+    )
     args = ap.parse_args()
+    args.workers = [int(w) for w in filter(None, args.workers.split(","))]
     print("| budgets | layout | memory byte hit | overall byte hit (vs LRU + LRU) | origin GiB | written to disk GiB |")
     print("|---|---|---|---|---|---|")
     for memory_gib, disk_gib in BUDGETS:
@@ -211,6 +242,10 @@ def main() -> int:
         replay(versus_stream(args.seed, parse_size(content)), runs)
         lru = runs["LRU + LRU (inclusive)"].all.ratio()[1]
         print("\n".join(rows(f"versus_nginx --content {content}", runs, lru)), flush=True)
+        for workers in args.workers:
+            figures = workers_origin(args.seed, parse_size(content), workers)
+            shown = ", ".join(f"{name} {o / GiB:.3f} GiB (written {w / GiB:.2f})" for name, (o, w) in figures.items())
+            print(f"versus_nginx --content {content}, {workers} workers: origin {shown}", flush=True)
     return 0
 
 

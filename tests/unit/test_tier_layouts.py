@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from edgecache.config.values import parse_size
 from edgecache.storage.policy import MAIN, DiskPolicy, S3FIFOPolicy
 from loadtest.efficiency import SLICE
-from loadtest.tier_layouts import Counted, Doorkeeper, Exclusive, Victim
+from loadtest.tier_layouts import (
+    VERSUS,
+    Counted,
+    Doorkeeper,
+    Exclusive,
+    Victim,
+    layouts,
+    replay,
+    versus_stream,
+    workers_origin,
+)
+from loadtest.versus_nginx import make_trace
 
 
 def two_passes(n: int) -> list[str]:
@@ -58,3 +70,30 @@ def test_the_doorkeeper_writes_a_slice_to_disk_on_its_second_miss_only() -> None
     assert ("a:0" in tiers.disk, tiers.written, tiers.all.hits) == (True, 1, 0)
     run(tiers, [f"{i}:0" for i in range(100, 110)])  # 10 more first misses: the oldest remembered are forgotten
     assert list(tiers.seen) == [f"{i}:0" for i in range(100, 110)]
+
+
+def test_with_several_workers_an_exclusive_slice_in_one_workers_memory_is_a_miss_for_the_others() -> None:
+    # Two workers' memories over one disk: the slice worker 0 took from the disk is not there for worker 1.
+    disk = DiskPolicy(100)
+    first, second = Exclusive(S3FIFOPolicy(8), disk), Exclusive(S3FIFOPolicy(8), disk)
+    run(first, ["a:0"])  # filled into worker 0's memory
+    run(second, ["a:0"])  # not on disk: worker 1 fills it again
+    assert (first.all.hits, second.all.hits) == (0, 0)
+    shared = DiskPolicy(100)
+    one, two = Counted(S3FIFOPolicy(8), shared), Counted(S3FIFOPolicy(8), shared)
+    run(one, ["a:0"])
+    run(two, ["a:0"])  # inclusive: on the shared disk
+    assert (one.all.hits, two.all.hits, two.dsk.hits) == (0, 1, 1)
+
+
+def test_one_worker_replays_as_the_table_and_exclusive_fetches_each_slice_once_at_three_gib() -> None:
+    content = parse_size("3GiB")
+    runs = replay(versus_stream(1, content), layouts(*VERSUS))
+    one = workers_origin(1, content, 1)
+    inclusive, exclusive = runs["inclusive (the node)"].all, runs["exclusive"].all
+    assert one["inclusive"][0] == inclusive.bytes - inclusive.hit_bytes
+    # 256 MiB + 1 GiB hold the trace's 1.24 GiB of distinct slices: exclusive, each is fetched once.
+    assert one["exclusive"][0] == exclusive.bytes - exclusive.hit_bytes
+    assert one["exclusive"][0] == make_trace(1, content, 6 * 2**30).summary()["distinct_slice_bytes"]
+    assert one["inclusive"][0] > one["exclusive"][0]
+    assert workers_origin(1, content, 2)["exclusive"][0] > one["exclusive"][0]
