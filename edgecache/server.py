@@ -13,12 +13,14 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import cast
 
 import aiohttp
 from aiohttp import web
 
+from edgecache import readoff
 from edgecache.accesslog import AccessLog
 from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
@@ -200,8 +202,21 @@ async def _reload(node: Node) -> bool:
     if path == "command line":
         log.warning("reload: this node was started without a config file; nothing to reload")
         return False
+    # In a thread of its own, given up in time: a FIFO or a stalled mount held the reload lock (and an executor thread,
+    # which the worker's exit then waited for) until the read returned (edgecache.readoff).
+    future = readoff.start(partial(cfg.load, path))
+    if future is None:
+        log.error("reload rejected, keeping the running config: %s: earlier reads of it have not returned", path)
+        return False
     try:
-        new = await asyncio.get_running_loop().run_in_executor(None, cfg.load, path)
+        new = await asyncio.wait_for(asyncio.wrap_future(future), readoff.READ_SECONDS)
+    except TimeoutError:
+        log.error(
+            "reload rejected, keeping the running config: %s: reading it did not end within %g s",
+            path,
+            readoff.READ_SECONDS,
+        )
+        return False
     except ConfigError as exc:
         for line in exc.problems:
             log.error("reload rejected, keeping the running config: %s", line)

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -39,6 +40,8 @@ from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
 from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import Bound, bind_listeners, check_free, close
+from edgecache.readoff import READ_SECONDS
+from edgecache.readoff import start as read_off
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.orphans import SETTLE_SECONDS, Sweeper
 from edgecache.tls import Certificates
@@ -61,7 +64,8 @@ class Hooks:
     """What the supervisor asks of the server."""
 
     start: Callable[[int, dict[str, int]], BaseProcess]  # start slot's worker, given the restarts so far
-    reload: Callable[[], None]  # SIGHUP: read the config again for the workers started from now on
+    read: Callable[[], Config]  # SIGHUP: read the config again (in a thread of its own: it may block) ...
+    reload: Callable[[Config], None]  # ... and use what it read for the workers started from now on
     gone: Callable[[int], None]  # a worker process (this pid) has exited and been reaped
     pause: Callable[[int], None]  # slot's next worker will not start at once: close its listeners meanwhile
     stopping: Callable[[], None]  # a stop began: nothing will be restarted
@@ -90,6 +94,10 @@ class Supervisor:
     restarts: Counter[str] = field(default_factory=Counter)
     stop_at: float | None = None  # when the stop began
     slots: list[Slot] = field(default_factory=list)
+    source: str = "the config file"  # named when its read does not end in time
+    reading: tuple[Future[Config], float] | None = None  # a reload's read under way, and when it is given up
+    again: bool = False  # a reload asked while one was read: the file may have changed since that read began
+    wake: int = -1  # the write end of the wake-up pipe: a read that ended wakes the loop through it
 
     def run(self) -> None:
         """Until a stop signal, and then until every worker has exited."""
@@ -100,6 +108,7 @@ class Supervisor:
         previous = {sig: signal.signal(sig, _note) for sig in _FORWARD}
         # A change of the config file comes through the pipe as a SIGHUP does, and is met the same way.
         watch = ConfigWatch(*self.watch, lambda: _write(wake_w, signal.SIGHUP)) if self.watch else None
+        self.wake = wake_w
         try:
             if watch is not None:
                 watch.start()
@@ -109,6 +118,7 @@ class Supervisor:
             while self.stop_at is None or self._running():
                 wait([*(p.sentinel for _, p in self._running()), wake_r], self._timeout())
                 self._signals(wake_r)
+                self._reloaded()
                 self._reap()
                 self._check_heartbeats()
                 self._kill_late()
@@ -119,6 +129,7 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(previous_fd)
+            self.wake = -1  # a read that ends later writes nowhere, not into what reuses the descriptor
             os.close(wake_r)
             os.close(wake_w)
             self._kill_all()  # only if the loop above failed: never leave a worker behind
@@ -131,6 +142,8 @@ class Supervisor:
         times = [s.restart_at - now for s in self.slots if s.restart_at is not None]
         if self.stop_at is not None and any(not s.killed for s, _ in self._running()):
             times.append(self.stop_at + self.drain + KILL_AFTER - now)  # once past and killed: no more spinning
+        if self.reading is not None:
+            times.append(self.reading[1] - now)
         if self.watchdog > 0:
             times.append(TICK)
         return max(0.0, min(times)) if times else None
@@ -145,9 +158,53 @@ class Supervisor:
                         slot.restart_at = None
                     self.hooks.stopping()
                 elif signum == signal.SIGHUP:
-                    self.hooks.reload()
+                    self._reload()
                 if signum in _FORWARD:
                     self._send(signum)
+
+    def _reload(self) -> None:
+        """Start reading the config file again, in a thread: a file on a stalled mount or a FIFO stalled this
+        loop, which then neither reaped nor replaced a worker until the read returned."""
+        if self.reading is not None:
+            self.again = True
+            return
+        future = read_off(self.hooks.read, self._woken)
+        if future is None:
+            log.error(
+                "reload rejected, keeping the running config: %s: earlier reads of it have not returned", self.source
+            )
+            return
+        self.reading = future, time.monotonic() + READ_SECONDS
+
+    def _woken(self) -> None:
+        """In the reading thread, once its read ended: wake the loop (a 0 in the pipe is no signal)."""
+        with contextlib.suppress(OSError):  # a full pipe wakes the loop as well; a closed one: the loop is over
+            if self.wake >= 0:
+                _write(self.wake, 0)
+
+    def _reloaded(self) -> None:
+        """Use the read that ended, or give up the one that did not end in time."""
+        if self.reading is None:
+            return
+        future, deadline = self.reading
+        if future.done():
+            self.reading = None
+            if (exc := future.exception()) is not None:
+                log.error("reload rejected, keeping the running config: %s: %r", self.source, exc)
+            else:
+                self.hooks.reload(future.result())
+        elif time.monotonic() >= deadline:
+            self.reading = None
+            log.error(
+                "reload rejected, keeping the running config: %s: reading it did not end within %g s",
+                self.source,
+                READ_SECONDS,
+            )
+        else:
+            return
+        if self.again:  # asked while that read was under way: read the file as it is now
+            self.again = False
+            self._reload()
 
     def _send(self, signum: int) -> None:
         for slot, _ in self._running():
@@ -264,7 +321,9 @@ def serve(config: Config) -> int:
     try:
         watched = config.watch_config > 0 and config.source != "command line"
         watch = (config.source, config.watch_config) if watched else None
-        Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, config.drain, watch=watch).run()
+        supervisor = Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, config.drain, watch)
+        supervisor.source = config.source
+        supervisor.run()
     finally:
         workers.close()
     return 0
@@ -304,7 +363,7 @@ class _Workers:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
 
     def hooks(self) -> Hooks:
-        return Hooks(self.start, self.reload, self.gone, self.pause, self.stopping)
+        return Hooks(self.start, self.read, self.reload, self.gone, self.pause, self.stopping)
 
     def start(self, worker: int, restarts: dict[str, int]) -> BaseProcess:
         listeners = self.bound[worker] = self.bound[worker] or bind_listeners(self.config)
@@ -317,8 +376,13 @@ class _Workers:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return process
 
-    def reload(self) -> None:
-        self.config = reloaded(self.config)
+    def read(self) -> Config:
+        return reloaded(self.config)
+
+    def reload(self, config: Config) -> None:
+        if config is not self.config:
+            log.info("read %s again: the workers started from now on serve it", config.source)
+        self.config = config
 
     def _disks(self) -> list[Path]:
         return [disk.path for disk in self.config.cache.all_disks]
