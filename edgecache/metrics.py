@@ -154,23 +154,28 @@ BUILD = Gauge("edgecache_build_info", "Version of this edgecache", ["version", "
 BUILD.labels(__version__, platform.python_version()).set(1)
 
 
-class _Members:
-    """Every sample of `source`, but edgecache_peer_up only for the cluster's members now: a gauge's child cannot
-    be taken out of the workers' shared files, and a member a reload removed stayed "up" there for good."""
+class _Current:
+    """Every sample of `source`, but edgecache_peer_up only for the cluster's members now, and a series labelled with
+    a site only for the config's sites now (and "-", no site): a child cannot be taken out of the workers' shared
+    files, and a member a reload removed stayed "up" there for good, a site a reload removed kept its series."""
 
-    def __init__(self, source: Any, members: Collection[str]) -> None:
-        self.source, self.members = source, members
+    def __init__(self, source: Any, members: Collection[str] | None, sites: Collection[str] | None) -> None:
+        self.source, self.members, self.sites = source, members, sites
 
     def collect(self) -> Iterator[Metric]:
         for metric in self.source.collect():
-            if metric.name == "edgecache_peer_up":
+            if self.members is not None and metric.name == "edgecache_peer_up":
                 metric.samples = [s for s in metric.samples if s.labels.get("peer") in self.members]
+            if self.sites is not None:
+                shown = {*self.sites, "-"}
+                metric.samples = [s for s in metric.samples if s.labels.get("site", "-") in shown]
             yield metric
 
 
-def exposition(members: Collection[str] | None = None) -> tuple[bytes, str]:
+def exposition(members: Collection[str] | None = None, sites: Collection[str] | None = None) -> tuple[bytes, str]:
     """The text format for /metrics: this process, or every worker when running several; `members`: the
-    cluster's (ClusterView), whose peers alone are shown up or down."""
+    cluster's (ClusterView), whose peers alone are shown up or down; `sites`: the config's site names, whose series
+    alone are shown."""
     apply()  # this process's increments of the current turn
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         source: Any = CollectorRegistry()
@@ -179,9 +184,9 @@ def exposition(members: Collection[str] | None = None) -> tuple[bytes, str]:
         from prometheus_client import REGISTRY
 
         source = REGISTRY
-    if members is not None:
+    if members is not None or sites is not None:
         filtered = CollectorRegistry()
-        filtered.register(_Members(source, members))
+        filtered.register(_Current(source, members, sites))
         source = filtered
     try:
         body = generate_latest(source)

@@ -366,7 +366,11 @@ async def _start_admin(node: Node, clients: web.BaseRunner, directory: Path | No
     routes = prefetch_routes(lambda: node.config, jobs) + purge_routes(lambda: node.config, node.store)
     cluster = node.cluster
     members = (lambda: {m.id for m in cluster.ring.members}) if cluster is not None else None
-    app = admin_app(node.ready, lambda: admin_tokens(node.config), node.shared.ring_view, purge, routes, members)
+
+    def sites() -> set[str]:
+        return {s.name for s in node.config.sites}
+
+    app = admin_app(node.ready, lambda: admin_tokens(node.config), node.shared.ring_view, purge, routes, members, sites)
     runner = web.AppRunner(app, access_log=None)
     runner.app.on_cleanup.append(lambda _app: jobs.close())
 

@@ -25,12 +25,15 @@ def admin_app(
     purge: Handler | None = None,
     routes: list[web.RouteDef] | None = None,
     members: Callable[[], Collection[str]] | None = None,
+    sites: Callable[[], Collection[str]] | None = None,
 ) -> web.Application:
     """`tokens` gives the running config's tokens, so a reload (SIGHUP) changes them at once; `members` the
-    cluster's members now (their peer metrics alone are shown)."""
+    cluster's members now (their peer metrics alone are shown); `sites` the config's site names now (the series of
+    a site a reload removed are not shown)."""
 
     async def get_metrics(request: web.Request) -> web.Response:
-        body, ctype = metrics.exposition(members() if members is not None else None)
+        now = members() if members is not None else None
+        body, ctype = metrics.exposition(now, sites() if sites is not None else None)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def healthz(request: web.Request) -> web.Response:
