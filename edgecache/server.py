@@ -28,6 +28,7 @@ from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
+from edgecache.proxy import badhead
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastserver import FastServer, FastSettings
 from edgecache.proxy.fillmemory import FillBudget
@@ -252,7 +253,7 @@ def make_server(node: Node) -> web.Server:
     # The low-level server: no router, so every target (absolute-form, odd paths) reaches our own checks.
     # Request bodies are forwarded as the client sent them: never decompressed (aiohttp's default inflated a gzip
     # body and sent it on still labelled gzip, cut to the client's Content-Length).
-    return web.Server(
+    return badhead.Server(
         node.handler,
         access_log=None,
         handler_cancellation=False,
