@@ -244,6 +244,11 @@ PURGE_CATCHUPS = _counter(
 )
 PREFETCH_JOBS = Gauge("edgecache_prefetch_jobs", "Prefetch jobs by state", ["state"], multiprocess_mode="livemax")
 PREFETCH_URLS = _counter("edgecache_prefetch_urls_total", "Prefetch URLs finished, by outcome", ["outcome"])
+PREFETCH_REQUESTS = _counter(
+    "edgecache_prefetch_requests_total",
+    "Requests of the node's own prefetch jobs (never in edgecache_requests_total or edgecache_misses_total)",
+    ["site", "status_class", "cache_status"],
+)
 PREFETCH_BYTES = _counter("edgecache_prefetch_bytes_total", "Body bytes read by prefetch jobs")
 SLOW_CLIENTS = _counter("edgecache_slow_client_disconnects_total", "Connections cut: the client stopped reading")
 FAST_PATH = _counter(

@@ -239,6 +239,9 @@ def upstream(status: CacheStatus, sources: metrics.Sources) -> str:
 
 
 def count(t: Trace, method: str, code: int) -> None:
+    if t.prefetch:  # the node's own request, no viewer's: neither a request nor a miss of the viewers' counters
+        _child(metrics.PREFETCH_REQUESTS, t.site, metrics.status_class(code), t.status.value).inc()
+        return
     requests_counter(t.site, method, code, t.status).inc()
     if t.status in MISSES:  # once per request, whatever its path did before it ended
         cause = miss_cause(

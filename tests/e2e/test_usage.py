@@ -330,3 +330,28 @@ async def test_an_answer_its_client_left_is_logged_with_status_0_and_the_bytes_s
     assert origin.hits["/big"] == 1
     # A viewer that leaves is no error of the node's: aiohttp logged one, with a traceback, for each.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_prefetch_requests_are_counted_apart_from_viewers_requests(origin: Origin, tmp_path: Path) -> None:
+    """A prefetch job's requests were counted in edgecache_requests_total (and its misses in edgecache_misses_total)
+    as a viewer's: a request hit ratio from them took the node's own fetches as viewers' misses. They are counted in
+    edgecache_prefetch_requests_total{site,status_class,cache_status} instead."""
+    site = Site(name="count-prefetch", hosts=("cp.test",), origins=(origin.url,))
+    origin.put("/pf", X)
+    async with admin_node(node_config(origin, tmp_path / "cache", site)) as node:
+        status, job = await node.call("POST", "/prefetch", json={"urls": ["http://cp.test/pf"]})
+        assert status == 202, job
+        assert isinstance(job, dict)
+        assert (await node.finished(str(job["id"])))["fetched"] == 1
+        assert await fetch(node.edge.port, "cp.test", "/pf") == (200, X)  # a viewer's hit
+    assert origin.hits["/pf"] == 1
+
+    def requests(cache_status: str) -> float:
+        return sample(
+            "edgecache_requests_total", site=site.name, method="GET", status_class="2xx", cache_status=cache_status
+        )
+
+    assert (requests("hit"), requests("miss")) == (1, 0)
+    assert sample("edgecache_misses_total", site=site.name, cause="cold") == 0
+    prefetched = sample("edgecache_prefetch_requests_total", site=site.name, status_class="2xx", cache_status="miss")
+    assert prefetched == 1
