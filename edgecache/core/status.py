@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from edgecache.core.cachecontrol import parse_cache_control, parse_pragma_no_cache
+from edgecache.core.freshness import Freshness
 from edgecache.core.headers import Headers
 
 
@@ -51,17 +52,28 @@ def with_fetched(status: CacheStatus, fetched: bool) -> CacheStatus:
     return CacheStatus.PARTIAL if fetched and status in _SAYS_HIT else status
 
 
-def by_request(asked: Headers) -> bool:
-    """Do the request's own directives keep any stored answer from use (no-cache, Pragma: no-cache, max-age=0:
-    RFC 9111 5.2.1), so that it went forward because of the request, whatever was stored?"""
+# What a request found when it was decided, for the `fwd` of its answer (RFC 9211 2.2), carried from there to where
+# the field is written (FillRequest.found): by then a revalidation may have made a stale entry fresh.
+FOUND_FRESH = "request"  # a fresh entry that the request's own directives kept from use
+
+
+def found_of(asked: Headers, fresh: Freshness | None) -> str:
+    """What a request found (FOUND_*, "" for nothing of note) from the `fresh`ness of the entry for its variant (None:
+    none is stored). FOUND_FRESH: the entry was fresh and the request's own
+    directives alone kept it from use (RFC 9111 5.2.1: no-cache, Pragma: no-cache, a max-age below its age, a
+    min-fresh beyond the freshness it has left); a stale entry goes forward for being stale, whatever was asked."""
+    if fresh is None or not fresh.fresh:
+        return ""
     cc = parse_cache_control(asked)
-    return cc.no_cache or cc.max_age == 0 or parse_pragma_no_cache(asked)
+    kept = cc.no_cache or parse_pragma_no_cache(asked) or (cc.max_age is not None and fresh.age > cc.max_age)
+    return FOUND_FRESH if kept or (cc.min_fresh is not None and fresh.lifetime - fresh.age < cc.min_fresh) else ""
 
 
-def fwd_of(status: CacheStatus, asked: Headers = ()) -> str | None:
-    """RFC 9211 2.2's `fwd` of an answer with `status`: `request` for a stored entry revalidated or replaced
-    because the request's own directives (`asked`, its fields) kept it from use (by_request), else `stale`."""
-    if status in (CacheStatus.REVALIDATED, CacheStatus.EXPIRED) and asked and by_request(asked):
+def fwd_of(status: CacheStatus, found: str = "") -> str | None:
+    """RFC 9211 2.2's `fwd` of an answer with `status`: `request` for a stored entry revalidated or replaced when
+    the request found it fresh (FOUND_FRESH), else by `status` alone (`stale` for a revalidated or replaced
+    entry)."""
+    if found == FOUND_FRESH and status in (CacheStatus.REVALIDATED, CacheStatus.EXPIRED):
         return "request"
     return _FWD.get(status)
 
@@ -72,14 +84,14 @@ def cache_status_header(
     stored: bool = False,
     detail: str = "",
     ttl: int | None = None,
-    asked: Headers = (),
+    found: str = "",
 ) -> str:
-    """RFC 9211 Cache-Status value for this node, e.g. 'edgecache; fwd=uri-miss; stored'. `asked`: the request's
-    fields, for the reason its fwd parameter gives (fwd_of)."""
+    """RFC 9211 Cache-Status value for this node, e.g. 'edgecache; fwd=uri-miss; stored'. `found`: what the request
+    found when it was decided, for the reason its fwd parameter gives (fwd_of)."""
     parts = ["edgecache"]
     if status in (CacheStatus.HIT, CacheStatus.STALE):
         parts.append("hit")
-    elif (fwd := fwd_of(status, asked)) is not None:
+    elif (fwd := fwd_of(status, found)) is not None:
         parts.append(f"fwd={fwd}")
         if status is CacheStatus.REVALIDATED:
             parts.append("fwd-status=304")

@@ -156,7 +156,8 @@ def _answered(
     if isinstance(decided, Prepared):
         cause, way = started.cause(fetched), "peer" if fetched.peer is not None else None
         ms, fill, validating = started.origin_ms or 0.0, started.fill, started.validating
-        got = conn.server.decider.fetched(decided, fill, started.ours, cause, way, started.began, ms, validating)
+        found = started.cold.req.found
+        got = conn.server.decider.fetched(decided, fill, started.ours, cause, way, started.began, ms, validating, found)
         if got is not None:
             return got
     if plan := uncached.planned(conn, started, fetched):

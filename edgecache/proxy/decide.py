@@ -349,14 +349,15 @@ class Decider:
         began: float,
         origin_ms: float,
         validating: ObjectMeta | None,
+        found: str,
     ) -> Prepared | None:
         """The answer to the request that started (or joined) `fill`, from the hit it is decided to be now that the
         fill has its head (hit.as_fetched): a miss (EXPIRED when it replaced a stale entry), or REVALIDATED when
-        the origin confirmed the stored entry; None: the full handler answers it."""
+        the origin confirmed the stored entry; None: the full handler answers it. `found`: FillRequest.found."""
         asked = p.asked
         head = fill.head.result()
         status = of_fill(validating is not None)
-        hit = as_fetched(p.hit, p.method, asked, head, ours, status)
+        hit = as_fetched(p.hit, p.method, asked, head, ours, status, found)
         if hit is None:
             return None
         if head.status == 304:  # not a miss, and no byte comes from that fill

@@ -37,3 +37,6 @@ class FillRequest:
     # A soft purge of the object at this time (0: none): a fill asked before it brings the purged bytes, and is not
     # joined (FillRegistry.find).
     soft_before: float = 0.0
+    # What the request found when it was decided (core.status.found_of), for the fwd of its answer's Cache-Status: by
+    # the time that is written, a revalidation may have made a stale entry fresh.
+    found: str = ""

@@ -30,7 +30,7 @@ from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
 from edgecache.core.maxforwards import ASTERISK, own_answer
-from edgecache.core.status import CacheStatus, cache_status_header, of_fill
+from edgecache.core.status import CacheStatus, cache_status_header, found_of, of_fill
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
 from edgecache.proxy.errorpage import error_response, origin_failed
@@ -237,6 +237,8 @@ class EdgeHandler:
             # whatever that fill has stored since.
             meta = meta if adopted is None else adopted.validating
             fresh = freshness_of(meta, time.time(), req.policy) if meta is not None else None
+            if not validated and named is None:  # what it found, for its answer's fwd (not the revalidated entry)
+                req = replace(req, found=found_of(req.headers, fresh))
             try:
                 if meta is not None and fresh is not None:
                     use = self._use(req, meta, fresh, soft_before, validated)

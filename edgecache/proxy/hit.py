@@ -28,7 +28,7 @@ from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import CacheKey, PrimaryRecord, digest, entry_key
 from edgecache.core.purge import PurgeTable
-from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.core.status import CacheStatus, cache_status_header, found_of
 from edgecache.proxy import encode, route
 from edgecache.proxy.fill import FillHead, answered_from, fill_detail
 from edgecache.proxy.fillrequest import FillRequest
@@ -149,8 +149,8 @@ def find_hit(
     if not isinstance(stored, _Stored):
         return stored
     field = _FIELDS[stored.use]
-    if stored.use is Use.REVALIDATE:  # just confirmed by the origin: fwd says why it was asked (core.status.fwd_of)
-        field = cache_status_header(CacheStatus.REVALIDATED, asked=headers)
+    if stored.use is Use.REVALIDATE:  # just confirmed by the origin: as_fetched says why it was asked (fwd_of)
+        field = cache_status_header(CacheStatus.REVALIDATED)
     if validated == "stale-if-error":  # it stands in: stale, and the field says why
         stored, field = replace(stored, use=Use.STALE_OK), _STALE_IF_ERROR
     planned = _planned(method, headers, stored.meta, stored.now, field)
@@ -216,11 +216,11 @@ def find_cold(
             return _passed(shared, routed, method, headers, admitted, CacheStatus.MISS, evicted)
     if entry is None:
         return None
-    meta = entry.meta
-    if meta is not None and (
-        meta.length < 0 or _use_of(site, meta, entry.soft_before, headers, time.time())[0] is not Use.REVALIDATE
-    ):
-        return None  # served as it is stored (fresh, or stale as allowed) by find_hit() or the full handler
+    meta, fresh = entry.meta, None
+    if meta is not None:
+        use, fresh = _use_of(site, meta, entry.soft_before, headers, time.time())
+        if meta.length < 0 or use is not Use.REVALIDATE:
+            return None  # served as it is stored (fresh, or stale as allowed) by find_hit() or the full handler
     value = get_first(headers, "range")
     size = shared.engine.slice_size
     if meta is None:
@@ -230,6 +230,7 @@ def find_cold(
     if not admitted and (too_many := _refusal(shared, routed)) is not None:  # last: a token only for a fill
         return routed.refused(too_many, method, headers)
     req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey, entry.soft_before)
+    req = replace(req, found=found_of(headers, fresh))
     return Cold(req, *run, meta, method, viewer=routed.viewer, failover=routed.failover)
 
 
@@ -276,22 +277,24 @@ def _fill_request(
     )  # fmt: skip
 
 
-def as_fetched(hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool, status: CacheStatus) -> Hit | None:
+def as_fetched(
+    hit: Hit, method: str, asked: Headers, head: FillHead, ours: bool, status: CacheStatus, found: str
+) -> Hit | None:
     """The answer to the request whose miss (`status` MISS, or EXPIRED for a stale entry) started the fill of
     `head`, from the hit that request now is, as the full handler gives it: a miss's fields for its starter alone
     (FillHead.served) and the Cache-Status of a stored miss (serving.serve_fill: the previous owner's, when a
     look-aside found it there), or a revalidation's when the head is a 304 (serving.serve_stored). `asked`: the
-    request's fields; `ours`: it started the fill. None where the full handler's answer would differ (a plan that
-    is not the hit's), or where what is stored is not the version the fill brought (another fill stored its own
-    since: never mixed)."""
+    request's fields; `ours`: it started the fill; `found`: what it found when decided (FillRequest.found). None
+    where the full handler's answer would differ (a plan that is not the hit's), or where what is stored is not the
+    version the fill brought (another fill stored its own since: never mixed)."""
     if hit.meta.slice_version != head.meta.slice_version:
         return None
     if head.status == 304 and head.peer is None:
-        meta, field = hit.meta, cache_status_header(CacheStatus.REVALIDATED, asked=asked)
+        meta, field = hit.meta, cache_status_header(CacheStatus.REVALIDATED, found=found)
     elif head.shared and head.store and hit.meta.length == head.meta.length:
         meta = replace(hit.meta, headers=answered_from(head, ours).headers)
         detail = fill_detail(head, hit.req.spread_from is not None)
-        field = cache_status_header(status, stored=True, detail=detail, asked=asked)
+        field = cache_status_header(status, stored=True, detail=detail, found=found)
     else:
         return None
     planned = _planned(method, asked, meta, time.time(), field)

@@ -114,7 +114,7 @@ async def serve(
         raise ClientError.of(admit.NOT_CACHED)
     observe.mark(request, status)
     age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
-    headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail, asked=req.headers))
+    headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail, found=req.found))
     with engine.reading(req.entry_key):  # a fill of the whole object it starts runs while it is read
         return await send(
             request,
@@ -161,10 +161,10 @@ def fill_fields(
 ) -> tuple[ObjectMeta, list[tuple[str, str]]]:
     """A miss's answer from its fill's head: the metadata and the fields it is sent with. The request that started
     the fill (`ours`) gets fields a shared cache keeps from everyone else (private="f"). `req`: the request's, for
-    why it went forward (core.status.fwd_of)."""
+    why it went forward (FillRequest.found)."""
     meta = answered_from(head, ours)
     detail = fill_detail(head, spread_from is not None)
-    cstatus = cache_status_header(status, stored=head.store, detail=detail, asked=req.headers)
+    cstatus = cache_status_header(status, stored=head.store, detail=detail, found=req.found)
     age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
     return meta, base_headers(meta.headers, int(age), cstatus)
 

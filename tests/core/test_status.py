@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from edgecache.core.status import MISSES, CacheStatus, MissCause, cache_status_header, miss_cause, with_fetched
+from edgecache.core.freshness import Freshness
+from edgecache.core.status import (
+    MISSES,
+    CacheStatus,
+    MissCause,
+    cache_status_header,
+    found_of,
+    miss_cause,
+    with_fetched,
+)
 
 
 def test_header_strings() -> None:
@@ -44,20 +53,31 @@ def test_one_cause_per_miss(facts: dict[str, bool], cause: MissCause) -> None:
     assert miss_cause(**given) is cause
 
 
+FRESH, STALE = Freshness(lifetime=600, age=300), Freshness(lifetime=600, age=900)
+
+
 @pytest.mark.parametrize(
-    ("asked", "revalidated", "replaced"),
+    ("asked", "fresh", "found"),
     [
-        ((), "stale", "stale"),
-        ((("Cache-Control", "no-cache"),), "request", "request"),
-        ((("Pragma", "no-cache"),), "request", "request"),
-        ((("cache-control", "max-age=0"),), "request", "request"),
-        ((("Cache-Control", "max-age=5"),), "stale", "stale"),  # depends on the entry's age: said stale
-        ((("Cache-Control", "no-store"),), "stale", "stale"),
+        ((), FRESH, ""),
+        ((("Cache-Control", "no-cache"),), FRESH, "request"),
+        ((("Pragma", "no-cache"),), FRESH, "request"),
+        ((("cache-control", "max-age=0"),), FRESH, "request"),
+        ((("Cache-Control", "max-age=299"),), FRESH, "request"),  # below its age
+        ((("Cache-Control", "max-age=300"),), FRESH, ""),
+        ((("Cache-Control", "min-fresh=301"),), FRESH, "request"),  # beyond the 300 s of freshness left
+        ((("Cache-Control", "min-fresh=300"),), FRESH, ""),
+        ((("Cache-Control", "no-store"),), FRESH, ""),
+        ((("Cache-Control", "no-cache"),), STALE, ""),  # stale anyway: it went forward for that
+        ((("Cache-Control", "max-age=0"),), STALE, ""),
+        ((), None, ""),  # nothing stored for the URI
     ],
 )
-def test_fwd_says_request_when_the_requests_own_directives_sent_it_forward(
-    asked: tuple[tuple[str, str], ...], revalidated: str, replaced: str
+def test_fwd_says_request_only_for_a_fresh_entry_the_requests_own_directives_kept_from_use(
+    asked: tuple[tuple[str, str], ...], fresh: Freshness | None, found: str
 ) -> None:
-    assert cache_status_header(CacheStatus.REVALIDATED, asked=asked) == f"edgecache; fwd={revalidated}; fwd-status=304"
-    assert cache_status_header(CacheStatus.EXPIRED, stored=True, asked=asked) == f"edgecache; fwd={replaced}; stored"
-    assert cache_status_header(CacheStatus.MISS, asked=asked) == "edgecache; fwd=uri-miss"  # nothing was stored
+    assert found_of(asked, fresh) == found
+    fwd = found or "stale"
+    assert cache_status_header(CacheStatus.REVALIDATED, found=found) == f"edgecache; fwd={fwd}; fwd-status=304"
+    assert cache_status_header(CacheStatus.EXPIRED, stored=True, found=found) == f"edgecache; fwd={fwd}; stored"
+    assert cache_status_header(CacheStatus.MISS, found=found) == "edgecache; fwd=uri-miss"  # nothing was stored

@@ -228,3 +228,26 @@ async def test_forwarded_hit_and_forwarded_miss(origin: Origin, tmp_path: Path, 
         assert got["Cache-Status"] == 'edgecache; hit, edgecache; fwd=miss; detail="peer"'
         assert meter.deltas() == {peer: 1, **hit()}
     assert origin.hits["/fw"] == 1
+
+
+async def test_fwd_request_is_for_a_fresh_entry_the_request_kept_from_use(edge: Edge, origin: Origin) -> None:
+    """RFC 9211 2.2: `request` was judged by the request's directives alone. A stale entry a no-cache request
+    revalidated said fwd=request though it went forward for being stale (fwd=stale); a fresh one that a max-age
+    below its age or a min-fresh beyond its freshness kept from use said fwd=stale though it was fresh. The entry's
+    freshness when the request found it decides, not what the revalidation made of it. Both paths."""
+    origin.put("/aged", b"a" * 3000, headers={"Cache-Control": "max-age=600", "Age": "300"}, etag='"a1"')
+    assert await ask(edge, "/aged") == (200, "edgecache; fwd=uri-miss; stored", b"a" * 3000)
+    for fields in ({"Cache-Control": "max-age=100"}, {"Cache-Control": "min-fresh=400"}):
+        assert await ask(edge, "/aged", **fields) == (200, "edgecache; fwd=request; fwd-status=304", b"a" * 3000)
+    assert await ask(edge, "/aged", **{"Cache-Control": "max-age=1000"}) == (200, "edgecache; hit", b"a" * 3000)
+    origin.put("/aged", b"b" * 3000, headers={"Cache-Control": "max-age=600", "Age": "300"}, etag='"a2"')
+    new = (200, "edgecache; fwd=request; stored", b"b" * 3000)
+    assert await ask(edge, "/aged", **{"Cache-Control": "min-fresh=400"}) == new
+    origin.put("/stale", b"s" * 3000, headers={"Cache-Control": "max-age=0"}, etag='"s1"')
+    assert await ask(edge, "/stale") == (200, "edgecache; fwd=uri-miss; stored", b"s" * 3000)
+    for fields in ({"Cache-Control": "no-cache"}, {"Pragma": "no-cache"}, {"Cache-Control": "max-age=0"}):
+        assert await ask(edge, "/stale", **fields) == (200, "edgecache; fwd=stale; fwd-status=304", b"s" * 3000)
+    origin.put("/stale", b"t" * 3000, headers={"Cache-Control": "max-age=0"}, etag='"s2"')
+    new = (200, "edgecache; fwd=stale; stored", b"t" * 3000)
+    assert await ask(edge, "/stale", **{"Cache-Control": "no-cache"}) == new
+    assert (origin.hits["/aged"], origin.hits["/stale"]) == (4, 5)
