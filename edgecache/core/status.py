@@ -55,14 +55,17 @@ def with_fetched(status: CacheStatus, fetched: bool) -> CacheStatus:
 # What a request found when it was decided, for the `fwd` of its answer (RFC 9211 2.2), carried from there to where
 # the field is written (FillRequest.found): by then a revalidation may have made a stale entry fresh.
 FOUND_FRESH = "request"  # a fresh entry that the request's own directives kept from use
+FOUND_OTHER_VARIANT = "vary-miss"  # no entry for its variant, but the URI's answer Varies: another variant's stored
 
 
-def found_of(asked: Headers, fresh: Freshness | None) -> str:
+def found_of(asked: Headers, fresh: Freshness | None, varies: bool) -> str:
     """What a request found (FOUND_*, "" for nothing of note) from the `fresh`ness of the entry for its variant (None:
-    none is stored). FOUND_FRESH: the entry was fresh and the request's own
+    none is stored) and whether the URI's answer `varies`. FOUND_FRESH: the entry was fresh and the request's own
     directives alone kept it from use (RFC 9111 5.2.1: no-cache, Pragma: no-cache, a max-age below its age, a
     min-fresh beyond the freshness it has left); a stale entry goes forward for being stale, whatever was asked."""
-    if fresh is None or not fresh.fresh:
+    if fresh is None:
+        return FOUND_OTHER_VARIANT if varies else ""
+    if not fresh.fresh:
         return ""
     cc = parse_cache_control(asked)
     kept = cc.no_cache or parse_pragma_no_cache(asked) or (cc.max_age is not None and fresh.age > cc.max_age)
@@ -71,10 +74,12 @@ def found_of(asked: Headers, fresh: Freshness | None) -> str:
 
 def fwd_of(status: CacheStatus, found: str = "") -> str | None:
     """RFC 9211 2.2's `fwd` of an answer with `status`: `request` for a stored entry revalidated or replaced when
-    the request found it fresh (FOUND_FRESH), else by `status` alone (`stale` for a revalidated or replaced
-    entry)."""
+    the request found it fresh (FOUND_FRESH), `vary-miss` for a miss that found another variant stored, else by
+    `status` alone (`stale` for a revalidated or replaced entry)."""
     if found == FOUND_FRESH and status in (CacheStatus.REVALIDATED, CacheStatus.EXPIRED):
         return "request"
+    if found == FOUND_OTHER_VARIANT and status is CacheStatus.MISS:
+        return "vary-miss"
     return _FWD.get(status)
 
 

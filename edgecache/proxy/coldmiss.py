@@ -87,6 +87,8 @@ def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused
     cold = conn.server.decider.cold(head, conn.client, admitted)
     if not isinstance(cold, Cold):
         return cold if cold is not None else False
+    if conn.again and cold.req.found:  # decided again once its first fill named a Vary: it had found no variant
+        cold = replace(cold, req=replace(cold.req, found=""))
     engine = conn.server.shared.engine
     fill, ours = engine.fill_for(cold.req, cold.first, cold.last, cold.validate)
     evicted = cold.validate is None and engine.ghosts.object_dropped(digest(cold.req.entry_key))

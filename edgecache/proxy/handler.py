@@ -238,7 +238,7 @@ class EdgeHandler:
             meta = meta if adopted is None else adopted.validating
             fresh = freshness_of(meta, time.time(), req.policy) if meta is not None else None
             if not validated and named is None:  # what it found, for its answer's fwd (not the revalidated entry)
-                req = replace(req, found=found_of(req.headers, fresh))
+                req = replace(req, found=found_of(req.headers, fresh, bool(req.vary)))
             try:
                 if meta is not None and fresh is not None:
                     use = self._use(req, meta, fresh, soft_before, validated)

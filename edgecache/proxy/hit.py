@@ -230,7 +230,7 @@ def find_cold(
     if not admitted and (too_many := _refusal(shared, routed)) is not None:  # last: a token only for a fill
         return routed.refused(too_many, method, headers)
     req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey, entry.soft_before)
-    req = replace(req, found=found_of(headers, fresh))
+    req = replace(req, found=found_of(headers, fresh, bool(req.vary)))
     return Cold(req, *run, meta, method, viewer=routed.viewer, failover=routed.failover)
 
 

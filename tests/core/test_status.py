@@ -76,8 +76,14 @@ FRESH, STALE = Freshness(lifetime=600, age=300), Freshness(lifetime=600, age=900
 def test_fwd_says_request_only_for_a_fresh_entry_the_requests_own_directives_kept_from_use(
     asked: tuple[tuple[str, str], ...], fresh: Freshness | None, found: str
 ) -> None:
-    assert found_of(asked, fresh) == found
+    assert found_of(asked, fresh, False) == found
     fwd = found or "stale"
     assert cache_status_header(CacheStatus.REVALIDATED, found=found) == f"edgecache; fwd={fwd}; fwd-status=304"
     assert cache_status_header(CacheStatus.EXPIRED, stored=True, found=found) == f"edgecache; fwd={fwd}; stored"
     assert cache_status_header(CacheStatus.MISS, found=found) == "edgecache; fwd=uri-miss"  # nothing was stored
+
+
+def test_fwd_says_vary_miss_for_a_miss_that_found_another_variant() -> None:
+    assert found_of((), None, True) == "vary-miss"
+    assert cache_status_header(CacheStatus.MISS, stored=True, found="vary-miss") == "edgecache; fwd=vary-miss; stored"
+    assert cache_status_header(CacheStatus.EXPIRED, found="vary-miss") == "edgecache; fwd=stale"

@@ -251,3 +251,16 @@ async def test_fwd_request_is_for_a_fresh_entry_the_request_kept_from_use(edge: 
     new = (200, "edgecache; fwd=stale; stored", b"t" * 3000)
     assert await ask(edge, "/stale", **{"Cache-Control": "no-cache"}) == new
     assert (origin.hits["/aged"], origin.hits["/stale"]) == (4, 5)
+
+
+async def test_fwd_vary_miss_when_a_stored_answer_varies_on_fields_the_request_does_not_match(
+    edge: Edge, origin: Origin
+) -> None:
+    """RFC 9211 2.2: a URI whose stored answer Varies on a field, asked with another value of it, went forward
+    for that (fwd=vary-miss); it said fwd=uri-miss, as though nothing were stored for the URI."""
+    origin.put("/v", b"v" * 3000, headers={"Cache-Control": "max-age=600", "Vary": "Accept-Language"})
+    assert await ask(edge, "/v", **{"Accept-Language": "en"}) == (200, "edgecache; fwd=uri-miss; stored", b"v" * 3000)
+    assert await ask(edge, "/v", **{"Accept-Language": "en"}) == (200, "edgecache; hit", b"v" * 3000)
+    assert await ask(edge, "/v", **{"Accept-Language": "fr"}) == (200, "edgecache; fwd=vary-miss; stored", b"v" * 3000)
+    assert await ask(edge, "/v", **{"Accept-Language": "fr"}) == (200, "edgecache; hit", b"v" * 3000)
+    assert await ask(edge, "/v", **{"Accept-Language": "de"}) == (200, "edgecache; fwd=vary-miss; stored", b"v" * 3000)
