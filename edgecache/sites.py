@@ -14,6 +14,7 @@ from functools import partial
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from edgecache.proxy import badhead
 from edgecache.proxy.fastserver import FastServer
 from edgecache.proxy.headguard import HeadGuard
 from edgecache.proxy.tlsdoor import TLSDoor
@@ -56,17 +57,16 @@ class TCPListener(_StopsAccepting, web.TCPSite):
 
     async def start(self) -> None:
         seconds = self._head_timeout
-        if seconds is None:
-            return await super().start()
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
 
-        def guarded() -> asyncio.Protocol:
-            return HeadGuard(server(), seconds, closed=lambda: None, first=True)
+        def made() -> asyncio.Protocol:
+            handler = badhead.handler_of(server)  # a head the parser refuses: a reason, never its bytes back
+            return handler if seconds is None else HeadGuard(handler, seconds, closed=lambda: None, first=True)
 
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(guarded, self._host, self._port, backlog=self._backlog)
+        self._server = await loop.create_server(made, self._host, self._port, backlog=self._backlog)
 
 
 class FastSite(_StopsAccepting):

@@ -40,8 +40,13 @@ class Handler(RequestHandler):
         return super().handle_error(request, status, exc, message)
 
 
+def handler_of(server: web.Server) -> RequestHandler:
+    """A connection's protocol for `server` (what calling it makes), answering an unparsable head with a reason."""
+    return Handler(server, loop=server._loop, **server._kwargs)
+
+
 class Server(web.Server):
     """aiohttp's low-level server whose connections answer an unparsable head with Handler's reasons."""
 
     def __call__(self) -> RequestHandler:
-        return Handler(self, loop=self._loop, **self._kwargs)
+        return handler_of(self)

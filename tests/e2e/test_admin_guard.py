@@ -245,3 +245,15 @@ async def test_a_provider_cannot_tell_another_providers_host_or_site_from_none(o
         assert (status, answer) == (404, {"url": "http://nowhere.test/a", "error": answer["error"]})
         assert "nowhere.test" in str(answer["error"])
         assert (await node.call("GET", f"/ring?url={quote('http://video.test/a')}", VIDEOS))[0] == 200
+
+
+async def test_a_head_the_parser_refuses_gets_a_reason_that_echoes_nothing(origin: Origin, tmp_path: Path) -> None:
+    """The admin listener answered a head aiohttp's parser refuses with the parser's message, which quotes the
+    client's bytes (`GET *<b>x` got `*<b>x` back); now a reason of ours, as the client listener's (proxy.badhead)."""
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        for _ in range(2):
+            status, answer = await raw(node, b"GET *<b>x HTTP/1.1\r\nHost: admin\r\n")
+            assert status == 400, answer
+            target = b"invalid request target: an absolute path, an absolute URL, or * for OPTIONS only\n"
+            assert answer.partition(b"\r\n\r\n")[2] == target
+        await node.jobs.close()
