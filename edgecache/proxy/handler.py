@@ -274,6 +274,10 @@ class EdgeHandler:
             if head.meta.vary and head.variant != variant(head.meta.vary, req.headers):
                 # The fill sent only the fields the key named, and the answer Varies on others this request
                 # has: it is another variant's answer. Look again under the key its Vary gives (and so send them).
+                # Nobody reads this fill: a private one holds its share of fill memory until let go, which the
+                # variant's own fill may be waiting for.
+                if ours:
+                    fill.abandon()
                 named = head.meta.vary
                 continue
             try:

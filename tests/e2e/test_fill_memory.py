@@ -237,3 +237,23 @@ async def test_cold_fills_of_one_object_that_waited_for_their_turn_store_one_cop
         status, headers, body = await edge.get("/v", Range=f"bytes={a}-{b}")
         assert (status, headers["Content-Range"], body) == (206, f"bytes {a}-{b}/{len(data)}", data[a : b + 1])
     assert origin.hits["/v"] == 2
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_the_first_miss_of_a_private_varied_answer_waits_for_no_share_its_other_variant_holds(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """A first miss knows no Vary: its fill sends no Accept-Language, the private answer Varies on it, and the
+    request is fetched again with it. The first fill, which nobody reads, held its share of the private pool until
+    the request ended, and the second waited for that share: with a pool of one private fill, every such request
+    was a 503 after read_timeout (fuzzed: a Vary'd no-store object was 503 for good)."""
+    body = os.urandom(3 * SLICE + 17)
+    varied = {"Cache-Control": "private", "Vary": "Accept-Language"}
+    origin.put("/v.bin", body, etag=None, last_modified=None, headers=varied)
+    config = make_config(tmp_path / "cache", [origin.url], slice_bytes=SLICE, fill_slices=2, fill_memory=8 * SLICE)
+    async with start_edge(replace(config, fast_path=fast)) as edge:
+        for n in (1, 2):
+            status, headers, got = await edge.get("/v.bin", **{"Accept-Language": "en"})
+            assert (status, headers["Cache-Status"]) == (200, 'edgecache; fwd=uri-miss; detail="private"')
+            assert got == body
+            assert origin.hits["/v.bin"] == 2 * n  # the answer without the field, then with it
