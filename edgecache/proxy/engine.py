@@ -27,7 +27,7 @@ from edgecache.core.keys import PrimaryRecord, entry_key, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
-from edgecache.proxy.fillhead import judge_head, more_of, rejoined, within_run
+from edgecache.proxy.fillhead import OVERTAKEN, judge_head, more_of, rejoined, within_run
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
@@ -248,6 +248,8 @@ class Engine:
                 if not pumped:
                     # Nobody may share this body and nobody will stream it (a background revalidation, a slice
                     # reader): taking it in would only wait, at the fill's bound, for a reader that never comes.
+                    if head.reason == OVERTAKEN:  # purged meanwhile: its readers start again, as a miss
+                        raise VersionChanged("the object was purged while being fetched")
                     raise OriginError("the answer cannot be stored and nobody streams it", retryable=False)
                 await self._pump(fill, head, resp, req, writes)
             finally:

@@ -45,6 +45,8 @@ class RangeMismatch(OriginError):
         return self.length if isinstance(rng, ranges.Unsatisfiable) else None
 
 
+# The reason a storable answer is not stored: an invalidation or purge overtook its fill (Engine._fill).
+OVERTAKEN = "invalidated"
 _CONDITIONS = ("if-range", "if-match", "if-unmodified-since", "if-none-match", "if-modified-since")
 
 
@@ -147,7 +149,8 @@ def judge_head(
     keep = decision.store and alive
     if not decision.store:
         meta = replace(meta, headers=served)  # never stored: its own client gets every field
-    return FillHead(body_status, meta, start, end, keep, keep, decision.reason, key, variant(vary, req.headers), served)
+    reason = decision.reason if keep or not decision.store else OVERTAKEN
+    return FillHead(body_status, meta, start, end, keep, keep, reason, key, variant(vary, req.headers), served)
 
 
 def _told_length(status: int, headers: Headers) -> int | None:
