@@ -16,7 +16,7 @@ from edgecache.proxy import coldmiss, diskhit, passing, reading
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.hit import Pass
 from edgecache.proxy.respond import answer_slices
-from edgecache.proxy.serving import multipart_passes
+from edgecache.proxy.serving import first_fetched, multipart_passes
 from edgecache.proxy.uncached import write
 
 if TYPE_CHECKING:
@@ -63,7 +63,10 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
             return
         answered = diskhit.with_fetches(conn, p, missing) if missing else p
         async with contextlib.aclosing(_body(conn, p, layout)) as chunks:
-            try:  # the first part's preamble and first bytes: a failure now is not yet the client's
+            try:  # the first fetched slice's first bytes, the first part's preamble and first bytes: a failure
+                # now is not yet the client's (a stored first part would have gone out before a new version met)
+                if missing:
+                    await first_fetched(engine, hit.req, hit.meta, missing[0], needed[-1], p.fill)
                 started = [await anext(chunks), await anext(chunks)]
             except VersionChanged:
                 answered = None
