@@ -115,8 +115,13 @@ def judge_head(
     j = entry.judge(status, headers, asked)
     served, stored = _fields(status, headers, req.policy, response_time)
     if isinstance(j, entry.Refused):
+        told = _told_length(status, headers)
+        if told is not None and existing is not None and 0 <= existing.length != told:
+            # Another length than the stored copy's: a new version, which the request fetches again as a miss. Passed
+            # through, a revalidation met the same 416 for every request, and the copy was never replaced.
+            raise VersionChanged(f"origin's 416 tells a length of {told}, the stored copy's is {existing.length}")
         if status in (206, 416):
-            raise RangeMismatch(f"origin response refused: {j.reason}", _told_length(status, headers), served)
+            raise RangeMismatch(f"origin response refused: {j.reason}", told, served)
         raise OriginError(f"origin response refused: {j.reason}", retryable=False)
     vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
     primary = req.primary or req.entry_key.split("\n", 1)[0]

@@ -164,3 +164,24 @@ async def test_a_range_over_a_stored_slice_and_a_changed_one_is_the_new_version_
             assert V2[:10] in body
             assert V2[MiB : MiB + 10] in body
             assert V1[:10] not in body
+
+
+@pytest.mark.parametrize("edge", ["fast", "framework"], indirect=True)
+async def test_a_stale_copy_whose_origin_now_has_an_empty_object_is_replaced_not_passed_through_for_good(
+    edge: Edge, origin: Origin
+) -> None:
+    """The revalidation of a stale copy asks for its slice 0 with its ETag; the object is empty now, and the origin
+    answers 416 (bytes */0). That 416 was passed through and the copy kept: every later request sent the same
+    revalidation and then the request itself, two origin requests each, and the empty object was never stored.
+    Found by fuzzing version changes."""
+    origin.put("/empty.bin", V1, headers={"Cache-Control": "max-age=0"})
+    status, _, body = await edge.get("/empty.bin", Range="bytes=0-99")  # slice 0 of v1, stale at once
+    assert (status, body) == (206, V1[:100])
+    await edge.node.engine.flush()
+    origin.put("/empty.bin", b"", etag='"v2"', headers={"Cache-Control": "max-age=0"})
+    for _ in range(2):
+        status, headers, body = await edge.get("/empty.bin")
+        assert (status, headers["ETag"], body) == (200, '"v2"', b"")
+    asked = [(s.headers.get("Range"), s.headers.get("If-None-Match")) for s in origin.seen if s.path == "/empty.bin"]
+    assert asked[:3] == [("bytes=0-1048575", None), ("bytes=0-1048575", '"v1"'), (None, None)]
+    assert [inm for _, inm in asked[3:]] == ['"v2"']  # the empty copy revalidated: a 304
