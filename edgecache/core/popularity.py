@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from edgecache.core.cachecontrol import parse_cache_control
+from edgecache.core.cachecontrol import parse_cache_control, parse_pragma_no_cache
 from edgecache.core.conditional import validates
 from edgecache.core.forward import must_pass
 from edgecache.core.headers import Headers
@@ -80,7 +80,12 @@ class Gate:
 
 def spreadable(headers: Headers) -> bool:
     """Whether a GET or HEAD without a body counts towards its object's heat: only a plain cacheable one. A
-    conditional or no-store request, or one with credentials, is always its owner's to answer."""
+    conditional or no-store request, or one with credentials, is always its owner's to answer; so is one that asks
+    for the origin's validation (no-cache, max-age=0, Pragma: no-cache): a copy here would be revalidated with the
+    owner's cache, and the origin never asked (RFC 9111 5.2.1.4)."""
     if validates(headers):
         return False
-    return not parse_cache_control(headers).no_store and must_pass(headers) is None
+    cc = parse_cache_control(headers)
+    if cc.no_cache or cc.max_age == 0 or parse_pragma_no_cache(headers):
+        return False
+    return not cc.no_store and must_pass(headers) is None

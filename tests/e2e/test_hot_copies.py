@@ -165,3 +165,27 @@ async def test_a_purge_met_while_a_doubted_copy_is_revalidated_gives_the_new_byt
         status, headers, body = await answer
         assert (status, body == new) == (200, True), (status, headers.get("Cache-Status"), body[:100])
         assert (await edge.get(HOT))[::2] == (200, new)
+
+
+@pytest.mark.parametrize("asks", ["Cache-Control: no-cache", "Cache-Control: max-age=0", "Pragma: no-cache"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_a_request_for_the_origins_validation_at_a_hot_copy_reaches_the_origin(
+    origin: Origin, tmp_path: Path, fast: bool, asks: str
+) -> None:
+    """A hot copy at a node that does not own the object, and a request that asks for the origin's validation: the
+    copy was revalidated with the owner, whose cache answered 304 ("fwd=request; fwd-status=304"), and the origin
+    was never asked, so the request got the old bytes though the origin had new ones. It is the owner's now, which
+    revalidates with the origin. Found by fuzzing a 2-node cluster."""
+    origin.put(HOT, b"old bytes")
+    owner = Ring.of(Member(f"node{i}", "-") for i in (1, 2, 3)).owner(f"videos|video.test|{HOT}")
+    assert owner is not None
+    async with cluster(origin, tmp_path, fast) as nodes:
+        edge = next(n.edge for n in nodes if n.edge.node.cluster and n.edge.node.cluster.self_id != owner.id)
+        for _ in range(popularity.THRESHOLD + 1):
+            assert (await edge.get(HOT))[::2] == (200, b"old bytes")
+        assert (await edge.get(HOT))[1]["Cache-Status"] == "edgecache; hit"  # its own copy
+        origin.put(HOT, b"new bytes", etag='"v2"')
+        name, _, value = asks.partition(": ")
+        for n in (1, 2):
+            status, _, body = await edge.get(HOT, **{name: value})
+            assert (status, body, origin.hits[HOT]) == (200, b"new bytes", 1 + n)
