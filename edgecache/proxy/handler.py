@@ -254,12 +254,7 @@ class EdgeHandler:
                 strict = meta is not None and never_stale(meta.headers)
                 head = await self._head_of(request, req, fill, meta if stale_ok else None, strict)
             except VersionChanged as exc:
-                # Raised before any byte was sent: a slice the stored entry lacks came back as another version
-                # (respond._stream), or its revalidation's 304 was for another or forbade storing it (fillhead._of_304),
-                # never mixed nor kept: that entry goes and the request starts again as a miss of the origin's version.
-                log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
-                if meta is not None:
-                    await self.engine.store.drop_version(req.entry_key, meta)
+                await self._changed_before_head(req, meta, exc)
                 # The entry an adopted fill was started to revalidate is not taken again: looked up afresh (a purge
                 # met meanwhile keys the object elsewhere, where that entry's slices are not).
                 validated, adopted = False, None
@@ -286,6 +281,14 @@ class EdgeHandler:
                 log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
                 await self.engine.store.delete_meta(req.entry_key)
         raise OriginError("the object kept changing while being fetched", retryable=False)
+
+    async def _changed_before_head(self, req: FillRequest, meta: ObjectMeta | None, exc: VersionChanged) -> None:
+        """Raised before any byte was sent: a slice the stored entry lacks came back as another version
+        (respond._stream), or its revalidation's 304 was for another or forbade storing it (fillhead._of_304), never
+        mixed nor kept: that entry goes and the request starts again as a miss of the origin's version."""
+        log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
+        if meta is not None:
+            await self.engine.store.drop_version(req.entry_key, meta)
 
     def _fill_of(
         self,
