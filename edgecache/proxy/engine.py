@@ -243,6 +243,8 @@ class Engine:
             writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
             try:
                 req = await self._take_head(fill, req, head)
+                if _replaces(existing, head) and req.spread_from is None:
+                    self.store.replaced()  # on the disk now: the other workers drop what they hold of the old copy
                 if head.status == 304:
                     return
                 if not pumped:
@@ -443,6 +445,13 @@ def _cut_whole(fill: Fill) -> ObjectMeta | None:
         return None
     brought = head.result()
     return brought.meta if brought.store and brought.meta.whole else None
+
+
+def _replaces(existing: ObjectMeta | None, head: FillHead) -> bool:
+    """Is the copy a fill's head stores other bytes than the copy stored before it (a new version a revalidation or a
+    no-cache request brought)? Other workers holding the old one in memory would serve it until it expired."""
+    kept = head.store and head.status != 304 and head.meta.length >= 0
+    return kept and existing is not None and not entry.same_bytes(existing, head.meta)
 
 
 def _answers(fill: Fill, req: FillRequest) -> bool:

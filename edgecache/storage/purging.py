@@ -82,6 +82,12 @@ class Purging:
         if self.epoch is not None:
             self.epoch.bump(self._slot)
 
+    def replaced(self) -> None:
+        """This worker stored a new copy of an object over another one (on the disk now): the other workers, which
+        may hold the old one's metadata in memory, look at the disk again before their next request. A copy of
+        the same bytes (the same strong ETag) needs no telling: the old metadata serves the same bytes."""
+        self._changed()
+
     def attach_epoch(self, epoch: Epoch, worker: int = 0) -> None:
         """Share `epoch` with the other workers as worker `worker` (its slot there)."""
         self.epoch = epoch

@@ -230,3 +230,25 @@ async def test_a_slice_a_killed_worker_was_fetching_is_fetched_at_once(origin: O
             for k in range(6):  # whichever worker each lands on
                 assert await get(5 * MiB + k, 5 * MiB + k + 999) == DATA[5 * MiB + k : 5 * MiB + k + 1000]
         assert covered(origin.range_hits("/k.bin")) == [0, 5, 5]  # the killed worker's, then one for all
+
+
+async def test_a_copy_one_worker_replaced_is_the_one_every_worker_serves(origin: Origin, tmp_path: Path) -> None:
+    """A request with no-cache in one worker brought the origin's new version and stored it over the old one; the
+    other worker still held the old copy's metadata in memory and served it until it expired (16 of 20 answers
+    after the new one was stored). A cache uses the most recent stored response (RFC 9111 4): every worker does."""
+    origin.put("/r.bin", b"1" * 50_000, etag='"v1"')
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with edge_process("serve", "--config", str(cfg), ready=READY), aiohttp.ClientSession() as s:
+
+        async def get(extra: dict[str, str]) -> tuple[str | None, bytes]:
+            headers = {"Host": "video.test", "Connection": "close", **extra}
+            async with s.get(f"http://127.0.0.1:{port}/r.bin", headers=headers) as r:
+                assert r.status == 200
+                return r.headers.get("ETag"), await r.read()
+
+        assert [await get({}) for _ in range(30)] == [('"v1"', b"1" * 50_000)] * 30  # held by both workers
+        origin.put("/r.bin", b"2" * 50_000, etag='"v2"')
+        assert await get({"Cache-Control": "no-cache"}) == ('"v2"', b"2" * 50_000)
+        assert [await get({}) for _ in range(30)] == [('"v2"', b"2" * 50_000)] * 30
+        assert origin.seen[-1].headers.get("If-None-Match") == '"v1"'  # v2 fetched once: by the no-cache request
