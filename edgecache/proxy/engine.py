@@ -373,10 +373,10 @@ class Engine:
             self._spawn(self._forget(req.entry_key, version, stored, writes, fill), self._writes)
 
     async def _write_slice(self, fill: Fill, entry_key: str, version: str, index: int, data: bytes) -> None:
-        # A failed write lets the fill drop its copy all the same: its bound holds whatever the disk does, and a
-        # reader that still needs the slice fetches it again.
-        await self.store.put_slice_disk(entry_key, version, index, data)
-        fill.mark_durable(index)
+        # A slice the disk refused is marked so: the fill lets it go only once every stream has read it (a stream
+        # reads a slice let go back from the store), and a reader of it by range fetches it again.
+        stored = await self.store.put_slice_disk(entry_key, version, index, data)
+        fill.mark_durable(index, stored)
 
     async def _stored_slice(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
         """A complete slice a fill let go, read back while the object's length may still be unknown (a slice the

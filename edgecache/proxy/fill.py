@@ -135,6 +135,9 @@ class Fill:
         self._bufs: dict[int, _Parts | bytes] = {}
         self._complete: set[int] = set()
         self._durable: set[int] = set()  # complete slices the store has, while the fill still holds them
+        # Complete slices the store refused (a full disk, one out of service, its admission): a stream cannot read
+        # one back once let go, so it is held until every stream has read it (the slowest then paces the fill).
+        self._unstored: set[int] = set()
         self._pos = 0  # absolute offset of the next byte to arrive
         self._held = 0  # bytes in self._bufs
         self.peak = 0  # the most bytes self._bufs ever held: the bound's own witness
@@ -273,9 +276,10 @@ class Fill:
         self._durable.clear()
         self._wake()
 
-    def mark_durable(self, index: int) -> None:
-        """The store has slice `index` on disk: the fill may drop its own copy once it is out of the window."""
-        self._durable.add(index)
+    def mark_durable(self, index: int, stored: bool = True) -> None:
+        """The store has slice `index` on disk: the fill may drop its own copy once it is out of the window. Not
+        `stored` (the disk refused it): only once every stream has read it too."""
+        (self._durable if stored else self._unstored).add(index)
         self._release_old()
         self._wake()
 
@@ -292,9 +296,15 @@ class Fill:
         else:  # stored slices behind a window kept for readers that lag a little
             self._widen(newest)
             old = [i for i in self._durable if i < newest - self.window and i in self._bufs]
+            if self._unstored:  # and those the store refused once every stream has read them
+                floor = min(self._streams.values(), default=self._pos)
+                behind = newest - self.window
+                old += [i for i in self._unstored if i < behind and (i + 1) * self.slice_size <= floor]
         for i in old:
-            self._held -= len(self._bufs.pop(i))
+            if (buf := self._bufs.pop(i, None)) is not None:
+                self._held -= len(buf)
             self._durable.discard(i)  # only slices still held are kept here, so each pass is short
+            self._unstored.discard(i)
 
     def _widen(self, newest: int) -> None:
         """A body of unknown length is never fetched again by range: a slice it lets go before a stream has read it
@@ -415,7 +425,7 @@ class Fill:
                 yield piece
                 pos += len(piece)
                 self._streams[me] = pos
-                if self.backpressure or not self.kept:
+                if self.backpressure or not self.kept or self._unstored:  # the producer may wait for this stream
                     self._read_pos = pos
                     self._release_old()
                     self._wake()

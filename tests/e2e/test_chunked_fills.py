@@ -336,3 +336,54 @@ async def test_a_malformed_chunk_mid_body_ends_the_fill(edge: Edge, origin: Orig
         status, _, body = await edge.get("/c")
     assert (status, body) == (200, BODY)
     assert origin.hits["/c"] == 2
+
+
+async def test_a_stream_behind_a_fill_whose_slices_the_disk_refused_gets_the_whole_body(
+    edge: Edge, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slice the disk refused (full, out of service, its admission) was marked stored all the same: the fill let
+    it go behind its window, and a stream behind it, which reads such a slice back from the store, found it
+    nowhere and was cut (a slow client of a chunked 24 MiB body with the disk out of service: 4,175,847 bytes, then
+    'fill dropped bytes its reader still needed'). The fill now holds a refused slice until every stream has read
+    it: the slowest stream paces it, within its bound."""
+    body = os.urandom(200 * SLICE)  # far more than the sockets between the node and its client hold
+    origin.on_request = hook = Chunked(body)
+    hook.hold_at = SLICE  # until the client has its head: its stream reads the fill from then on
+    store = edge.node.store
+
+    async def refused(entry_key: str, version: str, index: int, data: bytes) -> bool:
+        return False  # what Store.put_slice_disk answers when the disk did not store the slice
+
+    monkeypatch.setattr(store, "put_slice_disk", refused)
+    monkeypatch.setattr(store, "put_slice_memory", lambda *_: None)  # a busy node's memory tier evicts them at once
+    moved = asyncio.Condition()
+    room = Fill.room
+
+    async def watched(self: Fill) -> None:
+        async with moved:
+            moved.notify_all()
+        await room(self)
+
+    monkeypatch.setattr(Fill, "room", watched)
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    writer.write(b"GET /c HTTP/1.1\r\nHost: video.test\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    hook.go.set()
+    fill = next(iter(f for fills in edge.node.engine.fills._by_key.values() for f in fills))
+    async with asyncio.timeout(10), moved:  # the client reads nothing until the fill is past it, or waits for it
+        await moved.wait_for(lambda: fill.done or fill._held + fill.slice_size > fill.bound)
+    got = bytearray()
+    async with asyncio.timeout(10):
+        while chunk := await reader.read(2**20):
+            got += chunk
+            if got.endswith(b"\r\n0\r\n\r\n"):
+                break
+    writer.close()
+    assert got.endswith(b"\r\n0\r\n\r\n"), f"cut after {len(got)} bytes"
+    framed = bytes(got)
+    decoded = bytearray()
+    while (eol := framed.index(b"\r\n")) and (size := int(framed[:eol], 16)):
+        decoded += framed[eol + 2 : eol + 2 + size]
+        framed = framed[eol + 2 + size + 2 :]
+    assert bytes(decoded) == body
+    assert origin.hits["/c"] == 1
