@@ -37,6 +37,10 @@ from edgecache.storage.store import Store, slice_name
 log = logging.getLogger(__name__)
 
 
+# A worker holding slices' leases has this long to store them before the others fetch them themselves.
+LEASE_SECONDS = 10.0
+
+
 class _Unread(OriginError):
     """Nobody reads a fill of a whole object any more (Engine.unread)."""
 
@@ -314,6 +318,8 @@ class Engine:
             self.store.remember_record(primary, record)
             self.store.remember_meta(req.entry_key, head.meta)
         fill.set_head(head)
+        if req.spread_from is None:  # leased before the metadata is on the disk, where other workers read both
+            await self._lease_ahead(fill, head, head.start // self.slice_size)
         if keep and req.spread_from is None:  # a spread copy is kept in memory only
             if record != known:  # the next slice of a stored object brings the same record
                 await self.store.put_record(primary, record)
@@ -351,6 +357,8 @@ class Engine:
                 for lo in range(0, len(chunk), size):  # a slice's worth at a time, each once the fill has room
                     if fill.received // size != reached:
                         reached = fill.received // size
+                        if req.spread_from is None:
+                            await self._lease_ahead(fill, head, reached)
                         if self.unread(fill, head.end):
                             raise _Unread(f"nobody reads the fill past {fill.received} bytes")
                     await fill.room()
@@ -371,6 +379,22 @@ class Engine:
             await self._store_length(req, head.meta, fill.received, stored, writes)
         elif head.store and stored:  # past the bound: what was stored of it, once its streams no longer read it
             self._spawn(self._forget(req.entry_key, version, stored, writes, fill), self._writes)
+
+    async def _lease_ahead(self, fill: Fill, head: FillHead, reached: int) -> None:
+        """At each slice `reached` by a fill of the whole object, the leases of it and of the run of slices after
+        it (fill_slices) it does not hold yet, as a ranged fill of them takes (reading._start_for): another worker's
+        request of one, which reads the stored object's metadata from the head on, waits for it to land on the disk
+        instead of fetching it again (and, with a soft purge between, meeting another version and cutting its
+        answer). None for one no other worker reads by slice: not shared, not stored, of unknown length, or a copy
+        fetched only whole (nor a spread copy: its caller's to skip)."""
+        meta = head.meta
+        if not self.store.shared or not head.store or head.end is None or meta.whole or fill.last_index is not None:
+            return
+        upto = min(reached + self.fill_slices, (head.end - 1) // self.slice_size)
+        run = list(range(max(reached, max(fill.leases, default=-1) + 1), upto + 1))
+        if run:
+            taken = await self.store.lease_run(head.entry_key, meta, run, LEASE_SECONDS)
+            fill.leases.update(self.store.lease_names(head.entry_key, meta.slice_version, run[:taken]))
 
     async def _write_slice(self, fill: Fill, entry_key: str, version: str, index: int, data: bytes) -> None:
         # A slice the disk refused is marked so: the fill lets it go only once every stream has read it (a stream

@@ -12,7 +12,7 @@ from edgecache import metrics
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy.engine import Engine
+from edgecache.proxy.engine import LEASE_SECONDS, Engine
 from edgecache.proxy.fill import Fill, Released
 from edgecache.proxy.fillhead import RangeMismatch, new_token
 from edgecache.proxy.fillrequest import FillRequest
@@ -23,9 +23,6 @@ _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
 _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 _FROM_PEER = metrics.BYTES_SERVED.labels("peer")
-
-# A worker holding slices' leases has this long to store them before the others fetch them themselves.
-LEASE_SECONDS = 10.0
 
 
 def memory_range(engine: Engine, req: FillRequest, meta: ObjectMeta, first: int, last: int) -> bytes | None:

@@ -112,6 +112,62 @@ async def test_a_purge_reaches_every_worker_before_its_next_answer(origin: Origi
         assert await bodies("/dir/q.bin") == {b"new " * 500}
 
 
+async def test_a_whole_fill_in_one_worker_leaves_the_other_its_slices_to_wait_for(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A cold miss fills the whole object in one worker; requests of it that the other worker takes meanwhile (its
+    metadata is on the shared disk from the head on) fetched the slices the whole fill was about to bring with
+    ranges of their own: each slice twice from the origin, and, once a soft purge let a new version in, those
+    ranges brought it and cut the answers of the old one. The whole fill leases the run of slices ahead of it
+    (fill_slices), as a ranged fill does, so the other worker waits for them; the head is not held for them."""
+    origin.put("/w.bin", DATA)
+    release = asyncio.Event()
+
+    async def pause_after_first_slice(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
+        if request.headers.get("Range") is not None:
+            return None
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600", "ETag": '"v1"'})
+        resp.content_length = len(DATA)
+        await resp.prepare(request)
+        # Into slice 1: the answer's head waits for the first bytes of the first slice it does not hold yet
+        # (diskhit._partial), and the client reads slice 0 before the origin goes on.
+        await resp.write(DATA[: MiB + 1000])
+        await release.wait()
+        await resp.write(DATA[MiB + 1000 :])
+        return resp
+
+    origin.on_request = pause_after_first_slice
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with edge_process("serve", "--config", str(cfg), ready=READY), aiohttp.ClientSession() as s:
+
+        async def get(headers: dict[str, str]) -> bytes:
+            headers = {"Host": "video.test", "Connection": "close", **headers}
+            async with s.get(f"http://127.0.0.1:{port}/w.bin", headers=headers) as r:
+                return await r.read()
+
+        async def waited() -> float:
+            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                return metric(await r.text(), "edgecache_collapsed_waits_total")
+
+        try:
+            async with asyncio.timeout(20):
+                answer = await s.get(f"http://127.0.0.1:{port}/w.bin", headers={"Host": "video.test"})
+                first = await answer.content.readexactly(MiB)  # the metadata is on the disk before the body
+                # Slices 1 to 4, the run a whole fill at slice 0 leases, on new connections: both workers take some
+                asks = [(k % 4 + 1) * MiB + 1000 * k for k in range(12)]
+                tasks = [asyncio.ensure_future(get({"Range": f"bytes={a}-{a + 99}"})) for a in asks]
+                while not origin.range_hits("/w.bin")[1:] and await waited() < 1:  # noqa: ASYNC110 - another process
+                    await asyncio.sleep(0.05)
+        finally:
+            release.set()
+        bodies = await asyncio.gather(*tasks)
+        assert first + await answer.read() == DATA
+        answer.release()
+    assert bodies == [DATA[a : a + 100] for a in asks]
+    assert origin.range_hits("/w.bin") == [None]
+
+
 async def test_two_workers_that_miss_one_cold_object_at_once_name_one_copy(origin: Origin, tmp_path: Path) -> None:
     """Both workers miss an object nothing is stored of, and each names a copy of it before the other's is on the
     shared disk. The copy whose metadata reached the disk first is the one both go on with: each of its later
