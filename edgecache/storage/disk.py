@@ -367,12 +367,17 @@ class DiskTier:
 
         The value is looked for once its lease is taken: a fill stores the value before it drops the lease, so a
         lease taken after that drop finds the value, and one taken before it cannot be (the fill holds it). Looked
-        for first, a value stored between the look and the lease was fetched twice."""
+        for first, a value stored between the look and the lease was fetched twice.
+
+        A lease this process holds is taken again (for as long again): its fills coordinate through its table of
+        fills, and a reader that found none fetching the value would wait on the disk for itself."""
 
         def take() -> int:
             holder = str(os.getpid()).encode()
             for n, key in enumerate(keys):
-                if not self._cache.add(key, holder, expire=seconds, retry=True) and (
+                if self._cache.get(key, None, retry=True) == holder:
+                    self._cache.set(key, holder, expire=seconds, retry=True)
+                elif not self._cache.add(key, holder, expire=seconds, retry=True) and (
                     self._leased(key) or not self._cache.add(key, holder, expire=seconds, retry=True)
                 ):
                     return n

@@ -409,3 +409,24 @@ async def test_calls_waiting_on_a_hung_disk_end_when_it_is_taken_out(tmp_path: P
     finally:
         hung.set()
         disks.close()
+
+
+async def test_a_lease_this_process_holds_is_its_own_to_take_again(tmp_path: Path) -> None:
+    """A lease names its process: the workers coordinate through it, and the fills of one process through its table
+    of fills. A reader that found a slice in neither tier nor in a fill of its process, and met a lease its own
+    process holds (a fill that let the slice go, whose lease is being dropped, or one leased ahead), waited on the
+    disk for a peer that was itself, up to LEASE_SECONDS a try. Its own lease is its to take again; another live
+    process's is not."""
+    disks = Disks.open_all(three(tmp_path), threads=1)
+    try:
+        keys = [lease_name(f"s:{i}") for i in range(6)]
+        assert await disks.lease(keys[:3], 5) == 3
+        assert await disks.lease(keys, 5) == 6  # this process's three, and three more
+        other = keys[4]
+        tier = disks._slots[disks.home(other)].tier
+        assert tier is not None
+        tier._cache.set(other, str(os.getppid()).encode(), expire=5)  # held by another process, alive
+        assert await disks.lease(keys, 5) == 4
+        assert await disks.contains(keys) == [True] * 6
+    finally:
+        disks.close()
