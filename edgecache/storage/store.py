@@ -15,7 +15,6 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 from edgecache import metrics
 from edgecache.config.model import Disk
@@ -25,6 +24,7 @@ from edgecache.errors import StorageError
 from edgecache.storage import placed
 from edgecache.storage.disk import lease_name
 from edgecache.storage.disks import DiskFull, Disks, OutOfService
+from edgecache.storage.heldmeta import Budget, Held
 from edgecache.storage.leases import PEER_POLL, Leases
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.purging import Purging, not_kept
@@ -40,6 +40,13 @@ OPEN_FILES = 1024  # slice files kept open for the fast path's disk hits (the wo
 
 
 LAZY_META_SECONDS = 10.0
+
+# The tables of metadata, records and write marks hold this many bytes together at most (keys included), and
+# what one of their entries holds (measured with tracemalloc, rounded up).
+META_BYTES = 16 * 2**20
+META_ENTRY_BYTES = 700
+FIELD_BYTES = 130
+RECORD_BYTES = 250
 
 
 def _same_copy(meta: ObjectMeta) -> int:
@@ -57,15 +64,19 @@ class Store(Purging, Leases):
 
     # Metadata this process keeps at hand (LRU; the disk tier has all of it). An entry is a few KiB with its
     # headers, so this is counted against the per-worker memory overhead, not the memory tier: keep it modest.
-    def __init__(self, memory: MemoryTier, disk: Disks, meta_entries: int = 16_384) -> None:
+    # They hold META_BYTES together at most, keys included (storage.heldmeta).
+    def __init__(
+        self, memory: MemoryTier, disk: Disks, meta_entries: int = 16_384, meta_bytes: int = META_BYTES
+    ) -> None:
         super().__init__(disk.directory)
         self.memory = memory
         self.disk = disk
-        self._meta: OrderedDict[str, ObjectMeta] = OrderedDict()
+        self.held = Budget(meta_bytes)
+        self._meta: Held[ObjectMeta] = Held(self.held, meta_entries, _meta_cost)
         # What put_meta() last wrote to disk for a key: a hash of the copy and its fields, and its response time.
-        self._written: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._written: Held[tuple[int, float]] = Held(self.held, meta_entries, lambda _: 0)
         self._deleting: Counter[str] = Counter()  # entry keys whose metadata is being deleted from the disk tier
-        self._records: OrderedDict[str, PrimaryRecord] = OrderedDict()
+        self._records: Held[PrimaryRecord] = Held(self.held, meta_entries, _record_cost)
         self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
         self._meta_entries = meta_entries  # lowered by the RSS bound under pressure (set_meta_entries)
         self._files: OrderedDict[str, SliceFile] = OrderedDict()
@@ -86,7 +97,8 @@ class Store(Purging, Leases):
         when the memory tier alone cannot give back enough); the disk tier still has all of them."""
         self._meta_entries = max(1, n)
         for table in (self._meta, self._records, self._written):
-            _keep_newest(table, self._meta_entries)
+            table.entries = self._meta_entries
+            table.trim()
 
     def peek_meta(self, key: str) -> ObjectMeta | None:
         """What this process knows right now, without waiting for the disk."""
@@ -95,24 +107,21 @@ class Store(Purging, Leases):
     def touch_meta(self, key: str, primary: str) -> None:
         """A hit served without get_meta() still counts as recent use of its metadata and primary record."""
         if key in self._meta:
-            self._meta.move_to_end(key)
+            self._meta.touch(key)
         if primary in self._records:
-            self._records.move_to_end(primary)
+            self._records.touch(primary)
 
     def remember_meta(self, key: str, meta: ObjectMeta) -> None:
         """Make `meta` visible to this process at once; put_meta() then persists it."""
         self._remember(key, meta)
 
     def _remember(self, key: str, meta: ObjectMeta) -> None:
-        self._meta[key] = meta
-        self._meta.move_to_end(key)
-        if len(self._meta) > self._meta_entries:
-            self._meta.popitem(last=False)
+        self._meta.put(key, meta)
 
     async def get_meta(self, entry_key: str) -> ObjectMeta | None:
         meta = self._meta.get(entry_key)
         if meta is not None:
-            self._meta.move_to_end(entry_key)
+            self._meta.touch(entry_key)
             return meta
         if entry_key in self._deleting:
             return None
@@ -182,10 +191,7 @@ class Store(Purging, Leases):
 
     def _wrote(self, entry_key: str, meta: ObjectMeta) -> None:
         """What the disk holds for `entry_key` now (a lazy put_meta compares with it)."""
-        self._written[entry_key] = (_same_copy(meta), meta.response_time)
-        self._written.move_to_end(entry_key)
-        if len(self._written) > self._meta_entries:
-            self._written.popitem(last=False)
+        self._written.put(entry_key, (_same_copy(meta), meta.response_time))
 
     def _forget_held(self) -> None:
         self._records.clear()
@@ -200,8 +206,8 @@ class Store(Purging, Leases):
             await self.delete_meta(entry_key)
 
     async def delete_meta(self, entry_key: str) -> None:
-        self._meta.pop(entry_key, None)
-        self._written.pop(entry_key, None)
+        self._meta.pop(entry_key)
+        self._written.pop(entry_key)
         self._deleting[entry_key] += 1  # absent meanwhile: a lookup must not read it back from the disk
         try:
             await self.disk.delete("m:" + digest(entry_key))
@@ -218,15 +224,12 @@ class Store(Purging, Leases):
         return self._records.get(primary)
 
     def remember_record(self, primary: str, record: PrimaryRecord) -> None:
-        self._records[primary] = record
-        self._records.move_to_end(primary)
-        if len(self._records) > self._meta_entries:
-            self._records.popitem(last=False)
+        self._records.put(primary, record)
 
     async def get_record(self, primary: str) -> PrimaryRecord:
         record = self._records.get(primary)
         if record is not None:
-            self._records.move_to_end(primary)
+            self._records.touch(primary)
             return record
         try:
             raw = await self.disk.get("v:" + digest(primary))
@@ -435,9 +438,13 @@ def _warn(what: str, exc: StorageError) -> None:
         log.warning("%s: %s", what, exc)
 
 
-def _keep_newest(table: OrderedDict[str, Any], n: int) -> None:
-    while len(table) > n:
-        table.popitem(last=False)
+def _meta_cost(meta: ObjectMeta) -> int:
+    """What a copy's metadata holds beyond its key: the object, and its fields (a tuple and two strings each)."""
+    return META_ENTRY_BYTES + sum(FIELD_BYTES + len(k) + len(v) for k, v in meta.headers)
+
+
+def _record_cost(record: PrimaryRecord) -> int:
+    return RECORD_BYTES + sum(60 + len(name) for name in record.vary or ())
 
 
 def _gone_of(files: list[tuple[str, SliceFile]]) -> list[tuple[str, SliceFile]]:

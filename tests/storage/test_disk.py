@@ -225,3 +225,39 @@ async def test_the_write_ahead_log_shrinks_back_once_its_readers_let_it(tmp_path
         assert await tier.get("m7") == _value(20_000)
     finally:
         tier.close()
+
+
+def test_the_metadata_a_store_keeps_at_hand_is_bounded_by_bytes(tmp_path: Path) -> None:
+    """A Store's tables of metadata, records and write marks were bounded by their count of entries alone (16,384
+    each): long keys took a worker far past its memory budget (8 KB URLs: 112.7 MiB of RSS against 80, for 36 s,
+    until the RSS bound lowered the count). They hold their budget of bytes together now, keys included, measured
+    here as Python allocates them."""
+    import tracemalloc
+
+    from edgecache.core.entry import ObjectMeta
+    from edgecache.core.keys import PrimaryRecord
+    from edgecache.storage.memory import MemoryTier
+    from edgecache.storage.store import Store
+
+    tier = DiskTier(tmp_path, 64 * MiB, threads=1)
+    store = Store(MemoryTier(MiB), tier)
+    fields = (("ETag", '"v1"'), ("Cache-Control", "max-age=60"), ("Date", "Mon, 30 Nov 2026 10:00:00 GMT"))
+    try:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(4000):
+            primary = f"{i:08d}|video.test|/" + "u" * 8000  # an 8 KB URL
+            key = primary + "\n"
+            meta = ObjectMeta(200, fields, 10, '"v1"', False, 1000.0, 1000.0, MiB, (), f"t{i}")
+            store.remember_record(primary, PrimaryRecord("g", ("Accept-Encoding",)))
+            store.remember_meta(key, meta)
+            store._wrote(key, meta)
+            del primary, key, meta
+        held = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert held <= 16 * MiB * 1.1, held  # store.META_BYTES, and what its estimates of entries may miss
+        assert store.held.held <= 16 * MiB
+        assert store.peek_meta(f"{3999:08d}|video.test|/" + "u" * 8000 + "\n") is not None  # the newest is kept
+        assert len(store._meta) < 4000
+    finally:
+        tier.close()
