@@ -20,7 +20,7 @@ from edgecache import metrics
 from edgecache.core import clientaddr, proxyproto
 from edgecache.core.freshness import Use
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import coldmiss, diskhit, multipart, observe, passing, refuse, relay
+from edgecache.proxy import coldmiss, diskhit, linger, multipart, observe, passing, refuse, relay
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
@@ -100,9 +100,8 @@ class FastPath(asyncio.Protocol):
         if self.server.open >= self.server.settings.max_connections:
             # Shed at the door: a quick, honest answer instead of a slow collapse (handed-off ones count too).
             metrics.REJECTED_CONNECTIONS.inc()
-            self.closing = True
             transport.write(_FULL_503)
-            transport.close()
+            linger.close(self, self.server.full)  # the request it sent, unread, would reset the answer
             return
         self.server.connections.add(self)
         self.server.open += 1

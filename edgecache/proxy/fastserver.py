@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp.web_protocol import RequestHandler
 
 from edgecache import metrics
+from edgecache.proxy import linger
 from edgecache.proxy.decide import MEMO_BYTES, Decider
 from edgecache.proxy.fastpath import PIECE, FastPath
 from edgecache.proxy.fill import Adopted
@@ -61,10 +62,14 @@ class FastServer:
     _promote_at: float = 0.0
     stopping: bool = False  # shutdown() began: no connection comes back from aiohttp (take_back)
     decider: Decider = field(init=False)
+    lingering: linger.Pool = field(init=False)  # connections closed after their answers, input still read (linger)
+    full: linger.Pool = field(init=False)  # those of the 503 past max_connections: fewer, for less time
     _peers: PeerPool | None = None
 
     def __post_init__(self) -> None:
         self.decider = Decider(self.shared, self.date, self.settings.memo_bytes)
+        self.lingering = linger.Pool(linger.LIMIT, linger.SECONDS, self.settings.write_timeout)
+        self.full = linger.Pool(linger.FULL_LIMIT, linger.FULL_SECONDS, self.settings.write_timeout)
 
     def peers(self) -> PeerPool:
         """Connections to the cluster's other nodes, for the requests this worker forwards (proxy.relay)."""
@@ -195,6 +200,8 @@ class FastServer:
                 transport.abort()  # what is still to be written would hold it open for as long as the client likes
             else:
                 transport.close()
+        self.lingering.close_all()
+        self.full.close_all()
         if self._peers is not None:
             self._peers.close()
         await asyncio.sleep(0)  # a closed transport lets go of its socket on the loop's next turn

@@ -1,0 +1,120 @@
+"""Answers the node closes after while the client may still be sending reach it: the connection lingers (proxy.linger),
+its write side shut and what comes read and dropped for a bounded time, instead of a close with input unread,
+which makes the kernel reset the connection and the client lose the answer (ECONNRESET)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edgecache.config import Config
+from tests.conftest import Edge, make_config, start_edge
+from tests.origin import Origin
+
+FULL_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 37\r\n\r\ntoo many connections: try again soon\n"
+)
+GET_A = b"GET /a HTTP/1.1\r\nHost: video.test\r\n\r\n"
+
+
+async def sent_before_accept(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose first bytes are in the node's socket before the node accepts it: connected (loopback's
+    handshake ends within the call) and sent without the loop turning, as a client on another host would be."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.connect_ex(("127.0.0.1", port))
+    sock.send(data)
+    return await asyncio.open_connection(sock=sock)
+
+
+async def answer(reader: asyncio.StreamReader) -> bytes:
+    async with asyncio.timeout(10):
+        return await reader.read(-1)
+
+
+async def held(edge: Edge, n: int) -> list[asyncio.StreamWriter]:
+    writers = []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: video.test\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK\r\n")
+        writers.append(writer)
+    return writers
+
+
+async def until(holds: Callable[[], bool], seconds: float = 10) -> None:
+    async with asyncio.timeout(seconds):
+        while not holds():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def shut(writers: list[asyncio.StreamWriter]) -> None:
+    for w in writers:
+        w.close()
+        with contextlib.suppress(ConnectionError):
+            await w.wait_closed()
+
+
+def full_config(origin: Origin, tmp_path: Path) -> Config:
+    origin.put("/a", b"a")
+    return replace(make_config(tmp_path / "c", [origin.url]), max_connections=2)
+
+
+async def test_a_full_nodes_503_reaches_a_client_whose_request_came_with_its_connection(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Past max_connections a client that sent its request at once got a reset instead of the 503: the node wrote
+    the 503 and closed the socket with the request unread in it."""
+    async with start_edge(full_config(origin, tmp_path)) as edge:
+        writers = await held(edge, 2)
+        for _ in range(5):
+            reader, writer = await sent_before_accept(edge.port, GET_A)
+            assert await answer(reader) == FULL_503
+            await shut([writer])
+        await shut(writers)
+    assert origin.hits["/a"] == 1  # the held ones' one fill; none for the refused
+
+
+async def test_the_503s_lingering_are_few_and_the_rest_close_at_once(origin: Origin, tmp_path: Path) -> None:
+    """A 503's connection is past max_connections already: at most `limit` of them linger; one more is closed at
+    once (its unread request resets it), and a place is free again once a client closes its side."""
+    async with start_edge(full_config(origin, tmp_path)) as edge:
+        assert edge.fast is not None
+        pool = edge.fast.full
+        pool.limit, pool.seconds = 2, 60.0
+        writers = await held(edge, 2)
+        lingering = []
+        for _ in range(2):
+            reader, writer = await sent_before_accept(edge.port, GET_A)
+            assert await answer(reader) == FULL_503  # and its end: the node shut its side
+            lingering.append(writer)  # not closed: the node reads what it sends for `seconds`
+        assert len(pool.lingering) == 2
+        reader, writer = await sent_before_accept(edge.port, GET_A)
+        with pytest.raises(ConnectionResetError):
+            await answer(reader)
+        await shut([writer, lingering.pop()])
+        await until(lambda: len(pool.lingering) == 1)  # its end came: closed
+        reader, writer = await sent_before_accept(edge.port, GET_A)
+        assert await answer(reader) == FULL_503
+        await shut([writer, *writers, *lingering])
+
+
+async def test_a_503s_connection_lingers_no_longer_than_its_seconds(origin: Origin, tmp_path: Path) -> None:
+    """A client that never closes its side holds the 503's lingering connection only `seconds`."""
+    async with start_edge(full_config(origin, tmp_path)) as edge:
+        assert edge.fast is not None
+        pool = edge.fast.full
+        pool.seconds = 0.2
+        writers = await held(edge, 2)
+        reader, writer = await sent_before_accept(edge.port, GET_A)
+        assert await answer(reader) == FULL_503
+        assert len(pool.lingering) == 1
+        await until(lambda: not pool.lingering, seconds=5)  # closed, though its client still has it open
+        await shut([writer, *writers])
