@@ -186,10 +186,10 @@ class FastPath(asyncio.Protocol):
     def _refuse(self, reason: str) -> bool:
         body = f"{reason}\n".encode()
         head = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-        self.buf, self.closing = b"", True
+        self.buf = b""
         if self.transport is not None:
             self.transport.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            self.transport.close()
+        linger.close(self)
         return False
 
     # --- requests ----------------------------------------------------------------------------------------
@@ -406,7 +406,7 @@ class FastPath(asyncio.Protocol):
             observe.log_line(shared.access, t, line, 0 if cut else hit.status, nbytes, shared.node, way)
         if not p.keep_alive.persists and self.transport is not None:
             self.closing = True
-            self.transport.close()
+            self.transport.close() if cut else linger.close(self)  # a cut one is aborted (done)
 
     # --- hand-off, timers, closing -------------------------------------------------------------------------
 
@@ -480,6 +480,7 @@ class FastPath(asyncio.Protocol):
         if self.deadline_kind == "head" and self.buf:  # a head begun and not finished in time
             metrics.HEADER_TIMEOUTS.inc()
             self.transport.write(TIMEOUT_408)
+            return linger.close(self)  # the rest of it may still come
         self.closing = True
         self.transport.close()
 

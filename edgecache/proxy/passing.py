@@ -18,7 +18,7 @@ from edgecache.core.forward import pass_request
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
-from edgecache.proxy import encode, observe, refuse
+from edgecache.proxy import encode, linger, observe, refuse
 from edgecache.proxy.hit import Pass
 from edgecache.proxy.origin import OriginResponse, read_chunks
 from edgecache.proxy.uncached import piece, write
@@ -70,9 +70,8 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
         shared.in_flight -= 1
         if code >= 0:
             _logged(conn, p, t, code, t.body_bytes or 0)
-    if not keep_alive.persists and conn.transport is not None:
-        conn.closing = True
-        conn.transport.close()
+    if not keep_alive.persists:
+        linger.close(conn)
 
 
 async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace) -> KeepAlive | None:

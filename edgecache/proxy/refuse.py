@@ -15,7 +15,7 @@ from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
-from edgecache.proxy import encode, errorpage, observe
+from edgecache.proxy import encode, errorpage, linger, observe
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.route import Refused
 
@@ -54,9 +54,8 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
             host = r.host if r.host is not None else get_first(r.headers, "host") or ""
             line = observe.Line.of(client, r.method, host, r.target, r.headers, r.keep_alive)
             observe.log_line(shared.access, t, line, status, nbytes, shared.node, way)
-    if not r.keep_alive.persists and transport is not None:
-        conn.closing = True
-        transport.close()
+    if not r.keep_alive.persists:
+        linger.close(conn)  # what the client sent after the refused request, unread, would reset the answer
     return r.keep_alive.persists
 
 

@@ -23,7 +23,7 @@ import ssl
 from typing import TYPE_CHECKING, cast
 
 from edgecache import metrics
-from edgecache.proxy import diskhit
+from edgecache.proxy import diskhit, linger
 from edgecache.proxy.fastpath import MAX_HEAD as MAX_UNREAD
 from edgecache.proxy.fastpath import FastPath
 
@@ -83,7 +83,7 @@ class TLSDoor(asyncio.Protocol):
                 sock.close()
                 raise
             if first not in _TLS:  # plain HTTP (or nothing): answered as nginx does, or closed
-                return _plain(sock, first)
+                return await _plain(sock, first, self.server.lingering)
             await loop.connect_accepted_socket(
                 lambda: _Seated(self.server, self),
                 sock,
@@ -137,11 +137,17 @@ def _wake(readable: asyncio.Future[None]) -> None:
         readable.set_result(None)
 
 
-def _plain(sock: socket.socket, first: bytes) -> None:
-    """A connection that did not start with TLS: a client's plain HTTP gets 400 saying so (nginx's answer), the
-    bytes it sent read first (closed with them unread, the socket would reset the connection, the answer lost)."""
-    with contextlib.suppress(OSError), sock:
-        if first:
-            with contextlib.suppress(BlockingIOError):
-                sock.recv(MAX_UNREAD)
-            sock.send(_PLAIN_400)
+async def _plain(sock: socket.socket, first: bytes, lingering: linger.Pool) -> None:
+    """A connection that did not start with TLS: a client's plain HTTP gets 400 saying so (nginx's answer), and the
+    connection lingers (closed with what it sent unread, the socket would reset the connection, the answer lost)."""
+    if not first:
+        sock.close()
+        return
+    try:
+        with contextlib.suppress(BlockingIOError):
+            sock.recv(MAX_UNREAD)  # what came already, should lingering be full
+        sock.send(_PLAIN_400)
+    except OSError:
+        sock.close()
+        return
+    await lingering.close_socket(sock)

@@ -19,7 +19,7 @@ from edgecache import metrics
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import variant
 from edgecache.errors import OriginError
-from edgecache.proxy import encode, observe
+from edgecache.proxy import encode, linger, observe
 from edgecache.proxy.fill import FillHead
 from edgecache.proxy.serving import FromFill, fill_fields, from_fill
 
@@ -137,9 +137,8 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
         shared.in_flight -= 1
         if code >= 0:  # -1: answered and logged by `failed`
             _logged(conn, started, t, code, nbytes)
-    if not plan.keep_alive.persists and conn.transport is not None:
-        conn.closing = True
-        conn.transport.close()
+    if not plan.keep_alive.persists:
+        linger.close(conn)
 
 
 async def piece(conn: FastPath, data: bytes | memoryview, chunked: bool) -> int:

@@ -12,9 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import trustme
 
-from edgecache.config import Config
+from edgecache.config import Config, Listen
 from tests.conftest import Edge, make_config, start_edge
+from tests.e2e.test_tls import issue
 from tests.origin import Origin
 
 FULL_503 = (
@@ -118,3 +120,75 @@ async def test_a_503s_connection_lingers_no_longer_than_its_seconds(origin: Orig
         assert len(pool.lingering) == 1
         await until(lambda: not pool.lingering, seconds=5)  # closed, though its client still has it open
         await shut([writer, *writers])
+
+
+# What a client pipelines behind a request the node closes after: more than one read of the node's takes (256 KiB).
+MORE = b"GET /later HTTP/1.1\r\nHost: video.test\r\n\r\n" * 20_000
+CLOSE = "Connection: close\r\n"
+
+
+async def sent_with_more(port: int, first: bytes) -> bytes:
+    """What the node answers a connection that sends `first` and MORE at once, read to its end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(first + MORE)
+        return await answer(reader)
+    finally:
+        await shut([writer])
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        (f"GET /a HTTP/1.1\r\nHost: video.test\r\n{CLOSE}\r\n", b"HTTP/1.1 200 OK\r\n"),  # a hit
+        (f"GET /cold HTTP/1.1\r\nHost: video.test\r\n{CLOSE}\r\n", b"HTTP/1.1 200 OK\r\n"),  # a miss
+        (f"GET /a HTTP/1.1\r\nHost: video.test\r\nCache-Control: no-store\r\n{CLOSE}\r\n", b"HTTP/1.1 200 OK\r\n"),
+        (f"GET /p HTTP/1.1\r\nHost: video.test\r\n{CLOSE}\r\n", b"HTTP/1.1 200 OK\r\n"),  # private: uncached
+        (
+            f"GET /none HTTP/1.1\r\nHost: video.test\r\nCache-Control: only-if-cached\r\n{CLOSE}\r\n",
+            b"HTTP/1.1 504 Gateway Timeout\r\n",  # a refusal
+        ),
+    ],
+    ids=["hit", "miss", "pass", "private", "refused"],
+)
+async def test_an_answer_before_a_close_reaches_a_client_still_sending(
+    origin: Origin, tmp_path: Path, first: str, expected: bytes
+) -> None:
+    """A client that pipelined more behind a request the node closes after (Connection: close, a refusal) got a
+    reset, not the answer: the node closed with that input unread, and the kernel reset the connection."""
+    origin.put("/a", b"a")
+    origin.put("/cold", b"cold")
+    origin.put("/p", b"private", headers={"Cache-Control": "private"})
+    async with start_edge(make_config(tmp_path / "c", [origin.url])) as edge:
+        assert edge.fast is not None
+        assert (await edge.get("/a"))[0] == 200
+        for _ in range(2):
+            got = await sent_with_more(edge.port, first.encode())
+            assert got.startswith(expected)
+            assert got.count(b"HTTP/1.1 ") == 1  # nothing pipelined after it is answered
+    assert origin.hits.get("/later", 0) == 0
+
+
+async def test_a_proxy_listeners_400_reaches_a_client_still_sending(origin: Origin, tmp_path: Path) -> None:
+    """HTTP sent to a PROXY protocol listener gets 400 (fastpath._refuse): with more of it unread, a reset instead."""
+    config = make_config(tmp_path / "c", [origin.url])
+    async with start_edge(replace(config, proxy_protocol=config.listen)) as edge:
+        for _ in range(2):
+            got = await sent_with_more(edge.port, b"")
+            assert got.startswith(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n")
+    assert origin.hits == {}
+
+
+async def test_the_https_ports_400_to_plain_http_reaches_a_client_still_sending(origin: Origin, tmp_path: Path) -> None:
+    """Plain HTTP on the HTTPS port gets 400 (tlsdoor): the node read 16 KiB of it, and a client that sent more got a
+    reset instead."""
+    config = make_config(tmp_path / "c", [origin.url])
+    site = replace(config.sites[0], tls=issue(trustme.CA(), tmp_path, "videos", "video.test"))
+    async with start_edge(replace(config, sites=(site,), tls_listen=(Listen("127.0.0.1", 0),))) as edge:
+        for _ in range(2):
+            got = await sent_with_more(edge.ports[1], b"")
+            assert got == (
+                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 46\r\n"
+                b"\r\nthe plain HTTP request was sent to HTTPS port\n"
+            )
+    assert origin.hits == {}
