@@ -30,6 +30,10 @@ from edgecache.proxy.fastpath import FastPath
 if TYPE_CHECKING:
     from edgecache.proxy.fastserver import FastServer
 
+# How long a connection the node closes waits for the client's close_notify after sending its own (asyncio's and
+# uvloop's default, 30 s, held a client that never sends one, and its place under max_connections, that long).
+SHUTDOWN_SECONDS = 3.0
+
 
 class _Seated(FastPath):
     """The fast path's connection of a handshake that held a seat: it takes the seat over once it is made."""
@@ -89,6 +93,7 @@ class TLSDoor(asyncio.Protocol):
                 sock,
                 ssl=self.context,
                 ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
+                ssl_shutdown_timeout=SHUTDOWN_SECONDS,
             )
         except OSError:  # a failed handshake, or none in time (SSLError, TimeoutError): the socket is closed
             pass
