@@ -21,7 +21,7 @@ from edgecache import metrics
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
-from edgecache.proxy import encode, observe
+from edgecache.proxy import encode, linger, observe
 from edgecache.proxy.errorpage import peer_failed
 from edgecache.proxy.peerpool import PeerBroken, PeerConn, PeerPool
 from edgecache.proxy.route import Forward
@@ -308,10 +308,8 @@ class Relay:
         self._close_if_due()
 
     def _close_if_due(self) -> None:
-        transport = self.conn.transport
-        if not self.keep_alive.persists and transport is not None:
-            self.conn.closing = True
-            transport.close()
+        if not self.keep_alive.persists and self.conn.transport is not None:
+            linger.close(self.conn)  # what the viewer sent after this request, unread, would reset the answer
 
     def _log(self, code: int, nbytes: int | None = None) -> None:
         t, fwd = self.trace, self.fwd

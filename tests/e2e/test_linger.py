@@ -16,6 +16,7 @@ import trustme
 
 from edgecache.config import Config, Listen
 from tests.conftest import Edge, make_config, start_edge
+from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.e2e.test_tls import issue
 from tests.origin import Origin
 
@@ -192,3 +193,19 @@ async def test_the_https_ports_400_to_plain_http_reaches_a_client_still_sending(
                 b"\r\nthe plain HTTP request was sent to HTTPS port\n"
             )
     assert origin.hits == {}
+
+
+async def test_a_forwarded_answer_before_a_close_reaches_a_client_still_sending(origin: Origin, tmp_path: Path) -> None:
+    """A request another node owns, relayed with Connection: close (proxy.relay), was closed with what the client
+    pipelined behind it unread: a reset instead of the owner's answer, as the node's own answers were."""
+    configs = cluster_configs(origin, tmp_path)
+    path = next(p for p in (f"/f{i}" for i in range(100)) if owner_of(configs, p) == "node2")
+    origin.put(path, b"owned elsewhere")
+    async with started(configs) as nodes:
+        first = f"GET {path} HTTP/1.1\r\nHost: video.test\r\n{CLOSE}\r\n".encode()
+        for _ in range(2):
+            got = await sent_with_more(nodes[0].port, first)
+            assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert got.endswith(b"\r\n\r\nowned elsewhere")
+            assert got.count(b"HTTP/1.1 ") == 1
+    assert origin.hits == {path: 1}
