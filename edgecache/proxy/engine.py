@@ -248,7 +248,7 @@ class Engine:
             try:
                 req = await self._take_head(fill, req, head)
                 if _replaces(existing, head) and req.spread_from is None:
-                    self.store.replaced()  # on the disk now: the other workers drop what they hold of the old copy
+                    self.store.replaced(req.entry_key, req.primary)  # on the disk now: the others drop the old copy
                 if head.status == 304:
                     return
                 if not pumped:

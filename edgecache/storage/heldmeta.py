@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from edgecache.storage.epoch import key_hash
 
 V = TypeVar("V")
 
@@ -33,13 +35,14 @@ class Budget:
 class Held(Generic[V]):
     """An LRU table of at most `entries` entries (set by its owner) whose cost counts against `budget`."""
 
-    __slots__ = ("_cost", "_items", "budget", "entries")
+    __slots__ = ("_cost", "_items", "budget", "entries", "index")
 
     def __init__(self, budget: Budget, entries: int, cost: Callable[[V], int]) -> None:
         self.budget = budget
         self.entries = entries
         self._cost = cost
         self._items: OrderedDict[str, V] = OrderedDict()
+        self.index: KeyIndex | None = None  # with other workers: the keys by hash, for their replacements
 
     def _size(self, key: str, value: V) -> int:
         return ENTRY_BYTES + len(key) + self._cost(value)
@@ -59,6 +62,8 @@ class Held(Generic[V]):
     def put(self, key: str, value: V) -> None:
         self.pop(key)
         self._items[key] = value
+        if self.index is not None:
+            self.index.add(key)
         self.budget.held += self._size(key, value)
         self.trim()
 
@@ -80,8 +85,37 @@ class Held(Generic[V]):
             self.budget.held -= self._size(key, value)
         self._items.clear()
 
+    def held_keys(self) -> list[str]:
+        return list(self._items)
+
     def items(self) -> list[tuple[str, V]]:
         return list(self._items.items())
 
     def values(self) -> list[V]:
         return list(self._items.values())
+
+
+class KeyIndex:
+    """The keys some tables hold, by their hash (epoch.key_hash): what another worker's replacement names is found
+    without hashing every key held. A key the tables dropped since stays here until it is rebuilt, past four times
+    what they hold at most: a hash found is a key to drop if held, never more."""
+
+    __slots__ = ("_by_hash", "_tables")
+
+    def __init__(self, tables: tuple[Held[Any], ...]) -> None:
+        self._tables = tables
+        self._by_hash: dict[int, str] = {}
+        for table in tables:
+            table.index = self
+        self.rebuild()
+
+    def add(self, key: str) -> None:
+        self._by_hash[key_hash(key)] = key
+        if len(self._by_hash) > 4 * sum(t.entries for t in self._tables) + 1024:
+            self.rebuild()
+
+    def take(self, h: int) -> str | None:
+        return self._by_hash.pop(h, None)
+
+    def rebuild(self) -> None:
+        self._by_hash = {key_hash(k): k for table in self._tables for k in table.held_keys()}

@@ -21,7 +21,7 @@ from edgecache.core.keys import PrimaryRecord
 from edgecache.core.purge import Entry, PurgeTable, SyncLog, Vector, adopt_line, entry_line, me_line
 from edgecache.errors import StorageError
 from edgecache.storage.disks import Disks
-from edgecache.storage.epoch import Epoch
+from edgecache.storage.epoch import Epoch, key_hash
 from edgecache.storage.purgelog import PurgeLog
 
 log = logging.getLogger("edgecache.storage.store")  # the Store's lines, under the name they had before this module
@@ -50,7 +50,8 @@ class Purging:
         self._taking: set[tuple[str, int]] = set()  # purges being applied now: a copy arriving meanwhile is skipped
         self._issued = 0  # the last number this node gave a purge it took from an operator
         self.epoch: Epoch | None = None  # with shared: the change counter all workers map
-        self._seen_epoch = 0  # the other workers' count of changes this one has caught up on
+        self._seen_epoch = 0  # the other workers' count of changes and replacements this one has caught up on
+        self._seen_counts: tuple[int, ...] = ()  # every slot's counts (Epoch.counts) when it last caught up
         self._slot = 0  # this worker's in the epoch
         # How many times catch_up() forgot what this process held: a lookup that loaded from the disk before the
         # last time must load again before it takes "not held" for "not stored" (fastpath.FastPath.loads).
@@ -75,6 +76,10 @@ class Purging:
         """Drop what this process holds in memory of what the disk tier has (Store)."""
         raise NotImplementedError
 
+    def _forget_keys(self, hashes: list[int]) -> None:
+        """Drop what this process holds of the keys with these hashes (epoch.key_hash) (Store)."""
+        raise NotImplementedError
+
     # --- what other workers changed -------------------------------------------------------------------------
 
     def _changed(self) -> None:
@@ -82,17 +87,20 @@ class Purging:
         if self.epoch is not None:
             self.epoch.bump(self._slot)
 
-    def replaced(self) -> None:
-        """This worker stored a new copy of an object over another one (on the disk now): the other workers, which
-        may hold the old one's metadata in memory, look at the disk again before their next request. A copy of
-        the same bytes (the same strong ETag) needs no telling: the old metadata serves the same bytes."""
-        self._changed()
+    def replaced(self, *keys: str) -> None:
+        """This worker stored a new copy of an object over another one (on the disk now), under these keys (its
+        entry key and primary): the other workers, which may hold the old one's metadata in memory, forget it
+        before their next request. A copy of the same bytes (the same strong ETag) needs no telling: the old
+        metadata serves the same bytes."""
+        if self.epoch is not None:
+            self.epoch.replace(self._slot, tuple(key_hash(k) for k in keys))
 
     def attach_epoch(self, epoch: Epoch, worker: int = 0) -> None:
         """Share `epoch` with the other workers as worker `worker` (its slot there)."""
         self.epoch = epoch
         self._slot = epoch.slot(worker)
         self._seen_epoch = epoch.others(self._slot)
+        self._seen_counts = epoch.counts()
 
     def stale(self) -> bool:
         """Another worker purged or invalidated something since this one last looked (one memory load). Called
@@ -122,17 +130,26 @@ class Purging:
         self.awake = now
 
     async def catch_up(self) -> None:
-        """After stale(): forget the records and metadata held in memory and read the purge table again, so the
-        next lookups go to the disk tier, which has the other worker's change."""
-        if self.epoch is None:
+        """After stale(): forget what another worker changed, so the next lookups go to the disk tier, which has
+        it. A purge or an invalidation: all the records and metadata held in memory, and the purge table is read
+        again; only replacements: the objects they name."""
+        epoch = self.epoch
+        if epoch is None:
             return
-        seen = self.epoch.others(self._slot)
+        counts, slot = epoch.counts(), self._slot
+        seen = epoch.others_in(slot, counts)
         if seen == self._seen_epoch:
             return
-        self._forget_held()
-        self.forgotten += 1
-        await self.load_purges()
-        self._seen_epoch = seen
+        hashes = None
+        if epoch.changes(slot, counts) == epoch.changes(slot, self._seen_counts):
+            hashes = epoch.replaced(slot, self._seen_counts, counts)
+        self.forgotten += 1  # a lookup that loaded before this must load again (fastpath.FastPath.loads)
+        if hashes is None:
+            self._forget_held()
+            await self.load_purges()
+        else:
+            self._forget_keys(hashes)
+        self._seen_epoch, self._seen_counts = seen, counts
 
     # --- purges of whole sites and directories ------------------------------------------------------------
 

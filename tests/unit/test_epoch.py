@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecache.storage.epoch import Epoch
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.keys import PrimaryRecord
+from edgecache.storage.disk import DiskTier
+from edgecache.storage.epoch import RING, Epoch, key_hash
+from edgecache.storage.memory import MemoryTier
 from edgecache.storage.purging import Purging
+from edgecache.storage.store import Store
 
 
 class _Racing(Epoch):
@@ -57,3 +62,85 @@ def test_a_restarted_worker_sees_only_changes_made_after_it_started(tmp_path: Pa
     assert not again.stale()
     w1._changed()
     assert again.stale()
+
+
+class _Worker(Purging):
+    """A worker's Purging side with what a catch-up forgets recorded (the Store forgets its tables)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.forgot: list[object] = []
+
+    def _forget_held(self) -> None:
+        self.forgot.append("all")
+
+    def _forget_keys(self, hashes: list[int]) -> None:
+        self.forgot.append(sorted(hashes))
+
+    async def load_purges(self) -> None:
+        self.forgot.append("purges read")
+
+
+async def test_another_workers_replacement_is_forgotten_alone_and_a_purge_whole(tmp_path: Path) -> None:
+    """A new copy stored over another made every other worker forget all it held, as a purge does: one client's
+    no-cache requests for an object whose bytes change each time emptied the other workers' metadata (and so
+    their decisions) at its request rate. Only the object's keys are forgotten now; a change, everything."""
+    epoch = Epoch(3)
+    w0, w1, w2 = (_Worker(tmp_path) for _ in range(3))
+    for i, w in enumerate((w0, w1, w2)):
+        w.attach_epoch(epoch, i)
+    w0.replaced("entry-a", "primary-a")
+    w2.replaced("entry-b", "primary-b")
+    assert (w0.stale(), w1.stale(), w2.stale()) == (True, True, True)
+    await w1.catch_up()
+    assert w1.forgot == [sorted(key_hash(k) for k in ("entry-a", "primary-a", "entry-b", "primary-b"))]
+    assert not w1.stale()
+    await w0.catch_up()
+    assert w0.forgot == [sorted(key_hash(k) for k in ("entry-b", "primary-b"))]
+    w2._changed()
+    w2.replaced("entry-c", "primary-c")
+    await w1.catch_up()
+    assert w1.forgot[1:] == ["all", "purges read"]
+    assert not w1.stale()
+
+
+async def test_a_worker_further_behind_than_the_ring_forgets_everything(tmp_path: Path) -> None:
+    epoch = Epoch(2)
+    w0, w1 = _Worker(tmp_path), _Worker(tmp_path)
+    w0.attach_epoch(epoch, 0)
+    w1.attach_epoch(epoch, 1)
+    for i in range(RING // 2):
+        w0.replaced(f"entry-{i}", f"primary-{i}")
+    await w1.catch_up()
+    assert len(w1.forgot) == 1 and len(w1.forgot[0]) == RING  # type: ignore[arg-type]
+    w0.replaced("one more", "past the ring")
+    for i in range(RING // 2):
+        w0.replaced(f"entry-{i}", f"primary-{i}")
+    await w1.catch_up()
+    assert w1.forgot[1:] == ["all", "purges read"]
+
+
+async def test_a_store_forgets_the_replaced_objects_metadata_and_record_and_keeps_the_rest(tmp_path: Path) -> None:
+    epoch = Epoch(2)
+    tiers = [DiskTier(tmp_path / "disk", 64 * 2**20, threads=1) for _ in range(2)]
+    stores = [Store(MemoryTier(2**20), tier) for tier in tiers]
+    for i, store in enumerate(stores):
+        store.attach_epoch(epoch, i)
+    meta = ObjectMeta(200, (("ETag", '"v1"'),), 10, '"v1"', False, 1000.0, 1000.0, 2**20, (), "t1")
+    try:
+        for key in ("a", "b"):
+            stores[1].remember_meta(f"entry-{key}", meta)
+            stores[1].remember_record(f"primary-{key}", PrimaryRecord())
+        stores[0].replaced("entry-a", "primary-a")
+        assert stores[1].stale()
+        await stores[1].catch_up()
+        held = {k: stores[1].peek_meta(f"entry-{k}") is meta for k in ("a", "b")}
+        records = {k: stores[1].peek_record(f"primary-{k}") is not None for k in ("a", "b")}
+        assert (held, records) == ({"a": False, "b": True}, {"a": False, "b": True})
+        stores[1].remember_meta("entry-a", meta)  # held again since: indexed as it is put, and forgotten again
+        stores[0].replaced("entry-a", "primary-a")
+        await stores[1].catch_up()
+        assert (stores[1].peek_meta("entry-a"), stores[1].peek_meta("entry-b")) == (None, meta)
+    finally:
+        for tier in tiers:
+            tier.close()
