@@ -27,6 +27,11 @@ _REASONS: tuple[tuple[type[HttpProcessingError], str], ...] = (
 )
 
 
+# aiohttp's reason for a TLS ClientHello on a plain port (its method's first bytes): it quotes nothing, and says
+# what went wrong better than "invalid method" would.
+TLS_ON_PLAIN = "Received HTTPS traffic on an HTTP port"
+
+
 def reason(exc: HttpProcessingError) -> str:
     return next((text for kind, text in _REASONS if isinstance(exc, kind)), "malformed request")
 
@@ -35,7 +40,7 @@ class Handler(RequestHandler):
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        if isinstance(exc, HttpProcessingError) and 400 <= status < 500:
+        if isinstance(exc, HttpProcessingError) and 400 <= status < 500 and exc.message != TLS_ON_PLAIN:
             message = f"{reason(exc)}\n"
         return super().handle_error(request, status, exc, message)
 
