@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         help="--origin mode: a client field fills send although the key does not hold it (a trace id); repeatable",
     )
     s.add_argument("--workers", type=int, help="worker processes for --origin mode (default: 1)")
+    s.add_argument("--tiers", choices=("inclusive", "exclusive"), help="--origin mode: cache.tiers (default inclusive)")
     s.add_argument(
         "--max-requests", type=int, help="--origin mode: requests in flight per worker (then 503; default: 10000)"
     )
@@ -171,6 +172,7 @@ _ONE_ORIGIN: dict[str, tuple[object, str]] = {
     "access_log": (None, "log.access"),
     "forward_field": ([], "sites.forward_fields"),
     "workers": (1, "server.workers"),
+    "tiers": ("inclusive", "cache.tiers"),
     "max_requests": (10_000, "server.max_requests"),
     "watchdog": (10.0, "server.watchdog"),
     "disk_send": ("pread", "server.disk_send"),
@@ -206,6 +208,8 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
         raise ConfigError([f"command line: --memory/--disk/--slice/--memory-headroom: {exc}"]) from exc
     if not 1 <= args.workers <= MAX_WORKERS or args.max_requests < 1:
         raise ConfigError([f"command line: --workers: expected 1 to {MAX_WORKERS}; --max-requests: at least 1"])
+    if args.tiers == "exclusive" and args.workers > 1:
+        raise ConfigError([f"command line: --tiers: {cfg.EXCLUSIVE_WORKERS} (--workers is {args.workers})"])
     try:
         watchdog = cfg.check_watchdog(args.watchdog)
     except ValueError as exc:
@@ -213,7 +217,12 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
     fields = tuple(args.forward_field)
     config = cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, fields, **sizes)
     return replace(
-        config, workers=args.workers, disk_send=args.disk_send, max_requests=args.max_requests, watchdog=watchdog
+        config,
+        cache=replace(config.cache, tiers=args.tiers),
+        workers=args.workers,
+        disk_send=args.disk_send,
+        max_requests=args.max_requests,
+        watchdog=watchdog,
     )
 
 

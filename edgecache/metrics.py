@@ -126,6 +126,11 @@ MEMORY_LIMIT = Gauge(
 )
 MEMORY_OBJECTS = Gauge("edgecache_memory_tier_objects", "Slices held by the memory tier", multiprocess_mode="livesum")
 MEMORY_EVICTIONS = _counter("edgecache_memory_tier_evictions_total", "Slices evicted from the memory tier")
+# cache.tiers = "exclusive" (storage.tiers): what memory evicted, written to disk, dropped past the write-back's
+# bound (or on a failed write), or not written because its copy is no longer the object's (purged, replaced).
+TIER_SPILLS = _counter(
+    "edgecache_tier_spills_total", "Slices the memory tier evicted, by what became of them", ["outcome"]
+)
 MEMORY_ADMISSIONS = _counter("edgecache_memory_tier_admissions_total", "Slices admitted to the memory tier")
 DISK_BYTES = Gauge("edgecache_disk_tier_bytes", "Bytes held by the disk tier", multiprocess_mode="livemax")
 DISK_BUDGET = Gauge("edgecache_disk_tier_budget_bytes", "Disk tier byte budget", multiprocess_mode="max")

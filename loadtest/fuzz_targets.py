@@ -629,6 +629,7 @@ _GOOD: dict[str, object] = {
     "memory": "64MiB",
     "slice": "1MiB",
     "disk": "1GiB",
+    "tiers": "exclusive",
     "self": "n1",
     "name": "v",
     "hosts": ["video.test"],

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecache.config.admin import read_tokens
-from edgecache.config.cache import SLICES, SLICES_PROBLEM, read_cache
+from edgecache.config.cache import EXCLUSIVE_WORKERS, SLICES, SLICES_PROBLEM, check_tiers, read_cache
 from edgecache.config.cluster import read_cluster
 from edgecache.config.model import (
     CacheSettings,
@@ -47,6 +47,7 @@ from edgecache.errors import ConfigError
 
 # The entry points, and every type a Config holds (from model and core), so that users import them from one place.
 __all__ = [
+    "EXCLUSIVE_WORKERS",
     "KEYS",
     "MAX_DRAIN",
     "MAX_WATCH",
@@ -108,6 +109,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         **server,
     )
     check_listeners(r, cfg)
+    check_tiers(r, cfg.cache, cfg.workers)
     _check_token_sites(r, cfg)
     _check_site_shares(r, cfg)
     if r.problems:

@@ -13,6 +13,16 @@ from edgecache.config.values import _positive, _Reader, parse_size
 
 SLICES = (4096, 64 * 2**20)  # the sizes a slice may have (cache.slice, and `edgecache simulate --slice`)
 SLICES_PROBLEM = "must be between 4KiB and 64MiB"
+TIERS = ("inclusive", "exclusive")
+# Each worker has a memory tier of its own over the one disk: a slice only in one worker's memory is a miss for the
+# others, which fetch it again (loadtest.tier_layouts --workers: a loss from 2 workers on).
+EXCLUSIVE_WORKERS = "'exclusive' needs one worker: a slice in one worker's memory only is a miss for the others"
+
+
+def check_tiers(r: _Reader, settings: CacheSettings, workers: int, keys: str = "cache.tiers") -> None:
+    """cache.tiers = "exclusive" with several workers: refused, naming both keys."""
+    if settings.tiers == "exclusive" and workers > 1:
+        r.problem(keys, f"{EXCLUSIVE_WORKERS} (server.workers is {workers})")
 
 
 def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
@@ -33,12 +43,15 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         memory_headroom=r.get(t, "cache.", "memory_headroom", parse_size, 64 * 2**20),
         fill_memory=r.get(t, "cache.", "fill_memory", parse_size, 0),
         disks=disks,
+        tiers=r.get(t, "cache.", "tiers", str, "inclusive"),
     )
     run = settings.slice_bytes * settings.fill_slices
     if settings.fill_bytes < run:
         r.problem("cache.fill_memory", f"must hold at least one run of slices (fill_slices x slice = {run} bytes)")
     if not SLICES[0] <= settings.slice_bytes <= SLICES[1]:
         r.problem("cache.slice", SLICES_PROBLEM)
+    if settings.tiers not in TIERS:
+        r.problem("cache.tiers", "must be 'inclusive' or 'exclusive'")
     if settings.memory_policy not in ("s3fifo", "lru"):
         r.problem("cache.memory_policy", "must be 's3fifo' or 'lru'")
     for i, d in enumerate(settings.all_disks):

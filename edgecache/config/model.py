@@ -90,6 +90,9 @@ class CacheSettings:
     # fills of stored objects never take turns one at a time (as they did with less than a run in the shared pool).
     fill_memory: int = 0
     disks: tuple[Disk, ...] = ()  # cache.disks as given; empty for the single form (dir and disk_bytes)
+    # "inclusive": a fill is written to both tiers. "exclusive": a slice is in one tier at a time (storage.tiers):
+    # what memory keeps is not written to disk until memory evicts it; one worker only.
+    tiers: str = "inclusive"
 
     @property
     def fill_bytes(self) -> int:

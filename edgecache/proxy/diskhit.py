@@ -238,7 +238,7 @@ async def _gather(
             except OSError:  # the disk failing under it: sent from the file below, or fetched if that fails
                 data = b""
             if len(data) == hi:  # offered to the memory tier, which decides whether to keep it
-                store.put_slice_memory(hit.req.entry_key, hit.meta.slice_version, index, data)
+                store.took_from_disk(hit.req.entry_key, hit.meta.slice_version, index, data)
                 sources.append(memoryview(data))
                 continue
         sources.append(_Open(got, index, lo, hi))

@@ -113,6 +113,7 @@ class Engine:
         # A slice already received is worth keeping: let its disk write finish (bounded), then stop the fills.
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=10)
+        await self.store.stop_spilling(10)  # exclusive tiers: evicted slices being written (storage.tiers)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -339,8 +340,7 @@ class Engine:
         def on_complete(index: int, data: bytes) -> None:
             if head.store and fill.kept and not self._past_bound(fill, head, index):
                 stored.append(index)
-                self.store.put_slice_memory(req.entry_key, version, index, data)
-                if req.spread_from is not None:  # a spread copy: in memory only, never written to disk
+                if self._memory_only(req, version, index, data):
                     fill.mark_durable(index)
                     return
                 writes.append(self._spawn(self._write_slice(fill, req.entry_key, version, index, data), self._writes))
@@ -395,6 +395,14 @@ class Engine:
         if run:
             taken = await self.store.lease_run(head.entry_key, meta, run, LEASE_SECONDS)
             fill.leases.update(self.store.lease_names(head.entry_key, meta.slice_version, run[:taken]))
+
+    def _memory_only(self, req: FillRequest, version: str, index: int, data: bytes) -> bool:
+        """Offer a filled slice to memory; True where it goes no further: a spread copy (in memory only, never
+        written to disk), or with exclusive tiers one memory keeps (written to disk once evicted: storage.tiers)."""
+        if self.store.exclusive and req.spread_from is None:
+            return self.store.keep_in_memory(req.entry_key, version, index, data)
+        self.store.put_slice_memory(req.entry_key, version, index, data)
+        return req.spread_from is not None
 
     async def _write_slice(self, fill: Fill, entry_key: str, version: str, index: int, data: bytes) -> None:
         # A slice the disk refused is marked so: the fill lets it go only once every stream has read it (a stream

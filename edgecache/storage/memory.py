@@ -83,6 +83,8 @@ class MemoryTier:
         # Told the key of each value evicted to make room (not deletes, not replacements): what the node stored
         # and then dropped, for the misses' "evicted" cause (storage.ghosts).
         self.on_evict: Callable[[str], None] | None = None
+        # Given each value evicted to make room, with its key (exclusive tiers write it to disk: storage.tiers).
+        self.on_drop: Callable[[str, bytes], None] | None = None
 
     def _new_policy(self) -> EvictionPolicy:
         """The policy, its largest item raised by the entry overhead: a value as large as the fraction allows still
@@ -131,7 +133,9 @@ class MemoryTier:
         return limit
 
     def _evicted(self, key: str) -> None:
-        del self._values[key]
+        value = self._values.pop(key)
+        if self.on_drop is not None:
+            self.on_drop(key, value)
         self.evictions += 1
         if self.on_evict is not None:
             self.on_evict(key)

@@ -30,6 +30,7 @@ from edgecache.storage.memory import MemoryTier
 from edgecache.storage.purging import Purging, not_kept
 from edgecache.storage.slicefile import SliceFile
 from edgecache.storage.slicenames import meta_of, slice_name
+from edgecache.storage.tiers import Tiers
 
 __all__ = ["LAZY_META_SECONDS", "OPEN_FILES", "PEER_POLL", "SliceFile", "Store", "slice_name"]
 
@@ -59,14 +60,19 @@ def _same_copy(meta: ObjectMeta) -> int:
     return hash((meta.version, meta.token, meta.status, meta.length, meta.whole, meta.vary, fields))
 
 
-class Store(Purging, Leases):
+class Store(Purging, Leases, Tiers):
     """Metadata, primary records and slices; purges and the workers' change counter are its Purging side."""
 
     # Metadata this process keeps at hand (LRU; the disk tier has all of it). An entry is a few KiB with its
     # headers, so this is counted against the per-worker memory overhead, not the memory tier: keep it modest.
     # They hold META_BYTES together at most, keys included (storage.heldmeta).
     def __init__(
-        self, memory: MemoryTier, disk: Disks, meta_entries: int = 16_384, meta_bytes: int = META_BYTES
+        self,
+        memory: MemoryTier,
+        disk: Disks,
+        meta_entries: int = 16_384,
+        meta_bytes: int = META_BYTES,
+        tiers: str = "inclusive",
     ) -> None:
         super().__init__(disk.directory)
         self.memory = memory
@@ -86,6 +92,7 @@ class Store(Purging, Leases):
         # The node's slice size (cache.slice), once known: metadata stored under another (before a restart that
         # changed it) is not this node's copy, since the request path indexes slices by the node's size.
         self.slice_size: int | None = None
+        self._init_tiers(tiers)
 
     # --- metadata -----------------------------------------------------------------------------------------
 
@@ -308,7 +315,7 @@ class Store(Purging, Leases):
             await self._wrong_length(name, len(data), meta.slice_length(index))
             return None
         self.disk.note_hit(meta_of(name))
-        self.memory.put(name, data)
+        self.took_named(name, entry_key, meta.slice_version, data)
         return data
 
     def open_file(self, entry_key: str, meta: ObjectMeta, index: int) -> SliceFile | None:
@@ -343,7 +350,7 @@ class Store(Purging, Leases):
             if len(value) != meta.slice_length(index):
                 await self._wrong_length(name, len(value), meta.slice_length(index))
                 return None
-            self.memory.put(name, value)
+            self.took_named(name, entry_key, meta.slice_version, value)
             return value
         f = SliceFile(value)
         if f.size != meta.slice_length(index):

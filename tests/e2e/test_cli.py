@@ -398,3 +398,21 @@ def test_serve_with_a_listen_name_that_does_not_resolve_says_which(tmp_path: Pat
     assert r.returncode == 1, r.stderr
     assert f"cannot listen on {addrs[key]}: " in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_check_config_and_serve_refuse_exclusive_tiers_with_two_workers(tmp_path: Path) -> None:
+    bad = tmp_path / "two.toml"
+    bad.write_text(
+        '[server]\nworkers = 2\n[cache]\ntiers = "exclusive"\n'
+        '[[sites]]\nname = "v"\nhosts = ["video.test"]\norigins = ["http://127.0.0.1:9"]\n'
+    )
+    why = "'exclusive' needs one worker: a slice in one worker's memory only is a miss for the others"
+    r = run_cli("check-config", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"{bad}: cache.tiers: {why} (server.workers is 2)"]
+    r = run_cli("serve", "--config", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}: cache.tiers: {why} (server.workers is 2)" in r.stderr
+    r = run_cli("serve", "--origin", "http://127.0.0.1:9", "--tiers", "exclusive", "--workers", "2")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"command line: --tiers: {why} (--workers is 2)"]

@@ -399,3 +399,16 @@ def test_a_burst_below_one_request_is_refused() -> None:
         "any client is ever let in"
     ]
     assert build({"server": {"rate_limit": 5, "burst": 1}, "sites": [SITE]}, "f.toml", Path("/x")).burst == 1.0
+
+
+def test_cache_tiers_inclusive_by_default_exclusive_with_one_worker_only() -> None:
+    """cache.tiers: "exclusive" keeps a slice in one worker's memory, where the other workers would miss it."""
+    assert build({"sites": [SITE]}, "f.toml", Path("/e")).cache.tiers == "inclusive"
+    assert build({"cache": {"tiers": "exclusive"}, "sites": [SITE]}, "f.toml", Path("/e")).cache.tiers == "exclusive"
+    assert problems({"cache": {"tiers": "exclusive"}, "server": {"workers": 2}, "sites": [SITE]}) == [
+        "f.toml: cache.tiers: 'exclusive' needs one worker: a slice in one worker's memory only is a miss for the"
+        " others (server.workers is 2)"
+    ]
+    assert problems({"cache": {"tiers": "victim"}, "sites": [SITE]}) == [
+        "f.toml: cache.tiers: must be 'inclusive' or 'exclusive'"
+    ]

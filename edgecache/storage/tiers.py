@@ -1,0 +1,166 @@
+"""Exclusive tiers (cache.tiers = "exclusive"): a slice is in memory or on disk, not in both.
+
+A fill's slice that memory keeps is not written to disk (Store.keep_in_memory); what memory evicts later is
+written to disk then, through a bounded write-back (spill); a disk hit memory takes leaves the disk
+(Store.took_from_disk). The two tiers so hold their sum of distinct slices, where inclusive tiers hold about the
+disk's (loadtest/README.md "Inclusive or exclusive tiers"). One worker only: each worker has its own memory tier.
+
+A mixin of Store (storage.store), as Purging is: it reads the Store's metadata, records and purge table to check,
+before a spill is written, that the slice still is its object's current copy. A purge or a new version between
+the eviction and the write leaves its slice unwritten (counted "stale"), never on disk again.
+
+Inclusive tiers (the default) run none of this: memory.on_drop stays None and nothing is held here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Coroutine
+from typing import Any
+
+from edgecache import metrics
+from edgecache.core.entry import ObjectMeta
+from edgecache.core.keys import PrimaryRecord
+from edgecache.core.purge import PurgeTable
+from edgecache.errors import StorageError
+from edgecache.storage.disks import Disks
+from edgecache.storage.memory import MemoryTier
+from edgecache.storage.slicenames import slice_name
+
+log = logging.getLogger("edgecache.storage.store")
+
+SPILL_MOST = 64 * 2**20  # bytes of evicted slices waiting for their disk write, at most (or 1/8 of the memory tier)
+_PRIMARY = re.compile(r"(.*?)\|([^|/]*)\|(/[^?]*)(?:\?.*)?", re.S)  # core.keys.make_key: site|host|path[?query]
+
+
+class Tiers:
+    memory: MemoryTier
+    disk: Disks
+    purges: PurgeTable
+    _writing: dict[str, bytes]
+
+    def _init_tiers(self, tiers: str) -> None:
+        """`tiers`: cache.tiers; "exclusive" with one worker only (config.cache.check_tiers)."""
+        self.exclusive = False
+        # The slices only memory holds (kept from a fill, or taken from disk): name -> (entry key, copy).
+        self._held: dict[str, tuple[str, str]] = {}
+        self.spill_bound = 0
+        self.spilling = 0  # bytes of evicted slices waiting for their write
+        self._tier_tasks: dict[str, asyncio.Task[None]] = {}  # a slice's delete or spill under way, by name
+        if tiers == "exclusive":
+            self.use_exclusive()
+
+    async def get_meta(self, entry_key: str) -> ObjectMeta | None:
+        raise NotImplementedError
+
+    async def get_record(self, primary: str) -> PrimaryRecord:
+        raise NotImplementedError
+
+    def use_exclusive(self) -> None:
+        self.exclusive = True
+        self.spill_bound = min(self.memory.budget_bytes // 8, SPILL_MOST)
+        self.memory.on_drop = self._spill
+
+    def keep_in_memory(self, entry_key: str, version: str, index: int, data: bytes) -> bool:
+        """Exclusive: a fill's slice offered to memory alone; True if memory keeps it (then not written to disk)."""
+        name = slice_name(entry_key, version, index)
+        if not self.memory.put(name, data):
+            return False
+        self._hold(name, entry_key, version)
+        return True
+
+    def took_from_disk(self, entry_key: str, version: str, index: int, data: bytes) -> None:
+        """A slice read from disk, offered to memory; exclusive, one memory keeps leaves the disk."""
+        self.took_named(slice_name(entry_key, version, index), entry_key, version, data)
+
+    def took_named(self, name: str, entry_key: str, version: str, data: bytes) -> None:
+        """took_from_disk() with the slice's name already made."""
+        if not self.memory.put(name, data) or not self.exclusive:
+            return
+        self._hold(name, entry_key, version)
+        self._start(name, self._delete(name))
+
+    def _hold(self, name: str, entry_key: str, version: str) -> None:
+        self._held[name] = (entry_key, version)
+        if len(self._held) > 2 * len(self.memory) + 1024:  # names memory deleted (not evicted): forgotten
+            self._held = {k: v for k, v in self._held.items() if k in self.memory}
+
+    def _start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` on slice `name` after the one under way for it (a delete goes before the spill after it)."""
+        task = asyncio.get_running_loop().create_task(self._after(self._tier_tasks.get(name), work))
+        self._tier_tasks[name] = task
+        task.add_done_callback(lambda t: self._tier_tasks.pop(name) if self._tier_tasks.get(name) is t else None)
+
+    @staticmethod
+    async def _after(before: asyncio.Task[None] | None, work: Coroutine[Any, Any, None]) -> None:
+        if before is not None:
+            await asyncio.wait([before])
+        await work
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await self.disk.delete(name)
+        except StorageError as exc:
+            log.warning("slice taken into memory not deleted from disk: %s", exc)
+
+    def _spill(self, name: str, value: bytes) -> None:
+        """memory.on_drop: an evicted slice only memory held goes to disk, within the write-back's bound."""
+        held = self._held.pop(name, None)
+        if held is None or name in self._writing:  # not only memory's (a spread copy), or being written already
+            return
+        if self.spilling + len(value) > self.spill_bound:
+            metrics.TIER_SPILLS.labels("dropped").inc()
+            return
+        self.spilling += len(value)
+        self._writing[name] = value  # found there by readers until written (Store.slice_from_memory)
+        self._start(name, self._spill_write(name, held, value))
+
+    async def _spill_write(self, name: str, held: tuple[str, str], value: bytes) -> None:
+        try:
+            if not await self._current(*held):
+                metrics.TIER_SPILLS.labels("stale").inc()
+                return
+            try:
+                await self.disk.put(name, value)
+            except StorageError as exc:
+                log.warning("evicted slice not written to disk: %s", exc)
+                metrics.TIER_SPILLS.labels("dropped").inc()
+                return
+            metrics.TIER_SPILLS.labels("written").inc()
+        finally:
+            self.spilling -= len(value)
+            if self._writing.get(name) is value:
+                del self._writing[name]
+
+    async def _current(self, entry_key: str, version: str) -> bool:
+        """Is `version` the copy the object's metadata names, under the generations it was stored with (its
+        record's, its purge scopes')? An entry key it cannot read is taken as not current."""
+        meta = await self.get_meta(entry_key)
+        if meta is None or meta.slice_version != version:
+            return False
+        primary, _, rest = entry_key.partition("\n")
+        lines = rest.split("\n") if rest else []
+        scope = lines.pop(0)[1:] if lines and lines[0].startswith("@") else ""
+        generation = lines.pop(0)[1:] if lines and lines[0].startswith("#") else ""
+        if (await self.get_record(primary)).generation != generation:
+            return False
+        parts = _PRIMARY.fullmatch(primary)
+        return parts is not None and self.purges.lookup(*parts.groups())[0] == scope
+
+    async def spilled(self) -> None:
+        """Wait for the deletes and spills under way (before the disk closes, and in tests)."""
+        while self._tier_tasks:
+            await asyncio.wait(list(self._tier_tasks.values()))
+
+    async def stop_spilling(self, seconds: float) -> None:
+        """At shutdown: spilled(), `seconds` at most, then what is left cancelled. What only memory holds is not
+        written: a restart loses it."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.spilled()
+        except TimeoutError:
+            for task in list(self._tier_tasks.values()):
+                task.cancel()
+            await asyncio.gather(*self._tier_tasks.values(), return_exceptions=True)

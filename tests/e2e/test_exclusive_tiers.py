@@ -1,0 +1,225 @@
+"""cache.tiers = "exclusive" through the real edge: a slice is in memory or on disk, never both (storage.tiers).
+
+The memory tier is an LRU of 8 slices; each object is 2 slices. What memory keeps of a fill is not written to disk;
+what it evicts is written then, unless the copy was purged or replaced meanwhile, or the write-back is full; a
+disk hit memory takes leaves the disk. Inclusive tiers (the default) write every fill to both, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edgecache.cluster.purgesync import apply_entry
+from edgecache.core.purge import Entry
+from edgecache.storage.memory import ENTRY_OVERHEAD
+from edgecache.storage.slicenames import slice_name
+from tests.conftest import Edge, make_config, start_edge
+from tests.origin import Origin
+from tests.samples import applied
+
+SLICE = 64 * 1024
+BODY = 2 * SLICE  # two slices
+BODIES = {f"/o{n}": os.urandom(BODY) for n in range(9)}
+
+
+def spills(outcome: str) -> float:
+    return applied().get_sample_value("edgecache_tier_spills_total", {"outcome": outcome}) or 0.0
+
+
+@asynccontextmanager
+async def exclusive_edge(
+    origin: Origin, tmp_path: Path, fast: bool, tiers: str = "exclusive", bound: int = 4 * SLICE
+) -> AsyncIterator[Edge]:
+    """`bound`: the write-back's (an eighth of this tiny tier is one slice, less than a fill evicts at once)."""
+    for path, body in BODIES.items():
+        origin.put(path, body)
+    memory = 8 * (SLICE + ENTRY_OVERHEAD)  # 8 slices, the largest item an eighth of it
+    config = make_config(tmp_path / "c", [origin.url], memory_bytes=memory, disk_bytes=64 * SLICE, slice_bytes=SLICE)
+    config = replace(config, cache=replace(config.cache, memory_policy="lru", tiers=tiers), fast_path=fast)
+    async with start_edge(config) as edge:
+        if tiers == "exclusive":
+            assert edge.node.store.spill_bound == memory // 8
+            edge.node.store.spill_bound = bound
+        yield edge
+
+
+async def settled(edge: Edge) -> None:
+    """Until every fill, disk write, delete and spill started so far is done."""
+    await asyncio.gather(*edge.node.engine._tasks)
+    await edge.node.engine.flush()
+    await edge.node.store.spilled()
+
+
+def names(edge: Edge, path: str) -> list[str]:
+    meta = edge.node.store.peek_meta(entry_key(edge, path))
+    assert meta is not None
+    return [slice_name(entry_key(edge, path), meta.slice_version, i) for i in range(2)]
+
+
+def entry_key(edge: Edge, path: str) -> str:
+    record = edge.node.store.peek_record(f"videos|video.test|{path}")
+    generation = f"\n#{record.generation}" if record is not None and record.generation else ""
+    scope = edge.node.store.purges.lookup("videos", "video.test", path)[0]
+    return f"videos|video.test|{path}" + (f"\n@{scope}" if scope else "") + generation
+
+
+async def where(edge: Edge, path: str) -> tuple[list[bool], list[bool]]:
+    """(in memory, on disk) for each slice of `path`."""
+    held = names(edge, path)
+    return [n in edge.node.store.memory for n in held], await edge.node.store.disk.contains(held)
+
+
+async def get(edge: Edge, path: str, body: bytes | None = None) -> None:
+    status, _, got = await edge.get(path)
+    assert (status, got) == (200, BODIES[path] if body is None else body)
+    await settled(edge)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_kept_slice_is_in_memory_only_and_an_evicted_one_goes_to_disk(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    written = spills("written")
+    async with exclusive_edge(origin, tmp_path, fast) as edge:
+        await get(edge, "/o0")
+        assert await where(edge, "/o0") == ([True, True], [False, False])  # memory alone holds it
+        await get(edge, "/o0")  # a memory hit
+        for n in range(1, 5):  # 8 slices more: /o0's are evicted, and written to disk
+            await get(edge, f"/o{n}")
+        assert await where(edge, "/o0") == ([False, False], [True, True])
+        assert spills("written") - written == 2
+        await get(edge, "/o0")  # a disk hit, taken into memory: it leaves the disk
+        # (the fast path offers memory the first slice of an answer only: the second is sent from its file)
+        taken = [True, not fast]
+        assert await where(edge, "/o0") == (taken, [not t for t in taken])
+        for n in range(5, 9):  # 8 slices more: what memory took of /o0 goes back to disk
+            await get(edge, f"/o{n}")
+        assert await where(edge, "/o0") == ([False, False], [True, True])
+        await get(edge, "/o0")
+    assert all(origin.hits[p] == 1 for p in BODIES)
+
+
+async def test_inclusive_tiers_write_every_fill_to_both(origin: Origin, tmp_path: Path) -> None:
+    async with exclusive_edge(origin, tmp_path, True, tiers="inclusive") as edge:
+        assert edge.node.store.memory.on_drop is None
+        await get(edge, "/o0")
+        assert await where(edge, "/o0") == ([True, True], [True, True])
+        for n in range(1, 5):
+            await get(edge, f"/o{n}")
+        assert await where(edge, "/o0") == ([False, False], [True, True])
+        await get(edge, "/o0")
+        assert await where(edge, "/o0") == ([True, False], [True, True])  # a disk hit stays on disk
+    assert all(origin.hits[p] == 1 for p in list(BODIES)[:5])
+
+
+def held_spills(edge: Edge) -> asyncio.Event:
+    """Spills wait, before their check, until the event is set (as on a slow disk)."""
+    store = edge.node.store
+    check: Callable[[str, str], Awaitable[bool]] = store._current
+    gate = asyncio.Event()
+
+    async def late(entry_key: str, version: str) -> bool:
+        await gate.wait()
+        return await check(entry_key, version)
+
+    store._current = late  # type: ignore[method-assign]
+    return gate
+
+
+@pytest.mark.parametrize("kind", ["url", "site", "version"])
+async def test_a_purge_or_a_new_version_between_eviction_and_spill_writes_nothing(
+    origin: Origin, tmp_path: Path, kind: str
+) -> None:
+    stale = spills("stale")
+    new = os.urandom(BODY)
+    async with exclusive_edge(origin, tmp_path, True) as edge:
+        store = edge.node.store
+        await get(edge, "/o0")
+        old = names(edge, "/o0")
+        gate = held_spills(edge)
+        for n in range(1, 5):  # /o0's slices are evicted; their spills wait
+            status, _, body = await edge.get(f"/o{n}")
+            assert (status, body) == (200, BODIES[f"/o{n}"])
+        await asyncio.gather(*edge.node.engine._tasks)
+        assert [n in store._writing for n in old] == [True, True]
+        origin.put("/o0", new, etag='"v2"')
+        if kind == "version":  # the origin's new copy, fetched meanwhile (max-age=0: revalidated, a 200)
+            status, _, body = await edge.get("/o0", **{"Cache-Control": "max-age=0"})
+            assert (status, body) == (200, new)
+        else:
+            host, path = ("video.test", "/o0") if kind == "url" else ("", "")
+            entry = Entry("test~1", 1, kind, "videos", host, path)
+            assert await apply_entry(store, edge.node.config.sites, entry, 0.0, numbered=False)
+        gate.set()
+        await settled(edge)
+        assert await store.disk.contains(old) == [False, False]
+        assert spills("stale") - stale >= 2
+        await get(edge, "/o0", new)
+    # the new version: its first slice with the revalidation (If-None-Match "v1"), its second on its own
+    assert origin.hits["/o0"] == (3 if kind == "version" else 2)
+
+
+async def test_the_write_back_is_bounded(origin: Origin, tmp_path: Path) -> None:
+    dropped = spills("dropped")
+    async with exclusive_edge(origin, tmp_path, True, bound=SLICE + 1) as edge:
+        store = edge.node.store
+        await get(edge, "/o0")
+        old = names(edge, "/o0")
+        gate = held_spills(edge)
+        await get_held(edge, "/o1")
+        await get_held(edge, "/o2")
+        await get_held(edge, "/o3")
+        await get_held(edge, "/o4")  # /o0's two slices evicted: the first waits, the second is past the bound
+        assert [n in store._writing for n in old] == [True, False]
+        assert store.spilling == SLICE
+        assert spills("dropped") - dropped == 1
+        gate.set()
+        await settled(edge)
+        assert store.spilling == 0
+        assert await store.disk.contains(old) == [True, False]
+        await get(edge, "/o0")  # its second slice from the origin again
+    assert origin.hits["/o0"] == 2
+    assert origin.range_hits("/o0")[-1] == f"bytes={SLICE}-{BODY - 1}"
+
+
+async def get_held(edge: Edge, path: str) -> None:
+    status, _, body = await edge.get(path)
+    assert (status, body) == (200, BODIES[path])
+    await asyncio.gather(*edge.node.engine._tasks)
+
+
+async def test_a_slice_evicted_while_its_disk_copy_is_being_deleted_is_on_disk_after(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A disk hit memory takes is deleted from disk; evicted again before that delete is done, its spill waits for
+    the delete (else the delete would take the slice just written back)."""
+    async with exclusive_edge(origin, tmp_path, False) as edge:
+        store = edge.node.store
+        await get(edge, "/o0")
+        for n in range(1, 5):
+            await get(edge, f"/o{n}")
+        assert await where(edge, "/o0") == ([False, False], [True, True])
+        delete, gate = store.disk.delete, asyncio.Event()
+
+        async def slow_delete(key: str) -> None:
+            await gate.wait()
+            await delete(key)
+
+        store.disk.delete = slow_delete  # type: ignore[method-assign]
+        status, _, body = await edge.get("/o0")  # taken into memory; its deletes wait
+        assert (status, body) == (200, BODIES["/o0"])
+        for n in range(5, 9):  # and evicted again, while they wait
+            await get_held(edge, f"/o{n}")
+        assert [n in store.memory for n in names(edge, "/o0")] == [False, False]
+        gate.set()
+        await settled(edge)
+        assert await where(edge, "/o0") == ([False, False], [True, True])
+        await get(edge, "/o0")
+    assert all(origin.hits[p] == 1 for p in BODIES)
