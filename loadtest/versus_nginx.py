@@ -2,6 +2,7 @@
 
     python -m loadtest.versus_nginx [--seed 1] [--content 3GiB] [--disk 1GiB] [--memory 256MiB] [--served 6GiB]
                                     [--concurrency 8] [--quick] [--keep] [--json FILE] [--edge-arg ARG ...]
+                                    [--tiers inclusive|exclusive]
 
 What an edge saves an ISP is origin traffic, so the figure is origin bytes / client bytes (1 - byte hit ratio) for
 each system on the same trace, and edgecache's origin bytes / nginx's (below 1: edgecache fetched less).
@@ -15,7 +16,8 @@ each system on the same trace, and edgecache's origin bytes / nginx's (below 1: 
   2 MiB ranges with seeks and abandons, 5% prefetching the first 4 MiB of a popular object; whole sessions until
   --served bytes. Sessions start in trace order, --concurrency at a time, each playing its ranges in order.
 - edgecache: `edgecache serve --origin` (one-origin mode), 1 MiB slices, --memory for its memory tier (its RSS
-  bound off, so the tier keeps all of it), --disk; --edge-arg adds or overrides arguments of `edgecache serve`.
+  bound off, so the tier keeps all of it), --disk, --tiers (cache.tiers, the node's default: inclusive); --edge-arg
+  adds or overrides arguments of `edgecache serve`.
 - nginx: `proxy_cache` + `slice 1m`, the cache key `$uri$is_args$args$slice_range`, `proxy_cache_valid 200 206`,
   `max_size` = --disk, and `proxy_cache_lock` so that, as in edgecache, readers of a slice being filled wait for
   it rather than fetching it again.
@@ -52,19 +54,21 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from edgecache.config.model import CacheSettings
 from edgecache.config.values import parse_size
 from loadtest.efficiency import SLICE, object_sizes, plays
 
 MiB = 2**20
 GiB = 2**30
 DEFAULTS = {"content": "3GiB", "disk": "1GiB", "memory": "256MiB", "served": "6GiB"}
+NODE_TIERS = next(f.default for f in fields(CacheSettings) if f.name == "tiers")  # the node's default cache.tiers
 QUICK = {"content": "256MiB", "disk": "48MiB", "memory": "16MiB", "served": "512MiB"}
 # The content is a seeded pool of PERIOD bytes repeated, each object starting at its own phase. PERIOD is not a
 # multiple of the slice, so a slice served from another offset differs, and objects' phases differ.
@@ -367,6 +371,7 @@ def start_edge(work: Path, port: int, admin: int, origin: int, args: argparse.Na
         # The RSS bound off: the tier keeps its whole --memory (with the bound, the first default run's tier had
         # shrunk to 219 of its 256 MiB). --edge-arg=--memory-headroom=64MiB puts it back.
         *("--memory-headroom", "0"),
+        *("--tiers", args.tiers),
         *args.edge_arg,
     ]
     return Proc("edgecache", argv, work / "edge.log")
@@ -484,10 +489,14 @@ def origin_counts(port: int) -> OriginCounts:
         return OriginCounts(**json.loads(r.read()))
 
 
+SPILLS = ("written", "dropped", "stale")  # edgecache_tier_spills_total's outcomes (exclusive tiers)
+
+
 def edge_tiers(admin: int) -> dict[str, float]:
     """The edge's tier gauges from its admin /metrics, as last sampled (every few seconds; absent names are left
     out). The memory tier's limit shows whether the RSS bound had shrunk the tier below --memory."""
-    wanted = ("edgecache_memory_tier_bytes", "edgecache_memory_tier_limit_bytes", "edgecache_disk_tier_bytes")
+    wanted: tuple[str, ...] = ("edgecache_memory_tier_bytes", "edgecache_memory_tier_limit_bytes")
+    wanted += ("edgecache_disk_tier_bytes", *(f'edgecache_tier_spills_total{{outcome="{o}"}}' for o in SPILLS))
     got: dict[str, float] = {}
     url = f"http://127.0.0.1:{admin}/metrics"
     with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=10) as r:
@@ -579,6 +588,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     ap.add_argument("--edge-arg", action="append", default=[], help="one more argument for `edgecache serve`")
+    ap.add_argument(
+        "--tiers",
+        choices=("inclusive", "exclusive"),
+        default=NODE_TIERS,
+        help=f"edgecache's cache.tiers (default {NODE_TIERS}, the node's)",
+    )
     args = ap.parse_args(argv)
     if args.concurrency < 1:
         ap.error("--concurrency must be at least 1")
@@ -629,8 +644,9 @@ def header(args: argparse.Namespace, s: dict[str, int]) -> str:
             f"  distinct 1 MiB slices: {s['distinct_slice_bytes'] / GiB:.2f} GiB (what a cache that never evicts "
             f"fetches); every request's slices: {s['covering_slice_bytes'] / GiB:.2f} GiB (a cache that keeps nothing)",
             f"budgets: disk {args.disk / MiB:,.0f} MiB for each (nginx max_size, edgecache --disk); memory "
-            f"{args.memory / MiB:,.0f} MiB: edgecache's memory tier. nginx's RAM is the page cache, which only copies "
-            "files in its disk cache: it speeds nginx, it never saves origin bytes, so it is not limited.",
+            f"{args.memory / MiB:,.0f} MiB: edgecache's memory tier ({args.tiers} tiers). nginx's RAM is the page "
+            "cache, which only copies files in its disk cache: it speeds nginx, it never saves origin bytes, so it is "
+            "not limited.",
         ]
     )
 
@@ -652,7 +668,11 @@ def report(args: argparse.Namespace, summary: dict[str, int], results: dict[str,
     ratio = edge["origin_bytes"] / max(1, nginx["origin_bytes"])
     than = "as many" if ratio == 1 else f"{abs(ratio - 1):.1%} {'more' if ratio > 1 else 'fewer'}"
     print(f"\nedgecache / nginx origin bytes: {ratio:.3f} (edgecache fetched {than} bytes from the origin)")
-    tiers = {k.removeprefix("edgecache_"): f"{v / MiB:,.0f} MiB" for k, v in edge.items() if k.startswith("edgecache_")}
+    tiers = {
+        k.removeprefix("edgecache_"): f"{v:,.0f}" if "spills" in k else f"{v / MiB:,.0f} MiB"
+        for k, v in edge.items()
+        if k.startswith("edgecache_")
+    }
     if tiers:
         print(
             "edgecache's gauges as last sampled (every few seconds; a short run may show none): "

@@ -66,6 +66,17 @@ def test_a_budget_below_the_content_fetches_between_the_bounds(tmp_path: Path) -
         assert trace["distinct_slice_bytes"] <= system["origin_bytes"] <= trace["covering_slice_bytes"], name
 
 
+def test_exclusive_tiers_serve_the_trace_exactly(tmp_path: Path) -> None:
+    """--tiers exclusive: every byte checked, and between the bounds with memory (16 MiB, slices kept there only
+    until evicted to disk) and disk (16 MiB) together under the content."""
+    scale = ("--content", "64MiB", "--disk", "16MiB", "--memory", "16MiB", "--served", "96MiB")
+    figures = run_harness(tmp_path, *scale, "--tiers", "exclusive")
+    trace = figures["trace"]
+    assert trace["distinct_slice_bytes"] > 32 * MiB
+    for name, system in figures["systems"].items():
+        assert trace["distinct_slice_bytes"] <= system["origin_bytes"] <= trace["covering_slice_bytes"], name
+
+
 def started_in(work: Path) -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():
