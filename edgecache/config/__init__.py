@@ -80,7 +80,11 @@ def _log_file(value: object, base: Path) -> Path:
     if not isinstance(value, str) or not value.strip() or "\x00" in value:
         raise ValueError("expected the path of a file, such as /var/log/edgecache/access.log")
     path = base / value  # an absolute value stays itself
-    if path.is_dir():
+    try:
+        directory = path.is_dir()
+    except OSError as exc:  # a name too long, a directory it may not search
+        raise ValueError(f"cannot be a file ({exc.strerror}): {value!r}") from None
+    if directory:
         raise ValueError(f"{value!r} is a directory: name a file in it")
     return path
 

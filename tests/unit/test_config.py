@@ -412,3 +412,10 @@ def test_cache_tiers_inclusive_by_default_exclusive_with_one_worker_only() -> No
     assert problems({"cache": {"tiers": "victim"}, "sites": [SITE]}) == [
         "f.toml: cache.tiers: must be 'inclusive' or 'exclusive'"
     ]
+
+
+def test_an_access_log_name_too_long_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    """check-config crashed with OSError ENAMETOOLONG on log.access = "9" * 300 (found by loadtest.fuzz)."""
+    with pytest.raises(ConfigError) as exc:
+        build({"log": {"access": "9" * 300}, "sites": [SITE]}, "f.toml", tmp_path)
+    assert exc.value.problems == [f"f.toml: log.access: cannot be a file (File name too long): {'9' * 300!r}"[:320]]
