@@ -25,7 +25,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import PrimaryRecord
 from edgecache.core.purge import PurgeTable
 from edgecache.errors import StorageError
-from edgecache.storage.disks import Disks
+from edgecache.storage.disks import DiskFull, Disks, OutOfService
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.slicenames import slice_name
 
@@ -103,7 +103,8 @@ class Tiers:
         try:
             await self.disk.delete(name)
         except StorageError as exc:
-            log.warning("slice taken into memory not deleted from disk: %s", exc)
+            if not isinstance(exc, OutOfService | DiskFull):
+                log.warning("slice taken into memory not deleted from disk: %s", exc)
 
     def _spill(self, name: str, value: bytes) -> None:
         """memory.on_drop: an evicted slice only memory held goes to disk, within the write-back's bound."""
@@ -123,12 +124,12 @@ class Tiers:
                 metrics.TIER_SPILLS.labels("stale").inc()
                 return
             try:
-                await self.disk.put(name, value)
+                stored = await self.disk.put(name, value)
             except StorageError as exc:
-                log.warning("evicted slice not written to disk: %s", exc)
-                metrics.TIER_SPILLS.labels("dropped").inc()
-                return
-            metrics.TIER_SPILLS.labels("written").inc()
+                if not isinstance(exc, OutOfService | DiskFull):  # those storage.disks logged
+                    log.warning("evicted slice not written to disk: %s", exc)
+                stored = False
+            metrics.TIER_SPILLS.labels("written" if stored else "dropped").inc()
         finally:
             self.spilling -= len(value)
             if self._writing.get(name) is value:
