@@ -73,8 +73,9 @@ async def read_slice(
     from_memory, from_disk = _FROM_MEMORY, _FROM_DISK
     if own is not None and own.covers(index):  # this miss's bytes, wherever its fill has put them by now
         from_memory = from_disk = _FROM_PEER if _from_peer(own) else _FROM_ORIGIN
+    copies = [meta]  # whose stored slices are this slice's bytes: this copy's, and a fill's that it let go
     for _ in range(3):
-        data = engine.store.slice_from_memory(req.entry_key, meta, index)
+        data = _in_memory(engine, req, copies, index)
         if data is not None:
             from_memory.inc(hi - lo)
             yield memoryview(data)[lo:hi]
@@ -104,11 +105,20 @@ async def read_slice(
             return
         except Released:
             released = True  # read the slice as stored, or fetch it again if the store lost it
+            copies.append(fill.head.result().meta)  # another copy of the same bytes (_from_fill) stored it as its own
         except (RangeMismatch, VersionChanged) as exc:
             if await _disagreed(engine, req, meta, fill, exc):
                 raise VersionChanged(f"the origin's slices of {meta.version} disagree: fetched whole now") from exc
             raise
     raise OriginError(f"slice {index} could not be read")
+
+
+def _in_memory(engine: Engine, req: FillRequest, copies: list[ObjectMeta], index: int) -> bytes | None:
+    for meta in copies:
+        data = engine.store.slice_from_memory(req.entry_key, meta, index)
+        if data is not None:
+            return data
+    return None
 
 
 async def _disagreed(engine: Engine, req: FillRequest, meta: ObjectMeta, fill: Fill, exc: OriginError) -> bool:

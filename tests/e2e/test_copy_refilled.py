@@ -48,11 +48,16 @@ def slice_one_held(origin: Origin, go_on: asyncio.Event) -> None:
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
 @pytest.mark.parametrize("etag", ['"e8-3145828"', 'W/"e8-3145828"'], ids=["strong", "weak"])
+@pytest.mark.parametrize("tiers", ["inclusive", "exclusive"])
 async def test_a_reader_of_a_copy_is_not_cut_by_a_new_copy_of_the_same_bytes(
-    origin: Origin, tmp_path: Path, fast: bool, etag: str, caplog: pytest.LogCaptureFixture
+    origin: Origin, tmp_path: Path, fast: bool, etag: str, tiers: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """With exclusive tiers the fill's slice is stored (in memory) as soon as it is complete, and the fill lets it
+    go when it ends, before the reader of the other copy has read it: the reader was cut ("slice 2 could not be
+    read"), looking for it under its own copy's name only."""
     origin.put("/copy.bin", DATA, etag=etag)
     config = replace(make_config(tmp_path / "c", [origin.url], fill_slices=1), fast_path=fast)
+    config = replace(config, cache=replace(config.cache, tiers=tiers))
     async with start_edge(config) as edge:
         status, _, body = await edge.get("/copy.bin", Range="bytes=0-9")  # the copy: its metadata and slice 0
         assert (status, body) == (206, DATA[:10])
