@@ -31,7 +31,10 @@ from edgecache.storage.slicenames import slice_name
 
 log = logging.getLogger("edgecache.storage.store")
 
-SPILL_MOST = 64 * 2**20  # bytes of evicted slices waiting for their disk write, at most (or 1/8 of the memory tier)
+# Bytes of evicted slices waiting for their disk write, at most: an eighth of the memory tier, within these. The
+# floor holds the burst a few fills evict at once even where a slice is the largest item of a small tier (an
+# eighth of it): a slice dropped past the bound is one its fill has let go as stored, which a reader fetches again.
+SPILL_LEAST, SPILL_MOST = 16 * 2**20, 64 * 2**20
 _PRIMARY = re.compile(r"(.*?)\|([^|/]*)\|(/[^?]*)(?:\?.*)?", re.S)  # core.keys.make_key: site|host|path[?query]
 
 
@@ -60,7 +63,7 @@ class Tiers:
 
     def use_exclusive(self) -> None:
         self.exclusive = True
-        self.spill_bound = min(self.memory.budget_bytes // 8, SPILL_MOST)
+        self.spill_bound = min(max(self.memory.budget_bytes // 8, SPILL_LEAST), SPILL_MOST)
         self.memory.on_drop = self._spill
 
     def keep_in_memory(self, entry_key: str, version: str, index: int, data: bytes) -> bool:

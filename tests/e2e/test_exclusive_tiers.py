@@ -37,7 +37,7 @@ def spills(outcome: str) -> float:
 async def exclusive_edge(
     origin: Origin, tmp_path: Path, fast: bool, tiers: str = "exclusive", bound: int = 4 * SLICE
 ) -> AsyncIterator[Edge]:
-    """`bound`: the write-back's (an eighth of this tiny tier is one slice, less than a fill evicts at once)."""
+    """`bound`: the write-back's, set for the test."""
     for path, body in BODIES.items():
         origin.put(path, body)
     memory = 8 * (SLICE + ENTRY_OVERHEAD)  # 8 slices, the largest item an eighth of it
@@ -45,7 +45,7 @@ async def exclusive_edge(
     config = replace(config, cache=replace(config.cache, memory_policy="lru", tiers=tiers), fast_path=fast)
     async with start_edge(config) as edge:
         if tiers == "exclusive":
-            assert edge.node.store.spill_bound == memory // 8
+            assert edge.node.store.spill_bound == 16 * 2**20  # the floor: an eighth of this tier is one slice
             edge.node.store.spill_bound = bound
         yield edge
 
@@ -223,3 +223,25 @@ async def test_a_slice_evicted_while_its_disk_copy_is_being_deleted_is_on_disk_a
         assert await where(edge, "/o0") == ([False, False], [True, True])
         await get(edge, "/o0")
     assert all(origin.hits[p] == 1 for p in BODIES)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_small_memory_tier_spills_a_fills_burst_without_refetching(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """A tier of 8 slices (S3-FIFO: a new slice is evicted at the next one's admission) bounded its write-back to an
+    eighth of itself, one slice: each fill's slices, evicted in a burst, were dropped past it, the fill had let them
+    go as stored, and its reader fetched them again: 95 origin requests for 41 answers."""
+    bodies = {f"/s{i}": bytes([i]) * BODY for i in range(40)}
+    for path, body in bodies.items():
+        origin.put(path, body)
+    config = make_config(tmp_path / "c", [origin.url], memory_bytes=8 * SLICE, disk_bytes=16 * SLICE, slice_bytes=SLICE)
+    config = replace(config, cache=replace(config.cache, tiers="exclusive"), fast_path=fast)
+    async with start_edge(config) as edge:
+        for path, body in bodies.items():
+            status, _, got = await edge.get(path)
+            assert (status, got) == (200, body)
+        status, _, got = await edge.get("/s0")
+        assert (status, got) == (200, bodies["/s0"])
+    assert origin.hits["/s0"] == 2  # evicted from both tiers (16 slices of disk), then fetched again once
+    assert sum(origin.hits.values()) == 41
