@@ -135,6 +135,9 @@ def keyed_query(query: str, keep: Iterable[str]) -> str:
     return "&".join(sorted(items, key=_name))
 
 
+_PRIMARY = re.compile(r"(.*?)\|([^|/]*)\|(/[^?]*)(?:\?.*)?", re.S)  # make_key's site|host|path[?query]
+
+
 def make_key(site: str, host: str, target: str, keep_query: Iterable[str]) -> CacheKey:
     """`host` is already normalised (route.normalise_host): the key never holds a port or a trailing dot."""
     path, query = normalise_target(target)
@@ -248,3 +251,18 @@ def entry_key(primary: str, record: PrimaryRecord, headers: Headers, scope: str 
     if record.vary:
         key += "\n" + variant(record.vary, headers)
     return key
+
+
+def entry_parts(key: str) -> tuple[str, str, str]:
+    """What entry_key() made `key` of: its primary key, purge scope and generation ("" where it had none)."""
+    primary, _, rest = key.partition("\n")
+    lines = rest.split("\n") if rest else []
+    scope = lines.pop(0)[1:] if lines and lines[0].startswith("@") else ""
+    generation = lines.pop(0)[1:] if lines and lines[0].startswith("#") else ""
+    return primary, scope, generation
+
+
+def primary_parts(primary: str) -> tuple[str, str, str] | None:
+    """The site, host and path make_key() made `primary` of (its query aside)."""
+    found = _PRIMARY.fullmatch(primary)
+    return (found[1], found[2], found[3]) if found is not None else None

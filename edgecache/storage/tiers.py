@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Coroutine
 from typing import Any
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.keys import PrimaryRecord
+from edgecache.core.keys import PrimaryRecord, entry_parts, primary_parts
 from edgecache.core.purge import PurgeTable
 from edgecache.errors import StorageError
 from edgecache.storage.disks import DiskFull, Disks, OutOfService
@@ -35,7 +34,6 @@ log = logging.getLogger("edgecache.storage.store")
 # floor holds the burst a few fills evict at once even where a slice is the largest item of a small tier (an
 # eighth of it): a slice dropped past the bound is one its fill has let go as stored, which a reader fetches again.
 SPILL_LEAST, SPILL_MOST = 16 * 2**20, 64 * 2**20
-_PRIMARY = re.compile(r"(.*?)\|([^|/]*)\|(/[^?]*)(?:\?.*)?", re.S)  # core.keys.make_key: site|host|path[?query]
 
 
 class Tiers:
@@ -144,14 +142,11 @@ class Tiers:
         meta = await self.get_meta(entry_key)
         if meta is None or meta.slice_version != version:
             return False
-        primary, _, rest = entry_key.partition("\n")
-        lines = rest.split("\n") if rest else []
-        scope = lines.pop(0)[1:] if lines and lines[0].startswith("@") else ""
-        generation = lines.pop(0)[1:] if lines and lines[0].startswith("#") else ""
+        primary, scope, generation = entry_parts(entry_key)
         if (await self.get_record(primary)).generation != generation:
             return False
-        parts = _PRIMARY.fullmatch(primary)
-        return parts is not None and self.purges.lookup(*parts.groups())[0] == scope
+        parts = primary_parts(primary)
+        return parts is not None and self.purges.lookup(*parts)[0] == scope
 
     async def spilled(self) -> None:
         """Wait for the deletes and spills under way (before the disk closes, and in tests)."""
