@@ -25,6 +25,7 @@ from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import refuse, uncached
 from edgecache.proxy.decide import Prepared
+from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.hit import Cold, Load, Pass
@@ -50,6 +51,7 @@ class Started:
     # fill starts, as the full handler judges it before it waits for the head
     stands_in: bool = False
     origin_ms: float | None = None  # how long the head took to come
+    expected: Expected | None = None  # the request, as the fill's reader until it reads (proxy.expecting)
 
     def cause(self, head: FillHead) -> str:
         """The miss's cause once its fill has its head, as observe.count() finds it for the full handler's miss
@@ -93,7 +95,8 @@ def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused
     fill, ours = engine.fill_for(cold.req, cold.first, cold.last, cold.validate)
     evicted = cold.validate is None and engine.ghosts.object_dropped(digest(cold.req.entry_key))
     stands_in = may_stand_in(cold.req.headers, cold.validate, cold.req.policy, time.time())
-    conn.started = started = Started(head, cold, fill, ours, evicted, time.monotonic(), stands_in)
+    started = Started(head, cold, fill, ours, evicted, time.monotonic(), stands_in, expected=fill.expecting.expect())
+    conn.started = started
     conn.busy = True
     conn.loop.create_task(_head_in(conn, started)).add_done_callback(conn.done)
     return True
@@ -122,14 +125,21 @@ def settle(
     assert started is not None
     conn.loads = 0
     answer = _answered(conn, started, head, decided) if started.head == head else None
-    if answer is None:
-        if started.ours:
-            waited = started.origin_ms if _arrived(started.fill) is not None else None
-            conn.adopted = Adopted(started.fill, started.primary, started.began, waited, started.validating)
-        elif started.head == head:
-            conn.admitted = started.primary  # let in when it joined that fill: not judged again
-    elif not started.ours and not isinstance(answer, Again):
+    expected = started.expected
+    if answer is None and started.ours:
+        waited = started.origin_ms if _arrived(started.fill) is not None else None
+        conn.adopted = Adopted(started.fill, started.primary, started.began, waited, started.validating, expected)
+        expected = None  # the full handler's now
+    elif answer is None and started.head == head:
+        conn.admitted = started.primary  # let in when it joined that fill: not judged again
+    elif isinstance(answer, Prepared) and answer.fill is started.fill:
+        answer.expected, expected = expected, None  # until its answer reads the fill (diskhit)
+    elif isinstance(answer, Streamed):
+        expected = None  # until its stream starts (uncached)
+    if answer is not None and not started.ours and not isinstance(answer, Again):
         metrics.COLLAPSED.inc()
+    if expected is not None:  # it reads the fill no more (a request that joined it joins again at the full handler)
+        expected.release()
     return answer
 
 
@@ -293,6 +303,8 @@ def failed(conn: FastPath, started: Started, exc: OriginError, head_came: bool =
     502 (504 on a timeout) with the reason, counted and logged as it counts and logs it (EdgeHandler._answer);
     `head_came`: the fill's head came first (its body failed), and the log says how long it took."""
     started.fill.abandon()  # only this request would have read it
+    if started.expected is not None:
+        started.expected.release()
     cold, origin_ms = started.cold, started.origin_ms if head_came else None
     if cold.validate is not None and never_stale(cold.validate.headers):  # as EdgeHandler._head_of raises it
         exc = exc.revalidating()
@@ -305,6 +317,8 @@ def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
     and ATS, a fetch that failed is not asked again for each of its waiters."""
     if p.fill is not None and p.ours:
         p.fill.abandon()
+    if p.expected is not None:
+        p.expected.release()
     hit, began = p.hit, p.began if p.began is not None else time.monotonic()
     refuse.origin_failed(conn, exc, p.method, hit.req, p.keep_alive, hit.viewer, began, p.origin_ms, p.asked)
 
@@ -317,9 +331,12 @@ def adopt(conn: FastPath, p: Prepared) -> None:
     if p.fill is None:
         return
     if p.ours:
-        conn.adopted = Adopted(p.fill, p.hit.req.primary, p.began or time.monotonic(), p.origin_ms, p.validating)
+        began = p.began or time.monotonic()
+        conn.adopted = Adopted(p.fill, p.hit.req.primary, began, p.origin_ms, p.validating, p.expected)
     else:
         conn.admitted = p.hit.req.primary
+        if p.expected is not None:
+            p.expected.release()
 
 
 def drop(conn: FastPath) -> None:
@@ -328,6 +345,8 @@ def drop(conn: FastPath) -> None:
     started, conn.started = conn.started, None
     if started is not None and started.ours:
         started.fill.abandon()
+    if started is not None and started.expected is not None:
+        started.expected.release()
     adopted, conn.adopted = conn.adopted, None
     if adopted is not None:
-        adopted.fill.abandon()
+        adopted.let_go()

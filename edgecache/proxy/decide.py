@@ -29,6 +29,7 @@ from edgecache.core.keepalive import KeepAlive
 from edgecache.core.memo import Memo, Pool, head_cost
 from edgecache.core.status import CacheStatus, of_fill
 from edgecache.proxy import encode, headparse, observe, rangecut
+from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Fill
 from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
 from edgecache.proxy.hit import (
@@ -89,6 +90,7 @@ class Prepared:
     origin_ms: float | None = None  # and how long its origin took to answer
     fill: Fill | None = None  # and the fill it reads (reading.read_slice)
     ours: bool = False  # and that fill was started for it (else it joined another request's)
+    expected: Expected | None = None  # and the request, as that fill's reader until it reads (proxy.expecting)
     validating: ObjectMeta | None = None  # and the stale entry that fill replaces (EXPIRED)
     way: str | None = None  # where its bytes came from (observe.upstream) when not a plain hit's "cache"
 

@@ -178,6 +178,8 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
     shared.in_flight += 1
     # A fill of the whole object runs while it is read (Engine.unread)
     with shared.engine.reading(hit.req.entry_key):
+        if p.expected is not None:  # a reader of its fill now
+            p.expected.release()
         try:
             indices = ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), shared.engine.slice_size)
             missing = await _missing_later(conn, p, indices[HELD:])

@@ -97,8 +97,9 @@ class Engine:
     def unread(self, fill: Fill, end: int | None) -> bool:
         """Does nobody read the fill of a whole object now that someone has (or the request that started it has
         gone)? Then it ends at the slice boundary it has reached, as nginx's slice module and ATS end theirs;
-        unless no more than a run of slices (what one miss may fetch: fill_slices) is left before its `end`."""
-        if fill.last_index is not None or fill.background or not fill.attended or fill.readers:
+        unless no more than a run of slices (what one miss may fetch: fill_slices) is left before its `end`. A request
+        that joined it and is still to read it (Fill.expecting) is one of its readers already."""
+        if fill.last_index is not None or fill.background or not fill.attended or fill.readers or fill.expecting:
             return False
         if end is not None and end - fill.received <= self.fill_slices * self.slice_size:
             return False

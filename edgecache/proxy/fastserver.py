@@ -148,7 +148,7 @@ class FastServer:
                 self.shared.admitted.pop(transport, None)
                 left = self.shared.adopted.pop(transport, None)
                 if left is not None:  # never taken over: nobody reads it
-                    left.fill.abandon()
+                    left.let_go()
                 self.open -= 1  # it no longer counts against max_connections
                 self._none_left()
 

@@ -27,6 +27,7 @@ from edgecache.core import lookaside
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.errors import OriginError
+from edgecache.proxy.expecting import Expected, Expecting
 
 if TYPE_CHECKING:
     from edgecache.proxy.fillrequest import FillRequest
@@ -122,6 +123,13 @@ class Adopted:
     began: float  # monotonic, when the miss began
     origin_ms: float | None  # how long the origin took to send the head (None: it had not, or failed)
     validating: ObjectMeta | None = None  # the stored entry the fill revalidates (None: a miss of nothing stored)
+    expected: Expected | None = None  # the request, as the fill's reader until it reads
+
+    def let_go(self) -> None:
+        """Read, or not needed after all: nobody else reads it."""
+        self.fill.abandon()
+        if self.expected is not None:
+            self.expected.release()
 
 
 class Fill:
@@ -160,6 +168,7 @@ class Fill:
         self.attended = False
         self.background = False
         self.readers = 0  # read() and stream() iterations under way
+        self.expecting = Expecting(self._wake)  # requests that joined it and are still to read it
         self._stopped = False
         # Complete slices go to the store; not those of a body of unknown length past the engine's bound
         # (Engine.max_unknown): the fill then lets go of what every stream has read, and the slowest paces it.
@@ -374,7 +383,7 @@ class Fill:
             if not self.readers:
                 self._wake()  # idle() may be waiting
 
-    async def stream(self) -> AsyncGenerator[memoryview, None]:
+    async def stream(self, expected: Expected | None = None) -> AsyncGenerator[memoryview, None]:
         """The whole body from its first byte to its end, as it arrives: the private reader of a fill, or a reader
         of a body of unknown length. A complete slice the fill let go is read back through `from_store`. Its bytes
         are the origin's as served bytes (a peer's cache answers only what it stores whole: core.lookaside), counted
@@ -382,7 +391,7 @@ class Fill:
         self.readers += 1
         self.attended = True
         try:
-            async for piece in self._stream():
+            async for piece in self._stream(expected):
                 _FROM_ORIGIN.inc(len(piece))
                 yield piece
         finally:
@@ -404,10 +413,12 @@ class Fill:
             self._reader_gone = True
             self._wake()
 
-    async def _stream(self) -> AsyncIterator[memoryview]:
+    async def _stream(self, expected: Expected | None) -> AsyncIterator[memoryview]:
         pos = self.start
         me = object()
         self._streams[me] = pos
+        if expected is not None:  # a stream now, where it was counted as one to come
+            expected.release()
         try:
             async for piece in self._pieces(me, pos):
                 yield piece

@@ -34,6 +34,7 @@ from edgecache.core.status import CacheStatus, cache_status_header, found_of, of
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
 from edgecache.proxy.errorpage import error_response, origin_failed
+from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
@@ -76,7 +77,7 @@ class EdgeHandler:
             return web.StreamResponse()
         finally:
             if adopted is not None:  # read, or not needed after all: nobody else reads it
-                adopted.fill.abandon()
+                adopted.let_go()
 
     async def _call(self, request: web.BaseRequest, adopted: Adopted | None) -> web.StreamResponse:
         observe.start(request)
@@ -216,17 +217,14 @@ class EdgeHandler:
         return await self._cached(request, req, adopted)
 
     async def _cached(self, request: web.BaseRequest, req: FillRequest, adopted: Adopted | None) -> web.StreamResponse:
-        started: list[Fill] = []
+        held = _Held()
         try:
-            return await self._cached_loop(request, req, started, adopted)
+            return await self._cached_loop(request, req, held, adopted)
         finally:
-            # A fill this request started and then did not stream (another variant's answer, stale-if-error,
-            # a pass-through) must not wait for it: a private one would hold its origin connection for good.
-            for fill in started:
-                fill.abandon()
+            held.let_go()
 
     async def _cached_loop(
-        self, request: web.BaseRequest, req: FillRequest, started: list[Fill], adopted: Adopted | None
+        self, request: web.BaseRequest, req: FillRequest, held: _Held, adopted: Adopted | None
     ) -> web.StreamResponse:
         """`adopted`: the fill the fast path started for this miss: whatever it stored since, this is that miss."""
         validated = False
@@ -248,7 +246,7 @@ class EdgeHandler:
                 instead = await self._instead_of_fill(request, req, meta)
                 if instead is not None:
                     return instead
-                fill, ours, origin_ms = self._fill_of(request, req, meta, adopted, started)
+                fill, ours, origin_ms = self._fill_of(request, req, meta, adopted, held)
                 adopted = None
                 stale_ok = may_stand_in(req.headers, meta, req.policy, time.time())
                 strict = meta is not None and never_stale(meta.headers)
@@ -276,7 +274,7 @@ class EdgeHandler:
                 named = head.meta.vary
                 continue
             try:
-                return await self._serve_head(request, req, fill, head, meta, ours)
+                return await self._serve_head(request, req, fill, head, meta, ours, held.expected[-1])
             except VersionChanged as exc:
                 log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
                 await self.engine.store.delete_meta(req.entry_key)
@@ -296,13 +294,20 @@ class EdgeHandler:
         req: FillRequest,
         meta: ObjectMeta | None,
         adopted: Adopted | None,
-        started: list[Fill],
+        held: _Held,
     ) -> tuple[Fill, bool, float | None]:
         """The fill the request reads (the adopted one, else one started or joined), whether it is this request's,
-        and how long the adopted one's head took; one this request started is noted in `started`."""
+        and how long the adopted one's head took; one this request started is noted in `held`, and the request is
+        that fill's reader from now on (no longer the one it read before, if any)."""
         fill, ours = serving.fill_for(self.engine, request, req, meta) if adopted is None else (adopted.fill, True)
+        now = fill.expecting.expect()
+        if adopted is not None and adopted.expected is not None:
+            held.expected.append(adopted.expected)  # the fast path's, taken over
+        for before in held.expected:
+            before.release()
+        held.expected[:] = [now]
         if ours:
-            started.append(fill)
+            held.started.append(fill)
         else:
             metrics.COLLAPSED.inc()
         return fill, ours, adopted.origin_ms if adopted is not None else None
@@ -379,12 +384,33 @@ class EdgeHandler:
         head: FillHead,
         meta: ObjectMeta | None,
         ours: bool,
+        expected: Expected,
     ) -> web.StreamResponse:
         """A miss's answer from its fill once the head has come (serving.from_fill)."""
         observe.trace(request).uncacheable = not head.shared
         status = of_fill(meta is not None)
         keyed = replace(req, entry_key=head.entry_key)
-        return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours)
+        return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours, expected)
+
+
+class _Held:
+    """What a request holds of the fills it reads (EdgeHandler._cached): those it started, and its place as the reader
+    of the one it reads until it reads it (proxy.expecting)."""
+
+    __slots__ = ("expected", "started")
+
+    def __init__(self) -> None:
+        self.started: list[Fill] = []
+        self.expected: list[Expected] = []
+
+    def let_go(self) -> None:
+        """The request has ended. A fill it started and then did not stream (another variant's answer,
+        stale-if-error, a pass-through) must not wait for it: a private one would hold its origin connection for
+        good."""
+        for fill in self.started:
+            fill.abandon()
+        for one in self.expected:
+            one.release()
 
 
 def _max_forwards_reached(request: web.BaseRequest, headers: Headers) -> web.Response | None:

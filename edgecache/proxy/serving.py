@@ -21,6 +21,7 @@ from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
 from edgecache.errors import ClientError, VersionChanged
 from edgecache.proxy import observe, reading
 from edgecache.proxy.engine import Engine
+from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Fill, FillHead, answered_from, fill_detail
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
@@ -213,23 +214,27 @@ async def serve_fill(
     head: FillHead,
     status: CacheStatus,
     ours: bool,
+    expected: Expected | None = None,
 ) -> web.StreamResponse:
-    """The answer from a fill whose head has come: read as it is stored when it is shared, else streamed."""
+    """The answer from a fill whose head has come: read as it is stored when it is shared, else streamed.
+    `expected`: the request, as the fill's reader until it reads (proxy.expecting)."""
     observe.mark(request, status)
     t = observe.trace(request)
     t.from_peer = head.peer is not None
     t.moved = t.from_peer and req.spread_from is None  # a look-aside at the previous owner, not a spread copy
     way = from_fill(head, fill, ours)
-    if way == "pass":
-        return await pass_through(request, engine.origin, req, status)
     meta, headers = fill_fields(head, ours, status, req.spread_from, req)
+    if way == "pass" or (way == "stored" and await _multipart_passes(engine, request, req, meta)):
+        if expected is not None:  # it asks the origin itself
+            expected.release()
+        return await pass_through(request, engine.origin, req, status)
     if way == "stored":
-        if await _multipart_passes(engine, request, req, meta):
-            return await pass_through(request, engine.origin, req, status)
         # Read from this miss's fill, wherever it has put the bytes by now: the origin's, as they are counted.
         read = lambda f, last: reading.read_range(engine, req, meta, f, last, fill)  # noqa: E731
         with engine.reading(req.entry_key):  # the fill runs while it is read (Engine.unread)
+            if expected is not None:
+                expected.release()
             return await send(request, req.headers, meta, headers, read)
     # Closed as soon as the answer ends, sent or not: a private fill then knows its one reader has left.
-    async with contextlib.aclosing(fill.stream()) as body:
+    async with contextlib.aclosing(fill.stream(expected)) as body:
         return await send_stream(request, meta.status, headers, body, head.end)

@@ -108,9 +108,11 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
     try:
         if cold.method == "HEAD":  # no body to wait for: the head goes at once (respond.send_stream)
             started.fill.abandon()
+            if started.expected is not None:
+                started.expected.release()
             _head(conn, plan, t)
         else:
-            async with contextlib.aclosing(started.fill.stream()) as body:
+            async with contextlib.aclosing(started.fill.stream(started.expected)) as body:
                 try:
                     first = await anext(body, None)
                 except OriginError as exc:  # nothing sent yet: answered as the full handler answers it
