@@ -2,9 +2,9 @@
 
 Between a request's join and its first read there are awaits (the fill's head, a lookup, a task to start, a hand-over
 to the full handler). A fill that counted only those reading ended, meanwhile, as if nobody would (Engine.unread: a
-copy with no validator is never completed by another fetch, so the request's answer was cut after its first slice).
-Each such request is counted from its join until it reads, or leaves: release(), or dropped with whatever of the
-request held it.
+copy with no validator is never completed by another fetch, so the request's answer was cut after its first slice),
+and let go of the first slices of a body of unknown length that request was to stream. Each such request is counted
+from its join until it reads, or leaves: release(), or dropped with whatever of the request held it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class Expected:
 
 
 class Expecting:
-    """A fill's requests still to read it; true while there is one. `wake`: the fill's, to tell its producer when
-    one goes."""
+    """A fill's requests still to read it; true while there is one. `wake`: the fill's, to tell its producer
+    (waiting for room a stream still to come held) when one goes."""
 
     __slots__ = ("_loop", "_refs", "_wake")
 

@@ -169,6 +169,7 @@ class Fill:
         self.background = False
         self.readers = 0  # read() and stream() iterations under way
         self.expecting = Expecting(self._wake)  # requests that joined it and are still to read it
+        self._open_ended = False  # the head gave no length: its readers stream it from its first byte
         self._stopped = False
         # Complete slices go to the store; not those of a body of unknown length past the engine's bound
         # (Engine.max_unknown): the fill then lets go of what every stream has read, and the slowest paces it.
@@ -184,6 +185,7 @@ class Fill:
     def set_head(self, head: FillHead) -> None:
         self._pos = self.start = self._read_pos = head.start
         self.backpressure = not head.shared
+        self._open_ended = head.end is None
         if not self.head.done():
             self.head.set_result(head)
 
@@ -299,14 +301,14 @@ class Fill:
         if self.backpressure:  # a private fill: what its one reader has read is needed no more
             old = [i for i in self._bufs if (i + 1) * self.slice_size <= self._read_pos]
         elif not self.kept:  # nothing more is stored: what every stream has read is needed no more, nor the stored
-            floor = min(self._streams.values(), default=self._pos)
+            floor = self._floor()
             read = {i for i in self._bufs if (i + 1) * self.slice_size <= floor}
             old = list(read | {i for i in self._durable if i < newest - self.window and i in self._bufs})
         else:  # stored slices behind a window kept for readers that lag a little
             self._widen(newest)
             old = [i for i in self._durable if i < newest - self.window and i in self._bufs]
             if self._unstored:  # and those the store refused once every stream has read them
-                floor = min(self._streams.values(), default=self._pos)
+                floor = self._floor()
                 behind = newest - self.window
                 old += [i for i in self._unstored if i < behind and (i + 1) * self.slice_size <= floor]
         for i in old:
@@ -315,13 +317,20 @@ class Fill:
             self._durable.discard(i)  # only slices still held are kept here, so each pass is short
             self._unstored.discard(i)
 
+    def _floor(self) -> int:
+        """Where the stream furthest behind is: a request still to read a body of unknown length (Expected) will
+        stream it from its first byte."""
+        if self._open_ended and self.expecting:
+            return self.start
+        return min(self._streams.values(), default=self._pos)
+
     def _widen(self, newest: int) -> None:
         """A body of unknown length is never fetched again by range: a slice it lets go before a stream has read it
         is read back from the store, and one the store no longer has cuts that stream. So while a stream is behind
         the window, the window grows a slice at a time, up to WINDOW, as far as fill memory has room now."""
         if self.grow is None:
             return
-        floor = min(self._streams.values(), default=self._pos)
+        floor = self._floor()
         while self.window < WINDOW and floor < (newest - self.window) * self.slice_size and self.grow():
             self.window += 1
             self.grown += self.slice_size
