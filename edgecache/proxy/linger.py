@@ -82,6 +82,7 @@ class _Lingering(asyncio.Protocol):
             transport.resume_reading()
         if transport.get_write_buffer_size():  # it may be paused already, and never say so again
             self.pause_writing()
+        self.unsent, self.moved = transport.get_write_buffer_size(), self.loop.time()  # what is left, since when
         self.timer = self.loop.call_later(pool.seconds, self._expired)
 
     def data_received(self, data: bytes) -> None:
@@ -102,10 +103,19 @@ class _Lingering(asyncio.Protocol):
             self.write_timer = None
 
     def _expired(self) -> None:
-        if self.transport.get_write_buffer_size():  # the answer is still going out: the time counts from its end
-            self.timer = self.loop.call_later(self.pool.seconds, self._expired)
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent:
+            self.transport.close()
             return
-        self.transport.close()
+        # The answer is still going out: the time counts from its end, while the client takes it. Under the low
+        # mark the transport is not paused, and says nothing more: a client that stopped there is timed here.
+        now = self.loop.time()
+        if unsent != self.unsent:
+            self.unsent, self.moved = unsent, now
+        elif now - self.moved >= self.pool.write_timeout:
+            self.transport.abort()
+            return
+        self.timer = self.loop.call_later(self.pool.seconds, self._expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.timer.cancel()

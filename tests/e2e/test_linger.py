@@ -15,6 +15,8 @@ import pytest
 import trustme
 
 from edgecache.config import Config, Listen
+from edgecache.proxy.fastpath import FastPath
+from edgecache.proxy.fastserver import FastServer
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.e2e.test_tls import issue
@@ -209,3 +211,43 @@ async def test_a_forwarded_answer_before_a_close_reaches_a_client_still_sending(
             assert got.endswith(b"\r\n\r\nowned elsewhere")
             assert got.count(b"HTTP/1.1 ") == 1
     assert origin.hits == {path: 1}
+
+
+def theirs(fast: FastServer, client: tuple[str, int]) -> list[FastPath]:
+    """The node's connections of the client at `client` (its socket's address)."""
+    return [c for c in fast.connections if c.transport and c.transport.get_extra_info("peername") == client]
+
+
+async def test_a_lingering_answer_its_client_stopped_taking_is_let_go(origin: Origin, tmp_path: Path) -> None:
+    """A client that took a Connection: close answer until less than the transport's low mark was left, then took
+    no more, held its lingering connection for ever: the transport had resumed (no pause, so no write timer) and
+    the time was counted again and again while bytes were left. It is let go after client_write_timeout."""
+    body = bytes(range(256)) * 8192  # 2 MiB
+    origin.put("/big", body)
+    config = replace(make_config(tmp_path / "c", [origin.url]), client_write_timeout=1.0)
+    async with start_edge(config) as edge:
+        fast = edge.fast
+        assert fast is not None
+        for _ in range(2):  # the answer below is a hit, written to the transport at once
+            assert (await edge.get("/big"))[2] == body
+        pool = fast.lingering
+        pool.seconds = 0.2
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", edge.port))
+            here = sock.getsockname()
+            await until(lambda: len(theirs(fast, here)) == 1)
+            (conn,) = theirs(fast, here)
+            assert conn.transport is not None
+            # The node's socket takes few bytes at a time, so the buffer's last takes can stop short of its end.
+            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await loop.sock_sendall(sock, f"GET /big HTTP/1.1\r\nHost: video.test\r\n{CLOSE}\r\n".encode())
+            await until(lambda: len(pool.lingering) == 1)
+            (lingering,) = pool.lingering
+            low = lingering.transport.get_write_buffer_limits()[0]
+            while not 0 < lingering.transport.get_write_buffer_size() < low:
+                assert await loop.sock_recv(sock, 1024)
+            await until(lambda: not pool.lingering, seconds=5)  # took nothing more for client_write_timeout
+    assert origin.hits == {"/big": 1}
