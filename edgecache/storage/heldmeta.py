@@ -98,20 +98,23 @@ class Held(Generic[V]):
 class KeyIndex:
     """The keys some tables hold, by their hash (epoch.key_hash): what another worker's replacement names is found
     without hashing every key held. A key the tables dropped since stays here until it is rebuilt, past four times
-    what they hold at most: a hash found is a key to drop if held, never more."""
+    what they hold at most, or past their budget's bytes more than it held when rebuilt (long keys: a count alone
+    let the keys the tables had dropped hold hundreds of MB): a hash found is a key to drop if held, never more."""
 
-    __slots__ = ("_by_hash", "_tables")
+    __slots__ = ("_by_hash", "_bytes", "_most", "_tables")
 
     def __init__(self, tables: tuple[Held[Any], ...]) -> None:
         self._tables = tables
         self._by_hash: dict[int, str] = {}
+        self._bytes = self._most = 0
         for table in tables:
             table.index = self
         self.rebuild()
 
     def add(self, key: str) -> None:
         self._by_hash[key_hash(key)] = key
-        if len(self._by_hash) > 4 * sum(t.entries for t in self._tables) + 1024:
+        self._bytes += ENTRY_BYTES + len(key)
+        if self._bytes > self._most or len(self._by_hash) > 4 * sum(t.entries for t in self._tables) + 1024:
             self.rebuild()
 
     def take(self, h: int) -> str | None:
@@ -119,3 +122,5 @@ class KeyIndex:
 
     def rebuild(self) -> None:
         self._by_hash = {key_hash(k): k for table in self._tables for k in table.held_keys()}
+        self._bytes = sum(ENTRY_BYTES + len(k) for k in self._by_hash.values())
+        self._most = self._bytes + max(t.budget.limit for t in self._tables)

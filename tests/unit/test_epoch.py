@@ -3,6 +3,7 @@ and never takes its own for another's."""
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 from edgecache.core.entry import ObjectMeta
@@ -112,7 +113,8 @@ async def test_a_worker_further_behind_than_the_ring_forgets_everything(tmp_path
     for i in range(RING // 2):
         w0.replaced(f"entry-{i}", f"primary-{i}")
     await w1.catch_up()
-    assert len(w1.forgot) == 1 and len(w1.forgot[0]) == RING  # type: ignore[arg-type]
+    assert len(w1.forgot) == 1
+    assert len(w1.forgot[0]) == RING  # type: ignore[arg-type]
     w0.replaced("one more", "past the ring")
     for i in range(RING // 2):
         w0.replaced(f"entry-{i}", f"primary-{i}")
@@ -141,6 +143,37 @@ async def test_a_store_forgets_the_replaced_objects_metadata_and_record_and_keep
         stores[0].replaced("entry-a", "primary-a")
         await stores[1].catch_up()
         assert (stores[1].peek_meta("entry-a"), stores[1].peek_meta("entry-b")) == (None, meta)
+    finally:
+        for tier in tiers:
+            tier.close()
+
+
+async def test_the_index_of_keys_held_is_bounded_by_the_tables_budget_too(tmp_path: Path) -> None:
+    """The index a replacement by another worker makes kept every key put since, long after the tables had
+    dropped it, until it held four times their count of entries (65,536 by default): with long keys (8 KB URLs)
+    hundreds of MB, past the byte budget the tables hold (storage.heldmeta). It is rebuilt by bytes too."""
+    epoch = Epoch(2)
+    tiers = [DiskTier(tmp_path / "disk", 64 * 2**20, threads=1) for _ in range(2)]
+    budget = 2**20
+    stores = [Store(MemoryTier(2**20), tier, meta_bytes=budget) for tier in tiers]
+    for i, store in enumerate(stores):
+        store.attach_epoch(epoch, i)
+    meta = ObjectMeta(200, (("ETag", '"v1"'),), 10, '"v1"', False, 1000.0, 1000.0, 2**20, (), "t1")
+    try:
+        stores[0].replaced("entry-a", "primary-a")
+        await stores[1].catch_up()  # the index is made
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(2000):  # 16 MB of keys
+                stores[1].remember_meta(f"entry-{i}-" + "x" * 8192, meta)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert held < 3 * budget
+        stores[0].replaced("entry-1999-" + "x" * 8192, "p")  # the newest is still found and forgotten
+        await stores[1].catch_up()
+        assert stores[1].peek_meta("entry-1999-" + "x" * 8192) is None
     finally:
         for tier in tiers:
             tier.close()
