@@ -28,7 +28,7 @@ from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
-from edgecache.proxy import badhead
+from edgecache.proxy import badhead, linger
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastserver import FastServer, FastSettings
 from edgecache.proxy.fillmemory import FillBudget
@@ -262,37 +262,41 @@ def make_server(node: Node) -> web.Server:
     )
 
 
-def connection_cap(c: Config) -> int:
+def connection_cap(c: Config) -> tuple[int, int, int]:
     """server.max_connections, or fewer when the worker's file descriptors would run out first: past them
     accept() fails and a client gets no answer at all instead of the 503, and every file the worker opens
     meanwhile fails too (a slice, the disks' probe, which then took the disk out of service until a reload).
-    Kept aside for the rest: the slice files open for disk hits, the origin pools, the pool to peers and a
-    margin (SQLite, logs, pipes), or half of what is left when the limit is too low for all that."""
+    Kept aside for the rest: the slice files open for disk hits, the origin pools, the pool to peers, the
+    connections lingering after their answers (proxy.linger: their places under the cap are let go) and a margin
+    (SQLite, logs, pipes), or half of what is left when the limit is too low for all that. With it, how many
+    may linger: after an answer, and after the 503 (at most a quarter and a sixteenth of what the cap leaves)."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return c.max_connections
+        return c.max_connections, linger.LIMIT, linger.FULL_LIMIT
     try:
         left = soft - len(os.listdir("/proc/self/fd"))
     except OSError:  # no /proc: not Linux
         left = soft
     reserve = OPEN_FILES + 2 * c.origin.max_connections + c.origin.body_connections + 256
+    reserve += linger.LIMIT + linger.FULL_LIMIT
     cap = max(left - reserve, left // 2, 1)
     if cap >= c.max_connections:
-        return c.max_connections
+        return c.max_connections, linger.LIMIT, linger.FULL_LIMIT
     log.warning(
         "server.max_connections %d lowered to %d: the file descriptor limit is %d", c.max_connections, cap, soft
     )
-    return cap
+    rest = max(left - cap, 0)
+    return cap, min(linger.LIMIT, rest // 4), min(linger.FULL_LIMIT, rest // 16)
 
 
 def make_fast(node: Node, server: web.Server) -> FastServer:
     """The protocol in front of aiohttp: fresh hits off the socket, everything else handed to `server`."""
     c = node.config
-    settings = FastSettings(
-        c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile", connection_cap(c)
-    )
+    cap, lingering, full = connection_cap(c)
+    settings = FastSettings(c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile", cap)
+    settings.lingering, settings.full_lingering = lingering, full
     settings.answers = c.fast_path  # off: a PROXY listener's connections go to aiohttp right after the header
     settings.memo_bytes = c.cache.memo_bytes
     return FastServer(node.shared, server, settings)

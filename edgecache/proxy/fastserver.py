@@ -40,6 +40,8 @@ class FastSettings:
     max_connections: int = 20_000  # open client connections per worker; past it, new ones get 503 and close
     answers: bool = True  # off (server.fast_path = false): a PROXY listener's connection is handed over at once
     memo_bytes: int = MEMO_BYTES  # what the decisions' memos hold together at most (config.CacheSettings.memo_bytes)
+    lingering: int = linger.LIMIT  # connections lingering after their answers at most (fewer: few descriptors)
+    full_lingering: int = linger.FULL_LIMIT  # and after the 503 past max_connections
 
 
 @dataclass(slots=True)
@@ -68,8 +70,9 @@ class FastServer:
 
     def __post_init__(self) -> None:
         self.decider = Decider(self.shared, self.date, self.settings.memo_bytes)
-        self.lingering = linger.Pool(linger.LIMIT, linger.SECONDS, self.settings.write_timeout)
-        self.full = linger.Pool(linger.FULL_LIMIT, linger.FULL_SECONDS, self.settings.write_timeout)
+        s = self.settings
+        self.lingering = linger.Pool(s.lingering, linger.SECONDS, s.write_timeout)
+        self.full = linger.Pool(s.full_lingering, linger.FULL_SECONDS, s.write_timeout)
 
     def peers(self) -> PeerPool:
         """Connections to the cluster's other nodes, for the requests this worker forwards (proxy.relay)."""

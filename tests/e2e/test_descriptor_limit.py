@@ -9,6 +9,7 @@ disk out of service (every object then fetched from origin) until a reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import aiohttp
@@ -54,3 +55,38 @@ async def test_connections_past_what_the_descriptors_allow_get_503(origin: Origi
             line for line in text.splitlines() if line.startswith("edgecache_disk_up") and line.endswith(" 0.0")
         ]
     assert origin.hits["/d.bin"] == 1
+
+
+CLOSE_WITH_MORE = b"GET /d.bin HTTP/1.1\r\nHost: any.host\r\nConnection: close\r\n\r\nGET /later HTTP/1.1\r\n"
+
+
+async def test_connections_lingering_after_their_answers_leave_descriptors_for_the_503(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A connection closed after its answer lingers (proxy.linger) with its descriptor but no longer its place
+    under the cap: 300 Connection: close requests that pipelined more, then the cap's connections, took every
+    descriptor (400 of 400), and a new client got nothing at all, as before the cap. The lingering ones are
+    bounded within what the descriptors leave beside the cap."""
+    origin.put("/d.bin", b"d" * 1000)
+    port = free_port()
+    args = ("serve", "--origin", origin.url, "--listen", f"127.0.0.1:{port}", "--cache-dir", str(tmp_path / "c"))
+    async with edge_process(*args, ready={b"edgecache listening on": 1}, files=FILES):
+        lingering = []
+        for _ in range(300):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(CLOSE_WITH_MORE)
+            lingering.append((reader, writer))
+        for reader, _ in lingering:  # the answer, or a reset past the lingering bound: its seat is let go
+            with contextlib.suppress(ConnectionResetError):
+                await reader.read(-1)
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(IDLE)]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            async with asyncio.timeout(10):
+                answer = await reader.read(-1)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n")
+        finally:
+            for _, w in held + lingering:
+                w.close()
+    assert origin.hits == {"/d.bin": 1}
