@@ -208,9 +208,7 @@ class FastPath(asyncio.Protocol):
             return
         complete = b"\r\n\r\n" in self.buf  # a head waits while the client is not taking our answers
         if self.eof and not complete:  # the client sent all it will, and every whole head has been answered
-            self.closing = True
-            self.transport.close()
-            return
+            return linger.close_idle(self)
         if not self.buf:
             self._arm("idle", self.server.settings.idle_timeout)
         elif not complete:
@@ -481,8 +479,7 @@ class FastPath(asyncio.Protocol):
             metrics.HEADER_TIMEOUTS.inc()
             self.transport.write(TIMEOUT_408)
             return linger.close(self)  # the rest of it may still come
-        self.closing = True
-        self.transport.close()
+        linger.close_idle(self)
 
     def _write_timed_out(self) -> None:
         self.write_timer = None

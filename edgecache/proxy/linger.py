@@ -16,6 +16,8 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING, cast
 
+from edgecache import metrics
+
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
 
@@ -67,6 +69,30 @@ def close(conn: FastPath, pool: Pool | None = None) -> None:
     transport = conn.transport
     if transport is not None and (pool or conn.server.lingering).close(transport):
         conn.connection_lost(None)
+
+
+def close_idle(conn: FastPath) -> None:
+    """Close a connection with nothing more to answer (idle past its time, or half-closed and answered). The last
+    answer's bytes may still be going out under the transport's low mark, where no pause is told and so none is
+    timed: a client that stopped taking them held the connection, and its place under max_connections, for ever,
+    the close waiting for them. They have write_timeout to move, each time."""
+    conn.closing = True
+    transport = conn.transport
+    if transport is None:
+        return
+    transport.close()
+    if unsent := transport.get_write_buffer_size():
+        seconds = conn.server.settings.write_timeout
+        conn.loop.call_later(seconds, _moving, transport, unsent, seconds)
+
+
+def _moving(transport: asyncio.Transport, before: int, seconds: float) -> None:
+    unsent = transport.get_write_buffer_size()  # 0 once it is out, or gone
+    if unsent == before:
+        metrics.SLOW_CLIENTS.inc()
+        transport.abort()
+    elif unsent:
+        asyncio.get_running_loop().call_later(seconds, _moving, transport, unsent, seconds)
 
 
 class _Lingering(asyncio.Protocol):

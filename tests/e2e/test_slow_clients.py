@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_config, start_edge
+from tests.e2e.test_linger import theirs, until
 from tests.origin import Origin
 from tests.samples import sample_value
 from tests.wire import fast_path_outcomes
@@ -255,3 +256,39 @@ async def _never_reading(port: int, heads: list[str]) -> list[asyncio.StreamWrit
         writer.write(head.encode())
         stalled.append(writer)
     return stalled
+
+
+async def test_a_client_that_stops_reading_near_the_end_of_an_answer_is_let_go(origin: Origin, tmp_path: Path) -> None:
+    """A keep-alive client that took an answer until less than the transport's low mark was left, then took no
+    more, held its connection and its place under max_connections for ever: the transport had resumed (no pause,
+    so no write timer), and the idle timeout's close waited for those bytes. It is cut after client_write_timeout."""
+    body = bytes(range(256)) * 8192  # 2 MiB, written to the transport at once: a hit held in memory
+    origin.put("/big", body)
+    config = replace(make_config(tmp_path / "c", [origin.url]), client_write_timeout=1.0, idle_timeout=0.5)
+    async with start_edge(config) as edge:
+        fast = edge.fast
+        assert fast is not None
+        for _ in range(2):
+            assert (await edge.get("/big"))[2] == body
+        before = slow_clients()
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", edge.port))
+            here = sock.getsockname()
+            await until(lambda: len(theirs(fast, here)) == 1)
+            (conn,) = theirs(fast, here)
+            transport = conn.transport
+            assert transport is not None
+            # The node's socket takes few bytes at a time, so the buffer's last takes can stop short of its end.
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: video.test\r\n\r\n")
+            low = transport.get_write_buffer_limits()[0]
+            await until(lambda: transport.get_write_buffer_size() > low)
+            while not 0 < transport.get_write_buffer_size() < low:
+                assert await loop.sock_recv(sock, 1024)
+            await until(lambda: not theirs(fast, here), seconds=5)  # idle, then took nothing for the write timeout
+            assert fast.open == 0  # its place is free again
+        assert slow_clients() == before + 1
+    assert origin.hits == {"/big": 1}
