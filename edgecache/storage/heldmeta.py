@@ -35,7 +35,7 @@ class Budget:
 class Held(Generic[V]):
     """An LRU table of at most `entries` entries (set by its owner) whose cost counts against `budget`."""
 
-    __slots__ = ("_cost", "_items", "budget", "entries", "index")
+    __slots__ = ("_cost", "_items", "budget", "entries", "get", "index", "touch")
 
     def __init__(self, budget: Budget, entries: int, cost: Callable[[V], int]) -> None:
         self.budget = budget
@@ -43,21 +43,20 @@ class Held(Generic[V]):
         self._cost = cost
         self._items: OrderedDict[str, V] = OrderedDict()
         self.index: KeyIndex | None = None  # with other workers: the keys by hash, for their replacements
+        # Asked on every hit (Hit.same_basis, Store.touch_meta): the table's own methods, with no frame of ours
+        # around them (methods here cost a hit 0.3 µs more than the plain OrderedDict before it). touch() raises
+        # KeyError for a key not held, as move_to_end does.
+        self.get: Callable[[str], V | None] = self._items.get
+        self.touch: Callable[[str], None] = self._items.move_to_end
 
     def _size(self, key: str, value: V) -> int:
         return ENTRY_BYTES + len(key) + self._cost(value)
-
-    def get(self, key: str) -> V | None:
-        return self._items.get(key)
 
     def __contains__(self, key: object) -> bool:
         return key in self._items
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def touch(self, key: str) -> None:
-        self._items.move_to_end(key)
 
     def put(self, key: str, value: V) -> None:
         self.pop(key)

@@ -114,10 +114,15 @@ class Store(Purging, Leases, Tiers):
 
     def touch_meta(self, key: str, primary: str) -> None:
         """A hit served without get_meta() still counts as recent use of its metadata and primary record."""
-        if key in self._meta:
+        # try, not contextlib.suppress (a context manager a hit) nor a membership test first (a second call)
+        try:  # noqa: SIM105
             self._meta.touch(key)
-        if primary in self._records:
+        except KeyError:  # not held (forgotten meanwhile): nothing to count
+            pass
+        try:  # noqa: SIM105
             self._records.touch(primary)
+        except KeyError:
+            pass
 
     def remember_meta(self, key: str, meta: ObjectMeta) -> None:
         """Make `meta` visible to this process at once; put_meta() then persists it."""
