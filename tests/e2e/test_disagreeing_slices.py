@@ -9,6 +9,7 @@ import os
 import re
 from collections.abc import Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -51,12 +52,18 @@ async def test_slices_that_disagree_switch_the_object_to_whole_fills(edge: Edge,
     status, _, body = await edge.get("/d.bin", Range="bytes=0-10")
     assert (status, body) == (206, data[:11])
     # The first whole request meets the disagreement at slice 1. Both paths read a fetched slice's first bytes
-    # before they send the head (the full handler sent slice 0 first, and cut the answer there), so it starts again,
-    # whole
+    # before they send the head, so it starts again, whole; where the slice's fill was already under way when the
+    # head went out, the answer is cut after the stored bytes (never mixed), and the next request fetches it whole.
+    got, cut = b"", False
     async with edge.session.get(edge.url + "/d.bin", headers={"Host": "video.test"}) as r:
         assert r.status == 200
-        assert await r.read() == data
-    hits = origin.hits["/d.bin"] - 1
+        try:
+            async for piece in r.content.iter_any():
+                got += piece
+        except aiohttp.ClientPayloadError:
+            cut = True
+    assert got == data if not cut else (0 < len(got) < len(data) and got == data[: len(got)])
+    hits = origin.hits["/d.bin"] - (0 if cut else 1)
     for _ in range(2):
         status, _, body = await edge.get("/d.bin")
         assert (status, len(body), body == data) == (200, len(data), True)
