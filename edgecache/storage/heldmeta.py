@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from edgecache.storage.epoch import key_hash
 
@@ -42,7 +42,9 @@ class Held(Generic[V]):
         self.entries = entries
         self._cost = cost
         self._items: OrderedDict[str, V] = OrderedDict()
-        self.index: KeyIndex | None = None  # with other workers: the keys by hash, for their replacements
+        # With other workers (index_keys): its keys by their hash (epoch.key_hash), kept exactly as the table is,
+        # so what another worker's replacement names is found without hashing every key held.
+        self.index: dict[int, str] | None = None
         # Asked on every hit (Hit.same_basis, Store.touch_meta): the table's own methods, with no frame of ours
         # around them (methods here cost a hit 0.3 µs more than the plain OrderedDict before it). touch() raises
         # KeyError for a key not held, as move_to_end does.
@@ -62,64 +64,48 @@ class Held(Generic[V]):
         self.pop(key)
         self._items[key] = value
         if self.index is not None:
-            self.index.add(key)
+            self.index[key_hash(key)] = key
         self.budget.held += self._size(key, value)
         self.trim()
 
     def pop(self, key: str) -> V | None:
         value = self._items.pop(key, None)
         if value is not None:
-            self.budget.held -= self._size(key, value)
+            self._gone(key, value)
         return value
+
+    def _gone(self, key: str, value: V) -> None:
+        self.budget.held -= self._size(key, value)
+        if self.index is not None:
+            self.index.pop(key_hash(key), None)
+
+    def index_keys(self) -> None:
+        """Keep the index of its keys from now on (made of what it holds now)."""
+        if self.index is None:
+            self.index = {key_hash(k): k for k in self._items}
+
+    def pop_hashed(self, h: int) -> None:
+        """Drop the entry whose key has hash `h` (index_keys), if held."""
+        key = self.index.get(h) if self.index is not None else None
+        if key is not None:
+            self.pop(key)
 
     def trim(self) -> None:
         """Drop the oldest entries past the count, or while the tables are past their budget (the newest stays)."""
         items = self._items
         while len(items) > self.entries or (self.budget.held > self.budget.limit and len(items) > 1):
             key, value = items.popitem(last=False)
-            self.budget.held -= self._size(key, value)
+            self._gone(key, value)
 
     def clear(self) -> None:
         for key, value in self._items.items():
             self.budget.held -= self._size(key, value)
         self._items.clear()
-
-    def held_keys(self) -> list[str]:
-        return list(self._items)
+        if self.index is not None:
+            self.index.clear()
 
     def items(self) -> list[tuple[str, V]]:
         return list(self._items.items())
 
     def values(self) -> list[V]:
         return list(self._items.values())
-
-
-class KeyIndex:
-    """The keys some tables hold, by their hash (epoch.key_hash): what another worker's replacement names is found
-    without hashing every key held. A key the tables dropped since stays here until it is rebuilt, past four times
-    what they hold at most, or past their budget's bytes more than it held when rebuilt (long keys: a count alone
-    let the keys the tables had dropped hold hundreds of MB): a hash found is a key to drop if held, never more."""
-
-    __slots__ = ("_by_hash", "_bytes", "_most", "_tables")
-
-    def __init__(self, tables: tuple[Held[Any], ...]) -> None:
-        self._tables = tables
-        self._by_hash: dict[int, str] = {}
-        self._bytes = self._most = 0
-        for table in tables:
-            table.index = self
-        self.rebuild()
-
-    def add(self, key: str) -> None:
-        self._by_hash[key_hash(key)] = key
-        self._bytes += ENTRY_BYTES + len(key)
-        if self._bytes > self._most or len(self._by_hash) > 4 * sum(t.entries for t in self._tables) + 1024:
-            self.rebuild()
-
-    def take(self, h: int) -> str | None:
-        return self._by_hash.pop(h, None)
-
-    def rebuild(self) -> None:
-        self._by_hash = {key_hash(k): k for table in self._tables for k in table.held_keys()}
-        self._bytes = sum(ENTRY_BYTES + len(k) for k in self._by_hash.values())
-        self._most = self._bytes + max(t.budget.limit for t in self._tables)

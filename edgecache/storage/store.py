@@ -24,7 +24,7 @@ from edgecache.errors import StorageError
 from edgecache.storage import placed
 from edgecache.storage.disk import lease_name
 from edgecache.storage.disks import DiskFull, Disks, OutOfService
-from edgecache.storage.heldmeta import Budget, Held, KeyIndex
+from edgecache.storage.heldmeta import Budget, Held
 from edgecache.storage.leases import PEER_POLL, Leases
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.purging import Purging, not_kept
@@ -83,7 +83,6 @@ class Store(Purging, Leases, Tiers):
         self._written: Held[tuple[int, float]] = Held(self.held, meta_entries, lambda _: 0)
         self._deleting: Counter[str] = Counter()  # entry keys whose metadata is being deleted from the disk tier
         self._records: Held[PrimaryRecord] = Held(self.held, meta_entries, _record_cost)
-        self._index: KeyIndex | None = None  # made by the first replacement another worker tells of
         self._writing: dict[str, bytes] = {}  # slices being written to disk, by name
         self._meta_entries = meta_entries  # lowered by the RSS bound under pressure (set_meta_entries)
         self._files: OrderedDict[str, SliceFile] = OrderedDict()
@@ -212,13 +211,10 @@ class Store(Purging, Leases, Tiers):
         self._written.clear()
 
     def _forget_keys(self, hashes: list[int]) -> None:
-        if self._index is None:
-            self._index = KeyIndex((self._meta, self._records, self._written))
-        for h in hashes:
-            key = self._index.take(h)
-            if key is not None:
-                for table in (self._meta, self._records, self._written):
-                    table.pop(key)
+        for table in (self._meta, self._records, self._written):
+            table.index_keys()  # from the first replacement another worker tells of
+            for h in hashes:
+                table.pop_hashed(h)
 
     async def drop_version(self, entry_key: str, meta: ObjectMeta) -> None:
         """Delete the entry if it still is `meta`'s version: one whose slice came back as another version. The fill

@@ -151,7 +151,7 @@ async def test_a_store_forgets_the_replaced_objects_metadata_and_record_and_keep
 async def test_the_index_of_keys_held_is_bounded_by_the_tables_budget_too(tmp_path: Path) -> None:
     """The index a replacement by another worker makes kept every key put since, long after the tables had
     dropped it, until it held four times their count of entries (65,536 by default): with long keys (8 KB URLs)
-    hundreds of MB, past the byte budget the tables hold (storage.heldmeta). It is rebuilt by bytes too."""
+    hundreds of MB, past the byte budget the tables hold (storage.heldmeta). It holds the tables' keys alone now."""
     epoch = Epoch(2)
     tiers = [DiskTier(tmp_path / "disk", 64 * 2**20, threads=1) for _ in range(2)]
     budget = 2**20
