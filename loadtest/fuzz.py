@@ -17,6 +17,10 @@ digests, PrimaryRecord) 60,000; httpdate 100,000; route 80,000; conditional 60,0
 hls 80,000; dash 40,000; config-toml (real files through config.load) 40,000; config-dict (config.build) 60,000;
 heads 100,000.
 
+The `e2e` target (loadtest/fuzz_e2e.py, its own options: `python -m loadtest.fuzz --target e2e --seconds 30`) runs
+a real node in front of a real origin whose objects keep changing, and checks every answer against the versions
+the origin served; see its docstring and loadtest/README.md.
+
 The `heads` target (loadtest/fuzz_heads.py, issue 13) is differential and not in-process: each request head goes
 over loopback to two real edges in a child process, one answering hits on its fast path and one with the fast
 path off, and the statuses they give must be the same. `python -m loadtest.fuzz --target heads` (seed 1,
@@ -73,7 +77,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from loadtest import fuzz_targets
+from loadtest import fuzz_e2e, fuzz_targets
 from loadtest.fuzz_targets import LAST, TARGETS, Args, Target, Violation
 from loadtest.fuzzgen import G
 
@@ -279,6 +283,10 @@ def print_report(reports: list[Report], wall: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if "--target" in args and args[args.index("--target") + 1 :][:1] == ["e2e"]:  # a node and an origin: own options
+        at = args.index("--target")
+        return fuzz_e2e.main(args[:at] + args[at + 2 :])
     parser = argparse.ArgumentParser(prog="python -m loadtest.fuzz", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--inputs", type=int, help="inputs in total, shared in the default proportions")
     parser.add_argument("--seed", type=int, default=1)
