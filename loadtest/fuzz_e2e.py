@@ -107,7 +107,7 @@ class Run:
             return
         keys = ("content-range", "content-length", "etag", "cache-status")
         got = f"{answer.status} { ({k: answer.headers.get(k) for k in keys}) }" if answer else "no answer"
-        history = "\n      ".join(self.origin.events[ask.path][-8:])
+        history = "\n      ".join(self.origin.events[ask.path][-16:])
         self.examples[sig] = (
             f"    {ask.method} {ask.path} {ask.headers}\n    -> {got}\n    {why}\n    history (s, newest last):\n"
             f"      {history}"
@@ -198,6 +198,7 @@ def node_config(directory: Path, mode: str, origin: str, port: int, admin: int) 
 class NodeLog:
     errors: list[str] = field(default_factory=list)
     lines: int = 0
+    keep: list[str] | None = None  # every line, for --node-log
 
 
 async def drain_log(stream: asyncio.StreamReader, log: NodeLog, ready: asyncio.Event, workers: int) -> None:
@@ -206,6 +207,8 @@ async def drain_log(stream: asyncio.StreamReader, log: NodeLog, ready: asyncio.E
     while line := await stream.readline():
         log.lines += 1
         text = line.decode(errors="replace").rstrip()
+        if log.keep is not None:
+            log.keep.append(text)
         listening += "edgecache listening on" in text
         admin += "admin listening on" in text
         if listening >= workers and admin:
@@ -236,14 +239,14 @@ async def node(cfg: Path, workers: int, log: NodeLog) -> AsyncIterator[None]:
         await reader
 
 
-async def run_mode(mode: str, index: int, opts: argparse.Namespace) -> Run:
+async def run_mode(mode: str, index: int, opts: argparse.Namespace) -> tuple[Run, list[str] | None]:
     origin = ModelOrigin(opts.seed * 1000 + index)
     rng = random.Random(opts.seed * 1000 + index)
     for path in PATHS:
         origin.mutate(path, rng)
     await origin.start()
     port, admin = 23400 + 2 * index, 23401 + 2 * index
-    log = NodeLog()
+    log = NodeLog(keep=[] if opts.node_log else None)
     try:
         with tempfile.TemporaryDirectory(prefix="edgecache-fuzz-e2e-") as tmp:
             cfg = node_config(Path(tmp), mode, f"http://127.0.0.1:{origin.port}", port, admin)
@@ -260,7 +263,7 @@ async def run_mode(mode: str, index: int, opts: argparse.Namespace) -> Run:
     run.counts["log lines"] = log.lines
     for line in log.errors:
         run.signatures[("node log", re.sub(r"\d+", "N", line)[:120])] += 1
-    return run
+    return run, log.keep
 
 
 def report(mode: str, run: Run) -> int:
@@ -282,12 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=50_000, help="at most, per mode (default 50,000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--node-log", help="write each mode's node log to NODE_LOG.MODE")
     opts = parser.parse_args(argv)
     bad = 0
     for mode in opts.modes.split(","):
         if mode not in MODES:
             raise SystemExit(f"no mode {mode!r}; choose from: {', '.join(MODES)}")
-        run = asyncio.run(run_mode(mode, list(MODES).index(mode), opts))
+        run, kept = asyncio.run(run_mode(mode, list(MODES).index(mode), opts))
+        if kept is not None:
+            Path(f"{opts.node_log}.{mode}").write_text("\n".join(kept) + "\n")
         bad += report(mode, run)
     print(f"\n{bad:,} bad answers (wrong bytes or heads, 5xx, cut, hung, unexpected)")
     return 1 if bad else 0

@@ -21,6 +21,7 @@ ENCODINGS = (None, "gzip", "br")
 CONTROLS = ("public, max-age=3600", "max-age=1", "max-age=0", "no-cache", "s-maxage=2", "", "no-store", "private")
 LENGTHS = (0, 1, 100, SLICE - 1, SLICE, SLICE + 1, 2 * SLICE, 3 * SLICE + 17)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_TOLD = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "Accept-Encoding")
 _CRANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
@@ -128,19 +129,22 @@ class ModelOrigin:
         tag = (request.headers.get("Accept-Encoding") or "").lower() if v.vary else None
         data = self.body(path, v, tag)
         headers = self._headers(v)
+        asked = {k: request.headers[k] for k in _TOLD if k in request.headers}
         if not_modified(request.headers, v):
+            self.note(path, f"  origin: 304 v{v.n} to {asked}")
             return web.Response(status=304, headers={k: x for k, x in headers.items() if k != "Content-Type"})
         status, first, last = 200, 0, len(data) - 1
         rng = request.headers.get("Range")
         if rng and v.ranges and "," not in rng and if_range_holds(request.headers.get("If-Range"), v):
             got = resolve(rng, len(data))
             if got is None and _RANGE.match(rng):
+                self.note(path, f"  origin: 416 v{v.n} to {asked}")
                 return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{len(data)}"})
             if got is not None:
                 status, (first, last) = 206, got
                 headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
-        resp = web.Response(status=status, headers=headers, body=data[first : last + 1])
-        return resp
+        self.note(path, f"  origin: {status} v{v.n} {first}-{last}/{len(data)} to {asked}")
+        return web.Response(status=status, headers=headers, body=data[first : last + 1])
 
 
 def not_modified(headers: object, v: Version) -> bool:
