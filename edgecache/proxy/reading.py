@@ -127,7 +127,8 @@ async def _disagreed(engine: Engine, req: FillRequest, meta: ObjectMeta, fill: F
     weak in one answer and strong in another. Such a copy is never completed by ranges: it is replaced by an empty
     one of the same version (a new token: nothing of the old is read for it) that is fetched whole from now on, so
     that the next answer is whole and exact, not cut at the same slice for good. A real new version is no such
-    thing: the fill has stored it, and the next request reads it."""
+    thing: the fill has stored it, and the next request reads it (VersionChanged is raised when another copy was
+    stored while this one's slice was fetched: the request starts again with it)."""
     if meta.whole:
         return False
     head = fill.head
@@ -138,7 +139,10 @@ async def _disagreed(engine: Engine, req: FillRequest, meta: ObjectMeta, fill: F
     current = engine.store.peek_meta(req.entry_key)
     ours = {meta.slice_version} | ({brought.meta.slice_version} if brought is not None else set())
     if current is not None and current.slice_version not in ours:
-        return False  # another copy was stored meanwhile: the request starts again with that one
+        # Another copy was stored meanwhile: the request starts again with that one. A 416 (or a shifted 206) to
+        # this copy's range is what the origin says of that new copy, no failure of the origin's: raised as it
+        # came, it answered 502 (a fill of slice 1 of a copy while a revalidation stored the shrunken one).
+        raise VersionChanged(f"{meta.slice_version} was replaced while its slice was fetched ({exc})") from exc
     log.warning("%s: the origin's answers to its ranges disagree (%s): fetched whole from now on", req.entry_key, exc)
     whole = replace(meta, whole=True, token=new_token())
     engine.store.remember_meta(req.entry_key, whole)

@@ -4,6 +4,7 @@ not answered 502 either: the old entry is dropped and the request is served as a
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from dataclasses import replace
@@ -11,6 +12,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Obj, Origin
@@ -185,3 +187,39 @@ async def test_a_stale_copy_whose_origin_now_has_an_empty_object_is_replaced_not
     asked = [(s.headers.get("Range"), s.headers.get("If-None-Match")) for s in origin.seen if s.path == "/empty.bin"]
     assert asked[:3] == [("bytes=0-1048575", None), ("bytes=0-1048575", '"v1"'), (None, None)]
     assert [inm for _, inm in asked[3:]] == ['"v2"']  # the empty copy revalidated: a 304
+
+
+@pytest.mark.parametrize("edge", ["fast", "framework"], indirect=True)
+async def test_a_416_to_a_slice_of_a_copy_replaced_meanwhile_starts_the_request_again(
+    edge: Edge, origin: Origin
+) -> None:
+    """A fresh copy holds slice 0 of v1 (3 slices); a Range in slice 1 is at the origin when the object shrinks to
+    less than a slice and a no-cache request stores the new copy. Slice 1's answer is a 416 (bytes */N), which
+    tells of that new copy, not of a failing origin: the request answered 502 '416 to the range a fill asked
+    for' (reading._disagreed saw another copy stored and raised the 416 as it came). It starts again with the
+    stored copy now, and answers its 416 without asking the origin again. Found by python -m loadtest.fuzz
+    --target e2e."""
+    v1, v2 = V1[: 2 * MiB + 207], V2[: MiB - 1]
+    origin.put("/shrunk.bin", v1, etag=None)  # Last-Modified only: each answer is checked against the stored copy
+    status, _, body = await edge.get("/shrunk.bin", Range="bytes=0-99")
+    assert (status, body) == (206, v1[:100])
+    await edge.node.engine.flush()
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_slice_1(request: web.BaseRequest, obj: Obj | None) -> Obj:
+        if request.headers.get("Range", "").startswith(f"bytes={MiB}-") and not held.is_set():
+            held.set()
+            await release.wait()
+        return origin.objects["/shrunk.bin"]  # what the origin has when it answers
+
+    origin.on_request = hold_slice_1
+    ranged = asyncio.ensure_future(edge.get("/shrunk.bin", Range=f"bytes={MiB}-{MiB + 99}"))
+    await asyncio.wait_for(held.wait(), 10)
+    origin.put("/shrunk.bin", v2, etag=None, last_modified="Sun, 02 Nov 2025 00:00:00 GMT")
+    status, _, body = await edge.get("/shrunk.bin", Range="bytes=0-99", **{"Cache-Control": "no-cache"})
+    assert (status, body) == (206, v2[:100])  # the new copy, stored
+    await edge.node.engine.flush()
+    release.set()
+    status, headers, body = await ranged
+    assert (status, headers["Content-Range"]) == (416, f"bytes */{len(v2)}")
+    assert origin.range_hits("/shrunk.bin") == ["bytes=0-1048575", "bytes=1048576-2097151", "bytes=0-1048575"]
