@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from edgecache.core.keepalive import KeepAlive
+from edgecache.proxy import encode
 from tests.samples import sample_value
 
 
@@ -30,3 +32,10 @@ async def exchange(port: int, data: bytes, source: str = "127.0.0.1", seconds: f
 def fast_path_outcomes() -> dict[str, float]:
     names = ("answered", "handed_off", "taken_back", "forwarded")
     return {n: sample_value("edgecache_fast_path_total", {"outcome": n}) or 0.0 for n in names}
+
+
+def own_error(answer: bytes, status: int, reason: str) -> bytes:
+    """The node's own error answer of `status` and `reason` before a close, as proxy.encode.error writes every one,
+    with the Date `answer` has (b"" when it has none, so the comparison fails)."""
+    date = next((line[6:] for line in answer.split(b"\r\n\r\n")[0].split(b"\r\n") if line.startswith(b"Date: ")), b"")
+    return encode.error(status, reason, date, KeepAlive.CLOSE)

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, cast
 from edgecache import metrics
 from edgecache.core import clientaddr, proxyproto
 from edgecache.core.freshness import Use
+from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import coldmiss, diskhit, linger, multipart, observe, passing, refuse, relay
+from edgecache.proxy import coldmiss, diskhit, encode, linger, multipart, observe, passing, refuse, relay
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
@@ -184,11 +185,9 @@ class FastPath(asyncio.Protocol):
         return True
 
     def _refuse(self, reason: str) -> bool:
-        body = f"{reason}\n".encode()
-        head = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
         self.buf = b""
-        if self.transport is not None:
-            self.transport.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        if self.transport is not None:  # no request was read: no version to answer in but HTTP/1.1, closing
+            self.transport.write(encode.error(400, reason, self.server.date(), KeepAlive.CLOSE))
         linger.close(self)
         return False
 

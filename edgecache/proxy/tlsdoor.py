@@ -23,7 +23,8 @@ import ssl
 from typing import TYPE_CHECKING, cast
 
 from edgecache import metrics
-from edgecache.proxy import diskhit, linger
+from edgecache.core.keepalive import KeepAlive
+from edgecache.proxy import diskhit, encode
 from edgecache.proxy.fastpath import MAX_HEAD as MAX_UNREAD
 from edgecache.proxy.fastpath import FastPath
 
@@ -87,7 +88,7 @@ class TLSDoor(asyncio.Protocol):
                 sock.close()
                 raise
             if first not in _TLS:  # plain HTTP (or nothing): answered as nginx does, or closed
-                return await _plain(sock, first, self.server.lingering)
+                return await _plain(sock, first, self.server)
             await loop.connect_accepted_socket(
                 lambda: _Seated(self.server, self),
                 sock,
@@ -116,10 +117,7 @@ class TLSDoor(asyncio.Protocol):
 
 # A TLS record starts with its type, a handshake (0x16); an SSLv2-style ClientHello with a byte of the high bit set.
 _TLS = frozenset(bytes([b]) for b in (0x16, *range(0x80, 0x100)))
-_PLAIN_400 = (
-    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 46\r\n\r\n"
-    b"the plain HTTP request was sent to HTTPS port\n"
-)
+PLAIN_ON_TLS = "the plain HTTP request was sent to HTTPS port"  # nginx's reason
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
@@ -142,7 +140,7 @@ def _wake(readable: asyncio.Future[None]) -> None:
         readable.set_result(None)
 
 
-async def _plain(sock: socket.socket, first: bytes, lingering: linger.Pool) -> None:
+async def _plain(sock: socket.socket, first: bytes, server: FastServer) -> None:
     """A connection that did not start with TLS: a client's plain HTTP gets 400 saying so (nginx's answer), and the
     connection lingers (closed with what it sent unread, the socket would reset the connection, the answer lost)."""
     if not first:
@@ -151,8 +149,8 @@ async def _plain(sock: socket.socket, first: bytes, lingering: linger.Pool) -> N
     try:
         with contextlib.suppress(BlockingIOError):
             sock.recv(MAX_UNREAD)  # what came already, should lingering be full
-        sock.send(_PLAIN_400)
+        sock.send(encode.error(400, PLAIN_ON_TLS, server.date(), KeepAlive.CLOSE))
     except OSError:
         sock.close()
         return
-    await lingering.close_socket(sock)
+    await server.lingering.close_socket(sock)

@@ -18,9 +18,11 @@ import pytest
 from edgecache.config import Config, load
 from edgecache.core.proxyproto import V2_SIGNATURE
 from edgecache.server import reload
+from tests import wire
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
 from tests.samples import sample_value
+from tests.wire import own_error
 
 BODY = b"only for 203.0.113.0/24\n" * 40
 GET = b"GET /obj HTTP/1.1\r\nHost: video.test\r\nConnection: close\r\n\r\n"
@@ -157,6 +159,9 @@ async def test_a_header_from_an_address_not_allowed_to_send_one_is_refused(
     async with start_edge(cfg) as edge:
         refused = b"this address may not send a PROXY protocol header\n"
         assert await exchange(edge.port, v1("203.0.113.7") + GET) == (400, refused)
+        # Written as every answer of the node's own is (proxy.encode.error): Cache-Status, Date, Server and all.
+        answer = await wire.exchange(edge.port, v1("203.0.113.7") + GET)
+        assert answer == own_error(answer, 400, refused[:-1].decode())
     async with start_edge(replace(cfg, proxy_protocol_from=(ip_network("127.0.0.0/8"),))) as edge:
         assert await exchange(edge.port, v1("203.0.113.7") + GET) == (200, BODY)
     assert origin.hits["/obj"] == 1

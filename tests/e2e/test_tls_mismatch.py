@@ -14,6 +14,7 @@ from edgecache.config import Listen
 from tests.conftest import make_config, start_edge
 from tests.e2e.test_tls import BODY, client_hello, fetch, issue
 from tests.origin import Origin
+from tests.wire import own_error
 
 REFUSED_TLS = b"Received HTTPS traffic on an HTTP port"  # aiohttp's reason
 
@@ -57,10 +58,7 @@ async def test_plain_http_sent_to_the_https_port_is_answered_400(origin: Origin,
     async with start_edge(config) as edge:
         for _ in range(2):
             answer = await exchange(edge.ports[1], b"GET /v.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
-            assert answer == (
-                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 46\r\n"
-                b"\r\nthe plain HTTP request was sent to HTTPS port\n"
-            )
+            assert answer == own_error(answer, 400, "the plain HTTP request was sent to HTTPS port")
             assert edge.fast is None or (edge.fast.open, edge.fast.handshaking) == (0, set())  # its seat let go
             assert (await fetch(edge.ports[1], ca, "video.test", "video.test", "/v.bin")).endswith(BODY)
     assert origin.hits["/v.bin"] == 1
