@@ -295,10 +295,17 @@ def make_fast(node: Node, server: web.Server) -> FastServer:
     """The protocol in front of aiohttp: fresh hits off the socket, everything else handed to `server`."""
     c = node.config
     cap, lingering, full = connection_cap(c)
-    settings = FastSettings(c.header_timeout, c.idle_timeout, c.client_write_timeout, c.disk_send == "sendfile", cap)
-    settings.lingering, settings.full_lingering = lingering, full
-    settings.answers = c.fast_path  # off: a PROXY listener's connections go to aiohttp right after the header
-    settings.memo_bytes = c.cache.memo_bytes
+    settings = FastSettings(
+        header_timeout=c.header_timeout,
+        idle_timeout=c.idle_timeout,
+        write_timeout=c.client_write_timeout,
+        sendfile=c.disk_send == "sendfile",
+        max_connections=cap,
+        answers=c.fast_path,  # off: a PROXY listener's connections go to aiohttp right after the header
+        memo_bytes=c.cache.memo_bytes,
+        lingering=lingering,
+        full_lingering=full,
+    )
     return FastServer(node.shared, server, settings)
 
 

@@ -31,8 +31,10 @@ PROMOTE_SECONDS = 0.02  # at most one disk hit offered to the memory tier per th
 _BUFFERS_KEPT = 8
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class FastSettings:
+    """Read once, when the FastServer is built (its lingering pools are sized from it): a restart changes them."""
+
     header_timeout: float = 10.0
     idle_timeout: float = 75.0
     write_timeout: float = 60.0

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import socket
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import trustme
 from edgecache.config import Config, Listen
 from edgecache.proxy.fastpath import FastPath
 from edgecache.proxy.fastserver import FastServer
+from edgecache.server import connection_cap, make_fast, make_server, open_node
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.e2e.test_tls import issue
@@ -249,3 +252,29 @@ async def test_a_lingering_answer_its_client_stopped_taking_is_let_go(origin: Or
                 assert await loop.sock_recv(sock, 1024)
             await until(lambda: not pool.lingering, seconds=5)  # took nothing more for client_write_timeout
     assert origin.hits == {"/big": 1}
+
+
+async def test_the_lingering_sizes_are_made_with_the_fast_paths_settings(origin: Origin, tmp_path: Path) -> None:
+    """The lingering pools' sizes, lowered with max_connections when the descriptors are few (server.connection_cap),
+    were set on FastSettings after it was built: settings that could change after the pools were sized from them.
+    They are made in one call now, frozen, and the pools have them."""
+    config = replace(make_config(tmp_path / "c", [origin.url]), header_timeout=7.0, idle_timeout=9.0, fast_path=False)
+    async with open_node(config) as node:
+        server = make_server(node)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Descriptors for about 1,700 more: max_connections and both pools lowered (here, not in the node's own files).
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 1700, hard))
+        try:
+            cap = connection_cap(config)
+            fast = make_fast(node, server)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    s = fast.settings
+    assert (s.header_timeout, s.idle_timeout, s.answers, s.memo_bytes) == (7.0, 9.0, False, config.cache.memo_bytes)
+    assert (s.max_connections, s.lingering, s.full_lingering) == cap
+    assert cap[0] < config.max_connections
+    assert cap[1] < 512
+    assert (fast.lingering.limit, fast.full.limit) == (s.lingering, s.full_lingering)
+    with pytest.raises(FrozenInstanceError):
+        s.lingering = 512  # type: ignore[misc]
+    assert origin.hits == {}
