@@ -8,7 +8,6 @@ import gc
 import logging
 import os
 import signal
-import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from typing import cast
 import aiohttp
 from aiohttp import web
 
-from edgecache import readoff
+from edgecache import readoff, tls
 from edgecache.accesslog import AccessLog
 from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
@@ -195,7 +194,6 @@ async def reload(node: Node) -> bool:
 
 
 async def _reload(node: Node) -> bool:
-    from edgecache import config as cfg
     from edgecache.errors import ConfigError
 
     await node.store.revive(node.config.cache.all_disks)  # disks out of service whose directory works again
@@ -205,12 +203,12 @@ async def _reload(node: Node) -> bool:
         return False
     # In a thread of its own, given up in time: a FIFO or a stalled mount held the reload lock (and an executor thread,
     # which the worker's exit then waited for) until the read returned (edgecache.readoff).
-    future = readoff.start(partial(cfg.load, path))
+    future = readoff.start(partial(tls.reread, path, node.certificates is not None))
     if future is None:
         log.error("reload rejected, keeping the running config: %s: earlier reads of it have not returned", path)
         return False
     try:
-        new = await asyncio.wait_for(asyncio.wrap_future(future), readoff.READ_SECONDS)
+        new, contexts = await asyncio.wait_for(asyncio.wrap_future(future), readoff.READ_SECONDS)
     except TimeoutError:
         log.error(
             "reload rejected, keeping the running config: %s: reading it did not end within %g s",
@@ -225,12 +223,8 @@ async def _reload(node: Node) -> bool:
     for name in RESTART_ONLY:
         if getattr(new, name) != getattr(node.config, name):
             log.warning("reload: %s changed in %s; it takes effect at the next restart", name, path)
-    if node.certificates is not None:
-        try:
-            node.certificates.load(new)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            log.error("reload rejected, keeping the running config: certificates: %s", exc)
-            return False
+    if node.certificates is not None and contexts is not None:
+        node.certificates.use(contexts)
     node.shared.reload(new.sites)
     node.origin.sites = len(new.sites)
     node.shared.forwarders, node.shared.proxy_from = new.trusted_forwarders, new.proxy_protocol_from

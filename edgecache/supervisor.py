@@ -44,7 +44,7 @@ from edgecache.readoff import READ_SECONDS
 from edgecache.readoff import start as read_off
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.orphans import SETTLE_SECONDS, Sweeper
-from edgecache.tls import Certificates
+from edgecache.tls import Contexts
 from edgecache.watchdog import Heartbeats
 
 log = logging.getLogger(__name__)
@@ -473,7 +473,7 @@ def reloaded(running: Config) -> Config:
     try:
         new = load(running.source)
         if new.tls_listen:
-            Certificates(new)
+            Contexts.of(new)
     except (ConfigError, OSError, ssl.SSLError, ValueError):
         return running
     return replace(new, **{name: getattr(running, name) for name in RESTART_ONLY})

@@ -2,7 +2,8 @@
 
 The name is matched against the sites' hosts the same way Host is; a client that sends no name, or one no
 site has a certificate for, gets the default certificate ([server.tls], else the first site's). Certificates
-are read again on reload (SIGHUP), so a renewed certificate is served without a restart.
+are read again on reload (SIGHUP), so a renewed certificate is served without a restart: read in the reload's
+thread with the config (reread), never on the loop.
 
 A client that named one certificate's host (SNI) and then asks for a host another certificate covers is fronting
 one site with another's name: misdirected() tells, for a 421 (RFC 9110 15.5.20), as nginx and CloudFront answer
@@ -23,11 +24,13 @@ import logging
 import ssl
 import sys
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
-from edgecache.config import Config, TLSFiles
+from edgecache.config import Config, TLSFiles, load
 from edgecache.config.certcheck import load_pair
 from edgecache.core.route import Router, normalise_host
+from edgecache.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,41 @@ def _context(files: TLSFiles) -> ssl.SSLContext:
     return ctx
 
 
+@dataclass(frozen=True, slots=True)
+class Contexts:
+    """Every certificate of a config, each loaded into a server context of its own: what Certificates serves."""
+
+    default: ssl.SSLContext
+    by_name: Router[ssl.SSLContext]
+    count: int  # certificates (contexts) in all
+
+    @classmethod
+    def of(cls, config: Config) -> Contexts:
+        """Read every certificate of `config`; raises ssl.SSLError, OSError or ValueError (none configured)."""
+        default = config.tls or next((s.tls for s in config.sites if s.tls is not None), None)
+        if default is None:
+            raise ValueError("no certificate configured")
+        contexts = {default: _context(default)}
+        for site in config.sites:
+            if site.tls is not None and site.tls not in contexts:
+                contexts[site.tls] = _context(site.tls)
+        by_name = Router((s.hosts, contexts[s.tls]) for s in config.sites if s.tls is not None)
+        return cls(contexts[default], by_name, len(contexts))
+
+
+def reread(path: str, tls: bool) -> tuple[Config, Contexts | None]:
+    """A reload's read, all of it in readoff's thread (a file that stalls blocks no loop): the config file and the
+    files it names, then, for a node with HTTPS listeners (`tls`), its certificates loaded into their contexts.
+    The loop only swaps them in (Certificates.use). Raises ConfigError, a certificate's fault as one more line."""
+    new = load(path)
+    if not tls:
+        return new, None
+    try:
+        return new, Contexts.of(new)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError([f"certificates: {exc}"]) from exc
+
+
 class Certificates:
     def __init__(self, config: Config) -> None:
         self.context = _base()  # the one listeners use; the SNI callback switches every handshake from it
@@ -57,19 +95,15 @@ class Certificates:
         self.load(config)
 
     def load(self, config: Config) -> None:
-        """(Re)read every certificate of `config`; raises ssl.SSLError or OSError and keeps the old ones."""
-        default = config.tls or next((s.tls for s in config.sites if s.tls is not None), None)
-        if default is None:
-            raise ValueError("no certificate configured")
-        contexts = {default: _context(default)}
-        for site in config.sites:
-            if site.tls is not None and site.tls not in contexts:
-                contexts[site.tls] = _context(site.tls)
-        by_name = Router((s.hosts, contexts[s.tls]) for s in config.sites if s.tls is not None)
-        self._default, self._by_name = contexts[default], by_name
+        """Read every certificate of `config` (Contexts.of raises, the old ones kept) and serve them."""
+        self.use(Contexts.of(config))
+
+    def use(self, loaded: Contexts) -> None:
+        """Serve `loaded` from the next handshake on (read off the loop on a reload: reread)."""
+        self._default, self._by_name = loaded.default, loaded.by_name
         # OpenSSL decrypts a TLS 1.3 ticket with the listeners' keys before the SNI callback runs: a session made
         # with one certificate would be resumed under another's name. With several, no ticket is issued.
-        self.context.num_tickets = 0 if len(contexts) > 1 else self._tickets
+        self.context.num_tickets = 0 if loaded.count > 1 else self._tickets
 
     def _pick(self, conn: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
         host = normalise_host(name) if name else None
