@@ -11,6 +11,7 @@ from typing import cast
 from aiohttp.web_protocol import RequestHandler
 
 from edgecache import metrics
+from edgecache.core import closing
 
 TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _EOF_CHECK = 0.05  # after a half-close, how often to look whether aiohttp has answered everything
@@ -44,6 +45,7 @@ class HeadGuard(asyncio.Protocol):
         # What aiohttp was last fed ended a head: its parser holds no part of another (a chunk that ended at
         # a body's end or mid-head says nothing of the kind, so such a connection stays with aiohttp).
         self.clean = False
+        self.scan = closing.START  # where its requests end, from the first byte it is given (a request's first)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -55,6 +57,13 @@ class HeadGuard(asyncio.Protocol):
         if self.back is not None and self._between_requests():
             self._give_back(data)
             return
+        # Nothing after a request that closes the connection reaches aiohttp: its parser refused the whole read
+        # for it, and the answers of the requests before were lost (core.closing).
+        self.scan, n = closing.scan(self.scan, data)
+        if n < len(data):
+            data = data[:n]
+            if not data:
+                return
         self.clean = data.endswith(b"\r\n\r\n")
         self.inner.data_received(data)
         if self._busy():
