@@ -21,6 +21,9 @@ from edgecache.core.route import Router
 from edgecache.core.siteurl import NotSiteURL, site_url
 from edgecache.proxy.shares import share
 
+_OPTIONS = frozenset({"priority", "concurrency", "bandwidth", "window", "window_start", "window_end", "renditions"})
+_TAKES = "priority, concurrency, bandwidth, window (or window_start and window_end) and renditions"
+
 
 async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
     """JSON, or text/plain lines. A body of another type (a form, what `curl -d` sends) is JSON when it starts as
@@ -32,8 +35,13 @@ async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
         if isinstance(body, list):
             return body, {}
         if isinstance(body, dict) and isinstance(body.get("urls"), list):
+            if (extra := next((k for k in body if k != "urls" and k not in _OPTIONS), None)) is not None:
+                raise bad(f"unknown key {extra[:40]!r}: a job takes urls, {_TAKES}")
             return body["urls"], body
         raise bad("expected a JSON array of URLs or an object with a 'urls' array")
+    # An option it does not take is refused, never ignored: a typo ran the job with the default.
+    if (extra := next((k for k in request.query if k not in _OPTIONS), None)) is not None:
+        raise bad(f"unknown parameter {extra[:40]!r}: a job takes {_TAKES}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -69,6 +77,8 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
             out["bandwidth"] = parse_size(opts["bandwidth"])
         if "window_start" in opts or "window" in opts:
             window = opts.get("window") or {"start": opts.get("window_start"), "end": opts.get("window_end")}
+            if isinstance(window, dict) and (extra := next((k for k in window if k not in ("start", "end")), None)):
+                raise bad(f"unknown key {str(extra)[:40]!r} in window: it takes start and end")
             start, end = str(window["start"]), str(window["end"])
             bounds = datetime.time.fromisoformat(start), datetime.time.fromisoformat(end)
             if any(t.tzinfo is not None for t in bounds):  # the node's clock is local and naive (window.in_window)

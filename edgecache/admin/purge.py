@@ -45,11 +45,20 @@ class PurgeOrder:
     soft: bool = False
 
 
+_KEYS = frozenset({"url", "prefix", "site", "soft", "local", "id"})  # local and id: the cluster's nodes' own
+
+
 def parse_order(body: Any, sites: tuple[Site, ...], token: Token) -> PurgeOrder:
     """The purge `body` asks for; a host or site name no site has is refused as another provider's (auth.unknown)
     unless `token` is an operator's."""
     if not isinstance(body, dict):
         raise bad("expected a JSON object with one of url, prefix or site")
+    # A key it does not take is refused, never ignored: a typo of `soft` made a hard purge, answered as done.
+    extra = next((k for k in body if k not in _KEYS), None)
+    if extra is not None:
+        raise bad(f"unknown key {extra[:40]!r}: a purge takes url, prefix or site, and soft")
+    if not isinstance(body.get("local", False), bool):
+        raise bad("local must be true or false")
     kinds = [k for k in ("url", "prefix", "site") if k in body]
     if len(kinds) != 1:
         raise bad("give exactly one of url, prefix or site")

@@ -257,3 +257,37 @@ async def test_a_head_the_parser_refuses_gets_a_reason_that_echoes_nothing(origi
             target = b"invalid request target: an absolute path, an absolute URL, or * for OPTIONS only\n"
             assert answer.partition(b"\r\n\r\n")[2] == target
         await node.jobs.close()
+
+
+async def test_a_key_the_api_does_not_take_is_refused_not_ignored(origin: Origin, tmp_path: Path) -> None:
+    """A purge's or a prefetch job's key the API does not know (a typo: `sfot`, `priorty`) was ignored: the purge was
+    hard, the job ran at the default priority, and the answer said it was done. And a purge's `local` of another
+    type than a boolean was taken as false. Each is a 400 naming the key now, and nothing is done."""
+    origin.put("/a", b"a")
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        url = "http://video.test/a"
+        assert (await node.edge.get("/a"))[0] == 200
+        takes = "a purge takes url, prefix or site, and soft"
+        for body, error in [
+            ({"url": url, "sfot": True}, f"unknown key 'sfot': {takes}"),
+            ({"site": "videos", "Soft": True}, f"unknown key 'Soft': {takes}"),
+            ({"url": url, "local": "yes"}, "local must be true or false"),
+            ({"url": url, "local": 0}, "local must be true or false"),
+        ]:
+            assert await node.call("POST", "/purge", json=body) == (400, {"error": error}), body
+        options = "priority, concurrency, bandwidth, window (or window_start and window_end) and renditions"
+        for kw, error in [
+            ({"json": {"urls": [url], "priorty": 5}}, f"unknown key 'priorty': a job takes urls, {options}"),
+            (
+                {"json": {"urls": [url], "window": {"start": "01:00", "end": "02:00", "tz": "UTC"}}},
+                "unknown key 'tz' in window: it takes start and end",
+            ),
+            (
+                {"data": url, "params": {"priorty": "5"}},  # a str body is sent as text/plain
+                f"unknown parameter 'priorty': a job takes {options}",
+            ),
+        ]:
+            assert await node.call("POST", "/prefetch", **kw) == (400, {"error": error}), kw
+        assert await node.call("GET", "/prefetch") == (200, [])
+        assert (await node.edge.get("/a"))[0] == 200
+    assert origin.hits["/a"] == 1  # never purged
