@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import resource
 import signal
@@ -25,9 +26,9 @@ def free_port() -> int:
     per process: a test asks for several before it binds any (a cluster takes six), and two random picks could
     be the same one.
     """
-    lowest_ephemeral = _ephemeral_floor()
+    lo, hi = _port_range()
     for _ in range(200):
-        port = random.randrange(max(1024, lowest_ephemeral - 12_000), lowest_ephemeral)
+        port = random.randrange(lo, hi)
         if port in _GIVEN:
             continue
         _GIVEN.add(port)
@@ -38,6 +39,17 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port below the ephemeral range")
+
+
+def _port_range() -> tuple[int, int]:
+    """Where free_port picks: EDGECACHE_TEST_PORTS ("23200-23299") when several runs share a machine and each is
+    given ports of its own, else the 12,000 ports below the ephemeral range."""
+    given = os.environ.get("EDGECACHE_TEST_PORTS", "")
+    if given:
+        first, last = (int(x) for x in given.split("-"))
+        return first, last + 1
+    lowest_ephemeral = _ephemeral_floor()
+    return max(1024, lowest_ephemeral - 12_000), lowest_ephemeral
 
 
 def _ephemeral_floor() -> int:
