@@ -239,6 +239,29 @@ def stored_use(
     return Use.REVALIDATE if asked_at < soft_before else usable(req, resp, fresh, policy)
 
 
+def revalidated_since(
+    stored: ObjectMeta,
+    validating: ObjectMeta,
+    req: Headers,
+    policy: Policy,
+    soft_before: float,
+    asked_at: float,
+    now: float,
+) -> bool:
+    """May `stored` (what the shared disk holds now) answer a revalidation of `validating`, asked at `asked_at`,
+    instead of the origin? When it is the same copy that another worker's revalidation refreshed since (a newer
+    response to a request made after any soft purge), and either that answer came after this one was asked (its
+    requests join it, as they join a fill in flight in their own worker) or the copy is fresh for this request."""
+    if stored.slice_version != validating.slice_version or stored.response_time <= validating.response_time:
+        return False
+    if stored.request_time < soft_before:
+        return False
+    if stored.response_time >= asked_at:
+        return True
+    fresh = freshness_of(stored, now, policy)
+    return stored_use(req, stored.headers, fresh, policy, stored.request_time, soft_before) is Use.FRESH
+
+
 def stale_if_error_allows(req: Headers, resp: Headers, fresh: Freshness, policy: Policy) -> bool:
     """RFC 5861 4: serve stale on an origin error within the stale-if-error window (request or response)."""
     rcc, (scc, _) = parse_cache_control(req), response_cc(resp)

@@ -22,16 +22,17 @@ from edgecache.cluster.view import ClusterView
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
-from edgecache.core.freshness import Use, freshness_of, usable
 from edgecache.core.keys import PrimaryRecord, entry_key, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
-from edgecache.proxy.fillhead import OVERTAKEN, judge_head, more_of, rejoined, within_run
+from edgecache.proxy.fillhead import OVERTAKEN, answers, judge_head, more_of, rejoined, within_run
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
+from edgecache.proxy.revalidating import by_another_worker
 from edgecache.storage.ghosts import Ghosts
+from edgecache.storage.leases import REVALIDATING
 from edgecache.storage.store import Store, slice_name
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class Engine:
         """The fill a request reads from slice `first` (joined, or started for first..last), and whether it was
         started for it: then the request streams it whatever the answer (a private one is its alone)."""
         existing = self.fills.find(req, first)
-        if existing is not None and _answers(existing, req):
+        if existing is not None and answers(existing, req):
             return existing, False
         if last is not None:  # stop the run before a slice someone else is already fetching
             for index in range(first + 1, last + 1):
@@ -210,6 +211,8 @@ class Engine:
         return [name for i, name in fill.leases.items() if not (fill.completed(i) and stored.get(i) == name)]
 
     async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
+        if validate is not None and await by_another_worker(self.store, self.fills, fill, req, validate, LEASE_SECONDS):
+            return
         asked: ranges.ByteRange | None = None
         span: tuple[int, int] | None = None
         if fill.last_index is not None:
@@ -325,7 +328,10 @@ class Engine:
         if keep and req.spread_from is None:  # a spread copy is kept in memory only
             if record != known:  # the next slice of a stored object brings the same record
                 await self.store.put_record(primary, record)
-            await self.store.put_meta(req.entry_key, head.meta, lazy=True)
+            # A 304's is written whatever the last write: the other workers revalidate from it (proxy.revalidating).
+            await self.store.put_meta(req.entry_key, head.meta, lazy=head.status != 304)
+        if (lease := fill.leases.pop(REVALIDATING, None)) is not None:  # the others waiting on it read the disk now
+            await self.store.drop_leases([lease])
         return req
 
     async def _pump(
@@ -485,13 +491,3 @@ def _replaces(existing: ObjectMeta | None, head: FillHead) -> bool:
     no-cache request brought)? Other workers holding the old one in memory would serve it until it expired."""
     kept = head.store and head.status != 304 and head.meta.length >= 0
     return kept and existing is not None and not entry.same_bytes(existing, head.meta)
-
-
-def _answers(fill: Fill, req: FillRequest) -> bool:
-    """May a request that comes now join `fill`: asked of the origin before its answer came (collapsed), or an
-    answer already in that this request may use as it is. One that must be revalidated for it (no-cache,
-    max-age=0, the request's own no-cache) came before the request and answers nothing about it."""
-    if not fill.head.done() or fill.head.cancelled() or fill.head.exception() is not None:
-        return True
-    meta = fill.head.result().meta
-    return usable(req.headers, meta.headers, freshness_of(meta, time.time(), req.policy), req.policy) is Use.FRESH

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import replace
 from email.utils import formatdate
 
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.freshness import Policy, merge_304, selects, storable, strip_for_storage
+from edgecache.core.freshness import Policy, Use, freshness_of, merge_304, selects, storable, strip_for_storage, usable
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keys import PrimaryRecord, entry_key, variant
 from edgecache.errors import OriginError, VersionChanged
@@ -268,3 +269,13 @@ def _same_copy(existing: ObjectMeta, version: str, status: int, length: int, sto
         and (length < 0 or existing.length < 0 or existing.length == length)
         and entry.same_last_modified(existing.headers, stored)
     )
+
+
+def answers(fill: Fill, req: FillRequest) -> bool:
+    """May a request that comes now join `fill`: asked of the origin before its answer came (collapsed), or an
+    answer already in that this request may use as it is. One that must be revalidated for it (no-cache,
+    max-age=0, the request's own no-cache) came before the request and answers nothing about it."""
+    if not fill.head.done() or fill.head.cancelled() or fill.head.exception() is not None:
+        return True
+    meta = fill.head.result().meta
+    return usable(req.headers, meta.headers, freshness_of(meta, time.time(), req.policy), req.policy) is Use.FRESH

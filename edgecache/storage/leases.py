@@ -1,7 +1,9 @@
 """Leases: one fill per slice across the worker processes of a node, which share nothing but the disk tier.
 
 A worker about to fetch a run of slices takes their leases on the disk first; another that finds one taken waits
-for the slice to land (or the lease to go: its fill failed), polling the disk as nginx's cache lock does.
+for the slice to land (or the lease to go: its fill failed), polling the disk as nginx's cache lock does. A
+revalidation is leased the same way, by the entry it revalidates (proxy.revalidating): one conditional request
+per expiry between the workers.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import asyncio
 import contextlib
 
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.keys import digest
 from edgecache.errors import StorageError
 from edgecache.storage.disk import lease_name
 from edgecache.storage.disks import Disks
 from edgecache.storage.slicenames import slice_name
 
 PEER_POLL = 0.02  # seconds between looks at the disk while another worker fetches a slice
+REVALIDATING = -1  # where a fill's leases (Fill.leases, by slice index) keep its revalidation's
 
 
 class Leases:
@@ -42,15 +46,36 @@ class Leases:
             with contextlib.suppress(StorageError):
                 await self.disk.delete(name)
 
+    @staticmethod
+    def revalidation_lease(entry_key: str) -> str:
+        """The lease on revalidating what is stored under `entry_key`. No value ever has the name it guards, so
+        only a holder (alive: storage.disk) stops another from taking it."""
+        return lease_name("r:" + digest(entry_key))
+
+    async def lease_revalidation(self, entry_key: str, seconds: float) -> bool:
+        """Take the lease on revalidating what is stored under `entry_key`; False while another worker holds it."""
+        try:
+            return bool(await self.disk.lease([self.revalidation_lease(entry_key)], seconds))
+        except StorageError:
+            return True  # no disk to coordinate through: ask, as a single worker would (its drop fails quietly)
+
     async def wait_for_peer(self, entry_key: str, meta: ObjectMeta, index: int, seconds: float) -> None:
-        """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`.
+        """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`."""
+        name = slice_name(entry_key, meta.slice_version, index)
+        await self._poll([name, lease_name(name)], seconds)
+
+    async def wait_for_release(self, lease: str, seconds: float) -> None:
+        """Until `lease` is let go (or its holder is gone), or `seconds`."""
+        await self._poll([lease], seconds)
+
+    async def _poll(self, names: list[str], seconds: float) -> None:
+        """Until the first of `names` (a value) is on disk or the last (its lease) is not held, or `seconds`.
 
         Worker processes share nothing but the disk, so this polls it, as nginx's cache lock does."""
-        name = slice_name(entry_key, meta.slice_version, index)
         with contextlib.suppress(TimeoutError, StorageError):
             async with asyncio.timeout(seconds):
                 while True:
-                    on_disk, leased = await self.disk.contains([name, lease_name(name)])
-                    if on_disk or not leased:
+                    *on_disk, leased = await self.disk.contains(names)
+                    if any(on_disk) or not leased:
                         return
                     await asyncio.sleep(PEER_POLL)

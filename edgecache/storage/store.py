@@ -135,8 +135,13 @@ class Store(Purging, Leases, Tiers):
         if meta is not None:
             self._meta.touch(entry_key)
             return meta
+        return await self.meta_on_disk(entry_key)
+
+    async def meta_on_disk(self, entry_key: str) -> ObjectMeta | None:
+        """What the disk tier holds for `entry_key` (another worker may have written it since this one read it),
+        remembered."""
         if entry_key in self._deleting:
-            return None
+            return None  # absent meanwhile: not read back
         try:
             raw = await self.disk.get("m:" + digest(entry_key))
         except StorageError as exc:

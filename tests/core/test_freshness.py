@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgecache.core.entry import ObjectMeta
 from edgecache.core.freshness import (
     Freshness,
     Policy,
@@ -17,6 +20,7 @@ from edgecache.core.freshness import (
     invalidates,
     merge_304,
     parse_age,
+    revalidated_since,
     selects,
     stale_if_error_allows,
     storable,
@@ -484,3 +488,42 @@ def test_decisions_never_raise(req: Headers, resp: Headers, lifetime: float, age
     assert got.age >= 0
     strip_for_storage(resp, P)
     merge_304(resp, req)
+
+
+# --- revalidated_since: another worker's revalidation answers this one (proxy.revalidating) -------------------
+
+_COPY = ObjectMeta(200, (("Cache-Control", "max-age=60"), ("ETag", '"v1"')), 10, '"v1"', False, T0, T0, 2**20, (), "t1")
+_ASKED = T0 + 100.0  # when this worker's revalidation began: the copy it holds was stale (60 s)
+
+
+@pytest.mark.parametrize(
+    ("stored", "req", "soft_before", "expected"),
+    [
+        # Refreshed by a 304 that came after this revalidation began: joined, whatever the request asked.
+        (replace(_COPY, request_time=_ASKED - 0.1, response_time=_ASKED + 0.1), h(), 0.0, True),
+        (
+            replace(_COPY, request_time=_ASKED - 0.1, response_time=_ASKED + 0.1),
+            h("Cache-Control: no-cache"),
+            0.0,
+            True,
+        ),
+        # Refreshed before it began: only a copy fresh for this request answers it.
+        (replace(_COPY, request_time=_ASKED - 10, response_time=_ASKED - 10), h(), 0.0, True),
+        (replace(_COPY, request_time=_ASKED - 10, response_time=_ASKED - 10), h("Cache-Control: no-cache"), 0.0, False),
+        (
+            replace(_COPY, request_time=_ASKED - 10, response_time=_ASKED - 10),
+            h("Cache-Control: max-age=5"),
+            0.0,
+            False,
+        ),
+        (replace(_COPY, request_time=_ASKED - 90, response_time=_ASKED - 90), h(), 0.0, False),  # stale again
+        # Asked of the origin before a soft purge of the object: the purged answer.
+        (replace(_COPY, request_time=_ASKED - 0.1, response_time=_ASKED + 0.1), h(), _ASKED, False),
+        # The copy this worker holds, unrefreshed, or another copy: no answer.
+        (_COPY, h(), 0.0, False),
+        (replace(_COPY, token="t2", request_time=_ASKED, response_time=_ASKED + 0.1), h(), 0.0, False),
+        (replace(_COPY, version='"v2"', request_time=_ASKED, response_time=_ASKED + 0.1), h(), 0.0, False),
+    ],
+)
+def test_revalidated_since(stored: ObjectMeta, req: Headers, soft_before: float, expected: bool) -> None:
+    assert revalidated_since(stored, _COPY, req, P, soft_before, _ASKED, _ASKED + 0.5) is expected

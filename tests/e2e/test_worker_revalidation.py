@@ -1,0 +1,191 @@
+"""Several workers on one disk revalidate an expired copy with one conditional request between them.
+
+Each test holds a keep-alive connection to each worker (which worker accepted a connection is read from /proc),
+so that what one worker did and the other did not is asked of each in turn, not left to the kernel's spread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from edgecache.proxy.reading import LEASE_SECONDS
+from tests.e2e.procs import descendants, edge_process, free_port
+from tests.e2e.test_operations import metric
+from tests.e2e.test_workers import READY, two_workers
+from tests.origin import Origin
+
+BODY = bytes((i * 7 + i // 251) % 256 for i in range(300_000))
+LEFT = 3  # seconds of freshness each answer of the origin leaves (its Age against its max-age)
+REVALIDATED = "edgecache; fwd=stale; fwd-status=304"
+FIELDS = {"Cache-Control": "public, max-age=3600", "Age": str(3600 - LEFT)}
+
+
+@dataclass
+class Conn:
+    """A keep-alive connection to one worker."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    pid: int
+
+    async def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+        body = await self.reader.readexactly(int(fields["content-length"]))
+        return int(lines[0].split()[1]), fields, body
+
+
+def accepted_by(edge_port: int, client_port: int, pids: set[int]) -> int:
+    """Which of `pids` accepted the connection from `client_port` to `edge_port` on 127.0.0.1 (read from /proc)."""
+    inode = ""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(f.rpartition(":")[2], 16) for f in fields[1:3])
+        if (local, remote) == (edge_port, client_port):
+            inode = f"socket:[{fields[9]}]"
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == inode for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return pid
+    raise AssertionError(f"no process of {pids} accepted the connection from port {client_port}")
+
+
+@contextlib.asynccontextmanager
+async def one_per_worker(port: int, parent: int, path: str) -> AsyncIterator[list[Conn]]:
+    """A connection to each of the node's two workers, each having asked for `path` once (answered BODY)."""
+    found: dict[int, Conn] = {}
+    opened: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(64):  # new connections until the kernel gave one to each worker
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened.append(writer)
+            conn = Conn(reader, writer, 0)
+            status, _, body = await conn.get(path)  # answered: the worker has accepted it
+            assert (status, body) == (200, BODY)
+            conn.pid = accepted_by(port, writer.get_extra_info("sockname")[1], descendants(parent))
+            found.setdefault(conn.pid, conn)
+            if len(found) == 2:
+                break
+        assert len(found) == 2, "the kernel gave every connection to one worker"
+        yield list(found.values())
+    finally:
+        for writer in opened:
+            writer.close()
+
+
+def holding_304s(origin: Origin) -> asyncio.Event:
+    """An event that, cleared, holds the origin's answers to conditional requests until it is set again."""
+    released = asyncio.Event()
+    released.set()
+
+    async def hold(request: web.BaseRequest, _obj: object) -> None:
+        if request.headers.get("If-None-Match"):
+            await released.wait()
+
+    origin.on_request = hold
+    return released
+
+
+def conditional(origin: Origin, path: str) -> int:
+    return sum(1 for x in origin.seen if x.path == path and x.headers.get("If-None-Match") == '"v1"')
+
+
+async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Origin, tmp_path: Path) -> None:
+    """A copy expires; each worker held its metadata in memory and sent its own conditional request when it was
+    next asked, though the other had just revalidated it (the 304's refreshed metadata was on the shared disk): N
+    workers, N origin requests per expiry. A worker revalidating a copy reads what the disk holds of it first, and
+    while another worker's revalidation is in flight it waits for that one's answer (a lease on the disk)."""
+    origin.put("/e.bin", BODY, etag='"v1"', headers=FIELDS)
+    released = holding_304s(origin)
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with (
+        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
+        aiohttp.ClientSession() as s,
+        one_per_worker(port, proc.pid, "/e.bin") as (a, b),
+    ):
+        filled = time.monotonic()
+        assert origin.hits["/e.bin"] == 1  # both workers hold the copy's metadata now
+
+        async def collapsed() -> float:
+            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                return metric(await r.text(), "edgecache_collapsed_waits_total")
+
+        # One after the other: the second worker finds the first's revalidation on the disk.
+        await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else
+        status, fields, body = await a.get("/e.bin")
+        assert (status, body, fields["cache-status"]) == (200, BODY, "edgecache; fwd=stale; fwd-status=304")
+        revalidated = time.monotonic()
+        status, fields, body = await b.get("/e.bin")
+        # Revalidated, by the other worker's request: the one the origin saw.
+        assert (status, body, fields["cache-status"]) == (200, BODY, REVALIDATED)
+        assert conditional(origin, "/e.bin") == 1
+
+        # At once: the second worker's request comes while the first's revalidation waits for the origin.
+        await asyncio.sleep(revalidated + LEFT + 0.2 - time.monotonic())
+        released.clear()
+        try:
+            first = asyncio.ensure_future(a.get("/e.bin"))
+            await origin.wait_for_requests(len(origin.seen) + 1)
+            waits = await collapsed()
+            second = asyncio.ensure_future(b.get("/e.bin"))
+            async with asyncio.timeout(10):  # (another process: polled) until it waits, or sent its own
+                while await collapsed() == waits and conditional(origin, "/e.bin") < 3:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+        finally:
+            released.set()
+        answers = [(st, f["cache-status"], bd) for st, f, bd in await asyncio.gather(first, second)]
+        assert answers == [(200, REVALIDATED, BODY)] * 2
+        assert conditional(origin, "/e.bin") == 2
+        assert origin.hits["/e.bin"] == 3
+
+
+async def test_a_revalidation_a_killed_worker_held_is_asked_again_at_once(origin: Origin, tmp_path: Path) -> None:
+    """The worker whose revalidation the other waits for is killed before the origin answers: its lease names its
+    process, and the waiting worker asks the origin itself at once, not after the lease expires (LEASE_SECONDS)."""
+    origin.put("/k.bin", BODY, etag='"v1"', headers=FIELDS)
+    released = holding_304s(origin)
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with (
+        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
+        aiohttp.ClientSession() as s,
+        one_per_worker(port, proc.pid, "/k.bin") as (a, b),
+    ):
+        filled = time.monotonic()
+
+        async def collapsed() -> float:
+            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                return metric(await r.text(), "edgecache_collapsed_waits_total")
+
+        await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else
+        released.clear()
+        try:
+            doomed = asyncio.ensure_future(a.get("/k.bin"))
+            await origin.wait_for_requests(len(origin.seen) + 1)
+            waits = await collapsed()
+            second = asyncio.ensure_future(b.get("/k.bin"))
+            async with asyncio.timeout(10):  # (another process: polled) until it waits
+                while await collapsed() == waits:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            os.kill(a.pid, signal.SIGKILL)
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await doomed
+        finally:
+            released.set()
+        async with asyncio.timeout(LEASE_SECONDS / 2):
+            status, fields, body = await second
+        assert (status, body, fields["cache-status"]) == (200, BODY, REVALIDATED)
+        assert conditional(origin, "/k.bin") == 2  # the killed worker's, then the other's own
