@@ -251,9 +251,9 @@ class Engine:
             head = await self._claimed(head, req)
             writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
             try:
-                req = await self._take_head(fill, req, head)
-                if _replaces(existing, head) and req.spread_from is None:
-                    self.store.replaced(req.entry_key, req.primary)  # on the disk now: the others drop the old copy
+                was, req = req.entry_key, await self._take_head(fill, req, head)
+                if _replaces(existing, validate, was, head) and req.spread_from is None:
+                    self.store.replaced(was, req.entry_key, req.primary)  # on the disk now: the others drop the old
                 if head.status == 304:
                     return
                 if not pumped:
@@ -486,8 +486,12 @@ def _cut_whole(fill: Fill) -> ObjectMeta | None:
     return brought.meta if brought.store and brought.meta.whole else None
 
 
-def _replaces(existing: ObjectMeta | None, head: FillHead) -> bool:
+def _replaces(existing: ObjectMeta | None, validated: ObjectMeta | None, asked: str, head: FillHead) -> bool:
     """Is the copy a fill's head stores other bytes than the copy stored before it (a new version a revalidation or a
-    no-cache request brought)? Other workers holding the old one in memory would serve it until it expired."""
-    kept = head.store and head.status != 304 and head.meta.length >= 0
-    return kept and existing is not None and not entry.same_bytes(existing, head.meta)
+    no-cache request brought), or stored under another entry key than the one it revalidated (`validated`, under
+    `asked`: the new answer Varies otherwise)? Other workers holding the old one in memory, or the record that leads
+    to it, would serve it until it expired."""
+    if not (head.store and head.status != 304 and head.meta.length >= 0):
+        return False
+    moved = validated is not None and head.entry_key != asked
+    return moved or (existing is not None and not entry.same_bytes(existing, head.meta))

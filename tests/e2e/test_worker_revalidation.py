@@ -38,8 +38,8 @@ class Conn:
     writer: asyncio.StreamWriter
     pid: int
 
-    async def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode())
+    async def get(self, path: str, extra: str = "") -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: video.test\r\n{extra}\r\n".encode())
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         fields = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
@@ -63,8 +63,8 @@ def accepted_by(edge_port: int, client_port: int, pids: set[int]) -> int:
 
 
 @contextlib.asynccontextmanager
-async def one_per_worker(port: int, parent: int, path: str) -> AsyncIterator[list[Conn]]:
-    """A connection to each of the node's two workers, each having asked for `path` once (answered BODY)."""
+async def one_per_worker(port: int, parent: int, path: str, expected: bytes = BODY) -> AsyncIterator[list[Conn]]:
+    """A connection to each of the node's two workers, each having asked for `path` once (answered `expected`)."""
     found: dict[int, Conn] = {}
     opened: list[asyncio.StreamWriter] = []
     try:
@@ -73,7 +73,7 @@ async def one_per_worker(port: int, parent: int, path: str) -> AsyncIterator[lis
             opened.append(writer)
             conn = Conn(reader, writer, 0)
             status, _, body = await conn.get(path)  # answered: the worker has accepted it
-            assert (status, body) == (200, BODY)
+            assert (status, body) == (200, expected)
             conn.pid = accepted_by(port, writer.get_extra_info("sockname")[1], descendants(parent))
             found.setdefault(conn.pid, conn)
             if len(found) == 2:
@@ -189,3 +189,27 @@ async def test_a_revalidation_a_killed_worker_held_is_asked_again_at_once(origin
             status, fields, body = await second
         assert (status, body, fields["cache-status"]) == (200, BODY, REVALIDATED)
         assert conditional(origin, "/k.bin") == 2  # the killed worker's, then the other's own
+
+
+async def test_a_new_answer_that_varies_otherwise_is_served_by_every_worker(origin: Origin, tmp_path: Path) -> None:
+    """A no-cache request in one worker brought the origin's new answer, which Varies where the old one did not:
+    stored under another entry key, it was told to no other worker (only a copy stored over the same key was), and
+    the other kept serving the old copy from the record and metadata it held, until it expired."""
+    old, new = b"old " * 20_000, b"new " * 20_000
+    origin.put("/v.bin", old, etag='"v1"')
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with (
+        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
+        one_per_worker(port, proc.pid, "/v.bin", old) as (a, b),
+    ):
+        assert origin.hits["/v.bin"] == 1  # both workers hold the old copy
+        origin.put("/v.bin", new, etag='"v2"', headers={"Cache-Control": "public, max-age=3600", "Vary": "Accept"})
+        status, fields, body = await a.get("/v.bin", "Cache-Control: no-cache\r\n")
+        assert (status, fields["etag"], body) == (200, '"v2"', new)
+        answers = [await conn.get("/v.bin") for conn in (b, a, b)]
+        assert [(st, f["etag"], bd) for st, f, bd in answers] == [(200, '"v2"', new)] * 3
+        # v2 fetched whole once, by the no-cache request; the other worker may find its slice not yet on the disk and
+        # fetch that slice again (fwd=partial, the same copy's bytes), never the object.
+        assert [x.headers.get("If-None-Match") for x in origin.seen] == [None, '"v1"'] + [None] * (len(origin.seen) - 2)
+        assert all(x.headers.get("Range") == "bytes=0-1048575" for x in origin.seen[2:]), origin.seen
