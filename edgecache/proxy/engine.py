@@ -26,7 +26,7 @@ from edgecache.core.keys import PrimaryRecord, entry_key, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
-from edgecache.proxy.fillhead import OVERTAKEN, answers, judge_head, more_of, rejoined, within_run
+from edgecache.proxy.fillhead import OVERTAKEN, answers, judge_head, more_of, rejoined, replaces, within_run
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
@@ -252,7 +252,7 @@ class Engine:
             writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
             try:
                 was, req = req.entry_key, await self._take_head(fill, req, head)
-                if _replaces(existing, validate, was, head) and req.spread_from is None:
+                if replaces(existing, validate, was, head) and req.spread_from is None:
                     self.store.replaced(was, req.entry_key, req.primary)  # on the disk now: the others drop the old
                 if head.status == 304:
                     return
@@ -325,7 +325,7 @@ class Engine:
         fill.set_head(head)
         if req.spread_from is None:  # leased before the metadata is on the disk, where other workers read both
             await self._lease_ahead(fill, head, head.start // self.slice_size)
-        if keep and req.spread_from is None:  # a spread copy is kept in memory only
+        if keep and req.spread_from is None and await self._not_purged(primary, req):  # a spread copy: in memory only
             if record != known:  # the next slice of a stored object brings the same record
                 await self.store.put_record(primary, record)
             # A 304's is written whatever the last write: the other workers revalidate from it (proxy.revalidating).
@@ -333,6 +333,14 @@ class Engine:
         if (lease := fill.leases.pop(REVALIDATING, None)) is not None:  # the others waiting on it read the disk now
             await self.store.drop_leases([lease])
         return req
+
+    async def _not_purged(self, primary: str, req: FillRequest) -> bool:
+        """Is the record the fill was asked under still the object's? A purge another worker applied since the head
+        was judged (the fill waited for its share of fill memory, say) is caught up on first: the fill's record and
+        metadata are not written over the purge's. Its readers, who asked before the purge, still get its answer."""
+        if self.store.stale():
+            await self.store.catch_up()
+        return (await self.store.get_record(primary)).generation == req.generation
 
     async def _pump(
         self, fill: Fill, head: FillHead, resp: object, req: FillRequest, writes: list[asyncio.Task[None]]
@@ -484,14 +492,3 @@ def _cut_whole(fill: Fill) -> ObjectMeta | None:
         return None
     brought = head.result()
     return brought.meta if brought.store and brought.meta.whole else None
-
-
-def _replaces(existing: ObjectMeta | None, validated: ObjectMeta | None, asked: str, head: FillHead) -> bool:
-    """Is the copy a fill's head stores other bytes than the copy stored before it (a new version a revalidation or a
-    no-cache request brought), or stored under another entry key than the one it revalidated (`validated`, under
-    `asked`: the new answer Varies otherwise)? Other workers holding the old one in memory, or the record that leads
-    to it, would serve it until it expired."""
-    if not (head.store and head.status != 304 and head.meta.length >= 0):
-        return False
-    moved = validated is not None and head.entry_key != asked
-    return moved or (existing is not None and not entry.same_bytes(existing, head.meta))

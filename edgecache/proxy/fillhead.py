@@ -279,3 +279,14 @@ def answers(fill: Fill, req: FillRequest) -> bool:
         return True
     meta = fill.head.result().meta
     return usable(req.headers, meta.headers, freshness_of(meta, time.time(), req.policy), req.policy) is Use.FRESH
+
+
+def replaces(existing: ObjectMeta | None, validated: ObjectMeta | None, asked: str, head: FillHead) -> bool:
+    """Is the copy a fill's head stores other bytes than the copy stored before it (a new version a revalidation or a
+    no-cache request brought), or stored under another entry key than the one it revalidated (`validated`, under
+    `asked`: the new answer Varies otherwise)? Other workers holding the old one in memory, or the record that leads
+    to it, would serve it until it expired."""
+    if not (head.store and head.status != 304 and head.meta.length >= 0):
+        return False
+    moved = validated is not None and head.entry_key != asked
+    return moved or (existing is not None and not entry.same_bytes(existing, head.meta))

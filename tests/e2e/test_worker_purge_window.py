@@ -1,0 +1,96 @@
+"""A URL purge applied by one worker while a fill in the other waits between the judging of its head and the
+storing of it (for its share of fill memory): the fill must not write the purged object's record back.
+
+The fill of a cold Vary'd object writes the object's record (its Vary) with the generation it was asked under;
+written after the purge's new generation, it made the purged copy current again: every worker served v1 after
+the purge returned (3 runs of 3 before the fix, 0 of 4 after)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from tests.e2e.procs import descendants, edge_process, free_port
+from tests.e2e.test_operations import metric
+from tests.e2e.test_worker_revalidation import Conn, accepted_by
+from tests.e2e.test_workers import OPERATOR, READY, owner_of
+from tests.origin import Origin
+
+MiB = 2**20
+BIG = bytes(i % 251 for i in range(3 * MiB))
+
+
+async def test_a_purge_while_a_fill_waits_for_memory_after_its_judge_is_not_undone(
+    origin: Origin, tmp_path: Path
+) -> None:
+    hdrs = {"Cache-Control": "public, max-age=3600", "Vary": "Accept"}
+    origin.put("/z.bin", b"1" * 100_000, etag='"v1"', headers=hdrs)
+    origin.put("/w.bin", b"w" * 1000, etag='"w"')
+    release = asyncio.Event()
+
+    async def hold_big(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
+        if request.path != "/big.bin":
+            return None
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600", "ETag": '"b"'})
+        resp.content_length = len(BIG)
+        await resp.prepare(request)
+        await resp.write(BIG[:1000])
+        await release.wait()
+        await resp.write(BIG[1000:])
+        return resp
+
+    origin.on_request = hold_big
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
+        f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "256MiB"\nmemory = "64MiB"\nfill_slices = 1\n'
+        f'fill_memory = "1MiB"\n'
+        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+    )
+    async with edge_process("serve", "--config", str(cfg), ready=READY) as proc, aiohttp.ClientSession() as s:
+        pids = descendants(proc.pid)
+        conns: dict[int, list[Conn]] = {}
+        for _ in range(64):  # new connections until two are on the worker that does not serve the admin API
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            conn = Conn(reader, writer, 0)
+            assert (await conn.get("/w.bin"))[2] == b"w" * 1000
+            conn.pid = accepted_by(port, writer.get_extra_info("sockname")[1], pids)
+            conns.setdefault(conn.pid, []).append(conn)
+            if len(conns) == 2 and min(len(v) for v in conns.values()) >= 2:
+                break
+        admin_pid = owner_of(admin, set(conns))
+        first, second = next(v for pid, v in conns.items() if pid != admin_pid)[:2]
+
+        async def waiting() -> float:
+            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                return metric(await r.text(), "edgecache_fill_memory_waiting")
+
+        try:
+            big = asyncio.ensure_future(first.get("/big.bin"))  # holds the worker's fill memory
+            await origin.wait_for_requests(len(origin.seen) + 1)
+            z = asyncio.ensure_future(second.get("/z.bin"))  # judged, then waits for memory
+            async with asyncio.timeout(10):
+                while await waiting() < 1:  # noqa: ASYNC110 - another process: polled
+                    await asyncio.sleep(0.02)
+            origin.put("/z.bin", b"2" * 100_000, etag='"v2"', headers=hdrs)
+            auth = {"Authorization": f"Bearer {OPERATOR}"}
+            async with s.post(
+                f"http://127.0.0.1:{admin}/purge", json={"url": "http://video.test/z.bin"}, headers=auth
+            ) as r:
+                assert r.status == 200, await r.text()
+        finally:
+            release.set()
+        assert (await big)[2] == BIG
+        assert (await z)[2] == b"1" * 100_000  # asked before the purge
+        for conns_of in conns.values():
+            for conn in conns_of:
+                status, fields, body = await conn.get("/z.bin")
+                assert (status, fields.get("etag"), body) == (200, '"v2"', b"2" * 100_000)
+        for conns_of in conns.values():
+            for conn in conns_of:
+                conn.writer.close()
