@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 _GIVEN: set[int] = set()
-_TURN = itertools.count()
+_TURN = itertools.count(random.randrange(10_000))  # where this run begins: not on the last run's ports
 
 
 def free_port() -> int:
@@ -41,6 +41,7 @@ def free_port() -> int:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
+                s.listen()  # a port a closed listener left connections in TIME_WAIT on may bind, and not listen
             except OSError:
                 continue
             return port
