@@ -110,8 +110,10 @@ class Tiers:
     def _spill(self, name: str, value: bytes) -> None:
         """memory.on_drop: an evicted slice only memory held goes to disk, within the write-back's bound."""
         held = self._held.pop(name, None)
-        if held is None or name in self._writing:  # not only memory's (a spread copy), or being written already
+        if held is None:  # not only memory's (a spread copy)
             return
+        # Spilled even while an older spill of it waits: memory took it back meanwhile, so its delete is queued
+        # after that spill (_start) and would take what that spill writes. This one goes after the delete.
         if self.spilling + len(value) > self.spill_bound:
             metrics.TIER_SPILLS.labels("dropped").inc()
             return

@@ -189,9 +189,9 @@ async def test_the_write_back_is_bounded(origin: Origin, tmp_path: Path) -> None
     assert origin.range_hits("/o0")[-1] == f"bytes={SLICE}-{BODY - 1}"
 
 
-async def get_held(edge: Edge, path: str) -> None:
+async def get_held(edge: Edge, path: str, bodies: dict[str, bytes] = BODIES) -> None:
     status, _, body = await edge.get(path)
-    assert (status, body) == (200, BODIES[path])
+    assert (status, body) == (200, bodies[path])
     await asyncio.gather(*edge.node.engine._tasks)
 
 
@@ -247,3 +247,53 @@ async def test_a_small_memory_tier_spills_a_fills_burst_without_refetching(
         assert (status, got) == (200, bodies["/s0"])
     assert origin.hits["/s0"] == 2  # evicted from both tiers (16 slices of disk), then fetched again once
     assert sum(origin.hits.values()) == 41
+
+
+async def test_a_slice_a_late_disk_read_takes_while_its_spill_waits_is_spilled_again_when_evicted(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Two readers of a slice on disk: the first takes it into memory, memory evicts it and its spill waits; the
+    second's read, started before the first's delete, ends now and takes it into memory again, so its delete is
+    queued after that spill. Evicted again before the spill is done, the slice was not spilled (it was "being
+    written already"): the spill wrote it, the delete took it, and it was in neither tier (fetched again)."""
+    fresh = {f"/p{n}": os.urandom(BODY) for n in range(8)}
+    for path, body in fresh.items():
+        origin.put(path, body)
+    async with exclusive_edge(origin, tmp_path, False, bound=64 * SLICE) as edge:
+        store = edge.node.store
+        await get(edge, "/o0")
+        for n in range(1, 5):
+            await get(edge, f"/o{n}")
+        assert await where(edge, "/o0") == ([False, False], [True, True])
+        key, first = entry_key(edge, "/o0"), names(edge, "/o0")[0]
+        meta = store.peek_meta(key)
+        assert meta is not None
+        read, reached, late = store.disk.get, asyncio.Event(), asyncio.Event()
+
+        async def slow_read(name: str) -> bytes | None:
+            data = await read(name)
+            if name == first and not reached.is_set():  # the second reader's: read, and slow to come back
+                reached.set()
+                await late.wait()
+            return data
+
+        store.disk.get = slow_read  # type: ignore[method-assign]
+        second = asyncio.ensure_future(store.slice_from_disk(key, meta, 0))
+        await reached.wait()
+        await get(edge, "/o0")  # the first reader: taken into memory, deleted from disk
+        assert await where(edge, "/o0") == ([True, True], [False, False])
+        gate = held_spills(edge)
+        for n in range(4):  # evicted: its spill waits
+            await get_held(edge, f"/p{n}", fresh)
+        assert (first in store._writing, first in store.memory) == (True, False)
+        late.set()
+        assert await second == BODIES["/o0"][:SLICE]  # taken into memory again; its delete after the spill
+        assert first in store.memory
+        for n in range(4, 8):  # evicted again while the first spill waits
+            await get_held(edge, f"/p{n}", fresh)
+        assert first not in store.memory
+        gate.set()
+        await settled(edge)
+        assert await where(edge, "/o0") == ([False, False], [True, True])
+        await get(edge, "/o0")
+    assert origin.hits["/o0"] == 1
