@@ -215,6 +215,8 @@ class TierMachine(RuleBasedStateMachine):
     def setup(self, policy: str, budget: int, fraction: float) -> None:
         self.tier = MemoryTier(budget, policy, max_item_fraction=fraction)
         self.model = {}
+        self.dropped: list[tuple[str, bytes]] = []
+        self.tier.on_drop = lambda k, v: self.dropped.append((k, v))
 
     @rule(k=st.integers(0, 40), size=st.integers(0, 1200))
     def put(self, k: int, size: int) -> None:
@@ -223,6 +225,22 @@ class TierMachine(RuleBasedStateMachine):
         self.model.pop(key, None)
         if self.tier.put(key, value):
             self.model[key] = value
+        # Never the key put: exclusive tiers mark a slice memory keeps as memory's only once its put returns
+        # (storage.tiers.keep_in_memory), so one evicted within its own put would be spilled by nobody.
+        assert key not in {k for k, _ in self.dropped}
+        self._evicted()
+
+    @rule(share=st.floats(0, 1))
+    def set_limit(self, share: float) -> None:
+        """The RSS bound lowers the limit, or gives it back."""
+        self.tier.set_limit(int(self.tier.budget_bytes * share))
+        self._evicted()
+
+    def _evicted(self) -> None:
+        """What the tier handed on_drop is what it held, each once (exclusive tiers write it to disk)."""
+        for k, v in self.dropped:
+            assert self.model.pop(k) == v
+        self.dropped.clear()
 
     @rule(k=st.integers(0, 40))
     def get(self, k: int) -> None:
@@ -245,6 +263,7 @@ class TierMachine(RuleBasedStateMachine):
         stored = self.tier._values
         assert all(self.model[k] == v for k, v in stored.items())
         assert self.tier.stats().used_bytes == sum(map(len, stored.values())) <= self.tier.budget_bytes
+        assert stored.keys() == self.model.keys()
         assert len(self.tier._policy) == len(stored)
         policy = self.tier._policy
         if isinstance(policy, S3FIFOPolicy):
