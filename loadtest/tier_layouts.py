@@ -13,11 +13,12 @@ disk) through these arrangements and LRU + LRU, and prints each one's byte hit r
     when the disk lacks it (the disk keeps what memory drops);
   inclusive, disk on 2nd miss: the node with a doorkeeper before the disk: a slice's first fill goes to memory
     alone, its second to both (storage.ghosts-style admission of what was seen before);
-  exclusive: a slice is in one tier at a time. A fill goes to memory (to the disk only if memory refuses it); a
-    disk hit moves the slice to memory, and the slice's place on disk (its S3-FIFO queue and counter) is kept
-    with it; what memory evicts is written to the disk, back to the place it had there (a slice that never was on
-    disk enters as any fill does). Without the kept place, a hot slice that goes to memory and back re-enters the
-    disk's small FIFO with no count, and the exclusive pair loses 5 points at 1 + 8 GiB instead of gaining.
+  exclusive (cache.tiers): a slice is in one tier at a time. A fill goes to memory (to the disk only if memory
+    refuses it); a disk hit moves the slice to memory; what memory evicts is written to the disk, a slice memory
+    took from the disk to the disk's main queue with a full counter (storage.tiers; one never on disk enters as
+    any fill does). Beside it, two other returns: to the queue and counter the slice had on disk ("place kept"),
+    and as a new slice ("taken admitted as new": a hot slice that goes to memory and back re-enters the disk's
+    small FIFO with no count, 5 points under inclusive tiers at 1 + 8 GiB).
 Two streams: efficiency.py's workload at its table's budgets (1 + 8, 2 + 16, 4 + 32 GiB), and, for each --versus
 content size, versus_nginx.py's seeded trace at its default budgets (256 MiB + 1 GiB) with, beside them, nginx
 modelled as one LRU disk of 1 GiB (the trace is replayed in order, not 8 sessions at once as versus_nginx plays it);
@@ -85,11 +86,14 @@ class Victim(Counted):
 
 
 class Exclusive(Counted):
-    """One tier at a time; a slice moved to memory keeps its place on disk for its return."""
+    """One tier at a time, as storage.tiers runs them: a slice memory took from the disk goes back to the disk's
+    main queue with a full counter (policy.S3FIFOPolicy.admit's `lent`); `place`: it goes back to the queue and
+    counter it had instead (the study's first model); `new`: it is admitted as any fill."""
 
-    def __init__(self, memory: EvictionPolicy, disk: DiskPolicy) -> None:
+    def __init__(self, memory: EvictionPolicy, disk: DiskPolicy, back: str = "lent") -> None:
         super().__init__(memory, disk)
         self.policy = disk
+        self.back = back
         self.sizes: dict[str, int] = {}  # of the slices in memory
         self.places: dict[str, tuple[int, int]] = {}  # slice in memory -> (queue, counter) it had on disk
 
@@ -114,8 +118,8 @@ class Exclusive(Counted):
         size = self.sizes.pop(key)
         place = self.places.pop(key, None)
         self.written += size
-        if place is None:
-            self.disk.admit(key, size)
+        if place is None or self.back != "place":
+            self.policy.admit(key, size, lent=place is not None and self.back == "lent")
             return
         queue, counter = place
         budget = self.policy.budget
@@ -164,7 +168,9 @@ def layouts(memory: int, disk: int) -> dict[str, Counted]:
     return {
         "inclusive (the node)": Counted(S3FIFOPolicy(memory), DiskPolicy(disk)),
         "victim": Victim(S3FIFOPolicy(memory), DiskPolicy(disk)),
-        "exclusive": Exclusive(S3FIFOPolicy(memory), DiskPolicy(disk)),
+        "exclusive (cache.tiers)": Exclusive(S3FIFOPolicy(memory), DiskPolicy(disk)),
+        "exclusive, place kept": Exclusive(S3FIFOPolicy(memory), DiskPolicy(disk), "place"),
+        "exclusive, taken admitted as new": Exclusive(S3FIFOPolicy(memory), DiskPolicy(disk), "new"),
         "inclusive, disk on 2nd miss": Doorkeeper(S3FIFOPolicy(memory), DiskPolicy(disk)),
         "LRU + LRU (inclusive)": Counted(LRUPolicy(memory), LRUPolicy(disk)),
     }

@@ -307,15 +307,18 @@ class DiskTier:
             self._cache.delete(key, retry=True)
             self.policy.remove(key)
 
-    async def put(self, key: str, value: bytes, lease: str | None = None, pinned: bool = False) -> bool:
+    async def put(
+        self, key: str, value: bytes, lease: str | None = None, pinned: bool = False, lent: bool = False
+    ) -> bool:
         """Store `value`; then drop `lease` (taken by lease()), so processes waiting on it find the value.
 
         `pinned`: the policy never evicts it (a primary record that hides older copies must outlive them); it is
-        outside the budget, so keep such values few and small.
+        outside the budget, so keep such values few and small. `lent`: a value this disk gave up to the memory
+        tier on a hit, written back (policy.S3FIFOPolicy.admit).
         """
-        return await self._run(lambda: self._write(key, value, lease, pinned))
+        return await self._run(lambda: self._write(key, value, lease, pinned, lent))
 
-    def _write(self, key: str, value: bytes, lease: str | None, pinned: bool) -> bool:
+    def _write(self, key: str, value: bytes, lease: str | None, pinned: bool, lent: bool = False) -> bool:
         # Admitted first, in its own transaction: the budget holds before the bytes land, and a hit on the value
         # always finds its row. No worker waits on the file's write; a crash before it leaves a row without a
         # value, which the index drops at start.
@@ -325,7 +328,7 @@ class DiskTier:
                 self._queues.pin(key, len(value))
                 evicted = []
             else:
-                evicted = self.policy.admit(key, len(value))
+                evicted = self.policy.admit(key, len(value), lent)
             self._delete_values(evicted)  # with `key` itself when too big: its old value goes too
         stored = key not in evicted
         try:

@@ -198,8 +198,10 @@ class Disks:
     async def open(self, key: str) -> BinaryIO | bytes | None:
         return await self._on(key, "read", lambda t: t.open(key))
 
-    async def put(self, key: str, value: bytes, lease: str | None = None, pinned: bool = False) -> bool:
-        return await self._on(key, "write", lambda t: t.put(key, value, lease, pinned))
+    async def put(
+        self, key: str, value: bytes, lease: str | None = None, pinned: bool = False, lent: bool = False
+    ) -> bool:
+        return await self._on(key, "write", lambda t: t.put(key, value, lease, pinned, lent))
 
     async def claim(self, key: str, value: bytes, keep: Callable[[bytes], bool]) -> bytes:
         return await self._on(key, "write", lambda t: t.claim(key, value, keep))

@@ -2,8 +2,10 @@
 
 A fill's slice that memory keeps is not written to disk (Store.keep_in_memory); what memory evicts later is
 written to disk then, through a bounded write-back (spill); a disk hit memory takes leaves the disk
-(Store.took_from_disk). The two tiers so hold their sum of distinct slices, where inclusive tiers hold about the
-disk's (loadtest/README.md "Inclusive or exclusive tiers"). One worker only: each worker has its own memory tier.
+(Store.took_from_disk), and goes back to the disk's main queue, with a full counter, when memory evicts it (a
+reuse the disk saw is not forgotten). The two tiers so hold their sum of distinct slices, where inclusive tiers
+hold about the disk's (loadtest/README.md "Inclusive or exclusive tiers"). One worker only: each worker has its
+own memory tier.
 
 A mixin of Store (storage.store), as Purging is: it reads the Store's metadata, records and purge table to check,
 before a spill is written, that the slice still is its object's current copy. A purge or a new version between
@@ -45,8 +47,9 @@ class Tiers:
     def _init_tiers(self, tiers: str) -> None:
         """`tiers`: cache.tiers; "exclusive" with one worker only (config.cache.check_tiers)."""
         self.exclusive = False
-        # The slices only memory holds (kept from a fill, or taken from disk): name -> (entry key, copy).
-        self._held: dict[str, tuple[str, str]] = {}
+        # The slices only memory holds (kept from a fill, or taken from disk): name -> (entry key, copy, taken
+        # from disk: written back to the disk's main, policy.S3FIFOPolicy.admit's `lent`).
+        self._held: dict[str, tuple[str, str, bool]] = {}
         self.spill_bound = 0
         self.spilling = 0  # bytes of evicted slices waiting for their write
         self._tier_tasks: dict[str, asyncio.Task[None]] = {}  # a slice's delete or spill under way, by name
@@ -69,7 +72,7 @@ class Tiers:
         name = slice_name(entry_key, version, index)
         if not self.memory.put(name, data):
             return False
-        self._hold(name, entry_key, version)
+        self._hold(name, (entry_key, version, False))
         return True
 
     def took_from_disk(self, entry_key: str, version: str, index: int, data: bytes) -> None:
@@ -80,11 +83,11 @@ class Tiers:
         """took_from_disk() with the slice's name already made."""
         if not self.memory.put(name, data) or not self.exclusive:
             return
-        self._hold(name, entry_key, version)
+        self._hold(name, (entry_key, version, True))
         self._start(name, self._delete(name))
 
-    def _hold(self, name: str, entry_key: str, version: str) -> None:
-        self._held[name] = (entry_key, version)
+    def _hold(self, name: str, held: tuple[str, str, bool]) -> None:
+        self._held[name] = held
         if len(self._held) > 2 * len(self.memory) + 1024:  # names memory deleted (not evicted): forgotten
             self._held = {k: v for k, v in self._held.items() if k in self.memory}
 
@@ -121,13 +124,14 @@ class Tiers:
         self._writing[name] = value  # found there by readers until written (Store.slice_from_memory)
         self._start(name, self._spill_write(name, held, value))
 
-    async def _spill_write(self, name: str, held: tuple[str, str], value: bytes) -> None:
+    async def _spill_write(self, name: str, held: tuple[str, str, bool], value: bytes) -> None:
+        entry_key, version, lent = held
         try:
-            if not await self._current(*held):
+            if not await self._current(entry_key, version):
                 metrics.TIER_SPILLS.labels("stale").inc()
                 return
             try:
-                stored = await self.disk.put(name, value)
+                stored = await self.disk.put(name, value, lent=lent)
             except StorageError as exc:
                 if not isinstance(exc, OutOfService | DiskFull):  # those storage.disks logged
                     log.warning("evicted slice not written to disk: %s", exc)

@@ -19,6 +19,7 @@ import pytest
 from edgecache.cluster.purgesync import apply_entry
 from edgecache.core.purge import Entry
 from edgecache.storage.memory import ENTRY_OVERHEAD
+from edgecache.storage.policy import MAIN, MAX_FREQ
 from edgecache.storage.slicenames import slice_name
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
@@ -297,3 +298,31 @@ async def test_a_slice_a_late_disk_read_takes_while_its_spill_waits_is_spilled_a
         assert await where(edge, "/o0") == ([False, False], [True, True])
         await get(edge, "/o0")
     assert origin.hits["/o0"] == 1
+
+
+async def test_a_slice_memory_took_from_disk_goes_back_to_the_disks_main_and_outlives_a_run_of_new_ones(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Its reuse on disk is not forgotten: written back as a new slice (the disk's small FIFO, no count), it went
+    before the one-hit wonders filled after it and was fetched again."""
+    burst = {f"/n{n}": os.urandom(BODY) for n in range(40)}  # 80 slices through a disk of 64
+    for path, body in burst.items():
+        origin.put(path, body)
+    async with exclusive_edge(origin, tmp_path, False) as edge:
+        await get(edge, "/o0")
+        for n in range(1, 5):
+            await get(edge, f"/o{n}")
+        await get(edge, "/o0")  # a disk hit, both slices taken into memory
+        for n in range(5, 9):  # and evicted back to disk
+            await get(edge, f"/o{n}")
+        assert await where(edge, "/o0") == ([False, False], [True, True])
+        tier = edge.node.store.disk._slots[0].tier
+        assert tier is not None
+        places = await tier._run(lambda: [tier._queues.find(n) for n in names(edge, "/o0")])
+        assert places == [(MAIN, SLICE, MAX_FREQ)] * 2
+        for path, body in burst.items():
+            await get(edge, path, body)
+        assert await where(edge, "/o0") == ([False, False], [True, True])
+        await get(edge, "/o0")
+    assert origin.hits["/o0"] == 1
+    assert all(origin.hits[p] == 1 for p in burst)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgecache.config.values import parse_size
-from edgecache.storage.policy import MAIN, DiskPolicy, S3FIFOPolicy
+from edgecache.storage.policy import MAIN, MAX_FREQ, SMALL, DiskPolicy, S3FIFOPolicy
 from loadtest.efficiency import SLICE
 from loadtest.tier_layouts import (
     VERSUS,
@@ -48,8 +48,23 @@ def test_victim_tiers_keep_what_memory_drops_when_the_disk_lacks_it() -> None:
     assert victim.written == 40
 
 
-def test_a_slice_moved_to_memory_returns_to_its_place_on_disk() -> None:
+def test_a_slice_moved_to_memory_returns_to_the_disks_main_with_a_full_counter() -> None:
+    # As storage.tiers writes it back (DiskTier.put's `lent`): a fill memory evicts enters the small FIFO.
     tiers = Exclusive(S3FIFOPolicy(8), DiskPolicy(100))
+    tiers.policy.queues.push(SMALL, "hot:0", 1, 0)  # on disk, on probation
+    run(tiers, ["hot:0", "new:0"])  # a disk hit, moved to memory; a fill kept in memory
+    assert ("hot:0" in tiers.disk, "new:0" in tiers.disk) == (False, False)
+    run(tiers, [f"{i}:0" for i in range(8)])  # memory's 9th and 10th slices evict the first two, never asked again
+    assert tiers.policy.queues.find("hot:0") == (MAIN, 1, MAX_FREQ)
+    assert tiers.policy.queues.find("new:0") == (SMALL, 1, 0)
+    new = Exclusive(S3FIFOPolicy(8), DiskPolicy(100), back="new")
+    new.policy.queues.push(SMALL, "hot:0", 1, 0)
+    run(new, ["hot:0", "new:0", *(f"{i}:0" for i in range(8))])
+    assert new.policy.queues.find("hot:0") == (SMALL, 1, 0)
+
+
+def test_a_slice_moved_to_memory_returns_to_its_place_on_disk() -> None:
+    tiers = Exclusive(S3FIFOPolicy(8), DiskPolicy(100), back="place")
     tiers.policy.queues.push(MAIN, "hot:0", 1, 1)  # on disk, in main with one reuse counted
     tiers.get("hot:0", 1)  # a disk hit: counted (2), moved to memory
     assert "hot:0" not in tiers.disk
@@ -90,7 +105,7 @@ def test_one_worker_replays_as_the_table_and_exclusive_fetches_each_slice_once_a
     content = parse_size("3GiB")
     runs = replay(versus_stream(1, content), layouts(*VERSUS))
     one = workers_origin(1, content, 1)
-    inclusive, exclusive = runs["inclusive (the node)"].all, runs["exclusive"].all
+    inclusive, exclusive = runs["inclusive (the node)"].all, runs["exclusive (cache.tiers)"].all
     assert one["inclusive"][0] == inclusive.bytes - inclusive.hit_bytes
     # 256 MiB + 1 GiB hold the trace's 1.24 GiB of distinct slices: exclusive, each is fetched once.
     assert one["exclusive"][0] == exclusive.bytes - exclusive.hit_bytes
