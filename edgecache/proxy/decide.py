@@ -93,6 +93,7 @@ class Prepared:
     expected: Expected | None = None  # and the request, as that fill's reader until it reads (proxy.expecting)
     validating: ObjectMeta | None = None  # and the stale entry that fill replaces (EXPIRED)
     way: str | None = None  # where its bytes came from (observe.upstream) when not a plain hit's "cache"
+    cutter: rangecut.Cutter | None = None  # a whole-object basis's: what its cuts share (made at its first cut)
 
     @property
     def asked(self) -> Headers:
@@ -312,25 +313,26 @@ class Decider:
         rng = ranges.resolve(value, hit.meta.length)
         if not isinstance(rng, ranges.Single):
             return _FULL_PARSE
+        cut = base.cutter
+        if cut is None or cut.whole is not base.head:  # its first cut, or its head changed (its Age ticked)
+            counter = observe.requests_counter(hit.site.name, "GET", 206, base.status)
+            cut = base.cutter = rangecut.cutter(base.head, hit, counter, _keeps(hit))
+            if cut is None:
+                return _FULL_PARSE
         first, last = rng.range.first, rng.range.last
-        size = shared.engine.slice_size
-        content_range = ranges.format_content_range(rng.range, hit.meta.length)
-        encoded = rangecut.cut_206(base.head, hit, rng.range, content_range)
-        if encoded is None:
-            return _FULL_PARSE
+        content_range, size = ranges.format_content_range(rng.range, hit.meta.length), last - first + 1
         shared.engine.store.touch_meta(hit.req.entry_key, hit.req.primary)
-        fields = [*hit.headers[:-1], ("Content-Range", content_range), ("Content-Length", str(last - first + 1))]
         derived = copied(hit)
-        derived.status, derived.headers, derived.first, derived.last = 206, fields, first, last
-        counter = observe.requests_counter(hit.site.name, "GET", 206, base.status)
-        slices = _slices(derived, size)
+        derived.status, derived.first, derived.last = 206, first, last
+        derived.headers = [*cut.fields, ("Content-Range", content_range), ("Content-Length", str(size))]
+        encoded, slices = cut.head(content_range, size), _slices(derived, shared.engine.slice_size)
         prepared = Prepared(
-            derived, "GET", base.keep_alive, encoded, counter, slices, base.site_bytes, value, status=base.status
+            derived, "GET", base.keep_alive, encoded, cut.counter, slices, base.site_bytes, value, status=base.status
         )
         # The same range asked again (a segment of a byte-range playlist, by every viewer with the same fields) is
         # a lookup, kept apart from the memo so that players' ranges, which rarely repeat, never clear it.
         if hit.viewer is None and base.status is CacheStatus.HIT:
-            _remember(self.cuts, head, prepared)
+            _remember(self.cuts, head, prepared, cut.kept)
         return prepared
 
     def cold(self, head: bytes, client: str, admitted: bool = False) -> Cold | Refused | Pass | None:
@@ -448,14 +450,17 @@ def _memo(pool: Pool) -> Memo[bytes, Prepared]:
     return Memo(_MEMO_ENTRIES, MEMO_BYTES, head_cost, pool)
 
 
-def _remember(memo: Memo[bytes, Prepared], head: bytes, prepared: Prepared) -> None:
-    """Keep an answer for the same head bytes, if it can be sent again as it is: a short head, and fields that hold
-    their own Date (else the encoded head holds the Date of now), and no multipart boundary, which each answer
-    chooses anew (respond.multipart). The memo keeps the answers still asked for (core.memo)."""
-    hit = prepared.hit
-    if len(head) > _MEMO_HEAD or hit.parts is not None or not any(k.lower() == "date" for k, _ in hit.headers):
-        return
-    memo[head] = prepared
+def _remember(memo: Memo[bytes, Prepared], head: bytes, prepared: Prepared, kept: bool | None = None) -> None:
+    """Keep an answer for the same head bytes, if it can be sent again as it is: a short head, and _keeps() (`kept`:
+    what it says of this answer, when the caller knows). The memo keeps the answers still asked for (core.memo)."""
+    if len(head) <= _MEMO_HEAD and (_keeps(prepared.hit) if kept is None else kept):
+        memo[head] = prepared
+
+
+def _keeps(hit: Hit) -> bool:
+    """Fields that hold their own Date (else the encoded head holds the Date of now), and no multipart boundary,
+    which each answer chooses anew (respond.multipart). A range cut from a whole answer is kept as it is."""
+    return hit.parts is None and any(k.lower() == "date" for k, _ in hit.headers)
 
 
 def _refused(p: Prepared, reply: Reply) -> Refused:

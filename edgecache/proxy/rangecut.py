@@ -4,8 +4,9 @@ a request head, and the 206 head made from the 200's."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
-from edgecache.core import ranges
 from edgecache.proxy import headparse
 from edgecache.proxy.hit import Hit
 
@@ -46,10 +47,32 @@ def split_range(head: bytes) -> tuple[bytes, bytes] | None:
     return line[1], head[: line.start()] + head[line.end() :]
 
 
-def cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange, content_range: str) -> bytes | None:
-    """The encoded head of a whole-object 200 turned into the 206 for `rng`: the status line changes (its version
-    stays: core.keepalive), and `content_range` goes in before a new Content-Length (the last field, as _planned()
-    puts it)."""
+@dataclass(frozen=True, slots=True)
+class Cutter:
+    """What every 206 cut from one whole-object answer shares, worked out once for that answer (its encoded head
+    changes only as its Age ticks): the encoded 206 head around its Content-Range and Content-Length, and the
+    fields before them. A player asks for a new range on nearly every request, so each of these is cut from it."""
+
+    whole: bytes  # the encoded 200 head it was made from: it cuts only the answer that head begins
+    before: bytes  # the 206's head up to its Content-Range: the status line changes (its version stays)
+    after: bytes  # and after its new Content-Length: the fields aiohttp adds (Date, Server, Connection)
+    fields: list[tuple[str, str]]  # the decided fields but the last, the whole object's Content-Length
+    counter: Any  # the request counter's child for its 206s
+    kept: bool  # whether an answer cut from it may be remembered (decide._remember)
+
+    def head(self, content_range: str, length: int) -> bytes:
+        """The encoded 206 head for `content_range` (core.ranges.format_content_range) of `length` bytes."""
+        return b"%sContent-Range: %s\r\nContent-Length: %d\r\n%s" % (
+            self.before,
+            content_range.encode(),
+            length,
+            self.after,
+        )
+
+
+def cutter(whole: bytes, hit: Hit, counter: Any, kept: bool) -> Cutter | None:
+    """The Cutter of the encoded head of a whole-object 200 (`whole`, encoded from `hit`), whose Content-Length is
+    its last field (as _planned() puts it) and that has no Content-Range; None: its ranges are not cut."""
     length = hit.meta.length
     if not hit.headers or hit.headers[-1] != ("Content-Length", str(length)):
         return None
@@ -60,12 +83,5 @@ def cut_206(whole: bytes, hit: Hit, rng: ranges.ByteRange, content_range: str) -
     at = whole.rfind(old)
     if whole[8:status_end] != b" 200 OK\r\n" or whole[:8] not in _VERSIONS or at < status_end:
         return None
-    return b"".join(
-        (
-            whole[:8],
-            b" 206 Partial Content\r\n",
-            whole[status_end:at],
-            b"Content-Range: %s\r\nContent-Length: %d\r\n" % (content_range.encode(), rng.last - rng.first + 1),
-            whole[at + len(old) :],
-        )
-    )
+    before = whole[:8] + b" 206 Partial Content\r\n" + whole[status_end:at]
+    return Cutter(whole, before, whole[at + len(old) :], hit.headers[:-1], counter, kept)

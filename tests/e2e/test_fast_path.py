@@ -21,7 +21,6 @@ import pytest
 
 from edgecache.core.freshness import current_age
 from edgecache.core.memo import Memo
-from edgecache.core.ranges import ByteRange
 from edgecache.proxy import decide, rangecut
 from edgecache.proxy.fastserver import PROMOTE_SECONDS
 from edgecache.proxy.hit import Hit, Load
@@ -220,15 +219,15 @@ async def test_an_idle_connection_is_closed(origin: Origin, tmp_path: Path) -> N
 
 
 def counted_cuts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The first byte of every range cut from a whole answer from now on (rangecut.cut_206), in order."""
-    cut = rangecut.cut_206
+    """The first byte of every range cut from a whole answer from now on (rangecut.Cutter.head), in order."""
+    cut = rangecut.Cutter.head
     cuts: list[int] = []
 
-    def counting(whole: bytes, hit: Hit, rng: ByteRange, content_range: str) -> bytes | None:
-        cuts.append(rng.first)
-        return cut(whole, hit, rng, content_range)
+    def counting(self: rangecut.Cutter, content_range: str, length: int) -> bytes:
+        cuts.append(int(content_range.split(" ")[1].split("-")[0]))  # "bytes FIRST-LAST/LENGTH"
+        return cut(self, content_range, length)
 
-    monkeypatch.setattr(rangecut, "cut_206", counting)
+    monkeypatch.setattr(rangecut.Cutter, "head", counting)
     return cuts
 
 
