@@ -91,7 +91,7 @@ class ObjectMeta:
         return -(-self.length // self.slice_size)
 
     def slice_length(self, index: int) -> int:
-        return ranges.slice_bounds(index, self.slice_size, self.length).length
+        return ranges.slice_length(index, self.slice_size, self.length)
 
     @property
     def etag(self) -> str | None:

@@ -490,9 +490,10 @@ def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:
     """The body's first HELD + 1 slices at most: one more than HELD says the answer streams (diskhit.stream)."""
     if hit.last < hit.first:
         return ()
-    out = []
-    for index in ranges.slice_indices(ranges.ByteRange(hit.first, hit.last), size)[: HELD + 1]:
+    first, end, meta, key = hit.first, hit.last + 1, hit.meta, hit.req.entry_key
+    version, out = meta.slice_version, []
+    for index in ranges.slice_indices(ranges.ByteRange(first, hit.last), size)[: HELD + 1]:
         base = index * size
-        lo, hi = max(hit.first, base) - base, min(hit.last + 1, base + hit.meta.slice_length(index)) - base
-        out.append((slice_name(hit.req.entry_key, hit.meta.slice_version, index), lo, hi))
+        lo, hi = max(first, base) - base, min(end, base + meta.slice_length(index)) - base
+        out.append((slice_name(key, version, index), lo, hi))
     return tuple(out)

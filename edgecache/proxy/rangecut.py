@@ -10,8 +10,6 @@ from typing import Any
 from edgecache.proxy import headparse
 from edgecache.proxy.hit import Hit
 
-_RANGE_LINE = re.compile(rb"\r\nrange:([^\r\n]*)(?=\r\n)", re.IGNORECASE)
-_IF_RANGE = re.compile(rb"\r\nif-range:", re.IGNORECASE)
 RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
 _VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 
@@ -33,18 +31,19 @@ def plain_value(value: bytes) -> bool:
 def split_range(head: bytes) -> tuple[bytes, bytes] | None:
     """(the Range value, the head without its Range line) when the head has exactly one Range line, no
     If-Range, nothing aiohttp's strict parser must judge, and fields within aiohttp's limits; else None."""
-    lines = list(_RANGE_LINE.finditer(head))
-    if len(lines) != 1 or _IF_RANGE.search(head) or needs_strict_parser(head):
+    lower = head.lower()  # field names are found in it: a regex ignoring case took a player's range 1 us more
+    at = lower.find(b"\r\nrange:")
+    if at < 0 or lower.find(b"\r\nrange:", at + 8) >= 0 or b"\r\nif-range:" in lower or needs_strict_parser(head):
         return None
     # The Range line counts against aiohttp's limits too: the number of fields (one per line: checked above), and
     # in a long head a field's size, which aiohttp sums oddly across neighbouring fields. Such heads get the full
     # parse, whose parser (aiohttp's) decides them.
     if head.count(b"\r\n") - 2 > headparse.LIMITS["max_headers"] or len(head) > headparse.LIMITS["max_field_size"]:
         return None
-    line = lines[0]
-    if len(line[1]) > RANGE_VALUE_MAX:
+    end = head.find(b"\r\n", at + 8)  # there is one: the head ends with an empty line
+    if end - at - 8 > RANGE_VALUE_MAX:
         return None
-    return line[1], head[: line.start()] + head[line.end() :]
+    return head[at + 8 : end], head[:at] + head[end:]
 
 
 @dataclass(frozen=True, slots=True)
