@@ -353,6 +353,31 @@ def expected_ages(edge: Edge, now: float) -> list[bytes]:
 
 
 @pytest.mark.parametrize("pair", [(64 * 2**20, "pread")], indirect=True)
+async def test_a_range_cut_once_the_whole_answers_age_ticked_has_the_new_age(
+    pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new range is cut from the whole answer as it stands now: once that answer's Age has ticked, the cut's head
+    has the new Age, as aiohttp's has (what the cuts of a whole answer share, rangecut.Cutter, is made again from
+    its renewed head, never reused)."""
+    fast_edge, framework = pair
+    await exchange(fast_edge.port, get("/big", "Range: bytes=10-19") + CLOSE)  # the whole answer, and its Cutter
+    frozen = time.time() + 7.25
+    monkeypatch.setattr(time, "time", lambda: frozen)
+    cuts = counted_cuts(monkeypatch)
+    requests = get("/big", "Range: bytes=20-29") + get("/big", "Range: bytes=1048570-1048585") + CLOSE
+    ours = await exchange(fast_edge.port, requests)
+    theirs = await exchange(framework.port, requests)
+    assert cuts == [20, 1048570]
+    small, big, _ = expected_ages(fast_edge, frozen)
+    assert age(ours) == [big, big, small]
+    assert int(big) >= 7
+    small, big, _ = expected_ages(framework, frozen)
+    assert age(theirs) == [big, big, small]
+    assert await normalised(ours) == await normalised(theirs)
+    assert ours.count(b"HTTP/1.1 206 Partial Content\r\n") == 2
+
+
+@pytest.mark.parametrize("pair", [(64 * 2**20, "pread")], indirect=True)
 async def test_a_remembered_answer_gets_its_new_age_without_a_new_decision(
     pair: tuple[Edge, Edge], origin: Origin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
