@@ -202,7 +202,7 @@ class Decider:
         if prepared is None or prepared.hit.still(self.shared, now):
             return prepared
         hit = renewed(prepared.hit, self.shared, now)
-        encoded = _with_age(prepared.head, prepared.hit, hit) if hit is not None else None
+        encoded = _with_age(prepared.head, hit) if hit is not None else None
         if hit is None or encoded is None:
             del memo[head]
             return None
@@ -473,17 +473,14 @@ def _site_bytes(hit: Hit) -> Any:
     return observe.site_bytes(hit.site.name, observe.upstream(CacheStatus.HIT, metrics.Sources()))
 
 
-def _with_age(head: bytes, old: Hit, new: Hit) -> bytes | None:
-    """`head` (encoded from `old`) with the Age line of `new`; None if the line is not there exactly once."""
-    before, after = _age_line(old), _age_line(new)
-    if before is None or after is None or head.count(b"\r\nAge: ") != 1 or before not in head:
+def _with_age(head: bytes, new: Hit) -> bytes | None:
+    """`head` with the Age of `new`, its renewal (the value spliced in: every answer's Age ticks once a second);
+    None if the line is not there exactly once, in the head and in the fields."""
+    at = head.find(b"\r\nAge: ") + 7
+    ages = [v for k, v in new.headers if k == "Age"]
+    if at < 7 or head.find(b"\r\nAge: ", at) >= 0 or len(ages) != 1:
         return None
-    return head.replace(before, after, 1)
-
-
-def _age_line(hit: Hit) -> bytes | None:
-    ages = [v for k, v in hit.headers if k == "Age"]
-    return f"\r\nAge: {ages[0]}\r\n".encode() if len(ages) == 1 else None
+    return head[:at] + ages[0].encode() + head[head.find(b"\r\n", at) :]
 
 
 def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:

@@ -409,7 +409,7 @@ def renewed(hit: Hit, shared: Shared, now: float) -> Hit | None:
     age = hit.initial_age + max(0.0, now - hit.meta.response_time)  # current_age() at `now`
     text = str(int(age))  # as base_headers writes it
     again = copied(hit)
-    again.headers = [("Age", text) if k == "Age" else (k, v) for k, v in hit.headers]
+    again.headers = [("Age", text) if field[0] == "Age" else field for field in hit.headers]  # the others as they are
     again.valid_until = min(now + (1.0 - age % 1.0), hit.fresh_until)
     return again
 

@@ -120,4 +120,4 @@ def test_a_renewed_hit_is_what_find_hit_decides_then(
     decider = Decider(shared, lambda: b"-")
     encoded = decider.encode(before, KeepAlive.OPEN)
     assert encoded is not None
-    assert _with_age(encoded, before, again) == decider.encode(fresh, KeepAlive.OPEN)
+    assert _with_age(encoded, again) == decider.encode(fresh, KeepAlive.OPEN)
