@@ -245,7 +245,7 @@ async def run_mode(mode: str, index: int, opts: argparse.Namespace) -> tuple[Run
     for path in PATHS:
         origin.mutate(path, rng)
     await origin.start()
-    port, admin = 23400 + 2 * index, 23401 + 2 * index
+    port, admin = opts.port + 2 * index, opts.port + 1 + 2 * index
     log = NodeLog(keep=[] if opts.node_log else None)
     try:
         with tempfile.TemporaryDirectory(prefix="edgecache-fuzz-e2e-") as tmp:
@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=50_000, help="at most, per mode (default 50,000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--port", type=int, default=23400, help="the first of the 8 ports the node's modes listen on (default 23400)"
+    )
     parser.add_argument("--node-log", help="write each mode's node log to NODE_LOG.MODE")
     opts = parser.parse_args(argv)
     bad = 0
