@@ -122,13 +122,18 @@ class MissCause(StrEnum):
     RING_MOVED = "ring-moved"  # this node became its owner, and the previous owner still held it (core.lookaside)
     PEER_DOWN = "peer-down"  # another node owns it and is down: this node serves it in its place
     UNCACHEABLE = "uncacheable"  # the origin's answer may not be stored
+    CHANGING = "changing"  # every fill met a new version: one origin answer relayed, not stored (core.churn)
 
 
-def miss_cause(*, uncacheable: bool, expired: bool, evicted: bool, failover: bool, moved: bool = False) -> MissCause:
+def miss_cause(
+    *, uncacheable: bool, expired: bool, evicted: bool, failover: bool, moved: bool = False, changing: bool = False
+) -> MissCause:
     """The one cause of a miss, from what the request found. The answer's own verdict comes first (an uncacheable
     answer is that, whatever was stored), then what this node held (a stale copy, a dropped one), then why this
     node was asked at all (ownership moved here from a node that held it; the owner is down), and cold when none
     of these is known."""
+    if changing:  # the answer was relayed, not stored, whatever the origin said of storing it
+        return MissCause.CHANGING
     if uncacheable:
         return MissCause.UNCACHEABLE
     if expired:

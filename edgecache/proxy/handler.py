@@ -18,7 +18,7 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 
 from edgecache import metrics
 from edgecache.config import Site
-from edgecache.core import admit, lookaside
+from edgecache.core import admit, churn, lookaside
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.clientaddr import real_client
 from edgecache.core.conditional import validates
@@ -38,7 +38,7 @@ from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
-from edgecache.proxy.passthrough import pass_through
+from edgecache.proxy.passthrough import pass_through, relay_changing
 from edgecache.proxy.route import addressed, misdirected
 from edgecache.proxy.serving import CACHED_METHODS
 from edgecache.proxy.shared import Shared
@@ -229,7 +229,9 @@ class EdgeHandler:
         """`adopted`: the fill the fast path started for this miss: whatever it stored since, this is that miss."""
         validated = False
         named: tuple[str, ...] | None = None  # the Vary of an answer that came back for another variant
-        for _ in range(3):
+        tried = changed = 0  # tries, and those that met a new version of the object (core.churn)
+        while (step := churn.next_try(tried, changed)) is churn.Next.FILL:
+            tried += 1
             req, meta, soft_before = await self._look_up(req, named)
             # An adopted fill is this request's miss, or its revalidation of the entry it was started to validate,
             # whatever that fill has stored since.
@@ -256,6 +258,7 @@ class EdgeHandler:
                 # The entry an adopted fill was started to revalidate is not taken again: looked up afresh (a purge
                 # met meanwhile keys the object elsewhere, where that entry's slices are not).
                 validated, adopted = False, None
+                changed += 1
                 continue
             if origin_ms is not None:  # the head came while the fast path waited for it (proxy.coldmiss)
                 observe.trace(request).origin_ms = origin_ms
@@ -265,10 +268,9 @@ class EdgeHandler:
                 validated = True
                 continue
             if head.meta.vary and head.variant != variant(head.meta.vary, req.headers):
-                # The fill sent only the fields the key named, and the answer Varies on others this request
-                # has: it is another variant's answer. Look again under the key its Vary gives (and so send them).
-                # Nobody reads this fill: a private one holds its share of fill memory until let go, which the
-                # variant's own fill may be waiting for.
+                # The fill sent only the fields the key named, and the answer Varies on others this request has:
+                # another variant's answer. Look again under the key its Vary gives (and so send them). Nobody reads
+                # this fill: a private one holds fill memory until let go, which the variant's own may wait for.
                 if ours:
                     fill.abandon()
                 named = head.meta.vary
@@ -276,9 +278,17 @@ class EdgeHandler:
             try:
                 return await self._serve_head(request, req, fill, head, meta, ours, held.expected[-1])
             except VersionChanged as exc:
-                log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
-                await self.engine.store.delete_meta(req.entry_key)
+                changed += await self._changed_after_head(req, exc)
+        if step is churn.Next.RELAY:
+            return await relay_changing(request, self.engine.origin, req)
         raise OriginError("the object kept changing while being fetched", retryable=False)
+
+    async def _changed_after_head(self, req: FillRequest, exc: VersionChanged) -> int:
+        """Raised by the answer's fill before its head went out (serving.serve_fill): the entry goes, and the
+        request starts again. One more try that met a new version."""
+        log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
+        await self.engine.store.delete_meta(req.entry_key)
+        return 1
 
     async def _changed_before_head(self, req: FillRequest, meta: ObjectMeta | None, exc: VersionChanged) -> None:
         """Raised before any byte was sent: a slice the stored entry lacks came back as another version

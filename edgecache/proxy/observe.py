@@ -48,6 +48,7 @@ class Trace:
     expired: bool = False  # a stored entry, stale
     evicted: bool = False  # the object, or a slice the answer needed, was stored here and evicted
     uncacheable: bool = False  # the origin's answer may not be stored
+    changing: bool = False  # relayed unstored: each fill met a new version (core.churn)
     from_peer: bool = False  # a miss filled from the previous owner's cache (core.lookaside): upstream "peer"
     moved: bool = False  # that fill was a look-aside, not a spread copy's: the miss's cause is ring-moved
     look_aside: bool = False  # the owner asks this node's cache (core.lookaside)
@@ -245,7 +246,12 @@ def count(t: Trace, method: str, code: int) -> None:
     requests_counter(t.site, method, code, t.status).inc()
     if t.status in MISSES:  # once per request, whatever its path did before it ended
         cause = miss_cause(
-            uncacheable=t.uncacheable, expired=t.expired, evicted=t.evicted, failover=t.failover, moved=t.moved
+            uncacheable=t.uncacheable,
+            expired=t.expired,
+            evicted=t.evicted,
+            failover=t.failover,
+            moved=t.moved,
+            changing=t.changing,
         )
         misses_counter(t.site, cause.value).inc()
 

@@ -10,16 +10,18 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from edgecache import metrics
-from edgecache.core.forward import pass_request, relayed_fields
+from edgecache.core import churn
+from edgecache.core.entry import vary_names
+from edgecache.core.forward import pass_request, relayed_fields, unkeyed_fields
 from edgecache.core.freshness import invalidates
 from edgecache.core.headers import Headers, get_all
-from edgecache.core.keys import BadTarget, make_key
+from edgecache.core.keys import BadTarget, make_key, varied
 from edgecache.core.route import normalise_host
-from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.core.status import CacheStatus, MissCause, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import observe
 from edgecache.proxy.fillrequest import FillRequest
-from edgecache.proxy.origin import ClientBody, OriginClient, read_chunks
+from edgecache.proxy.origin import ClientBody, OriginClient, OriginResponse, read_chunks
 from edgecache.proxy.respond import typed_head, unknown_length
 from edgecache.storage.store import Store
 
@@ -40,7 +42,6 @@ async def pass_through(
     before the client hears the response, so its next request cannot see them."""
     observe.mark(request, status)
     sent = pass_request(request.method, req.key, req.headers, req.site.origin_host, req.client_ip, extra, origin.via)
-    served = _FROM_ORIGIN if source == "origin" else metrics.BYTES_SERVED.labels("peer")
     body = ClientBody(_continued(request), origin.settings.body_timeout) if request.body_exists else None
     started = time.monotonic()
     resp = await origin.request(req.site, sent.method, sent.target, sent.headers, body, passed=True)
@@ -48,32 +49,66 @@ async def pass_through(
     try:
         if invalidate is not None:
             await invalidate_after(invalidate[0], request.method, resp.status, req, resp.headers, invalidate[1])
-        out = web.StreamResponse(status=resp.status, reason=resp.raw.reason)
-        for k, v in relayed_fields(resp.headers, cache_status_header(status)):
-            out.headers.add(k, v)
-        if request.method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200:
-            if request.method == "HEAD" and resp.status not in (204, 304) and resp.status >= 200:
-                typed_head(out, resp.raw.content_length)
-            await out.prepare(request)
-            return out
-        if resp.raw.content_length is None:
-            unknown_length(request, out)
-        else:
-            out.content_length = resp.raw.content_length
-        await out.prepare(request)
-        try:
-            async for chunk in read_chunks(resp):
-                served.inc(len(chunk))
-                await observe.write(request, out, chunk)
-        except OriginError as exc:
-            log.warning("aborting pass-through of %s: %s", request.path, exc)
-            if request.transport is not None:
-                request.transport.abort()
-            raise ConnectionAbortedError(str(exc)) from exc
-        await out.write_eof()
-        return out
+        return await _relay(request, resp, cache_status_header(status), source)
     finally:
         resp.release()
+
+
+async def relay_changing(request: web.BaseRequest, origin: OriginClient, req: FillRequest) -> web.StreamResponse:
+    """The answer to a request whose fills kept meeting new versions (core.churn): one origin request for what the
+    client asked, relayed as it comes and never stored: the bytes of the one version that answer carries. A MISS,
+    counted by its cause (changing) and told in its Cache-Status."""
+    observe.mark(request, CacheStatus.MISS)
+    observe.trace(request).changing = True
+    vary = req.vary
+    for _ in range(churn.RELAYS):
+        unkeyed = unkeyed_fields(req.site.forward_fields, req.headers, vary)
+        fields = varied(vary, req.headers)
+        sent = churn.relay_request(
+            request.method, req.key, fields, req.site.origin_host, req.headers, unkeyed, origin.via
+        )
+        started = time.monotonic()
+        resp = await origin.request(req.site, sent.method, sent.target, sent.headers, passed=True)
+        observe.trace(request).origin_ms = round((time.monotonic() - started) * 1000, 3)
+        try:
+            if (named := churn.misfit(vary_names(resp.headers), sent.headers, req.headers)) is None:
+                field = cache_status_header(CacheStatus.MISS, detail=MissCause.CHANGING.value, found=req.found)
+                return await _relay(request, resp, field, "origin")
+        finally:
+            resp.release()
+        vary = named
+    raise OriginError("the object kept changing while being fetched, and varying on other fields", retryable=False)
+
+
+async def _relay(request: web.BaseRequest, resp: OriginResponse, status_field: str, source: str) -> web.StreamResponse:
+    """The upstream's answer `resp`, streamed to the client as it comes (its end-to-end fields, this node's
+    Cache-Status entry `status_field`); a body the upstream cuts is cut for the client too (its connection
+    aborted), never ended as if whole. `source`: where the served bytes came from (origin, peer)."""
+    served = _FROM_ORIGIN if source == "origin" else metrics.BYTES_SERVED.labels(source)
+    out = web.StreamResponse(status=resp.status, reason=resp.raw.reason)
+    for k, v in relayed_fields(resp.headers, status_field):
+        out.headers.add(k, v)
+    if request.method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200:
+        if request.method == "HEAD" and resp.status not in (204, 304) and resp.status >= 200:
+            typed_head(out, resp.raw.content_length)
+        await out.prepare(request)
+        return out
+    if resp.raw.content_length is None:
+        unknown_length(request, out)
+    else:
+        out.content_length = resp.raw.content_length
+    await out.prepare(request)
+    try:
+        async for chunk in read_chunks(resp):
+            served.inc(len(chunk))
+            await observe.write(request, out, chunk)
+    except OriginError as exc:
+        log.warning("aborting pass-through of %s: %s", request.path, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionAbortedError(str(exc)) from exc
+    await out.write_eof()
+    return out
 
 
 async def _continued(request: web.BaseRequest) -> AsyncIterator[bytes]:
