@@ -119,9 +119,12 @@ def judge_head(
         told = _told_length(status, headers)
         if told is not None and existing is not None and 0 <= existing.length != told:
             # Another length than the stored copy's: a new version, which the request fetches again as a miss. Passed
-            # through, a revalidation met the same 416 for every request, and the copy was never replaced.
+            # through, a revalidation met the same 416 for every request, and the copy was never replaced. A 416 that
+            # varies tells it too: `existing` is the copy its Vary names for the fields this fill sent (Engine._fill).
             raise VersionChanged(f"origin's 416 tells a length of {told}, the stored copy's is {existing.length}")
         if status in (206, 416):
+            # The client's own Range is judged by a length only when no field of its own could name another variant.
+            told = None if entry.vary_names(headers) else told
             raise RangeMismatch(f"origin response refused: {j.reason}", told, served)
         raise OriginError(f"origin response refused: {j.reason}", retryable=False)
     vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
@@ -160,10 +163,10 @@ def judge_head(
 
 
 def _told_length(status: int, headers: Headers) -> int | None:
-    """The object's length a 416 to a fill's range tells (`Content-Range: bytes */N`); none from a 206, nor from a
-    416 that varies (another variant of the object may be of another length)."""
+    """The length of the variant a fill asked for that a 416 to its range tells (`Content-Range: bytes */N`); none
+    from a 206."""
     told = ranges.parse_content_range(get_first(headers, "content-range")) if status == 416 else None
-    if told is None or told.first is not None or entry.vary_names(headers):
+    if told is None or told.first is not None:
         return None
     return told.length
 
