@@ -294,7 +294,9 @@ async def _stream(request: web.BaseRequest, resp: web.StreamResponse, body: Body
         async for chunk in body:
             await observe.write(request, resp, chunk)
     except OriginError as exc:
-        log.warning("aborting response to %s after %d bytes: %s", request.path, resp.body_length, exc)
+        # The bytes written so far (aiohttp's body_length is set only once the body has ended: it said 0 here).
+        sent = observe.trace(request).body_bytes or 0
+        log.warning("aborting response to %s after %d body bytes: %s", request.path, sent, exc)
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionAbortedError(str(exc)) from exc
