@@ -317,6 +317,10 @@ class Engine:
         req = replace(req, entry_key=head.entry_key)
         primary = req.primary or req.entry_key.split("\n", 1)[0]
         keep = (head.status == 304 and head.kept) or (head.store and head.meta.length >= 0)
+        # Asked before anything is remembered: a record remembered here would be the one it compares with (the
+        # object's, forgotten when a request caught up on the purge first, is made again from the fill's).
+        if keep and req.spread_from is None and not await self._not_purged(primary, req):
+            keep = False  # its readers, who asked before the purge, still get its answer; nobody else
         known = self.store.peek_record(primary)
         record = replace(known or PrimaryRecord(req.generation), vary=head.meta.vary)
         if keep:  # visible before anyone hears of the head, so the next request is a hit
@@ -325,7 +329,7 @@ class Engine:
         fill.set_head(head)
         if req.spread_from is None:  # leased before the metadata is on the disk, where other workers read both
             await self._lease_ahead(fill, head, head.start // self.slice_size)
-        if keep and req.spread_from is None and await self._not_purged(primary, req):  # a spread copy: in memory only
+        if keep and req.spread_from is None:  # a spread copy is kept in memory only
             if record != known:  # the next slice of a stored object brings the same record
                 await self.store.put_record(primary, record)
             # A 304's is written whatever the last write: the other workers revalidate from it (proxy.revalidating).
@@ -337,7 +341,7 @@ class Engine:
     async def _not_purged(self, primary: str, req: FillRequest) -> bool:
         """Is the record the fill was asked under still the object's? A purge another worker applied since the head
         was judged (the fill waited for its share of fill memory, say) is caught up on first: the fill's record and
-        metadata are not written over the purge's. Its readers, who asked before the purge, still get its answer."""
+        metadata are neither remembered nor written over the purge's."""
         if self.store.stale():
             await self.store.catch_up()
         return (await self.store.get_record(primary)).generation == req.generation
