@@ -441,14 +441,15 @@ class Engine:
     ) -> None:
         """A body of unknown length ended whole: its metadata, with the length, makes its slices an object.
 
-        Visible to this process before the first await, so a client that read the body to its end and asks
+        Visible to this process before the first await that leaves the loop (_not_purged does not, unless another
+        worker changed something or the record was let go), so a client that read the body to its end and asks
         again is answered from the cache."""
         meta = replace(meta, length=length)
         primary = req.primary or req.entry_key.split("\n", 1)[0]
-        current = self.store.peek_record(primary)
-        if current is not None and current.generation != req.generation:
-            await self._forget(req.entry_key, meta.slice_version, stored, writes, None)  # invalidated meanwhile
+        if not await self._not_purged(primary, req):  # invalidated meanwhile, here or by another worker
+            await self._forget(req.entry_key, meta.slice_version, stored, writes, None)
             return
+        current = self.store.peek_record(primary)
         record = replace(current or PrimaryRecord(req.generation), vary=meta.vary)
         self.store.remember_record(primary, record)
         self.store.remember_meta(req.entry_key, meta)
