@@ -32,6 +32,9 @@ async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
     kind = request.content_type
     if kind == "application/json" or (kind != "text/plain" and raw.lstrip()[:1] in (b"{", b"[")):
         body = parse_json(raw)
+        # The query's options are a text/plain body's: beside JSON, `?concurrency=1` ran the job at the default.
+        if (extra := next(iter(request.query), None)) is not None:
+            raise bad(f"unknown parameter {extra[:40]!r}: with a JSON body a job takes its options in the body")
         if isinstance(body, list):
             return body, {}
         if isinstance(body, dict) and isinstance(body.get("urls"), list):

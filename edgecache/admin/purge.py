@@ -178,6 +178,9 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         config = current()
         token: Token = token_of(request)
         body = await read_json(request)
+        # Nothing in the query is read: `?soft=true` beside a JSON body made a hard purge, answered as done.
+        if (extra := next(iter(request.query), None)) is not None:
+            raise bad(f"unknown parameter {extra[:40]!r}: a purge takes url, prefix or site, and soft in its body")
         order = parse_order(body, config.sites, token)
         _authorize(token, order.site.name, body)
         entry = _entry(store, config, order, body)

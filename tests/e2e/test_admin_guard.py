@@ -275,6 +275,9 @@ async def test_a_key_the_api_does_not_take_is_refused_not_ignored(origin: Origin
             ({"url": url, "local": 0}, "local must be true or false"),
         ]:
             assert await node.call("POST", "/purge", json=body) == (400, {"error": error}), body
+        soft = {"json": {"url": url}, "params": {"soft": "true"}}  # the query is never read: not a hard purge
+        error = "unknown parameter 'soft': a purge takes url, prefix or site, and soft in its body"
+        assert await node.call("POST", "/purge", **soft) == (400, {"error": error})
         options = "priority, concurrency, bandwidth, window (or window_start and window_end) and renditions"
         for kw, error in [
             ({"json": {"urls": [url], "priorty": 5}}, f"unknown key 'priorty': a job takes urls, {options}"),
@@ -285,6 +288,10 @@ async def test_a_key_the_api_does_not_take_is_refused_not_ignored(origin: Origin
             (
                 {"data": url, "params": {"priorty": "5"}},  # a str body is sent as text/plain
                 f"unknown parameter 'priorty': a job takes {options}",
+            ),
+            (
+                {"json": [url], "params": {"concurrency": "1"}},
+                "unknown parameter 'concurrency': with a JSON body a job takes its options in the body",
             ),
         ]:
             assert await node.call("POST", "/prefetch", **kw) == (400, {"error": error}), kw
