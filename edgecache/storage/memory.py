@@ -158,6 +158,10 @@ class MemoryTier:
         self._policy = self._new_policy()
         self._policy.resize(limit)
 
+    def hottest(self) -> list[tuple[str, bytes]]:
+        """Every value held, with its key, the one the policy would evict last first (no touch: not a hit)."""
+        return [(key, self._values[key]) for key in self._policy.hottest()]
+
     def stats(self) -> MemoryStats:
         return MemoryStats(
             used_bytes=self._policy.used_bytes,

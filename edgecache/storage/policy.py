@@ -30,6 +30,7 @@ class EvictionPolicy(Protocol):
     def resize(self, budget: int) -> list[str]: ...
     def touch(self, key: str) -> None: ...
     def remove(self, key: str) -> None: ...
+    def hottest(self) -> list[str]: ...
     def __contains__(self, key: object) -> bool: ...
     def __len__(self) -> int: ...
 
@@ -84,6 +85,10 @@ class LRUPolicy:
         size = self._items.pop(key, None)
         if size is not None:
             self.used_bytes -= size
+
+    def hottest(self) -> list[str]:
+        """Every key held, the one this policy would evict last first: most recently used first."""
+        return list(reversed(self._items))
 
     def __contains__(self, key: object) -> bool:
         return key in self._items
@@ -282,6 +287,21 @@ class S3FIFOPolicy:
         found = self.queues.find(key)
         if found is not None and found[0] != GHOST:
             self.queues.drop(key)
+
+    def hottest(self) -> list[str]:
+        """Every key held (dict queues only: the memory tier's), in the reverse of the order evicting them all
+        would take (resize(0)): main's by counter (second chances left), then small's that were reused (each
+        would be promoted to main's newest end), then main's with none left, then small's one-hit wonders; within
+        each, the newest end of its FIFO first. O(n log n): for a stop, not the hot path."""
+        main, small = enumerate(self._counted(MAIN)), enumerate(self._counted(SMALL))
+        ranked = [(2, f, place, key) if f else (1, 0, place, key) for place, (key, f) in main]
+        ranked += [(1, 1, place, key) if f else (0, 0, place, key) for place, (key, f) in small]
+        ranked.sort(reverse=True)
+        return [key for *_, key in ranked]
+
+    def _counted(self, queue: int) -> list[tuple[str, int]]:
+        q = self._mem
+        return [(key, q.freq.get(key, 0)) for key in (q.main if queue == MAIN else q.small)]
 
     def in_main(self, key: str) -> bool:
         found = self.queues.find(key)

@@ -372,3 +372,20 @@ def test_metadata_gives_way_only_once_the_tier_is_at_its_floor_and_comes_back_la
     assert next_entries(4_000, 16_384, 188 * MiB, rss_limit, slack, full) == 4_000  # within the slack: hold
     assert next_entries(4_000, 16_384, 150 * MiB, rss_limit, slack, full) == 5_000  # then a quarter more
     assert next_entries(16_000, 16_384, 50 * MiB, rss_limit, slack, full) == 16_384  # never above most
+
+
+@pytest.mark.parametrize("name", ["lru", "s3fifo"])
+@pytest.mark.parametrize("seed", range(20))
+def test_hottest_is_the_reverse_of_the_order_evicting_everything_takes(name: str, seed: int) -> None:
+    """What a stop writes to disk first (storage.tiers.keep_on_stop) is what the policy would evict last."""
+    rng = random.Random(seed)
+    policy = make_policy(name, 4000)
+    for _ in range(300):
+        key = f"k{rng.randrange(60)}"
+        if rng.random() < 0.5 and key in policy:
+            policy.touch(key)
+        else:
+            policy.admit(key, rng.randrange(1, 400))
+    hottest = policy.hottest()
+    assert len(hottest) == len(policy) > 0
+    assert hottest == list(reversed(policy.resize(0)))
