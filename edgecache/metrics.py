@@ -131,6 +131,11 @@ MEMORY_EVICTIONS = _counter("edgecache_memory_tier_evictions_total", "Slices evi
 TIER_SPILLS = _counter(
     "edgecache_tier_spills_total", "Slices the memory tier evicted, by what became of them", ["outcome"]
 )
+# At a graceful stop, exclusive tiers write what only memory holds to disk (storage.tiers.keep_on_stop): written,
+# not written past its time or byte bound (late, no_room), on a failed write (dropped), or stale as a spill is.
+TIER_STOP_SAVES = _counter(
+    "edgecache_tier_stop_saves_total", "Slices only memory held at a stop, by what became of them", ["outcome"]
+)
 MEMORY_ADMISSIONS = _counter("edgecache_memory_tier_admissions_total", "Slices admitted to the memory tier")
 DISK_BYTES = Gauge("edgecache_disk_tier_bytes", "Bytes held by the disk tier", multiprocess_mode="livemax")
 DISK_BUDGET = Gauge("edgecache_disk_tier_budget_bytes", "Disk tier byte budget", multiprocess_mode="max")

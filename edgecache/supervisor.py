@@ -89,7 +89,7 @@ class Supervisor:
     workers: int
     watchdog: float  # seconds; 0: heartbeats are not checked
     beats: Heartbeats
-    drain: float  # seconds a worker may take to stop (server.drain)
+    drain: float  # seconds a worker may take to stop (server.drain, with exclusive tiers + cache.save_on_stop)
     watch: tuple[str, float] | None = None  # the config file and seconds between looks at it (server.watch_config)
     restarts: Counter[str] = field(default_factory=Counter)
     stop_at: float | None = None  # when the stop began
@@ -321,7 +321,8 @@ def serve(config: Config) -> int:
     try:
         watched = config.watch_config > 0 and config.source != "command line"
         watch = (config.source, config.watch_config) if watched else None
-        supervisor = Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, config.drain, watch)
+        stopping = config.drain + config.cache.stop_save_seconds  # a worker saves its memory after its drain
+        supervisor = Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, stopping, watch)
         supervisor.source = config.source
         supervisor.run()
     finally:

@@ -9,11 +9,12 @@ from typing import Any
 
 from edgecache.config.model import CacheSettings, Disk
 from edgecache.config.schema import KEYS
-from edgecache.config.values import _positive, _Reader, parse_size
+from edgecache.config.values import _positive, _Reader, _seconds, parse_size
 
 SLICES = (4096, 64 * 2**20)  # the sizes a slice may have (cache.slice, and `edgecache simulate --slice`)
 SLICES_PROBLEM = "must be between 4KiB and 64MiB"
 TIERS = ("inclusive", "exclusive")
+MAX_SAVE = 3600.0  # cache.save_on_stop at most, as server.drain
 # Each worker has a memory tier of its own over the one disk: a slice only in one worker's memory is a miss for the
 # others, which fetch it again (loadtest.tier_layouts --workers: a loss from 2 workers on).
 EXCLUSIVE_WORKERS = "'exclusive' needs one worker: a slice in one worker's memory only is a miss for the others"
@@ -44,6 +45,7 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         fill_memory=r.get(t, "cache.", "fill_memory", parse_size, 0),
         disks=disks,
         tiers=r.get(t, "cache.", "tiers", str, "inclusive"),
+        save_on_stop=r.get(t, "cache.", "save_on_stop", _save_seconds, 10.0),
     )
     run = settings.slice_bytes * settings.fill_slices
     if settings.fill_bytes < run:
@@ -58,6 +60,15 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         if d.size < settings.slice_bytes * 16:
             r.problem(f"cache.disks[{i}].size" if disks else "cache.disk", "must hold at least 16 slices")
     return settings
+
+
+def _save_seconds(v: Any) -> float:
+    """`cache.save_on_stop`, bounded as server.drain is: a stop waits for both, and what waits on the stop
+    (systemd's TimeoutStopSec) must wait longer than drain + save_on_stop + supervisor.KILL_AFTER."""
+    seconds = _seconds(v)
+    if seconds > MAX_SAVE:
+        raise ValueError(f"expected seconds between 0 and {MAX_SAVE:.0f}")
+    return seconds
 
 
 _DISKS_FORM = 'an array of tables such as [{path = "/srv/cache1", size = "900GiB"}, ...]'

@@ -93,6 +93,14 @@ class CacheSettings:
     # "inclusive": a fill is written to both tiers. "exclusive": a slice is in one tier at a time (storage.tiers):
     # what memory keeps is not written to disk until memory evicts it; one worker only.
     tiers: str = "inclusive"
+    # Exclusive tiers: seconds a graceful stop spends writing the slices only memory holds to disk, hottest first
+    # (storage.tiers.keep_on_stop), after the drain; 0: none, a restart loses them as a kill -9 does.
+    save_on_stop: float = 10.0
+
+    @property
+    def stop_save_seconds(self) -> float:
+        """What a stop spends saving memory at most, past the drain: save_on_stop with exclusive tiers, else 0."""
+        return self.save_on_stop if self.tiers == "exclusive" else 0.0
 
     @property
     def fill_bytes(self) -> int:

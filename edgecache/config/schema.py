@@ -12,7 +12,7 @@ KEYS: dict[str, frozenset[str]] = {
         "proxy_protocol proxy_protocol_from trusted_forwarders "
         "header_timeout idle_timeout disk_send tls_listen tls watchdog drain watch_config",
         "tls": "cert key",
-        "cache": "dir memory disk disks slice fill_slices fill_memory memory_policy memory_headroom tiers",
+        "cache": "dir memory disk disks slice fill_slices fill_memory memory_policy memory_headroom tiers save_on_stop",
         "cache.disks": "path size",
         "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
         "sites": "name hosts origins key_query origin_host forward_fields cache allow tls signing origin_connections",

@@ -111,7 +111,9 @@ class Engine:
         while self._writes:
             await asyncio.wait(list(self._writes))
 
-    async def close(self) -> None:
+    async def close(self, save_seconds: float = 0.0) -> None:
+        """`save_seconds`: exclusive tiers write what only memory holds to disk for this long at most, once the
+        fills have stopped (storage.tiers.keep_on_stop; cache.save_on_stop)."""
         # A slice already received is worth keeping: let its disk write finish (bounded), then stop the fills.
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=10)
@@ -119,6 +121,7 @@ class Engine:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.keep_on_stop(save_seconds)
 
     # --- starting fills ------------------------------------------------------------------------------------
 

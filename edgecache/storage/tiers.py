@@ -17,7 +17,9 @@ Inclusive tiers (the default) run none of this: memory.on_drop stays None and no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -36,6 +38,12 @@ log = logging.getLogger("edgecache.storage.store")
 # floor holds the burst a few fills evict at once even where a slice is the largest item of a small tier (an
 # eighth of it): a slice dropped past the bound is one its fill has let go as stored, which a reader fetches again.
 SPILL_LEAST, SPILL_MOST = 16 * 2**20, 64 * 2**20
+# What a stop writes of memory to disk at most (keep_on_stop), as a share of the disk budget. The whole budget
+# was too much: the disk also holds the objects' metadata and records, and what it admits past its budget it
+# evicts from its main FIFO, where the save's slices are the newest with full counters but the older values may
+# have full counters too; on a disk of 16 slices, writing 16 evicted the first one written, the hottest. With half
+# the budget, the other half is older in that FIFO and goes first.
+SAVE_SHARE = 0.5
 
 
 class Tiers:
@@ -125,22 +133,25 @@ class Tiers:
         self._start(name, self._spill_write(name, held, value))
 
     async def _spill_write(self, name: str, held: tuple[str, str, bool], value: bytes) -> None:
-        entry_key, version, lent = held
         try:
-            if not await self._current(entry_key, version):
-                metrics.TIER_SPILLS.labels("stale").inc()
-                return
-            try:
-                stored = await self.disk.put(name, value, lent=lent)
-            except StorageError as exc:
-                if not isinstance(exc, OutOfService | DiskFull):  # those storage.disks logged
-                    log.warning("evicted slice not written to disk: %s", exc)
-                stored = False
-            metrics.TIER_SPILLS.labels("written" if stored else "dropped").inc()
+            metrics.TIER_SPILLS.labels(await self._write_back(name, held, value, held[2])).inc()
         finally:
             self.spilling -= len(value)
             if self._writing.get(name) is value:
                 del self._writing[name]
+
+    async def _write_back(self, name: str, held: tuple[str, str, bool], value: bytes, lent: bool) -> str:
+        """Write a slice only memory held to disk, if still its object's current copy: "written", "stale", or
+        "dropped" (the write failed). `lent`: to the disk policy's main queue with a full counter."""
+        if not await self._current(held[0], held[1]):
+            return "stale"
+        try:
+            stored = await self.disk.put(name, value, lent=lent)
+        except StorageError as exc:
+            if not isinstance(exc, OutOfService | DiskFull):  # those storage.disks logged
+                log.warning("slice only memory held not written to disk: %s", exc)
+            stored = False
+        return "written" if stored else "dropped"
 
     async def _current(self, entry_key: str, version: str) -> bool:
         """Is `version` the copy the object's metadata names, under the generations it was stored with (its
@@ -160,8 +171,8 @@ class Tiers:
             await asyncio.wait(list(self._tier_tasks.values()))
 
     async def stop_spilling(self, seconds: float) -> None:
-        """At shutdown: spilled(), `seconds` at most, then what is left cancelled. What only memory holds is not
-        written: a restart loses it."""
+        """At shutdown: spilled(), `seconds` at most, then what is left cancelled. What only memory holds is
+        written after, by keep_on_stop."""
         try:
             async with asyncio.timeout(seconds):
                 await self.spilled()
@@ -169,3 +180,50 @@ class Tiers:
             for task in list(self._tier_tasks.values()):
                 task.cancel()
             await asyncio.gather(*self._tier_tasks.values(), return_exceptions=True)
+
+    async def keep_on_stop(self, seconds: float) -> dict[str, int]:
+        """At a graceful stop, after the spills: write the slices only memory holds to disk, hottest first, so a
+        restart finds them there instead of fetching them from origin again. Bounded in time (`seconds`,
+        cache.save_on_stop: no write starts after it, and one under way then is cancelled, as stop_spilling
+        does) and in bytes (half the disk budget, SAVE_SHARE). One that fits after a larger one did not is
+        written.
+        One write at a time, each off the loop (Disks.put). Returns how many slices had each outcome (counted
+        in TIER_STOP_SAVES too), and "bytes" written.
+
+        Every slice goes to the disk's main queue with a full counter (`lent`), not only those memory took from
+        disk as the write-back sends there: memory kept them over all else it saw, and written as new ones
+        they would land in the disk's small FIFO (5% of its budget) and push each other out during this very
+        save, the hottest first."""
+        outcomes = dict.fromkeys(("written", "stale", "dropped", "late", "no_room", "bytes"), 0)
+        if not self.exclusive:
+            return outcomes
+        began = time.monotonic()
+        held = [(name, value, self._held[name]) for name, value in self.memory.hottest() if name in self._held]
+        if held and seconds > 0:  # 0: off
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._save(held, outcomes)
+        outcomes["late"] = len(held) - sum(outcomes[k] for k in ("written", "stale", "dropped", "no_room"))
+        for outcome, n in outcomes.items():
+            if n and outcome != "bytes":
+                metrics.TIER_STOP_SAVES.labels(outcome).inc(n)
+        log.info(
+            "stopping: wrote %d of the %d slices only memory held to disk (%d bytes) in %.2f s; not written: %d"
+            " past cache.save_on_stop (%g s), %d past the disk budget, %d stale, %d failed",
+            outcomes["written"], len(held), outcomes["bytes"], time.monotonic() - began, outcomes["late"], seconds,
+            outcomes["no_room"], outcomes["stale"], outcomes["dropped"],
+        )  # fmt: skip
+        return outcomes
+
+    async def _save(self, held: list[tuple[str, bytes, tuple[str, str, bool]]], outcomes: dict[str, int]) -> None:
+        """keep_on_stop's writes, in order, within the disk budget; each outcome counted into `outcomes`."""
+        room = int(self.disk.budget_bytes * SAVE_SHARE)
+        for name, value, whose in held:
+            if len(value) > room:
+                outcomes["no_room"] += 1
+                continue
+            outcome = await self._write_back(name, whose, value, True)
+            outcomes[outcome] += 1
+            if outcome == "written":
+                room -= len(value)
+                outcomes["bytes"] += len(value)
