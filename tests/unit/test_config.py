@@ -414,6 +414,21 @@ def test_cache_tiers_inclusive_by_default_exclusive_with_one_worker_only() -> No
     ]
 
 
+def test_cache_save_on_stop_defaults_to_ten_seconds_and_counts_in_a_stop_with_exclusive_tiers_only() -> None:
+    """cache.save_on_stop: what a stopping worker spends writing exclusive tiers' memory to disk, after the drain;
+    the parent waits for it before it kills the worker (supervisor: drain + stop_save_seconds + KILL_AFTER)."""
+    inclusive = build({"cache": {"save_on_stop": 30}, "sites": [SITE]}, "f.toml", Path("/e")).cache
+    assert (inclusive.save_on_stop, inclusive.stop_save_seconds) == (30.0, 0.0)
+    exclusive = build({"cache": {"tiers": "exclusive"}, "sites": [SITE]}, "f.toml", Path("/e")).cache
+    assert (exclusive.save_on_stop, exclusive.stop_save_seconds) == (10.0, 10.0)
+    assert problems({"cache": {"save_on_stop": -1}, "sites": [SITE]}) == [
+        "f.toml: cache.save_on_stop: expected seconds (a finite number >= 0)"
+    ]
+    assert problems({"cache": {"save_on_stop": 3601}, "sites": [SITE]}) == [
+        "f.toml: cache.save_on_stop: expected seconds between 0 and 3600"
+    ]
+
+
 def test_an_access_log_name_too_long_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
     """check-config crashed with OSError ENAMETOOLONG on log.access = "9" * 300 (found by loadtest.fuzz)."""
     with pytest.raises(ConfigError) as exc:
