@@ -24,7 +24,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
 from edgecache.core.keys import PrimaryRecord, entry_key, varied
 from edgecache.errors import OriginError, StorageError, VersionChanged
-from edgecache.proxy import clusterfill
+from edgecache.proxy import clusterfill, fillhead
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillhead import OVERTAKEN, answers, judge_head, more_of, rejoined, replaces, within_run
 from edgecache.proxy.fillmemory import FillBudget, Taken
@@ -189,7 +189,9 @@ class Engine:
             raise
         except OriginError as exc:
             fill.fail(exc)
-            if (cut := _cut_whole(fill)) is not None:  # gone from memory in the next turn, before anyone asks again
+            if (
+                cut := fillhead.cut_whole(fill)
+            ) is not None:  # gone from memory in the next turn, before anyone asks again
                 self._spawn(self.store.drop_version(fill.entry_key, cut), self._writes)
         except Exception as exc:  # a bug must fail the readers, never leave them waiting
             log.exception("fill of %s failed", req.entry_key)
@@ -489,14 +491,3 @@ class Engine:
             self.store.memory.delete(name)
             with contextlib.suppress(StorageError):
                 await self.store.disk.delete(name)
-
-
-def _cut_whole(fill: Fill) -> ObjectMeta | None:
-    """The copy a fill that failed stored of an object fetched only whole (no validator: nothing proves two fetches the
-    same version), left without the rest of its body. No later fetch can complete it, each being another version:
-    kept, every request after it cost the origin 2 to 5 fetches (each met as a new version, and retried)."""
-    head = fill.head
-    if not head.done() or head.cancelled() or head.exception() is not None:
-        return None
-    brought = head.result()
-    return brought.meta if brought.store and brought.meta.whole else None

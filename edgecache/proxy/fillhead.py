@@ -293,3 +293,14 @@ def replaces(existing: ObjectMeta | None, validated: ObjectMeta | None, asked: s
         return False
     moved = validated is not None and head.entry_key != asked
     return moved or (existing is not None and not entry.same_bytes(existing, head.meta))
+
+
+def cut_whole(fill: Fill) -> ObjectMeta | None:
+    """The copy a fill that failed stored of an object fetched only whole (no validator: nothing proves two fetches the
+    same version), left without the rest of its body. No later fetch can complete it, each being another version:
+    kept, every request after it cost the origin 2 to 5 fetches (each met as a new version, and retried)."""
+    head = fill.head
+    if not head.done() or head.cancelled() or head.exception() is not None:
+        return None
+    brought = head.result()
+    return brought.meta if brought.store and brought.meta.whole else None
