@@ -112,7 +112,7 @@ def fill_request(
     unkeyed: Headers = (),
     via: str = VIA,
 ) -> OriginRequest:
-    """The origin request of a fill: `fields` are the Vary'd values of the entry key (keys.varied), sent as
+    """The origin request of a fill: `fields` are the Vary'd values of the entry key (keys.keyed_fields), sent as
     normalised there, so the variant computed from what was sent is the variant of the key. `unkeyed` holds
     the only other client fields a fill may carry: those its site names in forward_fields (unkeyed_fields)."""
     headers: list[tuple[str, str]] = [("Host", origin_host or key.host)]

@@ -262,6 +262,20 @@ def entry_parts(key: str) -> tuple[str, str, str]:
     return primary, scope, generation
 
 
+def keyed_fields(key: str) -> Varied:
+    """The Vary'd fields entry_key() put in `key`, as varied() gave them: what every fill of the copy stored under
+    it sends, whatever Vary the request that reads it was decided with (a copy extended with other fields joins
+    another variant's bytes to its own, under one ETag when the origin gives every variant the same).
+
+    A line with no "=" after the primary is the scope or generation where entry_key() puts them, else a field the
+    request did not have: sent neither way. Values hold no newline: varied() keeps no whitespace but single spaces."""
+    lines = key.split("\n")[1:]
+    for mark in ("@", "#"):
+        if lines and lines[0].startswith(mark) and "=" not in lines[0]:
+            lines.pop(0)
+    return tuple((name, value if sep else None) for name, sep, value in (line.partition("=") for line in lines))
+
+
 def primary_parts(primary: str) -> tuple[str, str, str] | None:
     """The site, host and path make_key() made `primary` of (its query aside)."""
     found = _PRIMARY.fullmatch(primary)

@@ -22,7 +22,7 @@ from edgecache.cluster.view import ClusterView
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
-from edgecache.core.keys import PrimaryRecord, entry_key, varied
+from edgecache.core.keys import PrimaryRecord, entry_key, keyed_fields
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill, fillhead
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
@@ -224,8 +224,8 @@ class Engine:
             asked = ranges.ByteRange(fill.first_index * self.slice_size, (fill.last_index + 1) * self.slice_size - 1)
             span = (asked.first, asked.last)
         checked = Validator(validate.etag, validate.last_modified) if validate is not None else None
-        unkeyed = unkeyed_fields(req.site.forward_fields, req.headers, req.vary)
-        fields = varied(req.vary, req.headers)
+        fields = keyed_fields(req.entry_key)  # of the copy it extends: the request may be decided under another Vary
+        unkeyed = unkeyed_fields(req.site.forward_fields, req.headers, tuple(name for name, _ in fields))
         sent = fill_request(req.key, fields, req.site.origin_host, span, checked, unkeyed, self.origin.via)
         # From here on the request's fields are the ones sent: the answer is stored under their variant.
         req = replace(req, headers=sent.headers)

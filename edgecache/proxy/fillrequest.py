@@ -30,7 +30,9 @@ class FillRequest:
     host_key: str = ""  # the normalised host of the cache key
     path: str = ""  # the normalised path of the cache key
     key: CacheKey = NO_KEY  # what a fill asks the origin for (core.forward.fill_request)
-    vary: tuple[str, ...] = ()  # the Vary of the record the entry key was made with: the fields a fill sends
+    # The Vary of the record the request was decided with. Not what a fill sends: that is the entry key's fields
+    # (keys.keyed_fields), and a request served another variant's copy (EdgeHandler._serve_head) keeps this one.
+    vary: tuple[str, ...] = ()
     look_aside: bool = False  # the owner asks this node's cache (core.lookaside): answered from it, never filled
     # A hot object on a node that does not own it (core.popularity): filled from its owner, kept in memory only.
     spread_from: Member | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgecache.core.keys import PrimaryRecord, entry_key, entry_parts, make_key, primary_parts
+from edgecache.core.keys import PrimaryRecord, entry_key, entry_parts, keyed_fields, make_key, primary_parts, varied
 
 
 def test_entry_parts_and_primary_parts_give_back_what_the_keys_were_made_of() -> None:
@@ -12,3 +12,17 @@ def test_entry_parts_and_primary_parts_give_back_what_the_keys_were_made_of() ->
         record = PrimaryRecord(generation, vary)
         made = entry_key(key.primary, record, (("Accept", "text/plain"),), scope)
         assert entry_parts(made) == (key.primary, scope, generation)
+
+
+def test_keyed_fields_give_back_the_fields_an_entry_key_was_made_with() -> None:
+    """What a fill sends (Engine._fill): the variant in the key, whichever scope and generation precede it; a field
+    the request had not is named with no value (never sent), an empty one with an empty value (sent)."""
+    key = make_key("videos", "video.test", "/v?a=b=c", ())
+    headers = (("Accept-Encoding", "GZIP,  br"), ("X-Empty", ""), ("Accept", "a=b"))
+    for scope in ("", "5c0be"):
+        for generation in ("", "9e1d"):
+            for vary in ((), ("accept-encoding",), ("accept", "accept-encoding", "x-empty", "x-absent")):
+                made = entry_key(key.primary, PrimaryRecord(generation, vary), headers, scope)
+                assert keyed_fields(made) == varied(vary, headers)
+    made = entry_key(key.primary, PrimaryRecord("g", ("accept-encoding", "x-absent")), headers, "s")
+    assert keyed_fields(made) == (("accept-encoding", "gzip,br"), ("x-absent", None))
