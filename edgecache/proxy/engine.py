@@ -24,9 +24,9 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
 from edgecache.core.keys import PrimaryRecord, entry_key, keyed_fields
 from edgecache.errors import OriginError, StorageError, VersionChanged
-from edgecache.proxy import clusterfill, fillhead
+from edgecache.proxy import clusterfill
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
-from edgecache.proxy.fillhead import OVERTAKEN, answers, judge_head, more_of, rejoined, replaces, within_run
+from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, more_of, rejoined, replaces, within_run
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
@@ -189,9 +189,8 @@ class Engine:
             raise
         except OriginError as exc:
             fill.fail(exc)
-            if (
-                cut := fillhead.cut_whole(fill)
-            ) is not None:  # gone from memory in the next turn, before anyone asks again
+            # Gone from memory in the next turn, before anyone asks again.
+            if (cut := cut_whole(fill)) is not None:
                 self._spawn(self.store.drop_version(fill.entry_key, cut), self._writes)
         except Exception as exc:  # a bug must fail the readers, never leave them waiting
             log.exception("fill of %s failed", req.entry_key)
