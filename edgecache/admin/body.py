@@ -18,6 +18,12 @@ def bad(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": message}) + "\n", content_type="application/json")
 
 
+def unknown_option(names: Any, known: frozenset[str] = frozenset()) -> str | None:
+    """The first of `names` (keys of a body or a query) not in `known`, shortened for an answer; None if none is.
+    An option the admin API does not take is refused, never ignored: a typo ran a job or a purge on the default."""
+    return next((repr(str(name)[:40]) for name in names if name not in known), None)
+
+
 async def read_json(request: web.Request) -> Any:
     """The body's JSON value; 400 for a body that is not JSON, or is nested deeper than json's decoder recurses
     (a 100 KB body of '[' raised RecursionError, which aiohttp answered 500)."""

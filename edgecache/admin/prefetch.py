@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of, unknown
-from edgecache.admin.body import bad, parse_json, read_body
+from edgecache.admin.body import bad, parse_json, read_body, unknown_option
 from edgecache.admin.jobs import FINISHED, Job, JobRunner, JobsFull
 from edgecache.config import Config, Site, Token, parse_size
 from edgecache.core.route import Router
@@ -22,6 +22,7 @@ from edgecache.core.siteurl import NotSiteURL, site_url
 from edgecache.proxy.shares import share
 
 _OPTIONS = frozenset({"priority", "concurrency", "bandwidth", "window", "window_start", "window_end", "renditions"})
+_WINDOW = frozenset({"start", "end"})
 _TAKES = "priority, concurrency, bandwidth, window (or window_start and window_end) and renditions"
 
 
@@ -33,18 +34,18 @@ async def _read(request: web.Request) -> tuple[list[Any], dict[str, Any]]:
     if kind == "application/json" or (kind != "text/plain" and raw.lstrip()[:1] in (b"{", b"[")):
         body = parse_json(raw)
         # The query's options are a text/plain body's: beside JSON, `?concurrency=1` ran the job at the default.
-        if (extra := next(iter(request.query), None)) is not None:
-            raise bad(f"unknown parameter {extra[:40]!r}: with a JSON body a job takes its options in the body")
+        if (extra := unknown_option(request.query)) is not None:
+            raise bad(f"unknown parameter {extra}: with a JSON body a job takes its options in the body")
         if isinstance(body, list):
             return body, {}
         if isinstance(body, dict) and isinstance(body.get("urls"), list):
-            if (extra := next((k for k in body if k != "urls" and k not in _OPTIONS), None)) is not None:
-                raise bad(f"unknown key {extra[:40]!r}: a job takes urls, {_TAKES}")
+            if (extra := unknown_option(body, _OPTIONS | {"urls"})) is not None:
+                raise bad(f"unknown key {extra}: a job takes urls, {_TAKES}")
             return body["urls"], body
         raise bad("expected a JSON array of URLs or an object with a 'urls' array")
     # An option it does not take is refused, never ignored: a typo ran the job with the default.
-    if (extra := next((k for k in request.query if k not in _OPTIONS), None)) is not None:
-        raise bad(f"unknown parameter {extra[:40]!r}: a job takes {_TAKES}")
+    if (extra := unknown_option(request.query, _OPTIONS)) is not None:
+        raise bad(f"unknown parameter {extra}: a job takes {_TAKES}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -80,8 +81,8 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
             out["bandwidth"] = parse_size(opts["bandwidth"])
         if "window_start" in opts or "window" in opts:
             window = opts.get("window") or {"start": opts.get("window_start"), "end": opts.get("window_end")}
-            if isinstance(window, dict) and (extra := next((k for k in window if k not in ("start", "end")), None)):
-                raise bad(f"unknown key {str(extra)[:40]!r} in window: it takes start and end")
+            if isinstance(window, dict) and (extra := unknown_option(window, _WINDOW)) is not None:
+                raise bad(f"unknown key {extra} in window: it takes start and end")
             start, end = str(window["start"]), str(window["end"])
             bounds = datetime.time.fromisoformat(start), datetime.time.fromisoformat(end)
             if any(t.tzinfo is not None for t in bounds):  # the node's clock is local and naive (window.in_window)

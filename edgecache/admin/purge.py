@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of, unknown
-from edgecache.admin.body import bad, read_json
+from edgecache.admin.body import bad, read_json, unknown_option
 from edgecache.cluster.purgesync import AFTER_PATH, apply_entry
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Config, Site, Token
@@ -54,9 +54,8 @@ def parse_order(body: Any, sites: tuple[Site, ...], token: Token) -> PurgeOrder:
     if not isinstance(body, dict):
         raise bad("expected a JSON object with one of url, prefix or site")
     # A key it does not take is refused, never ignored: a typo of `soft` made a hard purge, answered as done.
-    extra = next((k for k in body if k not in _KEYS), None)
-    if extra is not None:
-        raise bad(f"unknown key {extra[:40]!r}: a purge takes url, prefix or site, and soft")
+    if (extra := unknown_option(body, _KEYS)) is not None:
+        raise bad(f"unknown key {extra}: a purge takes url, prefix or site, and soft")
     if not isinstance(body.get("local", False), bool):
         raise bad("local must be true or false")
     kinds = [k for k in ("url", "prefix", "site") if k in body]
@@ -179,8 +178,8 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         token: Token = token_of(request)
         body = await read_json(request)
         # Nothing in the query is read: `?soft=true` beside a JSON body made a hard purge, answered as done.
-        if (extra := next(iter(request.query), None)) is not None:
-            raise bad(f"unknown parameter {extra[:40]!r}: a purge takes url, prefix or site, and soft in its body")
+        if (extra := unknown_option(request.query)) is not None:
+            raise bad(f"unknown parameter {extra}: a purge takes url, prefix or site, and soft in its body")
         order = parse_order(body, config.sites, token)
         _authorize(token, order.site.name, body)
         entry = _entry(store, config, order, body)
