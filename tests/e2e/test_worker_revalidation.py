@@ -102,6 +102,12 @@ def conditional(origin: Origin, path: str) -> int:
     return sum(1 for x in origin.seen if x.path == path and x.headers.get("If-None-Match") == '"v1"')
 
 
+async def collapsed(s: aiohttp.ClientSession, admin: int) -> float:
+    """The node's edgecache_collapsed_waits_total: requests that waited for another's origin request."""
+    async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+        return metric(await r.text(), "edgecache_collapsed_waits_total")
+
+
 async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Origin, tmp_path: Path) -> None:
     """A copy expires; each worker held its metadata in memory and sent its own conditional request when it was
     next asked, though the other had just revalidated it (the 304's refreshed metadata was on the shared disk): N
@@ -119,10 +125,6 @@ async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Orig
         filled = time.monotonic()
         assert origin.hits["/e.bin"] == 1  # both workers hold the copy's metadata now
 
-        async def collapsed() -> float:
-            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
-                return metric(await r.text(), "edgecache_collapsed_waits_total")
-
         # One after the other: the second worker finds the first's revalidation on the disk.
         await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else
         status, fields, body = await a.get("/e.bin")
@@ -139,10 +141,10 @@ async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Orig
         try:
             first = asyncio.ensure_future(a.get("/e.bin"))
             await origin.wait_for_requests(len(origin.seen) + 1)
-            waits = await collapsed()
+            waits = await collapsed(s, admin)
             second = asyncio.ensure_future(b.get("/e.bin"))
             async with asyncio.timeout(10):  # (another process: polled) until it waits, or sent its own
-                while await collapsed() == waits and conditional(origin, "/e.bin") < 3:  # noqa: ASYNC110
+                while await collapsed(s, admin) == waits and conditional(origin, "/e.bin") < 3:  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
         finally:
             released.set()
@@ -166,19 +168,15 @@ async def test_a_revalidation_a_killed_worker_held_is_asked_again_at_once(origin
     ):
         filled = time.monotonic()
 
-        async def collapsed() -> float:
-            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
-                return metric(await r.text(), "edgecache_collapsed_waits_total")
-
         await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else
         released.clear()
         try:
             doomed = asyncio.ensure_future(a.get("/k.bin"))
             await origin.wait_for_requests(len(origin.seen) + 1)
-            waits = await collapsed()
+            waits = await collapsed(s, admin)
             second = asyncio.ensure_future(b.get("/k.bin"))
             async with asyncio.timeout(10):  # (another process: polled) until it waits
-                while await collapsed() == waits:  # noqa: ASYNC110
+                while await collapsed(s, admin) == waits:  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
             os.kill(a.pid, signal.SIGKILL)
             with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
