@@ -255,25 +255,30 @@ def entry_key(primary: str, record: PrimaryRecord, headers: Headers, scope: str 
 
 def entry_parts(key: str) -> tuple[str, str, str]:
     """What entry_key() made `key` of: its primary key, purge scope and generation ("" where it had none)."""
-    primary, _, rest = key.partition("\n")
-    lines = rest.split("\n") if rest else []
-    scope = lines.pop(0)[1:] if lines and lines[0].startswith("@") else ""
-    generation = lines.pop(0)[1:] if lines and lines[0].startswith("#") else ""
+    primary, scope, generation, _ = _split_entry(key)
     return primary, scope, generation
 
 
 def keyed_fields(key: str) -> Varied:
     """The Vary'd fields entry_key() put in `key`, as varied() gave them: what every fill of the copy stored under
     it sends, whatever Vary the request that reads it was decided with (a copy extended with other fields joins
-    another variant's bytes to its own, under one ETag when the origin gives every variant the same).
+    another variant's bytes to its own, under one ETag when the origin gives every variant the same)."""
+    return tuple(
+        (name, value if sep else None) for name, sep, value in (x.partition("=") for x in _split_entry(key)[3])
+    )
 
-    A line with no "=" after the primary is the scope or generation where entry_key() puts them, else a field the
-    request did not have: sent neither way. Values hold no newline: varied() keeps no whitespace but single spaces."""
-    lines = key.split("\n")[1:]
+
+def _split_entry(key: str) -> tuple[str, str, str, list[str]]:
+    """entry_key()'s parts: primary, scope, generation, and its variant's lines ("name=value", or "name" for a field
+    the request did not have). A scope or generation line holds no "=" (a field present does); values hold no
+    newline (varied() keeps no whitespace but single spaces)."""
+    primary, _, rest = key.partition("\n")
+    lines = rest.split("\n") if rest else []
+    marked = []
     for mark in ("@", "#"):
-        if lines and lines[0].startswith(mark) and "=" not in lines[0]:
-            lines.pop(0)
-    return tuple((name, value if sep else None) for name, sep, value in (line.partition("=") for line in lines))
+        found = bool(lines) and lines[0].startswith(mark) and "=" not in lines[0]
+        marked.append(lines.pop(0)[1:] if found else "")
+    return primary, marked[0], marked[1], lines
 
 
 def primary_parts(primary: str) -> tuple[str, str, str] | None:
