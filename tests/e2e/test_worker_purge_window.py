@@ -24,6 +24,18 @@ MiB = 2**20
 BIG = bytes(i % 251 for i in range(3 * MiB))
 
 
+def two_workers(tmp_path: Path, origin: Origin, port: int, admin: int, cache: str = "") -> Path:
+    """The config of a node of two workers with an operator's admin token; `cache`: more [cache] lines."""
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
+        f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "256MiB"\nmemory = "64MiB"\n{cache}'
+        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
+    )
+    return cfg
+
+
 @pytest.mark.parametrize("caught_up", [False, True], ids=["by-the-fill", "by-another-request"])
 async def test_a_purge_while_a_fill_waits_for_memory_after_its_judge_is_not_undone(
     origin: Origin, tmp_path: Path, caught_up: bool
@@ -48,14 +60,7 @@ async def test_a_purge_while_a_fill_waits_for_memory_after_its_judge_is_not_undo
 
     origin.on_request = hold_big
     port, admin = free_port(), free_port()
-    cfg = tmp_path / "edge.toml"
-    cfg.write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
-        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
-        f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "256MiB"\nmemory = "64MiB"\nfill_slices = 1\n'
-        f'fill_memory = "1MiB"\n'
-        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
-    )
+    cfg = two_workers(tmp_path, origin, port, admin, 'fill_slices = 1\nfill_memory = "1MiB"\n')
     async with edge_process("serve", "--config", str(cfg), ready=READY) as proc, aiohttp.ClientSession() as s:
         pids = descendants(proc.pid)
         conns: dict[int, list[Conn]] = {}
@@ -137,13 +142,7 @@ async def test_a_purge_while_a_body_of_unknown_length_streams_is_not_undone(orig
 
     origin.on_request = hold_unsized
     port, admin = free_port(), free_port()
-    cfg = tmp_path / "edge.toml"
-    cfg.write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
-        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
-        f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "256MiB"\nmemory = "64MiB"\n'
-        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
-    )
+    cfg = two_workers(tmp_path, origin, port, admin)
     async with edge_process("serve", "--config", str(cfg), ready=READY) as proc, aiohttp.ClientSession() as s:
         pids = descendants(proc.pid)
         conns: dict[int, list[Conn]] = {}
