@@ -126,6 +126,15 @@ class PurgeSync:
         self._pauses = 0  # pauses of this process noticed so far: an answer asked for before the last one is old
         self.doubt(time.time())
         view.listeners.append(self._peer_changed)
+        view.has_our_purges = self.has_ours
+
+    def has_ours(self, peer_id: str) -> bool:
+        """Has the peer applied every purge this node has, as far as its last answer says? A peer not heard from
+        since it came up, or one that keeps no log (it is never told of a purge), counts as having none: its
+        cached bytes are taken only while this node has applied none either. Conservative: after each purge here,
+        until the peer's next answer shows it (within cluster.interval), no bytes are taken from it."""
+        known = self.known.get(peer_id)
+        return self.store.sync.known_to(known if known is not None and not isinstance(known, NoLog) else {})
 
     def doubt(self, since: float) -> None:
         if self._since is None:

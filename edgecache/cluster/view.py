@@ -43,6 +43,10 @@ class ClusterView:
         # DNS names no admin listener: a member DNS lists has its admin API at this port of its address (every node
         # of a DNS cluster runs one config), where health checks and purges reach it.
         self.dns_admin_port: int | None = None
+        # Whether a peer has applied every purge this node has (cluster.purgesync sets it): a peer's cached bytes
+        # (a look-aside, a hot copy's fill from its owner) are stored here only then, or a purge applied here but
+        # not yet there would be undone. Without purge sync (a node alone) nothing is purged behind a peer's back.
+        self.has_our_purges: Callable[[str], bool] = lambda _peer: True
         members = list(settings.nodes)
         if self_member is not None and self_member.id not in {m.id for m in members}:
             members.append(self_member)

@@ -231,6 +231,13 @@ class SyncLog:
         """Has this node applied every purge a node with `vector` has?"""
         return all(self.vector.get(o, 0) >= n for o, n in vector.items())
 
+    def known_to(self, vector: Vector) -> bool:
+        """Has a node with `vector` applied every purge this node has (those past its vector too)? Only then are
+        that node's cached bytes taken here (cluster.purgesync.PurgeSync.has_ours)."""
+        if not all(vector.get(o, 0) >= n for o, n in self.vector.items()):
+            return False
+        return all(vector.get(o, 0) >= max(seqs) for o, seqs in self.above.items() if seqs)
+
     def added(self, entry: Entry) -> SyncLog:
         """After `entry` is applied: the vector moves on while the numbers are contiguous; the oldest entries past
         MAX_ENTRIES go, and the floor says so."""

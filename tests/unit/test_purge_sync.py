@@ -39,6 +39,18 @@ def test_each_purge_is_applied_once_in_whatever_order_it_arrives() -> None:
     assert (dict(sync.vector), dict(sync.above)) == ({"a~1": 5}, {})
 
 
+def test_a_peers_vector_is_known_to_hold_this_nodes_purges_only_when_it_has_every_one() -> None:
+    sync = SyncLog()
+    assert sync.known_to({})  # nothing applied here: any peer holds no less
+    for seq in (1, 2, 4):
+        sync = sync.added(url("a~1", seq))
+    sync = sync.added(url("b~1", 1))
+    assert not sync.known_to({})
+    assert not sync.known_to({"a~1": 2, "b~1": 1})  # 4 was applied here, out of order
+    assert not sync.known_to({"a~1": 4})
+    assert sync.known_to({"a~1": 4, "b~1": 1, "c~1": 9})
+
+
 def test_a_peer_gets_what_it_lacks_oldest_first_in_bounded_batches() -> None:
     sync = SyncLog()
     for seq in range(1, BATCH + 11):

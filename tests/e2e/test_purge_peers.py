@@ -1,0 +1,88 @@
+"""A node never takes another node's cached bytes across a purge that node has not applied yet.
+
+An owner's miss asks the previous owner's cache (core.lookaside), and a hot object's copy is filled from its owner
+(core.popularity): bytes from a peer's cache, stored here as if the origin had sent them. A purge reaches the nodes
+one at a time (admin.purge tells each peer in turn; cluster.purgesync catches up a peer that was not told), so for a
+while a peer may still hold what this node purged. Real in-process clusters with their admin APIs, as
+test_purge_catchup builds them: the peer's relay to this node's admin API is cut, so it cannot catch up from it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+
+from edgecache.core import popularity
+from edgecache.core.hop import Hop, sign
+from edgecache.core.keys import make_key
+from edgecache.core.purge import peer_token
+from edgecache.core.ring import Ring
+from tests.conftest import CLUSTER_KEY
+from tests.e2e.test_purge_catchup import NEW, OLD, Cluster, change, cluster
+from tests.origin import Origin
+
+
+def owners(c: Cluster, path: str) -> list[int]:
+    primary = make_key("videos", "video.test", path, ("*",)).primary
+    return [int(m.id.removeprefix("node")) for m in Ring.of(c.configs[0].cluster.nodes).owners(primary)]  # type: ignore[union-attr]
+
+
+async def hop_get(c: Cluster, i: int, path: str, node: str) -> bytes:
+    """GET `path` from node i as node `node` forwards it (a signed hop): node i serves it itself, from its cache or
+    a fill it stores."""
+    primary = make_key("videos", "video.test", path, ("*",)).primary
+    field = sign(CLUSTER_KEY, Hop(node, int(time.time()), "t-1", "127.0.0.1", False), "GET", primary)
+    status, _, body = await c.edge(i).get(path, **{"Edgecache-Hop": field})
+    assert status == 200
+    return body
+
+
+async def told_by_a_third_node(c: Cluster, i: int, path: str) -> None:
+    """What node i is told when a purge is made on another node, which has not told every peer yet."""
+    body = {"url": f"http://video.test{path}", "local": True, "id": ["elsewhere~0001", 1]}
+    headers = {"Authorization": f"Bearer {peer_token(CLUSTER_KEY)}"}
+    admin = f"http://{c.configs[i].admin}/purge"
+    async with aiohttp.ClientSession() as s, s.post(admin, json=body, headers=headers) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_an_owner_never_takes_the_previous_owners_copy_of_an_object_it_has_purged(
+    origin: Origin, tmp_path: Path
+) -> None:
+    async with cluster(origin, tmp_path) as c:
+        path = "/lookaside/purged"
+        x, p = owners(c, path)[:2]  # x owns it; p is the node x asks before the origin
+        origin.put(path, OLD, etag='"v1"')
+        assert await hop_get(c, p, path, f"node{x}") == OLD  # p holds a copy (as after a failover, or a ring change)
+        assert origin.hits[path] == 1
+        await c.relays[p, x].cut()  # p cannot read x's purge log: it lacks x's purges until healed
+        change(origin, path)
+        await told_by_a_third_node(c, x, path)
+        status, headers, body = await c.edge(x).get(path)
+        assert (status, body) == (200, NEW), headers.get("Cache-Status")
+        assert origin.hits[path] == 2
+        status, headers, body = await c.edge(x).get(path)  # and what it stored is the new object's
+        assert (status, body, headers["Cache-Status"]) == (200, NEW, "edgecache; hit")
+
+
+async def test_a_hot_copy_is_never_filled_from_an_owner_that_lacks_a_purge_applied_here(
+    origin: Origin, tmp_path: Path
+) -> None:
+    async with cluster(origin, tmp_path) as c:
+        path = "/hot/purged"
+        o = owners(c, path)[0]
+        n = (o + 1) % 3  # a node that does not own it, and sees it asked often
+        origin.put(path, OLD, etag='"v1"')
+        for _ in range(popularity.THRESHOLD - 1):  # forwarded to the owner, which fills once and holds it
+            assert (await c.edge(n).get(path))[2] == OLD
+        assert origin.hits[path] == 1
+        await c.relays[o, n].cut()  # the owner cannot read n's purge log
+        change(origin, path)
+        await told_by_a_third_node(c, n, path)
+        status, headers, body = await c.edge(n).get(path)  # hot now: n's own copy is filled
+        assert (status, body) == (200, NEW), headers.get("Cache-Status")
+        assert origin.hits[path] == 2
+        status, headers, body = await c.edge(n).get(path)
+        assert (status, body, headers["Cache-Status"]) == (200, NEW, "edgecache; hit")
