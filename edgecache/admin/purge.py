@@ -226,7 +226,8 @@ def admin_tokens(config: Config) -> tuple[Token, ...]:
     which POST /purges/after and a numbered POST /purge honour (role "peer": it acts on no site otherwise)."""
     if config.cluster is None or not config.cluster.key:
         return config.tokens
-    return (*config.tokens, Token("cluster", peer_token(config.cluster.key), "peer"))
+    keys = (config.cluster.key, *config.cluster.accepted)  # a peer may present either while the key is changed
+    return (*config.tokens, *(Token("cluster", peer_token(k), "peer") for k in keys))
 
 
 def purge_routes(current: Callable[[], Config], store: Store) -> list[web.RouteDef]:

@@ -32,6 +32,7 @@ def read_cluster(r: _Reader, doc: dict[str, Any], base: Path) -> ClusterSettings
     settings = ClusterSettings(
         self_id=r.get(named, p, "self", _node_id, ""),
         key=_cluster_key(r, t, p, base, alone=len(nodes) <= 1 and "dns" not in t),
+        accepted=_accepted_key(r, t, p, base),
         nodes=nodes,
         rise=r.get(t, p, "rise", _positive(int), 2),
         fall=r.get(t, p, "fall", _positive(int), 3),
@@ -100,20 +101,36 @@ _MAKE_KEY = "make one with `openssl rand -hex 32` and give every node the same"
 def _cluster_key(r: _Reader, t: dict[str, Any], p: str, base: Path, alone: bool) -> bytes:
     """`key`, or `key_file` (a file holding it, such as a mounted Kubernetes Secret). Required unless the cluster
     is this node alone: a node honours a forwarded request's hop field only when it is signed with this key."""
-    if "key" in t and "key_file" in t:
-        r.problem(f"{p}key", "give one of key and key_file, not both")
+    if "key" not in t and "key_file" not in t and not alone:
+        r.problem(f"{p}key", f"a cluster of several nodes needs a shared key to sign forwarded requests: {_MAKE_KEY}")
         return b""
-    if "key_file" in t:
-        text = read_secret_file(r, f"{p}key_file", t["key_file"], base)
+    return _read_key(r, t, p, base, "key")
+
+
+def _accepted_key(r: _Reader, t: dict[str, Any], p: str, base: Path) -> tuple[bytes, ...]:
+    """`accept_key` or `accept_key_file`: a key honoured besides `key`, never signed with. Changing the key takes
+    three rolls, so that no two nodes ever refuse each other: every node accepts the new key; every node signs
+    with it (`key`) and accepts the old one; the old one is dropped. A node that refused a peer's hop would judge
+    the viewer by that peer's address (its site ACL, signed URL and rate limit) and refuse its purges."""
+    found = _read_key(r, t, p, base, "accept_key")
+    if found and "key" not in t and "key_file" not in t:
+        r.problem(f"{p}accept_key", "is honoured besides key, which is not set")
+    return (found,) if found else ()
+
+
+def _read_key(r: _Reader, t: dict[str, Any], p: str, base: Path, name: str) -> bytes:
+    """The key `name` gives, or `name`_file; empty when neither is set (or either is wrong: a problem is noted)."""
+    if name in t and f"{name}_file" in t:
+        r.problem(f"{p}{name}", f"give one of {name} and {name}_file, not both")
+        return b""
+    if f"{name}_file" in t:
+        text = read_secret_file(r, f"{p}{name}_file", t[f"{name}_file"], base)
         if text is None:
             return b""
-        key, name = text.strip(), "key_file"
-    elif "key" in t:
-        key, name = t["key"] if isinstance(t["key"], str) else "", "key"
-    elif alone:
-        return b""
+        key, name = text.strip(), f"{name}_file"
+    elif name in t:
+        key = t[name] if isinstance(t[name], str) else ""
     else:
-        r.problem(f"{p}key", f"a cluster of several nodes needs a shared key to sign forwarded requests: {_MAKE_KEY}")
         return b""
     if len(key) < MIN_KEY or not key.isascii() or not key.isprintable():
         r.problem(f"{p}{name}", f"must be at least {MIN_KEY} printable ASCII characters: {_MAKE_KEY}")

@@ -154,6 +154,9 @@ class ClusterSettings:
     # Shared by the nodes: a forwarded request's hop field is signed with it (core.hop). Empty only for a cluster
     # of this node alone, which forwards nothing (config refuses a cluster of several nodes without one).
     key: bytes = field(repr=False, kw_only=True)
+    # Honoured besides `key` (a peer's hop fields and its purge token), never used to sign: a key being changed,
+    # so that no two nodes refuse each other's forwards while each takes the new one (config/cluster.py).
+    accepted: tuple[bytes, ...] = field(default=(), repr=False, kw_only=True)
     nodes: tuple[Member, ...] = ()
     rise: int = 2
     fall: int = 3

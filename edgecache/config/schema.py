@@ -18,7 +18,7 @@ KEYS: dict[str, frozenset[str]] = {
         "sites": "name hosts origins key_query origin_host forward_fields cache allow tls signing origin_connections",
         "sites.signing": "secrets secret_file expires_param signature_param prefix_param client",
         "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
-        "cluster": "self nodes rise fall interval timeout dns dns_interval key key_file",
+        "cluster": "self nodes rise fall interval timeout dns dns_interval key key_file accept_key accept_key_file",
         "cluster.nodes": "id address admin weight",
         "admin": "listen tokens job_retention max_jobs prefetch_slots",
         "admin.tokens": "name token token_file role sites",

@@ -129,6 +129,36 @@ def test_bad_cluster_keys_are_named() -> None:
     ]
 
 
+def test_a_key_being_changed_to_or_from_is_accepted_besides_the_key(tmp_path: Path) -> None:
+    def accepted(cluster: dict[str, object]) -> tuple[bytes, ...]:
+        config = build({"sites": [SITE], "cluster": cluster}, "f.toml", tmp_path)
+        assert config.cluster is not None
+        return config.cluster.accepted
+
+    assert accepted({"self": "n1", "nodes": NODES, "key": "a" * 32}) == ()
+    assert accepted({"self": "n1", "nodes": NODES, "key": "a" * 32, "accept_key": "c" * 32}) == (b"c" * 32,)
+    (tmp_path / "next.key").write_text("d" * 64 + "\n")
+    assert accepted({"self": "n1", "nodes": NODES, "key": "a" * 32, "accept_key_file": "next.key"}) == (b"d" * 64,)
+    both = {"self": "n1", "nodes": NODES, "key": "a" * 32, "accept_key": "c" * 32, "accept_key_file": "next.key"}
+    assert problems(both) == ["f.toml: cluster.accept_key: give one of accept_key and accept_key_file, not both"]
+    assert problems({"self": "n1", "nodes": NODES, "key": "a" * 32, "accept_key": "c" * 31}) == [
+        f"f.toml: cluster.accept_key: must be at least 32 printable ASCII characters: {HOW}"
+    ]
+    assert problems({"self": "n1", "nodes": NODES[:1], "accept_key": "c" * 32}) == [
+        "f.toml: cluster.accept_key: is honoured besides key, which is not set"
+    ]
+    # Honoured as the key is; never signed with.
+    view = ClusterView(ClusterSettings(self_id="n1", key=KEY, accepted=(b"c" * 32,), nodes=(Member("n1", "-"),)))
+    now = int(time.time())
+    for key in (KEY, b"c" * 32):
+        field = sign(key, Hop("n2", now, "a", "127.0.0.2", False), "GET", PRIMARY)
+        assert view.honoured([field], "GET", PRIMARY) == Hop("n2", now, "a", "127.0.0.2", False)
+    assert view.honoured([sign(b"e" * 32, Hop("n2", now, "a", "-", False), "GET", PRIMARY)], "GET", PRIMARY) is None
+    mine = view.hop_field("GET", PRIMARY, "a", "-", False)
+    assert isinstance(verify(KEY, [mine], "GET", PRIMARY, now), Hop)
+    assert verify(b"c" * 32, [mine], "GET", PRIMARY, now) == Refused("bad signature")
+
+
 def test_the_key_is_never_in_the_settings_repr() -> None:
     assert "a" * 32 not in repr(
         build({"sites": [SITE], "cluster": {"self": "n1", "nodes": NODES, "key": "a" * 32}}, "f", Path("/"))
