@@ -12,6 +12,7 @@ from aiohttp import web
 
 from edgecache import metrics
 from edgecache.admin.auth import authorize, guard, token_of, unknown
+from edgecache.cluster.purgesync import PURGE_PATH
 from edgecache.config import Token
 from edgecache.core.siteurl import NotSiteURL
 
@@ -60,7 +61,7 @@ def admin_app(
     app = web.Application(client_max_size=1024 * 1024, middlewares=[guard(tokens)])
     app.router.add_get("/ring", ring_lookup)
     if purge is not None:
-        app.router.add_post("/purge", purge)
+        app.router.add_post(PURGE_PATH, purge)
     app.router.add_routes(routes or [])
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)

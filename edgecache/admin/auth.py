@@ -3,19 +3,23 @@
 Every route needs a token except PUBLIC, which load balancers and Prometheus reach without one; the check is
 a middleware, so a route added later is covered without a line of its own. Every configured secret is
 compared, in constant time, so neither the answer nor its timing says which token came close. Tokens are never
-logged; their names are.
+logged; their names are. The nodes' own tokens (role "peer") are never presented: a node signs each request
+with one (core.nodeauth), and a bearer that presents one is refused.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from edgecache.admin.body import read_body
 from edgecache.config import Token
+from edgecache.core import nodeauth
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
 TOKEN = web.RequestKey("token", Token)
@@ -34,15 +38,32 @@ def authenticate(request: web.Request, tokens: tuple[Token, ...]) -> Token:
     # The header's bytes came in as UTF-8 with surrogate escapes: any bytes encode back, none raise.
     given = presented.strip().encode("utf-8", "surrogateescape")
     for token in tokens:
-        if hmac.compare_digest(given, token.secret.encode()) and found is None:
+        if hmac.compare_digest(given, token.secret.encode()) and found is None and token.role != "peer":
             found = token
     if found is None:
-        raise web.HTTPUnauthorized(
-            text='{"error": "invalid token"}\n',
-            content_type="application/json",
-            headers={"WWW-Authenticate": 'Bearer realm="edgecache", error="invalid_token"'},
-        )
+        raise _invalid()
     return found
+
+
+async def authenticate_node(request: web.Request, tokens: tuple[Token, ...], credentials: str) -> Token:
+    """The nodes' token whose signature the request carries (core.nodeauth), over its method, path and body (read
+    here, within the body's bound; the handler reads the same bytes again)."""
+    body = await read_body(request)
+    now = time.time()
+    for token in tokens:
+        if token.role == "peer" and nodeauth.verified(
+            token.secret, credentials, request.method, request.raw_path, body, now
+        ):
+            return token
+    raise _invalid()
+
+
+def _invalid() -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(
+        text='{"error": "invalid token"}\n',
+        content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="edgecache", error="invalid_token"'},
+    )
 
 
 def guard(tokens: Callable[[], tuple[Token, ...]]) -> Middleware:
@@ -52,7 +73,11 @@ def guard(tokens: Callable[[], tuple[Token, ...]]) -> Middleware:
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         if resource is None or resource.canonical not in PUBLIC:
-            request[TOKEN] = authenticate(request, tokens())
+            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == nodeauth.SCHEME.lower():
+                request[TOKEN] = await authenticate_node(request, tokens(), credentials)
+            else:
+                request[TOKEN] = authenticate(request, tokens())
         return await handler(request)
 
     return check

@@ -1,11 +1,12 @@
 """POST /purge: one URL (every variant and slice), a directory prefix, or a whole site; hard or soft; applied on
 this node and on every peer (the configured nodes, or those DNS lists), answering how many nodes took it and which
 did not. A node that did not catches up later (cluster.purgesync): each purge is numbered here (core.purge.Entry)
-and passed on with its number, under the token derived from the cluster key (core.purge.peer_token), so it is
-applied once wherever it arrives first. A client's purge never carries a number.
+and passed on with its number, signed with the token derived from the cluster key (core.purge.peer_token,
+core.nodeauth: the token itself is never sent), so it is applied once wherever it arrives first. A client's
+purge never carries a number.
 
-POST /purges/after: the purges a peer lacks, given what it has (its vector); cluster.purgesync asks it with the
-nodes' token too. That token acts on no site otherwise.
+POST /purges/after: the purges a peer lacks, given what it has (its vector); cluster.purgesync asks it signed
+with the nodes' token too. That token acts on no site otherwise.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from aiohttp import web
 
 from edgecache.admin.auth import authorize, token_of, unknown
 from edgecache.admin.body import bad, read_json, unknown_option
-from edgecache.cluster.purgesync import AFTER_PATH, apply_entry
+from edgecache.cluster.purgesync import AFTER_PATH, PURGE_PATH, apply_entry
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Config, Site, Token
+from edgecache.core import nodeauth
 from edgecache.core.purge import Entry, TableFull, parse_vector, peer_token
 from edgecache.core.ring import Member
 from edgecache.core.route import Router
@@ -112,16 +114,14 @@ def _entry(store: Store, config: Config, order: PurgeOrder, body: dict[str, Any]
     return entry
 
 
-async def _tell_peer(
-    session: aiohttp.ClientSession, admin: str | None, body: dict[str, Any], auth: str, seconds: float
-) -> bool:
+async def _tell_peer(session: aiohttp.ClientSession, admin: str | None, body: bytes, auth: str, seconds: float) -> bool:
     if admin is None:
         return False  # a peer without an admin listener cannot be told (never its client port: that is an origin's)
     try:
         async with session.post(
-            f"http://{admin}/purge",
-            json={**body, "local": True},
-            headers={"Authorization": auth},
+            f"http://{admin}{PURGE_PATH}",
+            data=body,
+            headers={"Authorization": auth, "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=seconds),
         ) as r:
             return r.status == 200
@@ -136,10 +136,11 @@ async def _pass_on(config: Config, peers: list[Member], view: ClusterView | None
     if not peers:
         return []
     assert config.cluster is not None  # peers: a cluster
-    auth = f"Bearer {peer_token(config.cluster.key)}"
+    body = json.dumps({**told, "local": True}).encode()
+    auth = nodeauth.authorization(peer_token(config.cluster.key), "POST", PURGE_PATH, body, time.time())
     up = [n for n in peers if view is None or view.is_up(n.id)]
     async with aiohttp.ClientSession() as session:
-        told_up = (_tell_peer(session, n.admin, told, auth, config.cluster.timeout) for n in up)
+        told_up = (_tell_peer(session, n.admin, body, auth, config.cluster.timeout) for n in up)
         oks = dict(zip((n.id for n in up), await asyncio.gather(*told_up), strict=True))
     return [n.id for n in peers if not oks.get(n.id, False)]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ import aiohttp
 from edgecache import metrics
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
+from edgecache.core import nodeauth
 from edgecache.core.keys import BadTarget, make_key
 from edgecache.core.purge import Answer, Entry, Vector, parse_vector, peer_token
 from edgecache.core.ring import Member
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_BATCHES = 16  # answers taken from one peer in one round; the rest comes in the next round
 MAX_ANSWER = 4 * 2**20  # bytes of one answer read, at most: BATCH entries of 8 KiB URLs are about 1 MiB
 AFTER_PATH = "/purges/after"
+PURGE_PATH = "/purge"  # where an operator's purge is taken, and where a node passes it on (admin.purge)
 
 
 async def apply_entry(
@@ -255,13 +258,14 @@ class PurgeSync:
                 return
 
     async def _ask(self, peer: Member) -> Answer | NoLog | None:
-        token = peer_token(self.view.settings.key)
+        body = json.dumps({"vector": dict(self.store.sync.vector)}).encode()
+        auth = nodeauth.authorization(peer_token(self.view.settings.key), "POST", AFTER_PATH, body, time.time())
         problem = ""
         try:
             async with self.session.post(
                 f"http://{peer.admin}{AFTER_PATH}",
-                json={"vector": dict(self.store.sync.vector)},
-                headers={"Authorization": f"Bearer {token}"},
+                data=body,
+                headers={"Authorization": auth, "Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=self.view.settings.timeout),
             ) as r:
                 if r.status == 404:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from time import time
 from typing import Any
 
 import aiohttp
@@ -416,14 +418,19 @@ async def test_the_purge_log_is_read_by_nodes_and_operators_and_bad_input_gets_4
         status, answer = await c.purge(0, {"prefix": "http://video.test/d/"})
         assert (status, answer["confirmed"]) == (200, 2)
         origin_id, number = answer["id"]
-        from edgecache.core.purge import peer_token  # here: the other tests also run on the code before it
+        from edgecache.core import nodeauth  # here: the other tests also run on the code before it
+        from edgecache.core.purge import peer_token
 
         admin = f"http://{c.configs[1].admin}"
-        peer = peer_token(CLUSTER_KEY)
+        peer = "(signed as a node)"
 
         async def call(path: str, token: str | None, body: object) -> tuple[int, dict[str, Any]]:
+            raw = json.dumps(body).encode()
             headers = {"Authorization": f"Bearer {token}"} if token else {}
-            async with aiohttp.ClientSession() as s, s.post(admin + path, json=body, headers=headers) as r:
+            if token == peer:
+                headers = {"Authorization": nodeauth.authorization(peer_token(CLUSTER_KEY), "POST", path, raw, time())}
+            headers["Content-Type"] = "application/json"
+            async with aiohttp.ClientSession() as s, s.post(admin + path, data=raw, headers=headers) as r:
                 return r.status, await r.json(content_type=None)
 
         # What node1 keeps is what node0 numbered: a node that has none of it gets it, one that has it nothing.
@@ -436,6 +443,8 @@ async def test_the_purge_log_is_read_by_nodes_and_operators_and_bad_input_gets_4
         status, got = await call("/purges/after", peer, {"vector": {origin_id: number}})
         assert (status, got["entries"]) == (200, [])
         assert await call("/purges/after", None, {"vector": {}}) == (401, {"error": "a bearer token is required"})
+        # The nodes' token is never sent: presented as a bearer, it is refused.
+        assert await call("/purges/after", peer_token(CLUSTER_KEY), {"vector": {}}) == (401, {"error": "invalid token"})
         assert await call("/purges/after", PROVIDER, {"vector": {}}) == (
             403,
             {"error": "only the cluster's nodes and operators may read the purge log"},

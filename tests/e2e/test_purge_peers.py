@@ -9,12 +9,15 @@ test_purge_catchup builds them: the peer's relay to this node's admin API is cut
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import time
 from pathlib import Path
 
 import aiohttp
 
-from edgecache.core import popularity
+from edgecache.core import nodeauth, popularity
 from edgecache.core.hop import Hop, sign
 from edgecache.core.keys import make_key
 from edgecache.core.purge import peer_token
@@ -41,10 +44,11 @@ async def hop_get(c: Cluster, i: int, path: str, node: str) -> bytes:
 
 async def told_by_a_third_node(c: Cluster, i: int, path: str) -> None:
     """What node i is told when a purge is made on another node, which has not told every peer yet."""
-    body = {"url": f"http://video.test{path}", "local": True, "id": ["elsewhere~0001", 1]}
-    headers = {"Authorization": f"Bearer {peer_token(CLUSTER_KEY)}"}
+    body = json.dumps({"url": f"http://video.test{path}", "local": True, "id": ["elsewhere~0001", 1]}).encode()
+    auth = nodeauth.authorization(peer_token(CLUSTER_KEY), "POST", "/purge", body, time.time())
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
     admin = f"http://{c.configs[i].admin}/purge"
-    async with aiohttp.ClientSession() as s, s.post(admin, json=body, headers=headers) as r:
+    async with aiohttp.ClientSession() as s, s.post(admin, data=body, headers=headers) as r:
         assert r.status == 200, await r.text()
 
 
@@ -86,3 +90,80 @@ async def test_a_hot_copy_is_never_filled_from_an_owner_that_lacks_a_purge_appli
         assert origin.hits[path] == 2
         status, headers, body = await c.edge(n).get(path)
         assert (status, body, headers["Cache-Status"]) == (200, NEW, "edgecache; hit")
+
+
+class Capture:
+    """An admin API that answers every request 200 `{}` and keeps each request's bytes (head and body) as sent."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                self.requests.append(head + await reader.readexactly(length))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n{}\n")
+                await writer.drain()
+        writer.close()
+
+
+async def test_a_purge_a_node_passes_on_cannot_be_turned_into_another_by_whoever_reads_it(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The nodes' admin traffic read once (here: node0's pass-on to node1, taken by a capture in node1's place):
+    the request carries no reusable secret. Replayed as it was, it purges what it purged (applied once); its
+    Authorization with another body (a whole site's purge) is refused, as is the nodes' token presented as a
+    bearer."""
+    async with cluster(origin, tmp_path) as c:
+        relay = c.relays[0, 1]
+        await relay.cut()
+        capture = Capture(relay.port)  # node0 reaches node1's admin API here: the capture answers in its place
+        await capture.start()
+        try:
+            status, answer = await c.purge(0, {"url": "http://video.test/p"})
+            assert (status, answer["confirmed"]) == (200, 3)
+        finally:
+            await capture.stop()
+        passed = [r for r in capture.requests if r.startswith(b"POST /purge ")]
+        assert len(passed) == 1
+        head, _, body = passed[0].partition(b"\r\n\r\n")
+        assert peer_token(CLUSTER_KEY).encode() not in passed[0]
+        auth = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization:"))
+        auth_value = auth.split(b":", 1)[1].strip().decode()
+        admin = f"http://{c.configs[1].admin}/purge"  # node1's own admin API, as the reader would reach it
+
+        async def post(authorization: str, raw: bytes) -> int:
+            headers = {"Authorization": authorization, "Content-Type": "application/json"}
+            async with aiohttp.ClientSession() as s, s.post(admin, data=raw, headers=headers) as r:
+                return r.status
+
+        store = c.edge(1).node.store
+        # As it was: the purge node0 made (node1 may have it from node0's log already: applied once either way).
+        assert await post(auth_value, body) == 200
+        assert store.sync.has(*answer["id"])
+        after = dict(store.sync.vector)
+        assert await post(auth_value, body) == 200
+        assert dict(store.sync.vector) == after
+        origin_id, seq = answer["id"]
+        forged = json.dumps({"site": "videos", "local": True, "id": [origin_id, seq + 1]}).encode()
+        assert await post(auth_value, forged) == 401
+        assert await post(f"Bearer {peer_token(CLUSTER_KEY)}", forged) == 401
+        assert dict(store.sync.vector) == after
