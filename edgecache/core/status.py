@@ -52,6 +52,13 @@ def with_fetched(status: CacheStatus, fetched: bool) -> CacheStatus:
     return CacheStatus.PARTIAL if fetched and status in _SAYS_HIT else status
 
 
+def of_304(worker: bool) -> CacheStatus:
+    """The status of an answer from a stored entry a fill's 304 just confirmed: REVALIDATED when the origin said so
+    to this request's fill, HIT when the fill read what another worker's revalidation left on the shared disk
+    (proxy.revalidating): that request went forward, this one did not, and RFC 9211 2.1 calls it a hit."""
+    return CacheStatus.HIT if worker else CacheStatus.REVALIDATED
+
+
 # What a request found when it was decided, for the `fwd` of its answer (RFC 9211 2.2), carried from there to where
 # the field is written (FillRequest.found): by then a revalidation may have made a stale entry fresh.
 FOUND_FRESH = "request"  # a fresh entry that the request's own directives kept from use

@@ -30,7 +30,7 @@ from edgecache.core.hop import FIELD as HOP
 from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
 from edgecache.core.maxforwards import ASTERISK, own_answer
-from edgecache.core.status import CacheStatus, cache_status_header, found_of, of_fill
+from edgecache.core.status import CacheStatus, cache_status_header, found_of, of_304, of_fill
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
 from edgecache.proxy.errorpage import error_response, origin_failed
@@ -227,7 +227,7 @@ class EdgeHandler:
         self, request: web.BaseRequest, req: FillRequest, held: _Held, adopted: Adopted | None
     ) -> web.StreamResponse:
         """`adopted`: the fill the fast path started for this miss: whatever it stored since, this is that miss."""
-        validated = False
+        validated: CacheStatus | None = None  # the status of a stored entry a fill just confirmed (of_304)
         named: tuple[str, ...] | None = None  # the Vary of an answer that came back for another variant
         tried = changed = 0  # tries, and those that met a new version of the object (core.churn)
         while (step := churn.next_try(tried, changed)) is churn.Next.FILL:
@@ -237,11 +237,11 @@ class EdgeHandler:
             # whatever that fill has stored since.
             meta = meta if adopted is None else adopted.validating
             fresh = freshness_of(meta, time.time(), req.policy) if meta is not None else None
-            if not validated and named is None:  # what it found, for its answer's fwd (not the revalidated entry)
+            if validated is None and named is None:  # what it found, for its answer's fwd (not the revalidated entry)
                 req = replace(req, found=found_of(req.headers, fresh, bool(req.vary)))
             try:
                 if meta is not None and fresh is not None:
-                    use = self._use(req, meta, fresh, soft_before, validated)
+                    use = self._use(req, meta, fresh, soft_before, validated is not None)
                     served = await serving.serve_stored(self.engine, request, req, meta, use, validated)
                     if served is not None:
                         return served
@@ -257,7 +257,7 @@ class EdgeHandler:
                 await self._changed_before_head(req, meta, exc)
                 # The entry an adopted fill was started to revalidate is not taken again: looked up afresh (a purge
                 # met meanwhile keys the object elsewhere, where that entry's slices are not).
-                validated, adopted = False, None
+                validated, adopted = None, None
                 changed += 1
                 continue
             if origin_ms is not None:  # the head came while the fast path waited for it (proxy.coldmiss)
@@ -265,7 +265,7 @@ class EdgeHandler:
             if not isinstance(head, FillHead):
                 return head  # the answer without the fill's body: a pass-through, or the stale entry
             if head.status == 304:
-                validated = True
+                validated = of_304(head.worker)
                 continue
             if head.meta.vary and head.variant != variant(head.meta.vary, req.headers):
                 # The fill sent only the fields the key named, and the answer Varies on others this request has:

@@ -28,7 +28,7 @@ from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import CacheKey, PrimaryRecord, digest, entry_key
 from edgecache.core.purge import PurgeTable
-from edgecache.core.status import CacheStatus, cache_status_header, found_of
+from edgecache.core.status import CacheStatus, cache_status_header, found_of, of_304
 from edgecache.proxy import encode, route
 from edgecache.proxy.fill import FillHead, answered_from, fill_detail
 from edgecache.proxy.fillrequest import FillRequest
@@ -290,7 +290,7 @@ def as_fetched(
     if hit.meta.slice_version != head.meta.slice_version:
         return None
     if head.status == 304 and head.peer is None:
-        meta, field = hit.meta, cache_status_header(CacheStatus.REVALIDATED, found=found)
+        meta, field = hit.meta, cache_status_header(of_304(head.worker), found=found)
     elif head.shared and head.store and hit.meta.length == head.meta.length:
         meta = replace(hit.meta, headers=answered_from(head, ours).headers)
         detail = fill_detail(head, hit.req.spread_from is not None)

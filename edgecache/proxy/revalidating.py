@@ -45,7 +45,7 @@ async def by_another_worker(
             if ours:
                 await store.drop_leases([lease])
             fills.remove(fill)  # a 304 brings no bytes to join (Engine._take_head)
-            fill.set_head(FillHead(304, stored, 0, 0, store=False, shared=True, entry_key=req.entry_key))
+            fill.set_head(FillHead(304, stored, 0, 0, store=False, shared=True, entry_key=req.entry_key, worker=True))
             return True
         if ours:
             fill.leases[REVALIDATING] = lease

@@ -78,11 +78,17 @@ async def multipart_passes(engine: Engine, req: FillRequest, meta: ObjectMeta, r
 
 
 async def serve_stored(
-    engine: Engine, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, use: Use, validated: bool
+    engine: Engine,
+    request: web.BaseRequest,
+    req: FillRequest,
+    meta: ObjectMeta,
+    use: Use,
+    validated: CacheStatus | None,
 ) -> web.StreamResponse | None:
-    """The answer from a stored entry, if `use` (or a revalidation that just confirmed it) allows one."""
-    if validated:
-        return await serve(engine, request, req, meta, CacheStatus.REVALIDATED)
+    """The answer from a stored entry, if `use` (or a revalidation that just confirmed it: `validated`, the status
+    it answers with, core.status.of_304) allows one."""
+    if validated is not None:
+        return await serve(engine, request, req, meta, validated)
     if use is Use.FRESH:
         return await serve(engine, request, req, meta, CacheStatus.HIT)
     if use is Use.STALE_OK:

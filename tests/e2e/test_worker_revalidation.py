@@ -27,6 +27,7 @@ from tests.origin import Origin
 BODY = bytes((i * 7 + i // 251) % 256 for i in range(300_000))
 LEFT = 3  # seconds of freshness each answer of the origin leaves (its Age against its max-age)
 REVALIDATED = "edgecache; fwd=stale; fwd-status=304"
+HIT = "edgecache; hit"  # another worker's revalidation answered: this request asked the origin nothing (RFC 9211)
 FIELDS = {"Cache-Control": "public, max-age=3600", "Age": str(3600 - LEFT)}
 
 
@@ -112,7 +113,10 @@ async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Orig
     """A copy expires; each worker held its metadata in memory and sent its own conditional request when it was
     next asked, though the other had just revalidated it (the 304's refreshed metadata was on the shared disk): N
     workers, N origin requests per expiry. A worker revalidating a copy reads what the disk holds of it first, and
-    while another worker's revalidation is in flight it waits for that one's answer (a lease on the disk)."""
+    while another worker's revalidation is in flight it waits for that one's answer (a lease on the disk).
+
+    The answer read from the other worker's revalidation said `fwd=stale; fwd-status=304`, a 304 the origin never
+    gave its request, and was counted as an origin 304 (cache_status="revalidated"): it is a hit."""
     origin.put("/e.bin", BODY, etag='"v1"', headers=FIELDS)
     released = holding_304s(origin)
     port, admin = free_port(), free_port()
@@ -131,8 +135,8 @@ async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Orig
         assert (status, body, fields["cache-status"]) == (200, BODY, "edgecache; fwd=stale; fwd-status=304")
         revalidated = time.monotonic()
         status, fields, body = await b.get("/e.bin")
-        # Revalidated, by the other worker's request: the one the origin saw.
-        assert (status, body, fields["cache-status"]) == (200, BODY, REVALIDATED)
+        # Revalidated by the other worker's request, the one the origin saw: a hit for this one.
+        assert (status, body, fields["cache-status"]) == (200, BODY, HIT)
         assert conditional(origin, "/e.bin") == 1
 
         # At once: the second worker's request comes while the first's revalidation waits for the origin.
@@ -149,8 +153,11 @@ async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Orig
         finally:
             released.set()
         answers = [(st, f["cache-status"], bd) for st, f, bd in await asyncio.gather(first, second)]
-        assert answers == [(200, REVALIDATED, BODY)] * 2
+        assert answers == [(200, REVALIDATED, BODY), (200, HIT, BODY)]
         assert conditional(origin, "/e.bin") == 2
+        async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+            text = await r.text()
+        assert metric(text, "edgecache_requests_total", cache_status="revalidated") == 2  # the origin's 304s
         assert origin.hits["/e.bin"] == 3
 
 
