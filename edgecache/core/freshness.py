@@ -254,6 +254,16 @@ def revalidated_since(
     requests join it, as they join a fill in flight in their own worker) or the copy is fresh for this request."""
     if stored.slice_version != validating.slice_version or stored.response_time <= validating.response_time:
         return False
+    return answered_since(stored, req, policy, soft_before, asked_at, now)
+
+
+def answered_since(
+    stored: ObjectMeta, req: Headers, policy: Policy, soft_before: float, asked_at: float, now: float
+) -> bool:
+    """May `stored`, an answer another worker's fill stored on the shared disk, answer the request whose fill was
+    asked at `asked_at` instead of the origin? When it was asked after any soft purge, and either it came after
+    this fill was asked (its requests join it, as they join a fill in flight in their own worker) or it is fresh
+    for this request."""
     if stored.request_time < soft_before:
         return False
     if stored.response_time >= asked_at:

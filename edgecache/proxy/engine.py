@@ -24,7 +24,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
 from edgecache.core.keys import PrimaryRecord, entry_key, keyed_fields
 from edgecache.errors import OriginError, StorageError, VersionChanged
-from edgecache.proxy import clusterfill
+from edgecache.proxy import clusterfill, leasing
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, more_of, rejoined, replaces, within_run
 from edgecache.proxy.fillmemory import FillBudget, Taken
@@ -32,14 +32,10 @@ from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
 from edgecache.proxy.revalidating import by_another_worker
 from edgecache.storage.ghosts import Ghosts
-from edgecache.storage.leases import REVALIDATING
+from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
 from edgecache.storage.store import Store, slice_name
 
 log = logging.getLogger(__name__)
-
-
-# A worker holding slices' leases has this long to store them before the others fetch them themselves.
-LEASE_SECONDS = 10.0
 
 
 class _Unread(OriginError):
@@ -138,7 +134,7 @@ class Engine:
                 if self.fills.find(req, index) is not None:
                     last = index - 1
                     break
-        fill = self.start_fill(req, first, last, validate=validate)
+        fill = self.start_fill(req, first, last, validate=validate, cold=validate is None)
         fill.streamed = True
         return fill, True
 
@@ -169,21 +165,23 @@ class Engine:
         validate: ObjectMeta | None = None,
         shared: bool = True,
         background: bool = False,
+        cold: bool = False,
     ) -> Fill:
         """One origin request for slices first..last (last None: the whole object, no Range sent); `background`:
-        the revalidation of `validate`, served stale meanwhile (revalidate_in_background)."""
+        the revalidation of `validate`, served stale meanwhile (revalidate_in_background); `cold`: a miss of an
+        object nothing is stored of, asked of the origin once between the workers (proxy.revalidating)."""
         fill = Fill(req.entry_key, first, last, self.slice_size)
         fill.attended = bool(self._reading.get(req.entry_key))  # for a reader of the entry already
         fill.background = background
         metrics.FILLS.inc()
         if shared:
             self.fills.add(fill)
-        self._spawn(self._run_fill(fill, req, validate))
+        self._spawn(self._run_fill(fill, req, validate, cold))
         return fill
 
-    async def _run_fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
+    async def _run_fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None, cold: bool) -> None:
         try:
-            await self._fill(fill, req, validate)
+            await self._fill(fill, req, validate, cold)
         except asyncio.CancelledError:
             fill.fail(OriginError("fill cancelled"))
             raise
@@ -197,25 +195,13 @@ class Engine:
             fill.fail(OriginError(f"internal error: {exc}"))
         finally:
             self.fills.remove(fill)
-        if unstored := self._unstored_leases(fill):
+        if unstored := leasing.unstored(self.store, fill):
             self._spawn(self.store.drop_leases(unstored), self._writes)
         if fill.background and validate is not None:
             await self._end_unkept(fill, req.entry_key, validate)
 
-    def _unstored_leases(self, fill: Fill) -> list[str]:
-        """The leases taken for this fill that no write of its drops: slices it never completed (cut, failed,
-        not storable) or stored under another name (a new version). Held, they kept every worker waiting on them
-        for LEASE_SECONDS (a lease names no owner), though nobody was fetching those slices any more."""
-        if not fill.leases:
-            return []
-        head = fill.head
-        stored: dict[int, str] = {}
-        if head.done() and not head.cancelled() and head.exception() is None and head.result().store:
-            stored = self.store.lease_names(fill.entry_key, head.result().meta.slice_version, list(fill.leases))
-        return [name for i, name in fill.leases.items() if not (fill.completed(i) and stored.get(i) == name)]
-
-    async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None) -> None:
-        if validate is not None and await by_another_worker(self.store, self.fills, fill, req, validate, LEASE_SECONDS):
+    async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None, cold: bool) -> None:
+        if (validate is not None or cold) and await by_another_worker(self.store, self.fills, fill, req, validate):
             return
         asked: ranges.ByteRange | None = None
         span: tuple[int, int] | None = None
@@ -404,20 +390,7 @@ class Engine:
             self._spawn(self._forget(req.entry_key, version, stored, writes, fill), self._writes)
 
     async def _lease_ahead(self, fill: Fill, head: FillHead, reached: int) -> None:
-        """At each slice `reached` by a fill of the whole object, the leases of it and of the run of slices after
-        it (fill_slices) it does not hold yet, as a ranged fill of them takes (reading._start_for): another worker's
-        request of one, which reads the stored object's metadata from the head on, waits for it to land on the disk
-        instead of fetching it again (and, with a soft purge between, meeting another version and cutting its
-        answer). None for one no other worker reads by slice: not shared, not stored, of unknown length, or a copy
-        fetched only whole (nor a spread copy: its caller's to skip)."""
-        meta = head.meta
-        if not self.store.shared or not head.store or head.end is None or meta.whole or fill.last_index is not None:
-            return
-        upto = min(reached + self.fill_slices, (head.end - 1) // self.slice_size)
-        run = list(range(max(reached, max(fill.leases, default=-1) + 1), upto + 1))
-        if run:
-            taken = await self.store.lease_run(head.entry_key, meta, run, LEASE_SECONDS)
-            fill.leases.update(self.store.lease_names(head.entry_key, meta.slice_version, run[:taken]))
+        await leasing.lease_ahead(self.store, fill, head, reached, self.fill_slices, LEASE_SECONDS)
 
     def _memory_only(self, req: FillRequest, version: str, index: int, data: bytes) -> bool:
         """Offer a filled slice to memory; True where it goes no further: a spread copy (in memory only, never

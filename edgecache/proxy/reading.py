@@ -12,10 +12,11 @@ from edgecache import metrics
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy.engine import LEASE_SECONDS, Engine
+from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, Released
 from edgecache.proxy.fillhead import RangeMismatch, new_token
 from edgecache.proxy.fillrequest import FillRequest
+from edgecache.storage.leases import LEASE_SECONDS
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,19 @@
-"""Revalidations across the worker processes of a node: one conditional request per expiry between them.
+"""One origin request per answer between the worker processes of a node: a revalidation, or a miss of an object
+nothing is stored of.
 
 Each worker holds the metadata it serves from in memory. A copy that expired there was revalidated by every worker
 on its own, though another's 304 had just refreshed the copy on the shared disk: N workers, N origin requests per
-expiry. Before a worker asks, it takes the copy's revalidation lease and reads what the disk holds (in that order:
-the holder writes the refreshed metadata before it lets go, so a lease taken after that finds it); while another
-worker holds the lease, it waits for that one's answer, as a request joins a fill in flight in its own worker. A
-lease names its process and is broken once that process is gone (storage.disk), and it expires: nobody waits on a
-dead worker, nor for longer than LEASE_SECONDS on a slow origin (then it asks itself).
+expiry. A cold object missed by each worker within one first-byte time of another was fetched by each, as nginx's
+proxy_cache_lock exists to prevent: a viral video's first seconds cost the origin's link N times.
+
+Before a worker asks, it takes the entry's lease (a revalidation's or a miss's: one origin head at a time per entry
+key) and reads what the disk holds (in that order: the holder writes the metadata before it lets go, so a lease
+taken after that finds it); while another worker holds the lease, it waits for that one's answer, as a request
+joins a fill in flight in its own worker, then reads the stored copy (a miss's slices, which the holder leased
+before it let go: proxy.leasing, are read as they land). A lease names its process and is broken once that process
+is gone (storage.disk), and it expires: nobody waits on a dead worker, nor for longer than LEASE_SECONDS on a slow
+origin (then it asks itself). The holder lets go once its head is stored or judged not storable (Engine._take_head):
+then a miss's waiter finds nothing stored and asks the origin itself, at once.
 """
 
 from __future__ import annotations
@@ -15,33 +22,38 @@ import time
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.freshness import revalidated_since
+from edgecache.core.freshness import answered_since, revalidated_since
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillrequest import FillRequest
-from edgecache.storage.leases import REVALIDATING
+from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
 from edgecache.storage.store import Store
 
-# Looks at the lease and the disk: at most this many other workers' revalidations are waited for in turn (each
-# failed, or refreshed the copy into one this request may not use) before this one asks the origin anyway.
+# At most this many other workers' revalidations are waited for in turn (each failed, or refreshed the copy into
+# one this request may not use) before this one asks the origin anyway. A miss waits for one: nothing stored
+# after it means the answer was not storable (or failed), and each waiter then asks the origin.
 TRIES = 3
 
 
 async def by_another_worker(
-    store: Store, fills: FillRegistry, fill: Fill, req: FillRequest, validate: ObjectMeta, seconds: float
+    store: Store,
+    fills: FillRegistry,
+    fill: Fill,
+    req: FillRequest,
+    validate: ObjectMeta | None,
+    seconds: float = LEASE_SECONDS,
 ) -> bool:
-    """Did another worker's revalidation answer the revalidation `fill` was started for? Then the fill has its head,
-    a 304's from the copy as that worker left it on the disk. Otherwise the fill holds the lease (Fill.leases,
+    """Did another worker's origin request answer the one `fill` was started for (the revalidation of `validate`,
+    or a miss when None)? Then the fill has its head, a 304's from the copy as that worker left it on the disk
+    (FillHead.worker: this request's answer is a hit). Otherwise the fill holds the lease (Fill.leases,
     REVALIDATING) when it got it, let go once its head is stored (Engine._take_head) or it failed (_run_fill)."""
     if not store.shared or req.spread_from is not None:  # a spread copy is not on the disk
         return False
     lease = store.revalidation_lease(req.entry_key)
-    for attempt in range(TRIES):
+    waits = TRIES if validate is not None else 1
+    for attempt in range(waits + 1):
         ours = await store.lease_revalidation(req.entry_key, seconds)
         stored = await store.meta_on_disk(req.entry_key)
-        now = time.time()
-        if stored is not None and revalidated_since(
-            stored, validate, req.headers, req.policy, req.soft_before, fill.asked_at, now
-        ):
+        if stored is not None and _answers(stored, validate, req, fill.asked_at):
             if ours:
                 await store.drop_leases([lease])
             fills.remove(fill)  # a 304 brings no bytes to join (Engine._take_head)
@@ -50,7 +62,18 @@ async def by_another_worker(
         if ours:
             fill.leases[REVALIDATING] = lease
             return False
+        if attempt == waits:
+            return False
         if attempt == 0:
             metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
         await store.wait_for_release(lease, seconds)
     return False
+
+
+def _answers(stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float) -> bool:
+    """May what the disk holds answer the fill's request? A copy stored only whole is not taken for a miss: its
+    slices are read from no fill of this worker, and each reader would fetch the whole object again."""
+    now = time.time()
+    if validate is not None:
+        return revalidated_since(stored, validate, req.headers, req.policy, req.soft_before, asked_at, now)
+    return not stored.whole and answered_since(stored, req.headers, req.policy, req.soft_before, asked_at, now)

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from edgecache.proxy.reading import LEASE_SECONDS
+from edgecache.storage.leases import LEASE_SECONDS
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
 

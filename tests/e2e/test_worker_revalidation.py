@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from edgecache.proxy.reading import LEASE_SECONDS
+from edgecache.storage.leases import LEASE_SECONDS
 from tests.e2e.procs import descendants, edge_process, free_port
 from tests.e2e.test_operations import metric
 from tests.e2e.test_workers import READY, two_workers

@@ -1,0 +1,46 @@
+"""The slice leases a fill holds on the shared disk (storage.leases): which it takes as it goes, and which it lets go
+of when it ends. Worker processes share nothing but the disk: a slice leased there is one the others wait for
+instead of fetching it again."""
+
+from __future__ import annotations
+
+from edgecache.proxy.fill import Fill, FillHead
+from edgecache.storage.store import Store
+
+
+async def lease_ahead(store: Store, fill: Fill, head: FillHead, reached: int, fill_slices: int, seconds: float) -> None:
+    """The leases of the slices a fill is about to bring that it does not hold yet.
+
+    A fill of the whole object leases, at each slice `reached`, it and the run of slices after it (fill_slices), as
+    a ranged fill of them takes (reading._start_for): another worker's request of one, which reads the stored
+    object's metadata from the head on, waits for it to land on the disk instead of fetching it again (and, with a
+    soft purge between, meeting another version and cutting its answer). A ranged fill leases its run, unless its
+    reader leased it before starting it: a miss's, started before any metadata named the slices, leases them once
+    its head has (another worker's miss of the object waits for that head: proxy.revalidating, and reads them).
+    None for one no other worker reads by slice: not shared, not stored, of unknown length, or a copy fetched only
+    whole (nor a spread copy: its caller's to skip)."""
+    meta = head.meta
+    if not store.shared or not head.store or head.end is None or meta.whole:
+        return
+    last = (head.end - 1) // meta.slice_size
+    if fill.last_index is not None:
+        run = [i for i in range(fill.first_index, min(fill.last_index, last) + 1) if i not in fill.leases]
+    else:
+        upto = min(reached + fill_slices, last)
+        run = list(range(max(reached, max(fill.leases, default=-1) + 1), upto + 1))
+    if run:
+        taken = await store.lease_run(head.entry_key, meta, run, seconds)
+        fill.leases.update(store.lease_names(head.entry_key, meta.slice_version, run[:taken]))
+
+
+def unstored(store: Store, fill: Fill) -> list[str]:
+    """The leases taken for this fill that no write of its drops: slices it never completed (cut, failed, not
+    storable) or stored under another name (a new version). Held, they kept every worker waiting on them for the
+    lease's time, though nobody was fetching those slices any more."""
+    if not fill.leases:
+        return []
+    head = fill.head
+    stored: dict[int, str] = {}
+    if head.done() and not head.cancelled() and head.exception() is None and head.result().store:
+        stored = store.lease_names(fill.entry_key, head.result().meta.slice_version, list(fill.leases))
+    return [name for i, name in fill.leases.items() if not (fill.completed(i) and stored.get(i) == name)]
