@@ -30,7 +30,7 @@ from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, 
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
-from edgecache.proxy.revalidating import by_another_worker
+from edgecache.proxy.revalidating import by_another_worker, drop_lease
 from edgecache.storage.ghosts import Ghosts
 from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
 from edgecache.storage.store import Store, slice_name
@@ -197,6 +197,8 @@ class Engine:
             self.fills.remove(fill)
         if unstored := leasing.unstored(self.store, fill):
             self._spawn(self.store.drop_leases(unstored), self._writes)
+        if REVALIDATING in fill.leases:  # failed before its head was in
+            self._spawn(drop_lease(self.store, fill), self._writes)
         if fill.background and validate is not None:
             await self._end_unkept(fill, req.entry_key, validate)
 
@@ -324,8 +326,7 @@ class Engine:
                 await self.store.put_record(primary, record)
             # A 304's is written whatever the last write: the other workers revalidate from it (proxy.revalidating).
             await self.store.put_meta(req.entry_key, head.meta, lazy=head.status != 304)
-        if (lease := fill.leases.pop(REVALIDATING, None)) is not None:  # the others waiting on it read the disk now
-            await self.store.drop_leases([lease])
+        await drop_lease(self.store, fill)  # the others waiting on it read the disk now
         return req
 
     async def _not_purged(self, primary: str, req: FillRequest) -> bool:

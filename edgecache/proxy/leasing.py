@@ -5,6 +5,7 @@ instead of fetching it again."""
 from __future__ import annotations
 
 from edgecache.proxy.fill import Fill, FillHead
+from edgecache.storage.leases import REVALIDATING
 from edgecache.storage.store import Store
 
 
@@ -34,7 +35,7 @@ async def lease_ahead(store: Store, fill: Fill, head: FillHead, reached: int, fi
 
 
 def unstored(store: Store, fill: Fill) -> list[str]:
-    """The leases taken for this fill that no write of its drops: slices it never completed (cut, failed, not
+    """The slice leases taken for this fill that no write of its drops: slices it never completed (cut, failed, not
     storable) or stored under another name (a new version). Held, they kept every worker waiting on them for the
     lease's time, though nobody was fetching those slices any more."""
     if not fill.leases:
@@ -43,4 +44,5 @@ def unstored(store: Store, fill: Fill) -> list[str]:
     stored: dict[int, str] = {}
     if head.done() and not head.cancelled() and head.exception() is None and head.result().store:
         stored = store.lease_names(fill.entry_key, head.result().meta.slice_version, list(fill.leases))
-    return [name for i, name in fill.leases.items() if not (fill.completed(i) and stored.get(i) == name)]
+    slices = ((i, name) for i, name in fill.leases.items() if i != REVALIDATING)  # (revalidating.drop_lease)
+    return [name for i, name in slices if not (fill.completed(i) and stored.get(i) == name)]

@@ -51,11 +51,11 @@ async def by_another_worker(
     lease = store.revalidation_lease(req.entry_key)
     waits = TRIES if validate is not None else 1
     for attempt in range(waits + 1):
-        ours = await store.lease_revalidation(req.entry_key, seconds)
+        ours = await store.lease_revalidation(req.entry_key, _owner(fill), seconds)
         stored = await store.meta_on_disk(req.entry_key)
         if stored is not None and _answers(stored, validate, req, fill.asked_at):
             if ours:
-                await store.drop_leases([lease])
+                await store.let_go(lease, _owner(fill))
             fills.remove(fill)  # a 304 brings no bytes to join (Engine._take_head)
             fill.set_head(FillHead(304, stored, 0, 0, store=False, shared=True, entry_key=req.entry_key, worker=True))
             return True
@@ -68,6 +68,20 @@ async def by_another_worker(
             metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
         await store.wait_for_release(lease, seconds)
     return False
+
+
+async def drop_lease(store: Store, fill: Fill) -> None:
+    """Let go of the lease `fill` took (by_another_worker), if it took one and holds it still: the others waiting
+    on it read the disk now."""
+    if (lease := fill.leases.pop(REVALIDATING, None)) is not None:
+        await store.let_go(lease, _owner(fill))
+
+
+def _owner(fill: Fill) -> str:
+    """The token of a fill's take of the lease: unique among the fills alive in this process (each takes it once),
+    and held with the process's pid (storage.disk._holder). Two fills of one worker no longer share a take, so the
+    first to end drops its own only; a fill slower than the lease's time finds another's there, and leaves it."""
+    return f"{id(fill):x}"
 
 
 def _answers(stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float) -> bool:

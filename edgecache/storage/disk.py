@@ -74,6 +74,11 @@ def _hold(directory: Path) -> tuple[int, bool]:
     return fd, True
 
 
+def _holder(owner: str) -> bytes:
+    """A lease's value: the process that holds it, and the take's `owner` token when it has one."""
+    return f"{os.getpid()}:{owner}".encode() if owner else str(os.getpid()).encode()
+
+
 def _alive(pid: int) -> bool:
     """Does process `pid` run (on this host: the workers sharing a disk are one node's)?"""
     try:
@@ -364,19 +369,20 @@ class DiskTier:
 
         return await self._run(run)
 
-    async def lease(self, keys: list[str], seconds: float) -> int:
+    async def lease(self, keys: list[str], seconds: float, owner: str = "") -> int:
         """Take leases on `keys` in order, stopping at the first another process holds or whose value is stored
-        already; how many were taken.
+        already; how many were taken. `owner`: the take's own token (let_go), else the process's.
 
         The value is looked for once its lease is taken: a fill stores the value before it drops the lease, so a
         lease taken after that drop finds the value, and one taken before it cannot be (the fill holds it). Looked
         for first, a value stored between the look and the lease was fetched twice.
 
         A lease this process holds is taken again (for as long again): its fills coordinate through its table of
-        fills, and a reader that found none fetching the value would wait on the disk for itself."""
+        fills, and a reader that found none fetching the value would wait on the disk for itself. Not one another
+        take of this process holds under its own `owner`: that one waits for it as another process's would."""
 
         def take() -> int:
-            holder = str(os.getpid()).encode()
+            holder = _holder(owner)
             for n, key in enumerate(keys):
                 if self._cache.get(key, None, retry=True) == holder:
                     self._cache.set(key, holder, expire=seconds, retry=True)
@@ -394,6 +400,16 @@ class DiskTier:
     async def delete(self, key: str) -> None:
         await self._run(lambda: self._forget(key))
 
+    async def let_go(self, lease: str, owner: str) -> None:
+        """Drop `lease` if the take of `owner` (lease()) still holds it: not one that expired and was taken since."""
+
+        def drop() -> None:
+            with self._cache.transact(retry=True):
+                if self._cache.get(lease, None, retry=True) == _holder(owner):
+                    self._cache.delete(lease, retry=True)
+
+        await self._run(drop)
+
     async def contains(self, keys: list[str]) -> list[bool]:
         """Which keys are stored; a lease counts only while its process lives (_leased)."""
         return await self._run(lambda: [self._leased(k) if k.startswith(LEASE) else k in self._cache for k in keys])
@@ -404,7 +420,8 @@ class DiskTier:
         holder = self._cache.get(lease, None, retry=True)
         if not isinstance(holder, bytes):
             return False
-        if not holder.isdigit() or _alive(int(holder)):  # (a lease of a version before holders were named: b"")
+        pid = holder.partition(b":")[0]  # (_holder)
+        if not pid.isdigit() or _alive(int(pid)):  # (a lease of a version before holders were named: b"")
             return True
         with self._cache.transact(retry=True):  # (a write lock: only for a dead one) not one taken since the read
             if self._cache.get(lease, None, retry=True) == holder:

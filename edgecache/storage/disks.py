@@ -209,13 +209,16 @@ class Disks:
     async def delete(self, key: str) -> None:
         await self._on(key, "write", lambda t: t.delete(key))
 
+    async def let_go(self, lease: str, owner: str) -> None:
+        await self._on(lease, "write", lambda t: t.let_go(lease, owner))
+
     def note_hit(self, key: str) -> None:
         """A hit the Store served from a file it holds open: counted for its disk's eviction index (no I/O)."""
         slot = self._slots[self.home(key)]
         if slot.tier is not None and slot.up:  # a failed disk's index is written no more
             slot.tier.note_hit(key)
 
-    async def lease(self, keys: list[str], seconds: float) -> int:
+    async def lease(self, keys: list[str], seconds: float, owner: str = "") -> int:
         """As DiskTier.lease, each lease on its value's disk. One on a disk out of service counts as taken: no
         worker can store that value, so each fetches it."""
         taken = 0
@@ -224,7 +227,7 @@ class Disks:
             if not slot.up:
                 taken += len(run)
                 continue
-            n = await self._use(slot, "write", _lease(run, seconds))
+            n = await self._use(slot, "write", _lease(run, seconds, owner))
             taken += n
             if n < len(run):
                 break
@@ -410,8 +413,8 @@ class Disks:
         return runs
 
 
-def _lease(keys: list[str], seconds: float) -> Callable[[DiskTier], Awaitable[int]]:
-    return lambda tier: tier.lease(keys, seconds)
+def _lease(keys: list[str], seconds: float, owner: str) -> Callable[[DiskTier], Awaitable[int]]:
+    return lambda tier: tier.lease(keys, seconds, owner)
 
 
 def _contains(keys: list[str]) -> Callable[[DiskTier], Awaitable[list[bool]]]:

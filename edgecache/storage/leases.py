@@ -54,12 +54,19 @@ class Leases:
         only a holder (alive: storage.disk) stops another from taking it."""
         return lease_name("r:" + digest(entry_key))
 
-    async def lease_revalidation(self, entry_key: str, seconds: float) -> bool:
-        """Take the lease on revalidating what is stored under `entry_key`; False while another worker holds it."""
+    async def lease_revalidation(self, entry_key: str, owner: str, seconds: float) -> bool:
+        """Take the lease on revalidating (or first fetching) what is stored under `entry_key`, for the take
+        `owner`; False while another take holds it, in another worker or in this one."""
         try:
-            return bool(await self.disk.lease([self.revalidation_lease(entry_key)], seconds))
+            return bool(await self.disk.lease([self.revalidation_lease(entry_key)], seconds, owner))
         except StorageError:
             return True  # no disk to coordinate through: ask, as a single worker would (its drop fails quietly)
+
+    async def let_go(self, lease: str, owner: str) -> None:
+        """Drop `lease` if the take `owner` still holds it: a take that outlived the lease's time never drops the
+        one another took since, nor does one fill of this worker drop another's."""
+        with contextlib.suppress(StorageError):
+            await self.disk.let_go(lease, owner)
 
     async def wait_for_peer(self, entry_key: str, meta: ObjectMeta, index: int, seconds: float) -> None:
         """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`."""

@@ -430,3 +430,25 @@ async def test_a_lease_this_process_holds_is_its_own_to_take_again(tmp_path: Pat
         assert await disks.contains(keys) == [True] * 6
     finally:
         disks.close()
+
+
+async def test_a_lease_taken_for_an_owner_is_dropped_by_that_take_alone(tmp_path: Path) -> None:
+    """The lease on an entry's origin request (proxy.revalidating) is taken per fill, each with its owner token. As
+    the process's, a second fill of the same worker took it again and the first to end dropped it for both; and a
+    holder slower than the lease's time dropped the one another had taken since it ran out."""
+    disks = Disks.open_all(three(tmp_path), threads=1)
+    try:
+        lease = lease_name("r:entry")
+        assert await disks.lease([lease], 5, "a") == 1
+        assert await disks.lease([lease], 5, "b") == 0  # another fill of this process waits, as another's would
+        assert await disks.lease([lease], 5, "a") == 1  # the same take, again
+        await disks.let_go(lease, "b")  # not b's to drop
+        assert await disks.contains([lease]) == [True]
+        await disks.delete(lease)  # as its time running out does
+        assert await disks.lease([lease], 5, "c") == 1
+        await disks.let_go(lease, "a")  # the slow holder ends: the lease is c's now
+        assert await disks.contains([lease]) == [True]
+        await disks.let_go(lease, "c")
+        assert await disks.contains([lease]) == [False]
+    finally:
+        disks.close()
