@@ -21,7 +21,7 @@ from aiohttp import web
 from edgecache.storage.leases import LEASE_SECONDS
 from tests.e2e.procs import descendants, edge_process, free_port
 from tests.e2e.test_operations import metric
-from tests.e2e.test_workers import READY, two_workers
+from tests.e2e.test_workers import DATA, READY, MiB, two_workers
 from tests.origin import Origin
 
 BODY = bytes((i * 7 + i // 251) % 256 for i in range(300_000))
@@ -218,3 +218,57 @@ async def test_a_new_answer_that_varies_otherwise_is_served_by_every_worker(orig
         # fetch that slice again (fwd=partial, the same copy's bytes), never the object.
         assert [x.headers.get("If-None-Match") for x in origin.seen] == [None, '"v1"'] + [None] * (len(origin.seen) - 2)
         assert all(x.headers.get("Range") == "bytes=0-1048575" for x in origin.seen[2:]), origin.seen
+
+
+async def test_two_revalidations_in_one_worker_hold_one_lease_each(origin: Origin, tmp_path: Path) -> None:
+    """Two fills of one worker revalidate one expired copy (ranges in two slices: a fill each). The lease named the
+    worker alone: the second took it again, and the first, failed by the origin, dropped it for both, so the other
+    worker asked the origin too while the second's revalidation was in flight. Each take has its owner now: the
+    second fill waits for the first as another worker would, and whoever asks next holds the lease alone."""
+    data = DATA[: 6 * MiB]
+    origin.put("/s.bin", data, etag='"v1"', headers=FIELDS)
+    released = asyncio.Event()
+
+    async def first_fails(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
+        if not request.headers.get("If-None-Match"):
+            return None
+        if conditional(origin, "/s.bin") == 1:
+            return web.Response(status=503, text="busy\n")
+        await released.wait()
+        return None
+
+    origin.on_request = first_fails
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with (
+        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
+        aiohttp.ClientSession() as s,
+        one_per_worker(port, proc.pid, "/s.bin", data) as first,
+        one_per_worker(port, proc.pid, "/s.bin", data) as second,
+    ):
+        filled = time.monotonic()
+        (a1, b), (a2, _) = (sorted(pair, key=lambda conn: conn.pid) for pair in (first, second))
+        assert origin.hits["/s.bin"] == 1
+        await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else
+        spans = [(0, 99), (5 * MiB, 5 * MiB + 99)]
+        try:
+            ones = [asyncio.ensure_future(c.get("/s.bin", f"Range: bytes={lo}-{hi}\r\n")) for c, (lo, hi) in
+                    zip((a1, a2), spans, strict=True)]  # fmt: skip
+            async with asyncio.timeout(10):
+                await asyncio.wait(ones, return_when=asyncio.FIRST_COMPLETED)  # the one the origin failed: 503
+                # (another process: polled) until the other has asked, and is held
+                while conditional(origin, "/s.bin") < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+                waits = await collapsed(s, admin)
+                other = asyncio.ensure_future(b.get("/s.bin", "Range: bytes=0-99\r\n"))
+                while await collapsed(s, admin) == waits and conditional(origin, "/s.bin") < 3:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+        finally:
+            released.set()
+        async with asyncio.timeout(10):
+            answers = [(st, bd) for st, _, bd in await asyncio.gather(*ones, other)]
+        wanted = [(206, data[lo : hi + 1]) for lo, hi in spans]
+        # The fill the origin failed passes its 503 on (no stale-if-error); every other answer is the copy's bytes.
+        assert all(got in (want, (503, b"busy\n")) for got, want in zip(answers, wanted, strict=False))
+        assert answers[2] == (206, data[:100])
+        assert conditional(origin, "/s.bin") == 2  # the one that failed, then one for both workers
