@@ -1,0 +1,134 @@
+"""The fast path's decision for a range hit, in process: microseconds of `Decider.answer` per request head.
+
+A real node (open_node, its fast path's Decider, a real aiohttp origin on 127.0.0.1) holds one 32 MiB object, filled
+through the node's own listener; then N single-range heads the way wrk sends them in the shared bench's W3u (Host,
+X-EB and Range, in an order that differs per connection; 64 KiB-1 MiB ranges anywhere in the object) are decided
+`--repeats` times. "new": every range of a pass is one never asked before (a player's next range); "repeat": the
+same heads again (W3a's aligned ranges come back). The figure is the least of the passes' means (min-of-repeats:
+the machine is shared), and `--profile` prints cProfile's breakdown of one pass of new ranges.
+
+    python -m loadtest.hitcpu [--heads 4096] [--repeats 15] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import itertools
+import os
+import pstats
+import random
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+from edgecache.config import one_origin
+from edgecache.config.model import Listen
+from edgecache.proxy.decide import Decider, Prepared
+from edgecache.server import make_fast, make_server, open_node, start_listeners
+
+SIZE = 32 * 2**20
+PATH = "/video/vid1.bin"
+HOST = "127.0.0.1:18100"
+ORDERS = list(itertools.permutations(("host", "tag", "range")))
+
+
+async def _origin(body: bytes) -> tuple[web.AppRunner, int]:
+    """An origin answering PATH with nginx's fields (the bench's origin is nginx)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        headers = {"Last-Modified": "Sat, 05 Dec 2026 23:55:00 GMT", "ETag": '"6932a2f4-2000000"'}
+        headers["Accept-Ranges"] = "bytes"
+        return web.Response(body=body, headers=headers, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get(PATH, handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+def heads(n: int, rng: random.Random) -> list[bytes]:
+    """n single-range heads as wrk writes them: the field order is its Lua table's, one per connection."""
+    out = []
+    for i in range(n):
+        length = rng.randint(64 * 1024, 2**20)
+        first = rng.randint(0, SIZE - length)
+        lines = {"host": f"Host: {HOST}", "tag": "X-EB: W3u", "range": f"Range: bytes={first}-{first + length - 1}"}
+        order = ORDERS[i % len(ORDERS)]
+        out.append(("\r\n".join([f"GET {PATH} HTTP/1.1", *(lines[k] for k in order)]) + "\r\n\r\n").encode())
+    return out
+
+
+def _pass(decider: Decider, batch: list[bytes]) -> float:
+    """Mean µs of deciding each head of `batch`; every answer must be a cut 206."""
+    answer = decider.answer
+    start = time.perf_counter()
+    for head in batch:
+        answer(head, "127.0.0.1")
+    spent = time.perf_counter() - start
+    for head in batch[:8]:
+        got = answer(head, "127.0.0.1")
+        if not isinstance(got, Prepared) or got.hit.status != 206:
+            raise SystemExit(f"not a cut 206: {head!r} -> {got!r}")
+    return spent / len(batch) * 1e6
+
+
+async def _bench(n: int, repeats: int, profile: bool) -> None:
+    body = os.urandom(SIZE)
+    runner, port = await _origin(body)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = one_origin(f"http://127.0.0.1:{port}", "127.0.0.1:8080", str(Path(tmp) / "c"), memory_bytes=2**30)
+        config = replace(config, listen=(Listen("127.0.0.1", 0),))  # a port of the system's choosing
+        async with open_node(config) as node:
+            server = make_server(node)
+            edge = web.ServerRunner(server)
+            await edge.setup()
+            fast = make_fast(node, server)
+            sites = await start_listeners(node, edge, fast)
+            edge_port = sites[0]._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            try:
+                async with aiohttp.ClientSession() as session:
+                    for _ in range(2):  # the fill, then a hit: the whole object is stored
+                        async with session.get(f"http://127.0.0.1:{edge_port}{PATH}", headers={"Host": HOST}) as r:
+                            assert await r.read() == body
+                _measure(fast.decider, n, repeats, profile)
+            finally:
+                await edge.cleanup()
+                await fast.shutdown(1.0)
+    await runner.cleanup()
+
+
+def _measure(decider: Decider, n: int, repeats: int, profile: bool) -> None:
+    rng = random.Random(14)
+    _pass(decider, heads(n, rng))  # warms the whole-object answers (one per field order)
+    new = min(_pass(decider, heads(n, rng)) for _ in range(repeats))
+    batch = heads(n, rng)
+    _pass(decider, batch)
+    again = min(_pass(decider, batch) for _ in range(repeats))
+    print(f"Decider.answer, {n} heads, min of {repeats} passes: new range {new:.2f} µs, repeated range {again:.2f} µs")
+    if profile:
+        batch = heads(n, rng)
+        prof = cProfile.Profile()
+        prof.runcall(_pass, decider, batch)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--heads", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--profile", action="store_true")
+    a = ap.parse_args()
+    uvloop.run(_bench(a.heads, a.repeats, a.profile))
+
+
+if __name__ == "__main__":
+    main()
