@@ -202,7 +202,7 @@ class Decider:
         if prepared is None or prepared.hit.still(self.shared, now):
             return prepared
         hit = renewed(prepared.hit, self.shared, now)
-        encoded = _with_age(prepared.head, hit) if hit is not None else None
+        encoded = encode.with_age(prepared.head, hit.headers) if hit is not None else None
         if hit is None or encoded is None:
             del memo[head]
             return None
@@ -471,16 +471,6 @@ def _refused(p: Prepared, reply: Reply) -> Refused:
 
 def _site_bytes(hit: Hit) -> Any:
     return observe.site_bytes(hit.site.name, observe.upstream(CacheStatus.HIT, metrics.Sources()))
-
-
-def _with_age(head: bytes, new: Hit) -> bytes | None:
-    """`head` with the Age of `new`, its renewal (the value spliced in: every answer's Age ticks once a second);
-    None if the line is not there exactly once, in the head and in the fields."""
-    at = head.find(b"\r\nAge: ") + 7
-    ages = [v for k, v in new.headers if k == "Age"]
-    if at < 7 or head.find(b"\r\nAge: ", at) >= 0 or len(ages) != 1:
-        return None
-    return head[:at] + ages[0].encode() + head[head.find(b"\r\n", at) :]
 
 
 def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:

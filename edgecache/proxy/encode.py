@@ -8,7 +8,7 @@ fate call for (core.keepalive).
 from __future__ import annotations
 
 import http
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from aiohttp.http import SERVER_SOFTWARE
 
@@ -135,3 +135,14 @@ def relayed(
     length = names.get("content-length")
     chunked, keep_alive = frame(out, empty, length, keep_alive, "content-type" in names, status in _EMPTY)
     return head(status, reason, out, date, keep_alive, charset, names), chunked, keep_alive
+
+
+def with_age(head: bytes, fields: Sequence[tuple[str, str]]) -> bytes | None:
+    """`head`, encoded from fields whose Age has since ticked, with the Age of `fields`, its renewal's (the value
+    spliced in: every remembered answer's Age ticks once a second); None if the line is not there exactly once, in
+    the head and in the fields."""
+    at = head.find(b"\r\nAge: ") + 7
+    ages = [v for k, v in fields if k == "Age"]
+    if at < 7 or head.find(b"\r\nAge: ", at) >= 0 or len(ages) != 1:
+        return None
+    return head[:at] + ages[0].encode() + head[head.find(b"\r\n", at) :]

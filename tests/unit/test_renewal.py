@@ -21,7 +21,8 @@ from edgecache.core.freshness import Use
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import PrimaryRecord, entry_key, make_key
 from edgecache.core.route import Router
-from edgecache.proxy.decide import Decider, _with_age
+from edgecache.proxy.decide import Decider
+from edgecache.proxy.encode import with_age
 from edgecache.proxy.hit import Hit, find_hit, renewed
 from edgecache.proxy.shared import Shared
 from edgecache.storage.disk import DiskTier
@@ -120,4 +121,4 @@ def test_a_renewed_hit_is_what_find_hit_decides_then(
     decider = Decider(shared, lambda: b"-")
     encoded = decider.encode(before, KeepAlive.OPEN)
     assert encoded is not None
-    assert _with_age(encoded, again) == decider.encode(fresh, KeepAlive.OPEN)
+    assert with_age(encoded, again.headers) == decider.encode(fresh, KeepAlive.OPEN)
