@@ -25,7 +25,7 @@ Pure: plain dicts, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K")
@@ -172,3 +172,31 @@ class Memo(Generic[K, V]):
         self.new.clear()
         self.old.clear()
         self.new_bytes = self.old_bytes = 0
+
+
+class Seen:
+    """Whether a key was seen lately: the doorkeeper in front of a memo (as TinyLFU's, or nginx's
+    proxy_cache_min_uses 2), so that keys asked once, as a player's byte ranges nearly all are, cost a number held
+    for a while rather than an entry in the memo, made, counted, and freed at a turn of its generations.
+
+    The keys' hashes, in a Memo of `size` (two generations): a key seen again within `size` other keys is known,
+    and at most 2 x `size` hashes are held, whatever the keys are. A key with another key's hash passes for seen
+    (and is remembered at once): remembering is never wrong, only dearer. Python's hash() is salted per process,
+    which is all this needs: no other process reads it.
+    """
+
+    __slots__ = ("_hashes",)
+
+    def __init__(self, size: int) -> None:
+        self._hashes: Memo[int, bool] = Memo(size)
+
+    def again(self, key: Hashable) -> bool:
+        """Whether `key` was seen lately; it is noted as seen either way."""
+        h = hash(key)
+        if self._hashes.get(h):
+            return True
+        self._hashes[h] = True
+        return False
+
+    def __len__(self) -> int:
+        return len(self._hashes)

@@ -26,7 +26,7 @@ from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
-from edgecache.core.memo import Memo, Pool, head_cost
+from edgecache.core.memo import Memo, Pool, Seen, head_cost
 from edgecache.core.status import CacheStatus, of_304, of_fill
 from edgecache.proxy import encode, headparse, observe, rangecut
 from edgecache.proxy.expecting import Expected
@@ -130,6 +130,7 @@ class Decider:
         self.memo: Memo[bytes, Prepared] = _memo(pool)  # request head -> its answer, while still valid
         self.wholes: Memo[bytes, Prepared] = _memo(pool)  # head without Range -> whole-object basis
         self.cuts: Memo[bytes, Prepared] = _memo(pool)  # a single-range head -> the answer cut for it (_ranged)
+        self.seen = Seen(_MEMO_ENTRIES)  # the single-range heads cut lately: a second time, the cut is kept
         self.hopped: Memo[bytes, Prepared] = _memo(pool)  # a peer's head without its hop field -> the answer it had
         self.forwards = ForwardMemo(shared, pool)
         self.parser = headparse.Parser()
@@ -330,8 +331,10 @@ class Decider:
             derived, "GET", base.keep_alive, encoded, cut.counter, slices, base.site_bytes, value, status=base.status
         )
         # The same range asked again (a segment of a byte-range playlist, by every viewer with the same fields) is
-        # a lookup, kept apart from the memo so that players' ranges, which rarely repeat, never clear it.
-        if hit.viewer is None and base.status is CacheStatus.HIT:
+        # a lookup, kept apart from the memo so that players' ranges, which rarely repeat, never clear it; and only
+        # from its second time (seen): remembering each new range, and dropping it at the next turn of the memos'
+        # generations, was a quarter of deciding it (14.6 -> 10.8 µs in process, loadtest.hitcpu).
+        if hit.viewer is None and base.status is CacheStatus.HIT and self.seen.again(head):
             _remember(self.cuts, head, prepared, cut.kept)
         return prepared
 

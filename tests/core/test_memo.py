@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgecache.core.memo import Memo, Pool
+from edgecache.core.memo import Memo, Pool, Seen
 
 
 def test_an_entry_asked_between_additions_outlives_a_scan_of_new_ones() -> None:
@@ -191,3 +191,14 @@ def test_memos_in_a_pool_never_hold_more_than_its_budget(ops: list[tuple[int, st
             assert m.new_bytes == sum(k + 1 for k in m.new) <= 40
             assert m.old_bytes == sum(k + 1 for k in m.old) <= 40
         assert pool.bytes == sum(m.bytes for m in memos) <= 60
+
+
+def test_seen_knows_a_key_from_its_second_time_within_its_bound() -> None:
+    seen = Seen(4)
+    assert [seen.again(k) for k in (b"a", b"b", b"a", b"a")] == [False, False, True, True]
+    for i in range(1000):  # keys seen once each: a player's ranges
+        assert not seen.again(f"once-{i}".encode())
+        if i % 3 == 0:
+            assert seen.again(b"a")  # seen within every 4 new keys: kept
+        assert len(seen) <= 8  # two generations of 4 hashes, whatever comes
+    assert not seen.again(b"b")  # not seen for two generations: new again

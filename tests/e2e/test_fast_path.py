@@ -275,22 +275,24 @@ async def test_ranges_cut_from_the_whole_answer_match_aiohttp(
 async def test_a_range_asked_again_is_answered_from_its_cut(
     pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A single range asked again with the same fields (a segment of a byte-range playlist) is looked up, not cut
-    again (Decider.cuts, valid as the memo's answers are: Hit.still): the same bytes as aiohttp's, each time; and
-    the cuts kept are bounded (core.memo: two generations of 3 here)."""
+    """A single range asked again with the same fields (a segment of a byte-range playlist) is looked up from its
+    third time, not cut again (Decider.cuts, valid as the memo's answers are: Hit.still; a range is remembered from
+    its second time: Decider.seen): the same bytes as aiohttp's, each time; and the cuts kept are bounded
+    (core.memo: two generations of 3 here)."""
     fast_edge, framework = pair
     assert fast_edge.fast is not None
     cuts = counted_cuts(monkeypatch)
     monkeypatch.setattr(fast_edge.fast.decider, "cuts", Memo(3))
     again = get("/big", "Range: bytes=1048570-1048585") * 3
-    others = b"".join(get("/big", f"Range: bytes={n}-{n + 9}") for n in range(10, 80, 10))  # 7 more
+    others = b"".join(get("/big", f"Range: bytes={n}-{n + 9}") * 2 for n in range(10, 80, 10))  # 7 more, twice
     requests = again + others + again + CLOSE
     before = answered()
     ours = await exchange(fast_edge.port, requests)
-    assert answered() - before == 3 + 7 + 3 + 1
+    assert answered() - before == 3 + 14 + 3 + 1
     assert await normalised(ours) == await normalised(await exchange(framework.port, requests))
-    assert ours.count(b"HTTP/1.1 206 Partial Content\r\n") == 13
-    assert cuts == [1048570, *range(10, 80, 10), 1048570]  # the first range cut again: 7 others came since
+    assert ours.count(b"HTTP/1.1 206 Partial Content\r\n") == 20
+    # The first range cut twice, and again once the 7 others were kept since
+    assert cuts == [1048570, 1048570, *(n for n in range(10, 80, 10) for _ in range(2)), 1048570]
     assert len(fast_edge.fast.decider.cuts) <= 6
 
 

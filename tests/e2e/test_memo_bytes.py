@@ -55,7 +55,8 @@ async def test_distinct_fat_heads_hold_at_most_the_workers_memo_budget(
     """All the memos of a worker hold one budget together, half of cache.memory_headroom: each memo alone held
     up to 2 x 16 MiB, and a flood of fat heads with and without Range filled three (79 MiB accounted here), which
     took a worker to 127 MiB of RSS against a budget of 80 (cache.memory 16 MiB + memory_headroom 64 MiB). A thin
-    head asked now and then during the flood is still decided once, and its ranges cut once."""
+    head asked now and then during the flood is still decided once, and its range cut twice: a range's cut is
+    remembered from its second time."""
     origin.put("/obj", BODY)
     config = replace(make_config(tmp_path / "c", [origin.url]), fast_path=True)
     config = replace(config, cache=replace(config.cache, memory_headroom=32 * 2**20))  # a pool of 16 MiB
@@ -89,17 +90,20 @@ async def test_distinct_fat_heads_hold_at_most_the_workers_memo_budget(
                 expected += [(200, BODY), (206, BODY[5:10])]
         assert await ask(edge.port, heads) == expected
         assert decider.pool.budget == 16 * 2**20  # half of the headroom
-        # Each turn of the memos' generations came after 107 or 108 rounds of a plain and a ranged head (8 MiB
-        # added: half the budget), each memo's older generation holds the last of them, its newer those since
-        assert [(len(m.new), len(m.old)) for m in memos] == [(94, 107), (93, 108), (94, 108), (0, 0), (0, 0)]
+        # Each turn of the memos' generations came after 162 rounds of a plain and a ranged head (8 MiB added: half
+        # the budget): the ranged ones add the whole answer they are cut from, not their cut, which is kept only
+        # from a range's second time (Decider.seen). Each memo's older generation holds the last of them, its newer
+        # those since.
+        assert [(len(m.new), len(m.old)) for m in memos] == [(85, 162), (85, 162), (1, 0), (0, 0), (0, 0)]
         assert [m.bytes for m in memos] == [
-            200 * 25860 + head_cost(thin),
-            201 * 25860,  # the plain heads the ranged ones are cut from (the thin one's is not asked: its cut is)
-            201 * 26056 + head_cost(cut),
+            246 * 25860 + head_cost(thin),
+            247 * 25860,  # the plain heads the ranged ones are cut from (the thin one's is not asked: its cut is)
+            head_cost(cut),
             0,
             0,
         ]
-        assert decider.pool.bytes == 15613396
+        assert decider.pool.bytes == 12755260
+        assert len(decider.seen) == COUNT + 1  # the hash of each ranged head, and of the thin one
         assert lookups == ["-", "-"]  # the thin head's answer, and the whole one its range is cut from
         assert decider.memo.get(thin) is not None
         assert decider.cuts.get(cut) is not None
