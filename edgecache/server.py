@@ -34,7 +34,7 @@ from edgecache.proxy.fillmemory import FillBudget
 from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient, loop_token
 from edgecache.proxy.shared import Shared
-from edgecache.rssbound import bound_rss, fewer_malloc_arenas
+from edgecache.rssbound import bound_rss, fewer_malloc_arenas, heap_slices
 from edgecache.sites import FastSite, TCPListener, quiet_client_faults
 from edgecache.storage.cacheid import cache_id
 from edgecache.storage.disk import DiskTier
@@ -396,6 +396,7 @@ async def run(
     epoch: Epoch | None = None,
     private: Path | None = None,
 ) -> None:
+    heap_slices(config.cache.slice_bytes)  # before any slice is filled
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
