@@ -134,14 +134,19 @@ def _merge(parts: list[ByteRange]) -> tuple[ByteRange, ...]:
     return tuple(r for r, _ in sorted(merged, key=lambda m: m[1]))
 
 
+def plain_range(value: str, length: int) -> ByteRange | None:
+    """The range of resolve()'s Single for the form players send, on every request (without the specs a general
+    parse makes of it: 2.7 -> 2.4 µs a resolve, in process; and without the Single, for the fast path's cuts);
+    None: resolve() answers it."""
+    plain = _plain(value) if length > 0 else None
+    return None if plain is None else _from(plain[0], plain[1], length)
+
+
 def resolve(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> RangeResult:
     """What to answer for `value` on a representation of `length` bytes."""
-    # A player's range, on every request it sends, answered without the specs a general parse makes of it
-    # (2.7 -> 2.4 µs a resolve, in process).
-    plain = _plain(value) if value and length > 0 else None
-    if plain is not None:
-        one = _from(plain[0], plain[1], length)
-        return Unsatisfiable(length) if one is None else Single(one)
+    one = plain_range(value, length) if value else None
+    if one is not None:
+        return Single(one)
     specs = parse_range_header(value, max_ranges)
     if specs is None:
         return NoRange("absent or ignored")

@@ -311,17 +311,21 @@ class Decider:
             value = raw_value.decode("ascii").strip(" \t")
         except UnicodeDecodeError:
             return _FULL_PARSE
-        rng = ranges.resolve(value, hit.meta.length)
-        if not isinstance(rng, ranges.Single):
-            return _FULL_PARSE
+        length = hit.meta.length
+        one = ranges.plain_range(value, length)
+        if one is None:  # another form of a single range, or anything else resolve() answers
+            rng = ranges.resolve(value, length)
+            if not isinstance(rng, ranges.Single):
+                return _FULL_PARSE
+            one = rng.range
         cut = base.cutter
         if cut is None or cut.whole is not base.head:  # its first cut, or its head changed (its Age ticked)
             counter = observe.requests_counter(hit.site.name, "GET", 206, base.status)
             cut = base.cutter = rangecut.cutter(base.head, hit, counter, _keeps(hit))
             if cut is None:
                 return _FULL_PARSE
-        first, last = rng.range.first, rng.range.last
-        content_range, size = ranges.format_content_range(rng.range, hit.meta.length), last - first + 1
+        first, last = one.first, one.last
+        content_range, size = ranges.format_content_range(one, length), last - first + 1
         shared.engine.store.touch_meta(hit.req.entry_key, hit.req.primary)
         derived = copied(hit)
         derived.status, derived.first, derived.last = 206, first, last
