@@ -12,11 +12,14 @@ from edgecache.proxy.hit import Hit
 
 RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
 _VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
+_MAX_HEADERS, _MAX_FIELD_SIZE = headparse.LIMITS["max_headers"], headparse.LIMITS["max_field_size"]
 
 
-def needs_strict_parser(head: bytes) -> bool:
-    """Bare LF line ends or obs-fold: heads only aiohttp's strict parser may judge, never the fast path."""
-    return head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head
+def needs_strict_parser(head: bytes, lines: int = -1) -> bool:
+    """Bare LF line ends or obs-fold: heads only aiohttp's strict parser may judge, never the fast path. `lines`:
+    the head's CRLFs, when the caller has counted them."""
+    lines = head.count(b"\r\n") if lines < 0 else lines
+    return head.count(b"\n") != lines or b"\r\n " in head or b"\r\n\t" in head
 
 
 _PLAIN = re.compile(rb"[ \t]*[!-~]+(?:[ \t]+[!-~]+)*[ \t]*")
@@ -33,12 +36,13 @@ def split_range(head: bytes) -> tuple[bytes, bytes] | None:
     If-Range, nothing aiohttp's strict parser must judge, and fields within aiohttp's limits; else None."""
     lower = head.lower()  # field names are found in it: a regex ignoring case took a player's range 1 us more
     at = lower.find(b"\r\nrange:")
-    if at < 0 or lower.find(b"\r\nrange:", at + 8) >= 0 or b"\r\nif-range:" in lower or needs_strict_parser(head):
+    lines = head.count(b"\r\n")
+    if at < 0 or lower.find(b"\r\nrange:", at + 8) >= 0 or b"\r\nif-range:" in lower:
         return None
     # The Range line counts against aiohttp's limits too: the number of fields (one per line: checked above), and
     # in a long head a field's size, which aiohttp sums oddly across neighbouring fields. Such heads get the full
     # parse, whose parser (aiohttp's) decides them.
-    if head.count(b"\r\n") - 2 > headparse.LIMITS["max_headers"] or len(head) > headparse.LIMITS["max_field_size"]:
+    if needs_strict_parser(head, lines) or lines - 2 > _MAX_HEADERS or len(head) > _MAX_FIELD_SIZE:
         return None
     end = head.find(b"\r\n", at + 8)  # there is one: the head ends with an empty line
     if end - at - 8 > RANGE_VALUE_MAX:
