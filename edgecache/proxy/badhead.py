@@ -1,11 +1,18 @@
 """The answer to a request head aiohttp's parser refuses (a target that is neither a path nor a URL, such as `*` for
 another method than OPTIONS, a line too long, a bad field): 400 with a reason of ours. aiohttp's own answer carried
 its parser's message, which quotes the client's bytes (the whole target of `GET *<script>`, the request line of
-`GET foo` with a caret under it): client input echoed back, unlike every other refusal of the node."""
+`GET foo` with a caret under it): client input echoed back, unlike every other refusal of the node.
+
+The fast path writes the same answer itself (refusal), so a malformed head is never handed to aiohttp for it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING
+
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -14,8 +21,18 @@ from aiohttp.http_exceptions import (
     InvalidURLError,
     LineTooLong,
 )
+from aiohttp.http_parser import HttpRequestParser
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+
+from edgecache import metrics
+from edgecache.core.keepalive import KeepAlive
+from edgecache.proxy import encode, headparse, linger
+
+if TYPE_CHECKING:
+    from edgecache.proxy.fastpath import FastPath
+
+_ANSWERED = metrics.FAST_PATH.labels("answered")
 
 # The first class an error is an instance of names its reason (BadHttpMethod before BadStatusLine, its base).
 _REASONS: tuple[tuple[type[HttpProcessingError], str], ...] = (
@@ -36,12 +53,47 @@ def reason(exc: HttpProcessingError) -> str:
     return next((text for kind, text in _REASONS if isinstance(exc, kind)), "malformed request")
 
 
+def said(exc: HttpProcessingError) -> str:
+    """The body of the 400 for a head aiohttp's parser refused with `exc`: our reason, or aiohttp's TLS_ON_PLAIN."""
+    return exc.message if exc.message == TLS_ON_PLAIN else f"{reason(exc)}\n"
+
+
+def refusal(data: bytes, date: bytes) -> bytes | None:
+    """The answer aiohttp's server writes when its parser refuses `data`, the start of a request: Handler's 400
+    (aiohttp answers every parse error with 400, in HTTP/1.0 as it knows no version of the request, and closes);
+    None when the parser takes the bytes (a head not ended yet, a request it parses, with or without a body)."""
+    loop = asyncio.get_running_loop()
+    parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16, **headparse.LIMITS)
+    try:
+        parser.feed_data(data)
+    except HttpProcessingError as exc:
+        body = said(exc).encode()
+        fields = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        encoded = encode.head(400, encode.phrase(400), fields, date, KeepAlive.CLOSE_10)
+        assert encoded is not None  # fields of ours: nothing in them to refuse
+        return encoded + body
+    return None
+
+
+def answered(conn: FastPath, data: bytes) -> bool:
+    """Answer on the fast path, as aiohttp would (refusal), the bytes at the front of `conn` if aiohttp's parser
+    refuses them, and close; False when it takes them (the connection is aiohttp's to answer then)."""
+    answer = refusal(data, conn.server.date())
+    if answer is None or conn.transport is None:
+        return False
+    conn.buf = b""
+    conn.transport.write(answer)
+    _ANSWERED.inc()
+    linger.close(conn)
+    return True
+
+
 class Handler(RequestHandler):
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        if isinstance(exc, HttpProcessingError) and 400 <= status < 500 and exc.message != TLS_ON_PLAIN:
-            message = f"{reason(exc)}\n"
+        if isinstance(exc, HttpProcessingError) and 400 <= status < 500:
+            message = said(exc)
         return super().handle_error(request, status, exc, message)
 
 

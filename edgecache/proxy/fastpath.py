@@ -21,7 +21,7 @@ from edgecache.core import clientaddr, proxyproto
 from edgecache.core.freshness import Use
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import coldmiss, diskhit, encode, linger, multipart, observe, passing, refuse, relay
+from edgecache.proxy import badhead, coldmiss, diskhit, encode, linger, multipart, observe, passing, refuse, relay
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD = 16 * 1024  # a longer head goes to aiohttp, whose field limits answer it (431/400)
+MAX_HEAD = 16 * 1024  # a longer head is judged by aiohttp's parser, whose field limits refuse it (badhead: 400)
 # Unanswered input held per connection: past it (or while the client is not taking our answers) the socket is
 # not read, so a client pipelining heads it never reads answers to is held by TCP, not by this process's memory.
 # One read (uvloop takes up to 256 KiB at a time) can land past the mark.
@@ -233,8 +233,10 @@ class FastPath(asyncio.Protocol):
             self.busy or self.write_paused or (self.closing and self.started is None)
         ):
             end = self.buf.find(b"\r\n\r\n")
-            if end < 0:  # a head ended by bare LFs, or a TLS record (0x16) is none: aiohttp refuses it now (400)
-                if len(self.buf) > MAX_HEAD or b"\n\n" in self.buf or b"\n\r\n" in self.buf or self.buf[:1] == b"\x16":
+            if end < 0:  # a head ended by bare LFs, or a TLS record (0x16) is none: aiohttp's parser refuses it now
+                buf = self.buf
+                odd = len(buf) > MAX_HEAD or b"\n\n" in buf or b"\n\r\n" in buf or buf[:1] == b"\x16"
+                if odd and not badhead.answered(self, buf):
                     self.hand_off()
                 return
             store = self.server.shared.engine.store
@@ -274,7 +276,7 @@ class FastPath(asyncio.Protocol):
             if not settling and (prepared is None or (isinstance(prepared, Load) and self.loads >= 2)):
                 # No hit, with all the disk holds loaded: a miss (or a stale entry to revalidate) is filled here
                 started = coldmiss.start(self, head, admitted)
-                if started is False:
+                if started is False and not badhead.answered(self, head):  # one aiohttp's parser takes
                     self.hand_off()
                 if not isinstance(started, Refused | Pass):
                     return
