@@ -419,11 +419,8 @@ class Decider:
         if msg is None or not headparse.plain(msg):
             return None, "", KeepAlive.CLOSE
         target = msg.path  # as sent (aiohttp decodes it with surrogateescape)
-        try:
-            target.encode("ascii")
-            # A value's bytes past ASCII (obs-text: a User-Agent, a Referer) are decoded as aiohttp decodes them
-            headers = tuple((k.decode("ascii"), v.decode("utf-8", "surrogateescape")) for k, v in msg.raw_headers)
-        except UnicodeError:
+        headers = headparse.fields(msg)
+        if headers is None or not target.isascii():
             return None, "", KeepAlive.CLOSE
         hosts = [v for k, v in headers if k.lower() == "host"]
         if len(hosts) > 1:

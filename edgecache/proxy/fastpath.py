@@ -245,8 +245,8 @@ class FastPath(asyncio.Protocol):
                 self.loop.create_task(store.catch_up()).add_done_callback(self.done)
                 return
             head = self.buf[: end + 4]
-            if self.tls and fronted(self.server.shared, self.transport, head, self.server.decider.parser):
-                return self.hand_off()  # a host its SNI name's certificate does not cover: the full handler's 421
+            # Domain fronting (a host its SNI name's certificate does not cover): 421, before any lookup or memo
+            front = fronted(self.server.shared, self.transport, head, self.server.decider.parser) if self.tls else None
             # Judged for each request, as the last reload left the list: a balancer's connection outlives reloads.
             forwarders = self.server.shared.forwarders  # a trusted one's X-Forwarded-For names the client
             if forwarders and clientaddr.within(self.address, forwarders):
@@ -256,7 +256,7 @@ class FastPath(asyncio.Protocol):
             settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
             admitted = settling or self.retried > 0 or self.again  # let in when it was first decided
             copy = self.started is not None and self.started.copy
-            prepared = self.server.decider.answer(head, self.client, admitted=admitted, copy=copy)
+            prepared = front or self.server.decider.answer(head, self.client, admitted=admitted, copy=copy)
             if settling:
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
                 # fill started, and the full handler, carrying that fill on, does not judge it again.

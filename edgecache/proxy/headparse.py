@@ -12,6 +12,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
+from edgecache.core.headers import Headers
+
 # aiohttp's server (make_server sets none of these) parses with RequestHandler's defaults: read them, not copied.
 LIMITS = {
     name: inspect.signature(RequestHandler.__init__).parameters[name].default
@@ -60,3 +62,12 @@ def plain(msg: RawRequestMessage) -> bool:
 def _odd(name: bytes, value: bytes) -> bool:
     lower = name.lower()
     return lower in _FRAMING or (lower == b"connection" and value.strip().lower() not in _CONNECTION)
+
+
+def fields(msg: RawRequestMessage) -> Headers | None:
+    """The head's fields, names in ASCII (None if one is not) and values' bytes past ASCII (obs-text: a User-Agent,
+    a Referer) decoded as aiohttp decodes them."""
+    try:
+        return tuple((k.decode("ascii"), v.decode("utf-8", "surrogateescape")) for k, v in msg.raw_headers)
+    except UnicodeError:
+        return None

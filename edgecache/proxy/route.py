@@ -24,6 +24,7 @@ from edgecache.core.keys import BadTarget, CacheKey, make_key
 from edgecache.core.popularity import spreadable
 from edgecache.core.ring import Member
 from edgecache.core.route import normalise_host
+from edgecache.proxy import headparse
 from edgecache.proxy.headparse import Parser
 from edgecache.proxy.shared import Shared
 
@@ -99,13 +100,20 @@ def misdirected(shared: Shared, transport: asyncio.BaseTransport | None, host: s
     return conn is not None and covers is not None and covers(conn, host)
 
 
-def fronted(shared: Shared, transport: asyncio.BaseTransport | None, head: bytes, parser: Parser) -> bool:
-    """misdirected() for a head on an HTTPS connection, before the fast path looks it up (or remembers it): it
-    hands such a request to the full handler, which answers it. False for a head that is not one plain request
-    (the full handler reads it, and asks misdirected() itself)."""
+def fronted(shared: Shared, transport: asyncio.BaseTransport | None, head: bytes, parser: Parser) -> Refused | None:
+    """misdirected() for a plain GET or HEAD on an HTTPS connection, before the fast path looks it up (or remembers
+    it): its refusal (admit.MISDIRECTED, the connection closed after it, as the full handler's ClientError closes
+    it). None for any other head: the fast path decides it, and what it leaves to the full handler is judged there
+    (EdgeHandler._route asks misdirected() itself)."""
     msg = parser.message(head)
-    found = addressed(msg.url, msg.path, msg.headers.get("Host")) if msg is not None else admit.NO_HOST
-    return not isinstance(found, Reply) and misdirected(shared, transport, found[0])
+    if msg is None or not headparse.plain(msg):
+        return None
+    fields = headparse.fields(msg)
+    found = addressed(msg.url, msg.path, msg.headers.get("Host"))
+    if fields is None or isinstance(found, Reply) or not misdirected(shared, transport, found[0]):
+        return None
+    closed = KeepAlive.of(msg.version.minor, False)
+    return Refused(admit.MISDIRECTED, msg.method, msg.path, fields, keep_alive=closed)
 
 
 def routed(

@@ -16,6 +16,7 @@ from edgecache.errors import ConfigError
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin
 from tests.samples import sample_value
+from tests.wire import fast_path_outcomes
 
 BODY = b"served over TLS " * 500
 
@@ -104,6 +105,7 @@ async def test_a_host_the_sni_certificate_does_not_cover_is_misdirected(
     reason = b"misdirected request: the TLS server name (SNI) names another certificate than this host's\n"
     async with start_edge(config) as edge:
         port = edge.ports[1]
+        handed = fast_path_outcomes()["handed_off"]
         for name, host in (("other.test", "video.test"), ("video.test", "other.test"), ("a.cdn.test", "other.test")):
             for _ in range(2):
                 head, _, body = (await fetch(port, ca, name, host, "/v.bin")).partition(b"\r\n\r\n")
@@ -111,6 +113,7 @@ async def test_a_host_the_sni_certificate_does_not_cover_is_misdirected(
                 assert (lines[0], body) == (b"HTTP/1.1 421 Misdirected Request", reason), (name, host)
                 assert b"Connection: close" in lines, (name, host)
         assert origin.hits["/v.bin"] == 0
+        assert fast_path_outcomes()["handed_off"] == handed  # refused on the fast path (route.fronted)
         for name, host in (("video.test", "video.test"), ("a.cdn.test", "video.test"), ("video.test", "a.cdn.test")):
             for _ in range(2):
                 head, _, body = (await fetch(port, ca, name, host, "/v.bin")).partition(b"\r\n\r\n")
