@@ -204,7 +204,7 @@ def find_cold(
         return None
     entry, site = _entry(shared, routed.site, routed.host, routed.key, headers), routed.site
     if entry is not None and entry.meta is not None:  # a stored entry: only its revalidation is filled here
-        if not routed.fills or cc.only_if_cached or validates(headers):
+        if not routed.fills or validates(headers):
             return None
     else:
         instead = admit.unfilled(not routed.fills, False, cc.only_if_cached, validates(headers))
@@ -221,6 +221,9 @@ def find_cold(
         use, fresh = _use_of(site, meta, entry.soft_before, headers, time.time())
         if meta.length < 0 or use is not Use.REVALIDATE:
             return None  # served as it is stored (fresh, or stale as allowed) by find_hit() or the full handler
+        # To be revalidated: only-if-cached forbids it (504), the limiter asked first, as the full handler asks them
+        if isinstance(instead := admit.unfilled(False, True, cc.only_if_cached, False), Reply):
+            return routed.refused((None if admitted else _refusal(shared, routed)) or instead, method, headers)
     value = get_first(headers, "range")
     size = shared.engine.slice_size
     if meta is None:

@@ -12,6 +12,7 @@ from aiohttp import web
 from tests.conftest import Edge
 from tests.e2e.test_body_shapes import settle
 from tests.origin import Obj, Origin
+from tests.wire import fast_path_outcomes
 
 
 async def test_only_if_cached_with_a_stale_entry_is_a_504_without_the_origin(edge: Edge, origin: Origin) -> None:
@@ -19,10 +20,12 @@ async def test_only_if_cached_with_a_stale_entry_is_a_504_without_the_origin(edg
     revalidated first, so it is a 504, asked twice, and the origin never hears of it."""
     origin.put("/s", b"body", headers={"Cache-Control": "max-age=100", "Age": "150"})  # stale on arrival
     assert (await edge.get("/s"))[::2] == (200, b"body")
+    handed = fast_path_outcomes()["handed_off"]
     for _ in range(2):
-        status, _, _ = await edge.get("/s", **{"Cache-Control": "only-if-cached"})
-        assert status == 504
+        status, _, body = await edge.get("/s", **{"Cache-Control": "only-if-cached"})
+        assert (status, body) == (504, b"only-if-cached and not in cache\n")
     assert origin.hits["/s"] == 1
+    assert fast_path_outcomes()["handed_off"] == handed  # refused on the fast path (hit.find_cold)
     # max-stale makes the stale entry consistent with the request: it is served, still without the origin
     status, _, body = await edge.get("/s", **{"Cache-Control": "only-if-cached, max-stale"})
     assert (status, body) == (200, b"body")
