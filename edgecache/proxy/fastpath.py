@@ -2,8 +2,9 @@
 
 Every connection starts here. Each request head is cut at its blank line and decided (decide.py: aiohttp's own
 request parser, find_hit(), memos of the decisions): hits from memory or disk (diskhit.py), misses from fills
-(coldmiss.py), forwards to the owner (relay.py), refusals, pass-throughs. Anything else (an odd or malformed head,
-a body) hands the connection, with every byte not yet answered, to aiohttp, which serves it as it would have.
+(coldmiss.py), forwards to the owner (relay.py), refusals, pass-throughs, and the 400 of a head aiohttp's parser
+refuses (badhead.py). Anything else (another method, a body, a few odd fills) hands the connection, with every
+byte not yet answered, to aiohttp, which serves it as it would have.
 
 This module also owns what aiohttp does not bound before a head is complete: a client must finish each request
 head within `header_timeout` (slowloris), and an idle keep-alive connection is closed after `idle_timeout`.
