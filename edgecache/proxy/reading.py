@@ -74,9 +74,9 @@ async def read_slice(
     from_memory, from_disk = _FROM_MEMORY, _FROM_DISK
     if own is not None and own.covers(index):  # this miss's bytes, wherever its fill has put them by now
         from_memory = from_disk = _FROM_PEER if _from_peer(own) else _FROM_ORIGIN
-    copies = [meta]  # whose stored slices are this slice's bytes: this copy's, and a fill's that it let go
+    copies = [(req.entry_key, meta)]  # whose stored slices are this slice's bytes, and the key each is under
     for _ in range(3):
-        data = _in_memory(engine, req, copies, index)
+        data = _in_memory(engine, copies, index)
         if data is not None:
             from_memory.inc(hi - lo)
             yield memoryview(data)[lo:hi]
@@ -85,7 +85,7 @@ async def read_slice(
         if not released and own is not None and own.covers(index):
             fill = own  # failed, it fails this read: the miss ends as the full handler's would
         if fill is None:
-            data = None if looked else await engine.store.slice_from_disk(req.entry_key, meta, index)
+            data = None if looked else await _on_disk(engine, copies, index)
             looked = False
             if data is not None:
                 from_disk.inc(hi - lo)
@@ -106,7 +106,7 @@ async def read_slice(
             return
         except Released:
             released = True  # read the slice as stored, or fetch it again if the store lost it
-            copies.append(fill.head.result().meta)  # another copy of the same bytes (_from_fill) stored it as its own
+            copies.append((fill.entry_key, fill.head.result().meta))  # the same bytes (_from_fill), under its key
         except (RangeMismatch, VersionChanged) as exc:
             if await _disagreed(engine, req, meta, fill, exc):
                 raise VersionChanged(f"the origin's slices of {meta.version} disagree: fetched whole now") from exc
@@ -114,9 +114,27 @@ async def read_slice(
     raise OriginError(f"slice {index} could not be read")
 
 
-def _in_memory(engine: Engine, req: FillRequest, copies: list[ObjectMeta], index: int) -> bytes | None:
-    for meta in copies:
-        data = engine.store.slice_from_memory(req.entry_key, meta, index)
+def _in_memory(engine: Engine, copies: list[tuple[str, ObjectMeta]], index: int) -> bytes | None:
+    """The slice from memory, of the first copy there that has it. A released fill's copy is looked for under the
+    fill's key, which need not be the request's: one with a purge scope the request's key lacked was looked for
+    under the request's, not found, fetched again, three times, and the answer was a 502 "slice N could not be
+    read" (tests/e2e/test_released_copy.py)."""
+    for key, meta in copies:
+        data = engine.store.slice_from_memory(key, meta, index)
+        if data is not None:
+            return data
+    return None
+
+
+async def _on_disk(engine: Engine, copies: list[tuple[str, ObjectMeta]], index: int) -> bytes | None:
+    """The slice from the disk, of the first copy there that has it (with exclusive tiers, what memory evicted of a
+    released fill's copy is there once written back). One look for the reader's own copy before any release."""
+    looked: set[tuple[str, str]] = set()
+    for key, meta in copies:
+        if (key, meta.slice_version) in looked:
+            continue
+        looked.add((key, meta.slice_version))
+        data = await engine.store.slice_from_disk(key, meta, index)
         if data is not None:
             return data
     return None
