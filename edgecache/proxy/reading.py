@@ -155,12 +155,14 @@ async def _disagreed(engine: Engine, req: FillRequest, meta: ObjectMeta, fill: F
     twins = brought is not None and entry.weak_twins(meta.headers, brought.meta.headers)
     if isinstance(exc, VersionChanged) and not twins:
         return False
-    current = engine.store.peek_meta(req.entry_key)
+    current = await engine.store.get_meta(req.entry_key)
     ours = {meta.slice_version} | ({brought.meta.slice_version} if brought is not None else set())
-    if current is not None and current.slice_version not in ours:
-        # Another copy was stored meanwhile: the request starts again with that one. A 416 (or a shifted 206) to
-        # this copy's range is what the origin says of that new copy, no failure of the origin's: raised as it
-        # came, it answered 502 (a fill of slice 1 of a copy while a revalidation stored the shrunken one).
+    if current is None or current.slice_version not in ours:
+        # Another copy was stored meanwhile, or this one dropped (a request met the new version first): the request
+        # starts again with what is stored now. A 416 (or a shifted 206) to this copy's range is what the origin
+        # says of a new copy, no failure of the origin's: raised as it came, it answered 502 (a fill of slice 1 of
+        # a copy while a revalidation stored the shrunken one); and a dropped copy taken for one whose origin
+        # disagrees was stored again, to be fetched whole (tests/e2e/test_dropped_copy.py).
         raise VersionChanged(f"{meta.slice_version} was replaced while its slice was fetched ({exc})") from exc
     log.warning("%s: the origin's answers to its ranges disagree (%s): fetched whole from now on", req.entry_key, exc)
     whole = replace(meta, whole=True, token=new_token())
