@@ -11,6 +11,7 @@ from dataclasses import replace
 from edgecache import metrics
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
+from edgecache.core.keys import keyed_fields
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, Released
@@ -106,7 +107,7 @@ async def read_slice(
             return
         except Released:
             released = True  # read the slice as stored, or fetch it again if the store lost it
-            copies.append((fill.entry_key, fill.head.result().meta))  # the same bytes (_from_fill), under its key
+            copies.append((_key_of(fill, req), fill.head.result().meta))  # the same bytes (_from_fill)
         except (RangeMismatch, VersionChanged) as exc:
             if await _disagreed(engine, req, meta, fill, exc):
                 raise VersionChanged(f"the origin's slices of {meta.version} disagree: fetched whole now") from exc
@@ -124,6 +125,14 @@ def _in_memory(engine: Engine, copies: list[tuple[str, ObjectMeta]], index: int)
         if data is not None:
             return data
     return None
+
+
+def _key_of(fill: Fill, req: FillRequest) -> str:
+    """Where a released fill stored its copy that a reader may look: under the fill's key when it names the
+    reader's variant (its purge scope or generation may differ), else under the reader's own. Another variant's
+    bytes are never read for it, even where the origin gives every variant one strong ETag (a lie, RFC 9110
+    8.8.3, that entry.same_bytes takes at its word)."""
+    return fill.entry_key if keyed_fields(fill.entry_key) == keyed_fields(req.entry_key) else req.entry_key
 
 
 async def _on_disk(engine: Engine, copies: list[tuple[str, ObjectMeta]], index: int) -> bytes | None:
