@@ -11,10 +11,14 @@ remembers every version's bytes it served (per variant). A real edgecache node r
 concurrent clients send GET and HEAD, single, multi and unsatisfiable ranges, conditionals and If-Range, while
 others purge (hard and soft, URL and prefix) through the admin API. Every answer is checked against what the
 origin served: a body, a range or each part of a multipart answer equals exactly one version's bytes (one version
-for all the parts), Content-Range, Content-Length and ETag agree with that version. What does not is a finding:
-wrong bytes and wrong heads first, then 5xx, cut bodies and hangs, counted apart, each with an example request and
-the object's recent history. The op stream is seeded; the interleaving is not (real concurrency), so a finding
-is reduced by hand to a deterministic test. Exit status 1 when there is any.
+for all the parts), Content-Range, Content-Length and ETag agree with that version. Where the bytes tell the
+version (a GET's 200 or 206), its Age is at most the time since the origin was first asked for that version plus a
+second (the Date's resolution), and a version no cache may serve unvalidated (no-cache, max-age=0, no-store,
+private), or a request with no-cache, is never answered as a hit, nor said forwarded with no origin request of it
+within a second (fuzz_e2e_model.judge_time). What does not is a finding: wrong bytes and wrong heads first, then
+Age and unvalidated answers, 5xx, cut bodies and hangs, counted apart, each with an example request and the
+object's recent history. The op stream is seeded; the interleaving is not (real concurrency), so a finding is
+reduced by hand to a deterministic test. Exit status 1 when there is any.
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ from pathlib import Path
 
 import aiohttp
 
-from loadtest.fuzz_e2e_model import ENCODINGS, PATHS, SLICE, Answer, Ask, ModelOrigin, judge, lm_text
+from loadtest.fuzz_e2e_model import ENCODINGS, PATHS, SLICE, Answer, Ask, ModelOrigin, judge, judge_time, lm_text
 
 HOST = "video.test"
 TOKEN = "fuzz-operator-token-0123456789"
-BAD = ("wrong-bytes", "wrong-head", "5xx", "cut", "timeout", "unexpected")
+BAD = ("wrong-bytes", "wrong-head", "age", "unvalidated", "5xx", "cut", "timeout", "unexpected")
 
 
 # --- the requests --------------------------------------------------------------------------------------------
@@ -116,6 +120,7 @@ class Run:
 
 async def request(run: Run, session: aiohttp.ClientSession, ask: Ask) -> None:
     answer = None
+    asked = time.monotonic()
     try:
         async with session.request(ask.method, run.url + ask.path, headers=ask.headers) as r:
             head = {k.lower(): v for k, v in r.headers.items()}
@@ -127,7 +132,7 @@ async def request(run: Run, session: aiohttp.ClientSession, ask: Ask) -> None:
     except TimeoutError:
         run.record(ask, "timeout", "no whole answer within 30 s", answer)
         return
-    verdict = judge(run.origin, ask, answer)
+    verdict = judge(run.origin, ask, answer) or judge_time(run.origin, ask, answer, asked, time.monotonic())
     if verdict is None:
         run.counts[f"ok {answer.status}"] += 1
     else:

@@ -35,6 +35,7 @@ class Version:
     control: str
     ranges: bool
     bodies: dict[str | None, bytes] = field(default_factory=dict)  # as served, per variant (None: not varied)
+    first_asked: float | None = None  # time.monotonic() when the origin was first asked for it (the Age bound)
 
 
 def lm_text(seconds: int) -> str:
@@ -62,6 +63,9 @@ class ModelOrigin:
         self.current: dict[str, Version] = {}
         self.history: dict[str, list[Version]] = defaultdict(list)
         self.events: dict[str, list[str]] = defaultdict(list)
+        # Every origin request of a path: (asked, answered), time.monotonic(). An answer that must have asked the
+        # origin (of a version no cache may serve unvalidated) overlaps one of them.
+        self.asks: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.hits = 0
         self.started = time.monotonic()
         self._runner: web.ServerRunner | None = None
@@ -118,11 +122,20 @@ class ModelOrigin:
         return headers
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        asked = time.monotonic()
+        try:
+            return self._answer(request, asked)
+        finally:
+            self.asks[request.path].append((asked, time.monotonic()))
+
+    def _answer(self, request: web.BaseRequest, now: float) -> web.StreamResponse:
         self.hits += 1
         path = request.path
         v = self.current.get(path)
         if v is None:
             return web.Response(status=404)
+        if v.first_asked is None:
+            v.first_asked = now
         tag = (request.headers.get("Accept-Encoding") or "").lower() if v.vary else None
         data = self.body(path, v, tag)
         headers = self._headers(v)
@@ -286,3 +299,54 @@ def parse_multipart(body: bytes, boundary: str) -> list[tuple[int, int, int, byt
         parts.append((first, last, n, data))
         pos = body.find(delim, end + 4 + len(data))
     return None
+
+
+# Cache-Control of versions that no cache may serve without asking the origin (RFC 9111 5.2.2.4, 5.2.2.5, 5.2.2.7,
+# 4.2.1: fresh for 0 seconds), and that a shared cache may not store at all.
+UNVALIDATED = ("no-cache", "max-age=0", "no-store", "private")
+SLACK = 1.0
+
+
+def judge_time(origin: ModelOrigin, ask: Ask, a: Answer, asked: float, answered: float) -> tuple[str, str] | None:
+    """The checks of an answer the bytes allow (judge) that need the time it was asked and answered
+    (time.monotonic()): its Age, and whether it asked the origin when it had to. Only where the model can tell:
+    a GET answered 200 or 206 whose bytes match versions of one kind (an empty body matches many)."""
+    if ask.method != "GET" or a.status not in (200, 206):
+        return None
+    fits = [v for v, b in candidates(origin, ask) if _matches(a, b)]
+    if not fits:
+        return None
+    age = a.headers.get("age")
+    if age is not None:
+        if not age.isdigit():
+            return "age", f"Age {age!r}"
+        # Age counts from the origin's Date (a second's resolution) at the latest: at most the time since the
+        # version was first asked of the origin, plus that second.
+        since = max(answered - v.first_asked for v in fits if v.first_asked is not None)
+        if int(age) > since + 1:
+            return "age", f"Age {age} for a version first asked of the origin {since:.2f} s before"
+    must = "no-cache" in ask.headers.get("Cache-Control", "") or all(v.control in UNVALIDATED for v in fits)
+    if not must:
+        return None
+    why = "no-cache asked" if "Cache-Control" in ask.headers else f"cc={fits[-1].control!r}"
+    status = a.headers.get("cache-status", "")
+    if "fwd=" not in status:  # the edge says it answered from its store alone
+        return "unvalidated", f"{a.status} served as a hit ({why}): {status!r}"
+    # It says it asked the origin. A request may join a fill (or revalidation) asked just before it came, whose
+    # answer the edge had not read yet (16 clients on a loaded loop: 20 ms seen): a second's slack.
+    if not any(a0 <= answered and a1 >= asked - SLACK for a0, a1 in origin.asks[ask.path]):
+        return "unvalidated", f"{a.status} said {status!r} ({why}), and the origin was not asked within {SLACK} s"
+    return None
+
+
+def _matches(a: Answer, body: bytes) -> bool:
+    """Are the answer's bytes (a 200's body, a single 206's part, every multipart part's) those of `body`?"""
+    if a.status == 200:
+        return a.body == body
+    ctype = a.headers.get("content-type", "")
+    if ctype.startswith("multipart/byteranges"):
+        parts = parse_multipart(a.body, ctype.partition("boundary=")[2].strip('"')) or []
+    else:
+        m = _CRANGE.match(a.headers.get("content-range", ""))
+        parts = [(int(m.group(1)), int(m.group(2)), int(m.group(3)), a.body)] if m else []
+    return bool(parts) and all(len(body) == n and body[f : last + 1] == d for f, last, n, d in parts)
