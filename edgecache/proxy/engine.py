@@ -38,6 +38,11 @@ from edgecache.storage.store import Store, slice_name
 log = logging.getLogger(__name__)
 
 
+# What a stop waits at most for the disk writes and spills under way, all told (Engine.close): the parent kills a
+# worker supervisor.KILL_AFTER (5 s) past its drain and cache.save_on_stop; these waits took 10 s each.
+STOP_WAITS = 2.0
+
+
 class _Unread(OriginError):
     """Nobody reads a fill of a whole object any more (Engine.unread)."""
 
@@ -110,10 +115,12 @@ class Engine:
     async def close(self, save_seconds: float = 0.0) -> None:
         """`save_seconds`: exclusive tiers write what only memory holds to disk for this long at most, once the
         fills have stopped (storage.tiers.keep_on_stop; cache.save_on_stop)."""
-        # A slice already received is worth keeping: let its disk write finish (bounded), then stop the fills.
+        # A slice already received is worth keeping: let its disk write finish, then stop the fills. The writes and
+        # spills share STOP_WAITS, so that a stop on a stalled disk still saves memory and ends before the kill.
+        began = time.monotonic()
         if self._writes:
-            await asyncio.wait(list(self._writes), timeout=10)
-        await self.store.stop_spilling(10)  # exclusive tiers: evicted slices being written (storage.tiers)
+            await asyncio.wait(list(self._writes), timeout=STOP_WAITS)
+        await self.store.stop_spilling(max(0.0, began + STOP_WAITS - time.monotonic()))  # exclusive tiers
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
