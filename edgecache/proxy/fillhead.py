@@ -117,11 +117,7 @@ def judge_head(
     served, stored = _fields(status, headers, req.policy, response_time)
     if isinstance(j, entry.Refused):
         told = _told_length(status, headers)
-        if told is not None and existing is not None and 0 <= existing.length != told:
-            # Another length than the stored copy's: a new version, which the request fetches again as a miss. Passed
-            # through, a revalidation met the same 416 for every request, and the copy was never replaced. A 416 that
-            # varies tells it too: `existing` is the copy its Vary names for the fields this fill sent (Engine._fill).
-            raise VersionChanged(f"origin's 416 tells a length of {told}, the stored copy's is {existing.length}")
+        _raise_if_another_length(store, req, existing, told)
         if status in (206, 416):
             # The client's own Range is judged by a length only when no field of its own could name another variant.
             told = None if entry.vary_names(headers) else told
@@ -160,6 +156,17 @@ def judge_head(
         meta = replace(meta, headers=served)  # never stored: its own client gets every field
     reason = decision.reason if keep or not decision.store else OVERTAKEN
     return FillHead(body_status, meta, start, end, keep, keep, reason, key, variant(vary, req.headers), served)
+
+
+def _raise_if_another_length(store: Store, req: FillRequest, existing: ObjectMeta | None, told: int | None) -> None:
+    """VersionChanged when a 416 tells another length than a stored copy's: a new version, which the request fetches
+    again as a miss. Passed through, a revalidation met the same 416 for every request, and the copy was never
+    replaced. The copies: the one its Vary names for the fields this fill sent (`existing`, Engine._fill), and the
+    one the fill was asked for, under the request's key: a 416 whose Vary changed (on or off) names another key,
+    with no copy, and was taken for an origin whose ranges disagree (reading._disagreed)."""
+    known = [m for m in (existing, store.peek_meta(req.entry_key)) if m is not None and m.length >= 0]
+    if told is not None and any(m.length != told for m in known):
+        raise VersionChanged(f"origin's 416 tells a length of {told}, the stored copy's is {known[0].length}")
 
 
 def _told_length(status: int, headers: Headers) -> int | None:
