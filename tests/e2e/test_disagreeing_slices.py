@@ -63,11 +63,15 @@ async def test_slices_that_disagree_switch_the_object_to_whole_fills(edge: Edge,
         except aiohttp.ClientPayloadError:
             cut = True
     assert got == data if not cut else (0 < len(got) < len(data) and got == data[: len(got)])
-    hits = origin.hits["/d.bin"] - (0 if cut else 1)
+    # The whole fetch is made once: by the request that met the disagreement (its restart, or a fill it began before
+    # its answer was cut, which may reach the origin before or after the cut is seen here), else by the next one.
+    hits, whole = origin.hits["/d.bin"], origin.range_hits("/d.bin").count(None)
+    assert whole in ((0, 1) if cut else (1,))
     for _ in range(2):
         status, _, body = await edge.get("/d.bin")
         assert (status, len(body), body == data) == (200, len(data), True)
-    assert origin.hits["/d.bin"] == hits + 1  # fetched whole once, then a hit
+    assert origin.hits["/d.bin"] == hits + 1 - whole  # fetched whole once, then a hit
+    assert origin.range_hits("/d.bin").count(None) == 1
     assert origin.range_hits("/d.bin")[-1] is None
     status, headers, body = await edge.get("/d.bin", Range="bytes=2097152-2097161")
     assert (status, body, headers["Cache-Status"]) == (206, data[2 * MiB : 2 * MiB + 10], "edgecache; hit")
