@@ -247,6 +247,13 @@ PURGE_BEHIND = Gauge(
     "1 while this node may have missed purges (it revalidates what it stored before then); the highest of the workers",
     multiprocess_mode="livemax",
 )
+PURGE_VECTOR = Gauge(
+    "edgecache_purge_vector_origins",
+    "Origins in the purge vector this node sends its peers (live) and in its list of pruned ones (retired): peers"
+    " refuse either past 8192 (core.purge.MAX_ORIGINS), and purge sync with them stops",
+    ["state"],
+    multiprocess_mode="livemax",
+)
 PURGE_CATCHUPS = _counter(
     "edgecache_purge_catchup_total",
     "Catching up on missed purges: entries (purges taken from peers) and reset (every site purged: too far behind)",

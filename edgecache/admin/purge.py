@@ -28,7 +28,7 @@ from edgecache.cluster.purgesync import AFTER_PATH, PURGE_PATH, apply_entry
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Config, Site, Token
 from edgecache.core import nodeauth
-from edgecache.core.purge import Entry, TableFull, parse_vector, peer_token
+from edgecache.core.purge import Entry, TableFull, parse_retired, parse_vector, peer_token
 from edgecache.core.ring import Member
 from edgecache.core.route import Router
 from edgecache.core.siteurl import NotSiteURL, site_url
@@ -244,9 +244,10 @@ def purge_routes(current: Callable[[], Config], store: Store) -> list[web.RouteD
             )
         body = await read_json(request)
         vector = parse_vector(body.get("vector")) if isinstance(body, dict) else None
-        if vector is None:
-            raise bad('expected {"vector": {origin: number, ...}}')
-        answer = store.sync.after(vector)
+        retired = parse_retired(body.get("retired")) if isinstance(body, dict) else None
+        if vector is None or retired is None:
+            raise bad('expected {"vector": {origin: number, ...}, "retired": [origin, ...]}')
+        answer = store.sync.after(vector, retired=retired, now=time.time(), horizon=store.horizon)
         config = current()
         return web.json_response(
             {
@@ -255,6 +256,8 @@ def purge_routes(current: Callable[[], Config], store: Store) -> list[web.RouteD
                 "entries": [e.to_json() for e in answer.entries],
                 "more": answer.more,
                 "gap": answer.gap,
+                "me": answer.me,
+                "retired": sorted(answer.retired),
             }
         )
 

@@ -39,7 +39,8 @@ from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
 from edgecache.core import nodeauth
 from edgecache.core.keys import BadTarget, make_key
-from edgecache.core.purge import Answer, Entry, Vector, parse_vector, peer_token
+from edgecache.core.purge import Answer, Entry, Vector, parse_retired, parse_vector, peer_token
+from edgecache.core.purgeprune import Heard, prunable
 from edgecache.core.ring import Member
 from edgecache.storage.store import Store
 
@@ -98,11 +99,13 @@ def parse_answer(doc: Any) -> Answer | None:
     """A peer's answer to AFTER_PATH, or None when malformed (never raises)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
         return None
-    vector = parse_vector(doc.get("vector"))
+    vector, retired = parse_vector(doc.get("vector")), parse_retired(doc.get("retired"))
     entries = [Entry.from_json(row) for row in doc["entries"]]
-    if vector is None or any(e is None for e in entries):
+    me = doc.get("me")
+    if vector is None or retired is None or any(e is None for e in entries) or not isinstance(me, str | None):
         return None
-    return Answer(tuple(e for e in entries if e is not None), doc.get("more") is True, doc.get("gap") is True, vector)
+    found = tuple(e for e in entries if e is not None)
+    return Answer(found, doc.get("more") is True, doc.get("gap") is True, vector, me, retired)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +124,7 @@ class PurgeSync:
     ) -> None:
         self.view, self.store, self.sites, self.session, self.applies = view, store, sites, session, applies
         # What each peer last said it has applied; absent: not heard from since it came up (or since this started).
-        self.known: dict[str, Vector | NoLog] = {}
+        self.known: dict[str, Heard | NoLog] = {}
         self.rounds = asyncio.Condition()  # notified after each round and each change of doubt (for tests)
         self._wake = asyncio.Event()
         self._since: float | None = None
@@ -137,7 +140,9 @@ class PurgeSync:
         cached bytes are taken only while this node has applied none either. Conservative: after each purge here,
         until the peer's next answer shows it (within cluster.interval), no bytes are taken from it."""
         known = self.known.get(peer_id)
-        return self.store.sync.known_to(known if known is not None and not isinstance(known, NoLog) else {})
+        if known is None or isinstance(known, NoLog):
+            return self.store.sync.known_to({})
+        return self.store.sync.known_to(known.vector, known.retired)
 
     def doubt(self, since: float) -> None:
         if self._since is None:
@@ -158,8 +163,8 @@ class PurgeSync:
         for m in self.view.ring.members:
             if m.id == self.view.self_id or not m.admin or not self.view.is_up(m.id):
                 continue
-            vector = self.known.get(m.id)
-            if vector is None or (not isinstance(vector, NoLog) and not self.store.sync.covers(vector)):
+            heard = self.known.get(m.id)
+            if heard is None or (not isinstance(heard, NoLog) and not self.store.sync.covers(heard.vector)):
                 return False
         return True
 
@@ -222,8 +227,29 @@ class PurgeSync:
         peers = [m for m in self.view.ring.members if m.id != self.view.self_id]
         await asyncio.gather(*(self._sync(m) for m in peers))
         self.judge()
+        await self._prune()
+        self._measure()
         async with self.rounds:
             self.rounds.notify_all()
+
+    async def _prune(self) -> None:
+        """Drop from the vector the origins nothing can need any more (core.purgeprune), judged from every current
+        member's last answer; only the worker that applies purges writes the log (the others read it)."""
+        sync = self.store.sync
+        if not self.applies or not self.view.members_known:
+            return
+        peers = {
+            m.id: heard
+            for m in self.view.ring.members
+            if m.id != self.view.self_id and m.admin and not isinstance(heard := self.known.get(m.id), NoLog)
+        }
+        if pruning := prunable(sync, peers, time.time(), self.store.horizon):
+            log.info("purge log: %d origins pruned from the vector", len(pruning.origins))
+            await self.store.prune(pruning, time.time())
+
+    def _measure(self) -> None:
+        metrics.PURGE_VECTOR.labels("live").set(len(self.store.sync.vector))
+        metrics.PURGE_VECTOR.labels("retired").set(len(self.store.sync.retired))
 
     async def _sync(self, peer: Member) -> None:
         if not peer.admin:
@@ -239,8 +265,9 @@ class PurgeSync:
                 return
             if not self.store.sync.covers(answer.vector):
                 self.doubt(time.time())
+            heard = Heard(answer.vector, answer.me, answer.retired)
             if not self.applies:
-                self.known[peer.id] = answer.vector
+                self.known[peer.id] = heard
                 return  # worker 0 applies it; this one sees it in the log
             sites, now = self.sites(), time.time()
             if answer.gap:
@@ -253,12 +280,13 @@ class PurgeSync:
                 metrics.PURGE_CATCHUPS.labels("entries").inc(taken)
             if pauses != self._pauses:  # paused while it applied them: the answer was made before that pause
                 return
-            self.known[peer.id] = answer.vector
+            self.known[peer.id] = heard
             if not answer.more:
                 return
 
     async def _ask(self, peer: Member) -> Answer | NoLog | None:
-        body = json.dumps({"vector": dict(self.store.sync.vector)}).encode()
+        sync = self.store.sync
+        body = json.dumps({"vector": dict(sync.vector), "retired": sorted(sync.retired)}).encode()
         auth = nodeauth.authorization(peer_token(self.view.settings.key), "POST", AFTER_PATH, body, time.time())
         problem = ""
         try:

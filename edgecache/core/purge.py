@@ -30,6 +30,7 @@ import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 Scope = tuple[str, str, str]  # (site, host, directory); host "" and directory "" mean the whole site
 MAX_MARKS = 10_000
@@ -127,11 +128,13 @@ class PurgeTable:
         return json.dumps([[*k, m.generation, m.soft_before] for k, m in self.marks.items()]).encode()
 
     @staticmethod
-    def op(scope: Scope, generation: str | None, soft_at: float | None, entry: Entry | None = None) -> bytes:
-        """One purge as one line of the log (with the cluster's entry for it, when it has one)."""
+    def op(
+        scope: Scope, generation: str | None, soft_at: float | None, entry: Entry | None = None, at: float = 0.0
+    ) -> bytes:
+        """One purge as one line of the log (with the cluster's entry for it, when it has one, applied at `at`)."""
         row: dict[str, object] = {"purge": list(scope), "generation": generation, "soft": soft_at}
         if entry is not None:
-            row["entry"] = entry.to_json()
+            row["entry"], row["at"] = entry.to_json(), at
         return json.dumps(row).encode() + b"\n"
 
     @classmethod
@@ -155,6 +158,16 @@ class PurgeTable:
 # Entries a node keeps to answer "the purges after what you have"; a peer that lacks older ones than that can only
 # reset (SyncLog.after). A URL is at most 8 KiB, so the log's snapshot stays within a few MiB.
 MAX_ENTRIES = 2048
+# Origins in a vector (or in a list of retired ones) a node takes from a peer, and so the most one may hold and
+# still be heard: past it peers answer 400 and purge sync stops. Pruning (core.purgeprune) keeps a vector to the
+# incarnations of the current members and those that numbered a purge within about two HORIZONs: far below it
+# (the alert PurgeVectorLarge fires at a quarter). Sized so a request holding a vector and a list that full stays
+# under the admin API's 1 MiB body limit with node ids of 40 characters.
+MAX_ORIGINS = 8192
+# How long an origin numbers no purge before it may be pruned (core.purgeprune), and how long it is listed as
+# retired after. Long enough for a node taken out of the membership for maintenance or a node pool's upgrade to
+# come back and be told it missed purges; short enough that only a few days' worth of incarnations is held.
+HORIZON = 2 * 86400.0
 BATCH = 128  # entries in one answer to a peer: at most about 1 MiB
 KINDS = ("url", "prefix", "site")
 _MAX_TEXT = 8192
@@ -193,15 +206,35 @@ class Entry:
 
 
 Vector = Mapping[str, int]  # origin -> every purge it numbered up to this one is applied here
+_V = TypeVar("_V")
 
 
-def parse_vector(value: object) -> dict[str, int] | None:
-    """A vector from a peer or the log, or None when malformed; never raises."""
-    if not isinstance(value, dict) or len(value) > MAX_ENTRIES:
+@dataclass(frozen=True, slots=True)
+class Retired:
+    top: int  # the last purge the origin numbered, as far as this node knows
+    at: float  # when it was pruned here
+
+
+def parse_vector(value: object, bound: int | None = MAX_ORIGINS) -> dict[str, int] | None:
+    """A vector from a peer or the log, or None when malformed; never raises. The log's own (bound None) is read
+    whatever its size: a node that grew one past the bound before pruning must not forget every purge."""
+    if not isinstance(value, dict) or (bound is not None and len(value) > bound):
         return None
     if not all(isinstance(k, str) and len(k) <= _MAX_TEXT and type(v) is int and v >= 0 for k, v in value.items()):
         return None
     return dict(value)
+
+
+def parse_retired(value: object, bound: int | None = MAX_ORIGINS) -> frozenset[str] | None:
+    """A peer's list of the origins it pruned (absent: none, as a version before pruning sends), or None when
+    malformed; never raises."""
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or (bound is not None and len(value) > bound):
+        return None
+    if not all(isinstance(o, str) and len(o) <= _MAX_TEXT for o in value):
+        return None
+    return frozenset(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +247,8 @@ class Answer:
     more: bool
     gap: bool
     vector: Vector
+    me: str | None = None  # the answering node's own origin ("": it numbered none; None: it did not say)
+    retired: frozenset[str] = frozenset()  # the origins it pruned (core.purgeprune)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,24 +258,36 @@ class SyncLog:
     vector: Vector = field(default_factory=dict)
     above: Mapping[str, frozenset[int]] = field(default_factory=dict)  # applied past the vector (out of order)
     floor: Vector = field(default_factory=dict)  # purges up to these are no longer among the entries
+    # When this node last applied a purge each origin numbered (0: not known, a log before pruning: see dated()).
+    seen: Mapping[str, float] = field(default_factory=dict)
+    # Origins pruned from the vector (core.purgeprune): every purge each numbered, up to `top`, is applied here
+    # and was by every member; kept, with when it was pruned, for two HORIZONs, so that a peer that has not
+    # pruned it yet is neither sent it again nor taken for ahead, and one that lacks it is told to reset.
+    retired: Mapping[str, Retired] = field(default_factory=dict)
 
     def has(self, origin: str, seq: int) -> bool:
+        if origin in self.retired:  # it numbers no more purges, and every one it did is applied here
+            return True
         return seq <= self.vector.get(origin, 0) or seq in self.above.get(origin, ())
 
     def covers(self, vector: Vector) -> bool:
-        """Has this node applied every purge a node with `vector` has?"""
-        return all(self.vector.get(o, 0) >= n for o, n in vector.items())
+        """Has this node applied every purge a node with `vector` has? (Those of an origin pruned here, yes.)"""
+        return all(self.vector.get(o, 0) >= n for o, n in vector.items() if o not in self.retired)
 
-    def known_to(self, vector: Vector) -> bool:
-        """Has a node with `vector` applied every purge this node has (those past its vector too)? Only then are
-        that node's cached bytes taken here (cluster.purgesync.PurgeSync.has_ours)."""
-        if not all(vector.get(o, 0) >= n for o, n in self.vector.items()):
+    def known_to(self, vector: Vector, retired: frozenset[str] = frozenset()) -> bool:
+        """Has a node with `vector`, which pruned `retired`, applied every purge this node has (those past its
+        vector too)? Only then are that node's cached bytes taken here (cluster.purgesync.PurgeSync.has_ours).
+        An origin it pruned had every purge applied there (core.purgeprune)."""
+        if not all(vector.get(o, 0) >= n for o, n in self.vector.items() if o not in retired):
             return False
-        return all(vector.get(o, 0) >= max(seqs) for o, seqs in self.above.items() if seqs)
+        return all(vector.get(o, 0) >= max(seqs) for o, seqs in self.above.items() if seqs and o not in retired)
 
-    def added(self, entry: Entry) -> SyncLog:
-        """After `entry` is applied: the vector moves on while the numbers are contiguous; the oldest entries past
-        MAX_ENTRIES go, and the floor says so."""
+    def added(self, entry: Entry, at: float = 0.0) -> SyncLog:
+        """After `entry` is applied (at time `at`): the vector moves on while the numbers are contiguous; the
+        oldest entries past MAX_ENTRIES go, and the floor says so."""
+        if entry.origin in self.retired:
+            return self
+        seen = {**self.seen, entry.origin: max(at, self.seen.get(entry.origin, 0.0))}
         vector, above = dict(self.vector), dict(self.above)
         done, extra = vector.get(entry.origin, 0), set(above.pop(entry.origin, ())) | {entry.seq}
         while done + 1 in extra:
@@ -252,24 +299,70 @@ class SyncLog:
         entries, floor = (*self.entries, entry), dict(self.floor)
         for old in entries[: max(0, len(entries) - MAX_ENTRIES)]:
             floor[old.origin] = max(floor.get(old.origin, 0), old.seq)
-        return replace(self, entries=entries[-MAX_ENTRIES:], vector=vector, above=above, floor=floor)
+        return replace(self, entries=entries[-MAX_ENTRIES:], vector=vector, above=above, floor=floor, seen=seen)
 
-    def adopted(self, vector: Vector) -> SyncLog:
+    def adopted(self, vector: Vector, at: float = 0.0) -> SyncLog:
         """After a reset: every purge `vector` counts is as good as applied (the reset purged more than all of
         them), though this node keeps none of them to pass on."""
-        mine, above, floor = dict(self.vector), dict(self.above), dict(self.floor)
+        mine, above, floor, seen = dict(self.vector), dict(self.above), dict(self.floor), dict(self.seen)
         for origin, n in vector.items():
-            if n > mine.get(origin, 0):
+            if n > mine.get(origin, 0) and origin not in self.retired:
                 mine[origin] = floor[origin] = n
+                seen[origin] = max(at, seen.get(origin, 0.0))
                 if kept := frozenset(s for s in above.pop(origin, ()) if s > n):
                     above[origin] = kept
-        return replace(self, vector=mine, above=above, floor=floor)
+        return replace(self, vector=mine, above=above, floor=floor, seen=seen)
 
-    def after(self, vector: Vector, limit: int = BATCH) -> Answer:
-        """What a peer with `vector` lacks (see Answer)."""
-        gap = any(vector.get(o, 0) < n for o, n in self.floor.items())
-        missing = [e for e in self.entries if e.seq > vector.get(e.origin, 0)]
-        return Answer(tuple(missing[:limit]), len(missing) > limit, gap, self.vector)
+    def pruned(self, origins: frozenset[str], forget: frozenset[str], at: float) -> SyncLog:
+        """Without `origins` (core.purgeprune.prunable: each becomes retired at `at`) and without the retired
+        origins `forget`."""
+        if not origins and not forget:
+            return self
+        retired = {o: r for o, r in self.retired.items() if o not in forget}
+        for o in origins:
+            retired[o] = Retired(max((self.vector.get(o, 0), *self.above.get(o, ()))), at)
+
+        def kept(m: Mapping[str, _V]) -> dict[str, _V]:
+            return {o: v for o, v in m.items() if o not in origins}
+
+        entries = tuple(e for e in self.entries if e.origin not in origins)
+        return replace(
+            self,
+            entries=entries,
+            vector=kept(self.vector),
+            above=kept(self.above),
+            floor=kept(self.floor),
+            seen=kept(self.seen),
+            retired=retired,
+        )
+
+    def dated(self, now: float) -> SyncLog:
+        """Origins this node does not know when it last heard of (a log written before pruning) count as heard
+        of `now`: pruned no sooner than a HORIZON after the node read its log."""
+        if all(self.seen.get(o, 0.0) > 0.0 for o in self.vector):
+            return self
+        return replace(self, seen={**{o: now for o in self.vector}, **{o: t for o, t in self.seen.items() if t}})
+
+    def after(
+        self,
+        vector: Vector,
+        limit: int = BATCH,
+        retired: frozenset[str] = frozenset(),
+        now: float = 0.0,
+        horizon: float = HORIZON,
+    ) -> Answer:
+        """What a peer with `vector`, which pruned the origins `retired`, lacks (see Answer). It lacks purges this
+        node no longer keeps (a gap) when it is behind the floor, or behind an origin pruned here that it has not
+        pruned: a node that was not a member when the others pruned it. One that lacks the origin altogether is
+        told so only within horizon/2 of the prune: a peer that pruned it a round before this node and forgot it
+        a horizon later must not be taken for one (every node it told would purge every site)."""
+        gap = any(vector.get(o, 0) < n for o, n in self.floor.items() if o not in retired)
+        for origin, r in self.retired.items():
+            have = vector.get(origin)
+            if origin not in retired and (now - r.at < horizon / 2 if have is None else have < r.top):
+                gap = True
+        missing = [e for e in self.entries if e.seq > vector.get(e.origin, 0) and e.origin not in retired]
+        return Answer(tuple(missing[:limit]), len(missing) > limit, gap, self.vector, self.me, frozenset(self.retired))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -278,6 +371,8 @@ class SyncLog:
             "above": {o: sorted(s) for o, s in self.above.items()},
             "floor": dict(self.floor),
             "entries": [e.to_json() for e in self.entries],
+            "seen": dict(self.seen),
+            "retired": {o: [r.top, r.at] for o, r in self.retired.items()},
         }
 
     @classmethod
@@ -291,14 +386,35 @@ class SyncLog:
         return cls(
             me if isinstance(me, str) else "",
             tuple(e for r in (rows if isinstance(rows, list) else []) if (e := Entry.from_json(r)) is not None),
-            parse_vector(doc.get("vector")) or {},
+            parse_vector(doc.get("vector"), None) or {},
             {
                 o: frozenset(n for n in ns if type(n) is int)
                 for o, ns in (above.items() if isinstance(above, dict) else [])
                 if isinstance(o, str) and isinstance(ns, list)
             },
-            parse_vector(doc.get("floor")) or {},
+            parse_vector(doc.get("floor"), None) or {},
+            _times(doc.get("seen")),
+            _retired(doc.get("retired")),
         )
+
+
+def _times(value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    return {o: float(t) for o, t in value.items() if isinstance(o, str) and isinstance(t, int | float)}
+
+
+def _retired(value: object) -> dict[str, Retired]:
+    """The well-formed [top, at] rows of a snapshot's retired origins."""
+    if not isinstance(value, dict):
+        return {}
+    found: dict[str, Retired] = {}
+    for origin, row in value.items():
+        if isinstance(origin, str) and isinstance(row, list) and len(row) == 2:
+            top, at = row
+            if type(top) is int and isinstance(at, int | float):
+                found[origin] = Retired(top, float(at))
+    return found
 
 
 def snapshot(table: PurgeTable, sync: SyncLog) -> bytes:
@@ -309,13 +425,18 @@ def snapshot(table: PurgeTable, sync: SyncLog) -> bytes:
     return json.dumps({"marks": rows, "sync": sync.to_json()}).encode()
 
 
-def entry_line(entry: Entry) -> bytes:
+def entry_line(entry: Entry, at: float = 0.0) -> bytes:
     """A purge that changes no mark of the table (of a URL: its record changed), as one line of the log."""
-    return json.dumps({"entry": entry.to_json()}).encode() + b"\n"
+    return json.dumps({"entry": entry.to_json(), "at": at}).encode() + b"\n"
 
 
-def adopt_line(vector: Vector) -> bytes:
-    return json.dumps({"adopt": dict(vector)}).encode() + b"\n"
+def adopt_line(vector: Vector, at: float = 0.0) -> bytes:
+    return json.dumps({"adopt": dict(vector), "at": at}).encode() + b"\n"
+
+
+def prune_line(origins: frozenset[str], forget: frozenset[str], at: float) -> bytes:
+    """SyncLog.pruned as one line of the log."""
+    return json.dumps({"prune": sorted(origins), "forget": sorted(forget), "at": at}).encode() + b"\n"
 
 
 def me_line(me: str) -> bytes:
@@ -341,10 +462,15 @@ def read_log(data: bytes) -> tuple[PurgeTable, SyncLog]:
                 table = table.purged(
                     scope, None if gen is None else str(gen), None if soft is None else float(soft), None
                 )
+            at = float(row.get("at", 0.0))
             if (entry := Entry.from_json(row.get("entry"))) is not None:
-                sync = sync.added(entry)
-            if (vector := parse_vector(row.get("adopt"))) is not None:
-                sync = sync.adopted(vector)
+                sync = sync.added(entry, at)
+            if (vector := parse_vector(row.get("adopt"), None)) is not None:
+                sync = sync.adopted(vector, at)
+            if "prune" in row:
+                pruned, forget = parse_retired(row["prune"], None), parse_retired(row.get("forget"), None)
+                if pruned is not None and forget is not None:
+                    sync = sync.pruned(pruned, forget, at)
             if isinstance(row.get("me"), str):
                 sync = replace(sync, me=row["me"])
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):

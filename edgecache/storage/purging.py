@@ -18,7 +18,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgecache.core.keys import PrimaryRecord
-from edgecache.core.purge import Entry, PurgeTable, SyncLog, Vector, adopt_line, entry_line, me_line
+from edgecache.core.purge import (
+    HORIZON,
+    Entry,
+    PurgeTable,
+    SyncLog,
+    Vector,
+    adopt_line,
+    entry_line,
+    me_line,
+    prune_line,
+)
+from edgecache.core.purgeprune import Pruning
 from edgecache.errors import StorageError
 from edgecache.storage.disks import Disks
 from edgecache.storage.epoch import Epoch, key_hash
@@ -47,6 +58,7 @@ class Purging:
         self.purge_log = PurgeLog(directory / "purges.log")
         self._purge_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="purge")  # in order (purgelog)
         self.sync = SyncLog()  # the purges applied here, as the cluster numbers them (cluster.purgesync)
+        self.horizon = HORIZON  # core.purgeprune's, for this node's pruning and its answers to peers (tests shorten it)
         self._taking: set[tuple[str, int]] = set()  # purges being applied now: a copy arriving meanwhile is skipped
         self._issued = 0  # the last number this node gave a purge it took from an operator
         self.epoch: Epoch | None = None  # with shared: the change counter all workers map
@@ -163,7 +175,7 @@ class Purging:
             return
         table: PurgeTable | None = found[0] if found is not None else None
         if found is not None:
-            self.sync = found[1]
+            self.sync = found[1].dated(time.time())
         else:  # no file yet: the disk tier's copy, where versions before this one kept the table
             try:
                 raw = await self.disk.get("purge-table")
@@ -207,16 +219,23 @@ class Purging:
 
     async def note_purge(self, entry: Entry) -> None:
         """Record a claimed purge that changed no mark (a URL's: its record changed already) as applied."""
-        await self._log_purge(entry_line(entry), entry)
+        now = time.time()
+        await self._log_purge(entry_line(entry, now), entry, now)
 
     async def adopt(self, vector: Vector) -> None:
         """After a reset (every site purged hard): the purges `vector` counts are as good as applied."""
-        self.sync = self.sync.adopted(vector)
-        await self._log_purge(adopt_line(vector), None)
+        now = time.time()
+        self.sync = self.sync.adopted(vector, now)
+        await self._log_purge(adopt_line(vector, now), None)
 
-    async def _log_purge(self, line: bytes, entry: Entry | None) -> None:
+    async def prune(self, pruning: Pruning, now: float) -> None:
+        """Drop the origins core.purgeprune.prunable found nothing can need any more (cluster.purgesync)."""
+        self.sync = self.sync.pruned(pruning.origins, pruning.forget, now)
+        await self._log_purge(prune_line(pruning.origins, pruning.forget, now), None)
+
+    async def _log_purge(self, line: bytes, entry: Entry | None, at: float = 0.0) -> None:
         if entry is not None:
-            self.sync = self.sync.added(entry)
+            self.sync = self.sync.added(entry, at)
         if self.sync.me and self.purge_log.me != self.sync.me:
             line = me_line(self.sync.me) + line
             self.purge_log.me = self.sync.me
@@ -243,4 +262,5 @@ class Purging:
             self.purges = table.purged(scope, generation, soft_at)
         else:
             self.purges = table.purged(scope, generation, soft_at, None)
-        await self._log_purge(PurgeTable.op(scope, generation, soft_at, entry), entry)
+        at = time.time()
+        await self._log_purge(PurgeTable.op(scope, generation, soft_at, entry, at), entry, at)
