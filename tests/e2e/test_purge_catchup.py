@@ -438,7 +438,15 @@ async def test_the_purge_log_is_read_by_nodes_and_operators_and_bad_input_gets_4
         for token in (peer, OPERATOR):
             assert await call("/purges/after", token, {"vector": {}}) == (
                 200,
-                {"node": "node1", "vector": {origin_id: number}, "entries": [expected], "more": False, "gap": False},
+                {
+                    "node": "node1",
+                    "vector": {origin_id: number},
+                    "entries": [expected],
+                    "more": False,
+                    "gap": False,
+                    "me": "",  # node1 numbered none; node0's origin is not its own
+                    "retired": [],
+                },
             )
         status, got = await call("/purges/after", peer, {"vector": {origin_id: number}})
         assert (status, got["entries"]) == (200, [])
@@ -449,10 +457,10 @@ async def test_the_purge_log_is_read_by_nodes_and_operators_and_bad_input_gets_4
             403,
             {"error": "only the cluster's nodes and operators may read the purge log"},
         )
-        for bad in ({"vector": {origin_id: -1}}, {"vector": [1]}, [1], {}):
+        for bad in ({"vector": {origin_id: -1}}, {"vector": [1]}, [1], {}, {"vector": {}, "retired": [1]}):
             assert await call("/purges/after", peer, bad) == (
                 400,
-                {"error": 'expected {"vector": {origin: number, ...}}'},
+                {"error": 'expected {"vector": {origin: number, ...}, "retired": [origin, ...]}'},
             )
         # The nodes' token reads the log and nothing else: it purges no site.
         assert (await call("/purge", peer, {"site": "videos"}))[0] == 403

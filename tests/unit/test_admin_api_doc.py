@@ -153,6 +153,7 @@ async def test_every_example_body_is_accepted_by_the_real_handler(admin: Admin) 
         ("/purge", "application/json", "prefix"),
         ("/purge", "application/json", "site"),
         ("/purge", "application/json", "url"),
+        ("/purges/after", "application/json", "pruned"),
         ("/purges/after", "application/json", "vector"),
     ]
 
