@@ -51,6 +51,7 @@ ALERT_NAMES = {
     "DiskCorruption",
     "DiskFailed",
     "FillMemoryFull",
+    "PurgeVectorLarge",
 }
 OPERATOR = "prometheus-test-operator-token"
 
