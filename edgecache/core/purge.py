@@ -336,12 +336,14 @@ class SyncLog:
             retired=retired,
         )
 
-    def dated(self, now: float) -> SyncLog:
-        """Origins this node does not know when it last heard of (a log written before pruning) count as heard
-        of `now`: pruned no sooner than a HORIZON after the node read its log."""
+    def dated(self, now: float, before: Mapping[str, float]) -> SyncLog:
+        """Origins the log does not say when this node last heard of (a log written before pruning) count as
+        heard of when this process first read it (`before`: what it held) or `now`: pruned no sooner than a
+        HORIZON after that."""
         if all(self.seen.get(o, 0.0) > 0.0 for o in self.vector):
             return self
-        return replace(self, seen={**{o: now for o in self.vector}, **{o: t for o, t in self.seen.items() if t}})
+        known = {o: t for o, t in self.seen.items() if t > 0.0}
+        return replace(self, seen={o: known.get(o) or before.get(o) or now for o in self.vector})
 
     def after(
         self,

@@ -7,9 +7,9 @@ the vectors grew past what peers take (core.purge.MAX_ORIGINS) and purge sync st
 An origin goes when nothing can need it any more:
 - it numbers no more purges: it is not this node's incarnation nor the one a member last said is its own (a
   member that has not said, a version before pruning, keeps every origin of its node id);
-- every purge it numbered that this node has is applied by every current member, as each one's last answer says
-  (a member not heard from since it came up, or down, stops all pruning: it may lack any of them), or that
-  member pruned it already;
+- this node and every current member have applied the same purges of it, all of them up to the last one, as
+  each member's last answer says (a member not heard from since it came up, or down, stops all pruning: it may
+  lack any of them), or that member pruned it already: once pruned, its purges are refused as applied;
 - this node applied none of its purges for HORIZON: a node that is not a member now (a pod DNS no longer lists)
   and lacks one of them must come back while the others still know the origin. Within a further HORIZON/2 it is
   told to reset (purge every site hard: SyncLog.after, through the retired origins kept); later than that it is
@@ -36,8 +36,10 @@ class Heard:
     me: str | None = None
     retired: frozenset[str] = frozenset()
 
-    def has_all(self, origin: str, top: int) -> bool:
-        return self.vector.get(origin, 0) >= top or origin in self.retired
+    def has_as_many(self, origin: str, n: int) -> bool:
+        """Has it applied exactly the purges of `origin` a node with `n` of them has? (Having pruned it, it had:
+        it pruned only once every member, this node too, showed all of them.)"""
+        return self.vector.get(origin, 0) == n or origin in self.retired
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +70,9 @@ def prunable(sync: SyncLog, peers: Mapping[str, Heard | None], now: float, horiz
     unsaid = {node for node, h in peers.items() if h is not None and h.me is None}
     origins = set()
     for origin, n in sync.vector.items():
-        top = max((n, *sync.above.get(origin, ())))
-        if origin in current or node_of(origin) in unsaid:
-            continue
-        if now - sync.seen.get(origin, now) >= horizon and all(h.has_all(origin, top) for h in heard):
+        if origin in current or node_of(origin) in unsaid or sync.above.get(origin):
+            continue  # (applied out of order here: this node lacks one of its purges, which a peer may bring)
+        # As many as every member: one with more has purges this node lacks, and a pruned origin's are refused.
+        if now - sync.seen.get(origin, now) >= horizon and all(h.has_as_many(origin, n) for h in heard):
             origins.add(origin)
     return Pruning(frozenset(origins), forget)

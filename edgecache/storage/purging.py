@@ -175,7 +175,7 @@ class Purging:
             return
         table: PurgeTable | None = found[0] if found is not None else None
         if found is not None:
-            self.sync = found[1].dated(time.time())
+            self.sync = found[1].dated(time.time(), self.sync.seen)  # (read again after every change)
         else:  # no file yet: the disk tier's copy, where versions before this one kept the table
             try:
                 raw = await self.disk.get("purge-table")

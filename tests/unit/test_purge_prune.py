@@ -69,10 +69,12 @@ def test_an_origin_stays_while_anything_may_need_it() -> None:
     # Node "gone" is a member that does not say which origin is its own (a version before pruning): its stay.
     assert prunable(sync, {"gone": Heard({"gone~1": 2, "b~2": 1})}, now).origins == {"b~2"}
     assert prunable(sync, {"b": Heard({"b~2": 1}, "b~2", frozenset({"gone~1"}))}, now).origins == {"gone~1"}
-    # Out of order: purge 4 is applied here past the vector; a member with up to 2 lacks it.
+    # Out of order: purge 4 is applied here past the vector, 3 is not: it may still come, and would be refused.
     ahead = sync.added(url("gone~1", 4), 0.0)
     assert prunable(ahead, {"b": has_all}, now) == Pruning()
-    assert prunable(ahead, {"b": Heard({"gone~1": 4, "b~2": 1}, "b~2")}, now).origins == {"gone~1"}
+    assert prunable(ahead, {"b": Heard({"gone~1": 4, "b~2": 1}, "b~2")}, now) == Pruning()
+    # Behind a member, which has purge 3 that this node lacks: kept until it is taken from that member.
+    assert prunable(sync, {"b": Heard({"gone~1": 3, "b~2": 1}, "b~2")}, now) == Pruning()
 
 
 def test_a_pruned_origin_is_never_applied_again_and_a_node_that_lacks_it_is_told_to_reset() -> None:
@@ -126,5 +128,6 @@ def test_a_log_from_before_pruning_is_dated_when_read_and_read_whatever_its_size
     sync = read_log(json.dumps(doc).encode())[1]
     assert len(sync.vector) == MAX_ORIGINS + 10  # not forgotten: a node past the bound must still prune
     assert sync.seen == {}
-    assert sync.dated(7.0).seen == dict.fromkeys(vector, 7.0)
+    assert sync.dated(7.0, {}).seen == dict.fromkeys(vector, 7.0)
+    assert sync.dated(9.0, {"pod-1~00": 2.0}).seen["pod-1~00"] == 2.0  # read again: heard of when first read
     assert parse_vector(vector) is None  # a peer's is bounded
