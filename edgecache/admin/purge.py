@@ -257,7 +257,7 @@ def purge_routes(current: Callable[[], Config], store: Store) -> list[web.RouteD
                 "more": answer.more,
                 "gap": answer.gap,
                 "me": answer.me,
-                "retired": sorted(answer.retired),
+                "retired": {o: [r.top, r.at] for o, r in answer.retired.items()},
             }
         )
 

@@ -39,7 +39,7 @@ from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
 from edgecache.core import nodeauth
 from edgecache.core.keys import BadTarget, make_key
-from edgecache.core.purge import Answer, Entry, Vector, parse_retired, parse_vector, peer_token
+from edgecache.core.purge import Answer, Entry, parse_tombstones, parse_vector, peer_token
 from edgecache.core.purgeprune import Heard, prunable
 from edgecache.core.ring import Member
 from edgecache.storage.store import Store
@@ -86,12 +86,13 @@ async def apply_entry(
     return True
 
 
-async def reset(store: Store, sites: tuple[Site, ...], vector: Vector, now: float) -> None:
-    """Too far behind to be told what was missed: every site purged hard, then `vector` taken as applied."""
+async def reset(store: Store, sites: tuple[Site, ...], answer: Answer, now: float) -> None:
+    """Too far behind to be told what was missed: every site purged hard, then the answer's vector taken as
+    applied, and its retired origins as retired here too."""
     log.warning("purge log: a peer no longer keeps purges this node lacks; purging every site to catch up")
     for site in sites:
         await store.purge_scope((site.name, "", ""), False, now, strict=False)
-    await store.adopt(vector)
+    await store.adopt(answer.vector, answer.retired)
     metrics.PURGE_CATCHUPS.labels("reset").inc()
 
 
@@ -99,7 +100,7 @@ def parse_answer(doc: Any) -> Answer | None:
     """A peer's answer to AFTER_PATH, or None when malformed (never raises)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
         return None
-    vector, retired = parse_vector(doc.get("vector")), parse_retired(doc.get("retired"))
+    vector, retired = parse_vector(doc.get("vector")), parse_tombstones(doc.get("retired", {}))
     entries = [Entry.from_json(row) for row in doc["entries"]]
     me = doc.get("me")
     if vector is None or retired is None or any(e is None for e in entries) or not isinstance(me, str | None):
@@ -265,13 +266,13 @@ class PurgeSync:
                 return
             if not self.store.sync.covers(answer.vector):
                 self.doubt(time.time())
-            heard = Heard(answer.vector, answer.me, answer.retired)
+            heard = Heard(answer.vector, answer.me, frozenset(answer.retired))
             if not self.applies:
                 self.known[peer.id] = heard
                 return  # worker 0 applies it; this one sees it in the log
             sites, now = self.sites(), time.time()
             if answer.gap:
-                await reset(self.store, sites, answer.vector, now)
+                await reset(self.store, sites, answer, now)
             taken = 0
             for entry in answer.entries:
                 taken += await apply_entry(self.store, sites, entry, now)

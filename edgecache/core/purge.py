@@ -32,6 +32,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+# (Re-exported: the cluster's side of purges is imported from here.)
+from edgecache.core.origins import HORIZON as HORIZON
+from edgecache.core.origins import MAX_ORIGINS as MAX_ORIGINS
+from edgecache.core.origins import MAX_TEXT
+from edgecache.core.origins import Retired as Retired
+from edgecache.core.origins import parse_retired as parse_retired
+from edgecache.core.origins import parse_tombstones as parse_tombstones
+from edgecache.core.origins import parse_vector as parse_vector
+
 Scope = tuple[str, str, str]  # (site, host, directory); host "" and directory "" mean the whole site
 MAX_MARKS = 10_000
 # And of all sites together: every worker holds the table, and every lookup may walk it (a site's share alone
@@ -158,19 +167,8 @@ class PurgeTable:
 # Entries a node keeps to answer "the purges after what you have"; a peer that lacks older ones than that can only
 # reset (SyncLog.after). A URL is at most 8 KiB, so the log's snapshot stays within a few MiB.
 MAX_ENTRIES = 2048
-# Origins in a vector (or in a list of retired ones) a node takes from a peer, and so the most one may hold and
-# still be heard: past it peers answer 400 and purge sync stops. Pruning (core.purgeprune) keeps a vector to the
-# incarnations of the current members and those that numbered a purge within about two HORIZONs: far below it
-# (the alert PurgeVectorLarge fires at a quarter). Sized so a request holding a vector and a list that full stays
-# under the admin API's 1 MiB body limit with node ids of 40 characters.
-MAX_ORIGINS = 8192
-# How long an origin numbers no purge before it may be pruned (core.purgeprune), and how long it is listed as
-# retired after. Long enough for a node taken out of the membership for maintenance or a node pool's upgrade to
-# come back and be told it missed purges; short enough that only a few days' worth of incarnations is held.
-HORIZON = 2 * 86400.0
 BATCH = 128  # entries in one answer to a peer: at most about 1 MiB
 KINDS = ("url", "prefix", "site")
-_MAX_TEXT = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +196,7 @@ class Entry:
             return None
         origin, seq, kind, site, host, path, soft = row
         texts = (origin, site, host, path)
-        if not all(isinstance(t, str) and len(t) <= _MAX_TEXT for t in texts) or not origin or not site:
+        if not all(isinstance(t, str) and len(t) <= MAX_TEXT for t in texts) or not origin or not site:
             return None
         if type(seq) is not int or seq < 1 or kind not in KINDS or not isinstance(soft, bool):
             return None
@@ -207,34 +205,6 @@ class Entry:
 
 Vector = Mapping[str, int]  # origin -> every purge it numbered up to this one is applied here
 _V = TypeVar("_V")
-
-
-@dataclass(frozen=True, slots=True)
-class Retired:
-    top: int  # the last purge the origin numbered, as far as this node knows
-    at: float  # when it was pruned here
-
-
-def parse_vector(value: object, bound: int | None = MAX_ORIGINS) -> dict[str, int] | None:
-    """A vector from a peer or the log, or None when malformed; never raises. The log's own (bound None) is read
-    whatever its size: a node that grew one past the bound before pruning must not forget every purge."""
-    if not isinstance(value, dict) or (bound is not None and len(value) > bound):
-        return None
-    if not all(isinstance(k, str) and len(k) <= _MAX_TEXT and type(v) is int and v >= 0 for k, v in value.items()):
-        return None
-    return dict(value)
-
-
-def parse_retired(value: object, bound: int | None = MAX_ORIGINS) -> frozenset[str] | None:
-    """A peer's list of the origins it pruned (absent: none, as a version before pruning sends), or None when
-    malformed; never raises."""
-    if value is None:
-        return frozenset()
-    if not isinstance(value, list) or (bound is not None and len(value) > bound):
-        return None
-    if not all(isinstance(o, str) and len(o) <= _MAX_TEXT for o in value):
-        return None
-    return frozenset(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +218,7 @@ class Answer:
     gap: bool
     vector: Vector
     me: str | None = None  # the answering node's own origin ("": it numbered none; None: it did not say)
-    retired: frozenset[str] = frozenset()  # the origins it pruned (core.purgeprune)
+    retired: Mapping[str, Retired] = field(default_factory=dict)  # the origins it pruned (core.purgeprune)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,9 +271,10 @@ class SyncLog:
             floor[old.origin] = max(floor.get(old.origin, 0), old.seq)
         return replace(self, entries=entries[-MAX_ENTRIES:], vector=vector, above=above, floor=floor, seen=seen)
 
-    def adopted(self, vector: Vector, at: float = 0.0) -> SyncLog:
+    def adopted(self, vector: Vector, at: float = 0.0, retired: Mapping[str, Retired] | None = None) -> SyncLog:
         """After a reset: every purge `vector` counts is as good as applied (the reset purged more than all of
-        them), though this node keeps none of them to pass on."""
+        them), though this node keeps none of them to pass on; so are those of the origins the peer `retired`,
+        which this node retires as it did (else every later answer would tell it to reset again)."""
         mine, above, floor, seen = dict(self.vector), dict(self.above), dict(self.floor), dict(self.seen)
         for origin, n in vector.items():
             if n > mine.get(origin, 0) and origin not in self.retired:
@@ -311,21 +282,24 @@ class SyncLog:
                 seen[origin] = max(at, seen.get(origin, 0.0))
                 if kept := frozenset(s for s in above.pop(origin, ()) if s > n):
                     above[origin] = kept
-        return replace(self, vector=mine, above=above, floor=floor, seen=seen)
+        done = replace(self, vector=mine, above=above, floor=floor, seen=seen)
+        return done._without({o: r for o, r in (retired or {}).items() if o not in self.retired}, frozenset())
 
     def pruned(self, origins: frozenset[str], forget: frozenset[str], at: float) -> SyncLog:
         """Without `origins` (core.purgeprune.prunable: each becomes retired at `at`) and without the retired
         origins `forget`."""
         if not origins and not forget:
             return self
-        retired = {o: r for o, r in self.retired.items() if o not in forget}
-        for o in origins:
-            retired[o] = Retired(max((self.vector.get(o, 0), *self.above.get(o, ()))), at)
+        tops = {o: max((self.vector.get(o, 0), *self.above.get(o, ()))) for o in origins}
+        return self._without({o: Retired(top, at) for o, top in tops.items()}, forget)
+
+    def _without(self, gone: Mapping[str, Retired], forget: frozenset[str]) -> SyncLog:
+        retired = {**{o: r for o, r in self.retired.items() if o not in forget}, **gone}
 
         def kept(m: Mapping[str, _V]) -> dict[str, _V]:
-            return {o: v for o, v in m.items() if o not in origins}
+            return {o: v for o, v in m.items() if o not in gone}
 
-        entries = tuple(e for e in self.entries if e.origin not in origins)
+        entries = tuple(e for e in self.entries if e.origin not in gone)
         return replace(
             self,
             entries=entries,
@@ -364,7 +338,7 @@ class SyncLog:
             if origin not in retired and (now - r.at < horizon / 2 if have is None else have < r.top):
                 gap = True
         missing = [e for e in self.entries if e.seq > vector.get(e.origin, 0) and e.origin not in retired]
-        return Answer(tuple(missing[:limit]), len(missing) > limit, gap, self.vector, self.me, frozenset(self.retired))
+        return Answer(tuple(missing[:limit]), len(missing) > limit, gap, self.vector, self.me, self.retired)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -396,7 +370,7 @@ class SyncLog:
             },
             parse_vector(doc.get("floor"), None) or {},
             _times(doc.get("seen")),
-            _retired(doc.get("retired")),
+            parse_tombstones(doc.get("retired"), None) or {},
         )
 
 
@@ -404,19 +378,6 @@ def _times(value: object) -> dict[str, float]:
     if not isinstance(value, dict):
         return {}
     return {o: float(t) for o, t in value.items() if isinstance(o, str) and isinstance(t, int | float)}
-
-
-def _retired(value: object) -> dict[str, Retired]:
-    """The well-formed [top, at] rows of a snapshot's retired origins."""
-    if not isinstance(value, dict):
-        return {}
-    found: dict[str, Retired] = {}
-    for origin, row in value.items():
-        if isinstance(origin, str) and isinstance(row, list) and len(row) == 2:
-            top, at = row
-            if type(top) is int and isinstance(at, int | float):
-                found[origin] = Retired(top, float(at))
-    return found
 
 
 def snapshot(table: PurgeTable, sync: SyncLog) -> bytes:
@@ -432,8 +393,9 @@ def entry_line(entry: Entry, at: float = 0.0) -> bytes:
     return json.dumps({"entry": entry.to_json(), "at": at}).encode() + b"\n"
 
 
-def adopt_line(vector: Vector, at: float = 0.0) -> bytes:
-    return json.dumps({"adopt": dict(vector), "at": at}).encode() + b"\n"
+def adopt_line(vector: Vector, at: float = 0.0, retired: Mapping[str, Retired] | None = None) -> bytes:
+    tombstones = {o: [r.top, r.at] for o, r in (retired or {}).items()}
+    return json.dumps({"adopt": dict(vector), "at": at, "retired": tombstones}).encode() + b"\n"
 
 
 def prune_line(origins: frozenset[str], forget: frozenset[str], at: float) -> bytes:
@@ -468,7 +430,7 @@ def read_log(data: bytes) -> tuple[PurgeTable, SyncLog]:
             if (entry := Entry.from_json(row.get("entry"))) is not None:
                 sync = sync.added(entry, at)
             if (vector := parse_vector(row.get("adopt"), None)) is not None:
-                sync = sync.adopted(vector, at)
+                sync = sync.adopted(vector, at, parse_tombstones(row.get("retired", {}), None))
             if "prune" in row:
                 pruned, forget = parse_retired(row["prune"], None), parse_retired(row.get("forget"), None)
                 if pruned is not None and forget is not None:

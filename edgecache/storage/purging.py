@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import replace
@@ -22,6 +22,7 @@ from edgecache.core.purge import (
     HORIZON,
     Entry,
     PurgeTable,
+    Retired,
     SyncLog,
     Vector,
     adopt_line,
@@ -222,11 +223,12 @@ class Purging:
         now = time.time()
         await self._log_purge(entry_line(entry, now), entry, now)
 
-    async def adopt(self, vector: Vector) -> None:
-        """After a reset (every site purged hard): the purges `vector` counts are as good as applied."""
+    async def adopt(self, vector: Vector, retired: Mapping[str, Retired] | None = None) -> None:
+        """After a reset (every site purged hard): the purges `vector` counts, and those of the origins a peer
+        `retired`, are as good as applied."""
         now = time.time()
-        self.sync = self.sync.adopted(vector, now)
-        await self._log_purge(adopt_line(vector, now), None)
+        self.sync = self.sync.adopted(vector, now, retired)
+        await self._log_purge(adopt_line(vector, now, retired), None)
 
     async def prune(self, pruning: Pruning, now: float) -> None:
         """Drop the origins core.purgeprune.prunable found nothing can need any more (cluster.purgesync)."""

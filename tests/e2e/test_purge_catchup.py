@@ -445,7 +445,7 @@ async def test_the_purge_log_is_read_by_nodes_and_operators_and_bad_input_gets_4
                     "more": False,
                     "gap": False,
                     "me": "",  # node1 numbered none; node0's origin is not its own
-                    "retired": [],
+                    "retired": {},
                 },
             )
         status, got = await call("/purges/after", peer, {"vector": {origin_id: number}})

@@ -12,8 +12,10 @@ from edgecache.core.purge import (
     PurgeTable,
     Retired,
     SyncLog,
+    adopt_line,
     entry_line,
     parse_retired,
+    parse_tombstones,
     parse_vector,
     prune_line,
     read_log,
@@ -29,11 +31,15 @@ def url(origin: str, seq: int, path: str = "/a") -> Entry:
 
 
 def heard(sync: SyncLog) -> Heard | None:
-    """What a peer hears of `sync` over the wire (as admin.purge answers and cluster.purgesync reads it); None
-    when the peer would refuse it (400), as it refused a vector past 2048 origins before pruning."""
-    doc = json.loads(json.dumps({"vector": dict(sync.vector), "retired": sorted(sync.retired), "me": sync.me}))
-    vector, retired = parse_vector(doc["vector"]), parse_retired(doc["retired"])
-    return None if vector is None or retired is None else Heard(vector, doc["me"], retired)
+    """What a peer hears of `sync` over the wire (as cluster.purgesync asks, admin.purge answers and purgesync
+    reads the answer); None when either side would refuse it (400, or an answer that is not one)."""
+    asked = json.loads(json.dumps({"vector": dict(sync.vector), "retired": sorted(sync.retired)}))
+    if parse_vector(asked["vector"]) is None or parse_retired(asked["retired"]) is None:
+        return None
+    told = {o: [r.top, r.at] for o, r in sync.retired.items()}
+    doc = json.loads(json.dumps({"vector": dict(sync.vector), "retired": told, "me": sync.me}))
+    vector, retired = parse_vector(doc["vector"]), parse_tombstones(doc["retired"])
+    return None if vector is None or retired is None else Heard(vector, doc["me"], frozenset(retired))
 
 
 def test_incarnations_that_come_and_go_for_weeks_keep_the_vectors_far_below_the_bound() -> None:
@@ -131,3 +137,22 @@ def test_a_log_from_before_pruning_is_dated_when_read_and_read_whatever_its_size
     assert sync.dated(7.0, {}).seen == dict.fromkeys(vector, 7.0)
     assert sync.dated(9.0, {"pod-1~00": 2.0}).seen["pod-1~00"] == 2.0  # read again: heard of when first read
     assert parse_vector(vector) is None  # a peer's is bounded
+
+
+def test_a_node_told_to_reset_for_a_pruned_origin_is_told_once() -> None:
+    # A new node (an empty vector), or one back from outside the membership, asks a node that pruned an origin.
+    now = 5 * DAY
+    pruned = SyncLog(me="a~1").added(url("gone~1", 1), 0.0).added(url("a~1", 1), 0.0)
+    pruned = pruned.pruned(frozenset({"gone~1"}), frozenset(), now)
+    answer = pruned.after({}, now=now)
+    assert answer.gap
+    # It resets (every site purged hard) and takes the answer's vector and retired origins as its own: asked
+    # again, nothing is missing. Before, it took the vector only and was told to reset every round.
+    back = SyncLog().adopted(answer.vector, now, answer.retired)
+    assert back.retired == {"gone~1": Retired(1, now)}  # forgotten when the peer forgets it, not later
+    assert not pruned.after(back.vector, retired=frozenset(back.retired), now=now + 1).gap
+    assert back.has("gone~1", 1)
+    assert back.covers(pruned.vector)
+    # And the log says so.
+    line = adopt_line(answer.vector, now, answer.retired)
+    assert read_log(b"[]\n" + line)[1].retired == back.retired
