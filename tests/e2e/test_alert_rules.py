@@ -104,9 +104,11 @@ def test_no_alert_fires_on_a_warm_healthy_node(tmp_path: Path) -> None:
         _gauge("edgecache_worker_restarts", 0, reason="died"),
         {"series": _WAITS.format(outcome="granted"), "values": "0+30x40"},  # turns taken, none given up
         {"series": _WAITS.format(outcome="timeout"), "values": "0+0x40"},
+        _gauge("edgecache_purge_vector_origins", 3, state="live"),  # the members' own incarnations
+        _gauge("edgecache_purge_vector_origins", 40, state="retired"),  # pods that came and went
     ]
     names = [str(r["alert"]) for r in _rules() if "alert" in r]
-    assert len(names) == 10
+    assert len(names) == 11
     assert _promtool(tmp_path, series, [{"eval_time": "35m", "alertname": n, "exp_alerts": []} for n in names]) == ""
 
 
@@ -134,3 +136,17 @@ def test_a_disk_tier_that_eviction_does_not_keep_within_its_budget_is_alerted(tm
     fired = [{"exp_labels": labels, "exp_annotations": _annotations("DiskOverBudget", fill)}]
     expect = [{"eval_time": "35m", "alertname": "DiskOverBudget", "exp_alerts": fired}]
     assert _promtool(tmp_path, series, expect) == ""
+
+
+def test_purge_vector_large_fires_past_a_quarter_of_the_bound_for_half_an_hour(tmp_path: Path) -> None:
+    """2,049 retired origins (a quarter of the 8,192 peers take, and one) for the whole run: firing at 35 minutes,
+    with the state in its labels; 2,048 live ones: not."""
+    name = "edgecache_purge_vector_origins"
+    series = [_gauge(name, 2048, state="live"), _gauge(name, 2049, state="retired")]
+    fill = {"{{ $labels.instance }}": "n1", "{{ $value | humanize }}": "2.049k", "{{ $labels.state }}": "retired"}
+    labels = {"instance": "n1", "severity": "warning", "state": "retired"}
+    fired = [{"exp_labels": labels, "exp_annotations": _annotations("PurgeVectorLarge", fill)}]
+    expect = [{"eval_time": "35m", "alertname": "PurgeVectorLarge", "exp_alerts": fired}]
+    assert _promtool(tmp_path, series, expect) == ""
+    # Not before its half hour: at 20 minutes nothing fires.
+    assert _promtool(tmp_path, series, [{"eval_time": "20m", "alertname": "PurgeVectorLarge", "exp_alerts": []}]) == ""
