@@ -62,6 +62,8 @@ async def by_another_worker(
         if ours:
             fill.leases[REVALIDATING] = lease
             return False
+        if validate is None and _heading_here(fills, fill):
+            return False
         if attempt == waits:
             return False
         if attempt == 0:
@@ -82,6 +84,15 @@ def _owner(fill: Fill) -> str:
     and held with the process's pid (storage.disk._holder). Two fills of one worker no longer share a take, so the
     first to end drops its own only; a fill slower than the lease's time finds another's there, and leaves it."""
     return f"{id(fill):x}"
+
+
+def _heading_here(fills: FillRegistry, fill: Fill) -> bool:
+    """Is another fill of this worker still waiting for the head of the object `fill`, a miss, was started for? It
+    holds the entry's lease (or waits for another worker's head), and brings none of this fill's slices: a request
+    for them would have joined it (Engine.fill_for). A seek waiting for that head gains nothing from it and pays a
+    whole first-byte time of the origin; it asks for its slices at once (without the lease), as a single worker
+    does."""
+    return any(other is not fill and not other.head.done() for other in fills.of(fill.entry_key))
 
 
 def _answers(stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float) -> bool:

@@ -1,0 +1,70 @@
+"""A seek into a cold object, in the worker already fetching its start, goes to the origin at once.
+
+With several workers on one disk, a cold miss takes the entry's lease before it asks the origin (proxy.revalidating)
+so that another worker missing the same object waits for its head instead of asking too. A second range of the same
+object in the same worker (a player's seek) is another fill of other slices: waiting for the first fill's head
+brings it nothing it needs (no byte of its slices), and cost it a whole first-byte time of the origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from tests.e2e.procs import edge_process, free_port
+from tests.e2e.test_worker_cold import WARM
+from tests.e2e.test_worker_revalidation import collapsed, one_per_worker
+from tests.e2e.test_workers import DATA, READY, MiB, two_workers
+from tests.origin import Origin
+
+SEEK = 5 * MiB + 1000  # in a slice the first range's fill does not bring
+
+
+async def test_a_seek_into_a_cold_object_does_not_wait_for_its_own_worker_s_first_range(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The origin holds the answer to the first range; the seek's request reaches it meanwhile, and neither
+    request waited for another's (edgecache_collapsed_waits_total unchanged). Before, the seek waited on the
+    first range's entry lease until that answer came (or the lease's 10 s): no second origin request."""
+    origin.put("/warm", WARM)
+    origin.put("/v.bin", DATA)
+    held = asyncio.Event()
+
+    async def hold_the_start(request: web.BaseRequest, _obj: object) -> None:
+        if request.headers.get("Range", "").startswith("bytes=0-"):
+            await held.wait()
+
+    origin.on_request = hold_the_start
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with (
+        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
+        aiohttp.ClientSession() as s,
+        one_per_worker(port, proc.pid, "/warm", WARM) as first,
+        one_per_worker(port, proc.pid, "/warm", WARM) as second,
+    ):
+        (a, _), (c, _) = (sorted(pair, key=lambda conn: conn.pid) for pair in (first, second))
+        assert a.pid == c.pid
+        seen, waits = len(origin.seen), await collapsed(s, admin)
+        start = asyncio.ensure_future(a.get("/v.bin", "Range: bytes=0-99\r\n"))
+        try:
+            async with asyncio.timeout(20):
+                await origin.wait_for_requests(seen + 1)
+            seek = asyncio.ensure_future(c.get("/v.bin", f"Range: bytes={SEEK}-{SEEK + 99}\r\n"))
+            async with asyncio.timeout(5):  # (the lease it waited on before lasts 10 s)
+                await origin.wait_for_requests(seen + 2)
+            assert await collapsed(s, admin) == waits
+        finally:
+            held.set()
+        async with asyncio.timeout(30):
+            answers = await asyncio.gather(start, seek)
+        assert [(status, body) for status, _, body in answers] == [(206, DATA[:100]), (206, DATA[SEEK : SEEK + 100])]
+        ranges = origin.range_hits("/v.bin")
+        assert len(ranges) == 2
+        assert ranges[0] is not None
+        assert ranges[0].startswith("bytes=0-")
+        assert ranges[1] is not None
+        assert ranges[1].startswith(f"bytes={5 * MiB}-")
