@@ -47,7 +47,10 @@ def authenticate(request: web.Request, tokens: tuple[Token, ...]) -> Token:
 
 async def authenticate_node(request: web.Request, tokens: tuple[Token, ...], credentials: str) -> Token:
     """The nodes' token whose signature the request carries (core.nodeauth), over its method, path and body (read
-    here, within the body's bound; the handler reads the same bytes again)."""
+    here, within the body's bound, only for credentials that may be a node's; the handler reads the same bytes
+    again)."""
+    if not nodeauth.may_be_signed(credentials, time.time()):
+        raise _invalid()
     body = await read_body(request)
     now = time.time()
     for token in tokens:

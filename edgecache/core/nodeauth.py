@@ -32,12 +32,28 @@ def authorization(token: str, method: str, path: str, body: bytes, now: float) -
 
 def verified(token: str, credentials: str, method: str, path: str, body: bytes, now: float) -> bool:
     """Do the `credentials` (what follows the scheme) sign this request with `token`, within the time window?"""
-    found = _CREDENTIALS.fullmatch(credentials.strip())
+    found = _current(credentials, now)
     if found is None:
         return False
-    stamp, mac = found.groups()
+    stamp, mac = found
     expected = _mac(token, method, path, stamp, body)
-    return hmac.compare_digest(mac.encode("ascii"), expected.encode("ascii")) and abs(now - int(stamp)) <= MAX_SKEW
+    return hmac.compare_digest(mac.encode("ascii"), expected.encode("ascii"))
+
+
+def may_be_signed(credentials: str, now: float) -> bool:
+    """Could `credentials` sign a request at all: a node's form, a time within the window? Asked before the body is
+    read (admin.auth): anyone can write the scheme's name, and nothing else about them is worth a body's read."""
+    return _current(credentials, now) is not None
+
+
+def _current(credentials: str, now: float) -> tuple[str, str] | None:
+    """The time and signature of `credentials` of a node's form, signed within the window (the time is public:
+    checked before the signature, it tells nothing of the token)."""
+    found = _CREDENTIALS.fullmatch(credentials.strip())
+    if found is None:
+        return None
+    stamp, mac = found.groups()
+    return (stamp, mac) if abs(now - int(stamp)) <= MAX_SKEW else None
 
 
 def _mac(token: str, method: str, path: str, stamp: str, body: bytes) -> str:

@@ -36,6 +36,11 @@ def test_a_signature_covers_the_token_method_path_body_and_time() -> None:
     later = f"t={int(NOW) + 1},{mac}"  # the time is signed: moved on, the signature is another's
     assert not nodeauth.verified(TOKEN, later, "POST", "/purge", BODY, NOW)
     assert not nodeauth.verified(TOKEN, stamp, "POST", "/purge", BODY, NOW)
+    # What the guard asks before it reads a body: the form and the time, not the signature.
+    assert nodeauth.may_be_signed(signed, NOW + MAX_SKEW)
+    assert nodeauth.may_be_signed(later, NOW)
+    assert not nodeauth.may_be_signed(signed, NOW + MAX_SKEW + 1)
+    assert not nodeauth.may_be_signed(stamp, NOW)
 
 
 @given(st.text(max_size=200), st.text(max_size=40), st.binary(max_size=200))
