@@ -52,11 +52,13 @@ def with_fetched(status: CacheStatus, fetched: bool) -> CacheStatus:
     return CacheStatus.PARTIAL if fetched and status in _SAYS_HIT else status
 
 
-def of_304(worker: bool) -> CacheStatus:
-    """The status of an answer from a stored entry a fill's 304 just confirmed: REVALIDATED when the origin said so
-    to this request's fill, HIT when the fill read what another worker's revalidation left on the shared disk
-    (proxy.revalidating): that request went forward, this one did not, and RFC 9211 2.1 calls it a hit."""
-    return CacheStatus.HIT if worker else CacheStatus.REVALIDATED
+def of_304(worker: CacheStatus | None) -> CacheStatus:
+    """The status of an answer from a stored entry a fill's 304 just confirmed: REVALIDATED, or `worker`'s when the
+    fill read what another worker's origin request left on the shared disk (proxy.revalidating, FillHead.worker).
+    That answer is told as a request joining that origin request in its own worker is told (fwd=stale;
+    fwd-status=304, or fwd=uri-miss for a cold one), never `hit`: a copy that must be validated, or that no cache
+    held, was not served from the cache without the origin."""
+    return worker or CacheStatus.REVALIDATED
 
 
 # What a request found when it was decided, for the `fwd` of its answer (RFC 9211 2.2), carried from there to where

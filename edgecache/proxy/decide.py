@@ -27,7 +27,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.memo import Memo, Pool, Seen, head_cost
-from edgecache.core.status import CacheStatus, of_304, of_fill
+from edgecache.core.status import CacheStatus, MissCause, of_304, of_fill
 from edgecache.proxy import encode, headparse, observe, rangecut
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Fill
@@ -372,7 +372,8 @@ class Decider:
         if hit is None:
             return None
         if head.status == 304:  # not a miss, and no byte comes from that fill
-            answer = self.restated(p, hit, of_304(head.worker), None)
+            status = of_304(head.worker)
+            answer = self.restated(p, hit, status, MissCause.COLD if status is CacheStatus.MISS else None)
             return replace(answer, began=began, origin_ms=origin_ms) if answer is not None else None
         answer = self.restated(p, hit, status, cause, way)
         if answer is None:

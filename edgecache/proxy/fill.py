@@ -26,6 +26,7 @@ from edgecache import metrics
 from edgecache.core import lookaside
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.headers import Headers
+from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
 from edgecache.proxy.expecting import Expected, Expecting
 
@@ -97,7 +98,7 @@ class FillHead:
     served: Headers = ()  # every end-to-end field, for the request that started the fill only
     peer: str | None = None  # the cluster member whose cache answered instead of the origin (core.lookaside)
     kept: bool = True  # a 304's: the stored copy is updated with it (not when another version replaced it)
-    worker: bool = False  # a 304's read from what another worker stored (proxy.revalidating): core.status.of_304
+    worker: CacheStatus | None = None  # a 304's read from another worker's origin request's copy: core.status.of_304
 
 
 def fill_detail(head: FillHead, spread: bool) -> str:

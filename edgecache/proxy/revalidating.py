@@ -23,6 +23,7 @@ import time
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.freshness import answered_since, revalidated_since
+from edgecache.core.status import CacheStatus
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
@@ -44,8 +45,9 @@ async def by_another_worker(
 ) -> bool:
     """Did another worker's origin request answer the one `fill` was started for (the revalidation of `validate`,
     or a miss when None)? Then the fill has its head, a 304's from the copy as that worker left it on the disk
-    (FillHead.worker: this request's answer is a hit). Otherwise the fill holds the lease (Fill.leases,
-    REVALIDATING) when it got it, let go once its head is stored (Engine._take_head) or it failed (_run_fill)."""
+    (FillHead.worker: this request's answer is told as that origin request's joiners are). Otherwise the fill holds
+    the lease (Fill.leases, REVALIDATING) when it got it, let go once its head is stored (Engine._take_head) or it
+    failed (_run_fill)."""
     if not store.shared or req.spread_from is not None:  # a spread copy is not on the disk
         return False
     lease = store.revalidation_lease(req.entry_key)
@@ -57,7 +59,9 @@ async def by_another_worker(
             if ours:
                 await store.let_go(lease, _owner(fill))
             fills.remove(fill)  # a 304 brings no bytes to join (Engine._take_head)
-            fill.set_head(FillHead(304, stored, 0, 0, store=False, shared=True, entry_key=req.entry_key, worker=True))
+            fill.set_head(
+                FillHead(304, stored, 0, 0, store=False, shared=True, entry_key=req.entry_key, worker=_told(validate))
+            )
             return True
         if ours:
             fill.leases[REVALIDATING] = lease
@@ -77,6 +81,11 @@ async def drop_lease(store: Store, fill: Fill) -> None:
     on it read the disk now."""
     if (lease := fill.leases.pop(REVALIDATING, None)) is not None:
         await store.let_go(lease, _owner(fill))
+
+
+def _told(validate: ObjectMeta | None) -> CacheStatus:
+    """How an answer from another worker's origin request is told: as a request that joined it in that worker."""
+    return CacheStatus.REVALIDATED if validate is not None else CacheStatus.MISS
 
 
 def _owner(fill: Fill) -> str:

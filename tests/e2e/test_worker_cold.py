@@ -72,15 +72,15 @@ async def test_a_cold_object_every_worker_misses_at_once_is_fetched_once(origin:
         want = [(200, DATA), (200, DATA), (206, DATA[:100]), (206, DATA[:100])]
         assert [(status, body) for status, _, body in answers] == want
         assert sorted(slices_fetched(origin, "/v.bin")) == list(range(len(DATA) // MiB + 1))
-        # The worker that waited answers from the copy the other stores: a hit, or a stored entry completed
-        # meanwhile (fwd=partial) when some of its slices had still to land, as any answer whose slices another
-        # worker is fetching. Never a miss of its own.
+        # The worker that waited answers from the copy the other stores, told as a request that joined that miss in
+        # its own worker is (fwd=uri-miss: never `hit`, no cache held it when it was asked), or as a stored entry
+        # completed meanwhile (fwd=partial). Never a miss of its own (slices_fetched above).
         by_worker = [{answers[0][1]["cache-status"], answers[2][1]["cache-status"]}]  # a and c: one worker
         by_worker.append({answers[1][1]["cache-status"], answers[3][1]["cache-status"]})  # b and d: the other
         missed = {"edgecache; fwd=uri-miss; stored"}
         holder, waiter = sorted(by_worker, key=lambda statuses: statuses != missed)
         assert holder == missed, by_worker
-        assert waiter <= {"edgecache; hit", "edgecache; fwd=partial"}, by_worker
+        assert waiter <= {"edgecache; fwd=uri-miss", "edgecache; fwd=partial"}, by_worker
 
 
 async def test_a_cold_slice_every_worker_misses_at_once_is_fetched_once(origin: Origin, tmp_path: Path) -> None:
