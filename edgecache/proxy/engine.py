@@ -30,7 +30,7 @@ from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, 
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
-from edgecache.proxy.revalidating import by_another_worker, drop_lease
+from edgecache.proxy.revalidating import by_another_worker, drop_lease, holds_to_the_end
 from edgecache.storage.ghosts import Ghosts
 from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
 from edgecache.storage.store import Store, slice_name
@@ -204,7 +204,7 @@ class Engine:
             self.fills.remove(fill)
         if unstored := leasing.unstored(self.store, fill):
             self._spawn(self.store.drop_leases(unstored), self._writes)
-        if REVALIDATING in fill.leases:  # failed before its head was in
+        if REVALIDATING in fill.leases:  # failed before its head was in, or before a whole copy's end
             self._spawn(drop_lease(self.store, fill), self._writes)
         if fill.background and validate is not None:
             await self._end_unkept(fill, req.entry_key, validate)
@@ -262,6 +262,7 @@ class Engine:
                         raise VersionChanged("the object was purged while being fetched")
                     raise OriginError("the answer cannot be stored and nobody streams it", retryable=False)
                 await self._pump(fill, head, resp, req, writes)
+                await self._let_go_stored(fill, writes)
             finally:
                 if taken is not None:
                     self._give_back(taken, fill, writes)
@@ -333,8 +334,17 @@ class Engine:
                 await self.store.put_record(primary, record)
             # A 304's is written whatever the last write: the other workers revalidate from it (proxy.revalidating).
             await self.store.put_meta(req.entry_key, head.meta, lazy=head.status != 304)
-        await drop_lease(self.store, fill)  # the others waiting on it read the disk now
+        if not holds_to_the_end(head):
+            await drop_lease(self.store, fill)  # the others waiting on it read the disk now
         return req
+
+    async def _let_go_stored(self, fill: Fill, writes: list[asyncio.Task[None]]) -> None:
+        """A copy stored only whole kept the entry's lease past its head (holds_to_the_end): let go once the fill's
+        slices are written, where the workers waiting on it read them. A fill stopped early (unread) lets go too."""
+        if REVALIDATING in fill.leases:
+            if writes:
+                await asyncio.wait(writes)
+            await drop_lease(self.store, fill)
 
     async def _not_purged(self, primary: str, req: FillRequest) -> bool:
         """Is the record the fill was asked under still the object's? A purge another worker applied since the head

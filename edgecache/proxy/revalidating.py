@@ -13,7 +13,8 @@ joins a fill in flight in its own worker, then reads the stored copy (a miss's s
 before it let go: proxy.leasing, are read as they land). A lease names its process and is broken once that process
 is gone (storage.disk), and it expires: nobody waits on a dead worker, nor for longer than LEASE_SECONDS on a slow
 origin (then it asks itself). The holder lets go once its head is stored or judged not storable (Engine._take_head):
-then a miss's waiter finds nothing stored and asks the origin itself, at once.
+then a miss's waiter finds nothing stored and asks the origin itself, at once. A copy stored only whole is held
+until its body is stored (holds_to_the_end): its waiter answers from it complete, or asks once it was cut.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ async def by_another_worker(
     for attempt in range(waits + 1):
         ours = await store.lease_revalidation(req.entry_key, _owner(fill), seconds)
         stored = await store.meta_on_disk(req.entry_key)
-        if stored is not None and _answers(stored, validate, req, fill.asked_at):
+        if stored is not None and await _answers(store, stored, validate, req, fill.asked_at):
             if ours:
                 await store.let_go(lease, _owner(fill))
             fills.remove(fill)  # a 304 brings no bytes to join (Engine._take_head)
@@ -104,10 +105,34 @@ def _heading_here(fills: FillRegistry, fill: Fill) -> bool:
     return any(other is not fill and not other.head.done() for other in fills.of(fill.entry_key))
 
 
-def _answers(stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float) -> bool:
-    """May what the disk holds answer the fill's request? A copy stored only whole is not taken for a miss: its
-    slices are read from no fill of this worker, and each reader would fetch the whole object again."""
+def holds_to_the_end(head: FillHead) -> bool:
+    """Does a fill whose head is `head` keep the entry's lease until its body is stored (Engine._let_go_stored),
+    not only until its head is? A copy stored only whole (no validator, or not a 200: a cached 404, a 301) is taken
+    by another worker only once complete (_complete): let go at the head, the waiter found it still being written
+    and asked the origin too, after a whole first-byte time of waiting. nginx's proxy_cache_lock waits for the
+    whole response likewise. A fill that fails or is cut lets go at once (Engine._run_fill)."""
+    return head.store and head.meta.whole and head.status != 304
+
+
+async def _answers(
+    store: Store, stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float
+) -> bool:
+    """May what the disk holds answer the fill's request (a copy stored only whole, once complete: _complete)?"""
     now = time.time()
     if validate is not None:
-        return revalidated_since(stored, validate, req.headers, req.policy, req.soft_before, asked_at, now)
-    return not stored.whole and answered_since(stored, req.headers, req.policy, req.soft_before, asked_at, now)
+        answers = revalidated_since(stored, validate, req.headers, req.policy, req.soft_before, asked_at, now)
+    else:
+        answers = answered_since(stored, req.headers, req.policy, req.soft_before, asked_at, now)
+    return answers and await _complete(store, stored, req)
+
+
+async def _complete(store: Store, stored: ObjectMeta, req: FillRequest) -> bool:
+    """Is every slice of a copy stored only whole in the store? One still being written is not taken: its slices
+    are read from no fill of this worker, and a reader missing one fetches the whole object again (nothing proves
+    two fetches of it the same bytes). A copy fetched by slice is taken at once: its missing slices are leased by
+    the fill bringing them (proxy.leasing), and read as they land."""
+    if not stored.whole:
+        return True
+    if stored.length < 0:
+        return False
+    return not await store.missing(req.entry_key, stored, list(range(stored.slice_count)))

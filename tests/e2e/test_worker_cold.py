@@ -35,13 +35,13 @@ def slices_fetched(origin: Origin, path: str) -> list[int]:
 
 
 async def cold_at_once(
-    origin: Origin, s: aiohttp.ClientSession, admin: int, asks: list[tuple[Conn, str]]
+    origin: Origin, s: aiohttp.ClientSession, admin: int, asks: list[tuple[Conn, str]], path: str = "/v.bin"
 ) -> list[tuple[int, dict[str, str], bytes]]:
-    """Each conn asks for /v.bin (with its extra header lines) while the origin holds every answer, until one
+    """Each conn asks for `path` (with its extra header lines) while the origin holds every answer, until one
     worker waits on the other's origin request (or, without that, both asked the origin); then the answers."""
     seen, waits = len(origin.seen), await collapsed(s, admin)
     origin.gate = asyncio.Event()
-    tasks = [asyncio.ensure_future(conn.get("/v.bin", extra)) for conn, extra in asks]
+    tasks = [asyncio.ensure_future(conn.get(path, extra)) for conn, extra in asks]
     try:
         async with asyncio.timeout(20):
             await origin.wait_for_requests(seen + 1)

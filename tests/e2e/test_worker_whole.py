@@ -1,0 +1,53 @@
+"""Several workers miss at once an object stored only whole: the origin is asked once between them.
+
+A copy with no validator (or an answer other than a 200: a cached 404, a 301) is fetched whole and stored whole;
+nothing proves two fetches of it the same version, so a worker never reads such a copy by slice while another is
+still writing it. The holder of the entry's lease (proxy.revalidating) let go of it at its head, so the waiting
+worker found a copy it could not take yet and asked the origin too: two fetches, and twice the origin's first-byte
+time for the waiter. Now the holder keeps the lease until the whole body is stored, as nginx's proxy_cache_lock
+does, and the waiter answers from the complete copy: a hit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e.procs import edge_process, free_port
+from tests.e2e.test_worker_cold import WARM, cold_at_once
+from tests.e2e.test_worker_revalidation import one_per_worker
+from tests.e2e.test_workers import DATA, READY, two_workers
+from tests.origin import Origin
+
+NOT_FOUND = b"no such video here\n" * 1000
+CASES = [
+    pytest.param("/gone.bin", NOT_FOUND, 404, id="cached-404"),
+    pytest.param("/plain.bin", DATA, 200, id="no-validators"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status"), CASES)
+async def test_an_object_stored_whole_every_worker_misses_at_once_is_fetched_once(
+    origin: Origin, tmp_path: Path, path: str, body: bytes, status: int
+) -> None:
+    """Each worker asks at once while the origin holds its answer; one worker's request reaches the origin, the
+    other waits for it (or, before, asked too once the holder's head was in). One origin hit, exact bytes, and the
+    waiter's answer is a hit from the copy the holder stored."""
+    origin.put("/warm", WARM)
+    fields = {"Cache-Control": "public, max-age=3600"}
+    origin.put(path, body, status=status, etag=None, last_modified=None, headers=fields)
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with (
+        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
+        aiohttp.ClientSession() as s,
+        one_per_worker(port, proc.pid, "/warm", WARM) as conns,
+    ):
+        a, b = conns
+        answers = await cold_at_once(origin, s, admin, [(a, ""), (b, "")], path)
+        assert [(got, data) for got, _, data in answers] == [(status, body), (status, body)]
+        assert origin.hits[path] == 1
+        statuses = sorted(fields["cache-status"] for _, fields, _ in answers)
+        assert statuses == ["edgecache; fwd=uri-miss; stored", "edgecache; hit"], statuses
