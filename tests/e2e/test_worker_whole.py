@@ -10,15 +10,18 @@ does, and the waiter answers from the complete copy: a hit.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.e2e.procs import edge_process, free_port
+from tests.e2e.test_faults import cut_after
 from tests.e2e.test_worker_cold import WARM, cold_at_once
-from tests.e2e.test_worker_revalidation import one_per_worker
-from tests.e2e.test_workers import DATA, READY, two_workers
+from tests.e2e.test_worker_revalidation import collapsed, one_per_worker
+from tests.e2e.test_workers import DATA, READY, MiB, two_workers
 from tests.origin import Origin
 
 NOT_FOUND = b"no such video here\n" * 1000
@@ -51,3 +54,46 @@ async def test_an_object_stored_whole_every_worker_misses_at_once_is_fetched_onc
         assert origin.hits[path] == 1
         statuses = sorted(fields["cache-status"] for _, fields, _ in answers)
         assert statuses == ["edgecache; fwd=uri-miss; stored", "edgecache; hit"], statuses
+
+
+async def test_a_whole_copy_cut_lets_the_waiting_worker_ask_at_once(origin: Origin, tmp_path: Path) -> None:
+    """The holder keeps the lease past its head; its body is cut (past its first slice): it lets go at once, and
+    the waiter asks the origin itself within 5 s (the lease it would wait out lasts 10 s), answered whole."""
+    origin.put("/warm", WARM)
+    origin.put("/plain.bin", DATA, etag=None, last_modified=None)
+    held, first = asyncio.Event(), cut_after(2 * MiB + 1000, etag=False)
+
+    async def cut_the_first(request: web.BaseRequest, obj: object) -> web.StreamResponse | None:
+        if request.path != "/plain.bin" or origin.hits["/plain.bin"] > 1:
+            return None
+        await held.wait()
+        return await first(request, obj)  # type: ignore[no-any-return]
+
+    origin.on_request = cut_the_first
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with (
+        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
+        aiohttp.ClientSession() as s,
+        one_per_worker(port, proc.pid, "/warm", WARM) as (a, b),
+    ):
+        seen, waits = len(origin.seen), await collapsed(s, admin)
+        tasks = [asyncio.ensure_future(conn.get("/plain.bin")) for conn in (a, b)]
+        try:
+            async with asyncio.timeout(20):
+                await origin.wait_for_requests(seen + 1)
+                while await collapsed(s, admin) == waits:  # noqa: ASYNC110 (another process: polled)
+                    await asyncio.sleep(0.02)
+        finally:
+            held.set()
+        async with asyncio.timeout(5):
+            await origin.wait_for_requests(seen + 2)
+        async with asyncio.timeout(30):
+            answers = await asyncio.gather(*tasks, return_exceptions=True)
+        cut = [x for x in answers if isinstance(x, asyncio.IncompleteReadError)]
+        whole = [
+            (status, fields["cache-status"], body)
+            for status, fields, body in (x for x in answers if not isinstance(x, BaseException))
+        ]
+        assert (len(cut), whole) == (1, [(200, "edgecache; fwd=uri-miss; stored", DATA)])
+        assert origin.hits["/plain.bin"] == 2
