@@ -5,7 +5,8 @@ nothing proves two fetches of it the same version, so a worker never reads such 
 still writing it. The holder of the entry's lease (proxy.revalidating) let go of it at its head, so the waiting
 worker found a copy it could not take yet and asked the origin too: two fetches, and twice the origin's first-byte
 time for the waiter. Now the holder keeps the lease until the whole body is stored, as nginx's proxy_cache_lock
-does, and the waiter answers from the complete copy: a hit.
+does, and the waiter answers from the complete copy, told as a request that joined that miss in its own worker is
+(fwd=uri-miss: core.status.of_304).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ async def test_an_object_stored_whole_every_worker_misses_at_once_is_fetched_onc
 ) -> None:
     """Each worker asks at once while the origin holds its answer; one worker's request reaches the origin, the
     other waits for it (or, before, asked too once the holder's head was in). One origin hit, exact bytes, and the
-    waiter's answer is a hit from the copy the holder stored."""
+    waiter's answer is made from the copy the holder stored (fwd=uri-miss, without `stored`: it stored nothing)."""
     origin.put("/warm", WARM)
     fields = {"Cache-Control": "public, max-age=3600"}
     origin.put(path, body, status=status, etag=None, last_modified=None, headers=fields)
@@ -53,7 +54,7 @@ async def test_an_object_stored_whole_every_worker_misses_at_once_is_fetched_onc
         assert [(got, data) for got, _, data in answers] == [(status, body), (status, body)]
         assert origin.hits[path] == 1
         statuses = sorted(fields["cache-status"] for _, fields, _ in answers)
-        assert statuses == ["edgecache; fwd=uri-miss; stored", "edgecache; hit"], statuses
+        assert statuses == ["edgecache; fwd=uri-miss", "edgecache; fwd=uri-miss; stored"], statuses
 
 
 async def test_a_whole_copy_cut_lets_the_waiting_worker_ask_at_once(origin: Origin, tmp_path: Path) -> None:
