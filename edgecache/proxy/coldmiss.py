@@ -23,7 +23,7 @@ from edgecache.core.freshness import may_stand_in, never_stale
 from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy import refuse, uncached
+from edgecache.proxy import pastend, refuse, uncached
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
@@ -114,9 +114,10 @@ async def _head_in(conn: FastPath, started: Started) -> None:
 
 def settle(
     conn: FastPath, head: bytes, decided: Prepared | Load | Forward | None
-) -> Prepared | Pass | Failed | Streamed | Again | None:
-    """The answer to the head whose fill has its head now: a miss from what was stored; FAILED, answered here
-    (the origin failed this request's own fill, with nothing stored to stand in); STREAMED (an answer not stored,
+) -> Prepared | Pass | Written | Streamed | Again | None:
+    """The answer to the head whose fill has its head now: a miss from what was stored; WRITTEN, answered here
+    (the origin failed this request's own fill, with nothing stored to stand in, or its 416 tells a length the
+    client's range is past the end of: proxy.pastend); STREAMED (an answer not stored,
     sent from the fill by a task); its pass-through (an answer the fill brings that it may not serve); AGAIN (the
     answer is another variant's: the head is decided again); or None, and the request goes to the full handler with
     the fill it started (hand_off). A request that joined another's fill and is answered from it is counted as the
@@ -145,10 +146,12 @@ def settle(
 
 def _answered(
     conn: FastPath, started: Started, head: bytes, decided: Prepared | Load | Forward | None
-) -> Prepared | Pass | Failed | Streamed | Again | None:
+) -> Prepared | Pass | Written | Streamed | Again | None:
     """settle() for the head the fill was started for: the first of these ways the full handler would answer it."""
     if (stood := _stood_in(conn, started, head)) is not None:
         return stood
+    if pastend.answered(conn, started):
+        return WRITTEN
     if (mismatched := _mismatched(started)) is not None:
         return mismatched
     # A revalidation's own, too, once no stale entry may stand in: the same 502 (EdgeHandler._head_of raises).
@@ -157,7 +160,7 @@ def _answered(
     failure = _failure(started.fill) if not started.stands_in else None
     if failure is not None:
         failed(conn, started, failure)
-        return FAILED
+        return WRITTEN
     fetched = _arrived(started.fill)
     if fetched is None:
         return None
@@ -248,14 +251,14 @@ def _mismatched(started: Started) -> Pass | None:
     """The pass-through of a miss whose origin answered another range than the fill asked for (RangeMismatch:
     it fills nothing), as the full handler passes it through (EdgeHandler._head_of); None for anything else. A
     revalidation's stays the full handler's: its pass-through is a MISS whose cause is the expired entry; so does
-    a 416 that answers the client's own range (serving.past_the_end)."""
+    a 416 that answers the client's own range (pastend, which answers it first)."""
     head = started.fill.head
     if not head.done() or head.cancelled() or not isinstance(exc := head.exception(), RangeMismatch):
         return None
     if started.validating is not None:
         return None
     if exc.unsatisfiable_for(started.cold.method, started.cold.req.headers) is not None:
-        return None  # a 416 that told the length answers the client's range: the full handler's (past_the_end)
+        return None  # a 416 that told the length answers the client's range (pastend), unless it cannot be written
     return _pass_of(started, CacheStatus.MISS, False, None)
 
 
@@ -268,8 +271,9 @@ def _pass_of(started: Started, status: CacheStatus, uncacheable: bool, origin_ms
     )  # fmt: skip
 
 
-class Failed:
-    """settle(): the origin failed the fill and the answer saying so is written."""
+class Written:
+    """settle(): the answer is written already: the origin failed the fill, or its 416 answers a range past the end
+    (proxy.pastend)."""
 
 
 class Streamed:
@@ -286,7 +290,7 @@ class Again:
 AGAIN = Again()
 
 
-FAILED = Failed()
+WRITTEN = Written()
 
 
 def _failure(fill: Fill) -> OriginError | None:

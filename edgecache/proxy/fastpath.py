@@ -264,7 +264,7 @@ class FastPath(asyncio.Protocol):
                 settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused | Pass) else prepared)
                 if isinstance(settled, coldmiss.Again):
                     continue
-                if isinstance(settled, coldmiss.Failed | coldmiss.Streamed):  # answered, or being answered
+                if isinstance(settled, coldmiss.Written | coldmiss.Streamed):  # answered, or being answered
                     self.head_done()
                     self.buf = self.buf[end + 4 :]
                     self._disarm()

@@ -15,6 +15,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import VIA
 from edgecache.core.headers import Headers, get_all, get_first
 from edgecache.core.keepalive import KeepAlive
+from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import observe
 
@@ -162,10 +163,16 @@ PRECONDITION_FAILED = b"precondition failed\n"
 NOT_SATISFIABLE = b"range not satisfiable\n"
 
 
-async def send_unsatisfiable(request: web.BaseRequest, base: list[tuple[str, str]], length: int) -> web.StreamResponse:
-    """The 416 to a Range no byte of a `length`-byte object satisfies, as a stored entry's (plan_answer); `base`:
-    base_headers() for the object."""
-    planned = _small(request.method, 416, [*base, ("Content-Range", f"bytes */{length}")], NOT_SATISFIABLE)
+def past_the_end(method: str, origin_fields: Headers, length: int) -> Planned:
+    """The 416 a miss gets when its fill's 416 told a `length` the client's Range is past the end of
+    (fillhead.RangeMismatch.unsatisfiable_for), from that 416's `origin_fields`: the full handler's
+    (serving.past_the_end) and the fast path's (proxy.pastend). Nothing was stored: Cache-Status a plain miss."""
+    base = [*base_headers(origin_fields, 0, cache_status_header(CacheStatus.MISS)), ("Accept-Ranges", "bytes")]
+    return _small(method, 416, [*base, ("Content-Range", f"bytes */{length}")], NOT_SATISFIABLE)
+
+
+async def send_small(request: web.BaseRequest, planned: Planned) -> web.StreamResponse:
+    """An answer with the node's own short body (or none), all of it known."""
     resp = _response(planned.status, planned.fields)
     await resp.prepare(request)
     if planned.body:

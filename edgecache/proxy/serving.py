@@ -19,14 +19,14 @@ from edgecache.core.headers import get_first
 from edgecache.core.ring import Member
 from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
 from edgecache.errors import ClientError, VersionChanged
-from edgecache.proxy import observe, reading
+from edgecache.proxy import observe, reading, respond
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Fill, FillHead, answered_from, fill_detail
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.passthrough import pass_through
-from edgecache.proxy.respond import answer_slices, base_headers, plan, send, send_stream, send_unsatisfiable
+from edgecache.proxy.respond import answer_slices, base_headers, plan, send, send_small, send_stream
 from edgecache.storage.store import slice_name
 
 CACHED_METHODS = frozenset({"GET", "HEAD"})
@@ -39,8 +39,7 @@ async def past_the_end(request: web.BaseRequest, req: FillRequest, exc: RangeMis
     if length is None:
         return None
     observe.mark(request, CacheStatus.MISS)
-    base = [*base_headers(exc.fields, 0, cache_status_header(CacheStatus.MISS)), ("Accept-Ranges", "bytes")]
-    return await send_unsatisfiable(request, base, length)
+    return await send_small(request, respond.past_the_end(request.method, exc.fields, length))
 
 
 def first_index(engine: Engine, request: web.BaseRequest, meta: ObjectMeta | None) -> tuple[int, int | None]:

@@ -138,7 +138,7 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
     finally:
         shared.in_flight -= 1
         if code >= 0:  # -1: answered and logged by `failed`
-            _logged(conn, started, t, code, nbytes)
+            logged(conn, started, t, code, nbytes)
     if not plan.keep_alive.persists:
         linger.close(conn)
 
@@ -172,7 +172,8 @@ def write(conn: FastPath, data: bytes | memoryview) -> None:
     transport.write(data)
 
 
-def _logged(conn: FastPath, started: Started, t: observe.Trace, code: int, nbytes: int) -> None:
+def logged(conn: FastPath, started: Started, t: observe.Trace, code: int, nbytes: int) -> None:
+    """Count and log an answer to a cold miss written from its fill (here, and proxy.pastend's)."""
     cold, shared = started.cold, conn.server.shared
     observe.count(t, cold.method, code)
     way = observe.upstream(t.status, t.sources)

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 
 from edgecache.core.keepalive import KeepAlive
 from edgecache.proxy import encode
+from tests.conftest import make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
+from tests.e2e.test_fast_path import get, get10, normalised
 from tests.e2e.test_operations import metric
 from tests.origin import Origin
-from tests.wire import exchange, read_answer
+from tests.samples import sample_value
+from tests.wire import exchange, fast_path_outcomes, read_answer
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes
 HOST = b"Host: video.test\r\n"
@@ -72,6 +77,13 @@ async def legal(port: int) -> None:
     assert status == 206
     parts = [p for p in body.split(b"--" + boundary) if p.strip(b"\r\n-")]
     assert [p.split(b"\r\n\r\n", 1)[1].rstrip(b"\r\n") for p in parts] == [BODY[0:2], BODY[100:103]]
+    # A range past the end of an object not cached yet: the origin's 416 to its fill, as the full handler answers it
+    cold = b"GET /short.bin HTTP/1.1\r\n" + HOST + b"Range: bytes=3000000-\r\nConnection: close\r\n\r\n"
+    head, _, body = (await exchange(port, cold)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 416 Requested Range Not Satisfiable\r\n"), head
+    fields = b"\r\nCache-Status: edgecache; fwd=uri-miss\r\nAccept-Ranges: bytes\r\nContent-Range: bytes */1000\r\n"
+    assert fields + b"Content-Type: text/plain\r\nContent-Length: 22\r\n" in head, head
+    assert body == b"range not satisfiable\n"
 
 
 BAD = [
@@ -99,6 +111,7 @@ BAD = [
 async def test_odd_requests_are_answered_without_a_hand_off(origin: Origin, tmp_path: Path) -> None:
     """Before, every malformed head was handed to aiohttp for its 400 (the commonest hand-off in tests/e2e)."""
     origin.put("/v.bin", BODY)
+    origin.put("/short.bin", BODY[:1000])
     port, admin = free_port(), free_port()
     args = ["--origin", origin.url, "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"]
     async with edge_process(
@@ -110,6 +123,67 @@ async def test_odd_requests_are_answered_without_a_hand_off(origin: Origin, tmp_
             assert answer == parse_error(answer, reason), head[:40]
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
             text = await r.text()
-    assert origin.hits["/v.bin"] == 1
+    assert (origin.hits["/v.bin"], origin.hits["/short.bin"]) == (1, 1)
     assert metric(text, "edgecache_fast_path_total", outcome="answered") > 0
     assert metric(text, "edgecache_fast_path_total", outcome="handed_off") == 0
+
+
+def counts() -> list[float]:
+    """The counters a 416 miss and the hit after it add to."""
+    samples = [
+        ("edgecache_requests_total", {"site": "videos", "method": m, "status_class": c, "cache_status": s})
+        for m, c, s in (("GET", "4xx", "miss"), ("HEAD", "4xx", "miss"), ("GET", "2xx", "hit"), ("HEAD", "4xx", "hit"))
+    ]
+    samples += [("edgecache_misses_total", {"site": "videos", "cause": "cold"})]
+    samples += [("edgecache_site_served_bytes_total", {"site": "videos", "upstream": w}) for w in ("origin", "cache")]
+    return [sample_value(name, labels) or 0.0 for name, labels in samples]
+
+
+# A range past the end of an object not cached yet: its fill's 416 tells the length (RangeMismatch), and the
+# client's own range, unsatisfiable for it, gets that 416 (serving.past_the_end) on the fast path too.
+# (path, request); each path is cold on both edges when asked.
+PAST_THE_END: list[tuple[str, bytes]] = [
+    ("/p1", get("/p1", "Range: bytes=5000000-")),  # the fill asks for slice 4, past the end of 1000 bytes
+    ("/p2", get("/p2", "Range: bytes=5000000-", method="HEAD")),  # its fill asks for slice 0: stored, then a 416
+    ("/p3", get10("/p3", "Range: bytes=3000000-3000009")),
+    ("/p4", get("/p4", "Range: bytes=2000000-", "Connection: close")),  # the answer ends the connection
+    ("/p5", get("/p5", "Range: bytes=2000000-") * 2),  # pipelined: nothing is stored, each asks the origin
+    ("/empty", get("/empty", "Range: bytes=0-9")),  # any range of an empty object
+]
+
+
+async def test_a_range_past_the_end_of_a_cold_object_is_answered_without_a_hand_off(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The origin's 416 to the fill carried out as the full handler carries it out, byte for byte (its fields, Via,
+    Cache-Status miss, the node's text), with one origin request; before, each was handed to aiohttp."""
+    for path, _ in PAST_THE_END:
+        origin.put(path, b"" if path == "/empty" else BODY[:1000])
+    origin.put("/small", BODY)
+    async with AsyncExitStack() as stack:
+        fast, framework = [
+            await stack.enter_async_context(
+                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
+            )
+            for name, on in (("fast", True), ("framework", False))
+        ]
+        for edge in (fast, framework):
+            assert (await edge.get("/small"))[0] == 200
+        close = get("/small", "Connection: close")
+        for path, case in PAST_THE_END:
+            before, counted = fast_path_outcomes(), counts()
+            ours = await exchange(fast.port, case + close)
+            outcomes, ours_counted = fast_path_outcomes(), counts()
+            theirs = await exchange(framework.port, case + close)
+            theirs_counted = counts()
+            # Counted as the full handler counts it: request, miss cause, bytes served (close's hit included)
+            assert [b - a for a, b in zip(counted, ours_counted, strict=True)] == [
+                b - a for a, b in zip(ours_counted, theirs_counted, strict=True)
+            ], path
+            assert await normalised(ours) == await normalised(theirs), path
+            assert ours.startswith((b"HTTP/1.1 416 ", b"HTTP/1.0 416 ", b"HTTP/1.1 206 ")), ours[:100]
+            stored = b"; stored" if path == "/p2" else b""
+            assert b"\r\nCache-Status: edgecache; fwd=uri-miss%s\r\n" % stored in ours, ours[:600]
+            assert outcomes["handed_off"] - before["handed_off"] == 0, path
+            assert origin.hits[path] == 2 * case.count(b" HTTP/1."), path  # once a request, on each edge
+    assert origin.hits["/small"] == 2
