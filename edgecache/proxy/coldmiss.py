@@ -327,6 +327,19 @@ def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
     refuse.origin_failed(conn, exc, p.method, hit.req, p.keep_alive, hit.viewer, began, p.origin_ms, p.asked)
 
 
+async def changed(conn: FastPath, p: Prepared, raw: bytes) -> bool:
+    """A slice of a stored entry's answer (`raw` its head) came back as another version before any byte went out
+    (diskhit, multipart): never mixed. The entry goes and the head is decided again, once: a miss of the version the
+    origin has now, as the full handler starts again (EdgeHandler._changed_before_head). False: left to the full
+    handler (a miss's own fill met it, the connection drains, or this head met a change already)."""
+    if p.fill is not None or conn.closing or conn.changed == raw:
+        return False
+    await conn.server.shared.engine.store.drop_version(p.hit.req.entry_key, p.hit.meta)
+    conn.again, conn.changed = True, raw
+    conn.buf = raw + conn.buf
+    return True
+
+
 def adopt(conn: FastPath, p: Prepared) -> None:
     """A miss's answer that could not start (its body failed before its first byte) goes to the full handler with
     its fill, which answers as it would have (the failure), without asking the origin again. Only the fill it

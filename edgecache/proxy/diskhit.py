@@ -251,13 +251,8 @@ async def _settled(conn: FastPath, p: Prepared, raw: bytes, partial: Prepared | 
     """The answer to send once its first fetched slice (if any) has begun; None where it is not sent here."""
     if isinstance(partial, Prepared):
         return partial
-    if isinstance(partial, VersionChanged) and p.fill is None and not conn.closing and conn.changed != raw:
-        # A slice came back as another version: never mixed. The entry goes, and the head is decided again
-        # (once): a miss of the version the origin has now, as the full handler starts again.
-        await conn.server.shared.engine.store.drop_version(p.hit.req.entry_key, p.hit.meta)
-        conn.again, conn.changed = True, raw
-        conn.buf = raw + conn.buf
-        return None
+    if isinstance(partial, VersionChanged) and await coldmiss.changed(conn, p, raw):
+        return None  # decided again: a miss of the origin's new version
     if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged):
         # The fill it read (its own, one it joined, or its slice's) failed before the first byte: the full handler's
         # 502, from the same fill. Handed off, the request asked the origin again, and waited for a second timeout.

@@ -69,6 +69,8 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
                     await first_fetched(engine, hit.req, hit.meta, missing[0], needed[-1], p.fill)
                 started = [await anext(chunks), await anext(chunks)]
             except VersionChanged:
+                if await coldmiss.changed(conn, p, raw):
+                    return  # decided again: a miss of the origin's new version
                 answered = None
             except OriginError as exc:  # the fill failed: the full handler's 502/504, not a second fill (diskhit)
                 coldmiss.failed_fill(conn, p, exc)

@@ -187,3 +187,44 @@ async def test_a_range_past_the_end_of_a_cold_object_is_answered_without_a_hand_
             assert outcomes["handed_off"] - before["handed_off"] == 0, path
             assert origin.hits[path] == 2 * case.count(b" HTTP/1."), path  # once a request, on each edge
     assert origin.hits["/small"] == 2
+
+
+V1 = bytes(range(251)) * 12533  # 3,145,783 bytes: slices 0-3 of 1 MiB
+V2 = bytes(reversed(range(251))) * 12533
+
+
+async def test_a_multipart_range_that_meets_a_new_version_before_its_first_byte_is_decided_again(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A fresh copy holds slice 0 of v1; the origin has v2 now; a multipart Range needs slices 0 and 1, and slice
+    1's fill meets v2 before any byte goes out. Never mixed: the entry goes and the request is a miss of v2, decided
+    again on the fast path as a single range's is (diskhit), byte for byte as the full handler answers it, with as
+    many origin requests. Before, the multipart one was handed to aiohttp."""
+    async with AsyncExitStack() as stack:
+        fast, framework = [
+            await stack.enter_async_context(
+                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
+            )
+            for name, on in (("fast", True), ("framework", False))
+        ]
+        shapes = ["Range: bytes=0-9,1048576-1048585", "Range: bytes=100-1048675"]  # the single range's was already
+        for n, shape in enumerate(shapes):
+            path = f"/cut{n}.bin"
+            answers = []
+            for edge in (fast, framework):
+                origin.put(path, V1)
+                assert (await edge.get(path, Range="bytes=0-99"))[2] == V1[:100]  # slice 0 of v1 only
+                await edge.node.engine.flush()
+                origin.put(path, V2, etag='"v2"', last_modified="Sun, 02 Nov 2025 00:00:00 GMT")
+                before, hits = fast_path_outcomes(), origin.hits[path]
+                answer = await exchange(
+                    edge.port, get(path, shape) + get(path, "Range: bytes=0-9", "Connection: close")
+                )
+                answers.append((answer, origin.hits[path] - hits))
+                assert fast_path_outcomes()["handed_off"] == before["handed_off"], shape
+            (ours, our_hits), (theirs, their_hits) = answers
+            assert await normalised(ours) == await normalised(theirs), shape
+            assert our_hits == their_hits, shape
+            assert ours.count(b" 206 Partial Content\r\n") == 2, shape
+            assert (ours.count(b'\r\nEtag: "v2"\r\n'), b'"v1"' in ours) == (2, False), shape
+            assert (V2[:10] in ours, V2[2**20 : 2**20 + 10] in ours, V1[:10] in ours) == (True, True, False), shape
