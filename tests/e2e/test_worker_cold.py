@@ -14,9 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.e2e.procs import edge_process, free_port
-from tests.e2e.test_worker_revalidation import Conn, collapsed, one_per_worker
-from tests.e2e.test_workers import DATA, READY, MiB, two_workers
+from tests.e2e.test_worker_revalidation import Conn, collapsed, two_each
+from tests.e2e.test_workers import DATA, MiB
 from tests.origin import Origin
 
 WARM = b"w" * 1000  # what the connections ask first, to learn which worker has each
@@ -58,15 +57,7 @@ async def test_a_cold_object_every_worker_misses_at_once_is_fetched_once(origin:
     """Whole GETs and a range of the first slice in each worker: every slice comes from the origin once."""
     origin.put("/warm", WARM)
     origin.put("/v.bin", DATA)
-    port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
-    async with (
-        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
-        aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, "/warm", WARM) as first,
-        one_per_worker(port, proc.pid, "/warm", WARM) as second,
-    ):
-        (a, b), (c, d) = (sorted(pair, key=lambda conn: conn.pid) for pair in (first, second))
+    async with two_each(tmp_path, origin, "/warm", WARM) as (admin, s, ((a, b), (c, d))):
         ranged = "Range: bytes=0-99\r\n"
         answers = await cold_at_once(origin, s, admin, [(a, ""), (b, ""), (c, ranged), (d, ranged)])
         want = [(200, DATA), (200, DATA), (206, DATA[:100]), (206, DATA[:100])]
@@ -88,15 +79,7 @@ async def test_a_cold_slice_every_worker_misses_at_once_is_fetched_once(origin: 
     which leases it once its head named the copy (before, the other worker, finding the copy, fetched it too)."""
     origin.put("/warm", WARM)
     origin.put("/v.bin", DATA)
-    port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
-    async with (
-        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
-        aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, "/warm", WARM) as first,
-        one_per_worker(port, proc.pid, "/warm", WARM) as second,
-    ):
-        (a, b), (c, d) = (sorted(pair, key=lambda conn: conn.pid) for pair in (first, second))
+    async with two_each(tmp_path, origin, "/warm", WARM) as (admin, s, ((a, b), (c, d))):
         spans = [(0, 99), (500, 599), (900_000, 900_099), (MiB - 100, MiB - 1)]
         asks = [(conn, f"Range: bytes={lo}-{hi}\r\n") for conn, (lo, hi) in zip((a, b, c, d), spans, strict=True)]
         answers = await cold_at_once(origin, s, admin, asks)

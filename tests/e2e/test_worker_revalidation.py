@@ -85,6 +85,27 @@ async def one_per_worker(port: int, parent: int, path: str, expected: bytes = BO
             writer.close()
 
 
+Pairs = tuple[tuple[Conn, Conn], tuple[Conn, Conn]]
+
+
+@contextlib.asynccontextmanager
+async def two_each(
+    tmp_path: Path, origin: Origin, path: str, expected: bytes = BODY
+) -> AsyncIterator[tuple[int, aiohttp.ClientSession, Pairs]]:
+    """A two-worker node with two connections to each worker (one_per_worker, twice): its admin port, a session,
+    and the pairs, each ordered by worker pid (the first of each pair on one worker, the second on the other)."""
+    port, admin = free_port(), free_port()
+    cfg = two_workers(tmp_path, origin, port, admin)
+    async with (
+        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
+        aiohttp.ClientSession() as s,
+        one_per_worker(port, proc.pid, path, expected) as first,
+        one_per_worker(port, proc.pid, path, expected) as second,
+    ):
+        (a, b), (c, d) = (sorted(pair, key=lambda conn: conn.pid) for pair in (first, second))
+        yield admin, s, ((a, b), (c, d))
+
+
 def holding_304s(origin: Origin) -> asyncio.Event:
     """An event that, cleared, holds the origin's answers to conditional requests until it is set again."""
     released = asyncio.Event()
@@ -237,16 +258,8 @@ async def test_two_revalidations_in_one_worker_hold_one_lease_each(origin: Origi
         return None
 
     origin.on_request = first_fails
-    port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
-    async with (
-        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
-        aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, "/s.bin", data) as first,
-        one_per_worker(port, proc.pid, "/s.bin", data) as second,
-    ):
+    async with two_each(tmp_path, origin, "/s.bin", data) as (admin, s, ((a1, b), (a2, _))):
         filled = time.monotonic()
-        (a1, b), (a2, _) = (sorted(pair, key=lambda conn: conn.pid) for pair in (first, second))
         assert origin.hits["/s.bin"] == 1
         await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else
         spans = [(0, 99), (5 * MiB, 5 * MiB + 99)]

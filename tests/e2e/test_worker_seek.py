@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
-from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_worker_cold import WARM
-from tests.e2e.test_worker_revalidation import collapsed, one_per_worker
-from tests.e2e.test_workers import DATA, READY, MiB, two_workers
+from tests.e2e.test_worker_revalidation import collapsed, two_each
+from tests.e2e.test_workers import DATA, MiB
 from tests.origin import Origin
 
 SEEK = 5 * MiB + 1000  # in a slice the first range's fill does not bring
@@ -38,15 +36,7 @@ async def test_a_seek_into_a_cold_object_does_not_wait_for_its_own_worker_s_firs
             await held.wait()
 
     origin.on_request = hold_the_start
-    port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
-    async with (
-        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
-        aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, "/warm", WARM) as first,
-        one_per_worker(port, proc.pid, "/warm", WARM) as second,
-    ):
-        (a, _), (c, _) = (sorted(pair, key=lambda conn: conn.pid) for pair in (first, second))
+    async with two_each(tmp_path, origin, "/warm", WARM) as (admin, s, ((a, _), (c, _))):
         assert a.pid == c.pid
         seen, waits = len(origin.seen), await collapsed(s, admin)
         start = asyncio.ensure_future(a.get("/v.bin", "Range: bytes=0-99\r\n"))
