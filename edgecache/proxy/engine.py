@@ -423,6 +423,15 @@ class Engine:
         # reads a slice let go back from the store), and a reader of it by range fetches it again.
         stored = await self.store.put_slice_disk(entry_key, version, index, data)
         fill.mark_durable(index, stored)
+        if not stored:
+            self._never_whole(fill)
+
+    def _never_whole(self, fill: Fill) -> None:
+        """The copy `fill` writes will never be complete (a slice the disk refused, a body past max_unknown): a
+        whole copy's lease, kept to its end (holds_to_the_end), is let go now; the other workers would wait out the
+        body for a copy they may not take (revalidating._complete), then ask the origin anyway."""
+        if REVALIDATING in fill.leases:
+            self._spawn(drop_lease(self.store, fill), self._writes)
 
     async def _stored_slice(self, entry_key: str, meta: ObjectMeta, index: int) -> bytes | None:
         """A complete slice a fill let go, read back while the object's length may still be unknown (a slice the
@@ -460,6 +469,7 @@ class Engine:
         log.info("%s: a body of unknown length past %d bytes: not stored", fill.entry_key, self.max_unknown)
         fill.kept = False
         self.fills.remove(fill)
+        self._never_whole(fill)
         return True
 
     async def _forget(
