@@ -15,9 +15,8 @@ import pytest
 from edgecache.core.entry import ObjectMeta
 from edgecache.errors import VersionChanged
 from edgecache.proxy import reading
-from edgecache.proxy.fill import Fill
-from edgecache.proxy.fillrequest import FillRequest
 from tests.conftest import Edge, make_config, start_edge
+from tests.e2e.test_released_copy import fills_started
 from tests.origin import Origin
 
 MiB = 2**20
@@ -36,14 +35,7 @@ async def test_a_416_to_a_slice_of_a_dropped_copy_is_a_new_version_not_a_copy_fe
 
 async def check(edge: Edge, origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
     engine, store = edge.node.engine, edge.node.store
-    asked: list[FillRequest] = []
-    start_fill = engine.start_fill
-
-    def recorded(req: FillRequest, first: int, last: int | None, *args: object, **kw: bool) -> Fill:
-        asked.append(req)
-        return start_fill(req, first, last, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(engine, "start_fill", recorded)
+    asked = fills_started(engine, monkeypatch)
     status, _, body = await edge.get("/s", Range="bytes=0-99")  # slice 0 of v1, stale at once
     assert (status, body) == (206, V1[:100])
     await engine.flush()

@@ -24,6 +24,20 @@ from edgecache.proxy.fillrequest import FillRequest
 from tests.e2e.test_exclusive_tiers import SLICE, exclusive_edge, settled
 from tests.origin import Origin
 
+
+def fills_started(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[FillRequest]:
+    """The request of each fill `engine` starts from now on, in order (its start_fill, spied on)."""
+    asked: list[FillRequest] = []
+    start_fill = engine.start_fill
+
+    def recorded(req: FillRequest, first: int, last: int | None, *args: object, **kw: bool) -> Fill:
+        asked.append(req)
+        return start_fill(req, first, last, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "start_fill", recorded)
+    return asked
+
+
 BODY = os.urandom(3 * SLICE)
 
 
@@ -33,14 +47,7 @@ async def test_a_slice_a_fill_let_go_is_read_under_the_fills_key_not_fetched_aga
     async with exclusive_edge(origin, tmp_path, False) as edge:
         engine, store = edge.node.engine, edge.node.store
         origin.put("/r", BODY)
-        asked: list[FillRequest] = []
-        start_fill = engine.start_fill
-
-        def recorded(req: FillRequest, first: int, last: int | None, *args: object, **kw: bool) -> Fill:
-            asked.append(req)
-            return start_fill(req, first, last, *args, **kw)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(engine, "start_fill", recorded)
+        asked = fills_started(engine, monkeypatch)
         status, _, body = await edge.get("/r", Range="bytes=0-99")  # the copy's metadata and slice 0 alone
         assert (status, body) == (206, BODY[:100])
         await settled(edge)

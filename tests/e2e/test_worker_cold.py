@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.e2e.test_worker_revalidation import Conn, collapsed, two_each
+from tests.e2e.test_worker_revalidation import Conn, collapsed, each_worker
 from tests.e2e.test_workers import DATA, MiB
 from tests.origin import Origin
 
@@ -57,7 +57,7 @@ async def test_a_cold_object_every_worker_misses_at_once_is_fetched_once(origin:
     """Whole GETs and a range of the first slice in each worker: every slice comes from the origin once."""
     origin.put("/warm", WARM)
     origin.put("/v.bin", DATA)
-    async with two_each(tmp_path, origin, "/warm", WARM) as (admin, s, ((a, b), (c, d))):
+    async with each_worker(tmp_path, origin, "/warm", WARM) as (admin, s, [(a, b), (c, d)]):
         ranged = "Range: bytes=0-99\r\n"
         answers = await cold_at_once(origin, s, admin, [(a, ""), (b, ""), (c, ranged), (d, ranged)])
         want = [(200, DATA), (200, DATA), (206, DATA[:100]), (206, DATA[:100])]
@@ -79,7 +79,7 @@ async def test_a_cold_slice_every_worker_misses_at_once_is_fetched_once(origin: 
     which leases it once its head named the copy (before, the other worker, finding the copy, fetched it too)."""
     origin.put("/warm", WARM)
     origin.put("/v.bin", DATA)
-    async with two_each(tmp_path, origin, "/warm", WARM) as (admin, s, ((a, b), (c, d))):
+    async with each_worker(tmp_path, origin, "/warm", WARM) as (admin, s, [(a, b), (c, d)]):
         spans = [(0, 99), (500, 599), (900_000, 900_099), (MiB - 100, MiB - 1)]
         asks = [(conn, f"Range: bytes={lo}-{hi}\r\n") for conn, (lo, hi) in zip((a, b, c, d), spans, strict=True)]
         answers = await cold_at_once(origin, s, admin, asks)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
-from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_worker_cold import WARM
-from tests.e2e.test_worker_revalidation import Conn, collapsed, one_per_worker
-from tests.e2e.test_workers import DATA, READY, MiB, two_workers
+from tests.e2e.test_worker_revalidation import Conn, collapsed, each_worker
+from tests.e2e.test_workers import DATA, MiB
 from tests.origin import Origin
 
 BIG = DATA * 3  # past max_unknown: the test config's disk (256 MiB) // 8
@@ -73,13 +71,7 @@ async def test_a_body_of_unknown_length_past_the_bound_lets_the_waiting_worker_a
         return await chunked(request, second, timed_out)
 
     origin.on_request = big
-    port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
-    async with (
-        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
-        aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, "/warm", WARM) as (a, b),
-    ):
+    async with each_worker(tmp_path, origin, "/warm", WARM, pairs=1) as (admin, s, [(a, b)]):
         seen, waits = len(origin.seen), await collapsed(s, admin)
         first = asyncio.ensure_future(get_chunked(a, "/big.bin"))
         try:

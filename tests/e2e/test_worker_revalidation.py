@@ -85,25 +85,23 @@ async def one_per_worker(port: int, parent: int, path: str, expected: bytes = BO
             writer.close()
 
 
-Pairs = tuple[tuple[Conn, Conn], tuple[Conn, Conn]]
-
-
 @contextlib.asynccontextmanager
-async def two_each(
-    tmp_path: Path, origin: Origin, path: str, expected: bytes = BODY
-) -> AsyncIterator[tuple[int, aiohttp.ClientSession, Pairs]]:
-    """A two-worker node with two connections to each worker (one_per_worker, twice): its admin port, a session,
-    and the pairs, each ordered by worker pid (the first of each pair on one worker, the second on the other)."""
+async def each_worker(
+    tmp_path: Path, origin: Origin, path: str, expected: bytes = BODY, pairs: int = 2
+) -> AsyncIterator[tuple[int, aiohttp.ClientSession, list[tuple[Conn, Conn]]]]:
+    """A two-worker node with `pairs` connections to each worker (one_per_worker, `pairs` times): its admin port, a
+    session, and the pairs, each ordered by worker pid (the first of each pair on one worker, the second on the
+    other)."""
     port, admin = free_port(), free_port()
     cfg = two_workers(tmp_path, origin, port, admin)
     async with (
         edge_process("serve", "--config", str(cfg), ready=READY) as proc,
         aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, path, expected) as first,
-        one_per_worker(port, proc.pid, path, expected) as second,
+        contextlib.AsyncExitStack() as stack,
     ):
-        (a, b), (c, d) = (sorted(pair, key=lambda conn: conn.pid) for pair in (first, second))
-        yield admin, s, ((a, b), (c, d))
+        made = [await stack.enter_async_context(one_per_worker(port, proc.pid, path, expected)) for _ in range(pairs)]
+        ordered = [sorted(pair, key=lambda conn: conn.pid) for pair in made]
+        yield admin, s, [(a, b) for a, b in ordered]
 
 
 def holding_304s(origin: Origin) -> asyncio.Event:
@@ -258,7 +256,7 @@ async def test_two_revalidations_in_one_worker_hold_one_lease_each(origin: Origi
         return None
 
     origin.on_request = first_fails
-    async with two_each(tmp_path, origin, "/s.bin", data) as (admin, s, ((a1, b), (a2, _))):
+    async with each_worker(tmp_path, origin, "/s.bin", data) as (admin, s, [(a1, b), (a2, _)]):
         filled = time.monotonic()
         assert origin.hits["/s.bin"] == 1
         await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tests.e2e.test_worker_cold import WARM
-from tests.e2e.test_worker_revalidation import collapsed, two_each
+from tests.e2e.test_worker_revalidation import collapsed, each_worker
 from tests.e2e.test_workers import DATA, MiB
 from tests.origin import Origin
 
@@ -36,7 +36,7 @@ async def test_a_seek_into_a_cold_object_does_not_wait_for_its_own_worker_s_firs
             await held.wait()
 
     origin.on_request = hold_the_start
-    async with two_each(tmp_path, origin, "/warm", WARM) as (admin, s, ((a, _), (c, _))):
+    async with each_worker(tmp_path, origin, "/warm", WARM) as (admin, s, [(a, _), (c, _)]):
         assert a.pid == c.pid
         seen, waits = len(origin.seen), await collapsed(s, admin)
         start = asyncio.ensure_future(a.get("/v.bin", "Range: bytes=0-99\r\n"))

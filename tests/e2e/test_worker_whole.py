@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_faults import cut_after
 from tests.e2e.test_worker_cold import WARM, cold_at_once
-from tests.e2e.test_worker_revalidation import collapsed, one_per_worker
-from tests.e2e.test_workers import DATA, READY, MiB, two_workers
+from tests.e2e.test_worker_revalidation import collapsed, each_worker
+from tests.e2e.test_workers import DATA, MiB
 from tests.origin import Origin
 
 NOT_FOUND = b"no such video here\n" * 1000
@@ -42,14 +40,7 @@ async def test_an_object_stored_whole_every_worker_misses_at_once_is_fetched_onc
     origin.put("/warm", WARM)
     fields = {"Cache-Control": "public, max-age=3600"}
     origin.put(path, body, status=status, etag=None, last_modified=None, headers=fields)
-    port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
-    async with (
-        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
-        aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, "/warm", WARM) as conns,
-    ):
-        a, b = conns
+    async with each_worker(tmp_path, origin, "/warm", WARM, pairs=1) as (admin, s, [(a, b)]):
         answers = await cold_at_once(origin, s, admin, [(a, ""), (b, "")], path)
         assert [(got, data) for got, _, data in answers] == [(status, body), (status, body)]
         assert origin.hits[path] == 1
@@ -71,13 +62,7 @@ async def test_a_whole_copy_cut_lets_the_waiting_worker_ask_at_once(origin: Orig
         return await first(request, obj)  # type: ignore[no-any-return]
 
     origin.on_request = cut_the_first
-    port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
-    async with (
-        edge_process("serve", "--config", str(cfg), ready=READY) as proc,
-        aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, "/warm", WARM) as (a, b),
-    ):
+    async with each_worker(tmp_path, origin, "/warm", WARM, pairs=1) as (admin, s, [(a, b)]):
         seen, waits = len(origin.seen), await collapsed(s, admin)
         tasks = [asyncio.ensure_future(conn.get("/plain.bin")) for conn in (a, b)]
         try:
