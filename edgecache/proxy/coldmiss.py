@@ -23,7 +23,7 @@ from edgecache.core.freshness import may_stand_in, never_stale
 from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy import pastend, refuse, uncached
+from edgecache.proxy import observe, pastend, refuse, uncached
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
@@ -52,6 +52,15 @@ class Started:
     stands_in: bool = False
     origin_ms: float | None = None  # how long the head took to come
     expected: Expected | None = None  # the request, as the fill's reader until it reads (proxy.expecting)
+
+    def trace(self, status: CacheStatus, uncacheable: bool = False) -> observe.Trace:
+        """The trace of the miss's answer written on the fast path (uncached, pastend), with the miss's cause noted
+        as the full handler notes it (EdgeHandler._serve_head, _instead_of_fill)."""
+        t = observe.new_trace()
+        t.t0, t.site, t.status = self.began, self.cold.req.site.name, status
+        t.uncacheable, t.evicted, t.failover = uncacheable, self.evicted, self.cold.failover
+        t.expired, t.for_peer = self.validating is not None, self.cold.viewer is not None
+        return t
 
     def cause(self, head: FillHead) -> str:
         """The miss's cause once its fill has its head, as observe.count() finds it for the full handler's miss

@@ -37,11 +37,7 @@ def answered(conn: FastPath, started: Started) -> bool:
         return False
     if started.ours:
         started.fill.abandon()  # nobody reads it: its head was its end
-    t = observe.new_trace()
-    t.t0, t.site, t.status = started.began, cold.req.site.name, CacheStatus.MISS
-    # The miss's cause, as the full handler notes it (EdgeHandler._instead_of_fill)
-    t.expired, t.evicted, t.failover = started.validating is not None, started.evicted, cold.failover
-    t.for_peer = cold.viewer is not None
+    t = started.trace(CacheStatus.MISS)
     transport = conn.transport
     if transport is not None:
         transport.write(encoded + planned.body)

@@ -97,12 +97,8 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
     producer back meanwhile); counted and logged when it ends, or when it ends short (status 0, as the full
     handler logs an answer cut off)."""
     shared, cold = conn.server.shared, started.cold
-    t = observe.new_trace()
-    t.t0, t.site, t.status, t.origin_ms = started.began, cold.req.site.name, started.status, started.origin_ms
-    # The miss's cause, as the full handler notes it (EdgeHandler._serve_head, _instead_of_fill)
-    t.uncacheable, t.evicted, t.failover = not plan.shared, started.evicted, cold.failover
-    t.expired = started.validating is not None
-    t.for_peer = cold.viewer is not None
+    t = started.trace(started.status, uncacheable=not plan.shared)
+    t.origin_ms = started.origin_ms
     shared.in_flight += 1
     nbytes, code = 0, 0
     try:
