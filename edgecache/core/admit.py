@@ -43,6 +43,7 @@ NOT_HTTP = Reply(400, "absolute-form target must be http or https")
 MISDIRECTED = Reply(421, "misdirected request: the TLS server name (SNI) names another certificate than this host's")
 # A request line naming a version llhttp takes but HTTP/1.x framing does not (HTTP/0.9, HTTP/2.0): RFC 9110 15.6.6.
 NO_VERSION = Reply(505, "HTTP version not supported: only HTTP/1.0 and HTTP/1.1")
+_FRAMED = frozenset({(1, 0), (1, 1)})  # what core.keepalive frames
 TOO_MANY = Reply(429, "too many requests from this address")
 # Load shed before any work (Shared.overloaded): a quick, honest answer instead of a slow collapse.
 OVERLOADED = Reply(503, "overloaded: try again shortly")
@@ -61,6 +62,12 @@ LOOPED = Reply(
 def looped(via: list[str], token: str) -> Reply | None:
     """LOOPED for a request whose Via names this node (`token`, core.forward.via_sent); None for any other."""
     return LOOPED if token and any(token in value for value in via) else None
+
+
+def version(major: int, minor: int) -> Reply | None:
+    """NO_VERSION for a request of any version but HTTP/1.0 and HTTP/1.1, refused before anything else is looked at
+    (by either request path); None for those two."""
+    return None if (major, minor) in _FRAMED else NO_VERSION
 
 
 def no_site(host: str) -> Reply:

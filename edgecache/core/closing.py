@@ -7,8 +7,8 @@ fed to it (proxy.headguard) is cut where that request ends, and nothing after it
 
 Requests are followed from a message boundary through unambiguous framing only, as aiohttp's parser (llhttp) reads
 it: one Content-Length of digits, or Transfer-Encoding ending in chunked without Content-Length. Anything else (an
-Upgrade, CONNECT, another version, an odd field or chunk line, a head or line past its bound) turns the scan off:
-every byte is passed on as it comes and aiohttp judges it, as before. Nothing here raises on client input.
+Upgrade, CONNECT, a version llhttp refuses, an odd field or chunk line, a head or line past its bound) turns the scan
+off: every byte is passed on as it comes and aiohttp judges it, as before. Nothing here raises on client input.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ MAX_HEAD = 16 * 1024  # a head unended past this is left to aiohttp (its line an
 MAX_LINE = 4096  # a chunk-size line (extensions and all) or a trailer section
 _HEX = re.compile(rb"[0-9a-fA-F]+")
 _VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
+# The others llhttp takes: each request of one is refused with a 505 and the close (core.admit.version), by either
+# path (the fast path's route.unversioned), so it is the closing request, whatever its fields say.
+_REFUSED = frozenset({b"HTTP/0.9", b"HTTP/2.0"})
 
 
 class Kind(enum.Enum):
@@ -110,7 +113,7 @@ def _head(head: bytes) -> Scan:
     """The state after a request head (without its blank line): its body's, or the next request's."""
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] not in _VERSIONS or parts[0] == b"CONNECT":
+    if len(parts) != 3 or not (parts[2] in _VERSIONS or parts[2] in _REFUSED) or parts[0] == b"CONNECT":
         return _OFF
     tokens: set[bytes] = set()
     lengths: list[bytes] = []
@@ -126,7 +129,7 @@ def _head(head: bytes) -> Scan:
             lengths.append(value.strip())
         elif name == b"transfer-encoding":
             codings.extend(c.strip().lower() for c in value.split(b","))
-    closes = b"close" in tokens if parts[2] == b"HTTP/1.1" else b"keep-alive" not in tokens
+    closes = b"close" in tokens if parts[2] == b"HTTP/1.1" else b"keep-alive" not in tokens or parts[2] in _REFUSED
     if b"upgrade" in tokens:
         return _OFF
     if codings:

@@ -14,7 +14,6 @@ import time
 from dataclasses import replace
 
 from aiohttp import web
-from aiohttp.http import HttpVersion10, HttpVersion11
 
 from edgecache import metrics
 from edgecache.config import Site
@@ -45,7 +44,6 @@ from edgecache.proxy.shared import Shared
 
 log = logging.getLogger(__name__)
 _ADMITTED = web.RequestKey("edgecache_admitted", str)  # Shared.admitted, for the request it names
-_VERSIONS = frozenset({HttpVersion10, HttpVersion11})  # what core.keepalive frames
 
 
 def internal(request: web.BaseRequest) -> bool:
@@ -171,8 +169,8 @@ class EdgeHandler:
         return site, host, key, hop
 
     async def _handle(self, request: web.BaseRequest, adopted: Adopted | None) -> web.StreamResponse:
-        if request.version not in _VERSIONS:  # the fast path hands these over (headparse.plain)
-            raise ClientError(admit.NO_VERSION.status, admit.NO_VERSION.reason, close=True)
+        if (unframed := admit.version(*request.version)) is not None:  # the fast path's too (route.unversioned)
+            raise ClientError(unframed.status, unframed.reason, close=True)
         if self.engine.store.stale():  # another worker purged or invalidated something: look at the disk again
             await self.engine.store.catch_up()
         headers: Headers = tuple(request.headers.items())

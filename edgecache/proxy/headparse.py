@@ -7,11 +7,11 @@ import asyncio
 import inspect
 
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
+from edgecache.core import admit
 from edgecache.core.headers import Headers
 
 # aiohttp's server (make_server sets none of these) parses with RequestHandler's defaults: read them, not copied.
@@ -21,7 +21,6 @@ LIMITS = {
 }
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 _CONNECTION = frozenset({b"keep-alive", b"close"})
-_VERSIONS = frozenset({HttpVersion10, HttpVersion11})  # what core.keepalive frames; aiohttp answers any other
 
 
 class Parser:
@@ -53,8 +52,8 @@ class Parser:
 
 def plain(msg: RawRequestMessage) -> bool:
     """A GET or HEAD of a version core.keepalive frames, with no field that frames a body or asks for more than
-    one answer: what the fast path answers. Any other is aiohttp's to answer."""
-    if msg.version not in _VERSIONS or msg.method not in ("GET", "HEAD"):
+    one answer: what the fast path answers. Any other is aiohttp's to answer (or refused: route.unversioned)."""
+    if admit.version(*msg.version) is not None or msg.method not in ("GET", "HEAD"):
         return False
     return not any(_odd(k, v) for k, v in msg.raw_headers)
 

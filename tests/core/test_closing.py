@@ -17,6 +17,9 @@ CHUNKED = (
 NO_TRAILERS = b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
 HTTP10 = b"GET /a HTTP/1.0\r\nHost: h\r\n\r\n"
 HTTP10_OPEN = b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+# Versions llhttp takes and either path refuses (505) and closes on, whatever the request asks (core.admit.version)
+HTTP20 = b"GET /a HTTP/2.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"
+HTTP09 = b"HEAD /a HTTP/0.9\r\nContent-Length: 2\r\n\r\nab"
 MORE = b"GET /later HTTP/1.1\r\nHost: h\r\n\r\n"
 
 
@@ -36,8 +39,14 @@ def every_way(data: bytes) -> list[list[bytes]]:
 
 @pytest.mark.parametrize(
     "kept",
-    [CLOSE, POST, CHUNKED, NO_TRAILERS, HTTP10, GET + POST, HTTP10_OPEN + GET + CLOSE, GET + GET + CHUNKED],
-    ids=["close", "post", "chunked", "no-trailers", "http10", "get-post", "http10-kept-open", "pipelined"],
+    [
+        *(CLOSE, POST, CHUNKED, NO_TRAILERS, HTTP10, GET + POST, HTTP10_OPEN + GET + CLOSE, GET + GET + CHUNKED),
+        *(GET + HTTP20, HTTP09),
+    ],
+    ids=[
+        *("close", "post", "chunked", "no-trailers", "http10", "get-post", "http10-kept-open", "pipelined"),
+        *("http20", "http09"),
+    ],
 )
 @pytest.mark.parametrize("more", [MORE, b"junk", b"\r\n", MORE * 3])
 def test_what_follows_the_closing_request_is_cut(kept: bytes, more: bytes) -> None:
@@ -51,7 +60,7 @@ def test_what_follows_the_closing_request_is_cut(kept: bytes, more: bytes) -> No
         GET + GET,  # nothing closes: all passed on, waiting for the next head
         b"GET /a HTTP/1.1\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n" + MORE,
         b"CONNECT h:443 HTTP/1.1\r\nConnection: close\r\n\r\n" + MORE,
-        b"GET /a HTTP/2.0\r\nConnection: close\r\n\r\n" + MORE,
+        b"GET /a HTTP/3.0\r\nConnection: close\r\n\r\n" + MORE,  # a version llhttp refuses: its 400
         b"POST /p HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc" + MORE,
         b"POST /p HTTP/1.1\r\nContent-Length: +3\r\nConnection: close\r\n\r\nabc" + MORE,
         b"POST /p HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + MORE,

@@ -20,6 +20,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser
 
+from edgecache.core import admit
 from edgecache.core.closing import START, Kind, Scan, scan
 
 SPACES = [b"", b" ", b"\t", b"  "]
@@ -38,8 +39,9 @@ def _scan_all(pieces: list[bytes]) -> tuple[int, Scan]:
 
 
 def _llhttp(data: bytes) -> tuple[list[tuple[int, bool]], bool]:
-    """Where llhttp, fed byte by byte, ends each request (offset after it, closes the connection), and whether it
-    refused the bytes (a 400)."""
+    """Where llhttp, fed byte by byte, ends each request (offset after it, closes the connection: says so, or is of
+    a version either path answers with a 505 and the close, core.admit.version), and whether it refused the bytes
+    (a 400)."""
     parser = HttpRequestParser(BaseProtocol(asyncio.get_running_loop()), asyncio.get_running_loop(), 2**16)
     payloads: list[tuple[bool, Any]] = []
     ends: list[tuple[int, bool]] = []
@@ -48,7 +50,7 @@ def _llhttp(data: bytes) -> tuple[list[tuple[int, bool]], bool]:
             messages, upgraded, _ = parser.feed_data(data[at : at + 1])
         except HttpProcessingError:  # a 400
             return ends, True
-        payloads += [(m.should_close, p) for m, p in messages]
+        payloads += [(m.should_close or admit.version(*m.version) is not None, p) for m, p in messages]
         ends += [(at + 1, closes) for closes, p in payloads[len(ends) :] if p.is_eof()]
         assert not upgraded
     return ends, False
