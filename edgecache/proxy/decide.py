@@ -45,7 +45,7 @@ from edgecache.proxy.hit import (
     find_hit,
     renewed,
 )
-from edgecache.proxy.route import HOT, Elsewhere, Forward, Refused, addressed
+from edgecache.proxy.route import HOT, Elsewhere, Forward, Refused, addressed, unversioned
 from edgecache.proxy.shared import Shared
 from edgecache.storage.store import slice_name
 
@@ -417,8 +417,8 @@ class Decider:
         if rangecut.needs_strict_parser(head):
             return None, "", KeepAlive.CLOSE
         msg = self.parser.message(head)
-        if msg is None or not headparse.plain(msg):
-            return None, "", KeepAlive.CLOSE
+        if msg is None or not headparse.plain(msg):  # overloaded: the full handler sheds it first (503)
+            return None if overloaded else unversioned(msg), "", KeepAlive.CLOSE_10
         target = msg.path  # as sent (aiohttp decodes it with surrogateescape)
         headers = headparse.fields(msg)
         if headers is None or not target.isascii():

@@ -30,7 +30,7 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
     """Write the refusal's answer, counted and logged unless not `r.counted` (with `origin_ms`, the time the origin
     took to answer a head, when one came); False when the connection closes after it."""
     status = r.reply.status
-    answer = encode.error(status, r.reply.reason, conn.server.date(), r.keep_alive, r.reply.retry_after)
+    answer = encode.error(status, r.reply.reason, conn.server.date(), r.keep_alive, r.reply.retry_after, r.protocol)
     end = answer.index(b"\r\n\r\n") + 4
     if r.method == "HEAD":  # the head alone, Content-Length and all, as aiohttp answers a HEAD
         answer = answer[:end]
@@ -53,6 +53,7 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
             client = r.viewer or conn.client
             host = r.host if r.host is not None else get_first(r.headers, "host") or ""
             line = observe.Line.of(client, r.method, host, r.target, r.headers, r.keep_alive)
+            line.protocol = r.protocol or line.protocol
             observe.log_line(shared.access, t, line, status, nbytes, shared.node, way)
     if not r.keep_alive.persists:
         linger.close(conn)  # what the client sent after the refused request, unread, would reset the answer

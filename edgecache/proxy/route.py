@@ -11,6 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from aiohttp.http_parser import RawRequestMessage
 from yarl import URL
 
 from edgecache.cluster.view import ClusterView
@@ -43,6 +44,7 @@ class Refused:
     counted: bool = True  # False: an owner's look-aside, no viewer's request (observe.finish counts none)
     viewer: str | None = None  # a hop's viewer: logged as the client; its node counts the bytes it serves
     host: str | None = None  # the key's host, logged once there is a key (None: the Host field as sent)
+    protocol: str | None = None  # the request's version where it is none keep_alive names (unversioned)
 
     @classmethod
     def keyed(
@@ -76,6 +78,17 @@ class Routed:
 
     def refused(self, reply: Reply, method: str, headers: Headers) -> Refused:
         return Refused.keyed(reply, method, self.key, headers, self.site.name, viewer=self.viewer)
+
+
+def unversioned(msg: RawRequestMessage | None) -> Refused | None:
+    """The refusal of a GET or HEAD of a version llhttp takes and HTTP/1.x does not frame (HTTP/0.9, HTTP/2.0), as
+    the full handler refuses it before anything else (core.admit.version): its status line and log line name the
+    request's version, and the connection closes with no Connection field, which aiohttp writes for HTTP/1.x only
+    (KeepAlive.CLOSE_10's). None for any other head."""
+    if msg is None or msg.method not in ("GET", "HEAD") or (reply := admit.version(*msg.version)) is None:
+        return None
+    fields, protocol = headparse.fields(msg) or (), f"HTTP/{msg.version.major}.{msg.version.minor}"
+    return Refused(reply, msg.method, msg.path, fields, keep_alive=KeepAlive.CLOSE_10, protocol=protocol)
 
 
 def addressed(url: URL, target: str, host_field: str | None) -> tuple[str, str] | Reply:

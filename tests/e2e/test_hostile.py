@@ -77,11 +77,10 @@ async def test_thousands_of_ranges_get_the_whole_object(edge: Edge, origin: Orig
 async def test_a_version_other_than_http1x_gets_505(
     edge: Edge, origin: Origin, version: str, method: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """aiohttp's parser takes an HTTP/0.9 or HTTP/2.0 request line (not HTTP/1.2): the fast path hands it over and
-    the full handler served it, its answer's status line naming that version; one of unknown length (chunked from
-    the origin) was a 500 and a logged RuntimeError (aiohttp chunks only for HTTP/1.1). Now 505 with its reason
-    (RFC 9110 15.6.6), then the close, the origin never asked; a cached object too. Found by a
-    differential fuzzer of the two paths."""
+    """aiohttp's parser takes an HTTP/0.9 or HTTP/2.0 request line (not HTTP/1.2): the full handler served it, its
+    answer's status line naming that version; one of unknown length (chunked from the origin) was a 500 and a logged
+    RuntimeError (aiohttp chunks only for HTTP/1.1). Now 505 with its reason (RFC 9110 15.6.6), then the close, the
+    origin never asked; a cached object too. Found by a differential fuzzer of the two paths."""
     origin.on_request = chunked
     origin.put("/chunked", b"")
     assert (await edge.get("/chunked"))[0] == 200

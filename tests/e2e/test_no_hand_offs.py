@@ -19,7 +19,7 @@ from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_fast_path import get, get10, normalised
 from tests.e2e.test_operations import metric
 from tests.origin import Origin
-from tests.samples import sample_value
+from tests.samples import applied, sample_value
 from tests.wire import exchange, fast_path_outcomes, read_answer
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes
@@ -35,6 +35,18 @@ def parse_error(answer: bytes, reason: str) -> bytes:
     head = encode.head(400, "Bad Request", fields, date.group(1) if date else b"", KeepAlive.CLOSE_10)
     assert head is not None
     return head + body
+
+
+def no_version(answer: bytes, version: str, method: str) -> bytes:
+    """The full handler's 505 to a request of `version` (not HTTP/1.x) with the Date of `answer`: its status line
+    names that version, no Connection field (aiohttp writes one for HTTP/1.x only), then the close."""
+    date = re.search(rb"\r\nDate: ([^\r]*)\r\n", answer)
+    reason = b"HTTP version not supported: only HTTP/1.0 and HTTP/1.1"
+    head = b"%s 505 HTTP Version Not Supported\r\n" % version.encode()
+    head += b'Cache-Status: edgecache; detail="%s"\r\n' % reason
+    head += b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 55\r\n"
+    head += b"Date: %s\r\nServer: Python/3.11 aiohttp/3.14.5\r\n\r\n" % (date.group(1) if date else b"")
+    return head + (b"" if method == "HEAD" else reason + b"\n")
 
 
 async def answers(port: int, data: bytes, n: int) -> list[tuple[int, dict[bytes, bytes], bytes]]:
@@ -121,6 +133,10 @@ async def test_odd_requests_are_answered_without_a_hand_off(origin: Origin, tmp_
         for head, reason in BAD:
             answer = await exchange(port, head + b"GET /v.bin HTTP/1.1\r\n" + HOST + b"\r\n")
             assert answer == parse_error(answer, reason), head[:40]
+        for method, version in (("GET", "HTTP/2.0"), ("HEAD", "HTTP/0.9")):
+            head = f"{method} /v.bin {version}\r\n".encode() + HOST + b"\r\n"
+            answer = await exchange(port, head + b"GET /v.bin HTTP/1.1\r\n" + HOST + b"\r\n")
+            assert answer == no_version(answer, version, method), head
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
             text = await r.text()
     assert (origin.hits["/v.bin"], origin.hits["/short.bin"]) == (1, 1)
@@ -229,3 +245,59 @@ async def test_a_multipart_range_that_meets_a_new_version_before_its_first_byte_
             assert ours.count(b" 206 Partial Content\r\n") == 2, shape
             assert (ours.count(b'\r\nEtag: "v2"\r\n'), b'"v1"' in ours) == (2, False), shape
             assert (V2[:10] in ours, V2[2**20 : 2**20 + 10] in ours, V1[:10] in ours) == (True, True, False), shape
+
+
+def requests_counted() -> dict[tuple[str, ...], float]:
+    """Every request and served-bytes sample, by name and labels."""
+    names = ["edgecache_requests_total", "edgecache_site_served_bytes_total"]
+    return {
+        (s.name, *sorted(s.labels.items())): s.value  # type: ignore[misc]
+        for metric in applied().restricted_registry(names).collect()
+        for s in metric.samples
+        if s.name in names
+    }
+
+
+# A GET or HEAD of a version llhttp takes and HTTP/1.x does not frame: 505 before anything is looked up, then the
+# close (core.admit.version), whatever it asks for; the request after it is never read.
+UNFRAMED = [
+    get("/small").replace(b"HTTP/1.1", b"HTTP/2.0"),
+    get("/small", method="HEAD").replace(b"HTTP/1.1", b"HTTP/0.9"),
+    get("/cold", "Range: bytes=0-9", "Connection: keep-alive").replace(b"HTTP/1.1", b"HTTP/2.0"),
+    get("/small", "Content-Length: 0").replace(b"HTTP/1.1", b"HTTP/0.9"),  # no body: a GET's all the same
+]
+
+
+async def test_a_get_of_a_version_other_than_http1x_gets_its_505_without_a_hand_off(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The full handler's 505 (its status line naming the request's version), counted as it counts it, without
+    asking the origin; before, each was handed to aiohttp for it."""
+    origin.put("/small", BODY)
+    origin.put("/cold", BODY)
+    async with AsyncExitStack() as stack:
+        fast, framework = [
+            await stack.enter_async_context(
+                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
+            )
+            for name, on in (("fast", True), ("framework", False))
+        ]
+        for edge in (fast, framework):
+            assert (await edge.get("/small"))[0] == 200
+        for case in UNFRAMED:
+            before, counted = fast_path_outcomes(), requests_counted()
+            ours = await exchange(fast.port, case + get("/small"))
+            outcomes, ours_counted = fast_path_outcomes(), requests_counted()
+            theirs = await exchange(framework.port, case + get("/small"))
+            theirs_counted = requests_counted()
+            assert await normalised(ours) == await normalised(theirs), case
+            assert ours == no_version(ours, case.split(b"\r\n")[0][-8:].decode(), case.split(b" ")[0].decode())
+            ours_delta = {k: v - counted.get(k, 0.0) for k, v in ours_counted.items() if v != counted.get(k, 0.0)}
+            theirs_delta = {
+                k: v - ours_counted.get(k, 0.0) for k, v in theirs_counted.items() if v != ours_counted.get(k, 0.0)
+            }
+            assert ours_delta == theirs_delta, case
+            assert len(ours_delta) >= 1, case  # the 505 is counted
+            assert outcomes["handed_off"] == before["handed_off"], case
+            assert outcomes["answered"] == before["answered"] + 1, case
+    assert (origin.hits["/small"], origin.hits["/cold"]) == (2, 0)
