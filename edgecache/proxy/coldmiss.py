@@ -98,7 +98,7 @@ def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused
     cold = conn.server.decider.cold(head, conn.client, admitted)
     if not isinstance(cold, Cold):
         return cold if cold is not None else False
-    if conn.again and cold.req.found:  # decided again once its first fill named a Vary: it had found no variant
+    if conn.named and cold.req.found:  # decided again once its first fill named a Vary: it had found no variant
         cold = replace(cold, req=replace(cold.req, found=""))
     engine = conn.server.shared.engine
     fill, ours = engine.fill_for(cold.req, cold.first, cold.last, cold.validate)
@@ -126,11 +126,11 @@ def settle(
 ) -> Prepared | Pass | Written | Streamed | Again | None:
     """The answer to the head whose fill has its head now: a miss from what was stored; WRITTEN, answered here
     (the origin failed this request's own fill, with nothing stored to stand in, or its 416 tells a length the
-    client's range is past the end of: proxy.pastend); STREAMED (an answer not stored,
-    sent from the fill by a task); its pass-through (an answer the fill brings that it may not serve); AGAIN (the
-    answer is another variant's: the head is decided again); or None, and the request goes to the full handler with
-    the fill it started (hand_off). A request that joined another's fill and is answered from it is counted as the
-    full handler counts it when it joins."""
+    client's range is past the end of: proxy.pastend); STREAMED (an answer not stored, sent from the fill by a
+    task); its pass-through (an answer the fill brings that it may not serve); AGAIN (the answer is another
+    variant's, or the revalidation met a new version: the head is decided again); or None, and the request goes to
+    the full handler with the fill it started (hand_off). A request that joined another's fill and is answered from
+    it is counted as the full handler counts it when it joins."""
     started, conn.started = conn.started, None
     assert started is not None
     conn.loads = 0
@@ -163,6 +163,8 @@ def _answered(
         return WRITTEN
     if (mismatched := _mismatched(started)) is not None:
         return mismatched
+    if (again := _changed_first(conn, started)) is not None:
+        return again
     # A revalidation's own, too, once no stale entry may stand in: the same 502 (EdgeHandler._head_of raises).
     # A request that joined the fill gets it as well, as the full handler's joiners do: handed off, it asked the
     # origin again, and waited for a second timeout of an origin that had just timed out.
@@ -189,12 +191,12 @@ def _answered(
         return STREAMED
     if (passed := _passed(conn, started, fetched)) is not None:
         return passed
-    if not (conn.again or conn.closing) and _named(conn, started, fetched):
+    if not (conn.named or conn.closing) and _named(conn, started, fetched):
         # The record names the Vary now: decided again, the request is its variant's miss, filled with the
         # fields the Vary names (as the full handler looks again under that variant's key). Once: an origin whose
         # Vary changes from answer to answer leaves the request to the full handler, as does a draining
         # connection (as relay.forward).
-        conn.again = True
+        conn.again = conn.named = True
         if started.ours and not fetched.shared:
             started.fill.abandon()  # only this request would have read it
         return AGAIN
@@ -293,7 +295,8 @@ STREAMED = Streamed()
 
 
 class Again:
-    """settle(): the fill brought another variant than the request's; the head is decided again, let in already."""
+    """settle(): the fill brought another variant than the request's, or its revalidation met a new version; the head
+    is decided again, let in already."""
 
 
 AGAIN = Again()
@@ -341,11 +344,34 @@ async def changed(conn: FastPath, p: Prepared, raw: bytes) -> bool:
     (diskhit, multipart): never mixed. The entry goes and the head is decided again, once: a miss of the version the
     origin has now, as the full handler starts again (EdgeHandler._changed_before_head). False: left to the full
     handler (a miss's own fill met it, the connection drains, or this head met a change already)."""
-    if p.fill is not None or conn.closing or conn.changed == raw:
+    if p.fill is not None or not _starts_again(conn, raw):
         return False
     await conn.server.shared.engine.store.drop_version(p.hit.req.entry_key, p.hit.meta)
-    conn.again, conn.changed = True, raw
     conn.buf = raw + conn.buf
+    return True
+
+
+def _changed_first(conn: FastPath, started: Started) -> Again | None:
+    """The revalidation's fill met another version before its head (fillhead: a 304 for another version, with
+    another Vary or fields that forbid storing; a 416 that tells another length): never mixed nor kept. As changed():
+    the entry goes (off the connection's turn) and the head, still at the front, is decided again; None for anything
+    else, or what changed() leaves to the full handler."""
+    head, validating = started.fill.head, started.validating
+    if not head.done() or head.cancelled() or not isinstance(head.exception(), VersionChanged):
+        return None
+    if validating is None or not _starts_again(conn, started.head):
+        return None
+    drop = conn.server.shared.engine.store.drop_version(started.cold.req.entry_key, validating)
+    conn.busy = True
+    conn.loop.create_task(drop).add_done_callback(conn.done)
+    return AGAIN
+
+
+def _starts_again(conn: FastPath, raw: bytes) -> bool:
+    """May the head `raw`, which met a new version, be decided again? Once, and not on a draining connection."""
+    if conn.closing or conn.changed == raw:
+        return False
+    conn.again, conn.changed = True, raw
     return True
 
 

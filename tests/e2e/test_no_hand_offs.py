@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from edgecache.core.keepalive import KeepAlive
 from edgecache.proxy import encode
@@ -18,7 +20,7 @@ from tests.conftest import make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_fast_path import get, get10, normalised
 from tests.e2e.test_operations import metric
-from tests.origin import Origin
+from tests.origin import Obj, Origin
 from tests.samples import applied, sample_value
 from tests.wire import exchange, fast_path_outcomes, read_answer
 
@@ -301,3 +303,60 @@ async def test_a_get_of_a_version_other_than_http1x_gets_its_505_without_a_hand_
             assert outcomes["handed_off"] == before["handed_off"], case
             assert outcomes["answered"] == before["answered"] + 1, case
     assert (origin.hits["/small"], origin.hits["/cold"]) == (2, 0)
+
+
+def odd_304(mode: str) -> Callable[[web.BaseRequest, Obj | None], Obj | web.Response | None]:
+    """An origin whose revalidation 304 cannot update the stored copy (fillhead._of_304), by `mode`: another strong
+    validator, another Vary, or fields a shared cache may not store; its 200s are the object it has now."""
+    fields = {"Cache-Control": "max-age=100"}
+    if mode == "etag":
+        fields["ETag"] = '"v2"'
+    elif mode == "vary":
+        fields |= {"ETag": '"v1"', "Vary": "X-B"}
+    else:
+        fields = {"ETag": '"v1"', "Cache-Control": mode}
+
+    def answer(request: web.BaseRequest, obj: Obj | None) -> Obj | web.Response | None:
+        if request.headers.get("If-None-Match"):
+            return web.Response(status=304, headers=fields)
+        etag = fields.pop("ETag", '"v1"')
+        new = Obj(b"NEW-BODY " + request.path.encode(), etag=etag, headers=fields)
+        fields["ETag"] = etag
+        return new
+
+    return answer
+
+
+async def test_a_revalidation_that_meets_another_version_is_decided_again_without_a_hand_off(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A stale copy is revalidated on the fast path, and the origin's 304 cannot update it: the copy goes and the
+    request is a miss of the version the origin has now, byte for byte as the full handler starts again
+    (EdgeHandler._changed_before_head), with as many origin requests and the same counts. Before, each was handed
+    to aiohttp with its fill."""
+    modes: dict[str, Callable[[web.BaseRequest, Obj | None], Obj | web.Response | None]] = {}
+    origin.on_request = lambda request, obj: modes[request.path](request, obj) if request.path in modes else None
+    async with AsyncExitStack() as stack:
+        fast, framework = [
+            await stack.enter_async_context(
+                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
+            )
+            for name, on in (("fast", True), ("framework", False))
+        ]
+        for mode in ("etag", "no-store", "private, max-age=100", "vary"):
+            answers = []
+            for edge in (fast, framework):
+                path = f"/{mode[:7]}-{edge.port}"
+                origin.put(path, b"OLD-BODY", headers={"Cache-Control": "max-age=100", "Age": "150"})  # stale
+                assert (await edge.get(path))[2] == b"OLD-BODY"
+                modes[path] = odd_304(mode)
+                before, counted, hits = fast_path_outcomes(), requests_counted(), origin.hits[path]
+                answer = await exchange(edge.port, get(path, "X-B: 1") + get(path, "X-B: 1", "Connection: close"))
+                delta = {k: v - counted.get(k, 0.0) for k, v in requests_counted().items() if v != counted.get(k)}
+                handed_off = fast_path_outcomes()["handed_off"] - before["handed_off"]
+                answers.append((answer.replace(path.encode(), b"/path"), delta, origin.hits[path] - hits, handed_off))
+            (ours, our_counts, our_hits, ours_handed), (theirs, their_counts, their_hits, _) = answers
+            assert await normalised(ours) == await normalised(theirs), mode
+            assert (our_counts, our_hits) == (their_counts, their_hits), mode
+            assert (ours.count(b"NEW-BODY /path"), b"OLD-BODY" in ours) == (2, False), mode
+            assert ours_handed == 0, mode
