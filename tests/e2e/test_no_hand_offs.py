@@ -260,6 +260,12 @@ def requests_counted() -> dict[tuple[str, ...], float]:
     }
 
 
+def counted_since(counted: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:
+    """What requests_counted() added to since `counted` (a series made but not added to is none)."""
+    now = requests_counted()
+    return {k: v - counted.get(k, 0.0) for k, v in now.items() if v != counted.get(k, 0.0)}
+
+
 # A GET or HEAD of a version llhttp takes and HTTP/1.x does not frame: 505 before anything is looked up, then the
 # close (core.admit.version), whatever it asks for; the request after it is never read.
 UNFRAMED = [
@@ -352,7 +358,7 @@ async def test_a_revalidation_that_meets_another_version_is_decided_again_withou
                 modes[path] = odd_304(mode)
                 before, counted, hits = fast_path_outcomes(), requests_counted(), origin.hits[path]
                 answer = await exchange(edge.port, get(path, "X-B: 1") + get(path, "X-B: 1", "Connection: close"))
-                delta = {k: v - counted.get(k, 0.0) for k, v in requests_counted().items() if v != counted.get(k)}
+                delta = counted_since(counted)
                 handed_off = fast_path_outcomes()["handed_off"] - before["handed_off"]
                 answers.append((answer.replace(path.encode(), b"/path"), delta, origin.hits[path] - hits, handed_off))
             (ours, our_counts, our_hits, ours_handed), (theirs, their_counts, their_hits, _) = answers
