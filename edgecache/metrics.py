@@ -234,6 +234,13 @@ PEER_ERRORS = _counter(
     ["peer", "kind"],
 )
 # Ring continuity (core.lookaside): an owner's misses asked of the previous owner before the origin, by outcome.
+PEER_PURGE_BEHIND = _counter(
+    "edgecache_peer_purge_behind_total",
+    "Objects another node owns that this node answered itself (its cache or the origin) rather than relay that "
+    "owner's copy: the owner had not applied a purge of them applied here. By owner and the purge's kind (url, "
+    "prefix, site; all: it lacks purges this node no longer keeps). Each object once per answer of its purge log",
+    ["peer", "kind"],
+)
 PEER_LOOKASIDE = _counter(
     "edgecache_peer_lookaside_total",
     "Misses of an owner asked of the previous owner's cache first, by peer and outcome: hit (its bytes stored), "

@@ -145,6 +145,17 @@ async def _pass_on(config: Config, peers: list[Member], view: ClusterView | None
     return [n.id for n in peers if not oks.get(n.id, False)]
 
 
+def _applied_by(view: ClusterView, entry: Entry, passed_on: bool, confirmed: list[str]) -> None:
+    """Tell the view which peers have applied the purge: those that confirmed it, and the node that numbered a
+    purge passed on here (it applied it before it told anyone). Requests for what it covers are relayed to them
+    at once (cluster.behind), not only after their purge logs next answer."""
+    if passed_on:
+        confirmed = [*confirmed, entry.origin.rpartition("~")[0]]
+    for peer in confirmed:
+        if peer != view.self_id:
+            view.peer_applied(peer, entry.origin, entry.seq)
+
+
 def _peers(config: Config, view: ClusterView | None) -> list[Member]:
     """Every other node: those the view has (from the config or from DNS), else the configured ones."""
     if config.cluster is None:
@@ -198,6 +209,8 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         kept = not unkept  # the disk recorded it: it survives a restart
         peers = [] if body.get("local") else _peers(config, view)
         failed = await _pass_on(config, peers, view, {**body, "local": True, "id": [entry.origin, entry.seq]})
+        if view is not None and entry.seq:
+            _applied_by(view, entry, "id" in body, [p.id for p in peers if p.id not in failed])
         if not kept:
             failed.insert(0, config.cluster.self_id if config.cluster else "this node")
         answer = {

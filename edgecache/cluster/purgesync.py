@@ -35,10 +35,10 @@ from typing import Any
 import aiohttp
 
 from edgecache import metrics
+from edgecache.cluster.behind import Behind
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
-from edgecache.core import nodeauth
-from edgecache.core.keys import BadTarget, make_key
+from edgecache.core import nodeauth, purgegap
 from edgecache.core.purge import Answer, Entry, parse_tombstones, parse_vector, peer_token
 from edgecache.core.purgeprune import Heard, prunable
 from edgecache.core.ring import Member
@@ -66,18 +66,15 @@ async def apply_entry(
         if site is None:  # a site this node does not serve holds nothing here: taken, so it is not asked for again
             if logged is not None:
                 await store.note_purge(logged)
-        elif entry.kind == "url":
-            try:
-                primary = make_key(site.name, entry.host, entry.path, site.key_query).primary
-            except BadTarget:  # this node keys the site otherwise: the whole site, which covers the URL
-                await store.purge_scope((site.name, "", ""), False, now, logged, strict=False)
-                return True
-            await (store.soft_invalidate(primary, now) if entry.soft else store.invalidate(primary))
+        elif isinstance(where := purgegap.reach(entry, site.key_query), str):  # a URL: its primary key
+            await (store.soft_invalidate(where, now) if entry.soft else store.invalidate(where))
             if logged is not None:
                 await store.note_purge(logged)
+        elif entry.kind == "url":  # this node keys the site otherwise: the whole site, which covers the URL
+            await store.purge_scope(where, False, now, logged, strict=False)
+            return True
         else:
-            scope = (site.name, entry.host, entry.path) if entry.kind == "prefix" else (site.name, "", "")
-            await store.purge_scope(scope, entry.soft, now, logged, strict)
+            await store.purge_scope(where, entry.soft, now, logged, strict)
     except BaseException:
         if logged is not None:
             store.retract(logged)
@@ -134,6 +131,8 @@ class PurgeSync:
         self.doubt(time.time())
         view.listeners.append(self._peer_changed)
         view.has_our_purges = self.has_ours
+        self.behind = Behind(store, sites)  # what each peer's last answer says it lacks, kept across pauses
+        view.peer_lacks, view.peer_applied = self.behind.lacks, self._peer_applied
 
     def has_ours(self, peer_id: str) -> bool:
         """Has the peer applied every purge this node has, as far as its last answer says? A peer not heard from
@@ -144,6 +143,13 @@ class PurgeSync:
         if known is None or isinstance(known, NoLog):
             return self.store.sync.known_to({})
         return self.store.sync.known_to(known.vector, known.retired)
+
+    def _peer_applied(self, peer_id: str, origin: str, seq: int) -> None:
+        """The peer has applied a purge (admin.purge). One passed on here went to every peer at once: a round asks
+        them now, so that what it covers is relayed to them again within a round trip, not a cluster.interval."""
+        self.behind.applied(peer_id, origin, seq)
+        if not origin.startswith(f"{self.view.self_id}~"):
+            self._wake.set()
 
     def doubt(self, since: float) -> None:
         if self._since is None:
@@ -227,6 +233,7 @@ class PurgeSync:
         await self.store.catch_up()  # what another worker applied
         peers = [m for m in self.view.ring.members if m.id != self.view.self_id]
         await asyncio.gather(*(self._sync(m) for m in peers))
+        self.behind.keep_only({m.id for m in peers})
         self.judge()
         await self._prune()
         self._measure()
@@ -255,6 +262,7 @@ class PurgeSync:
     async def _sync(self, peer: Member) -> None:
         if not peer.admin:
             self.known[peer.id] = NoLog()
+            self.behind.heard(peer.id, None)
             return
         for _ in range(MAX_BATCHES):
             pauses = self._pauses
@@ -263,10 +271,12 @@ class PurgeSync:
                 return  # not reachable now (the health view says whether that matters), or asked before a pause
             if isinstance(answer, NoLog):
                 self.known[peer.id] = answer
+                self.behind.heard(peer.id, None)
                 return
             if not self.store.sync.covers(answer.vector):
                 self.doubt(time.time())
             heard = Heard(answer.vector, answer.me, frozenset(answer.retired))
+            self.behind.heard(peer.id, heard)  # what it had when it answered: at least that, whatever follows
             if not self.applies:
                 self.known[peer.id] = heard
                 return  # worker 0 applies it; this one sees it in the log

@@ -20,6 +20,7 @@ from edgecache import metrics
 from edgecache.config import ClusterSettings
 from edgecache.core import hop, lookaside, nodeid
 from edgecache.core.health import Health
+from edgecache.core.keys import CacheKey
 from edgecache.core.ring import Member, Ring
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ class ClusterView:
         # (a look-aside, a hot copy's fill from its owner) are stored here only then, or a purge applied here but
         # not yet there would be undone. Without purge sync (a node alone) nothing is purged behind a peer's back.
         self.has_our_purges: Callable[[str], bool] = lambda _peer: True
+        # (peer, site, host, path, primary) -> the kind of a purge applied here that covers the object and that the
+        # peer has not applied, or None (cluster.behind sets it): such a request is never relayed to it (lacks).
+        self.peer_lacks: Callable[[str, str, str, str, str], str | None] = lambda *_: None
+        # (peer, origin, number): the peer has applied that purge (it confirmed it, or passed it on: admin.purge).
+        self.peer_applied: Callable[[str, str, int], None] = lambda *_: None
         members = list(settings.nodes)
         if self_member is not None and self_member.id not in {m.id for m in members}:
             members.append(self_member)
@@ -117,6 +123,12 @@ class ClusterView:
         it with a timeout)."""
         while not predicate():
             await self._changed.wait()
+
+    def lacks_purge(self, member_id: str, site: str, key: CacheKey) -> bool:
+        """May `member` still hold the object of `key` as it was before a purge applied here (it has not applied a
+        purge that covers it, core.purgegap)? Then a request for it is never relayed to that member: this node
+        answers it itself, from its own cache or the origin, until the member's purge log shows the purge."""
+        return self.peer_lacks(member_id, site, key.host, key.path, key.primary) is not None
 
     def previous_owner(self, key: str) -> Member | None:
         """Whom this node asks for `key` before the origin, when it owns it (core.lookaside)."""

@@ -70,6 +70,15 @@ def covers(outer: Scope, inner: Scope) -> bool:
     return inner[0] == site and (not host or (inner[1] == host and inner[2].startswith(path)))
 
 
+def scopes_of(site: str, host: str, path: str) -> list[Scope]:
+    """Every scope a purge of which covers an object: its site, and each directory of its path on its host."""
+    scopes = [(site, "", "")]
+    end = 0
+    while (end := path.find("/", end) + 1) > 0:
+        scopes.append((site, host, path[:end]))
+    return scopes
+
+
 @dataclass(frozen=True, slots=True)
 class PurgeTable:
     marks: dict[Scope, Mark] = field(default_factory=dict)
@@ -79,20 +88,13 @@ class PurgeTable:
     # since is newer than that purge. Never written to the log: a node that starts doubts again. 0: no doubt.
     unsure_before: float = 0.0
 
-    def _scopes(self, site: str, host: str, path: str) -> list[Scope]:
-        scopes = [(site, "", "")]
-        end = 0
-        while (end := path.find("/", end) + 1) > 0:
-            scopes.append((site, host, path[:end]))
-        return scopes
-
     def lookup(self, site: str, host: str, path: str) -> tuple[str, float]:
         """(generation suffix for the key, soft-purge time) for an object."""
         if not self.marks:
             return "", self.unsure_before
         gens: list[str] = []
         soft = self.unsure_before
-        for scope in self._scopes(site, host, path):
+        for scope in scopes_of(site, host, path):
             mark = self.marks.get(scope)
             if mark is not None:
                 if mark.generation:

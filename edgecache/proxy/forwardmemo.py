@@ -15,7 +15,7 @@ from edgecache.core.forward import pass_request
 from edgecache.core.headers import Headers
 from edgecache.core.memo import Memo, Pool, head_cost
 from edgecache.core.popularity import spreadable
-from edgecache.proxy.route import HOT, Forward, Refused, forward_verdict
+from edgecache.proxy.route import BEHIND, HOT, Forward, Refused, forward_verdict
 
 if TYPE_CHECKING:
     from edgecache.proxy.shared import Shared
@@ -97,9 +97,13 @@ class ForwardMemo:
             return None
         forward = entry.forward
         refused = admit.acl(forward.site, client)
-        verdict = refused or forward_verdict(shared, forward.site, forward.key, client, entry.heat, admitted)
+        verdict = refused or forward_verdict(
+            shared, forward.site, forward.key, client, entry.heat, forward.member, admitted
+        )
         if verdict == HOT:
             return HOT
+        if verdict == BEHIND:  # answered here, not relayed to the owner (route.forward_verdict): decided in full
+            return None
         if isinstance(verdict, Reply):
             site = forward.site.name
             return Refused.keyed(verdict, forward.method, forward.key, forward.headers, site, forward.keep_alive)

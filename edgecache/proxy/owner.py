@@ -66,6 +66,8 @@ async def to_owner(
         if member.id == cluster.self_id:
             observe.trace(request).failover = failover
             return None
+        if request.method in CACHED_METHODS and cluster.lacks_purge(member.id, req.site.name, req.key):
+            return None  # it may still hold what a purge applied here removed: answered here (route.forward_verdict)
         t = observe.trace(request)
         hop = cluster.hop_field(request.method, req.primary, t.id, t.client or req.client_ip, failover)
         peer = replace(req.site, origins=(f"http://{member.address}",), origin_host=None)

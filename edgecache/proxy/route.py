@@ -234,27 +234,34 @@ def _where(
         return Here(spread_from=up[0]) if hot else ELSEWHERE
     if copy:
         return Here(spread_from=up[0])
-    verdict = forward_verdict(shared, site, key, client, spreadable(headers), admitted)
+    verdict = forward_verdict(shared, site, key, client, spreadable(headers), up[0], admitted)
     if isinstance(verdict, Reply):
         return verdict
     if verdict == HOT:
         return Here(spread_from=up[0])
+    if verdict == BEHIND:
+        return HERE
     failover = first is not None and up[0].id != first.id
     return Forward(method, headers, client, site, key, up[0], failover)
 
 
-GO, HOT = "go", "hot"
+GO, HOT, BEHIND = "go", "hot", "behind"
 
 
 def forward_verdict(
-    shared: Shared, site: Site, key: CacheKey, client: str, heat: bool, admitted: bool = False
+    shared: Shared, site: Site, key: CacheKey, client: str, heat: bool, owner: Member | None, admitted: bool = False
 ) -> str | Reply:
-    """Whether a request another node owns, from a viewer its site's ACL allows, is relayed there (GO), answered
-    from this node's copy of a hot object (HOT: `heat` says the request counts towards it), or refused (its signed
-    URL, then the rate limit: core.admit). The one rule for a forward decided in full (_where) and for a remembered
-    one (forwardmemo): the viewer and the moment are asked again on every request. `admitted`: the request was
-    let in already (a forward decided again for the next owner when its owner could not be reached): it goes on,
-    judged and counted once, as the full handler's to_owner sends it to the next owner."""
+    """Whether a request another node owns, from a viewer its site's ACL allows, is relayed to that `owner` (GO),
+    answered from this node's copy of a hot object (HOT: `heat` says the request counts towards it), answered by
+    this node itself because the owner may still hold what a purge applied here removed (BEHIND: cluster.behind),
+    or refused (its signed URL, then the rate limit: core.admit). The one rule for a forward decided in full
+    (_where) and for a remembered one (forwardmemo): the viewer, the moment and the owner's purges are asked
+    again on every request. `admitted`: the request was let in already (a forward decided again for the next
+    owner when its owner could not be reached): it goes on, judged and counted once, as the full handler's
+    to_owner sends it to the next owner."""
+    cluster = shared.cluster
+    if owner is not None and cluster is not None and cluster.lacks_purge(owner.id, site.name, key):
+        return BEHIND
     if admitted:
         return GO
     if heat and shared.popular.asked(key.primary, time.monotonic()):

@@ -16,7 +16,7 @@ from aiohttp import web
 from edgecache.admin.app import admin_app
 from edgecache.admin.jobs import JobRunner
 from edgecache.admin.prefetch import prefetch_routes
-from edgecache.admin.purge import admin_tokens, purge_handler
+from edgecache.admin.purge import admin_tokens, purge_handler, purge_routes
 from edgecache.config import ClusterSettings, Listen, Site, Token
 from edgecache.core.ring import Member
 from edgecache.sites import TCPListener
@@ -66,13 +66,13 @@ async def cluster(origin: Origin, tmp_path: Path, fast: bool = True) -> AsyncIte
             await jobs.start()
             stack.push_async_callback(jobs.close)
             current = lambda c=cfg: c  # noqa: E731
-            purger = purge_handler(current, edge.node.store)
+            purger = purge_handler(current, edge.node.store, edge.node.cluster)  # as server._start_admin
             app = admin_app(
                 edge.node.ready,
                 lambda c=cfg: admin_tokens(c),  # as server._start_admin: the nodes pass purges on with their own
                 edge.node.shared.ring_view,
                 purger,
-                prefetch_routes(current, jobs),
+                prefetch_routes(current, jobs) + purge_routes(current, edge.node.store),
             )
             runner = web.AppRunner(app)
             await runner.setup()

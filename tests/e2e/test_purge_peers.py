@@ -43,8 +43,13 @@ async def hop_get(c: Cluster, i: int, path: str, node: str) -> bytes:
 
 
 async def told_by_a_third_node(c: Cluster, i: int, path: str) -> None:
-    """What node i is told when a purge is made on another node, which has not told every peer yet."""
-    body = json.dumps({"url": f"http://video.test{path}", "local": True, "id": ["elsewhere~0001", 1]}).encode()
+    """What node i is told when a purge of `path` is made on another node, which has not told every peer yet."""
+    await told(c, i, {"url": f"http://video.test{path}"})
+
+
+async def told(c: Cluster, i: int, order: dict[str, object], seq: int = 1) -> None:
+    """Node i is told of the purge `order` (url, prefix or site) as a third node passes it on."""
+    body = json.dumps({**order, "local": True, "id": ["elsewhere~0001", seq]}).encode()
     auth = nodeauth.authorization(peer_token(CLUSTER_KEY), "POST", "/purge", body, time.time())
     headers = {"Authorization": auth, "Content-Type": "application/json"}
     admin = f"http://{c.configs[i].admin}/purge"
