@@ -24,6 +24,11 @@ from tests.samples import sample_value
 PEER = 'edgecache; fwd=miss; detail="peer"'  # the forwarding node's entry in a forwarded answer's Cache-Status
 
 
+def sent(origin: Origin, path: str) -> int:
+    """The origin's answers of `path` that could carry its body: those to requests that were not revalidations."""
+    return sum(1 for r in origin.seen if r.path == path and "If-None-Match" not in r.headers)
+
+
 def behind(peer: str, kind: str) -> float:
     return sample_value("edgecache_peer_purge_behind_total", {"peer": peer, "kind": kind}) or 0.0
 
@@ -77,10 +82,12 @@ async def test_a_purged_url_is_answered_from_the_origin_not_relayed_from_an_owne
         assert origin.hits[path] == 2
         assert behind("node0", "url") == counted + 1  # the object, once
         await forwarded(c, n, other, OLD)  # not covered by the purge: still x's, from its cache
-        assert origin.hits[other] == 1
+        assert sent(origin, other) == 1  # (x may have revalidated it: a peer seen down and up makes it doubt)
         await c.relays[x, n].heal()  # x catches up from n, then n hears from x that it has
+        await c.settled()
         async with asyncio.timeout(WAIT):
             await caught_up_with(c, n, x)
+            await caught_up_with(c, x, n)  # and x asks n's cache on a miss (core.lookaside)
         # x's again: its copy was purged, and its miss asks its next owner's cache first (core.lookaside): n's copy
         # from after the purge when n is that owner, else the origin.
         status, headers, got = await c.edge(n).get(path)
@@ -107,5 +114,5 @@ async def test_a_purged_prefix_keeps_only_the_objects_under_it_from_an_owner_tha
         await told(c, n, {"prefix": "http://video.test/dir/"})
         await answered_here(c, n, under, "edgecache; fwd=uri-miss; stored")
         await forwarded(c, n, beside, OLD)  # x's copy, fresh and purged by nothing
-        assert (origin.hits[under], origin.hits[beside]) == (2, 1)
+        assert (origin.hits[under], sent(origin, beside)) == (2, 1)
         assert behind("node0", "prefix") == counted + 1
