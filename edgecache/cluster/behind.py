@@ -37,7 +37,7 @@ class Behind:
         self._counted: dict[str, set[str]] = {}
         # Per peer, purges it is known to have applied past its last answer: it confirmed this node's pass-on, or
         # it passed the purge on itself (admin.purge). So a purge every node confirmed keeps nothing from them.
-        self._applied: dict[str, set[tuple[str, int]]] = {}
+        self._applied: dict[str, frozenset[tuple[str, int]]] = {}  # replaced whole: read per request, added rarely
 
     def heard(self, peer_id: str, heard: Heard | None) -> None:
         """The peer's purge log answered `heard` (None: it keeps none)."""
@@ -46,14 +46,14 @@ class Behind:
             self.last[peer_id] = heard
             self._counted.pop(peer_id, None)
             if applied := self._applied.get(peer_id):
-                self._applied[peer_id] = {(o, n) for o, n in applied if n > heard.vector.get(o, 0)}
+                self._applied[peer_id] = frozenset((o, n) for o, n in applied if n > heard.vector.get(o, 0))
 
     def applied(self, peer_id: str, origin: str, seq: int) -> None:
         """The peer has applied the purge (origin, seq), whatever its last answer said (at most MAX_ENTRIES a peer:
         past that, it waits for the peer's next answer)."""
-        applied = self._applied.setdefault(peer_id, set())
+        applied = self._applied.get(peer_id, frozenset())
         if len(applied) < MAX_ENTRIES:
-            applied.add((origin, seq))
+            self._applied[peer_id] = applied | {(origin, seq)}
             self._judged.pop(peer_id, None)
 
     def keep_only(self, members: set[str]) -> None:
@@ -69,7 +69,7 @@ class Behind:
         its last answer says (purgegap.ALL: it lacks purges this node no longer keeps); None: relay it."""
         sync = self.store.sync
         heard = self.last.get(peer_id, _NONE)
-        applied = frozenset(self._applied.get(peer_id, ()))
+        applied = self._applied.get(peer_id, frozenset())
         judged = self._judged.get(peer_id)
         if judged is None or judged[0] is not sync or judged[1] is not heard:
             judged = self._judged[peer_id] = (sync, heard, *self._judge(sync, heard, applied))
