@@ -244,7 +244,8 @@ PEER_PURGE_BEHIND = _counter(
 PEER_LOOKASIDE = _counter(
     "edgecache_peer_lookaside_total",
     "Misses of an owner asked of the previous owner's cache first, by peer and outcome: hit (its bytes stored), "
-    "miss, other-version, unusable, error, behind (it may lack a purge applied here; the origin was asked instead)",
+    "miss, other-version, unusable, error, behind (it may lack a purge applied here that covers the object; the "
+    "origin was asked instead)",
     ["peer", "outcome"],
 )
 

@@ -64,7 +64,7 @@ class Behind:
             for gone in [p for p in table if p not in members]:
                 del table[gone]
 
-    def lacks(self, peer_id: str, site: str, host: str, path: str, primary: str) -> str | None:
+    def lacks(self, peer_id: str, site: str, host: str, path: str, primary: str, counted: bool = True) -> str | None:
         """The kind of a purge applied here that covers the object and that the peer has not applied, as far as
         its last answer says (purgegap.ALL: it lacks purges this node no longer keeps); None: relay it."""
         sync = self.store.sync
@@ -79,7 +79,7 @@ class Behind:
         if kind is None:
             covering = self._index(sync)
             kind = purgegap.lacked(covering, heard.vector, heard.retired, site, host, path, primary, applied)
-        if kind is not None:
+        if kind is not None and counted:
             self._count(peer_id, primary, kind)
         return kind
 

@@ -130,15 +130,14 @@ class PurgeSync:
         self._pauses = 0  # pauses of this process noticed so far: an answer asked for before the last one is old
         self.doubt(time.time())
         view.listeners.append(self._peer_changed)
-        view.has_our_purges = self.has_ours
         self.behind = Behind(store, sites)  # what each peer's last answer says it lacks, kept across pauses
         view.peer_lacks, view.peer_applied = self.behind.lacks, self._peer_applied
 
     def has_ours(self, peer_id: str) -> bool:
         """Has the peer applied every purge this node has, as far as its last answer says? A peer not heard from
         since it came up, or one that keeps no log (it is never told of a purge), counts as having none: its
-        cached bytes are taken only while this node has applied none either. Conservative: after each purge here,
-        until the peer's next answer shows it (within cluster.interval), no bytes are taken from it."""
+        cached bytes are taken only while this node has applied none either. (What decides whether a peer's bytes of
+        an object are taken or relayed is cluster.behind, per object; this says the peer lacks none at all.)"""
         known = self.known.get(peer_id)
         if known is None or isinstance(known, NoLog):
             return self.store.sync.known_to({})

@@ -44,13 +44,11 @@ class ClusterView:
         # DNS names no admin listener: a member DNS lists has its admin API at this port of its address (every node
         # of a DNS cluster runs one config), where health checks and purges reach it.
         self.dns_admin_port: int | None = None
-        # Whether a peer has applied every purge this node has (cluster.purgesync sets it): a peer's cached bytes
-        # (a look-aside, a hot copy's fill from its owner) are stored here only then, or a purge applied here but
-        # not yet there would be undone. Without purge sync (a node alone) nothing is purged behind a peer's back.
-        self.has_our_purges: Callable[[str], bool] = lambda _peer: True
-        # (peer, site, host, path, primary) -> the kind of a purge applied here that covers the object and that the
-        # peer has not applied, or None (cluster.behind sets it): such a request is never relayed to it (lacks).
-        self.peer_lacks: Callable[[str, str, str, str, str], str | None] = lambda *_: None
+        # (peer, site, host, path, primary, counted) -> the kind of a purge applied here that covers the object and
+        # that the peer has not applied, or None (cluster.behind sets it): the peer's cached bytes of it are never
+        # relayed nor stored here (lacks_purge), or that purge would be undone. Without purge sync (a node alone)
+        # nothing is purged behind a peer's back.
+        self.peer_lacks: Callable[[str, str, str, str, str, bool], str | None] = lambda *_: None
         # (peer, origin, number): the peer has applied that purge (it confirmed it, or passed it on: admin.purge).
         self.peer_applied: Callable[[str, str, int], None] = lambda *_: None
         members = list(settings.nodes)
@@ -124,11 +122,13 @@ class ClusterView:
         while not predicate():
             await self._changed.wait()
 
-    def lacks_purge(self, member_id: str, site: str, key: CacheKey) -> bool:
+    def lacks_purge(self, member_id: str, site: str, key: CacheKey, counted: bool = True) -> bool:
         """May `member` still hold the object of `key` as it was before a purge applied here (it has not applied a
         purge that covers it, core.purgegap)? Then a request for it is never relayed to that member: this node
-        answers it itself, from its own cache or the origin, until the member's purge log shows the purge."""
-        return self.peer_lacks(member_id, site, key.host, key.path, key.primary) is not None
+        answers it itself, from its own cache or the origin, until the member's purge log shows the purge; nor
+        are its bytes stored here (a look-aside, a hot copy's fill). `counted`: a viewer's request answered here
+        instead (edgecache_peer_purge_behind_total); a fill's is counted as the fill's (peer_lookaside)."""
+        return self.peer_lacks(member_id, site, key.host, key.path, key.primary, counted) is not None
 
     def previous_owner(self, key: str) -> Member | None:
         """Whom this node asks for `key` before the origin, when it owns it (core.lookaside)."""

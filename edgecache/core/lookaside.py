@@ -34,7 +34,7 @@ class Outcome(StrEnum):
     OTHER_VERSION = "other-version"  # it holds another version than the slices stored here: never mixed
     UNUSABLE = "unusable"  # no validators to prove the version, or a malformed answer
     ERROR = "error"  # refused, timed out, broken: the origin is asked at once
-    BEHIND = "behind"  # not asked: it may lack a purge applied here (cluster.purgesync), the origin is asked
+    BEHIND = "behind"  # not asked: it may lack a purge applied here covering it (cluster.behind): origin asked
 
 
 def previous_owner(up: Sequence[Member], self_id: str) -> Member | None:

@@ -248,7 +248,7 @@ class SyncLog:
 
     def known_to(self, vector: Vector, retired: frozenset[str] = frozenset()) -> bool:
         """Has a node with `vector`, which pruned `retired`, applied every purge this node has (those past its
-        vector too)? Only then are that node's cached bytes taken here (cluster.purgesync.PurgeSync.has_ours).
+        vector too)? (cluster.behind asks it once per change, before it looks for the purges that node lacks.)
         An origin it pruned had every purge applied there (core.purgeprune)."""
         if not all(vector.get(o, 0) >= n for o, n in self.vector.items() if o not in retired):
             return False

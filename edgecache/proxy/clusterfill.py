@@ -36,7 +36,7 @@ async def look_aside(
     peer = view.previous_owner(req.primary) if view is not None and req.primary and req.key.host else None
     if view is None or peer is None:
         return None
-    if not view.has_our_purges(peer.id):  # it may still hold what a purge removed here: never stored again
+    if view.lacks_purge(peer.id, req.site.name, req.key, counted=False):  # may still hold what a purge removed
         metrics.PEER_LOOKASIDE.labels(peer.id, lookaside.Outcome.BEHIND).inc()
         return None
     site, headers = _to_peer(view, req, sent, peer, look_aside=True)
@@ -64,8 +64,8 @@ async def from_owner(
     """The owner's answer to the fill of a spread copy (core.popularity), taken as the origin's would be; None
     when the owner could not be asked or did not serve it (then the origin is, as the next owner would): its
     failures are the peer's, counted as such, and one that could not connect takes it down at once. An owner
-    that may lack a purge applied here is not asked: its copy may be what that purge removed."""
-    if not view.has_our_purges(owner.id):
+    that may lack a purge applied here which covers the object is not asked: its copy may be what it removed."""
+    if view.lacks_purge(owner.id, req.site.name, req.key, counted=False):
         return None
     site, headers = _to_peer(view, req, sent, owner, look_aside=False)
     try:

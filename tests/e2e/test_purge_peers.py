@@ -26,6 +26,8 @@ from tests.conftest import CLUSTER_KEY
 from tests.e2e.test_purge_catchup import NEW, OLD, Cluster, change, cluster
 from tests.origin import Origin
 
+LOOKASIDE_FILL = 'edgecache; fwd=uri-miss; stored; detail="peer-lookaside"'
+
 
 def owners(c: Cluster, path: str) -> list[int]:
     primary = make_key("videos", "video.test", path, ("*",)).primary
@@ -74,6 +76,23 @@ async def test_an_owner_never_takes_the_previous_owners_copy_of_an_object_it_has
         assert origin.hits[path] == 2
         status, headers, body = await c.edge(x).get(path)  # and what it stored is the new object's
         assert (status, body, headers["Cache-Status"]) == (200, NEW, "edgecache; hit")
+
+
+async def test_a_purge_of_another_object_does_not_keep_an_owner_from_the_previous_owners_copy(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Only what a purge the peer lacks covers is kept from it (core.purgegap): while purges come every second or
+    so, a look-aside asked only of a peer that has every one would go to the origin nearly always."""
+    async with cluster(origin, tmp_path) as c:
+        path = "/lookaside/kept"
+        x, p = owners(c, path)[:2]
+        origin.put(path, OLD, etag='"v1"')
+        assert await hop_get(c, p, path, f"node{x}") == OLD
+        await c.relays[p, x].cut()
+        await told(c, x, {"prefix": "http://video.test/lookaside/other/"})  # p lacks it; it covers another object
+        status, headers, body = await c.edge(x).get(path)
+        assert (status, body, headers["Cache-Status"]) == (200, OLD, LOOKASIDE_FILL)
+        assert origin.hits[path] == 1
 
 
 async def test_a_hot_copy_is_never_filled_from_an_owner_that_lacks_a_purge_applied_here(

@@ -57,3 +57,10 @@ def test_the_counted_objects_and_the_confirmed_purges_of_a_peer_are_bounded() ->
     assert (len(b._applied["p-bound"]), "p-bound" in b._counted) == (0, False)
     b.keep_only({"other"})
     assert (b.last, b._applied, b._counted, b._judged) == ({}, {}, {}, {})
+
+
+def test_a_peer_that_may_lack_purges_no_longer_kept_here_counts_as_lacking_one_for_every_object() -> None:
+    b = behind(*(Entry("a~1", seq, "url", "videos", "video.test", f"/{seq}") for seq in range(1, MAX_ENTRIES + 2)))
+    assert lacks(b, "p", "/anything") == "all"  # never heard from: it may lack purge 1, which is no longer kept
+    b.heard("p", Heard({"a~1": 1}))
+    assert (lacks(b, "p", "/anything"), lacks(b, "p", "/2")) == (None, "url")
