@@ -15,7 +15,6 @@ exactly one origin request.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ from edgecache.core.headers import Headers
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
 from edgecache.proxy.expecting import Expected, Expecting
+from edgecache.proxy.slicebuf import Parts, view_of
 
 if TYPE_CHECKING:
     from edgecache.proxy.fillrequest import FillRequest
@@ -43,39 +43,6 @@ _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 WINDOW = 8
 UNKNOWN_WINDOW = 1
 PRIVATE_WINDOW = 0  # a private answer's fill reads ahead of its one client by two slices at most
-
-
-class _Parts:
-    """The chunks of a slice still arriving, kept as the origin client gave them: nothing is copied until the
-    slice is complete and joined once. On a VM every fresh MiB touched costs about 0.5 ms, so copies matter."""
-
-    __slots__ = ("chunks", "ends", "length")
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes | memoryview] = []
-        self.ends: list[int] = []  # offset after each chunk
-        self.length = 0
-
-    def __len__(self) -> int:
-        return self.length
-
-    def append(self, chunk: bytes | memoryview) -> None:
-        self.chunks.append(chunk)
-        self.length += len(chunk)
-        self.ends.append(self.length)
-
-    def view(self, lo: int, hi: int) -> memoryview:
-        """Bytes from `lo`, up to `hi` or the end of the chunk holding `lo`, whichever comes first."""
-        i = bisect.bisect_right(self.ends, lo)
-        start = self.ends[i] - len(self.chunks[i])
-        return memoryview(self.chunks[i])[lo - start : min(hi, self.ends[i]) - start]
-
-    def join(self) -> bytes:
-        return b"".join(self.chunks)
-
-
-def _piece(buf: _Parts | bytes, lo: int, hi: int) -> memoryview:
-    return buf.view(lo, hi) if isinstance(buf, _Parts) else memoryview(buf)[lo:hi]
 
 
 class Released(Exception):
@@ -142,7 +109,7 @@ class Fill:
         self.slice_size = slice_size
         self.head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
         self.asked_at = time.time()  # no later than the origin was asked: what a soft purge is judged against
-        self._bufs: dict[int, _Parts | bytes] = {}
+        self._bufs: dict[int, Parts | bytes] = {}
         self._complete: set[int] = set()
         self._durable: set[int] = set()  # complete slices the store has, while the fill still holds them
         # Complete slices the store refused (a full disk, one out of service, its admission): a stream cannot read
@@ -235,8 +202,8 @@ class Fill:
             take = min(len(view), size - offset)
             buf = self._bufs.get(index)
             if buf is None:
-                buf = self._bufs[index] = _Parts()
-            assert isinstance(buf, _Parts)
+                buf = self._bufs[index] = Parts()
+            assert isinstance(buf, Parts)
             buf.append(chunk if take == len(chunk) else view[:take])
             view = view[take:]
             self._pos += take
@@ -250,7 +217,7 @@ class Fill:
         """The body ended where it should: the last, short slice is complete too."""
         index = (self._pos - 1) // self.slice_size if self._pos else 0
         buf = self._bufs.get(index)
-        if isinstance(buf, _Parts):
+        if isinstance(buf, Parts):
             self._finish_slice(index, on_complete)
         elif buf is None and self._pos == 0:
             self._bufs[0] = b""
@@ -275,7 +242,7 @@ class Fill:
 
     def _finish_slice(self, index: int, on_complete: Callable[[int, bytes], None]) -> None:
         buf = self._bufs[index]
-        data = buf.join() if isinstance(buf, _Parts) else buf
+        data = buf.join() if isinstance(buf, Parts) else buf
         self._bufs[index] = data
         self._complete.add(index)
         on_complete(index, data)
@@ -378,7 +345,7 @@ class Fill:
                 have = len(buf) if buf is not None else 0
                 if have > lo:
                     assert buf is not None
-                    piece = _piece(buf, lo, hi)
+                    piece = view_of(buf, lo, hi)
                     yield piece
                     lo += len(piece)
                     continue
@@ -443,7 +410,7 @@ class Fill:
             have = len(buf) if buf is not None else 0
             if have > offset:
                 assert buf is not None
-                piece = _piece(buf, offset, have)
+                piece = view_of(buf, offset, have)
                 yield piece
                 pos += len(piece)
                 self._streams[me] = pos
