@@ -368,7 +368,7 @@ class Engine:
             if head.store and fill.kept and not self._past_bound(fill, head, index):
                 stored.append(index)
                 if self._memory_only(req, version, index, data):
-                    fill.mark_durable(index)
+                    fill.mark_durable(index, in_memory=True)
                     return
                 writes.append(self._spawn(self._write_slice(fill, req.entry_key, version, index, data), self._writes))
 

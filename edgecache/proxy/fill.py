@@ -112,6 +112,7 @@ class Fill:
         self._bufs: dict[int, Parts | bytes] = {}
         self._complete: set[int] = set()
         self._durable: set[int] = set()  # complete slices the store has, while the fill still holds them
+        self._in_memory: set[int] = set()  # those memory alone has: kept past let_go (mark_durable)
         # Complete slices the store refused (a full disk, one out of service, its admission): a stream cannot read
         # one back once let go, so it is held until every stream has read it (the slowest then paces the fill).
         self._unstored: set[int] = set()
@@ -249,17 +250,25 @@ class Fill:
         self._release_old()
 
     def let_go(self) -> None:
-        """The producer has ended: complete slices the store has are dropped here, and readers still on them
-        read them from the store (Released, from_store), whatever the fill's shape."""
-        for i in [i for i in self._durable if i in self._bufs]:
+        """The producer has ended: complete slices the store has on disk are dropped here, and readers still on
+        them read them from the store (Released, from_store), whatever the fill's shape."""
+        for i in [i for i in self._durable if i in self._bufs and i not in self._in_memory]:
             self._held -= len(self._bufs.pop(i))
         self._durable.clear()
+        self._in_memory.clear()
         self._wake()
 
-    def mark_durable(self, index: int, stored: bool = True) -> None:
+    def mark_durable(self, index: int, stored: bool = True, in_memory: bool = False) -> None:
         """The store has slice `index` on disk: the fill may drop its own copy once it is out of the window. Not
-        `stored` (the disk refused it): only once every stream has read it too."""
+        `stored` (the disk refused it): only once every stream has read it too. `in_memory`: memory alone has it
+        (exclusive tiers, a spread copy), and may evict it to nowhere (an exclusive spill judged stale after a
+        purge, one past the write-back's bound): dropped out of the window as a stored slice, but not at the end
+        (let_go), so a reader still holding the fill reads it here. Dropped there, a slow client's reader found it
+        nowhere, fetched it again under its own key, stale in turn after a site purge, three times: 502 "slice N
+        could not be read" (test_memory_only_slice). Memory's own bytes object while memory holds it."""
         (self._durable if stored else self._unstored).add(index)
+        if in_memory:
+            self._in_memory.add(index)
         self._release_old()
         self._wake()
 
@@ -284,6 +293,7 @@ class Fill:
             if (buf := self._bufs.pop(i, None)) is not None:
                 self._held -= len(buf)
             self._durable.discard(i)  # only slices still held are kept here, so each pass is short
+            self._in_memory.discard(i)
             self._unstored.discard(i)
 
     def _floor(self) -> int:
