@@ -1,7 +1,8 @@
 """Exclusive tiers (cache.tiers = "exclusive"): a slice is in memory or on disk, not in both.
 
 A fill's slice that memory keeps is not written to disk (Store.keep_in_memory); what memory evicts later is
-written to disk then, through a bounded write-back (spill); a disk hit memory takes leaves the disk
+written to disk then, through a bounded write-back (spill; while it is full, a fill's slice goes to disk at once
+and a disk hit stays there, so nothing is evicted past it: _backed_up); a disk hit memory takes leaves the disk
 (Store.took_from_disk), and goes back to the disk's main queue, with a full counter, when memory evicts it (a
 reuse the disk saw is not forgotten). The two tiers so hold their sum of distinct slices, where inclusive tiers
 hold about the disk's (loadtest/README.md "Inclusive or exclusive tiers"). One worker only: each worker has its
@@ -76,9 +77,10 @@ class Tiers:
         self.memory.on_drop = self._spill
 
     def keep_in_memory(self, entry_key: str, version: str, index: int, data: bytes) -> bool:
-        """Exclusive: a fill's slice offered to memory alone; True if memory keeps it (then not written to disk)."""
+        """Exclusive: a fill's slice offered to memory alone; True if memory keeps it (then not written to disk).
+        Not while the write-back is full (_backed_up): then the fill writes it to disk, as inclusive tiers do."""
         name = slice_name(entry_key, version, index)
-        if not self.memory.put(name, data):
+        if self._backed_up(len(data)) or not self.memory.put(name, data):
             return False
         self._hold(name, (entry_key, version, False))
         return True
@@ -88,11 +90,20 @@ class Tiers:
         self.took_named(slice_name(entry_key, version, index), entry_key, version, data)
 
     def took_named(self, name: str, entry_key: str, version: str, data: bytes) -> None:
-        """took_from_disk() with the slice's name already made."""
-        if not self.memory.put(name, data) or not self.exclusive:
+        """took_from_disk() with the slice's name already made. Exclusive, it stays on disk while the write-back is
+        full (_backed_up)."""
+        if (self.exclusive and self._backed_up(len(data))) or not self.memory.put(name, data) or not self.exclusive:
             return
         self._hold(name, (entry_key, version, True))
         self._start(name, self._delete(name))
+
+    def _backed_up(self, size: int) -> bool:
+        """Would a slice of `size` that memory takes now evict one past the write-back's bound (dropped: fetched
+        again from origin)? Then it is not offered to memory: a fill's goes to disk at once, and the fill waits for
+        that write (fill memory gives its share back after its writes), so a burst of fills faster than the disk
+        is held back as with inclusive tiers; a disk hit stays on disk. Before, each such slice evicted one that was
+        dropped. What the RSS bound's shrink evicts (MemoryTier.set_limit) can still go past the bound."""
+        return self.spilling + size > self.spill_bound
 
     def _hold(self, name: str, held: tuple[str, str, bool]) -> None:
         self._held[name] = held

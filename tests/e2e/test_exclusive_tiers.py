@@ -167,9 +167,16 @@ async def test_a_purge_or_a_new_version_between_eviction_and_spill_writes_nothin
     assert origin.hits["/o0"] == (3 if kind == "version" else 2)
 
 
-async def test_the_write_back_is_bounded(origin: Origin, tmp_path: Path) -> None:
-    dropped = spills("dropped")
-    async with exclusive_edge(origin, tmp_path, True, bound=SLICE + 1) as edge:
+async def test_a_full_write_back_sends_a_fills_slice_to_disk_and_leaves_a_disk_hit_there(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The write-back holds one slice (its bound) and that slice's write waits. A fill's next slice, which memory
+    would take by evicting another to nowhere (past the bound: dropped, fetched again from origin), goes to disk
+    at once as inclusive tiers write it, where the fill waits for its write; and a disk hit stays on disk. Before,
+    /o4's second slice evicted /o0's second, dropped past the bound and fetched again (this test's former
+    version asserted that drop)."""
+    dropped, written = spills("dropped"), spills("written")
+    async with exclusive_edge(origin, tmp_path, False, bound=SLICE + 1) as edge:  # the full path takes every slice
         store = edge.node.store
         await get(edge, "/o0")
         old = names(edge, "/o0")
@@ -177,17 +184,21 @@ async def test_the_write_back_is_bounded(origin: Origin, tmp_path: Path) -> None
         await get_held(edge, "/o1")
         await get_held(edge, "/o2")
         await get_held(edge, "/o3")
-        await get_held(edge, "/o4")  # /o0's two slices evicted: the first waits, the second is past the bound
+        await get_held(edge, "/o4")  # its first slice evicts /o0's first, whose spill waits: the write-back is full
         assert [n in store._writing for n in old] == [True, False]
+        assert [n in store.memory for n in old] == [False, True]  # not evicted by /o4's second slice
+        assert await where(edge, "/o4") == ([True, False], [False, True])  # which went to disk
+        await get_held(edge, "/o4")  # a disk hit while the write-back is full: not taken into memory
+        assert await where(edge, "/o4") == ([True, False], [False, True])
         assert store.spilling == SLICE
-        assert spills("dropped") - dropped == 1
         gate.set()
         await settled(edge)
         assert store.spilling == 0
+        assert [n in store.memory for n in old] == [False, True]
         assert await store.disk.contains(old) == [True, False]
-        await get(edge, "/o0")  # its second slice from the origin again
-    assert origin.hits["/o0"] == 2
-    assert origin.range_hits("/o0")[-1] == f"bytes={SLICE}-{BODY - 1}"
+        assert (spills("dropped") - dropped, spills("written") - written) == (0, 1)
+        await get(edge, "/o0")
+    assert all(origin.hits[p] == 1 for p in list(BODIES)[:5])
 
 
 async def get_held(edge: Edge, path: str, bodies: dict[str, bytes] = BODIES) -> None:
