@@ -23,7 +23,7 @@ EXCLUSIVE_WORKERS = "'exclusive' needs one worker: a slice in one worker's memor
 def check_tiers(r: _Reader, settings: CacheSettings, workers: int, keys: str = "cache.tiers") -> None:
     """cache.tiers = "exclusive" with several workers: refused, naming both keys."""
     if settings.tiers == "exclusive" and workers > 1:
-        r.problem(keys, f"{EXCLUSIVE_WORKERS} (server.workers is {workers})")
+        r.problem(keys, f"{EXCLUSIVE_WORKERS} (server.workers is {workers}; set 'inclusive' for several)")
 
 
 def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:

@@ -407,7 +407,7 @@ def test_cache_tiers_inclusive_by_default_exclusive_with_one_worker_only() -> No
     assert build({"cache": {"tiers": "exclusive"}, "sites": [SITE]}, "f.toml", Path("/e")).cache.tiers == "exclusive"
     assert problems({"cache": {"tiers": "exclusive"}, "server": {"workers": 2}, "sites": [SITE]}) == [
         "f.toml: cache.tiers: 'exclusive' needs one worker: a slice in one worker's memory only is a miss for the"
-        " others (server.workers is 2)"
+        " others (server.workers is 2; set 'inclusive' for several)"
     ]
     assert problems({"cache": {"tiers": "victim"}, "sites": [SITE]}) == [
         "f.toml: cache.tiers: must be 'inclusive' or 'exclusive'"
