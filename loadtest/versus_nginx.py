@@ -258,13 +258,18 @@ def origin_main(argv: list[str]) -> int:
 
 
 def free_port() -> int:
-    """A port below the kernel's ephemeral range, so no outgoing connection takes it before the server binds."""
+    """A port below the kernel's ephemeral range, so no outgoing connection takes it before the server binds; within
+    EDGECACHE_TEST_PORTS=LO-HI when set (as tests/e2e/procs.free_port), so runs sharing a machine keep apart."""
     try:
         floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         floor = 32768
+    lo, hi = max(1024, floor - 12_000), floor
+    if given := os.environ.get("EDGECACHE_TEST_PORTS"):
+        first, _, last = given.partition("-")
+        lo, hi = int(first), int(last) + 1
     for _ in range(200):
-        port = random.randrange(max(1024, floor - 12_000), floor)
+        port = random.randrange(lo, hi)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
