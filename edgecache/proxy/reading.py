@@ -101,9 +101,7 @@ async def read_slice(
                 continue
             fill = started  # the request's miss is counted once, by its cause, when it ends (observe.finish)
         try:
-            if fill is not own and _ended_elsewhere(fill, req):
-                raise Released
-            async for chunk in _from_fill(fill, meta, index, lo, hi):
+            async for chunk in _read_fill(fill, req, fill is own, meta, index, lo, hi):
                 yield chunk
                 lo += len(chunk)
             return
@@ -115,6 +113,17 @@ async def read_slice(
                 raise VersionChanged(f"the origin's slices of {meta.version} disagree: fetched whole now") from exc
             raise
     raise OriginError(f"slice {index} could not be read")
+
+
+async def _read_fill(
+    fill: Fill, req: FillRequest, own: bool, meta: ObjectMeta, index: int, lo: int, hi: int
+) -> AsyncIterator[bytes | memoryview]:
+    """_from_fill, but Released at once from an ended fill of another variant than the reader's (_ended_elsewhere);
+    not from `own`, a miss's own fill, which is its answer."""
+    if not own and _ended_elsewhere(fill, req):
+        raise Released
+    async for chunk in _from_fill(fill, meta, index, lo, hi):
+        yield chunk
 
 
 def _ended_elsewhere(fill: Fill, req: FillRequest) -> bool:
