@@ -5,14 +5,16 @@ the origin and the three nodes on CPU 1, one worker each). For each workload, wr
 directly, then asks another node for the same objects (which forwards them to the owner), interleaved over
 several rounds; the table gives the medians and forwarded / direct.
 
-    python -m loadtest.cluster [--rounds 3] [--duration 4] [--keep DIR]
+    python -m loadtest.cluster [--rounds 3] [--duration 4] [--keep DIR] [--base-port 18700] [--only spread]
 
 Workloads: 4 KiB hits (64 connections; objects asked often enough that the forwarding node keeps its own copies
 of them, core.popularity), 4 KiB hits of about 3,000 objects none of which is hot there (each forwarded request is
 relayed to the owner), aligned 1 MiB ranges of a warm 64 MiB video (32 connections), and cold
 1 MiB ranges (each range of a fresh 64 MiB video asked once, 8 connections, MiB/s). Every byte is checked against
-the file before anything is timed. Needs nginx and wrk (apt-get install nginx wrk). Only 127.0.0.1 is used;
-every process started is stopped at the end, whatever happens.
+the file before anything is timed. Each run also gives the CPU time (user + system, from /proc) both nodes spent
+per request, the owner's and the forwarding node's together: other jobs on the machine move it less than req/s.
+`--base-port` moves the four listeners; `--only` runs some workloads alone. Needs nginx and wrk (apt-get install
+nginx wrk). Only 127.0.0.1 is used; every process started is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ SMALL = 300
 SPREAD = 9000
 VIDEO = 64 * 2**20
 MIB = 2**20
-BASE_PORT = 18700
+BASE_PORT = 18700  # the origin's; the nodes take the next three (--base-port)
+WORKLOADS = ("hits", "spread", "ranges", "cold")
 HOST = "cluster.bench"
 KEY = "loadtest-cluster-key-" + "0" * 32  # loopback only
 
@@ -102,6 +105,19 @@ class Node:
     id: str
     port: int
     config: Path
+    pid: int = 0  # its process group's (the supervisor's and its workers')
+
+
+def cpu_seconds(groups: Iterable[int]) -> float:
+    """CPU time (user + system) spent so far by the processes of these process groups, from /proc: a figure that
+    other jobs on the machine move less than req/s (a forward costs both the node asked and the owner)."""
+    wanted, ticks, total = set(groups), os.sysconf("SC_CLK_TCK"), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) in wanted:  # pgrp; utime and stime are fields 14 and 15 of stat(5)
+                total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def write_content(root: Path, videos: list[str]) -> None:
@@ -214,6 +230,7 @@ def wrk(port: int, listing: Path, conns: int, seconds: int, script: Path, pin: l
         "rps": float(rps.group(1)),
         "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
         "errors": 1.0 if errors is not None else 0.0,
+        "requests": float(total.group(1)),
     }
 
 
@@ -263,25 +280,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=4, help="seconds per timed wrk run")
     ap.add_argument("--keep", type=Path, help="work directory to use and keep (default: a temporary one)")
+    ap.add_argument("--base-port", type=int, default=BASE_PORT, help="the origin's port; the nodes take the next three")
+    ap.add_argument("--only", choices=WORKLOADS, action="append", help="run only this workload (may be repeated)")
     args = ap.parse_args(argv)
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install {tool})")
     work = args.keep or Path(tempfile.mkdtemp(prefix="edgecache-cluster-"))
     try:
-        return run(work, args.rounds, args.duration)
+        return run(work, args.rounds, args.duration, args.base_port, tuple(args.only or WORKLOADS))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, rounds: int, duration: int) -> int:
+def run(work: Path, rounds: int, duration: int, base_port: int, only: tuple[str, ...]) -> int:
     pinned = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
     client_pin, server_pin = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if pinned else ([], [])
     content, state = work / "content", work / "state"
     (state / "tmp").mkdir(parents=True, exist_ok=True)
-    origin_port = BASE_PORT
-    nodes = [Node(f"node{i}", BASE_PORT + i, state / f"node{i}.toml") for i in (1, 2, 3)]
+    origin_port = base_port
+    nodes = [Node(f"node{i}", base_port + i, state / f"node{i}.toml") for i in (1, 2, 3)]
     for node in nodes:
         node.config.write_text(node_config(state, nodes, node, origin_port))
     (state / "origin.conf").write_text(ORIGIN_CONF.format(state=state, port=origin_port, content=content))
@@ -307,7 +326,7 @@ def run(work: Path, rounds: int, duration: int) -> int:
         stack.enter_context(started(origin_argv, state / "origin.log"))
         for node in nodes:
             node_argv = [*server_pin, sys.executable, "-m", "edgecache", "serve", "--config", str(node.config)]
-            stack.enter_context(started(node_argv, state / f"{node.id}.log"))
+            node.pid = stack.enter_context(started(node_argv, state / f"{node.id}.log")).pid
         for port in (origin_port, *(n.port for n in nodes)):
             wait_ready(port, time.monotonic() + 60)
         for path in small + spread:  # warm through the forwarding node: the owner fills
@@ -315,7 +334,7 @@ def run(work: Path, rounds: int, duration: int) -> int:
         for s in starts:
             fetch(other.port, warm, f"{s}-{s + MIB - 1}")
         check_bytes(content, nodes, small + spread[::300], warm)
-        results = measure(rounds, duration, lists, owner, other, script, client_pin, colds, content)
+        results = measure(rounds, duration, lists, owner, other, script, client_pin, colds, content, only)
     print_table(results, pinned)
     return 0
 
@@ -330,17 +349,23 @@ def measure(
     pin: list[str],
     colds: list[str],
     content: Path,
+    only: tuple[str, ...] = WORKLOADS,
 ) -> dict[str, dict[str, list[dict[str, float]]]]:
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for r in range(rounds):
         for workload, conns in (("hits", 64), ("spread", 64), ("ranges", 32)):
+            if workload not in only:
+                continue
             for way, node in (("direct", owner), ("forwarded", other)):
+                cpu = cpu_seconds([owner.pid, other.pid])
                 got = wrk(node.port, lists[workload], conns, duration, script, pin)
+                got["cpu_us"] = (cpu_seconds([owner.pid, other.pid]) - cpu) / max(got["requests"], 1) * 1e6
                 if workload == "spread" and way == "forwarded":
                     got["hot"] = float(hot_risk(got["rps"] * duration, lists[workload]))
                 results.setdefault(workload, {}).setdefault(way, []).append(got)
-                print(f"round {r + 1} {workload:<7} {way:<9} {got['rps']:>10.0f} req/s  p99 {got['p99_ms']:.2f} ms")
-    for way, node, video in (("direct", owner, colds[0]), ("forwarded", other, colds[1])):
+                line = f"{got['rps']:>10.0f} req/s  p99 {got['p99_ms']:.2f} ms  {got['cpu_us']:.1f} CPU µs/req"
+                print(f"round {r + 1} {workload:<7} {way:<9} {line}")
+    for way, node, video in (("direct", owner, colds[0]), ("forwarded", other, colds[1])) if "cold" in only else ():
         got = asyncio.run(cold_pass(node.port, video, content))
         results.setdefault("cold", {}).setdefault(way, []).append(got)
         print(f"cold    {way:<9} {got['rps']:>10.1f} MiB/s p99 {got['p99_ms']:.2f} ms")
@@ -365,8 +390,8 @@ def print_table(results: dict[str, dict[str, list[dict[str, float]]]], pinned: b
     )
     layout = "wrk on CPU 0; origin and 3 nodes on CPU 1" if pinned else "unpinned"
     print(f"\n{cpu}, {os.cpu_count()} CPUs, {layout}; medians")
-    print("| workload | direct | forwarded | forwarded / direct | p99 ms direct / forwarded |")
-    print("|---|---|---|---|---|")
+    print("| workload | direct | forwarded | forwarded / direct | p99 ms direct / forwarded | CPU µs/req d / f |")
+    print("|---|---|---|---|---|---|")
     names = {
         "hits": "4 KiB hits, 64 conns (req/s)",
         "spread": "4 KiB hits, none hot, 64 conns (req/s)",
@@ -378,9 +403,12 @@ def print_table(results: dict[str, dict[str, list[dict[str, float]]]], pinned: b
         f = statistics.median(x["rps"] for x in ways["forwarded"])
         pd = statistics.median(x["p99_ms"] for x in ways["direct"])
         pf = statistics.median(x["p99_ms"] for x in ways["forwarded"])
+        cd = statistics.median(x.get("cpu_us", 0.0) for x in ways["direct"])
+        cf = statistics.median(x.get("cpu_us", 0.0) for x in ways["forwarded"])
         bad = " (errors)" if any(x["errors"] for w in ways.values() for x in w) else ""
         bad += " (objects may have become hot)" if any(x.get("hot") for x in ways["forwarded"]) else ""
-        print(f"| {names[workload]} | {d:,.0f} | {f:,.0f} | {f / d:.2f}{bad} | {pd:.2f} / {pf:.2f} |")
+        cells = f"{d:,.0f} | {f:,.0f} | {f / d:.2f}{bad} | {pd:.2f} / {pf:.2f} | {cd:.0f} / {cf:.0f}"
+        print(f"| {names[workload]} | {cells} |")
 
 
 if __name__ == "__main__":
