@@ -108,16 +108,20 @@ class Node:
     pid: int = 0  # its process group's (the supervisor's and its workers')
 
 
-def cpu_seconds(groups: Iterable[int]) -> float:
-    """CPU time (user + system) spent so far by the processes of these process groups, from /proc: a figure that
-    other jobs on the machine move less than req/s (a forward costs both the node asked and the owner)."""
-    wanted, ticks, total = set(groups), os.sysconf("SC_CLK_TCK"), 0
+def cpu_seconds(groups: Iterable[int]) -> tuple[float, int]:
+    """CPU time (user + system) spent so far by the processes of these process groups, and the read and write
+    system calls they made (libuv reads and writes sockets with read(2) and write(2), counted in /proc/PID/io):
+    figures that other jobs on the machine move less than req/s (a forward costs both the node asked and the
+    owner)."""
+    wanted, ticks, total, calls = set(groups), os.sysconf("SC_CLK_TCK"), 0, 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[2]) in wanted:  # pgrp; utime and stime are fields 14 and 15 of stat(5)
                 total += int(fields[11]) + int(fields[12])
-    return total / ticks
+                io = dict(line.split(": ") for line in (stat.parent / "io").read_text().splitlines())
+                calls += int(io["syscr"]) + int(io["syscw"])
+    return total / ticks, calls
 
 
 def write_content(root: Path, videos: list[str]) -> None:
@@ -357,13 +361,16 @@ def measure(
             if workload not in only:
                 continue
             for way, node in (("direct", owner), ("forwarded", other)):
-                cpu = cpu_seconds([owner.pid, other.pid])
+                cpu, calls = cpu_seconds([owner.pid, other.pid])
                 got = wrk(node.port, lists[workload], conns, duration, script, pin)
-                got["cpu_us"] = (cpu_seconds([owner.pid, other.pid]) - cpu) / max(got["requests"], 1) * 1e6
+                cpu_after, calls_after = cpu_seconds([owner.pid, other.pid])
+                got["cpu_us"] = (cpu_after - cpu) / max(got["requests"], 1) * 1e6
+                got["calls"] = (calls_after - calls) / max(got["requests"], 1)
                 if workload == "spread" and way == "forwarded":
                     got["hot"] = float(hot_risk(got["rps"] * duration, lists[workload]))
                 results.setdefault(workload, {}).setdefault(way, []).append(got)
                 line = f"{got['rps']:>10.0f} req/s  p99 {got['p99_ms']:.2f} ms  {got['cpu_us']:.1f} CPU µs/req"
+                line += f"  {got['calls']:.2f} reads+writes/req"
                 print(f"round {r + 1} {workload:<7} {way:<9} {line}")
     for way, node, video in (("direct", owner, colds[0]), ("forwarded", other, colds[1])) if "cold" in only else ():
         got = asyncio.run(cold_pass(node.port, video, content))
