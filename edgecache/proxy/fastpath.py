@@ -196,7 +196,7 @@ class FastPath(asyncio.Protocol):
     # --- requests ----------------------------------------------------------------------------------------
 
     def _process(self) -> None:
-        self._answer_heads()
+        self.server.cork.around(self, self._answer_heads)  # the answers from memory of one read: one write
         self._after()
 
     def _after(self) -> None:
@@ -234,7 +234,7 @@ class FastPath(asyncio.Protocol):
         while self.transport is not None and not (
             self.busy or self.write_paused or (self.closing and self.started is None)
         ):
-            end = self.buf.find(b"\r\n\r\n")
+            end = self.server.cork.head_end(self)
             if end < 0:  # a head ended by bare LFs, or a TLS record (0x16) is none: aiohttp's parser refuses it now
                 buf = self.buf
                 odd = len(buf) > MAX_HEAD or b"\n\n" in buf or b"\n\r\n" in buf or buf[:1] == b"\x16"
@@ -259,6 +259,7 @@ class FastPath(asyncio.Protocol):
             admitted = settling or self.retried > 0 or self.again  # let in when it was first decided
             copy = self.started is not None and self.started.copy
             prepared = front or self.server.decider.answer(head, self.client, admitted=admitted, copy=copy)
+            self.server.cork.decided(self, prepared)
             if settling:
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
                 # fill started, and the full handler, carrying that fill on, does not judge it again.
@@ -373,7 +374,7 @@ class FastPath(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        transport.writelines([p.head, *parts])
+        self.server.cork.write(self, p.keep_alive.persists, [p.head, *parts])
         self.sent(p, t0)
         self.finished(p, sum(len(x) for x in parts), t0)
 

@@ -17,6 +17,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from edgecache import metrics
 from edgecache.proxy import linger
+from edgecache.proxy.cork import Cork
 from edgecache.proxy.decide import MEMO_BYTES, Decider
 from edgecache.proxy.fastpath import PIECE, FastPath
 from edgecache.proxy.fill import Adopted
@@ -69,6 +70,7 @@ class FastServer:
     lingering: linger.Pool = field(init=False)  # connections closed after their answers, input still read (linger)
     full: linger.Pool = field(init=False)  # those of the 503 past max_connections: fewer, for less time
     _peers: PeerPool | None = None
+    cork: Cork = field(default_factory=Cork)  # the answers to one read's heads, written together (proxy.cork)
 
     def __post_init__(self) -> None:
         self.decider = Decider(self.shared, self.date, self.settings.memo_bytes)
