@@ -1,9 +1,21 @@
-"""Connections to the other nodes of the cluster: pooled keep-alive HTTP/1.1, one exchange at a time each.
+"""Connections to the other nodes of the cluster: pooled keep-alive HTTP/1.1, the requests of one loop turn to
+one peer pipelined on one connection.
 
 A peer is an upstream of its own, not an origin: the fast path relays a forwarded request's answer from here to
 the viewer as its bytes arrive (proxy.relay), with no web framework on either side. Responses are parsed by llhttp
 (httptools, as uvicorn's protocol does). Everything is bounded: connections per peer (waiters queue for one within
-the connect timeout), idle connections kept, a response head's size, and the time between two reads.
+the connect timeout), requests waiting per peer (WAITING), requests in flight on one connection (DEPTH), idle
+connections kept, a response head's size, and the time between two reads.
+
+Why pipelined: a forward of a small object cost two more system calls each way than a hit, on two loops sharing a
+core, and that was most of its cost (loadtest/README.md, "Forwarded against direct"). The requests that reach one
+loop turn now go to the owner on one connection, written together at the next turn (uvloop writes each write() at
+once when it can): one write here, one read and, for the answers it has at once, one write at the owner
+(proxy.cork), one read here, for the whole batch. A connection takes requests only in the turn its first one
+was sent (`taking`): an answer that is slow (the owner's miss) holds up at most the DEPTH - 1 requests that came in
+its turn, never those that came later, which go on another connection; and the ones behind an answer whose viewer
+stops reading are sent again elsewhere at once (PeerConn.pause). A connection that fails with requests behind the
+one being answered sends those again, once (proxy.relay): their answers had not begun.
 """
 
 from __future__ import annotations
@@ -19,6 +31,10 @@ from edgecache.proxy.shares import Shares
 
 MAX_HEAD = 64 * 1024  # a peer's response head longer than this is broken (aiohttp's client allows less)
 IDLE_KEPT = 64  # idle connections kept per peer; more are closed when released
+# Requests in flight on one connection at most: what a slow answer at the front can hold up (DEPTH - 1), against the
+# system calls a batch saves (a batch of n costs 1/n of a write and a read on each side).
+DEPTH = 8
+WAITING = 1024  # forwards to one peer waiting for their site's share or a connection; more get 503 at once
 _FRAMING = ("content-length", "transfer-encoding")  # fields that end a body other than by the close
 
 
@@ -26,11 +42,15 @@ class PeerBroken(Exception):
     """The exchange failed: `timeout` (no connection within connect_timeout, or no byte for read_timeout),
     `connect` (refused: nothing was sent), or the connection broke or spoke nonsense."""
 
-    def __init__(self, reason: str, timeout: bool = False, connect: bool = False) -> None:
+    def __init__(
+        self, reason: str, timeout: bool = False, connect: bool = False, behind: bool = False, busy: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.timeout = timeout
         self.connect = connect  # the peer could not be reached at all: nothing was sent
+        self.behind = behind  # sent behind another request whose answer failed or stalled: its own had not begun
+        self.busy = busy  # too many forwards to this peer wait already (WAITING): nothing was sent
 
 
 class Exchange(Protocol):
@@ -43,8 +63,32 @@ class Exchange(Protocol):
     def flush(self) -> None: ...
 
 
+class _Dropped:
+    """Stands in for a request sent whose answer nobody takes any more (its viewer left, or it was sent again on
+    another connection): the answer is read to its end and dropped, and the connection goes on."""
+
+    def head(self, status: int, reason: str, fields: list[tuple[str, str]], until_close: bool) -> None:
+        pass
+
+    def body(self, piece: bytes) -> None:
+        pass
+
+    def done(self, keep: bool) -> None:
+        pass
+
+    def failed(self, error: PeerBroken, before_head: bool) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+_DROPPED = _Dropped()
+
+
 class PeerConn(asyncio.Protocol):
-    """One connection to a peer. Its owner sends a request with send(); callbacks go to the Exchange."""
+    """One connection to a peer. Its owner sends requests with send(); the answers, in order, go to their
+    Exchanges: `exchange` the one being answered, `behind` those sent after it."""
 
     def __init__(self, pool: PeerPool, address: str, read_timeout: float) -> None:
         self.pool = pool
@@ -65,25 +109,65 @@ class PeerConn(asyncio.Protocol):
         self.sent_at = 0.0
         self.paused = False
         self.timer: asyncio.TimerHandle | None = None
+        self.behind: collections.deque[tuple[Exchange, bool]] = collections.deque()  # (exchange, head_only)
+        self.taking = False  # it takes more requests: those of the loop turn its first one was sent in
+        self.moved = False  # the answer being read changed within this read (its head's bytes cannot be told apart)
+        self.out: list[bytes] = []  # the requests of this turn, written together when it ends (seal)
 
     # --- sending -------------------------------------------------------------------------------------------
 
     def send(self, request: bytes, exchange: Exchange, head_only: bool) -> None:
+        """Send a request; its answer comes after those of the requests sent before it. Only on a connection just
+        acquired, or one that takes() more."""
         assert self.transport is not None, "send() on a closed connection"
-        assert self.exchange is None, "send() while an exchange is in progress"
+        if self.exchange is None:
+            assert not self.behind, "an answer is due before this one's"
+            self._front(exchange, head_only)
+            self.taking = True
+            self.pool.batch(self)
+        else:
+            assert self.takes(), "send() on a connection that takes no more requests"
+            self.behind.append((exchange, head_only))
+        if head_only:  # llhttp cannot be told an answer is a HEAD's: one is read last, when it is (on_headers_complete)
+            self.taking = False
+        self.out.append(request)
+
+    def takes(self) -> bool:
+        """Whether a request may be sent behind those in flight (PeerPool.acquire)."""
+        return self.taking and not self.paused and self.transport is not None and len(self.behind) + 1 < DEPTH
+
+    def seal(self) -> None:
+        """The loop turn whose requests this connection carries is over: they are written, in one system call, and
+        no more are sent on it until all are answered."""
+        self.taking = False
+        out, self.out = self.out, []
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _front(self, exchange: Exchange, head_only: bool) -> None:
+        """`exchange` is the one whose answer is read next; its clock starts now."""
         self.exchange, self.head_only, self.got_head = exchange, head_only, False
         self.fields, self.reason, self.head_size, self.interim = [], "", 0, False
         self.last_read = self.sent_at = self.loop.time()
-        self.timer = self.loop.call_at(self.last_read + self.read_timeout, self._tick)
-        self.transport.write(request)
+        if self.timer is None:  # one timer for the connection: _tick moves itself to the answer being read
+            self.timer = self.loop.call_at(self.sent_at + self.read_timeout, self._tick)
 
     def pause(self) -> None:
         """The viewer is not taking the bytes: stop reading (TCP holds the peer), and stop the read clock. While
-        paused, the connection gives its place under the pool's limit to others (PeerPool.stall)."""
+        paused, the connection gives its place under the pool's limit to others (PeerPool.stall). The requests
+        sent behind this answer are sent again elsewhere now, their answers here read and dropped later: a viewer
+        that does not read holds up no other."""
         if self.transport is not None and not self.paused:
             self.paused = True
             self.transport.pause_reading()
             self.pool.stall(self.address, +1)
+            self._let_go_behind(PeerBroken("an answer before it waits for its viewer", behind=True))
+
+    def _let_go_behind(self, error: PeerBroken) -> None:
+        behind = [(ex, head_only) for ex, head_only in self.behind if ex is not _DROPPED]
+        self.behind = collections.deque((_DROPPED, head_only) for _, head_only in self.behind)
+        for exchange, _ in behind:
+            exchange.failed(error, before_head=True)
 
     def resume(self) -> None:
         if self.transport is not None and self.paused:
@@ -94,7 +178,7 @@ class PeerConn(asyncio.Protocol):
 
     def _tick(self) -> None:
         self.timer = None
-        if self.exchange is None:
+        if self.exchange is None:  # none in flight (the next send() starts the clock again)
             return
         due = self.last_read + self.read_timeout
         if not self.got_head:  # a head sent a byte at a time restarts no clock: it is whole within the timeout
@@ -114,17 +198,18 @@ class PeerConn(asyncio.Protocol):
             self.close()
             return
         self.last_read = self.loop.time()
-        exchange = self.exchange
+        self.moved = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if self.exchange is not None:
+            if self.exchange is not None or self.behind:
                 self._fail(PeerBroken(f"peer sent a malformed answer: {exc}"))
             return
-        if self.exchange is exchange:  # still going (one that ended wrote all it had)
-            exchange.flush()
-        if not self.got_head and self.exchange is not None:
-            # llhttp keeps a field's pieces until it ends: what it holds is bounded here, not by the peer.
+        if self.exchange is not None:  # the answer still going (those that ended wrote all they had)
+            self.exchange.flush()
+        if not self.got_head and self.exchange is not None and not self.moved:
+            # llhttp keeps a field's pieces until it ends: what it holds is bounded here, not by the peer (a head
+            # that began in the read that ended the answer before it counts from the next read: one read more).
             self.head_size += len(data)
             if self.head_size > MAX_HEAD:
                 self._fail(PeerBroken(f"peer's answer head is over {MAX_HEAD} bytes"))
@@ -141,7 +226,7 @@ class PeerConn(asyncio.Protocol):
             self.paused = False
             self.pool.stall(self.address, -1)
         self.pool.forget(self)
-        if self.exchange is not None:
+        if self.exchange is not None or self.behind:
             self._fail(PeerBroken(f"peer closed the connection{f': {exc}' if exc else ''}"))
 
     def close(self) -> None:
@@ -196,32 +281,48 @@ class PeerConn(asyncio.Protocol):
 
     def _complete(self, keep: bool) -> None:
         exchange, self.exchange = self.exchange, None
-        self._stop_clock()
         self.used = True
         if self.paused:  # the body is all here; the viewer's slowness is no reason to drop the connection
             self.resume()
         reusable = keep and self.transport is not None
         if not reusable:
             self.close()
+            self._stop_clock()
+            self.taking = False
+            self._let_go_behind(PeerBroken("peer closed the connection after the answer before it", behind=True))
+            self.behind.clear()
         assert exchange is not None
         exchange.done(reusable)
-        if reusable:
+        if not reusable:
+            return
+        if self.behind:  # the next answer may be in this very read: llhttp goes on with it
+            self._front(*self.behind.popleft())
+            self.moved = True
+        else:
+            self._stop_clock()
             self.pool.release(self)
 
-    def abandon(self) -> None:
-        """The viewer left mid-answer: the rest of it is not read, so the connection cannot carry another."""
-        self.exchange = None
-        self._stop_clock()
-        if self.transport is not None:
-            self.transport.abort()
+    def abandon(self, exchange: Exchange) -> None:
+        """The viewer of `exchange` left. Being answered: the rest of its answer is not read, so the connection
+        cannot carry another (those behind it are sent again elsewhere); behind: its answer is read and dropped."""
+        if exchange is self.exchange:
+            self.exchange = None
+            self._fail(PeerBroken("the answer before it was cut (its viewer left)", behind=True))
+            return
+        self.behind = collections.deque((_DROPPED if ex is exchange else ex, h) for ex, h in self.behind)
 
     def _fail(self, error: PeerBroken) -> None:
         exchange, self.exchange = self.exchange, None
         self._stop_clock()
+        self.taking = False
         if self.transport is not None:
             self.transport.abort()
         if exchange is not None:
             exchange.failed(error, before_head=not self.got_head)
+        # The answers of those sent behind it had not begun: sent again elsewhere (proxy.relay), even after a
+        # timeout, which was the answer before theirs.
+        self._let_go_behind(PeerBroken(f"{error.reason} (an answer before it)", behind=True))
+        self.behind.clear()
 
 
 class PeerPool:
@@ -240,6 +341,8 @@ class PeerPool:
         self.open: dict[str, int] = {}
         self.stalled: dict[str, int] = {}  # of those open, paused for a viewer that is not reading
         self.waiters: dict[str, collections.deque[asyncio.Future[PeerConn | None]]] = {}
+        self.taking: dict[str, PeerConn] = {}  # by peer, the connection that takes this loop turn's requests
+        self.waiting: dict[str, int] = {}  # forwards to each peer waiting for a share or a connection (WAITING)
         self.closed = False
         self._shares: dict[str, Shares] = {}
 
@@ -251,11 +354,14 @@ class PeerPool:
         return found
 
     async def acquire(self, address: str, fresh: bool = False) -> PeerConn:
-        """An idle connection to `address` (unless `fresh`), a new one, or the next one released.
-        PeerBroken(connect=True) when the peer cannot be reached, or no connection frees up within the connect
-        timeout."""
+        """The connection taking this turn's requests to `address`, an idle one (neither if `fresh`), a new one,
+        or the next one released. PeerBroken(connect=True) when the peer cannot be reached, or no connection frees
+        up within the connect timeout. The caller sends on it at once (PeerConn.send)."""
         if self.closed:  # the worker is stopping: no new connection would ever be closed
             raise PeerBroken(f"http://{address}: the node is stopping", connect=True)
+        taking = self.taking.get(address)
+        if taking is not None and not fresh and taking.takes():
+            return taking
         idle = self.idle.get(address)
         while idle and not fresh:
             conn = idle.pop()
@@ -307,8 +413,31 @@ class PeerPool:
             raise
         return conn
 
+    def batch(self, conn: PeerConn) -> None:
+        """`conn` takes the requests to its peer sent in this loop turn; at the next turn, it takes no more."""
+        self.taking[conn.address] = conn
+        conn.loop.call_soon(self._sealed, conn)
+
+    def _sealed(self, conn: PeerConn) -> None:
+        conn.seal()
+        if self.taking.get(conn.address) is conn:
+            del self.taking[conn.address]
+
+    def wait(self, address: str, change: int) -> None:
+        """A forward to `address` began (+1) or ended (-1) waiting for a share or a connection. PeerBroken(busy)
+        when WAITING wait already: a queue without a bound would hold any number of viewers' requests."""
+        waiting = self.waiting.get(address, 0)
+        if change > 0 and waiting >= WAITING:
+            raise PeerBroken(f"http://{address}: {waiting} forwards wait for it already", busy=True)
+        self.waiting[address] = waiting + change
+
     def release(self, conn: PeerConn) -> None:
-        """A connection whose exchange ended cleanly: to the next waiter, or kept idle (within IDLE_KEPT)."""
+        """A connection whose exchanges ended cleanly: to the next waiter, or kept idle (within IDLE_KEPT). One
+        still answering (that took requests in the turn it was given to another) stays with them."""
+        if conn.exchange is not None:
+            return
+        if self.taking.get(conn.address) is conn:
+            del self.taking[conn.address]
         waiters = self.waiters.get(conn.address)
         while waiters:
             waiter = waiters.popleft()

@@ -72,7 +72,13 @@ class Unreachable(Exception):
 
 
 class _Retry(Exception):
-    """A pooled connection broke before any answer: the peer had closed it while idle. Once more, on a new one."""
+    """No answer began, and the request may be sent again, on a new connection: a pooled connection broke before
+    any answer (the peer had closed it while idle: once more), or the request was pipelined behind an answer that
+    failed, stalled or waits for its viewer (`behind`: once more, then 502)."""
+
+    def __init__(self, error: PeerBroken) -> None:
+        super().__init__(error.reason)
+        self.error = error
 
 
 async def forward(conn: FastPath, fwd: Forward, raw: bytes) -> None:
@@ -123,6 +129,7 @@ class Relay:
         self.pending: list[bytes] = []  # what one read of the peer gave, written to the viewer at once (flush)
         self.gone = False  # the viewer's connection closed (abandon)
         self.asked = 0.0
+        self.waiting = False  # counted among the forwards waiting for its peer (PeerPool.wait)
 
     async def run(self) -> None:
         """Carry the forward out. Raises Unreachable (nothing sent, the peer is marked down)."""
@@ -149,16 +156,26 @@ class Relay:
         site = self.fwd.site
         shares = pool.shares(self.member.address)
         most = share(pool.limit, self.conn.server.shared.engine.origin.sites, site.origin_connections)
+        pool.wait(self.member.address, +1)
+        self.waiting = True
         try:
-            await shares.take(site.name, most, pool.connect_timeout)
-        except TimeoutError:
-            raise PeerBroken(f"http://{self.member.address}: timed out", timeout=True) from None
-        self.shares, self.counted = shares, True
-        try:
-            await self._send(pool, request)
+            try:
+                await shares.take(site.name, most, pool.connect_timeout)
+            except TimeoutError:
+                raise PeerBroken(f"http://{self.member.address}: timed out", timeout=True) from None
+            self.shares, self.counted = shares, True
+            try:
+                await self._send(pool, request)
+            finally:
+                self._count(False)
+                self.shares = None
         finally:
-            self._count(False)
-            self.shares = None
+            self._waited(pool)
+
+    def _waited(self, pool: PeerPool) -> None:
+        if self.waiting:
+            self.waiting = False
+            pool.wait(self.member.address, -1)
 
     def _count(self, counted: bool) -> None:
         """Count against the site's share of connections to the peer again, or no longer (PeerPool.stall)."""
@@ -167,9 +184,11 @@ class Relay:
             (self.shares.add if counted else self.shares.give)(self.fwd.site.name)
 
     async def _send(self, pool: PeerPool, request: bytes) -> None:
-        for fresh in (False, True):
+        stale = behind = fresh = False
+        while True:
             try:
                 self.peer = await pool.acquire(self.member.address, fresh)
+                self._waited(pool)
                 if self.gone:  # the viewer left while this waited for a connection: it goes back unused
                     pool.release(self.peer)
                     raise ConnectionResetError("client went away")
@@ -178,14 +197,20 @@ class Relay:
                 self.peer.send(request, self, head_only=self.fwd.method == "HEAD")
                 await self.finished
                 return
-            except _Retry:
-                continue
+            except _Retry as again:
+                if again.error.behind:
+                    if behind:
+                        raise again.error from None  # twice behind answers that failed: 502 (_broken)
+                    behind = True
+                elif stale:
+                    # Both tries met a kept-alive connection the peer had closed (the second waited for one).
+                    self._unreachable(PeerBroken("peer closed its connections before answering"))
+                stale = stale or not again.error.behind
+                fresh = True
             except PeerBroken as exc:
-                if exc.timeout or self.status:
+                if exc.timeout or exc.busy or self.status:
                     raise  # it may be only slow, or it answered: no other node is asked
                 self._unreachable(exc)
-        # Both tries met a kept-alive connection the peer had closed (the second waited for one another released).
-        self._unreachable(PeerBroken("peer closed its connections before answering"))
 
     def _unreachable(self, exc: PeerBroken) -> NoReturn:
         """No answer came: refused, or the connection broke first. Nothing reached the viewer, and a GET or HEAD
@@ -198,8 +223,8 @@ class Relay:
     def abandon(self) -> None:
         """The viewer's connection is gone."""
         self.gone = True
-        if self.peer is not None and self.peer.exchange is self:
-            self.peer.abandon()
+        if self.peer is not None:
+            self.peer.abandon(self)
         if self.finished is not None and not self.finished.done():
             self.finished.set_exception(ConnectionResetError("client went away"))
 
@@ -257,7 +282,7 @@ class Relay:
         if self.finished is None or self.finished.done():
             return
         stale = before_head and self.peer is not None and self.peer.used and not error.timeout
-        self.finished.set_exception(_Retry() if stale else error)
+        self.finished.set_exception(_Retry(error) if stale or error.behind else error)
 
     # --- ends ----------------------------------------------------------------------------------------------
 
@@ -295,7 +320,7 @@ class Relay:
             return
         self.trace.status = CacheStatus.ERROR
         log.info("%s %s: peer %s failed (%s): %s", self.fwd.method, self.fwd.key.path, self.member.id, kind, exc)
-        code, reason = peer_failed(kind, exc.timeout)
+        code, reason = (503, "peer busy") if exc.busy else peer_failed(kind, exc.timeout)
         answer = encode.error(code, reason, self.conn.server.date(), self.fwd.keep_alive)
         transport.write(answer)
         observe.head_sent(self.trace)
