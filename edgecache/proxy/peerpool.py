@@ -141,7 +141,7 @@ class PeerConn(asyncio.Protocol):
         no more are sent on it until all are answered."""
         self.taking = False
         out, self.out = self.out, []
-        if out and self.transport is not None:
+        if out and self.transport is not None and not self.transport.is_closing():  # not failed meanwhile
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _front(self, exchange: Exchange, head_only: bool) -> None:

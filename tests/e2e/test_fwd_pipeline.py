@@ -289,3 +289,45 @@ def _spy_writes(monkeypatch: pytest.MonkeyPatch, client: tuple[str, int]) -> lis
 
     monkeypatch.setattr(Transport, "writelines", writelines)
     return writes
+
+
+async def test_a_viewer_that_stops_reading_holds_up_no_request_pipelined_behind_its_answer(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The answer at the front of a pipeline waits for its viewer, who does not read: the request behind it is sent
+    again on another connection at once (PeerConn.pause), not held for the viewer's write timeout."""
+    warm, big, small = (owned_by(RING, "node2", f"/slow{i}/") for i in range(3))
+    size = 16 * 2**20
+    body = b"b" * size
+    written = asyncio.Event()
+
+    async def answer(conn: int, index: int, path: str, writer: asyncio.StreamWriter) -> None:
+        if path != big:
+            if conn == 0 and index > 0:  # behind the big answer on its connection: after it, in order
+                await written.wait()
+            writer.write(ok(path))
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for at in range(0, size, 2**22):  # in pieces: one write of it all would stall the loop
+            writer.write(memoryview(body)[at : at + 2**22])
+            await asyncio.sleep(0)
+        written.set()
+
+    async with BatchPeer(answer) as peer, beside(origin, tmp_path, peer) as edge:
+        assert answers(await exchange(edge.port, request(warm, close=True)), ["GET"])[0][0] == 200  # pooled
+        slow_reader, slow = await asyncio.open_connection("127.0.0.1", edge.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        slow.write(request(big, close=True))  # read first (epoll reports sockets in the order they became ready)
+        writer.write(request(small, close=True))
+        try:
+            async with asyncio.timeout(20):  # the node's write timeout is 60 s: before, it came after that
+                raw = await reader.read(-1)
+            assert peer.seen[0][1:3] == [big, small]  # pipelined, the big answer at the front
+            assert answers(raw, ["GET"])[0][::2] == (200, small.encode() * 3)
+            assert [s.count(small) for s in peer.seen] == [1, 1]  # sent again on a connection of its own
+            async with asyncio.timeout(30):
+                top, _, got = (await slow_reader.read(-1)).partition(b"\r\n\r\n")
+            assert (top.split(b"\r\n")[0], got) == (b"HTTP/1.1 200 OK", body)  # and the slow one whole
+        finally:
+            slow.close()
+            writer.close()
