@@ -6,7 +6,9 @@ what is passed back is core.forward.relayed_fields' (the owner's end-to-end fiel
 node's entry), framed as aiohttp frames a streamed answer, so either path gives the same bytes. A peer that cannot
 be reached is marked down and the request goes to the full handler, which asks the next owner; one that fails
 before its answer gets 502/504 naming the peer; one that fails mid-answer cuts the viewer's connection, as an
-origin's broken body does.
+origin's broken body does. The forwards of one loop turn to a peer are pipelined on one connection (proxy.peerpool):
+one sent behind an answer that failed, stalled or waits for its viewer had no byte of its own answer, and is sent
+again once on a new connection (then 502); one past the bound of those waiting for the peer gets 503 at once.
 """
 
 from __future__ import annotations
