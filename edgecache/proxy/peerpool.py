@@ -14,7 +14,8 @@ once when it can): one write here, one read and, for the answers it has at once,
 (proxy.cork), one read here, for the whole batch. A connection takes requests only in the turn its first one
 was sent (`taking`): an answer that is slow (the owner's miss) holds up at most the DEPTH - 1 requests that came in
 its turn, never those that came later, which go on another connection; and the ones behind an answer whose viewer
-stops reading are sent again elsewhere at once (PeerConn.pause). A connection that fails with requests behind the
+stops reading are sent again elsewhere at once (PeerConn.pause). A range goes alone (proxy.relay: its answer is
+large, and its system calls a small part of its cost). A connection that fails with requests behind the
 one being answered sends those again, once (proxy.relay): their answers had not begun.
 """
 
@@ -116,20 +117,20 @@ class PeerConn(asyncio.Protocol):
 
     # --- sending -------------------------------------------------------------------------------------------
 
-    def send(self, request: bytes, exchange: Exchange, head_only: bool) -> None:
+    def send(self, request: bytes, exchange: Exchange, head_only: bool, last: bool = False) -> None:
         """Send a request; its answer comes after those of the requests sent before it. Only on a connection just
-        acquired, or one that takes() more."""
+        acquired, or one that takes() more. `last`: none is sent behind it. Nor behind a HEAD: llhttp cannot be told
+        an answer is a HEAD's, and reads one last, when it is (on_headers_complete)."""
         assert self.transport is not None, "send() on a closed connection"
         if self.exchange is None:
             assert not self.behind, "an answer is due before this one's"
             self._front(exchange, head_only)
-            self.taking = True
+            self.taking = not (head_only or last)
             self.pool.batch(self)
         else:
             assert self.takes(), "send() on a connection that takes no more requests"
             self.behind.append((exchange, head_only))
-        if head_only:  # llhttp cannot be told an answer is a HEAD's: one is read last, when it is (on_headers_complete)
-            self.taking = False
+            self.taking = not (head_only or last)
         self.out.append(request)
 
     def takes(self) -> bool:
@@ -353,14 +354,14 @@ class PeerPool:
             found = self._shares[address] = Shares()
         return found
 
-    async def acquire(self, address: str, fresh: bool = False) -> PeerConn:
-        """The connection taking this turn's requests to `address`, an idle one (neither if `fresh`), a new one,
-        or the next one released. PeerBroken(connect=True) when the peer cannot be reached, or no connection frees
-        up within the connect timeout. The caller sends on it at once (PeerConn.send)."""
+    async def acquire(self, address: str, fresh: bool = False, join: bool = True) -> PeerConn:
+        """The connection taking this turn's requests to `address` (if `join`), an idle one (neither if `fresh`),
+        a new one, or the next one released. PeerBroken(connect=True) when the peer cannot be reached, or no
+        connection frees up within the connect timeout. The caller sends on it at once (PeerConn.send)."""
         if self.closed:  # the worker is stopping: no new connection would ever be closed
             raise PeerBroken(f"http://{address}: the node is stopping", connect=True)
         taking = self.taking.get(address)
-        if taking is not None and not fresh and taking.takes():
+        if taking is not None and join and not fresh and taking.takes():
             return taking
         idle = self.idle.get(address)
         while idle and not fresh:
@@ -414,8 +415,10 @@ class PeerPool:
         return conn
 
     def batch(self, conn: PeerConn) -> None:
-        """`conn` takes the requests to its peer sent in this loop turn; at the next turn, it takes no more."""
-        self.taking[conn.address] = conn
+        """`conn` takes the requests to its peer sent in this loop turn (if it takes any); at the next turn, they
+        are written, and it takes no more."""
+        if conn.taking:
+            self.taking[conn.address] = conn
         conn.loop.call_soon(self._sealed, conn)
 
     def _sealed(self, conn: PeerConn) -> None:

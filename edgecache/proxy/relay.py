@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgecache import metrics
+from edgecache.core.headers import get_first
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
@@ -132,6 +133,9 @@ class Relay:
         self.gone = False  # the viewer's connection closed (abandon)
         self.asked = 0.0
         self.waiting = False  # counted among the forwards waiting for its peer (PeerPool.wait)
+        # A range (of a video, mostly) goes on a connection of its own: a large answer costs its bytes more than its
+        # system calls, and pipelined behind one whose viewer is slow, it would be sent again (PeerConn.pause).
+        self.alone = get_first(fwd.headers, "range") is not None
 
     async def run(self) -> None:
         """Carry the forward out. Raises Unreachable (nothing sent, the peer is marked down)."""
@@ -189,14 +193,14 @@ class Relay:
         stale = behind = fresh = False
         while True:
             try:
-                self.peer = await pool.acquire(self.member.address, fresh)
+                self.peer = await pool.acquire(self.member.address, fresh, join=not self.alone)
                 self._waited(pool)
                 if self.gone:  # the viewer left while this waited for a connection: it goes back unused
                     pool.release(self.peer)
                     raise ConnectionResetError("client went away")
                 self.finished = self.conn.loop.create_future()
                 self.asked = time.monotonic()
-                self.peer.send(request, self, head_only=self.fwd.method == "HEAD")
+                self.peer.send(request, self, head_only=self.fwd.method == "HEAD", last=self.alone)
                 await self.finished
                 return
             except _Retry as again:

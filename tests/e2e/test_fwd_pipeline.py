@@ -67,15 +67,16 @@ class BatchPeer:
         self.serving.add(serving)
         self.writers.add(writer)
         mine: list[str] | None = None
+        number = 0  # the connection's, in the order they carried their first request
         try:
             with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
                 while True:
                     head = await reader.readuntil(b"\r\n\r\n")
                     if mine is None:
-                        mine = []
+                        mine, number = [], len(self.seen)
                         self.seen.append(mine)
                     mine.append(head.split(b" ", 2)[1].decode())
-                    task = asyncio.create_task(self.answer(self.seen.index(mine), len(mine) - 1, mine[-1], writer))
+                    task = asyncio.create_task(self.answer(number, len(mine) - 1, mine[-1], writer))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
                     async with self.changed:
@@ -331,3 +332,32 @@ async def test_a_viewer_that_stops_reading_holds_up_no_request_pipelined_behind_
         finally:
             slow.close()
             writer.close()
+
+
+async def test_a_range_goes_alone_on_its_connection(origin: Origin, tmp_path: Path) -> None:
+    """A range's answer is large: it is not pipelined, nor is anything sent behind it (proxy.relay)."""
+    warm, *paths = [owned_by(RING, "node2", f"/alone{i}/") for i in range(5)]
+    peer = BatchPeer(lambda *a: answer(*a))
+    answer = in_order(peer)
+    async with peer, beside(origin, tmp_path, peer) as edge:
+        warming = [await asyncio.open_connection("127.0.0.1", edge.port) for _ in range(4)]
+        for _, writer in warming:  # four ranges at once: four connections, pooled
+            writer.write(request(warm, "Range: bytes=0-1", close=True))
+        for r, w in warming:
+            async with asyncio.timeout(20):
+                assert answers(await r.read(-1), ["GET"])[0][0] == 200
+            w.close()
+        assert len(peer.seen) == 4
+        conns = [await asyncio.open_connection("127.0.0.1", edge.port) for _ in paths]
+        for (_, writer), path in zip(conns, paths, strict=True):  # two ranges first, then two whole objects
+            fields = ("Range: bytes=0-99",) if path in paths[:2] else ()
+            writer.write(request(path, *fields, close=True))
+        async with asyncio.timeout(20):
+            raws = [await r.read(-1) for r, _ in conns]
+        for _, writer in conns:
+            writer.close()
+        for p, raw in zip(paths, raws, strict=True):
+            assert answers(raw, ["GET"])[0][::2] == (200, p.encode() * 3), p  # the peer ignores Range: a 200
+        alone = [s for s in peer.seen if any(p in paths[:2] for p in s)]
+        assert all(len([p for p in s if p in paths]) == 1 for s in alone), peer.seen  # each range by itself
+        assert max(len([p for p in s if p in paths]) for s in peer.seen) == 2, peer.seen  # the others pipelined
