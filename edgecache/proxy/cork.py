@@ -7,23 +7,35 @@ answers written whole from memory (FastPath.send) are held here, and written tog
 whatever ended it: no timer, so a lone request is written as soon as before, in the same turn.
 
 Bytes must reach the socket in order, so what is held is written before anything else can be: before a head is
-decided any other way than a plain answer from memory (decided()), before a head that is not whole yet (head_end(),
-where a bad one gets its 400 or is handed to aiohttp), and before an answer that closes its connection. What is held
-is bounded (HELD_BYTES, the size of a transport's write buffer before it asks its protocol to pause), so a client
-pipelining many heads is met by the write buffer's flow control as before.
+decided any other way than an answer whole from memory (decided(), way()), before a head that is not whole yet
+(head_end(), where a bad one gets its 400 or is handed to aiohttp), and before an answer that closes its connection.
+What is held is bounded (HELD_BYTES, the size of a transport's write buffer before it asks its protocol to pause),
+so a client pipelining many heads is met by the write buffer's flow control as before.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING
 
 from edgecache.proxy.decide import HELD, Prepared
+from edgecache.proxy.diskhit import TLS_PIECE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from edgecache.proxy.fastpath import FastPath
 
+
+class Way(enum.Enum):
+    """How a hit is answered when not whole from memory: each writes itself (proxy.multipart, proxy.diskhit)."""
+
+    MULTIPART = "multipart"
+    STREAM = "stream"  # a large answer, read from the tiers a piece at a time
+    DISK = "disk"  # a slice not in memory: read from disk first
+
+
+MULTIPART, STREAM, DISK = Way.MULTIPART, Way.STREAM, Way.DISK
 HELD_BYTES = 64 * 1024  # uvloop's (and asyncio's) default high-water mark of a transport's write buffer
 
 
@@ -60,9 +72,10 @@ class Cork:
             self.flush()
 
     def decided(self, conn: FastPath, prepared: object) -> None:
-        """A head was decided: unless its answer is one write() holds (a whole answer from memory), what is held
-        goes out first, as whatever answers it (a disk read, a fill, a forward, a refusal, aiohttp) writes itself."""
-        if self.held and not self._plain(conn, prepared):
+        """A head was decided: unless it may be answered whole from memory (way() says, and writes what is held
+        when it is not), what is held goes out first, as whatever answers it (a fill, a forward, a refusal, a
+        passed request, aiohttp) writes itself."""
+        if self.held and (not isinstance(prepared, Prepared) or conn.started is not None):
             self.flush()
 
     def head_end(self, conn: FastPath) -> int:
@@ -80,12 +93,31 @@ class Cork:
         if conn is not None and conn.transport is not None:
             conn.transport.writelines(held)
 
-    def _plain(self, conn: FastPath, prepared: object) -> bool:
-        """Whether FastPath._answer sends this decision's answer with send(), at once and whole from memory."""
-        if not isinstance(prepared, Prepared) or conn.started is not None or conn.tls:
-            return False
-        p = prepared
-        if p.hit.parts is not None or len(p.slices) > HELD:
-            return False
-        in_memory = conn.server.shared.engine.store.memory_slice
-        return all(in_memory(name) is not None for name, _, _ in p.slices)
+    def way(self, conn: FastPath, p: Prepared) -> list[memoryview] | Way:
+        """How FastPath._answer answers a hit: whole from memory (its parts: send() holds them here), or another
+        way, which writes itself (what is held is written first). The one rule for both, so bytes stay in order."""
+        if p.hit.parts is not None:
+            way = MULTIPART
+        elif len(p.slices) > HELD or (conn.tls and p.slices and p.hit.last - p.hit.first >= TLS_PIECE):
+            way = STREAM
+        else:
+            parts = _from_memory(conn, p)
+            if parts is not None:
+                return parts
+            way = DISK
+        self.flush()
+        return way
+
+
+def _from_memory(conn: FastPath, p: Prepared) -> list[memoryview] | None:
+    """A hit's parts from the memory tier, or None when a slice is not there (read from disk)."""
+    if not p.slices:
+        return [memoryview(p.hit.body)] if p.hit.body else []
+    in_memory = conn.server.shared.engine.store.memory_slice
+    parts: list[memoryview] = []
+    for name, lo, hi in p.slices:
+        data = in_memory(name)
+        if data is None:
+            return None
+        parts.append(memoryview(data)[lo:hi])
+    return parts

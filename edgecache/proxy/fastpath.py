@@ -22,8 +22,8 @@ from edgecache.core import clientaddr, proxyproto
 from edgecache.core.freshness import Use
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
-from edgecache.proxy import badhead, coldmiss, diskhit, encode, linger, multipart, observe, passing, refuse, relay
-from edgecache.proxy.decide import HELD, Prepared
+from edgecache.proxy import badhead, coldmiss, cork, diskhit, encode, linger, multipart, observe, passing, refuse, relay
+from edgecache.proxy.decide import Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
@@ -332,21 +332,16 @@ class FastPath(asyncio.Protocol):
         t0 = time.monotonic() if p.began is None else p.began
         if p.hit.use is Use.STALE_WHILE_REVALIDATE:
             self.server.shared.engine.revalidate_in_background(p.hit.req, p.hit.meta)
-        if p.hit.parts is not None:
+        way = self.server.cork.way(self, p)  # whole from memory (held with the read's others), or which way else
+        if way is cork.MULTIPART:
             return multipart.answer(self, p, raw, t0)
-        parts: list[memoryview] = []
-        if len(p.slices) > HELD or (self.tls and p.slices and p.hit.last - p.hit.first >= diskhit.TLS_PIECE):
+        if way is cork.STREAM:
             return diskhit.stream(self, p, raw, t0)
+        if way is cork.DISK:
+            return diskhit.answer(self, p, raw, t0)
+        parts = cast("list[memoryview]", way)
         if p.slices:
-            in_memory = self.server.shared.engine.store.memory_slice
-            for name, lo, hi in p.slices:
-                data = in_memory(name)
-                if data is None:
-                    return diskhit.answer(self, p, raw, t0)
-                parts.append(memoryview(data)[lo:hi])
             diskhit.counters(p)[0].inc(p.hit.last - p.hit.first + 1)
-        elif p.hit.body:
-            parts.append(memoryview(p.hit.body))
         self.send(p, parts, t0)
         return p.keep_alive.persists
 

@@ -277,6 +277,42 @@ async def test_an_owner_answers_the_hits_of_one_read_in_one_write(
         assert writes == [19 * 2, 2], writes
 
 
+async def test_pipelined_hits_of_every_kind_are_answered_in_order(origin: Origin, tmp_path: Path) -> None:
+    """Answers held for one write (proxy.cork) never overtake, nor fall behind, one written another way between
+    them: every third object's slice is only on disk, every third is asked for two ranges (multipart, written by
+    proxy.multipart itself), and the twelve answers of one read come back in the order asked."""
+    paths = [f"/mix/{i}" for i in range(12)]
+    for i, p in enumerate(paths):
+        origin.put(p, bytes([i]) * 1000 + bytes(range(256)) * 8)
+    async with start_edge(make_config(tmp_path / "cache", [origin.url])) as edge:
+        memory = edge.node.store.memory
+        names: dict[str, set[str]] = {}
+        for p in paths:
+            before = {k for k, _ in memory.hottest()}
+            assert (await edge.get(p))[::2] == (200, origin.objects[p].data)
+            names[p] = {k for k, _ in memory.hottest()} - before
+        for p in paths[1::3]:
+            assert names[p]
+            for name in names[p]:
+                memory.delete(name)
+        two = "Range: bytes=0-9,1000-1009"
+        asked = [request(p, *([two] if i % 3 == 2 else [])) for i, p in enumerate(paths)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(b"".join(asked) + request(paths[0], close=True))
+        async with asyncio.timeout(10):
+            raw = await reader.read(-1)
+        writer.close()
+        got = answers(raw, ["GET"] * (len(paths) + 1))
+        for i, (p, (status, fields, body)) in enumerate(zip([*paths, paths[0]], got, strict=True)):
+            data = origin.objects[p].data
+            if i % 3 == 2 and i < len(paths):
+                assert (status, fields["content-type"].split(";")[0]) == (206, "multipart/byteranges"), i
+                assert (data[:10] in body, data[1000:1010] in body, body.count(b"Content-Range")) == (True, True, 2)
+            else:
+                assert (status, body) == (200, data), (i, status, body[:20])
+        assert origin.hits == dict.fromkeys(paths, 1)
+
+
 def _spy_writes(monkeypatch: pytest.MonkeyPatch, client: tuple[str, int]) -> list[int]:
     """How many buffers each write the node makes to the socket of `client` carries: the tests' loop (asyncio's)
     sends each write() at once when nothing waits, one system call each."""
