@@ -30,7 +30,7 @@ from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, 
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
-from edgecache.proxy.revalidating import by_another_worker, drop_lease, holds_to_the_end
+from edgecache.proxy.revalidating import by_another_worker, drop_lease, let_go_at_head
 from edgecache.storage.ghosts import Ghosts
 from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
 from edgecache.storage.store import Store, slice_name
@@ -334,8 +334,7 @@ class Engine:
                 await self.store.put_record(primary, record)
             # A 304's is written whatever the last write: the other workers revalidate from it (proxy.revalidating).
             await self.store.put_meta(req.entry_key, head.meta, lazy=head.status != 304)
-        if not holds_to_the_end(head):
-            await drop_lease(self.store, fill)  # the others waiting on it read the disk now
+        await let_go_at_head(self.store, fill, head)  # the others waiting on it read the disk now
         return req
 
     async def _let_go_stored(self, fill: Fill, writes: list[asyncio.Task[None]]) -> None:

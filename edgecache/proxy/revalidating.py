@@ -13,7 +13,9 @@ joins a fill in flight in its own worker, then reads the stored copy (a miss's s
 before it let go: proxy.leasing, are read as they land). A lease names its process and is broken once that process
 is gone (storage.disk), and it expires: nobody waits on a dead worker, nor for longer than LEASE_SECONDS on a slow
 origin (then it asks itself). The holder lets go once its head is stored or judged not storable (Engine._take_head):
-then a miss's waiter finds nothing stored and asks the origin itself, at once. A copy stored only whole is held
+then a miss's waiter finds nothing stored and asks the origin itself, at once; told so by a mark the holder leaves
+(let_go_at_head), it does not take the lease for its own request, and no worker waits on one while the mark is
+fresh. A copy stored only whole is held
 until its body is stored (holds_to_the_end): its waiter answers from it complete, or asks once it was cut.
 """
 
@@ -26,6 +28,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.freshness import answered_since, revalidated_since
 from edgecache.core.status import CacheStatus
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
+from edgecache.proxy.fillhead import OVERTAKEN
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
 from edgecache.storage.store import Store
@@ -69,6 +72,8 @@ async def by_another_worker(
             return False
         if validate is None and _heading_here(fills, fill):
             return False
+        if await store.unstored_lately(req.entry_key):  # nothing to read after the wait: ask now, as alone
+            return False
         if attempt == waits:
             return False
         if attempt == 0:
@@ -77,11 +82,23 @@ async def by_another_worker(
     return False
 
 
-async def drop_lease(store: Store, fill: Fill) -> None:
+async def drop_lease(store: Store, fill: Fill, unstored: bool = False) -> None:
     """Let go of the lease `fill` took (by_another_worker), if it took one and holds it still: the others waiting
-    on it read the disk now."""
+    on it read the disk now. `unstored`: its answer is not stored; they hear so, and ask the origin at once."""
     if (lease := fill.leases.pop(REVALIDATING, None)) is not None:
-        await store.let_go(lease, _owner(fill))
+        await store.let_go(lease, _owner(fill), unstored)
+
+
+async def let_go_at_head(store: Store, fill: Fill, head: FillHead) -> None:
+    """The entry's lease once the fill's head is stored or judged (Engine._take_head), unless it holds to the end.
+
+    An answer judged not storable leaves a mark where every worker sees it (Leases.unstored_lately): the ones
+    waiting ask the origin at once, and none took the lease after it for a request of its own, for which the next
+    worker's miss waited in turn, a first-byte time each. Not for an answer an invalidation overtook: that says
+    nothing of the next one."""
+    if not holds_to_the_end(head):
+        unstored = not head.store and head.status != 304 and head.reason != OVERTAKEN
+        await drop_lease(store, fill, unstored)
 
 
 def _told(validate: ObjectMeta | None) -> CacheStatus:

@@ -400,11 +400,15 @@ class DiskTier:
     async def delete(self, key: str) -> None:
         await self._run(lambda: self._forget(key))
 
-    async def let_go(self, lease: str, owner: str) -> None:
-        """Drop `lease` if the take of `owner` (lease()) still holds it: not one that expired and was taken since."""
+    async def let_go(self, lease: str, owner: str, mark: float = 0.0) -> None:
+        """Drop `lease` if the take of `owner` (lease()) still holds it: not one that expired and was taken since.
+        `mark`: first store the value it guards, empty, for that many seconds (a lease that guards no value of its
+        own, storage.leases.unstored_lately): nobody takes the lease meanwhile."""
 
         def drop() -> None:
             with self._cache.transact(retry=True):
+                if mark > 0:  # expiring, so not the policy's (diskindex.unindexed): culled as leases are
+                    self._cache.set(lease.removeprefix(LEASE), b"", expire=mark, retry=True)
                 if self._cache.get(lease, None, retry=True) == _holder(owner):
                     self._cache.delete(lease, retry=True)
 

@@ -209,8 +209,8 @@ class Disks:
     async def delete(self, key: str) -> None:
         await self._on(key, "write", lambda t: t.delete(key))
 
-    async def let_go(self, lease: str, owner: str) -> None:
-        await self._on(lease, "write", lambda t: t.let_go(lease, owner))
+    async def let_go(self, lease: str, owner: str, mark: float = 0.0) -> None:
+        await self._on(lease, "write", lambda t: t.let_go(lease, owner, mark))
 
     def note_hit(self, key: str) -> None:
         """A hit the Store served from a file it holds open: counted for its disk's eviction index (no I/O)."""

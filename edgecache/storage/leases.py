@@ -22,6 +22,11 @@ from edgecache.storage.slicenames import slice_name
 LEASE_SECONDS = 10.0
 PEER_POLL = 0.02  # seconds between looks at the disk while another worker fetches a slice
 REVALIDATING = -1  # where a fill's leases (Fill.leases, by slice index) keep its revalidation's
+# How long the workers remember that an entry's origin answer was not stored (unstored_lately): each asks the origin
+# for it at once meanwhile, as a single worker does. Varnish keeps its hit-for-miss object 120 s; shorter here, as
+# the marks (one small expiring row each) are bounded by this time only, and one that outlived a change of the
+# origin's mind costs no more than each worker's own request.
+UNSTORED_SECONDS = 30.0
 
 
 class Leases:
@@ -50,9 +55,19 @@ class Leases:
 
     @staticmethod
     def revalidation_lease(entry_key: str) -> str:
-        """The lease on revalidating what is stored under `entry_key`. No value ever has the name it guards, so
-        only a holder (alive: storage.disk) stops another from taking it."""
-        return lease_name("r:" + digest(entry_key))
+        """The lease on revalidating what is stored under `entry_key`. The value it guards is only ever a mark
+        (unstored_lately), so a holder (alive: storage.disk) or a fresh mark stops another from taking it."""
+        return lease_name(_unstored_mark(entry_key))
+
+    async def unstored_lately(self, entry_key: str) -> bool:
+        """Did a holder of the entry's lease learn, less than UNSTORED_SECONDS ago, that the origin's answer is not
+        stored (let_go's `mark`)? Then a worker that cannot take the lease asks the origin at once: waiting for
+        the one that holds it (or another) would leave it nothing to read, after a first-byte time of the origin,
+        as Varnish's hit-for-miss object spares a request waiting on a busy one."""
+        try:
+            return (await self.disk.contains([_unstored_mark(entry_key)]))[0]
+        except StorageError:
+            return False
 
     async def lease_revalidation(self, entry_key: str, owner: str, seconds: float) -> bool:
         """Take the lease on revalidating (or first fetching) what is stored under `entry_key`, for the take
@@ -62,11 +77,12 @@ class Leases:
         except StorageError:
             return True  # no disk to coordinate through: ask, as a single worker would (its drop fails quietly)
 
-    async def let_go(self, lease: str, owner: str) -> None:
+    async def let_go(self, lease: str, owner: str, unstored: bool = False) -> None:
         """Drop `lease` if the take `owner` still holds it: a take that outlived the lease's time never drops the
-        one another took since, nor does one fill of this worker drop another's."""
+        one another took since, nor does one fill of this worker drop another's. `unstored`: the take learned that
+        the origin's answer is not stored; the others hear it before the lease goes (unstored_lately)."""
         with contextlib.suppress(StorageError):
-            await self.disk.let_go(lease, owner)
+            await self.disk.let_go(lease, owner, UNSTORED_SECONDS if unstored else 0.0)
 
     async def wait_for_peer(self, entry_key: str, meta: ObjectMeta, index: int, seconds: float) -> None:
         """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`."""
@@ -88,3 +104,8 @@ class Leases:
                     if any(on_disk) or not leased:
                         return
                     await asyncio.sleep(PEER_POLL)
+
+
+def _unstored_mark(entry_key: str) -> str:
+    """The value the entry's lease guards (revalidation_lease): there while its origin answer is known unstored."""
+    return "r:" + digest(entry_key)

@@ -452,3 +452,26 @@ async def test_a_lease_taken_for_an_owner_is_dropped_by_that_take_alone(tmp_path
         assert await disks.contains([lease]) == [False]
     finally:
         disks.close()
+
+
+async def test_a_lease_let_go_with_a_mark_is_not_taken_until_the_mark_expires(tmp_path: Path) -> None:
+    """A holder that learned its origin answer is not stored marks the value its lease guards as it lets go
+    (Leases.unstored_lately): nobody takes the lease, and so nobody waits on it, until the mark expires; the mark
+    is an expiring row, never the eviction policy's (its budget and index are untouched), and it goes by itself."""
+    disks = Disks.open_all(three(tmp_path), threads=1)
+    try:
+        lease = lease_name("r:entry")
+        assert await disks.lease([lease], 5, "a") == 1
+        await disks.let_go(lease, "a", mark=0.3)
+        assert await disks.contains([lease, "r:entry"]) == [False, True]
+        assert await disks.lease([lease], 5, "b") == 0  # the mark stops the take, and the take leaves no lease
+        assert await disks.contains([lease]) == [False]
+        tier = disks._slots[disks.home(lease)].tier
+        assert tier is not None
+        assert tier.policy.used_bytes == 0
+        async with asyncio.timeout(5):  # the mark's time running out (polled: the clock, not another task)
+            while await disks.lease([lease], 5, "b") == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert await disks.contains([lease, "r:entry"]) == [True, False]
+    finally:
+        disks.close()
