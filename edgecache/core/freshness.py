@@ -97,6 +97,12 @@ def storable(method: str, status: int, req: Headers, resp: Headers, policy: Poli
     return StoreDecision(False, "no-freshness")
 
 
+# The reasons storable() gives from the response's fields, which tell of the object's next answers too (of one that
+# is no error: proxy.revalidating.let_go_at_head). Not a status, nor "no-freshness" (a status stored only when told
+# so: an error or a redirect of the moment, mostly); a method or an Authorization are the request's.
+BY_FIELDS = frozenset({"must-understand", "no-store", "private", "vary-star", "set-cookie"})
+
+
 def freshness_lifetime(resp: Headers, policy: Policy, status: int, response_time: float | None = None) -> float:
     """RFC 9111 4.2.1 (shared cache), then the site's TTL floor and ceiling if configured."""
     cc, targeted = response_cc(resp)

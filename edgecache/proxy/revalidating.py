@@ -25,10 +25,9 @@ import time
 
 from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.freshness import answered_since, revalidated_since
+from edgecache.core.freshness import BY_FIELDS, answered_since, revalidated_since
 from edgecache.core.status import CacheStatus
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
-from edgecache.proxy.fillhead import OVERTAKEN
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
 from edgecache.storage.store import Store
@@ -92,12 +91,12 @@ async def drop_lease(store: Store, fill: Fill, unstored: bool = False) -> None:
 async def let_go_at_head(store: Store, fill: Fill, head: FillHead) -> None:
     """The entry's lease once the fill's head is stored or judged (Engine._take_head), unless it holds to the end.
 
-    An answer judged not storable leaves a mark where every worker sees it (Leases.unstored_lately): the ones
-    waiting ask the origin at once, and none took the lease after it for a request of its own, for which the next
-    worker's miss waited in turn, a first-byte time each. Not for an answer an invalidation overtook: that says
-    nothing of the next one."""
+    An answer its own fields forbid storing leaves a mark where every worker sees it (Leases.unstored_lately): the
+    ones waiting ask the origin at once, and none took the lease after it for a request of its own, for which the
+    next worker's miss waited in turn, a first-byte time each. Not for an error, nor one an invalidation overtook:
+    those say nothing of the next answer, and an origin in trouble is spared most by one request at a time."""
     if not holds_to_the_end(head):
-        unstored = not head.store and head.status != 304 and head.reason != OVERTAKEN
+        unstored = not head.store and head.status < 500 and head.status != 304 and head.reason in BY_FIELDS
         await drop_lease(store, fill, unstored)
 
 
