@@ -26,7 +26,7 @@ from edgecache.core.keys import PrimaryRecord, entry_key, keyed_fields
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill, leasing
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
-from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, more_of, rejoined, replaces, within_run
+from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, rejoined, replaces, within_run
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
@@ -247,7 +247,7 @@ class Engine:
             # cutting answers already begun.
             taken = await self.budget.take(fill, head) if pumped else None
             head = rejoined(self.store, head)  # a turn waited for: the copy may have been named meanwhile
-            head = await self._claimed(head, req)
+            head = await leasing.claimed(self.store, fill, head, req, self.fill_slices, LEASE_SECONDS)
             writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
             try:
                 was, req = req.entry_key, await self._take_head(fill, req, head)
@@ -290,19 +290,6 @@ class Engine:
             request_time = time.time()
             resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
         return resp, request_time
-
-    async def _claimed(self, head: FillHead, req: FillRequest) -> FillHead:
-        """With other workers on the disk, a new copy's metadata is written before anyone reads the copy, and a copy
-        another worker named meanwhile that the body is more of is gone on with instead (Store.claim_meta): two
-        workers that missed an object at once would each fetch every slice of it for a copy of its own."""
-        meta = head.meta
-        if not (self.store.shared and head.store and head.status != 304 and meta.length >= 0) or req.spread_from:
-            return head
-        known = self.store.peek_meta(head.entry_key)
-        if known is not None and known.token == meta.token:
-            return head
-        claimed = await self.store.claim_meta(head.entry_key, meta, lambda other: more_of(other, meta))
-        return head if claimed is meta else replace(head, meta=claimed)
 
     async def _take_head(self, fill: Fill, req: FillRequest, head: FillHead) -> FillRequest:
         """Give the fill its head, under the entry key the head names (the request, so keyed, is returned), with

@@ -4,7 +4,11 @@ instead of fetching it again."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from edgecache.proxy.fill import Fill, FillHead
+from edgecache.proxy.fillhead import more_of
+from edgecache.proxy.fillrequest import FillRequest
 from edgecache.storage.leases import REVALIDATING
 from edgecache.storage.store import Store
 
@@ -46,3 +50,29 @@ def unstored(store: Store, fill: Fill) -> list[str]:
         stored = store.lease_names(fill.entry_key, head.result().meta.slice_version, list(fill.leases))
     slices = ((i, name) for i, name in fill.leases.items() if i != REVALIDATING)  # (revalidating.drop_lease)
     return [name for i, name in slices if not (fill.completed(i) and stored.get(i) == name)]
+
+
+async def claimed(
+    store: Store, fill: Fill, head: FillHead, req: FillRequest, fill_slices: int, seconds: float
+) -> FillHead:
+    """With other workers on the disk, a new copy's metadata is written before anyone reads the copy, and a copy
+    another worker named meanwhile that the body is more of is gone on with instead (Store.claim_meta): two
+    workers that missed an object at once would each fetch every slice of it for a copy of its own.
+
+    The slices the fill brings first are leased before the metadata is written (taken, then published): leased only
+    once it was (Engine._take_head), another worker's request that read it in between found them free and fetched
+    them too. When another's copy is gone on with, the leases taken under this one's name (which nobody else knows)
+    are let go, and _take_head leases that copy's."""
+    meta = head.meta
+    if not (store.shared and head.store and head.status != 304 and meta.length >= 0) or req.spread_from:
+        return head
+    known = store.peek_meta(head.entry_key)
+    if known is not None and known.token == meta.token:
+        return head
+    await lease_ahead(store, fill, head, head.start // meta.slice_size, fill_slices, seconds)
+    claim = await store.claim_meta(head.entry_key, meta, lambda other: more_of(other, meta))
+    if claim is meta:
+        return head
+    if ours := [fill.leases.pop(i) for i in [i for i in fill.leases if i != REVALIDATING]]:
+        await store.drop_leases(ours)
+    return replace(head, meta=claim)
