@@ -124,6 +124,8 @@ class Engine:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._writes:  # the leases the fills let go of (_run_fill): the process may live on, saving memory
+            await asyncio.wait(list(self._writes), timeout=max(0.0, began + STOP_WAITS - time.monotonic()))
         await self.store.keep_on_stop(save_seconds)
 
     # --- starting fills ------------------------------------------------------------------------------------
@@ -202,10 +204,9 @@ class Engine:
             fill.fail(OriginError(f"internal error: {exc}"))
         finally:
             self.fills.remove(fill)
-        if unstored := leasing.unstored(self.store, fill):
-            self._spawn(self.store.drop_leases(unstored), self._writes)
-        if REVALIDATING in fill.leases:  # failed before its head was in, or before a whole copy's end
-            self._spawn(drop_lease(self.store, fill), self._writes)
+            # Cancelled too (a stop: close waits for these), or the other workers wait out their time.
+            if (names := leasing.unstored(self.store, fill)) or REVALIDATING in fill.leases:
+                self._spawn(leasing.let_go_all(self.store, fill, names), self._writes)
         if fill.background and validate is not None:
             await self._end_unkept(fill, req.entry_key, validate)
 

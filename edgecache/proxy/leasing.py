@@ -9,6 +9,7 @@ from dataclasses import replace
 from edgecache.proxy.fill import Fill, FillHead
 from edgecache.proxy.fillhead import more_of
 from edgecache.proxy.fillrequest import FillRequest
+from edgecache.proxy.revalidating import drop_lease
 from edgecache.storage.leases import REVALIDATING
 from edgecache.storage.store import Store
 
@@ -36,6 +37,16 @@ async def lease_ahead(store: Store, fill: Fill, head: FillHead, reached: int, fi
     if run:
         taken = await store.lease_run(head.entry_key, meta, run, seconds)
         fill.leases.update(store.lease_names(head.entry_key, meta.slice_version, run[:taken]))
+
+
+async def let_go_all(store: Store, fill: Fill, names: list[str]) -> None:
+    """Once a fill has ended (stored, failed, cut, or cancelled by a stop): the leases it holds that no write of
+    its drops, its slices' (`names`: unstored) and the entry's (a whole copy's, or one whose head never came). A
+    stopping worker lives on after its fills are cancelled (saving memory to disk for up to cache.save_on_stop):
+    held, they kept the other workers waiting until it was gone or their time ran out, for what nobody fetched."""
+    if names:
+        await store.drop_leases(names)
+    await drop_lease(store, fill)
 
 
 def unstored(store: Store, fill: Fill) -> list[str]:
