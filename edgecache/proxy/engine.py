@@ -30,7 +30,7 @@ from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, 
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
-from edgecache.proxy.revalidating import by_another_worker, drop_lease, let_go_at_head
+from edgecache.proxy.revalidating import by_another_worker, drop_lease, let_go_at_head, let_go_if_purged, not_purged
 from edgecache.storage.ghosts import Ghosts
 from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
 from edgecache.storage.store import Store, slice_name
@@ -307,7 +307,7 @@ class Engine:
         keep = (head.status == 304 and head.kept) or (head.store and head.meta.length >= 0)
         # Asked before anything is remembered: a record remembered here would be the one it compares with (the
         # object's, forgotten when a request caught up on the purge first, is made again from the fill's).
-        if keep and req.spread_from is None and not await self._not_purged(primary, req):
+        if keep and req.spread_from is None and not await not_purged(self.store, primary, req):
             keep = False  # its readers, who asked before the purge, still get its answer; nobody else
         known = self.store.peek_record(primary)
         record = replace(known or PrimaryRecord(req.generation), vary=head.meta.vary)
@@ -316,7 +316,7 @@ class Engine:
             self.store.remember_meta(req.entry_key, head.meta)
         fill.set_head(head)
         if req.spread_from is None:  # leased before the metadata is on the disk, where other workers read both
-            await self._lease_ahead(fill, head, head.start // self.slice_size)
+            await self._lease_ahead(fill, head, head.start // self.slice_size, req)
         if keep and req.spread_from is None:  # a spread copy is kept in memory only
             if record != known:  # the next slice of a stored object brings the same record
                 await self.store.put_record(primary, record)
@@ -332,14 +332,6 @@ class Engine:
             if writes:
                 await asyncio.wait(writes)
             await drop_lease(self.store, fill)
-
-    async def _not_purged(self, primary: str, req: FillRequest) -> bool:
-        """Is the record the fill was asked under still the object's? A purge another worker applied since the head
-        was judged (the fill waited for its share of fill memory, say) is caught up on first: the fill's record and
-        metadata are neither remembered nor written over the purge's."""
-        if self.store.stale():
-            await self.store.catch_up()
-        return (await self.store.get_record(primary)).generation == req.generation
 
     async def _pump(
         self, fill: Fill, head: FillHead, resp: object, req: FillRequest, writes: list[asyncio.Task[None]]
@@ -372,7 +364,7 @@ class Engine:
                     if fill.received // size != reached:
                         reached = fill.received // size
                         if req.spread_from is None:
-                            await self._lease_ahead(fill, head, reached)
+                            await self._lease_ahead(fill, head, reached, req)
                         if self.unread(fill, head.end):
                             raise _Unread(f"nobody reads the fill past {fill.received} bytes")
                     await fill.room()
@@ -394,7 +386,10 @@ class Engine:
         elif head.store and stored:  # past the bound: what was stored of it, once its streams no longer read it
             self._spawn(self._forget(req.entry_key, version, stored, writes, fill), self._writes)
 
-    async def _lease_ahead(self, fill: Fill, head: FillHead, reached: int) -> None:
+    async def _lease_ahead(self, fill: Fill, head: FillHead, reached: int, req: FillRequest) -> None:
+        """At the head and each slice boundary: the leases of the slices coming, and a whole copy's let go of once
+        its object was purged (revalidating.let_go_if_purged)."""
+        await let_go_if_purged(self.store, fill, req)
         await leasing.lease_ahead(self.store, fill, head, reached, self.fill_slices, LEASE_SECONDS)
 
     def _memory_only(self, req: FillRequest, version: str, index: int, data: bytes) -> bool:
@@ -432,12 +427,12 @@ class Engine:
     ) -> None:
         """A body of unknown length ended whole: its metadata, with the length, makes its slices an object.
 
-        Visible to this process before the first await that leaves the loop (_not_purged does not, unless another
+        Visible to this process before the first await that leaves the loop (not_purged does not, unless another
         worker changed something or the record was let go), so a client that read the body to its end and asks
         again is answered from the cache."""
         meta = replace(meta, length=length)
         primary = req.primary or req.entry_key.split("\n", 1)[0]
-        if not await self._not_purged(primary, req):  # invalidated meanwhile, here or by another worker
+        if not await not_purged(self.store, primary, req):  # invalidated meanwhile, here or by another worker
             await self._forget(req.entry_key, meta.slice_version, stored, writes, None)
             return
         current = self.store.peek_record(primary)

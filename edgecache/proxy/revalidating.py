@@ -100,6 +100,24 @@ async def let_go_at_head(store: Store, fill: Fill, head: FillHead) -> None:
         await drop_lease(store, fill, unstored)
 
 
+async def not_purged(store: Store, primary: str, req: FillRequest) -> bool:
+    """Is the record the fill was asked under still the object's? A purge another worker applied since the head
+    was judged (the fill waited for its share of fill memory, say) is caught up on first: the fill's record and
+    metadata are neither remembered nor written over the purge's (Engine._take_head, Engine._store_length)."""
+    if store.stale():
+        await store.catch_up()
+    return (await store.get_record(primary)).generation == req.generation
+
+
+async def let_go_if_purged(store: Store, fill: Fill, req: FillRequest) -> None:
+    """A fill that holds the entry's lease past its head (a copy stored only whole: holds_to_the_end) lets go once
+    its object was purged, here or in another worker (looked at from the head on, at each slice it reaches). The
+    worker waiting on it would find no copy it may answer from at the body's end, and ask the origin then: it
+    waited out the body for nothing."""
+    if REVALIDATING in fill.leases and not await not_purged(store, req.primary or req.entry_key.split("\n", 1)[0], req):
+        await drop_lease(store, fill)
+
+
 def _told(validate: ObjectMeta | None) -> CacheStatus:
     """How an answer from another worker's origin request is told: as a request that joined it in that worker."""
     return CacheStatus.REVALIDATED if validate is not None else CacheStatus.MISS
