@@ -389,7 +389,7 @@ class Engine:
     async def _lease_ahead(self, fill: Fill, head: FillHead, reached: int, req: FillRequest) -> None:
         """At the head and each slice boundary: the leases of the slices coming, and a whole copy's let go of once
         its object was purged (revalidating.let_go_if_purged)."""
-        await let_go_if_purged(self.store, fill, req)
+        await let_go_if_purged(self.store, fill, head, req)
         await leasing.lease_ahead(self.store, fill, head, reached, self.fill_slices, LEASE_SECONDS)
 
     def _memory_only(self, req: FillRequest, version: str, index: int, data: bytes) -> bool:

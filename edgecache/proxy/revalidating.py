@@ -15,8 +15,8 @@ is gone (storage.disk), and it expires: nobody waits on a dead worker, nor for l
 origin (then it asks itself). The holder lets go once its head is stored or judged not storable (Engine._take_head):
 then a miss's waiter finds nothing stored and asks the origin itself, at once; told so by a mark the holder leaves
 (let_go_at_head), it does not take the lease for its own request, and no worker waits on one while the mark is
-fresh. A copy stored only whole is held
-until its body is stored (holds_to_the_end): its waiter answers from it complete, or asks once it was cut.
+fresh. A copy stored only whole is held until its body is stored (holds_to_the_end): its waiter answers from it
+complete, or asks once it was cut or purged (let_go_if_purged).
 """
 
 from __future__ import annotations
@@ -109,12 +109,14 @@ async def not_purged(store: Store, primary: str, req: FillRequest) -> bool:
     return (await store.get_record(primary)).generation == req.generation
 
 
-async def let_go_if_purged(store: Store, fill: Fill, req: FillRequest) -> None:
+async def let_go_if_purged(store: Store, fill: Fill, head: FillHead, req: FillRequest) -> None:
     """A fill that holds the entry's lease past its head (a copy stored only whole: holds_to_the_end) lets go once
     its object was purged, here or in another worker (looked at from the head on, at each slice it reaches). The
     worker waiting on it would find no copy it may answer from at the body's end, and ask the origin then: it
     waited out the body for nothing."""
-    if REVALIDATING in fill.leases and not await not_purged(store, req.primary or req.entry_key.split("\n", 1)[0], req):
+    if REVALIDATING not in fill.leases or not holds_to_the_end(head):  # (the others let go at the head)
+        return
+    if not await not_purged(store, req.primary or req.entry_key.split("\n", 1)[0], req):
         await drop_lease(store, fill)
 
 
