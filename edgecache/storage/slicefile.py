@@ -34,9 +34,15 @@ class SliceFile:
             self._file.close()
 
     def drop(self) -> None:
+        if (file := self.let_go()) is not None:
+            file.close()
+
+    def let_go(self) -> BinaryIO | None:
+        """Dropped from the cache: the file, for the caller to close, if no reader holds it (else its last reader
+        closes it). For a caller that closes off the event loop: the close of a file whose slice left the disk
+        frees its blocks, and was seen to take 0.6 ms (median) to 39 ms on ext4."""
         self.dropped = True
-        if self.users == 0:
-            self._file.close()
+        return self._file if self.users == 0 else None
 
     def changed(self) -> bool:
         """Evicted by the disk tier (stop pinning its blocks), or written to since it was checked."""

@@ -15,6 +15,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import BinaryIO
 
 from edgecache import metrics
 from edgecache.config.model import Disk
@@ -386,13 +387,19 @@ class Store(Purging, Leases, Tiers):
         A file the cache let go meanwhile may be closed under the look (its answer is then of no use): only a
         file still cached, the same one, is closed here, and a cached file is never closed elsewhere."""
         held = list(self._files.items())
-        gone = await asyncio.get_running_loop().run_in_executor(None, _gone_of, held)
-        closed = 0
+        loop = asyncio.get_running_loop()
+        gone = await loop.run_in_executor(None, _gone_of, held)
+        closing, closed = [], 0
         for name, f in gone:
             if self._files.get(name) is f:
                 del self._files[name]
-                f.drop()
                 closed += 1
+                if (file := f.let_go()) is not None:
+                    closing.append(file)
+        # Closed off the loop, in one hop: such a close frees the file's blocks (SliceFile.let_go), and exclusive tiers
+        # let go of each slice memory takes from disk. Shielded: a cancelled stop must not leave them open.
+        if closing:
+            await asyncio.shield(loop.run_in_executor(None, _close_all, closing))
         return closed
 
     async def revive(self, disks: Sequence[Disk]) -> None:
@@ -468,6 +475,11 @@ def _meta_cost(meta: ObjectMeta) -> int:
 
 def _record_cost(record: PrimaryRecord) -> int:
     return RECORD_BYTES + sum(60 + len(name) for name in record.vary or ())
+
+
+def _close_all(files: list[BinaryIO]) -> None:
+    for file in files:
+        file.close()
 
 
 def _gone_of(files: list[tuple[str, SliceFile]]) -> list[tuple[str, SliceFile]]:
