@@ -236,6 +236,13 @@ class PeerConn(asyncio.Protocol):
 
     # --- llhttp's callbacks ----------------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            # An answer nobody asked for, begun in the read that ended the last one asked: llhttp would keep its
+            # first bytes, and give the rest, read after the next request is sent, as that request's answer.
+            self.close()  # a peer that talks out of turn is not reused (data_received), whatever it said
+            raise PeerBroken("peer answered more requests than it was sent")
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason.decode("latin-1")
 

@@ -117,3 +117,83 @@ async def test_a_peer_that_sends_its_head_a_byte_at_a_time_is_timed_out_as_one_t
             task.cancel()
         await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
+
+
+class _Kept:
+    """An Exchange that keeps the answer it was given."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.body_bytes = b""
+        self.ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()  # True: done, False: failed
+
+    def head(self, status: int, reason: str, fields: list[tuple[str, str]], until_close: bool) -> None:
+        self.status = status
+
+    def body(self, piece: bytes) -> None:
+        self.body_bytes += piece
+
+    def done(self, keep: bool) -> None:
+        self.ended.set_result(True)
+
+    def failed(self, error: Exception, before_head: bool) -> None:
+        self.ended.set_result(False)
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_an_answer_the_peer_began_past_the_last_asked_is_never_given_to_the_next_request() -> None:
+    """A peer that begins an answer nobody asked for in the read that ends the last one asked: the connection went
+    back to the pool with llhttp holding that answer's first bytes, and the next request sent on it was given the
+    rest of that answer as its own (the wrong viewer's bytes). It is a peer talking out of turn: not reused."""
+    handlers: set[asyncio.Task[None]] = set()
+    writers: list[asyncio.StreamWriter] = []
+    asked: list[bytes] = []
+
+    async def out_of_turn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        writers.append(writer)
+        first = not asked
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                asked.append(await reader.readuntil(b"\r\n\r\n"))
+                if not first:  # a new connection: answered as asked
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+                    await reader.read()
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\nContent-Le")
+                await writer.drain()
+                asked.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(b"ngth: 5\r\n\r\nWRONGHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+                await writer.drain()
+                await reader.read()
+        finally:
+            writer.transport.abort()
+
+    server = await asyncio.start_server(out_of_turn, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = PeerPool(limit=4, connect_timeout=5.0, read_timeout=5.0)
+    try:
+        first = await pool.acquire(address)
+        one = _Kept()
+        first.send(b"GET /1 HTTP/1.1\r\nHost: peer\r\n\r\n", one, head_only=False)  # type: ignore[arg-type]
+        async with asyncio.timeout(5):
+            assert await one.ended
+        assert (one.status, one.body_bytes) == (200, b"first")
+        second = await pool.acquire(address)
+        two = _Kept()
+        second.send(b"GET /2 HTTP/1.1\r\nHost: peer\r\n\r\n", two, head_only=False)  # type: ignore[arg-type]
+        async with asyncio.timeout(5):
+            answered = await two.ended
+        assert (answered, two.status, two.body_bytes) == (True, 200, b"second")
+        assert second is not first  # the first connection was closed: the second request went on a new one
+        assert [a.split(b" ", 2)[1] for a in asked] == [b"/1", b"/2"]
+    finally:
+        pool.close()
+        server.close()
+        for w in writers:  # each handler's read ends with its connection: none is cancelled mid-read
+            w.transport.abort()
+        async with asyncio.timeout(5):
+            await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
