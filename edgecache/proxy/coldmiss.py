@@ -29,7 +29,7 @@ from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.hit import Cold, Load, Pass
-from edgecache.proxy.route import Forward, Refused
+from edgecache.proxy.route import Forward, Here, Refused
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -86,9 +86,11 @@ class Started:
         return of_fill(self.validating is not None)
 
     @property
-    def copy(self) -> bool:
-        """The fill is this node's copy of a hot object another node owns (core.popularity), from that owner."""
-        return self.cold.req.spread_from is not None
+    def placed(self) -> Here:
+        """Where the request was put when its fill started (route._where: this node, standing in for an owner that
+        was down, or a copy of a hot object filled from its owner): it is answered from that fill whoever owns the
+        key by the time the fill's head comes, as the full handler routes a request once and then fills it."""
+        return Here(standing_in=self.cold.failover, spread_from=self.cold.req.spread_from)
 
 
 def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused | Pass:

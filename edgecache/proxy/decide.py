@@ -45,7 +45,7 @@ from edgecache.proxy.hit import (
     find_hit,
     renewed,
 )
-from edgecache.proxy.route import HOT, Elsewhere, Forward, Refused, addressed, unversioned
+from edgecache.proxy.route import HOT, Elsewhere, Forward, Here, Refused, addressed, unversioned
 from edgecache.proxy.shared import Shared
 from edgecache.storage.store import slice_name
 
@@ -136,12 +136,12 @@ class Decider:
         self.parser = headparse.Parser()
 
     def answer(
-        self, head: bytes, client: str, admitted: bool = False, copy: bool = False
+        self, head: bytes, client: str, admitted: bool = False, placed: Here | None = None
     ) -> Prepared | Load | Forward | Refused | Pass | None:
         """The answer to this head if it is a fresh hit, the owner it goes to, or its refusal (core.admit); None for
         anything the fast path leaves to aiohttp. `admitted`: the rate limiter let this request in already (its
-        miss's fill was started for it: find_cold), so it is not asked again. `copy`: that fill was a copy of a hot
-        object another node owns (FillRequest.spread_from): the request is this node's, never forwarded.
+        miss's fill was started for it: find_cold), so it is not asked again. `placed`: where that fill put it
+        (coldmiss.Started.placed): the request is this node's, answered from it whoever owns the key now.
 
         The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
         was decided from is unchanged (Hit.still); only the client's address is checked again.
@@ -149,14 +149,15 @@ class Decider:
         shared = self.shared
         if shared.overloaded:
             return self._overloaded(head)
+        copy = False
         if shared.cluster is not None:
             hop = split_hop(head)
             if hop is not None:
                 return self._hopped(hop[1], hop[0], client, admitted)
-            forward = None if copy else self.forwards.get(head, client, admitted)
+            forward = None if placed else self.forwards.get(head, client, admitted)
             if isinstance(forward, Forward | Refused):
                 return forward
-            copy = copy or forward == HOT  # decided for this node's copy, the gate not asked a second time
+            copy = forward == HOT  # decided for this node's copy, the gate not asked a second time
         now = time.time()
         prepared = self._current(self.memo, head, now)
         if prepared is None and self.cuts:
@@ -173,7 +174,7 @@ class Decider:
         ranged = self._ranged(head, client)
         if not isinstance(ranged, _FullParse):
             return ranged
-        decided = self._decide(head, client, admitted=admitted, copy=copy)
+        decided = self._decide(head, client, admitted=admitted, copy=copy, placed=placed)
         return None if isinstance(decided, Elsewhere) else decided
 
     def _hopped(
@@ -220,6 +221,7 @@ class Decider:
         hop_field: str | None = None,
         admitted: bool = False,
         copy: bool = False,
+        placed: Here | None = None,
     ) -> Prepared | Load | Forward | Elsewhere | Refused | Pass | None:
         """Parse and look up the head from scratch; remember a hit's answer for the same head.
 
@@ -227,7 +229,8 @@ class Decider:
         slices, and another node's object is Elsewhere to it), and never sent itself.
         """
         memo = self.wholes if basis else self.memo
-        hit, method, keep_alive = self._parse(head, client, basis, hop_field, admitted=admitted, copy=copy)
+        parsed = self._parse(head, client, basis, hop_field, admitted=admitted, copy=copy, placed=placed)
+        hit, method, keep_alive = parsed
         if isinstance(hit, Forward):
             forward = replace(hit, keep_alive=keep_alive)
             if len(head) <= _MEMO_HEAD:
@@ -413,6 +416,7 @@ class Decider:
         admitted: bool = False,
         overloaded: bool = False,
         copy: bool = False,
+        placed: Here | None = None,
     ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None, str, KeepAlive]:
         if rangecut.needs_strict_parser(head):
             return None, "", KeepAlive.CLOSE
@@ -439,7 +443,7 @@ class Decider:
                 hit = find_cold(self.shared, m, host, target, headers, client, admitted)
             else:
                 hit = find_hit(
-                    self.shared, m, host, target, headers, client, basis, hop_field, validated, admitted, copy
+                    self.shared, m, host, target, headers, client, basis, hop_field, validated, admitted, copy, placed
                 )
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])

@@ -134,13 +134,14 @@ def find_hit(
     validated: Validated | None = None,
     admitted: bool = False,
     copy: bool = False,
+    placed: route.Here | None = None,
 ) -> Hit | Load | Forward | Elsewhere | Refused | Pass | None:
     """The hit this request is, if it is one; or the owner to forward it to; or its pass-through. A `basis` answer is
     one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the stored entry
     answers whatever its freshness, as the origin has just confirmed it ("304": Use.REVALIDATE), or as it stands in
     for an origin that failed its revalidation ("stale-if-error": Use.STALE_OK, RFC 5861 4). `copy`: a hot object's
-    copy was filled for this request (route.routed)."""
-    routed = route.routed(shared, method, host, target, headers, client, basis, hop_field, admitted, copy)
+    copy was filled for this request, `placed`: the request's fill was started here (route.routed)."""
+    routed = route.routed(shared, method, host, target, headers, client, basis, hop_field, admitted, copy, placed)
     if not isinstance(routed, Routed):
         return routed
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:

@@ -140,11 +140,13 @@ def routed(
     hop_field: str | None,
     admitted: bool = False,
     copy: bool = False,
+    placed: Here | None = None,
 ) -> Routed | Forward | Elsewhere | Refused | None:
     """find_hit()'s first step once addressed() has named the host and target: the site and key, then the hop, the
     ACL, the owner (_where) and the signed URL. A request refused on the way gets the Reply the full handler would
     give it (core.admit). `copy`: the request may be answered from a copy of a hot object another node owns: a
-    `basis` request (find_cold's) if the object is hot now, any other because that copy's fill was started for it."""
+    `basis` request (find_cold's) if the object is hot now, any other because it was found hot. `placed`: where
+    the request's fill put it when it started (coldmiss.Started.placed), which stands."""
     if method not in ("GET", "HEAD") or not target.startswith("/"):
         return None  # an asterisk or authority form, and everything but GET/HEAD: the full handler's checks
     site = shared.router.match(host)
@@ -162,7 +164,7 @@ def routed(
     looped = admit.looped(get_all(headers, "via"), shared.engine.origin.loop_token)
     refused, where = looped or admit.acl(site, client), HERE
     if refused is None and cluster is not None:
-        found = _where(shared, cluster, site, key, method, headers, client, basis, admitted, copy)
+        found = placed or _where(shared, cluster, site, key, method, headers, client, basis, admitted, copy)
         if not isinstance(found, Here | Reply):
             return found
         refused, where = (found, where) if isinstance(found, Reply) else (None, found)
@@ -223,8 +225,7 @@ def _where(
     copy of a hot object filled from its owner), its owner (a Forward), or the whole-object basis's caller
     (ELSEWHERE); or the refusal of a forward (forward_verdict). A `basis` request is not asked of the popularity
     gate (it was, for the request it is part of): with `copy`, the gate says whether the object is hot now. Any
-    other request with `copy` had the copy's fill started for it: it is answered from that, as the full handler
-    answers it (whatever the gate says by the time the fill's head comes)."""
+    other request with `copy` was found hot already (forwardmemo's HOT): it is answered from this node's copy."""
     up = cluster.route(key.primary)
     first = cluster.ring.owner(key.primary)
     if up[0].id == cluster.self_id:

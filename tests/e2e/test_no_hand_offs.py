@@ -14,9 +14,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from edgecache.config import ClusterSettings, Listen
 from edgecache.core.keepalive import KeepAlive
+from edgecache.core.ring import Member, Ring
 from edgecache.proxy import encode
-from tests.conftest import make_config, start_edge
+from tests.conftest import CLUSTER_KEY, make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_fast_path import get, get10, normalised
 from tests.e2e.test_operations import metric
@@ -366,3 +368,46 @@ async def test_a_revalidation_that_meets_another_version_is_decided_again_withou
             assert (our_counts, our_hits) == (their_counts, their_hits), mode
             assert (ours.count(b"NEW-BODY /path"), b"OLD-BODY" in ours) == (2, False), mode
             assert ours_handed == 0, mode
+
+
+async def test_a_miss_filled_while_standing_in_is_answered_from_its_fill_when_the_owner_comes_back(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """node1 stands in for node2, which is down, and fills an object node2 owns; node2 comes back up before the
+    origin's head arrives (as a peer probed before it listened does at startup: test_cluster_kill). The request that
+    started the fill and one that joined it are answered from that fill, as the full handler answers a request it
+    routed once; before, both were decided again on the fast path, found node2's, and handed to aiohttp."""
+    node2 = Member("node2", f"127.0.0.1:{free_port()}")  # nothing listens there: the forward would be refused
+    answers = []
+    for fast_path in (True, False):
+        port = free_port()
+        members = (Member("node1", f"127.0.0.1:{port}"), node2)
+        ring = Ring.of(members)
+        path = next(f"/o{i}" for i in range(1000) if ring.owner(f"videos|video.test|/o{i}") == node2)
+        origin.put(path, BODY)
+        settings = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=3600, rise=1, fall=1_000_000)
+        config = make_config(tmp_path / str(fast_path), [origin.url])
+        config = replace(config, listen=(Listen("127.0.0.1", port),), cluster=settings, fast_path=fast_path)
+        async with start_edge(config) as edge:
+            view = edge.node.cluster
+            assert view is not None
+            view.failed("node2", "the test took it down")
+            origin.gate = asyncio.Event()
+            before, counted, seen, hits = fast_path_outcomes(), requests_counted(), len(origin.seen), origin.hits[path]
+            asked = [asyncio.create_task(exchange(edge.port, get(path, "Connection: close"))) for _ in range(2)]
+            await origin.wait_for_requests(seen + 1)
+            view.record("node2", True)  # up again (rise = 1) while the origin holds the fill's head
+            assert view.is_up("node2")
+            origin.gate.set()
+            got = await asyncio.gather(*asked)
+            origin.gate = None
+            handed_off = fast_path_outcomes()["handed_off"] - before["handed_off"]
+            answers.append(([await normalised(a) for a in got], counted_since(counted), handed_off))
+            assert origin.hits[path] - hits == 1, fast_path  # the second request joined the first's fill
+            assert view.is_up("node2"), fast_path  # never forwarded there (a refused forward takes it down)
+    (ours, our_counts, ours_handed), (theirs, their_counts, _) = answers
+    assert ours == theirs
+    assert our_counts == their_counts
+    assert [a.split(b"\r\n\r\n", 1)[1] for a in ours] == [BODY, BODY]
+    assert [a.split(b"\r\n", 1)[0] for a in ours] == [b"HTTP/1.1 200 OK"] * 2
+    assert ours_handed == 0
