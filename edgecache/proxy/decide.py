@@ -32,6 +32,8 @@ from edgecache.proxy import encode, headparse, observe, rangecut
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Fill
 from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
+from edgecache.proxy.heldslices import HELD as HELD  # diskhit's and fastpath's
+from edgecache.proxy.heldslices import held_slices as _slices
 from edgecache.proxy.hit import (
     STATUS_OF_USE,
     Cold,
@@ -47,13 +49,9 @@ from edgecache.proxy.hit import (
 )
 from edgecache.proxy.route import HOT, Elsewhere, Forward, Here, Refused, addressed, unversioned
 from edgecache.proxy.shared import Shared
-from edgecache.storage.store import slice_name
 
 log = logging.getLogger(__name__)
 
-# An answer holds this many of its slices (memory, open files) before its head is sent, so one gone meanwhile can
-# still be fetched or the request decided again; the rest are found as the body reaches them (diskhit.stream).
-HELD = 8
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
 # Decisions remembered by each memo in each of its two generations (core.memo): a set of heads asked in turn (a
 # player's byte-range playlist, W3u's 4,096 ranges) is kept whole while it fits one generation.
@@ -480,19 +478,3 @@ def _refused(p: Prepared, reply: Reply) -> Refused:
 
 def _site_bytes(hit: Hit) -> Any:
     return observe.site_bytes(hit.site.name, observe.upstream(CacheStatus.HIT, metrics.Sources()))
-
-
-def _slices(hit: Hit, size: int) -> tuple[tuple[str, int, int], ...]:
-    """The body's first HELD + 1 slices at most: one more than HELD says the answer streams (diskhit.stream)."""
-    first, last = hit.first, hit.last
-    if last < first:
-        return ()
-    meta, key = hit.meta, hit.req.entry_key
-    version, length = meta.slice_version, meta.slice_length
-    out = []
-    for index in ranges.slice_span(first, last, size)[: HELD + 1]:
-        base = index * size
-        end = base + length(index)  # max() and min() written out: the calls cost a new range's answer 0.3 µs
-        lo, hi = first - base if first > base else 0, (last + 1 if last < end else end) - base
-        out.append((slice_name(key, version, index), lo, hi))
-    return tuple(out)
