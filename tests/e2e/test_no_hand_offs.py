@@ -396,6 +396,9 @@ async def test_a_miss_filled_while_standing_in_is_answered_from_its_fill_when_th
             before, counted, seen, hits = fast_path_outcomes(), requests_counted(), len(origin.seen), origin.hits[path]
             asked = [asyncio.create_task(exchange(edge.port, get(path, "Connection: close"))) for _ in range(2)]
             await origin.wait_for_requests(seen + 1)
+            async with asyncio.timeout(10):  # a counter, no event: both are decided, one fill started, one joined
+                while edge.node.shared.in_flight < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0)
             view.record("node2", True)  # up again (rise = 1) while the origin holds the fill's head
             assert view.is_up("node2")
             origin.gate.set()
