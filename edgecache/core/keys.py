@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgecache.core.headers import HOP_BY_HOP, Headers, get_all, split_list
 from edgecache.core.hop import FIELD as CLUSTER_HOP
@@ -238,6 +238,12 @@ class PrimaryRecord:
         except ValueError:
             soft_before = 0.0
         return cls(generation, tuple(v for v in vary if v), soft_before)
+
+    def named(self, vary: tuple[str, ...] | None) -> PrimaryRecord:
+        """The record a request is keyed under once an answer to it named `vary` (None: none did yet): this one, or,
+        when that answer was not stored (private, say) and this record names another Vary, one pointing where it
+        points. The full handler's lookup (EdgeHandler._look_up) and the fast path's (hit.find_cold)."""
+        return self if vary is None or vary == self.vary else replace(self, vary=vary)
 
 
 def entry_key(primary: str, record: PrimaryRecord, headers: Headers, scope: str = "") -> str:

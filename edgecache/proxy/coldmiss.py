@@ -5,8 +5,8 @@ replaced a stale entry), or as revalidated from the stored entry a 304 confirmed
 arrival or not. An origin that failed the fill or revalidation the request started or joined, with no stale entry to
 stand in, gets the full handler's 502 (failed).
 
-Whatever the head turns out to be that the fast path does not answer (a Vary its record does not name, a plan of
-its own), the request goes to the full handler with the fill it started (Shared.adopted): the handler carries on
+Whatever the head turns out to be that the fast path does not answer (a Vary that changes from answer to answer, a plan
+of its own), the request goes to the full handler with the fill it started (Shared.adopted): the handler carries on
 with that fill as if it had started it, so the origin is asked once either way.
 """
 
@@ -97,7 +97,7 @@ def start(conn: FastPath, head: bytes, admitted: bool = False) -> bool | Refused
     """Start (or join) the fill of a miss and wait for its head off the connection's turn; its refusal or its
     pass-through (a conditional request for an object not stored), for the caller to carry out; False: not one the
     fast path fills (the caller hands the request to aiohttp, which decides it)."""
-    cold = conn.server.decider.cold(head, conn.client, admitted)
+    cold = conn.server.decider.cold(head, conn.client, admitted, conn.named)
     if not isinstance(cold, Cold):
         return cold if cold is not None else False
     if conn.named and cold.req.found:  # decided again once its first fill named a Vary: it had found no variant
@@ -193,12 +193,12 @@ def _answered(
         return STREAMED
     if (passed := _passed(conn, started, fetched)) is not None:
         return passed
-    if not (conn.named or conn.closing) and _named(conn, started, fetched):
-        # The record names the Vary now: decided again, the request is its variant's miss, filled with the
-        # fields the Vary names (as the full handler looks again under that variant's key). Once: an origin whose
-        # Vary changes from answer to answer leaves the request to the full handler, as does a draining
-        # connection (as relay.forward).
-        conn.again = conn.named = True
+    if not (conn.named or conn.closing) and uncached.other_variant(started, fetched):
+        # Decided again with the Vary the answer named (stored or not: PrimaryRecord.named), the request is its
+        # variant's miss, filled with the fields that Vary names, as the full handler looks again under that
+        # variant's key. Once: an origin whose Vary changes from answer to answer leaves the request to the full
+        # handler, as does a draining connection (as relay.forward).
+        conn.again, conn.named = True, fetched.meta.vary
         if started.ours and not fetched.shared:
             started.fill.abandon()  # only this request would have read it
         return AGAIN
@@ -236,17 +236,6 @@ def _just_stored(head: FillHead) -> bool:
     """Does the fill's head leave an entry the request may be answered from, fresh or not: the stored entry it
     confirmed, or the shared answer it stores?"""
     return (head.status == 304 and head.kept) or (head.store and head.shared)
-
-
-def _named(conn: FastPath, started: Started, head: FillHead) -> bool:
-    """Is the fill's answer another variant than the request's, under a Vary its object's record names now? A
-    stored answer's record names it once the head is in; one not stored (private, or of unknown length until it
-    ends) leaves none, and deciding the head again would fill it without the Vary's fields once more: the full
-    handler, which looks again with the answer's Vary, answers that one."""
-    if not uncached.other_variant(started, head):
-        return False
-    record = conn.server.shared.engine.store.peek_record(started.primary)
-    return record is not None and record.vary == head.meta.vary
 
 
 def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:

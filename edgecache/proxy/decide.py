@@ -343,12 +343,14 @@ class Decider:
             _remember(self.cuts, head, prepared, cut.kept)
         return prepared
 
-    def cold(self, head: bytes, client: str, admitted: bool = False) -> Cold | Refused | Pass | None:
+    def cold(
+        self, head: bytes, client: str, admitted: bool = False, named: tuple[str, ...] | None = None
+    ) -> Cold | Refused | Pass | None:
         """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds, or its
-        refusal; None: the full handler decides it."""
+        refusal; None: the full handler decides it. `named`: the Vary its first fill's answer named."""
         if self.shared.overloaded:
             return self._overloaded(head)
-        found, _, keep_alive = self._parse(head, client, cold=True, admitted=admitted)
+        found, _, keep_alive = self._parse(head, client, cold=True, admitted=admitted, named=named)
         return replace(found, keep_alive=keep_alive) if isinstance(found, Cold | Refused | Pass) else None
 
     def fetched(
@@ -415,6 +417,7 @@ class Decider:
         overloaded: bool = False,
         copy: bool = False,
         placed: Here | None = None,
+        named: tuple[str, ...] | None = None,
     ) -> tuple[Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None, str, KeepAlive]:
         if rangecut.needs_strict_parser(head):
             return None, "", KeepAlive.CLOSE
@@ -438,7 +441,7 @@ class Decider:
         try:
             hit: Hit | Load | Forward | Elsewhere | Cold | Refused | Pass | None
             if cold:
-                hit = find_cold(self.shared, m, host, target, headers, client, admitted)
+                hit = find_cold(self.shared, m, host, target, headers, client, admitted, named)
             else:
                 hit = find_hit(
                     self.shared, m, host, target, headers, client, basis, hop_field, validated, admitted, copy, placed

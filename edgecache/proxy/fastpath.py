@@ -80,7 +80,7 @@ class FastPath(asyncio.Protocol):
         self.admitted: str | None = None  # or the primary key of a request let in here (Shared.admitted)
         self.retried = 0  # forwards of the head at the front whose owner could not be reached (relay.forward)
         self.again = False  # the head at the front is decided again (let in already): another variant, a new version
-        self.named = False  # decided again for another variant (coldmiss): once
+        self.named: tuple[str, ...] | None = None  # the Vary of another variant's answer, decided again with: once
         self.changed: bytes | None = None  # the last head decided again for a new version (diskhit): not twice
         self.first_byte = 0.0  # when the head of the answer being sent went out (sent): its log line's ttfb
 
@@ -317,7 +317,7 @@ class FastPath(asyncio.Protocol):
     def head_done(self) -> None:
         """The head at the front is answered (or handed over): what was kept while it was decided again goes (a
         retried forward's count, its admission, a variant's second decision)."""
-        self.retried, self.admitted, self.again, self.named = 0, None, False, False
+        self.retried, self.admitted, self.again, self.named = 0, None, False, None
 
     async def _load(self, load: Load) -> None:
         """Read what the lookup needs from the disk tier (off the loop), so the same head can be decided again."""

@@ -325,9 +325,7 @@ class EdgeHandler:
     ) -> tuple[FillRequest, ObjectMeta | None, float]:
         """The request keyed under the object's record (with the Vary `named`, when an answer named another) and
         its purges, what is stored under that key, and the time before which a stored answer is soft-purged."""
-        record = await self.engine.store.get_record(req.primary)
-        if named is not None and record.vary != named:  # that answer was not stored: look where it points
-            record = replace(record, vary=named)
+        record = (await self.engine.store.get_record(req.primary)).named(named)
         scope, soft = self.engine.store.purged(req.site.name, req.host_key, req.path, record)
         key = entry_key(req.primary, record, req.headers, scope)
         req = replace(req, entry_key=key, generation=record.generation, scope=scope, vary=record.vary, soft_before=soft)

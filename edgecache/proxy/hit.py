@@ -186,13 +186,14 @@ def find_cold(
     headers: Headers,
     client: str,
     admitted: bool = False,
+    named: tuple[str, ...] | None = None,
 ) -> Cold | Refused | Pass | None:
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
     metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
     the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored; a hot
     object another node owns is filled from that owner, for this node's copy (FillRequest.spread_from). None for
     anything else the full handler decides: a conditional request, a stale entry it may serve. A Vary'd record's
-    miss is filled with the fields its Vary names (FillRequest.vary), as the full handler fills it."""
+    miss is filled with the fields its Vary (or the Vary its first fill `named`) names, as the full handler fills it."""
     # basis: another node's object is Elsewhere unless it is hot now, without asking the popularity gate again
     # (find_hit() counted this request already).
     routed = route.routed(shared, method, host, target, headers, client, True, None, admitted, copy=True)
@@ -203,7 +204,7 @@ def find_cold(
     cc = parse_cache_control(headers)
     if cc.no_store or must_pass(headers) is not None:
         return None
-    entry, site = _entry(shared, routed.site, routed.host, routed.key, headers), routed.site
+    entry, site = _entry(shared, routed.site, routed.host, routed.key, headers, named), routed.site
     if entry is not None and entry.meta is not None:  # a stored entry: only its revalidation is filled here
         if not routed.fills or validates(headers):
             return None
@@ -359,13 +360,16 @@ class _Entry:
     meta: ObjectMeta | None
 
 
-def _entry(shared: Shared, site: Site, host: str, key: CacheKey, headers: Headers) -> _Entry | None:
+def _entry(
+    shared: Shared, site: Site, host: str, key: CacheKey, headers: Headers, named: tuple[str, ...] | None = None
+) -> _Entry | None:
     """The record this process holds for the key (None: not loaded, or none), its purges, and the entry the
-    request's fields name under it."""
+    request's fields name under it; `named`: the Vary an answer to it named (PrimaryRecord.named)."""
     store = shared.engine.store
     record = store.peek_record(key.primary)
     if record is None:
         return None
+    record = record.named(named)
     scope, soft_before = store.purged(site.name, host, key.path, record)
     ekey = entry_key(key.primary, record, headers, scope)
     return _Entry(record, scope, soft_before, ekey, store.peek_meta(ekey))

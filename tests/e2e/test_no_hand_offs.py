@@ -414,3 +414,49 @@ async def test_a_miss_filled_while_standing_in_is_answered_from_its_fill_when_th
     assert [a.split(b"\r\n\r\n", 1)[1] for a in ours] == [BODY, BODY]
     assert [a.split(b"\r\n", 1)[0] for a in ours] == [b"HTTP/1.1 200 OK"] * 2
     assert ours_handed == 0
+
+
+async def test_an_unstored_answer_for_another_variant_is_asked_again_without_a_hand_off(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A first miss knows no Vary, and the answer its fill brings Varies on a field the request has; not stored
+    (private, or of unknown length until it ends), it leaves no record naming that Vary. The request is decided
+    again with the Vary the answer named (PrimaryRecord.named), as the full handler looks again with it: the field
+    is sent, and the answers are byte for byte a fast_path=false node's. Before, each was handed to aiohttp."""
+    asked: list[str | None] = []
+
+    async def hook(request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse:
+        asked.append(request.headers.get("X-Device"))
+        cc = "private, max-age=600" if request.path.startswith("/private") else "max-age=600"
+        resp = web.StreamResponse(headers={"Vary": "X-Device", "Cache-Control": cc})
+        if not request.path.startswith("/private"):
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(b"for " + request.headers.get("X-Device", "-").encode())
+        await resp.write_eof()
+        return resp
+
+    origin.on_request = hook
+    async with AsyncExitStack() as stack:
+        fast, framework = [
+            await stack.enter_async_context(
+                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
+            )
+            for name, on in (("fast", True), ("framework", False))
+        ]
+        for kind in ("private", "chunked"):
+            answers = []
+            for edge in (fast, framework):
+                path = f"/{kind}-{edge.port}"
+                before, counted = fast_path_outcomes(), requests_counted()
+                del asked[:]
+                answer = await exchange(edge.port, get(path, "X-Device: phone", "Connection: close"))
+                handed_off = fast_path_outcomes()["handed_off"] - before["handed_off"]
+                answers.append((answer.replace(path.encode(), b"/path"), counted_since(counted), handed_off))
+                assert asked == [None, "phone"], (kind, edge.port)  # the field is sent once the Vary is known
+            (ours, our_counts, ours_handed), (theirs, their_counts, _) = answers
+            assert await normalised(ours) == await normalised(theirs), kind
+            assert our_counts == their_counts, kind
+            assert ours.startswith(b"HTTP/1.1 200 OK\r\n"), ours
+            assert ours.endswith(b"\r\n\r\n9\r\nfor phone\r\n0\r\n\r\n"), ours
+            assert ours_handed == 0, kind
