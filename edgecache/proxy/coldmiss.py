@@ -193,11 +193,11 @@ def _answered(
         return STREAMED
     if (passed := _passed(conn, started, fetched)) is not None:
         return passed
-    if not (conn.named or conn.closing) and uncached.other_variant(started, fetched):
+    if not conn.named and uncached.other_variant(started, fetched):
         # Decided again with the Vary the answer named (stored or not: PrimaryRecord.named), the request is its
         # variant's miss, filled with the fields that Vary names, as the full handler looks again under that
-        # variant's key. Once: an origin whose Vary changes from answer to answer leaves the request to the full
-        # handler, as does a draining connection (as relay.forward).
+        # variant's key; on a draining connection too (FastPath.again keeps its head processed). Once: an origin
+        # whose Vary changes from answer to answer leaves the request to the full handler.
         conn.again, conn.named = True, fetched.meta.vary
         if started.ours and not fetched.shared:
             started.fill.abandon()  # only this request would have read it

@@ -232,7 +232,7 @@ class FastPath(asyncio.Protocol):
         if not self.server.settings.answers:  # the fast path is off: it only read the PROXY header
             return self.hand_off()
         while self.transport is not None and not (
-            self.busy or self.write_paused or (self.closing and self.started is None)
+            self.busy or self.write_paused or (self.closing and self.started is None and not self.again)
         ):
             end = self.server.cork.head_end(self)
             if end < 0:  # a head ended by bare LFs, or a TLS record (0x16) is none: aiohttp's parser refuses it now
@@ -360,7 +360,7 @@ class FastPath(asyncio.Protocol):
             return
         if self.transport is None:
             return
-        if not self.closing or self.started is not None:  # a miss whose head came during a drain is answered
+        if not self.closing or self.started is not None or self.again:  # a head let in before a drain is answered
             self._process()
         if self.closing and not self.busy and self.transport is not None:  # draining: its last answer is out
             self.transport.close()

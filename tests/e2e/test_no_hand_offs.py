@@ -460,3 +460,43 @@ async def test_an_unstored_answer_for_another_variant_is_asked_again_without_a_h
             assert ours.startswith(b"HTTP/1.1 200 OK\r\n"), ours
             assert ours.endswith(b"\r\n\r\n9\r\nfor phone\r\n0\r\n\r\n"), ours
             assert ours_handed == 0, kind
+
+
+async def test_a_first_vary_miss_on_a_draining_connection_is_decided_again_without_a_hand_off(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The connection starts draining while the first fill is out, and its answer names a Vary: the request, let in
+    before the drain, is decided again as its variant's miss on the fast path (FastPath.again keeps its head
+    processed), answered with the field's variant and then closed. Before, it was handed to aiohttp."""
+    release, asked = asyncio.Event(), asyncio.Event()
+    seen: list[str | None] = []
+
+    async def held(request: web.BaseRequest, obj: Obj | None) -> web.Response:
+        seen.append(request.headers.get("X-Device"))
+        asked.set()
+        await release.wait()
+        headers = {"Cache-Control": "public, max-age=600", "Vary": "X-Device", "Content-Type": "text/plain"}
+        return web.Response(body=f"for {request.headers.get('X-Device', 'anyone')}".encode(), headers=headers)
+
+    origin.put("/v", b"")
+    origin.on_request = held
+    async with start_edge(make_config(tmp_path / "c", [origin.url])) as edge, asyncio.timeout(20):
+        assert edge.fast is not None
+        before = fast_path_outcomes()
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            writer.write(b"GET /v HTTP/1.1\r\nHost: video.test\r\nX-Device: phone\r\n\r\n")
+            await asyncio.wait_for(asked.wait(), 10)
+            for conn in list(edge.fast.connections):
+                conn.close_when_idle()
+            release.set()
+            answer = await reader.read(-1)  # the answer, then the close
+        finally:
+            writer.close()
+        outcomes = fast_path_outcomes()
+    fields = b"Cache-Control: public, max-age=600\r\nVary: X-Device\r\nContent-Type: text/plain\r\nDate: -\r\n"
+    fields += b"Server: Python/3.11 aiohttp/3.14.5\r\nVia: 1.1 edgecache\r\nAge: -\r\n"
+    fields += b"Cache-Status: edgecache; fwd=uri-miss; stored\r\nAccept-Ranges: bytes\r\nContent-Length: 9\r\n"
+    assert await normalised(answer) == b"HTTP/1.1 200 OK\r\n" + fields + b"\r\nfor phone"
+    assert seen == [None, "phone"]
+    assert (outcomes["handed_off"] - before["handed_off"], outcomes["answered"] - before["answered"]) == (0, 1)
