@@ -80,7 +80,8 @@ class Cork:
 
     def head_end(self, conn: FastPath) -> int:
         """Where the head at the front of `conn`'s input ends; -1, and what is held written, when it is not whole."""
-        end = conn.buf.find(b"\r\n\r\n")
+        buf = conn.buf
+        end = buf.find(b"\r\n\r\n", len(buf) - len(buf.lstrip(b"\r\n")))  # llhttp skips CRLFs before a head
         if end < 0 and self.held:
             self.flush()
         return end

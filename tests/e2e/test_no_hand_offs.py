@@ -20,6 +20,7 @@ from edgecache.core.ring import Member, Ring
 from edgecache.proxy import encode
 from tests.conftest import CLUSTER_KEY, make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
+from tests.e2e.test_client_address import v2 as v2_header
 from tests.e2e.test_fast_path import get, get10, normalised
 from tests.e2e.test_operations import metric
 from tests.origin import Obj, Origin
@@ -500,3 +501,38 @@ async def test_a_first_vary_miss_on_a_draining_connection_is_decided_again_witho
     assert await normalised(answer) == b"HTTP/1.1 200 OK\r\n" + fields + b"\r\nfor phone"
     assert seen == [None, "phone"]
     assert (outcomes["handed_off"] - before["handed_off"], outcomes["answered"] - before["answered"]) == (0, 1)
+
+
+# What reaches a plain listener beginning with empty lines (CRLF CRLF): llhttp skips them before a request line, so
+# the head is what follows, not the empty lines.
+LEADING_CRLF = [
+    v2_header("203.0.113.7") + get("/small"),  # a PROXY v2 header on a listener expecting none: 400, as aiohttp's
+    b"\r\n\r\n" + get("/small", "Connection: close"),  # blank lines a client sent after its last request: served
+    b"\r\n\r\n\r\n" + get("/small", "Range: bytes=0-9", "Connection: close"),
+]
+
+
+async def test_a_head_after_empty_lines_is_answered_without_a_hand_off(origin: Origin, tmp_path: Path) -> None:
+    """Before, the fast path took the empty lines for a head of their own, decided nothing of it, and handed the
+    connection to aiohttp (a PROXY v2 header on a plain listener begins with CRLF CRLF)."""
+    origin.put("/small", BODY)
+    async with AsyncExitStack() as stack:
+        fast, framework = [
+            await stack.enter_async_context(
+                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
+            )
+            for name, on in (("fast", True), ("framework", False))
+        ]
+        for edge in (fast, framework):
+            assert (await edge.get("/small"))[0] == 200
+        for case in LEADING_CRLF:
+            before = fast_path_outcomes()
+            ours = await exchange(fast.port, case)
+            outcomes = fast_path_outcomes()
+            theirs = await exchange(framework.port, case)
+            assert await normalised(ours) == await normalised(theirs), case
+            assert outcomes["handed_off"] == before["handed_off"], case
+            if case is LEADING_CRLF[0]:
+                assert ours == parse_error(ours, "invalid method\n")  # the NUL after the empty lines
+        assert ours.endswith(b"\r\n\r\n" + BODY[:10]), ours
+    assert origin.hits["/small"] == 2
