@@ -85,6 +85,11 @@ class MemoryTier:
         self.on_evict: Callable[[str], None] | None = None
         # Given each value evicted to make room, with its key (exclusive tiers write it to disk: storage.tiers).
         self.on_drop: Callable[[str, bytes], None] | None = None
+        # Asked before each eviction a lower limit makes: False holds the tier where it is (it takes nothing more)
+        # until shrink() is called again. Exclusive tiers: is there room in the write-back for one more slice? A
+        # shrink of the RSS bound evicting past it dropped slices that were then fetched again from origin.
+        self.room: Callable[[], bool] | None = None
+        self._target = budget_bytes  # the limit last set: the tier goes down to it as room allows
 
     def _new_policy(self) -> EvictionPolicy:
         """The policy, its largest item raised by the entry overhead: a value as large as the fraction allows still
@@ -121,16 +126,37 @@ class MemoryTier:
         return True
 
     @property
+    def max_item(self) -> int:
+        """The largest value the tier takes (its overhead included)."""
+        return self._policy.max_item
+
+    @property
     def limit(self) -> int:
         """What the tier holds at most right now: the budget, or less while the process is over its RSS limit."""
         return self._policy.budget
 
     def set_limit(self, limit: int) -> int:
-        """Hold at most `limit` bytes (clamped to 0..budget), evicting what no longer fits; the limit set."""
-        limit = max(0, min(limit, self.budget_bytes))
-        for k in self._policy.resize(limit):
-            self._evicted(k)
-        return limit
+        """Hold at most `limit` bytes (clamped to 0..budget), evicting what no longer fits as far as `room` allows
+        now (shrink); the limit set."""
+        self._target = max(0, min(limit, self.budget_bytes))
+        self.shrink()
+        return self._target
+
+    def shrink(self) -> None:
+        """Toward the limit last set: one eviction at a time while `room` says yes; where it says no, the tier's
+        limit stays at what it holds (no growth) until the next call. Growing back takes no eviction."""
+        while self._policy.budget != self._target:
+            used = self._policy.used_bytes
+            if self._target >= used:
+                step = self._target
+            elif self.room is not None and not self.room():
+                step = used
+            else:
+                step = max(self._target, used - 1)  # a budget one byte under what it holds: one value evicted
+            for k in self._policy.resize(step):
+                self._evicted(k)
+            if step == used:
+                return
 
     def _evicted(self, key: str) -> None:
         value = self._values.pop(key)

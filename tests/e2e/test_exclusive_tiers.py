@@ -337,3 +337,34 @@ async def test_a_slice_memory_took_from_disk_goes_back_to_the_disks_main_and_out
         await get(edge, "/o0")
     assert origin.hits["/o0"] == 1
     assert all(origin.hits[p] == 1 for p in burst)
+
+
+async def test_the_rss_bounds_shrink_evicts_no_more_than_the_write_back_takes_and_the_rest_as_it_writes(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The RSS bound (rssbound.bound_rss) lowers the memory tier's limit by 6 slices while memory alone holds 8 and
+    the write-back takes 4. It evicted all 6 at once: 2 past the write-back's bound were dropped and fetched again
+    from origin (2-74 MiB a 10 s run of the README's hit load). Now it evicts 4, holds the tier at what it keeps,
+    and evicts the other 2 as the writes finish: all 6 on disk, none dropped, none fetched again."""
+    dropped, written = spills("dropped"), spills("written")
+    async with exclusive_edge(origin, tmp_path, False) as edge:
+        store = edge.node.store
+        assert store.slice_size == SLICE
+        for n in range(4):
+            await get(edge, f"/o{n}")
+        assert len(store.memory) == 8
+        assert store.spilling == 0
+        target = 2 * (SLICE + ENTRY_OVERHEAD)
+        assert store.memory.set_limit(target) == target
+        assert store.spilling == store.spill_bound == 4 * SLICE  # as much as the write-back takes, no more
+        assert len(store.memory) == 4
+        assert store.memory.limit == 4 * (SLICE + ENTRY_OVERHEAD)  # held where it is: it takes nothing more
+        await settled(edge)
+        assert (spills("dropped") - dropped, spills("written") - written) == (0, 6)
+        assert len(store.memory) == 2
+        assert store.memory.limit == target
+        assert store.spilling == 0
+        for n in range(4):
+            await get(edge, f"/o{n}")
+        assert spills("dropped") - dropped == 0
+    assert [origin.hits[f"/o{n}"] for n in range(4)] == [1, 1, 1, 1]

@@ -351,6 +351,31 @@ def test_a_lower_limit_evicts_down_to_it_and_a_higher_one_lets_the_tier_grow_bac
     assert len(tier) == 0
 
 
+@pytest.mark.parametrize("policy", ["s3fifo", "lru"])
+def test_a_lower_limit_evicts_only_while_room_says_yes_and_holds_the_tier_until_shrink_goes_on(policy: str) -> None:
+    """room (exclusive tiers: the write-back can take a slice) is asked before each eviction; a no holds the tier's
+    limit at what it holds, so that puts evict within it, and shrink() goes on toward the limit set."""
+    tier = MemoryTier(1000, policy, max_item_fraction=1)
+    for k in "abcdefghij":
+        assert tier.put(k, k.encode() * 100)
+    drops: list[str] = []
+    tier.on_drop = lambda key, value: drops.append(key)
+    tier.room = lambda: len(drops) < 3
+    assert tier.set_limit(350) == 350
+    assert (len(drops), len(tier), tier.limit) == (3, 7, 700)
+    assert tier.put("k", b"k" * 100)  # within the limit held: evicts one more, never grows past it
+    assert (len(drops), len(tier), tier.limit, tier.stats().used_bytes) == (4, 7, 700, 700)
+    tier.shrink()  # room still says no: nothing moves
+    assert (len(drops), tier.limit) == (4, 700)
+    tier.room = lambda: True
+    tier.shrink()
+    assert (len(drops), len(tier), tier.limit, tier.stats().used_bytes) == (8, 3, 350, 300)
+    for k in drops:
+        assert k not in tier
+    assert tier.set_limit(1000) == 1000  # growing back asks nothing
+    assert tier.limit == 1000
+
+
 def test_next_limit_gives_up_the_excess_and_takes_back_the_slack() -> None:
     MiB = 2**20
     budget, rss_limit = 128 * MiB, 192 * MiB
