@@ -90,6 +90,7 @@ class MemoryTier:
         # shrink of the RSS bound evicting past it dropped slices that were then fetched again from origin.
         self.room: Callable[[], bool] | None = None
         self._target = budget_bytes  # the limit last set: the tier goes down to it as room allows
+        self._held_at: int | None = None  # where the last set_limit's shrink stopped short of its limit, if it did
 
     def _new_policy(self) -> EvictionPolicy:
         """The policy, its largest item raised by the entry overhead: a value as large as the fraction allows still
@@ -137,19 +138,23 @@ class MemoryTier:
 
     def set_limit(self, limit: int) -> int:
         """Hold at most `limit` bytes (clamped to 0..budget), evicting what no longer fits as far as `room` allows
-        now (shrink); the limit set."""
+        now (shrink); the limit set. Called once a round by the RSS bound: if the tier has not moved since the
+        last call stopped it short, `room` is not asked this time (a stalled disk must not keep the worker over
+        its RSS limit: what the write-back cannot take is dropped, as before there was a `room`)."""
+        stuck = self._held_at is not None and self._held_at == self._policy.budget
         self._target = max(0, min(limit, self.budget_bytes))
-        self.shrink()
+        self.shrink(force=stuck)
+        self._held_at = self._policy.budget if self._policy.budget > self._target else None
         return self._target
 
-    def shrink(self) -> None:
-        """Toward the limit last set: one eviction at a time while `room` says yes; where it says no, the tier's
-        limit stays at what it holds (no growth) until the next call. Growing back takes no eviction."""
+    def shrink(self, force: bool = False) -> None:
+        """Toward the limit last set: one eviction at a time while `room` says yes (or `force`); where it says no,
+        the tier's limit stays at what it holds (no growth) until the next call. Growing back takes no eviction."""
         while self._policy.budget != self._target:
             used = self._policy.used_bytes
             if self._target >= used:
                 step = self._target
-            elif self.room is not None and not self.room():
+            elif not force and self.room is not None and not self.room():
                 step = used
             else:
                 step = max(self._target, used - 1)  # a budget one byte under what it holds: one value evicted

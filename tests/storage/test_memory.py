@@ -376,6 +376,28 @@ def test_a_lower_limit_evicts_only_while_room_says_yes_and_holds_the_tier_until_
     assert tier.limit == 1000
 
 
+def test_a_shrink_held_back_a_whole_round_evicts_the_rest_without_asking_room() -> None:
+    """The RSS bound sets the limit once a round; a tier that has not moved since the last one stopped it short
+    (a stalled disk: no write-back finished) goes down to its limit anyway, its victims dropped."""
+    tier = MemoryTier(1000, "lru", max_item_fraction=1)
+    for k in "abcdefghij":
+        assert tier.put(k, k.encode() * 100)
+    drops: list[str] = []
+    tier.on_drop = lambda key, value: drops.append(key)
+    tier.room = lambda: len(drops) < 2
+    assert tier.set_limit(500) == 500
+    assert (len(drops), tier.limit) == (2, 800)
+    tier.room = lambda: len(drops) < 3
+    tier.shrink()  # a write finished: one more
+    assert (len(drops), tier.limit) == (3, 700)
+    assert tier.set_limit(500) == 500  # it moved since the last round: room is asked
+    assert (len(drops), tier.limit) == (3, 700)
+    assert tier.set_limit(400) == 400  # it did not: down to the limit, whatever room says
+    assert (drops, tier.limit, len(tier)) == (list("abcdef"), 400, 4)
+    assert tier.set_limit(300) == 300  # a new round, not held back before: room is asked again
+    assert (len(drops), tier.limit) == (6, 400)
+
+
 def test_next_limit_gives_up_the_excess_and_takes_back_the_slack() -> None:
     MiB = 2**20
     budget, rss_limit = 128 * MiB, 192 * MiB
