@@ -156,6 +156,8 @@ class MemoryTier:
                 step = self._target
             elif not force and self.room is not None and not self.room():
                 step = used
+            elif self.room is None:  # nothing to ask: down to the limit in one resize
+                step = self._target
             else:
                 step = max(self._target, used - 1)  # a budget one byte under what it holds: one value evicted
             for k in self._policy.resize(step):
