@@ -60,16 +60,22 @@ class Cork:
             self.conn = outer
 
     def write(self, conn: FastPath, persists: bool, data: list[bytes | memoryview]) -> None:
-        """An answer from memory: held while its connection answers more heads, else written now."""
-        if conn is not self.conn or not persists:  # one that closes its connection goes out with all before it
+        """An answer from memory: held while its connection has more of this read to answer (a lone request, the
+        common case, is written at once, nothing held), else written now with what is held, in one write."""
+        if conn is not self.conn:
             self.flush()
-            if conn.transport is not None:
-                conn.transport.writelines(data)
+        elif persists and conn.buf:  # more input: the next heads' answers go with this one
+            self.held.extend(data)
+            self.size += sum(len(x) for x in data)
+            if self.size >= HELD_BYTES:
+                self.flush()
             return
-        self.held.extend(data)
-        self.size += sum(len(x) for x in data)
-        if self.size >= HELD_BYTES:
+        elif self.held:  # the last of the read's answers, or one that closes its connection: all in one write
+            self.held.extend(data)
             self.flush()
+            return
+        if conn.transport is not None:
+            conn.transport.writelines(data)
 
     def decided(self, conn: FastPath, prepared: object) -> None:
         """A head was decided: unless it may be answered whole from memory (way() says, and writes what is held
