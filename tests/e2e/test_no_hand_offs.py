@@ -5,8 +5,9 @@ read from the node's own /metrics, which must stay at 0."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from edgecache.config import ClusterSettings, Listen
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.ring import Member, Ring
 from edgecache.proxy import encode
-from tests.conftest import CLUSTER_KEY, make_config, start_edge
+from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_client_address import v2 as v2_header
 from tests.e2e.test_fast_path import get, get10, normalised
@@ -29,6 +30,20 @@ from tests.wire import exchange, fast_path_outcomes, read_answer
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes
 HOST = b"Host: video.test\r\n"
+
+
+@contextlib.asynccontextmanager
+async def both_paths(origin: Origin, tmp_path: Path) -> AsyncIterator[tuple[Edge, Edge]]:
+    """A node answering on its fast path and one answering through aiohttp alone (fast_path = false), in front of
+    the same origin: the second's answers are what the first's must be, byte for byte."""
+    async with AsyncExitStack() as stack:
+        fast, framework = [
+            await stack.enter_async_context(
+                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
+            )
+            for name, on in (("fast", True), ("framework", False))
+        ]
+        yield fast, framework
 
 
 def parse_error(answer: bytes, reason: str) -> bytes:
@@ -182,13 +197,7 @@ async def test_a_range_past_the_end_of_a_cold_object_is_answered_without_a_hand_
     for path, _ in PAST_THE_END:
         origin.put(path, b"" if path.startswith("/empty") else BODY[:1000])
     origin.put("/small", BODY)
-    async with AsyncExitStack() as stack:
-        fast, framework = [
-            await stack.enter_async_context(
-                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
-            )
-            for name, on in (("fast", True), ("framework", False))
-        ]
+    async with both_paths(origin, tmp_path) as (fast, framework):
         for edge in (fast, framework):
             assert (await edge.get("/small"))[0] == 200
         close = get("/small", "Connection: close")
@@ -222,13 +231,7 @@ async def test_a_multipart_range_that_meets_a_new_version_before_its_first_byte_
     1's fill meets v2 before any byte goes out. Never mixed: the entry goes and the request is a miss of v2, decided
     again on the fast path as a single range's is (diskhit), byte for byte as the full handler answers it, with as
     many origin requests. Before, the multipart one was handed to aiohttp."""
-    async with AsyncExitStack() as stack:
-        fast, framework = [
-            await stack.enter_async_context(
-                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
-            )
-            for name, on in (("fast", True), ("framework", False))
-        ]
+    async with both_paths(origin, tmp_path) as (fast, framework):
         shapes = ["Range: bytes=0-9,1048576-1048585", "Range: bytes=100-1048675"]  # the single range's was already
         for n, shape in enumerate(shapes):
             path = f"/cut{n}.bin"
@@ -286,13 +289,7 @@ async def test_a_get_of_a_version_other_than_http1x_gets_its_505_without_a_hand_
     asking the origin; before, each was handed to aiohttp for it."""
     origin.put("/small", BODY)
     origin.put("/cold", BODY)
-    async with AsyncExitStack() as stack:
-        fast, framework = [
-            await stack.enter_async_context(
-                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
-            )
-            for name, on in (("fast", True), ("framework", False))
-        ]
+    async with both_paths(origin, tmp_path) as (fast, framework):
         for edge in (fast, framework):
             assert (await edge.get("/small"))[0] == 200
         for case in UNFRAMED:
@@ -345,13 +342,7 @@ async def test_a_revalidation_that_meets_another_version_is_decided_again_withou
     to aiohttp with its fill."""
     modes: dict[str, Callable[[web.BaseRequest, Obj | None], Obj | web.Response | None]] = {}
     origin.on_request = lambda request, obj: modes[request.path](request, obj) if request.path in modes else None
-    async with AsyncExitStack() as stack:
-        fast, framework = [
-            await stack.enter_async_context(
-                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
-            )
-            for name, on in (("fast", True), ("framework", False))
-        ]
+    async with both_paths(origin, tmp_path) as (fast, framework):
         for mode in ("etag", "no-store", "private, max-age=100", "vary"):
             answers = []
             for edge in (fast, framework):
@@ -438,13 +429,7 @@ async def test_an_unstored_answer_for_another_variant_is_asked_again_without_a_h
         return resp
 
     origin.on_request = hook
-    async with AsyncExitStack() as stack:
-        fast, framework = [
-            await stack.enter_async_context(
-                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
-            )
-            for name, on in (("fast", True), ("framework", False))
-        ]
+    async with both_paths(origin, tmp_path) as (fast, framework):
         for kind in ("private", "chunked"):
             answers = []
             for edge in (fast, framework):
@@ -516,13 +501,7 @@ async def test_a_head_after_empty_lines_is_answered_without_a_hand_off(origin: O
     """Before, the fast path took the empty lines for a head of their own, decided nothing of it, and handed the
     connection to aiohttp (a PROXY v2 header on a plain listener begins with CRLF CRLF)."""
     origin.put("/small", BODY)
-    async with AsyncExitStack() as stack:
-        fast, framework = [
-            await stack.enter_async_context(
-                start_edge(replace(make_config(tmp_path / name, [origin.url]), fast_path=on))
-            )
-            for name, on in (("fast", True), ("framework", False))
-        ]
+    async with both_paths(origin, tmp_path) as (fast, framework):
         for edge in (fast, framework):
             assert (await edge.get("/small"))[0] == 200
         for case in LEADING_CRLF:
