@@ -226,7 +226,7 @@ class Engine:
         req = replace(req, headers=sent.headers)
         resp, request_time = await self._ask(req, sent, asked, validate)
         try:
-            primary = req.primary or req.entry_key.split("\n", 1)[0]
+            primary = req.record_key
             if self.store.stale():  # another worker purged meanwhile: judged by what this one held, the fill
                 await self.store.catch_up()  # would be stored, and its record written over the purge's
             if resp.status == 304:
@@ -303,7 +303,7 @@ class Engine:
         if head.shared and head.status != 304:
             self.fills.add(fill)
         req = replace(req, entry_key=head.entry_key)
-        primary = req.primary or req.entry_key.split("\n", 1)[0]
+        primary = req.record_key
         keep = (head.status == 304 and head.kept) or (head.store and head.meta.length >= 0)
         # Asked before anything is remembered: a record remembered here would be the one it compares with (the
         # object's, forgotten when a request caught up on the purge first, is made again from the fill's).
@@ -431,7 +431,7 @@ class Engine:
         worker changed something or the record was let go), so a client that read the body to its end and asks
         again is answered from the cache."""
         meta = replace(meta, length=length)
-        primary = req.primary or req.entry_key.split("\n", 1)[0]
+        primary = req.record_key
         if not await not_purged(self.store, primary, req):  # invalidated meanwhile, here or by another worker
             await self._forget(req.entry_key, meta.slice_version, stored, writes, None)
             return

@@ -124,7 +124,7 @@ def judge_head(
             raise RangeMismatch(f"origin response refused: {j.reason}", told, served)
         raise OriginError(f"origin response refused: {j.reason}", retryable=False)
     vary = entry.vary_names(headers) if status != 304 else (existing.vary if existing else ())
-    primary = req.primary or req.entry_key.split("\n", 1)[0]
+    primary = req.record_key
     key = entry_key(primary, PrimaryRecord(req.generation, vary), req.headers, req.scope)
     validated = existing  # a 304's: the copy its request asked about (Engine._fill)
     # Concurrent cold fills of one object: the first head to arrive names the copy, the others join it.

@@ -42,3 +42,9 @@ class FillRequest:
     # What the request found when it was decided (core.status.found_of), for the fwd of its answer's Cache-Status: by
     # the time that is written, a revalidation may have made a stale entry fresh.
     found: str = ""
+
+    @property
+    def record_key(self) -> str:
+        """The primary record's key: `primary`, or the entry key's first line when it was not given (a request
+        made from the key alone: a prefetch, a peer's)."""
+        return self.primary or self.entry_key.split("\n", 1)[0]

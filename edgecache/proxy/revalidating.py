@@ -116,7 +116,7 @@ async def let_go_if_purged(store: Store, fill: Fill, head: FillHead, req: FillRe
     waited out the body for nothing."""
     if REVALIDATING not in fill.leases or not holds_to_the_end(head):  # (the others let go at the head)
         return
-    if not await not_purged(store, req.primary or req.entry_key.split("\n", 1)[0], req):
+    if not await not_purged(store, req.record_key, req):
         await drop_lease(store, fill)
 
 
