@@ -231,7 +231,7 @@ async def test_a_budget_lowered_by_a_full_disk_comes_back_when_the_space_is_free
 ) -> None:
     """Something else filled the filesystem for a while (a core dump, a log): the budget went down to what the cache
     held then (nothing), and stayed there until a restart, every object a miss though the space was free again."""
-    monkeypatch.setattr(disks, "GROW_AFTER", 0.0)
+    monkeypatch.setattr(disks, "GROW_AFTER", 3600.0)  # no probe raises it before it is seen lowered
     objects = {f"/g{i}.bin": os.urandom(300_000 + i) for i in range(4)}
     for path, data in objects.items():
         origin.put(path, data)
@@ -246,8 +246,11 @@ async def test_a_budget_lowered_by_a_full_disk_comes_back_when_the_space_is_free
         await edge.node.engine.flush()
         tier = edge.node.store.disk._slots[0].tier
         assert tier is not None
-        assert tier.budget_bytes < 300_000  # lowered to what the cache held
+        # Lowered to what the cache held: nothing here, but two objects once in CI (540,792 bytes), the room left
+        # after the fill not being exact to the byte under SQLite's own files.
+        assert tier.budget_bytes < 700_000
         filler.unlink()
+        monkeypatch.setattr(disks, "GROW_AFTER", 0.0)  # the next probe (once a second) raises it
         await until(lambda: tier.budget_bytes > 2 * MiB)  # the room is back, and what fits in it is the budget
         assert edge.node.store.disk.failed == {}
         statuses = []
@@ -257,7 +260,7 @@ async def test_a_budget_lowered_by_a_full_disk_comes_back_when_the_space_is_free
                 assert (status, body) == (200, data)
                 statuses.append(headers["Cache-Status"])
             await edge.node.engine.flush()
-        assert [s.startswith("edgecache; hit") for s in statuses] == [False] * 4 + [True] * 4, statuses
+        assert [s.startswith("edgecache; hit") for s in statuses[4:]] == [True] * 4, statuses
 
 
 def _fill_but(path: Path, left: int) -> None:
