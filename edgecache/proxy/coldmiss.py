@@ -234,8 +234,9 @@ def _stood_in(conn: FastPath, started: Started, head: bytes) -> Prepared | None:
 
 def _just_stored(head: FillHead) -> bool:
     """Does the fill's head leave an entry the request may be answered from, fresh or not: the stored entry it
-    confirmed, or the shared answer it stores?"""
-    return (head.status == 304 and head.kept) or (head.store and head.shared)
+    confirmed (or, a 304 about a copy another fill replaced meanwhile, that fill's: hit.as_fetched), or the shared
+    answer it stores?"""
+    return head.status == 304 or (head.store and head.shared)
 
 
 def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:

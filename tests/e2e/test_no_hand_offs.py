@@ -24,6 +24,7 @@ from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_client_address import v2 as v2_header
 from tests.e2e.test_fast_path import get, get10, normalised
 from tests.e2e.test_operations import metric
+from tests.e2e.test_purge import cluster, heard, purge
 from tests.origin import Obj, Origin
 from tests.samples import applied, sample_value
 from tests.wire import exchange, fast_path_outcomes, read_answer
@@ -515,3 +516,53 @@ async def test_a_head_after_empty_lines_is_answered_without_a_hand_off(origin: O
                 assert ours == parse_error(ours, "invalid method\n")  # the NUL after the empty lines
         assert ours.endswith(b"\r\n\r\n" + BODY[:10]), ours
     assert origin.hits["/small"] == 2
+
+
+async def late_304(origin: Origin, tmp_path: Path, fast: bool) -> tuple[bytes, int, float]:
+    """A stale copy's revalidation held at the origin across a soft purge, after which another node's request has a
+    fill of its own, which stores the new version; then the held 304 (about the old copy) comes. Its request's
+    answer, the origin requests for the object, and the hand-offs meanwhile."""
+    path, stale = "/reval", {"Cache-Control": "public, max-age=0"}
+    origin.put(path, b"version one", headers=stale)
+    hits, release = origin.hits[path], asyncio.Event()
+
+    async def hold(request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse | None:
+        if request.path != path or request.headers.get("If-None-Match") != '"v1"' or release.is_set():
+            return None
+        origin.on_request = None  # the first revalidation alone is held
+        await release.wait()
+        return web.Response(status=304, headers={"ETag": '"v1"', **stale})
+
+    async with cluster(origin, tmp_path / str(fast), fast) as nodes:
+        assert (await nodes[0].edge.get(path))[::2] == (200, b"version one")
+        origin.on_request = hold
+        before, seen = fast_path_outcomes()["handed_off"], len(origin.seen)
+        first = asyncio.ensure_future(exchange(nodes[0].edge.port, get(path, "Connection: close")))
+        try:
+            async with asyncio.timeout(10):
+                await origin.wait_for_requests(seen + 1)  # held at the origin
+                origin.put(path, b"version two", etag='"v2"', headers=stale)
+                assert (await purge(nodes[1], {"url": f"http://video.test{path}", "soft": True}))[0] == 200
+                await heard(nodes)
+                status, headers, body = await nodes[2].edge.get(path)
+                assert (status, headers["ETag"], body) == (200, '"v2"', b"version two")
+        finally:
+            release.set()
+            origin.on_request = None
+        answer = await first
+        return answer, origin.hits[path] - hits, fast_path_outcomes()["handed_off"] - before
+
+
+async def test_a_late_304_for_a_copy_replaced_meanwhile_is_answered_without_a_hand_off(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Another fill stored the new version while this request's revalidation was at the origin; its 304 (about the
+    old copy) is answered as the full handler answers it, byte for byte: the copy stored now, confirmed. Before,
+    hit.as_fetched's version check refused it and it was handed to aiohttp with its fill. (A miss's own fill that
+    brings the old version after another stored the new one is still handed off: the fast path would read the
+    stored slices, the new version's, under the old one's fields.)"""
+    ours, hits, handed_off = await late_304(origin, tmp_path, True)
+    theirs, their_hits, _ = await late_304(origin, tmp_path, False)
+    assert await normalised(ours) == await normalised(theirs)
+    assert (b'\r\nEtag: "v2"\r\n' in ours, ours.endswith(b"\r\n\r\nversion two")) == (True, True), ours
+    assert (hits, their_hits, handed_off) == (3, 3, 0)
