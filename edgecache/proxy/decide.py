@@ -395,9 +395,11 @@ class Decider:
         counter = observe.requests_counter(hit.site.name, p.method, hit.status, status)
         way = way or observe.upstream(status, metrics.Sources())
         site_bytes = observe.site_bytes(hit.site.name, way)
+        slices = _slices(hit, self.shared.engine.slice_size) if p.slices else ()  # of hit's version, not p's perhaps
         return replace(
-            p, hit=hit, head=encoded, counter=counter, site_bytes=site_bytes, status=status, cause=cause, way=way
-        )
+            p, hit=hit, head=encoded, counter=counter, site_bytes=site_bytes, status=status, cause=cause, way=way,
+            slices=slices,
+        )  # fmt: skip
 
     def _overloaded(self, head: bytes) -> Refused | None:
         """admit.OVERLOADED for a head the fast path could answer otherwise, as the full handler answers it before

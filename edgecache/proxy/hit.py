@@ -290,15 +290,16 @@ def as_fetched(
     (FillHead.served) and the Cache-Status of a stored miss (serving.serve_fill: the previous owner's, when a
     look-aside found it there), or a revalidation's when the head is a 304 (serving.serve_stored). `asked`: the
     request's fields; `ours`: it started the fill; `found`: what it found when decided (FillRequest.found). None
-    where the full handler's answer would differ (a plan that is not the hit's), or where what is stored is not the
-    version the fill brought (another fill stored its own since: never mixed). A 304 brings no bytes: its answer is
-    the copy stored when it comes, another fill's newer one too, as the full handler looks the object up again after
-    a 304 (EdgeHandler._cached_loop) and serves what it finds as confirmed."""
-    same = hit.meta.slice_version == head.meta.slice_version
+    where the full handler's answer would differ (a plan that is not the hit's, another length). A 304 brings no
+    bytes: its answer is the copy stored when it comes, another fill's newer one too, as the full handler looks the
+    object up again after a 304 (EdgeHandler._cached_loop) and serves what it finds as confirmed. A stored answer is
+    the fill's own version, whatever another fill stored since, as the full handler reads its fill
+    (serving.serve_fill): every slice is named by that version (hit.meta; Decider.restated), never another's."""
     if head.status == 304 and head.peer is None:
         meta, field = hit.meta, cache_status_header(of_304(head.worker), found=found)
-    elif same and head.shared and head.store and hit.meta.length == head.meta.length:
-        meta = replace(hit.meta, headers=answered_from(head, ours).headers)
+    elif head.shared and head.store and head.entry_key == hit.req.entry_key and hit.meta.length == head.meta.length:
+        hit = replace(hit, meta=head.meta)
+        meta = answered_from(head, ours)
         detail = fill_detail(head, hit.req.spread_from is not None)
         field = cache_status_header(status, stored=True, detail=detail, found=found)
     else:
