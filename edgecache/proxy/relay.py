@@ -27,7 +27,7 @@ from edgecache.errors import OriginError
 from edgecache.proxy import encode, linger, observe
 from edgecache.proxy.errorpage import peer_failed
 from edgecache.proxy.peerpool import PeerBroken, PeerConn, PeerPool
-from edgecache.proxy.route import Forward
+from edgecache.proxy.route import BEHIND, Forward, forward_verdict
 from edgecache.proxy.shares import Shares, share
 
 if TYPE_CHECKING:
@@ -74,6 +74,11 @@ class Unreachable(Exception):
     """The owner could not be reached: nothing was sent, and the full handler may ask the next owner."""
 
 
+class Withheld(Unreachable):
+    """Not sent after all: the owner may hold what a purge applied here since the forward was decided removed
+    (route.forward_verdict's BEHIND). The request is decided again, and answered here."""
+
+
 class _Retry(Exception):
     """No answer began, and the request may be sent again, on a new connection: a pooled connection broke before
     any answer (the peer had closed it while idle: once more), or the request was pipelined behind an answer that
@@ -93,12 +98,13 @@ async def forward(conn: FastPath, fwd: Forward, raw: bytes) -> None:
     shared.in_flight += 1
     try:
         await conn.relay.run()
-    except Unreachable:
+    except Unreachable as exc:
         conn.buf = raw + conn.buf
         conn.admitted = fwd.key.primary  # judged already (forward_verdict): not again, whoever answers it
         cluster, member = shared.cluster, fwd.member
         assert cluster is not None
-        again = member is not None and not cluster.is_up(member.id) and not conn.closing
+        down = member is not None and not cluster.is_up(member.id)
+        again = (down or isinstance(exc, Withheld)) and not conn.closing  # Withheld: decided again, answered here
         if again and conn.retried < len(cluster.ring.members):
             conn.retried += 1  # the connection's done() decides it again, for the next owner that is up
             return
@@ -198,6 +204,9 @@ class Relay:
                 if self.gone:  # the viewer left while this waited for a connection: it goes back unused
                     pool.release(self.peer)
                     raise ConnectionResetError("client went away")
+                if self._withheld():  # each attempt, the first and any sent again, as the forward was judged
+                    pool.release(self.peer)
+                    raise Withheld("the owner lacks a purge applied here")
                 self.finished = self.conn.loop.create_future()
                 self.asked = time.monotonic()
                 self.peer.send(request, self, head_only=self.fwd.method == "HEAD", last=self.alone)
@@ -217,6 +226,12 @@ class Relay:
                 if exc.timeout or exc.busy or self.status:
                     raise  # it may be only slow, or it answered: no other node is asked
                 self._unreachable(exc)
+
+    def _withheld(self) -> bool:
+        """The forward's own verdict, asked again (`admitted`: judged and counted once): a purge applied here since
+        may keep the request from its owner (a forward sent again waited for the answer before it to fail)."""
+        fwd, shared = self.fwd, self.conn.server.shared
+        return forward_verdict(shared, fwd.site, fwd.key, fwd.client, False, self.member, admitted=True) == BEHIND
 
     def _unreachable(self, exc: PeerBroken) -> NoReturn:
         """No answer came: refused, or the connection broke first. Nothing reached the viewer, and a GET or HEAD

@@ -11,6 +11,8 @@ pass-on would. Requests for objects the purge does not cover go on being forward
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 
 from tests.e2e.test_purge_catchup import NEW, OLD, WAIT, Cluster, change, cluster, owner
 from tests.e2e.test_purge_peers import owners, told
+from tests.e2e.test_relay import answers, request
 from tests.origin import Origin
 from tests.samples import sample_value
 
@@ -47,6 +50,17 @@ async def forwarded(c: Cluster, n: int, path: str, body: bytes) -> None:
 async def answered_here(c: Cluster, n: int, path: str, cache_status: str) -> None:
     status, headers, got = await c.edge(n).get(path)
     assert (status, got, headers["Cache-Status"]) == (200, NEW, cache_status)
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a reset (SO_LINGER 0): a viewer gone, where a FIN would be a half-close and its answer still due."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def asked(origin: Origin, path: str, hits: int) -> None:
+    async with origin.arrived:
+        await origin.arrived.wait_for(lambda: origin.hits[path] >= hits)
 
 
 async def caught_up_with(c: Cluster, n: int, x: int) -> None:
@@ -116,3 +130,44 @@ async def test_a_purged_prefix_keeps_only_the_objects_under_it_from_an_owner_tha
         await forwarded(c, n, beside, OLD)  # x's copy, fresh and purged by nothing
         assert (origin.hits[under], sent(origin, beside)) == (2, 1)
         assert behind("node0", "prefix") == counted + 1
+
+
+async def test_a_forward_sent_again_after_a_purge_is_answered_here_not_relayed_from_an_owner_that_lacks_it(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A forward pipelined behind an answer that failed is sent again (proxy.relay): that attempt is judged as
+    the first was, so a purge applied here in between keeps it from the owner that lacks the purge."""
+    async with cluster(origin, tmp_path) as c:
+        x, n = 0, 1
+        slow, path = owned_by(c, x, "/again/slow"), owned_by(c, x, "/again/p")
+        origin.put(path, OLD, etag='"v1"')
+        await forwarded(c, n, path, OLD)  # x holds it
+        origin.put(slow, b"slow " * 100)
+        for other in (n, 2):  # x reads neither purge log (node 2's would have n's purge soon): x lacks it
+            await c.relays[x, other].cut()
+        origin.gate = asyncio.Event()  # x's miss of `slow` waits for its origin: what is behind it waits too
+        fast = c.edge(n).fast
+        assert fast is not None
+        viewers = [await asyncio.open_connection("127.0.0.1", c.edge(n).port) for _ in range(2)]
+        for (_, writer), p in zip(viewers, (slow, path), strict=True):
+            writer.write(request(p, close=True))  # read in one loop turn: one batch to x, `slow` at the front
+        async with asyncio.timeout(WAIT):
+            await asked(origin, slow, 1)
+        relays = {conn.relay.fwd.key.path: conn.relay for conn in fast.connections if conn.relay is not None}
+        assert relays[path].peer is relays[slow].peer is not None  # `path` pipelined behind `slow`
+        change(origin, path)
+        await told(c, n, {"url": f"http://video.test{path}"})  # applied here; x lacks it
+        reset(viewers[0][1])  # `slow`'s viewer leaves: its answer is cut, `path` is sent again at once
+        reader = viewers[1][0]
+        read = asyncio.create_task(reader.read(-1))
+        filling = asyncio.create_task(asked(origin, path, 2))  # n asks the origin for it (its own fill) ...
+        async with asyncio.timeout(WAIT):
+            await asyncio.wait([read, filling], return_when=asyncio.FIRST_COMPLETED)
+        assert not read.done(), answers(read.result(), ["GET"])[0][2][:20]  # ... never relays x's copy (OLD)
+        origin.gate.set()
+        async with asyncio.timeout(WAIT):
+            status, fields, body = answers(await read, ["GET"])[0]
+        viewers[1][1].close()
+        assert (status, body, fields["cache-status"]) == (200, NEW, "edgecache; fwd=uri-miss; stored")
+        assert origin.hits[path] == 2
+        await answered_here(c, n, path, "edgecache; hit")
