@@ -229,8 +229,9 @@ PEER_LATENCY = _histogram(
 )
 PEER_ERRORS = _counter(
     "edgecache_peer_errors_total",
-    "Failed forwards by peer and kind: connect (refused), timeout, reset (the connection broke), 5xx (the owner "
-    "answered 5xx, its own error or its origin's); health: failed health checks",
+    "Failed forwards by peer and kind: connect (refused), timeout, reset (the connection broke), malformed (its "
+    "answer went past a bound), 5xx (the owner answered 5xx, its own error or its origin's); health: failed "
+    "health checks",
     ["peer", "kind"],
 )
 # Ring continuity (core.lookaside): an owner's misses asked of the previous owner before the origin, by outcome.

@@ -272,10 +272,11 @@ def misses_counter(site: str, cause: str) -> Any:
     return _child(metrics.MISSES, site, cause)
 
 
-def peer_error(peer: str, exc: OriginError) -> str:
-    """Count a forward to `peer` that failed, by kind: "timeout", "connect" (refused: nothing was sent), or
-    "reset" (the connection broke before or during the answer); the kind, for the error answer."""
-    kind = "timeout" if exc.timeout else "connect" if exc.refused else "reset"
+def peer_error(peer: str, exc: OriginError, malformed: bool = False) -> str:
+    """Count a forward to `peer` that failed, by kind: "timeout", "connect" (refused: nothing was sent),
+    "malformed" (its answer went past a bound: proxy.answerbound), or "reset" (the connection broke before or
+    during the answer); the kind, for the error answer."""
+    kind = "malformed" if malformed else "timeout" if exc.timeout else "connect" if exc.refused else "reset"
     metrics.PEER_ERRORS.labels(peer, kind).inc()
     return kind
 

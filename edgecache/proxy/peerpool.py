@@ -28,6 +28,8 @@ from typing import Protocol
 
 import httptools
 
+from edgecache.proxy import answerbound
+from edgecache.proxy.peerbroken import Malformed, PeerBroken
 from edgecache.proxy.shares import Shares
 
 MAX_HEAD = 64 * 1024  # a peer's response head longer than this is broken (aiohttp's client allows less)
@@ -37,21 +39,6 @@ IDLE_KEPT = 64  # idle connections kept per peer; more are closed when released
 DEPTH = 8
 WAITING = 1024  # forwards to one peer waiting for their site's share or a connection; more get 503 at once
 _FRAMING = ("content-length", "transfer-encoding")  # fields that end a body other than by the close
-
-
-class PeerBroken(Exception):
-    """The exchange failed: `timeout` (no connection within connect_timeout, or no byte for read_timeout),
-    `connect` (refused: nothing was sent), or the connection broke or spoke nonsense."""
-
-    def __init__(
-        self, reason: str, timeout: bool = False, connect: bool = False, behind: bool = False, busy: bool = False
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.timeout = timeout
-        self.connect = connect  # the peer could not be reached at all: nothing was sent
-        self.behind = behind  # sent behind another request whose answer failed or stalled: its own had not begun
-        self.busy = busy  # too many forwards to this peer wait already (WAITING): nothing was sent
 
 
 class Exchange(Protocol):
@@ -114,6 +101,7 @@ class PeerConn(asyncio.Protocol):
         self.taking = False  # it takes more requests: those of the loop turn its first one was sent in
         self.moved = False  # the answer being read changed within this read (its head's bytes cannot be told apart)
         self.out: list[bytes] = []  # the requests of this turn, written together when it ends (seal)
+        self.stalled, self.ended = 0, False  # bytes read since an element of the answer ended; one ended (this read)
 
     # --- sending -------------------------------------------------------------------------------------------
 
@@ -148,7 +136,7 @@ class PeerConn(asyncio.Protocol):
     def _front(self, exchange: Exchange, head_only: bool) -> None:
         """`exchange` is the one whose answer is read next; its clock starts now."""
         self.exchange, self.head_only, self.got_head = exchange, head_only, False
-        self.fields, self.reason, self.head_size, self.interim = [], "", 0, False
+        self.fields, self.reason, self.head_size, self.interim, self.stalled = [], "", 0, False, 0
         self.last_read = self.sent_at = self.loop.time()
         if self.timer is None:  # one timer for the connection: _tick moves itself to the answer being read
             self.timer = self.loop.call_at(self.sent_at + self.read_timeout, self._tick)
@@ -204,8 +192,13 @@ class PeerConn(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if self.exchange is not None or self.behind:
-                self._fail(PeerBroken(f"peer sent a malformed answer: {exc}"))
+                bound = exc.__context__  # a bound a callback of ours raised (answerbound)
+                error = bound if isinstance(bound, Malformed) else PeerBroken(f"peer sent a malformed answer: {exc}")
+                self._fail(error)
             return
+        self.stalled, self.ended = (0 if self.ended else self.stalled + len(data)), False
+        if (stalled := answerbound.stalled(self.stalled)) is not None:
+            return self._fail(Malformed(stalled))
         if self.exchange is not None:  # the answer still going (those that ended wrote all they had)
             self.exchange.flush()
         if not self.got_head and self.exchange is not None and not self.moved:
@@ -213,7 +206,7 @@ class PeerConn(asyncio.Protocol):
             # that began in the read that ended the answer before it counts from the next read: one read more).
             self.head_size += len(data)
             if self.head_size > MAX_HEAD:
-                self._fail(PeerBroken(f"peer's answer head is over {MAX_HEAD} bytes"))
+                self._fail(Malformed(f"peer's answer head is over {MAX_HEAD} bytes"))
 
     def eof_received(self) -> bool | None:
         exchange = self.exchange
@@ -245,9 +238,14 @@ class PeerConn(asyncio.Protocol):
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason.decode("latin-1")
+        if (over := answerbound.status(self.reason)) is not None:
+            raise Malformed(over)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name.decode("latin-1"), value.decode("latin-1")))
+        self.ended = True
+        self.fields.append((name.decode("latin-1"), value.decode("latin-1")))  # a trailer's too, after the head's
+        if (over := answerbound.field(name, value, len(self.fields))) is not None:
+            raise Malformed(over)
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -264,6 +262,7 @@ class PeerConn(asyncio.Protocol):
             self._complete(keep)
 
     def on_body(self, body: bytes) -> None:
+        self.ended = True
         if self.exchange is not None and not self.head_only:
             self.exchange.body(body)
 

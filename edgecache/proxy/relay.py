@@ -26,7 +26,8 @@ from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, linger, observe
 from edgecache.proxy.errorpage import peer_failed
-from edgecache.proxy.peerpool import PeerBroken, PeerConn, PeerPool
+from edgecache.proxy.peerbroken import Malformed, PeerBroken
+from edgecache.proxy.peerpool import PeerConn, PeerPool
 from edgecache.proxy.route import BEHIND, Forward, forward_verdict
 from edgecache.proxy.shares import Shares, share
 
@@ -303,6 +304,7 @@ class Relay:
         if self.finished is None or self.finished.done():
             return
         stale = before_head and self.peer is not None and self.peer.used and not error.timeout
+        stale = stale and not isinstance(error, Malformed)  # it answered, past a bound: no stale socket's
         self.finished.set_exception(_Retry(error) if stale or error.behind else error)
 
     # --- ends ----------------------------------------------------------------------------------------------
@@ -328,7 +330,8 @@ class Relay:
 
     def _count_error(self, exc: PeerBroken) -> str:
         refused = exc.connect
-        return observe.peer_error(self.member.id, OriginError(exc.reason, timeout=exc.timeout, refused=refused))
+        error = OriginError(exc.reason, timeout=exc.timeout, refused=refused)
+        return observe.peer_error(self.member.id, error, malformed=isinstance(exc, Malformed))
 
     def _broken(self, exc: PeerBroken) -> None:
         """The peer failed: an error answer if nothing was written yet, else the viewer's connection is cut."""

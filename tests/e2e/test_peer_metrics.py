@@ -26,7 +26,7 @@ from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.origin import Origin
 from tests.samples import sample_value
 
-KINDS = ("connect", "timeout", "reset", "5xx")
+KINDS = ("connect", "timeout", "reset", "malformed", "5xx")
 
 
 def sample(name: str, **labels: str) -> float:

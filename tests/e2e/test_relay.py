@@ -391,7 +391,7 @@ async def test_a_peer_head_over_the_bound_is_a_broken_peer_and_the_next_owner_an
             raw = await exchange(edge.port, request(paths["long"], close=True))
             assert answers(raw, ["GET"])[0][::2] == (200, b"from origin")
         assert not edge.node.cluster.is_up("node2")  # type: ignore[union-attr]
-        assert deltas(errors, peer_errors("node2")) == {"reset": 1}  # the second found it down: not asked
+        assert deltas(errors, peer_errors("node2")) == {"malformed": 1}  # the second found it down: not asked
         assert (peer.connections, origin.hits[paths["long"]]) == (1, 1)
 
 
