@@ -235,6 +235,16 @@ PEER_ERRORS = _counter(
     ["peer", "kind"],
 )
 # Ring continuity (core.lookaside): an owner's misses asked of the previous owner before the origin, by outcome.
+# multiprocess "livemin": each worker reads the peers' purge logs itself; one that cannot is what the gauge shows.
+PEER_PURGE_LOG = Gauge(
+    "edgecache_peer_purge_log_reachable",
+    "1 when the peer's purge log answered this node's last purge-sync round; 0 when it could not be read "
+    "(unreachable, refused, no admin listener or no log). While 0 this node relays none of the peer's copies a "
+    "purge applied here since covers, and, once its own log no longer holds the purges the peer last had, none at "
+    "all: it fills them itself (edgecache_peer_purge_behind_total)",
+    ["peer"],
+    multiprocess_mode="livemin",
+)
 PEER_PURGE_BEHIND = _counter(
     "edgecache_peer_purge_behind_total",
     "Objects another node owns that this node answered itself (its cache or the origin) rather than relay that "

@@ -260,12 +260,14 @@ class PurgeSync:
 
     async def _sync(self, peer: Member) -> None:
         if not peer.admin:
+            metrics.PEER_PURGE_LOG.labels(peer.id).set(0)
             self.known[peer.id] = NoLog()
             self.behind.heard(peer.id, None)
             return
         for _ in range(MAX_BATCHES):
             pauses = self._pauses
             answer = await self._ask(peer)
+            metrics.PEER_PURGE_LOG.labels(peer.id).set(isinstance(answer, Answer))  # read, or not (the cliff's cause)
             if answer is None or pauses != self._pauses:
                 return  # not reachable now (the health view says whether that matters), or asked before a pause
             if isinstance(answer, NoLog):

@@ -101,6 +101,7 @@ def test_no_alert_fires_on_a_warm_healthy_node(tmp_path: Path) -> None:
         _gauge("edgecache_disk_tier_budget_bytes", budget),
         _gauge("edgecache_disk_up", 1, disk="/var/cache/edgecache"),
         _gauge("edgecache_peer_up", 1, peer="node2"),
+        _gauge("edgecache_peer_purge_log_reachable", 1, peer="node2"),
         _gauge("edgecache_worker_restarts", 0, reason="died"),
         {"series": _WAITS.format(outcome="granted"), "values": "0+30x40"},  # turns taken, none given up
         {"series": _WAITS.format(outcome="timeout"), "values": "0+0x40"},
@@ -108,7 +109,7 @@ def test_no_alert_fires_on_a_warm_healthy_node(tmp_path: Path) -> None:
         _gauge("edgecache_purge_vector_origins", 40, state="retired"),  # pods that came and went
     ]
     names = [str(r["alert"]) for r in _rules() if "alert" in r]
-    assert len(names) == 11
+    assert len(names) == 12
     assert _promtool(tmp_path, series, [{"eval_time": "35m", "alertname": n, "exp_alerts": []} for n in names]) == ""
 
 
@@ -150,3 +151,23 @@ def test_purge_vector_large_fires_past_a_quarter_of_the_bound_for_half_an_hour(t
     assert _promtool(tmp_path, series, expect) == ""
     # Not before its half hour: at 20 minutes nothing fires.
     assert _promtool(tmp_path, series, [{"eval_time": "20m", "alertname": "PurgeVectorLarge", "exp_alerts": []}]) == ""
+
+
+def test_a_peer_seen_up_whose_purge_log_cannot_be_read_is_alerted(tmp_path: Path) -> None:
+    """node2 up and its purge log unread for the whole run: firing at 35 minutes, naming it; node3 down (PeerDown's)
+    and node4 read: not."""
+    series = [
+        _gauge("edgecache_peer_up", 1, peer="node2"),
+        _gauge("edgecache_peer_purge_log_reachable", 0, peer="node2"),
+        _gauge("edgecache_peer_up", 0, peer="node3"),
+        _gauge("edgecache_peer_purge_log_reachable", 0, peer="node3"),
+        _gauge("edgecache_peer_up", 1, peer="node4"),
+        _gauge("edgecache_peer_purge_log_reachable", 1, peer="node4"),
+    ]
+    fill = {"{{ $labels.instance }}": "n1", "{{ $labels.peer }}": "node2"}
+    labels = {"instance": "n1", "peer": "node2", "severity": "warning"}
+    fired = [{"exp_labels": labels, "exp_annotations": _annotations("PeerPurgeLogUnreachable", fill)}]
+    expect = [{"eval_time": "35m", "alertname": "PeerPurgeLogUnreachable", "exp_alerts": fired}]
+    assert _promtool(tmp_path, series, expect) == ""
+    early = [{"eval_time": "5m", "alertname": "PeerPurgeLogUnreachable", "exp_alerts": []}]
+    assert _promtool(tmp_path, series, early) == ""  # not before its ten minutes

@@ -52,6 +52,7 @@ ALERT_NAMES = {
     "DiskFailed",
     "FillMemoryFull",
     "PurgeVectorLarge",
+    "PeerPurgeLogUnreachable",
 }
 OPERATOR = "prometheus-test-operator-token"
 

@@ -171,3 +171,31 @@ async def test_a_forward_sent_again_after_a_purge_is_answered_here_not_relayed_f
         assert (status, body, fields["cache-status"]) == (200, NEW, "edgecache; fwd=uri-miss; stored")
         assert origin.hits[path] == 2
         await answered_here(c, n, path, "edgecache; hit")
+
+
+def purge_log_read(peer: str) -> float | None:
+    return sample_value("edgecache_peer_purge_log_reachable", {"peer": peer})
+
+
+async def test_a_peer_whose_purge_log_cannot_be_read_shows_in_a_gauge(origin: Origin, tmp_path: Path) -> None:
+    """edgecache_peer_purge_log_reachable{peer}: 0 while the peer's purge log cannot be read (its admin port cut
+    off), when this node keeps from it what any purge covers (all of it once its log is pruned); 1 once read again.
+    The nodes share this process's registry: both readers of x are cut, so both say 0."""
+    async with cluster(origin, tmp_path) as c:
+        x, n = 0, 1
+        assert purge_log_read("node0") == 1.0
+        sync = c.edge(n).node.purge_sync
+        assert sync is not None
+        for reader in (n, 2):
+            await c.relays[reader, x].cut()
+        async with asyncio.timeout(WAIT), sync.rounds:
+            await sync.rounds.wait_for(lambda: purge_log_read("node0") == 0.0)
+        for _ in range(2):  # and it stays 0, round after round
+            async with asyncio.timeout(WAIT), sync.rounds:
+                await sync.rounds.wait()
+            assert purge_log_read("node0") == 0.0
+        for reader in (n, 2):
+            await c.relays[reader, x].heal()
+        await c.settled()
+        async with asyncio.timeout(WAIT), sync.rounds:
+            await sync.rounds.wait_for(lambda: purge_log_read("node0") == 1.0)
