@@ -28,6 +28,7 @@ from typing import Protocol
 
 import httptools
 
+from edgecache import metrics
 from edgecache.proxy import answerbound
 from edgecache.proxy.peerbroken import Malformed, PeerBroken
 from edgecache.proxy.shares import Shares
@@ -39,6 +40,7 @@ IDLE_KEPT = 64  # idle connections kept per peer; more are closed when released
 DEPTH = 8
 WAITING = 1024  # forwards to one peer waiting for their site's share or a connection; more get 503 at once
 _FRAMING = ("content-length", "transfer-encoding")  # fields that end a body other than by the close
+_BATCH = metrics.PEER_BATCH
 
 
 class Exchange(Protocol):
@@ -131,6 +133,7 @@ class PeerConn(asyncio.Protocol):
         self.taking = False
         out, self.out = self.out, []
         if out and self.transport is not None and not self.transport.is_closing():  # not failed meanwhile
+            _BATCH.observe(len(out))
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _front(self, exchange: Exchange, head_only: bool) -> None:

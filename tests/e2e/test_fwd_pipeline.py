@@ -22,6 +22,7 @@ from tests.conftest import make_config, start_edge
 from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.e2e.test_relay import RING, answers, beside, exchange, owned_by, request
 from tests.origin import Origin
+from tests.samples import sample_value
 
 Answer = Callable[[int, int, str, asyncio.StreamWriter], Awaitable[None]]  # (connection, index on it, path)
 
@@ -397,3 +398,38 @@ async def test_a_range_goes_alone_on_its_connection(origin: Origin, tmp_path: Pa
         alone = [s for s in peer.seen if any(p in paths[:2] for p in s)]
         assert all(len([p for p in s if p in paths]) == 1 for s in alone), peer.seen  # each range by itself
         assert max(len([p for p in s if p in paths]) for s in peer.seen) == 2, peer.seen  # the others pipelined
+
+
+def batches() -> dict[str, float]:
+    """edgecache_peer_batch_requests: its count, sum and cumulative buckets."""
+    name = "edgecache_peer_batch_requests"
+    got = {part: sample_value(f"{name}_{part}") or 0.0 for part in ("count", "sum")}
+    for le in ("1.0", "2.0", "3.0", "4.0", "6.0", "8.0", "+Inf"):
+        got[le] = sample_value(f"{name}_bucket", {"le": le}) or 0.0
+    return got
+
+
+async def test_each_write_to_a_peer_is_counted_with_the_requests_it_carries(origin: Origin, tmp_path: Path) -> None:
+    """edgecache_peer_batch_requests: the warming request alone (a batch of 1), then four pipelined in one write."""
+    warm, *paths = [owned_by(RING, "node2", f"/count{i}/") for i in range(5)]
+    peer = BatchPeer(lambda *a: answer(*a))
+    answer = in_order(peer)
+    async with peer, beside(origin, tmp_path, peer) as edge:
+        before = batches()
+        assert answers(await exchange(edge.port, request(warm, close=True)), ["GET"])[0][0] == 200
+        raws = await viewers(edge.port, paths)
+        for p, raw in zip(paths, raws, strict=True):
+            assert answers(raw, ["GET"])[0][::2] == (200, p.encode() * 3), p
+        assert [sorted(s) for s in peer.seen] == [sorted([warm, *paths])]  # one connection: 1, then 4
+        after = batches()
+        assert {k: after[k] - before[k] for k in after} == {
+            "count": 2,
+            "sum": 5,
+            "1.0": 1,
+            "2.0": 1,
+            "3.0": 1,
+            "4.0": 2,
+            "6.0": 2,
+            "8.0": 2,
+            "+Inf": 2,
+        }
