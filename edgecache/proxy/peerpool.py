@@ -271,7 +271,7 @@ class PeerConn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.interim:
-            self.interim, self.fields, self.reason, self.head_size = False, [], "", 0
+            self.interim, self.fields, self.reason = False, [], ""  # its bytes count on: MAX_HEAD bounds them all
             return
         if self.exchange is not None and not self.head_only:
             self._complete(keep=self.parser.should_keep_alive())

@@ -30,6 +30,8 @@ IN_HEAD = {
     "fields": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + MANY + b"\r\nok",
     "field": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: " + b"b" * answerbound.MAX_FIELD + b"\r\n\r\nok",
     "status": b"HTTP/1.1 200 " + b"O" * (answerbound.MAX_LINE + 1) + b"\r\nContent-Length: 2\r\n\r\nok",
+    # 165 KB of interim answers and no answer, 33 of them per write: each read ends one (bounded with the head).
+    "interims": [b"HTTP/1.1 100 Continue\r\nX-A: 1\r\n\r\n" * 33] * 150,
 }
 # Broken after: what follows the head and first chunk (OK_HEAD), shown to the viewer first.
 ENDLESS = 2**20
@@ -41,9 +43,11 @@ AFTER_HEAD = {
 }
 
 
-def script(head: bytes, after: bytes | None, shown: asyncio.Event) -> Script:
+def script(head: bytes | list[bytes], after: bytes | None, shown: asyncio.Event) -> Script:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(head)
+        for piece in [head] if isinstance(head, bytes) else head:
+            writer.write(piece)
+            await asyncio.sleep(0)  # a turn of the loop: the node reads each piece by itself
         if after is None:
             return
         await shown.wait()  # the viewer has the head and the first chunk
@@ -70,7 +74,9 @@ async def test_an_answer_head_past_a_bound_is_a_broken_peer_and_the_node_answers
         assert answers(raw, ["GET"])[0][::2] == (200, b"from origin")
         assert not edge.node.cluster.is_up("node2")  # type: ignore[union-attr]
         assert deltas(errors, peer_errors("node2")) == {"malformed": 1}
-        assert (peer.connections, peer.closed, origin.hits[path]) == (1, 1, 1)
+        async with peer.changed, asyncio.timeout(10):
+            await peer.changed.wait_for(lambda: peer.closed == 1)  # the node closed its connection to the peer
+        assert (peer.connections, origin.hits[path]) == (1, 1)
 
 
 @pytest.mark.parametrize("name", list(AFTER_HEAD))
