@@ -102,14 +102,18 @@ class _Lingering(asyncio.Protocol):
         self.pool, self.transport = pool, transport
         self.loop = asyncio.get_running_loop()
         self.write_timer: asyncio.TimerHandle | None = None
+        self.timer = self.loop.call_later(pool.seconds, self._expired)  # first: connection_lost may come at once
         transport.set_protocol(self)
-        transport.write_eof()  # once what is buffered is out: the client reads the answer, then its end
+        try:
+            transport.write_eof()  # once what is buffered is out: the client reads the answer, then its end
+        except OSError:  # the client reset it already (asyncio's loop raises ENOTCONN here): nothing to linger for
+            transport.abort()
+            return
         if not transport.is_reading():
             transport.resume_reading()
         if transport.get_write_buffer_size():  # it may be paused already, and never say so again
             self.pause_writing()
         self.unsent, self.moved = transport.get_write_buffer_size(), self.loop.time()  # what is left, since when
-        self.timer = self.loop.call_later(pool.seconds, self._expired)
 
     def data_received(self, data: bytes) -> None:
         pass

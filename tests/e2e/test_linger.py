@@ -9,6 +9,7 @@ import contextlib
 import os
 import resource
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import trustme
 
 from edgecache.config import Config, Listen
+from edgecache.proxy import linger
 from edgecache.proxy.fastpath import FastPath
 from edgecache.proxy.fastserver import FastServer
 from edgecache.server import connection_cap, make_fast, make_server, open_node
@@ -278,3 +280,29 @@ async def test_the_lingering_sizes_are_made_with_the_fast_paths_settings(origin:
     with pytest.raises(FrozenInstanceError):
         s.lingering = 512  # type: ignore[misc]
     assert origin.hits == {}
+
+
+async def test_a_connection_its_client_reset_before_the_close_is_let_go_without_an_error() -> None:
+    """The client reset the connection before the node closed it after its answer: asyncio's loop raises ENOTCONN
+    from write_eof, which reached the closing fast path as an exception, and the lingering protocol, already the
+    transport's, had no timer for its connection_lost (AttributeError)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
+    transport.pause_reading()  # the reset is not read before the close, as when the close comes in the same turn
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # a reset
+    pool = linger.Pool(8, 2.0, 5.0)
+    assert pool.close(transport)
+    lingering = transport.get_protocol()
+    closed: asyncio.Future[None] = loop.create_future()
+    lost = lingering.connection_lost
+    lingering.connection_lost = lambda exc: (lost(exc), closed.set_result(None))  # type: ignore[method-assign]
+    async with asyncio.timeout(10):
+        await closed
+    assert (transport.is_closing(), pool.lingering, errors) == (True, set(), [])
