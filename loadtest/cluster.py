@@ -12,7 +12,8 @@ of them, core.popularity), 4 KiB hits of about 3,000 objects none of which is ho
 relayed to the owner), aligned 1 MiB ranges of a warm 64 MiB video (32 connections), and cold
 1 MiB ranges (each range of a fresh 64 MiB video asked once, 8 connections, MiB/s). Every byte is checked against
 the file before anything is timed. Each run also gives the CPU time (user + system, from /proc) both nodes spent
-per request, the owner's and the forwarding node's together: other jobs on the machine move it less than req/s.
+per request, the owner's and the forwarding node's together and each apart: other jobs on the machine move it less
+than req/s.
 `--base-port` moves the four listeners; `--only` runs some workloads alone. Needs nginx and wrk (apt-get install
 nginx wrk). Only 127.0.0.1 is used; every process started is stopped at the end, whatever happens.
 """
@@ -361,15 +362,14 @@ def measure(
             if workload not in only:
                 continue
             for way, node in (("direct", owner), ("forwarded", other)):
-                cpu, calls = cpu_seconds([owner.pid, other.pid])
+                before = [cpu_seconds([pid]) for pid in (owner.pid, other.pid)]
                 got = wrk(node.port, lists[workload], conns, duration, script, pin)
-                cpu_after, calls_after = cpu_seconds([owner.pid, other.pid])
-                got["cpu_us"] = (cpu_after - cpu) / max(got["requests"], 1) * 1e6
-                got["calls"] = (calls_after - calls) / max(got["requests"], 1)
+                per_request(got, before, [cpu_seconds([pid]) for pid in (owner.pid, other.pid)])
                 if workload == "spread" and way == "forwarded":
                     got["hot"] = float(hot_risk(got["rps"] * duration, lists[workload]))
                 results.setdefault(workload, {}).setdefault(way, []).append(got)
                 line = f"{got['rps']:>10.0f} req/s  p99 {got['p99_ms']:.2f} ms  {got['cpu_us']:.1f} CPU µs/req"
+                line += f" (owner {got['cpu_owner']:.1f}, other {got['cpu_other']:.1f})"
                 line += f"  {got['calls']:.2f} reads+writes/req"
                 print(f"round {r + 1} {workload:<7} {way:<9} {line}")
     for way, node, video in (("direct", owner, colds[0]), ("forwarded", other, colds[1])) if "cold" in only else ():
@@ -377,6 +377,16 @@ def measure(
         results.setdefault("cold", {}).setdefault(way, []).append(got)
         print(f"cold    {way:<9} {got['rps']:>10.1f} MiB/s p99 {got['p99_ms']:.2f} ms")
     return results
+
+
+def per_request(got: dict[str, float], before: list[tuple[float, int]], after: list[tuple[float, int]]) -> None:
+    """The CPU µs per request the owner and the other node each spent (a forward costs both, differently), their
+    sum, and the reads and writes both made, from cpu_seconds() of each before and after a run."""
+    per = max(got["requests"], 1)
+    spent = [(a[0] - b[0]) / per * 1e6 for a, b in zip(after, before, strict=True)]
+    got["cpu_owner"], got["cpu_other"] = spent
+    got["cpu_us"] = sum(spent)
+    got["calls"] = sum(a[1] - b[1] for a, b in zip(after, before, strict=True)) / per
 
 
 def hot_risk(requests: float, listing: Path) -> bool:
