@@ -46,7 +46,9 @@ _FIELD = re.compile(
     ";".join(
         [_part("node", _WORD), _part("t", "[0-9]{1,12}"), _part("id", _WORD), _part("for", _WORD), _part("fo", "[01]")]
     )
-    + f"(?:;{_part('la', '1')})?;{_part('sig', '[!-:<-~]*?')}",
+    # The signature greedy: its characters are never blanks, so it ends where a lazy one would, at a third of the
+    # cost (a lazy one tried the rest of the pattern at each of its 43 characters).
+    + f"(?:;{_part('la', '1')})?;{_part('sig', '[!-:<-~]*')}",
     re.ASCII,
 )
 

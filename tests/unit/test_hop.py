@@ -44,6 +44,13 @@ def test_another_key_request_or_altered_field_is_refused() -> None:
     assert verify(b"", [value], "GET", PRIMARY, NOW) == Refused("this node has no cluster key")
 
 
+def test_blanks_around_each_part_are_taken_and_none_within_the_signature() -> None:
+    value = sign(KEY, HOP, "GET", PRIMARY)
+    assert verify(KEY, [" " + value.replace(";", " ;\t") + " \t"], "GET", PRIMARY, NOW) == HOP
+    inside = value.index("sig=") + 10
+    assert verify(KEY, [f"{value[:inside]} {value[inside:]}"], "GET", PRIMARY, NOW) == Refused("malformed")
+
+
 def test_the_time_window_bounds_a_replay() -> None:
     value = sign(KEY, HOP, "GET", PRIMARY)
     assert verify(KEY, [value], "GET", PRIMARY, NOW + MAX_SKEW) == HOP
