@@ -304,7 +304,7 @@ class FastPath(asyncio.Protocol):
         self._disarm()
         if isinstance(prepared, Forward):
             self.busy = True
-            self.loop.create_task(relay.forward(self, prepared, head)).add_done_callback(self.done)
+            relay.start(self, prepared, head)
             return False
         self.head_done()
         if isinstance(prepared, Pass):
@@ -352,8 +352,12 @@ class FastPath(asyncio.Protocol):
         await self.drained
 
     def done(self, task: asyncio.Task[None]) -> None:
+        self.ended(None if task.cancelled() else task.exception())
+
+    def ended(self, exc: BaseException | None) -> None:
+        """A task, or a forward sent at once (relay.start), ended; failed (`exc`): the connection is aborted."""
         self.busy = False
-        if not task.cancelled() and (exc := task.exception()) is not None:
+        if exc is not None:
             if not isinstance(exc, ConnectionError):
                 log.warning("fast path: aborting the connection: %r", exc)
             self.abort()

@@ -364,19 +364,12 @@ class PeerPool:
         return found
 
     async def acquire(self, address: str, fresh: bool = False, join: bool = True) -> PeerConn:
-        """The connection taking this turn's requests to `address` (if `join`), an idle one (neither if `fresh`),
-        a new one, or the next one released. PeerBroken(connect=True) when the peer cannot be reached, or no
-        connection frees up within the connect timeout. The caller sends on it at once (PeerConn.send)."""
+        """One at_hand (unless `fresh`), a new one, or the next one released; the caller sends on it at once. PeerBroken
+        (connect=True) when the peer cannot be reached, or no connection frees up within the connect timeout."""
         if self.closed:  # the worker is stopping: no new connection would ever be closed
             raise PeerBroken(f"http://{address}: the node is stopping", connect=True)
-        taking = self.taking.get(address)
-        if taking is not None and join and not fresh and taking.takes():
-            return taking
-        idle = self.idle.get(address)
-        while idle and not fresh:
-            conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                return conn
+        if not fresh and (conn := self.at_hand(address, join)) is not None:
+            return conn
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if self.open.get(address, 0) - self.stalled.get(address, 0) >= self.limit:
@@ -384,6 +377,17 @@ class PeerPool:
                 return await self._connect(address)
         except TimeoutError:
             raise PeerBroken(f"http://{address}: timed out", timeout=True) from None
+
+    def at_hand(self, address: str, join: bool = True) -> PeerConn | None:
+        """One to `address` needing no wait: the one taking this turn's requests (if `join`), or an idle one."""
+        if join and (taking := self.taking.get(address)) is not None and taking.takes():
+            return taking
+        idle = self.idle.get(address)
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
 
     async def _wait(self, address: str) -> PeerConn:
         waiter: asyncio.Future[PeerConn | None] = asyncio.get_running_loop().create_future()

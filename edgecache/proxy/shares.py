@@ -31,10 +31,14 @@ class Shares:
     async def take(self, site: str, most: int, within: float) -> None:
         """One more connection for `site`, which may hold `most`; TimeoutError after `within` seconds. The site's
         own requests take their turns in the order they came."""
-        if self._site(site, most).try_take(1):
+        if self.try_take(site, most):
             return
         metrics.ORIGIN_SHARE_WAITS.labels(site).inc()
         await self._of[site].wait_for(1, within)
+
+    def try_take(self, site: str, most: int) -> bool:
+        """One more connection for `site` now, if its share has room and none of its requests waits: whether taken."""
+        return self._site(site, most).try_take(1)
 
     def give(self, site: str) -> None:
         """A connection of `site` came back (released, closed, or set aside)."""
