@@ -3,6 +3,9 @@ config (required for a cluster of several nodes, with a message saying how to ma
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import time
 from pathlib import Path
@@ -49,6 +52,21 @@ def test_blanks_around_each_part_are_taken_and_none_within_the_signature() -> No
     assert verify(KEY, [" " + value.replace(";", " ;\t") + " \t"], "GET", PRIMARY, NOW) == HOP
     inside = value.index("sig=") + 10
     assert verify(KEY, [f"{value[:inside]} {value[inside:]}"], "GET", PRIMARY, NOW) == Refused("malformed")
+
+
+@pytest.mark.parametrize("key", [KEY, b"x" * 64, bytes(range(200))])  # shorter than a block, one, longer (hashed)
+def test_the_signature_is_hmac_sha256_of_the_length_prefixed_parts(key: bytes) -> None:
+    lookaside = Hop("node1", NOW, "1f2e-3a", "127.0.0.2", True, lookaside=True)
+    cases = [
+        (HOP, b"5:node110:17646468007:1f2e-3a9:127.0.0.21:0", "fo=0"),
+        (lookaside, b"5:node110:17646468007:1f2e-3a9:127.0.0.21:11:1", "fo=1;la=1"),
+    ]
+    for hop, parts, flags in cases:
+        message = b"15:edgecache-hop-13:GET%d:%s%s" % (len(PRIMARY), PRIMARY.encode(), parts)
+        mac = base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()).rstrip(b"=").decode()
+        expected = f"node=node1;t={NOW};id=1f2e-3a;for=127.0.0.2;{flags};sig={mac}"
+        assert sign(key, hop, "GET", PRIMARY) == expected
+        assert verify(key, [expected], "GET", PRIMARY, NOW) == hop
 
 
 def test_the_time_window_bounds_a_replay() -> None:
