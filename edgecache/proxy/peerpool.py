@@ -24,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import Protocol
 
 import httptools
 
 from edgecache import metrics
 from edgecache.proxy import answerbound
+from edgecache.proxy.exchange import DROPPED, Exchange
 from edgecache.proxy.peerbroken import Malformed, PeerBroken
 from edgecache.proxy.shares import Shares
 
@@ -41,39 +41,6 @@ DEPTH = 8
 WAITING = 1024  # forwards to one peer waiting for their site's share or a connection; more get 503 at once
 _FRAMING = ("content-length", "transfer-encoding")  # fields that end a body other than by the close
 _BATCH = metrics.PEER_BATCH
-
-
-class Exchange(Protocol):
-    """What receives one response (proxy.relay): its head, its body's pieces, its end, or its failure."""
-
-    def head(self, status: int, reason: str, fields: list[tuple[str, str]], until_close: bool) -> None: ...
-    def body(self, piece: bytes) -> None: ...
-    def done(self, keep: bool) -> None: ...
-    def failed(self, error: PeerBroken, before_head: bool) -> None: ...
-    def flush(self) -> None: ...
-
-
-class _Dropped:
-    """Stands in for a request sent whose answer nobody takes any more (its viewer left, or it was sent again on
-    another connection): the answer is read to its end and dropped, and the connection goes on."""
-
-    def head(self, status: int, reason: str, fields: list[tuple[str, str]], until_close: bool) -> None:
-        pass
-
-    def body(self, piece: bytes) -> None:
-        pass
-
-    def done(self, keep: bool) -> None:
-        pass
-
-    def failed(self, error: PeerBroken, before_head: bool) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-
-_DROPPED = _Dropped()
 
 
 class PeerConn(asyncio.Protocol):
@@ -156,8 +123,8 @@ class PeerConn(asyncio.Protocol):
             self._let_go_behind(PeerBroken("an answer before it waits for its viewer", behind=True))
 
     def _let_go_behind(self, error: PeerBroken) -> None:
-        behind = [(ex, head_only) for ex, head_only in self.behind if ex is not _DROPPED]
-        self.behind = collections.deque((_DROPPED, head_only) for _, head_only in self.behind)
+        behind = [(ex, head_only) for ex, head_only in self.behind if ex is not DROPPED]
+        self.behind = collections.deque((DROPPED, head_only) for _, head_only in self.behind)
         for exchange, _ in behind:
             exchange.failed(error, before_head=True)
 
@@ -319,7 +286,7 @@ class PeerConn(asyncio.Protocol):
             self.exchange = None
             self._fail(PeerBroken("the answer before it was cut (its viewer left)", behind=True))
             return
-        self.behind = collections.deque((_DROPPED if ex is exchange else ex, h) for ex, h in self.behind)
+        self.behind = collections.deque((DROPPED if ex is exchange else ex, h) for ex, h in self.behind)
 
     def _fail(self, error: PeerBroken) -> None:
         exchange, self.exchange = self.exchange, None

@@ -126,7 +126,7 @@ async def forward(relay: Relay, first: BaseException | None) -> None:
 
 
 class Relay:
-    """One forwarded request; an Exchange of proxy.peerpool."""
+    """One forwarded request; an Exchange (proxy.exchange) of proxy.peerpool."""
 
     def __init__(self, conn: FastPath, fwd: Forward, raw: bytes) -> None:
         assert fwd.member is not None

@@ -51,7 +51,7 @@ async def test_a_connection_handed_to_a_cancelled_waiter_goes_to_the_next() -> N
 
 
 class _Seen:
-    """An Exchange that keeps what happened to it."""
+    """An Exchange (proxy.exchange) that keeps what happened to it."""
 
     def __init__(self) -> None:
         self.error: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
@@ -120,7 +120,7 @@ async def test_a_peer_that_sends_its_head_a_byte_at_a_time_is_timed_out_as_one_t
 
 
 class _Kept:
-    """An Exchange that keeps the answer it was given."""
+    """An Exchange (proxy.exchange) that keeps the answer it was given."""
 
     def __init__(self) -> None:
         self.status = 0
