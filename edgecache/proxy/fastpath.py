@@ -231,8 +231,8 @@ class FastPath(asyncio.Protocol):
     def _answer_heads(self) -> None:
         if not self.server.settings.answers:  # the fast path is off: it only read the PROXY header
             return self.hand_off()
-        while self.transport is not None and not (
-            self.busy or self.write_paused or (self.closing and self.started is None and not self.again)
+        while self.transport is not None and not (  # an empty buffer: no head to look for (a lone request's)
+            not self.buf or self.busy or self.write_paused or (self.closing and self.started is None and not self.again)
         ):
             end = self.server.cork.head_end(self)
             if end < 0:  # a head ended by bare LFs, or a TLS record (0x16) is none: aiohttp's parser refuses it now
