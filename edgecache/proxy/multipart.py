@@ -15,7 +15,7 @@ from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import coldmiss, diskhit, passing, reading
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.hit import Pass
-from edgecache.proxy.respond import answer_slices
+from edgecache.proxy.respond import answer_slices, probed_slices
 from edgecache.proxy.serving import first_fetched, multipart_passes
 from edgecache.proxy.uncached import write
 
@@ -66,7 +66,8 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
             try:  # the first fetched slice's first bytes, the first part's preamble and first bytes: a failure
                 # now is not yet the client's (a stored first part would have gone out before a new version met)
                 if missing:
-                    await first_fetched(engine, hit.req, hit.meta, missing[0], needed[-1], p.fill)
+                    probes = probed_slices(p.method, hit.req.headers, hit.meta, engine.slice_size, needed, missing)
+                    await first_fetched(engine, hit.req, hit.meta, probes, p.fill)
                 started = [await anext(chunks), await anext(chunks)]
             except VersionChanged:
                 if await coldmiss.changed(conn, p, raw):

@@ -89,6 +89,25 @@ def answer_slices(method: str, request: Headers, meta: ObjectMeta, slice_size: i
     return list(found)
 
 
+def probed_slices(
+    method: str, request: Headers, meta: ObjectMeta, slice_size: int, needed: list[int], missing: list[int]
+) -> list[tuple[int, int]]:
+    """Of the `missing` slices of an answer (of answer_slices' `needed`), those whose first byte is read before its
+    head is sent (serving.first_fetched), each with the last slice a fill started for it may run to: the first,
+    and for a multipart Range the first missing one of each part too, with its part's last (as reading.read_range
+    would fetch it). A part's slices were fetched only once the parts before it had gone out: one that came as a
+    new version then cut the answer after them (an object changing at every request, tests/e2e/test_churn.py)."""
+    _, rng = plan(method, request, meta)
+    if not isinstance(rng, ranges.Multi):
+        return [(missing[0], needed[-1])]
+    absent, found = set(missing), dict[int, int]()
+    for part in rng.ranges:
+        first = next((i for i in ranges.slice_indices(part, slice_size) if i in absent), None)
+        if first is not None and first not in found:
+            found[first] = part.last // slice_size
+    return list(found.items())
+
+
 Body = AsyncIterator[bytes | memoryview]
 # Bodies up to this size, all in memory, go out as one buffer; larger ones stream, so a client that stops
 # reading holds at most a socket's worth of them and meets the write timeout.

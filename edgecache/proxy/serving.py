@@ -26,7 +26,7 @@ from edgecache.proxy.fill import Fill, FillHead, answered_from, fill_detail
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.passthrough import pass_through
-from edgecache.proxy.respond import answer_slices, base_headers, plan, send, send_small, send_stream
+from edgecache.proxy.respond import answer_slices, base_headers, plan, probed_slices, send, send_small, send_stream
 from edgecache.storage.store import slice_name
 
 CACHED_METHODS = frozenset({"GET", "HEAD"})
@@ -113,13 +113,13 @@ async def serve(
         if only_if_cached:
             raise ClientError.of(admit.NOT_CACHED)
         return await pass_through(request, engine.origin, req, CacheStatus.MISS)
-    status, fetched = await _completed(engine, request, req, meta, status)
+    status, probes = await _completed(engine, request, req, meta, status)
     if req.look_aside and not lookaside.may_answer(True, True, status is CacheStatus.PARTIAL):
         raise ClientError(504, lookaside.NOT_HELD)
     if only_if_cached and status is CacheStatus.PARTIAL:
         raise ClientError.of(admit.NOT_CACHED)
-    if fetched is not None:
-        await first_fetched(engine, req, meta, *fetched)
+    if probes:
+        await first_fetched(engine, req, meta, probes)
     observe.mark(request, status)
     age = current_age(meta.headers, meta.request_time, meta.response_time, time.time())
     headers = base_headers(meta.headers, int(age), cache_status_header(status, detail=detail, found=req.found))
@@ -136,10 +136,11 @@ async def serve(
 
 async def _completed(
     engine: Engine, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, status: CacheStatus
-) -> tuple[CacheStatus, tuple[int, int] | None]:
+) -> tuple[CacheStatus, list[tuple[int, int]]]:
     """`status` for an answer from the stored entry, or PARTIAL when a slice it needs is in neither tier and
     is to be fetched (core.status.with_fetched): a hit is said only when no byte of it comes from origin. With it,
-    the first slice to fetch and the answer's last, for first_fetched."""
+    the slices to fetch that are probed before the head, each with the last its fill may run to
+    (respond.probed_slices), for first_fetched."""
     needed = answer_slices(request.method, req.headers, meta, engine.slice_size)
     missing = await engine.store.missing(req.entry_key, meta, needed) if needed else []
     if missing and not entry.versioned(meta) and not all(_brought(engine, req, meta, i) for i in missing):
@@ -150,18 +151,21 @@ async def _completed(
         dropped = engine.ghosts.slice_dropped
         version = meta.slice_version
         observe.trace(request).evicted = any(dropped(slice_name(req.entry_key, version, i)) for i in missing)
-    return with_fetched(status, bool(missing)), (missing[0], needed[-1]) if missing else None
+    probes = probed_slices(request.method, req.headers, meta, engine.slice_size, needed, missing) if missing else []
+    return with_fetched(status, bool(missing)), probes
 
 
 async def first_fetched(
-    engine: Engine, req: FillRequest, meta: ObjectMeta, index: int, last_needed: int, own: Fill | None = None
+    engine: Engine, req: FillRequest, meta: ObjectMeta, probes: list[tuple[int, int]], own: Fill | None = None
 ) -> None:
-    """The first byte of the first slice the answer fetches, read before its head is sent (as the fast path's
-    diskhit._partial): an origin that has another version now (VersionChanged) or fails is then met before any
-    byte of the stored copy went out, and the request starts again, instead of an answer cut after the slices it
-    had. The fill this starts goes on; the answer reads its slices from it, or from the store."""
-    async with contextlib.aclosing(reading.read_slice(engine, req, meta, index, 0, 1, last_needed, own)) as probe:
-        await anext(probe, None)
+    """The first byte of each slice `probes` names (the first the answer fetches; of a multipart Range, each
+    part's first too), read before its head is sent (as the fast path's diskhit._partial): an origin that has another
+    version now (VersionChanged) or fails is then met before any byte of the stored copy went out, and the request
+    starts again, instead of an answer cut after the slices it had. The fill this starts goes on; the answer reads
+    its slices from it, or from the store."""
+    for index, last_needed in probes:
+        async with contextlib.aclosing(reading.read_slice(engine, req, meta, index, 0, 1, last_needed, own)) as probe:
+            await anext(probe, None)
 
 
 def _brought(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> bool:
