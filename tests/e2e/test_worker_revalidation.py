@@ -29,6 +29,18 @@ BODY = bytes((i * 7 + i // 251) % 256 for i in range(300_000))
 LEFT = 3  # seconds of freshness each answer of the origin leaves (its Age against its max-age)
 REVALIDATED = "edgecache; fwd=stale; fwd-status=304"
 FIELDS = {"Cache-Control": "public, max-age=3600", "Age": str(3600 - LEFT)}
+WHICH = b"which worker? " * 100  # asked of each new connection to learn its worker (one_per_worker), never timed
+
+
+async def held_by_both(a: Conn, b: Conn, path: str, expected: bytes = BODY) -> float:
+    """`path` asked of each worker in turn, the first filling it and the other finding it on the disk, and the time
+    then: the copy's LEFT seconds of freshness run from here. Asked while the workers were told apart (up to 64
+    connections, each looked up in /proc), it expired before the second worker had it on a loaded machine, and
+    that worker's first request revalidated it: 2 origin requests, not 1."""
+    for conn in (a, b):
+        status, _, body = await conn.get(path)
+        assert (status, body) == (200, expected)
+    return time.monotonic()
 
 
 @dataclass
@@ -137,15 +149,16 @@ async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Orig
     The answer read from the other worker's revalidation is told as a request that joined that revalidation in its
     own worker is (`fwd=stale; fwd-status=304`), never `hit`: the copy was stale, and was served once validated."""
     origin.put("/e.bin", BODY, etag='"v1"', headers=FIELDS)
+    origin.put("/which", WHICH)
     released = holding_304s(origin)
     port, admin = free_port(), free_port()
     cfg = two_workers(tmp_path, origin, port, admin)
     async with (
         edge_process("serve", "--config", str(cfg), ready=READY) as proc,
         aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, "/e.bin") as (a, b),
+        one_per_worker(port, proc.pid, "/which", WHICH) as (a, b),
     ):
-        filled = time.monotonic()
+        filled = await held_by_both(a, b, "/e.bin")
         assert origin.hits["/e.bin"] == 1  # both workers hold the copy's metadata now
 
         # One after the other: the second worker finds the first's revalidation on the disk.
@@ -190,15 +203,17 @@ async def test_a_revalidation_a_killed_worker_held_is_asked_again_at_once(origin
     """The worker whose revalidation the other waits for is killed before the origin answers: its lease names its
     process, and the waiting worker asks the origin itself at once, not after the lease expires (LEASE_SECONDS)."""
     origin.put("/k.bin", BODY, etag='"v1"', headers=FIELDS)
+    origin.put("/which", WHICH)
     released = holding_304s(origin)
     port, admin = free_port(), free_port()
     cfg = two_workers(tmp_path, origin, port, admin)
     async with (
         edge_process("serve", "--config", str(cfg), ready=READY) as proc,
         aiohttp.ClientSession() as s,
-        one_per_worker(port, proc.pid, "/k.bin") as (a, b),
+        one_per_worker(port, proc.pid, "/which", WHICH) as (a, b),
     ):
-        filled = time.monotonic()
+        filled = await held_by_both(a, b, "/k.bin")
+        assert origin.hits["/k.bin"] == 1
 
         await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else
         released.clear()
@@ -263,8 +278,9 @@ async def test_two_revalidations_in_one_worker_hold_one_lease_each(origin: Origi
         return None
 
     origin.on_request = first_fails
-    async with each_worker(tmp_path, origin, "/s.bin", data) as (admin, s, [(a1, b), (a2, _)]):
-        filled = time.monotonic()
+    origin.put("/which", WHICH)
+    async with each_worker(tmp_path, origin, "/which", WHICH) as (admin, s, [(a1, b), (a2, _)]):
+        filled = await held_by_both(a1, b, "/s.bin", data)
         assert origin.hits["/s.bin"] == 1
         await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else
         spans = [(0, 99), (5 * MiB, 5 * MiB + 99)]
