@@ -172,29 +172,40 @@ def relayed_fields(upstream: Headers, status_field: str) -> list[tuple[str, str]
 
 def relayed_named(upstream: Headers, status_field: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """relayed_fields(), and the first value of each field it gives by its lower-case name: every forward's answer
-    goes through here, so each name is lowered once, in one pass over the fields."""
-    lowered = [k.lower() for k, _ in upstream]
-    banned = HOP_BY_HOP
-    if "connection" in lowered:
-        banned = banned | connection_tokens(upstream)
+    goes through here, so each name is lowered once, in one pass over the fields, and one set lookup sets apart the
+    few it does not pass on as they are. The fields a Connection field names are dropped after that pass (a peer's
+    answer has none: it is rare), wherever they stood."""
     fields: list[tuple[str, str]] = []
     names: dict[str, str] = {}
     vias: list[str] = []
     prior: list[str] = []
-    for field, name in zip(upstream, lowered, strict=True):
-        if name == "via":
-            vias.append(field[1])
-        elif name == "cache-status":
-            prior.append(field[1])
-        elif name not in banned:
+    connection = False
+    for field in upstream:
+        name = field[0].lower()
+        if name in _NOT_AS_THEY_ARE:
+            if name == "via":
+                vias.append(field[1])
+            elif name == "cache-status":
+                prior.append(field[1])
+            else:
+                connection = connection or name == "connection"
+        else:
             fields.append(field)
-            names.setdefault(name, field[1])
+            if name not in names:
+                names[name] = field[1]
+    if connection and (named := connection_tokens(upstream)):
+        fields = [f for f in fields if f[0].lower() not in named]
+        names = {k: v for k, v in names.items() if k not in named}
     via = ", ".join(vias)
     fields.append(("Via", f"{via}, {VIA}" if via else VIA))
     statuses = ", ".join(prior)
     fields.append(("Cache-Status", f"{statuses}, {status_field}" if statuses else status_field))
     names["via"], names["cache-status"] = fields[-2][1], fields[-1][1]
     return fields, names
+
+
+_JOINED = frozenset({"via", "cache-status"})  # joined with this node's entry, even when a Connection field names them
+_NOT_AS_THEY_ARE = HOP_BY_HOP | _JOINED
 
 
 def must_pass(client: Headers) -> str | None:

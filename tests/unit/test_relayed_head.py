@@ -77,3 +77,23 @@ def test_a_typed_answer_of_known_length_to_http10_keeps_its_fields() -> None:
 def test_a_field_that_cannot_be_passed_on_gives_no_head() -> None:
     head, _, _ = encode.relayed(200, "OK", (("X-A", "caf\u20ac"),), MINE, "GET", DATE, KeepAlive.OPEN)
     assert head is None
+
+
+def test_fields_a_later_connection_field_names_are_dropped_and_not_counted_as_present() -> None:
+    # The names are lowered in one pass, before the Connection field is met: what it names is dropped from the
+    # fields before it too, and from the names encode.relayed frames by (its Content-Type and Content-Length gone,
+    # the body is chunked and typed as aiohttp's server would).
+    upstream = (
+        ("Content-Type", "video/mp4"),
+        ("content-length", "4"),
+        ("Date", "d"),
+        ("Server", "s"),
+        ("Connection", "close, CONTENT-TYPE,Content-Length"),
+    )
+    head, chunked, keep = encode.relayed(200, "OK", upstream, MINE, "GET", DATE, KeepAlive.OPEN)
+    assert head == (
+        b"HTTP/1.1 200 OK\r\nDate: d\r\nServer: s\r\nVia: 1.1 edgecache\r\nCache-Status: "
+        + MINE.encode()
+        + b"\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    assert (chunked, keep) == (True, KeepAlive.OPEN)
