@@ -17,6 +17,7 @@ from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, Released
 from edgecache.proxy.fillhead import RangeMismatch, new_token
 from edgecache.proxy.fillrequest import FillRequest
+from edgecache.proxy.revalidating import whole_by_another_worker
 from edgecache.storage.leases import LEASE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -231,8 +232,11 @@ async def _start_for(
     engine: Engine, req: FillRequest, meta: ObjectMeta, index: int, last_needed: int, join: bool = True
 ) -> Fill | _Held | None:
     """A fill of the run of missing slices from `index` (or the one already fetching it); None when another
-    worker process holds the lease on `index`."""
+    worker process holds the lease on `index`; HELD when the slice is stored now (by another worker's fill of a
+    copy stored only whole, which this waited for: whole_by_another_worker)."""
     if meta.whole:
+        if join and await whole_by_another_worker(engine.store, req, meta, index):
+            return HELD  # read it on the disk
         return engine.start_fill(req, 0, None)
     stop = min(index + engine.fill_slices - 1, last_needed, meta.slice_count - 1)
     candidates = list(range(index + 1, stop + 1))

@@ -120,6 +120,24 @@ async def let_go_if_purged(store: Store, fill: Fill, head: FillHead, req: FillRe
         await drop_lease(store, fill)
 
 
+async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMeta, index: int) -> bool:
+    """Did another worker's fill of the copy `meta`, stored only whole, store slice `index` while this waited?
+
+    Such a copy's metadata is on the disk from its head on (leasing.claimed) while its body is still written, and
+    its fill holds the entry's lease to the end (holds_to_the_end). A reader in another worker that found a slice
+    missing fetched the whole object again (a second origin request, a copy of its own); it waits for the lease
+    now, as a miss does (by_another_worker), then reads the slice on the disk. Bounded as that wait is: the lease
+    breaks when its holder dies, and expires; then, or once the holder's fill failed, this fetches it itself."""
+    if not store.shared or req.spread_from is not None:  # a spread copy is not on the disk
+        return False
+    lease = store.revalidation_lease(req.entry_key)
+    if not await store.lease_held(lease):
+        return False
+    metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
+    await store.wait_for_release(lease, LEASE_SECONDS)
+    return not await store.missing(req.entry_key, meta, [index])
+
+
 def _told(validate: ObjectMeta | None) -> CacheStatus:
     """How an answer from another worker's origin request is told: as a request that joined it in that worker."""
     return CacheStatus.REVALIDATED if validate is not None else CacheStatus.MISS

@@ -84,6 +84,13 @@ class Leases:
         with contextlib.suppress(StorageError):
             await self.disk.let_go(lease, owner, UNSTORED_SECONDS if unstored else 0.0)
 
+    async def lease_held(self, lease: str) -> bool:
+        """Is `lease` held now, by a process alive (storage.disk)? False when no disk can tell: nobody to wait for."""
+        try:
+            return (await self.disk.contains([lease]))[0]
+        except StorageError:
+            return False
+
     async def wait_for_peer(self, entry_key: str, meta: ObjectMeta, index: int, seconds: float) -> None:
         """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`."""
         name = slice_name(entry_key, meta.slice_version, index)

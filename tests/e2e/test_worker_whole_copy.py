@@ -1,0 +1,74 @@
+"""A copy stored only whole (no validator) is on the shared disk from its head on, while its body is still being
+written: another worker's request for it then found a slice missing and fetched the whole object from the origin
+again (fwd=partial, two origin requests, each worker with a copy of its own). The fill holds the entry's lease until
+its body is stored (revalidating.holds_to_the_end): the other worker now waits for that lease and reads the slices
+on the disk."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from tests.e2e.test_operations import metric
+from tests.e2e.test_worker_cold import WARM
+from tests.e2e.test_worker_revalidation import collapsed, each_worker
+from tests.e2e.test_workers import DATA, MiB
+from tests.origin import Origin
+
+BODY = DATA[: 4 * MiB]
+
+
+async def memory_slices(s: aiohttp.ClientSession, admin: int) -> float:
+    async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+        return metric(await r.text(), "edgecache_memory_tier_objects")
+
+
+def held_after(origin: Origin, path: str, sent: int, finish: asyncio.Event) -> None:
+    """The origin's first answer for `path` sends `sent` bytes of its body, then waits for `finish`."""
+
+    async def hold(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
+        if request.path != path or origin.hits[path] > 1:
+            return None
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600"})
+        resp.content_length = len(BODY)
+        await resp.prepare(request)
+        await resp.write(BODY[:sent])
+        await finish.wait()
+        await resp.write(BODY[sent:])
+        await resp.write_eof()
+        return resp
+
+    origin.on_request = hold
+
+
+async def test_a_whole_copy_being_written_is_read_by_another_worker_not_fetched_again(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Worker A's miss of a copy stored only whole has stored its head and first slice; the rest of its body is
+    held at the origin. Worker B's request, made once the copy is on the disk, waits for A's body (a collapsed
+    wait) instead of asking the origin (before: fwd=partial, a second origin request for the whole object). Both
+    answers exact, one origin request."""
+    origin.put("/warm", WARM)
+    origin.put("/p.bin", BODY, etag=None, last_modified=None)
+    finish = asyncio.Event()
+    held_after(origin, "/p.bin", MiB + MiB // 2, finish)  # its first slice, and half the next
+    async with each_worker(tmp_path, origin, "/warm", WARM, pairs=1) as (admin, s, [(a, b)]):
+        waits, slices = await collapsed(s, admin), await memory_slices(s, admin)
+        first = asyncio.ensure_future(a.get("/p.bin"))
+        try:
+            async with asyncio.timeout(20):
+                while await memory_slices(s, admin) == slices:  # noqa: ASYNC110 (another process: polled)
+                    await asyncio.sleep(0.02)  # until A's first slice is in: its copy's metadata is on the disk
+                second = asyncio.ensure_future(b.get("/p.bin"))
+                while await collapsed(s, admin) == waits and origin.hits["/p.bin"] == 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)  # until B waits for A's body, or (before) asks the origin
+        finally:
+            finish.set()
+        async with asyncio.timeout(30):
+            answers = await asyncio.gather(first, second)
+        assert [(status, data == BODY) for status, _, data in answers] == [(200, True), (200, True)]
+        assert origin.hits["/p.bin"] == 1
+        assert await collapsed(s, admin) == waits + 1
