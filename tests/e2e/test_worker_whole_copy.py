@@ -7,14 +7,18 @@ on the disk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from edgecache.storage.leases import LEASE_SECONDS
 from tests.e2e.test_operations import metric
 from tests.e2e.test_worker_cold import WARM
-from tests.e2e.test_worker_revalidation import collapsed, each_worker
+from tests.e2e.test_worker_revalidation import Conn, collapsed, each_worker
 from tests.e2e.test_workers import DATA, MiB
 from tests.origin import Origin
 
@@ -24,6 +28,22 @@ BODY = DATA[: 4 * MiB]
 async def memory_slices(s: aiohttp.ClientSession, admin: int) -> float:
     async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
         return metric(await r.text(), "edgecache_memory_tier_objects")
+
+
+async def b_waits_for_a(
+    origin: Origin, s: aiohttp.ClientSession, admin: int, a: Conn, b: Conn
+) -> tuple[asyncio.Future[tuple[int, dict[str, str], bytes]], asyncio.Future[tuple[int, dict[str, str], bytes]]]:
+    """A asks for /p.bin; once its first slice is in (its copy's metadata is on the disk), B asks too; until B
+    waits for A's body (a collapsed wait), or asks the origin itself (before the fix). Both answers, to come."""
+    waits, slices = await collapsed(s, admin), await memory_slices(s, admin)
+    first = asyncio.ensure_future(a.get("/p.bin"))
+    async with asyncio.timeout(20):
+        while await memory_slices(s, admin) == slices:  # noqa: ASYNC110 (another process: polled)
+            await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(b.get("/p.bin"))
+        while await collapsed(s, admin) == waits and origin.hits["/p.bin"] == 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    return first, second
 
 
 def held_after(origin: Origin, path: str, sent: int, finish: asyncio.Event) -> None:
@@ -56,15 +76,9 @@ async def test_a_whole_copy_being_written_is_read_by_another_worker_not_fetched_
     finish = asyncio.Event()
     held_after(origin, "/p.bin", MiB + MiB // 2, finish)  # its first slice, and half the next
     async with each_worker(tmp_path, origin, "/warm", WARM, pairs=1) as (admin, s, [(a, b)]):
-        waits, slices = await collapsed(s, admin), await memory_slices(s, admin)
-        first = asyncio.ensure_future(a.get("/p.bin"))
+        waits = await collapsed(s, admin)
         try:
-            async with asyncio.timeout(20):
-                while await memory_slices(s, admin) == slices:  # noqa: ASYNC110 (another process: polled)
-                    await asyncio.sleep(0.02)  # until A's first slice is in: its copy's metadata is on the disk
-                second = asyncio.ensure_future(b.get("/p.bin"))
-                while await collapsed(s, admin) == waits and origin.hits["/p.bin"] == 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)  # until B waits for A's body, or (before) asks the origin
+            first, second = await b_waits_for_a(origin, s, admin, a, b)
         finally:
             finish.set()
         async with asyncio.timeout(30):
@@ -72,3 +86,29 @@ async def test_a_whole_copy_being_written_is_read_by_another_worker_not_fetched_
         assert [(status, data == BODY) for status, _, data in answers] == [(200, True), (200, True)]
         assert origin.hits["/p.bin"] == 1
         assert await collapsed(s, admin) == waits + 1
+
+
+async def test_a_whole_copy_whose_writer_was_killed_is_fetched_by_the_waiting_worker_at_once(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Worker A is killed mid-body while B waits for its lease: the lease names A's process, so B fetches the
+    object itself at once (well within the lease's LEASE_SECONDS), and its answer, begun from A's first slice on
+    the disk, is whole and exact: the same bytes, asked of the origin a second time."""
+    origin.put("/warm", WARM)
+    origin.put("/p.bin", BODY, etag=None, last_modified=None)
+    finish = asyncio.Event()
+    held_after(origin, "/p.bin", MiB + MiB // 2, finish)
+    async with each_worker(tmp_path, origin, "/warm", WARM, pairs=1) as (admin, s, [(a, b)]):
+        waits = await collapsed(s, admin)
+        try:
+            doomed, second = await b_waits_for_a(origin, s, admin, a, b)
+            assert (await collapsed(s, admin), origin.hits["/p.bin"]) == (waits + 1, 1)
+            os.kill(a.pid, signal.SIGKILL)
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await doomed
+            async with asyncio.timeout(LEASE_SECONDS / 2):
+                status, _, data = await second
+        finally:
+            finish.set()
+        assert (status, data == BODY, len(data)) == (200, True, len(BODY))
+        assert origin.hits["/p.bin"] == 2  # the killed worker's, then the waiter's own
