@@ -93,7 +93,9 @@ class _Retry(Exception):
 def start(conn: FastPath, fwd: Forward, raw: bytes) -> None:
     """Relay the owner's answer to the request whose head is `raw`, on the connection's turn: sent at once when its
     site's share and a connection to the owner are at hand (Relay.at_once), else by a task that waits for them."""
-    relay = conn.relay = Relay(conn, fwd, raw)
+    relay = Relay(conn, fwd, raw)
+    relay.prepare()  # before any share or connection is taken: nothing to give back if it raises
+    conn.relay = relay
     conn.server.shared.in_flight += 1
     if not relay.at_once():
         relay.carry(None)
@@ -154,8 +156,8 @@ class Relay:
         # system calls, and pipelined behind one whose viewer is slow, it would be sent again (PeerConn.pause).
         self.alone = get_first(fwd.headers, "range") is not None
 
-    def _prepare(self) -> None:
-        """The request to the owner, with its signed hop."""
+    def prepare(self) -> None:
+        """The request to the owner, with its signed hop: built once, whether sent at once or by a task."""
         t, fwd = self.trace, self.fwd
         t.site, t.status, t.client, t.failover = fwd.site.name, CacheStatus.PEER, fwd.client, fwd.failover
         cluster = self.conn.server.shared.cluster
@@ -174,15 +176,13 @@ class Relay:
         if pool.closed or pool.waiting.get(address, 0) >= WAITING:  # acquire() and wait() say why, in a task
             return False
         shares = pool.shares(address)
-        most = share(pool.limit, conn.server.shared.engine.origin.sites, fwd.site.origin_connections)
-        if not shares.try_take(fwd.site.name, most):
+        if not shares.try_take(fwd.site.name, self._most(pool)):
             return False
         peer = pool.at_hand(address, join=not self.alone)
         if peer is None:
             shares.give(fwd.site.name)
             return False
         self.shares, self.counted, self.peer = shares, True, peer
-        self._prepare()
         self.finished = conn.loop.create_future()
         self.finished.add_done_callback(self._settled)
         self.asked = time.monotonic()
@@ -218,8 +218,6 @@ class Relay:
         """Carry the forward out, or on from the failure `first` of its try sent at once. Raises Unreachable
         (nothing sent, the peer is marked down)."""
         metrics.SOURCES.set(self.trace.sources)  # this task's served bytes are this request's
-        if first is None:
-            self._prepare()
         try:
             await self._exchange(self.request, first)
         except PeerBroken as exc:
@@ -244,16 +242,18 @@ class Relay:
             self._waited(pool)
 
     async def _take_share(self, pool: PeerPool) -> None:
-        site = self.fwd.site
         shares = pool.shares(self.member.address)
-        most = share(pool.limit, self.conn.server.shared.engine.origin.sites, site.origin_connections)
         pool.wait(self.member.address, +1)
         self.waiting = True
         try:
-            await shares.take(site.name, most, pool.connect_timeout)
+            await shares.take(self.fwd.site.name, self._most(pool), pool.connect_timeout)
         except TimeoutError:
             raise PeerBroken(f"http://{self.member.address}: timed out", timeout=True) from None
         self.shares, self.counted = shares, True
+
+    def _most(self, pool: PeerPool) -> int:
+        """The connections to the owner the forward's site may hold (its share of the pool's limit)."""
+        return share(pool.limit, self.conn.server.shared.engine.origin.sites, self.fwd.site.origin_connections)
 
     def _waited(self, pool: PeerPool) -> None:
         if self.waiting:
