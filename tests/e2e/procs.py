@@ -39,13 +39,16 @@ def free_port() -> int:
                 continue
             _GIVEN.add(port)
         with socket.socket() as s:
+            # As every server the suite starts binds (the node's listeners, aiohttp's sites): a port whose last
+            # server left connections in TIME_WAIT serves again at once, and only a listener holds it.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
-                s.listen()  # a port a closed listener left connections in TIME_WAIT on may bind, and not listen
+                s.listen()
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port below the ephemeral range")
+    raise RuntimeError(f"no free port in {lo}-{hi - 1}")
 
 
 def _port_range() -> tuple[int, int]:

@@ -334,6 +334,7 @@ def test_serve_with_an_address_another_process_holds_says_which_and_exits_1(tmp_
         f'[[sites]]\nname = "demo"\nhosts = ["localhost"]\norigins = ["http://127.0.0.1:{ports["demo.origin"]}"]\n'
     )
     with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may hold TIME_WAITs (procs.free_port)
         holder.bind(("127.0.0.1", ports[taken]))
         holder.listen()
         r = run_cli("serve", "--config", str(config))

@@ -227,6 +227,7 @@ async def test_sigterm_during_a_restart_backoff_ends_every_process(origin: Origi
             # Taken once the parent found it free and started worker 0, which binds it only after importing the
             # code and opening the node (the parent refuses to start on a port taken before).
             await n.expect("worker 0 started: pid ")
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # it may hold TIME_WAITs (procs.free_port)
             taken.bind(("127.0.0.1", admin))
             taken.listen()
             await n.expect("worker 0 (pid ", 4)  # its fourth death
