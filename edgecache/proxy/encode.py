@@ -118,6 +118,11 @@ def error(
     return encoded + body
 
 
+def timed_out(date: bytes) -> bytes:
+    """The 408 for a request head not whole within server.header_timeout, on any listener; the connection closes."""
+    return error(408, "request head not received in time", date, KeepAlive.CLOSE)
+
+
 def relayed(
     status: int,
     reason: str,

@@ -26,7 +26,7 @@ from edgecache.proxy import badhead, coldmiss, cork, diskhit, encode, linger, mu
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
-from edgecache.proxy.headguard import TIMEOUT_408, HeadGuard
+from edgecache.proxy.headguard import HeadGuard
 from edgecache.proxy.hit import Load, Pass
 from edgecache.proxy.relay import Relay
 from edgecache.proxy.route import Forward, Refused, fronted
@@ -46,10 +46,7 @@ _ANSWERED = metrics.FAST_PATH.labels("answered")
 _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
 _UPSTREAM = observe.upstream(CacheStatus.HIT, metrics.Sources())  # a fresh hit, every slice in hand: "cache"
 
-_FULL_503 = (
-    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 37\r\n\r\ntoo many connections: try again soon\n"
-)
+_FULL = "too many connections: try again soon"
 
 
 class FastPath(asyncio.Protocol):
@@ -103,7 +100,7 @@ class FastPath(asyncio.Protocol):
         if self.server.open >= self.server.settings.max_connections:
             # Shed at the door: a quick, honest answer instead of a slow collapse (handed-off ones count too).
             metrics.REJECTED_CONNECTIONS.inc()
-            transport.write(_FULL_503)
+            transport.write(encode.error(503, _FULL, self.server.date(), KeepAlive.CLOSE))
             linger.close(self, self.server.full)  # the request it sent, unread, would reset the answer
             return
         self.server.connections.add(self)
@@ -480,7 +477,7 @@ class FastPath(asyncio.Protocol):
             return
         if self.deadline_kind == "head" and self.buf:  # a head begun and not finished in time
             metrics.HEADER_TIMEOUTS.inc()
-            self.transport.write(TIMEOUT_408)
+            self.transport.write(encode.timed_out(self.server.date()))
             return linger.close(self)  # the rest of it may still come
         linger.close_idle(self)
 

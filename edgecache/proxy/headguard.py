@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from email.utils import formatdate
 from typing import cast
 
 from aiohttp.web_protocol import RequestHandler
 
 from edgecache import metrics
 from edgecache.core import closing
+from edgecache.proxy import encode
 
-TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _EOF_CHECK = 0.05  # after a half-close, how often to look whether aiohttp has answered everything
 
 
@@ -113,7 +114,7 @@ class HeadGuard(asyncio.Protocol):
         if self.transport is None or self._busy():
             return
         metrics.HEADER_TIMEOUTS.inc()
-        self.transport.write(TIMEOUT_408)
+        self.transport.write(encode.timed_out(formatdate(usegmt=True).encode()))
         self.transport.close()
 
     def eof_received(self) -> bool | None:
