@@ -84,9 +84,9 @@ async def _timed(fn: Callable[[int], Awaitable[object]], n: int, repeats: int) -
     return _best(passes, n)
 
 
-async def _origin_read(port: int, n: int, repeats: int) -> tuple[float, float, list[bytes]]:
+async def _origin_read(port: int, n: int, repeats: int, cache: Path) -> tuple[float, float, list[bytes]]:
     """The node's origin client, and the bare protocol's floor; and one slice's chunks as they came."""
-    config = one_origin(f"http://127.0.0.1:{port}", "127.0.0.1:8080", tempfile.mkdtemp())
+    config = one_origin(f"http://127.0.0.1:{port}", "127.0.0.1:8080", str(cache))  # nothing listens there
     site = config.sites[0]
     client = OriginClient(config.origin)
     await client.start()
@@ -172,6 +172,7 @@ def _disk(directory: Path, n: int, repeats: int) -> tuple[float, float, float]:
         for _ in range(n):
             staging[:] = value
         copies.append(time.thread_time() - t0)
+    tier.close()
     return _best(puts, n), _best(crcs, n), _best(copies, n)
 
 
@@ -193,11 +194,11 @@ def _first_touch(chunks: list[bytes], n: int, repeats: int) -> tuple[float, floa
 
 
 async def _run(args: argparse.Namespace, port: int, directory: Path) -> None:
-    node, floor, chunks = await _origin_read(port, args.slices, args.repeats)
+    node, floor, chunks = await _origin_read(port, args.slices, args.repeats, directory / "node")
     print(f"origin read (OriginClient, aiohttp) {node:7.0f} us/slice   bare uvloop Protocol {floor:5.0f}", end="")
     print(f"   ({len(chunks)} chunks, {MiB // len(chunks) // 1024} KiB each)")
     print(f"fill (feed, join, Fill.read)         {await _fill(chunks, args.slices, args.repeats):7.0f} us/slice")
-    put, crc, copy = _disk(directory, args.slices, args.repeats)
+    put, crc, copy = _disk(directory / "disk", args.slices, args.repeats)
     print(f"disk put (DiskTier._write)           {put:7.0f} us/slice   crc32 {crc:.0f}, staging copy {copy:.0f}")
     fresh, reused = _first_touch(chunks, args.slices, args.repeats)
     print(f"join kept in fresh memory            {fresh:7.0f} us/slice   into memory freed before {reused:.0f}")
@@ -214,7 +215,7 @@ def main() -> None:
         assert origin.stdout is not None
         port = int(origin.stdout.readline())
         with tempfile.TemporaryDirectory() as tmp:
-            uvloop.run(_run(args, port, Path(tmp) / "disk"))
+            uvloop.run(_run(args, port, Path(tmp)))
     finally:
         origin.terminate()
         origin.wait()
