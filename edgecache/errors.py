@@ -76,6 +76,12 @@ class PeerError(EdgecacheError):
     """Another edge node of the cluster failed us."""
 
 
+class PeerWithheld(PeerError):
+    """A request to a peer not sent after all: the peer may still hold what a purge applied here removed
+    (cluster.view.ClusterView.lacks_purge), asked before each attempt (proxy.origin.OriginClient.to_peer). The
+    caller answers from this node itself: its own cache or the origin."""
+
+
 class StorageError(EdgecacheError):
     """The disk tier failed (full, corrupt, deleted underneath us)."""
 

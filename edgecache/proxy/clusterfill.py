@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from functools import partial
 
 from edgecache import metrics
 from edgecache.cluster.view import ClusterView
@@ -14,7 +15,7 @@ from edgecache.core.forward import OriginRequest
 from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.ring import Member
-from edgecache.errors import OriginError
+from edgecache.errors import OriginError, PeerWithheld
 from edgecache.proxy import observe
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse
@@ -36,14 +37,14 @@ async def look_aside(
     peer = view.previous_owner(req.primary) if view is not None and req.primary and req.key.host else None
     if view is None or peer is None:
         return None
-    if view.lacks_purge(peer.id, req.site.name, req.key, counted=False):  # may still hold what a purge removed
-        metrics.PEER_LOOKASIDE.labels(peer.id, lookaside.Outcome.BEHIND).inc()
-        return None
     site, headers = _to_peer(view, req, sent, peer, look_aside=True)
     held = await store.get_meta(req.entry_key)
     try:
         async with asyncio.timeout(view.settings.timeout):
-            resp = await origin.to_peer(peer.id).request(site, sent.method, sent.target, headers)
+            resp = await _peer(view, origin, peer, req).request(site, sent.method, sent.target, headers)
+    except PeerWithheld:  # it may still hold what a purge applied here removed
+        metrics.PEER_LOOKASIDE.labels(peer.id, lookaside.Outcome.BEHIND).inc()
+        return None
     except (OriginError, TimeoutError) as exc:
         error = exc if isinstance(exc, OriginError) else OriginError("look-aside timed out", timeout=True)
         observe.peer_error(peer.id, error)
@@ -65,11 +66,11 @@ async def from_owner(
     when the owner could not be asked or did not serve it (then the origin is, as the next owner would): its
     failures are the peer's, counted as such, and one that could not connect takes it down at once. An owner
     that may lack a purge applied here which covers the object is not asked: its copy may be what it removed."""
-    if view.lacks_purge(owner.id, req.site.name, req.key, counted=False):
-        return None
     site, headers = _to_peer(view, req, sent, owner, look_aside=False)
     try:
-        resp = await origin.to_peer(owner.id).request(site, sent.method, sent.target, headers)
+        resp = await _peer(view, origin, owner, req).request(site, sent.method, sent.target, headers)
+    except PeerWithheld:
+        return None
     except OriginError as exc:
         observe.peer_error(owner.id, exc)
         if exc.connect:
@@ -83,6 +84,12 @@ async def from_owner(
         return None
     resp.headers = lookaside.origin_fields(resp.headers)
     return resp
+
+
+def _peer(view: ClusterView, origin: OriginClient, peer: Member, req: FillRequest) -> OriginClient:
+    """The origin client's view for a fill's request to `peer`, which is not sent, on the first attempt or on one
+    aiohttp makes again, while the peer may hold what a purge applied here removed (counted as the fill's)."""
+    return origin.to_peer(peer.id, partial(view.lacks_purge, peer.id, req.site.name, req.key, counted=False))
 
 
 def _to_peer(

@@ -10,11 +10,12 @@ import hmac
 import logging
 import socket
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.connector import Connection
@@ -27,7 +28,7 @@ from edgecache import metrics
 from edgecache.config import Config, OriginSettings, Site
 from edgecache.core.forward import VIA, via_sent
 from edgecache.core.headers import Headers
-from edgecache.errors import ClientError, OriginError
+from edgecache.errors import ClientError, OriginError, PeerWithheld
 from edgecache.proxy import observe
 from edgecache.proxy.shares import Shares, share
 
@@ -224,15 +225,29 @@ class OriginClient:
         self._bodies: aiohttp.ClientSession | None = None
         self._passes: aiohttp.ClientSession | None = None
         self.peer: str | None = None  # set on a to_peer() view: what it sends goes to this cluster member
+        self._judged: tuple[ClientMiddlewareType, ...] = ()  # a to_peer() view's check before each attempt
         self.sites = 1  # how many sites the node serves (set at start and on reload): their shares (proxy.shares)
         # This node's name in what it sends (loop_token(), set by server.open_node): a request back is a loop.
         self.loop_token = ""
 
-    def to_peer(self, member_id: str) -> OriginClient:
+    def to_peer(self, member_id: str, withheld: Callable[[], bool] | None = None) -> OriginClient:
         """The same pools, for a forward to a cluster member: its request and bytes are counted as that peer's
-        (edgecache_peer_forwarded_*), never as origin traffic, and its failures are the caller's to count."""
+        (edgecache_peer_forwarded_*), never as origin traffic, and its failures are the caller's to count.
+
+        `withheld` is asked before every attempt: the first, and the one aiohttp makes again inside the same call
+        when a GET's or HEAD's connection drops before any answer (a kept-alive one the peer had closed). True: the
+        attempt is not sent, and PeerWithheld is raised (the peer may hold what a purge applied here since
+        removed). aiohttp runs a request's middlewares on each attempt: the one place both are judged by one rule."""
         view = copy.copy(self)
         view.peer = member_id
+        if withheld is not None:
+
+            async def judged(req: aiohttp.ClientRequest, send: ClientHandlerType) -> aiohttp.ClientResponse:
+                if withheld():
+                    raise PeerWithheld(f"peer {member_id} may hold what a purge applied here removed")
+                return await send(req)
+
+            view._judged = (judged,)
         return view
 
     @property
@@ -333,6 +348,7 @@ class OriginClient:
                         allow_redirects=False,
                         compress=None,
                         chunked=None,
+                        middlewares=self._judged,
                     )
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 _raise_if_stalled(paced, exc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 
 from aiohttp import web
 
@@ -18,7 +19,7 @@ from edgecache.core.ring import Member
 from edgecache.core.route import Router
 from edgecache.core.siteurl import site_url
 from edgecache.core.status import CacheStatus
-from edgecache.errors import OriginError
+from edgecache.errors import OriginError, PeerWithheld
 from edgecache.proxy import observe
 from edgecache.proxy.errorpage import error_response, peer_failed
 from edgecache.proxy.fillrequest import FillRequest
@@ -66,20 +67,23 @@ async def to_owner(
         if member.id == cluster.self_id:
             observe.trace(request).failover = failover
             return None
-        if request.method in CACHED_METHODS and cluster.lacks_purge(member.id, req.site.name, req.key):
-            return None  # it may still hold what a purge applied here removed: answered here (route.forward_verdict)
         t = observe.trace(request)
         hop = cluster.hop_field(request.method, req.primary, t.id, t.client or req.client_ip, failover)
         peer = replace(req.site, origins=(f"http://{member.address}",), origin_host=None)
+        # It may still hold what a purge applied here removed: asked before each attempt, the first and any aiohttp
+        # sends again, and answered here if so (route.forward_verdict).
+        withheld = partial(cluster.lacks_purge, member.id, req.site.name, req.key)
         try:
             resp = await pass_through(
                 request,
-                origin.to_peer(member.id),
+                origin.to_peer(member.id, withheld if request.method in CACHED_METHODS else None),
                 replace(req, site=peer),
                 CacheStatus.PEER,
                 extra=((HOP, hop),),
                 source="peer",
             )
+        except PeerWithheld:
+            return None
         except OriginError as exc:
             kind = observe.peer_error(member.id, exc)
             if not exc.connect or not (exc.refused or request.method in ("GET", "HEAD")):
