@@ -47,6 +47,14 @@ _FRAMED = frozenset({(1, 0), (1, 1)})  # what core.keepalive frames
 TOO_MANY = Reply(429, "too many requests from this address")
 # Load shed before any work (Shared.overloaded): a quick, honest answer instead of a slow collapse.
 OVERLOADED = Reply(503, "overloaded: try again shortly")
+
+
+def internal(kind: str) -> Reply:
+    """The answer to a request whose handling raised an exception nobody expected (a bug; `kind`: its class name),
+    when no byte of its answer went out: both paths' (proxy.internal, EdgeHandler._answer)."""
+    return Reply(500, f"internal error ({kind})")
+
+
 # A miss that may not be filled: the client asked for a stored answer only (RFC 9111 5.2.1.7), and none is stored.
 NOT_CACHED = Reply(504, "only-if-cached and not in cache")
 # The same for an owner's look-aside (core.lookaside), which is never filled: nothing is held here.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
+from edgecache.proxy import refuse
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import TLS_PIECE
 
@@ -46,6 +47,7 @@ class Cork:
         self.conn: FastPath | None = None  # the connection whose heads are being answered
         self.held: list[bytes | memoryview] = []
         self.size = 0
+        self.deciding = False  # the head at the front is being decided: nothing of its answer is written yet
 
     def around(self, conn: FastPath, answer_heads: Callable[[], None]) -> None:
         """Answer the heads `conn` has; what is held is written when that is done, whatever ended it."""
@@ -55,7 +57,13 @@ class Cork:
         self.conn = conn
         try:
             answer_heads()
+        except Exception as exc:
+            if not self.deciding:
+                raise  # its answer may have begun: the connection is cut (the loop's handler logs it)
+            self.flush()  # the answers before it first, then its 500 (refuse.failed), then the close
+            refuse.failed(conn, exc)
         finally:
+            self.deciding = False
             self.flush()
             self.conn = outer
 
@@ -81,6 +89,7 @@ class Cork:
         """A head was decided: unless it may be answered whole from memory (way() says, and writes what is held
         when it is not), what is held goes out first, as whatever answers it (a fill, a forward, a refusal, a
         passed request, aiohttp) writes itself."""
+        self.deciding = False
         if self.held and (not isinstance(prepared, Prepared) or conn.started is not None):
             self.flush()
 
@@ -88,6 +97,7 @@ class Cork:
         """Where the head at the front of `conn`'s input ends; -1, and what is held written, when it is not whole."""
         buf = conn.buf
         end = buf.find(b"\r\n\r\n", len(buf) - len(buf.lstrip(b"\r\n")))  # llhttp skips CRLFs before a head
+        self.deciding = end >= 0  # until decided(): a failure meanwhile is answered 500 (around)
         if end < 0 and self.held:
             self.flush()
         return end

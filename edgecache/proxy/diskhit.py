@@ -127,7 +127,7 @@ def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
 def stream(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
     """An answer of more than HELD slices: read and sent by a task as the client takes it (_from_disk)."""
     conn.busy = True
-    task = conn.loop.create_task(_from_disk(conn, p, raw, t0))
+    task = conn.loop.create_task(refuse.until_head(conn, p, _from_disk(conn, p, raw, t0)))
     task.add_done_callback(conn.done)
     return False
 

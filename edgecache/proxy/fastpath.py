@@ -241,7 +241,7 @@ class FastPath(asyncio.Protocol):
             store = self.server.shared.engine.store
             if store.stale():  # another worker purged something: forget what this one holds, then go on
                 self.busy = True
-                self.loop.create_task(store.catch_up()).add_done_callback(self.done)
+                self.loop.create_task(refuse.before_head(self, store.catch_up())).add_done_callback(self.done)
                 return
             head = self.buf[: end + 4]
             # Domain fronting (a host its SNI name's certificate does not cover): 421, before any lookup or memo
@@ -291,7 +291,7 @@ class FastPath(asyncio.Protocol):
                 self.loaded_at = self.server.shared.engine.store.forgotten
             self.loads += 1
             self.busy = True
-            self.loop.create_task(self._load(prepared)).add_done_callback(self.done)
+            self.loop.create_task(refuse.before_head(self, self._load(prepared))).add_done_callback(self.done)
             return False
         self.loads = 0
         if prepared is None:

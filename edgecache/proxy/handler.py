@@ -117,6 +117,16 @@ class EdgeHandler:
             if uncounted:
                 metrics.ORIGIN_ERRORS.labels(observe.trace(request).site, "failed").inc()
             return error_response(status, reason)
+        except Exception as exc:
+            # A bug, or a storage call failing as it never should: a 500 that says so while no byte of the answer
+            # has gone out (aiohttp's own says nothing, and was counted as no answer), as the fast path answers
+            # (refuse.failed); after, the connection is cut (aiohttp's handle_error looks at the same count).
+            if isinstance(exc, ConnectionError) or request.writer.output_size > 0:
+                raise
+            log.exception("%s %s: internal error", request.method, request.path)
+            observe.mark(request, CacheStatus.ERROR)
+            reply = admit.internal(type(exc).__name__)
+            return error_response(reply.status, reply.reason)
 
     def _route(self, request: web.BaseRequest, admitted: str | None) -> tuple[Site, str, CacheKey, Hop | None]:
         """The site, host and key a request names, and its hop; refused (ClientError) as it must be. `admitted`:

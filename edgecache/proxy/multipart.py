@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from edgecache.core import ranges
 from edgecache.core.status import CacheStatus, MissCause, of_fill
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy import coldmiss, diskhit, passing, reading
+from edgecache.proxy import coldmiss, diskhit, passing, reading, refuse
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.hit import Pass
 from edgecache.proxy.respond import answer_slices, probed_slices
@@ -32,7 +32,7 @@ def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
         conn.send(p, [], t0)
         return p.keep_alive.persists
     conn.busy = True
-    conn.loop.create_task(_send(conn, p, raw, t0)).add_done_callback(conn.done)
+    conn.loop.create_task(refuse.until_head(conn, p, _send(conn, p, raw, t0))).add_done_callback(conn.done)
     return False
 
 

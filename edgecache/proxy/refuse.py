@@ -2,14 +2,24 @@
 site's ACL, a signed URL, the rate limit, only-if-cached), and the origin's failure of a miss's own fill or of a
 pass-through (origin_failed). Each is written, counted and logged as the full handler writes, counts and logs the same
 ClientError or OriginError (EdgeHandler._answer), byte for byte.
+
+And the answer to a request whose handling raised an exception nobody expected (a bug, or a storage call failing in
+a way it never should): a 500 that says so (core.admit.internal, failed) when no byte of its answer went out, else
+the connection cut (FastPath.ended); never a connection dropped with no answer, nor a wait for a timeout. No byte can
+have gone out during the decision of the head at the front (Cork.around, between head_end and decided), a lookup
+made off the loop for it (before_head), and a hit's task until it writes its head (until_head). Counted as every
+refusal is (edgecache_requests_total, 5xx, cache_status error), the traceback in the node's log.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from edgecache import metrics
+from edgecache.core import admit
 from edgecache.core.admit import Reply
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
@@ -20,6 +30,7 @@ from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.route import Refused
 
 if TYPE_CHECKING:
+    from edgecache.proxy.decide import Prepared
     from edgecache.proxy.fastpath import FastPath
 
 _ANSWERED = metrics.FAST_PATH.labels("answered")
@@ -82,3 +93,45 @@ def origin_failed(
     fields = req.headers if asked is None else asked
     r = Refused.keyed(reply, method, req.key, fields, req.site.name, keep_alive, viewer=viewer)
     return refused(conn, r, t0, origin_ms)
+
+
+def failed(conn: FastPath, exc: Exception, p: Prepared | None = None) -> None:
+    """Answer 500 for the request `p`, or the head at the front of the connection's input (whose decision failed),
+    and close: what follows it in the input was never decided."""
+    log.error("fast path: internal error answering a request: %r", exc, exc_info=exc)
+    reply = admit.internal(type(exc).__name__)
+    if p is not None:
+        hit, version10 = p.hit, p.keep_alive in (KeepAlive.OPEN_10, KeepAlive.CLOSE_10)
+        closed = KeepAlive.CLOSE_10 if version10 else KeepAlive.CLOSE
+        r = Refused.keyed(reply, p.method, hit.req.key, hit.req.headers, hit.site.name, closed, viewer=hit.viewer)
+    else:
+        line = conn.buf.lstrip(b"\r\n").split(b"\r\n", 1)[0].split(b" ")
+        method, target = [*line, b"", b""][:2]
+        closed = KeepAlive.CLOSE_10 if line[-1] == b"HTTP/1.0" else KeepAlive.CLOSE
+        r = Refused(reply, method.decode("latin-1"), target.decode("latin-1"), (), keep_alive=closed)
+    conn.busy = False  # nothing more is answered: the close below is the last of it
+    refused(conn, r, time.monotonic())
+
+
+async def before_head(conn: FastPath, work: Awaitable[object]) -> None:
+    """A task that writes nothing (a lookup off the loop for the head at the front): if it fails, that head's 500."""
+    try:
+        await work
+    except ConnectionError:
+        raise
+    except Exception as exc:
+        failed(conn, exc)
+
+
+async def until_head(conn: FastPath, p: Prepared, work: Awaitable[None]) -> None:
+    """A hit's task that writes its head and, with no await between, tells the connection (FastPath.sent): if it
+    fails before that, the request's 500; after, the failure goes on to cut the connection (FastPath.ended)."""
+    mark = conn.first_byte
+    try:
+        await work
+    except ConnectionError:
+        raise
+    except Exception as exc:
+        if conn.first_byte != mark or conn.transport is None:
+            raise
+        failed(conn, exc, p)
