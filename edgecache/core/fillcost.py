@@ -24,6 +24,12 @@ from edgecache.core.ranges import ByteRange, parse_range_header
 # where nearly every fetched byte would be thrown away (and an attacker's favourite amplification), does not.
 FILL_FACTOR = 2
 FILL_ALLOWANCE_SLICES = 4
+# A multipart answer reads, before its head goes out, the first bytes of every fill its missing slices take: each is
+# then known to bring the stored copy's version (a part's new version met after the head cut the answer after the
+# parts before it; Varnish and ATS answer several ranges from a whole object only). Past this many fills (each waits
+# for its origin's first bytes, one after another, and holds up to cache.fill_slices slices), the request is passed
+# through instead: the origin's own answer is one version, and nothing here waits or holds for it.
+MAX_PROBED_FILLS = 8
 
 
 class FillPlan(StrEnum):
@@ -55,6 +61,36 @@ def plan_fill(
     have = sum(1 for i in set(cached) if any(p.first // slice_size <= i <= p.last // slice_size for p in parts))
     cost = (touched - have) * slice_size
     return FillPlan.FILL if cost <= FILL_FACTOR * served + FILL_ALLOWANCE_SLICES * slice_size else FillPlan.PASS
+
+
+def fills_for(parts: tuple[ByteRange, ...], slice_size: int, missing: Collection[int], fill_slices: int) -> int:
+    """How many fills the `missing` slices of `parts` take, as reading._start_for runs them: each from a missing slice
+    through the missing ones right after it within its part, fill_slices at most; a slice two parts share, once."""
+    absent, taken, count = sorted(set(missing)), set[int](), 0
+    for part in parts:
+        first, last = part.first // slice_size, part.last // slice_size
+        run, before = 0, -2
+        for index in (i for i in absent if first <= i <= last and i not in taken):
+            if index == before + 1 and run < fill_slices:
+                run += 1
+            else:
+                count, run = count + 1, 1
+            taken.add(index)
+            before = index
+    return count
+
+
+def too_many_fills(
+    parts: tuple[ByteRange, ...], slice_size: int, missing: Collection[int], fill_slices: int, *, whole: bool = False
+) -> bool:
+    """Whether a multipart answer whose parts lack the `missing` slices takes more fills than MAX_PROBED_FILLS: it is
+    passed through (PASS). Never for one fetched whole (one fill, one version)."""
+    return len(parts) > 1 and not whole and fills_for(parts, slice_size, missing, fill_slices) > MAX_PROBED_FILLS
+
+
+def may_take_too_many(parts: tuple[ByteRange, ...], slice_size: int, *, whole: bool = False) -> bool:
+    """Whether too_many_fills may say so, with nothing stored: the parts touch more slices than MAX_PROBED_FILLS."""
+    return len(parts) > 1 and not whole and _count(parts, slice_size) > MAX_PROBED_FILLS
 
 
 def _count(parts: tuple[ByteRange, ...], slice_size: int) -> int:

@@ -93,18 +93,20 @@ def probed_slices(
     method: str, request: Headers, meta: ObjectMeta, slice_size: int, needed: list[int], missing: list[int]
 ) -> list[tuple[int, int]]:
     """Of the `missing` slices of an answer (of answer_slices' `needed`), those whose first byte is read before its
-    head is sent (serving.first_fetched), each with the last slice a fill started for it may run to: the first,
-    and for a multipart Range the first missing one of each part too, with its part's last (as reading.read_range
-    would fetch it). A part's slices were fetched only once the parts before it had gone out: one that came as a
-    new version then cut the answer after them (an object changing at every request, tests/e2e/test_churn.py)."""
+    head is sent (serving.first_fetched, which skips one a fill it read already brings), each with the last slice a
+    fill started for it may run to: the first; for a multipart Range, every missing slice of each part, with its
+    part's last (as reading.read_range would fetch it). A part's slices were fetched only once the parts before it
+    had gone out: one that came as a new version then cut the answer after them (an object changing at every
+    request, tests/e2e/test_churn.py); and so was a part's later slice, after its first (test_multipart_versions).
+    The fills that takes are bounded: past core.fillcost.MAX_PROBED_FILLS, the request is passed through."""
     _, rng = plan(method, request, meta)
     if not isinstance(rng, ranges.Multi):
         return [(missing[0], needed[-1])]
     absent, found = set(missing), dict[int, int]()
     for part in rng.ranges:
-        first = next((i for i in ranges.slice_indices(part, slice_size) if i in absent), None)
-        if first is not None and first not in found:
-            found[first] = part.last // slice_size
+        for index in ranges.slice_indices(part, slice_size)[:MAX_CHECKED]:
+            if index in absent and index not in found:
+                found[index] = part.last // slice_size
     return list(found.items())
 
 

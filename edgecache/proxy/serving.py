@@ -13,7 +13,15 @@ from aiohttp import web
 from edgecache.core import admit, entry, lookaside, ranges
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.fillcost import FillPlan, cold_run, needed_slices, plan_fill, stored_run
+from edgecache.core.fillcost import (
+    FillPlan,
+    cold_run,
+    may_take_too_many,
+    needed_slices,
+    plan_fill,
+    stored_run,
+    too_many_fills,
+)
 from edgecache.core.freshness import Use, current_age
 from edgecache.core.headers import get_first
 from edgecache.core.ring import Member
@@ -65,15 +73,20 @@ async def _multipart_passes(engine: Engine, request: web.BaseRequest, req: FillR
 
 
 async def multipart_passes(engine: Engine, req: FillRequest, meta: ObjectMeta, rng: ranges.Multi) -> bool:
-    """Whether a multipart Range would make the origin send far more than it is served (the rule is
-    core.fillcost's): such a request is passed through, its own Range to the origin, nothing stored."""
-    size = engine.slice_size
-    if plan_fill(rng.ranges, size, whole=meta.whole) is FillPlan.FILL:
-        return False  # within the bound even with nothing stored: no need to look
-    needed = needed_slices(rng.ranges, size)
+    """Whether a multipart Range would make the origin send far more than it is served, or its missing slices take
+    more fills than are read before its head (the rules are core.fillcost's: plan_fill, too_many_fills): such a
+    request is passed through, its own Range to the origin, nothing stored."""
+    size, parts, whole = engine.slice_size, rng.ranges, meta.whole
+    filled = plan_fill(parts, size, whole=whole) is FillPlan.FILL
+    if filled and not may_take_too_many(parts, size, whole=whole):
+        return False  # within both bounds even with nothing stored: no need to look
+    # plan_fill's PASS with nothing stored comes of small parts only: their list is short (needed_slices)
+    needed = needed_slices(parts, size) if not filled else answer_slices("GET", req.headers, meta, size)
     missing = set(await engine.store.missing(req.entry_key, meta, needed))
+    if too_many_fills(parts, size, missing, engine.fill_slices, whole=whole):
+        return True
     cached = [i for i in needed if i not in missing or engine.fills.find(req, i) is not None]
-    return plan_fill(rng.ranges, size, cached, whole=meta.whole) is FillPlan.PASS
+    return not filled and plan_fill(parts, size, cached, whole=whole) is FillPlan.PASS
 
 
 async def serve_stored(
@@ -164,8 +177,23 @@ async def first_fetched(
     starts again, instead of an answer cut after the slices it had. The fill this starts goes on; the answer reads
     its slices from it, or from the store."""
     for index, last_needed in probes:
+        if _vouched(engine, req, meta, index):
+            continue  # a fill read before brings it, of this copy's bytes; or it is stored now
         async with contextlib.aclosing(reading.read_slice(engine, req, meta, index, 0, 1, last_needed, own)) as probe:
             await anext(probe, None)
+
+
+def _vouched(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> bool:
+    """Is slice `index` in memory, or brought by a fill whose head says it is this copy's bytes (as reading._from_fill
+    judges it)? A fill's slices all come of one origin answer: one version."""
+    if engine.store.in_memory(req.entry_key, meta, index):
+        return True
+    fill = engine.fills.find(req, index)
+    head = fill.head if fill is not None else None
+    if head is None or not head.done() or head.cancelled() or head.exception() is not None:
+        return False
+    brought = head.result()
+    return brought.status == meta.status and entry.same_bytes(meta, brought.meta)
 
 
 def _brought(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> bool:

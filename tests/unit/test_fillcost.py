@@ -9,11 +9,15 @@ from hypothesis import strategies as st
 from edgecache.core.fillcost import (
     FILL_ALLOWANCE_SLICES,
     FILL_FACTOR,
+    MAX_PROBED_FILLS,
     FillPlan,
     cold_run,
+    fills_for,
+    may_take_too_many,
     needed_slices,
     plan_fill,
     stored_run,
+    too_many_fills,
 )
 from edgecache.core.ranges import ByteRange
 
@@ -129,3 +133,32 @@ def test_a_fill_of_a_stored_object_starts_at_the_slice_of_the_first_byte_asked(
     value: str | None, whole: bool, run: tuple[int, int | None]
 ) -> None:
     assert stored_run(value, whole, 10 * MiB - 7, MiB) == run
+
+
+S = 100  # slice size
+
+
+def test_fills_for_counts_the_runs_a_fill_takes_within_each_part() -> None:
+    parts = (ByteRange(0, 9), ByteRange(2 * S + 5, 7 * S))  # slices 0; 2-7
+    assert fills_for(parts, S, [], 4) == 0
+    assert fills_for(parts, S, [0], 4) == 1
+    assert fills_for(parts, S, [2, 3, 4, 5, 6, 7], 4) == 2  # 2-5, 6-7
+    assert fills_for(parts, S, [2, 3, 4, 5, 6, 7], 1) == 6
+    assert fills_for(parts, S, [2, 4, 6], 4) == 3  # stored slices between: a fill stops at one
+    assert fills_for(parts, S, [0, 1, 2], 4) == 2  # slice 1 is no part's: 0 alone, then 2
+    shared = (ByteRange(0, 2 * S - 1), ByteRange(S, 3 * S - 1))  # slice 1 in both parts
+    assert fills_for(shared, S, [0, 1, 2], 1) == 3  # each once
+
+
+def test_too_many_fills_is_past_the_bound_and_never_for_one_range_or_a_whole_copy() -> None:
+    n = MAX_PROBED_FILLS
+    parts = (ByteRange(0, 9), ByteRange(S, n * S - 1))  # slices 0; 1..n-1: n fills of one slice
+    assert not too_many_fills(parts, S, range(n), 1)
+    more = (ByteRange(0, 9), ByteRange(S, (n + 1) * S - 1))  # slices 0; 1..n: n + 1
+    assert too_many_fills(more, S, range(n + 1), 1)
+    assert not too_many_fills(more, S, range(n + 1), 2)  # 0, then n slices in pairs
+    assert not too_many_fills(more, S, range(n + 1), 1, whole=True)
+    assert not too_many_fills((ByteRange(0, 100 * S),), S, range(101), 1)
+    assert may_take_too_many(more, S)
+    assert not may_take_too_many(more, S, whole=True)
+    assert not may_take_too_many((ByteRange(0, 9), ByteRange(S, 2 * S)), S)
