@@ -30,7 +30,14 @@ from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, 
 from edgecache.proxy.fillmemory import FillBudget, Taken
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
-from edgecache.proxy.revalidating import by_another_worker, drop_lease, let_go_at_head, let_go_if_purged, not_purged
+from edgecache.proxy.revalidating import (
+    by_another_worker,
+    drop_lease,
+    held_on,
+    let_go_at_head,
+    let_go_if_purged,
+    not_purged,
+)
 from edgecache.storage.ghosts import Ghosts
 from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
 from edgecache.storage.store import Store, slice_name
@@ -407,6 +414,8 @@ class Engine:
         fill.mark_durable(index, stored)
         if not stored:
             self._never_whole(fill)
+        else:  # a whole copy's lease, kept to its end, lasts while its slices land
+            await held_on(self.store, fill)
 
     def _never_whole(self, fill: Fill) -> None:
         """The copy `fill` writes will never be complete (a slice the disk refused, a body past max_unknown): a

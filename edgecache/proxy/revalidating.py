@@ -159,6 +159,16 @@ def _heading_here(fills: FillRegistry, fill: Fill) -> bool:
     return any(other is not fill and not other.head.done() for other in fills.of(fill.entry_key))
 
 
+async def held_on(store: Store, fill: Fill) -> None:
+    """A slice of a copy whose fill holds the entry's lease to its end (holds_to_the_end) is stored: the lease is
+    held LEASE_SECONDS from now. Taken once for LEASE_SECONDS, it expired under a body that took longer to come,
+    and a reader in another worker (whole_by_another_worker) took that for the fill's end: it fetched a copy of
+    its own and cut its answer midway, another copy's bytes being no part of it (tests/e2e/test_worker_whole_slow).
+    Still bounded: the lease goes LEASE_SECONDS after the last slice stored, and with its holder's process."""
+    if (lease := fill.leases.get(REVALIDATING)) is not None:
+        await store.renew(lease, _owner(fill), LEASE_SECONDS)
+
+
 def holds_to_the_end(head: FillHead) -> bool:
     """Does a fill whose head is `head` keep the entry's lease until its body is stored (Engine._let_go_stored),
     not only until its head is? A copy stored only whole (no validator, or not a 200: a cached 404, a 301) is taken

@@ -414,6 +414,17 @@ class DiskTier:
 
         await self._run(drop)
 
+    async def renew(self, lease: str, owner: str, seconds: float) -> None:
+        """Hold `lease` `seconds` from now if the take of `owner` (lease()) holds it still: never one let go, or
+        one that expired and was taken since (a take the lease's time outlived goes on without it)."""
+
+        def extend() -> None:
+            with self._cache.transact(retry=True):
+                if self._cache.get(lease, None, retry=True) == _holder(owner):
+                    self._cache.set(lease, _holder(owner), expire=seconds, retry=True)
+
+        await self._run(extend)
+
     async def contains(self, keys: list[str]) -> list[bool]:
         """Which keys are stored; a lease counts only while its process lives (_leased)."""
         return await self._run(lambda: [self._leased(k) if k.startswith(LEASE) else k in self._cache for k in keys])

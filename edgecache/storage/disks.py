@@ -212,6 +212,9 @@ class Disks:
     async def let_go(self, lease: str, owner: str, mark: float = 0.0) -> None:
         await self._on(lease, "write", lambda t: t.let_go(lease, owner, mark))
 
+    async def renew(self, lease: str, owner: str, seconds: float) -> None:
+        await self._on(lease, "write", lambda t: t.renew(lease, owner, seconds))
+
     def note_hit(self, key: str) -> None:
         """A hit the Store served from a file it holds open: counted for its disk's eviction index (no I/O)."""
         slot = self._slots[self.home(key)]

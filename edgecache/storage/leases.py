@@ -84,6 +84,11 @@ class Leases:
         with contextlib.suppress(StorageError):
             await self.disk.let_go(lease, owner, UNSTORED_SECONDS if unstored else 0.0)
 
+    async def renew(self, lease: str, owner: str, seconds: float) -> None:
+        """Hold `lease` `seconds` from now, if the take `owner` holds it still (storage.disk.DiskTier.renew)."""
+        with contextlib.suppress(StorageError):
+            await self.disk.renew(lease, owner, seconds)
+
     async def lease_held(self, lease: str) -> bool:
         """Is `lease` held now, by a process alive (storage.disk)? False when no disk can tell: nobody to wait for."""
         try:
