@@ -125,16 +125,18 @@ async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMe
 
     Such a copy's metadata is on the disk from its head on (leasing.claimed) while its body is still written, and
     its fill holds the entry's lease to the end (holds_to_the_end). A reader in another worker that found a slice
-    missing fetched the whole object again (a second origin request, a copy of its own); it waits for the lease
-    now, as a miss does (by_another_worker), then reads the slice on the disk. Bounded as that wait is: the lease
-    breaks when its holder dies, and expires; then, or once the holder's fill failed, this fetches it itself."""
+    missing fetched the whole object again (a second origin request, a copy of its own); it waits for the slice to
+    land now, then reads it on the disk. Bounded as a miss's wait is (by_another_worker): the lease breaks when its
+    holder dies, and expires (held_on); then, or once the holder's fill failed, this fetches it itself."""
     if not store.shared or req.spread_from is not None:  # a spread copy is not on the disk
         return False
     lease = store.revalidation_lease(req.entry_key)
     if not await store.lease_held(lease):
         return False
     metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
-    await store.wait_for_release(lease, LEASE_SECONDS)
+    # For this slice, not the whole body: the reader goes on right behind the writer. Waiting for the lease alone, it
+    # waited for the whole body (or LEASE_SECONDS), at its first missing slice and at each it caught up with again.
+    await store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS, lease)
     return not await store.missing(req.entry_key, meta, [index])
 
 

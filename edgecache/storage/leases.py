@@ -96,10 +96,13 @@ class Leases:
         except StorageError:
             return False
 
-    async def wait_for_peer(self, entry_key: str, meta: ObjectMeta, index: int, seconds: float) -> None:
-        """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`."""
+    async def wait_for_peer(
+        self, entry_key: str, meta: ObjectMeta, index: int, seconds: float, lease: str | None = None
+    ) -> None:
+        """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`.
+        `lease`: the fill's, when it is not the slice's (a copy stored only whole holds the entry's to its end)."""
         name = slice_name(entry_key, meta.slice_version, index)
-        await self._poll([name, lease_name(name)], seconds)
+        await self._poll([name, lease or lease_name(name)], seconds)
 
     async def wait_for_release(self, lease: str, seconds: float) -> None:
         """Until `lease` is let go (or its holder is gone), or `seconds`."""

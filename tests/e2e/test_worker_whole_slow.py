@@ -10,8 +10,8 @@ from pathlib import Path
 from aiohttp import web
 
 from edgecache.storage.leases import LEASE_SECONDS
-from tests.e2e.test_worker_revalidation import each_worker
-from tests.e2e.test_worker_whole_copy import BODY, b_waits_for_a
+from tests.e2e.test_worker_revalidation import collapsed, each_worker
+from tests.e2e.test_worker_whole_copy import BODY, b_waits_for_a, memory_slices
 from tests.e2e.test_workers import MiB
 from tests.origin import Origin
 
@@ -62,4 +62,63 @@ async def test_a_whole_copy_written_for_longer_than_its_lease_is_read_to_its_end
             answers = await asyncio.gather(first, second, return_exceptions=True)
         got = [a if isinstance(a, BaseException) else (a[0], len(a[2]), a[2] == BODY) for a in answers]
         assert got == [(200, len(BODY), True), (200, len(BODY), True)]
+        assert origin.hits["/p.bin"] == 1
+
+
+def held_at(origin: Origin, path: str, stops: list[tuple[int, asyncio.Event]]) -> None:
+    """The origin's first answer for `path` sends its body up to each stop's offset, then waits for its event."""
+
+    async def held(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
+        if request.path != path or origin.hits[path] > 1:
+            return None
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600"})
+        resp.content_length = len(BODY)
+        await resp.prepare(request)
+        at = 0
+        for offset, event in stops:
+            await resp.write(BODY[at:offset])
+            at = offset
+            await event.wait()
+        await resp.write(BODY[at:])
+        await resp.write_eof()
+        return resp
+
+    origin.on_request = held
+
+
+async def test_a_reader_of_a_whole_copy_being_written_goes_on_as_each_slice_lands(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Worker B waits for slice 1 of A's copy; the origin then brings slice 1 (and half of slice 2) and holds the
+    rest. B's viewer gets the head and both first slices while the origin holds: B waited for its slice, not for
+    the whole body. Before, B waited for A's lease to go (the whole body stored) or LEASE_SECONDS, at its first
+    missing slice and again at each slice it caught up with."""
+    origin.put("/warm", BODY[:1000])
+    origin.put("/p.bin", BODY, etag=None, last_modified=None)
+    more, rest = asyncio.Event(), asyncio.Event()
+    held_at(origin, "/p.bin", [(MiB + MiB // 2, more), (2 * MiB + MiB // 2, rest)])
+    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
+        try:
+            waits, slices = await collapsed(s, admin), await memory_slices(s, admin)
+            first = asyncio.ensure_future(a.get("/p.bin"))
+            async with asyncio.timeout(20):
+                while await memory_slices(s, admin) == slices:  # noqa: ASYNC110 (another process: polled)
+                    await asyncio.sleep(0.02)
+                b.writer.write(b"GET /p.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
+                while await collapsed(s, admin) == waits:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            more.set()
+            async with asyncio.timeout(LEASE_SECONDS / 2):  # the lease's time would not be waited out
+                head = await b.reader.readuntil(b"\r\n\r\n")
+                begun = await b.reader.readexactly(2 * MiB)
+            assert not rest.is_set()
+        finally:
+            more.set()
+            rest.set()
+        async with asyncio.timeout(30):
+            status, _, data = await first
+            tail = await b.reader.readexactly(len(BODY) - 2 * MiB)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert f"\r\nContent-Length: {len(BODY)}\r\n".encode() in head
+        assert (status, data == BODY, begun + tail == BODY) == (200, True, True)
         assert origin.hits["/p.bin"] == 1
