@@ -120,6 +120,15 @@ async def let_go_if_purged(store: Store, fill: Fill, head: FillHead, req: FillRe
         await drop_lease(store, fill)
 
 
+async def being_written(store: Store, req: FillRequest) -> bool:
+    """Does a worker hold the lease on the entry `req` reads, as a fill of a copy stored only whole does until its
+    body is stored (holds_to_the_end)? Then the slices that copy lacks are on their way: read as they land
+    (whole_by_another_worker), on either path (serving._completed), not taken for a copy that will never be whole."""
+    if not store.shared or req.spread_from is not None:  # a spread copy is not on the disk
+        return False
+    return await store.lease_held(store.revalidation_lease(req.entry_key))
+
+
 async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMeta, index: int) -> bool:
     """Did another worker's fill of the copy `meta`, stored only whole, store slice `index` while this waited?
 
@@ -128,11 +137,9 @@ async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMe
     missing fetched the whole object again (a second origin request, a copy of its own); it waits for the slice to
     land now, then reads it on the disk. Bounded as a miss's wait is (by_another_worker): the lease breaks when its
     holder dies, and expires (held_on); then, or once the holder's fill failed, this fetches it itself."""
-    if not store.shared or req.spread_from is not None:  # a spread copy is not on the disk
+    if not await being_written(store, req):
         return False
     lease = store.revalidation_lease(req.entry_key)
-    if not await store.lease_held(lease):
-        return False
     metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
     # For this slice, not the whole body: the reader goes on right behind the writer. Waiting for the lease alone, it
     # waited for the whole body (or LEASE_SECONDS), at its first missing slice and at each it caught up with again.

@@ -35,6 +35,7 @@ from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.passthrough import pass_through
 from edgecache.proxy.respond import answer_slices, base_headers, plan, probed_slices, send, send_small, send_stream
+from edgecache.proxy.revalidating import being_written
 from edgecache.storage.store import slice_name
 
 CACHED_METHODS = frozenset({"GET", "HEAD"})
@@ -156,9 +157,15 @@ async def _completed(
     (respond.probed_slices), for first_fetched."""
     needed = answer_slices(request.method, req.headers, meta, engine.slice_size)
     missing = await engine.store.missing(req.entry_key, meta, needed) if needed else []
-    if missing and not entry.versioned(meta) and not all(_brought(engine, req, meta, i) for i in missing):
-        # Any fill it starts is a copy of its own: the answer was cut at the first slice it lacked. Before any byte
-        # is sent, the copy goes and the object is fetched whole (EdgeHandler._cached_loop).
+    # Any fill it starts is a copy of its own: the answer was cut at the first slice it lacked. Before any byte is
+    # sent, the copy goes and the object is fetched whole (EdgeHandler._cached_loop). Not one another worker is
+    # writing (being_written): that dropped the worker's copy from the shared disk, and asked the origin again.
+    if (
+        missing
+        and not entry.versioned(meta)
+        and not all(_brought(engine, req, meta, i) for i in missing)
+        and not await being_written(engine.store, req)
+    ):
         raise VersionChanged(f"the stored copy {meta.version} names no version and lacks slices {missing[:3]}")
     if missing:
         dropped = engine.ghosts.slice_dropped

@@ -122,3 +122,32 @@ async def test_a_reader_of_a_whole_copy_being_written_goes_on_as_each_slice_land
         assert f"\r\nContent-Length: {len(BODY)}\r\n".encode() in head
         assert (status, data == BODY, begun + tail == BODY) == (200, True, True)
         assert origin.hits["/p.bin"] == 1
+
+
+async def test_a_whole_copy_being_written_is_read_by_the_other_workers_full_handler_too(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """As test_worker_whole_copy, with B's request one the fast path leaves to aiohttp (a Connection field naming
+    another field). The full handler took the missing slice of a copy without a version for a copy of its own to
+    drop (serving._completed): it dropped A's copy from the shared disk while A wrote it, and asked the origin for
+    another. It waits for A's slices now, as the fast path does: both answers exact, one origin request."""
+    origin.put("/warm", BODY[:1000])
+    origin.put("/p.bin", BODY, etag=None, last_modified=None)
+    finish = asyncio.Event()
+    held_at(origin, "/p.bin", [(MiB + MiB // 2, finish)])
+    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
+        try:
+            waits, slices = await collapsed(s, admin), await memory_slices(s, admin)
+            first = asyncio.ensure_future(a.get("/p.bin"))
+            async with asyncio.timeout(20):
+                while await memory_slices(s, admin) == slices:  # noqa: ASYNC110 (another process: polled)
+                    await asyncio.sleep(0.02)
+                second = asyncio.ensure_future(b.get("/p.bin", "Connection: X-Player\r\nX-Player: 1\r\n"))
+                while await collapsed(s, admin) == waits and origin.hits["/p.bin"] == 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+        finally:
+            finish.set()
+        async with asyncio.timeout(30):
+            answers = await asyncio.gather(first, second)
+        assert [(status, data == BODY) for status, _, data in answers] == [(200, True), (200, True)]
+        assert origin.hits["/p.bin"] == 1
