@@ -34,6 +34,7 @@ from edgecache.proxy.fill import Fill
 from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
 from edgecache.proxy.heldslices import HELD as HELD  # diskhit's and fastpath's
 from edgecache.proxy.heldslices import held_slices as _slices
+from edgecache.proxy.heldslices import slices_of
 from edgecache.proxy.hit import (
     STATUS_OF_USE,
     Cold,
@@ -320,7 +321,8 @@ class Decider:
                 return _FULL_PARSE
             one = rng.range
         cut = base.cutter
-        if cut is None or cut.whole is not base.head:  # its first cut, or its head changed (its Age ticked)
+        # its first cut, or its head changed (its Age ticked), or (never expected) its copy
+        if cut is None or cut.whole is not base.head or cut.meta is not hit.meta:
             counter = observe.requests_counter(hit.site.name, "GET", 206, base.status)
             cut = base.cutter = rangecut.cutter(base.head, hit, counter, _keeps(hit))
             if cut is None:
@@ -331,7 +333,8 @@ class Decider:
         derived = copied(hit)
         derived.status, derived.first, derived.last = 206, first, last
         derived.headers = [*cut.fields, ("Content-Range", content_range), ("Content-Length", str(size))]
-        encoded, slices = cut.head(content_range, size), _slices(derived, shared.engine.slice_size)
+        encoded = cut.head(content_range, size)
+        slices = slices_of(cut.prefix, first, last, shared.engine.slice_size, hit.meta)
         prepared = Prepared(
             derived, "GET", base.keep_alive, encoded, cut.counter, slices, base.site_bytes, value, status=base.status
         )

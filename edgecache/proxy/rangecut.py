@@ -7,8 +7,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from edgecache.core.entry import ObjectMeta
 from edgecache.proxy import headparse
 from edgecache.proxy.hit import Hit
+from edgecache.storage.slicenames import slice_prefix
 
 RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
 _VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
@@ -62,6 +64,8 @@ class Cutter:
     fields: list[tuple[str, str]]  # the decided fields but the last, the whole object's Content-Length
     counter: Any  # the request counter's child for its 206s
     kept: bool  # whether an answer cut from it may be remembered (decide._remember)
+    meta: ObjectMeta  # the stored copy it cuts from
+    prefix: str  # and what that copy's slice names begin with (heldslices.slices_of)
 
     def head(self, content_range: str, length: int) -> bytes:
         """The encoded 206 head for `content_range` (core.ranges.format_content_range) of `length` bytes."""
@@ -87,4 +91,5 @@ def cutter(whole: bytes, hit: Hit, counter: Any, kept: bool) -> Cutter | None:
     if whole[8:status_end] != b" 200 OK\r\n" or whole[:8] not in _VERSIONS or at < status_end:
         return None
     before = whole[:8] + b" 206 Partial Content\r\n" + whole[status_end:at]
-    return Cutter(whole, before, whole[at + len(old) :], hit.headers[:-1], counter, kept)
+    prefix = slice_prefix(hit.req.entry_key, hit.meta.slice_version)
+    return Cutter(whole, before, whole[at + len(old) :], hit.headers[:-1], counter, kept, hit.meta, prefix)

@@ -8,11 +8,11 @@ from edgecache.core.keys import digest
 
 
 def slice_name(entry_key: str, version: str, index: int) -> str:
-    return _slice_prefix(entry_key, version) + str(index)
+    return slice_prefix(entry_key, version) + str(index)
 
 
 @functools.lru_cache(maxsize=4096)
-def _slice_prefix(entry_key: str, version: str) -> str:
+def slice_prefix(entry_key: str, version: str) -> str:
     """What the names of one version's slices share: two hashes, worked out once for the objects being served,
     not for every slice of every answer."""
     return f"s:{digest(entry_key)}:{digest(version)[:16]}:"
