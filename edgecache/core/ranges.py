@@ -115,9 +115,15 @@ def _resolve_spec(spec: RangeSpec, length: int) -> ByteRange | None:
 
 def _from(first: int, last: int | None, length: int) -> ByteRange | None:
     """The bytes `first`-`last` (None: to the end) of `length` bytes; None: none of them."""
+    bounds = _bounds(first, last, length)
+    return None if bounds is None else ByteRange(*bounds)
+
+
+def _bounds(first: int, last: int | None, length: int) -> tuple[int, int] | None:
+    """_from()'s first and last byte."""
     if first >= length:
         return None
-    return ByteRange(first, length - 1 if last is None else min(last, length - 1))
+    return first, length - 1 if last is None or last >= length else last
 
 
 def _merge(parts: list[ByteRange]) -> tuple[ByteRange, ...]:
@@ -136,10 +142,16 @@ def _merge(parts: list[ByteRange]) -> tuple[ByteRange, ...]:
 
 def plain_range(value: str, length: int) -> ByteRange | None:
     """The range of resolve()'s Single for the form players send, on every request (without the specs a general
-    parse makes of it: 2.7 -> 2.4 µs a resolve, in process; and without the Single, for the fast path's cuts);
-    None: resolve() answers it."""
+    parse makes of it: 2.7 -> 2.4 µs a resolve, in process); None: resolve() answers it."""
+    bounds = plain_bounds(value, length)
+    return None if bounds is None else ByteRange(*bounds)
+
+
+def plain_bounds(value: str, length: int) -> tuple[int, int] | None:
+    """plain_range()'s first and last byte, without the frozen ByteRange (0.4 µs to make): the fast path cuts a
+    player's new range from a whole answer with them (proxy.decide.Decider._cut)."""
     plain = _plain(value) if length > 0 else None
-    return None if plain is None else _from(plain[0], plain[1], length)
+    return None if plain is None else _bounds(plain[0], plain[1], length)
 
 
 def resolve(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> RangeResult:
@@ -226,7 +238,12 @@ def parse_content_range(value: str | None) -> ContentRange | None:
 
 
 def format_content_range(r: ByteRange, length: int) -> str:
-    return f"bytes {r.first}-{r.last}/{length}"
+    return content_range(r.first, r.last, length)
+
+
+def content_range(first: int, last: int, length: int) -> str:
+    """The Content-Range field's value for bytes `first`-`last` of `length`."""
+    return f"bytes {first}-{last}/{length}"
 
 
 @dataclass(frozen=True, slots=True)

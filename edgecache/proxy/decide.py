@@ -314,12 +314,12 @@ class Decider:
         except UnicodeDecodeError:
             return _FULL_PARSE
         length = hit.meta.length
-        one = ranges.plain_range(value, length)
-        if one is None:  # another form of a single range, or anything else resolve() answers
+        bounds = ranges.plain_bounds(value, length)
+        if bounds is None:  # another form of a single range, or anything else resolve() answers
             rng = ranges.resolve(value, length)
             if not isinstance(rng, ranges.Single):
                 return _FULL_PARSE
-            one = rng.range
+            bounds = rng.range.first, rng.range.last
         cut = base.cutter
         # its first cut, or its head changed (its Age ticked), or (never expected) its copy
         if cut is None or cut.whole is not base.head or cut.meta is not hit.meta:
@@ -327,8 +327,8 @@ class Decider:
             cut = base.cutter = rangecut.cutter(base.head, hit, counter, _keeps(hit))
             if cut is None:
                 return _FULL_PARSE
-        first, last = one.first, one.last
-        content_range, size = ranges.format_content_range(one, length), last - first + 1
+        first, last = bounds
+        content_range, size = ranges.content_range(first, last, length), last - first + 1
         shared.engine.store.touch_meta(hit.req.entry_key, hit.req.primary)
         derived = copied(hit)
         derived.status, derived.first, derived.last = 206, first, last

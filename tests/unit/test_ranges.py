@@ -18,11 +18,14 @@ from edgecache.core.ranges import (
     RangeSpec,
     Single,
     Unsatisfiable,
+    content_range,
     format_content_range,
     if_range_allows,
     multipart_layout,
     parse_content_range,
     parse_range_header,
+    plain_bounds,
+    plain_range,
     resolve,
     slice_bounds,
     slice_indices,
@@ -202,3 +205,20 @@ def test_multipart_layout_parses_back(data: bytes, pairs: list[tuple[int, int]])
 def test_the_plain_form_reads_as_the_general_parse_reads_it(first: str, last: str) -> None:
     """parse_range_header reads `bytes=A-B` at once; the unit in capitals takes the general parse (case-blind)."""
     assert parse_range_header(f"bytes={first}-{last}") == parse_range_header(f"BYTES={first}-{last}")
+
+
+@given(st.integers(0, 10**6), st.one_of(st.none(), st.integers(0, 10**6)), st.integers(0, 10**6))
+def test_the_plain_bounds_are_what_the_general_parse_resolves(first: int, last: int | None, length: int) -> None:
+    """plain_bounds (the fast path's cuts) and plain_range give the range the general parse resolves the same value
+    to (BYTES in capitals takes it), or None where that is no Single; content_range writes what it would."""
+    value = f"bytes={first}-{'' if last is None else last}"
+    general = resolve(value.upper(), length)
+    bounds = plain_bounds(value, length)
+    if bounds is None:
+        assert plain_range(value, length) is None
+        assert not isinstance(general, Single)
+    else:
+        assert general == Single(R(*bounds))
+        assert plain_range(value, length) == R(*bounds)
+        assert content_range(*bounds, length) == format_content_range(R(*bounds), length)
+        assert content_range(*bounds, length) == f"bytes {bounds[0]}-{bounds[1]}/{length}"
