@@ -170,7 +170,7 @@ class Decider:
                 return _refused(prepared, reply)
             shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             return prepared
-        ranged = self._ranged(head, client)
+        ranged = self._ranged(head, client, now)
         if not isinstance(ranged, _FullParse):
             return ranged
         decided = self._decide(head, client, admitted=admitted, copy=copy, placed=placed)
@@ -271,7 +271,7 @@ class Decider:
         slices = () if basis else _slices(hit, self.shared.engine.slice_size)
         return Prepared(hit, method, keep_alive, encoded, counter, slices, _site_bytes(hit), status=status)
 
-    def _ranged(self, head: bytes, client: str) -> Prepared | Load | _FullParse | None:
+    def _ranged(self, head: bytes, client: str, now: float) -> Prepared | Load | _FullParse | None:
         """A single-range GET answered from the answer to the same head without its Range line.
 
         Players ask for a different range of the same object on every request, so their heads never repeat and
@@ -289,8 +289,7 @@ class Decider:
         shared = self.shared
         if shared.limiter is not None:
             return _FULL_PARSE  # deciding the whole-object answer would spend a token of the client's rate
-        now = time.time()
-        base = self._current(self.wholes, stripped, now)
+        base = self._current(self.wholes, stripped, now)  # `now`: answer()'s, a few µs ago
         if base is None:
             decided = self._decide(stripped, client, basis=True)
             if isinstance(decided, Forward | Elsewhere | Refused | Pass):
