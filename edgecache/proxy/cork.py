@@ -74,7 +74,7 @@ class Cork:
             self.flush()
         elif persists and conn.buf:  # more input: the next heads' answers go with this one
             self.held.extend(data)
-            self.size += sum(len(x) for x in data)
+            self.size += sum(map(len, data))
             if self.size >= HELD_BYTES:
                 self.flush()
             return

@@ -372,7 +372,7 @@ class FastPath(asyncio.Protocol):
             return
         self.server.cork.write(self, p.keep_alive.persists, [p.head, *parts])
         self.sent(p, t0)
-        self.finished(p, sum(len(x) for x in parts), t0)
+        self.finished(p, sum(map(len, parts)), t0)  # map: half a generator's cost
 
     def sent(self, p: Prepared, t0: float) -> None:
         """The head is out: count the request and its time to first byte."""
