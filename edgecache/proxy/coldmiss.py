@@ -23,7 +23,7 @@ from edgecache.core.freshness import may_stand_in, never_stale
 from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy import observe, pastend, refuse, uncached
+from edgecache.proxy import fillplan, observe, pastend, refuse, uncached
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
@@ -181,13 +181,12 @@ def _answered(
         # Confirmed (a 304) or sent (a stored answer) just now, yet stale on arrival (max-age=0, no-cache, or the
         # request's own no-cache): answered all the same, as the full handler answers from its own fill.
         decided = conn.server.decider.validated(head, conn.client)
-    if isinstance(decided, Prepared):
-        cause, way = started.cause(fetched), "peer" if fetched.peer is not None else None
-        ms, fill, validating = started.origin_ms or 0.0, started.fill, started.validating
-        found = started.cold.req.found
-        got = conn.server.decider.fetched(decided, fill, started.ours, cause, way, started.began, ms, validating, found)
-        if got is not None:
-            return got
+    got = _fetched(conn, started, decided, fetched) if isinstance(decided, Prepared) else None
+    if got is None and not uncached.other_variant(started, fetched):
+        # Decided again, it is no hit of this fill (a purge met meanwhile keys the object elsewhere): the fill's own
+        got = _fetched(conn, started, _fill_basis(conn, started, fetched), fetched)
+    if got is not None:
+        return got
     if plan := uncached.planned(conn, started, fetched):
         uncached.start(conn, started, plan, failed)  # an answer not stored, streamed from the fill
         return STREAMED
@@ -203,6 +202,21 @@ def _answered(
             started.fill.abandon()  # only this request would have read it
         return AGAIN
     return None
+
+
+def _fetched(conn: FastPath, started: Started, decided: Prepared | None, fetched: FillHead) -> Prepared | None:
+    """The miss's answer from the hit `decided` (decide.Decider.fetched), with the fill's cause, way and times."""
+    if decided is None:
+        return None
+    cause, way = started.cause(fetched), "peer" if fetched.peer is not None else None
+    ms, fill, validating, found = started.origin_ms or 0.0, started.fill, started.validating, started.cold.req.found
+    return conn.server.decider.fetched(decided, fill, started.ours, cause, way, started.began, ms, validating, found)
+
+
+def _fill_basis(conn: FastPath, started: Started, fetched: FillHead) -> Prepared | None:
+    """The hit planned from the fill's head alone (proxy.fillplan), as an answer to decide the miss's from."""
+    hit = fillplan.basis(conn.server.shared, started.cold, fetched)
+    return conn.server.decider.planned(hit, started.cold.method, started.cold.keep_alive) if hit else None
 
 
 def _arrived(fill: Fill) -> FillHead | None:

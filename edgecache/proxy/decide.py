@@ -262,6 +262,10 @@ class Decider:
         hit, method, keep_alive = self._parse(head, client, validated="stale-if-error", admitted=True)
         return self._prepared(hit, method, keep_alive, False) if isinstance(hit, Hit) else None
 
+    def planned(self, hit: Hit, method: str, keep_alive: KeepAlive) -> Prepared | None:
+        """`hit`, decided elsewhere (proxy.fillplan: from a fill's head alone), as an answer to send."""
+        return self._prepared(hit, method, keep_alive, False)
+
     def _prepared(self, hit: Hit, method: str, keep_alive: KeepAlive, basis: bool) -> Prepared | None:
         encoded = self.encode(hit, keep_alive)
         if encoded is None:

@@ -20,6 +20,7 @@ from edgecache.core.keepalive import KeepAlive
 from edgecache.core.ring import Member, Ring
 from edgecache.proxy import encode
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
+from tests.e2e.adminkit import admin_node, node_config
 from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_client_address import v2 as v2_header
 from tests.e2e.test_fast_path import get, get10, normalised
@@ -577,3 +578,68 @@ async def test_a_fill_held_across_a_soft_purge_is_answered_without_a_hand_off(or
             assert answer.endswith(b"\r\n\r\n" + body), answer
         assert (b"\r\nEtag: " + etag + b"\r\n" in ours, ours.endswith(b"\r\n\r\n" + body)) == (True, True), ours
         assert (our_hits, their_hits, handed_off) == (hits, hits, 0), revalidated
+
+
+MiB = 2**20
+BIG = bytes(i % 251 for i in range(3 * MiB))
+VARIED = {"Cache-Control": "public, max-age=3600", "Vary": "Accept"}
+
+
+async def purged_after_its_judge(origin: Origin, tmp_path: Path, fast: bool) -> tuple[bytes, int, float]:
+    """A cold miss of a Vary'd object whose fill's head was judged (to be stored, under the generation it was asked
+    under) and then waits for fill memory that another fill holds; its URL is purged meanwhile, so when the head is
+    in, the object is keyed under a new generation and nothing is stored there. Its answer, the origin requests of
+    the path, and the hand-offs it made."""
+    path = "/fast.bin" if fast else "/framework.bin"
+    origin.put(path, b"1" * 100_000, etag='"v1"', headers=VARIED)
+    release = asyncio.Event()
+
+    async def hold_big(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
+        if request.path != "/big.bin":
+            return None
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600", "ETag": '"b"'})
+        resp.content_length = len(BIG)
+        await resp.prepare(request)
+        await resp.write(BIG[:1000])
+        await release.wait()
+        await resp.write(BIG[1000:])
+        return resp
+
+    origin.on_request = hold_big
+    cfg = node_config(origin, tmp_path / path[1:])
+    cfg = replace(cfg, fast_path=fast, cache=replace(cfg.cache, fill_slices=1, fill_memory=MiB))
+    async with admin_node(cfg) as node:
+        before, hits = fast_path_outcomes()["handed_off"], origin.hits[path]
+        big = asyncio.ensure_future(node.edge.get("/big.bin"))  # holds the fill memory
+        try:
+            async with asyncio.timeout(10):
+                await origin.wait_for_requests(len(origin.seen) + 1)
+                asked = asyncio.ensure_future(exchange(node.edge.port, get(path, "Connection: close")))
+                # Judged, then waiting for memory: a gauge, polled
+                while (sample_value("edgecache_fill_memory_waiting", {"pool": "shared"}) or 0) < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            status, purged = await node.call("POST", "/purge", json={"url": f"http://video.test{path}"})
+            assert status == 200, purged
+        finally:
+            release.set()
+            origin.on_request = None
+        async with asyncio.timeout(10):
+            assert (await big)[2] == BIG
+            answer = await asked
+        handed_off = fast_path_outcomes()["handed_off"] - before
+        return answer.replace(path.encode(), b"/path"), origin.hits[path] - hits, handed_off
+
+
+async def test_a_miss_whose_object_is_purged_after_its_fills_head_was_judged_is_answered_from_that_fill(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Answered from the fill the miss started, as the full handler answers it (EdgeHandler._serve_head: the fill's
+    head names its own key), byte for byte, with one origin request: the bytes asked before the purge. Before, the
+    fast path decided the request again under the new generation, found nothing there, and handed it to aiohttp with
+    its fill (test_worker_purge_window and test_worker_purge_whole met it with two workers)."""
+    ours, our_hits, handed_off = await purged_after_its_judge(origin, tmp_path, True)
+    theirs, their_hits, _ = await purged_after_its_judge(origin, tmp_path, False)
+    assert await normalised(ours) == await normalised(theirs), (ours[:600], theirs[:600])
+    assert (ours[:17], ours.endswith(b"\r\n\r\n" + b"1" * 100_000)) == (b"HTTP/1.1 200 OK\r\n", True), ours[:600]
+    assert b"\r\nCache-Status: edgecache; fwd=uri-miss; stored\r\n" in ours, ours[:600]
+    assert (our_hits, their_hits, handed_off) == (1, 1, 0)
