@@ -30,6 +30,7 @@ from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.hit import Cold, Load, Pass
 from edgecache.proxy.route import Forward, Here, Refused
+from edgecache.proxy.serving import peer_of
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -65,7 +66,7 @@ class Started:
     def cause(self, head: FillHead) -> str:
         """The miss's cause once its fill has its head, as observe.count() finds it for the full handler's miss
         (serving.serve_fill): ring_moved when the previous owner's cache answered the look-aside."""
-        moved = head.peer is not None and self.cold.req.spread_from is None
+        moved = peer_of(head, self.cold.req)[1]
         failover, expired = self.cold.failover, self.validating is not None
         return miss_cause(
             uncacheable=False, expired=expired, evicted=self.evicted, failover=failover, moved=moved
@@ -261,7 +262,10 @@ def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
         return None
     if started.ours:
         fill.abandon()  # only this request would have read it
-    return _pass_of(started, started.status, not head.shared, started.origin_ms)
+    # As the full handler's pass-through after serving.serve_fill marked its trace: a peer's, its bytes counted so
+    from_peer, moved = peer_of(head, started.cold.req)
+    passed = _pass_of(started, started.status, not head.shared, started.origin_ms)
+    return replace(passed, from_peer=from_peer, moved=moved)
 
 
 def _mismatched(started: Started) -> Pass | None:

@@ -150,9 +150,7 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
     t.status = with_fetched(t.status, t.sources.origin + t.sources.peer > 0)
     count(t, request.method, code)
     nbytes = _body_bytes(request, resp, t)
-    way = upstream(t.status, t.sources)
-    if t.from_peer and way == "origin":
-        way = "peer"
+    way = traced_way(t)
     served(t, way, nbytes)
     if access.enabled:
         headers = request.headers
@@ -237,6 +235,12 @@ def upstream(status: CacheStatus, sources: metrics.Sources) -> str:
     """
     way = _UPSTREAM[status]
     return "cache+origin" if way == "cache" and sources.origin else way
+
+
+def traced_way(t: Trace) -> str:
+    """upstream() of a traced answer, where a miss whose fill a peer's cache answered is that peer's: "peer"."""
+    way = upstream(t.status, t.sources)
+    return "peer" if t.from_peer and way == "origin" else way
 
 
 def count(t: Trace, method: str, code: int) -> None:

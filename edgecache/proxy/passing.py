@@ -46,7 +46,7 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     t.t0, t.site, t.status = t0, req.site.name, p.status
     t.evicted, t.failover, t.for_peer = p.evicted, p.failover, p.viewer is not None
     t.uncacheable, t.expired = p.uncacheable, p.status is CacheStatus.EXPIRED
-    t.moved, t.from_peer = p.moved, p.moved
+    t.moved, t.from_peer = p.moved, p.moved or p.from_peer
     t.body_bytes = 0  # what reaches the client, however the answer ends (_relay counts it)
     origin = shared.engine.origin
     client = conn.address if p.viewer is None else ""  # a peer's forward names its viewer already
@@ -111,7 +111,7 @@ async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace
 def _logged(conn: FastPath, p: Pass, t: observe.Trace, code: int, nbytes: int) -> None:
     shared, req = conn.server.shared, p.req
     observe.count(t, p.method, code)
-    way = observe.upstream(t.status, t.sources)
+    way = observe.traced_way(t)
     observe.served(t, way, nbytes)
     if shared.access.enabled:
         client = p.viewer or conn.client

@@ -234,6 +234,18 @@ def whole_stream(head: FillHead, fill: Fill) -> bool:
     return head.start == 0 and fill.last_index is None
 
 
+def peer_of(head: FillHead, req: FillRequest) -> tuple[bool, bool]:
+    """Whether a peer's cache answered a miss's fill (its bytes counted as the peer's), and whether the ring moved:
+    that peer was the previous owner a look-aside asked, not the owner a spread copy is filled from (ring-moved)."""
+    from_peer = head.peer is not None
+    return from_peer, from_peer and req.spread_from is None
+
+
+def peer_marks(t: observe.Trace, head: FillHead, req: FillRequest) -> None:
+    """What the trace of a miss answered from its fill notes of the peer that answered that fill (peer_of)."""
+    t.from_peer, t.moved = peer_of(head, req)
+
+
 FromFill = Literal["stored", "stream", "pass"]
 
 
@@ -263,9 +275,7 @@ async def serve_fill(
     """The answer from a fill whose head has come: read as it is stored when it is shared, else streamed.
     `expected`: the request, as the fill's reader until it reads (proxy.expecting)."""
     observe.mark(request, status)
-    t = observe.trace(request)
-    t.from_peer = head.peer is not None
-    t.moved = t.from_peer and req.spread_from is None  # a look-aside at the previous owner, not a spread copy
+    peer_marks(observe.trace(request), head, req)
     way = from_fill(head, fill, ours)
     meta, headers = fill_fields(head, ours, status, req.spread_from, req)
     if way == "pass" or (way == "stored" and await _multipart_passes(engine, request, req, meta)):

@@ -21,7 +21,7 @@ from edgecache.core.keys import variant
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, linger, observe
 from edgecache.proxy.fill import FillHead
-from edgecache.proxy.serving import FromFill, fill_fields, from_fill
+from edgecache.proxy.serving import FromFill, fill_fields, from_fill, peer_marks
 
 if TYPE_CHECKING:
     from edgecache.proxy.coldmiss import Started
@@ -53,7 +53,7 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     if head.meta.status < 200 or head.meta.status in (205, 304):
         return None  # framing of aiohttp's own (a 205's empty chunked body), which the full handler writes
     empty = head.meta.status == 204 or cold.method == "HEAD"  # no body may follow (RFC 9110 8.6, 9.3.2)
-    meta, fields = fill_fields(head, started.ours, started.status, None, cold.req)
+    meta, fields = fill_fields(head, started.ours, started.status, cold.req.spread_from, cold.req)
     fields = encode.bodiless(meta.status, fields)
     length = None if head.end is None or meta.status == 204 else str(head.end)
     if length is not None:
@@ -66,10 +66,11 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
 
 def from_own_fill(conn: FastPath, started: Started, head: FillHead) -> FromFill | None:
     """How the full handler answers a miss from the fill its request started or joined, now that the head is in
-    (serving.from_fill), when that is all it decides; None where it decides otherwise: a 304, a look-aside's
-    answer, another variant's (it looks again under that variant's key: EdgeHandler._cached_loop), or too many
-    requests in flight (503, the fill let go). A revalidation's new answer is one (EXPIRED: Started.status)."""
-    if head.status == 304 or head.peer is not None:
+    (serving.from_fill), when that is all it decides; None where it decides otherwise: a 304, another variant's
+    answer (it looks again under that variant's key: EdgeHandler._cached_loop), or too many requests in flight (503,
+    the fill let go). A revalidation's new answer is one (EXPIRED: Started.status); so is a peer cache's answer to
+    the fill (a hot copy's owner's, or a look-aside's at the previous owner)."""
+    if head.status == 304:
         return None
     if conn.server.shared.overloaded:
         return None
@@ -98,6 +99,7 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
     handler logs an answer cut off)."""
     shared, cold = conn.server.shared, started.cold
     t = started.trace(started.status, uncacheable=not plan.shared)
+    peer_marks(t, started.fill.head.result(), cold.req)
     t.origin_ms = started.origin_ms
     shared.in_flight += 1
     nbytes, code = 0, 0
@@ -172,7 +174,7 @@ def logged(conn: FastPath, started: Started, t: observe.Trace, code: int, nbytes
     """Count and log an answer to a cold miss written from its fill (here, and proxy.pastend's)."""
     cold, shared = started.cold, conn.server.shared
     observe.count(t, cold.method, code)
-    way = observe.upstream(t.status, t.sources)
+    way = observe.traced_way(t)
     observe.served(t, way, nbytes)
     if shared.access.enabled:
         req = cold.req

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -16,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from edgecache.config import ClusterSettings, Listen
+from edgecache.core import popularity
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.ring import Member, Ring
 from edgecache.proxy import encode
@@ -24,6 +26,7 @@ from tests.e2e.adminkit import admin_node, node_config
 from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_client_address import v2 as v2_header
 from tests.e2e.test_fast_path import get, get10, normalised
+from tests.e2e.test_hot_spread import HOT
 from tests.e2e.test_operations import metric
 from tests.e2e.test_purge import cluster, heard, purge
 from tests.origin import Obj, Origin
@@ -643,3 +646,53 @@ async def test_a_miss_whose_object_is_purged_after_its_fills_head_was_judged_is_
     assert (ours[:17], ours.endswith(b"\r\n\r\n" + b"1" * 100_000)) == (b"HTTP/1.1 200 OK\r\n", True), ours[:600]
     assert b"\r\nCache-Status: edgecache; fwd=uri-miss; stored\r\n" in ours, ours[:600]
     assert (our_hits, their_hits, handed_off) == (1, 1, 0)
+
+
+async def doubted_copy_purged(origin: Origin, tmp_path: Path, fast: bool) -> tuple[bytes, dict[tuple[str, ...], float]]:
+    """test_hot_copies' purge met while a doubted hot copy is revalidated with its owner, whose cache answers the
+    new version, not to be stored (the purge overtook it): the answer, and what it added to the request and
+    served-bytes counters."""
+    old, new = b"o" * 50_000, b"n" * 60_000
+    origin.put(HOT, old, etag='"v1"')
+    key = f"videos|video.test|{HOT}"
+    owner_id = Ring.of(Member(f"node{i}", "-") for i in (1, 2, 3)).owner(key)
+    assert owner_id is not None
+    async with cluster(origin, tmp_path / ("fast" if fast else "framework"), fast) as nodes:
+        edges = [n.edge for n in nodes]
+        owner = next(e for e in edges if e.node.cluster and e.node.cluster.self_id == owner_id.id)
+        edge = next(e for e in edges if e.node.cluster and e.node.cluster.self_id != owner_id.id)
+        for _ in range(popularity.THRESHOLD + 1):
+            assert (await edge.get(HOT))[::2] == (200, old)
+        assert (await edge.get(HOT))[1]["Cache-Status"] == "edgecache; hit"  # its copy
+        origin.put(HOT, new, etag='"v2"')
+        await owner.node.store.invalidate(key)  # the purge, applied at the owner
+        edge.node.store.doubt(time.time())  # this node was paused meanwhile: it may have missed it
+        origin.gate, asked, counted = asyncio.Event(), len(origin.seen), requests_counted()
+        answer = asyncio.ensure_future(exchange(edge.port, get(HOT, "Connection: close")))
+        try:
+            async with asyncio.timeout(10):
+                await origin.wait_for_requests(asked + 1)  # the copy's revalidation, at the owner's origin
+            await edge.node.store.invalidate(key)  # the purge reaches this node now
+            edge.node.store.doubt(None)
+        finally:
+            origin.gate.set()
+            origin.gate = None
+        async with asyncio.timeout(10):
+            return await answer, counted_since(counted)
+
+
+async def test_a_hot_copys_revalidation_its_owner_answers_unstored_is_streamed_without_a_hand_off(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The owner's answer (a peer cache's) is not stored here, and the copy's fill brought only its first slices:
+    passed through as the full handler passes it (serving.serve_fill), its bytes counted as the peer's, byte for
+    byte and counter for counter, with as many origin requests. Before, a peer's answer to a fill was left to the
+    full handler: handed off."""
+    before, hits = fast_path_outcomes()["handed_off"], origin.hits[HOT]
+    ours, our_counts = await doubted_copy_purged(origin, tmp_path, True)
+    handed_off, our_hits = fast_path_outcomes()["handed_off"] - before, origin.hits[HOT] - hits
+    theirs, their_counts = await doubted_copy_purged(origin, tmp_path, False)
+    assert await normalised(ours) == await normalised(theirs), (ours[:600], theirs[:600])
+    assert (ours[:17], ours.endswith(b"\r\n\r\n" + b"n" * 60_000)) == (b"HTTP/1.1 200 OK\r\n", True), ours[:600]
+    assert our_counts == their_counts
+    assert (our_hits, origin.hits[HOT] - hits - our_hits, handed_off) == (3, 3, 0)
