@@ -350,15 +350,30 @@ def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
 
 
 async def changed(conn: FastPath, p: Prepared, raw: bytes) -> bool:
-    """A slice of a stored entry's answer (`raw` its head) came back as another version before any byte went out
-    (diskhit, multipart): never mixed. The entry goes and the head is decided again, once: a miss of the version the
-    origin has now, as the full handler starts again (EdgeHandler._changed_before_head). False: left to the full
-    handler (a miss's own fill met it, the connection drains, or this head met a change already)."""
-    if p.fill is not None or not _starts_again(conn, raw):
+    """A slice of the answer `p` (`raw` its head: a stored entry's, or a miss's from its fill) came back as another
+    version before any byte went out (diskhit, multipart): never mixed. What it was answered from goes (dropped) and
+    the head is decided again, once: a miss of the version the origin has now, as the full handler starts again.
+    False: the connection drains, or this head met a change already (proxy.changing relays it then)."""
+    if not _starts_again(conn, raw):
         return False
-    await conn.server.shared.engine.store.drop_version(p.hit.req.entry_key, p.hit.meta)
+    await dropped(conn, p)
     conn.buf = raw + conn.buf
     return True
+
+
+async def dropped(conn: FastPath, p: Prepared) -> None:
+    """What the answer `p`, met by a new version, was to be made of goes, as the full handler drops it: a stored
+    entry's version (EdgeHandler._changed_before_head), or the metadata a miss's fill stored (_changed_after_head,
+    that fill let go if only this request reads it)."""
+    store = conn.server.shared.engine.store
+    if p.fill is None:
+        await store.drop_version(p.hit.req.entry_key, p.hit.meta)
+        return
+    if p.ours:
+        p.fill.abandon()
+    if p.expected is not None:
+        p.expected.release()
+    await store.delete_meta(p.hit.req.entry_key)
 
 
 def _changed_first(conn: FastPath, started: Started) -> Again | None:

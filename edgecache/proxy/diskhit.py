@@ -24,7 +24,7 @@ from edgecache.core.admit import NOT_CACHED, NOT_HELD
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.status import CacheStatus, cache_status_header, miss_cause, with_fetched
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy import coldmiss, reading, refuse
+from edgecache.proxy import changing, coldmiss, reading, refuse
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.respond import MAX_CHECKED
 from edgecache.proxy.route import Refused
@@ -251,8 +251,9 @@ async def _settled(conn: FastPath, p: Prepared, raw: bytes, partial: Prepared | 
     """The answer to send once its first fetched slice (if any) has begun; None where it is not sent here."""
     if isinstance(partial, Prepared):
         return partial
-    if isinstance(partial, VersionChanged) and await coldmiss.changed(conn, p, raw):
-        return None  # decided again: a miss of the origin's new version
+    new = isinstance(partial, VersionChanged)
+    if new and (await coldmiss.changed(conn, p, raw) or await changing.relayed(conn, p, raw)):
+        return None  # decided again: a miss of the origin's new version; or, its second, relayed
     if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged):
         # The fill it read (its own, one it joined, or its slice's) failed before the first byte: the full handler's
         # 502, from the same fill. Handed off, the request asked the origin again, and waited for a second timeout.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from edgecache.core import ranges
 from edgecache.core.status import CacheStatus, MissCause, of_fill
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy import coldmiss, diskhit, passing, reading, refuse
+from edgecache.proxy import changing, coldmiss, diskhit, passing, reading, refuse
 from edgecache.proxy.decide import Prepared
 from edgecache.proxy.hit import Pass
 from edgecache.proxy.respond import answer_slices, probed_slices
@@ -70,8 +70,8 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
                     await first_fetched(engine, hit.req, hit.meta, probes, p.fill)
                 started = [await anext(chunks), await anext(chunks)]
             except VersionChanged:
-                if await coldmiss.changed(conn, p, raw):
-                    return  # decided again: a miss of the origin's new version
+                if await coldmiss.changed(conn, p, raw) or await changing.relayed(conn, p, raw):
+                    return  # decided again: a miss of the origin's new version; or, its second, relayed
                 answered = None
             except OriginError as exc:  # the fill failed: the full handler's 502/504, not a second fill (diskhit)
                 coldmiss.failed_fill(conn, p, exc)

@@ -21,6 +21,7 @@ from edgecache.errors import OriginError
 from edgecache.proxy import encode, linger, observe, refuse
 from edgecache.proxy.hit import Pass
 from edgecache.proxy.origin import OriginResponse, read_chunks
+from edgecache.proxy.passthrough import changing_field, relayed_changing
 from edgecache.proxy.uncached import piece, write
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     t.t0, t.site, t.status = t0, req.site.name, p.status
     t.evicted, t.failover, t.for_peer = p.evicted, p.failover, p.viewer is not None
     t.uncacheable, t.expired = p.uncacheable, p.status is CacheStatus.EXPIRED
-    t.moved, t.from_peer = p.moved, p.moved or p.from_peer
+    t.moved, t.from_peer, t.changing = p.moved, p.moved or p.from_peer, p.changing
     t.body_bytes = 0  # what reaches the client, however the answer ends (_relay counts it)
     origin = shared.engine.origin
     client = conn.address if p.viewer is None else ""  # a peer's forward names its viewer already
@@ -55,12 +56,15 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     code, asked, keep_alive = 0, time.monotonic(), p.keep_alive
     try:
         try:
-            resp = await origin.request(req.site, sent.method, sent.target, sent.headers, passed=True)
+            if p.changing:  # as the full handler relays it (passthrough.relay_changing), its origin_ms told
+                resp = await relayed_changing(origin, req, p.method, t)
+            else:
+                resp = await origin.request(req.site, sent.method, sent.target, sent.headers, passed=True)
+                t.origin_ms = round((time.monotonic() - asked) * 1000, 3)
         except OriginError as exc:
             code = -1  # answered and logged as the origin's failure
             refuse.origin_failed(conn, exc, p.method, req, p.keep_alive, p.viewer, t0, p.origin_ms)
             return
-        t.origin_ms = round((time.monotonic() - asked) * 1000, 3)
         try:
             relayed = await _relay(conn, p, resp, t)
             code, keep_alive = (resp.status, relayed) if relayed is not None else (-1, p.keep_alive)
@@ -79,7 +83,7 @@ async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace
     The connection's state after it; None: a head that cannot be passed on, answered as the origin's failure."""
     status, date = resp.status, conn.server.date()
     reason = resp.raw.reason or ""
-    field = cache_status_header(p.status)
+    field = changing_field(p.req) if p.changing else cache_status_header(p.status)
     encoded, chunked, keep_alive = encode.relayed(
         status, reason, resp.headers, field, p.method, date, p.keep_alive, "utf-8"
     )

@@ -59,25 +59,37 @@ async def relay_changing(request: web.BaseRequest, origin: OriginClient, req: Fi
     client asked, relayed as it comes and never stored: the bytes of the one version that answer carries. A MISS,
     counted by its cause (changing) and told in its Cache-Status."""
     observe.mark(request, CacheStatus.MISS)
-    observe.trace(request).changing = True
+    t = observe.trace(request)
+    t.changing = True
+    resp = await relayed_changing(origin, req, request.method, t)
+    try:
+        return await _relay(request, resp, changing_field(req), "origin")
+    finally:
+        resp.release()
+
+
+async def relayed_changing(origin: OriginClient, req: FillRequest, method: str, t: observe.Trace) -> OriginResponse:
+    """The origin's answer to the relay of a request whose fills kept meeting new versions (core.churn), asked
+    again with the fields it names when it varies on others than the client's (churn.misfit), for either path to
+    relay (the fast path's: proxy.passing). `t`: the request's trace, whose origin_ms is the last request's."""
     vary = req.vary
     for _ in range(churn.RELAYS):
         unkeyed = unkeyed_fields(req.site.forward_fields, req.headers, vary)
         fields = varied(vary, req.headers)
-        sent = churn.relay_request(
-            request.method, req.key, fields, req.site.origin_host, req.headers, unkeyed, origin.via
-        )
+        sent = churn.relay_request(method, req.key, fields, req.site.origin_host, req.headers, unkeyed, origin.via)
         started = time.monotonic()
         resp = await origin.request(req.site, sent.method, sent.target, sent.headers, passed=True)
-        observe.trace(request).origin_ms = round((time.monotonic() - started) * 1000, 3)
-        try:
-            if (named := churn.misfit(vary_names(resp.headers), sent.headers, req.headers)) is None:
-                field = cache_status_header(CacheStatus.MISS, detail=MissCause.CHANGING.value, found=req.found)
-                return await _relay(request, resp, field, "origin")
-        finally:
-            resp.release()
+        t.origin_ms = round((time.monotonic() - started) * 1000, 3)
+        if (named := churn.misfit(vary_names(resp.headers), sent.headers, req.headers)) is None:
+            return resp
+        resp.release()
         vary = named
     raise OriginError("the object kept changing while being fetched, and varying on other fields", retryable=False)
+
+
+def changing_field(req: FillRequest) -> str:
+    """The Cache-Status of the relay of an object that kept changing: a MISS, its cause told."""
+    return cache_status_header(CacheStatus.MISS, detail=MissCause.CHANGING.value, found=req.found)
 
 
 async def _relay(request: web.BaseRequest, resp: OriginResponse, status_field: str, source: str) -> web.StreamResponse:
