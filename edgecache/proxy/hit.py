@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from edgecache.config import Site
-from edgecache.core import admit, ranges
+from edgecache.core import admit, lookaside, ranges
 from edgecache.core.admit import Reply
 from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.conditional import validates
@@ -208,7 +208,9 @@ def find_cold(
         return None
     entry, site = _entry(shared, routed.site, routed.host, routed.key, headers, named), routed.site
     if entry is not None and entry.meta is not None:  # a stored entry: only its revalidation is filled here
-        if not routed.fills or validates(headers):
+        if not routed.fills:  # a look-aside, which find_hit() did not answer from it
+            return _not_held(routed, entry.meta, entry.soft_before, method, headers)
+        if validates(headers):
             return None
     else:
         instead = admit.unfilled(not routed.fills, False, cc.only_if_cached, validates(headers))
@@ -239,6 +241,15 @@ def find_cold(
     req = _fill_request(routed, headers, entry.record, entry.scope, entry.ekey, entry.soft_before)
     req = replace(req, found=found_of(headers, fresh, bool(req.vary)))
     return Cold(req, *run, meta, method, viewer=routed.viewer, failover=routed.failover)
+
+
+def _not_held(routed: Routed, meta: ObjectMeta, soft_before: float, method: str, headers: Headers) -> Refused | None:
+    """An owner's look-aside for an entry held here but not fresh for it: not held (504), and not a viewer's request,
+    as the full handler refuses it (EdgeHandler._use); None when fresh (the full handler serves it)."""
+    use, _ = _use_of(routed.site, meta, soft_before, headers, time.time())
+    if lookaside.may_answer(True, use is Use.FRESH, False):
+        return None
+    return replace(routed.refused(admit.NOT_HELD, method, headers), counted=False)
 
 
 def _passed(

@@ -18,6 +18,8 @@ from aiohttp import web
 
 from edgecache.config import ClusterSettings, Listen
 from edgecache.core import popularity
+from edgecache.core.hop import FIELD as HOP_FIELD
+from edgecache.core.hop import Hop, sign
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.ring import Member, Ring
 from edgecache.proxy import encode
@@ -739,3 +741,37 @@ async def test_ranges_whose_fills_keep_meeting_new_versions_are_relayed_without_
     unversioned = [re.sub(rb'\r\nEtag: "v\d+"', b"", a.partition(b"\r\n\r\n")[0]) for a in (ours, theirs)]
     assert await normalised(unversioned[0]) == await normalised(unversioned[1])
     assert (our_counts, ours_handed) == (their_counts, 0)
+
+
+async def test_a_look_aside_for_an_entry_held_stale_is_not_held_without_a_hand_off(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """An owner asks node1 what it holds (a look-aside, as a new owner asks the previous one after a node went
+    down: test_cluster_kill) of an entry node1 holds stale: the full handler's 504 "not held", byte for byte, not
+    counted as a viewer's request, and no origin request. Before, find_cold gave up on a stored entry it may not
+    fill, and the request was handed to aiohttp."""
+    node2 = Member("node2", f"127.0.0.1:{free_port()}")  # never asked: nothing listens there
+    answers = []
+    for fast_path in (True, False):
+        port = free_port()
+        members = (Member("node1", f"127.0.0.1:{port}"), node2)
+        ring = Ring.of(members)
+        path = next(f"/s{i}" for i in range(1000) if ring.owner(f"videos|video.test|/s{i}") == members[0])
+        origin.put(path, BODY, headers={"Cache-Control": "max-age=0"})  # stored, and stale at once
+        settings = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=3600, rise=1, fall=1_000_000)
+        config = make_config(tmp_path / str(fast_path), [origin.url])
+        config = replace(config, listen=(Listen("127.0.0.1", port),), cluster=settings, fast_path=fast_path)
+        async with start_edge(config) as edge:
+            assert (await edge.get(path))[::2] == (200, BODY)
+            await edge.node.engine.flush()
+            looking = Hop("node2", int(time.time()), "la", "-", False, lookaside=True)
+            hop = sign(CLUSTER_KEY, looking, "GET", f"videos|video.test|{path}")
+            before, counted, hits = fast_path_outcomes(), requests_counted(), origin.hits[path]
+            answer = await exchange(edge.port, get(path, f"{HOP_FIELD}: {hop}", "Connection: close"))
+            handed_off = fast_path_outcomes()["handed_off"] - before["handed_off"]
+            answers.append((await normalised(answer.replace(path.encode(), b"/path")), counted_since(counted)))
+            assert (origin.hits[path] - hits, handed_off) == (0, 0), fast_path  # none counted with it off
+    (ours, our_counts), (theirs, their_counts) = answers
+    assert ours == theirs, (ours, theirs)
+    assert ours.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n"), ours
+    assert our_counts == their_counts == {}
