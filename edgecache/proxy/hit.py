@@ -208,10 +208,8 @@ def find_cold(
         return None
     entry, site = _entry(shared, routed.site, routed.host, routed.key, headers, named), routed.site
     if entry is not None and entry.meta is not None:  # a stored entry: only its revalidation is filled here
-        if not routed.fills:  # a look-aside, which find_hit() did not answer from it
-            return _not_held(routed, entry.meta, entry.soft_before, method, headers)
-        if validates(headers):
-            return None
+        if not routed.fills or validates(headers):  # a look-aside find_hit() did not answer is not held, unless fresh
+            return None if routed.fills else _not_held(routed, entry.meta, entry.soft_before, method, headers)
     else:
         instead = admit.unfilled(not routed.fills, False, cc.only_if_cached, validates(headers))
         if isinstance(instead, Reply):  # the limiter first, as for any request (a hop's viewer was judged)
