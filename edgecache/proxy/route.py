@@ -230,9 +230,9 @@ def _where(
     first = cluster.ring.owner(key.primary)
     if up[0].id == cluster.self_id:
         return HERE if first is None or first.id == cluster.self_id else STANDING_IN
-    if basis:
+    if basis:  # the request itself was answered here when the owner lacks a purge (BEHIND): its fill is too
         hot = copy and spreadable(headers) and shared.popular.hot(key.primary, time.monotonic())
-        return Here(spread_from=up[0]) if hot else ELSEWHERE
+        return Here(spread_from=up[0]) if hot else HERE if _behind(cluster, site, key, up[0]) else ELSEWHERE
     if copy:
         return Here(spread_from=up[0])
     verdict = forward_verdict(shared, site, key, client, spreadable(headers), up[0], admitted)
@@ -249,6 +249,11 @@ def _where(
 GO, HOT, BEHIND = "go", "hot", "behind"
 
 
+def _behind(cluster: ClusterView, site: Site, key: CacheKey, owner: Member) -> bool:
+    """May the `owner` still hold what a purge applied here removed (cluster.behind)? Then this node answers."""
+    return cluster.lacks_purge(owner.id, site.name, key)
+
+
 def forward_verdict(
     shared: Shared, site: Site, key: CacheKey, client: str, heat: bool, owner: Member | None, admitted: bool = False
 ) -> str | Reply:
@@ -260,8 +265,7 @@ def forward_verdict(
     again on every request. `admitted`: the request was let in already (a forward decided again for the next
     owner when its owner could not be reached): it goes on, judged and counted once, as the full handler's
     to_owner sends it to the next owner."""
-    cluster = shared.cluster
-    if owner is not None and cluster is not None and cluster.lacks_purge(owner.id, site.name, key):
+    if owner is not None and shared.cluster is not None and _behind(shared.cluster, site, key, owner):
         return BEHIND
     if admitted:
         return GO

@@ -23,6 +23,7 @@ from tests.e2e.test_purge_peers import owners, told
 from tests.e2e.test_relay import answers, request
 from tests.origin import Origin
 from tests.samples import sample_value
+from tests.wire import fast_path_outcomes
 
 PEER = 'edgecache; fwd=miss; detail="peer"'  # the forwarding node's entry in a forwarded answer's Cache-Status
 
@@ -48,8 +49,11 @@ async def forwarded(c: Cluster, n: int, path: str, body: bytes) -> None:
 
 
 async def answered_here(c: Cluster, n: int, path: str, cache_status: str) -> None:
+    """Answered by node n itself, on its fast path when it has one: never handed to aiohttp (issue 14)."""
+    handed_off = fast_path_outcomes()["handed_off"]
     status, headers, got = await c.edge(n).get(path)
     assert (status, got, headers["Cache-Status"]) == (200, NEW, cache_status)
+    assert fast_path_outcomes()["handed_off"] == handed_off
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
