@@ -161,8 +161,67 @@ class TurnHistogram(_Turned):
     def apply(self) -> None:
         counts, total = self._counts, self._sum
         self._counts, self._sum, self._dirty = [0] * len(counts), 0.0, False
-        child: Any = self._metric
-        child._sum.inc(total)
-        for i, n in enumerate(counts):
-            if n:
-                child._buckets[i].inc(n)
+        _observed(self._metric, counts, total)
+
+
+def _observed(child: Any, counts: list[int], total: float) -> None:
+    """Add observations (their count per bucket, and their sum) to a histogram's child."""
+    child._sum.inc(total)
+    for i, n in enumerate(counts):
+        if n:
+            child._buckets[i].inc(n)
+
+
+class TurnBundle(_Turned):
+    """The children one answer updates together, in one call: `ones` each counted once, `histogram` observed, and
+    the two `amounts` children each given its own amount.
+
+    A hit from memory made five increments (the fast path's answers, requests, time to first byte, site bytes,
+    bytes from memory), each a call that looked at the turn (0.2-0.4 µs each, of an 8.5 µs answer). A bundle is
+    resolved once per set of label values and looks once; its sums reach each child at the next turn, as the
+    children's own increments would (tests/unit/test_metricturn.py compares the exposition)."""
+
+    __slots__ = ("_amounts", "_bounds", "_counts", "_first", "_n", "_ones", "_second", "_sum")
+
+    def __init__(
+        self, ones: tuple[TurnCounter, ...], histogram: TurnHistogram, amounts: tuple[TurnCounter, TurnCounter]
+    ) -> None:
+        super().__init__(histogram._metric)
+        self._ones: tuple[Any, ...] = tuple(c._metric for c in ones)
+        self._amounts: tuple[Any, ...] = tuple(c._metric for c in amounts)
+        self._bounds = histogram._bounds
+        self._counts = [0] * len(self._bounds)
+        self._n = 0
+        self._sum = self._first = self._second = 0.0
+
+    def add(self, seconds: float, first: float, second: float) -> None:
+        """One answer: each of `ones` once, `seconds` observed, `first` and `second` to the two amounts."""
+        if first < 0 or second < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        if not (self._dirty and _TURN.here()) and not self._batched():
+            for child in self._ones:
+                child.inc()
+            self._metric.observe(seconds)
+            self._amounts[0].inc(first)
+            self._amounts[1].inc(second)
+            return
+        self._n += 1
+        if seconds == seconds:  # NaN: in no bucket, as TurnHistogram.observe
+            self._counts[bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+        self._first += first
+        self._second += second
+
+    def apply(self) -> None:
+        n, counts, total, first, second = self._n, self._counts, self._sum, self._first, self._second
+        self._n, self._counts, self._dirty = 0, [0] * len(counts), False
+        self._sum = self._first = self._second = 0.0
+        if not n:
+            return
+        for child in self._ones:
+            child.inc(n)
+        _observed(self._metric, counts, total)
+        if first:
+            self._amounts[0].inc(first)
+        if second:
+            self._amounts[1].inc(second)

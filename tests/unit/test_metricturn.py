@@ -9,7 +9,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from edgecache.metricturn import TurnCounter, TurnHistogram, apply
+from edgecache.metricturn import TurnBundle, TurnCounter, TurnHistogram, apply
 
 BOUNDS = (0.001, 0.01, 0.1, 1.0)
 # Below, on and between the bounds, past the last, zero and negative (the client takes them too).
@@ -156,3 +156,61 @@ def test_an_increment_from_another_thread_while_the_loops_turn_is_pending_is_app
 
     asyncio.run(main())
     assert seen == [2.0, 3.0]
+
+
+def _bundled(hist: TurnHistogram, count: TurnCounter) -> TurnBundle:
+    return TurnBundle((count.labels("a"), count.labels("b")), hist.labels("x"), (count.labels("c"), count.labels("d")))
+
+
+def _direct(plain_hist: Histogram, plain_count: Counter, seconds: float, first: float, second: float) -> None:
+    """What a bundle's add() stands for, made of the client's own calls."""
+    plain_count.labels("a").inc()
+    plain_count.labels("b").inc()
+    plain_hist.labels("x").observe(seconds)
+    plain_count.labels("c").inc(first)
+    plain_count.labels("d").inc(second)
+
+
+def test_a_bundle_reaches_each_of_its_children_at_the_next_turn_as_their_own_calls_would() -> None:
+    """Every child: one left out of apply(), or counted twice, changes a sample."""
+    batched, direct, hist, plain_hist, count, plain_count = pair()
+    bundle = _bundled(hist, count)
+
+    async def turn() -> None:
+        for i, v in enumerate(OBSERVED):
+            bundle.add(v, 4096 * i, i % 3)
+            _direct(plain_hist, plain_count, v, 4096 * i, i % 3)
+        count.labels("a").inc(2)  # the child's own increments, in the same turn, add to the bundle's
+        plain_count.labels("a").inc(2)
+        assert samples(batched)[("c_total", (("k", "a"),))] == 0.0  # pending until the next turn
+        await asyncio.sleep(0)
+        assert samples(batched) == samples(direct)
+        bundle.add(0.003, 7, 0)  # a second turn adds to the first
+        _direct(plain_hist, plain_count, 0.003, 7, 0)
+        await asyncio.sleep(0)
+        assert samples(batched) == samples(direct)
+
+    asyncio.run(turn())
+    got = samples(batched)
+    assert got[("c_total", (("k", "b"),))] == len(OBSERVED) + 1
+    assert got[("t_seconds_count", (("k", "x"),))] == len(OBSERVED) + 1
+    assert got[("c_total", (("k", "c"),))] == 4096 * sum(range(len(OBSERVED))) + 7
+
+
+def test_a_bundle_where_no_loop_runs_is_applied_at_once() -> None:
+    batched, direct, hist, plain_hist, count, plain_count = pair()
+    _bundled(hist, count).add(0.02, 100, 5)
+    _direct(plain_hist, plain_count, 0.02, 100, 5)
+    assert samples(batched) == samples(direct)
+    assert samples(batched)[("c_total", (("k", "d"),))] == 5.0
+
+
+def test_a_bundles_negative_amount_is_refused_as_the_client_refuses_it() -> None:
+    _, _, hist, _, count, _ = pair()
+    bundle = _bundled(hist, count)
+    for first, second in ((-1, 0), (0, -1)):
+        try:
+            bundle.add(0.1, first, second)
+        except ValueError:
+            continue
+        raise AssertionError(f"a negative amount was taken: {first}, {second}")
