@@ -18,7 +18,6 @@ import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any
 
 from edgecache import metrics
 from edgecache.core import admit, ranges
@@ -63,6 +62,9 @@ _MEMO_ENTRIES = 4096
 MEMO_BYTES = 16 * 2**20
 
 
+_HIT_WAY = observe.upstream(CacheStatus.HIT, metrics.Sources())  # a fresh hit, every slice in hand: "cache"
+
+
 class _FullParse:
     """_ranged() cannot cut this head's answer from a whole one: parse it in full."""
 
@@ -72,15 +74,14 @@ _FULL_PARSE = _FullParse()
 
 @dataclass(slots=True)
 class Prepared:
-    """A hit's answer, ready to send: the decision, its encoded head, and its request counter."""
+    """A hit's answer, ready to send: the decision, its encoded head, and what counts it."""
 
     hit: Hit
     method: str
     keep_alive: KeepAlive
     head: bytes
-    counter: Any
+    tally: observe.Tally
     slices: tuple[tuple[str, int, int], ...]  # (slice name, first byte, end) of the body, in order
-    site_bytes: Any  # the served-bytes-by-site counter's child for its site
     range_field: str | None = None  # the Range of a request answered from its whole-object answer, for the log
     # PARTIAL when a slice it needs is fetched for it (diskhit.partial), with its miss's cause
     status: CacheStatus = CacheStatus.HIT
@@ -271,9 +272,9 @@ class Decider:
         if encoded is None:
             return None
         status = STATUS_OF_USE[hit.use]
-        counter = observe.requests_counter(hit.site.name, method, hit.status, status)
+        tally = observe.tally(hit.site.name, method, hit.status, status, _HIT_WAY)
         slices = () if basis else _slices(hit, self.shared.engine.slice_size)
-        return Prepared(hit, method, keep_alive, encoded, counter, slices, _site_bytes(hit), status=status)
+        return Prepared(hit, method, keep_alive, encoded, tally, slices, status=status)
 
     def _ranged(self, head: bytes, client: str, now: float) -> Prepared | Load | _FullParse | None:
         """A single-range GET answered from the answer to the same head without its Range line.
@@ -326,8 +327,8 @@ class Decider:
         cut = base.cutter
         # its first cut, or its head changed (its Age ticked), or (never expected) its copy
         if cut is None or cut.whole is not base.head or cut.meta is not hit.meta:
-            counter = observe.requests_counter(hit.site.name, "GET", 206, base.status)
-            cut = base.cutter = rangecut.cutter(base.head, hit, counter, _keeps(hit))
+            tally = observe.tally(hit.site.name, "GET", 206, base.status, _HIT_WAY)
+            cut = base.cutter = rangecut.cutter(base.head, hit, tally, _keeps(hit))
             if cut is None:
                 return _FULL_PARSE
         first, last = bounds
@@ -338,9 +339,7 @@ class Decider:
         derived.headers = [*cut.fields, ("Content-Range", content_range), ("Content-Length", str(size))]
         encoded = cut.head(content_range, size)
         slices = slices_of(cut.prefix, first, last, shared.engine.slice_size, hit.meta)
-        prepared = Prepared(
-            derived, "GET", base.keep_alive, encoded, cut.counter, slices, base.site_bytes, value, status=base.status
-        )
+        prepared = Prepared(derived, "GET", base.keep_alive, encoded, cut.tally, slices, value, status=base.status)
         # The same range asked again (a segment of a byte-range playlist, by every viewer with the same fields) is
         # a lookup, kept apart from the memo so that players' ranges, which rarely repeat, never clear it; and only
         # from its second time (seen): remembering each new range, and dropping it at the next turn of the memos'
@@ -398,12 +397,11 @@ class Decider:
         encoded = self.encode(hit, p.keep_alive)
         if encoded is None:
             return None
-        counter = observe.requests_counter(hit.site.name, p.method, hit.status, status)
         way = way or observe.upstream(status, metrics.Sources())
-        site_bytes = observe.site_bytes(hit.site.name, way)
+        tally = observe.tally(hit.site.name, p.method, hit.status, status, way)
         slices = _slices(hit, self.shared.engine.slice_size) if p.slices else ()  # of hit's version, not p's perhaps
         return replace(
-            p, hit=hit, head=encoded, counter=counter, site_bytes=site_bytes, status=status, cause=cause, way=way,
+            p, hit=hit, head=encoded, tally=tally, status=status, cause=cause, way=way,
             slices=slices,
         )  # fmt: skip
 
@@ -485,7 +483,3 @@ def _refused(p: Prepared, reply: Reply) -> Refused:
     """The refusal of a request whose answer was remembered (the viewer or the moment changed)."""
     hit = p.hit
     return Refused.keyed(reply, p.method, hit.req.key, p.asked, hit.site.name, p.keep_alive)
-
-
-def _site_bytes(hit: Hit) -> Any:
-    return observe.site_bytes(hit.site.name, observe.upstream(CacheStatus.HIT, metrics.Sources()))

@@ -22,9 +22,9 @@ from edgecache import metrics
 from edgecache.core import ranges
 from edgecache.core.admit import NOT_CACHED, NOT_HELD
 from edgecache.core.cachecontrol import parse_cache_control
-from edgecache.core.status import CacheStatus, cache_status_header, miss_cause, with_fetched
+from edgecache.core.status import cache_status_header, miss_cause, with_fetched
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy import changing, coldmiss, reading, refuse
+from edgecache.proxy import changing, coldmiss, observe, reading, refuse
 from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.respond import MAX_CHECKED
 from edgecache.proxy.route import Refused
@@ -42,22 +42,11 @@ PIECE = 2**20
 TLS_PIECE = 64 * 1024
 _SOCKET_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN})
 log = logging.getLogger(__name__)
-_FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
-_FROM_DISK = metrics.BYTES_SERVED.labels("disk")
-_FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
-_FROM_PEER = metrics.BYTES_SERVED.labels("peer")
-
-
-_FETCHED = frozenset({CacheStatus.MISS, CacheStatus.EXPIRED})  # a fill's answers (coldmiss)
 
 
 def counters(p: Prepared) -> tuple[Any, Any]:
-    """The served-bytes counters of what an answer reads from memory and from disk: a miss's bytes are the
-    origin's wherever its fill has put them by the time they are sent (coldmiss), as the full handler counts them."""
-    if p.status not in _FETCHED:
-        return _FROM_MEMORY, _FROM_DISK
-    fetched = _FROM_PEER if p.way == "peer" else _FROM_ORIGIN  # a look-aside's bytes are the previous owner's
-    return fetched, fetched
+    """The served-bytes counters of what an answer reads from memory and from disk (observe.tally says which)."""
+    return p.tally.memory, p.tally.disk
 
 
 @dataclass(slots=True)
@@ -114,10 +103,8 @@ def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
             return stream(conn, p, raw, t0)
         parts.append(piece)
         from_disk += hi - lo
-    memory, disk = counters(p)
-    memory.inc(p.hit.last - p.hit.first + 1 - from_disk)
-    disk.inc(from_disk)
-    conn.send(p, parts, t0)
+    counters(p)[1].inc(from_disk)
+    conn.send(p, parts, t0, p.hit.last - p.hit.first + 1 - from_disk)
     if conn.transport is not None and conn.transport.get_write_buffer_size() == 0:
         for buf in borrowed:  # the socket took everything: nothing refers to them any more
             conn.server.give_back(buf)
@@ -219,7 +206,7 @@ async def _gather(
         if data is not None:
             sources.append(memoryview(data)[lo:hi])
             continue
-        if p.status in _FETCHED and p.fill is not None and p.fill.covers(index):  # its own fill brings it
+        if p.status in observe.FETCHED and p.fill is not None and p.fill.covers(index):  # its own fill brings it
             sources.append(_Fetch(index, lo, hi))
             continue
         opened = store.open_file(hit.req.entry_key, hit.meta, index)
@@ -269,7 +256,7 @@ async def _settled(conn: FastPath, p: Prepared, raw: bytes, partial: Prepared | 
 async def _missing_later(conn: FastPath, p: Prepared, later: range) -> set[int]:
     """Which slices past the HELD first are in neither tier now, so that the head says PARTIAL when any byte comes
     from the origin (as serving._completed has it). A miss's are read from its fill anyway (_Later)."""
-    if not later or p.status in _FETCHED:
+    if not later or p.status in observe.FETCHED:
         return set()
     hit = p.hit
     missing = await conn.server.shared.engine.store.missing(hit.req.entry_key, hit.meta, list(later[:MAX_CHECKED]))

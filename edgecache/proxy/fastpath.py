@@ -41,8 +41,6 @@ MAX_HEAD = 16 * 1024  # a longer head is judged by aiohttp's parser, whose field
 # not read, so a client pipelining heads it never reads answers to is held by TCP, not by this process's memory.
 # One read (uvloop takes up to 256 KiB at a time) can land past the mark.
 MAX_PENDING = 256 * 1024
-_TTFB_HIT = metrics.TTFB.labels(CacheStatus.HIT.value)
-_ANSWERED = metrics.FAST_PATH.labels("answered")
 _HANDED_OFF = metrics.FAST_PATH.labels("handed_off")
 _UPSTREAM = observe.upstream(CacheStatus.HIT, metrics.Sources())  # a fresh hit, every slice in hand: "cache"
 
@@ -337,9 +335,7 @@ class FastPath(asyncio.Protocol):
         if way is cork.DISK:
             return diskhit.answer(self, p, raw, t0)
         parts = cast("list[memoryview]", way)
-        if p.slices:
-            diskhit.counters(p)[0].inc(p.hit.last - p.hit.first + 1)
-        self.send(p, parts, t0)
+        self.send(p, parts, t0, p.hit.last - p.hit.first + 1 if p.slices else 0)
         return p.keep_alive.persists
 
     # What a response needs from its connection, here or in diskhit: wait for the client, count, log, close.
@@ -366,32 +362,32 @@ class FastPath(asyncio.Protocol):
         if self.closing and not self.busy and self.transport is not None:  # draining: its last answer is out
             self.transport.close()
 
-    def send(self, p: Prepared, parts: list[memoryview], t0: float) -> None:
+    def send(self, p: Prepared, parts: list[memoryview], t0: float, memory: int) -> None:
+        """Write the answer whole (`memory`: its body bytes read from the memory tier) and count it."""
         transport = self.transport
         if transport is None:
             return
         self.server.cork.write(self, p.keep_alive.persists, [p.head, *parts])
-        self.sent(p, t0)
-        self.finished(p, sum(map(len, parts)), t0)  # map: half a generator's cost
+        nbytes = sum(map(len, parts))  # map: half a generator's cost
+        self.sent(p, t0, nbytes, memory)
+        self.finished(p, nbytes, t0, counted=True)
 
-    def sent(self, p: Prepared, t0: float) -> None:
-        """The head is out: count the request and its time to first byte."""
-        _ANSWERED.inc()
-        p.counter.inc()
+    def sent(self, p: Prepared, t0: float, nbytes: int = 0, memory: int = 0) -> None:
+        """The head is out: count the request and its time to first byte, in one update with its body's bytes when
+        they went with it (`nbytes`; `memory` of them read from the memory tier): 0 when they follow (finished)."""
         self.first_byte = now = time.monotonic()
-        if p.status is CacheStatus.HIT:
-            _TTFB_HIT.observe(now - t0)
-            return
-        metrics.TTFB.labels(p.status.value).observe(now - t0)
-        if p.cause is not None:
+        # A hop's bytes reach its viewer through the node that forwarded it, counted there.
+        p.tally.answer.add(now - t0, nbytes if p.hit.viewer is None else 0, memory)
+        if p.cause is not None and p.status is not CacheStatus.HIT:
             observe.misses_counter(p.hit.site.name, p.cause).inc()
 
-    def finished(self, p: Prepared, nbytes: int, t0: float, cut: bool = False) -> None:
-        """The body is out, or `cut` short: its site bytes counted, its line logged (status 0 when cut, as ever)."""
+    def finished(self, p: Prepared, nbytes: int, t0: float, cut: bool = False, counted: bool = False) -> None:
+        """The body is out, or `cut` short: its site bytes counted (unless `counted` with its head: sent), its line
+        logged (status 0 when cut, as ever)."""
         shared = self.server.shared
         hit = p.hit
-        if hit.viewer is None:  # a hop's bytes reach its viewer through the node that forwarded it, counted there
-            p.site_bytes.inc(nbytes)
+        if hit.viewer is None and not counted:  # a hop's are counted by the node that forwarded it (sent)
+            p.tally.site_bytes.inc(nbytes)
         if shared.access.enabled:
             t = observe.new_trace()
             t.t0, t.site, t.status, t.for_peer = t0, hit.site.name, p.status, hit.viewer is not None

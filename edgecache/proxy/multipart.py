@@ -29,7 +29,7 @@ def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
     """A HEAD's answer at once; a GET's by a task that can wait. False: the connection stops processing for now
     (as FastPath._answer)."""
     if p.method == "HEAD":
-        conn.send(p, [], t0)
+        conn.send(p, [], t0, 0)
         return p.keep_alive.persists
     conn.busy = True
     conn.loop.create_task(refuse.until_head(conn, p, _send(conn, p, raw, t0))).add_done_callback(conn.done)

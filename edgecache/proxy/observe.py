@@ -22,6 +22,7 @@ from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import MISSES, CacheStatus, miss_cause, with_fetched
 from edgecache.errors import OriginError
+from edgecache.metricturn import TurnBundle
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _ids = itertools.count(1)
@@ -296,6 +297,43 @@ def served(t: Trace, way: str, nbytes: int) -> None:
 def site_bytes(site: str, way: str) -> Any:
     """The served-bytes-by-site counter's child for these labels (site names come from the config)."""
     return _child(metrics.SITE_SERVED, site, way)
+
+
+FETCHED = frozenset({CacheStatus.MISS, CacheStatus.EXPIRED})  # a fill's answers (proxy.coldmiss)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What the fast path counts of an answer, resolved once per (site, method, status, cache status, upstream):
+    `answer` adds the answer to the fast path's answers, the requests, the time to first byte, and its site bytes
+    and bytes from memory, in one call (metricturn.TurnBundle); `site_bytes`, `memory` and `disk` alone, for an
+    answer whose body goes out after its head (read from disk, or in parts)."""
+
+    answer: TurnBundle
+    site_bytes: Any
+    memory: Any  # the served-bytes counters (metrics.BYTES_SERVED) of what it reads from memory and from disk
+    disk: Any
+
+
+_tallies: dict[tuple[str, str, int, CacheStatus, str], Tally] = {}
+
+
+def tally(site: str, method: str, code: int, status: CacheStatus, way: str) -> Tally:
+    """The fast path's Tally of an answer (`way`: observe.upstream's). A miss's bytes are the origin's wherever its
+    fill has put them by the time they are sent (coldmiss), as the full handler counts them; a look-aside's, the
+    previous owner's."""
+    method = method if method in _METHODS else "other"  # a key of bounded values, as the requests counter's
+    found = _tallies.get((site, method, code, status, way))
+    if found is None:
+        if status in FETCHED:
+            memory = disk = metrics.BYTES_SERVED.labels("peer" if way == "peer" else "origin")
+        else:
+            memory, disk = metrics.BYTES_SERVED.labels("memory"), metrics.BYTES_SERVED.labels("disk")
+        counted = (_child(metrics.FAST_PATH, "answered"), requests_counter(site, method, code, status))
+        site_counter = site_bytes(site, way)
+        bundle = TurnBundle(counted, _child(metrics.TTFB, status.value), (site_counter, memory.counter))
+        found = _tallies[site, method, code, status, way] = Tally(bundle, site_counter, memory, disk)
+    return found
 
 
 def requests_counter(site: str, method: str, code: int, status: CacheStatus) -> Any:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from edgecache.core.entry import ObjectMeta
 from edgecache.proxy import headparse
 from edgecache.proxy.hit import Hit
+from edgecache.proxy.observe import Tally
 from edgecache.storage.slicenames import slice_prefix
 
 RANGE_VALUE_MAX = 256  # longer Range values are left to the full parse
@@ -75,7 +75,7 @@ class Cutter:
     before: bytes  # the 206's head up to its Content-Range: the status line changes (its version stays)
     after: bytes  # and after its new Content-Length: the fields aiohttp adds (Date, Server, Connection)
     fields: list[tuple[str, str]]  # the decided fields but the last, the whole object's Content-Length
-    counter: Any  # the request counter's child for its 206s
+    tally: Tally  # what counts its 206s
     kept: bool  # whether an answer cut from it may be remembered (decide._remember)
     meta: ObjectMeta  # the stored copy it cuts from
     prefix: str  # and what that copy's slice names begin with (heldslices.slices_of)
@@ -90,7 +90,7 @@ class Cutter:
         )
 
 
-def cutter(whole: bytes, hit: Hit, counter: Any, kept: bool) -> Cutter | None:
+def cutter(whole: bytes, hit: Hit, tally: Tally, kept: bool) -> Cutter | None:
     """The Cutter of the encoded head of a whole-object 200 (`whole`, encoded from `hit`), whose Content-Length is
     its last field (as _planned() puts it) and that has no Content-Range; None: its ranges are not cut."""
     length = hit.meta.length
@@ -105,4 +105,4 @@ def cutter(whole: bytes, hit: Hit, counter: Any, kept: bool) -> Cutter | None:
         return None
     before = whole[:8] + b" 206 Partial Content\r\n" + whole[status_end:at]
     prefix = slice_prefix(hit.req.entry_key, hit.meta.slice_version)
-    return Cutter(whole, before, whole[at + len(old) :], hit.headers[:-1], counter, kept, hit.meta, prefix)
+    return Cutter(whole, before, whole[at + len(old) :], hit.headers[:-1], tally, kept, hit.meta, prefix)
