@@ -5,7 +5,8 @@ A prometheus_client child takes a lock on every increment (about 0.6 µs; an obs
 and a request answered from memory makes five to ten of them: a fifth of what a 4 KiB hit costs. Under load one
 turn of the loop answers many requests, which increment the same few children: here each increment is an
 addition to a Python number, and the sum reaches the child once per turn. The exposition lags by at most one turn
-(exposition() in this process applies what is pending first).
+(exposition() in this process applies what is pending first). The children an answer updates together are one
+TurnBundle, one call (the fast path's hits: proxy.observe.Tally).
 
 An increment made where no event loop runs (a disk thread) goes to the child at once. One loop at a time batches:
 another that starts (a test's) applies what the first left. Uses a histogram's `_upper_bounds`, `_sum` and `_buckets`
