@@ -17,6 +17,7 @@ from enum import StrEnum
 
 from edgecache.core import entry, ranges
 from edgecache.core.forward import VIA
+from edgecache.core.freshness import Use
 from edgecache.core.headers import Headers, list_values
 from edgecache.core.ring import Member
 
@@ -50,6 +51,14 @@ def may_answer(held: bool, fresh: bool, missing_slices: bool) -> bool:
     """Whether the asked node answers a look-aside, from its cache alone: only an entry it holds, fresh, with
     every slice the answer needs. Anything else would make it fill from the origin, which the owner does itself."""
     return held and fresh and not missing_slices
+
+
+def may_use(use: Use, validated: bool) -> bool:
+    """Whether an entry held here answers a look-aside, by what it may be used for (core.freshness.stored_use): held
+    fresh, or just confirmed by the origin. Stale as a viewer may have it (stale-while-revalidate, stale-if-error, a
+    max-stale) it is not held: the new owner would store a copy already stale here as its miss, and the
+    revalidation stale-while-revalidate starts is a fill, which the owner makes itself. Both paths ask this."""
+    return may_answer(True, validated or use is Use.FRESH, False)
 
 
 def judge(status: int, headers: Headers, asked: ranges.ByteRange | None, held_version: str | None) -> Outcome:

@@ -346,7 +346,7 @@ class EdgeHandler:
     def _use(req: FillRequest, meta: ObjectMeta, fresh: Freshness, soft_before: float, validated: bool) -> Use:
         """What the stored entry may be used for; a look-aside it cannot answer is refused here."""
         use = stored_use(req.headers, meta.headers, fresh, req.policy, meta.request_time, soft_before)
-        if req.look_aside and not lookaside.may_answer(True, validated or use is Use.FRESH, False):
+        if req.look_aside and not lookaside.may_use(use, validated):
             raise ClientError(504, lookaside.NOT_HELD)
         return use
 

@@ -151,6 +151,8 @@ def find_hit(
     stored = _stored(shared, routed.site, routed.host, routed.key, headers, validated is not None)
     if not isinstance(stored, _Stored):
         return stored
+    if not routed.fills and not lookaside.may_use(stored.use, validated is not None):
+        return None  # a look-aside for an entry held stale: find_cold() refuses it, not held
     field = _FIELDS[stored.use]
     if stored.use is Use.REVALIDATE:  # just confirmed by the origin: as_fetched says why it was asked (fwd_of)
         field = cache_status_header(CacheStatus.REVALIDATED)
@@ -245,7 +247,7 @@ def _not_held(routed: Routed, meta: ObjectMeta, soft_before: float, method: str,
     """An owner's look-aside for an entry held here but not fresh for it: not held (504), and not a viewer's request,
     as the full handler refuses it (EdgeHandler._use); None when fresh (the full handler serves it)."""
     use, _ = _use_of(routed.site, meta, soft_before, headers, time.time())
-    if lookaside.may_answer(True, use is Use.FRESH, False):
+    if lookaside.may_use(use, False):
         return None
     return replace(routed.refused(admit.NOT_HELD, method, headers), counted=False)
 

@@ -27,12 +27,12 @@ def four_members() -> tuple[Member, ...]:
     return tuple(Member(f"node{i + 1}", f"127.0.0.1:{free_port()}") for i in range(4))
 
 
-def config(origin: Origin, tmp_path: Path, members: tuple[Member, ...], me: Member) -> Config:
+def config(origin: Origin, tmp_path: Path, members: tuple[Member, ...], me: Member, fast_path: bool = True) -> Config:
     cfg = make_config(tmp_path / me.id, [origin.url], slice_bytes=SLICE)
     settings = ClusterSettings(self_id=me.id, key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=0.5, rise=2, fall=2)
     port = int(me.address.rpartition(":")[2])
     log = tmp_path / f"{me.id}.log"
-    return replace(cfg, listen=(Listen("127.0.0.1", port),), cluster=settings, access_log=log)
+    return replace(cfg, listen=(Listen("127.0.0.1", port),), cluster=settings, access_log=log, fast_path=fast_path)
 
 
 def logged(tmp_path: Path, node: str, path: str) -> list[tuple[object, object, object]]:
@@ -43,14 +43,16 @@ def logged(tmp_path: Path, node: str, path: str) -> list[tuple[object, object, o
 
 @contextlib.asynccontextmanager
 async def grown_cluster(
-    origin: Origin, tmp_path: Path, warm: list[str], ranged: str | None = None
+    origin: Origin, tmp_path: Path, warm: list[str], ranged: str | None = None, fast_path: bool = True
 ) -> AsyncIterator[list[Edge]]:
     """Three nodes, warmed with `warm` (GETs, of the range `ranged` if given, each through another node), then a
-    fourth node that all four now count as a member (the three are given it as a DNS answer or reload would)."""
+    fourth node that all four now count as a member (the three are given it as a DNS answer or reload would).
+    `fast_path` False: every node answers with the full handler alone."""
     members = four_members()
     three = members[:3]
     async with contextlib.AsyncExitStack() as stack:
-        edges = [await stack.enter_async_context(start_edge(config(origin, tmp_path, three, m))) for m in three]
+        configs = [config(origin, tmp_path, three, m, fast_path) for m in three]
+        edges = [await stack.enter_async_context(start_edge(c)) for c in configs]
         await all_up(edges, [m.id for m in three])
         for i, p in enumerate(warm):
             status, _, body = await edges[i % 3].get(p, **({"Range": ranged} if ranged else {}))
@@ -58,7 +60,8 @@ async def grown_cluster(
             first, last = (int(n) for n in ranged[6:].split("-")) if ranged else (0, len(data) - 1)
             assert (status, body) == (206 if ranged else 200, data[first : last + 1]), p
         assert all(origin.hits[p] == 1 for p in warm)
-        edges.append(await stack.enter_async_context(start_edge(config(origin, tmp_path, members, members[3]))))
+        fourth = config(origin, tmp_path, members, members[3], fast_path)
+        edges.append(await stack.enter_async_context(start_edge(fourth)))
         for e in edges[:3]:
             assert e.node.cluster is not None
             e.node.cluster.set_members(members)
