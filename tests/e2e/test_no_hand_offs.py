@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from edgecache.config import ClusterSettings, Listen
@@ -743,13 +744,25 @@ async def test_ranges_whose_fills_keep_meeting_new_versions_are_relayed_without_
     assert (our_counts, ours_handed) == (their_counts, 0)
 
 
+@pytest.mark.parametrize(
+    ("stored", "asks"),
+    [
+        ("max-age=0", ()),
+        ("max-age=0, stale-while-revalidate=600", ()),
+        ("max-age=0, stale-if-error=600", ()),
+        ("max-age=0", ("Cache-Control: max-stale=600",)),
+    ],
+    ids=["stale", "while-revalidate", "if-error", "max-stale"],
+)
 async def test_a_look_aside_for_an_entry_held_stale_is_not_held_without_a_hand_off(
-    origin: Origin, tmp_path: Path
+    origin: Origin, tmp_path: Path, stored: str, asks: tuple[str, ...]
 ) -> None:
     """An owner asks node1 what it holds (a look-aside, as a new owner asks the previous one after a node went
     down: test_cluster_kill) of an entry node1 holds stale: the full handler's 504 "not held", byte for byte, not
     counted as a viewer's request, and no origin request. Before, find_cold gave up on a stored entry it may not
-    fill, and the request was handed to aiohttp."""
+    fill, and the request was handed to aiohttp. Stale as a viewer may have it (stale-while-revalidate, or a
+    max-stale the look-aside carries) it is not held either: before, find_hit answered it on the fast path (and
+    revalidated a stale-while-revalidate entry in the background, a fill)."""
     node2 = Member("node2", f"127.0.0.1:{free_port()}")  # never asked: nothing listens there
     answers = []
     for fast_path in (True, False):
@@ -757,7 +770,7 @@ async def test_a_look_aside_for_an_entry_held_stale_is_not_held_without_a_hand_o
         members = (Member("node1", f"127.0.0.1:{port}"), node2)
         ring = Ring.of(members)
         path = next(f"/s{i}" for i in range(1000) if ring.owner(f"videos|video.test|/s{i}") == members[0])
-        origin.put(path, BODY, headers={"Cache-Control": "max-age=0"})  # stored, and stale at once
+        origin.put(path, BODY, headers={"Cache-Control": stored})  # stored, and stale at once
         settings = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=3600, rise=1, fall=1_000_000)
         config = make_config(tmp_path / str(fast_path), [origin.url])
         config = replace(config, listen=(Listen("127.0.0.1", port),), cluster=settings, fast_path=fast_path)
@@ -767,7 +780,7 @@ async def test_a_look_aside_for_an_entry_held_stale_is_not_held_without_a_hand_o
             looking = Hop("node2", int(time.time()), "la", "-", False, lookaside=True)
             hop = sign(CLUSTER_KEY, looking, "GET", f"videos|video.test|{path}")
             before, counted, hits = fast_path_outcomes(), requests_counted(), origin.hits[path]
-            answer = await exchange(edge.port, get(path, f"{HOP_FIELD}: {hop}", "Connection: close"))
+            answer = await exchange(edge.port, get(path, f"{HOP_FIELD}: {hop}", *asks, "Connection: close"))
             handed_off = fast_path_outcomes()["handed_off"] - before["handed_off"]
             answers.append((await normalised(answer.replace(path.encode(), b"/path")), counted_since(counted)))
             assert (origin.hits[path] - hits, handed_off) == (0, 0), fast_path  # none counted with it off
