@@ -282,10 +282,10 @@ class Decider:
         Players ask for a different range of the same object on every request, so their heads never repeat and
         the memo alone would parse each one. The head without its Range line does repeat: its answer (a 200 for
         the whole object, decided by the full parse, with every condition already passed) is memoised, and the
-        206 is cut from it: same fields, then Content-Range and Content-Length, exactly as _planned() orders
+        206 is cut from it: same fields, then Content-Range and Content-Length, exactly as hit.planned_hit() orders
         them. Anything else (If-Range, several Range lines, a multipart or unsatisfiable range, a stored
         response that is not a whole 200, a rate-limited site) gives _FULL_PARSE. When the head without Range
-        is no hit, neither is the head (Range changes nothing before _planned): None, and aiohttp answers it.
+        is no hit, neither is the head (Range changes nothing before hit.planned_hit): None, and aiohttp answers it.
         """
         split = rangecut.split_range(head)
         if split is None or not rangecut.plain_value(split[0]):

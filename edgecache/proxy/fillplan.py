@@ -17,7 +17,7 @@ from dataclasses import replace
 from edgecache.core.freshness import Use, initial_age
 from edgecache.core.keys import PrimaryRecord
 from edgecache.proxy.fill import FillHead
-from edgecache.proxy.hit import Cold, Hit, _planned
+from edgecache.proxy.hit import Cold, Hit, planned_hit
 from edgecache.proxy.shared import Shared
 
 
@@ -29,7 +29,7 @@ def basis(shared: Shared, cold: Cold, head: FillHead) -> Hit | None:
     if head.status == 304 or not (head.store and head.shared) or head.meta.length < 0:
         return None
     req, meta = replace(cold.req, entry_key=head.entry_key), head.meta
-    planned = _planned(cold.method, req.headers, meta, time.time(), "")  # its fields are as_fetched's to make
+    planned = planned_hit(cold.method, req.headers, meta, time.time(), "")  # its fields are as_fetched's to make
     if planned is None:
         return None
     status, fields, first, last, body, _, parts = planned

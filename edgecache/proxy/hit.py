@@ -158,7 +158,7 @@ def find_hit(
         field = cache_status_header(CacheStatus.REVALIDATED)
     if validated == "stale-if-error":  # it stands in: stale, and the field says why
         stored, field = replace(stored, use=Use.STALE_OK), _STALE_IF_ERROR
-    planned = _planned(method, headers, stored.meta, stored.now, field)
+    planned = planned_hit(method, headers, stored.meta, stored.now, field)
     if planned is None:
         return None
     if not admitted and (too_many := _refusal(shared, routed)) is not None:
@@ -317,7 +317,7 @@ def as_fetched(
         field = cache_status_header(status, stored=True, detail=detail, found=found)
     else:
         return None
-    planned = _planned(method, asked, meta, time.time(), field)
+    planned = planned_hit(method, asked, meta, time.time(), field)
     if planned is None or (planned.status, planned.first, planned.last) != (hit.status, hit.first, hit.last):
         return None
     return replace(hit, headers=planned.fields, parts=planned.layout)
@@ -475,7 +475,7 @@ _STALE_IF_ERROR = cache_status_header(CacheStatus.STALE, detail="stale-if-error"
 Validated = Literal["304", "stale-if-error"]  # find_hit(): why a stale entry answers
 
 
-def _planned(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_status: str) -> Planned | None:
+def planned_hit(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_status: str) -> Planned | None:
     """The answer respond.send() gives for this hit (respond.plan_answer), with the fields aiohttp's server adds
     or drops as it frames it (encode.typed); None where the fast path does not answer: a 205 or 1xx, or a body of
     unknown length (a stored answer always has its length)."""

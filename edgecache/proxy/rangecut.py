@@ -92,7 +92,7 @@ class Cutter:
 
 def cutter(whole: bytes, hit: Hit, tally: Tally, kept: bool) -> Cutter | None:
     """The Cutter of the encoded head of a whole-object 200 (`whole`, encoded from `hit`), whose Content-Length is
-    its last field (as _planned() puts it) and that has no Content-Range; None: its ranges are not cut."""
+    its last field (as hit.planned_hit() puts it) and that has no Content-Range; None: its ranges are not cut."""
     length = hit.meta.length
     if not hit.headers or hit.headers[-1] != ("Content-Length", str(length)):
         return None
