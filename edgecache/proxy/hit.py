@@ -60,7 +60,7 @@ class Hit:
     fills: bool = True
     # FRESH; or stale, as the request or response allows (STALE_OK), or revalidated meanwhile (stale-while-
     # revalidate): Cache-Status hit; detail="stale"; or REVALIDATE, only for the answer to the request whose fill
-    # the origin has just confirmed (find_hit's validated). All but FRESH are never remembered (valid for no time).
+    # the origin has just confirmed (find_hit's validated) or sent (as_fetched). All but FRESH are never remembered.
     use: Use = Use.FRESH
     body: bytes = b""  # a 412's or 416's own text, sent instead of the object's bytes (first > last)
     # A stand-in's hit (its owner is down): the cluster's health changes it was decided at; -1 for any other hit,
@@ -320,7 +320,10 @@ def as_fetched(
     planned = planned_hit(method, asked, meta, time.time(), field)
     if planned is None or (planned.status, planned.first, planned.last) != (hit.status, hit.first, hit.last):
         return None
-    return replace(hit, headers=planned.fields, parts=planned.layout)
+    # Stale on arrival, yet just answered: its own fill is no reason to revalidate it in the background
+    # (FastPath._answer); the full handler's serve_fill does not. The next request to find it stale does.
+    use = Use.REVALIDATE if hit.use is Use.STALE_WHILE_REVALIDATE else hit.use
+    return replace(hit, headers=planned.fields, parts=planned.layout, use=use)
 
 
 def _hit(

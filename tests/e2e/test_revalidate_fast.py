@@ -25,6 +25,7 @@ from tests.wire import fast_path_outcomes
 MiB = 2**20
 OLD = bytes((i * 7 + i // 4099) % 256 for i in range(2 * MiB + 333))
 NEW = bytes((i * 11 + 3) % 256 for i in range(MiB + 77))
+SWR = bytes(range(250)) * 600  # 150,000 bytes
 
 
 @dataclass(frozen=True)
@@ -351,3 +352,38 @@ async def test_stale_if_error_is_judged_when_the_revalidation_starts(origin: Ori
     assert cache_status(fast[1]) == b'edgecache; hit; detail="stale-if-error"'
     assert fast[1].body == OLD
     assert outcomes == {"answered": 1, "handed_off": 0, "taken_back": 0, "forwarded": 0}
+
+
+async def swr_on_arrival(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> tuple[list[Answer], list[str], dict[str, float]]:
+    """An answer stale as it arrives (Age past max-age) within its stale-while-revalidate window: asked twice, and
+    the revalidations each started in the background waited for after each answer."""
+    origin.put("/swr", SWR, headers={"Cache-Control": "public, max-age=1, stale-while-revalidate=60", "Age": "30"})
+    origin.on_request = None
+    config = edge_config(origin, tmp_path, "swr-", fast)
+    config = replace(config, cache=replace(config.cache, slice_bytes=64 * 1024))  # 3 slices, as in a cluster test
+    got: list[Answer] = []
+    hits: list[int] = []
+    async with start_edge(config) as edge, asyncio.timeout(30):
+        before = fast_path_outcomes()
+        for _ in range(2):
+            got.append(await ask(edge.port, "GET", "/swr"))
+            await asyncio.gather(*edge.node.engine._tasks)  # started before the answer went out, if at all
+            hits.append(origin.hits["/swr"])
+        outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    assert hits == [1, 2], (fast, hits)
+    return got, logged(tmp_path / f"swr-{fast}.log"), outcomes
+
+
+async def test_a_miss_stale_on_arrival_is_not_revalidated_at_once_on_the_fast_path(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The miss's own answer, just sent by the origin, starts no revalidation (the full handler's serve_fill starts
+    none); the next request, served stale, does. Before, the fast path's miss answered as a stale-while-revalidate
+    hit and asked the origin again at once (once its fill had ended), two origin requests for one miss."""
+    fast, _, outcomes = await on_both_paths(swr_on_arrival, origin, tmp_path)
+    assert [cache_status(a) for a in fast] == [b"edgecache; fwd=uri-miss; stored", b'edgecache; hit; detail="stale"']
+    assert [a.body for a in fast] == [SWR] * 2
+    assert all(30 <= a.age < 40 for a in fast)
+    assert outcomes["handed_off"] == 0
