@@ -195,12 +195,8 @@ def _vouched(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> 
     judges it)? A fill's slices all come of one origin answer: one version."""
     if engine.store.in_memory(req.entry_key, meta, index):
         return True
-    fill = engine.fills.find(req, index)
-    head = fill.head if fill is not None else None
-    if head is None or not head.done() or head.cancelled() or head.exception() is not None:
-        return False
-    brought = head.result()
-    return brought.status == meta.status and entry.same_bytes(meta, brought.meta)
+    brought = _fill_head(engine, req, index)
+    return brought is not None and brought.status == meta.status and entry.same_bytes(meta, brought.meta)
 
 
 def _brought(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> bool:
@@ -208,11 +204,18 @@ def _brought(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> 
     fill of a HEAD's miss, say, that goes on with the body)?"""
     if engine.store.in_memory(req.entry_key, meta, index):
         return True
+    brought = _fill_head(engine, req, index)
+    return brought is not None and brought.meta.slice_version == meta.slice_version
+
+
+def _fill_head(engine: Engine, req: FillRequest, index: int) -> FillHead | None:
+    """The head of the fill under way that brings slice `index`, once it came (None: no such fill, or its head is
+    still to come or failed)."""
     fill = engine.fills.find(req, index)
     head = fill.head if fill is not None else None
     if head is None or not head.done() or head.cancelled() or head.exception() is not None:
-        return False
-    return bool(head.result().meta.slice_version == meta.slice_version)
+        return None
+    return head.result()
 
 
 def fill_fields(
