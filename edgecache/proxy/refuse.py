@@ -101,8 +101,7 @@ def failed(conn: FastPath, exc: Exception, p: Prepared | None = None) -> None:
     log.error("fast path: internal error answering a request: %r", exc, exc_info=exc)
     reply = admit.internal(type(exc).__name__)
     if p is not None:
-        hit, version10 = p.hit, p.keep_alive in (KeepAlive.OPEN_10, KeepAlive.CLOSE_10)
-        closed = KeepAlive.CLOSE_10 if version10 else KeepAlive.CLOSE
+        hit, closed = p.hit, p.keep_alive.closed()
         r = Refused.keyed(reply, p.method, hit.req.key, hit.req.headers, hit.site.name, closed, viewer=hit.viewer)
     else:
         line = conn.buf.lstrip(b"\r\n").split(b"\r\n", 1)[0].split(b" ")

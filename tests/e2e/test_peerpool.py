@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from edgecache.proxy.exchange import Dropped
 from edgecache.proxy.peerpool import PeerPool
 
 
@@ -50,20 +51,11 @@ async def test_a_connection_handed_to_a_cancelled_waiter_goes_to_the_next() -> N
             await asyncio.sleep(0)
 
 
-class _Seen:
-    """An Exchange (proxy.exchange) that keeps what happened to it."""
+class _Seen(Dropped):
+    """An Exchange (proxy.exchange) that keeps its failure, and drops its answer as Dropped does."""
 
     def __init__(self) -> None:
         self.error: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
-
-    def head(self, status: int, reason: str, fields: list[tuple[str, str]], until_close: bool) -> None:
-        pass
-
-    def body(self, piece: bytes) -> None:
-        pass
-
-    def done(self, keep: bool) -> None:
-        pass
 
     def failed(self, error: Exception, before_head: bool) -> None:
         self.error.set_result((str(error), before_head))
