@@ -14,7 +14,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import keyed_fields
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.engine import Engine
-from edgecache.proxy.fill import Fill, Released
+from edgecache.proxy.fill import Fill, FillHead, Released
 from edgecache.proxy.fillhead import RangeMismatch, new_token
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.revalidating import whole_by_another_worker
@@ -204,15 +204,21 @@ async def _disagreed(engine: Engine, req: FillRequest, meta: ObjectMeta, fill: F
     return True
 
 
+def brings(head: FillHead, meta: ObjectMeta) -> bool:
+    """Does a fill whose head is `head` bring the bytes of the copy `meta`: the same copy, or another of the same
+    bytes (entry.same_bytes: one strong ETag), answered with the same status? Then its slices serve that copy's
+    readers: a fill's slices all come of one origin answer, one version."""
+    return head.status == meta.status and entry.same_bytes(meta, head.meta)
+
+
 async def _from_fill(fill: Fill, meta: ObjectMeta, index: int, lo: int, hi: int) -> AsyncIterator[bytes | memoryview]:
     """Bytes lo..hi-1 of slice `index` as `fill` brings them, when they are the bytes of the copy `meta` (the same
     copy, or one of the same strong ETag: entry.same_bytes). Released: it brings none of them (a revalidation
     found while it ran has no body; or the fill dropped the slice as stored)."""
     head = await fill.head
-    same = entry.same_bytes(meta, head.meta)  # another copy of the same bytes serves this reader too
-    if head.status == 304 and same:
+    if head.status == 304 and entry.same_bytes(meta, head.meta):
         raise Released
-    if not same or head.status != meta.status:
+    if not brings(head, meta):
         got, served = f"{head.meta.slice_version} ({head.status})", f"{meta.slice_version} ({meta.status})"
         raise VersionChanged(f"origin now has copy {got}, serving {served}")
     counter = _FROM_ORIGIN if head.peer is None else _FROM_PEER

@@ -191,12 +191,12 @@ async def first_fetched(
 
 
 def _vouched(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> bool:
-    """Is slice `index` in memory, or brought by a fill whose head says it is this copy's bytes (as reading._from_fill
-    judges it)? A fill's slices all come of one origin answer: one version."""
+    """Is slice `index` in memory, or brought by a fill whose head says it is this copy's bytes (reading.brings, the
+    rule its readers are served by)?"""
     if engine.store.in_memory(req.entry_key, meta, index):
         return True
     brought = _fill_head(engine, req, index)
-    return brought is not None and brought.status == meta.status and entry.same_bytes(meta, brought.meta)
+    return brought is not None and reading.brings(brought, meta)
 
 
 def _brought(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> bool:
