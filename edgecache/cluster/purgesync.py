@@ -128,6 +128,10 @@ class PurgeSync:
         self._since: float | None = None
         self._problems: dict[str, str] = {}  # what was last said of each peer's answers (logged when it changes)
         self._pauses = 0  # pauses of this process noticed so far: an answer asked for before the last one is old
+        # After a pause: the first round of health checks whose probes were all sent after it. A peer seen down
+        # before then was judged by probes from before the pause (a probe in flight across it times out): it may
+        # be up, and may have taken the purges this node missed.
+        self._checked_after: int | None = None
         self.doubt(time.time())
         view.listeners.append(self._peer_changed)
         self.behind = Behind(store, sites)  # what each peer's last answer says it lacks, kept across pauses
@@ -167,15 +171,23 @@ class PurgeSync:
         if not self.view.members_known:
             return False
         for m in self.view.ring.members:
-            if m.id == self.view.self_id or not m.admin or not self.view.is_up(m.id):
+            if m.id == self.view.self_id or not m.admin or self._down(m.id):
                 continue
             heard = self.known.get(m.id)
             if heard is None or (not isinstance(heard, NoLog) and not self.store.sync.covers(heard.vector)):
                 return False
         return True
 
+    def _down(self, member_id: str) -> bool:
+        """Is the peer down, as probes made since the last pause say? Seen down only by older ones, it counts
+        as up: it is waited for (asked each round) until a probe after the pause fails, or it answers."""
+        if self.view.is_up(member_id):
+            return False
+        return self._checked_after is None or self.view.failed_since(member_id, self._checked_after)
+
     def judge(self) -> None:
         if self.caught_up():
+            self._checked_after = None
             if self._since is not None:
                 self._since = None
                 self.store.doubt(None)
@@ -193,6 +205,7 @@ class PurgeSync:
         # its way then, read after it, made the round judge this node caught up, and the requests queued during
         # the pause were served the purged bytes.
         self._pauses += 1
+        self._checked_after = self.view.rounds + 1
         self.known.clear()
         self._since = None
         self.doubt(time.time())

@@ -36,6 +36,7 @@ class ClusterView:
         self.health: dict[str, Health] = {}
         self.changes = 0  # counts peers going up or down: a route decided before is stale once it moves
         self.rounds = 0  # rounds of health checks recorded: a wait may need results of probes sent after an event
+        self.failing: dict[str, int] = {}  # a peer whose last probe or forward failed: the round it failed in
         self.ring = Ring.of(())
         self._changed = asyncio.Event()
         self._refusals_logged = -_REFUSAL_LOG_EVERY
@@ -89,13 +90,26 @@ class ClusterView:
         if before is None:
             return
         after = before.record(ok, self.settings.rise, self.settings.fall)
+        self._note(member_id, ok)
         self._set(member_id, before, after, "health checks")
 
     def failed(self, member_id: str, why: str) -> None:
         """A forward to it could not connect: down now, without waiting for the health checks."""
         before = self.health.get(member_id)
         if before is not None:
+            self._note(member_id, False)
             self._set(member_id, before, before.failed_hard(), why)
+
+    def _note(self, member_id: str, ok: bool) -> None:
+        if ok:
+            self.failing.pop(member_id, None)
+        else:
+            self.failing[member_id] = self.rounds
+
+    def failed_since(self, member_id: str, round_: int) -> bool:
+        """Did the last probe of (or forward to) the peer fail, in round `round_` of health checks or later? Its
+        being down is then news from after that round began, not a verdict from before it."""
+        return self.failing.get(member_id, -1) >= round_
 
     def _set(self, member_id: str, before: Health, after: Health, why: str) -> None:
         self.health[member_id] = after
