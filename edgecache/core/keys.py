@@ -242,7 +242,7 @@ class PrimaryRecord:
     def named(self, vary: tuple[str, ...] | None) -> PrimaryRecord:
         """The record a request is keyed under once an answer to it named `vary` (None: none did yet): this one, or,
         when that answer was not stored (private, say) and this record names another Vary, one pointing where it
-        points. The full handler's lookup (EdgeHandler._look_up) and the fast path's (hit.find_cold)."""
+        points. The full handler's lookup (EdgeHandler._look_up) and the fast path's (lookup.find_cold)."""
         return self if vary is None or vary == self.vary else replace(self, vary=vary)
 
 

@@ -4,7 +4,7 @@ relays it (core.churn).
 The first new version met before any byte went out makes the request start again, decided afresh as a miss of the
 version the origin has now (coldmiss.changed). The second is where the full handler stops filling
 (churn.next_try: RELAY): ONE origin request for what the client asked, its answer streamed as it comes and never
-stored (passthrough.relay_changing). Here the same: the relay is a pass-through of its own (hit.Pass.changing),
+stored (passthrough.relay_changing). Here the same: the relay is a pass-through of its own (lookup.Pass.changing),
 carried out by proxy.passing with the same request, bytes, counters and log line.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import coldmiss, passing
 from edgecache.proxy.decide import Prepared
-from edgecache.proxy.hit import Pass
+from edgecache.proxy.lookup import Pass
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath

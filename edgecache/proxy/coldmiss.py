@@ -1,5 +1,5 @@
 """A miss on the fast path, of an object nothing is known of or whose stored entry must be revalidated: its fill
-is started here (hit.find_cold decides which), and once the origin's head is in, the request is decided again and
+is started here (lookup.find_cold decides which), and once the origin's head is in, the request is decided again and
 is answered through the same slice reader as any hit (diskhit): as a miss that reads the fill (expired when it
 replaced a stale entry), or as revalidated from the stored entry a 304 confirmed (decide.Decider.fetched), stale on
 arrival or not. An origin that failed the fill or revalidation the request started or joined, with no stale entry to
@@ -28,7 +28,7 @@ from edgecache.proxy.decide import Prepared
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
-from edgecache.proxy.hit import Cold, Load, Pass
+from edgecache.proxy.lookup import Cold, Load, Pass
 from edgecache.proxy.route import Forward, Here, Refused
 from edgecache.proxy.serving import peer_of
 

@@ -34,19 +34,8 @@ from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
 from edgecache.proxy.heldslices import HELD as HELD  # diskhit's and fastpath's
 from edgecache.proxy.heldslices import held_slices as _slices
 from edgecache.proxy.heldslices import slices_of
-from edgecache.proxy.hit import (
-    STATUS_OF_USE,
-    Cold,
-    Hit,
-    Load,
-    Pass,
-    Validated,
-    as_fetched,
-    copied,
-    find_cold,
-    find_hit,
-    renewed,
-)
+from edgecache.proxy.hit import STATUS_OF_USE, Hit, as_fetched, copied, renewed
+from edgecache.proxy.lookup import Cold, Load, Pass, Validated, find_cold, find_hit
 from edgecache.proxy.route import HOT, Elsewhere, Forward, Here, Refused, addressed, unversioned
 from edgecache.proxy.shared import Shared
 
@@ -351,7 +340,7 @@ class Decider:
     def cold(
         self, head: bytes, client: str, admitted: bool = False, named: tuple[str, ...] | None = None
     ) -> Cold | Refused | Pass | None:
-        """The fill this head's miss starts (hit.find_cold) once find_hit() has loaded all the disk holds, or its
+        """The fill this head's miss starts (lookup.find_cold) once find_hit() has loaded all the disk holds, or its
         refusal; None: the full handler decides it. `named`: the Vary its first fill's answer named."""
         if self.shared.overloaded:
             return self._overloaded(head)

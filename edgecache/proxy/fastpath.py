@@ -27,7 +27,7 @@ from edgecache.proxy.decide import Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import HeadGuard
-from edgecache.proxy.hit import Load, Pass
+from edgecache.proxy.lookup import Load, Pass
 from edgecache.proxy.relay import Relay
 from edgecache.proxy.route import Forward, Refused, fronted
 

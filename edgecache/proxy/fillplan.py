@@ -17,7 +17,8 @@ from dataclasses import replace
 from edgecache.core.freshness import Use, initial_age
 from edgecache.core.keys import PrimaryRecord
 from edgecache.proxy.fill import FillHead
-from edgecache.proxy.hit import Cold, Hit, planned_hit
+from edgecache.proxy.hit import Hit, planned_hit
+from edgecache.proxy.lookup import Cold
 from edgecache.proxy.shared import Shared
 
 

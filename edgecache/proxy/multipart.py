@@ -1,4 +1,4 @@
-"""A multipart Range answered on the fast path (RFC 9110 14.6): the parts hit.find_hit() laid out with their
+"""A multipart Range answered on the fast path (RFC 9110 14.6): the parts lookup.find_hit() laid out with their
 boundary (respond.multipart), each read from wherever its bytes are (reading.read_range: memory, disk, or a fill
 for a slice in neither tier), under the full handler's rules for a Range that would cost the origin far more
 than it serves (serving.multipart_passes: passed through, proxy.passing) and for a PARTIAL answer."""
@@ -14,7 +14,7 @@ from edgecache.core.status import CacheStatus, MissCause, of_fill
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import changing, coldmiss, diskhit, passing, reading, refuse
 from edgecache.proxy.decide import Prepared
-from edgecache.proxy.hit import Pass
+from edgecache.proxy.lookup import Pass
 from edgecache.proxy.respond import answer_slices, probed_slices
 from edgecache.proxy.serving import first_fetched, multipart_passes
 from edgecache.proxy.uncached import write

@@ -1,4 +1,4 @@
-"""A GET or HEAD the cache does not answer (hit.Pass), passed to the origin on the fast path: the full handler's
+"""A GET or HEAD the cache does not answer (lookup.Pass), passed to the origin on the fast path: the full handler's
 pass_through with the same bytes, counters and log line, without handing the connection to aiohttp.
 
 What is sent is core.forward.pass_request's (the key's host and target, the client's end-to-end fields); what is
@@ -19,7 +19,7 @@ from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, linger, observe, refuse
-from edgecache.proxy.hit import Pass
+from edgecache.proxy.lookup import Pass
 from edgecache.proxy.origin import OriginResponse, read_chunks
 from edgecache.proxy.passthrough import changing_field, relayed_changing
 from edgecache.proxy.uncached import piece, write

@@ -122,7 +122,7 @@ Reader = Callable[[int, int], Body]
 
 class Planned(NamedTuple):
     """The answer to a request from a stored entry, decided once for both paths (send() here, and the fast path's
-    hit.find_hit): its status and fields, Content-Length last where it has one, and its body: the object's bytes
+    lookup.find_hit): its status and fields, Content-Length last where it has one, and its body: the object's bytes
     first..last (none when first > last, as for a HEAD), the node's own short text, or a multipart Range's parts."""
 
     status: int

@@ -2,7 +2,7 @@
 the site and key they name, a peer's
 signed hop, the site's ACL, the key's owner (this node, standing in for an owner that is down, or a peer to
 forward to) and the signed URL; or its refusal (core.admit), as the full handler would refuse it. The first step
-of hit.find_hit() and hit.find_cold(); forward_verdict() is also the forward memo's (forwardmemo).
+of lookup.find_hit() and lookup.find_cold(); forward_verdict() is also the forward memo's (forwardmemo).
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from edgecache.core.freshness import current_age
 from edgecache.core.memo import Memo
 from edgecache.proxy import decide, rangecut
 from edgecache.proxy.fastserver import PROMOTE_SECONDS
-from edgecache.proxy.hit import Hit, Load
+from edgecache.proxy.hit import Hit
+from edgecache.proxy.lookup import Load
 from edgecache.storage.store import slice_name
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin

@@ -1,6 +1,6 @@
 """A stale entry is the fast path's too. Where the request or the response allows it (max-stale, stale-while-
 revalidate, which also starts the revalidation), it is served stale; where it must be revalidated first
-(proxy.coldmiss, hit.find_cold), the fast path starts the conditional fill and, once the origin's head is in,
+(proxy.coldmiss, lookup.find_cold), the fast path starts the conditional fill and, once the origin's head is in,
 answers as the full handler would: revalidated from the stored entry on a 304, the new version (expired) on a 200,
 and the stale entry when the origin fails (a 5xx, or a connection cut before its answer) and stale-if-error lets
 it stand in."""

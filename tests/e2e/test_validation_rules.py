@@ -25,7 +25,7 @@ async def test_only_if_cached_with_a_stale_entry_is_a_504_without_the_origin(edg
         status, _, body = await edge.get("/s", **{"Cache-Control": "only-if-cached"})
         assert (status, body) == (504, b"only-if-cached and not in cache\n")
     assert origin.hits["/s"] == 1
-    assert fast_path_outcomes()["handed_off"] == handed  # refused on the fast path (hit.find_cold)
+    assert fast_path_outcomes()["handed_off"] == handed  # refused on the fast path (lookup.find_cold)
     # max-stale makes the stale entry consistent with the request: it is served, still without the origin
     status, _, body = await edge.get("/s", **{"Cache-Control": "only-if-cached, max-stale"})
     assert (status, body) == (200, b"body")

@@ -23,7 +23,8 @@ from edgecache.core.keys import PrimaryRecord, entry_key, make_key
 from edgecache.core.route import Router
 from edgecache.proxy.decide import Decider
 from edgecache.proxy.encode import with_age
-from edgecache.proxy.hit import Hit, find_hit, renewed
+from edgecache.proxy.hit import Hit, renewed
+from edgecache.proxy.lookup import find_hit
 from edgecache.proxy.shared import Shared
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.memory import MemoryTier
