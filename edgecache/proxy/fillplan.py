@@ -14,10 +14,10 @@ import math
 import time
 from dataclasses import replace
 
-from edgecache.core.freshness import Use, initial_age
+from edgecache.core.freshness import Use
 from edgecache.core.keys import PrimaryRecord
 from edgecache.proxy.fill import FillHead
-from edgecache.proxy.hit import Hit, planned_hit
+from edgecache.proxy.hit import Hit, decided, planned_hit
 from edgecache.proxy.lookup import Cold
 from edgecache.proxy.shared import Shared
 
@@ -33,11 +33,14 @@ def basis(shared: Shared, cold: Cold, head: FillHead) -> Hit | None:
     planned = planned_hit(cold.method, req.headers, meta, time.time(), "")  # its fields are as_fetched's to make
     if planned is None:
         return None
-    status, fields, first, last, body, _, parts = planned
-    ring = shared.cluster.ring if shared.cluster is not None else None
-    record = PrimaryRecord(req.generation, meta.vary)
-    age = initial_age(meta.headers, meta.request_time, meta.response_time)
-    return Hit(
-        status, fields, req, meta, first, last, req.site, shared.router, ring, record, shared.engine.store.purges,
-        -math.inf, cold.viewer, True, Use.FRESH, body, -1, parts, cold.failover, -math.inf, age,
+    return decided(
+        shared, req, meta, planned,
+        record=PrimaryRecord(req.generation, meta.vary),
+        valid_until=-math.inf,  # never remembered nor renewed
+        viewer=cold.viewer,
+        fills=True,
+        use=Use.FRESH,
+        changes=-1,
+        failover=cold.failover,
+        fresh_until=-math.inf,
     )  # fmt: skip

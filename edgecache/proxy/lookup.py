@@ -22,14 +22,14 @@ from edgecache.core.conditional import validates
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import cold_run, stored_run
 from edgecache.core.forward import must_pass
-from edgecache.core.freshness import Freshness, Use, freshness_of, initial_age, stored_use
+from edgecache.core.freshness import Freshness, Use, freshness_of, stored_use
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.keys import CacheKey, PrimaryRecord, digest, entry_key
 from edgecache.core.status import CacheStatus, cache_status_header, found_of
 from edgecache.proxy import route
 from edgecache.proxy.fillrequest import FillRequest
-from edgecache.proxy.hit import STATUS_OF_USE, Hit, planned_hit
+from edgecache.proxy.hit import STATUS_OF_USE, Hit, decided, planned_hit
 from edgecache.proxy.respond import Planned
 from edgecache.proxy.route import Elsewhere, Forward, Refused, Routed
 from edgecache.proxy.shared import Shared
@@ -244,21 +244,21 @@ def _hit(
     planned: Planned,
 ) -> Hit:
     """The Hit find_hit() decided: the request it answers, and what it was decided from (Hit.same_basis)."""
-    site, record = routed.site, stored.record
-    status, fields, first, last, body, _, parts = planned
-    req = _fill_request(routed, headers, record, stored.scope, stored.ekey, stored.soft_before)
-    ring = shared.cluster.ring if shared.cluster is not None else None
-    purges, meta, until = shared.engine.store.purges, stored.meta, stored.valid_until
-    fills, cluster = routed.fills and not parse_cache_control(headers).only_if_cached, shared.cluster
+    req = _fill_request(routed, headers, stored.record, stored.scope, stored.ekey, stored.soft_before)
+    cluster = shared.cluster
     # A stand-in's hit, or a copy's (which names the owner a slice it lacks is fetched from), holds while no peer's
     # health changes.
     health_bound = routed.viewer is None and (routed.failover or routed.spread_from is not None)
-    changes = cluster.changes if cluster is not None and health_bound else -1
-    fresh_until = stored.fresh_until if stored.use is Use.FRESH else -math.inf
-    age = initial_age(meta.headers, meta.request_time, meta.response_time)
-    return Hit(
-        status, fields, req, meta, first, last, site, shared.router, ring, record, purges, until, routed.viewer,
-        fills, stored.use, body, changes, parts, routed.failover, fresh_until, age,
+    return decided(
+        shared, req, stored.meta, planned,
+        record=stored.record,
+        valid_until=stored.valid_until,
+        viewer=routed.viewer,
+        fills=routed.fills and not parse_cache_control(headers).only_if_cached,
+        use=stored.use,
+        changes=cluster.changes if cluster is not None and health_bound else -1,
+        failover=routed.failover,
+        fresh_until=stored.fresh_until if stored.use is Use.FRESH else -math.inf,
     )  # fmt: skip
 
 
