@@ -36,8 +36,9 @@ from aiohttp import web
 
 from edgecache.config import one_origin
 from edgecache.config.model import Listen
-from edgecache.proxy.decide import Decider, Prepared
+from edgecache.proxy.decide import Decider
 from edgecache.proxy.fastserver import FastServer
+from edgecache.proxy.prepared import Prepared
 from edgecache.server import make_fast, make_server, open_node, start_listeners
 
 SIZE = 32 * 2**20

@@ -32,7 +32,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 # What remembering the answer to a request head holds, from the head alone (head_cost): measured with tracemalloc
-# on the fast path's memo (decide.Prepared: the head, its parsed fields, the Hit, its FillRequest and CacheKey, the
+# on the fast path's memo (prepared.Prepared: the head, its parsed fields, the Hit, its FillRequest and CacheKey, the
 # encoded answer), and rounded up: 2,918 bytes for a head of 2 fields, 25,517 for one of 122 (1,870 bytes), 6,039
 # for one of 3 fields with a 1,500-byte value. The bytes count twice: the head, and the fields decoded from it.
 ENTRY_BYTES = 2600

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import coldmiss, passing
-from edgecache.proxy.decide import Prepared
 from edgecache.proxy.lookup import Pass
+from edgecache.proxy.prepared import Prepared
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath

@@ -24,11 +24,11 @@ from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import fillplan, observe, pastend, refuse, uncached
-from edgecache.proxy.decide import Prepared
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.lookup import Cold, Load, Pass
+from edgecache.proxy.prepared import Prepared
 from edgecache.proxy.route import Forward, Here, Refused
 from edgecache.proxy.serving import peer_of
 

@@ -19,8 +19,9 @@ import enum
 from typing import TYPE_CHECKING
 
 from edgecache.proxy import refuse
-from edgecache.proxy.decide import HELD, Prepared
 from edgecache.proxy.diskhit import TLS_PIECE
+from edgecache.proxy.heldslices import HELD
+from edgecache.proxy.prepared import Prepared
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -14,28 +14,25 @@ comes back as a Load for the connection to fetch first.
 from __future__ import annotations
 
 import logging
-import operator
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 
 from edgecache import metrics
 from edgecache.core import admit, ranges
 from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.memo import Memo, Pool, Seen, head_cost
 from edgecache.core.status import CacheStatus, MissCause, of_304, of_fill
 from edgecache.proxy import encode, headparse, observe, rangecut
-from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Fill
 from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
-from edgecache.proxy.heldslices import HELD as HELD  # diskhit's and fastpath's
 from edgecache.proxy.heldslices import held_slices as _slices
 from edgecache.proxy.heldslices import slices_of
 from edgecache.proxy.hit import STATUS_OF_USE, Hit, as_fetched, copied, renewed
 from edgecache.proxy.lookup import Cold, Load, Pass, Validated, find_cold, find_hit
+from edgecache.proxy.prepared import Prepared, for_hop, with_hit
 from edgecache.proxy.route import HOT, Elsewhere, Forward, Here, Refused, addressed, unversioned
 from edgecache.proxy.shared import Shared
 
@@ -59,54 +56,6 @@ class _FullParse:
 
 
 _FULL_PARSE = _FullParse()
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A hit's answer, ready to send: the decision, its encoded head, and what counts it."""
-
-    hit: Hit
-    method: str
-    keep_alive: KeepAlive
-    head: bytes
-    tally: observe.Tally
-    slices: tuple[tuple[str, int, int], ...]  # (slice name, first byte, end) of the body, in order
-    range_field: str | None = None  # the Range of a request answered from its whole-object answer, for the log
-    # PARTIAL when a slice it needs is fetched for it (diskhit.partial), with its miss's cause
-    status: CacheStatus = CacheStatus.HIT
-    cause: str | None = None
-    began: float | None = None  # a miss's (coldmiss): when its request was decided to be one (monotonic)
-    origin_ms: float | None = None  # and how long its origin took to answer
-    fill: Fill | None = None  # and the fill it reads (reading.read_slice)
-    ours: bool = False  # and that fill was started for it (else it joined another request's)
-    expected: Expected | None = None  # and the request, as that fill's reader until it reads (proxy.expecting)
-    validating: ObjectMeta | None = None  # and the stale entry that fill replaces (EXPIRED)
-    way: str | None = None  # where its bytes came from (observe.upstream) when not a plain hit's "cache"
-    cutter: rangecut.Cutter | None = None  # a whole-object basis's: what its cuts share (made at its first cut)
-
-    @property
-    def asked(self) -> Headers:
-        """The request's fields as it sent them: one cut from its whole-object answer (_ranged) had its Range."""
-        fields = self.hit.req.headers
-        return fields if self.range_field is None else (*fields, ("Range", self.range_field))
-
-
-# Every field, in order: a copy made by calling the class with them, as dataclasses.replace makes one, at a fifth of
-# its cost on the path of every request a peer forwards and every remembered answer whose Age ticked.
-_PREPARED_FIELDS = operator.attrgetter(*(f.name for f in fields(Prepared)))
-
-
-def _with_hit(prepared: Prepared, hit: Hit) -> Prepared:
-    answer = Prepared(*_PREPARED_FIELDS(prepared))
-    answer.hit = hit
-    return answer
-
-
-def _for_hop(prepared: Prepared, viewer: str, fills: bool) -> Prepared:
-    """A remembered hop's answer for this hop's viewer: whom the access log names, and whether it may fill."""
-    hit = copied(prepared.hit)
-    hit.viewer, hit.fills = viewer, fills
-    return _with_hit(prepared, hit)
 
 
 class Decider:
@@ -181,7 +130,7 @@ class Decider:
                 decided = self._decide(head, client, admitted=admitted)
                 return None if isinstance(decided, Elsewhere) else decided
             self.shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
-            return _for_hop(prepared, hop.viewer, not hop.lookaside)
+            return for_hop(prepared, hop.viewer, not hop.lookaside)
         decided = self._decide(head, client, hop_field=field, admitted=admitted)
         if isinstance(decided, Prepared) and decided.hit.viewer is not None and decided.status is CacheStatus.HIT:
             _remember(self.hopped, head, decided)
@@ -197,7 +146,7 @@ class Decider:
         if hit is None or encoded is None:
             del memo[head]
             return None
-        prepared = _with_hit(prepared, hit)
+        prepared = with_hit(prepared, hit)
         prepared.head = encoded
         memo[head] = prepared
         return prepared

@@ -25,7 +25,8 @@ from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.status import cache_status_header, miss_cause, with_fetched
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import changing, coldmiss, observe, reading, refuse
-from edgecache.proxy.decide import HELD, Prepared
+from edgecache.proxy.heldslices import HELD
+from edgecache.proxy.prepared import Prepared
 from edgecache.proxy.respond import MAX_CHECKED
 from edgecache.proxy.route import Refused
 from edgecache.storage.store import SliceFile, slice_name

@@ -23,11 +23,11 @@ from edgecache.core.freshness import Use
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import badhead, coldmiss, cork, diskhit, encode, linger, multipart, observe, passing, refuse, relay
-from edgecache.proxy.decide import Prepared
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import HeadGuard
 from edgecache.proxy.lookup import Load, Pass
+from edgecache.proxy.prepared import Prepared
 from edgecache.proxy.relay import Relay
 from edgecache.proxy.route import Forward, Refused, fronted
 

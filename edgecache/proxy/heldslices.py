@@ -1,4 +1,4 @@
-"""The slices an answer holds before its head is sent (decide.Prepared.slices): which slice names, and which bytes of
+"""The slices an answer holds before its head is sent (prepared.Prepared.slices): which slice names, and which bytes of
 each, its body starts with."""
 
 from __future__ import annotations

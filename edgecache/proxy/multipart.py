@@ -13,8 +13,8 @@ from edgecache.core import ranges
 from edgecache.core.status import CacheStatus, MissCause, of_fill
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import changing, coldmiss, diskhit, passing, reading, refuse
-from edgecache.proxy.decide import Prepared
 from edgecache.proxy.lookup import Pass
+from edgecache.proxy.prepared import Prepared
 from edgecache.proxy.respond import answer_slices, probed_slices
 from edgecache.proxy.serving import first_fetched, multipart_passes
 from edgecache.proxy.uncached import write

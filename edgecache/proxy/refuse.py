@@ -30,8 +30,8 @@ from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.route import Refused
 
 if TYPE_CHECKING:
-    from edgecache.proxy.decide import Prepared
     from edgecache.proxy.fastpath import FastPath
+    from edgecache.proxy.prepared import Prepared
 
 _ANSWERED = metrics.FAST_PATH.labels("answered")
 log = logging.getLogger(__name__)

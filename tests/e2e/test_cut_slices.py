@@ -9,8 +9,8 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
-from edgecache.proxy.decide import Prepared
 from edgecache.proxy.heldslices import HELD, held_slices
+from edgecache.proxy.prepared import Prepared
 from edgecache.storage.slicenames import slice_name
 from tests.conftest import make_config, start_edge
 from tests.origin import Origin

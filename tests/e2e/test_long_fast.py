@@ -17,7 +17,7 @@ import pytest
 
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.hop import Hop, sign
-from edgecache.proxy.decide import HELD
+from edgecache.proxy.heldslices import HELD
 from edgecache.storage.store import SliceFile
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
 from tests.e2e import test_hops as hops

@@ -1,6 +1,6 @@
 """What an owner does per forwarded request before its remembered answer goes out: the hop line cut from the head
 (forwardmemo.split_hop), the field verified (core.hop), and the answer copied for that hop's viewer
-(decide._for_hop). Each is on the path of every request a peer forwards, so each is written for speed; these
+(prepared.for_hop). Each is on the path of every request a peer forwards, so each is written for speed; these
 pin down that it still means what the plain versions meant."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any, cast
 import pytest
 
 from edgecache.core.hop import Hop, Refused, sign, verify
-from edgecache.proxy.decide import Prepared, _for_hop
 from edgecache.proxy.forwardmemo import split_hop
 from edgecache.proxy.hit import Hit
+from edgecache.proxy.prepared import Prepared, for_hop
 
 KEY = b"k" * 32
 PRIMARY = "videos|video.test|/a.bin"
@@ -58,7 +58,7 @@ def test_a_hop_answer_is_its_remembered_answer_with_the_hops_viewer_alone_change
     hit = Hit(**values)
     fields: dict[str, Any] = {f.name: object() for f in dataclasses.fields(Prepared)}
     prepared = Prepared(**fields | {"hit": hit})
-    answer = _for_hop(prepared, "192.0.2.7", False)
+    answer = for_hop(prepared, "192.0.2.7", False)
     assert answer.hit is not hit
     assert answer is not prepared
     assert same(answer.hit, dataclasses.replace(hit, viewer="192.0.2.7", fills=False))
