@@ -7,7 +7,8 @@ refuses (badhead.py). Anything else (another method, a body, a few odd fills) ha
 byte not yet answered, to aiohttp, which serves it as it would have.
 
 This module also owns what aiohttp does not bound before a head is complete: a client must finish each request
-head within `header_timeout` (slowloris), and an idle keep-alive connection is closed after `idle_timeout`.
+head within `header_timeout` (slowloris), and an idle keep-alive connection is closed after `idle_timeout` (the one
+timer that watches both: deadline.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from edgecache.core.freshness import Use
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
 from edgecache.proxy import badhead, coldmiss, cork, diskhit, encode, linger, multipart, observe, passing, refuse, relay
+from edgecache.proxy.deadline import Deadline
 from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its pooled buffers by it
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import HeadGuard
@@ -62,9 +64,7 @@ class FastPath(asyncio.Protocol):
         self.eof = False  # the client shut its sending side: answer what it sent, then close
         self.held = False  # reading paused by _flow (the only place that pauses it)
         self.drained: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = self.deadline = 0.0
-        self.deadline_kind = ""  # "idle", "head", or "" for none
+        self.deadline = Deadline(self.loop, self._watched, self._deadline_passed)
         self.write_timer: asyncio.TimerHandle | None = None
         self.sock_fd, self.tls = -1, False  # tls: answers are written a piece at a time (diskhit.TLS_PIECE)
         self.loads = 0  # disk lookups made for the head at the front of the buffer
@@ -103,13 +103,13 @@ class FastPath(asyncio.Protocol):
             return
         self.server.connections.add(self)
         self.server.open += 1
-        self._arm("idle", self.server.settings.idle_timeout)
+        self.deadline.arm("idle", self.server.settings.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self.server.connections:  # counted (not refused at the door, not handed over)
             self.server.open -= 1
         self.server.gone(self)
-        self._cancel_timer()
+        self.deadline.cancel()
         if self.write_timer is not None:
             self.write_timer.cancel()
         if self.drained is not None and not self.drained.done():
@@ -170,12 +170,12 @@ class FastPath(asyncio.Protocol):
             return self._refuse("this address may not send a PROXY protocol header")
         got = proxyproto.parse(self.buf)
         if isinstance(got, proxyproto.NeedMore):
-            self._arm("head", self.server.settings.header_timeout)
+            self.deadline.arm("head", self.server.settings.header_timeout)
             return False
         if isinstance(got, proxyproto.Invalid):
             return self._refuse(got.reason)
         self.proxy = False
-        self._disarm()
+        self.deadline.disarm()
         self.buf = self.buf[got.consumed :]
         if got.source is not None:  # LOCAL and UNKNOWN name no client: the socket's peer stands
             self.address = self.client = self.declared = got.source
@@ -200,15 +200,15 @@ class FastPath(asyncio.Protocol):
         if self.transport is None or self.busy or self.closing:
             return
         if not (self.buf or self.eof or self.write_paused or self.held):  # a keep-alive client between requests
-            self._arm("idle", self.server.settings.idle_timeout)
+            self.deadline.arm("idle", self.server.settings.idle_timeout)
             return
         complete = b"\r\n\r\n" in self.buf  # a head waits while the client is not taking our answers
         if self.eof and not complete:  # the client sent all it will, and every whole head has been answered
             return linger.close_idle(self)
         if not self.buf:
-            self._arm("idle", self.server.settings.idle_timeout)
+            self.deadline.arm("idle", self.server.settings.idle_timeout)
         elif not complete:
-            self._arm("head", self.server.settings.header_timeout)
+            self.deadline.arm("head", self.server.settings.header_timeout)
         self._flow()
 
     def _flow(self) -> None:
@@ -264,7 +264,7 @@ class FastPath(asyncio.Protocol):
                 if isinstance(settled, coldmiss.Written | coldmiss.Streamed):  # answered, or being answered
                     self.head_done()
                     self.buf = self.buf[end + 4 :]
-                    self._disarm()
+                    self.deadline.disarm()
                     if self.busy:
                         return
                     continue
@@ -296,7 +296,7 @@ class FastPath(asyncio.Protocol):
             self.hand_off()
             return False
         self.buf = self.buf[end + 4 :]
-        self._disarm()
+        self.deadline.disarm()
         if isinstance(prepared, Forward):
             self.busy = True
             relay.start(self, prepared, head)
@@ -409,7 +409,7 @@ class FastPath(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self._cancel_timer()
+        self.deadline.cancel()
         self.server.gone(self)
         if self.write_timer is not None:
             self.write_timer.cancel()
@@ -440,38 +440,13 @@ class FastPath(asyncio.Protocol):
             self.address = self.client = self.declared = declared
         self.data_received(data)
 
-    def _arm(self, kind: str, seconds: float) -> None:
-        """Set the connection's deadline: "idle" (between requests) or "head" (a head begun must end by then).
+    def _watched(self) -> bool:
+        """Does the deadline still apply: open, and not busy answering (which bounds itself)?"""
+        return self.transport is not None and not self.busy
 
-        One timer serves every request of a connection: moving the deadline later only records it, and the
-        timer re-arms itself when it fires early, so a busy keep-alive connection creates no timer per request.
-        """
-        if kind == "head" and self.deadline_kind == "head":
-            return  # a head in progress keeps the deadline it started with
-        self.deadline_kind = kind
-        self.deadline = self.loop.time() + seconds
-        if self.timer is None or self.timer_at > self.deadline:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer, self.timer_at = self.loop.call_at(self.deadline, self._tick), self.deadline
-
-    def _disarm(self) -> None:
-        self.deadline_kind = ""  # the timer, if any, finds nothing to do when it fires
-
-    def _cancel_timer(self) -> None:
-        self.deadline_kind = ""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _tick(self) -> None:
-        self.timer = None
-        if not self.deadline_kind or self.transport is None or self.busy:
-            return
-        if self.loop.time() < self.deadline:
-            self.timer, self.timer_at = self.loop.call_at(self.deadline, self._tick), self.deadline
-            return
-        if self.deadline_kind == "head" and self.buf:  # a head begun and not finished in time
+    def _deadline_passed(self, kind: str) -> None:
+        assert self.transport is not None  # _watched
+        if kind == "head" and self.buf:  # a head begun and not finished in time
             metrics.HEADER_TIMEOUTS.inc()
             self.transport.write(encode.timed_out(self.server.date()))
             return linger.close(self)  # the rest of it may still come
