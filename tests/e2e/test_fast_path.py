@@ -299,7 +299,7 @@ async def test_a_range_asked_again_is_answered_from_its_cut(
 
 
 async def test_a_whole_answer_kept_for_ranges_is_never_sent_whole(origin: Origin, tmp_path: Path) -> None:
-    # 11 slices: more than the fast path holds before a head (decide.HELD). Made in C in a few ms: built by a
+    # 11 slices: more than the fast path holds before a head (heldslices.HELD). Made in C in a few ms: built by a
     # Python thread, it held the GIL against the loop's thread at every socket call of the edge (a convoy: 0.5 s
     # late ticks in a full run).
     huge = random.Random(11).randbytes(10 * 2**20 + 3)

@@ -1,4 +1,4 @@
-"""An answer of more slices than the fast path holds before its head (decide.HELD) is streamed on the fast path:
+"""An answer of more slices than the fast path holds before its head (heldslices.HELD) is streamed on the fast path:
 its first slices are held, the rest found as the body reaches them (memory, disk, or fetched when gone), and a
 slice missing when the request comes makes the head say fwd=partial. No such GET or HEAD goes to aiohttp, and
 bytes, heads (but Age and Date) and origin requests are those of the full handler."""

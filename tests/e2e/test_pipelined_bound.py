@@ -24,7 +24,7 @@ from tests.origin import Origin
 
 SMALL = bytes(range(256)) * 40  # 10 KiB
 # More than the kernel buffers of both sockets hold (so the edge's writes of it really wait), and few enough
-# slices for the fast path to hold them all before its head (decide.HELD).
+# slices for the fast path to hold them all before its head (heldslices.HELD).
 BIG = bytes((i * 11 + i // 239) % 256 for i in range(256)) * (7 * 2**12) + b"tail"
 HEAD = f"HEAD /small HTTP/1.1\r\nHost: video.test\r\nX-Pad: {'p' * 900}\r\n\r\n".encode()
 OFFERED = 64 * 2**20  # what the client tries to send
