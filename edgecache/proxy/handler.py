@@ -126,7 +126,9 @@ class EdgeHandler:
             log.exception("%s %s: internal error", request.method, request.path)
             observe.mark(request, CacheStatus.ERROR)
             reply = admit.internal(type(exc).__name__)
-            return error_response(reply.status, reply.reason)
+            resp = error_response(reply.status, reply.reason)
+            resp.force_close()  # what raised may have left the connection anything: nothing after it is answered
+            return resp
 
     def _route(self, request: web.BaseRequest, admitted: str | None) -> tuple[Site, str, CacheKey, Hop | None]:
         """The site, host and key a request names, and its hop; refused (ClientError) as it must be. `admitted`:

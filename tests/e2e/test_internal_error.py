@@ -20,6 +20,7 @@ from edgecache.proxy import diskhit
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
 from tests.samples import applied
+from tests.wire import exchange, own_error
 
 MiB = 2**20
 DATA = bytes(range(256)) * (3 * MiB // 256)
@@ -84,6 +85,31 @@ async def test_an_exception_before_the_head_is_a_500_that_says_so(
         status, _, body = await answered(edge, "/v")  # the node goes on, the store as it was
         assert (status, body) == (200, DATA)
         assert origin.hits["/v"] == 1
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_the_500_closes_its_connection_and_answers_nothing_pipelined_behind_it(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """The request after it on the connection is not answered: what raised may have left the connection's state
+    anything, and the fast path closes after its 500 (refuse.failed). The full handler's 500 kept the connection
+    open and answered the next request on it: no Connection: close, so the two paths' bytes differed too."""
+    async with start_edge(replace(make_config(tmp_path / "c", [origin.url]), fast_path=fast)) as edge:
+        origin.put("/v", DATA)
+        origin.put("/next", b"next object")
+        real, calls = edge.node.store.get_meta, []
+
+        async def first_broken(*args: object, **kwargs: object) -> object:
+            calls.append(args)
+            if len(calls) == 1:
+                raise TypeError("injected: a bug in a storage call")
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(edge.node.store, "get_meta", first_broken)
+        ask = b"GET /v HTTP/1.1\r\nHost: video.test\r\n\r\nGET /next HTTP/1.1\r\nHost: video.test\r\n\r\n"
+        got = await exchange(edge.port, ask, seconds=5)  # to the close
+        assert got == own_error(got, 500, "internal error (TypeError)")
+        assert (origin.hits["/v"], origin.hits["/next"]) == (0, 0)
 
 
 @pytest.mark.parametrize("method", ["open_slice", "open_file", "missing"])
