@@ -106,11 +106,17 @@ class Engine:
     def unread(self, fill: Fill, end: int | None) -> bool:
         """Does nobody read the fill of a whole object now that someone has (or the request that started it has
         gone)? Then it ends at the slice boundary it has reached, as nginx's slice module and ATS end theirs;
-        unless no more than a run of slices (what one miss may fetch: fill_slices) is left before its `end`. A request
-        that joined it and is still to read it (Fill.expecting) is one of its readers already."""
+        unless no more than a run of slices (what one miss may fetch: fill_slices) is left before its `end`, or it
+        writes a copy stored only whole that other workers may be reading. A request that joined it and is still to
+        read it (Fill.expecting) is one of its readers already."""
         if fill.last_index is not None or fill.background or not fill.attended or fill.readers or fill.expecting:
             return False
         if end is not None and end - fill.received <= self.fill_slices * self.slice_size:
+            return False
+        if end is not None and REVALIDATING in fill.leases:
+            # Its lease held to the end (revalidating.holds_to_the_end): another worker's viewers may read the copy
+            # slice by slice (whole_by_another_worker), unseen here, and nothing but this fill can complete a copy
+            # stored only whole. Stopped, their answers were cut (tests/e2e/test_worker_whole_left).
             return False
         return not self._reading.get(fill.entry_key)
 
