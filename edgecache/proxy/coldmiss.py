@@ -262,10 +262,10 @@ def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
         return None
     if started.ours:
         fill.abandon()  # only this request would have read it
-    # As the full handler's pass-through after serving.serve_fill marked its trace: a peer's, its bytes counted so
-    from_peer, moved = peer_of(head, started.cold.req)
+    # Its cause as serving.serve_fill marks the full handler's (ring-moved after a look-aside); its bytes are the
+    # origin's, which the pass-through asks (passing.carry_out), whoever answered the fill.
     passed = _pass_of(started, started.status, not head.shared, started.origin_ms)
-    return replace(passed, from_peer=from_peer, moved=moved)
+    return replace(passed, moved=peer_of(head, started.cold.req)[1])
 
 
 def _mismatched(started: Started) -> Pass | None:

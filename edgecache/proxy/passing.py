@@ -47,7 +47,7 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     t.t0, t.site, t.status = t0, req.site.name, p.status
     t.evicted, t.failover, t.for_peer = p.evicted, p.failover, p.viewer is not None
     t.uncacheable, t.expired = p.uncacheable, p.status is CacheStatus.EXPIRED
-    t.moved, t.from_peer, t.changing = p.moved, p.moved or p.from_peer, p.changing
+    t.moved, t.changing = p.moved, p.changing  # its bytes the origin's (never from_peer): it asks the origin
     t.body_bytes = 0  # what reaches the client, however the answer ends (_relay counts it)
     origin = shared.engine.origin
     client = conn.address if p.viewer is None else ""  # a peer's forward names its viewer already

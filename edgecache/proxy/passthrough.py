@@ -41,6 +41,9 @@ async def pass_through(
     """Forward the request; with `invalidate` (store, host), entries the response invalidates are dropped
     before the client hears the response, so its next request cannot see them."""
     observe.mark(request, status)
+    # What it relays is its upstream's (the origin's; a forward's the owner's, its status PEER): not a peer cache's,
+    # though a peer's answered the fill before it (serving.peer_marks), which counted the origin's bytes as the peer's.
+    observe.trace(request).from_peer = False
     sent = pass_request(request.method, req.key, req.headers, req.site.origin_host, req.client_ip, extra, origin.via)
     body = ClientBody(_continued(request), origin.settings.body_timeout) if request.body_exists else None
     started = time.monotonic()
