@@ -269,7 +269,8 @@ PEER_PURGE_BEHIND = _counter(
 PEER_LOOKASIDE = _counter(
     "edgecache_peer_lookaside_total",
     "Misses of an owner asked of the previous owner's cache first, by peer and outcome: hit (its bytes stored), "
-    "miss, other-version, unusable, error, behind (it may lack a purge applied here that covers the object; the "
+    "miss, other-version, stale (not fresh here, or not for a shared cache: the origin was asked), unusable, "
+    "error, behind (it may lack a purge applied here that covers the object; the "
     "origin was asked instead)",
     ["peer", "outcome"],
 )

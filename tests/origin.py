@@ -66,11 +66,12 @@ class Origin:
         async with self.arrived:
             await self.arrived.wait_for(lambda: len(self.seen) >= n)
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """On `port` (0: any free one; a peer's stand-in takes the port its cluster was told)."""
         server = web.Server(self._handle)
         self._runner = web.ServerRunner(server)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

@@ -13,11 +13,12 @@ Nothing here raises on a peer's input.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 from edgecache.core import entry, ranges
 from edgecache.core.forward import VIA
-from edgecache.core.freshness import Use
+from edgecache.core.freshness import Policy, Use, evaluate, storable, stored_use
 from edgecache.core.headers import Headers, list_values
 from edgecache.core.ring import Member
 
@@ -32,7 +33,8 @@ class Outcome(StrEnum):
 
     HIT = "hit"  # the peer's bytes were stored
     MISS = "miss"  # the peer does not hold it (fresh and whole)
-    OTHER_VERSION = "other-version"  # it holds another version than the slices stored here: never mixed
+    OTHER_VERSION = "other-version"  # another version than the slices stored here, or another Vary: never mixed
+    STALE = "stale"  # not fresh here (Age carried), or not for a shared cache to store: the origin is asked
     UNUSABLE = "unusable"  # no validators to prove the version, or a malformed answer
     ERROR = "error"  # refused, timed out, broken: the origin is asked at once
     BEHIND = "behind"  # not asked: it may lack a purge applied here covering it (cluster.behind): origin asked
@@ -61,13 +63,28 @@ def may_use(use: Use, validated: bool) -> bool:
     return may_answer(True, validated or use is Use.FRESH, False)
 
 
-def judge(status: int, headers: Headers, asked: ranges.ByteRange | None, held_version: str | None) -> Outcome:
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a look-aside asked for, which its answer is judged by."""
+
+    fields: Headers  # the request as sent: the entry key's Vary'd fields (keys.keyed_fields), the Range
+    span: ranges.ByteRange | None  # the range asked; None: the whole object
+    held_version: str | None  # the version of the slices already stored here, if any
+    varied: tuple[str, ...]  # the fields the entry key asked under Varies on, sorted; (): none known here
+    policy: Policy  # the site's: what this node counts fresh
+    at: float  # when it was asked
+    soft_before: float = 0.0  # a soft purge of the object at this time (0: none)
+
+
+def judge(status: int, headers: Headers, asked: Asked, now: float) -> Outcome:
     """Whether the peer's answer may be stored like an origin's: a 200 or 206 from its cache, for the range
-    asked, with validators that name a version (a strong ETag, or Last-Modified and the length), and that
-    version the one of the slices already stored here when there are any (`held_version`)."""
+    asked, with validators that name a version (a strong ETag, or Last-Modified and the length), that version the
+    one of the slices already stored here when there are any, Varied as the key asked (when it names any), and
+    fresh here now (fresh_here). A peer of another release, or a faulty one, may answer what a peer of this one
+    never does (lookaside.may_use); its bytes are then not the viewer's: the origin is asked, as for any miss."""
     if status not in (200, 206):
         return Outcome.MISS
-    judged = entry.judge(status, headers, asked)
+    judged = entry.judge(status, headers, asked.span)
     if isinstance(judged, entry.Partial):
         length: int | None = judged.length
     elif isinstance(judged, entry.Whole):
@@ -77,9 +94,23 @@ def judge(status: int, headers: Headers, asked: ranges.ByteRange | None, held_ve
     version = entry.version_of(headers, length)
     if version is None or length is None:
         return Outcome.UNUSABLE
-    if held_version is not None and version != held_version:
+    if asked.held_version is not None and version != asked.held_version:
         return Outcome.OTHER_VERSION
-    return Outcome.HIT
+    if asked.varied and entry.vary_names(headers) != asked.varied:
+        return Outcome.OTHER_VERSION  # selected by other fields than the ones sent: maybe another variant's bytes
+    return Outcome.HIT if fresh_here(status, headers, asked, now) else Outcome.STALE
+
+
+def fresh_here(status: int, headers: Headers, asked: Asked, now: float) -> bool:
+    """Whether an answer from a peer's cache may be stored here and served as fresh: storable by a shared cache
+    (RFC 9111 3: no no-store, no private, no Vary: *, ...), and fresh for this node by its own policy with the
+    peer's Age carried (4.2.3), no no-cache, made by the origin after any soft purge of it here. The rule this
+    node's own look-aside answers keep (may_use: held fresh), checked again on the side that stores them."""
+    if not storable("GET", status, asked.fields, headers, asked.policy).store:
+        return False
+    fresh = evaluate(headers, status, asked.at, now, now, asked.policy)
+    made = now - fresh.age  # when the origin answered, by the age it has now
+    return stored_use(asked.fields, headers, fresh, asked.policy, made, asked.soft_before) is Use.FRESH
 
 
 def origin_fields(headers: Headers) -> Headers:

@@ -4,6 +4,7 @@ node owns the object (core.lookaside), or the owner, for the copy of a hot objec
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from functools import partial
 
@@ -14,6 +15,7 @@ from edgecache.core import admit, lookaside, ranges
 from edgecache.core.forward import OriginRequest
 from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
+from edgecache.core.keys import keyed_fields
 from edgecache.core.ring import Member
 from edgecache.errors import OriginError, PeerWithheld
 from edgecache.proxy import observe
@@ -33,12 +35,16 @@ async def look_aside(
     """The previous owner's answer from its cache when this node owns the object (core.lookaside), in place
     of the origin's; None when there is nobody to ask or its answer may not be stored here: then the origin
     is asked at once. The request is the fill's, sent to the key's host with a signed look-aside hop; the
-    answer is taken only for the version of the slices already stored here, without what the peer added."""
+    answer is taken only for the version of the slices already stored here, fresh here (core.lookaside.judge),
+    without what the peer added."""
     peer = view.previous_owner(req.primary) if view is not None and req.primary and req.key.host else None
     if view is None or peer is None:
         return None
     site, headers = _to_peer(view, req, sent, peer, look_aside=True)
     held = await store.get_meta(req.entry_key)
+    varied = tuple(sorted(name for name, _ in keyed_fields(req.entry_key)))
+    held_version = held.version if held is not None else None
+    judged = lookaside.Asked(sent.headers, asked, held_version, varied, req.policy, time.time(), req.soft_before)
     try:
         async with asyncio.timeout(view.settings.timeout):
             resp = await _peer(view, origin, peer, req).request(site, sent.method, sent.target, headers)
@@ -50,7 +56,7 @@ async def look_aside(
         observe.peer_error(peer.id, error)
         metrics.PEER_LOOKASIDE.labels(peer.id, lookaside.Outcome.ERROR).inc()
         return None
-    outcome = lookaside.judge(resp.status, resp.headers, asked, held.version if held is not None else None)
+    outcome = lookaside.judge(resp.status, resp.headers, judged, time.time())
     metrics.PEER_LOOKASIDE.labels(peer.id, outcome).inc()
     if outcome is not lookaside.Outcome.HIT:
         resp.close()  # its body is not read: the connection is not reused

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgecache.core import lookaside, popularity
+from edgecache.core.freshness import Policy
+from edgecache.core.headers import Headers
 from edgecache.core.hop import Hop, Refused, sign, verify
-from edgecache.core.lookaside import Outcome
+from edgecache.core.lookaside import Asked, Outcome
 from edgecache.core.ranges import ByteRange
 from edgecache.core.ring import Member, Ring
 
 KEY = b"k" * 32
 PRIMARY = "videos|video.test|/a.bin"
 A, B, C = Member("a", "127.0.0.1:1"), Member("b", "127.0.0.1:2"), Member("c", "127.0.0.1:3")
-VERSIONED = (("ETag", '"v1"'), ("Content-Length", "100"))
+FOR_AN_HOUR = (("Cache-Control", "max-age=3600"),)
+VERSIONED = (*FOR_AN_HOUR, ("ETag", '"v1"'), ("Content-Length", "100"))
+NOW = 1_764_547_200.0  # Mon, 01 Dec 2025 00:00:00 GMT
+SENT = (("Host", "video.test"), ("Via", "1.1 edgecache"))
+ASKED: dict[str, Any] = {"varied": (), "policy": Policy(), "at": NOW - 1}
 
 
 def test_the_owner_asks_the_next_owner_that_is_up_and_nobody_else_asks() -> None:
@@ -37,22 +45,62 @@ def test_the_asked_node_answers_only_what_it_holds_fresh_and_whole() -> None:
     assert not lookaside.may_answer(True, True, True)  # a slice missing: it would fill from the origin
 
 
+def judged(status: int, headers: Headers, span: ByteRange | None = None, held: str | None = None, **kw: Any) -> Outcome:
+    """judge() of an answer that arrives at NOW, asked a second before with the fill's fields (no Vary known)."""
+    return lookaside.judge(status, headers, Asked(SENT, span, held, **{**ASKED, **kw}), NOW)
+
+
 def test_an_answer_is_stored_only_when_it_names_the_version_held_here() -> None:
-    assert lookaside.judge(200, VERSIONED, None, None) is Outcome.HIT
-    assert lookaside.judge(200, VERSIONED, None, 'e:"v1"') is Outcome.HIT
-    assert lookaside.judge(200, VERSIONED, None, 'e:"v2"') is Outcome.OTHER_VERSION
-    ranged = (("ETag", '"v1"'), ("Content-Range", "bytes 100-199/1000"), ("Content-Length", "100"))
-    assert lookaside.judge(206, ranged, ByteRange(100, 199), 'e:"v1"') is Outcome.HIT
-    assert lookaside.judge(206, ranged, ByteRange(0, 99), None) is Outcome.UNUSABLE  # not the range asked
+    assert judged(200, VERSIONED) is Outcome.HIT
+    assert judged(200, VERSIONED, None, 'e:"v1"') is Outcome.HIT
+    assert judged(200, VERSIONED, None, 'e:"v2"') is Outcome.OTHER_VERSION
+    ranged = (*FOR_AN_HOUR, ("ETag", '"v1"'), ("Content-Range", "bytes 100-199/1000"), ("Content-Length", "100"))
+    assert judged(206, ranged, ByteRange(100, 199), 'e:"v1"') is Outcome.HIT
+    assert judged(206, ranged, ByteRange(0, 99)) is Outcome.UNUSABLE  # not the range asked
     lm = (("Last-Modified", "Sat, 01 Nov 2025 00:00:00 GMT"), ("Content-Length", "100"))
     date = (("Date", "Mon, 01 Dec 2025 00:00:00 GMT"),)
-    assert lookaside.judge(200, lm + date, None, None) is Outcome.HIT  # a strong Last-Modified and the length do
-    assert lookaside.judge(200, lm, None, None) is Outcome.UNUSABLE  # no Date: it may name two versions
-    assert lookaside.judge(200, (("ETag", 'W/"weak"'), ("Content-Length", "100")), None, None) is Outcome.UNUSABLE
-    assert lookaside.judge(200, (("Content-Length", "100"),), None, None) is Outcome.UNUSABLE
-    assert lookaside.judge(200, (("ETag", '"v1"'),), None, None) is Outcome.UNUSABLE  # no length: maybe cut
-    assert lookaside.judge(504, (), None, None) is Outcome.MISS
-    assert lookaside.judge(206, (("Content-Range", "junk"),), ByteRange(0, 9), None) is Outcome.UNUSABLE
+    assert judged(200, lm + date) is Outcome.HIT  # a strong Last-Modified and the length do (fresh by heuristic)
+    assert judged(200, (*FOR_AN_HOUR, *lm)) is Outcome.UNUSABLE  # no Date: it may name two versions
+    assert judged(200, (*FOR_AN_HOUR, ("ETag", 'W/"weak"'), ("Content-Length", "100"))) is Outcome.UNUSABLE
+    assert judged(200, (*FOR_AN_HOUR, ("Content-Length", "100"))) is Outcome.UNUSABLE
+    assert judged(200, (*FOR_AN_HOUR, ("ETag", '"v1"'))) is Outcome.UNUSABLE  # no length: maybe cut
+    assert judged(504, ()) is Outcome.MISS
+    assert judged(206, (("Content-Range", "junk"),), ByteRange(0, 9)) is Outcome.UNUSABLE
+
+
+def test_an_answer_is_stored_only_fresh_here_with_its_age_carried_and_storable_by_a_shared_cache() -> None:
+    """What a peer of this release never answers (may_use: held fresh) is not stored when a peer of another release,
+    or a faulty one, answers it: stale by its Age or its Expires, or not for a shared cache."""
+    body = (("ETag", '"v1"'), ("Content-Length", "100"))
+    assert judged(200, (("Cache-Control", "max-age=60"), ("Age", "58"), *body)) is Outcome.HIT  # 59 s old on arrival
+    assert judged(200, (("Cache-Control", "max-age=60"), ("Age", "59"), *body)) is Outcome.STALE  # 60: not fresh
+    assert judged(200, (("Cache-Control", "max-age=60"), ("Age", "600"), *body)) is Outcome.STALE
+    assert judged(200, (("Cache-Control", "max-age=60"), ("Age", "600"), *body), policy=Policy(min_ttl=3600.0)) is (
+        Outcome.HIT  # this node's own floor counts it fresh, as it would count its own copy
+    )
+    day = (("Date", "Mon, 01 Dec 2025 00:00:00 GMT"),)
+    assert judged(200, (*day, ("Expires", "Sun, 30 Nov 2025 23:00:00 GMT"), *body)) is Outcome.STALE  # in the past
+    assert judged(200, (*day, ("Expires", "Mon, 01 Dec 2025 01:00:00 GMT"), *body)) is Outcome.HIT
+    assert judged(200, (("Date", "Sun, 30 Nov 2025 00:00:00 GMT"), ("Cache-Control", "max-age=3600"), *body)) is (
+        Outcome.STALE  # its Date says a day old, whatever its Age says
+    )
+    for cc in ("private, max-age=3600", "no-store, max-age=3600", "no-cache, max-age=3600", "s-maxage=0, max-age=60"):
+        assert judged(200, (("Cache-Control", cc), *body)) is Outcome.STALE, cc
+    assert judged(200, (*FOR_AN_HOUR, ("Vary", "*"), *body)) is Outcome.STALE
+    assert judged(200, (*FOR_AN_HOUR, ("Set-Cookie", "a=1"), *body)) is Outcome.STALE
+    # Made by the origin before a soft purge of it here (its age says when): the purged bytes.
+    assert judged(200, (*FOR_AN_HOUR, ("Age", "100"), *body), soft_before=NOW - 50) is Outcome.STALE
+    assert judged(200, (*FOR_AN_HOUR, ("Age", "10"), *body), soft_before=NOW - 50) is Outcome.HIT
+
+
+def test_an_answer_is_stored_only_varied_as_the_key_asked() -> None:
+    gzip = (*VERSIONED, ("Vary", "Accept-Encoding"))
+    assert judged(200, gzip) is Outcome.HIT  # nothing known here: stored under the fields sent, as an origin's
+    assert judged(200, gzip, varied=("accept-encoding",)) is Outcome.HIT
+    assert judged(200, (*VERSIONED, ("Vary", "accept-encoding, Accept-Language")), varied=("accept-encoding",)) is (
+        Outcome.OTHER_VERSION
+    )
+    assert judged(200, VERSIONED, varied=("accept-encoding",)) is Outcome.OTHER_VERSION
 
 
 def test_what_the_peer_added_is_not_stored() -> None:
