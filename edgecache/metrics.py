@@ -45,6 +45,7 @@ class Sources:
     cache: int = 0
     origin: int = 0
     peer: int = 0
+    joined: bool = False  # it waited on another request's origin fetch: counted once (collapsed)
 
 
 # The request being answered in this task (observe.start sets it): the served-bytes counter adds to it as well,
@@ -100,7 +101,23 @@ ORIGIN_SHARE_WAITS = _counter(
 ORIGIN_LATENCY = _histogram(
     "edgecache_origin_response_seconds", "Origin time to response head", ["site"], buckets=_LATENCY
 )
-COLLAPSED = _counter("edgecache_collapsed_waits_total", "Requests that joined another request's origin fetch")
+COLLAPSED = _counter(
+    "edgecache_collapsed_waits_total",
+    "Requests that joined another request's origin fetch: once a request, however many of its slices did",
+)
+
+
+def collapsed(request: Sources | None) -> None:
+    """edgecache_collapsed_waits_total for a request that waits on another request's origin fetch (a fill in this
+    process, or another worker's): once per request, whichever of its slices or tries wait, as its Sources
+    (`request`) remembers; each time for a wait of no request's."""
+    if request is not None:
+        if request.joined:
+            return
+        request.joined = True
+    COLLAPSED.inc()
+
+
 # One per request answered miss, expired or partial (core.status.MISSES), by its one cause (core.status.MissCause).
 MISSES = _counter("edgecache_misses_total", "Requests that were misses, by site and cause", ["site", "cause"])
 FILLS = _counter("edgecache_fills_total", "Origin fetches started to fill the cache")

@@ -150,7 +150,7 @@ def settle(
     elif isinstance(answer, Streamed):
         expected = None  # until its stream starts (uncached)
     if answer is not None and not started.ours and not isinstance(answer, Again):
-        metrics.COLLAPSED.inc()
+        metrics.collapsed(None)  # its Sources, made for its body, start joined (diskhit._from_disk)
     if expected is not None:  # it reads the fill no more (a request that joined it joins again at the full handler)
         expected.release()
     return answer

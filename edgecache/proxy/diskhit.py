@@ -160,8 +160,9 @@ async def _from_disk(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None
     sources: list[Source] = []
     held: list[SliceFile] = []
     # The body's bytes as the served-bytes counter takes them (the first fetched ones in _partial too): what an
-    # answer cut short is logged with.
-    served = metrics.Sources()
+    # answer cut short is logged with. A miss that joined another's fill was counted as a collapsed wait
+    # (coldmiss.settle): its reads count no more (metrics.collapsed, once a request).
+    served = metrics.Sources(joined=p.fill is not None and not p.ours)
     metrics.SOURCES.set(served)
     shared.in_flight += 1
     # A fill of the whole object runs while it is read (Engine.unread)

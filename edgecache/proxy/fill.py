@@ -109,6 +109,9 @@ class Fill:
         self.slice_size = slice_size
         self.head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
         self.asked_at = time.time()  # no later than the origin was asked: what a soft purge is judged against
+        # The request whose slice read started it (its served bytes' metrics.Sources, reading._start_for): its own
+        # later slices read it as that request's; any other reader joined another request's fetch.
+        self.opener: metrics.Sources | None = None
         self._bufs: dict[int, Parts | bytes] = {}
         self._complete: set[int] = set()
         self._durable: set[int] = set()  # complete slices the store has, while the fill still holds them

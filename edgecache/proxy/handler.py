@@ -329,7 +329,7 @@ class EdgeHandler:
         if ours:
             held.started.append(fill)
         else:
-            metrics.COLLAPSED.inc()
+            metrics.collapsed(observe.trace(request).sources)
         return fill, ours, adopted.origin_ms if adopted is not None else None
 
     async def _look_up(

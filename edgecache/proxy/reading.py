@@ -97,10 +97,11 @@ async def read_slice(
             if isinstance(started, _Held):  # a fill stored it while this looked: read it as stored
                 continue
             if started is None:  # another worker process is fetching this slice: read it when it lands
-                metrics.COLLAPSED.inc()
+                metrics.collapsed(metrics.SOURCES.get())
                 await engine.store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS)
                 continue
             fill = started  # the request's miss is counted once, by its cause, when it ends (observe.finish)
+        _joined(fill, own)
         try:
             async for chunk in _read_fill(fill, req, fill is own, meta, index, lo, hi):
                 yield chunk
@@ -125,6 +126,14 @@ async def _read_fill(
         raise Released
     async for chunk in _from_fill(fill, meta, index, lo, hi):
         yield chunk
+
+
+def _joined(fill: Fill, own: Fill | None) -> None:
+    """Count the request in edgecache_collapsed_waits_total (once a request: metrics.collapsed) when the fill it reads
+    a slice from is another request's origin fetch: not its miss's own, nor one a read of its own started."""
+    request = metrics.SOURCES.get()
+    if fill is not own and fill.opener is not request:
+        metrics.collapsed(request)
 
 
 def _ended_elsewhere(fill: Fill, req: FillRequest) -> bool:
@@ -243,7 +252,7 @@ async def _start_for(
     if meta.whole:
         if join and await whole_by_another_worker(engine.store, req, meta, index):
             return HELD  # read it on the disk
-        return engine.start_fill(req, 0, None)
+        return _opened(engine, req, 0, None)
     stop = min(index + engine.fill_slices - 1, last_needed, meta.slice_count - 1)
     candidates = list(range(index + 1, stop + 1))
     run_end = index
@@ -270,11 +279,18 @@ async def _start_for(
             return None
         run_end = index + leased - 1
         again = engine.fills.find(req, index) if join else None
-        fill = again if again is not None else engine.start_fill(req, index, run_end)
+        fill = again if again is not None else _opened(engine, req, index, run_end)
         # Leases name no owner: the fill lets go of those whose slices it does not store (Engine._run_fill).
         fill.leases.update(engine.store.lease_names(req.entry_key, meta.slice_version, range(index, run_end + 1)))
         return fill
-    return engine.start_fill(req, index, run_end)
+    return _opened(engine, req, index, run_end)
+
+
+def _opened(engine: Engine, req: FillRequest, first: int, last: int | None) -> Fill:
+    """A fill started for the request being answered (its metrics.Sources), which its later slices read as its own."""
+    fill = engine.start_fill(req, first, last)
+    fill.opener = metrics.SOURCES.get()
+    return fill
 
 
 def _from_peer(fill: Fill) -> bool:
