@@ -74,6 +74,7 @@ class Asked:
     policy: Policy  # the site's: what this node counts fresh
     at: float  # when it was asked
     soft_before: float = 0.0  # a soft purge of the object at this time (0: none)
+    viewer: Headers = ()  # the fields of the request the fill is for: its no-cache, max-age, min-fresh
 
 
 def judge(status: int, headers: Headers, asked: Asked, now: float) -> Outcome:
@@ -105,12 +106,14 @@ def fresh_here(status: int, headers: Headers, asked: Asked, now: float) -> bool:
     """Whether an answer from a peer's cache may be stored here and served as fresh: storable by a shared cache
     (RFC 9111 3: no no-store, no private, no Vary: *, ...), and fresh for this node by its own policy with the
     peer's Age carried (4.2.3), no no-cache, made by the origin after any soft purge of it here. The rule this
-    node's own look-aside answers keep (may_use: held fresh), checked again on the side that stores them."""
+    node's own look-aside answers keep (may_use: held fresh), checked again on the side that stores them; and one
+    the viewer's request takes as a stored answer (5.2.1: its no-cache, max-age, min-fresh), which the peer, asked
+    with the key's fields alone, never saw. Its answer goes to that viewer as the fill's: the origin's, else."""
     if not storable("GET", status, asked.fields, headers, asked.policy).store:
         return False
     fresh = evaluate(headers, status, asked.at, now, now, asked.policy)
     made = now - fresh.age  # when the origin answered, by the age it has now
-    return stored_use(asked.fields, headers, fresh, asked.policy, made, asked.soft_before) is Use.FRESH
+    return stored_use(asked.viewer, headers, fresh, asked.policy, made, asked.soft_before) is Use.FRESH
 
 
 def origin_fields(headers: Headers) -> Headers:

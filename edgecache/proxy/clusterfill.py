@@ -31,12 +31,13 @@ async def look_aside(
     req: FillRequest,
     sent: OriginRequest,
     asked: ranges.ByteRange | None,
+    viewer: Headers,
 ) -> OriginResponse | None:
     """The previous owner's answer from its cache when this node owns the object (core.lookaside), in place
     of the origin's; None when there is nobody to ask or its answer may not be stored here: then the origin
     is asked at once. The request is the fill's, sent to the key's host with a signed look-aside hop; the
-    answer is taken only for the version of the slices already stored here, fresh here (core.lookaside.judge),
-    without what the peer added."""
+    answer is taken only for the version of the slices already stored here, fresh here for the request it is for
+    (`viewer`: its fields; core.lookaside.judge), without what the peer added."""
     peer = view.previous_owner(req.primary) if view is not None and req.primary and req.key.host else None
     if view is None or peer is None:
         return None
@@ -44,7 +45,9 @@ async def look_aside(
     held = await store.get_meta(req.entry_key)
     varied = tuple(sorted(name for name, _ in keyed_fields(req.entry_key)))
     held_version = held.version if held is not None else None
-    judged = lookaside.Asked(sent.headers, asked, held_version, varied, req.policy, time.time(), req.soft_before)
+    judged = lookaside.Asked(
+        sent.headers, asked, held_version, varied, req.policy, time.time(), req.soft_before, viewer
+    )
     try:
         async with asyncio.timeout(view.settings.timeout):
             resp = await _peer(view, origin, peer, req).request(site, sent.method, sent.target, headers)

@@ -22,6 +22,7 @@ from edgecache.cluster.view import ClusterView
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
+from edgecache.core.headers import Headers
 from edgecache.core.keys import PrimaryRecord, entry_key, keyed_fields
 from edgecache.errors import OriginError, StorageError, VersionChanged
 from edgecache.proxy import clusterfill, leasing
@@ -236,8 +237,8 @@ class Engine:
         unkeyed = unkeyed_fields(req.site.forward_fields, req.headers, tuple(name for name, _ in fields))
         sent = fill_request(req.key, fields, req.site.origin_host, span, checked, unkeyed, self.origin.via)
         # From here on the request's fields are the ones sent: the answer is stored under their variant.
-        req = replace(req, headers=sent.headers)
-        resp, request_time = await self._ask(req, sent, asked, validate)
+        viewer, req = req.headers, replace(req, headers=sent.headers)
+        resp, request_time = await self._ask(req, sent, asked, validate, viewer)
         try:
             primary = req.record_key
             if self.store.stale():  # another worker purged meanwhile: judged by what this one held, the fill
@@ -288,16 +289,22 @@ class Engine:
             self._spawn(later)
 
     async def _ask(
-        self, req: FillRequest, sent: OriginRequest, asked: ranges.ByteRange | None, validate: ObjectMeta | None
+        self,
+        req: FillRequest,
+        sent: OriginRequest,
+        asked: ranges.ByteRange | None,
+        validate: ObjectMeta | None,
+        viewer: Headers,
     ) -> tuple[OriginResponse, float]:
         """The answer to a fill's request and when it was asked: the owner's for a spread copy, else the previous
-        owner's cache's (a look-aside, never for a revalidation), else, when those gave none, the origin's."""
+        owner's cache's (a look-aside, never for a revalidation; `viewer`: the fields of the request it is for),
+        else, when those gave none, the origin's."""
         request_time = time.time()
         if req.spread_from is not None:
             assert self.cluster is not None
             resp = await clusterfill.from_owner(self.cluster, self.origin, req, sent, req.spread_from)
         elif validate is None:
-            resp = await clusterfill.look_aside(self.cluster, self.origin, self.store, req, sent, asked)
+            resp = await clusterfill.look_aside(self.cluster, self.origin, self.store, req, sent, asked, viewer)
         else:
             resp = None
         if resp is None:

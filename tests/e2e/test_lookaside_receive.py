@@ -113,3 +113,21 @@ async def test_a_peers_fresh_answer_is_stored_with_its_age_and_the_origin_is_not
             assert (status, body == ORIGIN_BYTES, headers["Cache-Status"]) == (200, True, field)
             assert 50 <= int(headers["Age"]) < 60
         assert (peer.hits[path], origin.hits[path], lookasides("hit") - hits) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "full"])
+async def test_a_viewer_that_asks_for_no_stored_answer_gets_the_origins_not_the_peers(
+    origin: Origin, tmp_path: Path, fast_path: bool
+) -> None:
+    """The peer holds it fresh, but was asked with the key's fields alone: a viewer's no-cache is judged here."""
+    async with node_and_peer(origin, tmp_path, fast_path) as (edge, peer):
+        path = owned("/nocache", edge.node.cluster.ring.members)  # type: ignore[union-attr]
+        origin.put(path, ORIGIN_BYTES)
+        peer.put(path, PEER_BYTES, headers={"Cache-Control": "public, max-age=3600", "Age": "50", **FRAMED})
+        stale, hits = lookasides("stale"), lookasides("hit")
+        status, headers, body = await edge.get(path, **{"Cache-Control": "no-cache"})
+        assert (status, body == ORIGIN_BYTES, headers["Cache-Status"]) == (200, True, "edgecache; fwd=uri-miss; stored")
+        assert (peer.hits[path], origin.hits[path]) == (1, 1)
+        assert (lookasides("stale") - stale, lookasides("hit") - hits) == (1, 0)
+        status, headers, body = await edge.get(path)
+        assert (status, body == ORIGIN_BYTES, headers["Cache-Status"]) == (200, True, "edgecache; hit")

@@ -93,6 +93,14 @@ def test_an_answer_is_stored_only_fresh_here_with_its_age_carried_and_storable_b
     assert judged(200, (*FOR_AN_HOUR, ("Age", "10"), *body), soft_before=NOW - 50) is Outcome.HIT
 
 
+def test_an_answer_is_taken_only_as_the_viewers_request_takes_a_stored_answer() -> None:
+    """The peer was asked with the key's fields alone: the viewer's own directives are judged here (RFC 9111 5.2.1)."""
+    for cc in ("no-cache", "max-age=0", "min-fresh=7200"):
+        assert judged(200, VERSIONED, viewer=(("Cache-Control", cc),)) is Outcome.STALE, cc
+    assert judged(200, VERSIONED, viewer=(("Pragma", "no-cache"),)) is Outcome.STALE
+    assert judged(200, VERSIONED, viewer=(("Cache-Control", "max-age=7200"),)) is Outcome.HIT  # 1 s old
+
+
 def test_an_answer_is_stored_only_varied_as_the_key_asked() -> None:
     gzip = (*VERSIONED, ("Vary", "Accept-Encoding"))
     assert judged(200, gzip) is Outcome.HIT  # nothing known here: stored under the fields sent, as an origin's
