@@ -4,7 +4,8 @@ When ownership moves (a node added, or back), rendezvous hashing makes the previ
 second owner now (core.ring), and that node still holds the object. So a miss on the owner first asks the next
 owner that is up, with a signed look-aside hop (core.hop): "answer from your cache only, never fill, never
 forward". What it answers is taken like an origin's answer only when it proves to be the same version as the
-slices already stored here, and the peer's Age is kept, so the copy ages on from where the peer's was.
+slices already stored here and is fresh here, for a shared cache and for the viewer's request (judge: the asked
+node is not trusted to have kept may_use), and the peer's Age is kept, so the copy ages on from where the peer's was.
 
 Pure: the rules of whom to ask, what the asked node may answer and which answers may be stored.
 Nothing here raises on a peer's input.
