@@ -18,6 +18,11 @@ def slice_prefix(entry_key: str, version: str) -> str:
     return f"s:{digest(entry_key)}:{digest(version)[:16]}:"
 
 
+def meta_name(entry_key: str) -> str:
+    """The disk key of the metadata stored under `entry_key` (what meta_of names from one of its slices)."""
+    return "m:" + digest(entry_key)
+
+
 def meta_of(slice: str) -> str:
     """The disk key of the metadata of a slice's object. A hit on a slice counts for it too: this process keeps
     hot metadata at hand and never reads it from disk, and the disk's policy would evict it as unused."""

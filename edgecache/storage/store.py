@@ -30,7 +30,7 @@ from edgecache.storage.leases import PEER_POLL, Leases
 from edgecache.storage.memory import MemoryTier
 from edgecache.storage.purging import Purging, not_kept
 from edgecache.storage.slicefile import SliceFile
-from edgecache.storage.slicenames import meta_of, slice_name
+from edgecache.storage.slicenames import meta_name, meta_of, slice_name
 from edgecache.storage.tiers import Tiers
 
 __all__ = ["LAZY_META_SECONDS", "OPEN_FILES", "PEER_POLL", "SliceFile", "Store", "slice_name"]
@@ -144,7 +144,7 @@ class Store(Purging, Leases, Tiers):
         if entry_key in self._deleting:
             return None  # absent meanwhile: not read back
         try:
-            raw = await self.disk.get("m:" + digest(entry_key))
+            raw = await self.disk.get(meta_name(entry_key))
         except StorageError as exc:
             _warn("metadata read failed, treating as a miss", exc)
             return None
@@ -172,7 +172,7 @@ class Store(Purging, Leases, Tiers):
             if written is not None and written[0] == same and meta.response_time - written[1] < LAZY_META_SECONDS:
                 return
         try:
-            await self.disk.put("m:" + digest(entry_key), meta.to_bytes())
+            await self.disk.put(meta_name(entry_key), meta.to_bytes())
         except StorageError as exc:
             _warn("metadata write failed", exc)
             return
@@ -194,7 +194,7 @@ class Store(Purging, Leases, Tiers):
 
         ours = meta.to_bytes()
         try:
-            raw = await self.disk.claim("m:" + digest(entry_key), ours, keep)
+            raw = await self.disk.claim(meta_name(entry_key), ours, keep)
         except StorageError as exc:
             _warn("metadata write failed", exc)
             raw = None
@@ -234,7 +234,7 @@ class Store(Purging, Leases, Tiers):
         self._written.pop(entry_key)
         self._deleting[entry_key] += 1  # absent meanwhile: a lookup must not read it back from the disk
         try:
-            await self.disk.delete("m:" + digest(entry_key))
+            await self.disk.delete(meta_name(entry_key))
         except StorageError as exc:
             _warn("metadata delete failed", exc)
         finally:
