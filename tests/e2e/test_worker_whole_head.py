@@ -182,3 +182,43 @@ async def test_a_miss_before_the_other_workers_head_of_unknown_length_reads_its_
             (status_a, data_a), (status_b, _, data_b) = await asyncio.gather(first, second)
         assert (status_a, data_a == BODY, status_b, data_b == BODY) == (200, True, 200, True)
         assert origin.hits["/p.bin"] == 1
+
+
+async def test_a_whole_copy_whose_head_came_late_is_held_from_its_head_on(origin: Origin, tmp_path: Path) -> None:
+    """The origin is slow to answer A (its head comes 0.7 of a lease after A asked: a slow origin, not a
+    synchronisation) and to send slice 0 (0.6 more). A's lease, taken when A asked, ran out before A had stored a
+    slice: B, following A's copy, took that for A's end and fetched the object itself. A holds it a lease's time
+    from its head on now (then from each slice stored: held_on): one origin request, exact bytes to both."""
+    origin.put("/warm", BODY[:1000])
+    go = asyncio.Event()
+
+    async def slow(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
+        if request.path != "/p.bin" or origin.hits["/p.bin"] > 1:
+            return None
+        await go.wait()  # until B waits on A's request
+        await asyncio.sleep(0.7 * LEASE_SECONDS)
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600"})
+        resp.content_length = len(BODY)
+        await resp.prepare(request)
+        await resp.write(BODY[: MiB // 2])
+        await asyncio.sleep(0.6 * LEASE_SECONDS)
+        await resp.write(BODY[MiB // 2 :])
+        await resp.write_eof()
+        return resp
+
+    origin.put("/p.bin", BODY, etag=None, last_modified=None)
+    origin.on_request = slow
+    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
+        try:
+            seen, waits = len(origin.seen), await collapsed(s, admin)
+            first = asyncio.ensure_future(a.get("/p.bin"))
+            async with asyncio.timeout(20):
+                await origin.wait_for_requests(seen + 1)
+                second = asyncio.ensure_future(b.get("/p.bin"))
+                await waited_once_more(origin, s, admin, waits)  # B waits on A's origin request
+        finally:
+            go.set()
+        async with asyncio.timeout(4 * LEASE_SECONDS):
+            answers = await asyncio.gather(first, second)
+        assert [(status, data == BODY) for status, _, data in answers] == [(200, True), (200, True)]
+        assert origin.hits["/p.bin"] == 1
