@@ -29,15 +29,15 @@ async def test_a_miss_in_flight_when_its_disk_hangs_is_answered_once_the_disk_is
         slot = edge.node.store.disk._slots[0]
         tier = slot.tier
         assert tier is not None
-        real_set = tier._cache.set
+        real_place = tier._slice_disk.place
 
-        def hangs(key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
-            if isinstance(value, bytes) and len(value) == MiB:  # a slice: the device stops answering
+        def hangs(value: bytes) -> Any:
+            if len(value) == MiB:  # a slice's file: the device stops answering
                 entered.set()
                 hung.wait()
-            return real_set(key, value, *args, **kwargs)
+            return real_place(value)
 
-        tier._cache.set = hangs  # type: ignore[method-assign]
+        tier._slice_disk.place = hangs  # type: ignore[method-assign]
         try:
             request = asyncio.ensure_future(edge.get("/big"))
             assert await asyncio.to_thread(entered.wait, 10)
