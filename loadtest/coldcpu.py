@@ -8,8 +8,8 @@ it on a node (the loop's, or a disk thread's):
 - origin read: the node's own OriginClient (aiohttp) asks a 1 MiB range of an origin in another process and reads
   the body as a fill does (read_chunks); next to it the floor, a bare uvloop Protocol reading the same answer.
 - fill: the body's chunks, as they came, through a Fill to a reader (feed, the slice's join, Fill.read).
-- disk put: DiskTier's write of a slice as a disk thread runs it (crc32, the O_DIRECT staging copy, two SQLite
-  transactions); crc32 and the staging copy alone next to it.
+- disk put: DiskTier's write of a slice as a disk thread runs it (its checksum, the O_DIRECT staging copy, one SQLite
+  transaction); the checksum (storage.checksum, and zlib.crc32 as it was) and the staging copy alone next to it.
 - first touch: a 1 MiB join kept, each into fresh memory (a memory tier that grows: every slice of a cold pass into
   a 3 GiB tier), against one into memory freed just before (a full tier that evicts as it admits).
 
@@ -34,6 +34,7 @@ import uvloop
 from edgecache.config import one_origin
 from edgecache.proxy.fill import Fill
 from edgecache.proxy.origin import OriginClient, read_chunks
+from edgecache.storage.checksum import tag_of
 from edgecache.storage.disk import DiskTier
 
 MiB = 2**20
@@ -154,16 +155,21 @@ async def _fill(chunks: list[bytes], n: int, repeats: int) -> float:
     return await _timed(one, n, repeats)
 
 
-def _disk(directory: Path, n: int, repeats: int) -> tuple[float, float, float]:
-    """DiskTier's write of a slice in this thread (a disk thread's work), crc32 alone, the staging copy alone."""
+def _disk(directory: Path, n: int, repeats: int) -> tuple[float, float, float, float]:
+    """DiskTier's write of a slice in this thread (a disk thread's work); its checksum, crc32, the staging copy
+    alone."""
     tier = DiskTier(directory, 4 * 2**30, threads=1)
     value, staging = os.urandom(MiB), bytearray(MiB)
-    puts, crcs, copies = [], [], []
+    puts, tags, crcs, copies = [], [], [], []
     for r in range(repeats):
         t0 = time.thread_time()
         for i in range(n):
             tier._write(f"s{r}-{i}", value, None, False)
         puts.append(time.thread_time() - t0)
+        t0 = time.thread_time()
+        for _ in range(n):
+            tag_of(value)
+        tags.append(time.thread_time() - t0)
         t0 = time.thread_time()
         for _ in range(n):
             zlib.crc32(value)
@@ -173,7 +179,7 @@ def _disk(directory: Path, n: int, repeats: int) -> tuple[float, float, float]:
             staging[:] = value
         copies.append(time.thread_time() - t0)
     tier.close()
-    return _best(puts, n), _best(crcs, n), _best(copies, n)
+    return _best(puts, n), _best(tags, n), _best(crcs, n), _best(copies, n)
 
 
 def _first_touch(chunks: list[bytes], n: int, repeats: int) -> tuple[float, float]:
@@ -198,8 +204,9 @@ async def _run(args: argparse.Namespace, port: int, directory: Path) -> None:
     print(f"origin read (OriginClient, aiohttp) {node:7.0f} us/slice   bare uvloop Protocol {floor:5.0f}", end="")
     print(f"   ({len(chunks)} chunks, {MiB // len(chunks) // 1024} KiB each)")
     print(f"fill (feed, join, Fill.read)         {await _fill(chunks, args.slices, args.repeats):7.0f} us/slice")
-    put, crc, copy = _disk(directory / "disk", args.slices, args.repeats)
-    print(f"disk put (DiskTier._write)           {put:7.0f} us/slice   crc32 {crc:.0f}, staging copy {copy:.0f}")
+    put, tag, crc, copy = _disk(directory / "disk", args.slices, args.repeats)
+    print(f"disk put (DiskTier._write)           {put:7.0f} us/slice   ", end="")
+    print(f"checksum {tag:.0f} (zlib.crc32 {crc:.0f}), staging copy {copy:.0f}")
     fresh, reused = _first_touch(chunks, args.slices, args.repeats)
     print(f"join kept in fresh memory            {fresh:7.0f} us/slice   into memory freed before {reused:.0f}")
 

@@ -1,8 +1,8 @@
 """The disk tier: diskcache (SQLite index + one file per large value), shared by every worker process.
 
 Every diskcache call blocks (SQLite, file I/O), so each one runs in a small dedicated thread pool and never on
-the event loop. Every value carries a CRC-32 (diskcache's tag column): a value changed underneath the node is
-detected when read, dropped and reported missing, so it is fetched again.
+the event loop. Every value carries a checksum (diskcache's tag column: storage.checksum): a value changed
+underneath the node is detected when read, dropped and reported missing, so it is fetched again.
 
 Eviction is edgecache's own: S3-FIFO (storage.policy.DiskPolicy) over an index in diskcache's database
 (storage.diskindex), and diskcache evicts nothing. A value's admission to the index, the evictions it decides
@@ -23,7 +23,6 @@ import os
 import sqlite3
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ import diskcache
 
 from edgecache import metrics
 from edgecache.errors import StorageError
+from edgecache.storage.checksum import intact, tag_of
 from edgecache.storage.diskindex import SQLiteQueues
 from edgecache.storage.orphans import delete_orphans
 from edgecache.storage.policy import DiskPolicy
@@ -220,7 +220,7 @@ class DiskTier:
         value, tag = self._cache.get(key, None, tag=True, retry=True)
         if not isinstance(value, bytes):
             return None
-        if isinstance(tag, int) and zlib.crc32(value) != tag:
+        if not intact(value, tag):
             self._corrupt(key)
             return None
         return value
@@ -291,7 +291,7 @@ class DiskTier:
             checked = self._checked.get(key) == seen
         if checked:  # the same file, unchanged since its checksum was checked: no need to read it all again
             return value
-        if isinstance(tag, int) and zlib.crc32(value.read()) != tag:
+        if not intact(value.read(), tag):
             value.close()
             self._corrupt(key)
             return None
@@ -330,7 +330,7 @@ class DiskTier:
         # budget holds at every commit, and nothing (a purge, another write's eviction) comes between admission
         # and row. One transaction, not the two it was (admission, then diskcache's set): ~19 statements and a
         # commit less a slice. A crash before the commit leaves a file no row names (storage.orphans deletes it).
-        tag = zlib.crc32(value)  # diskcache's tag column: checked on read (_get_checked, _open_checked)
+        tag = tag_of(value)  # diskcache's tag column: checked on read (_get_checked, _open_checked)
         placed = self._slice_disk.place(value)
         try:
             with self._cache.transact(retry=True):
