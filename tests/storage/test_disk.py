@@ -171,23 +171,23 @@ async def test_every_disk_thread_has_its_database_open_from_the_start(tmp_path: 
         tier.close()
 
 
-async def test_a_parent_directory_removed_between_the_two_mkdirs_is_made_again(
+async def test_a_directory_removed_between_its_mkdir_and_the_open_is_made_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """diskcache removes a value's directories once empty (Disk.remove: os.removedirs), in any worker. When that
-    took "ab" between the writer's mkdir of "ab" and of "ab/cd", the second failed with ENOENT outside the retry
-    that is there for this race, and the slice was not stored (seen under load: "No such file or directory:
-    'cf/8c'"). Here the other process's removal happens at exactly that moment, once."""
+    """diskcache removes a value's directories once empty (Disk.remove: os.removedirs), and a worker of an earlier
+    version on the same disk still does. When that took the directory between the writer's mkdir and its open,
+    the open failed with ENOENT and, outside a retry, the slice was not stored (seen under load with diskcache's
+    two levels: "No such file or directory: 'cf/8c'"). Here the other process's removal happens at exactly that
+    moment, once."""
     tier = DiskTier(tmp_path, 64 * MiB, threads=1)
     mkdir = os.mkdir
     removed: list[str] = []
 
     def racing_mkdir(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
-        if "/" in path and not removed:
-            parent = path.split("/")[0]
-            os.rmdir(parent, dir_fd=dir_fd)  # another worker's removedirs of the directory it emptied
-            removed.append(parent)
         mkdir(path, mode, dir_fd=dir_fd)
+        if not removed:
+            os.rmdir(path, dir_fd=dir_fd)  # another worker's removedirs of the directory it emptied
+            removed.append(path)
 
     monkeypatch.setattr(disk.os, "mkdir", racing_mkdir)
     try:
