@@ -5,12 +5,12 @@ the event loop. Every value carries a checksum (diskcache's tag column: storage.
 underneath the node is detected when read, dropped and reported missing, so it is fetched again.
 
 Eviction is edgecache's own: S3-FIFO (storage.policy.DiskPolicy) over an index in diskcache's database
-(storage.diskindex), and diskcache evicts nothing. A value's admission to the index, the evictions it decides
-and the deletes of their values commit together, before the value is written. A hit writes nothing: hits are
-counted in memory per worker and written to the index in batches, off the event loop, every HIT_FLUSH_SECONDS,
-when HIT_BATCH keys have hits, and at close. When the first process opens a disk (none had it open: _hold), index rows
-whose value is gone are dropped and values the index lacks (one written while a purge deleted its row) are adopted,
-oldest first, into the small FIFO.
+(storage.diskindex), and diskcache evicts nothing. A value's file is written first; its admission to the index,
+the evictions it decides, the deletes of their values and the value's own row then commit together. A hit writes
+nothing: hits are counted in memory per worker and written to the index in batches, off the event loop, every
+HIT_FLUSH_SECONDS, when HIT_BATCH keys have hits, and at close. When the first process opens a disk (none had it
+open: _hold), index rows whose value is gone are dropped and values the index lacks (an earlier version wrote a
+value while a purge deleted its row) are adopted, oldest first, into the small FIFO.
 """
 
 from __future__ import annotations
