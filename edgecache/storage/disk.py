@@ -331,8 +331,9 @@ class DiskTier:
         # and row. One transaction, not the two it was (admission, then diskcache's set): ~19 statements and a
         # commit less a slice. A crash before the commit leaves a file no row names (storage.orphans deletes it).
         tag = tag_of(value)  # diskcache's tag column: checked on read (_get_checked, _open_checked)
-        placed = self._slice_disk.place(value)
+        placed = None
         try:
+            placed = self._slice_disk.place(value)  # (a full disk fails here: the lease is let go all the same)
             with self._cache.transact(retry=True):
                 if pinned:
                     self.policy.remove(key)

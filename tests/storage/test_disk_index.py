@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import json
 import sqlite3
 from collections import Counter
@@ -225,6 +226,24 @@ async def test_a_value_is_admitted_and_named_in_one_transaction(tmp_path: Path) 
     finally:
         tier.close()
         other.close()
+
+
+async def test_a_failed_file_write_drops_the_lease(tmp_path: Path) -> None:
+    """The file's write fails (a full disk, before any transaction): no file, no row, and the lease is let go."""
+    tier = DiskTier(tmp_path, 10 * VALUE, threads=1)
+
+    def full(value: bytes) -> Placed | None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        assert await tier.lease([disk.lease_name("k")], 30) == 1
+        tier._slice_disk.place = full  # type: ignore[method-assign]
+        with pytest.raises(StorageError, match="No space left"):
+            await tier.put("k", _value(1), lease=disk.lease_name("k"))
+        assert (_rows(tmp_path), _values(tmp_path), _files(tmp_path)) == ({}, set(), 0)
+        assert await tier.contains([disk.lease_name("k"), "k"]) == [False, False]
+    finally:
+        tier.close()
 
 
 async def test_a_failed_commit_leaves_no_file_and_drops_the_lease(tmp_path: Path) -> None:
