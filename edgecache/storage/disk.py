@@ -5,12 +5,12 @@ the event loop. Every value carries a checksum (diskcache's tag column: storage.
 underneath the node is detected when read, dropped and reported missing, so it is fetched again.
 
 Eviction is edgecache's own: S3-FIFO (storage.policy.DiskPolicy) over an index in diskcache's database
-(storage.diskindex), and diskcache evicts nothing. A value's file is written first; its admission to the index,
-the evictions it decides, the deletes of their values and the value's own row then commit together. A hit writes
-nothing: hits are counted in memory per worker and written to the index in batches, off the event loop, every
-HIT_FLUSH_SECONDS, when HIT_BATCH keys have hits, and at close. When the first process opens a disk (none had it
-open: _hold), index rows whose value is gone are dropped and values the index lacks (an earlier version wrote a
-value while a purge deleted its row) are adopted, oldest first, into the small FIFO.
+(storage.diskindex), and diskcache evicts nothing. A value's admission to the index, the evictions it decides
+and the deletes of their values commit together, before the value is written. A hit writes nothing: hits are
+counted in memory per worker and written to the index in batches, off the event loop, every HIT_FLUSH_SECONDS,
+when HIT_BATCH keys have hits, and at close. When the first process opens a disk (none had it open: _hold), index rows
+whose value is gone are dropped and values the index lacks (one written while a purge deleted its row) are adopted,
+oldest first, into the small FIFO.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from edgecache.errors import StorageError
 from edgecache.storage.checksum import intact, tag_of
 from edgecache.storage.diskindex import SQLiteQueues
 from edgecache.storage.orphans import delete_orphans
-from edgecache.storage.policy import DiskPolicy
+from edgecache.storage.policy import GHOST, DiskPolicy
 from edgecache.storage.slicedisk import SliceDisk
 
 log = logging.getLogger(__name__)
@@ -324,37 +324,36 @@ class DiskTier:
         return await self._run(lambda: self._write(key, value, lease, pinned, lent))
 
     def _write(self, key: str, value: bytes, lease: str | None, pinned: bool, lent: bool = False) -> bool:
-        # The checksum and the file first, outside any transaction: no worker waits on them for the write lock. Then
-        # one transaction admits the value, deletes what that evicts, commits its row and drops its lease: the
-        # value is found (and counted by the index) only with its bytes written and its checksum beside them, the
-        # budget holds at every commit, and nothing (a purge, another write's eviction) comes between admission
-        # and row. One transaction, not the two it was (admission, then diskcache's set): ~19 statements and a
-        # commit less a slice. A crash before the commit leaves a file no row names (storage.orphans deletes it).
-        tag = tag_of(value)  # diskcache's tag column: checked on read (_get_checked, _open_checked)
-        placed = None
+        # Admitted first, in its own transaction: the budget holds before the bytes land, and what the admission
+        # evicts is deleted before the file is written, so a disk sized to its filesystem never meets ENOSPC for
+        # want of the room eviction makes (the one-transaction order, file first, did: tests/e2e/test_crash.py).
+        # A hit on the value always finds its row. No worker waits on the file's write; a crash before it leaves a
+        # row without a value, which the index drops at start.
+        with self._cache.transact(retry=True):
+            if pinned:
+                self.policy.remove(key)
+                self._queues.pin(key, len(value))
+                evicted = []
+            else:
+                evicted = self.policy.admit(key, len(value), lent)
+            self._delete_values(evicted)  # with `key` itself when too big: its old value goes too
+        stored = key not in evicted
         try:
-            placed = self._slice_disk.place(value)  # (a full disk fails here: the lease is let go all the same)
-            with self._cache.transact(retry=True):
-                if pinned:
-                    self.policy.remove(key)
-                    self._queues.pin(key, len(value))
-                    evicted = []
-                else:
-                    evicted = self.policy.admit(key, len(value), lent)
-                self._delete_values(evicted)  # with `key` itself when too big: its old value goes too
-                stored = key not in evicted
-                if stored:
-                    self._cache.set(key, value if placed is None else placed, tag=tag, retry=True)
-                if lease is not None:
-                    self._cache.delete(lease, retry=True)
+            if stored:
+                # The checksum is computed in the disk thread, like the write, and kept in diskcache's tag column.
+                self._cache.set(key, value, tag=tag_of(value), retry=True)
+                # Deleted (a purge) or evicted (another write's admission, which leaves a ghost row) between
+                # admission and write: no orphan. A ghost's value was kept, unindexed, past the budget for good.
+                found = self._queues.find(key)
+                if found is None or found[0] == GHOST:
+                    self._forget(key)
+                    stored = False
         except BaseException:
-            if placed is not None:
-                self._slice_disk.discard(placed)
+            self._forget(key)
+            raise
+        finally:
             if lease is not None:
                 self._cache.delete(lease, retry=True)
-            raise
-        if not stored and placed is not None:
-            self._slice_disk.discard(placed)
         return stored
 
     async def claim(self, key: str, value: bytes, keep: Callable[[bytes], bool]) -> bytes:
