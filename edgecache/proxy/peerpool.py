@@ -224,7 +224,7 @@ class PeerConn(asyncio.Protocol):
             return
         self.got_head = True
         assert self.exchange is not None
-        self.exchange.head(status, self.reason, self.fields, self._until_close())
+        self.exchange.head(status, self.reason, self.fields)
         if self.head_only and self.exchange is not None:
             # llhttp cannot be told the answer is to a HEAD: this parser would wait for a body; the next uses anew.
             keep = self.parser.should_keep_alive()

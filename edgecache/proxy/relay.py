@@ -335,7 +335,7 @@ class Relay:
 
     # --- the Exchange ----------------------------------------------------------------------------------------
 
-    def head(self, status: int, reason: str, fields: list[tuple[str, str]], until_close: bool) -> None:
+    def head(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
         self.status = status
         t, fwd, took = self.trace, self.fwd, time.monotonic() - self.asked
         t.origin_ms = round(took * 1000, 3)
