@@ -62,7 +62,7 @@ def head(
         encoded += b"Date: " + date + b"\r\n"
     if "server" not in names:
         encoded += _SERVER
-    return encoded + keep_alive.field() + b"\r\n"
+    return encoded + keep_alive.connection + b"\r\n"
 
 
 def bodiless(status: int, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ from edgecache.core.keepalive import KeepAlive
 
 
 def test_each_member_knows_its_connection_and_version() -> None:
-    table = {k: (k.persists, k.http10, k.protocol, k.field(), k.closed(), k.unknown_length()) for k in KeepAlive}
+    table = {k: (k.persists, k.http10, k.protocol, k.connection, k.closed(), k.unknown_length()) for k in KeepAlive}
     assert table == {
         KeepAlive.OPEN: (True, False, "HTTP/1.1", b"", KeepAlive.CLOSE, (True, KeepAlive.OPEN)),
         KeepAlive.CLOSE: (False, False, "HTTP/1.1", b"Connection: close\r\n", KeepAlive.CLOSE, (True, KeepAlive.CLOSE)),
