@@ -47,10 +47,9 @@ def head(
     Relayed fields are Latin-1, byte for byte as the peer sent them; stored and origin ones are UTF-8, as aiohttp's
     client read them and as its server writes them: without the surrogates its client made of bytes that were not
     UTF-8, which its writer drops."""
-    lines = [keep_alive.status_line(status, reason) if protocol is None else f"{protocol} {status} {reason}\r\n"]
-    lines.extend(f"{k}: {v}\r\n" for k, v in fields)
-    text = "".join(lines)
-    if text.count("\n") != len(lines) or "\r\r" in text:
+    first = keep_alive.status_line(status, reason) if protocol is None else f"{protocol} {status} {reason}\r\n"
+    text = first + "".join([f"{k}: {v}\r\n" for k, v in fields])  # a list, not a generator: join makes one anyway
+    if text.count("\n") != len(fields) + 1 or "\r\r" in text:
         return None
     try:
         encoded = text.encode(charset, "ignore" if charset == "utf-8" else "strict")
