@@ -61,7 +61,6 @@ class Pass:
     began: float | None = None  # a miss's: when it was decided to be one (monotonic); None: now
     origin_ms: float | None = None  # and how long its fill's head took (logged should the pass-through fail)
     moved: bool = False  # a MISS whose fill was a look-aside at the previous owner: its cause (ring-moved)
-    from_peer: bool = False  # a MISS whose fill a peer's cache answered (any moved one too): its bytes the peer's
     changing: bool = False  # a MISS whose fills kept meeting new versions: relayed as it comes (core.churn)
 
 
