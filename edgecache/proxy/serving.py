@@ -185,27 +185,17 @@ async def first_fetched(
     has another version now (VersionChanged) or fails is then met before any byte of the stored copy went out, and
     the request starts again, instead of an answer cut after the slices it had. The fills are read together, so
     the head waits about one origin round trip, not one per fill (read one after another, 4 fills of an origin
-    with a 3 s first-byte delay took 9 s: test_range_runs_versions); the first failure in run order is raised.
-    The fills this starts go on; the answer reads its slices from them, or from the store."""
+    with a 3 s first-byte delay took 9 s: test_range_runs_versions); the first failure cancels the rest and is
+    raised. The fills this starts go on; the answer reads its slices from them, or from the store."""
     if len(runs) == 1:
         await _run_fetched(engine, req, meta, runs[0], own)
         return
-    # Disjoint by construction (fill_runs): each starts or joins a fill of its own slices. All are waited for, none
-    # cancelled, nor by a TaskGroup or gather: a task cancelled while it awaits a fill's head cancels that shared
-    # future, and every other reader of the fill met CancelledError (a request the fast path had started again
-    # lost, then closed with a 408 in test_partial_fast, 5 runs in 25).
-    probes = [asyncio.ensure_future(_run_fetched(engine, req, meta, run, own)) for run in runs]
-    for probe in probes:
-        probe.add_done_callback(_retrieved)  # left to end alone should this request be cancelled
-    await asyncio.wait(probes)
-    for probe in probes:
-        if (failure := probe.exception()) is not None:
-            raise failure
-
-
-def _retrieved(probe: asyncio.Future[None]) -> None:
-    if not probe.cancelled():
-        probe.exception()
+    try:
+        async with asyncio.TaskGroup() as group:
+            for run in runs:  # disjoint by construction (fill_runs): each starts or joins a fill of its own slices
+                group.create_task(_run_fetched(engine, req, meta, run, own))
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
 
 
 async def _run_fetched(engine: Engine, req: FillRequest, meta: ObjectMeta, run: FillRun, own: Fill | None) -> None:
