@@ -7,7 +7,6 @@ edge's range maths cannot hide behind the same bug in the origin.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import re
 from collections import Counter
@@ -142,32 +141,6 @@ class Origin:
                 await resp.write(body_bytes[i : i + 256 * 1024])
         await resp.write_eof()
         return resp
-
-
-class Together:
-    """An Origin.on_request hook with a known first-byte delay: each request waits `delay`, or until `expected`
-    requests are in, whichever comes first; then `then` (when given) may answer it with another Obj. The order the
-    requests came in and were answered is kept in `events`, so a test can tell fills asked together (all in before
-    any is answered) from fills asked one after another (each answered after `delay`), never by timing them."""
-
-    def __init__(
-        self, expected: int, delay: float = 3.0, then: Callable[[web.BaseRequest], Obj | None] | None = None
-    ) -> None:
-        self.expected, self.delay, self.then, self.waiting = expected, delay, then, 0
-        self.events: list[tuple[str, str | None]] = []
-        self.arrived = asyncio.Condition()
-
-    async def __call__(self, request: web.BaseRequest, obj: Obj | None) -> Obj | None:
-        asked = request.headers.get("Range")
-        self.events.append(("asked", asked))
-        async with self.arrived:
-            self.waiting += 1
-            self.arrived.notify_all()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.delay):
-                    await self.arrived.wait_for(lambda: self.waiting >= self.expected)
-        self.events.append(("answered", asked))
-        return self.then(request) if self.then is not None else None
 
 
 @dataclass

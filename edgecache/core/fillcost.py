@@ -27,8 +27,8 @@ FILL_FACTOR = 2
 FILL_ALLOWANCE_SLICES = 4
 # An answer from a stored copy reads, before its head goes out, the first bytes of every fill its missing slices
 # take (fill_runs): each is then known to bring the stored copy's version (one met after the head cut the answer
-# there; Varnish and ATS answer several ranges from a whole object only). They are read together, each a fill of
-# up to cache.fill_slices slices: the head waits about one origin round trip, for this many fills at most. A
+# there; Varnish and ATS answer several ranges from a whole object only). They are read one after another, each a
+# fill of up to cache.fill_slices slices: the head waits for this many fills' first bytes at most. A
 # multipart Range that takes more is passed through (too_many_fills): the origin's own answer is one version, and
 # its parts are bounded by plan_fill anyway. A single range is not: passed through, a seek into a partly held
 # video (a run past 8 x fill_slices slices) would be relayed for every viewer and the copy never completed, so

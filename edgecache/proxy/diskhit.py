@@ -282,8 +282,8 @@ async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepar
         engine, hit.req, hit.meta, first.index, first.lo, first.hi, last, p.fill, first.looked
     )
     try:
-        await first_fetched(engine, hit.req, hit.meta, runs, p.fill)  # together, the first's too
         first.first = await anext(first.chunks)
+        await first_fetched(engine, hit.req, hit.meta, runs, p.fill)
     except OriginError as exc:
         return exc
     except StopAsyncIteration:

@@ -4,7 +4,6 @@ and sends the answer, passing through what the cache should not answer (a costly
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from typing import Literal
@@ -180,34 +179,19 @@ async def _completed(
 async def first_fetched(
     engine: Engine, req: FillRequest, meta: ObjectMeta, runs: list[FillRun], own: Fill | None = None
 ) -> None:
-    """The first byte of every fill `runs` names (respond.probed_slices: the fills the answer's missing slices take,
-    MAX_PROBED_FILLS at most), read before its head is sent (the fast path's diskhit._partial too): an origin that
-    has another version now (VersionChanged) or fails is then met before any byte of the stored copy went out, and
-    the request starts again, instead of an answer cut after the slices it had. The fills are read together, so
-    the head waits about one origin round trip, not one per fill (read one after another, 4 fills of an origin
-    with a 3 s first-byte delay took 9 s: test_range_runs_versions); the first failure cancels the rest and is
-    raised. The fills this starts go on; the answer reads its slices from them, or from the store."""
-    if len(runs) == 1:
-        await _run_fetched(engine, req, meta, runs[0], own)
-        return
-    try:
-        async with asyncio.TaskGroup() as group:
-            for run in runs:  # disjoint by construction (fill_runs): each starts or joins a fill of its own slices
-                group.create_task(_run_fetched(engine, req, meta, run, own))
-    except BaseExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-
-
-async def _run_fetched(engine: Engine, req: FillRequest, meta: ObjectMeta, run: FillRun, own: Fill | None) -> None:
-    """The first byte of the fill of `run`'s first slice, started or joined (another request's fill of the same
-    slices is read, not asked again), and of each later slice of the run that fill does not bring (_vouched: the
-    fill joined was another request's, shorter)."""
-    for index in range(run.first, run.last + 1):
-        if _vouched(engine, req, meta, index):
-            continue  # a fill read before brings it, of this copy's bytes; or it is stored now
-        probe = reading.read_slice(engine, req, meta, index, 0, 1, run.part_last, own)
-        async with contextlib.aclosing(probe):
-            await anext(probe, None)
+    """The first byte of every fill `runs` names (respond.probed_slices: the fills the answer's missing slices take),
+    read before its head is sent (the fast path's diskhit._partial too): an origin that has another version now
+    (VersionChanged) or fails is then met before any byte of the stored copy went out, and the request starts
+    again, instead of an answer cut after the slices it had. A slice of a run a fill read already brings is not
+    read again (_vouched); one it does not (the fill joined was another request's, shorter) is. The fills this
+    starts go on; the answer reads its slices from them, or from the store."""
+    for run in runs:
+        for index in range(run.first, run.last + 1):
+            if _vouched(engine, req, meta, index):
+                continue  # a fill read before brings it, of this copy's bytes; or it is stored now
+            probe = reading.read_slice(engine, req, meta, index, 0, 1, run.part_last, own)
+            async with contextlib.aclosing(probe):
+                await anext(probe, None)
 
 
 def _vouched(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> bool:

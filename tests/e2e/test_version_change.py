@@ -140,11 +140,7 @@ async def test_a_last_modified_dated_with_every_answer_is_no_new_copy(
             status, _, body = await edge.get("/dated-now.bin")
             assert status == 200
             assert body == V1
-    # slices 1 and 3, once each (asked together before the head: in either order)
-    assert sorted(origin.range_hits("/dated-now.bin")[2:]) == [
-        f"bytes={MiB}-{2 * MiB - 1}",
-        f"bytes={3 * MiB}-{4 * MiB - 1}",
-    ]
+    assert origin.range_hits("/dated-now.bin")[2:] == [f"bytes={MiB}-{2 * MiB - 1}", f"bytes={3 * MiB}-{4 * MiB - 1}"]
 
 
 @pytest.mark.parametrize("asked", ["bytes=100-1048675", "bytes=0-9,1048576-1048585"], ids=["single", "multipart"])
