@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from enum import StrEnum
-from typing import NamedTuple
 
 from edgecache.core import ranges
 from edgecache.core.ranges import ByteRange, parse_range_header
@@ -25,15 +24,11 @@ from edgecache.core.ranges import ByteRange, parse_range_header
 # where nearly every fetched byte would be thrown away (and an attacker's favourite amplification), does not.
 FILL_FACTOR = 2
 FILL_ALLOWANCE_SLICES = 4
-# An answer from a stored copy reads, before its head goes out, the first bytes of every fill its missing slices
-# take (fill_runs): each is then known to bring the stored copy's version (one met after the head cut the answer
-# there; Varnish and ATS answer several ranges from a whole object only). They are read one after another, each a
-# fill of up to cache.fill_slices slices: the head waits for this many fills' first bytes at most. A
-# multipart Range that takes more is passed through (too_many_fills): the origin's own answer is one version, and
-# its parts are bounded by plan_fill anyway. A single range is not: passed through, a seek into a partly held
-# video (a run past 8 x fill_slices slices) would be relayed for every viewer and the copy never completed, so
-# its fills past this many are read as its body reaches them (a new version met there still cuts it, as nginx's
-# slice module cuts at an ETag that changed between its subrequests).
+# A multipart answer reads, before its head goes out, the first bytes of every fill its missing slices take: each is
+# then known to bring the stored copy's version (a part's new version met after the head cut the answer after the
+# parts before it; Varnish and ATS answer several ranges from a whole object only). Past this many fills (each waits
+# for its origin's first bytes, one after another, and holds up to cache.fill_slices slices), the request is passed
+# through instead: the origin's own answer is one version, and nothing here waits or holds for it.
 MAX_PROBED_FILLS = 8
 
 
@@ -68,46 +63,21 @@ def plan_fill(
     return FillPlan.FILL if cost <= FILL_FACTOR * served + FILL_ALLOWANCE_SLICES * slice_size else FillPlan.PASS
 
 
-class FillRun(NamedTuple):
-    """A fill an answer's missing slices take: its slices first..last, and the last slice of the part it serves (as
-    far as reading.read_range lets a fill started there run)."""
-
-    first: int
-    last: int
-    part_last: int
-
-
-def fill_runs(
-    parts: tuple[ByteRange, ...], slice_size: int, missing: Collection[int], fill_slices: int
-) -> list[FillRun]:
-    """The fills the `missing` slices of `parts` take, in order, as reading._start_for runs them: each from a missing
-    slice through the missing ones right after it within its part, fill_slices at most; a slice two parts share,
-    once. A held slice between two missing ones ends a fill: the next is another origin answer."""
-    absent, taken, runs = sorted(set(missing)), set[int](), list[FillRun]()
+def fills_for(parts: tuple[ByteRange, ...], slice_size: int, missing: Collection[int], fill_slices: int) -> int:
+    """How many fills the `missing` slices of `parts` take, as reading._start_for runs them: each from a missing slice
+    through the missing ones right after it within its part, fill_slices at most; a slice two parts share, once."""
+    absent, taken, count = sorted(set(missing)), set[int](), 0
     for part in parts:
         first, last = part.first // slice_size, part.last // slice_size
-        mine = len(runs)  # a fill serves one part: this part's runs begin here
+        run, before = 0, -2
         for index in (i for i in absent if first <= i <= last and i not in taken):
-            run = runs[-1] if len(runs) > mine else None
-            if run is not None and index == run.last + 1 and index - run.first < fill_slices:
-                runs[-1] = run._replace(last=index)
+            if index == before + 1 and run < fill_slices:
+                run += 1
             else:
-                runs.append(FillRun(index, index, last))
+                count, run = count + 1, 1
             taken.add(index)
-    return runs
-
-
-def probed_fills(
-    parts: tuple[ByteRange, ...], slice_size: int, missing: Collection[int], fill_slices: int
-) -> list[FillRun]:
-    """The fills of an answer's `missing` slices whose first bytes are read before its head (fill_runs), the first
-    MAX_PROBED_FILLS: both paths' answers from a stored copy, one part or several (respond.probed_slices)."""
-    return fill_runs(parts, slice_size, missing, fill_slices)[:MAX_PROBED_FILLS]
-
-
-def fills_for(parts: tuple[ByteRange, ...], slice_size: int, missing: Collection[int], fill_slices: int) -> int:
-    """How many fills the `missing` slices of `parts` take (fill_runs)."""
-    return len(fill_runs(parts, slice_size, missing, fill_slices))
+            before = index
+    return count
 
 
 def too_many_fills(

@@ -22,7 +22,6 @@ from edgecache import metrics
 from edgecache.core import ranges
 from edgecache.core.admit import NOT_CACHED, NOT_HELD
 from edgecache.core.cachecontrol import parse_cache_control
-from edgecache.core.fillcost import probed_fills
 from edgecache.core.status import cache_status_header, miss_cause, with_fetched
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import changing, coldmiss, observe, reading, refuse
@@ -30,7 +29,6 @@ from edgecache.proxy.heldslices import HELD
 from edgecache.proxy.prepared import Prepared
 from edgecache.proxy.respond import MAX_CHECKED
 from edgecache.proxy.route import Refused
-from edgecache.proxy.serving import first_fetched
 from edgecache.storage.store import SliceFile, slice_name
 
 if TYPE_CHECKING:
@@ -269,26 +267,22 @@ async def _missing_later(conn: FastPath, p: Prepared, later: range) -> set[int]:
 
 async def _partial(conn: FastPath, p: Prepared, fetches: list[_Fetch]) -> Prepared | OriginError | None:
     """The answer once some of its slices are to be fetched: PARTIAL (fwd=partial), its miss counted by cause.
-    The first bytes of every fill its fetched slices take (serving.first_fetched, the full handler's rule) and of
-    the first fetched slice are read before the head is sent, so that a new version at the origin or a failure
-    (returned) is answered as such; nothing is mixed. None: the full handler answers it."""
+    The first fetched slice's first bytes are read before the head is sent, so that a new version at the origin
+    or a failure (returned) is answered as such; nothing is mixed. None: the full handler answers it."""
     hit = p.hit
     engine = conn.server.shared.engine
     first = fetches[0]
     last = hit.last // engine.slice_size
-    part, indices = ranges.ByteRange(hit.first, hit.last), [f.index for f in fetches]
-    runs = probed_fills((part,), engine.slice_size, indices, engine.fill_slices)
     first.chunks = reading.read_slice(
         engine, hit.req, hit.meta, first.index, first.lo, first.hi, last, p.fill, first.looked
     )
     try:
         first.first = await anext(first.chunks)
-        await first_fetched(engine, hit.req, hit.meta, runs, p.fill)
     except OriginError as exc:
         return exc
     except StopAsyncIteration:
         return None
-    return with_fetches(conn, p, indices)
+    return with_fetches(conn, p, [f.index for f in fetches])
 
 
 def with_fetches(conn: FastPath, p: Prepared, indices: list[int]) -> Prepared | None:

@@ -66,8 +66,7 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
             try:  # the first fetched slice's first bytes, the first part's preamble and first bytes: a failure
                 # now is not yet the client's (a stored first part would have gone out before a new version met)
                 if missing:
-                    size, fill_slices = engine.slice_size, engine.fill_slices
-                    probes = probed_slices(p.method, hit.req.headers, hit.meta, size, missing, fill_slices)
+                    probes = probed_slices(p.method, hit.req.headers, hit.meta, engine.slice_size, needed, missing)
                     await first_fetched(engine, hit.req, hit.meta, probes, p.fill)
                 started = [await anext(chunks), await anext(chunks)]
             except VersionChanged:

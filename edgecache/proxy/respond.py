@@ -12,7 +12,6 @@ from aiohttp import web
 from edgecache.core import ranges
 from edgecache.core.conditional import not_modified, precondition_failed
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.fillcost import FillRun, probed_fills
 from edgecache.core.forward import VIA
 from edgecache.core.headers import Headers, get_all, get_first
 from edgecache.core.keepalive import KeepAlive
@@ -91,25 +90,24 @@ def answer_slices(method: str, request: Headers, meta: ObjectMeta, slice_size: i
 
 
 def probed_slices(
-    method: str, request: Headers, meta: ObjectMeta, slice_size: int, missing: list[int], fill_slices: int
-) -> list[FillRun]:
-    """The fills the `missing` slices of an answer (of answer_slices) take, whose first bytes are read before its head
-    is sent (serving.first_fetched): every fill of every part's missing runs, as reading.read_range fetches them,
-    the first MAX_PROBED_FILLS (core.fillcost.probed_fills; the fast path's diskhit._partial asks it with its
-    range). A slice fetched only once the head and the bytes before it had gone out, that came as a new version,
-    cut the answer there: a multipart's part after the parts before it (an object changing at every request,
-    tests/e2e/test_churn.py), a part's later slice after its first (test_multipart_versions), a single Range's run
-    after a held slice (test_range_runs_versions). A multipart Range taking more fills is passed through
-    (serving.multipart_passes); a single one's fills past the bound are read as the body reaches them
-    (core.fillcost.MAX_PROBED_FILLS says why)."""
+    method: str, request: Headers, meta: ObjectMeta, slice_size: int, needed: list[int], missing: list[int]
+) -> list[tuple[int, int]]:
+    """Of the `missing` slices of an answer (of answer_slices' `needed`), those whose first byte is read before its
+    head is sent (serving.first_fetched, which skips one a fill it read already brings), each with the last slice a
+    fill started for it may run to: the first; for a multipart Range, every missing slice of each part, with its
+    part's last (as reading.read_range would fetch it). A part's slices were fetched only once the parts before it
+    had gone out: one that came as a new version then cut the answer after them (an object changing at every
+    request, tests/e2e/test_churn.py); and so was a part's later slice, after its first (test_multipart_versions).
+    The fills that takes are bounded: past core.fillcost.MAX_PROBED_FILLS, the request is passed through."""
     _, rng = plan(method, request, meta)
-    if isinstance(rng, ranges.Multi):
-        parts = rng.ranges
-    elif isinstance(rng, ranges.Single):
-        parts = (rng.range,)
-    else:
-        parts = (ranges.ByteRange(0, meta.length - 1),)
-    return probed_fills(parts, slice_size, missing, fill_slices)
+    if not isinstance(rng, ranges.Multi):
+        return [(missing[0], needed[-1])]
+    absent, found = set(missing), dict[int, int]()
+    for part in rng.ranges:
+        for index in ranges.slice_indices(part, slice_size)[:MAX_CHECKED]:
+            if index in absent and index not in found:
+                found[index] = part.last // slice_size
+    return list(found.items())
 
 
 Body = AsyncIterator[bytes | memoryview]

@@ -15,7 +15,6 @@ from edgecache.core.cachecontrol import parse_cache_control
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import (
     FillPlan,
-    FillRun,
     cold_run,
     may_take_too_many,
     needed_slices,
@@ -151,10 +150,11 @@ async def serve(
 
 async def _completed(
     engine: Engine, request: web.BaseRequest, req: FillRequest, meta: ObjectMeta, status: CacheStatus
-) -> tuple[CacheStatus, list[FillRun]]:
+) -> tuple[CacheStatus, list[tuple[int, int]]]:
     """`status` for an answer from the stored entry, or PARTIAL when a slice it needs is in neither tier and
     is to be fetched (core.status.with_fetched): a hit is said only when no byte of it comes from origin. With it,
-    the fills of the slices to fetch that are probed before the head (respond.probed_slices), for first_fetched."""
+    the slices to fetch that are probed before the head, each with the last its fill may run to
+    (respond.probed_slices), for first_fetched."""
     needed = answer_slices(request.method, req.headers, meta, engine.slice_size)
     missing = await engine.store.missing(req.entry_key, meta, needed) if needed else []
     # Any fill it starts is a copy of its own: the answer was cut at the first slice it lacked. Before any byte is
@@ -171,27 +171,23 @@ async def _completed(
         dropped = engine.ghosts.slice_dropped
         version = meta.slice_version
         observe.trace(request).evicted = any(dropped(slice_name(req.entry_key, version, i)) for i in missing)
-    size, fill_slices = engine.slice_size, engine.fill_slices
-    probes = probed_slices(request.method, req.headers, meta, size, missing, fill_slices) if missing else []
+    probes = probed_slices(request.method, req.headers, meta, engine.slice_size, needed, missing) if missing else []
     return with_fetched(status, bool(missing)), probes
 
 
 async def first_fetched(
-    engine: Engine, req: FillRequest, meta: ObjectMeta, runs: list[FillRun], own: Fill | None = None
+    engine: Engine, req: FillRequest, meta: ObjectMeta, probes: list[tuple[int, int]], own: Fill | None = None
 ) -> None:
-    """The first byte of every fill `runs` names (respond.probed_slices: the fills the answer's missing slices take),
-    read before its head is sent (the fast path's diskhit._partial too): an origin that has another version now
-    (VersionChanged) or fails is then met before any byte of the stored copy went out, and the request starts
-    again, instead of an answer cut after the slices it had. A slice of a run a fill read already brings is not
-    read again (_vouched); one it does not (the fill joined was another request's, shorter) is. The fills this
-    starts go on; the answer reads its slices from them, or from the store."""
-    for run in runs:
-        for index in range(run.first, run.last + 1):
-            if _vouched(engine, req, meta, index):
-                continue  # a fill read before brings it, of this copy's bytes; or it is stored now
-            probe = reading.read_slice(engine, req, meta, index, 0, 1, run.part_last, own)
-            async with contextlib.aclosing(probe):
-                await anext(probe, None)
+    """The first byte of each slice `probes` names (the first the answer fetches; of a multipart Range, each
+    part's first too), read before its head is sent (as the fast path's diskhit._partial): an origin that has another
+    version now (VersionChanged) or fails is then met before any byte of the stored copy went out, and the request
+    starts again, instead of an answer cut after the slices it had. The fill this starts goes on; the answer reads
+    its slices from it, or from the store."""
+    for index, last_needed in probes:
+        if _vouched(engine, req, meta, index):
+            continue  # a fill read before brings it, of this copy's bytes; or it is stored now
+        async with contextlib.aclosing(reading.read_slice(engine, req, meta, index, 0, 1, last_needed, own)) as probe:
+            await anext(probe, None)
 
 
 def _vouched(engine: Engine, req: FillRequest, meta: ObjectMeta, index: int) -> bool:

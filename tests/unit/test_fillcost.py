@@ -11,14 +11,11 @@ from edgecache.core.fillcost import (
     FILL_FACTOR,
     MAX_PROBED_FILLS,
     FillPlan,
-    FillRun,
     cold_run,
-    fill_runs,
     fills_for,
     may_take_too_many,
     needed_slices,
     plan_fill,
-    probed_fills,
     stored_run,
     too_many_fills,
 )
@@ -165,18 +162,3 @@ def test_too_many_fills_is_past_the_bound_and_never_for_one_range_or_a_whole_cop
     assert may_take_too_many(more, S)
     assert not may_take_too_many(more, S, whole=True)
     assert not may_take_too_many((ByteRange(0, 9), ByteRange(S, 2 * S)), S)
-
-
-def test_fill_runs_are_each_fills_slices_and_its_parts_last() -> None:
-    one = (ByteRange(5, 9 * S),)  # slices 0-9
-    assert fill_runs(one, S, [0, 2], 4) == [FillRun(0, 0, 9), FillRun(2, 2, 9)]  # slice 1 held between: two fills
-    assert fill_runs(one, S, range(10), 4) == [FillRun(0, 3, 9), FillRun(4, 7, 9), FillRun(8, 9, 9)]
-    assert fill_runs(one, S, [1, 2, 5, 11], 4) == [FillRun(1, 2, 9), FillRun(5, 5, 9)]  # 11 is no part's
-    parts = (ByteRange(0, 2 * S - 1), ByteRange(2 * S, 3 * S - 1))  # slices 0-1; 2: a fill serves one part
-    assert fill_runs(parts, S, [0, 1, 2], 4) == [FillRun(0, 1, 1), FillRun(2, 2, 2)]
-
-
-def test_probed_fills_are_the_first_max_probed_fills() -> None:
-    every_other = range(0, 4 * MAX_PROBED_FILLS, 2)  # one fill each: 2 * MAX_PROBED_FILLS of them
-    runs = probed_fills((ByteRange(0, 4 * MAX_PROBED_FILLS * S),), S, every_other, 4)
-    assert runs == [FillRun(i, i, 4 * MAX_PROBED_FILLS) for i in every_other[:MAX_PROBED_FILLS]]
