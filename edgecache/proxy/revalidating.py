@@ -77,7 +77,7 @@ async def by_another_worker(
         if attempt == waits:
             return False
         if attempt == 0:
-            metrics.collapsed(metrics.SOURCES.get())  # the request waits for another worker's origin request
+            metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
         if attempt == 0 and validate is None and stored is None:
             # Until the holder's head, not its lease: a copy stored only whole holds that to its body's end (then
             # this read nothing before the holder's last byte, and asked the origin itself after LEASE_SECONDS of
@@ -154,7 +154,7 @@ async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMe
     if not await being_written(store, req):
         return False
     lease = store.revalidation_lease(req.entry_key)
-    metrics.collapsed(metrics.SOURCES.get())  # the request waits for another worker's origin request
+    metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
     # For this slice, not the whole body: the reader goes on right behind the writer. Waiting for the lease alone, it
     # waited for the whole body (or LEASE_SECONDS), at its first missing slice and at each it caught up with again.
     await store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS, lease)
