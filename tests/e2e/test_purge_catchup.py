@@ -642,6 +642,38 @@ async def test_a_node_paused_while_a_purge_was_made_never_serves_the_purged_byte
                 assert (r.status, await r.read()) == (200, NEW)
 
 
+async def purged_across_a_pause(
+    c: Cluster, origin: Origin, path: str, monkeypatch: pytest.MonkeyPatch
+) -> asyncio.Event:
+    """node0's round of asking its peers reads an answer made before node1 purges `path` (which does not reach
+    node0) and a pause told to node0 (PurgeSync._paused), as a frozen process holds it; returns once that round
+    judged. The event lets the later rounds' answers come."""
+    sync = c.edge(0).node.purge_sync
+    assert sync is not None
+    ask, first, later, held = sync._ask, asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held_answer(peer: Member) -> object:
+        if held.is_set():  # the rounds after it learn nothing before the test has asked
+            await later.wait()
+            return await ask(peer)
+        answer = await ask(peer)  # made now: before the purge
+        held.set()
+        await first.wait()
+        return answer
+
+    monkeypatch.setattr(sync, "_ask", held_answer)
+    await held.wait()
+    await c.relays[1, 0].cut()  # node1's purge does not reach node0
+    change(origin, path)
+    status, answer = await c.purge(1, {"url": f"http://video.test{path}"})
+    assert (status, answer["failed"]) == (200, ["node0"])
+    sync._paused()
+    async with sync.rounds:
+        first.set()
+        await sync.rounds.wait()  # the round that read the old answer has judged
+    return later
+
+
 async def test_an_answer_asked_for_before_a_pause_does_not_end_the_doubt_the_pause_began(
     origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -655,28 +687,7 @@ async def test_an_answer_asked_for_before_a_pause_does_not_end_the_doubt_the_pau
         await warm(c, origin, path)
         sync = c.edge(0).node.purge_sync
         assert sync is not None
-        ask, first, later = sync._ask, asyncio.Event(), asyncio.Event()
-        held = asyncio.Event()
-
-        async def held_answer(peer: Member) -> object:
-            if held.is_set():  # the rounds after it learn nothing before the test has asked
-                await later.wait()
-                return await ask(peer)
-            answer = await ask(peer)  # made now: before the purge
-            held.set()
-            await first.wait()
-            return answer
-
-        monkeypatch.setattr(sync, "_ask", held_answer)
-        await held.wait()
-        await c.relays[1, 0].cut()  # node1's purge does not reach node0
-        change(origin, path)
-        status, answer = await c.purge(1, {"url": f"http://video.test{path}"})
-        assert (status, answer["failed"]) == (200, ["node0"])
-        sync._paused()
-        async with sync.rounds:
-            first.set()
-            await sync.rounds.wait()  # the round that read the old answer has judged
+        later = await purged_across_a_pause(c, origin, path, monkeypatch)
         assert sync.doubting
         assert await body_via(c, 0, path) == NEW
         later.set()
@@ -742,28 +753,7 @@ async def test_a_peer_seen_down_before_a_pause_is_waited_for_after_it(
         async with asyncio.timeout(WAIT):
             await view.wait_for(lambda: not view.is_up("node1"))
         await c.relays[0, 1].heal()  # reachable again, still seen down
-        ask, first, later = sync._ask, asyncio.Event(), asyncio.Event()
-        held = asyncio.Event()
-
-        async def held_answer(peer: Member) -> object:
-            if held.is_set():
-                await later.wait()
-                return await ask(peer)
-            answer = await ask(peer)  # made now: before the purge
-            held.set()
-            await first.wait()
-            return answer
-
-        monkeypatch.setattr(sync, "_ask", held_answer)
-        await held.wait()
-        await c.relays[1, 0].cut()  # node1's purge does not reach node0
-        change(origin, path)
-        status, answer = await c.purge(1, {"url": f"http://video.test{path}"})
-        assert (status, answer["failed"]) == (200, ["node0"])
-        sync._paused()
-        async with sync.rounds:
-            first.set()
-            await sync.rounds.wait()  # the round that read the old answer has judged
+        later = await purged_across_a_pause(c, origin, path, monkeypatch)
         assert not view.is_up("node1")
         assert sync.doubting
         assert await body_via(c, 0, path) == NEW
