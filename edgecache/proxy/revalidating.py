@@ -102,14 +102,8 @@ async def let_go_at_head(store: Store, fill: Fill, head: FillHead) -> None:
     An answer its own fields forbid storing leaves a mark where every worker sees it (Leases.unstored_lately): the
     ones waiting ask the origin at once, and none took the lease after it for a request of its own, for which the
     next worker's miss waited in turn, a first-byte time each. Not for an error, nor one an invalidation overtook:
-    those say nothing of the next answer, and an origin in trouble is spared most by one request at a time.
-
-    One held to the end is held LEASE_SECONDS from its head on (then from each slice stored: held_on): taken when
-    the fill asked, it ran out under an origin slow to answer and then to send the first slice, and a worker
-    reading the copy meanwhile took that for the fill's end and fetched the object again."""
-    if holds_to_the_end(head):
-        await held_on(store, fill)
-    else:
+    those say nothing of the next answer, and an origin in trouble is spared most by one request at a time."""
+    if not holds_to_the_end(head):
         unstored = not head.store and head.status < 500 and head.status != 304 and head.reason in BY_FIELDS
         await drop_lease(store, fill, unstored)
 
@@ -183,12 +177,11 @@ def _heading_here(fills: FillRegistry, fill: Fill) -> bool:
 
 
 async def held_on(store: Store, fill: Fill) -> None:
-    """A slice of a copy whose fill holds the entry's lease to its end (holds_to_the_end) is stored (or its head is:
-    let_go_at_head): the lease is held LEASE_SECONDS from now. Taken once for LEASE_SECONDS, it expired under a
-    body that took longer to come, and a reader in another worker (whole_by_another_worker) took that for the
-    fill's end: it fetched a copy of its own and cut its answer midway, another copy's bytes being no part of it
-    (tests/e2e/test_worker_whole_slow). Still bounded: the lease goes LEASE_SECONDS after the head or the last slice
-    stored, and with its holder's process."""
+    """A slice of a copy whose fill holds the entry's lease to its end (holds_to_the_end) is stored: the lease is
+    held LEASE_SECONDS from now. Taken once for LEASE_SECONDS, it expired under a body that took longer to come,
+    and a reader in another worker (whole_by_another_worker) took that for the fill's end: it fetched a copy of
+    its own and cut its answer midway, another copy's bytes being no part of it (tests/e2e/test_worker_whole_slow).
+    Still bounded: the lease goes LEASE_SECONDS after the last slice stored, and with its holder's process."""
     if (lease := fill.leases.get(REVALIDATING)) is not None:
         await store.renew(lease, _owner(fill), LEASE_SECONDS)
 
