@@ -56,7 +56,8 @@ async def by_another_worker(
         return False
     lease = store.revalidation_lease(req.entry_key)
     waits = TRIES if validate is not None else 1
-    for attempt in range(waits + 1):
+    headed = False  # a miss waited for the holder's head: a copy it stored that may not be read yet is waited on
+    for attempt in range(waits + 2):
         ours = await store.lease_revalidation(req.entry_key, _owner(fill), seconds)
         stored = await store.meta_on_disk(req.entry_key)
         if stored is not None and await _answers(store, stored, validate, req, fill.asked_at, ours):
@@ -74,7 +75,7 @@ async def by_another_worker(
             return False
         if await store.unstored_lately(req.entry_key):  # nothing to read after the wait: ask now, as alone
             return False
-        if attempt == waits:
+        if attempt == waits + headed or (headed and stored is None):
             return False
         if attempt == 0:
             metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
@@ -82,7 +83,8 @@ async def by_another_worker(
             # Until the holder's head, not its lease: a copy stored only whole holds that to its body's end (then
             # this read nothing before the holder's last byte, and asked the origin itself after LEASE_SECONDS of
             # a slow body); it is on the disk from its head on, and read as its slices land (_readable). One of
-            # unknown length is on the disk only once whole (Engine._store_length): then the lease goes too.
+            # unknown length is read only once whole: then for the lease, once more.
+            headed = True
             await store.wait_for_head(req.entry_key, lease, seconds)
         else:
             await store.wait_for_release(lease, seconds)

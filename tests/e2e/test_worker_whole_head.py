@@ -10,9 +10,6 @@ body slice by slice as it lands, as a reader that found the copy does (revalidat
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 from pathlib import Path
 
 import aiohttp
@@ -20,8 +17,7 @@ import pytest
 from aiohttp import web
 
 from edgecache.storage.leases import LEASE_SECONDS
-from tests.e2e.test_worker_never_whole import get_chunked
-from tests.e2e.test_worker_revalidation import Conn, collapsed, each_worker
+from tests.e2e.test_worker_revalidation import collapsed, each_worker
 from tests.e2e.test_worker_whole_copy import BODY
 from tests.e2e.test_workers import MiB
 from tests.origin import Origin
@@ -67,25 +63,6 @@ async def waited_once_more(origin: Origin, s: aiohttp.ClientSession, admin: int,
     return now
 
 
-async def b_waits_for_a_slice(
-    origin: Origin, s: aiohttp.ClientSession, admin: int, ab: tuple[Conn, Conn], extra: str, go: list[asyncio.Event]
-) -> asyncio.Future[tuple[int, dict[str, str], bytes]]:
-    """A asks for /p.bin; once the origin holds its answer before the head (held_in_stages), B asks (with `extra`
-    header lines) and waits on A's origin request; go[0] lets the head and half of slice 0 come, and B waits for
-    that slice (a second collapsed wait) within LEASE_SECONDS / 2. A's answer, to come."""
-    a, b = ab
-    seen, waits = len(origin.seen), await collapsed(s, admin)
-    first = asyncio.ensure_future(a.get("/p.bin"))
-    async with asyncio.timeout(20):
-        await origin.wait_for_requests(seen + 1)
-        b.writer.write(f"GET /p.bin HTTP/1.1\r\nHost: video.test\r\n{extra}\r\n".encode())
-        waits = await waited_once_more(origin, s, admin, waits)  # B waits on A's origin request
-    go[0].set()
-    async with asyncio.timeout(LEASE_SECONDS / 2):
-        await waited_once_more(origin, s, admin, waits)  # B waits for slice 0, not for A's lease
-    return first
-
-
 @pytest.mark.parametrize("way", list(WAYS))
 async def test_a_miss_before_the_other_workers_head_streams_its_whole_copy_as_it_lands(
     origin: Origin, tmp_path: Path, way: str
@@ -101,7 +78,15 @@ async def test_a_miss_before_the_other_workers_head_streams_its_whole_copy_as_it
     held_in_stages(origin, "/p.bin", go)
     async with each_worker(tmp_path, origin, "/warm", BODY[:1000], 1, fast_path) as (admin, s, [(a, b)]):
         try:
-            first = await b_waits_for_a_slice(origin, s, admin, (a, b), extra, go)
+            seen, waits = len(origin.seen), await collapsed(s, admin)
+            first = asyncio.ensure_future(a.get("/p.bin"))
+            async with asyncio.timeout(20):
+                await origin.wait_for_requests(seen + 1)
+                b.writer.write(f"GET /p.bin HTTP/1.1\r\nHost: video.test\r\n{extra}\r\n".encode())
+                waits = await waited_once_more(origin, s, admin, waits)  # B waits on A's origin request
+            go[0].set()
+            async with asyncio.timeout(LEASE_SECONDS / 2):
+                await waited_once_more(origin, s, admin, waits)  # B waits for slice 0, not for A's lease
             assert origin.hits["/p.bin"] == 1
             go[1].set()
             async with asyncio.timeout(LEASE_SECONDS / 2):  # B does not wait for A's body, nor the lease's time
@@ -117,68 +102,4 @@ async def test_a_miss_before_the_other_workers_head_streams_its_whole_copy_as_it
         assert got.startswith(b"HTTP/1.1 200 ")
         assert f"\r\nContent-Length: {len(BODY)}\r\n".encode() in got
         assert (status, data == BODY, begun + tail == BODY) == (200, True, True)
-        assert origin.hits["/p.bin"] == 1
-
-
-async def test_a_writer_killed_after_its_head_leaves_the_waiting_miss_to_fetch_it_at_once(
-    origin: Origin, tmp_path: Path
-) -> None:
-    """As above, and worker A is killed while B waits for slice 0 of A's copy: the lease names A's process, so B
-    fetches the object itself at once (well within LEASE_SECONDS), and answers it whole and exact."""
-    origin.put("/warm", BODY[:1000])
-    origin.put("/p.bin", BODY, etag=None, last_modified=None)
-    go = [asyncio.Event() for _ in STOPS]
-    held_in_stages(origin, "/p.bin", go)
-    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
-        try:
-            doomed = await b_waits_for_a_slice(origin, s, admin, (a, b), "", go)
-            assert origin.hits["/p.bin"] == 1
-            os.kill(a.pid, signal.SIGKILL)
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                await doomed
-            async with asyncio.timeout(LEASE_SECONDS / 2):
-                got = await b.reader.readuntil(b"\r\n\r\n")
-                data = await b.reader.readexactly(len(BODY))
-        finally:
-            for event in go:
-                event.set()
-        assert got.startswith(b"HTTP/1.1 200 ")
-        assert (data == BODY, origin.hits["/p.bin"]) == (True, 2)  # the killed worker's request, then B's own
-
-
-async def test_a_miss_before_the_other_workers_head_of_unknown_length_reads_its_copy_once_whole(
-    origin: Origin, tmp_path: Path
-) -> None:
-    """A body of unknown length (chunked, no validator) has no metadata on the disk before its end
-    (Engine._store_length): B's wait for A's head goes on until A lets go, and B reads the copy whole. Exact
-    bytes to both, one origin request."""
-    origin.put("/warm", BODY[:1000])
-    go = asyncio.Event()
-
-    async def chunked(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
-        if request.path != "/p.bin" or origin.hits["/p.bin"] > 1:
-            return None
-        await go.wait()
-        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        for at in range(0, len(BODY), MiB // 2):
-            await resp.write(BODY[at : at + MiB // 2])
-        await resp.write_eof()
-        return resp
-
-    origin.on_request = chunked
-    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
-        try:
-            seen, waits = len(origin.seen), await collapsed(s, admin)
-            first = asyncio.ensure_future(get_chunked(a, "/p.bin"))
-            async with asyncio.timeout(20):
-                await origin.wait_for_requests(seen + 1)
-                second = asyncio.ensure_future(b.get("/p.bin"))
-                await waited_once_more(origin, s, admin, waits)  # B waits on A's origin request
-        finally:
-            go.set()
-        async with asyncio.timeout(30):
-            (status_a, data_a), (status_b, _, data_b) = await asyncio.gather(first, second)
-        assert (status_a, data_a == BODY, status_b, data_b == BODY) == (200, True, 200, True)
         assert origin.hits["/p.bin"] == 1
