@@ -433,7 +433,7 @@ class Engine:
     def _never_whole(self, fill: Fill) -> None:
         """The copy `fill` writes will never be complete (a slice the disk refused, a body past max_unknown): a
         whole copy's lease, kept to its end (holds_to_the_end), is let go now; the other workers would wait out the
-        body for a copy they may not take (revalidating._readable), then ask the origin anyway."""
+        body for a copy they may not take (revalidating._complete), then ask the origin anyway."""
         if REVALIDATING in fill.leases:
             self._spawn(drop_lease(self.store, fill), self._writes)
 

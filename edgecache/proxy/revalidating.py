@@ -15,9 +15,8 @@ is gone (storage.disk), and it expires: nobody waits on a dead worker, nor for l
 origin (then it asks itself). The holder lets go once its head is stored or judged not storable (Engine._take_head):
 then a miss's waiter finds nothing stored and asks the origin itself, at once; told so by a mark the holder leaves
 (let_go_at_head), it does not take the lease for its own request, and no worker waits on one while the mark is
-fresh. A copy stored only whole is held until its body is stored (holds_to_the_end), and is on the disk from its
-head on: a miss's waiter waits for that head (not the lease), then answers from the copy as its slices land
-(whole_by_another_worker), or asks once it was cut or purged (let_go_if_purged).
+fresh. A copy stored only whole is held until its body is stored (holds_to_the_end): its waiter answers from it
+complete, or asks once it was cut or purged (let_go_if_purged).
 """
 
 from __future__ import annotations
@@ -56,11 +55,10 @@ async def by_another_worker(
         return False
     lease = store.revalidation_lease(req.entry_key)
     waits = TRIES if validate is not None else 1
-    headed = False  # a miss waited for the holder's head: a copy it stored that may not be read yet is waited on
-    for attempt in range(waits + 2):
+    for attempt in range(waits + 1):
         ours = await store.lease_revalidation(req.entry_key, _owner(fill), seconds)
         stored = await store.meta_on_disk(req.entry_key)
-        if stored is not None and await _answers(store, stored, validate, req, fill.asked_at, ours):
+        if stored is not None and await _answers(store, stored, validate, req, fill.asked_at):
             if ours:
                 await store.let_go(lease, _owner(fill))
             fills.remove(fill)  # a 304 brings no bytes to join (Engine._take_head)
@@ -75,19 +73,11 @@ async def by_another_worker(
             return False
         if await store.unstored_lately(req.entry_key):  # nothing to read after the wait: ask now, as alone
             return False
-        if attempt == waits + headed or (headed and stored is None):
+        if attempt == waits:
             return False
         if attempt == 0:
             metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
-        if attempt == 0 and validate is None and stored is None:
-            # Until the holder's head, not its lease: a copy stored only whole holds that to its body's end (then
-            # this read nothing before the holder's last byte, and asked the origin itself after LEASE_SECONDS of
-            # a slow body); it is on the disk from its head on, and read as its slices land (_readable). One of
-            # unknown length is read only once whole: then for the lease, once more.
-            headed = True
-            await store.wait_for_head(req.entry_key, lease, seconds)
-        else:
-            await store.wait_for_release(lease, seconds)
+        await store.wait_for_release(lease, seconds)
     return False
 
 
@@ -191,35 +181,31 @@ async def held_on(store: Store, fill: Fill) -> None:
 def holds_to_the_end(head: FillHead) -> bool:
     """Does a fill whose head is `head` keep the entry's lease until its body is stored (Engine._let_go_stored),
     not only until its head is? A copy stored only whole (no validator, or not a 200: a cached 404, a 301) is taken
-    by another worker once complete, or while its fill holds this lease (_readable): let go at the head, the waiter
-    found it still being written and asked the origin too, after a whole first-byte time of waiting. nginx's
-    proxy_cache_lock waits for the whole response; here the waiter reads the slices as they land. A fill that fails
-    or is cut lets go at once (Engine._run_fill)."""
+    by another worker only once complete (_complete): let go at the head, the waiter found it still being written
+    and asked the origin too, after a whole first-byte time of waiting. nginx's proxy_cache_lock waits for the
+    whole response likewise. A fill that fails or is cut lets go at once (Engine._run_fill)."""
     return head.store and head.meta.whole and head.status != 304
 
 
 async def _answers(
-    store: Store, stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float, ours: bool
+    store: Store, stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float
 ) -> bool:
-    """May what the disk holds answer the fill's request (a copy stored only whole, once it may be read:
-    _readable)? `ours`: the fill holds the entry's lease now (so nobody else writes that copy)."""
+    """May what the disk holds answer the fill's request (a copy stored only whole, once complete: _complete)?"""
     now = time.time()
     if validate is not None:
         answers = revalidated_since(stored, validate, req.headers, req.policy, req.soft_before, asked_at, now)
     else:
         answers = answered_since(stored, req.headers, req.policy, req.soft_before, asked_at, now)
-    return answers and await _readable(store, stored, req, ours)
+    return answers and await _complete(store, stored, req)
 
 
-async def _readable(store: Store, stored: ObjectMeta, req: FillRequest, ours: bool) -> bool:
-    """May a copy stored only whole be read now: every slice of it is in the store, or a worker holds the entry's
-    lease, writing it to its end (being_written; not when `ours`: its writer let go)? Its readers then wait for each
-    slice they lack to land (whole_by_another_worker), as a copy fetched by slice is taken at once: its missing
-    slices are leased by the fill bringing them (proxy.leasing), and read as they land. One of unknown length is
-    not taken: its slices name no object until its fill has stored the length."""
+async def _complete(store: Store, stored: ObjectMeta, req: FillRequest) -> bool:
+    """Is every slice of a copy stored only whole in the store? One still being written is not taken: its slices
+    are read from no fill of this worker, and a reader missing one fetches the whole object again (nothing proves
+    two fetches of it the same bytes). A copy fetched by slice is taken at once: its missing slices are leased by
+    the fill bringing them (proxy.leasing), and read as they land."""
     if not stored.whole:
         return True
     if stored.length < 0:
         return False
-    whole = not await store.missing(req.entry_key, stored, list(range(stored.slice_count)))
-    return whole or (not ours and await being_written(store, req))
+    return not await store.missing(req.entry_key, stored, list(range(stored.slice_count)))

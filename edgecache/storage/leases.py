@@ -16,7 +16,7 @@ from edgecache.core.keys import digest
 from edgecache.errors import StorageError
 from edgecache.storage.disk import lease_name
 from edgecache.storage.disks import Disks
-from edgecache.storage.slicenames import meta_name, slice_name
+from edgecache.storage.slicenames import slice_name
 
 # A worker holding a lease has this long to store what it guards before the others fetch it themselves.
 LEASE_SECONDS = 10.0
@@ -107,12 +107,6 @@ class Leases:
     async def wait_for_release(self, lease: str, seconds: float) -> None:
         """Until `lease` is let go (or its holder is gone), or `seconds`."""
         await self._poll([lease], seconds)
-
-    async def wait_for_head(self, entry_key: str, lease: str, seconds: float) -> None:
-        """Until metadata is stored under `entry_key` (the head of the miss that holds the entry's `lease`), the
-        lease is let go (or its holder is gone), or `seconds`: a copy stored only whole is held to its end, and
-        its body is read as it lands (proxy.revalidating.by_another_worker)."""
-        await self._poll([meta_name(entry_key), lease], seconds)
 
     async def _poll(self, names: list[str], seconds: float) -> None:
         """Until the first of `names` (a value) is on disk or the last (its lease) is not held, or `seconds`.

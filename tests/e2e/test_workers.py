@@ -34,12 +34,11 @@ OPERATOR = "operator-token-0123456789"
 READY = {b"admin listening on": 1, b"edgecache listening on": 2}  # both workers, and the admin listener
 
 
-def two_workers(tmp_path: Path, origin: Origin, port: int, admin: int, fast_path: bool = True) -> Path:
-    """A config file for a node of two workers with an operator token (`fast_path`: server.fast_path)."""
+def two_workers(tmp_path: Path, origin: Origin, port: int, admin: int) -> Path:
+    """A config file for a node of two workers with an operator token."""
     cfg = tmp_path / "edge.toml"
     cfg.write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\nfast_path = {str(fast_path).lower()}\n'
-        f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
         f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
         f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "256MiB"\nmemory = "64MiB"\nfill_slices = 4\n'
         f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
