@@ -45,11 +45,8 @@ class SliceDisk(diskcache.Disk):
         with contextlib.suppress(OSError):
             os.close(self.dir_fd)
 
-    def place(self, value: bytes) -> Placed | None:
-        """Write a large value's file now, with no row naming it (DiskTier._write commits the row after, in the
-        transaction that admits the value); None for a value small enough to live in SQLite."""
-        if len(value) < self.min_file_size:
-            return None
+    def place(self, value: bytes) -> str:
+        """Write a large value's file in one O_DIRECT write; the name diskcache's row keeps for it."""
         filename, _ = self.filename()  # the path is not used: see the class docstring
         fd, direct = _create(self.dir_fd, filename)
         try:
@@ -63,7 +60,7 @@ class SliceDisk(diskcache.Disk):
             os.unlink(filename, dir_fd=self.dir_fd)  # never leave a partial file behind for a row that will not exist
             raise
         os.close(fd)
-        return Placed(filename, len(value))
+        return filename
 
     def filename(self, key: object = UNKNOWN, value: object = UNKNOWN) -> tuple[str, str]:
         """A new file's name under the directory (see the class docstring), and its path (not used here)."""
@@ -81,28 +78,10 @@ class SliceDisk(diskcache.Disk):
                 os.rmdir(parent, dir_fd=self.dir_fd)
                 os.rmdir(os.path.dirname(parent), dir_fd=self.dir_fd)
 
-    def discard(self, placed: Placed) -> None:
-        """Delete a placed file whose row was not committed (a rollback, or a value its admission evicted)."""
-        self.remove(placed.filename)
-
     def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
-        if type(value) is Placed:  # written already (place): diskcache's row only names it
-            return value.size, MODE_BINARY, value.filename, None
         if type(value) is not bytes or len(value) < self.min_file_size:
             return super().store(value, read, key)
-        placed = self.place(value)
-        assert placed is not None
-        return placed.size, MODE_BINARY, placed.filename, None
-
-
-class Placed:
-    """A value's file written by SliceDisk.place, handed to diskcache's set() in its place."""
-
-    __slots__ = ("filename", "size")
-
-    def __init__(self, filename: str, size: int) -> None:
-        self.filename = filename
-        self.size = size
+        return len(value), MODE_BINARY, self.place(value), None
 
 
 _ALIGN = 4096  # O_DIRECT wants the buffer's address and the write's length aligned to the logical block size

@@ -87,11 +87,11 @@ async def test_files_of_diskcaches_layout_are_read_and_go_with_their_directories
 def test_a_value_too_small_for_a_file_makes_none(tmp_path: Path) -> None:
     disk = SliceDisk(str(tmp_path), MIN_FILE_SIZE)
     try:
-        assert disk.place(b"x" * (MIN_FILE_SIZE - 1)) is None
-        placed = disk.place(b"x" * MIN_FILE_SIZE)
-        assert placed is not None
-        assert (tmp_path / placed.filename).read_bytes() == b"x" * MIN_FILE_SIZE
-        disk.discard(placed)
+        assert disk.store(b"x" * (MIN_FILE_SIZE - 1), False)[2] is None  # kept in SQLite's row
+        size, _, filename, _ = disk.store(b"x" * MIN_FILE_SIZE, False)
+        assert filename is not None
+        assert (size, (tmp_path / filename).read_bytes()) == (MIN_FILE_SIZE, b"x" * MIN_FILE_SIZE)
+        disk.remove(filename)
         assert _files(tmp_path) == []
         assert len(_dirs(tmp_path)) == 1  # kept for the next file
     finally:
