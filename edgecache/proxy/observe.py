@@ -304,7 +304,7 @@ FETCHED = frozenset({CacheStatus.MISS, CacheStatus.EXPIRED})  # a fill's answers
 
 @dataclass(frozen=True, slots=True)
 class Tally:
-    """What the fast path counts of an answer, resolved once per (site, method, status, cache status, upstream):
+    """What the fast path counts of an answer, resolved once per (site, method, status class, cache status, upstream):
     `answer` adds the answer to the fast path's answers, the requests, the time to first byte, and its site bytes
     and bytes from memory, in one call (metricturn.TurnBundle); `site_bytes`, `memory` and `disk` alone, for an
     answer whose body goes out after its head (read from disk, or in parts)."""
@@ -323,7 +323,8 @@ def tally(site: str, method: str, code: int, status: CacheStatus, way: str) -> T
     fill has put them by the time they are sent (coldmiss), as the full handler counts them; a look-aside's, the
     previous owner's."""
     method = method if method in _METHODS else "other"  # a key of bounded values, as the requests counter's
-    found = _tallies.get((site, method, code, status, way))
+    key = (site, method, code // 100, status, way)  # the code by its hundreds, as requests_counter keys it
+    found = _tallies.get(key)
     if found is None:
         if status in FETCHED:
             memory = disk = metrics.BYTES_SERVED.labels("peer" if way == "peer" else "origin")
@@ -332,7 +333,7 @@ def tally(site: str, method: str, code: int, status: CacheStatus, way: str) -> T
         counted = (_child(metrics.FAST_PATH, "answered"), requests_counter(site, method, code, status))
         site_counter = site_bytes(site, way)
         bundle = TurnBundle(counted, _child(metrics.TTFB, status.value), (site_counter, memory.counter))
-        found = _tallies[site, method, code, status, way] = Tally(bundle, site_counter, memory, disk)
+        found = _tallies[key] = Tally(bundle, site_counter, memory, disk)
     return found
 
 

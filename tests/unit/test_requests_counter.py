@@ -23,3 +23,13 @@ def test_the_child_is_the_one_its_labels_name() -> None:
     ):
         found = observe.requests_counter("labels.site", method, code, CacheStatus.HIT)
         assert found is metrics.REQUESTS.labels("labels.site", label, klass, CacheStatus.HIT.value)
+
+
+def test_the_fast_paths_tallies_are_bounded_as_the_request_counters_children() -> None:
+    before = len(observe._tallies)
+    for code in range(100, 1000):  # a stored answer's status is the origin's, whatever it was
+        for method in ("GET", "BREW"):
+            observe.tally("tally.site", method, code, CacheStatus.MISS, "origin")
+    assert len(observe._tallies) - before == 9 * 2
+    answered = observe.tally("tally.site", "GET", 404, CacheStatus.MISS, "origin").answer
+    assert answered is observe.tally("tally.site", "GET", 410, CacheStatus.MISS, "origin").answer
