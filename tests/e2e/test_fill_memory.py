@@ -169,7 +169,8 @@ async def test_slow_clients_of_private_answers_hold_back_no_cacheable_fill(
 ) -> None:
     """A fill of a private answer waits for its one client, who may read as slowly as it likes: it takes from the
     pool kept for such fills, never from the one cacheable objects are filled from."""
-    private = os.urandom(32 * 2**20)  # far more than the sockets between the node and its client hold
+    # far more than the sockets between the node and its client hold; made off the loop, whose stall guard watches
+    private = await asyncio.to_thread(os.urandom, 32 * 2**20)
     origin.put("/p", private, headers={"Cache-Control": "private, max-age=60"})
     origin.put("/p2", private[:RUN], headers={"Cache-Control": "private, max-age=60"})
     origin.put("/c", OBJECTS["/o0"])
@@ -193,7 +194,7 @@ async def test_a_finished_fill_holds_nothing_for_a_client_that_reads_slowly(
 ) -> None:
     """Once its slices are stored, a fill lets go of them: a client still reading them reads them from the store,
     and memory does not grow with the clients that read slowly."""
-    data = os.urandom(32 * 2**20)
+    data = await asyncio.to_thread(os.urandom, 32 * 2**20)  # off the loop: its stall guard watches
     origin.put("/big", data)
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
     writer.write(b"GET /big HTTP/1.1\r\nHost: video.test\r\n\r\n")

@@ -25,12 +25,17 @@ SLICE = 64 * 1024
 PIECE = 16 * 1024
 
 
+async def _noise(size: int) -> bytes:
+    """64 MiB of random bytes take hundreds of ms on a loaded machine: made off the loop, whose stall guard watches."""
+    return await asyncio.to_thread(os.urandom, size)
+
+
 class Paced:
     """Origin hook: a 200 of `size` bytes (with a Content-Length, or chunked when `length` is False), 16 KiB at a
     time, held after `hold_at` bytes until `go` is set; it counts what it wrote and stops once the edge has gone."""
 
-    def __init__(self, size: int, hold_at: int, length: bool = True) -> None:
-        self.data = os.urandom(size) if length else b""
+    def __init__(self, size: int, hold_at: int, length: bool = True, data: bytes = b"") -> None:
+        self.data = data
         self.size, self.hold_at, self.length = size, hold_at, length
         self.go = asyncio.Event()
         self.written = 0
@@ -85,7 +90,7 @@ def _stored(edge: Edge) -> int:
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
 async def test_a_whole_object_fill_stops_once_its_client_has_left(edge: Edge, origin: Origin, length: bool) -> None:
     size = 1024 * SLICE  # 64 MiB; a chunked one is an endless body as far as the client's visit goes
-    hook = Paced(size, 8 * SLICE, length)
+    hook = Paced(size, 8 * SLICE, length, await _noise(size) if length else b"")
     origin.on_request = hook
     await _leave_after(edge, "/big", 2 * SLICE)
     fills = list(edge.node.engine._tasks)
@@ -243,7 +248,7 @@ async def test_a_request_that_joined_a_whole_fill_and_left_before_reading_lets_i
     """The other side of counting a request from its join: one that leaves before it reads is counted no more, so the
     fill still ends at a slice boundary once its last reader has gone, and gives its fill memory back."""
     size = 1024 * SLICE
-    hook = Paced(size, 8 * SLICE)
+    hook = Paced(size, 8 * SLICE, data=await _noise(size))
     joined, gone = asyncio.Event(), asyncio.Event()
 
     async def after_the_join(request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse:
