@@ -18,6 +18,8 @@ _MAX_DIGITS = 18  # beyond any real length; longer digit strings are abuse, not 
 _SPEC = re.compile(r"([0-9]*)-([0-9]*)")
 # The form players send, read at once; anything else takes the general parse, which gives the same for this form.
 _PLAIN = re.compile(r"bytes=([0-9]{1,18})-([0-9]{0,18})")
+# The same form as a Range line's value is in a request head: bytes, blanks around it (player_value).
+_PLAIN_RAW = re.compile(rb"[ \t]*(" + _PLAIN.pattern.encode() + rb")[ \t]*")
 _CONTENT_RANGE = re.compile(r"bytes[ \t]+(?:([0-9]{1,18})-([0-9]{1,18})|\*)/([0-9]{1,18}|\*)", re.IGNORECASE | re.ASCII)
 
 
@@ -98,10 +100,25 @@ def _plain(value: str) -> tuple[int, int | None] | None:
     """first and last (None: to the end) of the form players send, read at once; None for any other form, and
     for this form with its last before its first, which the general parse finds invalid too."""
     plain = _PLAIN.fullmatch(value)
+    return None if plain is None else _digits(plain[1], plain[2])
+
+
+def _digits(first: str | bytes, last: str | bytes) -> tuple[int, int | None] | None:
+    """_plain() of the form's two runs of digits (`last` empty: to the end)."""
+    a, b = int(first), int(last) if last else None
+    return None if b is not None and b < a else (a, b)
+
+
+def player_value(raw: bytes) -> tuple[str, int, int | None] | None:
+    """A Range line's value as a request head holds it (`raw`: bytes, blanks around it) when it is the form players
+    send: the value as a str without its blanks, and _plain()'s first and last of it; None for any other value,
+    which the caller decodes and judges as before (plain_bounds, resolve). One match in place of three steps (a
+    check for visible words, the decode and strip, plain_bounds' match) on every new range a player asks for."""
+    plain = _PLAIN_RAW.fullmatch(raw)
     if plain is None:
         return None
-    first, last = int(plain[1]), int(plain[2]) if plain[2] else None
-    return None if last is not None and last < first else (first, last)
+    digits = _digits(plain[2], plain[3])
+    return None if digits is None else (plain[1].decode("ascii"), *digits)
 
 
 def _resolve_spec(spec: RangeSpec, length: int) -> ByteRange | None:
@@ -152,6 +169,11 @@ def plain_bounds(value: str, length: int) -> tuple[int, int] | None:
     player's new range from a whole answer with them (proxy.decide.Decider._cut)."""
     plain = _plain(value) if length > 0 else None
     return None if plain is None else _bounds(plain[0], plain[1], length)
+
+
+def within(first: int, last: int | None, length: int) -> tuple[int, int] | None:
+    """plain_bounds() of the value whose first and last player_value() read."""
+    return _bounds(first, last, length) if length > 0 else None
 
 
 def resolve(value: str | None, length: int, max_ranges: int = MAX_RANGES) -> RangeResult:

@@ -226,9 +226,12 @@ class Decider:
         is no hit, neither is the head (Range changes nothing before hit.planned_hit): None, and aiohttp answers it.
         """
         split = rangecut.split_range(head)
-        if split is None or not rangecut.plain_value(split[0]):
+        if split is None:
             return _FULL_PARSE
         raw_value, stripped = split
+        player = ranges.player_value(raw_value)  # the form players send is plain, and read at once
+        if player is None and not rangecut.plain_value(raw_value):
+            return _FULL_PARSE
         shared = self.shared
         if shared.limiter is not None:
             return _FULL_PARSE  # deciding the whole-object answer would spend a token of the client's rate
@@ -244,31 +247,39 @@ class Decider:
             base = decided
         if base.hit.viewer is None and base.hit.refusal(client, now) is not None:  # a hop's was judged by its node
             return _FULL_PARSE  # refused, with its Range in the log line
-        return self._cut(head, base, raw_value)
+        return self._cut(head, base, raw_value, player)
 
-    def _cut(self, head: bytes, base: Prepared, raw_value: bytes) -> Prepared | _FullParse:
-        """The 206 to `head` cut from `base`, the answer to it without its Range line (`raw_value`)."""
+    def _cut(
+        self, head: bytes, base: Prepared, raw_value: bytes, player: tuple[str, int, int | None] | None
+    ) -> Prepared | _FullParse:
+        """The 206 to `head` cut from `base`, the answer to it without its Range line (`raw_value`; `player`: its
+        ranges.player_value())."""
         hit, shared = base.hit, self.shared
-        if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
-            return _FULL_PARSE
-        try:
-            value = raw_value.decode("ascii").strip(" \t")
-        except UnicodeDecodeError:
-            return _FULL_PARSE
-        length = hit.meta.length
-        bounds = ranges.plain_bounds(value, length)
-        if bounds is None:  # another form of a single range, or anything else resolve() answers
-            rng = ranges.resolve(value, length)
-            if not isinstance(rng, ranges.Single):
-                return _FULL_PARSE
-            bounds = rng.range.first, rng.range.last
         cut = base.cutter
-        # its first cut, or its head changed (its Age ticked), or (never expected) its copy
+        # its first cut, or its head changed (its Age ticked), or (never expected) its copy: what a Cutter is made
+        # from is judged once for all its cuts (a Cutter is made only of a GET's whole 200 with no Vary)
         if cut is None or cut.whole is not base.head or cut.meta is not hit.meta:
+            if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
+                return _FULL_PARSE
             tally = observe.tally(hit.site.name, "GET", 206, base.status, _HIT_WAY)
             cut = base.cutter = rangecut.cutter(base.head, hit, tally, _keeps(hit))
             if cut is None:
                 return _FULL_PARSE
+        length = hit.meta.length
+        bounds = None
+        if player is not None:
+            value, bounds = player[0], ranges.within(player[1], player[2], length)
+        if bounds is None:
+            try:
+                value = raw_value.decode("ascii").strip(" \t")
+            except UnicodeDecodeError:
+                return _FULL_PARSE
+            bounds = ranges.plain_bounds(value, length)
+            if bounds is None:  # another form of a single range, or anything else resolve() answers
+                rng = ranges.resolve(value, length)
+                if not isinstance(rng, ranges.Single):
+                    return _FULL_PARSE
+                bounds = rng.range.first, rng.range.last
         first, last = bounds
         content_range, size = ranges.content_range(first, last, length), last - first + 1
         shared.engine.store.touch_meta(hit.req.entry_key, hit.req.primary)
@@ -277,7 +288,7 @@ class Decider:
         derived.headers = [*cut.fields, ("Content-Range", content_range), ("Content-Length", str(size))]
         encoded = cut.head(content_range, size)
         slices = slices_of(cut.prefix, first, last, shared.engine.slice_size, hit.meta)
-        prepared = Prepared(derived, "GET", base.keep_alive, encoded, cut.tally, slices, value, status=base.status)
+        prepared = Prepared(derived, "GET", base.keep_alive, encoded, cut.tally, slices, value, base.status)
         # The same range asked again (a segment of a byte-range playlist, by every viewer with the same fields) is
         # a lookup, kept apart from the memo so that players' ranges, which rarely repeat, never clear it; and only
         # from its second time (seen): remembering each new range, and dropping it at the next turn of the memos'
