@@ -47,6 +47,7 @@ SIZE = 32 * 2**20
 PATH = "/video/vid1.bin"
 HOST = "127.0.0.1:18100"
 ORDERS = list(itertools.permutations(("host", "tag", "range")))
+CLIENTS = [f"127.0.0.{n}" for n in range(1, len(ORDERS) + 1)]  # one for each order, as each player keeps its own
 
 
 async def _origin(body: bytes) -> tuple[web.AppRunner, int]:
@@ -89,12 +90,13 @@ _RANGE = re.compile(rb"Range: bytes=([0-9]+)-([0-9]+)")
 class _Sink:
     """A fast-path connection's transport that counts the bytes it is given and sends nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
         self.written = 0
         self.closed = False  # the node's shutdown closes it at the end
 
     def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
+        return (self.peer, 40000) if name == "peername" else default
 
     def writelines(self, data: Iterable[bytes | memoryview]) -> None:
         self.written += sum(len(x) for x in data)
@@ -119,20 +121,24 @@ class _Sink:
 
 
 def _whole(fast: FastServer) -> Callable[[list[bytes]], float]:
-    """A pass of heads answered whole on one keep-alive connection: mean µs each; every answer must be written."""
-    conn, sink = fast.protocol(), _Sink()
-    conn.connection_made(sink)  # type: ignore[arg-type]
+    """A pass of heads answered whole on keep-alive connections, one for each field order (heads() gives the i-th
+    head the order ORDERS[i % 6]), each from a client of its own (CLIENTS), as a player keeps its fields' order:
+    mean µs each; every answer must be written."""
+    conns, sinks = [fast.protocol() for _ in ORDERS], [_Sink(client) for client in CLIENTS]
+    for conn, sink in zip(conns, sinks, strict=True):
+        conn.connection_made(sink)  # type: ignore[arg-type]
 
     def answer(batch: list[bytes]) -> float:
         asked = sum(int(m[2]) - int(m[1]) + 1 for m in map(_RANGE.search, batch) if m is not None)
-        before, start = sink.written, time.thread_time()
-        for head in batch:
+        before, start = sum(sink.written for sink in sinks), time.thread_time()
+        for head, conn in zip(batch, itertools.cycle(conns)):
             conn.data_received(head)
         spent = time.thread_time() - start
-        if sink.closed:
+        written = sum(sink.written for sink in sinks) - before
+        if any(sink.closed for sink in sinks):
             raise SystemExit("the fast path closed a keep-alive connection")
-        if not asked < sink.written - before < asked + 1024 * len(batch):  # the bodies, and a head each
-            raise SystemExit(f"{sink.written - before} bytes written for {asked} asked")
+        if not asked < written < asked + 1024 * len(batch):  # the bodies, and a head each
+            raise SystemExit(f"{written} bytes written for {asked} asked")
         return spent / len(batch) * 1e6
 
     return answer
@@ -142,8 +148,8 @@ def _pass(decider: Decider, batch: list[bytes]) -> float:
     """Mean µs of deciding each head of `batch`; every answer must be a cut 206."""
     answer = decider.answer
     start = time.thread_time()  # CPU time: other jobs on the machine take turns of its cores
-    for head in batch:
-        answer(head, "127.0.0.1")
+    for head, client in zip(batch, itertools.cycle(CLIENTS)):  # the i-th head's fields in ORDERS[i % 6]: a client's
+        answer(head, client)
     spent = time.thread_time() - start
     for head in batch[:8]:
         got = answer(head, "127.0.0.1")
