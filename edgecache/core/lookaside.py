@@ -110,8 +110,26 @@ def fresh_here(status: int, headers: Headers, asked: Asked, now: float) -> bool:
     node's own look-aside answers keep (may_use: held fresh), checked again on the side that stores them; and one
     the viewer's request takes as a stored answer (5.2.1: its no-cache, max-age, min-fresh), which the peer, asked
     with the key's fields alone, never saw. Its answer goes to that viewer as the fill's: the origin's, else."""
+    shared = storable("GET", status, asked.fields, headers, asked.policy).store
+    return shared and _fresh_for(status, headers, asked, now)
+
+
+def from_owner(status: int, headers: Headers, asked: Asked, now: float) -> bool:
+    """Whether the owner's answer to the fill of a hot object's copy (core.popularity) is taken as the origin's. The
+    owner answers from its cache what it holds fresh by its own clock (or stale, as stale-while-revalidate lets it
+    answer its viewers), asked with the key's fields alone: an answer this node stores is taken only as fresh_here
+    takes a look-aside's, for a shared cache here and for the viewer's own request (RFC 9111 5.2.1: a child cache
+    honours its request's max-age and min-fresh, or asks the origin). An answer no shared cache may store (private,
+    no-store, ...) the owner never holds: it passed on the origin's answer to this fill, which is served to its
+    viewer as a forward's would be and never kept (proxy.fillhead judges the head by the same storable); asking the
+    origin again would double its load for every hot object it answers so."""
     if not storable("GET", status, asked.fields, headers, asked.policy).store:
-        return False
+        return True
+    return _fresh_for(status, headers, asked, now)
+
+
+def _fresh_for(status: int, headers: Headers, asked: Asked, now: float) -> bool:
+    """Fresh here, with the peer's Age carried, and for the viewer's request: a stored answer's use (5.2.1)."""
     fresh = evaluate(headers, status, asked.at, now, now, asked.policy)
     made = now - fresh.age  # when the origin answered, by the age it has now
     return stored_use(asked.viewer, headers, fresh, asked.policy, made, asked.soft_before) is Use.FRESH

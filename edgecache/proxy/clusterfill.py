@@ -4,6 +4,7 @@ node owns the object (core.lookaside), or the owner, for the copy of a hot objec
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 from functools import partial
@@ -22,6 +23,8 @@ from edgecache.proxy import observe
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse
 from edgecache.storage.store import Store
+
+log = logging.getLogger(__name__)
 
 
 async def look_aside(
@@ -69,12 +72,20 @@ async def look_aside(
 
 
 async def from_owner(
-    view: ClusterView, origin: OriginClient, req: FillRequest, sent: OriginRequest, owner: Member
+    view: ClusterView,
+    origin: OriginClient,
+    req: FillRequest,
+    sent: OriginRequest,
+    owner: Member,
+    asked: ranges.ByteRange | None,
+    viewer: Headers,
 ) -> OriginResponse | None:
-    """The owner's answer to the fill of a spread copy (core.popularity), taken as the origin's would be; None
-    when the owner could not be asked or did not serve it (then the origin is, as the next owner would): its
-    failures are the peer's, counted as such, and one that could not connect takes it down at once. An owner
+    """The owner's answer to the fill of a spread copy (core.popularity), taken as the origin's would be when it is
+    fresh here for the request it is for (`viewer`: its fields; core.lookaside.from_owner); None when the owner could
+    not be asked, did not serve it, or answered what may not be taken (then the origin is, as the next owner would):
+    its failures are the peer's, counted as such, and one that could not connect takes it down at once. An owner
     that may lack a purge applied here which covers the object is not asked: its copy may be what it removed."""
+    judged = lookaside.Asked(sent.headers, asked, None, (), req.policy, time.time(), req.soft_before, viewer)
     site, headers = _to_peer(view, req, sent, owner, look_aside=False)
     try:
         resp = await _peer(view, origin, owner, req).request(site, sent.method, sent.target, headers)
@@ -90,6 +101,10 @@ async def from_owner(
         # whose Via names the cluster as every fill's does, for a request come back to the edge: nothing served.
         resp.close()
         metrics.PEER_ERRORS.labels(owner.id, "5xx").inc()
+        return None
+    if not lookaside.from_owner(resp.status, resp.headers, judged, time.time()):
+        log.info("%s: owner %s answered a copy not fresh here or for its viewer", req.record_key, owner.id)
+        resp.close()  # its body is not read: the connection is not reused
         return None
     resp.headers = lookaside.origin_fields(resp.headers)
     return resp

@@ -13,8 +13,9 @@ import pytest
 
 from edgecache.cluster.view import ClusterView
 from edgecache.config import ClusterSettings, Listen
-from edgecache.core import popularity
+from edgecache.core import popularity, ranges
 from edgecache.core.forward import OriginRequest
+from edgecache.core.headers import Headers
 from edgecache.core.ring import Member, Ring
 from edgecache.proxy import clusterfill
 from edgecache.proxy.fillrequest import FillRequest
@@ -39,14 +40,20 @@ def asked_of_owners(
     real = clusterfill.from_owner
 
     async def watched(
-        view: ClusterView, origin: OriginClient, req: FillRequest, sent: OriginRequest, owner: Member
+        view: ClusterView,
+        origin: OriginClient,
+        req: FillRequest,
+        sent: OriginRequest,
+        owner: Member,
+        span: ranges.ByteRange | None,
+        viewer: Headers,
     ) -> OriginResponse | None:
         asked.append(owner.id)
         if reached is not None:
             reached.set()
         if release is not None:
             await release.wait()
-        return await real(view, origin, req, sent, owner)
+        return await real(view, origin, req, sent, owner, span, viewer)
 
     monkeypatch.setattr(clusterfill, "from_owner", watched)
     return asked

@@ -101,6 +101,30 @@ def test_an_answer_is_taken_only_as_the_viewers_request_takes_a_stored_answer() 
     assert judged(200, VERSIONED, viewer=(("Cache-Control", "max-age=7200"),)) is Outcome.HIT  # 1 s old
 
 
+def taken_from_owner(status: int, headers: Headers, **kw: Any) -> bool:
+    return lookaside.from_owner(status, headers, Asked(SENT, None, None, **{**ASKED, **kw}), NOW)
+
+
+def test_an_owners_answer_to_a_copys_fill_is_taken_fresh_here_and_for_the_viewer_or_when_never_stored() -> None:
+    """A hot copy's fill: the owner's answer, with no version to prove (nothing held here is its own), is taken by
+    the one rule a look-aside's freshness is (fresh here, Age carried, the viewer's directives); one no shared cache
+    stores is the origin's, passed on by the owner, and taken for its viewer alone."""
+    assert taken_from_owner(200, (("Cache-Control", "max-age=60"), ("Age", "58")))  # no validators needed
+    assert taken_from_owner(206, (("Cache-Control", "max-age=60"), ("Age", "58"), ("Content-Range", "bytes 0-9/99")))
+    assert not taken_from_owner(200, (("Cache-Control", "max-age=60"), ("Age", "600")))
+    assert not taken_from_owner(200, (("Cache-Control", "max-age=60, stale-while-revalidate=900"), ("Age", "600")))
+    assert not taken_from_owner(200, (("Date", "Sun, 30 Nov 2025 00:00:00 GMT"), *FOR_AN_HOUR))
+    assert not taken_from_owner(200, (("Cache-Control", "no-cache, max-age=3600"),))
+    assert not taken_from_owner(200, (*FOR_AN_HOUR, ("Age", "100")), soft_before=NOW - 50)
+    for cc in ("max-age=10", "min-fresh=3590", "no-cache"):
+        assert not taken_from_owner(200, (*FOR_AN_HOUR, ("Age", "50")), viewer=(("Cache-Control", cc),)), cc
+    assert taken_from_owner(200, (*FOR_AN_HOUR, ("Age", "50")), viewer=(("Cache-Control", "max-age=100"),))
+    for cc in ("private, max-age=3600", "no-store"):
+        assert taken_from_owner(200, (("Cache-Control", cc), ("Age", "600"))), cc
+    assert taken_from_owner(304, (*FOR_AN_HOUR, ("Age", "600")))  # an update, judged with the copy it updates
+    assert taken_from_owner(502, ())
+
+
 def test_an_answer_is_stored_only_varied_as_the_key_asked() -> None:
     gzip = (*VERSIONED, ("Vary", "Accept-Encoding"))
     assert judged(200, gzip) is Outcome.HIT  # nothing known here: stored under the fields sent, as an origin's
