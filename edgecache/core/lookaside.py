@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from edgecache.core import entry, ranges
 from edgecache.core.forward import VIA
-from edgecache.core.freshness import Policy, Use, evaluate, storable, stored_use
+from edgecache.core.freshness import Policy, Use, evaluate, merge_304, storable, stored_use
 from edgecache.core.headers import Headers, list_values
 from edgecache.core.ring import Member
 
@@ -114,7 +114,7 @@ def fresh_here(status: int, headers: Headers, asked: Asked, now: float) -> bool:
     return shared and _fresh_for(status, headers, asked, now)
 
 
-def from_owner(status: int, headers: Headers, asked: Asked, now: float) -> bool:
+def from_owner(status: int, headers: Headers, asked: Asked, now: float, held: Headers | None = None) -> bool:
     """Whether the owner's answer to the fill of a hot object's copy (core.popularity) is taken as the origin's. The
     owner answers from its cache what it holds fresh by its own clock (or stale, as stale-while-revalidate lets it
     answer its viewers), asked with the key's fields alone: an answer this node stores is taken only as fresh_here
@@ -122,7 +122,11 @@ def from_owner(status: int, headers: Headers, asked: Asked, now: float) -> bool:
     honours its request's max-age and min-fresh, or asks the origin). An answer no shared cache may store (private,
     no-store, ...) the owner never holds: it passed on the origin's answer to this fill, which is served to its
     viewer as a forward's would be and never kept (proxy.fillhead judges the head by the same storable); asking the
-    origin again would double its load for every hot object it answers so."""
+    origin again would double its load for every hot object it answers so. A 304 to the revalidation of the copy
+    `held` (its stored fields) is judged as the copy it makes (RFC 9111 4.3.4): the owner confirms it from its cache,
+    never the origin, and a copy its viewer's max-age made stale here would be served again as it was."""
+    if status == 304 and held is not None:
+        return _fresh_for(200, merge_304(held, headers), asked, now)
     if not storable("GET", status, asked.fields, headers, asked.policy).store:
         return True
     return _fresh_for(status, headers, asked, now)

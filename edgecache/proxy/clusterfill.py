@@ -13,6 +13,7 @@ from edgecache import metrics
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
 from edgecache.core import admit, lookaside, ranges
+from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest
 from edgecache.core.headers import Headers
 from edgecache.core.hop import FIELD as HOP
@@ -79,10 +80,12 @@ async def from_owner(
     owner: Member,
     asked: ranges.ByteRange | None,
     viewer: Headers,
+    validate: ObjectMeta | None,
 ) -> OriginResponse | None:
     """The owner's answer to the fill of a spread copy (core.popularity), taken as the origin's would be when it is
     fresh here for the request it is for (`viewer`: its fields; core.lookaside.from_owner); None when the owner could
-    not be asked, did not serve it, or answered what may not be taken (then the origin is, as the next owner would):
+    not be asked, did not serve it, or answered what may not be taken, a 304 to the revalidation of `validate` too
+    (then the origin is, as the next owner would):
     its failures are the peer's, counted as such, and one that could not connect takes it down at once. An owner
     that may lack a purge applied here which covers the object is not asked: its copy may be what it removed."""
     judged = lookaside.Asked(sent.headers, asked, None, (), req.policy, time.time(), req.soft_before, viewer)
@@ -102,7 +105,8 @@ async def from_owner(
         resp.close()
         metrics.PEER_ERRORS.labels(owner.id, "5xx").inc()
         return None
-    if not lookaside.from_owner(resp.status, resp.headers, judged, time.time()):
+    held = validate.headers if validate is not None else None
+    if not lookaside.from_owner(resp.status, resp.headers, judged, time.time(), held):
         log.info("%s: owner %s answered a copy not fresh here or for its viewer", req.record_key, owner.id)
         resp.close()  # its body is not read: the connection is not reused
         return None

@@ -302,7 +302,8 @@ class Engine:
         request_time = time.time()
         if req.spread_from is not None:
             assert self.cluster is not None
-            resp = await clusterfill.from_owner(self.cluster, self.origin, req, sent, req.spread_from, asked, viewer)
+            owner = req.spread_from
+            resp = await clusterfill.from_owner(self.cluster, self.origin, req, sent, owner, asked, viewer, validate)
         elif validate is None:
             resp = await clusterfill.look_aside(self.cluster, self.origin, self.store, req, sent, asked, viewer)
         else:

@@ -8,14 +8,14 @@ import asyncio
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgecache.cluster.view import ClusterView
 from edgecache.config import ClusterSettings, Listen
-from edgecache.core import popularity, ranges
+from edgecache.core import popularity
 from edgecache.core.forward import OriginRequest
-from edgecache.core.headers import Headers
 from edgecache.core.ring import Member, Ring
 from edgecache.proxy import clusterfill
 from edgecache.proxy.fillrequest import FillRequest
@@ -45,15 +45,14 @@ def asked_of_owners(
         req: FillRequest,
         sent: OriginRequest,
         owner: Member,
-        span: ranges.ByteRange | None,
-        viewer: Headers,
+        *judged: Any,
     ) -> OriginResponse | None:
         asked.append(owner.id)
         if reached is not None:
             reached.set()
         if release is not None:
             await release.wait()
-        return await real(view, origin, req, sent, owner, span, viewer)
+        return await real(view, origin, req, sent, owner, *judged)
 
     monkeypatch.setattr(clusterfill, "from_owner", watched)
     return asked

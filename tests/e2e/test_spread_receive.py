@@ -143,3 +143,24 @@ async def test_a_no_cache_viewer_of_a_hot_object_is_forwarded_with_its_no_cache(
             name, value = next(iter(asked.items()))
             assert peer.seen[-1].headers[name] == value, asked
         assert (peer.hits[path], origin.hits[path]) == (4, 0)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "full"])
+async def test_an_owners_304_for_a_copy_older_than_the_viewer_allows_is_not_taken_and_the_origin_is_asked(
+    origin: Origin, tmp_path: Path, fast_path: bool
+) -> None:
+    """A copy the viewer's max-age makes stale is revalidated with the owner, which answers 304 from its cache (Age
+    50): not a validation by the origin, which is asked instead (a 304 too, the same version)."""
+    async with node_and_peer(origin, tmp_path, fast_path) as (edge, peer):
+        peer.on_request = only_signed_hops
+        hot_at_once(edge)
+        path = owned_by_peer("/revalidated", edge.node.cluster.ring.members)  # type: ignore[union-attr]
+        origin.put(path, ORIGIN_BYTES)
+        peer.put(path, PEER_BYTES, headers={"Cache-Control": "public, max-age=3600", "Age": "50", **FRAMED})
+        status, headers, body = await edge.get(path)
+        assert (status, body == PEER_BYTES, headers["Cache-Status"]) == (200, True, COPY_MISS)
+        status, headers, body = await edge.get(path, **{"Cache-Control": "max-age=10"})
+        assert (status, body == PEER_BYTES) == (200, True)  # "v1" both: the origin's 304 keeps the copy's bytes
+        assert headers["Cache-Status"] == "edgecache; fwd=request; fwd-status=304"
+        assert (peer.hits[path], origin.hits[path]) == (2, 1)
+        assert [s.headers.get("If-None-Match") for s in origin.seen if s.path == path] == ['"v1"']

@@ -101,8 +101,8 @@ def test_an_answer_is_taken_only_as_the_viewers_request_takes_a_stored_answer() 
     assert judged(200, VERSIONED, viewer=(("Cache-Control", "max-age=7200"),)) is Outcome.HIT  # 1 s old
 
 
-def taken_from_owner(status: int, headers: Headers, **kw: Any) -> bool:
-    return lookaside.from_owner(status, headers, Asked(SENT, None, None, **{**ASKED, **kw}), NOW)
+def taken_from_owner(status: int, headers: Headers, held: Headers | None = None, **kw: Any) -> bool:
+    return lookaside.from_owner(status, headers, Asked(SENT, None, None, **{**ASKED, **kw}), NOW, held)
 
 
 def test_an_owners_answer_to_a_copys_fill_is_taken_fresh_here_and_for_the_viewer_or_when_never_stored() -> None:
@@ -121,7 +121,12 @@ def test_an_owners_answer_to_a_copys_fill_is_taken_fresh_here_and_for_the_viewer
     assert taken_from_owner(200, (*FOR_AN_HOUR, ("Age", "50")), viewer=(("Cache-Control", "max-age=100"),))
     for cc in ("private, max-age=3600", "no-store"):
         assert taken_from_owner(200, (("Cache-Control", cc), ("Age", "600"))), cc
-    assert taken_from_owner(304, (*FOR_AN_HOUR, ("Age", "600")))  # an update, judged with the copy it updates
+    # A 304 to a copy's revalidation is judged as the copy it makes (its fields over the held copy's).
+    held = (*FOR_AN_HOUR, ("ETag", '"v1"'), ("Age", "50"))
+    assert taken_from_owner(304, (("ETag", '"v1"'), ("Age", "50")), held)
+    assert not taken_from_owner(304, (("ETag", '"v1"'), ("Age", "50")), held, viewer=(("Cache-Control", "max-age=10"),))
+    assert not taken_from_owner(304, (("Cache-Control", "max-age=60"), ("Age", "600")), held)
+    assert taken_from_owner(304, (("Cache-Control", "max-age=60"), ("Age", "600")))  # nothing held: never stored
     assert taken_from_owner(502, ())
 
 
