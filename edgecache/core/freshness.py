@@ -332,10 +332,12 @@ def merge_304(stored: Headers, fresh304: Headers) -> Headers:
 
     Excepted: fields never stored (3.1) and Content-Length / Content-Range. Fields the merged directives now
     name in no-cache="..." or private="..." go too. Set-Cookie is the caller's to strip (strip_for_storage).
+    The stored Age goes whether the 304 has one or not: Age is the time since the response was made or validated
+    at the origin (5.1), and the copy now ages from this 304 (a stored Age, a parent cache's, kept it old for ever).
     """
     banned = _never_stored(fresh304) | _NOT_UPDATED
     incoming = [(k, v) for k, v in fresh304 if k.lower() not in banned]
-    replaced = {k.lower() for k, _ in incoming}
+    replaced = {k.lower() for k, _ in incoming} | {"age"}
     merged = tuple([(k, v) for k, v in stored if k.lower() not in replaced] + incoming)
     dropped = _never_stored(merged)
     return tuple((k, v) for k, v in merged if k.lower() not in dropped)

@@ -407,6 +407,17 @@ def test_merge_304_exceptions_3_2(fresh304: Headers, expected: Headers) -> None:
     assert merge_304(h("Content-Length: 10"), fresh304) == expected
 
 
+def test_merge_304_takes_the_304s_age_or_none_5_1() -> None:
+    """Age is the time since the response was made or validated at the origin (5.1): a copy a parent cache answered
+    (a peer's, Age 50) and the origin then confirmed ages from that 304, not from the parent's Age on, which kept it
+    50 s old for ever: a viewer's max-age=10 then revalidated it with the origin at every request."""
+    stored = h('ETag: "a"', "Age: 50", "Cache-Control: max-age=3600")
+    assert merge_304(stored, h('ETag: "a"', f"Date: {DATE}")) == h(
+        "Cache-Control: max-age=3600", 'ETag: "a"', f"Date: {DATE}"
+    )
+    assert merge_304(stored, h("Age: 7")) == h('ETag: "a"', "Cache-Control: max-age=3600", "Age: 7")
+
+
 def test_merge_304_drops_stored_fields_the_new_directives_name_3_1() -> None:
     stored = h("X-A: old", "Cache-Control: max-age=1")
     assert merge_304(stored, h('Cache-Control: no-cache="x-a"')) == h('Cache-Control: no-cache="x-a"')

@@ -150,7 +150,8 @@ async def test_an_owners_304_for_a_copy_older_than_the_viewer_allows_is_not_take
     origin: Origin, tmp_path: Path, fast_path: bool
 ) -> None:
     """A copy the viewer's max-age makes stale is revalidated with the owner, which answers 304 from its cache (Age
-    50): not a validation by the origin, which is asked instead (a 304 too, the same version)."""
+    50): not a validation by the origin, which is asked instead (a 304 too, the same version). The copy then ages
+    from the origin's 304: the next request of max-age=10 is a hit."""
     async with node_and_peer(origin, tmp_path, fast_path) as (edge, peer):
         peer.on_request = only_signed_hops
         hot_at_once(edge)
@@ -162,5 +163,9 @@ async def test_an_owners_304_for_a_copy_older_than_the_viewer_allows_is_not_take
         status, headers, body = await edge.get(path, **{"Cache-Control": "max-age=10"})
         assert (status, body == PEER_BYTES) == (200, True)  # "v1" both: the origin's 304 keeps the copy's bytes
         assert headers["Cache-Status"] == "edgecache; fwd=request; fwd-status=304"
+        assert int(headers["Age"]) < 10  # confirmed by the origin: aged from its 304 (no Age), not the owner's 50
+        assert (peer.hits[path], origin.hits[path]) == (2, 1)
+        status, headers, body = await edge.get(path, **{"Cache-Control": "max-age=10"})  # fresh for it now
+        assert (status, body == PEER_BYTES, headers["Cache-Status"]) == (200, True, "edgecache; hit")
         assert (peer.hits[path], origin.hits[path]) == (2, 1)
         assert [s.headers.get("If-None-Match") for s in origin.seen if s.path == path] == ['"v1"']
