@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from edgecache.core import entry, ranges
+from edgecache.core.cachecontrol import parse_cache_control, parse_pragma_no_cache
 from edgecache.core.forward import VIA
 from edgecache.core.freshness import Policy, Use, evaluate, merge_304, storable, stored_use
 from edgecache.core.headers import Headers, list_values
@@ -137,6 +138,15 @@ def _fresh_for(status: int, headers: Headers, asked: Asked, now: float) -> bool:
     fresh = evaluate(headers, status, asked.at, now, now, asked.policy)
     made = now - fresh.age  # when the origin answered, by the age it has now
     return stored_use(asked.viewer, headers, fresh, asked.policy, made, asked.soft_before) is Use.FRESH
+
+
+def asks_of_age(viewer: Headers) -> bool:
+    """Whether a request asks something of a stored answer's age itself (RFC 9111 5.2.1: no-cache, Pragma: no-cache,
+    max-age, min-fresh). A fill a peer's cache may answer is judged for the request that started it alone (the
+    `viewer` of fresh_here and from_owner): such a request does not join it before its head shows where its answer
+    came from, and fills for itself, judged on its own (proxy.fillhead.answers)."""
+    cc = parse_cache_control(viewer)
+    return cc.no_cache or cc.max_age is not None or cc.min_fresh is not None or parse_pragma_no_cache(viewer)
 
 
 def origin_fields(headers: Headers) -> Headers:

@@ -196,6 +196,7 @@ class Engine:
         fill = Fill(req.entry_key, first, last, self.slice_size)
         fill.attended = bool(self._reading.get(req.entry_key))  # for a reader of the entry already
         fill.background = background
+        fill.peer_first = req.spread_from is not None or (validate is None and self.cluster is not None)
         metrics.FILLS.inc()
         if shared:
             self.fills.add(fill)
@@ -238,7 +239,7 @@ class Engine:
         sent = fill_request(req.key, fields, req.site.origin_host, span, checked, unkeyed, self.origin.via)
         # From here on the request's fields are the ones sent: the answer is stored under their variant.
         viewer, req = req.headers, replace(req, headers=sent.headers)
-        resp, request_time = await self._ask(req, sent, asked, validate, viewer)
+        resp, request_time = await self._ask(fill, req, sent, asked, validate, viewer)
         try:
             primary = req.record_key
             if self.store.stale():  # another worker purged meanwhile: judged by what this one held, the fill
@@ -290,6 +291,7 @@ class Engine:
 
     async def _ask(
         self,
+        fill: Fill,
         req: FillRequest,
         sent: OriginRequest,
         asked: ranges.ByteRange | None,
@@ -298,7 +300,7 @@ class Engine:
     ) -> tuple[OriginResponse, float]:
         """The answer to a fill's request and when it was asked: the owner's for a spread copy, else the previous
         owner's cache's (a look-aside, never for a revalidation; `viewer`: the fields of the request it is for),
-        else, when those gave none, the origin's."""
+        else, when those gave none, the origin's: `fill` is one a peer's cache answers no more from then on."""
         request_time = time.time()
         if req.spread_from is not None:
             assert self.cluster is not None
@@ -310,6 +312,7 @@ class Engine:
             resp = None
         if resp is None:
             request_time = time.time()
+            fill.peer_first = False
             resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
         return resp, request_time
 

@@ -133,6 +133,9 @@ class Fill:
         # origin connection is set aside meanwhile (origin.OriginResponse.set_aside).
         self.waiting_for_reader: Callable[[bool], None] | None = None
         self.streamed = False  # whoever started it streams the body should it turn out private
+        # Its answer may come from a peer's cache (a look-aside, a hot copy's owner), judged for the request that
+        # started it alone: true until it asks the origin (Engine._ask; who may join it: fillhead.answers).
+        self.peer_first = False
         self.leases: dict[int, str] = {}  # slice index -> the lease a reader took for this fill to fetch it
         self._read_pos = 0
         # A fill of the whole object runs while a client reads it (Engine.unread): once one has read it, or the

@@ -18,6 +18,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.freshness import Policy, Use, freshness_of, merge_304, selects, storable, strip_for_storage, usable
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keys import PrimaryRecord, entry_key, variant
+from edgecache.core.lookaside import asks_of_age
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.fill import Fill, FillHead
 from edgecache.proxy.fillrequest import FillRequest
@@ -284,8 +285,12 @@ def _same_copy(existing: ObjectMeta, version: str, status: int, length: int, sto
 def answers(fill: Fill, req: FillRequest) -> bool:
     """May a request that comes now join `fill`: asked of the origin before its answer came (collapsed), or an
     answer already in that this request may use as it is. One that must be revalidated for it (no-cache,
-    max-age=0, the request's own no-cache) came before the request and answers nothing about it."""
-    if not fill.head.done() or fill.head.cancelled() or fill.head.exception() is not None:
+    max-age=0, the request's own no-cache) came before the request and answers nothing about it. A fill a peer's
+    cache may still answer is judged for the request that started it: one asking something of the answer's age
+    itself (lookaside.asks_of_age) fills for itself instead, judged on its own, the origin asked if need be."""
+    if not fill.head.done():
+        return not (fill.peer_first and asks_of_age(req.headers))
+    if fill.head.cancelled() or fill.head.exception() is not None:
         return True
     meta = fill.head.result().meta
     return usable(req.headers, meta.headers, freshness_of(meta, time.time(), req.policy), req.policy) is Use.FRESH

@@ -130,6 +130,21 @@ def test_an_owners_answer_to_a_copys_fill_is_taken_fresh_here_and_for_the_viewer
     assert taken_from_owner(502, ())
 
 
+def test_a_request_asking_of_an_answers_age_itself_is_told_from_a_plain_one() -> None:
+    """Such a request joins no fill a peer's cache may answer (proxy.fillhead.answers): judged for another request."""
+    for fields in (
+        ("Cache-Control", "no-cache"),
+        ("Cache-Control", "max-age=0"),
+        ("Cache-Control", "max-age=600"),
+        ("Cache-Control", "min-fresh=5"),
+        ("Pragma", "no-cache"),
+        ("Cache-Control", "public, No-Cache"),
+    ):
+        assert lookaside.asks_of_age((fields,)), fields
+    for fields in ((), (("Cache-Control", "max-stale=60"),), (("Cache-Control", "no-transform"),), (("Pragma", "x"),)):
+        assert not lookaside.asks_of_age(fields), fields
+
+
 def test_an_answer_is_stored_only_varied_as_the_key_asked() -> None:
     gzip = (*VERSIONED, ("Vary", "Accept-Encoding"))
     assert judged(200, gzip) is Outcome.HIT  # nothing known here: stored under the fields sent, as an origin's
