@@ -268,11 +268,14 @@ def answered_since(
 ) -> bool:
     """May `stored`, an answer another worker's fill stored on the shared disk, answer the request whose fill was
     asked at `asked_at` instead of the origin? When it was asked after any soft purge, and either it came after
-    this fill was asked (its requests join it, as they join a fill in flight in their own worker) or it is fresh
-    for this request."""
+    this fill was asked, made by the origin then (its requests join it, as they join an origin fill in flight in
+    their own worker), or it is fresh for this request. An answer with an Age was made that long before it came: a
+    previous owner's copy (core.lookaside) is one, judged for the request that began its fill alone; a request
+    asking of its age itself (no-cache, max-age, min-fresh) takes it only as a stored answer (proxy.fillhead.answers
+    keeps such a request from joining that fill in its own worker)."""
     if stored.request_time < soft_before:
         return False
-    if stored.response_time >= asked_at:
+    if stored.response_time - parse_age(stored.headers) >= asked_at:
         return True
     fresh = freshness_of(stored, now, policy)
     return stored_use(req, stored.headers, fresh, policy, stored.request_time, soft_before) is Use.FRESH

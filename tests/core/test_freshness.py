@@ -14,6 +14,7 @@ from edgecache.core.freshness import (
     Policy,
     StoreDecision,
     Use,
+    answered_since,
     current_age,
     evaluate,
     freshness_lifetime,
@@ -499,6 +500,32 @@ def test_decisions_never_raise(req: Headers, resp: Headers, lifetime: float, age
     assert got.age >= 0
     strip_for_storage(resp, P)
     merge_304(resp, req)
+
+
+# --- answered_since: another worker's miss answers this one (proxy.revalidating) -----------------------------
+
+_CAME = ObjectMeta(200, (("Cache-Control", "max-age=3600"), ("ETag", '"v1"')), 10, '"v1"', False, T0, T0, 2**20)
+_MISSED = T0 + 100.0  # when this worker's miss began; the other's answer came 0.1 s after
+
+
+@pytest.mark.parametrize(
+    ("age", "req", "expected"),
+    [
+        # The origin's answer to a fill in flight when this one began: joined, whatever the request asked.
+        (None, h(), True),
+        (None, h("Cache-Control: no-cache"), True),
+        # A previous owner's copy (Age 50), judged for another request: only as a stored answer is.
+        ("50", h(), True),
+        ("50", h("Cache-Control: max-age=100"), True),
+        ("50", h("Cache-Control: no-cache"), False),
+        ("50", h("Cache-Control: max-age=10"), False),
+        ("50", h("Pragma: no-cache"), False),
+    ],
+)
+def test_answered_since(age: str | None, req: Headers, expected: bool) -> None:
+    headers = (*_CAME.headers, *((("Age", age),) if age is not None else ()))
+    stored = replace(_CAME, headers=headers, request_time=_MISSED - 0.1, response_time=_MISSED + 0.1)
+    assert answered_since(stored, req, P, 0.0, _MISSED, _MISSED + 0.5) is expected
 
 
 # --- revalidated_since: another worker's revalidation answers this one (proxy.revalidating) -------------------
