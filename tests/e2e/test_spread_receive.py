@@ -169,3 +169,38 @@ async def test_an_owners_304_for_a_copy_older_than_the_viewer_allows_is_not_take
         assert (status, body == PEER_BYTES, headers["Cache-Status"]) == (200, True, "edgecache; hit")
         assert (peer.hits[path], origin.hits[path]) == (2, 1)
         assert [s.headers.get("If-None-Match") for s in origin.seen if s.path == path] == ['"v1"']
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "full"])
+async def test_each_variant_of_a_copy_is_the_owners_answer_for_that_variants_fields(
+    origin: Origin, tmp_path: Path, fast_path: bool
+) -> None:
+    """Pinned: the owner answers the fields the copy's fill sends (the entry key's), from the variant they select.
+    The first fill of a copy knows no Vary and sends none: its answer names Accept-Language, so the viewer's variant
+    is filled again with its own value (as for an origin), and each viewer gets its own language's bytes, each
+    variant's copy filled from the owner once (the fast path, finding the first answer another variant's, forwards
+    that first request to the owner)."""
+    by_language = {"fr": b"f" * 70_000, "en": b"e" * 70_000, None: b"d" * 70_000}
+
+    def varied(request: web.BaseRequest, obj: Obj | None) -> web.Response | Obj | None:
+        refused = only_signed_hops(request, obj)
+        if refused is not None or obj is None:
+            return refused
+        fields = {**obj.headers, "Vary": "Accept-Language"}
+        language = request.headers.get("Accept-Language")
+        return Obj(by_language[language], etag=f'"{language}"', headers=fields)
+
+    async with node_and_peer(origin, tmp_path, fast_path) as (edge, peer):
+        peer.on_request = varied
+        hot_at_once(edge)
+        path = owned_by_peer("/varied", edge.node.cluster.ring.members)  # type: ignore[union-attr]
+        peer.put(path, b"", headers={"Cache-Control": "public, max-age=3600", "Age": "5", **FRAMED})
+        for n, language in enumerate(("fr", "en", None) * 3):
+            asked = {"Accept-Language": language} if language else {}
+            status, headers, body = await edge.get(path, **asked)
+            assert (status, body == by_language[language], headers["Vary"]) == (200, True, "Accept-Language"), n
+            if n >= 6:  # each variant of the copy held by now
+                assert headers["Cache-Status"] == "edgecache; hit", n
+        fills = [s.headers.get("Accept-Language") for s in peer.seen if ";id=fill;" in s.headers.get(hop.FIELD, "")]
+        assert sorted(fills, key=str) == sorted(by_language, key=str)  # each variant's copy filled once
+        assert origin.hits[path] == 0
