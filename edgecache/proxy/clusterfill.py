@@ -77,18 +77,21 @@ async def from_owner(
     origin: OriginClient,
     req: FillRequest,
     sent: OriginRequest,
-    owner: Member,
     asked: ranges.ByteRange | None,
     viewer: Headers,
     validate: ObjectMeta | None,
 ) -> OriginResponse | None:
-    """The owner's answer to the fill of a spread copy (core.popularity), taken as the origin's would be when it is
-    fresh here for the request it is for (`viewer`: its fields; core.lookaside.from_owner); None when the owner could
-    not be asked, did not serve it, or answered what may not be taken, a 304 to the revalidation of `validate` too
-    (then the origin is, as the next owner would):
-    its failures are the peer's, counted as such, and one that could not connect takes it down at once. An owner
-    that may lack a purge applied here which covers the object is not asked: its copy may be what it removed."""
-    judged = lookaside.Asked(sent.headers, asked, None, (), req.policy, time.time(), req.soft_before, viewer)
+    """The answer of the owner (`req.spread_from`) to the fill of a spread copy (core.popularity), taken as the
+    origin's would be when it is fresh here for the request it is for (`viewer`: its fields; core.lookaside.from_owner,
+    a 304 to the revalidation of `validate` judged as the copy it makes); None when the owner could not be asked, did
+    not serve it, or answered what may not be taken (then the origin is, as the next owner would): its failures are
+    the peer's, counted as such, and one that could not connect takes it down at once. An owner that may lack a
+    purge applied here which covers the object is not asked: its copy may be what it removed."""
+    owner = req.spread_from
+    assert owner is not None
+    # No soft purge judged by the answer's Age (whole seconds: an answer the owner fetched just after one looked
+    # made before it): an owner that may lack a purge applied here is never asked (PeerWithheld below).
+    judged = lookaside.Asked(sent.headers, asked, None, (), req.policy, time.time(), 0.0, viewer)
     site, headers = _to_peer(view, req, sent, owner, look_aside=False)
     try:
         resp = await _peer(view, origin, owner, req).request(site, sent.method, sent.target, headers)

@@ -304,15 +304,13 @@ class Engine:
         request_time = time.time()
         if req.spread_from is not None:
             assert self.cluster is not None
-            owner = req.spread_from
-            resp = await clusterfill.from_owner(self.cluster, self.origin, req, sent, owner, asked, viewer, validate)
+            resp = await clusterfill.from_owner(self.cluster, self.origin, req, sent, asked, viewer, validate)
         elif validate is None:
             resp = await clusterfill.look_aside(self.cluster, self.origin, self.store, req, sent, asked, viewer)
         else:
             resp = None
         if resp is None:
-            request_time = time.time()
-            fill.peer_first = False
+            request_time, fill.peer_first = time.time(), False  # asked of the origin: no peer answers it now
             resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
         return resp, request_time
 

@@ -44,15 +44,15 @@ def asked_of_owners(
         origin: OriginClient,
         req: FillRequest,
         sent: OriginRequest,
-        owner: Member,
         *judged: Any,
     ) -> OriginResponse | None:
-        asked.append(owner.id)
+        assert req.spread_from is not None
+        asked.append(req.spread_from.id)
         if reached is not None:
             reached.set()
         if release is not None:
             await release.wait()
-        return await real(view, origin, req, sent, owner, *judged)
+        return await real(view, origin, req, sent, *judged)
 
     monkeypatch.setattr(clusterfill, "from_owner", watched)
     return asked
