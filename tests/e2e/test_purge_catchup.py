@@ -762,6 +762,35 @@ async def test_a_peer_seen_down_before_a_pause_is_waited_for_after_it(
         assert origin.hits[path] == 2
 
 
+async def test_a_peer_seen_down_before_a_pause_and_after_it_ends_the_doubt_the_pause_began(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The other side of the test above: a peer seen down before a pause that is still unreachable after it is
+    not waited for for ever. The first probe of it sent after the pause fails, and the node, having heard every
+    peer that is up, stops doubting: it serves what it stored from its cache again, the origin not asked."""
+    async with cluster(origin, tmp_path, n=2) as c:
+        path = next(p for p in (f"/dead-peer/{n}" for n in range(64)) if owner(c, p) == 0)
+        await warm(c, origin, path)
+        node = c.edge(0).node
+        sync, view = node.purge_sync, node.cluster
+        assert sync is not None
+        assert view is not None
+        await c.relays[0, 1].cut()  # node1 unreachable from node0 from now on: probes and asks fail
+        async with asyncio.timeout(WAIT):
+            await view.wait_for(lambda: not view.is_up("node1"))
+        sync._paused()
+        assert sync.doubting
+        paused_at = view.rounds
+        async with asyncio.timeout(WAIT), sync.rounds:
+            await sync.rounds.wait_for(lambda: not sync.doubting)
+        assert view.rounds > paused_at  # ended by a round of probes sent after the pause, not by the old verdict
+        assert not view.is_up("node1")
+        status, headers, body = await c.edge(0).get(path)
+        assert (status, body) == (200, OLD)
+        assert headers["Cache-Status"].startswith("edgecache; hit")
+        assert origin.hits[path] == 1
+
+
 async def test_a_refused_purge_takes_no_number(origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgecache.core.purge import PurgeTable  # here: the other tests also run on the code before it
 
