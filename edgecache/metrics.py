@@ -327,7 +327,8 @@ FAST_PATH = _counter(
 )
 HEADER_TIMEOUTS = _counter("edgecache_header_timeouts_total", "Connections closed: a request head took too long")
 DISK_CORRUPT = _counter(
-    "edgecache_disk_corrupt_total", "Values read from the disk tier with a wrong length or checksum, dropped"
+    "edgecache_disk_corrupt_total",
+    "Values read from the disk tier with a wrong length or checksum, or whose file was gone, dropped",
 )
 REJECTED_CONNECTIONS = _counter(
     "edgecache_rejected_connections_total", "Connections answered 503 at once: max_connections were open"

@@ -219,6 +219,7 @@ class DiskTier:
     def _get_checked(self, key: str) -> bytes | None:
         value, tag = self._cache.get(key, None, tag=True, retry=True)
         if not isinstance(value, bytes):
+            self._gone(key)
             return None
         if not intact(value, tag):
             self._corrupt(key)
@@ -281,8 +282,11 @@ class DiskTier:
 
     def _open_checked(self, key: str) -> BinaryIO | bytes | None:
         value, tag = self._cache.get(key, None, read=True, tag=True, retry=True)
-        if value is None or isinstance(value, bytes):
-            return self._get_checked(key) if value is not None else None
+        if value is None:
+            self._gone(key)
+            return None
+        if isinstance(value, bytes):
+            return self._get_checked(key)
         if not isinstance(value, io.BufferedReader):
             return None
         st = os.fstat(value.fileno())
@@ -305,6 +309,19 @@ class DiskTier:
         log.warning("disk tier: %s failed its checksum: dropped", key)
         metrics.DISK_CORRUPT.inc()
         self._forget(key)
+
+    def _gone(self, key: str) -> None:
+        """A read found no value. If its row names a file that is gone (a crash between an eviction's unlink and its
+        commit, an rm by hand), the row goes: it said the value was stored, other workers waited on it: 502 for good."""
+        if (filename := self._slice_disk.vanished()) is None:
+            return
+        with self._cache.transact(retry=True):
+            if self._queues.filename_of(key) != filename:
+                return  # deleted or written again by another process meanwhile (file names are never reused)
+            self._cache.delete(key, retry=True)
+            self.policy.remove(key)
+        log.warning("disk tier: %s: its file %s is gone: dropped", key, filename)
+        metrics.DISK_CORRUPT.inc()
 
     def _forget(self, key: str) -> None:
         """Delete a value and its index row together."""

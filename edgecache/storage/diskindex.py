@@ -111,6 +111,11 @@ class SQLiteQueues:
         )
         return [r[0] for r in rows]
 
+    def filename_of(self, key: str) -> str | None:
+        """The file diskcache's row of `key` names; None: no row, or a value kept in the row itself."""
+        row = self._con().execute("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
+        return None if row is None else row[0]
+
     def unindexed(self) -> list[tuple[str, int]]:
         """Values diskcache has that the index lacks, oldest stored first: (key, size). Leases (values that
         expire) are not the policy's."""

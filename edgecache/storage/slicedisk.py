@@ -78,6 +78,22 @@ class SliceDisk(diskcache.Disk):
                 os.rmdir(parent, dir_fd=self.dir_fd)
                 os.rmdir(os.path.dirname(parent), dir_fd=self.dir_fd)
 
+    def fetch(self, mode: int, filename: str | None, value: object, read: bool) -> object:
+        """diskcache's read of a stored value. One whose file is gone is noted for vanished(): diskcache's get()
+        reports it only as a key it does not have, while its row stays and says it has."""
+        try:
+            return super().fetch(mode, filename, value, read)
+        except FileNotFoundError:
+            _vanished.name = filename
+            raise
+
+    @staticmethod
+    def vanished() -> str | None:
+        """The file this thread's last fetch found gone, if any, told once."""
+        name: str | None = getattr(_vanished, "name", None)
+        _vanished.name = None
+        return name
+
     def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
         if type(value) is not bytes or len(value) < self.min_file_size:
             return super().store(value, read, key)
@@ -86,6 +102,7 @@ class SliceDisk(diskcache.Disk):
 
 _ALIGN = 4096  # O_DIRECT wants the buffer's address and the write's length aligned to the logical block size
 _buffers = threading.local()
+_vanished = threading.local()  # the file a fetch of this thread found gone (SliceDisk.vanished)
 
 
 def _create(dir_fd: int, path: str) -> tuple[int, bool]:

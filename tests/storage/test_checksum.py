@@ -12,7 +12,7 @@ import diskcache
 import pytest
 
 from edgecache.storage.checksum import intact, tag_of
-from edgecache.storage.disk import MIN_FILE_SIZE, DiskTier
+from edgecache.storage.disk import MIN_FILE_SIZE, DiskTier, lease_name
 from edgecache.storage.slicedisk import SliceDisk
 
 MiB = 2**20
@@ -91,5 +91,44 @@ async def test_a_disk_an_earlier_version_wrote_with_crc32_tags_is_kept(tmp_path:
         opened.close()
         assert await tier.open("damaged") is None
         assert await tier.contains(["whole", "damaged"]) == [True, False]
+    finally:
+        tier.close()
+
+
+@pytest.mark.parametrize("read", ["get", "open"])
+async def test_a_value_whose_file_is_gone_is_dropped_with_its_row(tmp_path: Path, read: str) -> None:
+    """A row that outlived its file (a crash between an eviction's unlink and its commit) said the value was stored
+    for good: contains() True, and a lease on it stopped there, as at a value stored. Read once, it goes."""
+    tier = DiskTier(tmp_path, 64 * MiB, threads=1)
+    try:
+        assert await tier.put("k", VALUE)
+        _file_of(tmp_path, "k").unlink()
+        assert await tier.contains(["k"]) == [True]  # the row, as the crash left it
+        assert await (tier.get("k") if read == "get" else tier.open("k")) is None
+        assert await tier.contains(["k"]) == [False]
+        assert await tier.lease([lease_name("k")], 5.0) == 1  # a worker may fetch it again
+        assert await tier.put("k", VALUE, lease=lease_name("k"))
+        assert await tier.get("k") == VALUE
+    finally:
+        tier.close()
+
+
+async def test_a_file_found_gone_drops_only_the_row_that_named_it(tmp_path: Path) -> None:
+    """The value written again (by another process) between the read that found its file gone and the drop keeps
+    its new row: only the row naming the file that is gone goes."""
+    tier = DiskTier(tmp_path, 64 * MiB, threads=1)
+    try:
+        assert await tier.put("k", VALUE)
+        _file_of(tmp_path, "k").unlink()
+        gone = tier._gone
+
+        def written_again_first(key: str) -> None:  # another process's write lands between the read and the drop
+            tier._cache.set(key, VALUE, tag=tag_of(VALUE), retry=True)
+            gone(key)
+
+        tier._gone = written_again_first  # type: ignore[method-assign]
+        assert await tier.get("k") is None
+        tier._gone = gone  # type: ignore[method-assign]
+        assert await tier.get("k") == VALUE
     finally:
         tier.close()
