@@ -5,12 +5,12 @@ the event loop. Every value carries a checksum (diskcache's tag column: storage.
 underneath the node is detected when read, dropped and reported missing, so it is fetched again.
 
 Eviction is edgecache's own: S3-FIFO (storage.policy.DiskPolicy) over an index in diskcache's database
-(storage.diskindex), and diskcache evicts nothing. A value's admission to the index, the evictions it decides
-and the deletes of their values commit together, before the value is written. A hit writes nothing: hits are
-counted in memory per worker and written to the index in batches, off the event loop, every HIT_FLUSH_SECONDS,
-when HIT_BATCH keys have hits, and at close. When the first process opens a disk (none had it open: _hold), index rows
-whose value is gone are dropped and values the index lacks (one written while a purge deleted its row) are adopted,
-oldest first, into the small FIFO.
+(storage.diskindex), and diskcache evicts nothing. A value's admission to the index, the evictions it decides and
+the deletes of their rows commit together before the value is written, and their files go after (SliceDisk.
+transaction). A hit writes nothing: hits are counted in memory per worker and written to the index in batches,
+off the event loop, every HIT_FLUSH_SECONDS, when HIT_BATCH keys have hits, and at close. When the first process
+opens a disk (none had it open: _hold), index rows whose value is gone are dropped and values the index lacks (one
+written while a purge deleted its row) are adopted, oldest first, into the small FIFO.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class DiskTier:
         self._timer: asyncio.TimerHandle | None = None
         self._held, alone = _hold(directory)
         try:
-            with self._cache.transact(retry=True):
+            with self._slice_disk.transaction(self._cache):
                 self._queues.create()
                 self._reconcile(alone)
         except BaseException:
@@ -270,7 +270,7 @@ class DiskTier:
     def _write_hits(self, hits: dict[str, int]) -> None:
         """One transaction for a batch of hits (in a disk thread). A batch that fails is lost: counters are hints."""
         try:
-            with self._cache.transact(retry=True):
+            with self._slice_disk.transaction(self._cache):
                 self._queues.record_hits(hits.items())
         except (OSError, sqlite3.Error) as exc:
             self.errors += 1
@@ -311,11 +311,11 @@ class DiskTier:
         self._forget(key)
 
     def _gone(self, key: str) -> None:
-        """A read found no value. If its row names a file that is gone (a crash between an eviction's unlink and its
-        commit, an rm by hand), the row goes: it said the value was stored, other workers waited on it: 502 for good."""
+        """A read found no value. If its row names a file that is gone (an rm by hand; a crash between an unlink and
+        its commit, before SliceDisk.transaction), the row goes: it said the value was stored (others waited: 502)."""
         if (filename := self._slice_disk.vanished()) is None:
             return
-        with self._cache.transact(retry=True):
+        with self._slice_disk.transaction(self._cache):
             if self._queues.filename_of(key) != filename:
                 return  # deleted or written again by another process meanwhile (file names are never reused)
             self._cache.delete(key, retry=True)
@@ -325,7 +325,7 @@ class DiskTier:
 
     def _forget(self, key: str) -> None:
         """Delete a value and its index row together."""
-        with self._cache.transact(retry=True):
+        with self._slice_disk.transaction(self._cache):
             self._cache.delete(key, retry=True)
             self.policy.remove(key)
 
@@ -346,7 +346,7 @@ class DiskTier:
         # want of the room eviction makes (the one-transaction order, file first, did: tests/e2e/test_crash.py).
         # A hit on the value always finds its row. No worker waits on the file's write; a crash before it leaves a
         # row without a value, which the index drops at start.
-        with self._cache.transact(retry=True):
+        with self._slice_disk.transaction(self._cache):
             if pinned:
                 self.policy.remove(key)
                 self._queues.pin(key, len(value))
@@ -379,7 +379,7 @@ class DiskTier:
         the first's value."""
 
         def run() -> bytes:
-            with self._cache.transact(retry=True):
+            with self._slice_disk.transaction(self._cache):
                 current = self._get_checked(key)
                 if current is not None and keep(current):
                     return current
@@ -425,7 +425,7 @@ class DiskTier:
         own, storage.leases.unstored_lately): nobody takes the lease meanwhile."""
 
         def drop() -> None:
-            with self._cache.transact(retry=True):
+            with self._slice_disk.transaction(self._cache):
                 if mark > 0:  # expiring, so not the policy's (diskindex.unindexed): culled as leases are
                     self._cache.set(lease.removeprefix(LEASE), b"", expire=mark, retry=True)
                 if self._cache.get(lease, None, retry=True) == _holder(owner):
@@ -438,7 +438,7 @@ class DiskTier:
         one that expired and was taken since (a take the lease's time outlived goes on without it)."""
 
         def extend() -> None:
-            with self._cache.transact(retry=True):
+            with self._slice_disk.transaction(self._cache):
                 if self._cache.get(lease, None, retry=True) == _holder(owner):
                     self._cache.set(lease, _holder(owner), expire=seconds, retry=True)
 
@@ -457,7 +457,7 @@ class DiskTier:
         pid = holder.partition(b":")[0]  # (_holder)
         if not pid.isdigit() or _alive(int(pid)):  # (a lease of a version before holders were named: b"")
             return True
-        with self._cache.transact(retry=True):  # (a write lock: only for a dead one) not one taken since the read
+        with self._slice_disk.transaction(self._cache):  # (a write lock, for a dead one only) not one taken since
             if self._cache.get(lease, None, retry=True) == holder:
                 self._cache.delete(lease, retry=True)
         return False
@@ -480,7 +480,7 @@ class DiskTier:
         )
 
     def _rebudget(self, budget_of: Callable[[int], int]) -> int:
-        with self._cache.transact(retry=True):
+        with self._slice_disk.transaction(self._cache):
             self.budget_bytes = budget_of(self.policy.used_bytes)
             self._delete_values(self.policy.resize(self.budget_bytes))
         return self.budget_bytes

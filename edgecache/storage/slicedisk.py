@@ -10,6 +10,7 @@ import errno
 import mmap
 import os
 import threading
+from collections.abc import Iterator
 
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
@@ -60,6 +61,8 @@ class SliceDisk(diskcache.Disk):
             os.unlink(filename, dir_fd=self.dir_fd)  # never leave a partial file behind for a row that will not exist
             raise
         os.close(fd)
+        if (placed := getattr(_txn, "placed", None)) is not None:
+            placed.append(filename)  # rolled back, the transaction leaves no row naming it: it goes (transaction)
         return filename
 
     def filename(self, key: object = UNKNOWN, value: object = UNKNOWN) -> tuple[str, str]:
@@ -68,8 +71,40 @@ class SliceDisk(diskcache.Disk):
         filename = os.path.join(hex_name[:2], hex_name[2:] + ".val")
         return filename, os.path.join(self._directory, filename)
 
+    @contextlib.contextmanager
+    def transaction(self, cache: diskcache.Cache) -> Iterator[None]:
+        """cache.transact(), but the files of the values deleted in it go only once it has committed. diskcache
+        removes them as each call in it returns, before the commit: a process killed in between (kill -9, the OOM
+        killer) left rows whose files were gone, values the disk said it held and could not read (DiskTier._gone).
+        Now such a kill leaves files no row names, which storage.orphans deletes. Rolled back, the rows deleted in
+        it are back and keep their files, and the files written in it, which no row names, go."""
+        if getattr(_txn, "removed", None) is not None:  # within one already: the outermost removes them
+            with cache.transact(retry=True):
+                yield
+            return
+        removed: list[str] = []
+        placed: list[str] = []
+        _txn.removed, _txn.placed = removed, placed
+        try:
+            with cache.transact(retry=True):
+                yield
+        except BaseException:
+            removed = placed
+            raise
+        finally:
+            _txn.removed = _txn.placed = None
+            for name in removed:
+                self._remove_now(name)
+
     def remove(self, file_path: str) -> None:
-        """diskcache's delete of a value's file (no error if it is gone: two processes may both delete it)."""
+        """diskcache's delete of a value's file: at once, or within transaction() once it has committed."""
+        if (removed := getattr(_txn, "removed", None)) is not None:
+            removed.append(file_path)
+            return
+        self._remove_now(file_path)
+
+    def _remove_now(self, file_path: str) -> None:
+        """No error if it is gone: two processes may both delete it."""
         with contextlib.suppress(OSError):
             os.unlink(file_path, dir_fd=self.dir_fd)
         parent = os.path.dirname(file_path)
@@ -103,6 +138,7 @@ class SliceDisk(diskcache.Disk):
 _ALIGN = 4096  # O_DIRECT wants the buffer's address and the write's length aligned to the logical block size
 _buffers = threading.local()
 _vanished = threading.local()  # the file a fetch of this thread found gone (SliceDisk.vanished)
+_txn = threading.local()  # within SliceDisk.transaction: the files to remove after its commit, and those it placed
 
 
 def _create(dir_fd: int, path: str) -> tuple[int, bool]:
