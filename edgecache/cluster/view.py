@@ -68,6 +68,7 @@ class ClusterView:
             return
         before = {m.id for m in self.ring.members}
         self.health = {m.id: self.health.get(m.id, Health()) for m in ring.members}
+        self.failing = {i: r for i, r in self.failing.items() if i in self.health}  # bounded as the ring is
         self.ring = ring
         for m in ring.members:
             metrics.PEER_UP.labels(m.id).set(1 if self.health[m.id].up else 0)
