@@ -172,7 +172,7 @@ class Engine:
         that may not be stored) ends the stale entry: served for the rest of its window, it was no longer the
         origin's answer, and each request sent the origin another revalidation. An origin that failed leaves it."""
         try:
-            head = await fill.head
+            head = await fill.heard()
         except VersionChanged:
             head = None
         except OriginError:

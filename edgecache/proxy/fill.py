@@ -158,6 +158,12 @@ class Fill:
 
     # --- producer side (the fill task) ---------------------------------------------------------------------
 
+    async def heard(self) -> FillHead:
+        """The head, for one reader. Shielded: every reader of the fill awaits the one `head` future, and a reader
+        cancelled while awaiting it directly (a client's timeout, a TaskGroup) cancelled that future, failing every
+        other reader with CancelledError and leaving the head the fill sets nowhere (test_head_wait_cancelled)."""
+        return await asyncio.shield(self.head)
+
     def set_head(self, head: FillHead) -> None:
         self._pos = self.start = self._read_pos = head.start
         self.backpressure = not head.shared

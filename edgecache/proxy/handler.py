@@ -377,7 +377,7 @@ class EdgeHandler:
         revalidation's of an entry never served stale when `strict`: OriginError.status)."""
         try:
             waited = time.monotonic()
-            head = await fill.head
+            head = await fill.heard()
             observe.trace(request).origin_ms = round((time.monotonic() - waited) * 1000, 3)
         except RangeMismatch as exc:  # a 416 that tells the length may answer the client's range at once
             answer = await serving.past_the_end(request, req, exc)

@@ -224,7 +224,7 @@ async def _from_fill(fill: Fill, meta: ObjectMeta, index: int, lo: int, hi: int)
     """Bytes lo..hi-1 of slice `index` as `fill` brings them, when they are the bytes of the copy `meta` (the same
     copy, or one of the same strong ETag: entry.same_bytes). Released: it brings none of them (a revalidation
     found while it ran has no body; or the fill dropped the slice as stored)."""
-    head = await fill.head
+    head = await fill.heard()
     if head.status == 304 and entry.same_bytes(meta, head.meta):
         raise Released
     if not brings(head, meta):
