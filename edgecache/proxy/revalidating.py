@@ -120,13 +120,23 @@ async def let_go_if_purged(store: Store, fill: Fill, head: FillHead, req: FillRe
         await drop_lease(store, fill)
 
 
-async def being_written(store: Store, req: FillRequest) -> bool:
-    """Does a worker hold the lease on the entry `req` reads, as a fill of a copy stored only whole does until its
-    body is stored (holds_to_the_end)? Then the slices that copy lacks are on their way: read as they land
-    (whole_by_another_worker), on either path (serving._completed), not taken for a copy that will never be whole."""
+async def being_written(store: Store, req: FillRequest, meta: ObjectMeta) -> bool:
+    """Is the copy `meta`, stored only whole, being written by another worker's fill? Its fill holds the entry's
+    lease until its body is stored (holds_to_the_end), and its metadata is on the disk from its head on
+    (leasing.claimed). Then the slices it lacks are on their way: read as they land (whole_by_another_worker), on
+    either path (serving._completed), not taken for a copy that will never be whole.
+
+    The lease alone names no copy: one held by another worker's fill of a newer copy (its metadata on the disk in
+    place of `meta`'s) was taken for this copy's writer, and a reader of `meta` waited for slices nobody was
+    fetching any more; the full handler served `meta` partly instead of fetching it whole before its head, and cut
+    the answer at the slice it lacked. A holder that has no head yet (a revalidation, a miss) still passes for the
+    writer until its head: one first-byte time of its origin, at most LEASE_SECONDS."""
     if not store.shared or req.spread_from is not None:  # a spread copy is not on the disk
         return False
-    return await store.lease_held(store.revalidation_lease(req.entry_key))
+    if not await store.lease_held(store.revalidation_lease(req.entry_key)):
+        return False
+    on_disk = await store.meta_on_disk(req.entry_key)
+    return on_disk is not None and on_disk.token == meta.token
 
 
 async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMeta, index: int) -> bool:
@@ -137,7 +147,7 @@ async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMe
     missing fetched the whole object again (a second origin request, a copy of its own); it waits for the slice to
     land now, then reads it on the disk. Bounded as a miss's wait is (by_another_worker): the lease breaks when its
     holder dies, and expires (held_on); then, or once the holder's fill failed, this fetches it itself."""
-    if not await being_written(store, req):
+    if not await being_written(store, req, meta):
         return False
     lease = store.revalidation_lease(req.entry_key)
     metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice

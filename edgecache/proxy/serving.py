@@ -164,7 +164,7 @@ async def _completed(
         missing
         and not entry.versioned(meta)
         and not all(_brought(engine, req, meta, i) for i in missing)
-        and not await being_written(engine.store, req)
+        and not await being_written(engine.store, req, meta)
     ):
         raise VersionChanged(f"the stored copy {meta.version} names no version and lacks slices {missing[:3]}")
     if missing:

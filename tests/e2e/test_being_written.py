@@ -1,0 +1,49 @@
+"""revalidating.being_written: is a copy stored only whole being written by another worker's fill? The entry's lease
+alone names no copy: held by another worker's fill of a newer copy, it was taken for the old copy's writer, and a
+reader of the old copy waited for slices nobody fetched."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edgecache.core.entry import ObjectMeta
+from edgecache.proxy.revalidating import being_written
+from tests.conftest import make_config, start_edge
+from tests.e2e.test_released_copy import fills_started
+from tests.origin import Origin
+
+SLICE = 64 * 1024
+BODY = os.urandom(2 * SLICE)
+
+
+async def test_a_lease_held_for_another_copy_is_not_this_copys_writer(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X, a whole copy (no validator), is on the shared disk. A take of the entry's lease (another worker's) while X
+    is the copy on the disk: X is being written. The same take once a newer copy Y is on the disk in X's place: X
+    is not (before: True, as the lease alone was asked). Nobody holding the lease: not either."""
+    origin.put("/w.bin", BODY, etag=None, last_modified=None)
+    async with start_edge(make_config(tmp_path, [origin.url], slice_bytes=SLICE)) as edge:
+        engine, store = edge.node.engine, edge.node.store
+        asked = fills_started(engine, monkeypatch)
+        status, _, body = await edge.get("/w.bin")
+        assert (status, body) == (200, BODY)
+        (req,) = asked
+        x = await store.meta_on_disk(req.entry_key)
+        assert isinstance(x, ObjectMeta)
+        assert x.whole
+        store.shared = True  # as with server.workers >= 2: the disk is shared with other workers
+        assert not await being_written(store, req, x)
+        assert await store.lease_revalidation(req.entry_key, "another-worker", 10.0)
+        assert await being_written(store, req, x)
+        y = replace(x, token=x.token + "-y")
+        await store.put_meta(req.entry_key, y)
+        assert (await store.meta_on_disk(req.entry_key)) == y
+        assert await being_written(store, req, y)
+        assert not await being_written(store, req, x)
+        await store.let_go(store.revalidation_lease(req.entry_key), "another-worker")
+        assert not await being_written(store, req, y)
