@@ -380,6 +380,7 @@ class Engine:
         reached = fill.received // size  # the slice boundary last passed: where the fill may stop (unread)
         try:
             async for chunk in read_chunks(resp):
+                await held_on(self.store, fill)  # a whole copy's lease lasts while its bytes come
                 if head.end is not None and fill.received + len(chunk) > head.end:
                     raise OriginError("origin sent more bytes than it announced", retryable=False)
                 for lo in range(0, len(chunk), size):  # a slice's worth at a time, each once the fill has room

@@ -137,6 +137,7 @@ class Fill:
         # started it alone: true until it asks the origin (Engine._ask; who may join it: fillhead.answers).
         self.peer_first = False
         self.leases: dict[int, str] = {}  # slice index -> the lease a reader took for this fill to fetch it
+        self.renew_at = 0.0  # monotonic: when the entry's lease it holds to its end is next renewed (held_on)
         self._read_pos = 0
         # A fill of the whole object runs while a client reads it (Engine.unread): once one has read it, or the
         # request that started it has gone, it ends at the first slice boundary nobody reads past. Not a

@@ -36,6 +36,8 @@ from edgecache.storage.store import Store
 # one this request may not use) before this one asks the origin anyway. A miss waits for one: nothing stored
 # after it means the answer was not storable (or failed), and each waiter then asks the origin.
 TRIES = 3
+# A whole copy's lease is renewed at most this often as its bytes come (held_on): well within LEASE_SECONDS.
+RENEW_SECONDS = 1.0
 
 
 async def by_another_worker(
@@ -145,16 +147,23 @@ async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMe
     Such a copy's metadata is on the disk from its head on (leasing.claimed) while its body is still written, and
     its fill holds the entry's lease to the end (holds_to_the_end). A reader in another worker that found a slice
     missing fetched the whole object again (a second origin request, a copy of its own); it waits for the slice to
-    land now, then reads it on the disk. Bounded as a miss's wait is (by_another_worker): the lease breaks when its
-    holder dies, and expires (held_on); then, or once the holder's fill failed, this fetches it itself."""
-    if not await being_written(store, req, meta):
-        return False
+    land now, then reads it on the disk. For this slice, not the whole body: the reader goes on right behind the
+    writer.
+
+    Bounded by the writer's progress: its lease lasts LEASE_SECONDS past the last bytes it received (held_on), and
+    breaks when its process dies. A round of LEASE_SECONDS ends with the slice still missing only when the writer
+    renewed the lease meanwhile (an origin slower than a slice a lease): the reader waits on while it is still this
+    copy's writer. It fetched a copy of its own there before, and its answer, begun from this one, was cut."""
     lease = store.revalidation_lease(req.entry_key)
-    metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
-    # For this slice, not the whole body: the reader goes on right behind the writer. Waiting for the lease alone, it
-    # waited for the whole body (or LEASE_SECONDS), at its first missing slice and at each it caught up with again.
-    await store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS, lease)
-    return not await store.missing(req.entry_key, meta, [index])
+    counted = False
+    while await being_written(store, req, meta):
+        if not counted:
+            metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
+            counted = True
+        await store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS, lease)
+        if not await store.missing(req.entry_key, meta, [index]):
+            return True
+    return False
 
 
 def _told(validate: ObjectMeta | None) -> CacheStatus:
@@ -179,12 +188,20 @@ def _heading_here(fills: FillRegistry, fill: Fill) -> bool:
 
 
 async def held_on(store: Store, fill: Fill) -> None:
-    """A slice of a copy whose fill holds the entry's lease to its end (holds_to_the_end) is stored: the lease is
-    held LEASE_SECONDS from now. Taken once for LEASE_SECONDS, it expired under a body that took longer to come,
-    and a reader in another worker (whole_by_another_worker) took that for the fill's end: it fetched a copy of
-    its own and cut its answer midway, another copy's bytes being no part of it (tests/e2e/test_worker_whole_slow).
-    Still bounded: the lease goes LEASE_SECONDS after the last slice stored, and with its holder's process."""
-    if (lease := fill.leases.get(REVALIDATING)) is not None:
+    """A fill that holds the entry's lease to its end (holds_to_the_end) received bytes, or stored a slice: the
+    lease is held LEASE_SECONDS from now, at most once every RENEW_SECONDS (a disk write each, not one a chunk).
+
+    Taken once for LEASE_SECONDS, it expired under a body that took longer to come, and a reader in another worker
+    (whole_by_another_worker) took that for the fill's end: it fetched a copy of its own and cut its answer midway,
+    another copy's bytes being no part of it (tests/e2e/test_worker_whole_slow). Renewed only per slice stored, it
+    still expired under an origin slower than a slice a lease (1 MiB in 10 s: 100 KiB/s). Still bounded: the lease
+    goes LEASE_SECONDS after the last bytes came, and with its holder's process."""
+    lease = fill.leases.get(REVALIDATING)
+    if lease is None:
+        return
+    now = time.monotonic()
+    if now >= fill.renew_at:
+        fill.renew_at = now + RENEW_SECONDS
         await store.renew(lease, _owner(fill), LEASE_SECONDS)
 
 

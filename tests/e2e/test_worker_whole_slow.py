@@ -65,6 +65,57 @@ async def test_a_whole_copy_written_for_longer_than_its_lease_is_read_to_its_end
         assert origin.hits["/p.bin"] == 1
 
 
+# An origin slower than a slice a lease: the rest of slice 1 comes a TRICKLE each TRICKLE_PAUSE, in all longer than
+# LEASE_SECONDS (1.28 of it), each pause well within both the read timeout and a lease.
+TRICKLE = 32 * 1024
+TRICKLE_PAUSE = 0.08 * LEASE_SECONDS
+
+
+def trickled(origin: Origin, path: str, go: asyncio.Event) -> None:
+    """The origin's first answer for `path`: FIRST bytes, then, once `go` is set, the rest of slice 1 a TRICKLE
+    each TRICKLE_PAUSE (a paced origin, not a synchronisation), then the rest of the body at once."""
+
+    async def slow(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
+        if request.path != path or origin.hits[path] > 1:
+            return None
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600"})
+        resp.content_length = len(BODY)
+        await resp.prepare(request)
+        await resp.write(BODY[:FIRST])
+        await go.wait()
+        for at in range(FIRST, 2 * MiB, TRICKLE):
+            await asyncio.sleep(TRICKLE_PAUSE)
+            await resp.write(BODY[at : at + TRICKLE])
+        await resp.write(BODY[2 * MiB :])
+        await resp.write_eof()
+        return resp
+
+    origin.on_request = slow
+
+
+async def test_a_whole_copy_whose_slice_takes_longer_than_a_lease_is_read_to_its_end(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Worker B reads worker A's copy while A writes it, and one slice of it takes longer than a lease to come:
+    both answers whole and exact, one origin request. Before, A renewed its lease only per slice stored, so it
+    lapsed under the slow slice (and B's own wait for it ended after LEASE_SECONDS): B asked the origin for a copy
+    of its own (2 origin requests, each worker writing a copy of its own over the other's)."""
+    origin.put("/warm", BODY[:1000])
+    origin.put("/p.bin", BODY, etag=None, last_modified=None)
+    go = asyncio.Event()
+    trickled(origin, "/p.bin", go)
+    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
+        try:
+            first, second = await b_waits_for_a(origin, s, admin, a, b)
+        finally:
+            go.set()
+        async with asyncio.timeout(4 * LEASE_SECONDS):
+            answers = await asyncio.gather(first, second, return_exceptions=True)
+        got = [a if isinstance(a, BaseException) else (a[0], len(a[2]), a[2] == BODY) for a in answers]
+        assert got == [(200, len(BODY), True), (200, len(BODY), True)]
+        assert origin.hits["/p.bin"] == 1
+
+
 def held_at(origin: Origin, path: str, stops: list[tuple[int, asyncio.Event]]) -> None:
     """The origin's first answer for `path` sends its body up to each stop's offset, then waits for its event."""
 
