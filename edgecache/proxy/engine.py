@@ -356,12 +356,9 @@ class Engine:
             await drop_lease(self.store, fill)
 
     async def _pump(
-        self, fill: Fill, head: FillHead, resp: object, req: FillRequest, writes: list[asyncio.Task[None]]
+        self, fill: Fill, head: FillHead, resp: OriginResponse, req: FillRequest, writes: list[asyncio.Task[None]]
     ) -> None:
         """`writes`: where the fill's disk writes go, what dropping its slices and giving back its memory wait for."""
-        from edgecache.proxy.origin import OriginResponse
-
-        assert isinstance(resp, OriginResponse)
         version = head.meta.slice_version
         stored: list[int] = []
 
