@@ -34,8 +34,12 @@ async def test_a_scan_of_long_urls_holds_at_most_the_counts_byte_budget_and_a_ho
             heads.append(f"GET {HOT} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode())
             expected.append((200, b"b" * 100))
     async with started(configs) as nodes:
-        assert await ask(nodes[0].port, heads) == expected
         gate = nodes[0].node.shared.popular
+        # What is tested is the bound and that a scan does not push the hot object out, not how fast the 1,100
+        # requests go: under load (2 busy CPUs) they took 16-30 s, near THRESHOLD asks of the hot object within
+        # WINDOW (10 s), and a slower run never saw it hot. The window is core.popularity's unit tests' to test.
+        gate.window = 3600.0
+        assert await ask(nodes[0].port, heads) == expected
         assert len(gate) == 499  # the hot object's and the last 498 long ones
         assert (popularity.ENTRY_BYTES, popularity.BYTES) == (180, 2 * 2**20)
         assert gate.bytes == 498 * key_bytes + len(f"videos|video.test|{HOT}") + 180
