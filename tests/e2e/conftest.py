@@ -33,6 +33,9 @@ import pytest
 STALL_LIMIT = 0.5  # seconds: 250 ms failed 1 run in 2 on a 2-core machine, on a thread holding the GIL (not yet found)
 TICK = 0.02
 WAIT_EVERY = 5  # ticks between two readings of the threads' CPU waits (by the watcher)
+# With EDGECACHE_STALL_LOG set, the stack of a stall is taken from this lateness on, not only past STALL_LIMIT, and
+# the log gets it: a near-miss says where it was (EDGECACHE_STALL_SEEN_MS, 150 unless set).
+SEEN = float(os.environ.get("EDGECACHE_STALL_SEEN_MS", "150")) / 1000 if os.environ.get("EDGECACHE_STALL_LOG") else None
 
 
 def cpu_waits() -> dict[str, float]:
@@ -90,6 +93,7 @@ class StallProbe:
         self._loop_thread = threading.get_ident()
         self._seen_stack = ""  # of the stall in progress
         self._seen_polling = False  # the loop's thread was inside the selector's poll when the watcher looked
+        self._seen_stage = 0  # of the stall in progress: 1 its stack taken past SEEN, 2 past STALL_LIMIT
         self.polling = 0.0  # stalls whose thread was in the poll, waiting for the GIL or the OS: not counted
         self._stopped = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="stall-probe", daemon=True)
@@ -133,7 +137,7 @@ class StallProbe:
         if late > self.worst:
             self.worst, self.worst_stack = late, self._seen_stack
             self.starved, self.collecting = waiting, collecting
-        self._seen_stack, self._seen_polling = "", False
+        self._seen_stack, self._seen_polling, self._seen_stage = "", False, 0
         if late > STALL_LIMIT:
             self.over += 1
 
@@ -146,11 +150,14 @@ class StallProbe:
             ticks += 1
             if ticks % WAIT_EVERY == 0 and time.monotonic() - due < TICK:
                 self._waited = cpu_waits()
-            if not self._seen_stack and time.monotonic() - due > STALL_LIMIT:
+            overdue = time.monotonic() - due
+            stage = 2 if overdue > STALL_LIMIT else 1 if SEEN is not None and overdue > SEEN else 0
+            if stage > self._seen_stage:  # a near-miss's stack is taken again once past the limit
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is not None and self._due == due:
                     self._seen_stack = "".join(traceback.format_stack(frame)[-12:])
-                    self._seen_polling = _in_poll(frame)
+                    self._seen_polling = stage == 2 and _in_poll(frame)  # judged past the limit only, as ever
+                    self._seen_stage = stage
 
     def report(self) -> str:
         where = f"\nthe loop's thread during it:\n{self.worst_stack}" if self.worst_stack else ""
@@ -174,6 +181,8 @@ def _note_worst(name: str, probe: StallProbe) -> None:
     if path := os.environ.get("EDGECACHE_STALL_LOG"):
         with open(path, "a") as f:
             f.write(f"{probe.worst * 1000:.0f} {name}\n")
+            if SEEN is not None and probe.worst > SEEN and probe.worst_stack:
+                f.write("".join(f"    | {line}\n" for line in probe.worst_stack.splitlines()))
 
 
 def probed(test: Callable[..., Coroutine[Any, Any, Any]], name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
