@@ -33,9 +33,17 @@ def issue(
     return files
 
 
-async def fetch(port: int, ca: trustme.CA, server_name: str, host: str, path: str) -> bytes:
-    ctx = ssl.create_default_context()
+def trusting(ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts the test CA alone (hostname checked, certificate required). Not
+    ssl.create_default_context(): that parses the system's CA bundle, 50-100 ms on the loop of a loaded machine,
+    for certificates no test trusts."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca.configure_trust(ctx)
+    return ctx
+
+
+async def fetch(port: int, ca: trustme.CA, server_name: str, host: str, path: str) -> bytes:
+    ctx = trusting(ca)
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=server_name)
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
@@ -118,8 +126,7 @@ async def test_a_host_the_sni_certificate_does_not_cover_is_misdirected(
             for _ in range(2):
                 head, _, body = (await fetch(port, ca, name, host, "/v.bin")).partition(b"\r\n\r\n")
                 assert (head.split(b"\r\n")[0], body) == (b"HTTP/1.1 200 OK", BODY), (name, host)
-        ctx = ssl.create_default_context()
-        ca.configure_trust(ctx)
+        ctx = trusting(ca)
         ctx.check_hostname = False
         for host in ("video.test", "other.test"):  # no SNI: any host, as before
             reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=None)
@@ -169,8 +176,7 @@ async def test_clients_that_stop_reading_hold_a_piece_each_not_their_answer(orig
     config = make_config(tmp_path / "c", [origin.url])
     site = replace(config.sites[0], tls=issue(ca, tmp_path, "videos", "video.test"))
     config = replace(config, sites=(site,), tls_listen=(Listen("127.0.0.1", 0),))
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+    ctx = trusting(ca)
     async with start_edge(config) as edge:
         assert edge.fast is not None
         assert (await edge.get("/stall.bin"))[2] == body  # in memory now
@@ -220,16 +226,16 @@ async def test_a_reload_replaces_the_default_certificate_of_another_key_type(ori
 
     origin.put("/v.bin", BODY)
     ca = trustme.CA()
-    old = issue(ca, tmp_path, "old", "video.test", key_type=trustme.KeyType.RSA)
+    # Off the loop: an RSA key takes 130-170 ms to make (OpenSSL lets the GIL go meanwhile).
+    old = await asyncio.to_thread(issue, ca, tmp_path, "old", "video.test", key_type=trustme.KeyType.RSA)
     new = issue(ca, tmp_path, "new", "video.test", key_type=trustme.KeyType.ECDSA)
     path = tmp_path / "edge.toml"
     doc = '[server]\ntls_listen = ["127.0.0.1:8443"]\n[server.tls]\ncert = "{0}.pem"\nkey = "{0}.key"\n'
     doc += '[cache]\ndir = "c"\n'
     site = f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
     path.write_text(doc.format("old") + site)
-    rsa, ecdsa = ssl.create_default_context(), ssl.create_default_context()
+    rsa, ecdsa = trusting(ca), trusting(ca)
     for ctx in (rsa, ecdsa):
-        ca.configure_trust(ctx)
         ctx.check_hostname = False
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the cipher suite names the certificate's key type
     rsa.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
@@ -258,8 +264,7 @@ async def test_a_client_that_closes_cleanly_logs_no_warning(
     config = make_config(tmp_path / "c", [origin.url])
     site = replace(config.sites[0], tls=issue(ca, tmp_path, "videos", "video.test"))
     config = replace(config, sites=(site,), tls_listen=(Listen("127.0.0.1", 0),), fast_path=fast)
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+    ctx = trusting(ca)
     async with start_edge(config) as edge:
         for _ in range(2):
             reader, writer = await asyncio.open_connection(
@@ -447,8 +452,7 @@ async def test_a_client_that_stops_reading_holds_about_a_piece_of_encrypted_byte
     config = make_config(tmp_path / "c", [origin.url])
     site = replace(config.sites[0], tls=issue(ca, tmp_path, "videos", "video.test"))
     config = replace(config, sites=(site,), tls_listen=(Listen("127.0.0.1", 0),))
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+    ctx = trusting(ca)
     async with start_edge(config) as edge:
         assert edge.fast is not None
         assert (await edge.get("/stall.bin"))[2] == body

@@ -15,15 +15,14 @@ import trustme
 from edgecache.config import Listen
 from edgecache.proxy import tlsdoor
 from tests.conftest import make_config, start_edge
-from tests.e2e.test_tls import issue
+from tests.e2e.test_tls import issue, trusting
 from tests.origin import Origin
 
 
 def _asked_and_kept(port: int, ca: trustme.CA) -> tuple[ssl.SSLSocket, bytes]:
     """A request with Connection: close, its answer read to the node's close_notify, and the connection left open
     without one of the client's (a client that closes neither its TLS nor its TCP)."""
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+    ctx = trusting(ca)
     tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="video.test")
     tls.sendall(b"GET /a HTTP/1.1\r\nHost: video.test\r\nConnection: close\r\n\r\n")
     answer = b""

@@ -12,7 +12,7 @@ from pathlib import Path
 import trustme
 
 from tests.e2e.procs import edge_process, free_port
-from tests.e2e.test_tls import fetch, issue
+from tests.e2e.test_tls import fetch, issue, trusting
 from tests.origin import Origin
 
 
@@ -64,8 +64,7 @@ async def test_a_tls_client_that_sends_fin_costs_no_warning_per_piece(origin: Or
         f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
         '[sites.tls]\ncert = "videos.pem"\nkey = "videos.key"\n'
     )
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+    ctx = trusting(ca)
     request = b"GET /v.bin HTTP/1.1\r\nHost: video.test\r\n\r\n"
     async with edge_process("serve", "--config", str(config), ready={b"listening on https": 1}) as proc:
         assert (await fetch(https, ca, "video.test", "video.test", "/v.bin")).endswith(body)  # a hit from now on

@@ -15,7 +15,7 @@ import trustme
 
 from edgecache.config import Listen, Site
 from tests.conftest import make_config, start_edge
-from tests.e2e.test_tls import BODY, issue
+from tests.e2e.test_tls import BODY, issue, trusting
 from tests.origin import Origin
 
 
@@ -75,8 +75,7 @@ async def test_a_session_is_not_resumed_for_another_certificates_name(
         Site(name="other", hosts=("other.test",), origins=(origin.url,), tls=other),
     )
     config = replace(config, sites=sites, tls_listen=(Listen("127.0.0.1", 0),))
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+    ctx = trusting(ca)
     ctx.minimum_version = ctx.maximum_version = version
     tls12 = version is ssl.TLSVersion.TLSv1_2
     async with start_edge(config) as edge:
