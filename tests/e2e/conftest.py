@@ -125,10 +125,11 @@ class StallProbe:
     def _note(self, late: float) -> None:
         collecting, self._gc_seen = self._gc.total - self._gc_seen, self._gc.total
         waiting = 0.0
-        if late - collecting > STALL_LIMIT:
+        if late - collecting > (SEEN or STALL_LIMIT):
             # Read every thread's CPU wait only now: read on the loop each tick, /proc/self/task's one file per
             # thread was itself the stall once the process held hundreds of threads (each read gives up the GIL
-            # and waits to take it back). The watcher keeps the reading from before the stall.
+            # and waits to take it back). The watcher keeps the reading from before the stall. A near-miss (past
+            # SEEN) is discounted too, so that the stall log does not list a loaded machine's waits as the code's.
             waiting = starved(self._waited, cpu_waits())
         late -= waiting + collecting
         if self._seen_polling:  # the loop was not running code: another thread held the GIL, or the OS did not wake it

@@ -51,6 +51,12 @@ origins = ["{origin}"]
 """
 
 
+def _bodies(prefix: str, sizes: list[int]) -> dict[str, bytes]:
+    """Random bodies of these sizes by path; called in a thread: 24 MiB took 94 ms here, some 200 on a loaded CI
+    machine, and the loop's stall guard watches."""
+    return {f"{prefix}{i}.bin": os.urandom(size) for i, size in enumerate(sizes)}
+
+
 def slices_on_disk(cache: Path) -> int:
     with diskcache.Cache(str(cache)) as c:
         return sum(1 for k in c.iterkeys() if isinstance(k, str) and k.startswith("s:"))
@@ -158,7 +164,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 async def test_a_full_disk_costs_the_disk_tier_only(origin: Origin, small_disk: Path) -> None:
     mount = small_disk
-    objects = {f"/o{i}.bin": os.urandom(MiB + i * 1000) for i in range(24)}
+    objects = await asyncio.to_thread(_bodies, "/o", [MiB + i * 1000 for i in range(24)])
     for path, data in objects.items():
         origin.put(path, data)
     config = make_config(mount / "cache", [origin.url], memory_bytes=2 * MiB, disk_bytes=512 * MiB)
@@ -390,7 +396,8 @@ def _fill_up(path: Path) -> None:
 async def test_a_disk_back_in_service_says_its_whole_budget(origin: Origin, small_disk: Path) -> None:
     """A disk whose budget a full filesystem lowered, then out of service and brought back by a reload, is opened
     afresh with its whole size as its budget; edgecache_disk_budget_bytes still said the lowered one."""
-    objects = {f"/b{i}.bin": os.urandom(MiB + i) for i in range(24)}  # more than the 16 MiB filesystem holds
+    # more than the 16 MiB filesystem holds
+    objects = await asyncio.to_thread(_bodies, "/b", [MiB + i for i in range(24)])
     for path, data in objects.items():
         origin.put(path, data)
     cache = small_disk / "cache"
