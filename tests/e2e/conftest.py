@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -181,9 +182,19 @@ def _note_worst(name: str, probe: StallProbe) -> None:
     limit a run comes (a failure shows only the tests that passed it)."""
     if path := os.environ.get("EDGECACHE_STALL_LOG"):
         with open(path, "a") as f:
-            f.write(f"{probe.worst * 1000:.0f} {name}\n")
+            f.write(f"{probe.worst * 1000:.0f} {name} {_process_size()}\n")
             if SEEN is not None and probe.worst > SEEN and probe.worst_stack:
                 f.write("".join(f"    | {line}\n" for line in probe.worst_stack.splitlines()))
+
+
+def _process_size() -> str:
+    """The test process's resident size and threads: what a late test of a long run carries (a fork copies the
+    first's page tables; the second share the GIL with the loop)."""
+    try:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    except (OSError, ValueError):
+        return ""
+    return f"(rss {int(status['VmRSS'].split()[0]) // 1024} MiB, {status['Threads'].strip()} threads)"
 
 
 def probed(test: Callable[..., Coroutine[Any, Any, Any]], name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
