@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
 import aiohttp
 
 from edgecache.core.ring import Ring
-from tests.e2e.test_purge import OPERATOR, OTHER, VIDEOS, Node, cluster
+from tests.e2e.test_purge import OPERATOR, OTHER, VIDEOS, Node
+from tests.e2e.test_purge import cluster as purge_cluster
 from tests.origin import Origin
+
+# The three nodes, the origin and the jobs share this process's loop. A full run's late collections and a loaded
+# machine left it unrun past the 1 s cluster.timeout: each node took itself for paused ("this process was paused
+# for over cluster.timeout", three times, in the one run that failed), doubted its copies and its peers' answers,
+# and a job ended "failed" with 999 of 1,000 fetched. The product is right to after a real pause; these tests are
+# about prefetch, not pauses (as test_memo_bytes' STALL).
+STALL = 30.0
+
+
+def cluster(origin: Origin, tmp_path: Path) -> contextlib.AbstractAsyncContextManager[list[Node]]:
+    return purge_cluster(origin, tmp_path, cluster_timeout=STALL)
 
 
 async def post(node: Node, body: object, token: str = VIDEOS, **kw: object) -> tuple[int, dict[str, object]]:
@@ -40,7 +53,7 @@ async def test_a_thousand_urls_land_on_their_owners_once(origin: Origin, tmp_pat
         status, job = await post(nodes[0], {"urls": urls, "concurrency": 16})
         assert status == 202
         view = await finished(nodes[0], str(job["id"]))
-        assert (view["state"], view["total"], view["fetched"], view["not_stored"]) == ("done", 1001, 1000, 1)
+        assert (view["state"], view["total"], view["fetched"], view["not_stored"]) == ("done", 1001, 1000, 1), view
         assert view["failed"] == {}
         assert all(origin.hits[p] == 1 for p in paths)
         ring = Ring.of(nodes[0].edge.node.cluster.ring.members)  # type: ignore[union-attr]

@@ -37,7 +37,11 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def cluster(origin: Origin, tmp_path: Path, fast: bool = True) -> AsyncIterator[list[Node]]:
+async def cluster(
+    origin: Origin, tmp_path: Path, fast: bool = True, cluster_timeout: float = 1.0
+) -> AsyncIterator[list[Node]]:
+    """Three nodes in this process, on this loop; `cluster_timeout` is their cluster.timeout (how long a peer's
+    check may take, and how long the loop may go unrun before a node takes itself for paused)."""
     ports, admins = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
     members = tuple(
         Member(f"node{i + 1}", f"127.0.0.1:{p}", admin=f"127.0.0.1:{a}")
@@ -57,7 +61,9 @@ async def cluster(origin: Origin, tmp_path: Path, fast: bool = True) -> AsyncIte
                 cfg,
                 listen=(Listen("127.0.0.1", ports[i]),),
                 sites=(*cfg.sites, other),
-                cluster=ClusterSettings(self_id=f"node{i + 1}", key=CLUSTER_KEY, nodes=members, interval=0.2),
+                cluster=ClusterSettings(
+                    self_id=f"node{i + 1}", key=CLUSTER_KEY, nodes=members, interval=0.2, timeout=cluster_timeout
+                ),
                 tokens=tokens,
                 fast_path=fast,
             )
