@@ -138,6 +138,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
         await engine.close(config.cache.stop_save_seconds)
         store.close_files()
         await origin.close()
+        await loop.run_in_executor(None, store.close_purge_log)  # before its disk closes: its last line is written
         await loop.run_in_executor(None, disk.close)
         await loop.run_in_executor(None, access.close)
 

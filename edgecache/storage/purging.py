@@ -76,6 +76,12 @@ class Purging:
         # When cache.disks last changed (storage.placed): what was stored before is revalidated (note_placement).
         self.placed_at = 0.0
 
+    def close_purge_log(self) -> None:
+        """Blocking: an append under way finishes first. Then the purge log's thread ends: left to the garbage
+        collector, a closed store's thread lived on until a collection found the store (held in reference cycles),
+        one more thread for each node opened in the process (a node reopened; every test of the suite)."""
+        self._purge_io.shutdown(wait=True)
+
     def purged(self, site: str, host: str, path: str, record: PrimaryRecord | None) -> tuple[str, float]:
         """An object's purge scope (the generations of the purged site and directories above it, part of its entry
         key) and the time before which a stored answer of it is soft-purged: the latest of its scopes' soft
