@@ -80,6 +80,12 @@ class Node:
         return True, ""
 
 
+def _close_storage(store: Store, disk: Disks) -> None:
+    """Blocking. The purge log's thread ends first, after any line it is writing, while its disk is still open."""
+    store.close_purge_log()
+    disk.close()
+
+
 @asynccontextmanager
 async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None) -> AsyncIterator[Node]:
     """`epoch`: the counter the node's workers share (storage.epoch), from the parent; one of its own if none."""
@@ -138,8 +144,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
         await engine.close(config.cache.stop_save_seconds)
         store.close_files()
         await origin.close()
-        await loop.run_in_executor(None, store.close_purge_log)  # before its disk closes: its last line is written
-        await loop.run_in_executor(None, disk.close)
+        await loop.run_in_executor(None, _close_storage, store, disk)
         await loop.run_in_executor(None, access.close)
 
 
