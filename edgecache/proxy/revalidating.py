@@ -78,7 +78,7 @@ async def by_another_worker(
         if attempt == waits:
             return False
         if attempt == 0:
-            metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
+            metrics.collapsed(metrics.SOURCES.get())  # the request waits for another worker's origin request
         await store.wait_for_release(lease, seconds)
     return False
 
@@ -155,11 +155,8 @@ async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMe
     renewed the lease meanwhile (an origin slower than a slice a lease): the reader waits on while it is still this
     copy's writer. It fetched a copy of its own there before, and its answer, begun from this one, was cut."""
     lease = store.revalidation_lease(req.entry_key)
-    counted = False
     while await being_written(store, req, meta):
-        if not counted:
-            metrics.COLLAPSED.inc()  # the request waits for another worker's origin request, as for a slice
-            counted = True
+        metrics.collapsed(metrics.SOURCES.get())  # the request waits for another worker's origin request: once
         await store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS, lease)
         if not await store.missing(req.entry_key, meta, [index]):
             return True
