@@ -291,6 +291,14 @@ PEER_LOOKASIDE = _counter(
     "origin was asked instead)",
     ["peer", "outcome"],
 )
+PEER_COPIES = _counter(
+    "edgecache_peer_copy_fills_total",
+    "Fills of a hot object's copy (core.popularity) asked of its owner, by peer and outcome: hit (the owner's answer "
+    "taken: stored, or served once when no shared cache may store it), stale (not fresh here or for its viewer's "
+    "request: the origin was asked), error (refused, timed out, broken, or taken back as a loop: the origin was "
+    "asked), behind (not asked: it may lack a purge applied here that covers the object)",
+    ["peer", "outcome"],
+)
 
 PURGES = _counter("edgecache_purges_total", "Purges applied on this node", ["kind", "mode"])
 PURGE_BEHIND = Gauge(

@@ -96,9 +96,11 @@ async def from_owner(
     try:
         resp = await _peer(view, origin, owner, req).request(site, sent.method, sent.target, headers)
     except PeerWithheld:
+        metrics.PEER_COPIES.labels(owner.id, lookaside.Outcome.BEHIND).inc()
         return None
     except OriginError as exc:
         observe.peer_error(owner.id, exc)
+        metrics.PEER_COPIES.labels(owner.id, lookaside.Outcome.ERROR).inc()
         if exc.connect:
             view.failed(owner.id, f"fill from the owner: {exc}")
         return None
@@ -107,12 +109,15 @@ async def from_owner(
         # whose Via names the cluster as every fill's does, for a request come back to the edge: nothing served.
         resp.close()
         metrics.PEER_ERRORS.labels(owner.id, "5xx").inc()
+        metrics.PEER_COPIES.labels(owner.id, lookaside.Outcome.ERROR).inc()
         return None
     held = validate.headers if validate is not None else None
     if not lookaside.from_owner(resp.status, resp.headers, judged, time.time(), held):
         log.info("%s: owner %s answered a copy not fresh here or for its viewer", req.record_key, owner.id)
+        metrics.PEER_COPIES.labels(owner.id, lookaside.Outcome.STALE).inc()
         resp.close()  # its body is not read: the connection is not reused
         return None
+    metrics.PEER_COPIES.labels(owner.id, lookaside.Outcome.HIT).inc()
     resp.headers = lookaside.origin_fields(resp.headers)
     return resp
 

@@ -198,6 +198,7 @@ async def test_a_copy_the_owner_answers_508_is_filled_from_the_origin(
 
         monkeypatch.setattr(view, "hop_field", behind)
         errors = metrics.PEER_ERRORS.labels(owner.id, "5xx").wrapped._value.get()
+        refused = metrics.PEER_COPIES.labels(owner.id, "error").wrapped._value.get()
         statuses = []
         for _ in range(popularity.THRESHOLD + 3):
             status, headers, got = await edge.get(HOT)
@@ -209,3 +210,4 @@ async def test_a_copy_the_owner_answers_508_is_filled_from_the_origin(
         assert {s[:2] for s in statuses} == {(200, True)}, statuses
         assert origin.hits[HOT] == 2  # the owner's fill, and the copy's
         assert metrics.PEER_ERRORS.labels(owner.id, "5xx").wrapped._value.get() - errors == 1
+        assert metrics.PEER_COPIES.labels(owner.id, "error").wrapped._value.get() - refused == 1

@@ -18,6 +18,7 @@ from edgecache.core.ring import Member, Ring
 from tests.conftest import CLUSTER_KEY, Edge
 from tests.e2e.test_lookaside_receive import FRAMED, ORIGIN_BYTES, PEER_BYTES, UNFIT, node_and_peer
 from tests.origin import Obj, Origin
+from tests.samples import sample_value
 
 COPY_MISS = 'edgecache; fwd=uri-miss; stored; detail="peer"'  # the copy's fill, answered by the owner
 ORIGIN_MISS = "edgecache; fwd=uri-miss; stored"  # the copy's fill, answered by the origin
@@ -45,6 +46,17 @@ def hot_at_once(edge: Edge) -> None:
     edge.node.shared.popular = popularity.Gate(threshold=1)
 
 
+def copy_fills() -> dict[str, float]:
+    """edgecache_peer_copy_fills_total for the stand-in owner, by outcome."""
+    name = "edgecache_peer_copy_fills_total"
+    return {o: sample_value(name, {"peer": "node2", "outcome": o}) or 0.0 for o in ("hit", "stale", "error", "behind")}
+
+
+def counted(before: dict[str, float], **more: int) -> dict[str, float]:
+    """`before`, with `more` added to its outcomes."""
+    return {o: n + more.get(o, 0) for o, n in before.items()}
+
+
 @pytest.mark.parametrize("kind", ["aged", "expired"])
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "full"])
 async def test_an_owners_answer_stale_here_is_not_a_copy_and_the_origin_is_asked(
@@ -57,10 +69,12 @@ async def test_an_owners_answer_stale_here_is_not_a_copy_and_the_origin_is_asked
         path = owned_by_peer(f"/{kind}", members)
         origin.put(path, ORIGIN_BYTES)  # public, max-age=3600, ETag "v1"
         peer.put(path, PEER_BYTES, headers={**UNFIT[kind], **FRAMED})
+        before = copy_fills()
         status, headers, body = await edge.get(path)
         assert (status, body == ORIGIN_BYTES, headers["Cache-Status"]) == (200, True, ORIGIN_MISS), kind
         assert int(headers["Age"]) < 10, kind
         assert (peer.hits[path], origin.hits[path]) == (1, 1), kind
+        assert copy_fills() == counted(before, stale=1), kind
         status, headers, body = await edge.get(path)  # the copy, the origin's
         assert (status, body == ORIGIN_BYTES, headers["Cache-Status"]) == (200, True, "edgecache; hit"), kind
         assert (peer.hits[path], origin.hits[path]) == (1, 1), kind
@@ -95,11 +109,13 @@ async def test_an_owners_fresh_copy_is_the_copy_with_its_age(origin: Origin, tmp
         path = owned_by_peer("/fresh", edge.node.cluster.ring.members)  # type: ignore[union-attr]
         origin.put(path, ORIGIN_BYTES)
         peer.put(path, PEER_BYTES, headers={"Cache-Control": "public, max-age=3600", "Age": "50", **FRAMED})
+        before = copy_fills()
         for field in (COPY_MISS, "edgecache; hit"):
             status, headers, body = await edge.get(path, **{"Cache-Control": "max-age=100"})
             assert (status, body == PEER_BYTES, headers["Cache-Status"]) == (200, True, field)
             assert 50 <= int(headers["Age"]) < 60
         assert (peer.hits[path], origin.hits[path]) == (1, 0)
+        assert copy_fills() == counted(before, hit=1)
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "full"])
