@@ -53,7 +53,7 @@ def fields_cost(target: str, fields: tuple[tuple[str, str], ...]) -> int:
 class Pool:
     """One budget of bytes for the memos that join it, all together (their own bounds still hold)."""
 
-    __slots__ = ("added", "budget", "memos")
+    __slots__ = ("added", "budget", "memos", "new_bytes", "old_bytes")
 
     def __init__(self, budget: int) -> None:
         if budget < 1:
@@ -61,22 +61,22 @@ class Pool:
         self.budget = budget
         self.memos: list[Memo[Any, Any]] = []
         self.added = 0  # bytes of the entries added since the generations last turned
+        # the sums of its memos' new_bytes and old_bytes, kept by each change of theirs (Memo._count): make_room
+        # runs on every addition, and summing the memos there cost more than the rest of an addition
+        self.new_bytes = 0
+        self.old_bytes = 0
 
     @property
     def bytes(self) -> int:
         """The bytes the entries of all its memos hold."""
-        return sum(memo.new_bytes + memo.old_bytes for memo in self.memos)
+        return self.new_bytes + self.old_bytes
 
     def make_room(self, cost: int) -> None:
         """Before an entry of `cost` is added: when the entries added since the generations last turned would
         hold more than half the budget with it, or all the entries more than the whole, every memo's newer
         generation becomes its older (and when even that is not room, every memo is emptied)."""
-        new = old = 0
-        for memo in self.memos:
-            new += memo.new_bytes
-            old += memo.old_bytes
-        if 2 * (self.added + cost) > self.budget or new + old + cost > self.budget:
-            again = new + cost > self.budget
+        if 2 * (self.added + cost) > self.budget or self.new_bytes + self.old_bytes + cost > self.budget:
+            again = self.new_bytes + cost > self.budget
             for memo in self.memos:
                 memo.rotate()
                 if again:
@@ -117,9 +117,7 @@ class Memo(Generic[K, V]):
         if value is None and self.old:
             value = self.old.pop(key, None)
             if value is not None:
-                cost = self._cost(key)
-                self.old_bytes -= cost
-                self._add(key, value, cost, True)
+                self._add(key, value, self._cost(key), True)
         return value
 
     def __setitem__(self, key: K, value: V) -> None:
@@ -128,24 +126,40 @@ class Memo(Generic[K, V]):
             return
         cost = self._cost(key)
         if self.old.pop(key, None) is not None:
-            self.old_bytes -= cost
             self._add(key, value, cost, True)
         elif not self.budget or cost <= self.budget:  # one larger than a generation is never kept
             self._add(key, value, cost, False)
 
     def _add(self, key: K, value: V, cost: int, moved: bool) -> None:
-        """Put an entry in the newer generation; `moved`: from the older (no more bytes than before in all)."""
+        """Put an entry in the newer generation; `moved`: taken out of the older (no more bytes than before in all).
+        Its pool's sums kept here as its own, not through _count: this is every addition's and every move's path."""
+        pool = self.pool
+        if moved:
+            self.old_bytes -= cost
+            if pool is not None:
+                pool.old_bytes -= cost
         if len(self.new) >= self.size or (self.budget and self.new_bytes + cost > self.budget):
             self.rotate()
-        if self.pool is not None and not moved:
-            self.pool.make_room(cost)
+        if pool is not None:
+            if not moved:
+                pool.make_room(cost)
+            pool.new_bytes += cost
         self.new[key] = value
         self.new_bytes += cost
 
     def rotate(self) -> None:
         """The newer generation becomes the older; the older is dropped."""
         self.old, self.new = self.new, {}
-        self.old_bytes, self.new_bytes = self.new_bytes, 0
+        self._count(-self.new_bytes, self.new_bytes - self.old_bytes)
+
+    def _count(self, new: int, old: int) -> None:
+        """Its generations' bytes change by `new` and `old`, and so do its pool's sums of them."""
+        self.new_bytes += new
+        self.old_bytes += old
+        pool = self.pool
+        if pool is not None:
+            pool.new_bytes += new
+            pool.old_bytes += old
 
     def __delitem__(self, key: K) -> None:
         """Forget `key`, wherever it is (a KeyError if nowhere, as a dict's)."""
@@ -155,10 +169,10 @@ class Memo(Generic[K, V]):
     def _forget(self, key: K) -> bool:
         found = False
         if self.new.pop(key, None) is not None:
-            self.new_bytes -= self._cost(key)
+            self._count(-self._cost(key), 0)
             found = True
         if self.old.pop(key, None) is not None:
-            self.old_bytes -= self._cost(key)
+            self._count(0, -self._cost(key))
             found = True
         return found
 
@@ -171,7 +185,7 @@ class Memo(Generic[K, V]):
     def clear(self) -> None:
         self.new.clear()
         self.old.clear()
-        self.new_bytes = self.old_bytes = 0
+        self._count(-self.new_bytes, -self.old_bytes)
 
 
 class Seen:

@@ -172,7 +172,7 @@ def test_keys_asked_in_turn_that_fit_a_generation_and_the_pool_are_kept_from_the
     assert pool.bytes == 4007
 
 
-@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from("gsd"), st.integers(0, 45)), max_size=300))
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from("gsdc"), st.integers(0, 45)), max_size=300))
 def test_memos_in_a_pool_never_hold_more_than_its_budget(ops: list[tuple[int, str, int]]) -> None:
     pool = Pool(60)
     memos: list[Memo[int, int]] = [Memo(5, budget=40, cost=lambda key: key + 1, pool=pool) for _ in range(3)]
@@ -184,13 +184,48 @@ def test_memos_in_a_pool_never_hold_more_than_its_budget(ops: list[tuple[int, st
         elif op == "d" and memo.get(key) is not None:
             del memo[key]
             del model[i, key]
+        elif op == "c" and key == 0:  # now and then
+            memo.clear()
+            model = {k: v for k, v in model.items() if k[0] != i}
         else:
             found = memo.get(key)
             assert found is None or found == model[i, key]
         for m in memos:
             assert m.new_bytes == sum(k + 1 for k in m.new) <= 40
             assert m.old_bytes == sum(k + 1 for k in m.old) <= 40
+        # the pool's running sums are its memos' (make_room reads them instead of summing the memos)
+        assert pool.new_bytes == sum(m.new_bytes for m in memos)
+        assert pool.old_bytes == sum(m.old_bytes for m in memos)
         assert pool.bytes == sum(m.bytes for m in memos) <= 60
+
+
+def test_a_pool_turns_only_past_its_budget_exactly() -> None:
+    """Half the budget added since the last turn, or the whole budget held, is still room; a byte more turns the
+    generations, as the sums of the memos' bytes say, whichever memos hold them and however they got there."""
+    pool = Pool(40)
+    a: Memo[str, int] = Memo(100, budget=40, cost=len, pool=pool)
+    b: Memo[str, int] = Memo(100, budget=40, cost=len, pool=pool)
+    a["a" * 10] = 1
+    b["b" * 10] = 2  # 20 added: exactly half, no turn
+    assert (pool.new_bytes, pool.old_bytes, pool.added) == (20, 0, 20)
+    b["c"] = 3  # 21: both turn
+    assert (pool.new_bytes, pool.old_bytes, pool.added) == (1, 20, 1)
+    del b["c"]
+    a["d" * 9] = 4
+    b["e" * 10] = 5  # 20 added since the turn, 40 held: exactly the budget, no turn
+    assert (pool.new_bytes, pool.old_bytes, pool.added, pool.bytes) == (19, 20, 20, 39)
+    a["f"] = 6  # 40 held, 21 added: past half, they turn
+    assert (pool.new_bytes, pool.old_bytes, pool.added) == (1, 19, 1)
+    assert [a.get("a" * 10), b.get("e" * 10)] == [None, 5]  # the older ones dropped; found and moved, no addition
+    assert (pool.new_bytes, pool.old_bytes, pool.added) == (11, 9, 1)
+    b.clear()
+    assert (pool.new_bytes, pool.old_bytes, pool.bytes) == (1, 9, 10)
+    a["g" * 30] = 7  # 40 held with it, but 31 added since the turn: past half, they turn
+    assert (pool.new_bytes, pool.old_bytes, pool.added) == (30, 1, 30)
+    a["h" * 10] = 8  # past half again: they turn, once (the newer and it are exactly the budget)
+    assert (pool.new_bytes, pool.old_bytes, pool.bytes) == (10, 30, 40)
+    b["i" * 31] = 9  # the newer and it would pass the budget: turned twice, every memo emptied, then added
+    assert (pool.new_bytes, pool.old_bytes, pool.bytes, len(a), len(b)) == (31, 0, 31, 0, 1)
 
 
 def test_seen_knows_a_key_from_its_second_time_within_its_bound() -> None:
