@@ -194,9 +194,16 @@ def varied(vary: tuple[str, ...], request: Headers) -> Varied:
         if lname in CACHE_OWNED or not lines:
             out.append((lname, None))
             continue
-        value = ",".join(" ".join(m.split()) for v in lines for m in split_list(v))
+        value = ",".join(" ".join(m.split()) for v in lines for m in split_list(_sendable(v)))
         out.append((lname, value.lower() if lname in _CASELESS else value))
     return tuple(out)
+
+
+def _sendable(value: str) -> str:
+    """`value` as a fill can send it: without the lone surrogates that stand for a client's bytes that were not UTF-8
+    (aiohttp decodes heads with surrogateescape), which aiohttp's client writer leaves out. Kept, they made a variant
+    the origin was never asked for: `phone\\xff` stored the answer to `phone` under a key of its own."""
+    return value if value.isascii() else value.encode("utf-8", "ignore").decode("utf-8")
 
 
 def variant(vary: tuple[str, ...], request: Headers) -> str:

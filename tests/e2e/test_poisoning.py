@@ -224,6 +224,22 @@ async def test_varied_fields_are_sent_normalised_and_stored_under_what_was_sent(
     ]
 
 
+async def test_a_varied_field_not_in_utf8_is_keyed_as_the_fill_sends_it(edge: Edge, origin: Origin) -> None:
+    """aiohttp's client drops the bytes of a field value that are not UTF-8 (its server's parser made them lone
+    surrogates): `X-Device: phone\\xff` reached the origin as `phone`, and its answer was stored under a variant of
+    its own, one per such spelling, each asked of the origin again. Now each is the variant the fill asks for."""
+    asked = record(origin)
+    for value in ("phone\xff", "phone\xfe", "pho\xffne", "phone"):
+        head = f"GET /echo-vary HTTP/1.1\r\nHost: video.test\r\nX-Device: {value}\r\n"
+        status, headers, body = await raw_get(edge.port, head)
+        assert (status, body) == (200, b"video.test /echo-vary phone"), value
+    assert asked == [
+        fill("video.test", "/echo-vary"),
+        fill("video.test", "/echo-vary", ("x-device", "phone")),
+    ]
+    assert headers["cache-status"] == "edgecache; hit"
+
+
 async def test_authorization_is_passed_through_never_stored(edge: Edge, origin: Origin) -> None:
     asked = record(origin)
     for _ in range(2):
