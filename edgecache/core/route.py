@@ -19,8 +19,13 @@ def normalise_host(value: str | None) -> str | None:
     m = _HOSTPORT.fullmatch(value)
     if not m or len(value) > 255:
         return None
-    host = m.group(1).lower().rstrip(".")
-    return host or None
+    host = m.group(1).lower()
+    host = host[:-1] if host.endswith(".") else host  # the one trailing dot of a fully qualified name
+    # An empty label ('.cdn.test', 'a..cdn.test', 'video.test..') names no host: a wildcard site took it, and its
+    # origin was asked with that Host.
+    if not host or host.startswith(".") or host.endswith(".") or ".." in host:
+        return None
+    return host
 
 
 class Router(Generic[S]):

@@ -26,6 +26,10 @@ CASES = {
     "oversized target": b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: video.test\r\n\r\n",
     "two hosts": b"GET /x HTTP/1.1\r\nHost: video.test\r\nHost: evil.test\r\n\r\n",
     "invalid host": b"GET /x HTTP/1.1\r\nHost: video.test/../evil\r\n\r\n",
+    # An empty label is no host name: a '*.cdn.test' site took each, and its origin was asked with that Host.
+    "host with an empty first label": b"GET /x HTTP/1.1\r\nHost: .cdn.test\r\n\r\n",
+    "host with an empty label": b"GET /x HTTP/1.1\r\nHost: a..cdn.test\r\n\r\n",
+    "absolute-form host with an empty label": b"GET http://a..cdn.test/x HTTP/1.1\r\nHost: video.test\r\n\r\n",
     "no host": b"GET /x HTTP/1.1\r\n\r\n",
     "nul in header": b"GET /x HTTP/1.1\r\nHost: video.test\r\nX-A: a\x00b\r\n\r\n",
 }
