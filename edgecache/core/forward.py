@@ -39,6 +39,8 @@ UNKEYED = (
     "x-original-url",
     "x-rewrite-url",
     "x-http-method-override",
+    "x-http-method",  # the same, as OData and ASP.NET read it
+    "x-method-override",
     "forwarded",
 )
 # Fields in which a client may claim an address (its own, or one an origin trusts): the edge tells the origin the
