@@ -23,6 +23,7 @@ from aiohttp.http_parser import RawResponseMessage
 from aiohttp.streams import StreamReader
 from aiohttp.tracing import Trace
 from multidict import CIMultiDict
+from yarl import URL
 
 from edgecache import metrics
 from edgecache.config import Config, OriginSettings, Site
@@ -342,7 +343,7 @@ class OriginClient:
                 async with asyncio.timeout(None if body is not None else head_within):
                     raw = await session.request(
                         method,
-                        base + target,
+                        URL(base + target, encoded=True),  # as the key has it: yarl would re-encode it otherwise
                         headers=CIMultiDict(headers),
                         data=body,
                         allow_redirects=False,

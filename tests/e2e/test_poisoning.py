@@ -367,3 +367,20 @@ async def test_no_target_reaches_an_origin_above_its_base_path(origin: Origin, t
             status, _, body = await raw_get(edge.port, f"GET {target} HTTP/1.1\r\nHost: video.test\r\n")
             assert (status, body) == (400, DOT_DOT_REFUSED)
     assert asked == []
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_fill_asks_for_the_keys_target_byte_for_byte(origin: Origin, tmp_path: Path, fast: bool) -> None:
+    """aiohttp's client re-encoded the target it was given (yarl): it decoded the sub-delimiters' escapes in a path
+    (%3B, %40, %21, ...; '/', '?', ':' and '@' in a query) and escaped what is not allowed raw ('^', '{', '`', ...).
+    `/..%3B/other/x` reached the origin as `/site/..;/other/x`, which Tomcat and Jetty resolve to `/other/x` (';'
+    starts a segment's parameters there): above the origin URL's path, as `/..;/other/x` would have, which is
+    refused; and two keys, `/a%3Bb` and `/a;b`, were one request to the origin."""
+    asked = record(origin)
+    config = make_config(tmp_path / "cache", [origin.url + "/site"])
+    targets = ("/..%3B/other/x", "/a%3Bb", "/a;b", "/p%40q%21^{}`|", "/q?a=%2F%3F%3A%40")
+    async with start_edge(replace(config, fast_path=fast)) as edge:
+        for target in targets:
+            status, _, _ = await raw_get(edge.port, f"GET {target} HTTP/1.1\r\nHost: video.test\r\n")
+            assert status == 404, target  # the test origin has none of them
+    assert asked == [fill("video.test", "/site" + target) for target in targets]
