@@ -153,7 +153,11 @@ def pass_request(
     a form parameter the cache does not key on still means something to the origin.
     """
     # With '_' for '-' too: CGI, PHP and WSGI servers read X_Forwarded_For as HTTP_X_FORWARDED_FOR, as the real one.
-    kept = [(k, v) for k, v in end_to_end(one_less(method, client)) if k.lower().replace("_", "-") not in _NOT_PASSED]
+    kept = [
+        (k, _length(v) if k.lower() == "content-length" else v)
+        for k, v in end_to_end(one_less(method, client))
+        if k.lower().replace("_", "-") not in _NOT_PASSED
+    ]
     headers = [*kept, ("Host", origin_host or key.host)]
     # Every line, in order: a balancer may add its own after the client's (HAProxy does), and the nearest is last.
     # No `client_ip`: a peer's forward, whose node added its viewer last already (the connection is that node's).
@@ -164,6 +168,14 @@ def pass_request(
     prior_via = ", ".join(get_all(client, "via"))
     headers.append(("Via", f"{prior_via}, {via}" if prior_via else via))
     return OriginRequest(method, key.full_target, (*headers, *extra))
+
+
+def _length(value: str) -> str:
+    """A body's length as the edge read it, spelt plainly: `0010` is 10 to llhttp (and to RFC 9112), 8 to a parser
+    that reads a leading zero as octal, 1 to one that keeps 20 digits of `000000000000000000010`. The body framed
+    by one reading and read by another would leave its tail on a pooled origin connection as the next request."""
+    digits = value.strip(" \t")
+    return str(int(digits)) if digits.isascii() and digits.isdigit() else value
 
 
 def relayed_fields(upstream: Headers, status_field: str) -> list[tuple[str, str]]:

@@ -119,6 +119,15 @@ async def test_a_body_without_a_content_type_reaches_the_origin_without_one(
     ]
 
 
+async def test_a_body_length_reaches_the_origin_in_its_plain_spelling(raw_edge: Edge, raw_origin: RawOrigin) -> None:
+    """The client's Content-Length field went on as written, which another parser than llhttp may read otherwise
+    (core.forward._length): now the length the edge read and framed the body by."""
+    for spelling in ("0010", "000000000000000000010"):
+        raw = await exchange(raw_edge.port, post_head("/upload", f"Content-Length: {spelling}") + b"0123456789")
+        assert raw.endswith(b"\r\n\r\ngot 10 bytes\n"), raw
+    assert [(s.header("Content-Length"), s.body) for s in raw_origin.seen] == [("10", b"0123456789")] * 2
+
+
 def body_timeouts() -> float:
     return sample_value("edgecache_request_body_timeouts_total") or 0.0
 
