@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from edgecache import metrics
 from edgecache.admin.bucket import TokenBucket
@@ -46,6 +47,7 @@ from edgecache.admin.reading import reading
 from edgecache.admin.records import Records
 from edgecache.admin.window import in_window, seconds_to_boundary
 from edgecache.core.manifest import expand
+from edgecache.core.siteurl import request_target
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
 
@@ -432,11 +434,10 @@ class JobRunner:
     async def _fetch(self, url: str, bucket: TokenBucket | None, job: Job) -> tuple[str, bytes | None]:
         assert self._session is not None
         parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         keep = _is_manifest(url)
         try:
             async with self._session.get(
-                self.edge_url + target,
+                URL(self.edge_url + request_target(url), encoded=True),  # as written: yarl re-encodes it
                 headers={"Host": parts.netloc},
                 timeout=aiohttp.ClientTimeout(total=600),
                 allow_redirects=False,  # see the module's docstring

@@ -13,7 +13,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 _URI_ATTR = re.compile(r'URI="([^"]*)"')
 
@@ -235,7 +235,18 @@ def expand(url: str, body: bytes, representations: frozenset[str] = frozenset())
         playlist = parse_hls(text, url)
         found = (*playlist.variants, *playlist.segments) if playlist is not None else ()
     host = urlsplit(url).netloc
-    return tuple(dict.fromkeys(u for u in found if _on_host(u, host)))
+    return tuple(dict.fromkeys(_as_requested(u) for u in found if _on_host(u, host)))
+
+
+# What a request line cannot carry as written: a space, a control or a non-ASCII character.
+_UNSENDABLE = re.compile(r"[^\x21-\x7e]")
+_VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def _as_requested(url: str) -> str:
+    """`url` as a player's HTTP client requests it: what no request line may carry percent-encoded in UTF-8 (a
+    segment named "part 1.ts"), everything else as written (an escape stays one: %3B is not ';')."""
+    return url if _UNSENDABLE.search(url) is None else quote(url, safe=_VISIBLE)
 
 
 def _on_host(url: str, host: str) -> bool:

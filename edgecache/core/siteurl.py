@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from edgecache.core.keys import BadTarget, CacheKey, make_key
 from edgecache.core.route import Router, normalise_host
@@ -56,9 +56,18 @@ def site_url(value: object, router: Router[S]) -> SiteURL[S]:
     site = router.match(host)
     if site is None:
         raise NotSiteURL(f"no site is configured for host {host!r}", unknown_host=True)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        key = make_key(site.name, host, target, site.key_query)
+        key = make_key(site.name, host, _target(parts), site.key_query)
     except BadTarget as exc:
         raise NotSiteURL(str(exc)) from exc
     return SiteURL(site, host, key, parts.query)
+
+
+def request_target(url: str) -> str:
+    """The request-target of `url`, as written: its path and query, what the key is made of (site_url) and what a
+    node's own request for it (a prefetch job's) sends, so the key that request makes is the one the URL names."""
+    return _target(urlsplit(url))
+
+
+def _target(parts: SplitResult) -> str:
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 import edgecache.admin.jobs
 import edgecache.core.manifest
@@ -374,3 +375,24 @@ async def test_a_mebibyte_of_urls_is_checked_without_stalling_the_loop(origin: O
         assert (job["total"], job["state"]) == (40_000, "waiting-window")
         assert probe.stop() < 0.15  # CPU seconds: a machine's load does not lengthen them
     assert origin.seen == []
+
+
+async def test_a_job_fetches_each_url_as_written(origin: Origin, tmp_path: Path) -> None:
+    """The job's own request went through yarl, which decoded %3B to ';' (another key, another origin request: the
+    job for `/a%3Bb` fetched `/a;b`, and failed 404) and escaped '|'; a manifest's segment with a space failed as a
+    URL no site has. Each is now fetched as written, a space percent-encoded as a player's client does, and is then
+    a hit for the viewer asking it so."""
+    written = ("/a%3Bb", "/p%40q|r", "/s?x=%2F%3F", "/m/x%3By.ts", "/m/sp%20ace.ts")
+    for target in written:
+        origin.put(target, target.encode())
+    origin.put("/m/index.m3u8", b"#EXTM3U\n#EXTINF:6,\nx%3By.ts\n#EXTINF:6,\nsp ace.ts\n#EXT-X-ENDLIST\n")
+    async with admin_node(node_config(origin, tmp_path / "c")) as node:
+        _, job = await submit(node, [f"http://video.test{t}" for t in (*written[:3], "/m/index.m3u8")])
+        view = await node.finished(str(job["id"]))
+        assert (view["done"], view["fetched"], view["failed"]) == (6, 6, {})
+        for target in written:
+            as_written = URL(node.edge.url + target, encoded=True)
+            async with node.edge.session.get(as_written, headers={"Host": "video.test"}) as r:
+                got = (r.status, r.headers["Cache-Status"], await r.read())
+            assert got == (200, "edgecache; hit", target.encode()), target
+    assert {t: origin.hits[t] for t in written} == dict.fromkeys(written, 1)

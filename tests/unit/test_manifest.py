@@ -53,6 +53,17 @@ def test_media_playlist_lists_segments_and_init_section() -> None:
     )
 
 
+def test_expanded_urls_are_as_a_player_requests_them() -> None:
+    """A space, a control or a non-ASCII character is percent-encoded in UTF-8; an escape stays as written."""
+    body = "#EXTM3U\n#EXTINF:6,\nx%3By.ts\n#EXTINF:6,\nsp ace.ts\n#EXTINF:6,\ncafé.ts\n#EXTINF:6,\na|b.ts\n"
+    assert expand("http://video.test/m/index.m3u8", body.encode()) == (
+        "http://video.test/m/x%3By.ts",
+        "http://video.test/m/sp%20ace.ts",
+        "http://video.test/m/caf%C3%A9.ts",
+        "http://video.test/m/a|b.ts",
+    )
+
+
 def test_not_a_playlist() -> None:
     assert parse_hls("<html>", "http://x/") is None
 
