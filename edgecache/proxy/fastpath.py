@@ -106,7 +106,10 @@ class FastPath(asyncio.Protocol):
             return
         self.server.connections.add(self)
         self.server.open += 1
-        self.deadline.arm("idle", self.server.settings.idle_timeout)
+        # A new connection that sends nothing holds a descriptor and one of max_connections: its first head is
+        # awaited no longer than a head in progress is (nginx's client_header_timeout, Varnish's timeout_idle).
+        settings = self.server.settings
+        self.deadline.arm("idle", min(settings.idle_timeout, settings.header_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self.server.connections:  # counted (not refused at the door, not handed over)

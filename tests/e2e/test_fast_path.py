@@ -220,6 +220,27 @@ async def test_an_idle_connection_is_closed(origin: Origin, tmp_path: Path) -> N
         writer.close()
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "framework"])
+async def test_a_new_connection_that_sends_nothing_is_closed_after_header_timeout(
+    origin: Origin, tmp_path: Path, fast_path: bool
+) -> None:
+    """It waited idle_timeout (75 s by default), holding a descriptor and one of max_connections: an attacker's
+    silent connections shed real viewers for that long. Its first head is awaited header_timeout, as one begun is;
+    between a kept-alive connection's requests idle_timeout still holds (test_an_idle_connection_is_closed)."""
+    origin.put("/small", SMALL)
+    config = replace(
+        make_config(tmp_path / "c", [origin.url]), header_timeout=0.3, idle_timeout=600, fast_path=fast_path
+    )
+    async with start_edge(config) as edge:
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+            async with asyncio.timeout(5):  # closed without a word, long before idle_timeout
+                assert await reader.read(-1) == b""
+            writer.close()
+        status, _, body = await edge.get("/small")  # and the node serves on
+        assert (status, body) == (200, SMALL)
+
+
 def counted_cuts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The first byte of every range cut from a whole answer from now on (rangecut.Cutter.head), in order."""
     cut = rangecut.Cutter.head
