@@ -34,6 +34,7 @@ from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
 from edgecache.proxy.revalidating import (
     by_another_worker,
     drop_lease,
+    end_unkept,
     held_on,
     let_go_at_head,
     let_go_if_purged,
@@ -167,19 +168,6 @@ class Engine:
         if self.fills.find(req, 0) is None:
             self.start_fill(req, 0, None if meta.whole else 0, validate=meta, background=True)
 
-    async def _end_unkept(self, fill: Fill, entry_key: str, meta: ObjectMeta) -> None:
-        """A background revalidation that keeps nothing (a 304 for another version or forbidding storing, an answer
-        that may not be stored) ends the stale entry: served for the rest of its window, it was no longer the
-        origin's answer, and each request sent the origin another revalidation. An origin that failed leaves it."""
-        try:
-            head = await fill.heard()
-        except VersionChanged:
-            head = None
-        except OriginError:
-            return
-        if head is None or not ((head.status == 304 and head.kept) or head.store):
-            await self.store.drop_version(entry_key, meta)
-
     def start_fill(
         self,
         req: FillRequest,
@@ -223,7 +211,7 @@ class Engine:
             if (names := leasing.unstored(self.store, fill)) or REVALIDATING in fill.leases:
                 self._spawn(leasing.let_go_all(self.store, fill, names), self._writes)
         if fill.background and validate is not None:
-            await self._end_unkept(fill, req.entry_key, validate)
+            await end_unkept(self.store, fill, req.entry_key, validate)
 
     async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None, cold: bool) -> None:
         if (validate is not None or cold) and await by_another_worker(self.store, self.fills, fill, req, validate):

@@ -27,6 +27,7 @@ from edgecache import metrics
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.freshness import BY_FIELDS, answered_since, revalidated_since
 from edgecache.core.status import CacheStatus
+from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
@@ -100,6 +101,20 @@ async def let_go_at_head(store: Store, fill: Fill, head: FillHead) -> None:
     if not holds_to_the_end(head):
         unstored = not head.store and head.status < 500 and head.status != 304 and head.reason in BY_FIELDS
         await drop_lease(store, fill, unstored)
+
+
+async def end_unkept(store: Store, fill: Fill, entry_key: str, meta: ObjectMeta) -> None:
+    """A background revalidation that keeps nothing (a 304 for another version or forbidding storing, an answer
+    that may not be stored) ends the stale entry: served for the rest of its window, it was no longer the
+    origin's answer, and each request sent the origin another revalidation. An origin that failed leaves it."""
+    try:
+        head = await fill.heard()
+    except VersionChanged:
+        head = None
+    except OriginError:
+        return
+    if head is None or not ((head.status == 304 and head.kept) or head.store):
+        await store.drop_version(entry_key, meta)
 
 
 async def not_purged(store: Store, primary: str, req: FillRequest) -> bool:
