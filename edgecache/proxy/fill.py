@@ -424,7 +424,10 @@ class Fill:
             async for piece in self._pieces(me, pos):
                 yield piece
         finally:
+            # Closed after stream()'s own end (finalised by the loop), whose wake a producer paced by its streams
+            # (not kept) saw with this one still behind: woken again, it finds it gone.
             del self._streams[me]
+            self._wake()
 
     async def _pieces(self, me: object, pos: int) -> AsyncIterator[memoryview]:
         while True:
