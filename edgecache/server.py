@@ -95,7 +95,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     await origin.start()
     disk = await loop.run_in_executor(None, Disks.open_all, config.cache.all_disks)
     memory = MemoryTier(config.cache.memory_bytes, config.cache.memory_policy, entry_overhead=ENTRY_OVERHEAD)
-    store = Store(memory, disk, tiers=config.cache.tiers)
+    store = Store(memory, disk, config.cache.meta_entries, config.cache.meta_bytes, config.cache.tiers)
     await store.note_placement(config.cache.all_disks)
     store.slice_size = config.cache.slice_bytes
     store.shared = config.workers > 1

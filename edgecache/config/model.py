@@ -13,6 +13,8 @@ from edgecache.core.signing import Signing
 
 # The least a worker's memos of decisions hold (CacheSettings.memo_bytes): some 1,400 plain heads.
 MEMO_FLOOR = 4 * 2**20
+# The least a worker keeps at hand of its objects' metadata (CacheSettings.meta_bytes): some 6,000 objects.
+META_FLOOR = 16 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,20 @@ class CacheSettings:
         objects took 16.5 MiB of 16, and the cluster loadtest's direct long-tail hits fell from 38,000 to 29,000
         req/s as the memos turned over and over."""
         return max((self.memory_headroom or 64 * 2**20) // 2, MEMO_FLOOR)
+
+    @property
+    def meta_bytes(self) -> int:
+        """What a worker keeps at hand of its objects' metadata and records (storage.store): a quarter of
+        memory_headroom (of its default when 0), 16 MiB at least, about 2.8 KiB an object. Past it, each request
+        for an object reads its metadata from the disk tier in a thread though its body is in memory: a fixed
+        16 MiB held ~6,000 objects, and past them an owner's forwarded hits cost ~680 CPU µs instead of ~30
+        (loadtest.fwdcpu). A node with a long tail of objects is given more memory_headroom."""
+        return max((self.memory_headroom or 64 * 2**20) // 4, META_FLOOR)
+
+    @property
+    def meta_entries(self) -> int:
+        """The most objects that metadata may be of (entries of each table), never what binds before its bytes."""
+        return max(16_384, self.meta_bytes // 1024)
 
     @property
     def all_disks(self) -> tuple[Disk, ...]:
