@@ -153,7 +153,7 @@ def current_age(resp: Headers, request_time: float, response_time: float, now: f
 
 def initial_age(resp: Headers, request_time: float, response_time: float) -> float:
     """RFC 9111 4.2.3's corrected_initial_age: current_age() at response_time. The age at any later moment adds
-    the time since, so an answer kept for a while (proxy.hit.renewed) computes its Age without the fields."""
+    the time since, so an answer kept for a while (proxy.hit.age_text) computes its Age without the fields."""
     age_value = parse_age(resp)
     date = http_date(get_first(resp, "date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0

@@ -7,13 +7,14 @@ lines or fields, odd bytes, repeated fields that must occur once, version string
 here; loadtest/fuzz_heads.py and tests/e2e/test_fast_path_differential.py check the two paths agree.
 
 A head is parsed and looked up (find_hit) once; the same head bytes then get the same answer while everything it
-was decided from is unchanged (Hit.still). Nothing here does I/O or waits: a decision that needs the disk tier
+was decided from is unchanged (Decider._current). Nothing here does I/O or waits: a decision that needs the disk tier
 comes back as a Load for the connection to fetch first.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,9 +31,9 @@ from edgecache.proxy.fill import Fill
 from edgecache.proxy.forwardmemo import ForwardMemo, split_hop
 from edgecache.proxy.heldslices import held_slices as _slices
 from edgecache.proxy.heldslices import slices_of
-from edgecache.proxy.hit import STATUS_OF_USE, Hit, as_fetched, copied, renewed
+from edgecache.proxy.hit import STATUS_OF_USE, Hit, as_fetched, copied
 from edgecache.proxy.lookup import Cold, Load, Pass, Validated, find_cold, find_hit
-from edgecache.proxy.prepared import Prepared, for_hop, with_hit
+from edgecache.proxy.prepared import Prepared, for_hop, head_at
 from edgecache.proxy.route import HOT, Elsewhere, Forward, Here, Refused, addressed, unversioned
 from edgecache.proxy.shared import Shared
 
@@ -82,7 +83,7 @@ class Decider:
         (coldmiss.Started.placed): the request is this node's, answered from it whoever owns the key now.
 
         The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
-        was decided from is unchanged (Hit.still); only the client's address is checked again.
+        was decided from is unchanged (_current); only the client's address is checked again.
         """
         shared = self.shared
         if shared.overloaded:
@@ -137,19 +138,17 @@ class Decider:
         return None if isinstance(decided, Elsewhere) else decided
 
     def _current(self, memo: Memo[bytes, Prepared], head: bytes, now: float) -> Prepared | None:
-        """The remembered answer to this head, brought up to date if only its Age ticked (hit.renewed)."""
+        """The remembered answer to this head while it is still the answer: decided fresh, one with an age_span is,
+        until its freshness for its request ends (fresh_until), its Age written as it is sent (head_at); any
+        other until its decision's moment passes (Hit.still). Either only while nothing but the clock moved."""
         prepared = memo.get(head)
-        if prepared is None or prepared.hit.still(self.shared, now):
-            return prepared
-        hit = renewed(prepared.hit, self.shared, now)
-        encoded = encode.with_age(prepared.head, hit.headers) if hit is not None else None
-        if hit is None or encoded is None:
-            del memo[head]
+        if prepared is None:
             return None
-        prepared = with_hit(prepared, hit)
-        prepared.head = encoded
-        memo[head] = prepared
-        return prepared
+        hit = prepared.hit
+        if now < (hit.valid_until if prepared.age_span is None else hit.fresh_until) and hit.same_basis(self.shared):
+            return prepared
+        del memo[head]
+        return None
 
     def _decide(
         self,
@@ -212,7 +211,8 @@ class Decider:
         status = STATUS_OF_USE[hit.use]
         tally = observe.tally(hit.site.name, method, hit.status, status, _HIT_WAY)
         slices = () if basis else _slices(hit, self.shared.engine.slice_size)
-        return Prepared(hit, method, keep_alive, encoded, tally, slices, status=status)
+        span = encode.age_span(encoded, hit.headers) if hit.fresh_until > -math.inf else None
+        return Prepared(hit, method, keep_alive, encoded, tally, slices, status=status, age_span=span)
 
     def _ranged(self, head: bytes, client: str, now: float) -> Prepared | Load | _FullParse | None:
         """A single-range GET answered from the answer to the same head without its Range line.
@@ -247,22 +247,23 @@ class Decider:
             base = decided
         if base.hit.viewer is None and base.hit.refusal(client, now) is not None:  # a hop's was judged by its node
             return _FULL_PARSE  # refused, with its Range in the log line
-        return self._cut(head, base, raw_value, player)
+        return self._cut(head, base, raw_value, player, now)
 
     def _cut(
-        self, head: bytes, base: Prepared, raw_value: bytes, player: tuple[str, int, int | None] | None
+        self, head: bytes, base: Prepared, raw_value: bytes, player: tuple[str, int, int | None] | None, now: float
     ) -> Prepared | _FullParse:
         """The 206 to `head` cut from `base`, the answer to it without its Range line (`raw_value`; `player`: its
-        ranges.player_value())."""
+        ranges.player_value()), its Age the clock's at `now` as base's is (prepared.head_at)."""
         hit, shared = base.hit, self.shared
-        cut = base.cutter
-        # its first cut, or its head changed (its Age ticked), or (never expected) its copy: what a Cutter is made
-        # from is judged once for all its cuts (a Cutter is made only of a GET's whole 200 with no Vary)
-        if cut is None or cut.whole is not base.head or cut.meta is not hit.meta:
+        whole, cut = head_at(base, now), base.cutter  # its head as it would be sent now
+        # its first cut, or its head made again as its Age ticked (head_at), or (never expected) its copy: what a
+        # Cutter is made from is judged once for all its cuts (a Cutter is made only of a GET's whole 200 with no
+        # Vary)
+        if cut is None or cut.whole is not whole or cut.meta is not hit.meta:
             if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
                 return _FULL_PARSE
             tally = observe.tally(hit.site.name, "GET", 206, base.status, _HIT_WAY)
-            cut = base.cutter = rangecut.cutter(base.head, hit, tally, _keeps(hit))
+            cut = base.cutter = rangecut.cutter(whole, base.age_span, hit, tally, _keeps(hit))
             if cut is None:
                 return _FULL_PARSE
         length = hit.meta.length
@@ -289,6 +290,8 @@ class Decider:
         encoded = cut.head(content_range, size)
         slices = slices_of(cut.prefix, first, last, shared.engine.slice_size, hit.meta)
         prepared = Prepared(derived, "GET", base.keep_alive, encoded, cut.tally, slices, value, base.status)
+        if cut.age_span is not None:  # its Age is base's, the clock's until base's ticks
+            prepared.age_span, prepared.age_from, prepared.age_until = cut.age_span, base.age_from, base.age_until
         # The same range asked again (a segment of a byte-range playlist, by every viewer with the same fields) is
         # a lookup, kept apart from the memo so that players' ranges, which rarely repeat, never clear it; and only
         # from its second time (seen): remembering each new range, and dropping it at the next turn of the memos'
@@ -351,7 +354,7 @@ class Decider:
         slices = _slices(hit, self.shared.engine.slice_size) if p.slices else ()  # of hit's version, not p's perhaps
         return replace(
             p, hit=hit, head=encoded, tally=tally, status=status, cause=cause, way=way,
-            slices=slices,
+            slices=slices, age_span=None, age_from=math.inf, age_until=-math.inf,  # its Age is hit's, as it is
         )  # fmt: skip
 
     def _overloaded(self, head: bytes) -> Refused | None:

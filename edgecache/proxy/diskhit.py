@@ -26,7 +26,8 @@ from edgecache.core.status import cache_status_header, miss_cause, with_fetched
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import changing, coldmiss, observe, reading, refuse
 from edgecache.proxy.heldslices import HELD
-from edgecache.proxy.prepared import Prepared
+from edgecache.proxy.hit import age_text
+from edgecache.proxy.prepared import Prepared, head_at
 from edgecache.proxy.respond import MAX_CHECKED
 from edgecache.proxy.route import Refused
 from edgecache.storage.store import SliceFile, slice_name
@@ -296,6 +297,9 @@ def with_fetches(conn: FastPath, p: Prepared, indices: list[int]) -> Prepared | 
     evicted = any(engine.ghosts.slice_dropped(slice_name(hit.req.entry_key, version, i)) for i in indices)
     cause = miss_cause(uncacheable=False, expired=False, evicted=evicted, failover=False, moved=False).value
     fields = [(k, cache_status_header(status) if k == "Cache-Status" else v) for k, v in hit.headers]
+    if p.age_span is not None:  # hit.headers' Age is its decision's; the answer's is the clock's (head_at)
+        age = age_text(hit, time.time()).decode()
+        fields = [("Age", age) if k == "Age" else (k, v) for k, v in fields]
     return conn.server.decider.restated(p, replace(hit, headers=fields), status, cause)
 
 
@@ -303,7 +307,7 @@ async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], served
     transport = conn.transport
     if transport is None:
         return
-    transport.write(p.head)
+    transport.write(head_at(p, time.time()))
     conn.sent(p, t0)
     try:
         for source in sources:

@@ -146,12 +146,10 @@ def relayed(
     return head(status, reason, out, date, keep_alive, charset, names), chunked, keep_alive
 
 
-def with_age(head: bytes, fields: Sequence[tuple[str, str]]) -> bytes | None:
-    """`head`, encoded from fields whose Age has since ticked, with the Age of `fields`, its renewal's (the value
-    spliced in: every remembered answer's Age ticks once a second); None if the line is not there exactly once, in
-    the head and in the fields."""
+def age_span(head: bytes, fields: Sequence[tuple[str, str]]) -> tuple[int, int] | None:
+    """Where `head`, encoded from `fields`, holds its Age value: (start, end); None if the line is not there exactly
+    once, in the head and in the fields."""
     at = head.find(b"\r\nAge: ") + 7
-    ages = [v for k, v in fields if k == "Age"]
-    if at < 7 or head.find(b"\r\nAge: ", at) >= 0 or len(ages) != 1:
+    if at < 7 or head.find(b"\r\nAge: ", at) >= 0 or sum(1 for k, _ in fields if k == "Age") != 1:
         return None
-    return head[:at] + ages[0].encode() + head[head.find(b"\r\n", at) :]
+    return at, head.find(b"\r\n", at)

@@ -29,7 +29,7 @@ from edgecache.proxy.diskhit import PIECE as PIECE  # fastserver sizes its poole
 from edgecache.proxy.fill import Adopted
 from edgecache.proxy.headguard import HeadGuard
 from edgecache.proxy.lookup import Load, Pass
-from edgecache.proxy.prepared import Prepared
+from edgecache.proxy.prepared import Prepared, head_at
 from edgecache.proxy.relay import Relay
 from edgecache.proxy.route import Forward, Refused, fronted
 
@@ -384,7 +384,7 @@ class FastPath(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.server.cork.write(self, p.keep_alive.persists, [p.head, *parts])
+        self.server.cork.write(self, p.keep_alive.persists, [head_at(p, time.time()), *parts])
         nbytes = sum(map(len, parts))  # map: half a generator's cost
         self.sent(p, t0, nbytes, memory)
         self.finished(p, nbytes, t0, counted=True)

@@ -24,7 +24,7 @@ from edgecache.proxy.shared import Shared
 
 def basis(shared: Shared, cold: Cold, head: FillHead) -> Hit | None:
     """The hit the request `cold` decided is, were the copy its fill's `head` stores the one it finds: under the
-    head's own key, of the head's version and length. Never remembered nor renewed (valid for no time). None for a
+    head's own key, of the head's version and length. Never remembered (valid for no time). None for a
     head that stores no copy (a 304, an answer not stored or not shared, or of unknown length): as_fetched answers
     only a stored copy's miss, and the caller leaves the others to what follows."""
     if head.status == 304 or not (head.store and head.shared) or head.meta.length < 0:
@@ -36,7 +36,7 @@ def basis(shared: Shared, cold: Cold, head: FillHead) -> Hit | None:
     return decided(
         shared, req, meta, planned,
         record=PrimaryRecord(req.generation, meta.vary),
-        valid_until=-math.inf,  # never remembered nor renewed
+        valid_until=-math.inf,  # never remembered
         viewer=cold.viewer,
         fills=True,
         use=Use.FRESH,

@@ -2,8 +2,8 @@
 
 A Hit is made in one place (decided), from a stored entry (lookup.find_hit) or from a fill's head alone
 (fillplan.basis). Here: what it holds and whether it still holds (Hit.still), its answer planned as respond.send()
-gives it (planned_hit), the same hit once only its Age ticked (renewed, copied), and the answer to a miss once its
-fill's head is in (as_fetched).
+gives it (planned_hit), its Age at the moment it is sent (age_of), its copies (copied), and the answer to a miss
+once its fill's head is in (as_fetched).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Hit:
     changes: int
     parts: ranges.MultipartLayout | None  # a multipart Range's answer: its parts (proxy.multipart)
     failover: bool  # served in place of an owner that is down (a stand-in's, or a fo=1 hop's)
-    # A FRESH hit's answer stays the same but for its Age until this moment (renewed); -inf for any other use.
+    # A FRESH hit's answer stays the same but for its Age until this moment (age_of); -inf for any other use.
     fresh_until: float
     initial_age: float  # the entry's age at its response_time (core.freshness.initial_age)
 
@@ -145,26 +145,21 @@ def as_fetched(
     return replace(hit, headers=planned.fields, parts=planned.layout, use=use)
 
 
-def renewed(hit: Hit, shared: Shared, now: float) -> Hit | None:
-    """The same hit once its Age ticked, if only the clock moved (same_basis) and it is still fresh for its request
-    (fresh_until); None: decide it from scratch (lookup.find_hit).
+def age_of(hit: Hit, now: float) -> float:
+    """The age of `hit`'s entry at `now` (core.freshness.current_age(), from its initial age: never negative), which
+    its answer's Age field gives in whole seconds (age_text). A remembered answer stays the answer to its head while
+    it is fresh for its request (fresh_until) and only the clock moved (same_basis), its Age written anew as it is
+    sent (prepared.head_at); whatever else find_hit() comes to depend on must be part of Hit.same_basis."""
+    return hit.initial_age + max(0.0, now - hit.meta.response_time)
 
-    Every hit's Age ticks once a second, so without this each hot object went back through the full parse once a
-    second, and objects filled together all did so at the same moment (a stall of several ms, the p99). Whatever
-    else find_hit() comes to depend on must be part of Hit.same_basis, or a renewal would miss it.
-    """
-    if now >= hit.fresh_until or not hit.same_basis(shared):
-        return None
-    age = hit.initial_age + max(0.0, now - hit.meta.response_time)  # current_age() at `now`
-    text = str(int(age))  # as base_headers writes it
-    again = copied(hit)
-    again.headers = [("Age", text) if field[0] == "Age" else field for field in hit.headers]  # the others as they are
-    again.valid_until = min(now + (1.0 - age % 1.0), hit.fresh_until)
-    return again
+
+def age_text(hit: Hit, now: float) -> bytes:
+    """The Age field's value of `hit`'s answer at `now`, as base_headers writes it."""
+    return b"%d" % int(age_of(hit, now))
 
 
 # Every field of a Hit, in order: a copy made by calling the class with them, at a fifth of dataclasses.replace's
-# cost, on the path of every renewed or hop-forwarded answer.
+# cost, on the path of every range cut or hop-forwarded answer.
 _HIT_FIELDS = operator.attrgetter(*(f.name for f in fields(Hit)))
 
 

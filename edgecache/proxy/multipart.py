@@ -6,6 +6,7 @@ than it serves (serving.multipart_passes: passed through, proxy.passing) and for
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from edgecache.core.status import CacheStatus, MissCause, of_fill
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import changing, coldmiss, diskhit, passing, reading, refuse
 from edgecache.proxy.lookup import Pass
-from edgecache.proxy.prepared import Prepared
+from edgecache.proxy.prepared import Prepared, head_at
 from edgecache.proxy.respond import answer_slices, probed_slices
 from edgecache.proxy.serving import first_fetched, multipart_passes
 from edgecache.proxy.uncached import write
@@ -116,7 +117,7 @@ async def _write(
     transport = conn.transport
     if transport is None:
         return
-    transport.writelines([p.head, *started])
+    transport.writelines([head_at(p, time.time()), *started])
     conn.sent(p, t0)
     nbytes = sum(len(x) for x in started)
     try:

@@ -67,9 +67,9 @@ def split_range(head: bytes) -> tuple[bytes, bytes] | None:
 
 @dataclass(frozen=True, slots=True)
 class Cutter:
-    """What every 206 cut from one whole-object answer shares, worked out once for that answer (its encoded head
-    changes only as its Age ticks): the encoded 206 head around its Content-Range and Content-Length, and the
-    fields before them. A player asks for a new range on nearly every request, so each of these is cut from it."""
+    """What every 206 cut from one whole-object answer shares, worked out once for that answer's head (which changes
+    only as its Age ticks: prepared.head_at): the encoded 206 head around its Content-Range and Content-Length, and
+    the fields before them. A player asks for a new range on nearly every request, so each of these is cut from it."""
 
     whole: bytes  # the encoded 200 head it was made from: it cuts only the answer that head begins
     before: bytes  # the 206's head up to its Content-Range: the status line changes (its version stays)
@@ -79,6 +79,7 @@ class Cutter:
     kept: bool  # whether an answer cut from it may be remembered (decide._remember)
     meta: ObjectMeta  # the stored copy it cuts from
     prefix: str  # and what that copy's slice names begin with (heldslices.slices_of)
+    age_span: tuple[int, int] | None  # where its 206 heads hold their Age value, as whole does (prepared.head_at)
 
     def head(self, content_range: str, length: int) -> bytes:
         """The encoded 206 head for `content_range` (core.ranges.format_content_range) of `length` bytes."""
@@ -90,9 +91,10 @@ class Cutter:
         )
 
 
-def cutter(whole: bytes, hit: Hit, tally: Tally, kept: bool) -> Cutter | None:
-    """The Cutter of the encoded head of a whole-object 200 (`whole`, encoded from `hit`), whose Content-Length is
-    its last field (as hit.planned_hit() puts it) and that has no Content-Range; None: its ranges are not cut."""
+def cutter(whole: bytes, span: tuple[int, int] | None, hit: Hit, tally: Tally, kept: bool) -> Cutter | None:
+    """The Cutter of the encoded head of a whole-object 200 (`whole`, encoded from `hit`; `span`: where it holds its
+    Age value, if it is brought up to the clock's as it is sent), whose Content-Length is its last field (as
+    hit.planned_hit() puts it) and that has no Content-Range; None: its ranges are not cut."""
     length = hit.meta.length
     if not hit.headers or hit.headers[-1] != ("Content-Length", str(length)):
         return None
@@ -104,5 +106,9 @@ def cutter(whole: bytes, hit: Hit, tally: Tally, kept: bool) -> Cutter | None:
     if whole[8:status_end] != b" 200 OK\r\n" or whole[:8] not in _VERSIONS or at < status_end:
         return None
     before = whole[:8] + b" 206 Partial Content\r\n" + whole[status_end:at]
+    if span is not None:  # the Age value lies among the fields kept before the Content-Range
+        if not status_end <= span[0] <= span[1] <= at:
+            return None
+        span = span[0] + len(before) - at, span[1] + len(before) - at
     prefix = slice_prefix(hit.req.entry_key, hit.meta.slice_version)
-    return Cutter(whole, before, whole[at + len(old) :], hit.headers[:-1], tally, kept, hit.meta, prefix)
+    return Cutter(whole, before, whole[at + len(old) :], hit.headers[:-1], tally, kept, hit.meta, prefix, span)

@@ -383,7 +383,7 @@ async def test_a_range_cut_once_the_whole_answers_age_ticked_has_the_new_age(
 ) -> None:
     """A new range is cut from the whole answer as it stands now: once that answer's Age has ticked, the cut's head
     has the new Age, as aiohttp's has (what the cuts of a whole answer share, rangecut.Cutter, is made again from
-    its renewed head, never reused)."""
+    its head once its Age ticked, never reused)."""
     fast_edge, framework = pair
     await exchange(fast_edge.port, get("/big", "Range: bytes=10-19") + CLOSE)  # the whole answer, and its Cutter
     frozen = time.time() + 7.25
@@ -447,3 +447,40 @@ async def test_a_remembered_answer_gets_its_new_age_without_a_new_decision(
     assert lookups == ["/small"] * 3
     assert raw.count(b"\r\nCache-Status: edgecache; hit\r\n") == 1
     assert answered() - before == 2
+
+
+@pytest.mark.parametrize("pair", [(64 * 2**20, "pread"), (0, "pread")], ids=["memory", "disk"], indirect=True)
+async def test_a_remembered_answer_is_sent_with_each_seconds_age_as_it_is_remembered(
+    pair: tuple[Edge, Edge], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer remembered at second N and asked at N+1, then N+2, is sent with exactly the Age of each second, as
+    aiohttp's is, by the very answers remembered at N (its Age written as it is sent, prepared.head_at): none
+    is renewed (copied into its memo again) or decided again while the object is fresh."""
+    fast_edge, framework = pair
+    decider = fast_edge.fast.decider
+    ranged = get("/big", "Range: bytes=10-19")
+    requests = get("/small") + ranged + CLOSE
+    frozen = start = time.time()
+    monkeypatch.setattr(time, "time", lambda: frozen)
+    for _ in range(2):  # a range is remembered when asked a second time (Decider.seen)
+        await exchange(fast_edge.port, requests)
+    heads = [(decider.memo, get("/small")), (decider.wholes, get("/big")), (decider.cuts, ranged)]
+    kept = [memo.get(head) for memo, head in heads]
+    assert None not in kept
+    lookups: list[str] = []
+    find_hit = decide.find_hit
+    monkeypatch.setattr(decide, "find_hit", lambda *args: lookups.append(args[3]) or find_hit(*args))
+    sent = []
+    for later in (1, 2):
+        frozen = start + later
+        before = answered()
+        ours = await exchange(fast_edge.port, requests)
+        theirs = await exchange(framework.port, requests)
+        assert answered() - before == 3
+        assert age(ours) == expected_ages(fast_edge, frozen)
+        assert age(theirs) == expected_ages(framework, frozen)
+        assert await normalised(ours) == await normalised(theirs)
+        assert all(memo.get(head) is p for (memo, head), p in zip(heads, kept, strict=True))
+        sent.append([int(a) for a in age(ours)])
+    assert [a + 1 for a in sent[0]] == sent[1]
+    assert lookups == []
