@@ -131,6 +131,7 @@ class Decider:
                 decided = self._decide(head, client, admitted=admitted)
                 return None if isinstance(decided, Elsewhere) else decided
             self.shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
+            head_at(prepared, now)  # the remembered answer's head as of now, which its copy takes: made once a second
             return for_hop(prepared, hop.viewer, not hop.lookaside)
         decided = self._decide(head, client, hop_field=field, admitted=admitted)
         if isinstance(decided, Prepared) and decided.hit.viewer is not None and decided.status is CacheStatus.HIT:
