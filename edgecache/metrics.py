@@ -121,6 +121,11 @@ def collapsed(request: Sources | None) -> None:
 # One per request answered miss, expired or partial (core.status.MISSES), by its one cause (core.status.MissCause).
 MISSES = _counter("edgecache_misses_total", "Requests that were misses, by site and cause", ["site", "cause"])
 FILLS = _counter("edgecache_fills_total", "Origin fetches started to fill the cache")
+# core.objectsize: once a fill, when its head gives a length over the limit, or its body of unknown length passes it.
+TOO_LARGE = _counter(
+    "edgecache_too_large_total",
+    "Origin answers over the largest copy stored whole (cache.max_object_size): served, not stored",
+)
 # proxy.fillmemory: what fills hold of cache.fill_memory, the fills waiting for their share, and how waits ended.
 FILL_MEMORY_BYTES = Gauge(
     "edgecache_fill_memory_bytes", "Bytes fills have taken of their pool", ["pool"], multiprocess_mode="livesum"

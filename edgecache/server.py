@@ -102,10 +102,9 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     if store.shared:
         store.attach_epoch(epoch or Epoch(), worker)
     await store.load_purges()
-    # A body of unknown length is stored up to an eighth of the disk budget (README "Single-flight")
     c = config.cache
     fills = FillBudget(c.fill_bytes, config.origin.read_timeout)  # a turn is waited for as a slow origin's bytes
-    engine = Engine(store, origin, c.slice_bytes, c.fill_slices, c.disk_bytes // 8, fills)
+    engine = Engine(store, origin, c.slice_bytes, c.fill_slices, c.object_limit, fills)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
     cluster = ClusterView(config.cluster) if config.cluster is not None else None
     tasks = [

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from edgecache.config.admin import read_tokens
-from edgecache.config.cache import EXCLUSIVE_WORKERS, SLICES, SLICES_PROBLEM, check_tiers, read_cache
+from edgecache.config.cache import (
+    EXCLUSIVE_WORKERS,
+    SLICES,
+    SLICES_PROBLEM,
+    check_object_sizes,
+    check_tiers,
+    read_cache,
+)
 from edgecache.config.cluster import read_cluster
 from edgecache.config.model import (
     CacheSettings,
@@ -114,6 +121,9 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     )
     check_listeners(r, cfg)
     check_tiers(r, cfg.cache, cfg.workers)
+    check_object_sizes(
+        r, cfg.cache, [(f"sites[{i}].cache.max_object_size", s.policy.max_object_size) for i, s in enumerate(cfg.sites)]
+    )
     _check_token_sites(r, cfg)
     _check_site_shares(r, cfg)
     if r.problems:

@@ -46,6 +46,7 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         disks=disks,
         tiers=r.get(t, "cache.", "tiers", str, "inclusive"),
         save_on_stop=r.get(t, "cache.", "save_on_stop", _save_seconds, 10.0),
+        max_object_size=r.get(t, "cache.", "max_object_size", object_size, 0),
     )
     run = settings.slice_bytes * settings.fill_slices
     if settings.fill_bytes < run:
@@ -60,6 +61,24 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         if d.size < settings.slice_bytes * 16:
             r.problem(f"cache.disks[{i}].size" if disks else "cache.disk", "must hold at least 16 slices")
     return settings
+
+
+def object_size(v: Any) -> int:
+    """cache.max_object_size, a site's sites.cache.max_object_size: a size of at least one byte."""
+    size = parse_size(v)
+    if size == 0:
+        raise ValueError("must be at least 1 byte (to store objects of any size, give the disk budget)")
+    return size
+
+
+def check_object_sizes(r: _Reader, settings: CacheSettings, limits: list[tuple[str, int | None]]) -> None:
+    """cache.max_object_size and each site's (`limits`: key, value or None) against the disk budget: an object
+    over it could never be stored, and one near it would evict everything else."""
+    budget = settings.disk_bytes
+    for key, size in [("cache.max_object_size", settings.max_object_size or None), *limits]:
+        if size is not None and size > budget:
+            where = "cache.disks" if settings.disks else "cache.disk"
+            r.problem(key, f"{size} bytes is more than the disk budget ({where}: {budget} bytes)")
 
 
 def _save_seconds(v: Any) -> float:

@@ -98,6 +98,14 @@ class CacheSettings:
     # Exclusive tiers: seconds a graceful stop spends writing the slices only memory holds to disk, hottest first
     # (storage.tiers.keep_on_stop), after the drain; 0: none, a restart loses them as a kill -9 does.
     save_on_stop: float = 10.0
+    # The largest copy stored whole, in bytes (core.objectsize); 0: an eighth of the disk budget, as object_limit says.
+    max_object_size: int = 0
+
+    @property
+    def object_limit(self) -> int:
+        """cache.max_object_size, or its default: an eighth of the disk budget (disk_bytes, the sum of cache.disks),
+        so that no copy taken whole evicts more than an eighth of what the disks hold at once."""
+        return self.max_object_size or self.disk_bytes // 8
 
     @property
     def stop_save_seconds(self) -> float:

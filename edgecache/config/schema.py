@@ -12,12 +12,13 @@ KEYS: dict[str, frozenset[str]] = {
         "proxy_protocol proxy_protocol_from trusted_forwarders "
         "header_timeout idle_timeout disk_send tls_listen tls watchdog drain watch_config",
         "tls": "cert key",
-        "cache": "dir memory disk disks slice fill_slices fill_memory memory_policy memory_headroom tiers save_on_stop",
+        "cache": "dir memory disk disks slice fill_slices fill_memory memory_policy memory_headroom tiers save_on_stop "
+        "max_object_size",
         "cache.disks": "path size",
         "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
         "sites": "name hosts origins key_query origin_host forward_fields cache allow tls signing origin_connections",
         "sites.signing": "secrets secret_file expires_param signature_param prefix_param client",
-        "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale",
+        "sites.cache": "min_ttl max_ttl heuristic_fraction heuristic_max store_set_cookie max_stale max_object_size",
         "cluster": "self nodes rise fall interval timeout dns dns_interval key key_file accept_key accept_key_file",
         "cluster.nodes": "id address admin weight",
         "admin": "listen tokens job_retention max_jobs prefetch_slots",

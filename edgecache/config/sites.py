@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgecache.config.cache import object_size
 from edgecache.config.files import read_tls
 from edgecache.config.model import Site
 from edgecache.config.schema import KEYS
@@ -90,6 +91,7 @@ def _policy(r: _Reader, site: dict[str, Any], prefix: str) -> Policy:
         min_ttl=r.get(t, p, "min_ttl", _seconds, None),
         max_ttl=r.get(t, p, "max_ttl", _seconds, None),
         max_stale_ceiling=r.get(t, p, "max_stale", _seconds, 86400.0),
+        max_object_size=r.get(t, p, "max_object_size", object_size, None),
     )
     if policy.heuristic_fraction > 1:
         r.problem(f"{p}heuristic_fraction", "must be between 0 and 1")

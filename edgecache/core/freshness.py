@@ -36,6 +36,7 @@ class Policy:
     min_ttl: float | None = None
     max_ttl: float | None = None
     max_stale_ceiling: float = 86400.0
+    max_object_size: int | None = None  # bytes; None: the node's cache.max_object_size (core.objectsize)
 
 
 @dataclass(frozen=True, slots=True)

@@ -264,7 +264,7 @@ def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
         fill.abandon()  # only this request would have read it
     # Its cause as serving.serve_fill marks the full handler's (ring-moved after a look-aside); its bytes are the
     # origin's, which the pass-through asks (passing.carry_out), whoever answered the fill.
-    passed = _pass_of(started, started.status, not head.shared, started.origin_ms)
+    passed = _pass_of(started, started.status, not head.store, started.origin_ms)
     return replace(passed, moved=peer_of(head, started.cold.req)[1])
 
 

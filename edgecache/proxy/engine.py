@@ -19,7 +19,7 @@ from typing import Any
 
 from edgecache import metrics
 from edgecache.cluster.view import ClusterView
-from edgecache.core import entry, ranges
+from edgecache.core import entry, objectsize, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
 from edgecache.core.headers import Headers
@@ -52,6 +52,12 @@ log = logging.getLogger(__name__)
 STOP_WAITS = 2.0
 
 
+# Why a fill's answer is not stored, when the readers of a fill nobody streams (a slice reader's) start again as a
+# miss: a purge overtook it, or the object turned out to be a copy taken only whole (its origin ignores Range) larger
+# than the largest stored whole (core.objectsize), which a stored copy's slice reader cannot be served from.
+RESTARTS = frozenset({OVERTAKEN, objectsize.TOO_LARGE})
+
+
 class _Unread(OriginError):
     """Nobody reads a fill of a whole object any more (Engine.unread)."""
 
@@ -63,16 +69,16 @@ class Engine:
         origin: OriginClient,
         slice_size: int,
         fill_slices: int,
-        max_unknown: int | None = None,
+        max_object: int = 2**62,
         budget: FillBudget | None = None,
     ) -> None:
         self.store = store
         self.origin = origin
         self.slice_size = slice_size
         self.fill_slices = fill_slices
-        # A body of unknown length is stored up to this many bytes (None: no bound); past it, it is served to its
-        # clients but not stored, and what was stored of it is dropped: an endless body never evicts the cache.
-        self.max_unknown = max_unknown
+        # The largest copy stored whole (cache.max_object_size; a site's own: core.objectsize). One over it is served
+        # to its clients, never stored; a body of unknown length that passes it has what was stored of it dropped.
+        self.max_object = max_object
         self.fills = FillRegistry()
         self.budget = budget or FillBudget(2**62, 0)  # what all fills together may hold (cache.fill_memory)
         self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled at close
@@ -216,11 +222,9 @@ class Engine:
     async def _fill(self, fill: Fill, req: FillRequest, validate: ObjectMeta | None, cold: bool) -> None:
         if (validate is not None or cold) and await by_another_worker(self.store, self.fills, fill, req, validate):
             return
-        asked: ranges.ByteRange | None = None
-        span: tuple[int, int] | None = None
-        if fill.last_index is not None:
-            asked = ranges.ByteRange(fill.first_index * self.slice_size, (fill.last_index + 1) * self.slice_size - 1)
-            span = (asked.first, asked.last)
+        size, last = self.slice_size, fill.last_index
+        asked = None if last is None else ranges.ByteRange(fill.first_index * size, (last + 1) * size - 1)
+        span = None if asked is None else (asked.first, asked.last)
         checked = Validator(validate.etag, validate.last_modified) if validate is not None else None
         fields = keyed_fields(req.entry_key)  # of the copy it extends: the request may be decided under another Vary
         unkeyed = unkeyed_fields(req.site.forward_fields, req.headers, tuple(name for name, _ in fields))
@@ -240,13 +244,15 @@ class Engine:
             # judge_head() tells a fill an invalidation overtook by the record this process holds: one let go
             # meanwhile (the RSS bound, another worker's purge caught up on) is read back from disk first.
             await self.store.get_record(primary)
-            times = (request_time, time.time())
-            head = judge_head(self.store, self.slice_size, resp.status, resp.headers, asked, req, times, existing)
+            times, limit = (request_time, time.time()), objectsize.limit_of(req.policy, self.max_object)
+            head = judge_head(
+                self.store, self.slice_size, resp.status, resp.headers, asked, req, times, existing, limit
+            )
             if resp.peer is not None:
                 head = replace(head, peer=resp.peer)
             if fill.last_index is not None and not within_run(fill, head, self.slice_size):
                 fill.first_index, fill.last_index = 0, None  # the origin sent more than the run: the whole object
-            pumped = head.status != 304 and (head.shared or fill.streamed)
+            pumped = head.status != 304 and (head.store or fill.streamed)
             # Taken before the head is given to anyone: a fill that cannot have it fails cleanly (503), instead of
             # cutting answers already begun.
             taken = await self.budget.take(fill, head) if pumped else None
@@ -262,8 +268,8 @@ class Engine:
                 if not pumped:
                     # Nobody may share this body and nobody will stream it (a background revalidation, a slice
                     # reader): taking it in would only wait, at the fill's bound, for a reader that never comes.
-                    if head.reason == OVERTAKEN:  # purged meanwhile: its readers start again, as a miss
-                        raise VersionChanged("the object was purged while being fetched")
+                    if head.reason in RESTARTS:  # purged meanwhile, or too large: its readers start again, as a miss
+                        raise VersionChanged(f"the object's answer is not stored ({head.reason})")
                     raise OriginError("the answer cannot be stored and nobody streams it", retryable=False)
                 await self._pump(fill, head, resp, req, writes)
                 await self._let_go_stored(fill, writes)
@@ -310,7 +316,7 @@ class Engine:
         fill.entry_key = head.entry_key
         # A 304 brings no bytes to read: joined now, it would answer a request the origin was never asked about,
         # though the entry may need revalidating for each (no-cache, max-age=0), while its copy is being written.
-        if head.shared and head.status != 304:
+        if head.store and head.status != 304:  # an answer not stored has no bytes to give one that comes later
             self.fills.add(fill)
         req = replace(req, entry_key=head.entry_key)
         primary = req.record_key
@@ -351,7 +357,7 @@ class Engine:
         stored: list[int] = []
 
         def on_complete(index: int, data: bytes) -> None:
-            if head.store and fill.kept and not self._past_bound(fill, head, index):
+            if head.store and fill.kept and not self._past_bound(fill, head, index * size + len(data), limit):
                 stored.append(index)
                 if self._memory_only(req, version, index, data):
                     fill.mark_durable(index, in_memory=True)
@@ -361,7 +367,8 @@ class Engine:
         if head.store:
             fill.from_store = functools.partial(self._stored_slice, req.entry_key, head.meta)
         fill.waiting_for_reader = resp.set_aside
-        size = self.slice_size
+        fill.kept = head.store  # not stored: what every stream has read goes (Fill._release_old)
+        size, limit = self.slice_size, objectsize.limit_of(req.policy, self.max_object)
         reached = fill.received // size  # the slice boundary last passed: where the fill may stop (unread)
         try:
             async for chunk in read_chunks(resp):
@@ -419,7 +426,7 @@ class Engine:
             await held_on(self.store, fill)
 
     def _never_whole(self, fill: Fill) -> None:
-        """The copy `fill` writes will never be complete (a slice the disk refused, a body past max_unknown): a
+        """The copy `fill` writes will never be complete (a slice the disk refused, a body past the limit): a
         whole copy's lease, kept to its end (holds_to_the_end), is let go now; the other workers would wait out the
         body for a copy they may not take (revalidating._complete), then ask the origin anyway."""
         if REVALIDATING in fill.leases:
@@ -453,12 +460,14 @@ class Engine:
             await self.store.put_record(primary, record)
             await self.store.put_meta(req.entry_key, meta)
 
-    def _past_bound(self, fill: Fill, head: FillHead, index: int) -> bool:
-        """Does slice `index` of a body of unknown length take it past max_unknown? Then nothing more of the fill
-        is stored (Fill.kept), and no request joins it: one would need the slices it drops (_forget)."""
-        if head.meta.length >= 0 or self.max_unknown is None or (index + 1) * self.slice_size <= self.max_unknown:
+    def _past_bound(self, fill: Fill, head: FillHead, received: int, limit: int) -> bool:
+        """Does a slice that ends at `received` take a body of unknown length past the largest copy stored whole? Then
+        nothing more of the fill is stored (Fill.kept), and no request joins it: one would need the slices it drops
+        (_forget)."""
+        if head.meta.length >= 0 or objectsize.fits(received, limit):
             return False
-        log.info("%s: a body of unknown length past %d bytes: not stored", fill.entry_key, self.max_unknown)
+        log.info("%s: a body of unknown length past %d bytes: not stored", fill.entry_key, limit)
+        metrics.TOO_LARGE.inc()
         fill.kept = False
         self.fills.remove(fill)
         self._never_whole(fill)
@@ -468,7 +477,7 @@ class Engine:
         self, entry_key: str, version: str, indices: list[int], writes: list[asyncio.Task[None]], fill: Fill | None
     ) -> None:
         """Drop slices of a body that will never be stored, once its own disk writes (already started) are done,
-        and once `fill`'s streams no longer read them (a body past max_unknown is still sent whole).
+        and once `fill`'s streams no longer read them (a body past the largest copy stored whole is still sent whole).
 
         Only its own: waiting for every write in flight made two fills cut in the same turn wait for each other.
         """

@@ -73,7 +73,7 @@ def fill_detail(head: FillHead, spread: bool) -> str:
     the origin (a `spread` copy's owner, or the previous owner a look-aside asked), else why it is not stored."""
     if head.peer is not None:
         return "peer" if spread else lookaside.DETAIL
-    return "" if head.shared else head.reason
+    return "" if head.store else head.reason
 
 
 def answered_from(head: FillHead, ours: bool) -> ObjectMeta:
@@ -310,9 +310,9 @@ class Fill:
             self._unstored.discard(i)
 
     def _floor(self) -> int:
-        """Where the stream furthest behind is: a request still to read a body of unknown length (Expected) will
-        stream it from its first byte."""
-        if self._open_ended and self.expecting:
+        """Where the stream furthest behind is: a request still to read a body of unknown length, or one not
+        stored (Expected), will stream it from its first byte."""
+        if (self._open_ended or not self.kept) and self.expecting:
             return self.start
         return min(self._streams.values(), default=self._pos)
 

@@ -13,9 +13,20 @@ import time
 from dataclasses import replace
 from email.utils import formatdate
 
-from edgecache.core import entry, ranges
+from edgecache import metrics
+from edgecache.core import entry, objectsize, ranges
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.freshness import Policy, Use, freshness_of, merge_304, selects, storable, strip_for_storage, usable
+from edgecache.core.freshness import (
+    Policy,
+    StoreDecision,
+    Use,
+    freshness_of,
+    merge_304,
+    selects,
+    storable,
+    strip_for_storage,
+    usable,
+)
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keys import PrimaryRecord, entry_key, variant
 from edgecache.core.lookaside import asks_of_age
@@ -111,8 +122,10 @@ def judge_head(
     req: FillRequest,
     times: tuple[float, float],
     existing: ObjectMeta | None,
+    limit: int,
 ) -> FillHead:
-    """Judge the origin's response head; `existing` is what is stored under the key it belongs to."""
+    """Judge the origin's response head; `existing` is what is stored under the key it belongs to; `limit`: the
+    largest copy stored whole (core.objectsize)."""
     request_time, response_time = times
     j = entry.judge(status, headers, asked)
     served, stored = _fields(status, headers, req.policy, response_time)
@@ -151,12 +164,26 @@ def judge_head(
     # Every stored body goes to the store a slice at a time as it arrives, whatever its status and whether its
     # length is known; the metadata of one of unknown length follows once it has ended whole (Engine._pump). An
     # answer that is not stored, one an invalidation overtook included, is not shared either: its one reader
-    # paces it.
-    keep = decision.store and alive
+    # paces it. Save one too large to store, whole from its first byte (not a 206): the requests that joined its
+    # fill before its head came stream it with the one that started it, paced by the slowest (serving.from_fill).
+    keep, shared, reason = _kept(decision, alive, status, meta, limit)
     if not decision.store:
         meta = replace(meta, headers=served)  # never stored: its own client gets every field
-    reason = decision.reason if keep or not decision.store else OVERTAKEN
-    return FillHead(body_status, meta, start, end, keep, keep, reason, key, variant(vary, req.headers), served)
+    return FillHead(body_status, meta, start, end, keep, shared, reason, key, variant(vary, req.headers), served)
+
+
+def _kept(decision: StoreDecision, alive: bool, status: int, meta: ObjectMeta, limit: int) -> tuple[bool, bool, str]:
+    """Whether an answer is stored, whether the requests that joined its fill share it, and why it is not stored. A
+    copy (`meta`: its length, and whether it is taken only whole) over the largest stored whole (`limit`) is counted
+    (edgecache_too_large_total), once: its fill's head is judged once."""
+    if not decision.store:
+        return False, False, decision.reason
+    if not alive:
+        return False, False, OVERTAKEN
+    if not objectsize.fits(meta.length, limit, whole=meta.whole):
+        metrics.TOO_LARGE.inc()
+        return False, status != 206, objectsize.TOO_LARGE
+    return True, True, decision.reason
 
 
 def _raise_if_another_length(store: Store, req: FillRequest, existing: ObjectMeta | None, told: int | None) -> None:

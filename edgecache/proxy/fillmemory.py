@@ -78,12 +78,12 @@ class FillBudget:
 
     async def take(self, fill: Fill, head: FillHead) -> Taken:
         """The fill's share, from its pool, for what it will hold with this head (Fill.held_at_most)."""
-        if not head.shared:
+        if not head.store:  # paced by its readers: a private answer's one, or the slowest of one too large to store
             fill.window = PRIVATE_WINDOW
         elif head.end is None:
             fill.window = UNKNOWN_WINDOW
             fill.grow = functools.partial(self.shared.try_take, fill.slice_size)  # for a stream behind (Fill._widen)
-        pool = self.shared if head.shared else self.paced
+        pool = self.shared if head.store else self.paced
         return Taken(pool, await pool.take(fill.held_at_most(head)))
 
     def give_back(self, taken: Taken, fill: Fill, writes: list[asyncio.Task[None]]) -> Coroutine[Any, Any, None] | None:

@@ -405,7 +405,7 @@ class EdgeHandler:
         expected: Expected,
     ) -> web.StreamResponse:
         """A miss's answer from its fill once the head has come (serving.from_fill)."""
-        observe.trace(request).uncacheable = not head.shared
+        observe.trace(request).uncacheable = not head.store
         status = of_fill(meta is not None)
         keyed = replace(req, entry_key=head.entry_key)
         return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours, expected)

@@ -23,7 +23,7 @@ from edgecache.core.fillcost import (
     too_many_fills,
 )
 from edgecache.core.freshness import Use, current_age
-from edgecache.core.headers import get_first
+from edgecache.core.headers import Headers, get_first
 from edgecache.core.ring import Member
 from edgecache.core.status import CacheStatus, cache_status_header, with_fetched
 from edgecache.errors import ClientError, VersionChanged
@@ -252,16 +252,18 @@ def peer_marks(t: observe.Trace, head: FillHead, req: FillRequest) -> None:
 FromFill = Literal["stored", "stream", "pass"]
 
 
-def from_fill(head: FillHead, fill: Fill, ours: bool) -> FromFill:
-    """How a miss is answered once its fill has its head: read as it is stored ("stored": shared, of known length);
+def from_fill(head: FillHead, fill: Fill, ours: bool, asked: Headers) -> FromFill:
+    """How a miss is answered once its fill has its head: read as it is stored ("stored": of known length);
     streamed from the fill as the origin sends it ("stream": an answer not stored that the fill brings whole from
     its first byte); or passed through ("pass"): an uncacheable answer another request started is never shared, and
     one the fill does not bring whole (a ranged fill's, or a HEAD's first slice) is asked again for exactly what the
-    client wants."""
+    client wants. So is a range (`asked`: the request's fields) of another request's answer too large to store."""
     if not head.shared and not ours:
         return "pass"
-    if head.shared and head.meta.length >= 0:
+    if head.store and head.meta.length >= 0:
         return "stored"
+    if not head.store and not ours and get_first(asked, "range") is not None:
+        return "pass"
     return "stream" if whole_stream(head, fill) else "pass"
 
 
@@ -279,7 +281,7 @@ async def serve_fill(
     `expected`: the request, as the fill's reader until it reads (proxy.expecting)."""
     observe.mark(request, status)
     peer_marks(observe.trace(request), head, req)
-    way = from_fill(head, fill, ours)
+    way = from_fill(head, fill, ours, req.headers)
     meta, headers = fill_fields(head, ours, status, req.spread_from, req)
     if way == "pass" or (way == "stored" and await _multipart_passes(engine, request, req, meta)):
         if expected is not None:  # it asks the origin itself

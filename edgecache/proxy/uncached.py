@@ -38,7 +38,7 @@ class Planned:
     head: bytes
     status: int
     chunked: bool
-    shared: bool  # the fill is not private (an answer of unknown length): not an uncacheable miss
+    stored: bool  # the fill's answer is stored (one of unknown length): not an uncacheable miss
     keep_alive: KeepAlive  # the connection's state after it (encode.frame)
 
 
@@ -61,7 +61,7 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     chunked, keep_alive = encode.frame(fields, empty, length, cold.keep_alive, no_body=head.meta.status == 204)
     status = meta.status
     encoded = encode.head(status, encode.phrase(status), fields, conn.server.date(), keep_alive, "utf-8")
-    return None if encoded is None else Planned(encoded, status, chunked, head.shared, keep_alive)
+    return None if encoded is None else Planned(encoded, status, chunked, head.store, keep_alive)
 
 
 def from_own_fill(conn: FastPath, started: Started, head: FillHead) -> FromFill | None:
@@ -76,7 +76,7 @@ def from_own_fill(conn: FastPath, started: Started, head: FillHead) -> FromFill 
         return None
     if other_variant(started, head):
         return None
-    return from_fill(head, started.fill, started.ours)
+    return from_fill(head, started.fill, started.ours, started.cold.req.headers)
 
 
 def other_variant(started: Started, head: FillHead) -> bool:
@@ -98,7 +98,7 @@ async def _send(conn: FastPath, started: Started, plan: Planned, failed: Failed)
     producer back meanwhile); counted and logged when it ends, or when it ends short (status 0, as the full
     handler logs an answer cut off)."""
     shared, cold = conn.server.shared, started.cold
-    t = started.trace(started.status, uncacheable=not plan.shared)
+    t = started.trace(started.status, uncacheable=not plan.stored)
     peer_marks(t, started.fill.head.result(), cold.req)
     t.origin_ms = started.origin_ms
     shared.in_flight += 1

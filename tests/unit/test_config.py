@@ -434,3 +434,45 @@ def test_an_access_log_name_too_long_is_a_problem_not_a_traceback(tmp_path: Path
     with pytest.raises(ConfigError) as exc:
         build({"log": {"access": "9" * 300}, "sites": [SITE]}, "f.toml", tmp_path)
     assert exc.value.problems == [f"f.toml: log.access: cannot be a file (File name too long): {'9' * 300!r}"[:320]]
+
+
+def test_max_object_size_defaults_to_an_eighth_of_the_disk_and_a_site_may_have_its_own() -> None:
+    etc = Path("/etc/edgecache")
+    cfg = build({"sites": [SITE]}, "f.toml", etc)
+    assert (cfg.cache.max_object_size, cfg.cache.object_limit) == (0, 512 * 2**20)  # disk: 4 GiB
+    cfg = build({"cache": {"disk": "64GiB", "max_object_size": "20GiB"}, "sites": [SITE]}, "f.toml", etc)
+    assert cfg.cache.object_limit == 20 * 2**30
+    own = {**SITE, "cache": {"max_object_size": "1MiB"}}
+    cfg = build({"sites": [own, {**SITE, "name": "b", "hosts": ["b.example"]}]}, "f.toml", etc)
+    assert [s.policy.max_object_size for s in cfg.sites] == [2**20, None]
+    disks = {"disks": [{"path": "/srv/a", "size": "1GiB"}, {"path": "/srv/b", "size": "1GiB"}]}
+    assert build({"cache": disks, "sites": [SITE]}, "f.toml", etc).cache.object_limit == 256 * 2**20  # of their sum
+
+
+def test_a_bad_max_object_size_names_the_file_the_key_and_the_problem() -> None:
+    def site(size: object) -> dict[str, object]:
+        return {**SITE, "cache": {"max_object_size": size}}
+
+    assert problems({"cache": {"max_object_size": 0}, "sites": [SITE]}) == [
+        "f.toml: cache.max_object_size: must be at least 1 byte (to store objects of any size, give the disk budget)"
+    ]
+    assert problems({"cache": {"max_object_size": "big"}, "sites": [SITE]}) == [
+        "f.toml: cache.max_object_size: 'big' is not a size such as 256MiB"
+    ]
+    assert problems({"cache": {"max_object_size": -1}, "sites": [SITE]}) == [
+        "f.toml: cache.max_object_size: must not be negative"
+    ]
+    assert problems({"cache": {"disk": "1GiB", "max_object_size": "2GiB"}, "sites": [SITE]}) == [
+        "f.toml: cache.max_object_size: 2147483648 bytes is more than the disk budget (cache.disk: 1073741824 bytes)"
+    ]
+    assert problems({"cache": {"disk": "1GiB"}, "sites": [site("1.5GiB")]}) == [
+        "f.toml: sites[0].cache.max_object_size: 1610612736 bytes is more than the disk budget (cache.disk: "
+        "1073741824 bytes)"
+    ]
+    assert problems({"sites": [site("0")]}) == [
+        "f.toml: sites[0].cache.max_object_size: must be at least 1 byte (to store objects of any size, give the disk "
+        "budget)"
+    ]
+    assert problems({"sites": [site(True)]}) == [
+        "f.toml: sites[0].cache.max_object_size: expected a size such as 256MiB"
+    ]
