@@ -25,7 +25,7 @@ from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy import fillplan, observe, pastend, refuse, uncached
 from edgecache.proxy.expecting import Expected
-from edgecache.proxy.fill import Adopted, Fill, FillHead
+from edgecache.proxy.fill import Adopted, Fill, FillHead, unstored
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.lookup import Cold, Load, Pass
 from edgecache.proxy.prepared import Prepared
@@ -265,7 +265,7 @@ def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
     # Its cause as serving.serve_fill marks the full handler's (ring-moved after a look-aside); its bytes are the
     # origin's, which the pass-through asks (passing.carry_out), whoever answered the fill.
     passed = _pass_of(started, started.status, not head.store, started.origin_ms)
-    return replace(passed, moved=peer_of(head, started.cold.req)[1])
+    return replace(passed, moved=peer_of(head, started.cold.req)[1], detail=unstored(head))
 
 
 def _mismatched(started: Started) -> Pass | None:

@@ -73,6 +73,12 @@ def fill_detail(head: FillHead, spread: bool) -> str:
     the origin (a `spread` copy's owner, or the previous owner a look-aside asked), else why it is not stored."""
     if head.peer is not None:
         return "peer" if spread else lookaside.DETAIL
+    return unstored(head)
+
+
+def unstored(head: FillHead) -> str:
+    """Why the answer a fill brings is not stored ("" when it is): the Cache-Status detail of a miss answered from
+    it, or passed through for want of it (serving.from_fill)."""
     return "" if head.store else head.reason
 
 

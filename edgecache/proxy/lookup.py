@@ -62,6 +62,7 @@ class Pass:
     origin_ms: float | None = None  # and how long its fill's head took (logged should the pass-through fail)
     moved: bool = False  # a MISS whose fill was a look-aside at the previous owner: its cause (ring-moved)
     changing: bool = False  # a MISS whose fills kept meeting new versions: relayed as it comes (core.churn)
+    detail: str = ""  # its Cache-Status detail: why its fill's answer is not stored (fill.unstored)
 
 
 def find_hit(

@@ -83,7 +83,7 @@ async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace
     The connection's state after it; None: a head that cannot be passed on, answered as the origin's failure."""
     status, date = resp.status, conn.server.date()
     reason = resp.raw.reason or ""
-    field = changing_field(p.req) if p.changing else cache_status_header(p.status)
+    field = changing_field(p.req) if p.changing else cache_status_header(p.status, detail=p.detail)
     encoded, chunked, keep_alive = encode.relayed(
         status, reason, resp.headers, field, p.method, date, p.keep_alive, "utf-8"
     )

@@ -37,9 +37,10 @@ async def pass_through(
     invalidate: tuple[Store, str] | None = None,
     extra: Headers = (),
     source: str = "origin",
+    detail: str = "",
 ) -> web.StreamResponse:
     """Forward the request; with `invalidate` (store, host), entries the response invalidates are dropped
-    before the client hears the response, so its next request cannot see them."""
+    before the client hears the response, so its next request cannot see them. `detail`: its Cache-Status's."""
     observe.mark(request, status)
     # What it relays is its upstream's (the origin's; a forward's the owner's, its status PEER): not a peer cache's,
     # though a peer's answered the fill before it (serving.peer_marks), which counted the origin's bytes as the peer's.
@@ -52,7 +53,7 @@ async def pass_through(
     try:
         if invalidate is not None:
             await invalidate_after(invalidate[0], request.method, resp.status, req, resp.headers, invalidate[1])
-        return await _relay(request, resp, cache_status_header(status), source)
+        return await _relay(request, resp, cache_status_header(status, detail=detail), source)
     finally:
         resp.release()
 

@@ -30,7 +30,7 @@ from edgecache.errors import ClientError, VersionChanged
 from edgecache.proxy import observe, reading, respond
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.expecting import Expected
-from edgecache.proxy.fill import Fill, FillHead, answered_from, fill_detail
+from edgecache.proxy.fill import Fill, FillHead, answered_from, fill_detail, unstored
 from edgecache.proxy.fillhead import RangeMismatch
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.passthrough import pass_through
@@ -286,7 +286,7 @@ async def serve_fill(
     if way == "pass" or (way == "stored" and await _multipart_passes(engine, request, req, meta)):
         if expected is not None:  # it asks the origin itself
             expected.release()
-        return await pass_through(request, engine.origin, req, status)
+        return await pass_through(request, engine.origin, req, status, detail=unstored(head))
     if way == "stored":
         # Read from this miss's fill, wherever it has put the bytes by now: the origin's, as they are counted.
         read = lambda f, last: reading.read_range(engine, req, meta, f, last, fill)  # noqa: E731

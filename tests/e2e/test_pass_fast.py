@@ -101,7 +101,8 @@ async def test_passes_are_the_fast_paths_and_the_full_handlers_bytes(origin: Ori
     assert fast.count(b"\r\nTransfer-Encoding: chunked\r\n") == 2
     assert fast.count(b"6\r\nfirst \r\n7\r\nsecond \r\n6\r\nthird\n\r\n0\r\n\r\n") == 2
     assert fast.count(b"\r\nCache-Status: edgecache; fwd=bypass\r\n") == 15  # PASS: the client's fields
-    assert fast.count(b"\r\nCache-Status: edgecache; fwd=uri-miss\r\n") == 8  # the conditional and private misses
+    assert fast.count(b"\r\nCache-Status: edgecache; fwd=uri-miss\r\n") == 4  # the conditional misses
+    assert fast.count(b'\r\nCache-Status: edgecache; fwd=uri-miss; detail="private"\r\n') == 4  # why not stored
     assert all(s[2].get("Authorization") == "Bearer alice" for s in seen_fast if s[1] == "/auth")
     passed = [s[2] for s in seen_fast if "X-Forwarded-For" in s[2]]  # a fill names no client
     assert len(passed) == 23
