@@ -185,15 +185,19 @@ def keys_on(disk: Disk) -> list[str]:
         return [str(k) for (k,) in db.execute("SELECT key FROM Cache")]
 
 
-async def settled(disks: list[Disk], paths: list[str]) -> dict[int, list[str]]:
-    """Each disk's keys once every object's metadata and slices are written (a fill answers before its disk
-    writes end), 30 s at most: writes to loop-mounted disks on a loaded machine took over 10 s in one run."""
+async def settled(disks: list[Disk], paths: list[str], slices: list[int]) -> dict[int, list[str]]:
+    """Each disk's keys once every object's metadata and all its slices (`slices`: how many each has) are written
+    (a fill answers before its disk writes end; waiting for one slice of each let a test count 70 of 71 in one
+    run), 30 s at most: writes to loop-mounted disks on a loaded machine took over 10 s in one run."""
     deadline = time.monotonic() + 30
     while True:
         stored = await asyncio.to_thread(lambda: {n: keys_on(d) for n, d in enumerate(disks)})
         keys = {k for listed in stored.values() for k in listed}
         digests = [_d(p) for p in paths]
-        if all(f"m:{d}" in keys and any(k.startswith(f"s:{d}:") for k in keys) for d in digests):
+        if all(
+            f"m:{d}" in keys and sum(k.startswith(f"s:{d}:") for k in keys) >= n
+            for d, n in zip(digests, slices, strict=True)
+        ):
             return stored
         assert time.monotonic() < deadline, "objects not on disk after 30 s"
         await asyncio.sleep(0.05)
@@ -271,7 +275,7 @@ async def test_three_disks_serve_exact_bytes(origin: Origin, tmp_path: Path) -> 
             for path in paths:
                 assert await get(session, running.url + path) == (200, origin.objects[path].data)
         assert all(origin.hits[p] == 1 for p in paths), origin.hits
-        stored = await settled(disks, paths)
+        stored = await settled(disks, paths, [-(-len(origin.objects[p].data) // SLICE) for p in paths])
     place = Placement(disks)
     for n, keys in stored.items():
         assert [k for k in keys if k.startswith("s:") and place.home(k) != n] == []  # each on its own home
@@ -293,7 +297,7 @@ async def test_a_disk_failing_under_load(origin: Origin, tmp_path: Path, how: st
         async with edge(tmp_path, origin, disks, workers) as running, aiohttp.ClientSession() as session:
             for path in warm:
                 assert await get(session, running.url + path) == (200, origin.objects[path].data)
-            stored = await settled(disks, warm)
+            stored = await settled(disks, warm, [1] * len(warm))
             healthy = [p for p in warm if 1 not in homes(p, disks, stored)]
             on_bad = [p for p in warm if p not in healthy]
             # Both kinds, whatever the disks' paths (about 25 and 35: the tmp paths and the slices' tokens place them).
