@@ -67,11 +67,6 @@ def _explicit(cc: CacheControl, resp: Headers, targeted: bool) -> bool:
     return cc.s_maxage is not None or cc.max_age is not None or expires
 
 
-# The fields that set a cookie: Set-Cookie, and RFC 2965's Set-Cookie2, obsolete (RFC 6265) but still sent by some
-# servers and read by some clients; one viewer's session must not be stored and served to everyone under either name.
-COOKIE_FIELDS = frozenset({"set-cookie", "set-cookie2"})
-
-
 def storable(method: str, status: int, req: Headers, resp: Headers, policy: Policy) -> StoreDecision:
     """RFC 9111 3 for a shared cache."""
     if method != "GET":  # 3: a method the cache understands and defined as cacheable; HEAD: see module doc
@@ -95,7 +90,7 @@ def storable(method: str, status: int, req: Headers, resp: Headers, policy: Poli
         return StoreDecision(False, "authorization")
     if "*" in list_values(resp, "vary"):  # 4.1: Vary: * never matches a later request
         return StoreDecision(False, "vary-star")
-    if not policy.store_set_cookie and any(get_first(resp, name) is not None for name in COOKIE_FIELDS):
+    if get_first(resp, "set-cookie") is not None and not policy.store_set_cookie:
         return StoreDecision(False, "set-cookie")
     # 3: a heuristically cacheable status, public, or explicit freshness (Expires, max-age, s-maxage).
     if status in CACHEABLE_BY_DEFAULT or scc.public or _explicit(scc, resp, targeted):
@@ -357,7 +352,7 @@ def strip_for_storage(resp: Headers, policy: Policy) -> Headers:
     site stores it. Age stays: it feeds current_age (4.2.3)."""
     banned = _never_stored(resp)
     if not policy.store_set_cookie:
-        banned |= COOKIE_FIELDS
+        banned |= {"set-cookie"}
     return tuple((k, v) for k, v in resp if k.lower() not in banned)
 
 

@@ -61,14 +61,13 @@ async def test_site_policy_min_ttl_and_set_cookie(origin: Origin, tmp_path: Path
         assert origin.hits["/cookie"] == 1
 
 
-@pytest.mark.parametrize("field", ["Set-Cookie", "Set-Cookie2"])
-async def test_set_cookie_responses_are_not_stored_by_default(origin: Origin, tmp_path: Path, field: str) -> None:
-    origin.put("/cookie", b"c", headers={"Cache-Control": "max-age=60", field: "session=secret"})
+async def test_set_cookie_responses_are_not_stored_by_default(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/cookie", b"c", headers={"Cache-Control": "max-age=60", "Set-Cookie": "session=secret"})
     async with start_edge(make_config(tmp_path / "c", [origin.url])) as edge:
         for _ in range(2):
             status, headers, _ = await edge.get("/cookie")
             assert status == 200
-            assert headers[field] == "session=secret"  # forwarded to its own client, never stored
+            assert headers["Set-Cookie"] == "session=secret"  # forwarded to its own client, never stored
             assert 'detail="set-cookie"' in headers["Cache-Status"]
         assert origin.hits["/cookie"] == 2
 
