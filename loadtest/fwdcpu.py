@@ -26,7 +26,6 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import uvloop
@@ -37,6 +36,7 @@ from edgecache.proxy.fastpath import FastPath
 from edgecache.proxy.fastserver import FastServer
 from edgecache.server import make_fast, make_server, open_node, start_listeners
 from loadtest.cluster import HOST, Node, node_config, owned_of, started, wait_ready
+from loadtest.hitcpu import Sink
 
 BODY = 4096
 
@@ -56,42 +56,6 @@ async def _origin(port: int) -> web.AppRunner:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
-
-
-class _Sink:
-    """A viewer connection's transport: counts the answers' bytes, sends nothing."""
-
-    def __init__(self, peer: str) -> None:
-        self.peer = peer
-        self.written = 0
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return (self.peer, 40000) if name == "peername" else default
-
-    def writelines(self, data: Iterable[bytes | memoryview]) -> None:
-        self.written += sum(len(x) for x in data)
-
-    def write(self, data: bytes) -> None:
-        self.written += len(data)
-
-    def is_reading(self) -> bool:
-        return True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def resume_reading(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        raise SystemExit("the fast path stopped reading a viewer that takes every answer")
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
 
 
 def _cpu(pgrp: int) -> float:
@@ -125,15 +89,15 @@ class _Waiter:
         return self.answered
 
 
-def _viewers(fast: FastServer, n: int) -> tuple[list[FastPath], list[_Sink], _Waiter]:
+def _viewers(fast: FastServer, n: int) -> tuple[list[FastPath], list[Sink], _Waiter]:
     """n viewers' connections, all from one address (as wrk's are: the forwards' sent heads are remembered)."""
-    conns, sinks = [fast.protocol() for _ in range(n)], [_Sink("127.0.0.1") for _ in range(n)]
+    conns, sinks = [fast.protocol() for _ in range(n)], [Sink("127.0.0.1") for _ in range(n)]
     for conn, sink in zip(conns, sinks, strict=True):
         conn.connection_made(sink)  # type: ignore[arg-type]
     return conns, sinks, _Waiter(conns)
 
 
-async def _round(viewers: tuple[list[FastPath], list[_Sink], _Waiter], heads: list[bytes], passes: int, at: int) -> int:
+async def _round(viewers: tuple[list[FastPath], list[Sink], _Waiter], heads: list[bytes], passes: int, at: int) -> int:
     """`passes` passes of one head per connection; waits for every answer. Returns where the heads go on from."""
     conns, sinks, waiter = viewers
     for _ in range(passes):

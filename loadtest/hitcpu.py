@@ -88,8 +88,9 @@ def heads(n: int, rng: random.Random, shape: str = "player") -> list[bytes]:
 _RANGE = re.compile(rb"Range: bytes=([0-9]+)-([0-9]+)")
 
 
-class _Sink:
-    """A fast-path connection's transport that counts the bytes it is given and sends nothing."""
+class Sink:
+    """A fast-path connection's transport that counts the bytes it is given and sends nothing (loadtest.fwdcpu's
+    viewers too)."""
 
     def __init__(self, peer: str) -> None:
         self.peer = peer
@@ -108,6 +109,9 @@ class _Sink:
     def is_reading(self) -> bool:
         return True
 
+    def is_closing(self) -> bool:
+        return self.closed
+
     def resume_reading(self) -> None:
         pass
 
@@ -125,7 +129,7 @@ def _whole(fast: FastServer) -> Callable[[list[bytes]], float]:
     """A pass of heads answered whole on keep-alive connections, one for each field order (heads() gives the i-th
     head the order ORDERS[i % 6]), each from a client of its own (CLIENTS), as a player keeps its fields' order:
     mean µs each; every answer must be written."""
-    conns, sinks = [fast.protocol() for _ in ORDERS], [_Sink(client) for client in CLIENTS]
+    conns, sinks = [fast.protocol() for _ in ORDERS], [Sink(client) for client in CLIENTS]
     for conn, sink in zip(conns, sinks, strict=True):
         conn.connection_made(sink)  # type: ignore[arg-type]
 
