@@ -382,7 +382,7 @@ class Decider:
             return None, "", KeepAlive.CLOSE
         msg = self.parser.message(head)
         if msg is None or not headparse.plain(msg):  # overloaded: the full handler sheds it first (503)
-            return None if overloaded else unversioned(msg), "", KeepAlive.CLOSE_10
+            return None if overloaded else unversioned(msg), "", KeepAlive.CLOSE
         target = msg.path  # as sent (aiohttp decodes it with surrogateescape)
         headers = headparse.fields(msg)
         if headers is None or not target.isascii():

@@ -38,17 +38,15 @@ def head(
     keep_alive: KeepAlive,
     charset: str = "latin-1",
     names: Collection[str] | None = None,
-    protocol: str | None = None,
 ) -> bytes | None:
     """The encoded head; None when a field cannot be sent as it is (not in `charset`, or a line break in it).
-    `names`: the fields' names in lower case, when the caller has them; `protocol`: the status line's version, where
-    keep_alive's is not the request's (route.unversioned).
+    `names`: the fields' names in lower case, when the caller has them.
 
     Relayed fields are Latin-1, byte for byte as the peer sent them; stored and origin ones are UTF-8, as aiohttp's
     client read them and as its server writes them: without the surrogates its client made of bytes that were not
     UTF-8, which its writer drops."""
-    first = keep_alive.status_line(status, reason) if protocol is None else f"{protocol} {status} {reason}\r\n"
-    text = first + "".join([f"{k}: {v}\r\n" for k, v in fields])  # a list, not a generator: join makes one anyway
+    # A list, not a generator: join makes one anyway.
+    text = keep_alive.status_line(status, reason) + "".join([f"{k}: {v}\r\n" for k, v in fields])
     if text.count("\n") != len(fields) + 1 or "\r\r" in text:
         return None
     try:
@@ -102,17 +100,14 @@ def typed(fields: list[tuple[str, str]], empty: bool, length: str | None, has_ty
         fields.append(("Content-Type", "application/octet-stream"))
 
 
-def error(
-    status: int, reason: str, date: bytes, keep_alive: KeepAlive, retry_after: int = 0, protocol: str | None = None
-) -> bytes:
-    """An answer of the node's own (a failed peer, say), as errorpage.error_response gives it. `protocol`: the
-    status line's version, where keep_alive's is not the request's (route.unversioned)."""
+def error(status: int, reason: str, date: bytes, keep_alive: KeepAlive, retry_after: int = 0) -> bytes:
+    """An answer of the node's own (a failed peer, say), as errorpage.error_response gives it."""
     fields, body = error_page(status, reason, retry_after)
     fields += [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-    encoded = head(status, phrase(status), fields, date, keep_alive, protocol=protocol)
+    encoded = head(status, phrase(status), fields, date, keep_alive)
     if encoded is None:  # a reason that cannot be a field value: said in the body only
         fields[0] = ("Cache-Status", cache_status_header(CacheStatus.ERROR))
-        encoded = head(status, phrase(status), fields, date, keep_alive, protocol=protocol)
+        encoded = head(status, phrase(status), fields, date, keep_alive)
         assert encoded is not None
     return encoded + body
 

@@ -6,6 +6,8 @@ One rule for both ways it is written: aiohttp's Response (error_response) and th
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11
 
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import Busy, OriginError
@@ -42,3 +44,24 @@ def origin_failed(exc: OriginError) -> tuple[int, str, bool]:
 def error_response(status: int, reason: str, retry_after: int = 0) -> web.Response:
     fields, body = error_page(status, reason, retry_after)
     return web.Response(status=status, body=body, content_type="text/plain", charset="utf-8", headers=dict(fields))
+
+
+class _InHttp11(web.Response):
+    """An answer whose head is HTTP/1.1's whatever version the request named. aiohttp's status line (and its
+    Connection field) follow the request's version; to one the node does not speak (HTTP/2.0, HTTP/0.9), a server
+    answers in the highest it does (RFC 9110 6.2, RFC 9112 2.3: never in a version it does not conform to)."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        # What aiohttp's writer reads, a property cached (reified) in the request's _cache; the request is answered
+        # and done with (its log line, observe.finish, named the version it asked for).
+        request._cache["version"] = HttpVersion11
+        return await super().prepare(request)
+
+
+def in_http11(status: int, reason: str) -> web.Response:
+    """error_response in HTTP/1.1, and the close: the answer to a request of a version not spoken here, as
+    encode.error writes it with KeepAlive.CLOSE (route.unversioned)."""
+    fields, body = error_page(status, reason)
+    resp = _InHttp11(status=status, body=body, content_type="text/plain", charset="utf-8", headers=dict(fields))
+    resp.force_close()
+    return resp

@@ -32,7 +32,7 @@ from edgecache.core.maxforwards import ASTERISK, own_answer
 from edgecache.core.status import CacheStatus, cache_status_header, found_of, of_304, of_fill
 from edgecache.errors import ClientError, OriginError, VersionChanged
 from edgecache.proxy import observe, owner, serving
-from edgecache.proxy.errorpage import error_response, origin_failed
+from edgecache.proxy.errorpage import error_response, in_http11, origin_failed
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
 from edgecache.proxy.fillhead import RangeMismatch
@@ -182,7 +182,8 @@ class EdgeHandler:
 
     async def _handle(self, request: web.BaseRequest, adopted: Adopted | None) -> web.StreamResponse:
         if (unframed := admit.version(*request.version)) is not None:  # the fast path's too (route.unversioned)
-            raise ClientError(unframed.status, unframed.reason, close=True)
+            observe.mark(request, CacheStatus.ERROR)
+            return in_http11(unframed.status, unframed.reason)
         if self.engine.store.stale():  # another worker purged or invalidated something: look at the disk again
             await self.engine.store.catch_up()
         headers: Headers = tuple(request.headers.items())

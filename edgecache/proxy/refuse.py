@@ -41,7 +41,7 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
     """Write the refusal's answer, counted and logged unless not `r.counted` (with `origin_ms`, the time the origin
     took to answer a head, when one came); False when the connection closes after it."""
     status = r.reply.status
-    answer = encode.error(status, r.reply.reason, conn.server.date(), r.keep_alive, r.reply.retry_after, r.protocol)
+    answer = encode.error(status, r.reply.reason, conn.server.date(), r.keep_alive, r.reply.retry_after)
     end = answer.index(b"\r\n\r\n") + 4
     if r.method == "HEAD":  # the head alone, Content-Length and all, as aiohttp answers a HEAD
         answer = answer[:end]

@@ -44,7 +44,7 @@ class Refused:
     counted: bool = True  # False: an owner's look-aside, no viewer's request (observe.finish counts none)
     viewer: str | None = None  # a hop's viewer: logged as the client; its node counts the bytes it serves
     host: str | None = None  # the key's host, logged once there is a key (None: the Host field as sent)
-    protocol: str | None = None  # the request's version where it is none keep_alive names (unversioned)
+    protocol: str | None = None  # the request's version, logged, where keep_alive's is not it (unversioned)
 
     @classmethod
     def keyed(
@@ -82,13 +82,13 @@ class Routed:
 
 def unversioned(msg: RawRequestMessage | None) -> Refused | None:
     """The refusal of a GET or HEAD of a version llhttp takes and HTTP/1.x does not frame (HTTP/0.9, HTTP/2.0), as
-    the full handler refuses it before anything else (core.admit.version): its status line and log line name the
-    request's version, and the connection closes with no Connection field, which aiohttp writes for HTTP/1.x only
-    (KeepAlive.CLOSE_10's). None for any other head."""
+    the full handler refuses it before anything else (core.admit.version): in HTTP/1.1, the highest version the node
+    speaks (RFC 9110 6.2, RFC 9112 2.3: never one it does not), then the close (errorpage.in_http11's). Its log line
+    names the request's version. None for any other head."""
     if msg is None or msg.method not in ("GET", "HEAD") or (reply := admit.version(*msg.version)) is None:
         return None
     fields, protocol = headparse.fields(msg) or (), f"HTTP/{msg.version.major}.{msg.version.minor}"
-    return Refused(reply, msg.method, msg.path, fields, keep_alive=KeepAlive.CLOSE_10, protocol=protocol)
+    return Refused(reply, msg.method, msg.path, fields, keep_alive=KeepAlive.CLOSE, protocol=protocol)
 
 
 def addressed(url: URL, target: str, host_field: str | None) -> tuple[str, str] | Reply:
