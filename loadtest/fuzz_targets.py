@@ -348,8 +348,17 @@ def gen_conditional(g: G) -> Args:
 
 
 def check_conditional(req: Headers, etag: str | None, last_modified: str | None, date: str | None) -> None:
-    require(isinstance(call(conditional.not_modified, req, etag, last_modified, date), bool), "not_modified: not bool")
-    require(isinstance(call(conditional.precondition_failed, req, etag, last_modified), bool), "not a bool")
+    modified = call(conditional.not_modified, req, etag, last_modified, date)
+    require(isinstance(modified, bool), "not_modified: not bool")
+    failed = call(conditional.precondition_failed, req, etag, last_modified)
+    require(isinstance(failed, bool), "not a bool")
+    unread = call(conditional.unreadable, req, etag)
+    require(isinstance(unread, bool), "unreadable: not bool")
+    # An unreadable If-Match or If-None-Match gets the whole answer: never a 304 or 412 of its own doing.
+    if unread and call(conditional.unreadable, [(k, v) for k, v in req if k.lower() != "if-match"], etag):
+        require(not modified, "an unreadable If-None-Match answered 304")
+    if unread and call(conditional.unreadable, [(k, v) for k, v in req if k.lower() != "if-none-match"], etag):
+        require(not failed, "an unreadable If-Match answered 412")
 
 
 # --- freshness and storability ---------------------------------------------------------------------------

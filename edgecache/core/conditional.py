@@ -1,9 +1,64 @@
-"""Client conditional requests answered by the cache (RFC 9110 13.1-13.2), evaluated on stored validators."""
+"""Client conditional requests answered by the cache (RFC 9110 13.1-13.2), evaluated on stored validators.
+
+A client's If-None-Match or If-Match is read as RFC 9110 writes it: `*`, or a list of entity-tags, each
+[ W/ ] DQUOTE *etagc DQUOTE (8.8.3). A member that is not one (an unquoted `e1`, a lower-case `w/`) is compared as
+it is, as nginx and Fastly compare every tag: it matches only a stored ETag of the same characters (an origin's
+unquoted tag, echoed by a browser), never a quoted one by dropping its quotes. A field with such a member that
+matches nothing names no representation the cache can tell (unreadable): it gets neither a 304 nor a 412, but the
+whole representation, 200 (respond.plan), as an If-None-Match that does not match or an If-Range the cache cannot
+read gets it; that answer is right whatever the client meant, and it mixes no versions.
+"""
 
 from __future__ import annotations
 
-from edgecache.core.headers import Headers, get_first, list_values
+import re
+
+from edgecache.core.headers import Headers, get_all, get_first, split_list
 from edgecache.core.httpdate import parse_http_date as _date
+
+# etagc = %x21 / %x23-7E / obs-text (RFC 9110 8.8.3); obs-text as aiohttp decodes it (UTF-8, or escaped bytes).
+_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\U0010ffff]*"'
+_ENTITY_TAG = re.compile(_TAG)
+# #entity-tag (RFC 9110 5.6.1): a list of tags, empty elements allowed, or none.
+_TAGS = re.compile(rf"[ \t,]*(?:{_TAG}(?:[ \t]*,[ \t,]*{_TAG})*[ \t,]*)?")
+
+
+def _members(request: Headers, name: str) -> tuple[list[str], bool] | None:
+    """The members of the request's `name` field (its lines joined), and whether the field is well formed (`*`, or
+    a list of entity-tags); None without the field."""
+    lines = get_all(request, name)
+    if not lines:
+        return None
+    value = ", ".join(lines).strip(" \t")
+    if value == "*":
+        return ["*"], True
+    if _TAGS.fullmatch(value):
+        return _ENTITY_TAG.findall(value), True
+    return list(split_list(value)), False
+
+
+def _same(stored: str | None, member: str, weak: bool) -> bool:
+    """Does `member` of the client's field name the `stored` ETag? RFC 9110 8.8.3.2's weak or strong comparison of
+    two entity-tags; anything else only when it is the same characters."""
+    if stored is None:
+        return False
+    stored = stored.strip()
+    if not (_ENTITY_TAG.fullmatch(stored) and _ENTITY_TAG.fullmatch(member)):
+        return stored == member
+    if weak:
+        return stored.removeprefix("W/") == member.removeprefix("W/")
+    return not stored.startswith("W/") and stored == member
+
+
+def _names(members: tuple[list[str], bool], etag: str | None, weak: bool) -> bool | None:
+    """Whether a field's `members` (_members) name the stored representation; None when the field is unreadable:
+    not well formed, and no member is the stored ETag."""
+    tags, formed = members
+    if formed and tags == ["*"]:
+        return True  # any stored representation, with an ETag or not
+    if any(_same(etag, t, weak) for t in tags):
+        return True
+    return False if formed else None
 
 
 def _opaque(tag: str) -> str:
@@ -26,15 +81,12 @@ def strong_match(a: str, b: str) -> bool:
 def not_modified(request: Headers, etag: str | None, last_modified: str | None, date: str | None = None) -> bool:
     """True when a GET/HEAD should be answered 304 from the stored validators.
 
-    If-None-Match uses weak comparison (13.1.2) and, when present, If-Modified-Since is ignored (13.2.2 step 3).
-    `*` matches the stored representation, with an ETag or not. Without Last-Modified, the stored Date stands in
-    for it (RFC 9111 4.3.2).
+    If-None-Match uses weak comparison (13.1.2) and, when present, If-Modified-Since is ignored (13.1.3, 13.2.2
+    step 3), an unreadable one too. `*` matches the stored representation, with an ETag or not. Without
+    Last-Modified, the stored Date stands in for it (RFC 9111 4.3.2).
     """
-    inm = list_values(request, "if-none-match")
-    if inm:
-        if "*" in inm:
-            return True
-        return etag is not None and any(weak_match(etag, t) for t in inm)
+    if (members := _members(request, "if-none-match")) is not None:
+        return _names(members, etag, weak=True) is True
     ims = _date(get_first(request, "if-modified-since"))
     lm = _date(last_modified) if last_modified else _date(date)
     return ims is not None and lm is not None and lm <= ims
@@ -43,17 +95,23 @@ def not_modified(request: Headers, etag: str | None, last_modified: str | None, 
 def precondition_failed(request: Headers, etag: str | None, last_modified: str | None) -> bool:
     """If-Match (strong comparison) or If-Unmodified-Since fails against what is stored (13.1.1, 13.1.4). `*`
     holds for any stored representation, with an ETag or not: "the condition is true if the origin server has a
-    current representation for the target resource"."""
-    im = list_values(request, "if-match")
-    if im:
-        if "*" in im:
-            return False
-        return etag is None or not any(strong_match(etag, t) for t in im)
+    current representation for the target resource". An unreadable If-Match fails nothing (unreadable())."""
+    if (members := _members(request, "if-match")) is not None:
+        return _names(members, etag, weak=False) is False
     ius = _date(get_first(request, "if-unmodified-since"))
     lm = _date(last_modified) if last_modified else None
     # Without a modification date the field is ignored: "A recipient MUST ignore If-Unmodified-Since if the
     # resource does not have a modification date available" (13.1.4).
     return ius is not None and lm is not None and lm > ius
+
+
+def unreadable(request: Headers, etag: str | None) -> bool:
+    """Does the request's If-Match or If-None-Match name no representation the cache can tell (the module's rule)?
+    Its answer is then the whole representation, whatever else the request asks."""
+    for name, weak in (("if-match", False), ("if-none-match", True)):
+        if (members := _members(request, name)) is not None and _names(members, etag, weak) is None:
+            return True
+    return False
 
 
 def validates(request: Headers) -> bool:

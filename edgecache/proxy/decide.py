@@ -34,6 +34,7 @@ from edgecache.proxy.heldslices import slices_of
 from edgecache.proxy.hit import STATUS_OF_USE, Hit, as_fetched, copied
 from edgecache.proxy.lookup import Cold, Load, Pass, Validated, find_cold, find_hit
 from edgecache.proxy.prepared import Prepared, for_hop, head_at
+from edgecache.proxy.respond import ranges_apply
 from edgecache.proxy.route import HOT, Elsewhere, Forward, Here, Refused, addressed, unversioned
 from edgecache.proxy.shared import Shared
 
@@ -220,11 +221,12 @@ class Decider:
 
         Players ask for a different range of the same object on every request, so their heads never repeat and
         the memo alone would parse each one. The head without its Range line does repeat: its answer (a 200 for
-        the whole object, decided by the full parse, with every condition already passed) is memoised, and the
-        206 is cut from it: same fields, then Content-Range and Content-Length, exactly as hit.planned_hit() orders
-        them. Anything else (If-Range, several Range lines, a multipart or unsatisfiable range, a stored
-        response that is not a whole 200, a rate-limited site) gives _FULL_PARSE. When the head without Range
-        is no hit, neither is the head (Range changes nothing before hit.planned_hit): None, and aiohttp answers it.
+        the whole object, decided by the full parse, with every condition already passed, none of which keeps the
+        answer whole whatever the Range: respond.ranges_apply) is memoised, and the 206 is cut from it: same
+        fields, then Content-Range and Content-Length, exactly as hit.planned_hit() orders them. Anything else
+        (If-Range, several Range lines, a multipart or unsatisfiable range, a stored response that is not a whole
+        200, a rate-limited site) gives _FULL_PARSE. When the head without Range is no hit, neither is the head
+        (Range changes nothing before hit.planned_hit): None, and aiohttp answers it.
         """
         split = rangecut.split_range(head)
         if split is None:
@@ -262,6 +264,8 @@ class Decider:
         # Vary)
         if cut is None or cut.whole is not whole or cut.meta is not hit.meta:
             if base.method != "GET" or hit.status != 200 or hit.meta.status != 200 or hit.meta.vary:
+                return _FULL_PARSE
+            if not ranges_apply(hit.req.headers, hit.meta):  # the whole object, Range or not
                 return _FULL_PARSE
             tally = observe.tally(hit.site.name, "GET", 206, base.status, _HIT_WAY)
             cut = base.cutter = rangecut.cutter(whole, base.age_span, hit, tally, _keeps(hit))

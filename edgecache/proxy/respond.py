@@ -10,7 +10,7 @@ from typing import NamedTuple
 from aiohttp import web
 
 from edgecache.core import ranges
-from edgecache.core.conditional import not_modified, precondition_failed
+from edgecache.core.conditional import not_modified, precondition_failed, unreadable
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import VIA
 from edgecache.core.headers import Headers, get_all, get_first
@@ -53,9 +53,7 @@ def plan(method: str, request: Headers, meta: ObjectMeta) -> tuple[int, ranges.R
             return 412, ranges.NoRange()
         if not_modified(request, meta.etag, meta.last_modified, get_first(meta.headers, "date")):
             return 304, ranges.NoRange()
-        if get_first(request, "range") is not None and ranges.if_range_allows(
-            get_first(request, "if-range"), meta.etag, meta.last_modified, get_first(meta.headers, "date")
-        ):
+        if get_first(request, "range") is not None and ranges_apply(request, meta):
             result = ranges.resolve(get_first(request, "range"), meta.length)
             if isinstance(result, ranges.Unsatisfiable):
                 return 416, result
@@ -63,6 +61,17 @@ def plan(method: str, request: Headers, meta: ObjectMeta) -> tuple[int, ranges.R
                 return 206, result
         return 200, ranges.NoRange()
     return meta.status, ranges.NoRange()
+
+
+def ranges_apply(request: Headers, meta: ObjectMeta) -> bool:
+    """May a Range of the request (or one it would have: Decider._cut asks of the head without it) be answered with
+    a part of the stored representation? Not when its If-Range does not allow it (RFC 9110 13.1.5), nor when its
+    If-Match or If-None-Match is unreadable (core.conditional): the whole representation, then."""
+    if unreadable(request, meta.etag):
+        return False
+    return ranges.if_range_allows(
+        get_first(request, "if-range"), meta.etag, meta.last_modified, get_first(meta.headers, "date")
+    )
 
 
 # The most slices of an answer checked before its head is sent (answer_slices): a longer answer's later slices, if
