@@ -48,9 +48,10 @@ START = Scan()
 _OFF = Scan(Kind.OFF)
 
 
-def scan(state: Scan, data: bytes) -> tuple[Scan, int]:
+def scan(state: Scan, data: bytes, ends: list[int] | None = None) -> tuple[Scan, int]:
     """The state after `data`, and how many of its bytes to pass on: all of them, or those up to the end of the
-    request that closes the connection (none once it has ended)."""
+    request that closes the connection (none once it has ended). `ends`, when given, gets where each request that
+    ends in `data` ends (an offset in it), in order."""
     i = 0
     while i < len(data) or state.kind is Kind.DONE:
         if state.kind is Kind.DONE:
@@ -65,8 +66,11 @@ def scan(state: Scan, data: bytes) -> tuple[Scan, int]:
             state = Scan(state.kind, tail, state.left - take, state.closes)
             if state.left == 0:
                 state = _after_body(state)
-            continue
-        state, i = _line(state, data, i)
+        else:
+            state, i = _line(state, data, i)
+        # Nothing held of a head: the next request's has not begun (a head begun and not ended holds its bytes).
+        if ends is not None and state.kind in (Kind.HEAD, Kind.DONE) and not state.held:
+            ends.append(i)
     return state, len(data)
 
 

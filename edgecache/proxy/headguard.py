@@ -9,7 +9,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import cast
 
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler
 
 from edgecache import metrics
 from edgecache.core import closing
@@ -60,19 +60,33 @@ class HeadGuard(asyncio.Protocol):
             return
         # Nothing after a request that closes the connection reaches aiohttp: its parser refused the whole read
         # for it, and the answers of the requests before were lost (core.closing).
-        self.scan, n = closing.scan(self.scan, data)
+        ends: list[int] = []
+        self.scan, n = closing.scan(self.scan, data, ends)
         if n < len(data):
             data = data[:n]
             if not data:
                 return
         self.clean = data.endswith(b"\r\n\r\n")
-        self.inner.data_received(data)
+        self._feed(data, ends)
         if self._busy():
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
         elif self.timer is None:  # part of a head, and nothing else going on: it has this long to end
             self.timer = asyncio.get_running_loop().call_later(self.seconds, self._expired)
+
+    def _feed(self, data: bytes, ends: list[int]) -> None:
+        """Give aiohttp each request that ends in `data` (where `ends` says) apart, the first MAX_MSG_QUEUE_SIZE
+        of them: its parser refuses a whole read for a malformed request in it, and drops the requests before it
+        from that read, whose answers were lost (the client got the 400 alone). Fed apart, they are queued before
+        the refusal: answered in order, then the 400 with its reason, then the close. No more pieces than aiohttp
+        queues requests: its queue stays bounded, whatever a read holds."""
+        start = 0
+        for end in ends[:MAX_MSG_QUEUE_SIZE]:
+            if start < end < len(data):
+                self.inner.data_received(data[start:end])
+                start = end
+        self.inner.data_received(data[start:] if start else data)
 
     def _between_requests(self) -> bool:
         """Has aiohttp answered everything and holds nothing of the next request: waiting for a head, with no

@@ -88,3 +88,25 @@ def test_a_body_is_never_held() -> None:
     assert (n, state) == (len(head) + 500_000, Scan(Kind.BODY, b"", 500_000, True))
     state, n = scan(state, b"b" * 500_000 + MORE)
     assert (n, state) == (500_000, Scan(Kind.DONE))
+
+
+BAD = b"GET * HTTP/1.1\r\nHo st: x\r\n\r\n"  # framed as any head: aiohttp's parser refuses it
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (GET, [len(GET)]),
+        (GET + GET + POST, [len(GET), 2 * len(GET), 2 * len(GET) + len(POST)]),
+        (GET + CHUNKED + MORE, [len(GET), len(GET) + len(CHUNKED)]),  # nothing after the closing request
+        (GET + GET[:10], [len(GET)]),  # a head begun is no end
+        (GET + BAD + GET, [len(GET), len(GET) + len(BAD), 2 * len(GET) + len(BAD)]),
+        (GET + b"\r\n", [len(GET)]),  # what llhttp takes between requests: no request
+    ],
+    ids=["one", "pipelined", "chunked-closes", "begun", "malformed-between", "blank-line"],
+)
+def test_where_each_request_ends_is_told(data: bytes, expected: list[int]) -> None:
+    """The ends proxy.headguard feeds aiohttp each request apart by; the state and cut are the same with or without."""
+    ends: list[int] = []
+    assert scan(START, data, ends) == scan(START, data)
+    assert ends == expected
