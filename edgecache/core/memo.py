@@ -45,7 +45,7 @@ def head_cost(head: bytes) -> int:
     return ENTRY_BYTES + 2 * len(head) + FIELD_BYTES * max(head.count(b"\n") - 2, 0)
 
 
-def fields_cost(target: str, fields: tuple[tuple[str, str], ...]) -> int:
+def fields_cost(target: str, fields: tuple[tuple[str, str], ...] | tuple[tuple[bytes, bytes], ...]) -> int:
     """head_cost() of the head these fields and target were parsed from, give or take its request line's words."""
     return ENTRY_BYTES + 2 * (len(target) + sum(len(k) + len(v) + 4 for k, v in fields)) + FIELD_BYTES * len(fields)
 

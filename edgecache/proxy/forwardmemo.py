@@ -15,6 +15,7 @@ from edgecache.core.forward import pass_request
 from edgecache.core.headers import Headers
 from edgecache.core.memo import Memo, Pool, head_cost
 from edgecache.core.popularity import spreadable
+from edgecache.proxy.relayhead import RelayedHeads
 from edgecache.proxy.route import BEHIND, HOT, Forward, Refused, forward_verdict
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class ForwardMemo:
         self.shared = shared
         self.entries: Memo[bytes, _Entry] = Memo(ENTRIES, BYTES, head_cost, pool)
         self.sent: Memo[_Made, bytes] = Memo(ENTRIES, BYTES, _sent_cost, pool)
+        self.heads = RelayedHeads(ENTRIES, BYTES, pool)  # the heads written for the owners' answers (proxy.relay)
 
     def sent_head(self, fwd: Forward, address: str) -> bytes:
         """The request line and fields sent to the owner for `fwd` from the viewer at `address`, without the hop

@@ -31,6 +31,7 @@ from edgecache import metrics
 from edgecache.proxy import answerbound
 from edgecache.proxy.exchange import DROPPED, Exchange
 from edgecache.proxy.peerbroken import Malformed, PeerBroken
+from edgecache.proxy.relayhead import HOLES
 from edgecache.proxy.shares import Shares
 
 MAX_HEAD = 64 * 1024  # a peer's response head longer than this is broken (aiohttp's client allows less)
@@ -39,7 +40,7 @@ IDLE_KEPT = 64  # idle connections kept per peer; more are closed when released
 # system calls a batch saves (a batch of n costs 1/n of a write and a read on each side).
 DEPTH = 8
 WAITING = 1024  # forwards to one peer waiting for their site's share or a connection; more get 503 at once
-_FRAMING = ("content-length", "transfer-encoding")  # fields that end a body other than by the close
+_FRAMING = (b"content-length", b"transfer-encoding")  # fields that end a body other than by the close
 _BATCH = metrics.PEER_BATCH
 
 
@@ -59,7 +60,8 @@ class PeerConn(asyncio.Protocol):
         self.head_only = False  # a HEAD's answer: its head is all of it, whatever Content-Length says
         self.got_head = False
         self.interim = False  # a 1xx answer, skipped
-        self.fields: list[tuple[str, str]] = []
+        self.fields: list[tuple[bytes, bytes]] = []  # as llhttp gives them: decoded only if they must be
+        self.holes: list[int] = []  # the places in `fields` of those whose value is the moment's (proxy.relayhead)
         self.reason = ""
         self.head_size = 0
         self.last_read = 0.0
@@ -106,7 +108,7 @@ class PeerConn(asyncio.Protocol):
     def _front(self, exchange: Exchange, head_only: bool) -> None:
         """`exchange` is the one whose answer is read next; its clock starts now."""
         self.exchange, self.head_only, self.got_head = exchange, head_only, False
-        self.fields, self.reason, self.head_size, self.interim, self.stalled = [], "", 0, False, 0
+        self.fields, self.holes, self.reason, self.head_size, self.interim, self.stalled = [], [], "", 0, False, 0
         self.last_read = self.sent_at = self.loop.time()
         if self.timer is None:  # one timer for the connection: _tick moves itself to the answer being read
             self.timer = self.loop.call_at(self.sent_at + self.read_timeout, self._tick)
@@ -213,7 +215,9 @@ class PeerConn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.ended = True
-        self.fields.append((name.decode("latin-1"), value.decode("latin-1")))  # a trailer's too, after the head's
+        self.fields.append((name, value))  # a trailer's too, after the head's
+        if name in HOLES:
+            self.holes.append(len(self.fields) - 1)
         if (over := answerbound.field(name, value, len(self.fields))) is not None:
             raise Malformed(over)
 
@@ -238,7 +242,7 @@ class PeerConn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.interim:
-            self.interim, self.fields, self.reason = False, [], ""  # its bytes count on: MAX_HEAD bounds them all
+            self.interim, self.fields, self.holes, self.reason = False, [], [], ""  # MAX_HEAD bounds all their bytes
             return
         if self.exchange is not None and not self.head_only:
             self._complete(keep=self.parser.should_keep_alive())

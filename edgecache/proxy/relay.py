@@ -335,7 +335,7 @@ class Relay:
 
     # --- the Exchange ----------------------------------------------------------------------------------------
 
-    def head(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
+    def head(self, status: int, reason: str, fields: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         t, fwd, took = self.trace, self.fwd, time.monotonic() - self.asked
         t.origin_ms = round(took * 1000, 3)
@@ -344,8 +344,9 @@ class Relay:
         if status >= 500:
             metrics.PEER_ERRORS.labels(self.member.id, "5xx").inc()
         date = self.conn.server.date()
-        encoded, self.chunked, self.keep_alive = encode.relayed(
-            status, reason, tuple(fields), _MINE, fwd.method, date, fwd.keep_alive
+        heads, holes = self.conn.server.decider.forwards.heads, self.peer.holes if self.peer is not None else []
+        encoded, self.chunked, self.keep_alive = heads.encode(
+            status, reason, fields, holes, _MINE, fwd.method, date, fwd.keep_alive
         )
         if encoded is None:
             raise PeerBroken("peer's answer has a field that cannot be passed on")

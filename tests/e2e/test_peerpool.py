@@ -119,7 +119,7 @@ class _Kept:
         self.body_bytes = b""
         self.ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()  # True: done, False: failed
 
-    def head(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
+    def head(self, status: int, reason: str, fields: list[tuple[bytes, bytes]]) -> None:
         self.status = status
 
     def body(self, piece: bytes) -> None:
