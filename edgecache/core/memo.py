@@ -39,6 +39,22 @@ ENTRY_BYTES = 2600
 FIELD_BYTES = 160
 
 
+# What each generation of a memo holds at most in a pool of 32 MiB (config.CacheSettings.memo_bytes' default) or
+# less: a set of heads asked in turn (a player's byte-range playlist, W3u's 4,096 ranges) is kept whole while it fits
+# one generation, and 4,096 heads of ~500 bytes and 3 fields fit 16 MiB (648 of 122 fields and 1,870 bytes).
+GENERATION_ENTRIES = 4096
+GENERATION_BYTES = 16 * 2**20
+POOL_PER_ENTRY = 8192  # past that, a generation holds an entry for each 8 KiB of its pool: 4,096 at 32 MiB
+
+
+def generation(pool_bytes: int) -> tuple[int, int]:
+    """The entries and bytes each generation of a memo in a pool of `pool_bytes` holds at most: the entries follow
+    the pool (a fixed 4,096 stopped a node that forwards a long tail from remembering its forwards past ~6,000
+    objects, whatever memory it was given: loadtest.fwdcpu), and so do the bytes (half of the pool, which the pool
+    itself bounds: a generation turns when half its budget was added)."""
+    return max(GENERATION_ENTRIES, pool_bytes // POOL_PER_ENTRY), max(GENERATION_BYTES, pool_bytes // 2)
+
+
 def head_cost(head: bytes) -> int:
     """What a memo's entry for this request head holds, in bytes (the request line and the empty line that ends
     the head are two of its line ends; every other one ends a field)."""

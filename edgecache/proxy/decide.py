@@ -24,7 +24,7 @@ from edgecache.core import admit, ranges
 from edgecache.core.admit import Reply
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keepalive import KeepAlive
-from edgecache.core.memo import Memo, Pool, Seen, head_cost
+from edgecache.core.memo import Memo, Pool, Seen, generation, head_cost
 from edgecache.core.status import CacheStatus, MissCause, of_304, of_fill
 from edgecache.proxy import encode, headparse, observe, rangecut
 from edgecache.proxy.fill import Fill
@@ -41,12 +41,8 @@ from edgecache.proxy.shared import Shared
 log = logging.getLogger(__name__)
 
 _MEMO_HEAD = 2048  # request heads longer than this are not memoised
-# Decisions remembered by each memo in each of its two generations (core.memo): a set of heads asked in turn (a
-# player's byte-range playlist, W3u's 4,096 ranges) is kept whole while it fits one generation.
-_MEMO_ENTRIES = 4096
-# And the bytes they hold (core.memo.head_cost): 4,096 heads of ~500 bytes and 3 fields (W3u's) fit one generation,
-# 648 of 122 fields and 1,870 bytes. Each memo holds twice this at most, and all of a worker's memos together (these
-# four and its forwards) hold what its pool of bytes does (config.CacheSettings.memo_bytes), the least of the two.
+# The pool of bytes a worker's memos hold together (config.CacheSettings.memo_bytes) where no configuration gives
+# one; each memo's generations hold what core.memo.generation gives for its pool, the memo at most twice that.
 MEMO_BYTES = 16 * 2**20
 
 
@@ -70,7 +66,7 @@ class Decider:
         self.memo: Memo[bytes, Prepared] = _memo(pool)  # request head -> its answer, while still valid
         self.wholes: Memo[bytes, Prepared] = _memo(pool)  # head without Range -> whole-object basis
         self.cuts: Memo[bytes, Prepared] = _memo(pool)  # a single-range head -> the answer cut for it (_ranged)
-        self.seen = Seen(_MEMO_ENTRIES)  # the single-range heads cut lately: a second time, the cut is kept
+        self.seen = Seen(generation(memo_bytes)[0])  # the single-range heads cut lately: a second time, the cut is kept
         self.hopped: Memo[bytes, Prepared] = _memo(pool)  # a peer's head without its hop field -> the answer it had
         self.forwards = ForwardMemo(shared, pool)
         self.parser = headparse.Parser()
@@ -420,7 +416,7 @@ class Decider:
 
 
 def _memo(pool: Pool) -> Memo[bytes, Prepared]:
-    return Memo(_MEMO_ENTRIES, MEMO_BYTES, head_cost, pool)
+    return Memo(*generation(pool.budget), head_cost, pool)
 
 
 def _remember(memo: Memo[bytes, Prepared], head: bytes, prepared: Prepared, kept: bool | None = None) -> None:

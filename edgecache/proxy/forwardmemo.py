@@ -13,7 +13,7 @@ from edgecache.core import admit
 from edgecache.core.admit import Reply
 from edgecache.core.forward import pass_request
 from edgecache.core.headers import Headers
-from edgecache.core.memo import Memo, Pool, head_cost
+from edgecache.core.memo import GENERATION_BYTES, Memo, Pool, generation, head_cost
 from edgecache.core.popularity import spreadable
 from edgecache.proxy.relayhead import RelayedHeads
 from edgecache.proxy.route import BEHIND, HOT, Forward, Refused, forward_verdict
@@ -21,8 +21,6 @@ from edgecache.proxy.route import BEHIND, HOT, Forward, Refused, forward_verdict
 if TYPE_CHECKING:
     from edgecache.proxy.shared import Shared
 
-ENTRIES = 4096  # forwards remembered in each of two generations (core.memo)
-BYTES = 16 * 2**20  # and the bytes they hold (core.memo.head_cost), as decide.MEMO_BYTES, within the decisions' pool
 _HOP_NAME = b"\r\nedgecache-hop:"  # lower case: looked for in the head lowered
 _HOP_VALUE = re.compile(rb"[ \t]*([!-~]+)[ \t]*")
 
@@ -65,9 +63,11 @@ def _sent_cost(made: _Made) -> int:
 class ForwardMemo:
     def __init__(self, shared: Shared, pool: Pool | None = None) -> None:
         self.shared = shared
-        self.entries: Memo[bytes, _Entry] = Memo(ENTRIES, BYTES, head_cost, pool)
-        self.sent: Memo[_Made, bytes] = Memo(ENTRIES, BYTES, _sent_cost, pool)
-        self.heads = RelayedHeads(ENTRIES, BYTES, pool)  # the heads written for the owners' answers (proxy.relay)
+        # as the decisions' memos, in their pool (or one of its own, as large as theirs by default)
+        entries, budget = generation(pool.budget if pool is not None else GENERATION_BYTES * 2)
+        self.entries: Memo[bytes, _Entry] = Memo(entries, budget, head_cost, pool)
+        self.sent: Memo[_Made, bytes] = Memo(entries, budget, _sent_cost, pool)
+        self.heads = RelayedHeads(entries, budget, pool)  # the heads written for the owners' answers (proxy.relay)
 
     def sent_head(self, fwd: Forward, address: str) -> bytes:
         """The request line and fields sent to the owner for `fwd` from the viewer at `address`, without the hop

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from edgecache.core.memo import head_cost
+from edgecache.core.memo import generation, head_cost
 from edgecache.proxy import decide, forwardmemo
 from tests.conftest import make_config, start_edge
 from tests.e2e.test_cluster import cluster_configs, owner_of, started
@@ -130,7 +130,7 @@ async def test_distinct_fat_heads_forwarded_hold_at_most_the_byte_budget(origin:
     heads = [fat_head(n).replace(b"GET /obj ", f"GET {paths[n % 100]} ".encode()) for n in range(COUNT)]
     assert {len(h) for h in heads} == {1873}
     assert head_cost(heads[0]) == 25866  # 648 fit a generation
-    assert forwardmemo.BYTES == 16 * 2**20
+    assert generation(pooled // 2) == (4096, 16 * 2**20)  # what each generation holds in a pool of 16 MiB
     async with started(configs) as nodes:
         assert await ask(nodes[0].port, heads) == [(200, BODY)] * COUNT
         assert nodes[0].fast is not None
