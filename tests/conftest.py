@@ -87,7 +87,9 @@ async def start_edge(config: Config) -> AsyncIterator[Edge]:
     """The real edge on a loopback port: its fast path in front of aiohttp, or aiohttp alone (fast_path off)."""
     async with open_node(config) as node:
         server = make_server(node)
-        runner = web.ServerRunner(server)
+        # As server.run stops: requests still in flight get the config's drain, then are cut (aiohttp's own default
+        # is 60 s, and it lingers 10 s reading what is left of a body the edge answered before it all came).
+        runner = web.ServerRunner(server, shutdown_timeout=max(config.drain, 0.001))
         await runner.setup()
         fast = make_fast(node, server)
         sites = await start_listeners(node, runner, fast)
