@@ -77,7 +77,7 @@ async def admin_node(
             purger,
             prefetch_routes(current, jobs) + purge_routes(current, edge.node.store),
         )
-        web_runner = web.AppRunner(app)
+        web_runner = web.AppRunner(app, shutdown_timeout=max(cfg.drain, 0.001))  # as start_edge's
         await web_runner.setup()
         stack.push_async_callback(web_runner.cleanup)
         port = free_port()
