@@ -215,7 +215,9 @@ async def test_an_origin_that_sends_its_head_a_byte_at_a_time_is_a_504_within_th
 
     server = await asyncio.start_server(dribble, "127.0.0.1", 0)
     cfg = make_config(tmp_path / "c", [f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"])
-    cfg = replace(cfg, origin=replace(cfg.origin, read_timeout=0.5), fast_path=fast_path)
+    # A head is waited for connect_timeout + read_timeout (proxy.origin): both short, the connect a loopback one.
+    origin = replace(cfg.origin, connect_timeout=0.5, read_timeout=0.5)
+    cfg = replace(cfg, origin=origin, fast_path=fast_path)
     try:
         async with start_edge(cfg) as edge:
             for path in ("/a", "/b"):  # twice: nothing left behind
