@@ -15,6 +15,7 @@ SLICES = (4096, 64 * 2**20)  # the sizes a slice may have (cache.slice, and `edg
 SLICES_PROBLEM = "must be between 4KiB and 64MiB"
 TIERS = ("inclusive", "exclusive")
 MAX_SAVE = 3600.0  # cache.save_on_stop at most, as server.drain
+MIN_LEASE = 2.0  # cache.lease at least (lease_seconds)
 # Each worker has a memory tier of its own over the one disk: a slice only in one worker's memory is a miss for the
 # others, which fetch it again (loadtest.tier_layouts --workers: a loss from 2 workers on).
 EXCLUSIVE_WORKERS = "'exclusive' needs one worker: a slice in one worker's memory only is a miss for the others"
@@ -47,6 +48,7 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         tiers=r.get(t, "cache.", "tiers", str, "inclusive"),
         save_on_stop=r.get(t, "cache.", "save_on_stop", _save_seconds, 10.0),
         max_object_size=r.get(t, "cache.", "max_object_size", object_size, 0),
+        lease=r.get(t, "cache.", "lease", lease_seconds, 10.0),
     )
     run = settings.slice_bytes * settings.fill_slices
     if settings.fill_bytes < run:
@@ -87,6 +89,15 @@ def _save_seconds(v: Any) -> float:
     seconds = _seconds(v)
     if seconds > MAX_SAVE:
         raise ValueError(f"expected seconds between 0 and {MAX_SAVE:.0f}")
+    return seconds
+
+
+def lease_seconds(v: Any) -> float:
+    """`cache.lease`: at least MIN_LEASE, so that a whole copy's holder, which renews its lease at most once a second
+    as its bytes come (proxy.revalidating.held_on), keeps it between two renewals; at most MAX_SAVE."""
+    seconds = _seconds(v)
+    if not MIN_LEASE <= seconds <= MAX_SAVE:
+        raise ValueError(f"expected seconds between {MIN_LEASE:.0f} and {MAX_SAVE:.0f}")
     return seconds
 
 

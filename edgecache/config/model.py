@@ -98,6 +98,9 @@ class CacheSettings:
     # Exclusive tiers: seconds a graceful stop spends writing the slices only memory holds to disk, hottest first
     # (storage.tiers.keep_on_stop), after the drain; 0: none, a restart loses them as a kill -9 does.
     save_on_stop: float = 10.0
+    # Seconds a worker's lease on what it fetches (slices, a revalidation) lasts past its last renewal: the others
+    # wait for it that long at most, then fetch themselves (storage.leases).
+    lease: float = 10.0
     # The largest copy stored whole, in bytes (core.objectsize); 0: an eighth of the disk budget, as object_limit says.
     max_object_size: int = 0
 

@@ -41,7 +41,7 @@ from edgecache.proxy.revalidating import (
     not_purged,
 )
 from edgecache.storage.ghosts import Ghosts
-from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
+from edgecache.storage.leases import REVALIDATING
 from edgecache.storage.store import Store, slice_name
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class Engine:
             # cutting answers already begun.
             taken = await self.budget.take(fill, head) if pumped else None
             head = rejoined(self.store, head)  # a turn waited for: the copy may have been named meanwhile
-            head = await leasing.claimed(self.store, fill, head, req, self.fill_slices, LEASE_SECONDS)
+            head = await leasing.claimed(self.store, fill, head, req, self.fill_slices, self.store.lease_seconds)
             writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
             try:
                 was, req = req.entry_key, await self._take_head(fill, req, head)
@@ -405,7 +405,7 @@ class Engine:
         """At the head and each slice boundary: the leases of the slices coming, and a whole copy's let go of once
         its object was purged (revalidating.let_go_if_purged)."""
         await let_go_if_purged(self.store, fill, head, req)
-        await leasing.lease_ahead(self.store, fill, head, reached, self.fill_slices, LEASE_SECONDS)
+        await leasing.lease_ahead(self.store, fill, head, reached, self.fill_slices, self.store.lease_seconds)
 
     def _memory_only(self, req: FillRequest, version: str, index: int, data: bytes) -> bool:
         """Offer a filled slice to memory; True where it goes no further: a spread copy (in memory only, never

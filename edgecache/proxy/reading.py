@@ -18,7 +18,6 @@ from edgecache.proxy.fill import Fill, FillHead, Released
 from edgecache.proxy.fillhead import RangeMismatch, new_token
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.revalidating import whole_by_another_worker
-from edgecache.storage.leases import LEASE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ async def read_slice(
                 continue
             if started is None:  # another worker process is fetching this slice: read it when it lands
                 metrics.collapsed(metrics.SOURCES.get())
-                await engine.store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS)
+                await engine.store.wait_for_peer(req.entry_key, meta, index, engine.store.lease_seconds)
                 continue
             fill = started  # the request's miss is counted once, by its cause, when it ends (observe.finish)
         _joined(fill, own)
@@ -274,7 +273,9 @@ async def _start_for(
     if again is not None:
         return again
     if engine.store.shared and req.spread_from is None:  # a spread copy never lands on disk: nothing to lease
-        leased = await engine.store.lease_run(req.entry_key, meta, list(range(index, run_end + 1)), LEASE_SECONDS)
+        leased = await engine.store.lease_run(
+            req.entry_key, meta, list(range(index, run_end + 1)), engine.store.lease_seconds
+        )
         if leased == 0:
             return None
         run_end = index + leased - 1

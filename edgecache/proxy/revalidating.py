@@ -30,14 +30,14 @@ from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError, VersionChanged
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillrequest import FillRequest
-from edgecache.storage.leases import LEASE_SECONDS, REVALIDATING
+from edgecache.storage.leases import REVALIDATING
 from edgecache.storage.store import Store
 
 # At most this many other workers' revalidations are waited for in turn (each failed, or refreshed the copy into
 # one this request may not use) before this one asks the origin anyway. A miss waits for one: nothing stored
 # after it means the answer was not storable (or failed), and each waiter then asks the origin.
 TRIES = 3
-# A whole copy's lease is renewed at most this often as its bytes come (held_on): well within LEASE_SECONDS.
+# A whole copy's lease is renewed at most this often as its bytes come (held_on): well within a lease (cache.lease).
 RENEW_SECONDS = 1.0
 
 
@@ -47,7 +47,6 @@ async def by_another_worker(
     fill: Fill,
     req: FillRequest,
     validate: ObjectMeta | None,
-    seconds: float = LEASE_SECONDS,
 ) -> bool:
     """Did another worker's origin request answer the one `fill` was started for (the revalidation of `validate`,
     or a miss when None)? Then the fill has its head, a 304's from the copy as that worker left it on the disk
@@ -56,6 +55,7 @@ async def by_another_worker(
     failed (_run_fill)."""
     if not store.shared or req.spread_from is not None:  # a spread copy is not on the disk
         return False
+    seconds = store.lease_seconds  # cache.lease
     lease = store.revalidation_lease(req.entry_key)
     waits = TRIES if validate is not None else 1
     for attempt in range(waits + 1):
@@ -172,7 +172,7 @@ async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMe
     lease = store.revalidation_lease(req.entry_key)
     while await being_written(store, req, meta):
         metrics.collapsed(metrics.SOURCES.get())  # the request waits for another worker's origin request: once
-        await store.wait_for_peer(req.entry_key, meta, index, LEASE_SECONDS, lease)
+        await store.wait_for_peer(req.entry_key, meta, index, store.lease_seconds, lease)
         if not await store.missing(req.entry_key, meta, [index]):
             return True
     return False
@@ -214,7 +214,7 @@ async def held_on(store: Store, fill: Fill) -> None:
     now = time.monotonic()
     if now >= fill.renew_at:
         fill.renew_at = now + RENEW_SECONDS
-        await store.renew(lease, _owner(fill), LEASE_SECONDS)
+        await store.renew(lease, _owner(fill), store.lease_seconds)
 
 
 def holds_to_the_end(head: FillHead) -> bool:

@@ -18,7 +18,8 @@ from edgecache.storage.disk import lease_name
 from edgecache.storage.disks import Disks
 from edgecache.storage.slicenames import slice_name
 
-# A worker holding a lease has this long to store what it guards before the others fetch it themselves.
+# A worker holding a lease has this long to store what it guards before the others fetch it themselves: cache.lease's
+# default (Leases.lease_seconds).
 LEASE_SECONDS = 10.0
 PEER_POLL = 0.02  # seconds between looks at the disk while another worker fetches a slice
 REVALIDATING = -1  # where a fill's leases (Fill.leases, by slice index) keep its revalidation's
@@ -33,6 +34,7 @@ class Leases:
     """The Store's leases (a mixin: its `disk`)."""
 
     disk: Disks
+    lease_seconds = LEASE_SECONDS  # cache.lease, set by server.open_node: what the request path leases for
 
     @staticmethod
     def lease_names(entry_key: str, version: str, indices: range | list[int]) -> dict[int, str]:

@@ -429,6 +429,20 @@ def test_cache_save_on_stop_defaults_to_ten_seconds_and_counts_in_a_stop_with_ex
     ]
 
 
+def test_cache_lease_defaults_to_ten_seconds_and_is_at_least_two() -> None:
+    """cache.lease: how long the other workers wait for a slice (or a revalidation) one worker leased; under two
+    seconds a whole copy's holder, renewing once a second as its bytes come, could lose it between renewals."""
+    assert build({"sites": [SITE]}, "f.toml", Path("/e")).cache.lease == 10.0
+    assert build({"cache": {"lease": 2.5}, "sites": [SITE]}, "f.toml", Path("/e")).cache.lease == 2.5
+    for wrong in (1.5, 3601):
+        assert problems({"cache": {"lease": wrong}, "sites": [SITE]}) == [
+            "f.toml: cache.lease: expected seconds between 2 and 3600"
+        ]
+    assert problems({"cache": {"lease": "10s"}, "sites": [SITE]}) == [
+        "f.toml: cache.lease: expected seconds (a finite number >= 0)"
+    ]
+
+
 def test_an_access_log_name_too_long_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
     """check-config crashed with OSError ENAMETOOLONG on log.access = "9" * 300 (found by loadtest.fuzz)."""
     with pytest.raises(ConfigError) as exc:
