@@ -42,11 +42,18 @@ def heard(sync: SyncLog) -> Heard | None:
     return None if vector is None or retired is None else Heard(vector, doc["me"], frozenset(retired))
 
 
+# Incarnations in test_incarnations_that_come_and_go_for_weeks_keep_the_vectors_far_below_the_bound: ten HORIZONs.
+# Its bound on what a node holds (two horizons' worth, 4 * HORIZON / 1800 + 4 = 388) is passed without pruning at
+# incarnation 388 (day 8); from the second horizon on, each one adds as many as pruning takes away, so further
+# horizons repeat the same steps (3000 incarnations, 62 days, took 10 s of the unit tests' time).
+INCARNATIONS = round(10 * HORIZON / 1800)
+
+
 def test_incarnations_that_come_and_go_for_weeks_keep_the_vectors_far_below_the_bound() -> None:
-    # Three nodes that stay; 3000 pod incarnations, two an hour for 62 days, each taking one purge from an operator
-    # that reaches every node. Without pruning the vectors passed 2048 origins on day 43 and every peer refused them.
+    # Three nodes that stay; pod incarnations, two an hour for 20 days, each taking one purge from an operator that
+    # reaches every node. Without pruning the vectors passed 2048 origins on day 43 and every peer refused them.
     nodes = {name: SyncLog(me=f"{name}~0") for name in ("a", "b", "c")}
-    for k in range(3000):
+    for k in range(INCARNATIONS):
         now = k * 1800.0
         entry = url(f"pod-{k}~{k:04x}", 1, f"/p{k}")
         for name in nodes:
@@ -59,7 +66,8 @@ def test_incarnations_that_come_and_go_for_weeks_keep_the_vectors_far_below_the_
             held = len(nodes[name].vector) + len(nodes[name].retired)
             assert held <= 4 * HORIZON / 1800 + 4, (k, held)  # two horizons' worth, and the nodes' own
     assert all(len(s.vector) < MAX_ORIGINS // 4 for s in nodes.values())
-    last = url("pod-2999~0bb7", 1, "/p2999")
+    k = INCARNATIONS - 1
+    last = url(f"pod-{k}~{k:04x}", 1, f"/p{k}")
     assert all(s.has(last.origin, 1) for s in nodes.values())
 
 
