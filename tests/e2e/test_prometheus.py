@@ -40,6 +40,9 @@ DASHBOARD = ROOT / "config" / "grafana" / "dashboard.json"
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
 SCRAPE_CONFIG = ROOT / "config" / "prometheus" / "prometheus.yml"
 DEADLINE = 90.0  # seconds for Prometheus to have scraped enough for every expression to return data
+# Prometheus's scrape and rule evaluation interval, and how often the test looks for the data they bring: the test
+# waits for a few scrapes and evaluations (a rate needs two samples, an alert's rule an evaluation).
+SCRAPE = 0.25
 ALERT_NAMES = {
     "EdgecacheDown",
     "HitRatioDrop",
@@ -275,7 +278,7 @@ async def until_data(api: PromAPI, expr: str, started: float, load: asyncio.Task
         if got:
             return got
         assert time.monotonic() - started < DEADLINE, f"no data for {expr}"
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(SCRAPE)
 
 
 async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin, tmp_path: Path) -> None:
@@ -288,7 +291,10 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
     prom_cfg.write_text(  # JSON is YAML
         json.dumps(
             {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "global": {
+                    "scrape_interval": f"{SCRAPE * 1000:.0f}ms",
+                    "evaluation_interval": f"{SCRAPE * 1000:.0f}ms",
+                },
                 "rule_files": [str(tmp_path / "alerts.yml")],
                 "scrape_configs": [{"job_name": "edgecache", "static_configs": [{"targets": [f"127.0.0.1:{admin}"]}]}],
             }
@@ -324,7 +330,7 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
                     if got and float(got[0]["value"][1]) >= 3:
                         break
                     assert time.monotonic() - started < DEADLINE, f"fewer than 3 scrapes in {DEADLINE} s: {got}"
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(SCRAPE)
 
                 # Forwards to the peer were answered and scraped; then the peer stops and the edge's disk fails.
                 await until_data(
@@ -352,7 +358,7 @@ async def test_every_dashboard_and_alert_expression_returns_data(origin: Origin,
                     if not empty:
                         break
                     assert time.monotonic() - started < DEADLINE, "no data for:\n" + "\n".join(empty)
-                    await asyncio.sleep(1)
+                    await asyncio.sleep(SCRAPE)
 
                 # The situations made above: each alert's whole expression gives its series.
                 instance = f"127.0.0.1:{admin}"
