@@ -47,7 +47,6 @@ from edgecache.watchdog import Heartbeats, install_test_hooks, keep_alive
 
 log = logging.getLogger(__name__)
 
-STATS_SECONDS = 5.0
 CLOSE_EVICTED_SECONDS = 1.0  # an fstat per open slice file (at most OPEN_FILES), off the loop: about 1 ms
 
 
@@ -109,7 +108,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     access = await loop.run_in_executor(None, AccessLog, config.access_log)
     cluster = ClusterView(config.cluster) if config.cluster is not None else None
     tasks = [
-        asyncio.ensure_future(_sample_stats(store)),
+        asyncio.ensure_future(_sample_stats(store, c.stats_interval)),
         asyncio.ensure_future(disk.watch()),
         asyncio.ensure_future(_close_evicted(store)),
     ]
@@ -159,8 +158,9 @@ async def _close_evicted(store: Store) -> None:
             log.exception("closing the files of evicted slices failed")
 
 
-async def _sample_stats(store: Store) -> None:
-    """Tier sizes for the gauges, sampled rather than updated on every operation of the hot path."""
+async def _sample_stats(store: Store, seconds: float) -> None:
+    """Tier sizes for the gauges, sampled (every cache.stats_interval) rather than updated on every operation of
+    the hot path."""
     from edgecache import metrics
 
     last_evictions = last_admissions = 0
@@ -176,7 +176,7 @@ async def _sample_stats(store: Store) -> None:
         last_evictions, last_admissions = s.evictions, s.admissions
         with contextlib.suppress(Exception):
             metrics.DISK_BYTES.set(await store.disk.volume())
-        await asyncio.sleep(STATS_SECONDS)
+        await asyncio.sleep(seconds)
 
 
 def _limiter(config: Config) -> RateLimiter | None:

@@ -49,6 +49,7 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         save_on_stop=r.get(t, "cache.", "save_on_stop", _save_seconds, 10.0),
         max_object_size=r.get(t, "cache.", "max_object_size", object_size, 0),
         lease=r.get(t, "cache.", "lease", lease_seconds, 10.0),
+        stats_interval=r.get(t, "cache.", "stats_interval", _stats_seconds, 5.0),
     )
     run = settings.slice_bytes * settings.fill_slices
     if settings.fill_bytes < run:
@@ -98,6 +99,15 @@ def lease_seconds(v: Any) -> float:
     seconds = _seconds(v)
     if not MIN_LEASE <= seconds <= MAX_SAVE:
         raise ValueError(f"expected seconds between {MIN_LEASE:.0f} and {MAX_SAVE:.0f}")
+    return seconds
+
+
+def _stats_seconds(v: Any) -> float:
+    """`cache.stats_interval`: each sample asks the disk tier its size (off the loop), so not more than twice a
+    second; at most MAX_SAVE."""
+    seconds = _seconds(v)
+    if not 0.5 <= seconds <= MAX_SAVE:
+        raise ValueError(f"expected seconds between 0.5 and {MAX_SAVE:.0f}")
     return seconds
 
 

@@ -101,6 +101,9 @@ class CacheSettings:
     # Seconds a worker's lease on what it fetches (slices, a revalidation) lasts past its last renewal: the others
     # wait for it that long at most, then fetch themselves (storage.leases).
     lease: float = 10.0
+    # Seconds between two samples of the tier gauges on /metrics (memory and disk tier bytes, objects, evictions
+    # and admissions), which are sampled rather than updated on the hot path (server._sample_stats).
+    stats_interval: float = 5.0
     # The largest copy stored whole, in bytes (core.objectsize); 0: an eighth of the disk budget, as object_limit says.
     max_object_size: int = 0
 

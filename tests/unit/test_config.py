@@ -443,6 +443,16 @@ def test_cache_lease_defaults_to_ten_seconds_and_is_at_least_two() -> None:
     ]
 
 
+def test_cache_stats_interval_defaults_to_five_seconds_and_is_at_least_half_a_second() -> None:
+    """cache.stats_interval: how often a worker samples its tiers for the gauges on /metrics."""
+    assert build({"sites": [SITE]}, "f.toml", Path("/e")).cache.stats_interval == 5.0
+    assert build({"cache": {"stats_interval": 0.5}, "sites": [SITE]}, "f.toml", Path("/e")).cache.stats_interval == 0.5
+    for wrong in (0, 0.1, 3601):
+        assert problems({"cache": {"stats_interval": wrong}, "sites": [SITE]}) == [
+            "f.toml: cache.stats_interval: expected seconds between 0.5 and 3600"
+        ]
+
+
 def test_an_access_log_name_too_long_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
     """check-config crashed with OSError ENAMETOOLONG on log.access = "9" * 300 (found by loadtest.fuzz)."""
     with pytest.raises(ConfigError) as exc:
