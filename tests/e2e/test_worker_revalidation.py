@@ -100,13 +100,13 @@ async def one_per_worker(port: int, parent: int, path: str, expected: bytes = BO
 
 @contextlib.asynccontextmanager
 async def each_worker(
-    tmp_path: Path, origin: Origin, path: str, expected: bytes = BODY, pairs: int = 2
+    tmp_path: Path, origin: Origin, path: str, expected: bytes = BODY, pairs: int = 2, lease: float = LEASE_SECONDS
 ) -> AsyncIterator[tuple[int, aiohttp.ClientSession, list[tuple[Conn, Conn]]]]:
-    """A two-worker node with `pairs` connections to each worker (one_per_worker, `pairs` times): its admin port, a
-    session, and the pairs, each ordered by worker pid (the first of each pair on one worker, the second on the
-    other)."""
+    """A two-worker node (cache.lease `lease`) with `pairs` connections to each worker (one_per_worker, `pairs`
+    times): its admin port, a session, and the pairs, each ordered by worker pid (the first of each pair on one
+    worker, the second on the other)."""
     port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
+    cfg = two_workers(tmp_path, origin, port, admin, lease)
     async with (
         edge_process("serve", "--config", str(cfg), ready=READY) as proc,
         aiohttp.ClientSession() as s,

@@ -38,12 +38,14 @@ READY = {b"admin listening on": 1, b"edgecache listening on": 2}  # both workers
 
 
 def two_workers(tmp_path: Path, origin: Origin, port: int, admin: int, lease: float = LEASE_SECONDS) -> Path:
-    """A config file for a node of two workers with an operator token; `lease`: its cache.lease."""
+    """A config file for a node of two workers with an operator token; `lease`: its cache.lease. Its tier gauges
+    are sampled every half second (cache.stats_interval): tests wait for a slice to be in a memory tier on them."""
     cfg = tmp_path / "edge.toml"
     cfg.write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
         f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
         f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "256MiB"\nmemory = "64MiB"\nfill_slices = 4\nlease = {lease}\n'
+        "stats_interval = 0.5\n"
         f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
     )
     return cfg
