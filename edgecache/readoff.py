@@ -4,8 +4,8 @@ it pleases: in the supervisor's own loop that stopped it reaping and replacing w
 reload lock (every later reload waited behind it) and an executor thread the worker's exit then waited for.
 
 Each read runs in a daemon thread of its own, which nothing waits for at exit; its caller gives up after
-READ_SECONDS and keeps the running config. A thread that never returns cannot be stopped: at most MAX_READS reads run
-at once in a process, and one asked beyond them is refused at once.
+server.reload_timeout (READ_SECONDS by default) and keeps the running config. A thread that never returns cannot be
+stopped: at most MAX_READS reads run at once in a process, and one asked beyond them is refused at once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-READ_SECONDS = 10.0  # a reload whose read has not ended by then is refused, the running config kept
+READ_SECONDS = 10.0  # server.reload_timeout's default: a read not ended by then is refused, the running config kept
 MAX_READS = 4  # reads still under way (stalled ones among them) past which another is refused at once
 
 _threads: list[threading.Thread] = []

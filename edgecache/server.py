@@ -214,12 +214,12 @@ async def _reload(node: Node) -> bool:
         log.error("reload rejected, keeping the running config: %s: earlier reads of it have not returned", path)
         return False
     try:
-        new, contexts = await asyncio.wait_for(asyncio.wrap_future(future), readoff.READ_SECONDS)
+        new, contexts = await asyncio.wait_for(asyncio.wrap_future(future), node.config.reload_timeout)
     except TimeoutError:
         log.error(
             "reload rejected, keeping the running config: %s: reading it did not end within %g s",
             path,
-            readoff.READ_SECONDS,
+            node.config.reload_timeout,
         )
         return False
     except ConfigError as exc:

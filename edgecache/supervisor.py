@@ -96,6 +96,7 @@ class Supervisor:
     slots: list[Slot] = field(default_factory=list)
     source: str = "the config file"  # named when its read does not end in time
     reading: tuple[Future[Config], float] | None = None  # a reload's read under way, and when it is given up
+    read_seconds: float = READ_SECONDS  # how long a reload's read may take: server.reload_timeout of the config used
     again: bool = False  # a reload asked while one was read: the file may have changed since that read began
     wake: int = -1  # the write end of the wake-up pipe: a read that ended wakes the loop through it
 
@@ -174,7 +175,7 @@ class Supervisor:
                 "reload rejected, keeping the running config: %s: earlier reads of it have not returned", self.source
             )
             return
-        self.reading = future, time.monotonic() + READ_SECONDS
+        self.reading = future, time.monotonic() + self.read_seconds
 
     def _woken(self) -> None:
         """In the reading thread, once its read ended: wake the loop (a 0 in the pipe is no signal)."""
@@ -193,12 +194,13 @@ class Supervisor:
                 log.error("reload rejected, keeping the running config: %s: %r", self.source, exc)
             else:
                 self.hooks.reload(future.result())
+                self.read_seconds = future.result().reload_timeout
         elif time.monotonic() >= deadline:
             self.reading = None
             log.error(
                 "reload rejected, keeping the running config: %s: reading it did not end within %g s",
                 self.source,
-                READ_SECONDS,
+                self.read_seconds,
             )
         else:
             return
@@ -323,7 +325,7 @@ def serve(config: Config) -> int:
         watch = (config.source, config.watch_config) if watched else None
         stopping = config.drain + config.cache.stop_save_seconds  # a worker saves its memory after its drain
         supervisor = Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, stopping, watch)
-        supervisor.source = config.source
+        supervisor.source, supervisor.read_seconds = config.source, config.reload_timeout
         supervisor.run()
     finally:
         workers.close()

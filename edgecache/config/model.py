@@ -213,6 +213,7 @@ class Config:
     watchdog: float = 10.0  # a worker whose loop has not turned this long is replaced (0: off)
     drain: float = 10.0  # seconds a stopping worker (SIGTERM) lets requests in flight finish; 0: cut them at once
     watch_config: float = 0.0  # seconds between looks at the config file; a change reloads as SIGHUP does; 0: off
+    reload_timeout: float = 10.0  # a reload whose read of the file (and those it names) takes longer is refused
     disk_send: str = "pread"  # disk hits on the fast path: "pread" (never blocks the loop) or "sendfile"
     tls_listen: tuple[Listen, ...] = ()  # HTTPS listeners; certificates per site by SNI
     tls: TLSFiles | None = None  # for clients that send no (or an unknown) server name

@@ -45,6 +45,7 @@ class ServerFields(TypedDict):
     watchdog: float
     drain: float
     watch_config: float
+    reload_timeout: float
     disk_send: str
     tls_listen: tuple[Listen, ...]
     tls: TLSFiles | None
@@ -72,6 +73,7 @@ def read_server(r: _Reader, doc: dict[str, Any], base: Path) -> ServerFields:
         watchdog=r.get(t, p, "watchdog", check_watchdog, 10.0),
         drain=r.get(t, p, "drain", _drain, 10.0),
         watch_config=r.get(t, p, "watch_config", _watch_config, 0.0),
+        reload_timeout=r.get(t, p, "reload_timeout", _reload_timeout, 10.0),
         disk_send=r.get(t, p, "disk_send", _choice("pread", "sendfile"), "pread"),
         tls_listen=r.get(t, p, "tls_listen", _listen_list, ()),
         tls=read_tls(r, t, p, base),
@@ -157,6 +159,14 @@ def _watch_config(v: Any) -> float:
     seconds = _seconds(v)
     if seconds != 0 and not 1 <= seconds <= MAX_WATCH:
         raise ValueError(f"expected 0 (off) or seconds between 1 and {MAX_WATCH:.0f}")
+    return seconds
+
+
+def _reload_timeout(v: Any) -> float:
+    """`server.reload_timeout`: how long a reload waits for its read of the config file (edgecache.readoff)."""
+    seconds = _seconds(v)
+    if not 1 <= seconds <= MAX_WATCH:
+        raise ValueError(f"expected seconds between 1 and {MAX_WATCH:.0f}")
     return seconds
 
 

@@ -453,6 +453,16 @@ def test_cache_stats_interval_defaults_to_five_seconds_and_is_at_least_half_a_se
         ]
 
 
+def test_server_reload_timeout_defaults_to_ten_seconds_and_is_at_least_one() -> None:
+    """server.reload_timeout: how long a reload waits for its read of the config file before refusing it."""
+    assert build({"sites": [SITE]}, "f.toml", Path("/e")).reload_timeout == 10.0
+    assert build({"server": {"reload_timeout": 2}, "sites": [SITE]}, "f.toml", Path("/e")).reload_timeout == 2.0
+    for wrong in (0, 0.5, 3601):
+        assert problems({"server": {"reload_timeout": wrong}, "sites": [SITE]}) == [
+            "f.toml: server.reload_timeout: expected seconds between 1 and 3600"
+        ]
+
+
 def test_an_access_log_name_too_long_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
     """check-config crashed with OSError ENAMETOOLONG on log.access = "9" * 300 (found by loadtest.fuzz)."""
     with pytest.raises(ConfigError) as exc:
