@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -365,12 +367,16 @@ async def test_a_viewer_gone_mid_answer_costs_that_peer_connection_only(origin: 
     scripts, paths = scripted({"fine": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"})
     paths["slow"] = owned_by(RING, "node2", "/slow/")
     scripts[paths["slow"]] = slow
-    async with ScriptedPeer(scripts) as peer, beside(origin, tmp_path, peer) as edge:
+    # A read timeout past the test's wait: only the viewer's leaving can end that peer connection in time.
+    async with ScriptedPeer(scripts) as peer, beside(origin, tmp_path, peer, read_timeout=60) as edge:
         reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
         writer.write(request(paths["slow"]))
         async with asyncio.timeout(10):
             await reader.readuntil(b"12345")
-        writer.transport.abort()  # the viewer leaves mid-answer: the edge drops its peer connection with it
+        # The viewer leaves mid-answer (a reset: a FIN alone is a half-close, whose answer is still owed to it):
+        # the edge drops its peer connection with it.
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
         async with peer.changed, asyncio.timeout(10):
             await peer.changed.wait_for(lambda: peer.closed == 1)
         for _ in range(2):
