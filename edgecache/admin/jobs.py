@@ -112,6 +112,12 @@ def rank(job: Job) -> tuple[int, float, str]:
     return -job.priority, job.created, job.id
 
 
+def _unread(status: int) -> str:
+    """The outcome of an answer not stored: an error, a redirect (not followed: see the module's docstring), or
+    an answer not kept."""
+    return f"status {status}" if status >= 300 else "not-stored"
+
+
 def _is_manifest(url: str) -> bool:
     return urlsplit(url).path.endswith((".m3u8", ".mpd"))
 
@@ -432,6 +438,9 @@ class JobRunner:
             job.failed = dict(Counter(job.failed) + Counter({outcome: 1}))
 
     async def _fetch(self, url: str, bucket: TokenBucket | None, job: Job) -> tuple[str, bytes | None]:
+        """The outcome of asking this node for `url` as a viewer would, and its body when it is a manifest kept. An
+        answer not stored is left unread: an object too large to store, a private or no-store one, a pass, is
+        fetched from the origin only as far as its head, not to its end for nothing."""
         assert self._session is not None
         parts = urlsplit(url)
         keep = _is_manifest(url)
@@ -443,6 +452,8 @@ class JobRunner:
                 allow_redirects=False,  # see the module's docstring
             ) as r:
                 outcome, source = reading(", ".join(r.headers.getall("Cache-Status", [])))
+                if outcome == "not-stored":  # reading on stores nothing: the fill stops once nobody reads it
+                    return _unread(r.status), None
                 capped = bucket if source != "cache" else None  # bytes read back from this node's cache are free
                 chunks, kept = [], 0
                 async for chunk in r.content.iter_chunked(256 * 1024):
@@ -454,8 +465,8 @@ class JobRunner:
                     job.network_bytes += len(chunk) if source != "cache" else 0
                     if capped is not None:
                         await capped.take(len(chunk))
-                if r.status >= 400 or (r.status >= 300 and outcome not in ("cached", "fetched")):
-                    return f"status {r.status}", None  # an error, or a redirect not kept (nor followed)
+                if r.status >= 400:
+                    return f"status {r.status}", None  # an error, kept or not
                 if kept > MAX_MANIFEST:
                     return f"error manifest over {MAX_MANIFEST} bytes", None  # not expanded
                 return outcome, b"".join(chunks)
