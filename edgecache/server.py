@@ -328,6 +328,11 @@ async def start_listeners(
     return sites
 
 
+# How long the admin and demo listeners' calls may go on after the drain (/readyz says "draining" through it):
+# aiohttp's 60 s outlived the parent's kill at drain + supervisor.KILL_AFTER, before the node's own end.
+SIDE_STOP = 1.0
+
+
 async def _start_demo(config: Config) -> web.AppRunner | None:
     if config.demo_origin is None:
         return None
@@ -335,7 +340,7 @@ async def _start_demo(config: Config) -> web.AppRunner | None:
 
     root = config.cache.dir.parent / "demo-origin"
     await asyncio.get_running_loop().run_in_executor(None, write_content, root)
-    runner = web.AppRunner(demo_app(root), access_log=None)
+    runner = web.AppRunner(demo_app(root), access_log=None, shutdown_timeout=SIDE_STOP)
     await runner.setup()
     await TCPListener(runner, config.demo_origin.host, config.demo_origin.port).start()
     log.info("demo origin on http://%s", config.demo_origin)
@@ -383,7 +388,7 @@ async def _start_admin(node: Node, clients: web.BaseRunner, directory: Path | No
         return {s.name for s in node.config.sites}
 
     app = admin_app(node.ready, lambda: admin_tokens(node.config), node.shared.ring_view, purge, routes, members, sites)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SIDE_STOP)
     runner.app.on_cleanup.append(lambda _app: jobs.close())
 
     if private is not None:

@@ -128,3 +128,32 @@ def test_a_bad_drain_is_a_config_error_naming_file_and_key(value: object, proble
     with pytest.raises(ConfigError) as exc:
         drain_of({"drain": value})
     assert exc.value.problems == [problem]
+
+
+async def test_an_admin_request_whose_body_never_comes_does_not_hold_the_stop_past_the_drain(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """The admin listener stopped as aiohttp does by default: it waited up to 60 s for its handlers, here one
+    reading a purge's body that never all comes, after the drain. The parent killed the worker at drain +
+    KILL_AFTER, before the node's own end (its stores closed, its memory tier saved when asked)."""
+    port, admin, path = free_port(), free_port(), tmp_path / "edge.toml"
+    write_config(path, origin, port, "drain = 0.5")
+    path.write_text(
+        path.read_text()
+        + f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        + '[[admin.tokens]]\nname = "ops"\nrole = "operator"\ntoken = "operator-secret-0123456789"\n'
+    )
+    async with edge_process("serve", "--config", str(path), ready={b"admin listening on": 1}) as proc:
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin)
+        writer.write(
+            b"POST /purge HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer operator-secret-0123456789\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n["http://a.test/'
+        )
+        await writer.drain()
+        proc.send_signal(signal.SIGTERM)
+        await wait_lines(proc, {b"stopping: draining connections for up to 0.5 s": 1})
+        log = await rest_of_log(proc)
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # cut with the stop, unanswered
+        writer.close()
+    assert b"stopped: exited with status 0" in log
+    assert b"killing it" not in log
