@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from edgecache import metrics
 from edgecache.config import Config
@@ -21,8 +20,8 @@ from edgecache.storage.store import slice_name
 from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.test_chunked_fills import Chunked, stored_slices
 from tests.e2e.test_collapsed_reads import until
-from tests.e2e.test_unread_fills import PIECE, Paced
-from tests.origin import Obj, Origin
+from tests.e2e.test_unread_fills import Paced
+from tests.origin import Origin
 
 SLICE = 64 * 1024
 DISK = 256 * SLICE  # 16 MiB: the largest copy stored whole is an eighth of it by default, 32 slices
@@ -31,27 +30,6 @@ OVER = os.urandom(LIMIT + 5 * SLICE + 123)
 UNDER = os.urandom(LIMIT)  # the limit itself is stored
 TOO_LARGE = 'edgecache; fwd=uri-miss; detail="too-large"'
 WHOLE = {"etag": None, "last_modified": None}  # no validator: a copy taken only whole (ObjectMeta.whole)
-
-
-class Unvalidated(Paced):
-    """Paced's 200 of a known length, without a validator."""
-
-    async def __call__(self, request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse:
-        resp = web.StreamResponse(status=200, headers={"Cache-Control": "public, max-age=3600"})
-        resp.content_length = self.size
-        await resp.prepare(request)
-        try:
-            for at in range(0, self.size, PIECE):
-                if at == self.hold_at:
-                    await self.go.wait()
-                await resp.write(self.piece(at))
-                self.written += PIECE
-            await resp.write_eof()
-        except ConnectionError:
-            pass  # the edge let the connection go
-        finally:
-            self.ended.set()
-        return resp
 
 
 def too_large() -> float:
@@ -177,7 +155,8 @@ async def test_two_viewers_of_an_object_over_the_limit_share_one_origin_request(
 
 async def test_the_fill_of_an_object_over_the_limit_stops_once_its_viewer_has_left(edge: Edge, origin: Origin) -> None:
     size = 1024 * SLICE  # 64 MiB, of which the client reads 2 slices
-    hook = Unvalidated(size, 8 * SLICE, data=await asyncio.to_thread(os.urandom, size))
+    data = await asyncio.to_thread(os.urandom, size)
+    hook = Paced(size, 8 * SLICE, data=data, fields={"Cache-Control": "public, max-age=3600"})  # no validator
     origin.on_request = hook
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
     writer.write(b"GET /paced.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 from edgecache.core.ring import Ring
 from tests.e2e.test_purge import OPERATOR, OTHER, VIDEOS, Node
 from tests.e2e.test_purge import cluster as purge_cluster
-from tests.origin import Obj, Origin
+from tests.e2e.test_unread_fills import Paced
+from tests.origin import Origin
 
 # The three nodes, the origin and the jobs share this process's loop. A full run's late collections and a loaded
 # machine left it unrun past the 1 s cluster.timeout: each node took itself for paused ("this process was paused
@@ -212,36 +212,11 @@ async def test_a_json_body_sent_as_curl_d_sends_it_is_read_as_json(origin: Origi
     assert (origin.hits["/form/a"], origin.hits["/form/b"]) == (1, 1)
 
 
-class NoStore:
-    """Origin hook: a 200 of `size` bytes a shared cache must not store; it counts what it wrote and stops once the
-    edge has gone."""
-
-    def __init__(self, size: int) -> None:
-        self.size, self.data = size, bytes(64 * 1024)
-        self.written = 0
-        self.ended = asyncio.Event()
-
-    async def __call__(self, request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse:
-        resp = web.StreamResponse(status=200, headers={"Cache-Control": "no-store"})
-        resp.content_length = self.size
-        await resp.prepare(request)
-        try:
-            for _ in range(self.size // len(self.data)):
-                await resp.write(self.data)
-                self.written += len(self.data)
-            await resp.write_eof()
-        except ConnectionError:
-            pass  # the edge let the connection go
-        finally:
-            self.ended.set()
-        return resp
-
-
 async def test_an_answer_not_stored_is_not_read_to_its_end(origin: Origin, tmp_path: Path) -> None:
     """Reading it on would store nothing: the job counts it from its head and leaves, and the origin's answer is
     let go with it (it read all 256 MiB before)."""
     size = 256 * 1024 * 1024
-    hook = NoStore(size)
+    hook = Paced(size, size, length=False, fields={"Cache-Control": "no-store"})
     async with cluster(origin, tmp_path) as nodes:
         origin.on_request = hook
         status, job = await post(nodes[0], ["http://video.test/live/big.bin"])

@@ -34,9 +34,12 @@ class Paced:
     """Origin hook: a 200 of `size` bytes (with a Content-Length, or chunked when `length` is False), 16 KiB at a
     time, held after `hold_at` bytes until `go` is set; it counts what it wrote and stops once the edge has gone."""
 
-    def __init__(self, size: int, hold_at: int, length: bool = True, data: bytes = b"") -> None:
+    def __init__(
+        self, size: int, hold_at: int, length: bool = True, data: bytes = b"", fields: dict[str, str] | None = None
+    ) -> None:
         self.data = data
         self.size, self.hold_at, self.length = size, hold_at, length
+        self.fields = fields or {"Cache-Control": "public, max-age=3600", "ETag": '"p1"'}
         self.go = asyncio.Event()
         self.written = 0
         self.ended = asyncio.Event()
@@ -45,8 +48,7 @@ class Paced:
         return self.data[at : at + PIECE] if self.length else bytes([at // PIECE % 251]) * PIECE
 
     async def __call__(self, request: web.BaseRequest, obj: Obj | None) -> web.StreamResponse:
-        fields = {"Cache-Control": "public, max-age=3600", "ETag": '"p1"', "Content-Type": "application/octet-stream"}
-        resp = web.StreamResponse(status=200, headers=fields)
+        resp = web.StreamResponse(status=200, headers={**self.fields, "Content-Type": "application/octet-stream"})
         if self.length:
             resp.content_length = self.size
         else:
