@@ -24,7 +24,7 @@ _MARKS = {b"Date": b"\x00d", b"Age": b"\x00a"}
 _KINDS = frozenset({(b"Date",), (b"Date", b"Age"), (b"Age", b"Date")})  # each at most once, Date always
 
 Fields = list[tuple[bytes, bytes]]  # as llhttp gives them (proxy.peerpool)
-_Key = tuple[tuple[tuple[bytes, bytes], ...], int, str, str, str]
+_Key = tuple[tuple[tuple[bytes, bytes], ...], int, str, str, str, str]
 # The head's pieces around its holes, whether the body is sent chunked, and the connection's state after it.
 _Made = tuple[tuple[bytes, ...], bool, KeepAlive]
 
@@ -70,7 +70,8 @@ class RelayedHeads:
         for i in holes:
             name = keyed[i][0]
             keyed[i] = (name, _MARKS[name])
-        key = (tuple(keyed), status, reason, method, keep_alive._value_)  # an Enum's own hash is a Python call
+        # keep_alive by its value: an Enum's own hash is a Python call
+        key = (tuple(keyed), status, reason, method, keep_alive._value_, status_field)
         made = self.memo.get(key)
         if made is None:
             made = _made(
