@@ -8,6 +8,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from edgecache.config import build
@@ -154,6 +155,33 @@ async def test_an_admin_request_whose_body_never_comes_does_not_hold_the_stop_pa
         await wait_lines(proc, {b"stopping: draining connections for up to 0.5 s": 1})
         log = await rest_of_log(proc)
         assert await asyncio.wait_for(reader.read(), 30) == b""  # cut with the stop, unanswered
+        writer.close()
+    assert b"stopped: exited with status 0" in log
+    assert b"killing it" not in log
+
+
+async def test_readyz_says_draining_while_a_request_in_flight_finishes(origin: Origin, tmp_path: Path) -> None:
+    """A balancer takes the node out on /readyz's 503 while the drain lets what is in flight finish: the admin
+    listener stays up through the drain (it stops after it, server.SIDE_STOP)."""
+    port, admin, path = free_port(), free_port(), tmp_path / "edge.toml"
+    write_config(path, origin, port, "drain = 30")
+    path.write_text(path.read_text() + f'[admin]\nlisten = "127.0.0.1:{admin}"\n')
+    async with edge_process("serve", "--config", str(path), ready={b"admin listening on": 1}) as proc:
+        readyz = f"http://127.0.0.1:{admin}/readyz"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(readyz) as r:
+                assert (r.status, await r.text()) == (200, "ready\n")
+            reader, writer = await held_request(origin, port)
+            proc.send_signal(signal.SIGTERM)
+            await wait_lines(proc, {b"stopping: draining connections for up to 30 s": 1})
+            async with s.get(readyz) as r:
+                assert (r.status, await r.text()) == (503, "draining\n")
+        assert origin.gate is not None
+        origin.gate.set()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert await reader.readexactly(len(BODY)) == BODY
+        log = await rest_of_log(proc)
         writer.close()
     assert b"stopped: exited with status 0" in log
     assert b"killing it" not in log
