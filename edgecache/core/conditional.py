@@ -12,6 +12,7 @@ read gets it; that answer is right whatever the client meant, and it mixes no ve
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from edgecache.core.headers import Headers, get_all, get_first, split_list
 from edgecache.core.httpdate import parse_http_date as _date
@@ -45,9 +46,7 @@ def _same(stored: str | None, member: str, weak: bool) -> bool:
     stored = stored.strip()
     if not (_ENTITY_TAG.fullmatch(stored) and _ENTITY_TAG.fullmatch(member)):
         return stored == member
-    if weak:
-        return stored.removeprefix("W/") == member.removeprefix("W/")
-    return not stored.startswith("W/") and stored == member
+    return weak_match(stored, member) if weak else strong_match(stored, member)
 
 
 def _names(members: tuple[list[str], bool], etag: str | None, weak: bool) -> bool | None:
@@ -78,40 +77,53 @@ def strong_match(a: str, b: str) -> bool:
     return not a.startswith("W/") and not b.startswith("W/") and a.strip() == b.strip()
 
 
-def not_modified(request: Headers, etag: str | None, last_modified: str | None, date: str | None = None) -> bool:
-    """True when a GET/HEAD should be answered 304 from the stored validators.
+class Verdict(NamedTuple):
+    """What a request's conditions say of the stored representation, each field read once (judge)."""
 
-    If-None-Match uses weak comparison (13.1.2) and, when present, If-Modified-Since is ignored (13.1.3, 13.2.2
-    step 3), an unreadable one too. `*` matches the stored representation, with an ETag or not. Without
-    Last-Modified, the stored Date stands in for it (RFC 9111 4.3.2).
-    """
-    if (members := _members(request, "if-none-match")) is not None:
-        return _names(members, etag, weak=True) is True
-    ims = _date(get_first(request, "if-modified-since"))
-    lm = _date(last_modified) if last_modified else _date(date)
-    return ims is not None and lm is not None and lm <= ims
+    failed: bool  # 412: If-Match or If-Unmodified-Since fails
+    not_modified: bool  # 304: If-None-Match or If-Modified-Since matches
+    unreadable: bool  # If-Match or If-None-Match names nothing the cache can tell: the whole representation
+
+
+def judge(request: Headers, etag: str | None, last_modified: str | None, date: str | None = None) -> Verdict:
+    """RFC 9110 13.2.2's evaluation against the stored validators.
+
+    If-Match uses strong comparison and If-None-Match weak (13.1.1, 13.1.2); `*` holds for any stored
+    representation, with an ETag or not. Present, each makes its date field ignored (If-Unmodified-Since,
+    If-Modified-Since: 13.1.3, 13.2.2), an unreadable one too, and an unreadable one fails and matches nothing.
+    If-Unmodified-Since is ignored without a modification date (13.1.4); for If-Modified-Since the stored Date
+    stands in for Last-Modified (RFC 9111 4.3.2)."""
+    im, inm = _members(request, "if-match"), _members(request, "if-none-match")
+    strong = None if im is None else _names(im, etag, weak=False)
+    weak = None if inm is None else _names(inm, etag, weak=True)
+    if im is not None:
+        failed = strong is False
+    else:
+        ius, lm = _date(get_first(request, "if-unmodified-since")), _date(last_modified) if last_modified else None
+        failed = ius is not None and lm is not None and lm > ius
+    if inm is not None:
+        matched = weak is True
+    else:
+        ims = _date(get_first(request, "if-modified-since"))
+        lm = _date(last_modified) if last_modified else _date(date)
+        matched = ims is not None and lm is not None and lm <= ims
+    return Verdict(failed, matched, (im is not None and strong is None) or (inm is not None and weak is None))
+
+
+def not_modified(request: Headers, etag: str | None, last_modified: str | None, date: str | None = None) -> bool:
+    """True when a GET/HEAD should be answered 304 from the stored validators (judge)."""
+    return judge(request, etag, last_modified, date).not_modified
 
 
 def precondition_failed(request: Headers, etag: str | None, last_modified: str | None) -> bool:
-    """If-Match (strong comparison) or If-Unmodified-Since fails against what is stored (13.1.1, 13.1.4). `*`
-    holds for any stored representation, with an ETag or not: "the condition is true if the origin server has a
-    current representation for the target resource". An unreadable If-Match fails nothing (unreadable())."""
-    if (members := _members(request, "if-match")) is not None:
-        return _names(members, etag, weak=False) is False
-    ius = _date(get_first(request, "if-unmodified-since"))
-    lm = _date(last_modified) if last_modified else None
-    # Without a modification date the field is ignored: "A recipient MUST ignore If-Unmodified-Since if the
-    # resource does not have a modification date available" (13.1.4).
-    return ius is not None and lm is not None and lm > ius
+    """If-Match or If-Unmodified-Since fails against what is stored (judge)."""
+    return judge(request, etag, last_modified).failed
 
 
 def unreadable(request: Headers, etag: str | None) -> bool:
     """Does the request's If-Match or If-None-Match name no representation the cache can tell (the module's rule)?
     Its answer is then the whole representation, whatever else the request asks."""
-    for name, weak in (("if-match", False), ("if-none-match", True)):
-        if (members := _members(request, name)) is not None and _names(members, etag, weak) is None:
-            return True
-    return False
+    return judge(request, etag, None).unreadable
 
 
 def validates(request: Headers) -> bool:

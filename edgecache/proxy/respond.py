@@ -10,7 +10,7 @@ from typing import NamedTuple
 from aiohttp import web
 
 from edgecache.core import ranges
-from edgecache.core.conditional import not_modified, precondition_failed, unreadable
+from edgecache.core.conditional import Verdict, judge
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import VIA
 from edgecache.core.headers import Headers, get_all, get_first
@@ -49,11 +49,12 @@ def _response(status: int, headers: list[tuple[str, str]]) -> web.StreamResponse
 def plan(method: str, request: Headers, meta: ObjectMeta) -> tuple[int, ranges.RangeResult]:
     """The status to answer with and the range to send, from the client's conditions and Range."""
     if meta.status == 200 or meta.status == 206:
-        if precondition_failed(request, meta.etag, meta.last_modified):
+        verdict = judge(request, meta.etag, meta.last_modified, get_first(meta.headers, "date"))
+        if verdict.failed:
             return 412, ranges.NoRange()
-        if not_modified(request, meta.etag, meta.last_modified, get_first(meta.headers, "date")):
+        if verdict.not_modified:
             return 304, ranges.NoRange()
-        if get_first(request, "range") is not None and ranges_apply(request, meta):
+        if get_first(request, "range") is not None and ranges_apply(request, meta, verdict):
             result = ranges.resolve(get_first(request, "range"), meta.length)
             if isinstance(result, ranges.Unsatisfiable):
                 return 416, result
@@ -63,11 +64,12 @@ def plan(method: str, request: Headers, meta: ObjectMeta) -> tuple[int, ranges.R
     return meta.status, ranges.NoRange()
 
 
-def ranges_apply(request: Headers, meta: ObjectMeta) -> bool:
+def ranges_apply(request: Headers, meta: ObjectMeta, verdict: Verdict | None = None) -> bool:
     """May a Range of the request (or one it would have: Decider._cut asks of the head without it) be answered with
     a part of the stored representation? Not when its If-Range does not allow it (RFC 9110 13.1.5), nor when its
-    If-Match or If-None-Match is unreadable (core.conditional): the whole representation, then."""
-    if unreadable(request, meta.etag):
+    If-Match or If-None-Match is unreadable (core.conditional): the whole representation, then. `verdict`: the
+    request's conditions judged already (plan)."""
+    if (verdict or judge(request, meta.etag, meta.last_modified)).unreadable:
         return False
     return ranges.if_range_allows(
         get_first(request, "if-range"), meta.etag, meta.last_modified, get_first(meta.headers, "date")
