@@ -9,13 +9,13 @@ from typing import Any
 
 from edgecache.config.model import CacheSettings, Disk
 from edgecache.config.schema import KEYS
-from edgecache.config.values import _positive, _Reader, _seconds, parse_size
+from edgecache.config.values import _positive, _Reader, parse_size, seconds_between
 
 SLICES = (4096, 64 * 2**20)  # the sizes a slice may have (cache.slice, and `edgecache simulate --slice`)
 SLICES_PROBLEM = "must be between 4KiB and 64MiB"
 TIERS = ("inclusive", "exclusive")
 MAX_SAVE = 3600.0  # cache.save_on_stop at most, as server.drain
-MIN_LEASE = 2.0  # cache.lease at least (lease_seconds)
+MIN_LEASE = 2.0  # cache.lease at least (_lease_seconds)
 # Each worker has a memory tier of its own over the one disk: a slice only in one worker's memory is a miss for the
 # others, which fetch it again (loadtest.tier_layouts --workers: a loss from 2 workers on).
 EXCLUSIVE_WORKERS = "'exclusive' needs one worker: a slice in one worker's memory only is a miss for the others"
@@ -48,7 +48,7 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         tiers=r.get(t, "cache.", "tiers", str, "inclusive"),
         save_on_stop=r.get(t, "cache.", "save_on_stop", _save_seconds, 10.0),
         max_object_size=r.get(t, "cache.", "max_object_size", object_size, 0),
-        lease=r.get(t, "cache.", "lease", lease_seconds, 10.0),
+        lease=r.get(t, "cache.", "lease", _lease_seconds, 10.0),
         stats_interval=r.get(t, "cache.", "stats_interval", _stats_seconds, 5.0),
     )
     run = settings.slice_bytes * settings.fill_slices
@@ -84,31 +84,14 @@ def check_object_sizes(r: _Reader, settings: CacheSettings, limits: list[tuple[s
             r.problem(key, f"{size} bytes is more than the disk budget ({where}: {budget} bytes)")
 
 
-def _save_seconds(v: Any) -> float:
-    """`cache.save_on_stop`, bounded as server.drain is: a stop waits for both, and what waits on the stop
-    (systemd's TimeoutStopSec) must wait longer than drain + save_on_stop + supervisor.KILL_AFTER."""
-    seconds = _seconds(v)
-    if seconds > MAX_SAVE:
-        raise ValueError(f"expected seconds between 0 and {MAX_SAVE:.0f}")
-    return seconds
-
-
-def lease_seconds(v: Any) -> float:
-    """`cache.lease`: at least MIN_LEASE, so that a whole copy's holder, which renews its lease at most once a second
-    as its bytes come (proxy.revalidating.held_on), keeps it between two renewals; at most MAX_SAVE."""
-    seconds = _seconds(v)
-    if not MIN_LEASE <= seconds <= MAX_SAVE:
-        raise ValueError(f"expected seconds between {MIN_LEASE:.0f} and {MAX_SAVE:.0f}")
-    return seconds
-
-
-def _stats_seconds(v: Any) -> float:
-    """`cache.stats_interval`: each sample asks the disk tier its size (off the loop), so not more than twice a
-    second; at most MAX_SAVE."""
-    seconds = _seconds(v)
-    if not 0.5 <= seconds <= MAX_SAVE:
-        raise ValueError(f"expected seconds between 0.5 and {MAX_SAVE:.0f}")
-    return seconds
+# cache.save_on_stop is bounded as server.drain is: a stop waits for both, and what waits on the stop (systemd's
+# TimeoutStopSec) must wait longer than drain + save_on_stop + supervisor.KILL_AFTER.
+_save_seconds = seconds_between(0, MAX_SAVE)
+# cache.lease: at least MIN_LEASE, so that a whole copy's holder, which renews its lease at most once a second as its
+# bytes come (proxy.revalidating.held_on), keeps it between two renewals.
+_lease_seconds = seconds_between(MIN_LEASE, MAX_SAVE)
+# cache.stats_interval: each sample asks the disk tier its size (off the loop), so not more than twice a second.
+_stats_seconds = seconds_between(0.5, MAX_SAVE)
 
 
 _DISKS_FORM = 'an array of tables such as [{path = "/srv/cache1", size = "900GiB"}, ...]'

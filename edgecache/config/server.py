@@ -19,6 +19,7 @@ from edgecache.config.values import (
     _str_list,
     check_watchdog,
     parse_listen,
+    seconds_between,
 )
 
 MAX_DRAIN = 3600.0
@@ -162,12 +163,8 @@ def _watch_config(v: Any) -> float:
     return seconds
 
 
-def _reload_timeout(v: Any) -> float:
-    """`server.reload_timeout`: how long a reload waits for its read of the config file (edgecache.readoff)."""
-    seconds = _seconds(v)
-    if not 1 <= seconds <= MAX_WATCH:
-        raise ValueError(f"expected seconds between 1 and {MAX_WATCH:.0f}")
-    return seconds
+# server.reload_timeout: how long a reload waits for its read of the config file (edgecache.readoff).
+_reload_timeout = seconds_between(1, MAX_WATCH)
 
 
 def _burst(v: Any) -> float:
@@ -189,14 +186,10 @@ def _workers(v: Any) -> int:
     return int(n)
 
 
-def _drain(v: Any) -> float:
-    """`server.drain`, bounded so that a typo (36000 for 3600) cannot keep a stopping node up for half a day.
-    Whatever waits on the stop (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds) must wait
-    longer than drain + supervisor.KILL_AFTER, or it kills the workers first."""
-    seconds = _seconds(v)
-    if seconds > MAX_DRAIN:
-        raise ValueError(f"expected seconds between 0 and {MAX_DRAIN:.0f}")
-    return seconds
+# server.drain, bounded so that a typo (36000 for 3600) cannot keep a stopping node up for half a day. Whatever waits on
+# the stop (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds) must wait longer than drain +
+# supervisor.KILL_AFTER, or it kills the workers first.
+_drain = seconds_between(0, MAX_DRAIN)
 
 
 def _listen_list(v: Any) -> tuple[Listen, ...]:

@@ -284,6 +284,18 @@ def _seconds(v: Any) -> float:
     return float(v)
 
 
+def seconds_between(low: float, high: float) -> Callable[[Any], float]:
+    """A duration key's check: seconds from `low` to `high`, both included."""
+
+    def check(v: Any) -> float:
+        seconds = _seconds(v)
+        if not low <= seconds <= high:
+            raise ValueError(f"expected seconds between {low:g} and {high:g}")
+        return seconds
+
+    return check
+
+
 def check_watchdog(v: Any) -> float:
     """`server.watchdog`: 0 turns it off; anything shorter than a second would replace workers for a long
     garbage collection or a busy machine, not for a stuck loop."""
