@@ -90,7 +90,7 @@ def judge(request: Headers, etag: str | None, last_modified: str | None, date: s
 
     If-Match uses strong comparison and If-None-Match weak (13.1.1, 13.1.2); `*` holds for any stored
     representation, with an ETag or not. Present, each makes its date field ignored (If-Unmodified-Since,
-    If-Modified-Since: 13.1.3, 13.2.2), an unreadable one too, and an unreadable one fails and matches nothing.
+    If-Modified-Since: 13.1.3, 13.2.2), an unreadable one too, which neither fails nor matches (the module's rule).
     If-Unmodified-Since is ignored without a modification date (13.1.4); for If-Modified-Since the stored Date
     stands in for Last-Modified (RFC 9111 4.3.2)."""
     im, inm = _members(request, "if-match"), _members(request, "if-none-match")
@@ -99,8 +99,11 @@ def judge(request: Headers, etag: str | None, last_modified: str | None, date: s
     if im is not None:
         failed = strong is False
     else:
-        ius, lm = _date(get_first(request, "if-unmodified-since")), _date(last_modified) if last_modified else None
-        failed = ius is not None and lm is not None and lm > ius
+        ius, modified = (
+            _date(get_first(request, "if-unmodified-since")),
+            _date(last_modified) if last_modified else None,
+        )
+        failed = ius is not None and modified is not None and modified > ius
     if inm is not None:
         matched = weak is True
     else:
