@@ -42,15 +42,15 @@ def head(
     """The encoded head; None when a field cannot be sent as it is (not in `charset`, or a line break in it).
     `names`: the fields' names in lower case, when the caller has them.
 
-    Relayed fields are Latin-1, byte for byte as the peer sent them; stored and origin ones are UTF-8, as aiohttp's
-    client read them and as its server writes them: without the surrogates its client made of bytes that were not
-    UTF-8, which its writer drops."""
+    Relayed fields are Latin-1, byte for byte as the peer sent them; stored and origin ones are UTF-8 as aiohttp's
+    client read them, its bytes that were not UTF-8 (obs-text, RFC 9110 5.5) lone surrogates that surrogateescape
+    turns back into those bytes (the framework path writes them alike: proxy.exact)."""
     # A list, not a generator: join makes one anyway.
     text = keep_alive.status_line(status, reason) + "".join([f"{k}: {v}\r\n" for k, v in fields])
     if text.count("\n") != len(fields) + 1 or "\r\r" in text:
         return None
     try:
-        encoded = text.encode(charset, "ignore" if charset == "utf-8" else "strict")
+        encoded = text.encode(charset, "surrogateescape" if charset == "utf-8" else "strict")
     except UnicodeEncodeError:
         return None
     if names is None:

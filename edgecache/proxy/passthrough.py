@@ -20,6 +20,7 @@ from edgecache.core.route import normalise_host
 from edgecache.core.status import CacheStatus, MissCause, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import observe
+from edgecache.proxy.exact import ExactStreamResponse
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import ClientBody, OriginClient, OriginResponse, read_chunks
 from edgecache.proxy.respond import typed_head, unknown_length
@@ -101,7 +102,7 @@ async def _relay(request: web.BaseRequest, resp: OriginResponse, status_field: s
     Cache-Status entry `status_field`); a body the upstream cuts is cut for the client too (its connection
     aborted), never ended as if whole. `source`: where the served bytes came from (origin, peer)."""
     served = _FROM_ORIGIN if source == "origin" else metrics.BYTES_SERVED.labels(source)
-    out = web.StreamResponse(status=resp.status, reason=resp.raw.reason)
+    out = ExactStreamResponse(status=resp.status, reason=resp.raw.reason)
     for k, v in relayed_fields(resp.headers, status_field):
         out.headers.add(k, v)
     if request.method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200:

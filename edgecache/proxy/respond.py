@@ -18,6 +18,7 @@ from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import observe
+from edgecache.proxy.exact import ExactResponse, ExactStreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def base_headers(meta_headers: Headers, age: int, cache_status: str) -> list[tup
 
 
 def _response(status: int, headers: list[tuple[str, str]]) -> web.StreamResponse:
-    resp = web.StreamResponse(status=status)
+    resp = ExactStreamResponse(status=status)
     for k, v in headers:
         resp.headers.add(k, v)
     return resp
@@ -246,7 +247,7 @@ async def send(
         return resp
     small = last - first + 1 <= ONE_BUFFER_MAX
     if in_memory is not None and small and (body := in_memory(first, last)) is not None:
-        whole = web.Response(status=planned.status, body=body)
+        whole = ExactResponse(status=planned.status, body=body)
         for k, v in planned.fields[:-1]:  # its Content-Length is the body's
             whole.headers.add(k, v)
         return whole
