@@ -2,7 +2,7 @@
 
 The fields are aiohttp's, in aiohttp's order, so an answer is the same bytes whichever path wrote it: the given
 fields, then Date and Server when absent, then the Connection field the client's version and the connection's
-fate call for (core.keepalive).
+fate call for (core.keepalive). No Content-Type is added to an answer whose origin sent none (proxy.exact).
 """
 
 from __future__ import annotations
@@ -71,33 +71,16 @@ def bodiless(status: int, fields: list[tuple[str, str]]) -> list[tuple[str, str]
 
 
 def frame(
-    fields: list[tuple[str, str]],
-    empty: bool,
-    length: str | None,
-    keep_alive: KeepAlive,
-    has_type: bool | None = None,
-    no_body: bool | None = None,
+    fields: list[tuple[str, str]], empty: bool, length: str | None, keep_alive: KeepAlive
 ) -> tuple[bool, KeepAlive]:
     """Add to a streamed answer's fields what aiohttp's server adds before its head: Transfer-Encoding: chunked when
-    a body of unknown length (no Content-Length, `length` None) follows and the client takes chunks, and the
-    Content-Type of typed(). `empty`: no body may follow (a HEAD, 1xx, 204, 304); `no_body`: none would follow a GET
-    either (1xx, 204, 304; by default `empty`): a HEAD's answer is typed as its GET's (RFC 9110 9.3.2). Whether the
-    body is sent chunked, and the connection's state after it (an HTTP/1.0 body of unknown length ends with the
-    connection)."""
+    a body of unknown length (no Content-Length, `length` None) follows and the client takes chunks. `empty`: no
+    body may follow (a HEAD, 1xx, 204, 304). Whether the body is sent chunked, and the connection's state after it
+    (an HTTP/1.0 body of unknown length ends with the connection)."""
     chunked, keep_alive = keep_alive.unknown_length() if not empty and length is None else (False, keep_alive)
     if chunked:
         fields.append(("Transfer-Encoding", "chunked"))
-    typed(fields, empty if no_body is None else no_body, length, has_type)
     return chunked, keep_alive
-
-
-def typed(fields: list[tuple[str, str]], empty: bool, length: str | None, has_type: bool | None = None) -> None:
-    """Content-Type: application/octet-stream when a body may follow without a type (RFC 9110 8.3), as aiohttp's
-    server adds it. `has_type`: whether the fields have one, when the caller knows."""
-    if has_type is None:
-        has_type = any(k.lower() == "content-type" for k, _ in fields)
-    if not empty and length != "0" and not has_type:
-        fields.append(("Content-Type", "application/octet-stream"))
 
 
 def error(status: int, reason: str, date: bytes, keep_alive: KeepAlive, retry_after: int = 0) -> bytes:
@@ -137,7 +120,7 @@ def relayed(
         out = bodiless(status, out)
         names = {k: v for k, v in names.items() if k not in _LENGTH_FIELDS}
     length = names.get("content-length")
-    chunked, keep_alive = frame(out, empty, length, keep_alive, "content-type" in names, status in _EMPTY)
+    chunked, keep_alive = frame(out, empty, length, keep_alive)
     return head(status, reason, out, date, keep_alive, charset, names), chunked, keep_alive
 
 

@@ -1,4 +1,10 @@
-"""aiohttp's responses, writing a field value's obs-text as the bytes the origin sent.
+"""aiohttp's responses, writing an origin's head as it came: no Content-Type it did not send, and a field value's
+obs-text as its bytes.
+
+aiohttp's server gives a body without a type `Content-Type: application/octet-stream`. A cache passes the origin's
+representation metadata (RFC 9110 7.7: a proxy SHOULD NOT modify fields that describe the selected
+representation), and a type left out leaves the recipient free to sniff one (8.3) where octet-stream makes a browser
+download: nginx's proxy_cache, Varnish and Traffic Server add none. The fast path adds none either (proxy.encode).
 
 aiohttp's client reads a field's bytes that are not UTF-8 (obs-text, legal in a value: RFC 9110 5.5) as lone
 surrogates (surrogateescape), and its server's writer drops them: `filename="t\\xe9st.mp4"` went out as
@@ -11,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
@@ -20,6 +26,12 @@ _FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ExactStreamResponse(web.StreamResponse):
+    async def _prepare_headers(self) -> None:
+        typed = hdrs.CONTENT_TYPE in self._headers
+        await super()._prepare_headers()
+        if not typed:
+            self._headers.popall(hdrs.CONTENT_TYPE, None)
+
     async def _write_headers(self) -> None:
         writer, request = self._payload_writer, self._req
         if request is None or not isinstance(writer, StreamWriter) or not hasattr(writer, "_headers_buf"):

@@ -177,8 +177,8 @@ STATUS_OF_USE = {
 
 
 def planned_hit(method: str, headers: Headers, meta: ObjectMeta, now: float, cache_status: str) -> Planned | None:
-    """The answer respond.send() gives for this hit (respond.plan_answer), with the fields aiohttp's server adds
-    or drops as it frames it (encode.typed); None where the fast path does not answer: a 205 or 1xx, or a body of
+    """The answer respond.send() gives for this hit (respond.plan_answer), with the fields aiohttp's server drops
+    as it frames it (encode.bodiless); None where the fast path does not answer: a 205 or 1xx, or a body of
     unknown length (a stored answer always has its length)."""
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
     planned = plan_answer(method, headers, meta, base_headers(meta.headers, int(age), cache_status))
@@ -191,5 +191,4 @@ def planned_hit(method: str, headers: Headers, meta: ObjectMeta, now: float, cac
     empty = method == "HEAD" or planned.status in (204, 304)
     if length is None and not empty:
         return None
-    encode.typed(fields, empty, length)
     return planned._replace(fields=fields)

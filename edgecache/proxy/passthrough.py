@@ -23,7 +23,7 @@ from edgecache.proxy import observe
 from edgecache.proxy.exact import ExactStreamResponse
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import ClientBody, OriginClient, OriginResponse, read_chunks
-from edgecache.proxy.respond import typed_head, unknown_length
+from edgecache.proxy.respond import unknown_length
 from edgecache.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,6 @@ async def _relay(request: web.BaseRequest, resp: OriginResponse, status_field: s
     for k, v in relayed_fields(resp.headers, status_field):
         out.headers.add(k, v)
     if request.method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200:
-        if request.method == "HEAD" and resp.status not in (204, 304) and resp.status >= 200:
-            typed_head(out, resp.raw.content_length)
         await out.prepare(request)
         return out
     if resp.raw.content_length is None:

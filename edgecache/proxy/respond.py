@@ -184,10 +184,6 @@ def plan_answer(method: str, request: Headers, meta: ObjectMeta, base: list[tupl
         if (stored_range := get_first(meta.headers, "content-range")) is not None:
             base = [*base, ("Content-Range", stored_range)]  # the origin's own field on a whole response
     fields = [*base, ("Content-Length", str(max(0, last - first + 1)))]
-    if method == "HEAD" and last >= first and get_first(meta.headers, "content-type") is None:
-        # The GET's answer carries the type its server adds to a body that has none (aiohttp, encode.typed: RFC
-        # 9110 8.3): a HEAD's carries the GET's fields (9.3.2).
-        fields.append(("Content-Type", "application/octet-stream"))
     return Planned(status, fields, first, last if method == "GET" else first - 1)
 
 
@@ -280,20 +276,10 @@ async def send_stream(
     elif not empty:
         unknown_length(request, resp)
     if request.method == "HEAD":
-        if status not in (204, 304):
-            typed_head(resp, length)
         await resp.prepare(request)
         return resp
     await _stream(request, resp, body)
     return resp
-
-
-def typed_head(resp: web.StreamResponse, length: int | None) -> None:
-    """A HEAD's answer with the Content-Type its GET's has (RFC 9110 9.3.2): aiohttp's server gives a body that has
-    none application/octet-stream (RFC 9110 8.3), a HEAD's nothing (the fast path: encode.frame). `length`: the
-    GET's body's (None: unknown)."""
-    if length != 0 and "Content-Type" not in resp.headers:
-        resp.headers["Content-Type"] = "application/octet-stream"
 
 
 async def _send_multi(request: web.BaseRequest, planned: Planned, read: Reader) -> web.StreamResponse:

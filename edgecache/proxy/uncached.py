@@ -58,7 +58,7 @@ def planned(conn: FastPath, started: Started, head: FillHead) -> Planned | None:
     length = None if head.end is None or meta.status == 204 else str(head.end)
     if length is not None:
         fields.append(("Content-Length", length))
-    chunked, keep_alive = encode.frame(fields, empty, length, cold.keep_alive, no_body=head.meta.status == 204)
+    chunked, keep_alive = encode.frame(fields, empty, length, cold.keep_alive)
     status = meta.status
     encoded = encode.head(status, encode.phrase(status), fields, conn.server.date(), keep_alive, "utf-8")
     return None if encoded is None else Planned(encoded, status, chunked, head.store, keep_alive)

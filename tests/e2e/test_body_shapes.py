@@ -180,8 +180,8 @@ async def test_a_head_carries_the_fields_of_the_get_of_an_untyped_answer(
     raw_edge: Edge, raw_origin: RawOrigin, path: str
 ) -> None:
     """RFC 9110 9.3.2: a HEAD's answer has the fields the GET's would. A stored answer without Content-Type gets
-    application/octet-stream on a GET (aiohttp's server adds it, the fast path as well: RFC 9110 8.3), and got none
-    on a HEAD, a stored 404's and 200's alike, on a hit or a miss."""
+    none on a GET or a HEAD (proxy.exact: aiohttp's server gave the GET application/octet-stream, and the HEAD once
+    none), a stored 404's and 200's alike, on a hit or a miss."""
     edge, (status, body) = raw_edge, (404, b"gone\n") if path.startswith("/missing/") else (200, PLAIN)
     # Not stored: a private answer, and a pass (the request's no-store); each is the origin's every time.
     uncached, asked = path in ("/private/", "/plain/passed"), {**HOST}
@@ -196,7 +196,7 @@ async def test_a_head_carries_the_fields_of_the_get_of_an_untyped_answer(
     methods = ["HEAD", "GET", "HEAD"] if path.endswith("head-first") else ["GET", "HEAD", "GET", "HEAD"]
     answers = [await fields(method) for method in methods]
     assert all(a == answers[0] for a in answers), answers
-    assert answers[0]["Content-Type"] == "application/octet-stream"
+    assert "Content-Type" not in answers[0], answers[0]
     heads = [seen.method for seen in raw_origin.seen if seen.path == path and seen.method == "HEAD"]
     if uncached:  # each HEAD is the origin's answer to a HEAD
         assert heads == ["HEAD", "HEAD"]
