@@ -30,7 +30,7 @@ from edgecache.config import Config, OriginSettings, Site
 from edgecache.core.forward import VIA, via_sent
 from edgecache.core.headers import Headers
 from edgecache.errors import ClientError, OriginError, PeerWithheld
-from edgecache.proxy import observe
+from edgecache.proxy import answerbound, observe
 from edgecache.proxy.shares import Shares, share
 
 log = logging.getLogger(__name__)
@@ -356,7 +356,9 @@ class OriginClient:
                 last_error = self._failed(site, base, exc)
                 continue
             self._count(site.name, raw.status, time.monotonic() - started)
-            if (unreadable := _unreadable(self._who, base, raw, self._named(site, base))) is not None:
+            if (
+                unreadable := _unreadable(self._who, base, raw, self._named(site, base), self.peer is None)
+            ) is not None:
                 last_error = unreadable
                 continue
             if raw.status >= 500 and i < len(origins) - 1:
@@ -395,18 +397,21 @@ class OriginClient:
         metrics.ORIGIN_REQUESTS.labels(site, metrics.status_class(status)).inc()
 
 
-def _unreadable(who: str, base: str, raw: aiohttp.ClientResponse, named: str) -> OriginError | None:
+def _unreadable(who: str, base: str, raw: aiohttp.ClientResponse, named: str, origin: bool) -> OriginError | None:
     """The error of an answer whose bytes cannot be taken as its body (None for any other), its connection closed:
     a 101, the one interim answer aiohttp does not read past (nothing sent to an origin or a peer asks to switch
     protocols: Upgrade is hop-by-hop; relayed, it left the client's connection open and idle for good); and a
     transfer coding other than chunked (RFC 9112 6.1), which aiohttp, never decompressing, leaves applied: the
-    coded bytes were stored and served as the object's, with nothing saying so. `named`: who failed, as the
-    answer says it (OriginClient._named); the log names `base`."""
+    coded bytes were stored and served as the object's, with nothing saying so; and an origin's (`origin`) head
+    over what a node passes on to its peers (answerbound.origin_head). `named`: who failed, as the answer says it
+    (OriginClient._named); the log names `base`."""
     codings = ", ".join(raw.headers.getall("Transfer-Encoding", ()))
     if raw.status < 200:
         problem = f"answered {raw.status} to a request that asked for no upgrade"
     elif codings and any(c.strip().lower() != "chunked" for c in codings.split(",")):
         problem = f"answered with a transfer coding edgecache does not decode ({codings})"
+    elif origin and (over := answerbound.origin_head(raw.raw_headers)) is not None:
+        problem = over
     else:
         return None
     raw.close()

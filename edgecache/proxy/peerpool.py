@@ -34,7 +34,7 @@ from edgecache.proxy.peerbroken import Malformed, PeerBroken
 from edgecache.proxy.relayhead import HOLES
 from edgecache.proxy.shares import Shares
 
-MAX_HEAD = 64 * 1024  # a peer's response head longer than this is broken (aiohttp's client allows less)
+MAX_HEAD = answerbound.MAX_HEAD  # a peer's response head longer than this is broken
 IDLE_KEPT = 64  # idle connections kept per peer; more are closed when released
 # Requests in flight on one connection at most: what a slow answer at the front can hold up (DEPTH - 1), against the
 # system calls a batch saves (a batch of n costs 1/n of a write and a read on each side).
