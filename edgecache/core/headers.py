@@ -26,6 +26,13 @@ HOP_BY_HOP = frozenset(
 )
 
 
+def as_sent(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Fields as read off the wire, as their sender wrote them: each name in its own case (aiohttp's `headers` give
+    the names it knows in its own: ETag as Etag, set-cookie as Set-Cookie), and a value's bytes that are not UTF-8
+    as lone surrogates (surrogateescape, as aiohttp decodes them), which proxy.encode and proxy.exact write back."""
+    return tuple([(k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in raw])
+
+
 def get_all(headers: Headers, name: str) -> list[str]:
     lname = name.lower()
     return [v for k, v in headers if k.lower() == lname]

@@ -28,7 +28,7 @@ from yarl import URL
 from edgecache import metrics
 from edgecache.config import Config, OriginSettings, Site
 from edgecache.core.forward import VIA, via_sent
-from edgecache.core.headers import Headers
+from edgecache.core.headers import Headers, as_sent
 from edgecache.errors import ClientError, OriginError, PeerWithheld
 from edgecache.proxy import answerbound, observe
 from edgecache.proxy.shares import Shares, share
@@ -365,7 +365,7 @@ class OriginClient:
                 log.info("origin %s answered %d, trying the next origin", base, raw.status)
                 raw.release()
                 continue
-            return OriginResponse(raw.status, tuple(raw.headers.items()), raw, base, site.name, self.peer)
+            return OriginResponse(raw.status, as_sent(raw.raw_headers), raw, base, site.name, self.peer)
         assert last_error is not None
         raise last_error
 
