@@ -2,6 +2,10 @@
 
     python -m loadtest.fuzz --target e2e                    # every mode, 60 s each, seed 1
     python -m loadtest.fuzz_e2e --modes excl --seconds 120 --seed 3
+    python -m loadtest.fuzz_e2e --modes cluster --seconds 150 --seed 2   # three nodes, stopped and started again
+
+The `cluster` mode (loadtest/fuzz_e2e_cluster.py, not among the default modes) runs the same model against three
+nodes as a cluster while they are stopped and started again, and checks that no purge is undone on any node.
 
 A real aiohttp origin on 127.0.0.1 (ModelOrigin) keeps a few objects that the run keeps changing: new versions
 with and without ETag and Last-Modified, lengths that grow and shrink across slice boundaries (empty too), Vary:
@@ -102,6 +106,7 @@ class Run:
     counts: Counter[str] = field(default_factory=Counter)
     signatures: Counter[tuple[str, str]] = field(default_factory=Counter)
     examples: dict[tuple[str, str], str] = field(default_factory=dict)
+    history: int = 16  # the object's events an example shows, newest last
 
     def record(self, ask: Ask, category: str, why: str, answer: Answer | None) -> None:
         self.counts[category] += 1
@@ -111,7 +116,7 @@ class Run:
             return
         keys = ("content-range", "content-length", "etag", "cache-status")
         got = f"{answer.status} { ({k: answer.headers.get(k) for k in keys}) }" if answer else "no answer"
-        history = "\n      ".join(self.origin.events[ask.path][-16:])
+        history = "\n      ".join(self.origin.events[ask.path][-self.history :])
         self.examples[sig] = (
             f"    {ask.method} {ask.path} {ask.headers}\n    -> {got}\n    {why}\n    history (s, newest last):\n"
             f"      {history}"
@@ -271,11 +276,12 @@ async def run_mode(mode: str, index: int, opts: argparse.Namespace) -> tuple[Run
     return run, log.keep
 
 
-def report(mode: str, run: Run) -> int:
-    bad = sum(run.counts[c] for c in BAD)
+def report(mode: str, run: Run, categories: tuple[str, ...] = BAD) -> int:
+    bad = sum(run.counts[c] for c in categories)
     counts = ", ".join(f"{k} {v:,}" for k, v in sorted(run.counts.items()))
     print(f"\n== {mode}: {run.sent:,} requests; {counts}", flush=True)
-    order = sorted(run.signatures.items(), key=lambda kv: (BAD.index(kv[0][0]) if kv[0][0] in BAD else 9, -kv[1]))
+    rank = {c: n for n, c in enumerate(categories)}
+    order = sorted(run.signatures.items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), -kv[1]))
     for (category, why), n in order:
         print(f"  [{category}] x{n}: {why}")
         if example := run.examples.get((category, why)):
@@ -285,18 +291,27 @@ def report(mode: str, run: Run) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.fuzz_e2e", description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated: {', '.join(MODES)} (default), or cluster"
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="per mode (default 60)")
     parser.add_argument("--requests", type=int, default=50_000, help="at most, per mode (default 50,000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--port", type=int, default=23400, help="the first of the 8 ports the node's modes listen on (default 23400)"
+        "--port", type=int, default=23400, help="the first of the 14 ports the modes listen on (default 23400)"
     )
+    parser.add_argument("--kill-every", type=float, default=6.0, help="cluster: seconds between stops (default 6)")
+    parser.add_argument("--down", type=float, default=3.0, help="cluster: seconds a node stays down (default 3)")
     parser.add_argument("--node-log", help="write each mode's node log to NODE_LOG.MODE")
     opts = parser.parse_args(argv)
     bad = 0
     for mode in opts.modes.split(","):
+        if mode == "cluster":
+            from loadtest.fuzz_e2e_cluster import CLUSTER_BAD, run_cluster  # it imports this module
+
+            bad += report(mode, asyncio.run(run_cluster(opts, len(MODES))), CLUSTER_BAD)
+            continue
         if mode not in MODES:
             raise SystemExit(f"no mode {mode!r}; choose from: {', '.join(MODES)}")
         run, kept = asyncio.run(run_mode(mode, list(MODES).index(mode), opts))
