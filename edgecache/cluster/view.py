@@ -107,6 +107,11 @@ class ClusterView:
         else:
             self.failing[member_id] = self.rounds
 
+    def answers(self, member_id: str) -> bool:
+        """Did its last health check (or forward) succeed? So does one seen down that is on its way back up: a
+        node that restarted listens, and takes purges, before `rise` checks in a row bring it up here."""
+        return member_id in self.health and member_id not in self.failing
+
     def failed_since(self, member_id: str, round_: int) -> bool:
         """Did the last probe of (or forward to) the peer fail, in round `round_` of health checks or later? Its
         being down is then news from after that round began, not a verdict from before it."""
