@@ -70,6 +70,15 @@ class Behind:
         sync = self.store.sync
         heard = self.last.get(peer_id, _NONE)
         applied = self._applied.get(peer_id, frozenset())
+        if applying := self.store.applying():
+            # Being applied here: the object's record may have changed already, so a hot copy or a look-aside filled
+            # now would take the peer's bytes as made after the purge, and keep them.
+            covering = purgegap.index(applying, {s.name: s.key_query for s in self.sites()})
+            kind = purgegap.lacked(covering, heard.vector, heard.retired, site, host, path, primary, applied)
+            if kind is not None:
+                if counted:
+                    self._count(peer_id, primary, kind)
+                return kind
         judged = self._judged.get(peer_id)
         if judged is None or judged[0] is not sync or judged[1] is not heard:
             judged = self._judged[peer_id] = (sync, heard, *self._judge(sync, heard, applied))

@@ -60,7 +60,7 @@ class Purging:
         self._purge_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="purge")  # in order (purgelog)
         self.sync = SyncLog()  # the purges applied here, as the cluster numbers them (cluster.purgesync)
         self.horizon = HORIZON  # core.purgeprune's, for this node's pruning and its answers to peers (tests shorten it)
-        self._taking: set[tuple[str, int]] = set()  # purges being applied now: a copy arriving meanwhile is skipped
+        self._taking: dict[tuple[str, int], Entry] = {}  # purges being applied: a copy arriving meanwhile is skipped
         self._issued = 0  # the last number this node gave a purge it took from an operator
         self.epoch: Epoch | None = None  # with shared: the change counter all workers map
         self._seen_epoch = 0  # the other workers' count of changes and replacements this one has caught up on
@@ -214,13 +214,18 @@ class Purging:
         ident = (entry.origin, entry.seq)
         if self.sync.has(*ident) or ident in self._taking:
             return False
-        self._taking.add(ident)
+        self._taking[ident] = entry
         return True
+
+    def applying(self) -> tuple[Entry, ...]:
+        """The purges claimed here and not yet in the purge log (`sync`): a URL's changes the object's record first,
+        and enters the log after the record's write to the disk (note_purge)."""
+        return tuple(self._taking.values())
 
     def retract(self, entry: Entry) -> None:
         """`entry` was not applied (its purge was refused before anything changed): as if never claimed, and,
         when it was the last one this node numbered, its number is given again."""
-        self._taking.discard((entry.origin, entry.seq))
+        self._taking.pop((entry.origin, entry.seq), None)
         if entry.origin == self.sync.me and entry.seq == self._issued:
             self._issued -= 1
 
@@ -257,7 +262,7 @@ class Purging:
             not_kept("the purge log")
         finally:
             if entry is not None:
-                self._taking.discard((entry.origin, entry.seq))
+                self._taking.pop((entry.origin, entry.seq), None)
 
     async def purge_scope(
         self, scope: tuple[str, str, str], soft: bool, now: float, entry: Entry | None = None, strict: bool = True

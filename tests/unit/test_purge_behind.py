@@ -15,11 +15,12 @@ from tests.samples import sample_value
 SITES = (Site(name="videos", hosts=("video.test",), origins=("http://127.0.0.1:9",)),)
 
 
-def behind(*entries: Entry) -> Behind:
+def behind(*entries: Entry, applying: tuple[Entry, ...] = ()) -> Behind:
+    """`applying`: purges taken here whose entries are not in the purge log yet (Purging.applying)."""
     sync = SyncLog()
     for e in entries:
         sync = sync.added(e)
-    store: Any = SimpleNamespace(sync=sync, horizon=HORIZON)
+    store: Any = SimpleNamespace(sync=sync, horizon=HORIZON, applying=lambda: applying)
     return Behind(store, lambda: SITES)
 
 
@@ -40,6 +41,19 @@ def test_a_peer_lacks_a_purge_until_its_answer_or_a_confirmation_shows_it() -> N
     assert lacks(b, "q", "/d/x") is None
     b.heard("q", Heard({}))  # an answer from before it applied it does not undo what it confirmed
     assert lacks(b, "q", "/d/x") is None
+
+
+def test_a_purge_being_applied_here_counts_before_it_is_in_the_purge_log() -> None:
+    """A URL purge changes the object's record before its entry is logged: a peer that has not applied it lacks it
+    from the start, or a hot copy filled meanwhile keeps the peer's bytes as made after the purge."""
+    url = Entry("a~1", 2, "url", "videos", "video.test", "/d/x")
+    b = behind(Entry("a~1", 1, "prefix", "videos", "video.test", "/e/"), applying=(url,))
+    b.heard("p", Heard({"a~1": 1}))
+    assert (lacks(b, "p", "/d/x"), lacks(b, "p", "/d/y"), lacks(b, "p", "/e/x")) == ("url", None, None)
+    b.applied("q", "a~1", 2)  # it confirmed this node's pass-on
+    assert lacks(b, "q", "/d/x") is None
+    b.heard("r", Heard({"a~1": 2}))
+    assert lacks(b, "r", "/d/x") is None
 
 
 def test_the_counted_objects_and_the_confirmed_purges_of_a_peer_are_bounded() -> None:
