@@ -380,7 +380,7 @@ async def _start_admin(node: Node, clients: web.BaseRunner, directory: Path | No
     )
     await jobs.start()
     purge = purge_handler(lambda: node.config, node.store, node.cluster)
-    routes = prefetch_routes(lambda: node.config, jobs) + purge_routes(lambda: node.config, node.store)
+    routes = prefetch_routes(lambda: node.config, jobs) + purge_routes(lambda: node.config, node.store, node.cluster)
     cluster = node.cluster
     members = (lambda: {m.id for m in cluster.ring.members}) if cluster is not None else None
 
@@ -390,12 +390,13 @@ async def _start_admin(node: Node, clients: web.BaseRunner, directory: Path | No
     app = admin_app(node.ready, lambda: admin_tokens(node.config), node.shared.ring_view, purge, routes, members, sites)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SIDE_STOP)
     runner.app.on_cleanup.append(lambda _app: jobs.close())
-
     if private is not None:
         runner.app.on_cleanup.append(lambda _app: asyncio.to_thread(private.cleanup))
     await runner.setup()
     await TCPListener(runner, node.config.admin.host, node.config.admin.port, node.config.header_timeout).start()
     log.info("admin listening on http://%s", node.config.admin)
+    if node.purge_sync is not None:  # its peers hear it ask, and pass it purges though they see it down (heard_from)
+        node.purge_sync.wake()
     return runner
 
 
@@ -430,8 +431,7 @@ async def run(
         await start_listeners(node, runner, fast, bound)
         # After the listeners: jobs resume through them.
         admin = await _start_admin(node, runner, private) if worker == 0 else None
-        # Everything built so far lives as long as the process: keep the collector from walking it again and
-        # again (long full collections are what shows up in p99).
+        # What was built so far lives as long as the process: long full collections walking it again showed in p99.
         gc.collect()
         gc.freeze()
         node.state["listening"] = True

@@ -133,9 +133,10 @@ async def _pass_on(config: Config, peers: list[Member], view: ClusterView | None
     """Tell every peer of the purge, under the nodes' token; the ids of those that did not confirm it. A peer the
     health checks see down whose last check failed too is not waited for, and none longer than cluster.timeout:
     each takes the purge from a peer's purge log once it answers again (cluster.purgesync), so waiting would only
-    keep the operator waiting. One seen down whose last check answered is told: a node that restarted caught up
-    before it listened, and serves its cache while its peers still see it down; not told, it served the bytes a
-    purge made then removed until its own next round (tests/e2e/test_purge_rejoin.py)."""
+    keep the operator waiting. One seen down whose last check answered, or that asked this node's purge log since
+    its last failed check (ClusterView.heard_from), is told: a node that restarted caught up before it listened,
+    and serves its cache while its peers still see it down; not told, it served the bytes a purge made then removed
+    until its own next round (tests/e2e/test_purge_rejoin.py)."""
     if not peers:
         return []
     assert config.cluster is not None  # peers: a cluster
@@ -247,7 +248,7 @@ def admin_tokens(config: Config) -> tuple[Token, ...]:
     return (*config.tokens, *(Token("cluster", peer_token(k), "peer") for k in keys))
 
 
-def purge_routes(current: Callable[[], Config], store: Store) -> list[web.RouteDef]:
+def purge_routes(current: Callable[[], Config], store: Store, view: ClusterView | None = None) -> list[web.RouteDef]:
     """POST /purges/after {"vector": {origin: number}}: the entries the asker lacks (core.purge.SyncLog.after),
     for the nodes' token (role "peer") or an operator's; a provider's would see other providers' URLs."""
 
@@ -263,6 +264,9 @@ def purge_routes(current: Callable[[], Config], store: Store) -> list[web.RouteD
         retired = parse_retired(body.get("retired")) if isinstance(body, dict) else None
         if vector is None or retired is None:
             raise bad('expected {"vector": {origin: number, ...}, "retired": [origin, ...]}')
+        asker = body.get("node")
+        if view is not None and token.role == "peer" and isinstance(asker, str):
+            view.heard_from(asker)  # a node that asks takes purges passed on to it (admin.purge._pass_on)
         answer = store.sync.after(vector, retired=retired, now=time.time(), horizon=store.horizon)
         config = current()
         return web.json_response(

@@ -241,6 +241,11 @@ class PurgeSync:
             self._wake.clear()
             await self.round()
 
+    def wake(self) -> None:
+        """A round now: the admin listener has just started, and a peer that hears this node ask learns it can take
+        purges (ClusterView.heard_from), whatever its health checks have seen yet."""
+        self._wake.set()
+
     async def round(self) -> None:
         await self.store.catch_up()  # what another worker applied
         peers = [m for m in self.view.ring.members if m.id != self.view.self_id]
@@ -311,7 +316,8 @@ class PurgeSync:
 
     async def _ask(self, peer: Member) -> Answer | NoLog | None:
         sync = self.store.sync
-        body = json.dumps({"vector": dict(sync.vector), "retired": sorted(sync.retired)}).encode()
+        asking = {"vector": dict(sync.vector), "retired": sorted(sync.retired), "node": self.view.self_id}
+        body = json.dumps(asking).encode()
         auth = nodeauth.authorization(peer_token(self.view.settings.key), "POST", AFTER_PATH, body, time.time())
         problem = ""
         try:

@@ -108,9 +108,16 @@ class ClusterView:
             self.failing[member_id] = self.rounds
 
     def answers(self, member_id: str) -> bool:
-        """Did its last health check (or forward) succeed? So does one seen down that is on its way back up: a
-        node that restarted listens, and takes purges, before `rise` checks in a row bring it up here."""
+        """Did its last health check (or forward) succeed, or has it asked this node's purge log since (heard_from)?
+        So does one seen down that is on its way back up: a node that restarted listens, and takes purges, before
+        `rise` checks in a row bring it up here."""
         return member_id in self.health and member_id not in self.failing
+
+    def heard_from(self, member_id: str) -> None:
+        """The peer asked this node's purge log (signed with the cluster's key): it runs, and its admin listener takes
+        purges, until a check of it fails again. Not up: that is the health checks' to say."""
+        if member_id in self.health:
+            self.failing.pop(member_id, None)
 
     def failed_since(self, member_id: str, round_: int) -> bool:
         """Did the last probe of (or forward to) the peer fail, in round `round_` of health checks or later? Its
