@@ -36,6 +36,7 @@ class OriginError(EdgecacheError):
         connect: bool = False,
         refused: bool = False,
         strict: bool = False,
+        malformed: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -44,6 +45,7 @@ class OriginError(EdgecacheError):
         self.connect = connect  # no response came: an idempotent request may go elsewhere
         self.refused = refused  # the connection itself was refused: nothing was sent, whatever the method
         self.strict = strict  # it failed the revalidation of an entry never served stale (core.freshness.never_stale)
+        self.malformed = malformed  # an answer came that aiohttp's parser refused (proxy.nohead)
 
     @property
     def status(self) -> int:
@@ -53,7 +55,7 @@ class OriginError(EdgecacheError):
 
     def revalidating(self) -> OriginError:
         """This failure, of the revalidation of an entry never served stale (`strict`)."""
-        kinds = {"timeout": self.timeout, "connect": self.connect, "refused": self.refused}
+        kinds = {"timeout": self.timeout, "connect": self.connect, "refused": self.refused, "malformed": self.malformed}
         return OriginError(self.reason, retryable=self.retryable, strict=True, **kinds)
 
 

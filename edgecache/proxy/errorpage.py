@@ -33,12 +33,13 @@ def peer_failed(kind: str, timeout: bool) -> tuple[int, str]:
 
 def origin_failed(exc: OriginError) -> tuple[int, str, bool]:
     """The status and reason when a request's origin fetch failed with nothing to stand in, and whether the failure
-    is still to be counted against the origin (timeouts and connects were, where they happened: the origin client).
+    is still to be counted against the origin (timeouts, connects and malformed answers were, where they happened:
+    the origin client, proxy.nohead).
     503 when the node itself could not take the answer in (Busy), never reported as the origin's; else
     OriginError.status."""
     if isinstance(exc, Busy):
         return 503, exc.reason, False
-    return exc.status, f"origin failed: {exc.reason}", not (exc.timeout or exc.connect)
+    return exc.status, f"origin failed: {exc.reason}", not (exc.timeout or exc.connect or exc.malformed)
 
 
 def error_response(status: int, reason: str, retry_after: int = 0) -> web.Response:

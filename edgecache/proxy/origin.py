@@ -30,7 +30,7 @@ from edgecache.config import Config, OriginSettings, Site
 from edgecache.core.forward import VIA, via_sent
 from edgecache.core.headers import Headers, as_sent
 from edgecache.errors import ClientError, OriginError, PeerWithheld
-from edgecache.proxy import answerbound, observe
+from edgecache.proxy import answerbound, nohead, observe
 from edgecache.proxy.shares import Shares, share
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ class OriginClient:
                     )
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 _raise_if_stalled(paced, exc)
-                last_error = self._failed(site, base, exc)
+                last_error = nohead.failure(site.name, base, exc, self.peer, self._named(site, base))
                 continue
             self._count(site.name, raw.status, time.monotonic() - started)
             if (
@@ -368,25 +368,6 @@ class OriginClient:
             return OriginResponse(raw.status, as_sent(raw.raw_headers), raw, base, site.name, self.peer)
         assert last_error is not None
         raise last_error
-
-    def _failed(self, site: Site, base: str, exc: BaseException) -> OriginError:
-        """The error of a request that got no answer from `base` (counted as the origin's, unless a peer's)."""
-        if isinstance(exc, TimeoutError):
-            if self.peer is None:
-                metrics.ORIGIN_ERRORS.labels(site.name, "timeout").inc()
-            log.info("%s %s timed out: %s", self._who, base, exc)
-            return OriginError(f"{self._named(site, base)}: timed out", timeout=True)
-        if self.peer is None:
-            metrics.ORIGIN_ERRORS.labels(site.name, "connect").inc()
-        # No response came: the peer refused, or a pooled connection to it was found dead. Nothing reached the
-        # client, so an idempotent request may go elsewhere.
-        refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
-        log.info("%s %s failed: %s", self._who, base, exc)
-        if self.peer is not None:
-            problem = f"{exc.__class__.__name__}: {exc}"
-        else:  # aiohttp's text names the address
-            problem = "could not connect" if refused else f"no answer ({exc.__class__.__name__})"
-        return OriginError(f"{self._named(site, base)}: {problem}", connect=True, refused=refused)
 
     def _count(self, site: str, status: int, took: float) -> None:
         if self.peer is not None:

@@ -1,0 +1,64 @@
+"""What a request to an origin or a peer that brought no usable head failed of, as its error says and the origin
+metrics count it: a timeout, no answer (refused, reset, closed), or an answer aiohttp's parser refused.
+
+The last was said and counted as the second ("no answer (ClientResponseError)", kind `connect`), which sent an
+operator looking for a network fault when the origin had answered with more than 128 fields, a line over 8 KiB or a
+space before a field's colon. Its answer names the parser's reason now and it counts as kind `malformed`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from edgecache import metrics
+from edgecache.errors import OriginError
+
+log = logging.getLogger("edgecache.proxy.origin")  # the origin client's log, as these lines were written there
+
+# The most of aiohttp's reason an answer carries: its parser's are shorter ("Got more than 8190 bytes when reading"),
+# and the rest is a bound on what an origin's bytes, should a message quote them, can put before a viewer.
+REASON_CHARS = 80
+
+
+def parse_failure(exc: BaseException) -> str | None:
+    """The reason aiohttp's parser gave for an answer it refused, as a viewer's error says it; None when `exc` is
+    no such refusal. Its first line, without the origin's bytes its messages quote after the reason (`... when
+    reading: b'aaa...'`, on lines of their own under `Invalid header token:`), and REASON_CHARS at most."""
+    # A session that follows no redirects and raises for no status raises ClientResponseError only for a head its
+    # parser refused (aiohttp's ClientResponse.start).
+    if not isinstance(exc, aiohttp.ClientResponseError):
+        return None
+    lines = exc.message.splitlines()
+    reason = lines[0].split(" b'")[0].split(' b"')[0].strip().rstrip(":.").strip() if lines else ""
+    if not reason.isascii() or not reason.isprintable():
+        reason = ""
+    return f"answered malformed HTTP: {reason[:REASON_CHARS] or 'unparsable'}"
+
+
+def failure(site: str, base: str, exc: BaseException, peer: str | None, named: str) -> OriginError:
+    """The error of a request to `base` that got no usable head, counted as the origin's (`peer` None) by kind;
+    a peer's failures are its caller's to count. `named`: who failed, as the answer says it (OriginClient._named)."""
+    who = "origin" if peer is None else f"peer {peer}"
+    if isinstance(exc, TimeoutError):
+        if peer is None:
+            metrics.ORIGIN_ERRORS.labels(site, "timeout").inc()
+        log.info("%s %s timed out: %s", who, base, exc)
+        return OriginError(f"{named}: timed out", timeout=True)
+    if peer is None and (malformed := parse_failure(exc)) is not None:
+        # An answer came, its bytes not HTTP: the origin's fault, not the network's (the next origin is still asked).
+        metrics.ORIGIN_ERRORS.labels(site, "malformed").inc()
+        log.info("%s %s %s: %s", who, base, malformed, exc)
+        return OriginError(f"{named}: {malformed}", malformed=True)
+    if peer is None:
+        metrics.ORIGIN_ERRORS.labels(site, "connect").inc()
+    # No response came: the peer refused, or a pooled connection to it was found dead. Nothing reached the
+    # client, so an idempotent request may go elsewhere.
+    refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
+    log.info("%s %s failed: %s", who, base, exc)
+    if peer is not None:
+        problem = f"{exc.__class__.__name__}: {exc}"
+    else:  # aiohttp's text names the address
+        problem = "could not connect" if refused else f"no answer ({exc.__class__.__name__})"
+    return OriginError(f"{named}: {problem}", connect=True, refused=refused)
