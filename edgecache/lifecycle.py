@@ -4,6 +4,8 @@ only a restart changes, and why a worker was replaced. How long a stopping worke
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from enum import StrEnum
 
@@ -11,7 +13,8 @@ from enum import StrEnum
 # workers it starts later, so every worker serves alike. `drain` is one: a worker's aiohttp runner takes its
 # shutdown timeout when it is built, and the parent's kill deadline (drain + KILL_AFTER) must never come before the
 # drain of a worker it started. The fast path's settings are read once, when its server is built (server.make_fast),
-# and the prefetch job runner's when it starts. Everything else a reload applies (server.reload).
+# the Server field when the node opens (heads the fast path remembers hold it), and the prefetch job runner's
+# settings when it starts. Everything else a reload applies (server.reload).
 RESTART_ONLY = (
     "listen",
     "tls_listen",
@@ -28,6 +31,7 @@ RESTART_ONLY = (
     "header_timeout",
     "idle_timeout",
     "disk_send",
+    "server_field",
     "admin",
     "access_log",
     "demo_origin",
@@ -49,3 +53,14 @@ class Reason(StrEnum):
 
     DIED = "died"
     STUCK = "stuck"
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the parent process dies, even by SIGKILL: no orphan goes on holding
+    the listeners, the port and the disk tier."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before that
+        os._exit(1)

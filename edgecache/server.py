@@ -25,9 +25,9 @@ from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
-from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
+from edgecache.lifecycle import HELD, RESTART_ONLY, Reason, die_with_parent
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
-from edgecache.proxy import badhead, linger
+from edgecache.proxy import badhead, linger, serverfield
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fastserver import FastServer, FastSettings
 from edgecache.proxy.fillmemory import FillBudget
@@ -119,12 +119,9 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
         tasks.append(asyncio.ensure_future(check_health(cluster, session)))
         if cluster.settings.dns is not None:
             tasks.append(asyncio.ensure_future(follow_dns(cluster)))
+    replaced = serverfield.use(config.server_field)  # given back when the node closes: a test runs several
     try:
-        shared = Shared(config.sites, engine, access, cluster)
-        shared.write_timeout = config.client_write_timeout
-        shared.max_in_flight = config.max_requests
-        shared.limiter = _limiter(config)
-        shared.forwarders, shared.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
+        shared = _shared(config, engine, access, cluster)
         origin.loop_token = loop_token(config, await loop.run_in_executor(None, cache_id, disk.directory))
         certificates = Certificates(config) if config.tls_listen else None
         node = Node(config, origin, store, engine, shared, EdgeHandler(shared), access, cluster, certificates)
@@ -145,6 +142,16 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
         await origin.close()
         await loop.run_in_executor(None, _close_storage, store, disk)
         await loop.run_in_executor(None, access.close)
+        serverfield.use(replaced)
+
+
+def _shared(config: Config, engine: Engine, access: AccessLog, cluster: ClusterView | None) -> Shared:
+    shared = Shared(config.sites, engine, access, cluster)
+    shared.write_timeout = config.client_write_timeout
+    shared.max_in_flight = config.max_requests
+    shared.limiter = _limiter(config)
+    shared.forwarders, shared.proxy_from = config.trusted_forwarders, config.proxy_protocol_from
+    return shared
 
 
 async def _close_evicted(store: Store) -> None:
@@ -342,6 +349,7 @@ async def _start_demo(config: Config) -> web.AppRunner | None:
     await asyncio.get_running_loop().run_in_executor(None, write_content, root)
     runner = web.AppRunner(demo_app(root), access_log=None, shutdown_timeout=SIDE_STOP)
     await runner.setup()
+    serverfield.follow(runner)
     await TCPListener(runner, config.demo_origin.host, config.demo_origin.port).start()
     log.info("demo origin on http://%s", config.demo_origin)
     return runner
@@ -393,6 +401,7 @@ async def _start_admin(node: Node, clients: web.BaseRunner, directory: Path | No
     if private is not None:
         runner.app.on_cleanup.append(lambda _app: asyncio.to_thread(private.cleanup))
     await runner.setup()
+    serverfield.follow(runner)
     await TCPListener(runner, node.config.admin.host, node.config.admin.port, node.config.header_timeout).start()
     log.info("admin listening on http://%s", node.config.admin)
     if node.purge_sync is not None:  # its peers hear it ask, and pass it purges though they see it down (heard_from)
@@ -475,7 +484,7 @@ def worker_main(
     from edgecache import metrics
     from edgecache.metricturn import apply
 
-    _die_with_parent(parent)
+    die_with_parent(parent)
     fewer_malloc_arenas()
     _more_file_descriptors()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
@@ -486,14 +495,3 @@ def worker_main(
         uvloop.run(run(config, worker, bound, beats, epoch, private))
     finally:
         apply()  # the increments of the loop's last turn (edgecache.metricturn)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this worker when the parent process dies, even by SIGKILL: no orphan goes on holding
-    the listeners, the port and the disk tier."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before that
-        os._exit(1)

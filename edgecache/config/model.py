@@ -196,6 +196,11 @@ class ClusterSettings:
     dns_interval: float = 10.0
 
 
+# The Server field a node adds to an answer whose origin sent none (server.server_field): a name and no version,
+# so that no scanner reads the interpreter's and libraries' versions off every answer.
+SERVER_FIELD = "edgecache"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str
@@ -215,6 +220,7 @@ class Config:
     watch_config: float = 0.0  # seconds between looks at the config file; a change reloads as SIGHUP does; 0: off
     reload_timeout: float = 10.0  # a reload whose read of the file (and those it names) takes longer is refused
     disk_send: str = "pread"  # disk hits on the fast path: "pread" (never blocks the loop) or "sendfile"
+    server_field: str = SERVER_FIELD  # the Server of answers whose origin sent none ("": none); proxy.serverfield
     tls_listen: tuple[Listen, ...] = ()  # HTTPS listeners; certificates per site by SNI
     tls: TLSFiles | None = None  # for clients that send no (or an unknown) server name
     rate_limit: float | None = None  # requests per second per client address (429 past it); None: no limit

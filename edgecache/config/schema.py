@@ -11,7 +11,7 @@ KEYS: dict[str, frozenset[str]] = {
         "server": "listen workers client_write_timeout max_requests max_connections rate_limit burst fast_path "
         "proxy_protocol proxy_protocol_from trusted_forwarders "
         "header_timeout idle_timeout disk_send tls_listen tls watchdog drain watch_config "
-        "reload_timeout",
+        "reload_timeout server_field",
         "tls": "cert key",
         "cache": "dir memory disk disks slice fill_slices fill_memory memory_policy memory_headroom tiers save_on_stop "
         "max_object_size lease stats_interval",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any, TypedDict
 
 from edgecache.config.files import read_tls
-from edgecache.config.model import Config, Listen, TLSFiles
+from edgecache.config.model import SERVER_FIELD, Config, Listen, TLSFiles
 from edgecache.config.schema import KEYS
 from edgecache.config.values import (
     _bool,
@@ -25,6 +26,11 @@ from edgecache.config.values import (
 MAX_DRAIN = 3600.0
 MAX_WATCH = 3600.0
 MAX_WORKERS = 256  # past any machine's cores: a typo (1000 for 100) would fork a process per unit
+MAX_SERVER_FIELD = 128
+# RFC 9110 10.2.4: Server = product *( RWS ( product / comment ) ), product = token [ "/" token ]; products only
+# (a comment's text is free), one space apart.
+_PRODUCT = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:/[!#$%&'*+.^_`|~0-9A-Za-z-]+)?"
+_PRODUCTS = re.compile(rf"{_PRODUCT}(?: {_PRODUCT})*")
 
 
 class ServerFields(TypedDict):
@@ -48,6 +54,7 @@ class ServerFields(TypedDict):
     watch_config: float
     reload_timeout: float
     disk_send: str
+    server_field: str
     tls_listen: tuple[Listen, ...]
     tls: TLSFiles | None
 
@@ -76,6 +83,7 @@ def read_server(r: _Reader, doc: dict[str, Any], base: Path) -> ServerFields:
         watch_config=r.get(t, p, "watch_config", _watch_config, 0.0),
         reload_timeout=r.get(t, p, "reload_timeout", _reload_timeout, 10.0),
         disk_send=r.get(t, p, "disk_send", _choice("pread", "sendfile"), "pread"),
+        server_field=r.get(t, p, "server_field", _server_field, SERVER_FIELD),
         tls_listen=r.get(t, p, "tls_listen", _listen_list, ()),
         tls=read_tls(r, t, p, base),
     )
@@ -165,6 +173,22 @@ def _watch_config(v: Any) -> float:
 
 # server.reload_timeout: how long a reload waits for its read of the config file (edgecache.readoff).
 _reload_timeout = seconds_between(1, MAX_WATCH)
+
+
+def _server_field(v: Any) -> str:
+    """`server.server_field`: the Server field's value, product tokens (edgecache, edgecache/2.1), or "" for none."""
+    if not isinstance(v, str):
+        raise ValueError('expected a string such as "edgecache", or "" for no Server field')
+    if any(c < " " or c == "\x7f" for c in v):
+        raise ValueError("has a control character: a field value cannot carry one (RFC 9110 5.5)")
+    if len(v) > MAX_SERVER_FIELD:
+        raise ValueError(f"expected at most {MAX_SERVER_FIELD} characters")
+    if v and not _PRODUCTS.fullmatch(v):
+        raise ValueError(
+            f"{v!r} is not product tokens such as edgecache or edgecache/2.1 (letters, digits and !#$%&'*+-.^_`|~; "
+            'a version after "/"; one space between two), or "" for no Server field'
+        )
+    return v
 
 
 def _burst(v: Any) -> float:

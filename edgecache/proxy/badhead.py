@@ -4,6 +4,7 @@ its parser's message, which quotes the client's bytes (the whole target of `GET 
 `GET foo` with a caret under it): client input echoed back, unlike every other refusal of the node.
 
 The fast path writes the same answer itself (refusal), so a malformed head is never handed to aiohttp for it.
+The server is the client listener's, so its requests are serverfield's: its answers carry the node's Server field.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import (
     BadHttpMethod,
@@ -21,13 +23,14 @@ from aiohttp.http_exceptions import (
     InvalidURLError,
     LineTooLong,
 )
-from aiohttp.http_parser import HttpRequestParser
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from edgecache import metrics
 from edgecache.core.keepalive import KeepAlive
-from edgecache.proxy import encode, headparse, linger
+from edgecache.proxy import encode, headparse, linger, serverfield
 
 if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
@@ -103,7 +106,18 @@ def handler_of(server: web.Server) -> RequestHandler:
 
 
 class Server(web.Server):
-    """aiohttp's low-level server whose connections answer an unparsable head with Handler's reasons."""
+    """aiohttp's low-level server whose connections answer an unparsable head with Handler's reasons, and whose
+    answers carry the node's Server field (serverfield.Request)."""
 
     def __call__(self) -> RequestHandler:
         return handler_of(self)
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        return serverfield.Request(message, payload, protocol, writer, task, self._loop)

@@ -1,8 +1,9 @@
 """Response heads as the fast path writes them: the one encoder of hits, relayed answers and its own errors.
 
 The fields are aiohttp's, in aiohttp's order, so an answer is the same bytes whichever path wrote it: the given
-fields, then Date and Server when absent, then the Connection field the client's version and the connection's
-fate call for (core.keepalive). No Content-Type is added to an answer whose origin sent none (proxy.exact).
+fields, then Date and the node's Server (proxy.serverfield) when absent, then the Connection field the client's
+version and the connection's fate call for (core.keepalive). No Content-Type is added to an answer whose origin
+sent none (proxy.exact).
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ from __future__ import annotations
 import http
 from collections.abc import Collection, Sequence
 
-from aiohttp.http import SERVER_SOFTWARE
-
 from edgecache.core.forward import relayed_named
 from edgecache.core.headers import Headers
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus, cache_status_header
+from edgecache.proxy import serverfield
 from edgecache.proxy.errorpage import error_page
 
-_SERVER = b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
 _EMPTY = frozenset({204, 304})
 _LENGTH_FIELDS = frozenset({"content-length", "transfer-encoding"})
 
@@ -58,7 +57,7 @@ def head(
     if "date" not in names:
         encoded += b"Date: " + date + b"\r\n"
     if "server" not in names:
-        encoded += _SERVER
+        encoded += serverfield.line
     return encoded + keep_alive.connection + b"\r\n"
 
 

@@ -18,6 +18,7 @@ from edgecache.admin.jobs import JobRunner
 from edgecache.admin.prefetch import prefetch_routes
 from edgecache.admin.purge import purge_handler, purge_routes
 from edgecache.config import Config, Site, Token
+from edgecache.proxy import serverfield
 from edgecache.server import start_internal
 from edgecache.sites import TCPListener
 from tests.conftest import Edge, make_config, start_edge
@@ -79,6 +80,7 @@ async def admin_node(
         )
         web_runner = web.AppRunner(app, shutdown_timeout=max(cfg.drain, 0.001))  # as start_edge's
         await web_runner.setup()
+        serverfield.follow(web_runner)  # as server._start_admin does
         stack.push_async_callback(web_runner.cleanup)
         port = free_port()
         await TCPListener(web_runner, "127.0.0.1", port).start()

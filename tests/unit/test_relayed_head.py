@@ -8,7 +8,6 @@ import pytest
 from edgecache.core.forward import relayed_fields
 from edgecache.core.keepalive import KeepAlive
 from edgecache.proxy import encode
-from edgecache.proxy.encode import _SERVER
 
 DATE = b"Fri, 04 Dec 2026 18:00:00 GMT"
 MINE = "edgecache; fwd=miss; detail=peer"
@@ -58,7 +57,7 @@ def test_unknown_length_is_chunked_dated_and_served_and_not_typed() -> None:
         + b"\r\nTransfer-Encoding: chunked\r\nDate: "
         + DATE
         + b"\r\n"
-        + _SERVER
+        + b"Server: edgecache\r\n"
         + b"\r\n"
     )
     assert (chunked, keep) == (True, KeepAlive.OPEN)

@@ -17,7 +17,7 @@ OWNER = [  # an edgecache owner's answer to a hop, as llhttp gives its fields
     ("Etag", '"6932a2f4-1000"'),
     ("Content-Type", "application/octet-stream"),
     ("Date", "Sun, 06 Dec 2026 21:22:13 GMT"),
-    ("Server", "Python/3.11 aiohttp/3.14.5"),
+    ("Server", "edgecache"),
     ("Via", "1.1 edgecache"),
     ("Age", "0"),
     ("Cache-Status", "edgecache; fwd=uri-miss; stored"),
