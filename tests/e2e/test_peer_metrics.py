@@ -38,7 +38,8 @@ def peer_errors(peer: str) -> dict[str, float]:
 
 
 def origin_errors() -> float:
-    return sum(sample("edgecache_origin_errors_total", site="videos", kind=k) for k in ("connect", "timeout", "failed"))
+    kinds = ("connect", "timeout", "malformed", "failed")
+    return sum(sample("edgecache_origin_errors_total", site="videos", kind=k) for k in kinds)
 
 
 def forwards(peer: str) -> tuple[float, float]:
