@@ -37,6 +37,7 @@ class OriginError(EdgecacheError):
         refused: bool = False,
         strict: bool = False,
         malformed: bool = False,
+        peer_kind: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -46,6 +47,9 @@ class OriginError(EdgecacheError):
         self.refused = refused  # the connection itself was refused: nothing was sent, whatever the method
         self.strict = strict  # it failed the revalidation of an entry never served stale (core.freshness.never_stale)
         self.malformed = malformed  # an answer came that aiohttp's parser refused (proxy.nohead)
+        # A peer's failure (its kind, as observe.peer_error counted it), met where a fill reads a peer's body like an
+        # origin's: answered and counted as the peer's (errorpage.origin_failed), never as the origin's.
+        self.peer_kind = peer_kind
 
     @property
     def status(self) -> int:
@@ -56,7 +60,7 @@ class OriginError(EdgecacheError):
     def revalidating(self) -> OriginError:
         """This failure, of the revalidation of an entry never served stale (`strict`)."""
         kinds = {"timeout": self.timeout, "connect": self.connect, "refused": self.refused, "malformed": self.malformed}
-        return OriginError(self.reason, retryable=self.retryable, strict=True, **kinds)
+        return OriginError(self.reason, retryable=self.retryable, strict=True, peer_kind=self.peer_kind, **kinds)
 
 
 class VersionChanged(OriginError):

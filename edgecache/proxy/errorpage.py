@@ -35,10 +35,13 @@ def origin_failed(exc: OriginError) -> tuple[int, str, bool]:
     """The status and reason when a request's origin fetch failed with nothing to stand in, and whether the failure
     is still to be counted against the origin (timeouts, connects and malformed answers were, where they happened:
     the origin client, proxy.nohead).
-    503 when the node itself could not take the answer in (Busy), never reported as the origin's; else
+    503 when the node itself could not take the answer in (Busy), never reported as the origin's; a peer's failure
+    met by a fill that read its body (OriginError.peer_kind, counted there) as peer_failed says it; else
     OriginError.status."""
     if isinstance(exc, Busy):
         return 503, exc.reason, False
+    if exc.peer_kind is not None:
+        return (*peer_failed(exc.peer_kind, exc.timeout), False)
     return exc.status, f"origin failed: {exc.reason}", not (exc.timeout or exc.connect or exc.malformed)
 
 

@@ -471,6 +471,6 @@ async def read_chunks(resp: OriginResponse) -> AsyncIterable[bytes]:
 
 
 def _body_failed(resp: OriginResponse, error: OriginError) -> OriginError:
-    if resp.peer is not None:  # a peer's failure is the peer's, never counted as the origin's
-        observe.peer_error(resp.peer, error)
+    if resp.peer is not None:  # a peer's failure is the peer's, never counted or answered as the origin's
+        error.peer_kind = observe.peer_error(resp.peer, error)
     return error
