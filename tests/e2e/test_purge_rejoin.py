@@ -83,16 +83,35 @@ def config(tmp: Path, me: int, ports: list[int], admins: list[int], origin: str,
     return path
 
 
+def owned_by_node1(ring: Ring, prefix: str) -> str:
+    """A path under `prefix` whose object node1 owns."""
+    return next(
+        p
+        for p in (f"{prefix}{n}" for n in range(100))
+        if ring.owner(make_key("videos", "video.test", p, ("*",)).primary).id == "node1"  # type: ignore[union-attr]
+    )
+
+
+async def purged_at_node0(s: aiohttp.ClientSession, origin: Origin, admin: int, url: str, path: str) -> None:
+    """The object changes at the origin and is purged through node0's admin API: node1 (asked at `url`) serves the
+    new bytes, and the purge says both nodes confirmed it."""
+    origin.put(path, NEW, etag='"v2"')
+    body = json.dumps({"url": f"http://video.test{path}"})
+    auth = {"Authorization": f"Bearer {OPERATOR}"}
+    async with s.post(f"http://127.0.0.1:{admin}/purge", data=body, headers=auth) as r:
+        assert r.status == 200
+        answer = await r.json()
+    async with s.get(url, headers={"Host": "video.test"}) as r:
+        assert (r.status, await r.read() == NEW) == (200, True), r.headers.get("Cache-Status")
+    assert (answer["confirmed"], answer["failed"]) == (2, [])
+
+
 async def test_a_purge_made_while_its_peer_still_sees_a_node_down_reaches_it_once_it_answers(
     origin: Origin, tmp_path: Path
 ) -> None:
     ports, admins = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
     ring = Ring.of(Member(f"node{i}", f"127.0.0.1:{p}") for i, p in enumerate(ports))
-    path = next(
-        p
-        for p in (f"/rejoin/{n}" for n in range(100))
-        if ring.owner(make_key("videos", "video.test", p, ("*",)).primary).id == "node1"  # type: ignore[union-attr]
-    )
+    path = owned_by_node1(ring, "/rejoin/")
     origin.put(path, OLD)
     relay = CountingRelay(admins[1], b"GET /healthz ")
     server = await asyncio.start_server(relay._pipe, "127.0.0.1", relay.port)
@@ -112,15 +131,7 @@ async def test_a_purge_made_while_its_peer_still_sees_a_node_down_reaches_it_onc
             async with s.get(url, headers={"Host": "video.test"}) as r:
                 assert (r.status, await r.read()) == (200, OLD)
             await relay.seen(2)  # the first check sent once node1 listens has been answered and recorded
-            origin.put(path, NEW, etag='"v2"')
-            body = json.dumps({"url": f"http://video.test{path}"})
-            auth = {"Authorization": f"Bearer {OPERATOR}"}
-            async with s.post(f"http://127.0.0.1:{admins[0]}/purge", data=body, headers=auth) as r:
-                assert r.status == 200
-                answer = await r.json()
-            async with s.get(url, headers={"Host": "video.test"}) as r:
-                assert (r.status, await r.read() == NEW) == (200, True), r.headers.get("Cache-Status")
-            assert (answer["confirmed"], answer["failed"]) == (2, [])
+            await purged_at_node0(s, origin, admins[0], url, path)
     finally:
         server.close()
         await server.wait_closed()
@@ -136,11 +147,7 @@ async def test_a_node_that_asks_for_the_purge_log_once_its_admin_listens_is_told
     cluster mode of loadtest/fuzz_e2e.py (3 answers in 150 s, seed 2, each within a cluster.interval of a restart)."""
     ports, admins = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
     ring = Ring.of(Member(f"node{i}", f"127.0.0.1:{p}") for i, p in enumerate(ports))
-    path = next(
-        p
-        for p in (f"/asked/{n}" for n in range(100))
-        if ring.owner(make_key("videos", "video.test", p, ("*",)).primary).id == "node1"  # type: ignore[union-attr]
-    )
+    path = owned_by_node1(ring, "/asked/")
     origin.put(path, OLD)
     relay = CountingRelay(admins[0], b'"entries"')  # node0's answers to node1's purge-log requests
     server = await asyncio.start_server(relay._pipe, "127.0.0.1", relay.port)
@@ -157,15 +164,7 @@ async def test_a_node_that_asks_for_the_purge_log_once_its_admin_listens_is_told
             await relay.seen(2, since=0)  # the round before node1 listened, and the one once its admin listener is up
             async with s.get(url, headers={"Host": "video.test"}) as r:
                 assert (r.status, await r.read()) == (200, OLD)
-            origin.put(path, NEW, etag='"v2"')
-            body = json.dumps({"url": f"http://video.test{path}"})
-            auth = {"Authorization": f"Bearer {OPERATOR}"}
-            async with s.post(f"http://127.0.0.1:{admins[0]}/purge", data=body, headers=auth) as r:
-                assert r.status == 200
-                answer = await r.json()
-            async with s.get(url, headers={"Host": "video.test"}) as r:
-                assert (r.status, await r.read() == NEW) == (200, True), r.headers.get("Cache-Status")
-            assert (answer["confirmed"], answer["failed"]) == (2, [])
+            await purged_at_node0(s, origin, admins[0], url, path)
     finally:
         server.close()
         await server.wait_closed()

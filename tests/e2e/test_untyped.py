@@ -6,11 +6,10 @@ aiohttp's server, and the fast path after it, added `Content-Type: application/o
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from pathlib import Path
 
+from tests.e2e.secondnode import through_a_second_node
 from tests.e2e.test_cache_status import settled
-from tests.e2e.test_cluster import cluster_configs, owner_of, started
 from tests.e2e.test_fast_path import get, normalised
 from tests.e2e.test_no_hand_offs import both_paths
 from tests.origin import RawOrigin, RawReply, RawRequest
@@ -64,18 +63,4 @@ async def test_no_type_is_added_on_either_path(tmp_path: Path) -> None:
 
 
 async def test_no_type_is_added_through_a_second_node(tmp_path: Path) -> None:
-    origin = RawOrigin(reply)
-    await origin.start()
-    try:
-        for fast in (True, False):
-            configs = cluster_configs(origin, tmp_path / str(fast))  # type: ignore[arg-type]
-            configs = [replace(c, fast_path=fast) for c in configs]
-            path = next(p for p in (f"/c{fast:d}/{i}" for i in range(100)) if owner_of(configs, p) == "node2")
-            async with started(configs) as nodes:
-                for _ in range(2):
-                    answer = await exchange(nodes[0].port, get(path, CLOSE))
-                    assert answer.endswith(b"\r\n\r\n" + BODY), answer
-                    untyped(answer)
-            assert origin.hits[path] == 1
-    finally:
-        await origin.stop()
+    await through_a_second_node(reply, tmp_path, BODY, untyped)
