@@ -245,11 +245,17 @@ async def test_a_node_stopped_during_a_purge_catches_up_before_it_serves(origin:
 async def test_a_purge_does_not_wait_for_a_peer_seen_down(origin: Origin, tmp_path: Path) -> None:
     async with cluster(origin, tmp_path) as c:
         x, y = 0, 1
-        for (_, to), relay in c.relays.items():
+        for (frm, to), relay in c.relays.items():
+            # x takes connections and answers nothing (its peers' health checks time out), and reaches no peer
+            # either. A node that asks a peer's purge log is told of its purges (ClusterView.heard_from): with x's
+            # incoming side alone cut off, a one-way partition, x's next round tells its peers it takes purges, and a
+            # purge asks it and waits up to cluster.timeout (as the test below waits for a peer that does not answer).
             if to == x:
-                relay.freeze()  # x takes connections and answers nothing: its peers' health checks time out
+                relay.freeze()
+            elif frm == x:
+                await relay.cut()
         ids = [f"node{i}" for i in range(3)]
-        await c.settled(lambda i, other: i == x or other != ids[x])
+        await c.settled(lambda i, other: i != x and other != ids[x])  # x sees no peer up, nor they x
         told = len(c.relays[y, x].heard)
         status, answer = await c.purge(y, {"url": "http://video.test/a"})
         assert (status, answer["nodes"], answer["confirmed"], answer["failed"]) == (200, 3, 2, [ids[x]])
