@@ -539,18 +539,31 @@ async def test_a_peer_is_asked_a_bounded_number_of_times_and_read_to_a_bounded_s
         await runner.cleanup()
 
 
-def process_config(i: int, ports: list[int], admins: list[int], origin: Origin, tmp: Path) -> Path:
+def process_config(
+    i: int,
+    ports: list[int],
+    admins: list[int],
+    origin: Origin,
+    tmp: Path,
+    *,
+    workers: int = 2,
+    interval: float = 0.2,
+    fall: int = 2,
+    rise: int = 2,
+) -> Path:
+    """Node `i`'s config file; `admins`: where it reaches each node's admin listener (its own is where it listens)."""
     nodes = "".join(
         f'[[cluster.nodes]]\nid = "node{j}"\naddress = "127.0.0.1:{p}"\nadmin = "127.0.0.1:{a}"\n'
         for j, (p, a) in enumerate(zip(ports, admins, strict=True))
     )
     path = tmp / f"node{i}.toml"
     path.write_text(
-        f'[server]\nlisten = ["127.0.0.1:{ports[i]}"]\nworkers = 2\n'
+        f'[server]\nlisten = ["127.0.0.1:{ports[i]}"]\nworkers = {workers}\n'
         f'[admin]\nlisten = "127.0.0.1:{admins[i]}"\n'
         f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
         f'[cache]\ndir = "{tmp / f"c{i}"}"\ndisk = "64MiB"\nmemory = "16MiB"\n'
-        f'[cluster]\nself = "node{i}"\nkey = "{CLUSTER_KEY.decode()}"\ninterval = 0.2\ntimeout = 1.0\nfall = 2\n'
+        f'[cluster]\nself = "node{i}"\nkey = "{CLUSTER_KEY.decode()}"\ninterval = {interval}\ntimeout = 1.0\n'
+        f"fall = {fall}\nrise = {rise}\n"
         f'{nodes}[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
     )
     return path

@@ -22,11 +22,10 @@ import aiohttp
 
 from edgecache.core.keys import make_key
 from edgecache.core.ring import Member, Ring
-from tests.conftest import CLUSTER_KEY
 from tests.e2e.procs import edge_process, free_port
+from tests.e2e.test_purge_catchup import OPERATOR, process_config
 from tests.origin import Origin
 
-OPERATOR = "operator-secret-0123456789"
 OLD, NEW = b"before the purge " * 1000, b"after the purge! " * 1000
 
 
@@ -65,24 +64,6 @@ class CountingRelay:
         await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
 
 
-def config(tmp: Path, me: int, ports: list[int], admins: list[int], origin: str, interval: float, rise: int) -> Path:
-    """Node `me`'s config; `admins`: where it reaches each node's admin listener (its own is where it listens)."""
-    nodes = "".join(
-        f'[[cluster.nodes]]\nid = "node{j}"\naddress = "127.0.0.1:{p}"\nadmin = "127.0.0.1:{a}"\n'
-        for j, (p, a) in enumerate(zip(ports, admins, strict=True))
-    )
-    path = tmp / f"node{me}.toml"
-    path.write_text(
-        f'[server]\nlisten = ["127.0.0.1:{ports[me]}"]\n[admin]\nlisten = "127.0.0.1:{admins[me]}"\n'
-        f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
-        f'[cache]\ndir = "{tmp / f"cache{me}"}"\ndisk = "64MiB"\n'
-        f'[cluster]\nself = "node{me}"\nkey = "{CLUSTER_KEY.decode()}"\ninterval = {interval}\ntimeout = 1.0\n'
-        f"fall = 1\nrise = {rise}\n{nodes}"
-        f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin}"]\n'
-    )
-    return path
-
-
 def owned_by_node1(ring: Ring, prefix: str) -> str:
     """A path under `prefix` whose object node1 owns."""
     return next(
@@ -116,8 +97,12 @@ async def test_a_purge_made_while_its_peer_still_sees_a_node_down_reaches_it_onc
     relay = CountingRelay(admins[1], b"GET /healthz ")
     server = await asyncio.start_server(relay._pipe, "127.0.0.1", relay.port)
     # node0 checks node1 every 0.1 s, through the relay, and would see it up only after 100,000 good checks
-    peer = config(tmp_path, 0, ports, [admins[0], relay.port], origin.url, interval=0.1, rise=100_000)
-    node = config(tmp_path, 1, ports, admins, origin.url, interval=3600.0, rise=2)  # no purge-log round of its own
+    peer = process_config(
+        0, ports, [admins[0], relay.port], origin, tmp_path, workers=1, fall=1, interval=0.1, rise=100_000
+    )
+    node = process_config(
+        1, ports, admins, origin, tmp_path, workers=1, fall=1, interval=3600.0
+    )  # no purge-log round of its own
     ready = {b"edgecache listening on": 1, b"admin listening on": 1}
     url = f"http://127.0.0.1:{ports[1]}{path}"
     down = {**ready, b"peer node1 is down": 1}  # its first check, before node1 runs
@@ -151,8 +136,10 @@ async def test_a_node_that_asks_for_the_purge_log_once_its_admin_listens_is_told
     origin.put(path, OLD)
     relay = CountingRelay(admins[0], b'"entries"')  # node0's answers to node1's purge-log requests
     server = await asyncio.start_server(relay._pipe, "127.0.0.1", relay.port)
-    peer = config(tmp_path, 0, ports, admins, origin.url, interval=3600.0, rise=2)  # one check, before node1 runs
-    node = config(tmp_path, 1, ports, [relay.port, admins[1]], origin.url, interval=3600.0, rise=2)
+    peer = process_config(
+        0, ports, admins, origin, tmp_path, workers=1, fall=1, interval=3600.0
+    )  # one check, before node1 runs
+    node = process_config(1, ports, [relay.port, admins[1]], origin, tmp_path, workers=1, fall=1, interval=3600.0)
     ready = {b"edgecache listening on": 1, b"admin listening on": 1}
     url = f"http://127.0.0.1:{ports[1]}{path}"
     try:
