@@ -144,15 +144,22 @@ async def request(run: Run, session: aiohttp.ClientSession, ask: Ask) -> None:
         run.record(ask, *verdict, answer)
 
 
-async def purge(run: Run, session: aiohttp.ClientSession, rng: random.Random) -> None:
+def purge_request(rng: random.Random) -> tuple[dict[str, object], tuple[str, ...], str]:
+    """A purge to send: its body (a URL, one in ten a prefix of every path; soft four in ten), the paths it covers,
+    and what it is ("soft url", "hard prefix", ...)."""
     path = rng.choice(PATHS)
     soft = rng.random() < 0.4
     body: dict[str, object] = {"url": f"http://{HOST}{path}", "soft": soft}
     if rng.random() < 0.1:
         body = {"prefix": f"http://{HOST}/", "soft": soft}
-    targets = PATHS if "prefix" in body else (path,)
+    targets = tuple(PATHS) if "prefix" in body else (path,)
+    return body, targets, f"{'soft' if soft else 'hard'} {'prefix' if 'prefix' in body else 'url'}"
+
+
+async def purge(run: Run, session: aiohttp.ClientSession, rng: random.Random) -> None:
+    body, targets, what = purge_request(rng)
     for p in targets:
-        run.origin.note(p, f"purge {'soft' if soft else 'hard'} {'prefix' if 'prefix' in body else 'url'} asked")
+        run.origin.note(p, f"purge {what} asked")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with session.post(run.admin + "/purge", json=body, headers=auth) as r:
         text = await r.text()

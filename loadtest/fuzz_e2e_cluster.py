@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.fuzz_e2e import BAD, HOST, TOKEN, NodeLog, Run, drain_log, gen_ask
+from loadtest.fuzz_e2e import BAD, HOST, TOKEN, NodeLog, Run, drain_log, gen_ask, purge_request
 from loadtest.fuzz_e2e_model import PATHS, SLICE, Answer, Ask, ModelOrigin, _matches, candidates, judge, judge_time
 
 KEY = "fuzz-cluster-key-" + "0123456789abcdef" * 3
@@ -248,13 +248,7 @@ async def request(run: ClusterRun, session: aiohttp.ClientSession, node: Node, a
 
 async def purge(run: ClusterRun, session: aiohttp.ClientSession, rng: random.Random) -> None:
     node = rng.choice(run.nodes)
-    path = rng.choice(PATHS)
-    soft = rng.random() < 0.4
-    body: dict[str, object] = {"url": f"http://{HOST}{path}", "soft": soft}
-    if rng.random() < 0.1:
-        body = {"prefix": f"http://{HOST}/", "soft": soft}
-    targets = PATHS if "prefix" in body else (path,)
-    what = f"{'soft' if soft else 'hard'} {'prefix' if 'prefix' in body else 'url'}"
+    body, targets, what = purge_request(rng)
     floors = {p: run.origin.current[p].n for p in targets}
     for p in targets:
         run.origin.note(p, f"purge {what} asked of {node.id}")
