@@ -58,8 +58,9 @@ async def apply_entry(
     """Apply `entry` here unless it was already; whether it was new. TableFull (only when `strict`, for a purge
     this node takes from an operator) before anything changes; a purge another node took is always applied.
     Not `numbered`: a node alone, with no peer to pass purges to, keeps no entries (only the table's marks)."""
-    if numbered and not store.claim(entry):
-        return False
+    while numbered and not store.claim(entry):
+        if not await store.taken(entry):  # applied before: nothing to do; else applied or retracted meanwhile
+            return False
     logged = entry if numbered else None
     site = next((s for s in sites if s.name == entry.site), None)
     try:

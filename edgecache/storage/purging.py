@@ -60,7 +60,9 @@ class Purging:
         self._purge_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="purge")  # in order (purgelog)
         self.sync = SyncLog()  # the purges applied here, as the cluster numbers them (cluster.purgesync)
         self.horizon = HORIZON  # core.purgeprune's, for this node's pruning and its answers to peers (tests shorten it)
-        self._taking: dict[tuple[str, int], Entry] = {}  # purges being applied: a copy arriving meanwhile is skipped
+        # Purges being applied, each with what is set once it is applied or retracted: a copy arriving meanwhile
+        # waits for it (taken) and is not applied twice.
+        self._taking: dict[tuple[str, int], tuple[Entry, asyncio.Event]] = {}
         self._issued = 0  # the last number this node gave a purge it took from an operator
         self.epoch: Epoch | None = None  # with shared: the change counter all workers map
         self._seen_epoch = 0  # the other workers' count of changes and replacements this one has caught up on
@@ -214,18 +216,33 @@ class Purging:
         ident = (entry.origin, entry.seq)
         if self.sync.has(*ident) or ident in self._taking:
             return False
-        self._taking[ident] = entry
+        self._taking[ident] = (entry, asyncio.Event())
+        return True
+
+    async def taken(self, entry: Entry) -> bool:
+        """After claim() said no: whether `entry` was being applied, once that application has ended (applied,
+        or retracted: then it may be claimed again). A copy answered at once would be confirmed to the node
+        that passed it on before this one had changed anything on its disk."""
+        taking = self._taking.get((entry.origin, entry.seq))
+        if taking is None:
+            return False
+        await taking[1].wait()
         return True
 
     def applying(self) -> tuple[Entry, ...]:
         """The purges claimed here and not yet in the purge log (`sync`): a URL's changes the object's record first,
         and enters the log after the record's write to the disk (note_purge)."""
-        return tuple(self._taking.values())
+        return tuple(entry for entry, _ in self._taking.values())
+
+    def _taken(self, entry: Entry) -> None:
+        taking = self._taking.pop((entry.origin, entry.seq), None)
+        if taking is not None:
+            taking[1].set()
 
     def retract(self, entry: Entry) -> None:
         """`entry` was not applied (its purge was refused before anything changed): as if never claimed, and,
         when it was the last one this node numbered, its number is given again."""
-        self._taking.pop((entry.origin, entry.seq), None)
+        self._taken(entry)
         if entry.origin == self.sync.me and entry.seq == self._issued:
             self._issued -= 1
 
@@ -262,7 +279,7 @@ class Purging:
             not_kept("the purge log")
         finally:
             if entry is not None:
-                self._taking.pop((entry.origin, entry.seq), None)
+                self._taken(entry)
 
     async def purge_scope(
         self, scope: tuple[str, str, str], soft: bool, now: float, entry: Entry | None = None, strict: bool = True
