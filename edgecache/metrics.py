@@ -266,8 +266,8 @@ PEER_LATENCY = _histogram(
 PEER_ERRORS = _counter(
     "edgecache_peer_errors_total",
     "Failed forwards by peer and kind: connect (refused), timeout, reset (the connection broke), malformed (its "
-    "answer went past a bound), 5xx (the owner answered 5xx, its own error or its origin's); health: failed "
-    "health checks",
+    "answer was not HTTP, or went past a bound), 5xx (the owner answered 5xx, its own error or its origin's); "
+    "health: failed health checks",
     ["peer", "kind"],
 )
 # Ring continuity (core.lookaside): an owner's misses asked of the previous owner before the origin, by outcome.

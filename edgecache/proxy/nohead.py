@@ -3,7 +3,8 @@ metrics count it: a timeout, no answer (refused, reset, closed), or an answer ai
 
 The last was said and counted as the second ("no answer (ClientResponseError)", kind `connect`), which sent an
 operator looking for a network fault when the origin had answered with more than 128 fields, a line over 8 KiB or a
-space before a field's colon. Its answer names the parser's reason now and it counts as kind `malformed`.
+space before a field's colon. Its answer names the parser's reason now and it counts as kind `malformed`. A peer's
+such answer counts as the peer's kind `malformed` (observe.peer_error), never as a connection reset.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def failure(site: str, base: str, exc: BaseException, peer: str | None, named: s
             metrics.ORIGIN_ERRORS.labels(site, "timeout").inc()
         log.info("%s %s timed out: %s", who, base, exc)
         return OriginError(f"{named}: timed out", timeout=True)
-    if peer is None and (malformed := parse_failure(exc)) is not None:
+    malformed = parse_failure(exc)
+    if peer is None and malformed is not None:
         # An answer came, its bytes not HTTP: the origin's fault, not the network's (the next origin is still asked).
         metrics.ORIGIN_ERRORS.labels(site, "malformed").inc()
         log.info("%s %s %s: %s", who, base, malformed, exc)
@@ -61,4 +63,6 @@ def failure(site: str, base: str, exc: BaseException, peer: str | None, named: s
         problem = f"{exc.__class__.__name__}: {exc}"
     else:  # aiohttp's text names the address
         problem = "could not connect" if refused else f"no answer ({exc.__class__.__name__})"
-    return OriginError(f"{named}: {problem}", connect=True, refused=refused)
+    # A peer's unparsable answer is its kind `malformed` (observe.peer_error), and, nothing having reached the client,
+    # goes elsewhere as a broken connection's does (the fast path's llhttp refusal too: peerpool).
+    return OriginError(f"{named}: {problem}", connect=True, refused=refused, malformed=malformed is not None)

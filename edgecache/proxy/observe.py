@@ -279,8 +279,9 @@ def misses_counter(site: str, cause: str) -> Any:
 
 def peer_error(peer: str, exc: OriginError, malformed: bool = False) -> str:
     """Count a forward to `peer` that failed, by kind: "timeout", "connect" (refused: nothing was sent),
-    "malformed" (its answer went past a bound: proxy.answerbound), or "reset" (the connection broke before or
-    during the answer); the kind, for the error answer."""
+    "malformed" (its answer was not HTTP the parser reads, or went past a bound: proxy.nohead, proxy.answerbound),
+    or "reset" (the connection broke before or during the answer); the kind, for the error answer."""
+    malformed = malformed or exc.malformed
     kind = "malformed" if malformed else "timeout" if exc.timeout else "connect" if exc.refused else "reset"
     metrics.PEER_ERRORS.labels(peer, kind).inc()
     return kind

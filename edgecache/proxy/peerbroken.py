@@ -19,6 +19,7 @@ class PeerBroken(Exception):
 
 
 class Malformed(PeerBroken):
-    """The peer's answer went past a bound (proxy.answerbound). Before its head ended, the peer is broken as for any
-    answer llhttp refuses (marked down, the next owner asked); after, the viewer's connection is cut. Never sent
+    """The peer's answer is one llhttp refuses, or went past a bound (proxy.answerbound); counted as kind
+    "malformed", as the full handler's client counts an answer its parser refuses (proxy.nohead). Before its head
+    ended, the peer is broken (marked down, the next owner asked); after, the viewer's connection is cut. Never sent
     again on a new connection as a stale pooled one's request is: it did answer."""

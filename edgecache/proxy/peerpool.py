@@ -165,7 +165,7 @@ class PeerConn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self.exchange is not None or self.behind:
                 bound = exc.__context__  # a bound a callback of ours raised (answerbound)
-                error = bound if isinstance(bound, Malformed) else PeerBroken(f"peer sent a malformed answer: {exc}")
+                error = bound if isinstance(bound, Malformed) else Malformed(f"peer sent a malformed answer: {exc}")
                 self._fail(error)
             return
         self.stalled, self.ended = (0 if self.ended else self.stalled + len(data)), False
