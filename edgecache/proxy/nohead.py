@@ -21,6 +21,7 @@ log = logging.getLogger("edgecache.proxy.origin")  # the origin client's log, as
 # The most of aiohttp's reason an answer carries: its parser's are shorter ("Got more than 8190 bytes when reading"),
 # and the rest is a bound on what an origin's bytes, should a message quote them, can put before a viewer.
 REASON_CHARS = 80
+SPACED = "Invalid header token"  # aiohttp's reason for whitespace before the colon of a name it does not know
 
 
 def parse_failure(exc: BaseException) -> str | None:
@@ -36,6 +37,18 @@ def parse_failure(exc: BaseException) -> str | None:
     if not reason.isascii() or not reason.isprintable():
         reason = ""
     return f"answered malformed HTTP: {reason[:REASON_CHARS] or 'unparsable'}"
+
+
+def refuse_spaced(raw: aiohttp.ClientResponse) -> None:
+    """Raise for an answer with whitespace between a field's name and its colon, as aiohttp's parser (llhttp) does
+    for every name but the five it knows (Content-Length, Transfer-Encoding, Connection, Upgrade, Proxy-Connection):
+    those it took with their meaning (`Transfer-Encoding : chunked` decoded, `Content-Length : 4` a duplicate of
+    another) and the space kept in the name, so the field went out as sent beside the node's own framing, and was
+    stored: Content-Length and Transfer-Encoding at once for any hop that reads the spaced name, as ATS does. RFC 9112
+    5.1 asks a proxy to remove the whitespace; nginx and Varnish refuse such an answer, as aiohttp does the rest."""
+    if any(name.rstrip(b" \t") != name for name, _ in raw.raw_headers):
+        raw.close()
+        raise aiohttp.ClientResponseError(raw.request_info, raw.history, message=SPACED)
 
 
 def failure(site: str, base: str, exc: BaseException, peer: str | None, named: str) -> OriginError:

@@ -351,6 +351,7 @@ class OriginClient:
                         chunked=None,
                         middlewares=self._judged,
                     )
+                nohead.refuse_spaced(raw)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 _raise_if_stalled(paced, exc)
                 last_error = nohead.failure(site.name, base, exc, self.peer, self._named(site, base))

@@ -65,3 +65,37 @@ async def test_a_malformed_origin_answer_is_a_502_that_says_so(tmp_path: Path) -
                 assert answer.endswith(b"\r\n\r\n" + BODY), answer
     finally:
         await origin.stop()
+
+
+# Whitespace before the colon of a name aiohttp's parser knows: it took the field with its meaning and kept the space in
+# its name, and the node sent it on beside its own framing, and stored it. Bodies that fit the spaced framing, so
+# that only the space is wrong. (A tab there, or a space after any other name, aiohttp refuses itself: HEADS above.)
+SPACED = {
+    "/spaced-length": b"HTTP/1.1 200 OK\r\nContent-Length : 10\r\nCache-Control: max-age=600\r\n\r\n" + BODY,
+    "/spaced-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\nCache-Control: max-age=600\r\n\r\n"
+    + b"a\r\n"
+    + BODY
+    + b"\r\n0\r\n\r\n",
+    "/spaced-connection": b"HTTP/1.1 200 OK\r\nConnection : keep-alive\r\nContent-Length: 10\r\n\r\n" + BODY,
+}
+
+
+async def test_whitespace_before_a_known_fields_colon_is_refused_as_any_others(tmp_path: Path) -> None:
+    """RFC 9112 5.1: such whitespace must never reach the client. Before, `Content-Length : 10` went out beside the
+    node's `Transfer-Encoding: chunked` (a miss) or `Content-Length: 10` (the hit it was stored for)."""
+    origin = RawOrigin(lambda request: (SPACED[request.path], True))
+    await origin.start()
+    try:
+        async with both_paths(origin, tmp_path) as edges:  # type: ignore[arg-type]
+            for path in SPACED:
+                for edge in edges:
+                    for _ in range(2):  # never stored: the second asks the origin again
+                        before = errors()
+                        answer = await exchange(edge.port, get(path, "Connection: close"))
+                        reason = "origin failed: site videos: answered malformed HTTP: Invalid header token"
+                        assert answer == own_error(answer, 502, reason), (edge.node.config.fast_path, answer[:400])
+                        after = errors()
+                        assert {k: after[k] - before[k] for k in KINDS if after[k] != before[k]} == {"malformed": 1}
+                assert origin.hits[path] == 4
+    finally:
+        await origin.stop()
