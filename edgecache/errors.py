@@ -70,6 +70,12 @@ class VersionChanged(OriginError):
         super().__init__(reason, retryable=False)
 
 
+class Overtaken(VersionChanged):
+    """A purge here overtook the fill a request read, which nobody streams (a slice reader's): its answer is not
+    stored, and the request starts again from a look-up after the purge. Not a new version at the origin: counted
+    apart from those (core.churn.next_try)."""
+
+
 class Busy(OriginError):
     """The node, not the origin, could not take the answer in now (proxy.fillmemory): 503, and nothing counted
     against the origin."""

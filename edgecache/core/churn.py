@@ -33,14 +33,20 @@ _PRECONDITIONS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodifi
 class Next(StrEnum):
     FILL = "fill"  # look up and fill (again)
     RELAY = "relay"  # the object kept changing: one origin request, relayed unstored
-    FAIL = "fail"  # out of tries, none of them for a new version: the handler's 502
+    OVERTAKEN = "overtaken"  # purges here kept overtaking its fills: the same relay, said as an answer a purge overtook
+    FAIL = "fail"  # out of tries, none of them for a new version nor overtaken by a purge: the handler's 502
 
 
-def next_try(tried: int, changed: int) -> Next:
-    """What a request does next, having `tried` tries of which `changed` met a new version of the object."""
+def next_try(tried: int, changed: int, purged: int = 0) -> Next:
+    """What a request does next, having `tried` tries of which `changed` met a new version of the object and `purged`
+    had their fill overtaken by a purge here (errors.Overtaken). A purge is no new version: the origin changed
+    nothing, and the next try looks the object up after it (a fresh fill, or a copy stored since), so only a request
+    out of tries is relayed for it, and never said to be one whose object kept changing."""
     if changed >= CHANGES_BEFORE_RELAY or (tried >= TRIES and changed):
         return Next.RELAY
-    return Next.FILL if tried < TRIES else Next.FAIL
+    if tried < TRIES:
+        return Next.FILL
+    return Next.OVERTAKEN if purged else Next.FAIL
 
 
 def relay_request(

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from edgecache.core.status import CacheStatus
+from edgecache.errors import Overtaken, VersionChanged
 from edgecache.proxy import coldmiss, passing
 from edgecache.proxy.lookup import Pass
 from edgecache.proxy.prepared import Prepared
@@ -23,11 +24,12 @@ if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
 
 
-async def relayed(conn: FastPath, p: Prepared, raw: bytes) -> bool:
-    """The answer `p` to the head `raw` met a new version before any byte went out, and that head was decided again
-    for one already: what it was made of goes (coldmiss.dropped) and the request is relayed. False: not its second
-    change (coldmiss.changed decides the first again), or a draining connection's, left to the full handler."""
-    if conn.changed != raw or conn.closing:
+async def relayed(conn: FastPath, p: Prepared, raw: bytes, exc: VersionChanged) -> bool:
+    """The answer `p` to the head `raw` met a new version (`exc`) before any byte went out, and that head was decided
+    again for one already: what it was made of goes (coldmiss.dropped) and the request is relayed. False: not its
+    second change (coldmiss.changed decides the first again), a draining connection's, or a fill a purge here
+    overtook (Overtaken: no new version), left to the full handler, whose tries tell a purge from a change."""
+    if conn.changed != raw or conn.closing or isinstance(exc, Overtaken):
         return False
     await coldmiss.dropped(conn, p)
     hit = p.hit

@@ -241,8 +241,9 @@ async def _settled(conn: FastPath, p: Prepared, raw: bytes, partial: Prepared | 
     """The answer to send once its first fetched slice (if any) has begun; None where it is not sent here."""
     if isinstance(partial, Prepared):
         return partial
-    new = isinstance(partial, VersionChanged)
-    if new and (await coldmiss.changed(conn, p, raw) or await changing.relayed(conn, p, raw)):
+    if isinstance(partial, VersionChanged) and (
+        await coldmiss.changed(conn, p, raw) or await changing.relayed(conn, p, raw, partial)
+    ):
         return None  # decided again: a miss of the origin's new version; or, its second, relayed
     if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged):
         # The fill it read (its own, one it joined, or its slice's) failed before the first byte: the full handler's

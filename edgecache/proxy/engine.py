@@ -24,7 +24,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
 from edgecache.core.headers import Headers
 from edgecache.core.keys import PrimaryRecord, entry_key, keyed_fields
-from edgecache.errors import OriginError, StorageError, VersionChanged
+from edgecache.errors import OriginError, Overtaken, StorageError, VersionChanged
 from edgecache.proxy import clusterfill, leasing
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, rejoined, replaces, within_run
@@ -55,7 +55,8 @@ STOP_WAITS = 2.0
 # Why a fill's answer is not stored, when the readers of a fill nobody streams (a slice reader's) start again as a
 # miss: a purge overtook it, or the object turned out to be a copy taken only whole (its origin ignores Range) larger
 # than the largest stored whole (core.objectsize), which a stored copy's slice reader cannot be served from.
-RESTARTS = frozenset({OVERTAKEN, objectsize.TOO_LARGE})
+# A purge's is no new version at the origin (core.churn counts it apart).
+RESTARTS: dict[str, type[VersionChanged]] = {OVERTAKEN: Overtaken, objectsize.TOO_LARGE: VersionChanged}
 
 
 class _Unread(OriginError):
@@ -268,8 +269,8 @@ class Engine:
                 if not pumped:
                     # Nobody may share this body and nobody will stream it (a background revalidation, a slice
                     # reader): taking it in would only wait, at the fill's bound, for a reader that never comes.
-                    if head.reason in RESTARTS:  # purged meanwhile, or too large: its readers start again, as a miss
-                        raise VersionChanged(f"the object's answer is not stored ({head.reason})")
+                    if (restart := RESTARTS.get(head.reason)) is not None:  # its readers start again, as a miss
+                        raise restart(f"the object's answer is not stored ({head.reason})")
                     raise OriginError("the answer cannot be stored and nobody streams it", retryable=False)
                 await self._pump(fill, head, resp, req, writes)
                 await self._let_go_stored(fill, writes)

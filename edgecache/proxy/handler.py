@@ -30,7 +30,7 @@ from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
 from edgecache.core.maxforwards import ASTERISK, own_answer
 from edgecache.core.status import CacheStatus, cache_status_header, found_of, of_304, of_fill
-from edgecache.errors import ClientError, OriginError, VersionChanged
+from edgecache.errors import ClientError, OriginError, Overtaken, VersionChanged
 from edgecache.proxy import observe, owner, serving
 from edgecache.proxy.errorpage import error_response, in_http11, origin_failed
 from edgecache.proxy.expecting import Expected
@@ -240,8 +240,8 @@ class EdgeHandler:
         """`adopted`: the fill the fast path started for this miss: whatever it stored since, this is that miss."""
         validated: CacheStatus | None = None  # the status of a stored entry a fill just confirmed (of_304)
         named: tuple[str, ...] | None = None  # the Vary of an answer that came back for another variant
-        tried = changed = 0  # tries, and those that met a new version of the object (core.churn)
-        while (step := churn.next_try(tried, changed)) is churn.Next.FILL:
+        tried = changed = purged = 0  # tries, those that met a new version, those a purge overtook (core.churn)
+        while (step := churn.next_try(tried, changed, purged)) is churn.Next.FILL:
             tried += 1
             req, meta, soft_before = await self._look_up(req, named)
             # An adopted fill is this request's miss, or its revalidation of the entry it was started to validate,
@@ -269,7 +269,7 @@ class EdgeHandler:
                 # The entry an adopted fill was started to revalidate is not taken again: looked up afresh (a purge
                 # met meanwhile keys the object elsewhere, where that entry's slices are not).
                 validated, adopted = None, None
-                changed += 1
+                changed, purged = _counted(exc, changed, purged)
                 continue
             if origin_ms is not None:  # the head came while the fast path waited for it (proxy.coldmiss)
                 observe.trace(request).origin_ms = origin_ms
@@ -289,22 +289,28 @@ class EdgeHandler:
             try:
                 return await self._serve_head(request, req, fill, head, meta, ours, held.expected[-1])
             except VersionChanged as exc:
-                changed += await self._changed_after_head(req, exc)
-        if step is churn.Next.RELAY:
-            return await relay_changing(request, self.engine.origin, req)
-        raise OriginError("the object kept changing while being fetched", retryable=False)
+                changed, purged = await self._changed_after_head(req, exc, changed, purged)
+        if step is not churn.Next.FAIL:  # one origin request, relayed unstored, said as what kept it from a fill
+            return await relay_changing(request, self.engine.origin, req, overtaken=step is churn.Next.OVERTAKEN)
+        raise OriginError(f"no answer in {churn.TRIES} tries: each a 304 or another variant's answer", retryable=False)
 
-    async def _changed_after_head(self, req: FillRequest, exc: VersionChanged) -> int:
+    async def _changed_after_head(
+        self, req: FillRequest, exc: VersionChanged, changed: int, purged: int
+    ) -> tuple[int, int]:
         """Raised by the answer's fill before its head went out (serving.serve_fill): the entry goes, and the
-        request starts again. One more try that met a new version."""
+        request starts again. The tries that met a new version and that a purge overtook, with this one."""
         log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
         await self.engine.store.delete_meta(req.entry_key)
-        return 1
+        return _counted(exc, changed, purged)
 
     async def _changed_before_head(self, req: FillRequest, meta: ObjectMeta | None, exc: VersionChanged) -> None:
         """Raised before any byte was sent: a slice the stored entry lacks came back as another version
         (respond._stream), or its revalidation's 304 was for another or forbade storing it (fillhead._of_304), never
-        mixed nor kept: that entry goes and the request starts again as a miss of the origin's version."""
+        mixed nor kept: that entry goes and the request starts again as a miss of the origin's version. A fill a purge
+        overtook (Overtaken) drops nothing: the purge did, and a copy stored since may be of the same version."""
+        if isinstance(exc, Overtaken):
+            log.info("%s: a purge overtook its fill, starting again: %s", req.entry_key, exc)
+            return
         log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
         if meta is not None:
             await self.engine.store.drop_version(req.entry_key, meta)
@@ -410,6 +416,12 @@ class EdgeHandler:
         status = of_fill(meta is not None)
         keyed = replace(req, entry_key=head.entry_key)
         return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours, expected)
+
+
+def _counted(exc: VersionChanged, changed: int, purged: int) -> tuple[int, int]:
+    """The tries that met a new version and those a purge here overtook (core.churn.next_try), with `exc`'s."""
+    purge = isinstance(exc, Overtaken)
+    return changed + (not purge), purged + purge
 
 
 class _Held:

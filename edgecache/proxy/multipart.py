@@ -70,8 +70,8 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
                     probes = probed_slices(p.method, hit.req.headers, hit.meta, engine.slice_size, needed, missing)
                     await first_fetched(engine, hit.req, hit.meta, probes, p.fill)
                 started = [await anext(chunks), await anext(chunks)]
-            except VersionChanged:
-                if await coldmiss.changed(conn, p, raw) or await changing.relayed(conn, p, raw):
+            except VersionChanged as exc:
+                if await coldmiss.changed(conn, p, raw) or await changing.relayed(conn, p, raw, exc):
                     return  # decided again: a miss of the origin's new version; or, its second, relayed
                 answered = None
             except OriginError as exc:  # the fill failed: the full handler's 502/504, not a second fill (diskhit)

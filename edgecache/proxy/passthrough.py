@@ -21,6 +21,7 @@ from edgecache.core.status import CacheStatus, MissCause, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import observe
 from edgecache.proxy.exact import ExactStreamResponse
+from edgecache.proxy.fillhead import OVERTAKEN
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import ClientBody, OriginClient, OriginResponse, read_chunks
 from edgecache.proxy.respond import unknown_length
@@ -59,16 +60,21 @@ async def pass_through(
         resp.release()
 
 
-async def relay_changing(request: web.BaseRequest, origin: OriginClient, req: FillRequest) -> web.StreamResponse:
+async def relay_changing(
+    request: web.BaseRequest, origin: OriginClient, req: FillRequest, overtaken: bool = False
+) -> web.StreamResponse:
     """The answer to a request whose fills kept meeting new versions (core.churn): one origin request for what the
     client asked, relayed as it comes and never stored: the bytes of the one version that answer carries. A MISS,
-    counted by its cause (changing) and told in its Cache-Status."""
+    counted by its cause (changing) and told in its Cache-Status. `overtaken`: its fills were overtaken by purges
+    here, the origin unchanged: said and counted as a fill's answer a purge overtook is (detail "invalidated", an
+    answer not stored), never as changing."""
     observe.mark(request, CacheStatus.MISS)
     t = observe.trace(request)
-    t.changing = True
+    t.changing, t.uncacheable = not overtaken, overtaken
     resp = await relayed_changing(origin, req, request.method, t)
+    field = cache_status_header(CacheStatus.MISS, detail=OVERTAKEN, found=req.found) if overtaken else None
     try:
-        return await _relay(request, resp, changing_field(req), "origin")
+        return await _relay(request, resp, field or changing_field(req), "origin")
     finally:
         resp.release()
 

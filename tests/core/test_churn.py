@@ -12,18 +12,22 @@ VIA = "1.1 edgecache (abc)"
 
 
 @pytest.mark.parametrize(
-    ("tried", "changed", "expected"),
+    ("tried", "changed", "purged", "expected"),
     [
-        (0, 0, Next.FILL),
-        (1, 1, Next.FILL),  # one new version: filled again, the usual case of a changed object
-        (2, 2, Next.RELAY),  # two in a row: the third try is the relay, not a third fill
-        (2, 1, Next.FILL),  # a 304 or another variant's answer is a try, not a change
-        (3, 1, Next.RELAY),  # out of tries, the last one changed: still answered
-        (3, 0, Next.FAIL),  # out of tries with no change (304s, variants): the 502 as before
+        (0, 0, 0, Next.FILL),
+        (1, 1, 0, Next.FILL),  # one new version: filled again, the usual case of a changed object
+        (2, 2, 0, Next.RELAY),  # two in a row: the third try is the relay, not a third fill
+        (2, 1, 0, Next.FILL),  # a 304 or another variant's answer is a try, not a change
+        (3, 1, 0, Next.RELAY),  # out of tries, the last one changed: still answered
+        (3, 0, 0, Next.FAIL),  # out of tries with no change (304s, variants): the 502 as before
+        (2, 0, 2, Next.FILL),  # two fills a purge overtook are no change: the third is a fill after the purges
+        (3, 0, 3, Next.OVERTAKEN),  # every fill overtaken: relayed, said as overtaken by a purge
+        (3, 1, 2, Next.RELAY),  # a new version among them: the object did change
+        (3, 0, 1, Next.OVERTAKEN),  # a purge and 304s: no change, and not the 502
     ],
 )
-def test_next_try(tried: int, changed: int, expected: Next) -> None:
-    assert next_try(tried, changed) is expected
+def test_next_try(tried: int, changed: int, purged: int, expected: Next) -> None:
+    assert next_try(tried, changed, purged) is expected
 
 
 def _sent(method: str, client: list[tuple[str, str]], vary: tuple[str, ...] = ()) -> tuple[str, str, list[str]]:
