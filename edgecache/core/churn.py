@@ -14,7 +14,7 @@ preconditions, which only the origin can judge for the version it answers with (
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from edgecache.core.forward import OriginRequest, fill_request
@@ -47,6 +47,27 @@ def next_try(tried: int, changed: int, purged: int = 0) -> Next:
     if tried < TRIES:
         return Next.FILL
     return Next.OVERTAKEN if purged else Next.FAIL
+
+
+@dataclass(frozen=True, slots=True)
+class Tries:
+    """A request's tries so far: all of them, those that met a new version of the object, those a purge here overtook.
+    Either path counts its tries in one (proxy.handler's loop, a fast-path connection's head: FastPath.tries)."""
+
+    tried: int = 0
+    changed: int = 0
+    purged: int = 0
+
+    def begun(self) -> Tries:
+        """With one more try begun (a look-up, and what it decides)."""
+        return replace(self, tried=self.tried + 1)
+
+    def met(self, purge: bool) -> Tries:
+        """With the last try's fill met by a new version, or (`purge`) overtaken by a purge here."""
+        return replace(self, changed=self.changed + (not purge), purged=self.purged + purge)
+
+    def next(self) -> Next:
+        return next_try(self.tried, self.changed, self.purged)
 
 
 def relay_request(

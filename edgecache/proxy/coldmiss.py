@@ -18,11 +18,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from edgecache import metrics
+from edgecache.core import churn
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.freshness import may_stand_in, never_stale
 from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause, of_fill
-from edgecache.errors import OriginError, VersionChanged
+from edgecache.errors import OriginError, Overtaken, VersionChanged
 from edgecache.proxy import fillplan, observe, pastend, refuse, uncached
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead, unstored
@@ -349,25 +350,39 @@ def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
     refuse.origin_failed(conn, exc, p.method, hit.req, p.keep_alive, hit.viewer, began, p.origin_ms, p.asked)
 
 
-async def changed(conn: FastPath, p: Prepared, raw: bytes) -> bool:
+def tried(conn: FastPath, raw: bytes, exc: VersionChanged) -> churn.Next | None:
+    """The answer to the head `raw` met a new version before any byte went out, or a purge here overtook its fill
+    (`exc`: errors.Overtaken): that try counted with the head's others (FastPath.tries), and what the request does
+    next, as core.churn tells the full handler (FILL: decided again; RELAY, OVERTAKEN: proxy.changing relays it).
+    None: the connection drains, left to the full handler."""
+    if conn.closing:
+        return None
+    tries = conn.tries[1] if conn.tries is not None and conn.tries[0] == raw else churn.Tries(tried=1)
+    tries = tries.met(isinstance(exc, Overtaken))
+    step = tries.next()
+    if step is churn.Next.FILL:
+        conn.again, tries = True, tries.begun()
+    conn.tries = raw, tries
+    return step
+
+
+async def changed(conn: FastPath, p: Prepared, raw: bytes, exc: VersionChanged) -> None:
     """A slice of the answer `p` (`raw` its head: a stored entry's, or a miss's from its fill) came back as another
-    version before any byte went out (diskhit, multipart): never mixed. What it was answered from goes (dropped) and
-    the head is decided again, once: a miss of the version the origin has now, as the full handler starts again.
-    False: the connection drains, or this head met a change already (proxy.changing relays it then)."""
-    if not _starts_again(conn, raw):
-        return False
-    await dropped(conn, p)
+    version, or a purge overtook its fill (`exc`), before any byte went out (diskhit, multipart): never mixed, and a
+    try (tried: FILL). What it was answered from goes (dropped) and the head is decided again: a miss of the version
+    the origin has now, or a look-up after the purge, as the full handler starts again."""
+    await dropped(conn, p, exc)
     conn.buf = raw + conn.buf
-    return True
 
 
-async def dropped(conn: FastPath, p: Prepared) -> None:
-    """What the answer `p`, met by a new version, was to be made of goes, as the full handler drops it: a stored
-    entry's version (EdgeHandler._changed_before_head), or the metadata a miss's fill stored (_changed_after_head,
-    that fill let go if only this request reads it)."""
+async def dropped(conn: FastPath, p: Prepared, exc: VersionChanged) -> None:
+    """What the answer `p`, met by a new version (`exc`), was to be made of goes, as the full handler drops it: a
+    stored entry's version (EdgeHandler._changed_before_head: not for a fill a purge overtook, the purge dropped it),
+    or the metadata a miss's fill stored (_changed_after_head, that fill let go if only this request reads it)."""
     store = conn.server.shared.engine.store
     if p.fill is None:
-        await store.drop_version(p.hit.req.entry_key, p.hit.meta)
+        if not isinstance(exc, Overtaken):
+            await store.drop_version(p.hit.req.entry_key, p.hit.meta)
         return
     if p.ours:
         p.fill.abandon()
@@ -380,24 +395,16 @@ def _changed_first(conn: FastPath, started: Started) -> Again | None:
     """The revalidation's fill met another version before its head (fillhead: a 304 for another version, with
     another Vary or fields that forbid storing; a 416 that tells another length): never mixed nor kept. As changed():
     the entry goes (off the connection's turn) and the head, still at the front, is decided again; None for anything
-    else, or what changed() leaves to the full handler."""
+    else, or a try tried() does not leave to a fill."""
     head, validating = started.fill.head, started.validating
-    if not head.done() or head.cancelled() or not isinstance(head.exception(), VersionChanged):
+    if not head.done() or head.cancelled() or not isinstance(exc := head.exception(), VersionChanged):
         return None
-    if validating is None or not _starts_again(conn, started.head):
+    if validating is None or tried(conn, started.head, exc) is not churn.Next.FILL:
         return None
     drop = conn.server.shared.engine.store.drop_version(started.cold.req.entry_key, validating)
     conn.busy = True
     conn.loop.create_task(drop).add_done_callback(conn.done)
     return AGAIN
-
-
-def _starts_again(conn: FastPath, raw: bytes) -> bool:
-    """May the head `raw`, which met a new version, be decided again? Once, and not on a draining connection."""
-    if conn.closing or conn.changed == raw:
-        return False
-    conn.again, conn.changed = True, raw
-    return True
 
 
 def adopt(conn: FastPath, p: Prepared) -> None:

@@ -241,16 +241,14 @@ async def _settled(conn: FastPath, p: Prepared, raw: bytes, partial: Prepared | 
     """The answer to send once its first fetched slice (if any) has begun; None where it is not sent here."""
     if isinstance(partial, Prepared):
         return partial
-    if isinstance(partial, VersionChanged) and (
-        await coldmiss.changed(conn, p, raw) or await changing.relayed(conn, p, raw, partial)
-    ):
-        return None  # decided again: a miss of the origin's new version; or, its second, relayed
+    if isinstance(partial, VersionChanged) and await changing.again(conn, p, raw, partial):
+        return None  # decided again (a new version, or a purge), or out of fills, relayed (core.churn)
     if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged):
         # The fill it read (its own, one it joined, or its slice's) failed before the first byte: the full handler's
         # 502, from the same fill. Handed off, the request asked the origin again, and waited for a second timeout.
         coldmiss.failed_fill(conn, p, partial)
         return None
-    # The object changed before any byte went out
+    # The object changed before any byte went out, on a draining connection (changing.again)
     conn.buf = raw + conn.buf
     coldmiss.adopt(conn, p)  # a miss's ends as the full handler's would, from the same fill
     conn.hand_off()

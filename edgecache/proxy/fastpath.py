@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, cast
 
 from edgecache import metrics
 from edgecache.core import clientaddr, proxyproto
+from edgecache.core.churn import Tries
 from edgecache.core.freshness import Use
 from edgecache.core.keepalive import KeepAlive
 from edgecache.core.status import CacheStatus
@@ -79,7 +80,8 @@ class FastPath(asyncio.Protocol):
         self.retried = 0  # forwards of the head at the front whose owner could not be reached (relay.forward)
         self.again = False  # the head at the front is decided again (let in already): another variant, a new version
         self.named: tuple[str, ...] | None = None  # the Vary of another variant's answer, decided again with: once
-        self.changed: bytes | None = None  # the last head decided again for a new version (diskhit): not twice
+        # The head decided again for a new version or a purge (coldmiss.tried), and its tries so far (core.churn)
+        self.tries: tuple[bytes, Tries] | None = None
         self.first_byte = 0.0  # when the head of the answer being sent went out (sent): its log line's ttfb
 
     # --- connection events -------------------------------------------------------------------------------
@@ -328,7 +330,10 @@ class FastPath(asyncio.Protocol):
 
     def head_done(self) -> None:
         """The head at the front is answered (or handed over): what was kept while it was decided again goes (a
-        retried forward's count, its admission, a variant's second decision)."""
+        retried forward's count, its admission, a variant's second decision); a head not decided again begins its
+        tries afresh (an identical head on a keep-alive connection is another request)."""
+        if not self.again:
+            self.tries = None
         self.retried, self.admitted, self.again, self.named = 0, None, False, None
 
     async def _load(self, load: Load) -> None:

@@ -240,9 +240,9 @@ class EdgeHandler:
         """`adopted`: the fill the fast path started for this miss: whatever it stored since, this is that miss."""
         validated: CacheStatus | None = None  # the status of a stored entry a fill just confirmed (of_304)
         named: tuple[str, ...] | None = None  # the Vary of an answer that came back for another variant
-        tried = changed = purged = 0  # tries, those that met a new version, those a purge overtook (core.churn)
-        while (step := churn.next_try(tried, changed, purged)) is churn.Next.FILL:
-            tried += 1
+        tries = churn.Tries()
+        while (step := tries.next()) is churn.Next.FILL:
+            tries = tries.begun()
             req, meta, soft_before = await self._look_up(req, named)
             # An adopted fill is this request's miss, or its revalidation of the entry it was started to validate,
             # whatever that fill has stored since.
@@ -269,7 +269,7 @@ class EdgeHandler:
                 # The entry an adopted fill was started to revalidate is not taken again: looked up afresh (a purge
                 # met meanwhile keys the object elsewhere, where that entry's slices are not).
                 validated, adopted = None, None
-                changed, purged = _counted(exc, changed, purged)
+                tries = tries.met(isinstance(exc, Overtaken))
                 continue
             if origin_ms is not None:  # the head came while the fast path waited for it (proxy.coldmiss)
                 observe.trace(request).origin_ms = origin_ms
@@ -289,19 +289,17 @@ class EdgeHandler:
             try:
                 return await self._serve_head(request, req, fill, head, meta, ours, held.expected[-1])
             except VersionChanged as exc:
-                changed, purged = await self._changed_after_head(req, exc, changed, purged)
+                tries = await self._changed_after_head(req, exc, tries)
         if step is not churn.Next.FAIL:  # one origin request, relayed unstored, said as what kept it from a fill
-            return await relay_changing(request, self.engine.origin, req, overtaken=step is churn.Next.OVERTAKEN)
+            return await relay_changing(request, self.engine.origin, req, step)
         raise OriginError(f"no answer in {churn.TRIES} tries: each a 304 or another variant's answer", retryable=False)
 
-    async def _changed_after_head(
-        self, req: FillRequest, exc: VersionChanged, changed: int, purged: int
-    ) -> tuple[int, int]:
+    async def _changed_after_head(self, req: FillRequest, exc: VersionChanged, tries: churn.Tries) -> churn.Tries:
         """Raised by the answer's fill before its head went out (serving.serve_fill): the entry goes, and the
-        request starts again. The tries that met a new version and that a purge overtook, with this one."""
+        request starts again. Its tries, with what this one met."""
         log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
         await self.engine.store.delete_meta(req.entry_key)
-        return _counted(exc, changed, purged)
+        return tries.met(isinstance(exc, Overtaken))
 
     async def _changed_before_head(self, req: FillRequest, meta: ObjectMeta | None, exc: VersionChanged) -> None:
         """Raised before any byte was sent: a slice the stored entry lacks came back as another version
@@ -416,12 +414,6 @@ class EdgeHandler:
         status = of_fill(meta is not None)
         keyed = replace(req, entry_key=head.entry_key)
         return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours, expected)
-
-
-def _counted(exc: VersionChanged, changed: int, purged: int) -> tuple[int, int]:
-    """The tries that met a new version and those a purge here overtook (core.churn.next_try), with `exc`'s."""
-    purge = isinstance(exc, Overtaken)
-    return changed + (not purge), purged + purge
 
 
 class _Held:

@@ -18,6 +18,7 @@ from edgecache.config import Site
 from edgecache.core import admit, lookaside
 from edgecache.core.admit import Reply
 from edgecache.core.cachecontrol import parse_cache_control
+from edgecache.core.churn import Next
 from edgecache.core.conditional import validates
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.fillcost import cold_run, stored_run
@@ -61,7 +62,7 @@ class Pass:
     began: float | None = None  # a miss's: when it was decided to be one (monotonic); None: now
     origin_ms: float | None = None  # and how long its fill's head took (logged should the pass-through fail)
     moved: bool = False  # a MISS whose fill was a look-aside at the previous owner: its cause (ring-moved)
-    changing: bool = False  # a MISS whose fills kept meeting new versions: relayed as it comes (core.churn)
+    churned: Next | None = None  # a MISS out of fills (core.churn: RELAY, OVERTAKEN): relayed from one origin request
     detail: str = ""  # its Cache-Status detail: why its fill's answer is not stored (fill.unstored)
 
 

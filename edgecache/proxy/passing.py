@@ -21,7 +21,7 @@ from edgecache.errors import OriginError
 from edgecache.proxy import encode, linger, observe, refuse
 from edgecache.proxy.lookup import Pass
 from edgecache.proxy.origin import OriginResponse, read_chunks
-from edgecache.proxy.passthrough import changing_field, relayed_changing
+from edgecache.proxy.passthrough import relay_field, relayed_changing
 from edgecache.proxy.uncached import piece, write
 
 if TYPE_CHECKING:
@@ -47,7 +47,8 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     t.t0, t.site, t.status = t0, req.site.name, p.status
     t.evicted, t.failover, t.for_peer = p.evicted, p.failover, p.viewer is not None
     t.uncacheable, t.expired = p.uncacheable, p.status is CacheStatus.EXPIRED
-    t.moved, t.changing = p.moved, p.changing  # its bytes the origin's (never from_peer): it asks the origin
+    t.moved = p.moved  # its bytes the origin's (never from_peer): it asks the origin
+    field = cache_status_header(p.status, detail=p.detail) if p.churned is None else relay_field(t, req, p.churned)
     t.body_bytes = 0  # what reaches the client, however the answer ends (_relay counts it)
     origin = shared.engine.origin
     client = conn.address if p.viewer is None else ""  # a peer's forward names its viewer already
@@ -56,7 +57,7 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     code, asked, keep_alive = 0, time.monotonic(), p.keep_alive
     try:
         try:
-            if p.changing:  # as the full handler relays it (passthrough.relay_changing), its origin_ms told
+            if p.churned is not None:  # as the full handler relays it (passthrough.relay_changing), origin_ms told
                 resp = await relayed_changing(origin, req, p.method, t)
             else:
                 resp = await origin.request(req.site, sent.method, sent.target, sent.headers, passed=True)
@@ -66,7 +67,7 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
             refuse.origin_failed(conn, exc, p.method, req, p.keep_alive, p.viewer, t0, p.origin_ms)
             return
         try:
-            relayed = await _relay(conn, p, resp, t)
+            relayed = await _relay(conn, p, resp, t, field)
             code, keep_alive = (resp.status, relayed) if relayed is not None else (-1, p.keep_alive)
         finally:
             resp.release()
@@ -78,12 +79,12 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
         linger.close(conn)
 
 
-async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace) -> KeepAlive | None:
-    """Write the origin's answer: its head, then its body as it comes, counting what is written (t.body_bytes).
-    The connection's state after it; None: a head that cannot be passed on, answered as the origin's failure."""
+async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace, field: str) -> KeepAlive | None:
+    """Write the origin's answer: its head (`field` its Cache-Status), then its body as it comes, counting what is
+    written (t.body_bytes). The connection's state after it; None: a head that cannot be passed on, answered as the
+    origin's failure."""
     status, date = resp.status, conn.server.date()
     reason = resp.raw.reason or ""
-    field = changing_field(p.req) if p.changing else cache_status_header(p.status, detail=p.detail)
     encoded, chunked, keep_alive = encode.relayed(
         status, reason, resp.headers, field, p.method, date, p.keep_alive, "utf-8"
     )

@@ -61,20 +61,17 @@ async def pass_through(
 
 
 async def relay_changing(
-    request: web.BaseRequest, origin: OriginClient, req: FillRequest, overtaken: bool = False
+    request: web.BaseRequest, origin: OriginClient, req: FillRequest, step: churn.Next
 ) -> web.StreamResponse:
-    """The answer to a request whose fills kept meeting new versions (core.churn): one origin request for what the
+    """The answer to a request out of fills (core.churn: `step` RELAY or OVERTAKEN): one origin request for what the
     client asked, relayed as it comes and never stored: the bytes of the one version that answer carries. A MISS,
-    counted by its cause (changing) and told in its Cache-Status. `overtaken`: its fills were overtaken by purges
-    here, the origin unchanged: said and counted as a fill's answer a purge overtook is (detail "invalidated", an
-    answer not stored), never as changing."""
+    counted by its cause and told in its Cache-Status (relay_field)."""
     observe.mark(request, CacheStatus.MISS)
     t = observe.trace(request)
-    t.changing, t.uncacheable = not overtaken, overtaken
+    field = relay_field(t, req, step)
     resp = await relayed_changing(origin, req, request.method, t)
-    field = cache_status_header(CacheStatus.MISS, detail=OVERTAKEN, found=req.found) if overtaken else None
     try:
-        return await _relay(request, resp, field or changing_field(req), "origin")
+        return await _relay(request, resp, field, "origin")
     finally:
         resp.release()
 
@@ -98,9 +95,15 @@ async def relayed_changing(origin: OriginClient, req: FillRequest, method: str, 
     raise OriginError("the object kept changing while being fetched, and varying on other fields", retryable=False)
 
 
-def changing_field(req: FillRequest) -> str:
-    """The Cache-Status of the relay of an object that kept changing: a MISS, its cause told."""
-    return cache_status_header(CacheStatus.MISS, detail=MissCause.CHANGING.value, found=req.found)
+def relay_field(t: observe.Trace, req: FillRequest, step: churn.Next) -> str:
+    """The Cache-Status of a request relayed out of fills by core.churn's `step`, for either path (the fast path's:
+    proxy.passing), its cause noted on its trace `t`: a MISS whose object kept changing (RELAY); or whose fills
+    purges here kept overtaking (OVERTAKEN), the origin unchanged: said and counted as a fill's answer a purge
+    overtook is (detail "invalidated", an answer not stored), never as changing."""
+    overtaken = step is churn.Next.OVERTAKEN
+    t.changing, t.uncacheable = not overtaken, overtaken
+    detail = OVERTAKEN if overtaken else MissCause.CHANGING.value
+    return cache_status_header(CacheStatus.MISS, detail=detail, found=req.found)
 
 
 async def _relay(request: web.BaseRequest, resp: OriginResponse, status_field: str, source: str) -> web.StreamResponse:

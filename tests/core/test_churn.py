@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgecache.core.churn import Next, misfit, next_try, relay_request
+from edgecache.core.churn import Next, Tries, misfit, next_try, relay_request
 from edgecache.core.keys import make_key, varied
 
 KEY = make_key("videos", "video.test", "/a/b.mp4?itag=1&t=9", ("itag",))
@@ -28,6 +28,15 @@ VIA = "1.1 edgecache (abc)"
 )
 def test_next_try(tried: int, changed: int, purged: int, expected: Next) -> None:
     assert next_try(tried, changed, purged) is expected
+
+
+def test_tries_count_a_purge_apart_from_a_new_version() -> None:
+    # Both paths count so (the handler's loop, a fast-path head's tries): a try begun, then what its fill met.
+    tries = Tries().begun().met(purge=True).begun().met(purge=False)
+    assert (tries, tries.next()) == (Tries(2, 1, 1), Next.FILL)
+    assert tries.begun().met(purge=True).next() is Next.RELAY  # a new version among them: the object did change
+    purges = Tries().begun().met(purge=True).begun().met(purge=True)
+    assert (purges.next(), purges.begun().met(purge=True).next()) == (Next.FILL, Next.OVERTAKEN)
 
 
 def _sent(method: str, client: list[tuple[str, str]], vary: tuple[str, ...] = ()) -> tuple[str, str, list[str]]:
