@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import pytest
 from aiohttp import web
 
 from edgecache import metrics
-from tests.e2e.adminkit import admin_node, node_config
+from tests.e2e.adminkit import AdminNode, admin_node, node_config
 from tests.origin import Obj, Origin
 from tests.wire import fast_path_outcomes, read_answer
 
@@ -36,27 +38,39 @@ def misses(cause: str) -> float:
     return float(metrics.MISSES.labels("videos", cause).wrapped._value.get())
 
 
+@asynccontextmanager
+async def stored(origin: Origin, tmp_path: Path, fast: bool) -> AsyncIterator[AdminNode]:
+    """A node with the admin API, slices of SLICE bytes, /p.bin's copy and its slice 0 stored."""
+    origin.put("/p.bin", DATA)
+    cfg = replace(node_config(origin, tmp_path / "c"), fast_path=fast)
+    cfg = replace(cfg, cache=replace(cfg.cache, slice_bytes=SLICE))
+    async with admin_node(cfg) as node:
+        assert (await node.edge.get("/p.bin", Range="bytes=0-99"))[::2] == (206, DATA[:100])
+        yield node
+
+
+async def purge_then_store(node: AdminNode) -> None:
+    """Purge /p.bin, then store its copy and slice 0 again with a request of its own."""
+    status, answer = await node.call("POST", "/purge", json={"url": "http://video.test/p.bin"})
+    assert (status, answer["confirmed"]) == (200, 1)
+    assert (await node.edge.get("/p.bin", Range="bytes=0-99"))[::2] == (206, DATA[:100])
+
+
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
 @pytest.mark.parametrize("purges", [2, 100], ids=["two", "endless"])
 async def test_a_purge_storm_is_not_an_origin_that_keeps_changing(
     origin: Origin, tmp_path: Path, fast: bool, purges: int
 ) -> None:
-    origin.put("/p.bin", DATA)
-    cfg = replace(node_config(origin, tmp_path / "c"), fast_path=fast)
-    cfg = replace(cfg, cache=replace(cfg.cache, slice_bytes=SLICE))
-    async with admin_node(cfg) as node:
+    async with stored(origin, tmp_path, fast) as node:
         edge = node.edge
-        assert (await edge.get("/p.bin", Range="bytes=0-99"))[::2] == (206, DATA[:100])  # the copy, and slice 0
         done = [0]
 
-        async def purge_then_store(request: web.BaseRequest, obj: Obj | None) -> None:
+        async def hook(request: web.BaseRequest, obj: Obj | None) -> None:
             if request.headers.get("Range") == SLICE_1 and done[0] < purges:
                 done[0] += 1
-                status, answer = await node.call("POST", "/purge", json={"url": "http://video.test/p.bin"})
-                assert (status, answer["confirmed"]) == (200, 1)
-                assert (await edge.get("/p.bin", Range="bytes=0-99"))[::2] == (206, DATA[:100])  # stored again
+                await purge_then_store(node)
 
-        origin.on_request = purge_then_store
+        origin.on_request = hook
         before, changing, uncacheable = len(origin.seen), misses("changing"), misses("uncacheable")
         handed_off = fast_path_outcomes()["handed_off"]
         asked_for = f"bytes={SLICE}-{SLICE + 99}"
@@ -92,24 +106,14 @@ async def test_the_same_request_again_on_a_connection_has_tries_of_its_own(
     # The fast path counts a head's tries on its connection: an identical head sent next on that keep-alive
     # connection is another request, whose tries begin afresh. Were the first's counted on, the second would be out
     # of fills at its second purge, and relayed as "invalidated" (or, with one try a head, handed off).
-    origin.put("/p.bin", DATA)
-    cfg = replace(node_config(origin, tmp_path / "c"), fast_path=fast)
-    cfg = replace(cfg, cache=replace(cfg.cache, slice_bytes=SLICE))
-    async with admin_node(cfg) as node:
+    async with stored(origin, tmp_path, fast) as node:
         edge = node.edge
-
-        async def purge_then_store() -> None:
-            status, answer = await node.call("POST", "/purge", json={"url": "http://video.test/p.bin"})
-            assert (status, answer["confirmed"]) == (200, 1)
-            assert (await edge.get("/p.bin", Range="bytes=0-99"))[::2] == (206, DATA[:100])  # stored again
-
-        assert (await edge.get("/p.bin", Range="bytes=0-99"))[::2] == (206, DATA[:100])
         done, limit = [0], [1]
 
         async def hook(request: web.BaseRequest, obj: Obj | None) -> None:
             if request.headers.get("Range") == SLICE_1 and done[0] < limit[0]:
                 done[0] += 1
-                await purge_then_store()
+                await purge_then_store(node)
 
         origin.on_request = hook
         before, handed_off = len(origin.seen), fast_path_outcomes()["handed_off"]
@@ -118,7 +122,7 @@ async def test_the_same_request_again_on_a_connection_has_tries_of_its_own(
         try:
             writer.write(head)
             first = await read_answer(reader)
-            await purge_then_store()  # slice 1 not stored again: the next request fills it
+            await purge_then_store(node)  # slice 1 not stored again: the next request fills it
             limit[0] = 3  # two purges overtake its fills
             writer.write(head)
             second = await read_answer(reader)
