@@ -25,7 +25,7 @@ from edgecache.core.keys import make_key
 from edgecache.core.purge import peer_token
 from edgecache.core.ring import Ring
 from tests.conftest import CLUSTER_KEY
-from tests.e2e.test_purge_catchup import NEW, OLD, Cluster, change, cluster
+from tests.e2e.test_purge_catchup import NEW, OLD, Cluster, change, closed, cluster
 from tests.origin import Origin
 
 LOOKASIDE_FILL = 'edgecache; fwd=uri-miss; stored; detail="peer-lookaside"'
@@ -164,16 +164,21 @@ class Capture:
         self.port = port
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     async def stop(self) -> None:
+        """Stop listening, and close the connections a node keeps alive to it (left open, one was reported as an
+        unclosed socket once the test's loop had ended)."""
         if self.server is not None:
             self.server.close()
+            await closed(self._writers)
             await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while head := await reader.readuntil(b"\r\n\r\n"):
                 length = next(
@@ -187,6 +192,7 @@ class Capture:
                 self.requests.append(head + await reader.readexactly(length))
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n{}\n")
                 await writer.drain()
+        self._writers.discard(writer)
         writer.close()
 
 
