@@ -76,6 +76,26 @@ class Overtaken(VersionChanged):
     apart from those (core.churn.next_try)."""
 
 
+class PeerCut(VersionChanged):
+    """A peer's answer a fill read (a hot copy's owner, a look-aside's previous owner) broke off mid-body: an owner
+    cuts its answer when its own fill meets a new version at the origin (docs/cluster.md), or it was killed. A reader
+    of the fill that sent its viewer nothing yet starts again, a try as core.churn counts them, and is asked afresh
+    (the owner, now holding the new version; or, seen down, the next owner or the origin); one that sent bytes is
+    cut, as for any failure mid-body. The peer's failure, counted once where its body was read (`peer_kind`)."""
+
+    def __init__(self, reason: str, peer_kind: str) -> None:
+        super().__init__(reason)
+        self.peer_kind = peer_kind
+
+    @classmethod
+    def of(cls, exc: OriginError) -> OriginError:
+        """A fill's failure as its readers meet it: a peer's body that broke (kind "reset", proxy.origin.read_chunks)
+        is a PeerCut; anything else (a timeout, which a try again would wait out once more) as it is."""
+        if exc.peer_kind != "reset" or isinstance(exc, VersionChanged):
+            return exc
+        return cls(exc.reason, exc.peer_kind)
+
+
 class Busy(OriginError):
     """The node, not the origin, could not take the answer in now (proxy.fillmemory): 503, and nothing counted
     against the origin."""

@@ -41,7 +41,11 @@ def next_try(tried: int, changed: int, purged: int = 0) -> Next:
     """What a request does next, having `tried` tries of which `changed` met a new version of the object and `purged`
     had their fill overtaken by a purge here (errors.Overtaken). A purge is no new version: the origin changed
     nothing, and the next try looks the object up after it (a fresh fill, or a copy stored since), so only a request
-    out of tries is relayed for it, and never said to be one whose object kept changing."""
+    out of tries is relayed for it, and never said to be one whose object kept changing.
+    A peer's answer that broke off before the request's bytes (errors.PeerCut) counts as a change: its usual cause is
+    one (an owner cuts its answer when its own fill meets a new version at the origin), and a killed owner's next try
+    goes elsewhere; two such cuts are as good a sign as two changes that fills will not complete, and the relay asks
+    the origin itself, never that peer."""
     if changed >= CHANGES_BEFORE_RELAY or (tried >= TRIES and changed):
         return Next.RELAY
     if tried < TRIES:

@@ -28,10 +28,10 @@ if TYPE_CHECKING:
 
 
 async def again(conn: FastPath, p: Prepared, raw: bytes, exc: VersionChanged) -> bool:
-    """The answer `p` to the head `raw` met a new version, or a purge here overtook its fill (`exc`), before any byte
-    went out: a try (coldmiss.tried). Decided again (coldmiss.changed), or, out of fills, what it was made of goes
-    (coldmiss.dropped) and the request is relayed, said and counted as core.churn's step has it. False: a draining
-    connection's, left to the full handler."""
+    """The answer `p` to the head `raw` met a new version, a purge here overtook its fill, or the peer's answer its fill
+    read broke off (`exc`: errors.PeerCut), before any byte went out: a try (coldmiss.tried). Decided again
+    (coldmiss.changed), or, out of fills, what it was made of goes (coldmiss.dropped) and the request is relayed, said
+    and counted as core.churn's step has it. False: a draining connection's, left to the full handler."""
     step = coldmiss.tried(conn, raw, exc)
     if step is Next.FILL:
         await coldmiss.changed(conn, p, raw, exc)

@@ -242,7 +242,7 @@ async def _settled(conn: FastPath, p: Prepared, raw: bytes, partial: Prepared | 
     if isinstance(partial, Prepared):
         return partial
     if isinstance(partial, VersionChanged) and await changing.again(conn, p, raw, partial):
-        return None  # decided again (a new version, or a purge), or out of fills, relayed (core.churn)
+        return None  # decided again (a new version, a purge, a peer's cut), or out of fills, relayed (core.churn)
     if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged):
         # The fill it read (its own, one it joined, or its slice's) failed before the first byte: the full handler's
         # 502, from the same fill. Handed off, the request asked the origin again, and waited for a second timeout.

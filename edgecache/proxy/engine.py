@@ -24,7 +24,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.forward import OriginRequest, Validator, fill_request, unkeyed_fields
 from edgecache.core.headers import Headers
 from edgecache.core.keys import PrimaryRecord, entry_key, keyed_fields
-from edgecache.errors import OriginError, Overtaken, StorageError, VersionChanged
+from edgecache.errors import OriginError, Overtaken, PeerCut, StorageError, VersionChanged
 from edgecache.proxy import clusterfill, leasing
 from edgecache.proxy.fill import Fill, FillHead, FillRegistry
 from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, rejoined, replaces, within_run
@@ -205,7 +205,7 @@ class Engine:
             fill.fail(OriginError("fill cancelled"))
             raise
         except OriginError as exc:
-            fill.fail(exc)
+            fill.fail(PeerCut.of(exc))  # a peer's body that broke: its readers that sent nothing try again
             # Gone from memory in the next turn, before anyone asks again.
             if (cut := cut_whole(fill)) is not None:
                 self._spawn(self.store.drop_version(fill.entry_key, cut), self._writes)

@@ -30,7 +30,7 @@ from edgecache.core.hop import Hop
 from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key, variant
 from edgecache.core.maxforwards import ASTERISK, own_answer
 from edgecache.core.status import CacheStatus, cache_status_header, found_of, of_304, of_fill
-from edgecache.errors import ClientError, OriginError, Overtaken, VersionChanged
+from edgecache.errors import ClientError, OriginError, Overtaken, PeerCut, VersionChanged
 from edgecache.proxy import observe, owner, serving
 from edgecache.proxy.errorpage import error_response, in_http11, origin_failed
 from edgecache.proxy.expecting import Expected
@@ -304,12 +304,15 @@ class EdgeHandler:
     async def _changed_before_head(self, req: FillRequest, meta: ObjectMeta | None, exc: VersionChanged) -> None:
         """Raised before any byte was sent: a slice the stored entry lacks came back as another version
         (respond._stream), or its revalidation's 304 was for another or forbade storing it (fillhead._of_304), never
-        mixed nor kept: that entry goes and the request starts again as a miss of the origin's version. A fill a purge
-        overtook (Overtaken) drops nothing: the purge did, and a copy stored since may be of the same version."""
+        mixed nor kept; or a peer's answer its slice was read from broke off (PeerCut: the owner's own fill met a new
+        version, or it was killed): that entry goes and the request starts again as a miss of the origin's version. A
+        fill a purge overtook (Overtaken) drops nothing: the purge did, and a copy stored since may be of the same
+        version."""
         if isinstance(exc, Overtaken):
             log.info("%s: a purge overtook its fill, starting again: %s", req.entry_key, exc)
             return
-        log.info("%s changed version at the origin, starting again: %s", req.entry_key, exc)
+        why = "the peer's answer broke off" if isinstance(exc, PeerCut) else "changed version at the origin"
+        log.info("%s: %s, starting again: %s", req.entry_key, why, exc)
         if meta is not None:
             await self.engine.store.drop_version(req.entry_key, meta)
 

@@ -12,7 +12,7 @@ from edgecache import metrics
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import keyed_fields
-from edgecache.errors import OriginError, VersionChanged
+from edgecache.errors import OriginError, PeerCut, VersionChanged
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, FillHead, Released
 from edgecache.proxy.fillhead import RangeMismatch, new_token
@@ -194,8 +194,8 @@ async def _disagreed(engine: Engine, req: FillRequest, meta: ObjectMeta, fill: F
     head = fill.head
     brought = head.result() if head.done() and not head.cancelled() and head.exception() is None else None
     twins = brought is not None and entry.weak_twins(meta.headers, brought.meta.headers)
-    if isinstance(exc, VersionChanged) and not twins:
-        return False
+    if isinstance(exc, PeerCut) or (isinstance(exc, VersionChanged) and not twins):
+        return False  # a peer's answer that broke off says nothing of how the origin answers ranges
     current = await engine.store.get_meta(req.entry_key)
     ours = {meta.slice_version} | ({brought.meta.slice_version} if brought is not None else set())
     if current is None or current.slice_version not in ours:

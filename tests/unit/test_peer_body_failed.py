@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edgecache.errors import OriginError
+from edgecache.errors import OriginError, PeerCut, VersionChanged
 from edgecache.proxy import errorpage
 from edgecache.proxy.origin import read_chunks
 from tests.samples import sample_value
@@ -62,3 +62,17 @@ async def test_an_origins_broken_body_is_still_the_origins() -> None:
 def test_a_peers_timeout_met_in_its_body_is_a_504_naming_no_node() -> None:
     exc = OriginError("peer node3 body read timed out", timeout=True, peer_kind="timeout")
     assert errorpage.origin_failed(exc) == (504, "peer failed (timeout)", False)
+
+
+async def test_a_peers_broken_body_is_a_cut_its_readers_that_sent_nothing_try_again_after() -> None:
+    """What a fill's readers meet (Engine._run_fill): a peer's broken body is a PeerCut, a try as a new version is
+    (core.churn), still the peer's failure should it be answered; a timeout, or an origin's failure, as it was."""
+    exc = await failure("node2")
+    cut = PeerCut.of(exc)
+    assert isinstance(cut, PeerCut)
+    assert isinstance(cut, VersionChanged)
+    assert (cut.reason, cut.peer_kind, PeerCut.of(cut)) == (exc.reason, "reset", cut)
+    assert errorpage.origin_failed(cut) == (502, "peer failed (reset)", False)
+    timeout = OriginError("peer node3 body read timed out", timeout=True, peer_kind="timeout")
+    origin = await failure(None)
+    assert (PeerCut.of(timeout), PeerCut.of(origin)) == (timeout, origin)
