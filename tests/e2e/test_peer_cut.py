@@ -70,6 +70,18 @@ def cutting(peer: Origin, path: str, release: asyncio.Event, every: bool) -> obj
     return cut
 
 
+def cut_by_owner(edge: Edge, peer: Origin, origin: Origin, name: str, every: bool) -> tuple[str, asyncio.Event]:
+    """An object the peer owns, stored by both origins, which the peer cuts (its first answer once `release` is
+    set; with `every`, every answer)."""
+    hot_at_once(edge)
+    path = owned_by_peer(name, edge.node.cluster.ring.members)  # type: ignore[union-attr]
+    origin.put(path, DATA)
+    peer.put(path, DATA, headers=FRESH)
+    release = asyncio.Event()
+    peer.on_request = cutting(peer, path, release, every=every)
+    return path, release
+
+
 async def cut_under(edge: Edge, path: str, release: asyncio.Event) -> tuple[int, CIMultiDict[str], bytes]:
     """A first viewer's answer begins (the head, then the owner's first slice) and is cut; a second one, which
     joined the fill for its last slice (nothing of it come: no byte of its answer sent), is answered as it ends."""
@@ -90,12 +102,7 @@ async def test_a_reader_of_a_later_part_of_a_copys_fill_the_owner_cut_tries_agai
     origin: Origin, tmp_path: Path, fast_path: bool
 ) -> None:
     async with node_and_peer(origin, tmp_path, fast_path) as (edge, peer):
-        hot_at_once(edge)
-        path = owned_by_peer("/cut", edge.node.cluster.ring.members)  # type: ignore[union-attr]
-        origin.put(path, DATA)
-        peer.put(path, DATA, headers=FRESH)
-        release = asyncio.Event()
-        peer.on_request = cutting(peer, path, release, every=False)
+        path, release = cut_by_owner(edge, peer, origin, "/cut", every=False)
         resets_before, handed_off = resets(), fast_path_outcomes()["handed_off"]
         status, headers, body = await cut_under(edge, path, release)
         assert (status, headers.get("Content-Range"), body) == (206, "bytes 140000-140099/150000", DATA[140000:140100])
@@ -115,12 +122,7 @@ async def test_an_owner_that_keeps_cutting_its_answers_ends_in_one_origin_reques
     relayed from one origin request, exact, never asked of that peer a third time. The full handler's: the fast
     path's second try is a forward to the owner, whose answer, relayed as it comes, is cut as any forward's is."""
     async with node_and_peer(origin, tmp_path, False) as (edge, peer):
-        hot_at_once(edge)
-        path = owned_by_peer("/cuts", edge.node.cluster.ring.members)  # type: ignore[union-attr]
-        origin.put(path, DATA)
-        peer.put(path, DATA, headers=FRESH)
-        release = asyncio.Event()
-        peer.on_request = cutting(peer, path, release, every=True)
+        path, release = cut_by_owner(edge, peer, origin, "/cuts", every=True)
         resets_before = resets()
         status, headers, body = await cut_under(edge, path, release)
         assert (status, headers.get("Content-Range"), body) == (206, "bytes 140000-140099/150000", DATA[140000:140100])
