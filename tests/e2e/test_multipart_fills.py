@@ -17,6 +17,7 @@ from edgecache.config import ClusterSettings, Listen
 from edgecache.core.ring import Member, Ring
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge, views_settled
 from tests.e2e.procs import free_port
+from tests.e2e.test_peer_fill_join import expecting, until
 from tests.e2e.test_ranges_e2e import parse_multipart
 from tests.origin import Obj, Origin
 from tests.samples import sample_value
@@ -198,8 +199,8 @@ async def test_a_joined_multipart_miss_whose_body_fails_never_gets_the_starters_
         streams[0][1].write(ask)
         await origin.wait_for_requests(1)  # A's fill is asked for
         streams[1][1].write(ask)
-        while edge.node.shared.in_flight < 2:  # noqa: ASYNC110 - polled: B joins A's fill inside the node
-            await asyncio.sleep(0.01)
+        # B has joined A's fill, not only begun (the requests in flight count it before it looks the object up).
+        await until(lambda: expecting(edge, "/sc") >= 2)
         gate.set()
         got = []
         for reader, writer in streams:
