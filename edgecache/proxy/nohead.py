@@ -53,21 +53,20 @@ def refuse_spaced(raw: aiohttp.ClientResponse) -> None:
 
 def failure(site: str, base: str, exc: BaseException, peer: str | None, named: str) -> OriginError:
     """The error of a request to `base` that got no usable head, counted as the origin's (`peer` None) by kind;
-    a peer's failures are its caller's to count. `named`: who failed, as the answer says it (OriginClient._named)."""
+    a peer's failures are its caller's to count (observe.peer_error reads the same flags). `named`: who failed, as
+    the answer says it (OriginClient._named)."""
     who = "origin" if peer is None else f"peer {peer}"
-    if isinstance(exc, TimeoutError):
-        if peer is None:
-            metrics.ORIGIN_ERRORS.labels(site, "timeout").inc()
+    malformed = parse_failure(exc)
+    timeout = isinstance(exc, TimeoutError)
+    if peer is None:
+        metrics.ORIGIN_ERRORS.labels(site, "timeout" if timeout else "malformed" if malformed else "connect").inc()
+    if timeout:
         log.info("%s %s timed out: %s", who, base, exc)
         return OriginError(f"{named}: timed out", timeout=True)
-    malformed = parse_failure(exc)
     if peer is None and malformed is not None:
         # An answer came, its bytes not HTTP: the origin's fault, not the network's (the next origin is still asked).
-        metrics.ORIGIN_ERRORS.labels(site, "malformed").inc()
         log.info("%s %s %s: %s", who, base, malformed, exc)
         return OriginError(f"{named}: {malformed}", malformed=True)
-    if peer is None:
-        metrics.ORIGIN_ERRORS.labels(site, "connect").inc()
     # No response came: the peer refused, or a pooled connection to it was found dead. Nothing reached the
     # client, so an idempotent request may go elsewhere.
     refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
