@@ -9,9 +9,11 @@ spent only on a request that is otherwise let in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from edgecache.core.hop import sender
 from edgecache.core.lookaside import NOT_HELD as _NOT_HELD
 from edgecache.core.signing import Signing, verify
 
@@ -70,6 +72,17 @@ LOOPED = Reply(
 def looped(via: list[str], token: str) -> Reply | None:
     """LOOPED for a request whose Via names this node (`token`, core.forward.via_sent); None for any other."""
     return LOOPED if token and any(token in value for value in via) else None
+
+
+# A request another node forwarded without proving it (core.hop), which this node would forward back to that node:
+# the two disagree on the owner (another node list or weights) and cannot prove their hops to each other (another
+# cluster key, clocks apart), so it would go back and forth until a timeout.
+SENT_BACK = Reply(508, "loop: the cluster's nodes disagree on this object's owner and do not honour each other's hops")
+
+
+def sent_back(hop_fields: Sequence[str], to: str) -> Reply | None:
+    """SENT_BACK for a request whose hop field, proven or not, names `to`, the node it would be forwarded to."""
+    return SENT_BACK if hop_fields and sender(hop_fields) == to else None
 
 
 def version(major: int, minor: int) -> Reply | None:

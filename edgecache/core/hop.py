@@ -106,6 +106,15 @@ def verify(key: bytes, values: Sequence[str], method: str, primary: str, now: fl
     return Hop(node, int(stamp), request_id, viewer, failover == "1", lookaside is not None)
 
 
+def sender(values: Sequence[str]) -> str | None:
+    """The node a request's one well-formed hop field names, whether or not it proves it: a node that cannot prove
+    its hops here (another key, a clock apart) is still the node the request came from (core.admit.sent_back)."""
+    if len(values) != 1 or len(values[0]) > MAX_LENGTH:
+        return None
+    found = _FIELD.fullmatch(values[0])
+    return found.group(1) if found is not None else None
+
+
 def _mac(
     key: bytes,
     method: str,

@@ -124,8 +124,8 @@ class Decider:
         assert cluster is not None
         if prepared is not None:
             hop = cluster.honoured([field], prepared.method, prepared.hit.req.primary)
-            if hop is None:  # not vouched for: a client's request, decided as one (the field is dropped)
-                decided = self._decide(head, client, admitted=admitted)
+            if hop is None:  # not vouched for: a client's request, decided as one (never sent back: route.routed)
+                decided = self._decide(head, client, hop_field=field, admitted=admitted)
                 return None if isinstance(decided, Elsewhere) else decided
             self.shared.engine.store.touch_meta(prepared.hit.req.entry_key, prepared.hit.req.primary)
             head_at(prepared, now)  # the remembered answer's head as of now, which its copy takes: made once a second

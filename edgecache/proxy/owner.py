@@ -13,13 +13,13 @@ from aiohttp import web
 from edgecache import metrics
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
-from edgecache.core import popularity
+from edgecache.core import admit, popularity
 from edgecache.core.hop import FIELD as HOP
 from edgecache.core.ring import Member
 from edgecache.core.route import Router
 from edgecache.core.siteurl import site_url
 from edgecache.core.status import CacheStatus
-from edgecache.errors import OriginError, PeerWithheld
+from edgecache.errors import ClientError, OriginError, PeerWithheld
 from edgecache.proxy import observe
 from edgecache.proxy.errorpage import error_response, peer_failed
 from edgecache.proxy.fillrequest import FillRequest
@@ -67,6 +67,8 @@ async def to_owner(
         if member.id == cluster.self_id:
             observe.trace(request).failover = failover
             return None
+        if (back := admit.sent_back(request.headers.getall(HOP, ()), member.id)) is not None:
+            raise ClientError.of(back)
         t = observe.trace(request)
         hop = cluster.hop_field(request.method, req.primary, t.id, t.client or req.client_ip, failover)
         peer = replace(req.site, origins=(f"http://{member.address}",), origin_host=None)

@@ -165,6 +165,8 @@ def routed(
     refused, where = looped or admit.acl(site, client), HERE
     if refused is None and cluster is not None:
         found = placed or _where(shared, cluster, site, key, method, headers, client, basis, admitted, copy)
+        if isinstance(found, Forward) and found.member is not None:
+            found = admit.sent_back(hop_fields, found.member.id) or found
         if not isinstance(found, Here | Reply):
             return found
         refused, where = (found, where) if isinstance(found, Reply) else (None, found)

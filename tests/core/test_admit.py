@@ -7,7 +7,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from edgecache.core import admit
+from edgecache.core import admit, hop
 from edgecache.core.admit import NOT_CACHED, NOT_HELD, PASS, Reply
 from edgecache.core.signing import Refusal, Signing, sign
 
@@ -58,3 +58,17 @@ def test_fixed_replies() -> None:
     assert admit.no_site("x.test") == Reply(421, "no site is configured for host 'x.test'")
     assert Reply(429, "too many requests from this address") == admit.TOO_MANY
     assert admit.NO_HOST.status == admit.bad_target("target too long").status == 400
+
+
+def test_a_request_whose_hop_names_the_node_it_would_go_to_is_sent_back() -> None:
+    """Proven or not (another key here): the node a well-formed hop names is where the request came from."""
+    field = hop.sign(
+        b"another cluster's key, long enough", hop.Hop("node2", 1, "r-1", "10.0.0.1", False), "GET", "s|h|/a"
+    )
+    assert admit.sent_back([field], "node2") is admit.SENT_BACK
+    assert admit.sent_back([field], "node3") is None
+    assert admit.sent_back([], "node2") is None
+    assert admit.sent_back([field, field], "node2") is None  # no hop: a client's request, forwarded as one
+    assert admit.sent_back(["node2"], "node2") is None  # malformed
+    assert admit.sent_back([field + "x" * 400], "node2") is None  # too long to be read
+    assert admit.SENT_BACK.status == 508

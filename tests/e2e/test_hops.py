@@ -118,23 +118,30 @@ async def test_a_forged_hop_is_a_clients_request_fetched_once_by_the_owner(tmp_p
         for o in origs:
             o.put("/f", BODY)
         owner = owner_index("/f")
-        other = (owner + 1) % 3
+        other, third = (owner + 1) % 3, f"node{(owner + 2) % 3 + 1}"  # a hop naming the owner: see below
         forged = [
             (f"node{owner + 1}",),  # what a node used to send
-            (hop("/f", key=b"not the cluster's key, but long enough"),),
-            (hop("/g"),),  # a node's hop, for another object
-            (hop("/f"), hop("/f")),  # a node sends exactly one
-            (hop("/f").replace("for=127.0.0.1", "for=127.0.0.9"),),
+            (hop("/f", third, key=b"not the cluster's key, but long enough"),),
+            (hop("/g", third),),  # a node's hop, for another object
+            (hop("/f", third), hop("/f", third)),  # a node sends exactly one
+            (hop("/f", third).replace("for=127.0.0.1", "for=127.0.0.9"),),
         ]
         for fields in forged:
             status, headers, body = await request(nodes[other], "/f", hops=fields)
             assert (status, body) == (200, BODY), fields
             assert headers["Cache-Status"].endswith(FORWARDED), fields  # ownership applied: sent to the owner
+        # One that names the owner it would go to is a loop to this node (test_hop_sent_back): refused, not sent.
+        forged_by_owner = hop("/f", f"node{owner + 1}", key=b"not the cluster's key, but long enough")
+        status, _, body = await request(nodes[other], "/f", hops=(forged_by_owner,))
+        assert (status, body) == (
+            508,
+            b"loop: the cluster's nodes disagree on this object's owner and do not honour each other's hops\n",
+        )
         assert [o.hits["/f"] for o in origs] == [1 if i == owner else 0 for i in range(3)]
         assert nodes[other].node.store.peek_meta(primary("/f")) is None  # the non-owner stored nothing
         assert nodes[owner].node.store.peek_meta(primary("/f")) is not None
         # A pass-through with a forged hop goes through the owner too, and the origin sees no hop field either.
-        status, _, _ = await request(nodes[other], "/post", method="POST", hops=(hop("/f"),))
+        status, _, _ = await request(nodes[other], "/post", method="POST", hops=(hop("/f", "node9"),))
         assert status == 201
         assert [o.hits["/post"] for o in origs] == [1 if i == owner_index("/post") else 0 for i in range(3)]
         # A valid hop is served where it lands (a fill, and a pass-through): its field goes no further.
