@@ -3,17 +3,25 @@ initialisation sections) of a media playlist, resolved against the playlist's ow
 
 A manifest is origin input: a URI that does not resolve (urljoin raises ValueError on '//[') is skipped, and a
 DASH template with a number that is not one, or a width or segment count out of all proportion, yields no
-segments rather than an exception or a gigabyte string.
+segments rather than an exception or a gigabyte string. What a manifest makes is bounded, not only what it is:
+past MAX_SEGMENTS URLs, or MAX_CHARS characters of the URLs and bases resolved for it, it is refused (_Found).
+Every URL is the manifest's base joined with a line, so a count alone let a 100 KB MPD whose BaseURL is 100,000
+characters make 100,000 URLs of 100 KB each (9.5 GB on the parser's thread), and a 6.6 MB playlist of a million
+lines under a 4 KB URL, 4 GB.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
+
+from edgecache.core.siteurl import MAX_URL
 
 _URI_ATTR = re.compile(r'URI="([^"]*)"')
 
@@ -55,9 +63,40 @@ def _join(base: str, url: str) -> str | None:
         return None
 
 
-def _add(urls: list[str], base: str, url: str) -> None:
-    if (joined := _join(base, url)) is not None:
-        urls.append(joined)
+MAX_SEGMENTS = 100_000  # URLs of one manifest: one that names more is refused, not followed
+# Characters of every URL and base resolved for one manifest, kept or not: 100,000 URLs of 600 characters. What
+# joining costs is charged, so neither the parser's memory nor its time grows past it, whatever the manifest.
+MAX_CHARS = 64 * 2**20
+
+
+class _TooMuch(Exception):
+    """The manifest makes more than MAX_SEGMENTS URLs or MAX_CHARS characters: it is refused."""
+
+
+class _Found:
+    """What resolving one manifest's URLs has cost, within the bounds: every URL tried counts, kept or not, and
+    every character joined. A URL longer than MAX_URL is skipped: no site_url takes it, so no job could fetch it."""
+
+    __slots__ = ("chars", "tried")
+
+    def __init__(self) -> None:
+        self.tried = 0
+        self.chars = 0
+
+    def join(self, base: str, url: str) -> str | None:
+        """_join, charged."""
+        joined = _join(base, url)
+        self.chars += len(url) + (len(joined) if joined is not None else 0)
+        if self.chars > MAX_CHARS:
+            raise _TooMuch
+        return joined
+
+    def add(self, urls: list[str], base: str, url: str) -> None:
+        self.tried += 1
+        if self.tried > MAX_SEGMENTS:
+            raise _TooMuch
+        if (joined := self.join(base, url)) is not None and len(joined) <= MAX_URL:
+            urls.append(joined)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,29 +107,39 @@ class Playlist:
 
 
 def parse_hls(text: str, base: str) -> Playlist | None:
-    lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n")]
-    if not lines or lines[0] != "#EXTM3U":
+    """None for a text that is not a playlist, or one past the bounds (_Found)."""
+    if next(_lines(text), None) != "#EXTM3U":
         return None
-    variants: list[str] = []
-    segments: list[str] = []
-    master = any(line.startswith("#EXT-X-STREAM-INF") for line in lines)
-    expect_uri = False
-    for line in lines[1:]:
-        if not line:
-            continue
-        if line.startswith("#"):
+    master = "#EXT-X-STREAM-INF" in text and any(line.startswith("#EXT-X-STREAM-INF") for line in _lines(text))
+    found, variants, segments = _Found(), list[str](), list[str]()
+    try:
+        for line in itertools.islice(_lines(text), 1, None):
+            if not line:
+                continue
             if line.startswith(("#EXT-X-MEDIA:", "#EXT-X-I-FRAME-STREAM-INF:")) and (m := _URI_ATTR.search(line)):
-                _add(variants, base, m.group(1))
+                found.add(variants, base, m.group(1))
             elif line.startswith("#EXT-X-MAP:") and (m := _URI_ATTR.search(line)):
-                _add(segments, base, m.group(1))
-            expect_uri = line.startswith(("#EXT-X-STREAM-INF", "#EXTINF"))
-            continue
-        if master:
-            _add(variants, base, line)
-        elif expect_uri or not master:
-            _add(segments, base, line)
-        expect_uri = False
+                found.add(segments, base, m.group(1))
+            elif not line.startswith("#"):
+                found.add(variants if master else segments, base, line)
+    except _TooMuch:
+        return None
     return Playlist(master, tuple(dict.fromkeys(variants)), tuple(dict.fromkeys(segments)))
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The stripped lines of `text` (split at LF: CR LF's CR is a blank), split a block of about LINES_BLOCK
+    characters at a time: a list of them all is 800 MB for a 32 MiB playlist of short lines, while a search for each
+    line's end in Python is slower than one split per block."""
+    start = 0
+    while start <= len(text):
+        end = text.find("\n", start + LINES_BLOCK)
+        end = len(text) if end < 0 else end
+        yield from map(str.strip, text[start:end].split("\n"))
+        start = end + 1
+
+
+LINES_BLOCK = 64 * 1024
 
 
 # --- DASH (ISO/IEC 23009-1): SegmentTemplate (with $Number$ or a SegmentTimeline), SegmentList, BaseURL -----
@@ -100,7 +149,6 @@ _DURATION = re.compile(
 )
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 _TEMPLATE_ID = re.compile(r"\$(RepresentationID|Bandwidth|Number|Time|)(%0\d+d)?\$", re.ASCII)
-MAX_SEGMENTS = 100_000  # a manifest that expands beyond this is refused, not followed
 MAX_WIDTH = 32  # of a $Number%0Nd$ identifier: wider templates are refused, not padded to a gigabyte
 
 
@@ -128,10 +176,10 @@ def _child(el: ET.Element, name: str) -> ET.Element | None:
     return next((c for c in el if _local(c.tag) == name), None)
 
 
-def _base(parent: str, el: ET.Element) -> str:
+def _base(found: _Found, parent: str, el: ET.Element) -> str:
     """The element's BaseURL resolved against its parent's (elements are falsy when childless: test for None)."""
-    found = _child(el, "BaseURL")
-    joined = _join(parent, (found.text or "").strip()) if found is not None else None
+    given = _child(el, "BaseURL")
+    joined = found.join(parent, (given.text or "").strip()) if given is not None else None
     return joined if joined is not None else parent
 
 
@@ -155,11 +203,13 @@ def _widths_ok(template: str) -> bool:
     return all(len(w) <= 2 and int(w) <= MAX_WIDTH for w in widths)
 
 
-def _template_urls(tpl: ET.Element, base: str, rep: ET.Element, period_seconds: float | None) -> list[str]:
+def _template_urls(
+    found: _Found, tpl: ET.Element, base: str, rep: ET.Element, period_seconds: float | None
+) -> list[str]:
     rep_id, bandwidth = rep.get("id", ""), rep.get("bandwidth", "")
     urls: list[str] = []
     if (init := tpl.get("initialization")) and _widths_ok(init):
-        _add(urls, base, _fill(init, rep_id, bandwidth, 0, 0))
+        found.add(urls, base, _fill(init, rep_id, bandwidth, 0, 0))
     media = tpl.get("media")
     start = _int(tpl.get("startNumber"), 1)
     if not media or not _widths_ok(media) or start is None:
@@ -173,10 +223,8 @@ def _template_urls(tpl: ET.Element, base: str, rep: ET.Element, period_seconds: 
                 return urls  # the timeline is unreadable from here on
             t = at
             for _ in range(r + 1):
-                _add(urls, base, _fill(media, rep_id, bandwidth, number, t))
+                found.add(urls, base, _fill(media, rep_id, bandwidth, number, t))
                 number, t = number + 1, t + d
-                if len(urls) > MAX_SEGMENTS:
-                    return urls
         return urls
     duration, timescale = _int(tpl.get("duration"), 0), _int(tpl.get("timescale"), 1)
     if not duration or duration < 0 or not timescale or timescale < 0 or period_seconds is None:
@@ -184,45 +232,51 @@ def _template_urls(tpl: ET.Element, base: str, rep: ET.Element, period_seconds: 
     span = period_seconds * timescale / duration  # segments, inf when the product overflows
     count = math.ceil(span) if span < MAX_SEGMENTS else MAX_SEGMENTS
     for i in range(count):
-        _add(urls, base, _fill(media, rep_id, bandwidth, start + i, 0))
+        found.add(urls, base, _fill(media, rep_id, bandwidth, start + i, 0))
     return urls
 
 
 def parse_dash(text: str, base: str, representations: frozenset[str] = frozenset()) -> tuple[str, ...] | None:
-    """Every segment URL of every Representation (or only those whose id is in `representations`)."""
+    """Every segment URL of every Representation (or only those whose id is in `representations`); None for a text
+    that is not an MPD, or one past the bounds (_Found)."""
     try:
         root = ET.fromstring(text)
     except (ET.ParseError, ValueError):  # ValueError: text with lone surrogates cannot be fed to expat
         return None
     if _local(root.tag) != "MPD":
         return None
+    try:
+        return tuple(dict.fromkeys(_mpd_urls(root, base, representations, _Found())))
+    except _TooMuch:
+        return None
+
+
+def _mpd_urls(root: ET.Element, base: str, representations: frozenset[str], found: _Found) -> list[str]:
     total = _seconds(root.get("mediaPresentationDuration"))
     urls: list[str] = []
     for period in (c for c in root if _local(c.tag) == "Period"):
-        pbase = _base(_base(base, root), period)
+        pbase = _base(found, _base(found, base, root), period)
         seconds = _seconds(period.get("duration")) or total
         for aset in (c for c in period if _local(c.tag) == "AdaptationSet"):
-            abase = _base(pbase, aset)
+            abase = _base(found, pbase, aset)
             for rep in (c for c in aset if _local(c.tag) == "Representation"):
                 if representations and rep.get("id") not in representations:
                     continue
-                rbase = _base(abase, rep)
+                rbase = _base(found, abase, rep)
                 tpl = _child(rep, "SegmentTemplate")
                 tpl = tpl if tpl is not None else _child(aset, "SegmentTemplate")
                 seg_list = _child(rep, "SegmentList")
                 if tpl is not None:
-                    urls.extend(_template_urls(tpl, rbase, rep, seconds))
+                    urls.extend(_template_urls(found, tpl, rbase, rep, seconds))
                 elif seg_list is not None:
                     if (init := _child(seg_list, "Initialization")) is not None and init.get("sourceURL"):
-                        _add(urls, rbase, init.get("sourceURL", ""))
+                        found.add(urls, rbase, init.get("sourceURL", ""))
                     for s in seg_list:
                         if _local(s.tag) == "SegmentURL":
-                            _add(urls, rbase, s.get("media", ""))
+                            found.add(urls, rbase, s.get("media", ""))
                 elif rbase != abase:
-                    urls.append(rbase)  # a single-file representation named by its BaseURL
-                if len(urls) > MAX_SEGMENTS:
-                    return None
-    return tuple(dict.fromkeys(urls))
+                    found.add(urls, rbase, "")  # a single-file representation named by its BaseURL
+    return urls
 
 
 def expand(url: str, body: bytes, representations: frozenset[str] = frozenset()) -> tuple[str, ...]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -7,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgecache.admin.jobs import Job, JobRunner
-from edgecache.core.manifest import Playlist, _join, expand, parse_hls
+from edgecache.core.manifest import MAX_CHARS, MAX_SEGMENTS, Playlist, _join, expand, parse_hls
+from edgecache.core.siteurl import MAX_URL
 from edgecache.storage.disk import DiskTier
 
 MASTER = """#EXTM3U
@@ -190,3 +193,32 @@ def test_joining_a_uri_is_urljoin(base: str, ref: str) -> None:
     except ValueError:
         expected = None
     assert _join(base, ref) == expected
+
+
+def _peak(call: Callable[[], object]) -> tuple[object, int]:
+    """What `call` returns, and the most memory it held at once (bytes, as tracemalloc counts them)."""
+    tracemalloc.start()
+    try:
+        return call(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_manifest_that_makes_too_much_is_refused_not_held() -> None:
+    """MAX_SEGMENTS bounded a DASH template's count only, and nothing bounded a playlist's: every URL is the base
+    joined with a line, so a 100 KB MPD whose BaseURL was 100,000 characters made 100,000 URLs of 100 KB (9.5 GB
+    on the parser's thread) and a 6.6 MB playlist of a million lines under a 4 KB URL, 4 GB. Past MAX_SEGMENTS
+    URLs, or MAX_CHARS characters joined, a manifest is refused; a URL past MAX_URL is never one a job could fetch."""
+    many = "#EXTM3U\n" + "".join(f"#EXTINF:6,\n{i}.ts\n" for i in range(MAX_SEGMENTS + 1))
+    assert expand("http://video.test/v/index.m3u8", many.encode()) == ()
+    assert len(expand("http://video.test/v/index.m3u8", many.rsplit("#EXTINF", 1)[0].encode())) == MAX_SEGMENTS
+    deep = "http://video.test/" + "d/" * 2500 + "index.m3u8"  # 5 KB: 100,000 of its segments are 500 MB
+    found, peak = _peak(lambda: expand(deep, ("#EXTM3U\n" + "".join(f"{i}.ts\n" for i in range(100_000))).encode()))
+    assert (found, peak < 2 * MAX_CHARS) == ((), True), peak
+    mpd = (
+        '<MPD mediaPresentationDuration="PT1000S"><Period><BaseURL>{base}/</BaseURL><AdaptationSet>'
+        '<Representation id="r" bandwidth="1"><SegmentTemplate media="$Number$.m4s" duration="1"/>'
+        "</Representation></AdaptationSet></Period></MPD>"
+    )
+    assert len(expand("http://video.test/d/m.mpd", mpd.format(base="b").encode())) == 1000
+    assert expand("http://video.test/d/m.mpd", mpd.format(base="b" * (MAX_URL + 1)).encode()) == ()
