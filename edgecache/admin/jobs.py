@@ -7,7 +7,8 @@ reported, not kept). A redirect is never followed: its Location is the origin's 
 let an origin point this node at any address (SSRF); it is counted as failed ("status 302"). HLS and DASH
 manifests expand into their renditions and segments, parsed on a thread of their own (an 8 x 3,000-segment
 ladder is 0.1-0.3 s of parsing that would otherwise delay every hit of this worker), and a job
-never holds more than max_urls URLs, expansions included: the rest are counted in `dropped`, not fetched.
+never holds more than max_urls URLs, expansions included, nor a token's jobs together more than max_held bytes of
+them (admin.held): the rest are counted in `dropped`, not fetched.
 
 All jobs share `slots` fetches at a time; each token with URLs to start has its share of them first (_dispatch),
 and no site's URLs hold more than the site's share of them (`site_most`), whoever's jobs they are.
@@ -43,6 +44,7 @@ from yarl import URL
 
 from edgecache import metrics
 from edgecache.admin.bucket import TokenBucket
+from edgecache.admin.held import MAX_HELD, Held, cost
 from edgecache.admin.reading import reading
 from edgecache.admin.records import Records
 from edgecache.admin.window import in_window, seconds_to_boundary
@@ -139,6 +141,7 @@ class JobRunner:
         keep: float = KEEP,
         max_jobs: int = MAX_JOBS,
         max_urls: int = MAX_URLS,
+        max_held: int = MAX_HELD,
         unix: str | None = None,
         slots: int = SLOTS,
         now: Callable[[], datetime.datetime] = datetime.datetime.now,
@@ -149,6 +152,7 @@ class JobRunner:
         self.keep = keep
         self.max_jobs = max_jobs
         self.max_urls = max_urls
+        self.held = Held(max_held)  # bytes of URLs each token's kept jobs hold
         self.slots = slots
         self.now = now  # local wall time, for windows; tests drive it and call wake()
         self.may: Callable[[str, str], bool] = lambda _owner, _url: True  # may this token's job fetch this URL now
@@ -190,6 +194,7 @@ class JobRunner:
             fields["window"] = tuple(fields["window"]) if fields.get("window") else None
             job = Job(**fields)
             self.jobs[job.id] = job
+            self.held.load(job.owner, cost(job.urls))
         await self.prune(time.time())
         for job in self.jobs.values():
             if job.state not in FINISHED:
@@ -233,6 +238,11 @@ class JobRunner:
             raise JobsFull(
                 f"{kept} prefetch jobs of {job.owner!r} are kept (at most {self.max_jobs} a token): delete finished "
                 f"ones (DELETE /prefetch/{{id}}) or wait until they expire, {self.keep:.0f} s after they end"
+            )
+        if not self.held.take(job.owner, need := cost(job.urls)):
+            raise JobsFull(
+                f"the URLs of the prefetch jobs of {job.owner!r} hold {self.held.of(job.owner)} bytes and this job's "
+                f"{need} more (at most {self.held.most} a token): delete finished ones (DELETE /prefetch/{{id}})"
             )
         job.id = job.id or secrets.token_hex(8)
         self.jobs[job.id] = job
@@ -364,7 +374,8 @@ class JobRunner:
 
     async def _forget(self, ids: list[str]) -> None:
         for job_id in ids:
-            self.jobs.pop(job_id, None)
+            if (job := self.jobs.pop(job_id, None)) is not None:
+                self.held.give(job.owner, cost(job.urls))
             self._seen.pop(job_id, None)
             self._tasks.pop(job_id, None)
         self._publish()
@@ -403,7 +414,8 @@ class JobRunner:
         return self._admit(job, found)
 
     def _admit(self, job: Job, found: tuple[str, ...]) -> list[str]:
-        """Those of `found` the job does not have yet, while it has room (max_urls); the rest are `dropped`."""
+        """Those of `found` the job does not have yet, while it has room (max_urls, its token's max_held); the rest
+        are `dropped`."""
         seen = self._seen.get(job.id)
         if seen is None:
             seen = self._seen[job.id] = set(job.urls)
@@ -413,7 +425,7 @@ class JobRunner:
             if u in seen:
                 continue
             seen.add(u)
-            if len(new) < room:
+            if len(new) < room and self.held.take(job.owner, cost((u,))):
                 new.append(u)
             else:
                 job.dropped += 1

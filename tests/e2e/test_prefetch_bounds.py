@@ -18,6 +18,7 @@ from yarl import URL
 
 import edgecache.admin.jobs
 import edgecache.core.manifest
+from edgecache.admin.held import cost
 from edgecache.admin.jobs import JobRunner
 from edgecache.config import Site
 from tests.e2e.adminkit import OPERATOR, VIDEOS, AdminNode, admin_node, node_config
@@ -128,6 +129,37 @@ async def test_jobs_past_the_bound_are_refused_until_one_is_deleted(origin: Orig
         assert sorted(node.jobs.jobs) == sorted([str(second), str(third["id"])])
         assert (await node.call("DELETE", f"/prefetch/{first}"))[0] == 404
     assert sum(origin.hits.values()) == 0
+
+
+async def test_a_tokens_jobs_hold_at_most_max_held_bytes_of_urls(origin: Origin, tmp_path: Path) -> None:
+    """max_jobs jobs of max_urls URLs each, all kept in memory until forgotten, was no bound a node could keep (1,000
+    lists of 1 MiB come to 3.8 GB). A token's kept jobs hold at most max_held bytes of URLs (admin.held): a job past it
+    gets 429 and the reason, for that token only, and a manifest's URLs past it are dropped, not fetched."""
+    one = cost(["http://video.test/h/0"])  # every URL of the lists is as long
+    for i in range(10):
+        origin.put(f"/h/{i}", b"h")
+        origin.put(f"/h/s{i}", b"s")
+    origin.put("/h/index.m3u8", ("#EXTM3U\n" + "".join(f"#EXTINF:6,\ns{i}\n" for i in range(10))).encode())
+    async with admin_node(node_config(origin, tmp_path / "c"), max_held=7 * one) as node:
+        status, a = await node.call("POST", "/prefetch", VIDEOS, json=[f"http://video.test/h/{i}" for i in range(5)])
+        assert status == 202
+        view = await node.finished(str(a["id"]))  # type: ignore[call-overload]
+        status, b = await node.call("POST", "/prefetch", VIDEOS, json=[f"http://video.test/h/{i}" for i in (5, 6, 7)])
+        assert (status, b) == (429, {"error": (
+            f"the URLs of the prefetch jobs of 'videos' hold {5 * one} bytes and this job's {3 * one} more (at most "
+            f"{7 * one} a token): delete finished ones (DELETE /prefetch/{{id}})")})  # fmt: skip
+        status, c = await node.call("POST", "/prefetch", OPERATOR, json=[f"http://video.test/h/{i}" for i in (8, 9)])
+        assert status == 202  # another token's own bound
+        await node.finished(str(c["id"]))  # type: ignore[call-overload]
+        assert (await node.call("DELETE", f"/prefetch/{view['id']}", VIDEOS))[0] == 200
+        # The playlist's URL is 142 bytes, each segment's 134: 5 of the 10 fit the 7 x 133 the token may hold.
+        assert (cost(["http://video.test/h/index.m3u8"]), cost(["http://video.test/h/s0"]), one) == (142, 134, 133)
+        status, m = await node.call("POST", "/prefetch", VIDEOS, json={"urls": ["http://video.test/h/index.m3u8"]})
+        view = await node.finished(str(m["id"]))  # type: ignore[call-overload]
+        assert (status, view["total"], view["fetched"], view["dropped"]) == (202, 6, 6, 5), view
+    assert sorted(s.path for s in origin.seen) == sorted(
+        [*(f"/h/{i}" for i in (0, 1, 2, 3, 4, 8, 9)), "/h/index.m3u8", *(f"/h/s{i}" for i in range(5))]
+    )
 
 
 async def test_delete_cancels_a_running_job_then_forgets_it(origin: Origin, tmp_path: Path) -> None:
