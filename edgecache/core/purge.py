@@ -16,7 +16,9 @@ lives), and it is stored as a log of purges replayed through the same function (
 A mark is never dropped for its age: the disk tier keeps an object until it is evicted, however stale, and
 dropping a generation would give the keys of everything stored before that purge back to lookups. Past
 MAX_MARKS scopes of its site (or MAX_TOTAL of all sites), a purge of a new scope is refused (TableFull); one of
-a broader scope takes their place.
+a broader scope takes their place. A purge of a whole site is never refused for the other sites' marks: it leaves
+its site one mark, so the table holds at most MAX_TOTAL and one a site, and a provider can always purge its own
+site, whoever filled the table.
 
 The cluster passes purges on as Entries (SyncLog, below): each has an identity, the node incarnation that took
 it from an operator and its number there, so a node applies each one once however often it hears of it, and can
@@ -127,7 +129,8 @@ class PurgeTable:
                 f"the purge table holds {held} directories of site {site!r} (at most {limit} a site): purge a "
                 "broader prefix or the whole site, which takes the place of those under it"
             )
-        if limit is not None and len(marks) > max(limit * MAX_TOTAL // MAX_MARKS, len(self.marks)):
+        whole = scope[1:] == ("", "")  # the site's one mark from now on: never refused for the others' (see above)
+        if limit is not None and not whole and len(marks) > max(limit * MAX_TOTAL // MAX_MARKS, len(self.marks)):
             raise TableFull(
                 f"the purge table holds {len(self.marks)} directories of all sites (at most "
                 f"{limit * MAX_TOTAL // MAX_MARKS}): purge a broader prefix or a whole site"

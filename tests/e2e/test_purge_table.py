@@ -3,6 +3,7 @@ across compactions and a restart (origin hit counts exact)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,31 @@ async def test_one_providers_purges_leave_another_sites_share_of_the_table(
         origin.put("/news/a", b"new")
         assert (await node.edge.get("/news/a", host="other.test"))[2] == b"new"
     assert origin.hits["/news/a"] == 2
+
+
+async def test_a_provider_purges_its_whole_site_when_other_sites_fill_the_table(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten other sites' directory purges (one provider's ten sites, or ten providers) filled the node's ceiling of
+    ten shares, and the videos provider's purge of its own whole site got 429: its stale object was served on."""
+    purged = PurgeTable.purged
+    monkeypatch.setattr(
+        PurgeTable, "purged", lambda self, scope, gen, soft, limit=3: purged(self, scope, gen, soft, limit)
+    )
+    others = [Site(name=f"s{i}", hosts=(f"s{i}.test",), origins=(origin.url,)) for i in range(10)]
+    origin.put("/a", b"old")
+    async with admin_node(node_config(origin, tmp_path / "c", *others)) as node:
+        assert (await node.edge.get("/a"))[2] == b"old"
+        for i, d in itertools.product(range(10), range(3)):
+            await purge(node, {"prefix": f"http://s{i}.test/d{d}/"})
+        status, answer = await node.call("POST", "/purge", VIDEOS, json={"prefix": "http://video.test/d/"})
+        assert (status, answer) == (429, {"error": (
+            "the purge table holds 30 directories of all sites (at most 30): purge a broader prefix or a whole site"
+        )})  # fmt: skip
+        status, answer = await node.call("POST", "/purge", VIDEOS, json={"site": SITE})
+        whole = {"kind": "site", "site": SITE, "host": "", "path": "", "soft": False}
+        assert (status, answer["purged"]) == (200, whole)
+        origin.put("/a", b"new")
+        assert (await node.edge.get("/a"))[2] == b"new"
+        assert len(node.edge.node.store.purges.marks) == 31
+    assert [(s.method, s.path) for s in origin.seen] == [("GET", "/a"), ("GET", "/a")]

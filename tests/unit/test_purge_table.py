@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgecache.core.purge import PurgeTable, Scope, TableFull
+from edgecache.core.purge import Mark, PurgeTable, Scope, TableFull
 from edgecache.storage.purgelog import COMPACT_SLACK, PurgeLog
 
 SCOPES: list[Scope] = [
@@ -138,3 +138,19 @@ def test_every_site_has_its_share_and_all_sites_together_a_ceiling() -> None:
     table = table.purged(("s0", "", ""), "all", None, limit=3)
     assert len(table.marks) == 28
     assert len(table.purged(("s10", "h", "/d0/"), "g0", None, limit=3).marks) == 29
+
+
+def test_a_whole_site_is_purged_whatever_the_other_sites_hold() -> None:
+    """Ten sites' directories (one provider's ten sites, or ten providers) filled the ceiling, and then another
+    provider's purge of its own whole site was refused too: the one purge the error's advice names, and the one a
+    takedown needs. It adds one mark a site at most, and a soft one as a hard one."""
+    table = PurgeTable()
+    for site in range(10):
+        for i in range(3):
+            table = table.purged((f"s{site}", "h", f"/d{i}/"), f"g{i}", None, limit=3)
+    with pytest.raises(TableFull, match="of all sites"):
+        table.purged(("s10", "h", "/d0/"), "g0", None, limit=3)
+    hard = table.purged(("s10", "", ""), "all", None, limit=3)
+    soft = table.purged(("s11", "", ""), None, 1.0, limit=3)
+    assert (len(hard.marks), hard.marks[("s10", "", "")]) == (31, Mark("all", 0.0))
+    assert (len(soft.marks), soft.marks[("s11", "", "")]) == (31, Mark("", 1.0))
