@@ -48,7 +48,7 @@ from edgecache.admin.held import MAX_HELD, Held, cost
 from edgecache.admin.reading import reading
 from edgecache.admin.records import Records
 from edgecache.admin.window import in_window, seconds_to_boundary
-from edgecache.core.manifest import expand
+from edgecache.core.manifest import MAX_CHARS, MAX_SEGMENTS, expand
 from edgecache.core.siteurl import request_target
 from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
@@ -64,6 +64,7 @@ KEEP = 24 * 3600.0  # seconds a finished job stays listed (config: admin.job_ret
 MAX_JOBS = 1_000  # jobs kept per token, in any state (config: admin.max_jobs)
 SLOTS = 16  # fetches in flight across all jobs (config: admin.prefetch_slots)
 REVOKED = "error its token may no longer act on this site"  # a job's URL once a reload took that right away (`may`)
+REFUSED = f"error manifest past {MAX_SEGMENTS} URLs or {MAX_CHARS} chars"  # core.manifest refused to expand it
 RECHECK = 60.0  # at most this long between looks at the clock: a clock set forward or a DST change is seen
 STATES = ("queued", "waiting-window", "running", "done", "cancelled", "failed")
 FINISHED = ("done", "cancelled", "failed")
@@ -335,7 +336,8 @@ class JobRunner:
             outcome, body = (await self._fetch(url, run.bucket, job)) if self.may(job.owner, url) else (REVOKED, None)
             if outcome in ("fetched", "cached") and body is not None and _is_manifest(url):
                 new = await self._expand(url, body, job)
-                run.pending.extend(range(len(job.urls) - len(new), len(job.urls)))
+                run.pending.extend(range(len(job.urls) - len(new or ()), len(job.urls)))
+                outcome = outcome if new is not None else REFUSED
             self._count(job, outcome)
         except asyncio.CancelledError:
             raise  # cancel() or close(): the job's end is theirs to record
@@ -407,11 +409,11 @@ class JobRunner:
             except StorageError as exc:
                 log.warning("prefetch job %s not saved: %s", job.id, exc)
 
-    async def _expand(self, url: str, body: bytes, job: Job) -> list[str]:
-        """The new URLs a manifest names, parsed off the loop, admitted in O(1) each."""
+    async def _expand(self, url: str, body: bytes, job: Job) -> list[str] | None:
+        """The new URLs a manifest names, parsed off the loop, admitted in O(1) each; None: the manifest is refused."""
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(self._parser, expand, url, body, frozenset(job.renditions))
-        return self._admit(job, found)
+        return self._admit(job, found) if found is not None else None
 
     def _admit(self, job: Job, found: tuple[str, ...]) -> list[str]:
         """Those of `found` the job does not have yet, while it has room (max_urls, its token's max_held); the rest

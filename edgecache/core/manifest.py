@@ -77,23 +77,26 @@ class _Found:
     """What resolving one manifest's URLs has cost, within the bounds: every URL tried counts, kept or not, and
     every character joined. A URL longer than MAX_URL is skipped: no site_url takes it, so no job could fetch it."""
 
-    __slots__ = ("chars", "tried")
+    __slots__ = ("chars", "refused", "tried")
 
     def __init__(self) -> None:
         self.tried = 0
         self.chars = 0
+        self.refused = False  # a bound was passed: the manifest is refused (expand says so)
 
     def join(self, base: str, url: str) -> str | None:
         """_join, charged."""
         joined = _join(base, url)
         self.chars += len(url) + (len(joined) if joined is not None else 0)
         if self.chars > MAX_CHARS:
+            self.refused = True
             raise _TooMuch
         return joined
 
     def add(self, urls: list[str], base: str, url: str) -> None:
         self.tried += 1
         if self.tried > MAX_SEGMENTS:
+            self.refused = True
             raise _TooMuch
         if (joined := self.join(base, url)) is not None and len(joined) <= MAX_URL:
             urls.append(joined)
@@ -106,12 +109,12 @@ class Playlist:
     segments: tuple[str, ...]  # media segments and EXT-X-MAP sections (media only)
 
 
-def parse_hls(text: str, base: str) -> Playlist | None:
-    """None for a text that is not a playlist, or one past the bounds (_Found)."""
+def parse_hls(text: str, base: str, found: _Found | None = None) -> Playlist | None:
+    """None for a text that is not a playlist, or one past the bounds (then `found` says so)."""
     if next(_lines(text), None) != "#EXTM3U":
         return None
     master = "#EXT-X-STREAM-INF" in text and any(line.startswith("#EXT-X-STREAM-INF") for line in _lines(text))
-    found, variants, segments = _Found(), list[str](), list[str]()
+    found, variants, segments = found or _Found(), list[str](), list[str]()
     try:
         for line in itertools.islice(_lines(text), 1, None):
             if not line:
@@ -236,9 +239,11 @@ def _template_urls(
     return urls
 
 
-def parse_dash(text: str, base: str, representations: frozenset[str] = frozenset()) -> tuple[str, ...] | None:
+def parse_dash(
+    text: str, base: str, representations: frozenset[str] = frozenset(), found: _Found | None = None
+) -> tuple[str, ...] | None:
     """Every segment URL of every Representation (or only those whose id is in `representations`); None for a text
-    that is not an MPD, or one past the bounds (_Found)."""
+    that is not an MPD, or one past the bounds (then `found` says so)."""
     try:
         root = ET.fromstring(text)
     except (ET.ParseError, ValueError):  # ValueError: text with lone surrogates cannot be fed to expat
@@ -246,7 +251,7 @@ def parse_dash(text: str, base: str, representations: frozenset[str] = frozenset
     if _local(root.tag) != "MPD":
         return None
     try:
-        return tuple(dict.fromkeys(_mpd_urls(root, base, representations, _Found())))
+        return tuple(dict.fromkeys(_mpd_urls(root, base, representations, found or _Found())))
     except _TooMuch:
         return None
 
@@ -279,15 +284,18 @@ def _mpd_urls(root: ET.Element, base: str, representations: frozenset[str], foun
     return urls
 
 
-def expand(url: str, body: bytes, representations: frozenset[str] = frozenset()) -> tuple[str, ...]:
+def expand(url: str, body: bytes, representations: frozenset[str] = frozenset()) -> tuple[str, ...] | None:
     """The URLs a manifest at `url` names on its own host (never another: a manifest is the origin's word), in
-    order, each once. Linear in the manifest's size; never raises."""
-    text = body.decode("utf-8", "replace")
+    order, each once; None for one refused, past MAX_SEGMENTS or MAX_CHARS. Linear in the manifest's size; never
+    raises."""
+    text, cost = body.decode("utf-8", "replace"), _Found()
     if urlsplit(url).path.endswith(".mpd"):
-        found: tuple[str, ...] = parse_dash(text, url, representations) or ()
+        found: tuple[str, ...] = parse_dash(text, url, representations, cost) or ()
     else:
-        playlist = parse_hls(text, url)
+        playlist = parse_hls(text, url, cost)
         found = (*playlist.variants, *playlist.segments) if playlist is not None else ()
+    if cost.refused:
+        return None
     host = urlsplit(url).netloc
     return tuple(dict.fromkeys(_as_requested(u) for u in found if _on_host(u, host)))
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -251,13 +252,14 @@ async def test_a_manifest_past_max_manifest_is_filled_not_held_nor_expanded(
 async def test_a_manifest_that_makes_too_much_is_followed_no_further(origin: Origin, tmp_path: Path) -> None:
     """An origin's playlist of MAX_SEGMENTS + 1 lines (1.2 MB, under MAX_MANIFEST) was expanded whole on the
     parser's thread, and the job fetched its segments up to max_urls; it is refused (core.manifest._Found): the
-    playlist is filled, and nothing it names is asked of the origin."""
+    playlist is filled, the job says why, and nothing it names is asked of the origin."""
     lines = "".join(f"#EXTINF:6,\n{i}.ts\n" for i in range(edgecache.core.manifest.MAX_SEGMENTS + 1))
     origin.put("/many/index.m3u8", f"#EXTM3U\n{lines}".encode())
     async with admin_node(node_config(origin, tmp_path / "c"), max_urls=4) as node:
         _, job = await submit(node, {"urls": ["http://video.test/many/index.m3u8"], "concurrency": 1})
         view = await node.finished(str(job["id"]))
-        assert (view["state"], view["total"], view["fetched"], view["dropped"]) == ("done", 1, 1, 0), view
+        assert (view["state"], view["total"], view["fetched"], view["dropped"]) == ("failed", 1, 0, 0), view
+        assert view["failed"] == {"error manifest past 100000 URLs or 67108864 chars": 1}
     assert [(s.method, s.path) for s in origin.seen] == [("GET", "/many/index.m3u8")]
 
 
@@ -268,9 +270,9 @@ async def test_manifests_are_parsed_off_the_loop(
     threads: list[threading.Thread] = []
     real = edgecache.core.manifest.parse_hls
 
-    def spy(text: str, base: str) -> edgecache.core.manifest.Playlist | None:
+    def spy(text: str, base: str, *found: Any) -> edgecache.core.manifest.Playlist | None:
         threads.append(threading.current_thread())
-        return real(text, base)
+        return real(text, base, *found)
 
     monkeypatch.setattr(edgecache.core.manifest, "parse_hls", spy)
     monkeypatch.setattr(edgecache.admin.jobs, "parse_hls", spy, raising=False)
