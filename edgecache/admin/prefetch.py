@@ -23,6 +23,7 @@ from edgecache.proxy.shares import share
 
 _OPTIONS = frozenset({"priority", "concurrency", "bandwidth", "window", "window_start", "window_end", "renditions"})
 _WINDOW = frozenset({"start", "end"})
+_WINDOWS = frozenset({"window", "window_start", "window_end"})  # the two ways to give one
 _TAKES = "priority, concurrency, bandwidth, window (or window_start and window_end) and renditions"
 
 
@@ -79,7 +80,9 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
         out["concurrency"] = _integer(opts, "concurrency", 4)
         if "bandwidth" in opts:
             out["bandwidth"] = parse_size(opts["bandwidth"])
-        if "window_start" in opts or "window" in opts:
+        if given := _WINDOWS & opts.keys():  # an end alone was ignored: the job ran at once, all day
+            if given != {"window"} and given != {"window_start", "window_end"}:
+                raise ValueError("a window is window (start and end), or window_start and window_end, each given once")
             window = opts.get("window") or {"start": opts.get("window_start"), "end": opts.get("window_end")}
             if isinstance(window, dict) and (extra := unknown_option(window, _WINDOW)) is not None:
                 raise bad(f"unknown key {extra} in window: it takes start and end")

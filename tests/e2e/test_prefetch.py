@@ -118,11 +118,20 @@ async def test_bad_prefetch_requests_fetch_nothing(origin: Origin, tmp_path: Pat
             ({"urls": ["http://video.test/ok"], "window": {"start": "0200", "end": "06:00"}}, VIDEOS, 400),
             ({"urls": ["http://video.test/ok"], "window": {"start": "02:00:00.5", "end": "06:00"}}, VIDEOS, 400),
             ([], VIDEOS, 400),
-        ]
+            # A window's end alone was ignored, and the job ran at once; a window beside window_start took the first.
+            ({"urls": ["http://video.test/ok"], "window_end": "06:00"}, VIDEOS, 400),
+            ({"urls": ["http://video.test/ok"], "window": {"start": "02:00", "end": "06:00"}, "window_start": "03:00",
+              "window_end": "04:00"}, VIDEOS, 400),
+        ]  # fmt: skip
         for body, token, status in cases:
             got, answer = await post(nodes[0], body, token)
             assert got == status, (body, answer)
             assert "error" in answer
+        got, answer = await post(
+            nodes[0], b"http://video.test/ok\n", VIDEOS, headers={"Content-Type": "text/plain"}, window_end="06:00"
+        )
+        assert (got, answer) == (400, {"error": "bad option: a window is window (start and end), or window_start and "
+                                       "window_end, each given once"})  # fmt: skip
         got, answer = await post(nodes[0], b"\x00garbage" * 100_000, OPERATOR, headers={"Content-Type": "text/plain"})
         assert got in (400, 413)
         assert sum(origin.hits.values()) == 0
