@@ -20,8 +20,9 @@ from yarl import URL
 import edgecache.admin.jobs
 import edgecache.core.manifest
 from edgecache.admin.held import cost
-from edgecache.admin.jobs import JobRunner
+from edgecache.admin.jobs import Job, JobRunner, JobsFull
 from edgecache.config import Site
+from edgecache.storage.disk import DiskTier
 from tests.e2e.adminkit import OPERATOR, VIDEOS, AdminNode, admin_node, node_config
 from tests.e2e.procs import edge_process, free_port
 from tests.origin import Origin
@@ -161,6 +162,29 @@ async def test_a_tokens_jobs_hold_at_most_max_held_bytes_of_urls(origin: Origin,
     assert sorted(s.path for s in origin.seen) == sorted(
         [*(f"/h/{i}" for i in (0, 1, 2, 3, 4, 8, 9)), "/h/index.m3u8", *(f"/h/s{i}" for i in range(5))]
     )
+
+
+async def test_a_restarted_runner_counts_the_urls_its_resumed_jobs_hold(tmp_path: Path) -> None:
+    """A restart must not give a token its max_held afresh while its kept jobs hold their URLs again."""
+    urls = [f"http://video.test/r/{i}" for i in range(3)]
+    disk = DiskTier(tmp_path / "d", 64 * 2**20)
+    try:
+        runner = JobRunner(disk, "http://127.0.0.1:1", max_held=4 * cost(urls[:1]))
+        await runner.start()
+        job = await runner.submit(Job(id="", owner="videos", urls=urls, window=("00:00", "00:00:01")))
+        await runner.close()
+        again = JobRunner(disk, "http://127.0.0.1:1", max_held=4 * cost(urls[:1]))
+        await again.start()
+        try:
+            assert again.held.of("videos") == cost(urls)
+            with pytest.raises(JobsFull, match="of 'videos' hold"):
+                await again.submit(Job(id="", owner="videos", urls=urls[:2]))
+            await again.delete(job.id)
+            assert again.held.of("videos") == 0
+        finally:
+            await again.close()
+    finally:
+        disk.close()
 
 
 async def test_delete_cancels_a_running_job_then_forgets_it(origin: Origin, tmp_path: Path) -> None:
