@@ -152,6 +152,9 @@ _DURATION = re.compile(
 )
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 _TEMPLATE_ID = re.compile(r"\$(RepresentationID|Bandwidth|Number|Time|)(%0\d+d)?\$", re.ASCII)
+# Elements of an MPD: its tree is ~340 bytes an element, and a 28.6 MiB MPD of 3 million <S d="1"/> took the
+# parser's process 1 GB; a SegmentList or SegmentTimeline of MAX_SEGMENTS elements is a quarter of this.
+MAX_ELEMENTS = 4 * MAX_SEGMENTS
 MAX_WIDTH = 32  # of a $Number%0Nd$ identifier: wider templates are refused, not padded to a gigabyte
 
 
@@ -244,6 +247,10 @@ def parse_dash(
 ) -> tuple[str, ...] | None:
     """Every segment URL of every Representation (or only those whose id is in `representations`); None for a text
     that is not an MPD, or one past the bounds (then `found` says so)."""
+    found = found or _Found()
+    if text.count("<") > MAX_ELEMENTS:  # each element has one at least: refused before a tree of them is built
+        found.refused = True
+        return None
     try:
         root = ET.fromstring(text)
     except (ET.ParseError, ValueError):  # ValueError: text with lone surrogates cannot be fed to expat
@@ -251,7 +258,7 @@ def parse_dash(
     if _local(root.tag) != "MPD":
         return None
     try:
-        return tuple(dict.fromkeys(_mpd_urls(root, base, representations, found or _Found())))
+        return tuple(dict.fromkeys(_mpd_urls(root, base, representations, found)))
     except _TooMuch:
         return None
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgecache.admin.jobs import Job, JobRunner
-from edgecache.core.manifest import MAX_CHARS, MAX_SEGMENTS, Playlist, _join, expand, parse_hls
+from edgecache.core.manifest import MAX_CHARS, MAX_ELEMENTS, MAX_SEGMENTS, Playlist, _join, expand, parse_hls
 from edgecache.core.siteurl import MAX_URL
 from edgecache.storage.disk import DiskTier
 
@@ -223,3 +223,19 @@ def test_a_manifest_that_makes_too_much_is_refused_not_held() -> None:
     )
     assert len(expand("http://video.test/d/m.mpd", mpd.format(base="b").encode()) or ()) == 1000
     assert expand("http://video.test/d/m.mpd", mpd.format(base="b" * (MAX_URL + 1)).encode()) == ()  # skipped
+
+
+def test_an_mpd_of_too_many_elements_is_refused_before_its_tree_is_built() -> None:
+    """An MPD's tree is ~340 bytes an element: 28.6 MiB of <S d="1"/> took 1 GB to be refused (past MAX_SEGMENTS)
+    once built. Past MAX_ELEMENTS it is refused unparsed; a small one is parsed as ever."""
+    mpd = (
+        '<MPD mediaPresentationDuration="PT10S"><Period><AdaptationSet><Representation id="r" bandwidth="1">'
+        '<SegmentTemplate media="$Number$.m4s"><SegmentTimeline>{}</SegmentTimeline></SegmentTemplate>'
+        "</Representation></AdaptationSet></Period></MPD>"
+    )
+    tags = mpd.count("<")
+    body = mpd.format('<S d="1"/>' * (MAX_ELEMENTS + 1 - tags)).encode()
+    found, peak = _peak(lambda: expand("http://video.test/d/m.mpd", body))
+    assert (found, peak < 3 * len(body)) == (None, True), (peak, len(body))
+    small = mpd.format('<S d="1"/>' * 3).encode()
+    assert expand("http://video.test/d/m.mpd", small) == tuple(f"http://video.test/d/{i}.m4s" for i in (1, 2, 3))
