@@ -257,10 +257,10 @@ class Engine:
             # Taken before the head is given to anyone: a fill that cannot have it fails cleanly (503), instead of
             # cutting answers already begun.
             taken = await self.budget.take(fill, head) if pumped else None
-            head = rejoined(self.store, head)  # a turn waited for: the copy may have been named meanwhile
-            head = await leasing.claimed(self.store, fill, head, req, self.fill_slices, self.store.lease_seconds)
             writes: list[asyncio.Task[None]] = []  # the fill's disk writes: its memory is given back after them
-            try:
+            try:  # from the take on: a fill that fails anywhere after it (its claim too) gives its share back
+                head = rejoined(self.store, head)  # a turn waited for: the copy may have been named meanwhile
+                head = await leasing.claimed(self.store, fill, head, req, self.fill_slices, self.store.lease_seconds)
                 was, req = req.entry_key, await self._take_head(fill, req, head)
                 if replaces(existing, validate, was, head) and req.spread_from is None:
                     self.store.replaced(was, req.entry_key, req.primary)  # on the disk now: the others drop the old
