@@ -78,6 +78,7 @@ def counts(edge: Edge, peers: Collection[tuple[str, int]] = ()) -> Counts:
         "answers reading entries": sum(engine._reading.values()),
         "entries being deleted": sum(node.store._deleting.values()),
         "open slice files in use": sum(f.users for f in node.store._files.values()),
+        "purges being applied": len(node.store.applying()),  # a peer is judged to lack them (cluster.behind)
         "fill memory shared": engine.budget.shared.held,
         "fill memory paced": engine.budget.paced.held,
         "fill memory waiting": engine.budget.shared.waiting + engine.budget.paced.waiting,

@@ -342,16 +342,21 @@ async def origin_share_waits(node: AdminNode, origin: Origin) -> None:
 
 
 async def private_reader_stalls(node: AdminNode, origin: Origin) -> None:
-    """A private answer's one reader stops reading: its fill waits for it, its connection set aside; then it goes."""
+    """A private answer's one reader stops reading: its fill waits for it, its connection set aside (not counted
+    against the pool nor the site's share); it reads on to the end (counted again, then released); a second one
+    stops, and goes."""
     pool = node.edge.node.origin._session.connector  # type: ignore[union-attr]
-    reader, writer = await asyncio.open_connection("127.0.0.1", node.edge.port)
-    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    try:
-        writer.write(get("/private"))
-        await reader.readexactly(1000)
-        await until(lambda: len(pool._aside) == 1)  # type: ignore[union-attr]
-    finally:
-        reset(writer)
+    for finish in (True, False):
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.edge.port)
+        try:
+            writer.write(get("/private", "video.test", "Connection: close"))
+            head = await reader.readuntil(b"\r\n\r\n")
+            await until(lambda: len(pool._aside) == 1)  # type: ignore[union-attr]
+            if finish:
+                async with asyncio.timeout(10):
+                    assert (head.split(b" ")[1], await reader.read(-1)) == (b"200", BIG)
+        finally:
+            reset(writer)
 
 
 CA = trustme.CA()
