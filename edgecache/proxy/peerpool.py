@@ -73,6 +73,7 @@ class PeerConn(asyncio.Protocol):
         self.moved = False  # the answer being read changed within this read (its head's bytes cannot be told apart)
         self.out: list[bytes] = []  # the requests of this turn, written together when it ends (seal)
         self.stalled, self.ended = 0, False  # bytes read since an element of the answer ended; one ended (this read)
+        self.counted = True  # one of the pool's `open` to its peer, until its place is given back (PeerPool._let_go)
 
     # --- sending -------------------------------------------------------------------------------------------
 
@@ -386,15 +387,23 @@ class PeerPool:
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         self.open[address] = self.open.get(address, 0) + 1
+        made: list[PeerConn] = []
+
+        def protocol() -> PeerConn:
+            made.append(PeerConn(self, address, self.read_timeout))
+            return made[-1]
+
         try:
-            _, conn = await loop.create_connection(
-                lambda: PeerConn(self, address, self.read_timeout), host.strip("[]"), int(port)
-            )
-        except OSError as exc:
-            self._gone(address)
-            raise PeerBroken(f"http://{address}: {exc.__class__.__name__}: {exc}", connect=True) from exc
-        except BaseException:
-            self._gone(address)
+            _, conn = await loop.create_connection(protocol, host.strip("[]"), int(port))
+        except BaseException as exc:
+            # Its place given back once: a connect cancelled once connected (its timeout) closes the connection,
+            # and asyncio's loop then tells its protocol so (forget), uvloop's does not.
+            if made:
+                self._let_go(made[0])
+            else:
+                self._gone(address)
+            if isinstance(exc, OSError):
+                raise PeerBroken(f"http://{address}: {exc.__class__.__name__}: {exc}", connect=True) from exc
             raise
         return conn
 
@@ -449,7 +458,12 @@ class PeerPool:
         if idle is not None:
             with contextlib.suppress(ValueError):
                 idle.remove(conn)
-        self._gone(conn.address)
+        self._let_go(conn)
+
+    def _let_go(self, conn: PeerConn) -> None:
+        if conn.counted:
+            conn.counted = False
+            self._gone(conn.address)
 
     def _gone(self, address: str) -> None:
         self.open[address] = max(0, self.open.get(address, 0) - 1)

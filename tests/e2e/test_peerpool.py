@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
+
+from edgecache.proxy import peerpool
 from edgecache.proxy.exchange import Dropped
 from edgecache.proxy.peerpool import PeerPool
 
@@ -189,3 +192,37 @@ async def test_an_answer_the_peer_began_past_the_last_asked_is_never_given_to_th
         async with asyncio.timeout(5):
             await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
+
+
+async def test_a_connect_cancelled_once_connected_gives_its_place_back_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect whose time ran out in the turn the connection was made (acquire's connect timeout): asyncio's loop
+    closes the new connection and tells its protocol, whose connection_lost gave its place back, and so did the
+    connect's own failure: two places for one. The count of the peer's connections fell one below those open each
+    time (1 with two open here; clamped at 0), and the pool's bound let as many more be opened. uvloop does not tell
+    the protocol. The connection_made below cancels the connecting task in that turn, as the timeout does."""
+    made = peerpool.PeerConn
+    cancelled: list[peerpool.PeerConn] = []
+
+    class CancelledOnceMade(made):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            cancelled.append(self)
+            connecting.cancel()
+
+    async with listener() as address:
+        pool = PeerPool(limit=4, connect_timeout=5.0, read_timeout=5.0)
+        try:
+            kept = [await pool.acquire(address, fresh=True) for _ in range(2)]
+            monkeypatch.setattr(peerpool, "PeerConn", CancelledOnceMade)
+            connecting = asyncio.create_task(pool.acquire(address, fresh=True))
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            monkeypatch.setattr(peerpool, "PeerConn", made)
+            async with asyncio.timeout(5):  # until the loop has told it its connection is lost (asyncio's does)
+                while cancelled[0].transport is not None:  # noqa: ASYNC110 (a protocol's state: no event)
+                    await asyncio.sleep(0.01)
+            assert pool.open[address] == 2 == sum(1 for c in kept if c.transport is not None)
+        finally:
+            pool.close()
+            for conn in kept:
+                conn.close()
