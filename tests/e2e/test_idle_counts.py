@@ -1,10 +1,12 @@
 """Every count of work in hand returns to its idle value once the node is idle, whatever faults the work met: a
-client gone mid-answer (a miss, a memory hit, a disk hit, a pass, a range, a pipelined batch), an origin that cuts
-its body, times out, answers 5xx or malformed HTTP, a purge that overtakes a fill, requests refused 503 and 429, a
-request body cut. After each fault the node is let go idle, and each count (tests.e2e.idlecounts) must be exactly its
-idle value and the fill-memory gauges where they were: a count left over makes the node look busy for good or
-refuse work it could do (max_requests, max_connections, fill_memory and the sites' origin shares are all enforced
-from these counts). Both paths (the fast path, and aiohttp's alone)."""
+viewer gone mid-answer (a miss, a memory or disk hit, ranges, a private answer, a pass, a pipelined batch, HTTPS), an
+origin that cuts its body, hangs, refuses, answers 5xx or malformed HTTP, a purge that overtakes a fill, requests
+refused 503 (max_requests, max_connections, fill memory) and 429, a request body cut, waits for fill memory or a
+site's origin connection given up, a prefetch job failing or cancelled. After each fault the node is let go idle,
+and each count (tests.e2e.idlecounts) must be exactly its idle value and the fill-memory gauges where they were: a
+count left over makes the node look busy for good or refuse work it could do (max_requests, max_connections,
+fill_memory and the sites' origin shares are all enforced from these counts). Both paths (the fast path, and
+aiohttp's alone); inclusive tiers, and exclusive ones for the faults of fills and hits."""
 
 from __future__ import annotations
 
