@@ -346,6 +346,31 @@ DISK_CORRUPT = _counter(
 REJECTED_CONNECTIONS = _counter(
     "edgecache_rejected_connections_total", "Connections answered 503 at once: max_connections were open"
 )
+# The load the worker's limits judge, sampled every cache.stats_interval (FastServer.sample), never counted again on
+# the hot path: the gauges are the very counts the door (max_connections) and the 503 past max_requests read.
+CLIENT_CONNECTIONS = Gauge(
+    "edgecache_client_connections",
+    "Client connections open, as server.max_connections counts them: plain and TLS (handshakes in progress too), "
+    "on the fast path or the full handler, not those refused at the door nor those lingering after their answer",
+    multiprocess_mode="livesum",
+)
+CLIENT_CONNECTIONS_LIMIT = Gauge(
+    "edgecache_client_connections_limit",
+    "Client connections open past which new ones get 503 and close: server.max_connections per worker (lower when "
+    "the file descriptor limit would run out first), summed over the workers",
+    multiprocess_mode="livesum",
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "edgecache_requests_in_flight",
+    "Requests in flight, as server.max_requests counts them: every request waiting on an origin, a peer, the disk "
+    "or the full handler (a hit the fast path answers from memory at once is never in flight)",
+    multiprocess_mode="livesum",
+)
+REQUESTS_IN_FLIGHT_LIMIT = Gauge(
+    "edgecache_requests_in_flight_limit",
+    "Requests in flight past which new ones get 503: server.max_requests per worker, summed over the workers",
+    multiprocess_mode="livesum",
+)
 ACCESS_LOG_DROPPED = _counter(
     "edgecache_access_log_dropped_total", "Access-log lines dropped: the writer's queue was full, or writing failed"
 )

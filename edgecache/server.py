@@ -445,11 +445,13 @@ async def run(
         gc.freeze()
         node.state["listening"] = True
         trimmer = asyncio.ensure_future(bound_rss(node.engine.store, config.cache.memory_headroom))
+        sampler = asyncio.ensure_future(fast.sample_every(config.cache.stats_interval))  # the drain's too
         await stop.wait()
         trimmer.cancel()
         node.state["draining"] = True
         log.info("stopping: draining connections for up to %g s", config.drain)
         await asyncio.gather(runner.cleanup(), fast.shutdown(config.drain))
+        sampler.cancel()
         if admin is not None:
             await admin.cleanup()
     if demo is not None:

@@ -175,6 +175,20 @@ class FastServer:
         if proto.transport is not None:  # not refused at the door (max_connections)
             proto.taken_back(declared, data)
 
+    def sample(self) -> None:
+        """The load gauges: the very counts and limits the door (max_connections) and Shared.overloaded
+        (max_requests) judge, so /metrics shows what they see. Read, never counted again: no cost per request."""
+        metrics.CLIENT_CONNECTIONS.set(self.open)
+        metrics.CLIENT_CONNECTIONS_LIMIT.set(self.settings.max_connections)
+        metrics.REQUESTS_IN_FLIGHT.set(self.shared.in_flight)
+        metrics.REQUESTS_IN_FLIGHT_LIMIT.set(self.shared.max_in_flight)  # a reload changes it
+
+    async def sample_every(self, seconds: float) -> None:
+        """sample() now and every `seconds` (cache.stats_interval, as the tiers' gauges), until cancelled."""
+        while True:
+            self.sample()
+            await asyncio.sleep(seconds)
+
     def gone(self, conn: FastPath) -> None:
         self.connections.discard(conn)
         self._none_left()
