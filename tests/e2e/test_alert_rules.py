@@ -107,9 +107,13 @@ def test_no_alert_fires_on_a_warm_healthy_node(tmp_path: Path) -> None:
         {"series": _WAITS.format(outcome="timeout"), "values": "0+0x40"},
         _gauge("edgecache_purge_vector_origins", 3, state="live"),  # the members' own incarnations
         _gauge("edgecache_purge_vector_origins", 40, state="retired"),  # pods that came and went
+        _gauge("edgecache_client_connections", 1_200),
+        _gauge("edgecache_client_connections_limit", 40_000),
+        _gauge("edgecache_requests_in_flight", 30),
+        _gauge("edgecache_requests_in_flight_limit", 20_000),
     ]
     names = [str(r["alert"]) for r in _rules() if "alert" in r]
-    assert len(names) == 12
+    assert len(names) == 14
     assert _promtool(tmp_path, series, [{"eval_time": "35m", "alertname": n, "exp_alerts": []} for n in names]) == ""
 
 
@@ -171,3 +175,32 @@ def test_a_peer_seen_up_whose_purge_log_cannot_be_read_is_alerted(tmp_path: Path
     assert _promtool(tmp_path, series, expect) == ""
     early = [{"eval_time": "5m", "alertname": "PeerPurgeLogUnreachable", "exp_alerts": []}]
     assert _promtool(tmp_path, series, early) == ""  # not before its ten minutes
+
+
+def test_connections_near_their_limit_for_five_minutes_are_alerted(tmp_path: Path) -> None:
+    """37,000 of the 40,000 connections two workers take (92.5%) for the whole run: firing at 35 minutes; 35,999 of
+    40,000 requests in flight (under 90%): not; and nothing before the five minutes are up."""
+    series = [
+        _gauge("edgecache_client_connections", 37_000),
+        _gauge("edgecache_client_connections_limit", 40_000),
+        _gauge("edgecache_requests_in_flight", 35_999),
+        _gauge("edgecache_requests_in_flight_limit", 40_000),
+    ]
+    fill = {"{{ $labels.instance }}": "n1", "{{ $value | humanizePercentage }}": "92.5%"}
+    labels = {"instance": "n1", "job": "edgecache", "severity": "warning"}
+    fired = [{"exp_labels": labels, "exp_annotations": _annotations("ConnectionsNearLimit", fill)}]
+    expect = [
+        {"eval_time": "35m", "alertname": "ConnectionsNearLimit", "exp_alerts": fired},
+        {"eval_time": "35m", "alertname": "RequestsNearLimit", "exp_alerts": []},
+        {"eval_time": "4m", "alertname": "ConnectionsNearLimit", "exp_alerts": []},
+    ]
+    assert _promtool(tmp_path, series, expect) == ""
+
+
+def test_requests_in_flight_near_their_limit_for_five_minutes_are_alerted(tmp_path: Path) -> None:
+    series = [_gauge("edgecache_requests_in_flight", 9_500), _gauge("edgecache_requests_in_flight_limit", 10_000)]
+    fill = {"{{ $labels.instance }}": "n1", "{{ $value | humanizePercentage }}": "95%"}
+    labels = {"instance": "n1", "job": "edgecache", "severity": "warning"}
+    fired = [{"exp_labels": labels, "exp_annotations": _annotations("RequestsNearLimit", fill)}]
+    expect = [{"eval_time": "35m", "alertname": "RequestsNearLimit", "exp_alerts": fired}]
+    assert _promtool(tmp_path, series, expect) == ""

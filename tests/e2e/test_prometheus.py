@@ -56,6 +56,8 @@ ALERT_NAMES = {
     "FillMemoryFull",
     "PurgeVectorLarge",
     "PeerPurgeLogUnreachable",
+    "ConnectionsNearLimit",
+    "RequestsNearLimit",
 }
 OPERATOR = "prometheus-test-operator-token"
 
