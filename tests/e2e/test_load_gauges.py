@@ -7,12 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+import trustme
+
+from edgecache.config import Listen
 from edgecache.metrics import exposition
-from tests.conftest import Edge
+from tests.conftest import Edge, make_config, start_edge
 from tests.e2e.procs import edge_process, free_port
 from tests.e2e.test_operations import metric
+from tests.e2e.test_tls import issue, trusting
 from tests.e2e.test_watchdog import metrics_until
 from tests.origin import Origin
 from tests.wire import read_answer
@@ -88,6 +94,46 @@ async def test_the_gauges_are_the_counts_the_limits_judge_then_zero(edge: Edge, 
         await edge.fast.empty.wait()  # the node saw every connection close
     edge.fast.sample()
     assert gauges(exposition()[0].decode()) == [0, 0, *limits]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
+async def test_tls_connections_count_from_the_accept_as_the_door_counts_them(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """One HTTPS connection that has not sent its ClientHello (its handshake pending) and two answered over TLS:
+    3, as max_connections sees them; 0 once they closed."""
+    origin.put("/idle", b"i" * 100)
+    ca = trustme.CA()
+    config = make_config(tmp_path / "c", [origin.url])
+    site = replace(config.sites[0], tls=issue(ca, tmp_path, "videos", "video.test"))
+    config = replace(config, sites=(site,), tls_listen=(Listen("127.0.0.1", 0),), fast_path=fast)
+    async with start_edge(config) as edge:
+        assert edge.fast is not None
+        limits = [float(edge.fast.settings.max_connections), float(config.max_requests)]
+        # Accepted in order from one listener: once the later ones are answered, the first is seated.
+        pending = await asyncio.open_connection("127.0.0.1", edge.ports[1])
+        tls = [
+            await asyncio.open_connection("127.0.0.1", edge.ports[1], ssl=trusting(ca), server_hostname="video.test")
+            for _ in range(2)
+        ]
+        try:
+            for reader, writer in tls:
+                writer.write(request("/idle"))
+                status, _, body = await read_answer(reader)
+                assert (status, body) == (200, b"i" * 100)
+            edge.fast.sample()
+            assert gauges(exposition()[0].decode()) == [3, 0, *limits]
+            doors = [door.done for door in edge.fast.handshaking if door.done is not None]
+            assert len(doors) == 1
+            edge.fast.empty.clear()
+        finally:
+            for _, writer in [pending, *tls]:
+                writer.close()
+        async with asyncio.timeout(10):
+            await asyncio.wait(doors)  # the pending handshake's seat given back
+            await edge.fast.empty.wait()
+        edge.fast.sample()
+        assert gauges(exposition()[0].decode()) == [0, 0, *limits]
 
 
 def two_workers(tmp_path: Path, origin: Origin, port: int, admin: int) -> Path:
