@@ -27,7 +27,8 @@ from edgecache.admin.body import bad, read_json, unknown_option
 from edgecache.cluster.purgesync import AFTER_PATH, PURGE_PATH, apply_entry
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Config, Site, Token
-from edgecache.core import nodeauth
+from edgecache.config.values import parse_listen
+from edgecache.core import nodeauth, nodeid
 from edgecache.core.purge import Entry, TableFull, parse_retired, parse_vector, peer_token
 from edgecache.core.ring import Member
 from edgecache.core.route import Router
@@ -161,11 +162,13 @@ def _applied_by(view: ClusterView, entry: Entry, passed_on: bool, confirmed: lis
 
 
 def _peers(config: Config, view: ClusterView | None) -> list[Member]:
-    """Every other node: those the view has (from the config or from DNS), else the configured ones."""
+    """Every other node: those the view has (from the config or from DNS), else the configured ones; and the nodes
+    that are no members here but ask this node's purge log (ClusterView.outsiders: one just added or retired)."""
     if config.cluster is None:
         return []
     members = view.ring.members if view is not None else config.cluster.nodes
-    return [m for m in members if m.id != config.cluster.self_id]
+    outsiders = view.outsiders() if view is not None else []
+    return [m for m in (*members, *outsiders) if m.id != config.cluster.self_id]
 
 
 async def _apply(store: Store, config: Config, entry: Entry, strict: bool) -> list[str]:
@@ -213,6 +216,9 @@ def purge_handler(current: Callable[[], Config], store: Store, view: ClusterView
         kept = not unkept  # the disk recorded it: it survives a restart
         peers = [] if body.get("local") else _peers(config, view)
         failed = await _pass_on(config, peers, view, {**body, "local": True, "id": [entry.origin, entry.seq]})
+        if view is not None:
+            for gone in failed:  # an outsider that did not take it is told no more until it asks again
+                view.forget(gone)
         if view is not None and entry.seq:
             _applied_by(view, entry, "id" in body, [p.id for p in peers if p.id not in failed])
         if not kept:
@@ -248,6 +254,15 @@ def admin_tokens(config: Config) -> tuple[Token, ...]:
     return (*config.tokens, *(Token("cluster", peer_token(k), "peer") for k in keys))
 
 
+def _admin_of(value: object) -> str | None:
+    """The admin address an asking node gives (HOST:PORT, as a URL takes it), or None: not given, or not one."""
+    try:
+        listen = parse_listen(value)
+    except ValueError:
+        return None
+    return None if listen.host in ("0.0.0.0", "::") else nodeid.canonical(str(listen))  # not where it listens
+
+
 def purge_routes(current: Callable[[], Config], store: Store, view: ClusterView | None = None) -> list[web.RouteDef]:
     """POST /purges/after {"vector": {origin: number}}: the entries the asker lacks (core.purge.SyncLog.after),
     for the nodes' token (role "peer") or an operator's; a provider's would see other providers' URLs."""
@@ -266,7 +281,7 @@ def purge_routes(current: Callable[[], Config], store: Store, view: ClusterView 
             raise bad('expected {"vector": {origin: number, ...}, "retired": [origin, ...]}')
         asker = body.get("node")
         if view is not None and token.role == "peer" and isinstance(asker, str):
-            view.heard_from(asker)  # a node that asks takes purges passed on to it (admin.purge._pass_on)
+            view.asked(asker, _admin_of(body.get("admin")))  # it takes purges passed on to it (_pass_on)
         answer = store.sync.after(vector, retired=retired, now=time.time(), horizon=store.horizon)
         config = current()
         return web.json_response(

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 _REFUSAL_LOG_EVERY = 60.0  # seconds between two log lines about hop fields this worker did not honour
 DNS_NAME_TIMEOUT = 2.0  # seconds one member's PTR lookup may take before it keeps the name it had
+# A node that is no member here but asks this node's purge log (one added whose peers' files do not name it yet, or
+# one retired that DNS still sends viewers to) is told of purges while it asks, every cluster.interval: forgotten
+# this many seconds after its last ask, or at once when a purge passed on to it fails. At most MAX_ASKERS of them.
+ASKED_WITHIN = 60.0
+MAX_ASKERS = 64
 
 
 class ClusterView:
@@ -37,6 +42,7 @@ class ClusterView:
         self.changes = 0  # counts peers going up or down: a route decided before is stale once it moves
         self.rounds = 0  # rounds of health checks recorded: a wait may need results of probes sent after an event
         self.failing: dict[str, int] = {}  # a peer whose last probe or forward failed: the round it failed in
+        self._askers: dict[str, tuple[str, float]] = {}  # a non-member that asks: its admin address, when it last did
         self.ring = Ring.of(())
         self._changed = asyncio.Event()
         self._refusals_logged = -_REFUSAL_LOG_EVERY
@@ -118,6 +124,30 @@ class ClusterView:
         purges, until a check of it fails again. Not up: that is the health checks' to say."""
         if member_id in self.health:
             self.failing.pop(member_id, None)
+
+    def asked(self, node_id: str, admin: str | None) -> None:
+        """A node asked this node's purge log, signed with the cluster's key, saying where its admin listener is: a
+        member is heard from; one that is no member here is told of the purges this node takes (outsiders), or it
+        served what they removed until its own next round."""
+        self.heard_from(node_id)
+        if admin is None or node_id == self.self_id or node_id in self.health:
+            return
+        self._askers.pop(node_id, None)
+        self._askers[node_id] = (admin, time.monotonic())
+        while len(self._askers) > MAX_ASKERS:
+            del self._askers[next(iter(self._askers))]
+
+    def outsiders(self) -> list[Member]:
+        """The nodes that are no members here and asked this node's purge log within ASKED_WITHIN seconds."""
+        now = time.monotonic()
+        self._askers = {
+            i: (a, t) for i, (a, t) in self._askers.items() if now - t <= ASKED_WITHIN and i not in self.health
+        }
+        return [Member(i, "", admin=a) for i, (a, _) in self._askers.items()]
+
+    def forget(self, node_id: str) -> None:
+        """A purge passed on to the outsider failed: it is told no more until it asks again."""
+        self._askers.pop(node_id, None)
 
     def failed_since(self, member_id: str, round_: int) -> bool:
         """Did the last probe of (or forward to) the peer fail, in round `round_` of health checks or later? Its
