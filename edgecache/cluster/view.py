@@ -73,7 +73,11 @@ class ClusterView:
         if ring == self.ring:
             return
         before = {m.id for m in self.ring.members}
-        self.health = {m.id: self.health.get(m.id, Health()) for m in ring.members}
+        # A member that joins a view that has peers (a reload, a DNS change) is used once `rise` checks say it is up:
+        # it may not serve yet, and a forward to it waited for it and was answered 504. A node starting takes the
+        # peers it begins with as up, as before.
+        joined = Health(up=False) if before - {self.self_id} else Health()
+        self.health = {m.id: self.health.get(m.id, joined) for m in ring.members}
         self.failing = {i: r for i, r in self.failing.items() if i in self.health}  # bounded as the ring is
         self.ring = ring
         for m in ring.members:

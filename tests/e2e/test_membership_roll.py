@@ -84,7 +84,7 @@ class Cluster:
         self.failures: list[str] = []
         self.answers = 0
 
-    def config(self, node: Node, ring: dict[int, float], key: str = CLUSTER_KEY.decode()) -> str:
+    def config(self, node: Node, ring: dict[int, float], key: str = CLUSTER_KEY.decode(), extra: str = "") -> str:
         """`fall` so high that no health check takes a peer down: a probe slow on a loaded machine would have a
         node stand in for its peer, an origin fetch that no change of membership made (a refused connection
         still takes it down at once)."""
@@ -97,7 +97,7 @@ class Cluster:
             f'[server]\nlisten = ["127.0.0.1:{node.port}"]\nworkers = 1\n'
             f'[admin]\nlisten = "127.0.0.1:{node.admin}"\n'
             f'[[admin.tokens]]\nname = "ops"\ntoken = "{OPERATOR}"\nrole = "operator"\n'
-            f'[cache]\ndir = "{self.tmp / f"c{node.i}"}"\ndisk = "64MiB"\nmemory = "16MiB"\n'
+            f'{extra}[cache]\ndir = "{self.tmp / f"c{node.i}"}"\ndisk = "64MiB"\nmemory = "16MiB"\n'
             f'[cluster]\nself = "{node.id}"\nkey = "{key}"\ninterval = 1.0\ntimeout = 1.0\nfall = 1000\nrise = 2\n'
             f'{members}[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{self.origin.url}"]\n'
         )
@@ -105,8 +105,10 @@ class Cluster:
     def path(self, node: Node) -> Path:
         return self.tmp / f"{node.id}.toml"
 
-    async def start(self, stack: contextlib.AsyncExitStack, node: Node, ring: dict[int, float]) -> None:
-        self.path(node).write_text(self.config(node, ring))
+    async def start(
+        self, stack: contextlib.AsyncExitStack, node: Node, ring: dict[int, float], extra: str = ""
+    ) -> None:
+        self.path(node).write_text(self.config(node, ring, extra=extra))
         node.ring = ring
         draining: list[asyncio.Future[None]] = []
         stack.push_async_callback(lambda: asyncio.wait_for(asyncio.gather(*draining), 30))  # once it has exited
@@ -261,3 +263,46 @@ async def members(s: aiohttp.ClientSession, node: Node) -> list[str]:
     async with s.get(url, headers=auth) as r:
         assert r.status == 200
         return sorted(o["id"] for o in (await r.json())["owners"])
+
+
+async def test_a_member_added_by_reload_is_used_once_its_checks_say_it_is_up(origin: Origin, tmp_path: Path) -> None:
+    """node2 is added to node0's file before it answers: its ports take connections and say nothing (a machine
+    still booting, a process not yet serving). node0 uses it only once its health checks say it is up; before,
+    a new member counted as up from the reload on, and a request for an object it owned waited for it and got 504."""
+    c = Cluster(origin, tmp_path)
+    n0, n1, n2 = c.nodes[:3]
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        with contextlib.suppress(OSError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    quiet = [await asyncio.start_server(silent, "127.0.0.1", port) for port in (n2.port, n2.admin)]
+    extra = "[origin]\nread_timeout = 3.0\n"  # a forward to it is answered 504 after this
+    async with contextlib.AsyncExitStack() as stack:
+        s = await stack.enter_async_context(aiohttp.ClientSession())
+        for node in (n0, n1):
+            await c.start(stack, node, {0: 1.0, 1: 1.0}, extra)
+        n2.ring = {0: 1.0, 1: 1.0, 2: 1.0}
+        before, after = owned(n2, "/before-up/"), owned(n2, "/after-up/")
+        for p in (before, after):
+            origin.put(p, body(p))
+        said = await c.reload(n0, n2.ring, c.config(n0, n2.ring, extra=extra))
+        assert RELOADED in said
+        assert (await c.get(s, n0, before))[:2] == (200, body(before))
+        assert origin.hits[before] == 1
+        for server in quiet:
+            server.close()
+        for w in held:
+            w.close()
+        await asyncio.gather(*(server.wait_closed() for server in quiet))
+        up = n0.count(b"peer node2 is up")
+        await c.start(stack, n2, n2.ring, extra)
+        await n0.until(b"peer node2 is up", up + 1)
+        status, data, _ = await c.get(s, n0, after)  # forwarded to node2, which stores it
+        assert (status, data) == (200, body(after))
+        assert (await c.get(s, n2, after))[2] == "edgecache; hit"
+        assert origin.hits[after] == 1
