@@ -6,8 +6,9 @@ forward carries a proven hop and is served where it lands, so ring disagreement 
 second forward. At every step a URL purge is made at one node for an object another node holds, and every node
 that answers viewers must answer the new bytes at once: the node just added (which started with a copy that an
 earlier purge removed in its cache dir) and the node just retired (DNS still points at it; it refuses the new
-file, which no longer names it, and keeps its own) among them. The retired node is stopped at the end: its peers
-no longer check it, so none sees it go down.
+file, which no longer names it, and keeps its own) among them. A file with a bad cluster section (duplicate ids,
+self missing, a weight of 0 or NaN, a short key) is refused, naming file, key and problem, and the node goes on with
+the members it had. The retired node is stopped at the end: its peers no longer check it, so none sees it go down.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ THREE = {0: 1.0, 1: 1.0, 2: 1.0}
 FOUR = {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}
 WEIGHED = {0: 1.0, 1: 3.0, 2: 1.0, 3: 1.0}
 RETIRED = {0: 1.0, 1: 3.0, 3: 1.0}
+
+
+# (text replaced in a good file, the problem a reload of it is refused for)
+BAD_CLUSTERS = [
+    (('id = "node1"', 'id = "node0"'), "cluster.nodes: node ids must be unique"),
+    (('self = "node0"', 'self = "node9"'), "cluster.self: 'node9' is not one of the nodes"),
+    (("weight = 3.0", "weight = 0"), "cluster.nodes[1].weight: must be positive and finite"),
+    (("weight = 3.0", "weight = nan"), "cluster.nodes[1].weight: must be positive and finite"),
+    ((f'key = "{CLUSTER_KEY.decode()}"', 'key = "short"'), "cluster.key: must be at least 32 printable ASCII"),
+]
 
 
 def body(path: str) -> bytes:
@@ -230,6 +241,12 @@ async def test_nodes_added_reweighted_and_retired_by_reload_while_serving(origin
         for node in (n3, n0, n1, n2):
             assert RELOADED in await c.reload(node, WEIGHED)
             await c.purge_reaches_every_node(s, f"weigh-{node.id}")
+        good = c.config(n0, WEIGHED)
+        for bad, problem in BAD_CLUSTERS:  # refused, naming file, key and problem; node0 goes on as it was
+            said = await c.reload(n0, RETIRED, good.replace(*bad))
+            assert f"{REFUSED.decode()}{c.path(n0)}: {problem}".encode() in said, said
+            assert await members(s, n0) == ["node0", "node1", "node2", "node3"]
+        await c.purge_reaches_every_node(s, "refused")
         for node in (n0, n1, n3, n2):  # node2 is given the file too, and refuses it: it is not in it
             said = await c.reload(node, RETIRED)
             assert (REFUSED in said) == (node is n2), said
