@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from dataclasses import replace
 from enum import StrEnum
+
+from edgecache.config import Config
 
 # What only a restart changes: a reload reports each that changed, and the parent keeps them as they run for the
 # workers it starts later, so every worker serves alike. `drain` is one: a worker's aiohttp runner takes its
@@ -39,6 +42,33 @@ RESTART_ONLY = (
     "max_jobs",
     "prefetch_slots",
 )
+
+
+def cluster_kind(config: Config) -> str:
+    """What a worker starts its cluster parts by: none, the members a file lists, or members found in DNS."""
+    if config.cluster is None:
+        return "none"
+    return "a cluster" if config.cluster.dns is None else "a DNS cluster"
+
+
+def restart_changes(new: Config, running: Config) -> list[str]:
+    """What `new` changes that only a restart applies (as_running keeps it as it runs), to be logged."""
+    changed = [name for name in RESTART_ONLY if getattr(new, name) != getattr(running, name)]
+    if cluster_kind(new) != cluster_kind(running):
+        changed.append(f"cluster (from {cluster_kind(running)} to {cluster_kind(new)})")
+    return changed
+
+
+def as_running(new: Config, running: Config) -> Config:
+    """`new`, with what only a restart changes kept as it runs: RESTART_ONLY, and the whole cluster section when
+    `new` turns the cluster on or off, or moves its members between the file and DNS. A worker builds its cluster
+    view, health checks, DNS lookups and purge log sync when it starts; a reload that took the section away left
+    them forwarding to the peers while purges were applied on this node alone (its viewers were relayed the
+    peers' purged copies), and one that added it numbered purges with no view to pass them by."""
+    kept = {name: getattr(running, name) for name in RESTART_ONLY}
+    if cluster_kind(new) != cluster_kind(running):
+        kept["cluster"] = running.cluster
+    return replace(new, **kept)
 
 
 # The signals a worker handles on its loop (reload, reopen the access log): the parent blocks them while it starts

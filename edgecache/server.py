@@ -11,7 +11,7 @@ import signal
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import cast
@@ -25,7 +25,7 @@ from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
-from edgecache.lifecycle import HELD, RESTART_ONLY, Reason, die_with_parent
+from edgecache.lifecycle import HELD, Reason, as_running, die_with_parent, restart_changes
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy import badhead, linger, serverfield
 from edgecache.proxy.engine import Engine
@@ -233,9 +233,9 @@ async def _reload(node: Node) -> bool:
         for line in exc.problems:
             log.error("reload rejected, keeping the running config: %s", line)
         return False
-    for name in RESTART_ONLY:
-        if getattr(new, name) != getattr(node.config, name):
-            log.warning("reload: %s changed in %s; it takes effect at the next restart", name, path)
+    for name in restart_changes(new, node.config):
+        log.warning("reload: %s changed in %s; it takes effect at the next restart", name, path)
+    new = as_running(new, node.config)
     if node.certificates is not None and contexts is not None:
         node.certificates.use(contexts)
     node.shared.reload(new.sites)
@@ -250,7 +250,7 @@ async def _reload(node: Node) -> bool:
             node.cluster.set_members(new.cluster.nodes)
     # What only a restart changes stays as it runs: the next reload is compared with what the node does, so a file
     # put back as it runs is no change (the parent keeps them so for the workers it starts later, too).
-    node.config = replace(new, **{name: getattr(node.config, name) for name in RESTART_ONLY})
+    node.config = new
     log.info("reloaded %s: %d sites", path, len(new.sites))
     return True
 

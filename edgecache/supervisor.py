@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -38,7 +38,7 @@ from edgecache.accesslog import check_writable
 from edgecache.config import Config, load
 from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
-from edgecache.lifecycle import HELD, RESTART_ONLY, Reason
+from edgecache.lifecycle import HELD, Reason, as_running
 from edgecache.listeners import Bound, bind_listeners, check_free, close
 from edgecache.readoff import READ_SECONDS
 from edgecache.readoff import start as read_off
@@ -479,4 +479,4 @@ def reloaded(running: Config) -> Config:
             Contexts.of(new)
     except (ConfigError, OSError, ssl.SSLError, ValueError):
         return running
-    return replace(new, **{name: getattr(running, name) for name in RESTART_ONLY})
+    return as_running(new, running)

@@ -323,3 +323,31 @@ async def test_a_member_added_by_reload_is_used_once_its_checks_say_it_is_up(ori
         assert (status, data) == (200, body(after))
         assert (await c.get(s, n2, after))[2] == "edgecache; hit"
         assert origin.hits[after] == 1
+
+
+async def test_a_reload_that_drops_the_cluster_section_keeps_the_cluster_until_a_restart(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A node's file loses its [cluster] section (the node retired as a standalone one, or an edit gone wrong). Its
+    worker keeps its cluster view, forwarding to its peers, which only a restart stops; the reload took the rest
+    of the cluster away: its purges were applied on it alone, and its viewers were relayed the peer's purged copy."""
+    c = Cluster(origin, tmp_path)
+    n0, n1 = c.nodes[:2]
+    both = {0: 1.0, 1: 1.0}
+    async with contextlib.AsyncExitStack() as stack:
+        s = await stack.enter_async_context(aiohttp.ClientSession())
+        for node in (n0, n1):
+            await c.start(stack, node, both)
+        path = owned(n1, "/alone/")
+        origin.put(path, OLD, etag='"old"')
+        assert (await c.get(s, n0, path))[:2] == (200, OLD)  # stored on node1, its owner
+        text = c.config(n0, both)
+        alone = text[: text.index("[cluster]")] + text[text.index("[[sites]]") :]
+        said = await c.reload(n0, both, alone)
+        assert RELOADED in said
+        assert n0.count(b"reload: cluster (from a cluster to none) changed in") == 1
+        origin.put(path, NEW, etag='"new"')
+        answer = await purge(s, n0, path)
+        assert (answer["confirmed"], answer["failed"]) == (2, [])
+        assert (await c.get(s, n0, path))[:2] == (200, NEW)
+        assert (await c.get(s, n1, path))[:2] == (200, NEW)
