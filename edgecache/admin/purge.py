@@ -157,7 +157,7 @@ def _applied_by(view: ClusterView, entry: Entry, passed_on: bool, confirmed: lis
     if passed_on:
         confirmed = [*confirmed, entry.origin.rpartition("~")[0]]
     for peer in confirmed:
-        if peer != view.self_id:
+        if peer != view.self_id and peer in view.health:  # an outsider (_peers) is never forwarded to: not kept
             view.peer_applied(peer, entry.origin, entry.seq)
 
 
