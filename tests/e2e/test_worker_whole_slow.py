@@ -18,17 +18,37 @@ from tests.origin import Origin
 PIECE = 128 * 1024
 FIRST = MiB + MiB // 2  # the first slice, and half the next, before the origin slows down
 PIECES = (len(BODY) - FIRST) // PIECE
-# The node's cache.lease in the tests whose origin is paced in leases: what they assert holds for any lease that
-# outlasts the test's own steps before the origin goes on (b_waits_for_a, about a second), and at the default's
-# 10 s they waited 15 s and 13 s for the origin.
+# The node's cache.lease in the tests whose origin is paced in leases: what they assert holds for any lease well
+# over KEEP, the origin's pace while the test's own steps run (kept_live), and at the default's 10 s they waited
+# 15 s and 13 s for the origin.
 LEASE = 4.0
 # Between two pieces of the slow part: it lasts longer than a lease, each pause well within the read timeout.
 PAUSE = 1.5 * LEASE / PIECES
+# Between two bytes while the origin holds for the test's steps (kept_live): well within a lease.
+KEEP = LEASE / 8
+
+
+async def kept_live(resp: web.StreamResponse, body: bytes, at: int, go: asyncio.Event) -> int:
+    """Until `go` is set, a byte of `body` from `at` each KEEP (a slow origin, not a synchronisation); where it got.
+
+    The holder's lease lasts a lease past the last bytes it received (proxy.revalidating.held_on): an origin silent
+    for longer is one a lease's expiry hands to another worker, which then asks it too. Silent while the test's steps
+    ran (b_waits_for_a: about a second, longer than LEASE on a loaded machine), the other worker fetched a copy of
+    its own (2 origin requests; with the steps made 4.5 s longer by hand, both lease-long tests failed so)."""
+    while True:
+        try:
+            async with asyncio.timeout(KEEP):
+                await go.wait()
+            return at
+        except TimeoutError:
+            await resp.write(body[at : at + 1])
+            at += 1
 
 
 def slow_after(origin: Origin, path: str, go: asyncio.Event) -> None:
-    """The origin's first answer for `path`: FIRST bytes, then, once `go` is set, the rest a PIECE each PAUSE (a
-    slow origin, not a synchronisation: the fill outlasts its lease however fast the node is)."""
+    """The origin's first answer for `path`: FIRST bytes, a byte each KEEP until `go` is set (kept_live), then the
+    rest a PIECE each PAUSE (a slow origin, not a synchronisation: the fill outlasts its lease however fast the node
+    is)."""
 
     async def slow(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
         if request.path != path or origin.hits[path] > 1:
@@ -37,8 +57,8 @@ def slow_after(origin: Origin, path: str, go: asyncio.Event) -> None:
         resp.content_length = len(BODY)
         await resp.prepare(request)
         await resp.write(BODY[:FIRST])
-        await go.wait()
-        for at in range(FIRST, len(BODY), PIECE):
+        held = await kept_live(resp, BODY, FIRST, go)
+        for at in range(held, len(BODY), PIECE):
             await asyncio.sleep(PAUSE)
             await resp.write(BODY[at : at + PIECE])
         await resp.write_eof()
@@ -76,8 +96,8 @@ TRICKLE_PAUSE = 0.08 * LEASE
 
 
 def trickled(origin: Origin, path: str, go: asyncio.Event) -> None:
-    """The origin's first answer for `path`: FIRST bytes, then, once `go` is set, the rest of slice 1 a TRICKLE
-    each TRICKLE_PAUSE (a paced origin, not a synchronisation), then the rest of the body at once."""
+    """The origin's first answer for `path`: FIRST bytes, a byte each KEEP until `go` is set (kept_live), then the
+    rest of slice 1 a TRICKLE each TRICKLE_PAUSE (a paced origin, not a synchronisation), then the rest at once."""
 
     async def slow(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
         if request.path != path or origin.hits[path] > 1:
@@ -86,10 +106,10 @@ def trickled(origin: Origin, path: str, go: asyncio.Event) -> None:
         resp.content_length = len(BODY)
         await resp.prepare(request)
         await resp.write(BODY[:FIRST])
-        await go.wait()
-        for at in range(FIRST, 2 * MiB, TRICKLE):
+        held = await kept_live(resp, BODY, FIRST, go)
+        for at in range(held, 2 * MiB, TRICKLE):
             await asyncio.sleep(TRICKLE_PAUSE)
-            await resp.write(BODY[at : at + TRICKLE])
+            await resp.write(BODY[at : min(at + TRICKLE, 2 * MiB)])
         await resp.write(BODY[2 * MiB :])
         await resp.write_eof()
         return resp
