@@ -97,7 +97,7 @@ async def read_slice(
                 continue
             if started is None:  # another worker process is fetching this slice: read it when it lands
                 metrics.collapsed(metrics.SOURCES.get())
-                await engine.store.wait_for_peer(req.entry_key, meta, index, engine.store.lease_seconds)
+                await engine.store.wait_for_peer(req.entry_key, meta, index, None)  # while its fill renews the lease
                 continue
             fill = started  # the request's miss is counted once, by its cause, when it ends (observe.finish)
         _joined(fill, own)

@@ -200,21 +200,27 @@ def _heading_here(fills: FillRegistry, fill: Fill) -> bool:
 
 
 async def held_on(store: Store, fill: Fill) -> None:
-    """A fill that holds the entry's lease to its end (holds_to_the_end) received bytes, or stored a slice: the
-    lease is held LEASE_SECONDS from now, at most once every RENEW_SECONDS (a disk write each, not one a chunk).
+    """A fill received bytes, or stored a slice: the leases it holds on what it is still bringing, the entry's to its
+    end (holds_to_the_end) and those of the slices it has not completed, are held LEASE_SECONDS from now, at most once
+    every RENEW_SECONDS (a disk write each, not one a chunk).
+
+    A slice's lease, taken once for LEASE_SECONDS, expired under an origin slower than that run of slices a lease,
+    though its fill was alive and receiving them: the reader in another worker that waited for the slice then leased
+    it and asked the origin too (tests/e2e/test_worker_slice_slow: 2 origin requests).
 
     Taken once for LEASE_SECONDS, it expired under a body that took longer to come, and a reader in another worker
     (whole_by_another_worker) took that for the fill's end: it fetched a copy of its own and cut its answer midway,
     another copy's bytes being no part of it (tests/e2e/test_worker_whole_slow). Renewed only per slice stored, it
     still expired under an origin slower than a slice a lease (1 MiB in 10 s: 100 KiB/s). Still bounded: the lease
     goes LEASE_SECONDS after the last bytes came, and with its holder's process."""
-    lease = fill.leases.get(REVALIDATING)
-    if lease is None:
-        return
     now = time.monotonic()
-    if now >= fill.renew_at:
-        fill.renew_at = now + RENEW_SECONDS
-        await store.renew(lease, _owner(fill), store.lease_seconds)
+    if not fill.leases or now < fill.renew_at:
+        return
+    fill.renew_at = now + RENEW_SECONDS
+    if (lease := fill.leases.get(REVALIDATING)) is not None:
+        await store.renew([lease], _owner(fill), store.lease_seconds)
+    if slices := [name for i, name in fill.leases.items() if i != REVALIDATING and not fill.completed(i)]:
+        await store.renew(slices, "", store.lease_seconds)  # taken by the process (Leases.lease_run): no owner
 
 
 def holds_to_the_end(head: FillHead) -> bool:

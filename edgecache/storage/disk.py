@@ -433,13 +433,13 @@ class DiskTier:
 
         await self._run(drop)
 
-    async def renew(self, lease: str, owner: str, seconds: float) -> None:
-        """Hold `lease` `seconds` from now if the take of `owner` (lease()) holds it still: never one let go, or
-        one that expired and was taken since (a take the lease's time outlived goes on without it)."""
+    async def renew(self, leases: list[str], owner: str, seconds: float) -> None:
+        """Hold each of `leases` `seconds` from now that the take of `owner` (lease()) holds still: never one let go,
+        or one that expired and was taken since (a take the lease's time outlived goes on without it)."""
 
         def extend() -> None:
             with self._slice_disk.transaction(self._cache):
-                if self._cache.get(lease, None, retry=True) == _holder(owner):
+                for lease in (x for x in leases if self._cache.get(x, None, retry=True) == _holder(owner)):
                     self._cache.set(lease, _holder(owner), expire=seconds, retry=True)
 
         await self._run(extend)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import sqlite3
@@ -212,8 +213,9 @@ class Disks:
     async def let_go(self, lease: str, owner: str, mark: float = 0.0) -> None:
         await self._on(lease, "write", lambda t: t.let_go(lease, owner, mark))
 
-    async def renew(self, lease: str, owner: str, seconds: float) -> None:
-        await self._on(lease, "write", lambda t: t.renew(lease, owner, seconds))
+    async def renew(self, leases: list[str], owner: str, seconds: float) -> None:
+        for run in self._runs(leases):  # (one transaction a disk)
+            await self._on(run[0], "write", functools.partial(DiskTier.renew, leases=run, owner=owner, seconds=seconds))
 
     def note_hit(self, key: str) -> None:
         """A hit the Store served from a file it holds open: counted for its disk's eviction index (no I/O)."""

@@ -86,10 +86,10 @@ class Leases:
         with contextlib.suppress(StorageError):
             await self.disk.let_go(lease, owner, UNSTORED_SECONDS if unstored else 0.0)
 
-    async def renew(self, lease: str, owner: str, seconds: float) -> None:
-        """Hold `lease` `seconds` from now, if the take `owner` holds it still (storage.disk.DiskTier.renew)."""
+    async def renew(self, leases: list[str], owner: str, seconds: float) -> None:
+        """Hold `leases` `seconds` from now, those the take `owner` holds still (storage.disk.DiskTier.renew)."""
         with contextlib.suppress(StorageError):
-            await self.disk.renew(lease, owner, seconds)
+            await self.disk.renew(leases, owner, seconds)
 
     async def lease_held(self, lease: str) -> bool:
         """Is `lease` held now, by a process alive (storage.disk)? False when no disk can tell: nobody to wait for."""
@@ -99,10 +99,13 @@ class Leases:
             return False
 
     async def wait_for_peer(
-        self, entry_key: str, meta: ObjectMeta, index: int, seconds: float, lease: str | None = None
+        self, entry_key: str, meta: ObjectMeta, index: int, seconds: float | None, lease: str | None = None
     ) -> None:
-        """Until another worker's fill of this slice is on disk, its lease is gone (it failed), or `seconds`.
-        `lease`: the fill's, when it is not the slice's (a copy stored only whole holds the entry's to its end)."""
+        """Until another worker's fill of this slice is on disk, its lease is gone (it failed, or its holder died or
+        received nothing for a lease: proxy.revalidating.held_on renews it as bytes come), or `seconds` (None: no
+        bound but the lease's: a reader bounded by one lease of its own asked the origin for a slice its live fill was
+        still bringing). `lease`: the fill's, when it is not the slice's (a copy stored only whole holds the entry's
+        to its end)."""
         name = slice_name(entry_key, meta.slice_version, index)
         await self._poll([name, lease or lease_name(name)], seconds)
 
@@ -110,7 +113,7 @@ class Leases:
         """Until `lease` is let go (or its holder is gone), or `seconds`."""
         await self._poll([lease], seconds)
 
-    async def _poll(self, names: list[str], seconds: float) -> None:
+    async def _poll(self, names: list[str], seconds: float | None) -> None:
         """Until the first of `names` (a value) is on disk or the last (its lease) is not held, or `seconds`.
 
         Worker processes share nothing but the disk, so this polls it, as nginx's cache lock does."""
