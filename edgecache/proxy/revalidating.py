@@ -15,8 +15,8 @@ is gone (storage.disk), and it expires: nobody waits on a dead worker, nor for l
 origin (then it asks itself). The holder lets go once its head is stored or judged not storable (Engine._take_head):
 then a miss's waiter finds nothing stored and asks the origin itself, at once; told so by a mark the holder leaves
 (let_go_at_head), it does not take the lease for its own request, and no worker waits on one while the mark is
-fresh. A copy stored only whole is held until its body is stored (holds_to_the_end): its waiter answers from it
-complete, or asks once it was cut or purged (let_go_if_purged).
+fresh. A copy stored only whole is held until its body is stored (holds_to_the_end): its waiter reads it as it lands
+(whole_by_another_worker), or asks once it was cut or purged (let_go_if_purged).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ async def by_another_worker(
     for attempt in range(waits + 1):
         ours = await store.lease_revalidation(req.entry_key, _owner(fill), seconds)
         stored = await store.meta_on_disk(req.entry_key)
-        if stored is not None and await _answers(store, stored, validate, req, fill.asked_at):
+        if stored is not None and await _answers(store, stored, validate, req, fill.asked_at, not ours):
             if ours:
                 await store.let_go(lease, _owner(fill))
             fills.remove(fill)  # a 304 brings no bytes to join (Engine._take_head)
@@ -226,31 +226,36 @@ async def held_on(store: Store, fill: Fill) -> None:
 def holds_to_the_end(head: FillHead) -> bool:
     """Does a fill whose head is `head` keep the entry's lease until its body is stored (Engine._let_go_stored),
     not only until its head is? A copy stored only whole (no validator, or not a 200: a cached 404, a 301) is taken
-    by another worker only once complete (_complete): let go at the head, the waiter found it still being written
-    and asked the origin too, after a whole first-byte time of waiting. nginx's proxy_cache_lock waits for the
-    whole response likewise. A fill that fails or is cut lets go at once (Engine._run_fill)."""
+    by another worker only once complete, or while its writer holds the lease (_complete): let go at the head, the
+    waiter found it still being written and asked the origin too, after a whole first-byte time of waiting.
+    nginx's proxy_cache_lock waits for the whole response likewise. A fill that fails or is cut lets go at once
+    (Engine._run_fill)."""
     return head.store and head.meta.whole and head.status != 304
 
 
 async def _answers(
-    store: Store, stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float
+    store: Store, stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float, others: bool
 ) -> bool:
-    """May what the disk holds answer the fill's request (a copy stored only whole, once complete: _complete)?"""
+    """May what the disk holds answer the fill's request (a copy stored only whole, once complete or while another
+    take of the lease writes it: _complete)? `others`: the lease is another's, not this fill's."""
     now = time.time()
     if validate is not None:
         answers = revalidated_since(stored, validate, req.headers, req.policy, req.soft_before, asked_at, now)
     else:
         answers = answered_since(stored, req.headers, req.policy, req.soft_before, asked_at, now)
-    return answers and await _complete(store, stored, req)
+    return answers and await _complete(store, stored, req, others)
 
 
-async def _complete(store: Store, stored: ObjectMeta, req: FillRequest) -> bool:
-    """Is every slice of a copy stored only whole in the store? One still being written is not taken: its slices
-    are read from no fill of this worker, and a reader missing one fetches the whole object again (nothing proves
-    two fetches of it the same bytes). A copy fetched by slice is taken at once: its missing slices are leased by
-    the fill bringing them (proxy.leasing), and read as they land."""
+async def _complete(store: Store, stored: ObjectMeta, req: FillRequest, others: bool) -> bool:
+    """Is every slice of a copy stored only whole in the store, or is another take of the lease (`others`) still
+    writing it (being_written)? Then its slices are read as they land (whole_by_another_worker), as by a request
+    that came after its head. Not taken then, the copy was waited for one lease at most (the writer holds the lease
+    to its body's end), and a body slower than that was fetched again (tests/e2e/test_worker_whole_slow). A copy
+    fetched by slice is taken at once: its missing slices are leased by the fill bringing them (proxy.leasing)."""
     if not stored.whole:
         return True
     if stored.length < 0:
         return False
+    if others and await being_written(store, req, stored):
+        return True
     return not await store.missing(req.entry_key, stored, list(range(stored.slice_count)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from edgecache.storage.leases import LEASE_SECONDS
@@ -225,4 +226,59 @@ async def test_a_whole_copy_being_written_is_read_by_the_other_workers_full_hand
         async with asyncio.timeout(30):
             answers = await asyncio.gather(first, second)
         assert [(status, data == BODY) for status, _, data in answers] == [(200, True), (200, True)]
+        assert origin.hits["/p.bin"] == 1
+
+
+def headed_after(origin: Origin, path: str, go: asyncio.Event) -> None:
+    """The origin's first answer for `path` waits for `go` before its head; then FIRST bytes, and the rest a PIECE
+    each PAUSE (a slow origin: its body takes longer than a lease to come)."""
+
+    async def slow(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
+        if request.path != path or origin.hits[path] > 1:
+            return None
+        await go.wait()
+        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600"})
+        resp.content_length = len(BODY)
+        await resp.prepare(request)
+        await resp.write(BODY[:FIRST])
+        for at in range(FIRST, len(BODY), PIECE):
+            await asyncio.sleep(PAUSE)
+            await resp.write(BODY[at : at + PIECE])
+        await resp.write_eof()
+        return resp
+
+    origin.on_request = slow
+
+
+@pytest.mark.parametrize("extra", ["", "Connection: X-Player\r\nX-Player: 1\r\n"], ids=["fast", "full"])
+async def test_a_miss_waiting_for_another_workers_head_reads_its_whole_copy_as_it_is_written(
+    origin: Origin, tmp_path: Path, extra: str
+) -> None:
+    """Worker B misses the object while A's origin request waits for its head (B waits for A's answer: a collapsed
+    wait); the answer is a copy stored only whole whose body takes longer than a lease. Both answers whole and
+    exact, one origin request. Before, B waited for A's lease at most one lease: A holds it to its body's end
+    (revalidating.holds_to_the_end), and B, its wait over, asked the origin for a copy of its own (2 origin
+    requests, each worker writing a copy over the other's), as a request that came after A's head never does.
+    `extra`: B's request as the fast path answers it, or as it leaves it to aiohttp (a Connection field naming
+    another)."""
+    origin.put("/warm", BODY[:1000])
+    origin.put("/p.bin", BODY, etag=None, last_modified=None)
+    go = asyncio.Event()
+    headed_after(origin, "/p.bin", go)
+    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1, lease=LEASE) as (admin, s, [(a, b)]):
+        try:
+            waits = await collapsed(s, admin)
+            first = asyncio.ensure_future(a.get("/p.bin"))
+            async with asyncio.timeout(20):
+                while origin.hits["/p.bin"] == 0:  # noqa: ASYNC110 (another process: polled)
+                    await asyncio.sleep(0.02)
+                second = asyncio.ensure_future(b.get("/p.bin", extra))
+                while await collapsed(s, admin) == waits and origin.hits["/p.bin"] == 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+        finally:
+            go.set()
+        async with asyncio.timeout(40):
+            answers = await asyncio.gather(first, second, return_exceptions=True)
+        got = [a if isinstance(a, BaseException) else (a[0], len(a[2]), a[2] == BODY) for a in answers]
+        assert got == [(200, len(BODY), True), (200, len(BODY), True)]
         assert origin.hits["/p.bin"] == 1
