@@ -636,6 +636,25 @@ async def test_every_worker_of_a_returning_node_serves_only_post_purge_bytes(ori
             assert origin.hits[path] == 2
 
 
+async def caught_up_with(proc: asyncio.subprocess.Process, peer: str) -> None:
+    """Until each of the node's two workers has seen `peer` up and caught up with its purge log since (its log).
+
+    A worker that sees a peer come up may have missed purges the peer took, and revalidates what it stored before
+    (PurgeSync._peer_changed): seen up after the node stored a copy, the next request to it asked the origin again.
+    Under load the owner saw its peer up 5.6 s after both had started, after its first GET (2 origin hits)."""
+    assert proc.stderr is not None
+    up: set[bytes] = set()
+    caught_up: set[bytes] = set()
+    while caught_up != {b"w0", b"w1"}:
+        line = await asyncio.wait_for(proc.stderr.readline(), WAIT)
+        assert line, "edgecache exited early"
+        worker = line.split()[2]  # "date time wN LEVEL logger: message" (server.py)
+        if f"peer {peer} is up".encode() in line:
+            up.add(worker)
+        elif b"purge log: caught up" in line and worker in up:
+            caught_up.add(worker)
+
+
 async def test_a_node_paused_while_a_purge_was_made_never_serves_the_purged_bytes(
     origin: Origin, tmp_path: Path
 ) -> None:
@@ -653,6 +672,7 @@ async def test_a_node_paused_while_a_purge_was_made_never_serves_the_purged_byte
         edge_process("serve", "--config", configs[y], ready=ready),
         aiohttp.ClientSession() as s,
     ):
+        await caught_up_with(proc, f"node{y}")
         for _ in range(8):
             async with s.get(f"http://127.0.0.1:{ports[x]}{path}", headers=headers) as r:
                 assert (r.status, await r.read()) == (200, OLD)
