@@ -61,7 +61,7 @@ async def by_another_worker(
     for attempt in range(waits + 1):
         ours = await store.lease_revalidation(req.entry_key, _owner(fill), seconds)
         stored = await store.meta_on_disk(req.entry_key)
-        if stored is not None and await _answers(store, stored, validate, req, fill.asked_at, not ours):
+        if stored is not None and await _answers(store, stored, validate, req, fill, not ours):
             if ours:
                 await store.let_go(lease, _owner(fill))
             fills.remove(fill)  # a 304 brings no bytes to join (Engine._take_head)
@@ -234,28 +234,32 @@ def holds_to_the_end(head: FillHead) -> bool:
 
 
 async def _answers(
-    store: Store, stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, asked_at: float, others: bool
+    store: Store, stored: ObjectMeta, validate: ObjectMeta | None, req: FillRequest, fill: Fill, others: bool
 ) -> bool:
     """May what the disk holds answer the fill's request (a copy stored only whole, once complete or while another
     take of the lease writes it: _complete)? `others`: the lease is another's, not this fill's."""
     now = time.time()
     if validate is not None:
-        answers = revalidated_since(stored, validate, req.headers, req.policy, req.soft_before, asked_at, now)
+        answers = revalidated_since(stored, validate, req.headers, req.policy, req.soft_before, fill.asked_at, now)
     else:
-        answers = answered_since(stored, req.headers, req.policy, req.soft_before, asked_at, now)
-    return answers and await _complete(store, stored, req, others)
+        answers = answered_since(stored, req.headers, req.policy, req.soft_before, fill.asked_at, now)
+    return answers and await _complete(store, stored, req, fill, others)
 
 
-async def _complete(store: Store, stored: ObjectMeta, req: FillRequest, others: bool) -> bool:
-    """Is every slice of a copy stored only whole in the store, or is another take of the lease (`others`) still
-    writing it (being_written)? Then its slices are read as they land (whole_by_another_worker), as by a request
-    that came after its head. Not taken then, the copy was waited for one lease at most (the writer holds the lease
-    to its body's end), and a body slower than that was fetched again (tests/e2e/test_worker_whole_slow). A copy
-    fetched by slice is taken at once: its missing slices are leased by the fill bringing them (proxy.leasing)."""
+async def _complete(store: Store, stored: ObjectMeta, req: FillRequest, fill: Fill, others: bool) -> bool:
+    """Is every slice of a copy stored only whole that the fill was started for in the store (a range's: its
+    slices; the copy's first fill may have been a range's, which holds those alone, and a later range within them is
+    answered from it), or is another take of the lease (`others`) still writing it (being_written)? Then its slices
+    are read as they land (whole_by_another_worker), as by a request that came after its head. Not taken then, the
+    copy was waited for one lease at most (the writer holds the lease to its body's end), and a body slower than
+    that was fetched again (tests/e2e/test_worker_whole_slow); and a range missed by two workers at once was
+    fetched by each (tests/e2e/test_worker_range_unversioned). A copy fetched by slice is taken at once: its
+    missing slices are leased by the fill bringing them (proxy.leasing)."""
     if not stored.whole:
         return True
     if stored.length < 0:
         return False
     if others and await being_written(store, req, stored):
         return True
-    return not await store.missing(req.entry_key, stored, list(range(stored.slice_count)))
+    last = stored.slice_count - 1 if fill.last_index is None else min(fill.last_index, stored.slice_count - 1)
+    return not await store.missing(req.entry_key, stored, list(range(fill.first_index, last + 1)))
