@@ -346,6 +346,9 @@ DISK_CORRUPT = _counter(
 REJECTED_CONNECTIONS = _counter(
     "edgecache_rejected_connections_total", "Connections answered 503 at once: max_connections were open"
 )
+SHED_REQUESTS = _counter(
+    "edgecache_shed_requests_total", "Requests answered 503 at once: max_requests were in flight (server.max_requests)"
+)
 # The load the worker's limits judge, sampled every cache.stats_interval (FastServer.sample), never counted again on
 # the hot path: the gauges are the very counts the door (max_connections) and the 503 past max_requests read.
 CLIENT_CONNECTIONS = Gauge(

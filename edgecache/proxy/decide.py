@@ -362,7 +362,10 @@ class Decider:
         """admit.OVERLOADED for a head the fast path could answer otherwise, as the full handler answers it before
         any work; None for one it leaves to aiohttp."""
         refused, _, keep_alive = self._parse(head, "", overloaded=True)
-        return replace(refused, keep_alive=keep_alive) if isinstance(refused, Refused) else None
+        if not isinstance(refused, Refused):
+            return None
+        metrics.SHED_REQUESTS.inc()
+        return replace(refused, keep_alive=keep_alive)
 
     def _parse(
         self,

@@ -89,6 +89,7 @@ class EdgeHandler:
         observe.WRITE_TIMEOUT.set(self.shared.write_timeout)
         resp: web.StreamResponse | None = None
         if self.shared.overloaded:
+            metrics.SHED_REQUESTS.inc()
             observe.mark(request, CacheStatus.ERROR)
             resp = error_response(admit.OVERLOADED.status, admit.OVERLOADED.reason)
             observe.finish(request, resp, self.shared.access, self.shared.node)

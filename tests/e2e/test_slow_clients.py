@@ -74,7 +74,11 @@ async def test_overload_answers_503_with_retry_after(origin: Origin, tmp_path: P
         assert origin.hits["/held?n=3"] == 0
 
 
-async def overloaded(origin: Origin, tmp_path: Path, fast: bool) -> tuple[bytes, list[str], float]:
+def shed() -> float:
+    return sample_value("edgecache_shed_requests_total") or 0.0
+
+
+async def overloaded(origin: Origin, tmp_path: Path, fast: bool) -> tuple[bytes, list[str], float, float]:
     """Two misses held at the origin on a node that takes two at once; then a hit, a miss and a HEAD pipelined on
     one connection. What that connection got (Date masked), the log lines, and the hand-offs meanwhile."""
     log = tmp_path / f"{fast}.log"
@@ -86,7 +90,7 @@ async def overloaded(origin: Origin, tmp_path: Path, fast: bool) -> tuple[bytes,
         origin.gate = asyncio.Event()
         held = [asyncio.ensure_future(edge.get(f"/held?n={i}")) for i in range(2)]
         await origin.wait_for_requests(3)  # both in flight, held at the origin
-        before = fast_path_outcomes()["handed_off"]
+        before, shed_before = fast_path_outcomes()["handed_off"], shed()
         reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
         asked = [
             f"{m} {p} HTTP/1.1\r\nHost: video.test\r\n" for m, p in (("GET", "/hit"), ("GET", "/x"), ("HEAD", "/x"))
@@ -95,12 +99,12 @@ async def overloaded(origin: Origin, tmp_path: Path, fast: bool) -> tuple[bytes,
         async with asyncio.timeout(10):
             got = await reader.read(-1)
         writer.close()
-        handed_off = fast_path_outcomes()["handed_off"] - before
+        handed_off, shed_now = fast_path_outcomes()["handed_off"] - before, shed() - shed_before
         origin.gate.set()
         assert [r[0] for r in await asyncio.gather(*held)] == [200, 200]
     lines = [json.loads(x) for x in log.read_bytes().splitlines()]
     logged = [f"{x['method']} {x['host']} {x['path']} {x['status']} {x['cache']} {x['bytes']}" for x in lines]
-    return re.sub(rb"\r\nDate: [^\r]*", b"", got), logged, handed_off
+    return re.sub(rb"\r\nDate: [^\r]*", b"", got), logged, handed_off, shed_now
 
 
 async def test_overload_is_shed_on_the_fast_path_as_the_full_handler_sheds_it(origin: Origin, tmp_path: Path) -> None:
@@ -108,9 +112,10 @@ async def test_overload_is_shed_on_the_fast_path_as_the_full_handler_sheds_it(or
     the full handler's bytes and log lines; and the connection is kept until the client closes it."""
     origin.put("/hit", b"cached")
     origin.put("/held", b"h")
-    fast, fast_log, handed_off = await overloaded(origin, tmp_path, True)
-    full, full_log, _ = await overloaded(origin, tmp_path, False)
+    fast, fast_log, handed_off, fast_shed = await overloaded(origin, tmp_path, True)
+    full, full_log, _, full_shed = await overloaded(origin, tmp_path, False)
     assert fast == full
+    assert (fast_shed, full_shed) == (3, 3)  # edgecache_shed_requests_total, once each
     assert sorted(fast_log) == sorted(full_log)  # the held two end in either order
     assert handed_off == 0
     answer = b"HTTP/1.1 503 Service Unavailable\r\n"
