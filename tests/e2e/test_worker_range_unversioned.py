@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.e2e.test_worker_revalidation import collapsed, each_worker
+from tests.e2e.test_worker_revalidation import b_waits_on_a, each_worker
 from tests.e2e.test_worker_whole_copy import BODY
 from tests.origin import Origin
 
@@ -40,18 +40,10 @@ async def test_the_same_range_of_an_unversioned_object_missed_by_two_workers_is_
     head_held(origin, "/u.bin", go)
     rng = "Range: bytes=0-999\r\n"
     async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
-        try:
-            waits = await collapsed(s, admin)
-            first = asyncio.ensure_future(a.get("/u.bin", rng))
-            async with asyncio.timeout(20):
-                while origin.hits["/u.bin"] == 0:  # noqa: ASYNC110 (another process: polled)
-                    await asyncio.sleep(0.02)
-                second = asyncio.ensure_future(b.get("/u.bin", rng + extra))
-                while await collapsed(s, admin) == waits and origin.hits["/u.bin"] == 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-        finally:
-            go.set()
-        async with asyncio.timeout(30):
-            answers = await asyncio.gather(first, second)
-        assert [(status, body == BODY[:1000]) for status, _, body in answers] == [(206, True), (206, True)]
+        asks = (lambda: a.get("/u.bin", rng), lambda: b.get("/u.bin", rng + extra))
+        answers = await b_waits_on_a(s, admin, origin, "/u.bin", asks, go)
+        assert [x if isinstance(x, BaseException) else (x[0], x[2] == BODY[:1000]) for x in answers] == [
+            (206, True),
+            (206, True),
+        ]
         assert origin.hits["/u.bin"] == 1

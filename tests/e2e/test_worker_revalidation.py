@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from tests.e2e.test_operations import metric
 from tests.e2e.test_watchdog import metrics_until
 from tests.e2e.test_workers import DATA, READY, MiB, two_workers
 from tests.origin import Origin
+
+Answer = tuple[int, dict[str, str], bytes]  # Conn.get's: status, fields, body
 
 BODY = bytes((i * 7 + i // 251) % 256 for i in range(300_000))
 LEFT = 3  # seconds of freshness each answer of the origin leaves (its Age against its max-age)
@@ -138,6 +140,33 @@ async def collapsed(s: aiohttp.ClientSession, admin: int) -> float:
     """The node's edgecache_collapsed_waits_total: requests that waited for another's origin request."""
     async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
         return metric(await r.text(), "edgecache_collapsed_waits_total")
+
+
+async def b_waits_on_a(
+    s: aiohttp.ClientSession,
+    admin: int,
+    origin: Origin,
+    path: str,
+    asks: tuple[Callable[[], Awaitable[Answer]], Callable[[], Awaitable[Answer]]],
+    go: asyncio.Event,
+    started: Callable[[], Awaitable[bool]] | None = None,
+) -> list[Answer | BaseException]:
+    """Worker A's request (asks[0]) until it reaches the origin for `path` (or `started` says it has begun), then
+    worker B's (asks[1]) until B waits on A's origin request (edgecache_collapsed_waits_total) or asks the origin
+    too; `go`, which releases the origin's answer to A, is set however that ends. Both answers, or their errors."""
+    waits = await collapsed(s, admin)
+    first = asyncio.ensure_future(asks[0]())
+    try:
+        async with asyncio.timeout(20):
+            while not (await started() if started is not None else origin.hits[path] > 0):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            second = asyncio.ensure_future(asks[1]())
+            while await collapsed(s, admin) == waits and origin.hits[path] == 1:  # noqa: ASYNC110 (another process)
+                await asyncio.sleep(0.02)
+    finally:
+        go.set()
+    async with asyncio.timeout(40):
+        return await asyncio.gather(first, second, return_exceptions=True)
 
 
 async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Origin, tmp_path: Path) -> None:

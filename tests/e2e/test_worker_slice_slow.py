@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.e2e.test_worker_revalidation import collapsed, each_worker
+from tests.e2e.test_worker_revalidation import b_waits_on_a, each_worker
 from tests.e2e.test_worker_whole_copy import BODY
 from tests.e2e.test_worker_whole_slow import LEASE, TRICKLE, TRICKLE_PAUSE, kept_live
 from tests.e2e.test_workers import MiB
@@ -58,19 +58,9 @@ async def test_a_slice_that_takes_longer_than_a_lease_to_come_is_fetched_once(or
     trickled_range(origin, "/s.bin", go)
     rng = "Range: bytes=1000-1999\r\n"
     async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1, lease=LEASE) as (admin, s, [(a, b)]):
-        try:
-            waits = await collapsed(s, admin)
-            first = asyncio.ensure_future(a.get("/s.bin", rng))
-            async with asyncio.timeout(20):
-                while origin.hits["/s.bin"] == 0:  # noqa: ASYNC110 (another process: polled)
-                    await asyncio.sleep(0.02)
-                second = asyncio.ensure_future(b.get("/s.bin", rng))
-                while await collapsed(s, admin) == waits and origin.hits["/s.bin"] == 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-        finally:
-            go.set()
-        async with asyncio.timeout(40):
-            answers = await asyncio.gather(first, second, return_exceptions=True)
+        answers = await b_waits_on_a(
+            s, admin, origin, "/s.bin", (lambda: a.get("/s.bin", rng), lambda: b.get("/s.bin", rng)), go
+        )
         got = [x if isinstance(x, BaseException) else (x[0], x[2] == BODY[1000:2000]) for x in answers]
         assert got == [(206, True), (206, True)]
         assert origin.hits["/s.bin"] == 1

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from edgecache.storage.leases import LEASE_SECONDS
-from tests.e2e.test_worker_revalidation import collapsed, each_worker
+from tests.e2e.test_worker_revalidation import b_waits_on_a, collapsed, each_worker
 from tests.e2e.test_worker_whole_copy import BODY, b_waits_for_a, memory_slices
 from tests.e2e.test_workers import MiB
 from tests.origin import Origin
@@ -212,20 +212,17 @@ async def test_a_whole_copy_being_written_is_read_by_the_other_workers_full_hand
     finish = asyncio.Event()
     held_at(origin, "/p.bin", [(MiB + MiB // 2, finish)])
     async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
-        try:
-            waits, slices = await collapsed(s, admin), await memory_slices(s, admin)
-            first = asyncio.ensure_future(a.get("/p.bin"))
-            async with asyncio.timeout(20):
-                while await memory_slices(s, admin) == slices:  # noqa: ASYNC110 (another process: polled)
-                    await asyncio.sleep(0.02)
-                second = asyncio.ensure_future(b.get("/p.bin", "Connection: X-Player\r\nX-Player: 1\r\n"))
-                while await collapsed(s, admin) == waits and origin.hits["/p.bin"] == 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-        finally:
-            finish.set()
-        async with asyncio.timeout(30):
-            answers = await asyncio.gather(first, second)
-        assert [(status, data == BODY) for status, _, data in answers] == [(200, True), (200, True)]
+        slices = await memory_slices(s, admin)
+
+        async def started() -> bool:
+            return await memory_slices(s, admin) != slices
+
+        asks = (lambda: a.get("/p.bin"), lambda: b.get("/p.bin", "Connection: X-Player\r\nX-Player: 1\r\n"))
+        answers = await b_waits_on_a(s, admin, origin, "/p.bin", asks, finish, started)
+        assert [x if isinstance(x, BaseException) else (x[0], x[2] == BODY) for x in answers] == [
+            (200, True),
+            (200, True),
+        ]
         assert origin.hits["/p.bin"] == 1
 
 
@@ -266,19 +263,9 @@ async def test_a_miss_waiting_for_another_workers_head_reads_its_whole_copy_as_i
     go = asyncio.Event()
     headed_after(origin, "/p.bin", go)
     async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1, lease=LEASE) as (admin, s, [(a, b)]):
-        try:
-            waits = await collapsed(s, admin)
-            first = asyncio.ensure_future(a.get("/p.bin"))
-            async with asyncio.timeout(20):
-                while origin.hits["/p.bin"] == 0:  # noqa: ASYNC110 (another process: polled)
-                    await asyncio.sleep(0.02)
-                second = asyncio.ensure_future(b.get("/p.bin", extra))
-                while await collapsed(s, admin) == waits and origin.hits["/p.bin"] == 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-        finally:
-            go.set()
-        async with asyncio.timeout(40):
-            answers = await asyncio.gather(first, second, return_exceptions=True)
+        answers = await b_waits_on_a(
+            s, admin, origin, "/p.bin", (lambda: a.get("/p.bin"), lambda: b.get("/p.bin", extra)), go
+        )
         got = [a if isinstance(a, BaseException) else (a[0], len(a[2]), a[2] == BODY) for a in answers]
         assert got == [(200, len(BODY), True), (200, len(BODY), True)]
         assert origin.hits["/p.bin"] == 1
