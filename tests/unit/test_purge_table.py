@@ -123,13 +123,19 @@ def test_the_log_stays_within_its_bound_and_reads_back(tmp_path: Path) -> None:
     assert PurgeLog(log.path).read() == table
 
 
-def test_every_site_has_its_share_and_all_sites_together_a_ceiling() -> None:
-    """A share a site (a provider's purges never crowd out another's), and a ceiling of ten shares for the node:
-    every worker holds the table, and a share a site alone would let a node of many sites hold millions."""
+def ten_sites_of_three() -> PurgeTable:
+    """Three directory marks for each of ten sites, at a share of 3 a site: the table at its ceiling of all sites."""
     table = PurgeTable()
     for site in range(10):
         for i in range(3):
             table = table.purged((f"s{site}", "h", f"/d{i}/"), f"g{i}", None, limit=3)
+    return table
+
+
+def test_every_site_has_its_share_and_all_sites_together_a_ceiling() -> None:
+    """A share a site (a provider's purges never crowd out another's), and a ceiling of ten shares for the node:
+    every worker holds the table, and a share a site alone would let a node of many sites hold millions."""
+    table = ten_sites_of_three()
     with pytest.raises(TableFull, match="of site 's0'"):
         table.purged(("s0", "h", "/d3/"), "g3", None, limit=3)
     with pytest.raises(TableFull, match="of all sites"):
@@ -144,10 +150,7 @@ def test_a_whole_site_is_purged_whatever_the_other_sites_hold() -> None:
     """Ten sites' directories (one provider's ten sites, or ten providers) filled the ceiling, and then another
     provider's purge of its own whole site was refused too: the one purge the error's advice names, and the one a
     takedown needs. It adds one mark a site at most, and a soft one as a hard one."""
-    table = PurgeTable()
-    for site in range(10):
-        for i in range(3):
-            table = table.purged((f"s{site}", "h", f"/d{i}/"), f"g{i}", None, limit=3)
+    table = ten_sites_of_three()
     with pytest.raises(TableFull, match="of all sites"):
         table.purged(("s10", "h", "/d0/"), "g0", None, limit=3)
     hard = table.purged(("s10", "", ""), "all", None, limit=3)
