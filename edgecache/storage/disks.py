@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import logging
 import os
 import sqlite3
@@ -33,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
@@ -214,8 +214,8 @@ class Disks:
         await self._on(lease, "write", lambda t: t.let_go(lease, owner, mark))
 
     async def renew(self, leases: list[str], owner: str, seconds: float) -> None:
-        for run in self._runs(leases):  # (one transaction a disk)
-            await self._on(run[0], "write", functools.partial(DiskTier.renew, leases=run, owner=owner, seconds=seconds))
+        for run in self._runs([n for n in leases if self._slots[self.home(n)].up]):  # (one transaction a disk)
+            await self._on(run[0], "write", partial(DiskTier.renew, leases=run, owner=owner, seconds=seconds))
 
     def note_hit(self, key: str) -> None:
         """A hit the Store served from a file it holds open: counted for its disk's eviction index (no I/O)."""

@@ -8,6 +8,7 @@ import errno
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -473,5 +474,24 @@ async def test_a_lease_let_go_with_a_mark_is_not_taken_until_the_mark_expires(tm
             while await disks.lease([lease], 5, "b") == 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert await disks.contains([lease, "r:entry"]) == [True, False]
+    finally:
+        disks.close()
+
+
+async def test_leases_on_disks_in_service_are_renewed_past_one_out_of_service(tmp_path: Path) -> None:
+    """A fill renews the leases of the slices it is still bringing (revalidating.held_on), spread over the disks:
+    one run on a disk out of service ended the renewal, and the leases after it, on disks in service, expired under
+    a fill still bringing them (a reader in another worker then fetched those slices from the origin too)."""
+    disks = Disks.open_all(three(tmp_path), threads=1)
+    try:
+        names = [lease_name(f"s:{i}") for i in range(100)]
+        down = next(n for n in names if disks.home(n) == 0)
+        up = next(n for n in names if disks.home(n) == 1)
+        assert await disks.lease([up], 10.0) == 1
+        disks._slots[0].failed = "test"
+        await disks.renew([down, up], "", 1000.0)  # as Leases.renew: a disk out of service is no error here
+        cache: Any = disks._slots[1].tier._cache  # type: ignore[union-attr]
+        _, expires = cache.get(up, expire_time=True)
+        assert expires - time.time() > 500  # renewed for 1000 s, not left at the 10 it was taken for
     finally:
         disks.close()
