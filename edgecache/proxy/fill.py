@@ -43,6 +43,7 @@ _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 WINDOW = 8
 UNKNOWN_WINDOW = 1
 PRIVATE_WINDOW = 0  # a private answer's fill reads ahead of its one client by two slices at most
+RENEW_SECONDS = 1.0  # a fill's leases are renewed at most this often as its bytes come (revalidating.held_on)
 
 
 class Released(Exception):
@@ -143,7 +144,7 @@ class Fill:
         # started it alone: true until it asks the origin (Engine._ask; who may join it: fillhead.answers).
         self.peer_first = False
         self.leases: dict[int, str] = {}  # slice index -> the lease a reader took for this fill to fetch it
-        self.renew_at = 0.0  # monotonic: when the entry's lease it holds to its end is next renewed (held_on)
+        self.renew_at = time.monotonic() + RENEW_SECONDS  # when its leases are next renewed: none just taken
         self._read_pos = 0
         # A fill of the whole object runs while a client reads it (Engine.unread): once one has read it, or the
         # request that started it has gone, it ends at the first slice boundary nobody reads past. Not a

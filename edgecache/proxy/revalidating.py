@@ -28,7 +28,7 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.freshness import BY_FIELDS, answered_since, revalidated_since
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy.fill import Fill, FillHead, FillRegistry
+from edgecache.proxy.fill import RENEW_SECONDS, Fill, FillHead, FillRegistry
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.storage.leases import REVALIDATING
 from edgecache.storage.store import Store
@@ -37,8 +37,6 @@ from edgecache.storage.store import Store
 # one this request may not use) before this one asks the origin anyway. A miss waits for one: nothing stored
 # after it means the answer was not storable (or failed), and each waiter then asks the origin.
 TRIES = 3
-# A whole copy's lease is renewed at most this often as its bytes come (held_on): well within a lease (cache.lease).
-RENEW_SECONDS = 1.0
 
 
 async def by_another_worker(
