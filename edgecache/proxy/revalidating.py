@@ -247,17 +247,19 @@ async def _answers(
 async def _complete(store: Store, stored: ObjectMeta, req: FillRequest, fill: Fill, others: bool) -> bool:
     """Is every slice of a copy stored only whole that the fill was started for in the store (a range's: its
     slices; the copy's first fill may have been a range's, which holds those alone, and a later range within them is
-    answered from it), or is another take of the lease (`others`) still writing it (being_written), a copy answered
-    since the fill asked? Then its slices are read as they land (whole_by_another_worker), as by a request that came
-    after its head. Not taken then, the copy was waited for one lease at most (the writer holds the lease to its
-    body's end), and a body slower than that was fetched again (tests/e2e/test_worker_whole_slow); and a range
-    missed by two workers at once was fetched by each (tests/e2e/test_worker_range_unversioned). A copy fetched by
-    slice is taken at once: its missing slices are leased by the fill bringing them (proxy.leasing)."""
+    answered from it), or, for a fill of the whole object, is another take of the lease (`others`) still writing it
+    (being_written), a copy answered since the fill asked? Then its slices are read as they land
+    (whole_by_another_worker), as by a request that came after its head. Not taken then, the copy was waited for
+    one lease at most (the writer holds the lease to its body's end), and a body slower than that was fetched again
+    (tests/e2e/test_worker_whole_slow); and a range missed by two workers at once was fetched by each
+    (tests/e2e/test_worker_range_unversioned). A copy fetched by slice is taken at once: its missing slices are
+    leased by the fill bringing them (proxy.leasing)."""
     if not stored.whole:
         return True
     if stored.length < 0:
         return False
-    if others and stored.response_time >= fill.asked_at and await being_written(store, req, stored):
+    whole = fill.last_index is None  # a range's writer brings its own slices alone (test_worker_range_elsewhere)
+    if others and whole and stored.response_time >= fill.asked_at and await being_written(store, req, stored):
         return True  # (answered after this fill asked: the holder's own answer, not an older copy it replaces)
     last = stored.slice_count - 1 if fill.last_index is None else min(fill.last_index, stored.slice_count - 1)
     return not await store.missing(req.entry_key, stored, list(range(fill.first_index, last + 1)))
