@@ -220,7 +220,7 @@ class ClusterView:
         now = time.monotonic()
         if now - self._refusals_logged >= _REFUSAL_LOG_EVERY:
             self._refusals_logged = now
-            log.warning("a request's %s field was not honoured (%s): served as a client's", hop.FIELD, verdict.reason)
+            log.warning("a request's %s field was not honoured (%s): taken as a client's", hop.FIELD, verdict.reason)
         return None
 
     def describe(self, key: str) -> list[dict[str, object]]:

@@ -198,7 +198,7 @@ def test_hops_not_honoured_are_logged_at_most_once_a_minute(caplog: pytest.LogCa
         assert all(view.honoured(["forged"], "GET", PRIMARY) is None for _ in range(1000))
         assert view.honoured([], "GET", PRIMARY) is None  # no field: a client's request, nothing to say
     assert [r.getMessage() for r in caplog.records] == [
-        "a request's Edgecache-Hop field was not honoured (malformed): served as a client's"
+        "a request's Edgecache-Hop field was not honoured (malformed): taken as a client's"
     ]
     assert view.honoured([good], "GET", PRIMARY) is None  # its time is long past
     now = Hop("n2", int(time.time()), "a-1", "127.0.0.2", True)
