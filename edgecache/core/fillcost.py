@@ -10,7 +10,7 @@ served.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from enum import StrEnum
 
 from edgecache.core import ranges
@@ -133,3 +133,16 @@ def stored_run(range_value: str | None, whole: bool, length: int, slice_size: in
     if isinstance(result, ranges.Multi):
         first = result.ranges[0].first
     return first // slice_size, first // slice_size
+
+
+def run_serves(versioned: bool, run: tuple[int, int | None], needed: Callable[[], tuple[int, int] | None]) -> bool:
+    """Whether a miss whose answer's body reads slices first..last (`needed()`, asked only if need be: it plans the
+    answer; None: it reads none) may be answered from a fill of the slices run[0]..run[1] (None: to the object's end),
+    its head in. A copy with a version may: a slice past the run is fetched by a fill of its own and proven the same
+    copy (its validator). One with none (entry.versioned) only within the run: any other fetch brings another copy,
+    met once the answer had begun (the head and the run's slices out, the rest never), so such a miss reads a fill of
+    the whole object instead."""
+    if versioned or run[1] is None:
+        return True
+    span = needed()
+    return span is None or (run[0] <= span[0] and span[1] <= run[1])

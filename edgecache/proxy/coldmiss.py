@@ -24,7 +24,7 @@ from edgecache.core.freshness import may_stand_in, never_stale
 from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, Overtaken, VersionChanged
-from edgecache.proxy import fillplan, observe, pastend, refuse, uncached
+from edgecache.proxy import fillplan, observe, pastend, refuse, uncached, wholefill
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead, unstored
 from edgecache.proxy.fillhead import RangeMismatch
@@ -54,6 +54,7 @@ class Started:
     stands_in: bool = False
     origin_ms: float | None = None  # how long the head took to come
     expected: Expected | None = None  # the request, as the fill's reader until it reads (proxy.expecting)
+    joined: bool = False  # it joined another request's fill before this one (_whole_instead): a collapsed wait
 
     def trace(self, status: CacheStatus, uncacheable: bool = False) -> observe.Trace:
         """The trace of the miss's answer written on the fast path (uncached, pastend), with the miss's cause noted
@@ -127,18 +128,20 @@ async def _head_in(conn: FastPath, started: Started) -> None:
 
 def settle(
     conn: FastPath, head: bytes, decided: Prepared | Load | Forward | None
-) -> Prepared | Pass | Written | Streamed | Again | None:
+) -> Prepared | Pass | Written | Streamed | Again | Waiting | None:
     """The answer to the head whose fill has its head now: a miss from what was stored; WRITTEN, answered here
     (the origin failed this request's own fill, with nothing stored to stand in, or its 416 tells a length the
     client's range is past the end of: proxy.pastend); STREAMED (an answer not stored, sent from the fill by a
     task); its pass-through (an answer the fill brings that it may not serve); AGAIN (the answer is another
-    variant's, or the revalidation met a new version: the head is decided again); or None, and the request goes to
-    the full handler with the fill it started (hand_off). A request that joined another's fill and is answered from
-    it is counted as the full handler counts it when it joins."""
+    variant's, or the revalidation met a new version: the head is decided again); WAITING (for the head of a fill of
+    the whole object: proxy.wholefill); or None, and the request goes to the full handler with the fill it started
+    (hand_off). A request that joined another's fill is counted as the full handler counts it when it joins."""
     started, conn.started = conn.started, None
     assert started is not None
     conn.loads = 0
     answer = _answered(conn, started, head, decided) if started.head == head else None
+    if isinstance(answer, Waiting):
+        return answer
     expected = started.expected
     if answer is None and started.ours:
         waited = started.origin_ms if _arrived(started.fill) is not None else None
@@ -150,7 +153,7 @@ def settle(
         answer.expected, expected = expected, None  # until its answer reads the fill (diskhit)
     elif isinstance(answer, Streamed):
         expected = None  # until its stream starts (uncached)
-    if answer is not None and not started.ours and not isinstance(answer, Again):
+    if answer is not None and (started.joined or not started.ours) and not isinstance(answer, Again):
         metrics.collapsed(None)  # its Sources, made for its body, start joined (diskhit._from_disk)
     if expected is not None:  # it reads the fill no more (a request that joined it joins again at the full handler)
         expected.release()
@@ -159,7 +162,7 @@ def settle(
 
 def _answered(
     conn: FastPath, started: Started, head: bytes, decided: Prepared | Load | Forward | None
-) -> Prepared | Pass | Written | Streamed | Again | None:
+) -> Prepared | Pass | Written | Streamed | Again | Waiting | None:
     """settle() for the head the fill was started for: the first of these ways the full handler would answer it."""
     if (stood := _stood_in(conn, started, head)) is not None:
         return stood
@@ -179,6 +182,8 @@ def _answered(
     fetched = _arrived(started.fill)
     if fetched is None:
         return None
+    if wholefill.needs_whole(started.fill, fetched, started.cold.method, started.cold.req.headers, _size(conn)):
+        return _whole_instead(conn, started, fetched)
     if decided is None and _just_stored(fetched):
         # Confirmed (a 304) or sent (a stored answer) just now, yet stale on arrival (max-age=0, no-cache, or the
         # request's own no-cache): answered all the same, as the full handler answers from its own fill.
@@ -204,6 +209,25 @@ def _answered(
             started.fill.abandon()  # only this request would have read it
         return AGAIN
     return None
+
+
+def _size(conn: FastPath) -> int:
+    return conn.server.shared.engine.slice_size
+
+
+def _whole_instead(conn: FastPath, started: Started, fetched: FillHead) -> Waiting:
+    """The miss's fill brings a run of slices of a copy with no version, and its answer goes past it: it waits for
+    the head of a fill of the whole object instead (proxy.wholefill), and is settled again once that has come."""
+    engine = conn.server.shared.engine
+    fill, ours = wholefill.whole_fill(engine, replace(started.cold.req, entry_key=fetched.entry_key))
+    if started.expected is not None:
+        started.expected.release()
+    joined = started.joined or not started.ours
+    again = replace(started, fill=fill, ours=ours, expected=fill.expecting.expect(), joined=joined)
+    conn.started = again
+    conn.busy = True
+    conn.loop.create_task(_head_in(conn, again)).add_done_callback(conn.done)
+    return WAITING
 
 
 def _fetched(conn: FastPath, started: Started, decided: Prepared | None, fetched: FillHead) -> Prepared | None:
@@ -296,6 +320,14 @@ def _pass_of(started: Started, status: CacheStatus, uncacheable: bool, origin_ms
 class Written:
     """settle(): the answer is written already: the origin failed the fill, or its 416 answers a range past the end
     (proxy.pastend)."""
+
+
+class Waiting:
+    """settle(): the request waits for the head of another fill, started or joined for it (proxy.wholefill), and is
+    settled again once that has come."""
+
+
+WAITING = Waiting()
 
 
 class Streamed:

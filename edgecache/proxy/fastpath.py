@@ -271,7 +271,7 @@ class FastPath(asyncio.Protocol):
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its
                 # fill started, and the full handler, carrying that fill on, does not judge it again.
                 settled = coldmiss.settle(self, head, None if isinstance(prepared, Refused | Pass) else prepared)
-                if isinstance(settled, coldmiss.Again):
+                if isinstance(settled, coldmiss.Again | coldmiss.Waiting):  # Waiting: busy until another fill's head
                     continue
                 if isinstance(settled, coldmiss.Written | coldmiss.Streamed):  # answered, or being answered
                     self.head_done()

@@ -474,11 +474,12 @@ class FillRegistry:
     def __init__(self) -> None:
         self._by_key: dict[str, list[Fill]] = {}
 
-    def find(self, req: FillRequest, index: int) -> Fill | None:
-        """The fill of slice `index` of `req`'s entry a request may join: not failed, and asked of the origin after
-        any soft purge of the object (one asked before brings the bytes the purge was for)."""
+    def find(self, req: FillRequest, index: int, whole: bool = False) -> Fill | None:
+        """The fill of slice `index` of `req`'s entry a request may join (`whole`: of the object to its end): not
+        failed, and asked of the origin after any soft purge of the object (one asked before brings its bytes)."""
         for fill in self._by_key.get(req.entry_key, ()):
-            if fill.covers(index) and not fill.failed and fill.asked_at >= req.soft_before:
+            whole_if_asked = fill.last_index is None or not whole
+            if fill.covers(index) and whole_if_asked and not fill.failed and fill.asked_at >= req.soft_before:
                 return fill
         return None
 

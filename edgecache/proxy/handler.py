@@ -31,7 +31,7 @@ from edgecache.core.keys import BadTarget, CacheKey, digest, entry_key, make_key
 from edgecache.core.maxforwards import ASTERISK, own_answer
 from edgecache.core.status import CacheStatus, cache_status_header, found_of, of_304, of_fill
 from edgecache.errors import ClientError, OriginError, Overtaken, PeerCut, VersionChanged
-from edgecache.proxy import observe, owner, serving
+from edgecache.proxy import observe, owner, serving, wholefill
 from edgecache.proxy.errorpage import error_response, in_http11, origin_failed
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead
@@ -262,9 +262,7 @@ class EdgeHandler:
                     return instead
                 fill, ours, origin_ms = self._fill_of(request, req, meta, adopted, held)
                 adopted = None
-                stale_ok = may_stand_in(req.headers, meta, req.policy, time.time())
-                strict = meta is not None and never_stale(meta.headers)
-                head = await self._head_of(request, req, fill, meta if stale_ok else None, strict)
+                fill, ours, head = await self._answering(request, req, fill, ours, meta, held)
             except VersionChanged as exc:
                 await self._changed_before_head(req, meta, exc)
                 # The entry an adopted fill was started to revalidate is not taken again: looked up afresh (a purge
@@ -329,17 +327,26 @@ class EdgeHandler:
         and how long the adopted one's head took; one this request started is noted in `held`, and the request is
         that fill's reader from now on (no longer the one it read before, if any)."""
         fill, ours = serving.fill_for(self.engine, request, req, meta) if adopted is None else (adopted.fill, True)
-        now = fill.expecting.expect()
         if adopted is not None and adopted.expected is not None:
             held.expected.append(adopted.expected)  # the fast path's, taken over
-        for before in held.expected:
-            before.release()
-        held.expected[:] = [now]
-        if ours:
-            held.started.append(fill)
-        else:
-            metrics.collapsed(observe.trace(request).sources)
+        _reads(request, fill, ours, held)
         return fill, ours, adopted.origin_ms if adopted is not None else None
+
+    async def _answering(
+        self, request: web.BaseRequest, req: FillRequest, fill: Fill, ours: bool, meta: ObjectMeta | None, held: _Held
+    ) -> tuple[Fill, bool, FillHead | web.StreamResponse]:
+        """The fill a miss is answered from, whether it is this request's, and its head (or the answer in its place:
+        _head_of): the fill it read, or one of the whole object when that one brings a run of slices of a copy with no
+        version that its answer goes past (proxy.wholefill)."""
+        stale = meta if may_stand_in(req.headers, meta, req.policy, time.time()) else None
+        strict = meta is not None and never_stale(meta.headers)
+        head = await self._head_of(request, req, fill, stale, strict)
+        size = self.engine.slice_size
+        if isinstance(head, FillHead) and wholefill.needs_whole(fill, head, request.method, req.headers, size):
+            fill, ours = wholefill.whole_fill(self.engine, replace(req, entry_key=head.entry_key))
+            _reads(request, fill, ours, held)
+            head = await self._head_of(request, req, fill, stale, strict)
+        return fill, ours, head
 
     async def _look_up(
         self, req: FillRequest, named: tuple[str, ...] | None
@@ -418,6 +425,19 @@ class EdgeHandler:
         status = of_fill(meta is not None)
         keyed = replace(req, entry_key=head.entry_key)
         return await serving.serve_fill(self.engine, request, keyed, fill, head, status, ours, expected)
+
+
+def _reads(request: web.BaseRequest, fill: Fill, ours: bool, held: _Held) -> None:
+    """The request is `fill`'s reader from now on, no longer that of the one it read before (if any); a fill it
+    started is noted in `held`, one it joined counted as a collapsed wait."""
+    now = fill.expecting.expect()
+    for before in held.expected:
+        before.release()
+    held.expected[:] = [now]
+    if ours:
+        held.started.append(fill)
+    else:
+        metrics.collapsed(observe.trace(request).sources)
 
 
 class _Held:

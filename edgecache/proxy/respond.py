@@ -82,18 +82,31 @@ def ranges_apply(request: Headers, meta: ObjectMeta, verdict: Verdict | None = N
 MAX_CHECKED = 1024
 
 
+def _body_parts(method: str, request: Headers, meta: ObjectMeta) -> tuple[ranges.ByteRange, ...]:
+    """The byte ranges the body of the answer to this request reads; none for a HEAD, a 304, 412 or 416, or an
+    empty body."""
+    status, rng = plan(method, request, meta)
+    if method == "HEAD" or status in (304, 412) or isinstance(rng, ranges.Unsatisfiable) or meta.length <= 0:
+        return ()
+    if isinstance(rng, ranges.Multi):
+        return rng.ranges
+    if isinstance(rng, ranges.Single):
+        return (rng.range,)
+    return (ranges.ByteRange(0, meta.length - 1),)
+
+
+def answer_span(method: str, request: Headers, meta: ObjectMeta, slice_size: int) -> tuple[int, int] | None:
+    """The first and the last slice the body of the answer to this request reads (None: it reads none)."""
+    parts = _body_parts(method, request, meta)
+    if not parts:
+        return None
+    return min(p.first for p in parts) // slice_size, max(p.last for p in parts) // slice_size
+
+
 def answer_slices(method: str, request: Headers, meta: ObjectMeta, slice_size: int) -> list[int]:
     """The slices the body of the answer to this request reads, in order, the first MAX_CHECKED of them; none for
     a HEAD, a 304, 412 or 416, or an empty body."""
-    status, rng = plan(method, request, meta)
-    if method == "HEAD" or status in (304, 412) or isinstance(rng, ranges.Unsatisfiable) or meta.length <= 0:
-        return []
-    if isinstance(rng, ranges.Multi):
-        parts = rng.ranges
-    elif isinstance(rng, ranges.Single):
-        parts = (rng.range,)
-    else:
-        parts = (ranges.ByteRange(0, meta.length - 1),)
+    parts = _body_parts(method, request, meta)
     found: dict[int, None] = {}
     for part in parts:
         for index in ranges.slice_indices(part, slice_size)[: MAX_CHECKED - len(found)]:

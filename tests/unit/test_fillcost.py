@@ -16,6 +16,7 @@ from edgecache.core.fillcost import (
     may_take_too_many,
     needed_slices,
     plan_fill,
+    run_serves,
     stored_run,
     too_many_fills,
 )
@@ -162,3 +163,25 @@ def test_too_many_fills_is_past_the_bound_and_never_for_one_range_or_a_whole_cop
     assert may_take_too_many(more, S)
     assert not may_take_too_many(more, S, whole=True)
     assert not may_take_too_many((ByteRange(0, 9), ByteRange(S, 2 * S)), S)
+
+
+def test_a_run_of_a_copy_with_no_version_serves_only_answers_within_it() -> None:
+    def serves(versioned: bool, run: tuple[int, int | None], needed: tuple[int, int] | None) -> bool:
+        return run_serves(versioned, run, lambda: needed)
+
+    assert serves(False, (0, 0), (0, 0))  # the range the run was asked for
+    assert serves(False, (2, 5), (3, 5))
+    assert serves(False, (0, 0), None)  # a HEAD, a 304, a 416: no body
+    assert serves(False, (0, None), (0, 99))  # a fill of the whole object
+    assert not serves(False, (0, 0), (0, 3))  # a whole GET that joined a range's fill
+    assert not serves(False, (0, 3), (0, 5))  # bytes=0- past a run of fill_slices
+    assert not serves(False, (2, 5), (1, 5))
+    assert serves(True, (0, 0), (0, 3))  # a copy with a version is completed by fills of its own
+
+
+def test_a_run_serves_without_planning_the_answer_when_it_need_not() -> None:
+    def unasked() -> tuple[int, int] | None:
+        raise AssertionError("planned")
+
+    assert run_serves(True, (0, 0), unasked)
+    assert run_serves(False, (0, None), unasked)
