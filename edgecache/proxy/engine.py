@@ -26,9 +26,10 @@ from edgecache.core.headers import Headers
 from edgecache.core.keys import PrimaryRecord, entry_key, keyed_fields
 from edgecache.errors import OriginError, Overtaken, PeerCut, StorageError, VersionChanged
 from edgecache.proxy import clusterfill, leasing
-from edgecache.proxy.fill import Fill, FillHead, FillRegistry
+from edgecache.proxy.fill import Fill, FillHead
 from edgecache.proxy.fillhead import OVERTAKEN, answers, cut_whole, judge_head, rejoined, replaces, within_run
 from edgecache.proxy.fillmemory import FillBudget, Taken
+from edgecache.proxy.fillregistry import FillRegistry
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.origin import OriginClient, OriginResponse, read_chunks
 from edgecache.proxy.revalidating import (

@@ -28,7 +28,8 @@ from edgecache.core.entry import ObjectMeta
 from edgecache.core.freshness import BY_FIELDS, answered_since, revalidated_since
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError, VersionChanged
-from edgecache.proxy.fill import RENEW_SECONDS, Fill, FillHead, FillRegistry
+from edgecache.proxy.fill import RENEW_SECONDS, Fill, FillHead
+from edgecache.proxy.fillregistry import FillRegistry
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.storage.leases import REVALIDATING
 from edgecache.storage.store import Store
