@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from edgecache import metrics
 from edgecache.core import lookaside
@@ -29,9 +28,6 @@ from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
 from edgecache.proxy.expecting import Expected, Expecting
 from edgecache.proxy.slicebuf import Parts, view_of
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
