@@ -154,11 +154,13 @@ class Engine:
     # --- starting fills ------------------------------------------------------------------------------------
 
     def fill_for(
-        self, req: FillRequest, first: int, last: int | None, validate: ObjectMeta | None = None
+        self, req: FillRequest, first: int, last: int | None, validate: ObjectMeta | None = None, whole: bool = False
     ) -> tuple[Fill, bool]:
         """The fill a request reads from slice `first` (joined, or started for first..last), and whether it was
-        started for it: then the request streams it whatever the answer (a private one is its alone)."""
-        existing = self.fills.find(req, first)
+        started for it: then the request streams it whatever the answer (a private one is its alone). `whole`: only a
+        fill of the object to its end is joined, and one started is no cold miss (proxy.wholefill: it replaces a run's
+        fill, whose head is in, so another worker has nothing to collapse it into)."""
+        existing = self.fills.find(req, first, whole=whole)
         if existing is not None and answers(existing, req):
             return existing, False
         if last is not None:  # stop the run before a slice someone else is already fetching
@@ -166,7 +168,7 @@ class Engine:
                 if self.fills.find(req, index) is not None:
                     last = index - 1
                     break
-        fill = self.start_fill(req, first, last, validate=validate, cold=validate is None)
+        fill = self.start_fill(req, first, last, validate=validate, cold=validate is None and not whole)
         fill.streamed = True
         return fill, True
 

@@ -19,7 +19,6 @@ from edgecache.core.fillcost import run_serves
 from edgecache.core.headers import Headers
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, FillHead
-from edgecache.proxy.fillhead import answers
 from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.respond import answer_span
 
@@ -36,10 +35,5 @@ def needs_whole(fill: Fill, head: FillHead, method: str, headers: Headers, slice
 
 def whole_fill(engine: Engine, req: FillRequest) -> tuple[Fill, bool]:
     """The fill of the whole object `req` (keyed as the head named it) is answered from: one under way that may
-    answer it (Engine.fill_for's rule), else one started for it; and whether it was started for it."""
-    joined = engine.fills.find(req, 0, whole=True)
-    if joined is not None and answers(joined, req):
-        return joined, False
-    fill = engine.start_fill(req, 0, None)
-    fill.streamed = True
-    return fill, True
+    answer it, else one started for it; and whether it was started for it."""
+    return engine.fill_for(req, 0, None, whole=True)

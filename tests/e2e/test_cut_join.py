@@ -48,8 +48,10 @@ def joins_told(edge: Edge, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     joined = asyncio.Event()
     fill_for = edge.node.engine.fill_for
 
-    def told(req: FillRequest, first: int, last: int | None, validate: object = None) -> tuple[Fill, bool]:
-        fill, ours = fill_for(req, first, last, validate)  # type: ignore[arg-type]
+    def told(
+        req: FillRequest, first: int, last: int | None, validate: object = None, whole: bool = False
+    ) -> tuple[Fill, bool]:
+        fill, ours = fill_for(req, first, last, validate, whole)  # type: ignore[arg-type]
         if not ours:
             joined.set()
         return fill, ours
