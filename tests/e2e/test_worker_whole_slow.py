@@ -46,6 +46,21 @@ async def kept_live(resp: web.StreamResponse, body: bytes, at: int, go: asyncio.
             at += 1
 
 
+async def paced(request: web.BaseRequest, kept: asyncio.Event | None = None) -> web.StreamResponse:
+    """BODY as a slow origin sends it: FIRST bytes, then (kept live until `kept` is set: kept_live) the rest a PIECE
+    each PAUSE."""
+    resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600"})
+    resp.content_length = len(BODY)
+    await resp.prepare(request)
+    await resp.write(BODY[:FIRST])
+    sent = FIRST if kept is None else await kept_live(resp, BODY, FIRST, kept)
+    for at in range(sent, len(BODY), PIECE):
+        await asyncio.sleep(PAUSE)
+        await resp.write(BODY[at : at + PIECE])
+    await resp.write_eof()
+    return resp
+
+
 def slow_after(origin: Origin, path: str, go: asyncio.Event) -> None:
     """The origin's first answer for `path`: FIRST bytes, a byte each KEEP until `go` is set (kept_live), then the
     rest a PIECE each PAUSE (a slow origin, not a synchronisation: the fill outlasts its lease however fast the node
@@ -54,16 +69,7 @@ def slow_after(origin: Origin, path: str, go: asyncio.Event) -> None:
     async def slow(request: web.BaseRequest, _obj: object) -> web.StreamResponse | None:
         if request.path != path or origin.hits[path] > 1:
             return None
-        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600"})
-        resp.content_length = len(BODY)
-        await resp.prepare(request)
-        await resp.write(BODY[:FIRST])
-        held = await kept_live(resp, BODY, FIRST, go)
-        for at in range(held, len(BODY), PIECE):
-            await asyncio.sleep(PAUSE)
-            await resp.write(BODY[at : at + PIECE])
-        await resp.write_eof()
-        return resp
+        return await paced(request, go)
 
     origin.on_request = slow
 
@@ -234,15 +240,7 @@ def headed_after(origin: Origin, path: str, go: asyncio.Event) -> None:
         if request.path != path or origin.hits[path] > 1:
             return None
         await go.wait()
-        resp = web.StreamResponse(headers={"Cache-Control": "public, max-age=3600"})
-        resp.content_length = len(BODY)
-        await resp.prepare(request)
-        await resp.write(BODY[:FIRST])
-        for at in range(FIRST, len(BODY), PIECE):
-            await asyncio.sleep(PAUSE)
-            await resp.write(BODY[at : at + PIECE])
-        await resp.write_eof()
-        return resp
+        return await paced(request)
 
     origin.on_request = slow
 
