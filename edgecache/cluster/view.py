@@ -29,7 +29,8 @@ _REFUSAL_LOG_EVERY = 60.0  # seconds between two log lines about hop fields this
 DNS_NAME_TIMEOUT = 2.0  # seconds one member's PTR lookup may take before it keeps the name it had
 # A node that is no member here but asks this node's purge log (one added whose peers' files do not name it yet, or
 # one retired that DNS still sends viewers to) is told of purges while it asks, every cluster.interval: forgotten
-# this many seconds after its last ask, or at once when a purge passed on to it fails. At most MAX_ASKERS of them.
+# this many seconds (or three intervals, if longer: it asks once an interval) after its last ask, or at once when a
+# purge passed on to it fails. At most MAX_ASKERS of them.
 ASKED_WITHIN = 60.0
 MAX_ASKERS = 64
 
@@ -142,11 +143,10 @@ class ClusterView:
             del self._askers[next(iter(self._askers))]
 
     def outsiders(self) -> list[Member]:
-        """The nodes that are no members here and asked this node's purge log within ASKED_WITHIN seconds."""
+        """The nodes that are no members here and asked this node's purge log lately (ASKED_WITHIN)."""
         now = time.monotonic()
-        self._askers = {
-            i: (a, t) for i, (a, t) in self._askers.items() if now - t <= ASKED_WITHIN and i not in self.health
-        }
+        within = max(ASKED_WITHIN, 3 * self.settings.interval)
+        self._askers = {i: (a, t) for i, (a, t) in self._askers.items() if now - t <= within and i not in self.health}
         return [Member(i, "", admin=a) for i, (a, _) in self._askers.items()]
 
     def forget(self, node_id: str) -> None:

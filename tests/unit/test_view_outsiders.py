@@ -47,3 +47,16 @@ def test_outsiders_are_bounded_and_the_longest_silent_is_dropped() -> None:
     view.asked("late", "127.0.0.1:9999")
     found = [m.id for m in view.outsiders()]
     assert found == [*(f"other{n}" for n in range(38, MAX_ASKERS + 36)), "other36", "late"]
+
+
+def test_an_outsider_asking_once_a_long_interval_is_not_forgotten_between_its_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(view_module.time, "monotonic", lambda: now[0])
+    view = ClusterView(ClusterSettings(self_id="node0", key=KEY, nodes=MEMBERS, interval=40.0))
+    view.asked("node3", "127.0.0.1:6")
+    now[0] += 2 * 40.0  # a round missed: still told
+    assert [m.id for m in view.outsiders()] == ["node3"]
+    now[0] += 40.0 + 0.5  # three rounds without an ask
+    assert view.outsiders() == []
