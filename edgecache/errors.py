@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edgecache.core.admit import Reply
+
+if TYPE_CHECKING:
+    from edgecache.core.churn import Tries
 
 
 class EdgecacheError(Exception):
@@ -69,11 +74,23 @@ class VersionChanged(OriginError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason, retryable=False)
 
+    def counted(self, tries: Tries) -> Tries:
+        """A request's `tries` with the one this ended: a new version met, a purge here (Overtaken), or a slice unread
+        through its reader's tries (Unread), as either path counts them (core.churn.Tries)."""
+        return tries.met(isinstance(self, Overtaken), isinstance(self, Unread))
+
 
 class Overtaken(VersionChanged):
     """A purge here overtook the fill a request read, which nobody streams (a slice reader's): its answer is not
     stored, and the request starts again from a look-up after the purge. Not a new version at the origin: counted
     apart from those (core.churn.next_try)."""
+
+
+class Unread(Overtaken):
+    """A slice an answer needs that its reader did not read in its tries (proxy.reading.read_slice): each fetch of it
+    the reader met, another worker's or one of this worker's, ended without storing it (a purge overtook it, or it met
+    another version than the reader's copy). Its copy drops nothing, as for a purge's; and no failure of the origin:
+    the request's tries are spent (core.churn.next_try), and it is relayed from one origin request, not answered 502."""
 
 
 class PeerCut(VersionChanged):

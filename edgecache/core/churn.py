@@ -34,10 +34,11 @@ class Next(StrEnum):
     FILL = "fill"  # look up and fill (again)
     RELAY = "relay"  # the object kept changing: one origin request, relayed unstored
     OVERTAKEN = "overtaken"  # purges here kept overtaking its fills: the same relay, said as an answer a purge overtook
+    SPENT = "tries-spent"  # tries spent, none met a new version nor a purge here: the same relay, said so
     FAIL = "fail"  # out of tries, none of them for a new version nor overtaken by a purge: the handler's 502
 
 
-def next_try(tried: int, changed: int, purged: int = 0) -> Next:
+def next_try(tried: int, changed: int, purged: int = 0, unread: bool = False) -> Next:
     """What a request does next, having `tried` tries of which `changed` met a new version of the object and `purged`
     had their fill overtaken by a purge here (errors.Overtaken). A purge is no new version: the origin changed
     nothing, and the next try looks the object up after it (a fresh fill, or a copy stored since), so only a request
@@ -45,33 +46,45 @@ def next_try(tried: int, changed: int, purged: int = 0) -> Next:
     A peer's answer that broke off before the request's bytes (errors.PeerCut) counts as a change: its usual cause is
     one (an owner cuts its answer when its own fill meets a new version at the origin), and a killed owner's next try
     goes elsewhere; two such cuts are as good a sign as two changes that fills will not complete, and the relay asks
-    the origin itself, never that peer."""
-    if changed >= CHANGES_BEFORE_RELAY or (tried >= TRIES and changed):
+    the origin itself, never that peer.
+    `unread`: a slice of its answer went unread through the tries its reader has for one (errors.Unread: each fetch of
+    it that reader met, another worker's or one it joined, ended without storing it). Those were the request's tries:
+    it is relayed now (SPENT, or as what its earlier tries met), not looked up for more rounds of them: the origin
+    failed nothing, and the viewer is answered, in one more origin request at most."""
+    out = tried >= TRIES or unread
+    if changed >= CHANGES_BEFORE_RELAY or (out and changed):
         return Next.RELAY
-    if tried < TRIES:
+    if not out:
         return Next.FILL
-    return Next.OVERTAKEN if purged else Next.FAIL
+    if purged:
+        return Next.OVERTAKEN
+    return Next.SPENT if unread else Next.FAIL
 
 
 @dataclass(frozen=True, slots=True)
 class Tries:
-    """A request's tries so far: all of them, those that met a new version of the object, those a purge here overtook.
+    """A request's tries so far: all of them, those that met a new version of the object, those a purge here overtook,
+    and whether a slice of its answer went unread through its reader's tries (`unread`: none are left).
     Either path counts its tries in one (proxy.handler's loop, a fast-path connection's head: FastPath.tries)."""
 
     tried: int = 0
     changed: int = 0
     purged: int = 0
+    unread: bool = False
 
     def begun(self) -> Tries:
         """With one more try begun (a look-up, and what it decides)."""
         return replace(self, tried=self.tried + 1)
 
-    def met(self, purge: bool) -> Tries:
-        """With the last try's fill met by a new version, or (`purge`) overtaken by a purge here."""
+    def met(self, purge: bool, unread: bool = False) -> Tries:
+        """With the last try's fill met by a new version, or (`purge`) overtaken by a purge here; or (`unread`) with a
+        slice of its answer unread through its reader's tries (errors.Unread), which is neither that it knows of."""
+        if unread:
+            return replace(self, unread=True)
         return replace(self, changed=self.changed + (not purge), purged=self.purged + purge)
 
     def next(self) -> Next:
-        return next_try(self.tried, self.changed, self.purged)
+        return next_try(self.tried, self.changed, self.purged, self.unread)
 
 
 def relay_request(

@@ -4,8 +4,8 @@ here: decided again, then relayed, as the full handler does it (core.churn).
 Each new version met before any byte went out, and each fill a purge overtook (errors.Overtaken), is a try of the
 head's (coldmiss.tried, counted as the full handler counts its tries: churn.Tries). While churn.next_try says FILL the
 request starts again, decided afresh: a miss of the version the origin has now, or a look-up after the purge, which
-drops nothing (the purge did). Out of fills (RELAY, OVERTAKEN) it is what the full handler does then: ONE origin
-request for what the client asked, its answer streamed as it comes and never stored (passthrough.relay_changing).
+drops nothing (the purge did). Out of fills (RELAY, OVERTAKEN, SPENT) it is what the full handler does then: ONE
+origin request for what the client asked, its answer streamed as it comes and never stored (passthrough.relay_changing).
 Here the relay is a pass-through of its own (lookup.Pass.churned), carried out by proxy.passing with the same
 request, bytes, Cache-Status, counters and log line (passthrough.relay_field); never handed to aiohttp's server.
 """
@@ -36,7 +36,7 @@ async def again(conn: FastPath, p: Prepared, raw: bytes, exc: VersionChanged) ->
     if step is Next.FILL:
         await coldmiss.changed(conn, p, raw, exc)
         return True
-    if step is None or step is Next.FAIL:  # FAIL: never here, each try counted met a new version or a purge
+    if step is None or step is Next.FAIL:  # FAIL: never here, each try counted met a new version, a purge, or Unread
         return False
     await coldmiss.dropped(conn, p, exc)
     hit = p.hit

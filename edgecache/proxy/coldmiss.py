@@ -385,12 +385,12 @@ def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
 def tried(conn: FastPath, raw: bytes, exc: VersionChanged) -> churn.Next | None:
     """The answer to the head `raw` met a new version before any byte went out, or a purge here overtook its fill
     (`exc`: errors.Overtaken): that try counted with the head's others (FastPath.tries), and what the request does
-    next, as core.churn tells the full handler (FILL: decided again; RELAY, OVERTAKEN: proxy.changing relays it).
+    next, as core.churn tells the full handler (FILL: decided again; RELAY, OVERTAKEN, SPENT: proxy.changing relays it).
     None: the connection drains, left to the full handler."""
     if conn.closing:
         return None
     tries = conn.tries[1] if conn.tries is not None and conn.tries[0] == raw else churn.Tries(tried=1)
-    tries = tries.met(isinstance(exc, Overtaken))
+    tries = exc.counted(tries)
     step = tries.next()
     if step is churn.Next.FILL:
         conn.again, tries = True, tries.begun()

@@ -268,7 +268,7 @@ class EdgeHandler:
                 # The entry an adopted fill was started to revalidate is not taken again: looked up afresh (a purge
                 # met meanwhile keys the object elsewhere, where that entry's slices are not).
                 validated, adopted = None, None
-                tries = tries.met(isinstance(exc, Overtaken))
+                tries = exc.counted(tries)
                 continue
             if origin_ms is not None:  # the head came while the fast path waited for it (proxy.coldmiss)
                 observe.trace(request).origin_ms = origin_ms
@@ -298,7 +298,7 @@ class EdgeHandler:
         request starts again. Its tries, with what this one met."""
         log.info("%s changed version while being served, starting again: %s", req.entry_key, exc)
         await self.engine.store.delete_meta(req.entry_key)
-        return tries.met(isinstance(exc, Overtaken))
+        return exc.counted(tries)
 
     async def _changed_before_head(self, req: FillRequest, meta: ObjectMeta | None, exc: VersionChanged) -> None:
         """Raised before any byte was sent: a slice the stored entry lacks came back as another version
@@ -306,9 +306,9 @@ class EdgeHandler:
         mixed nor kept; or a peer's answer its slice was read from broke off (PeerCut: the owner's own fill met a new
         version, or it was killed): that entry goes and the request starts again as a miss of the origin's version. A
         fill a purge overtook (Overtaken) drops nothing: the purge did, and a copy stored since may be of the same
-        version."""
+        version; nor does a slice unread through its tries (Unread), whose copy is the origin's still."""
         if isinstance(exc, Overtaken):
-            log.info("%s: a purge overtook its fill, starting again: %s", req.entry_key, exc)
+            log.info("%s: overtaken, nothing dropped: %s", req.entry_key, exc)
             return
         why = "the peer's answer broke off" if isinstance(exc, PeerCut) else "changed version at the origin"
         log.info("%s: %s, starting again: %s", req.entry_key, why, exc)

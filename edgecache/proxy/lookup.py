@@ -62,7 +62,7 @@ class Pass:
     began: float | None = None  # a miss's: when it was decided to be one (monotonic); None: now
     origin_ms: float | None = None  # and how long its fill's head took (logged should the pass-through fail)
     moved: bool = False  # a MISS whose fill was a look-aside at the previous owner: its cause (ring-moved)
-    churned: Next | None = None  # a MISS out of fills (core.churn: RELAY, OVERTAKEN): relayed from one origin request
+    churned: Next | None = None  # a MISS out of fills (core.churn: RELAY, OVERTAKEN, SPENT): one origin request relayed
     detail: str = ""  # its Cache-Status detail: why its fill's answer is not stored (fill.unstored)
 
 

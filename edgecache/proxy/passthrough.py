@@ -63,8 +63,8 @@ async def pass_through(
 async def relay_changing(
     request: web.BaseRequest, origin: OriginClient, req: FillRequest, step: churn.Next
 ) -> web.StreamResponse:
-    """The answer to a request out of fills (core.churn: `step` RELAY or OVERTAKEN): one origin request for what the
-    client asked, relayed as it comes and never stored: the bytes of the one version that answer carries. A MISS,
+    """The answer to a request out of fills (core.churn: `step` RELAY, OVERTAKEN, SPENT): one origin request for what
+    the client asked, relayed as it comes and never stored: the bytes of the one version that answer carries. A MISS,
     counted by its cause and told in its Cache-Status (relay_field)."""
     observe.mark(request, CacheStatus.MISS)
     t = observe.trace(request)
@@ -99,10 +99,11 @@ def relay_field(t: observe.Trace, req: FillRequest, step: churn.Next) -> str:
     """The Cache-Status of a request relayed out of fills by core.churn's `step`, for either path (the fast path's:
     proxy.passing), its cause noted on its trace `t`: a MISS whose object kept changing (RELAY); or whose fills
     purges here kept overtaking (OVERTAKEN), the origin unchanged: said and counted as a fill's answer a purge
-    overtook is (detail "invalidated", an answer not stored), never as changing."""
-    overtaken = step is churn.Next.OVERTAKEN
-    t.changing, t.uncacheable = not overtaken, overtaken
-    detail = OVERTAKEN if overtaken else MissCause.CHANGING.value
+    overtook is (detail "invalidated", an answer not stored), never as changing; or whose tries were spent with
+    neither (SPENT: detail "tries-spent"), counted as that answer too."""
+    changing = step is churn.Next.RELAY
+    t.changing, t.uncacheable = changing, not changing
+    detail = MissCause.CHANGING.value if changing else OVERTAKEN if step is churn.Next.OVERTAKEN else step.value
     return cache_status_header(CacheStatus.MISS, detail=detail, found=req.found)
 
 

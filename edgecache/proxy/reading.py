@@ -12,7 +12,7 @@ from edgecache import metrics
 from edgecache.core import entry, ranges
 from edgecache.core.entry import ObjectMeta
 from edgecache.core.keys import keyed_fields
-from edgecache.errors import OriginError, PeerCut, VersionChanged
+from edgecache.errors import OriginError, PeerCut, Unread, VersionChanged
 from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, FillHead, Released
 from edgecache.proxy.fillhead import RangeMismatch, new_token
@@ -113,7 +113,7 @@ async def read_slice(
             if await _disagreed(engine, req, meta, fill, exc):
                 raise VersionChanged(f"the origin's slices of {meta.version} disagree: fetched whole now") from exc
             raise
-    raise OriginError(f"slice {index} could not be read")
+    raise Unread(f"slice {index} unread in 3 tries: each fetch of it met ended without storing it")
 
 
 async def _read_fill(

@@ -30,6 +30,18 @@ def test_next_try(tried: int, changed: int, purged: int, expected: Next) -> None
     assert next_try(tried, changed, purged) is expected
 
 
+@pytest.mark.parametrize(
+    ("tried", "changed", "purged", "expected"),
+    [
+        (1, 0, 0, Next.SPENT),  # its first try: relayed now, told as tries spent (not a 502, nor two more rounds)
+        (2, 0, 1, Next.OVERTAKEN),  # a purge overtook a fill before: told so
+        (2, 1, 0, Next.RELAY),  # a new version met before: told so
+    ],
+)
+def test_a_slice_unread_through_its_tries_relays_at_once(tried: int, changed: int, purged: int, expected: Next) -> None:
+    assert next_try(tried, changed, purged, unread=True) is expected
+
+
 def test_tries_count_a_purge_apart_from_a_new_version() -> None:
     # Both paths count so (the handler's loop, a fast-path head's tries): a try begun, then what its fill met.
     tries = Tries().begun().met(purge=True).begun().met(purge=False)
@@ -37,6 +49,9 @@ def test_tries_count_a_purge_apart_from_a_new_version() -> None:
     assert tries.begun().met(purge=True).next() is Next.RELAY  # a new version among them: the object did change
     purges = Tries().begun().met(purge=True).begun().met(purge=True)
     assert (purges.next(), purges.begun().met(purge=True).next()) == (Next.FILL, Next.OVERTAKEN)
+    # errors.Unread is an Overtaken (its copy drops nothing), counted as neither a purge nor a change
+    unread = Tries().begun().met(purge=True, unread=True)
+    assert (unread, unread.next()) == (Tries(1, 0, 0, unread=True), Next.SPENT)
 
 
 def _sent(method: str, client: list[tuple[str, str]], vary: tuple[str, ...] = ()) -> tuple[str, str, list[str]]:
