@@ -35,7 +35,6 @@ class Next(StrEnum):
     RELAY = "relay"  # the object kept changing: one origin request, relayed unstored
     OVERTAKEN = "overtaken"  # purges here kept overtaking its fills: the same relay, said as an answer a purge overtook
     SPENT = "tries-spent"  # tries spent, none met a new version nor a purge here: the same relay, said so
-    FAIL = "fail"  # out of tries, none of them for a new version nor overtaken by a purge: the handler's 502
 
 
 def next_try(tried: int, changed: int, purged: int = 0, unread: bool = False) -> Next:
@@ -46,7 +45,8 @@ def next_try(tried: int, changed: int, purged: int = 0, unread: bool = False) ->
     A peer's answer that broke off before the request's bytes (errors.PeerCut) counts as a change: its usual cause is
     one (an owner cuts its answer when its own fill meets a new version at the origin), and a killed owner's next try
     goes elsewhere; two such cuts are as good a sign as two changes that fills will not complete, and the relay asks
-    the origin itself, never that peer.
+    the origin itself, never that peer. Tries that met neither (each a 304, or another variant's answer, that a purge
+    in another worker then dropped before the next look-up) are spent the same: SPENT, relayed, never a 502.
     `unread`: a slice of its answer went unread through the tries its reader has for one (errors.Unread: each fetch of
     it that reader met, another worker's or one it joined, ended without storing it). Those were the request's tries:
     it is relayed now (SPENT, or as what its earlier tries met), not looked up for more rounds of them: the origin
@@ -56,9 +56,7 @@ def next_try(tried: int, changed: int, purged: int = 0, unread: bool = False) ->
         return Next.RELAY
     if not out:
         return Next.FILL
-    if purged:
-        return Next.OVERTAKEN
-    return Next.SPENT if unread else Next.FAIL
+    return Next.OVERTAKEN if purged else Next.SPENT
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ async def again(conn: FastPath, p: Prepared, raw: bytes, exc: VersionChanged) ->
     if step is Next.FILL:
         await coldmiss.changed(conn, p, raw, exc)
         return True
-    if step is None or step is Next.FAIL:  # FAIL: never here, each try counted met a new version, a purge, or Unread
+    if step is None:
         return False
     await coldmiss.dropped(conn, p, exc)
     hit = p.hit

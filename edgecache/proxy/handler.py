@@ -289,9 +289,8 @@ class EdgeHandler:
                 return await self._serve_head(request, req, fill, head, meta, ours, held.expected[-1])
             except VersionChanged as exc:
                 tries = await self._changed_after_head(req, exc, tries)
-        if step is not churn.Next.FAIL:  # one origin request, relayed unstored, said as what kept it from a fill
-            return await relay_changing(request, self.engine.origin, req, step)
-        raise OriginError(f"no answer in {churn.TRIES} tries: each a 304 or another variant's answer", retryable=False)
+        # Out of tries: one origin request, relayed unstored, said as what kept it from a fill (core.churn).
+        return await relay_changing(request, self.engine.origin, req, step)
 
     async def _changed_after_head(self, req: FillRequest, exc: VersionChanged, tries: churn.Tries) -> churn.Tries:
         """Raised by the answer's fill before its head went out (serving.serve_fill): the entry goes, and the

@@ -19,11 +19,11 @@ VIA = "1.1 edgecache (abc)"
         (2, 2, 0, Next.RELAY),  # two in a row: the third try is the relay, not a third fill
         (2, 1, 0, Next.FILL),  # a 304 or another variant's answer is a try, not a change
         (3, 1, 0, Next.RELAY),  # out of tries, the last one changed: still answered
-        (3, 0, 0, Next.FAIL),  # out of tries with no change (304s, variants): the 502 as before
+        (3, 0, 0, Next.SPENT),  # out of tries with no change (304s, variants): relayed, told so (never a 502)
         (2, 0, 2, Next.FILL),  # two fills a purge overtook are no change: the third is a fill after the purges
         (3, 0, 3, Next.OVERTAKEN),  # every fill overtaken: relayed, said as overtaken by a purge
         (3, 1, 2, Next.RELAY),  # a new version among them: the object did change
-        (3, 0, 1, Next.OVERTAKEN),  # a purge and 304s: no change, and not the 502
+        (3, 0, 1, Next.OVERTAKEN),  # a purge and 304s: no change, said as overtaken
     ],
 )
 def test_next_try(tried: int, changed: int, purged: int, expected: Next) -> None:
