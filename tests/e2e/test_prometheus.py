@@ -32,6 +32,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.procs import ROOT, free_port
+from tests.metricnames import samples
 from tests.origin import Origin
 
 PROMETHEUS = Path(shutil.which("prometheus") or "/usr/bin/prometheus")
@@ -412,20 +413,7 @@ def test_promtool_accepts_rules_and_scrape_configs(tmp_path: Path) -> None:
 
 def test_dashboard_uses_only_metrics_edgecache_exports() -> None:
     """A typo in a metric name would be an empty panel: every edgecache_* name must be one metrics.py exports."""
-    from prometheus_client.metrics import MetricWrapperBase
-
-    from edgecache import metrics
-    from edgecache.metricturn import TurnCounter, TurnHistogram
-
-    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
-    wrapped = [m.wrapped if isinstance(m, TurnCounter | TurnHistogram) else m for m in vars(metrics).values()]
-    exported = {
-        d.name + suffix
-        for m in wrapped
-        if isinstance(m, MetricWrapperBase)
-        for d in m.describe()
-        for suffix in suffixes[d.type]
-    }
+    exported = samples()
     dashboard = json.loads(DASHBOARD.read_text())
     used = set(re.findall(r"\bedgecache_[a-z_]+", "\n".join(dashboard_exprs()) + ALERTS.read_text()))
     assert used, "no edgecache metric in the dashboard"
