@@ -1,4 +1,4 @@
-"""`edgecache serve | check-config`."""
+"""`edgecache serve | check-config | ring | purge | prefetch | usage | simulate | sign`."""
 
 from __future__ import annotations
 
@@ -53,8 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--disk-send", choices=("pread", "sendfile"), help="how --origin mode sends disk hits (default: pread)"
     )
-    c = sub.add_parser("check-config", help="validate a config file like `nginx -t`")
-    c.add_argument("file", type=Path)
+    _check_config_parser(sub)
     r = sub.add_parser("ring", help="which nodes own a URL, in failover order, and which are up")
     r.add_argument("url", help="e.g. http://video.example/v/123.mp4")
     r.add_argument("--config", type=Path, help=f"TOML config (default: {DEFAULT_CONFIG})")
@@ -76,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
 
     signcmd.add_parser(sub, DEFAULT_CONFIG)
     return p
+
+
+def _check_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = sub.add_parser(
+        "check-config",
+        help="validate a config file like `nginx -t`",
+        description="Exit 0 when the file is valid; else print every problem as `file: key: problem` and exit 2.",
+    )
+    c.add_argument("file", type=Path, help="the TOML config, e.g. /etc/edgecache/edgecache.toml")
 
 
 def _call_admin(config: cfg.Config, path: str, body: dict[str, object], token: str | None, expect: int) -> int:
