@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from urllib.parse import unquote
 
 from edgecache.core.headers import HOP_BY_HOP, Headers, get_all, split_list
 from edgecache.core.hop import FIELD as CLUSTER_HOP
@@ -120,6 +121,22 @@ def _name(item: str) -> str:
 def _never(keep: Iterable[str]) -> frozenset[str]:
     """The names a key_query marks "!name": never keyed, not even under "*", and never sent to an origin."""
     return frozenset(k[1:] for k in keep if k.startswith("!"))
+
+
+def never_keyed(keep: Iterable[str]) -> frozenset[str]:
+    """The parameters of a site's key_query never keyed nor sent anywhere (a signed URL's token)."""
+    return _never(keep)
+
+
+def without_params(target: str, names: frozenset[str]) -> str:
+    """`target` as sent, less the query parameters named in `names`, however their names are percent-encoded: what
+    the access log names of a request refused before it had a key, which would have dropped its site's never-keyed
+    parameters (a keyed request is logged by its key's target, which never holds them). Nothing here raises."""
+    path, sep, query = target.partition("?")
+    if not sep or not names:
+        return target
+    kept = [item for item in query.split("&") if unquote(_name(item)) not in names]
+    return f"{path}?{'&'.join(kept)}" if kept else path
 
 
 def keyed_query(query: str, keep: Iterable[str]) -> str:

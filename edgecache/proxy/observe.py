@@ -20,6 +20,7 @@ from edgecache import metrics
 from edgecache.accesslog import AccessLog
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
+from edgecache.core.keys import without_params
 from edgecache.core.status import MISSES, CacheStatus, miss_cause, with_fetched
 from edgecache.errors import OriginError
 from edgecache.metricturn import TurnBundle
@@ -139,7 +140,10 @@ async def write(request: web.BaseRequest, resp: web.StreamResponse, chunk: bytes
     sent(request, len(chunk))
 
 
-def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog, node: str) -> None:
+def finish(
+    request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog, node: str, never: frozenset[str]
+) -> None:
+    """Count and log the request; `never`: the parameters left out of a target logged as sent (Shared.never_logged)."""
     t = trace(request)
     metrics.SOURCES.set(None)
     code = resp.status if resp is not None else 0
@@ -159,7 +163,7 @@ def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: Ac
             client(request),
             request.method,
             t.host if t.host is not None else headers.get("Host", ""),
-            t.target if t.target is not None else request.raw_path,
+            t.target if t.target is not None else without_params(request.raw_path, never),
             headers.get("Range"),
             headers.get("User-Agent"),
             headers.get("Referer"),

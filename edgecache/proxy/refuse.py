@@ -23,6 +23,7 @@ from edgecache.core import admit
 from edgecache.core.admit import Reply
 from edgecache.core.headers import Headers, get_first
 from edgecache.core.keepalive import KeepAlive
+from edgecache.core.keys import without_params
 from edgecache.core.status import CacheStatus
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, errorpage, linger, observe
@@ -63,7 +64,8 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
         if shared.access.enabled:
             client = r.viewer or conn.client
             host = r.host if r.host is not None else get_first(r.headers, "host") or ""
-            line = observe.Line.of(client, r.method, host, r.target, r.headers, r.keep_alive)
+            target = r.target if r.host is not None else without_params(r.target, shared.never_logged)  # no key
+            line = observe.Line.of(client, r.method, host, target, r.headers, r.keep_alive)
             line.protocol = r.protocol or line.protocol
             observe.log_line(shared.access, t, line, status, nbytes, shared.node, way)
     if not r.keep_alive.persists:

@@ -15,7 +15,7 @@ from edgecache import metrics
 from edgecache.accesslog import AccessLog
 from edgecache.cluster.view import ClusterView
 from edgecache.config import Site
-from edgecache.core import popularity
+from edgecache.core import keys, popularity
 from edgecache.core.clientaddr import Networks
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.core.route import Router
@@ -33,6 +33,7 @@ class Shared:
         cluster: ClusterView | None = None,
     ) -> None:
         self.router: Router[Site] = Router((s.hosts, s) for s in sites)
+        self.never_logged = _never_logged(sites)
         _series(sites)
         self.engine = engine
         self.access = access or AccessLog(None)
@@ -69,6 +70,7 @@ class Shared:
     def reload(self, sites: tuple[Site, ...]) -> None:
         """New sites and policies for the requests that start from now on; requests in flight keep theirs."""
         self.router = Router((s.hosts, s) for s in sites)
+        self.never_logged = _never_logged(sites)
         _series(sites)
 
     def connection_address(self, transport: asyncio.BaseTransport | None) -> str:
@@ -91,3 +93,9 @@ def _series(sites: tuple[Site, ...]) -> None:
     """Each site's series of its rare events exists (at 0) before the first: dashboards and alerts see the site."""
     for site in sites:
         metrics.ORIGIN_SHARE_WAITS.labels(site.name)
+
+
+def _never_logged(sites: tuple[Site, ...]) -> frozenset[str]:
+    """The parameters some site never keys (its signed URLs' tokens): left out of the access log's target of a
+    request refused before it had a key (keys.without_params), whichever site's token it may carry."""
+    return frozenset().union(*(keys.never_keyed(s.key_query) for s in sites))

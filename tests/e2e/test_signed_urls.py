@@ -369,6 +369,46 @@ async def test_the_nodes_own_prefetch_needs_no_token_and_its_owner_takes_its_wor
         assert [dict(o.hits) for o in origs] == [{paths[0]: 1}, {paths[1]: 1}, {}]
 
 
+async def test_a_request_refused_before_it_has_a_key_is_logged_without_the_token(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """A request refused before it has a key is logged with its target as sent, which held a valid token: now less
+    every parameter a site never keys, whichever path refused it (a target with an encoded NUL, a GET the fast path
+    refuses and a POST the full handler does; a Host no site serves; a Host that is no host name)."""
+    rules = Signing((SECRET,))
+    config = replace(signed_config(tmp_path, origin, fast, rules), access_log=tmp_path / "access.log")
+    target = sign(rules, "/v/a.mp4?itag=22", later())
+    token = target.split("?", 1)[1].replace("itag=22&", "")
+    assert "signature=" in token
+
+    def sent_to(host: str, method: str = "GET") -> bytes:
+        return head(target + "&x=%00", method=method).replace(b"Host: video.test", f"Host: {host}".encode())
+
+    async with start_edge(config) as edge:
+        answers = [
+            parse(await exchange(edge.port, raw, "127.0.0.1"))[0]
+            for raw in (
+                sent_to("video.test"),
+                sent_to("video.test", "POST"),
+                sent_to("elsewhere.test"),
+                sent_to("bad host"),
+                head(f"/v/a.mp4?%73ignature=x&{token}&x=%00"),  # a name percent-encoded is the same name
+            )
+        ]
+    assert answers == [400, 400, 421, 400, 400]
+    log = (tmp_path / "access.log").read_text()
+    assert "signature" not in log, log
+    assert "expires" not in log, log
+    lines = [json.loads(x) for x in log.splitlines()]
+    assert [(x["status"], x["method"], x["site"], x["path"]) for x in lines] == [
+        (400, "GET", "videos", "/v/a.mp4?itag=22&x=%00"),
+        (400, "POST", "videos", "/v/a.mp4?itag=22&x=%00"),
+        (421, "GET", "-", "/v/a.mp4?itag=22&x=%00"),
+        (400, "GET", "-", "/v/a.mp4?itag=22&x=%00"),
+        (400, "GET", "videos", "/v/a.mp4?x=%00"),
+    ]
+
+
 async def test_the_access_log_never_holds_the_token(origin: Origin, tmp_path: Path, fast: bool) -> None:
     """Whoever reads the log must not be able to replay a viewer's URL: the line names the target without the
     signed URL's parameters (the rest of its query stays), whichever path answered: a miss, a hit, a pass-through."""
