@@ -112,3 +112,37 @@ def test_the_defaults_are_checked_for_most_keys() -> None:
     doc = copy.deepcopy(BASE)
     set_key(doc, "cache", "disk", "2GiB")
     assert build(doc, "f.toml", Path("/x")) != build(copy.deepcopy(BASE), "f.toml", Path("/x"))
+
+
+ROOT = DOC.parents[1]
+_EXAMPLE_TABLE = re.compile(r"^\s*#?\s*\[\[?([a-z_.]+)\]\]?\s*(?:#.*)?$")
+_EXAMPLE_KEY = re.compile(r"^\s*#?\s*([a-z_]+)\s*=\s*[\"\[{0-9tf.-]")
+
+
+def examples() -> list[tuple[str, str]]:
+    """The TOML an operator copies: the README's and docs' toml blocks, config/*.toml, the Kubernetes ConfigMap's."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        found += [(path.name, block) for block in re.findall(r"```toml\n(.*?)```", path.read_text(), re.S)]
+    found += [(str(p.relative_to(ROOT)), p.read_text()) for p in sorted((ROOT / "config").rglob("*.toml"))]
+    kubernetes = (ROOT / "config" / "kubernetes" / "edgecache.yaml").read_text()
+    configmap = re.search(r"edgecache.toml: \|\n(.*?)\n\S", kubernetes, re.S)
+    assert configmap, "no edgecache.toml in config/kubernetes/edgecache.yaml"
+    return [*found, ("config/kubernetes/edgecache.yaml", configmap.group(1))]
+
+
+def test_every_key_the_examples_set_or_comment_out_is_one_the_reader_takes() -> None:
+    """A key an example sets, or shows commented out for the operator to set, is read: not a misspelling the
+    reader would refuse as unknown (a commented one is never checked by check-config)."""
+    unknown, seen = [], 0
+    for where, text in examples():
+        table = ""
+        for line in text.splitlines():
+            if m := _EXAMPLE_TABLE.match(line):
+                table = _ALIASES.get(m.group(1), m.group(1))
+            elif m := _EXAMPLE_KEY.match(line):
+                seen += 1
+                if m.group(1) not in KEYS.get(table, frozenset()):
+                    unknown.append(f"{where}: [{table}] {line.strip()}")
+    assert seen >= 150
+    assert unknown == []
