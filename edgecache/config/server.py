@@ -13,7 +13,6 @@ from edgecache.config.schema import KEYS
 from edgecache.config.values import (
     _bool,
     _choice,
-    _networks,
     _positive,
     _Reader,
     _seconds,
@@ -21,6 +20,7 @@ from edgecache.config.values import (
     check_watchdog,
     parse_listen,
     seconds_between,
+    subnets,
 )
 
 MAX_DRAIN = 3600.0
@@ -63,7 +63,6 @@ def read_server(r: _Reader, doc: dict[str, Any], base: Path) -> ServerFields:
     t = r.table(doc, "server")
     p = "server."
     r.unknown(t, p, KEYS["server"])
-    no_nets: tuple[IPv4Network | IPv6Network, ...] = ()
     return ServerFields(
         listen=r.get(t, p, "listen", _listen_list, ()) or (Listen("127.0.0.1", 8080),),
         workers=r.get(t, p, "workers", _workers, 1),
@@ -73,8 +72,8 @@ def read_server(r: _Reader, doc: dict[str, Any], base: Path) -> ServerFields:
         rate_limit=r.get(t, p, "rate_limit", _positive(float), None),
         burst=r.get(t, p, "burst", _burst, None),
         proxy_protocol=r.get(t, p, "proxy_protocol", _listen_list, ()),
-        proxy_protocol_from=r.get(t, p, "proxy_protocol_from", _networks, no_nets),
-        trusted_forwarders=r.get(t, p, "trusted_forwarders", _networks, no_nets),
+        proxy_protocol_from=subnets(r, t, p, "proxy_protocol_from"),
+        trusted_forwarders=subnets(r, t, p, "trusted_forwarders"),
         fast_path=r.get(t, p, "fast_path", _bool, True),
         header_timeout=r.get(t, p, "header_timeout", _positive(float), 10.0),
         idle_timeout=r.get(t, p, "idle_timeout", _positive(float), 75.0),

@@ -14,7 +14,6 @@ from edgecache.config.values import (
     _bool,
     _key_param,
     _name,
-    _networks,
     _origin_host,
     _positive,
     _Reader,
@@ -23,6 +22,7 @@ from edgecache.config.values import (
     check_forward_field,
     check_host_pattern,
     check_origin_url,
+    subnets,
 )
 from edgecache.core.freshness import Policy
 
@@ -63,7 +63,7 @@ def _site(r: _Reader, t: dict[str, Any], p: str, i: int, base: Path) -> Site:
         origin_host=r.get(t, p, "origin_host", _origin_host, None),
         forward_fields=r.get(t, p, "forward_fields", _str_list(check_forward_field), ()),
         policy=_policy(r, t, p),
-        allow=r.get(t, p, "allow", _networks, ()),
+        allow=subnets(r, t, p, "allow"),
         tls=read_tls(r, t, p, base, hosts),
         signing=read_signing(r, t, p, base),
         origin_connections=r.get(t, p, "origin_connections", _positive(int), None),

@@ -278,6 +278,22 @@ def _networks(v: Any) -> tuple[IPv4Network | IPv6Network, ...]:
     return tuple(nets)
 
 
+def subnets(r: _Reader, table: dict[str, Any], prefix: str, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """The subnet list `name` (_networks), warning of each one written with host bits set ('10.0.0.5/8'): it is read
+    as its network, as nginx reads it (and warns of), which may be far more addresses than the one meant."""
+    none: tuple[IPv4Network | IPv6Network, ...] = ()
+    nets = r.get(table, prefix, name, _networks, none)
+    for written, net in zip(table.get(name, ()), nets, strict=False):  # nets is empty when the list was refused
+        address, slash, _ = written.partition("/")
+        try:
+            loose = bool(slash) and ip_address(address) != net.network_address
+        except ValueError:  # a form ip_network reads and ip_address does not: nothing to say of it
+            loose = False
+        if loose:
+            r.warn(f"{prefix}{name}", f"{written!r} has host bits set: it is read as {net}, every address in it")
+    return nets
+
+
 def _seconds(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or not math.isfinite(v):
         raise ValueError("expected seconds (a finite number >= 0)")

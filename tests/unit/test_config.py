@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -55,6 +56,31 @@ def test_site_acl_and_tokens() -> None:
         "f.toml: admin.tokens[1].token: give exactly one of token and token_file",
         "f.toml: admin.tokens[1].role: must be 'operator' or 'provider'",
         "f.toml: admin.tokens[0].sites: 'nope' is not a configured site",
+    ]
+
+
+def test_a_subnet_written_with_host_bits_set_is_warned_of_naming_file_key_and_what_it_is_read_as(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """'10.0.0.5/8' meant for one balancer trusts every address of 10.0.0.0/8 (nginx warns of it too): a warning,
+    as the config that has it works, naming what it is read as; a network or a bare address is not warned of."""
+    doc = {
+        "server": {
+            "trusted_forwarders": ["10.0.0.5/8", "10.0.0.5"],
+            "proxy_protocol": ["127.0.0.1:8080"],
+            "proxy_protocol_from": ["192.168.1.0/24"],
+        },
+        "sites": [{**SITE, "allow": ["2001:db8::1/32", "10.0.0.0/8", "172.16.5.4/255.255.0.0"]}],
+    }
+    with caplog.at_level(logging.WARNING, logger="edgecache.config"):
+        cfg = build(doc, "f.toml", Path("/x"))
+    assert [str(n) for n in cfg.trusted_forwarders] == ["10.0.0.0/8", "10.0.0.5/32"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "f.toml: server.trusted_forwarders: '10.0.0.5/8' has host bits set: it is read as 10.0.0.0/8, every address"
+        " in it",
+        "f.toml: sites[0].allow: '2001:db8::1/32' has host bits set: it is read as 2001:db8::/32, every address in it",
+        "f.toml: sites[0].allow: '172.16.5.4/255.255.0.0' has host bits set: it is read as 172.16.0.0/16, every"
+        " address in it",
     ]
 
 
