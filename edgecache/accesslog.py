@@ -65,6 +65,9 @@ class AccessLog:
     def __init__(self, path: Path | None, max_queued: int = MAX_QUEUED) -> None:
         self.path = path
         self.max_queued = max_queued
+        # Query parameters no line holds, in a target logged as sent or a Referer: every site's signed-URL token
+        # parameters (proxy.shared sets them with the sites).
+        self.never: frozenset[str] = frozenset()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._reopen = threading.Event()
         self._thread: threading.Thread | None = None

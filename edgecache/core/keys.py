@@ -132,11 +132,18 @@ def without_params(target: str, names: frozenset[str]) -> str:
     """`target` as sent, less the query parameters named in `names`, however their names are percent-encoded: what
     the access log names of a request refused before it had a key, which would have dropped its site's never-keyed
     parameters (a keyed request is logged by its key's target, which never holds them). Nothing here raises."""
-    path, sep, query = target.partition("?")
-    if not sep or not names:
+    if not names:
         return target
-    kept = [item for item in query.split("&") if unquote(_name(item)) not in names]
+    path, sep, query = target.partition("?")
+    if not sep or ("%" not in query and not any(name in query for name in names)):
+        return target
+    kept = [item for item in query.split("&") if _plain_name(item) not in names]
     return f"{path}?{'&'.join(kept)}" if kept else path
+
+
+def _plain_name(item: str) -> str:
+    name = item.partition("=")[0]
+    return unquote(name) if "%" in name else name  # unquote's cost only where it can change the name
 
 
 def keyed_query(query: str, keep: Iterable[str]) -> str:

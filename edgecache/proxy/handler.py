@@ -92,7 +92,7 @@ class EdgeHandler:
             metrics.SHED_REQUESTS.inc()
             observe.mark(request, CacheStatus.ERROR)
             resp = error_response(admit.OVERLOADED.status, admit.OVERLOADED.reason)
-            observe.finish(request, resp, self.shared.access, self.shared.node, self.shared.never_logged)
+            observe.finish(request, resp, self.shared.access, self.shared.node)
             return resp
         self.shared.in_flight += 1
         try:
@@ -100,7 +100,7 @@ class EdgeHandler:
             return resp
         finally:
             self.shared.in_flight -= 1
-            observe.finish(request, resp, self.shared.access, self.shared.node, self.shared.never_logged)
+            observe.finish(request, resp, self.shared.access, self.shared.node)
 
     async def _answer(self, request: web.BaseRequest, adopted: Adopted | None) -> web.StreamResponse:
         try:

@@ -140,10 +140,7 @@ async def write(request: web.BaseRequest, resp: web.StreamResponse, chunk: bytes
     sent(request, len(chunk))
 
 
-def finish(
-    request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog, node: str, never: frozenset[str]
-) -> None:
-    """Count and log the request; `never`: the parameters left out of a target logged as sent (Shared.never_logged)."""
+def finish(request: web.BaseRequest, resp: web.StreamResponse | None, access: AccessLog, node: str) -> None:
     t = trace(request)
     metrics.SOURCES.set(None)
     code = resp.status if resp is not None else 0
@@ -163,7 +160,7 @@ def finish(
             client(request),
             request.method,
             t.host if t.host is not None else headers.get("Host", ""),
-            t.target if t.target is not None else without_params(request.raw_path, never),
+            t.target if t.target is not None else without_params(request.raw_path, access.never),
             headers.get("Range"),
             headers.get("User-Agent"),
             headers.get("Referer"),
@@ -379,7 +376,7 @@ def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int, no
         "ms": round((time.monotonic() - t.t0) * 1000, 3),
         "protocol": line.protocol,
         "user_agent": clip(line.user_agent),
-        "referer": clip(line.referer),
+        "referer": clip(without_params(line.referer, access.never)) if line.referer is not None else None,
         "node": node,
         "upstream": way,
         "for_peer": t.for_peer,

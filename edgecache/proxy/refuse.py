@@ -64,7 +64,7 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
         if shared.access.enabled:
             client = r.viewer or conn.client
             host = r.host if r.host is not None else get_first(r.headers, "host") or ""
-            target = r.target if r.host is not None else without_params(r.target, shared.never_logged)  # no key
+            target = r.target if r.host is not None else without_params(r.target, shared.access.never)  # no key
             line = observe.Line.of(client, r.method, host, target, r.headers, r.keep_alive)
             line.protocol = r.protocol or line.protocol
             observe.log_line(shared.access, t, line, status, nbytes, shared.node, way)

@@ -33,10 +33,10 @@ class Shared:
         cluster: ClusterView | None = None,
     ) -> None:
         self.router: Router[Site] = Router((s.hosts, s) for s in sites)
-        self.never_logged = _never_logged(sites)
         _series(sites)
         self.engine = engine
         self.access = access or AccessLog(None)
+        self.access.never = _never_logged(sites)
         self.cluster = cluster
         if cluster is not None and engine is not None:  # `edgecache ring` builds one without an engine
             engine.cluster = cluster  # an owner's miss asks the previous owner's cache first (core.lookaside)
@@ -70,7 +70,7 @@ class Shared:
     def reload(self, sites: tuple[Site, ...]) -> None:
         """New sites and policies for the requests that start from now on; requests in flight keep theirs."""
         self.router = Router((s.hosts, s) for s in sites)
-        self.never_logged = _never_logged(sites)
+        self.access.never = _never_logged(sites)
         _series(sites)
 
     def connection_address(self, transport: asyncio.BaseTransport | None) -> str:
@@ -96,6 +96,6 @@ def _series(sites: tuple[Site, ...]) -> None:
 
 
 def _never_logged(sites: tuple[Site, ...]) -> frozenset[str]:
-    """The parameters some site never keys (its signed URLs' tokens): left out of the access log's target of a
-    request refused before it had a key (keys.without_params), whichever site's token it may carry."""
+    """The parameters some site never keys (its signed URLs' tokens): never written to the access log (AccessLog.never),
+    whichever site's token a line may carry."""
     return frozenset().union(*(keys.never_keyed(s.key_query) for s in sites))

@@ -409,6 +409,29 @@ async def test_a_request_refused_before_it_has_a_key_is_logged_without_the_token
     ]
 
 
+async def test_a_referer_holding_a_signed_url_is_logged_without_its_token(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """A player page served under a signed URL (a prefix token, say) makes the browser send that URL as the
+    Referer of every request it makes of the same host: the line's referer keeps all but the token's parameters,
+    on a miss, a hit and a refusal alike."""
+    rules = Signing((SECRET,))
+    origin.put("/v/a.mp4", BODY)
+    config = replace(signed_config(tmp_path, origin, fast, rules), access_log=tmp_path / "access.log")
+    page = "http://video.test" + sign(rules, "/v/player.html?lang=en", later())
+    assert "signature=" in page
+    async with start_edge(config) as edge:
+        target = sign(rules, "/v/a.mp4", later())
+        for sent in (target, target, "/v/a.mp4"):
+            await get(edge, sent, f"Referer: {page}")
+    lines = [json.loads(x) for x in (tmp_path / "access.log").read_bytes().splitlines()]
+    assert [(x["status"], x["cache"], x["referer"]) for x in lines] == [
+        (200, "miss", "http://video.test/v/player.html?lang=en"),
+        (200, "hit", "http://video.test/v/player.html?lang=en"),
+        (403, "error", "http://video.test/v/player.html?lang=en"),
+    ]
+
+
 async def test_the_access_log_never_holds_the_token(origin: Origin, tmp_path: Path, fast: bool) -> None:
     """Whoever reads the log must not be able to replay a viewer's URL: the line names the target without the
     signed URL's parameters (the rest of its query stays), whichever path answered: a miss, a hit, a pass-through."""
