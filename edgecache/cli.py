@@ -205,17 +205,22 @@ def _serve_config(args: argparse.Namespace) -> cfg.Config:
 
 
 def _one_origin(args: argparse.Namespace) -> cfg.Config:
+    sizes, problems = {}, []
+    for flag, field in (("memory", "memory_bytes"), ("disk", "disk_bytes"), ("slice", "slice_bytes")):
+        try:
+            sizes[field] = cfg.parse_size(getattr(args, flag))
+        except ValueError as exc:
+            problems.append(f"command line: --{flag}: {exc}")
     try:
-        sizes = {
-            "memory_bytes": cfg.parse_size(args.memory),
-            "disk_bytes": cfg.parse_size(args.disk),
-            "slice_bytes": cfg.parse_size(args.slice),
-            "memory_headroom": cfg.parse_size(args.memory_headroom),
-        }
+        sizes["memory_headroom"] = cfg.parse_size(args.memory_headroom)
     except ValueError as exc:
-        raise ConfigError([f"command line: --memory/--disk/--slice/--memory-headroom: {exc}"]) from exc
-    if not 1 <= args.workers <= MAX_WORKERS or args.max_requests < 1:
-        raise ConfigError([f"command line: --workers: expected 1 to {MAX_WORKERS}; --max-requests: at least 1"])
+        problems.append(f"command line: --memory-headroom: {exc}")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        problems.append(f"command line: --workers: expected 1 to {MAX_WORKERS}")
+    if args.max_requests < 1:
+        problems.append("command line: --max-requests: at least 1")
+    if problems:
+        raise ConfigError(problems)
     if args.tiers == "exclusive" and args.workers > 1:
         raise ConfigError([f"command line: --tiers: {cfg.EXCLUSIVE_WORKERS} (--workers is {args.workers})"])
     try:

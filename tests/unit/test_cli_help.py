@@ -1,10 +1,12 @@
-"""`edgecache --help` and each subcommand's: every subcommand, argument and option says what it is."""
+"""`edgecache --help` and each subcommand's: every argument and option says what it is; a bad flag is named."""
 
 from __future__ import annotations
 
 import argparse
 
-from edgecache.cli import _parser
+import pytest
+
+from edgecache.cli import _parser, main
 
 
 def unexplained(parser: argparse.ArgumentParser, path: str) -> list[str]:
@@ -30,3 +32,14 @@ def test_check_config_help_says_what_it_prints_and_its_exit_status() -> None:
     text = " ".join(sub.choices["check-config"].format_help().split())  # as wrapped to the terminal, unwrapped
     assert "`file: key: problem`" in text
     assert "exit 2" in text
+
+
+def test_each_bad_one_origin_flag_is_named_in_a_problem_of_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    """`file: key: problem` on the command line: the flag that is wrong, not a list of those that might be."""
+    argv = ["serve", "--origin", "http://127.0.0.1:9", "--memory", "lots", "--slice", "1x", "--workers", "0"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "command line: --memory: 'lots' is not a size such as 256MiB",
+        "command line: --slice: '1x' is not a size such as 256MiB",
+        "command line: --workers: expected 1 to 256",
+    ]
