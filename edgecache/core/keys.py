@@ -129,9 +129,10 @@ def never_keyed(keep: Iterable[str]) -> frozenset[str]:
 
 
 def without_params(target: str, names: frozenset[str]) -> str:
-    """`target` as sent, less the query parameters named in `names`, however their names are percent-encoded: what
-    the access log names of a request refused before it had a key, which would have dropped its site's never-keyed
-    parameters (a keyed request is logged by its key's target, which never holds them). Nothing here raises."""
+    """`target` (or a URL) as sent, less the query parameters named in `names`, however their names are
+    percent-encoded: what the access log writes of a Referer, and of the target of a request refused before it had
+    a key, which would have dropped its site's never-keyed parameters (a keyed request is logged by its key's
+    target, which never holds them). Nothing here raises."""
     if not names:
         return target
     path, sep, query = target.partition("?")
