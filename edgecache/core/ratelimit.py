@@ -13,6 +13,8 @@ from ipaddress import IPv6Address, IPv6Network
 
 from edgecache.core.admit import TOO_MANY, Reply
 
+KEPT = 1024  # buckets held whether full or not (_forget_full)
+
 
 @functools.lru_cache(maxsize=8192)  # asked on every request: an address is parsed once while its client is active
 def bucket(client: str) -> str:
@@ -41,9 +43,25 @@ class RateLimiter:
         tokens = min(self.burst, tokens + (now - stamp) * self.rate)
         ok = tokens >= 1.0
         self._buckets[client] = (tokens - 1.0 if ok else tokens, now)
-        if len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)  # the longest idle client starts again with a full bucket
+        self._forget_full(now)
         return ok
+
+    def _forget_full(self, now: float) -> None:
+        """Past KEPT clients, drops the buckets that have filled up again, longest idle first: a client the table
+        does not hold gets a full bucket, so such an entry decides nothing. The table then holds the clients of the
+        last burst / rate seconds, not the last max_clients ever seen (20 MB a worker at 100,000, which the RSS
+        bound takes from the memory tier). Below KEPT nothing is dropped, so a few busy clients cost no churn. Past
+        max_clients, the longest idle client starts again with a full bucket."""
+        buckets = self._buckets
+        if len(buckets) > self.max_clients:
+            buckets.popitem(last=False)
+        if len(buckets) <= KEPT:
+            return
+        while buckets:
+            tokens, stamp = next(iter(buckets.values()))
+            if tokens + (now - stamp) * self.rate < self.burst:
+                return
+            buckets.popitem(last=False)
 
     def refusal(self, client: str, now: float) -> Reply | None:
         """allow() as an answer: None, or the 429 whose Retry-After is when the client's bucket holds a token

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from edgecache.core.admit import Reply
-from edgecache.core.ratelimit import RateLimiter
+from edgecache.core.ratelimit import KEPT, RateLimiter
 
 
 def test_token_bucket_per_client() -> None:
@@ -17,6 +17,22 @@ def test_table_is_bounded() -> None:
     for i in range(100):
         rl.allow(f"c{i}", 0.0)
     assert len(rl._buckets) == 10
+
+
+def test_a_bucket_that_filled_up_again_is_forgotten() -> None:
+    """A client whose bucket is full again is the same as one never seen: past KEPT clients the table holds only
+    those of the last burst / rate seconds (the soak's ever new addresses kept 100,000 buckets, 20 MB a worker)."""
+    rl = RateLimiter(rate=1, burst=20)
+    for i in range(2 * KEPT):
+        assert rl.allow(f"c{i}", i / (4 * KEPT))
+    assert len(rl._buckets) == 2 * KEPT  # each spent a token within the last half second: none is full again
+    assert [rl.allow("a", 1.0) for _ in range(21)] == [True] * 20 + [False]  # "a" spends its whole burst
+    assert len(rl._buckets) == 2 * KEPT  # c0's token came back at 1.0: full, forgotten; "a" is new
+    assert rl.allow("b", 2.0)
+    assert len(rl._buckets) == 2  # every cN is full again; "a" has 1 token of 20 and is kept
+    assert [rl.allow("a", 2.0) for _ in range(2)] == [True, False]  # as it would have been without forgetting
+    assert rl.allow("late", 30.0)
+    assert len(rl._buckets) == 3  # "a" and "b" are full again, but below KEPT nothing is dropped
 
 
 def test_an_ipv6_client_is_its_64() -> None:
