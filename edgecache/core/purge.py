@@ -81,7 +81,7 @@ def scopes_of(site: str, host: str, path: str) -> list[Scope]:
     return scopes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # a remembered hit names its table weakly (proxy.hit)
 class PurgeTable:
     marks: dict[Scope, Mark] = field(default_factory=dict)
     # While this node may have missed purges (it has not caught up with its peers since it started, since a peer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import time
+import weakref
 from dataclasses import dataclass, fields, replace
 
 from edgecache.config import Site
@@ -41,7 +42,10 @@ class Hit:
     router: object
     ring: object
     record: PrimaryRecord
-    purges: PurgeTable
+    # Weakly: a memo's hits would keep every table a purge has replaced since they were decided, each a copy of
+    # every mark (295 KB at a site's 10,000), outside the bytes the memos are bounded by. A table gone is not
+    # the store's.
+    purges: weakref.ref[PurgeTable]
     valid_until: float  # when the Age field or freshness next changes
     # The viewer a node of the cluster forwarded this for (a valid hop), who the access log names. Such a hit is
     # remembered by its head without the hop field (decide.Decider._hopped), and each new hop is checked.
@@ -79,7 +83,7 @@ class Hit:
             shared.router is self.router
             and (cluster.ring if cluster is not None else None) is self.ring
             and (self.changes < 0 or (cluster is not None and cluster.changes == self.changes))
-            and store.purges is self.purges
+            and store.purges is self.purges()
             and store.peek_record(self.req.primary) is self.record
             and store.peek_meta(self.req.entry_key) is self.meta
         )
@@ -109,8 +113,8 @@ def decided(
     # that each field gets its own value.
     return Hit(
         planned.status, planned.fields, req, meta, planned.first, planned.last, req.site, shared.router, ring,
-        record, shared.engine.store.purges, valid_until, viewer, fills, use, planned.body, changes, planned.layout,
-        failover, fresh_until, age,
+        record, weakref.ref(shared.engine.store.purges), valid_until, viewer, fills, use, planned.body, changes,
+        planned.layout, failover, fresh_until, age,
     )  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -13,6 +14,7 @@ from typing import Any, cast
 import pytest
 
 from edgecache.core.freshness import Use, initial_age
+from edgecache.core.purge import PurgeTable
 from edgecache.proxy.hit import Hit, decided
 from edgecache.proxy.respond import Planned
 
@@ -39,7 +41,8 @@ def test_hit_is_constructed_only_by_decided_and_copied() -> None:
 def test_decided_gives_each_field_its_own_value(fills: bool, failover: bool) -> None:
     """decided() calls Hit with its fields in order: each must land in its own field (ints, floats and bools of the
     same type side by side would swap unnoticed by mypy)."""
-    ring, router, purges, site, record, layout = object(), object(), object(), object(), object(), object()
+    ring, router, site, record, layout = object(), object(), object(), object(), object()
+    purges = PurgeTable()
     cluster = SimpleNamespace(ring=ring)
     shared = SimpleNamespace(
         cluster=cluster, router=router, engine=SimpleNamespace(store=SimpleNamespace(purges=purges))
@@ -55,7 +58,7 @@ def test_decided_gives_each_field_its_own_value(fills: bool, failover: bool) -> 
     )  # fmt: skip
     want = {
         "status": 299, "headers": fields, "req": req, "meta": meta, "first": 3, "last": 9, "site": site,
-        "router": router, "ring": ring, "record": record, "purges": purges, "valid_until": 11.5,
+        "router": router, "ring": ring, "record": record, "purges": weakref.ref(purges), "valid_until": 11.5,
         "viewer": "192.0.2.9", "fills": fills, "use": Use.STALE_OK, "body": b"text", "changes": -7, "parts": layout,
         "failover": failover, "fresh_until": 12.5, "initial_age": initial_age(meta.headers, 100.0, 103.0),
     }  # fmt: skip
