@@ -50,11 +50,23 @@ def read_tls(r: _Reader, t: dict[str, Any], p: str, base: Path, hosts: tuple[str
     try:
         load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), files)
     except (OSError, ssl.SSLError) as exc:
-        r.problem(f"{p}tls", f"cannot load certificate {files.cert} with key {files.key}: {exc}")
+        r.problem(*_pair_problem(p, files, exc))
         return None
     for warning in warnings(files, hosts):
         r.warn(f"{p}tls", warning)
     return files
+
+
+def _pair_problem(p: str, files: TLSFiles, exc: OSError | ssl.SSLError) -> tuple[str, str]:
+    """The key and problem of a pair that did not load: a file that cannot be read is named by its own key (OpenSSL's
+    error names neither), else the pair, with OpenSSL's reason."""
+    for name, path in (("cert", files.cert), ("key", files.key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as err:
+            return f"{p}tls.{name}", f"cannot read {str(path)!r}: {err.strerror}"
+    return f"{p}tls", f"cannot load certificate {files.cert} with key {files.key}: {exc}"
 
 
 def unusable_disks(config: Config) -> list[str]:

@@ -158,8 +158,22 @@ def test_a_certificate_that_cannot_be_loaded_is_a_config_error(tmp_path: Path) -
     with pytest.raises(ConfigError) as info:
         build(doc, "edge.toml", tmp_path)
     problems = "\n".join(info.value.problems)
-    assert f"edge.toml: sites[0].tls: cannot load certificate {tmp_path / 'bad.pem'} with key" in problems
+    assert f"edge.toml: sites[0].tls.key: cannot read {str(tmp_path / 'missing.key')!r}: No such file or directory" in (
+        problems
+    )
     assert "edge.toml: server.tls_listen: needs a certificate" in problems
+    # Both files there: the pair, with OpenSSL's reason.
+    doc["sites"][0]["tls"]["key"] = "bad.pem"
+    with pytest.raises(ConfigError) as info:
+        build(doc, "edge.toml", tmp_path)
+    problems = "\n".join(info.value.problems)
+    assert f"edge.toml: sites[0].tls: cannot load certificate {tmp_path / 'bad.pem'} with key" in problems
+    doc["sites"][0]["tls"] = {"cert": "gone.pem", "key": "bad.pem"}
+    with pytest.raises(ConfigError) as info:
+        build(doc, "edge.toml", tmp_path)
+    assert f"edge.toml: sites[0].tls.cert: cannot read {str(tmp_path / 'gone.pem')!r}: No such file or directory" in (
+        info.value.problems
+    )
 
 
 async def test_clients_that_stop_reading_hold_a_piece_each_not_their_answer(origin: Origin, tmp_path: Path) -> None:
