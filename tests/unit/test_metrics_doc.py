@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 from tests.metricnames import families, samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,3 +46,11 @@ def test_every_metric_the_readme_and_docs_name_exists_with_the_labels_they_give_
             if not given <= set(code[family][1]):
                 wrong.append(f"{path.name}: {m.group(0)}: {family} has labels {code[family][1]}")
     assert wrong == []
+
+
+def test_docs_metrics_lists_every_alert_with_its_for_and_severity() -> None:
+    groups = yaml.safe_load((ROOT / "config/prometheus/alerts.yml").read_text())["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    code = {r["alert"]: (r.get("for", "-"), r["labels"]["severity"]) for r in rules}
+    rows = re.findall(r"^\| `([A-Za-z]+)` \| .* \| ([0-9a-z-]+) \| ([a-z]+) \|$", DOC.read_text(), re.M)
+    assert {name: (lasting, severity) for name, lasting, severity in rows} == code
