@@ -20,8 +20,9 @@ MiB = 2**20
 # cache.lease for the tests whose second worker waits out the first one's lease (the first fill held by the origin):
 # what they assert holds for any lease, and the default's 10 s were most of their time.
 SHORT_LEASE = 3.0
-# cache.lease at its longest, for the tests that tell a lease let go from one that lapsed: none lapses within a test,
-# so whatever a test sees end was let go, however slow the machine.
+# cache.lease at its longest: no lease lapses within a test, however slow the machine. For the tests that tell a lease
+# let go from one that lapsed, and for those that hold the origin while they poll (up to 20 s): a lease lapses 10 s
+# (the default) after its fill last received bytes, and then another worker fetches the slice too, as promised.
 NEVER_LAPSES = 3600.0
 DATA = bytes((i * 13 + i // 65521) % 256 for i in range(12 * MiB + 99))
 
@@ -57,7 +58,7 @@ def two_workers(tmp_path: Path, origin: Origin, port: int, admin: int, lease: fl
 async def test_two_workers_fetch_each_slice_once(origin: Origin, tmp_path: Path) -> None:
     origin.put("/w.bin", DATA)
     port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
+    cfg = two_workers(tmp_path, origin, port, admin, NEVER_LAPSES)  # the origin is held below
     async with edge_process("serve", "--config", str(cfg), ready=READY), aiohttp.ClientSession() as s:
 
         async def get(first: int, last: int) -> bytes:
@@ -146,7 +147,7 @@ async def test_a_whole_fill_in_one_worker_leaves_the_other_its_slices_to_wait_fo
 
     origin.on_request = pause_after_first_slice
     port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
+    cfg = two_workers(tmp_path, origin, port, admin, NEVER_LAPSES)  # the origin is held below
     async with edge_process("serve", "--config", str(cfg), ready=READY), aiohttp.ClientSession() as s:
 
         async def get(headers: dict[str, str]) -> bytes:
