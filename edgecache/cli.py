@@ -15,18 +15,17 @@ from edgecache.config.server import MAX_WORKERS
 from edgecache.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "edgecache.toml"
+SERVE = (
+    "Run the node until SIGTERM or SIGINT (a drain, then a stop); SIGHUP reads its config file again. Either from a"
+    " TOML config (--config; the shipped one serves a demo site) or in one-origin mode (--origin URL: one site for"
+    " every Host, that origin behind it, the other flags in place of a config file)."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgecache", description="A CDN edge cache node.")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser(
-        "serve",
-        help="run the node",
-        description="Run the node until SIGTERM or SIGINT (a drain, then a stop); SIGHUP reads its config file again."
-        " Either from a TOML config (--config; the shipped one serves a demo site) or in one-origin mode (--origin URL:"
-        " one site for every Host, that origin behind it, the other flags in place of a config file).",
-    )
+    s = sub.add_parser("serve", help="run the node", description=SERVE)
     s.add_argument("--config", type=Path, help=f"TOML config (default: {DEFAULT_CONFIG})")
     s.add_argument("--origin", help="one-origin mode: cache everything for this origin URL")
     s.add_argument("--listen", help="HOST:PORT for --origin mode (default: 127.0.0.1:8080)")
