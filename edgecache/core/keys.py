@@ -118,14 +118,9 @@ def _name(item: str) -> str:
     return item.partition("=")[0]
 
 
-def _never(keep: Iterable[str]) -> frozenset[str]:
+def never_keyed(keep: Iterable[str]) -> frozenset[str]:
     """The names a key_query marks "!name": never keyed, not even under "*", and never sent to an origin."""
     return frozenset(k[1:] for k in keep if k.startswith("!"))
-
-
-def never_keyed(keep: Iterable[str]) -> frozenset[str]:
-    """The parameters of a site's key_query never keyed nor sent anywhere (a signed URL's token)."""
-    return _never(keep)
 
 
 def without_params(target: str, names: frozenset[str]) -> str:
@@ -155,7 +150,7 @@ def keyed_query(query: str, keep: Iterable[str]) -> str:
     different names is given up, which no origin we know of reads. Empty items ('&&') carry nothing and go.
     """
     kept = set(keep)
-    never = _never(kept)
+    never = never_keyed(kept)
     items = [i for i in query.split("&") if i and _name(i) not in never and ("*" in kept or _name(i) in kept)]
     return "&".join(sorted(items, key=_name))
 
@@ -171,7 +166,7 @@ def make_key(site: str, host: str, target: str, keep_query: Iterable[str]) -> Ca
     kq = keyed_query(query, keep_query)
     primary = f"{site}|{host}|{path}" + (f"?{kq}" if kq else "")
     unkeyed = ""
-    if never := _never(keep_query):
+    if never := never_keyed(keep_query):
         items = query.split("&")
         unkeyed = "&".join(i for i in items if _name(i) in never)
         query = "&".join(i for i in items if _name(i) not in never)

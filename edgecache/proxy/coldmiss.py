@@ -219,7 +219,7 @@ def _whole_instead(conn: FastPath, started: Started, fetched: FillHead) -> Waiti
     """The miss's fill brings a run of slices of a copy with no version, and its answer goes past it: it waits for
     the head of a fill of the whole object instead (proxy.wholefill), and is settled again once that has come."""
     engine = conn.server.shared.engine
-    fill, ours = wholefill.whole_fill(engine, replace(started.cold.req, entry_key=fetched.entry_key))
+    fill, ours = engine.fill_for(replace(started.cold.req, entry_key=fetched.entry_key), 0, None, whole=True)
     if started.expected is not None:
         started.expected.release()
     joined = started.joined or not started.ours

@@ -342,7 +342,7 @@ class EdgeHandler:
         head = await self._head_of(request, req, fill, stale, strict)
         size = self.engine.slice_size
         if isinstance(head, FillHead) and wholefill.needs_whole(fill, head, request.method, req.headers, size):
-            fill, ours = wholefill.whole_fill(self.engine, replace(req, entry_key=head.entry_key))
+            fill, ours = self.engine.fill_for(replace(req, entry_key=head.entry_key), 0, None, whole=True)
             _reads(request, fill, ours, held)
             head = await self._head_of(request, req, fill, stale, strict)
         return fill, ours, head

@@ -6,8 +6,9 @@ of a HEAD, asks the origin for a run of slices, and a plain GET that comes meanw
 says the copy has no validator, no other fetch can be proven to bring the same bytes: each is a copy of its own
 (fillhead._copy). Answered from the run, such a request sent its head and the run's slices, then met another copy in
 the fill of the next slice (errors.VersionChanged) and was cut. It waits instead for the head of a fill of the whole
-object (one under way, joined, or one started for it) and is answered from that one fetch: two origin requests in
-all, the run's (already asked, and answering the requests within it) and the whole object's.
+object (one under way, joined, or one started for it: Engine.fill_for(..., whole=True)) and is answered from that
+one fetch: two origin requests in all, the run's (already asked, and answering the requests within it) and the whole
+object's.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import functools
 from edgecache.core import entry
 from edgecache.core.fillcost import run_serves
 from edgecache.core.headers import Headers
-from edgecache.proxy.engine import Engine
 from edgecache.proxy.fill import Fill, FillHead
-from edgecache.proxy.fillrequest import FillRequest
 from edgecache.proxy.respond import answer_span
 
 
@@ -31,9 +30,3 @@ def needs_whole(fill: Fill, head: FillHead, method: str, headers: Headers, slice
         return False
     span = functools.partial(answer_span, method, headers, head.meta, slice_size)
     return not run_serves(entry.versioned(head.meta), (fill.first_index, fill.last_index), span)
-
-
-def whole_fill(engine: Engine, req: FillRequest) -> tuple[Fill, bool]:
-    """The fill of the whole object `req` (keyed as the head named it) is answered from: one under way that may
-    answer it, else one started for it; and whether it was started for it."""
-    return engine.fill_for(req, 0, None, whole=True)
