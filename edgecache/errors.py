@@ -75,9 +75,9 @@ class VersionChanged(OriginError):
         super().__init__(reason, retryable=False)
 
     def counted(self, tries: Tries) -> Tries:
-        """A request's `tries` with the one this ended: a new version met, a purge here (Overtaken), or a slice unread
-        through its reader's tries (Unread), as either path counts them (core.churn.Tries)."""
-        return tries.met(isinstance(self, Overtaken), isinstance(self, Unread))
+        """A request's `tries` with the one this ended, as either path counts them (core.churn.Tries): a new version
+        met (overridden below: a purge here, a slice unread)."""
+        return tries.met(purge=False)
 
 
 class Overtaken(VersionChanged):
@@ -85,12 +85,18 @@ class Overtaken(VersionChanged):
     stored, and the request starts again from a look-up after the purge. Not a new version at the origin: counted
     apart from those (core.churn.next_try)."""
 
+    def counted(self, tries: Tries) -> Tries:
+        return tries.met(purge=True)
+
 
 class Unread(Overtaken):
     """A slice an answer needs that its reader did not read in its tries (proxy.reading.read_slice): each fetch of it
     the reader met, another worker's or one of this worker's, ended without storing it (a purge overtook it, or it met
     another version than the reader's copy). Its copy drops nothing, as for a purge's; and no failure of the origin:
     the request's tries are spent (core.churn.next_try), and it is relayed from one origin request, not answered 502."""
+
+    def counted(self, tries: Tries) -> Tries:
+        return tries.met(purge=True, unread=True)
 
 
 class PeerCut(VersionChanged):
