@@ -25,6 +25,8 @@ _FROM_MEMORY = metrics.BYTES_SERVED.labels("memory")
 _FROM_DISK = metrics.BYTES_SERVED.labels("disk")
 _FROM_ORIGIN = metrics.BYTES_SERVED.labels("origin")
 _FROM_PEER = metrics.BYTES_SERVED.labels("peer")
+# Looks at a slice, each after a fetch of it the reader met ended without storing it: then errors.Unread.
+READ_TRIES = 3
 
 
 def memory_range(engine: Engine, req: FillRequest, meta: ObjectMeta, first: int, last: int) -> bytes | None:
@@ -76,7 +78,7 @@ async def read_slice(
     if own is not None and own.covers(index):  # this miss's bytes, wherever its fill has put them by now
         from_memory = from_disk = _FROM_PEER if _from_peer(own) else _FROM_ORIGIN
     copies = [(req.entry_key, meta)]  # whose stored slices are this slice's bytes, and the key each is under
-    for _ in range(3):
+    for _ in range(READ_TRIES):
         data = _in_memory(engine, copies, index)
         if data is not None:
             from_memory.inc(hi - lo)
@@ -113,7 +115,7 @@ async def read_slice(
             if await _disagreed(engine, req, meta, fill, exc):
                 raise VersionChanged(f"the origin's slices of {meta.version} disagree: fetched whole now") from exc
             raise
-    raise Unread(f"slice {index} unread in 3 tries: each fetch of it met ended without storing it")
+    raise Unread(f"slice {index} unread in {READ_TRIES} tries: each fetch of it met ended without storing it")
 
 
 async def _read_fill(
