@@ -199,16 +199,28 @@ def _answered(
         return STREAMED
     if (passed := _passed(conn, started, fetched)) is not None:
         return passed
-    if not conn.named and uncached.other_variant(started, fetched):
+    if fetched.status == 304:  # it confirmed a copy another worker's purge keyed elsewhere before this look-up
+        return _no_change(conn, started)
+    if uncached.other_variant(started, fetched):
         # Decided again with the Vary the answer named (stored or not: PrimaryRecord.named), the request is its
         # variant's miss, filled with the fields that Vary names, as the full handler looks again under that
-        # variant's key; on a draining connection too (FastPath.again keeps its head processed). Once: an origin
-        # whose Vary changes from answer to answer leaves the request to the full handler.
-        conn.again, conn.named = True, fetched.meta.vary
+        # variant's key. An origin whose Vary changes from answer to answer spends the request's tries.
+        conn.named = fetched.meta.vary
         if started.ours and not fetched.shared:
             started.fill.abandon()  # only this request would have read it
-        return AGAIN
+        return _no_change(conn, started)
     return None
+
+
+def _no_change(conn: FastPath, started: Started) -> Again | Pass:
+    """A fill's head that leaves nothing to answer from and met no new version (a 304 of a copy gone since, another
+    variant's answer): a try, as the full handler's loop counts it (core.churn). Decided again (AGAIN), on a draining
+    connection too (FastPath.again keeps its head processed), or, out of tries, relayed (SPENT, or what its earlier
+    tries met)."""
+    step = _counted(conn, started.head, None)
+    if step is churn.Next.FILL:
+        return AGAIN
+    return replace(_pass_of(started, CacheStatus.MISS, False, None), churned=step)
 
 
 def _size(conn: FastPath) -> int:
@@ -385,12 +397,15 @@ def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
 def tried(conn: FastPath, raw: bytes, exc: VersionChanged) -> churn.Next | None:
     """The answer to the head `raw` met a new version before any byte went out, or a purge here overtook its fill
     (`exc`: errors.Overtaken): that try counted with the head's others (FastPath.tries), and what the request does
-    next, as core.churn tells the full handler (FILL: decided again; RELAY, OVERTAKEN, SPENT: proxy.changing relays it).
+    next, as core.churn tells the full handler (FILL: decided again; RELAY, OVERTAKEN, SPENT: it is relayed).
     None: the connection drains, left to the full handler."""
-    if conn.closing:
-        return None
+    return None if conn.closing else _counted(conn, raw, exc)
+
+
+def _counted(conn: FastPath, raw: bytes, exc: VersionChanged | None) -> churn.Next:
+    """tried(), on a draining connection too; `exc` None: a try that met no change (_no_change)."""
     tries = conn.tries[1] if conn.tries is not None and conn.tries[0] == raw else churn.Tries(tried=1)
-    tries = exc.counted(tries)
+    tries = exc.counted(tries) if exc is not None else tries
     step = tries.next()
     if step is churn.Next.FILL:
         conn.again, tries = True, tries.begun()

@@ -148,7 +148,7 @@ async def test_misses_each_answered_by_a_copy_a_purge_then_drops_are_relayed_not
         assert copy is not None
         await store.invalidate(warm.primary)  # a purge: the next request is a miss
         answered = answered_elsewhere_then_purged(edge, monkeypatch, "/o.bin", copy)
-        before, unstored = len(origin.seen), misses("uncacheable")
+        before, unstored, handed_off = len(origin.seen), misses("uncacheable"), fast_path_outcomes()["handed_off"]
         async with edge.session.request(method, edge.url + "/o.bin", headers={"Host": "video.test"}) as r:
             status, headers, body = r.status, r.headers, await r.read()
         assert (status, body) == (200, DATA if method == "GET" else b""), body[:200]
@@ -157,6 +157,7 @@ async def test_misses_each_answered_by_a_copy_a_purge_then_drops_are_relayed_not
         assert [(s.method, s.headers.get("Range")) for s in origin.seen[before:]] == [(method, None)]  # the relay
         assert len(answered) == len(set(answered)) == 3  # three tries, each under the key a purge had made
         assert misses("uncacheable") == unstored + 1
+        assert fast_path_outcomes()["handed_off"] == handed_off  # the fast path tries again and relays it (issue 14)
 
 
 def fills_started(edge: Edge, monkeypatch: pytest.MonkeyPatch) -> list[FillRequest]:

@@ -125,3 +125,47 @@ async def test_a_first_vary_miss_on_a_draining_connection_is_answered(origin: Or
             writer.close()
     assert (answer[0], answer[2]) == (200, b"for phone")
     assert seen == [None, "phone"]
+
+
+async def test_an_origin_whose_vary_changes_each_answer_spends_the_tries_on_the_fast_path(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Each answer names another Vary, so each fill's answer is another variant's than the request's: its tries are
+    spent (core.churn) and it is relayed, as the full handler answers it: the same answer (a relay whose answers
+    keep varying on other fields has none to give: 502), the origin asked as often, and no connection handed to
+    aiohttp. Before, the fast path decided it again once uncounted, then handed it off, and the full handler began
+    its tries afresh: one origin request more, and handed_off 1."""
+    fields = "".join(f"X-{n}: {n.lower()}\r\n" for n in "ABCDEFGHIJ")
+
+    async def answer(fast: bool) -> tuple[bytes, int]:
+        seen: list[str | None] = []
+
+        def hook(request: web.BaseRequest, obj: object) -> web.Response:
+            seen.append(request.headers.get("X-A"))
+            vary = f"X-{'ABCDEFGHIJ'[len(seen) - 1]}"
+            headers = {"Cache-Control": "public, max-age=600", "Vary": vary, "Content-Type": "text/plain"}
+            return web.Response(body=b"the same body", headers=headers)
+
+        origin.on_request = hook
+        config = replace(make_config(tmp_path / str(fast), [origin.url]), fast_path=fast)
+        async with start_edge(config) as edge, asyncio.timeout(30):
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+            try:
+                writer.write(f"GET /v HTTP/1.1\r\nHost: video.test\r\n{fields}\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"\r\nContent-Length: (\d+)\r\n", head)[1])  # type: ignore[index]
+                body = await reader.readexactly(length)
+            finally:
+                writer.close()
+        return re.sub(rb"\r\n(Date|Age): [^\r]*", rb"\r\n\1: -", head) + body, len(seen)
+
+    origin.put("/v", b"")
+    before = fast_path_outcomes()
+    fast = await answer(fast=True)
+    outcomes = {k: v - before[k] for k, v in fast_path_outcomes().items()}
+    assert fast == await answer(fast=False)
+    reason = b"origin failed: the object kept changing while being fetched, and varying on other fields\n"
+    assert fast[0].startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert fast[0].endswith(b"\r\n\r\n" + reason)
+    assert fast[1] == 5  # three fills, then the relay, and once more with the fields its answer named (churn.RELAYS)
+    assert (outcomes["answered"], outcomes["handed_off"]) == (1, 0)
