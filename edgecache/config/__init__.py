@@ -21,6 +21,7 @@ from edgecache.config.cache import (
     read_cache,
 )
 from edgecache.config.cluster import read_cluster
+from edgecache.config.files import disks_over_filesystems
 from edgecache.config.model import (
     CacheSettings,
     ClusterSettings,
@@ -128,6 +129,8 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     _check_site_shares(r, cfg)
     if r.problems:
         raise ConfigError(r.problems)
+    several = [f"cache.disks[{i}].size" for i in range(len(cfg.cache.disks))]
+    disks_over_filesystems(r, cfg.cache.all_disks, several or ["cache.disk"])
     return cfg
 
 
@@ -207,6 +210,7 @@ def one_origin(
         r.problem("--disk", "must hold at least 16 slices")
     if r.problems:
         raise ConfigError(r.problems)
+    disks_over_filesystems(r, settings.all_disks, ["--disk"])
     site = Site(name="origin", hosts=("*",), origins=(origin_url,), forward_fields=fields)
     return Config(
         source="command line",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecache.config.certcheck import load_pair, warnings
-from edgecache.config.model import Config, TLSFiles
+from edgecache.config.model import Config, Disk, TLSFiles
 from edgecache.config.schema import KEYS
 from edgecache.config.values import _Reader
 
@@ -83,18 +83,58 @@ def unusable_disks(config: Config) -> list[str]:
     return problems
 
 
-def _unusable(path: Path) -> str | None:
+def _nearest(path: Path) -> tuple[Path, OSError | None]:
+    """The nearest of `path` and its parents that is there (a link too, to nothing or not): the node makes the rest.
+    With an error: the one it cannot look at (a name too long, a directory it may not look in)."""
     there = path
-    while there.parent != there:  # the nearest that is there (a link too, to nothing or not): the node makes the rest
+    while there.parent != there:
         try:
             os.lstat(there)
             break
         except (FileNotFoundError, NotADirectoryError):
             there = there.parent
-        except OSError as exc:  # a name too long, a directory it may not look in: nothing the node could make
-            return f"cannot look at {str(there)!r}: {exc.strerror}"
+        except OSError as exc:
+            return there, exc
+    return there, None
+
+
+def _unusable(path: Path) -> str | None:
+    there, error = _nearest(path)
+    if error is not None:  # nothing the node could make
+        return f"cannot look at {str(there)!r}: {error.strerror}"
     if not there.is_dir():  # a link to nothing too: the node cannot make a directory where it is
         return f"{str(there)!r} is not a directory"
     if not os.access(there, os.W_OK | os.X_OK):
         return f"cannot write in {str(there)!r}: no write permission or a read-only file system"
     return None
+
+
+def disks_over_filesystems(r: _Reader, disks: tuple[Disk, ...], keys: list[str]) -> None:
+    """Warn (check-config, a start, a reload) of disk budgets (each named by its key in `keys`) that add up to more
+    than the filesystem holding them holds (statvfs: its whole size, not what is free). The node runs, but the
+    budget never bounds it: the filesystem fills first, each write that meets the full filesystem is lost, and the
+    budget is lowered to what the disk holds then (storage.disks). A path that cannot be looked at is
+    unusable_disks' to tell."""
+    held: dict[int, tuple[int, list[tuple[str, Disk]]]] = {}  # by device: the filesystem's size, its disks
+    for key, disk in zip(keys, disks, strict=True):
+        there, error = _nearest(disk.path)
+        try:
+            if error is not None:
+                raise error
+            fs, device = os.statvfs(there), os.stat(there).st_dev
+        except OSError:
+            continue
+        held.setdefault(device, (fs.f_blocks * fs.f_frsize, []))[1].append((key, disk))
+    for total, on in held.values():
+        budget = sum(disk.size for _, disk in on)
+        if budget > total:
+            paths = ", ".join(repr(str(disk.path)) for _, disk in on)
+            r.warn(
+                " + ".join(key for key, _ in on),
+                f"{_bytes(budget)} is more than the whole filesystem holding {paths}: {_bytes(total)} (statvfs);"
+                " it fills up before the budget is reached",
+            )
+
+
+def _bytes(n: int) -> str:
+    return f"{n} bytes ({n / 2**30:.1f} GiB)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -81,6 +82,36 @@ def test_a_subnet_written_with_host_bits_set_is_warned_of_naming_file_key_and_wh
         "f.toml: sites[0].allow: '2001:db8::1/32' has host bits set: it is read as 2001:db8::/32, every address in it",
         "f.toml: sites[0].allow: '172.16.5.4/255.255.0.0' has host bits set: it is read as 172.16.0.0/16, every"
         " address in it",
+    ]
+
+
+def test_a_disk_budget_over_its_filesystem_is_warned_of_naming_the_key_and_both_sizes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A budget the filesystem holding the disk cannot hold (statvfs total) never bounds the cache: the filesystem
+    fills first. check-config said `ok` and nothing else; now it warns (as it does at a start and a reload),
+    naming the key, the budget and the filesystem's size; disks that share a filesystem are added up. A budget
+    the filesystem holds, or one that is not there yet but whose parent is, is judged where the node makes it."""
+    fs = os.statvfs(tmp_path)
+    total = fs.f_blocks * fs.f_frsize
+    gib = f"{total / 2**30:.1f} GiB"
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "not" / "yet"
+    doc = {"cache": {"dir": str(c), "disk": total + 1}, "sites": [SITE]}
+    two = {"cache": {"disks": [{"path": str(a), "size": total // 2 + 1}, {"path": str(b), "size": total // 2 + 1}]}}
+    with caplog.at_level(logging.WARNING, logger="edgecache.config"):
+        build(doc, "f.toml", tmp_path)
+        build({**two, "sites": [SITE]}, "f.toml", tmp_path)
+        build({"cache": {"dir": str(c), "disk": total}, "sites": [SITE]}, "f.toml", tmp_path)
+        one_origin("http://o.test", "127.0.0.1:8080", str(c), disk_bytes=2 * total)
+    both = 2 * (total // 2 + 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"f.toml: cache.disk: {total + 1} bytes ({(total + 1) / 2**30:.1f} GiB) is more than the whole filesystem"
+        f" holding {str(c)!r}: {total} bytes ({gib}) (statvfs); it fills up before the budget is reached",
+        f"f.toml: cache.disks[0].size + cache.disks[1].size: {both} bytes ({both / 2**30:.1f} GiB) is more than the"
+        f" whole filesystem holding {str(a)!r}, {str(b)!r}: {total} bytes ({gib}) (statvfs); it fills up before the"
+        " budget is reached",
+        f"command line: --disk: {2 * total} bytes ({2 * total / 2**30:.1f} GiB) is more than the whole filesystem"
+        f" holding {str(c)!r}: {total} bytes ({gib}) (statvfs); it fills up before the budget is reached",
     ]
 
 
