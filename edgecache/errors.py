@@ -32,6 +32,10 @@ class ClientError(EdgecacheError):
 class OriginError(EdgecacheError):
     """The origin failed us: connection refused, timeout, a malformed or inconsistent response."""
 
+    # Whom the failed request went to, as the access log's upstream_addr names them (host:port, in the order tried);
+    # set where it was asked (OriginClient, read_chunks) or by the fill that met it (Fill.fail); None: nobody was.
+    tried: str | None = None
+
     def __init__(
         self,
         reason: str,
@@ -65,7 +69,9 @@ class OriginError(EdgecacheError):
     def revalidating(self) -> OriginError:
         """This failure, of the revalidation of an entry never served stale (`strict`)."""
         kinds = {"timeout": self.timeout, "connect": self.connect, "refused": self.refused, "malformed": self.malformed}
-        return OriginError(self.reason, retryable=self.retryable, strict=True, peer_kind=self.peer_kind, **kinds)
+        again = OriginError(self.reason, retryable=self.retryable, strict=True, peer_kind=self.peer_kind, **kinds)
+        again.tried = self.tried
+        return again
 
 
 class VersionChanged(OriginError):
@@ -116,7 +122,9 @@ class PeerCut(VersionChanged):
         is a PeerCut; anything else (a timeout, which a try again would wait out once more) as it is."""
         if exc.peer_kind != "reset" or isinstance(exc, VersionChanged):
             return exc
-        return cls(exc.reason, exc.peer_kind)
+        cut = cls(exc.reason, exc.peer_kind)
+        cut.tried = exc.tried
+        return cut
 
 
 class Busy(OriginError):

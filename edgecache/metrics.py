@@ -46,6 +46,14 @@ class Sources:
     origin: int = 0
     peer: int = 0
     joined: bool = False  # it waited on another request's origin fetch: counted once (collapsed)
+    # Whom its fetches asked (OriginResponse.addr, OriginError.tried), each once: the access log's upstream_addr.
+    addrs: tuple[str, ...] = ()
+
+    def asked(self, addr: str | None) -> None:
+        """Note an answer from `addr` (host:port, or those tried in turn): each told once. An origin request tries a
+        site's origins in their order, so a request notes at most as many as its site has (and its peers)."""
+        if addr and addr not in self.addrs:
+            self.addrs += (addr,)
 
 
 # The request being answered in this task (observe.start sets it): the served-bytes counter adds to it as well,

@@ -335,11 +335,13 @@ class Decider:
         if head.status == 304:  # not a miss, and no byte comes from that fill
             status = of_304(head.worker)
             answer = self.restated(p, hit, status, MissCause.COLD if status is CacheStatus.MISS else None)
-            return replace(answer, began=began, origin_ms=origin_ms) if answer is not None else None
+            return replace(answer, began=began, origin_ms=origin_ms, addr=fill.addr) if answer is not None else None
         answer = self.restated(p, hit, status, cause, way)
         if answer is None:
             return None
-        return replace(answer, began=began, origin_ms=origin_ms, fill=fill, validating=validating, ours=ours)
+        return replace(
+            answer, began=began, origin_ms=origin_ms, addr=fill.addr, fill=fill, validating=validating, ours=ours
+        )
 
     def restated(
         self, p: Prepared, hit: Hit, status: CacheStatus, cause: str | None, way: str | None = None

@@ -317,9 +317,9 @@ async def _send_parts(conn: FastPath, p: Prepared, sources: list[Source], served
                 await _send_one(conn, transport, p, source)
             await pace(conn)
     except BaseException:
-        conn.finished(p, served.cache + served.origin + served.peer, t0, cut=True)
+        conn.finished(p, served.cache + served.origin + served.peer, t0, cut=True, asked=served.addrs)
         raise
-    conn.finished(p, served.cache + served.origin + served.peer, t0)
+    conn.finished(p, served.cache + served.origin + served.peer, t0, asked=served.addrs)
 
 
 async def _send_one(conn: FastPath, transport: asyncio.Transport, p: Prepared, source: _InHand) -> int:

@@ -310,6 +310,7 @@ class Engine:
         if resp is None:
             request_time, fill.peer_first = time.time(), False  # asked of the origin: no peer answers it now
             resp = await self.origin.request(req.site, sent.method, sent.target, sent.headers)
+        fill.addr = resp.addr  # what every request reading it logs as its upstream_addr
         return resp, request_time
 
     async def _take_head(self, fill: Fill, req: FillRequest, head: FillHead) -> FillRequest:

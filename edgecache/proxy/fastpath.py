@@ -403,9 +403,11 @@ class FastPath(asyncio.Protocol):
         if p.cause is not None and p.status is not CacheStatus.HIT:
             observe.misses_counter(p.hit.site.name, p.cause).inc()
 
-    def finished(self, p: Prepared, nbytes: int, t0: float, cut: bool = False, counted: bool = False) -> None:
+    def finished(
+        self, p: Prepared, nbytes: int, t0: float, cut: bool = False, counted: bool = False, asked: tuple[str, ...] = ()
+    ) -> None:
         """The body is out, or `cut` short: its site bytes counted (unless `counted` with its head: sent), its line
-        logged (status 0 when cut, as ever)."""
+        logged (status 0 when cut, as ever), naming whom its fill asked and those its reads met asked (`asked`)."""
         shared = self.server.shared
         hit = p.hit
         if hit.viewer is None and not counted:  # a hop's are counted by the node that forwarded it (sent)
@@ -414,6 +416,8 @@ class FastPath(asyncio.Protocol):
             t = observe.new_trace()
             t.t0, t.site, t.status, t.for_peer = t0, hit.site.name, p.status, hit.viewer is not None
             t.origin_ms, t.ttfb = p.origin_ms, max(self.first_byte - t0, 0.0)
+            for addr in (p.addr, *asked):
+                t.sources.asked(addr)
             client = hit.viewer or self.client  # a hop's viewer, as a node of the cluster judged it
             req = hit.req
             fields, rng = req.headers, p.range_field

@@ -115,6 +115,7 @@ class Fill:
         # The request whose slice read started it (its served bytes' metrics.Sources, reading._start_for): its own
         # later slices read it as that request's; any other reader joined another request's fetch.
         self.opener: metrics.Sources | None = None
+        self.addr: str | None = None  # whom it asked, once answered (OriginResponse.addr): its readers' upstream_addr
         self._bufs: dict[int, Parts | bytes] = {}
         self._complete: set[int] = set()
         self._durable: set[int] = set()  # complete slices the store has, while the fill still holds them
@@ -244,6 +245,8 @@ class Fill:
         self._wake()
 
     def fail(self, error: BaseException) -> None:
+        if isinstance(error, OriginError) and error.tried is None:  # an answer the fill refused: who sent it
+            error.tried = self.addr
         self._error = error
         self._done = True
         if not self.head.done():

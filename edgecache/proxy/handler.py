@@ -114,6 +114,7 @@ class EdgeHandler:
         except OriginError as exc:
             log.info("%s %s: origin failed: %s", request.method, request.path, exc)
             observe.mark(request, CacheStatus.ERROR)
+            observe.trace(request).sources.asked(exc.tried)
             status, reason, uncounted = origin_failed(exc)
             if uncounted:
                 metrics.ORIGIN_ERRORS.labels(observe.trace(request).site, "failed").inc()
@@ -394,6 +395,7 @@ class EdgeHandler:
             waited = time.monotonic()
             head = await fill.heard()
             observe.trace(request).origin_ms = round((time.monotonic() - waited) * 1000, 3)
+            observe.trace(request).sources.asked(fill.addr)
         except RangeMismatch as exc:  # a 416 that tells the length may answer the client's range at once
             answer = await serving.past_the_end(request, req, exc)
             return answer or await pass_through(request, self.engine.origin, req, CacheStatus.MISS)

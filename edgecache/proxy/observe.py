@@ -379,6 +379,7 @@ def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int, no
         "referer": clip(without_params(line.referer, access.never)) if line.referer is not None else None,
         "node": node,
         "upstream": way,
+        "upstream_addr": ", ".join(t.sources.addrs) if t.sources.addrs else None,
         "for_peer": t.for_peer,
         "prefetch": t.prefetch,
     }

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
@@ -48,6 +49,8 @@ class OriginResponse:
     origin: str
     site: str = "-"
     peer: str | None = None  # the cluster member it came from: its bytes are peer bytes, not origin bytes
+    # Whom it was asked of, as the access log's upstream_addr names them: host:port, after any that failed first.
+    addr: str = ""
     _aside: tuple[_Pool, ResponseHandler] | None = None  # its connection, while set aside (set_aside)
 
     def release(self) -> None:
@@ -335,8 +338,10 @@ class OriginClient:
         paced = body if isinstance(body, ClientBody) else None
         last_error: OriginError | None = None
         head_within = self.settings.connect_timeout + self.settings.read_timeout
+        tried: list[str] = []
         for i, base in enumerate(origins):
             started = time.monotonic()
+            tried.append(address(base))
             try:
                 # sock_read restarts with each read: a head sent a byte at a time would hold the request for as
                 # long as the origin went on. Without a body to send, the head is whole within both timeouts.
@@ -366,8 +371,11 @@ class OriginClient:
                 log.info("origin %s answered %d, trying the next origin", base, raw.status)
                 raw.release()
                 continue
-            return OriginResponse(raw.status, as_sent(raw.raw_headers), raw, base, site.name, self.peer)
+            return OriginResponse(
+                raw.status, as_sent(raw.raw_headers), raw, base, site.name, self.peer, ", ".join(tried)
+            )
         assert last_error is not None
+        last_error.tried = ", ".join(tried)
         raise last_error
 
     def _count(self, site: str, status: int, took: float) -> None:
@@ -377,6 +385,15 @@ class OriginClient:
             return
         metrics.ORIGIN_LATENCY.labels(site).observe(took)
         metrics.ORIGIN_REQUESTS.labels(site, metrics.status_class(status)).inc()
+
+
+def address(base: str) -> str:
+    """An origin's (or peer's) base URL as the access log names it, as nginx's $upstream_addr does: host:port, the
+    port told when the URL leaves it out; a name as configured, not resolved."""
+    parts = urlsplit(base)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _unreadable(who: str, base: str, raw: aiohttp.ClientResponse, named: str, origin: bool) -> OriginError | None:
@@ -472,6 +489,7 @@ async def read_chunks(resp: OriginResponse) -> AsyncIterable[bytes]:
 
 
 def _body_failed(resp: OriginResponse, error: OriginError) -> OriginError:
+    error.tried = resp.addr
     if resp.peer is not None:  # a peer's failure is the peer's, never counted or answered as the origin's
         error.peer_kind = observe.peer_error(resp.peer, error)
     return error

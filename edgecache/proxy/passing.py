@@ -66,6 +66,7 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
             code = -1  # answered and logged as the origin's failure
             refuse.origin_failed(conn, exc, p.method, req, p.keep_alive, p.viewer, t0, p.origin_ms)
             return
+        t.sources.asked(resp.addr)
         try:
             relayed = await _relay(conn, p, resp, t, field)
             code, keep_alive = (resp.status, relayed) if relayed is not None else (-1, p.keep_alive)
@@ -90,6 +91,7 @@ async def _relay(conn: FastPath, p: Pass, resp: OriginResponse, t: observe.Trace
     )
     if encoded is None:
         failure = OriginError("its answer has a field that cannot be passed on")
+        failure.tried = resp.addr
         refuse.origin_failed(conn, failure, p.method, p.req, p.keep_alive, p.viewer, t.t0, t.origin_ms)
         return None
     write(conn, encoded)

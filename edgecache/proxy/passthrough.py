@@ -52,6 +52,7 @@ async def pass_through(
     started = time.monotonic()
     resp = await origin.request(req.site, sent.method, sent.target, sent.headers, body, passed=True)
     observe.trace(request).origin_ms = round((time.monotonic() - started) * 1000, 3)
+    observe.trace(request).sources.asked(resp.addr)
     try:
         if invalidate is not None:
             await invalidate_after(invalidate[0], request.method, resp.status, req, resp.headers, invalidate[1])
@@ -88,6 +89,7 @@ async def relayed_changing(origin: OriginClient, req: FillRequest, method: str, 
         started = time.monotonic()
         resp = await origin.request(req.site, sent.method, sent.target, sent.headers, passed=True)
         t.origin_ms = round((time.monotonic() - started) * 1000, 3)
+        t.sources.asked(resp.addr)
         if (named := churn.misfit(vary_names(resp.headers), sent.headers, req.headers)) is None:
             return resp
         resp.release()

@@ -36,6 +36,7 @@ class Prepared:
     cause: str | None = None
     began: float | None = None  # a miss's (coldmiss): when its request was decided to be one (monotonic)
     origin_ms: float | None = None  # and how long its origin took to answer
+    addr: str | None = None  # and whom its fill asked (Fill.addr): the log's upstream_addr
     fill: Fill | None = None  # and the fill it reads (reading.read_slice)
     ours: bool = False  # and that fill was started for it (else it joined another request's)
     expected: Expected | None = None  # and the request, as that fill's reader until it reads (proxy.expecting)

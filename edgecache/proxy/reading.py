@@ -226,6 +226,8 @@ async def _from_fill(fill: Fill, meta: ObjectMeta, index: int, lo: int, hi: int)
     copy, or one of the same strong ETag: entry.same_bytes). Released: it brings none of them (a revalidation
     found while it ran has no body; or the fill dropped the slice as stored)."""
     head = await fill.heard()
+    if (request := metrics.SOURCES.get()) is not None:
+        request.asked(fill.addr)
     if head.status == 304 and entry.same_bytes(meta, head.meta):
         raise Released
     if not brings(head, meta):

@@ -38,9 +38,10 @@ _ANSWERED = metrics.FAST_PATH.labels("answered")
 log = logging.getLogger(__name__)
 
 
-def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = None) -> bool:
+def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = None, tried: str | None = None) -> bool:
     """Write the refusal's answer, counted and logged unless not `r.counted` (with `origin_ms`, the time the origin
-    took to answer a head, when one came); False when the connection closes after it."""
+    took to answer a head, when one came, and `tried`, whom it asked: OriginError.tried); False when the connection
+    closes after it."""
     status = r.reply.status
     answer = encode.error(status, r.reply.reason, conn.server.date(), r.keep_alive, r.reply.retry_after)
     end = answer.index(b"\r\n\r\n") + 4
@@ -49,6 +50,7 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
     t = observe.new_trace()
     t.t0, t.site, t.status, t.origin_ms = t0, r.site, CacheStatus.ERROR, origin_ms
     t.for_peer = r.viewer is not None
+    t.sources.asked(tried)
     transport = conn.transport
     if transport is not None:
         transport.write(answer)
@@ -94,7 +96,7 @@ def origin_failed(
     reply = Reply(status, reason)
     fields = req.headers if asked is None else asked
     r = Refused.keyed(reply, method, req.key, fields, req.site.name, keep_alive, viewer=viewer)
-    return refused(conn, r, t0, origin_ms)
+    return refused(conn, r, t0, origin_ms, exc.tried)
 
 
 def failed(conn: FastPath, exc: Exception, p: Prepared | None = None) -> None:

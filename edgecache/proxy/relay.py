@@ -339,6 +339,7 @@ class Relay:
         self.status = status
         t, fwd, took = self.trace, self.fwd, time.monotonic() - self.asked
         t.origin_ms = round(took * 1000, 3)
+        t.sources.asked(self.member.address)  # the owner's, as a forward of the full handler names it (origin.address)
         self.counters.forwarded.inc()
         self.counters.latency.observe(took)
         if status >= 500:

@@ -263,6 +263,10 @@ async def test_a_forward_to_the_owner_is_peer_traffic_not_origin(
         ("node2", "hit", "cache", len(Y), True),
         ("node2", "hit", "cache", len(Y), False),
     ]
+    # Whom each asked (upstream_addr): node1 the owner, the owner the origin once, nobody for its hits.
+    owner_addr = next(m.address for m in configs[0].cluster.nodes if m.id == "node2")  # type: ignore[union-attr]
+    assert [r["upstream_addr"] for r in forwarder] == [owner_addr, owner_addr]
+    assert [r["upstream_addr"] for r in owner] == [origin.url.removeprefix("http://"), None, None]
     # Every node's log together: what the site's viewers were served, each request once.
     assert cli.main(["usage", str(tmp_path / "node1.log"), str(tmp_path / "node2.log"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["groups"] == {

@@ -36,7 +36,7 @@ def origin_errors() -> float:
 
 
 async def failure(peer: str | None) -> OriginError:
-    resp: Any = SimpleNamespace(peer=peer, site="videos", raw=SimpleNamespace(content=Broken()))
+    resp: Any = SimpleNamespace(peer=peer, site="videos", raw=SimpleNamespace(content=Broken()), addr="10.0.0.5:80")
     with pytest.raises(OriginError) as caught:
         async for _ in read_chunks(resp):
             pass
@@ -50,6 +50,7 @@ async def test_a_peers_broken_body_is_answered_and_counted_as_the_peers() -> Non
     assert origin_errors() == origin_before
     assert errorpage.origin_failed(exc) == (502, "peer failed (reset)", False)  # False: not the origin's to count
     assert errorpage.origin_failed(exc.revalidating()) == (502, "peer failed (reset)", False)
+    assert (exc.tried, exc.revalidating().tried) == ("10.0.0.5:80", "10.0.0.5:80")  # the access log's upstream_addr
 
 
 async def test_an_origins_broken_body_is_still_the_origins() -> None:
