@@ -227,10 +227,8 @@ class DiskTier:
         return value
 
     async def open(self, key: str) -> BinaryIO | bytes | None:
-        """An open file holding the value (large values), the value itself (small ones), or None.
-
-        The checksum is checked here, once, so the caller may then read the file in pieces without checking.
-        """
+        """An open file holding the value (large values), the value itself (small ones), or None. The checksum is
+        checked here, once, so the caller may then read the file in pieces without checking."""
         value = await self._run(lambda: self._open_checked(key))
         if value is not None:
             self.note_hit(key)

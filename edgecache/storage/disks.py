@@ -232,7 +232,7 @@ class Disks:
             if not slot.up:
                 taken += len(run)
                 continue
-            n = await self._use(slot, "write", _lease(run, seconds, owner))
+            n = await self._use(slot, "write", partial(DiskTier.lease, keys=run, seconds=seconds, owner=owner))
             taken += n
             if n < len(run):
                 break
@@ -247,7 +247,7 @@ class Disks:
         for i, where in by_slot.items():
             slot = self._slots[i]
             if slot.up:
-                held = await self._use(slot, "read", _contains([keys[n] for n in where]))
+                held = await self._use(slot, "read", partial(DiskTier.contains, keys=[keys[n] for n in where]))
                 for n, there in zip(where, held, strict=True):
                     found[n] = there
         return found
@@ -416,14 +416,6 @@ class Disks:
                 runs.append([key])
             last = home
         return runs
-
-
-def _lease(keys: list[str], seconds: float, owner: str) -> Callable[[DiskTier], Awaitable[int]]:
-    return lambda tier: tier.lease(keys, seconds, owner)
-
-
-def _contains(keys: list[str]) -> Callable[[DiskTier], Awaitable[list[bool]]]:
-    return lambda tier: tier.contains(keys)
 
 
 def _fail(slot: _Slot, why: str) -> None:
