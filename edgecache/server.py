@@ -98,7 +98,7 @@ async def open_node(config: Config, worker: int = 0, epoch: Epoch | None = None)
     await store.note_placement(config.cache.all_disks)
     store.slice_size = config.cache.slice_bytes
     store.shared = config.workers > 1
-    store.lease_seconds = config.cache.lease
+    store.lease_seconds, store.purged_records = config.cache.lease, config.cache.purged_records
     if store.shared:
         store.attach_epoch(epoch or Epoch(), worker)
     await store.load_purges()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgecache.config.model import CacheSettings, Disk
+from edgecache.config.model import PURGED_RECORDS, CacheSettings, Disk
 from edgecache.config.schema import KEYS
 from edgecache.config.values import _positive, _Reader, parse_size, seconds_between
 
@@ -50,6 +50,7 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         max_object_size=r.get(t, "cache.", "max_object_size", object_size, 0),
         lease=r.get(t, "cache.", "lease", _lease_seconds, 10.0),
         stats_interval=r.get(t, "cache.", "stats_interval", _stats_seconds, 5.0),
+        purged_records=r.get(t, "cache.", "purged_records", _positive(int), PURGED_RECORDS),
     )
     run = settings.slice_bytes * settings.fill_slices
     if settings.fill_bytes < run:

@@ -15,6 +15,8 @@ from edgecache.core.signing import Signing
 MEMO_FLOOR = 4 * 2**20
 # The least a worker keeps at hand of its objects' metadata (CacheSettings.meta_bytes): some 6,000 objects.
 META_FLOOR = 16 * 2**20
+# The records of purged URLs a disk keeps (CacheSettings.purged_records): some 26 MB of its database, past its budget.
+PURGED_RECORDS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,9 @@ class CacheSettings:
     stats_interval: float = 5.0
     # The largest copy stored whole, in bytes (core.objectsize); 0: an eighth of the disk budget, as object_limit says.
     max_object_size: int = 0
+    # The primary records of URLs purged or invalidated that each disk keeps at most (storage.diskrecords); past it
+    # the oldest goes, and a few other objects become misses once.
+    purged_records: int = PURGED_RECORDS
 
     @property
     def object_limit(self) -> int:

@@ -14,7 +14,7 @@ KEYS: dict[str, frozenset[str]] = {
         "reload_timeout server_field",
         "tls": "cert key",
         "cache": "dir memory disk disks slice fill_slices fill_memory memory_policy memory_headroom tiers save_on_stop "
-        "max_object_size lease stats_interval",
+        "max_object_size lease stats_interval purged_records",
         "cache.disks": "path size",
         "origin": "connect_timeout read_timeout max_connections body_timeout body_connections",
         "sites": "name hosts origins key_query origin_host forward_fields cache allow tls signing origin_connections",

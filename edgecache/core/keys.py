@@ -244,6 +244,15 @@ def digest(text: str) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+BUCKET_MARK = "~"  # begins a bucket's generation; an invalidation's is hex (secrets.token_hex)
+
+
+def bucket_generation(dropped: int) -> str:
+    """The generation of a primary without a record on its disk, whose bucket has seen `dropped` records dropped
+    (storage.diskrecords): none for none, so a bucket never dropped from keys its objects as before buckets were."""
+    return f"{BUCKET_MARK}{dropped}" if dropped else ""
+
+
 @dataclass(frozen=True, slots=True)
 class PrimaryRecord:
     """What is known of a primary key: its generation (changed by invalidation and purge, so every variant and
@@ -252,6 +261,13 @@ class PrimaryRecord:
     generation: str = ""
     vary: tuple[str, ...] = ()
     soft_before: float = 0.0  # a soft purge: responses stored before this time are stale
+
+    @property
+    def hides(self) -> bool:
+        """Would a look-up without this record find copies it hides (an invalidation's generation, a soft purge)?
+        Not one whose generation is its bucket's (bucket_generation): without it the bucket gives that generation or
+        a later one, and a later one finds nothing stored before."""
+        return bool(self.soft_before) or (bool(self.generation) and not self.generation.startswith(BUCKET_MARK))
 
     def to_bytes(self) -> bytes:
         return "\n".join((f"{self.generation} {self.soft_before!r}", *self.vary)).encode("latin-1", "replace")

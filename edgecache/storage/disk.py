@@ -35,6 +35,7 @@ from edgecache import metrics
 from edgecache.errors import StorageError
 from edgecache.storage.checksum import intact, tag_of
 from edgecache.storage.diskindex import SQLiteQueues
+from edgecache.storage.diskrecords import Records
 from edgecache.storage.orphans import delete_orphans
 from edgecache.storage.policy import GHOST, DiskPolicy
 from edgecache.storage.slicedisk import SliceDisk
@@ -109,7 +110,7 @@ def _start_all(pool: ThreadPoolExecutor, threads: int, each: Callable[[], object
         started.result()
 
 
-class DiskTier:
+class DiskTier(Records):
     def __init__(self, directory: Path, budget_bytes: int, threads: int = 8) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
@@ -332,9 +333,9 @@ class DiskTier:
     ) -> bool:
         """Store `value`; then drop `lease` (taken by lease()), so processes waiting on it find the value.
 
-        `pinned`: the policy never evicts it (a primary record that hides older copies must outlive them); it is
-        outside the budget, so keep such values few and small. `lent`: a value this disk gave up to the memory
-        tier on a hit, written back (policy.S3FIFOPolicy.admit).
+        `pinned`: the policy never evicts it (an admin job's record; a primary record that hides older copies goes
+        through put_record, bounded); it is outside the budget, so keep such values few and small. `lent`: a value
+        this disk gave up to the memory tier on a hit, written back (policy.S3FIFOPolicy.admit).
         """
         return await self._run(lambda: self._write(key, value, lease, pinned, lent))
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable
 
+from edgecache.storage.epoch import key_hash
 from edgecache.storage.policy import GHOST, MAIN, MAX_FREQ, SMALL
 
 SEQ = 3  # the row of edge_index_totals whose n is the last sequence number given
 PINNED = 4  # not a queue of the policy: values it never evicts (DiskTier.put(pinned=True))
+RECORDS = 5  # nor this: primary records that hide older copies, the oldest dropped past a bound (storage.diskrecords)
+BUCKETS = 65_536  # the buckets of records whose drops are counted (edge_buckets)
+DROP_AT_ONCE = 1_000  # records dropped by one write at most: a lowered bound is reached over several
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS edge_index (key TEXT PRIMARY KEY, queue INTEGER NOT NULL, seq INTEGER NOT NULL,"
@@ -25,7 +29,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS edge_index_order ON edge_index (queue, seq)",
     "CREATE TABLE IF NOT EXISTS edge_index_totals (queue INTEGER PRIMARY KEY, n INTEGER NOT NULL,"
     " bytes INTEGER NOT NULL)",
-    "INSERT OR IGNORE INTO edge_index_totals VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0), (4, 0, 0)",
+    "INSERT OR IGNORE INTO edge_index_totals VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0), (4, 0, 0), (5, 0, 0)",
+    # How many records of each bucket were dropped (bound_records): only ever grows. No row: none.
+    "CREATE TABLE IF NOT EXISTS edge_buckets (bucket INTEGER PRIMARY KEY, dropped INTEGER NOT NULL)",
     "CREATE TRIGGER IF NOT EXISTS edge_index_in AFTER INSERT ON edge_index BEGIN"
     " UPDATE edge_index_totals SET n = n + 1, bytes = bytes + new.size WHERE queue = new.queue; END",
     "CREATE TRIGGER IF NOT EXISTS edge_index_out AFTER DELETE ON edge_index BEGIN"
@@ -41,8 +47,15 @@ class SQLiteQueues:
         self._con = con
 
     def create(self) -> None:
+        con = self._con()
         for statement in _SCHEMA:
-            self._con().execute(statement)
+            con.execute(statement)
+        # The records a version before this one pinned (Store names them "v:..."), bounded from now on, in the order
+        # they were written. Once done, a look at the few pinned values left (admin jobs).
+        moved = con.execute(
+            "DELETE FROM edge_index WHERE queue = ? AND key GLOB 'v:*' RETURNING key, seq, size", (PINNED,)
+        ).fetchall()
+        con.executemany("INSERT INTO edge_index VALUES (?, ?, ?, ?, 0)", [(k, RECORDS, q, n) for k, q, n in moved])
 
     def find(self, key: str) -> tuple[int, int, int] | None:
         row = self._con().execute("SELECT queue, size, freq FROM edge_index WHERE key = ?", (key,)).fetchone()
@@ -66,10 +79,34 @@ class SQLiteQueues:
     def drop(self, key: str) -> None:
         self._con().execute("DELETE FROM edge_index WHERE key = ?", (key,))
 
-    def pin(self, key: str, size: int) -> None:
-        """Hold `key` outside the policy's queues: never evicted, until deleted or stored again unpinned."""
+    def pin(self, key: str, size: int, queue: int = PINNED) -> None:
+        """Hold `key` outside the policy's queues: never evicted, until deleted or stored again unpinned (RECORDS:
+        or dropped by bound_records), the newest of `queue`."""
         self.drop(key)
-        self.push(PINNED, key, size, 0)
+        self.push(queue, key, size, 0)
+
+    def bound_records(self, most: int) -> list[str]:
+        """Past `most` records, drop the oldest (DROP_AT_ONCE at most), each counted as a drop of its bucket in the
+        same transaction: their keys, whose values the caller deletes in it too."""
+        over = min(self.count(RECORDS) - most, DROP_AT_ONCE)
+        if over <= 0:
+            return []
+        con = self._con()
+        rows = con.execute(
+            "DELETE FROM edge_index WHERE key IN (SELECT key FROM edge_index WHERE queue = ? ORDER BY seq LIMIT ?)"
+            " RETURNING key",
+            (RECORDS, over),
+        ).fetchall()
+        con.executemany(
+            "INSERT INTO edge_buckets VALUES (?, 1) ON CONFLICT (bucket) DO UPDATE SET dropped = dropped + 1",
+            [(bucket_of(key),) for (key,) in rows],
+        )
+        return [key for (key,) in rows]
+
+    def dropped(self, key: str) -> int:
+        """How many records of `key`'s bucket were dropped (bound_records)."""
+        row = self._con().execute("SELECT dropped FROM edge_buckets WHERE bucket = ?", (bucket_of(key),)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def bump(self, key: str) -> None:
         self.bump_by(key, 1)
@@ -96,7 +133,8 @@ class SQLiteQueues:
         con = self._con()
         (values,) = con.execute("SELECT value FROM Settings WHERE key = 'count'").fetchone()
         (leases,) = con.execute("SELECT count(*) FROM Cache WHERE expire_time IS NOT NULL").fetchone()
-        return bool(values - leases == self.count(SMALL) + self.count(MAIN) + self.count(PINNED))
+        held = self.count(SMALL) + self.count(MAIN) + self.count(PINNED) + self.count(RECORDS)
+        return bool(values - leases == held)
 
     def record_hits(self, hits: Iterable[tuple[str, int]]) -> None:
         for key, uses in hits:
@@ -126,3 +164,8 @@ class SQLiteQueues:
             (GHOST,),
         )
         return [(r[0], r[1]) for r in rows]
+
+
+def bucket_of(key: str) -> int:
+    """The bucket of a record's key: the same in every worker and at every start."""
+    return key_hash(key) % BUCKETS

@@ -204,6 +204,12 @@ class Disks:
     ) -> bool:
         return await self._on(key, "write", lambda t: t.put(key, value, lease, pinned, lent))
 
+    async def get_record(self, key: str) -> tuple[bytes | None, int]:
+        return await self._on(key, "read", lambda t: t.get_record(key))
+
+    async def put_record(self, key: str, value: bytes, most: int) -> None:
+        await self._on(key, "write", lambda t: t.put_record(key, value, most))
+
     async def claim(self, key: str, value: bytes, keep: Callable[[bytes], bool]) -> bytes:
         return await self._on(key, "write", lambda t: t.claim(key, value, keep))
 

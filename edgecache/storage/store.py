@@ -18,9 +18,9 @@ from dataclasses import replace
 from typing import BinaryIO
 
 from edgecache import metrics
-from edgecache.config.model import Disk
+from edgecache.config.model import PURGED_RECORDS, Disk
 from edgecache.core.entry import ObjectMeta
-from edgecache.core.keys import PrimaryRecord, digest
+from edgecache.core.keys import PrimaryRecord, bucket_generation, digest
 from edgecache.errors import StorageError
 from edgecache.storage import placed
 from edgecache.storage.disk import lease_name
@@ -92,6 +92,7 @@ class Store(Purging, Leases, Tiers):
         # The node's slice size (cache.slice), once known: metadata stored under another (before a restart that
         # changed it) is not this node's copy, since the request path indexes slices by the node's size.
         self.slice_size: int | None = None
+        self.purged_records = PURGED_RECORDS  # cache.purged_records: the records that hide copies a disk keeps
         self._init_tiers(tiers)
 
     # --- metadata -----------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ class Store(Purging, Leases, Tiers):
             self._records.touch(primary)
             return record
         try:
-            raw = await self.disk.get("v:" + digest(primary))
+            raw, dropped = await self.disk.get_record("v:" + digest(primary))
         except OutOfService:
             # Its disk failed: a generation of its own, so that no copy stored under an earlier one (purged since,
             # or not) is found on the other disks while the record cannot be read. This process caches under it.
@@ -265,17 +266,20 @@ class Store(Purging, Leases, Tiers):
             return record
         except StorageError:
             return PrimaryRecord()
-        record = PrimaryRecord.from_bytes(raw) if raw is not None else PrimaryRecord()
+        record = PrimaryRecord.from_bytes(raw) if raw is not None else PrimaryRecord(bucket_generation(dropped))
         self.remember_record(primary, record)
         return record
 
     async def put_record(self, primary: str, record: PrimaryRecord) -> None:
         self.remember_record(primary, record)
-        # A record that hides older copies (a generation, a soft purge) is pinned: were the disk's policy to evict
-        # it while a copy it hides stays, that copy would be found again. One without is the same as none.
-        hides = bool(record.generation or record.soft_before)
+        # A record that hides older copies is never evicted, only dropped past a bound (storage.diskrecords): evicted
+        # while a copy it hides stays, that copy would be found again. One that hides nothing is the same as none.
+        name, hides = "v:" + digest(primary), record.hides
         try:
-            await self.disk.put("v:" + digest(primary), record.to_bytes(), pinned=hides)
+            if hides:
+                await self.disk.put_record(name, record.to_bytes(), self.purged_records)
+            else:
+                await self.disk.put(name, record.to_bytes())
         except StorageError as exc:
             _warn("primary record write failed", exc)
             if hides:  # a purge's (a new generation, a soft purge): it holds until a restart only

@@ -137,7 +137,7 @@ async def test_a_hot_copy_filled_while_a_purge_is_applied_here_is_not_the_owners
             assert (await c.edge(n).get(path))[2] == OLD
         change(origin, path)
         disk = c.edge(n).node.store.disk
-        put, held, release = disk.put, asyncio.Event(), asyncio.Event()
+        put, held, release = disk.put_record, asyncio.Event(), asyncio.Event()  # a purge's record (it hides copies)
 
         async def slow_put(key: str, *args: Any, **kwargs: Any) -> Any:
             if key.startswith("v:") and not release.is_set():  # the object's record
@@ -145,7 +145,7 @@ async def test_a_hot_copy_filled_while_a_purge_is_applied_here_is_not_the_owners
                 await release.wait()
             return await put(key, *args, **kwargs)
 
-        monkeypatch.setattr(disk, "put", slow_put)
+        monkeypatch.setattr(disk, "put_record", slow_put)
         purging = asyncio.ensure_future(c.purge(n, {"url": f"http://video.test{path}", "soft": soft}))
         await asyncio.wait_for(held.wait(), 10)
         assert (await c.edge(n).get(path))[0] == 200  # hot now: n's own copy is filled, while the purge is applied
