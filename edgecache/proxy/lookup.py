@@ -137,8 +137,10 @@ def find_cold(
     """The fill to start for a plain miss (once find_hit() has loaded what the disk holds): of an object with no
     metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
     the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored; a hot
-    object another node owns is filled from that owner, for this node's copy (FillRequest.spread_from). None for
-    anything else the full handler decides: a conditional request, a stale entry it may serve. A Vary'd record's
+    object another node owns is filled from that owner, for this node's copy (FillRequest.spread_from); a conditional
+    request's revalidation too (the viewer's conditions are judged against what the origin confirms or sends: the
+    fill asks with the entry's validators). None for anything else the full handler decides: a stale entry it may
+    serve. A Vary'd record's
     miss is filled with the fields its Vary (or the Vary its first fill `named`) names, as the full handler fills it."""
     # basis: another node's object is Elsewhere unless it is hot now, without asking the popularity gate again
     # (find_hit() counted this request already).
@@ -152,8 +154,8 @@ def find_cold(
         return None
     entry, site = _entry(shared, routed.site, routed.host, routed.key, headers, named), routed.site
     if entry is not None and entry.meta is not None:  # a stored entry: only its revalidation is filled here
-        if not routed.fills or validates(headers):  # a look-aside find_hit() did not answer is not held, unless fresh
-            return None if routed.fills else _not_held(routed, entry.meta, entry.soft_before, method, headers)
+        if not routed.fills:  # a look-aside find_hit() did not answer is not held, unless fresh
+            return _not_held(routed, entry.meta, entry.soft_before, method, headers)
     else:
         instead = admit.unfilled(not routed.fills, False, cc.only_if_cached, validates(headers))
         if isinstance(instead, Reply):  # the limiter first, as for any request (a hop's viewer was judged)

@@ -43,7 +43,8 @@ async def ask(port: int, method: str, path: str, rng: str = "", more: str = "") 
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         fields = {k.lower(): v for k, _, v in (x.partition(b": ") for x in lines[1:] if x)}
-        body = b"" if method == "HEAD" else await reader.readexactly(int(fields[b"content-length"]))
+        bodyless = method == "HEAD" or lines[0].startswith(b"HTTP/1.1 304 ")
+        body = b"" if bodyless else await reader.readexactly(int(fields[b"content-length"]))
         kept = b"\r\n".join(x for x in lines if not x.startswith((b"Date: ", b"Age: ")))
         return Answer(kept, body, int(fields[b"age"]))
     finally:
