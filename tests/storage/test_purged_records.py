@@ -102,3 +102,29 @@ async def test_records_an_older_version_pinned_are_bounded_and_admin_jobs_stay_p
         assert await tier.get_record(old[0]) == (None, _buckets(tmp_path)[bucket_of(old[0])])
     finally:
         tier.close()
+
+
+async def test_each_disk_bounds_its_own_records_and_keeps_its_own_buckets(tmp_path: Path) -> None:
+    """A record, and the count of its bucket, live on the disk placement gives its key: each disk keeps `most`."""
+    disks = Disks.open_all([Disk(tmp_path / "a", 64 * MiB), Disk(tmp_path / "b", 64 * MiB)], threads=1)
+    store = Store(MemoryTier(MiB), disks)
+    store.purged_records = 2
+    primaries = [f"s|h|/{i}" for i in range(12)]
+    homes = {p: disks.home(_name(p)) for p in primaries}
+    assert set(homes.values()) == {0, 1}
+    try:
+        for p in primaries:
+            await store.invalidate(p)
+        for i, directory in enumerate((tmp_path / "a", tmp_path / "b")):
+            mine = [p for p in primaries if homes[p] == i]
+            assert _records(directory) == [_name(p) for p in mine[-2:]]
+            dropped = [bucket_of(_name(p)) for p in mine[:-2]]
+            assert _buckets(directory) == {b: dropped.count(b) for b in dropped}
+        store._forget_held()  # read from the disks again: each dropped one keyed by its own disk's count
+        for p in primaries[:-4]:
+            directory = tmp_path / ("a", "b")[homes[p]]
+            if _name(p) not in _records(directory):
+                counted = _buckets(directory)[bucket_of(_name(p))]
+                assert await store.get_record(p) == PrimaryRecord(f"~{counted}")
+    finally:
+        disks.close()
