@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import diskcache
 
+from edgecache import metrics
 from edgecache.storage.checksum import tag_of
 from edgecache.storage.diskindex import RECORDS, SQLiteQueues
 from edgecache.storage.policy import DiskPolicy
@@ -66,7 +67,10 @@ class Records:
             with self._slice_disk.transaction(self._cache):
                 self.policy.remove(key)
                 self._queues.pin(key, len(value), RECORDS)
-                self._delete_values(self._queues.bound_records(max(1, most)))
+                dropped = self._queues.bound_records(max(1, most))
+                self._delete_values(dropped)
                 self._cache.set(key, value, tag=tag_of(value), retry=True)
+            if dropped:  # committed (in a disk thread: counted at once)
+                metrics.PURGED_RECORDS_DROPPED.inc(len(dropped))
 
         await self._run(write)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from edgecache.config.model import Disk
 from edgecache.core.keys import PrimaryRecord, bucket_generation, digest
 from edgecache.storage.disk import DiskTier
@@ -28,6 +30,10 @@ def _buckets(directory: Path) -> dict[int, int]:
         return dict(con.execute("SELECT bucket, dropped FROM edge_buckets").fetchall())
 
 
+def _dropped() -> float:
+    return REGISTRY.get_sample_value("edgecache_purged_records_dropped_total") or 0.0
+
+
 def _name(primary: str) -> str:
     return "v:" + digest(primary)
 
@@ -40,10 +46,12 @@ def _open(directory: Path, most: int) -> Store:
 
 async def test_the_table_stays_at_its_bound_and_each_drop_is_counted_in_its_bucket(tmp_path: Path) -> None:
     store = _open(tmp_path, 3)
+    before = _dropped()
     try:
         for i in range(10):
             await store.invalidate(f"s|h|/{i}")
             assert len(_records(tmp_path)) == min(i + 1, 3)
+        assert _dropped() - before == 7
         assert _records(tmp_path) == [_name(f"s|h|/{i}") for i in (7, 8, 9)]
         dropped = [bucket_of(_name(f"s|h|/{i}")) for i in range(7)]
         assert _buckets(tmp_path) == {b: dropped.count(b) for b in dropped}
