@@ -138,12 +138,10 @@ def find_cold(
     metadata here, or whose stored entry must be revalidated before it is used. Or the refusal (core.admit) of one
     the rate limiter refuses, or of an only-if-cached request or an owner's look-aside with nothing stored; a hot
     object another node owns is filled from that owner, for this node's copy (FillRequest.spread_from); a conditional
-    request's revalidation too (the viewer's conditions are judged against what the origin confirms or sends: the
-    fill asks with the entry's validators). None for anything else the full handler decides: a stale entry it may
-    serve. A Vary'd record's
-    miss is filled with the fields its Vary (or the Vary its first fill `named`) names, as the full handler fills it."""
-    # basis: another node's object is Elsewhere unless it is hot now, without asking the popularity gate again
-    # (find_hit() counted this request already).
+    request's revalidation too (asked with the entry's validators; the viewer's are judged once the origin answers).
+    None for a stale entry it may serve. A Vary'd record's miss is filled with the fields its Vary (or the Vary its
+    first fill `named`) names, as the full handler fills it."""
+    # basis: another node's object is Elsewhere unless hot now, not asking the popularity gate again (find_hit did)
     routed = route.routed(shared, method, host, target, headers, client, True, None, admitted, copy=True)
     if isinstance(routed, Refused):
         return routed
