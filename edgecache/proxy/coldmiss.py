@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ from edgecache.core.freshness import may_stand_in, never_stale
 from edgecache.core.keys import digest
 from edgecache.core.status import CacheStatus, miss_cause, of_fill
 from edgecache.errors import OriginError, Overtaken, VersionChanged
-from edgecache.proxy import fillplan, observe, pastend, refuse, uncached, wholefill
+from edgecache.proxy import fillplan, observe, passing, pastend, refuse, uncached, wholefill
 from edgecache.proxy.expecting import Expected
 from edgecache.proxy.fill import Adopted, Fill, FillHead, unstored
 from edgecache.proxy.fillhead import RangeMismatch
@@ -330,8 +331,8 @@ def _pass_of(started: Started, status: CacheStatus, uncacheable: bool, origin_ms
 
 
 class Written:
-    """settle(): the answer is written already: the origin failed the fill, or its 416 answers a range past the end
-    (proxy.pastend)."""
+    """settle(): the answer is written already, or by a task of the connection's: the origin failed the fill, its 416
+    answers a range past the end (proxy.pastend), or the request is relayed once its revalidated entry is dropped."""
 
 
 class Waiting:
@@ -438,20 +439,34 @@ async def dropped(conn: FastPath, p: Prepared, exc: VersionChanged) -> None:
     await store.delete_meta(p.hit.req.entry_key)
 
 
-def _changed_first(conn: FastPath, started: Started) -> Again | None:
-    """The revalidation's fill met another version before its head (fillhead: a 304 for another version, with
-    another Vary or fields that forbid storing; a 416 that tells another length): never mixed nor kept. As changed():
-    the entry goes (off the connection's turn) and the head, still at the front, is decided again; None for anything
-    else, or a try tried() does not leave to a fill."""
+def _changed_first(conn: FastPath, started: Started) -> Again | Pass | Written | None:
+    """The fill met another version before its head (fillhead: a 304 for another version, with another Vary or
+    fields that forbid storing; a 416 that tells another length than the copy stored): never mixed nor kept, and a
+    try (tried). As changed(): a revalidated entry goes (off the connection's turn, or beside a relay) and the head,
+    still at the front, is decided again; out of tries it is relayed (core.churn), as the full handler's loop does.
+    None for anything else, or on a draining connection."""
     head, validating = started.fill.head, started.validating
     if not head.done() or head.cancelled() or not isinstance(exc := head.exception(), VersionChanged):
         return None
-    if validating is None or tried(conn, started.head, exc) is not churn.Next.FILL:
+    step = tried(conn, started.head, exc)
+    if step is None:
         return None
-    drop = conn.server.shared.engine.store.drop_version(started.cold.req.entry_key, validating)
+    relay = replace(_pass_of(started, CacheStatus.MISS, False, None), churned=step)
+    if validating is None:
+        return AGAIN if step is churn.Next.FILL else relay
     conn.busy = True
-    conn.loop.create_task(drop).add_done_callback(conn.done)
-    return AGAIN
+    drop = conn.server.shared.engine.store.drop_version(started.cold.req.entry_key, validating)
+    if step is churn.Next.FILL:
+        conn.loop.create_task(drop).add_done_callback(conn.done)
+        return AGAIN
+    conn.loop.create_task(_relayed_after(conn, drop, relay)).add_done_callback(conn.done)
+    return WRITTEN
+
+
+async def _relayed_after(conn: FastPath, drop: Awaitable[object], relay: Pass) -> None:
+    """The revalidated entry dropped, then the request relayed (proxy.passing), on the connection's task."""
+    await drop
+    await passing.carry_out(conn, relay, relay.began if relay.began is not None else time.monotonic())
 
 
 def adopt(conn: FastPath, p: Prepared) -> None:

@@ -171,3 +171,42 @@ def fills_started(edge: Edge, monkeypatch: pytest.MonkeyPatch) -> list[FillReque
 
     monkeypatch.setattr(engine, "start_fill", recorded)
     return asked
+
+
+@pytest.mark.parametrize("fast", PATHS)
+async def test_a_cold_fill_whose_416_contradicts_a_copy_stored_meanwhile_starts_again(
+    origin: Origin, tmp_path: Path, fast: bool
+) -> None:
+    """A range miss's fill asks a later slice; the origin's new version is shorter (its 416 tells the length), and
+    meanwhile another worker stored a copy of the old, longer version: the 416 contradicts that copy
+    (VersionChanged before the head). The request starts again as the full handler's loop does, and ends as the 416
+    of the version the origin has: on the fast path too, which handed such a request to aiohttp before."""
+    origin.put("/c.bin", DATA)
+    config = replace(make_config(tmp_path / "c", [origin.url], fill_slices=1, slice_bytes=SLICE), workers=2)
+    async with start_edge(replace(config, fast_path=fast)) as edge:
+        store, started = edge.node.store, fills_started(edge, monkeypatch := pytest.MonkeyPatch())
+        with monkeypatch.context():
+            assert (await edge.get("/c.bin", Range="bytes=0-99"))[::2] == (206, DATA[:100])
+        (first,) = started
+        copy = store.peek_meta(first.entry_key)
+        assert copy is not None
+        await store.delete_meta(first.entry_key)  # not at hand: the next request is decided cold
+        origin.put("/c.bin", DATA[:100], etag='"v2"')
+        real = edge.node.engine.start_fill
+
+        def stored_meanwhile(req: FillRequest, *args: object, **kw: object) -> Fill:
+            if not started[1:]:  # the other worker's copy of the old version lands as the first fill starts
+                store.remember_meta(req.entry_key, copy)
+            started.append(req)
+            return real(req, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(edge.node.engine, "start_fill", stored_meanwhile)
+        before, handed_off = len(origin.seen), fast_path_outcomes()["handed_off"]
+        status, headers, body = await edge.get("/c.bin", Range=f"bytes={SLICE}-{SLICE + 99}")
+        monkeypatch.undo()
+        assert (status, headers["Content-Range"], body) == (416, "bytes */100", b"")
+        assert headers["Cache-Status"] == 'edgecache; fwd=uri-miss; detail="changing"'
+        # Two fills that met the old copy (each a new version met: core.churn), then the relay of the client's range
+        ranges = [s.headers.get("Range") for s in origin.seen[before:]]
+        assert ranges == [f"bytes={SLICE}-{2 * SLICE - 1}"] * 2 + [f"bytes={SLICE}-{SLICE + 99}"]
+        assert fast_path_outcomes()["handed_off"] == handed_off  # the fast path tries again itself (issue 14)
