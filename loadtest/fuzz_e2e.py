@@ -274,6 +274,8 @@ async def run_mode(mode: str, index: int, opts: argparse.Namespace) -> tuple[Run
                 start = time.monotonic()
                 await asyncio.gather(*(client(run, rng.randrange(2**32), close) for _ in range(opts.clients)))
                 run.counts["seconds"] = round(time.monotonic() - start)
+                if MODES[mode][1]:
+                    run.counts["handed off"] = await handed_off(run.admin)
     finally:
         await origin.stop()
     run.counts["origin hits"] = origin.hits
@@ -281,6 +283,16 @@ async def run_mode(mode: str, index: int, opts: argparse.Namespace) -> tuple[Run
     for line in log.errors:
         run.signatures[("node log", re.sub(r"\d+", "N", line)[:120])] += 1
     return run, log.keep
+
+
+async def handed_off(admin: str) -> int:
+    """The connections the node's fast path handed to aiohttp over the run (issue 14: none for a GET or HEAD, and the
+    fuzz sends nothing else), from its own /metrics, every worker's added up."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as session, session.get(admin + "/metrics", headers=auth) as r:
+        text = await r.text()
+    found = re.search(r'^edgecache_fast_path_total\{outcome="handed_off"\} (\S+)$', text, re.M)
+    return int(float(found[1])) if found else 0
 
 
 def report(mode: str, run: Run, categories: tuple[str, ...] = BAD) -> int:
