@@ -39,9 +39,13 @@ def _text(value: object) -> str:
     return str(value)
 
 
+# Made once: json.dumps given any option makes an encoder for each call, a tenth of what a line costs the loop.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_text)
+
+
 def encode(record: dict[str, Any]) -> str:
     """One log line for `record`: ASCII JSON, whatever its values hold."""
-    return json.dumps(record, separators=(",", ":"), default=_text)
+    return _ENCODER.encode(record)
 
 
 # The process's standard output (a container's log, which its runtime rotates): written through fd 1 itself. A pipe
