@@ -10,7 +10,7 @@ from pathlib import Path
 from edgecache import config as cfg
 from edgecache import prefetchcmd, usagecmd
 from edgecache.admincall import UNREACHABLE, admin_call
-from edgecache.config.files import unusable_disks
+from edgecache.config.files import unusable_disks, unusable_log
 from edgecache.config.server import MAX_WORKERS
 from edgecache.errors import ConfigError
 
@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(prefetchcmd.route(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "check-config":
-            if problems := unusable_disks(cfg.load(args.file)):
+            config = cfg.load(args.file)
+            if problems := unusable_disks(config) + unusable_log(config):
                 raise ConfigError(problems)
             print(f"{args.file}: ok")
             return 0

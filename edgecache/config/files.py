@@ -83,6 +83,19 @@ def unusable_disks(config: Config) -> list[str]:
     return problems
 
 
+def unusable_log(config: Config) -> list[str]:
+    """check-config's word on the access log, without making it: one the node could not open (a directory it could
+    not make, a file it may not write) stops the node at its start (supervisor), so a file naming it must not pass."""
+    path = config.access_log
+    if path is None:
+        return []
+    if os.path.lexists(path):
+        problem = None if os.access(path, os.W_OK) else f"cannot write to {str(path)!r}: no write permission"
+    else:
+        problem = _unusable(path.parent)
+    return [] if problem is None else [f"{config.source}: log.access: {problem}"]
+
+
 def _nearest(path: Path) -> tuple[Path, OSError | None]:
     """The nearest of `path` and its parents that is there (a link too, to nothing or not): the node makes the rest.
     With an error: the one it cannot look at (a name too long, a directory it may not look in)."""

@@ -304,6 +304,29 @@ def test_check_config_refuses_a_cache_directory_the_node_cannot_use(tmp_path: Pa
     assert not (tmp_path / "not").exists()  # a check makes nothing
 
 
+def test_check_config_refuses_an_access_log_the_node_cannot_open(tmp_path: Path) -> None:
+    """An access log under a regular file passed check-config (`ok`), and `serve` with it then exited 1 at once
+    ("log.access: cannot open ..."), as nginx -t would have said. One not there yet is made by the node: passed,
+    and the check makes nothing."""
+    (tmp_path / "afile").write_text("x\n")
+    site = '[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["http://127.0.0.1:9"]\n'
+    cache = f'[cache]\ndir = "{tmp_path / "cache"}"\ndisk = "64MiB"\n'
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[log]\naccess = "afile/access.log"\n{cache}{site}')
+    r = run_cli("check-config", str(bad))
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2,
+        "",
+        f"{bad}: log.access: {str(tmp_path / 'afile')!r} is not a directory\n",
+    )
+    for access in ("logs/access.log", "afile"):  # to be made at the start; a file that is there, appended to
+        bad.write_text(f'[log]\naccess = "{access}"\n{cache}{site}')
+        r = run_cli("check-config", str(bad))
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"{bad}: ok\n", ""), access
+    assert not (tmp_path / "logs").exists()  # a check makes nothing
+    assert (tmp_path / "afile").read_text() == "x\n"
+
+
 def test_check_config_names_a_cache_directory_it_cannot_look_at_or_that_is_a_dangling_link(tmp_path: Path) -> None:
     """A cache.dir that is a link to nothing passed check-config (the node then failed to make it: File exists,
     its disk out of service from the start), and one whose name is longer than the file system takes ended
