@@ -233,7 +233,9 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
     except ValueError as exc:
         raise ConfigError([f"command line: --watchdog: {exc}"]) from exc
     fields = tuple(args.forward_field)
-    config = cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, fields, **sizes)
+    config = cfg.one_origin(
+        args.origin, args.listen, args.cache_dir, args.admin, args.access_log, fields, args.workers, **sizes
+    )
     return replace(
         config,
         cache=replace(config.cache, tiers=args.tiers),

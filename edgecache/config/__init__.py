@@ -21,7 +21,7 @@ from edgecache.config.cache import (
     read_cache,
 )
 from edgecache.config.cluster import read_cluster
-from edgecache.config.files import disks_over_filesystems
+from edgecache.config.files import disks_over_filesystems, memory_over_machine
 from edgecache.config.model import (
     CacheSettings,
     ClusterSettings,
@@ -131,6 +131,7 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
         raise ConfigError(r.problems)
     several = [f"cache.disks[{i}].size" for i in range(len(cfg.cache.disks))]
     disks_over_filesystems(r, cfg.cache.all_disks, several or ["cache.disk"])
+    memory_over_machine(r, cfg.cache.memory_bytes, cfg.cache.memory_headroom, cfg.workers, "cache.memory")
     return cfg
 
 
@@ -190,9 +191,10 @@ def one_origin(
     admin: str | None = None,
     access_log: str | None = None,
     forward_fields: tuple[str, ...] = (),
+    workers: int = 1,
     **cache: int,
 ) -> Config:
-    """The `serve --origin` mode: every Host goes to one origin (like `varnishd -b`)."""
+    """The `serve --origin` mode: every Host goes to one origin (like `varnishd -b`); `workers`, for the warnings."""
     r = _Reader("command line")
     origin_url = r.get({"origin": origin}, "--", "origin", check_origin_url, "")
     no_fields: tuple[str, ...] = ()
@@ -211,6 +213,7 @@ def one_origin(
     if r.problems:
         raise ConfigError(r.problems)
     disks_over_filesystems(r, settings.all_disks, ["--disk"])
+    memory_over_machine(r, settings.memory_bytes, settings.memory_headroom, workers, "--memory")
     site = Site(name="origin", hosts=("*",), origins=(origin_url,), forward_fields=fields)
     return Config(
         source="command line",

@@ -4,6 +4,7 @@ directories check-config looks at (unusable_disks). A relative path is relative 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 from pathlib import Path
@@ -147,6 +148,35 @@ def disks_over_filesystems(r: _Reader, disks: tuple[Disk, ...], keys: list[str])
                 f"{_bytes(budget)} is more than the whole filesystem holding {paths}: {_bytes(total)} (statvfs);"
                 " it fills up before the budget is reached",
             )
+
+
+# Where the kernel says how much memory the node's cgroup may take (v2, then v1): a container's limit, below the RAM.
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+def memory_over_machine(r: _Reader, memory: int, headroom: int, workers: int, key: str) -> None:
+    """Warn (check-config, a start, a reload) when the workers' memory tiers and their headroom (what the RSS bound
+    lets each worker hold: rssbound) add up to more than the memory this machine, or the cgroup the node runs in,
+    has: the kernel's OOM killer stops workers before the tier's budget bounds them."""
+    room = memory_room()
+    need = workers * (memory + headroom)
+    if room is not None and need > room:
+        r.warn(
+            key,
+            f"{workers} worker(s) x (memory {memory} + headroom {headroom}) = {_bytes(need)} is more than this"
+            f" machine's or its cgroup's memory: {_bytes(room)}; workers are killed before the tier is full",
+        )
+
+
+def memory_room() -> int | None:
+    """The least of the machine's RAM and its cgroup's limits, in bytes (None: none could be read)."""
+    found = []
+    with contextlib.suppress(ValueError, OSError):
+        found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    for path in _CGROUP_LIMITS:
+        with contextlib.suppress(OSError, ValueError):  # "max": no limit (ValueError)
+            found.append(int(path.read_text().strip()))
+    return min(found, default=None)
 
 
 def _bytes(n: int) -> str:

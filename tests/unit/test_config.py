@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.config import build, one_origin, parse_size
+from edgecache.config import build, files, one_origin, parse_size
 from edgecache.errors import ConfigError
 
 SITE = {"name": "v", "hosts": ["video.test"], "origins": ["http://10.0.0.1:8080"]}
@@ -112,6 +112,35 @@ def test_a_disk_budget_over_its_filesystem_is_warned_of_naming_the_key_and_both_
         " budget is reached",
         f"command line: --disk: {2 * total} bytes ({2 * total / 2**30:.1f} GiB) is more than the whole filesystem"
         f" holding {str(c)!r}: {total} bytes ({gib}) (statvfs); it fills up before the budget is reached",
+    ]
+
+
+def test_memory_budgets_over_the_machines_memory_are_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`memory = "99999TiB"` passed check-config with `ok`: the RSS bound (memory + headroom) then never bounds a
+    worker, and the OOM killer does. Warned of when the workers' tiers and headroom add up to more than the least of
+    the RAM and the cgroup's limits (v2's "max" is no limit)."""
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    v2.write_text("max\n")
+    v1.write_text("3000000000\n")
+    monkeypatch.setattr(files, "_CGROUP_LIMITS", (v2, v1))
+    assert files.memory_room() == min(3_000_000_000, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    monkeypatch.setattr(files, "memory_room", lambda: 2**30)
+    cache = {"dir": str(tmp_path / "c"), "disk": "1GiB"}
+    with caplog.at_level(logging.WARNING, logger="edgecache.config"):
+        build({"cache": {**cache, "memory": "448MiB"}, "sites": [SITE]}, "f.toml", tmp_path)  # 512 MiB of 1 GiB
+        doc = {"cache": {**cache, "memory": "960MiB"}, "server": {"workers": 2}, "sites": [SITE]}
+        build(doc, "f.toml", tmp_path)
+        for workers in (3, 4):  # 960 MiB, then 1280 MiB
+            one_origin("http://o.test", "127.0.0.1:8080", str(tmp_path / "c"), workers=workers, memory_bytes=2**28)
+    assert [r.getMessage() for r in caplog.records] == [
+        "f.toml: cache.memory: 2 worker(s) x (memory 1006632960 + headroom 67108864) = 2147483648 bytes (2.0 GiB) is"
+        " more than this machine's or its cgroup's memory: 1073741824 bytes (1.0 GiB); workers are killed before the"
+        " tier is full",
+        "command line: --memory: 4 worker(s) x (memory 268435456 + headroom 67108864) = 1342177280 bytes (1.2 GiB)"
+        " is more than this machine's or its cgroup's memory: 1073741824 bytes (1.0 GiB); workers are killed before"
+        " the tier is full",
     ]
 
 
