@@ -10,7 +10,7 @@ from pathlib import Path
 from edgecache import config as cfg
 from edgecache import prefetchcmd, usagecmd
 from edgecache.admincall import UNREACHABLE, admin_call
-from edgecache.config.files import unusable_disks, unusable_log
+from edgecache.config.files import over_machine, unusable_disks, unusable_log
 from edgecache.config.server import MAX_WORKERS
 from edgecache.errors import ConfigError
 
@@ -233,9 +233,7 @@ def _one_origin(args: argparse.Namespace) -> cfg.Config:
     except ValueError as exc:
         raise ConfigError([f"command line: --watchdog: {exc}"]) from exc
     fields = tuple(args.forward_field)
-    config = cfg.one_origin(
-        args.origin, args.listen, args.cache_dir, args.admin, args.access_log, fields, args.workers, **sizes
-    )
+    config = cfg.one_origin(args.origin, args.listen, args.cache_dir, args.admin, args.access_log, fields, **sizes)
     return replace(
         config,
         cache=replace(config.cache, tiers=args.tiers),
@@ -253,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             config = cfg.load(args.file)
             if problems := unusable_disks(config) + unusable_log(config):
                 raise ConfigError(problems)
+            over_machine(config)
             print(f"{args.file}: ok")
             return 0
         if args.command == "ring":
@@ -272,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return simulatecmd.run(args)
         config = _serve_config(args)
+        over_machine(config, one_origin=bool(args.origin))
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)

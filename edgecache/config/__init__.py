@@ -21,7 +21,6 @@ from edgecache.config.cache import (
     read_cache,
 )
 from edgecache.config.cluster import read_cluster
-from edgecache.config.files import disks_over_filesystems, memory_over_machine
 from edgecache.config.model import (
     CacheSettings,
     ClusterSettings,
@@ -129,9 +128,6 @@ def build(doc: dict[str, Any], source: str, base: Path) -> Config:
     _check_site_shares(r, cfg)
     if r.problems:
         raise ConfigError(r.problems)
-    several = [f"cache.disks[{i}].size" for i in range(len(cfg.cache.disks))]
-    disks_over_filesystems(r, cfg.cache.all_disks, several or ["cache.disk"])
-    memory_over_machine(r, cfg.cache.memory_bytes, cfg.cache.memory_headroom, cfg.workers, "cache.memory")
     return cfg
 
 
@@ -191,10 +187,9 @@ def one_origin(
     admin: str | None = None,
     access_log: str | None = None,
     forward_fields: tuple[str, ...] = (),
-    workers: int = 1,
     **cache: int,
 ) -> Config:
-    """The `serve --origin` mode: every Host goes to one origin (like `varnishd -b`); `workers`, for the warnings."""
+    """The `serve --origin` mode: every Host goes to one origin (like `varnishd -b`)."""
     r = _Reader("command line")
     origin_url = r.get({"origin": origin}, "--", "origin", check_origin_url, "")
     no_fields: tuple[str, ...] = ()
@@ -212,8 +207,6 @@ def one_origin(
         r.problem("--disk", "must hold at least 16 slices")
     if r.problems:
         raise ConfigError(r.problems)
-    disks_over_filesystems(r, settings.all_disks, ["--disk"])
-    memory_over_machine(r, settings.memory_bytes, settings.memory_headroom, workers, "--memory")
     site = Site(name="origin", hosts=("*",), origins=(origin_url,), forward_fields=fields)
     return Config(
         source="command line",

@@ -123,8 +123,21 @@ def _unusable(path: Path) -> str | None:
     return None
 
 
+def over_machine(config: Config, one_origin: bool = False) -> None:
+    """Warn of budgets this machine cannot hold (disks_over_filesystems, memory_over_machine), naming the keys of a
+    file or one-origin mode's flags: check-config's, and serve's before its start. Not at every read of a config:
+    edgecache ring, purge and prefetch read the node's file on an operator's machine, whose disks and memory are
+    not the node's, and a reload changes no budget (cache sizes take effect at a restart)."""
+    r = _Reader(config.source)
+    cache = config.cache
+    several = [f"cache.disks[{i}].size" for i in range(len(cache.disks))]
+    disks_over_filesystems(r, cache.all_disks, ["--disk"] if one_origin else several or ["cache.disk"])
+    key = "--memory" if one_origin else "cache.memory"
+    memory_over_machine(r, cache.memory_bytes, cache.memory_headroom, config.workers, key)
+
+
 def disks_over_filesystems(r: _Reader, disks: tuple[Disk, ...], keys: list[str]) -> None:
-    """Warn (check-config, a start, a reload) of disk budgets (each named by its key in `keys`) that add up to more
+    """Warn (check-config, a start: over_machine) of disk budgets (each named by its key in `keys`) that add up to more
     than the filesystem holding them holds (statvfs: its whole size, not what is free). The node runs, but the
     budget never bounds it: the filesystem fills first, each write that meets the full filesystem is lost, and the
     budget is lowered to what the disk holds then (storage.disks). A path that cannot be looked at is
@@ -155,7 +168,7 @@ _CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory
 
 
 def memory_over_machine(r: _Reader, memory: int, headroom: int, workers: int, key: str) -> None:
-    """Warn (check-config, a start, a reload) when the workers' memory tiers and their headroom (what the RSS bound
+    """Warn (check-config, a start: over_machine) when the workers' memory tiers and their headroom (what the RSS bound
     lets each worker hold: rssbound) add up to more than the memory this machine, or the cgroup the node runs in,
     has: the kernel's OOM killer stops workers before the tier's budget bounds them."""
     room = memory_room()

@@ -304,6 +304,20 @@ def test_check_config_refuses_a_cache_directory_the_node_cannot_use(tmp_path: Pa
     assert not (tmp_path / "not").exists()  # a check makes nothing
 
 
+def test_budgets_over_the_machine_are_warned_of_by_check_config_not_by_the_admin_commands(tmp_path: Path) -> None:
+    """check-config (and serve, before its start) warn of a disk budget over its filesystem; ring, purge and prefetch
+    read the node's file on an operator's machine, whose disks are not the node's: they said the same (a warning
+    about another machine), now nothing."""
+    site = '[[sites]]\nname = "a"\nhosts = ["a.test"]\norigins = ["http://127.0.0.1:9"]\n'
+    config = tmp_path / "node.toml"
+    config.write_text(f'[cache]\ndir = "{tmp_path / "cache"}"\ndisk = "1000000TiB"\n{site}')
+    r = run_cli("check-config", str(config))
+    assert (r.returncode, r.stdout) == (0, f"{config}: ok\n")
+    assert r.stderr.startswith(f"{config}: cache.disk: 1099511627776000000 bytes (1024000000.0 GiB) is more than the")
+    r = run_cli("ring", "http://a.test/x", "--config", str(config))
+    assert (r.returncode, r.stderr) == (0, "")
+
+
 def test_check_config_refuses_an_access_log_the_node_cannot_open(tmp_path: Path) -> None:
     """An access log under a regular file passed check-config (`ok`), and `serve` with it then exited 1 at once
     ("log.access: cannot open ..."), as nginx -t would have said. One not there yet is made by the node: passed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -86,12 +87,14 @@ def test_a_subnet_written_with_host_bits_set_is_warned_of_naming_file_key_and_wh
 
 
 def test_a_disk_budget_over_its_filesystem_is_warned_of_naming_the_key_and_both_sizes(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A budget the filesystem holding the disk cannot hold (statvfs total) never bounds the cache: the filesystem
-    fills first. check-config said `ok` and nothing else; now it warns (as it does at a start and a reload),
+    fills first. check-config said `ok` and nothing else; now it warns (as serve does before its start: over_machine),
     naming the key, the budget and the filesystem's size; disks that share a filesystem are added up. A budget
-    the filesystem holds, or one that is not there yet but whose parent is, is judged where the node makes it."""
+    the filesystem holds, or one that is not there yet but whose parent is, is judged where the node makes it.
+    Reading the file warns of nothing: ring, purge and prefetch read it on an operator's machine."""
+    monkeypatch.setattr(files, "memory_room", lambda: None)  # this test's machine's memory is not in question
     fs = os.statvfs(tmp_path)
     total = fs.f_blocks * fs.f_frsize
     gib = f"{total / 2**30:.1f} GiB"
@@ -99,10 +102,12 @@ def test_a_disk_budget_over_its_filesystem_is_warned_of_naming_the_key_and_both_
     doc = {"cache": {"dir": str(c), "disk": total + 1}, "sites": [SITE]}
     two = {"cache": {"disks": [{"path": str(a), "size": total // 2 + 1}, {"path": str(b), "size": total // 2 + 1}]}}
     with caplog.at_level(logging.WARNING, logger="edgecache.config"):
-        build(doc, "f.toml", tmp_path)
-        build({**two, "sites": [SITE]}, "f.toml", tmp_path)
-        build({"cache": {"dir": str(c), "disk": total}, "sites": [SITE]}, "f.toml", tmp_path)
-        one_origin("http://o.test", "127.0.0.1:8080", str(c), disk_bytes=2 * total)
+        configs = [build(d, "f.toml", tmp_path) for d in (doc, {**two, "sites": [SITE]})]
+        configs.append(build({"cache": {"dir": str(c), "disk": total}, "sites": [SITE]}, "f.toml", tmp_path))
+        assert caplog.records == []
+        for config in configs:
+            files.over_machine(config)
+        files.over_machine(one_origin("http://o.test", "127.0.0.1:8080", str(c), disk_bytes=2 * total), one_origin=True)
     both = 2 * (total // 2 + 1)
     assert [r.getMessage() for r in caplog.records] == [
         f"f.toml: cache.disk: {total + 1} bytes ({(total + 1) / 2**30:.1f} GiB) is more than the whole filesystem"
@@ -127,13 +132,14 @@ def test_memory_budgets_over_the_machines_memory_are_warned_of(
     monkeypatch.setattr(files, "_CGROUP_LIMITS", (v2, v1))
     assert files.memory_room() == min(3_000_000_000, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     monkeypatch.setattr(files, "memory_room", lambda: 2**30)
-    cache = {"dir": str(tmp_path / "c"), "disk": "1GiB"}
+    cache = {"dir": str(tmp_path / "c"), "disk": "64MiB"}
     with caplog.at_level(logging.WARNING, logger="edgecache.config"):
-        build({"cache": {**cache, "memory": "448MiB"}, "sites": [SITE]}, "f.toml", tmp_path)  # 512 MiB of 1 GiB
+        files.over_machine(build({"cache": {**cache, "memory": "448MiB"}, "sites": [SITE]}, "f.toml", tmp_path))
         doc = {"cache": {**cache, "memory": "960MiB"}, "server": {"workers": 2}, "sites": [SITE]}
-        build(doc, "f.toml", tmp_path)
+        files.over_machine(build(doc, "f.toml", tmp_path))
         for workers in (3, 4):  # 960 MiB, then 1280 MiB
-            one_origin("http://o.test", "127.0.0.1:8080", str(tmp_path / "c"), workers=workers, memory_bytes=2**28)
+            one = one_origin("http://o.test", "127.0.0.1:8080", str(tmp_path / "c"), memory_bytes=2**28)
+            files.over_machine(replace(one, workers=workers), one_origin=True)
     assert [r.getMessage() for r in caplog.records] == [
         "f.toml: cache.memory: 2 worker(s) x (memory 1006632960 + headroom 67108864) = 2147483648 bytes (2.0 GiB) is"
         " more than this machine's or its cgroup's memory: 1073741824 bytes (1.0 GiB); workers are killed before the"
