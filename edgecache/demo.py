@@ -6,10 +6,19 @@ and serves them with aiohttp's FileResponse: ETag, Last-Modified and Range, like
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import socket
 from pathlib import Path
 
 from aiohttp import web
+
+from edgecache.config import Config
+from edgecache.proxy import serverfield
+from edgecache.sites import TCPListener
+
+log = logging.getLogger(__name__)
 
 VIDEO_BYTES = 64 * 2**20
 
@@ -64,3 +73,20 @@ def demo_app(root: Path) -> web.Application:
     app = web.Application()
     app.router.add_get("/{path:.*}", handle)
     return app
+
+
+async def start_demo(config: Config, socks: list[socket.socket] | None, stop_seconds: float) -> web.AppRunner:
+    """The demo origin of `config` (demo_origin set), on `socks`: the parent's (listeners.bind_demo), or bound here
+    when run without one. `stop_seconds`: how long its calls may go on once it stops."""
+    assert config.demo_origin is not None
+    root = config.cache.dir.parent / "demo-origin"
+    await asyncio.get_running_loop().run_in_executor(None, write_content, root)
+    runner = web.AppRunner(demo_app(root), access_log=None, shutdown_timeout=stop_seconds)
+    await runner.setup()
+    serverfield.follow(runner)
+    if socks is None:
+        await TCPListener(runner, config.demo_origin.host, config.demo_origin.port).start()
+    for sock in socks or []:
+        await web.SockSite(runner, sock).start()
+    log.info("demo origin on http://%s", config.demo_origin)
+    return runner

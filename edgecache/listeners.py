@@ -34,18 +34,26 @@ def bind_listeners(config: Config) -> list[Bound]:
 
 
 def check_free(config: Config) -> None:
-    """The listeners worker 0 binds itself, the admin API's and the demo origin's, bound here for a moment and let
-    go: an address another process holds stops the node at start, with the reason, as a client listener's does.
-    (Worker 0 would die on it, and be started again and again, while the node never served.)"""
-    for addr, what in ((config.admin, "the admin API"), (config.demo_origin, "the demo origin")):
-        if addr is None:
-            continue
-        try:
-            socks = _bind(addr, reuse_port=False)
-        except OSError as exc:
-            raise OSError(exc.errno, f"{exc.strerror} ({what})") from exc
-        for sock in socks:
+    """The listener worker 0 binds itself, the admin API's, bound here for a moment and let go: an address another
+    process holds stops the node at start, with the reason, as a client listener's does. (Worker 0 would die on it,
+    and be started again and again, while the node never served.)"""
+    if config.admin is not None:
+        for sock in _bind_side(config.admin, "the admin API"):
             sock.close()
+
+
+def bind_demo(config: Config) -> list[socket.socket]:
+    """The demo origin's sockets, bound by the parent and served by worker 0: while worker 0 starts (it writes the
+    demo's files first) or is replaced, the other workers' fills from the demo wait in this backlog. When worker 0
+    bound them itself, the others answered 502 until it had (seconds, at a node's first start)."""
+    return [] if config.demo_origin is None else _bind_side(config.demo_origin, "the demo origin")
+
+
+def _bind_side(addr: Listen, what: str) -> list[socket.socket]:
+    try:
+        return _bind(addr, reuse_port=False)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} ({what})") from exc
 
 
 def close(bound: list[Bound]) -> None:

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
+from edgecache.demo import start_demo
 from edgecache.lifecycle import HELD, Reason, as_running, die_with_parent, restart_changes
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy import badhead, linger, serverfield
@@ -340,21 +342,6 @@ async def start_listeners(
 SIDE_STOP = 1.0
 
 
-async def _start_demo(config: Config) -> web.AppRunner | None:
-    if config.demo_origin is None:
-        return None
-    from edgecache.demo import demo_app, write_content
-
-    root = config.cache.dir.parent / "demo-origin"
-    await asyncio.get_running_loop().run_in_executor(None, write_content, root)
-    runner = web.AppRunner(demo_app(root), access_log=None, shutdown_timeout=SIDE_STOP)
-    await runner.setup()
-    serverfield.follow(runner)
-    await TCPListener(runner, config.demo_origin.host, config.demo_origin.port).start()
-    log.info("demo origin on http://%s", config.demo_origin)
-    return runner
-
-
 async def start_internal(clients: web.BaseRunner, directory: Path) -> Path:
     """A Unix socket on the client runner (the full handler, never the fast path) for this node's own prefetch
     requests, which a site's client ACL does not apply to (proxy.handler.internal). Put it in a directory only
@@ -416,6 +403,7 @@ async def run(
     beats: Heartbeats | None = None,
     epoch: Epoch | None = None,
     private: Path | None = None,
+    demo_socks: list[socket.socket] | None = None,
 ) -> None:
     heap_slices(config.cache.slice_bytes)  # before any slice is filled
     stop = asyncio.Event()
@@ -426,7 +414,7 @@ async def run(
         # Stopped by asyncio.run's cancelling of what is left, so a drain that hangs is caught too.
         asyncio.ensure_future(keep_alive(beats, worker, config.watchdog))  # noqa: RUF006
     install_test_hooks(loop)
-    demo = await _start_demo(config) if worker == 0 else None
+    demo = await start_demo(config, demo_socks, SIDE_STOP) if worker == 0 and config.demo_origin is not None else None
     async with open_node(config, worker, epoch) as node:
         loop.add_signal_handler(signal.SIGUSR1, node.access.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(node)))
@@ -478,9 +466,11 @@ def worker_main(
     parent: int,
     epoch: Epoch | None,
     private: Path | None = None,
+    demo: list[socket.socket] | None = None,
 ) -> None:
     """A worker process: the node on `bound`, its heartbeat in `beats`, showing the parent's restart counts,
-    sharing `epoch` with the other workers, and the parent's `private` directory for its internal socket."""
+    sharing `epoch` with the other workers, the parent's `private` directory for its internal socket, and (worker 0)
+    the demo origin's listeners."""
     import uvloop
 
     from edgecache import metrics
@@ -494,6 +484,6 @@ def worker_main(
     for reason in Reason:
         metrics.WORKER_RESTARTS.labels(reason.value).set(restarts.get(reason, 0))
     try:
-        uvloop.run(run(config, worker, bound, beats, epoch, private))
+        uvloop.run(run(config, worker, bound, beats, epoch, private, demo))
     finally:
         apply()  # the increments of the loop's last turn (edgecache.metricturn)

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import ssl
 import struct
 import tempfile
@@ -39,7 +40,7 @@ from edgecache.config import Config, load
 from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
 from edgecache.lifecycle import HELD, Reason, as_running
-from edgecache.listeners import Bound, bind_listeners, check_free, close
+from edgecache.listeners import Bound, bind_demo, bind_listeners, check_free, close
 from edgecache.readoff import READ_SECONDS
 from edgecache.readoff import start as read_off
 from edgecache.storage.epoch import Epoch
@@ -351,6 +352,7 @@ class _Workers:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.bound: list[list[Bound] | None] = [bind_listeners(config) for _ in range(config.workers)]
+        self.demo: list[socket.socket] | None = bind_demo(config)  # worker 0's, kept as its client listeners are
         self.beats = Heartbeats(config.workers)
         self.epoch = Epoch(config.workers) if config.workers > 1 else None  # what a worker changed, told the others
         # The directory of worker 0's internal socket (server.start_internal), made here so that it outlives a worker
@@ -370,7 +372,10 @@ class _Workers:
 
     def start(self, worker: int, restarts: dict[str, int]) -> BaseProcess:
         listeners = self.bound[worker] = self.bound[worker] or bind_listeners(self.config)
-        args = (self.config, worker, listeners, self.beats, restarts, os.getpid(), self.epoch, self.private)
+        demo = None
+        if worker == 0:
+            demo = self.demo = self.demo if self.demo is not None else bind_demo(self.config)
+        args = (self.config, worker, listeners, self.beats, restarts, os.getpid(), self.epoch, self.private, demo)
         process = multiprocessing.get_context("spawn").Process(target=_worker, args=args, name=f"edgecache-w{worker}")
         held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)  # the worker unblocks them (lifecycle.HELD)
         try:
@@ -405,6 +410,10 @@ class _Workers:
     def pause(self, worker: int) -> None:
         close(self.bound[worker] or [])
         self.bound[worker] = None
+        if worker == 0:  # the demo's fills are refused meanwhile, as its share of the viewers are
+            for sock in self.demo or []:
+                sock.close()
+            self.demo = None
 
     def stopping(self) -> None:
         """New connections are refused from now on, rather than left in a backlog nobody will accept from."""
