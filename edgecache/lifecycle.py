@@ -5,10 +5,14 @@ only a restart changes, and why a worker was replaced. How long a stopping worke
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import replace
 from enum import StrEnum
+from multiprocessing import forkserver, resource_tracker
+from multiprocessing.context import ForkServerContext
 
 from edgecache.config import Config
 
@@ -71,11 +75,16 @@ def as_running(new: Config, running: Config) -> Config:
     return replace(new, **kept)
 
 
-# The signals a worker handles on its loop (reload, reopen the access log): the parent blocks them while it starts
-# one, so the worker begins with them blocked and pending (a signal mask outlives fork and exec) and unblocks them
-# once its loop handles them. Before, one sent while the worker was importing killed it (the default action), and
-# one sent after that was ignored, and the worker kept the config it was started with.
+# The signals a worker handles on its loop (reload, reopen the access log): the fork server begins with them blocked
+# (held_for_forks), so every worker forked from it begins with them blocked and pending (a signal mask outlives fork
+# and exec) and unblocks them once its loop handles them. Before, one sent while the worker was importing killed it
+# (the default action), and one sent after that was ignored, and the worker kept the config it was started with.
 HELD = frozenset({signal.SIGHUP, signal.SIGUSR1})
+# The fork server's mask (supervisor), which every worker forked from it begins with: HELD, and SIGTERM, which a stop
+# may send to every process of the node (systemd's KillMode=control-group): the fork server would die of it, and
+# the kernel kill every worker mid-drain (die_with_parent). A worker unblocks SIGTERM as it begins: one sent to it
+# meanwhile stops it, as before.
+FORK_HELD = HELD | {signal.SIGTERM}
 
 
 class Reason(StrEnum):
@@ -85,12 +94,45 @@ class Reason(StrEnum):
     STUCK = "stuck"
 
 
-def die_with_parent(parent: int) -> None:
-    """Have the kernel kill this worker when the parent process dies, even by SIGKILL: no orphan goes on holding
-    the listeners, the port and the disk tier."""
+def die_with_parent() -> None:
+    """Have the kernel kill this worker when the process that forked it dies, even by SIGKILL: the fork server, which
+    ends when the parent does (it reads the end of the parent's pipe). No orphan goes on holding the listeners, the
+    port and the disk tier. The parent is the one whose pipe this worker was started through (multiprocessing's
+    parent sentinel): if it ended before that, this worker ends now."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # FORK_HELD
+    # The fork server gives every process it forks a copy of the parent's end of its "alive" pipe (so that it could
+    # fork through it too): held here, the fork server never saw the parent end, nor the kernel kill the workers.
+    server = forkserver._forkserver
+    with contextlib.suppress(AttributeError, TypeError, OSError):
+        os.close(server._forkserver_alive_fd)  # type: ignore[attr-defined]
+        server._forkserver_alive_fd = None  # type: ignore[attr-defined]
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before that
+    parent = multiprocessing.parent_process()
+    if parent is None or not parent.is_alive():
         os._exit(1)
+
+
+@contextlib.contextmanager
+def held_for_forks() -> Iterator[None]:
+    """FORK_HELD blocked here while the fork server starts, so that it and every worker it forks begin so."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def fork_server() -> ForkServerContext:
+    """multiprocessing's fork server, started now, with a worker's imports done (edgecache.forkbase): every worker
+    is forked from it. Spawned, each worker began a new interpreter and imported it all: 0.52-0.78 s of CPU until it
+    listened, 0.45-0.6 of it imports; forked, 0.03-0.05 s (loadtest.restart). The fork server is itself spawned
+    (fork and exec): the threads of this process (config watch, reload reads, orphan sweeps) are not in it."""
+    forks = multiprocessing.get_context("forkserver")
+    forks.set_forkserver_preload(["edgecache.forkbase"])
+    resource_tracker.ensure_running()  # before: starting it unblocks SIGTERM here (and in what starts after)
+    with held_for_forks():
+        forkserver.ensure_running()
+    return forks

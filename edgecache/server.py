@@ -463,7 +463,6 @@ def worker_main(
     bound: list[Bound],
     beats: Heartbeats,
     restarts: dict[str, int],
-    parent: int,
     epoch: Epoch | None,
     private: Path | None = None,
     demo: list[socket.socket] | None = None,
@@ -476,7 +475,7 @@ def worker_main(
     from edgecache import metrics
     from edgecache.metricturn import apply
 
-    die_with_parent(parent)
+    die_with_parent()
     fewer_malloc_arenas()
     _more_file_descriptors()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
@@ -39,7 +38,7 @@ from edgecache.accesslog import check_writable
 from edgecache.config import Config, load
 from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
-from edgecache.lifecycle import HELD, Reason, as_running
+from edgecache.lifecycle import Reason, as_running, fork_server, held_for_forks
 from edgecache.listeners import Bound, bind_demo, bind_listeners, check_free, close
 from edgecache.readoff import READ_SECONDS
 from edgecache.readoff import start as read_off
@@ -366,6 +365,7 @@ class _Workers:
             # Every worker's metrics are added up through files in one directory (prometheus-client multiprocess).
             self.metrics_dir = Path(tempfile.mkdtemp(prefix="edgecache-metrics-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        self.forks = fork_server()  # after the environment is set: the fork server's is every worker's
 
     def hooks(self) -> Hooks:
         return Hooks(self.start, self.read, self.reload, self.gone, self.pause, self.stopping)
@@ -375,13 +375,10 @@ class _Workers:
         demo = None
         if worker == 0:
             demo = self.demo = self.demo if self.demo is not None else bind_demo(self.config)
-        args = (self.config, worker, listeners, self.beats, restarts, os.getpid(), self.epoch, self.private, demo)
-        process = multiprocessing.get_context("spawn").Process(target=_worker, args=args, name=f"edgecache-w{worker}")
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)  # the worker unblocks them (lifecycle.HELD)
-        try:
+        args = (self.config, worker, listeners, self.beats, restarts, self.epoch, self.private, demo)
+        process = self.forks.Process(target=_worker, args=args, name=f"edgecache-w{worker}")
+        with held_for_forks():  # the fork server is started again within, if it died
             process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return process
 
     def read(self) -> Config:
@@ -427,10 +424,12 @@ class _Workers:
         shutil.rmtree(self.private, ignore_errors=True)
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
-        # multiprocessing's spawn started a helper process: wait for it here rather than leave it to whoever
-        # adopts it.
-        from multiprocessing import resource_tracker
+        # multiprocessing started two helper processes: wait for them here rather than leave them to whoever
+        # adopts them.
+        from multiprocessing import forkserver, resource_tracker
 
+        with contextlib.suppress(AttributeError, OSError):
+            forkserver._forkserver._stop()  # type: ignore[attr-defined]
         with contextlib.suppress(AttributeError, OSError):
             resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
 

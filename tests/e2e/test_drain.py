@@ -5,6 +5,7 @@ parent's kill, which comes drain + KILL_AFTER seconds after the stop."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from edgecache.config import build
 from edgecache.errors import ConfigError
-from tests.e2e.procs import edge_process, free_port, wait_lines
+from tests.e2e.procs import descendants, edge_process, free_port, wait_lines
 from tests.origin import Origin
 
 CONFIG = """
@@ -80,6 +81,30 @@ async def test_a_request_in_flight_finishes_within_the_drain_and_a_reload_keeps_
     assert b"stopped: exited with status 0" in log
     assert b"killing it" not in log
     assert origin.hits["/slow"] == 1
+
+
+async def test_a_sigterm_to_every_process_of_the_node_drains_as_one_to_the_parent(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """systemd's stop (KillMode=control-group) sends SIGTERM to every process of the unit at once. The fork server
+    the workers are forked from must outlive it (lifecycle.FORK_HELD): its end makes the kernel kill them all, and
+    the request in flight was cut."""
+    port, path = free_port(), tmp_path / "edge.toml"
+    write_config(path, origin, port, "drain = 30")
+    async with edge_process("serve", "--config", str(path), ready={b"edgecache listening on": 1}) as proc:
+        reader, writer = await held_request(origin, port)
+        for pid in (proc.pid, *descendants(proc.pid)):
+            os.kill(pid, signal.SIGTERM)
+        await wait_lines(proc, {b"stopping: draining connections for up to 30 s": 1})
+        assert origin.gate is not None
+        origin.gate.set()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert await reader.readexactly(len(BODY)) == BODY
+        log = await rest_of_log(proc)
+        writer.close()
+    assert b"stopped: exited with status 0" in log
+    assert b"killing it" not in log
 
 
 @pytest.mark.parametrize("drain", ["0", "0.5"])

@@ -122,7 +122,14 @@ async def test_a_reload_back_to_the_running_config_names_no_change(origin: Origi
 
 
 def _worker(parent: int) -> int:
-    return next(p for p in descendants(parent) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes())
+    """The one worker: forked by the fork server, so not one of the parent's own children (the fork server and
+    multiprocessing's resource tracker)."""
+    [worker] = [p for p in descendants(parent) if _parent_of(p) != parent]
+    return worker
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
 async def _until(proc: asyncio.subprocess.Process, *needles: bytes) -> bytes:

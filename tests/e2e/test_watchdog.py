@@ -237,7 +237,8 @@ async def test_sigterm_during_a_restart_backoff_ends_every_process(origin: Origi
             delays = [line.rstrip().rsplit(" ", 2)[1] for line in n.lines if "worker 0 (pid " in line]
             assert delays == ["0", "1", "2", "4"]
             tree = descendants(n.proc.pid)
-            assert len(tree) == 2  # worker 1 and multiprocessing's resource tracker: worker 0 is waited for
+            # Worker 1, the fork server and multiprocessing's resource tracker: worker 0 is waited for.
+            assert len(tree) == 3
             assert n.pid_of(1) in tree
             assert await n.stop() == 0  # 4 s before worker 0's next start
             assert not any(running(pid) for pid in tree)

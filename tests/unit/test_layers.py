@@ -11,6 +11,7 @@ IO_MODULES = {"asyncio", "aiohttp", "diskcache", "aiofiles", "prometheus_client"
 ORDER = [
     "cli",
     "supervisor",  # the parent process; it starts server.worker_main in each worker
+    "forkbase",  # what the fork server imports before it forks workers
     "server",
     "admin",
     "proxy",
