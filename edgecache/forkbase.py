@@ -18,7 +18,8 @@ from pathlib import Path
 
 import uvloop  # noqa: F401
 
-import edgecache.server  # noqa: F401
+import edgecache.server
+import edgecache.supervisor  # noqa: F401  (a worker's entry, supervisor._worker, is named there)
 from edgecache import metrics, metricturn  # noqa: F401
 from edgecache.lifecycle import FORK_HELD
 

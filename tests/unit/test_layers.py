@@ -10,8 +10,8 @@ IO_MODULES = {"asyncio", "aiohttp", "diskcache", "aiofiles", "prometheus_client"
 # A layer may import itself and anything to its right, never to its left.
 ORDER = [
     "cli",
+    "forkbase",  # what the fork server imports before it forks workers (supervisor._worker, the serving code)
     "supervisor",  # the parent process; it starts server.worker_main in each worker
-    "forkbase",  # what the fork server imports before it forks workers
     "server",
     "admin",
     "proxy",
