@@ -18,8 +18,12 @@ from pathlib import Path
 
 import uvloop  # noqa: F401
 
+# What a worker imports, once here: the serving code, its entry (supervisor._worker) and edgecache.cli, which the
+# `edgecache` console script (the image's entry point) imports: multiprocessing runs that script again in every
+# process it starts, as __mp_main__ (python -m edgecache it does not).
+import edgecache.cli
 import edgecache.server
-import edgecache.supervisor  # noqa: F401  (a worker's entry, supervisor._worker, is named there)
+import edgecache.supervisor  # noqa: F401
 from edgecache import metrics, metricturn  # noqa: F401
 from edgecache.lifecycle import FORK_HELD
 

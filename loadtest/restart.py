@@ -16,6 +16,7 @@ import os
 import queue
 import re
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -43,8 +44,9 @@ class _Origin(BaseHTTPRequestHandler):
 
 
 class Node:
-    def __init__(self, port: int, origin: int, directory: Path) -> None:
-        argv = [sys.executable, "-m", "edgecache", "serve", "--origin", f"http://127.0.0.1:{origin}"]
+    def __init__(self, port: int, origin: int, directory: Path, script: bool) -> None:
+        command = [shutil.which("edgecache") or "edgecache"] if script else [sys.executable, "-m", "edgecache"]
+        argv = [*command, "serve", "--origin", f"http://127.0.0.1:{origin}"]
         argv += ["--listen", f"127.0.0.1:{port}", "--workers", "2", "--cache-dir", str(directory)]
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE)  # the tree run from: A/B of two worktrees
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
@@ -102,12 +104,12 @@ def _dead(pid: int) -> None:
         time.sleep(0.0005)
 
 
-def measure(port: int, kills: int, every: float) -> list[tuple[float, float, float, int]]:
+def measure(port: int, kills: int, every: float, script: bool) -> list[tuple[float, float, float, int]]:
     origin = ThreadingHTTPServer(("127.0.0.1", port + 1), _Origin)
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     rows: list[tuple[float, float, float, int]] = []
     with tempfile.TemporaryDirectory(prefix="restart-") as tmp:
-        node = Node(port, port + 1, Path(tmp))
+        node = Node(port, port + 1, Path(tmp), script)
         try:
             for _ in range(2):
                 node.until(r"w\d INFO .*edgecache listening on")
@@ -140,8 +142,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True, help="the node's listener; the origin takes port + 1")
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--every", type=float, default=16.0, help="seconds between kills (default 16)")
+    parser.add_argument(
+        "--script", action="store_true", help="run the `edgecache` console script (as the image does), not python -m"
+    )
     args = parser.parse_args()
-    rows = measure(args.port, args.kills, args.every)
+    rows = measure(args.port, args.kills, args.every, args.script)
     for name, i in (("listening", 0), ("queued answered", 1), ("successor CPU", 2)):
         values = sorted(r[i] for r in rows)
         print(f"{name}: median {statistics.median(values):.3f} s, min {values[0]:.3f}, max {values[-1]:.3f}")

@@ -9,8 +9,8 @@ PKG = Path(__file__).resolve().parents[2] / "edgecache"
 IO_MODULES = {"asyncio", "aiohttp", "diskcache", "aiofiles", "prometheus_client", "socket", "threading", "uvloop"}
 # A layer may import itself and anything to its right, never to its left.
 ORDER = [
+    "forkbase",  # what the fork server imports before it forks workers (cli, supervisor._worker, the serving code)
     "cli",
-    "forkbase",  # what the fork server imports before it forks workers (supervisor._worker, the serving code)
     "supervisor",  # the parent process; it starts server.worker_main in each worker
     "server",
     "admin",
