@@ -88,15 +88,28 @@ def rss_kib(pid: int) -> int:
 
 
 def workers_rss_kib(parent: int) -> int:
-    """The RSS of the node's workers: `edgecache serve` is a small parent (the supervisor) and multiprocessing's
-    resource tracker beside them, which the memory bound does not govern and the soak does not judge."""
-    total = 0
-    for task in Path(f"/proc/{parent}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes() if Path(f"/proc/{child}").exists() else b""
-            if b"resource_tracker" not in cmdline:
-                total += rss_kib(int(child))
-    return total
+    """The RSS of the node's workers, which the memory bound governs: `edgecache serve` is a small parent (the
+    supervisor), whose children are multiprocessing's resource tracker and fork server; the workers are the fork
+    server's children."""
+    return sum(rss_kib(worker) for worker in worker_pids(parent))
+
+
+def worker_pids(parent: int) -> list[int]:
+    return [worker for child in children(parent) if b"forkserver" in _cmdline(child) for worker in children(child)]
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except OSError:  # it exited meanwhile
+        return []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def wait_ready(url: str, seconds: float = 30) -> None:

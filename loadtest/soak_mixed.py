@@ -36,6 +36,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from loadtest.soak import worker_pids
+
 TOKEN = "soak-operator-token-0123456789abcdef"
 HOST = "soak.test"
 MiB = 1 << 20
@@ -284,11 +286,6 @@ def proc_figures(pid: int) -> tuple[int, int, int]:
     return rss, len(os.listdir(f"/proc/{pid}/fd")), threads
 
 
-def workers_of(parent: int) -> list[int]:
-    kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(k) for k in kids if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
-
-
 def dir_figures(root: Path) -> tuple[int, int]:
     total = files = 0
     for base, _, names in os.walk(root):
@@ -321,7 +318,7 @@ async def sample(load: Load, parent: int, out: Path, every: float) -> None:
                     g = await gauges(session, load.admin)
                 except (aiohttp.ClientError, TimeoutError):
                     g = {}
-                for pid in [parent, *workers_of(parent)]:
+                for pid in [parent, *worker_pids(parent)]:
                     rss, fds, threads = proc_figures(pid)
                     row = [round(time.monotonic() - started), pid, rss, fds, threads, *disk]
                     row += [int(g.get(k, -1)) for k in GAUGES] + [sum(load.counts.values())]
