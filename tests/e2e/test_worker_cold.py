@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.e2e.test_worker_revalidation import Conn, collapsed, each_worker
-from tests.e2e.test_workers import DATA, MiB
+from tests.e2e.test_workers import DATA, NEVER_LAPSES, MiB
 from tests.origin import Origin
 
 WARM = b"w" * 1000  # what the connections ask first, to learn which worker has each
@@ -37,7 +37,9 @@ async def cold_at_once(
     origin: Origin, s: aiohttp.ClientSession, admin: int, asks: list[tuple[Conn, str]], path: str = "/v.bin"
 ) -> list[tuple[int, dict[str, str], bytes]]:
     """Each conn asks for `path` (with its extra header lines) while the origin holds every answer, until one
-    worker waits on the other's origin request (or, without that, both asked the origin); then the answers."""
+    worker waits on the other's origin request (or, without that, both asked the origin); then the answers. The
+    origin is held for as long as that takes (up to 20 s): the node's cache.lease must outlast it (NEVER_LAPSES), or
+    the waiter asks the origin too once the lease lapses, as promised."""
     seen, waits = len(origin.seen), await collapsed(s, admin)
     origin.gate = asyncio.Event()
     tasks = [asyncio.ensure_future(conn.get(path, extra)) for conn, extra in asks]
@@ -57,7 +59,7 @@ async def test_a_cold_object_every_worker_misses_at_once_is_fetched_once(origin:
     """Whole GETs and a range of the first slice in each worker: every slice comes from the origin once."""
     origin.put("/warm", WARM)
     origin.put("/v.bin", DATA)
-    async with each_worker(tmp_path, origin, "/warm", WARM) as (admin, s, [(a, b), (c, d)]):
+    async with each_worker(tmp_path, origin, "/warm", WARM, lease=NEVER_LAPSES) as (admin, s, [(a, b), (c, d)]):
         ranged = "Range: bytes=0-99\r\n"
         answers = await cold_at_once(origin, s, admin, [(a, ""), (b, ""), (c, ranged), (d, ranged)])
         want = [(200, DATA), (200, DATA), (206, DATA[:100]), (206, DATA[:100])]
@@ -79,7 +81,7 @@ async def test_a_cold_slice_every_worker_misses_at_once_is_fetched_once(origin: 
     which leases it once its head named the copy (before, the other worker, finding the copy, fetched it too)."""
     origin.put("/warm", WARM)
     origin.put("/v.bin", DATA)
-    async with each_worker(tmp_path, origin, "/warm", WARM) as (admin, s, [(a, b), (c, d)]):
+    async with each_worker(tmp_path, origin, "/warm", WARM, lease=NEVER_LAPSES) as (admin, s, [(a, b), (c, d)]):
         spans = [(0, 99), (500, 599), (900_000, 900_099), (MiB - 100, MiB - 1)]
         asks = [(conn, f"Range: bytes={lo}-{hi}\r\n") for conn, (lo, hi) in zip((a, b, c, d), spans, strict=True)]
         answers = await cold_at_once(origin, s, admin, asks)

@@ -16,12 +16,14 @@ from aiohttp import web
 
 from tests.e2e.test_worker_cold import WARM
 from tests.e2e.test_worker_revalidation import Conn, collapsed, each_worker
-from tests.e2e.test_workers import DATA, MiB
+from tests.e2e.test_workers import DATA, NEVER_LAPSES, MiB
 from tests.origin import Origin
 
 BIG = DATA * 3  # past max_unknown: the test config's disk (256 MiB) // 8
 HOLD_AT = 33 * MiB  # past the bound, where the first body stops until the second request reaches the origin
-HOLD = 6.0  # below the lease's 10 s: a waiter that waited out the lease comes after it
+# A hang's bound: no lease lapses here (NEVER_LAPSES), so a second origin request can only follow the let-go, and one
+# that waited for the first body's end comes after HOLD, however slow the machine.
+HOLD = 30.0
 
 
 async def chunked(request: web.BaseRequest, second: asyncio.Event | None, timed_out: list[bool]) -> web.StreamResponse:
@@ -71,7 +73,7 @@ async def test_a_body_of_unknown_length_past_the_bound_lets_the_waiting_worker_a
         return await chunked(request, second, timed_out)
 
     origin.on_request = big
-    async with each_worker(tmp_path, origin, "/warm", WARM, pairs=1) as (admin, s, [(a, b)]):
+    async with each_worker(tmp_path, origin, "/warm", WARM, pairs=1, lease=NEVER_LAPSES) as (admin, s, [(a, b)]):
         seen, waits = len(origin.seen), await collapsed(s, admin)
         first = asyncio.ensure_future(get_chunked(a, "/big.bin"))
         try:

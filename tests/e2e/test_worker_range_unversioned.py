@@ -12,6 +12,7 @@ from aiohttp import web
 
 from tests.e2e.test_worker_revalidation import b_waits_on_a, each_worker
 from tests.e2e.test_worker_whole_copy import BODY
+from tests.e2e.test_workers import NEVER_LAPSES
 from tests.origin import Origin
 
 
@@ -33,13 +34,14 @@ async def test_the_same_range_of_an_unversioned_object_missed_by_two_workers_is_
     wait). Both 206 with the exact bytes, one origin request. Before, B took only a complete copy from the disk
     (revalidating._complete) and A's holds slice 0 alone: B asked the origin for slice 0 again (2 origin requests,
     the same bytes), though a later request for that range is answered from the copy. `extra`: B's request on the
-    fast path, or as it leaves it to aiohttp."""
+    fast path, or as it leaves it to aiohttp. The origin holds A's head while the test polls (up to 20 s): no lease
+    lapses here (NEVER_LAPSES), or B asks the origin too once A's lapsed, as promised."""
     origin.put("/warm", BODY[:1000])
     origin.put("/u.bin", BODY, etag=None, last_modified=None)
     go = asyncio.Event()
     head_held(origin, "/u.bin", go)
     rng = "Range: bytes=0-999\r\n"
-    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
+    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1, lease=NEVER_LAPSES) as (admin, s, [(a, b)]):
         asks = (lambda: a.get("/u.bin", rng), lambda: b.get("/u.bin", rng + extra))
         answers = await b_waits_on_a(s, admin, origin, "/u.bin", asks, go)
         assert [x if isinstance(x, BaseException) else (x[0], x[2] == BODY[:1000]) for x in answers] == [

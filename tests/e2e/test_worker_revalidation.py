@@ -181,7 +181,7 @@ async def test_an_expired_copy_is_revalidated_once_for_every_worker(origin: Orig
     origin.put("/which", WHICH)
     released = holding_304s(origin)
     port, admin = free_port(), free_port()
-    cfg = two_workers(tmp_path, origin, port, admin)
+    cfg = two_workers(tmp_path, origin, port, admin, NEVER_LAPSES)  # the 304s are held below
     async with (
         edge_process("serve", "--config", str(cfg), ready=READY) as proc,
         aiohttp.ClientSession() as s,
@@ -308,7 +308,9 @@ async def test_two_revalidations_in_one_worker_hold_one_lease_each(origin: Origi
 
     origin.on_request = first_fails
     origin.put("/which", WHICH)
-    async with each_worker(tmp_path, origin, "/which", WHICH) as (admin, s, [(a1, b), (a2, _)]):
+    # The second revalidation is held while the test polls: no lease lapses here (NEVER_LAPSES), or the other worker
+    # asks the origin too once it lapsed, as promised.
+    async with each_worker(tmp_path, origin, "/which", WHICH, lease=NEVER_LAPSES) as (admin, s, [(a1, b), (a2, _)]):
         filled = await held_by_both(a1, b, "/s.bin", data)
         assert origin.hits["/s.bin"] == 1
         await asyncio.sleep(filled + LEFT + 0.2 - time.monotonic())  # the copy expires by the clock, nothing else

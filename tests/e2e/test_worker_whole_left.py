@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tests.e2e.test_worker_revalidation import collapsed, each_worker
 from tests.e2e.test_worker_whole_copy import memory_slices
-from tests.e2e.test_workers import DATA, MiB
+from tests.e2e.test_workers import DATA, NEVER_LAPSES, MiB
 from tests.origin import Origin
 
 BODY = DATA[: 10 * MiB]  # past the first slices, more than a run of slices (cache.fill_slices, 4) is left
@@ -54,7 +54,9 @@ async def test_a_whole_copy_another_worker_reads_is_written_to_its_end_when_its_
     origin.put("/q.bin", BODY, etag=None, last_modified=None)
     more = asyncio.Event()
     held(origin, "/q.bin", more)
-    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
+    # The origin is held mid-body while the test polls (up to 20 s): no lease lapses here (NEVER_LAPSES), or B
+    # fetches a copy of its own once A's lapsed, as promised.
+    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1, lease=NEVER_LAPSES) as (admin, s, [(a, b)]):
         try:
             waits, slices = await collapsed(s, admin), await memory_slices(s, admin)
             a.writer.write(b"GET /q.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
