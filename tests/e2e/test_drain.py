@@ -57,6 +57,20 @@ async def held_request(origin: Origin, port: int) -> tuple[asyncio.StreamReader,
     return reader, writer
 
 
+async def answered_then_stopped(
+    proc: asyncio.subprocess.Process, origin: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[bytes, bytes]:
+    """The held request let go (held_request): its whole 200 read, then the rest of the node's log as it stops."""
+    assert origin.gate is not None
+    origin.gate.set()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert await reader.readexactly(len(BODY)) == BODY
+    log = await rest_of_log(proc)
+    writer.close()
+    return head, log
+
+
 async def test_a_request_in_flight_finishes_within_the_drain_and_a_reload_keeps_the_running_drain(
     origin: Origin, tmp_path: Path
 ) -> None:
@@ -69,14 +83,8 @@ async def test_a_request_in_flight_finishes_within_the_drain_and_a_reload_keeps_
         reader, writer = await held_request(origin, port)
         proc.send_signal(signal.SIGTERM)
         await wait_lines(proc, {b"stopping: draining connections for up to 30 s": 1})
-        assert origin.gate is not None
-        origin.gate.set()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        head, log = await answered_then_stopped(proc, origin, reader, writer)
         assert b"\r\ncontent-length: 100000\r\n" in head.lower()
-        assert await reader.readexactly(len(BODY)) == BODY
-        log = await rest_of_log(proc)
-        writer.close()
     assert b"worker 0 (pid " in log
     assert b"stopped: exited with status 0" in log
     assert b"killing it" not in log
@@ -96,13 +104,7 @@ async def test_a_sigterm_to_every_process_of_the_node_drains_as_one_to_the_paren
         for pid in (proc.pid, *descendants(proc.pid)):
             os.kill(pid, signal.SIGTERM)
         await wait_lines(proc, {b"stopping: draining connections for up to 30 s": 1})
-        assert origin.gate is not None
-        origin.gate.set()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
-        assert await reader.readexactly(len(BODY)) == BODY
-        log = await rest_of_log(proc)
-        writer.close()
+        _, log = await answered_then_stopped(proc, origin, reader, writer)
     assert b"stopped: exited with status 0" in log
     assert b"killing it" not in log
 
@@ -201,12 +203,6 @@ async def test_readyz_says_draining_while_a_request_in_flight_finishes(origin: O
             await wait_lines(proc, {b"stopping: draining connections for up to 30 s": 1})
             async with s.get(readyz) as r:
                 assert (r.status, await r.text()) == (503, "draining\n")
-        assert origin.gate is not None
-        origin.gate.set()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
-        assert await reader.readexactly(len(BODY)) == BODY
-        log = await rest_of_log(proc)
-        writer.close()
+        _, log = await answered_then_stopped(proc, origin, reader, writer)
     assert b"stopped: exited with status 0" in log
     assert b"killing it" not in log

@@ -18,7 +18,8 @@ from edgecache.core.keys import digest, make_key
 from edgecache.storage.diskindex import RECORDS, bucket_of
 from tests.e2e.adminkit import AdminNode, admin_node, node_config
 from tests.e2e.procs import edge_process, free_port
-from tests.e2e.test_workers import OPERATOR, READY, two_workers
+from tests.e2e.test_workers import READY, bodies, two_workers
+from tests.e2e.test_workers import purge as purge_at
 from tests.origin import Origin
 
 BOUND = 2
@@ -90,33 +91,15 @@ async def test_every_worker_keys_a_dropped_url_by_its_bucket(origin: Origin, tmp
     bounded = f"stats_interval = 0.5\npurged_records = {BOUND}\n"
     cfg.write_text(cfg.read_text().replace("stats_interval = 0.5\n", bounded))
     async with edge_process("serve", "--config", str(cfg), ready=READY), aiohttp.ClientSession() as s:
-
-        async def bodies(path: str) -> set[bytes]:
-            """One request per new connection: SO_REUSEPORT spreads them over both workers."""
-            seen = set()
-            for _ in range(30):
-                headers = {"Host": "video.test", "Connection": "close"}
-                async with s.get(f"http://127.0.0.1:{port}{path}", headers=headers) as r:
-                    assert r.status == 200
-                    seen.add(await r.read())
-            return seen
-
-        async def purge(path: str) -> None:
-            auth = {"Authorization": f"Bearer {OPERATOR}"}
-            body = {"url": f"http://video.test{path}"}
-            async with s.post(f"http://127.0.0.1:{admin}/purge", json=body, headers=auth) as r:
-                assert r.status == 200, await r.text()
-
-        assert await bodies(purged) == {f"old {purged} ".encode() * 300}
-        assert await bodies(kept) == {f"old {kept} ".encode() * 300}
+        assert await bodies(s, port, purged) == {f"old {purged} ".encode() * 300}
+        assert await bodies(s, port, kept) == {f"old {kept} ".encode() * 300}
         origin.put(purged, b"new " * 300, etag='"new"')
-        await purge(purged)
-        for path in fillers:
-            await purge(path)
+        for path in (purged, *fillers):
+            await purge_at(s, admin, {"url": f"http://video.test{path}"})
         assert records(tmp_path / "c") == BOUND
         hits = origin.hits.copy()
-        assert await bodies(purged) == {b"new " * 300}
-        assert await bodies(kept) == {f"old {kept} ".encode() * 300}
+        assert await bodies(s, port, purged) == {b"new " * 300}
+        assert await bodies(s, port, kept) == {f"old {kept} ".encode() * 300}
         # The new bytes fetched once per worker at most (each keys it its own way: the admin API's worker by the
         # record it still holds, the other by the bucket); the untouched bucket's object never.
         assert set(origin.hits - hits) == {purged}

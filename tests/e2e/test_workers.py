@@ -96,29 +96,31 @@ async def test_a_purge_reaches_every_worker_before_its_next_answer(origin: Origi
     port, admin = free_port(), free_port()
     cfg = two_workers(tmp_path, origin, port, admin)
     async with edge_process("serve", "--config", str(cfg), ready=READY), aiohttp.ClientSession() as s:
-
-        async def bodies(path: str) -> set[bytes]:
-            """One request per new connection: SO_REUSEPORT spreads them over both workers."""
-            seen = set()
-            for _ in range(30):
-                headers = {"Host": "video.test", "Connection": "close"}
-                async with s.get(f"http://127.0.0.1:{port}{path}", headers=headers) as r:
-                    seen.add(await r.read())
-            return seen
-
-        async def purge(body: dict[str, object]) -> None:
-            auth = {"Authorization": f"Bearer {OPERATOR}"}
-            async with s.post(f"http://127.0.0.1:{admin}/purge", json=body, headers=auth) as r:
-                assert r.status == 200, await r.text()
-
-        assert await bodies("/p.bin") == {b"old " * 1000}
-        assert await bodies("/dir/q.bin") == {b"old " * 500}
+        assert await bodies(s, port, "/p.bin") == {b"old " * 1000}
+        assert await bodies(s, port, "/dir/q.bin") == {b"old " * 500}
         origin.put("/p.bin", b"new " * 1000, etag='"new"')
         origin.put("/dir/q.bin", b"new " * 500, etag='"new"')
-        await purge({"url": "http://video.test/p.bin"})
-        assert await bodies("/p.bin") == {b"new " * 1000}
-        await purge({"prefix": "http://video.test/dir/"})
-        assert await bodies("/dir/q.bin") == {b"new " * 500}
+        await purge(s, admin, {"url": "http://video.test/p.bin"})
+        assert await bodies(s, port, "/p.bin") == {b"new " * 1000}
+        await purge(s, admin, {"prefix": "http://video.test/dir/"})
+        assert await bodies(s, port, "/dir/q.bin") == {b"new " * 500}
+
+
+async def bodies(s: aiohttp.ClientSession, port: int, path: str) -> set[bytes]:
+    """The bodies of 30 GETs of `path`, each 200 on a new connection: SO_REUSEPORT spreads them over the workers."""
+    seen = set()
+    for _ in range(30):
+        headers = {"Host": "video.test", "Connection": "close"}
+        async with s.get(f"http://127.0.0.1:{port}{path}", headers=headers) as r:
+            assert r.status == 200
+            seen.add(await r.read())
+    return seen
+
+
+async def purge(s: aiohttp.ClientSession, admin: int, body: dict[str, object]) -> None:
+    auth = {"Authorization": f"Bearer {OPERATOR}"}
+    async with s.post(f"http://127.0.0.1:{admin}/purge", json=body, headers=auth) as r:
+        assert r.status == 200, await r.text()
 
 
 async def test_a_whole_fill_in_one_worker_leaves_the_other_its_slices_to_wait_for(
