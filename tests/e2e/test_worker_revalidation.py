@@ -53,12 +53,18 @@ class Conn:
     writer: asyncio.StreamWriter
     pid: int
 
-    async def get(self, path: str, extra: str = "") -> tuple[int, dict[str, str], bytes]:
+    async def get(self, path: str, extra: str = "", begun: asyncio.Event | None = None) -> Answer:
+        """`begun`: set once the body's first slice came. A copy's metadata is on the shared disk before a byte of
+        its body is sent (Engine._take_head writes it first), so another worker's request made then finds the copy."""
         self.writer.write(f"GET {path} HTTP/1.1\r\nHost: video.test\r\n{extra}\r\n".encode())
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         fields = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
-        body = await self.reader.readexactly(int(fields["content-length"]))
+        length, body = int(fields["content-length"]), b""
+        if begun is not None:
+            body = await self.reader.readexactly(min(MiB, length))
+            begun.set()
+        body += await self.reader.readexactly(length - len(body))
         return int(lines[0].split()[1]), fields, body
 
 

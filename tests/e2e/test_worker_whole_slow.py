@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from edgecache.storage.leases import LEASE_SECONDS
 from tests.e2e.test_worker_revalidation import b_waits_on_a, collapsed, each_worker
-from tests.e2e.test_worker_whole_copy import BODY, b_waits_for_a, memory_slices
-from tests.e2e.test_workers import MiB
+from tests.e2e.test_worker_whole_copy import BODY, b_waits_for_a
+from tests.e2e.test_workers import NEVER_LAPSES, MiB
 from tests.origin import Origin
 
 PIECE = 128 * 1024
@@ -174,23 +173,26 @@ async def test_a_reader_of_a_whole_copy_being_written_goes_on_as_each_slice_land
     """Worker B waits for slice 1 of A's copy; the origin then brings slice 1 (and half of slice 2) and holds the
     rest. B's viewer gets the head and both first slices while the origin holds: B waited for its slice, not for
     the whole body. Before, B waited for A's lease to go (the whole body stored) or LEASE_SECONDS, at its first
-    missing slice and again at each slice it caught up with."""
+    missing slice and again at each slice it caught up with. The lease never lapses here (NEVER_LAPSES), and the
+    rest is held to the end: a B that waited for the lease would never answer, however slow the machine."""
     origin.put("/warm", BODY[:1000])
     origin.put("/p.bin", BODY, etag=None, last_modified=None)
     more, rest = asyncio.Event(), asyncio.Event()
     held_at(origin, "/p.bin", [(MiB + MiB // 2, more), (2 * MiB + MiB // 2, rest)])
-    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
+    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1, lease=NEVER_LAPSES) as (admin, s, [(a, b)]):
         try:
-            waits, slices = await collapsed(s, admin), await memory_slices(s, admin)
-            first = asyncio.ensure_future(a.get("/p.bin"))
+            waits, begun = await collapsed(s, admin), asyncio.Event()
+            first = asyncio.ensure_future(a.get("/p.bin", begun=begun))
             async with asyncio.timeout(20):
-                while await memory_slices(s, admin) == slices:  # noqa: ASYNC110 (another process: polled)
-                    await asyncio.sleep(0.02)
+                # A's copy is on the disk once A's client has its first slice (Conn.get's `begun`). Not once the
+                # memory tier's gauge changed: that was the /warm object's too, sampled late (stats_interval), and B
+                # then asked before A's head, a miss that waits for A's lease, held to the body's end.
+                await begun.wait()
                 b.writer.write(b"GET /p.bin HTTP/1.1\r\nHost: video.test\r\n\r\n")
                 while await collapsed(s, admin) == waits:  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
             more.set()
-            async with asyncio.timeout(LEASE_SECONDS / 2):  # the lease's time would not be waited out
+            async with asyncio.timeout(30):  # a hang's bound only: a lease waited for would hold for an hour
                 head = await b.reader.readuntil(b"\r\n\r\n")
                 begun = await b.reader.readexactly(2 * MiB)
             assert not rest.is_set()
@@ -212,18 +214,21 @@ async def test_a_whole_copy_being_written_is_read_by_the_other_workers_full_hand
     """As test_worker_whole_copy, with B's request one the fast path leaves to aiohttp (a Connection field naming
     another field). The full handler took the missing slice of a copy without a version for a copy of its own to
     drop (serving._completed): it dropped A's copy from the shared disk while A wrote it, and asked the origin for
-    another. It waits for A's slices now, as the fast path does: both answers exact, one origin request."""
+    another. It waits for A's slices now, as the fast path does: both answers exact, one origin request. The origin
+    is held mid-body while the test polls (up to 20 s): no lease lapses here (NEVER_LAPSES), or B fetches a copy of
+    its own once A's lapsed, as promised."""
     origin.put("/warm", BODY[:1000])
     origin.put("/p.bin", BODY, etag=None, last_modified=None)
     finish = asyncio.Event()
     held_at(origin, "/p.bin", [(MiB + MiB // 2, finish)])
-    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1) as (admin, s, [(a, b)]):
-        slices = await memory_slices(s, admin)
+    async with each_worker(tmp_path, origin, "/warm", BODY[:1000], pairs=1, lease=NEVER_LAPSES) as (admin, s, [(a, b)]):
+        begun = asyncio.Event()
 
         async def started() -> bool:
-            return await memory_slices(s, admin) != slices
+            return begun.is_set()  # A's copy on the disk: B reads it (as in the test above)
 
-        asks = (lambda: a.get("/p.bin"), lambda: b.get("/p.bin", "Connection: X-Player\r\nX-Player: 1\r\n"))
+        full = "Connection: X-Player\r\nX-Player: 1\r\n"  # a request the fast path leaves to aiohttp
+        asks = (lambda: a.get("/p.bin", begun=begun), lambda: b.get("/p.bin", full))
         answers = await b_waits_on_a(s, admin, origin, "/p.bin", asks, finish, started)
         assert [x if isinstance(x, BaseException) else (x[0], x[2] == BODY) for x in answers] == [
             (200, True),
