@@ -35,13 +35,17 @@ def owned(prefix: str, members: tuple[Member, ...]) -> str:
 
 
 def config(tmp_path: Path, origin: Origin, port: int, admin: int, peer: int) -> Path:
-    """Two workers, node1 of a cluster whose node2 is the stand-in on `peer` (checked by a connect: no admin)."""
+    """Two workers, node1 of a cluster whose node2 is the stand-in on `peer` (checked by a connect: no admin).
+
+    cluster.timeout bounds a look-aside too (proxy.clusterfill), and the stand-in holds the first one while the test
+    polls (up to 20 s) for the other worker's wait. At 0.5 s, a loaded machine's steps outlasted it: the look-aside
+    ended, and the origin answered the first request. 30 s: a hang's bound."""
     cfg = tmp_path / "edge.toml"
     cfg.write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
         f'[cache]\ndir = "{tmp_path / "c"}"\ndisk = "256MiB"\nmemory = "64MiB"\nfill_slices = 4\n'
         f'[cluster]\nself = "node1"\nkey = "{CLUSTER_KEY.decode()}"\n'
-        "interval = 0.2\ntimeout = 0.5\nfall = 2\nrise = 2\n"
+        "interval = 0.2\ntimeout = 30\nfall = 2\nrise = 2\n"
         f'[[cluster.nodes]]\nid = "node1"\naddress = "127.0.0.1:{port}"\n'
         f'[[cluster.nodes]]\nid = "node2"\naddress = "127.0.0.1:{peer}"\n'
         f'[[sites]]\nname = "videos"\nhosts = ["video.test"]\norigins = ["{origin.url}"]\n'
