@@ -29,15 +29,25 @@ async def memory_slices(s: aiohttp.ClientSession, admin: int) -> float:
         return metric(await r.text(), "edgecache_memory_tier_objects")
 
 
+async def disk_bytes(s: aiohttp.ClientSession, admin: int) -> float:
+    async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+        return metric(await r.text(), "edgecache_disk_tier_bytes")
+
+
 async def b_waits_for_a(
     origin: Origin, s: aiohttp.ClientSession, admin: int, a: Conn, b: Conn
 ) -> tuple[asyncio.Future[tuple[int, dict[str, str], bytes]], asyncio.Future[tuple[int, dict[str, str], bytes]]]:
-    """A asks for /p.bin; once its first slice is in (its copy's metadata is on the disk), B asks too; until B
-    waits for A's body (a collapsed wait), or asks the origin itself (before the fix). Both answers, to come."""
-    waits, slices = await collapsed(s, admin), await memory_slices(s, admin)
+    """A asks for /p.bin; once its first slice is on the disk (its copy's metadata is there before it), B asks too;
+    until B waits for A's body (a collapsed wait), or asks the origin itself (before the fix). Both answers, to come.
+
+    On the disk, not in A's memory (A writes it there after): a B that found slice 0 missing sent its head and slice
+    0 as soon as slice 0 landed, so a killed A's copy, fetched again as another copy (it has no validator), could
+    only cut B's answer. With slice 0 on the disk, B's head waits for slice 1's first bytes, as meant. The disk's
+    gauge grows by a slice then (the /warm object, its 1,000 bytes perhaps sampled late, never by as much)."""
+    waits, on_disk = await collapsed(s, admin), await disk_bytes(s, admin)
     first = asyncio.ensure_future(a.get("/p.bin"))
     async with asyncio.timeout(20):
-        while await memory_slices(s, admin) == slices:  # noqa: ASYNC110 (another process: polled)
+        while await disk_bytes(s, admin) < on_disk + MiB:  # noqa: ASYNC110 (another process: polled)
             await asyncio.sleep(0.02)
         second = asyncio.ensure_future(b.get("/p.bin"))
         while await collapsed(s, admin) == waits and origin.hits["/p.bin"] == 1:  # noqa: ASYNC110
