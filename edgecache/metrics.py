@@ -197,7 +197,15 @@ DISK_FAILURES = _counter(
 )
 # A gauge rather than an Info: Info does not work in the client's multiprocess mode.
 BUILD = Gauge("edgecache_build_info", "Version of this edgecache", ["version", "python"], multiprocess_mode="max")
-BUILD.labels(__version__, platform.python_version()).set(1)
+
+
+def mark_build() -> None:
+    """edgecache_build_info, set by each process that serves: a worker forked from the fork server sets its own (the
+    fork server's value files are removed: edgecache.forkbase), as one imported anew set it on import."""
+    BUILD.labels(__version__, platform.python_version()).set(1)
+
+
+mark_build()
 
 
 class _Current:

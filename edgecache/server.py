@@ -480,6 +480,7 @@ def worker_main(
     _more_file_descriptors()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
     quiet_sni_faults()
+    metrics.mark_build()
     for reason in Reason:
         metrics.WORKER_RESTARTS.labels(reason.value).set(restarts.get(reason, 0))
     try:
