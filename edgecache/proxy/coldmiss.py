@@ -215,12 +215,14 @@ def _answered(
 
 def _no_change(conn: FastPath, started: Started) -> Again | Pass:
     """A fill's head that leaves nothing to answer from and met no new version (a 304 of a copy gone since, another
-    variant's answer): a try, as the full handler's loop counts it (core.churn). Decided again (AGAIN), on a draining
-    connection too (FastPath.again keeps its head processed), or, out of tries, relayed (SPENT, or what its earlier
-    tries met)."""
+    variant's answer): a try, as the full handler's loop counts it. Decided again (AGAIN), on a draining connection
+    too (FastPath.again keeps its head processed), or, out of tries, relayed (_relay)."""
     step = _counted(conn, started.head, None)
-    if step is churn.Next.FILL:
-        return AGAIN
+    return AGAIN if step is churn.Next.FILL else _relay(started, step)
+
+
+def _relay(started: Started, step: churn.Next) -> Pass:
+    """The miss relayed out of tries (core.churn's RELAY, OVERTAKEN or SPENT), as the full handler relays it."""
     return replace(_pass_of(started, CacheStatus.MISS, False, None), churned=step)
 
 
@@ -451,15 +453,14 @@ def _changed_first(conn: FastPath, started: Started) -> Again | Pass | Written |
     step = tried(conn, started.head, exc)
     if step is None:
         return None
-    relay = replace(_pass_of(started, CacheStatus.MISS, False, None), churned=step)
     if validating is None:
-        return AGAIN if step is churn.Next.FILL else relay
+        return AGAIN if step is churn.Next.FILL else _relay(started, step)
     conn.busy = True
     drop = conn.server.shared.engine.store.drop_version(started.cold.req.entry_key, validating)
     if step is churn.Next.FILL:
         conn.loop.create_task(drop).add_done_callback(conn.done)
         return AGAIN
-    conn.loop.create_task(_relayed_after(conn, drop, relay)).add_done_callback(conn.done)
+    conn.loop.create_task(_relayed_after(conn, drop, _relay(started, step))).add_done_callback(conn.done)
     return WRITTEN
 
 

@@ -416,8 +416,9 @@ class FastPath(asyncio.Protocol):
             t = observe.new_trace()
             t.t0, t.site, t.status, t.for_peer = t0, hit.site.name, p.status, hit.viewer is not None
             t.origin_ms, t.ttfb = p.origin_ms, max(self.first_byte - t0, 0.0)
-            for addr in (p.addr, *asked):
-                t.sources.asked(addr)
+            if p.addr is not None or asked:  # a hit asked nobody
+                for addr in (p.addr, *asked):
+                    t.sources.asked(addr)
             client = hit.viewer or self.client  # a hop's viewer, as a node of the cluster judged it
             req = hit.req
             fields, rng = req.headers, p.range_field
