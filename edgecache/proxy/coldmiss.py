@@ -310,13 +310,11 @@ def _passed(conn: FastPath, started: Started, head: FillHead) -> Pass | None:
 
 def _mismatched(started: Started) -> Pass | None:
     """The pass-through of a miss whose origin answered another range than the fill asked for (RangeMismatch:
-    it fills nothing), as the full handler passes it through (EdgeHandler._head_of); None for anything else. A
-    revalidation's stays the full handler's: its pass-through is a MISS whose cause is the expired entry; so does
-    a 416 that answers the client's own range (pastend, which answers it first)."""
+    it fills nothing), as the full handler passes it through (EdgeHandler._head_of): a MISS, whose cause is the
+    expired entry when it was a revalidation's; None for anything else, such as a 416 that answers the client's own
+    range (pastend, which answers it first)."""
     head = started.fill.head
     if not head.done() or head.cancelled() or not isinstance(exc := head.exception(), RangeMismatch):
-        return None
-    if started.validating is not None:
         return None
     if exc.unsatisfiable_for(started.cold.method, started.cold.req.headers) is not None:
         return None  # a 416 that told the length answers the client's range (pastend), unless it cannot be written
@@ -328,7 +326,7 @@ def _pass_of(started: Started, status: CacheStatus, uncacheable: bool, origin_ms
     cold = started.cold
     return Pass(
         cold.req, status, cold.method, cold.keep_alive, cold.viewer, started.evicted, cold.failover, uncacheable,
-        started.began, origin_ms,
+        started.began, origin_ms, expired=started.validating is not None,
     )  # fmt: skip
 
 

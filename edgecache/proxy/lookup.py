@@ -64,6 +64,7 @@ class Pass:
     moved: bool = False  # a MISS whose fill was a look-aside at the previous owner: its cause (ring-moved)
     churned: Next | None = None  # a MISS out of fills (core.churn: RELAY, OVERTAKEN, SPENT): one origin request relayed
     detail: str = ""  # its Cache-Status detail: why its fill's answer is not stored (fill.unstored)
+    expired: bool = False  # a MISS of a stale entry, its revalidation's answer not one to serve: its cause
 
 
 def find_hit(

@@ -46,7 +46,7 @@ async def carry_out(conn: FastPath, p: Pass, t0: float) -> None:
     t = observe.new_trace()
     t.t0, t.site, t.status = t0, req.site.name, p.status
     t.evicted, t.failover, t.for_peer = p.evicted, p.failover, p.viewer is not None
-    t.uncacheable, t.expired = p.uncacheable, p.status is CacheStatus.EXPIRED
+    t.uncacheable, t.expired = p.uncacheable, p.expired or p.status is CacheStatus.EXPIRED
     t.moved = p.moved  # its bytes the origin's (never from_peer): it asks the origin
     field = cache_status_header(p.status, detail=p.detail) if p.churned is None else relay_field(t, req, p.churned)
     t.body_bytes = 0  # what reaches the client, however the answer ends (_relay counts it)

@@ -46,7 +46,7 @@ async def ask(port: int, method: str, path: str, rng: str = "", more: str = "") 
         bodyless = method == "HEAD" or lines[0].startswith(b"HTTP/1.1 304 ")
         body = b"" if bodyless else await reader.readexactly(int(fields[b"content-length"]))
         kept = b"\r\n".join(x for x in lines if not x.startswith((b"Date: ", b"Age: ")))
-        return Answer(kept, body, int(fields[b"age"]))
+        return Answer(kept, body, int(fields.get(b"age", b"-1")))  # -1: none (a pass-through's)
     finally:
         writer.close()
 
