@@ -72,12 +72,19 @@ class Decider:
         self.parser = headparse.Parser()
 
     def answer(
-        self, head: bytes, client: str, admitted: bool = False, placed: Here | None = None
+        self,
+        head: bytes,
+        client: str,
+        admitted: bool = False,
+        placed: Here | None = None,
+        named: tuple[str, ...] | None = None,
     ) -> Prepared | Load | Forward | Refused | Pass | None:
         """The answer to this head if it is a fresh hit, the owner it goes to, or its refusal (core.admit); None for
         anything the fast path leaves to aiohttp. `admitted`: the rate limiter let this request in already (its
         miss's fill was started for it: find_cold), so it is not asked again. `placed`: where that fill put it
-        (coldmiss.Started.placed): the request is this node's, answered from it whoever owns the key now.
+        (coldmiss.Started.placed): the request is this node's, answered from it whoever owns the key now. `named`:
+        the Vary another variant's answer to its fill named (FastPath.named), which it is looked up under again, as
+        find_cold() fills it under: never from the memo, whose answers were decided without it.
 
         The same head bytes ask the same question, so a hit decided moments ago is reused while everything it
         was decided from is unchanged (_current); only the client's address is checked again.
@@ -94,6 +101,9 @@ class Decider:
             if isinstance(forward, Forward | Refused):
                 return forward
             copy = forward == HOT  # decided for this node's copy, the gate not asked a second time
+        if named is not None:
+            decided = self._decide(head, client, admitted=admitted, copy=copy, placed=placed, named=named)
+            return None if isinstance(decided, Elsewhere) else decided
         now = time.time()
         prepared = self._current(self.memo, head, now)
         if prepared is None and self.cuts:
@@ -157,14 +167,15 @@ class Decider:
         admitted: bool = False,
         copy: bool = False,
         placed: Here | None = None,
+        named: tuple[str, ...] | None = None,
     ) -> Prepared | Load | Forward | Elsewhere | Refused | Pass | None:
-        """Parse and look up the head from scratch; remember a hit's answer for the same head.
+        """Parse and look up the head from scratch; remember a hit's answer for the same head (not one `named`).
 
         A `basis` is the whole-object answer single ranges are cut from: kept apart from the memo (it has no
         slices, and another node's object is Elsewhere to it), and never sent itself.
         """
         memo = self.wholes if basis else self.memo
-        parsed = self._parse(head, client, basis, hop_field, admitted=admitted, copy=copy, placed=placed)
+        parsed = self._parse(head, client, basis, hop_field, admitted=admitted, copy=copy, placed=placed, named=named)
         hit, method, keep_alive = parsed
         if isinstance(hit, Forward):
             forward = replace(hit, keep_alive=keep_alive)
@@ -180,7 +191,7 @@ class Decider:
         prepared = self._prepared(hit, method, keep_alive, basis)
         # A hop's head is not remembered: it is worthless after its time window, and no two are the same. Nor is a
         # stale answer, valid for no time at all.
-        if prepared is not None and hit.viewer is None and prepared.status is CacheStatus.HIT:
+        if prepared is not None and hit.viewer is None and prepared.status is CacheStatus.HIT and named is None:
             _remember(memo, head, prepared)
         return prepared
 
@@ -408,8 +419,9 @@ class Decider:
                 hit = find_cold(self.shared, m, host, target, headers, client, admitted, named)
             else:
                 hit = find_hit(
-                    self.shared, m, host, target, headers, client, basis, hop_field, validated, admitted, copy, placed
-                )
+                    self.shared, m, host, target, headers, client, basis, hop_field, validated, admitted, copy, placed,
+                    named,
+                )  # fmt: skip
         except Exception:  # a bug here must cost speed, not the request: the full handler answers it
             log.exception("fast path: looking up %s failed", target[:200])
             return None, "", KeepAlive.CLOSE

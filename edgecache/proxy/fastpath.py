@@ -265,7 +265,7 @@ class FastPath(asyncio.Protocol):
             settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
             admitted = settling or self.retried > 0 or self.again  # let in when it was first decided
             placed = self.started.placed if self.started is not None else None
-            prepared = front or self.server.decider.answer(head, self.client, admitted=admitted, placed=placed)
+            prepared = front or self.server.decider.answer(head, self.client, admitted, placed, self.named)
             self.server.cork.decided(self, prepared)
             if settling:
                 # A refusal now (a signed URL that expired meanwhile) is not one: the request was let in when its

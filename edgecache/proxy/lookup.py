@@ -80,18 +80,20 @@ def find_hit(
     admitted: bool = False,
     copy: bool = False,
     placed: route.Here | None = None,
+    named: tuple[str, ...] | None = None,
 ) -> Hit | Load | Forward | Elsewhere | Refused | Pass | None:
     """The hit this request is, if it is one; or the owner to forward it to; or its pass-through. A `basis` answer is
     one that single ranges are cut from (decide.Decider._ranged), never sent itself. `validated`: the stored entry
     answers whatever its freshness, as the origin has just confirmed it ("304": Use.REVALIDATE), or as it stands in
     for an origin that failed its revalidation ("stale-if-error": Use.STALE_OK, RFC 5861 4). `copy`: a hot object's
-    copy was filled for this request, `placed`: the request's fill was started here (route.routed)."""
+    copy was filled for this request, `placed`: the request's fill was started here (route.routed). `named`: the
+    Vary another variant's answer to the request's fill named, as find_cold() takes it."""
     routed = route.routed(shared, method, host, target, headers, client, basis, hop_field, admitted, copy, placed)
     if not isinstance(routed, Routed):
         return routed
     if parse_cache_control(headers).no_store or must_pass(headers) is not None:
         return _passed(shared, routed, method, headers, admitted, CacheStatus.PASS)
-    stored = _stored(shared, routed.site, routed.host, routed.key, headers, validated is not None)
+    stored = _stored(shared, routed.site, routed.host, routed.key, headers, validated is not None, named)
     if not isinstance(stored, _Stored):
         return stored
     if not routed.fills and not lookaside.may_use(stored.use, validated is not None):
@@ -312,11 +314,17 @@ def _use_of(site: Site, meta: ObjectMeta, soft_before: float, headers: Headers, 
 
 
 def _stored(
-    shared: Shared, site: Site, host: str, key: CacheKey, headers: Headers, validated: bool = False
+    shared: Shared,
+    site: Site,
+    host: str,
+    key: CacheKey,
+    headers: Headers,
+    validated: bool = False,
+    named: tuple[str, ...] | None = None,
 ) -> _Stored | Load | None:
     """find_hit()'s second step: the record and metadata this process holds (Load: read them from disk first),
     then freshness for this request and soft purges."""
-    entry = _entry(shared, site, host, key, headers)
+    entry = _entry(shared, site, host, key, headers, named)
     if entry is None:
         return Load(key.primary, None)
     meta = entry.meta
