@@ -77,7 +77,7 @@ class FastPath(asyncio.Protocol):
         self.started: coldmiss.Started | None = None  # the fill the head at the front of the buffer is waiting on
         self.adopted: Adopted | None = None  # a fill the full handler takes over with the connection (hand_off)
         self.admitted: str | None = None  # or the primary key of a request let in here (Shared.admitted)
-        self.retried = 0  # forwards of the head at the front whose owner could not be reached (relay.forward)
+        self.retried = relay.FRESH  # forwards of the head at the front whose owner could not be reached
         self.again = False  # the head at the front is decided again (let in already): another variant, a new version
         self.named: tuple[str, ...] | None = None  # the Vary of another variant's answer, decided again with: once
         # The head decided again for a new version or a purge (coldmiss.tried), and its tries so far (core.churn)
@@ -246,6 +246,9 @@ class FastPath(asyncio.Protocol):
                 self.loop.call_soon(self._next_turn)
                 return
             turn += 1
+            settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
+            admitted = settling or self.retried.forwards > 0 or self.again  # let in when it was first decided
+            self.retried = self.retried if admitted else relay.FRESH  # a new head: no owner of it found unreachable
             end = self.server.cork.head_end(self)
             if end < 0:  # a head ended by bare LFs, or a TLS record (0x16) is none: aiohttp's parser refuses it now
                 buf = self.buf
@@ -262,8 +265,6 @@ class FastPath(asyncio.Protocol):
             # Domain fronting (a host its SNI name's certificate does not cover): 421, before any lookup or memo
             front = fronted(self.server.shared, self.transport, head, self.server.decider.parser) if self.tls else None
             self.client = self._client_of(head)
-            settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
-            admitted = settling or self.retried > 0 or self.again  # let in when it was first decided
             placed = self.started.placed if self.started is not None else None
             prepared = front or self.server.decider.answer(head, self.client, admitted, placed, self.named)
             self.server.cork.decided(self, prepared)
@@ -334,7 +335,8 @@ class FastPath(asyncio.Protocol):
         tries afresh (an identical head on a keep-alive connection is another request)."""
         if not self.again:
             self.tries = None
-        self.retried, self.admitted, self.again, self.named = 0, None, False, None
+        self.retried = relay.Retried(0, self.retried.unreached)  # named in the log line of its answer, still to come
+        self.admitted, self.again, self.named = None, False, None
 
     async def _load(self, load: Load) -> None:
         """Read what the lookup needs from the disk tier (off the loop), so the same head can be decided again."""
@@ -424,7 +426,9 @@ class FastPath(asyncio.Protocol):
             fields, rng = req.headers, p.range_field
             line = observe.Line.of(client, p.method, req.host, req.key.full_target, fields, p.keep_alive, rng)
             way = p.way or (_UPSTREAM if p.status is CacheStatus.HIT else observe.upstream(p.status, metrics.Sources()))
-            observe.log_line(shared.access, t, line, 0 if cut else hit.status, nbytes, shared.node, way)
+            observe.log_line(
+                shared.access, t, line, 0 if cut else hit.status, nbytes, shared.node, way, self.retried.unreached
+            )
         if not p.keep_alive.persists and self.transport is not None:
             self.closing = True
             self.transport.close() if cut else linger.close(self)  # a cut one is aborted (done)

@@ -357,8 +357,20 @@ def requests_counter(site: str, method: str, code: int, status: CacheStatus) -> 
     return found
 
 
-def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int, node: str, way: str) -> None:
-    """One line, the same fields in the same order for the fast path's hits and for the full handler."""
+def log_line(
+    access: AccessLog,
+    t: Trace,
+    line: Line,
+    code: int,
+    nbytes: int,
+    node: str,
+    way: str,
+    unreached: tuple[str, ...] = (),
+) -> None:
+    """One line, the same fields in the same order for the fast path's hits and for the full handler. `unreached`:
+    the owners a fast-path forward of the request could not reach before it was decided again (relay.Retried),
+    named first in upstream_addr, as the full handler's trace names them (owner.to_owner)."""
+    addrs = (*unreached, *(a for a in t.sources.addrs if a not in unreached))
     record: dict[str, Any] = {
         "time": _now_iso(),
         "id": t.id,
@@ -379,7 +391,7 @@ def log_line(access: AccessLog, t: Trace, line: Line, code: int, nbytes: int, no
         "referer": clip(without_params(line.referer, access.never)) if line.referer is not None else None,
         "node": node,
         "upstream": way,
-        "upstream_addr": ", ".join(t.sources.addrs) if t.sources.addrs else None,
+        "upstream_addr": ", ".join(addrs) if addrs else None,
         "for_peer": t.for_peer,
         "prefetch": t.prefetch,
     }

@@ -87,6 +87,7 @@ async def to_owner(
         except PeerWithheld:
             return None
         except OriginError as exc:
+            observe.trace(request).sources.asked(exc.tried)  # named before whoever answers instead, or in the 502
             kind = observe.peer_error(member.id, exc)
             if not exc.connect or not (exc.refused or request.method in ("GET", "HEAD")):
                 return _peer_failed(request, member.id, kind, exc)

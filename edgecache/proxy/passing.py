@@ -123,4 +123,4 @@ def _logged(conn: FastPath, p: Pass, t: observe.Trace, code: int, nbytes: int) -
     if shared.access.enabled:
         client = p.viewer or conn.client
         line = observe.Line.of(client, p.method, req.host, req.key.full_target, req.headers, p.keep_alive)
-        observe.log_line(shared.access, t, line, code, nbytes, shared.node, way)
+        observe.log_line(shared.access, t, line, code, nbytes, shared.node, way, conn.retried.unreached)

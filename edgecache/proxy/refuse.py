@@ -69,7 +69,7 @@ def refused(conn: FastPath, r: Refused, t0: float, origin_ms: float | None = Non
             target = r.target if r.host is not None else without_params(r.target, shared.access.never)  # no key
             line = observe.Line.of(client, r.method, host, target, r.headers, r.keep_alive)
             line.protocol = r.protocol or line.protocol
-            observe.log_line(shared.access, t, line, status, nbytes, shared.node, way)
+            observe.log_line(shared.access, t, line, status, nbytes, shared.node, way, conn.retried.unreached)
     if not r.keep_alive.persists:
         linger.close(conn)  # what the client sent after the refused request, unread, would reset the answer
     return r.keep_alive.persists

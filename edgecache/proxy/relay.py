@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from edgecache import metrics
 from edgecache.core.headers import get_first
@@ -71,6 +71,19 @@ _MINE = cache_status_header(CacheStatus.PEER)
 _HOP = HOP.encode("ascii")
 
 
+class Retried(NamedTuple):
+    """The forwards of the head at the front of a connection whose owner could not be reached (forward), decided
+    again for the next owner once per ring member at most: `forwards`, reset once the head is answered; and the
+    addresses of those asked (`unreached`: a withheld one was not), kept until the next head is decided, for its
+    answer's log line to name first in upstream_addr, as the full handler's does (owner.to_owner)."""
+
+    forwards: int
+    unreached: tuple[str, ...]
+
+
+FRESH = Retried(0, ())
+
+
 class Unreachable(Exception):
     """The owner could not be reached: nothing was sent, and the full handler may ask the next owner."""
 
@@ -116,8 +129,11 @@ async def forward(relay: Relay, first: BaseException | None) -> None:
         assert cluster is not None
         down = member is not None and not cluster.is_up(member.id)
         again = (down or isinstance(exc, Withheld)) and not conn.closing  # Withheld: decided again, answered here
-        if again and conn.retried < len(cluster.ring.members):
-            conn.retried += 1  # the connection's done() decides it again, for the next owner that is up
+        if again and conn.retried.forwards < len(cluster.ring.members):
+            # The connection's done() decides it again, for the next owner that is up; the line of whoever answers
+            # names this one first, unless withheld: not asked.
+            asked = () if isinstance(exc, Withheld) else (relay.member.address,)
+            conn.retried = Retried(conn.retried.forwards + 1, conn.retried.unreached + asked)
             return
         conn.hand_off()  # a draining connection's too: the full handler answers it
     else:
@@ -411,6 +427,7 @@ class Relay:
     def _broken(self, exc: PeerBroken) -> None:
         """The peer failed: an error answer if nothing was written yet, else the viewer's connection is cut."""
         kind = self._count_error(exc)
+        self.trace.sources.asked(self.member.address)  # asked, though no head came
         transport = self.conn.transport
         if self.written or transport is None:
             self._log(self.status or 502)
@@ -445,4 +462,4 @@ class Relay:
         if shared.access.enabled:
             key = fwd.key
             line = observe.Line.of(fwd.client, fwd.method, key.host, key.full_target, fwd.headers, fwd.keep_alive)
-            observe.log_line(shared.access, t, line, code, n, shared.node, way)
+            observe.log_line(shared.access, t, line, code, n, shared.node, way, self.conn.retried.unreached)

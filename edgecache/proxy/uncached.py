@@ -180,4 +180,4 @@ def logged(conn: FastPath, started: Started, t: observe.Trace, code: int, nbytes
         req = cold.req
         client = cold.viewer or conn.client
         line = observe.Line.of(client, cold.method, req.host, req.key.full_target, req.headers, cold.keep_alive)
-        observe.log_line(shared.access, t, line, code, nbytes, shared.node, way)
+        observe.log_line(shared.access, t, line, code, nbytes, shared.node, way, conn.retried.unreached)

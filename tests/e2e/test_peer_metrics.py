@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -100,9 +101,11 @@ async def test_a_stopped_node_is_a_peer_error_of_that_peer_never_an_origin_error
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "framework"])
 async def test_a_peer_that_timed_out_is_named_to_no_viewer(origin: Origin, tmp_path: Path, fast: bool) -> None:
     """Two real nodes; the owner's origin does not answer within the forwarding node's read timeout: the viewer
-    gets 504 saying a peer failed, and how, never which node nor its internal address (both in the log)."""
+    gets 504 saying a peer failed, and how, never which node nor its internal address (both in the log: the
+    access log's upstream_addr names the peer asked)."""
     configs = cluster_configs(origin, tmp_path)
-    first = replace(configs[0], origin=replace(configs[0].origin, read_timeout=0.5), fast_path=fast)
+    log = tmp_path / "access.log"
+    first = replace(configs[0], origin=replace(configs[0].origin, read_timeout=0.5), fast_path=fast, access_log=log)
     path = next(p for i in range(200) if owner_of(configs, p := f"/slow/{i}") == "node2")
     release = asyncio.Event()
 
@@ -120,6 +123,10 @@ async def test_a_peer_that_timed_out_is_named_to_no_viewer(origin: Origin, tmp_p
         assert headers["Cache-Status"] == 'edgecache; detail="peer failed (timeout)"'
         assert str(n2.port) not in body.decode() + headers["Cache-Status"]
     assert origin.hits[path] == 1
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["status"], r["cache"], r["upstream"], r["upstream_addr"]) for r in lines] == [
+        (504, "error", "-", f"127.0.0.1:{n2.port}")
+    ]
 
 
 class FakePeer:
