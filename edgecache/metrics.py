@@ -361,8 +361,8 @@ DISK_CORRUPT = _counter(
 )
 PURGED_RECORDS_DROPPED = _counter(
     "edgecache_purged_records_dropped_total",
-    "Records of purged URLs a disk dropped past cache.purged_records: the objects of each one's bucket without a "
-    "record of their own are misses once",
+    "Records of purged URLs a disk dropped past cache.purged_records (or that failed their checksum): the objects "
+    "of each one's bucket without a record of their own are misses once",
 )
 REJECTED_CONNECTIONS = _counter(
     "edgecache_rejected_connections_total", "Connections answered 503 at once: max_connections were open"

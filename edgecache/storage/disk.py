@@ -322,12 +322,6 @@ class DiskTier(Records):
         log.warning("disk tier: %s: its file %s is gone: dropped", key, filename)
         metrics.DISK_CORRUPT.inc()
 
-    def _forget(self, key: str) -> None:
-        """Delete a value and its index row together."""
-        with self._slice_disk.transaction(self._cache):
-            self._cache.delete(key, retry=True)
-            self.policy.remove(key)
-
     async def put(
         self, key: str, value: bytes, lease: str | None = None, pinned: bool = False, lent: bool = False
     ) -> bool:

@@ -97,11 +97,24 @@ class SQLiteQueues:
             " RETURNING key",
             (RECORDS, over),
         ).fetchall()
-        con.executemany(
+        dropped = [key for (key,) in rows]
+        self._count_drops(dropped)
+        return dropped
+
+    def lose_record(self, key: str) -> bool:
+        """Count `key`, a record bound_records keeps (RECORDS) whose value goes otherwise (it failed its checksum),
+        as a drop of its bucket as bound_records counts one, in the transaction that deletes it: whether it was."""
+        found = self.find(key)
+        if found is None or found[0] != RECORDS:
+            return False
+        self._count_drops([key])
+        return True
+
+    def _count_drops(self, keys: list[str]) -> None:
+        self._con().executemany(
             "INSERT INTO edge_buckets VALUES (?, 1) ON CONFLICT (bucket) DO UPDATE SET dropped = dropped + 1",
-            [(bucket_of(key),) for (key,) in rows],
+            [(bucket_of(key),) for key in keys],
         )
-        return [key for (key,) in rows]
 
     def dropped(self, key: str) -> int:
         """How many records of `key`'s bucket were dropped (bound_records)."""

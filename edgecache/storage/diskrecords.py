@@ -4,7 +4,8 @@ their bound: DiskTier's side for them, a mixin as Store's are.
 Such a record cannot simply be evicted: without it a look-up would key the object as before its first purge and
 find the copies stored then, which nothing can find by URL to delete (their keys hash the whole entry key).
 So a disk keeps at most `most` of them (cache.purged_records); past it the oldest written goes, and its bucket
-(diskindex.bucket_of, one of 65,536) counts one more drop in the same transaction. A look-up that finds no record
+(diskindex.bucket_of, one of 65,536) counts one more drop in the same transaction, as it does for a record that
+failed its checksum (deleted as it was read) or was deleted otherwise. A look-up that finds no record
 gets its bucket's count with it (in one call, read after the record: a drop that took the record is seen), and
 keys the object under core.keys.bucket_generation of it: every object of the bucket without a record of its own
 is a miss once, the dropped one's purged copies are never found again, and a bucket never dropped from keys
@@ -46,6 +47,17 @@ class Records:
 
     def note_hit(self, key: str) -> None:
         raise NotImplementedError
+
+    def _forget(self, key: str) -> None:
+        """Delete a value and its index row together. A record that hides copies (one failing its checksum: DiskTier.
+        _corrupt) goes as a drop of its bucket, counted in the same transaction: without it a look-up would key its
+        object as before its purge, and find the copies it hid."""
+        with self._slice_disk.transaction(self._cache):
+            self._cache.delete(key, retry=True)
+            lost = self._queues.lose_record(key)
+            self.policy.remove(key)
+        if lost:  # committed
+            metrics.PURGED_RECORDS_DROPPED.inc()
 
     async def get_record(self, key: str) -> tuple[bytes | None, int]:
         """The record stored under `key` (as get()), or None and how many records of its bucket were dropped."""

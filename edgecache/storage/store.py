@@ -264,8 +264,8 @@ class Store(Purging, Leases, Tiers):
             record = PrimaryRecord(generation=secrets.token_hex(4))
             self.remember_record(primary, record)
             return record
-        except StorageError:
-            return PrimaryRecord()
+        except StorageError:  # of this read only (a lock timeout): as above, for this look-up alone
+            return PrimaryRecord(generation=secrets.token_hex(4))
         record = PrimaryRecord.from_bytes(raw) if raw is not None else PrimaryRecord(bucket_generation(dropped))
         self.remember_record(primary, record)
         return record

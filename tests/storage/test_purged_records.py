@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 
 from edgecache.config.model import Disk
 from edgecache.core.keys import PrimaryRecord, bucket_generation, digest
+from edgecache.errors import StorageError
 from edgecache.storage.disk import DiskTier
 from edgecache.storage.diskindex import PINNED, RECORDS, bucket_of
 from edgecache.storage.disks import Disks
@@ -136,3 +137,59 @@ async def test_each_disk_bounds_its_own_records_and_keeps_its_own_buckets(tmp_pa
                 assert await store.get_record(p) == PrimaryRecord(f"~{counted}")
     finally:
         disks.close()
+
+
+async def test_a_record_that_fails_its_checksum_is_counted_as_its_buckets_drop(tmp_path: Path) -> None:
+    """A purge's record damaged on the disk is deleted when read, as any value failing its checksum is: the look-up
+    then keys the object by its bucket's count, which counts that loss too (in the delete's transaction): keyed as
+    before the purge (no generation), it would find the copies stored before it."""
+    store = _open(tmp_path, 10)
+    try:
+        await store.invalidate("s|h|/purged")
+        assert (await store.get_record("s|h|/purged")).hides
+    finally:
+        store.disk.close()
+    name = _name("s|h|/purged")
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        (value,) = con.execute("SELECT value FROM Cache WHERE key = ?", (name,)).fetchone()
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (bytes([value[0] ^ 1]) + value[1:], name))
+    before = _dropped()
+    store = _open(tmp_path, 10)  # a restart: nothing held in memory
+    try:
+        assert await store.get_record("s|h|/purged") == PrimaryRecord(bucket_generation(1))
+        assert (_records(tmp_path), _buckets(tmp_path)) == ([], {bucket_of(name): 1})
+        assert _dropped() - before == 1
+    finally:
+        store.disk.close()
+
+
+async def test_a_record_that_cannot_be_read_for_a_lock_keys_nothing_stored_before(tmp_path: Path) -> None:
+    """A record's read that fails for one operation (SQLite's lock timeout: the disk stays in service) gives a
+    generation of its own, held for that look-up only: keyed as before any purge (no generation) it would find
+    the copies the record hides; the next read, which succeeds, gives the purge's record."""
+    store = _open(tmp_path, 10)
+    try:
+        await store.invalidate("s|h|/purged")
+        purged = await store.get_record("s|h|/purged")
+    finally:
+        store.disk.close()
+    store = _open(tmp_path, 10)
+    tier = store.disk._slots[0].tier  # type: ignore[attr-defined]
+    assert tier is not None
+    real = tier.get_record
+
+    async def locked(key: str) -> tuple[bytes | None, int]:
+        try:
+            raise sqlite3.OperationalError("database is locked")
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"disk tier: {exc}") from exc  # as DiskTier._run raises it
+
+    try:
+        tier.get_record = locked
+        first, second = await store.get_record("s|h|/purged"), await store.get_record("s|h|/purged")
+        assert first.generation not in ("", purged.generation)
+        assert second.generation not in ("", purged.generation, first.generation)
+        tier.get_record = real
+        assert await store.get_record("s|h|/purged") == purged
+    finally:
+        store.disk.close()
