@@ -111,9 +111,10 @@ def test_no_alert_fires_on_a_warm_healthy_node(tmp_path: Path) -> None:
         _gauge("edgecache_client_connections_limit", 40_000),
         _gauge("edgecache_requests_in_flight", 30),
         _gauge("edgecache_requests_in_flight_limit", 20_000),
+        _dropped("0+100x40"),  # a full table of purged URLs: each URL purged anew, 100 a minute, drops the oldest
     ]
     names = [str(r["alert"]) for r in _rules() if "alert" in r]
-    assert len(names) == 14
+    assert len(names) == 15
     assert _promtool(tmp_path, series, [{"eval_time": "35m", "alertname": n, "exp_alerts": []} for n in names]) == ""
 
 
@@ -204,3 +205,26 @@ def test_requests_in_flight_near_their_limit_for_five_minutes_are_alerted(tmp_pa
     fired = [{"exp_labels": labels, "exp_annotations": _annotations("RequestsNearLimit", fill)}]
     expect = [{"eval_time": "35m", "alertname": "RequestsNearLimit", "exp_alerts": fired}]
     assert _promtool(tmp_path, series, expect) == ""
+
+
+def _dropped(values: str) -> dict[str, str]:
+    return {"series": 'edgecache_purged_records_dropped_total{job="edgecache",instance="n1"}', "values": values}
+
+
+def test_a_storm_of_dropped_purged_records_is_alerted(tmp_path: Path) -> None:
+    """500 drops a minute from the 20th (7,500 in 15 minutes: the objects of over a tenth of a disk's buckets miss
+    once): firing at 35 minutes with the count; at 436 a minute (6,540 in 15), or before the storm: not."""
+    fill = {"{{ $labels.instance }}": "n1", "{{ $value | humanize }}": "7.5k"}
+    labels = {"instance": "n1", "severity": "warning"}
+    fired = [{"exp_labels": labels, "exp_annotations": _annotations("PurgedRecordsDropping", fill)}]
+    storm = [_dropped("0x20 500+500x20")]
+    expect = [
+        {"eval_time": "35m", "alertname": "PurgedRecordsDropping", "exp_alerts": fired},
+        {"eval_time": "19m", "alertname": "PurgedRecordsDropping", "exp_alerts": []},
+    ]
+    assert _promtool(tmp_path, storm, expect) == ""
+    steady = [_dropped("0+436x40")]
+    assert (
+        _promtool(tmp_path, steady, [{"eval_time": "35m", "alertname": "PurgedRecordsDropping", "exp_alerts": []}])
+        == ""
+    )

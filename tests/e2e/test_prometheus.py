@@ -53,6 +53,7 @@ ALERT_NAMES = {
     "AccessLogDropping",
     "PeerDown",
     "DiskCorruption",
+    "PurgedRecordsDropping",
     "DiskFailed",
     "FillMemoryFull",
     "PurgeVectorLarge",
