@@ -50,7 +50,7 @@ def read_cache(r: _Reader, doc: dict[str, Any], base: Path) -> CacheSettings:
         max_object_size=r.get(t, "cache.", "max_object_size", object_size, 0),
         lease=r.get(t, "cache.", "lease", _lease_seconds, 10.0),
         stats_interval=r.get(t, "cache.", "stats_interval", _stats_seconds, 5.0),
-        purged_records=r.get(t, "cache.", "purged_records", _positive(int), PURGED_RECORDS),
+        purged_records=r.get(t, "cache.", "purged_records", _purged_records, PURGED_RECORDS),
     )
     run = settings.slice_bytes * settings.fill_slices
     if settings.fill_bytes < run:
@@ -91,6 +91,21 @@ _save_seconds = seconds_between(0, MAX_SAVE)
 # cache.lease: at least MIN_LEASE, so that a whole copy's holder, which renews its lease at most once a second as its
 # bytes come (proxy.revalidating.held_on), keeps it between two renewals.
 _lease_seconds = seconds_between(MIN_LEASE, MAX_SAVE)
+# cache.purged_records at most: about 26 GB of each disk's database, outside its budget, a thousand times the default.
+MAX_PURGED_RECORDS = 100_000_000
+
+
+def _purged_records(v: Any) -> int:
+    """Zero would keep no record (each purge's dropped as it is written); a bound no disk reaches would be none. Never
+    a float: TOML tells 100000.0 from 100000, and a record is kept or not."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_PURGED_RECORDS:
+        raise ValueError(
+            f"expected a whole number of records between 1 and {MAX_PURGED_RECORDS:,} (each about 260 bytes of every "
+            "disk's database, outside its budget)"
+        )
+    return v
+
+
 # cache.stats_interval: each sample asks the disk tier its size (off the loop), so not more than twice a second.
 _stats_seconds = seconds_between(0.5, MAX_SAVE)
 

@@ -545,6 +545,21 @@ def test_cache_stats_interval_defaults_to_five_seconds_and_is_at_least_half_a_se
         ]
 
 
+def test_cache_purged_records_defaults_to_a_hundred_thousand_and_is_a_whole_number_within_reason() -> None:
+    """cache.purged_records: the records of purged URLs each disk keeps, about 260 bytes each outside its budget. Zero
+    would keep none (every purge dropped at once), and a bound past any disk's means none: standard 3."""
+    assert build({"sites": [SITE]}, "f.toml", Path("/e")).cache.purged_records == 100_000
+    for right in (1, 100_000_000):
+        assert build(
+            {"cache": {"purged_records": right}, "sites": [SITE]}, "f.toml", Path("/e")
+        ).cache.purged_records == (right)
+    for wrong in (0, -1, 1.5, 100_000.0, "100k", True, 100_000_001, 2**63 - 1):
+        assert problems({"cache": {"purged_records": wrong}, "sites": [SITE]}) == [
+            "f.toml: cache.purged_records: expected a whole number of records between 1 and 100,000,000 (each about "
+            "260 bytes of every disk's database, outside its budget)"
+        ], wrong
+
+
 def test_server_reload_timeout_defaults_to_ten_seconds_and_is_at_least_one() -> None:
     """server.reload_timeout: how long a reload waits for its read of the config file before refusing it."""
     assert build({"sites": [SITE]}, "f.toml", Path("/e")).reload_timeout == 10.0
