@@ -8,11 +8,10 @@ import contextlib
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
+import threading
 from dataclasses import replace
 from enum import StrEnum
-from multiprocessing import forkserver, resource_tracker
-from multiprocessing.context import ForkServerContext
+from multiprocessing import forkserver
 
 from edgecache.config import Config
 
@@ -80,10 +79,10 @@ def as_running(new: Config, running: Config) -> Config:
 # and exec) and unblocks them once its loop handles them. Before, one sent while the worker was importing killed it
 # (the default action), and one sent after that was ignored, and the worker kept the config it was started with.
 HELD = frozenset({signal.SIGHUP, signal.SIGUSR1})
-# The fork server's mask (supervisor), which every worker forked from it begins with: HELD, and SIGTERM, which a stop
-# may send to every process of the node (systemd's KillMode=control-group): the fork server would die of it, and
-# the kernel kill every worker mid-drain (die_with_parent). A worker unblocks SIGTERM as it begins: one sent to it
-# meanwhile stops it, as before.
+# The fork server's mask (forks.held_for_forks), which every worker forked from it begins with: HELD, and SIGTERM,
+# which a stop may send to every process of the node (systemd's KillMode=control-group): the fork server would die
+# of it mid-stop, an end the parent logs as a fault. A worker unblocks SIGTERM as it begins: one sent to it meanwhile
+# stops it, as before.
 FORK_HELD = HELD | {signal.SIGTERM}
 
 
@@ -95,44 +94,29 @@ class Reason(StrEnum):
 
 
 def die_with_parent() -> None:
-    """Have the kernel kill this worker when the process that forked it dies, even by SIGKILL: the fork server, which
-    ends when the parent does (it reads the end of the parent's pipe). No orphan goes on holding the listeners, the
-    port and the disk tier. The parent is the one whose pipe this worker was started through (multiprocessing's
-    parent sentinel): if it ended before that, this worker ends now."""
+    """End this worker when the parent ends, even by SIGKILL: no orphan goes on holding the listeners, the port and
+    the disk tier. The parent is the process this worker was started through (multiprocessing's parent sentinel:
+    a pipe whose other end only the parent holds, for this worker's life); if it ended before now, so does this
+    worker. A thread waits for that pipe's end, in a read that needs neither the loop nor the GIL, then kills this
+    process (holding the GIL for that moment: a loop stuck in Python code lets it go within 5 ms). Not the kernel's
+    PR_SET_PDEATHSIG: this worker's parent is the fork server, and a fork server that dies must cost no worker
+    (edgecache.forks)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # FORK_HELD
     # The fork server gives every process it forks a copy of the parent's end of its "alive" pipe (so that it could
-    # fork through it too): held here, the fork server never saw the parent end, nor the kernel kill the workers.
+    # fork through it too): held here, the fork server never saw the parent end.
     server = forkserver._forkserver
     with contextlib.suppress(AttributeError, TypeError, OSError):
         os.close(server._forkserver_alive_fd)  # type: ignore[attr-defined]
         server._forkserver_alive_fd = None  # type: ignore[attr-defined]
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     parent = multiprocessing.parent_process()
     if parent is None or not parent.is_alive():
         os._exit(1)
+    threading.Thread(target=_end_with, args=(parent.sentinel,), name="edgecache-parent", daemon=True).start()
 
 
-@contextlib.contextmanager
-def held_for_forks() -> Iterator[None]:
-    """FORK_HELD blocked here while the fork server starts, so that it and every worker it forks begin so."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_HELD)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-def fork_server() -> ForkServerContext:
-    """multiprocessing's fork server, started now, with a worker's imports done (edgecache.forkbase): every worker
-    is forked from it. Spawned, each worker began a new interpreter and imported it all: 0.52-0.78 s of CPU until it
-    listened, 0.45-0.6 of it imports; forked, 0.03-0.05 s (loadtest.restart). The fork server is itself spawned
-    (fork and exec): the threads of this process (config watch, reload reads, orphan sweeps) are not in it."""
-    forks = multiprocessing.get_context("forkserver")
-    forks.set_forkserver_preload(["edgecache.forkbase"])
-    resource_tracker.ensure_running()  # before: starting it unblocks SIGTERM here (and in what starts after)
-    with held_for_forks():
-        forkserver.ensure_running()
-    return forks
+def _end_with(pipe: int) -> None:
+    """Until the parent's end of `pipe` is closed (the parent ended); then this process ends at once."""
+    with contextlib.suppress(OSError):
+        while os.read(pipe, 4096):
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)

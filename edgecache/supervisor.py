@@ -30,7 +30,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,8 @@ from edgecache.accesslog import check_writable
 from edgecache.config import Config, load
 from edgecache.configwatch import ConfigWatch
 from edgecache.errors import ConfigError
-from edgecache.lifecycle import Reason, as_running, fork_server, held_for_forks
+from edgecache.forks import Forks, Worker, become_subreaper, exit_status
+from edgecache.lifecycle import Reason, as_running
 from edgecache.listeners import Bound, bind_demo, bind_listeners, check_free, close
 from edgecache.readoff import READ_SECONDS
 from edgecache.readoff import start as read_off
@@ -63,7 +63,7 @@ _FORWARD = (*_STOP, signal.SIGHUP, signal.SIGUSR1)
 class Hooks:
     """What the supervisor asks of the server."""
 
-    start: Callable[[int, dict[str, int]], BaseProcess]  # start slot's worker, given the restarts so far
+    start: Callable[[int, dict[str, int]], Worker]  # start slot's worker, given the restarts so far
     read: Callable[[], Config]  # SIGHUP: read the config again (in a thread of its own: it may block) ...
     reload: Callable[[Config], None]  # ... and use what it read for the workers started from now on
     gone: Callable[[int], None]  # a worker process (this pid) has exited and been reaped
@@ -74,7 +74,7 @@ class Hooks:
 @dataclass(slots=True)
 class Slot:
     index: int
-    process: BaseProcess | None = None
+    process: Worker | None = None
     pid: int = 0
     started: float = 0.0
     young: int = 0  # successive workers of this slot that died young
@@ -99,6 +99,7 @@ class Supervisor:
     read_seconds: float = READ_SECONDS  # how long a reload's read may take: server.reload_timeout of the config used
     again: bool = False  # a reload asked while one was read: the file may have changed since that read began
     wake: int = -1  # the write end of the wake-up pipe: a read that ended wakes the loop through it
+    forks: Forks | None = None  # the fork server: replaced here, if it ends, for the next worker start
 
     def run(self) -> None:
         """Until a stop signal, and then until every worker has exited."""
@@ -117,8 +118,11 @@ class Supervisor:
             for slot in self.slots:
                 self._start(slot)
             while self.stop_at is None or self._running():
-                wait([*(p.sentinel for _, p in self._running()), wake_r], self._timeout())
+                forks = self.forks.sentinels if self.forks is not None and self.stop_at is None else []
+                wait([*(p.sentinel for _, p in self._running()), wake_r, *forks], self._timeout())
                 self._signals(wake_r)
+                if forks and self.forks is not None:
+                    self.forks.check()
                 self._reloaded()
                 self._reap()
                 self._check_heartbeats()
@@ -135,7 +139,7 @@ class Supervisor:
             os.close(wake_w)
             self._kill_all()  # only if the loop above failed: never leave a worker behind
 
-    def _running(self) -> list[tuple[Slot, BaseProcess]]:
+    def _running(self) -> list[tuple[Slot, Worker]]:
         return [(s, s.process) for s in self.slots if s.process is not None]
 
     def _timeout(self) -> float | None:
@@ -222,7 +226,7 @@ class Supervisor:
             silent = now - (last or slot.started)
             stuck = slot.hung or (self.watchdog > 0 and last is not None and silent >= self.watchdog)
             reason = Reason.STUCK if stuck else Reason.DIED
-            how = f"its loop had not turned for {silent:.1f} s" if stuck else _exit_status(process.exitcode)
+            how = f"its loop had not turned for {silent:.1f} s" if stuck else exit_status(process.exitcode)
             pid, slot.process = slot.pid, None
             process.close()  # its sentinel's descriptor, now rather than at some later collection
             self.hooks.gone(pid)
@@ -304,12 +308,6 @@ def _write(fd: int, signum: int) -> None:
     os.write(fd, bytes([signum]))
 
 
-def _exit_status(code: int | None) -> str:
-    if code is not None and code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exited with status {code}"
-
-
 def serve(config: Config) -> int:
     """Until SIGTERM or SIGINT, and every worker has stopped; 1 if the listeners cannot be bound."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s main %(levelname)s %(name)s: %(message)s")
@@ -326,6 +324,7 @@ def serve(config: Config) -> int:
         stopping = config.drain + config.cache.stop_save_seconds  # a worker saves its memory after its drain
         supervisor = Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, stopping, watch)
         supervisor.source, supervisor.read_seconds = config.source, config.reload_timeout
+        supervisor.forks = workers.forks
         supervisor.run()
     finally:
         workers.close()
@@ -365,21 +364,20 @@ class _Workers:
             # Every worker's metrics are added up through files in one directory (prometheus-client multiprocess).
             self.metrics_dir = Path(tempfile.mkdtemp(prefix="edgecache-metrics-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
-        self.forks = fork_server()  # after the environment is set: the fork server's is every worker's
+        if not become_subreaper():  # then a worker the fork server leaves is reaped by init, its status unknown here
+            log.warning("not a child subreaper (Linux only): a worker's status is lost if its fork server ends")
+        self.forks = Forks()  # after the environment is set: the fork server's is every worker's
 
     def hooks(self) -> Hooks:
         return Hooks(self.start, self.read, self.reload, self.gone, self.pause, self.stopping)
 
-    def start(self, worker: int, restarts: dict[str, int]) -> BaseProcess:
+    def start(self, worker: int, restarts: dict[str, int]) -> Worker:
         listeners = self.bound[worker] = self.bound[worker] or bind_listeners(self.config)
         demo = None
         if worker == 0:
             demo = self.demo = self.demo if self.demo is not None else bind_demo(self.config)
         args = (self.config, worker, listeners, self.beats, restarts, self.epoch, self.private, demo)
-        process = self.forks.Process(target=_worker, args=args, name=f"edgecache-w{worker}")
-        with held_for_forks():  # the fork server is started again within, if it died
-            process.start()
-        return process
+        return self.forks.start(_worker, args, f"edgecache-w{worker}")
 
     def read(self) -> Config:
         return reloaded(self.config)
@@ -426,10 +424,9 @@ class _Workers:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         # multiprocessing started two helper processes: wait for them here rather than leave them to whoever
         # adopts them.
-        from multiprocessing import forkserver, resource_tracker
+        from multiprocessing import resource_tracker
 
-        with contextlib.suppress(AttributeError, OSError):
-            forkserver._forkserver._stop()  # type: ignore[attr-defined]
+        self.forks.close()
         with contextlib.suppress(AttributeError, OSError):
             resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
 

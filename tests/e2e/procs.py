@@ -9,7 +9,7 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -140,3 +140,30 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` now (an orphan re-parented to it is one)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        return [int(c) for task in tasks for c in (task / "children").read_text().split()]
+    except OSError:  # it exited meanwhile
+        return []
+
+
+def fork_servers(parent: int, workers: Collection[int]) -> list[int]:
+    """The children of `edgecache serve` that are multiprocessing's fork server (its command line says so), but for
+    `workers`: one the fork server forked has its command line, and is the node's child once that one has died."""
+    found = []
+    for child in set(children(parent)) - set(workers):
+        try:
+            if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Whether `pid` has been reaped (a zombie is not gone: its parent has yet to wait for it)."""
+    return not Path(f"/proc/{pid}").exists()

@@ -95,8 +95,8 @@ async def test_a_sigterm_to_every_process_of_the_node_drains_as_one_to_the_paren
     origin: Origin, tmp_path: Path
 ) -> None:
     """systemd's stop (KillMode=control-group) sends SIGTERM to every process of the unit at once. The fork server
-    the workers are forked from must outlive it (lifecycle.FORK_HELD): its end makes the kernel kill them all, and
-    the request in flight was cut."""
+    the workers are forked from outlives it (lifecycle.FORK_HELD): its end made the kernel kill them all, and the
+    request in flight was cut (edgecache.forks: since, its end costs no worker either way)."""
     port, path = free_port(), tmp_path / "edge.toml"
     write_config(path, origin, port, "drain = 30")
     async with edge_process("serve", "--config", str(path), ready={b"edgecache listening on": 1}) as proc:

@@ -96,7 +96,7 @@ async def node(config: Path, **env: str) -> AsyncIterator[Node]:
     try:
         yield n
     finally:
-        if proc.returncode is None:  # a failed test: the workers die with the parent (PR_SET_PDEATHSIG)
+        if proc.returncode is None:  # a failed test: the workers die with the parent (lifecycle.die_with_parent)
             with contextlib.suppress(ProcessLookupError):  # exited, not yet waited for
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()

@@ -12,6 +12,7 @@ ORDER = [
     "forkbase",  # what the fork server imports before it forks workers (cli, supervisor._worker, the serving code)
     "cli",
     "supervisor",  # the parent process; it starts server.worker_main in each worker
+    "forks",  # the parent's side of the fork server
     "server",
     "admin",
     "proxy",

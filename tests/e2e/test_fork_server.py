@@ -1,0 +1,56 @@
+"""The workers are forked from multiprocessing's fork server, but the node does not depend on it: killed, it costs
+no worker and another takes its place."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.e2e.procs import children, fork_servers, gone, running
+from tests.e2e.test_watchdog import DATA, Node, get, node, restarts, until, write_config
+from tests.origin import Origin
+
+
+def servers(n: Node) -> list[int]:
+    """The node's fork servers: one, but between the end of one and the start of the next."""
+    started = {int(line.rsplit(" ", 1)[1]) for line in n.lines if " started: pid " in line}
+    return fork_servers(n.proc.pid, started)
+
+
+async def test_a_killed_fork_server_costs_no_worker(origin: Origin, tmp_path: Path) -> None:
+    origin.put("/v.bin", DATA)
+    cfg, port, admin = write_config(tmp_path, origin, workers=2)
+    async with node(cfg) as n:
+        await n.expect("edgecache listening on", 2)
+        assert await get(port, "/v.bin") == (200, DATA)
+        workers = [n.pid_of(0), n.pid_of(1)]
+        [server] = servers(n)
+        assert set(children(server)) == set(workers)
+        os.kill(server, signal.SIGKILL)
+        # New connections, spread over both listeners, answered by the workers that were there before.
+        for _ in range(8):
+            assert await get(port, "/v.bin") == (200, DATA)
+        assert [n.pid_of(0), n.pid_of(1)] == workers
+        assert all(running(pid) for pid in workers)
+        assert origin.hits["/v.bin"] == 1
+        await n.expect(f"the fork server (pid {server}) ended: killed by SIGKILL")
+        assert set(workers) <= set(children(n.proc.pid))  # orphans of the fork server, re-parented to the node's
+        await restarts(admin, died=0, stuck=0)
+        # A worker that dies after that, no longer the fork server's child, is noticed, counted and replaced.
+        await until(lambda: len(servers(n)) == 1)
+        [successor] = servers(n)
+        os.kill(workers[1], signal.SIGKILL)
+        await n.expect(f"worker 1 (pid {workers[1]}) died: killed by SIGKILL; restarting in 0 s")
+        assert gone(workers[1])  # reaped, not left a zombie
+        await n.expect("edgecache listening on", 3)
+        assert children(successor) == [n.pid_of(1)]
+        await restarts(admin, died=1, stuck=0)
+        for _ in range(8):
+            assert await get(port, "/v.bin") == (200, DATA)
+        # kill -9 of the node still ends every worker, the one the fork server left too.
+        alive = {workers[0], n.pid_of(1), successor}
+        n.proc.send_signal(signal.SIGKILL)
+        assert await n.proc.wait() == -signal.SIGKILL
+        await until(lambda: not any(running(pid) for pid in alive))
+    assert "Traceback" not in n.text
