@@ -8,6 +8,8 @@ A worker is the fork server's child, yet a fork server that dies must cost no wo
   server's own report (multiprocessing's sentinel) reads as an end, of every worker at once, when it dies;
 - a worker ends with the parent by watching the parent's pipe (lifecycle.die_with_parent), not by the kernel's
   PR_SET_PDEATHSIG, which would kill it with the fork server.
+A fork server that has not forked a worker within FORK_SECONDS (stopped, say) is killed and another started: the
+parent waited on it for ever, replacing no worker and handling no signal.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import wait
@@ -28,7 +31,9 @@ from edgecache.lifecycle import FORK_HELD
 
 log = logging.getLogger(__name__)
 
-ANSWER_SECONDS = 1.0  # the fork server reports a child's end within this: unless stopped
+FORK_SECONDS = 5.0  # a fork server that has forked a worker forks the next in milliseconds: past this, it is stuck
+READY_SECONDS = 60.0  # a new one imports the serving code before its first fork (supervisor.START_SECONDS)
+ANSWER_SECONDS = 1.0  # the fork server reports a child's end, or ends when told, within this: unless stopped
 _PR_SET_CHILD_SUBREAPER = 36
 _server: Any = forkserver._forkserver  # multiprocessing's, whose fields are reset here
 _unreaped: set[int] = set()  # workers that ended while their fork server could not report it (stopped)
@@ -50,6 +55,10 @@ def held_for_forks() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+class ForkFailed(OSError):
+    """The fork server did not fork the worker: it ended first, or stalled and was replaced twice."""
 
 
 class Worker:
@@ -162,19 +171,36 @@ class Forks:
         return now and proven
 
     def start(self, target: Callable[..., object], args: tuple[object, ...], name: str) -> Worker:
-        """A worker forked by the fork server."""
-        self._ensure()
-        process = self.context.Process(target=target, args=args, name=name)
-        with held_for_forks():  # the fork server is started again within, if it ended since _ensure
-            process.start()
-        self._forked = self._pid
-        return Worker(process)
+        """A worker forked by the fork server, or ForkFailed (the parent tries again later)."""
+        for _ in range(2):
+            self._ensure()
+            server = self._pid
+            deadline = FORK_SECONDS if server == self._forked else READY_SECONDS
+            process = self.context.Process(target=target, args=args, name=name)
+            failed: list[BaseException] = []
+            launch = threading.Thread(target=_launch, args=(process, failed), name=f"{name}-start", daemon=True)
+            launch.start()
+            launch.join(deadline)
+            if launch.is_alive():  # its read of the new pid waits on the stalled fork server: its kill ends it
+                self._replace(server, f"did not fork {_worker_name(name)} within {deadline:g} s")
+                launch.join(FORK_SECONDS)
+                if launch.is_alive():
+                    raise ForkFailed(f"the fork server (pid {server}) stalled and its kill did not end it")
+            if not failed and process.pid is not None:  # forked, even if only as its fork server was killed
+                self._forked = server
+                return Worker(process)
+            if failed and not isinstance(failed[0], EOFError):  # EOF: the fork server ended before it forked
+                raise failed[0]
+        raise ForkFailed(f"the fork server did not fork {_worker_name(name)}")
 
     def close(self) -> None:
-        """End the fork server: it ends when its pipe from here does."""
+        """End the fork server (it ends when its pipe from here does), killed if it does not (stopped)."""
         with contextlib.suppress(OSError, TypeError):
             os.close(_server._forkserver_alive_fd)
         _server._forkserver_alive_fd = None
+        if self._pidfd is not None and not wait([self._pidfd], ANSWER_SECONDS):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
         if self._pid:
             self._forget()
 
@@ -191,6 +217,14 @@ class Forks:
                 self._pidfd = os.pidfd_open(self._pid)
             except (OSError, AttributeError):  # no pidfd here: multiprocessing sees it ended at the next start
                 self._pidfd = None
+
+    def _replace(self, pid: int, why: str) -> None:
+        """Kill a stalled fork server; the next _ensure starts another. Its workers are given to this process."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self._forget()
+        self.replaced += 1
+        log.error("the fork server (pid %d) %s: killed it, starting another (%d replaced)", pid, why, self.replaced)
 
     def _forget(self) -> int | None:
         """Reap the ended fork server and clear multiprocessing's record of it, as its own start of another does
@@ -212,6 +246,18 @@ class Forks:
             _reap(pid)
         _unreaped.clear()
         return code
+
+
+def _launch(process: BaseProcess, failed: list[BaseException]) -> None:
+    try:
+        with held_for_forks():  # the fork server is started again within, if it ended since _ensure
+            process.start()
+    except BaseException as exc:  # handed to the parent's thread, which raises it
+        failed.append(exc)
+
+
+def _worker_name(name: str) -> str:
+    return f"worker {name.removeprefix('edgecache-w')}"
 
 
 def exit_status(code: int | None) -> str:

@@ -9,8 +9,9 @@ are closed, and new connections go to the other workers (or are refused, if it i
 whose loop stopped turning ends itself (edgecache.watchdog); one whose heartbeat is twice `watchdog` old (the
 process stopped whole, or blocked writing its dump) is killed here. Either way the restart counts as "stuck".
 
-The parent is a plain blocking loop over the workers' sentinels and a signal wake-up pipe: it does no I/O of
-its own that could stall it, and its handlers only note the signal.
+The parent is a plain blocking loop over the workers' sentinels, the fork server's and a signal wake-up pipe: it does
+no I/O of its own that could stall it (a worker's start waits on the fork server within a deadline: edgecache.forks),
+and its handlers only note the signal.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The workers are forked from multiprocessing's fork server, but the node does not depend on it: killed, it costs
-no worker and another takes its place."""
+no worker and another takes its place; stopped, the next worker start does not wait on it for ever."""
 
 from __future__ import annotations
 
@@ -54,3 +54,47 @@ async def test_a_killed_fork_server_costs_no_worker(origin: Origin, tmp_path: Pa
         assert await n.proc.wait() == -signal.SIGKILL
         await until(lambda: not any(running(pid) for pid in alive))
     assert "Traceback" not in n.text
+
+
+async def test_a_stopped_fork_server_is_replaced_at_the_next_worker_start(origin: Origin, tmp_path: Path) -> None:
+    """A worker dies while the fork server is stopped (SIGSTOP): its successor waited for the stopped fork server
+    for ever, and the node's other signals and deaths with it."""
+    origin.put("/v.bin", DATA)
+    cfg, port, admin = write_config(tmp_path, origin, workers=2)
+    async with node(cfg) as n:
+        await n.expect("edgecache listening on", 2)
+        assert await get(port, "/v.bin") == (200, DATA)
+        first, victim = n.pid_of(0), n.pid_of(1)
+        [server] = servers(n)
+        os.kill(server, signal.SIGSTOP)
+        os.kill(victim, signal.SIGKILL)
+        # Bounded by node.expect's deadline: a hang fails here.
+        await n.expect("worker 1 started: pid ", 2)
+        await n.expect("edgecache listening on", 3)
+        assert not running(server)
+        [successor] = servers(n)
+        assert successor != server
+        assert children(successor) == [n.pid_of(1)]
+        assert n.pid_of(0) == first
+        assert running(first)  # the stopped fork server's other child, kept through its kill
+        await until(lambda: gone(victim))  # its zombie, re-parented to the node's and reaped
+        await n.expect(f"worker 1 (pid {victim}) died: exit status unknown; restarting in 0 s")
+        await n.expect(f"the fork server (pid {server}) did not fork worker 1 within 5 s: killed it")
+        await restarts(admin, died=1, stuck=0)
+        for _ in range(8):
+            assert await get(port, "/v.bin") == (200, DATA)
+        assert await n.stop() == 0
+    assert "Traceback" not in n.text
+
+
+async def test_a_node_whose_fork_server_is_stopped_stops(origin: Origin, tmp_path: Path) -> None:
+    """The parent waited for its fork server to end after its workers had: a stopped one never did."""
+    origin.put("/v.bin", DATA)
+    cfg, port, _ = write_config(tmp_path, origin)
+    async with node(cfg) as n:
+        await n.expect("edgecache listening on")
+        assert await get(port, "/v.bin") == (200, DATA)
+        [server] = servers(n)
+        os.kill(server, signal.SIGSTOP)
+        assert await n.stop() == 0  # bounded by its deadline: a hang fails here
+        assert not running(server)
