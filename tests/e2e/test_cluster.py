@@ -20,6 +20,13 @@ from tests.e2e.procs import free_port
 from tests.origin import Origin
 from tests.wire import fast_path_outcomes
 
+# cluster.timeout of the nodes a test runs in this process, on one loop: a bound no test step outlasts, so it catches
+# a hang only. It is also the longest the loop may go unrun before a node takes itself for paused (purgesync: every
+# copy doubted, so revalidated: a second origin request) and how long a health check may take (fall: a peer down,
+# another owner, another fetch). At 0.5 s, a full collection or a starved process on a loaded machine was such a
+# pause. Tests of the timeout itself set their own.
+STALL = 30.0
+
 
 def cluster_configs(origin: Origin, tmp_path: Path) -> list[Config]:
     ports = [free_port() for _ in range(3)]
@@ -28,7 +35,7 @@ def cluster_configs(origin: Origin, tmp_path: Path) -> list[Config]:
     for i, port in enumerate(ports):
         cfg = make_config(tmp_path / f"node{i + 1}", [origin.url])
         settings = ClusterSettings(
-            self_id=f"node{i + 1}", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=0.5, rise=2, fall=2
+            self_id=f"node{i + 1}", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=STALL, rise=2, fall=2
         )
         configs.append(replace(cfg, listen=(Listen("127.0.0.1", port),), cluster=settings))
     return configs
@@ -151,7 +158,7 @@ def phantom_owner(origin: Origin, tmp_path: Path, burst: float | None = None) ->
     for p in keys[:3]:
         origin.put(p, p.encode() * 50)
     settings = ClusterSettings(
-        self_id="node1", key=CLUSTER_KEY, nodes=members, interval=3600, timeout=0.5, rise=2, fall=2
+        self_id="node1", key=CLUSTER_KEY, nodes=members, interval=3600, timeout=STALL, rise=2, fall=2
     )
     cfg = make_config(tmp_path / "node1", [origin.url])
     cfg = replace(cfg, listen=(Listen("127.0.0.1", int(members[0].address.rpartition(":")[2])),), cluster=settings)

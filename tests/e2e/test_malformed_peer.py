@@ -15,6 +15,7 @@ from edgecache.config import ClusterSettings, Config, Listen
 from edgecache.core.ring import Member, Ring
 from tests.conftest import CLUSTER_KEY, make_config, start_edge
 from tests.e2e.procs import free_port
+from tests.e2e.test_cluster import STALL
 from tests.e2e.test_peer_metrics import deltas, origin_errors, owned_by, peer_errors
 from tests.e2e.test_relay import answers, exchange, fast_path, request
 from tests.origin import Origin, RawOrigin, RawReply, RawRequest
@@ -46,7 +47,7 @@ async def beside(origin: Origin, raw: RawOrigin, tmp_path: Path, fast: bool) -> 
     port = free_port()
     members = (Member("node1", f"127.0.0.1:{port}"), Member("node2", f"127.0.0.1:{raw.port}"))
     base = make_config(tmp_path / "node1", [origin.url])
-    cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=0.5, fall=1_000_000)
+    cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=STALL, fall=1_000_000)
     return replace(base, listen=(Listen("127.0.0.1", port),), cluster=cluster, fast_path=fast), Ring.of(members)
 
 

@@ -23,7 +23,7 @@ from edgecache.config import ClusterSettings, Config, Listen
 from edgecache.core.ring import Member, Ring
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
 from tests.e2e.procs import free_port
-from tests.e2e.test_cluster import cluster_configs, owner_of, started
+from tests.e2e.test_cluster import STALL, cluster_configs, owner_of, started
 from tests.origin import Origin
 from tests.samples import sample_value
 
@@ -189,7 +189,7 @@ async def beside_fake(origin: Origin, tmp_path: Path) -> AsyncIterator[tuple[Edg
         port = free_port()
         members = (Member("node1", f"127.0.0.1:{port}"), Member("node2", f"127.0.0.1:{fake.port}"))
         base = make_config(tmp_path / "node1", [origin.url])
-        cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=0.5, fall=1_000_000)
+        cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=STALL, fall=1_000_000)
         config: Config = replace(
             base,
             listen=(Listen("127.0.0.1", port),),
