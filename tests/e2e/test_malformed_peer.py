@@ -47,7 +47,9 @@ async def beside(origin: Origin, raw: RawOrigin, tmp_path: Path, fast: bool) -> 
     port = free_port()
     members = (Member("node1", f"127.0.0.1:{port}"), Member("node2", f"127.0.0.1:{raw.port}"))
     base = make_config(tmp_path / "node1", [origin.url])
-    cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=STALL, fall=1_000_000)
+    # Health checks an hour apart: the GET's forward finds node2 down, and no check brings it back up (rise) while
+    # the test looks; at 0.1 s, two checks on a loaded machine did, and the GET went to node2 again.
+    cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=3600, timeout=STALL, fall=1_000_000)
     return replace(base, listen=(Listen("127.0.0.1", port),), cluster=cluster, fast_path=fast), Ring.of(members)
 
 

@@ -184,12 +184,13 @@ def owned_by(ring: Ring, member: str, prefix: str) -> str:
 
 @pytest.fixture
 async def beside_fake(origin: Origin, tmp_path: Path) -> AsyncIterator[tuple[Edge, FakePeer, Ring]]:
-    """node1, a real edge, and node2, a FakePeer; peer reads time out after 0.5 s."""
+    """node1, a real edge, and node2, a FakePeer; peer reads time out after 0.5 s. Health checks an hour apart: a
+    forward that finds node2 down leaves it down (no checks bring it back up, rise, while the test looks)."""
     async with FakePeer() as fake:
         port = free_port()
         members = (Member("node1", f"127.0.0.1:{port}"), Member("node2", f"127.0.0.1:{fake.port}"))
         base = make_config(tmp_path / "node1", [origin.url])
-        cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=STALL, fall=1_000_000)
+        cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=3600, timeout=STALL, fall=1_000_000)
         config: Config = replace(
             base,
             listen=(Listen("127.0.0.1", port),),
