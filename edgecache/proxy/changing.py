@@ -27,21 +27,18 @@ if TYPE_CHECKING:
     from edgecache.proxy.fastpath import FastPath
 
 
-async def again(conn: FastPath, p: Prepared, raw: bytes, exc: VersionChanged) -> bool:
+async def again(conn: FastPath, p: Prepared, raw: bytes, exc: VersionChanged) -> None:
     """The answer `p` to the head `raw` met a new version, a purge here overtook its fill, or the peer's answer its fill
     read broke off (`exc`: errors.PeerCut), before any byte went out: a try (coldmiss.tried). Decided again
     (coldmiss.changed), or, out of fills, what it was made of goes (coldmiss.dropped) and the request is relayed, said
-    and counted as core.churn's step has it. False: a draining connection's, left to the full handler."""
+    and counted as core.churn's step has it."""
     step = coldmiss.tried(conn, raw, exc)
     if step is Next.FILL:
         await coldmiss.changed(conn, p, raw, exc)
-        return True
-    if step is None:
-        return False
+        return
     await coldmiss.dropped(conn, p, exc)
     hit = p.hit
     began = p.began if p.began is not None else time.monotonic()
     req = replace(hit.req, headers=p.asked)  # with the Range of one cut from its whole answer (Prepared.range_field)
     relay = Pass(req, CacheStatus.MISS, p.method, p.keep_alive, hit.viewer, began=began, churned=step)
     await passing.carry_out(conn, relay, began)
-    return True

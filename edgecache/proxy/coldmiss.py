@@ -217,7 +217,7 @@ def _no_change(conn: FastPath, started: Started) -> Again | Pass:
     """A fill's head that leaves nothing to answer from and met no new version (a 304 of a copy gone since, another
     variant's answer): a try, as the full handler's loop counts it. Decided again (AGAIN), on a draining connection
     too (FastPath.again keeps its head processed), or, out of tries, relayed (_relay)."""
-    step = _counted(conn, started.head, None)
+    step = tried(conn, started.head, None)
     return AGAIN if step is churn.Next.FILL else _relay(started, step)
 
 
@@ -395,16 +395,12 @@ def failed_fill(conn: FastPath, p: Prepared, exc: OriginError) -> None:
     refuse.origin_failed(conn, exc, p.method, hit.req, p.keep_alive, hit.viewer, began, p.origin_ms, p.asked)
 
 
-def tried(conn: FastPath, raw: bytes, exc: VersionChanged) -> churn.Next | None:
+def tried(conn: FastPath, raw: bytes, exc: VersionChanged | None) -> churn.Next:
     """The answer to the head `raw` met a new version before any byte went out, or a purge here overtook its fill
-    (`exc`: errors.Overtaken): that try counted with the head's others (FastPath.tries), and what the request does
-    next, as core.churn tells the full handler (FILL: decided again; RELAY, OVERTAKEN, SPENT: it is relayed).
-    None: the connection drains, left to the full handler."""
-    return None if conn.closing else _counted(conn, raw, exc)
-
-
-def _counted(conn: FastPath, raw: bytes, exc: VersionChanged | None) -> churn.Next:
-    """tried(), on a draining connection too; `exc` None: a try that met no change (_no_change)."""
+    (`exc`: errors.Overtaken; None: a try that met no change, _no_change): that try counted with the head's others
+    (FastPath.tries), and what the request does next, as core.churn tells the full handler (FILL: decided again;
+    RELAY, OVERTAKEN, SPENT: it is relayed). On a draining connection too: a request let in before the drain is
+    answered (FastPath.again keeps its head processed)."""
     tries = conn.tries[1] if conn.tries is not None and conn.tries[0] == raw else churn.Tries(tried=1)
     tries = exc.counted(tries) if exc is not None else tries
     step = tries.next()
@@ -444,13 +440,11 @@ def _changed_first(conn: FastPath, started: Started) -> Again | Pass | Written |
     fields that forbid storing; a 416 that tells another length than the copy stored): never mixed nor kept, and a
     try (tried). As changed(): a revalidated entry goes (off the connection's turn, or beside a relay) and the head,
     still at the front, is decided again; out of tries it is relayed (core.churn), as the full handler's loop does.
-    None for anything else, or on a draining connection."""
+    None for anything else."""
     head, validating = started.fill.head, started.validating
     if not head.done() or head.cancelled() or not isinstance(exc := head.exception(), VersionChanged):
         return None
     step = tried(conn, started.head, exc)
-    if step is None:
-        return None
     if validating is None:
         return AGAIN if step is churn.Next.FILL else _relay(started, step)
     conn.busy = True

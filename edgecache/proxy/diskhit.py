@@ -241,14 +241,15 @@ async def _settled(conn: FastPath, p: Prepared, raw: bytes, partial: Prepared | 
     """The answer to send once its first fetched slice (if any) has begun; None where it is not sent here."""
     if isinstance(partial, Prepared):
         return partial
-    if isinstance(partial, VersionChanged) and await changing.again(conn, p, raw, partial):
+    if isinstance(partial, VersionChanged):
+        await changing.again(conn, p, raw, partial)
         return None  # decided again (a new version, a purge, a peer's cut), or out of fills, relayed (core.churn)
     if isinstance(partial, OriginError) and not isinstance(partial, VersionChanged):
         # The fill it read (its own, one it joined, or its slice's) failed before the first byte: the full handler's
         # 502, from the same fill. Handed off, the request asked the origin again, and waited for a second timeout.
         coldmiss.failed_fill(conn, p, partial)
         return None
-    # The object changed before any byte went out, on a draining connection (changing.again)
+    # Nothing to send from here (_partial: an empty first slice, a head that cannot be encoded)
     conn.buf = raw + conn.buf
     coldmiss.adopt(conn, p)  # a miss's ends as the full handler's would, from the same fill
     conn.hand_off()

@@ -71,9 +71,8 @@ async def _send(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> None:
                     await first_fetched(engine, hit.req, hit.meta, probes, p.fill)
                 started = [await anext(chunks), await anext(chunks)]
             except VersionChanged as exc:
-                if await changing.again(conn, p, raw, exc):
-                    return  # decided again (a new version, or a purge), or out of fills, relayed (core.churn)
-                answered = None
+                await changing.again(conn, p, raw, exc)
+                return  # decided again (a new version, or a purge), or out of fills, relayed (core.churn)
             except OriginError as exc:  # the fill failed: the full handler's 502/504, not a second fill (diskhit)
                 coldmiss.failed_fill(conn, p, exc)
                 return
