@@ -128,14 +128,16 @@ async def forward(relay: Relay, first: BaseException | None) -> None:
         cluster, member = shared.cluster, fwd.member
         assert cluster is not None
         down = member is not None and not cluster.is_up(member.id)
-        again = (down or isinstance(exc, Withheld)) and not conn.closing  # Withheld: decided again, answered here
+        again = down or isinstance(exc, Withheld)  # Withheld: decided again, answered here
         if again and conn.retried.forwards < len(cluster.ring.members):
-            # The connection's done() decides it again, for the next owner that is up; the line of whoever answers
-            # names this one first, unless withheld: not asked.
+            # The connection's done() decides it again, for the next owner that is up, on a draining connection too
+            # (let in before the drain: FastPath.again keeps its head processed); the line of whoever answers names
+            # this one first, unless withheld: not asked.
+            conn.again = conn.again or conn.closing
             asked = () if isinstance(exc, Withheld) else (relay.member.address,)
             conn.retried = Retried(conn.retried.forwards + 1, conn.retried.unreached + asked)
             return
-        conn.hand_off()  # a draining connection's too: the full handler answers it
+        conn.hand_off()  # not found down, or no owner left to try: the full handler asks (owner.to_owner)
     else:
         conn.head_done()
     finally:
