@@ -27,7 +27,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from edgecache.lifecycle import FORK_HELD
+from edgecache.lifecycle import FORK_HELD, ForkServerEnd, ForkServerRestarts
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Forks:
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["edgecache.forkbase"])
         resource_tracker.ensure_running()  # before: starting it unblocks SIGTERM in the thread that starts it
-        self.replaced = 0  # fork servers that ended or stalled and were replaced
+        self.restarts = ForkServerRestarts()  # fork servers replaced (ended or stalled): every worker shows them
         self._pid = 0
         self._pidfd: int | None = None
         self._forked = 0  # the pid of the fork server that forked a worker: it forks the next at once
@@ -161,7 +161,7 @@ class Forks:
             return False
         pid, proven = self._pid, self._pid == self._forked
         code = self._forget()
-        self.replaced += 1
+        self.restarts.add(ForkServerEnd.ENDED)
         log.error(
             "the fork server (pid %d) ended: %s; the workers serve on, and another is started %s",
             pid,
@@ -223,8 +223,8 @@ class Forks:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         self._forget()
-        self.replaced += 1
-        log.error("the fork server (pid %d) %s: killed it, starting another (%d replaced)", pid, why, self.replaced)
+        replaced = self.restarts.add(ForkServerEnd.STALLED)
+        log.error("the fork server (pid %d) %s: killed it, starting another (%d replaced)", pid, why, replaced)
 
     def _forget(self) -> int | None:
         """Reap the ended fork server and clear multiprocessing's record of it, as its own start of another does

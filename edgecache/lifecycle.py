@@ -1,6 +1,6 @@
 """What the parent (supervisor.py) and its workers (server.py) agree on about a worker's life: which config fields
-only a restart changes, and why a worker was replaced. How long a stopping worker drains is `Config.drain`
-(server.drain), read by both from the same config."""
+only a restart changes, why a worker was replaced, and how many fork servers were. How long a stopping worker drains
+is `Config.drain` (server.drain), read by both from the same config."""
 
 from __future__ import annotations
 
@@ -91,6 +91,34 @@ class Reason(StrEnum):
 
     DIED = "died"
     STUCK = "stuck"
+
+
+class ForkServerEnd(StrEnum):
+    """Why a fork server was replaced (the label of edgecache_fork_server_restarts_total)."""
+
+    ENDED = "ended"  # exited, crashed or killed
+    STALLED = "stalled"  # forked no worker within its deadline (edgecache.forks): killed here
+
+
+class ForkServerRestarts:
+    """Fork servers replaced since the node started, by why, in shared memory: the parent adds, and every worker reads
+    them at each scrape. A worker's restarts are given to the worker that replaces it, as it starts; a fork server's
+    replacement starts no worker, so its count would have waited for the next worker restart to show.
+
+    The parent's loop is the only writer, of whole 8-byte words: a reader sees a count before or after an addition."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts = multiprocessing.get_context("spawn").RawArray("Q", len(ForkServerEnd))
+
+    def add(self, why: ForkServerEnd) -> int:
+        """Count one; how many were replaced in all."""
+        self._counts[list(ForkServerEnd).index(why)] += 1
+        return sum(self._counts)
+
+    def counts(self) -> dict[str, int]:
+        return {why.value: int(count) for why, count in zip(ForkServerEnd, self._counts, strict=True)}
 
 
 def die_with_parent() -> None:

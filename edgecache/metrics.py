@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _mp
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from edgecache import __version__
 from edgecache.metricturn import TurnCounter, TurnHistogram, apply
@@ -234,9 +234,8 @@ def exposition(members: Collection[str] | None = None, sites: Collection[str] | 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         source: Any = CollectorRegistry()
         _mp.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
+        source.register(FORK_SERVER_RESTARTS)  # read from the parent's memory, not from the workers' files
     else:
-        from prometheus_client import REGISTRY
-
         source = REGISTRY
     if members is not None or sites is not None:
         filtered = CollectorRegistry()
@@ -410,3 +409,36 @@ WORKER_RESTARTS = Gauge(
     ["reason"],
     multiprocess_mode="max",
 )
+
+
+class ParentCounter:
+    """A counter the parent process keeps, which exports nothing and never imports this module (it would make value
+    files of its own): each worker is given `source`, the counts by label value, and shows them as they are at each
+    scrape. Its own collector, not a prometheus_client Counter: added up over the workers' files, every worker's copy
+    of the one count would be counted."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.source: Callable[[], Mapping[str, int]] | None = None  # none in a process the parent did not start
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        if self.source is not None:
+            family = self._family()
+            for value, count in self.source().items():
+                family.add_metric([value], count)
+            yield family
+
+
+FORK_SERVER_RESTARTS = ParentCounter(
+    "edgecache_fork_server_restarts",
+    "Fork servers (what forks each worker) the parent process replaced since the node started: ended (exited, "
+    "crashed, killed) or stalled (forked no worker within its deadline, and killed); no worker is lost to either",
+    "reason",
+)
+REGISTRY.register(FORK_SERVER_RESTARTS)

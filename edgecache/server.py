@@ -27,7 +27,7 @@ from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.demo import start_demo
-from edgecache.lifecycle import HELD, Reason, as_running, die_with_parent, restart_changes
+from edgecache.lifecycle import HELD, ForkServerRestarts, Reason, as_running, die_with_parent, restart_changes
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy import badhead, linger, serverfield
 from edgecache.proxy.engine import Engine
@@ -463,13 +463,14 @@ def worker_main(
     bound: list[Bound],
     beats: Heartbeats,
     restarts: dict[str, int],
+    fork_servers: ForkServerRestarts,
     epoch: Epoch | None,
     private: Path | None = None,
     demo: list[socket.socket] | None = None,
 ) -> None:
-    """A worker process: the node on `bound`, its heartbeat in `beats`, showing the parent's restart counts,
-    sharing `epoch` with the other workers, the parent's `private` directory for its internal socket, and (worker 0)
-    the demo origin's listeners."""
+    """A worker process: the node on `bound`, its heartbeat in `beats`, showing the parent's restart counts (its
+    fork servers' as they change), sharing `epoch` with the other workers, the parent's `private` directory for its
+    internal socket, and (worker 0) the demo origin's listeners."""
     import uvloop
 
     from edgecache import metrics
@@ -483,6 +484,7 @@ def worker_main(
     metrics.mark_build()
     for reason in Reason:
         metrics.WORKER_RESTARTS.labels(reason.value).set(restarts.get(reason, 0))
+    metrics.FORK_SERVER_RESTARTS.source = fork_servers.counts
     try:
         uvloop.run(run(config, worker, bound, beats, epoch, private, demo))
     finally:

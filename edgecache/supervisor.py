@@ -377,8 +377,9 @@ class _Workers:
         demo = None
         if worker == 0:
             demo = self.demo = self.demo if self.demo is not None else bind_demo(self.config)
-        args = (self.config, worker, listeners, self.beats, restarts, self.epoch, self.private, demo)
-        return self.forks.start(_worker, args, f"edgecache-w{worker}")
+        forks = self.forks
+        args = (self.config, worker, listeners, self.beats, restarts, forks.restarts, self.epoch, self.private, demo)
+        return forks.start(_worker, args, f"edgecache-w{worker}")
 
     def read(self) -> Config:
         return reloaded(self.config)

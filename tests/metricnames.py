@@ -15,6 +15,8 @@ def families() -> dict[str, tuple[str, tuple[str, ...]]]:
     """Each family's name as documented (a counter's with `_total`): its type and label names."""
     found: dict[str, tuple[str, tuple[str, ...]]] = {}
     for m in vars(metrics).values():
+        if isinstance(m, metrics.ParentCounter):
+            found[m.name + "_total"] = ("counter", (m.label,))
         wrapped = m.wrapped if isinstance(m, TurnCounter | TurnHistogram) else m
         if isinstance(wrapped, MetricWrapperBase):
             for d in wrapped.describe():

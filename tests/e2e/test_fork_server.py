@@ -8,7 +8,8 @@ import signal
 from pathlib import Path
 
 from tests.e2e.procs import children, fork_servers, gone, running
-from tests.e2e.test_watchdog import DATA, Node, get, node, restarts, until, write_config
+from tests.e2e.test_operations import metric
+from tests.e2e.test_watchdog import DATA, Node, get, metrics_until, node, restarts, until, write_config
 from tests.origin import Origin
 
 
@@ -16,6 +17,17 @@ def servers(n: Node) -> list[int]:
     """The node's fork servers: one, but between the end of one and the start of the next."""
     started = {int(line.rsplit(" ", 1)[1]) for line in n.lines if " started: pid " in line}
     return fork_servers(n.proc.pid, started)
+
+
+async def replaced(admin: int, ended: int, stalled: int) -> None:
+    """Until the admin /metrics shows these counts of fork servers replaced (both series there)."""
+
+    def shows(seen: str) -> bool:
+        name = "edgecache_fork_server_restarts_total"
+        counts = [metric(seen, name, reason=k) for k in ("ended", "stalled")]
+        return counts == [ended, stalled] and all(f'{name}{{reason="{k}"}}' in seen for k in ("ended", "stalled"))
+
+    await metrics_until(admin, shows, f"fork servers replaced: ended={ended} stalled={stalled}")
 
 
 async def test_a_killed_fork_server_costs_no_worker(origin: Origin, tmp_path: Path) -> None:
@@ -27,6 +39,7 @@ async def test_a_killed_fork_server_costs_no_worker(origin: Origin, tmp_path: Pa
         workers = [n.pid_of(0), n.pid_of(1)]
         [server] = servers(n)
         assert set(children(server)) == set(workers)
+        await replaced(admin, ended=0, stalled=0)
         os.kill(server, signal.SIGKILL)
         # New connections, spread over both listeners, answered by the workers that were there before.
         for _ in range(8):
@@ -37,6 +50,7 @@ async def test_a_killed_fork_server_costs_no_worker(origin: Origin, tmp_path: Pa
         await n.expect(f"the fork server (pid {server}) ended: killed by SIGKILL")
         assert set(workers) <= set(children(n.proc.pid))  # orphans of the fork server, re-parented to the node's
         await restarts(admin, died=0, stuck=0)
+        await replaced(admin, ended=1, stalled=0)  # shown by workers started before it: no worker start brings it
         # A worker that dies after that, no longer the fork server's child, is noticed, counted and replaced.
         await until(lambda: len(servers(n)) == 1)
         [successor] = servers(n)
@@ -46,6 +60,7 @@ async def test_a_killed_fork_server_costs_no_worker(origin: Origin, tmp_path: Pa
         await n.expect("edgecache listening on", 3)
         assert children(successor) == [n.pid_of(1)]
         await restarts(admin, died=1, stuck=0)
+        await replaced(admin, ended=1, stalled=0)
         for _ in range(8):
             assert await get(port, "/v.bin") == (200, DATA)
         # kill -9 of the node still ends every worker, the one the fork server left too.
@@ -81,6 +96,7 @@ async def test_a_stopped_fork_server_is_replaced_at_the_next_worker_start(origin
         await n.expect(f"worker 1 (pid {victim}) died: exit status unknown; restarting in 0 s")
         await n.expect(f"the fork server (pid {server}) did not fork worker 1 within 5 s: killed it")
         await restarts(admin, died=1, stuck=0)
+        await replaced(admin, ended=0, stalled=1)  # its kill here is not counted again as its end
         for _ in range(8):
             assert await get(port, "/v.bin") == (200, DATA)
         assert await n.stop() == 0

@@ -50,6 +50,7 @@ ALERT_NAMES = {
     "OriginErrorRate",
     "DiskOverBudget",
     "WorkerRestarted",
+    "ForkServerReplaced",
     "AccessLogDropping",
     "PeerDown",
     "DiskCorruption",
