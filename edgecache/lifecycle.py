@@ -5,6 +5,7 @@ is `Config.drain` (server.drain), read by both from the same config."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -119,6 +120,24 @@ class ForkServerRestarts:
 
     def counts(self) -> dict[str, int]:
         return {why.value: int(count) for why, count in zip(ForkServerEnd, self._counts, strict=True)}
+
+
+WORKER_NAME = "edgecache-w"  # and the slot: a worker's comm (/proc/PID/comm, ps -o comm, top)
+_PR_SET_NAME = 15
+
+
+def begin_worker(worker: int) -> None:
+    """What a worker process does first: take its name, and end with the parent from now on."""
+    _name(f"{WORKER_NAME}{worker}")
+    die_with_parent()
+
+
+def _name(name: str) -> None:
+    """This process's comm. A worker's command line is the fork server's, which forked it, and its parent is the fork
+    server or (once that one died) the node's parent process: the name alone tells a worker from the fork server, to
+    an operator's ps and top and to the tools that sample the workers (loadtest.soak)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode(), 0, 0, 0)
 
 
 def die_with_parent() -> None:

@@ -27,7 +27,7 @@ from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.demo import start_demo
-from edgecache.lifecycle import HELD, ForkServerRestarts, Reason, as_running, die_with_parent, restart_changes
+from edgecache.lifecycle import HELD, ForkServerRestarts, Reason, as_running, begin_worker, restart_changes
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy import badhead, linger, serverfield
 from edgecache.proxy.engine import Engine
@@ -476,7 +476,7 @@ def worker_main(
     from edgecache import metrics
     from edgecache.metricturn import apply
 
-    die_with_parent()
+    begin_worker(worker)
     fewer_malloc_arenas()
     _more_file_descriptors()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")

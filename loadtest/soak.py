@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from edgecache.lifecycle import WORKER_NAME
+
 LUA = r"""
 local small, videos, vsize, mib = 200, 4, 64 * 1048576, 1048576
 math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
@@ -89,13 +91,17 @@ def rss_kib(pid: int) -> int:
 
 def workers_rss_kib(parent: int) -> int:
     """The RSS of the node's workers, which the memory bound governs: `edgecache serve` is a small parent (the
-    supervisor), whose children are multiprocessing's resource tracker and fork server; the workers are the fork
-    server's children."""
+    supervisor), whose children are multiprocessing's resource tracker and fork server."""
     return sum(rss_kib(worker) for worker in worker_pids(parent))
 
 
 def worker_pids(parent: int) -> list[int]:
-    return [worker for child in children(parent) if b"forkserver" in _cmdline(child) for worker in children(child)]
+    """The workers of the node whose parent process is `parent`, by the name each gives itself (lifecycle.WORKER_NAME):
+    the fork server's children, or the parent's own once a fork server that forked them has died. Their command line
+    is the fork server's, which a fork server started since has too, with no children yet."""
+    below = children(parent)
+    below += [grandchild for child in below for grandchild in children(child)]
+    return [pid for pid in below if _comm(pid).startswith(WORKER_NAME)]
 
 
 def children(pid: int) -> list[int]:
@@ -105,11 +111,11 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def _cmdline(pid: int) -> bytes:
+def _comm(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/comm").read_text()
     except OSError:
-        return b""
+        return ""
 
 
 def wait_ready(url: str, seconds: float = 30) -> None:

@@ -9,9 +9,11 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+from edgecache.lifecycle import WORKER_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 _GIVEN: set[int] = set()
@@ -151,15 +153,28 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def fork_servers(parent: int, workers: Collection[int]) -> list[int]:
+def fork_servers(parent: int) -> list[int]:
     """The children of `edgecache serve` that are multiprocessing's fork server (its command line says so), but for
-    `workers`: one the fork server forked has its command line, and is the node's child once that one has died."""
+    its workers: one the fork server forked has its command line, and is the node's child once that one has died."""
     found = []
-    for child in set(children(parent)) - set(workers):
+    for child in set(children(parent)) - workers_below(parent):
         try:
             if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(child)
         except OSError:
+            continue
+    return found
+
+
+def workers_below(parent: int) -> set[int]:
+    """The workers running below `edgecache serve` (`parent`), by the name each gives itself (lifecycle.WORKER_NAME):
+    the fork server's children, or the parent's own once that fork server has died."""
+    found = set()
+    for pid in descendants(parent):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().startswith(WORKER_NAME) and running(pid):
+                found.add(pid)
+        except OSError:  # it exited meanwhile
             continue
     return found
 

@@ -7,7 +7,8 @@ import os
 import signal
 from pathlib import Path
 
-from tests.e2e.procs import children, fork_servers, gone, running
+from loadtest.soak import worker_pids
+from tests.e2e.procs import children, fork_servers, gone, running, workers_below
 from tests.e2e.test_operations import metric
 from tests.e2e.test_watchdog import DATA, Node, get, metrics_until, node, restarts, until, write_config
 from tests.origin import Origin
@@ -15,8 +16,14 @@ from tests.origin import Origin
 
 def servers(n: Node) -> list[int]:
     """The node's fork servers: one, but between the end of one and the start of the next."""
-    started = {int(line.rsplit(" ", 1)[1]) for line in n.lines if " started: pid " in line}
-    return fork_servers(n.proc.pid, started)
+    return fork_servers(n.proc.pid)
+
+
+def found(n: Node) -> list[int]:
+    """The workers as loadtest.soak finds them (to sample their RSS), and the test helper, which must agree."""
+    pids = sorted(worker_pids(n.proc.pid))
+    assert pids == sorted(workers_below(n.proc.pid))
+    return pids
 
 
 async def replaced(admin: int, ended: int, stalled: int) -> None:
@@ -39,6 +46,7 @@ async def test_a_killed_fork_server_costs_no_worker(origin: Origin, tmp_path: Pa
         workers = [n.pid_of(0), n.pid_of(1)]
         [server] = servers(n)
         assert set(children(server)) == set(workers)
+        assert found(n) == sorted(workers)
         await replaced(admin, ended=0, stalled=0)
         os.kill(server, signal.SIGKILL)
         # New connections, spread over both listeners, answered by the workers that were there before.
@@ -49,6 +57,7 @@ async def test_a_killed_fork_server_costs_no_worker(origin: Origin, tmp_path: Pa
         assert origin.hits["/v.bin"] == 1
         await n.expect(f"the fork server (pid {server}) ended: killed by SIGKILL")
         assert set(workers) <= set(children(n.proc.pid))  # orphans of the fork server, re-parented to the node's
+        assert found(n) == sorted(workers)  # found though no fork server's children
         await restarts(admin, died=0, stuck=0)
         await replaced(admin, ended=1, stalled=0)  # shown by workers started before it: no worker start brings it
         # A worker that dies after that, no longer the fork server's child, is noticed, counted and replaced.
@@ -59,6 +68,7 @@ async def test_a_killed_fork_server_costs_no_worker(origin: Origin, tmp_path: Pa
         assert gone(workers[1])  # reaped, not left a zombie
         await n.expect("edgecache listening on", 3)
         assert children(successor) == [n.pid_of(1)]
+        assert found(n) == sorted([workers[0], n.pid_of(1)])  # one below the node, one below the fork server
         await restarts(admin, died=1, stuck=0)
         await replaced(admin, ended=1, stalled=0)
         for _ in range(8):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.e2e.procs import descendants, edge_process, free_port, wait_lines, wait_listening
+from tests.e2e.procs import edge_process, free_port, wait_lines, wait_listening, workers_below
 from tests.origin import Origin
 
 CONFIG = """
@@ -122,14 +122,9 @@ async def test_a_reload_back_to_the_running_config_names_no_change(origin: Origi
 
 
 def _worker(parent: int) -> int:
-    """The one worker: forked by the fork server, so not one of the parent's own children (the fork server and
-    multiprocessing's resource tracker)."""
-    [worker] = [p for p in descendants(parent) if _parent_of(p) != parent]
+    """The one worker (the fork server's child, or the parent's once a fork server died)."""
+    [worker] = workers_below(parent)
     return worker
-
-
-def _parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
 async def _until(proc: asyncio.subprocess.Process, *needles: bytes) -> bytes:
