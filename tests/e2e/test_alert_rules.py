@@ -114,7 +114,7 @@ def test_no_alert_fires_on_a_warm_healthy_node(tmp_path: Path) -> None:
         _dropped("0+100x40"),  # a full table of purged URLs: each URL purged anew, 100 a minute, drops the oldest
     ]
     names = [str(r["alert"]) for r in _rules() if "alert" in r]
-    assert len(names) == 15
+    assert len(names) == 16
     assert _promtool(tmp_path, series, [{"eval_time": "35m", "alertname": n, "exp_alerts": []} for n in names]) == ""
 
 
