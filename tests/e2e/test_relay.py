@@ -26,7 +26,7 @@ from edgecache.proxy import peerpool
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge
 from tests.e2e import test_hops as hops
 from tests.e2e.procs import free_port
-from tests.e2e.test_cluster import cluster_configs, owner_of, started
+from tests.e2e.test_cluster import STALL, cluster_configs, owner_of, started
 from tests.e2e.test_peer_metrics import deltas, peer_errors
 from tests.origin import Origin
 from tests.samples import sample_value
@@ -190,7 +190,9 @@ async def beside(origin: Origin, tmp_path: Path, peer: ScriptedPeer, **origin_se
     port = free_port()
     members = (Member("node1", f"127.0.0.1:{port}"), Member("node2", f"127.0.0.1:{peer.port}"))
     base = make_config(tmp_path / "node1", [origin.url])
-    cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=0.1, timeout=0.5, fall=1_000_000)
+    # Health checks an hour apart: a forward that finds node2 broken takes it down, and no check brings it back up
+    # (rise) while the test looks; at 0.1 s, two checks on a loaded machine could, and a GET went to node2 again.
+    cluster = ClusterSettings("node1", key=CLUSTER_KEY, nodes=members, interval=3600, timeout=STALL, fall=1_000_000)
     config: Config = replace(
         base, listen=(Listen("127.0.0.1", port),), cluster=cluster, origin=replace(base.origin, **origin_settings)
     )
