@@ -6,6 +6,7 @@ import asyncio
 
 from edgecache.core.keepalive import KeepAlive
 from edgecache.proxy import encode
+from edgecache.proxy.fastserver import FastServer
 from tests.samples import sample_value
 
 
@@ -25,6 +26,25 @@ async def exchange(port: int, data: bytes, source: str = "127.0.0.1", seconds: f
         writer.write(data)
         async with asyncio.timeout(seconds):
             return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+async def answered_while_draining(
+    port: int, fast: FastServer | None, request: bytes, asked: asyncio.Event, release: asyncio.Event
+) -> bytes:
+    """Everything the node sends back for `request` when its connections start draining (FastServer's
+    close_when_idle) once its upstream has the request's fill or forward (`asked`), which `release` then lets
+    answer: the answer, then the close."""
+    assert fast is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await asyncio.wait_for(asked.wait(), 10)
+        for conn in list(fast.connections):
+            conn.close_when_idle()
+        release.set()
+        return await reader.read(-1)
     finally:
         writer.close()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.conftest import start_edge
 from tests.e2e.test_cluster import phantom_owner
 from tests.origin import Origin
-from tests.wire import fast_path_outcomes
+from tests.wire import answered_while_draining, fast_path_outcomes
 
 
 async def test_a_forward_found_gone_on_a_draining_connection_is_decided_again_without_a_hand_off(
@@ -32,19 +32,10 @@ async def test_a_forward_found_gone_on_a_draining_connection_is_decided_again_wi
     peer = await asyncio.start_server(breaking, host, int(port))
     try:
         async with start_edge(cfg) as edge, asyncio.timeout(20):
-            assert edge.fast is not None
             assert edge.node.cluster is not None
             before = fast_path_outcomes()
-            reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-            try:
-                writer.write(f"GET {keys[0]} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode())
-                await asyncio.wait_for(reached.wait(), 10)
-                for conn in list(edge.fast.connections):
-                    conn.close_when_idle()
-                release.set()
-                answer = await reader.read(-1)  # the answer, then the close
-            finally:
-                writer.close()
+            request = f"GET {keys[0]} HTTP/1.1\r\nHost: video.test\r\n\r\n".encode()
+            answer = await answered_while_draining(edge.port, edge.fast, request, reached, release)
             outcomes = fast_path_outcomes()
             assert not edge.node.cluster.is_up("node3")
     finally:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tests.conftest import make_config, start_edge
 from tests.origin import Obj, Origin
-from tests.wire import fast_path_outcomes
+from tests.wire import answered_while_draining, fast_path_outcomes
 
 MiB = 2**20
 OLD = bytes((i * 7 + 1) % 251 for i in range(3 * MiB))
@@ -36,22 +36,13 @@ async def test_a_new_version_met_on_a_draining_connection_is_decided_again_witho
     origin.on_request = held
     config = make_config(tmp_path / "c", [origin.url], fill_slices=1)
     async with start_edge(config) as edge, asyncio.timeout(20):
-        assert edge.fast is not None
         status, _, body = await edge.get("/big", Range="bytes=0-99")  # slice 0 only
         assert (status, body) == (206, OLD[:100])
         origin.put("/big", NEW, etag='"v2"')
         before = fast_path_outcomes()
-        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-        try:
-            last = 2 * MiB + 10
-            writer.write(f"GET /big HTTP/1.1\r\nHost: video.test\r\nRange: bytes={last}-{last + 99}\r\n\r\n".encode())
-            await asyncio.wait_for(asked.wait(), 10)
-            for conn in list(edge.fast.connections):
-                conn.close_when_idle()
-            release.set()
-            answer = await reader.read(-1)  # the answer, then the close
-        finally:
-            writer.close()
+        last = 2 * MiB + 10
+        request = f"GET /big HTTP/1.1\r\nHost: video.test\r\nRange: bytes={last}-{last + 99}\r\n\r\n".encode()
+        answer = await answered_while_draining(edge.port, edge.fast, request, asked, release)
         outcomes = fast_path_outcomes()
     head, _, got = answer.partition(b"\r\n\r\n")
     fields = [x for x in head.split(b"\r\n") if not x.startswith(b"Date: ")]

@@ -34,7 +34,7 @@ from tests.e2e.test_operations import metric
 from tests.e2e.test_purge import cluster, heard, purge
 from tests.origin import Obj, Origin
 from tests.samples import applied, sample_value
-from tests.wire import exchange, fast_path_outcomes, own_error, read_answer
+from tests.wire import answered_while_draining, exchange, fast_path_outcomes, own_error, read_answer
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes
 HOST = b"Host: video.test\r\n"
@@ -470,18 +470,9 @@ async def test_a_first_vary_miss_on_a_draining_connection_is_decided_again_witho
     origin.put("/v", b"")
     origin.on_request = held
     async with start_edge(make_config(tmp_path / "c", [origin.url])) as edge, asyncio.timeout(20):
-        assert edge.fast is not None
         before = fast_path_outcomes()
-        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-        try:
-            writer.write(b"GET /v HTTP/1.1\r\nHost: video.test\r\nX-Device: phone\r\n\r\n")
-            await asyncio.wait_for(asked.wait(), 10)
-            for conn in list(edge.fast.connections):
-                conn.close_when_idle()
-            release.set()
-            answer = await reader.read(-1)  # the answer, then the close
-        finally:
-            writer.close()
+        request = b"GET /v HTTP/1.1\r\nHost: video.test\r\nX-Device: phone\r\n\r\n"
+        answer = await answered_while_draining(edge.port, edge.fast, request, asked, release)
         outcomes = fast_path_outcomes()
     fields = b"Cache-Control: public, max-age=600\r\nVary: X-Device\r\nContent-Type: text/plain\r\nDate: -\r\n"
     fields += b"Server: Python/3.11 aiohttp/3.14.5\r\nVia: 1.1 edgecache\r\nAge: -\r\n"
