@@ -335,7 +335,8 @@ class FastPath(asyncio.Protocol):
         tries afresh (an identical head on a keep-alive connection is another request)."""
         if not self.again:
             self.tries = None
-        self.retried = relay.Retried(0, self.retried.unreached)  # named in the log line of its answer, still to come
+        if self.retried.forwards:  # its unreached owners stay, for the log line of its answer still to come
+            self.retried = relay.Retried(0, self.retried.unreached)
         self.admitted, self.again, self.named = None, False, None
 
     async def _load(self, load: Load) -> None:

@@ -370,7 +370,7 @@ def log_line(
     """One line, the same fields in the same order for the fast path's hits and for the full handler. `unreached`:
     the owners a fast-path forward of the request could not reach before it was decided again (relay.Retried),
     named first in upstream_addr, as the full handler's trace names them (owner.to_owner)."""
-    addrs = (*unreached, *(a for a in t.sources.addrs if a not in unreached))
+    addrs = (*unreached, *(a for a in t.sources.addrs if a not in unreached)) if unreached else t.sources.addrs
     record: dict[str, Any] = {
         "time": _now_iso(),
         "id": t.id,
