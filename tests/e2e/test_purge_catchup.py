@@ -34,6 +34,7 @@ from edgecache.server import _start_admin
 from edgecache.sites import TCPListener
 from tests.conftest import CLUSTER_KEY, Edge, make_config, start_edge, views_settled
 from tests.e2e.procs import descendants, edge_process, free_port
+from tests.e2e.test_workers import bodies
 from tests.origin import Origin
 
 OPERATOR = "operator-secret-0123456789"
@@ -611,19 +612,9 @@ async def test_every_worker_of_a_returning_node_serves_only_post_purge_bytes(ori
     caught_up[b"w1 INFO edgecache.cluster.purgesync: purge log: caught up"] = 1
     origin.put(path, OLD, etag='"v1"')
 
-    async def bodies(s: aiohttp.ClientSession, i: int) -> set[bytes]:
-        """One request per new connection: SO_REUSEPORT spreads them over both workers."""
-        seen = set()
-        for _ in range(20):
-            headers = {"Host": "video.test", "Connection": "close"}
-            async with s.get(f"http://127.0.0.1:{ports[i]}{path}", headers=headers) as r:
-                assert r.status == 200
-                seen.add(await r.read())
-        return seen
-
     async with edge_process("serve", "--config", configs[y], ready=ready), aiohttp.ClientSession() as s:
         async with edge_process("serve", "--config", configs[x], ready={**ready, **caught_up}):
-            assert await bodies(s, x) == {OLD}
+            assert await bodies(s, ports[x], path, 20) == {OLD}
             assert origin.hits[path] == 1
         change(origin, path)
         auth = {"Authorization": f"Bearer {OPERATOR}"}
@@ -632,7 +623,7 @@ async def test_every_worker_of_a_returning_node_serves_only_post_purge_bytes(ori
             answer = await r.json()
         assert (r.status, answer["confirmed"], answer["failed"]) == (200, 1, [f"node{x}"])
         async with edge_process("serve", "--config", configs[x], ready={**ready, **caught_up}):
-            assert await bodies(s, x) == {NEW}
+            assert await bodies(s, ports[x], path, 20) == {NEW}
             assert origin.hits[path] == 2
 
 

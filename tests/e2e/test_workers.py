@@ -106,10 +106,11 @@ async def test_a_purge_reaches_every_worker_before_its_next_answer(origin: Origi
         assert await bodies(s, port, "/dir/q.bin") == {b"new " * 500}
 
 
-async def bodies(s: aiohttp.ClientSession, port: int, path: str) -> set[bytes]:
-    """The bodies of 30 GETs of `path`, each 200 on a new connection: SO_REUSEPORT spreads them over the workers."""
+async def bodies(s: aiohttp.ClientSession, port: int, path: str, times: int = 30) -> set[bytes]:
+    """The bodies of `times` GETs of `path`, each 200 on a new connection: SO_REUSEPORT spreads them over the
+    workers."""
     seen = set()
-    for _ in range(30):
+    for _ in range(times):
         headers = {"Host": "video.test", "Connection": "close"}
         async with s.get(f"http://127.0.0.1:{port}{path}", headers=headers) as r:
             assert r.status == 200
