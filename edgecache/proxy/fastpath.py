@@ -78,7 +78,7 @@ class FastPath(asyncio.Protocol):
         self.adopted: Adopted | None = None  # a fill the full handler takes over with the connection (hand_off)
         self.admitted: str | None = None  # or the primary key of a request let in here (Shared.admitted)
         self.retried = relay.FRESH  # forwards of the head at the front whose owner could not be reached
-        self.again = False  # the head at the front is decided again (let in already): another variant, a new version
+        self.again = False  # the head at the front decided again, let in already (a variant, a version, a next owner)
         self.named: tuple[str, ...] | None = None  # the Vary of another variant's answer, decided again with: once
         # The head decided again for a new version or a purge (coldmiss.tried), and its tries so far (core.churn)
         self.tries: tuple[bytes, Tries] | None = None
@@ -247,7 +247,7 @@ class FastPath(asyncio.Protocol):
                 return
             turn += 1
             settling = self.started is not None  # its fill has its head: answered as a miss, or by the full handler
-            admitted = settling or self.retried.forwards > 0 or self.again  # let in when it was first decided
+            admitted = settling or self.again  # let in when it was first decided
             self.retried = self.retried if admitted else relay.FRESH  # a new head: no owner of it found unreachable
             end = self.server.cork.head_end(self)
             if end < 0:  # a head ended by bare LFs, or a TLS record (0x16) is none: aiohttp's parser refuses it now

@@ -130,10 +130,9 @@ async def forward(relay: Relay, first: BaseException | None) -> None:
         down = member is not None and not cluster.is_up(member.id)
         again = down or isinstance(exc, Withheld)  # Withheld: decided again, answered here
         if again and conn.retried.forwards < len(cluster.ring.members):
-            # The connection's done() decides it again, for the next owner that is up, on a draining connection too
-            # (let in before the drain: FastPath.again keeps its head processed); the line of whoever answers names
-            # this one first, unless withheld: not asked.
-            conn.again = conn.again or conn.closing
+            # The connection's done() decides it again (FastPath.again), for the next owner that is up; the line of
+            # whoever answers names this one first, unless withheld: not asked.
+            conn.again = True
             asked = () if isinstance(exc, Withheld) else (relay.member.address,)
             conn.retried = Retried(conn.retried.forwards + 1, conn.retried.unreached + asked)
             return
