@@ -11,12 +11,19 @@ decided any other way than an answer whole from memory (decided(), way()), befor
 (head_end(), where a bad one gets its 400 or is handed to aiohttp), and before an answer that closes its connection.
 What is held is bounded (HELD_BYTES, the size of a transport's write buffer before it asks its protocol to pause),
 so a client pipelining many heads is met by the write buffer's flow control as before.
+
+A large answer is also held past its connection's turn, to the end of the loop's turn (Parked): copying a MiB into
+the socket evicts from the CPU's caches all the Python code and data the next connection's decision needs, so the
+heads of every connection one poll found readable are decided first, warm, and their answers written after. Until
+then the connection's transport is a Parked, which writes what it holds before anything else uses the transport:
+a timer, a half-close, a drain or a close reach the client after the answer, as they did when it was written at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from edgecache.proxy import refuse
 from edgecache.proxy.diskhit import TLS_PIECE
@@ -39,6 +46,7 @@ class Way(enum.Enum):
 
 MULTIPART, STREAM, DISK = Way.MULTIPART, Way.STREAM, Way.DISK
 HELD_BYTES = 64 * 1024  # uvloop's (and asyncio's) default high-water mark of a transport's write buffer
+PARK_BYTES = HELD_BYTES  # answers smaller than this do not evict what the next decision needs: written at once
 
 
 class Cork:
@@ -49,12 +57,16 @@ class Cork:
         self.held: list[bytes | memoryview] = []
         self.size = 0
         self.deciding = False  # the head at the front is being decided: nothing of its answer is written yet
+        self.parked: list[Parked] = []  # large answers held to the end of the loop's turn, in the order decided
 
     def around(self, conn: FastPath, answer_heads: Callable[[], None]) -> None:
         """Answer the heads `conn` has; what is held is written when that is done, whatever ended it."""
         outer = self.conn
         if outer is not None:  # a connection answered within another's turn (never expected): nothing is held
             self.flush()
+        transport: object = conn.transport
+        if type(transport) is Parked:  # its answer of this loop's turn goes before anything it answers now
+            transport.release()
         self.conn = conn
         try:
             answer_heads()
@@ -65,21 +77,22 @@ class Cork:
             refuse.failed(conn, exc)
         finally:
             self.deciding = False
-            self.flush()
+            self.park() if self.size >= PARK_BYTES else self.flush()
             self.conn = outer
 
-    def write(self, conn: FastPath, persists: bool, data: list[bytes | memoryview]) -> None:
-        """An answer from memory: held while its connection has more of this read to answer (a lone request, the
-        common case, is written at once, nothing held), else written now with what is held, in one write."""
+    def write(self, conn: FastPath, persists: bool, data: list[bytes | memoryview], now: bool = False) -> None:
+        """An answer from memory: held while its connection has more of this read to answer, and to the end of the
+        turn (around) when it is the last; written now, with what is held, when it closes its connection or when
+        its bytes are `now`'s: in buffers lent only until the socket has taken them (diskhit.answer checks)."""
         if conn is not self.conn:
             self.flush()
-        elif persists and conn.buf:  # more input: the next heads' answers go with this one
+        elif persists and not now:
             self.held.extend(data)
             self.size += sum(map(len, data))
-            if self.size >= HELD_BYTES:
+            if conn.buf and self.size >= HELD_BYTES:  # more input, answered as the write buffer lets it
                 self.flush()
             return
-        elif self.held:  # the last of the read's answers, or one that closes its connection: all in one write
+        elif self.held:
             self.held.extend(data)
             self.flush()
             return
@@ -111,6 +124,24 @@ class Cork:
         if conn is not None and conn.transport is not None:
             conn.transport.writelines(held)
 
+    def park(self) -> None:
+        """Hold what is held to the end of the loop's turn (release_parked), its connection's transport a Parked."""
+        held, conn = self.held, self.conn
+        self.held, self.size = [], 0
+        transport = conn.transport if conn is not None else None
+        if conn is None or transport is None:
+            return
+        parked = Parked(conn, transport, held)
+        conn.transport = cast("asyncio.Transport", parked)
+        self.parked.append(parked)
+        if len(self.parked) == 1:
+            asyncio.get_running_loop().call_soon(self.release_parked)
+
+    def release_parked(self) -> None:
+        parked, self.parked = self.parked, []
+        for p in parked:
+            p.release()
+
     def way(self, conn: FastPath, p: Prepared) -> list[memoryview] | Way:
         """How FastPath._answer answers a hit: whole from memory (its parts: send() holds them here), or another
         way, which writes itself (what is held is written first). The one rule for both, so bytes stay in order."""
@@ -139,3 +170,27 @@ def _from_memory(conn: FastPath, p: Prepared) -> list[memoryview] | None:
             return None
         parts.append(memoryview(data)[lo:hi])
     return parts
+
+
+class Parked:
+    """A connection's transport while its answers wait for the end of the loop's turn (Cork.park): whatever uses it
+    first (Cork.release_parked, or any code asking the transport anything) has them written before it, once."""
+
+    __slots__ = ("conn", "data", "real")
+
+    def __init__(self, conn: FastPath, real: asyncio.Transport, data: list[bytes | memoryview]) -> None:
+        self.conn, self.real, self.data = conn, real, data
+
+    def release(self) -> asyncio.Transport:
+        data, real = self.data, self.real
+        if data:
+            self.data = []
+            current: object = self.conn.transport
+            if current is self:
+                self.conn.transport = real
+            if not real.is_closing():  # the client went away meanwhile: nothing to write to
+                real.writelines(data)
+        return real
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.release(), name)

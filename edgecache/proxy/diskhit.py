@@ -106,7 +106,7 @@ def answer(conn: FastPath, p: Prepared, raw: bytes, t0: float) -> bool:
         parts.append(piece)
         from_disk += hi - lo
     counters(p)[1].inc(from_disk)
-    conn.send(p, parts, t0, p.hit.last - p.hit.first + 1 - from_disk)
+    conn.send(p, parts, t0, p.hit.last - p.hit.first + 1 - from_disk, now=bool(borrowed))
     if conn.transport is not None and conn.transport.get_write_buffer_size() == 0:
         for buf in borrowed:  # the socket took everything: nothing refers to them any more
             conn.server.give_back(buf)

@@ -387,12 +387,12 @@ class FastPath(asyncio.Protocol):
         if self.closing and not self.busy and self.transport is not None:  # draining: its last answer is out
             self.transport.close()
 
-    def send(self, p: Prepared, parts: list[memoryview], t0: float, memory: int) -> None:
-        """Write the answer whole (`memory`: its body bytes read from the memory tier) and count it."""
+    def send(self, p: Prepared, parts: list[memoryview], t0: float, memory: int, now: bool = False) -> None:
+        """Write the answer whole (`memory`: its body bytes from the memory tier; `now`: Cork.write's); count it."""
         transport = self.transport
         if transport is None:
             return
-        self.server.cork.write(self, p.keep_alive.persists, [head_at(p, time.time()), *parts])
+        self.server.cork.write(self, p.keep_alive.persists, [head_at(p, time.time()), *parts], now)
         nbytes = sum(map(len, parts))  # map: half a generator's cost
         self.sent(p, t0, nbytes, memory)
         self.finished(p, nbytes, t0, counted=True)
