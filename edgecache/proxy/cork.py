@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from typing import TYPE_CHECKING, cast
 
 from edgecache.proxy import refuse
 from edgecache.proxy.diskhit import TLS_PIECE
 from edgecache.proxy.heldslices import HELD
 from edgecache.proxy.prepared import Prepared
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -140,7 +143,11 @@ class Cork:
     def release_parked(self) -> None:
         parked, self.parked = self.parked, []
         for p in parked:
-            p.release()
+            try:
+                p.release()
+            except Exception:  # a bug costs its own connection, never the answers parked after it
+                log.exception("writing a parked answer failed: its connection is cut")
+                p.real.abort()
 
     def way(self, conn: FastPath, p: Prepared) -> list[memoryview] | Way:
         """How FastPath._answer answers a hit: whole from memory (its parts: send() holds them here), or another

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.proxy.cork import Cork
+from edgecache.proxy.cork import Cork, Parked
 from edgecache.proxy.fastpath import FastPath
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
@@ -22,6 +22,7 @@ from tests.wire import read_answer
 BODY = bytes((i * 7 + i // 251) % 256 for i in range(3 * 2**20 + 5))  # four 1 MiB slices, the last 5 bytes
 A, B = (0, 2**20 - 1), (2**20 - 100, 2**20 + 65_535)  # one slice; across two (both over Cork.PARK_BYTES)
 SMALL = (3 * 2**20 - 7, 3 * 2**20 + 4)  # 12 bytes: written at once
+RELEASE_PARKED = Cork.release_parked  # as the turn's end runs it (the `parked` fixture holds it back)
 
 
 def get(rng: tuple[int, int], close: bool = False) -> bytes:
@@ -223,3 +224,35 @@ async def test_a_disk_hit_read_at_once_keeps_its_buffer_until_written(
         finally:
             for _, writer in conns:
                 writer.close()
+
+
+async def test_a_parked_answer_that_fails_to_be_written_cuts_only_its_connection(
+    edge: Edge, parked: asyncio.Event, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert edge.fast is not None
+    cork, release = edge.fast.cork, Parked.release
+    for _ in range(2):
+        conns = [await asyncio.open_connection("127.0.0.1", edge.port) for _ in range(2)]
+        try:
+            for (_, writer), rng in zip(conns, (A, B), strict=True):
+                parked.clear()
+                writer.write(get(rng))
+                await asyncio.wait_for(parked.wait(), 10)
+            broken = cork.parked[0]
+
+            def failing(p: Parked, broken: Parked = broken) -> asyncio.Transport:
+                if p is broken:
+                    raise RuntimeError("a bug")
+                return release(p)
+
+            monkeypatch.setattr(Parked, "release", failing)
+            RELEASE_PARKED(cork)  # the turn's end: the first fails, the second is written all the same
+            monkeypatch.setattr(Parked, "release", release)
+            async with asyncio.timeout(10):
+                assert await conns[0][0].read(-1) == b""  # cut, nothing written
+                status, _, body = await read_answer(conns[1][0])
+            assert (status, body) == part(B)
+        finally:
+            for _, writer in conns:
+                writer.close()
+    assert caplog.text.count("writing a parked answer failed: its connection is cut") == 2
