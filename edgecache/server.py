@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from edgecache.cluster.purgesync import PurgeSync
 from edgecache.cluster.view import ClusterView, check_health, follow_dns
 from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
+from edgecache.core.rundirs import Kind
 from edgecache.demo import start_demo
 from edgecache.lifecycle import HELD, ForkServerRestarts, Reason, as_running, begin_worker, restart_changes
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
@@ -37,6 +37,7 @@ from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient, loop_token
 from edgecache.proxy.shared import Shared
 from edgecache.rssbound import bound_rss, fewer_malloc_arenas, heap_slices
+from edgecache.rundirs import RunDir
 from edgecache.sites import FastSite, TCPListener, quiet_client_faults
 from edgecache.storage.cacheid import cache_id
 from edgecache.storage.disk import DiskTier
@@ -362,8 +363,8 @@ async def _start_admin(node: Node, clients: web.BaseRunner, directory: Path | No
     from edgecache.admin.purge import admin_tokens, purge_handler, purge_routes
 
     # The internal socket's: the parent's (supervisor._Workers), which outlives a killed worker; else our own.
-    private = tempfile.TemporaryDirectory(prefix="edgecache-") if directory is None else None  # mode 0700
-    internal = await start_internal(clients, Path(private.name) if private is not None else cast(Path, directory))
+    private = RunDir(Kind.PRIVATE) if directory is None else None
+    internal = await start_internal(clients, private.path if private is not None else cast(Path, directory))
     c = node.config
     jobs = JobRunner(
         cast(DiskTier, node.store.disk),  # Disks has the get, put and delete of a DiskTier the runner uses
@@ -386,7 +387,7 @@ async def _start_admin(node: Node, clients: web.BaseRunner, directory: Path | No
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SIDE_STOP)
     runner.app.on_cleanup.append(lambda _app: jobs.close())
     if private is not None:
-        runner.app.on_cleanup.append(lambda _app: asyncio.to_thread(private.cleanup))
+        runner.app.on_cleanup.append(lambda _app: asyncio.to_thread(private.remove))
     await runner.setup()
     serverfield.follow(runner)
     await TCPListener(runner, node.config.admin.host, node.config.admin.port, node.config.header_timeout).start()

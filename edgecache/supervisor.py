@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -37,12 +36,14 @@ from typing import Any
 from edgecache.accesslog import check_writable
 from edgecache.config import Config, load
 from edgecache.configwatch import ConfigWatch
+from edgecache.core.rundirs import Kind
 from edgecache.errors import ConfigError
 from edgecache.forks import Forks, Worker, become_subreaper, exit_status
 from edgecache.lifecycle import Reason, as_running
 from edgecache.listeners import Bound, bind_demo, bind_listeners, check_free, close
 from edgecache.readoff import READ_SECONDS
 from edgecache.readoff import start as read_off
+from edgecache.rundirs import RunDir, sweep
 from edgecache.storage.epoch import Epoch
 from edgecache.storage.orphans import SETTLE_SECONDS, Sweeper
 from edgecache.tls import Contexts
@@ -354,16 +355,19 @@ class _Workers:
         self.demo: list[socket.socket] | None = bind_demo(config)  # worker 0's, kept as its client listeners are
         self.beats = Heartbeats(config.workers)
         self.epoch = Epoch(config.workers) if config.workers > 1 else None  # what a worker changed, told the others
+        sweep(Path(tempfile.gettempdir()), os.getuid())  # the runtime directories nodes killed before left
         # The directory of worker 0's internal socket (server.start_internal), made here so that it outlives a worker
         # killed with SIGKILL: each worker 0 binds the socket in it again, and close() removes it.
-        self.private = Path(tempfile.mkdtemp(prefix="edgecache-"))  # mode 0700
+        self.dirs = [RunDir(Kind.PRIVATE)]
+        self.private = self.dirs[0].path
         self.metrics_dir: Path | None = None
         # A worker killed mid-write beside others leaves value files no row names, which its successor (not alone
         # with the disks) never deletes; with one worker, its successor has them alone and does.
         self.orphans = Sweeper(self._disks, _settle()) if config.workers > 1 else None
         if config.workers > 1:
             # Every worker's metrics are added up through files in one directory (prometheus-client multiprocess).
-            self.metrics_dir = Path(tempfile.mkdtemp(prefix="edgecache-metrics-"))
+            self.dirs.append(RunDir(Kind.METRICS))
+            self.metrics_dir = self.dirs[-1].path
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         if not become_subreaper():  # then a worker the fork server leaves is reaped by init, its status unknown here
             log.warning("not a child subreaper (Linux only): a worker's status is lost if its fork server ends")
@@ -421,9 +425,8 @@ class _Workers:
         self.stopping()
         if self.orphans is not None:
             self.orphans.stop()
-        shutil.rmtree(self.private, ignore_errors=True)
-        if self.metrics_dir is not None:
-            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        for directory in self.dirs:
+            directory.remove()
         # multiprocessing started two helper processes: wait for them here rather than leave them to whoever
         # adopts them.
         from multiprocessing import resource_tracker

@@ -21,6 +21,7 @@ ORDER = [
     "listeners",
     "watchdog",
     "lifecycle",
+    "rundirs",  # the runtime directories under the temp dir (supervisor and worker)
     "metrics",
     "config",
     "core",

@@ -1,0 +1,89 @@
+"""The node's runtime directories under the temp dir (worker 0's internal socket, the workers' metrics files): each
+marked as its node's for the node's whole life, and those of nodes that died removed by the next node to start.
+
+A directory is its node's while a lock on its LOCK file is held: shared, by the parent from the directory's making
+to its removal. A lock, not a pid: pids are reused, and a node in
+another pid namespace sharing /tmp has pids this one cannot see. The kernel drops the lock with the last process
+that held it, however it ended, so a directory whose lock can be taken exclusively is one no process of a node
+uses any more. The lock file appears under its name already locked (made as STAGED, locked, renamed), so a sweep
+never takes a directory being made. What counts as a runtime directory is decided in edgecache.core.rundirs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgecache.core.rundirs import LOCK, STAGED, Kind, sweepable
+
+log = logging.getLogger(__name__)
+
+
+class RunDir:
+    """A new runtime directory under the temp dir, this node's until remove()."""
+
+    def __init__(self, kind: Kind) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=kind.value))  # mode 0700
+        self._fd = -1
+        try:
+            self._fd = os.open(
+                self.path / STAGED, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            os.rename(self.path / STAGED, self.path / LOCK)
+        except OSError:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def sweep(directory: Path, uid: int) -> int:
+    """Remove the runtime directories under `directory` that nodes run by `uid` left as they died; how many. A
+    failure is logged and the node starts all the same."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as exc:
+        log.warning("runtime directories of dead nodes not looked for in %s: %s", directory, exc)
+        return 0
+    removed = 0
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if sweepable(entry.name, st.st_mode, st.st_uid, uid) is not None and _remove_dead(Path(entry.path)):
+                removed += 1
+        except OSError as exc:
+            log.warning("runtime directory of a dead node not removed: %s: %s", entry.path, exc)
+    if removed:
+        log.info("removed %d runtime directories of nodes that died, under %s", removed, directory)
+    return removed
+
+
+def _remove_dead(path: Path) -> bool:
+    """Remove `path` if its lock can be taken: no process of a node holds it. A directory without a lock file
+    (being made, or made before nodes locked them) is left."""
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # Held while it is removed: another node's sweep at the same moment leaves it to this one, or finds it gone.
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)

@@ -1,0 +1,55 @@
+"""What a starting node takes for a runtime directory a dead node left: only a directory made as ours, by name
+shape, type, owner and mode (its lock is looked at only then, in edgecache.rundirs)."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from edgecache.core.rundirs import Kind, kind_of, sweepable
+
+DIR = stat.S_IFDIR | 0o700
+ME, OTHER = 1000, 1001
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("edgecache-ab_9xk2q", Kind.PRIVATE),
+        ("edgecache-metrics-ab_9xk2q", Kind.METRICS),
+        ("edgecache-metricsx", Kind.PRIVATE),  # mkdtemp may draw these 8 after "edgecache-"
+        ("edgecache-metrics", None),
+        ("edgecache-abcdefg", None),  # 7 random characters
+        ("edgecache-abcdefghi", None),  # 9
+        ("edgecache-ABCDEFGH", None),  # tempfile's names are lower case
+        ("edgecache-ab.defgh", None),
+        ("edgecache-metrics-abcdefg", None),
+        ("edgecache-metrics-", None),
+        ("xedgecache-abcdefgh", None),
+        ("pymp-abcdefgh", None),
+        ("edgecache-abcdefgh/..", None),
+    ],
+)
+def test_the_name_shape(name: str, kind: Kind | None) -> None:
+    assert kind_of(name) == kind
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "ours"),
+    [
+        (DIR, ME, True),
+        (DIR, OTHER, False),  # another user's node, or a directory someone else made with our name
+        (DIR, 0, False),
+        (stat.S_IFDIR | 0o755, ME, False),  # not made by mkdtemp
+        (stat.S_IFDIR | 0o1700, ME, False),
+        (stat.S_IFLNK | 0o777, ME, False),  # a symlink named like ours: lstat's mode
+        (stat.S_IFLNK | 0o700, ME, False),
+        (stat.S_IFREG | 0o700, ME, False),
+        (stat.S_IFIFO | 0o700, ME, False),
+    ],
+)
+def test_type_owner_and_mode(mode: int, owner: int, ours: bool) -> None:
+    for name, kind in (("edgecache-q1w2e3r4", Kind.PRIVATE), ("edgecache-metrics-q1w2e3r4", Kind.METRICS)):
+        assert sweepable(name, mode, owner, ME) == (kind if ours else None)
+    assert sweepable("other-q1w2e3r4", mode, owner, ME) is None

@@ -1,0 +1,95 @@
+"""The runtime directories under the temp dir (worker 0's internal socket, the workers' metrics files) that a node
+killed with SIGKILL leaves are removed by the next node to start; a live node's never are, nor anything not made
+as one (edgecache.rundirs). Every node here runs with TMPDIR in the test's own directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+from edgecache.core.rundirs import LOCK, Kind, kind_of
+from tests.e2e.procs import descendants, running
+from tests.e2e.test_watchdog import DATA, Node, get, node, until, write_config
+from tests.origin import Origin
+
+LISTENING = "edgecache listening on"
+
+
+def ours(tmp: Path, planted: Iterable[str] = ()) -> set[str]:
+    """The runtime directories of nodes under `tmp`, by name: what the nodes made, not what the test planted."""
+    return {p.name for p in tmp.iterdir() if kind_of(p.name) is not None and (p / LOCK).exists()} - set(planted)
+
+
+def plant(tmp: Path, elsewhere: Path) -> dict[str, str]:
+    """What a sweep must leave, each a dead node's directory in all but one respect; what each is, by name."""
+    for name, mode in (("other-abcdefgh", 0o700), ("edgecache-mode0755", 0o755), ("edgecache-nolock00", 0o700)):
+        (tmp / name).mkdir(mode=mode)
+        os.chmod(tmp / name, mode)
+        if name != "edgecache-nolock00":  # made before nodes locked them, or being made: not known dead
+            (tmp / name / LOCK).write_bytes(b"")
+    elsewhere.mkdir(mode=0o700)
+    (elsewhere / LOCK).write_bytes(b"")
+    (tmp / "edgecache-symlink0").symlink_to(elsewhere)
+    (tmp / "edgecache-afile000").write_bytes(b"kept")
+    return {p.name: f"{p.is_symlink()} {p.is_dir()} {os.lstat(p).st_mode:o}" for p in tmp.iterdir()}
+
+
+def looks(tmp: Path, names: dict[str, str]) -> dict[str, str]:
+    return {n: f"{(tmp / n).is_symlink()} {(tmp / n).is_dir()} {os.lstat(tmp / n).st_mode:o}" for n in names}
+
+
+async def killed(n: Node) -> None:
+    """SIGKILL to the node's whole process group, as systemd's final kill sends; until every process is gone."""
+    tree = descendants(n.proc.pid)
+    os.killpg(n.proc.pid, signal.SIGKILL)
+    assert await n.proc.wait() == -signal.SIGKILL
+    await until(lambda: not any(running(pid) for pid in tree))
+
+
+async def test_a_killed_nodes_directories_go_at_the_next_start_and_a_live_nodes_stay(
+    origin: Origin, tmp_path: Path
+) -> None:
+    origin.put("/v.bin", DATA)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    planted = plant(tmp, tmp_path / "elsewhere")
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    (first, _, _), (second, port2, _), (third, port3, _) = [
+        write_config(tmp_path / name, origin, workers=2) for name in ("a", "b", "c")
+    ]
+    async with node(first, TMPDIR=str(tmp)) as n1:
+        await n1.expect(LISTENING, 2)
+        dead = ours(tmp, planted)
+        assert sorted(kind_of(name) for name in dead) == [Kind.PRIVATE, Kind.METRICS]
+        await killed(n1)
+    assert ours(tmp, planted) == dead  # left behind: nothing of the node was there to remove them
+    async with node(second, TMPDIR=str(tmp)) as n2:
+        await n2.expect(LISTENING, 2)
+        live = ours(tmp, planted)
+        assert not live & dead
+        assert len(live) == 2
+        await n2.expect(f"removed 2 runtime directories of nodes that died, under {tmp}")
+        async with node(third, TMPDIR=str(tmp)) as n3:  # while the second one runs
+            await n3.expect(LISTENING, 2)
+            assert len(ours(tmp, planted) - live) == 2
+            assert live <= ours(tmp, planted)
+            assert "runtime directories" not in n3.text
+            assert await get(port2, "/v.bin") == (200, DATA)
+            assert await get(port3, "/v.bin") == (200, DATA)
+            assert origin.hits["/v.bin"] == 2  # one fill each: two caches
+            assert await n3.stop() == 0
+        assert ours(tmp, planted) == live
+        assert await n2.stop() == 0
+    assert ours(tmp, planted) == set()
+    assert looks(tmp, planted) == planted
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith("edgecache-")) == sorted(
+        n for n in planted if n.startswith("edgecache-")
+    )
+    assert (tmp / "edgecache-afile000").read_bytes() == b"kept"
+    assert (tmp_path / "elsewhere" / LOCK).exists()
+    for n in (n1, n2, n3):
+        assert "Traceback" not in n.text
+        assert not [line for line in n.lines if " WARNING " in line and "runtime director" in line]
