@@ -2,7 +2,8 @@
 marked as its node's for the node's whole life, and those of nodes that died removed by the next node to start.
 
 A directory is its node's while a lock on its LOCK file is held: shared, by the parent from the directory's making
-to its removal. A lock, not a pid: pids are reused, and a node in
+to its removal, and by every worker that uses it (opened anew in the worker: the fork server, which forks the
+workers, is exec'd and has none of the parent's descriptors). A lock, not a pid: pids are reused, and a node in
 another pid namespace sharing /tmp has pids this one cannot see. The kernel drops the lock with the last process
 that held it, however it ended, so a directory whose lock can be taken exclusively is one no process of a node
 uses any more. The lock file appears under its name already locked (made as STAGED, locked, renamed), so a sweep
@@ -11,6 +12,7 @@ never takes a directory being made. What counts as a runtime directory is decide
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -21,6 +23,8 @@ from pathlib import Path
 from edgecache.core.rundirs import LOCK, STAGED, Kind, sweepable
 
 log = logging.getLogger(__name__)
+
+_held: list[int] = []  # a worker's descriptors of its locks: open for the process's life
 
 
 class RunDir:
@@ -44,6 +48,23 @@ class RunDir:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def hold(*directories: Path | str | None) -> None:
+    """In a worker: hold the lock of each runtime directory it uses, so that none is taken for a dead node's while
+    the worker outlives its parent (stopped, say). Never waits: a lock held exclusively is a sweep's, of a directory
+    whose parent is gone, and the worker ends with its parent (lifecycle.die_with_parent)."""
+    for directory in directories:
+        if directory is None:
+            continue
+        with contextlib.suppress(OSError):
+            fd = os.open(Path(directory) / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise
+            _held.append(fd)
 
 
 def sweep(directory: Path, uid: int) -> int:

@@ -37,7 +37,7 @@ from edgecache.proxy.handler import EdgeHandler
 from edgecache.proxy.origin import OriginClient, loop_token
 from edgecache.proxy.shared import Shared
 from edgecache.rssbound import bound_rss, fewer_malloc_arenas, heap_slices
-from edgecache.rundirs import RunDir
+from edgecache.rundirs import RunDir, hold
 from edgecache.sites import FastSite, TCPListener, quiet_client_faults
 from edgecache.storage.cacheid import cache_id
 from edgecache.storage.disk import DiskTier
@@ -478,6 +478,7 @@ def worker_main(
     from edgecache.metricturn import apply
 
     begin_worker(worker)
+    hold(private, os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # the parent's runtime directories, while this runs
     fewer_malloc_arenas()
     _more_file_descriptors()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")

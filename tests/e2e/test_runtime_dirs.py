@@ -93,3 +93,44 @@ async def test_a_killed_nodes_directories_go_at_the_next_start_and_a_live_nodes_
     for n in (n1, n2, n3):
         assert "Traceback" not in n.text
         assert not [line for line in n.lines if " WARNING " in line and "runtime director" in line]
+
+
+async def test_a_worker_that_outlives_its_killed_parent_keeps_the_directories(origin: Origin, tmp_path: Path) -> None:
+    """A worker stopped (SIGSTOP) when its parent was killed cannot end with it: it still uses the directories."""
+    origin.put("/v.bin", DATA)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, port1, _ = write_config(tmp_path / "a", origin, workers=2)
+    second, _, _ = write_config(tmp_path / "b", origin, workers=2)
+    async with node(first, TMPDIR=str(tmp)) as n1:
+        await n1.expect(LISTENING, 2)
+        assert await get(port1, "/v.bin") == (200, DATA)
+        dead = ours(tmp)
+        assert len(dead) == 2
+        stopped, other = n1.pid_of(0), n1.pid_of(1)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            n1.proc.send_signal(signal.SIGKILL)
+            # Not proc.wait(): that waits for the end of the log pipe too, which the stopped worker holds open.
+            await until(lambda: not running(n1.proc.pid) and not running(other) and running(stopped))
+            async with node(second, TMPDIR=str(tmp)) as n2:
+                await n2.expect(LISTENING, 2)
+                assert dead <= ours(tmp)
+                assert "runtime directories" not in n2.text
+                os.kill(stopped, signal.SIGKILL)
+                await until(lambda: not running(stopped))
+                assert await n2.stop() == 0
+        finally:  # never left stopped: it holds the test's pipe
+            if running(stopped):
+                os.kill(stopped, signal.SIGKILL)
+    assert ours(tmp) == dead
+    async with node(second, TMPDIR=str(tmp)) as n3:
+        await n3.expect(LISTENING, 2)
+        assert not ours(tmp) & dead
+        assert len(ours(tmp)) == 2
+        await n3.expect(f"removed 2 runtime directories of nodes that died, under {tmp}")
+        assert await n3.stop() == 0
+    assert ours(tmp) == set()
+    assert origin.hits["/v.bin"] == 1
