@@ -85,16 +85,19 @@ class Cork:
 
     def write(self, conn: FastPath, persists: bool, data: list[bytes | memoryview], now: bool = False) -> None:
         """An answer from memory: held while its connection has more of this read to answer, and to the end of the
-        turn (around) when it is the last; written now, with what is held, when it closes its connection or when
-        its bytes are `now`'s: in buffers lent only until the socket has taken them (diskhit.answer checks)."""
+        turn (around) when it is the last of several or large; written now when it is small and alone, and with
+        what is held when it closes its connection or its bytes are `now`'s: in buffers lent only until the socket
+        has taken them (diskhit.answer checks)."""
         if conn is not self.conn:
             self.flush()
         elif persists and not now:
-            self.held.extend(data)
-            self.size += sum(map(len, data))
-            if conn.buf and self.size >= HELD_BYTES:  # more input, answered as the write buffer lets it
-                self.flush()
-            return
+            size = sum(map(len, data))
+            if conn.buf or self.held or size >= PARK_BYTES:  # a small lone one, the common case, goes at once
+                self.held.extend(data)
+                self.size += size
+                if conn.buf and self.size >= HELD_BYTES:  # more input, answered as the write buffer lets it
+                    self.flush()
+                return
         elif self.held:
             self.held.extend(data)
             self.flush()
