@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from edgecache.core.keepalive import KeepAlive
 from edgecache.proxy import encode
+from edgecache.proxy.cork import Cork
+from edgecache.proxy.fastpath import FastPath
 from edgecache.proxy.fastserver import FastServer
 from tests.samples import sample_value
 
@@ -59,3 +63,19 @@ def own_error(answer: bytes, status: int, reason: str) -> bytes:
     with the Date `answer` has (b"" when it has none, so the comparison fails)."""
     date = next((line[6:] for line in answer.split(b"\r\n\r\n")[0].split(b"\r\n") if line.startswith(b"Date: ")), b"")
     return encode.error(status, reason, date, KeepAlive.CLOSE)
+
+
+def hold_parked(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The loop's turn ends without writing what is parked (proxy.cork.Parked): it stays parked until its
+    connection is used. The event: something was parked."""
+    event = asyncio.Event()
+    park_for = Cork.park_for
+
+    def parking(cork: Cork, conn: FastPath, data: list[bytes | memoryview]) -> None:
+        park_for(cork, conn, data)
+        if cork.parked:
+            event.set()
+
+    monkeypatch.setattr(Cork, "park_for", parking)
+    monkeypatch.setattr(Cork, "release_parked", lambda cork: None)
+    return event

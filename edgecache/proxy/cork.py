@@ -134,10 +134,19 @@ class Cork:
         """Hold what is held to the end of the loop's turn (release_parked), its connection's transport a Parked."""
         held, conn = self.held, self.conn
         self.held, self.size = [], 0
-        transport = conn.transport if conn is not None else None
-        if conn is None or transport is None:
+        if conn is not None:
+            self.park_for(conn, held)
+
+    def park_for(self, conn: FastPath, data: list[bytes | memoryview]) -> None:
+        """Write `data` to `conn` when the loop's turn ends, after what is parked for it already (a relay's
+        pieces of one answer as the owner's reads bring them: proxy.relay)."""
+        transport: object = conn.transport
+        if transport is None:
             return
-        parked = Parked(conn, transport, held)
+        if type(transport) is Parked:
+            transport.data.extend(data)
+            return
+        parked = Parked(conn, cast("asyncio.Transport", transport), data)
         conn.transport = cast("asyncio.Transport", parked)
         self.parked.append(parked)
         if len(self.parked) == 1:

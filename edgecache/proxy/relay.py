@@ -25,6 +25,7 @@ from edgecache.core.hop import FIELD as HOP
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, linger, observe
+from edgecache.proxy.cork import PARK_BYTES
 from edgecache.proxy.errorpage import peer_failed
 from edgecache.proxy.peerbroken import Malformed, PeerBroken
 from edgecache.proxy.peerpool import WAITING, PeerConn, PeerPool
@@ -165,7 +166,7 @@ class Relay:
         self.keep_alive = fwd.keep_alive  # the viewer's connection's state after the answer (encode.relayed)
         self.nbytes = 0
         self.written = False  # a byte of the answer reached the viewer's transport
-        self.pending: list[bytes] = []  # what one read of the peer gave, written to the viewer at once (flush)
+        self.pending: list[bytes | memoryview] = []  # what one read of the peer gave, written as it ends (flush)
         self.gone = False  # the viewer's connection closed (abandon)
         self.asked = 0.0
         self.waiting = False  # counted among the forwards waiting for its peer (PeerPool.wait)
@@ -413,7 +414,9 @@ class Relay:
             return
         self.pending = []
         self.written = True
-        if len(pending) == 1:
+        if sum(map(len, pending)) >= PARK_BYTES:  # written as the loop's turn ends, as a large hit's is
+            self.conn.server.cork.park_for(self.conn, pending)
+        elif len(pending) == 1:
             transport.write(pending[0])
         else:
             transport.writelines(pending)

@@ -17,7 +17,7 @@ from edgecache.proxy.cork import Cork, Parked
 from edgecache.proxy.fastpath import FastPath
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
-from tests.wire import read_answer
+from tests.wire import hold_parked, read_answer
 
 BODY = bytes((i * 7 + i // 251) % 256 for i in range(3 * 2**20 + 5))  # four 1 MiB slices, the last 5 bytes
 A, B = (0, 2**20 - 1), (2**20 - 100, 2**20 + 65_535)  # one slice; across two (both over Cork.PARK_BYTES)
@@ -59,18 +59,7 @@ async def edge(origin: Origin, tmp_path: Path) -> AsyncIterator[Edge]:
 
 @pytest.fixture
 def parked(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """The turn's end held back: what is parked stays parked until its connection is used. The event: parked."""
-    event = asyncio.Event()
-    park = Cork.park
-
-    def parking(cork: Cork) -> None:
-        park(cork)
-        if cork.parked:
-            event.set()
-
-    monkeypatch.setattr(Cork, "park", parking)
-    monkeypatch.setattr(Cork, "release_parked", lambda cork: None)
-    return event
+    return hold_parked(monkeypatch)
 
 
 async def test_the_next_heads_write_the_parked_answer_before_theirs(edge: Edge, parked: asyncio.Event) -> None:
