@@ -48,6 +48,18 @@ def part(rng: tuple[int, int]) -> tuple[int, bytes]:
     return 206, BODY[rng[0] : rng[1] + 1]
 
 
+async def ask_in_turn(
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+    ranges: tuple[tuple[int, int], ...],
+    done: asyncio.Event,
+) -> None:
+    """Each connection asks for its range, in turn, once `done` (cleared first) says the one before was decided."""
+    for (_, writer), rng in zip(conns, ranges, strict=True):
+        done.clear()
+        writer.write(get(rng))
+        await asyncio.wait_for(done.wait(), 10)
+
+
 @pytest.fixture
 async def edge(origin: Origin, tmp_path: Path) -> AsyncIterator[Edge]:
     origin.put("/v", BODY)
@@ -80,14 +92,22 @@ async def test_the_next_heads_write_the_parked_answer_before_theirs(edge: Edge, 
     assert all(p.data == [] for p in edge.fast.cork.parked)  # each written once, by what used its connection
 
 
-async def test_a_half_close_writes_the_parked_answer_before_the_close(edge: Edge, parked: asyncio.Event) -> None:
+@pytest.mark.parametrize("close", ["half-close", "drain"])
+async def test_what_closes_the_connection_writes_the_parked_answer_first(
+    edge: Edge, parked: asyncio.Event, close: str
+) -> None:
+    """The client's half-close (FastPath.eof_received), or the node's drain (close_when_idle)."""
+    assert edge.fast is not None
     for _ in range(2):
         reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
         try:
             parked.clear()
             writer.write(get(B))
             await asyncio.wait_for(parked.wait(), 10)
-            writer.write_eof()
+            if close == "half-close":
+                writer.write_eof()
+            for conn in list(edge.fast.connections) if close == "drain" else []:
+                conn.close_when_idle()
             async with asyncio.timeout(10):
                 raw = await reader.read(-1)
         finally:
@@ -105,23 +125,6 @@ async def test_the_idle_timeout_writes_the_parked_answer_before_the_close(edge: 
         finally:
             writer.close()
         assert answers(raw) == [part(A)]
-
-
-async def test_a_drain_writes_the_parked_answer_before_the_close(edge: Edge, parked: asyncio.Event) -> None:
-    assert edge.fast is not None
-    for _ in range(2):
-        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-        try:
-            parked.clear()
-            writer.write(get(B))
-            await asyncio.wait_for(parked.wait(), 10)
-            for conn in list(edge.fast.connections):
-                conn.close_when_idle()
-            async with asyncio.timeout(10):
-                raw = await reader.read(-1)
-        finally:
-            writer.close()
-        assert answers(raw) == [part(B)]
 
 
 async def test_a_client_gone_before_the_turn_ends_is_written_nothing(
@@ -202,10 +205,7 @@ async def test_a_disk_hit_read_at_once_keeps_its_buffer_until_written(
     for _ in range(2):
         conns = [await asyncio.open_connection("127.0.0.1", disk_edge.port) for _ in range(2)]
         try:
-            for (_, writer), rng in zip(conns, (first, second), strict=True):
-                answered.clear()
-                writer.write(get(rng))
-                await asyncio.wait_for(answered.wait(), 10)
+            await ask_in_turn(conns, (first, second), answered)
             for (reader, writer), rng in zip(conns, (first, second), strict=True):
                 writer.write_eof()
                 async with asyncio.timeout(10):
@@ -223,10 +223,7 @@ async def test_a_parked_answer_that_fails_to_be_written_cuts_only_its_connection
     for _ in range(2):
         conns = [await asyncio.open_connection("127.0.0.1", edge.port) for _ in range(2)]
         try:
-            for (_, writer), rng in zip(conns, (A, B), strict=True):
-                parked.clear()
-                writer.write(get(rng))
-                await asyncio.wait_for(parked.wait(), 10)
+            await ask_in_turn(conns, (A, B), parked)
             broken = cork.parked[0]
 
             def failing(p: Parked, broken: Parked = broken) -> asyncio.Transport:
