@@ -83,15 +83,16 @@ class Cork:
             self.park() if self.size >= PARK_BYTES else self.flush()
             self.conn = outer
 
-    def write(self, conn: FastPath, persists: bool, data: list[bytes | memoryview], now: bool = False) -> None:
+    def write(
+        self, conn: FastPath, persists: bool, data: list[bytes | memoryview], size: int, now: bool = False
+    ) -> None:
         """An answer from memory: held while its connection has more of this read to answer, and to the end of the
-        turn (around) when it is the last of several or large; written now when it is small and alone, and with
-        what is held when it closes its connection or its bytes are `now`'s: in buffers lent only until the socket
-        has taken them (diskhit.answer checks)."""
+        turn (around) when it is the last of several or large (`size`: its bytes); written now when it is small and
+        alone, and with what is held when it closes its connection or its bytes are `now`'s: in buffers lent only
+        until the socket has taken them (diskhit.answer checks)."""
         if conn is not self.conn:
             self.flush()
         elif persists and not now:
-            size = sum(map(len, data))
             if conn.buf or self.held or size >= PARK_BYTES:  # a small lone one, the common case, goes at once
                 self.held.extend(data)
                 self.size += size
@@ -136,6 +137,14 @@ class Cork:
         self.held, self.size = [], 0
         if conn is not None:
             self.park_for(conn, held)
+
+    def relayed(self, conn: FastPath, data: list[bytes | memoryview]) -> None:
+        """What one read of an owner's answer gave (proxy.relay), past what is parked for `conn`: parked when large,
+        as a large hit is, else written now."""
+        if sum(map(len, data)) >= PARK_BYTES:
+            self.park_for(conn, data)
+        elif conn.transport is not None:
+            conn.transport.write(data[0]) if len(data) == 1 else conn.transport.writelines(data)
 
     def park_for(self, conn: FastPath, data: list[bytes | memoryview]) -> None:
         """Write `data` to `conn` when the loop's turn ends, after what is parked for it already (a relay's

@@ -392,8 +392,8 @@ class FastPath(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.server.cork.write(self, p.keep_alive.persists, [head_at(p, time.time()), *parts], now)
-        nbytes = sum(map(len, parts))  # map: half a generator's cost
+        head, nbytes = head_at(p, time.time()), sum(map(len, parts))  # map: half a generator's cost
+        self.server.cork.write(self, p.keep_alive.persists, [head, *parts], len(head) + nbytes, now)
         self.sent(p, t0, nbytes, memory)
         self.finished(p, nbytes, t0, counted=True)
 

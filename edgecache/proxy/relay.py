@@ -25,7 +25,6 @@ from edgecache.core.hop import FIELD as HOP
 from edgecache.core.status import CacheStatus, cache_status_header
 from edgecache.errors import OriginError
 from edgecache.proxy import encode, linger, observe
-from edgecache.proxy.cork import PARK_BYTES
 from edgecache.proxy.errorpage import peer_failed
 from edgecache.proxy.peerbroken import Malformed, PeerBroken
 from edgecache.proxy.peerpool import WAITING, PeerConn, PeerPool
@@ -414,12 +413,7 @@ class Relay:
             return
         self.pending = []
         self.written = True
-        if sum(map(len, pending)) >= PARK_BYTES:  # written as the loop's turn ends, as a large hit's is
-            self.conn.server.cork.park_for(self.conn, pending)
-        elif len(pending) == 1:
-            transport.write(pending[0])
-        else:
-            transport.writelines(pending)
+        self.conn.server.cork.relayed(self.conn, pending)
         if self.conn.write_paused:
             self.pause()
 
