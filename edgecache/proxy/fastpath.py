@@ -237,7 +237,7 @@ class FastPath(asyncio.Protocol):
 
     def _answer_heads(self) -> None:
         if not self.server.settings.answers:  # the fast path is off: it only read the PROXY header
-            return self.hand_off()
+            return None if self.eof and not self.buf else self.hand_off()  # an end alone: _after closes it
         turn = 0
         while self.transport is not None and not (  # an empty buffer: no head to look for (a lone request's)
             not self.buf or self.busy or self.write_paused or (self.closing and self.started is None and not self.again)

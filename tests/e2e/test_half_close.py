@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edgecache.proxy import headguard
 from tests.conftest import Edge, make_config, start_edge
 from tests.origin import Origin
 
@@ -132,3 +133,17 @@ async def test_errors(edge: Edge, origin: Origin) -> None:
 async def test_a_head_not_finished_before_the_half_close_is_closed(edge: Edge) -> None:
     raw = await half_closed(edge, get("/small") + b"GET /small HTTP/1.1\r\nHost: vid")
     assert status_and_body(raw) == [(b"HTTP/1.1 200 OK", HIT, SMALL)]
+
+
+async def test_a_connection_that_sends_nothing_before_its_half_close_is_closed_at_once(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connect probe (cluster health checks, load balancers): nothing to answer, so nothing is handed to aiohttp
+    to find out, which it could only tell after its task first ran (polled every _EOF_CHECK: 50 ms a probe, and a
+    cluster whose peers probe each other every 0.1 s never looked idle)."""
+    monkeypatch.setattr(headguard, "_EOF_CHECK", 3600.0)
+    assert edge.fast is not None
+    handed = set(edge.fast.handed)  # the fixture's own client's
+    for _ in range(2):
+        assert await half_closed(edge, b"") == b""
+        assert edge.fast.handed == handed
