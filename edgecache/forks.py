@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from edgecache.lifecycle import FORK_HELD, ForkServerEnd, ForkServerRestarts
@@ -134,7 +135,10 @@ class Forks:
     interpreter and imported it all: 0.52-0.78 s of CPU until it listened; forked, 0.03-0.05 s, loadtest.restart).
     The fork server is itself spawned (fork and exec): this process's threads are not in it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tempdir: Path) -> None:
+        # multiprocessing's own files (the fork server's socket) in the node's runtime directory `tempdir`, which the
+        # next node sweeps if this one is killed, not in a pymp-* directory of their own that SIGKILL leaves for ever
+        multiprocessing.current_process()._config["tempdir"] = str(tempdir)  # type: ignore[attr-defined]
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["edgecache.forkbase"])
         resource_tracker.ensure_running()  # before: starting it unblocks SIGTERM in the thread that starts it

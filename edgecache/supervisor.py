@@ -371,7 +371,7 @@ class _Workers:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         if not become_subreaper():  # then a worker the fork server leaves is reaped by init, its status unknown here
             log.warning("not a child subreaper (Linux only): a worker's status is lost if its fork server ends")
-        self.forks = Forks()  # after the environment is set: the fork server's is every worker's
+        self.forks = Forks(self.private)  # after the environment is set: the fork server's is every worker's
 
     def hooks(self) -> Hooks:
         return Hooks(self.start, self.read, self.reload, self.gone, self.pause, self.stopping)

@@ -88,6 +88,7 @@ async def test_a_killed_nodes_directories_go_at_the_next_start_and_a_live_nodes_
     assert sorted(p.name for p in tmp.iterdir() if p.name.startswith("edgecache-")) == sorted(
         n for n in planted if n.startswith("edgecache-")
     )
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("pymp-")] == []  # the fork server's socket was ours
     assert (tmp / "edgecache-afile000").read_bytes() == b"kept"
     assert (tmp_path / "elsewhere" / LOCK).exists()
     for n in (n1, n2, n3):
