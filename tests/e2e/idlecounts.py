@@ -184,8 +184,8 @@ def gauges() -> dict[str, float]:
 async def settled(edges: list[Edge], before: dict[str, float], step: str = "", seconds: float = 30) -> None:
     """Until every count of every node is at its idle value and the gauges are back where they were (`before`),
     polled (the node lets go of what it held in its own time: a task's finally, a connection's close); on time out,
-    the assertion names every count that is not. (With the fast path off, each peer's connect probe was handed to
-    aiohttp and lived 50 ms: at a probe every 0.1 s a cluster took 0.1-35 s to look idle. Now 0.01-0.1 s.)"""
+    the assertion names every count that is not. A peer's connect probe (every 0.1 s in the cluster tests) is a
+    viewer connection while it lasts: one that outlived a loop turn made a cluster look busy."""
 
     def holds() -> bool:
         peers = pooled(edges)

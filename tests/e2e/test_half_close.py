@@ -138,9 +138,8 @@ async def test_a_head_not_finished_before_the_half_close_is_closed(edge: Edge) -
 async def test_a_connection_that_sends_nothing_before_its_half_close_is_closed_at_once(
     edge: Edge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A connect probe (cluster health checks, load balancers): nothing to answer, so nothing is handed to aiohttp
-    to find out, which it could only tell after its task first ran (polled every _EOF_CHECK: 50 ms a probe, and a
-    cluster whose peers probe each other every 0.1 s never looked idle)."""
+    """A connect probe (cluster health checks, load balancers) sends nothing: nothing is handed to aiohttp, which
+    could tell there is nothing to answer only once its task first ran (HeadGuard looks every _EOF_CHECK)."""
     monkeypatch.setattr(headguard, "_EOF_CHECK", 3600.0)
     assert edge.fast is not None
     handed = set(edge.fast.handed)  # the fixture's own client's
