@@ -55,16 +55,21 @@ def hold(*directories: Path | str | None) -> None:
     the worker outlives its parent (stopped, say). Never waits: a lock held exclusively is a sweep's, of a directory
     whose parent is gone, and the worker ends with its parent (lifecycle.die_with_parent)."""
     for directory in directories:
-        if directory is None:
-            continue
-        with contextlib.suppress(OSError):
-            fd = os.open(Path(directory) / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise
-            _held.append(fd)
+        if directory is not None:
+            with contextlib.suppress(OSError):
+                _held.append(_locked(Path(directory), fcntl.LOCK_SH))
+
+
+def _locked(directory: Path, how: int) -> int:
+    """A descriptor of `directory`'s lock file, locked `how` without waiting; OSError when it cannot be
+    (FileNotFoundError: no lock file; BlockingIOError: a process holds it in the other mode)."""
+    fd = os.open(directory / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def sweep(directory: Path, uid: int) -> int:
@@ -92,19 +97,13 @@ def _remove_dead(path: Path) -> bool:
     """Remove `path` if its lock can be taken: no process of a node holds it. A directory without a lock file
     (being made, or made before nodes locked them) is left."""
     try:
-        fd = os.open(path / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = _locked(path, fcntl.LOCK_EX)
+    except (FileNotFoundError, BlockingIOError):
+        return False
+    try:  # held while it is removed: another node's sweep at the same moment leaves it to this one, or finds it gone
+        shutil.rmtree(path)
     except FileNotFoundError:
         return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        # Held while it is removed: another node's sweep at the same moment leaves it to this one, or finds it gone.
-        try:
-            shutil.rmtree(path)
-        except FileNotFoundError:
-            return False
-        return True
     finally:
         os.close(fd)
+    return True

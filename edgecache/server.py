@@ -363,7 +363,7 @@ async def _start_admin(node: Node, clients: web.BaseRunner, directory: Path | No
     from edgecache.admin.purge import admin_tokens, purge_handler, purge_routes
 
     # The internal socket's: the parent's (supervisor._Workers), which outlives a killed worker; else our own.
-    private = RunDir(Kind.PRIVATE) if directory is None else None
+    private = await asyncio.to_thread(RunDir, Kind.PRIVATE) if directory is None else None  # file I/O: off the loop
     internal = await start_internal(clients, private.path if private is not None else cast(Path, directory))
     c = node.config
     jobs = JobRunner(
