@@ -13,6 +13,7 @@ never takes a directory being made. What counts as a runtime directory is decide
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -20,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgecache.core.rundirs import LOCK, STAGED, Kind, sweepable
+from edgecache.core.rundirs import LOCK, STAGED, Kind, sweepable, too_long_for_sockets
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class RunDir:
     """A new runtime directory under the temp dir, this node's until remove()."""
 
     def __init__(self, kind: Kind) -> None:
+        if kind is Kind.PRIVATE and (problem := too_long_for_sockets(os.fsencode(tempfile.gettempdir()))):
+            raise OSError(errno.ENAMETOOLONG, problem)
         self.path = Path(tempfile.mkdtemp(prefix=kind.value))  # mode 0700
         self._fd = -1
         try:

@@ -318,7 +318,7 @@ def serve(config: Config) -> int:
         _check_access_log(config)
         workers = _Workers(config)
     except OSError as exc:
-        log.error("%s", exc.strerror)
+        log.error("%s", exc.strerror or exc)
         return 1
     try:
         watched = config.watch_config > 0 and config.source != "command line"

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -35,6 +37,15 @@ def forget_admin_apps() -> Iterator[None]:
     admin app; a test session hundreds."""
     yield
     web_app._cached_build_middleware.cache_clear()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """An empty directory of its own for a node's TMPDIR, its path short enough for the node's Unix sockets
+    (core.rundirs.too_long_for_sockets), which tmp_path's is not always (pytest-xdist adds a level)."""
+    path = Path(tempfile.mkdtemp(prefix="ec-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,25 @@ class Kind(StrEnum):
     METRICS = "edgecache-metrics-"  # prometheus-client multiprocess files, with more than one worker
 
 
+# A Unix socket's path is at most 107 bytes (sockaddr_un.sun_path, less its NUL); the longest one bound in a PRIVATE
+# directory is multiprocessing's fork server's "listener-" and 8 random characters (edgecache.forks).
+SOCKET_PATH_BYTES = 107
+_SOCKET_NAME_BYTES = len("listener-") + 8
+_RANDOM_BYTES = 8  # tempfile.mkdtemp's characters after the prefix
+
+
+def too_long_for_sockets(tempdir: bytes) -> str | None:
+    """Why the Unix sockets a PRIVATE directory under `tempdir` holds could not be bound, if they could not."""
+    longest = len(tempdir) + 1 + len(Kind.PRIVATE.value) + _RANDOM_BYTES + 1 + _SOCKET_NAME_BYTES
+    if longest <= SOCKET_PATH_BYTES:
+        return None
+    return (
+        f"the temp dir {tempdir.decode(errors='replace')} is too long for the node's Unix sockets: their paths under "
+        f"it take {longest} bytes, and Linux binds at most {SOCKET_PATH_BYTES}; set TMPDIR to a shorter directory "
+        f"(at most {SOCKET_PATH_BYTES - longest + len(tempdir)} bytes)"
+    )
+
+
 _NAME = re.compile(r"(edgecache-(?:metrics-)?)[a-z0-9_]{8}")  # tempfile's names: 8 of [a-z0-9_]
 
 

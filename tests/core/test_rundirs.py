@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from edgecache.core.rundirs import Kind, kind_of, sweepable
+from edgecache.core.rundirs import Kind, kind_of, sweepable, too_long_for_sockets
 
 DIR = stat.S_IFDIR | 0o700
 ME, OTHER = 1000, 1001
@@ -53,3 +53,13 @@ def test_type_owner_and_mode(mode: int, owner: int, ours: bool) -> None:
     for name, kind in (("edgecache-q1w2e3r4", Kind.PRIVATE), ("edgecache-metrics-q1w2e3r4", Kind.METRICS)):
         assert sweepable(name, mode, owner, ME) == (kind if ours else None)
     assert sweepable("other-q1w2e3r4", mode, owner, ME) is None
+
+
+def test_a_temp_dir_too_long_for_the_sockets_is_named_with_the_longest_that_fits() -> None:
+    """Under the temp dir: "edgecache-" and 8 characters, then "listener-" and 8 (37 bytes and two slashes)."""
+    assert too_long_for_sockets(b"/" + b"x" * 69) is None  # 70 bytes: a socket path of 107
+    problem = too_long_for_sockets(b"/" + b"x" * 70)
+    assert problem == (
+        f"the temp dir /{'x' * 70} is too long for the node's Unix sockets: their paths under it take 108 bytes, "
+        "and Linux binds at most 107; set TMPDIR to a shorter directory (at most 70 bytes)"
+    )

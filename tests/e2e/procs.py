@@ -144,6 +144,23 @@ def running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def states(**pids: int) -> str:
+    """Each named process's state, parent, kernel wait channel and name, as /proc tells (what a wait that timed out
+    was waiting on)."""
+    said = []
+    for name, pid in pids.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+        except OSError:
+            said.append(f"{name} {pid}: gone")
+            continue
+        comm, _, rest = stat.partition(" (")[2].rpartition(")")
+        fields = rest.split()
+        said.append(f"{name} {pid}: state {fields[0]}, parent {fields[1]}, wchan {wchan or '-'}, {comm}")
+    return "; ".join(said)
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid` now (an orphan re-parented to it is one)."""
     try:

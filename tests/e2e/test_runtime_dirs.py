@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edgecache.core.rundirs import LOCK, Kind, kind_of
-from tests.e2e.procs import descendants, running
+from tests.e2e.procs import descendants, running, states
 from tests.e2e.test_watchdog import DATA, Node, get, node, until, write_config
 from tests.origin import Origin
 
@@ -49,11 +49,10 @@ async def killed(n: Node) -> None:
 
 
 async def test_a_killed_nodes_directories_go_at_the_next_start_and_a_live_nodes_stay(
-    origin: Origin, tmp_path: Path
+    origin: Origin, tmp_path: Path, short_tmp: Path
 ) -> None:
     origin.put("/v.bin", DATA)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = short_tmp
     planted = plant(tmp, tmp_path / "elsewhere")
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
@@ -96,11 +95,12 @@ async def test_a_killed_nodes_directories_go_at_the_next_start_and_a_live_nodes_
         assert not [line for line in n.lines if " WARNING " in line and "runtime director" in line]
 
 
-async def test_a_worker_that_outlives_its_killed_parent_keeps_the_directories(origin: Origin, tmp_path: Path) -> None:
+async def test_a_worker_that_outlives_its_killed_parent_keeps_the_directories(
+    origin: Origin, tmp_path: Path, short_tmp: Path
+) -> None:
     """A worker stopped (SIGSTOP) when its parent was killed cannot end with it: it still uses the directories."""
     origin.put("/v.bin", DATA)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = short_tmp
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first, port1, _ = write_config(tmp_path / "a", origin, workers=2)
@@ -115,7 +115,10 @@ async def test_a_worker_that_outlives_its_killed_parent_keeps_the_directories(or
         try:
             n1.proc.send_signal(signal.SIGKILL)
             # Not proc.wait(): that waits for the end of the log pipe too, which the stopped worker holds open.
-            await until(lambda: not running(n1.proc.pid) and not running(other) and running(stopped))
+            await until(
+                lambda: not running(n1.proc.pid) and not running(other) and running(stopped),
+                lambda: f"({states(parent=n1.proc.pid, other=other, stopped=stopped)}); log:\n{n1.text}",
+            )
             async with node(second, TMPDIR=str(tmp)) as n2:
                 await n2.expect(LISTENING, 2)
                 assert dead <= ours(tmp)
@@ -135,3 +138,18 @@ async def test_a_worker_that_outlives_its_killed_parent_keeps_the_directories(or
         assert await n3.stop() == 0
     assert ours(tmp) == set()
     assert origin.hits["/v.bin"] == 1
+
+
+async def test_a_temp_dir_too_long_for_the_sockets_is_refused_by_name(
+    origin: Origin, tmp_path: Path, short_tmp: Path
+) -> None:
+    """Its message was "None" (an OSError of multiprocessing's without an errno, binding the fork server's socket),
+    after the runtime directory was made."""
+    config, _, _ = write_config(tmp_path, origin, workers=2)
+    long = short_tmp / ("x" * (70 - len(os.fsencode(short_tmp))))  # 71 bytes: one past core.rundirs' limit
+    long.mkdir()
+    async with node(config, TMPDIR=str(long)) as n:
+        await n.expect(f"ERROR edgecache.supervisor: the temp dir {long} is too long for the node's Unix sockets")
+        assert await n.proc.wait() == 1
+    assert "Traceback" not in n.text
+    assert list(long.iterdir()) == []

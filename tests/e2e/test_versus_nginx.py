@@ -23,9 +23,9 @@ from loadtest.versus_nginx import HOLD_LIMIT, DiskWatch, MiB, Tally, content, ma
 from tests.e2e.procs import ROOT
 
 
-def run_harness(tmp_path: Path, *scale: str) -> dict[str, Any]:
-    out, work = tmp_path / "figures.json", tmp_path / "work"
-    work.mkdir()
+def run_harness(tmp_path: Path, work: Path, *scale: str) -> dict[str, Any]:
+    """`work`: its TMPDIR, empty (short_tmp)."""
+    out = tmp_path / "figures.json"
     r = subprocess.run(
         [sys.executable, "-m", "loadtest.versus_nginx", "--quick", *scale, "--concurrency", "4", "--json", str(out)],
         capture_output=True,
@@ -48,8 +48,10 @@ def run_harness(tmp_path: Path, *scale: str) -> dict[str, Any]:
     return figures
 
 
-def test_everything_fits_so_each_slice_is_fetched_once(tmp_path: Path) -> None:
-    figures = run_harness(tmp_path, "--content", "24MiB", "--disk", "32MiB", "--memory", "8MiB", "--served", "64MiB")
+def test_everything_fits_so_each_slice_is_fetched_once(tmp_path: Path, short_tmp: Path) -> None:
+    figures = run_harness(
+        tmp_path, short_tmp, "--content", "24MiB", "--disk", "32MiB", "--memory", "8MiB", "--served", "64MiB"
+    )
     trace = figures["trace"]
     assert trace["client_bytes"] >= 64 * MiB
     assert trace["distinct_slice_bytes"] < trace["client_bytes"]  # the trace does come back to slices
@@ -58,19 +60,21 @@ def test_everything_fits_so_each_slice_is_fetched_once(tmp_path: Path) -> None:
     assert figures["ratio"] == 1.0
 
 
-def test_a_budget_below_the_content_fetches_between_the_bounds(tmp_path: Path) -> None:
-    figures = run_harness(tmp_path, "--content", "64MiB", "--disk", "16MiB", "--memory", "4MiB", "--served", "96MiB")
+def test_a_budget_below_the_content_fetches_between_the_bounds(tmp_path: Path, short_tmp: Path) -> None:
+    figures = run_harness(
+        tmp_path, short_tmp, "--content", "64MiB", "--disk", "16MiB", "--memory", "4MiB", "--served", "96MiB"
+    )
     trace = figures["trace"]
     assert trace["distinct_slice_bytes"] > 20 * MiB  # more than both budgets together: something is evicted
     for name, system in figures["systems"].items():
         assert trace["distinct_slice_bytes"] <= system["origin_bytes"] <= trace["covering_slice_bytes"], name
 
 
-def test_exclusive_tiers_serve_the_trace_exactly(tmp_path: Path) -> None:
+def test_exclusive_tiers_serve_the_trace_exactly(tmp_path: Path, short_tmp: Path) -> None:
     """--tiers exclusive: every byte checked, and between the bounds with memory (16 MiB, slices kept there only
     until evicted to disk) and disk (16 MiB) together under the content."""
     scale = ("--content", "64MiB", "--disk", "16MiB", "--memory", "16MiB", "--served", "96MiB")
-    figures = run_harness(tmp_path, *scale, "--tiers", "exclusive")
+    figures = run_harness(tmp_path, short_tmp, *scale, "--tiers", "exclusive")
     trace = figures["trace"]
     assert trace["distinct_slice_bytes"] > 32 * MiB
     for name, system in figures["systems"].items():

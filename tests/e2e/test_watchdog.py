@@ -103,11 +103,11 @@ async def node(config: Path, **env: str) -> AsyncIterator[Node]:
         n._reader.cancel()
 
 
-async def until(ok: Callable[[], bool]) -> None:
-    """Poll something another process changes, with a deadline."""
+async def until(ok: Callable[[], bool], explain: Callable[[], str] = lambda: "") -> None:
+    """Poll something another process changes, with a deadline; `explain` says what was seen when it passed."""
     deadline = time.monotonic() + WAIT
     while not ok():
-        assert time.monotonic() < deadline, "not reached in time"
+        assert time.monotonic() < deadline, f"not reached in time {explain()}".rstrip()
         await asyncio.sleep(0.05)
 
 

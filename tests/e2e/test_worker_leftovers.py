@@ -38,15 +38,14 @@ async def prefetch(admin: int, url: str) -> dict[str, Any]:
 
 
 async def test_a_killed_admin_worker_leaves_no_directory_and_its_successor_prefetches(
-    origin: Origin, tmp_path: Path
+    origin: Origin, tmp_path: Path, short_tmp: Path
 ) -> None:
     """Worker 0's internal socket (for prefetch jobs) was in a temporary directory only an orderly exit removed:
     every SIGKILL of it left one more /tmp/edgecache-XXXX behind, for good."""
     origin.put("/v.bin", DATA)
     cfg, port, admin = write_config(tmp_path, origin, workers=2)
     cfg.write_text(cfg.read_text() + TOKENS)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = short_tmp
     async with node(cfg, TMPDIR=str(tmp)) as n:
         await n.expect("edgecache listening on", 2)
         await n.expect("admin listening on")
@@ -74,14 +73,13 @@ def requests_total(seen: str) -> float:
 
 
 async def test_the_metrics_of_killed_workers_are_kept_in_two_files_not_three_each(
-    origin: Origin, tmp_path: Path
+    origin: Origin, tmp_path: Path, short_tmp: Path
 ) -> None:
     """Every worker that died left its counter, histogram and max-gauge files in the metrics directory, and every
     /metrics read them all on worker 0's loop: a crash loop made each scrape slower for good (1.2 s at 1,000)."""
     origin.put("/v.bin", DATA)
     cfg, port, admin = write_config(tmp_path, origin, workers=2)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = short_tmp
     async with node(cfg, TMPDIR=str(tmp)) as n:
         await n.expect("edgecache listening on", 2)
         await n.expect("admin listening on")
