@@ -227,6 +227,12 @@ V1 = bytes(range(251)) * 12533  # 3,145,783 bytes: slices 0-3 of 1 MiB
 V2 = bytes(reversed(range(251))) * 12533
 
 
+def joined(raw: bytes) -> bytes:
+    """The pipelined request after the multipart one finds slice 0 of v2 stored (a hit) or still being written by
+    that request's fill (joined: fwd=partial), as the fill's last bytes and the request race: either is right."""
+    return raw.replace(b"\r\nCache-Status: edgecache; fwd=partial\r\n", b"\r\nCache-Status: edgecache; hit\r\n")
+
+
 async def test_a_multipart_range_that_meets_a_new_version_before_its_first_byte_is_decided_again(
     origin: Origin, tmp_path: Path
 ) -> None:
@@ -251,7 +257,7 @@ async def test_a_multipart_range_that_meets_a_new_version_before_its_first_byte_
                 answers.append((answer, origin.hits[path] - hits))
                 assert fast_path_outcomes()["handed_off"] == before["handed_off"], shape
             (ours, our_hits), (theirs, their_hits) = answers
-            assert await normalised(ours) == await normalised(theirs), shape
+            assert await normalised(joined(ours)) == await normalised(joined(theirs)), shape
             assert our_hits == their_hits, shape
             assert ours.count(b" 206 Partial Content\r\n") == 2, shape
             assert (ours.count(b'\r\nETag: "v2"\r\n'), b'"v1"' in ours) == (2, False), shape
