@@ -58,13 +58,23 @@ def free_port() -> int:
 
 def _port_range() -> tuple[int, int]:
     """Where free_port picks: EDGECACHE_TEST_PORTS ("23200-23299") when several runs share a machine and each is
-    given ports of its own, else the 12,000 ports below the ephemeral range."""
+    given ports of its own, else the 12,000 ports below the ephemeral range; either split between pytest-xdist's
+    processes, each a part of its own. A port handed out is not always bound at once, and some are never (a
+    cluster member that is down): another process's pick of it must not reach this test's nodes (a signed hop
+    answered by another test's cluster, which shares the key)."""
     given = os.environ.get("EDGECACHE_TEST_PORTS", "")
     if given:
         first, last = (int(x) for x in given.split("-"))
-        return first, last + 1
-    lowest_ephemeral = _ephemeral_floor()
-    return max(1024, lowest_ephemeral - 12_000), lowest_ephemeral
+        lo, hi = first, last + 1
+    else:
+        hi = _ephemeral_floor()
+        lo = max(1024, hi - 12_000)
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.startswith("gw") and workers > 1:
+        part = (hi - lo) // workers
+        lo += int(worker[2:]) * part
+        hi = lo + part
+    return lo, hi
 
 
 def _ephemeral_floor() -> int:
