@@ -104,7 +104,7 @@ async def node(config: Path, **env: str) -> AsyncIterator[Node]:
 
 
 async def until(ok: Callable[[], bool], explain: Callable[[], str] = lambda: "") -> None:
-    """Poll something another process changes, with a deadline; `explain` says what was seen when it passed."""
+    """Poll something another process changes, with a deadline; past it, `explain()` says what was seen."""
     deadline = time.monotonic() + WAIT
     while not ok():
         assert time.monotonic() < deadline, f"not reached in time {explain()}".rstrip()
