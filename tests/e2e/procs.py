@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -118,11 +119,26 @@ async def edge_process(
     try:
         await wait_lines(proc, ready)
         yield proc
+    except Exception:
+        await _show_rest(proc)
+        raise
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
         rc = await asyncio.wait_for(proc.wait(), 30)
     assert rc == 0
+
+
+async def _show_rest(proc: asyncio.subprocess.Process) -> None:
+    """A failed test's node: stopped, and what it logged that the test did not read printed (pytest shows a failed
+    test's output), which says what the node saw: a cut, a refused write."""
+    assert proc.stderr is not None
+    with contextlib.suppress(ProcessLookupError, TimeoutError):
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+        rest = await asyncio.wait_for(proc.stderr.read(), 5)  # its workers are gone: the pipe ends
+        print(f"the node's log that the test did not read:\n{rest.decode(errors='replace')}")
 
 
 def descendants(pid: int) -> set[int]:
