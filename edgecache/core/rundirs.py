@@ -26,13 +26,13 @@ class Kind(StrEnum):
 # A Unix socket's path is at most 107 bytes (sockaddr_un.sun_path, less its NUL); the longest one bound in a PRIVATE
 # directory is multiprocessing's fork server's "listener-" and 8 random characters (edgecache.forks).
 SOCKET_PATH_BYTES = 107
-_SOCKET_NAME_BYTES = len("listener-") + 8
-_RANDOM_BYTES = 8  # tempfile.mkdtemp's characters after the prefix
+_RANDOM = 8  # tempfile's characters after a prefix: mkdtemp's names, and mktemp's for that socket
+_SOCKET_NAME_BYTES = len("listener-") + _RANDOM
 
 
 def too_long_for_sockets(tempdir: bytes) -> str | None:
     """Why the Unix sockets a PRIVATE directory under `tempdir` holds could not be bound, if they could not."""
-    longest = len(tempdir) + 1 + len(Kind.PRIVATE.value) + _RANDOM_BYTES + 1 + _SOCKET_NAME_BYTES
+    longest = len(tempdir) + 1 + len(Kind.PRIVATE.value) + _RANDOM + 1 + _SOCKET_NAME_BYTES
     if longest <= SOCKET_PATH_BYTES:
         return None
     return (
@@ -42,7 +42,7 @@ def too_long_for_sockets(tempdir: bytes) -> str | None:
     )
 
 
-_NAME = re.compile(r"(edgecache-(?:metrics-)?)[a-z0-9_]{8}")  # tempfile's names: 8 of [a-z0-9_]
+_NAME = re.compile(rf"(edgecache-(?:metrics-)?)[a-z0-9_]{{{_RANDOM}}}")  # tempfile's characters: [a-z0-9_]
 
 
 def kind_of(name: str) -> Kind | None:

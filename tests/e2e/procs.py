@@ -120,25 +120,28 @@ async def edge_process(
         await wait_lines(proc, ready)
         yield proc
     except Exception:
-        await _show_rest(proc)
+        with contextlib.suppress(TimeoutError):  # the finally's stop says it
+            await _stop(proc)
+            await _show_rest(proc)
         raise
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        rc = await asyncio.wait_for(proc.wait(), 30)
+        rc = await _stop(proc)
     assert rc == 0
 
 
+async def _stop(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM, unless it has exited; its exit status."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proc.wait(), 30)
+
+
 async def _show_rest(proc: asyncio.subprocess.Process) -> None:
-    """A failed test's node: stopped, and what it logged that the test did not read printed (pytest shows a failed
+    """A failed test's node, stopped: what it logged that the test did not read, printed (pytest shows a failed
     test's output), which says what the node saw: a cut, a refused write."""
     assert proc.stderr is not None
-    with contextlib.suppress(ProcessLookupError, TimeoutError):
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
-        rest = await asyncio.wait_for(proc.stderr.read(), 5)  # its workers are gone: the pipe ends
-        print(f"the node's log that the test did not read:\n{rest.decode(errors='replace')}")
+    rest = await asyncio.wait_for(proc.stderr.read(), 5)  # its workers are gone: the pipe ends
+    print(f"the node's log that the test did not read:\n{rest.decode(errors='replace')}")
 
 
 def descendants(pid: int) -> set[int]:
