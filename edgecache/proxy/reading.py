@@ -282,13 +282,37 @@ async def _start_for(
         )
         if leased == 0:
             return None
-        run_end = index + leased - 1
+        # This worker takes again the leases it holds (storage.disk.lease): a fill of its own that ended during the
+        # await has left the table of fills, its slices in memory and on their way to disk.
+        taken = range(index, index + leased)
+        if engine.store.in_memory(req.entry_key, meta, index):
+            await _let_go_spare(engine, req, meta, taken)
+            return HELD
+        run = taken[: 1 + _unheld(engine, req, meta, taken[1:])]
         again = engine.fills.find(req, index) if join else None
-        fill = again if again is not None else _opened(engine, req, index, run_end)
+        fill = again if again is not None else _opened(engine, req, index, run[-1])
         # Leases name no owner: the fill lets go of those whose slices it does not store (Engine._run_fill).
-        fill.leases.update(engine.store.lease_names(req.entry_key, meta.slice_version, range(index, run_end + 1)))
+        fill.leases.update(engine.store.lease_names(req.entry_key, meta.slice_version, run))
+        await _let_go_spare(engine, req, meta, taken[len(run) :])
         return fill
     return _opened(engine, req, index, run_end)
+
+
+def _unheld(engine: Engine, req: FillRequest, meta: ObjectMeta, indices: range) -> int:
+    """How many of `indices`, from the first, neither memory holds nor a fill of this worker brings."""
+    for n, i in enumerate(indices):
+        if engine.store.in_memory(req.entry_key, meta, i) or engine.fills.find(req, i) is not None:
+            return n
+    return len(indices)
+
+
+async def _let_go_spare(engine: Engine, req: FillRequest, meta: ObjectMeta, indices: range) -> None:
+    """Let go of the leases just taken on `indices` that no fill of this worker holds: held, they kept the other
+    workers waiting the lease's time for slices nobody fetches (or that the disk refused). A slice still on its way
+    to disk may be fetched by another worker meanwhile: a fetch too many, never a wait."""
+    names = engine.store.lease_names(req.entry_key, meta.slice_version, indices)
+    if spare := [name for i, name in names.items() if engine.fills.find(req, i) is None]:
+        await engine.store.drop_leases(spare)
 
 
 def _opened(engine: Engine, req: FillRequest, first: int, last: int | None) -> Fill:
