@@ -28,7 +28,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from edgecache.lifecycle import FORK_HELD, ForkServerEnd, ForkServerRestarts
+from edgecache.lifecycle import FORK_HELD, ForkServerEnd, Restarts
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Forks:
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["edgecache.forkbase"])
         resource_tracker.ensure_running()  # before: starting it unblocks SIGTERM in the thread that starts it
-        self.restarts = ForkServerRestarts()  # fork servers replaced (ended or stalled): every worker shows them
+        self.restarts = Restarts(ForkServerEnd)  # fork servers replaced (ended or stalled): every worker shows them
         self._pid = 0
         self._pidfd: int | None = None
         self._forked = 0  # the pid of the fork server that forked a worker: it forks the next at once

@@ -88,7 +88,7 @@ FORK_HELD = HELD | {signal.SIGTERM}
 
 
 class Reason(StrEnum):
-    """Why a worker was replaced (the label of edgecache_worker_restarts)."""
+    """Why a worker was replaced (the label of edgecache_worker_restarts_total)."""
 
     DIED = "died"
     STUCK = "stuck"
@@ -101,25 +101,27 @@ class ForkServerEnd(StrEnum):
     STALLED = "stalled"  # forked no worker within its deadline (edgecache.forks): killed here
 
 
-class ForkServerRestarts:
-    """Fork servers replaced since the node started, by why, in shared memory: the parent adds, and every worker reads
-    them at each scrape. A worker's restarts are given to the worker that replaces it, as it starts; a fork server's
-    replacement starts no worker, so its count would have waited for the next worker restart to show.
+class Restarts:
+    """Processes replaced since the node started, by why (a StrEnum's values), in shared memory: the parent adds, and
+    every worker reads them at each scrape (metrics.ParentCounter). Given to a worker as it starts, a count showed
+    only from the next start on: a fork server's replacement starts no worker, and a worker's death showed only once
+    its replacement had started (after a backoff, for one that keeps dying young).
 
     The parent's loop is the only writer, of whole 8-byte words: a reader sees a count before or after an addition."""
 
-    __slots__ = ("_counts",)
+    __slots__ = ("_counts", "_reasons")
 
-    def __init__(self) -> None:
-        self._counts = multiprocessing.get_context("spawn").RawArray("Q", len(ForkServerEnd))
+    def __init__(self, reasons: type[StrEnum]) -> None:
+        self._reasons: list[StrEnum] = list(reasons)
+        self._counts = multiprocessing.get_context("spawn").RawArray("Q", len(self._reasons))
 
-    def add(self, why: ForkServerEnd) -> int:
+    def add(self, why: StrEnum) -> int:
         """Count one; how many were replaced in all."""
-        self._counts[list(ForkServerEnd).index(why)] += 1
+        self._counts[self._reasons.index(why)] += 1
         return sum(self._counts)
 
     def counts(self) -> dict[str, int]:
-        return {why.value: int(count) for why, count in zip(ForkServerEnd, self._counts, strict=True)}
+        return {why.value: int(count) for why, count in zip(self._reasons, self._counts, strict=True)}
 
 
 WORKER_NAME = "edgecache-w"  # and the slot: a worker's comm (/proc/PID/comm, ps -o comm, top)

@@ -235,6 +235,7 @@ def exposition(members: Collection[str] | None = None, sites: Collection[str] | 
         source: Any = CollectorRegistry()
         _mp.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
         source.register(FORK_SERVER_RESTARTS)  # read from the parent's memory, not from the workers' files
+        source.register(WORKER_RESTARTS)
     else:
         source = REGISTRY
     if members is not None or sites is not None:
@@ -400,15 +401,6 @@ ACCESS_LOG_DROPPED = _counter(
 REQUEST_BODY_TIMEOUTS = _counter(
     "edgecache_request_body_timeouts_total", "Requests answered 408: their body stalled for origin.body_timeout"
 )
-# The count lives in the parent process, which exports nothing: every worker it starts is given the count so far
-# and shows it, and the highest value across workers (files of workers gone included) is the node's.
-WORKER_RESTARTS = Gauge(
-    "edgecache_worker_restarts",
-    "Workers the parent process replaced since the node started: died (exited, crashed, killed) or stuck (loop "
-    "stopped for server.watchdog seconds)",
-    ["reason"],
-    multiprocess_mode="max",
-)
 
 
 class ParentCounter:
@@ -441,4 +433,11 @@ FORK_SERVER_RESTARTS = ParentCounter(
     "crashed, killed) or stalled (forked no worker within its deadline, and killed); no worker is lost to either",
     "reason",
 )
-REGISTRY.register(FORK_SERVER_RESTARTS)
+WORKER_RESTARTS = ParentCounter(
+    "edgecache_worker_restarts",
+    "Workers the parent process replaced since the node started: died (exited, crashed, killed) or stuck (loop "
+    "stopped for server.watchdog seconds)",
+    "reason",
+)
+for _parents in (FORK_SERVER_RESTARTS, WORKER_RESTARTS):
+    REGISTRY.register(_parents)

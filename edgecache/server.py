@@ -27,7 +27,7 @@ from edgecache.config import Config
 from edgecache.core.ratelimit import RateLimiter
 from edgecache.core.rundirs import Kind
 from edgecache.demo import start_demo
-from edgecache.lifecycle import HELD, ForkServerRestarts, Reason, as_running, begin_worker, restart_changes
+from edgecache.lifecycle import HELD, Restarts, as_running, begin_worker, restart_changes
 from edgecache.listeners import BACKLOG, Bound, bind_listeners
 from edgecache.proxy import badhead, linger, serverfield
 from edgecache.proxy.engine import Engine
@@ -463,8 +463,8 @@ def worker_main(
     worker: int,
     bound: list[Bound],
     beats: Heartbeats,
-    restarts: dict[str, int],
-    fork_servers: ForkServerRestarts,
+    restarts: Restarts,
+    fork_servers: Restarts,
     epoch: Epoch | None,
     private: Path | None = None,
     demo: list[socket.socket] | None = None,
@@ -484,8 +484,7 @@ def worker_main(
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
     quiet_sni_faults()
     metrics.mark_build()
-    for reason in Reason:
-        metrics.WORKER_RESTARTS.labels(reason.value).set(restarts.get(reason, 0))
+    metrics.WORKER_RESTARTS.source = restarts.counts
     metrics.FORK_SERVER_RESTARTS.source = fork_servers.counts
     try:
         uvloop.run(run(config, worker, bound, beats, epoch, private, demo))

@@ -25,7 +25,6 @@ import ssl
 import struct
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from edgecache.configwatch import ConfigWatch
 from edgecache.core.rundirs import Kind
 from edgecache.errors import ConfigError
 from edgecache.forks import Forks, Worker, become_subreaper, exit_status
-from edgecache.lifecycle import Reason, as_running
+from edgecache.lifecycle import Reason, Restarts, as_running
 from edgecache.listeners import Bound, bind_demo, bind_listeners, check_free, close
 from edgecache.readoff import READ_SECONDS
 from edgecache.readoff import start as read_off
@@ -65,7 +64,7 @@ _FORWARD = (*_STOP, signal.SIGHUP, signal.SIGUSR1)
 class Hooks:
     """What the supervisor asks of the server."""
 
-    start: Callable[[int, dict[str, int]], Worker]  # start slot's worker, given the restarts so far
+    start: Callable[[int], Worker]  # start slot's worker
     read: Callable[[], Config]  # SIGHUP: read the config again (in a thread of its own: it may block) ...
     reload: Callable[[Config], None]  # ... and use what it read for the workers started from now on
     gone: Callable[[int], None]  # a worker process (this pid) has exited and been reaped
@@ -92,8 +91,8 @@ class Supervisor:
     watchdog: float  # seconds; 0: heartbeats are not checked
     beats: Heartbeats
     drain: float  # seconds a worker may take to stop (server.drain, with exclusive tiers + cache.save_on_stop)
+    restarts: Restarts  # the workers replaced, by Reason: every worker shows them
     watch: tuple[str, float] | None = None  # the config file and seconds between looks at it (server.watch_config)
-    restarts: Counter[str] = field(default_factory=Counter)
     stop_at: float | None = None  # when the stop began
     slots: list[Slot] = field(default_factory=list)
     source: str = "the config file"  # named when its read does not end in time
@@ -235,7 +234,7 @@ class Supervisor:
             if self.stop_at is not None:
                 log.info("worker %d (pid %d) stopped: %s", slot.index, pid, how)
                 continue
-            self.restarts[reason] += 1
+            self.restarts.add(reason)
             delay = self._schedule(slot, now)
             log.error("worker %d (pid %d) %s: %s; restarting in %g s", slot.index, pid, reason, how, delay)
 
@@ -271,7 +270,7 @@ class Supervisor:
         self.beats.clear(slot.index)
         slot.restart_at, slot.killed, slot.hung, slot.started = None, False, False, time.monotonic()
         try:
-            slot.process = self.hooks.start(slot.index, dict(self.restarts))
+            slot.process = self.hooks.start(slot.index)
             slot.pid = slot.process.pid or 0
         except OSError as exc:  # out of processes or memory: try again later, as for a worker that died young
             delay = self._schedule(slot, slot.started)
@@ -324,7 +323,8 @@ def serve(config: Config) -> int:
         watched = config.watch_config > 0 and config.source != "command line"
         watch = (config.source, config.watch_config) if watched else None
         stopping = config.drain + config.cache.stop_save_seconds  # a worker saves its memory after its drain
-        supervisor = Supervisor(workers.hooks(), config.workers, config.watchdog, workers.beats, stopping, watch)
+        hooks, beats, restarts = workers.hooks(), workers.beats, workers.restarts
+        supervisor = Supervisor(hooks, config.workers, config.watchdog, beats, stopping, restarts, watch)
         supervisor.source, supervisor.read_seconds = config.source, config.reload_timeout
         supervisor.forks = workers.forks
         supervisor.run()
@@ -354,6 +354,7 @@ class _Workers:
         self.bound: list[list[Bound] | None] = [bind_listeners(config) for _ in range(config.workers)]
         self.demo: list[socket.socket] | None = bind_demo(config)  # worker 0's, kept as its client listeners are
         self.beats = Heartbeats(config.workers)
+        self.restarts = Restarts(Reason)  # workers replaced (died or stuck): every worker shows them
         self.epoch = Epoch(config.workers) if config.workers > 1 else None  # what a worker changed, told the others
         sweep(Path(tempfile.gettempdir()), os.getuid())  # the runtime directories nodes killed before left
         # The directory of worker 0's internal socket (server.start_internal), made here so that it outlives a worker
@@ -376,12 +377,12 @@ class _Workers:
     def hooks(self) -> Hooks:
         return Hooks(self.start, self.read, self.reload, self.gone, self.pause, self.stopping)
 
-    def start(self, worker: int, restarts: dict[str, int]) -> Worker:
+    def start(self, worker: int) -> Worker:
         listeners = self.bound[worker] = self.bound[worker] or bind_listeners(self.config)
         demo = None
         if worker == 0:
             demo = self.demo = self.demo if self.demo is not None else bind_demo(self.config)
-        forks = self.forks
+        restarts, forks = self.restarts, self.forks
         args = (self.config, worker, listeners, self.beats, restarts, forks.restarts, self.epoch, self.private, demo)
         return forks.start(_worker, args, f"edgecache-w{worker}")
 

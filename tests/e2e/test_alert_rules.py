@@ -102,7 +102,7 @@ def test_no_alert_fires_on_a_warm_healthy_node(tmp_path: Path) -> None:
         _gauge("edgecache_disk_up", 1, disk="/var/cache/edgecache"),
         _gauge("edgecache_peer_up", 1, peer="node2"),
         _gauge("edgecache_peer_purge_log_reachable", 1, peer="node2"),
-        _gauge("edgecache_worker_restarts", 0, reason="died"),
+        _gauge("edgecache_worker_restarts_total", 0, reason="died"),
         {"series": _WAITS.format(outcome="granted"), "values": "0+30x40"},  # turns taken, none given up
         {"series": _WAITS.format(outcome="timeout"), "values": "0+0x40"},
         _gauge("edgecache_purge_vector_origins", 3, state="live"),  # the members' own incarnations

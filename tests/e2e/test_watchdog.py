@@ -138,8 +138,9 @@ async def restarts(admin: int, died: int, stuck: int) -> None:
     """Until the admin /metrics shows these restart counts."""
 
     def shows(seen: str) -> bool:
-        counts = [metric(seen, "edgecache_worker_restarts", reason=k) for k in ("died", "stuck")]
-        return counts == [died, stuck] and 'reason="died"' in seen
+        name = "edgecache_worker_restarts_total"
+        counts = [metric(seen, name, reason=k) for k in ("died", "stuck")]
+        return counts == [died, stuck] and all(f'{name}{{reason="{k}"}}' in seen for k in ("died", "stuck"))
 
     await metrics_until(admin, shows, f"restarts died={died} stuck={stuck}")
 
@@ -179,6 +180,30 @@ async def test_a_killed_worker_is_restarted_and_the_node_answers(origin: Origin,
         assert await get(port, "/v.bin") == (200, DATA)
         assert await n.stop() == 0
     assert "stuck" not in n.text
+
+
+async def test_a_death_is_counted_at_once_not_when_its_successor_starts(origin: Origin, tmp_path: Path) -> None:
+    """A worker that keeps dying young is restarted after a backoff (1 s the second time). Its death is counted
+    on /metrics (the other worker's) during the backoff already: the count is read from the parent's memory at each
+    scrape. Before, each new worker was handed the count as it started, and a crash loop showed one death fewer
+    than the log until the next start."""
+    cfg, _port, admin = write_config(tmp_path, origin, workers=2)
+    async with node(cfg) as n:
+        await n.expect("edgecache listening on", 2)
+        await n.expect("admin listening on")
+        for died, delay in ((1, 0), (2, 1)):
+            victim = n.pid_of(1)
+            os.kill(victim, signal.SIGKILL)
+            await n.expect(f"worker 1 (pid {victim}) died: killed by SIGKILL; restarting in {delay} s")
+            if delay:
+                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                    seen = await r.text()
+                counts = [metric(seen, "edgecache_worker_restarts_total", reason=k) for k in ("died", "stuck")]
+                assert counts == [2, 0]  # (the parent counts before it logs)
+            await n.expect("worker 1 started: pid ", 1 + died)
+            await n.expect("edgecache listening on", 2 + died)
+        await restarts(admin, died=2, stuck=0)
+        assert await n.stop() == 0
 
 
 async def test_a_stuck_loop_logs_its_stack_and_the_worker_is_replaced(origin: Origin, tmp_path: Path) -> None:
