@@ -103,9 +103,9 @@ class ForkServerEnd(StrEnum):
 
 class Restarts:
     """Processes replaced since the node started, by why (a StrEnum's values), in shared memory: the parent adds, and
-    every worker reads them at each scrape (metrics.ParentCounter). Given to a worker as it starts, a count showed
-    only from the next start on: a fork server's replacement starts no worker, and a worker's death showed only once
-    its replacement had started (after a backoff, for one that keeps dying young).
+    every worker reads them at each scrape (metrics.ParentCounter). Read then, not handed to a worker as it starts:
+    a fork server's replacement starts no worker, and a worker's death would show only once its successor started
+    (after a backoff, for one that keeps dying young).
 
     The parent's loop is the only writer, of whole 8-byte words: a reader sees a count before or after an addition."""
 
