@@ -410,7 +410,8 @@ async def test_a_miss_filled_while_standing_in_is_answered_from_its_fill_when_th
             assert origin.hits[path] - hits == 1, fast_path  # the second request joined the first's fill
             assert view.is_up("node2"), fast_path  # never forwarded there (a refused forward takes it down)
     (ours, our_counts, ours_handed), (theirs, their_counts, _) = answers
-    assert ours == theirs
+    # Either request may be the one whose fill the other joined (the two connections race): compared as a set.
+    assert sorted(ours) == sorted(theirs)
     assert our_counts == their_counts
     assert [a.split(b"\r\n\r\n", 1)[1] for a in ours] == [BODY, BODY]
     assert [a.split(b"\r\n", 1)[0] for a in ours] == [b"HTTP/1.1 200 OK"] * 2
