@@ -174,7 +174,8 @@ async def whole_by_another_worker(store: Store, req: FillRequest, meta: ObjectMe
         await store.wait_for_peer(req.entry_key, meta, index, store.lease_seconds, lease)
         if not await store.missing(req.entry_key, meta, [index]):
             return True
-    return False
+    # Not (or no longer) being written: the writer may have stored the slice and ended since the reader looked.
+    return not await store.missing(req.entry_key, meta, [index])
 
 
 def _told(validate: ObjectMeta | None) -> CacheStatus:
