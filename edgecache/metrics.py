@@ -234,8 +234,8 @@ def exposition(members: Collection[str] | None = None, sites: Collection[str] | 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         source: Any = CollectorRegistry()
         _mp.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
-        source.register(FORK_SERVER_RESTARTS)  # read from the parent's memory, not from the workers' files
-        source.register(WORKER_RESTARTS)
+        for counter in PARENT_COUNTERS:  # read from the parent's memory, not from the workers' files
+            source.register(counter)
     else:
         source = REGISTRY
     if members is not None or sites is not None:
@@ -439,5 +439,6 @@ WORKER_RESTARTS = ParentCounter(
     "stopped for server.watchdog seconds)",
     "reason",
 )
-for _parents in (FORK_SERVER_RESTARTS, WORKER_RESTARTS):
-    REGISTRY.register(_parents)
+PARENT_COUNTERS = (FORK_SERVER_RESTARTS, WORKER_RESTARTS)
+for _parent in PARENT_COUNTERS:
+    REGISTRY.register(_parent)

@@ -5,7 +5,7 @@ that brings another raises VersionChanged rather than mixing two versions in one
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Container, Sequence
 from dataclasses import replace
 
 from edgecache import metrics
@@ -260,14 +260,10 @@ async def _start_for(
     candidates = list(range(index + 1, stop + 1))
     run_end = index
     if candidates:
+        # A fill that ended during the look at the disk is in no table of fills, and the look found its slice
+        # missing: it is in memory now, or on its way to disk (_unheld looks there too).
         missing = set(await engine.store.missing(req.entry_key, meta, candidates))
-        for i in candidates:
-            # Stored, or being fetched. A fill that ended during the look at the disk is in no table of fills, and the
-            # look found its slice missing: it is in memory now, or on its way to disk (it was fetched twice).
-            stored = i not in missing or engine.store.in_memory(req.entry_key, meta, i)
-            if stored or engine.fills.find(req, i) is not None:
-                break
-            run_end = i
+        run_end += _unheld(engine, req, meta, candidates, missing)
     # The reader's look at memory and disk was before its awaits: a fill that ran to its end meanwhile is in no
     # table of fills, and its slice is in memory or on its way to disk (two concurrent readers fetched it twice).
     # What the disk says it holds is not trusted here: only a read proves it (a disk may have gone).
@@ -288,7 +284,7 @@ async def _start_for(
         if engine.store.in_memory(req.entry_key, meta, index):
             await _let_go_spare(engine, req, meta, taken)
             return HELD
-        run = taken[: 1 + _unheld(engine, req, meta, taken[1:])]
+        run = taken[: 1 + _unheld(engine, req, meta, taken[1:])]  # (missing on disk: each was leased)
         again = engine.fills.find(req, index) if join else None
         fill = again if again is not None else _opened(engine, req, index, run[-1])
         # Leases name no owner: the fill lets go of those whose slices it does not store (Engine._run_fill).
@@ -298,10 +294,14 @@ async def _start_for(
     return _opened(engine, req, index, run_end)
 
 
-def _unheld(engine: Engine, req: FillRequest, meta: ObjectMeta, indices: range) -> int:
-    """How many of `indices`, from the first, neither memory holds nor a fill of this worker brings."""
+def _unheld(
+    engine: Engine, req: FillRequest, meta: ObjectMeta, indices: Sequence[int], missing: Container[int] | None = None
+) -> int:
+    """How many of `indices`, from the first, neither memory holds nor a fill of this worker brings (nor the disk,
+    where `missing` is given: those it lacks)."""
     for n, i in enumerate(indices):
-        if engine.store.in_memory(req.entry_key, meta, i) or engine.fills.find(req, i) is not None:
+        on_disk = missing is not None and i not in missing
+        if on_disk or engine.store.in_memory(req.entry_key, meta, i) or engine.fills.find(req, i) is not None:
             return n
     return len(indices)
 
